@@ -1,0 +1,220 @@
+"""The mesh configuration: one TOML file, read once, validated, passed in.
+
+Every process (placement, edges, backends, agents, the CLI) reads the same file through
+:func:`load_config`; nothing reads the environment at import time. Validation errors name
+the path and the offending values, e.g. ``edges[1].region 'eu-west' is not in regions``.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import tomllib
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from placement.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RegionConfig(_Strict):
+    name: str
+    cloud: str
+
+
+class RttConfig(_Strict):
+    """Planned round-trip time between two regions (symmetric unless both directions are given)."""
+
+    a: str
+    b: str
+    ms: float = Field(ge=0)
+
+
+class VariantConfig(_Strict):
+    """A variant of a logical model: what a backend serves under ``name``.
+
+    ``matmul_n`` and ``matmul_iters`` size the real numpy compute the demo Triton model does
+    per request (bigger = slower, like a larger model); ``tokens`` is the number of streamed
+    responses a decoupled (LLM-like) variant sends per request.
+    """
+
+    name: str
+    quality: float = Field(ge=0, le=1)
+    matmul_n: int = Field(default=128, ge=8, le=4096)
+    matmul_iters: int = Field(default=4, ge=1, le=10_000)
+    tokens: int = Field(default=0, ge=0, le=4096)
+
+
+class ModelConfig(_Strict):
+    """A logical model clients call by name, with its variants and default SLO."""
+
+    name: str
+    default_slo_ms: float = Field(gt=0)
+    decoupled: bool = False
+    variants: list[VariantConfig]
+    input_dim: int = Field(default=16, ge=1)
+
+
+class BackendConfig(_Strict):
+    """One Triton server: where it listens and the hardware it stands for.
+
+    ``speed`` emulates the accelerator's speed on this CPU-only machine: the demo model's
+    matmul work is divided by it (an H100 backend does less real work per call than a T4 one).
+    """
+
+    id: str
+    region: str
+    accelerator: str
+    accelerator_count: int = Field(default=1, ge=1)
+    price_class: Literal["on-demand", "spot", "reserved"] = "on-demand"
+    host: str = "127.0.0.1"
+    grpc_port: int = Field(ge=0, le=65535)
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    variants: list[str]
+    max_concurrency: int = Field(default=4, ge=1)
+    speed: float = Field(default=1.0, gt=0)
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+
+class EdgeConfig(_Strict):
+    id: str
+    region: str
+    host: str = "127.0.0.1"
+    port: int = Field(ge=0, le=65535)
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+
+
+class PlacementConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=50050, ge=0, le=65535)
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    # Extra replicas (host:port) an edge may fail over to; the first is `host:port` above.
+    replicas: list[str] = []
+    coalesce_ms: float = Field(default=50, ge=0)
+    stale_after_s: float = Field(default=5, gt=0)
+
+
+class RoutingConfig(_Strict):
+    """Per-call policy knobs shared by placement (tables, Explain) and edges (final choice)."""
+
+    profile: str = "cheapest"
+    spread_band: float = Field(default=0.05, ge=0, le=1)
+    slo_margin_ms: float = Field(default=2.0, ge=0)
+    deadline_margin_ms: float = Field(default=5.0, ge=0)
+    fail_fast: bool = False
+    observed_min_samples: int = Field(default=20, ge=1)
+
+
+class EdgeRuntimeConfig(_Strict):
+    max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    max_attempts: int = Field(default=3, ge=1, le=10)
+    retry_budget_ratio: float = Field(default=0.2, ge=0, le=1)
+    retry_budget_min_per_s: float = Field(default=10, ge=0)
+    eject_consecutive_failures: int = Field(default=3, ge=1)
+    eject_base_s: float = Field(default=5, gt=0)
+    eject_max_share: float = Field(default=0.5, gt=0, le=1)
+    health_interval_s: float = Field(default=0.25, gt=0)
+    report_interval_s: float = Field(default=2.0, gt=0)
+    uvloop: bool = True
+
+
+class WanConfig(_Strict):
+    """User-space emulation of inter-region RTT (the kernel here has no netem).
+
+    When on, `switchyard up` starts a delaying TCP relay per (edge region, remote backend)
+    and edges dial the relay instead of the backend; the relay holds every chunk for half
+    the configured RTT in each direction. Labelled "emulated" everywhere it shows.
+    """
+
+    emulate: bool = True
+    relay_base_port: int = Field(default=52000, ge=1024, le=65000)
+
+
+class MeshConfig(_Strict):
+    regions: list[RegionConfig]
+    rtt: list[RttConfig] = []
+    models: list[ModelConfig]
+    backends: list[BackendConfig]
+    edges: list[EdgeConfig] = []
+    placement: PlacementConfig = PlacementConfig()
+    routing: RoutingConfig = RoutingConfig()
+    edge: EdgeRuntimeConfig = EdgeRuntimeConfig()
+    wan: WanConfig = WanConfig()
+    prices_file: str = "prices.toml"
+    run_dir: str = ".run"
+    discovery: Literal["static", "consul"] = "static"
+    # Directory the file was read from; relative paths in the file resolve against it.
+    base_dir: str = "."
+
+    @model_validator(mode="after")
+    def _references(self) -> MeshConfig:
+        regions = {r.name for r in self.regions}
+        variants = {v.name for m in self.models for v in m.variants}
+        _unique("regions", [r.name for r in self.regions])
+        _unique("models", [m.name for m in self.models])
+        _unique("backends", [b.id for b in self.backends])
+        _unique("edges", [e.id for e in self.edges])
+        _unique("variants", [v.name for m in self.models for v in m.variants])
+        for i, rtt in enumerate(self.rtt):
+            for end in ("a", "b"):
+                if getattr(rtt, end) not in regions:
+                    raise ValueError(f"rtt[{i}].{end} {getattr(rtt, end)!r} is not in regions")
+        for i, b in enumerate(self.backends):
+            if b.region not in regions:
+                raise ValueError(f"backends[{i}].region {b.region!r} is not in regions "
+                                 f"{sorted(regions)}")
+            for v in b.variants:
+                if v not in variants:
+                    raise ValueError(f"backends[{i}].variants {v!r} is not a variant of any "
+                                     f"model {sorted(variants)}")
+        for i, e in enumerate(self.edges):
+            if e.region not in regions:
+                raise ValueError(f"edges[{i}].region {e.region!r} is not in regions "
+                                 f"{sorted(regions)}")
+        return self
+
+    def path(self, relative: str) -> pathlib.Path:
+        """Resolve a path from the file against the file's own directory."""
+        p = pathlib.Path(relative)
+        return p if p.is_absolute() else pathlib.Path(self.base_dir) / p
+
+    def region_cloud(self, region: str) -> str:
+        return next(r.cloud for r in self.regions if r.name == region)
+
+
+def _unique(what: str, names: list[str]) -> None:
+    seen: set[str] = set()
+    for i, n in enumerate(names):
+        if n in seen:
+            raise ValueError(f"{what}[{i}] {n!r} is defined twice")
+        seen.add(n)
+
+
+def load_config(path: str | os.PathLike[str], env: dict[str, str] | None = None) -> MeshConfig:
+    """Read and validate the mesh file; ``SWITCHYARD_RUN_DIR`` in ``env`` overrides run_dir."""
+    p = pathlib.Path(path)
+    try:
+        raw = tomllib.loads(p.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {p} does not exist; pass --config PATH") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from exc
+    raw.setdefault("base_dir", str(p.resolve().parent))
+    env = env if env is not None else {}
+    if env.get("SWITCHYARD_RUN_DIR"):
+        raw["run_dir"] = env["SWITCHYARD_RUN_DIR"]
+    try:
+        return MeshConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = ".".join(str(x) for x in err["loc"]) or "(file)"
+            lines.append(f"  {loc}: {err['msg']}")
+        raise ConfigError(f"{p} is not a valid mesh config:\n" + "\n".join(lines)) from exc
