@@ -3,12 +3,12 @@
 ::
 
     SwitchyardError                      (grpc_code)
-    ├── ConfigError                      FAILED_PRECONDITION  bad or missing config file
+    ├── ConfigError                      FAILED_PRECONDITION  bad or missing config
     ├── InvalidHint                      INVALID_ARGUMENT     a malformed x-… metadata value
     ├── InvalidRequest                   INVALID_ARGUMENT     request bytes that do not parse
     ├── UnknownModel                     NOT_FOUND            no logical model of that name
     ├── MessageTooLarge                  RESOURCE_EXHAUSTED   over the configured size limit
-    ├── NothingFeasible                  RESOURCE_EXHAUSTED   fail-fast policy, nothing meets the call
+    ├── NothingFeasible                  RESOURCE_EXHAUSTED   fail-fast, nothing meets the call
     ├── RetryBudgetExhausted             RESOURCE_EXHAUSTED   too many retries fleet-wide right now
     ├── NoHealthyDeployment              UNAVAILABLE          nothing healthy is allowed to serve
     ├── BackendFailed                    (the backend's code) the last attempt's own status

@@ -1,0 +1,170 @@
+"""Fleet state: registered backends, operator availability, telemetry and edge observations.
+
+Pure and clock-free: every method that needs the time takes ``now`` (seconds, monotonic).
+Telemetry counters are Triton's cumulative statistics; per-deployment compute, queue and
+request rate are derived from the deltas between consecutive reports (EWMA, ``ALPHA``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from placement.errors import NotRegistered
+from placement.hardware import GpuState
+from placement.model import Availability, Backend
+
+ALPHA = 0.5  # EWMA weight of the newest window
+OBSERVATION_TTL_S = 60.0
+RTT_ALPHA = 0.2
+
+
+@dataclass(frozen=True, slots=True)
+class VariantStats:
+    """Triton's cumulative statistics for one variant on one backend."""
+
+    inference_count: int = 0
+    execution_count: int = 0
+    failure_count: int = 0
+    queue_ns: int = 0
+    compute_infer_ns: int = 0
+    ready: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetrySnapshot:
+    ready: bool
+    simulated: bool
+    gpus: tuple[GpuState, ...] = ()
+    variants: dict[str, VariantStats] = field(default_factory=dict)
+    inflight: int = 0
+
+
+@dataclass(slots=True)
+class VariantLoad:
+    """What placement has learned about one deployment from telemetry."""
+
+    compute_ms: float | None = None
+    queue_ms: float = 0.0
+    rps: float = 0.0
+    busy_fraction: float = 0.0
+
+
+@dataclass(slots=True)
+class BackendState:
+    backend: Backend
+    availability: Availability = Availability.ACTIVE
+    last: TelemetrySnapshot | None = None
+    last_at: float | None = None
+    loads: dict[str, VariantLoad] = field(default_factory=dict)
+
+    @property
+    def utilisation(self) -> float:
+        return min(1.0, sum(v.busy_fraction for v in self.loads.values())
+                   / max(self.backend.max_concurrency, 1))
+
+
+@dataclass(slots=True)
+class ObservedLatency:
+    samples: int
+    p95_ms: float
+    at: float
+
+
+class FleetState:
+    """The placement service's in-memory picture of the fleet; ``version`` bumps on change."""
+
+    def __init__(self) -> None:
+        self.backends: dict[str, BackendState] = {}
+        self.observed: dict[tuple[str, str], ObservedLatency] = {}
+        self.rtt_observed: dict[tuple[str, str], float] = {}
+        self.version = 0
+
+    def _bump(self) -> None:
+        self.version += 1
+
+    def register(self, backend: Backend) -> None:
+        """Add or replace a backend; availability and learned load survive re-registration."""
+        old = self.backends.get(backend.id)
+        if old is not None and old.backend == backend:
+            return
+        self.backends[backend.id] = BackendState(
+            backend, old.availability if old else Availability.ACTIVE,
+            old.last if old else None, old.last_at if old else None,
+            old.loads if old else {})
+        self._bump()
+
+    def deregister(self, backend_id: str) -> bool:
+        existed = self.backends.pop(backend_id, None) is not None
+        if existed:
+            self._bump()
+        return existed
+
+    def get(self, backend_id: str) -> BackendState:
+        try:
+            return self.backends[backend_id]
+        except KeyError:
+            raise NotRegistered(f"backend {backend_id!r} is not registered; register it "
+                                "first (the agent does at start)") from None
+
+    def set_availability(self, scope: str, target: str, availability: Availability) -> list[str]:
+        """Drain/cordon/activate a backend, a region or a cloud; returns the backends touched."""
+        attr = {"backend": "id", "region": "region", "cloud": "cloud"}[scope]
+        hit = [s for s in self.backends.values() if getattr(s.backend, attr) == target]
+        if not hit:
+            raise NotRegistered(f"no registered backend has {scope} {target!r}")
+        for s in hit:
+            s.availability = availability
+        self._bump()
+        return sorted(s.backend.id for s in hit)
+
+    def ingest(self, backend_id: str, snap: TelemetrySnapshot, now: float) -> None:
+        """Apply one agent report: derive per-variant compute, queue, rate and busy fraction."""
+        state = self.get(backend_id)
+        prev, prev_at = state.last, state.last_at
+        for name, stats in snap.variants.items():
+            load = state.loads.setdefault(name, VariantLoad())
+            before = prev.variants.get(name) if prev else None
+            _update_load(load, stats, before, None if prev_at is None else now - prev_at)
+        state.last, state.last_at = snap, now
+        self._bump()
+
+    def observe(self, edge_region: str, deployment_id: str, samples: int, p95_ms: float,
+                now: float) -> None:
+        self.observed[(edge_region, deployment_id)] = ObservedLatency(samples, p95_ms, now)
+        self._bump()
+
+    def observe_rtt(self, edge_region: str, region: str, rtt_ms: float) -> None:
+        key = (edge_region, region)
+        old = self.rtt_observed.get(key)
+        self.rtt_observed[key] = rtt_ms if old is None else old + RTT_ALPHA * (rtt_ms - old)
+        self._bump()
+
+    def observed_p95(self, edge_region: str, deployment_id: str, min_samples: int,
+                     now: float) -> float | None:
+        o = self.observed.get((edge_region, deployment_id))
+        if o is None or o.samples < min_samples or now - o.at > OBSERVATION_TTL_S:
+            return None
+        return o.p95_ms
+
+
+def _update_load(load: VariantLoad, cur: VariantStats, before: VariantStats | None,
+                 dt: float | None) -> None:
+    if before is None or cur.inference_count < before.inference_count:
+        # First report, or Triton restarted (counters went backwards): use the totals.
+        if cur.inference_count > 0:
+            load.compute_ms = cur.compute_infer_ns / cur.inference_count / 1e6
+            load.queue_ms = cur.queue_ns / cur.inference_count / 1e6
+        return
+    d_count = cur.inference_count - before.inference_count
+    if dt is not None and dt > 0:
+        rps = d_count / dt
+        busy = (cur.compute_infer_ns - before.compute_infer_ns) / 1e9 / dt
+        load.rps += ALPHA * (rps - load.rps)
+        load.busy_fraction += ALPHA * (busy - load.busy_fraction)
+    if d_count <= 0:
+        return
+    compute = (cur.compute_infer_ns - before.compute_infer_ns) / d_count / 1e6
+    queue = (cur.queue_ns - before.queue_ns) / d_count / 1e6
+    load.compute_ms = compute if load.compute_ms is None else (
+        load.compute_ms + ALPHA * (compute - load.compute_ms))
+    load.queue_ms += ALPHA * (queue - load.queue_ms)

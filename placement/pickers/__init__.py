@@ -1,0 +1,1 @@
+"""Pickers: one per module, each chooses one candidate from scored survivors."""

@@ -1,0 +1,145 @@
+"""The per-call choice: filters → scorers → picker, shared by edges, placement and the simulator.
+
+``Profile.choose`` returns a ``Decision``. When every candidate is removed it falls back to
+the lowest-latency candidate that passes the *hard* filters (health, residency, quality,
+cost cap) and marks the decision ``slo_met=False``; with ``fail_fast`` it raises
+``NothingFeasible`` instead, carrying what removed what and the best latency on offer. When
+even the hard filters leave nothing, it raises ``NoHealthyDeployment``.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from placement.errors import NoHealthyDeployment, NothingFeasible
+from placement.framework import Filter, Picker, Scorer
+from placement.model import CallContext, Candidate
+
+# Called as observe(stage, plugin, seconds) for a sample of calls; wired to a histogram by services.
+StageObserver = Callable[[str, str, float], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    candidate: Candidate
+    slo_met: bool
+    feasible_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """One candidate's fate in ``Profile.explain``."""
+
+    candidate: Candidate
+    feasible: bool
+    reason: str
+    score: float
+
+
+class Profile:
+    """A named routing profile: filters, weighted scorers and a picker."""
+
+    def __init__(self, name: str, filters: Sequence[Filter],
+                 scorers: Sequence[tuple[Scorer, float]], picker: Picker,
+                 observer: StageObserver | None = None, sample_every: int = 64) -> None:
+        self.name = name
+        self.filters = tuple(filters)
+        self.hard_filters = tuple(f for f in filters if f.hard)
+        self.scorers = tuple(scorers)
+        self.picker = picker
+        self.observer = observer
+        self._sample_every = max(1, sample_every)
+        self._calls = 0
+
+    def choose(self, cands: Sequence[Candidate], ctx: CallContext,
+               rng: random.Random) -> Decision:
+        """Pick one candidate for a call (see the module docstring for the fallbacks)."""
+        self._calls += 1
+        if self.observer is not None and self._calls % self._sample_every == 0:
+            return self._choose_timed(cands, ctx, rng)
+        survivors = [c for c in cands if self._keeps(c, ctx, self.filters)]
+        if survivors:
+            scores = self._score(survivors, ctx)
+            chosen = survivors[self.picker.pick(survivors, scores, rng)]
+            return Decision(chosen, True, len(survivors))
+        return self._fallback(cands, ctx)
+
+    def explain(self, cands: Sequence[Candidate], ctx: CallContext) -> list[Verdict]:
+        """Every candidate with the first filter that removed it, or its weighted score."""
+        removed: dict[str, str] = {}
+        survivors: list[Candidate] = []
+        for c in cands:
+            reason = self._first_rejection(c, ctx, self.filters)
+            if reason is None:
+                survivors.append(c)
+            else:
+                removed[c.deployment_id] = reason
+        scores = dict(zip((c.deployment_id for c in survivors),
+                          self._score(survivors, ctx), strict=True)) if survivors else {}
+        return [Verdict(c, c.deployment_id in scores,
+                        removed.get(c.deployment_id, "feasible"),
+                        scores.get(c.deployment_id, 0.0)) for c in cands]
+
+    # -- steps ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _keeps(c: Candidate, ctx: CallContext, filters: Sequence[Filter]) -> bool:
+        return all(f.reject(c, ctx) is None for f in filters)
+
+    @staticmethod
+    def _first_rejection(c: Candidate, ctx: CallContext,
+                         filters: Sequence[Filter]) -> str | None:
+        for f in filters:
+            reason = f.reject(c, ctx)
+            if reason is not None:
+                return f"{f.name}: {reason}"
+        return None
+
+    def _score(self, cands: Sequence[Candidate], ctx: CallContext) -> list[float]:
+        if len(self.scorers) == 1:
+            return self.scorers[0][0].score(cands, ctx)
+        total = [0.0] * len(cands)
+        weight_sum = sum(w for _, w in self.scorers) or 1.0
+        for scorer, weight in self.scorers:
+            for i, s in enumerate(scorer.score(cands, ctx)):
+                total[i] += weight * s / weight_sum
+        return total
+
+    def _fallback(self, cands: Sequence[Candidate], ctx: CallContext) -> Decision:
+        removed = {c.deployment_id: self._first_rejection(c, ctx, self.filters) or ""
+                   for c in cands}
+        healthy = [c for c in cands if self._keeps(c, ctx, self.hard_filters)]
+        if not healthy:
+            why = "; ".join(f"{d}: {r}" for d, r in removed.items()) or "no deployments"
+            raise NoHealthyDeployment(f"no healthy deployment may serve this call ({why})",
+                                      removed=removed)
+        fastest = min(healthy, key=ctx.latency_ms)
+        if ctx.hints.fail_fast:
+            best = ctx.latency_ms(fastest)
+            raise NothingFeasible(
+                f"no deployment meets SLO {ctx.hints.slo_ms:.0f} ms; best p95 on offer "
+                f"{best:.1f} ms ({fastest.deployment_id})",
+                best_latency_ms=best, removed=removed)
+        return Decision(fastest, False, 0)
+
+    def _choose_timed(self, cands: Sequence[Candidate], ctx: CallContext,
+                      rng: random.Random) -> Decision:
+        assert self.observer is not None
+        survivors = list(cands)
+        for f in self.filters:
+            t0 = time.perf_counter()
+            survivors = [c for c in survivors if f.reject(c, ctx) is None]
+            self.observer("filter", f.name, time.perf_counter() - t0)
+        if not survivors:
+            return self._fallback(cands, ctx)
+        t0 = time.perf_counter()
+        scores = self._score(survivors, ctx)
+        self.observer("scorer", "+".join(s.name for s, _ in self.scorers),
+                      time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        chosen = survivors[self.picker.pick(survivors, scores, rng)]
+        self.observer("picker", self.picker.name, time.perf_counter() - t0)
+        return Decision(chosen, True, len(survivors))

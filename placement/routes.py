@@ -1,0 +1,99 @@
+"""Route tables: for one logical model and one edge region, every deployment with its estimates.
+
+Candidates are ranked routable-first, then by cost, then by latency. A deployment that no
+call may use right now keeps its row with ``dropped_reason`` set, so ``explain`` can show
+it. Estimates follow ``placement.latency`` and ``placement.cost``; hardware verdicts follow
+``placement.hardware``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from placement import latency
+from placement.catalog import Catalog
+from placement.cost import cost_per_request
+from placement.fleet import BackendState, FleetState
+from placement.hardware import assess
+from placement.model import Availability, Candidate, Variant
+from placement.prices import PriceCatalog
+
+PRIOR_COMPUTE_FRACTION_OF_SLO = 0.25  # compute assumed before Triton has served a call
+
+
+@dataclass(frozen=True, slots=True)
+class TableSettings:
+    observed_min_samples: int = 20
+    stale_after_s: float = 5.0
+
+
+class RouteBuilder:
+    def __init__(self, catalog: Catalog, prices: PriceCatalog, fleet: FleetState,
+                 settings: TableSettings = TableSettings()) -> None:
+        self.catalog = catalog
+        self.prices = prices
+        self.fleet = fleet
+        self.settings = settings
+
+    def build(self, model: str, edge_region: str, now: float) -> list[Candidate]:
+        logical = self.catalog.model(model)
+        names = {v.name for v in logical.variants}
+        cands = [self._candidate(state, v, edge_region, logical.default_slo_ms, now)
+                 for state in self.fleet.backends.values()
+                 for v in state.backend.variants if v.name in names]
+        cands.sort(key=lambda c: (bool(c.dropped_reason), c.cost_usd, c.latency_p95_ms,
+                                  c.deployment_id))
+        return cands
+
+    def _candidate(self, state: BackendState, v: Variant, edge_region: str,
+                   default_slo_ms: float, now: float) -> Candidate:
+        b = state.backend
+        deployment_id = f"{b.id}/{v.name}"
+        snap = state.last
+        verdict = assess(list(snap.gpus)) if snap else None
+        load = state.loads.get(v.name)
+        measured = load is not None and load.compute_ms is not None
+        compute = (load.compute_ms if measured and load and load.compute_ms is not None
+                   else default_slo_ms * PRIOR_COMPUTE_FRACTION_OF_SLO)
+        penalty_reason = "" if measured else "no measurements yet (prior estimate)"
+        if verdict is not None and verdict.penalty > 1.0:
+            compute *= verdict.penalty
+            penalty_reason = verdict.penalty_reason
+        rtt = self.fleet.rtt_observed.get((edge_region, b.region),
+                                          self.catalog.rtt(edge_region, b.region))
+        queue = latency.queue_ms(compute, state.utilisation, b.max_concurrency,
+                                 load.queue_ms if load else 0.0)
+        p95 = latency.p95_ms(rtt, queue, compute)
+        observed = self.fleet.observed_p95(edge_region, deployment_id,
+                                           self.settings.observed_min_samples, now)
+        if observed is not None:
+            p95 = observed
+        usd_s = self.prices.usd_per_second(b.accelerator, b.cloud, b.region, b.price_class)
+        spare = latency.capacity_rps(compute, b.max_concurrency) - (load.rps if load else 0.0)
+        return Candidate(
+            deployment_id=deployment_id, backend_id=b.id, endpoint=b.endpoint,
+            variant=v.name, region=b.region, cloud=b.cloud, accelerator=b.accelerator,
+            quality=v.quality, latency_p95_ms=p95, rtt_ms=rtt, queue_ms=queue,
+            compute_ms=compute,
+            cost_usd=cost_per_request(usd_s, compute) if usd_s is not None else 0.0,
+            spare_capacity=spare, observed=observed is not None,
+            dropped_reason=self._dropped(state, v, usd_s, verdict.removed if verdict else ""),
+            availability=state.availability, penalty_reason=penalty_reason)
+
+    @staticmethod
+    def _dropped(state: BackendState, v: Variant, usd_s: float | None, hw_removed: str) -> str:
+        b = state.backend
+        if state.availability is Availability.DRAINED:
+            return "backend drained by operator"
+        if usd_s is None:
+            return (f"no price for {b.accelerator} {b.price_class} in {b.cloud}/{b.region}; "
+                    "add one to the price catalog")
+        if hw_removed:
+            return hw_removed
+        snap = state.last
+        if snap is not None and not snap.ready:
+            return "Triton server not ready"
+        stats = snap.variants.get(v.name) if snap else None
+        if stats is not None and not stats.ready:
+            return f"model {v.name} not ready on {b.id}"
+        return ""
