@@ -15,6 +15,9 @@ Scenarios are set per GPU with the methods at the bottom: :meth:`FakeNvml.thrott
 :meth:`~FakeNvml.lose`, :meth:`~FakeNvml.unsupported`, :meth:`~FakeNvml.recover`.
 """
 
+# Method, argument and field names are pynvml's own, so the fake is a drop-in module.
+# ruff: noqa: N802, N803, N815
+
 from __future__ import annotations
 
 import ctypes
@@ -56,10 +59,10 @@ class _FakeEventData:
     """Shaped like ``pynvml.c_nvmlEventData_t`` (device, eventType, eventData, ...)."""
 
     device: Any
-    eventType: int  # noqa: N815 - pynvml's field name
-    eventData: int  # noqa: N815
-    gpuInstanceId: int = 0  # noqa: N815
-    computeInstanceId: int = 0  # noqa: N815
+    eventType: int
+    eventData: int
+    gpuInstanceId: int = 0
+    computeInstanceId: int = 0
 
 
 class FakeNvml:
@@ -144,11 +147,11 @@ class FakeNvml:
             raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
         return g.slowdown_c
 
-    def nvmlDeviceGetClockInfo(self, handle: Any, type: int) -> int:  # noqa: A002
+    def nvmlDeviceGetClockInfo(self, handle: Any, type: int) -> int:
         g = self._gpu("nvmlDeviceGetClockInfo", handle)
         return g.sm_clock_mhz if type == pynvml.NVML_CLOCK_SM else 1000
 
-    def nvmlDeviceGetMaxClockInfo(self, handle: Any, type: int) -> int:  # noqa: A002
+    def nvmlDeviceGetMaxClockInfo(self, handle: Any, type: int) -> int:
         g = self._gpu("nvmlDeviceGetMaxClockInfo", handle)
         return g.sm_clock_max_mhz if type == pynvml.NVML_CLOCK_SM else 1000
 
@@ -158,8 +161,8 @@ class FakeNvml:
     def nvmlDeviceGetCurrentClocksThrottleReasons(self, handle: Any) -> int:
         return self._gpu("nvmlDeviceGetCurrentClocksThrottleReasons", handle).throttle_reasons
 
-    def nvmlDeviceGetTotalEccErrors(self, handle: Any, errorType: int,  # noqa: N803
-                                    counterType: int) -> int:  # noqa: N803
+    def nvmlDeviceGetTotalEccErrors(self, handle: Any, errorType: int,
+                                    counterType: int) -> int:
         g = self._gpu("nvmlDeviceGetTotalEccErrors", handle)
         if errorType == pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED:
             return g.ecc_uncorrected
@@ -174,22 +177,22 @@ class FakeNvml:
         self._registered[set_id] = set()
         return ctypes.cast(set_id, pynvml.c_nvmlEventSet_t)
 
-    def nvmlDeviceRegisterEvents(self, handle: Any, eventTypes: int,  # noqa: N803
-                                 eventSet: Any) -> None:  # noqa: N803
+    def nvmlDeviceRegisterEvents(self, handle: Any, eventTypes: int,
+                                 eventSet: Any) -> None:
         g = self._gpu("nvmlDeviceRegisterEvents", handle)
         if not (self.event_support and g.xid_supported):
             raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
         if eventTypes & pynvml.nvmlEventTypeXidCriticalError:
             self._registered[_address(eventSet)].add(self._index(handle))
 
-    def nvmlEventSetWait(self, eventSet: Any, timeoutms: int) -> Any:  # noqa: N803
+    def nvmlEventSetWait(self, eventSet: Any, timeoutms: int) -> Any:
         self._check_init()
         queue = self._event_sets[_address(eventSet)]
         if not queue:
             raise pynvml.NVMLError(pynvml.NVML_ERROR_TIMEOUT)
         return queue.pop(0)
 
-    def nvmlEventSetFree(self, eventSet: Any) -> None:  # noqa: N803
+    def nvmlEventSetFree(self, eventSet: Any) -> None:
         self._check_init()
         self._event_sets.pop(_address(eventSet), None)
 

@@ -15,7 +15,6 @@ reported once, in the next reading of the GPU they happened on.
 from __future__ import annotations
 
 from collections.abc import Callable
-from types import ModuleType
 from typing import Any, TypeVar
 
 import structlog
@@ -38,7 +37,7 @@ class _GpuLost(Exception):
     """Internal: a call on this GPU returned NVML_ERROR_GPU_IS_LOST."""
 
 
-def _real_pynvml() -> ModuleType:
+def _real_pynvml() -> Any:
     import pynvml
 
     return pynvml
@@ -97,10 +96,10 @@ class NvmlReader:
         try:
             return self._read(index)
         except _GpuLost:
-            log.error("nvml.gpu_lost", gpu=index, uuid=self._uuids.get(index, ""))
-            return telemetry_pb2.GpuReading(
-                index=index, uuid=self._uuids.get(index, ""),
-                name=self._names.get(index, ""), lost=True)
+            pass
+        log.error("nvml.gpu_lost", gpu=index, uuid=self._uuids.get(index, ""))
+        return telemetry_pb2.GpuReading(index=index, uuid=self._uuids.get(index, ""),
+                                        name=self._names.get(index, ""), lost=True)
 
     # -- reading ---------------------------------------------------------------------
 
@@ -125,6 +124,13 @@ class NvmlReader:
         if mem is not None:
             r.mem_used_bytes, r.mem_free_bytes = int(mem.used), int(mem.free)
             r.mem_total_bytes = int(mem.total)
+        self._read_power_thermal(index, h, r)
+        self._read_clocks_ecc(index, h, r)
+        r.xid_events.extend(self._pending_xids.pop(index, []))
+        return r
+
+    def _read_power_thermal(self, index: int, h: Any, r: telemetry_pb2.GpuReading) -> None:
+        nv = self._nvml
         power_mw = self._call(index, "power", nv.nvmlDeviceGetPowerUsage, h)
         if power_mw is not None:
             r.power_w = power_mw / 1000.0
@@ -139,6 +145,9 @@ class NvmlReader:
                               h, nv.NVML_TEMPERATURE_THRESHOLD_SLOWDOWN)
         if slowdown is not None:
             r.temperature_slowdown_c = float(slowdown)
+
+    def _read_clocks_ecc(self, index: int, h: Any, r: telemetry_pb2.GpuReading) -> None:
+        nv = self._nvml
         sm = self._call(index, "sm_clock", nv.nvmlDeviceGetClockInfo, h, nv.NVML_CLOCK_SM)
         if sm is not None:
             r.sm_clock_mhz = int(sm)
@@ -156,8 +165,6 @@ class NvmlReader:
                                nv.NVML_VOLATILE_ECC)
             if count is not None:
                 setattr(r, field, int(count))
-        r.xid_events.extend(self._pending_xids.pop(index, []))
-        return r
 
     def _throttle_reasons(self, index: int, handle: Any) -> int | None:
         """Clocks-event reasons; drivers/pynvml before 535 only have the 'Throttle' name."""

@@ -10,9 +10,9 @@ import argparse
 import os
 import sys
 
-from placement.errors import ConfigError
+from placement.errors import ConfigError, SwitchyardError
+from services import logs
 from services.backends.triton import exec_backend
-from services.backends.wan import configure_json_logging
 from services.config import load_config
 
 
@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", required=True, help="backend id from the config")
     parser.add_argument("--instances", type=int, default=1, help="Triton instances per variant")
     args = parser.parse_args(argv)
-    configure_json_logging()
+    logs.configure()
     try:
         cfg = load_config(args.config, env=dict(os.environ))
         backend = next((b for b in cfg.backends if b.id == args.backend), None)
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"--backend {args.backend!r} is not in backends {[b.id for b in cfg.backends]}"
             )
         exec_backend(cfg, backend, instances=args.instances)  # returns only on failure
-    except ConfigError as exc:
+    except SwitchyardError as exc:
         print(exc.message, file=sys.stderr)
         return 2
     return 1

@@ -1,4 +1,4 @@
-"""The demo model every Switchyard backend hosts: a Triton Python-backend model doing real numpy work.
+"""The demo model every Switchyard backend hosts: a Triton Python-backend model, real numpy work.
 
 This file is copied verbatim to ``<repository>/<variant>/1/model.py`` by
 :mod:`services.backends.repository` and only ever runs inside Triton's Python-backend stub

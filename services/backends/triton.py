@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import pathlib
 import signal
@@ -146,6 +147,7 @@ def triton_command(
         "--exit-on-error=true",
         "--strict-readiness=true",
         "--log-verbose=0",
+        "--exit-timeout-secs=5",
     ]
 
 
@@ -190,7 +192,7 @@ class TritonProcess:
         *,
         instances: int = 1,
     ) -> TritonProcess:
-        """Write ``backend``'s repository under ``run_dir`` (default ``<run_dir>/backends/<id>``)."""
+        """Write ``backend``'s repository under ``run_dir`` (default: :func:`backend_run_dir`)."""
         base = pathlib.Path(run_dir) if run_dir else backend_run_dir(cfg, backend)
         specs = write_repository(cfg, backend, base / "repo", instances=instances)
         return cls(
@@ -249,15 +251,26 @@ class TritonProcess:
         self._proc = subprocess.Popen(
             argv, env=env, stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True
         )
+        self.write_endpoints(self._proc.pid)
         log.info("triton.start", backend=self.name, pid=self._proc.pid, endpoint=self.endpoint,
                  metrics=self.metrics_url, models=self.models)
 
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        """Block until the server and every model report ready; raise with the log tail."""
-        import tritonclient.grpc as grpcclient
-        from tritonclient.utils import InferenceServerException
+    def write_endpoints(self, pid: int) -> pathlib.Path:
+        """Record pid, gRPC endpoint and metrics URL in ``<run_dir>/endpoints.json``.
 
-        deadline = time.monotonic() + timeout
+        Ports configured as 0 are only known once chosen; agents and drills read them here.
+        """
+        path = self.run_dir / "endpoints.json"
+        path.write_text(json.dumps({"backend": self.name, "pid": pid, "endpoint": self.endpoint,
+                                    "metrics_url": self.metrics_url, "models": self.models}))
+        return path
+
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        """Block until the server and every model report ready; raise with the log tail."""
+        import tritonclient.grpc as grpcclient  # type: ignore[import-untyped]
+        from tritonclient.utils import InferenceServerException  # type: ignore[import-untyped]
+
+        deadline = time.monotonic() + timeout_s
         client = grpcclient.InferenceServerClient(self.endpoint)
         try:
             while True:
@@ -274,15 +287,15 @@ class TritonProcess:
                         return
                 if time.monotonic() > deadline:
                     raise BackendStartError(
-                        f"{self.name}: not ready after {timeout}s:\n" + self.log_tail()
+                        f"{self.name}: not ready after {timeout_s}s:\n" + self.log_tail()
                     )
                 time.sleep(0.1)
         finally:
             client.close()
 
-    async def wait_ready_async(self, timeout: float = 60.0) -> None:
+    async def wait_ready_async(self, timeout_s: float = 60.0) -> None:
         """:meth:`wait_ready` off the event loop."""
-        await asyncio.to_thread(self.wait_ready, timeout)
+        await asyncio.to_thread(self.wait_ready, timeout_s)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` to tritonserver itself (drills: SIGKILL = the process dies mid-call)."""
@@ -348,8 +361,10 @@ def exec_backend(cfg: MeshConfig, backend: BackendConfig, *, instances: int = 1)
     """
     proc = TritonProcess.for_backend(cfg, backend, instances=instances)
     argv, env = proc.command()
+    proc.write_endpoints(os.getpid())  # exec keeps the pid
     log.info("triton.exec", backend=backend.id, endpoint=proc.endpoint,
              metrics=proc.metrics_url, models=proc.models)
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(argv[0], argv, env)
+    # Exec, not spawn: the caller's pid must be the real server so drills can SIGKILL it.
+    os.execve(argv[0], argv, env)  # noqa: S606 - our own binary, argv list, no shell

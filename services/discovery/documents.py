@@ -1,7 +1,8 @@
 """Parsing the documents discovery reads: price lists and tenant policies (TOML or JSON).
 
-A price document is the prices file's format, ``[[prices]]`` tables with ``accelerator``,
-``cloud``, ``region`` (``"*"`` = every region of the cloud), ``price_class``,
+A price document is the prices file's format (the file itself is read by
+:mod:`services.prices_file`), ``[[prices]]`` tables with ``accelerator``, ``cloud``,
+``region`` (``"*"`` = every region of the cloud, the default), ``price_class``,
 ``usd_per_gpu_hour``, ``source``, ``as_of`` and an informational ``instance`` (not on the
 wire). The same format is accepted from Consul KV, as TOML or as JSON (``{"prices": [...]}``,
 a bare list, or one price object). Errors name the document and the entry.
@@ -17,23 +18,26 @@ from typing import Any
 
 from placement.errors import ConfigError
 from services.api.switchyard.v1 import fleet_pb2
+from services.convert import price_to_pb
+from services.prices_file import load_prices
 
 PRICE_CLASSES = ("on-demand", "spot", "reserved")
-_REQUIRED = ("accelerator", "cloud", "region", "price_class", "usd_per_gpu_hour")
-_KNOWN = {*_REQUIRED, "source", "as_of", "instance"}
+_REQUIRED = ("accelerator", "cloud", "price_class", "usd_per_gpu_hour")
+_KNOWN = {*_REQUIRED, "region", "source", "as_of", "instance"}
 
 PriceKey = tuple[str, str, str, str]
 
 
 def parse_document(text: str, where: str) -> Any:
-    """Decode ``text`` as JSON when it looks like JSON, else as TOML."""
-    stripped = text.lstrip()
+    """Decode ``text`` as JSON, else as TOML (a TOML ``[[prices]]`` also starts with ``[``)."""
     try:
-        if stripped.startswith(("{", "[")):
-            return json.loads(text)
-        return tomllib.loads(text)
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{where}: neither valid JSON nor valid TOML: {exc}") from exc
+        return json.loads(text)
+    except json.JSONDecodeError as json_exc:
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as toml_exc:
+            raise ConfigError(f"{where}: neither valid JSON ({json_exc}) nor valid TOML "
+                              f"({toml_exc})") from toml_exc
 
 
 def price_from_mapping(raw: Mapping[str, Any], where: str) -> fleet_pb2.Price:
@@ -51,7 +55,8 @@ def price_from_mapping(raw: Mapping[str, Any], where: str) -> fleet_pb2.Price:
     if isinstance(usd, bool) or not isinstance(usd, int | float) or usd < 0:
         raise ConfigError(f"{where}.usd_per_gpu_hour {usd!r} must be a number >= 0")
     return fleet_pb2.Price(
-        accelerator=str(raw["accelerator"]), cloud=str(raw["cloud"]), region=str(raw["region"]),
+        accelerator=str(raw["accelerator"]), cloud=str(raw["cloud"]),
+        region=str(raw.get("region", "*")),
         price_class=str(raw["price_class"]), usd_per_gpu_hour=float(usd),
         source=str(raw.get("source", "")), as_of=str(raw.get("as_of", "")),
     )
@@ -61,6 +66,8 @@ def prices_from_document(doc: Any, where: str) -> list[fleet_pb2.Price]:
     """Prices from a decoded document: ``{"prices": [...]}``, a list, or one price object."""
     if isinstance(doc, Mapping) and "prices" in doc:
         entries = doc["prices"]
+    elif isinstance(doc, Mapping) and not doc:
+        entries = []
     elif isinstance(doc, Mapping):
         entries = [doc]
     else:
@@ -77,12 +84,8 @@ def prices_from_document(doc: Any, where: str) -> list[fleet_pb2.Price]:
 
 
 def load_prices_file(path: pathlib.Path) -> list[fleet_pb2.Price]:
-    """Read the prices TOML file the mesh config names."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError as exc:
-        raise ConfigError(f"prices file {path} does not exist (mesh config prices_file)") from exc
-    return prices_from_document(parse_document(text, str(path)), str(path))
+    """The prices file the mesh config names, read by the one shared reader."""
+    return [price_to_pb(p) for p in load_prices(path)]
 
 
 def price_key(p: fleet_pb2.Price) -> PriceKey:

@@ -1,0 +1,117 @@
+"""Conversion between ``switchyard.v1`` messages, the config file and placement's own types.
+
+The only place that knows both sides: placement/ never imports generated code.
+"""
+
+from __future__ import annotations
+
+from placement.catalog import Catalog
+from placement.fleet import TelemetrySnapshot, VariantStats
+from placement.hardware import GpuState
+from placement.model import Availability, Backend, Candidate, LogicalModel, Variant
+from placement.prices import PriceEntry
+from services.api.switchyard.v1 import fleet_pb2, placement_pb2, telemetry_pb2
+from services.config import MeshConfig
+
+
+def catalog_from_config(cfg: MeshConfig) -> Catalog:
+    models = [LogicalModel(m.name, m.default_slo_ms,
+                           tuple(Variant(v.name, m.name, v.quality) for v in m.variants),
+                           m.decoupled) for m in cfg.models]
+    return Catalog.build({r.name: r.cloud for r in cfg.regions}, models,
+                         [(r.a, r.b, r.ms) for r in cfg.rtt])
+
+
+def backends_from_config(cfg: MeshConfig) -> list[fleet_pb2.Backend]:
+    """The backends the static config lists, as registrations."""
+    by_variant = {v.name: (m.name, v.quality) for m in cfg.models for v in m.variants}
+    return [fleet_pb2.Backend(
+        id=b.id, endpoint=b.endpoint, cloud=cfg.region_cloud(b.region), region=b.region,
+        accelerator=b.accelerator, accelerator_count=b.accelerator_count,
+        price_class=b.price_class, max_concurrency=b.max_concurrency,
+        variants=[fleet_pb2.VariantRef(logical_model=by_variant[v][0], variant=v,
+                                       quality=by_variant[v][1]) for v in b.variants])
+        for b in cfg.backends]
+
+
+def backend_from_pb(b: fleet_pb2.Backend) -> Backend:
+    return Backend(id=b.id, endpoint=b.endpoint, cloud=b.cloud, region=b.region,
+                   accelerator=b.accelerator, accelerator_count=b.accelerator_count or 1,
+                   price_class=b.price_class or "on-demand",
+                   variants=tuple(Variant(v.variant, v.logical_model, v.quality)
+                                  for v in b.variants),
+                   max_concurrency=b.max_concurrency or 4)
+
+
+def backend_to_pb(b: Backend) -> fleet_pb2.Backend:
+    return fleet_pb2.Backend(
+        id=b.id, endpoint=b.endpoint, cloud=b.cloud, region=b.region,
+        accelerator=b.accelerator, accelerator_count=b.accelerator_count,
+        price_class=b.price_class, max_concurrency=b.max_concurrency,
+        variants=[fleet_pb2.VariantRef(logical_model=v.logical, variant=v.name,
+                                       quality=v.quality) for v in b.variants])
+
+
+def price_from_pb(p: fleet_pb2.Price) -> PriceEntry:
+    return PriceEntry(p.accelerator, p.cloud, p.region or "*", p.price_class,
+                      p.usd_per_gpu_hour, p.source, p.as_of)
+
+
+def price_to_pb(p: PriceEntry) -> fleet_pb2.Price:
+    return fleet_pb2.Price(accelerator=p.accelerator, cloud=p.cloud, region=p.region,
+                           price_class=p.price_class, usd_per_gpu_hour=p.usd_per_gpu_hour,
+                           source=p.source, as_of=p.as_of)
+
+
+def _opt(msg: telemetry_pb2.GpuReading, name: str) -> float | None:
+    return getattr(msg, name) if msg.HasField(name) else None
+
+
+def gpu_from_pb(g: telemetry_pb2.GpuReading) -> GpuState:
+    def as_int(name: str) -> int | None:
+        v = _opt(g, name)
+        return None if v is None else int(v)
+
+    return GpuState(
+        index=g.index, lost=g.lost, mem_free_bytes=as_int("mem_free_bytes"),
+        mem_total_bytes=as_int("mem_total_bytes"), temperature_c=_opt(g, "temperature_c"),
+        temperature_slowdown_c=_opt(g, "temperature_slowdown_c"),
+        sm_clock_mhz=as_int("sm_clock_mhz"), sm_clock_max_mhz=as_int("sm_clock_max_mhz"),
+        throttle_reasons=as_int("throttle_reasons"),
+        ecc_uncorrected=as_int("ecc_uncorrected_volatile"),
+        xid_events=tuple(g.xid_events), gpu_util_pct=_opt(g, "gpu_util_pct"))
+
+
+def snapshot_from_pb(r: telemetry_pb2.TelemetryReport) -> TelemetrySnapshot:
+    return TelemetrySnapshot(
+        ready=r.backend_ready,
+        simulated=r.source != telemetry_pb2.TELEMETRY_SOURCE_NVML,
+        gpus=tuple(gpu_from_pb(g) for g in r.gpus),
+        variants={m.variant: VariantStats(m.inference_count, m.execution_count,
+                                          m.failure_count, m.queue_ns, m.compute_infer_ns,
+                                          m.ready) for m in r.models},
+        inflight=r.inflight)
+
+
+def candidate_to_pb(c: Candidate) -> placement_pb2.Candidate:
+    return placement_pb2.Candidate(
+        deployment_id=c.deployment_id, backend_id=c.backend_id, endpoint=c.endpoint,
+        variant=c.variant, region=c.region, cloud=c.cloud, accelerator=c.accelerator,
+        quality=c.quality, latency_p95_ms=round(c.latency_p95_ms, 2),
+        rtt_ms=round(c.rtt_ms, 2), queue_ms=round(c.queue_ms, 2),
+        compute_ms=round(c.compute_ms, 2), cost_usd=float(f"{c.cost_usd:.4g}"),
+        spare_capacity=round(c.spare_capacity, 1), observed=c.observed,
+        dropped_reason=c.dropped_reason, availability=int(c.availability),
+        penalty_reason=c.penalty_reason)
+
+
+def candidate_from_pb(c: placement_pb2.Candidate) -> Candidate:
+    return Candidate(
+        deployment_id=c.deployment_id, backend_id=c.backend_id, endpoint=c.endpoint,
+        variant=c.variant, region=c.region, cloud=c.cloud, accelerator=c.accelerator,
+        quality=c.quality, latency_p95_ms=c.latency_p95_ms, rtt_ms=c.rtt_ms,
+        queue_ms=c.queue_ms, compute_ms=c.compute_ms, cost_usd=c.cost_usd,
+        spare_capacity=c.spare_capacity, observed=c.observed,
+        dropped_reason=c.dropped_reason,
+        availability=Availability(c.availability or Availability.ACTIVE),
+        penalty_reason=c.penalty_reason)

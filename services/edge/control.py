@@ -1,0 +1,160 @@
+"""The edge's background work, off the call path.
+
+- ``PlacementLink``: watches route tables (any placement replica; on loss, the next one,
+  with jittered backoff) and reports what the edge observed. Losing placement changes
+  nothing for calls: the edge keeps routing on its last table (static stability).
+- ``HealthChecker``: active ``ServerReady`` checks of every backend in the tables; a backend
+  failing ``unhealthy_after`` checks in a row is blocked until a check passes. Each check's
+  round trip is an RTT sample reported to placement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+
+import grpc
+import structlog
+from tritonclient.grpc import service_pb2
+
+from services.api.switchyard.v1 import placement_pb2, placement_pb2_grpc, telemetry_pb2
+from services.edge.outlier import OutlierDetector
+from services.edge.routes import RouteStore
+from services.edge.stats import EdgeStats
+from services.edge.upstream import Upstreams
+
+log = structlog.get_logger("switchyard.edge")
+
+
+class PlacementLink:
+    def __init__(self, edge_id: str, region: str, replicas: list[str], store: RouteStore,
+                 stats: EdgeStats, on_update: Callable[[], None],
+                 report_interval_s: float = 2.0) -> None:
+        self.edge_id = edge_id
+        self.region = region
+        self.replicas = replicas
+        self.store = store
+        self.stats = stats
+        self.on_update = on_update
+        self.report_interval_s = report_interval_s
+        self.connected = False
+        self.connected_to = ""
+        self.rtt_ms: dict[str, float] = {}  # backend id -> last health-check round trip
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def _stub(self, address: str) -> placement_pb2_grpc.PlacementStub:
+        ch = self._channels.get(address)
+        if ch is None:
+            ch = self._channels[address] = grpc.aio.insecure_channel(address, options=[
+                ("grpc.keepalive_time_ms", 5_000), ("grpc.keepalive_timeout_ms", 2_000),
+                ("grpc.keepalive_permit_without_calls", 1)])
+        return placement_pb2_grpc.PlacementStub(ch)
+
+    async def watch(self) -> None:
+        """Forever: follow route updates from whichever replica answers."""
+        backoff, i = 0.1, 0
+        while True:
+            address = self.replicas[i % len(self.replicas)]
+            try:
+                call = self._stub(address).WatchRoutes(placement_pb2.WatchRoutesRequest(
+                    edge_id=self.edge_id, edge_region=self.region,
+                    known_version=self.store.version))
+                async for update in call:
+                    if not self.connected:
+                        log.info("placement_connected", placement=address,
+                                 replica=update.placement_id)
+                    self.connected, self.connected_to, backoff = True, address, 0.1
+                    self.store.apply(update)
+                    self.on_update()
+                    await asyncio.to_thread(self.store.persist)
+                raise ConnectionError("WatchRoutes stream ended")
+            except (grpc.aio.AioRpcError, ConnectionError) as exc:
+                if self.connected:
+                    log.warning("placement_lost", placement=address, error=str(exc)[:200],
+                                action="routing on the last table; retrying other replicas")
+                self.connected = False
+                i += 1
+                await asyncio.sleep(backoff * (0.5 + random.random()))  # noqa: S311
+                backoff = min(backoff * 2, 2.0)
+
+    async def report(self) -> None:
+        """Forever: refresh observed quantiles and send them to the connected replica."""
+        while True:
+            await asyncio.sleep(self.report_interval_s)
+            snapshot = self.stats.refresh()
+            obs = [telemetry_pb2.Observation(
+                deployment_id=dep, edge_region=self.region, samples=n, failures=f,
+                p50_ms=p50, p95_ms=p95,
+                rtt_ms=self.rtt_ms.get(dep.split("/", 1)[0], 0.0))
+                for dep, (n, f, p50, p95) in snapshot.items()]
+            if not self.connected or not obs:
+                continue
+            try:
+                await self._stub(self.connected_to).ReportObservations(
+                    telemetry_pb2.ObservationReport(edge_id=self.edge_id,
+                                                    edge_region=self.region,
+                                                    observations=obs), timeout=2.0)
+            except grpc.aio.AioRpcError as exc:
+                log.debug("observations_not_sent", error=exc.code().name)
+
+
+class HealthChecker:
+    def __init__(self, store: RouteStore, upstreams: Upstreams, outliers: OutlierDetector,
+                 blocked: set[str], link: PlacementLink, interval_s: float = 0.25,
+                 unhealthy_after: int = 2, timeout_s: float = 0.5) -> None:
+        self.store = store
+        self.upstreams = upstreams
+        self.outliers = outliers
+        self.blocked = blocked
+        self.link = link
+        self.interval_s = interval_s
+        self.unhealthy_after = unhealthy_after
+        self.timeout_s = timeout_s
+        self.failures: dict[str, int] = {}
+        self.unhealthy: set[str] = set()  # backend ids
+
+    async def run(self) -> None:
+        while True:
+            await self.check_all()
+            for key in self.outliers.tick():
+                log.info("deployment_returned", deployment=key)
+            self.recompute_blocked()
+            await asyncio.sleep(self.interval_s)
+
+    def recompute_blocked(self) -> None:
+        by_backend: dict[str, list[str]] = {}
+        for cs in self.store.candidates.values():
+            for c in cs:
+                by_backend.setdefault(c.backend_id, []).append(c.deployment_id)
+        blocked = set(self.outliers.ejected)
+        for b in self.unhealthy:
+            blocked.update(by_backend.get(b, ()))
+        self.blocked.clear()
+        self.blocked.update(blocked)
+
+    async def check_all(self) -> None:
+        endpoints = self.store.endpoints()
+        await asyncio.gather(*(self.check(b, ep) for b, ep in endpoints.items()))
+
+    async def check(self, backend_id: str, endpoint: str) -> None:
+        t0 = time.perf_counter()
+        try:
+            resp = await self.upstreams.get(endpoint).stub.ServerReady(
+                service_pb2.ServerReadyRequest(), timeout=self.timeout_s)
+            ok = resp.ready
+        except grpc.aio.AioRpcError:
+            ok = False
+        if ok:
+            self.link.rtt_ms[backend_id] = (time.perf_counter() - t0) * 1000
+            self.failures[backend_id] = 0
+            if backend_id in self.unhealthy:
+                self.unhealthy.discard(backend_id)
+                log.info("backend_healthy", backend=backend_id)
+            return
+        n = self.failures[backend_id] = self.failures.get(backend_id, 0) + 1
+        if n >= self.unhealthy_after and backend_id not in self.unhealthy:
+            self.unhealthy.add(backend_id)
+            log.warning("backend_unhealthy", backend=backend_id, failed_checks=n)
+            self.recompute_blocked()

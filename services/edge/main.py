@@ -1,0 +1,167 @@
+"""Run one edge router: ``switchyard edge --config mesh.toml --id edge-us-east``."""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import grpc
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from placement.registry import PROFILES, build_profile
+from services.api.switchyard.v1 import edge_pb2, edge_pb2_grpc
+from services.config import EdgeConfig, MeshConfig
+from services.edge.budget import RetryBudget
+from services.edge.control import HealthChecker, PlacementLink
+from services.edge.outlier import OutlierDetector
+from services.edge.router import CallRecord, Router, RouterSettings
+from services.edge.routes import RouteStore
+from services.edge.service import SERVICE, InferenceService
+from services.edge.stats import EdgeStats
+from services.edge.upstream import Upstreams
+from services.serving import add_health_and_reflection, bind, mark_serving, start_metrics
+
+log = structlog.get_logger("switchyard.edge")
+access = structlog.get_logger("switchyard.edge.access")
+ADMIN = edge_pb2.DESCRIPTOR.services_by_name["EdgeAdmin"].full_name
+
+
+class EdgeMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.calls = Counter("switchyard_edge_calls_total", "Calls answered",
+                             ["model", "deployment", "status"], registry=self.registry)
+        self.latency = Histogram("switchyard_edge_call_seconds", "Call latency at the edge",
+                                 ["model"], registry=self.registry,
+                                 buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
+        self.attempts = Counter("switchyard_edge_attempts_total", "Upstream attempts",
+                                ["model"], registry=self.registry)
+        self.ejections = Counter("switchyard_edge_ejections_total", "Outlier ejections",
+                                 ["deployment"], registry=self.registry)
+        self.stage = Histogram("switchyard_edge_pipeline_stage_seconds",
+                               "Routing pipeline stage time (sampled)", ["stage", "plugin"],
+                               registry=self.registry,
+                               buckets=(1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 1e-3))
+
+
+@dataclass
+class RunningEdge:
+    server: grpc.aio.Server
+    router: Router
+    link: PlacementLink
+    health: HealthChecker
+    port: int
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def stop(self, grace: float = 1.0) -> None:
+        for t in self.tasks:
+            t.cancel()
+        await self.server.stop(grace)
+        await self.router.upstreams.close()
+
+
+class EdgeAdminService(edge_pb2_grpc.EdgeAdminServicer):
+    def __init__(self, edge_id: str, router: Router, link: PlacementLink) -> None:
+        self.edge_id, self.router, self.link = edge_id, router, link
+
+    async def Status(self, request: edge_pb2.EdgeStatusRequest,
+                     context: grpc.aio.ServicerContext) -> edge_pb2.EdgeStatusResponse:
+        r = self.router
+        resp = edge_pb2.EdgeStatusResponse(
+            edge_id=self.edge_id, region=r.store.region, routes_version=r.store.version,
+            placement_connected=self.link.connected, routes_source=r.store.source,
+            tables=list(r.store.tables.values()))
+        for dep in sorted(r.store.deployment_ids()):
+            s = r.stats.by_deployment.get(dep)
+            resp.deployments.append(edge_pb2.DeploymentHealth(
+                deployment_id=dep, ejected=dep in r.blocked,
+                ejected_for_s=r.outliers.ejected_for(dep), calls=s.calls if s else 0,
+                failures=s.failures if s else 0, p95_ms=r.stats.p95.get(dep, 0.0)))
+        return resp
+
+
+def make_dialer(cfg: MeshConfig, region: str) -> Callable[[str], str]:
+    """Backend endpoint → address to dial: the emulated-WAN relay for remote regions."""
+    if not cfg.wan.emulate:
+        return lambda endpoint: endpoint
+    from services.backends.wan import relay_routes
+
+    relays = {r.target: f"127.0.0.1:{r.listen_port}" for r in relay_routes(cfg)
+              if r.edge_region == region}
+    return lambda endpoint: relays.get(endpoint, endpoint)
+
+
+def _access_logger(metrics: EdgeMetrics) -> Callable[[CallRecord], None]:
+    def done(rec: CallRecord) -> None:
+        dep = rec.chosen.deployment_id if rec.chosen else ""
+        metrics.calls.labels(rec.model, dep, rec.status).inc()
+        metrics.latency.labels(rec.model).observe(rec.latency_ms / 1000)
+        metrics.attempts.labels(rec.model).inc(rec.attempts)
+        access.info("call", request_id=rec.request_id, model=rec.model, deployment=dep,
+                    attempts=rec.attempts, latency_ms=round(rec.latency_ms, 3),
+                    cost_usd=rec.chosen.cost_usd if rec.chosen else 0.0,
+                    slo_ms=rec.hints.slo_ms if rec.hints else None, slo_met=rec.slo_met,
+                    status=rec.status)
+    return done
+
+
+async def start_edge(cfg: MeshConfig, edge: EdgeConfig, port: int | None = None,
+                     placement: list[str] | None = None, metrics_port: int | None = None,
+                     dial: Callable[[str], str] | None = None) -> RunningEdge:
+    rt = cfg.edge
+    metrics = EdgeMetrics()
+    store = RouteStore(edge.region, cfg.path(cfg.run_dir) / f"{edge.id}.routes.pb")
+    store.load()
+    stats = EdgeStats(cfg.routing.observed_min_samples)
+    outliers = OutlierDetector(rt.eject_consecutive_failures, rt.eject_base_s,
+                               max_share=rt.eject_max_share)
+    outliers.on_eject = lambda dep, s: (metrics.ejections.labels(dep).inc(),
+                                        log.warning("deployment_ejected", deployment=dep,
+                                                    for_s=s))
+    observer = lambda stage, plugin, s: metrics.stage.labels(stage, plugin).observe(s)  # noqa: E731
+    profiles = {n: build_profile(n, cfg.routing.spread_band, observer) for n in PROFILES}
+    upstreams = Upstreams(dial or make_dialer(cfg, edge.region), rt.max_message_bytes)
+    router = Router(store, upstreams, outliers, stats,
+                    RetryBudget(rt.retry_budget_ratio, rt.retry_budget_min_per_s), profiles,
+                    frozenset(r.name for r in cfg.regions),
+                    RouterSettings(cfg.routing.slo_margin_ms, cfg.routing.deadline_margin_ms,
+                                   rt.max_attempts, cfg.routing.fail_fast,
+                                   cfg.routing.profile),
+                    _access_logger(metrics))
+    replicas = placement or [f"{cfg.placement.host}:{cfg.placement.port}",
+                             *cfg.placement.replicas]
+    link = PlacementLink(edge.id, edge.region, replicas, store, stats,
+                         on_update=lambda: outliers.known(store.deployment_ids()),
+                         report_interval_s=rt.report_interval_s)
+    health = HealthChecker(store, upstreams, outliers, router.blocked, link,
+                           rt.health_interval_s)
+    server = grpc.aio.server(options=[
+        ("grpc.max_receive_message_length", rt.max_message_bytes),
+        ("grpc.max_send_message_length", rt.max_message_bytes),
+        ("grpc.so_reuseport", 1),
+    ])
+    inference = InferenceService(router)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        SERVICE, inference.handlers()),))
+    edge_pb2_grpc.add_EdgeAdminServicer_to_server(EdgeAdminService(edge.id, router, link),
+                                                  server)
+    hs = add_health_and_reflection(server, [SERVICE, ADMIN])
+    bound = bind(server, edge.host, edge.port if port is None else port)
+    await server.start()
+    await mark_serving(hs, [SERVICE, ADMIN])
+    mport = start_metrics(edge.metrics_port if metrics_port is None else metrics_port,
+                          edge.host, metrics.registry)
+    running = RunningEdge(server, router, link, health, bound)
+    running.tasks = [asyncio.create_task(link.watch()), asyncio.create_task(link.report()),
+                     asyncio.create_task(health.run())]
+    log.info("edge_listening", edge=edge.id, region=edge.region,
+             address=f"{edge.host}:{bound}", metrics_port=mport, placement=replicas,
+             routes_from=store.source)
+    return running
+
+
+def route_file(cfg: MeshConfig, edge_id: str) -> pathlib.Path:
+    return cfg.path(cfg.run_dir) / f"{edge_id}.routes.pb"

@@ -1,0 +1,82 @@
+"""Outlier ejection, as Envoy does it, decided locally by each edge.
+
+A deployment is ejected after ``consecutive`` failures in a row (calls or active health
+checks), for ``base_s × 2^(n−1)`` seconds on its n-th ejection (capped at ``max_s``); the
+ejection count decays after a healthy period. At most ``max_share`` of the known deployments
+are ejected at once, so a fleet-wide blip does not eject everything. A passing active health
+check ends an ejection early only after its minimum time, so a flapping backend stays out.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class _State:
+    consecutive: int = 0
+    ejections: int = 0
+    ejected_until: float = 0.0
+    last_ejected_at: float = 0.0
+
+
+class OutlierDetector:
+    def __init__(self, consecutive: int = 3, base_s: float = 5.0, max_s: float = 300.0,
+                 max_share: float = 0.5, clock: Callable[[], float] = time.monotonic) -> None:
+        self.consecutive = consecutive
+        self.base_s = base_s
+        self.max_s = max_s
+        self.max_share = max_share
+        self.clock = clock
+        self._states: dict[str, _State] = {}
+        self.ejected: set[str] = set()  # read by the pipeline on every call
+        self.on_eject: Callable[[str, float], None] | None = None
+
+    def known(self, ids: set[str]) -> None:
+        for i in ids:
+            self._states.setdefault(i, _State())
+
+    def success(self, key: str) -> None:
+        st = self._states.get(key)
+        if st is not None:
+            st.consecutive = 0
+
+    def failure(self, key: str) -> bool:
+        """Record one failure; True when this failure ejected the deployment."""
+        st = self._states.setdefault(key, _State())
+        st.consecutive += 1
+        if st.consecutive >= self.consecutive and key not in self.ejected:
+            return self.eject(key)
+        return False
+
+    def eject(self, key: str) -> bool:
+        now = self.clock()
+        st = self._states.setdefault(key, _State())
+        if key in self.ejected:
+            return False
+        if len(self.ejected) + 1 > max(1, int(self.max_share * len(self._states))):
+            return False
+        if now - st.last_ejected_at > self.max_s:
+            st.ejections = 0  # healthy for a long time: forgive earlier ejections
+        st.ejections += 1
+        duration = min(self.base_s * 2 ** (st.ejections - 1), self.max_s)
+        st.ejected_until, st.last_ejected_at = now + duration, now
+        self.ejected.add(key)
+        if self.on_eject is not None:
+            self.on_eject(key, duration)
+        return True
+
+    def tick(self) -> list[str]:
+        """Return ejected deployments whose time is up to service (called periodically)."""
+        now = self.clock()
+        back = [k for k in self.ejected if self._states[k].ejected_until <= now]
+        for k in back:
+            self.ejected.discard(k)
+            self._states[k].consecutive = 0
+        return back
+
+    def ejected_for(self, key: str) -> float:
+        st = self._states.get(key)
+        return max(0.0, st.ejected_until - self.clock()) if st and key in self.ejected else 0.0

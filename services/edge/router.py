@@ -1,0 +1,203 @@
+"""The edge's request path for one ``ModelInfer`` call, as named steps:
+
+read hints → find candidates → choose → forward → on a retryable failure choose again.
+
+Collaborators are passed in (route store, upstream pool, outlier detector, stats, retry
+budget, profiles), so a test can hand it fakes. Nothing here parses tensors or calls
+placement.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from placement.errors import BackendFailed, NoHealthyDeployment, UnknownModel
+from placement.model import CallContext, Candidate, Hints
+from placement.pipeline import Profile
+from services.edge import hints as hint_parser
+from services.edge.budget import RetryBudget
+from services.edge.outlier import OutlierDetector
+from services.edge.routes import RouteStore
+from services.edge.stats import EdgeStats
+from services.edge.upstream import Upstreams
+from services.edge.wire import rewrite_model_name, scan_model_name
+
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                       grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
+                       grpc.StatusCode.ABORTED})
+MIN_ATTEMPT_TIMEOUT_S = 0.25
+ATTEMPT_TIMEOUT_FACTOR = 4.0  # an attempt may take this many times its p95 estimate
+
+
+@dataclass(frozen=True, slots=True)
+class RouterSettings:
+    slo_margin_ms: float = 2.0
+    deadline_margin_ms: float = 5.0
+    max_attempts: int = 3
+    fail_fast: bool = False
+    default_profile: str = "cheapest"
+
+
+@dataclass(slots=True)
+class CallRecord:
+    """What happened to one call: the access-log event and the trailers come from it."""
+
+    request_id: str
+    model: str
+    hints: Hints | None = None
+    chosen: Candidate | None = None
+    attempts: int = 0
+    slo_met: bool = True
+    latency_ms: float = 0.0
+    status: str = "OK"
+    tried: tuple[str, ...] = ()
+
+    def trailers(self) -> tuple[tuple[str, str], ...]:
+        if self.chosen is None:
+            return (("x-request-id", self.request_id), ("x-attempts", str(self.attempts)))
+        c = self.chosen
+        return (("x-served-by", c.deployment_id), ("x-served-region", c.region),
+                ("x-cost-usd", f"{c.cost_usd:.10f}"),
+                ("x-slo-met", "true" if self.slo_met else "false"),
+                ("x-attempts", str(self.attempts)), ("x-request-id", self.request_id))
+
+
+class Router:
+    def __init__(self, store: RouteStore, upstreams: Upstreams, outliers: OutlierDetector,
+                 stats: EdgeStats, budget: RetryBudget, profiles: dict[str, Profile],
+                 regions: frozenset[str], settings: RouterSettings,
+                 on_done: Callable[[CallRecord], None],
+                 clock: Callable[[], float] = time.perf_counter,
+                 rng: random.Random | None = None) -> None:
+        self.store = store
+        self.upstreams = upstreams
+        self.outliers = outliers
+        self.stats = stats
+        self.budget = budget
+        self.profiles = profiles
+        self.profile_names = tuple(profiles)
+        self.regions = regions
+        self.settings = settings
+        self.on_done = on_done
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.blocked: set[str] = set()  # ejected ∪ failing active health checks
+
+    # -- the steps -----------------------------------------------------------------------
+
+    def read(self, raw: bytes, metadata: Sequence[tuple[str, str | bytes]] | None,
+             time_remaining_s: float | None, record: CallRecord
+             ) -> tuple[str, Sequence[Candidate], CallContext, Profile]:
+        """Read the model name and hints; find the model's candidates."""
+        model = scan_model_name(raw)
+        record.model = model
+        parsed = hint_parser.parse(metadata, self.regions, self.profile_names)
+        record.request_id = parsed.request_id
+        cands = self.candidates(model)
+        hints = hint_parser.resolve(parsed, time_remaining_s, self.store.default_slo_ms[model],
+                                    self.settings.deadline_margin_ms, self.settings.fail_fast)
+        record.hints = hints
+        ctx = CallContext(hints, self.settings.slo_margin_ms, set(), set(), self.blocked,
+                          self.stats.p95)
+        return model, cands, ctx, self.profiles[parsed.profile or self.settings.default_profile]
+
+    def candidates(self, model: str) -> Sequence[Candidate]:
+        cands = self.store.candidates.get(model)
+        if cands is None:
+            known = ", ".join(sorted(self.store.candidates)) or "none yet: no route table"
+            raise UnknownModel(f"model {model!r} is not served by this mesh (known: {known})")
+        return cands
+
+    def attempt_timeout(self, c: Candidate, deadline: float | None, last: bool) -> float | None:
+        """Per-attempt timeout: the remaining deadline, shortened while retries remain."""
+        if deadline is None:
+            return None if last else max(MIN_ATTEMPT_TIMEOUT_S,
+                                         ATTEMPT_TIMEOUT_FACTOR * c.latency_p95_ms / 1000)
+        remaining = deadline - self.clock()
+        if last:
+            return max(remaining, 0.001)
+        bound = max(MIN_ATTEMPT_TIMEOUT_S, ATTEMPT_TIMEOUT_FACTOR * c.latency_p95_ms / 1000)
+        return max(min(remaining, bound), 0.001)
+
+    async def infer(self, raw: bytes, metadata: Sequence[tuple[str, str | bytes]] | None,
+                    time_remaining_s: float | None, record: CallRecord) -> bytes:
+        """Route one call; returns the backend's response bytes or raises SwitchyardError."""
+        start = self.clock()
+        deadline = None if time_remaining_s is None else start + time_remaining_s
+        try:
+            model, cands, ctx, profile = self.read(raw, metadata, time_remaining_s, record)
+            self.budget.call()
+            last_error: grpc.aio.AioRpcError | None = None
+            while True:
+                try:
+                    decision = profile.choose(cands, ctx, self.rng)
+                except NoHealthyDeployment as exc:
+                    if last_error is None:
+                        raise
+                    raise _failed(last_error, record) from exc
+                c = decision.candidate
+                record.chosen, record.slo_met = c, decision.slo_met
+                record.attempts += 1
+                last = (record.attempts >= self.settings.max_attempts)
+                t0 = self.clock()
+                try:
+                    response = await self.upstreams.get(c.endpoint).infer(
+                        rewrite_model_name(raw, model, c.variant),
+                        timeout=self.attempt_timeout(c, deadline, last))
+                except grpc.aio.AioRpcError as err:
+                    self.stats.record(c.deployment_id, 0.0, ok=False)
+                    self._failure(c, err)
+                    last_error = err
+                    if not self._may_retry(err, deadline, record):
+                        raise _failed(err, record) from None
+                    ctx.exclude.add(c.deployment_id)  # type: ignore[union-attr]
+                    if self._looks_regional(err, c, record):
+                        ctx.avoid_regions.add(c.region)  # type: ignore[union-attr]
+                    continue
+                now = self.clock()
+                self.stats.record(c.deployment_id, (now - t0) * 1000, ok=True)
+                self.outliers.success(c.deployment_id)
+                record.latency_ms = (now - start) * 1000
+                if record.hints is not None and record.latency_ms > record.hints.slo_ms:
+                    record.slo_met = False
+                return response
+        except BaseException as exc:
+            record.latency_ms = (self.clock() - start) * 1000
+            record.status = getattr(exc, "grpc_code", type(exc).__name__)
+            raise
+        finally:
+            self.on_done(record)
+
+    # -- failure handling ----------------------------------------------------------------
+
+    def _failure(self, c: Candidate, err: grpc.aio.AioRpcError) -> None:
+        record_tried = err.code() in RETRYABLE
+        if record_tried and self.outliers.failure(c.deployment_id):
+            self.blocked.add(c.deployment_id)
+
+    def _may_retry(self, err: grpc.aio.AioRpcError, deadline: float | None,
+                   record: CallRecord) -> bool:
+        if err.code() not in RETRYABLE or record.attempts >= self.settings.max_attempts:
+            return False
+        if deadline is not None and deadline - self.clock() < 0.002:
+            return False
+        return self.budget.try_retry()
+
+    @staticmethod
+    def _looks_regional(err: grpc.aio.AioRpcError, c: Candidate, record: CallRecord) -> bool:
+        """A timeout, or a second failure in the same region, suggests the region is sick."""
+        if err.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
+            return True
+        record.tried = (*record.tried, c.region)
+        return record.tried.count(c.region) >= 2
+
+
+def _failed(err: grpc.aio.AioRpcError, record: CallRecord) -> BackendFailed:
+    where = record.chosen.deployment_id if record.chosen else "?"
+    return BackendFailed(f"{where} failed after {record.attempts} attempt(s): "
+                         f"{err.code().name}: {err.details()}", err.code().name)

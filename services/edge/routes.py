@@ -1,0 +1,80 @@
+"""The edge's route store: the tables placement last pushed, converted once, kept on disk.
+
+Static stability: on start the edge loads the last snapshot it persisted, so it can route
+while placement is down; every update from placement is persisted (atomically) as a
+``RouteUpdate`` snapshot of every table the edge holds.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import tempfile
+
+import structlog
+
+from placement.model import Candidate
+from services.api.switchyard.v1 import placement_pb2
+from services.convert import candidate_from_pb
+
+log = structlog.get_logger("switchyard.edge.routes")
+
+
+class RouteStore:
+    def __init__(self, region: str, path: pathlib.Path | None) -> None:
+        self.region = region
+        self.path = path
+        self.tables: dict[str, placement_pb2.RouteTable] = {}
+        self.candidates: dict[str, tuple[Candidate, ...]] = {}
+        self.default_slo_ms: dict[str, float] = {}
+        self.version = 0
+        self.source = "none"
+
+    def apply(self, update: placement_pb2.RouteUpdate, source: str = "placement") -> None:
+        if update.snapshot:
+            self.tables.clear()
+        for t in update.tables:
+            if t.edge_region != self.region:
+                continue
+            self.tables[t.model] = t
+        for m in update.removed_models:
+            self.tables.pop(m, None)
+        self.candidates = {m: tuple(candidate_from_pb(c) for c in t.candidates)
+                           for m, t in self.tables.items()}
+        self.default_slo_ms = {m: t.default_slo_ms for m, t in self.tables.items()}
+        self.version = max(self.version, update.version) if source != "disk" else update.version
+        self.source = source
+
+    def snapshot(self) -> placement_pb2.RouteUpdate:
+        return placement_pb2.RouteUpdate(version=self.version, snapshot=True,
+                                         tables=list(self.tables.values()))
+
+    def persist(self) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name + ".")
+        with os.fdopen(fd, "wb") as f:
+            f.write(self.snapshot().SerializeToString())
+        os.replace(tmp, self.path)
+
+    def load(self) -> bool:
+        """Load the persisted snapshot, if any; True when tables were loaded."""
+        if self.path is None or not self.path.exists():
+            return False
+        try:
+            update = placement_pb2.RouteUpdate.FromString(self.path.read_bytes())
+        except Exception as exc:  # noqa: BLE001 - a corrupt file must not stop the edge
+            log.warning("route_file_unreadable", path=str(self.path), error=str(exc))
+            return False
+        self.apply(update, source="disk")
+        log.info("routes_loaded_from_disk", path=str(self.path), version=self.version,
+                 tables=len(self.tables))
+        return bool(self.tables)
+
+    def deployment_ids(self) -> set[str]:
+        return {c.deployment_id for cs in self.candidates.values() for c in cs}
+
+    def endpoints(self) -> dict[str, str]:
+        """backend id → endpoint for every backend any table mentions."""
+        return {c.backend_id: c.endpoint for cs in self.candidates.values() for c in cs}

@@ -1,0 +1,153 @@
+"""The edge's ``inference.GRPCInferenceService``: KServe v2 / Triton's protocol, unchanged.
+
+``ModelInfer`` and ``ModelStreamInfer`` take and return raw bytes (no parse on the hot path).
+The control RPCs answer for *logical* models: readiness from the route table and the edge's
+own health view, metadata and config forwarded to a serving backend with the names mapped.
+The proto is the one tritonclient ships (``tritonclient.grpc.service_pb2``), not a fork.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+from tritonclient.grpc import service_pb2
+
+from placement.errors import SwitchyardError, UnknownModel
+from placement.model import Candidate
+from services.edge.router import CallRecord, Router
+from services.edge.stream import route_stream
+from services.grpc_errors import abort, status_of
+
+SERVICE = "inference.GRPCInferenceService"
+
+
+class InferenceService:
+    def __init__(self, router: Router, server_name: str = "switchyard-edge") -> None:
+        self.router = router
+        self.server_name = server_name
+
+    # -- data plane ----------------------------------------------------------------------
+
+    async def model_infer(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        record = CallRecord("", "")
+        try:
+            response = await self.router.infer(raw, context.invocation_metadata(),
+                                               context.time_remaining(), record)
+        except SwitchyardError as exc:
+            code, message, trailers = status_of(exc)
+            context.set_trailing_metadata(record.trailers() + trailers)
+            await context.abort(code, message)
+        context.set_trailing_metadata(record.trailers())
+        return response
+
+    async def model_stream_infer(self, requests: AsyncIterator[bytes],
+                                 context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        record = CallRecord("", "")
+        try:
+            async for resp in route_stream(self.router, requests, context.invocation_metadata(),
+                                           context.time_remaining(), record, context):
+                yield resp
+        except SwitchyardError as exc:
+            code, message, trailers = status_of(exc)
+            context.set_trailing_metadata(record.trailers() + trailers)
+            await context.abort(code, message)
+        context.set_trailing_metadata(record.trailers())
+
+    # -- control RPCs --------------------------------------------------------------------
+
+    def _serving(self, model: str) -> list[Candidate]:
+        cands = self.router.candidates(model)
+        return [c for c in cands if not c.dropped_reason
+                and c.deployment_id not in self.router.blocked]
+
+    async def server_live(self, request: service_pb2.ServerLiveRequest,
+                          context: grpc.aio.ServicerContext) -> service_pb2.ServerLiveResponse:
+        return service_pb2.ServerLiveResponse(live=True)
+
+    async def server_ready(self, request: service_pb2.ServerReadyRequest,
+                           context: grpc.aio.ServicerContext) -> service_pb2.ServerReadyResponse:
+        ready = any(self._serving(m) for m in self.router.store.candidates)
+        return service_pb2.ServerReadyResponse(ready=ready)
+
+    async def model_ready(self, request: service_pb2.ModelReadyRequest,
+                          context: grpc.aio.ServicerContext) -> service_pb2.ModelReadyResponse:
+        try:
+            return service_pb2.ModelReadyResponse(ready=bool(self._serving(request.name)))
+        except UnknownModel:
+            return service_pb2.ModelReadyResponse(ready=False)
+
+    async def _forward(self, model: str, call: str, request: object,
+                       context: grpc.aio.ServicerContext) -> object:
+        serving = self._serving(model)
+        if not serving:
+            await abort(context, UnknownModel(f"model {model!r} has no serving deployment"))
+        last: grpc.aio.AioRpcError | None = None
+        for c in serving[:3]:
+            request.name = c.variant  # type: ignore[attr-defined]
+            try:
+                stub = self.router.upstreams.get(c.endpoint).stub
+                return await getattr(stub, call)(request, timeout=2.0)
+            except grpc.aio.AioRpcError as err:
+                last = err
+        assert last is not None
+        await context.abort(last.code(), f"{call} failed on every deployment: {last.details()}")
+        raise AssertionError("unreachable")
+
+    async def model_metadata(self, request: service_pb2.ModelMetadataRequest,
+                             context: grpc.aio.ServicerContext
+                             ) -> service_pb2.ModelMetadataResponse:
+        model = request.name
+        try:
+            resp = await self._forward(model, "ModelMetadata", request, context)
+        except SwitchyardError as exc:
+            await abort(context, exc)
+        assert isinstance(resp, service_pb2.ModelMetadataResponse)
+        resp.name = model
+        return resp
+
+    async def model_config(self, request: service_pb2.ModelConfigRequest,
+                           context: grpc.aio.ServicerContext) -> service_pb2.ModelConfigResponse:
+        model = request.name
+        try:
+            resp = await self._forward(model, "ModelConfig", request, context)
+        except SwitchyardError as exc:
+            await abort(context, exc)
+        assert isinstance(resp, service_pb2.ModelConfigResponse)
+        resp.config.name = model
+        return resp
+
+    async def repository_index(self, request: service_pb2.RepositoryIndexRequest,
+                               context: grpc.aio.ServicerContext
+                               ) -> service_pb2.RepositoryIndexResponse:
+        resp = service_pb2.RepositoryIndexResponse()
+        for m in sorted(self.router.store.candidates):
+            ready = bool(self._serving(m))
+            if request.ready and not ready:
+                continue
+            resp.models.append(service_pb2.RepositoryIndexResponse.ModelIndex(
+                name=m, version="1", state="READY" if ready else "UNAVAILABLE",
+                reason="" if ready else "no healthy deployment"))
+        return resp
+
+    def handlers(self) -> dict[str, grpc.RpcMethodHandler]:
+        def unary(fn, req_cls, resp_cls):  # type: ignore[no-untyped-def]
+            return grpc.unary_unary_rpc_method_handler(
+                fn, request_deserializer=req_cls.FromString,
+                response_serializer=resp_cls.SerializeToString)
+
+        s = service_pb2
+        return {
+            "ModelInfer": grpc.unary_unary_rpc_method_handler(self.model_infer),
+            "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(self.model_stream_infer),
+            "ServerLive": unary(self.server_live, s.ServerLiveRequest, s.ServerLiveResponse),
+            "ServerReady": unary(self.server_ready, s.ServerReadyRequest,
+                                 s.ServerReadyResponse),
+            "ModelReady": unary(self.model_ready, s.ModelReadyRequest, s.ModelReadyResponse),
+            "ModelMetadata": unary(self.model_metadata, s.ModelMetadataRequest,
+                                   s.ModelMetadataResponse),
+            "ModelConfig": unary(self.model_config, s.ModelConfigRequest,
+                                 s.ModelConfigResponse),
+            "RepositoryIndex": unary(self.repository_index, s.RepositoryIndexRequest,
+                                     s.RepositoryIndexResponse),
+        }

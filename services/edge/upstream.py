@@ -1,0 +1,63 @@
+"""Connections to backends: one keepalive gRPC channel per endpoint, raw-bytes calls.
+
+``dial`` maps a backend's endpoint to the address actually dialled (the WAN relay when
+inter-region latency is emulated). Requests and responses stay bytes: nothing on this path
+parses tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+from tritonclient.grpc import service_pb2_grpc
+
+INFER = "/inference.GRPCInferenceService/ModelInfer"
+STREAM = "/inference.GRPCInferenceService/ModelStreamInfer"
+
+
+@dataclass(slots=True)
+class Upstream:
+    address: str
+    channel: grpc.aio.Channel
+    infer: grpc.aio.UnaryUnaryMultiCallable
+    stream: grpc.aio.StreamStreamMultiCallable
+    stub: service_pb2_grpc.GRPCInferenceServiceStub
+
+
+class Upstreams:
+    def __init__(self, dial: Callable[[str], str], max_message_bytes: int) -> None:
+        self.dial = dial
+        self.options = [
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.keepalive_time_ms", 10_000),
+            ("grpc.keepalive_timeout_ms", 2_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 2_000),
+            ("grpc.enable_retries", 0),
+        ]
+        self._by_endpoint: dict[str, Upstream] = {}
+
+    def get(self, endpoint: str) -> Upstream:
+        up = self._by_endpoint.get(endpoint)
+        if up is None:
+            address = self.dial(endpoint)
+            ch = grpc.aio.insecure_channel(address, options=self.options)
+            up = Upstream(address, ch,
+                          ch.unary_unary(INFER, request_serializer=None,
+                                         response_deserializer=None),
+                          ch.stream_stream(STREAM, request_serializer=None,
+                                           response_deserializer=None),
+                          service_pb2_grpc.GRPCInferenceServiceStub(ch))
+            self._by_endpoint[endpoint] = up
+        return up
+
+    async def close(self) -> None:
+        for up in self._by_endpoint.values():
+            await up.channel.close()
+        self._by_endpoint.clear()

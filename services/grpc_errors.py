@@ -1,0 +1,74 @@
+"""Turning ``SwitchyardError`` into gRPC statuses: one interceptor, one helper.
+
+Every server installs ``ErrorInterceptor``; the edge's hot path calls ``status_of`` directly
+(it answers raw bytes through a generic handler and cannot afford a wrapper per call).
+A retry hint travels as trailing metadata ``retry-after-ms`` beside the status message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+import structlog
+
+from placement.errors import SwitchyardError
+
+log = structlog.get_logger("switchyard.errors")
+
+
+def status_of(exc: SwitchyardError) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]:
+    """The status code, message and trailing metadata an error becomes."""
+    code = getattr(grpc.StatusCode, exc.grpc_code, grpc.StatusCode.INTERNAL)
+    trailers: tuple[tuple[str, str], ...] = ()
+    if exc.retry_after_s is not None:
+        trailers = (("retry-after-ms", str(int(exc.retry_after_s * 1000))),)
+    return code, exc.message, trailers
+
+
+async def abort(context: grpc.aio.ServicerContext, exc: SwitchyardError) -> None:
+    code, message, trailers = status_of(exc)
+    if trailers:
+        context.set_trailing_metadata(trailers)
+    await context.abort(code, message)
+
+
+def _wrap_unary(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await fn(request, context)
+        except SwitchyardError as exc:
+            await abort(context, exc)
+    return wrapper
+
+
+def _wrap_stream(fn: Callable[..., Any]) -> Callable[..., Any]:
+    async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            async for item in fn(request, context):
+                yield item
+        except SwitchyardError as exc:
+            await abort(context, exc)
+    return wrapper
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Maps any ``SwitchyardError`` a handler raises to its status (and logs it once)."""
+
+    async def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        kw = {"request_deserializer": handler.request_deserializer,
+              "response_serializer": handler.response_serializer}
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(_wrap_unary(handler.unary_unary), **kw)
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(_wrap_unary(handler.stream_unary), **kw)
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(_wrap_stream(handler.unary_stream), **kw)
+        return handler

@@ -1,0 +1,76 @@
+"""Run one placement replica: ``switchyard placement --config mesh.toml [--port N]``."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import grpc
+import structlog
+
+from placement.fleet import FleetState
+from placement.prices import PriceCatalog
+from placement.routes import RouteBuilder, TableSettings
+from services.api.switchyard.v1 import placement_pb2, placement_pb2_grpc
+from services.config import MeshConfig
+from services.convert import backend_from_pb, backends_from_config, catalog_from_config
+from services.grpc_errors import ErrorInterceptor
+from services.placement.hub import RouteHub
+from services.placement.metrics import PlacementMetrics
+from services.placement.server import PlacementService
+from services.prices_file import load_prices
+from services.serving import add_health_and_reflection, bind, mark_serving, start_metrics
+
+log = structlog.get_logger("switchyard.placement")
+SERVICE_NAME = placement_pb2.DESCRIPTOR.services_by_name["Placement"].full_name
+
+
+@dataclass
+class RunningPlacement:
+    server: grpc.aio.Server
+    service: PlacementService
+    port: int
+
+    async def stop(self, grace: float = 1.0) -> None:
+        await self.server.stop(grace)
+
+
+def build_service(cfg: MeshConfig, preregister: bool) -> PlacementService:
+    """Wire fleet, prices, builder and hub from the config.
+
+    ``preregister`` registers the backends the static config lists (the embedded default),
+    so routes exist before agents report; agents re-register with the same data.
+    """
+    catalog = catalog_from_config(cfg)
+    prices = PriceCatalog(load_prices(cfg.path(cfg.prices_file)))
+    fleet = FleetState()
+    if preregister:
+        for b in backends_from_config(cfg):
+            fleet.register(backend_from_pb(b))
+    builder = RouteBuilder(catalog, prices, fleet,
+                           TableSettings(cfg.routing.observed_min_samples,
+                                         cfg.placement.stale_after_s))
+    regions = sorted({e.region for e in cfg.edges} or set(catalog.regions))
+    hub = RouteHub(fleet, builder, regions, cfg.placement.coalesce_ms / 1000, time.monotonic)
+    metrics = PlacementMetrics()
+    hub.on_push = metrics.pushes.inc
+    return PlacementService(fleet, prices, builder, hub, metrics, cfg.routing.slo_margin_ms)
+
+
+async def start_placement(cfg: MeshConfig, host: str | None = None, port: int | None = None,
+                          metrics_port: int | None = None,
+                          preregister: bool = True) -> RunningPlacement:
+    service = build_service(cfg, preregister and cfg.discovery == "static")
+    server = grpc.aio.server(interceptors=[ErrorInterceptor()])
+    placement_pb2_grpc.add_PlacementServicer_to_server(service, server)
+    health = add_health_and_reflection(server, [SERVICE_NAME])
+    host = host or cfg.placement.host
+    bound = bind(server, host, cfg.placement.port if port is None else port)
+    await server.start()
+    await mark_serving(health, [SERVICE_NAME])
+    mport = start_metrics(cfg.placement.metrics_port if metrics_port is None else metrics_port,
+                          host, service.metrics.registry)
+    service.hub.publish()
+    log.info("placement_listening", address=f"{host}:{bound}", metrics_port=mport,
+             placement_id=service.placement_id, backends=len(service.fleet.backends))
+    return RunningPlacement(server, service, bound)

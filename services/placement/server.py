@@ -1,0 +1,239 @@
+"""The placement gRPC service: a thin shell around placement/'s fleet state and route builder."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+import structlog
+
+from placement.errors import InvalidRequest
+from placement.fleet import FleetState
+from placement.model import Availability, CallContext, Hints
+from placement.prices import PriceCatalog
+from placement.registry import build_profile
+from placement.routes import RouteBuilder
+from services.api.switchyard.v1 import (
+    fleet_pb2,
+    placement_pb2,
+    placement_pb2_grpc,
+    telemetry_pb2,
+)
+from services.convert import (
+    backend_from_pb,
+    backend_to_pb,
+    candidate_to_pb,
+    price_from_pb,
+    snapshot_from_pb,
+)
+from services.placement.hub import RouteHub
+from services.placement.metrics import PlacementMetrics
+
+log = structlog.get_logger("switchyard.placement")
+
+_SCOPES = {placement_pb2.AVAILABILITY_SCOPE_BACKEND: "backend",
+           placement_pb2.AVAILABILITY_SCOPE_REGION: "region",
+           placement_pb2.AVAILABILITY_SCOPE_CLOUD: "cloud"}
+
+
+class PlacementService(placement_pb2_grpc.PlacementServicer):
+    def __init__(self, fleet: FleetState, prices: PriceCatalog, builder: RouteBuilder,
+                 hub: RouteHub, metrics: PlacementMetrics, slo_margin_ms: float = 2.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.fleet = fleet
+        self.prices = prices
+        self.builder = builder
+        self.hub = hub
+        self.metrics = metrics
+        self.slo_margin_ms = slo_margin_ms
+        self.clock = clock
+        self.placement_id = f"placement-{uuid.uuid4().hex[:8]}"
+
+    def _changed(self) -> None:
+        self.hub.changed()
+
+    async def RegisterBackend(self, request: placement_pb2.RegisterBackendRequest,
+                              context: grpc.aio.ServicerContext
+                              ) -> placement_pb2.RegisterBackendResponse:
+        b = request.backend
+        if not b.id or not b.endpoint or not b.region or not b.variants:
+            raise InvalidRequest("backend needs id, endpoint, region and at least one variant; "
+                                 f"got id={b.id!r} endpoint={b.endpoint!r} region={b.region!r}")
+        if b.region not in self.builder.catalog.regions:
+            raise InvalidRequest(f"backend.region {b.region!r} is not in the catalog's regions "
+                                 f"{sorted(self.builder.catalog.regions)}")
+        self.fleet.register(backend_from_pb(b))
+        log.info("backend_registered", backend=b.id, endpoint=b.endpoint, region=b.region)
+        self._changed()
+        return placement_pb2.RegisterBackendResponse(backend_id=b.id, version=self.fleet.version)
+
+    async def DeregisterBackend(self, request: placement_pb2.DeregisterBackendRequest,
+                                context: grpc.aio.ServicerContext
+                                ) -> placement_pb2.DeregisterBackendResponse:
+        existed = self.fleet.deregister(request.backend_id)
+        log.info("backend_deregistered", backend=request.backend_id, existed=existed)
+        self._changed()
+        return placement_pb2.DeregisterBackendResponse(existed=existed)
+
+    async def StreamTelemetry(self, request_iterator: AsyncIterator[telemetry_pb2.TelemetryReport],
+                              context: grpc.aio.ServicerContext) -> telemetry_pb2.TelemetryAck:
+        accepted = 0
+        async for report in request_iterator:
+            if report.backend_id not in self.fleet.backends:
+                raise InvalidRequest(f"telemetry for unregistered backend "
+                                     f"{report.backend_id!r}; call RegisterBackend first")
+            self.fleet.ingest(report.backend_id, snapshot_from_pb(report), self.clock())
+            self.metrics.telemetry.inc()
+            accepted += 1
+            self._changed()
+        return telemetry_pb2.TelemetryAck(accepted=accepted)
+
+    async def ReportObservations(self, request: telemetry_pb2.ObservationReport,
+                                 context: grpc.aio.ServicerContext) -> telemetry_pb2.ObservationAck:
+        now = self.clock()
+        for o in request.observations:
+            if o.samples:
+                self.fleet.observe(request.edge_region, o.deployment_id, o.samples, o.p95_ms,
+                                   now)
+            backend_id = o.deployment_id.split("/", 1)[0]
+            state = self.fleet.backends.get(backend_id)
+            if o.rtt_ms > 0 and state is not None:
+                self.fleet.observe_rtt(request.edge_region, state.backend.region, o.rtt_ms)
+        self._changed()
+        return telemetry_pb2.ObservationAck()
+
+    async def WatchRoutes(self, request: placement_pb2.WatchRoutesRequest,
+                          context: grpc.aio.ServicerContext
+                          ) -> AsyncIterator[placement_pb2.RouteUpdate]:
+        if not request.edge_region:
+            raise InvalidRequest("WatchRoutes needs edge_region")
+        watcher = self.hub.subscribe(request.edge_id, request.edge_region)
+        self.metrics.watchers.inc()
+        log.info("edge_watching", edge=request.edge_id, region=request.edge_region)
+        try:
+            yield placement_pb2.RouteUpdate(version=self.hub.version, snapshot=True,
+                                            tables=self.hub.snapshot(request.edge_region),
+                                            placement_id=self.placement_id)
+            watcher.take()
+            while True:
+                await watcher.wake.wait()
+                tables = watcher.take()
+                yield placement_pb2.RouteUpdate(version=self.hub.version, tables=tables,
+                                                placement_id=self.placement_id)
+        finally:
+            self.hub.unsubscribe(watcher)
+            self.metrics.watchers.dec()
+            log.info("edge_left", edge=request.edge_id, region=request.edge_region)
+
+    async def GetRouteTables(self, request: placement_pb2.GetRouteTablesRequest,
+                             context: grpc.aio.ServicerContext
+                             ) -> placement_pb2.GetRouteTablesResponse:
+        regions = [request.edge_region] if request.edge_region else list(self.hub.regions)
+        tables = [t for r in regions for t in self.hub.snapshot(r)]
+        return placement_pb2.GetRouteTablesResponse(tables=tables, version=self.hub.version)
+
+    async def Explain(self, request: placement_pb2.ExplainRequest,
+                      context: grpc.aio.ServicerContext) -> placement_pb2.ExplainResponse:
+        model = self.builder.catalog.model(request.model)
+        if request.edge_region not in self.builder.catalog.regions:
+            raise InvalidRequest(f"edge_region {request.edge_region!r} is not a region "
+                                 f"{sorted(self.builder.catalog.regions)}")
+        slo = request.slo_ms or model.default_slo_ms
+        hints = Hints(slo_ms=slo, min_quality=request.min_quality,
+                      max_cost_usd=request.max_cost_usd,
+                      allowed_regions=frozenset(request.allowed_regions))
+        ctx = CallContext(hints, self.slo_margin_ms)
+        cands = self.builder.build(request.model, request.edge_region, self.clock())
+        profile = build_profile("cheapest")
+        verdicts = profile.explain(cands, ctx)
+        resp = placement_pb2.ExplainResponse(model=request.model,
+                                             edge_region=request.edge_region, slo_ms=slo)
+        feasible = [v for v in verdicts if v.feasible]
+        chosen = min(feasible, key=lambda v: v.candidate.cost_usd) if feasible else None
+        if chosen is None:
+            hard = [v for v in verdicts if not any(v.reason.startswith(f.name + ":")
+                                                   for f in profile.hard_filters)]
+            chosen = min(hard, key=lambda v: v.candidate.latency_p95_ms) if hard else None
+        for v in verdicts:
+            reason = v.reason
+            if chosen is not None and v.candidate.deployment_id == chosen.candidate.deployment_id:
+                reason = "chosen (cheapest feasible)" if feasible else (
+                    f"chosen as lowest-latency fallback ({v.reason})")
+            resp.candidates.append(placement_pb2.ExplainedCandidate(
+                candidate=candidate_to_pb(v.candidate), feasible=v.feasible, reason=reason,
+                score=v.score))
+        if chosen is not None:
+            resp.chosen_deployment_id = chosen.candidate.deployment_id
+        resp.slo_met = bool(feasible)
+        resp.summary = (f"{len(feasible)} of {len(verdicts)} deployments feasible; "
+                        + (f"chosen {resp.chosen_deployment_id}" if chosen else
+                           "nothing healthy may serve this call"))
+        return resp
+
+    async def ListBackends(self, request: placement_pb2.ListBackendsRequest,
+                           context: grpc.aio.ServicerContext
+                           ) -> placement_pb2.ListBackendsResponse:
+        from placement.hardware import assess
+
+        now = self.clock()
+        resp = placement_pb2.ListBackendsResponse(version=self.fleet.version,
+                                                  placement_id=self.placement_id)
+        for name, cloud in sorted(self.builder.catalog.regions.items()):
+            resp.regions.append(fleet_pb2.Region(name=name, cloud=cloud))
+        for bid in sorted(self.fleet.backends):
+            s = self.fleet.backends[bid]
+            snap = s.last
+            verdict = assess(list(snap.gpus)) if snap else None
+            healthy, reason = True, "registered; no telemetry yet"
+            if snap is not None:
+                age = now - (s.last_at or now)
+                healthy = snap.ready and not (verdict and verdict.removed)
+                reason = (verdict.removed if verdict and verdict.removed else
+                          "ready" if snap.ready else "Triton not ready")
+                if age > self.builder.settings.stale_after_s:
+                    reason += f" (telemetry stale: {age:.0f} s old)"
+            resp.backends.append(placement_pb2.BackendStatus(
+                backend=backend_to_pb(s.backend), availability=int(s.availability),
+                healthy=healthy, health_reason=reason,
+                telemetry_source=(telemetry_pb2.TELEMETRY_SOURCE_UNSPECIFIED if snap is None
+                                  else telemetry_pb2.TELEMETRY_SOURCE_SIMULATED if snap.simulated
+                                  else telemetry_pb2.TELEMETRY_SOURCE_NVML),
+                penalty_reason=verdict.penalty_reason if verdict else ""))
+        return resp
+
+    async def SetAvailability(self, request: placement_pb2.SetAvailabilityRequest,
+                              context: grpc.aio.ServicerContext
+                              ) -> placement_pb2.SetAvailabilityResponse:
+        scope = _SCOPES.get(request.scope)
+        if scope is None or not request.target:
+            raise InvalidRequest("SetAvailability needs scope (backend, region or cloud) "
+                                 "and target")
+        if request.availability == fleet_pb2.AVAILABILITY_UNSPECIFIED:
+            raise InvalidRequest("SetAvailability needs availability (active, drained, "
+                                 "cordoned)")
+        ids = self.fleet.set_availability(scope, request.target,
+                                          Availability(request.availability))
+        log.info("availability_set", scope=scope, target=request.target,
+                 availability=Availability(request.availability).name, backends=ids)
+        self.hub.publish()  # operators want a drain to take effect now, not coalesced
+        return placement_pb2.SetAvailabilityResponse(backend_ids=ids, version=self.hub.version)
+
+    async def UpdatePrices(self, request: placement_pb2.UpdatePricesRequest,
+                           context: grpc.aio.ServicerContext
+                           ) -> placement_pb2.UpdatePricesResponse:
+        for i, p in enumerate(request.prices):
+            if p.usd_per_gpu_hour < 0 or not p.accelerator or not p.cloud or not p.price_class:
+                raise InvalidRequest(f"prices[{i}] needs accelerator, cloud, price_class and "
+                                     f"a non-negative usd_per_gpu_hour; got {p}")
+        entries = [price_from_pb(p) for p in request.prices]
+        if request.replace:
+            self.prices.replace(entries)
+        else:
+            self.prices.upsert(entries)
+        self.fleet.version += 1
+        log.info("prices_updated", count=len(entries), replace=request.replace)
+        self.hub.publish()
+        return placement_pb2.UpdatePricesResponse(prices=len(self.prices),
+                                                  version=self.hub.version)

@@ -1,0 +1,135 @@
+"""``switchyard up``: run the whole embedded mesh on this machine as real processes.
+
+Starts, in order: one real Triton server per backend, the emulated-WAN relay, placement,
+one node agent for all backends, and the edges; waits for each to answer its health check;
+prints what listens where. Every child logs JSON to ``<run_dir>/logs/<name>.log``; Ctrl-C
+(or SIGTERM) stops them all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from placement.errors import ConfigError
+from services.config import MeshConfig
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    address: str
+    kind: str
+    log: pathlib.Path
+    proc: subprocess.Popen[bytes] | None = None
+
+
+@dataclass
+class Mesh:
+    cfg: MeshConfig
+    config_path: str
+    children: list[Child] = field(default_factory=list)
+
+    @property
+    def run_dir(self) -> pathlib.Path:
+        return self.cfg.path(self.cfg.run_dir)
+
+    def plan(self) -> list[Child]:
+        py, cfgp = sys.executable, self.config_path
+        logs = self.run_dir / "logs"
+        kids = [Child(f"backend {b.id}", [py, "-m", "services.backends", "--config", cfgp,
+                                          "--backend", b.id], b.endpoint, "triton",
+                      logs / f"backend-{b.id}.log") for b in self.cfg.backends]
+        if self.cfg.wan.emulate:
+            kids.append(Child("wan relay (emulated RTT)", [py, "-m", "services.backends.wan",
+                                                            "--config", cfgp], "", "relay",
+                              logs / "wan.log"))
+        p = self.cfg.placement
+        kids.append(Child("placement", [py, "-m", "services.cli", "placement", "--config", cfgp],
+                          f"{p.host}:{p.port}", "grpc", logs / "placement.log"))
+        kids.append(Child("agent", [py, "-m", "services.agent", "--config", cfgp, "--backends",
+                                    ",".join(b.id for b in self.cfg.backends)], "", "agent",
+                          logs / "agent.log"))
+        kids += [Child(f"edge {e.id} ({e.region})",
+                       [py, "-m", "services.cli", "edge", "--config", cfgp, "--id", e.id],
+                       f"{e.host}:{e.port}", "grpc", logs / f"edge-{e.id}.log")
+                 for e in self.cfg.edges]
+        return kids
+
+    def start(self, progress: bool = True) -> None:
+        (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, SWITCHYARD_RUN_DIR=str(self.run_dir))
+        for child in self.plan():
+            if progress:
+                print(f"  starting {child.name:<34} ", end="", flush=True)
+            with child.log.open("ab") as log_file:
+                child.proc = subprocess.Popen(child.argv, stdout=log_file,
+                                              stderr=subprocess.STDOUT, env=env,
+                                              start_new_session=True)
+            self.children.append(child)
+            t0 = time.monotonic()
+            self._wait(child)
+            if progress:
+                print(f"ready in {time.monotonic() - t0:4.1f} s  {child.address}", flush=True)
+        self._write_pids()
+
+    def _wait(self, child: Child, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert child.proc is not None
+            if child.proc.poll() is not None:
+                self.stop()
+                tail = child.log.read_text(errors="replace")[-2000:]
+                raise ConfigError(f"{child.name} exited with {child.proc.returncode}; "
+                                  f"last lines of {child.log}:\n{tail}")
+            if child.kind in ("agent", "relay"):
+                time.sleep(0.5)
+                return
+            if _serving(child.address, child.kind):
+                return
+            time.sleep(0.2)
+        self.stop()
+        raise ConfigError(f"{child.name} did not become ready at {child.address} within "
+                          f"{timeout:.0f} s; see {child.log}")
+
+    def _write_pids(self) -> None:
+        pids = {c.name: c.proc.pid for c in self.children if c.proc is not None}
+        (self.run_dir / "pids.json").write_text(json.dumps(pids, indent=2))
+
+    def stop(self) -> None:
+        for child in reversed(self.children):
+            if child.proc is not None and child.proc.poll() is None:
+                child.proc.send_signal(signal.SIGTERM)
+        for child in reversed(self.children):
+            if child.proc is None:
+                continue
+            try:
+                child.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                child.proc.kill()
+        self.children.clear()
+
+
+def _serving(address: str, kind: str) -> bool:
+    with grpc.insecure_channel(address) as ch:
+        try:
+            if kind == "triton":
+                from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+                stub = service_pb2_grpc.GRPCInferenceServiceStub(ch)
+                return bool(stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=1).ready)
+            resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(),
+                                                        timeout=1)
+            return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
+        except grpc.RpcError:
+            return False
