@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import grpc
 import numpy as np
 import tritonclient.grpc as tc
 from tritonclient.grpc import _utils as tc_utils
@@ -46,8 +47,11 @@ def infer_with_trailers(client: tc.InferenceServerClient, model: str,
         model_name=model, inputs=inputs, model_version="", request_id="", outputs=None,
         sequence_id=0, sequence_start=False, sequence_end=False, priority=0, timeout=None,
         parameters=None)
-    response, call = client._client_stub.ModelInfer.with_call(  # noqa: SLF001
-        request=request, metadata=tuple(metadata), timeout=timeout_s)
+    try:
+        response, call = client._client_stub.ModelInfer.with_call(  # noqa: SLF001
+            request=request, metadata=tuple(metadata), timeout=timeout_s)
+    except grpc.RpcError as exc:
+        raise tc_utils.get_error_grpc(exc) from None  # tritonclient's own exception type
     trailers = {k: v for k, v in call.trailing_metadata() or ()}
     return tc.InferResult(response), trailers
 

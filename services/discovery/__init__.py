@@ -6,7 +6,8 @@ One interface (:class:`~services.discovery.base.Discovery`), two implementations
 
 from __future__ import annotations
 
-from services.config import MeshConfig
+from typing import TYPE_CHECKING, Any
+
 from services.discovery.base import (
     BackendEntry,
     Discovery,
@@ -15,7 +16,10 @@ from services.discovery.base import (
     HealthCheck,
 )
 from services.discovery.settings import ConsulSettings, ConsulTlsSettings
-from services.discovery.static import StaticDiscovery
+
+if TYPE_CHECKING:  # services.config may import .settings: keep this package free of cycles
+    from services.config import MeshConfig
+    from services.discovery.static import StaticDiscovery
 
 __all__ = [
     "BackendEntry",
@@ -36,4 +40,14 @@ def open_discovery(config: MeshConfig, consul: ConsulSettings | None = None) -> 
         from services.discovery.consul import ConsulDiscovery  # keeps aiohttp off static runs
 
         return ConsulDiscovery.from_config(config, consul or ConsulSettings())
+    from services.discovery.static import StaticDiscovery
+
     return StaticDiscovery.from_config(config)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "StaticDiscovery":
+        from services.discovery.static import StaticDiscovery
+
+        return StaticDiscovery
+    raise AttributeError(name)

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Command 2 of the README: set up, check generated code and lint, run every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh
+.venv/bin/ruff check placement services tests benchmarks scripts
+.venv/bin/mypy placement
+.venv/bin/python -m pytest -q --cov --cov-branch --cov-report=term:skip-covered "$@"

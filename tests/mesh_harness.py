@@ -1,0 +1,201 @@
+"""A whole mesh for integration tests: real Triton backends, the emulated-WAN relay, placement,
+a node agent and an edge, all on 127.0.0.1 with free ports.
+
+Placement, agent, relay and edge run in the test's event loop (so tests can look inside);
+the Triton servers are real child processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import pathlib
+import socket
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import tritonclient.grpc as tc
+
+from services.agent.agent import NodeAgent
+from services.backends.triton import TritonProcess, free_port
+from services.backends.wan import WanRelay, relay_routes
+from services.config import MeshConfig
+from services.demo import infer_with_trailers
+from services.edge.main import RunningEdge, start_edge
+from services.placement.main import RunningPlacement, start_placement
+
+PRICES = """
+[[prices]]
+accelerator = "gpu-fast"
+cloud = "aws"
+region = "*"
+price_class = "on-demand"
+usd_per_gpu_hour = 8.0
+source = "test fixture"
+as_of = "2026-11-22"
+
+[[prices]]
+accelerator = "gpu-cheap"
+cloud = "gcp"
+region = "*"
+price_class = "spot"
+usd_per_gpu_hour = 0.30
+source = "test fixture"
+as_of = "2026-11-22"
+
+[[prices]]
+accelerator = "gpu-cheap"
+cloud = "aws"
+region = "*"
+price_class = "spot"
+usd_per_gpu_hour = 0.45
+source = "test fixture"
+as_of = "2026-11-22"
+"""
+
+
+def _free_block(n: int) -> int:
+    """A base port with ``n`` consecutive free ports after it."""
+    for _ in range(50):
+        base = free_port()
+        if base + n > 65000:
+            continue
+        ok = True
+        for p in range(base, base + n):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", p))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise RuntimeError("no block of free ports")
+
+
+def mesh_config(tmp: pathlib.Path, **edge_overrides: Any) -> MeshConfig:
+    """Three regions on two clouds; a fast expensive backend next to the edge, cheap ones away."""
+    (tmp / "prices.toml").write_text(PRICES)
+    raw: dict[str, Any] = {
+        "base_dir": str(tmp), "run_dir": str(tmp / "run"), "prices_file": "prices.toml",
+        "regions": [{"name": "r-east", "cloud": "aws"}, {"name": "r-west", "cloud": "aws"},
+                    {"name": "r-central", "cloud": "gcp"}],
+        "rtt": [{"a": "r-east", "b": "r-west", "ms": 40}, {"a": "r-east", "b": "r-central",
+                                                           "ms": 20},
+                {"a": "r-west", "b": "r-central", "ms": 30}],
+        "models": [
+            {"name": "summarize", "default_slo_ms": 300, "variants": [
+                {"name": "summarize-small", "quality": 0.7, "matmul_n": 96, "matmul_iters": 8},
+                {"name": "summarize-large", "quality": 0.9, "matmul_n": 128,
+                 "matmul_iters": 16}]},
+            {"name": "generate", "default_slo_ms": 2000, "decoupled": True, "variants": [
+                {"name": "generate-small", "quality": 0.7, "matmul_n": 32, "matmul_iters": 1,
+                 "tokens": 4}]},
+        ],
+        "backends": [
+            {"id": "east-fast", "region": "r-east", "accelerator": "gpu-fast",
+             "grpc_port": free_port(), "speed": 4.0,
+             "variants": ["summarize-small", "summarize-large", "generate-small"]},
+            {"id": "central-cheap", "region": "r-central", "accelerator": "gpu-cheap",
+             "price_class": "spot", "grpc_port": free_port(), "speed": 1.0,
+             "variants": ["summarize-small", "summarize-large"]},
+            {"id": "west-cheap", "region": "r-west", "accelerator": "gpu-cheap",
+             "price_class": "spot", "grpc_port": free_port(), "speed": 1.0,
+             "variants": ["summarize-small", "generate-small"]},
+        ],
+        "edges": [{"id": "edge-east", "region": "r-east", "port": 0}],
+        "placement": {"port": 0, "coalesce_ms": 20},
+        "routing": {"observed_min_samples": 10},
+        "edge": {"report_interval_s": 0.5, **edge_overrides},
+        "wan": {"emulate": True, "relay_base_port": _free_block(8)},
+    }
+    return MeshConfig.model_validate(raw)
+
+
+@dataclass
+class Mesh:
+    cfg: MeshConfig
+    tritons: dict[str, TritonProcess]
+    relay: WanRelay
+    placement: RunningPlacement
+    agent: NodeAgent
+    edge: RunningEdge
+
+    @property
+    def edge_address(self) -> str:
+        return f"127.0.0.1:{self.edge.port}"
+
+    def client(self) -> tc.InferenceServerClient:
+        return tc.InferenceServerClient(self.edge_address)
+
+
+def start_tritons(cfg: MeshConfig, root: pathlib.Path) -> dict[str, TritonProcess]:
+    procs = {b.id: TritonProcess.for_backend(cfg, b, root / b.id) for b in cfg.backends}
+    for p in procs.values():
+        p.start()
+    for p in procs.values():
+        p.wait_ready(90)
+    return procs
+
+
+def summarize_input(dim: int = 16, batch: int = 1) -> tc.InferInput:
+    x = tc.InferInput("INPUT0", [batch, dim], "FP32")
+    x.set_data_from_numpy(np.ones((batch, dim), np.float32))
+    return x
+
+
+def warm(endpoints: Sequence[str], variants: Sequence[str], calls: int = 15) -> None:
+    """Direct calls so Triton has statistics for the agent to report."""
+    for ep in endpoints:
+        c = tc.InferenceServerClient(ep)
+        ready = [v for v in variants if c.is_model_ready(v)]
+        for v in ready:
+            if v.startswith("generate"):
+                continue
+            for _ in range(calls):
+                c.infer(v, [summarize_input()])
+        c.close()
+
+
+@contextlib.asynccontextmanager
+async def running_mesh(cfg: MeshConfig, tritons: dict[str, TritonProcess]
+                       ) -> AsyncIterator[Mesh]:
+    relay = WanRelay(relay_routes(cfg))
+    await relay.start()
+    placement = await start_placement(cfg, port=0, metrics_port=0)
+    address = f"127.0.0.1:{placement.port}"
+    agent = NodeAgent(cfg, [b.id for b in cfg.backends], placement=[address], interval_s=0.3)
+    await agent.start()
+    edge = await start_edge(cfg, cfg.edges[0], port=0, placement=[address], metrics_port=0)
+    mesh = Mesh(cfg, tritons, relay, placement, agent, edge)
+    try:
+        await wait_measured(mesh)
+        yield mesh
+    finally:
+        await edge.stop(0.5)
+        await agent.stop()
+        await placement.stop(0.5)
+        await relay.stop()
+
+
+async def wait_measured(mesh: Mesh, timeout: float = 30.0) -> None:
+    """Until every summarize candidate in the edge's table has measured estimates."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        cands = mesh.edge.router.store.candidates.get("summarize", ())
+        if cands and all("no measurements" not in c.penalty_reason for c in cands):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"route table never got measurements: "
+                         f"{mesh.edge.router.store.candidates.get('summarize')}")
+
+
+def call(mesh: Mesh, metadata: Sequence[tuple[str, str]] = (), model: str = "summarize",
+         timeout_s: float = 5.0) -> dict[str, str]:
+    """One tritonclient call through the edge; returns the trailers."""
+    _, trailers = infer_with_trailers(mesh.client(), model, [summarize_input()], metadata,
+                                      timeout_s)
+    return trailers
