@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from placement.errors import ConfigError
+from services.discovery.settings import ConsulSettings
 
 
 class _Strict(BaseModel):
@@ -150,6 +151,7 @@ class MeshConfig(_Strict):
     prices_file: str = "prices.toml"
     run_dir: str = ".run"
     discovery: Literal["static", "consul"] = "static"
+    consul: ConsulSettings = ConsulSettings()
     # Directory the file was read from; relative paths in the file resolve against it.
     base_dir: str = "."
 

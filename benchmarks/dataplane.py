@@ -1,0 +1,172 @@
+"""Data plane: Triton directly vs through a Switchyard edge vs nginx ``grpc_pass``, one run.
+
+The same bounded closed-loop load (tritonclient.grpc.aio; concurrency 1, 8, 32, 64; each
+point stops at N calls or T seconds) of a tiny-compute model (8x8 matmul, 1 iteration)
+against, for each concurrency in turn (so drift hits every target alike):
+
+- ``direct``      the Triton server itself;
+- ``edge``        one Switchyard edge process (uvloop, access log at info, as shipped);
+- ``nginx``       nginx ``grpc_pass`` with 1 worker in front of the same Triton;
+- ``edge-2w``     two edge processes on one port (SO_REUSEPORT);
+- ``nginx-2w``    nginx with 2 workers;
+- ``edge-asyncio`` the edge with ``[edge] uvloop = false``;
+- ``edge-nolog``  the edge at ``--log-level warning`` (no per-call access log line).
+
+Proxy CPU per call is utime+stime of the proxy process(es) (nginx: master + workers) over
+the measured window, from /proc. Placement runs as its own process; it is not billed.
+
+    python -m benchmarks.dataplane [--quick]
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from benchmarks._fleet import VARIANT, Fleet, Target, ensure_nginx, nginx_version
+from benchmarks._load import Point, measure
+from benchmarks.common import Section, command_for, main, md_table, progress, text_table
+
+ESTIMATE_S = (110, 300)
+CONCURRENCIES = (1, 8, 32, 64)
+TARGETS = ("direct", "edge", "nginx", "edge-2w", "nginx-2w", "edge-asyncio", "edge-nolog")
+TARGET_CPU_US = 150.0
+TARGET_ADDED_P50_MS = 0.25
+
+
+def _loop_factory():  # type: ignore[no-untyped-def]
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def start_targets(fleet: Fleet, names: tuple[str, ...]) -> dict[str, Target]:
+    progress("starting Triton (tiny model: matmul_n=8, matmul_iters=1)")
+    triton = fleet.start_triton()
+    progress("starting placement (separate process)")
+    fleet.start_placement()
+    targets = {"direct": Target("direct", triton, VARIANT, [])}
+    starters = {
+        "edge": lambda: fleet.start_edges("edge"),
+        "edge-2w": lambda: fleet.start_edges("edge-2w", workers=2),
+        "edge-asyncio": lambda: fleet.start_edges("edge-asyncio", uvloop=False),
+        "edge-nolog": lambda: fleet.start_edges("edge-nolog", log_level="warning"),
+        "nginx": lambda: fleet.start_nginx("nginx", workers=1),
+        "nginx-2w": lambda: fleet.start_nginx("nginx-2w", workers=2),
+    }
+    for name in names:
+        if name in starters:
+            progress(f"starting {name}")
+            targets[name] = starters[name]()
+    return targets
+
+
+def run_points(fleet: Fleet, targets: dict[str, Target], calls: int, seconds: float,
+               concurrencies: tuple[int, ...]) -> list[Point]:
+    assert fleet.triton is not None
+    from benchmarks.common import children_pids
+
+    backend = [fleet.triton.pid, *children_pids(fleet.triton.pid)]
+    points = []
+    for conc in concurrencies:
+        for t in targets.values():
+            p = measure(t.name, t.address, t.model, conc, calls, seconds, t.pids(), backend,
+                        warmup=min(200, calls // 4), loop_factory=_loop_factory())
+            points.append(p)
+            progress(f"c={conc:<3} {t.name:<13} {p.rps:8.0f} rps  p50 {p.p50_ms:6.2f} ms  "
+                     f"p99 {p.p99_ms:6.2f} ms  proxy {p.proxy_cpu_us:6.0f} µs/call"
+                     + (f" ({p.cpu_split})" if p.cpu_split else "")
+                     + (f"  ERRORS {p.errors}" if p.errors else ""))
+    return points
+
+
+def tables(points: list[Point]) -> tuple[str, str, list[list[object]], list[list[object]]]:
+    rows = [[p.target, p.concurrency, p.calls, p.errors, p.rps, p.p50_ms, p.p99_ms,
+             p.proxy_cpu_us, p.backend_cpu_us, p.cpu_split or ""] for p in points]
+    main_t = md_table(["target", "conc", "calls", "errors", "rps", "p50 ms", "p99 ms",
+                       "proxy CPU µs/call", "Triton CPU µs/call", "CPU split"], rows,
+                      "lrrrrrrrrr")
+    by = {(p.target, p.concurrency): p for p in points}
+    ratio_rows: list[list[object]] = []
+    for conc in sorted({p.concurrency for p in points}):
+        d = by.get(("direct", conc))
+        for edge, nginx in (("edge", "nginx"), ("edge-2w", "nginx-2w")):
+            e, n = by.get((edge, conc)), by.get((nginx, conc))
+            if not (d and e and n):
+                continue
+            ratio_rows.append([
+                f"{edge} vs {nginx}", conc, e.rps / d.rps, e.rps / n.rps,
+                e.p50_ms - d.p50_ms, n.p50_ms - d.p50_ms, e.p99_ms / n.p99_ms,
+                e.proxy_cpu_us, n.proxy_cpu_us, e.proxy_cpu_us / n.proxy_cpu_us,
+                "yes" if e.rps >= n.rps else f"no ({100 * (e.rps / n.rps - 1):+.0f}%)"])
+    ratio_t = md_table(["pair", "conc", "edge/direct rps", "edge/nginx rps",
+                        "edge added p50 ms", "nginx added p50 ms", "edge/nginx p99",
+                        "edge CPU µs", "nginx CPU µs", "edge/nginx CPU", "edge rps ≥ nginx"],
+                       ratio_rows, "lrrrrrrrrrl")
+    return main_t, ratio_t, rows, ratio_rows
+
+
+def verdicts(points: list[Point]) -> list[str]:
+    by = {(p.target, p.concurrency): p for p in points}
+    out = []
+    edge_cpu = [p.proxy_cpu_us for p in points if p.target == "edge"]
+    if edge_cpu:
+        worst, best = max(edge_cpu), min(edge_cpu)
+        out.append(f"**Target edge CPU ≤ {TARGET_CPU_US:.0f} µs/call**: measured "
+                   f"{best:.0f}–{worst:.0f} µs → "
+                   + ("met" if worst <= TARGET_CPU_US else
+                      f"MISSED by {worst - TARGET_CPU_US:.0f} µs ({worst / TARGET_CPU_US:.1f}x)"))
+    d, e = by.get(("direct", 1)), by.get(("edge", 1))
+    if d and e:
+        added = e.p50_ms - d.p50_ms
+        out.append(f"**Target added p50 ≤ {TARGET_ADDED_P50_MS} ms at concurrency 1**: "
+                   f"{added:.2f} ms → " + ("met" if added <= TARGET_ADDED_P50_MS else
+                                            f"MISSED by {added - TARGET_ADDED_P50_MS:.2f} ms"))
+    losses = [f"c={c}: {100 * (by[('edge', c)].rps / by[('nginx', c)].rps - 1):+.0f}%"
+              for c in sorted({p.concurrency for p in points})
+              if ("edge", c) in by and ("nginx", c) in by]
+    if losses:
+        met = all(by[("edge", c)].rps >= by[("nginx", c)].rps
+                  for c in {p.concurrency for p in points} if ("nginx", c) in by)
+        out.append("**Target edge throughput ≥ nginx at every concurrency**: edge vs nginx "
+                   + ", ".join(losses) + (" → met" if met else " → MISSED"))
+    return out
+
+
+def run(quick: bool) -> Section:
+    calls, seconds = (400, 3.0) if quick else (3000, 10.0)
+    names = TARGETS
+    nginx = ensure_nginx()
+    t0 = time.monotonic()
+    with Fleet() as fleet:
+        targets = start_targets(fleet, names)
+        progress(f"load: {calls} calls or {seconds:.0f} s per point, concurrency "
+                 f"{', '.join(map(str, CONCURRENCIES))}, targets {', '.join(targets)}")
+        points = run_points(fleet, targets, calls, seconds, CONCURRENCIES)
+    main_t, ratio_t, rows, _ = tables(points)
+    print("\n" + text_table(["target", "conc", "calls", "errors", "rps", "p50 ms", "p99 ms",
+                             "proxy µs", "Triton µs", "split"], rows) + "\n", file=sys.stderr)
+    notes = [
+        *verdicts(points),
+        f"Each point: {calls} calls or {seconds:.0f} s, whichever first, after "
+        f"{min(200, calls // 4)} warm-up calls; closed loop, min(conc, 8) client connections; "
+        "client = tritonclient.grpc.aio on uvloop in the benchmark process.",
+        "Model: `tiny` → variant `tiny-v1` (8×8 matmul, 1 iteration, [1,16] FP32): the edge "
+        "appends the variant name (field 1) to the request bytes, as it does in production.",
+        f"nginx {nginx_version(nginx)} (`nginx -V`: --with-http_v2_module), `grpc_pass` with "
+        "upstream keepalive, access_log off, non-daemon, generated config in a temp dir.",
+        "Proxy CPU = utime+stime of the proxy processes (edge: all its threads; nginx: master "
+        "+ workers) / calls; 10 ms tick resolution. Everything (client, proxy, Triton, "
+        "placement) shares the same cores, so proxy CPU also lowers the others' throughput.",
+        "`edge-asyncio` = `[edge] uvloop = false`; `edge-nolog` = `--log-level warning` "
+        "(no access-log line per call) — both are diagnostics, not shipped defaults.",
+    ]
+    return Section("Data plane: direct vs Switchyard edge vs nginx grpc_pass",
+                   command_for(__name__, quick), main_t + "\n\n**Pair by pair (same run)**\n\n"
+                   + ratio_t, notes, elapsed_s=time.monotonic() - t0)
+
+
+if __name__ == "__main__":
+    main(run, __doc__)

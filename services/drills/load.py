@@ -1,0 +1,173 @@
+"""A steady, bounded tritonclient load against the edges, recording every call.
+
+Calls are sent open-loop at ``rate`` per second (a ticker hands them to a fixed pool of
+threads, so a slow answer does not slow the arrival rate) until ``stop()`` or until
+``max_calls`` were sent. Every call is an ordinary ``tritonclient.grpc`` request with a
+gRPC deadline; the edge's trailers (``x-served-by``, ``x-attempts``, ``x-cost-usd``) say
+where it was served and how many attempts it took.
+
+``client_failover`` makes the client try the next edge address when an edge could not be
+reached at all (UNAVAILABLE with no Switchyard trailers), as a regional load balancer in
+front of several edges would; such calls are counted, never hidden.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import grpc
+import numpy as np
+import tritonclient.grpc as tc
+
+from services.demo import infer_with_trailers
+
+
+@dataclass(frozen=True, slots=True)
+class LoadSpec:
+    """What the load sends: where, what, how fast, with which deadline and SLO header."""
+
+    edges: Sequence[str]                 # edge addresses; the first takes the load
+    model: str = "summarize"
+    input_dim: int = 16
+    rate: float = 40.0                   # calls per second
+    deadline_s: float = 2.0              # gRPC deadline of every call
+    slo_ms: float | None = None          # x-slo-ms header; None: the deadline is the SLO
+    concurrency: int = 16
+    max_calls: int = 100_000
+    client_failover: bool = False
+
+
+@dataclass(slots=True)
+class Call:
+    """One call as the client saw it; times are seconds since the drill's clock zero."""
+
+    seq: int
+    sent: float
+    done: float = 0.0
+    status: str = "OK"
+    served_by: str = ""                  # deployment id, "<backend>/<variant>"
+    region: str = ""
+    attempts: int = 0
+    cost_usd: float = 0.0
+    edge: str = ""
+    client_failover: bool = False
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "OK"
+
+    @property
+    def latency_ms(self) -> float:
+        return (self.done - self.sent) * 1000
+
+    @property
+    def backend(self) -> str:
+        return self.served_by.split("/", 1)[0]
+
+
+@dataclass
+class Load:
+    """Runs a :class:`LoadSpec` in background threads; ``calls`` grows as answers arrive."""
+
+    spec: LoadSpec
+    t0: float = field(default_factory=time.monotonic)
+    calls: list[Call] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._clients = [tc.InferenceServerClient(a) for a in self.spec.edges]
+        self._pool = ThreadPoolExecutor(self.spec.concurrency, thread_name_prefix="drill-load")
+        self._ticker = threading.Thread(target=self._tick, name="drill-ticker", daemon=True)
+        self._inflight = threading.Semaphore(self.spec.concurrency * 4)
+        self._seq = itertools.count()
+        x = np.random.default_rng(1).standard_normal((1, self.spec.input_dim))
+        self._data = x.astype(np.float32)
+
+    def now(self) -> float:
+        return time.monotonic() - self.t0
+
+    def start(self) -> Load:
+        self._ticker.start()
+        return self
+
+    def stop(self, wait_s: float | None = None) -> list[Call]:
+        """Stop sending; wait for calls in flight (at most their deadline); return all calls."""
+        self._stop.set()
+        self._ticker.join()
+        self._pool.shutdown(wait=True)
+        for c in self._clients:
+            c.close()
+        with self._lock:
+            return sorted(self.calls, key=lambda c: c.sent)
+
+    def snapshot(self) -> list[Call]:
+        with self._lock:
+            return list(self.calls)
+
+    def _tick(self) -> None:
+        period = 1.0 / self.spec.rate
+        nxt = time.monotonic()
+        for _ in range(self.spec.max_calls):
+            if self._stop.is_set():
+                return
+            nxt += period
+            # Bounded: at most 4x concurrency calls queued or in flight, never an
+            # unbounded backlog when the mesh stops answering.
+            if self._inflight.acquire(timeout=max(0.0, nxt - time.monotonic())):
+                self._pool.submit(self._one, next(self._seq))
+            delay = nxt - time.monotonic()
+            if delay > 0 and self._stop.wait(delay):
+                return
+
+    def _one(self, seq: int) -> None:
+        try:
+            call = self._call(seq)
+            with self._lock:
+                self.calls.append(call)
+        finally:
+            self._inflight.release()
+
+    def _call(self, seq: int) -> Call:
+        spec = self.spec
+        x = tc.InferInput("INPUT0", [1, spec.input_dim], "FP32")
+        x.set_data_from_numpy(self._data)
+        md = [("x-request-id", f"drill-{seq}")]
+        if spec.slo_ms is not None:
+            md.append(("x-slo-ms", f"{spec.slo_ms:g}"))
+        call = Call(seq, self.now())
+        end = call.sent + spec.deadline_s
+        order = range(len(self._clients)) if spec.client_failover else range(1)
+        for i in order:
+            remaining = end - self.now()
+            if remaining <= 0.001:
+                break
+            call.edge = spec.edges[i]
+            try:
+                _, tr = infer_with_trailers(self._clients[i], spec.model, [x], md, remaining)
+            except grpc.RpcError as err:
+                tr = {k: v for k, v in (err.trailing_metadata() or ())}  # type: ignore[attr-defined]
+                call.status = err.code().name  # type: ignore[attr-defined]
+                call.detail = (err.details() or "")[:200]  # type: ignore[attr-defined]
+                call.attempts = int(tr.get("x-attempts", "0"))
+                call.served_by = tr.get("x-served-by", "")
+                reached_edge = "x-attempts" in tr or "x-request-id" in tr
+                if (spec.client_failover and call.status == "UNAVAILABLE"
+                        and not reached_edge and i + 1 < len(self._clients)):
+                    call.client_failover = True
+                    continue
+                break
+            call.status, call.detail = "OK", ""
+            call.served_by = tr.get("x-served-by", "")
+            call.region = tr.get("x-served-region", "")
+            call.attempts = int(tr.get("x-attempts", "1"))
+            call.cost_usd = float(tr.get("x-cost-usd", "0") or 0)
+            break
+        call.done = self.now()
+        return call

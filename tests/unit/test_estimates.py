@@ -1,0 +1,112 @@
+"""Latency, cost and hardware estimates in route tables (placement.routes / fleet / hardware)."""
+
+from __future__ import annotations
+
+import pytest
+
+from placement import latency
+from placement.catalog import Catalog
+from placement.fleet import FleetState, TelemetrySnapshot, VariantStats
+from placement.hardware import GpuState, assess
+from placement.model import Availability, Backend, LogicalModel, Variant
+from placement.prices import PriceCatalog, PriceEntry
+from placement.routes import RouteBuilder, TableSettings
+
+V = Variant("m-small", "m", 0.7)
+
+
+def setup(price: float | None = 3.6) -> tuple[FleetState, RouteBuilder]:
+    catalog = Catalog.build({"east": "aws", "west": "aws"}, [LogicalModel("m", 100, (V,))],
+                            [("east", "west", 40.0)])
+    prices = PriceCatalog([] if price is None else
+                          [PriceEntry("gpu", "aws", "*", "on-demand", price)])
+    fleet = FleetState()
+    fleet.register(Backend("b1", "h:1", "aws", "west", "gpu", 1, "on-demand", (V,), 2))
+    return fleet, RouteBuilder(catalog, prices, fleet, TableSettings(observed_min_samples=5))
+
+
+def report(count: int, compute_ms: float, queue_ms: float = 0.0, ready: bool = True,
+           gpus: tuple[GpuState, ...] = ()) -> TelemetrySnapshot:
+    return TelemetrySnapshot(ready=ready, simulated=True, gpus=gpus, variants={
+        "m-small": VariantStats(count, count, 0, int(queue_ms * 1e6 * count),
+                                int(compute_ms * 1e6 * count))})
+
+
+def test_estimates_follow_the_documented_formulas() -> None:
+    fleet, builder = setup()
+    fleet.ingest("b1", report(100, 10.0), now=0.0)
+    fleet.ingest("b1", report(200, 10.0), now=1.0)  # 100 calls × 10 ms in 1 s: busy 1.0
+    (c,) = builder.build("m", "east", now=1.0)
+    assert c.compute_ms == pytest.approx(10.0)
+    assert c.rtt_ms == 40.0
+    util = fleet.backends["b1"].utilisation
+    assert c.queue_ms == pytest.approx(latency.queue_ms(10.0, util, 2))
+    assert c.latency_p95_ms == pytest.approx(40.0 + c.queue_ms + 10.0 * 1.3)
+    # $3.60/h = $0.001/s; 10 ms of compute per request = $0.00001.
+    assert c.cost_usd == pytest.approx(1e-5)
+    assert c.spare_capacity == pytest.approx(2 * 100 - fleet.backends["b1"].loads["m-small"].rps)
+    assert not c.dropped_reason and "no measurements" not in c.penalty_reason
+
+
+def test_counter_reset_after_triton_restart_uses_totals() -> None:
+    fleet, builder = setup()
+    fleet.ingest("b1", report(1000, 10.0), now=0.0)
+    fleet.ingest("b1", report(10, 30.0), now=1.0)  # counters went backwards: restarted
+    assert builder.build("m", "east", 1.0)[0].compute_ms == pytest.approx(30.0)
+
+
+def test_prior_is_flagged_before_any_measurement() -> None:
+    _, builder = setup()
+    (c,) = builder.build("m", "east", 0.0)
+    assert "no measurements" in c.penalty_reason and c.compute_ms == 25.0
+
+
+@pytest.mark.parametrize(("gpu", "expect"), [
+    (GpuState(0, lost=True), "lost"),
+    (GpuState(0, ecc_uncorrected=2), "ECC"),
+    (GpuState(0, xid_events=(79,)), "XID 79"),
+    (GpuState(0, mem_free_bytes=1, mem_total_bytes=100), "memory"),
+])
+def test_bad_gpu_removes_the_deployment(gpu: GpuState, expect: str) -> None:
+    fleet, builder = setup()
+    fleet.ingest("b1", report(10, 10.0, gpus=(gpu,)), 0.0)
+    assert expect in builder.build("m", "east", 0.0)[0].dropped_reason
+
+
+def test_throttling_penalises_compute_by_clock_ratio() -> None:
+    fleet, builder = setup()
+    hot = GpuState(0, sm_clock_mhz=700, sm_clock_max_mhz=2100, throttle_reasons=0x40)
+    fleet.ingest("b1", report(10, 10.0, gpus=(hot,)), 0.0)
+    (c,) = builder.build("m", "east", 0.0)
+    assert c.compute_ms == pytest.approx(30.0) and "throttling" in c.penalty_reason
+    assert not c.dropped_reason
+
+
+def test_absent_readings_are_not_faults() -> None:
+    assert assess([GpuState(0)]).removed == "" and assess([GpuState(0)]).penalty == 1.0
+
+
+def test_drain_missing_price_and_not_ready_drop_with_reasons() -> None:
+    fleet, builder = setup(price=None)
+    assert "no price" in builder.build("m", "east", 0.0)[0].dropped_reason
+    fleet, builder = setup()
+    fleet.ingest("b1", report(10, 10.0, ready=False), 0.0)
+    assert "not ready" in builder.build("m", "east", 0.0)[0].dropped_reason
+    fleet.set_availability("region", "west", Availability.DRAINED)
+    assert "drained" in builder.build("m", "east", 0.0)[0].dropped_reason
+
+
+def test_observed_p95_replaces_the_model_after_enough_samples() -> None:
+    fleet, builder = setup()
+    fleet.ingest("b1", report(10, 10.0), 0.0)
+    fleet.observe("east", "b1/m-small", samples=4, p95_ms=99.0, now=0.0)
+    assert not builder.build("m", "east", 0.0)[0].observed
+    fleet.observe("east", "b1/m-small", samples=5, p95_ms=99.0, now=0.0)
+    (c,) = builder.build("m", "east", 0.0)
+    assert c.observed and c.latency_p95_ms == 99.0
+
+
+def test_observed_rtt_corrects_the_matrix() -> None:
+    fleet, builder = setup()
+    fleet.observe_rtt("east", "west", 60.0)
+    assert builder.build("m", "east", 0.0)[0].rtt_ms == 60.0
