@@ -33,7 +33,7 @@ from placement.pipeline import Decision, Profile
 class IndexedTable:
     """One route table with the orders the fast path walks, built once per table."""
 
-    __slots__ = ("cands", "by_cost", "by_latency", "position")
+    __slots__ = ("by_cost", "by_latency", "cands", "position")
 
     def __init__(self, cands: Sequence[Candidate]) -> None:
         self.cands = tuple(cands)
@@ -81,7 +81,7 @@ class IndexedChooser:
                     cheapest = c.cost_usd
                 band_idx.append(i)
         if not band_idx:
-            return self.profile._fallback(cands, ctx)  # noqa: SLF001 - prototype
+            return self.profile._fallback(cands, ctx)
         band_idx.sort()
         band = [cands[i] for i in band_idx]
         scores = self.profile.scorers[0][0].score(band, ctx)
@@ -108,5 +108,5 @@ class IndexedChooser:
             if (lat < best_lat or (lat == best_lat and i < best_i)) and keeps(cands[i], ctx):
                 best_i, best_lat = i, lat
         if best_i < 0:
-            return self.profile._fallback(cands, ctx)  # noqa: SLF001 - prototype
+            return self.profile._fallback(cands, ctx)
         return Decision(cands[best_i], True, 1)

@@ -43,16 +43,16 @@ def infer_with_trailers(client: tc.InferenceServerClient, model: str,
                         inputs: Sequence[tc.InferInput], metadata: Sequence[tuple[str, str]],
                         timeout_s: float) -> tuple[tc.InferResult, dict[str, str]]:
     """One tritonclient request; returns its result and the edge's trailing metadata."""
-    request = tc_utils._get_inference_request(  # noqa: SLF001 - tritonclient's own builder
+    request = tc_utils._get_inference_request(
         model_name=model, inputs=inputs, model_version="", request_id="", outputs=None,
         sequence_id=0, sequence_start=False, sequence_end=False, priority=0, timeout=None,
         parameters=None)
     try:
-        response, call = client._client_stub.ModelInfer.with_call(  # noqa: SLF001
+        response, call = client._client_stub.ModelInfer.with_call(
             request=request, metadata=tuple(metadata), timeout=timeout_s)
     except grpc.RpcError as exc:
         raise tc_utils.get_error_grpc(exc) from None  # tritonclient's own exception type
-    trailers = {k: v for k, v in call.trailing_metadata() or ()}
+    trailers = dict(call.trailing_metadata() or ())
     return tc.InferResult(response), trailers
 
 
@@ -64,7 +64,7 @@ def _one(address: str, edge: str, slo_ms: float, profile: str, dim: int) -> Outc
     t0 = time.perf_counter()
     try:
         _, tr = infer_with_trailers(client, "summarize", [x], md, timeout_s=5.0)
-    except Exception as exc:  # noqa: BLE001 - the demo counts failures, whatever they are
+    except Exception as exc:
         return Outcome(edge, slo_ms, "-", (time.perf_counter() - t0) * 1000, 0.0, False,
                        type(exc).__name__)
     ms = (time.perf_counter() - t0) * 1000
@@ -105,7 +105,9 @@ def _row(slo: str, deployment: str, os_: list[Outcome]) -> list[str]:
     lat = sorted(o.latency_ms for o in os_ if o.ok)
     met = sum(1 for o in os_ if o.ok and o.latency_ms <= o.slo_ms)
     cost = sum(o.cost_usd for o in os_ if o.ok)
-    q = (lambda p: f"{lat[min(len(lat) - 1, int(p * (len(lat) - 1)))]:.1f}" if lat else "-")
+
+    def q(p: float) -> str:
+        return f"{lat[min(len(lat) - 1, int(p * (len(lat) - 1)))]:.1f}" if lat else "-"
     return [slo, deployment, str(len(os_)), str(sum(1 for o in os_ if not o.ok)), q(0.5),
             q(0.95), f"{100 * met / len(os_):.1f}%", f"{1000 * cost / max(len(os_), 1):.6f}"]
 

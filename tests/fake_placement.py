@@ -22,13 +22,13 @@ class FakePlacement(placement_pb2_grpc.PlacementServicer):
         self.reports: list[telemetry_pb2.TelemetryReport] = []
         self.streams = 0
 
-    async def RegisterBackend(self, request: placement_pb2.RegisterBackendRequest,  # noqa: N802
+    async def RegisterBackend(self, request: placement_pb2.RegisterBackendRequest,
                               context: grpc.aio.ServicerContext
                               ) -> placement_pb2.RegisterBackendResponse:
         self.registered.append(request)
         return placement_pb2.RegisterBackendResponse(backend_id=request.backend.id, version=1)
 
-    async def StreamTelemetry(self, request_iterator: AsyncIterator[  # noqa: N802
+    async def StreamTelemetry(self, request_iterator: AsyncIterator[
                                   telemetry_pb2.TelemetryReport],
                               context: grpc.aio.ServicerContext) -> telemetry_pb2.TelemetryAck:
         self.streams += 1

@@ -180,10 +180,10 @@ async def running_mesh(cfg: MeshConfig, tritons: dict[str, TritonProcess]
         await relay.stop()
 
 
-async def wait_measured(mesh: Mesh, timeout: float = 30.0) -> None:
+async def wait_measured(mesh: Mesh, within_s: float = 30.0) -> None:
     """Until every summarize candidate in the edge's table has measured estimates."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + within_s
     while loop.time() < deadline:
         cands = mesh.edge.router.store.candidates.get("summarize", ())
         if cands and all("no measurements" not in c.penalty_reason for c in cands):

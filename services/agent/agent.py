@@ -109,7 +109,7 @@ class NodeAgent:
         self._channel_factory = channel_factory
         self._clock = clock
         self._sleep = sleep
-        self._rng = rng or random.Random()  # noqa: S311 - jitter, not security
+        self._rng = rng or random.Random()
         self._rpc_timeout_s = rpc_timeout_s
         self._initial_backoff_s = initial_backoff_s
         self._max_backoff_s = max_backoff_s

@@ -69,15 +69,16 @@ class PlacementLink:
                     self.store.apply(update)
                     self.on_update()
                     await asyncio.to_thread(self.store.persist)
-                raise ConnectionError("WatchRoutes stream ended")
-            except (grpc.aio.AioRpcError, ConnectionError) as exc:
-                if self.connected:
-                    log.warning("placement_lost", placement=address, error=str(exc)[:200],
-                                action="routing on the last table; retrying other replicas")
-                self.connected = False
-                i += 1
-                await asyncio.sleep(backoff * (0.5 + random.random()))  # noqa: S311
-                backoff = min(backoff * 2, 2.0)
+                exc: Exception = ConnectionError("WatchRoutes stream ended")
+            except grpc.aio.AioRpcError as err:
+                exc = err
+            if self.connected:
+                log.warning("placement_lost", placement=address, error=str(exc)[:200],
+                            action="routing on the last table; retrying other replicas")
+            self.connected = False
+            i += 1
+            await asyncio.sleep(backoff * (0.5 + random.random()))
+            backoff = min(backoff * 2, 2.0)
 
     async def report(self) -> None:
         """Forever: refresh observed quantiles and send them to the connected replica."""

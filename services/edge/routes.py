@@ -64,7 +64,7 @@ class RouteStore:
             return False
         try:
             update = placement_pb2.RouteUpdate.FromString(self.path.read_bytes())
-        except Exception as exc:  # noqa: BLE001 - a corrupt file must not stop the edge
+        except Exception as exc:
             log.warning("route_file_unreadable", path=str(self.path), error=str(exc))
             return False
         self.apply(update, source="disk")

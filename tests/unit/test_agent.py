@@ -54,7 +54,7 @@ class Sleeps:
 def _agent(port: int, sleeps: Callable[[float], Awaitable[None]], **kw: object) -> NodeAgent:
     opts: dict[str, object] = {
         "placement": [f"127.0.0.1:{port}"], "nvml": NO_GPU, "sleep": sleeps,
-        "stats_factory": lambda b: FakeStats(b.variants), "rng": random.Random(7),  # noqa: S311 - jitter
+        "stats_factory": lambda b: FakeStats(b.variants), "rng": random.Random(7),
         "agent_id": "agent-test"}
     opts.update(kw)
     return NodeAgent(CONFIG, ["use1-h100", "use1-t4"], **opts)  # type: ignore[arg-type]
@@ -183,7 +183,7 @@ async def test_tries_replicas_in_turn() -> None:
 
 
 def test_backoff_is_exponential_with_jitter_and_capped() -> None:
-    agent = _agent(1, Sleeps(), rng=random.Random(1))  # noqa: S311 - jitter
+    agent = _agent(1, Sleeps(), rng=random.Random(1))
     delays = [agent._backoff(n) for n in range(12)]
     assert 0.05 <= delays[0] <= 0.1
     assert 0.1 <= delays[1] <= 0.2

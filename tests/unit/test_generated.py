@@ -1,4 +1,4 @@
-"""services/api/ must be exactly what protos/ generates (the one command: python -m scripts.gen_protos)."""
+"""services/api/ must be what protos/ generates (the one command: python -m scripts.gen_protos)."""
 
 from __future__ import annotations
 
