@@ -136,7 +136,7 @@ def verdicts(points: list[Point]) -> list[str]:
 
 
 def run(quick: bool) -> Section:
-    calls, seconds = (400, 3.0) if quick else (3000, 10.0)
+    calls, seconds = (1000, 3.0) if quick else (4000, 10.0)
     names = TARGETS
     nginx = ensure_nginx()
     t0 = time.monotonic()

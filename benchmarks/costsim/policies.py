@@ -1,0 +1,144 @@
+"""The routing policies compared on one trace. All respect the hard constraints (health as
+their own mechanism sees it, the call's quality floor); they differ in how they choose.
+
+- ``switchyard``: placement's ``cheapest`` profile on placement's own tables, with the
+  edge's observed p95s — the per-call ``Profile.choose`` the edge runs.
+- ``lowest-latency``: the ``fastest`` profile, same tables and filters.
+- ``cheapest-ignoring-slo``: the hard filters only, the cost scorer, best pick: always the
+  cheapest healthy deployment by placement's estimate, whatever its latency or load.
+- ``round-robin``: rotates over the healthy, quality-feasible rows of the table.
+- ``litellm-cost``: LiteLLM's ``cost-based-routing`` with cooldowns (``litellm.py``).
+
+Every policy gets the same ``max_attempts``: a failed attempt (backend down, queue full)
+is retried on another deployment, excluding those already tried.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from benchmarks.costsim.control import ControlPlane
+from benchmarks.costsim.scenario import CallClass
+from placement.errors import NoHealthyDeployment
+from placement.model import CallContext, Candidate, Hints
+from placement.pickers.best import BestPicker
+from placement.pipeline import Decision, Profile
+from placement.registry import build_filters, build_profile
+from placement.scorers.cost import CostScorer
+
+HARD_FILTERS = ("routable", "ejected", "residency", "quality", "cost-cap")
+
+# (candidates, context, decision) after every choice; tests audit decisions with it.
+DecisionHook = Callable[[list[Candidate], CallContext, Decision], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """What the edge knows about the call when it (re)chooses."""
+
+    edge: str
+    klass: CallClass
+    exclude: set[str]
+    avoid_regions: set[str]
+    now: float
+
+
+class Policy(Protocol):
+    name: str
+    control: ControlPlane | None  # None: the policy does not use placement's tables
+
+    def choose(self, a: Attempt) -> str | None:
+        """Deployment id (``backend/variant``) for this attempt, or None: nothing healthy."""
+        ...
+
+    def result(self, a: Attempt, deployment_id: str, latency_ms: float, status: str,
+               now: float) -> None:
+        """Outcome of an attempt: ``status`` is ``ok``, ``unavailable`` or ``exhausted``."""
+        ...
+
+
+class ProfilePolicy:
+    """A placement profile choosing from placement's tables, as the edge does per call."""
+
+    def __init__(self, name: str, profile: Profile, control: ControlPlane, seed: int,
+                 slo_margin_ms: float, on_decision: DecisionHook | None = None) -> None:
+        self.name = name
+        self.profile = profile
+        self.control: ControlPlane | None = control
+        self._control = control
+        self.rng = random.Random(seed)
+        self.slo_margin_ms = slo_margin_ms
+        self.on_decision = on_decision
+        self._hints: dict[CallClass, Hints] = {}
+        self.fallbacks = 0
+
+    def choose(self, a: Attempt) -> str | None:
+        hints = self._hints.get(a.klass)
+        if hints is None:
+            hints = self._hints[a.klass] = Hints(slo_ms=a.klass.slo_ms,
+                                                 min_quality=a.klass.min_quality)
+        cands = self._control.tables[(a.klass.model, a.edge)]
+        ctx = CallContext(hints, self.slo_margin_ms, a.exclude, a.avoid_regions, frozenset(),
+                          self._control.edges[a.edge].p95)
+        try:
+            decision = self.profile.choose(cands, ctx, self.rng)
+        except NoHealthyDeployment:
+            return None
+        if not decision.slo_met:
+            self.fallbacks += 1
+        if self.on_decision is not None:
+            self.on_decision(cands, ctx, decision)
+        return decision.candidate.deployment_id
+
+    def result(self, a: Attempt, deployment_id: str, latency_ms: float, status: str,
+               now: float) -> None:
+        self._control.record(a.edge, deployment_id, latency_ms, status == "ok")
+
+
+def switchyard(control: ControlPlane, seed: int, band: float, margin_ms: float,
+               on_decision: DecisionHook | None = None) -> ProfilePolicy:
+    return ProfilePolicy("switchyard", build_profile("cheapest", band), control, seed,
+                         margin_ms, on_decision)
+
+
+def lowest_latency(control: ControlPlane, seed: int, margin_ms: float) -> ProfilePolicy:
+    return ProfilePolicy("lowest-latency", build_profile("fastest"), control, seed, margin_ms)
+
+
+def cheapest_ignoring_slo(control: ControlPlane, seed: int, margin_ms: float) -> ProfilePolicy:
+    profile = Profile("cheapest-ignoring-slo",
+                      build_filters(HARD_FILTERS, "cheapest-ignoring-slo.filters"),
+                      [(CostScorer(), 1.0)], BestPicker())
+    return ProfilePolicy("cheapest-ignoring-slo", profile, control, seed, margin_ms)
+
+
+class RoundRobin:
+    """Rotate over the table's healthy rows that meet the quality floor (per edge and model)."""
+
+    name = "round-robin"
+
+    def __init__(self, control: ControlPlane, margin_ms: float) -> None:
+        self.control: ControlPlane | None = control
+        self._control = control
+        self.hard = build_filters(HARD_FILTERS, "round-robin.filters")
+        self.margin_ms = margin_ms
+        self.next: dict[tuple[str, CallClass], int] = {}
+
+    def choose(self, a: Attempt) -> str | None:
+        ctx = CallContext(Hints(a.klass.slo_ms, a.klass.min_quality), self.margin_ms,
+                          a.exclude, a.avoid_regions)
+        ok = [c for c in self._control.tables[(a.klass.model, a.edge)]
+              if all(f.reject(c, ctx) is None for f in self.hard)]
+        if not ok:
+            return None
+        key = (a.edge, a.klass)
+        i = self.next.get(key, 0)
+        self.next[key] = i + 1
+        return ok[i % len(ok)].deployment_id
+
+    def result(self, a: Attempt, deployment_id: str, latency_ms: float, status: str,
+               now: float) -> None:
+        self._control.record(a.edge, deployment_id, latency_ms, status == "ok")

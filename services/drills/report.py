@@ -1,0 +1,160 @@
+"""What a drill measured: per-phase calls, failures, latency and cost, and time to reroute.
+
+A call belongs to the phase in which it was *sent* (before / during / after the fault).
+A call *noticed* the fault when it failed, was served by (or retried away from) a faulted
+backend, was passed to another edge by the client, or took longer than the slow threshold
+(3x the before-phase p99, at least +200 ms). **Time to reroute** is from the fault to the
+end of the first burst of such calls (calls noticing the fault less than ``burst_gap_s``
+apart), provided ``streak`` clean calls follow; later bursts are counted as relapses (a
+gray-failing backend re-admitted after its ejection, for example).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+from services.drills.load import Call
+from services.render import table
+
+PHASES = ("before", "during", "after")
+
+
+def _pct(sorted_values: Sequence[float], q: float) -> float | None:
+    if not sorted_values:
+        return None
+    k = min(len(sorted_values) - 1, max(0, round(q / 100 * len(sorted_values)) - 1))
+    return sorted_values[k]
+
+
+@dataclass
+class PhaseStats:
+    phase: str
+    seconds: float
+    sent: int
+    failed: int
+    failed_by_status: dict[str, int]
+    retried: int                      # answered OK after more than one edge attempt
+    client_failovers: int
+    p50_ms: float | None
+    p99_ms: float | None
+    cost_per_1k_usd: float | None
+    served_by: dict[str, int]
+
+    @classmethod
+    def of(cls, phase: str, seconds: float, calls: Sequence[Call]) -> PhaseStats:
+        ok = [c for c in calls if c.ok]
+        lat = sorted(c.latency_ms for c in ok)
+        return cls(phase, round(seconds, 2), len(calls), len(calls) - len(ok),
+                   dict(Counter(c.status for c in calls if not c.ok)),
+                   sum(1 for c in ok if c.attempts > 1),
+                   sum(1 for c in calls if c.client_failover),
+                   _pct(lat, 50), _pct(lat, 99),
+                   1000 * sum(c.cost_usd for c in ok) / len(ok) if ok else None,
+                   dict(Counter(c.served_by for c in ok).most_common()))
+
+
+@dataclass
+class Reroute:
+    seconds: float | None             # None: the load never settled on healthy deployments
+    noticed: int                      # calls that noticed the fault (first burst)
+    relapses: int                     # calls noticing it again in later bursts
+    slow_threshold_ms: float
+
+
+@dataclass
+class DrillReport:
+    scenario: str
+    target: str                       # what was broken
+    faulted_backends: list[str]
+    rate: float
+    deadline_s: float
+    slo_ms: float | None
+    fault_at_s: float
+    restore_at_s: float | None
+    phases: list[PhaseStats]
+    reroute: Reroute
+    notes: list[str] = field(default_factory=list)
+    checks: dict[str, bool] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> int:
+        return sum(p.failed for p in self.phases)
+
+    @property
+    def sent(self) -> int:
+        return sum(p.sent for p in self.phases)
+
+    def to_dict(self) -> dict[str, object]:
+        d = asdict(self)
+        d["failed"], d["sent"] = self.failed, self.sent
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def table(self) -> str:
+        rows = []
+        for p in self.phases:
+            rows.append([p.phase, f"{p.seconds:.1f}", str(p.sent), str(p.failed),
+                         ", ".join(f"{k} {v}" for k, v in p.failed_by_status.items()) or "-",
+                         str(p.retried), _ms(p.p50_ms), _ms(p.p99_ms),
+                         "-" if p.cost_per_1k_usd is None else f"{p.cost_per_1k_usd:.6f}",
+                         _top(p.served_by)])
+        r = self.reroute
+        head = (f"drill {self.scenario}: {self.target}  ({self.rate:g} calls/s, deadline "
+                f"{self.deadline_s:g} s" + (f", x-slo-ms {self.slo_ms:g}" if self.slo_ms else "")
+                + ")")
+        reroute = ("never (load did not settle)" if r.seconds is None
+                   else f"{r.seconds * 1000:.0f} ms")
+        foot = [f"time to reroute: {reroute}  ({r.noticed} calls noticed the fault, "
+                f"{r.relapses} relapses; slow = > {r.slow_threshold_ms:.0f} ms)",
+                f"calls: {self.sent} sent, {self.failed} failed"]
+        foot += [f"check {k}: {'ok' if v else 'FAILED'}" for k, v in self.checks.items()]
+        foot += [f"note: {n}" for n in self.notes]
+        return "\n".join([head, table(["phase", "s", "sent", "failed", "by status", "retried",
+                                       "p50 ms", "p99 ms", "$ per 1k", "served by (top 3)"],
+                                      rows), *foot])
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
+def _top(served: dict[str, int]) -> str:
+    total = sum(served.values()) or 1
+    return ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in list(served.items())[:3]) or "-"
+
+
+def noticed(call: Call, faulted: set[str], slow_ms: float) -> bool:
+    return (not call.ok or call.client_failover or call.backend in faulted
+            or (call.attempts > 1 and bool(faulted)) or call.latency_ms > slow_ms)
+
+
+def time_to_reroute(calls: Sequence[Call], fault_at: float, end_at: float, faulted: set[str],
+                    slow_ms: float, streak: int = 10, burst_gap_s: float = 1.0) -> Reroute:
+    """See the module docstring; ``calls`` sorted by send time, the window is [fault, end)."""
+    window = [c for c in calls if fault_at <= c.sent < end_at]
+    hit = [i for i, c in enumerate(window) if noticed(c, faulted, slow_ms)]
+    if not hit:
+        return Reroute(0.0, 0, 0, slow_ms)
+    first_burst_end = 0
+    for k in range(1, len(hit)):
+        if window[hit[k]].sent - window[hit[k - 1]].sent > burst_gap_s:
+            break
+        first_burst_end = k
+    last = window[hit[first_burst_end]]
+    clean_after = len(window) - hit[first_burst_end] - 1
+    if first_burst_end + 1 < len(hit):
+        clean_after = hit[first_burst_end + 1] - hit[first_burst_end] - 1
+    seconds = max(c.done for c in (window[i] for i in hit[:first_burst_end + 1])) - fault_at
+    return Reroute(round(seconds, 3) if clean_after >= streak else None,
+                   first_burst_end + 1, len(hit) - first_burst_end - 1, slow_ms)
+
+
+def slow_threshold(before: Sequence[Call]) -> float:
+    lat = sorted(c.latency_ms for c in before if c.ok)
+    p99 = _pct(lat, 99) or 100.0
+    return max(3 * p99, p99 + 200.0)

@@ -1,0 +1,218 @@
+"""The faults a drill can inject, one small class each: inject, then restore.
+
+Every scenario breaks what is serving the load right now: ``busiest`` is the backend that
+answered most calls in the before phase, so the drill always hits live traffic.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from services.api.switchyard.v1 import fleet_pb2
+from services.drills.mesh import DrillError, MeshHandle
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class Fault:
+    """What a scenario broke: a label, the backends it faulted, and what restore needs."""
+
+    target: str
+    backends: set[str] = field(default_factory=set)
+    notes: list[str] = field(default_factory=list)
+    checks: dict[str, bool] = field(default_factory=dict)
+    state: dict[str, object] = field(default_factory=dict)
+
+
+class Scenario:
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    client_failover: ClassVar[bool] = False  # the load may try another edge (edge-restart)
+    slo_ms: ClassVar[float | None] = None    # x-slo-ms header the load sends
+
+    def inject(self, h: MeshHandle, busiest: str, progress: Progress) -> Fault:
+        raise NotImplementedError
+
+    def during(self, h: MeshHandle, fault: Fault, progress: Progress) -> None:
+        """Called once near the end of the during phase (checks while the fault holds)."""
+
+    def restore(self, h: MeshHandle, fault: Fault, progress: Progress) -> None:
+        raise NotImplementedError
+
+
+def _parallel(fns: list[Callable[[], None]]) -> None:
+    errors: list[BaseException] = []
+
+    def run(fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(fn,)) for fn in fns]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
+class KillBackends(Scenario):
+    """SIGKILL real tritonserver processes; restore starts fresh ones."""
+
+    def pick(self, h: MeshHandle, busiest: str) -> tuple[str, list[str]]:
+        raise NotImplementedError
+
+    def inject(self, h: MeshHandle, busiest: str, progress: Progress) -> Fault:
+        target, ids = self.pick(h, busiest)
+        pids = [h.kill_backend(b) for b in ids]
+        progress(f"SIGKILL tritonserver {', '.join(f'{b} (pid {p})' for b, p in zip(ids, pids, strict=True))}")
+        return Fault(target, set(ids))
+
+    def restore(self, h: MeshHandle, fault: Fault, progress: Progress) -> None:
+        progress(f"restarting {', '.join(sorted(fault.backends))} (fresh tritonserver)")
+        _parallel([lambda b=b: h.restart(h.backend_child(b)) for b in sorted(fault.backends)])
+
+
+class KillBackend(KillBackends):
+    name = "kill-backend"
+    summary = "SIGKILL the tritonserver serving most traffic"
+
+    def pick(self, h: MeshHandle, busiest: str) -> tuple[str, list[str]]:
+        return f"backend {busiest}", [busiest]
+
+
+class RegionOutage(KillBackends):
+    name = "region-outage"
+    summary = "SIGKILL every backend in the busiest backend's region"
+
+    def pick(self, h: MeshHandle, busiest: str) -> tuple[str, list[str]]:
+        region = h.backend(busiest).region
+        return f"region {region}", h.backends_in(region=region)
+
+
+class CloudOutage(KillBackends):
+    name = "cloud-outage"
+    summary = "SIGKILL every backend in the busiest backend's cloud"
+
+    def pick(self, h: MeshHandle, busiest: str) -> tuple[str, list[str]]:
+        cloud = h.cfg.region_cloud(h.backend(busiest).region)
+        ids = h.backends_in(cloud=cloud)
+        if len(ids) == len(h.cfg.backends):
+            raise DrillError(f"every backend is in cloud {cloud!r}; nothing to fail over to")
+        return f"cloud {cloud}", ids
+
+
+class DrainBackend(Scenario):
+    name = "drain-backend"
+    summary = "drain the busiest backend (SetAvailability DRAINED), then undo"
+
+    def inject(self, h: MeshHandle, busiest: str, progress: Progress) -> Fault:
+        h.set_availability("backend", busiest, fleet_pb2.AVAILABILITY_DRAINED)
+        progress(f"drained backend {busiest}")
+        return Fault(f"backend {busiest}", {busiest})
+
+    def restore(self, h: MeshHandle, fault: Fault, progress: Progress) -> None:
+        for b in fault.backends:
+            h.set_availability("backend", b, fleet_pb2.AVAILABILITY_ACTIVE)
+        progress(f"backend {', '.join(fault.backends)} active again")
+
+
+class PlacementOutage(Scenario):
+    name = "placement-outage"
+    summary = "SIGKILL placement; edges must keep routing on their last table"
+
+    def inject(self, h: MeshHandle, busiest: str, progress: Progress) -> Fault:
+        child = h.child("placement")
+        pid = h.pid(child)
+        h.signal(child, signal.SIGKILL)
+        progress(f"SIGKILL placement (pid {pid})")
+        return Fault("placement")
+
+    def during(self, h: MeshHandle, fault: Fault, progress: Progress) -> None:
+        disconnected = []
+        for e in h.cfg.edges:
+            st = h.edge_status(e)
+            disconnected.append(not st.placement_connected and bool(st.tables))
+        fault.checks["edges kept their tables without placement"] = all(disconnected)
+
+    def restore(self, h: MeshHandle, fault: Fault, progress: Progress) -> None:
+        progress("restarting placement")
+        h.restart(h.child("placement"))
+
+
+class EdgeRestart(Scenario):
+    name = "edge-restart"
+    summary = ("SIGKILL placement, then restart the loaded edge: it must serve from the table "
+               "it persisted on disk")
+    client_failover = True
+
+    def inject(self, h: MeshHandle, busiest: str, progress: Progress) -> Fault:
+        edge = h.cfg.edges[0]
+        h.signal(h.child("placement"), signal.SIGKILL)
+        progress("SIGKILL placement")
+        child = h.edge_child(edge)
+        t0 = time.monotonic()
+        h.signal(child, signal.SIGTERM)
+        assert child.proc is not None
+        child.proc.wait(15)
+        progress(f"edge {edge.id} stopped (SIGTERM); starting a fresh one")
+        h.restart(child, timeout_s=30)
+        st = h.edge_status(edge)
+        progress(f"edge {edge.id} back in {time.monotonic() - t0:.1f} s, routes from "
+                 f"{st.routes_source!r}, {len(st.tables)} tables, placement connected: "
+                 f"{st.placement_connected}")
+        fault = Fault(f"edge {edge.id} (placement down)")
+        fault.checks["restarted edge loaded its routes from disk"] = (
+            st.routes_source == "disk" and bool(st.tables))
+        return fault
+
+    def restore(self, h: MeshHandle, fault: Fault, progress: Progress) -> None:
+        progress("restarting placement")
+        h.restart(h.child("placement"))
+
+
+class SlowBackend(Scenario):
+    name = "slow-backend"
+    summary = "gray failure: the busiest backend answers late (slow_factor)"
+    slo_ms = 100.0
+
+    def __init__(self, slow_factor: float = 200.0) -> None:
+        self.slow_factor = slow_factor
+
+    def inject(self, h: MeshHandle, busiest: str, progress: Progress) -> Fault:
+        h.set_control(busiest, slow_factor=self.slow_factor)
+        progress(f"backend {busiest} now does {self.slow_factor:g}x the work per call")
+        return Fault(f"backend {busiest} x{self.slow_factor:g} slower", {busiest})
+
+    def restore(self, h: MeshHandle, fault: Fault, progress: Progress) -> None:
+        for b in fault.backends:
+            h.set_control(b, slow_factor=1.0)
+        progress(f"backend {', '.join(fault.backends)} back to normal speed")
+
+
+class HungBackend(Scenario):
+    name = "hung-backend"
+    summary = "the busiest backend accepts calls and never answers (ServerReady still true)"
+
+    def inject(self, h: MeshHandle, busiest: str, progress: Progress) -> Fault:
+        h.set_control(busiest, hang=True)
+        progress(f"backend {busiest} hangs every call")
+        return Fault(f"backend {busiest} hung", {busiest})
+
+    def restore(self, h: MeshHandle, fault: Fault, progress: Progress) -> None:
+        for b in fault.backends:
+            h.set_control(b, hang=False)
+        progress(f"backend {', '.join(fault.backends)} answers again")
+
+
+SCENARIOS: dict[str, type[Scenario]] = {s.name: s for s in (
+    KillBackend, DrainBackend, RegionOutage, CloudOutage, PlacementOutage, EdgeRestart,
+    SlowBackend, HungBackend)}
