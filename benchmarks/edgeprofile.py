@@ -27,12 +27,16 @@ from benchmarks.common import Section, command_for, main, md_table, progress
 ESTIMATE_S = (40, 60)
 CONCURRENCY = 8
 
+# Started before the edge's gRPC server exists (forking beside live gRPC threads aborts);
+# reads "address model concurrency calls" lines, answers "calls rps p50_ms".
 _LOADER = """
 import sys, uvloop
 from benchmarks._load import measure
-p = measure("edge", sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), 30.0, [],
-            warmup=0, loop_factory=uvloop.new_event_loop)
-print(p.calls, p.rps, p.p50_ms, flush=True)
+for line in sys.stdin:
+    a, m, c, n = line.split()
+    p = measure("edge", a, m, int(c), int(n), 60.0, [], warmup=0,
+                loop_factory=uvloop.new_event_loop)
+    print(p.calls, p.rps, p.p50_ms, flush=True)
 """
 
 
@@ -46,6 +50,9 @@ async def _serve_and_profile(fleet: Fleet, calls: int) -> tuple[pstats.Stats, di
     from services.logs import configure
 
     cfg = load_config(fleet.config("profiled", {"profiled": 0}))
+    loader = subprocess.Popen([sys.executable, "-c", _LOADER], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    fleet.procs.append(loader)  # type: ignore[arg-type]
     log = open(fleet.tmp / "profiled-access.log", "w")  # noqa: SIM115 - closed below
     stderr = sys.stderr
     sys.stderr = log  # the access log goes where a deployed edge's stderr would
@@ -61,12 +68,12 @@ async def _serve_and_profile(fleet: Fleet, calls: int) -> tuple[pstats.Stats, di
         out: dict[str, float] = {}
 
         async def load(n: int) -> tuple[float, float, float]:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-c", _LOADER, address, MODEL, str(CONCURRENCY), str(n),
-                stdout=subprocess.PIPE)
+            assert loader.stdin is not None and loader.stdout is not None
             t_proc, t_loop = time.process_time(), _thread_cpu()
-            stdout, _ = await proc.communicate()
-            got = stdout.split()
+            loader.stdin.write(f"{address} {MODEL} {CONCURRENCY} {n}\n")
+            loader.stdin.flush()
+            answer = await asyncio.to_thread(loader.stdout.readline)
+            got = answer.split()
             done = int(got[0])
             return done, (time.process_time() - t_proc) / done * 1e6, \
                 (_thread_cpu() - t_loop) / done * 1e6
@@ -80,6 +87,8 @@ async def _serve_and_profile(fleet: Fleet, calls: int) -> tuple[pstats.Stats, di
         prof.disable()
         out.update(prof_calls=done, prof_proc_us=proc_us, prof_loop_us=loop_us)
         await running.stop()
+        assert loader.stdin is not None
+        loader.stdin.close()
     finally:
         sys.stderr = stderr
         configure("info", json=False)  # back to the terminal before the log file closes

@@ -154,7 +154,6 @@ class Simulation:
                 continue
             now, _, kind, data = heapq.heappop(heap)
             self._event(now, kind, data)
-        control = self.policy.control
         return SimResult(
             policy=self.policy.name, calls=n, served=int((self.final >= 0).sum()),
             failed=int((self.final < 0).sum()),
@@ -163,8 +162,7 @@ class Simulation:
             expected_cost_usd=self.expected, attempts=self.attempts,
             wall_s=time.process_time() - t0, deployments=[d.id for d in self.deps],
             fallbacks=getattr(self.policy, "fallbacks", 0),
-            cooldowns=getattr(self.policy, "cooldowns", 0)) if control is not None or True \
-            else None  # pragma: no cover
+            cooldowns=getattr(self.policy, "cooldowns", 0))
 
     def _event(self, now: float, kind: int, data: object) -> None:
         control = self.policy.control

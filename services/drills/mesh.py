@@ -222,3 +222,58 @@ def _serving(address: str, kind: str) -> bool:
             return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
         except grpc.RpcError:
             return False
+
+
+class AdoptedProcess:
+    """A mesh child started by another process (``switchyard up``), driven by pid only."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        try:
+            with open(f"/proc/{self.pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            state = "X"
+        if state in ("Z", "X"):
+            self.returncode = -1
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = time.monotonic() + (timeout if timeout is not None else 1e9)
+        while self.poll() is None:
+            if time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout or 0)
+            time.sleep(0.05)
+        return -1
+
+    def send_signal(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, sig)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+def attach(cfg: MeshConfig, config_path: str) -> Mesh:
+    """The :class:`Mesh` a ``switchyard up`` with this config is running, from its pids.json."""
+    mesh = Mesh(cfg, config_path)
+    path = mesh.run_dir / "pids.json"
+    try:
+        pids = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise DrillError(f"{path} not found: is `switchyard up --config {config_path}` "
+                         "running?") from exc
+    for child in mesh.plan():
+        if child.name not in pids:
+            raise DrillError(f"{path} has no pid for {child.name!r}")
+        child.proc = AdoptedProcess(int(pids[child.name]))  # type: ignore[assignment]
+        if child.proc.poll() is not None:
+            raise DrillError(f"{child.name} (pid {pids[child.name]}) is not running")
+        mesh.children.append(child)
+    return mesh
