@@ -5,7 +5,8 @@
     switchyard explain MODEL        why each deployment would or would not serve a call
     switchyard drain KIND TARGET    drain (or --undo) a backend, region or cloud
     switchyard demo                 mixed tight/loose SLO workload vs an always-fastest baseline
-    switchyard placement | edge     run one placement replica / one edge router
+    switchyard drill SCENARIO       failover drill under load (kill-backend, region-outage, …)
+    switchyard placement | edge | agent   run one placement replica / edge router / node agent
 """
 
 from __future__ import annotations
@@ -162,6 +163,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_drill(args: argparse.Namespace) -> int:
+    from services.drills.cli import drill_main
+
+    return drill_main(args)
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    from services.agent.__main__ import main as agent_main
+
+    argv = ["--config", args.config, "--backends", args.backends, "--interval",
+            str(args.interval)]
+    if args.placement:
+        argv += ["--placement", args.placement]
+    return agent_main(argv)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="switchyard", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -189,6 +206,16 @@ def parser() -> argparse.ArgumentParser:
     ed.add_argument("--port", type=int, default=None, help="override the edge's port")
     ed.add_argument("--placement", default="", help="placement replicas host:port,… "
                                                     "(default: from the config)")
+    from services.drills.cli import add_arguments as drill_arguments
+
+    drill_arguments(add("drill", cmd_drill, "failover drill: break part of a (private, by "
+                                            "default) mesh under load and report what callers "
+                                            "saw"))
+    ag = add("agent", cmd_agent, "run the node agent for some backends (NVML, or labelled "
+                                 "simulated telemetry without a GPU)")
+    ag.add_argument("--backends", required=True, help="comma-separated backend ids")
+    ag.add_argument("--interval", type=float, default=1.0, help="seconds between reports")
+    ag.add_argument("--placement", default="", help="placement replicas host:port,…")
     for name, fn, help_ in (("status", cmd_status, "show backends, health and route tables"),
                             ("explain", cmd_explain, "explain the routing of one call"),
                             ("drain", cmd_drain, "drain, cordon or restore a backend, "
