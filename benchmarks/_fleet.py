@@ -202,6 +202,16 @@ class Fleet:
         _wait_model_ready(address, MODEL, 60, self.tmp / f"{name}-0.log")
         return Target(name, address, MODEL, pids)
 
+    def start_passthrough(self, name: str) -> Target:
+        """The bare grpc.aio byte-passthrough (benchmarks/_passthrough.py), one process."""
+        port = free_port()
+        p = self._spawn([sys.executable, "-m", "benchmarks._passthrough", str(port),
+                         self.triton_address], f"{name}.log")
+        address = f"127.0.0.1:{port}"
+        _wait_port(address, 30)
+        _wait_infer(address, VARIANT, 30, self.tmp / f"{name}.log")
+        return Target(name, address, VARIANT, [p.pid])
+
     def start_nginx(self, name: str, workers: int = 1) -> Target:
         binary = ensure_nginx()
         d = self.tmp / name
@@ -244,8 +254,13 @@ def _wait_port(address: str, timeout: float) -> None:
     raise RuntimeError(f"nothing listens on {address} after {timeout}s")
 
 
-def _wait_model_ready(address: str, model: str, timeout: float, log: pathlib.Path) -> None:
-    """Poll ModelReady and one real inference until both succeed."""
+def _wait_infer(address: str, model: str, timeout: float, log: pathlib.Path) -> None:
+    _wait_model_ready(address, model, timeout, log, check_ready=False)
+
+
+def _wait_model_ready(address: str, model: str, timeout: float, log: pathlib.Path,
+                      check_ready: bool = True) -> None:
+    """Poll ModelReady (unless ``check_ready`` is off) and one inference until both succeed."""
     import numpy as np
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
@@ -258,7 +273,7 @@ def _wait_model_ready(address: str, model: str, timeout: float, log: pathlib.Pat
     try:
         while time.monotonic() < deadline:
             try:
-                if client.is_model_ready(model, client_timeout=1.0):
+                if not check_ready or client.is_model_ready(model, client_timeout=1.0):
                     client.infer(model, [inp], client_timeout=5.0)
                     return
             except InferenceServerException as exc:

@@ -11,7 +11,7 @@ A benchmark is a module ``benchmarks/<name>.py`` that defines::
 ``run``, or whose name starts with ``_``, are skipped), runs each one in its own Python
 process (so a crash, a leaked child or a busy event loop in one cannot skew another) and
 writes ``benchmarks/RESULTS.md`` from the returned sections, in the order
-``dataplane, decisions, controlplane, cost*, failover*``, then the rest alphabetically.
+``dataplane, edgeprofile, decisions, controlplane, cost*, failover*``, then the rest alphabetically.
 
 - ``quick=True`` must finish in about a minute; ``quick=False`` (the full run) within the
   module's share of ~15 minutes for the whole suite. Declare the expected wall time as
@@ -69,7 +69,8 @@ class Section:
                self.table.rstrip(), ""]
         out += [f"![{os.path.basename(p)}]({p})\n" for p in self.images]
         if self.notes:
-            out += [n if n.startswith(("-", "*", "|", "#")) else f"- {n}" for n in self.notes]
+            out += [n if n.startswith(("- ", "* ", "|", "#", "```")) else f"- {n}"
+                    for n in self.notes]
             out.append("")
         if self.elapsed_s:
             out += [f"_(took {self.elapsed_s:.0f} s)_", ""]
@@ -78,6 +79,9 @@ class Section:
 
 def command_for(module: str, quick: bool) -> str:
     """The command that reruns one benchmark module alone."""
+    if module == "__main__":  # run as ``python -m benchmarks.<name>``
+        spec = getattr(sys.modules["__main__"], "__spec__", None)
+        module = spec.name if spec else module
     name = module.rsplit(".", 1)[-1]
     return f"python -m benchmarks.{name}" + (" --quick" if quick else "")
 

@@ -22,7 +22,7 @@ import time
 
 from benchmarks.common import BENCH_DIR, ROOT, Section, machine_info, md_table
 
-ORDER = ("dataplane", "decisions", "controlplane", "cost", "failover")
+ORDER = ("dataplane", "edgeprofile", "decisions", "controlplane", "cost", "failover")
 NOT_BENCHMARKS = {"__init__", "common", "run_all"}
 
 
@@ -51,10 +51,18 @@ def _estimate(path: pathlib.Path, quick: bool) -> str:
     return "?"
 
 
+def _source(name: str) -> pathlib.Path:
+    p = pathlib.Path(BENCH_DIR, name + ".py")
+    return p if p.exists() else pathlib.Path(BENCH_DIR, name, "__init__.py")
+
+
 def discover() -> list[str]:
-    names = [p.stem for p in sorted(pathlib.Path(BENCH_DIR).glob("*.py"))
-             if p.stem not in NOT_BENCHMARKS and not p.stem.startswith("_")
-             and _defines_run(p)]
+    files = [*pathlib.Path(BENCH_DIR).glob("*.py"), *pathlib.Path(BENCH_DIR).glob("*/__init__.py")]
+    names = sorted(p.parent.name if p.name == "__init__.py" else p.stem for p in files
+                   if (p.parent.name if p.name == "__init__.py" else p.stem)
+                   not in NOT_BENCHMARKS
+                   and not (p.parent.name if p.name == "__init__.py" else p.stem).startswith("_")
+                   and _defines_run(p))
 
     def rank(name: str) -> tuple[int, str]:
         for i, prefix in enumerate(ORDER):
@@ -162,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         names = [n for n in names if n in wanted]
     t0 = time.monotonic()
     print(f"benchmarks ({'quick' if args.quick else 'full'}): " + ", ".join(
-        f"{n} ({_estimate(pathlib.Path(BENCH_DIR, n + '.py'), args.quick)})" for n in names),
+        f"{n} ({_estimate(_source(n), args.quick)})" for n in names),
         file=sys.stderr, flush=True)
     done: list[tuple[str, Section]] = []
     for i, name in enumerate(names, 1):

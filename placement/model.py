@@ -11,6 +11,9 @@ import enum
 from dataclasses import dataclass, field
 
 
+HARDWARE_PENALTY_PREFIX = "GPU "  # placement.hardware's penalty reasons start with it
+
+
 class Availability(enum.IntEnum):
     """Operator intent for a backend. Values match ``switchyard.v1.Availability``."""
 
@@ -103,5 +106,11 @@ class CallContext:
     observed_p95_ms: dict[str, float] = field(default_factory=dict)  # edge's own view
 
     def latency_ms(self, c: Candidate) -> float:
-        """The edge's observed p95 for a deployment wins over the table's estimate."""
-        return self.observed_p95_ms.get(c.deployment_id, c.latency_p95_ms)
+        """The edge's observed p95 for a deployment wins over the table's estimate, except
+        that a hardware penalty (throttling GPU) is never hidden by older observations."""
+        observed = self.observed_p95_ms.get(c.deployment_id)
+        if observed is None:
+            return c.latency_p95_ms
+        if c.penalty_reason.startswith(HARDWARE_PENALTY_PREFIX):
+            return max(observed, c.latency_p95_ms)
+        return observed

@@ -50,7 +50,7 @@ accelerator = "gpu-cheap"
 cloud = "aws"
 region = "*"
 price_class = "spot"
-usd_per_gpu_hour = 0.45
+usd_per_gpu_hour = 0.90
 source = "test fixture"
 as_of = "2026-11-22"
 """
@@ -87,9 +87,9 @@ def mesh_config(tmp: pathlib.Path, **edge_overrides: Any) -> MeshConfig:
                 {"a": "r-west", "b": "r-central", "ms": 30}],
         "models": [
             {"name": "summarize", "default_slo_ms": 300, "variants": [
-                {"name": "summarize-small", "quality": 0.7, "matmul_n": 96, "matmul_iters": 8},
-                {"name": "summarize-large", "quality": 0.9, "matmul_n": 128,
-                 "matmul_iters": 16}]},
+                {"name": "summarize-small", "quality": 0.7, "matmul_n": 160, "matmul_iters": 16},
+                {"name": "summarize-large", "quality": 0.9, "matmul_n": 256,
+                 "matmul_iters": 32}]},
             {"name": "generate", "default_slo_ms": 2000, "decoupled": True, "variants": [
                 {"name": "generate-small", "quality": 0.7, "matmul_n": 32, "matmul_iters": 1,
                  "tokens": 4}]},
@@ -160,13 +160,15 @@ def warm(endpoints: Sequence[str], variants: Sequence[str], calls: int = 15) -> 
 
 
 @contextlib.asynccontextmanager
-async def running_mesh(cfg: MeshConfig, tritons: dict[str, TritonProcess]
-                       ) -> AsyncIterator[Mesh]:
+async def running_mesh(cfg: MeshConfig, tritons: dict[str, TritonProcess],
+                       nvml: Any = None) -> AsyncIterator[Mesh]:
+    """``nvml``: a pynvml-like module for the agent (e.g. ``FakeNvml``); None = real/simulated."""
     relay = WanRelay(relay_routes(cfg))
     await relay.start()
     placement = await start_placement(cfg, port=0, metrics_port=0)
     address = f"127.0.0.1:{placement.port}"
-    agent = NodeAgent(cfg, [b.id for b in cfg.backends], placement=[address], interval_s=0.3)
+    agent = NodeAgent(cfg, [b.id for b in cfg.backends], placement=[address], interval_s=0.3,
+                      nvml=nvml)
     await agent.start()
     edge = await start_edge(cfg, cfg.edges[0], port=0, placement=[address], metrics_port=0)
     mesh = Mesh(cfg, tritons, relay, placement, agent, edge)

@@ -130,7 +130,9 @@ class Simulation:
         st, horizon = self.s.settings, self.trace.duration_s
         for b in self.backends:
             b.warm(self._warmup(b))
-        k = 0
+        self._event(0.0, TELEMETRY, None)  # agents' first reports, and the edges' snapshot
+        self._event(0.0, TABLES, None)
+        k = 1
         while k * st.telemetry_interval_s <= horizon:
             self._push(k * st.telemetry_interval_s, TELEMETRY, None)
             self._push(k * st.telemetry_interval_s + TABLE_DELAY_S, TABLES, None)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 import tritonclient.grpc as tc
+from tritonclient.utils import InferenceServerException
 
 from services.demo import infer_with_trailers
 
@@ -78,6 +79,7 @@ class Load:
     spec: LoadSpec
     t0: float = field(default_factory=time.monotonic)
     calls: list[Call] = field(default_factory=list)
+    skipped: list[float] = field(default_factory=list)  # ticks dropped: backlog was full
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
@@ -97,7 +99,7 @@ class Load:
         self._ticker.start()
         return self
 
-    def stop(self, wait_s: float | None = None) -> list[Call]:
+    def stop(self) -> list[Call]:
         """Stop sending; wait for calls in flight (at most their deadline); return all calls."""
         self._stop.set()
         self._ticker.join()
@@ -121,27 +123,33 @@ class Load:
             # Bounded: at most 4x concurrency calls queued or in flight, never an
             # unbounded backlog when the mesh stops answering.
             if self._inflight.acquire(timeout=max(0.0, nxt - time.monotonic())):
-                self._pool.submit(self._one, next(self._seq))
+                self._pool.submit(self._one, next(self._seq), self.now())
+            else:
+                with self._lock:
+                    self.skipped.append(self.now())
             delay = nxt - time.monotonic()
             if delay > 0 and self._stop.wait(delay):
                 return
 
-    def _one(self, seq: int) -> None:
+    def _one(self, seq: int, sent: float) -> None:
         try:
-            call = self._call(seq)
+            try:
+                call = self._call(seq, sent)
+            except Exception as exc:  # noqa: BLE001 - a client-side error is a failed call too
+                call = Call(seq, sent, self.now(), type(exc).__name__, detail=str(exc)[:200])
             with self._lock:
                 self.calls.append(call)
         finally:
             self._inflight.release()
 
-    def _call(self, seq: int) -> Call:
+    def _call(self, seq: int, sent: float) -> Call:
         spec = self.spec
         x = tc.InferInput("INPUT0", [1, spec.input_dim], "FP32")
         x.set_data_from_numpy(self._data)
         md = [("x-request-id", f"drill-{seq}")]
         if spec.slo_ms is not None:
             md.append(("x-slo-ms", f"{spec.slo_ms:g}"))
-        call = Call(seq, self.now())
+        call = Call(seq, sent)
         end = call.sent + spec.deadline_s
         order = range(len(self._clients)) if spec.client_failover else range(1)
         for i in order:
@@ -151,10 +159,9 @@ class Load:
             call.edge = spec.edges[i]
             try:
                 _, tr = infer_with_trailers(self._clients[i], spec.model, [x], md, remaining)
-            except grpc.RpcError as err:
-                tr = {k: v for k, v in (err.trailing_metadata() or ())}  # type: ignore[attr-defined]
-                call.status = err.code().name  # type: ignore[attr-defined]
-                call.detail = (err.details() or "")[:200]  # type: ignore[attr-defined]
+            except (grpc.RpcError, InferenceServerException) as exc:
+                status, details, tr = _error(exc)
+                call.status, call.detail = status, details[:200]
                 call.attempts = int(tr.get("x-attempts", "0"))
                 call.served_by = tr.get("x-served-by", "")
                 reached_edge = "x-attempts" in tr or "x-request-id" in tr
@@ -171,3 +178,18 @@ class Load:
             break
         call.done = self.now()
         return call
+
+
+def _error(exc: BaseException) -> tuple[str, str, dict[str, str]]:
+    """(status name, details, trailers) of a failed call.
+
+    tritonclient's stub wraps gRPC errors in ``InferenceServerException``; the original
+    ``grpc.RpcError`` (with the edge's trailers) is its ``__context__``.
+    """
+    err = exc if isinstance(exc, grpc.RpcError) else exc.__context__
+    if isinstance(err, grpc.RpcError):
+        tr = {k: v for k, v in (err.trailing_metadata() or ())}  # type: ignore[attr-defined]
+        return err.code().name, err.details() or "", tr  # type: ignore[attr-defined]
+    assert isinstance(exc, InferenceServerException)
+    status = str(exc.status() or "UNKNOWN").removeprefix("StatusCode.")
+    return status, exc.message() or "", {}

@@ -42,9 +42,11 @@ class PhaseStats:
     p99_ms: float | None
     cost_per_1k_usd: float | None
     served_by: dict[str, int]
+    not_sent: int = 0                 # ticks the client dropped: its backlog was full
 
     @classmethod
-    def of(cls, phase: str, seconds: float, calls: Sequence[Call]) -> PhaseStats:
+    def of(cls, phase: str, seconds: float, calls: Sequence[Call], not_sent: int = 0
+           ) -> PhaseStats:
         ok = [c for c in calls if c.ok]
         lat = sorted(c.latency_ms for c in ok)
         return cls(phase, round(seconds, 2), len(calls), len(calls) - len(ok),
@@ -53,7 +55,7 @@ class PhaseStats:
                    sum(1 for c in calls if c.client_failover),
                    _pct(lat, 50), _pct(lat, 99),
                    1000 * sum(c.cost_usd for c in ok) / len(ok) if ok else None,
-                   dict(Counter(c.served_by for c in ok).most_common()))
+                   dict(Counter(c.served_by for c in ok).most_common()), not_sent)
 
 
 @dataclass
@@ -98,9 +100,10 @@ class DrillReport:
     def table(self) -> str:
         rows = []
         for p in self.phases:
-            rows.append([p.phase, f"{p.seconds:.1f}", str(p.sent), str(p.failed),
+            sent = str(p.sent) + (f" (+{p.not_sent} not sent)" if p.not_sent else "")
+            rows.append([p.phase, f"{p.seconds:.1f}", sent, str(p.failed),
                          ", ".join(f"{k} {v}" for k, v in p.failed_by_status.items()) or "-",
-                         str(p.retried), _ms(p.p50_ms), _ms(p.p99_ms),
+                         str(p.retried), str(p.client_failovers), _ms(p.p50_ms), _ms(p.p99_ms),
                          "-" if p.cost_per_1k_usd is None else f"{p.cost_per_1k_usd:.6f}",
                          _top(p.served_by)])
         r = self.reroute
@@ -115,7 +118,7 @@ class DrillReport:
         foot += [f"check {k}: {'ok' if v else 'FAILED'}" for k, v in self.checks.items()]
         foot += [f"note: {n}" for n in self.notes]
         return "\n".join([head, table(["phase", "s", "sent", "failed", "by status", "retried",
-                                       "p50 ms", "p99 ms", "$ per 1k", "served by (top 3)"],
+                                       "other edge", "p50 ms", "p99 ms", "$ per 1k", "served by (top 3)"],
                                       rows), *foot])
 
 

@@ -99,10 +99,11 @@ def _run(h: MeshHandle, sc: Scenario, duration_s: float, rate: float, deadline_s
         t_end = load.now()
     finally:
         calls = load.stop()
+        skipped = list(load.skipped)
         ticker.stop()
         if fault is None:
             say("drill aborted before the fault; mesh untouched")
-    report = _report(sc, fault, calls, rate, deadline_s, slo_ms,
+    report = _report(sc, fault, calls, skipped, rate, deadline_s, slo_ms,
                      (t_before, t_fault, t_restore, t_end), streak)
     say(report.table())
     _settle_after(h, report, settle_timeout_s, say)
@@ -116,7 +117,7 @@ def _busiest(calls: list[Call]) -> str:
     return counts.most_common(1)[0][0]
 
 
-def _report(sc: Scenario, fault: object, calls: list[Call], rate: float, deadline_s: float,
+def _report(sc: Scenario, fault: object, calls: list[Call], skipped: list[float], rate: float, deadline_s: float,
             slo_ms: float | None, marks: tuple[float, float, float, float],
             streak: int) -> DrillReport:
     from services.drills.scenarios import Fault
@@ -126,7 +127,8 @@ def _report(sc: Scenario, fault: object, calls: list[Call], rate: float, deadlin
     bounds = {"before": (t_before, t_fault), "during": (t_fault, t_restore),
               "after": (t_restore, t_end)}
     by_phase = {p: [c for c in calls if lo <= c.sent < hi] for p, (lo, hi) in bounds.items()}
-    phases = [PhaseStats.of(p, hi - lo, by_phase[p]) for p, (lo, hi) in bounds.items()]
+    phases = [PhaseStats.of(p, hi - lo, by_phase[p], sum(1 for t in skipped if lo <= t < hi))
+              for p, (lo, hi) in bounds.items()]
     slow_ms = slow_threshold(by_phase["before"])
     reroute = time_to_reroute(calls, t_fault, t_restore, fault.backends, slow_ms, streak)
     return DrillReport(sc.name, fault.target, sorted(fault.backends), rate, deadline_s, slo_ms,
@@ -168,7 +170,7 @@ class _Ticker(threading.Thread):
             calls = self.load.snapshot()
             recent = [c for c in calls if c.done > self.load.now() - 1.0]
             failed = sum(1 for c in calls if not c.ok)
-            where = Counter(c.backend or c.status for c in recent).most_common(2)
+            where = Counter((c.backend if c.ok else c.status) for c in recent).most_common(2)
             lat = sorted(c.latency_ms for c in recent if c.ok)
             p50 = f"{lat[len(lat) // 2]:.0f} ms" if lat else "-"
             self.say(f"  [{self.load.now():5.1f} s] {self.phase:<6} sent {len(calls):5d}  "
