@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 
@@ -14,6 +15,7 @@ from placement.routes import RouteBuilder, TableSettings
 from services.api.switchyard.v1 import placement_pb2, placement_pb2_grpc
 from services.config import MeshConfig
 from services.convert import backend_from_pb, backends_from_config, catalog_from_config
+from services.discovery.base import Discovery
 from services.grpc_errors import ErrorInterceptor
 from services.placement.hub import RouteHub
 from services.placement.metrics import PlacementMetrics
@@ -30,8 +32,14 @@ class RunningPlacement:
     server: grpc.aio.Server
     service: PlacementService
     port: int
+    follower: asyncio.Task[None] | None = None
+    discovery: Discovery | None = None
 
     async def stop(self, grace: float = 1.0) -> None:
+        if self.follower is not None:
+            self.follower.cancel()
+        if self.discovery is not None:
+            await self.discovery.close()
         await self.server.stop(grace)
 
 
@@ -71,6 +79,14 @@ async def start_placement(cfg: MeshConfig, host: str | None = None, port: int | 
     mport = start_metrics(cfg.placement.metrics_port if metrics_port is None else metrics_port,
                           host, service.metrics.registry)
     service.hub.publish()
+    running = RunningPlacement(server, service, bound)
+    if cfg.discovery == "consul":
+        from services.discovery import open_discovery
+        from services.placement.follow import follow
+
+        running.discovery = open_discovery(cfg, cfg.consul)
+        running.follower = asyncio.create_task(follow(running.discovery, service))
     log.info("placement_listening", address=f"{host}:{bound}", metrics_port=mport,
-             placement_id=service.placement_id, backends=len(service.fleet.backends))
-    return RunningPlacement(server, service, bound)
+             placement_id=service.placement_id, backends=len(service.fleet.backends),
+             discovery=cfg.discovery)
+    return running

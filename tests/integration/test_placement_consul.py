@@ -1,0 +1,105 @@
+"""Placement fed by Consul (the documented-API fake in tests/consul_fake.py), end to end to
+the route tables an edge watches: registration, failing checks, KV prices, Consul away."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import pathlib
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+import pytest
+import pytest_asyncio
+
+from services.api.switchyard.v1 import fleet_pb2, placement_pb2, placement_pb2_grpc
+from services.config import MeshConfig
+from services.discovery import ConsulSettings, HealthCheck
+from services.discovery.consul import ConsulDiscovery
+from services.placement.main import RunningPlacement, start_placement
+from tests.consul_fake import FakeConsul
+from tests.mesh_harness import mesh_config
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
+
+
+@pytest_asyncio.fixture
+async def fake() -> AsyncIterator[FakeConsul]:
+    server = FakeConsul()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+def consul_settings(fake: FakeConsul) -> dict[str, object]:
+    return {"address": fake.address, "wait_s": 1.0, "rate_burst": 5, "rate_refill_s": 0.01,
+            "retry_min_s": 0.02, "retry_max_s": 0.1}
+
+
+@pytest_asyncio.fixture
+async def placement(fake: FakeConsul, tmp_path: pathlib.Path
+                    ) -> AsyncIterator[tuple[MeshConfig, RunningPlacement]]:
+    base = mesh_config(tmp_path)
+    cfg = MeshConfig.model_validate({**base.model_dump(), "discovery": "consul",
+                                     "consul": consul_settings(fake)})
+    running = await start_placement(cfg, port=0, metrics_port=0)
+    yield cfg, running
+    await running.stop(0.2)
+
+
+async def table(running: RunningPlacement) -> placement_pb2.RouteTable:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as ch:
+        resp = await placement_pb2_grpc.PlacementStub(ch).GetRouteTables(
+            placement_pb2.GetRouteTablesRequest(edge_region="r-east"))
+    return next(t for t in resp.tables if t.model == "summarize")
+
+
+async def until(running: RunningPlacement, pred: Callable[[placement_pb2.RouteTable], bool],
+                within_s: float = 5.0) -> placement_pb2.RouteTable:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within_s
+    while loop.time() < deadline:
+        t = await table(running)
+        if pred(t):
+            return t
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"route table never matched: {await table(running)}")
+
+
+def cheap_backend() -> fleet_pb2.Backend:
+    return fleet_pb2.Backend(
+        id="consul-l4", endpoint="127.0.0.1:39999", cloud="gcp", region="r-central",
+        accelerator="gpu-cheap", accelerator_count=1, price_class="spot", max_concurrency=4,
+        variants=[fleet_pb2.VariantRef(logical_model="summarize", variant="summarize-small",
+                                       quality=0.7)])
+
+
+async def test_catalog_drives_route_tables(fake: FakeConsul,
+                                           placement: tuple[MeshConfig, RunningPlacement]
+                                           ) -> None:
+    cfg, running = placement
+    assert not (await table(running)).candidates  # nothing preregistered in Consul mode
+    agent_side = ConsulDiscovery(ConsulSettings.model_validate(consul_settings(fake)))
+    try:
+        await agent_side.register(cheap_backend(), HealthCheck("tcp", "127.0.0.1:39999"))
+        fake.set_check_status("consul-l4", "passing")
+        t = await until(running, lambda t: any(c.backend_id == "consul-l4"
+                                               for c in t.candidates))
+        before = next(c for c in t.candidates if c.backend_id == "consul-l4").cost_usd
+
+        fake.put_kv("switchyard/prices/gcp-spot", json.dumps({"prices": [{
+            "accelerator": "gpu-cheap", "cloud": "gcp", "region": "*",
+            "price_class": "spot", "usd_per_gpu_hour": 3.0, "source": "kv", "as_of":
+            "2026-11-22"}]}))
+        await until(running, lambda t: any(c.cost_usd > before * 5 for c in t.candidates))
+
+        fake.set_unavailable(True)  # Consul away: nothing is dropped from routing
+        await asyncio.sleep(0.5)
+        assert any(c.backend_id == "consul-l4" for c in (await table(running)).candidates)
+        fake.set_unavailable(False)
+
+        fake.set_check_status("consul-l4", "critical")
+        await until(running, lambda t: not any(c.backend_id == "consul-l4"
+                                               for c in t.candidates))
+    finally:
+        await agent_side.close()
