@@ -93,7 +93,7 @@ def pair_feasible(s: Scenario) -> dict[tuple[str, int, int], bool]:
 def build(s: Scenario, trace: Trace) -> LpModel:
     bucket_s = s.settings.lp_bucket_s
     nb = max(1, int(np.ceil(trace.duration_s / bucket_s)))
-    classes, deps, edges = s.classes(), deployments_of(s), trace.regions
+    deps, edges = deployments_of(s), trace.regions
     bk = np.minimum((trace.t // bucket_s).astype(int), nb - 1)
     keys_arr, n_arr = np.unique(np.stack([bk, trace.region, trace.klass], axis=1), axis=0,
                                 return_counts=True)

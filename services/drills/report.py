@@ -117,9 +117,9 @@ class DrillReport:
                 f"calls: {self.sent} sent, {self.failed} failed"]
         foot += [f"check {k}: {'ok' if v else 'FAILED'}" for k, v in self.checks.items()]
         foot += [f"note: {n}" for n in self.notes]
-        return "\n".join([head, table(["phase", "s", "sent", "failed", "by status", "retried",
-                                       "other edge", "p50 ms", "p99 ms", "$ per 1k", "served by (top 3)"],
-                                      rows), *foot])
+        headers = ["phase", "s", "sent", "failed", "by status", "retried", "other edge",
+                   "p50 ms", "p99 ms", "$ per 1k", "served by (top 3)"]
+        return "\n".join([head, table(headers, rows), *foot])
 
 
 def _ms(v: float | None) -> str:
@@ -148,7 +148,6 @@ def time_to_reroute(calls: Sequence[Call], fault_at: float, end_at: float, fault
         if window[hit[k]].sent - window[hit[k - 1]].sent > burst_gap_s:
             break
         first_burst_end = k
-    last = window[hit[first_burst_end]]
     clean_after = len(window) - hit[first_burst_end] - 1
     if first_burst_end + 1 < len(hit):
         clean_after = hit[first_burst_end + 1] - hit[first_burst_end] - 1

@@ -83,14 +83,18 @@ def _run(h: MeshHandle, sc: Scenario, duration_s: float, rate: float, deadline_s
         t_before = load.now()
         ticker.phase = "before"
         time.sleep(phase_s)
-        before = [c for c in load.snapshot() if c.sent >= t_before]
-        busiest = _busiest(before)
+        # What serves the load *now*: the second half of the before phase.
+        recent = [c for c in load.snapshot() if c.sent >= t_before + phase_s / 2]
+        busiest = _busiest(recent or load.snapshot())
         t_fault = load.now()
         ticker.phase = "during"
         fault = sc.inject(h, busiest, say)
-        time.sleep(max(0.0, t_fault + phase_s - load.now() - 0.3))
+        # A slow injection (a process restart) still leaves a full phase under the fault.
+        end_during = max(t_fault + phase_s, load.now() + phase_s if
+                         load.now() - t_fault > 0.5 else 0.0)
+        time.sleep(max(0.0, end_during - load.now() - 0.3))
         sc.during(h, fault, say)
-        time.sleep(max(0.0, t_fault + phase_s - load.now()))
+        time.sleep(max(0.0, end_during - load.now()))
         t_restore = load.now()
         ticker.phase = "after"
         sc.restore(h, fault, say)
@@ -117,8 +121,9 @@ def _busiest(calls: list[Call]) -> str:
     return counts.most_common(1)[0][0]
 
 
-def _report(sc: Scenario, fault: object, calls: list[Call], skipped: list[float], rate: float, deadline_s: float,
-            slo_ms: float | None, marks: tuple[float, float, float, float],
+def _report(sc: Scenario, fault: object, calls: list[Call], skipped: list[float],
+            rate: float, deadline_s: float, slo_ms: float | None,
+            marks: tuple[float, float, float, float],
             streak: int) -> DrillReport:
     from services.drills.scenarios import Fault
 

@@ -29,9 +29,10 @@ def _port_block(n: int, host: str = "127.0.0.1", tries: int = 200) -> int:
                 s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                 socks.append(s)
                 s.bind((host, p))
-            return base
         except OSError:
             continue
+        else:
+            return base
         finally:
             for s in socks:
                 s.close()

@@ -52,7 +52,7 @@ def _parallel(fns: list[Callable[[], None]]) -> None:
     def run(fn: Callable[[], None]) -> None:
         try:
             fn()
-        except BaseException as exc:  # noqa: BLE001 - re-raised below
+        except BaseException as exc:  # re-raised below
             errors.append(exc)
 
     threads = [threading.Thread(target=run, args=(fn,)) for fn in fns]
@@ -73,7 +73,8 @@ class KillBackends(Scenario):
     def inject(self, h: MeshHandle, busiest: str, progress: Progress) -> Fault:
         target, ids = self.pick(h, busiest)
         pids = [h.kill_backend(b) for b in ids]
-        progress(f"SIGKILL tritonserver {', '.join(f'{b} (pid {p})' for b, p in zip(ids, pids, strict=True))}")
+        killed = ", ".join(f"{b} (pid {p})" for b, p in zip(ids, pids, strict=True))
+        progress(f"SIGKILL tritonserver {killed}")
         return Fault(target, set(ids))
 
     def restore(self, h: MeshHandle, fault: Fault, progress: Progress) -> None:

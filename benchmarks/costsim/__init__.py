@@ -1,0 +1,1 @@
+"""Cost simulation: scenario, trace, simulated fleet, policies, DES engine, LP bound."""
