@@ -10,7 +10,6 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-
 HARDWARE_PENALTY_PREFIX = "GPU "  # placement.hardware's penalty reasons start with it
 
 
@@ -104,6 +103,8 @@ class CallContext:
     avoid_regions: frozenset[str] | set[str] = frozenset()  # regions that just failed
     ejected: frozenset[str] | set[str] = frozenset()  # deployment ids ejected by the edge
     observed_p95_ms: dict[str, float] = field(default_factory=dict)  # edge's own view
+    warming: dict[str, float] = field(default_factory=dict)  # slow start: deployment -> share
+    draw: float = 0.0  # one uniform draw per call, for slow start
 
     def latency_ms(self, c: Candidate) -> float:
         """The edge's observed p95 for a deployment wins over the table's estimate, except

@@ -22,6 +22,7 @@ from placement.filters.quality import QualityFilter
 from placement.filters.region import AvoidRegionFilter, ResidencyFilter
 from placement.filters.routable import RoutableFilter
 from placement.filters.slo import SloFilter
+from placement.filters.slow_start import SlowStartFilter
 from placement.framework import Filter, Scorer
 from placement.pickers.best import BestPicker
 from placement.pickers.spread import SpreadPicker
@@ -46,14 +47,14 @@ def register_scorer(name: str, factory: Callable[[], Scorer]) -> None:
 
 
 for _cls in (RoutableFilter, EjectedFilter, ResidencyFilter, QualityFilter, CostCapFilter,
-             SloFilter, CapacityFilter, CordonFilter, AvoidRegionFilter):
+             SloFilter, CapacityFilter, CordonFilter, AvoidRegionFilter, SlowStartFilter):
     register_filter(_cls.name, _cls)
 register_scorer(CostScorer.name, CostScorer)
 register_scorer(LatencyScorer.name, LatencyScorer)
 
 # Hard filters first: they are cheap and decide residency before anything else.
 DEFAULT_FILTERS = ("routable", "ejected", "residency", "quality", "cost-cap",
-                   "slo", "capacity", "cordon", "avoid-region")
+                   "slo", "capacity", "cordon", "avoid-region", "slow-start")
 
 
 def build_filters(names: tuple[str, ...], where: str) -> list[Filter]:

@@ -123,6 +123,10 @@ class EdgeRuntimeConfig(_Strict):
     eject_max_share: float = Field(default=0.5, gt=0, le=1)
     health_interval_s: float = Field(default=0.25, gt=0)
     report_interval_s: float = Field(default=2.0, gt=0)
+    slow_start_s: float = Field(default=10.0, ge=0)  # 0 = recovered deployments get full share
+    # Hedge calls whose SLO is at most this (ms): a second attempt after the first
+    # candidate's p95; the loser is cancelled. 0 = never hedge.
+    hedge_max_slo_ms: float = Field(default=50.0, ge=0)
     uvloop: bool = True
 
 

@@ -41,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--placement", default="",
                    help="comma-separated placement replicas host:port, tried in turn "
                         "(default: [placement] host:port and replicas from the config)")
+    p.add_argument("--one-replica", action="store_true",
+                   help="stream to one placement replica at a time (default: to every "
+                        "replica, since replicas share no state)")
     p.add_argument("--agent-id", default=None, help="name in reports (default: agent-<host>)")
     p.add_argument("--gpus", default="",
                    help="backend=GPU indexes, e.g. 'use1-h100=0+1,use1-t4=2' "
@@ -69,7 +72,8 @@ async def _run(args: argparse.Namespace) -> None:
         config, [b.strip() for b in args.backends.split(",") if b.strip()],
         placement=[a.strip() for a in args.placement.split(",") if a.strip()] or None,
         interval_s=args.interval, agent_id=args.agent_id, gpu_map=_gpu_map(args.gpus),
-        simulated=SimulatedGpuSource(control_file=args.simulated_faults))
+        simulated=SimulatedGpuSource(control_file=args.simulated_faults),
+        fan_out=not args.one_replica)
     await agent.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

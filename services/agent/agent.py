@@ -88,7 +88,8 @@ class NodeAgent:
                  rng: random.Random | None = None,
                  rpc_timeout_s: float = 2.0,
                  initial_backoff_s: float = 0.1,
-                 max_backoff_s: float = 5.0) -> None:
+                 max_backoff_s: float = 5.0,
+                 fan_out: bool = False) -> None:
         by_id = {b.id: b for b in config.backends}
         unknown = [b for b in backend_ids if b not in by_id]
         if unknown or not backend_ids:
@@ -113,6 +114,7 @@ class NodeAgent:
         self._rpc_timeout_s = rpc_timeout_s
         self._initial_backoff_s = initial_backoff_s
         self._max_backoff_s = max_backoff_s
+        self.fan_out = fan_out
         self._nvml: NvmlReader | None = None
         self._stats: dict[str, StatsSource] = {}
         self._task: asyncio.Task[None] | None = None
@@ -178,10 +180,20 @@ class NodeAgent:
     # -- the loop --------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Connect, register, stream; on any failure back off and try the next replica."""
+        """Connect, register, stream; on any failure back off and try the next replica.
+
+        With ``fan_out`` every replica gets its own session (placement replicas share no
+        state, so each must hear every backend); otherwise replicas are tried in turn.
+        """
+        if self.fan_out and len(self.placement) > 1:
+            await asyncio.gather(*(self._loop([a]) for a in self.placement))
+        else:
+            await self._loop(self.placement)
+
+    async def _loop(self, replicas: list[str]) -> None:
         attempt, replica = 0, 0
         while not self._stopping:
-            address = self.placement[replica % len(self.placement)]
+            address = replicas[replica % len(replicas)]
             try:
                 await self._session(address)
             except grpc.aio.AioRpcError as exc:
@@ -197,7 +209,7 @@ class NodeAgent:
             delay = self._backoff(attempt)
             attempt += 1
             self._log.info("agent.reconnect_in", seconds=round(delay, 3), attempt=attempt,
-                           next_placement=self.placement[replica % len(self.placement)])
+                           next_placement=replicas[replica % len(replicas)])
             await self._sleep(delay)
 
     def _backoff(self, attempt: int) -> float:

@@ -22,6 +22,7 @@ from tritonclient.grpc import service_pb2
 from services.api.switchyard.v1 import placement_pb2, placement_pb2_grpc, telemetry_pb2
 from services.edge.outlier import OutlierDetector
 from services.edge.routes import RouteStore
+from services.edge.slowstart import SlowStart
 from services.edge.stats import EdgeStats
 from services.edge.upstream import Upstreams
 
@@ -103,13 +104,15 @@ class PlacementLink:
 
 class HealthChecker:
     def __init__(self, store: RouteStore, upstreams: Upstreams, outliers: OutlierDetector,
-                 blocked: set[str], link: PlacementLink, interval_s: float = 0.25,
-                 unhealthy_after: int = 2, timeout_s: float = 0.5) -> None:
+                 blocked: set[str], link: PlacementLink, slow_start: SlowStart,
+                 interval_s: float = 0.25, unhealthy_after: int = 2,
+                 timeout_s: float = 0.5) -> None:
         self.store = store
         self.upstreams = upstreams
         self.outliers = outliers
         self.blocked = blocked
         self.link = link
+        self.slow_start = slow_start
         self.interval_s = interval_s
         self.unhealthy_after = unhealthy_after
         self.timeout_s = timeout_s
@@ -121,7 +124,9 @@ class HealthChecker:
             await self.check_all()
             for key in self.outliers.tick():
                 log.info("deployment_returned", deployment=key)
+                self.slow_start.returned(key)
             self.recompute_blocked()
+            self.slow_start.tick()
             await asyncio.sleep(self.interval_s)
 
     def recompute_blocked(self) -> None:
@@ -152,7 +157,13 @@ class HealthChecker:
             self.failures[backend_id] = 0
             if backend_id in self.unhealthy:
                 self.unhealthy.discard(backend_id)
-                log.info("backend_healthy", backend=backend_id)
+                log.info("backend_healthy", backend=backend_id,
+                         slow_start_s=self.slow_start.ramp_s)
+                for cs in self.store.candidates.values():
+                    for c in cs:
+                        if c.backend_id == backend_id:
+                            self.slow_start.returned(c.deployment_id)
+                self.recompute_blocked()
             return
         n = self.failures[backend_id] = self.failures.get(backend_id, 0) + 1
         if n >= self.unhealthy_after and backend_id not in self.unhealthy:

@@ -20,6 +20,7 @@ from services.edge.outlier import OutlierDetector
 from services.edge.router import CallRecord, Router, RouterSettings
 from services.edge.routes import RouteStore
 from services.edge.service import SERVICE, InferenceService
+from services.edge.slowstart import SlowStart
 from services.edge.stats import EdgeStats
 from services.edge.upstream import Upstreams
 from services.serving import add_health_and_reflection, bind, mark_serving, start_metrics
@@ -129,14 +130,16 @@ async def start_edge(cfg: MeshConfig, edge: EdgeConfig, port: int | None = None,
                     frozenset(r.name for r in cfg.regions),
                     RouterSettings(cfg.routing.slo_margin_ms, cfg.routing.deadline_margin_ms,
                                    rt.max_attempts, cfg.routing.fail_fast,
-                                   cfg.routing.profile),
+                                   cfg.routing.profile, rt.hedge_max_slo_ms),
                     _access_logger(metrics))
     replicas = placement or [f"{cfg.placement.host}:{cfg.placement.port}",
                              *cfg.placement.replicas]
     link = PlacementLink(edge.id, edge.region, replicas, store, stats,
                          on_update=lambda: outliers.known(store.deployment_ids()),
                          report_interval_s=rt.report_interval_s)
-    health = HealthChecker(store, upstreams, outliers, router.blocked, link,
+    slow_start = SlowStart(rt.slow_start_s)
+    router.warming = slow_start.shares
+    health = HealthChecker(store, upstreams, outliers, router.blocked, link, slow_start,
                            rt.health_interval_s)
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", rt.max_message_bytes),

@@ -9,6 +9,7 @@ placement.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -16,7 +17,12 @@ from dataclasses import dataclass
 
 import grpc
 
-from placement.errors import BackendFailed, NoHealthyDeployment, UnknownModel
+from placement.errors import (
+    BackendFailed,
+    NoHealthyDeployment,
+    SwitchyardError,
+    UnknownModel,
+)
 from placement.model import CallContext, Candidate, Hints
 from placement.pipeline import Profile
 from services.edge import hints as hint_parser
@@ -41,6 +47,7 @@ class RouterSettings:
     max_attempts: int = 3
     fail_fast: bool = False
     default_profile: str = "cheapest"
+    hedge_max_slo_ms: float = 0.0
 
 
 @dataclass(slots=True)
@@ -56,6 +63,7 @@ class CallRecord:
     latency_ms: float = 0.0
     status: str = "OK"
     tried: tuple[str, ...] = ()
+    hedged: bool = False
 
     def trailers(self) -> tuple[tuple[str, str], ...]:
         if self.chosen is None:
@@ -87,6 +95,7 @@ class Router:
         self.clock = clock
         self.rng = rng or random.Random()
         self.blocked: set[str] = set()  # ejected ∪ failing active health checks
+        self.warming: dict[str, float] = {}  # slow start shares, owned by SlowStart
 
     # -- the steps -----------------------------------------------------------------------
 
@@ -103,7 +112,7 @@ class Router:
                                     self.settings.deadline_margin_ms, self.settings.fail_fast)
         record.hints = hints
         ctx = CallContext(hints, self.settings.slo_margin_ms, set(), set(), self.blocked,
-                          self.stats.p95)
+                          self.stats.p95, self.warming, self.rng.random())
         return model, cands, ctx, self.profiles[parsed.profile or self.settings.default_profile]
 
     def candidates(self, model: str) -> Sequence[Candidate]:
@@ -144,25 +153,23 @@ class Router:
                 record.chosen, record.slo_met = c, decision.slo_met
                 record.attempts += 1
                 last = (record.attempts >= self.settings.max_attempts)
-                t0 = self.clock()
+                timeout = self.attempt_timeout(c, deadline, last)
                 try:
-                    response = await self.upstreams.get(c.endpoint).infer(
-                        rewrite_model_name(raw, model, c.variant),
-                        timeout=self.attempt_timeout(c, deadline, last))
+                    if not last and 0 < ctx.hints.slo_ms <= self.settings.hedge_max_slo_ms:
+                        response = await self._hedged(c, model, raw, cands, ctx, profile,
+                                                      timeout, record)
+                    else:
+                        response = await self._attempt(c, model, raw, timeout)
                 except grpc.aio.AioRpcError as err:
-                    self.stats.record(c.deployment_id, 0.0, ok=False)
-                    self._failure(c, err)
                     last_error = err
+                    c = record.chosen
                     if not self._may_retry(err, deadline, record):
                         raise _failed(err, record) from None
                     ctx.exclude.add(c.deployment_id)  # type: ignore[union-attr]
                     if self._looks_regional(err, c, record):
                         ctx.avoid_regions.add(c.region)  # type: ignore[union-attr]
                     continue
-                now = self.clock()
-                self.stats.record(c.deployment_id, (now - t0) * 1000, ok=True)
-                self.outliers.success(c.deployment_id)
-                record.latency_ms = (now - start) * 1000
+                record.latency_ms = (self.clock() - start) * 1000
                 if record.hints is not None and record.latency_ms > record.hints.slo_ms:
                     record.slo_met = False
                 return response
@@ -172,6 +179,59 @@ class Router:
             raise
         finally:
             self.on_done(record)
+
+    async def _attempt(self, c: Candidate, model: str, raw: bytes,
+                       timeout_s: float | None) -> bytes:
+        """Forward once to ``c``; record latency or failure for outlier detection."""
+        t0 = self.clock()
+        try:
+            response: bytes = await self.upstreams.get(c.endpoint).infer(
+                rewrite_model_name(raw, model, c.variant), timeout=timeout_s)
+        except grpc.aio.AioRpcError as err:
+            self.stats.record(c.deployment_id, 0.0, ok=False)
+            self._failure(c, err)
+            raise
+        self.stats.record(c.deployment_id, (self.clock() - t0) * 1000, ok=True)
+        self.outliers.success(c.deployment_id)
+        return response
+
+    async def _hedged(self, first: Candidate, model: str, raw: bytes,
+                      cands: Sequence[Candidate], ctx: CallContext, profile: Profile,
+                      timeout_s: float | None, record: CallRecord) -> bytes:
+        """Tight-SLO call: after ``first``'s p95, race a second candidate; cancel the loser."""
+        t1 = asyncio.ensure_future(self._attempt(first, model, raw, timeout_s))
+        done, _ = await asyncio.wait({t1}, timeout=ctx.latency_ms(first) / 1000)
+        if done or not self.budget.try_retry():
+            return await t1
+        ctx.exclude.add(first.deployment_id)  # type: ignore[union-attr]
+        try:
+            second = profile.choose(cands, ctx, self.rng).candidate
+        except SwitchyardError:
+            return await t1
+        record.attempts += 1
+        record.hedged = True
+        t2 = asyncio.ensure_future(self._attempt(second, model, raw, timeout_s))
+        by_task = {t1: first, t2: second}
+        pending: set[asyncio.Future[bytes]] = {t1, t2}
+        error: grpc.aio.AioRpcError | None = None
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending,
+                                                   return_when=asyncio.FIRST_COMPLETED)
+                for t in done:
+                    exc = t.exception()
+                    if exc is None:
+                        record.chosen = by_task[t]
+                        return t.result()
+                    if not isinstance(exc, grpc.aio.AioRpcError):
+                        raise exc
+                    error = exc
+                    record.chosen = by_task[t]
+        finally:
+            for t in pending:
+                t.cancel()
+        assert error is not None
+        raise error
 
     # -- failure handling ----------------------------------------------------------------
 

@@ -1,0 +1,192 @@
+"""The edge's request path with fake upstreams: retries, hedging, budget, ejection, slow start.
+
+Clocks are injected; nothing sleeps except where a hedge must see a slow first attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass, field
+
+import grpc
+import pytest
+
+from placement.errors import BackendFailed, NoHealthyDeployment
+from placement.model import Candidate
+from placement.registry import PROFILES, build_profile
+from services.api.switchyard.v1 import placement_pb2
+from services.convert import candidate_to_pb
+from services.edge.budget import RetryBudget
+from services.edge.outlier import OutlierDetector
+from services.edge.router import CallRecord, Router, RouterSettings
+from services.edge.routes import RouteStore
+from services.edge.slowstart import SlowStart
+from services.edge.stats import EdgeStats
+from services.edge.wire import encode_name_field
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def rpc_error(code: grpc.StatusCode) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details="boom")
+
+
+@dataclass
+class FakeUpstream:
+    """Answers per endpoint: bytes, an error code, or a delay then bytes."""
+
+    behaviour: dict[str, object]
+    calls: list[tuple[str, bytes]] = field(default_factory=list)
+
+    def get(self, endpoint: str) -> FakeUpstream:
+        self._endpoint = endpoint
+        return self
+
+    async def infer(self, raw: bytes, timeout: float | None = None) -> bytes:
+        ep = self._endpoint
+        self.calls.append((ep, raw))
+        b = self.behaviour[ep]
+        if isinstance(b, grpc.StatusCode):
+            raise rpc_error(b)
+        if isinstance(b, float):
+            await asyncio.sleep(b)
+            return ep.encode()
+        return ep.encode()
+
+
+def cand(i: int, cost: float, lat: float, region: str = "east") -> Candidate:
+    return Candidate(deployment_id=f"b{i}/m-v", backend_id=f"b{i}", endpoint=f"ep{i}",
+                     variant="m-v", region=region, cloud="c", accelerator="a", quality=0.8,
+                     latency_p95_ms=lat, rtt_ms=0, queue_ms=0, compute_ms=lat, cost_usd=cost,
+                     spare_capacity=100)
+
+
+def make_router(cands: list[Candidate], behaviour: dict[str, object], clock: Clock,
+                **settings: object) -> tuple[Router, FakeUpstream, list[CallRecord]]:
+    store = RouteStore("east", None)
+    store.apply(placement_pb2.RouteUpdate(version=1, snapshot=True, tables=[
+        placement_pb2.RouteTable(model="m", edge_region="east", version=1, default_slo_ms=100,
+                                 candidates=[candidate_to_pb(c) for c in cands])]))
+    up = FakeUpstream(behaviour)
+    done: list[CallRecord] = []
+    router = Router(store, up, OutlierDetector(clock=clock), EdgeStats(),  # type: ignore[arg-type]
+                    RetryBudget(clock=clock), {n: build_profile(n) for n in PROFILES},
+                    frozenset({"east", "west"}), RouterSettings(**settings),  # type: ignore[arg-type]
+                    done.append, clock=clock, rng=random.Random(0))
+    return router, up, done
+
+
+RAW = encode_name_field("m")
+
+
+async def test_retryable_failure_goes_to_the_next_candidate_with_the_variant_name() -> None:
+    clock = Clock()
+    router, up, done = make_router([cand(0, 1e-6, 5), cand(1, 2e-6, 5)],
+                                   {"ep0": grpc.StatusCode.UNAVAILABLE, "ep1": b""}, clock)
+    rec = CallRecord("", "")
+    assert await router.infer(RAW, [("x-slo-ms", "100")], 2.0, rec) == b"ep1"
+    assert [e for e, _ in up.calls] == ["ep0", "ep1"]
+    assert up.calls[1][1].endswith(encode_name_field("m-v"))  # rewritten to the variant
+    assert rec.attempts == 2 and rec.chosen and rec.chosen.deployment_id == "b1/m-v"
+    assert done == [rec]
+
+
+async def test_non_retryable_status_is_passed_through() -> None:
+    router, up, _ = make_router([cand(0, 1e-6, 5), cand(1, 2e-6, 5)],
+                                {"ep0": grpc.StatusCode.INVALID_ARGUMENT, "ep1": b""}, Clock())
+    with pytest.raises(BackendFailed) as err:
+        await router.infer(RAW, [], 2.0, CallRecord("", ""))
+    assert err.value.grpc_code == "INVALID_ARGUMENT" and len(up.calls) == 1
+
+
+async def test_everything_failing_ends_with_the_last_backend_status() -> None:
+    router, up, _ = make_router([cand(0, 1e-6, 5), cand(1, 2e-6, 5)],
+                                {"ep0": grpc.StatusCode.UNAVAILABLE,
+                                 "ep1": grpc.StatusCode.UNAVAILABLE}, Clock())
+    with pytest.raises(BackendFailed) as err:
+        await router.infer(RAW, [], 2.0, CallRecord("", ""))
+    assert err.value.grpc_code == "UNAVAILABLE" and "2 attempt" in err.value.message
+
+
+async def test_consecutive_failures_eject_and_ejection_expires_into_slow_start() -> None:
+    clock = Clock()
+    router, _, _ = make_router([cand(0, 1e-6, 5), cand(1, 2e-6, 5)],
+                               {"ep0": grpc.StatusCode.UNAVAILABLE, "ep1": b""}, clock)
+    router.outliers.known({"b0/m-v", "b1/m-v"})
+    for _ in range(3):
+        await router.infer(RAW, [], 2.0, CallRecord("", ""))
+    assert "b0/m-v" in router.blocked
+    slow = SlowStart(10.0, clock=clock)
+    router.warming = slow.shares
+    clock.t += 6  # base ejection 5 s
+    for dep in router.outliers.tick():
+        slow.returned(dep)
+    assert slow.shares == {"b0/m-v": pytest.approx(0.1)}
+    clock.t += 5
+    slow.tick()
+    assert slow.shares["b0/m-v"] == pytest.approx(0.55)
+    clock.t += 6
+    slow.tick()
+    assert slow.shares == {}
+
+
+async def test_retry_budget_caps_retries() -> None:
+    clock = Clock()
+    router, up, _ = make_router([cand(0, 1e-6, 5), cand(1, 2e-6, 5)],
+                                {"ep0": grpc.StatusCode.UNAVAILABLE, "ep1": b""}, clock)
+    router.budget = RetryBudget(ratio=0.0, min_per_s=0.1, window_s=10, clock=clock)
+    router.outliers.consecutive = 10**6  # keep the failing one in play
+    outcomes = []
+    for _ in range(3):
+        try:
+            await router.infer(RAW, [], 2.0, CallRecord("", ""))
+            outcomes.append("ok")
+        except BackendFailed:
+            outcomes.append("failed")
+    assert outcomes == ["ok", "failed", "failed"]  # one retry allowed in the window
+
+
+async def test_tight_slo_call_is_hedged_and_the_loser_cancelled() -> None:
+    router, up, _ = make_router([cand(0, 1e-6, 2), cand(1, 2e-6, 2)],
+                                {"ep0": 0.5, "ep1": b""}, Clock(), hedge_max_slo_ms=50)
+    rec = CallRecord("", "")
+    assert await router.infer(RAW, [("x-slo-ms", "30")], 2.0, rec) == b"ep1"
+    assert rec.hedged and rec.attempts == 2
+    assert rec.chosen is not None and rec.chosen.deployment_id == "b1/m-v"
+
+
+async def test_loose_slo_call_is_not_hedged() -> None:
+    router, up, _ = make_router([cand(0, 1e-6, 2), cand(1, 2e-6, 2)],
+                                {"ep0": 0.01, "ep1": b""}, Clock(), hedge_max_slo_ms=50)
+    rec = CallRecord("", "")
+    assert await router.infer(RAW, [("x-slo-ms", "300")], 2.0, rec) == b"ep0"
+    assert not rec.hedged and [e for e, _ in up.calls] == ["ep0"]
+
+
+async def test_residency_holds_on_failover() -> None:
+    router, up, _ = make_router([cand(0, 1e-6, 5, "west"), cand(1, 2e-6, 5, "east")],
+                                {"ep0": grpc.StatusCode.UNAVAILABLE, "ep1": b""}, Clock())
+    with pytest.raises(BackendFailed):
+        await router.infer(RAW, [("x-allowed-regions", "west")], 2.0, CallRecord("", ""))
+    assert [e for e, _ in up.calls] == ["ep0"]  # never served from east
+    router.blocked.add("b0/m-v")
+    with pytest.raises(NoHealthyDeployment):
+        await router.infer(RAW, [("x-allowed-regions", "west")], 2.0, CallRecord("", ""))
+
+
+async def test_outlier_ejection_caps_the_share_ejected() -> None:
+    clock = Clock()
+    o = OutlierDetector(consecutive=1, max_share=0.5, clock=clock)
+    o.known({"a", "b", "c", "d"})
+    assert [o.failure(k) for k in "abcd"] == [True, True, False, False]
+    clock.t += 6
+    assert sorted(o.tick()) == ["a", "b"]
+    assert o.failure("a")  # ejected again: for longer
+    assert o.ejected_for("a") == pytest.approx(10.0)
