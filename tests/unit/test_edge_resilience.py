@@ -107,7 +107,7 @@ async def test_non_retryable_status_is_passed_through() -> None:
 
 
 async def test_everything_failing_ends_with_the_last_backend_status() -> None:
-    router, up, _ = make_router([cand(0, 1e-6, 5), cand(1, 2e-6, 5)],
+    router, _up, _ = make_router([cand(0, 1e-6, 5), cand(1, 2e-6, 5)],
                                 {"ep0": grpc.StatusCode.UNAVAILABLE,
                                  "ep1": grpc.StatusCode.UNAVAILABLE}, Clock())
     with pytest.raises(BackendFailed) as err:
@@ -139,7 +139,7 @@ async def test_consecutive_failures_eject_and_ejection_expires_into_slow_start()
 
 async def test_retry_budget_caps_retries() -> None:
     clock = Clock()
-    router, up, _ = make_router([cand(0, 1e-6, 5), cand(1, 2e-6, 5)],
+    router, _up, _ = make_router([cand(0, 1e-6, 5), cand(1, 2e-6, 5)],
                                 {"ep0": grpc.StatusCode.UNAVAILABLE, "ep1": b""}, clock)
     router.budget = RetryBudget(ratio=0.0, min_per_s=0.1, window_s=10, clock=clock)
     router.outliers.consecutive = 10**6  # keep the failing one in play
@@ -154,7 +154,7 @@ async def test_retry_budget_caps_retries() -> None:
 
 
 async def test_tight_slo_call_is_hedged_and_the_loser_cancelled() -> None:
-    router, up, _ = make_router([cand(0, 1e-6, 2), cand(1, 2e-6, 2)],
+    router, _up, _ = make_router([cand(0, 1e-6, 2), cand(1, 2e-6, 2)],
                                 {"ep0": 0.5, "ep1": b""}, Clock(), hedge_max_slo_ms=50)
     rec = CallRecord("", "")
     assert await router.infer(RAW, [("x-slo-ms", "30")], 2.0, rec) == b"ep1"
