@@ -77,7 +77,7 @@ def cheap_backend() -> fleet_pb2.Backend:
 async def test_catalog_drives_route_tables(fake: FakeConsul,
                                            placement: tuple[MeshConfig, RunningPlacement]
                                            ) -> None:
-    cfg, running = placement
+    _cfg, running = placement
     assert not (await table(running)).candidates  # nothing preregistered in Consul mode
     agent_side = ConsulDiscovery(ConsulSettings.model_validate(consul_settings(fake)))
     try:
