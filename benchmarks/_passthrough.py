@@ -10,7 +10,6 @@ difference between the two in the same run.
 
 from __future__ import annotations
 
-import asyncio
 import sys
 
 import grpc

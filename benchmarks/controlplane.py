@@ -341,6 +341,11 @@ def notes(levels: list[Level]) -> list[str]:
         "edges received a table showing the change; p99 of a handful of changes is the "
         "maximum. A change not seen by every edge within the timeout (8 s quick, 15 s full) "
         "counts as a timeout; timeouts are reported, never averaged in.",
+        "Read propagation together with ingest: when sustained ingest is below offered, "
+        "placement is not keeping up — gRPC flow control holds the agents' streams back, "
+        "so most reports wait in the agents and the fleet state is seconds old even when a "
+        "single flip still propagates quickly. The first change of a level can also queue "
+        "behind the 100 edges' initial snapshots.",
         f"Target — propagation p99 ≤ 500 ms at {worst.gpus:,} GPUs: "
         f"{'timeouts' if worst.timeouts else f'{p99:.0f} ms'}: "
         f"**{'met' if met else 'missed'}**.",

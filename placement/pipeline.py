@@ -44,8 +44,13 @@ class Profile:
 
     def __init__(self, name: str, filters: Sequence[Filter],
                  scorers: Sequence[tuple[Scorer, float]], picker: Picker,
-                 observer: StageObserver | None = None, sample_every: int = 64) -> None:
+                 observer: StageObserver | None = None, sample_every: int = 64,
+                 cost_band: float | None = None) -> None:
+        """``cost_band``: set when the score is cost alone and the picker spreads over the
+        candidates within this band of the cheapest; then ``choose(..., cost_sorted=True)``
+        may stop walking a cost-sorted table at the band's edge (same answer, O(band))."""
         self.name = name
+        self.cost_band = cost_band
         self.filters = tuple(filters)
         self.hard_filters = tuple(f for f in filters if f.hard)
         self.scorers = tuple(scorers)
@@ -55,11 +60,17 @@ class Profile:
         self._calls = 0
 
     def choose(self, cands: Sequence[Candidate], ctx: CallContext,
-               rng: random.Random) -> Decision:
-        """Pick one candidate for a call (see the module docstring for the fallbacks)."""
+               rng: random.Random, cost_sorted: bool = False) -> Decision:
+        """Pick one candidate for a call (see the module docstring for the fallbacks).
+
+        ``cost_sorted``: ``cands`` are in ascending cost (the edge's tables are), so a
+        cost-banded profile can stop at the band's edge instead of filtering every row.
+        """
         self._calls += 1
         if self.observer is not None and self._calls % self._sample_every == 0:
             return self._choose_timed(cands, ctx, rng)
+        if cost_sorted and self.cost_band is not None:
+            return self._choose_cost_sorted(cands, ctx, rng, self.cost_band)
         survivors = [c for c in cands if self._keeps(c, ctx, self.filters)]
         if survivors:
             scores = self._score(survivors, ctx)
@@ -82,6 +93,26 @@ class Profile:
         return [Verdict(c, c.deployment_id in scores,
                         removed.get(c.deployment_id, "feasible"),
                         scores.get(c.deployment_id, 0.0)) for c in cands]
+
+    def _choose_cost_sorted(self, cands: Sequence[Candidate], ctx: CallContext,
+                            rng: random.Random, band_width: float) -> Decision:
+        """Walk ascending cost; the band is every survivor with cost <= cheapest/(1-band)."""
+        band: list[Candidate] = []
+        limit = float("inf")
+        filters = self.filters
+        for c in cands:
+            if c.cost_usd > limit:
+                break
+            if all(f.reject(c, ctx) is None for f in filters):
+                if not band:
+                    cheapest = c.cost_usd
+                    limit = 0.0 if cheapest <= 0 else (
+                        cheapest / (1.0 - band_width) if band_width < 1 else float("inf"))
+                band.append(c)
+        if not band:
+            return self._fallback(cands, ctx)
+        scores = self._score(band, ctx)
+        return Decision(band[self.picker.pick(band, scores, rng)], True, len(band))
 
     # -- steps ---------------------------------------------------------------------------
 

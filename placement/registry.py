@@ -72,7 +72,8 @@ def build_profile(name: str, band: float = 0.05,
     """A built-in profile by name; ``band`` is the spread band of ``cheapest``."""
     filters = build_filters(DEFAULT_FILTERS, f"profiles.{name}.filters")
     if name == "cheapest":
-        return Profile(name, filters, [(SCORERS["cost"](), 1.0)], SpreadPicker(band), observer)
+        return Profile(name, filters, [(SCORERS["cost"](), 1.0)], SpreadPicker(band), observer,
+                       cost_band=band)
     if name == "fastest":
         return Profile(name, filters, [(SCORERS["latency"](), 1.0)], BestPicker(), observer)
     raise ConfigError(f"routing.profile {name!r} is not a profile (known: cheapest, fastest)")

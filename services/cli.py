@@ -57,7 +57,7 @@ def cmd_edge(args: argparse.Namespace) -> int:
                                    placement=args.placement.split(",") if args.placement
                                    else None)
         await wait_for_signal()
-        await running.stop()
+        await running.stop(grace=5.0, drain_s=cfg.edge.drain_s)
 
     run(main(), cfg.edge.uvloop)
     return 0

@@ -128,6 +128,7 @@ class EdgeRuntimeConfig(_Strict):
     # candidate's p95; the loser is cancelled. 0 = never hedge.
     hedge_max_slo_ms: float = Field(default=50.0, ge=0)
     uvloop: bool = True
+    drain_s: float = Field(default=0.5, ge=0)  # NOT_SERVING this long before stopping
 
 
 class WanConfig(_Strict):

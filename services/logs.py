@@ -7,9 +7,18 @@ import sys
 
 import structlog
 
+_LEVEL = logging.INFO
+
+
+def enabled(level: str) -> bool:
+    """Whether events at ``level`` are written (for writers that bypass structlog)."""
+    return logging.getLevelNamesMapping()[level.upper()] >= _LEVEL
+
 
 def configure(level: str = "info", json: bool = True) -> None:
     """JSON in production; ``json=False`` renders for a terminal."""
+    global _LEVEL  # noqa: PLW0603 - the process-wide level, set once at start
+    _LEVEL = logging.getLevelNamesMapping()[level.upper()]
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer())
     structlog.configure(

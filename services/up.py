@@ -8,6 +8,7 @@ prints what listens where. Every child logs JSON to ``<run_dir>/logs/<name>.log`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -107,6 +108,7 @@ class Mesh:
         (self.run_dir / "pids.json").write_text(json.dumps(pids, indent=2))
 
     def stop(self) -> None:
+        self._stop_replaced()
         for child in reversed(self.children):
             if child.proc is not None and child.proc.poll() is None:
                 child.proc.send_signal(signal.SIGTERM)
@@ -118,6 +120,18 @@ class Mesh:
             except subprocess.TimeoutExpired:
                 child.proc.kill()
         self.children.clear()
+
+
+    def _stop_replaced(self) -> None:
+        """Drills may restart children; their new pids are in pids.json: stop those too."""
+        path = self.run_dir / "pids.json"
+        if not path.exists():
+            return
+        ours = {c.proc.pid for c in self.children if c.proc is not None}
+        for pid in json.loads(path.read_text()).values():
+            if isinstance(pid, int) and pid not in ours:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGTERM)
 
 
 def _serving(address: str, kind: str) -> bool:

@@ -65,6 +65,23 @@ def notes(s: Scenario, results: list[SimResult], b: Bound, calls: int, quick: bo
                        f"{fast.attainment:.2%}: **"
                        f"{'met' if saving >= 0.4 and equal else 'missed'}**"
                        f"{'' if equal else ' (attainment not equal)'}.")
+    out.append(
+        "The LP bound is a *fluid* bound: it knows the whole trace, splits calls "
+        "fractionally, bills mean service time, and calls a deployment feasible when "
+        "`rtt + mean service <= SLO` with pools capped at "
+        f"{s.settings.lp_utilisation_cap:.0%} per {s.settings.lp_bucket_s:.0f} s bucket but no "
+        "queueing delay. It is loose: what a real router can reach at 99.5 % lies between it "
+        "and the policies. A policy lands below it only by missing SLOs (see its attainment) "
+        "or by running a pool above the cap (worst utilisation below).")
+    out.append(
+        "How to read switchyard's gap: every edge applies the same once-a-second table, whose "
+        "`spare_capacity` does not fall as the edges send calls, so all edges send the "
+        "cheapest feasible deployment everything until the next table (the spread band only "
+        "spreads over deployments within `spread_band` of the cheapest price); its queue "
+        "builds, the edges' observed p95 of it rises above the SLO and stays in their "
+        "256-sample windows while it gets no calls (forgotten after 10 idle refreshes), and "
+        "placement keeps the reported p95 for 60 s — so cheap pools are skipped long after "
+        "they have drained. The worst-bucket utilisation above 1.0 is that herding.")
     for r in results:
         c = b.checks[r.policy]
         out.append(f"`{r.policy}` under the LP's model: {c.model_attainment:.2%} of calls on "

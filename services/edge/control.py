@@ -105,6 +105,7 @@ class PlacementLink:
 class HealthChecker:
     def __init__(self, store: RouteStore, upstreams: Upstreams, outliers: OutlierDetector,
                  blocked: set[str], link: PlacementLink, slow_start: SlowStart,
+                 backend_outliers: OutlierDetector,
                  interval_s: float = 0.25, unhealthy_after: int = 2,
                  timeout_s: float = 0.5) -> None:
         self.store = store
@@ -113,6 +114,7 @@ class HealthChecker:
         self.blocked = blocked
         self.link = link
         self.slow_start = slow_start
+        self.backend_outliers = backend_outliers
         self.interval_s = interval_s
         self.unhealthy_after = unhealthy_after
         self.timeout_s = timeout_s
@@ -125,6 +127,10 @@ class HealthChecker:
             for key in self.outliers.tick():
                 log.info("deployment_returned", deployment=key)
                 self.slow_start.returned(key)
+            for backend_id in self.backend_outliers.tick():
+                log.info("backend_returned", backend=backend_id)
+                for dep in self.store.deployments_of(backend_id):
+                    self.slow_start.returned(dep)
             self.recompute_blocked()
             self.slow_start.tick()
             await asyncio.sleep(self.interval_s)
@@ -135,7 +141,7 @@ class HealthChecker:
             for c in cs:
                 by_backend.setdefault(c.backend_id, []).append(c.deployment_id)
         blocked = set(self.outliers.ejected)
-        for b in self.unhealthy:
+        for b in self.unhealthy | self.backend_outliers.ejected:
             blocked.update(by_backend.get(b, ()))
         self.blocked.clear()
         self.blocked.update(blocked)
@@ -159,10 +165,12 @@ class HealthChecker:
                 self.unhealthy.discard(backend_id)
                 log.info("backend_healthy", backend=backend_id,
                          slow_start_s=self.slow_start.ramp_s)
-                for cs in self.store.candidates.values():
-                    for c in cs:
-                        if c.backend_id == backend_id:
-                            self.slow_start.returned(c.deployment_id)
+                # It failed checks and passes again: end its ejections now and let its
+                # traffic return gradually (slow start) rather than after a doubled timer.
+                self.backend_outliers.reinstate(backend_id)
+                for dep in self.store.deployments_of(backend_id):
+                    self.outliers.reinstate(dep)
+                    self.slow_start.returned(dep)
                 self.recompute_blocked()
             return
         n = self.failures[backend_id] = self.failures.get(backend_id, 0) + 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import pathlib
 from collections.abc import Callable
+from typing import Any
 from dataclasses import dataclass, field
 
 import grpc
@@ -12,12 +13,14 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from placement.registry import PROFILES, build_profile
+from services import logs
 from services.api.switchyard.v1 import edge_pb2, edge_pb2_grpc
 from services.config import EdgeConfig, MeshConfig
+from services.edge.accesslog import AccessLog
 from services.edge.budget import RetryBudget
 from services.edge.control import HealthChecker, PlacementLink
 from services.edge.outlier import OutlierDetector
-from services.edge.router import CallRecord, Router, RouterSettings
+from services.edge.router import Router, RouterSettings
 from services.edge.routes import RouteStore
 from services.edge.service import SERVICE, InferenceService
 from services.edge.slowstart import SlowStart
@@ -26,7 +29,6 @@ from services.edge.upstream import Upstreams
 from services.serving import add_health_and_reflection, bind, mark_serving, start_metrics
 
 log = structlog.get_logger("switchyard.edge")
-access = structlog.get_logger("switchyard.edge.access")
 ADMIN = edge_pb2.DESCRIPTOR.services_by_name["EdgeAdmin"].full_name
 
 
@@ -56,11 +58,17 @@ class RunningEdge:
     health: HealthChecker
     port: int
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    health_servicer: Any = None
 
-    async def stop(self, grace: float = 1.0) -> None:
+    async def stop(self, grace: float = 1.0, drain_s: float = 0.0) -> None:
+        """Graceful: report NOT_SERVING (load balancers stop sending), keep serving for
+        ``drain_s``, then stop accepting and let in-flight calls finish within ``grace``."""
+        if self.health_servicer is not None and drain_s > 0:
+            await self.health_servicer.enter_graceful_shutdown()
+            await asyncio.sleep(drain_s)
+        await self.server.stop(grace)
         for t in self.tasks:
             t.cancel()
-        await self.server.stop(grace)
         await self.router.upstreams.close()
 
 
@@ -95,20 +103,6 @@ def make_dialer(cfg: MeshConfig, region: str) -> Callable[[str], str]:
     return lambda endpoint: relays.get(endpoint, endpoint)
 
 
-def _access_logger(metrics: EdgeMetrics) -> Callable[[CallRecord], None]:
-    def done(rec: CallRecord) -> None:
-        dep = rec.chosen.deployment_id if rec.chosen else ""
-        metrics.calls.labels(rec.model, dep, rec.status).inc()
-        metrics.latency.labels(rec.model).observe(rec.latency_ms / 1000)
-        metrics.attempts.labels(rec.model).inc(rec.attempts)
-        access.info("call", request_id=rec.request_id, model=rec.model, deployment=dep,
-                    attempts=rec.attempts, latency_ms=round(rec.latency_ms, 3),
-                    cost_usd=rec.chosen.cost_usd if rec.chosen else 0.0,
-                    slo_ms=rec.hints.slo_ms if rec.hints else None, slo_met=rec.slo_met,
-                    status=rec.status)
-    return done
-
-
 async def start_edge(cfg: MeshConfig, edge: EdgeConfig, port: int | None = None,
                      placement: list[str] | None = None, metrics_port: int | None = None,
                      dial: Callable[[str], str] | None = None) -> RunningEdge:
@@ -131,16 +125,21 @@ async def start_edge(cfg: MeshConfig, edge: EdgeConfig, port: int | None = None,
                     RouterSettings(cfg.routing.slo_margin_ms, cfg.routing.deadline_margin_ms,
                                    rt.max_attempts, cfg.routing.fail_fast,
                                    cfg.routing.profile, rt.hedge_max_slo_ms),
-                    _access_logger(metrics))
+                    lambda rec: None)
+    access_log = AccessLog(metrics.calls, metrics.latency, metrics.attempts,
+                           enabled=logs.enabled("info"))
+    router.on_done = access_log.done
     replicas = placement or [f"{cfg.placement.host}:{cfg.placement.port}",
                              *cfg.placement.replicas]
     link = PlacementLink(edge.id, edge.region, replicas, store, stats,
-                         on_update=lambda: outliers.known(store.deployment_ids()),
+                         on_update=lambda: (outliers.known(store.deployment_ids()),
+                                            router.backend_outliers.known(
+                                                set(store.endpoints()))),
                          report_interval_s=rt.report_interval_s)
     slow_start = SlowStart(rt.slow_start_s)
     router.warming = slow_start.shares
     health = HealthChecker(store, upstreams, outliers, router.blocked, link, slow_start,
-                           rt.health_interval_s)
+                           router.backend_outliers, rt.health_interval_s)
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", rt.max_message_bytes),
         ("grpc.max_send_message_length", rt.max_message_bytes),
@@ -157,9 +156,9 @@ async def start_edge(cfg: MeshConfig, edge: EdgeConfig, port: int | None = None,
     await mark_serving(hs, [SERVICE, ADMIN])
     mport = start_metrics(edge.metrics_port if metrics_port is None else metrics_port,
                           edge.host, metrics.registry)
-    running = RunningEdge(server, router, link, health, bound)
+    running = RunningEdge(server, router, link, health, bound, health_servicer=hs)
     running.tasks = [asyncio.create_task(link.watch()), asyncio.create_task(link.report()),
-                     asyncio.create_task(health.run())]
+                     asyncio.create_task(health.run()), asyncio.create_task(access_log.run())]
     log.info("edge_listening", edge=edge.id, region=edge.region,
              address=f"{edge.host}:{bound}", metrics_port=mport, placement=replicas,
              routes_from=store.source)

@@ -77,6 +77,16 @@ class OutlierDetector:
             self._states[k].consecutive = 0
         return back
 
+    def reinstate(self, key: str) -> bool:
+        """End an ejection early (the backend passed an active check after failing them);
+        the ejection count is kept, so a flapping backend is still ejected for longer."""
+        if key not in self.ejected:
+            return False
+        self.ejected.discard(key)
+        st = self._states[key]
+        st.consecutive, st.ejected_until = 0, self.clock()
+        return True
+
     def ejected_for(self, key: str) -> float:
         st = self._states.get(key)
         return max(0.0, st.ejected_until - self.clock()) if st and key in self.ejected else 0.0

@@ -36,6 +36,7 @@ from services.edge.wire import rewrite_model_name, scan_model_name
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED,
                        grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
                        grpc.StatusCode.ABORTED})
+SERVER_FAILURES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 MIN_ATTEMPT_TIMEOUT_S = 0.25
 ATTEMPT_TIMEOUT_FACTOR = 4.0  # an attempt may take this many times its p95 estimate
 
@@ -95,6 +96,11 @@ class Router:
         self.clock = clock
         self.rng = rng or random.Random()
         self.blocked: set[str] = set()  # ejected ∪ failing active health checks
+        # Per-backend ejection for failures that are the server's, not the variant's
+        # (timeouts, connection loss): a hung server blocks all its variants at once.
+        self.backend_outliers = OutlierDetector(outliers.consecutive, outliers.base_s,
+                                                outliers.max_s, outliers.max_share,
+                                                outliers.clock)
         self.warming: dict[str, float] = {}  # slow start shares, owned by SlowStart
 
     # -- the steps -----------------------------------------------------------------------
@@ -144,7 +150,7 @@ class Router:
             last_error: grpc.aio.AioRpcError | None = None
             while True:
                 try:
-                    decision = profile.choose(cands, ctx, self.rng)
+                    decision = profile.choose(cands, ctx, self.rng, cost_sorted=True)
                 except NoHealthyDeployment as exc:
                     if last_error is None:
                         raise
@@ -193,6 +199,7 @@ class Router:
             raise
         self.stats.record(c.deployment_id, (self.clock() - t0) * 1000, ok=True)
         self.outliers.success(c.deployment_id)
+        self.backend_outliers.success(c.backend_id)
         return response
 
     async def _hedged(self, first: Candidate, model: str, raw: bytes,
@@ -205,7 +212,7 @@ class Router:
             return await t1
         ctx.exclude.add(first.deployment_id)  # type: ignore[union-attr]
         try:
-            second = profile.choose(cands, ctx, self.rng).candidate
+            second = profile.choose(cands, ctx, self.rng, cost_sorted=True).candidate
         except SwitchyardError:
             return await t1
         record.attempts += 1
@@ -236,9 +243,13 @@ class Router:
     # -- failure handling ----------------------------------------------------------------
 
     def _failure(self, c: Candidate, err: grpc.aio.AioRpcError) -> None:
-        record_tried = err.code() in RETRYABLE
-        if record_tried and self.outliers.failure(c.deployment_id):
+        code = err.code()
+        if code not in RETRYABLE:
+            return
+        if self.outliers.failure(c.deployment_id):
             self.blocked.add(c.deployment_id)
+        if code in SERVER_FAILURES and self.backend_outliers.failure(c.backend_id):
+            self.blocked.update(self.store.deployments_of(c.backend_id))
 
     def _may_retry(self, err: grpc.aio.AioRpcError, deadline: float | None,
                    record: CallRecord) -> bool:

@@ -39,7 +39,9 @@ class RouteStore:
             self.tables[t.model] = t
         for m in update.removed_models:
             self.tables.pop(m, None)
-        self.candidates = {m: tuple(candidate_from_pb(c) for c in t.candidates)
+        # Ascending cost (stable): the cheapest profile stops at the spread band's edge.
+        self.candidates = {m: tuple(sorted((candidate_from_pb(c) for c in t.candidates),
+                                           key=lambda c: c.cost_usd))
                            for m, t in self.tables.items()}
         self.default_slo_ms = {m: t.default_slo_ms for m, t in self.tables.items()}
         self.version = max(self.version, update.version) if source != "disk" else update.version
@@ -74,6 +76,10 @@ class RouteStore:
 
     def deployment_ids(self) -> set[str]:
         return {c.deployment_id for cs in self.candidates.values() for c in cs}
+
+    def deployments_of(self, backend_id: str) -> set[str]:
+        return {c.deployment_id for cs in self.candidates.values() for c in cs
+                if c.backend_id == backend_id}
 
     def endpoints(self) -> dict[str, str]:
         """backend id → endpoint for every backend any table mentions."""

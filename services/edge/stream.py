@@ -47,7 +47,7 @@ async def route_stream(router: Router, requests: AsyncIterator[bytes],
     pump_task: asyncio.Task[None] | None = None
     try:
         while True:
-            decision = profile.choose(cands, ctx, router.rng)
+            decision = profile.choose(cands, ctx, router.rng, cost_sorted=True)
             c = decision.candidate
             record.chosen, record.slo_met = c, decision.slo_met
             record.attempts += 1

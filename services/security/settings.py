@@ -137,8 +137,6 @@ class SecuritySettings(_Strict):
         return self.cert_file.replace("{role}", role), self.key_file.replace("{role}", role)
 
 
-LOCAL_DEFAULT = SecuritySettings(plaintext=True)
-
 
 def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
@@ -185,3 +183,7 @@ def _unique(what: str, names: list[str]) -> None:
         if n in seen:
             raise ValueError(f"{what}[{i}] {n!r} is defined twice")
         seen.add(n)
+
+
+# What MeshConfig uses when the file has no [security] section (loud at start).
+LOCAL_DEFAULT = SecuritySettings(plaintext=True)

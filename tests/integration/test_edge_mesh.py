@@ -83,9 +83,10 @@ async def test_trailers_and_answer_are_those_of_a_real_triton(mesh: Mesh) -> Non
         from tests.mesh_harness import summarize_input
 
         res, tr = infer_with_trailers(mesh.client(), "summarize", [summarize_input()],
-                                      [("x-slo-ms", TIGHT)], 5.0)
-        direct = tc.InferenceServerClient(mesh.tritons["east-fast"].endpoint).infer(
-            "summarize-small", [summarize_input()])
+                                      [("x-slo-ms", LOOSE)], 5.0)
+        backend, variant = tr["x-served-by"].split("/")
+        direct = tc.InferenceServerClient(mesh.tritons[backend].endpoint).infer(
+            variant, [summarize_input()])
         return res.as_numpy("OUTPUT0"), direct.as_numpy("OUTPUT0"), tr
 
     routed, direct, tr = await asyncio.to_thread(direct_and_routed)

@@ -149,3 +149,20 @@ def test_registry_rejects_duplicates_and_unknown_names() -> None:
         build_filters(("slo", "nope"), "profiles.p.filters")
     with pytest.raises(ConfigError, match="not a profile"):
         build_profile("random")
+
+
+@settings(max_examples=400, deadline=None)
+@given(candidates, hints, st.integers(0, 2**32))
+def test_cost_sorted_walk_gives_the_same_answer_as_the_full_pipeline(
+        cands: list[Candidate], h: Hints, seed: int) -> None:
+    ordered = sorted(cands, key=lambda c: c.cost_usd)
+    ctx = CallContext(h, slo_margin_ms=2.0)
+    full, fast = build_profile("cheapest"), build_profile("cheapest")
+    try:
+        a = full.choose(ordered, ctx, random.Random(seed))
+    except NoHealthyDeployment:
+        with pytest.raises(NoHealthyDeployment):
+            fast.choose(ordered, ctx, random.Random(seed), cost_sorted=True)
+        return
+    b = fast.choose(ordered, ctx, random.Random(seed), cost_sorted=True)
+    assert (a.candidate, a.slo_met) == (b.candidate, b.slo_met)

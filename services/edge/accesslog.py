@@ -1,0 +1,87 @@
+"""One structured JSON event per call, kept off the call path.
+
+The call path appends a small dict; a background task renders the batch with the C JSON
+encoder and writes it in one ``write`` every ``flush_s``. Lines match the structlog JSON the
+rest of the process writes (``event``, ``level``, ``timestamp``, ``logger``). Metrics use
+labelled children cached per (model, deployment, status): a ``labels()`` lookup per call
+costs more than the increment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from prometheus_client import Counter, Histogram
+
+from services.edge.router import CallRecord
+
+MAX_BUFFER = 50_000  # records; past it the oldest unflushed lines are dropped and counted
+
+
+class AccessLog:
+    def __init__(self, calls: Counter, latency: Histogram, attempts: Counter,
+                 enabled: bool = True, flush_s: float = 0.1, out: TextIO | None = None) -> None:
+        self.calls, self.latency, self.attempts = calls, latency, attempts
+        self.enabled = enabled
+        self.flush_s = flush_s
+        self.out = out
+        self.buffer: list[dict[str, Any]] = []
+        self.dropped = 0
+        self._children: dict[tuple[str, str, str], tuple[Any, Any, Any]] = {}
+
+    def done(self, rec: CallRecord) -> None:
+        """Called once per call by the router (hot path: dict lookups and an append)."""
+        c = rec.chosen
+        dep = c.deployment_id if c is not None else ""
+        key = (rec.model, dep, rec.status)
+        ch = self._children.get(key)
+        if ch is None:
+            ch = self._children[key] = (self.calls.labels(*key),
+                                        self.latency.labels(rec.model),
+                                        self.attempts.labels(rec.model))
+        ch[0].inc()
+        ch[1].observe(rec.latency_ms / 1000)
+        ch[2].inc(rec.attempts)
+        if not self.enabled:
+            return
+        if len(self.buffer) >= MAX_BUFFER:
+            self.dropped += 1
+            return
+        self.buffer.append({
+            "event": "call", "ts": time.time(), "request_id": rec.request_id,
+            "model": rec.model, "deployment": dep, "region": c.region if c else "",
+            "attempts": rec.attempts, "hedged": rec.hedged,
+            "latency_ms": round(rec.latency_ms, 3), "cost_usd": c.cost_usd if c else 0.0,
+            "slo_ms": rec.hints.slo_ms if rec.hints else None, "slo_met": rec.slo_met,
+            "tenant": rec.hints.tenant if rec.hints else "", "status": rec.status})
+
+    def flush(self) -> None:
+        if not self.buffer:
+            return
+        batch, self.buffer = self.buffer, []
+        lines = []
+        for r in batch:
+            r["timestamp"] = datetime.fromtimestamp(r.pop("ts"), UTC).isoformat()
+            r["level"] = "info"
+            r["logger"] = "switchyard.edge.access"
+            lines.append(json.dumps(r, separators=(",", ":")))
+        if self.dropped:
+            lines.append(json.dumps({"event": "access_log_dropped", "level": "warning",
+                                     "count": self.dropped}))
+            self.dropped = 0
+        out = self.out or sys.stderr
+        out.write("\n".join(lines) + "\n")
+        out.flush()
+
+    async def run(self) -> None:
+        try:
+            while True:
+                await asyncio.sleep(self.flush_s)
+                self.flush()
+        finally:
+            self.flush()

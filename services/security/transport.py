@@ -1,0 +1,106 @@
+"""TLS for every Switchyard connection, and the HTTP/2 limits every server applies.
+
+Servers call :func:`bind` (secure or, when the config says ``plaintext = true``, insecure
+with a loud warning) and take :func:`server_options`; clients dial with :func:`channel` or
+hand :func:`channel_factory` to a component that opens its own channels (the node agent).
+Placement always requires a client certificate; the edge does when
+``security.edge_client_certs`` is true (clients may otherwise authenticate with a token).
+"""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import grpc
+import structlog
+
+from placement.errors import ConfigError
+from services.security.settings import LimitsSettings, SecuritySettings
+
+log = structlog.get_logger("switchyard.security")
+
+Options = Sequence[tuple[str, Any]]
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        return pathlib.Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"security.{what} {path!r} cannot be read: {exc.strerror}; "
+                          "create development certificates with `switchyard certs`") from exc
+
+
+def server_credentials(sec: SecuritySettings, role: str,
+                       require_client_auth: bool = True) -> grpc.ServerCredentials:
+    """This process's certificate, and (mTLS) the CA that client certificates must chain to."""
+    cert, key = sec.cert_for(role)
+    return grpc.ssl_server_credentials(
+        [(_read(key, "key_file"), _read(cert, "cert_file"))],
+        root_certificates=_read(sec.ca_file, "ca_file"),
+        require_client_auth=require_client_auth)
+
+
+def channel_credentials(sec: SecuritySettings, role: str) -> grpc.ChannelCredentials:
+    """Verify the server against the CA and present this role's certificate."""
+    cert, key = sec.cert_for(role)
+    return grpc.ssl_channel_credentials(root_certificates=_read(sec.ca_file, "ca_file"),
+                                        private_key=_read(key, "key_file"),
+                                        certificate_chain=_read(cert, "cert_file"))
+
+
+def server_options(limits: LimitsSettings) -> list[tuple[str, Any]]:
+    """HTTP/2 limits: header list size, streams per connection, idle and aged connections."""
+    opts: list[tuple[str, Any]] = [
+        ("grpc.max_metadata_size", limits.max_metadata_bytes),
+        ("grpc.absolute_max_metadata_size", limits.max_metadata_bytes),
+        ("grpc.max_concurrent_streams", limits.max_concurrent_streams),
+        ("grpc.max_connection_idle_ms", int(limits.idle_connection_timeout_s * 1000)),
+    ]
+    if limits.max_connection_age_s:
+        opts.append(("grpc.max_connection_age_ms", int(limits.max_connection_age_s * 1000)))
+        opts.append(("grpc.max_connection_age_grace_ms", 5_000))
+    return opts
+
+
+def announce(sec: SecuritySettings, process: str) -> None:
+    """Say loudly, at start, when a process runs without TLS."""
+    if sec.plaintext:
+        log.warning("PLAINTEXT_TRANSPORT", process=process,
+                    message="security.plaintext = true: no TLS, no client certificates, no "
+                            "authorisation. Local development only; run `switchyard certs` "
+                            "and set plaintext = false for anything else.")
+
+
+def bind(server: grpc.aio.Server, host: str, port: int, sec: SecuritySettings, role: str,
+         require_client_auth: bool = True) -> int:
+    """Listen with TLS (or plaintext when configured so); returns the bound port."""
+    address = f"{host}:{port}"
+    if sec.plaintext:
+        announce(sec, role)
+        bound = server.add_insecure_port(address)
+    else:
+        bound = server.add_secure_port(address, server_credentials(sec, role,
+                                                                   require_client_auth))
+    if bound == 0:
+        raise OSError(f"cannot listen on {address}: is another process using it? "
+                      "Pick another port in the config.")
+    return bound
+
+
+def channel(address: str, sec: SecuritySettings, role: str, options: Options = ()
+            ) -> grpc.aio.Channel:
+    if sec.plaintext:
+        return grpc.aio.insecure_channel(address, options=list(options))
+    return grpc.aio.secure_channel(address, channel_credentials(sec, role),
+                                   options=list(options))
+
+
+def channel_factory(sec: SecuritySettings, role: str, options: Options = ()
+                    ) -> Callable[[str], grpc.aio.Channel]:
+    """``address -> channel`` for components that dial on their own (credentials read once)."""
+    if sec.plaintext:
+        return lambda address: grpc.aio.insecure_channel(address, options=list(options))
+    creds = channel_credentials(sec, role)
+    return lambda address: grpc.aio.secure_channel(address, creds, options=list(options))

@@ -1,0 +1,35 @@
+"""Property-based fuzzing of the hint parser: arbitrary metadata → ParsedHints or InvalidHint
+naming the header; values in range; no other exception."""
+
+from __future__ import annotations
+
+import math
+import os
+
+from hypothesis import given, settings
+
+from placement.errors import InvalidHint
+from services.edge.hints import parse, resolve
+from tests.fuzz.strategies import HINT_HEADERS, REGIONS, metadata
+
+EXAMPLES = int(os.environ.get("SWITCHYARD_FUZZ_EXAMPLES", "300"))
+PROFILES = ("cheapest", "fastest")
+
+
+@settings(max_examples=EXAMPLES * 3, deadline=1000)
+@given(metadata())
+def test_arbitrary_metadata_gives_hints_or_an_error_naming_the_header(
+        md: list[tuple[str, str | bytes]]) -> None:
+    try:
+        p = parse(md, frozenset(REGIONS), PROFILES)
+    except InvalidHint as exc:
+        assert exc.header in HINT_HEADERS
+        assert any(k == exc.header for k, _ in md)
+        assert exc.message.startswith(f"metadata {exc.header}=")
+        return
+    assert p.slo_ms is None or (math.isfinite(p.slo_ms) and p.slo_ms > 0)
+    assert 0.0 <= p.min_quality <= 1.0 and math.isfinite(p.max_cost_usd)
+    assert p.allowed_regions <= frozenset(REGIONS)
+    assert len(p.request_id) <= 128 and p.profile in ("", *PROFILES)
+    h = resolve(p, None, 300.0, 5.0, False)
+    assert h.slo_ms > 0

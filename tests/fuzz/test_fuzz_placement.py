@@ -1,0 +1,109 @@
+"""Property-based fuzzing of placement's API validation, calling the servicer directly.
+
+Messages are built by hypothesis from the real proto classes. Properties: a call either
+answers or raises a ``SwitchyardError`` (which the interceptor turns into a clear status),
+never another exception; and whatever it accepted leaves the fleet routable — every route
+table still builds, with finite costs and latencies and qualities within [0, 1].
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import pathlib
+import tempfile
+import time
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from placement.errors import SwitchyardError
+from services.api.switchyard.v1 import placement_pb2
+from services.placement.main import build_service
+from services.placement.server import PlacementService
+from tests.fuzz.strategies import availability_requests, backends, update_prices
+from tests.mesh_harness import mesh_config
+
+EXAMPLES = int(os.environ.get("SWITCHYARD_FUZZ_EXAMPLES", "300"))
+FUZZ = settings(max_examples=EXAMPLES, deadline=2000,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+
+
+class FakeContext:
+    """The parts of grpc.aio.ServicerContext the placement servicer touches."""
+
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:1"
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        return {}
+
+
+def fresh_service() -> PlacementService:
+    return build_service(mesh_config(pathlib.Path(tempfile.mkdtemp())), preregister=True)
+
+
+def call(service: PlacementService, method: str, request: Any) -> Any:
+    async def run() -> Any:
+        return await getattr(service, method)(request, FakeContext())
+    try:
+        return asyncio.run(run())
+    except SwitchyardError as exc:
+        return exc
+
+
+def assert_routable(service: PlacementService) -> None:
+    now = time.monotonic()
+    for model in service.builder.catalog.models:
+        for region in service.builder.catalog.regions:
+            for c in service.builder.build(model, region, now):
+                assert math.isfinite(c.cost_usd) and c.cost_usd >= 0, c
+                assert math.isfinite(c.latency_p95_ms) and c.latency_p95_ms >= 0, c
+                assert 0.0 <= c.quality <= 1.0, c
+    service.hub.rebuild()
+
+
+FINDINGS = pytest.mark.xfail(
+    strict=False, reason="placement validation gaps found by this fuzzer (tests/fuzz/"
+    "CAMPAIGNS.md, findings P1-P4); fixed by services/security/FIXES.patch")
+
+
+
+@FUZZ
+@given(st.lists(backends(), min_size=1, max_size=4))
+def test_register_backend_answers_or_refuses_clearly(bs: list[Any]) -> None:
+    service = fresh_service()
+    for b in bs:
+        call(service, "RegisterBackend", placement_pb2.RegisterBackendRequest(backend=b))
+        assert_routable(service)
+
+
+
+@FUZZ
+@given(update_prices())
+def test_update_prices_answers_or_refuses_clearly(req: Any) -> None:
+    service = fresh_service()
+    call(service, "UpdatePrices", req)
+    assert_routable(service)
+
+
+
+@FUZZ
+@given(availability_requests())
+def test_set_availability_answers_or_refuses_clearly(req: Any) -> None:
+    service = fresh_service()
+    call(service, "SetAvailability", req)
+    assert_routable(service)
+
+
+@FUZZ
+@given(st.text(max_size=40))
+def test_deregister_answers(backend_id: str) -> None:
+    service = fresh_service()
+    out = call(service, "DeregisterBackend",
+               placement_pb2.DeregisterBackendRequest(backend_id=backend_id))
+    assert not isinstance(out, SwitchyardError)
+    assert_routable(service)
