@@ -17,9 +17,9 @@ import sys
 import tempfile
 import time
 
-from placement.model import Candidate, Hints
 import structlog
 
+from placement.model import Candidate, Hints
 from services.edge.accesslog import AccessLog
 from services.edge.main import EdgeMetrics
 from services.edge.router import CallRecord

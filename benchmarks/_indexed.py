@@ -54,10 +54,7 @@ class IndexedChooser:
         self.band = getattr(profile.picker, "band", 0.0)
 
     def _keeps(self, c: Candidate, ctx: CallContext) -> bool:
-        for f in self.filters:
-            if f.reject(c, ctx) is not None:
-                return False
-        return True
+        return all(f.reject(c, ctx) is None for f in self.filters)
 
     def choose(self, table: IndexedTable, ctx: CallContext, rng: random.Random) -> Decision:
         if self.profile.name == "cheapest":
@@ -100,11 +97,11 @@ class IndexedChooser:
             if keeps(c, ctx):
                 best_i, best_lat = i, max(c.latency_p95_ms, 1e-6)
                 break
-        for dep, lat in observed.items():
+        for dep, seen in observed.items():
             i = t.position.get(dep)
             if i is None:
                 continue
-            lat = max(lat, 1e-6)
+            lat = max(seen, 1e-6)
             if (lat < best_lat or (lat == best_lat and i < best_i)) and keeps(cands[i], ctx):
                 best_i, best_lat = i, lat
         if best_i < 0:

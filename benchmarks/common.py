@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import math
 import os
 import platform
 import socket
@@ -107,7 +108,7 @@ def text_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 def _cell(v: object) -> str:
     if isinstance(v, float):
-        if v != v:  # NaN
+        if math.isnan(v):
             return "–"
         if abs(v) >= 100:
             return f"{v:,.0f}"

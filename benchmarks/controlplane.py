@@ -231,11 +231,11 @@ async def measure(gpus: int, edges: int, window_s: float, changes: int,
         port, mport = free_port(), free_port()
         cfg = mesh_files(d, port, mport)
         # Blocking open/Popen before anything is measured: nothing else runs on this loop yet.
-        log = open(d / "placement.log", "w")  # noqa: SIM115, ASYNC230
+        log = open(d / "placement.log", "w")  # noqa: SIM115
         env = dict(os.environ, PYTHONPATH=ROOT)
         argv = [sys.executable, "-m", "services.cli", "--log-level", "warning", "placement",
                 "--config", str(cfg)]
-        placement = subprocess.Popen(argv, cwd=ROOT, env=env,  # noqa: ASYNC220
+        placement = subprocess.Popen(argv, cwd=ROOT, env=env,
                                      stdout=log, stderr=subprocess.STDOUT)
         agents = None
         try:
@@ -247,7 +247,7 @@ async def measure(gpus: int, edges: int, window_s: float, changes: int,
                     backend=backend_pb(PROBE)))
                 warm = 5.0
                 run_s = warm + window_s + changes * (timeout_s + 5.0)
-                agents = subprocess.Popen(  # noqa: ASYNC220
+                agents = subprocess.Popen(
                     [sys.executable, "-m", "benchmarks.controlplane", "--role", "agents",
                      "--address", address, "--backends", str(gpus), "--streams",
                      str(streams), "--seconds", str(run_s)],

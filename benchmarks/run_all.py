@@ -45,9 +45,9 @@ def _estimate(path: pathlib.Path, quick: bool) -> str:
         if any(isinstance(t, ast.Name) and t.id == "ESTIMATE_S" for t in targets) and n.value:
             try:
                 q, f = ast.literal_eval(n.value)
-                return f"~{q if quick else f:.0f} s"
             except (ValueError, TypeError):
                 return "?"
+            return f"~{q if quick else f:.0f} s"
     return "?"
 
 
@@ -103,7 +103,7 @@ def run_module(name: str, quick: bool, timeout_s: float) -> tuple[list[Section],
         for line in proc.stderr:  # progress lines pass through as they come
             sys.stderr.write(f"  {name} | {line}")
             sys.stderr.flush()
-            tail = (tail + [line])[-30:]
+            tail = [*tail, line][-30:]
             if time.monotonic() - t0 > timeout_s:
                 proc.kill()
                 tail.append(f"killed after {timeout_s:.0f} s\n")

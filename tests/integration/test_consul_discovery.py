@@ -13,7 +13,7 @@ from services.discovery import ConsulSettings, DiscoveryState, DiscoveryUnavaila
 from services.discovery.consul import ConsulDiscovery
 from tests.consul_fake import FakeConsul
 
-TOKEN = "acl-token-for-tests"  # noqa: S105 - a test value the fake expects
+TOKEN = "acl-token-for-tests"
 BASE_PRICE = fleet_pb2.Price(accelerator="nvidia-l4", cloud="gcp", region="*",
                              price_class="spot", usd_per_gpu_hour=0.28, source="file",
                              as_of="2025-03-06")
@@ -163,7 +163,7 @@ async def test_acl_token_is_sent_on_every_request(fake: FakeConsul,
 
 
 async def test_wrong_token_is_refused_and_reported(fake: FakeConsul) -> None:
-    d = ConsulDiscovery(settings(fake, token="wrong"))  # noqa: S106 - deliberately wrong
+    d = ConsulDiscovery(settings(fake, token="wrong"))
     try:
         state = await d.snapshot()
         assert state.stale
