@@ -16,6 +16,7 @@ from placement.model import Availability, Backend
 ALPHA = 0.5  # EWMA weight of the newest window
 OBSERVATION_TTL_S = 60.0
 RTT_ALPHA = 0.2
+RTT_CHANGE_MS = 0.5  # smaller RTT corrections do not rebuild route tables
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,9 +79,22 @@ class FleetState:
         self.observed: dict[tuple[str, str], ObservedLatency] = {}
         self.rtt_observed: dict[tuple[str, str], float] = {}
         self.version = 0
+        # What changed since the route tables were last built (consumed by take_dirty).
+        self.dirty: set[str] = set()
+        self.all_dirty = True
 
-    def _bump(self) -> None:
+    def _bump(self, *backend_ids: str) -> None:
         self.version += 1
+        if backend_ids:
+            self.dirty.update(backend_ids)
+        else:
+            self.all_dirty = True
+
+    def take_dirty(self) -> tuple[bool, set[str]]:
+        """(everything changed?, backend ids that changed) since the last call."""
+        out = (self.all_dirty, self.dirty)
+        self.all_dirty, self.dirty = False, set()
+        return out
 
     def register(self, backend: Backend) -> None:
         """Add or replace a backend; availability and learned load survive re-registration."""
@@ -91,12 +105,12 @@ class FleetState:
             backend, old.availability if old else Availability.ACTIVE,
             old.last if old else None, old.last_at if old else None,
             old.loads if old else {})
-        self._bump()
+        self._bump(backend.id)
 
     def deregister(self, backend_id: str) -> bool:
         existed = self.backends.pop(backend_id, None) is not None
         if existed:
-            self._bump()
+            self._bump(backend_id)
         return existed
 
     def get(self, backend_id: str) -> BackendState:
@@ -114,7 +128,7 @@ class FleetState:
             raise NotRegistered(f"no registered backend has {scope} {target!r}")
         for s in hit:
             s.availability = availability
-        self._bump()
+        self._bump(*(s.backend.id for s in hit))
         return sorted(s.backend.id for s in hit)
 
     def ingest(self, backend_id: str, snap: TelemetrySnapshot, now: float) -> None:
@@ -126,18 +140,21 @@ class FleetState:
             before = prev.variants.get(name) if prev else None
             _update_load(load, stats, before, None if prev_at is None else now - prev_at)
         state.last, state.last_at = snap, now
-        self._bump()
+        self._bump(backend_id)
 
     def observe(self, edge_region: str, deployment_id: str, samples: int, p95_ms: float,
                 now: float) -> None:
         self.observed[(edge_region, deployment_id)] = ObservedLatency(samples, p95_ms, now)
-        self._bump()
+        self._bump(deployment_id.split("/", 1)[0])
 
     def observe_rtt(self, edge_region: str, region: str, rtt_ms: float) -> None:
         key = (edge_region, region)
         old = self.rtt_observed.get(key)
-        self.rtt_observed[key] = rtt_ms if old is None else old + RTT_ALPHA * (rtt_ms - old)
-        self._bump()
+        new = rtt_ms if old is None else old + RTT_ALPHA * (rtt_ms - old)
+        self.rtt_observed[key] = new
+        if old is None or abs(new - old) >= RTT_CHANGE_MS:
+            self._bump(*(s.backend.id for s in self.backends.values()
+                         if s.backend.region == region))
 
     def observed_p95(self, edge_region: str, deployment_id: str, min_samples: int,
                      now: float) -> float | None:

@@ -8,6 +8,7 @@ it. Estimates follow ``placement.latency`` and ``placement.cost``; hardware verd
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from placement import latency
@@ -19,6 +20,11 @@ from placement.model import Availability, Candidate, Variant
 from placement.prices import PriceCatalog
 
 PRIOR_COMPUTE_FRACTION_OF_SLO = 0.25  # compute assumed before Triton has served a call
+
+
+def rank(c: Candidate) -> tuple[bool, float, float, str]:
+    """Table order: routable first, then cheapest, then fastest."""
+    return (bool(c.dropped_reason), c.cost_usd, c.latency_p95_ms, c.deployment_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,14 +42,19 @@ class RouteBuilder:
         self.settings = settings
 
     def build(self, model: str, edge_region: str, now: float) -> list[Candidate]:
+        cands = self.rows(model, edge_region, self.fleet.backends, now)
+        cands.sort(key=rank)
+        return cands
+
+    def rows(self, model: str, edge_region: str, backend_ids: Iterable[str],
+             now: float) -> list[Candidate]:
+        """Unsorted candidates of the given backends only (for incremental rebuilds)."""
         logical = self.catalog.model(model)
         names = {v.name for v in logical.variants}
-        cands = [self._candidate(state, v, edge_region, logical.default_slo_ms, now)
-                 for state in self.fleet.backends.values()
-                 for v in state.backend.variants if v.name in names]
-        cands.sort(key=lambda c: (bool(c.dropped_reason), c.cost_usd, c.latency_p95_ms,
-                                  c.deployment_id))
-        return cands
+        backends = self.fleet.backends
+        return [self._candidate(state, v, edge_region, logical.default_slo_ms, now)
+                for bid in backend_ids if (state := backends.get(bid)) is not None
+                for v in state.backend.variants if v.name in names]
 
     def _candidate(self, state: BackendState, v: Variant, edge_region: str,
                    default_slo_ms: float, now: float) -> Candidate:

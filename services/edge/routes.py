@@ -14,6 +14,7 @@ import tempfile
 import structlog
 
 from placement.model import Candidate
+from placement.routes import rank
 from services.api.switchyard.v1 import placement_pb2
 from services.convert import candidate_from_pb
 
@@ -26,24 +27,51 @@ class RouteStore:
         self.path = path
         self.tables: dict[str, placement_pb2.RouteTable] = {}
         self.candidates: dict[str, tuple[Candidate, ...]] = {}
+        self._rows: dict[str, dict[str, tuple[placement_pb2.Candidate, Candidate]]] = {}
         self.default_slo_ms: dict[str, float] = {}
         self.version = 0
         self.source = "none"
 
     def apply(self, update: placement_pb2.RouteUpdate, source: str = "placement") -> None:
+        """Apply a snapshot (replaces every table) or row deltas (changed rows only)."""
         if update.snapshot:
             self.tables.clear()
+            self._rows.clear()
+        changed: set[str] = set()
         for t in update.tables:
             if t.edge_region != self.region:
                 continue
             self.tables[t.model] = t
+            self._rows[t.model] = {c.deployment_id: (c, candidate_from_pb(c))
+                                   for c in t.candidates}
+            changed.add(t.model)
+        for d in update.deltas:
+            if d.edge_region != self.region:
+                continue
+            rows = self._rows.setdefault(d.model, {})
+            for c in d.upserts:
+                rows[c.deployment_id] = (c, candidate_from_pb(c))
+            for dep in d.removed_deployments:
+                rows.pop(dep, None)
+            self.tables[d.model] = placement_pb2.RouteTable(
+                model=d.model, edge_region=d.edge_region, version=d.version,
+                default_slo_ms=d.default_slo_ms)
+            changed.add(d.model)
         for m in update.removed_models:
             self.tables.pop(m, None)
-        # Ascending cost (stable): the cheapest profile stops at the spread band's edge.
-        self.candidates = {m: tuple(sorted((candidate_from_pb(c) for c in t.candidates),
-                                           key=lambda c: c.cost_usd))
-                           for m, t in self.tables.items()}
-        self.default_slo_ms = {m: t.default_slo_ms for m, t in self.tables.items()}
+            self._rows.pop(m, None)
+            self.candidates.pop(m, None)
+        for m in changed:
+            # Ascending cost (stable): the cheapest profile stops at the spread band's edge.
+            ordered = sorted(self._rows[m].values(), key=lambda r: rank(r[1]))
+            self.candidates[m] = tuple(sorted((c for _, c in ordered),
+                                              key=lambda c: c.cost_usd))
+            table = self.tables[m]
+            del table.candidates[:]
+            table.candidates.extend(pb for pb, _ in ordered)
+            self.default_slo_ms[m] = table.default_slo_ms
+        if update.snapshot:
+            self.candidates = {m: self.candidates[m] for m in self.tables}
         self.version = max(self.version, update.version) if source != "disk" else update.version
         self.source = source
 

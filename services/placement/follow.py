@@ -33,6 +33,7 @@ async def follow(discovery: Discovery, service: PlacementService) -> None:
         if state.prices:
             service.prices.upsert(price_from_pb(p) for p in state.prices)
             service.fleet.version += 1
+            service.fleet.all_dirty = True
         log.info("discovery_applied", source=state.source, backends=len(healthy),
                  prices=len(state.prices))
         service.hub.publish()

@@ -113,14 +113,15 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
         self.metrics.watchers.inc()
         log.info("edge_watching", edge=request.edge_id, region=request.edge_region)
         try:
-            yield placement_pb2.RouteUpdate(version=self.hub.version, snapshot=True,
-                                            tables=self.hub.snapshot(request.edge_region),
-                                            placement_id=self.placement_id)
+            # No await between the snapshot and take(): later changes stay pending.
+            tables = self.hub.snapshot(request.edge_region)
             watcher.take()
+            yield placement_pb2.RouteUpdate(version=self.hub.version, snapshot=True,
+                                            tables=tables, placement_id=self.placement_id)
             while True:
                 await watcher.wake.wait()
-                tables = watcher.take()
-                yield placement_pb2.RouteUpdate(version=self.hub.version, tables=tables,
+                yield placement_pb2.RouteUpdate(version=self.hub.version,
+                                                deltas=watcher.take(),
                                                 placement_id=self.placement_id)
         finally:
             self.hub.unsubscribe(watcher)
@@ -233,6 +234,7 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
         else:
             self.prices.upsert(entries)
         self.fleet.version += 1
+        self.fleet.all_dirty = True  # every cost changes
         log.info("prices_updated", count=len(entries), replace=request.replace)
         self.hub.publish()
         return placement_pb2.UpdatePricesResponse(prices=len(self.prices),

@@ -98,9 +98,16 @@ def channel(address: str, sec: SecuritySettings, role: str, options: Options = (
 
 
 def channel_factory(sec: SecuritySettings, role: str, options: Options = ()
-                    ) -> Callable[[str], grpc.aio.Channel]:
-    """``address -> channel`` for components that dial on their own (credentials read once)."""
+                    ) -> Callable[..., grpc.aio.Channel]:
+    """``(address, options=()) -> channel`` for components that dial on their own (the agent,
+    the edge's placement link); credentials are read once, here."""
+    base = list(options)
     if sec.plaintext:
-        return lambda address: grpc.aio.insecure_channel(address, options=list(options))
+        def insecure(address: str, options: Options = ()) -> grpc.aio.Channel:
+            return grpc.aio.insecure_channel(address, options=[*base, *options])
+        return insecure
     creds = channel_credentials(sec, role)
-    return lambda address: grpc.aio.secure_channel(address, creds, options=list(options))
+
+    def secure(address: str, options: Options = ()) -> grpc.aio.Channel:
+        return grpc.aio.secure_channel(address, creds, options=[*base, *options])
+    return secure

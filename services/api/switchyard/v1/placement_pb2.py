@@ -26,55 +26,57 @@ from services.api.switchyard.v1 import fleet_pb2 as switchyard_dot_v1_dot_fleet_
 from services.api.switchyard.v1 import telemetry_pb2 as switchyard_dot_v1_dot_telemetry__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dswitchyard/v1/placement.proto\x12\rswitchyard.v1\x1a\x19switchyard/v1/fleet.proto\x1a\x1dswitchyard/v1/telemetry.proto\"\x8b\x03\n\tCandidate\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12\x12\n\nbackend_id\x18\x02 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\x12\x0f\n\x07variant\x18\x04 \x01(\t\x12\x0e\n\x06region\x18\x05 \x01(\t\x12\r\n\x05\x63loud\x18\x06 \x01(\t\x12\x13\n\x0b\x61\x63\x63\x65lerator\x18\x07 \x01(\t\x12\x0f\n\x07quality\x18\x08 \x01(\x01\x12\x16\n\x0elatency_p95_ms\x18\t \x01(\x01\x12\x0e\n\x06rtt_ms\x18\n \x01(\x01\x12\x10\n\x08queue_ms\x18\x0b \x01(\x01\x12\x12\n\ncompute_ms\x18\x0c \x01(\x01\x12\x10\n\x08\x63ost_usd\x18\r \x01(\x01\x12\x16\n\x0espare_capacity\x18\x0e \x01(\x01\x12\x10\n\x08observed\x18\x0f \x01(\x08\x12\x16\n\x0e\x64ropped_reason\x18\x10 \x01(\t\x12\x31\n\x0c\x61vailability\x18\x11 \x01(\x0e\x32\x1b.switchyard.v1.Availability\x12\x16\n\x0epenalty_reason\x18\x12 \x01(\t\"\x87\x01\n\nRouteTable\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x0b\x65\x64ge_region\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12\x16\n\x0e\x64\x65\x66\x61ult_slo_ms\x18\x04 \x01(\x01\x12,\n\ncandidates\x18\x05 \x03(\x0b\x32\x18.switchyard.v1.Candidate\"Q\n\x12WatchRoutesRequest\x12\x0f\n\x07\x65\x64ge_id\x18\x01 \x01(\t\x12\x13\n\x0b\x65\x64ge_region\x18\x02 \x01(\t\x12\x15\n\rknown_version\x18\x03 \x01(\x04\"\x89\x01\n\x0bRouteUpdate\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x10\n\x08snapshot\x18\x02 \x01(\x08\x12)\n\x06tables\x18\x03 \x03(\x0b\x32\x19.switchyard.v1.RouteTable\x12\x16\n\x0eremoved_models\x18\x04 \x03(\t\x12\x14\n\x0cplacement_id\x18\x05 \x01(\t\"A\n\x16RegisterBackendRequest\x12\'\n\x07\x62\x61\x63kend\x18\x01 \x01(\x0b\x32\x16.switchyard.v1.Backend\">\n\x17RegisterBackendResponse\x12\x12\n\nbackend_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\".\n\x18\x44\x65registerBackendRequest\x12\x12\n\nbackend_id\x18\x01 \x01(\t\",\n\x19\x44\x65registerBackendResponse\x12\x0f\n\x07\x65xisted\x18\x01 \x01(\x08\"\x88\x01\n\x0e\x45xplainRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x0b\x65\x64ge_region\x18\x02 \x01(\t\x12\x0e\n\x06slo_ms\x18\x03 \x01(\x01\x12\x13\n\x0bmin_quality\x18\x04 \x01(\x01\x12\x14\n\x0cmax_cost_usd\x18\x05 \x01(\x01\x12\x17\n\x0f\x61llowed_regions\x18\x06 \x03(\t\"r\n\x12\x45xplainedCandidate\x12+\n\tcandidate\x18\x01 \x01(\x0b\x32\x18.switchyard.v1.Candidate\x12\x10\n\x08\x66\x65\x61sible\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\r\n\x05score\x18\x04 \x01(\x01\"\xbc\x01\n\x0f\x45xplainResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x0b\x65\x64ge_region\x18\x02 \x01(\t\x12\x0e\n\x06slo_ms\x18\x03 \x01(\x01\x12\x35\n\ncandidates\x18\x04 \x03(\x0b\x32!.switchyard.v1.ExplainedCandidate\x12\x1c\n\x14\x63hosen_deployment_id\x18\x05 \x01(\t\x12\x0f\n\x07slo_met\x18\x06 \x01(\x08\x12\x0f\n\x07summary\x18\x07 \x01(\t\"\x15\n\x13ListBackendsRequest\"\xab\x02\n\rBackendStatus\x12\'\n\x07\x62\x61\x63kend\x18\x01 \x01(\x0b\x32\x16.switchyard.v1.Backend\x12\x31\n\x0c\x61vailability\x18\x02 \x01(\x0e\x32\x1b.switchyard.v1.Availability\x12\x0f\n\x07healthy\x18\x03 \x01(\x08\x12\x15\n\rhealth_reason\x18\x04 \x01(\t\x12\x38\n\x10telemetry_source\x18\x05 \x01(\x0e\x32\x1e.switchyard.v1.TelemetrySource\x12\x1b\n\x13last_report_unix_ms\x18\x06 \x01(\x03\x12\'\n\x04gpus\x18\x07 \x03(\x0b\x32\x19.switchyard.v1.GpuReading\x12\x16\n\x0epenalty_reason\x18\x08 \x01(\t\"\x95\x01\n\x14ListBackendsResponse\x12.\n\x08\x62\x61\x63kends\x18\x01 \x03(\x0b\x32\x1c.switchyard.v1.BackendStatus\x12&\n\x07regions\x18\x02 \x03(\x0b\x32\x15.switchyard.v1.Region\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12\x14\n\x0cplacement_id\x18\x04 \x01(\t\"\x8c\x01\n\x16SetAvailabilityRequest\x12/\n\x05scope\x18\x01 \x01(\x0e\x32 .switchyard.v1.AvailabilityScope\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x31\n\x0c\x61vailability\x18\x03 \x01(\x0e\x32\x1b.switchyard.v1.Availability\"?\n\x17SetAvailabilityResponse\x12\x13\n\x0b\x62\x61\x63kend_ids\x18\x01 \x03(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\",\n\x15GetRouteTablesRequest\x12\x13\n\x0b\x65\x64ge_region\x18\x01 \x01(\t\"T\n\x16GetRouteTablesResponse\x12)\n\x06tables\x18\x01 \x03(\x0b\x32\x19.switchyard.v1.RouteTable\x12\x0f\n\x07version\x18\x02 \x01(\x04\"L\n\x13UpdatePricesRequest\x12$\n\x06prices\x18\x01 \x03(\x0b\x32\x14.switchyard.v1.Price\x12\x0f\n\x07replace\x18\x02 \x01(\x08\"7\n\x14UpdatePricesResponse\x12\x0e\n\x06prices\x18\x01 \x01(\r\x12\x0f\n\x07version\x18\x02 \x01(\x04*\x94\x01\n\x11\x41vailabilityScope\x12\"\n\x1e\x41VAILABILITY_SCOPE_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x41VAILABILITY_SCOPE_BACKEND\x10\x01\x12\x1d\n\x19\x41VAILABILITY_SCOPE_REGION\x10\x02\x12\x1c\n\x18\x41VAILABILITY_SCOPE_CLOUD\x10\x03\x32\x8b\x07\n\tPlacement\x12`\n\x0fRegisterBackend\x12%.switchyard.v1.RegisterBackendRequest\x1a&.switchyard.v1.RegisterBackendResponse\x12\x66\n\x11\x44\x65registerBackend\x12\'.switchyard.v1.DeregisterBackendRequest\x1a(.switchyard.v1.DeregisterBackendResponse\x12P\n\x0fStreamTelemetry\x12\x1e.switchyard.v1.TelemetryReport\x1a\x1b.switchyard.v1.TelemetryAck(\x01\x12U\n\x12ReportObservations\x12 .switchyard.v1.ObservationReport\x1a\x1d.switchyard.v1.ObservationAck\x12N\n\x0bWatchRoutes\x12!.switchyard.v1.WatchRoutesRequest\x1a\x1a.switchyard.v1.RouteUpdate0\x01\x12]\n\x0eGetRouteTables\x12$.switchyard.v1.GetRouteTablesRequest\x1a%.switchyard.v1.GetRouteTablesResponse\x12H\n\x07\x45xplain\x12\x1d.switchyard.v1.ExplainRequest\x1a\x1e.switchyard.v1.ExplainResponse\x12W\n\x0cListBackends\x12\".switchyard.v1.ListBackendsRequest\x1a#.switchyard.v1.ListBackendsResponse\x12`\n\x0fSetAvailability\x12%.switchyard.v1.SetAvailabilityRequest\x1a&.switchyard.v1.SetAvailabilityResponse\x12W\n\x0cUpdatePrices\x12\".switchyard.v1.UpdatePricesRequest\x1a#.switchyard.v1.UpdatePricesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dswitchyard/v1/placement.proto\x12\rswitchyard.v1\x1a\x19switchyard/v1/fleet.proto\x1a\x1dswitchyard/v1/telemetry.proto\"\x8b\x03\n\tCandidate\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12\x12\n\nbackend_id\x18\x02 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\x12\x0f\n\x07variant\x18\x04 \x01(\t\x12\x0e\n\x06region\x18\x05 \x01(\t\x12\r\n\x05\x63loud\x18\x06 \x01(\t\x12\x13\n\x0b\x61\x63\x63\x65lerator\x18\x07 \x01(\t\x12\x0f\n\x07quality\x18\x08 \x01(\x01\x12\x16\n\x0elatency_p95_ms\x18\t \x01(\x01\x12\x0e\n\x06rtt_ms\x18\n \x01(\x01\x12\x10\n\x08queue_ms\x18\x0b \x01(\x01\x12\x12\n\ncompute_ms\x18\x0c \x01(\x01\x12\x10\n\x08\x63ost_usd\x18\r \x01(\x01\x12\x16\n\x0espare_capacity\x18\x0e \x01(\x01\x12\x10\n\x08observed\x18\x0f \x01(\x08\x12\x16\n\x0e\x64ropped_reason\x18\x10 \x01(\t\x12\x31\n\x0c\x61vailability\x18\x11 \x01(\x0e\x32\x1b.switchyard.v1.Availability\x12\x16\n\x0epenalty_reason\x18\x12 \x01(\t\"\x87\x01\n\nRouteTable\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x0b\x65\x64ge_region\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12\x16\n\x0e\x64\x65\x66\x61ult_slo_ms\x18\x04 \x01(\x01\x12,\n\ncandidates\x18\x05 \x03(\x0b\x32\x18.switchyard.v1.Candidate\"Q\n\x12WatchRoutesRequest\x12\x0f\n\x07\x65\x64ge_id\x18\x01 \x01(\t\x12\x13\n\x0b\x65\x64ge_region\x18\x02 \x01(\t\x12\x15\n\rknown_version\x18\x03 \x01(\x04\"\xa1\x01\n\nTableDelta\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x0b\x65\x64ge_region\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12\x16\n\x0e\x64\x65\x66\x61ult_slo_ms\x18\x04 \x01(\x01\x12)\n\x07upserts\x18\x05 \x03(\x0b\x32\x18.switchyard.v1.Candidate\x12\x1b\n\x13removed_deployments\x18\x06 \x03(\t\"\xb4\x01\n\x0bRouteUpdate\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x10\n\x08snapshot\x18\x02 \x01(\x08\x12)\n\x06tables\x18\x03 \x03(\x0b\x32\x19.switchyard.v1.RouteTable\x12\x16\n\x0eremoved_models\x18\x04 \x03(\t\x12\x14\n\x0cplacement_id\x18\x05 \x01(\t\x12)\n\x06\x64\x65ltas\x18\x06 \x03(\x0b\x32\x19.switchyard.v1.TableDelta\"A\n\x16RegisterBackendRequest\x12\'\n\x07\x62\x61\x63kend\x18\x01 \x01(\x0b\x32\x16.switchyard.v1.Backend\">\n\x17RegisterBackendResponse\x12\x12\n\nbackend_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\".\n\x18\x44\x65registerBackendRequest\x12\x12\n\nbackend_id\x18\x01 \x01(\t\",\n\x19\x44\x65registerBackendResponse\x12\x0f\n\x07\x65xisted\x18\x01 \x01(\x08\"\x88\x01\n\x0e\x45xplainRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x0b\x65\x64ge_region\x18\x02 \x01(\t\x12\x0e\n\x06slo_ms\x18\x03 \x01(\x01\x12\x13\n\x0bmin_quality\x18\x04 \x01(\x01\x12\x14\n\x0cmax_cost_usd\x18\x05 \x01(\x01\x12\x17\n\x0f\x61llowed_regions\x18\x06 \x03(\t\"r\n\x12\x45xplainedCandidate\x12+\n\tcandidate\x18\x01 \x01(\x0b\x32\x18.switchyard.v1.Candidate\x12\x10\n\x08\x66\x65\x61sible\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\r\n\x05score\x18\x04 \x01(\x01\"\xbc\x01\n\x0f\x45xplainResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x0b\x65\x64ge_region\x18\x02 \x01(\t\x12\x0e\n\x06slo_ms\x18\x03 \x01(\x01\x12\x35\n\ncandidates\x18\x04 \x03(\x0b\x32!.switchyard.v1.ExplainedCandidate\x12\x1c\n\x14\x63hosen_deployment_id\x18\x05 \x01(\t\x12\x0f\n\x07slo_met\x18\x06 \x01(\x08\x12\x0f\n\x07summary\x18\x07 \x01(\t\"\x15\n\x13ListBackendsRequest\"\xab\x02\n\rBackendStatus\x12\'\n\x07\x62\x61\x63kend\x18\x01 \x01(\x0b\x32\x16.switchyard.v1.Backend\x12\x31\n\x0c\x61vailability\x18\x02 \x01(\x0e\x32\x1b.switchyard.v1.Availability\x12\x0f\n\x07healthy\x18\x03 \x01(\x08\x12\x15\n\rhealth_reason\x18\x04 \x01(\t\x12\x38\n\x10telemetry_source\x18\x05 \x01(\x0e\x32\x1e.switchyard.v1.TelemetrySource\x12\x1b\n\x13last_report_unix_ms\x18\x06 \x01(\x03\x12\'\n\x04gpus\x18\x07 \x03(\x0b\x32\x19.switchyard.v1.GpuReading\x12\x16\n\x0epenalty_reason\x18\x08 \x01(\t\"\x95\x01\n\x14ListBackendsResponse\x12.\n\x08\x62\x61\x63kends\x18\x01 \x03(\x0b\x32\x1c.switchyard.v1.BackendStatus\x12&\n\x07regions\x18\x02 \x03(\x0b\x32\x15.switchyard.v1.Region\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12\x14\n\x0cplacement_id\x18\x04 \x01(\t\"\x8c\x01\n\x16SetAvailabilityRequest\x12/\n\x05scope\x18\x01 \x01(\x0e\x32 .switchyard.v1.AvailabilityScope\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x31\n\x0c\x61vailability\x18\x03 \x01(\x0e\x32\x1b.switchyard.v1.Availability\"?\n\x17SetAvailabilityResponse\x12\x13\n\x0b\x62\x61\x63kend_ids\x18\x01 \x03(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\",\n\x15GetRouteTablesRequest\x12\x13\n\x0b\x65\x64ge_region\x18\x01 \x01(\t\"T\n\x16GetRouteTablesResponse\x12)\n\x06tables\x18\x01 \x03(\x0b\x32\x19.switchyard.v1.RouteTable\x12\x0f\n\x07version\x18\x02 \x01(\x04\"L\n\x13UpdatePricesRequest\x12$\n\x06prices\x18\x01 \x03(\x0b\x32\x14.switchyard.v1.Price\x12\x0f\n\x07replace\x18\x02 \x01(\x08\"7\n\x14UpdatePricesResponse\x12\x0e\n\x06prices\x18\x01 \x01(\r\x12\x0f\n\x07version\x18\x02 \x01(\x04*\x94\x01\n\x11\x41vailabilityScope\x12\"\n\x1e\x41VAILABILITY_SCOPE_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x41VAILABILITY_SCOPE_BACKEND\x10\x01\x12\x1d\n\x19\x41VAILABILITY_SCOPE_REGION\x10\x02\x12\x1c\n\x18\x41VAILABILITY_SCOPE_CLOUD\x10\x03\x32\x8b\x07\n\tPlacement\x12`\n\x0fRegisterBackend\x12%.switchyard.v1.RegisterBackendRequest\x1a&.switchyard.v1.RegisterBackendResponse\x12\x66\n\x11\x44\x65registerBackend\x12\'.switchyard.v1.DeregisterBackendRequest\x1a(.switchyard.v1.DeregisterBackendResponse\x12P\n\x0fStreamTelemetry\x12\x1e.switchyard.v1.TelemetryReport\x1a\x1b.switchyard.v1.TelemetryAck(\x01\x12U\n\x12ReportObservations\x12 .switchyard.v1.ObservationReport\x1a\x1d.switchyard.v1.ObservationAck\x12N\n\x0bWatchRoutes\x12!.switchyard.v1.WatchRoutesRequest\x1a\x1a.switchyard.v1.RouteUpdate0\x01\x12]\n\x0eGetRouteTables\x12$.switchyard.v1.GetRouteTablesRequest\x1a%.switchyard.v1.GetRouteTablesResponse\x12H\n\x07\x45xplain\x12\x1d.switchyard.v1.ExplainRequest\x1a\x1e.switchyard.v1.ExplainResponse\x12W\n\x0cListBackends\x12\".switchyard.v1.ListBackendsRequest\x1a#.switchyard.v1.ListBackendsResponse\x12`\n\x0fSetAvailability\x12%.switchyard.v1.SetAvailabilityRequest\x1a&.switchyard.v1.SetAvailabilityResponse\x12W\n\x0cUpdatePrices\x12\".switchyard.v1.UpdatePricesRequest\x1a#.switchyard.v1.UpdatePricesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'switchyard.v1.placement_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_AVAILABILITYSCOPE']._serialized_start=2489
-  _globals['_AVAILABILITYSCOPE']._serialized_end=2637
+  _globals['_AVAILABILITYSCOPE']._serialized_start=2696
+  _globals['_AVAILABILITYSCOPE']._serialized_end=2844
   _globals['_CANDIDATE']._serialized_start=107
   _globals['_CANDIDATE']._serialized_end=502
   _globals['_ROUTETABLE']._serialized_start=505
   _globals['_ROUTETABLE']._serialized_end=640
   _globals['_WATCHROUTESREQUEST']._serialized_start=642
   _globals['_WATCHROUTESREQUEST']._serialized_end=723
-  _globals['_ROUTEUPDATE']._serialized_start=726
-  _globals['_ROUTEUPDATE']._serialized_end=863
-  _globals['_REGISTERBACKENDREQUEST']._serialized_start=865
-  _globals['_REGISTERBACKENDREQUEST']._serialized_end=930
-  _globals['_REGISTERBACKENDRESPONSE']._serialized_start=932
-  _globals['_REGISTERBACKENDRESPONSE']._serialized_end=994
-  _globals['_DEREGISTERBACKENDREQUEST']._serialized_start=996
-  _globals['_DEREGISTERBACKENDREQUEST']._serialized_end=1042
-  _globals['_DEREGISTERBACKENDRESPONSE']._serialized_start=1044
-  _globals['_DEREGISTERBACKENDRESPONSE']._serialized_end=1088
-  _globals['_EXPLAINREQUEST']._serialized_start=1091
-  _globals['_EXPLAINREQUEST']._serialized_end=1227
-  _globals['_EXPLAINEDCANDIDATE']._serialized_start=1229
-  _globals['_EXPLAINEDCANDIDATE']._serialized_end=1343
-  _globals['_EXPLAINRESPONSE']._serialized_start=1346
-  _globals['_EXPLAINRESPONSE']._serialized_end=1534
-  _globals['_LISTBACKENDSREQUEST']._serialized_start=1536
-  _globals['_LISTBACKENDSREQUEST']._serialized_end=1557
-  _globals['_BACKENDSTATUS']._serialized_start=1560
-  _globals['_BACKENDSTATUS']._serialized_end=1859
-  _globals['_LISTBACKENDSRESPONSE']._serialized_start=1862
-  _globals['_LISTBACKENDSRESPONSE']._serialized_end=2011
-  _globals['_SETAVAILABILITYREQUEST']._serialized_start=2014
-  _globals['_SETAVAILABILITYREQUEST']._serialized_end=2154
-  _globals['_SETAVAILABILITYRESPONSE']._serialized_start=2156
-  _globals['_SETAVAILABILITYRESPONSE']._serialized_end=2219
-  _globals['_GETROUTETABLESREQUEST']._serialized_start=2221
-  _globals['_GETROUTETABLESREQUEST']._serialized_end=2265
-  _globals['_GETROUTETABLESRESPONSE']._serialized_start=2267
-  _globals['_GETROUTETABLESRESPONSE']._serialized_end=2351
-  _globals['_UPDATEPRICESREQUEST']._serialized_start=2353
-  _globals['_UPDATEPRICESREQUEST']._serialized_end=2429
-  _globals['_UPDATEPRICESRESPONSE']._serialized_start=2431
-  _globals['_UPDATEPRICESRESPONSE']._serialized_end=2486
-  _globals['_PLACEMENT']._serialized_start=2640
-  _globals['_PLACEMENT']._serialized_end=3547
+  _globals['_TABLEDELTA']._serialized_start=726
+  _globals['_TABLEDELTA']._serialized_end=887
+  _globals['_ROUTEUPDATE']._serialized_start=890
+  _globals['_ROUTEUPDATE']._serialized_end=1070
+  _globals['_REGISTERBACKENDREQUEST']._serialized_start=1072
+  _globals['_REGISTERBACKENDREQUEST']._serialized_end=1137
+  _globals['_REGISTERBACKENDRESPONSE']._serialized_start=1139
+  _globals['_REGISTERBACKENDRESPONSE']._serialized_end=1201
+  _globals['_DEREGISTERBACKENDREQUEST']._serialized_start=1203
+  _globals['_DEREGISTERBACKENDREQUEST']._serialized_end=1249
+  _globals['_DEREGISTERBACKENDRESPONSE']._serialized_start=1251
+  _globals['_DEREGISTERBACKENDRESPONSE']._serialized_end=1295
+  _globals['_EXPLAINREQUEST']._serialized_start=1298
+  _globals['_EXPLAINREQUEST']._serialized_end=1434
+  _globals['_EXPLAINEDCANDIDATE']._serialized_start=1436
+  _globals['_EXPLAINEDCANDIDATE']._serialized_end=1550
+  _globals['_EXPLAINRESPONSE']._serialized_start=1553
+  _globals['_EXPLAINRESPONSE']._serialized_end=1741
+  _globals['_LISTBACKENDSREQUEST']._serialized_start=1743
+  _globals['_LISTBACKENDSREQUEST']._serialized_end=1764
+  _globals['_BACKENDSTATUS']._serialized_start=1767
+  _globals['_BACKENDSTATUS']._serialized_end=2066
+  _globals['_LISTBACKENDSRESPONSE']._serialized_start=2069
+  _globals['_LISTBACKENDSRESPONSE']._serialized_end=2218
+  _globals['_SETAVAILABILITYREQUEST']._serialized_start=2221
+  _globals['_SETAVAILABILITYREQUEST']._serialized_end=2361
+  _globals['_SETAVAILABILITYRESPONSE']._serialized_start=2363
+  _globals['_SETAVAILABILITYRESPONSE']._serialized_end=2426
+  _globals['_GETROUTETABLESREQUEST']._serialized_start=2428
+  _globals['_GETROUTETABLESREQUEST']._serialized_end=2472
+  _globals['_GETROUTETABLESRESPONSE']._serialized_start=2474
+  _globals['_GETROUTETABLESRESPONSE']._serialized_end=2558
+  _globals['_UPDATEPRICESREQUEST']._serialized_start=2560
+  _globals['_UPDATEPRICESREQUEST']._serialized_end=2636
+  _globals['_UPDATEPRICESRESPONSE']._serialized_start=2638
+  _globals['_UPDATEPRICESRESPONSE']._serialized_end=2693
+  _globals['_PLACEMENT']._serialized_start=2847
+  _globals['_PLACEMENT']._serialized_end=3754
 # @@protoc_insertion_point(module_scope)

@@ -84,19 +84,37 @@ class WatchRoutesRequest(_message.Message):
     known_version: int
     def __init__(self, edge_id: _Optional[str] = ..., edge_region: _Optional[str] = ..., known_version: _Optional[int] = ...) -> None: ...
 
+class TableDelta(_message.Message):
+    __slots__ = ("model", "edge_region", "version", "default_slo_ms", "upserts", "removed_deployments")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    EDGE_REGION_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_SLO_MS_FIELD_NUMBER: _ClassVar[int]
+    UPSERTS_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_DEPLOYMENTS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    edge_region: str
+    version: int
+    default_slo_ms: float
+    upserts: _containers.RepeatedCompositeFieldContainer[Candidate]
+    removed_deployments: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model: _Optional[str] = ..., edge_region: _Optional[str] = ..., version: _Optional[int] = ..., default_slo_ms: _Optional[float] = ..., upserts: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., removed_deployments: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class RouteUpdate(_message.Message):
-    __slots__ = ("version", "snapshot", "tables", "removed_models", "placement_id")
+    __slots__ = ("version", "snapshot", "tables", "removed_models", "placement_id", "deltas")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     TABLES_FIELD_NUMBER: _ClassVar[int]
     REMOVED_MODELS_FIELD_NUMBER: _ClassVar[int]
     PLACEMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    DELTAS_FIELD_NUMBER: _ClassVar[int]
     version: int
     snapshot: bool
     tables: _containers.RepeatedCompositeFieldContainer[RouteTable]
     removed_models: _containers.RepeatedScalarFieldContainer[str]
     placement_id: str
-    def __init__(self, version: _Optional[int] = ..., snapshot: _Optional[bool] = ..., tables: _Optional[_Iterable[_Union[RouteTable, _Mapping]]] = ..., removed_models: _Optional[_Iterable[str]] = ..., placement_id: _Optional[str] = ...) -> None: ...
+    deltas: _containers.RepeatedCompositeFieldContainer[TableDelta]
+    def __init__(self, version: _Optional[int] = ..., snapshot: _Optional[bool] = ..., tables: _Optional[_Iterable[_Union[RouteTable, _Mapping]]] = ..., removed_models: _Optional[_Iterable[str]] = ..., placement_id: _Optional[str] = ..., deltas: _Optional[_Iterable[_Union[TableDelta, _Mapping]]] = ...) -> None: ...
 
 class RegisterBackendRequest(_message.Message):
     __slots__ = ("backend",)
