@@ -349,26 +349,17 @@ def notes(levels: list[Level]) -> list[str]:
         f"Target — propagation p99 ≤ 500 ms at {worst.gpus:,} GPUs: "
         f"{'timeouts' if worst.timeouts else f'{p99:.0f} ms'}: "
         f"**{'met' if met else 'missed'}**.",
-        "Why it does not scale: `RouteHub.rebuild` (services/placement/hub.py) rebuilds "
-        "*every* (model, region) table from the whole fleet on every coalesced change — "
-        "`RouteBuilder.build` over all N backends, `candidate_to_pb` for each, and a full "
-        "list comparison against the old table — so one rebuild is O(models × regions × N) "
-        "and runs on placement's only event loop, blocking telemetry ingest while it runs. "
-        "With 1 Hz telemetry from N backends a change arrives every 1/N s, so there is "
-        "always a rebuild pending; and every table changes every time (load estimates move), "
-        "so each push ships whole tables of N rows to every edge. Fan-out multiplies it: "
-        "`WatchRoutes` builds a new `RouteUpdate` (a deep copy of the region's tables) and "
-        "serialises it separately for every watcher, so one push costs O(edges × N) bytes "
-        "of copying and encoding — compare the 10-edge and 100-edge rows at the same fleet "
-        "size.",
-        "Suggested fix: make rebuilds incremental — keep per-backend candidate rows "
-        "(one per edge region) and recompute only the rows of backends whose telemetry "
-        "changed since the last push, quantising estimates so small load changes do not "
-        "count as a change; push row deltas (upserts/removals by deployment id) instead of "
-        "whole tables, and run the build off the event loop (or in a worker process) so "
-        "ingest never waits for it; serialise each region's update once and hand the same "
-        "bytes to every watcher of that region. A readiness flip would then cost "
-        "O(regions) work and bytes, not O(models × regions × N × edges).",
+        "How placement keeps up (services/placement/hub.py): a coalesced rebuild recomputes "
+        "only the rows of backends whose state changed since the last one "
+        "(`FleetState.take_dirty`), compares each row's rounded wire form with the last one "
+        "pushed, and sends watchers row-level `TableDelta`s (upserts and removals) instead of "
+        "whole tables; each watcher holds one pending slot per row, so a slow edge gets the "
+        "newest rows, never a backlog. A readiness flip therefore costs O(regions) rows of "
+        "work and bytes per edge, not O(models × regions × N).",
+        "What is left: rows still change whenever a backend's rounded estimates move (load "
+        "wobble at 1 Hz), every delta is still serialised once per watcher, and the rebuild "
+        "runs on placement's only event loop; a worker process for the build and one "
+        "serialisation per region are the next steps if a larger fleet needs them.",
     ]
 
 

@@ -68,7 +68,8 @@ class AuthzPolicy:
             owned |= self.agents.get(i, frozenset())
         return owned
 
-    def check(self, method: str, ids: tuple[str, ...], request: Any = None) -> Denied | None:
+    def check(self, method: str, ids: tuple[str, ...],  # noqa: PLR0911 - one return per rule
+              request: Any = None) -> Denied | None:
         """None when allowed; otherwise the status and why."""
         if not ids:
             return Denied(grpc.StatusCode.UNAUTHENTICATED,

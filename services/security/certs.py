@@ -99,7 +99,7 @@ def load_ca(directory: pathlib.Path) -> tuple[x509.Certificate, ec.EllipticCurve
     cert = x509.load_pem_x509_certificate((directory / "ca.pem").read_bytes())
     key = serialization.load_pem_private_key((directory / "ca.key").read_bytes(), None)
     if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise ValueError(f"{directory / 'ca.key'} is not an EC key written by switchyard certs")
+        raise TypeError(f"{directory / 'ca.key'} is not an EC key written by switchyard certs")
     return cert, key
 
 

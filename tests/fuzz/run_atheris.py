@@ -72,7 +72,7 @@ def _hints_target() -> None:
             parse(md, regions, ("cheapest", "fastest"))
         except InvalidHint as exc:
             if exc.header not in {k for k, _ in md}:
-                raise AssertionError(f"InvalidHint names {exc.header!r}, not a sent header")
+                raise AssertionError(f"InvalidHint names {exc.header!r}, not a sent header") from exc
 
     atheris.Setup(sys.argv, one)
     atheris.Fuzz()
@@ -121,7 +121,7 @@ def main() -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--target", choices=TARGETS, action="append")
     p.add_argument("--seconds", type=int, default=60)
-    p.add_argument("--artifacts", type=pathlib.Path, default=pathlib.Path("/tmp/switchyard-fuzz"))
+    p.add_argument("--artifacts", type=pathlib.Path, default=pathlib.Path("/tmp/switchyard-fuzz"))  # noqa: S108
     p.add_argument("--out", type=pathlib.Path, default=HERE / "atheris_stats.json")
     args = p.parse_args()
     return drive(args.target or list(TARGETS), args.seconds, args.artifacts, args.out)

@@ -26,7 +26,7 @@ def test_plaintext_must_be_said_explicitly() -> None:
 
 
 def test_tls_needs_every_file() -> None:
-    with pytest.raises(ValidationError, match="security.key_file is empty"):
+    with pytest.raises(ValidationError, match=r"security\.key_file is empty"):
         SecuritySettings(plaintext=False, ca_file="ca.pem", cert_file="c.pem")
     s = SecuritySettings(ca_file="ca.pem", cert_file="certs/{role}.pem", key_file="k/{role}.key")
     assert s.tls and s.cert_for("edge") == ("certs/edge.pem", "k/edge.key")
