@@ -79,6 +79,7 @@ class Candidate:
     dropped_reason: str = ""
     availability: Availability = Availability.ACTIVE
     penalty_reason: str = ""
+    concurrency: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,13 +106,23 @@ class CallContext:
     observed_p95_ms: dict[str, float] = field(default_factory=dict)  # edge's own view
     warming: dict[str, float] = field(default_factory=dict)  # slow start: deployment -> share
     draw: float = 0.0  # one uniform draw per call, for slow start
+    inflight: dict[str, int] = field(default_factory=dict)  # this edge's calls in flight
 
     def latency_ms(self, c: Candidate) -> float:
-        """The edge's observed p95 for a deployment wins over the table's estimate, except
-        that a hardware penalty (throttling GPU) is never hidden by older observations."""
+        """The p95 this call can expect from ``c``.
+
+        The edge's observed p95 wins over the table's estimate, except that a hardware
+        penalty (throttling GPU) is never hidden by older observations. On top, the queue
+        this edge itself is building right now: with ``n`` calls in flight on ``c`` and
+        ``k = c.concurrency`` slots, ``(n - k + 1) × compute / k`` once ``n >= k`` (the table
+        is as old as its last push; this is what the edge sent since).
+        """
+        lat = c.latency_p95_ms
         observed = self.observed_p95_ms.get(c.deployment_id)
-        if observed is None:
-            return c.latency_p95_ms
-        if c.penalty_reason.startswith(HARDWARE_PENALTY_PREFIX):
-            return max(observed, c.latency_p95_ms)
-        return observed
+        if observed is not None:
+            lat = (max(observed, lat) if c.penalty_reason.startswith(HARDWARE_PENALTY_PREFIX)
+                   else observed)
+        n = self.inflight.get(c.deployment_id, 0)
+        if n >= c.concurrency > 0:
+            lat += (n - c.concurrency + 1) * c.compute_ms / c.concurrency
+        return lat

@@ -89,7 +89,8 @@ class RouteBuilder:
             cost_usd=cost_per_request(usd_s, compute) if usd_s is not None else 0.0,
             spare_capacity=spare, observed=observed is not None,
             dropped_reason=self._dropped(state, v, usd_s, verdict.removed if verdict else ""),
-            availability=state.availability, penalty_reason=penalty_reason)
+            availability=state.availability, penalty_reason=penalty_reason,
+            concurrency=b.max_concurrency * max(b.accelerator_count, 1))
 
     @staticmethod
     def _dropped(state: BackendState, v: Variant, usd_s: float | None, hw_removed: str) -> str:

@@ -74,6 +74,8 @@ class ProfilePolicy:
         self.on_decision = on_decision
         self._hints: dict[CallClass, Hints] = {}
         self.fallbacks = 0
+        # Calls each edge has in flight per deployment, as the edge's router counts them.
+        self.inflight: dict[str, dict[str, int]] = {}
 
     def choose(self, a: Attempt) -> str | None:
         hints = self._hints.get(a.klass)
@@ -81,8 +83,9 @@ class ProfilePolicy:
             hints = self._hints[a.klass] = Hints(slo_ms=a.klass.slo_ms,
                                                  min_quality=a.klass.min_quality)
         cands = self._control.tables[(a.klass.model, a.edge)]
+        inflight = self.inflight.setdefault(a.edge, {})
         ctx = CallContext(hints, self.slo_margin_ms, a.exclude, a.avoid_regions, frozenset(),
-                          self._control.edges[a.edge].p95)
+                          self._control.edges[a.edge].p95, inflight=inflight)
         try:
             decision = self.profile.choose(cands, ctx, self.rng)
         except NoHealthyDeployment:
@@ -91,10 +94,15 @@ class ProfilePolicy:
             self.fallbacks += 1
         if self.on_decision is not None:
             self.on_decision(cands, ctx, decision)
-        return decision.candidate.deployment_id
+        dep = decision.candidate.deployment_id
+        inflight[dep] = inflight.get(dep, 0) + 1
+        return dep
 
     def result(self, a: Attempt, deployment_id: str, latency_ms: float, status: str,
                now: float) -> None:
+        inflight = self.inflight.get(a.edge, {})
+        if inflight.get(deployment_id, 0) > 0:
+            inflight[deployment_id] -= 1
         self._control.record(a.edge, deployment_id, latency_ms, status == "ok")
 
 

@@ -102,6 +102,7 @@ class Router:
                                                 outliers.max_s, outliers.max_share,
                                                 outliers.clock)
         self.warming: dict[str, float] = {}  # slow start shares, owned by SlowStart
+        self.inflight: dict[str, int] = {}  # calls this edge has in flight per deployment
 
     # -- the steps -----------------------------------------------------------------------
 
@@ -118,7 +119,7 @@ class Router:
                                     self.settings.deadline_margin_ms, self.settings.fail_fast)
         record.hints = hints
         ctx = CallContext(hints, self.settings.slo_margin_ms, set(), set(), self.blocked,
-                          self.stats.p95, self.warming, self.rng.random())
+                          self.stats.p95, self.warming, self.rng.random(), self.inflight)
         return model, cands, ctx, self.profiles[parsed.profile or self.settings.default_profile]
 
     def candidates(self, model: str) -> Sequence[Candidate]:
@@ -190,6 +191,8 @@ class Router:
                        timeout_s: float | None) -> bytes:
         """Forward once to ``c``; record latency or failure for outlier detection."""
         t0 = self.clock()
+        dep = c.deployment_id
+        self.inflight[dep] = self.inflight.get(dep, 0) + 1
         try:
             response: bytes = await self.upstreams.get(c.endpoint).infer(
                 rewrite_model_name(raw, model, c.variant), timeout=timeout_s)
@@ -197,6 +200,8 @@ class Router:
             self.stats.record(c.deployment_id, 0.0, ok=False)
             self._failure(c, err)
             raise
+        finally:
+            self.inflight[dep] -= 1
         self.stats.record(c.deployment_id, (self.clock() - t0) * 1000, ok=True)
         self.outliers.success(c.deployment_id)
         self.backend_outliers.success(c.backend_id)

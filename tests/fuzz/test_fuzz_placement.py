@@ -67,7 +67,7 @@ def assert_routable(service: PlacementService) -> None:
 
 
 def _validation_fixed() -> bool:
-    """Whether services/placement/server.py has the fixes for findings P1-P4 (FIXES.patch)."""
+    """Whether services/placement/server.py has the fixes for findings P1-P3 (FIXES.patch)."""
     bad = placement_pb2.SetAvailabilityRequest(scope=placement_pb2.AVAILABILITY_SCOPE_BACKEND,
                                                target="x", availability=7)
     try:
@@ -79,7 +79,7 @@ def _validation_fixed() -> bool:
 FINDINGS = pytest.mark.xfail(
     not _validation_fixed(), strict=True,
     reason="placement validation gaps found by this fuzzer (tests/fuzz/CAMPAIGNS.md, "
-           "findings P1-P4); fixed by services/security/FIXES.patch")
+           "findings P1-P3); fixed by services/security/FIXES.patch")
 
 
 

@@ -21,7 +21,7 @@ AVAILABILITY_SCOPE_REGION: AvailabilityScope
 AVAILABILITY_SCOPE_CLOUD: AvailabilityScope
 
 class Candidate(_message.Message):
-    __slots__ = ("deployment_id", "backend_id", "endpoint", "variant", "region", "cloud", "accelerator", "quality", "latency_p95_ms", "rtt_ms", "queue_ms", "compute_ms", "cost_usd", "spare_capacity", "observed", "dropped_reason", "availability", "penalty_reason")
+    __slots__ = ("deployment_id", "backend_id", "endpoint", "variant", "region", "cloud", "accelerator", "quality", "latency_p95_ms", "rtt_ms", "queue_ms", "compute_ms", "cost_usd", "spare_capacity", "observed", "dropped_reason", "availability", "penalty_reason", "concurrency")
     DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     BACKEND_ID_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
@@ -40,6 +40,7 @@ class Candidate(_message.Message):
     DROPPED_REASON_FIELD_NUMBER: _ClassVar[int]
     AVAILABILITY_FIELD_NUMBER: _ClassVar[int]
     PENALTY_REASON_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
     deployment_id: str
     backend_id: str
     endpoint: str
@@ -58,7 +59,8 @@ class Candidate(_message.Message):
     dropped_reason: str
     availability: _fleet_pb2.Availability
     penalty_reason: str
-    def __init__(self, deployment_id: _Optional[str] = ..., backend_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., variant: _Optional[str] = ..., region: _Optional[str] = ..., cloud: _Optional[str] = ..., accelerator: _Optional[str] = ..., quality: _Optional[float] = ..., latency_p95_ms: _Optional[float] = ..., rtt_ms: _Optional[float] = ..., queue_ms: _Optional[float] = ..., compute_ms: _Optional[float] = ..., cost_usd: _Optional[float] = ..., spare_capacity: _Optional[float] = ..., observed: _Optional[bool] = ..., dropped_reason: _Optional[str] = ..., availability: _Optional[_Union[_fleet_pb2.Availability, str]] = ..., penalty_reason: _Optional[str] = ...) -> None: ...
+    concurrency: int
+    def __init__(self, deployment_id: _Optional[str] = ..., backend_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., variant: _Optional[str] = ..., region: _Optional[str] = ..., cloud: _Optional[str] = ..., accelerator: _Optional[str] = ..., quality: _Optional[float] = ..., latency_p95_ms: _Optional[float] = ..., rtt_ms: _Optional[float] = ..., queue_ms: _Optional[float] = ..., compute_ms: _Optional[float] = ..., cost_usd: _Optional[float] = ..., spare_capacity: _Optional[float] = ..., observed: _Optional[bool] = ..., dropped_reason: _Optional[str] = ..., availability: _Optional[_Union[_fleet_pb2.Availability, str]] = ..., penalty_reason: _Optional[str] = ..., concurrency: _Optional[int] = ...) -> None: ...
 
 class RouteTable(_message.Message):
     __slots__ = ("model", "edge_region", "version", "default_slo_ms", "candidates")
