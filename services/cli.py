@@ -240,6 +240,9 @@ def parser() -> argparse.ArgumentParser:
                             help="cordon instead of drain: used only when nothing else can")
         if name == "demo":
             sp.add_argument("--calls", type=int, default=400)
+    from services.security.certs import add_parser as certs_parser
+
+    certs_parser(sub)
     return p
 
 

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from placement.errors import ConfigError
 from services.discovery.settings import ConsulSettings
+from services.security.settings import LOCAL_DEFAULT, SecuritySettings, check_references
 
 
 class _Strict(BaseModel):
@@ -157,6 +158,8 @@ class MeshConfig(_Strict):
     run_dir: str = ".run"
     discovery: Literal["static", "consul"] = "static"
     consul: ConsulSettings = ConsulSettings()
+    # TLS, identities, tenants, limits; without a [security] section: plaintext, said loudly.
+    security: SecuritySettings = LOCAL_DEFAULT
     # Directory the file was read from; relative paths in the file resolve against it.
     base_dir: str = "."
 
@@ -185,6 +188,8 @@ class MeshConfig(_Strict):
             if e.region not in regions:
                 raise ValueError(f"edges[{i}].region {e.region!r} is not in regions "
                                  f"{sorted(regions)}")
+        check_references(self.security, {r.name: r.cloud for r in self.regions},
+                         [b.id for b in self.backends])
         return self
 
     def path(self, relative: str) -> pathlib.Path:

@@ -25,6 +25,7 @@ from services import logs
 from services.agent.agent import NodeAgent
 from services.agent.simulated import SimulatedGpuSource
 from services.config import load_config
+from services.security import transport
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -73,7 +74,8 @@ async def _run(args: argparse.Namespace) -> None:
         placement=[a.strip() for a in args.placement.split(",") if a.strip()] or None,
         interval_s=args.interval, agent_id=args.agent_id, gpu_map=_gpu_map(args.gpus),
         simulated=SimulatedGpuSource(control_file=args.simulated_faults),
-        fan_out=not args.one_replica)
+        fan_out=not args.one_replica,
+        channel_factory=transport.channel_factory(config.security, "agent"))
     await agent.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

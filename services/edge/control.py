@@ -32,7 +32,9 @@ log = structlog.get_logger("switchyard.edge")
 class PlacementLink:
     def __init__(self, edge_id: str, region: str, replicas: list[str], store: RouteStore,
                  stats: EdgeStats, on_update: Callable[[], None],
-                 report_interval_s: float = 2.0) -> None:
+                 report_interval_s: float = 2.0,
+                 channel_factory: Callable[..., grpc.aio.Channel] = grpc.aio.insecure_channel
+                 ) -> None:
         self.edge_id = edge_id
         self.region = region
         self.replicas = replicas
@@ -44,11 +46,12 @@ class PlacementLink:
         self.connected_to = ""
         self.rtt_ms: dict[str, float] = {}  # backend id -> last health-check round trip
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._channel_factory = channel_factory
 
     def _stub(self, address: str) -> placement_pb2_grpc.PlacementStub:
         ch = self._channels.get(address)
         if ch is None:
-            ch = self._channels[address] = grpc.aio.insecure_channel(address, options=[
+            ch = self._channels[address] = self._channel_factory(address, options=[
                 ("grpc.keepalive_time_ms", 5_000), ("grpc.keepalive_timeout_ms", 2_000),
                 ("grpc.keepalive_permit_without_calls", 1)])
         return placement_pb2_grpc.PlacementStub(ch)

@@ -26,7 +26,9 @@ from services.edge.service import SERVICE, InferenceService
 from services.edge.slowstart import SlowStart
 from services.edge.stats import EdgeStats
 from services.edge.upstream import Upstreams
-from services.serving import add_health_and_reflection, bind, mark_serving, start_metrics
+from services.security import transport
+from services.security.tenants import TenantGate
+from services.serving import add_health_and_reflection, mark_serving, start_metrics
 
 log = structlog.get_logger("switchyard.edge")
 ADMIN = edge_pb2.DESCRIPTOR.services_by_name["EdgeAdmin"].full_name
@@ -135,7 +137,8 @@ async def start_edge(cfg: MeshConfig, edge: EdgeConfig, port: int | None = None,
                          on_update=lambda: (outliers.known(store.deployment_ids()),
                                             router.backend_outliers.known(
                                                 set(store.endpoints()))),
-                         report_interval_s=rt.report_interval_s)
+                         report_interval_s=rt.report_interval_s,
+                         channel_factory=transport.channel_factory(cfg.security, "edge"))
     slow_start = SlowStart(rt.slow_start_s)
     router.warming = slow_start.shares
     health = HealthChecker(store, upstreams, outliers, router.blocked, link, slow_start,
@@ -144,14 +147,17 @@ async def start_edge(cfg: MeshConfig, edge: EdgeConfig, port: int | None = None,
         ("grpc.max_receive_message_length", rt.max_message_bytes),
         ("grpc.max_send_message_length", rt.max_message_bytes),
         ("grpc.so_reuseport", 1),
+        *transport.server_options(cfg.security.limits),
     ])
-    inference = InferenceService(router)
+    gate = TenantGate(cfg.security, {r.name: r.cloud for r in cfg.regions})
+    inference = InferenceService(router, gate=gate)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
         SERVICE, inference.handlers()),))
     edge_pb2_grpc.add_EdgeAdminServicer_to_server(EdgeAdminService(edge.id, router, link),
                                                   server)
     hs = add_health_and_reflection(server, [SERVICE, ADMIN])
-    bound = bind(server, edge.host, edge.port if port is None else port)
+    bound = transport.bind(server, edge.host, edge.port if port is None else port, cfg.security,
+                           "edge", require_client_auth=cfg.security.edge_client_certs)
     await server.start()
     await mark_serving(hs, [SERVICE, ADMIN])
     mport = start_metrics(edge.metrics_port if metrics_port is None else metrics_port,

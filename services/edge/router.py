@@ -32,6 +32,7 @@ from services.edge.routes import RouteStore
 from services.edge.stats import EdgeStats
 from services.edge.upstream import Upstreams
 from services.edge.wire import rewrite_model_name, scan_model_name
+from services.security.tenants import Admission
 
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED,
                        grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
@@ -64,6 +65,7 @@ class CallRecord:
     latency_ms: float = 0.0
     status: str = "OK"
     tried: tuple[str, ...] = ()
+    admission: Admission | None = None  # the tenant's, from TenantGate.admit
     hedged: bool = False
 
     def trailers(self) -> tuple[tuple[str, str], ...]:
@@ -117,6 +119,8 @@ class Router:
         cands = self.candidates(model)
         hints = hint_parser.resolve(parsed, time_remaining_s, self.store.default_slo_ms[model],
                                     self.settings.deadline_margin_ms, self.settings.fail_fast)
+        if record.admission is not None:
+            hints = record.admission.narrow(hints)
         record.hints = hints
         ctx = CallContext(hints, self.settings.slo_margin_ms, set(), set(), self.blocked,
                           self.stats.p95, self.warming, self.rng.random(), self.inflight)

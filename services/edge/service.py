@@ -18,40 +18,54 @@ from placement.model import Candidate
 from services.edge.router import CallRecord, Router
 from services.edge.stream import route_stream
 from services.grpc_errors import abort, status_of
+from services.security.tenants import TenantGate
 
 SERVICE = "inference.GRPCInferenceService"
 
 
 class InferenceService:
-    def __init__(self, router: Router, server_name: str = "switchyard-edge") -> None:
+    def __init__(self, router: Router, server_name: str = "switchyard-edge",
+                 gate: TenantGate | None = None) -> None:
         self.router = router
+        self.gate = gate
         self.server_name = server_name
 
     # -- data plane ----------------------------------------------------------------------
 
     async def model_infer(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         record = CallRecord("", "")
+        metadata = context.invocation_metadata()
         try:
-            response = await self.router.infer(raw, context.invocation_metadata(),
-                                               context.time_remaining(), record)
+            if self.gate is not None:
+                record.admission = self.gate.admit(metadata, context.auth_context)
+            response = await self.router.infer(raw, metadata, context.time_remaining(), record)
         except SwitchyardError as exc:
             code, message, trailers = status_of(exc)
             context.set_trailing_metadata(record.trailers() + trailers)
             await context.abort(code, message)
+        finally:
+            if record.admission is not None:
+                record.admission.release()
         context.set_trailing_metadata(record.trailers())
         return response
 
     async def model_stream_infer(self, requests: AsyncIterator[bytes],
                                  context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         record = CallRecord("", "")
+        metadata = context.invocation_metadata()
         try:
-            async for resp in route_stream(self.router, requests, context.invocation_metadata(),
+            if self.gate is not None:
+                record.admission = self.gate.admit(metadata, context.auth_context)
+            async for resp in route_stream(self.router, requests, metadata,
                                            context.time_remaining(), record, context):
                 yield resp
         except SwitchyardError as exc:
             code, message, trailers = status_of(exc)
             context.set_trailing_metadata(record.trailers() + trailers)
             await context.abort(code, message)
+        finally:
+            if record.admission is not None:
+                record.admission.release()
         context.set_trailing_metadata(record.trailers())
 
     # -- control RPCs --------------------------------------------------------------------

@@ -21,7 +21,8 @@ from services.placement.hub import RouteHub
 from services.placement.metrics import PlacementMetrics
 from services.placement.server import PlacementService
 from services.prices_file import load_prices
-from services.serving import add_health_and_reflection, bind, mark_serving, start_metrics
+from services.security import authz, transport
+from services.serving import add_health_and_reflection, mark_serving, start_metrics
 
 log = structlog.get_logger("switchyard.placement")
 SERVICE_NAME = placement_pb2.DESCRIPTOR.services_by_name["Placement"].full_name
@@ -69,11 +70,13 @@ async def start_placement(cfg: MeshConfig, host: str | None = None, port: int | 
                           metrics_port: int | None = None,
                           preregister: bool = True) -> RunningPlacement:
     service = build_service(cfg, preregister and cfg.discovery == "static")
-    server = grpc.aio.server(interceptors=[ErrorInterceptor()])
+    server = grpc.aio.server(interceptors=[*authz.interceptors(cfg.security), ErrorInterceptor()],
+                             options=transport.server_options(cfg.security.limits))
     placement_pb2_grpc.add_PlacementServicer_to_server(service, server)
     health = add_health_and_reflection(server, [SERVICE_NAME])
     host = host or cfg.placement.host
-    bound = bind(server, host, cfg.placement.port if port is None else port)
+    bound = transport.bind(server, host, cfg.placement.port if port is None else port,
+                           cfg.security, "placement")
     await server.start()
     await mark_serving(health, [SERVICE_NAME])
     mport = start_metrics(cfg.placement.metrics_port if metrics_port is None else metrics_port,

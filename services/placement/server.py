@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -64,6 +65,15 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
         if b.region not in self.builder.catalog.regions:
             raise InvalidRequest(f"backend.region {b.region!r} is not in the catalog's regions "
                                  f"{sorted(self.builder.catalog.regions)}")
+        cloud = self.builder.catalog.regions[b.region]
+        if b.cloud != cloud:
+            raise InvalidRequest(f"backend.cloud {b.cloud!r} is not region {b.region!r}'s cloud "
+                                 f"{cloud!r}")
+        for i, v in enumerate(b.variants):
+            if not v.variant or not v.logical_model or not 0.0 <= v.quality <= 1.0:
+                raise InvalidRequest(f"backend.variants[{i}] needs variant, logical_model and a "
+                                     f"quality within [0, 1]; got {v.variant!r}, "
+                                     f"{v.logical_model!r}, {v.quality!r}")
         self.fleet.register(backend_from_pb(b))
         log.info("backend_registered", backend=b.id, endpoint=b.endpoint, region=b.region)
         self._changed()
@@ -211,9 +221,9 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
         if scope is None or not request.target:
             raise InvalidRequest("SetAvailability needs scope (backend, region or cloud) "
                                  "and target")
-        if request.availability == fleet_pb2.AVAILABILITY_UNSPECIFIED:
-            raise InvalidRequest("SetAvailability needs availability (active, drained, "
-                                 "cordoned)")
+        if request.availability not in {int(a) for a in Availability}:
+            raise InvalidRequest(f"SetAvailability needs availability (active, drained, "
+                                 f"cordoned); got {request.availability}")
         ids = self.fleet.set_availability(scope, request.target,
                                           Availability(request.availability))
         log.info("availability_set", scope=scope, target=request.target,
@@ -225,9 +235,10 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
                            context: grpc.aio.ServicerContext
                            ) -> placement_pb2.UpdatePricesResponse:
         for i, p in enumerate(request.prices):
-            if p.usd_per_gpu_hour < 0 or not p.accelerator or not p.cloud or not p.price_class:
+            if (not 0.0 <= p.usd_per_gpu_hour < math.inf or not p.accelerator or not p.cloud
+                    or not p.price_class):
                 raise InvalidRequest(f"prices[{i}] needs accelerator, cloud, price_class and "
-                                     f"a non-negative usd_per_gpu_hour; got {p}")
+                                     f"a finite, non-negative usd_per_gpu_hour; got {p}")
         entries = [price_from_pb(p) for p in request.prices]
         if request.replace:
             self.prices.replace(entries)

@@ -16,7 +16,6 @@ import tempfile
 import time
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -66,24 +65,9 @@ def assert_routable(service: PlacementService) -> None:
     service.hub.rebuild()
 
 
-def _validation_fixed() -> bool:
-    """Whether services/placement/server.py has the fixes for findings P1-P3 (FIXES.patch)."""
-    bad = placement_pb2.SetAvailabilityRequest(scope=placement_pb2.AVAILABILITY_SCOPE_BACKEND,
-                                               target="x", availability=7)
-    try:
-        return isinstance(call(fresh_service(), "SetAvailability", bad), SwitchyardError)
-    except ValueError:
-        return False
-
-
-FINDINGS = pytest.mark.xfail(
-    not _validation_fixed(), strict=True,
-    reason="placement validation gaps found by this fuzzer (tests/fuzz/CAMPAIGNS.md, "
-           "findings P1-P3); fixed by services/security/FIXES.patch")
 
 
 
-@FINDINGS
 @FUZZ
 @given(st.lists(backends(), min_size=1, max_size=4))
 def test_register_backend_answers_or_refuses_clearly(bs: list[Any]) -> None:
@@ -94,7 +78,6 @@ def test_register_backend_answers_or_refuses_clearly(bs: list[Any]) -> None:
 
 
 
-@FINDINGS
 @FUZZ
 @given(update_prices())
 def test_update_prices_answers_or_refuses_clearly(req: Any) -> None:
@@ -104,7 +87,6 @@ def test_update_prices_answers_or_refuses_clearly(req: Any) -> None:
 
 
 
-@FINDINGS
 @FUZZ
 @given(availability_requests())
 def test_set_availability_answers_or_refuses_clearly(req: Any) -> None:

@@ -1,7 +1,6 @@
 """Tenants and hostile input against a running in-process mesh (real Triton, real gRPC).
 
-Needs the edge hooks of ``services/security/HOOKS.patch`` (``MeshConfig.security`` and the
-``TenantGate`` in the edge); skipped without them. The residency test runs last: it kills
+The residency test runs last: it kills
 the only backend in the tenant's region and checks the tenant gets UNAVAILABLE, not service
 elsewhere, while others are still served.
 """
@@ -21,15 +20,10 @@ from tritonclient.grpc import _utils as tc_utils
 
 from services.backends.triton import TritonProcess
 from services.config import MeshConfig
+from services.security.settings import SecuritySettings, TenantSettings
 from tests.mesh_harness import Mesh, mesh_config, running_mesh, start_tritons, summarize_input, warm
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
-
-if "security" not in MeshConfig.model_fields:
-    pytest.skip("needs services/security/HOOKS.patch (MeshConfig.security, edge TenantGate)",
-                allow_module_level=True)
-
-from services.security.settings import SecuritySettings, TenantSettings  # noqa: E402
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 WEST = ("authorization", "Bearer west-token")
