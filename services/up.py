@@ -96,7 +96,7 @@ class Mesh:
             if child.kind in ("agent", "relay"):
                 time.sleep(0.5)
                 return
-            if _serving(child.address, child.kind):
+            if is_serving(child.address, child.kind):
                 return
             time.sleep(0.2)
         self.stop()
@@ -134,7 +134,7 @@ class Mesh:
                     os.kill(pid, signal.SIGTERM)
 
 
-def _serving(address: str, kind: str) -> bool:
+def is_serving(address: str, kind: str) -> bool:
     with grpc.insecure_channel(address) as ch:
         try:
             if kind == "triton":

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import pathlib
 import socket
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,6 +138,18 @@ def start_tritons(cfg: MeshConfig, root: pathlib.Path) -> dict[str, TritonProces
     for p in procs.values():
         p.wait_ready(90)
     return procs
+
+
+@contextlib.contextmanager
+def running_tritons(cfg: MeshConfig, root: pathlib.Path) -> Iterator[dict[str, TritonProcess]]:
+    """Every backend of ``cfg`` as a real Triton, warmed up; stopped on exit."""
+    procs = start_tritons(cfg, root)
+    try:
+        warm([p.endpoint for p in procs.values()], ["summarize-small", "summarize-large"])
+        yield procs
+    finally:
+        for p in procs.values():
+            p.stop(5)
 
 
 def summarize_input(dim: int = 16, batch: int = 1) -> tc.InferInput:

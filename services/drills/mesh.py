@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable, Iterable
 
 import grpc
-from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from placement.errors import SwitchyardError
 from services.api.switchyard.v1 import (
@@ -31,7 +30,7 @@ from services.api.switchyard.v1 import (
 from services.backends.repository import set_control
 from services.backends.triton import backend_run_dir
 from services.config import BackendConfig, EdgeConfig, MeshConfig
-from services.up import Child, Mesh
+from services.up import Child, Mesh, is_serving
 
 
 class DrillError(SwitchyardError):
@@ -123,7 +122,7 @@ class MeshHandle:
             if child.proc.poll() is not None:
                 raise DrillError(f"{child.name} exited with {child.proc.returncode} on restart; "
                                  f"see {child.log}")
-            if child.kind in ("agent", "relay") or _serving(child.address, child.kind):
+            if child.kind in ("agent", "relay") or is_serving(child.address, child.kind):
                 return
             time.sleep(0.1)
         raise DrillError(f"{child.name} not ready {timeout_s:.0f} s after restart; see {child.log}")
@@ -207,21 +206,6 @@ class MeshHandle:
     def restart_edges(self, edges: Iterable[EdgeConfig] | None = None) -> None:
         for e in edges if edges is not None else self.cfg.edges:
             self.restart(self.edge_child(e))
-
-
-def _serving(address: str, kind: str) -> bool:
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    with grpc.insecure_channel(address) as ch:
-        try:
-            if kind == "triton":
-                stub = service_pb2_grpc.GRPCInferenceServiceStub(ch)
-                return bool(stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=1).ready)
-            resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(),
-                                                        timeout=1)
-            return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
-        except grpc.RpcError:
-            return False
 
 
 class AdoptedProcess:

@@ -6,7 +6,6 @@ One mesh per module (three real Triton servers, emulated WAN, placement, agent, 
 from __future__ import annotations
 
 import asyncio
-import pathlib
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 
@@ -20,7 +19,13 @@ from tritonclient.utils import InferenceServerException
 
 from services.backends.triton import TritonProcess
 from services.config import MeshConfig
-from tests.mesh_harness import Mesh, call, mesh_config, running_mesh, start_tritons, warm
+from tests.mesh_harness import (
+    Mesh,
+    call,
+    mesh_config,
+    running_mesh,
+    running_tritons,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -35,11 +40,8 @@ def cfg(tmp_path_factory: pytest.TempPathFactory) -> MeshConfig:
 @pytest.fixture(scope="module")
 def tritons(cfg: MeshConfig, tmp_path_factory: pytest.TempPathFactory
             ) -> Iterator[dict[str, TritonProcess]]:
-    procs = start_tritons(cfg, pathlib.Path(tmp_path_factory.mktemp("tritons")))
-    warm([p.endpoint for p in procs.values()], ["summarize-small", "summarize-large"])
-    yield procs
-    for p in procs.values():
-        p.stop(5)
+    with running_tritons(cfg, tmp_path_factory.mktemp("tritons")) as procs:
+        yield procs
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import pathlib
 import random
 from collections.abc import AsyncIterator, Iterator, Sequence
 
@@ -21,7 +20,13 @@ from tritonclient.grpc import _utils as tc_utils
 from services.backends.triton import TritonProcess
 from services.config import MeshConfig
 from services.security.settings import SecuritySettings, TenantSettings
-from tests.mesh_harness import Mesh, mesh_config, running_mesh, start_tritons, summarize_input, warm
+from tests.mesh_harness import (
+    Mesh,
+    mesh_config,
+    running_mesh,
+    running_tritons,
+    summarize_input,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -44,11 +49,8 @@ def cfg(tmp_path_factory: pytest.TempPathFactory) -> MeshConfig:
 @pytest.fixture(scope="module")
 def tritons(cfg: MeshConfig, tmp_path_factory: pytest.TempPathFactory
             ) -> Iterator[dict[str, TritonProcess]]:
-    procs = start_tritons(cfg, pathlib.Path(tmp_path_factory.mktemp("tritons")))
-    warm([p.endpoint for p in procs.values()], ["summarize-small", "summarize-large"])
-    yield procs
-    for p in procs.values():
-        p.stop(5)
+    with running_tritons(cfg, tmp_path_factory.mktemp("tritons")) as procs:
+        yield procs
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

@@ -8,7 +8,6 @@ sits on GPU i. Times from a change to the edge's route change are printed (run w
 from __future__ import annotations
 
 import asyncio
-import pathlib
 import statistics
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -21,7 +20,13 @@ from services.api.switchyard.v1 import fleet_pb2, placement_pb2
 from services.backends.repository import set_control
 from services.backends.triton import TritonProcess
 from services.config import MeshConfig
-from tests.mesh_harness import Mesh, call, mesh_config, running_mesh, start_tritons, warm
+from tests.mesh_harness import (
+    Mesh,
+    call,
+    mesh_config,
+    running_mesh,
+    running_tritons,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -37,11 +42,8 @@ def cfg(tmp_path_factory: pytest.TempPathFactory) -> MeshConfig:
 @pytest.fixture(scope="module")
 def tritons(cfg: MeshConfig, tmp_path_factory: pytest.TempPathFactory
             ) -> Iterator[dict[str, TritonProcess]]:
-    procs = start_tritons(cfg, pathlib.Path(tmp_path_factory.mktemp("tritons")))
-    warm([p.endpoint for p in procs.values()], ["summarize-small", "summarize-large"])
-    yield procs
-    for p in procs.values():
-        p.stop(5)
+    with running_tritons(cfg, tmp_path_factory.mktemp("tritons")) as procs:
+        yield procs
 
 
 @pytest.fixture(scope="module")
