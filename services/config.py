@@ -122,6 +122,9 @@ class EdgeRuntimeConfig(_Strict):
     eject_consecutive_failures: int = Field(default=3, ge=1)
     eject_base_s: float = Field(default=5, gt=0)
     eject_max_share: float = Field(default=0.5, gt=0, le=1)
+    eject_failure_rate: float = Field(default=0.5, gt=0, le=1)  # over eject_interval_s
+    eject_min_requests: int = Field(default=20, ge=1)
+    eject_interval_s: float = Field(default=10.0, gt=0)
     health_interval_s: float = Field(default=0.25, gt=0)
     report_interval_s: float = Field(default=2.0, gt=0)
     slow_start_s: float = Field(default=10.0, ge=0)  # 0 = recovered deployments get full share

@@ -114,7 +114,10 @@ async def start_edge(cfg: MeshConfig, edge: EdgeConfig, port: int | None = None,
     store.load()
     stats = EdgeStats(cfg.routing.observed_min_samples)
     outliers = OutlierDetector(rt.eject_consecutive_failures, rt.eject_base_s,
-                               max_share=rt.eject_max_share)
+                               max_share=rt.eject_max_share,
+                               failure_rate=rt.eject_failure_rate,
+                               min_requests=rt.eject_min_requests,
+                               interval_s=rt.eject_interval_s)
     outliers.on_eject = lambda dep, s: (metrics.ejections.labels(dep).inc(),
                                         log.warning("deployment_ejected", deployment=dep,
                                                     for_s=s))

@@ -1,7 +1,9 @@
 """Outlier ejection, as Envoy does it, decided locally by each edge.
 
-A deployment is ejected after ``consecutive`` failures in a row (calls or active health
-checks), for ``base_s × 2^(n−1)`` seconds on its n-th ejection (capped at ``max_s``); the
+A deployment is ejected after ``consecutive`` failures in a row, or when at least
+``failure_rate`` of its calls failed over an interval of ``interval_s`` with at least
+``min_requests`` calls (Envoy's failure-percentage detection: a gray failure that fails one
+call in two never fails three in a row), for ``base_s × 2^(n−1)`` seconds on its n-th ejection (capped at ``max_s``); the
 ejection count decays after a healthy period. At most ``max_share`` of the known deployments
 are ejected at once, so a fleet-wide blip does not eject everything. A passing active health
 check ends an ejection early only after its minimum time, so a flapping backend stays out.
@@ -20,12 +22,20 @@ class _State:
     ejections: int = 0
     ejected_until: float = 0.0
     last_ejected_at: float = 0.0
+    calls: int = 0
+    failures: int = 0
 
 
 class OutlierDetector:
     def __init__(self, consecutive: int = 3, base_s: float = 5.0, max_s: float = 300.0,
-                 max_share: float = 0.5, clock: Callable[[], float] = time.monotonic) -> None:
+                 max_share: float = 0.5, clock: Callable[[], float] = time.monotonic,
+                 failure_rate: float = 0.5, min_requests: int = 20,
+                 interval_s: float = 10.0) -> None:
         self.consecutive = consecutive
+        self.failure_rate = failure_rate
+        self.min_requests = min_requests
+        self.interval_s = interval_s
+        self._window_start = clock()
         self.base_s = base_s
         self.max_s = max_s
         self.max_share = max_share
@@ -40,13 +50,17 @@ class OutlierDetector:
 
     def success(self, key: str) -> None:
         st = self._states.get(key)
-        if st is not None:
-            st.consecutive = 0
+        if st is None:
+            st = self._states[key] = _State()
+        st.consecutive = 0
+        st.calls += 1
 
     def failure(self, key: str) -> bool:
         """Record one failure; True when this failure ejected the deployment."""
         st = self._states.setdefault(key, _State())
         st.consecutive += 1
+        st.calls += 1
+        st.failures += 1
         if st.consecutive >= self.consecutive and key not in self.ejected:
             return self.eject(key)
         return False
@@ -69,8 +83,15 @@ class OutlierDetector:
         return True
 
     def tick(self) -> list[str]:
-        """Return ejected deployments whose time is up to service (called periodically)."""
+        """Evaluate failure rates once per interval; return ejections whose time is up."""
         now = self.clock()
+        if now - self._window_start >= self.interval_s:
+            self._window_start = now
+            for key, st in self._states.items():
+                if (st.calls >= self.min_requests and key not in self.ejected
+                        and st.failures >= self.failure_rate * st.calls):
+                    self.eject(key)
+                st.calls = st.failures = 0
         back = [k for k in self.ejected if self._states[k].ejected_until <= now]
         for k in back:
             self.ejected.discard(k)

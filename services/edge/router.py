@@ -102,7 +102,8 @@ class Router:
         # (timeouts, connection loss): a hung server blocks all its variants at once.
         self.backend_outliers = OutlierDetector(outliers.consecutive, outliers.base_s,
                                                 outliers.max_s, outliers.max_share,
-                                                outliers.clock)
+                                                outliers.clock, outliers.failure_rate,
+                                                outliers.min_requests, outliers.interval_s)
         self.warming: dict[str, float] = {}  # slow start shares, owned by SlowStart
         self.inflight: dict[str, int] = {}  # calls this edge has in flight per deployment
 

@@ -190,3 +190,27 @@ async def test_outlier_ejection_caps_the_share_ejected() -> None:
     assert sorted(o.tick()) == ["a", "b"]
     assert o.failure("a")  # ejected again: for longer
     assert o.ejected_for("a") == pytest.approx(10.0)
+
+
+def test_failure_rate_ejects_a_gray_failure_that_never_fails_three_in_a_row() -> None:
+    clock = Clock()
+    o = OutlierDetector(consecutive=3, failure_rate=0.5, min_requests=20, interval_s=10,
+                        clock=clock)
+    o.known({"gray", "fine"})
+    for _ in range(15):  # fails every other call: consecutive detection never fires
+        o.failure("gray")
+        o.success("gray")
+        o.success("fine")
+    assert o.ejected == set()
+    clock.t += 10
+    o.tick()
+    assert o.ejected == {"gray"}
+    # Too few calls in the window: no verdict.
+    o2 = OutlierDetector(failure_rate=0.5, min_requests=20, interval_s=10, clock=clock)
+    o2.known({"a", "b"})
+    for _ in range(5):
+        o2.failure("a")
+        o2.success("a")
+    clock.t += 10
+    o2.tick()
+    assert o2.ejected == set()
