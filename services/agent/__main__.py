@@ -25,6 +25,7 @@ from services import logs
 from services.agent.agent import NodeAgent
 from services.agent.simulated import SimulatedGpuSource
 from services.config import load_config
+from services.discovery import open_discovery
 from services.security import transport
 
 
@@ -75,7 +76,9 @@ async def _run(args: argparse.Namespace) -> None:
         interval_s=args.interval, agent_id=args.agent_id, gpu_map=_gpu_map(args.gpus),
         simulated=SimulatedGpuSource(control_file=args.simulated_faults),
         fan_out=not args.one_replica,
-        channel_factory=transport.channel_factory(config.security, "agent"))
+        channel_factory=transport.channel_factory(config.security, "agent"),
+        discovery=open_discovery(config, config.consul) if config.discovery == "consul"
+        else None)
     await agent.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

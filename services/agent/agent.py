@@ -89,7 +89,8 @@ class NodeAgent:
                  rpc_timeout_s: float = 2.0,
                  initial_backoff_s: float = 0.1,
                  max_backoff_s: float = 5.0,
-                 fan_out: bool = False) -> None:
+                 fan_out: bool = False,
+                 discovery: Any = None) -> None:
         by_id = {b.id: b for b in config.backends}
         unknown = [b for b in backend_ids if b not in by_id]
         if unknown or not backend_ids:
@@ -115,6 +116,9 @@ class NodeAgent:
         self._initial_backoff_s = initial_backoff_s
         self._max_backoff_s = max_backoff_s
         self.fan_out = fan_out
+        # A services.discovery.Discovery (Consul): each backend is registered there too,
+        # with a gRPC health check on Triton's port, and deregistered at stop.
+        self.discovery = discovery
         self._nvml: NvmlReader | None = None
         self._stats: dict[str, StatsSource] = {}
         self._task: asyncio.Task[None] | None = None
@@ -131,6 +135,13 @@ class NodeAgent:
 
     async def start(self) -> None:
         """Pick the GPU source, open the Triton readers and start the report loop."""
+        if self.discovery is not None:
+            from services.discovery.base import HealthCheck
+
+            for b in self.backends:
+                await self.discovery.register(backend_message(self.config, b),
+                                              HealthCheck("grpc", b.endpoint))
+                self._log.info("agent.registered_in_catalog", backend=b.id)
         self._init_gpu_source()
         self._stats = {b.id: self._stats_factory(b) for b in self.backends}
         self._task = asyncio.create_task(self.run(), name=f"node-agent-{self.agent_id}")
@@ -147,6 +158,11 @@ class NodeAgent:
             await s.close()
         if self._nvml is not None:
             self._nvml.close()
+        if self.discovery is not None:
+            for b in self.backends:
+                with contextlib.suppress(Exception):  # best effort: the check expires it
+                    await self.discovery.deregister(b.id)
+            await self.discovery.close()
 
     async def wait(self) -> None:
         """Run until :meth:`stop` (or until the loop fails, which it should not)."""

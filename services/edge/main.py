@@ -12,6 +12,7 @@ import grpc
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from placement.errors import SwitchyardError
 from placement.registry import PROFILES, build_profile
 from services import logs
 from services.api.switchyard.v1 import edge_pb2, edge_pb2_grpc
@@ -94,6 +95,22 @@ class EdgeAdminService(edge_pb2_grpc.EdgeAdminServicer):
         return resp
 
 
+async def _catalog_replicas(cfg: MeshConfig, configured: list[str]) -> list[str]:
+    """Placement replicas from the Consul catalog first, then the configured ones."""
+    from services.discovery import open_discovery
+
+    discovery = open_discovery(cfg, cfg.consul)
+    try:
+        found = await discovery.placement_endpoints()
+    except SwitchyardError as exc:
+        log.warning("placement_catalog_unreachable", error=exc.message,
+                    action="using the configured placement replicas")
+        found = []
+    finally:
+        await discovery.close()
+    return [*found, *(r for r in configured if r not in found)]
+
+
 def make_dialer(cfg: MeshConfig, region: str) -> Callable[[str], str]:
     """Backend endpoint → address to dial: the emulated-WAN relay for remote regions."""
     if not cfg.wan.emulate:
@@ -136,6 +153,8 @@ async def start_edge(cfg: MeshConfig, edge: EdgeConfig, port: int | None = None,
     router.on_done = access_log.done
     replicas = placement or [f"{cfg.placement.host}:{cfg.placement.port}",
                              *cfg.placement.replicas]
+    if placement is None and cfg.discovery == "consul":
+        replicas = await _catalog_replicas(cfg, replicas)
     link = PlacementLink(edge.id, edge.region, replicas, store, stats,
                          on_update=lambda: (outliers.known(store.deployment_ids()),
                                             router.backend_outliers.known(

@@ -3,10 +3,11 @@
 A deployment is ejected after ``consecutive`` failures in a row, or when at least
 ``failure_rate`` of its calls failed over an interval of ``interval_s`` with at least
 ``min_requests`` calls (Envoy's failure-percentage detection: a gray failure that fails one
-call in two never fails three in a row), for ``base_s × 2^(n−1)`` seconds on its n-th ejection (capped at ``max_s``); the
-ejection count decays after a healthy period. At most ``max_share`` of the known deployments
-are ejected at once, so a fleet-wide blip does not eject everything. A passing active health
-check ends an ejection early only after its minimum time, so a flapping backend stays out.
+call in two never fails three in a row), for ``base_s × 2^(n−1)`` seconds on its n-th
+ejection (capped at ``max_s``); the ejection count decays after a healthy period. At most
+``max_share`` of the known deployments are ejected at once, so a fleet-wide blip does not
+eject everything. A backend that failed active health checks and passes again is
+reinstated at once (``reinstate``) and returns through slow start.
 """
 
 from __future__ import annotations

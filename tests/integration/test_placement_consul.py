@@ -16,6 +16,8 @@ from services.api.switchyard.v1 import fleet_pb2, placement_pb2, placement_pb2_g
 from services.config import MeshConfig
 from services.discovery import ConsulSettings, HealthCheck
 from services.discovery.consul import ConsulDiscovery
+from services.agent.agent import NodeAgent
+from services.edge.main import start_edge
 from services.placement.main import RunningPlacement, start_placement
 from tests.consul_fake import FakeConsul
 from tests.mesh_harness import mesh_config
@@ -103,3 +105,35 @@ async def test_catalog_drives_route_tables(fake: FakeConsul,
                                                for c in t.candidates))
     finally:
         await agent_side.close()
+
+
+async def test_agent_registers_in_the_catalog_and_edges_find_placement_there(
+        fake: FakeConsul, placement: tuple[MeshConfig, RunningPlacement]) -> None:
+    cfg, running = placement
+    agent = NodeAgent(cfg, ["west-cheap"], placement=[f"127.0.0.1:{running.port}"],
+                      interval_s=0.2,
+                      discovery=ConsulDiscovery(ConsulSettings.model_validate(
+                          consul_settings(fake))))
+    await agent.start()
+    edge = None
+    try:
+        assert "west-cheap" in fake.services  # registered with its gRPC check
+        fake.set_check_status("west-cheap", "passing")
+        await until(running, lambda t: any(c.backend_id == "west-cheap"
+                                           for c in t.candidates))
+        # The edge is given no placement address: it finds the replica in the catalog.
+        edge_cfg = cfg.model_copy(update={"placement": cfg.placement.model_copy(
+            update={"port": 1})})  # the configured address is wrong on purpose
+        edge = await start_edge(edge_cfg, cfg.edges[0], port=0, metrics_port=0)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while not edge.router.store.candidates.get("summarize") and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        assert any(c.backend_id == "west-cheap"
+                   for c in edge.router.store.candidates["summarize"])
+        assert edge.link.connected_to == f"127.0.0.1:{running.port}"
+    finally:
+        if edge is not None:
+            await edge.stop(0.2)
+        await agent.stop()
+    assert "west-cheap" not in fake.services  # deregistered at shutdown
