@@ -12,7 +12,9 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
+import signal
 import sys
 
 import grpc
@@ -56,6 +58,15 @@ def cmd_edge(args: argparse.Namespace) -> int:
         running = await start_edge(cfg, edge, port=args.port,
                                    placement=args.placement.split(",") if args.placement
                                    else None)
+
+        def reload() -> None:  # SIGHUP: re-read the file, apply tenant policies
+            try:
+                running.reload_policies(_load(args))
+            except SwitchyardError as exc:
+                print(f"switchyard edge: reload refused, keeping the old policies: "
+                      f"{exc.message}", file=sys.stderr)
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
         await wait_for_signal()
         await running.stop(grace=5.0, drain_s=cfg.edge.drain_s)
 

@@ -62,6 +62,13 @@ class RunningEdge:
     port: int
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     health_servicer: Any = None
+    gate: TenantGate | None = None
+
+    def reload_policies(self, cfg: MeshConfig) -> None:
+        """Tenant policies from a re-read config take effect for the next call."""
+        if self.gate is not None:
+            self.gate.reload(cfg.security)
+        log.info("policies_reloaded", tenants=len(cfg.security.tenants))
 
     async def stop(self, grace: float = 1.0, drain_s: float = 0.0) -> None:
         """Graceful: report NOT_SERVING (load balancers stop sending), keep serving for
@@ -184,7 +191,7 @@ async def start_edge(cfg: MeshConfig, edge: EdgeConfig, port: int | None = None,
     await mark_serving(hs, [SERVICE, ADMIN])
     mport = start_metrics(edge.metrics_port if metrics_port is None else metrics_port,
                           edge.host, metrics.registry)
-    running = RunningEdge(server, router, link, health, bound, health_servicer=hs)
+    running = RunningEdge(server, router, link, health, bound, health_servicer=hs, gate=gate)
     running.tasks = [asyncio.create_task(link.watch()), asyncio.create_task(link.report()),
                      asyncio.create_task(health.run()), asyncio.create_task(access_log.run())]
     log.info("edge_listening", edge=edge.id, region=edge.region,

@@ -1,0 +1,97 @@
+"""Two placement replicas: either serves any edge, killing one loses no call, and the edge
+follows the survivor (a drain made there reaches it)."""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+import threading
+import time
+
+import grpc
+import pytest
+from tritonclient.utils import InferenceServerException
+
+from services.agent.agent import NodeAgent
+from services.api.switchyard.v1 import fleet_pb2, placement_pb2, placement_pb2_grpc
+from services.backends.wan import WanRelay, relay_routes
+from services.edge.main import start_edge
+from services.placement.main import start_placement
+from tests.mesh_harness import Mesh, call, mesh_config, running_tritons
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
+
+
+async def test_killing_one_replica_loses_nothing(tmp_path: pathlib.Path) -> None:
+    cfg = mesh_config(tmp_path)
+    with running_tritons(cfg, tmp_path / "tritons") as tritons:
+        relay = WanRelay(relay_routes(cfg))
+        await relay.start()
+        a = await start_placement(cfg, port=0, metrics_port=0)
+        b = await start_placement(cfg, port=0, metrics_port=0)
+        addresses = [f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"]
+        agent = NodeAgent(cfg, [x.id for x in cfg.backends], placement=addresses,
+                          interval_s=0.3, fan_out=True)
+        await agent.start()
+        edge = await start_edge(cfg, cfg.edges[0], port=0, placement=addresses,
+                                metrics_port=0)
+        mesh = Mesh(cfg, tritons, relay, a, agent, edge)
+        try:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 20
+            while loop.time() < deadline and not (
+                    a.service.fleet.backends["central-cheap"].last is not None
+                    and b.service.fleet.backends["central-cheap"].last is not None
+                    and edge.router.store.candidates.get("summarize")):
+                await asyncio.sleep(0.1)
+            # Both replicas hear every agent report (they share no state).
+            assert b.service.fleet.backends["central-cheap"].last is not None
+            assert edge.link.connected_to == addresses[0]
+
+            failures: list[str] = []
+            served = 0
+            stop = threading.Event()
+
+            def load() -> None:
+                nonlocal served
+                end = time.monotonic() + 15
+                while not stop.is_set() and time.monotonic() < end:
+                    try:
+                        call(mesh, [("x-slo-ms", "400")], timeout_s=2.0)
+                        served += 1
+                    except InferenceServerException as exc:
+                        failures.append(str(exc))
+
+            t = threading.Thread(target=load)
+            t.start()
+            await asyncio.sleep(0.5)
+            await a.stop(0)  # replica A dies
+            t0 = loop.time()
+            while edge.link.connected_to != addresses[1] and loop.time() - t0 < 10:
+                await asyncio.sleep(0.05)
+            assert edge.link.connected_to == addresses[1]
+            # The survivor's changes reach the edge.
+            async with grpc.aio.insecure_channel(addresses[1]) as ch:
+                await placement_pb2_grpc.PlacementStub(ch).SetAvailability(
+                    placement_pb2.SetAvailabilityRequest(
+                        scope=placement_pb2.AVAILABILITY_SCOPE_BACKEND, target="central-cheap",
+                        availability=fleet_pb2.AVAILABILITY_DRAINED))
+            t0 = loop.time()
+            while loop.time() - t0 < 5 and not all(
+                    c.dropped_reason for c in edge.router.store.candidates["summarize"]
+                    if c.backend_id == "central-cheap"):
+                await asyncio.sleep(0.05)
+            assert all(c.dropped_reason == "backend drained by operator"
+                       for c in edge.router.store.candidates["summarize"]
+                       if c.backend_id == "central-cheap")
+            await asyncio.sleep(0.5)
+            stop.set()
+            await asyncio.to_thread(t.join, 30)
+            assert failures == []
+            assert served > 20
+        finally:
+            await edge.stop(0.2)
+            await agent.stop()
+            await b.stop(0.2)
+            await a.stop(0)
+            await relay.stop()
