@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import pathlib
 import socket
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -205,6 +205,18 @@ async def wait_measured(mesh: Mesh, within_s: float = 30.0) -> None:
         await asyncio.sleep(0.1)
     raise AssertionError(f"route table never got measurements: "
                          f"{mesh.edge.router.store.candidates.get('summarize')}")
+
+
+async def eventually(cond: Callable[[], object], within_s: float, what: str = "") -> float:
+    """Poll ``cond`` until true (other components change it); seconds it took."""
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    while True:
+        if cond():
+            return loop.time() - t0
+        if loop.time() - t0 > within_s:
+            raise AssertionError(f"not within {within_s} s: {what or cond}")
+        await asyncio.sleep(0.05)
 
 
 def call(mesh: Mesh, metadata: Sequence[tuple[str, str]] = (), model: str = "summarize",

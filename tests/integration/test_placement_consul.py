@@ -12,15 +12,15 @@ import grpc
 import pytest
 import pytest_asyncio
 
+from services.agent.agent import NodeAgent
 from services.api.switchyard.v1 import fleet_pb2, placement_pb2, placement_pb2_grpc
 from services.config import MeshConfig
 from services.discovery import ConsulSettings, HealthCheck
 from services.discovery.consul import ConsulDiscovery
-from services.agent.agent import NodeAgent
 from services.edge.main import start_edge
 from services.placement.main import RunningPlacement, start_placement
 from tests.consul_fake import FakeConsul
-from tests.mesh_harness import mesh_config
+from tests.mesh_harness import eventually, mesh_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
@@ -125,10 +125,8 @@ async def test_agent_registers_in_the_catalog_and_edges_find_placement_there(
         edge_cfg = cfg.model_copy(update={"placement": cfg.placement.model_copy(
             update={"port": 1})})  # the configured address is wrong on purpose
         edge = await start_edge(edge_cfg, cfg.edges[0], port=0, metrics_port=0)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 5
-        while not edge.router.store.candidates.get("summarize") and loop.time() < deadline:
-            await asyncio.sleep(0.05)
+        await eventually(lambda: edge.router.store.candidates.get("summarize"), 5,
+                         "edge got its table from the replica it found in the catalog")
         assert any(c.backend_id == "west-cheap"
                    for c in edge.router.store.candidates["summarize"])
         assert edge.link.connected_to == f"127.0.0.1:{running.port}"

@@ -17,7 +17,7 @@ from services.api.switchyard.v1 import fleet_pb2, placement_pb2, placement_pb2_g
 from services.backends.wan import WanRelay, relay_routes
 from services.edge.main import start_edge
 from services.placement.main import start_placement
-from tests.mesh_harness import Mesh, call, mesh_config, running_tritons
+from tests.mesh_harness import Mesh, call, eventually, mesh_config, running_tritons
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
@@ -37,13 +37,10 @@ async def test_killing_one_replica_loses_nothing(tmp_path: pathlib.Path) -> None
                                 metrics_port=0)
         mesh = Mesh(cfg, tritons, relay, a, agent, edge)
         try:
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 20
-            while loop.time() < deadline and not (
-                    a.service.fleet.backends["central-cheap"].last is not None
-                    and b.service.fleet.backends["central-cheap"].last is not None
-                    and edge.router.store.candidates.get("summarize")):
-                await asyncio.sleep(0.1)
+            await eventually(lambda: a.service.fleet.backends["central-cheap"].last is not None
+                             and b.service.fleet.backends["central-cheap"].last is not None
+                             and edge.router.store.candidates.get("summarize"), 20,
+                             "both replicas heard the agent and the edge has a table")
             # Both replicas hear every agent report (they share no state).
             assert b.service.fleet.backends["central-cheap"].last is not None
             assert edge.link.connected_to == addresses[0]
@@ -66,21 +63,17 @@ async def test_killing_one_replica_loses_nothing(tmp_path: pathlib.Path) -> None
             t.start()
             await asyncio.sleep(0.5)
             await a.stop(0)  # replica A dies
-            t0 = loop.time()
-            while edge.link.connected_to != addresses[1] and loop.time() - t0 < 10:
-                await asyncio.sleep(0.05)
-            assert edge.link.connected_to == addresses[1]
+            await eventually(lambda: edge.link.connected_to == addresses[1], 10,
+                             "edge follows the surviving replica")
             # The survivor's changes reach the edge.
             async with grpc.aio.insecure_channel(addresses[1]) as ch:
                 await placement_pb2_grpc.PlacementStub(ch).SetAvailability(
                     placement_pb2.SetAvailabilityRequest(
                         scope=placement_pb2.AVAILABILITY_SCOPE_BACKEND, target="central-cheap",
                         availability=fleet_pb2.AVAILABILITY_DRAINED))
-            t0 = loop.time()
-            while loop.time() - t0 < 5 and not all(
-                    c.dropped_reason for c in edge.router.store.candidates["summarize"]
-                    if c.backend_id == "central-cheap"):
-                await asyncio.sleep(0.05)
+            await eventually(lambda: all(
+                c.dropped_reason for c in edge.router.store.candidates["summarize"]
+                if c.backend_id == "central-cheap"), 5, "drain reaches the edge")
             assert all(c.dropped_reason == "backend drained by operator"
                        for c in edge.router.store.candidates["summarize"]
                        if c.backend_id == "central-cheap")
