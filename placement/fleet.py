@@ -7,10 +7,11 @@ request rate are derived from the deltas between consecutive reports (EWMA, ``AL
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from placement.errors import NotRegistered
-from placement.hardware import GpuState
+from placement.hardware import GpuState, assess
 from placement.model import Availability, Backend
 
 ALPHA = 0.5  # EWMA weight of the newest window
@@ -135,12 +136,14 @@ class FleetState:
         """Apply one agent report: derive per-variant compute, queue, rate and busy fraction."""
         state = self.get(backend_id)
         prev, prev_at = state.last, state.last_at
+        before_sig = _signature(state)
         for name, stats in snap.variants.items():
             load = state.loads.setdefault(name, VariantLoad())
             before = prev.variants.get(name) if prev else None
             _update_load(load, stats, before, None if prev_at is None else now - prev_at)
         state.last, state.last_at = snap, now
-        self._bump(backend_id)
+        if _signature(state) != before_sig:
+            self._bump(backend_id)  # only what can change a route table rebuilds it
 
     def observe(self, edge_region: str, deployment_id: str, samples: int, p95_ms: float,
                 now: float) -> None:
@@ -162,6 +165,24 @@ class FleetState:
         if o is None or o.samples < min_samples or now - o.at > OBSERVATION_TTL_S:
             return None
         return o.p95_ms
+
+
+def _step(x: float | None, ratio: float = 0.03) -> int | None:
+    """``x`` on a geometric grid (3 % steps): changes smaller than a step are noise."""
+    if x is None:
+        return None
+    return round(math.log(max(x, 1e-6)) / math.log1p(ratio))
+
+
+def _signature(state: BackendState) -> tuple[object, ...]:
+    """What of a backend's telemetry can change its route-table rows, quantised."""
+    snap = state.last
+    hw = None if snap is None else assess(list(snap.gpus))
+    return (None if snap is None else (snap.ready, hw, tuple(sorted(
+                (k, v.ready) for k, v in snap.variants.items()))),
+            tuple(sorted((k, _step(v.compute_ms), _step(v.queue_ms + 0.05),
+                          _step(v.rps + 1.0, 0.1), round(v.busy_fraction, 2))
+                         for k, v in state.loads.items())))
 
 
 def _update_load(load: VariantLoad, cur: VariantStats, before: VariantStats | None,

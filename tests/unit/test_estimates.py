@@ -110,3 +110,16 @@ def test_observed_rtt_corrects_the_matrix() -> None:
     fleet, builder = setup()
     fleet.observe_rtt("east", "west", 60.0)
     assert builder.build("m", "east", 0.0)[0].rtt_ms == 60.0
+
+
+def test_only_telemetry_that_can_change_a_route_marks_the_backend_dirty() -> None:
+    fleet, _ = setup()
+    for t in range(15):  # steady load until the moving averages settle
+        fleet.ingest("b1", report(100 * (t + 1), 10.0), now=float(t))
+    fleet.take_dirty()
+    fleet.ingest("b1", report(1600, 10.0), now=15.0)  # same load, same compute: nothing new
+    assert fleet.take_dirty() == (False, set())
+    fleet.ingest("b1", report(1700, 20.0), now=16.0)  # compute doubled
+    assert fleet.take_dirty() == (False, {"b1"})
+    fleet.ingest("b1", report(1800, 20.0, gpus=(GpuState(0, lost=True),)), now=17.0)
+    assert fleet.take_dirty() == (False, {"b1"})
