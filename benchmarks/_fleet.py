@@ -19,7 +19,8 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-from benchmarks.common import children_pids, free_port, progress
+from benchmarks.common import children_pids, progress
+from services.ports import free_port
 
 REGION, CLOUD, ACCEL = "aws-us-east-1", "aws", "nvidia-t4"
 MODEL, VARIANT = "tiny", "tiny-v1"  # different names: the edge rewrites field 1, as in prod

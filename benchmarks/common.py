@@ -37,7 +37,6 @@ import datetime as _dt
 import math
 import os
 import platform
-import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -126,12 +125,6 @@ _T0 = time.monotonic()
 def progress(msg: str) -> None:
     """One progress line on stderr, with the time since the process started."""
     print(f"[{time.monotonic() - _T0:6.1f}s] {msg}", file=sys.stderr, flush=True)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 # -- CPU of other processes (Linux /proc; no psutil needed) --------------------------------

@@ -38,12 +38,12 @@ from benchmarks.common import (
     Section,
     command_for,
     cpu_seconds,
-    free_port,
     md_table,
     percentile,
     progress,
 )
 from services.api.switchyard.v1 import fleet_pb2, placement_pb2, placement_pb2_grpc, telemetry_pb2
+from services.ports import free_port
 
 ESTIMATE_S = (70, 330)
 REGIONS = [("aws-us-east-1", "aws"), ("aws-us-west-2", "aws"), ("gcp-us-central1", "gcp"),

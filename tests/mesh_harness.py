@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import pathlib
-import socket
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,12 +18,13 @@ import numpy as np
 import tritonclient.grpc as tc
 
 from services.agent.agent import NodeAgent
-from services.backends.triton import TritonProcess, free_port
+from services.backends.triton import TritonProcess
 from services.backends.wan import WanRelay, relay_routes
 from services.config import MeshConfig
 from services.demo import infer_with_trailers
 from services.edge.main import RunningEdge, start_edge
 from services.placement.main import RunningPlacement, start_placement
+from services.ports import free_port, free_ports
 
 PRICES = """
 [[prices]]
@@ -58,21 +58,7 @@ as_of = "2026-11-22"
 
 def _free_block(n: int) -> int:
     """A base port with ``n`` consecutive free ports after it."""
-    for _ in range(50):
-        base = free_port()
-        if base + n > 65000:
-            continue
-        ok = True
-        for p in range(base, base + n):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", p))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise RuntimeError("no block of free ports")
+    return free_ports(n, consecutive=True)[0]
 
 
 def mesh_config(tmp: pathlib.Path, **edge_overrides: Any) -> MeshConfig:

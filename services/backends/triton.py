@@ -22,7 +22,6 @@ import json
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -37,6 +36,7 @@ import structlog
 from placement.errors import SwitchyardError
 from services.backends.repository import write_repository
 from services.config import BackendConfig, MeshConfig
+from services.ports import free_port
 
 log = structlog.get_logger()
 
@@ -45,17 +45,6 @@ class BackendStartError(SwitchyardError):
     """Triton did not come up (bad install, model failed to load, not ready in time)."""
 
     grpc_code = "UNAVAILABLE"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free right now on ``host`` (the kernel's pick for port 0).
-
-    Triton takes ports as flags, not sockets, so there is a small window in which another
-    process could take the port; acceptable for tests and local meshes.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import tomllib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from services.backends.triton import free_port
+from services.ports import free_port
 
 
 def _port_block(n: int, host: str = "127.0.0.1", tries: int = 200) -> int:

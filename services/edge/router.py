@@ -64,7 +64,7 @@ class CallRecord:
     slo_met: bool = True
     latency_ms: float = 0.0
     status: str = "OK"
-    tried: tuple[str, ...] = ()
+    tried: tuple[tuple[str, str], ...] = ()  # (cloud, region) of failed attempts
     admission: Admission | None = None  # the tenant's, from TenantGate.admit
     hedged: bool = False
 
@@ -178,8 +178,8 @@ class Router:
                     if not self._may_retry(err, deadline, record):
                         raise _failed(err, record) from None
                     ctx.exclude.add(c.deployment_id)  # type: ignore[union-attr]
-                    if self._looks_regional(err, c, record):
-                        ctx.avoid_regions.add(c.region)  # type: ignore[union-attr]
+                    ctx.avoid_regions.update(  # type: ignore[union-attr]
+                        self._sick_regions(err, c, cands, record))
                     continue
                 record.latency_ms = (self.clock() - start) * 1000
                 if record.hints is not None and record.latency_ms > record.hints.slo_ms:
@@ -270,12 +270,21 @@ class Router:
         return self.budget.try_retry()
 
     @staticmethod
-    def _looks_regional(err: grpc.aio.AioRpcError, c: Candidate, record: CallRecord) -> bool:
-        """A timeout, or a second failure in the same region, suggests the region is sick."""
-        if err.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
-            return True
-        record.tried = (*record.tried, c.region)
-        return record.tried.count(c.region) >= 2
+    def _sick_regions(err: grpc.aio.AioRpcError, c: Candidate, cands: Sequence[Candidate],
+                      record: CallRecord) -> set[str]:
+        """Failure domains the rest of this call steers away from (softly), widening as
+        failures correlate: a timeout, or a second failure in one region, marks the region;
+        failures in two regions of one cloud mark every region of that cloud, so the next
+        attempt crosses clouds instead of spending the call's last attempt on a cloud that
+        is going down (a cloud-wide outage took three attempts in three aws regions)."""
+        record.tried = (*record.tried, (c.cloud, c.region))
+        same_cloud = {region for cloud, region in record.tried if cloud == c.cloud}
+        if len(same_cloud) >= 2:
+            return {x.region for x in cands if x.cloud == c.cloud}
+        if err.code() is grpc.StatusCode.DEADLINE_EXCEEDED or record.tried.count(
+                (c.cloud, c.region)) >= 2:
+            return {c.region}
+        return set()
 
 
 def _failed(err: grpc.aio.AioRpcError, record: CallRecord) -> BackendFailed:

@@ -61,9 +61,10 @@ class FakeUpstream:
         return ep.encode()
 
 
-def cand(i: int, cost: float, lat: float, region: str = "east") -> Candidate:
+def cand(i: int, cost: float, lat: float, region: str = "east", cloud: str = "c"
+         ) -> Candidate:
     return Candidate(deployment_id=f"b{i}/m-v", backend_id=f"b{i}", endpoint=f"ep{i}",
-                     variant="m-v", region=region, cloud="c", accelerator="a", quality=0.8,
+                     variant="m-v", region=region, cloud=cloud, accelerator="a", quality=0.8,
                      latency_p95_ms=lat, rtt_ms=0, queue_ms=0, compute_ms=lat, cost_usd=cost,
                      spare_capacity=100)
 
@@ -179,6 +180,30 @@ async def test_residency_holds_on_failover() -> None:
     router.blocked.add("b0/m-v")
     with pytest.raises(NoHealthyDeployment):
         await router.infer(RAW, [("x-allowed-regions", "west")], 2.0, CallRecord("", ""))
+
+
+async def test_failures_in_two_regions_of_one_cloud_send_the_last_attempt_to_another_cloud(
+) -> None:
+    # A cloud-wide outage: the three cheapest are in three regions of cloud "a"; the call
+    # must not spend its last attempt on the third of them.
+    cands = [cand(0, 1e-6, 5, "a1", "a"), cand(1, 2e-6, 5, "a2", "a"),
+             cand(2, 3e-6, 5, "a3", "a"), cand(3, 9e-6, 5, "b1", "b")]
+    dead = grpc.StatusCode.UNAVAILABLE
+    router, up, _ = make_router(cands, {"ep0": dead, "ep1": dead, "ep2": dead, "ep3": b""},
+                                Clock())
+    rec = CallRecord("", "")
+    assert await router.infer(RAW, [("x-slo-ms", "1000")], 2.0, rec) == b"ep3"
+    tried = [e for e, _ in up.calls]
+    assert len(tried) == 3 and set(tried[:2]) <= {"ep0", "ep1", "ep2"} and tried[2] == "ep3"
+
+
+async def test_one_failure_does_not_steer_away_from_its_region() -> None:
+    # One dead backend is common; its healthy neighbour in the same region stays first choice.
+    cands = [cand(0, 1e-6, 5, "a1", "a"), cand(1, 2e-6, 5, "a1", "a"),
+             cand(2, 3e-6, 5, "b1", "b")]
+    router, up, _ = make_router(cands, {"ep0": grpc.StatusCode.UNAVAILABLE, "ep1": b"",
+                                        "ep2": b""}, Clock())
+    assert await router.infer(RAW, [("x-slo-ms", "1000")], 2.0, CallRecord("", "")) == b"ep1"
 
 
 async def test_outlier_ejection_caps_the_share_ejected() -> None:
