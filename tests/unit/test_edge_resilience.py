@@ -203,7 +203,9 @@ async def test_one_failure_does_not_steer_away_from_its_region() -> None:
              cand(2, 3e-6, 5, "b1", "b")]
     router, up, _ = make_router(cands, {"ep0": grpc.StatusCode.UNAVAILABLE, "ep1": b"",
                                         "ep2": b""}, Clock())
-    assert await router.infer(RAW, [("x-slo-ms", "1000")], 2.0, CallRecord("", "")) == b"ep1"
+    for _ in range(20):
+        assert await router.infer(RAW, [("x-slo-ms", "1000")], 2.0, CallRecord("", "")) == b"ep1"
+    assert "ep2" not in {e for e, _ in up.calls}
 
 
 async def test_outlier_ejection_caps_the_share_ejected() -> None:
