@@ -4,8 +4,9 @@
 connections draw their local ports from, and nothing stops it from returning the same port to
 two consecutive calls once the probing socket is closed. A mesh asks for a dozen ports before
 anything binds, so both happened (Triton once got the same port for gRPC and metrics). Ports
-are therefore drawn at random *below* the ephemeral range, probed with a bind, and never handed
-out twice by one process.
+are therefore drawn at random *below* the ephemeral range, probed with a bind, and not handed
+out again by one process while they are among its last ``_RECENT`` picks (callers that build
+configs in a loop and never bind, like the fuzz tests, would otherwise exhaust the range).
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ from __future__ import annotations
 import random
 import socket
 import threading
+from collections import deque
 
 _LOW = 20000
+_RECENT = 2048
 _issued: set[int] = set()
+_order: deque[int] = deque()
 _lock = threading.Lock()
 _rng = random.SystemRandom()
 
@@ -37,8 +41,15 @@ def _bindable(host: str, port: int) -> bool:
     return True
 
 
+def _remember(ports: list[int]) -> None:
+    _issued.update(ports)
+    _order.extend(ports)
+    while len(_order) > _RECENT:
+        _issued.discard(_order.popleft())
+
+
 def free_ports(n: int, host: str = "127.0.0.1", *, consecutive: bool = False) -> list[int]:
-    """``n`` distinct ports free on ``host`` right now, none handed out before by this process.
+    """``n`` distinct ports free on ``host`` right now, none among this process's recent picks.
 
     There is still a window between this call and the server's bind in which another process
     could take a port; drawing at random from ~12k ports outside the ephemeral range makes
@@ -56,7 +67,7 @@ def free_ports(n: int, host: str = "127.0.0.1", *, consecutive: bool = False) ->
             if any(p in _issued for p in picked):
                 continue
             if all(_bindable(host, p) for p in picked):
-                _issued.update(picked)
+                _remember(picked)
                 return picked
     raise RuntimeError(f"no {n} free ports on {host} between {low} and {high}; "
                        "too many servers running? stop old meshes (switchyard status)")
