@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import grpc
 import numpy as np
@@ -24,7 +24,6 @@ from tests.mesh_harness import (
     call,
     mesh_config,
     running_mesh,
-    running_tritons,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
@@ -35,13 +34,6 @@ TIGHT, LOOSE = "17", "400"  # tight: only the local backend fits (nearest remote
 @pytest.fixture(scope="module")
 def cfg(tmp_path_factory: pytest.TempPathFactory) -> MeshConfig:
     return mesh_config(tmp_path_factory.mktemp("mesh"), max_message_bytes=64 * 1024)
-
-
-@pytest.fixture(scope="module")
-def tritons(cfg: MeshConfig, tmp_path_factory: pytest.TempPathFactory
-            ) -> Iterator[dict[str, TritonProcess]]:
-    with running_tritons(cfg, tmp_path_factory.mktemp("tritons")) as procs:
-        yield procs
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

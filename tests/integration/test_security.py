@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import grpc
 import pytest
@@ -24,7 +24,6 @@ from tests.mesh_harness import (
     Mesh,
     mesh_config,
     running_mesh,
-    running_tritons,
     summarize_input,
 )
 
@@ -44,13 +43,6 @@ def cfg(tmp_path_factory: pytest.TempPathFactory) -> MeshConfig:
         TenantSettings(name="limited", token="limited-token", rate_limit_per_s=0.5, burst=2),
     ])
     return base.model_copy(update={"security": sec})
-
-
-@pytest.fixture(scope="module")
-def tritons(cfg: MeshConfig, tmp_path_factory: pytest.TempPathFactory
-            ) -> Iterator[dict[str, TritonProcess]]:
-    with running_tritons(cfg, tmp_path_factory.mktemp("tritons")) as procs:
-        yield procs
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

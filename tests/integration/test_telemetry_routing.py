@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 import pytest_asyncio
@@ -25,7 +25,6 @@ from tests.mesh_harness import (
     call,
     mesh_config,
     running_mesh,
-    running_tritons,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
@@ -37,13 +36,6 @@ REROUTE_BOUND_S = 3.0    # agent interval 0.3 s + coalescing 20 ms + push; gener
 @pytest.fixture(scope="module")
 def cfg(tmp_path_factory: pytest.TempPathFactory) -> MeshConfig:
     return mesh_config(tmp_path_factory.mktemp("telemetry"))
-
-
-@pytest.fixture(scope="module")
-def tritons(cfg: MeshConfig, tmp_path_factory: pytest.TempPathFactory
-            ) -> Iterator[dict[str, TritonProcess]]:
-    with running_tritons(cfg, tmp_path_factory.mktemp("tritons")) as procs:
-        yield procs
 
 
 @pytest.fixture(scope="module")
