@@ -80,6 +80,12 @@ class Candidate:
     availability: Availability = Availability.ACTIVE
     penalty_reason: str = ""
     concurrency: int = 1
+    edge_slots: float = 0.0  # this edge's share of ``concurrency``; 0 = all of it
+
+    @property
+    def slots(self) -> float:
+        """The in-flight calls this edge may have on the deployment before it queues."""
+        return self.edge_slots or float(self.concurrency)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,8 +120,9 @@ class CallContext:
         The edge's observed p95 wins over the table's estimate, except that a hardware
         penalty (throttling GPU) is never hidden by older observations. On top, the queue
         this edge itself is building right now: with ``n`` calls in flight on ``c`` and
-        ``k = c.concurrency`` slots, ``(n - k + 1) × compute / k`` once ``n >= k`` (the table
-        is as old as its last push; this is what the edge sent since).
+        ``k = c.slots`` (this edge's share of the deployment's slots, see ``edge_slots``),
+        ``(n - k + 1) × compute / k`` once ``n >= k`` (the table is as old as its last push;
+        this is what the edge sent since).
         """
         lat = c.latency_p95_ms
         observed = self.observed_p95_ms.get(c.deployment_id)
@@ -123,6 +130,8 @@ class CallContext:
             lat = (max(observed, lat) if c.penalty_reason.startswith(HARDWARE_PENALTY_PREFIX)
                    else observed)
         n = self.inflight.get(c.deployment_id, 0)
-        if n >= c.concurrency > 0:
-            lat += (n - c.concurrency + 1) * c.compute_ms / c.concurrency
+        if n:
+            k = c.edge_slots or c.concurrency
+            if n >= k > 0:
+                lat += (n - k + 1) * c.compute_ms / k
         return lat

@@ -90,7 +90,9 @@ class RouteBuilder:
             spare_capacity=spare, observed=observed is not None,
             dropped_reason=self._dropped(state, v, usd_s, verdict.removed if verdict else ""),
             availability=state.availability, penalty_reason=penalty_reason,
-            concurrency=b.max_concurrency * max(b.accelerator_count, 1))
+            concurrency=b.max_concurrency,
+            edge_slots=_slots(b.max_concurrency
+                              * self.fleet.slot_share(edge_region, deployment_id, now)))
 
     @staticmethod
     def _dropped(state: BackendState, v: Variant, usd_s: float | None, hw_removed: str) -> str:
@@ -109,3 +111,8 @@ class RouteBuilder:
         if stats is not None and not stats.ready:
             return f"model {v.name} not ready on {b.id}"
         return ""
+
+
+def _slots(x: float) -> float:
+    """Two significant digits: finer changes are noise and would only churn the tables."""
+    return float(f"{x:.2g}")

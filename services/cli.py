@@ -130,7 +130,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"\nroute table {t.model} @ {t.edge_region} (version {t.version}, "
               f"default SLO {t.default_slo_ms:.0f} ms)")
         print(table(["deployment", "region", "p95 ms", "rtt", "compute", "$/1k calls",
-                     "spare rps", "dropped / penalty"], route_rows(t)))
+                     "spare rps", "edge slots", "dropped / penalty"], route_rows(t)))
     return 0
 
 

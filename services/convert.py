@@ -102,7 +102,8 @@ def candidate_to_pb(c: Candidate) -> placement_pb2.Candidate:
         compute_ms=round(c.compute_ms, 2), cost_usd=float(f"{c.cost_usd:.4g}"),
         spare_capacity=round(c.spare_capacity, 1), observed=c.observed,
         dropped_reason=c.dropped_reason, availability=int(c.availability),
-        penalty_reason=c.penalty_reason, concurrency=c.concurrency)
+        penalty_reason=c.penalty_reason, concurrency=c.concurrency,
+        edge_slots=round(c.edge_slots, 2))
 
 
 def candidate_from_pb(c: placement_pb2.Candidate) -> Candidate:
@@ -114,4 +115,5 @@ def candidate_from_pb(c: placement_pb2.Candidate) -> Candidate:
         spare_capacity=c.spare_capacity, observed=c.observed,
         dropped_reason=c.dropped_reason,
         availability=Availability(c.availability or Availability.ACTIVE),
-        penalty_reason=c.penalty_reason, concurrency=c.concurrency or 1)
+        penalty_reason=c.penalty_reason, concurrency=c.concurrency or 1,
+        edge_slots=c.edge_slots)

@@ -40,6 +40,7 @@ def route_rows(t: Any) -> list[list[Any]]:
     return [[c.deployment_id, c.region, f"{c.latency_p95_ms:.1f}"
              + (" (observed)" if c.observed else ""), f"{c.rtt_ms:.0f}",
              f"{c.compute_ms:.1f}", usd_per_1k(c.cost_usd), f"{c.spare_capacity:.0f}",
+             f"{c.edge_slots or c.concurrency:.2g}/{c.concurrency}",
              c.dropped_reason or c.penalty_reason] for c in t.candidates]
 
 

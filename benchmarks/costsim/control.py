@@ -5,7 +5,8 @@ simulated agents' snapshots go into ``FleetState.ingest`` (placement derives com
 rate and busy fraction from Triton's counters); every ``table_interval_s`` ``RouteBuilder``
 rebuilds the table of every (model, edge region), as placement pushes them; every
 ``edge_refresh_s`` each edge recomputes its observed p95s (``services.edge.stats.EdgeStats``,
-the edge's own code) and reports them to placement (``FleetState.observe``).
+the edge's own code) and reports them, with the call rate it sends each deployment, to
+placement (``FleetState.observe``, ``FleetState.observe_use``: the edges' slot shares).
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ from services.edge.stats import EdgeStats
 
 class ControlPlane:
     def __init__(self, catalog: Catalog, prices: PriceCatalog, regions: list[str],
-                 observed_min_samples: int = 20) -> None:
+                 observed_min_samples: int = 20, share_slots: bool = True) -> None:
+        # share_slots=False: edges do not report their call rates, so every edge sees every
+        # deployment's whole concurrency (the ablation ``switchyard-whole-slots``).
+        self.share_slots = share_slots
         self.fleet = FleetState()
         self.builder = RouteBuilder(catalog, prices, self.fleet,
                                     TableSettings(observed_min_samples=observed_min_samples))
@@ -39,11 +43,13 @@ class ControlPlane:
                 self.tables[(model, region)] = self.builder.build(model, region, now)
                 self.builds += 1
 
-    def refresh_edges(self, now: float) -> None:
+    def refresh_edges(self, now: float, interval_s: float) -> None:
         for region, stats in self.edges.items():
-            for dep, (samples, _failures, _p50, p95) in stats.refresh().items():
+            for dep, (samples, _failures, _p50, p95, calls) in stats.refresh().items():
                 if samples:
                     self.fleet.observe(region, dep, samples, p95, now)
+                if self.share_slots:
+                    self.fleet.observe_use(region, region, dep, calls / interval_s, now)
 
     def record(self, edge: str, deployment_id: str, latency_ms: float, ok: bool) -> None:
         self.edges[edge].record(deployment_id, latency_ms, ok)

@@ -181,7 +181,7 @@ class Simulation:
                 control.rebuild(now)
         elif kind == EDGES:
             if control is not None:
-                control.refresh_edges(now)
+                control.refresh_edges(now, self.s.settings.edge_refresh_s)
         elif kind in (DOWN, UP):
             for b in self.backends:
                 if b.pool.id not in data:  # type: ignore[operator]

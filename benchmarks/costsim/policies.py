@@ -2,7 +2,11 @@
 their own mechanism sees it, the call's quality floor); they differ in how they choose.
 
 - ``switchyard``: placement's ``cheapest`` profile on placement's own tables, with the
-  edge's observed p95s — the per-call ``Profile.choose`` the edge runs.
+  edge's observed p95s and calls in flight against its slot share — the per-call
+  ``Profile.choose`` the edge runs.
+- ``switchyard-whole-slots``: the same without slot shares (edges report no call rates, so
+  each edge counts its calls in flight against a deployment's whole concurrency): the
+  ablation that shows what the shares are worth.
 - ``lowest-latency``: the ``fastest`` profile, same tables and filters.
 - ``cheapest-ignoring-slo``: the hard filters only, the cost scorer, best pick: always the
   cheapest healthy deployment by placement's estimate, whatever its latency or load.
@@ -107,8 +111,9 @@ class ProfilePolicy:
 
 
 def switchyard(control: ControlPlane, seed: int, band: float, margin_ms: float,
-               on_decision: DecisionHook | None = None) -> ProfilePolicy:
-    return ProfilePolicy("switchyard", build_profile("cheapest", band), control, seed,
+               on_decision: DecisionHook | None = None,
+               name: str = "switchyard") -> ProfilePolicy:
+    return ProfilePolicy(name, build_profile("cheapest", band), control, seed,
                          margin_ms, on_decision)
 
 

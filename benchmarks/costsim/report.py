@@ -73,15 +73,25 @@ def notes(s: Scenario, results: list[SimResult], b: Bound, calls: int, quick: bo
         "queueing delay. It is loose: what a real router can reach at 99.5 % lies between it "
         "and the policies. A policy lands below it only by missing SLOs (see its attainment) "
         "or by running a pool above the cap (worst utilisation below).")
+    whole = by.get("switchyard-whole-slots")
+    if sw is not None and whole is not None:
+        out.append(
+            "Slot shares (`switchyard` vs `switchyard-whole-slots`, same trace): every edge "
+            "applies the same once-a-second table and counts only its own calls in flight. "
+            "With shares, placement splits each deployment's slots among the edges sending "
+            "it calls, by their reported call rates plus a probe allowance (`edge_slots`), "
+            "and an edge past its share expects to queue, so tight calls spill to the next "
+            "deployment: "
+            f"{sw.attainment:.2%} attainment at {sw.cost_per_million():.1f} USD/1M, against "
+            f"{whole.attainment:.2%} at {whole.cost_per_million():.1f} without them, where "
+            "every edge fills every slot of the cheapest feasible deployment until the next "
+            "table (herding).")
     out.append(
-        "How to read switchyard's gap: every edge applies the same once-a-second table, whose "
-        "`spare_capacity` does not fall as the edges send calls, so all edges send the "
-        "cheapest feasible deployment everything until the next table (the spread band only "
-        "spreads over deployments within `spread_band` of the cheapest price); its queue "
-        "builds, the edges' observed p95 of it rises above the SLO and stays in their "
-        "256-sample windows while it gets no calls (forgotten after 10 idle refreshes), and "
-        "placement keeps the reported p95 for 60 s — so cheap pools are skipped long after "
-        "they have drained. The worst-bucket utilisation above 1.0 is that herding.")
+        "What is left of switchyard's gap: herds where no shares are known yet (at start, "
+        "when a pool returns from an outage and its edges' reports have expired), "
+        "observed p95s that keep a pool looking slow for a while after its queue has "
+        "drained (256-sample windows forgotten after 10 idle refreshes; placement keeps "
+        "reports 60 s), and queueing the table's 1 s refresh cannot see coming (bursts).")
     for r in results:
         c = b.checks[r.policy]
         out.append(f"`{r.policy}` under the LP's model: {c.model_attainment:.2%} of calls on "

@@ -14,8 +14,8 @@ from benchmarks.costsim.litellm import LiteLLMCostRouter
 from benchmarks.costsim.scenario import Scenario, load_scenario
 from benchmarks.costsim.trace import Trace, generate
 
-POLICIES = ("switchyard", "lowest-latency", "round-robin", "cheapest-ignoring-slo",
-            "litellm-cost")
+POLICIES = ("switchyard", "switchyard-whole-slots", "lowest-latency", "round-robin",
+            "cheapest-ignoring-slo", "litellm-cost")
 
 
 def make_policy(name: str, s: Scenario,
@@ -24,12 +24,13 @@ def make_policy(name: str, s: Scenario,
     seed = s.seed ^ zlib.crc32(name.encode())
     if name == "litellm-cost":
         return LiteLLMCostRouter(s)
-    control = ControlPlane(s.catalog(), s.prices(), sorted(s.regions))
+    control = ControlPlane(s.catalog(), s.prices(), sorted(s.regions),
+                           share_slots=name != "switchyard-whole-slots")
     for b in s.backends():
         control.fleet.register(b)
-    if name == "switchyard":
+    if name in ("switchyard", "switchyard-whole-slots"):
         return policies.switchyard(control, seed, st.spread_band, st.slo_margin_ms,
-                                   on_decision)
+                                   on_decision, name)
     if name == "lowest-latency":
         return policies.lowest_latency(control, seed, st.slo_margin_ms)
     if name == "cheapest-ignoring-slo":

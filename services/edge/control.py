@@ -92,8 +92,9 @@ class PlacementLink:
             obs = [telemetry_pb2.Observation(
                 deployment_id=dep, edge_region=self.region, samples=n, failures=f,
                 p50_ms=p50, p95_ms=p95,
-                rtt_ms=self.rtt_ms.get(dep.split("/", 1)[0], 0.0))
-                for dep, (n, f, p50, p95) in snapshot.items()]
+                rtt_ms=self.rtt_ms.get(dep.split("/", 1)[0], 0.0),
+                calls_per_s=round(calls / self.report_interval_s, 2))
+                for dep, (n, f, p50, p95, calls) in snapshot.items()]
             if not self.connected or not obs:
                 continue
             try:

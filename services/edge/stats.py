@@ -49,8 +49,9 @@ class EdgeStats:
             s.failures += 1
             s.window_failures += 1
 
-    def refresh(self) -> dict[str, tuple[int, int, float, float]]:
-        """Recompute p95s; returns deployment → (samples, failures, p50, p95) for reporting."""
+    def refresh(self) -> dict[str, tuple[int, int, float, float, int]]:
+        """Recompute p95s; returns deployment → (samples, failures, p50, p95, calls) for
+        reporting, ``calls`` (and ``failures``) counted since the previous refresh."""
         out = {}
         for dep, s in self.by_deployment.items():
             s.idle_refreshes = 0 if s.window_calls else s.idle_refreshes + 1
@@ -62,6 +63,6 @@ class EdgeStats:
             p50, p95 = quantile(values, 0.5), quantile(values, 0.95)
             if len(values) >= self.min_samples:
                 self.p95[dep] = p95
-            out[dep] = (len(values), s.window_failures, p50, p95)
+            out[dep] = (len(values), s.window_failures, p50, p95, s.window_calls)
             s.window_calls = s.window_failures = 0
         return out

@@ -107,6 +107,8 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
             if o.samples:
                 self.fleet.observe(request.edge_region, o.deployment_id, o.samples, o.p95_ms,
                                    now)
+            self.fleet.observe_use(request.edge_region, request.edge_id, o.deployment_id,
+                                   max(o.calls_per_s, 0.0), now)
             backend_id = o.deployment_id.split("/", 1)[0]
             state = self.fleet.backends.get(backend_id)
             if o.rtt_ms > 0 and state is not None:

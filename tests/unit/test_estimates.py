@@ -123,3 +123,70 @@ def test_only_telemetry_that_can_change_a_route_marks_the_backend_dirty() -> Non
     assert fleet.take_dirty() == (False, {"b1"})
     fleet.ingest("b1", report(1800, 20.0, gpus=(GpuState(0, lost=True),)), now=17.0)
     assert fleet.take_dirty() == (False, {"b1"})
+
+
+def test_slot_shares_follow_the_edges_call_rates_and_leave_room_for_a_newcomer() -> None:
+    fleet, builder = setup()  # b1 has 2 slots
+    dep = "b1/m-small"
+    assert fleet.slot_share("east", dep, 0.0) == 1.0  # nobody uses it: whole for anyone
+    assert builder.build("m", "east", 0.0)[0].edge_slots == 2.0
+    fleet.observe_use("east", "e1", dep, 30.0, now=0.0)
+    fleet.observe_use("west", "w1", dep, 10.0, now=0.0)
+    a = max(0.5, 0.05 * 40)  # the probe allowance
+    east, west = fleet.slot_share("east", dep, 0.0), fleet.slot_share("west", dep, 0.0)
+    newcomer = fleet.slot_share("north", dep, 0.0)
+    assert east == pytest.approx((30 + a) / (40 + 3 * a))
+    assert west == pytest.approx((10 + a) / (40 + 3 * a))
+    assert east > west > newcomer > 0
+    assert east + west + newcomer == pytest.approx(1.0)  # never more slots than exist
+    (c,) = builder.build("m", "east", 0.0)
+    assert c.concurrency == 2 and c.edge_slots == pytest.approx(2 * east, rel=0.05)
+    # Reports expire: an edge that stopped reporting gives its share back.
+    fleet.observe_use("east", "e1", dep, 30.0, now=100.0)
+    assert fleet.slot_share("east", dep, 100.0) == pytest.approx((30 + 1.5) / (30 + 3.0))
+
+
+def test_edges_of_one_region_split_its_share_and_only_real_changes_mark_dirty() -> None:
+    fleet, _ = setup()
+    dep = "b1/m-small"
+    fleet.take_dirty()
+    fleet.observe_use("east", "e1", dep, 20.0, now=0.0)
+    assert fleet.take_dirty() == (False, {"b1"})
+    fleet.observe_use("east", "e1", dep, 20.5, now=1.0)  # within the 10 % step: no rebuild
+    assert fleet.take_dirty() == (False, set())
+    fleet.observe_use("east", "e2", dep, 0.0, now=1.0)
+    a = 0.05 * 20.5
+    assert fleet.slot_share("east", dep, 1.0) == pytest.approx((20.5 / 2 + a) / (20.5 + 2 * a))
+
+
+def test_when_nobody_sends_it_calls_its_former_users_split_it_evenly() -> None:
+    # Back from an outage: every edge that used it reports 0 calls/s; they must not each
+    # see the whole deployment and rush back together.
+    fleet, _ = setup()
+    dep = "b1/m-small"
+    for edge in ("e1", "e2", "e3"):
+        fleet.observe_use("east", edge, dep, 0.0, now=0.0)
+    assert fleet.slot_share("east", dep, 0.0) == pytest.approx(1 / 4)
+
+
+def test_an_edge_past_its_slots_expects_to_queue() -> None:
+    from placement.model import CallContext, Hints
+    fleet, builder = setup()
+    fleet.ingest("b1", report(10, 10.0), 0.0)
+    fleet.observe_use("west", "w1", "b1/m-small", 50.0, now=0.0)
+    (c,) = builder.build("m", "east", 0.0)
+    assert 0 < c.edge_slots < 0.2  # a newcomer's share of 2 slots
+    ctx = CallContext(Hints(slo_ms=100))
+    base = ctx.latency_ms(c)
+    ctx.inflight[c.deployment_id] = 1
+    k = c.edge_slots
+    assert ctx.latency_ms(c) == pytest.approx(base + (1 - k + 1) * c.compute_ms / k)
+
+
+def test_edge_slots_survive_the_wire() -> None:
+    from services.convert import candidate_from_pb, candidate_to_pb
+    fleet, builder = setup()
+    fleet.observe_use("west", "w1", "b1/m-small", 50.0, now=0.0)
+    (c,) = builder.build("m", "east", 0.0)
+    back = candidate_from_pb(candidate_to_pb(c))
+    assert back.edge_slots == pytest.approx(c.edge_slots, abs=0.01) and back.concurrency == 2

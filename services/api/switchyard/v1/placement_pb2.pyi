@@ -21,7 +21,7 @@ AVAILABILITY_SCOPE_REGION: AvailabilityScope
 AVAILABILITY_SCOPE_CLOUD: AvailabilityScope
 
 class Candidate(_message.Message):
-    __slots__ = ("deployment_id", "backend_id", "endpoint", "variant", "region", "cloud", "accelerator", "quality", "latency_p95_ms", "rtt_ms", "queue_ms", "compute_ms", "cost_usd", "spare_capacity", "observed", "dropped_reason", "availability", "penalty_reason", "concurrency")
+    __slots__ = ("deployment_id", "backend_id", "endpoint", "variant", "region", "cloud", "accelerator", "quality", "latency_p95_ms", "rtt_ms", "queue_ms", "compute_ms", "cost_usd", "spare_capacity", "observed", "dropped_reason", "availability", "penalty_reason", "concurrency", "edge_slots")
     DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     BACKEND_ID_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
@@ -41,6 +41,7 @@ class Candidate(_message.Message):
     AVAILABILITY_FIELD_NUMBER: _ClassVar[int]
     PENALTY_REASON_FIELD_NUMBER: _ClassVar[int]
     CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
+    EDGE_SLOTS_FIELD_NUMBER: _ClassVar[int]
     deployment_id: str
     backend_id: str
     endpoint: str
@@ -60,7 +61,8 @@ class Candidate(_message.Message):
     availability: _fleet_pb2.Availability
     penalty_reason: str
     concurrency: int
-    def __init__(self, deployment_id: _Optional[str] = ..., backend_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., variant: _Optional[str] = ..., region: _Optional[str] = ..., cloud: _Optional[str] = ..., accelerator: _Optional[str] = ..., quality: _Optional[float] = ..., latency_p95_ms: _Optional[float] = ..., rtt_ms: _Optional[float] = ..., queue_ms: _Optional[float] = ..., compute_ms: _Optional[float] = ..., cost_usd: _Optional[float] = ..., spare_capacity: _Optional[float] = ..., observed: _Optional[bool] = ..., dropped_reason: _Optional[str] = ..., availability: _Optional[_Union[_fleet_pb2.Availability, str]] = ..., penalty_reason: _Optional[str] = ..., concurrency: _Optional[int] = ...) -> None: ...
+    edge_slots: float
+    def __init__(self, deployment_id: _Optional[str] = ..., backend_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., variant: _Optional[str] = ..., region: _Optional[str] = ..., cloud: _Optional[str] = ..., accelerator: _Optional[str] = ..., quality: _Optional[float] = ..., latency_p95_ms: _Optional[float] = ..., rtt_ms: _Optional[float] = ..., queue_ms: _Optional[float] = ..., compute_ms: _Optional[float] = ..., cost_usd: _Optional[float] = ..., spare_capacity: _Optional[float] = ..., observed: _Optional[bool] = ..., dropped_reason: _Optional[str] = ..., availability: _Optional[_Union[_fleet_pb2.Availability, str]] = ..., penalty_reason: _Optional[str] = ..., concurrency: _Optional[int] = ..., edge_slots: _Optional[float] = ...) -> None: ...
 
 class RouteTable(_message.Message):
     __slots__ = ("model", "edge_region", "version", "default_slo_ms", "candidates")

@@ -111,7 +111,7 @@ class TelemetryAck(_message.Message):
     def __init__(self, accepted: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class Observation(_message.Message):
-    __slots__ = ("deployment_id", "edge_region", "samples", "failures", "p50_ms", "p95_ms", "rtt_ms")
+    __slots__ = ("deployment_id", "edge_region", "samples", "failures", "p50_ms", "p95_ms", "rtt_ms", "calls_per_s")
     DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     EDGE_REGION_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
@@ -119,6 +119,7 @@ class Observation(_message.Message):
     P50_MS_FIELD_NUMBER: _ClassVar[int]
     P95_MS_FIELD_NUMBER: _ClassVar[int]
     RTT_MS_FIELD_NUMBER: _ClassVar[int]
+    CALLS_PER_S_FIELD_NUMBER: _ClassVar[int]
     deployment_id: str
     edge_region: str
     samples: int
@@ -126,7 +127,8 @@ class Observation(_message.Message):
     p50_ms: float
     p95_ms: float
     rtt_ms: float
-    def __init__(self, deployment_id: _Optional[str] = ..., edge_region: _Optional[str] = ..., samples: _Optional[int] = ..., failures: _Optional[int] = ..., p50_ms: _Optional[float] = ..., p95_ms: _Optional[float] = ..., rtt_ms: _Optional[float] = ...) -> None: ...
+    calls_per_s: float
+    def __init__(self, deployment_id: _Optional[str] = ..., edge_region: _Optional[str] = ..., samples: _Optional[int] = ..., failures: _Optional[int] = ..., p50_ms: _Optional[float] = ..., p95_ms: _Optional[float] = ..., rtt_ms: _Optional[float] = ..., calls_per_s: _Optional[float] = ...) -> None: ...
 
 class ObservationReport(_message.Message):
     __slots__ = ("edge_id", "edge_region", "observations")
