@@ -67,7 +67,10 @@ def parse(metadata: Iterable[tuple[str, str | bytes]] | None, regions: frozenset
         elif key == "x-allowed-regions":
             allowed = frozenset(r.strip() for r in value.split(",") if r.strip())
             unknown = sorted(allowed - regions)
-            if unknown or not allowed:
+            if not allowed:
+                raise InvalidHint(key, value, "names no region; give a comma-separated list "
+                                              f"of: {sorted(regions)}")
+            if unknown:
                 raise InvalidHint(key, value, f"unknown region(s) {unknown}; known: "
                                               f"{sorted(regions)}")
         elif key == "x-fail-fast":

@@ -19,6 +19,7 @@ import grpc
 
 from placement.errors import (
     BackendFailed,
+    InvalidRequest,
     NoHealthyDeployment,
     SwitchyardError,
     UnknownModel,
@@ -287,7 +288,16 @@ class Router:
         return set()
 
 
-def _failed(err: grpc.aio.AioRpcError, record: CallRecord) -> BackendFailed:
+# Triton's answer to bytes whose tensors do not parse (the edge reads only the model name).
+UNPARSEABLE = "Unable to parse request"
+
+
+def _failed(err: grpc.aio.AioRpcError, record: CallRecord) -> SwitchyardError:
     where = record.chosen.deployment_id if record.chosen else "?"
+    if err.code() is grpc.StatusCode.INTERNAL and (err.details() or "").startswith(UNPARSEABLE):
+        # The caller's bytes, not the backend, are at fault: say so with the status that
+        # means it (Triton answers INTERNAL).
+        return InvalidRequest(f"request bytes do not parse as a ModelInferRequest "
+                              f"({where} answered: {err.details()})")
     return BackendFailed(f"{where} failed after {record.attempts} attempt(s): "
                          f"{err.code().name}: {err.details()}", err.code().name)

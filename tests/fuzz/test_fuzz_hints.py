@@ -37,3 +37,10 @@ def test_arbitrary_metadata_gives_hints_or_an_error_naming_the_header(
     assert len(p.request_id) <= 128 and p.profile in ("", *PROFILES)
     h = resolve(p, None, 300.0, 5.0, False)
     assert h.slo_ms > 0
+
+
+def test_a_region_list_of_only_commas_says_it_names_no_region() -> None:
+    import pytest
+    with pytest.raises(InvalidHint, match="names no region") as err:
+        parse([("x-allowed-regions", " , ,")], frozenset(REGIONS), PROFILES)
+    assert err.value.header == "x-allowed-regions"

@@ -107,6 +107,25 @@ async def test_non_retryable_status_is_passed_through() -> None:
     assert err.value.grpc_code == "INVALID_ARGUMENT" and len(up.calls) == 1
 
 
+async def test_bytes_triton_cannot_parse_are_invalid_argument_not_internal() -> None:
+    from placement.errors import InvalidRequest
+
+    class Unparseable(FakeUpstream):
+        async def infer(self, raw: bytes, timeout: float | None = None) -> bytes:
+            self.calls.append((self._endpoint, raw))
+            raise grpc.aio.AioRpcError(grpc.StatusCode.INTERNAL, grpc.aio.Metadata(),
+                                       grpc.aio.Metadata(),
+                                       details="Unable to parse request: bad tensor")
+
+    router, _, _ = make_router([cand(0, 1e-6, 5), cand(1, 2e-6, 5)], {}, Clock())
+    up = Unparseable({})
+    router.upstreams = up  # type: ignore[assignment]
+    with pytest.raises(InvalidRequest, match="do not parse as a ModelInferRequest"):
+        await router.infer(RAW, [], 2.0, CallRecord("", ""))
+    assert len(up.calls) == 1  # the caller's fault: not retried elsewhere
+    assert not router.blocked  # and not held against the backend
+
+
 async def test_everything_failing_ends_with_the_last_backend_status() -> None:
     router, _up, _ = make_router([cand(0, 1e-6, 5), cand(1, 2e-6, 5)],
                                 {"ep0": grpc.StatusCode.UNAVAILABLE,
