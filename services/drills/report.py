@@ -43,6 +43,8 @@ class PhaseStats:
     cost_per_1k_usd: float | None
     served_by: dict[str, int]
     not_sent: int = 0                 # ticks the client dropped: its backlog was full
+    # Up to 3 distinct "STATUS: details" of failed calls, to say what went wrong.
+    failures: list[str] = field(default_factory=list)
 
     @classmethod
     def of(cls, phase: str, seconds: float, calls: Sequence[Call], not_sent: int = 0
@@ -55,7 +57,9 @@ class PhaseStats:
                    sum(1 for c in calls if c.client_failover),
                    _pct(lat, 50), _pct(lat, 99),
                    1000 * sum(c.cost_usd for c in ok) / len(ok) if ok else None,
-                   dict(Counter(c.served_by for c in ok).most_common()), not_sent)
+                   dict(Counter(c.served_by for c in ok).most_common()), not_sent,
+                   list(dict.fromkeys(f"{c.status}: {c.detail}" for c in calls
+                                      if not c.ok))[:3])
 
 
 @dataclass
@@ -115,6 +119,7 @@ class DrillReport:
         foot = [f"time to reroute: {reroute}  ({r.noticed} calls noticed the fault, "
                 f"{r.relapses} relapses; slow = > {r.slow_threshold_ms:.0f} ms)",
                 f"calls: {self.sent} sent, {self.failed} failed"]
+        foot += [f"failed in {p.phase}: {f}" for p in self.phases for f in p.failures]
         foot += [f"check {k}: {'ok' if v else 'FAILED'}" for k, v in self.checks.items()]
         foot += [f"note: {n}" for n in self.notes]
         headers = ["phase", "s", "sent", "failed", "by status", "retried", "other edge",
