@@ -179,6 +179,12 @@ class Router:
                     if not self._may_retry(err, deadline, record):
                         raise _failed(err, record) from None
                     ctx.exclude.add(c.deployment_id)  # type: ignore[union-attr]
+                    if err.code() in SERVER_FAILURES:
+                        # The server failed, not the variant: its other variants of this
+                        # model would fail the same way (a cloud outage once spent two of
+                        # three attempts on one dead backend's two variants).
+                        ctx.exclude.update(  # type: ignore[union-attr]
+                            x.deployment_id for x in cands if x.backend_id == c.backend_id)
                     ctx.avoid_regions.update(  # type: ignore[union-attr]
                         self._sick_regions(err, c, cands, record))
                     continue

@@ -216,6 +216,18 @@ async def test_failures_in_two_regions_of_one_cloud_send_the_last_attempt_to_ano
     assert len(tried) == 3 and set(tried[:2]) <= {"ep0", "ep1", "ep2"} and tried[2] == "ep3"
 
 
+async def test_a_dead_server_is_excluded_with_all_its_variants() -> None:
+    import dataclasses
+    small = cand(0, 1e-6, 5, "a1", "a")
+    large = dataclasses.replace(small, deployment_id="b0/m-large", variant="m-large",
+                                cost_usd=2e-6)
+    router, up, _ = make_router([small, large, cand(1, 3e-6, 5, "a1", "a")],
+                                {"ep0": grpc.StatusCode.UNAVAILABLE, "ep1": b""}, Clock())
+    rec = CallRecord("", "")
+    assert await router.infer(RAW, [("x-slo-ms", "1000")], 2.0, rec) == b"ep1"
+    assert [e for e, _ in up.calls] == ["ep0", "ep1"] and rec.attempts == 2
+
+
 async def test_one_failure_does_not_steer_away_from_its_region() -> None:
     # One dead backend is common; its healthy neighbour in the same region stays first choice.
     cands = [cand(0, 1e-6, 5, "a1", "a"), cand(1, 2e-6, 5, "a1", "a"),
