@@ -9,34 +9,11 @@ drill mesh never collides with a ``switchyard up`` already running on the defaul
 from __future__ import annotations
 
 import pathlib
-import random
-import socket
 import tomllib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from services.ports import free_port
-
-
-def _port_block(n: int, host: str = "127.0.0.1", tries: int = 200) -> int:
-    """The first port of ``n`` consecutive ports free right now."""
-    rng = random.Random()
-    for _ in range(tries):
-        base = rng.randrange(20_000, 60_000 - n)
-        socks = []
-        try:
-            for p in range(base, base + n):
-                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                socks.append(s)
-                s.bind((host, p))
-        except OSError:
-            continue
-        else:
-            return base
-        finally:
-            for s in socks:
-                s.close()
-    raise OSError(f"no block of {n} free ports found")
+from services.ports import free_port, free_ports
 
 
 def sandbox_config(source: str | pathlib.Path, dest_dir: str | pathlib.Path, *,
@@ -63,7 +40,7 @@ def sandbox_config(source: str | pathlib.Path, dest_dir: str | pathlib.Path, *,
     placement.pop("replicas", None)
     wan = raw.setdefault("wan", {})
     n_relays = len(raw.get("edges", [])) * max(1, len(raw["backends"]))
-    wan["relay_base_port"] = _port_block(n_relays + 1)
+    wan["relay_base_port"] = free_ports(n_relays + 1, consecutive=True)[0]
     prices = raw.get("prices_file", "prices.toml")
     raw["prices_file"] = str((src.parent / prices).resolve())
     raw["run_dir"] = str(dest / "run")
