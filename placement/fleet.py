@@ -175,9 +175,9 @@ class FleetState:
         ``(U_e + a) / (sum U + a (n + 1))``: ``U`` the call rates edges report for the
         deployment (reports older than ``OBSERVATION_TTL_S`` are forgotten), ``n`` the edges
         sending it calls (or, when none does, every edge reporting on it), ``a`` the probe
-        allowance. The shares of the edges using it and
-        of one newcomer sum to 1, so together they do not fill more slots than exist. An
-        edge that has not reported yet counts as that newcomer.
+        allowance. The shares of the edges using it and of one newcomer sum to 1, so
+        together they do not fill more slots than exist. An edge that has not reported yet
+        counts as that newcomer.
         """
         by_edge = self.use.get(deployment_id)
         if not by_edge:

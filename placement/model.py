@@ -131,7 +131,7 @@ class CallContext:
                    else observed)
         n = self.inflight.get(c.deployment_id, 0)
         if n:
-            k = c.edge_slots or c.concurrency
+            k = c.slots
             if n >= k > 0:
                 lat += (n - k + 1) * c.compute_ms / k
         return lat
