@@ -85,6 +85,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         print("  note: inter-region RTT is EMULATED by a user-space delaying relay; "
               "accelerator speed is EMULATED (CPU-only machine)")
     mesh.start()
+    mesh.supervise()  # a child that dies is reported and restarted (unless stopped on purpose)
     try:
         print("\nmesh is up:")
         print(f"  placement   {cfg.placement.host}:{cfg.placement.port}")

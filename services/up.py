@@ -3,7 +3,9 @@
 Starts, in order: one real Triton server per backend, the emulated-WAN relay, placement,
 one node agent for all backends, and the edges; waits for each to answer its health check;
 prints what listens where. Every child logs JSON to ``<run_dir>/logs/<name>.log``; Ctrl-C
-(or SIGTERM) stops them all.
+(or SIGTERM) stops them all. Once the mesh is up, :meth:`Mesh.supervise` hands the children to a
+:class:`services.supervisor.Supervisor`: a child that dies is reaped, reported and restarted
+with backoff unless it was stopped on purpose (an operator, or a drill's ``hold``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from placement.errors import ConfigError
 from services.config import MeshConfig
+from services.supervisor import Supervisor
 
 
 @dataclass
@@ -40,6 +43,7 @@ class Mesh:
     cfg: MeshConfig
     config_path: str
     children: list[Child] = field(default_factory=list)
+    supervisor: Supervisor | None = None
 
     @property
     def run_dir(self) -> pathlib.Path:
@@ -70,13 +74,11 @@ class Mesh:
     def start(self, progress: bool = True) -> None:
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, SWITCHYARD_RUN_DIR=str(self.run_dir))
+        self.supervisor = Supervisor(self.run_dir, env, on_change=self._write_pids)
         for child in self.plan():
             if progress:
                 print(f"  starting {child.name:<34} ", end="", flush=True)
-            with child.log.open("ab") as log_file:
-                child.proc = subprocess.Popen(child.argv, stdout=log_file,
-                                              stderr=subprocess.STDOUT, env=env,
-                                              start_new_session=True)
+            self.supervisor.spawn(child)
             self.children.append(child)
             t0 = time.monotonic()
             self._wait(child)
@@ -103,11 +105,18 @@ class Mesh:
         raise ConfigError(f"{child.name} did not become ready at {child.address} within "
                           f"{timeout:.0f} s; see {child.log}")
 
+    def supervise(self) -> None:
+        """From now on, restart children that die (see :mod:`services.supervisor`)."""
+        if self.supervisor is not None:
+            self.supervisor.start()
+
     def _write_pids(self) -> None:
         pids = {c.name: c.proc.pid for c in self.children if c.proc is not None}
         (self.run_dir / "pids.json").write_text(json.dumps(pids, indent=2))
 
     def stop(self) -> None:
+        if self.supervisor is not None:
+            self.supervisor.close()  # stopping the mesh is on purpose: no restarts
         self._stop_replaced()
         for child in reversed(self.children):
             if child.proc is not None and child.proc.poll() is None:
@@ -120,7 +129,6 @@ class Mesh:
             except subprocess.TimeoutExpired:
                 child.proc.kill()
         self.children.clear()
-
 
     def _stop_replaced(self) -> None:
         """Drills may restart children; their new pids are in pids.json: stop those too."""

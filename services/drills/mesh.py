@@ -30,6 +30,7 @@ from services.api.switchyard.v1 import (
 from services.backends.repository import set_control
 from services.backends.triton import backend_run_dir
 from services.config import BackendConfig, EdgeConfig, MeshConfig
+from services.supervisor import hold, release
 from services.up import Child, Mesh, is_serving
 
 
@@ -85,17 +86,20 @@ class MeshHandle:
 
     def signal(self, child: Child, sig: int) -> None:
         assert child.proc is not None
+        hold(self.mesh.run_dir, child.name, f"drill sent {signal.Signals(sig).name}")
         child.proc.send_signal(sig)
 
     def kill_backend(self, backend_id: str) -> int:
         """SIGKILL the backend's tritonserver (its Python stubs are left to notice)."""
         pid = self.tritonserver_pid(backend_id)
+        hold(self.mesh.run_dir, self.backend_child(backend_id).name, "drill sent SIGKILL")
         os.kill(pid, signal.SIGKILL)
         return pid
 
     def restart(self, child: Child, *, wait: bool = True, timeout_s: float = 60.0) -> None:
         """Start a fresh process with ``child``'s command line (after reaping the old one)."""
         old = child.proc
+        hold(self.mesh.run_dir, child.name, "drill is restarting it")
         if old is not None:
             if old.poll() is None:
                 old.terminate()
@@ -112,6 +116,7 @@ class MeshHandle:
             child.proc = subprocess.Popen(child.argv, stdout=log_file, stderr=subprocess.STDOUT,
                                           env=env, start_new_session=True)
         self._write_pids()
+        release(self.mesh.run_dir, child.name)  # `switchyard up`'s supervisor adopts this pid
         if wait:
             self.wait_process_ready(child, timeout_s)
 
