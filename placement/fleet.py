@@ -11,10 +11,10 @@ that into each edge's share of the deployment's slots (see ``Candidate.edge_slot
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from placement.errors import NotRegistered
-from placement.hardware import GpuState, assess
+from placement.hardware import GpuState, assess, carry
 from placement.model import Availability, Backend
 
 ALPHA = 0.5  # EWMA weight of the newest window
@@ -151,6 +151,8 @@ class FleetState:
             load = state.loads.setdefault(name, VariantLoad())
             before = prev.variants.get(name) if prev else None
             _update_load(load, stats, before, None if prev_at is None else now - prev_at)
+        # XID and memory-pressure holds follow the GPU across reports (placement.hardware)
+        snap = replace(snap, gpus=carry(prev.gpus if prev else (), snap.gpus, now))
         state.last, state.last_at = snap, now
         if _signature(state) != before_sig:
             self._bump(backend_id)  # only what can change a route table rebuilds it

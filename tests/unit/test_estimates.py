@@ -65,7 +65,6 @@ def test_prior_is_flagged_before_any_measurement() -> None:
     (GpuState(0, lost=True), "lost"),
     (GpuState(0, ecc_uncorrected=2), "ECC"),
     (GpuState(0, xid_events=(79,)), "XID 79"),
-    (GpuState(0, mem_free_bytes=1, mem_total_bytes=100), "memory"),
 ])
 def test_bad_gpu_removes_the_deployment(gpu: GpuState, expect: str) -> None:
     fleet, builder = setup()
