@@ -11,6 +11,8 @@
     ├── NothingFeasible                  RESOURCE_EXHAUSTED   fail-fast, nothing meets the call
     ├── RetryBudgetExhausted             RESOURCE_EXHAUSTED   too many retries fleet-wide right now
     ├── NoHealthyDeployment              UNAVAILABLE          nothing healthy is allowed to serve
+    ├── PolicyUnsatisfiable              FAILED_PRECONDITION  no deployment, healthy or not, meets
+    │                                                         the call's quality/cost/regions
     ├── BackendFailed                    (the backend's code) the last attempt's own status
     ├── NotRegistered                    NOT_FOUND            an unknown backend id
     └── PermissionDenied                 PERMISSION_DENIED    admin call without the role
@@ -85,6 +87,22 @@ class NoHealthyDeployment(SwitchyardError):
     def __init__(self, message: str, *, removed: dict[str, str] | None = None) -> None:
         super().__init__(message, retry_after_s=1.0)
         self.removed = removed or {}
+
+
+class PolicyUnsatisfiable(SwitchyardError):
+    """The call's own policy (quality floor, cost cap, regions) excludes every deployment of
+    the model, healthy or not: no retry can help, so there is no retry hint. Carries what the
+    table offers, so the caller can relax the policy."""
+
+    grpc_code = "FAILED_PRECONDITION"
+
+    def __init__(self, message: str, *, best_quality: float, lowest_cost_usd: float,
+                 regions: tuple[str, ...], removed: dict[str, str]) -> None:
+        super().__init__(message)
+        self.best_quality = best_quality
+        self.lowest_cost_usd = lowest_cost_usd
+        self.regions = regions
+        self.removed = removed
 
 
 class BackendFailed(SwitchyardError):

@@ -8,6 +8,7 @@ them on every call.
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 
 HARDWARE_PENALTY_PREFIX = "GPU "  # placement.hardware's penalty reasons start with it
@@ -94,7 +95,7 @@ class Hints:
 
     slo_ms: float
     min_quality: float = 0.0
-    max_cost_usd: float = 0.0  # 0 = no limit
+    max_cost_usd: float = math.inf  # a real cap, 0 included; inf = no cap
     allowed_regions: frozenset[str] = frozenset()  # empty = every region
     fail_fast: bool = False
     tenant: str = ""

@@ -4,7 +4,9 @@
 the lowest-latency candidate that passes the *hard* filters (health, residency, quality,
 cost cap) and marks the decision ``slo_met=False``; with ``fail_fast`` it raises
 ``NothingFeasible`` instead, carrying what removed what and the best latency on offer. When
-even the hard filters leave nothing, it raises ``NoHealthyDeployment``.
+even the hard filters leave nothing, it raises ``PolicyUnsatisfiable`` if the call's own
+policy (``POLICY_FILTERS``: regions, quality floor, cost cap) removes every candidate in the
+table, healthy or not (no retry can help), else ``NoHealthyDeployment`` (retry later).
 """
 
 from __future__ import annotations
@@ -14,12 +16,16 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from placement.errors import NoHealthyDeployment, NothingFeasible
+from placement.errors import NoHealthyDeployment, NothingFeasible, PolicyUnsatisfiable
 from placement.framework import Filter, Picker, Scorer
 from placement.model import CallContext, Candidate
 
 # Called as observe(stage, plugin, seconds) for a sample of calls; wired to a histogram by services.
 StageObserver = Callable[[str, str, float], None]
+
+# Hard filters that read only the call's policy, never the fleet's health or load: when they
+# alone remove every candidate, the call can never be served as asked.
+POLICY_FILTERS = frozenset({"residency", "quality", "cost-cap"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +59,7 @@ class Profile:
         self.cost_band = cost_band
         self.filters = tuple(filters)
         self.hard_filters = tuple(f for f in filters if f.hard)
+        self.policy_filters = tuple(f for f in self.hard_filters if f.name in POLICY_FILTERS)
         self.scorers = tuple(scorers)
         self.picker = picker
         self.observer = observer
@@ -144,6 +151,8 @@ class Profile:
                    for c in cands}
         healthy = [c for c in cands if self._keeps(c, ctx, self.hard_filters)]
         if not healthy:
+            if cands and not any(self._keeps(c, ctx, self.policy_filters) for c in cands):
+                raise self._unsatisfiable(cands, ctx)
             why = "; ".join(f"{d}: {r}" for d, r in removed.items()) or "no deployments"
             raise NoHealthyDeployment(f"no healthy deployment may serve this call ({why})",
                                       removed=removed)
@@ -155,6 +164,25 @@ class Profile:
                 f"{best:.1f} ms ({fastest.deployment_id})",
                 best_latency_ms=best, removed=removed)
         return Decision(fastest, False, 0)
+
+    def _unsatisfiable(self, cands: Sequence[Candidate], ctx: CallContext
+                       ) -> PolicyUnsatisfiable:
+        """What the table offers at best, against what the call asked for."""
+        h = ctx.hints
+        removed = {c.deployment_id: self._first_rejection(c, ctx, self.policy_filters) or ""
+                   for c in cands}
+        best_q = max(c.quality for c in cands)
+        cheapest = min(c.cost_usd for c in cands)
+        regions = tuple(sorted({c.region for c in cands}))
+        asked = [f"quality >= {h.min_quality:g}"]
+        if h.max_cost_usd != float("inf"):
+            asked.append(f"cost <= ${h.max_cost_usd:.8f}")
+        if h.allowed_regions:
+            asked.append(f"regions {sorted(h.allowed_regions)}")
+        return PolicyUnsatisfiable(
+            f"no deployment can meet this call's policy ({', '.join(asked)}); on offer: "
+            f"best quality {best_q:g}, lowest cost ${cheapest:.8f}, regions {list(regions)}",
+            best_quality=best_q, lowest_cost_usd=cheapest, regions=regions, removed=removed)
 
     def _choose_timed(self, cands: Sequence[Candidate], ctx: CallContext,
                       rng: random.Random) -> Decision:

@@ -1,4 +1,7 @@
-"""Hard: never charge more per call than the caller allows (``x-max-cost-usd``; 0 = no cap)."""
+"""Hard: never charge more per call than the caller allows (``x-max-cost-usd``).
+
+Every cap is real, 0 included (only free deployments qualify); ``math.inf`` means no cap.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,6 @@ class CostCapFilter:
 
     def reject(self, c: Candidate, ctx: CallContext) -> str | None:
         cap = ctx.hints.max_cost_usd
-        if cap > 0 and c.cost_usd > cap:
+        if c.cost_usd > cap:
             return f"cost ${c.cost_usd:.8f} > cap ${cap:.8f}"
         return None

@@ -2,7 +2,10 @@
 ``x-tenant``, ``x-allowed-regions``, ``x-request-id``, ``x-fail-fast``, ``x-routing-profile``.
 
 No ``x-slo-ms``: the call's deadline minus a margin is the SLO; neither: the model's default.
-A malformed value raises ``InvalidHint`` naming the header.
+No ``x-max-cost-usd``: no cap (``math.inf``); ``0`` is a real cap.
+A malformed value raises ``InvalidHint`` naming the header. A header sent more than once must
+repeat the same value: disagreeing repeats raise ``InvalidHint`` naming both values (taking
+either would let an appended header weaken a limit the caller set).
 """
 
 from __future__ import annotations
@@ -11,12 +14,14 @@ import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from placement.errors import InvalidHint
 from placement.model import Hints
 
 _TRUE = {"1", "true", "yes"}
 _FALSE = {"0", "false", "no", ""}
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,47 +46,62 @@ def _number(header: str, value: str, lo: float, hi: float) -> float:
     return x
 
 
+def _once(seen: dict[str, tuple[str, object]], key: str, value: str, parsed: T) -> T:
+    """``parsed``, unless an earlier ``key`` said something else (then ``InvalidHint``)."""
+    first = seen.setdefault(key, (value, parsed))
+    if first[1] != parsed:
+        raise InvalidHint(key, value, f"contradicts an earlier {key}={first[0]!r}; send the "
+                                      "hint once (or repeat the same value)")
+    return parsed
+
+
+def _regions(key: str, value: str, regions: frozenset[str]) -> frozenset[str]:
+    allowed = frozenset(r.strip() for r in value.split(",") if r.strip())
+    if not allowed:
+        raise InvalidHint(key, value, "names no region; give a comma-separated list "
+                                      f"of: {sorted(regions)}")
+    unknown = sorted(allowed - regions)
+    if unknown:
+        raise InvalidHint(key, value, f"unknown region(s) {unknown}; known: {sorted(regions)}")
+    return allowed
+
+
 def parse(metadata: Iterable[tuple[str, str | bytes]] | None, regions: frozenset[str],
           profiles: tuple[str, ...]) -> ParsedHints:
     slo = None
-    min_q = max_cost = 0.0
+    min_q = 0.0
+    max_cost = math.inf  # no cap
     tenant = request_id = ""
     allowed: frozenset[str] = frozenset()
     fail_fast: bool | None = None
     profile = ""
+    seen: dict[str, tuple[str, object]] = {}  # header -> (first raw value, parsed value)
     for key, value in metadata or ():
         if not key.startswith("x-"):
             continue
         if isinstance(value, bytes):
             continue  # -bin headers are not hints
         if key == "x-slo-ms":
-            slo = _number(key, value, 1e-3, 3.6e6)
+            slo = _once(seen, key, value, _number(key, value, 1e-3, 3.6e6))
         elif key == "x-min-quality":
-            min_q = _number(key, value, 0.0, 1.0)
+            min_q = _once(seen, key, value, _number(key, value, 0.0, 1.0))
         elif key == "x-max-cost-usd":
-            max_cost = _number(key, value, 0.0, 1e6)
+            max_cost = _once(seen, key, value, _number(key, value, 0.0, 1e6))
         elif key == "x-tenant":
-            tenant = value
+            tenant = _once(seen, key, value, value)
         elif key == "x-request-id":
-            request_id = value[:128]
+            request_id = _once(seen, key, value, value[:128])
         elif key == "x-allowed-regions":
-            allowed = frozenset(r.strip() for r in value.split(",") if r.strip())
-            unknown = sorted(allowed - regions)
-            if not allowed:
-                raise InvalidHint(key, value, "names no region; give a comma-separated list "
-                                              f"of: {sorted(regions)}")
-            if unknown:
-                raise InvalidHint(key, value, f"unknown region(s) {unknown}; known: "
-                                              f"{sorted(regions)}")
+            allowed = _once(seen, key, value, _regions(key, value, regions))
         elif key == "x-fail-fast":
             low = value.lower()
             if low not in _TRUE | _FALSE:
                 raise InvalidHint(key, value, "must be true or false")
-            fail_fast = low in _TRUE
+            fail_fast = _once(seen, key, value, low in _TRUE)
         elif key == "x-routing-profile":
             if value not in profiles:
                 raise InvalidHint(key, value, f"unknown profile; known: {list(profiles)}")
-            profile = value
+            profile = _once(seen, key, value, value)
     return ParsedHints(slo, min_q, max_cost, tenant, allowed,
                        request_id or os.urandom(8).hex(), fail_fast, profile)
 

@@ -155,7 +155,7 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
                                  f"{sorted(self.builder.catalog.regions)}")
         slo = request.slo_ms or model.default_slo_ms
         hints = Hints(slo_ms=slo, min_quality=request.min_quality,
-                      max_cost_usd=request.max_cost_usd,
+                      max_cost_usd=request.max_cost_usd or math.inf,  # wire: 0 = no cap
                       allowed_regions=frozenset(request.allowed_regions))
         ctx = CallContext(hints, self.slo_margin_ms)
         cands = self.builder.build(request.model, request.edge_region, self.clock())

@@ -86,7 +86,7 @@ class Admission:
             else:
                 regions = p.regions
         cost = hints.max_cost_usd
-        if p.max_cost_usd and (not cost or cost > p.max_cost_usd):
+        if p.max_cost_usd and cost > p.max_cost_usd:  # hints: inf = no cap, 0 is a cap
             cost = p.max_cost_usd
         return Hints(hints.slo_ms, hints.min_quality, cost, regions, hints.fail_fast, p.name)
 

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import math
 import random
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from placement.errors import ConfigError, NoHealthyDeployment, NothingFeasible
+from placement.errors import (
+    ConfigError,
+    NoHealthyDeployment,
+    NothingFeasible,
+    PolicyUnsatisfiable,
+)
 from placement.model import Availability, CallContext, Candidate, Hints
 from placement.registry import build_filters, build_profile, register_filter
 
@@ -33,21 +40,26 @@ candidates = st.lists(
                     for i, r in enumerate(rows)])
 
 hints = st.builds(Hints, slo_ms=st.floats(1, 600), min_quality=st.floats(0, 1),
-                  max_cost_usd=st.one_of(st.just(0.0), st.floats(1e-7, 1e-2)),
+                  max_cost_usd=st.one_of(st.just(math.inf), st.just(0.0), st.floats(1e-7, 1e-2)),
                   allowed_regions=st.sets(st.sampled_from(REGIONS)).map(frozenset))
 
 
 def feasible(c: Candidate, h: Hints, margin: float = 0.0) -> bool:
     return (not c.dropped_reason and c.quality >= h.min_quality
             and (not h.allowed_regions or c.region in h.allowed_regions)
-            and (h.max_cost_usd <= 0 or c.cost_usd <= h.max_cost_usd)
+            and c.cost_usd <= h.max_cost_usd
             and c.latency_p95_ms <= h.slo_ms - margin and c.spare_capacity > 0)
 
 
 def hard_ok(c: Candidate, h: Hints) -> bool:
     return (not c.dropped_reason and c.quality >= h.min_quality
             and (not h.allowed_regions or c.region in h.allowed_regions)
-            and (h.max_cost_usd <= 0 or c.cost_usd <= h.max_cost_usd))
+            and c.cost_usd <= h.max_cost_usd)
+
+
+def policy_ok(c: Candidate, h: Hints) -> bool:
+    """The call's own policy, whatever the deployment's health."""
+    return hard_ok(replace(c, dropped_reason=""), h)
 
 
 @settings(max_examples=400, deadline=None)
@@ -61,6 +73,10 @@ def test_pick_is_feasible_cheapest_within_band_and_never_violates_hard_limits(
         d = profile.choose(cands, ctx, random.Random(seed))
     except NoHealthyDeployment:
         assert not any(hard_ok(c, h) for c in cands)
+        assert any(policy_ok(c, h) for c in cands)  # else PolicyUnsatisfiable
+        return
+    except PolicyUnsatisfiable:
+        assert not any(policy_ok(c, h) for c in cands)
         return
     # Quality floor, residency, cost cap and health hold even in the fallback.
     assert hard_ok(d.candidate, h)
@@ -160,8 +176,8 @@ def test_cost_sorted_walk_gives_the_same_answer_as_the_full_pipeline(
     full, fast = build_profile("cheapest"), build_profile("cheapest")
     try:
         a = full.choose(ordered, ctx, random.Random(seed))
-    except NoHealthyDeployment:
-        with pytest.raises(NoHealthyDeployment):
+    except (NoHealthyDeployment, PolicyUnsatisfiable) as exc:
+        with pytest.raises(type(exc)):
             fast.choose(ordered, ctx, random.Random(seed), cost_sorted=True)
         return
     b = fast.choose(ordered, ctx, random.Random(seed), cost_sorted=True)

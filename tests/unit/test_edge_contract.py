@@ -1,0 +1,111 @@
+"""The edge's contract with callers, at the unit level: hints that cannot be weakened, policies
+nothing can satisfy, metric labels, limits and keepalive settings (issue 10)."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import grpc
+import pytest
+
+from placement.errors import InvalidHint, NoHealthyDeployment, PolicyUnsatisfiable
+from placement.model import CallContext, Candidate, Hints
+from placement.registry import build_profile
+from services.edge.hints import parse, resolve
+from services.grpc_errors import status_of
+
+REGIONS = frozenset({"r-east", "r-west", "r-central"})
+PROFILES = ("cheapest", "fastest")
+
+
+def cand(i: int, cost: float, quality: float = 0.8, region: str = "r-east",
+         dropped: str = "") -> Candidate:
+    return Candidate(deployment_id=f"b{i}/v", backend_id=f"b{i}", endpoint=f"h:{i}",
+                     variant="v", region=region, cloud="c", accelerator="a", quality=quality,
+                     latency_p95_ms=10, rtt_ms=0, queue_ms=0, compute_ms=10, cost_usd=cost,
+                     spare_capacity=10, dropped_reason=dropped)
+
+
+def hints_of(md: list[tuple[str, str]]) -> Hints:
+    return resolve(parse(md, REGIONS, PROFILES), None, 300.0, 5.0, False)
+
+
+# -- duplicated hint headers -------------------------------------------------------------
+
+def test_a_repeated_hint_that_disagrees_is_rejected_naming_header_and_both_values() -> None:
+    with pytest.raises(InvalidHint) as err:
+        parse([("x-min-quality", "0.9"), ("x-min-quality", "0.1")], REGIONS, PROFILES)
+    assert err.value.header == "x-min-quality"
+    assert "'0.9'" in err.value.message and "'0.1'" in err.value.message
+    code, _, _ = status_of(err.value)
+    assert code is grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize(("header", "a", "b"), [
+    ("x-max-cost-usd", "0.001", "1"), ("x-slo-ms", "20", "2000"),
+    ("x-allowed-regions", "r-east", "r-east,r-west"), ("x-fail-fast", "true", "false"),
+    ("x-routing-profile", "cheapest", "fastest"), ("x-tenant", "a", "b"),
+])
+def test_every_hint_refuses_disagreeing_repeats(header: str, a: str, b: str) -> None:
+    with pytest.raises(InvalidHint, match=header):
+        parse([(header, a), ("x-other", "1"), (header, b)], REGIONS, PROFILES)
+
+
+def test_identical_repeats_are_fine() -> None:
+    h = hints_of([("x-min-quality", "0.9"), ("x-min-quality", "0.90"),
+                  ("x-allowed-regions", "r-west,r-east"), ("x-allowed-regions", "r-east,r-west")])
+    assert h.min_quality == 0.9 and h.allowed_regions == {"r-east", "r-west"}
+
+
+# -- a cost cap of 0, and policies nothing can satisfy -----------------------------------
+
+def test_no_cost_header_means_no_cap_and_zero_is_a_real_cap() -> None:
+    assert hints_of([]).max_cost_usd == math.inf
+    assert Hints(slo_ms=10).max_cost_usd == math.inf
+    assert hints_of([("x-max-cost-usd", "0")]).max_cost_usd == 0.0
+    cands = [cand(0, 0.0), cand(1, 1e-6)]
+    profile = build_profile("cheapest")
+    d = profile.choose(cands, CallContext(hints_of([("x-max-cost-usd", "0")])),
+                       random.Random(0))
+    assert d.candidate.deployment_id == "b0/v"  # the free one, never the one that costs
+
+
+def test_a_zero_cost_cap_nothing_meets_is_failed_precondition() -> None:
+    cands = [cand(0, 2e-6), cand(1, 1e-6)]
+    ctx = CallContext(hints_of([("x-max-cost-usd", "0")]))
+    with pytest.raises(PolicyUnsatisfiable) as err:
+        build_profile("cheapest").choose(cands, ctx, random.Random(0))
+    assert err.value.lowest_cost_usd == 1e-6
+    assert "lowest cost $0.00000100" in err.value.message
+
+
+def test_a_quality_floor_nothing_meets_is_failed_precondition_without_retry_hint() -> None:
+    cands = [cand(0, 1e-6, quality=0.7, region="r-west"),
+             cand(1, 2e-6, quality=0.9, region="r-east", dropped="backend down")]
+    ctx = CallContext(hints_of([("x-min-quality", "1.0")]))
+    with pytest.raises(PolicyUnsatisfiable) as err:
+        build_profile("cheapest").choose(cands, ctx, random.Random(0), cost_sorted=True)
+    e = err.value
+    # What the best candidate offers, healthy or not: the caller can relax the policy.
+    assert (e.best_quality, e.lowest_cost_usd, e.regions) == (0.9, 1e-6, ("r-east", "r-west"))
+    assert "best quality 0.9" in e.message and "quality >= 1" in e.message
+    code, _, trailers = status_of(e)
+    assert code is grpc.StatusCode.FAILED_PRECONDITION
+    assert "retry-after-ms" not in dict(trailers)
+
+
+def test_regions_nothing_serves_is_failed_precondition() -> None:
+    cands = [cand(0, 1e-6, region="r-west")]
+    with pytest.raises(PolicyUnsatisfiable, match=r"regions \['r-east'\]"):
+        build_profile("fastest").choose(
+            cands, CallContext(hints_of([("x-allowed-regions", "r-east")])), random.Random(0))
+
+
+def test_a_satisfiable_policy_with_nothing_healthy_stays_unavailable_with_retry_hint() -> None:
+    cands = [cand(0, 1e-6, quality=0.95, dropped="backend down"), cand(1, 1e-6, quality=0.5)]
+    ctx = CallContext(hints_of([("x-min-quality", "0.9")]))
+    with pytest.raises(NoHealthyDeployment) as err:
+        build_profile("cheapest").choose(cands, ctx, random.Random(0))
+    code, _, trailers = status_of(err.value)
+    assert code is grpc.StatusCode.UNAVAILABLE and "retry-after-ms" in dict(trailers)
