@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 import structlog
 
-from placement.errors import InvalidRequest
+from placement.errors import InvalidRequest, NotRegistered
 from placement.fleet import FleetState
 from placement.model import Availability, CallContext, Hints
 from placement.prices import PriceCatalog
@@ -31,6 +31,7 @@ from services.convert import (
 )
 from services.placement.hub import RouteHub
 from services.placement.metrics import PlacementMetrics
+from services.placement.validate import check_backend
 
 log = structlog.get_logger("switchyard.placement")
 
@@ -59,21 +60,7 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
                               context: grpc.aio.ServicerContext
                               ) -> placement_pb2.RegisterBackendResponse:
         b = request.backend
-        if not b.id or not b.endpoint or not b.region or not b.variants:
-            raise InvalidRequest("backend needs id, endpoint, region and at least one variant; "
-                                 f"got id={b.id!r} endpoint={b.endpoint!r} region={b.region!r}")
-        if b.region not in self.builder.catalog.regions:
-            raise InvalidRequest(f"backend.region {b.region!r} is not in the catalog's regions "
-                                 f"{sorted(self.builder.catalog.regions)}")
-        cloud = self.builder.catalog.regions[b.region]
-        if b.cloud != cloud:
-            raise InvalidRequest(f"backend.cloud {b.cloud!r} is not region {b.region!r}'s cloud "
-                                 f"{cloud!r}")
-        for i, v in enumerate(b.variants):
-            if not v.variant or not v.logical_model or not 0.0 <= v.quality <= 1.0:
-                raise InvalidRequest(f"backend.variants[{i}] needs variant, logical_model and a "
-                                     f"quality within [0, 1]; got {v.variant!r}, "
-                                     f"{v.logical_model!r}, {v.quality!r}")
+        check_backend(b, self.builder.catalog, self.prices)
         self.fleet.register(backend_from_pb(b))
         log.info("backend_registered", backend=b.id, endpoint=b.endpoint, region=b.region)
         self._changed()
@@ -82,10 +69,13 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
     async def DeregisterBackend(self, request: placement_pb2.DeregisterBackendRequest,
                                 context: grpc.aio.ServicerContext
                                 ) -> placement_pb2.DeregisterBackendResponse:
-        existed = self.fleet.deregister(request.backend_id)
-        log.info("backend_deregistered", backend=request.backend_id, existed=existed)
+        if not self.fleet.deregister(request.backend_id):
+            raise NotRegistered(f"backend_id {request.backend_id!r} is not registered "
+                                f"(registered: {len(self.fleet.backends)}; see switchyard "
+                                "status)")
+        log.info("backend_deregistered", backend=request.backend_id)
         self._changed()
-        return placement_pb2.DeregisterBackendResponse(existed=existed)
+        return placement_pb2.DeregisterBackendResponse(existed=True)
 
     async def StreamTelemetry(self, request_iterator: AsyncIterator[telemetry_pb2.TelemetryReport],
                               context: grpc.aio.ServicerContext) -> telemetry_pb2.TelemetryAck:

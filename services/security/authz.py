@@ -13,6 +13,8 @@ health, reflection                       anyone
 
 No identity → UNAUTHENTICATED; an identity without the role → PERMISSION_DENIED. Every
 denial, and every allowed admin call, is one JSON event on the ``switchyard.audit`` logger.
+In plaintext mode nothing is authenticated (any local process may register, drain and
+reprice), but :class:`AuditInterceptor` still records every admin call with its peer.
 ``reload(settings)`` swaps the policy atomically (one attribute assignment).
 """
 
@@ -192,7 +194,35 @@ class AuthzInterceptor(grpc.aio.ServerInterceptor):
         return grpc.stream_stream_rpc_method_handler(refused, **kw)
 
 
+class AuditInterceptor(grpc.aio.ServerInterceptor):
+    """Plaintext mode: no identities to check, but every admin call is still audited."""
+
+    async def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        method = details.method
+        if handler is None or not handler.unary_unary or not (
+                method in ADMIN_METHODS or method in OWNED_METHODS):
+            return handler
+        fn = handler.unary_unary
+
+        async def audited(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            target = OWNED_METHODS[method](request) if method in OWNED_METHODS else ""
+            audit.warning("allowed", method=method, identity=[], peer=peer_address(context),
+                          authenticated=False, target=target,
+                          reason="plaintext mode: admin calls are not authenticated")
+            return await fn(request, context)
+        return grpc.unary_unary_rpc_method_handler(
+            audited, request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer)
+
+
 def interceptors(sec: SecuritySettings) -> list[grpc.aio.ServerInterceptor]:
-    """What placement installs in front of its own: authorisation under TLS, nothing in
-    plaintext (there are no identities to check; ``transport.announce`` says so)."""
-    return [] if sec.plaintext else [AuthzInterceptor(AuthzPolicy.from_settings(sec))]
+    """What placement installs in front of its own: authorisation under TLS; in plaintext
+    only the audit of admin calls (there are no identities to check; ``transport.announce``
+    says so)."""
+    if sec.plaintext:
+        return [AuditInterceptor()]
+    return [AuthzInterceptor(AuthzPolicy.from_settings(sec))]

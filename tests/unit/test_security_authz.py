@@ -15,7 +15,13 @@ from services.api.switchyard.v1 import fleet_pb2, placement_pb2, placement_pb2_g
 from services.grpc_errors import ErrorInterceptor
 from services.placement.main import build_service
 from services.security import transport
-from services.security.authz import PLACEMENT, AuthzInterceptor, AuthzPolicy, interceptors
+from services.security.authz import (
+    PLACEMENT,
+    AuditInterceptor,
+    AuthzInterceptor,
+    AuthzPolicy,
+    interceptors,
+)
 from services.security.certs import create_dev_pki
 from services.security.settings import AgentIdentity, SecuritySettings
 from tests.mesh_harness import mesh_config
@@ -147,4 +153,5 @@ def test_no_identity_is_unauthenticated() -> None:
 
 
 def test_plaintext_installs_no_authorisation() -> None:
-    assert interceptors(SecuritySettings(plaintext=True)) == []
+    assert [type(i) for i in interceptors(SecuritySettings(plaintext=True))] == [
+        AuditInterceptor]  # audit only: nothing is refused
