@@ -143,7 +143,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     region = args.region or (cfg.edges[0].region if cfg.edges else cfg.regions[0].name)
     resp = _stub(cfg, args).Explain(placement_pb2.ExplainRequest(
         model=args.model, edge_region=region, slo_ms=args.slo_ms or 0,
-        min_quality=args.min_quality, max_cost_usd=args.max_cost_usd,
+        min_quality=args.min_quality, max_cost_usd=args.max_cost_usd or None,
         allowed_regions=args.allowed_regions.split(",") if args.allowed_regions else []),
         timeout=3)
     print(f"{resp.model} from {resp.edge_region}, SLO {resp.slo_ms:.0f} ms: {resp.summary}\n")

@@ -11,10 +11,11 @@ import grpc
 import structlog
 
 from placement.errors import InvalidRequest, NotRegistered
+from placement.explain import explain_call
 from placement.fleet import FleetState
 from placement.model import Availability, CallContext, Hints
 from placement.prices import PriceCatalog
-from placement.registry import build_profile
+from placement.registry import PROFILES, build_profile
 from placement.routes import RouteBuilder
 from services.api.switchyard.v1 import (
     fleet_pb2,
@@ -43,7 +44,10 @@ _SCOPES = {placement_pb2.AVAILABILITY_SCOPE_BACKEND: "backend",
 class PlacementService(placement_pb2_grpc.PlacementServicer):
     def __init__(self, fleet: FleetState, prices: PriceCatalog, builder: RouteBuilder,
                  hub: RouteHub, metrics: PlacementMetrics, slo_margin_ms: float = 2.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, *, profile: str = "cheapest",
+                 spread_band: float = 0.05, fail_fast: bool = False) -> None:
+        """``profile``, ``spread_band``, ``fail_fast``: the edges' routing settings, so that
+        ``Explain`` reports what an edge would do."""
         self.fleet = fleet
         self.prices = prices
         self.builder = builder
@@ -51,6 +55,9 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
         self.metrics = metrics
         self.slo_margin_ms = slo_margin_ms
         self.clock = clock
+        self.profile = profile
+        self.spread_band = spread_band
+        self.fail_fast = fail_fast
         self.placement_id = f"placement-{uuid.uuid4().hex[:8]}"
 
     def _changed(self) -> None:
@@ -144,35 +151,27 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
             raise InvalidRequest(f"edge_region {request.edge_region!r} is not a region "
                                  f"{sorted(self.builder.catalog.regions)}")
         slo = request.slo_ms or model.default_slo_ms
+        name = request.profile or self.profile
+        if name not in PROFILES:
+            raise InvalidRequest(f"profile {name!r} is not a routing profile (known: "
+                                 f"{list(PROFILES)})")
         hints = Hints(slo_ms=slo, min_quality=request.min_quality,
-                      max_cost_usd=request.max_cost_usd or math.inf,  # wire: 0 = no cap
-                      allowed_regions=frozenset(request.allowed_regions))
+                      max_cost_usd=(request.max_cost_usd if request.HasField("max_cost_usd")
+                                    else math.inf),
+                      allowed_regions=frozenset(request.allowed_regions),
+                      fail_fast=self.fail_fast)
         ctx = CallContext(hints, self.slo_margin_ms)
         cands = self.builder.build(request.model, request.edge_region, self.clock())
-        profile = build_profile("cheapest")
-        verdicts = profile.explain(cands, ctx)
-        resp = placement_pb2.ExplainResponse(model=request.model,
-                                             edge_region=request.edge_region, slo_ms=slo)
-        feasible = [v for v in verdicts if v.feasible]
-        chosen = min(feasible, key=lambda v: v.candidate.cost_usd) if feasible else None
-        if chosen is None:
-            hard = [v for v in verdicts if not any(v.reason.startswith(f.name + ":")
-                                                   for f in profile.hard_filters)]
-            chosen = min(hard, key=lambda v: v.candidate.latency_p95_ms) if hard else None
-        for v in verdicts:
-            reason = v.reason
-            if chosen is not None and v.candidate.deployment_id == chosen.candidate.deployment_id:
-                reason = "chosen (cheapest feasible)" if feasible else (
-                    f"chosen as lowest-latency fallback ({v.reason})")
+        ex = explain_call(build_profile(name, self.spread_band), cands, ctx)
+        resp = placement_pb2.ExplainResponse(
+            model=request.model, edge_region=request.edge_region, slo_ms=slo,
+            profile=ex.profile, slo_met=ex.slo_met, summary=ex.summary,
+            chosen_deployment_id=ex.chosen.deployment_id if ex.chosen else "",
+            spread_band=ex.spread_band)
+        for v in ex.verdicts:
             resp.candidates.append(placement_pb2.ExplainedCandidate(
-                candidate=candidate_to_pb(v.candidate), feasible=v.feasible, reason=reason,
+                candidate=candidate_to_pb(v.candidate), feasible=v.feasible, reason=v.reason,
                 score=v.score))
-        if chosen is not None:
-            resp.chosen_deployment_id = chosen.candidate.deployment_id
-        resp.slo_met = bool(feasible)
-        resp.summary = (f"{len(feasible)} of {len(verdicts)} deployments feasible; "
-                        + (f"chosen {resp.chosen_deployment_id}" if chosen else
-                           "nothing healthy may serve this call"))
         return resp
 
     async def ListBackends(self, request: placement_pb2.ListBackendsRequest,

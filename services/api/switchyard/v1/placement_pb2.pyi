@@ -147,20 +147,22 @@ class DeregisterBackendResponse(_message.Message):
     def __init__(self, existed: _Optional[bool] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
-    __slots__ = ("model", "edge_region", "slo_ms", "min_quality", "max_cost_usd", "allowed_regions")
+    __slots__ = ("model", "edge_region", "slo_ms", "min_quality", "max_cost_usd", "allowed_regions", "profile")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     EDGE_REGION_FIELD_NUMBER: _ClassVar[int]
     SLO_MS_FIELD_NUMBER: _ClassVar[int]
     MIN_QUALITY_FIELD_NUMBER: _ClassVar[int]
     MAX_COST_USD_FIELD_NUMBER: _ClassVar[int]
     ALLOWED_REGIONS_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
     model: str
     edge_region: str
     slo_ms: float
     min_quality: float
     max_cost_usd: float
     allowed_regions: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, model: _Optional[str] = ..., edge_region: _Optional[str] = ..., slo_ms: _Optional[float] = ..., min_quality: _Optional[float] = ..., max_cost_usd: _Optional[float] = ..., allowed_regions: _Optional[_Iterable[str]] = ...) -> None: ...
+    profile: str
+    def __init__(self, model: _Optional[str] = ..., edge_region: _Optional[str] = ..., slo_ms: _Optional[float] = ..., min_quality: _Optional[float] = ..., max_cost_usd: _Optional[float] = ..., allowed_regions: _Optional[_Iterable[str]] = ..., profile: _Optional[str] = ...) -> None: ...
 
 class ExplainedCandidate(_message.Message):
     __slots__ = ("candidate", "feasible", "reason", "score")
@@ -175,7 +177,7 @@ class ExplainedCandidate(_message.Message):
     def __init__(self, candidate: _Optional[_Union[Candidate, _Mapping]] = ..., feasible: _Optional[bool] = ..., reason: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
-    __slots__ = ("model", "edge_region", "slo_ms", "candidates", "chosen_deployment_id", "slo_met", "summary")
+    __slots__ = ("model", "edge_region", "slo_ms", "candidates", "chosen_deployment_id", "slo_met", "summary", "profile", "spread_band")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     EDGE_REGION_FIELD_NUMBER: _ClassVar[int]
     SLO_MS_FIELD_NUMBER: _ClassVar[int]
@@ -183,6 +185,8 @@ class ExplainResponse(_message.Message):
     CHOSEN_DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     SLO_MET_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    SPREAD_BAND_FIELD_NUMBER: _ClassVar[int]
     model: str
     edge_region: str
     slo_ms: float
@@ -190,14 +194,16 @@ class ExplainResponse(_message.Message):
     chosen_deployment_id: str
     slo_met: bool
     summary: str
-    def __init__(self, model: _Optional[str] = ..., edge_region: _Optional[str] = ..., slo_ms: _Optional[float] = ..., candidates: _Optional[_Iterable[_Union[ExplainedCandidate, _Mapping]]] = ..., chosen_deployment_id: _Optional[str] = ..., slo_met: _Optional[bool] = ..., summary: _Optional[str] = ...) -> None: ...
+    profile: str
+    spread_band: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model: _Optional[str] = ..., edge_region: _Optional[str] = ..., slo_ms: _Optional[float] = ..., candidates: _Optional[_Iterable[_Union[ExplainedCandidate, _Mapping]]] = ..., chosen_deployment_id: _Optional[str] = ..., slo_met: _Optional[bool] = ..., summary: _Optional[str] = ..., profile: _Optional[str] = ..., spread_band: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListBackendsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class BackendStatus(_message.Message):
-    __slots__ = ("backend", "availability", "healthy", "health_reason", "telemetry_source", "last_report_unix_ms", "gpus", "penalty_reason")
+    __slots__ = ("backend", "availability", "healthy", "health_reason", "telemetry_source", "last_report_unix_ms", "gpus", "penalty_reason", "telemetry_owner", "telemetry_ignored")
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     AVAILABILITY_FIELD_NUMBER: _ClassVar[int]
     HEALTHY_FIELD_NUMBER: _ClassVar[int]
@@ -206,6 +212,8 @@ class BackendStatus(_message.Message):
     LAST_REPORT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     GPUS_FIELD_NUMBER: _ClassVar[int]
     PENALTY_REASON_FIELD_NUMBER: _ClassVar[int]
+    TELEMETRY_OWNER_FIELD_NUMBER: _ClassVar[int]
+    TELEMETRY_IGNORED_FIELD_NUMBER: _ClassVar[int]
     backend: _fleet_pb2.Backend
     availability: _fleet_pb2.Availability
     healthy: bool
@@ -214,7 +222,9 @@ class BackendStatus(_message.Message):
     last_report_unix_ms: int
     gpus: _containers.RepeatedCompositeFieldContainer[_telemetry_pb2.GpuReading]
     penalty_reason: str
-    def __init__(self, backend: _Optional[_Union[_fleet_pb2.Backend, _Mapping]] = ..., availability: _Optional[_Union[_fleet_pb2.Availability, str]] = ..., healthy: _Optional[bool] = ..., health_reason: _Optional[str] = ..., telemetry_source: _Optional[_Union[_telemetry_pb2.TelemetrySource, str]] = ..., last_report_unix_ms: _Optional[int] = ..., gpus: _Optional[_Iterable[_Union[_telemetry_pb2.GpuReading, _Mapping]]] = ..., penalty_reason: _Optional[str] = ...) -> None: ...
+    telemetry_owner: str
+    telemetry_ignored: int
+    def __init__(self, backend: _Optional[_Union[_fleet_pb2.Backend, _Mapping]] = ..., availability: _Optional[_Union[_fleet_pb2.Availability, str]] = ..., healthy: _Optional[bool] = ..., health_reason: _Optional[str] = ..., telemetry_source: _Optional[_Union[_telemetry_pb2.TelemetrySource, str]] = ..., last_report_unix_ms: _Optional[int] = ..., gpus: _Optional[_Iterable[_Union[_telemetry_pb2.GpuReading, _Mapping]]] = ..., penalty_reason: _Optional[str] = ..., telemetry_owner: _Optional[str] = ..., telemetry_ignored: _Optional[int] = ...) -> None: ...
 
 class ListBackendsResponse(_message.Message):
     __slots__ = ("backends", "regions", "version", "placement_id")
