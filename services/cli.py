@@ -182,13 +182,9 @@ def cmd_drill(args: argparse.Namespace) -> int:
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
-    from services.agent.__main__ import main as agent_main
+    from services.agent.cli import run as agent_run
 
-    argv = ["--config", args.config, "--backends", args.backends, "--interval",
-            str(args.interval)]
-    if args.placement:
-        argv += ["--placement", args.placement]
-    return agent_main(argv)
+    return agent_run(args)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -225,9 +221,9 @@ def parser() -> argparse.ArgumentParser:
                                             "saw"))
     ag = add("agent", cmd_agent, "run the node agent for some backends (NVML, or labelled "
                                  "simulated telemetry without a GPU)")
-    ag.add_argument("--backends", required=True, help="comma-separated backend ids")
-    ag.add_argument("--interval", type=float, default=1.0, help="seconds between reports")
-    ag.add_argument("--placement", default="", help="placement replicas host:port,…")
+    from services.agent.cli import add_arguments as agent_arguments
+
+    agent_arguments(ag)
     for name, fn, help_ in (("status", cmd_status, "show backends, health and route tables"),
                             ("explain", cmd_explain, "explain the routing of one call"),
                             ("drain", cmd_drain, "drain, cordon or restore a backend, "

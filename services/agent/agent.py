@@ -1,15 +1,19 @@
 """The node agent: registers this host's Triton backends with placement and streams telemetry.
 
-One ``NodeAgent`` per host. On :meth:`NodeAgent.start` it picks its GPU source once — NVML
-when ``nvmlInit`` works, otherwise the explicitly simulated source (logged loudly, and
-every report says ``TELEMETRY_SOURCE_SIMULATED``). Then it loops:
+One ``NodeAgent`` per host. :meth:`NodeAgent.start` starts its GPU source
+(:class:`services.agent.gpus.GpuSource`: NVML on its own thread, or explicitly simulated
+readings until NVML comes up) and then runs:
 
-1. connect to the next placement replica, ``RegisterBackend`` every backend;
-2. open ONE ``StreamTelemetry`` client stream and write one ``TelemetryReport`` per backend
-   every ``interval_s``;
-3. when a call fails or the stream breaks, back off exponentially with jitter (capped at
-   ``max_backoff_s``), move to the next replica, and start again at 1 — re-registering,
-   because a restarted placement rebuilds its fleet from registrations.
+* **one producer**: every ``interval_s`` it reads Triton and the GPUs ONCE and puts the
+  same round of ``TelemetryReport``s (one per backend) into every replica's
+  :class:`Mailbox`. Reading once matters: an NVML XID event is consumed by the read that
+  drains it, so a read per replica would tell only one replica about it;
+* **one session loop per placement replica** (or one loop trying replicas in turn with
+  ``fan_out=False``): connect, ``RegisterBackend`` every backend, open ONE
+  ``StreamTelemetry`` stream and write each round from its mailbox; when a call fails or
+  the stream breaks, back off exponentially with jitter (capped at ``max_backoff_s``),
+  move to the next replica, and start again — re-registering, because a restarted
+  placement rebuilds its fleet from registrations.
 
 The clock, the sleep, the random source, the channel factory, pynvml and the Triton
 statistics readers are all injected, so tests run it against in-process fakes.
@@ -22,16 +26,16 @@ import contextlib
 import random
 import socket
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
 import structlog
 
 from placement.errors import ConfigError
-from services.agent.nvml import NvmlReader, NvmlUnavailable
+from services.agent.gpus import SOURCE_NAMES, GpuSelection, GpuSource
 from services.agent.simulated import SimulatedGpuSource
-from services.agent.triton_stats import StatsSource, TritonSnapshot, TritonStatsReader
+from services.agent.triton_stats import StatsSource, TritonStatsReader
 from services.api.switchyard.v1 import fleet_pb2, placement_pb2, placement_pb2_grpc, telemetry_pb2
 from services.config import BackendConfig, MeshConfig
 
@@ -39,9 +43,9 @@ log = structlog.get_logger("switchyard.agent")
 
 ChannelFactory = Callable[[str], grpc.aio.Channel]
 StatsFactory = Callable[[BackendConfig], StatsSource]
+Round = list[telemetry_pb2.TelemetryReport]
 
-SOURCE_NAMES = {telemetry_pb2.TELEMETRY_SOURCE_NVML: "nvml",
-                telemetry_pb2.TELEMETRY_SOURCE_SIMULATED: "simulated"}
+__all__ = ["SOURCE_NAMES", "Mailbox", "NodeAgent", "backend_message", "default_stats_factory"]
 
 
 def default_stats_factory(backend: BackendConfig) -> StatsSource:
@@ -65,20 +69,62 @@ def backend_message(config: MeshConfig, b: BackendConfig) -> fleet_pb2.Backend:
         price_class=b.price_class, variants=refs, max_concurrency=b.max_concurrency)
 
 
+class Mailbox:
+    """The newest round of reports for one replica's session.
+
+    A session that is slower than the producer (or reconnecting) gets the newest round,
+    never a backlog; the XID events of rounds it never sent are folded into the newest
+    round, so no replica misses an XID.
+    """
+
+    def __init__(self) -> None:
+        self._round: Round | None = None
+        self._ready = asyncio.Event()
+
+    def put(self, reports: Round) -> None:
+        if self._round is not None:
+            reports = _fold_xids(self._round, reports)
+        self._round = reports
+        self._ready.set()
+
+    async def get(self) -> Round:
+        await self._ready.wait()
+        self._ready.clear()
+        reports, self._round = self._round or [], None
+        return reports
+
+
+def _fold_xids(unsent: Round, newest: Round) -> Round:
+    lost = {(r.backend_id, g.index): list(g.xid_events)
+            for r in unsent for g in r.gpus if g.xid_events}
+    if not lost:
+        return newest
+    out = []
+    for shared in newest:  # rounds are shared between mailboxes: fold into a copy
+        r = telemetry_pb2.TelemetryReport()
+        r.CopyFrom(shared)
+        for g in r.gpus:
+            g.xid_events[:0] = [x for x in lost.get((r.backend_id, g.index), [])
+                                if x not in g.xid_events]
+        out.append(r)
+    return out
+
+
 class NodeAgent:
     """Registers ``backend_ids`` with placement and streams their telemetry.
 
-    ``placement``: replica addresses (host:port), tried in turn; default the config's
-    placement address followed by its ``replicas``. ``gpu_map``: backend id → GPU indexes;
-    default the i-th backend gets GPU ``i % gpu_count``. ``nvml``: a pynvml-like module
-    (default the real one). ``simulated``: the fallback source (default a fresh one).
+    ``placement``: replica addresses (host:port); default the config's placement address
+    followed by its ``replicas``. ``gpus``: which GPUs (``--gpus``, see
+    :mod:`services.agent.gpus`). ``nvml``: a pynvml-like module (default the real one).
+    ``simulated``: the fallback source (default a fresh one). ``nvml_retry_s``: first and
+    longest wait between NVML retries while it is unavailable.
     """
 
     def __init__(self, config: MeshConfig, backend_ids: Sequence[str], *,
                  placement: Sequence[str] | None = None,
                  interval_s: float = 1.0,
                  agent_id: str | None = None,
-                 gpu_map: Mapping[str, Sequence[int]] | None = None,
+                 gpus: GpuSelection | None = None,
                  nvml: Any = None,
                  simulated: SimulatedGpuSource | None = None,
                  stats_factory: StatsFactory = default_stats_factory,
@@ -89,6 +135,7 @@ class NodeAgent:
                  rpc_timeout_s: float = 2.0,
                  initial_backoff_s: float = 0.1,
                  max_backoff_s: float = 5.0,
+                 nvml_retry_s: tuple[float, float] = (1.0, 60.0),
                  fan_out: bool = False,
                  discovery: Any = None) -> None:
         by_id = {b.id: b for b in config.backends}
@@ -104,9 +151,6 @@ class NodeAgent:
             f"{config.placement.host}:{config.placement.port}", *config.placement.replicas]
         self.interval_s = interval_s
         self.agent_id = agent_id or f"agent-{socket.gethostname()}"
-        self._gpu_map = {k: list(v) for k, v in (gpu_map or {}).items()}
-        self._nvml_module = nvml
-        self._simulated = simulated
         self._stats_factory = stats_factory
         self._channel_factory = channel_factory
         self._clock = clock
@@ -119,22 +163,39 @@ class NodeAgent:
         # A services.discovery.Discovery (Consul): each backend is registered there too,
         # with a gRPC health check on Triton's port, and deregistered at stop.
         self.discovery = discovery
-        self._nvml: NvmlReader | None = None
+        self.gpu_source = GpuSource(self.backends, nvml=nvml, simulated=simulated,
+                                    selection=gpus, sleep=sleep,
+                                    retry_initial_s=nvml_retry_s[0],
+                                    retry_max_s=nvml_retry_s[1],
+                                    agent_id=self.agent_id)
         self._stats: dict[str, StatsSource] = {}
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
-        self.source = telemetry_pb2.TELEMETRY_SOURCE_UNSPECIFIED
-        self.gpus: dict[str, list[int]] = {}
         self.reports_sent = 0
+        self.rounds = 0
         self.sessions = 0
         self.connected_to: str | None = None
         self._registered = False
-        self._log = log.bind(agent=self.agent_id)
+
+    @property
+    def source(self) -> int:
+        """``TELEMETRY_SOURCE_NVML`` or ``_SIMULATED`` (changes once if NVML comes up late)."""
+        return self.gpu_source.source
+
+    @property
+    def gpus(self) -> dict[str, list[int]]:
+        """Backend id → the GPU indexes it is reported with."""
+        return self.gpu_source.gpus
+
+    @property
+    def _log(self) -> Any:
+        return log.bind(agent=self.agent_id, source=self.gpu_source.source_name)
 
     # -- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Pick the GPU source, open the Triton readers and start the report loop."""
+        """Start the GPU source, open the Triton readers and start the loops."""
+        await self.gpu_source.start()
         if self.discovery is not None:
             from services.discovery.base import HealthCheck
 
@@ -142,12 +203,11 @@ class NodeAgent:
                 await self.discovery.register(backend_message(self.config, b),
                                               HealthCheck("grpc", b.endpoint))
                 self._log.info("agent.registered_in_catalog", backend=b.id)
-        self._init_gpu_source()
         self._stats = {b.id: self._stats_factory(b) for b in self.backends}
         self._task = asyncio.create_task(self.run(), name=f"node-agent-{self.agent_id}")
 
     async def stop(self) -> None:
-        """Close the stream cleanly (placement gets its ack), then the readers and NVML."""
+        """Close the streams cleanly (placement gets its ack), then the readers and NVML."""
         self._stopping = True
         if self._task is not None:
             self._task.cancel()
@@ -156,8 +216,7 @@ class NodeAgent:
             self._task = None
         for s in self._stats.values():
             await s.close()
-        if self._nvml is not None:
-            self._nvml.close()
+        await self.gpu_source.close()
         if self.discovery is not None:
             for b in self.backends:
                 with contextlib.suppress(Exception):  # best effort: the check expires it
@@ -169,49 +228,31 @@ class NodeAgent:
         if self._task is not None:
             await self._task
 
-    def _init_gpu_source(self) -> None:
-        reader = NvmlReader(self._nvml_module)
-        try:
-            count, reason = reader.start(), "NVML initialised but found no GPU"
-            if not count:
-                reader.close()
-        except NvmlUnavailable as exc:
-            count, reason = 0, str(exc)
-        if count:
-            self.source = telemetry_pb2.TELEMETRY_SOURCE_NVML
-            self._nvml = reader
-            self._log.info("agent.gpu_source_nvml", source="nvml", gpus=count)
-        else:
-            self.source = telemetry_pb2.TELEMETRY_SOURCE_SIMULATED
-            self._simulated = self._simulated or SimulatedGpuSource()
-            count = len(self.backends)
-            self._log.warning(
-                "agent.gpu_source_simulated", source="simulated", reason=reason,
-                note="NVML unavailable: GPU readings are SIMULATED from Triton load, "
-                     "not measured; every report says source=simulated")
-        for i, b in enumerate(self.backends):
-            self.gpus[b.id] = self._gpu_map.get(b.id) or [i % count]
-        self._log = self._log.bind(source=SOURCE_NAMES[self.source])
-
-    # -- the loop --------------------------------------------------------------------
+    # -- the loops -------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Connect, register, stream; on any failure back off and try the next replica.
+        """One producer, and a session loop per replica (``fan_out``) or one for all."""
+        groups = ([[a] for a in self.placement] if self.fan_out and len(self.placement) > 1
+                  else [self.placement])
+        boxes = [Mailbox() for _ in groups]
+        await asyncio.gather(self._produce(boxes),
+                             *(self._loop(g, box) for g, box in zip(groups, boxes, strict=True)))
 
-        With ``fan_out`` every replica gets its own session (placement replicas share no
-        state, so each must hear every backend); otherwise replicas are tried in turn.
-        """
-        if self.fan_out and len(self.placement) > 1:
-            await asyncio.gather(*(self._loop([a]) for a in self.placement))
-        else:
-            await self._loop(self.placement)
+    async def _produce(self, boxes: list[Mailbox]) -> None:
+        """Read everything once per interval and give every session the same round."""
+        while not self._stopping:
+            reports = await self.reports()
+            for box in boxes:
+                box.put(reports)
+            self.rounds += 1
+            await self._sleep(self.interval_s)
 
-    async def _loop(self, replicas: list[str]) -> None:
+    async def _loop(self, replicas: list[str], box: Mailbox) -> None:
         attempt, replica = 0, 0
         while not self._stopping:
             address = replicas[replica % len(replicas)]
             try:
-                await self._session(address)
+                await self._session(address, box)
             except grpc.aio.AioRpcError as exc:
                 self._log.warning("agent.placement_unreachable", placement=address,
                                   code=exc.code().name, details=exc.details())
@@ -233,7 +274,7 @@ class NodeAgent:
         ceiling = min(self._max_backoff_s, self._initial_backoff_s * 2.0**attempt)
         return ceiling / 2 + self._rng.uniform(0, ceiling / 2)
 
-    async def _session(self, address: str) -> None:
+    async def _session(self, address: str, box: Mailbox) -> None:
         self._registered = False
         channel = self._channel_factory(address)
         call: Any = None
@@ -250,12 +291,11 @@ class NodeAgent:
             self.connected_to = address
             call = stub.StreamTelemetry()
             while not self._stopping:
-                for report in await self.reports():
+                for report in await box.get():
                     await asyncio.wait_for(call.write(report), timeout=self._rpc_timeout_s)
                     self.reports_sent += 1
                     self._log.debug("agent.report_sent", backend=report.backend_id,
-                                    ready=report.backend_ready)
-                await self._sleep(self.interval_s)
+                                    placement=address, ready=report.backend_ready)
         finally:
             if call is not None:
                 await self._finish(call)
@@ -274,22 +314,15 @@ class NodeAgent:
 
     # -- reports ---------------------------------------------------------------------
 
-    async def reports(self) -> list[telemetry_pb2.TelemetryReport]:
-        """One ``TelemetryReport`` per backend, read now (Triton reads run concurrently)."""
+    async def reports(self) -> Round:
+        """One ``TelemetryReport`` per backend, read now (Triton reads run concurrently,
+        the GPUs are read once, off the event loop)."""
         snaps = await asyncio.gather(*(self._stats[b.id].read() for b in self.backends))
+        by_id = dict(zip((b.id for b in self.backends), snaps, strict=True))
+        gpus = await self.gpu_source.read({k: s.models for k, s in by_id.items()})
         unix_ms = int(self._clock() * 1000)
-        return [self._report(b, snap, unix_ms)
-                for b, snap in zip(self.backends, snaps, strict=True)]
-
-    def _report(self, b: BackendConfig, snap: TritonSnapshot,
-                unix_ms: int) -> telemetry_pb2.TelemetryReport:
-        if self.source == telemetry_pb2.TELEMETRY_SOURCE_NVML:
-            assert self._nvml is not None
-            gpus = [self._nvml.read(i) for i in self.gpus[b.id]]
-        else:
-            assert self._simulated is not None
-            gpus = [self._simulated.read(b.id, i, b.accelerator, b.accelerator_count,
-                                         b.variants, snap.models) for i in self.gpus[b.id]]
-        return telemetry_pb2.TelemetryReport(
-            backend_id=b.id, agent_id=self.agent_id, source=self.source, unix_ms=unix_ms,
-            gpus=gpus, models=snap.models, backend_ready=snap.ready, inflight=snap.inflight)
+        return [telemetry_pb2.TelemetryReport(
+                    backend_id=b.id, agent_id=self.agent_id, source=self.source,
+                    unix_ms=unix_ms, gpus=gpus[b.id], models=by_id[b.id].models,
+                    backend_ready=by_id[b.id].ready, inflight=by_id[b.id].inflight)
+                for b in self.backends]

@@ -12,7 +12,9 @@ re-exported, so code reading constants off the module sees the real values.
 
 Scenarios are set per GPU with the methods at the bottom: :meth:`FakeNvml.throttle`,
 :meth:`~FakeNvml.fill_memory`, :meth:`~FakeNvml.ecc_errors`, :meth:`~FakeNvml.xid`,
-:meth:`~FakeNvml.lose`, :meth:`~FakeNvml.unsupported`, :meth:`~FakeNvml.recover`.
+:meth:`~FakeNvml.lose`, :meth:`~FakeNvml.unsupported`, :meth:`~FakeNvml.recover`,
+:meth:`~FakeNvml.fail_init`. For the real pynvml against a C library with NVML's ABI, see
+``tests/native/fake_nvml.c``.
 """
 
 # Method, argument and field names are pynvml's own, so the fake is a drop-in module.
@@ -21,6 +23,7 @@ Scenarios are set per GPU with the methods at the bottom: :meth:`FakeNvml.thrott
 from __future__ import annotations
 
 import ctypes
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,7 +85,9 @@ class FakeNvml:
         self.init_error = init_error
         self.event_support = event_support
         self.initialized = False
+        self.init_failures = 0  # see fail_init
         self.calls: list[str] = []
+        self.threads: set[str] = set()  # names of the threads that called a device function
         self._event_sets: dict[int, list[_FakeEventData]] = {}
         self._registered: dict[int, set[int]] = {}  # event set id -> gpu indexes
 
@@ -92,6 +97,9 @@ class FakeNvml:
         self.calls.append("nvmlInit")
         if self.init_error is not None:
             raise pynvml.NVMLError(self.init_error)
+        if self.init_failures:
+            self.init_failures -= 1
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_DRIVER_NOT_LOADED)
         self.initialized = True
 
     def nvmlShutdown(self) -> None:
@@ -229,6 +237,10 @@ class FakeNvml:
                     device=self._handle(index),
                     eventType=pynvml.nvmlEventTypeXidCriticalError, eventData=code))
 
+    def fail_init(self, times: int) -> None:
+        """The next ``times`` ``nvmlInit`` calls fail with DRIVER_NOT_LOADED (driver loading)."""
+        self.init_failures = times
+
     def lose(self, index: int) -> None:
         """Every call on this GPU raises NVML_ERROR_GPU_IS_LOST from now on."""
         self.gpus[index].lost = True
@@ -261,6 +273,7 @@ class FakeNvml:
     def _gpu(self, fn: str, handle: Any) -> FakeGpu:
         self._check_init()
         self.calls.append(fn)
+        self.threads.add(threading.current_thread().name)
         g = self.gpus[self._index(handle)]
         if g.lost:
             raise pynvml.NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)

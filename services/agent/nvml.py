@@ -14,7 +14,7 @@ reported once, in the next reading of the GPU they happened on.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import structlog
@@ -72,8 +72,18 @@ class NvmlReader:
             self._count = int(nv.nvmlDeviceGetCount())
         except nv.NVMLError as exc:
             raise NvmlUnavailable(f"NVML did not initialise: {exc}") from exc
+        for i in range(self._count):
+            try:
+                self._uuids[i] = _text(nv.nvmlDeviceGetUUID(nv.nvmlDeviceGetHandleByIndex(i)))
+            except nv.NVMLError as exc:
+                log.warning("nvml.uuid_unreadable", gpu=i, error=str(exc))
         self._subscribe_xid()
         return self._count
+
+    @property
+    def uuids(self) -> dict[int, str]:
+        """GPU index → UUID, as read at :meth:`start` (and refreshed by every read)."""
+        return dict(self._uuids)
 
     def close(self) -> None:
         """Free the event set and shut NVML down; errors on the way out are only logged."""
@@ -89,6 +99,11 @@ class NvmlReader:
     def read_all(self) -> list[telemetry_pb2.GpuReading]:
         """One reading per GPU, in index order."""
         return [self.read(i) for i in range(self._count)]
+
+    def read_many(self, indexes: Iterable[int]) -> dict[int, telemetry_pb2.GpuReading]:
+        """One reading per distinct index: a GPU shared by two backends is read (and its
+        XID events drained) once, and both get the same reading."""
+        return {i: self.read(i) for i in sorted(set(indexes))}
 
     def read(self, index: int) -> telemetry_pb2.GpuReading:
         """Read GPU ``index``; a lost GPU gives ``lost=True`` with index and last known uuid."""
@@ -212,7 +227,6 @@ class NvmlReader:
         for i in range(self._count):
             try:
                 h = nv.nvmlDeviceGetHandleByIndex(i)
-                self._uuids[i] = _text(nv.nvmlDeviceGetUUID(h))
                 nv.nvmlDeviceRegisterEvents(h, nv.nvmlEventTypeXidCriticalError, self._event_set)
             except nv.NVMLError as exc:  # NotSupported on many consumer GPUs and MIG
                 log.info("nvml.xid_events_unsupported", gpu=i, error=str(exc))

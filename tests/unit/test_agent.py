@@ -13,6 +13,7 @@ import structlog.testing
 
 from services.agent.agent import NodeAgent, backend_message
 from services.agent.fake_nvml import FakeNvml
+from services.agent.gpus import parse_gpus
 from services.agent.simulated import Fault, SimulatedGpuSource
 from services.agent.triton_stats import TritonSnapshot, model_stats, pending_requests
 from services.api.switchyard.v1 import telemetry_pb2
@@ -21,6 +22,7 @@ from tests.fake_placement import FakePlacement, serve_placement, wait_until
 
 CONFIG = load_config(pathlib.Path(__file__).parents[2] / "examples" / "mesh.toml")
 NO_GPU = FakeNvml(0, init_error=12)  # NVML_ERROR_LIBRARY_NOT_FOUND, as on this machine
+NEVER = 3600.0
 
 
 class FakeStats:
@@ -47,6 +49,8 @@ class Sleeps:
         self.requested: list[float] = []
 
     async def __call__(self, seconds: float) -> None:
+        if seconds >= NEVER:
+            await asyncio.Event().wait()  # the NVML retry of tests that do not test it
         self.requested.append(seconds)
         await asyncio.sleep(0.005)
 
@@ -55,7 +59,7 @@ def _agent(port: int, sleeps: Callable[[float], Awaitable[None]], **kw: object) 
     opts: dict[str, object] = {
         "placement": [f"127.0.0.1:{port}"], "nvml": NO_GPU, "sleep": sleeps,
         "stats_factory": lambda b: FakeStats(b.variants), "rng": random.Random(7),
-        "agent_id": "agent-test"}
+        "agent_id": "agent-test", "nvml_retry_s": (NEVER, NEVER)}
     opts.update(kw)
     return NodeAgent(CONFIG, ["use1-h100", "use1-t4"], **opts)  # type: ignore[arg-type]
 
@@ -129,7 +133,7 @@ async def test_nvml_source_reports_real_reader_fields_and_faults() -> None:
     nvml.unsupported(0, "nvmlDeviceGetUtilizationRates")
     fake = FakePlacement()
     server, port = await serve_placement(fake)
-    agent = _agent(port, Sleeps(), nvml=nvml, gpu_map={"use1-t4": [1]})
+    agent = _agent(port, Sleeps(), nvml=nvml, gpus=parse_gpus("use1-t4=1"))
     await agent.start()
     try:
         await wait_until(lambda: len(fake.reports) >= 2)
@@ -266,3 +270,140 @@ async def test_triton_reader_returns_not_ready_when_triton_is_down() -> None:
     await server.stop(None)
     assert not snap.ready
     assert snap.error
+
+
+# -- one read per interval, NVML off the loop, late NVML, --gpus (issue 10, section 4) ------
+
+
+def _xids(fake: FakePlacement, backend: str) -> list[int]:
+    return [x for r in fake.reports if r.backend_id == backend for g in r.gpus
+            for x in g.xid_events]
+
+
+async def test_an_xid_reaches_every_placement_replica() -> None:
+    nvml = FakeNvml(1)
+    replicas = [FakePlacement(), FakePlacement()]
+    servers = [await serve_placement(f) for f in replicas]
+    agent = _agent(0, Sleeps(), nvml=nvml, fan_out=True, interval_s=0.05,
+                   placement=[f"127.0.0.1:{port}" for _, port in servers])
+    await agent.start()
+    try:
+        await wait_until(lambda: all(len(f.reports) >= 2 for f in replicas))
+        nvml.xid(0, 79)
+        await wait_until(lambda: all(_xids(f, "use1-h100") for f in replicas))
+    finally:
+        await agent.stop()
+        for server, _ in servers:
+            await server.stop(None)
+    # one read per round: both replicas got the very same event, once each per backend
+    assert [_xids(f, "use1-h100") for f in replicas] == [[79], [79]]
+    assert [_xids(f, "use1-t4") for f in replicas] == [[79], [79]]  # both run on GPU 0
+
+
+def test_a_mailbox_folds_the_xids_of_rounds_it_never_sent() -> None:
+    from services.agent.agent import Mailbox
+
+    def round_(xids: list[int]) -> list[telemetry_pb2.TelemetryReport]:
+        return [telemetry_pb2.TelemetryReport(backend_id="b", gpus=[
+            telemetry_pb2.GpuReading(index=0, xid_events=xids)])]
+
+    box = Mailbox()
+    box.put(round_([79]))
+    newest = round_([])
+    box.put(newest)
+    (got,) = asyncio.run(box.get())
+    assert list(got.gpus[0].xid_events) == [79]
+    assert list(newest[0].gpus[0].xid_events) == []  # the shared round is not modified
+
+
+async def test_nvml_is_read_on_its_own_thread_not_the_event_loop() -> None:
+    import threading
+
+    nvml = FakeNvml(1)
+    fake = FakePlacement()
+    server, port = await serve_placement(fake)
+    agent = _agent(port, Sleeps(), nvml=nvml)
+    await agent.start()
+    try:
+        await wait_until(lambda: len(fake.reports) >= 4)
+    finally:
+        await agent.stop()
+        await server.stop(None)
+    assert nvml.threads
+    assert threading.current_thread().name not in nvml.threads
+    assert all(t.startswith("nvml") for t in nvml.threads)
+
+
+async def test_nvml_that_comes_up_late_replaces_simulated_readings() -> None:
+    nvml = FakeNvml(2)
+    nvml.fail_init(2)  # the driver is still loading when the agent starts
+    fake = FakePlacement()
+    server, port = await serve_placement(fake)
+    sleeps = Sleeps()
+    agent = _agent(port, sleeps, nvml=nvml, nvml_retry_s=(0.25, 60.0))
+    with structlog.testing.capture_logs() as logs:
+        await agent.start()
+        try:
+            assert agent.source == telemetry_pb2.TELEMETRY_SOURCE_SIMULATED
+            await wait_until(lambda: any(r.source == telemetry_pb2.TELEMETRY_SOURCE_NVML
+                                         for r in fake.reports))
+        finally:
+            await agent.stop()
+            await server.stop(None)
+    assert agent.source == telemetry_pb2.TELEMETRY_SOURCE_NVML
+    assert {0.25, 0.5} <= set(sleeps.requested)  # backoff: 0.25 s, then twice that
+    switched = [e for e in logs if e["event"] == "agent.gpu_source_switched"]
+    assert switched and switched[0]["source"] == "nvml" and switched[0]["was"] == "simulated"
+    assert switched[0]["attempts"] == 3
+    nvml_reports = [r for r in fake.reports if r.source == telemetry_pb2.TELEMETRY_SOURCE_NVML]
+    last = [r for r in nvml_reports if r.backend_id == "use1-h100"][-1]
+    assert last.gpus[0].uuid == nvml.gpus[0].uuid
+    assert agent.gpus == {"use1-h100": [0], "use1-t4": [1]}
+
+
+async def test_gpus_chosen_by_uuid_and_pool() -> None:
+    nvml = FakeNvml(3)
+    fake = FakePlacement()
+    server, port = await serve_placement(fake)
+    agent = _agent(port, Sleeps(), nvml=nvml,
+                   gpus=parse_gpus(f"2,use1-t4={nvml.gpus[1].uuid.lower()}"))
+    await agent.start()
+    try:
+        await wait_until(lambda: len(fake.reports) >= 2)
+    finally:
+        await agent.stop()
+        await server.stop(None)
+    assert agent.gpus == {"use1-h100": [2], "use1-t4": [1]}
+    by = {r.backend_id: r for r in fake.reports}
+    assert by["use1-t4"].gpus[0].uuid == nvml.gpus[1].uuid
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("7", "GPU 7 does not exist"),
+    ("GPU-nope", "no GPU has UUID 'GPU-nope'"),
+    ("other=0", "does not run"),
+])
+async def test_gpus_that_this_host_does_not_have_stop_the_agent(spec: str, message: str) -> None:
+    from placement.errors import ConfigError
+
+    agent = _agent(1, Sleeps(), nvml=FakeNvml(2), gpus=parse_gpus(spec))
+    with pytest.raises(ConfigError, match=message):
+        await agent.start()
+    await agent.stop()
+
+
+@pytest.mark.parametrize("spec", ["zero", "a=", "=0", "a=0+x"])
+def test_gpus_flag_syntax_errors(spec: str) -> None:
+    from placement.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--gpus"):
+        parse_gpus(spec)
+
+
+def test_switchyard_agent_takes_the_agents_own_flags() -> None:
+    from services.cli import parser
+
+    args = parser().parse_args(["agent", "--backends", "use1-t4", "--gpus", "0,GPU-abc",
+                                "--one-replica"])
+    assert (args.gpus, args.backends, args.one_replica) == ("0,GPU-abc", "use1-t4", True)
+    assert args.fn.__name__ == "cmd_agent"

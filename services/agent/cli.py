@@ -1,0 +1,147 @@
+"""The agent's command line (``python -m services.agent``, ``switchyard agent``).
+
+Example::
+
+    python -m services.agent --config examples/mesh.toml --backends use1-h100,use1-t4 \\
+        --interval 1.0 --placement 127.0.0.1:50050,127.0.0.1:50060
+
+Logs are structlog JSON lines on stderr. Without a GPU the agent says ``source=simulated``
+in its logs and in every report; ``--simulated-faults FILE`` names the JSON control file
+that injects simulated faults (see ``services/agent/simulated.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+
+import structlog
+from pydantic import ValidationError
+
+from placement.errors import ConfigError, SwitchyardError
+from services import logs
+from services.agent.agent import NodeAgent
+from services.agent.gpus import parse_gpus
+from services.agent.simulated import SimulatedGpuSource
+from services.config import MeshConfig, load_config
+from services.discovery import open_discovery
+from services.security import transport
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The agent's own flags (``switchyard agent`` adds them to its subcommand too)."""
+    p.add_argument("--backends", default="",
+                   help="comma-separated backend ids from the config that run on this host "
+                        "(default: the ids of --backend)")
+    p.add_argument("--backend", action="append", default=[], metavar="SPEC",
+                   help="a backend on this host that the config does not list (e.g. with "
+                        "Consul discovery), as key=value pairs: 'id=node-1,host=10.0.0.5,"
+                        "grpc_port=8001,region=aws-us-east-1,accelerator=nvidia-l4,"
+                        "price_class=on-demand,variants=summarize-small+summarize-large' "
+                        "(optional: accelerator_count, max_concurrency, metrics_port); "
+                        "repeatable; validated like the config's [[backends]]")
+    p.add_argument("--interval", type=float, default=1.0,
+                   help="seconds between telemetry reports (default: 1.0)")
+    p.add_argument("--placement", default="",
+                   help="comma-separated placement replicas host:port "
+                        "(default: [placement] host:port and replicas from the config)")
+    p.add_argument("--one-replica", action="store_true",
+                   help="stream to one placement replica at a time (default: to every "
+                        "replica, since replicas share no state)")
+    p.add_argument("--agent-id", default=None, help="name in reports (default: agent-<host>)")
+    p.add_argument("--gpus", default="",
+                   help="GPUs to report, by index or UUID: a pool shared out among the "
+                        "backends in turn ('0,2' or 'GPU-8f3c...') and/or per backend "
+                        "('use1-h100=0+1,use1-t4=GPU-8f3c...'); default every GPU, i-th "
+                        "backend on GPU i, wrapping around")
+    p.add_argument("--simulated-faults", default=None, metavar="FILE",
+                   help='JSON control file for simulated faults, e.g. {"use1-t4": ["ecc"]}; '
+                        "used only when NVML is unavailable")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m services.agent",
+        description="Switchyard node agent: registers this host's Triton backends with "
+                    "placement and streams NVML (or, without a GPU, clearly SIMULATED) GPU "
+                    "readings plus Triton statistics every interval.")
+    p.add_argument("--config", required=True, help="mesh TOML file, e.g. examples/mesh.toml")
+    add_arguments(p)
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def backend_spec(spec: str) -> dict[str, object]:
+    """``--backend`` key=value pairs → a ``[[backends]]`` table (``variants`` split on +)."""
+    table: dict[str, object] = {}
+    for item in filter(None, (i.strip() for i in spec.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError(f"--backend {spec!r}: {item!r} is not key=value")
+        table[key.strip()] = ([v for v in value.split("+") if v] if key.strip() == "variants"
+                              else value.strip())
+    return table
+
+
+def agent_config(args: argparse.Namespace, env: dict[str, str]) -> tuple[MeshConfig, list[str]]:
+    """The validated mesh config (plus ``--backend`` entries) and the backend ids to run."""
+    config = load_config(args.config, env=env)
+    extra = [backend_spec(s) for s in args.backend]
+    if extra:
+        raw = config.model_dump()
+        raw["backends"] = [*raw["backends"], *extra]
+        try:
+            config = MeshConfig.model_validate(raw)
+        except ValidationError as exc:
+            raise ConfigError("--backend is not a valid backend:\n" + "\n".join(
+                f"  {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from exc
+    ids = [b.strip() for b in args.backends.split(",") if b.strip()]
+    ids = ids or [str(t["id"]) for t in extra if "id" in t]
+    if not ids:
+        raise ConfigError("no backends: pass --backends ID,... (from the config) or --backend SPEC")
+    return config, ids
+
+
+def build_agent(args: argparse.Namespace, env: dict[str, str]) -> NodeAgent:
+    """The ``NodeAgent`` the flags describe (not started)."""
+    config, ids = agent_config(args, env)
+    return NodeAgent(
+        config, ids,
+        placement=[a.strip() for a in args.placement.split(",") if a.strip()] or None,
+        interval_s=args.interval, agent_id=args.agent_id, gpus=parse_gpus(args.gpus),
+        simulated=SimulatedGpuSource(control_file=args.simulated_faults),
+        fan_out=not args.one_replica,
+        channel_factory=transport.channel_factory(config.security, "agent"),
+        discovery=open_discovery(config, config.consul) if config.discovery == "consul"
+        else None)
+
+
+async def _run(args: argparse.Namespace) -> None:
+    agent = build_agent(args, dict(os.environ))
+    await agent.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await agent.stop()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the agent until SIGINT/SIGTERM; 2 on a configuration or start-up error."""
+    try:
+        asyncio.run(_run(args))
+    except SwitchyardError as exc:
+        structlog.get_logger("switchyard.agent").error("agent.failed", error=exc.message)
+        return 2
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logs.configure(args.log_level)
+    return run(args)
+
+
