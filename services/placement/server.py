@@ -32,7 +32,9 @@ from services.convert import (
 )
 from services.placement.hub import RouteHub
 from services.placement.metrics import PlacementMetrics
+from services.placement.ownership import TelemetryOwners
 from services.placement.validate import check_backend
+from services.security.identity import peer_address
 
 log = structlog.get_logger("switchyard.placement")
 
@@ -58,6 +60,9 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
         self.profile = profile
         self.spread_band = spread_band
         self.fail_fast = fail_fast
+        self.owners = TelemetryOwners(builder.settings.stale_after_s)
+        # The GPU readings and report time of each backend's last used report, as sent.
+        self.gpus: dict[str, tuple[list[telemetry_pb2.GpuReading], int]] = {}
         self.placement_id = f"placement-{uuid.uuid4().hex[:8]}"
 
     def _changed(self) -> None:
@@ -76,6 +81,8 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
     async def DeregisterBackend(self, request: placement_pb2.DeregisterBackendRequest,
                                 context: grpc.aio.ServicerContext
                                 ) -> placement_pb2.DeregisterBackendResponse:
+        self.owners.forget(request.backend_id)
+        self.gpus.pop(request.backend_id, None)
         if not self.fleet.deregister(request.backend_id):
             raise NotRegistered(f"backend_id {request.backend_id!r} is not registered "
                                 f"(registered: {len(self.fleet.backends)}; see switchyard "
@@ -86,16 +93,28 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
 
     async def StreamTelemetry(self, request_iterator: AsyncIterator[telemetry_pb2.TelemetryReport],
                               context: grpc.aio.ServicerContext) -> telemetry_pb2.TelemetryAck:
-        accepted = 0
-        async for report in request_iterator:
-            if report.backend_id not in self.fleet.backends:
-                raise InvalidRequest(f"telemetry for unregistered backend "
-                                     f"{report.backend_id!r}; call RegisterBackend first")
-            self.fleet.ingest(report.backend_id, snapshot_from_pb(report), self.clock())
-            self.metrics.telemetry.inc()
-            accepted += 1
-            self._changed()
-        return telemetry_pb2.TelemetryAck(accepted=accepted)
+        accepted = ignored = 0
+        stream = uuid.uuid4().hex
+        try:
+            async for report in request_iterator:
+                if report.backend_id not in self.fleet.backends:
+                    raise InvalidRequest(f"telemetry for unregistered backend "
+                                         f"{report.backend_id!r}; call RegisterBackend first")
+                now = self.clock()
+                label = f"{report.agent_id or 'unnamed agent'} @ {peer_address(context)}"
+                if not self.owners.admit(report.backend_id, stream, label, now):
+                    ignored += 1
+                    continue
+                self.fleet.ingest(report.backend_id, snapshot_from_pb(report), now)
+                self.gpus[report.backend_id] = (list(report.gpus), report.unix_ms)
+                self.metrics.telemetry.inc()
+                accepted += 1
+                self._changed()
+        finally:
+            self.owners.release(stream)
+        return telemetry_pb2.TelemetryAck(
+            accepted=accepted, message=f"{ignored} reports ignored: another agent owns those "
+                                       "backends' telemetry" if ignored else "")
 
     async def ReportObservations(self, request: telemetry_pb2.ObservationReport,
                                  context: grpc.aio.ServicerContext) -> telemetry_pb2.ObservationAck:
@@ -202,7 +221,11 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
                 telemetry_source=(telemetry_pb2.TELEMETRY_SOURCE_UNSPECIFIED if snap is None
                                   else telemetry_pb2.TELEMETRY_SOURCE_SIMULATED if snap.simulated
                                   else telemetry_pb2.TELEMETRY_SOURCE_NVML),
-                penalty_reason=verdict.penalty_reason if verdict else ""))
+                penalty_reason=verdict.penalty_reason if verdict else "",
+                gpus=self.gpus.get(bid, ([], 0))[0],
+                last_report_unix_ms=self.gpus.get(bid, ([], 0))[1],
+                telemetry_owner=self.owners.owner(bid),
+                telemetry_ignored=self.owners.ignored(bid)))
         return resp
 
     async def SetAvailability(self, request: placement_pb2.SetAvailabilityRequest,
