@@ -40,7 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def drill_main(args: argparse.Namespace) -> int:
-    """Run the drill(s) the parsed ``args`` ask for; exit status 1 when any call failed."""
+    """Run the drill(s) the parsed ``args`` ask for; exit status 1 when any drill failed
+    (a call failed, a check failed or nothing was checked, or the fault went unobserved)."""
     if not args.all and not args.scenario:
         print("switchyard drill: name a scenario or pass --all "
               f"({', '.join(sorted(SCENARIOS))})", file=sys.stderr)
@@ -76,7 +77,7 @@ def drill_main(args: argparse.Namespace) -> int:
         data = [r.to_dict() for r in reports]
         pathlib.Path(args.json).write_text(json.dumps(data if args.all else data[0], indent=2))
         print(f"wrote {args.json}")
-    return 1 if any(r.failed for r in reports) else 0
+    return 0 if all(r.passed for r in reports) else 1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,12 +1,19 @@
 """What a drill measured: per-phase calls, failures, latency and cost, and time to reroute.
 
-A call belongs to the phase in which it was *sent* (before / during / after the fault).
+A call belongs to the phase in which it was *sent* (before / during / after the fault),
+except that a call still in flight when the fault is injected belongs to the fault window
+(the during phase): the calls a SIGKILL cuts off are the first to notice it.
 A call *noticed* the fault when it failed, was served by (or retried away from) a faulted
 backend, was passed to another edge by the client, or took longer than the slow threshold
 (3x the before-phase p99, at least +200 ms). **Time to reroute** is from the fault to the
 end of the first burst of such calls (calls noticing the fault less than ``burst_gap_s``
 apart), provided ``streak`` clean calls follow; later bursts are counted as relapses (a
-gray-failing backend re-admitted after its ejection, for example).
+gray-failing backend re-admitted after its ejection, for example). When no call noticed
+the fault there is no time to reroute (never 0).
+
+**Verdict**: a drill passes only when no call failed, something was checked and every check
+held, and the fault was observed (by the calls, or for scenarios no call is expected to
+notice, such as a drain or a placement outage, by the checks that read the mesh).
 """
 
 from __future__ import annotations
@@ -64,10 +71,44 @@ class PhaseStats:
 
 @dataclass
 class Reroute:
-    seconds: float | None             # None: the load never settled on healthy deployments
+    seconds: float | None             # None: nothing noticed the fault, or never settled
     noticed: int                      # calls that noticed the fault (first burst)
     relapses: int                     # calls noticing it again in later bursts
     slow_threshold_ms: float
+
+    @property
+    def outcome(self) -> str:
+        """``rerouted``, ``not noticed`` (no call saw the fault) or ``never settled``."""
+        if self.noticed == 0:
+            return "not noticed"
+        return "never settled" if self.seconds is None else "rerouted"
+
+    def describe(self) -> str:
+        if self.outcome == "rerouted":
+            assert self.seconds is not None
+            return f"{self.seconds * 1000:.0f} ms"
+        if self.outcome == "not noticed":
+            return "none (no call noticed the fault)"
+        return "never (load did not settle)"
+
+
+def split_phases(calls: Sequence[Call], marks: tuple[float, float, float, float]
+                 ) -> dict[str, list[Call]]:
+    """Calls by phase; ``marks`` are (before, fault, restore, end) on the load's clock.
+
+    A call sent before the fault but not answered by then was in flight at the fault: it
+    belongs to the during phase, where the fault reached it.
+    """
+    t_before, t_fault, t_restore, t_end = marks
+    out: dict[str, list[Call]] = {p: [] for p in PHASES}
+    for c in calls:  # a call is answered after it is sent: done >= sent
+        if t_before <= c.sent and c.done < t_fault:
+            out["before"].append(c)
+        elif t_before <= c.sent < t_restore:  # sent during the fault, or in flight at it
+            out["during"].append(c)
+        elif t_restore <= c.sent < t_end:
+            out["after"].append(c)
+    return out
 
 
 @dataclass
@@ -84,6 +125,29 @@ class DrillReport:
     reroute: Reroute
     notes: list[str] = field(default_factory=list)
     checks: dict[str, bool] = field(default_factory=dict)
+    # False for faults no call is expected to notice (a drain, placement going away): then
+    # the scenario's checks must observe the fault in the mesh itself.
+    expect_noticed: bool = True
+
+    @property
+    def problems(self) -> list[str]:
+        """Why the drill failed; empty when it passed."""
+        out = []
+        if self.failed:
+            out.append(f"{self.failed} of {self.sent} calls failed")
+        if not self.checks:
+            out.append("nothing was checked")
+        out += [f"check failed: {k}" for k, ok in self.checks.items() if not ok]
+        outcome = self.reroute.outcome
+        if outcome == "not noticed" and self.expect_noticed:
+            out.append("the fault was never observed: no call noticed it")
+        elif outcome == "never settled":
+            out.append("the load never settled away from the fault")
+        return out
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
 
     @property
     def failed(self) -> int:
@@ -96,6 +160,7 @@ class DrillReport:
     def to_dict(self) -> dict[str, object]:
         d = asdict(self)
         d["failed"], d["sent"] = self.failed, self.sent
+        d["passed"], d["problems"] = self.passed, self.problems
         return d
 
     def to_json(self) -> str:
@@ -114,14 +179,14 @@ class DrillReport:
         head = (f"drill {self.scenario}: {self.target}  ({self.rate:g} calls/s, deadline "
                 f"{self.deadline_s:g} s" + (f", x-slo-ms {self.slo_ms:g}" if self.slo_ms else "")
                 + ")")
-        reroute = ("never (load did not settle)" if r.seconds is None
-                   else f"{r.seconds * 1000:.0f} ms")
-        foot = [f"time to reroute: {reroute}  ({r.noticed} calls noticed the fault, "
+        foot = [f"time to reroute: {r.describe()}  ({r.noticed} calls noticed the fault, "
                 f"{r.relapses} relapses; slow = > {r.slow_threshold_ms:.0f} ms)",
                 f"calls: {self.sent} sent, {self.failed} failed"]
         foot += [f"failed in {p.phase}: {f}" for p in self.phases for f in p.failures]
         foot += [f"check {k}: {'ok' if v else 'FAILED'}" for k, v in self.checks.items()]
         foot += [f"note: {n}" for n in self.notes]
+        foot.append("verdict: " + ("PASSED" if self.passed
+                                   else "FAILED: " + "; ".join(self.problems)))
         headers = ["phase", "s", "sent", "failed", "by status", "retried", "other edge",
                    "p50 ms", "p99 ms", "$ per 1k", "served by (top 3)"]
         return "\n".join([head, table(headers, rows), *foot])
@@ -143,11 +208,15 @@ def noticed(call: Call, faulted: set[str], slow_ms: float) -> bool:
 
 def time_to_reroute(calls: Sequence[Call], fault_at: float, end_at: float, faulted: set[str],
                     slow_ms: float, streak: int = 10, burst_gap_s: float = 1.0) -> Reroute:
-    """See the module docstring; ``calls`` sorted by send time, the window is [fault, end)."""
-    window = [c for c in calls if fault_at <= c.sent < end_at]
+    """See the module docstring; ``calls`` sorted by send time.
+
+    The window is every call sent before ``end_at`` and still unanswered at ``fault_at``
+    (sent during the fault, or in flight when it struck).
+    """
+    window = [c for c in calls if c.sent < end_at and c.done >= fault_at]
     hit = [i for i, c in enumerate(window) if noticed(c, faulted, slow_ms)]
     if not hit:
-        return Reroute(0.0, 0, 0, slow_ms)
+        return Reroute(None, 0, 0, slow_ms)
     first_burst_end = 0
     for k in range(1, len(hit)):
         if window[hit[k]].sent - window[hit[k - 1]].sent > burst_gap_s:
@@ -159,6 +228,16 @@ def time_to_reroute(calls: Sequence[Call], fault_at: float, end_at: float, fault
     seconds = max(c.done for c in (window[i] for i in hit[:first_burst_end + 1])) - fault_at
     return Reroute(round(seconds, 3) if clean_after >= streak else None,
                    first_burst_end + 1, len(hit) - first_burst_end - 1, slow_ms)
+
+
+def load_checks(phases: Sequence[PhaseStats], rate: float, share: float = 0.8
+                ) -> dict[str, bool]:
+    """The load ran: every phase sent at least ``share`` of the calls ``rate`` plans for it.
+
+    Without this a drill whose client stalled (or sent nothing) would report no failure.
+    """
+    return {f"load ran in the {p.phase} phase (at least {share:.0%} of the planned calls sent)":
+            p.sent >= share * rate * p.seconds for p in phases}
 
 
 def slow_threshold(before: Sequence[Call]) -> float:

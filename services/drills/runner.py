@@ -17,7 +17,14 @@ from collections.abc import Callable
 from services.config import MeshConfig
 from services.drills.load import Call, Load, LoadSpec
 from services.drills.mesh import DrillError, MeshHandle
-from services.drills.report import DrillReport, PhaseStats, slow_threshold, time_to_reroute
+from services.drills.report import (
+    DrillReport,
+    PhaseStats,
+    load_checks,
+    slow_threshold,
+    split_phases,
+    time_to_reroute,
+)
 from services.drills.scenarios import SCENARIOS, Scenario
 from services.up import Mesh
 
@@ -131,14 +138,16 @@ def _report(sc: Scenario, fault: object, calls: list[Call], skipped: list[float]
     t_before, t_fault, t_restore, t_end = marks
     bounds = {"before": (t_before, t_fault), "during": (t_fault, t_restore),
               "after": (t_restore, t_end)}
-    by_phase = {p: [c for c in calls if lo <= c.sent < hi] for p, (lo, hi) in bounds.items()}
+    by_phase = split_phases(calls, marks)
     phases = [PhaseStats.of(p, hi - lo, by_phase[p], sum(1 for t in skipped if lo <= t < hi))
               for p, (lo, hi) in bounds.items()]
     slow_ms = slow_threshold(by_phase["before"])
     reroute = time_to_reroute(calls, t_fault, t_restore, fault.backends, slow_ms, streak)
+    checks = dict(fault.checks)
+    checks.update(load_checks(phases, rate))
     return DrillReport(sc.name, fault.target, sorted(fault.backends), rate, deadline_s, slo_ms,
                        round(t_fault, 3), round(t_restore, 3), phases, reroute, fault.notes,
-                       fault.checks)
+                       checks, expect_noticed=sc.expect_noticed)
 
 
 def _settle_after(h: MeshHandle, report: DrillReport, timeout_s: float,

@@ -1,7 +1,12 @@
 """The faults a drill can inject, one small class each: inject, then restore.
 
 Every scenario breaks what is serving the load right now: ``busiest`` is the backend that
-answered most calls in the before phase, so the drill always hits live traffic.
+answered most calls in the before phase, so the drill always hits live traffic. Where the
+mesh can show the fault, the scenario records checks that read it (the process died,
+placement or the edges see the backend down or drained); a fault no call is expected to
+notice (``expect_noticed = False``: a drain, a placement outage) is observed only by such
+checks. The report fails a drill whose checks are empty or false, or whose fault nothing
+observed.
 """
 
 from __future__ import annotations
@@ -13,7 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from services.api.switchyard.v1 import fleet_pb2
+import grpc
+
+from services.api.switchyard.v1 import fleet_pb2, placement_pb2, placement_pb2_grpc
 from services.drills.mesh import DrillError, MeshHandle
 
 Progress = Callable[[str], None]
@@ -35,6 +42,7 @@ class Scenario:
     summary: ClassVar[str]
     client_failover: ClassVar[bool] = False  # the load may try another edge (edge-restart)
     slo_ms: ClassVar[float | None] = None    # x-slo-ms header the load sends
+    expect_noticed: ClassVar[bool] = True    # some call must notice the fault
 
     def inject(self, h: MeshHandle, busiest: str, progress: Progress) -> Fault:
         raise NotImplementedError
@@ -64,6 +72,30 @@ def _parallel(fns: list[Callable[[], None]]) -> None:
         raise errors[0]
 
 
+def _backend_status(h: MeshHandle) -> dict[str, placement_pb2.BackendStatus]:
+    """What placement says of every backend (health, availability), by id."""
+    p = h.cfg.placement
+    with grpc.insecure_channel(f"{p.host}:{p.port}") as ch:
+        resp = placement_pb2_grpc.PlacementStub(ch).ListBackends(
+            placement_pb2.ListBackendsRequest(), timeout=2)
+    return {s.backend.id: s for s in resp.backends}
+
+
+def _died(pid: int, timeout_s: float) -> bool:
+    """Whether ``pid`` is gone or a zombie within ``timeout_s`` (polled)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                    return True
+        except OSError:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+
+
 class KillBackends(Scenario):
     """SIGKILL real tritonserver processes; restore starts fresh ones."""
 
@@ -75,7 +107,16 @@ class KillBackends(Scenario):
         pids = [h.kill_backend(b) for b in ids]
         killed = ", ".join(f"{b} (pid {p})" for b, p in zip(ids, pids, strict=True))
         progress(f"SIGKILL tritonserver {killed}")
-        return Fault(target, set(ids))
+        fault = Fault(target, set(ids))
+        for b, pid in zip(ids, pids, strict=True):
+            fault.checks[f"tritonserver of {b} died"] = _died(pid, timeout_s=2.0)
+        return fault
+
+    def during(self, h: MeshHandle, fault: Fault, progress: Progress) -> None:
+        status = _backend_status(h)
+        for b in sorted(fault.backends):
+            fault.checks[f"placement sees {b} unhealthy"] = (
+                b in status and not status[b].healthy)
 
     def restore(self, h: MeshHandle, fault: Fault, progress: Progress) -> None:
         progress(f"restarting {', '.join(sorted(fault.backends))} (fresh tritonserver)")
@@ -114,11 +155,23 @@ class CloudOutage(KillBackends):
 class DrainBackend(Scenario):
     name = "drain-backend"
     summary = "drain the busiest backend (SetAvailability DRAINED), then undo"
+    expect_noticed = False  # a drain moves new calls away; none has to fail or slow down
 
     def inject(self, h: MeshHandle, busiest: str, progress: Progress) -> Fault:
         h.set_availability("backend", busiest, fleet_pb2.AVAILABILITY_DRAINED)
         progress(f"drained backend {busiest}")
         return Fault(f"backend {busiest}", {busiest})
+
+    def during(self, h: MeshHandle, fault: Fault, progress: Progress) -> None:
+        status = _backend_status(h)
+        for b in sorted(fault.backends):
+            fault.checks[f"placement reports {b} drained"] = (
+                b in status and status[b].availability == fleet_pb2.AVAILABILITY_DRAINED)
+            for e in h.cfg.edges:
+                rows = [c for t in h.edge_status(e).tables for c in t.candidates
+                        if c.backend_id == b]
+                fault.checks[f"{e.id}'s tables mark {b} unroutable"] = (
+                    bool(rows) and all(c.dropped_reason for c in rows))
 
     def restore(self, h: MeshHandle, fault: Fault, progress: Progress) -> None:
         for b in fault.backends:
@@ -129,6 +182,7 @@ class DrainBackend(Scenario):
 class PlacementOutage(Scenario):
     name = "placement-outage"
     summary = "SIGKILL placement; edges must keep routing on their last table"
+    expect_noticed = False  # the point: callers see nothing
 
     def inject(self, h: MeshHandle, busiest: str, progress: Progress) -> Fault:
         child = h.child("placement")
@@ -138,11 +192,10 @@ class PlacementOutage(Scenario):
         return Fault("placement")
 
     def during(self, h: MeshHandle, fault: Fault, progress: Progress) -> None:
-        disconnected = []
         for e in h.cfg.edges:
             st = h.edge_status(e)
-            disconnected.append(not st.placement_connected and bool(st.tables))
-        fault.checks["edges kept their tables without placement"] = all(disconnected)
+            fault.checks[f"{e.id} noticed placement is gone"] = not st.placement_connected
+            fault.checks[f"{e.id} kept its tables without placement"] = bool(st.tables)
 
     def restore(self, h: MeshHandle, fault: Fault, progress: Progress) -> None:
         progress("restarting placement")

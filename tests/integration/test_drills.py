@@ -56,10 +56,12 @@ def _drill(mesh: tuple[MeshConfig, str, Mesh], scenario: str) -> DrillReport:
 def test_drill_loses_no_call_and_reroutes_fast(mesh, scenario: str) -> None:
     r = _drill(mesh, scenario)
     assert r.sent >= DURATION_S * RATE * 0.8, f"load did not run: {r.sent} calls"
-    assert r.failed == 0, r.table()
-    assert r.reroute.seconds is not None, f"traffic never settled away from the fault\n{r.table()}"
-    assert r.reroute.seconds < REROUTE_BOUND_S, r.table()
-    assert all(r.checks.values()), r.table()
+    # No failed call, some checks and all held, the fault observed, the load settled.
+    assert r.passed, r.table()
+    # A drain or a placement outage may go unnoticed by every call (its checks observe it).
+    assert r.reroute.noticed or not SCENARIOS[scenario].expect_noticed, r.table()
+    if r.reroute.seconds is not None:
+        assert r.reroute.seconds < REROUTE_BOUND_S, r.table()
     during = next(p for p in r.phases if p.phase == "during")
     if r.faulted_backends:
         # Once rerouted, the faulted backends serve nothing that is still counted as OK.
@@ -70,6 +72,6 @@ def test_drill_loses_no_call_and_reroutes_fast(mesh, scenario: str) -> None:
 
 def test_edge_restart_serves_from_disk_while_placement_is_down(mesh) -> None:
     r = _drill(mesh, "edge-restart")
-    assert r.failed == 0, r.table()
+    assert r.passed, r.table()
     assert r.checks.get("restarted edge loaded its routes from disk"), r.table()
     assert r.reroute.seconds is not None and r.reroute.seconds < EDGE_RESTART_BOUND_S, r.table()

@@ -1,0 +1,99 @@
+"""Drill reports judge honestly: a fault nobody noticed has no reroute time, calls in flight
+at the fault count in its window, and a drill with nothing checked or an unobserved fault
+fails, saying why."""
+
+from __future__ import annotations
+
+from services.drills.load import Call
+from services.drills.report import (
+    DrillReport,
+    PhaseStats,
+    Reroute,
+    load_checks,
+    split_phases,
+    time_to_reroute,
+)
+
+FAULT, END = 10.0, 20.0
+
+
+def _calls(start: float, stop: float, every: float = 0.05, latency: float = 0.03,
+           backend: str = "b2") -> list[Call]:
+    out, t = [], start
+    while t < stop:
+        out.append(Call(len(out), t, t + latency, served_by=f"{backend}/v", attempts=1))
+        t += every
+    return out
+
+
+def _report(reroute: Reroute, checks: dict[str, bool], *, expect_noticed: bool = True,
+            failed: int = 0) -> DrillReport:
+    phases = [PhaseStats(p, 2.0, 60, failed if p == "during" else 0, {}, 0, 0, 30.0, 40.0,
+                         None, {}) for p in ("before", "during", "after")]
+    return DrillReport("kill-backend", "backend b1", ["b1"], 30.0, 2.0, None, FAULT, END,
+                       phases, reroute, checks=checks, expect_noticed=expect_noticed)
+
+
+def test_nothing_noticed_has_no_reroute_time_not_zero() -> None:
+    calls = _calls(FAULT, END)  # every call clean, served by a healthy backend
+    r = time_to_reroute(calls, FAULT, END, {"b1"}, slow_ms=500)
+    assert r.noticed == 0
+    assert r.seconds is None
+    assert r.outcome == "not noticed"
+
+
+def test_call_in_flight_at_the_fault_is_in_the_fault_window() -> None:
+    # Sent before the kill, cut off by it, retried elsewhere: the first call to notice.
+    cut = Call(0, FAULT - 0.02, FAULT + 0.08, served_by="b2/v", attempts=2)
+    calls = [cut, *_calls(FAULT + 0.01, END)]
+    r = time_to_reroute(calls, FAULT, END, {"b1"}, slow_ms=500)
+    assert r.noticed == 1
+    assert r.seconds == 0.08
+    assert r.outcome == "rerouted"
+
+
+def test_call_in_flight_at_the_fault_belongs_to_the_during_phase() -> None:
+    done_before = Call(0, 9.0, 9.05)
+    in_flight = Call(1, 9.98, 10.2, status="UNAVAILABLE")
+    sent_during = Call(2, 10.5, 10.55)
+    sent_after = Call(3, 20.5, 20.55)
+    phases = split_phases([done_before, in_flight, sent_during, sent_after],
+                          (8.0, FAULT, END, 22.0))
+    assert phases["before"] == [done_before]
+    assert phases["during"] == [in_flight, sent_during]
+    assert phases["after"] == [sent_after]
+
+
+def test_drill_with_nothing_checked_fails_saying_so() -> None:
+    rep = _report(Reroute(0.1, 3, 0, 500.0), checks={})
+    assert not rep.passed
+    assert rep.problems == ["nothing was checked"]
+    assert "FAILED: nothing was checked" in rep.table()
+
+
+def test_unobserved_fault_fails_the_drill() -> None:
+    rep = _report(Reroute(None, 0, 0, 500.0), checks={"tritonserver of b1 died": True})
+    assert not rep.passed
+    assert rep.problems == ["the fault was never observed: no call noticed it"]
+    assert "time to reroute: none (no call noticed the fault)" in rep.table()
+
+
+def test_fault_no_call_should_notice_passes_on_its_checks() -> None:
+    rep = _report(Reroute(None, 0, 0, 500.0), checks={"placement reports b1 drained": True},
+                  expect_noticed=False)
+    assert rep.passed, rep.problems
+    assert "verdict: PASSED" in rep.table()
+    assert rep.to_dict()["passed"] is True
+
+
+def test_failed_check_failed_call_and_unsettled_load_each_fail() -> None:
+    rep = _report(Reroute(None, 4, 0, 500.0), checks={"e1 kept its tables": False}, failed=2)
+    assert rep.problems == ["2 of 180 calls failed", "check failed: e1 kept its tables",
+                            "the load never settled away from the fault"]
+
+
+def test_load_checks_fail_a_phase_that_sent_too_little() -> None:
+    phases = [PhaseStats.of("before", 2.0, _calls(0, 2.0, every=1 / 30)),
+              PhaseStats.of("during", 2.0, _calls(2.0, 2.5, every=1 / 30))]
+    checks = load_checks(phases, rate=30.0)
+    assert list(checks.values()) == [True, False]
