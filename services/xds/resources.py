@@ -1,0 +1,287 @@
+"""Placement's route tables compiled to Envoy resources (clusters, routes, a listener).
+
+What an Envoy edge of region R gets, per logical model M:
+
+- one cluster per deployment ``dep:<deployment_id>`` (one endpoint, the backend; its variant,
+  backend and region in endpoint metadata under ``switchyard``). It depends only on the
+  deployment, never on load or prices, so a placement change does not rebuild it;
+- one aggregate cluster ``model:<M>`` whose children are the deployments in failover order
+  (:func:`failover_order`): Envoy sends each call to the first child with healthy hosts and a
+  retry (``previous_priorities``) to the next one. Its upstream filters copy the chosen
+  endpoint's variant into a header and rewrite the request's model name (``lua.py``);
+- in the route configuration ``routes:<R>``, a route matching ``x-switchyard-model: M`` (the
+  header the listener's Lua filter sets from the request body) to ``model:<M>``, or, when no
+  deployment may serve M, a local 503 (UNAVAILABLE to gRPC callers).
+
+The order is not a second brain: it is placement's own pipeline (``Profile.explain``) run on
+the table with the model's default SLO, in the order ``Profile.choose`` would fall back
+through: feasible deployments cheapest first, then the ones only the hard filters keep,
+fastest first. Resources are built as dicts shaped like Envoy's YAML and parsed into the
+``xds-protos`` messages, which checks every field name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+# Registered in the default descriptor pool so ParseDict can resolve each "@type".
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.clusters.aggregate.v3 import cluster_pb2 as _aggregate_pb2  # noqa: F401
+from envoy.extensions.filters.http.header_mutation.v3 import (  # noqa: F401
+    header_mutation_pb2 as _header_mutation_pb2,
+)
+from envoy.extensions.filters.http.lua.v3 import lua_pb2 as _lua_pb2  # noqa: F401
+from envoy.extensions.filters.http.router.v3 import router_pb2 as _router_pb2  # noqa: F401
+from envoy.extensions.filters.http.upstream_codec.v3 import (  # noqa: F401
+    upstream_codec_pb2 as _upstream_codec_pb2,
+)
+from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noqa: F401
+    http_connection_manager_pb2 as _hcm_pb2,
+)
+from envoy.extensions.retry.host.previous_hosts.v3 import (  # noqa: F401
+    previous_hosts_pb2 as _previous_hosts_pb2,
+)
+from envoy.extensions.retry.priority.previous_priorities.v3 import (  # noqa: F401
+    previous_priorities_config_pb2 as _previous_priorities_pb2,
+)
+from envoy.extensions.upstreams.http.v3 import (  # noqa: F401
+    http_protocol_options_pb2 as _protocol_options_pb2,
+)
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from placement.model import CallContext, Candidate, Hints
+from placement.pipeline import Profile
+from services.api.switchyard.v1 import placement_pb2
+from services.convert import candidate_from_pb
+from services.xds import lua
+
+CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
+ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+TYPES = (CLUSTER, LISTENER, ROUTE)  # the order a push sends them in (make before break)
+LISTENER_NAME = "ingress"
+
+_T = "type.googleapis.com/"
+_HEADROOM = 64 * 1024  # gRPC framing, headers, the appended model name
+
+
+@dataclass(frozen=True, slots=True)
+class EnvoySettings:
+    """The knobs of the compiled config, from the mesh config (``[edge]``, ``[routing]``)."""
+
+    max_message_bytes: int = 16 * 1024 * 1024
+    max_attempts: int = 3
+    slo_margin_ms: float = 2.0
+    connect_timeout_s: float = 1.0
+
+    @property
+    def buffer_bytes(self) -> int:
+        return self.max_message_bytes + _HEADROOM
+
+
+@dataclass(frozen=True, slots=True)
+class Resource:
+    name: str
+    version: str  # content hash: equal content, equal version, nothing to push
+    message: Message
+
+
+def cluster_name(deployment_id: str) -> str:
+    return f"dep:{deployment_id}"
+
+
+def model_cluster_name(model: str) -> str:
+    return f"model:{model}"
+
+
+def route_config_name(region: str) -> str:
+    return f"routes:{region}"
+
+
+def resource(name: str, message: Message) -> Resource:
+    digest = hashlib.sha256(message.SerializeToString(deterministic=True)).hexdigest()[:16]
+    return Resource(name, digest, message)
+
+
+def failover_order(table: placement_pb2.RouteTable, profile: Profile,
+                   slo_margin_ms: float) -> list[Candidate]:
+    """Deployments in the order calls with the model's default hints should try them."""
+    cands = [candidate_from_pb(c) for c in table.candidates]
+    ctx = CallContext(Hints(slo_ms=table.default_slo_ms), slo_margin_ms)
+    feasible = [v.candidate for v in profile.explain(cands, ctx) if v.feasible]
+    chosen = {c.deployment_id for c in feasible}
+    fallback = [c for c in cands if c.deployment_id not in chosen
+                and all(f.reject(c, ctx) is None for f in profile.hard_filters)]
+    return (sorted(feasible, key=lambda c: (c.cost_usd, c.latency_p95_ms, c.deployment_id))
+            + sorted(fallback, key=lambda c: (ctx.latency_ms(c), c.deployment_id)))
+
+
+def _http2(s: EnvoySettings) -> dict[str, Any]:
+    return {"initial_stream_window_size": s.buffer_bytes,
+            "initial_connection_window_size": 2 * s.buffer_bytes}
+
+
+def _address(endpoint: str) -> dict[str, Any]:
+    host, _, port = endpoint.rpartition(":")
+    return {"socket_address": {"address": host, "port_value": int(port)}}
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def deployment_cluster(c: placement_pb2.Candidate, s: EnvoySettings) -> cluster_pb2.Cluster:
+    name = cluster_name(c.deployment_id)
+    host = c.endpoint.rpartition(":")[0]
+    return json_format.ParseDict({
+        "name": name, "type": "STATIC" if _is_ip(host) else "STRICT_DNS",
+        "connect_timeout": f"{s.connect_timeout_s}s",
+        "per_connection_buffer_limit_bytes": s.buffer_bytes,
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": _T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": _http2(s)}}},
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{
+            "endpoint": {"address": _address(c.endpoint)},
+            "metadata": {"filter_metadata": {lua.METADATA_NAMESPACE: {
+                "deployment": c.deployment_id, "variant": c.variant,
+                "backend": c.backend_id, "region": c.region}}}}]}]},
+    }, cluster_pb2.Cluster())
+
+
+def _from_endpoint(header: str, key: str) -> dict[str, Any]:
+    """Set ``header`` to the chosen endpoint's ``switchyard.<key>`` metadata."""
+    return {"append": {"header": {"key": header, "value": f"%UPSTREAM_METADATA("
+                                                         f"{lua.METADATA_NAMESPACE}:{key})%"},
+                       "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}}
+
+
+def model_cluster(model: str, deployment_ids: Sequence[str],
+                  s: EnvoySettings) -> cluster_pb2.Cluster:
+    """The aggregate cluster: children in failover order; the per-attempt variant rewrite."""
+    return json_format.ParseDict({
+        "name": model_cluster_name(model), "connect_timeout": f"{s.connect_timeout_s}s",
+        "lb_policy": "CLUSTER_PROVIDED",
+        "cluster_type": {"name": "envoy.clusters.aggregate", "typed_config": {
+            "@type": _T + "envoy.extensions.clusters.aggregate.v3.ClusterConfig",
+            "clusters": [cluster_name(d) for d in deployment_ids]}},
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": _T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": _http2(s)},
+                "http_filters": [
+                    {"name": "switchyard.variant_header", "typed_config": {
+                        "@type": _T + "envoy.extensions.filters.http.header_mutation.v3"
+                                      ".HeaderMutation",
+                        "mutations": {
+                            "request_mutations": [_from_endpoint(lua.VARIANT_HEADER,
+                                                                 "variant")],
+                            # the Python edge's trailers, for the attempt that answered
+                            "response_trailers_mutations": [
+                                _from_endpoint("x-served-by", "deployment"),
+                                _from_endpoint("x-served-region", "region")]}}},
+                    {"name": "switchyard.variant_rewrite", "typed_config": {
+                        "@type": _T + "envoy.extensions.filters.http.lua.v3.Lua",
+                        "default_source_code": {"inline_string": lua.VARIANT_REWRITE}}},
+                    {"name": "envoy.filters.http.upstream_codec", "typed_config": {
+                        "@type": _T + "envoy.extensions.filters.http.upstream_codec.v3"
+                                      ".UpstreamCodec"}}]}},
+    }, cluster_pb2.Cluster())
+
+
+def _model_route(model: str, deployment_ids: Sequence[str], s: EnvoySettings) -> dict[str, Any]:
+    match = {"prefix": "/", "headers": [{"name": lua.MODEL_HEADER,
+                                         "string_match": {"exact": model}}]}
+    if not deployment_ids:
+        return {"name": model, "match": match, "direct_response": {
+            "status": 503, "body": {"inline_string": f"no deployment may serve {model!r} now"}}}
+    return {"name": model, "match": match, "route": {
+        "cluster": model_cluster_name(model), "timeout": "0s",
+        "max_stream_duration": {"grpc_timeout_header_max": "0s"},
+        "retry_policy": {
+            "retry_on": "unavailable,reset,connect-failure,refused-stream",
+            "num_retries": s.max_attempts - 1,
+            "retry_priority": {
+                "name": "envoy.retry_priorities.previous_priorities", "typed_config": {
+                    "@type": _T + "envoy.extensions.retry.priority.previous_priorities.v3"
+                                  ".PreviousPrioritiesConfig",
+                    "update_frequency": 1}},
+            "retry_host_predicate": [{
+                "name": "envoy.retry_host_predicates.previous_hosts", "typed_config": {
+                    "@type": _T + "envoy.extensions.retry.host.previous_hosts.v3"
+                                  ".PreviousHostsPredicate"}}],
+            "host_selection_retry_max_attempts": 3}}}
+
+
+def route_configuration(region: str, orders: dict[str, list[str]],
+                        s: EnvoySettings) -> route_pb2.RouteConfiguration:
+    routes = [_model_route(m, orders[m], s) for m in sorted(orders)]
+    return json_format.ParseDict({
+        "name": route_config_name(region),
+        "virtual_hosts": [{"name": "models", "domains": ["*"], "routes": routes,
+                           "per_request_buffer_limit_bytes": s.buffer_bytes}],
+    }, route_pb2.RouteConfiguration())
+
+
+def listener(host: str, port: int, region: str, s: EnvoySettings) -> listener_pb2.Listener:
+    hcm = {
+        "@type": _T + "envoy.extensions.filters.network.http_connection_manager.v3"
+                      ".HttpConnectionManager",
+        "stat_prefix": "switchyard", "codec_type": "HTTP2",
+        "http2_protocol_options": _http2(s),
+        "rds": {"route_config_name": route_config_name(region), "config_source": {
+            "ads": {}, "resource_api_version": "V3"}},
+        "http_filters": [
+            {"name": "switchyard.model_name", "typed_config": {
+                "@type": _T + "envoy.extensions.filters.http.lua.v3.Lua",
+                "default_source_code": {"inline_string": lua.MODEL_NAME}}},
+            {"name": "envoy.filters.http.router", "typed_config": {
+                "@type": _T + "envoy.extensions.filters.http.router.v3.Router"}}],
+    }
+    return json_format.ParseDict({
+        "name": LISTENER_NAME,
+        "address": {"socket_address": {"address": host, "port_value": port}},
+        "per_connection_buffer_limit_bytes": s.buffer_bytes,
+        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                        "typed_config": hcm}]}],
+    }, listener_pb2.Listener())
+
+
+@dataclass(frozen=True)
+class RegionConfig:
+    """Everything an edge of one region needs except its listener (which is per node)."""
+
+    region: str
+    clusters: dict[str, Resource]
+    routes: dict[str, Resource]
+    orders: dict[str, list[str]]  # model -> deployment ids in failover order
+
+
+def compile_region(region: str, tables: Iterable[placement_pb2.RouteTable], profile: Profile,
+                   s: EnvoySettings) -> RegionConfig:
+    clusters: dict[str, Resource] = {}
+    orders: dict[str, list[str]] = {}
+    for table in tables:
+        for c in table.candidates:
+            name = cluster_name(c.deployment_id)
+            if name not in clusters:
+                clusters[name] = resource(name, deployment_cluster(c, s))
+        order = [c.deployment_id for c in failover_order(table, profile, s.slo_margin_ms)]
+        orders[table.model] = order
+        if order:
+            name = model_cluster_name(table.model)
+            clusters[name] = resource(name, model_cluster(table.model, order, s))
+    rc = route_config_name(region)
+    return RegionConfig(region, clusters,
+                        {rc: resource(rc, route_configuration(region, orders, s))}, orders)

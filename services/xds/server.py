@@ -1,0 +1,162 @@
+"""Placement's ADS server: Envoy edges subscribe over delta xDS and get their region's config.
+
+Each Envoy stream is a ``WatchRoutes`` watcher of the same ``RouteHub`` (so it sees exactly
+the tables Python edges see, coalesced the same way) plus a :class:`DeltaSession`. When the
+hub publishes a change for the stream's region, or Envoy (un)subscribes, ACKs or NACKs, the
+stream compiles the region's tables (once per hub version, shared by every Envoy of the
+region) and sends each resource type's difference, clusters first.
+
+The node says who it is in its bootstrap: ``node.id`` is the edge id, ``node.cluster`` its
+region, and ``node.metadata`` holds ``listen_host``/``listen_port`` for the listener placement
+pushes back (``services.edge.envoy.bootstrap``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import grpc
+import structlog
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+
+from placement.errors import InvalidRequest
+from placement.pipeline import Profile
+from placement.registry import build_profile
+from services.config import MeshConfig
+from services.placement.hub import RouteHub
+from services.xds.resources import (
+    CLUSTER,
+    LISTENER,
+    LISTENER_NAME,
+    ROUTE,
+    TYPES,
+    EnvoySettings,
+    RegionConfig,
+    Resource,
+    compile_region,
+    listener,
+    resource,
+)
+from services.xds.session import DeltaSession
+
+log = structlog.get_logger("switchyard.xds")
+ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+
+
+class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
+    def __init__(self, hub: RouteHub, profile: Profile, settings: EnvoySettings) -> None:
+        self.hub = hub
+        self.profile = profile
+        self.settings = settings
+        self.sessions: set[DeltaSession] = set()
+        self.pushes = 0
+        self._compiled: dict[str, tuple[int, RegionConfig]] = {}
+
+    def region_config(self, region: str) -> RegionConfig:
+        """The region's compiled config, rebuilt only when the hub's version moved."""
+        tables = self.hub.snapshot(region)
+        cached = self._compiled.get(region)
+        if cached is not None and cached[0] == self.hub.version:
+            return cached[1]
+        compiled = compile_region(region, tables, self.profile, self.settings)
+        self._compiled[region] = (self.hub.version, compiled)
+        return compiled
+
+    def offer(self, region: str, host: str, port: int) -> dict[str, dict[str, Resource]]:
+        rc = self.region_config(region)
+        ingress = resource(LISTENER_NAME, listener(host, port, region, self.settings))
+        return {CLUSTER: rc.clusters, LISTENER: {LISTENER_NAME: ingress}, ROUTE: rc.routes}
+
+    async def DeltaAggregatedResources(  # noqa: N802 (the xDS method name)
+            self, request_iterator: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest],
+            context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[discovery_pb2.DeltaDiscoveryResponse]:
+        first = await anext(request_iterator, None)
+        if first is None:
+            return
+        region, host, port = _node_placement(first.node)
+        session = DeltaSession(first.node.id, region)
+        watcher = self.hub.subscribe(first.node.id, region)
+        self.sessions.add(session)
+        inbox = [first]
+        kick = asyncio.Event()
+        kick.set()
+        closed = asyncio.Event()
+
+        async def read() -> None:
+            try:
+                async for req in request_iterator:
+                    inbox.append(req)
+                    kick.set()
+            finally:
+                closed.set()
+                kick.set()
+
+        async def follow() -> None:
+            while True:
+                await watcher.wake.wait()
+                watcher.take()  # the rows themselves are re-read from the hub's tables
+                kick.set()
+
+        tasks = [asyncio.create_task(read()), asyncio.create_task(follow())]
+        log.info("xds_stream_open", node=session.node_id, region=region,
+                 listen=f"{host}:{port}")
+        try:
+            while not closed.is_set() or inbox:
+                await kick.wait()
+                kick.clear()
+                for req in inbox:
+                    session.receive(req)
+                inbox.clear()
+                offered = self.offer(region, host, port)
+                for t in TYPES:
+                    resp = session.push(t, offered[t], str(self.hub.version))
+                    if resp is not None:
+                        self.pushes += 1
+                        log.debug("xds_push", node=session.node_id, type_url=t,
+                                  nonce=resp.nonce, resources=len(resp.resources),
+                                  removed=len(resp.removed_resources),
+                                  version=resp.system_version_info)
+                        yield resp
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            self.hub.unsubscribe(watcher)
+            self.sessions.discard(session)
+            log.info("xds_stream_closed", node=session.node_id, region=region,
+                     acks=session.acks, nacks=len(session.nacks))
+
+
+def _node_placement(node: object) -> tuple[str, str, int]:
+    """(region, listen host, listen port) from the node the Envoy bootstrap declares."""
+    region = getattr(node, "cluster", "")
+    fields = node.metadata.fields  # type: ignore[attr-defined]
+    host = fields["listen_host"].string_value if "listen_host" in fields else "127.0.0.1"
+    port = int(fields["listen_port"].number_value) if "listen_port" in fields else 0
+    if not region or not port:
+        raise InvalidRequest(f"Envoy node {getattr(node, 'id', '')!r} must set cluster (its "
+                             f"region) and metadata.listen_port; got cluster={region!r}, "
+                             f"listen_port={port}")
+    return region, host, port
+
+
+def add_ads(server: grpc.aio.Server, hub: RouteHub, profile: Profile,
+            settings: EnvoySettings) -> AdsServer:
+    """Serve ADS on ``server`` (placement's own port) from ``hub``."""
+    ads = AdsServer(hub, profile, settings)
+    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(ads, server)
+    return ads
+
+
+def serve_ads(server: grpc.aio.Server, hub: RouteHub, cfg: MeshConfig) -> AdsServer:
+    """ADS for ``cfg``'s mesh: its routing profile, message limit, attempts and SLO margin."""
+    settings = EnvoySettings(max_message_bytes=cfg.edge.max_message_bytes,
+                             max_attempts=cfg.edge.max_attempts,
+                             slo_margin_ms=cfg.routing.slo_margin_ms)
+    return add_ads(server, hub, build_profile(cfg.routing.profile, cfg.routing.spread_band),
+                   settings)

@@ -1,0 +1,81 @@
+"""Route tables compiled to Envoy resources: failover order from placement's own pipeline,
+stable per-deployment clusters, the variant in endpoint metadata, a local 503 for nothing."""
+
+from __future__ import annotations
+
+from envoy.extensions.clusters.aggregate.v3 import cluster_pb2 as aggregate_pb2
+
+from placement.registry import build_profile
+from services.api.switchyard.v1 import placement_pb2
+from services.xds.resources import (
+    EnvoySettings,
+    cluster_name,
+    compile_region,
+    failover_order,
+    model_cluster_name,
+    route_config_name,
+)
+
+PROFILE = build_profile("cheapest")
+
+
+def _cand(dep: str, cost: float, p95: float, dropped: str = "", port: int = 9000,
+          spare: float = 100.0) -> placement_pb2.Candidate:
+    backend, variant = dep.split("/")
+    return placement_pb2.Candidate(
+        deployment_id=dep, backend_id=backend, endpoint=f"127.0.0.1:{port}", variant=variant,
+        region="r-east", cloud="aws", quality=0.9, latency_p95_ms=p95, cost_usd=cost,
+        spare_capacity=spare, dropped_reason=dropped, concurrency=4)
+
+
+def _table(*cands: placement_pb2.Candidate, slo: float = 300) -> placement_pb2.RouteTable:
+    return placement_pb2.RouteTable(model="summarize", edge_region="r-east", version=3,
+                                    default_slo_ms=slo, candidates=cands)
+
+
+def test_failover_order_is_feasible_cheapest_first_then_hard_ok_fastest_first() -> None:
+    table = _table(_cand("cheap/s", 1e-6, 900),        # misses the SLO: fallback
+                   _cand("mid/s", 2e-6, 100),
+                   _cand("fast/s", 9e-6, 20),
+                   _cand("slowest/s", 1e-7, 2000),     # misses the SLO, slower still
+                   _cand("drained/s", 1e-8, 10, dropped="drained"))  # never
+    order = [c.deployment_id for c in failover_order(table, PROFILE, 2.0)]
+    assert order == ["mid/s", "fast/s", "cheap/s", "slowest/s"]
+
+
+def test_a_region_compiles_to_stable_deployment_clusters_an_aggregate_and_one_route() -> None:
+    s = EnvoySettings()
+    table = _table(_cand("b1/summarize-large", 2e-6, 50, port=9001),
+                   _cand("b2/summarize-small", 1e-6, 80, port=9002))
+    rc = compile_region("r-east", [table], PROFILE, s)
+    assert set(rc.clusters) == {cluster_name("b1/summarize-large"),
+                                cluster_name("b2/summarize-small"),
+                                model_cluster_name("summarize")}
+    agg = aggregate_pb2.ClusterConfig()
+    rc.clusters[model_cluster_name("summarize")].message.cluster_type.typed_config.Unpack(agg)
+    assert list(agg.clusters) == [cluster_name("b2/summarize-small"),
+                                  cluster_name("b1/summarize-large")]
+    dep = rc.clusters[cluster_name("b1/summarize-large")].message
+    lb = dep.load_assignment.endpoints[0].lb_endpoints[0]
+    assert lb.endpoint.address.socket_address.port_value == 9001
+    assert lb.metadata.filter_metadata["switchyard"]["variant"] == "summarize-large"
+    # Load and prices move: the deployment clusters stay byte-identical (no rebuild in Envoy).
+    moved = _table(_cand("b1/summarize-large", 5e-7, 40, port=9001),
+                   _cand("b2/summarize-small", 1e-6, 95, port=9002))
+    rc2 = compile_region("r-east", [moved], PROFILE, s)
+    for name in (cluster_name("b1/summarize-large"), cluster_name("b2/summarize-small")):
+        assert rc2.clusters[name].version == rc.clusters[name].version
+    assert rc2.orders["summarize"] == ["b1/summarize-large", "b2/summarize-small"]
+    route = rc.routes[route_config_name("r-east")].message.virtual_hosts[0].routes[0]
+    assert route.match.headers[0].string_match.exact == "summarize"
+    assert route.route.cluster == model_cluster_name("summarize")
+    assert route.route.retry_policy.num_retries.value == s.max_attempts - 1
+
+
+def test_a_model_nothing_may_serve_gets_a_local_503_and_no_aggregate() -> None:
+    table = _table(_cand("b1/s", 1e-6, 50, dropped="drained"))
+    rc = compile_region("r-east", [table], PROFILE, EnvoySettings())
+    assert model_cluster_name("summarize") not in rc.clusters
+    assert cluster_name("b1/s") in rc.clusters  # kept: it comes back without a rebuild
+    route = rc.routes[route_config_name("r-east")].message.virtual_hosts[0].routes[0]
+    assert route.direct_response.status == 503
