@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import os
 import signal
+from typing import Any
 
 import structlog
 from pydantic import ValidationError
@@ -104,22 +105,40 @@ def agent_config(args: argparse.Namespace, env: dict[str, str]) -> tuple[MeshCon
     return config, ids
 
 
-def build_agent(args: argparse.Namespace, env: dict[str, str]) -> NodeAgent:
-    """The ``NodeAgent`` the flags describe (not started)."""
+def build_agent(args: argparse.Namespace, env: dict[str, str], *,
+                placement: list[str] | None = None, discovery: Any = None) -> NodeAgent:
+    """The ``NodeAgent`` the flags describe (not started); ``placement`` overrides the flag."""
     config, ids = agent_config(args, env)
     return NodeAgent(
         config, ids,
-        placement=[a.strip() for a in args.placement.split(",") if a.strip()] or None,
+        placement=placement or [a.strip() for a in args.placement.split(",") if a.strip()]
+        or None,
         interval_s=args.interval, agent_id=args.agent_id, gpus=parse_gpus(args.gpus),
         simulated=SimulatedGpuSource(control_file=args.simulated_faults),
         fan_out=not args.one_replica,
         channel_factory=transport.channel_factory(config.security, "agent"),
-        discovery=open_discovery(config, config.consul) if config.discovery == "consul"
-        else None)
+        discovery=discovery)
+
+
+async def _catalog_placement(discovery: Any) -> list[str]:
+    """Placement replicas from the Consul catalog (each replica by its own address, so every
+    one gets the telemetry); empty when Consul cannot say."""
+    try:
+        found: list[str] = await discovery.placement_endpoints()
+    except SwitchyardError as exc:
+        structlog.get_logger("switchyard.agent").warning(
+            "agent.placement_catalog_unreachable", error=exc.message,
+            action="using --placement / the configured placement")
+        return []
+    return found
 
 
 async def _run(args: argparse.Namespace) -> None:
-    agent = build_agent(args, dict(os.environ))
+    env = dict(os.environ)
+    config, _ = agent_config(args, env)
+    discovery = open_discovery(config, config.consul) if config.discovery == "consul" else None
+    placement = await _catalog_placement(discovery) if discovery is not None else []
+    agent = build_agent(args, env, placement=placement, discovery=discovery)
     await agent.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

@@ -185,3 +185,56 @@ def test_broken_values_are_rejected_by_the_schema(values: dict[str, Any], messag
     with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmValuesError) as err:
         chart.render(values, name="sy")
     assert message in str(err.value)
+
+
+def test_the_agent_parses_its_rendered_args_and_registers_its_nodes_triton(
+        rendered: tuple[str, list[dict[str, Any]]], tmp_path: pathlib.Path) -> None:
+    import re
+
+    from services.agent.agent import backend_message
+    from services.agent.cli import _parser, agent_config, build_agent
+
+    _, docs = rendered
+    pod = by_kind(docs, "DaemonSet")[0]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    fields = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"]
+              for e in container["env"] if "valueFrom" in e}
+    assert fields == {"NODE_NAME": "spec.nodeName", "HOST_IP": "status.hostIP"}
+    kubelet = {"NODE_NAME": "gpu-node-7", "HOST_IP": "10.1.2.3"}  # as the kubelet expands them
+    args = [re.sub(r"\$\((\w+)\)", lambda m: kubelet[m.group(1)], a) for a in container["args"]]
+    assert args[:2] == ["-m", "services.agent"]
+    data = next(c["data"] for c in by_kind(docs, "ConfigMap") if "mesh.toml" in c.get("data", {}))
+    text = data["mesh.toml"]
+    if "consul" not in MeshConfig.model_fields:
+        text = _without_consul(text)
+    (tmp_path / "mesh.toml").write_text(text)
+    (tmp_path / "prices.toml").write_text(data["prices.toml"])
+    args = [str(tmp_path / "mesh.toml") if a == "/etc/switchyard/mesh.toml" else a
+            for a in args]
+    flags = _parser().parse_args(args[2:])
+    assert flags.placement == "sy-switchyard-placement:50050"
+    config, ids = agent_config(flags, {})
+    assert ids == ["gpu-node-7"]
+    agent = build_agent(flags, {})
+    (b,) = agent.backends
+    msg = backend_message(config, b)
+    assert (msg.id, msg.endpoint, msg.region) == ("gpu-node-7", "10.1.2.3:8001", "aws-us-east-1")
+    assert [v.logical_model for v in msg.variants] == ["summarize", "summarize"]
+    prices = load_prices(config.path(config.prices_file))
+    assert any((p.accelerator, p.region, p.price_class) == (
+        msg.accelerator, msg.region, msg.price_class) for p in prices), "no price: dropped"
+
+
+def test_a_bad_backend_spec_names_the_field() -> None:
+    from placement.errors import ConfigError
+    from services.agent.cli import _parser, agent_config
+
+    mesh = pathlib.Path(__file__).resolve().parents[2] / "examples" / "mesh.toml"
+    flags = _parser().parse_args(["--config", str(mesh), "--backend",
+                                  "id=n1,host=10.0.0.1,grpc_port=8001,region=mars,"
+                                  "accelerator=nvidia-t4,variants=summarize-small"])
+    with pytest.raises(ConfigError, match="region 'mars' is not in regions"):
+        agent_config(flags, {})
+    flags = _parser().parse_args(["--config", str(mesh), "--backend", "id"])
+    with pytest.raises(ConfigError, match="'id' is not key=value"):
+        agent_config(flags, {})
