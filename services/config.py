@@ -115,6 +115,9 @@ class RoutingConfig(_Strict):
 
 
 class EdgeRuntimeConfig(_Strict):
+    # What runs each edge: the Python router, or Envoy configured by placement over xDS
+    # (services/xds; a first slice: model routing, failover, variant rewrite; issue 12).
+    engine: Literal["python", "envoy"] = "python"
     max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     max_attempts: int = Field(default=3, ge=1, le=10)
     retry_budget_ratio: float = Field(default=0.2, ge=0, le=1)

@@ -65,9 +65,12 @@ class Mesh:
         kids.append(Child("agent", [py, "-m", "services.agent", "--config", cfgp, "--backends",
                                     ",".join(b.id for b in self.cfg.backends)], "", "agent",
                           logs / "agent.log"))
-        kids += [Child(f"edge {e.id} ({e.region})",
-                       [py, "-m", "services.cli", "edge", "--config", cfgp, "--id", e.id],
-                       f"{e.host}:{e.port}", "grpc", logs / f"edge-{e.id}.log")
+        envoy = self.cfg.edge.engine == "envoy"  # Envoy configured by placement over xDS
+        edge_cmd = [py, "-m", "services.edge.envoy"] if envoy else [py, "-m", "services.cli",
+                                                                    "edge"]
+        kids += [Child(f"edge {e.id} ({e.region})", [*edge_cmd, "--config", cfgp, "--id", e.id],
+                       f"{e.host}:{e.port}", "envoy" if envoy else "grpc",
+                       logs / f"edge-{e.id}.log")
                  for e in self.cfg.edges]
         return kids
 
@@ -143,6 +146,11 @@ class Mesh:
 
 
 def is_serving(address: str, kind: str) -> bool:
+    if kind == "envoy":  # listens once placement's config arrived; speaks no gRPC health
+        from services.edge.envoy.launcher import listening
+
+        host, _, port = address.rpartition(":")
+        return listening(host, int(port))
     with grpc.insecure_channel(address) as ch:
         try:
             if kind == "triton":

@@ -1,0 +1,44 @@
+"""``[edge] engine = "envoy"``: validated, and `switchyard up` plans Envoy edges on the same ports."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+
+from placement.errors import ConfigError
+from services.config import load_config
+from services.up import Mesh
+
+EXAMPLE = pathlib.Path(__file__).resolve().parents[2] / "examples" / "mesh.toml"
+
+
+def _with_engine(tmp_path: pathlib.Path, engine: str) -> pathlib.Path:
+    text = EXAMPLE.read_text().replace("[placement]", f'[edge]\nengine = "{engine}"\n\n[placement]')
+    path = tmp_path / "mesh.toml"
+    path.write_text(text)
+    (tmp_path / "prices.toml").write_text((EXAMPLE.parent / "prices.toml").read_text())
+    return path
+
+
+def test_envoy_edges_are_planned_on_the_configured_ports(tmp_path: pathlib.Path) -> None:
+    path = _with_engine(tmp_path, "envoy")
+    cfg = load_config(path)
+    edges = [c for c in Mesh(cfg, str(path)).plan() if c.name.startswith("edge ")]
+    assert [c.address for c in edges] == [f"{e.host}:{e.port}" for e in cfg.edges]
+    assert all(c.kind == "envoy" and c.argv[1:3] == ["-m", "services.edge.envoy"]
+               for c in edges)
+    assert [c.argv[c.argv.index("--id") + 1] for c in edges] == [e.id for e in cfg.edges]
+
+
+def test_the_python_edge_stays_the_default(tmp_path: pathlib.Path) -> None:
+    cfg = load_config(EXAMPLE)
+    assert cfg.edge.engine == "python"
+    edges = [c for c in Mesh(cfg, str(EXAMPLE)).plan() if c.name.startswith("edge ")]
+    assert all(c.kind == "grpc" and c.argv[1:4] == ["-m", "services.cli", "edge"]
+               for c in edges)
+
+
+def test_an_unknown_engine_names_the_path(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(ConfigError, match=r"edge\.engine"):
+        load_config(_with_engine(tmp_path, "nginx"))
