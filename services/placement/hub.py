@@ -27,6 +27,18 @@ from services.convert import candidate_to_pb
 log = structlog.get_logger("switchyard.placement.hub")
 
 
+Rows = dict[str, placement_pb2.Candidate | None]  # deployment id -> new row (None = removed)
+
+
+@dataclass(frozen=True)
+class Push:
+    """What one publish offered the watchers, for metrics: changed rows per (model, region)
+    and how long after the first change it went out (the coalescing wait plus the build)."""
+
+    rows: dict[tuple[str, str], Rows]
+    latency_s: float
+
+
 @dataclass
 class _Table:
     model: str
@@ -87,7 +99,9 @@ class RouteHub:
         self._tables: dict[tuple[str, str], _Table] = {}
         self.watchers: set[Watcher] = set()
         self._scheduled: asyncio.TimerHandle | None = None
+        self._first_change_at: float | None = None  # first change not yet published
         self.on_push: Callable[[int], None] | None = None  # metrics hook: tables changed
+        self.on_published: Callable[[Push], None] | None = None  # metrics hook: rows, latency
 
     @property
     def tables(self) -> dict[tuple[str, str], placement_pb2.RouteTable]:
@@ -146,6 +160,8 @@ class RouteHub:
         """Rebuild now and offer changed rows to every watcher of their region."""
         self._scheduled = None
         t0 = time.perf_counter()
+        since = self._first_change_at if self._first_change_at is not None else self.clock()
+        self._first_change_at = None
         changed = self.rebuild()
         if not changed:
             return
@@ -156,12 +172,16 @@ class RouteHub:
                     w.offer(model, t.version, t.default_slo_ms, rows)
         if self.on_push is not None:
             self.on_push(len(changed))
+        if self.on_published is not None:
+            self.on_published(Push(changed, self.clock() - since))
         log.debug("routes_published", version=self.version, tables=len(changed),
                   rows=sum(len(r) for r in changed.values()),
                   build_ms=round((time.perf_counter() - t0) * 1e3, 2))
 
     def changed(self) -> None:
         """The fleet changed: schedule one coalesced rebuild."""
+        if self._first_change_at is None:
+            self._first_change_at = self.clock()
         if self._scheduled is not None:
             return
         loop = asyncio.get_running_loop()

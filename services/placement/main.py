@@ -65,6 +65,7 @@ def build_service(cfg: MeshConfig, preregister: bool) -> PlacementService:
     hub = RouteHub(fleet, builder, regions, cfg.placement.coalesce_ms / 1000, time.monotonic)
     metrics = PlacementMetrics()
     hub.on_push = metrics.pushes.inc
+    hub.on_published = metrics.published
     return PlacementService(fleet, prices, builder, hub, metrics, cfg.routing.slo_margin_ms,
                             profile=cfg.routing.profile, spread_band=cfg.routing.spread_band,
                             fail_fast=cfg.routing.fail_fast)

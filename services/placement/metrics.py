@@ -1,8 +1,17 @@
-"""Prometheus metrics of the placement service."""
+"""Prometheus metrics of the placement service.
+
+``published`` is the route hub's ``on_published`` hook: how long a fleet change took to
+reach the watchers (coalescing wait plus rebuild), and the per-call cost of every row pushed,
+which the edges' per-deployment call counts turn into dollars per 1k calls on a dashboard.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from services.placement.hub import Push
+
+PUSH_BUCKETS = (.005, .01, .025, .05, .075, .1, .25, .5, 1.0, 2.5)
 
 
 class PlacementMetrics:
@@ -18,3 +27,20 @@ class PlacementMetrics:
                               registry=self.registry)
         self.backends = Gauge("switchyard_placement_backends", "Registered backends",
                               registry=self.registry)
+        self.push_latency = Histogram(
+            "switchyard_placement_push_latency_seconds",
+            "From the first fleet change to its rows offered to watching edges",
+            registry=self.registry, buckets=PUSH_BUCKETS)
+        self.cost = Gauge("switchyard_placement_deployment_cost_usd",
+                          "Cost of one call on a deployment, as priced in the route tables",
+                          ["model", "deployment"], registry=self.registry)
+
+    def published(self, push: Push) -> None:
+        """The hub offered ``push`` to its watchers."""
+        self.push_latency.observe(push.latency_s)
+        for (model, _region), rows in push.rows.items():
+            for deployment, row in rows.items():
+                # Cost does not depend on the edge's region. A removed row keeps its last
+                # cost: no call goes to it any more, so it adds nothing to a call-rate product.
+                if row is not None:
+                    self.cost.labels(model, deployment).set(row.cost_usd)
