@@ -13,7 +13,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from placement.errors import NoHealthyDeployment, NothingFeasible
+from placement.errors import NoHealthyDeployment, NothingFeasible, PolicyUnsatisfiable
 from placement.model import CallContext, Candidate
 from placement.pipeline import Profile, Verdict
 
@@ -37,7 +37,7 @@ def explain_call(profile: Profile, cands: Sequence[Candidate], ctx: CallContext,
     objective = "+".join(s.name for s, _ in profile.scorers)
     try:
         decision = profile.choose(ordered, ctx, random.Random(seed), cost_sorted=True)
-    except (NothingFeasible, NoHealthyDeployment) as exc:
+    except (NothingFeasible, NoHealthyDeployment, PolicyUnsatisfiable) as exc:
         return Explanation(profile.name, tuple(verdicts), None, False, (),
                            f"{len(feasible)} of {len(verdicts)} deployments feasible; "
                            f"{exc.message}")

@@ -13,17 +13,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import signal
 import sys
 
 import grpc
 
-from placement.errors import ConfigError, SwitchyardError
+from placement.errors import ConfigError, InvalidHint, InvalidRequest, SwitchyardError
 from services.config import MeshConfig, load_config
+from services.edge.hints import ParsedHints
 from services.logs import configure
+from services.render import STATUS_LEGEND
 
 DEFAULT_CONFIG = "examples/mesh.toml"
+# explain's flags and the edge hint header each one stands for.
+EXPLAIN_FLAGS = {"slo_ms": "x-slo-ms", "min_quality": "x-min-quality",
+                 "max_cost_usd": "x-max-cost-usd", "allowed_regions": "x-allowed-regions",
+                 "profile": "x-routing-profile"}
 
 
 def _load(args: argparse.Namespace) -> MeshConfig:
@@ -113,26 +120,48 @@ def _stub(cfg: MeshConfig, args: argparse.Namespace):  # type: ignore[no-untyped
     from services.api.switchyard.v1 import placement_pb2_grpc
 
     address = args.placement or f"{cfg.placement.host}:{cfg.placement.port}"
+    args.placement_address = address  # named in connection errors
     return placement_pb2_grpc.PlacementStub(grpc.insecure_channel(address))
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     from services.api.switchyard.v1 import placement_pb2, telemetry_pb2
-    from services.render import backend_rows, route_rows, table
+    from services.render import GPU_HEADERS, backend_rows, gpu_rows, route_rows, table
 
     cfg = _load(args)
     stub = _stub(cfg, args)
     backends = stub.ListBackends(placement_pb2.ListBackendsRequest(), timeout=3)
     print(f"placement {backends.placement_id}  fleet version {backends.version}\n")
     print(table(["backend", "region", "accelerator", "class", "availability", "healthy",
-                 "telemetry", "health / penalty"], backend_rows(backends, telemetry_pb2)))
+                 "telemetry", "telemetry owner", "health / penalty"],
+                backend_rows(backends, telemetry_pb2)))
+    gpus = gpu_rows(backends, telemetry_pb2)
+    print("\nGPUs (last report of each backend's telemetry owner)")
+    print(table(GPU_HEADERS, gpus) if gpus else "  no GPU readings reported yet")
     routes = stub.GetRouteTables(placement_pb2.GetRouteTablesRequest(), timeout=3)
     for t in routes.tables:
         print(f"\nroute table {t.model} @ {t.edge_region} (version {t.version}, "
               f"default SLO {t.default_slo_ms:.0f} ms)")
-        print(table(["deployment", "region", "p95 ms", "rtt", "compute", "$/1k calls",
+        print(table(["deployment", "region", "p95 ms", "rtt ms", "compute ms", "$/1k calls",
                      "spare rps", "edge slots", "dropped / penalty"], route_rows(t)))
+    if not args.no_legend:
+        print("\n" + STATUS_LEGEND)
     return 0
+
+
+def explain_hints(args: argparse.Namespace, cfg: MeshConfig) -> ParsedHints:
+    """The explain flags, parsed by the edge's own hint parser: what an edge would refuse as
+    a header, explain refuses as a flag (the error names both)."""
+    from placement.registry import PROFILES
+    from services.edge import hints
+
+    metadata = [(header, value) for flag, header in EXPLAIN_FLAGS.items()
+                for value in getattr(args, flag) or ()]  # repeated flags = repeated headers
+    try:
+        return hints.parse(metadata, frozenset(r.name for r in cfg.regions), PROFILES)
+    except InvalidHint as exc:
+        flag = next(f for f, h in EXPLAIN_FLAGS.items() if h == exc.header)
+        raise InvalidRequest(f"{exc.message} (flag --{flag.replace('_', '-')})") from exc
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -140,13 +169,17 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from services.render import explain_rows, table
 
     cfg = _load(args)
+    parsed = explain_hints(args, cfg)
     region = args.region or (cfg.edges[0].region if cfg.edges else cfg.regions[0].name)
-    resp = _stub(cfg, args).Explain(placement_pb2.ExplainRequest(
-        model=args.model, edge_region=region, slo_ms=args.slo_ms or 0,
-        min_quality=args.min_quality, max_cost_usd=args.max_cost_usd or None,
-        allowed_regions=args.allowed_regions.split(",") if args.allowed_regions else []),
-        timeout=3)
-    print(f"{resp.model} from {resp.edge_region}, SLO {resp.slo_ms:.0f} ms: {resp.summary}\n")
+    request = placement_pb2.ExplainRequest(
+        model=args.model, edge_region=region, slo_ms=parsed.slo_ms or 0,
+        min_quality=parsed.min_quality, allowed_regions=sorted(parsed.allowed_regions),
+        profile=parsed.profile)
+    if math.isfinite(parsed.max_cost_usd):
+        request.max_cost_usd = parsed.max_cost_usd
+    resp = _stub(cfg, args).Explain(request, timeout=3)
+    print(f"{resp.model} from {resp.edge_region}, SLO {resp.slo_ms:.0f} ms, profile "
+          f"{resp.profile}: {resp.summary}\n")
     print(table(["deployment", "region", "quality", "p95 ms", "$/1k calls", "feasible", "why"],
                 explain_rows(resp)))
     return 0
@@ -236,10 +269,14 @@ def parser() -> argparse.ArgumentParser:
         if name == "explain":
             sp.add_argument("model")
             sp.add_argument("--region", default="", help="edge region (default: first edge's)")
-            sp.add_argument("--slo-ms", type=float, default=0.0)
-            sp.add_argument("--min-quality", type=float, default=0.0)
-            sp.add_argument("--max-cost-usd", type=float, default=0.0)
-            sp.add_argument("--allowed-regions", default="")
+            for flag, header in EXPLAIN_FLAGS.items():
+                sp.add_argument("--" + flag.replace("_", "-"), action="append",
+                                help=f"as the {header} header (validated the same way)")
+        if name == "status":
+            sp.formatter_class = argparse.RawDescriptionHelpFormatter
+            sp.epilog = STATUS_LEGEND
+            sp.add_argument("--no-legend", action="store_true",
+                            help="do not print the column legend after the tables")
         if name == "drain":
             sp.add_argument("kind", choices=["backend", "region", "cloud"])
             sp.add_argument("target")
@@ -254,6 +291,42 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+# What to do next, by the status placement answered with.
+NEXT_STEP = {
+    "NOT_FOUND": "`switchyard status` lists the backends, regions and models (one route "
+                 "table each) placement knows",
+    "INVALID_ARGUMENT": "fix the value named above (see `switchyard <command> --help`)",
+    "FAILED_PRECONDITION": "the request cannot succeed in the mesh's current state; see "
+                           "`switchyard status`",
+    "PERMISSION_DENIED": "this needs an admin identity: use a certificate named in "
+                         "[security] admin_identities",
+    "UNAUTHENTICATED": "this placement requires mTLS: configure [security] with a client "
+                       "certificate",
+}
+_UNREACHABLE = ("failed to connect", "connection refused", "dns resolution failed",
+                "name resolution", "socket closed", "connection reset", "unreachable")
+
+
+def rpc_error_message(exc: grpc.RpcError, address: str) -> str:
+    """What went wrong, for people: placement unreachable, or placement's own refusal with
+    its message and what to do next (never "is the mesh running?" for a bad argument)."""
+    if not isinstance(exc, grpc.Call):  # every RpcError a stub raises is also a Call
+        return f"switchyard: {exc!r}"
+    code, details = exc.code(), exc.details() or ""
+    where = f"placement at {address}" if address else "placement"
+    # UNAVAILABLE from the channel (nothing listens) or our own deadline (nothing answers);
+    # any other status is placement's answer.
+    unreachable = code is grpc.StatusCode.DEADLINE_EXCEEDED or (
+        code is grpc.StatusCode.UNAVAILABLE
+        and (not details or any(s in details.lower() for s in _UNREACHABLE)))
+    if unreachable:
+        return (f"switchyard: cannot reach {where} ({code.name}: {details}).\n"
+                "  next: is the mesh running? Start it with `switchyard up`, or point at a "
+                "running replica with --placement host:port")
+    step = NEXT_STEP.get(code.name, "see the placement log for details")
+    return f"switchyard: {where} answered {code.name}: {details}\n  next: {step}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     configure(args.log_level)
@@ -263,8 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"switchyard: {exc.message}", file=sys.stderr)
         return 2
     except grpc.RpcError as exc:
-        print(f"switchyard: {exc.code().name}: {exc.details()} — is the mesh running? "  # type: ignore[attr-defined]
-              "Start it with `switchyard up`.", file=sys.stderr)
+        print(rpc_error_message(exc, getattr(args, "placement_address", "")), file=sys.stderr)
         return 3
     except KeyboardInterrupt:
         return 130

@@ -21,7 +21,7 @@ log = structlog.get_logger("switchyard.placement")
 
 @dataclass(slots=True)
 class Owner:
-    stream: str  # one id per StreamTelemetry call
+    stream: str  # one id per StreamTelemetry call; "" once that stream ended
     label: str  # "agent id @ peer", for people
     last_at: float
 
@@ -38,8 +38,8 @@ class TelemetryOwners:
         if owner is not None and owner.stream == stream:
             owner.last_at = now
             return True
-        if owner is None or now - owner.last_at > self.stale_after_s:
-            if owner is not None:
+        if owner is None or not owner.stream or now - owner.last_at > self.stale_after_s:
+            if owner is not None and owner.stream:
                 log.warning("telemetry_owner_changed", backend=backend_id, old=owner.label,
                             new=label, old_silent_s=round(now - owner.last_at, 1))
             self._owners[backend_id] = Owner(stream, label, now)
@@ -54,16 +54,20 @@ class TelemetryOwners:
 
     def release(self, stream: str) -> None:
         """The stream ended: the backends it owned are free for the next reporter."""
-        for backend_id in [b for b, o in self._owners.items() if o.stream == stream]:
-            del self._owners[backend_id]
+        for o in self._owners.values():
+            if o.stream == stream:
+                o.stream = ""  # kept for status until the next reporter takes over
 
     def forget(self, backend_id: str) -> None:
         self._owners.pop(backend_id, None)
         self._ignored.pop(backend_id, None)
 
     def owner(self, backend_id: str) -> str:
+        """The owner's label; "(stream ended)" when no stream owns it now."""
         o = self._owners.get(backend_id)
-        return "" if o is None else o.label
+        if o is None:
+            return ""
+        return o.label if o.stream else f"{o.label} (stream ended)"
 
     def ignored(self, backend_id: str) -> int:
         return self._ignored.get(backend_id, 0)
