@@ -12,7 +12,12 @@ against, for each concurrency in turn (so drift hits every target alike):
 - ``bare-aio``    a minimal grpc.aio byte-passthrough (benchmarks/_passthrough.py): the
                   floor for any Python grpc.aio proxy, so edge − bare-aio = Switchyard's own cost;
 - ``edge-asyncio`` the edge with ``[edge] uvloop = false``;
-- ``edge-nolog``  the edge at ``--log-level warning`` (no per-call access log line).
+- ``edge-nolog``  the edge at ``--log-level warning`` (no per-call access log line);
+- ``envoy``       plain Envoy (1 worker; static route to the Triton, no filters), the variant
+                  name called directly as with nginx;
+- ``envoy-sy``    Switchyard on Envoy (1 worker): configured only by placement over delta ADS
+                  (services/xds), called with the logical name; a Lua filter reads it from the
+                  body, an aggregate cluster fails over, an upstream Lua filter rewrites it.
 
 Proxy CPU per call is utime+stime of the proxy process(es) (nginx: master + workers) over
 the measured window, from /proc. Placement runs as its own process; it is not billed.
@@ -22,17 +27,30 @@ the measured window, from /proc. Placement runs as its own process; it is not bi
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 
-from benchmarks._fleet import VARIANT, Fleet, Target, ensure_nginx, nginx_version
+from benchmarks._fleet import (
+    MODEL,
+    VARIANT,
+    Fleet,
+    Target,
+    _wait_infer,
+    _wait_model_ready,
+    ensure_nginx,
+    nginx_version,
+)
 from benchmarks._load import Point, measure
 from benchmarks.common import Section, command_for, main, md_table, progress, text_table
+from services.config import load_config
+from services.edge.envoy.launcher import envoy_command, prepare
+from services.ports import free_port
 
 ESTIMATE_S = (30, 330)
 CONCURRENCIES = (1, 8, 32, 64)
 TARGETS = ("direct", "edge", "nginx", "edge-2w", "nginx-2w", "bare-aio", "edge-asyncio",
-           "edge-nolog")
+           "edge-nolog", "envoy", "envoy-sy")
 TARGET_CPU_US = 150.0
 TARGET_ADDED_P50_MS = 0.25
 
@@ -59,12 +77,68 @@ def start_targets(fleet: Fleet, names: tuple[str, ...]) -> dict[str, Target]:
         "nginx": lambda: fleet.start_nginx("nginx", workers=1),
         "nginx-2w": lambda: fleet.start_nginx("nginx-2w", workers=2),
         "bare-aio": lambda: fleet.start_passthrough("bare-aio"),
+        "envoy": lambda: start_plain_envoy(fleet, "envoy"),
+        "envoy-sy": lambda: start_switchyard_envoy(fleet, "envoy-sy"),
     }
     for name in names:
         if name in starters:
             progress(f"starting {name}")
             targets[name] = starters[name]()
     return targets
+
+
+def plain_envoy_bootstrap(port: int, admin_port: int, upstream: str) -> dict[str, object]:
+    """Envoy as a bare gRPC proxy: one listener, one route, one HTTP/2 cluster, no filters."""
+    host, _, uport = upstream.rpartition(":")
+    t = "type.googleapis.com/envoy."
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1",
+                                                 "port_value": admin_port}}},
+        "static_resources": {
+            "listeners": [{"name": "plain", "address": {"socket_address": {
+                "address": "127.0.0.1", "port_value": port}}, "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager", "typed_config": {
+                        "@type": t + "extensions.filters.network.http_connection_manager.v3"
+                                     ".HttpConnectionManager",
+                        "stat_prefix": "plain", "codec_type": "HTTP2",
+                        "route_config": {"virtual_hosts": [{
+                            "name": "all", "domains": ["*"], "routes": [{
+                                "match": {"prefix": "/"},
+                                "route": {"cluster": "triton", "timeout": "0s"}}]}]},
+                        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+                            "@type": t + "extensions.filters.http.router.v3.Router"}}]}}]}]}],
+            "clusters": [{
+                "name": "triton", "type": "STATIC", "connect_timeout": "1s",
+                "typed_extension_protocol_options": {
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": t + "extensions.upstreams.http.v3.HttpProtocolOptions",
+                        "explicit_http_config": {"http2_protocol_options": {}}}},
+                "load_assignment": {"cluster_name": "triton", "endpoints": [{"lb_endpoints": [{
+                    "endpoint": {"address": {"socket_address": {
+                        "address": host, "port_value": int(uport)}}}}]}]}}]},
+    }
+
+
+def start_plain_envoy(fleet: Fleet, name: str) -> Target:
+    port = free_port()
+    path = fleet.tmp / f"{name}.json"
+    path.write_text(json.dumps(plain_envoy_bootstrap(port, free_port(), fleet.triton_address)))
+    p = fleet._spawn(envoy_command(path, concurrency=1), f"{name}.log")
+    address = f"127.0.0.1:{port}"
+    _wait_model_ready(address, VARIANT, 30, fleet.tmp / f"{name}.log")
+    return Target(name, address, VARIANT, [p.pid])
+
+
+def start_switchyard_envoy(fleet: Fleet, name: str) -> Target:
+    """An Envoy edge bootstrapped with only placement's address (placement serves ADS)."""
+    port = free_port()
+    cfg = load_config(fleet.config(name, {name: port}))
+    node, path = prepare(cfg, cfg.edges[0], placement=[fleet.placement_address], port=port,
+                         run_dir=fleet.tmp)
+    p = fleet._spawn(envoy_command(path, concurrency=1), f"{name}.log")
+    address = f"127.0.0.1:{node.listen_port}"
+    _wait_infer(address, MODEL, 60, fleet.tmp / f"{name}.log")
+    return Target(name, address, MODEL, [p.pid])
 
 
 def run_points(fleet: Fleet, targets: dict[str, Target], calls: int, seconds: float,
@@ -130,7 +204,26 @@ def tables(points: list[Point]) -> tuple[str, str, list[list[object]], list[list
                         "edge added p50 ms", "nginx added p50 ms", "edge/nginx p99",
                         "edge CPU µs", "nginx CPU µs", "edge/nginx CPU", "edge rps ≥ nginx"],
                        ratio_rows, "lrrrrrrrrrl")
-    return main_t, ratio_t, rows, ratio_rows
+    envoy_t = "\n\n**Envoy (same run)**\n\n" + envoy_table(by)
+    return main_t, ratio_t + envoy_t, rows, ratio_rows
+
+
+def envoy_table(by: dict[tuple[str, int], Point]) -> str:
+    """Plain Envoy against nginx; Switchyard-on-Envoy against plain Envoy and the Python edge."""
+    rows: list[list[object]] = []
+    for conc in sorted({c for _, c in by}):
+        d, n, e, s, py = (by.get((t, conc)) for t in ("direct", "nginx", "envoy", "envoy-sy",
+                                                      "edge"))
+        if not (d and n and e and s and py):
+            continue
+        rows.append([conc, e.proxy_cpu_us, s.proxy_cpu_us, py.proxy_cpu_us,
+                     e.proxy_cpu_us / n.proxy_cpu_us, s.proxy_cpu_us / e.proxy_cpu_us,
+                     s.proxy_cpu_us / py.proxy_cpu_us, s.rps / n.rps, s.rps / py.rps,
+                     e.p50_ms - d.p50_ms, s.p50_ms - d.p50_ms])
+    return md_table(["conc", "envoy CPU µs", "envoy-sy CPU µs", "edge CPU µs",
+                     "envoy/nginx CPU", "envoy-sy/envoy CPU", "envoy-sy/edge CPU",
+                     "envoy-sy/nginx rps", "envoy-sy/edge rps", "envoy added p50 ms",
+                     "envoy-sy added p50 ms"], rows, "rrrrrrrrrrr")
 
 
 def verdicts(points: list[Point]) -> list[str]:
