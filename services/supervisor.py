@@ -200,6 +200,10 @@ class Supervisor:
             self._report(rec, proc.pid, code, now)
         if not self._due(rec, proc.pid, now):
             return False
+        # Its session (start_new_session: pgid = pid) may hold orphans that keep its port,
+        # e.g. Triton's Python backend stubs after a SIGKILL.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
         try:
             self._popen(child)
         except OSError:

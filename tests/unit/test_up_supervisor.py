@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import signal
@@ -183,3 +184,33 @@ def test_background_supervisor_restarts_a_killed_child(tmp_path: pathlib.Path, k
         assert kid.proc.pid != first and kid.proc.poll() is None and not is_zombie(first)
     finally:
         sup.close()
+
+
+def test_restart_kills_orphans_left_in_the_dead_childs_session(tmp_path: pathlib.Path) -> None:
+    """A killed tritonserver leaves its Python stubs behind; they must not outlive it."""
+    pidfile = tmp_path / "grandchild.pid"
+    code = ("import pathlib, subprocess, sys, time; "
+            "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
+            f"pathlib.Path({str(pidfile)!r}).write_text(str(p.pid)); time.sleep(120)")
+    kid = Kid("parent", [sys.executable, "-c", code], tmp_path / "parent.log")
+    clock = Clock()
+    sup = Supervisor(tmp_path, backoff_s=0.0, clock=clock)
+    sup.spawn(kid)
+    try:
+        deadline = time.monotonic() + 10
+        while not pidfile.exists() or not pidfile.read_text():
+            assert time.monotonic() < deadline, "grandchild never started"
+            time.sleep(0.02)
+        orphan = int(pidfile.read_text())
+        pidfile.unlink()
+        kid.proc.kill()
+        poll_until(sup, lambda: sup.restarts("parent") == 1)
+        deadline = time.monotonic() + 10
+        while os.path.exists(f"/proc/{orphan}") and not is_zombie(orphan):
+            assert time.monotonic() < deadline, "orphan survived the restart"
+            time.sleep(0.02)
+    finally:
+        kid.proc.kill()
+        kid.proc.wait(5)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(kid.proc.pid, signal.SIGKILL)
