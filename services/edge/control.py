@@ -25,6 +25,7 @@ from services.edge.routes import RouteStore
 from services.edge.slowstart import SlowStart
 from services.edge.stats import EdgeStats
 from services.edge.upstream import Upstreams
+from services.security.transport import CLIENT_KEEPALIVE
 
 log = structlog.get_logger("switchyard.edge")
 
@@ -51,9 +52,8 @@ class PlacementLink:
     def _stub(self, address: str) -> placement_pb2_grpc.PlacementStub:
         ch = self._channels.get(address)
         if ch is None:
-            ch = self._channels[address] = self._channel_factory(address, options=[
-                ("grpc.keepalive_time_ms", 5_000), ("grpc.keepalive_timeout_ms", 2_000),
-                ("grpc.keepalive_permit_without_calls", 1)])
+            ch = self._channels[address] = self._channel_factory(address,
+                                                                 options=CLIENT_KEEPALIVE)
         return placement_pb2_grpc.PlacementStub(ch)
 
     async def watch(self) -> None:

@@ -23,6 +23,25 @@ log = structlog.get_logger("switchyard.security")
 
 Options = Sequence[tuple[str, Any]]
 
+# Keepalive, one source for both ends. Clients (the edge's placement link, the agent) ping an
+# idle connection every KEEPALIVE_TIME_MS, with or without a call in flight; every server must
+# accept pings that often, or it counts each as a strike and, past two, closes the connection
+# with GOAWAY "too_many_pings" (gRPC's server defaults allow one ping per 5 minutes with calls
+# and none within 2 hours without). The server's floor is half the client's interval, so
+# timer jitter never counts as a strike.
+KEEPALIVE_TIME_MS = 5_000
+KEEPALIVE_TIMEOUT_MS = 2_000
+MIN_PING_INTERVAL_MS = KEEPALIVE_TIME_MS // 2
+CLIENT_KEEPALIVE: tuple[tuple[str, Any], ...] = (
+    ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+    ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    ("grpc.keepalive_permit_without_calls", 1),
+)
+SERVER_KEEPALIVE: tuple[tuple[str, Any], ...] = (
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
+)
+
 
 def _read(path: str, what: str) -> bytes:
     try:
@@ -51,8 +70,10 @@ def channel_credentials(sec: SecuritySettings, role: str) -> grpc.ChannelCredent
 
 
 def server_options(limits: LimitsSettings) -> list[tuple[str, Any]]:
-    """HTTP/2 limits: header list size, streams per connection, idle and aged connections."""
+    """HTTP/2 limits: header list size, streams per connection, idle and aged connections;
+    and the keepalive pings clients send (``SERVER_KEEPALIVE``)."""
     opts: list[tuple[str, Any]] = [
+        *SERVER_KEEPALIVE,
         ("grpc.max_metadata_size", limits.max_metadata_bytes),
         ("grpc.absolute_max_metadata_size", limits.max_metadata_bytes),
         ("grpc.max_concurrent_streams", limits.max_concurrent_streams),

@@ -12,8 +12,13 @@ import pytest
 from placement.errors import InvalidHint, NoHealthyDeployment, PolicyUnsatisfiable
 from placement.model import CallContext, Candidate, Hints
 from placement.registry import build_profile
+from services.edge.control import PlacementLink
 from services.edge.hints import parse, resolve
+from services.edge.routes import RouteStore
+from services.edge.stats import EdgeStats
 from services.grpc_errors import status_of
+from services.security.settings import LimitsSettings
+from services.security.transport import CLIENT_KEEPALIVE, server_options
 
 REGIONS = frozenset({"r-east", "r-west", "r-central"})
 PROFILES = ("cheapest", "fastest")
@@ -109,3 +114,28 @@ def test_a_satisfiable_policy_with_nothing_healthy_stays_unavailable_with_retry_
         build_profile("cheapest").choose(cands, ctx, random.Random(0))
     code, _, trailers = status_of(err.value)
     assert code is grpc.StatusCode.UNAVAILABLE and "retry-after-ms" in dict(trailers)
+
+
+# -- keepalive: the client's pings are what the server permits --------------------------
+
+def test_servers_permit_the_keepalive_pings_clients_send() -> None:
+    client = dict(CLIENT_KEEPALIVE)
+    server = dict(server_options(LimitsSettings()))
+    # gRPC's server defaults (one ping per 5 min, none without calls) strike these pings.
+    assert server["grpc.http2.min_ping_interval_without_data_ms"] <= \
+        client["grpc.keepalive_time_ms"]
+    if client["grpc.keepalive_permit_without_calls"]:
+        assert server["grpc.keepalive_permit_without_calls"] == 1
+
+
+def test_the_edge_placement_link_dials_with_the_shared_keepalive() -> None:
+    dialled: list[tuple[str, object]] = []
+
+    def factory(address: str, options: object = ()) -> grpc.aio.Channel:
+        dialled.append((address, options))
+        return grpc.aio.insecure_channel(address)
+
+    link = PlacementLink("e", "r-east", ["127.0.0.1:1"], RouteStore("r-east", None),
+                         EdgeStats(10), lambda: None, channel_factory=factory)
+    link._stub("127.0.0.1:1")
+    assert dialled == [("127.0.0.1:1", CLIENT_KEEPALIVE)]
