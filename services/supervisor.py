@@ -61,6 +61,12 @@ def release(run_dir: pathlib.Path, name: str) -> None:
     _marker(run_dir, name).unlink(missing_ok=True)
 
 
+def release_all(run_dir: pathlib.Path) -> None:
+    """Forget every hold (a fresh mesh starts with none; a drill that crashed left some)."""
+    for path in (run_dir / "held").glob("*"):
+        path.unlink(missing_ok=True)
+
+
 def held(run_dir: pathlib.Path, name: str) -> str | None:
     """Why ``name`` was stopped on purpose, or None when it was not."""
     try:

@@ -25,7 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from placement.errors import ConfigError
 from services.config import MeshConfig
-from services.supervisor import Supervisor
+from services.supervisor import Supervisor, release_all
 
 
 @dataclass
@@ -77,6 +77,7 @@ class Mesh:
     def start(self, progress: bool = True) -> None:
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, SWITCHYARD_RUN_DIR=str(self.run_dir))
+        release_all(self.run_dir)
         self.supervisor = Supervisor(self.run_dir, env, on_change=self._write_pids)
         for child in self.plan():
             if progress:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from services.supervisor import Supervisor, describe_exit, hold, release
+from services.supervisor import Supervisor, describe_exit, held, hold, release, release_all
 
 
 @dataclass
@@ -214,3 +214,11 @@ def test_restart_kills_orphans_left_in_the_dead_childs_session(tmp_path: pathlib
         kid.proc.wait(5)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(kid.proc.pid, signal.SIGKILL)
+
+
+def test_a_fresh_mesh_forgets_holds_left_by_a_crashed_drill(tmp_path: pathlib.Path) -> None:
+    hold(tmp_path, "placement", "drill sent SIGKILL")
+    hold(tmp_path, "edge e1 (r-east)", "drill is restarting it")
+    assert held(tmp_path, "edge e1 (r-east)") == "drill is restarting it"
+    release_all(tmp_path)
+    assert held(tmp_path, "placement") is None and held(tmp_path, "edge e1 (r-east)") is None
