@@ -1,8 +1,10 @@
 """Read the GPUs of this host through NVML (pynvml, from nvidia-ml-py) into ``GpuReading``.
 
 The reader takes the pynvml module as a parameter so the unmodified reading code runs in
-tests against :class:`services.agent.fake_nvml.FakeNvml`, a fake at the pynvml function
-boundary. Two rules from the contract shape everything here:
+fast tests against :class:`services.agent.fake_nvml.FakeNvml`, a fake at the pynvml function
+boundary; ``tests/unit/test_nvml_native.py`` runs it with the real pynvml against a C library
+with NVML's ABI (``tests/native/fake_nvml.c``). The agent calls it from one dedicated thread
+(``services.agent.gpus``), never from the event loop. Two rules from the contract shape everything here:
 
 * a field the GPU does not support (``NVMLError_NotSupported``, e.g. utilisation on a MIG
   instance) is left *unset* in the proto, never reported as 0;

@@ -16,7 +16,10 @@ Faults for drills and tests can be injected in two ways, merged:
 * :meth:`SimulatedGpuSource.inject` / :meth:`~SimulatedGpuSource.clear` in-process;
 * a JSON control file (``control_file``), re-read whenever its mtime changes, mapping a
   backend id to a list of fault names, e.g. ``{"use1-h100": ["throttling", "ecc"]}``.
-  Fault names: ``throttling``, ``memory_full``, ``ecc``, ``xid``, ``lost``.
+  Fault names: ``throttling``, ``memory_full``, ``ecc``, ``xid``, ``lost``. ``memory_full``
+  jumps to 98 % used: placement reads that jump as memory pressure and keeps the backend out
+  for ``placement.hardware.MEM_PRESSURE_HOLD_S``, after which a full but steady GPU counts as
+  healthy (see ``placement/hardware.py``).
 """
 
 from __future__ import annotations
