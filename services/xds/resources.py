@@ -227,11 +227,24 @@ def _model_route(model: str, deployment_ids: Sequence[str], s: EnvoySettings) ->
 def route_configuration(region: str, orders: dict[str, list[str]],
                         s: EnvoySettings) -> route_pb2.RouteConfiguration:
     routes = [_model_route(m, orders[m], s) for m in sorted(orders)]
+    # A ModelInfer no model route matched: NOT_FOUND, naming what the mesh serves.
+    routes.append({"name": "unknown-model", "match": {"path": lua.INFER_PATH},
+                   "direct_response": {"status": 404, "body": {"inline_string": (
+                       "the model is not served by this mesh (it serves: "
+                       f"{', '.join(sorted(orders)) or 'nothing yet'})")}},
+                   "response_headers_to_add": [_grpc_status(5)]})
     return json_format.ParseDict({
         "name": route_config_name(region),
         "virtual_hosts": [{"name": "models", "domains": ["*"], "routes": routes,
-                           "per_request_buffer_limit_bytes": s.buffer_bytes}],
+                           "request_body_buffer_limit": s.buffer_bytes}],
     }, route_pb2.RouteConfiguration())
+
+
+def _grpc_status(code: int) -> dict[str, Any]:
+    """A header that makes Envoy's local reply to a gRPC call carry this status (instead of
+    the one it derives from the HTTP code, e.g. UNKNOWN for 413)."""
+    return {"header": {"key": "grpc-status", "value": str(code)},
+            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
 
 
 def listener(host: str, port: int, region: str, s: EnvoySettings) -> listener_pb2.Listener:
@@ -242,6 +255,13 @@ def listener(host: str, port: int, region: str, s: EnvoySettings) -> listener_pb
         "http2_protocol_options": _http2(s),
         "rds": {"route_config_name": route_config_name(region), "config_source": {
             "ads": {}, "resource_api_version": "V3"}},
+        # A message over the buffer limit (413) is RESOURCE_EXHAUSTED, as on the Python edge.
+        "local_reply_config": {"mappers": [{
+            "filter": {"status_code_filter": {"comparison": {
+                "op": "EQ", "value": {"default_value": 413, "runtime_key": "switchyard.413"}}}},
+            "headers_to_add": [_grpc_status(8)],
+            "body": {"inline_string": f"message over the edge's max_message_bytes "
+                                      f"({s.max_message_bytes} bytes)"}}]},
         "http_filters": [
             {"name": "switchyard.model_name", "typed_config": {
                 "@type": _T + "envoy.extensions.filters.http.lua.v3.Lua",

@@ -9,9 +9,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import grpc
+import numpy as np
 import pytest
 import tritonclient.grpc as tc
-from tritonclient.utils import InferenceServerException
+from tritonclient.grpc import service_pb2
 
 from services.agent.agent import NodeAgent
 from services.api.switchyard.v1 import fleet_pb2, placement_pb2, placement_pb2_grpc
@@ -111,7 +112,49 @@ async def test_a_drained_backend_stops_serving_and_calls_move_to_another_deploym
     assert all(s.split("/", 1)[0] != drained for s in mesh.order())
 
 
-async def test_an_unknown_model_is_refused_not_hung(mesh: EnvoyMesh) -> None:
-    with pytest.raises(InferenceServerException) as err:
-        await asyncio.to_thread(mesh.call, "no-such-model")
-    assert err.value.status() == "StatusCode.UNIMPLEMENTED"
+def _infer_request(model: str, floats: int = 16) -> bytes:
+    req = service_pb2.ModelInferRequest(model_name=model)
+    x = req.inputs.add(name="INPUT0", datatype="FP32", shape=[1, floats])
+    assert x is not None
+    req.raw_input_contents.append(np.ones((1, floats), np.float32).tobytes())
+    return req.SerializeToString()
+
+
+async def test_what_envoy_cannot_route_gets_the_documented_grpc_status_never_unknown(
+        mesh: EnvoyMesh) -> None:
+    limit = 16 * 1024 * 1024
+    cases = {  # name: (request bytes, call options, expected status, words in the message)
+        "unknown model": (_infer_request("no-such-model"), {}, grpc.StatusCode.NOT_FOUND,
+                          "serves: generate, summarize"),
+        "bytes that do not parse": (b"\xff\xff\xff", {}, grpc.StatusCode.INVALID_ARGUMENT,
+                                    "do not parse"),
+        "no model name": (b"", {}, grpc.StatusCode.INVALID_ARGUMENT, "model_name is empty"),
+        "gzip": (_infer_request("summarize"), {"compression": grpc.Compression.Gzip},
+                 grpc.StatusCode.UNIMPLEMENTED, "uncompressed"),
+        "over 16 MiB": (_infer_request("summarize", limit // 4 + 100_000), {},
+                        grpc.StatusCode.RESOURCE_EXHAUSTED, "max_message_bytes"),
+    }
+    got = {}
+    async with grpc.aio.insecure_channel(
+            mesh.envoy.address, options=[("grpc.max_send_message_length", 2 * limit)]) as ch:
+        infer = ch.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        for name, (body, options, _, _) in cases.items():
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await infer(body, timeout=10, **options)
+            got[name] = (err.value.code(), err.value.details() or "")
+    assert {n: c for n, (c, _) in got.items()} == {n: c[2] for n, c in cases.items()}
+    for name, (_, _, _, words) in cases.items():
+        assert words in got[name][1], (name, got[name])
+
+
+async def test_a_message_just_under_16_mib_reaches_triton_as_the_variant(
+        mesh: EnvoyMesh) -> None:
+    body = _infer_request("summarize", 4_000_000)  # 16 MB of floats: a shape Triton refuses
+    async with grpc.aio.insecure_channel(
+            mesh.envoy.address, options=[("grpc.max_send_message_length", 32 << 20)]) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await ch.unary_unary("/inference.GRPCInferenceService/ModelInfer")(body, timeout=10)
+    # Triton's own answer, naming the variant the upstream Lua rewrote the request to.
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "unexpected shape" in (err.value.details() or "")
+    assert "'summarize-" in (err.value.details() or "")

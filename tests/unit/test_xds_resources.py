@@ -4,6 +4,9 @@ stable per-deployment clusters, the variant in endpoint metadata, a local 503 fo
 from __future__ import annotations
 
 from envoy.extensions.clusters.aggregate.v3 import cluster_pb2 as aggregate_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2,
+)
 
 from placement.registry import build_profile
 from services.api.switchyard.v1 import placement_pb2
@@ -12,6 +15,7 @@ from services.xds.resources import (
     cluster_name,
     compile_region,
     failover_order,
+    listener,
     model_cluster_name,
     route_config_name,
 )
@@ -79,3 +83,20 @@ def test_a_model_nothing_may_serve_gets_a_local_503_and_no_aggregate() -> None:
     assert cluster_name("b1/s") in rc.clusters  # kept: it comes back without a rebuild
     route = rc.routes[route_config_name("r-east")].message.virtual_hosts[0].routes[0]
     assert route.direct_response.status == 503
+
+
+def test_envoys_own_replies_carry_the_documented_grpc_statuses() -> None:
+    s = EnvoySettings(max_message_bytes=1 << 20)
+    rc = compile_region("r-east", [_table(_cand("b1/s", 1e-6, 50))], PROFILE, s)
+    last = rc.routes[route_config_name("r-east")].message.virtual_hosts[0].routes[-1]
+    assert last.match.path == "/inference.GRPCInferenceService/ModelInfer"
+    assert "it serves: summarize" in last.direct_response.body.inline_string
+    assert [(h.header.key, h.header.value) for h in last.response_headers_to_add] == [
+        ("grpc-status", "5")]  # NOT_FOUND, not the UNIMPLEMENTED Envoy derives from 404
+    hcm = http_connection_manager_pb2.HttpConnectionManager()
+    listener("127.0.0.1", 50051, "r-east", s).filter_chains[0].filters[0].typed_config.Unpack(hcm)
+    (mapper,) = hcm.local_reply_config.mappers
+    assert mapper.filter.status_code_filter.comparison.value.default_value == 413
+    assert [(h.header.key, h.header.value) for h in mapper.headers_to_add] == [
+        ("grpc-status", "8")]  # RESOURCE_EXHAUSTED, not UNKNOWN
+    assert str(1 << 20) in mapper.body.inline_string
