@@ -5,28 +5,61 @@ encoder and writes it in one ``write`` every ``flush_s``. Lines match the struct
 rest of the process writes (``event``, ``level``, ``timestamp``, ``logger``). Metrics use
 labelled children cached per (model, deployment, status): a ``labels()`` lookup per call
 costs more than the increment.
+
+Every call is counted once, under a gRPC status name (anything else, such as an exception's
+class name, becomes the status it means or ``UNKNOWN``). Label values are bounded: a model
+name the route table does not know is counted as ``unknown`` (callers choose model names, so
+they would otherwise choose the metric's cardinality), and every value is cut to
+``MAX_LABEL`` characters of a safe charset.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+import grpc
 from prometheus_client import Counter, Histogram
 
 from services.edge.router import CallRecord
 
 MAX_BUFFER = 50_000  # records; past it the oldest unflushed lines are dropped and counted
+UNKNOWN_MODEL = "unknown"  # the model label of calls naming a model the route table lacks
+MAX_LABEL = 64  # characters per label value
+STATUS_NAMES = frozenset(c.name for c in grpc.StatusCode)
+# What a call's end looks like when it is not (yet) a status name: the status it means.
+_STATUS_OF = {"CancelledError": "CANCELLED", "GeneratorExit": "CANCELLED",
+              "TimeoutError": "DEADLINE_EXCEEDED"}
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.:/@-]")
+
+
+def status_label(status: str) -> str:
+    """A gRPC status name for ``status``: itself when it is one, else what it means."""
+    if status in STATUS_NAMES:
+        return status
+    return _STATUS_OF.get(status, "UNKNOWN")
+
+
+def label_value(value: str) -> str:
+    """``value`` cut to ``MAX_LABEL`` characters, anything outside ``[A-Za-z0-9_.:/@-]``
+    replaced by ``_``."""
+    return _UNSAFE.sub("_", value[:MAX_LABEL])
 
 
 class AccessLog:
     def __init__(self, calls: Counter, latency: Histogram, attempts: Counter,
-                 enabled: bool = True, flush_s: float = 0.1, out: TextIO | None = None) -> None:
+                 enabled: bool = True, flush_s: float = 0.1, out: TextIO | None = None,
+                 known_model: Callable[[str], bool] = lambda model: False) -> None:
+        """``known_model``: whether a model name is in the route table (else its calls are
+        labelled ``unknown``)."""
         self.calls, self.latency, self.attempts = calls, latency, attempts
+        self.known_model = known_model
         self.enabled = enabled
         self.flush_s = flush_s
         self.out = out
@@ -38,12 +71,14 @@ class AccessLog:
         """Called once per call by the router (hot path: dict lookups and an append)."""
         c = rec.chosen
         dep = c.deployment_id if c is not None else ""
-        key = (rec.model, dep, rec.status)
+        model = rec.model if self.known_model(rec.model) else UNKNOWN_MODEL
+        key = (model, dep, rec.status)
         ch = self._children.get(key)
         if ch is None:
-            ch = self._children[key] = (self.calls.labels(*key),
-                                        self.latency.labels(rec.model),
-                                        self.attempts.labels(rec.model))
+            m = label_value(model)
+            ch = self._children[key] = (
+                self.calls.labels(m, label_value(dep), status_label(rec.status)),
+                self.latency.labels(m), self.attempts.labels(m))
         ch[0].inc()
         ch[1].observe(rec.latency_ms / 1000)
         ch[2].inc(rec.attempts)

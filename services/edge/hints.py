@@ -106,6 +106,15 @@ def parse(metadata: Iterable[tuple[str, str | bytes]] | None, regions: frozenset
                        request_id or os.urandom(8).hex(), fail_fast, profile)
 
 
+def request_id(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
+    """The caller's ``x-request-id`` (cut to 128 characters), else a new one; for answers
+    that end before the hints are parsed (admission, limits)."""
+    for key, value in metadata or ():
+        if key == "x-request-id" and isinstance(value, str) and value:
+            return value[:128]
+    return os.urandom(8).hex()
+
+
 def resolve(p: ParsedHints, time_remaining_s: float | None, default_slo_ms: float,
             deadline_margin_ms: float, fail_fast_default: bool) -> Hints:
     """Hints for the pipeline: explicit SLO, else deadline − margin, else the model default."""

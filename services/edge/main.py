@@ -156,7 +156,8 @@ async def start_edge(cfg: MeshConfig, edge: EdgeConfig, port: int | None = None,
                                    cfg.routing.profile, rt.hedge_max_slo_ms),
                     lambda rec: None)
     access_log = AccessLog(metrics.calls, metrics.latency, metrics.attempts,
-                           enabled=logs.enabled("info"))
+                           enabled=logs.enabled("info"),
+                           known_model=lambda model: model in store.candidates)
     router.on_done = access_log.done
     replicas = placement or [f"{cfg.placement.host}:{cfg.placement.port}",
                              *cfg.placement.replicas]

@@ -8,19 +8,29 @@ The proto is the one tritonclient ships (``tritonclient.grpc.service_pb2``), not
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from importlib import metadata as _metadata
 
 import grpc
 from tritonclient.grpc import service_pb2
 
-from placement.errors import SwitchyardError, UnknownModel
+from placement.errors import NoHealthyDeployment, SwitchyardError, UnknownModel
 from placement.model import Candidate
+from services.edge import hints as hint_parser
+from services.edge import statistics
 from services.edge.router import CallRecord, Router
 from services.edge.stream import route_stream
 from services.grpc_errors import abort, status_of
 from services.security.tenants import TenantGate
 
 SERVICE = "inference.GRPCInferenceService"
+# Triton protocol extensions the edge answers (ServerMetadata lists them).
+EXTENSIONS = ("model_configuration", "statistics")
+try:
+    _VERSION = _metadata.version("switchyard")
+except _metadata.PackageNotFoundError:  # running from a source tree without install
+    _VERSION = "0"
 
 
 class InferenceService:
@@ -33,8 +43,8 @@ class InferenceService:
     # -- data plane ----------------------------------------------------------------------
 
     async def model_infer(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        record = CallRecord("", "")
         metadata = context.invocation_metadata()
+        record = CallRecord(hint_parser.request_id(metadata), "")  # echoed even on rejection
         try:
             if self.gate is not None:
                 record.admission = self.gate.admit(metadata, context.auth_context)
@@ -51,8 +61,8 @@ class InferenceService:
 
     async def model_stream_infer(self, requests: AsyncIterator[bytes],
                                  context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-        record = CallRecord("", "")
         metadata = context.invocation_metadata()
+        record = CallRecord(hint_parser.request_id(metadata), "")  # echoed even on rejection
         try:
             if self.gate is not None:
                 record.admission = self.gate.admit(metadata, context.auth_context)
@@ -131,6 +141,55 @@ class InferenceService:
         resp.config.name = model
         return resp
 
+    async def server_metadata(self, request: service_pb2.ServerMetadataRequest,
+                              context: grpc.aio.ServicerContext
+                              ) -> service_pb2.ServerMetadataResponse:
+        """The edge itself: its name, Switchyard's version, the extensions it implements."""
+        return service_pb2.ServerMetadataResponse(name=self.server_name, version=_VERSION,
+                                                  extensions=list(EXTENSIONS))
+
+    async def model_statistics(self, request: service_pb2.ModelStatisticsRequest,
+                               context: grpc.aio.ServicerContext
+                               ) -> service_pb2.ModelStatisticsResponse:
+        """Per logical model (the one asked for, else every one in the route table), the sum
+        of its serving deployments' statistics, named with the logical model."""
+        resp = service_pb2.ModelStatisticsResponse()
+        try:
+            if request.name:
+                total, answered = await self._statistics(request.name)
+                if not answered:
+                    raise NoHealthyDeployment(f"no serving deployment of model "
+                                              f"{request.name!r} answered ModelStatistics")
+                resp.model_stats.append(total)
+            else:
+                for m in sorted(self.router.store.candidates):
+                    resp.model_stats.append((await self._statistics(m))[0])
+        except SwitchyardError as exc:
+            await abort(context, exc)
+        return resp
+
+    async def _statistics(self, model: str) -> tuple[service_pb2.ModelStatistics, int]:
+        """The model's statistics summed over its serving deployments; how many answered."""
+        pairs = sorted({(c.endpoint, c.variant) for c in self._serving(model)})
+
+        async def one(endpoint: str, variant: str) -> service_pb2.ModelStatisticsResponse:
+            stub = self.router.upstreams.get(endpoint).stub
+            answer: service_pb2.ModelStatisticsResponse = await stub.ModelStatistics(
+                service_pb2.ModelStatisticsRequest(name=variant), timeout=2.0)
+            return answer
+
+        total = service_pb2.ModelStatistics(name=model, version="1")
+        answered = 0
+        for r in await asyncio.gather(*(one(e, v) for e, v in pairs), return_exceptions=True):
+            if isinstance(r, grpc.aio.AioRpcError):
+                continue  # that deployment is down: the sum covers those that answered
+            if isinstance(r, BaseException):
+                raise r
+            answered += 1
+            for s in r.model_stats:
+                statistics.add(total, s)
+        return total, answered
+
     async def repository_index(self, request: service_pb2.RepositoryIndexRequest,
                                context: grpc.aio.ServicerContext
                                ) -> service_pb2.RepositoryIndexResponse:
@@ -164,4 +223,8 @@ class InferenceService:
                                  s.ModelConfigResponse),
             "RepositoryIndex": unary(self.repository_index, s.RepositoryIndexRequest,
                                      s.RepositoryIndexResponse),
+            "ServerMetadata": unary(self.server_metadata, s.ServerMetadataRequest,
+                                    s.ServerMetadataResponse),
+            "ModelStatistics": unary(self.model_statistics, s.ModelStatisticsRequest,
+                                     s.ModelStatisticsResponse),
         }

@@ -142,6 +142,8 @@ class TenantGate:
         token = claimed = None
         n = 0
         for key, value in metadata or ():
+            if key == "user-agent" or key.startswith("grpc-"):
+                continue  # set by gRPC itself, not custom metadata: not counted
             n += 1
             if key == "authorization":
                 token = value

@@ -5,19 +5,35 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import replace
 
 import grpc
 import pytest
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from placement.errors import InvalidHint, NoHealthyDeployment, PolicyUnsatisfiable
+from placement.errors import (
+    InvalidHint,
+    InvalidRequest,
+    NoHealthyDeployment,
+    PolicyUnsatisfiable,
+)
 from placement.model import CallContext, Candidate, Hints
 from placement.registry import build_profile
+from services.edge.accesslog import (
+    MAX_LABEL,
+    STATUS_NAMES,
+    AccessLog,
+    label_value,
+    status_label,
+)
 from services.edge.control import PlacementLink
-from services.edge.hints import parse, resolve
+from services.edge.hints import parse, request_id, resolve
+from services.edge.router import CallRecord
 from services.edge.routes import RouteStore
 from services.edge.stats import EdgeStats
 from services.grpc_errors import status_of
-from services.security.settings import LimitsSettings
+from services.security.settings import LimitsSettings, SecuritySettings
+from services.security.tenants import TenantGate
 from services.security.transport import CLIENT_KEEPALIVE, server_options
 
 REGIONS = frozenset({"r-east", "r-west", "r-central"})
@@ -139,3 +155,72 @@ def test_the_edge_placement_link_dials_with_the_shared_keepalive() -> None:
                          EdgeStats(10), lambda: None, channel_factory=factory)
     link._stub("127.0.0.1:1")
     assert dialled == [("127.0.0.1:1", CLIENT_KEEPALIVE)]
+
+
+# -- the metadata-count limit counts the caller's entries, not gRPC's own ------------------
+
+USER_AGENT = ("user-agent", "grpc-python-asyncio/1.85.3 grpc-c/58.0.0 (linux; chttp2)")
+
+
+def test_metadata_count_limit_is_exact() -> None:
+    gate = TenantGate(SecuritySettings(plaintext=True,
+                                       limits=LimitsSettings(max_metadata_count=64)), {})
+    custom = [(f"x-k{i}", "v") for i in range(64)]
+    gate.admit([USER_AGENT, *custom])  # exactly the limit: admitted
+    with pytest.raises(InvalidRequest, match="65 metadata entries"):
+        gate.admit([USER_AGENT, *custom, ("x-k64", "v")])
+
+
+def test_a_rejected_call_still_gets_a_request_id() -> None:
+    assert request_id([USER_AGENT, ("x-request-id", "abc")]) == "abc"
+    generated = {request_id([USER_AGENT]) for _ in range(3)}
+    assert len(generated) == 3 and all(len(g) == 16 for g in generated)
+
+
+# -- metrics: status names and bounded labels ------------------------------------------------
+
+def access_log() -> tuple[AccessLog, CollectorRegistry]:
+    reg = CollectorRegistry()
+    calls = Counter("calls", "", ["model", "deployment", "status"], registry=reg)
+    latency = Histogram("latency", "", ["model"], registry=reg)
+    attempts = Counter("attempts", "", ["model"], registry=reg)
+    return AccessLog(calls, latency, attempts, enabled=False,
+                     known_model=lambda m: m == "summarize"), reg
+
+
+def counted(reg: CollectorRegistry) -> dict[tuple[str, str, str], float]:
+    return {(s.labels["model"], s.labels["deployment"], s.labels["status"]): s.value
+            for m in reg.collect() if m.name == "calls" for s in m.samples
+            if s.name == "calls_total"}
+
+
+def record(model: str, status: str, dep: str = "") -> CallRecord:
+    r = CallRecord("id", model, status=status, attempts=1)
+    if dep:
+        r.chosen = replace(cand(0, 1e-6), deployment_id=dep)
+    return r
+
+
+def test_calls_are_counted_once_under_a_status_name() -> None:
+    log, reg = access_log()
+    for status in ("OK", "CancelledError", "TimeoutError", "ValueError", "DEADLINE_EXCEEDED",
+                   "CancelledError"):
+        log.done(record("summarize", status, "b0/v"))
+    assert counted(reg) == {("summarize", "b0/v", "OK"): 1,
+                            ("summarize", "b0/v", "CANCELLED"): 2,
+                            ("summarize", "b0/v", "DEADLINE_EXCEEDED"): 2,
+                            ("summarize", "b0/v", "UNKNOWN"): 1}
+    assert all(status_label(s) in STATUS_NAMES for s in ("OK", "x" * 500, ""))
+
+
+def test_model_names_outside_the_route_table_never_become_labels() -> None:
+    log, reg = access_log()
+    for i in range(200):
+        log.done(record(f"attacker-{i}", "NOT_FOUND"))
+    log.done(record("summarize", "OK", 'b0/v"}\n# ' + "x" * 300))
+    got = counted(reg)
+    assert got[("unknown", "", "NOT_FOUND")] == 200
+    assert len(got) == 2 and len(log._children) == 2
+    dep = next(d for m, d, _ in got if m == "summarize")
+    assert len(dep) <= MAX_LABEL and dep.startswith("b0/v__")
+    assert all(label_value(v) == v for key in got for v in key if v)
