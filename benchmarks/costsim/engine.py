@@ -13,9 +13,11 @@ One attempt of a call from edge ``e`` on deployment ``d`` in region ``r``:
   (the one-way delay before queueing is folded into the RTT term).
 
 A call's latency runs from its arrival to its last attempt's response; it meets its SLO
-when that is ``<= slo_ms``. A call with no attempts left, or with nothing healthy to try,
-fails (counted as a miss). Billed cost is placement's cost model applied to what happened:
-``price per GPU-second × actual service seconds`` of the attempt that served the call.
+when that is ``<= slo_ms``. After a failed attempt the call asks the edge's own attempt
+policy (``placement.attempts``) whether and where it may try again; a call the policy stops,
+or with nothing healthy to try, fails (counted as a miss). Billed cost is placement's cost
+model applied to what happened: ``price per GPU-second × actual service seconds`` of the
+attempt that served the call.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from __future__ import annotations
 import heapq
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -31,9 +33,11 @@ from benchmarks.costsim.policies import Attempt, Policy
 from benchmarks.costsim.scenario import CallClass, Scenario
 from benchmarks.costsim.servers import Job, SimBackend
 from benchmarks.costsim.trace import Trace, outage_windows
+from placement.attempts import AttemptPolicy, AttemptSettings, CallAttempts
 
 DONE, RETRY, TELEMETRY, TABLES, EDGES, DOWN, UP = range(7)
 TABLE_DELAY_S = 0.05
+STATUS = {"unavailable": "UNAVAILABLE", "exhausted": "RESOURCE_EXHAUSTED"}  # sim → gRPC name
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,15 +48,19 @@ class Deployment:
     mean_service_s: float
     usd_per_s: float
     region: str
+    backend_id: str = ""  # the pool's id: what a server failure excludes with all its variants
+    cloud: str = ""
+
+    @property
+    def deployment_id(self) -> str:
+        return self.id
 
 
 @dataclass(slots=True)
 class _Call:
     klass: CallClass
     edge: str
-    exclude: set[str] = field(default_factory=set)
-    avoid: set[str] = field(default_factory=set)
-    attempts: int = 0
+    tries: CallAttempts
 
 
 @dataclass
@@ -91,7 +99,7 @@ def deployments_of(s: Scenario) -> list[Deployment]:
         for v in p.variants:
             out.append(Deployment(f"{p.id}/{v}", i, v,
                                   s.variant(v).compute_ms / p.speed / 1000,
-                                  p.usd_per_gpu_hour / 3600, p.region))
+                                  p.usd_per_gpu_hour / 3600, p.region, p.id, p.cloud))
     return out
 
 
@@ -101,6 +109,7 @@ class Simulation:
         st = s.settings
         self.backends = [SimBackend(p, st.max_queue_per_server * p.servers) for p in s.pools]
         self.deps = deployments_of(s)
+        self.attempt_policy = AttemptPolicy(AttemptSettings(max_attempts=st.max_attempts))
         self.dep_index = {d.id: i for i, d in enumerate(self.deps)}
         catalog = s.catalog()
         self.rtt = {(e, p.region): catalog.rtt(e, p.region) for e in s.regions for p in s.pools}
@@ -150,7 +159,8 @@ class Simulation:
         while i < n or heap:
             if i < n and (not heap or times[i] < heap[0][0]):
                 now = float(times[i])
-                self.calls[i] = _Call(self.classes[klass[i]], regions[edge_of[i]])
+                self.calls[i] = _Call(self.classes[klass[i]], regions[edge_of[i]],
+                                      self.attempt_policy.start(None))
                 self._attempt(i, now)
                 i += 1
                 continue
@@ -197,14 +207,14 @@ class Simulation:
 
     def _attempt(self, call_id: int, now: float) -> None:
         c = self.calls[call_id]
-        a = Attempt(c.edge, c.klass, c.exclude, c.avoid, now)
+        a = Attempt(c.edge, c.klass, c.tries.exclude, c.tries.avoid_regions, now)
         dep_id = self.policy.choose(a)
         if dep_id is None:
             del self.calls[call_id]
             return
-        c.attempts += 1
         self.attempts += 1
         d = self.deps[self.dep_index[dep_id]]
+        c.tries.started(d)
         b = self.backends[d.backend]
         service = d.mean_service_s * math.exp(
             self.sigma * float(self.trace.z[call_id]) - self.sigma ** 2 / 2)
@@ -234,18 +244,21 @@ class Simulation:
         self.final[job.call] = self.dep_index[dep_id]
         self.cost += d.usd_per_s * job.service_s
         self.expected += d.usd_per_s * d.mean_service_s
-        self.policy.result(Attempt(c.edge, c.klass, c.exclude, c.avoid, job.submitted),
-                           dep_id, attempt_ms, "ok", now)
+        self.policy.result(Attempt(c.edge, c.klass, c.tries.exclude, c.tries.avoid_regions,
+                                   job.submitted), dep_id, attempt_ms, "ok", now)
 
     def _failed_attempt(self, call_id: int, dep_id: str, status: str, now: float) -> None:
         c = self.calls[call_id]
         d = self.deps[self.dep_index[dep_id]]
-        self.policy.result(Attempt(c.edge, c.klass, c.exclude, c.avoid, now), dep_id,
-                           0.0, status, now)
-        c.exclude.add(dep_id)
-        if status == "unavailable":
-            c.avoid.add(d.region)  # looks regional: the edge steers the retry away
-        if c.attempts >= self.s.settings.max_attempts:
+        self.policy.result(Attempt(c.edge, c.klass, c.tries.exclude, c.tries.avoid_regions,
+                                   now), dep_id, 0.0, status, now)
+        # The edge's rules (what the failure excludes, which regions to avoid, when to
+        # stop); the simulated edge has no deadline and no retry budget.
+        if not c.tries.failed(d, STATUS[status], self.deps, now, _always).retry:
             del self.calls[call_id]
             return
         self._attempt(call_id, now)
+
+
+def _always() -> bool:
+    return True

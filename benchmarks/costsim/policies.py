@@ -13,8 +13,9 @@ their own mechanism sees it, the call's quality floor); they differ in how they 
 - ``round-robin``: rotates over the healthy, quality-feasible rows of the table.
 - ``litellm-cost``: LiteLLM's ``cost-based-routing`` with cooldowns (``litellm.py``).
 
-Every policy gets the same ``max_attempts``: a failed attempt (backend down, queue full)
-is retried on another deployment, excluding those already tried.
+Every policy gets the same attempt rules, the edge's own (``placement.attempts``): a failed
+attempt (backend down, queue full) is retried on another deployment, excluding what the
+failure rules out (every variant on a dead server) and steering away from failing regions.
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ class Attempt:
 
     edge: str
     klass: CallClass
-    exclude: set[str]
-    avoid_regions: set[str]
+    exclude: frozenset[str]  # read-only views of the call's ``CallAttempts``
+    avoid_regions: frozenset[str]
     now: float
 
 

@@ -1,0 +1,225 @@
+"""The attempt policy: what one call may try next, for how long, and when it stops.
+
+One object owns the per-call attempt rules for every caller that retries: the edge's unary
+path (``services.edge.router``), its stream path (``services.edge.stream``) and the cost
+simulator (``benchmarks.costsim.engine``). It is pure: statuses are gRPC status *names*
+(``"UNAVAILABLE"``), the clock is passed in as ``now`` (seconds, the caller's clock), and the
+retry budget is a callable the caller owns, asked last so a token is spent only on a retry
+that would otherwise happen.
+
+Rules, in the order ``CallAttempts.failed`` applies them:
+
+- a status outside ``RETRYABLE`` ends the call (the backend's own answer, passed through);
+- a call whose own deadline has expired (or is within ``MIN_REMAINING_S``) stops, and the
+  failure is the caller's, not the backend's (``Verdict.blames_backend`` is False): a
+  client's tight deadline says nothing about the server;
+- a stream that already sent a response cannot move (``commit``);
+- ``max_attempts`` attempts, then stop; then the retry budget.
+
+What a failure excludes for the rest of the call: the deployment; after a server failure
+(``SERVER_FAILURES``: UNAVAILABLE, a timeout) every variant on that server. Failure domains
+widen softly (``avoid_regions``, read by the avoid-region filter): a timeout, or a second
+failure in one region, marks the region; failures in two regions of one cloud mark every
+region of that cloud, so the last attempt crosses clouds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+RETRYABLE = frozenset({"UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "CANCELLED",
+                       "ABORTED"})
+SERVER_FAILURES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED"})
+CALLER_STATUSES = frozenset({"DEADLINE_EXCEEDED", "CANCELLED"})  # may be the caller's own
+MIN_REMAINING_S = 0.002  # less than this left of the caller's deadline: no new attempt
+MIN_TIMEOUT_S = 0.001  # grpc needs a positive timeout
+
+
+class Target(Protocol):
+    """What the policy reads of a deployment (``placement.model.Candidate`` is one)."""
+
+    @property
+    def deployment_id(self) -> str: ...
+    @property
+    def backend_id(self) -> str: ...
+    @property
+    def region(self) -> str: ...
+    @property
+    def cloud(self) -> str: ...
+
+
+class Estimated(Target, Protocol):
+    """A target with the p95 its attempt timeout is scaled from."""
+
+    @property
+    def latency_p95_ms(self) -> float: ...
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptSettings:
+    max_attempts: int = 3
+    hedge_max_slo_ms: float = 0.0  # calls with an SLO up to this are hedged; 0 = never
+    min_attempt_timeout_s: float = 0.25
+    attempt_timeout_factor: float = 4.0  # an attempt may take this many times its p95
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The policy's answer to a failed attempt."""
+
+    retry: bool
+    reason: str
+    # True: the failure counts against the backend (outlier detection). Not for the caller's
+    # own deadline or cancellation, nor for statuses that are the backend's answer.
+    blames_backend: bool = True
+
+
+class AttemptPolicy:
+    """Shared, stateless: hands each call its own ``CallAttempts``."""
+
+    def __init__(self, settings: AttemptSettings) -> None:
+        self.settings = settings
+
+    def start(self, deadline: float | None) -> CallAttempts:
+        """A new call; ``deadline`` on the caller's clock, None = no deadline."""
+        return CallAttempts(self.settings, deadline)
+
+
+class CallAttempts:
+    """One call's attempts: what was tried and what it excludes; read-only to everyone else.
+
+    ``exclude`` and ``avoid_regions`` are frozensets, replaced (never mutated) on each
+    failure, so a context built from them is a snapshot.
+    """
+
+    __slots__ = ("_failed_at", "attempts", "avoid_regions", "committed", "deadline",
+                 "exclude", "hedged", "settings")
+
+    def __init__(self, settings: AttemptSettings, deadline: float | None) -> None:
+        self.settings = settings
+        self.deadline = deadline
+        self.attempts = 0
+        self.hedged = False
+        self.committed = False
+        self.exclude: frozenset[str] = frozenset()
+        self.avoid_regions: frozenset[str] = frozenset()
+        self._failed_at: list[tuple[str, str]] = []  # (cloud, region) of failed attempts
+
+    # -- starting attempts ---------------------------------------------------------------
+
+    @property
+    def last(self) -> bool:
+        """The attempt under way is the call's last."""
+        return self.attempts >= self.settings.max_attempts
+
+    def started(self, c: Target) -> None:
+        """An attempt on ``c`` is about to be sent."""
+        self.attempts += 1
+
+    def next_timeout(self, c: Estimated, now: float) -> float | None:
+        """The attempt's timeout: the rest of the deadline, shortened while retries remain
+        (``attempt_timeout_factor`` × its p95, at least ``min_attempt_timeout_s``)."""
+        s = self.settings
+        bound = max(s.min_attempt_timeout_s, s.attempt_timeout_factor * c.latency_p95_ms / 1000)
+        if self.deadline is None:
+            return None if self.last else bound
+        remaining = self.deadline - now
+        if self.last:
+            return max(remaining, MIN_TIMEOUT_S)
+        return max(min(remaining, bound), MIN_TIMEOUT_S)
+
+    def remaining(self, now: float) -> float | None:
+        """The rest of the caller's deadline (a stream's attempts get all of it)."""
+        return None if self.deadline is None else max(self.deadline - now, MIN_TIMEOUT_S)
+
+    def expired(self, now: float) -> bool:
+        return self.deadline is not None and self.deadline - now < MIN_REMAINING_S
+
+    # -- hedging -------------------------------------------------------------------------
+
+    def should_hedge(self, slo_ms: float) -> bool:
+        """Arm a hedge for this attempt: a tight SLO and an attempt to spare."""
+        return not self.last and 0 < slo_ms <= self.settings.hedge_max_slo_ms
+
+    @staticmethod
+    def hedge_after_s(expected_ms: float) -> float:
+        """Race a second candidate once the first has taken its expected p95."""
+        return expected_ms / 1000
+
+    def hedge(self, first: Target, try_budget: Callable[[], bool]) -> bool:
+        """The hedge timer fired: True when a second attempt may race ``first`` (which the
+        choice of that second attempt then excludes)."""
+        if self.last or not try_budget():
+            return False
+        self.exclude = self.exclude | {first.deployment_id}
+        self.hedged = True
+        return True
+
+    # -- outcomes ------------------------------------------------------------------------
+
+    def commit(self) -> None:
+        """A response reached the caller (streams): the call can no longer move."""
+        self.committed = True
+
+    def caller_gave_up(self, status: str, now: float) -> bool:
+        """A deadline or cancellation that is the caller's own (its deadline has passed)."""
+        return status in CALLER_STATUSES and self.expired(now)
+
+    def lost(self, c: Target, status: str, cands: Sequence[Target], now: float) -> bool:
+        """Record a failed attempt without deciding on a retry (a hedge leg that failed
+        while the other still runs). Returns whether the failure is the backend's."""
+        if self.caller_gave_up(status, now):
+            return False
+        if status not in RETRYABLE:
+            return False
+        self._exclude_after(c, status, cands)
+        return True
+
+    def failed(self, c: Target, status: str, cands: Sequence[Target], now: float,
+               try_budget: Callable[[], bool]) -> Verdict:
+        """An attempt on ``c`` ended with ``status``: may the call try again?"""
+        if self.caller_gave_up(status, now):
+            return Verdict(False, "the caller's deadline expired", blames_backend=False)
+        if status not in RETRYABLE:
+            return Verdict(False, f"{status} is the backend's answer, not retried",
+                           blames_backend=False)
+        self._exclude_after(c, status, cands)
+        stop = self._stop_reason(now)
+        if stop:
+            return Verdict(False, stop)
+        if not try_budget():
+            return Verdict(False, "retry budget exhausted")
+        return Verdict(True, f"{status} on {c.deployment_id}: trying another deployment")
+
+    def _stop_reason(self, now: float) -> str:
+        if self.committed:
+            return "responses already sent: the call cannot move"
+        if self.last:
+            return f"{self.attempts} attempt(s), the most a call may make"
+        if self.expired(now):
+            return "the call's deadline leaves no time for another attempt"
+        return ""
+
+    def _exclude_after(self, c: Target, status: str, cands: Sequence[Target]) -> None:
+        excluded = {c.deployment_id}
+        if status in SERVER_FAILURES:
+            # The server failed, not the variant: its other variants would fail the same way
+            # (a cloud outage once spent two of three attempts on one dead server's variants).
+            excluded.update(x.deployment_id for x in cands if x.backend_id == c.backend_id)
+        self.exclude = self.exclude | excluded
+        self._failed_at.append((c.cloud, c.region))
+        sick = self._sick_regions(c, status, cands)
+        if sick - self.avoid_regions:
+            self.avoid_regions = self.avoid_regions | sick
+
+    def _sick_regions(self, c: Target, status: str, cands: Sequence[Target]) -> set[str]:
+        """Failure domains the rest of the call steers away from, widening as failures
+        correlate (a cloud-wide outage once took three attempts in three regions of it)."""
+        same_cloud = {region for cloud, region in self._failed_at if cloud == c.cloud}
+        if len(same_cloud) >= 2:
+            return {x.region for x in cands if x.cloud == c.cloud}
+        if status == "DEADLINE_EXCEEDED" or self._failed_at.count((c.cloud, c.region)) >= 2:
+            return {c.region}
+        return set()

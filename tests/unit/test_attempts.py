@@ -1,0 +1,176 @@
+"""The attempt policy on its own: no gRPC, no router, the clock passed in."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from placement.attempts import AttemptPolicy, AttemptSettings, CallAttempts
+from placement.model import Candidate
+
+
+def cand(i: int, region: str = "east", cloud: str = "c", lat: float = 5.0,
+         variant: str = "m-v") -> Candidate:
+    return Candidate(deployment_id=f"b{i}/{variant}", backend_id=f"b{i}", endpoint=f"ep{i}",
+                     variant=variant, region=region, cloud=cloud, accelerator="a",
+                     quality=0.8, latency_p95_ms=lat, rtt_ms=0, queue_ms=0, compute_ms=lat,
+                     cost_usd=1e-6, spare_capacity=100)
+
+
+def yes() -> bool:
+    return True
+
+
+def no() -> bool:
+    return False
+
+
+def start(deadline: float | None = 10.0, **settings: float) -> CallAttempts:
+    return AttemptPolicy(AttemptSettings(**settings)).start(deadline)  # type: ignore[arg-type]
+
+
+def test_retryable_status_retries_and_excludes_the_deployment() -> None:
+    t = start()
+    c = cand(0)
+    t.started(c)
+    v = t.failed(c, "RESOURCE_EXHAUSTED", [c, cand(1)], now=0.0, try_budget=yes)
+    assert v.retry and v.blames_backend
+    assert t.exclude == {"b0/m-v"} and t.avoid_regions == frozenset()
+
+
+def test_non_retryable_status_is_the_backends_answer() -> None:
+    t = start()
+    c = cand(0)
+    t.started(c)
+    v = t.failed(c, "INVALID_ARGUMENT", [c, cand(1)], now=0.0, try_budget=yes)
+    assert not v.retry and not v.blames_backend and "not retried" in v.reason
+
+
+def test_a_dead_server_is_excluded_with_all_its_variants() -> None:
+    small = cand(0)
+    large = dataclasses.replace(small, deployment_id="b0/m-large", variant="m-large")
+    t = start()
+    t.started(small)
+    assert t.failed(small, "UNAVAILABLE", [small, large, cand(1)], 0.0, yes).retry
+    assert t.exclude == {"b0/m-v", "b0/m-large"}
+
+
+def test_max_attempts_stops_the_call() -> None:
+    t = start(max_attempts=2)
+    cands = [cand(0), cand(1), cand(2)]
+    t.started(cands[0])
+    assert t.failed(cands[0], "UNAVAILABLE", cands, 0.0, yes).retry
+    t.started(cands[1])
+    v = t.failed(cands[1], "UNAVAILABLE", cands, 0.0, yes)
+    assert not v.retry and "2 attempt" in v.reason
+
+
+def test_retry_budget_is_asked_last_and_only_for_a_retry() -> None:
+    asked: list[int] = []
+
+    def budget() -> bool:
+        asked.append(1)
+        return False
+
+    t = start(max_attempts=1)
+    c = cand(0)
+    t.started(c)
+    assert not t.failed(c, "UNAVAILABLE", [c], 0.0, budget).retry
+    assert asked == []  # no retry was possible: no token spent
+    t = start()
+    t.started(c)
+    v = t.failed(c, "UNAVAILABLE", [c], 0.0, budget)
+    assert not v.retry and v.reason == "retry budget exhausted" and asked == [1]
+
+
+def test_no_retry_when_the_deadline_leaves_no_time() -> None:
+    t = start(deadline=1.0)
+    c = cand(0)
+    t.started(c)
+    v = t.failed(c, "UNAVAILABLE", [c, cand(1)], now=0.999, try_budget=yes)
+    assert not v.retry and v.blames_backend and "deadline" in v.reason
+
+
+def test_the_callers_own_expired_deadline_does_not_blame_the_backend() -> None:
+    t = start(deadline=1.0)
+    c = cand(0)
+    t.started(c)
+    v = t.failed(c, "DEADLINE_EXCEEDED", [c, cand(1)], now=1.0, try_budget=yes)
+    assert not v.retry and not v.blames_backend
+    assert t.exclude == frozenset()  # nothing learnt about the deployment
+    # An attempt timeout well inside the deadline is the backend being slow.
+    t = start(deadline=1.0)
+    t.started(c)
+    v = t.failed(c, "DEADLINE_EXCEEDED", [c, cand(1)], now=0.25, try_budget=yes)
+    assert v.retry and v.blames_backend and t.avoid_regions == {"east"}
+
+
+def test_one_failure_keeps_its_region_a_second_marks_it() -> None:
+    cands = [cand(0, "a1", "a"), cand(1, "a1", "a"), cand(2, "b1", "b"), cand(3, "a1", "a")]
+    t = start(max_attempts=5)
+    t.started(cands[0])
+    t.failed(cands[0], "UNAVAILABLE", cands, 0.0, yes)
+    assert t.avoid_regions == frozenset()
+    t.started(cands[1])
+    t.failed(cands[1], "UNAVAILABLE", cands, 0.0, yes)
+    assert t.avoid_regions == {"a1"}
+
+
+def test_failures_in_two_regions_of_one_cloud_avoid_the_whole_cloud() -> None:
+    cands = [cand(0, "a1", "a"), cand(1, "a2", "a"), cand(2, "a3", "a"), cand(3, "b1", "b")]
+    t = start()
+    t.started(cands[0])
+    t.failed(cands[0], "UNAVAILABLE", cands, 0.0, yes)
+    t.started(cands[1])
+    t.failed(cands[1], "UNAVAILABLE", cands, 0.0, yes)
+    assert t.avoid_regions == {"a1", "a2", "a3"}
+
+
+def test_attempt_timeout_is_bounded_while_retries_remain() -> None:
+    c = cand(0, lat=100.0)
+    t = start(deadline=10.0)
+    t.started(c)
+    assert t.next_timeout(c, now=0.0) == pytest.approx(0.4)  # 4 × p95
+    t.started(c)
+    t.started(c)
+    assert t.last and t.next_timeout(c, now=0.0) == pytest.approx(10.0)  # the rest
+    fast = cand(1, lat=1.0)
+    t = start(deadline=None)
+    t.started(fast)
+    assert t.next_timeout(fast, now=0.0) == pytest.approx(0.25)  # the floor
+    t = start(deadline=0.1)
+    t.started(c)
+    assert t.next_timeout(c, now=0.0) == pytest.approx(0.1)  # never past the deadline
+    assert t.next_timeout(c, now=5.0) == pytest.approx(0.001)  # expired: grpc's minimum
+
+
+def test_hedging_needs_a_tight_slo_a_spare_attempt_and_budget() -> None:
+    t = start(hedge_max_slo_ms=50)
+    c = cand(0)
+    t.started(c)
+    assert t.should_hedge(30) and not t.should_hedge(300) and not t.should_hedge(0)
+    assert not t.hedge(c, no) and not t.hedged
+    assert t.hedge(c, yes) and t.hedged and t.exclude == {"b0/m-v"}
+    assert not start(hedge_max_slo_ms=0).should_hedge(30)
+    last = start(hedge_max_slo_ms=50, max_attempts=1)
+    last.started(c)
+    assert not last.should_hedge(30)
+
+
+def test_a_stream_that_sent_a_response_cannot_move() -> None:
+    t = start()
+    c = cand(0)
+    t.started(c)
+    t.commit()
+    v = t.failed(c, "UNAVAILABLE", [c, cand(1)], 0.0, yes)
+    assert not v.retry and v.blames_backend and "already sent" in v.reason
+
+
+def test_a_lost_hedge_leg_excludes_without_a_verdict() -> None:
+    t = start(deadline=1.0)
+    c = cand(0)
+    assert t.lost(c, "UNAVAILABLE", [c], now=0.1)
+    assert t.exclude == {"b0/m-v"}
+    assert not t.lost(cand(1), "DEADLINE_EXCEEDED", [c], now=1.0)  # the caller's deadline
+    assert not t.lost(cand(1), "INVALID_ARGUMENT", [c], now=0.1)
