@@ -2,14 +2,18 @@
 
 read hints → find candidates → choose → forward → on a retryable failure choose again.
 
-Collaborators are passed in (route store, upstream pool, outlier detector, stats, retry
-budget, profiles), so a test can hand it fakes. Nothing here parses tensors or calls
-placement.
+Whether and where to try again is the attempt policy's (``placement.attempts``, the same
+object the stream path and the cost simulator drive); this module does the I/O. A failure
+the policy says is the caller's own (its deadline expired, it cancelled) is not held
+against the backend. Collaborators are passed in (route store, upstream pool, outlier
+detector, stats, retry budget, profiles), so a test can hand it fakes. Nothing here parses
+tensors or calls placement.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -17,6 +21,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from placement.attempts import SERVER_FAILURES, AttemptPolicy, AttemptSettings, CallAttempts
 from placement.errors import (
     BackendFailed,
     InvalidRequest,
@@ -35,13 +40,6 @@ from services.edge.upstream import Upstreams
 from services.edge.wire import rewrite_model_name, scan_model_name
 from services.security.tenants import Admission
 
-RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                       grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
-                       grpc.StatusCode.ABORTED})
-SERVER_FAILURES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
-MIN_ATTEMPT_TIMEOUT_S = 0.25
-ATTEMPT_TIMEOUT_FACTOR = 4.0  # an attempt may take this many times its p95 estimate
-
 
 @dataclass(frozen=True, slots=True)
 class RouterSettings:
@@ -55,28 +53,60 @@ class RouterSettings:
 
 @dataclass(slots=True)
 class CallRecord:
-    """What happened to one call: the access-log event and the trailers come from it."""
+    """What happened to one call, written once it is known: the access-log event and the
+    trailers come from it. It carries no retry state (that is the call's ``CallAttempts``).
+    ``status`` is always a gRPC status name."""
 
     request_id: str
     model: str
     hints: Hints | None = None
-    chosen: Candidate | None = None
+    chosen: Candidate | None = None  # the deployment that answered (or failed last)
     attempts: int = 0
     slo_met: bool = True
     latency_ms: float = 0.0
     status: str = "OK"
-    tried: tuple[tuple[str, str], ...] = ()  # (cloud, region) of failed attempts
     admission: Admission | None = None  # the tenant's, from TenantGate.admit
     hedged: bool = False
 
     def trailers(self) -> tuple[tuple[str, str], ...]:
-        if self.chosen is None:
-            return (("x-request-id", self.request_id), ("x-attempts", str(self.attempts)))
+        """Every answer carries the request id; only a served call claims a deployment,
+        a cost and whether its SLO was met."""
         c = self.chosen
+        if c is None or self.status != "OK":
+            return (("x-request-id", self.request_id), ("x-attempts", str(self.attempts)))
         return (("x-served-by", c.deployment_id), ("x-served-region", c.region),
                 ("x-cost-usd", f"{c.cost_usd:.10f}"),
                 ("x-slo-met", "true" if self.slo_met else "false"),
                 ("x-attempts", str(self.attempts)), ("x-request-id", self.request_id))
+
+    def finish(self, tries: CallAttempts, latency_ms: float) -> None:
+        self.attempts, self.hedged, self.latency_ms = tries.attempts, tries.hedged, latency_ms
+
+
+def request_id_of(metadata: Sequence[tuple[str, str | bytes]] | None) -> str:
+    """The caller's ``x-request-id`` as sent (for answers that fail before hints parse)."""
+    for key, value in metadata or ():
+        if key == "x-request-id" and isinstance(value, str):
+            return value[:128]
+    return ""
+
+
+def status_name(exc: BaseException, tries: CallAttempts | None, now: float) -> str:
+    """The gRPC status name a call that raised ``exc`` ends with."""
+    if isinstance(exc, SwitchyardError):
+        return exc.grpc_code
+    if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+        # grpc cancels the handler when the caller's deadline passes or it cancels.
+        return "DEADLINE_EXCEEDED" if tries is not None and tries.expired(now) else "CANCELLED"
+    return "UNKNOWN"
+
+
+class AttemptFailed(Exception):
+    """One attempt on ``candidate`` ended with ``err``."""
+
+    def __init__(self, candidate: Candidate, err: grpc.aio.AioRpcError) -> None:
+        super().__init__(f"{candidate.deployment_id}: {err.code().name}")
+        self.candidate, self.err, self.status = candidate, err, err.code().name
 
 
 class Router:
@@ -95,6 +125,8 @@ class Router:
         self.profile_names = tuple(profiles)
         self.regions = regions
         self.settings = settings
+        self.attempt_policy = AttemptPolicy(AttemptSettings(settings.max_attempts,
+                                                            settings.hedge_max_slo_ms))
         self.on_done = on_done
         self.clock = clock
         self.rng = rng or random.Random()
@@ -114,6 +146,7 @@ class Router:
              time_remaining_s: float | None, record: CallRecord
              ) -> tuple[str, Sequence[Candidate], CallContext, Profile]:
         """Read the model name and hints; find the model's candidates."""
+        record.request_id = record.request_id or request_id_of(metadata)
         model = scan_model_name(raw)
         record.model = model
         parsed = hint_parser.parse(metadata, self.regions, self.profile_names)
@@ -135,73 +168,60 @@ class Router:
             raise UnknownModel(f"model {model!r} is not served by this mesh (known: {known})")
         return cands
 
-    def attempt_timeout(self, c: Candidate, deadline: float | None, last: bool) -> float | None:
-        """Per-attempt timeout: the remaining deadline, shortened while retries remain."""
-        if deadline is None:
-            return None if last else max(MIN_ATTEMPT_TIMEOUT_S,
-                                         ATTEMPT_TIMEOUT_FACTOR * c.latency_p95_ms / 1000)
-        remaining = deadline - self.clock()
-        if last:
-            return max(remaining, 0.001)
-        bound = max(MIN_ATTEMPT_TIMEOUT_S, ATTEMPT_TIMEOUT_FACTOR * c.latency_p95_ms / 1000)
-        return max(min(remaining, bound), 0.001)
-
     async def infer(self, raw: bytes, metadata: Sequence[tuple[str, str | bytes]] | None,
                     time_remaining_s: float | None, record: CallRecord) -> bytes:
         """Route one call; returns the backend's response bytes or raises SwitchyardError."""
         start = self.clock()
-        deadline = None if time_remaining_s is None else start + time_remaining_s
+        tries = self.attempt_policy.start(
+            None if time_remaining_s is None else start + time_remaining_s)
         try:
             model, cands, ctx, profile = self.read(raw, metadata, time_remaining_s, record)
             self.budget.call()
-            last_error: grpc.aio.AioRpcError | None = None
+            failure: AttemptFailed | None = None
             while True:
                 try:
                     decision = profile.choose(cands, ctx, self.rng, cost_sorted=True)
                 except NoHealthyDeployment as exc:
-                    if last_error is None:
+                    if failure is None:
                         raise
-                    raise _failed(last_error, record) from exc
+                    raise _failed(failure, tries) from exc
                 c = decision.candidate
                 record.chosen, record.slo_met = c, decision.slo_met
-                record.attempts += 1
-                last = (record.attempts >= self.settings.max_attempts)
-                timeout = self.attempt_timeout(c, deadline, last)
+                tries.started(c)
                 try:
-                    if not last and 0 < ctx.hints.slo_ms <= self.settings.hedge_max_slo_ms:
-                        response = await self._hedged(c, model, raw, cands, ctx, profile,
-                                                      timeout, record)
+                    if tries.should_hedge(ctx.hints.slo_ms):
+                        c, response = await self._hedged(c, model, raw, cands, ctx, profile,
+                                                         tries)
                     else:
-                        response = await self._attempt(c, model, raw, timeout)
-                except grpc.aio.AioRpcError as err:
-                    last_error = err
-                    c = record.chosen
-                    if not self._may_retry(err, deadline, record):
-                        raise _failed(err, record) from None
-                    ctx.exclude.add(c.deployment_id)  # type: ignore[union-attr]
-                    if err.code() in SERVER_FAILURES:
-                        # The server failed, not the variant: its other variants of this
-                        # model would fail the same way (a cloud outage once spent two of
-                        # three attempts on one dead backend's two variants).
-                        ctx.exclude.update(  # type: ignore[union-attr]
-                            x.deployment_id for x in cands if x.backend_id == c.backend_id)
-                    ctx.avoid_regions.update(  # type: ignore[union-attr]
-                        self._sick_regions(err, c, cands, record))
+                        response = await self._attempt(c, model, raw,
+                                                       tries.next_timeout(c, self.clock()))
+                except AttemptFailed as f:
+                    failure = f
+                    record.chosen = f.candidate
+                    verdict = tries.failed(f.candidate, f.status, cands, self.clock(),
+                                           self.budget.try_retry)
+                    self.observe_failure(f, verdict.blames_backend)
+                    if not verdict.retry:
+                        raise _failed(f, tries) from None
+                    ctx = dataclasses.replace(ctx, exclude=tries.exclude,
+                                              avoid_regions=tries.avoid_regions)
                     continue
-                record.latency_ms = (self.clock() - start) * 1000
+                record.chosen = c
+                record.finish(tries, (self.clock() - start) * 1000)
                 if record.hints is not None and record.latency_ms > record.hints.slo_ms:
                     record.slo_met = False
                 return response
         except BaseException as exc:
-            record.latency_ms = (self.clock() - start) * 1000
-            record.status = getattr(exc, "grpc_code", type(exc).__name__)
+            now = self.clock()
+            record.finish(tries, (now - start) * 1000)
+            record.status = status_name(exc, tries, now)
             raise
         finally:
             self.on_done(record)
 
     async def _attempt(self, c: Candidate, model: str, raw: bytes,
                        timeout_s: float | None) -> bytes:
-        """Forward once to ``c``; record latency or failure for outlier detection."""
+        """Forward once to ``c``; a failure is raised as ``AttemptFailed`` for the policy."""
         t0 = self.clock()
         dep = c.deployment_id
         self.inflight[dep] = self.inflight.get(dep, 0) + 1
@@ -209,101 +229,96 @@ class Router:
             response: bytes = await self.upstreams.get(c.endpoint).infer(
                 rewrite_model_name(raw, model, c.variant), timeout=timeout_s)
         except grpc.aio.AioRpcError as err:
-            self.stats.record(c.deployment_id, 0.0, ok=False)
-            self._failure(c, err)
-            raise
+            raise AttemptFailed(c, err) from None
         finally:
             self.inflight[dep] -= 1
-        self.stats.record(c.deployment_id, (self.clock() - t0) * 1000, ok=True)
-        self.outliers.success(c.deployment_id)
-        self.backend_outliers.success(c.backend_id)
+        self.observe_success(c, (self.clock() - t0) * 1000)
         return response
 
     async def _hedged(self, first: Candidate, model: str, raw: bytes,
                       cands: Sequence[Candidate], ctx: CallContext, profile: Profile,
-                      timeout_s: float | None, record: CallRecord) -> bytes:
-        """Tight-SLO call: after ``first``'s p95, race a second candidate; cancel the loser."""
-        t1 = asyncio.ensure_future(self._attempt(first, model, raw, timeout_s))
-        done, _ = await asyncio.wait({t1}, timeout=ctx.latency_ms(first) / 1000)
-        if done or not self.budget.try_retry():
-            return await t1
-        ctx.exclude.add(first.deployment_id)  # type: ignore[union-attr]
+                      tries: CallAttempts) -> tuple[Candidate, bytes]:
+        """Tight-SLO call: after ``first``'s p95, race a second candidate; cancel the loser.
+
+        Every task started here is awaited or cancelled, and its outcome retrieved, on every
+        way out (the caller cancelling included): no task exception goes unretrieved."""
+        by_task: dict[asyncio.Future[bytes], Candidate] = {}
+
+        def launch(c: Candidate) -> asyncio.Future[bytes]:
+            t = asyncio.ensure_future(
+                self._attempt(c, model, raw, tries.next_timeout(c, self.clock())))
+            by_task[t] = c
+            return t
+
+        t1 = launch(first)
         try:
-            second = profile.choose(cands, ctx, self.rng, cost_sorted=True).candidate
-        except SwitchyardError:
-            return await t1
-        record.attempts += 1
-        record.hedged = True
-        t2 = asyncio.ensure_future(self._attempt(second, model, raw, timeout_s))
-        by_task = {t1: first, t2: second}
-        pending: set[asyncio.Future[bytes]] = {t1, t2}
-        error: grpc.aio.AioRpcError | None = None
-        try:
+            done, _ = await asyncio.wait({t1}, timeout=tries.hedge_after_s(ctx.latency_ms(first)))
+            if done or not tries.hedge(first, self.budget.try_retry):
+                return first, await t1
+            try:
+                second = profile.choose(cands, dataclasses.replace(ctx, exclude=tries.exclude),
+                                        self.rng, cost_sorted=True).candidate
+            except SwitchyardError:
+                return first, await t1
+            tries.started(second)
+            launch(second)
+            pending = set(by_task)
+            failure: AttemptFailed | None = None
             while pending:
-                done, pending = await asyncio.wait(pending,
-                                                   return_when=asyncio.FIRST_COMPLETED)
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 for t in done:
                     exc = t.exception()
                     if exc is None:
-                        record.chosen = by_task[t]
-                        return t.result()
-                    if not isinstance(exc, grpc.aio.AioRpcError):
+                        return by_task[t], t.result()
+                    if not isinstance(exc, AttemptFailed):
                         raise exc
-                    error = exc
-                    record.chosen = by_task[t]
+                    if pending:  # the other leg still runs: this one only excludes
+                        blame = tries.lost(exc.candidate, exc.status, cands, self.clock())
+                        self.observe_failure(exc, blame)
+                    failure = exc
+            assert failure is not None
+            raise failure
         finally:
-            for t in pending:
-                t.cancel()
-        assert error is not None
-        raise error
+            for t in by_task:
+                if not t.done():
+                    t.cancel()
+                t.add_done_callback(_retrieve)
 
     # -- failure handling ----------------------------------------------------------------
 
-    def _failure(self, c: Candidate, err: grpc.aio.AioRpcError) -> None:
-        code = err.code()
-        if code not in RETRYABLE:
+    def observe_success(self, c: Candidate, latency_ms: float) -> None:
+        self.stats.record(c.deployment_id, latency_ms, ok=True)
+        self.outliers.success(c.deployment_id)
+        self.backend_outliers.success(c.backend_id)
+
+    def observe_failure(self, f: AttemptFailed, blames_backend: bool) -> None:
+        """Feed a failure to stats and outlier detection, unless it is the caller's own."""
+        if not blames_backend:
             return
+        c = f.candidate
+        self.stats.record(c.deployment_id, 0.0, ok=False)
         if self.outliers.failure(c.deployment_id):
             self.blocked.add(c.deployment_id)
-        if code in SERVER_FAILURES and self.backend_outliers.failure(c.backend_id):
+        if f.status in SERVER_FAILURES and self.backend_outliers.failure(c.backend_id):
             self.blocked.update(self.store.deployments_of(c.backend_id))
 
-    def _may_retry(self, err: grpc.aio.AioRpcError, deadline: float | None,
-                   record: CallRecord) -> bool:
-        if err.code() not in RETRYABLE or record.attempts >= self.settings.max_attempts:
-            return False
-        if deadline is not None and deadline - self.clock() < 0.002:
-            return False
-        return self.budget.try_retry()
 
-    @staticmethod
-    def _sick_regions(err: grpc.aio.AioRpcError, c: Candidate, cands: Sequence[Candidate],
-                      record: CallRecord) -> set[str]:
-        """Failure domains the rest of this call steers away from (softly), widening as
-        failures correlate: a timeout, or a second failure in one region, marks the region;
-        failures in two regions of one cloud mark every region of that cloud, so the next
-        attempt crosses clouds instead of spending the call's last attempt on a cloud that
-        is going down (a cloud-wide outage took three attempts in three aws regions)."""
-        record.tried = (*record.tried, (c.cloud, c.region))
-        same_cloud = {region for cloud, region in record.tried if cloud == c.cloud}
-        if len(same_cloud) >= 2:
-            return {x.region for x in cands if x.cloud == c.cloud}
-        if err.code() is grpc.StatusCode.DEADLINE_EXCEEDED or record.tried.count(
-                (c.cloud, c.region)) >= 2:
-            return {c.region}
-        return set()
+def _retrieve(t: asyncio.Future[bytes]) -> None:
+    """Mark a finished task's outcome as seen (asyncio logs unretrieved exceptions)."""
+    if not t.cancelled():
+        t.exception()
 
 
 # Triton's answer to bytes whose tensors do not parse (the edge reads only the model name).
 UNPARSEABLE = "Unable to parse request"
 
 
-def _failed(err: grpc.aio.AioRpcError, record: CallRecord) -> SwitchyardError:
-    where = record.chosen.deployment_id if record.chosen else "?"
+def _failed(f: AttemptFailed, tries: CallAttempts) -> SwitchyardError:
+    err, where = f.err, f.candidate.deployment_id
     if err.code() is grpc.StatusCode.INTERNAL and (err.details() or "").startswith(UNPARSEABLE):
         # The caller's bytes, not the backend, are at fault: say so with the status that
         # means it (Triton answers INTERNAL).
         return InvalidRequest(f"request bytes do not parse as a ModelInferRequest "
                               f"({where} answered: {err.details()})")
-    return BackendFailed(f"{where} failed after {record.attempts} attempt(s): "
+    return BackendFailed(f"{where} failed after {tries.attempts} attempt(s): "
                          f"{err.code().name}: {err.details()}", err.code().name)

@@ -1,22 +1,107 @@
 """``ModelStreamInfer`` (decoupled / token-streaming models) through the edge.
 
 The stream is routed like a unary call on its first request and then pinned to the chosen
-deployment for its whole life. If the upstream fails before the first response arrives, the
-requests sent so far are replayed to the next candidate; after the first response a failure
-ends the stream with the backend's status (a half-streamed answer cannot be resumed elsewhere
-without duplicating tokens).
+deployment for its whole life. Retries are the attempt policy's (``placement.attempts``, the
+one the unary path drives): before the first response reaches the caller, a failed upstream
+gets the requests sent so far replayed to the next candidate; after it the call is committed
+(a half-streamed answer cannot be resumed elsewhere without duplicating tokens) and a
+failure ends the stream with the backend's status.
+
+Every later request must parse and name the stream's model; one that does not ends the
+stream at once with INVALID_ARGUMENT saying which message and why (the reader watches the
+request pump, so a bad message never leaves the stream waiting for a response that cannot
+come).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import grpc
 
-from placement.errors import BackendFailed, InvalidRequest
-from services.edge.router import RETRYABLE, CallRecord, Router
+from placement.errors import BackendFailed, InvalidRequest, NoHealthyDeployment
+from services.edge.router import AttemptFailed, CallRecord, Router, status_name
 from services.edge.wire import rewrite_model_name, scan_model_name
+
+# What writing to an upstream stream that has already ended raises; the request stays in
+# ``sent`` and is replayed to the next attempt (or the reader reports the failure).
+_WRITE_ERRORS = (grpc.aio.AioRpcError, asyncio.InvalidStateError)
+
+
+class _Pipe:
+    """The caller's requests, forwarded to whichever upstream call is current."""
+
+    def __init__(self, model: str, first: bytes) -> None:
+        self.model = model
+        self.sent = [first]
+        self.call: grpc.aio.StreamStreamCall | None = None
+        self.variant = model
+        self.client_done = False
+        self.lock = asyncio.Lock()  # a replay and the pump's writes never interleave
+
+    async def attach(self, call: grpc.aio.StreamStreamCall, variant: str) -> None:
+        async with self.lock:
+            self.call, self.variant = call, variant
+            try:
+                for req in self.sent:
+                    await call.write(rewrite_model_name(req, self.model, variant))
+                if self.client_done:
+                    await call.done_writing()
+            except _WRITE_ERRORS:
+                pass  # the upstream already failed: its reader says how
+
+    def check(self, req: bytes) -> None:
+        n = len(self.sent) + 1
+        try:
+            name = scan_model_name(req)
+        except InvalidRequest as exc:
+            raise InvalidRequest(f"stream message {n}: {exc.message}") from None
+        if name != self.model:
+            raise InvalidRequest(f"stream message {n} names model {name!r}; this stream is "
+                                 f"pinned to model {self.model!r}")
+
+    async def pump(self, requests: AsyncIterator[bytes]) -> None:
+        async for req in requests:
+            self.check(req)
+            async with self.lock:
+                self.sent.append(req)
+                assert self.call is not None
+                with contextlib.suppress(*_WRITE_ERRORS):
+                    await self.call.write(rewrite_model_name(req, self.model, self.variant))
+        async with self.lock:
+            self.client_done = True
+            assert self.call is not None
+            with contextlib.suppress(*_WRITE_ERRORS):
+                await self.call.done_writing()
+
+
+async def _read(call: grpc.aio.StreamStreamCall, pump: asyncio.Task[None]) -> object:
+    """The next response, or the pump's error as soon as a request turns out to be bad."""
+    if pump.done() and pump.exception() is None:
+        return await call.read()
+    read = asyncio.ensure_future(call.read())
+    try:
+        await asyncio.wait({read, pump}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not read.done():
+            read.cancel()
+        read.add_done_callback(_retrieve)
+    if read.done() and not read.cancelled():
+        return read.result()
+    exc = pump.exception()
+    if exc is not None:
+        call.cancel()
+        raise exc
+    return await call.read()
+
+
+def _retrieve(t: asyncio.Future[Any]) -> None:
+    if not t.cancelled():
+        t.exception()
 
 
 async def route_stream(router: Router, requests: AsyncIterator[bytes],
@@ -24,71 +109,62 @@ async def route_stream(router: Router, requests: AsyncIterator[bytes],
                        time_remaining_s: float | None, record: CallRecord,
                        context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
     start = router.clock()
-    try:
-        first = await anext(requests)
-    except StopAsyncIteration:
-        return
-    model, cands, ctx, profile = router.read(first, metadata, time_remaining_s, record)
-    sent: list[bytes] = [first]
-    client_done = asyncio.Event()
-    holder: dict[str, grpc.aio.StreamStreamCall] = {}
-    variant_box = {"variant": model}
-
-    async def pump() -> None:
-        async for req in requests:
-            name = scan_model_name(req)
-            if name != model:
-                raise InvalidRequest(f"a stream is pinned to model {model!r}; got {name!r}")
-            sent.append(req)
-            await holder["call"].write(rewrite_model_name(req, model, variant_box["variant"]))
-        client_done.set()
-        await holder["call"].done_writing()
-
+    tries = router.attempt_policy.start(
+        None if time_remaining_s is None else start + time_remaining_s)
     pump_task: asyncio.Task[None] | None = None
     try:
+        try:
+            first = await anext(requests)
+        except StopAsyncIteration:
+            return
+        model, cands, ctx, profile = router.read(first, metadata, time_remaining_s, record)
+        router.budget.call()
+        pipe = _Pipe(model, first)
+        failure: AttemptFailed | None = None
         while True:
-            decision = profile.choose(cands, ctx, router.rng, cost_sorted=True)
+            try:
+                decision = profile.choose(cands, ctx, router.rng, cost_sorted=True)
+            except NoHealthyDeployment:
+                if failure is None:
+                    raise
+                raise _failed(failure) from None
             c = decision.candidate
             record.chosen, record.slo_met = c, decision.slo_met
-            record.attempts += 1
-            variant_box["variant"] = c.variant
+            tries.started(c)
             call = router.upstreams.get(c.endpoint).stream(
-                timeout=None if time_remaining_s is None
-                else max(0.001, time_remaining_s - (router.clock() - start)))
-            holder["call"] = call
-            for req in sent:
-                await call.write(rewrite_model_name(req, model, c.variant))
-            if client_done.is_set():
-                await call.done_writing()
+                timeout=tries.remaining(router.clock()))
+            await pipe.attach(call, c.variant)
             if pump_task is None:
-                pump_task = asyncio.create_task(pump())
-            got_first = False
+                pump_task = asyncio.create_task(pipe.pump(requests))
             try:
-                while True:
-                    resp = await call.read()
-                    if resp is grpc.aio.EOF:
-                        break
-                    if not got_first:
-                        got_first = True
+                while (resp := await _read(call, pump_task)) is not grpc.aio.EOF:
+                    if not tries.committed:
+                        tries.commit()
                         await context.send_initial_metadata(record.trailers())
-                    yield resp
+                    yield resp  # type: ignore[misc]
             except grpc.aio.AioRpcError as err:
-                router.stats.record(c.deployment_id, 0.0, ok=False)
-                router._failure(c, err)
-                retry = (not got_first and err.code() in RETRYABLE
-                         and record.attempts < router.settings.max_attempts
-                         and router.budget.try_retry())
-                if not retry:
-                    raise BackendFailed(f"{c.deployment_id} stream failed: "
-                                        f"{err.code().name}: {err.details()}",
-                                        err.code().name) from None
-                ctx.exclude.add(c.deployment_id)  # type: ignore[union-attr]
+                failure = AttemptFailed(c, err)
+                verdict = tries.failed(c, failure.status, cands, router.clock(),
+                                       router.budget.try_retry)
+                router.observe_failure(failure, verdict.blames_backend)
+                if not verdict.retry:
+                    raise _failed(failure) from None
+                ctx = dataclasses.replace(ctx, exclude=tries.exclude,
+                                          avoid_regions=tries.avoid_regions)
                 continue
-            router.stats.record(c.deployment_id, (router.clock() - start) * 1000, ok=True)
-            router.outliers.success(c.deployment_id)
+            router.observe_success(c, (router.clock() - start) * 1000)
             return
+    except BaseException as exc:
+        record.status = status_name(exc, tries, router.clock())
+        raise
     finally:
         if pump_task is not None:
             pump_task.cancel()
-        record.latency_ms = (router.clock() - start) * 1000
+            pump_task.add_done_callback(_retrieve)
+        record.finish(tries, (router.clock() - start) * 1000)
         router.on_done(record)
+
+
+def _failed(f: AttemptFailed) -> BackendFailed:
+    return BackendFailed(f"{f.candidate.deployment_id} stream failed: {f.status}: "
+                         f"{f.err.details()}", f.status)

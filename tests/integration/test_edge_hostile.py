@@ -1,0 +1,169 @@
+"""The edge against callers that misbehave: bad stream messages, their own tiny deadlines,
+cancellation. Real Triton backends, real placement, agent and edge; raw grpc and tritonclient.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+import pytest_asyncio
+from tritonclient.grpc import service_pb2
+from tritonclient.utils import InferenceServerException
+
+from services.api.switchyard.v1 import edge_pb2, edge_pb2_grpc
+from services.backends.triton import TritonProcess
+from services.config import MeshConfig
+from services.edge.router import CallRecord
+from services.edge.upstream import INFER, STREAM
+from tests.mesh_harness import Mesh, call, mesh_config, running_mesh, summarize_input
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory: pytest.TempPathFactory) -> MeshConfig:
+    # Tight-SLO calls are hedged: the hedge path must not leak tasks either.
+    return mesh_config(tmp_path_factory.mktemp("hostile"), hedge_max_slo_ms=50)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def mesh(cfg: MeshConfig, tritons: dict[str, TritonProcess]) -> AsyncIterator[Mesh]:
+    async with running_mesh(cfg, tritons) as m:
+        yield m
+
+
+@pytest.fixture
+def records(mesh: Mesh) -> Iterator[list[CallRecord]]:
+    """Every CallRecord the edge finishes during the test (what is logged and counted)."""
+    got: list[CallRecord] = []
+    router = mesh.edge.router
+    original = router.on_done
+
+    def done(rec: CallRecord) -> None:
+        got.append(rec)
+        original(rec)
+
+    router.on_done = done
+    yield got
+    router.on_done = original
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def loop_errors() -> AsyncIterator[list[dict[str, Any]]]:
+    """What asyncio reports to the loop's exception handler (e.g. "Task exception was never
+    retrieved") during the test."""
+    loop = asyncio.get_running_loop()
+    got: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: got.append(context))
+    yield got
+    loop.set_exception_handler(previous)
+
+
+def generate_request(model: str = "generate") -> bytes:
+    req = service_pb2.ModelInferRequest(model_name=model)
+    x = req.inputs.add()
+    x.name, x.datatype = "INPUT0", "FP32"
+    x.shape.extend([1, 16])
+    req.raw_input_contents.append(np.ones((1, 16), np.float32).tobytes())
+    return req.SerializeToString()
+
+
+async def ejected(mesh: Mesh) -> list[str]:
+    """Deployments the edge says it will not use, through its admin RPC."""
+    async with grpc.aio.insecure_channel(mesh.edge_address) as ch:
+        status = await edge_pb2_grpc.EdgeAdminStub(ch).Status(edge_pb2.EdgeStatusRequest())
+    return [d.deployment_id for d in status.deployments if d.ejected]
+
+
+async def wait_until(cond: Any, within_s: float, poll_s: float = 0.02) -> None:
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    while not cond():
+        assert loop.time() - t0 < within_s, "condition not reached"
+        await asyncio.sleep(poll_s)
+
+
+@pytest.mark.parametrize(("second", "says"), [
+    (b"\xff\xff\xff", "stream message 2: request bytes are truncated"),
+    (b"", "stream message 2: ModelInferRequest.model_name is empty"),
+    (generate_request("summarize"), "stream message 2 names model 'summarize'"),
+])
+async def test_a_bad_later_stream_message_ends_the_stream_at_once(
+        mesh: Mesh, records: list[CallRecord], second: bytes, says: str) -> None:
+    async with grpc.aio.insecure_channel(mesh.edge_address) as ch:
+        stream = ch.stream_stream(STREAM, request_serializer=None, response_deserializer=None)
+        t0 = time.monotonic()
+        call = stream(iter([generate_request(), second]), timeout=20,
+                      metadata=(("x-request-id", "bad-stream"),))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async for _ in call:
+                pass
+        elapsed = time.monotonic() - t0
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT, err.value
+    assert says in (err.value.details() or "")
+    assert elapsed < 5, f"took {elapsed:.1f} s: the stream waited for its deadline"
+    await wait_until(lambda: any(r.request_id == "bad-stream" for r in records), 5)
+    rec = next(r for r in records if r.request_id == "bad-stream")
+    assert rec.status == "INVALID_ARGUMENT"
+
+
+async def test_callers_own_tiny_deadlines_eject_nothing_and_leak_no_task(
+        mesh: Mesh, records: list[CallRecord], loop_errors: list[dict[str, Any]]) -> None:
+    def tiny_deadline_calls() -> list[str]:
+        codes = []
+        client = mesh.client()
+        for slo in ("20", "400") * 10:  # hedged and not
+            try:
+                client.infer("summarize", [summarize_input()], client_timeout=0.001,
+                             headers={"x-slo-ms": slo})
+                codes.append("OK")
+            except InferenceServerException as exc:
+                codes.append(str(exc.status()))
+        client.close()
+        return codes
+
+    codes = await asyncio.to_thread(tiny_deadline_calls)
+    assert "StatusCode.DEADLINE_EXCEEDED" in codes, codes
+    # Let every attempt those calls started finish (their own 1 ms timeouts).
+    await wait_until(lambda: sum(mesh.edge.router.inflight.values()) == 0, 5)
+    await asyncio.sleep(0)
+    gc.collect()  # an unretrieved task exception is reported when the task is collected
+    assert await ejected(mesh) == []
+    tr = await asyncio.to_thread(call, mesh, [("x-slo-ms", "17")])
+    assert tr["x-served-by"].startswith("east-fast/")  # the healthy local backend still serves
+    leaked = [c for c in loop_errors if "never retrieved" in str(c.get("message"))]
+    assert leaked == [], leaked
+    assert {r.status for r in records if r.model == "summarize"} <= {"OK", "DEADLINE_EXCEEDED"}
+
+
+async def test_cancelled_calls_eject_nothing(mesh: Mesh, records: list[CallRecord]) -> None:
+    raw = service_pb2.ModelInferRequest(model_name="summarize")
+    x = raw.inputs.add()
+    x.name, x.datatype = "INPUT0", "FP32"
+    x.shape.extend([1, 16])
+    raw.raw_input_contents.append(np.ones((1, 16), np.float32).tobytes())
+    body = raw.SerializeToString()
+    router = mesh.edge.router
+    async with grpc.aio.insecure_channel(mesh.edge_address) as ch:
+        infer = ch.unary_unary(INFER, request_serializer=None, response_deserializer=None)
+        for i in range(6):
+            c = infer(body, timeout=10, metadata=(("x-slo-ms", "400"), ("x-min-quality", "0.85"),
+                                                  ("x-request-id", f"cancel-{i}")))
+            await wait_until(lambda: sum(router.inflight.values()) > 0, 5, poll_s=0.0005)
+            c.cancel()  # while the edge's attempt is under way
+            await wait_until(lambda i=i: any(r.request_id == f"cancel-{i}" for r in records), 5)
+    await wait_until(lambda: sum(router.inflight.values()) == 0, 5)
+    assert await ejected(mesh) == []
+    statuses = [r.status for r in records if r.request_id.startswith("cancel-")]
+    assert statuses == ["CANCELLED"] * 6, statuses
+    tr = await asyncio.to_thread(call, mesh, [("x-slo-ms", "400")])
+    assert tr["x-served-by"] == "central-cheap/summarize-small"
+
