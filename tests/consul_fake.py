@@ -71,6 +71,7 @@ class FakeConsul:
         self.kv: dict[str, dict[str, Any]] = {}
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path_qs, token)
         self.unavailable = False
+        self.blocked = 0  # blocking queries being held right now
         self.port = 0
         self._index = 10
         self._table_index = {"services": 1, "kv": 1}
@@ -167,15 +168,19 @@ class FakeConsul:
         except ValueError as exc:
             raise web.HTTPBadRequest(text=f"Invalid index: {raw!r}") from exc
         deadline = asyncio.get_running_loop().time() + parse_wait(request.query.get("wait"))
-        while index > 0 and self._table_index[table] <= index and not self.unavailable:
-            remaining = deadline - asyncio.get_running_loop().time()
-            if remaining <= 0:
-                return
-            changed = self._changed
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), remaining)
-            if changed.is_set() and self._table_index[table] < index:
-                return  # restored to an older index: answer now, as Consul's abandon does
+        self.blocked += 1
+        try:
+            while index > 0 and self._table_index[table] <= index and not self.unavailable:
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    return
+                changed = self._changed
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), remaining)
+                if changed.is_set() and self._table_index[table] < index:
+                    return  # restored to an older index: answer now, as Consul's abandon does
+        finally:
+            self.blocked -= 1
 
     def _json(self, body: Any, table: str, status: int = 200) -> web.Response:
         text = json.dumps(body) if status == 200 else ""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import pathlib
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -203,6 +204,17 @@ async def eventually(cond: Callable[[], object], within_s: float, what: str = ""
         if loop.time() - t0 > within_s:
             raise AssertionError(f"not within {within_s} s: {what or cond}")
         await asyncio.sleep(0.05)
+
+
+def eventually_sync(cond: Callable[[], object], within_s: float, what: str = "") -> float:
+    """:func:`eventually` for code without an event loop (threads, tritonclient calls)."""
+    t0 = time.monotonic()
+    while True:
+        if cond():
+            return time.monotonic() - t0
+        if time.monotonic() - t0 > within_s:
+            raise AssertionError(f"not within {within_s} s: {what or cond}")
+        time.sleep(0.05)
 
 
 def call(mesh: Mesh, metadata: Sequence[tuple[str, str]] = (), model: str = "summarize",

@@ -22,6 +22,7 @@ from services.backends.repository import set_control
 from services.backends.triton import TritonProcess
 from services.backends.wan import RelayRoute, WanRelay
 from tests.fixtures_backends import StartBackend, backend_mesh
+from tests.mesh_harness import eventually_sync
 
 pytestmark = pytest.mark.integration
 
@@ -61,6 +62,13 @@ def _inputs(x: np.ndarray) -> list[grpcclient.InferInput]:
     inp = grpcclient.InferInput("INPUT0", list(x.shape), "FP32")
     inp.set_data_from_numpy(x)
     return [inp]
+
+
+def _is_final(item: tuple[Any, Any]) -> bool:
+    result, error = item
+    assert error is None, error
+    params = result.get_response().parameters
+    return "triton_final_response" in params and params["triton_final_response"].bool_param
 
 
 def _median_ms(client: grpcclient.InferenceServerClient, model: str, calls: int = 20) -> float:
@@ -145,10 +153,13 @@ def test_decoupled_model_streams_one_response_per_token(shared: TritonProcess) -
     x = np.full((1, INPUT_DIM), 0.25, np.float32)
     c.start_stream(callback=lambda result, error: results.put((result, error)))
     try:
-        c.async_stream_infer("gen", _inputs(x), request_id="r1")
-        got = [results.get(timeout=30) for _ in range(TOKENS)]
-        time.sleep(0.3)
-        assert results.empty(), "more responses than tokens"
+        # The empty final response marks the end: everything before it is a token.
+        c.async_stream_infer("gen", _inputs(x), request_id="r1",
+                             enable_empty_final_response=True)
+        got = []
+        while not _is_final(item := results.get(timeout=30)):
+            got.append(item)
+        assert len(got) == TOKENS, f"{len(got)} responses for {TOKENS} tokens"
     finally:
         c.stop_stream()
         c.close()
@@ -163,10 +174,12 @@ def test_slow_factor_slows_calls_without_restart(client: Any, shared: TritonProc
     pid = shared.pid
     base = _median_ms(client, "heavy", calls=10)
     set_control(shared.repository, slow_factor=4.0)
-    time.sleep(0.3)
+    eventually_sync(lambda: _median_ms(client, "heavy", calls=3) > 2 * base, 10,
+                    "the model picks up slow_factor 4")
     slowed = _median_ms(client, "heavy", calls=10)
     set_control(shared.repository, slow_factor=1.0)
-    time.sleep(0.3)
+    eventually_sync(lambda: _median_ms(client, "heavy", calls=3) < slowed / 2, 10,
+                    "the model picks up slow_factor 1")
     restored = _median_ms(client, "heavy", calls=10)
 
     assert slowed > 2 * base, (base, slowed)
@@ -178,12 +191,21 @@ def test_slow_factor_slows_calls_without_restart(client: Any, shared: TritonProc
 def test_hang_exceeds_client_timeout_then_recovers(client: Any, shared: TritonProcess) -> None:
     x = np.ones((1, INPUT_DIM), np.float32)
     set_control(shared.repository, hang=True)
-    time.sleep(0.3)
-    t0 = time.perf_counter()
-    with pytest.raises(InferenceServerException) as info:
-        client.infer("tiny", _inputs(x), client_timeout=0.5)
-    assert "DEADLINE_EXCEEDED" in str(info.value.status())
-    assert time.perf_counter() - t0 < 3
+    failed: list[tuple[str, float]] = []  # (status, seconds) of the first call that failed
+
+    def fails() -> bool:  # until the model has read the knob, calls are answered
+        t0 = time.perf_counter()
+        try:
+            client.infer("tiny", _inputs(x), client_timeout=0.5)
+        except InferenceServerException as exc:
+            failed.append((str(exc.status()), time.perf_counter() - t0))
+            return True
+        return False
+
+    eventually_sync(fails, 10, "a hung model fails a call")
+    status, seconds = failed[0]
+    assert "DEADLINE_EXCEEDED" in status
+    assert seconds < 3
 
     set_control(shared.repository, hang=False)
     out = client.infer("tiny", _inputs(x), client_timeout=10).as_numpy("OUTPUT0")
@@ -200,9 +222,7 @@ def test_sigkill_leaves_no_server_and_clients_see_unavailable(
 
     pid = proc.pid
     proc.kill(signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while proc.alive and time.monotonic() < deadline:
-        time.sleep(0.05)
+    eventually_sync(lambda: not proc.alive, 10, "the SIGKILLed tritonserver is reaped")
     assert proc.returncode == -signal.SIGKILL
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # reaped, not a zombie
@@ -211,10 +231,8 @@ def test_sigkill_leaves_no_server_and_clients_see_unavailable(
     assert "UNAVAILABLE" in str(info.value.status())
     c.close()
     proc.stop()
-    deadline = time.monotonic() + 5  # SIGKILL lands asynchronously; init reaps the orphans
-    while _session_members(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert _session_members(pid) == [], "Python stubs outlived their server"
+    # SIGKILL lands asynchronously; init reaps the orphans.
+    eventually_sync(lambda: _session_members(pid) == [], 5, "Python stubs outlived their server")
 
 
 def _session_members(sid: int) -> list[int]:

@@ -12,6 +12,7 @@ from services.api.switchyard.v1 import fleet_pb2
 from services.discovery import ConsulSettings, DiscoveryState, DiscoveryUnavailable, HealthCheck
 from services.discovery.consul import ConsulDiscovery
 from tests.consul_fake import FakeConsul
+from tests.mesh_harness import eventually
 
 TOKEN = "acl-token-for-tests"
 BASE_PRICE = fleet_pb2.Price(accelerator="nvidia-l4", cloud="gcp", region="*",
@@ -109,11 +110,7 @@ async def test_index_reset_restarts_the_loop_and_keeps_delivering(
     fake.force_index_reset(to=2)
     # A query already blocked is woken at once; one sent just after the restore waits out
     # its `wait` (as in Consul) and then sees the lower index.
-    for _ in range(300):
-        if disco.health_index.resets:
-            break
-        await asyncio.sleep(0.01)
-    assert disco.health_index.resets >= 1
+    await eventually(lambda: disco.health_index.resets >= 1, 3, "the index reset is seen")
     fake.set_check_status("b1", "critical")  # index 3: only seen if the loop really reset
     await until(updates, lambda s: "b1" not in s.backend_ids(), within_s=3)
 
@@ -175,9 +172,13 @@ async def test_wrong_token_is_refused_and_reported(fake: FakeConsul) -> None:
 
 async def test_blocking_queries_block_and_carry_the_index(fake: FakeConsul,
                                                           disco: ConsulDiscovery) -> None:
+    def health_reads() -> list[str]:
+        return [path for method, path, _ in fake.requests if "/v1/health/service/" in path]
+
     await disco.snapshot()
-    await asyncio.sleep(0.3)
-    health = [path for method, path, _ in fake.requests if "/v1/health/service/" in path]
+    await eventually(lambda: fake.blocked >= 1 and any("index=" in p for p in health_reads()),
+                     5, "a blocking health query held by Consul")
+    health = health_reads()
     assert "index=" not in health[0]  # the first read does not block
     assert all("passing=1" in p for p in health)
     assert any("index=" in p and "wait=" in p for p in health[1:])

@@ -6,9 +6,10 @@ import pathlib
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
+
+from tests.mesh_harness import eventually_sync
 
 pytestmark = pytest.mark.integration
 
@@ -49,13 +50,13 @@ allowed_regions = ["r-east"]
 
 
 def wait_for(proc: subprocess.Popen[str], log: pathlib.Path, text: str, within_s: float) -> None:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
+    def logged() -> bool:
         if text in log.read_text():
-            return
+            return True
         assert proc.poll() is None, log.read_text()[-2000:]
-        time.sleep(0.1)
-    raise AssertionError(f"{text!r} not logged: {log.read_text()[-2000:]}")
+        return False
+
+    eventually_sync(logged, within_s, f"{text!r} logged in {log}")
 
 
 def test_sighup_reloads_policies_and_a_broken_file_is_refused(tmp_path: pathlib.Path) -> None:

@@ -13,7 +13,7 @@ from collections import Counter
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from tests.mesh_harness import call, mesh_config, running_mesh, start_tritons, warm
+from tests.mesh_harness import call, eventually, mesh_config, running_mesh, start_tritons, warm
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
@@ -46,12 +46,13 @@ async def test_sigkill_of_the_serving_backend_loses_no_call(tmp_path: pathlib.Pa
             threads = [threading.Thread(target=client) for _ in range(4)]
             for t in threads:
                 t.start()
-            await asyncio.sleep(1.5)
+            await eventually(lambda: sum(served.values()) >= 20, 10, "load under way")
             victim = served.most_common(1)[0][0].split("/")[0]
             assert victim == "central-cheap", served  # the cheapest takes loose-SLO traffic
             tritons[victim].kill(signal.SIGKILL)
             killed_at.append(time.monotonic())
-            await asyncio.sleep(2.5)
+            await eventually(lambda: sum(after_kill.values()) > 20, 10,
+                             "calls started after the kill answered")
             stop.set()
             for t in threads:
                 await asyncio.to_thread(t.join, 30)

@@ -96,7 +96,10 @@ async def test_catalog_drives_route_tables(fake: FakeConsul,
         await until(running, lambda t: any(c.cost_usd > before * 5 for c in t.candidates))
 
         fake.set_unavailable(True)  # Consul away: nothing is dropped from routing
-        await asyncio.sleep(0.5)
+        n = len(fake.requests)
+        await eventually(lambda: sum("/v1/health/service/" in path
+                                     for _, path, _ in fake.requests[n:]) >= 3,
+                         5, "placement reads the catalog while Consul is away (and retries)")
         assert any(c.backend_id == "consul-l4" for c in (await table(running)).candidates)
         fake.set_unavailable(False)
 

@@ -22,6 +22,7 @@ from services.config import MeshConfig
 from services.security.settings import SecuritySettings, TenantSettings
 from tests.mesh_harness import (
     Mesh,
+    eventually,
     mesh_config,
     running_mesh,
     summarize_input,
@@ -168,10 +169,26 @@ async def test_residency_region_down_is_unavailable_not_served_elsewhere(
     code, tr, _ = await infer(channel, [WEST, ("x-slo-ms", "400")])
     assert code is grpc.StatusCode.OK and tr["x-served-region"] == "r-west"
     await asyncio.to_thread(mesh.tritons["west-cheap"].stop, 5)
-    for _ in range(8):  # before and after the edge ejects it, and after placement drops it
-        code, tr, details = await infer(channel, [WEST, ("x-slo-ms", "400")])
+    # Calls all along: before and after the edge ejects it, and after placement drops it.
+    answers: list[tuple[grpc.StatusCode, dict[str, str], str]] = []
+    stop = asyncio.Event()
+
+    async def keep_calling() -> None:
+        while not stop.is_set():
+            answers.append(await infer(channel, [WEST, ("x-slo-ms", "400")]))
+
+    caller = asyncio.create_task(keep_calling())
+    try:
+        await eventually(lambda: not any(c.backend_id == "west-cheap" and not c.dropped_reason
+                                         for c in mesh.edge.router.store.candidates["summarize"]),
+                         15, "placement drops west-cheap from the edge's table")
+        n = len(answers)
+        await eventually(lambda: len(answers) > n, 10, "a call after the drop")
+    finally:
+        stop.set()
+        await caller
+    for code, tr, details in answers:
         assert code is grpc.StatusCode.UNAVAILABLE, (code, tr, details)
         assert tr.get("x-served-region", "r-west") == "r-west"
-        await asyncio.sleep(0.25)
     code, tr, _ = await infer(channel, [("x-slo-ms", "400")])  # everyone else: served
     assert code is grpc.StatusCode.OK and tr["x-served-region"] != "r-west"

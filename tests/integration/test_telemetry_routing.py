@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
@@ -23,6 +23,7 @@ from services.config import MeshConfig
 from tests.mesh_harness import (
     Mesh,
     call,
+    eventually,
     mesh_config,
     running_mesh,
 )
@@ -55,15 +56,6 @@ def candidate(mesh: Mesh, deployment: str):  # type: ignore[no-untyped-def]
                 if c.deployment_id == deployment)
 
 
-async def until(cond: Callable[[], bool], within_s: float) -> float:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < within_s:
-        if cond():
-            return time.monotonic() - t0
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"condition not met within {within_s} s")
-
-
 async def served(mesh: Mesh, slo: str, n: int = 5) -> set[str]:
     return {(await asyncio.to_thread(call, mesh, [("x-slo-ms", slo)]))["x-served-by"]
             for _ in range(n)}
@@ -81,7 +73,7 @@ async def test_gpu_fault_moves_traffic_away_and_back(mesh: Mesh, nvml: FakeNvml,
         if fault == "throttle":
             # Throttling penalises compute (×clock ratio): an SLO between the estimates before
             # and after the penalty no longer fits the throttled GPU.
-            times.append(await until(lambda: candidate(mesh, dep).penalty_reason.startswith(
+            times.append(await eventually(lambda: candidate(mesh, dep).penalty_reason.startswith(
                 "GPU"), REROUTE_BOUND_S))
             after = candidate(mesh, dep)
             # Just under the penalised estimate (the unpenalised one is lower by at least
@@ -89,12 +81,12 @@ async def test_gpu_fault_moves_traffic_away_and_back(mesh: Mesh, nvml: FakeNvml,
             budget = after.latency_p95_ms - 0.2 * after.compute_ms * 1.3
             assert CHEAP not in {s.split("/")[0] for s in await served(mesh, f"{budget + 2:.2f}")}
         else:
-            times.append(await until(lambda: bool(candidate(mesh, dep).dropped_reason),
-                                     REROUTE_BOUND_S))
+            times.append(await eventually(lambda: bool(candidate(mesh, dep).dropped_reason),
+                                          REROUTE_BOUND_S))
             assert CHEAP not in {s.split("/")[0] for s in await served(mesh, "400")}
         nvml.recover(1)
-        await until(lambda: not candidate(mesh, dep).dropped_reason
-                    and not candidate(mesh, dep).penalty_reason, REROUTE_BOUND_S)
+        await eventually(lambda: not candidate(mesh, dep).dropped_reason
+                         and not candidate(mesh, dep).penalty_reason, REROUTE_BOUND_S)
     assert await served(mesh, "400") == {dep}  # recovered: the cheapest again
     print(f"\n{fault}: telemetry change → edge route change: median "
           f"{statistics.median(times) * 1000:.0f} ms, max {max(times) * 1000:.0f} ms "
@@ -108,11 +100,11 @@ async def test_price_change_makes_traffic_follow(mesh: Mesh) -> None:
         accelerator="gpu-cheap", cloud="gcp", region="*", price_class="spot",
         usd_per_gpu_hour=50.0, source="test", as_of="2026-11-22")])
     await stub.UpdatePrices(up, None)  # type: ignore[arg-type]
-    await until(lambda: candidate(mesh, f"{CHEAP}/summarize-small").cost_usd > 1e-5, 2.0)
+    await eventually(lambda: candidate(mesh, f"{CHEAP}/summarize-small").cost_usd > 1e-5, 2.0)
     assert await served(mesh, "400") == {"west-cheap/summarize-small"}
     up.prices[0].usd_per_gpu_hour = 0.30
     await stub.UpdatePrices(up, None)  # type: ignore[arg-type]
-    await until(lambda: candidate(mesh, f"{CHEAP}/summarize-small").cost_usd < 1e-5, 2.0)
+    await eventually(lambda: candidate(mesh, f"{CHEAP}/summarize-small").cost_usd < 1e-5, 2.0)
 
 
 async def test_slower_backend_loses_tight_slo_traffic(mesh: Mesh,
