@@ -241,10 +241,14 @@ class NodeAgent:
     async def _produce(self, boxes: list[Mailbox]) -> None:
         """Read everything once per interval and give every session the same round."""
         while not self._stopping:
-            reports = await self.reports()
-            for box in boxes:
-                box.put(reports)
-            self.rounds += 1
+            try:
+                reports = await self.reports()
+            except Exception:  # a bad round must not end telemetry for good
+                self._log.exception("agent.read_failed", action="skipping this round")
+            else:
+                for box in boxes:
+                    box.put(reports)
+                self.rounds += 1
             await self._sleep(self.interval_s)
 
     async def _loop(self, replicas: list[str], box: Mailbox) -> None:

@@ -152,7 +152,7 @@ class GpuSource:
         if self._reader is not None:
             await self._run(self._reader.close)
             self._reader = None
-        self._executor.shutdown(wait=True)
+        self._executor.shutdown(wait=False)  # a hung driver call must not block the loop
 
     async def read(self, snaps: Mapping[str, Sequence[telemetry_pb2.ModelStats]]
                    ) -> dict[str, list[telemetry_pb2.GpuReading]]:

@@ -407,3 +407,24 @@ def test_switchyard_agent_takes_the_agents_own_flags() -> None:
                                 "--one-replica"])
     assert (args.gpus, args.backends, args.one_replica) == ("0,GPU-abc", "use1-t4", True)
     assert args.fn.__name__ == "cmd_agent"
+
+
+async def test_a_round_that_fails_to_read_is_skipped_not_fatal() -> None:
+    class Flaky(FakeStats):
+        async def read(self) -> TritonSnapshot:
+            self.total += 1
+            if self.total == 2:
+                raise RuntimeError("boom")
+            return await super().read()
+
+    fake = FakePlacement()
+    server, port = await serve_placement(fake)
+    agent = _agent(port, Sleeps(), stats_factory=lambda b: Flaky(b.variants))
+    with structlog.testing.capture_logs() as logs:
+        await agent.start()
+        try:
+            await wait_until(lambda: agent.rounds >= 4)
+        finally:
+            await agent.stop()
+            await server.stop(None)
+    assert any(e["event"] == "agent.read_failed" for e in logs)
