@@ -1,0 +1,201 @@
+"""The edge's contract with callers, against a running in-process mesh (real Triton, real gRPC,
+tritonclient): /metrics over HTTP, hints that cannot be weakened, policies nothing meets,
+limits that answer with trailers, and the control RPCs tritonclient expects (issue 10)."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+from collections.abc import AsyncIterator, Sequence
+
+import grpc
+import pytest
+import pytest_asyncio
+from prometheus_client.parser import text_string_to_metric_families
+from tritonclient.grpc import _utils as tc_utils
+from tritonclient.utils import InferenceServerException
+
+from services.backends.triton import TritonProcess
+from services.config import MeshConfig
+from services.edge.main import RunningEdge, start_edge
+from services.ports import free_port
+from tests.mesh_harness import Mesh, eventually, mesh_config, running_mesh, summarize_input
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
+
+INFER = "/inference.GRPCInferenceService/ModelInfer"
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory: pytest.TempPathFactory) -> MeshConfig:
+    return mesh_config(tmp_path_factory.mktemp("contract"), max_message_bytes=64 * 1024)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def mesh(cfg: MeshConfig, tritons: dict[str, TritonProcess]) -> AsyncIterator[Mesh]:
+    async with running_mesh(cfg, tritons) as m:
+        yield m
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def channel(mesh: Mesh) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(mesh.edge_address) as ch:
+        yield ch
+
+
+def request_bytes(model: str = "summarize", dim: int = 16) -> bytes:
+    req = tc_utils._get_inference_request(
+        model_name=model, inputs=[summarize_input(dim)], model_version="", request_id="",
+        outputs=None, sequence_id=0, sequence_start=False, sequence_end=False, priority=0,
+        timeout=None, parameters=None)
+    return bytes(req.SerializeToString())
+
+
+async def infer(ch: grpc.aio.Channel, md: Sequence[tuple[str, str]] = (),
+                raw: bytes | None = None, timeout: float | None = 5.0
+                ) -> tuple[grpc.StatusCode, dict[str, str], str]:
+    """(status, trailers, details) of one raw ModelInfer through the edge."""
+    call = ch.unary_unary(INFER)(raw if raw is not None else request_bytes(),
+                                 metadata=tuple(md), timeout=timeout)
+    try:
+        await call
+    except grpc.aio.AioRpcError as err:
+        return err.code(), dict(err.trailing_metadata() or ()), err.details() or ""
+    return grpc.StatusCode.OK, dict(await call.trailing_metadata() or ()), ""
+
+
+# -- /metrics over HTTP ------------------------------------------------------------------
+
+def scrape(port: int) -> dict[tuple[str, str, str], float]:
+    """switchyard_edge_calls_total by (model, deployment, status), read over HTTP."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    return {(s.labels["model"], s.labels["deployment"], s.labels["status"]): s.value
+            for fam in text_string_to_metric_families(text)
+            if fam.name == "switchyard_edge_calls" for s in fam.samples
+            if s.name == "switchyard_edge_calls_total"}
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def metered_edge(mesh: Mesh, cfg: MeshConfig) -> AsyncIterator[tuple[RunningEdge, int]]:
+    """A second edge, serving /metrics on a real port; it counts only this module's calls."""
+    edge_cfg = cfg.edges[0].model_copy(update={"id": "edge-metered"})
+    mport = free_port()
+    edge = await start_edge(cfg, edge_cfg, port=0,
+                            placement=[f"127.0.0.1:{mesh.placement.port}"], metrics_port=mport)
+    try:
+        await eventually(lambda: edge.router.store.candidates.get("summarize"), 30,
+                         "the metered edge gets its route table")
+        yield edge, mport
+    finally:
+        await edge.stop(0.5)
+
+
+async def test_metrics_count_every_call_once_with_its_status_and_bounded_labels(
+        metered_edge: tuple[RunningEdge, int]) -> None:
+    edge, mport = metered_edge
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{edge.port}") as ch:
+        ok, tr, _ = await infer(ch, [("x-slo-ms", "400")])
+        assert ok is grpc.StatusCode.OK
+        served = tr["x-served-by"]
+        # The backend's own error (wrong tensor shape) passes through and is counted as such.
+        bad, tr_bad, _ = await infer(ch, [("x-allowed-regions", "r-east")],
+                                     raw=request_bytes(dim=8))
+        assert bad is grpc.StatusCode.INVALID_ARGUMENT
+        # A model name the caller made up: NOT_FOUND, and never a label value.
+        missing, _, _ = await infer(ch, raw=request_bytes('evil"} 1\n# model-{{x}}'))
+        assert missing is grpc.StatusCode.NOT_FOUND
+        # A call the caller cancels while the edge waits on the (40 ms away) backend.
+        call = ch.unary_unary(INFER)(request_bytes(),
+                                     metadata=(("x-allowed-regions", "r-west"),))
+        loop = asyncio.get_running_loop()
+        until = loop.time() + 5
+        while not any(edge.router.inflight.values()):
+            assert loop.time() < until, "the call never reached the backend"
+            await asyncio.sleep(0.001)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        west = "west-cheap/summarize-small"
+        await eventually(lambda: (("summarize", west, "CANCELLED") in scrape(mport)), 10,
+                         "the cancelled call is counted")
+    got = scrape(mport)
+    failed = [d for (m, d, s) in got if (m, s) == ("summarize", "INVALID_ARGUMENT")]
+    assert len(failed) == 1 and failed[0].startswith("east-fast/"), got
+    assert got == {("summarize", served, "OK"): 1.0,
+                   ("summarize", failed[0], "INVALID_ARGUMENT"): 1.0,
+                   ("unknown", "", "NOT_FOUND"): 1.0,
+                   ("summarize", west, "CANCELLED"): 1.0}, got
+    assert tr_bad["x-request-id"]
+
+
+# -- policies and hints ------------------------------------------------------------------
+
+async def test_a_quality_floor_nothing_meets_is_failed_precondition_without_retry(
+        channel: grpc.aio.Channel) -> None:
+    code, tr, details = await infer(channel, [("x-min-quality", "1.0"),
+                                              ("x-request-id", "q1")])
+    assert code is grpc.StatusCode.FAILED_PRECONDITION, details
+    assert "best quality 0.9" in details and "regions" in details
+    assert "retry-after-ms" not in tr and tr["x-request-id"] == "q1"
+
+
+async def test_a_zero_cost_cap_is_a_cap(channel: grpc.aio.Channel) -> None:
+    code, tr, details = await infer(channel, [("x-max-cost-usd", "0")])
+    assert code is grpc.StatusCode.FAILED_PRECONDITION, (code, tr)
+    assert "lowest cost $" in details and "retry-after-ms" not in tr
+
+
+async def test_disagreeing_repeated_hints_are_rejected(channel: grpc.aio.Channel) -> None:
+    code, _, details = await infer(channel, [("x-min-quality", "0.9"),
+                                             ("x-min-quality", "0.1")])
+    assert code is grpc.StatusCode.INVALID_ARGUMENT
+    assert "x-min-quality" in details and "'0.9'" in details and "'0.1'" in details
+    code, tr, _ = await infer(channel, [("x-min-quality", "0.9"), ("x-min-quality", "0.9"),
+                                        ("x-slo-ms", "400")])
+    assert code is grpc.StatusCode.OK and tr["x-served-by"].endswith("summarize-large")
+
+
+# -- limits ------------------------------------------------------------------------------
+
+async def test_metadata_count_limit_is_exact_and_the_rejection_has_trailers(
+        channel: grpc.aio.Channel, cfg: MeshConfig) -> None:
+    limit = cfg.security.limits.max_metadata_count
+    md = [("x-request-id", "count-1"), *((f"x-k{i}", "v") for i in range(limit - 1))]
+    code, tr, details = await infer(channel, md)
+    assert code is grpc.StatusCode.OK, details  # exactly the limit of custom entries
+    code, tr, details = await infer(channel, [*md, ("x-one-more", "v")])
+    assert code is grpc.StatusCode.INVALID_ARGUMENT and f"{limit + 1} metadata" in details
+    assert tr["x-request-id"] == "count-1"
+    code, tr, _ = await infer(channel, [(f"x-k{i}", "v") for i in range(limit + 1)])
+    assert code is grpc.StatusCode.INVALID_ARGUMENT and len(tr["x-request-id"]) == 16
+
+
+# -- control RPCs through tritonclient ---------------------------------------------------
+
+async def test_server_metadata_and_statistics_answer_for_logical_models(mesh: Mesh) -> None:
+    def control() -> tuple[object, int, int, set[str], str]:
+        c = mesh.client()
+        meta = c.get_server_metadata()
+        before = c.get_inference_statistics(model_name="summarize")
+        x = summarize_input()
+        for _ in range(3):
+            c.infer("summarize", [x], headers={"x-slo-ms": "400"})
+        after = c.get_inference_statistics(model_name="summarize")
+        every = c.get_inference_statistics()
+        try:
+            c.get_inference_statistics(model_name="no-such-model")
+        except InferenceServerException as exc:
+            missing = str(exc.status())
+        else:
+            missing = "answered"
+        assert [s.name for s in after.model_stats] == ["summarize"]
+        return (meta, before.model_stats[0].inference_count,
+                after.model_stats[0].inference_count,
+                {s.name for s in every.model_stats}, missing)
+
+    meta, before, after, every, missing = await asyncio.to_thread(control)
+    assert meta.name == "switchyard-edge" and "statistics" in meta.extensions
+    assert after >= before + 3  # the calls just made, summed over the serving deployments
+    assert every == {"summarize", "generate"}
+    assert "NOT_FOUND" in missing
