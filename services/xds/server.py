@@ -1,10 +1,12 @@
-"""Placement's ADS server: Envoy edges subscribe over delta xDS and get their region's config.
+"""Placement's ADS server: Envoy edges subscribe over xDS and get their region's config.
 
-Each Envoy stream is a ``WatchRoutes`` watcher of the same ``RouteHub`` (so it sees exactly
-the tables Python edges see, coalesced the same way) plus a :class:`DeltaSession`. When the
-hub publishes a change for the stream's region, or Envoy (un)subscribes, ACKs or NACKs, the
-stream compiles the region's tables (once per hub version, shared by every Envoy of the
-region) and sends each resource type's difference, clusters first.
+Both ADS variants are served: ``DeltaAggregatedResources`` (what the bootstrap asks for) and
+``StreamAggregatedResources`` (state of the world). Each Envoy stream is a ``WatchRoutes``
+watcher of the same ``RouteHub`` (so it sees exactly the tables Python edges see, coalesced
+the same way) plus a session (``session.py``). When the hub publishes a change for the
+stream's region, or Envoy (un)subscribes, ACKs or NACKs, the stream compiles the region's
+tables (once per hub version, shared by every Envoy of the region) and sends what changed
+per resource type, clusters first.
 
 The node says who it is in its bootstrap: ``node.id`` is the edge id, ``node.cluster`` its
 region, and ``node.metadata`` holds ``listen_host``/``listen_port`` for the listener placement
@@ -15,7 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
 import structlog
@@ -39,10 +42,11 @@ from services.xds.resources import (
     listener,
     resource,
 )
-from services.xds.session import DeltaSession
+from services.xds.session import DeltaSession, SotwSession
 
 log = structlog.get_logger("switchyard.xds")
 ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+Session = DeltaSession | SotwSession
 
 
 class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
@@ -50,7 +54,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self.hub = hub
         self.profile = profile
         self.settings = settings
-        self.sessions: set[DeltaSession] = set()
+        self.sessions: set[Session] = set()
         self.pushes = 0
         self._compiled: dict[str, tuple[int, RegionConfig]] = {}
 
@@ -73,11 +77,25 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             self, request_iterator: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest],
             context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[discovery_pb2.DeltaDiscoveryResponse]:
+        async for resp in self._serve(request_iterator, DeltaSession):
+            yield resp
+
+    async def StreamAggregatedResources(  # noqa: N802 (the xDS method name)
+            self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest],
+            context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
+        async for resp in self._serve(request_iterator, SotwSession):
+            yield resp
+
+    async def _serve(self, request_iterator: AsyncIterator[Any],
+                     make_session: Callable[[str, str], Session]) -> AsyncIterator[Any]:
+        """One Envoy stream: requests in, pushes out whenever they or the region's tables
+        change; the stream's session decides what each push carries."""
         first = await anext(request_iterator, None)
         if first is None:
             return
         region, host, port = _node_placement(first.node)
-        session = DeltaSession(first.node.id, region)
+        session = make_session(first.node.id, region)
         watcher = self.hub.subscribe(first.node.id, region)
         self.sessions.add(session)
         inbox = [first]
@@ -102,7 +120,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
 
         tasks = [asyncio.create_task(read()), asyncio.create_task(follow())]
         log.info("xds_stream_open", node=session.node_id, region=region,
-                 listen=f"{host}:{port}")
+                 listen=f"{host}:{port}", protocol=type(session).__name__)
         try:
             while not closed.is_set() or inbox:
                 await kick.wait()
@@ -116,9 +134,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                     if resp is not None:
                         self.pushes += 1
                         log.debug("xds_push", node=session.node_id, type_url=t,
-                                  nonce=resp.nonce, resources=len(resp.resources),
-                                  removed=len(resp.removed_resources),
-                                  version=resp.system_version_info)
+                                  nonce=resp.nonce, resources=len(resp.resources))
                         yield resp
         finally:
             for task in tasks:
@@ -129,7 +145,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             self.hub.unsubscribe(watcher)
             self.sessions.discard(session)
             log.info("xds_stream_closed", node=session.node_id, region=region,
-                     acks=session.acks, nacks=len(session.nacks))
+                     acks=session.replies.acks, nacks=len(session.replies.nacks))
 
 
 def _node_placement(node: object) -> tuple[str, str, int]:

@@ -83,8 +83,7 @@ async def test_a_logical_name_is_served_by_the_variant_of_the_deployment_envoy_c
     assert result.as_numpy("OUTPUT0") is not None
 
 
-async def test_a_drained_backend_stops_serving_and_calls_move_to_another_deployment(
-        mesh: EnvoyMesh) -> None:
+async def _drain_and_watch_calls_move(mesh: EnvoyMesh) -> None:
     _, trailers = await asyncio.to_thread(mesh.call)
     drained = trailers["x-served-by"].split("/", 1)[0]
     async with grpc.aio.insecure_channel(f"127.0.0.1:{mesh.placement.port}") as ch:
@@ -99,17 +98,37 @@ async def test_a_drained_backend_stops_serving_and_calls_move_to_another_deploym
         seen.append(tr["x-served-by"])
         return not tr["x-served-by"].startswith(drained + "/")
 
-    async def poll() -> float:
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
-        while not await asyncio.to_thread(moved):
-            assert loop.time() - t0 < 10, f"calls still served by drained {drained}: {seen}"
-        return loop.time() - t0
-
-    await poll()
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    while not await asyncio.to_thread(moved):
+        assert loop.time() - t0 < 10, f"calls still served by drained {drained}: {seen}"
     after = [(await asyncio.to_thread(mesh.call))[1]["x-served-by"] for _ in range(5)]
     assert not any(s.startswith(drained + "/") for s in after), after
     assert all(s.split("/", 1)[0] != drained for s in mesh.order())
+
+
+async def test_a_drained_backend_stops_serving_and_calls_move_to_another_deployment(
+        mesh: EnvoyMesh) -> None:
+    await _drain_and_watch_calls_move(mesh)
+
+
+async def test_state_of_the_world_ads_configures_an_envoy_the_same_way(
+        cfg: MeshConfig, mesh: EnvoyMesh, tmp_path: pathlib.Path) -> None:
+    node, bootstrap = prepare(cfg, cfg.edges[0], placement=[f"127.0.0.1:{mesh.placement.port}"],
+                              port=free_port(), run_dir=tmp_path, delta=False, name="sotw")
+    sotw = EnvoyEdge(node, bootstrap, concurrency=1)
+    sotw.start()
+    try:
+        await eventually(sotw.ready, 20, "the SotW Envoy listens")
+        only_sotw = EnvoyMesh(mesh.placement, sotw)
+        result, trailers = await asyncio.to_thread(only_sotw.call)
+        assert result.get_response().model_name == trailers["x-served-by"].split("/", 1)[1]
+        assert mesh.placement.ads is not None
+        assert {type(s).__name__ for s in mesh.placement.ads.sessions} == {"DeltaSession",
+                                                                            "SotwSession"}
+        await _drain_and_watch_calls_move(only_sotw)
+    finally:
+        sotw.stop()
 
 
 def _infer_request(model: str, floats: int = 16) -> bytes:

@@ -8,7 +8,7 @@ from google.rpc import status_pb2
 from structlog.testing import capture_logs
 
 from services.xds.resources import CLUSTER, ROUTE, Resource, resource
-from services.xds.session import DeltaSession
+from services.xds.session import DeltaSession, SotwSession
 
 
 def _clusters(**content: int) -> dict[str, Resource]:
@@ -75,9 +75,31 @@ def test_a_nack_is_logged_with_envoys_error_and_the_stream_keeps_serving() -> No
             code=3, message="Proto constraint validation failed: cluster a")))
     assert [(e["event"], e["error"]) for e in logs] == [
         ("xds_nack", "Proto constraint validation failed: cluster a")]
-    assert s.nacks[0].nonce == resp.nonce and s.acks == 0
+    assert s.replies.nacks[0].nonce == resp.nonce and s.replies.acks == 0
     assert s.push(CLUSTER, _clusters(a=1), "1") is None  # the rejected content is not resent
     fixed = s.push(CLUSTER, _clusters(a=5), "2")  # the next change goes out as usual
     assert fixed is not None and [r.name for r in fixed.resources] == ["a"]
     s.receive(_req(CLUSTER, response_nonce=fixed.nonce))
-    assert s.acks == 1 and not s.nonces
+    assert s.replies.acks == 1 and not s.replies.outstanding
+
+
+def test_state_of_the_world_sends_the_whole_set_only_when_it_or_the_subscription_moved() -> None:
+    s = SotwSession("edge-1", "r-east")
+    s.receive(discovery_pb2.DiscoveryRequest(type_url=CLUSTER))
+    first = s.push(CLUSTER, _clusters(a=1, b=2), "1")
+    assert first is not None and len(first.resources) == 2
+    s.receive(discovery_pb2.DiscoveryRequest(type_url=CLUSTER, response_nonce=first.nonce,
+                                             version_info=first.version_info))
+    assert s.replies.acks == 1
+    assert s.push(CLUSTER, _clusters(a=1, b=2), "1") is None  # same set: nothing
+    second = s.push(CLUSTER, _clusters(a=1), "2")  # b is gone: omitted from the whole set
+    assert second is not None and len(second.resources) == 1
+    assert second.version_info != first.version_info
+    s.receive(discovery_pb2.DiscoveryRequest(type_url=ROUTE, resource_names=["routes:r-east"]))
+    routes = s.push(ROUTE, _clusters(**{"routes:r-east": 1, "routes:r-west": 1}), "2")
+    assert routes is not None and len(routes.resources) == 1
+    nack = status_pb2.Status(code=3, message="bad route")
+    s.receive(discovery_pb2.DiscoveryRequest(type_url=ROUTE, resource_names=["routes:r-east"],
+                                             response_nonce=routes.nonce, error_detail=nack))
+    assert s.replies.nacks[-1].message == "bad route"
+    assert s.push(ROUTE, _clusters(**{"routes:r-east": 1}), "2") is None  # not resent as is

@@ -50,8 +50,10 @@ def _resolved(addresses: Sequence[str]) -> bool:
     return True
 
 
-def bootstrap(node: EnvoyNode, placement: Sequence[str]) -> dict[str, Any]:
-    """The bootstrap as a dict (Envoy reads it as JSON); checked against the Bootstrap proto."""
+def bootstrap(node: EnvoyNode, placement: Sequence[str], delta: bool = True) -> dict[str, Any]:
+    """The bootstrap as a dict (Envoy reads it as JSON); checked against the Bootstrap proto.
+
+    ``delta``: delta ADS (the default); False asks for state-of-the-world ADS."""
     ads = {"ads": {}, "resource_api_version": "V3"}
     config: dict[str, Any] = {
         "node": {"id": node.edge_id, "cluster": node.region,
@@ -59,7 +61,7 @@ def bootstrap(node: EnvoyNode, placement: Sequence[str]) -> dict[str, Any]:
                               "listen_port": node.listen_port}},
         "admin": {"address": _socket(f"127.0.0.1:{node.admin_port}")},
         "dynamic_resources": {
-            "ads_config": {"api_type": "DELTA_GRPC", "transport_api_version": "V3",
+            "ads_config": {"api_type": "DELTA_GRPC" if delta else "GRPC", "transport_api_version": "V3",
                            "set_node_on_first_message_only": True,
                            "grpc_services": [{"envoy_grpc": {
                                "cluster_name": PLACEMENT_CLUSTER}}]},
@@ -80,7 +82,8 @@ def bootstrap(node: EnvoyNode, placement: Sequence[str]) -> dict[str, Any]:
     return config
 
 
-def write_bootstrap(path: pathlib.Path, node: EnvoyNode, placement: Sequence[str]) -> pathlib.Path:
+def write_bootstrap(path: pathlib.Path, node: EnvoyNode, placement: Sequence[str],
+                    delta: bool = True) -> pathlib.Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(bootstrap(node, placement), indent=2))
+    path.write_text(json.dumps(bootstrap(node, placement, delta), indent=2))
     return path

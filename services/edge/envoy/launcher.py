@@ -47,14 +47,14 @@ def envoy_command(bootstrap: pathlib.Path, concurrency: int | None = None,
 
 
 def prepare(cfg: MeshConfig, edge: EdgeConfig, placement: Sequence[str] | None = None,
-            port: int | None = None, run_dir: pathlib.Path | None = None
-            ) -> tuple[EnvoyNode, pathlib.Path]:
+            port: int | None = None, run_dir: pathlib.Path | None = None, delta: bool = True,
+            name: str | None = None) -> tuple[EnvoyNode, pathlib.Path]:
     """Choose the admin port and write the bootstrap; returns the node and the file."""
     node = EnvoyNode(edge.id, edge.region, edge.host, edge.port if port is None else port,
                      free_port())
     base = run_dir or cfg.path(cfg.run_dir)
-    path = write_bootstrap(base / "envoy" / f"{edge.id}.json", node,
-                           list(placement or placement_addresses(cfg)))
+    path = write_bootstrap(base / "envoy" / f"{name or edge.id}.json", node,
+                           list(placement or placement_addresses(cfg)), delta)
     return node, path
 
 
