@@ -117,7 +117,8 @@ class NodeAgent:
     followed by its ``replicas``. ``gpus``: which GPUs (``--gpus``, see
     :mod:`services.agent.gpus`). ``nvml``: a pynvml-like module (default the real one).
     ``simulated``: the fallback source (default a fresh one). ``nvml_retry_s``: first and
-    longest wait between NVML retries while it is unavailable.
+    longest wait between NVML retries while it is unavailable. ``replicas``: looks the
+    placement replicas up again (see :meth:`run`).
     """
 
     def __init__(self, config: MeshConfig, backend_ids: Sequence[str], *,
@@ -137,6 +138,8 @@ class NodeAgent:
                  max_backoff_s: float = 5.0,
                  nvml_retry_s: tuple[float, float] = (1.0, 60.0),
                  fan_out: bool = False,
+                 replicas: Callable[[], Awaitable[Sequence[str]]] | None = None,
+                 replicas_every_s: float = 30.0,
                  discovery: Any = None) -> None:
         by_id = {b.id: b for b in config.backends}
         unknown = [b for b in backend_ids if b not in by_id]
@@ -160,6 +163,10 @@ class NodeAgent:
         self._initial_backoff_s = initial_backoff_s
         self._max_backoff_s = max_backoff_s
         self.fan_out = fan_out
+        self._replica_lookup = replicas
+        self._replicas_every_s = replicas_every_s
+        # session key (replica address; "" for the one in-turn session) -> its mailbox, task
+        self._sessions: dict[str, tuple[Mailbox, asyncio.Task[None]]] = {}
         # A services.discovery.Discovery (Consul): each backend is registered there too,
         # with a gRPC health check on Triton's port, and deregistered at stop.
         self.discovery = discovery
@@ -231,14 +238,56 @@ class NodeAgent:
     # -- the loops -------------------------------------------------------------------
 
     async def run(self) -> None:
-        """One producer, and a session loop per replica (``fan_out``) or one for all."""
-        groups = ([[a] for a in self.placement] if self.fan_out and len(self.placement) > 1
-                  else [self.placement])
-        boxes = [Mailbox() for _ in groups]
-        await asyncio.gather(self._produce(boxes),
-                             *(self._loop(g, box) for g, box in zip(groups, boxes, strict=True)))
+        """One producer, and a session loop per replica (``fan_out``) or one for all.
 
-    async def _produce(self, boxes: list[Mailbox]) -> None:
+        With ``replicas`` (e.g. the Consul catalog) the replica set is looked up again every
+        ``replicas_every_s``: a new replica (a restarted pod has a new address) gets its own
+        session, one that left is closed; an empty or failed lookup changes nothing.
+        """
+        if not self.fan_out:
+            box = Mailbox()
+            self._sessions[""] = (box, asyncio.create_task(self._loop(self.placement, box)))
+        else:
+            self._sync_replicas(self.placement)
+        try:
+            await asyncio.gather(self._produce(), self._follow_replicas())
+        finally:
+            for _, task in self._sessions.values():
+                task.cancel()
+            await asyncio.gather(*(t for _, t in self._sessions.values()),
+                                 return_exceptions=True)
+            self._sessions.clear()
+
+    @property
+    def replicas(self) -> list[str]:
+        """The placement replicas with a session of their own now (``fan_out``)."""
+        return [a for a in self._sessions if a]
+
+    def _sync_replicas(self, addresses: Sequence[str]) -> None:
+        for address in addresses:
+            if address not in self._sessions:
+                box = Mailbox()
+                self._sessions[address] = (box, asyncio.create_task(
+                    self._loop([address], box), name=f"agent-session-{address}"))
+        for address in [a for a in self._sessions if a not in addresses]:
+            self._sessions.pop(address)[1].cancel()
+            self._log.info("agent.replica_left", placement=address)
+
+    async def _follow_replicas(self) -> None:
+        if self._replica_lookup is None or not self.fan_out:
+            return
+        while not self._stopping:
+            await self._sleep(self._replicas_every_s)
+            try:
+                found = list(await self._replica_lookup())
+            except Exception as exc:  # a lookup that fails keeps the sessions we have
+                self._log.warning("agent.replica_lookup_failed", error=repr(exc))
+                continue
+            if found and set(found) != set(self.replicas):
+                self._log.info("agent.replicas_changed", was=self.replicas, now=found)
+                self._sync_replicas(found)
+
+    async def _produce(self) -> None:
         """Read everything once per interval and give every session the same round."""
         while not self._stopping:
             try:
@@ -246,7 +295,7 @@ class NodeAgent:
             except Exception:  # a bad round must not end telemetry for good
                 self._log.exception("agent.read_failed", action="skipping this round")
             else:
-                for box in boxes:
+                for box, _ in self._sessions.values():
                     box.put(reports)
                 self.rounds += 1
             await self._sleep(self.interval_s)

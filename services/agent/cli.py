@@ -107,7 +107,11 @@ def agent_config(args: argparse.Namespace, env: dict[str, str]) -> tuple[MeshCon
 
 def build_agent(args: argparse.Namespace, env: dict[str, str], *,
                 placement: list[str] | None = None, discovery: Any = None) -> NodeAgent:
-    """The ``NodeAgent`` the flags describe (not started); ``placement`` overrides the flag."""
+    """The ``NodeAgent`` the flags describe (not started); ``placement`` overrides the flag.
+
+    With ``discovery`` (Consul) the placement replicas are looked up in its catalog again
+    every 30 s, so a replica that restarts at a new address gets this agent's telemetry.
+    """
     config, ids = agent_config(args, env)
     return NodeAgent(
         config, ids,
@@ -117,6 +121,7 @@ def build_agent(args: argparse.Namespace, env: dict[str, str], *,
         simulated=SimulatedGpuSource(control_file=args.simulated_faults),
         fan_out=not args.one_replica,
         channel_factory=transport.channel_factory(config.security, "agent"),
+        replicas=None if discovery is None else lambda: _catalog_placement(discovery),
         discovery=discovery)
 
 

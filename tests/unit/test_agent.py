@@ -428,3 +428,32 @@ async def test_a_round_that_fails_to_read_is_skipped_not_fatal() -> None:
             await agent.stop()
             await server.stop(None)
     assert any(e["event"] == "agent.read_failed" for e in logs)
+
+
+async def test_replicas_looked_up_again_get_sessions_and_leavers_lose_theirs() -> None:
+    a, b = FakePlacement(), FakePlacement()
+    (sa, pa), (sb, pb) = await serve_placement(a), await serve_placement(b)
+    catalog = [f"127.0.0.1:{pa}"]
+
+    async def lookup() -> list[str]:
+        return list(catalog)
+
+    agent = _agent(pa, Sleeps(), fan_out=True, replicas=lookup, replicas_every_s=0.5,
+                   placement=list(catalog))
+    await agent.start()
+    try:
+        await wait_until(lambda: len(a.reports) >= 2)
+        catalog[:] = [f"127.0.0.1:{pb}"]  # replica A's pod restarted as B
+        await wait_until(lambda: len(b.reports) >= 2)
+        await wait_until(lambda: agent.replicas == [f"127.0.0.1:{pb}"])
+        seen_by_a = len(a.reports)
+        await wait_until(lambda: len(b.reports) >= seen_by_a + 6)
+        assert len(a.reports) <= seen_by_a + 2  # at most the round in flight
+        catalog[:] = []  # Consul has no answer: keep what we have
+        await wait_until(lambda: agent.rounds >= 20)
+        assert agent.replicas == [f"127.0.0.1:{pb}"]
+    finally:
+        await agent.stop()
+        await sa.stop(None)
+        await sb.stop(None)
+    assert sorted(r.backend.id for r in b.registered) == ["use1-h100", "use1-t4"]
