@@ -84,19 +84,17 @@ async def _read(call: grpc.aio.StreamStreamCall, pump: asyncio.Task[None]) -> ob
     if pump.done() and pump.exception() is None:
         return await call.read()
     read = asyncio.ensure_future(call.read())
+    read.add_done_callback(_retrieve)
     try:
         await asyncio.wait({read, pump}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        if not read.done():
-            read.cancel()
-        read.add_done_callback(_retrieve)
-    if read.done() and not read.cancelled():
-        return read.result()
-    exc = pump.exception()
-    if exc is not None:
+    except BaseException:
+        read.cancel()
+        raise
+    if not read.done() and pump.exception() is not None:
+        read.cancel()
         call.cancel()
-        raise exc
-    return await call.read()
+        raise pump.exception()  # type: ignore[misc]
+    return await read  # the pump ended normally (the caller half-closed): keep reading
 
 
 def _retrieve(t: asyncio.Future[Any]) -> None:
