@@ -174,13 +174,13 @@ async def start_edge(cfg: MeshConfig, edge: EdgeConfig, port: int | None = None,
     health = HealthChecker(store, upstreams, outliers, router.blocked, link, slow_start,
                            router.backend_outliers, rt.health_interval_s)
     server = grpc.aio.server(options=[
-        ("grpc.max_receive_message_length", rt.max_message_bytes),
+        ("grpc.max_receive_message_length", transport.receive_limit(rt.max_message_bytes)),
         ("grpc.max_send_message_length", rt.max_message_bytes),
         ("grpc.so_reuseport", 1),
         *transport.server_options(cfg.security.limits),
     ])
     gate = TenantGate(cfg.security, {r.name: r.cloud for r in cfg.regions})
-    inference = InferenceService(router, gate=gate)
+    inference = InferenceService(router, gate=gate, max_message_bytes=rt.max_message_bytes)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
         SERVICE, inference.handlers()),))
     edge_pb2_grpc.add_EdgeAdminServicer_to_server(EdgeAdminService(edge.id, router, link),

@@ -23,6 +23,7 @@ from services.edge.router import CallRecord, Router
 from services.edge.stream import route_stream
 from services.grpc_errors import abort, status_of
 from services.security.tenants import TenantGate
+from services.security.transport import check_message_size
 
 SERVICE = "inference.GRPCInferenceService"
 # Triton protocol extensions the edge answers (ServerMetadata lists them).
@@ -35,8 +36,12 @@ except _metadata.PackageNotFoundError:  # running from a source tree without ins
 
 class InferenceService:
     def __init__(self, router: Router, server_name: str = "switchyard-edge",
-                 gate: TenantGate | None = None) -> None:
+                 gate: TenantGate | None = None, max_message_bytes: int | None = None
+                 ) -> None:
+        """``max_message_bytes``: checked here, so the refusal carries trailers (the server
+        receives up to ``transport.receive_limit`` of it)."""
         self.router = router
+        self.max_message_bytes = max_message_bytes
         self.gate = gate
         self.server_name = server_name
 
@@ -46,6 +51,8 @@ class InferenceService:
         metadata = context.invocation_metadata()
         record = CallRecord(hint_parser.request_id(metadata), "")  # echoed even on rejection
         try:
+            if self.max_message_bytes is not None:
+                check_message_size(len(raw), self.max_message_bytes)
             if self.gate is not None:
                 record.admission = self.gate.admit(metadata, context.auth_context)
             response = await self.router.infer(raw, metadata, context.time_remaining(), record)
@@ -66,7 +73,7 @@ class InferenceService:
         try:
             if self.gate is not None:
                 record.admission = self.gate.admit(metadata, context.auth_context)
-            async for resp in route_stream(self.router, requests, metadata,
+            async for resp in route_stream(self.router, self._sized(requests), metadata,
                                            context.time_remaining(), record, context):
                 yield resp
         except SwitchyardError as exc:
@@ -77,6 +84,13 @@ class InferenceService:
             if record.admission is not None:
                 record.admission.release()
         context.set_trailing_metadata(record.trailers())
+
+    async def _sized(self, requests: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """A stream's requests, each held to ``max_message_bytes`` as a unary request is."""
+        async for raw in requests:
+            if self.max_message_bytes is not None:
+                check_message_size(len(raw), self.max_message_bytes)
+            yield raw
 
     # -- control RPCs --------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 import structlog
 
-from placement.errors import ConfigError
+from placement.errors import ConfigError, MessageTooLarge
 from services.security.settings import LimitsSettings, SecuritySettings
 
 log = structlog.get_logger("switchyard.security")
@@ -67,6 +67,25 @@ def channel_credentials(sec: SecuritySettings, role: str) -> grpc.ChannelCredent
     return grpc.ssl_channel_credentials(root_certificates=_read(sec.ca_file, "ca_file"),
                                         private_key=_read(key, "key_file"),
                                         certificate_chain=_read(cert, "cert_file"))
+
+
+# A server that checks request size itself, so its refusal carries trailers (the edge), lets
+# gRPC receive up to this much more than its limit; past that, gRPC's own refusal (no
+# trailers) still bounds memory.
+RECEIVE_HEADROOM_BYTES = 1 << 20
+
+
+def receive_limit(max_message_bytes: int) -> int:
+    """``grpc.max_receive_message_length`` for a server that enforces ``max_message_bytes``
+    itself with :func:`check_message_size`."""
+    return max_message_bytes + RECEIVE_HEADROOM_BYTES
+
+
+def check_message_size(size: int, max_message_bytes: int) -> None:
+    """``MessageTooLarge`` (RESOURCE_EXHAUSTED, naming the limit) for an oversized request."""
+    if size > max_message_bytes:
+        raise MessageTooLarge(f"request of {size} bytes is larger than max_message_bytes "
+                              f"({size} vs. {max_message_bytes})")
 
 
 def server_options(limits: LimitsSettings) -> list[tuple[str, Any]]:

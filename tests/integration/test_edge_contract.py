@@ -199,3 +199,21 @@ async def test_server_metadata_and_statistics_answer_for_logical_models(mesh: Me
     assert after >= before + 3  # the calls just made, summed over the serving deployments
     assert every == {"summarize", "generate"}
     assert "NOT_FOUND" in missing
+
+
+async def test_an_oversized_request_is_refused_with_the_limit_and_trailers(
+        channel: grpc.aio.Channel, cfg: MeshConfig) -> None:
+    limit = cfg.edge.max_message_bytes
+    big = request_bytes(dim=limit // 4 + 16)  # FP32: just over the limit
+    code, tr, details = await infer(channel, [("x-request-id", "big-1")], raw=big)
+    assert code is grpc.StatusCode.RESOURCE_EXHAUSTED and str(limit) in details, details
+    assert tr["x-request-id"] == "big-1"
+    stream = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")(
+        metadata=(("x-request-id", "big-2"),), timeout=5)
+    await stream.write(request_bytes("generate", dim=limit // 4 + 16))
+    await stream.done_writing()
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for _ in stream:
+            pass
+    assert err.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert dict(err.value.trailing_metadata() or ())["x-request-id"] == "big-2"
