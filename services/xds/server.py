@@ -56,6 +56,8 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self.settings = settings
         self.sessions: set[Session] = set()
         self.pushes = 0
+        self.pushed_bytes = 0  # serialized responses, for the push-cost benchmark
+        self.on_reply: Callable[[Session], None] | None = None  # hook: Envoy ACKed or NACKed
         self._compiled: dict[str, tuple[int, RegionConfig]] = {}
 
     def region_config(self, region: str) -> RegionConfig:
@@ -125,14 +127,18 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             while not closed.is_set() or inbox:
                 await kick.wait()
                 kick.clear()
+                replied = any(req.response_nonce for req in inbox)
                 for req in inbox:
                     session.receive(req)
                 inbox.clear()
+                if replied and self.on_reply is not None:
+                    self.on_reply(session)
                 offered = self.offer(region, host, port)
                 for t in TYPES:
                     resp = session.push(t, offered[t], str(self.hub.version))
                     if resp is not None:
                         self.pushes += 1
+                        self.pushed_bytes += resp.ByteSize()
                         log.debug("xds_push", node=session.node_id, type_url=t,
                                   nonce=resp.nonce, resources=len(resp.resources))
                         yield resp

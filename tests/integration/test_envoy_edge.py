@@ -81,6 +81,9 @@ async def test_a_logical_name_is_served_by_the_variant_of_the_deployment_envoy_c
     assert trailers["x-served-region"] == (
         mesh.placement.service.fleet.backends[backend].backend.region)
     assert result.as_numpy("OUTPUT0") is not None
+    assert mesh.placement.ads is not None
+    (session,) = mesh.placement.ads.sessions
+    assert session.replies.acks >= 3 and not session.replies.nacks  # Envoy took every push
 
 
 async def _drain_and_watch_calls_move(mesh: EnvoyMesh) -> None:
