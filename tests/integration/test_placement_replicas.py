@@ -51,7 +51,7 @@ async def test_killing_one_replica_loses_nothing(tmp_path: pathlib.Path) -> None
 
             def load() -> None:
                 nonlocal served
-                end = time.monotonic() + 15
+                end = time.monotonic() + 60  # a bound, not the test's pace: stop ends it
                 while not stop.is_set() and time.monotonic() < end:
                     try:
                         call(mesh, [("x-slo-ms", "400")], timeout_s=2.0)
@@ -78,12 +78,14 @@ async def test_killing_one_replica_loses_nothing(tmp_path: pathlib.Path) -> None
                        for c in edge.router.store.candidates["summarize"]
                        if c.backend_id == "central-cheap")
             drained_at = served
-            await eventually(lambda: served > max(drained_at + 5, 20), 10,
+            # Progress after the drain is what matters, not a total that depends on how
+            # fast a loaded machine serves (a total of 20 flaked at 14-18 under load).
+            await eventually(lambda: served >= drained_at + 5, 20,
                              "calls served after the drain")
             stop.set()
             await asyncio.to_thread(t.join, 30)
             assert failures == []
-            assert served > 20
+            assert served >= drained_at + 5
         finally:
             await edge.stop(0.2)
             await agent.stop()
