@@ -1,0 +1,434 @@
+"""Capacity planner: how many GPUs each pool runs and which variants each loads (issue 13).
+
+Pure (no I/O, no clock); the solver is scipy's HiGHS (``scipy.optimize.milp``). A *pool* is
+GPUs of one kind (cloud × region × accelerator × price class); every GPU of a pool loads the
+same variants. Variables, with ``k`` a demand class (model, quality floor, SLO, edge region):
+
+- ``n[p]`` integer GPUs; ``y[p,v]`` binary, variant ``v`` loaded on pool ``p``;
+- ``t[p,l]`` binary, pool ``p`` runs at utilisation tier ``l`` (``settings.tiers``), and
+  ``m[p,l]`` integer, its GPUs counted at that tier (``n[p] = Σ_l m[p,l]``);
+- ``x[k,p,v] >= 0`` calls/s of ``k`` served by ``v`` on ``p``.
+
+Minimise ``Σ_p usd_per_gpu_hour(p) · n[p]`` (plus a tiny cost per loaded variant) subject to
+
+- **demand**: ``Σ_{p,v} x[k,p,v] = rate(k)``; ``x[k,p,v] <= rate(k) · y[p,v]``; ``y <= n``;
+- **SLO**: ``x[k,p,v] <= rate(k) · Σ_{l : tier_l <= ρ*(k,p,v)} t[p,l]``, ``Σ_l t[p,l] <= 1``,
+  where ``ρ*`` is the highest utilisation at which the brain's p95 estimate
+  (:mod:`placement.latency`: ``rtt + compute·ρ/(c·(1−ρ)) + 1.3·compute``, an M/M/c-style
+  queue with ``c`` = one GPU's concurrency, conservative for pools of several GPUs) stays
+  within the class's SLO: ``ρ* = a/(1+a)``, ``a = c·(slo − rtt − 1.3·compute)/compute``;
+- **capacity**: ``Σ x[k,p,v]·compute(p,v)/1000 <= c·(1 − reclaim_risk(p))·Σ_l tier_l·m[p,l]``
+  (spot GPUs count only for the share the cloud is expected to leave us);
+- **memory**: ``Σ_v y[p,v]·footprint(v) <= (1 − headroom)·gpu_memory(p)``;
+- **region loss** (``survive_region_loss``): for each (model, quality floor) with demand and
+  each region ``R``, some variant meeting the floor is loaded on a pool outside ``R``;
+- **spot**: each class with demand has a feasible variant loaded on an on-demand pool.
+
+When the solver finds no plan, the families above are dropped one at a time and the first
+whose removal makes the problem feasible is named (:class:`Infeasible`). Hysteresis is
+:func:`decide`: a proposed plan replaces the current one only if the current one no longer
+fits the demand, or if its saving over ``horizon_h`` exceeds the churn it costs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+from scipy.optimize import Bounds, LinearConstraint, milp  # type: ignore[import-untyped]
+from scipy.sparse import coo_matrix  # type: ignore[import-untyped]
+
+from placement.latency import COMPUTE_P95_FACTOR, MAX_RHO
+
+ON_DEMAND = "on-demand"
+LOAD_TIEBREAK_USD = 1e-4  # per loaded variant: never load what serves nothing
+FloatArray = npt.NDArray[np.float64]
+GPU_BOUND = 100_000.0  # big-M for GPU counts; a pool's own limit is its variable's bound
+FAMILIES = ("spot", "region_loss", "memory", "max_gpus")
+
+
+@dataclass(frozen=True, slots=True)
+class PlanVariant:
+    """A model variant as the planner sees it: footprint per GPU, compute on a speed-1 GPU."""
+
+    name: str
+    model: str
+    quality: float
+    memory_gb: float
+    compute_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class PlanPool:
+    """GPUs of one kind in one region at one price class."""
+
+    id: str
+    cloud: str
+    region: str
+    accelerator: str
+    price_class: str
+    usd_per_gpu_hour: float
+    gpu_memory_gb: float
+    speed: float = 1.0  # compute time = variant.compute_ms / speed
+    concurrency_per_gpu: int = 1
+    reclaim_risk: float = 0.0  # expected share of spot capacity taken back; 0 on-demand
+    max_gpus: int = 64
+    variants: frozenset[str] = frozenset()  # allowed here; empty = every variant
+
+    def compute_ms(self, v: PlanVariant) -> float:
+        return v.compute_ms / self.speed
+
+
+@dataclass(frozen=True, slots=True)
+class DemandClass:
+    """Forecast calls/s of one model at one quality floor and SLO from one edge region."""
+
+    model: str
+    min_quality: float
+    slo_ms: float
+    edge_region: str
+    rate_rps: float
+
+    @property
+    def key(self) -> str:
+        return f"{self.model}/q>={self.min_quality:g}/{self.slo_ms:g}ms/{self.edge_region}"
+
+
+@dataclass(frozen=True, slots=True)
+class PlannerSettings:
+    memory_headroom: float = 0.1  # share of each GPU's memory left free
+    survive_region_loss: bool = True
+    tiers: tuple[float, ...] = (0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9)
+    slo_margin_ms: float = 0.0
+    time_limit_s: float = 30.0
+    mip_rel_gap: float = 1e-4
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    pools: tuple[PlanPool, ...]
+    variants: tuple[PlanVariant, ...]
+    demand: tuple[DemandClass, ...]
+    rtt_ms: Callable[[str, str], float]  # (edge region, pool region) -> RTT
+    settings: PlannerSettings = field(default_factory=PlannerSettings)
+
+
+@dataclass(frozen=True, slots=True)
+class PoolPlan:
+    pool: str
+    gpus: int
+    variants: tuple[str, ...]
+    utilisation: float  # expected: work / (GPUs × concurrency)
+    utilisation_cap: float  # the highest ρ every class served here tolerates (its SLO)
+    usd_per_hour: float
+    serves: tuple[tuple[str, str, float], ...]  # (class key, variant, calls/s)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    pools: tuple[PoolPlan, ...]  # pools with at least one GPU, cheapest-per-hour first
+    usd_per_hour: float
+
+    def gpus(self) -> dict[str, int]:
+        return {p.pool: p.gpus for p in self.pools}
+
+    def loaded(self) -> dict[str, frozenset[str]]:
+        return {p.pool: frozenset(p.variants) for p in self.pools}
+
+    def explain(self) -> str:
+        lines = [f"plan: ${self.usd_per_hour:.2f}/h"]
+        for p in self.pools:
+            lines.append(f"  {p.pool}: {p.gpus} GPU(s) ${p.usd_per_hour:.2f}/h, "
+                         f"{','.join(p.variants)}, utilisation {p.utilisation:.0%} "
+                         f"(cap {p.utilisation_cap:.0%})")
+            lines.extend(f"    {key} via {v}: {rps:.2f}/s" for key, v, rps in p.serves)
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class Infeasible:
+    """No plan exists; ``constraint`` is the family that blocks it (see the module doc)."""
+
+    constraint: str  # "quality", "slo", "spot", "region_loss", "memory", "max_gpus", ...
+    detail: str
+
+    def explain(self) -> str:
+        return f"infeasible ({self.constraint}): {self.detail}"
+
+
+def max_utilisation(rtt_ms: float, compute_ms: float, concurrency: int, slo_ms: float) -> float:
+    """Highest ρ at which ``placement.latency``'s p95 stays within ``slo_ms`` (0 = never)."""
+    budget = slo_ms - rtt_ms - compute_ms * COMPUTE_P95_FACTOR
+    if budget <= 0:
+        return 0.0
+    a = budget * max(concurrency, 1) / compute_ms
+    return min(a / (1.0 + a), MAX_RHO)
+
+
+class _Rows:
+    """Sparse constraint rows grouped by family, so a family can be dropped."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[int, int, float]] = []
+        self.lb: list[float] = []
+        self.ub: list[float] = []
+        self.family: list[str] = []
+
+    def add(self, coefs: Mapping[int, float], lb: float, ub: float, family: str) -> None:
+        row = len(self.lb)
+        self.entries.extend((row, col, val) for col, val in coefs.items())
+        self.lb.append(lb)
+        self.ub.append(ub)
+        self.family.append(family)
+
+    def constraint(self, n_vars: int, drop: str) -> LinearConstraint:
+        keep = [i for i, f in enumerate(self.family) if f != drop]
+        index = {r: i for i, r in enumerate(keep)}
+        ents = [(index[r], c, v) for r, c, v in self.entries if r in index]
+        a = coo_matrix(([e[2] for e in ents], ([e[0] for e in ents], [e[1] for e in ents])),
+                       shape=(len(keep), n_vars)).tocsr()
+        return LinearConstraint(a, [self.lb[i] for i in keep], [self.ub[i] for i in keep])
+
+
+@dataclass
+class _Model:
+    problem: Problem
+    cost: list[float] = field(default_factory=list)
+    integral: list[int] = field(default_factory=list)
+    upper: list[float] = field(default_factory=list)
+    n: dict[str, int] = field(default_factory=dict)
+    y: dict[tuple[str, str], int] = field(default_factory=dict)
+    m: dict[tuple[str, int], int] = field(default_factory=dict)
+    x: dict[tuple[int, str, str], int] = field(default_factory=dict)
+    rho: dict[int, float] = field(default_factory=dict)  # per x column: ρ* of its class
+    rows: _Rows = field(default_factory=_Rows)
+
+    def var(self, cost: float, integral: bool, upper: float) -> int:
+        self.cost.append(cost)
+        self.integral.append(int(integral))
+        self.upper.append(upper)
+        return len(self.cost) - 1
+
+
+def _allowed(p: PlanPool, v: PlanVariant) -> bool:
+    return not p.variants or v.name in p.variants
+
+
+def _build(problem: Problem) -> _Model:
+    s = problem.settings
+    md = _Model(problem)
+    t: dict[tuple[str, int], int] = {}
+    for p in problem.pools:
+        md.n[p.id] = md.var(p.usd_per_gpu_hour, True, p.max_gpus)
+        for v in problem.variants:
+            if _allowed(p, v):
+                md.y[p.id, v.name] = md.var(LOAD_TIEBREAK_USD, True, 1)
+                md.rows.add({md.y[p.id, v.name]: 1.0, md.n[p.id]: -1.0}, -math.inf, 0, "link")
+        for li in range(len(s.tiers)):
+            t[p.id, li] = md.var(0.0, True, 1)
+            md.m[p.id, li] = md.var(0.0, True, p.max_gpus)
+            md.rows.add({md.m[p.id, li]: 1.0, t[p.id, li]: -GPU_BOUND}, -math.inf, 0, "link")
+        md.rows.add({t[p.id, li]: 1.0 for li in range(len(s.tiers))}, -math.inf, 1, "link")
+        md.rows.add({md.n[p.id]: 1.0, **{md.m[p.id, li]: -1.0 for li in range(len(s.tiers))}},
+                    0, 0, "link")
+        mem = {md.y[p.id, v.name]: v.memory_gb for v in problem.variants if (p.id, v.name) in md.y}
+        md.rows.add(mem, -math.inf, (1 - s.memory_headroom) * p.gpu_memory_gb, "memory")
+    work: dict[str, dict[int, float]] = defaultdict(dict)
+    for ki, k in enumerate(problem.demand):
+        if k.rate_rps <= 0:
+            continue
+        served: dict[int, float] = {}
+        for p in problem.pools:
+            rtt = problem.rtt_ms(k.edge_region, p.region)
+            for v in problem.variants:
+                if (p.id, v.name) not in md.y or v.model != k.model or v.quality < k.min_quality:
+                    continue
+                rho = max_utilisation(rtt, p.compute_ms(v), p.concurrency_per_gpu,
+                                      k.slo_ms - s.slo_margin_ms)
+                tiers = [li for li, lvl in enumerate(s.tiers) if lvl <= rho + 1e-9]
+                if not tiers:
+                    continue
+                xi = md.x[ki, p.id, v.name] = md.var(0.0, False, k.rate_rps)
+                md.rho[xi] = rho
+                served[xi] = 1.0
+                md.rows.add({xi: 1.0, md.y[p.id, v.name]: -k.rate_rps}, -math.inf, 0, "link")
+                md.rows.add({xi: 1.0, **{t[p.id, li]: -k.rate_rps for li in tiers}}, -math.inf,
+                            0, "slo")
+                work[p.id][xi] = p.compute_ms(v) / 1000.0
+        md.rows.add(served, k.rate_rps, k.rate_rps, "demand")
+    for p in problem.pools:
+        share = p.concurrency_per_gpu * (1.0 - p.reclaim_risk)
+        coefs = dict(work[p.id])
+        for li, lvl in enumerate(s.tiers):
+            coefs[md.m[p.id, li]] = -share * lvl
+        md.rows.add(coefs, -math.inf, 0, "capacity")
+    _policy_rows(md)
+    return md
+
+
+def _policy_rows(md: _Model) -> None:
+    problem = md.problem
+    by_id = {p.id: p for p in problem.pools}
+    floors = {(k.model, k.min_quality) for k in problem.demand if k.rate_rps > 0}
+    if problem.settings.survive_region_loss:
+        regions = sorted({p.region for p in problem.pools})
+        for model, floor in sorted(floors):
+            ys = [(by_id[pid].region, col) for (pid, vname), col in md.y.items()
+                  if _variant(problem, vname).model == model
+                  and _variant(problem, vname).quality >= floor]
+            for r in regions:
+                md.rows.add({col: 1.0 for reg, col in ys if reg != r}, 1, math.inf,
+                            "region_loss")
+    for ki, k in enumerate(problem.demand):
+        if k.rate_rps <= 0:
+            continue
+        cols = {md.y[pid, v]: 1.0 for (kj, pid, v) in md.x
+                if kj == ki and by_id[pid].price_class == ON_DEMAND}
+        md.rows.add(cols, 1, math.inf, "spot")
+
+
+def _variant(problem: Problem, name: str) -> PlanVariant:
+    return next(v for v in problem.variants if v.name == name)
+
+
+def _precheck(problem: Problem) -> Infeasible | None:
+    s = problem.settings
+    for k in problem.demand:
+        if k.rate_rps <= 0:
+            continue
+        pairs = [(p, v) for p in problem.pools for v in problem.variants
+                 if _allowed(p, v) and v.model == k.model and v.quality >= k.min_quality]
+        if not pairs:
+            return Infeasible("quality", f"{k.key}: no pool may load a variant of quality "
+                                         f">= {k.min_quality:g}")
+        best = min(problem.rtt_ms(k.edge_region, p.region)
+                   + p.compute_ms(v) * COMPUTE_P95_FACTOR for p, v in pairs)
+        if max(max_utilisation(problem.rtt_ms(k.edge_region, p.region), p.compute_ms(v),
+                               p.concurrency_per_gpu, k.slo_ms - s.slo_margin_ms)
+               for p, v in pairs) < min(s.tiers):
+            return Infeasible("slo", f"{k.key}: best p95 on offer is {best:.0f} ms even idle, "
+                                     f"SLO {k.slo_ms:g} ms")
+    return None
+
+
+def _solve(md: _Model, drop: str = "", fixed: Plan | None = None) -> FloatArray | None:
+    s = md.problem.settings
+    lower = np.zeros(len(md.cost))
+    upper = np.array(md.upper, dtype=float)
+    if drop == "max_gpus":
+        for p in md.problem.pools:
+            upper[md.n[p.id]] = GPU_BOUND
+            for li in range(len(s.tiers)):
+                upper[md.m[p.id, li]] = GPU_BOUND
+    if fixed is not None:
+        gpus, loaded = fixed.gpus(), fixed.loaded()
+        for pid, col in md.n.items():
+            lower[col] = upper[col] = gpus.get(pid, 0)
+        for (pid, v), col in md.y.items():
+            lower[col] = upper[col] = float(v in loaded.get(pid, frozenset()))
+    res = milp(np.array(md.cost), integrality=np.array(md.integral),
+               bounds=Bounds(lower, upper), constraints=md.rows.constraint(len(md.cost), drop),
+               options={"time_limit": s.time_limit_s, "mip_rel_gap": s.mip_rel_gap})
+    if res.x is None:
+        return None
+    return np.asarray(res.x)
+
+
+def _read(md: _Model, x: FloatArray) -> Plan:
+    problem = md.problem
+    pools = []
+    for p in problem.pools:
+        gpus = round(x[md.n[p.id]])
+        if gpus == 0:
+            continue
+        loaded = tuple(sorted(v for (pid, v), col in md.y.items() if pid == p.id and x[col] > .5))
+        serves = tuple((problem.demand[ki].key, v, float(x[col]))
+                       for (ki, pid, v), col in md.x.items() if pid == p.id and x[col] > 1e-9)
+        work = sum(rps * p.compute_ms(_variant(problem, v)) / 1000.0 for _, v, rps in serves)
+        cap = min((md.rho[col] for (_, pid, _), col in md.x.items()
+                   if pid == p.id and x[col] > 1e-9), default=MAX_RHO)
+        pools.append(PoolPlan(p.id, gpus, loaded, work / (gpus * p.concurrency_per_gpu), cap,
+                              gpus * p.usd_per_gpu_hour, serves))
+    pools.sort(key=lambda pp: (pp.usd_per_hour, pp.pool))
+    return Plan(tuple(pools), sum(pp.usd_per_hour for pp in pools))
+
+
+def plan(problem: Problem) -> Plan | Infeasible:
+    """The cheapest plan for ``problem``'s demand, or which constraint makes one impossible."""
+    pre = _precheck(problem)
+    if pre is not None:
+        return pre
+    md = _build(problem)
+    x = _solve(md)
+    if x is not None:
+        return _read(md, x)
+    for family in FAMILIES:
+        if _solve(md, drop=family) is not None:
+            return Infeasible(family, _FAMILY_DETAIL[family])
+    return Infeasible("combined", "no single constraint family explains it; capacity, "
+                                  "memory and placement rules conflict together")
+
+
+_FAMILY_DETAIL = {
+    "spot": "some class has on-demand capacity nowhere within its SLO",
+    "region_loss": "some (model, quality floor) cannot be loaded in two regions",
+    "memory": "the variants needed do not fit GPU memory with the headroom",
+    "max_gpus": "the pools' GPU limits cannot carry the forecast within SLO",
+}
+
+
+def evaluate(problem: Problem, current: Plan) -> Plan | Infeasible:
+    """``current``'s GPUs and variants under ``problem``'s demand (flows re-optimised)."""
+    md = _build(problem)
+    x = _solve(md, fixed=current)
+    if x is None:
+        return Infeasible("current", "the current placement cannot serve this forecast")
+    return _read(md, x)
+
+
+@dataclass(frozen=True, slots=True)
+class ChurnCost:
+    """What changing the placement costs, against what the new plan saves over ``horizon_h``."""
+
+    usd_per_gpu_change: float = 0.5  # cold start / drain of one GPU added or removed
+    usd_per_variant_change: float = 0.1  # one load or unload
+    horizon_h: float = 1.0  # until the next scheduled re-plan
+
+    def of(self, before: Plan, after: Plan) -> float:
+        g0, g1, l0, l1 = before.gpus(), after.gpus(), before.loaded(), after.loaded()
+        gpu = sum(abs(g1.get(p, 0) - g0.get(p, 0)) for p in set(g0) | set(g1))
+        var = sum(len(l1.get(p, frozenset()) ^ l0.get(p, frozenset())) for p in set(l0) | set(l1))
+        return gpu * self.usd_per_gpu_change + var * self.usd_per_variant_change
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    adopt: bool
+    reason: str
+    plan: Plan  # the plan to run: the proposal if adopted, else the current one re-evaluated
+    saving_usd: float
+    churn_usd: float
+
+
+def decide(problem: Problem, current: Plan | None, churn: ChurnCost) -> Decision | Infeasible:
+    """Re-plan with hysteresis: adopt the optimum only if it pays for its churn."""
+    proposed = plan(problem)
+    if isinstance(proposed, Infeasible):
+        return proposed
+    if current is None:
+        return Decision(True, "no current plan", proposed, 0.0, 0.0)
+    now = evaluate(problem, current)
+    cost = churn.of(current, proposed)
+    if isinstance(now, Infeasible):
+        return Decision(True, "the current plan no longer serves the forecast", proposed,
+                        0.0, cost)
+    saving = (now.usd_per_hour - proposed.usd_per_hour) * churn.horizon_h
+    if saving > cost:
+        return Decision(True, f"saves ${saving:.2f} over {churn.horizon_h:g} h, churn "
+                              f"${cost:.2f}", proposed, saving, cost)
+    return Decision(False, f"saving ${saving:.2f} over {churn.horizon_h:g} h does not pay for "
+                           f"churn ${cost:.2f}", now, saving, cost)
