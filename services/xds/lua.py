@@ -1,6 +1,9 @@
 """The two Lua scripts placement pushes to Envoy edges.
 
-``MODEL_NAME`` runs on the listener (downstream): for a unary ``ModelInfer`` it walks the
+``model_name_script`` runs on the listener (downstream). For a unary ``ModelInfer`` it first
+refuses hints Envoy cannot honour yet (``UNIMPLEMENTED``, never served more loosely), turns
+``x-slo-ms`` (or, without it, the call's deadline minus the margin) into whole milliseconds,
+rounded down, in ``x-switchyard-slo-ms`` for the routes' SLO classes; then it walks the
 top-level fields of the buffered request (skipping each by its wire type and length, never
 copying tensor payloads) and sets ``x-switchyard-model`` to the *last* field-1 value, as a
 protobuf parser would, then clears the route cache so routes can match the header. A caller's
@@ -21,6 +24,11 @@ from __future__ import annotations
 
 MODEL_HEADER = "x-switchyard-model"
 VARIANT_HEADER = "x-switchyard-variant"
+SLO_HEADER = "x-switchyard-slo-ms"
+# Hints the Envoy edge cannot honour yet: a call carrying one is refused (UNIMPLEMENTED),
+# never served more loosely than it asked.
+UNSUPPORTED_HINTS = ("x-min-quality", "x-max-cost-usd", "x-allowed-regions", "x-fail-fast",
+                     "x-routing-profile")
 METADATA_NAMESPACE = "switchyard"
 INFER_PATH = "/inference.GRPCInferenceService/ModelInfer"
 
@@ -41,7 +49,7 @@ local function varint(body, pos, stop)
 end
 """
 
-MODEL_NAME = _VARINT + rf"""
+_MODEL_NAME = _VARINT + rf"""
 local NOT_PARSED = "request bytes do not parse as a ModelInferRequest"
 
 -- The model name, or nil, a gRPC status code and a message.
@@ -86,22 +94,74 @@ local function model_name(body)
   return name
 end
 
+local UNSUPPORTED = {{{", ".join(f'"{h}"' for h in UNSUPPORTED_HINTS)}}}
+local UNITS = {{H = 3600000, M = 60000, S = 1000, m = 1, u = 0.001, n = 0.000001}}
+
+local function reply(handle, code, message)
+  -- a trailers-only gRPC answer: the caller gets this status, never UNKNOWN
+  handle:respond({{[":status"] = "200", ["content-type"] = "application/grpc",
+                  ["grpc-status"] = tostring(code), ["grpc-message"] = message}}, nil)
+end
+
+-- The call's SLO in whole ms, rounded down (never looser than asked); nil: the model's
+-- default; false and a message: a bad x-slo-ms (as services/edge/hints.py words it).
+local function slo_ms(headers)
+  local n = headers:getNumValues("x-slo-ms")
+  if n > 0 then
+    local first = headers:getAtIndex("x-slo-ms", 0)
+    for i = 1, n - 1 do
+      local other = headers:getAtIndex("x-slo-ms", i)
+      if other ~= first then
+        return false, "metadata x-slo-ms='" .. first .. "': repeated with a different value '"
+                      .. other .. "'"
+      end
+    end
+    local v = tonumber(first)
+    if v == nil or v ~= v or v < 0.001 or v > 3600000 then
+      return false, "metadata x-slo-ms='" .. first .. "': must be a number of milliseconds "
+                    .. "within [0.001, 3600000]"
+    end
+    return math.floor(v)
+  end
+  local timeout = headers:get("grpc-timeout")
+  if timeout ~= nil then
+    local digits, unit = string.match(timeout, "^(%d+)([HMSmun])$")
+    if digits ~= nil then
+      local slo = tonumber(digits) * UNITS[unit] - DEADLINE_MARGIN_MS
+      if slo < 1 then slo = 1 end
+      return math.floor(slo)
+    end
+  end
+  return nil
+end
+
 function envoy_on_request(handle)
   local headers = handle:headers()
   headers:remove("{MODEL_HEADER}")
   headers:remove("{VARIANT_HEADER}")
+  headers:remove("{SLO_HEADER}")
   if headers:get(":path") ~= "{INFER_PATH}" then return end
+  for _, hint in ipairs(UNSUPPORTED) do
+    if headers:get(hint) ~= nil then
+      reply(handle, 12, "hint " .. hint .. " is not supported by the Envoy edge yet; "
+                        .. "call a Python edge for it")
+      return
+    end
+  end
+  local slo, why = slo_ms(headers)
+  if slo == false then
+    reply(handle, 3, why)
+    return
+  end
+  if slo ~= nil then headers:replace("{SLO_HEADER}", string.format("%d", slo)) end
   local body = handle:body()
   if body == nil then
-    handle:respond({{[":status"] = "200", ["content-type"] = "application/grpc",
-                    ["grpc-status"] = "3", ["grpc-message"] = NOT_PARSED .. " (no body)"}}, nil)
+    reply(handle, 3, NOT_PARSED .. " (no body)")
     return
   end
   local name, code, message = model_name(body)
   if name == nil then
-    -- trailers-only gRPC reply: the caller gets this status, never UNKNOWN
-    handle:respond({{[":status"] = "200", ["content-type"] = "application/grpc",
-                    ["grpc-status"] = tostring(code), ["grpc-message"] = message}}, nil)
+    reply(handle, code, message)
     return
   end
   -- wrappers do not survive the yield inside body(): fetch the headers again
@@ -109,6 +169,12 @@ function envoy_on_request(handle)
   handle:clearRouteCache()
 end
 """
+
+
+def model_name_script(deadline_margin_ms: float) -> str:
+    """The listener's Lua: hints checked, SLO class header set, model name read."""
+    return f"local DEADLINE_MARGIN_MS = {float(deadline_margin_ms)!r}\n" + _MODEL_NAME
+
 
 VARIANT_REWRITE = rf"""
 local function encode_varint(n)

@@ -5,19 +5,19 @@ What an Envoy edge of region R gets, per logical model M:
 - one cluster per deployment ``dep:<deployment_id>`` (one endpoint, the backend; its variant,
   backend and region in endpoint metadata under ``switchyard``). It depends only on the
   deployment, never on load or prices, so a placement change does not rebuild it;
-- one aggregate cluster ``model:<M>`` whose children are the deployments in failover order
-  (:func:`failover_order`): Envoy sends each call to the first child with healthy hosts and a
-  retry (``previous_priorities``) to the next one. Its upstream filters copy the chosen
-  endpoint's variant into a header and rewrite the request's model name (``lua.py``);
-- in the route configuration ``routes:<R>``, a route matching ``x-switchyard-model: M`` (the
-  header the listener's Lua filter sets from the request body) to ``model:<M>``, or, when no
-  deployment may serve M, a local 503 (UNAVAILABLE to gRPC callers).
+- one aggregate cluster ``model:<M>:<hash>`` per distinct failover order (``order.py``):
+  Envoy sends each call to the first child with healthy hosts and a retry
+  (``previous_priorities``) to the next one. It is named by its order, so it stays the same
+  while the order does; its upstream filters copy the chosen endpoint's variant into a header
+  and rewrite the request's model name (``lua.py``);
+- in the route configuration ``routes:<R>``, routes matching ``x-switchyard-model: M`` (the
+  header the listener's Lua filter sets from the request body) and the call's SLO class
+  (``x-switchyard-slo-ms``, whole ms, set by the same filter from ``x-slo-ms`` or the
+  deadline) to the aggregate of that class's order; without either, the model's default
+  SLO's order; when no deployment may serve M, a local 503 (UNAVAILABLE to gRPC callers).
 
-The order is not a second brain: it is placement's own pipeline (``Profile.explain``) run on
-the table with the model's default SLO, in the order ``Profile.choose`` would fall back
-through: feasible deployments cheapest first, then the ones only the hard filters keep,
-fastest first. Resources are built as dicts shaped like Envoy's YAML and parsed into the
-``xds-protos`` messages, which checks every field name.
+Resources are built as dicts shaped like Envoy's YAML and parsed into the ``xds-protos``
+messages, which checks every field name.
 """
 
 from __future__ import annotations
@@ -56,20 +56,20 @@ from envoy.extensions.upstreams.http.v3 import (  # noqa: F401
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from placement.model import CallContext, Candidate, Hints
 from placement.pipeline import Profile
 from services.api.switchyard.v1 import placement_pb2
 from services.convert import candidate_from_pb
 from services.xds import lua
+from services.xds.order import SloClass, failover_order, slo_classes
 
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
-TYPES = (CLUSTER, LISTENER, ROUTE)  # the order a push sends them in (make before break)
 LISTENER_NAME = "ingress"
 
 _T = "type.googleapis.com/"
 _HEADROOM = 64 * 1024  # gRPC framing, headers, the appended model name
+_NO_END = 2**62  # range_match end for the last SLO class
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +79,7 @@ class EnvoySettings:
     max_message_bytes: int = 16 * 1024 * 1024
     max_attempts: int = 3
     slo_margin_ms: float = 2.0
+    deadline_margin_ms: float = 5.0  # no x-slo-ms: SLO = the call's deadline minus this
     connect_timeout_s: float = 1.0
 
     @property
@@ -97,8 +98,10 @@ def cluster_name(deployment_id: str) -> str:
     return f"dep:{deployment_id}"
 
 
-def model_cluster_name(model: str) -> str:
-    return f"model:{model}"
+def model_cluster_name(model: str, order: Sequence[str]) -> str:
+    """Named by its content: the same order keeps the same cluster across pushes."""
+    digest = hashlib.sha256("\n".join(order).encode()).hexdigest()[:10]
+    return f"model:{model}:{digest}"
 
 
 def route_config_name(region: str) -> str:
@@ -108,19 +111,6 @@ def route_config_name(region: str) -> str:
 def resource(name: str, message: Message) -> Resource:
     digest = hashlib.sha256(message.SerializeToString(deterministic=True)).hexdigest()[:16]
     return Resource(name, digest, message)
-
-
-def failover_order(table: placement_pb2.RouteTable, profile: Profile,
-                   slo_margin_ms: float) -> list[Candidate]:
-    """Deployments in the order calls with the model's default hints should try them."""
-    cands = [candidate_from_pb(c) for c in table.candidates]
-    ctx = CallContext(Hints(slo_ms=table.default_slo_ms), slo_margin_ms)
-    feasible = [v.candidate for v in profile.explain(cands, ctx) if v.feasible]
-    chosen = {c.deployment_id for c in feasible}
-    fallback = [c for c in cands if c.deployment_id not in chosen
-                and all(f.reject(c, ctx) is None for f in profile.hard_filters)]
-    return (sorted(feasible, key=lambda c: (c.cost_usd, c.latency_p95_ms, c.deployment_id))
-            + sorted(fallback, key=lambda c: (ctx.latency_ms(c), c.deployment_id)))
 
 
 def _http2(s: EnvoySettings) -> dict[str, Any]:
@@ -171,7 +161,8 @@ def model_cluster(model: str, deployment_ids: Sequence[str],
                   s: EnvoySettings) -> cluster_pb2.Cluster:
     """The aggregate cluster: children in failover order; the per-attempt variant rewrite."""
     return json_format.ParseDict({
-        "name": model_cluster_name(model), "connect_timeout": f"{s.connect_timeout_s}s",
+        "name": model_cluster_name(model, deployment_ids),
+        "connect_timeout": f"{s.connect_timeout_s}s",
         "lb_policy": "CLUSTER_PROVIDED",
         "cluster_type": {"name": "envoy.clusters.aggregate", "typed_config": {
             "@type": _T + "envoy.extensions.clusters.aggregate.v3.ClusterConfig",
@@ -200,14 +191,12 @@ def model_cluster(model: str, deployment_ids: Sequence[str],
     }, cluster_pb2.Cluster())
 
 
-def _model_route(model: str, deployment_ids: Sequence[str], s: EnvoySettings) -> dict[str, Any]:
-    match = {"prefix": "/", "headers": [{"name": lua.MODEL_HEADER,
-                                         "string_match": {"exact": model}}]}
-    if not deployment_ids:
-        return {"name": model, "match": match, "direct_response": {
-            "status": 503, "body": {"inline_string": f"no deployment may serve {model!r} now"}}}
-    return {"name": model, "match": match, "route": {
-        "cluster": model_cluster_name(model), "timeout": "0s",
+def _route_action(model: str, order: Sequence[str], s: EnvoySettings) -> dict[str, Any]:
+    if not order:
+        return {"direct_response": {"status": 503, "body": {
+            "inline_string": f"no deployment may serve {model!r} now"}}}
+    return {"route": {
+        "cluster": model_cluster_name(model, order), "timeout": "0s",
         "max_stream_duration": {"grpc_timeout_header_max": "0s"},
         "retry_policy": {
             "retry_on": "unavailable,reset,connect-failure,refused-stream",
@@ -224,14 +213,29 @@ def _model_route(model: str, deployment_ids: Sequence[str], s: EnvoySettings) ->
             "host_selection_retry_max_attempts": 3}}}
 
 
-def route_configuration(region: str, orders: dict[str, list[str]],
+def _model_routes(model: str, m: ModelRoutes, s: EnvoySettings) -> list[dict[str, Any]]:
+    """One route per SLO class (by the whole-ms SLO header), then the default SLO's."""
+    is_model = {"name": lua.MODEL_HEADER, "string_match": {"exact": model}}
+    routes = []
+    for k in m.classes:
+        in_class = {"name": lua.SLO_HEADER, "range_match": {
+            "start": k.lo, "end": _NO_END if k.hi is None else k.hi}}
+        routes.append({"name": f"{model} slo [{k.lo}, {k.hi or ''})",
+                       "match": {"prefix": "/", "headers": [is_model, in_class]},
+                       **_route_action(model, k.order, s)})
+    routes.append({"name": model, "match": {"prefix": "/", "headers": [is_model]},
+                   **_route_action(model, m.default, s)})
+    return routes
+
+
+def route_configuration(region: str, models: dict[str, ModelRoutes],
                         s: EnvoySettings) -> route_pb2.RouteConfiguration:
-    routes = [_model_route(m, orders[m], s) for m in sorted(orders)]
+    routes = [r for m in sorted(models) for r in _model_routes(m, models[m], s)]
     # A ModelInfer no model route matched: NOT_FOUND, naming what the mesh serves.
     routes.append({"name": "unknown-model", "match": {"path": lua.INFER_PATH},
                    "direct_response": {"status": 404, "body": {"inline_string": (
                        "the model is not served by this mesh (it serves: "
-                       f"{', '.join(sorted(orders)) or 'nothing yet'})")}},
+                       f"{', '.join(sorted(models)) or 'nothing yet'})")}},
                    "response_headers_to_add": [_grpc_status(5)]})
     return json_format.ParseDict({
         "name": route_config_name(region),
@@ -265,7 +269,8 @@ def listener(host: str, port: int, region: str, s: EnvoySettings) -> listener_pb
         "http_filters": [
             {"name": "switchyard.model_name", "typed_config": {
                 "@type": _T + "envoy.extensions.filters.http.lua.v3.Lua",
-                "default_source_code": {"inline_string": lua.MODEL_NAME}}},
+                "default_source_code": {"inline_string": lua.model_name_script(
+                    s.deadline_margin_ms)}}},
             {"name": "envoy.filters.http.router", "typed_config": {
                 "@type": _T + "envoy.extensions.filters.http.router.v3.Router"}}],
     }
@@ -279,29 +284,44 @@ def listener(host: str, port: int, region: str, s: EnvoySettings) -> listener_pb
 
 
 @dataclass(frozen=True)
+class ModelRoutes:
+    default: tuple[str, ...]  # the order for calls with the model's default SLO
+    classes: tuple[SloClass, ...]  # orders for calls that carry an SLO
+
+
+@dataclass(frozen=True)
 class RegionConfig:
     """Everything an edge of one region needs except its listener (which is per node)."""
 
     region: str
     clusters: dict[str, Resource]
     routes: dict[str, Resource]
-    orders: dict[str, list[str]]  # model -> deployment ids in failover order
+    models: dict[str, ModelRoutes]
+
+    @property
+    def orders(self) -> dict[str, list[str]]:
+        """Model -> the default SLO's failover order."""
+        return {m: list(r.default) for m, r in self.models.items()}
 
 
 def compile_region(region: str, tables: Iterable[placement_pb2.RouteTable], profile: Profile,
                    s: EnvoySettings) -> RegionConfig:
     clusters: dict[str, Resource] = {}
-    orders: dict[str, list[str]] = {}
+    models: dict[str, ModelRoutes] = {}
     for table in tables:
         for c in table.candidates:
             name = cluster_name(c.deployment_id)
             if name not in clusters:
                 clusters[name] = resource(name, deployment_cluster(c, s))
-        order = [c.deployment_id for c in failover_order(table, profile, s.slo_margin_ms)]
-        orders[table.model] = order
-        if order:
-            name = model_cluster_name(table.model)
-            clusters[name] = resource(name, model_cluster(table.model, order, s))
+        cands = [candidate_from_pb(c) for c in table.candidates]
+        default = tuple(c.deployment_id for c in failover_order(
+            cands, profile, table.default_slo_ms, s.slo_margin_ms))
+        m = models[table.model] = ModelRoutes(
+            default, tuple(slo_classes(cands, profile, s.slo_margin_ms)))
+        for order in {default, *(k.order for k in m.classes)}:
+            if order:
+                name = model_cluster_name(table.model, order)
+                clusters[name] = resource(name, model_cluster(table.model, order, s))
     rc = route_config_name(region)
     return RegionConfig(region, clusters,
-                        {rc: resource(rc, route_configuration(region, orders, s))}, orders)
+                        {rc: resource(rc, route_configuration(region, models, s))}, models)

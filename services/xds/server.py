@@ -34,7 +34,6 @@ from services.xds.resources import (
     LISTENER,
     LISTENER_NAME,
     ROUTE,
-    TYPES,
     EnvoySettings,
     RegionConfig,
     Resource,
@@ -121,6 +120,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 kick.set()
 
         tasks = [asyncio.create_task(read()), asyncio.create_task(follow())]
+        clusters: dict[str, Resource] = {}  # the clusters of the last push
         log.info("xds_stream_open", node=session.node_id, region=region,
                  listen=f"{host}:{port}", protocol=type(session).__name__)
         try:
@@ -134,8 +134,14 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 if replied and self.on_reply is not None:
                     self.on_reply(session)
                 offered = self.offer(region, host, port)
-                for t in TYPES:
-                    resp = session.push(t, offered[t], str(self.hub.version))
+                # Make before break: new clusters (kept beside the ones they replace) before
+                # the listener and routes that name them; clusters no route names, last.
+                steps = [(CLUSTER, {**clusters, **offered[CLUSTER]}),
+                         (LISTENER, offered[LISTENER]), (ROUTE, offered[ROUTE]),
+                         (CLUSTER, offered[CLUSTER])]
+                clusters = offered[CLUSTER]
+                for t, resources in steps:
+                    resp = session.push(t, resources, str(self.hub.version))
                     if resp is not None:
                         self.pushes += 1
                         self.pushed_bytes += resp.ByteSize()
@@ -179,6 +185,7 @@ def serve_ads(server: grpc.aio.Server, hub: RouteHub, cfg: MeshConfig) -> AdsSer
     """ADS for ``cfg``'s mesh: its routing profile, message limit, attempts and SLO margin."""
     settings = EnvoySettings(max_message_bytes=cfg.edge.max_message_bytes,
                              max_attempts=cfg.edge.max_attempts,
-                             slo_margin_ms=cfg.routing.slo_margin_ms)
+                             slo_margin_ms=cfg.routing.slo_margin_ms,
+                             deadline_margin_ms=cfg.routing.deadline_margin_ms)
     return add_ads(server, hub, build_profile(cfg.routing.profile, cfg.routing.spread_band),
                    settings)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import pathlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as tc
 from tritonclient.grpc import service_pb2
+from tritonclient.utils import InferenceServerException
 
 from services.agent.agent import NodeAgent
 from services.api.switchyard.v1 import fleet_pb2, placement_pb2, placement_pb2_grpc
@@ -37,10 +38,11 @@ class EnvoyMesh:
     placement: RunningPlacement
     envoy: EnvoyEdge
 
-    def call(self, model: str = "summarize") -> tuple[tc.InferResult, dict[str, str]]:
+    def call(self, model: str = "summarize", metadata: Sequence[tuple[str, str]] = (),
+             timeout_s: float = 5.0) -> tuple[tc.InferResult, dict[str, str]]:
         client = tc.InferenceServerClient(self.envoy.address)
         try:
-            return infer_with_trailers(client, model, [summarize_input()], (), 5.0)
+            return infer_with_trailers(client, model, [summarize_input()], metadata, timeout_s)
         finally:
             client.close()
 
@@ -132,6 +134,31 @@ async def test_state_of_the_world_ads_configures_an_envoy_the_same_way(
         await _drain_and_watch_calls_move(only_sotw)
     finally:
         sotw.stop()
+
+
+async def test_the_slo_hint_picks_its_class_and_hints_envoy_cannot_honour_are_refused(
+        mesh: EnvoyMesh) -> None:
+    # 1 ms: nothing fits, so the fastest (the expensive backend next to the edge) serves;
+    # without a hint (a 5 s deadline) the cheapest that fits, a cheap remote one.
+    _, tight = await asyncio.to_thread(mesh.call, "summarize", [("x-slo-ms", "1")])
+    _, loose = await asyncio.to_thread(mesh.call)
+    assert tight["x-served-by"].startswith("east-fast/"), tight
+    assert not loose["x-served-by"].startswith("east-fast/"), loose
+    # Repeating the same value is fine; fractions round down (never looser).
+    _, again = await asyncio.to_thread(mesh.call, "summarize",
+                                       [("x-slo-ms", "1.9"), ("x-slo-ms", "1.9")])
+    assert again["x-served-by"].startswith("east-fast/"), again
+    refused = {
+        "x-slo-ms=abc": ([("x-slo-ms", "abc")], "StatusCode.INVALID_ARGUMENT"),
+        "disagreeing x-slo-ms": ([("x-slo-ms", "40"), ("x-slo-ms", "4000")],
+                                 "StatusCode.INVALID_ARGUMENT"),
+        "x-min-quality": ([("x-min-quality", "0.9")], "StatusCode.UNIMPLEMENTED"),
+        "x-allowed-regions": ([("x-allowed-regions", "r-east")], "StatusCode.UNIMPLEMENTED"),
+    }
+    for name, (md, status) in refused.items():
+        with pytest.raises(InferenceServerException) as err:
+            await asyncio.to_thread(mesh.call, "summarize", md)
+        assert err.value.status() == status, (name, err.value)
 
 
 def _infer_request(model: str, floats: int = 16) -> bytes:

@@ -10,11 +10,12 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 
 from placement.registry import build_profile
 from services.api.switchyard.v1 import placement_pb2
+from services.convert import candidate_from_pb
+from services.xds.order import SloClass, failover_order, slo_classes
 from services.xds.resources import (
     EnvoySettings,
     cluster_name,
     compile_region,
-    failover_order,
     listener,
     model_cluster_name,
     route_config_name,
@@ -43,22 +44,41 @@ def test_failover_order_is_feasible_cheapest_first_then_hard_ok_fastest_first() 
                    _cand("fast/s", 9e-6, 20),
                    _cand("slowest/s", 1e-7, 2000),     # misses the SLO, slower still
                    _cand("drained/s", 1e-8, 10, dropped="drained"))  # never
-    order = [c.deployment_id for c in failover_order(table, PROFILE, 2.0)]
+    cands = [candidate_from_pb(c) for c in table.candidates]
+    order = [c.deployment_id for c in failover_order(cands, PROFILE, 300, 2.0)]
     assert order == ["mid/s", "fast/s", "cheap/s", "slowest/s"]
 
 
-def test_a_region_compiles_to_stable_deployment_clusters_an_aggregate_and_one_route() -> None:
+def test_slo_classes_change_order_exactly_where_a_deployment_starts_to_fit() -> None:
+    # p95 + margin: fast 22 ms, mid 102, cheap 902 (margin 2); cheapest that fits wins.
+    table = _table(_cand("cheap/s", 1e-6, 900), _cand("mid/s", 2e-6, 100),
+                   _cand("fast/s", 9e-6, 20))
+    cands = [candidate_from_pb(c) for c in table.candidates]
+    classes = slo_classes(cands, PROFILE, 2.0)
+    # Below 22 nothing fits (fastest first, best effort) and from 22 only fast does: the
+    # same order, so one class.
+    assert [(k.lo, k.hi, k.order) for k in classes] == [
+        (0, 102, ("fast/s", "mid/s", "cheap/s")),
+        (102, 902, ("mid/s", "fast/s", "cheap/s")),
+        (902, None, ("cheap/s", "mid/s", "fast/s"))]
+    for k in classes:  # the pipeline agrees at both ends of every class
+        for slo in (k.lo, (k.hi or k.lo + 10_000) - 1):
+            assert tuple(c.deployment_id for c in failover_order(cands, PROFILE, slo, 2.0)
+                         ) == k.order, (k, slo)
+    assert isinstance(classes[0], SloClass)
+
+
+def test_a_region_compiles_to_stable_deployment_clusters_an_aggregate_and_routes() -> None:
     s = EnvoySettings()
     table = _table(_cand("b1/summarize-large", 2e-6, 50, port=9001),
                    _cand("b2/summarize-small", 1e-6, 80, port=9002))
     rc = compile_region("r-east", [table], PROFILE, s)
-    assert set(rc.clusters) == {cluster_name("b1/summarize-large"),
-                                cluster_name("b2/summarize-small"),
-                                model_cluster_name("summarize")}
+    default = ["b2/summarize-small", "b1/summarize-large"]
+    assert rc.orders == {"summarize": default}
     agg = aggregate_pb2.ClusterConfig()
-    rc.clusters[model_cluster_name("summarize")].message.cluster_type.typed_config.Unpack(agg)
-    assert list(agg.clusters) == [cluster_name("b2/summarize-small"),
-                                  cluster_name("b1/summarize-large")]
+    rc.clusters[model_cluster_name("summarize", default)].message.cluster_type.typed_config.Unpack(
+        agg)
+    assert list(agg.clusters) == [cluster_name(d) for d in default]
     dep = rc.clusters[cluster_name("b1/summarize-large")].message
     lb = dep.load_assignment.endpoints[0].lb_endpoints[0]
     assert lb.endpoint.address.socket_address.port_value == 9001
@@ -70,16 +90,29 @@ def test_a_region_compiles_to_stable_deployment_clusters_an_aggregate_and_one_ro
     for name in (cluster_name("b1/summarize-large"), cluster_name("b2/summarize-small")):
         assert rc2.clusters[name].version == rc.clusters[name].version
     assert rc2.orders["summarize"] == ["b1/summarize-large", "b2/summarize-small"]
-    route = rc.routes[route_config_name("r-east")].message.virtual_hosts[0].routes[0]
-    assert route.match.headers[0].string_match.exact == "summarize"
-    assert route.route.cluster == model_cluster_name("summarize")
-    assert route.route.retry_policy.num_retries.value == s.max_attempts - 1
+    routes = rc.routes[route_config_name("r-east")].message.virtual_hosts[0].routes
+    by_name = {r.name: r for r in routes}
+    plain = by_name["summarize"]  # no SLO header: the model's default SLO's order
+    assert [h.name for h in plain.match.headers] == ["x-switchyard-model"]
+    assert plain.route.cluster == model_cluster_name("summarize", default)
+    assert plain.route.retry_policy.num_retries.value == s.max_attempts - 1
+    # Whole-ms SLOs below 82 (small's 80 + margin 2): large first; from 82: small first.
+    tight, loose = (r for r in routes if r.name.startswith("summarize slo"))
+    assert tight.match.headers[-1].name == "x-switchyard-slo-ms"
+    assert (tight.match.headers[-1].range_match.start,
+            tight.match.headers[-1].range_match.end) == (0, 82)
+    assert loose.match.headers[-1].range_match.start == 82
+    assert loose.route.cluster == model_cluster_name("summarize", default)
+    assert tight.route.cluster == model_cluster_name(
+        "summarize", ["b1/summarize-large", "b2/summarize-small"])
+    names = [r.name for r in routes]
+    assert names.index(tight.name) < names.index("summarize")  # classes before the default
 
 
 def test_a_model_nothing_may_serve_gets_a_local_503_and_no_aggregate() -> None:
     table = _table(_cand("b1/s", 1e-6, 50, dropped="drained"))
     rc = compile_region("r-east", [table], PROFILE, EnvoySettings())
-    assert model_cluster_name("summarize") not in rc.clusters
+    assert not [n for n in rc.clusters if n.startswith("model:")]
     assert cluster_name("b1/s") in rc.clusters  # kept: it comes back without a rebuild
     route = rc.routes[route_config_name("r-east")].message.virtual_hosts[0].routes[0]
     assert route.direct_response.status == 503
@@ -89,6 +122,7 @@ def test_envoys_own_replies_carry_the_documented_grpc_statuses() -> None:
     s = EnvoySettings(max_message_bytes=1 << 20)
     rc = compile_region("r-east", [_table(_cand("b1/s", 1e-6, 50))], PROFILE, s)
     last = rc.routes[route_config_name("r-east")].message.virtual_hosts[0].routes[-1]
+    assert last.name == "unknown-model"
     assert last.match.path == "/inference.GRPCInferenceService/ModelInfer"
     assert "it serves: summarize" in last.direct_response.body.inline_string
     assert [(h.header.key, h.header.value) for h in last.response_headers_to_add] == [

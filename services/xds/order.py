@@ -1,0 +1,56 @@
+"""Failover orders for Envoy, computed by placement's own pipeline (not a second brain).
+
+A call tries deployments in the order ``Profile.choose`` would fall back through: the ones
+every filter keeps (feasible), cheapest first, then the ones only the hard filters keep,
+fastest first; the rest never. Of the hints, only the SLO reaches Envoy so far, and the only
+filter that reads it is ``slo`` (``latency <= slo - margin``), so for whole-millisecond SLOs
+the order can change only at ``ceil(latency + margin)`` of some candidate: :func:`slo_classes`
+evaluates the pipeline once per such breakpoint and keeps the ranges whose order differs.
+Envoy matches a call's SLO (rounded down to whole ms by the listener's Lua, so never looser)
+against those ranges.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from placement.model import CallContext, Candidate, Hints
+from placement.pipeline import Profile
+
+
+@dataclass(frozen=True)
+class SloClass:
+    """Calls whose whole-ms SLO is in ``[lo, hi)`` (``hi`` None: no upper end) use ``order``."""
+
+    lo: int
+    hi: int | None
+    order: tuple[str, ...]  # deployment ids
+
+
+def failover_order(cands: Sequence[Candidate], profile: Profile, slo_ms: float,
+                   slo_margin_ms: float) -> list[Candidate]:
+    ctx = CallContext(Hints(slo_ms=slo_ms), slo_margin_ms)
+    feasible = [v.candidate for v in profile.explain(cands, ctx) if v.feasible]
+    chosen = {c.deployment_id for c in feasible}
+    fallback = [c for c in cands if c.deployment_id not in chosen
+                and all(f.reject(c, ctx) is None for f in profile.hard_filters)]
+    return (sorted(feasible, key=lambda c: (c.cost_usd, c.latency_p95_ms, c.deployment_id))
+            + sorted(fallback, key=lambda c: (ctx.latency_ms(c), c.deployment_id)))
+
+
+def slo_classes(cands: Sequence[Candidate], profile: Profile,
+                slo_margin_ms: float) -> list[SloClass]:
+    """Ranges of whole-ms SLOs covering [0, ∞), each with its own failover order."""
+    ctx = CallContext(Hints(slo_ms=0.0), slo_margin_ms)
+    points = sorted({0} | {max(0, math.ceil(ctx.latency_ms(c) + slo_margin_ms))
+                           for c in cands if math.isfinite(ctx.latency_ms(c))})
+    found: list[tuple[int, tuple[str, ...]]] = []
+    for p in points:
+        order = tuple(c.deployment_id
+                      for c in failover_order(cands, profile, p, slo_margin_ms))
+        if not found or found[-1][1] != order:
+            found.append((p, order))
+    return [SloClass(lo, found[i + 1][0] if i + 1 < len(found) else None, order)
+            for i, (lo, order) in enumerate(found)]
