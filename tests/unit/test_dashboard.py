@@ -18,6 +18,7 @@ import helm_python as helm
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry
+from prometheus_client.metrics import MetricWrapperBase
 
 from services.edge.main import EdgeMetrics
 from services.placement.metrics import PlacementMetrics
@@ -30,6 +31,7 @@ SUFFIXES = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_c
             "summary": ("_count", "_sum", ""), "info": ("_info",), "stateset": ("",),
             "enum": ("",), "unknown": ("",)}
 # PromQL words that are not metric names.
+SCRAPE_LABELS = ("instance", "job")  # Prometheus adds these to every scraped series
 KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "offset",
             "and", "or", "unless", "inf", "nan"}
 
@@ -60,6 +62,33 @@ def metric_names(expr: str) -> set[str]:
     return names
 
 
+def label_names(expr: str) -> set[str]:
+    """Labels a PromQL expression matches on or groups by."""
+    s = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    out = set()
+    for block in re.findall(r"\{([^}]*)\}", s):
+        out |= set(re.findall(r"([A-Za-z_][A-Za-z0-9_]*)\s*(?:=~|!~|!=|=)", block))
+    for group in re.findall(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)",
+                            s):
+        out |= {w.strip() for w in group.split(",") if w.strip()}
+    return out
+
+
+def exported_labels(*holders: object) -> dict[str, set[str]]:
+    """Family name → its label names (``le`` too for histograms), from the metric objects.
+
+    prometheus_client exposes label names only on the metric wrapper (``_labelnames``): a
+    labelled metric with no child yet collects no samples to read them from.
+    """
+    out = {}
+    for holder in holders:
+        for metric in vars(holder).values():
+            if isinstance(metric, MetricWrapperBase):
+                extra = {"le"} if metric._type == "histogram" else set()
+                out[metric._name] = set(metric._labelnames) | extra
+    return out
+
+
 def panels(dash: dict[str, Any]) -> Iterator[dict[str, Any]]:
     for p in dash["panels"]:
         yield p
@@ -81,6 +110,24 @@ def test_metric_names_are_read_from_promql() -> None:
             ' * on (model, deployment) group_left max by (model, deployment) (b_usd))'
             ' / histogram_quantile(0.99, sum by (le) (rate(c_bucket[5m]))) - d offset 5m > 1e-3')
     assert metric_names(expr) == {"a_total", "b_usd", "c_bucket", "d"}
+
+
+def test_label_names_are_read_from_promql() -> None:
+    expr = ('sum by (model) (rate(a_total{model=~"$m", status!="a=b"}[5m]) * on (model, '
+            'deployment) group_left max by (deployment) (b)) / c{le="0.25"}')
+    assert label_names(expr) == {"model", "status", "deployment", "le"}
+
+
+def test_every_panel_uses_labels_its_metrics_have(dashboard: dict[str, Any],
+                                                  exported: dict[str, str]) -> None:
+    labels = exported_labels(EdgeMetrics(), PlacementMetrics())
+    for p in panels(dashboard):
+        for t in p.get("targets", []):
+            have = set(SCRAPE_LABELS)
+            for name in metric_names(t["expr"]):
+                have |= labels[exported[name]]
+            used = label_names(t["expr"]) | set(re.findall(r"\{\{(\w+)\}\}", t["legendFormat"]))
+            assert used <= have, f"panel {p['title']!r}: labels {used - have} not exported"
 
 
 def test_counters_are_exported_with_total(exported: dict[str, str]) -> None:
