@@ -64,12 +64,12 @@ def make_table(n: int, seed: int = 1) -> list[Candidate]:
 def contexts(table: list[Candidate], seed: int = 2) -> dict[str, CallContext]:
     rng = random.Random(seed)
     ids = [c.deployment_id for c in table]
-    ejected = set(rng.sample(ids, min(3, len(ids))))
+    ejected = dict.fromkeys(rng.sample(ids, min(3, len(ids))), "ejected (outlier detection)")
     observed = {d: rng.uniform(20, 600) for d in rng.sample(ids, min(50, len(ids)))}
-    default = CallContext(Hints(slo_ms=300.0), 2.0, set(), set(), ejected, observed)
+    default = CallContext(Hints(slo_ms=300.0), 2.0, frozenset(), frozenset(), ejected, observed)
     restricted = CallContext(
         Hints(slo_ms=150.0, min_quality=0.85, allowed_regions=frozenset(REGIONS[:2])),
-        2.0, set(), set(), ejected, observed)
+        2.0, frozenset(), frozenset(), ejected, observed)
     return {"default": default, "restricted": restricted}
 
 

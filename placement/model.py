@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 HARDWARE_PENALTY_PREFIX = "GPU "  # placement.hardware's penalty reasons start with it
@@ -103,17 +104,23 @@ class Hints:
 
 @dataclass(slots=True)
 class CallContext:
-    """Per-call state the filters read: hints plus what the edge knows right now."""
+    """Per-call state the filters read: hints plus what the edge knows right now.
+
+    The sets and mappings are read-only snapshots handed in by their owners (the call's
+    ``placement.attempts.CallAttempts``, the edge's health view); a retry gets a new context
+    rather than a mutated one.
+    """
 
     hints: Hints
     slo_margin_ms: float = 0.0
-    exclude: frozenset[str] | set[str] = frozenset()  # deployment ids already tried
-    avoid_regions: frozenset[str] | set[str] = frozenset()  # regions that just failed
-    ejected: frozenset[str] | set[str] = frozenset()  # deployment ids ejected by the edge
-    observed_p95_ms: dict[str, float] = field(default_factory=dict)  # edge's own view
-    warming: dict[str, float] = field(default_factory=dict)  # slow start: deployment -> share
+    exclude: frozenset[str] = frozenset()  # deployments this call's failures rule out
+    avoid_regions: frozenset[str] = frozenset()  # failure domains the call steers away from
+    # deployment id -> why the edge will not use it (outlier ejection, failing health check)
+    unusable: Mapping[str, str] = field(default_factory=dict)
+    observed_p95_ms: Mapping[str, float] = field(default_factory=dict)  # edge's own view
+    warming: Mapping[str, float] = field(default_factory=dict)  # slow start: deployment -> share
     draw: float = 0.0  # one uniform draw per call, for slow start
-    inflight: dict[str, int] = field(default_factory=dict)  # this edge's calls in flight
+    inflight: Mapping[str, int] = field(default_factory=dict)  # this edge's calls in flight
 
     def latency_ms(self, c: Candidate) -> float:
         """The p95 this call can expect from ``c``.

@@ -89,8 +89,8 @@ class ProfilePolicy:
                                                  min_quality=a.klass.min_quality)
         cands = self._control.tables[(a.klass.model, a.edge)]
         inflight = self.inflight.setdefault(a.edge, {})
-        ctx = CallContext(hints, self.slo_margin_ms, a.exclude, a.avoid_regions, frozenset(),
-                          self._control.edges[a.edge].p95, inflight=inflight)
+        ctx = CallContext(hints, self.slo_margin_ms, a.exclude, a.avoid_regions,
+                          observed_p95_ms=self._control.edges[a.edge].p95, inflight=inflight)
         try:
             decision = self.profile.choose(cands, ctx, self.rng)
         except NoHealthyDeployment:

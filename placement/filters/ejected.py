@@ -1,4 +1,5 @@
-"""Hard: drop deployments the edge has ejected as outliers, or already tried for this call."""
+"""Hard: drop deployments the edge will not use (with the edge's own reason: outlier
+ejection, a failing health check), or that this call's failures already ruled out."""
 
 from __future__ import annotations
 
@@ -11,7 +12,5 @@ class EjectedFilter:
 
     def reject(self, c: Candidate, ctx: CallContext) -> str | None:
         if c.deployment_id in ctx.exclude:
-            return "already tried for this call"
-        if c.deployment_id in ctx.ejected:
-            return "ejected by the edge (outlier detection)"
-        return None
+            return "ruled out by this call's failed attempts (it or its server)"
+        return ctx.unusable.get(c.deployment_id)

@@ -3,9 +3,10 @@
 - ``PlacementLink``: watches route tables (any placement replica; on loss, the next one,
   with jittered backoff) and reports what the edge observed. Losing placement changes
   nothing for calls: the edge keeps routing on its last table (static stability).
-- ``HealthChecker``: active ``ServerReady`` checks of every backend in the tables; a backend
-  failing ``unhealthy_after`` checks in a row is blocked until a check passes. Each check's
-  round trip is an RTT sample reported to placement.
+- ``HealthChecker``: active ``ServerReady`` checks of every backend in the tables, reported
+  to the health view (``health.py``), which blocks a backend failing ``unhealthy_after``
+  checks in a row until one passes. Each check's round trip is an RTT sample reported to
+  placement.
 """
 
 from __future__ import annotations
@@ -20,9 +21,8 @@ import structlog
 from tritonclient.grpc import service_pb2
 
 from services.api.switchyard.v1 import placement_pb2, placement_pb2_grpc, telemetry_pb2
-from services.edge.outlier import OutlierDetector
+from services.edge.health import HealthView
 from services.edge.routes import RouteStore
-from services.edge.slowstart import SlowStart
 from services.edge.stats import EdgeStats
 from services.edge.upstream import Upstreams
 from services.security.transport import CLIENT_KEEPALIVE
@@ -107,48 +107,23 @@ class PlacementLink:
 
 
 class HealthChecker:
-    def __init__(self, store: RouteStore, upstreams: Upstreams, outliers: OutlierDetector,
-                 blocked: set[str], link: PlacementLink, slow_start: SlowStart,
-                 backend_outliers: OutlierDetector,
-                 interval_s: float = 0.25, unhealthy_after: int = 2,
-                 timeout_s: float = 0.5) -> None:
+    """The I/O of active health checks; the verdicts (and what they block) are the health
+    view's (``HealthView.checked``)."""
+
+    def __init__(self, store: RouteStore, upstreams: Upstreams, health: HealthView,
+                 link: PlacementLink, interval_s: float = 0.25, timeout_s: float = 0.5) -> None:
         self.store = store
         self.upstreams = upstreams
-        self.outliers = outliers
-        self.blocked = blocked
+        self.health = health
         self.link = link
-        self.slow_start = slow_start
-        self.backend_outliers = backend_outliers
         self.interval_s = interval_s
-        self.unhealthy_after = unhealthy_after
         self.timeout_s = timeout_s
-        self.failures: dict[str, int] = {}
-        self.unhealthy: set[str] = set()  # backend ids
 
     async def run(self) -> None:
         while True:
             await self.check_all()
-            for key in self.outliers.tick():
-                log.info("deployment_returned", deployment=key)
-                self.slow_start.returned(key)
-            for backend_id in self.backend_outliers.tick():
-                log.info("backend_returned", backend=backend_id)
-                for dep in self.store.deployments_of(backend_id):
-                    self.slow_start.returned(dep)
-            self.recompute_blocked()
-            self.slow_start.tick()
+            self.health.tick()
             await asyncio.sleep(self.interval_s)
-
-    def recompute_blocked(self) -> None:
-        by_backend: dict[str, list[str]] = {}
-        for cs in self.store.candidates.values():
-            for c in cs:
-                by_backend.setdefault(c.backend_id, []).append(c.deployment_id)
-        blocked = set(self.outliers.ejected)
-        for b in self.unhealthy | self.backend_outliers.ejected:
-            blocked.update(by_backend.get(b, ()))
-        self.blocked.clear()
-        self.blocked.update(blocked)
 
     async def check_all(self) -> None:
         endpoints = self.store.endpoints()
@@ -164,21 +139,4 @@ class HealthChecker:
             ok = False
         if ok:
             self.link.rtt_ms[backend_id] = (time.perf_counter() - t0) * 1000
-            self.failures[backend_id] = 0
-            if backend_id in self.unhealthy:
-                self.unhealthy.discard(backend_id)
-                log.info("backend_healthy", backend=backend_id,
-                         slow_start_s=self.slow_start.ramp_s)
-                # It failed checks and passes again: end its ejections now and let its
-                # traffic return gradually (slow start) rather than after a doubled timer.
-                self.backend_outliers.reinstate(backend_id)
-                for dep in self.store.deployments_of(backend_id):
-                    self.outliers.reinstate(dep)
-                    self.slow_start.returned(dep)
-                self.recompute_blocked()
-            return
-        n = self.failures[backend_id] = self.failures.get(backend_id, 0) + 1
-        if n >= self.unhealthy_after and backend_id not in self.unhealthy:
-            self.unhealthy.add(backend_id)
-            log.warning("backend_unhealthy", backend=backend_id, failed_checks=n)
-            self.recompute_blocked()
+        self.health.checked(backend_id, ok)

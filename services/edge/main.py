@@ -20,11 +20,11 @@ from services.config import EdgeConfig, MeshConfig
 from services.edge.accesslog import AccessLog
 from services.edge.budget import RetryBudget
 from services.edge.control import HealthChecker, PlacementLink
-from services.edge.outlier import OutlierDetector
+from services.edge.health import HealthView
+from services.edge.outlier import OutlierSettings
 from services.edge.router import Router, RouterSettings
 from services.edge.routes import RouteStore
 from services.edge.service import SERVICE, InferenceService
-from services.edge.slowstart import SlowStart
 from services.edge.stats import EdgeStats
 from services.edge.upstream import Upstreams
 from services.security import transport
@@ -93,11 +93,13 @@ class EdgeAdminService(edge_pb2_grpc.EdgeAdminServicer):
             edge_id=self.edge_id, region=r.store.region, routes_version=r.store.version,
             placement_connected=self.link.connected, routes_source=r.store.source,
             tables=list(r.store.tables.values()))
+        unusable = r.health.view().unusable
         for dep in sorted(r.store.deployment_ids()):
             s = r.stats.by_deployment.get(dep)
             resp.deployments.append(edge_pb2.DeploymentHealth(
-                deployment_id=dep, ejected=dep in r.blocked,
-                ejected_for_s=r.outliers.ejected_for(dep), calls=s.calls if s else 0,
+                deployment_id=dep, ejected=dep in unusable,
+                ejected_for_s=r.health.ejected_for(dep, dep.split("/", 1)[0]),
+                calls=s.calls if s else 0,
                 failures=s.failures if s else 0, p95_ms=r.stats.p95.get(dep, 0.0)))
         return resp
 
@@ -137,42 +139,37 @@ async def start_edge(cfg: MeshConfig, edge: EdgeConfig, port: int | None = None,
     store = RouteStore(edge.region, cfg.path(cfg.run_dir) / f"{edge.id}.routes.pb")
     store.load()
     stats = EdgeStats(cfg.routing.observed_min_samples)
-    outliers = OutlierDetector(rt.eject_consecutive_failures, rt.eject_base_s,
+    health = HealthView(
+        store, OutlierSettings(rt.eject_consecutive_failures, rt.eject_base_s,
                                max_share=rt.eject_max_share,
                                failure_rate=rt.eject_failure_rate,
                                min_requests=rt.eject_min_requests,
-                               interval_s=rt.eject_interval_s)
-    outliers.on_eject = lambda dep, s: (metrics.ejections.labels(dep).inc(),
-                                        log.warning("deployment_ejected", deployment=dep,
-                                                    for_s=s))
+                               interval_s=rt.eject_interval_s),
+        rt.slow_start_s,
+        on_eject=lambda dep, s: (metrics.ejections.labels(dep).inc(),
+                                 log.warning("deployment_ejected", deployment=dep, for_s=s)))
     observer = lambda stage, plugin, s: metrics.stage.labels(stage, plugin).observe(s)  # noqa: E731
     profiles = {n: build_profile(n, cfg.routing.spread_band, observer) for n in PROFILES}
     upstreams = Upstreams(dial or make_dialer(cfg, edge.region), rt.max_message_bytes)
-    router = Router(store, upstreams, outliers, stats,
+    access_log = AccessLog(metrics.calls, metrics.latency, metrics.attempts,
+                           enabled=logs.enabled("info"),
+                           known_model=lambda model: model in store.candidates)
+    router = Router(store, upstreams, health, stats,
                     RetryBudget(rt.retry_budget_ratio, rt.retry_budget_min_per_s), profiles,
                     frozenset(r.name for r in cfg.regions),
                     RouterSettings(cfg.routing.slo_margin_ms, cfg.routing.deadline_margin_ms,
                                    rt.max_attempts, cfg.routing.fail_fast,
                                    cfg.routing.profile, rt.hedge_max_slo_ms),
-                    lambda rec: None)
-    access_log = AccessLog(metrics.calls, metrics.latency, metrics.attempts,
-                           enabled=logs.enabled("info"),
-                           known_model=lambda model: model in store.candidates)
-    router.on_done = access_log.done
+                    access_log.done)
     replicas = placement or [f"{cfg.placement.host}:{cfg.placement.port}",
                              *cfg.placement.replicas]
     if placement is None and cfg.discovery == "consul":
         replicas = await _catalog_replicas(cfg, replicas)
     link = PlacementLink(edge.id, edge.region, replicas, store, stats,
-                         on_update=lambda: (outliers.known(store.deployment_ids()),
-                                            router.backend_outliers.known(
-                                                set(store.endpoints()))),
+                         on_update=health.table_changed,
                          report_interval_s=rt.report_interval_s,
                          channel_factory=transport.channel_factory(cfg.security, "edge"))
-    slow_start = SlowStart(rt.slow_start_s)
-    router.warming = slow_start.shares
-    health = HealthChecker(store, upstreams, outliers, router.blocked, link, slow_start,
-                           router.backend_outliers, rt.health_interval_s)
+    checker = HealthChecker(store, upstreams, health, link, rt.health_interval_s)
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", transport.receive_limit(rt.max_message_bytes)),
         ("grpc.max_send_message_length", rt.max_message_bytes),
@@ -192,9 +189,9 @@ async def start_edge(cfg: MeshConfig, edge: EdgeConfig, port: int | None = None,
     await mark_serving(hs, [SERVICE, ADMIN])
     mport = start_metrics(edge.metrics_port if metrics_port is None else metrics_port,
                           edge.host, metrics.registry)
-    running = RunningEdge(server, router, link, health, bound, health_servicer=hs, gate=gate)
+    running = RunningEdge(server, router, link, checker, bound, health_servicer=hs, gate=gate)
     running.tasks = [asyncio.create_task(link.watch()), asyncio.create_task(link.report()),
-                     asyncio.create_task(health.run()), asyncio.create_task(access_log.run())]
+                     asyncio.create_task(checker.run()), asyncio.create_task(access_log.run())]
     log.info("edge_listening", edge=edge.id, region=edge.region,
              address=f"{edge.host}:{bound}", metrics_port=mport, placement=replicas,
              routes_from=store.source)

@@ -8,6 +8,9 @@ ejection (capped at ``max_s``); the ejection count decays after a healthy period
 ``max_share`` of the known deployments are ejected at once, so a fleet-wide blip does not
 eject everything. A backend that failed active health checks and passes again is
 reinstated at once (``reinstate``) and returns through slow start.
+
+``services.edge.health.HealthView`` owns the edge's two detectors (per deployment, per
+backend), built from one ``OutlierSettings``; nothing else reads or changes their state.
 """
 
 from __future__ import annotations
@@ -15,6 +18,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class OutlierSettings:
+    consecutive: int = 3
+    base_s: float = 5.0
+    max_s: float = 300.0
+    max_share: float = 0.5
+    failure_rate: float = 0.5
+    min_requests: int = 20
+    interval_s: float = 10.0
 
 
 @dataclass(slots=True)
@@ -31,7 +45,8 @@ class OutlierDetector:
     def __init__(self, consecutive: int = 3, base_s: float = 5.0, max_s: float = 300.0,
                  max_share: float = 0.5, clock: Callable[[], float] = time.monotonic,
                  failure_rate: float = 0.5, min_requests: int = 20,
-                 interval_s: float = 10.0) -> None:
+                 interval_s: float = 10.0,
+                 on_eject: Callable[[str, float], None] | None = None) -> None:
         self.consecutive = consecutive
         self.failure_rate = failure_rate
         self.min_requests = min_requests
@@ -42,8 +57,15 @@ class OutlierDetector:
         self.max_share = max_share
         self.clock = clock
         self._states: dict[str, _State] = {}
-        self.ejected: set[str] = set()  # read by the pipeline on every call
-        self.on_eject: Callable[[str, float], None] | None = None
+        self.ejected: set[str] = set()  # read by its owner (HealthView) only
+        self.on_eject = on_eject
+
+    @classmethod
+    def from_settings(cls, s: OutlierSettings, clock: Callable[[], float] = time.monotonic,
+                      on_eject: Callable[[str, float], None] | None = None
+                      ) -> OutlierDetector:
+        return cls(s.consecutive, s.base_s, s.max_s, s.max_share, clock, s.failure_rate,
+                   s.min_requests, s.interval_s, on_eject)
 
     def known(self, ids: set[str]) -> None:
         for i in ids:

@@ -5,8 +5,9 @@ read hints → find candidates → choose → forward → on a retryable failure
 Whether and where to try again is the attempt policy's (``placement.attempts``, the same
 object the stream path and the cost simulator drive); this module does the I/O. A failure
 the policy says is the caller's own (its deadline expired, it cancelled) is not held
-against the backend. Collaborators are passed in (route store, upstream pool, outlier
-detector, stats, retry budget, profiles), so a test can hand it fakes. Nothing here parses
+against the backend. Who may be used is the health view's (``health.py``): each call reads
+one immutable snapshot of it. Collaborators are passed in (route store, upstream pool,
+health view, stats, retry budget, profiles), so a test can hand it fakes. Nothing here parses
 tensors or calls placement.
 """
 
@@ -16,7 +17,7 @@ import asyncio
 import dataclasses
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -33,7 +34,7 @@ from placement.model import CallContext, Candidate, Hints
 from placement.pipeline import Profile
 from services.edge import hints as hint_parser
 from services.edge.budget import RetryBudget
-from services.edge.outlier import OutlierDetector
+from services.edge.health import HealthView
 from services.edge.routes import RouteStore
 from services.edge.stats import EdgeStats
 from services.edge.upstream import Upstreams
@@ -110,7 +111,7 @@ class AttemptFailed(Exception):
 
 
 class Router:
-    def __init__(self, store: RouteStore, upstreams: Upstreams, outliers: OutlierDetector,
+    def __init__(self, store: RouteStore, upstreams: Upstreams, health: HealthView,
                  stats: EdgeStats, budget: RetryBudget, profiles: dict[str, Profile],
                  regions: frozenset[str], settings: RouterSettings,
                  on_done: Callable[[CallRecord], None],
@@ -118,7 +119,7 @@ class Router:
                  rng: random.Random | None = None) -> None:
         self.store = store
         self.upstreams = upstreams
-        self.outliers = outliers
+        self.health = health  # who may be used; the router only feeds it and reads views
         self.stats = stats
         self.budget = budget
         self.profiles = profiles
@@ -130,15 +131,12 @@ class Router:
         self.on_done = on_done
         self.clock = clock
         self.rng = rng or random.Random()
-        self.blocked: set[str] = set()  # ejected ∪ failing active health checks
-        # Per-backend ejection for failures that are the server's, not the variant's
-        # (timeouts, connection loss): a hung server blocks all its variants at once.
-        self.backend_outliers = OutlierDetector(outliers.consecutive, outliers.base_s,
-                                                outliers.max_s, outliers.max_share,
-                                                outliers.clock, outliers.failure_rate,
-                                                outliers.min_requests, outliers.interval_s)
-        self.warming: dict[str, float] = {}  # slow start shares, owned by SlowStart
         self.inflight: dict[str, int] = {}  # calls this edge has in flight per deployment
+
+    @property
+    def blocked(self) -> Mapping[str, str]:
+        """Deployments the edge will not use now, with why (a read-only snapshot)."""
+        return self.health.view().unusable
 
     # -- the steps -----------------------------------------------------------------------
 
@@ -157,8 +155,10 @@ class Router:
         if record.admission is not None:
             hints = record.admission.narrow(hints)
         record.hints = hints
-        ctx = CallContext(hints, self.settings.slo_margin_ms, set(), set(), self.blocked,
-                          self.stats.p95, self.warming, self.rng.random(), self.inflight)
+        view = self.health.view()
+        ctx = CallContext(hints, self.settings.slo_margin_ms, frozenset(), frozenset(),
+                          view.unusable, self.stats.p95, view.warming, self.rng.random(),
+                          self.inflight)
         return model, cands, ctx, self.profiles[parsed.profile or self.settings.default_profile]
 
     def candidates(self, model: str) -> Sequence[Candidate]:
@@ -288,19 +288,14 @@ class Router:
 
     def observe_success(self, c: Candidate, latency_ms: float) -> None:
         self.stats.record(c.deployment_id, latency_ms, ok=True)
-        self.outliers.success(c.deployment_id)
-        self.backend_outliers.success(c.backend_id)
+        self.health.success(c)
 
     def observe_failure(self, f: AttemptFailed, blames_backend: bool) -> None:
         """Feed a failure to stats and outlier detection, unless it is the caller's own."""
         if not blames_backend:
             return
-        c = f.candidate
-        self.stats.record(c.deployment_id, 0.0, ok=False)
-        if self.outliers.failure(c.deployment_id):
-            self.blocked.add(c.deployment_id)
-        if f.status in SERVER_FAILURES and self.backend_outliers.failure(c.backend_id):
-            self.blocked.update(self.store.deployments_of(c.backend_id))
+        self.stats.record(f.candidate.deployment_id, 0.0, ok=False)
+        self.health.failure(f.candidate, server_failure=f.status in SERVER_FAILURES)
 
 
 def _retrieve(t: asyncio.Future[bytes]) -> None:

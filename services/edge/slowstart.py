@@ -1,6 +1,7 @@
 """Slow start for deployments that come back (from ejection, failed health checks, or a
 region outage): their share of traffic ramps linearly over ``ramp_s`` (Envoy's slow-start
-mode, without the aggression exponent). ``shares`` is read by the pipeline on every call."""
+mode, without the aggression exponent). Owned by ``services.edge.health.HealthView``, which
+hands calls a read-only copy of ``shares``."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The edge's request path with fake upstreams: retries, hedging, budget, ejection, slow start.
+"""The edge's request path with fake upstreams: retries, hedging, budget, ejection, slow start,
+the health view, and what a call records (status names, trailers).
 
 Clocks are injected; nothing sleeps except where a hedge must see a slow first attempt.
 """
@@ -18,10 +19,10 @@ from placement.registry import PROFILES, build_profile
 from services.api.switchyard.v1 import placement_pb2
 from services.convert import candidate_to_pb
 from services.edge.budget import RetryBudget
-from services.edge.outlier import OutlierDetector
+from services.edge.health import CHECK_FAILING, OUTLIER, SERVER_OUTLIER, HealthView
+from services.edge.outlier import OutlierDetector, OutlierSettings
 from services.edge.router import CallRecord, Router, RouterSettings
 from services.edge.routes import RouteStore
-from services.edge.slowstart import SlowStart
 from services.edge.stats import EdgeStats
 from services.edge.wire import encode_name_field
 
@@ -70,6 +71,7 @@ def cand(i: int, cost: float, lat: float, region: str = "east", cloud: str = "c"
 
 
 def make_router(cands: list[Candidate], behaviour: dict[str, object], clock: Clock,
+                outliers: OutlierSettings | None = None,
                 **settings: object) -> tuple[Router, FakeUpstream, list[CallRecord]]:
     store = RouteStore("east", None)
     store.apply(placement_pb2.RouteUpdate(version=1, snapshot=True, tables=[
@@ -77,7 +79,9 @@ def make_router(cands: list[Candidate], behaviour: dict[str, object], clock: Clo
                                  candidates=[candidate_to_pb(c) for c in cands])]))
     up = FakeUpstream(behaviour)
     done: list[CallRecord] = []
-    router = Router(store, up, OutlierDetector(clock=clock), EdgeStats(),  # type: ignore[arg-type]
+    health = HealthView(store, outliers or OutlierSettings(), slow_start_s=10.0, clock=clock)
+    health.table_changed()
+    router = Router(store, up, health, EdgeStats(),  # type: ignore[arg-type]
                     RetryBudget(clock=clock), {n: build_profile(n) for n in PROFILES},
                     frozenset({"east", "west"}), RouterSettings(**settings),  # type: ignore[arg-type]
                     done.append, clock=clock, rng=random.Random(0))
@@ -139,30 +143,28 @@ async def test_consecutive_failures_eject_and_ejection_expires_into_slow_start()
     clock = Clock()
     router, _, _ = make_router([cand(0, 1e-6, 5), cand(1, 2e-6, 5)],
                                {"ep0": grpc.StatusCode.UNAVAILABLE, "ep1": b""}, clock)
-    router.outliers.known({"b0/m-v", "b1/m-v"})
+    health = router.health
     for _ in range(3):
         await router.infer(RAW, [], 2.0, CallRecord("", ""))
-    assert "b0/m-v" in router.blocked
-    slow = SlowStart(10.0, clock=clock)
-    router.warming = slow.shares
+    assert health.view().unusable == {"b0/m-v": SERVER_OUTLIER}  # UNAVAILABLE: the server
     clock.t += 6  # base ejection 5 s
-    for dep in router.outliers.tick():
-        slow.returned(dep)
-    assert slow.shares == {"b0/m-v": pytest.approx(0.1)}
+    health.tick()
+    assert health.view().unusable == {}
+    assert health.view().warming == {"b0/m-v": pytest.approx(0.1)}
     clock.t += 5
-    slow.tick()
-    assert slow.shares["b0/m-v"] == pytest.approx(0.55)
+    health.tick()
+    assert health.view().warming["b0/m-v"] == pytest.approx(0.55)
     clock.t += 6
-    slow.tick()
-    assert slow.shares == {}
+    health.tick()
+    assert health.view().warming == {}
 
 
 async def test_retry_budget_caps_retries() -> None:
     clock = Clock()
     router, _up, _ = make_router([cand(0, 1e-6, 5), cand(1, 2e-6, 5)],
-                                {"ep0": grpc.StatusCode.UNAVAILABLE, "ep1": b""}, clock)
+                                {"ep0": grpc.StatusCode.UNAVAILABLE, "ep1": b""}, clock,
+                                OutlierSettings(consecutive=10**6))  # keep the failing one
     router.budget = RetryBudget(ratio=0.0, min_per_s=0.1, window_s=10, clock=clock)
-    router.outliers.consecutive = 10**6  # keep the failing one in play
     outcomes = []
     for _ in range(3):
         try:
@@ -196,7 +198,8 @@ async def test_residency_holds_on_failover() -> None:
     with pytest.raises(BackendFailed):
         await router.infer(RAW, [("x-allowed-regions", "west")], 2.0, CallRecord("", ""))
     assert [e for e, _ in up.calls] == ["ep0"]  # never served from east
-    router.blocked.add("b0/m-v")
+    router.health.checked("b0", ok=False)
+    router.health.checked("b0", ok=False)  # unhealthy after 2 failed checks
     with pytest.raises(NoHealthyDeployment):
         await router.infer(RAW, [("x-allowed-regions", "west")], 2.0, CallRecord("", ""))
 
@@ -272,3 +275,149 @@ def test_failure_rate_ejects_a_gray_failure_that_never_fails_three_in_a_row() ->
     clock.t += 10
     o2.tick()
     assert o2.ejected == set()
+
+
+# -- the health view ----------------------------------------------------------------------
+
+
+async def test_a_failing_health_check_is_reported_as_such_not_as_outlier_detection() -> None:
+    router, _, _ = make_router([cand(0, 1e-6, 5, "west"), cand(1, 2e-6, 5, "east")],
+                               {"ep0": b"", "ep1": b""}, Clock())
+    router.health.checked("b0", ok=False)
+    router.health.checked("b0", ok=False)
+    with pytest.raises(NoHealthyDeployment) as err:
+        await router.infer(RAW, [("x-allowed-regions", "west")], 2.0, CallRecord("", ""))
+    assert CHECK_FAILING in err.value.removed["b0/m-v"]
+    assert "outlier" not in err.value.message
+    router.health.checked("b0", ok=True)  # passes again: usable at once, through slow start
+    assert router.health.view().unusable == {}
+    assert router.health.view().warming == {"b0/m-v": pytest.approx(0.1)}
+
+
+def test_a_calls_health_view_is_a_read_only_snapshot() -> None:
+    clock = Clock()
+    router, _, _ = make_router([cand(0, 1e-6, 5), cand(1, 2e-6, 5)], {}, clock,
+                               OutlierSettings(consecutive=1))
+    held = router.health.view()
+    router.health.failure(cand(0, 1e-6, 5), server_failure=False)
+    assert held.unusable == {}  # what a call already holds does not change under it
+    assert router.health.view().unusable == {"b0/m-v": OUTLIER}
+    with pytest.raises(TypeError):
+        router.health.view().unusable["b1/m-v"] = "x"  # type: ignore[index]
+
+
+# -- the caller's own deadline and cancellation ----------------------------------------------
+
+
+class Timeout(FakeUpstream):
+    """Every attempt runs out its timeout (the clock moves by it) and fails."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__({})
+        self.clock = clock
+
+    async def infer(self, raw: bytes, timeout: float | None = None) -> bytes:
+        self.calls.append((self._endpoint, raw))
+        self.clock.t += timeout or 0.0
+        raise rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+async def test_the_callers_own_expired_deadline_ejects_nothing() -> None:
+    clock = Clock()
+    router, _, done = make_router([cand(0, 1e-6, 5), cand(1, 2e-6, 5)], {}, clock,
+                                  OutlierSettings(consecutive=1))
+    router.upstreams = Timeout(clock)  # type: ignore[assignment]
+    for _ in range(5):
+        with pytest.raises(BackendFailed):
+            await router.infer(RAW, [("x-slo-ms", "100")], 0.001, CallRecord("", ""))
+    assert router.health.view().unusable == {}
+    assert router.stats.by_deployment == {}  # not a failure of the backend either
+    assert [r.status for r in done] == ["DEADLINE_EXCEEDED"] * 5
+    # A timeout well inside a long deadline is the backend's: it is held against it.
+    with pytest.raises(BackendFailed):
+        await router.infer(RAW, [("x-slo-ms", "100")], 30.0, CallRecord("", ""))
+    assert "b0/m-v" in router.health.view().unusable
+
+
+class Hang(FakeUpstream):
+    """Attempts that never answer; ``started`` gets one item per attempt under way."""
+
+    def __init__(self) -> None:
+        super().__init__({})
+        self.started: asyncio.Queue[str] = asyncio.Queue()
+
+    async def infer(self, raw: bytes, timeout: float | None = None) -> bytes:
+        self.calls.append((self._endpoint, raw))
+        self.started.put_nowait(self._endpoint)
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+@pytest.mark.parametrize(("remaining_s", "status"), [(30.0, "CANCELLED"),
+                                                      (0.5, "DEADLINE_EXCEEDED")])
+async def test_a_cancelled_call_is_recorded_with_a_grpc_status_name(
+        remaining_s: float, status: str) -> None:
+    clock = Clock()
+    router, _, done = make_router([cand(0, 1e-6, 5), cand(1, 2e-6, 5)], {}, clock,
+                                  OutlierSettings(consecutive=1))
+    up = Hang()
+    router.upstreams = up  # type: ignore[assignment]
+    task = asyncio.ensure_future(router.infer(RAW, [], remaining_s, CallRecord("", "")))
+    await up.started.get()  # the attempt is under way
+    clock.t += 1.0  # past a 0.5 s deadline (grpc cancels the handler then), not a 30 s one
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert [r.status for r in done] == [status]
+    assert router.health.view().unusable == {}
+
+
+async def test_a_hedged_call_cancelled_by_its_caller_leaves_no_task_behind() -> None:
+    router, _, _ = make_router([cand(0, 1e-6, 2), cand(1, 2e-6, 2)], {}, Clock(),
+                               hedge_max_slo_ms=50)
+    up = Hang()
+    router.upstreams = up  # type: ignore[assignment]
+    before = asyncio.all_tasks()
+    task = asyncio.ensure_future(router.infer(RAW, [("x-slo-ms", "30")], 2.0,
+                                              CallRecord("", "")))
+    await up.started.get()  # the first leg is under way, the hedge timer armed
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0)
+    assert asyncio.all_tasks() - before == set()  # its attempt did not outlive the call
+    # The same once both legs run.
+    task = asyncio.ensure_future(router.infer(RAW, [("x-slo-ms", "30")], 2.0,
+                                              CallRecord("", "")))
+    await up.started.get()
+    await up.started.get()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0)
+    assert asyncio.all_tasks() - before == set()
+
+
+# -- trailers -------------------------------------------------------------------------------
+
+
+async def test_a_backends_own_error_claims_no_cost_and_no_slo() -> None:
+    router, _, _ = make_router([cand(0, 1e-6, 5), cand(1, 2e-6, 5)],
+                               {"ep0": grpc.StatusCode.INVALID_ARGUMENT, "ep1": b""}, Clock())
+    rec = CallRecord("", "")
+    with pytest.raises(BackendFailed):
+        await router.infer(RAW, [("x-request-id", "r-1")], 2.0, rec)
+    trailers = dict(rec.trailers())
+    assert rec.status == "INVALID_ARGUMENT"
+    assert trailers == {"x-request-id": "r-1", "x-attempts": "1"}
+
+
+async def test_a_hint_error_still_echoes_the_request_id() -> None:
+    from placement.errors import InvalidHint
+
+    router, _, done = make_router([cand(0, 1e-6, 5)], {"ep0": b""}, Clock())
+    rec = CallRecord("", "")
+    with pytest.raises(InvalidHint):
+        await router.infer(RAW, [("x-request-id", "r-2"), ("x-slo-ms", "-5")], 2.0, rec)
+    assert dict(rec.trailers())["x-request-id"] == "r-2"
+    assert done[0].status == "INVALID_ARGUMENT"
