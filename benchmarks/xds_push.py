@@ -146,10 +146,10 @@ def run(quick: bool) -> Section:
                      rows, "llrrrr")
     notes = [
         "Each change drains or restores one backend: placement publishes at once (no "
-        "coalescing wait for operator changes), recompiles the region, and sends the one "
-        "resource that changed, the model's aggregate cluster (its new failover order; the "
-        "bytes are mostly the upstream filters' Lua source it carries). Routes change only "
-        "when a model gains or loses every deployment.",
+        "coalescing wait for operator changes), recompiles the region, and sends what "
+        "changed: the model's aggregate clusters (new failover orders, one per SLO class; "
+        "most of their bytes are the upstream filters' Lua source), the route configuration "
+        "when the SLO classes moved, and the removal of clusters no route names any more.",
         "Placement runs in the benchmark's process (an ADS hook marks the ACK); Envoy, the "
         "two Tritons and tritonclient calls are real; everything shares 2 cores.",
     ]

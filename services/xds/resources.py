@@ -5,11 +5,12 @@ What an Envoy edge of region R gets, per logical model M:
 - one cluster per deployment ``dep:<deployment_id>`` (one endpoint, the backend; its variant,
   backend and region in endpoint metadata under ``switchyard``). It depends only on the
   deployment, never on load or prices, so a placement change does not rebuild it;
-- one aggregate cluster ``model:<M>:<hash>`` per distinct failover order (``order.py``):
-  Envoy sends each call to the first child with healthy hosts and a retry
-  (``previous_priorities``) to the next one. It is named by its order, so it stays the same
-  while the order does; its upstream filters copy the chosen endpoint's variant into a header
-  and rewrite the request's model name (``lua.py``);
+- one aggregate cluster per failover order (``order.py``): ``model:<M>`` for the model's
+  default SLO, ``model:<M>:slo<i>`` for its i-th SLO class. Envoy sends each call to the
+  first child with healthy hosts and a retry (``previous_priorities``) to the next one. The
+  names stay while the classes do, so a new order updates a cluster in place rather than
+  adding one and removing another; its upstream filters copy the chosen endpoint's variant
+  into a header and rewrite the request's model name (``lua.py``);
 - in the route configuration ``routes:<R>``, routes matching ``x-switchyard-model: M`` (the
   header the listener's Lua filter sets from the request body) and the call's SLO class
   (``x-switchyard-slo-ms``, whole ms, set by the same filter from ``x-slo-ms`` or the
@@ -98,10 +99,9 @@ def cluster_name(deployment_id: str) -> str:
     return f"dep:{deployment_id}"
 
 
-def model_cluster_name(model: str, order: Sequence[str]) -> str:
-    """Named by its content: the same order keeps the same cluster across pushes."""
-    digest = hashlib.sha256("\n".join(order).encode()).hexdigest()[:10]
-    return f"model:{model}:{digest}"
+def model_cluster_name(model: str, slo_class: int | None = None) -> str:
+    """The aggregate of the model's default order, or of its ``slo_class``-th SLO class."""
+    return f"model:{model}" if slo_class is None else f"model:{model}:slo{slo_class}"
 
 
 def route_config_name(region: str) -> str:
@@ -157,11 +157,11 @@ def _from_endpoint(header: str, key: str) -> dict[str, Any]:
                        "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}}
 
 
-def model_cluster(model: str, deployment_ids: Sequence[str],
+def model_cluster(name: str, deployment_ids: Sequence[str],
                   s: EnvoySettings) -> cluster_pb2.Cluster:
     """The aggregate cluster: children in failover order; the per-attempt variant rewrite."""
     return json_format.ParseDict({
-        "name": model_cluster_name(model, deployment_ids),
+        "name": name,
         "connect_timeout": f"{s.connect_timeout_s}s",
         "lb_policy": "CLUSTER_PROVIDED",
         "cluster_type": {"name": "envoy.clusters.aggregate", "typed_config": {
@@ -191,12 +191,13 @@ def model_cluster(model: str, deployment_ids: Sequence[str],
     }, cluster_pb2.Cluster())
 
 
-def _route_action(model: str, order: Sequence[str], s: EnvoySettings) -> dict[str, Any]:
+def _route_action(model: str, cluster: str, order: Sequence[str],
+                  s: EnvoySettings) -> dict[str, Any]:
     if not order:
         return {"direct_response": {"status": 503, "body": {
             "inline_string": f"no deployment may serve {model!r} now"}}}
     return {"route": {
-        "cluster": model_cluster_name(model, order), "timeout": "0s",
+        "cluster": cluster, "timeout": "0s",
         "max_stream_duration": {"grpc_timeout_header_max": "0s"},
         "retry_policy": {
             "retry_on": "unavailable,reset,connect-failure,refused-stream",
@@ -217,14 +218,14 @@ def _model_routes(model: str, m: ModelRoutes, s: EnvoySettings) -> list[dict[str
     """One route per SLO class (by the whole-ms SLO header), then the default SLO's."""
     is_model = {"name": lua.MODEL_HEADER, "string_match": {"exact": model}}
     routes = []
-    for k in m.classes:
+    for i, k in enumerate(m.classes):
         in_class = {"name": lua.SLO_HEADER, "range_match": {
             "start": k.lo, "end": _NO_END if k.hi is None else k.hi}}
         routes.append({"name": f"{model} slo [{k.lo}, {k.hi or ''})",
                        "match": {"prefix": "/", "headers": [is_model, in_class]},
-                       **_route_action(model, k.order, s)})
+                       **_route_action(model, model_cluster_name(model, i), k.order, s)})
     routes.append({"name": model, "match": {"prefix": "/", "headers": [is_model]},
-                   **_route_action(model, m.default, s)})
+                   **_route_action(model, model_cluster_name(model), m.default, s)})
     return routes
 
 
@@ -318,10 +319,12 @@ def compile_region(region: str, tables: Iterable[placement_pb2.RouteTable], prof
             cands, profile, table.default_slo_ms, s.slo_margin_ms))
         m = models[table.model] = ModelRoutes(
             default, tuple(slo_classes(cands, profile, s.slo_margin_ms)))
-        for order in {default, *(k.order for k in m.classes)}:
+        named = [(model_cluster_name(table.model), default),
+                 *((model_cluster_name(table.model, i), k.order)
+                   for i, k in enumerate(m.classes))]
+        for name, order in named:
             if order:
-                name = model_cluster_name(table.model, order)
-                clusters[name] = resource(name, model_cluster(table.model, order, s))
+                clusters[name] = resource(name, model_cluster(name, order, s))
     rc = route_config_name(region)
     return RegionConfig(region, clusters,
                         {rc: resource(rc, route_configuration(region, models, s))}, models)

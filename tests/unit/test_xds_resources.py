@@ -76,8 +76,7 @@ def test_a_region_compiles_to_stable_deployment_clusters_an_aggregate_and_routes
     default = ["b2/summarize-small", "b1/summarize-large"]
     assert rc.orders == {"summarize": default}
     agg = aggregate_pb2.ClusterConfig()
-    rc.clusters[model_cluster_name("summarize", default)].message.cluster_type.typed_config.Unpack(
-        agg)
+    rc.clusters[model_cluster_name("summarize")].message.cluster_type.typed_config.Unpack(agg)
     assert list(agg.clusters) == [cluster_name(d) for d in default]
     dep = rc.clusters[cluster_name("b1/summarize-large")].message
     lb = dep.load_assignment.endpoints[0].lb_endpoints[0]
@@ -94,7 +93,7 @@ def test_a_region_compiles_to_stable_deployment_clusters_an_aggregate_and_routes
     by_name = {r.name: r for r in routes}
     plain = by_name["summarize"]  # no SLO header: the model's default SLO's order
     assert [h.name for h in plain.match.headers] == ["x-switchyard-model"]
-    assert plain.route.cluster == model_cluster_name("summarize", default)
+    assert plain.route.cluster == model_cluster_name("summarize")
     assert plain.route.retry_policy.num_retries.value == s.max_attempts - 1
     # Whole-ms SLOs below 82 (small's 80 + margin 2): large first; from 82: small first.
     tight, loose = (r for r in routes if r.name.startswith("summarize slo"))
@@ -102,9 +101,12 @@ def test_a_region_compiles_to_stable_deployment_clusters_an_aggregate_and_routes
     assert (tight.match.headers[-1].range_match.start,
             tight.match.headers[-1].range_match.end) == (0, 82)
     assert loose.match.headers[-1].range_match.start == 82
-    assert loose.route.cluster == model_cluster_name("summarize", default)
-    assert tight.route.cluster == model_cluster_name(
-        "summarize", ["b1/summarize-large", "b2/summarize-small"])
+    assert (tight.route.cluster, loose.route.cluster) == (model_cluster_name("summarize", 0),
+                                                          model_cluster_name("summarize", 1))
+    for name, order in ((tight.route.cluster, ["b1/summarize-large", "b2/summarize-small"]),
+                        (loose.route.cluster, default)):
+        rc.clusters[name].message.cluster_type.typed_config.Unpack(agg)
+        assert list(agg.clusters) == [cluster_name(d) for d in order]
     names = [r.name for r in routes]
     assert names.index(tight.name) < names.index("summarize")  # classes before the default
 
