@@ -91,7 +91,7 @@ def test_same_seed_same_trace_and_same_results(small) -> None:  # type: ignore[n
 def _feasible(c: Candidate, ctx: CallContext) -> bool:
     """Feasibility written out from DESIGN.md, independently of the filter classes."""
     return (not c.dropped_reason and c.deployment_id not in ctx.exclude
-            and c.deployment_id not in ctx.ejected
+            and c.deployment_id not in ctx.unusable
             and c.quality >= ctx.hints.min_quality
             and ctx.latency_ms(c) <= ctx.hints.slo_ms - ctx.slo_margin_ms
             and c.spare_capacity > 0 and c.region not in ctx.avoid_regions
