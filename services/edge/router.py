@@ -84,14 +84,6 @@ class CallRecord:
         self.attempts, self.hedged, self.latency_ms = tries.attempts, tries.hedged, latency_ms
 
 
-def request_id_of(metadata: Sequence[tuple[str, str | bytes]] | None) -> str:
-    """The caller's ``x-request-id`` as sent (for answers that fail before hints parse)."""
-    for key, value in metadata or ():
-        if key == "x-request-id" and isinstance(value, str):
-            return value[:128]
-    return ""
-
-
 def status_name(exc: BaseException, tries: CallAttempts | None, now: float) -> str:
     """The gRPC status name a call that raised ``exc`` ends with."""
     if isinstance(exc, SwitchyardError):
@@ -144,11 +136,11 @@ class Router:
              time_remaining_s: float | None, record: CallRecord
              ) -> tuple[str, Sequence[Candidate], CallContext, Profile]:
         """Read the model name and hints; find the model's candidates."""
-        record.request_id = record.request_id or request_id_of(metadata)
+        if not record.request_id:  # first: every answer echoes it, errors included
+            record.request_id = hint_parser.request_id(metadata)
         model = scan_model_name(raw)
         record.model = model
         parsed = hint_parser.parse(metadata, self.regions, self.profile_names)
-        record.request_id = parsed.request_id
         cands = self.candidates(model)
         hints = hint_parser.resolve(parsed, time_remaining_s, self.store.default_slo_ms[model],
                                     self.settings.deadline_margin_ms, self.settings.fail_fast)

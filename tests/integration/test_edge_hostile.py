@@ -115,6 +115,24 @@ async def test_a_bad_later_stream_message_ends_the_stream_at_once(
     assert rec.status == "INVALID_ARGUMENT"
 
 
+async def test_a_stream_is_recorded_with_its_real_final_status(
+        mesh: Mesh, records: list[CallRecord]) -> None:
+    async with grpc.aio.insecure_channel(mesh.edge_address) as ch:
+        stream = ch.stream_stream(STREAM, request_serializer=None, response_deserializer=None)
+        ok = stream(iter([generate_request()]), timeout=20,
+                    metadata=(("x-request-id", "stream-ok"),))
+        assert len([r async for r in ok]) == 4  # the decoupled model's 4 tokens
+        cancelled = stream(iter([generate_request()]), timeout=20,
+                           metadata=(("x-request-id", "stream-cancel"),))
+        await cancelled.read()  # the first token: the stream is under way
+        cancelled.cancel()
+    await wait_until(lambda: {"stream-ok", "stream-cancel"}
+                     <= {r.request_id for r in records}, 5)
+    status = {r.request_id: r.status for r in records}
+    assert status["stream-ok"] == "OK"
+    assert status["stream-cancel"] == "CANCELLED"
+
+
 async def test_callers_own_tiny_deadlines_eject_nothing_and_leak_no_task(
         mesh: Mesh, records: list[CallRecord], loop_errors: list[dict[str, Any]]) -> None:
     def tiny_deadline_calls() -> list[str]:
