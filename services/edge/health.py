@@ -5,8 +5,9 @@ deployment and per backend (``outlier.py``: a server's timeouts and lost connect
 all its variants at once), the verdicts of the active ``ServerReady`` checks (run by
 ``control.HealthChecker``, which only does the I/O and reports here), and slow start for
 whatever comes back (``slowstart.py``). Operator intent (drain, cordon) arrives with the
-route table: a drained row carries its ``dropped_reason`` and a cordoned one its
-``availability``; ``usable`` folds both in for the control RPCs.
+route table (placement owns it): a drained row carries its ``dropped_reason`` (the routable
+filter drops it) and a cordoned one its ``availability`` (the cordon filter); ``usable``
+folds drain in for the control RPCs.
 
 Each call reads ``view()``: an immutable ``HealthSnapshot`` (deployment → the true reason it
 may not be used; deployment → slow-start share), rebuilt only when something changes.
@@ -22,7 +23,7 @@ from types import MappingProxyType
 
 import structlog
 
-from placement.model import Availability, Candidate
+from placement.model import Candidate
 from services.edge.outlier import OutlierDetector, OutlierSettings
 from services.edge.routes import RouteStore
 from services.edge.slowstart import SlowStart
@@ -67,15 +68,6 @@ class HealthView:
     def usable(self, c: Candidate) -> bool:
         """May any call use ``c`` now (not drained, not blocked by the edge)?"""
         return not c.dropped_reason and c.deployment_id not in self._view.unusable
-
-    def reason(self, c: Candidate) -> str:
-        """Why ``c`` may not take calls (or only some), "" when nothing holds it back."""
-        if c.dropped_reason:
-            return c.dropped_reason
-        why = self._view.unusable.get(c.deployment_id, "")
-        if not why and c.availability is Availability.CORDONED:
-            return "backend cordoned"
-        return why
 
     def ejected_for(self, deployment_id: str, backend_id: str) -> float:
         return max(self._deployments.ejected_for(deployment_id),

@@ -58,7 +58,7 @@ class RunningEdge:
     server: grpc.aio.Server
     router: Router
     link: PlacementLink
-    health: HealthChecker
+    checker: HealthChecker  # active checks; the health view itself is router.health
     port: int
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     health_servicer: Any = None
