@@ -1,10 +1,14 @@
 """Cost: a trace-driven simulation of a multi-cloud fleet routed by placement's own code.
 
     python -m benchmarks.cost [--quick] [--scenario PATH]
+    python -m benchmarks.cost --all-scenarios [--quick]
 
 Every policy routes the same call trace over the same simulated fleet (see
 ``benchmarks/costsim/``); an offline linear program over the trace gives the lower bound.
-Writes ``benchmarks/cost_vs_slo.png``.
+Writes ``benchmarks/cost_vs_slo.png``. ``--all-scenarios`` runs every scenario in
+``benchmarks/scenarios/`` (one table: attainment, × LP and × the queueing bound per policy,
+switchyard's misses by cause) and the σ/load sweep (``benchmarks/cost_sweep.png``), prints
+the section and writes it into ``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import pathlib
 import time
 
 from benchmarks.common import BENCH_DIR, Section, command_for, progress
-from benchmarks.costsim import report
+from benchmarks.costsim import report, suite, suite_report
 from benchmarks.costsim.runner import POLICIES, bound, run_policies
 from benchmarks.costsim.scenario import load_scenario
 from benchmarks.costsim.trace import generate
@@ -22,9 +26,54 @@ from benchmarks.costsim.trace import generate
 ESTIMATE_S = (60, 240)
 DEFAULT_SCENARIO = pathlib.Path(BENCH_DIR, "scenarios", "default.toml")
 PLOT = pathlib.Path(BENCH_DIR, "cost_vs_slo.png")
+SCENARIOS = pathlib.Path(BENCH_DIR, "scenarios")
+SWEEP_SCENARIO = SCENARIOS / "tight-three-variant.toml"
+SWEEP_PLOT = pathlib.Path(BENCH_DIR, "cost_sweep.png")
+RESULTS = pathlib.Path(BENCH_DIR, "RESULTS.md")
+SUITE_TITLE = "Cost: every scenario, both bounds, where the misses go"
 
 
-def run(quick: bool, scenario: pathlib.Path = DEFAULT_SCENARIO) -> Section:
+def run(quick: bool) -> list[Section]:
+    """For ``run_all``: the default scenario in detail, then every scenario."""
+    return [run_single(quick), run_all_scenarios(quick)]
+
+
+def run_all_scenarios(quick: bool) -> Section:
+    t0 = time.monotonic()
+    paths = sorted(SCENARIOS.glob("*.toml"), key=lambda p: (p != DEFAULT_SCENARIO, p.name))
+    progress(f"cost: {len(paths)} scenarios × {len(POLICIES)} policies on 2 workers")
+    results = suite.run_suite(paths, POLICIES, quick)
+    for s, runs, b in results:
+        progress(f"cost: {s.name}: " + ", ".join(
+            f"{r.result.policy} {r.result.attainment:.2%}" for r in runs)
+            + f"; LP max {b.lp_max:.2%}, queueing bound max {b.q_max:.2%}")
+    progress(f"cost: sweep on {SWEEP_SCENARIO.name} (quick horizon)")
+    points = suite.run_sweep(SWEEP_SCENARIO, quick=True)
+    suite_report.plot_sweep(points, SWEEP_PLOT,
+                            f"{SWEEP_SCENARIO.stem}: switchyard vs lowest-latency")
+    cmd = "python -m benchmarks.cost --all-scenarios" + (" --quick" if quick else "")
+    notes = suite_report.notes(results, quick, SWEEP_SCENARIO, SWEEP_PLOT.name)
+    notes.append(suite_report.sweep_table(points))
+    return Section(title=SUITE_TITLE, command=cmd, table=suite_report.table(results),
+                   notes=notes, images=[SWEEP_PLOT.name], elapsed_s=time.monotonic() - t0)
+
+
+def write_section(section: Section, path: pathlib.Path = RESULTS) -> None:
+    """Replace ``section`` in RESULTS.md by title (or add it after the last cost section)."""
+    text = path.read_text() if path.exists() else ""
+    parts = text.split("\n## ")
+    head, body = parts[0], [f"## {p}" for p in parts[1:]]
+    new = section.markdown().rstrip() + "\n"
+    titles = [b.split("\n", 1)[0][3:] for b in body]
+    if section.title in titles:
+        body[titles.index(section.title)] = new
+    else:
+        costs = [i for i, t in enumerate(titles) if t.startswith("Cost")]
+        body.insert(costs[-1] + 1 if costs else len(body), new)
+    path.write_text("\n".join([head.rstrip() + "\n", *body]))
+
+
+def run_single(quick: bool, scenario: pathlib.Path = DEFAULT_SCENARIO) -> Section:
     t0 = time.monotonic()
     s = load_scenario(scenario)
     trace = generate(s, quick)
@@ -52,8 +101,16 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="the same day in fewer seconds")
     p.add_argument("--scenario", type=pathlib.Path, default=DEFAULT_SCENARIO)
+    p.add_argument("--all-scenarios", action="store_true",
+                   help="every scenario and the sweep; writes the section into RESULTS.md")
     args = p.parse_args()
-    print(run(args.quick, args.scenario.resolve()).markdown())
+    if args.all_scenarios:
+        section = run_all_scenarios(args.quick)
+        print(section.markdown())
+        write_section(section)
+        progress(f"cost: wrote '{section.title}' into {RESULTS}")
+        return
+    print(run_single(args.quick, args.scenario.resolve()).markdown())
 
 
 if __name__ == "__main__":
