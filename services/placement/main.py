@@ -46,6 +46,38 @@ class RunningPlacement:
         await self.server.stop(grace)
 
 
+def _serialize(update: placement_pb2.RouteUpdate | bytes) -> bytes:
+    return update if isinstance(update, bytes) else update.SerializeToString()
+
+
+class _Captured:
+    """Takes what the generated ``add_PlacementServicer_to_server`` would register."""
+
+    handlers: dict[str, grpc.RpcMethodHandler]
+
+    def add_generic_rpc_handlers(self, _: object) -> None:
+        pass
+
+    def add_registered_method_handlers(self, _: str, handlers: dict[str, grpc.RpcMethodHandler]
+                                       ) -> None:
+        self.handlers = handlers
+
+
+def register(service: PlacementService, server: grpc.aio.Server) -> None:
+    """The generated registration, except that ``WatchRoutes`` may yield serialised updates:
+    each delta is serialised once per region, not once per watching edge."""
+    captured = _Captured()
+    placement_pb2_grpc.add_PlacementServicer_to_server(service, captured)
+    handlers = dict(captured.handlers)
+    handlers["WatchRoutes"] = grpc.unary_stream_rpc_method_handler(
+        service.WatchRoutes, request_deserializer=placement_pb2.WatchRoutesRequest.FromString,
+        response_serializer=_serialize)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME,
+                                                                          handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+    service.raw_updates = True
+
+
 def build_service(cfg: MeshConfig, preregister: bool) -> PlacementService:
     """Wire fleet, prices, builder and hub from the config.
 
@@ -77,8 +109,8 @@ async def start_placement(cfg: MeshConfig, host: str | None = None, port: int | 
     service = build_service(cfg, preregister and cfg.discovery == "static")
     server = grpc.aio.server(interceptors=[*authz.interceptors(cfg.security), ErrorInterceptor()],
                              options=transport.server_options(cfg.security.limits))
-    placement_pb2_grpc.add_PlacementServicer_to_server(service, server)
-    ads = serve_ads(server, service.hub, cfg)
+    register(service, server)
+    ads = serve_ads(server, service, cfg)
     health = add_health_and_reflection(server, [SERVICE_NAME])
     host = host or cfg.placement.host
     bound = transport.bind(server, host, cfg.placement.port if port is None else port,

@@ -33,6 +33,7 @@ from typing import Any
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
+from envoy.extensions.access_loggers.grpc.v3 import als_pb2 as _als_pb2  # noqa: F401
 from envoy.extensions.clusters.aggregate.v3 import cluster_pb2 as _aggregate_pb2  # noqa: F401
 from envoy.extensions.filters.http.header_mutation.v3 import (  # noqa: F401
     header_mutation_pb2 as _header_mutation_pb2,
@@ -67,6 +68,7 @@ CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 LISTENER_NAME = "ingress"
+PLACEMENT_CLUSTER = "placement"  # the one static cluster of an Envoy edge's bootstrap
 
 _T = "type.googleapis.com/"
 _HEADROOM = 64 * 1024  # gRPC framing, headers, the appended model name
@@ -267,6 +269,14 @@ def listener(host: str, port: int, region: str, s: EnvoySettings) -> listener_pb
             "headers_to_add": [_grpc_status(8)],
             "body": {"inline_string": f"message over the edge's max_message_bytes "
                                       f"({s.max_message_bytes} bytes)"}}]},
+        # Every call, batched, to placement's access-log service (feedback.py).
+        "access_log": [{"name": "envoy.access_loggers.http_grpc", "typed_config": {
+            "@type": _T + "envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig",
+            "common_config": {"log_name": "switchyard", "transport_api_version": "V3",
+                              "buffer_flush_interval": "0.5s",
+                              "grpc_service": {"envoy_grpc": {
+                                  "cluster_name": PLACEMENT_CLUSTER}}},
+            "additional_response_trailers_to_log": ["x-served-by", "grpc-status"]}}],
         "http_filters": [
             {"name": "switchyard.model_name", "typed_config": {
                 "@type": _T + "envoy.extensions.filters.http.lua.v3.Lua",

@@ -22,13 +22,17 @@ from typing import Any
 
 import grpc
 import structlog
+from envoy.service.accesslog.v3 import als_pb2_grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from placement.errors import InvalidRequest
 from placement.pipeline import Profile
 from placement.registry import build_profile
+from services.api.switchyard.v1 import telemetry_pb2
 from services.config import MeshConfig
 from services.placement.hub import RouteHub
+from services.placement.server import PlacementService
+from services.xds.feedback import AccessLogFeedback
 from services.xds.resources import (
     CLUSTER,
     LISTENER,
@@ -57,6 +61,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self.pushes = 0
         self.pushed_bytes = 0  # serialized responses, for the push-cost benchmark
         self.on_reply: Callable[[Session], None] | None = None  # hook: Envoy ACKed or NACKed
+        self.feedback: AccessLogFeedback | None = None  # Envoy's calls, as observations
         self._compiled: dict[str, tuple[int, RegionConfig]] = {}
 
     def region_config(self, region: str) -> RegionConfig:
@@ -181,11 +186,20 @@ def add_ads(server: grpc.aio.Server, hub: RouteHub, profile: Profile,
     return ads
 
 
-def serve_ads(server: grpc.aio.Server, hub: RouteHub, cfg: MeshConfig) -> AdsServer:
-    """ADS for ``cfg``'s mesh: its routing profile, message limit, attempts and SLO margin."""
+def serve_ads(server: grpc.aio.Server, service: PlacementService, cfg: MeshConfig) -> AdsServer:
+    """ADS for ``cfg``'s mesh (its routing profile, message limit, attempts, SLO and deadline
+    margins), and the access-log service that turns Envoy's calls into observations."""
     settings = EnvoySettings(max_message_bytes=cfg.edge.max_message_bytes,
                              max_attempts=cfg.edge.max_attempts,
                              slo_margin_ms=cfg.routing.slo_margin_ms,
                              deadline_margin_ms=cfg.routing.deadline_margin_ms)
-    return add_ads(server, hub, build_profile(cfg.routing.profile, cfg.routing.spread_band),
-                   settings)
+    ads = add_ads(server, service.hub,
+                  build_profile(cfg.routing.profile, cfg.routing.spread_band), settings)
+
+    async def report(obs: telemetry_pb2.ObservationReport) -> object:
+        return await service.ReportObservations(obs, None)  # type: ignore[arg-type]
+
+    ads.feedback = AccessLogFeedback(report, cfg.edge.report_interval_s,
+                                     cfg.routing.observed_min_samples)
+    als_pb2_grpc.add_AccessLogServiceServicer_to_server(ads.feedback, server)
+    return ads

@@ -112,6 +112,21 @@ async def _drain_and_watch_calls_move(mesh: EnvoyMesh) -> None:
     assert all(s.split("/", 1)[0] != drained for s in mesh.order())
 
 
+async def test_envoys_calls_reach_placement_as_observations_and_call_rates(
+        mesh: EnvoyMesh) -> None:
+    served = {(await asyncio.to_thread(mesh.call))[1]["x-served-by"] for _ in range(12)}
+    fleet, edge = mesh.placement.service.fleet, mesh.envoy.node
+    key = (edge.region, edge.edge_id)
+
+    def reported() -> bool:
+        return all(fleet.use.get(d, {}).get(key, (0.0, 0.0))[0] > 0
+                   and fleet.observed.get((edge.region, d)) is not None for d in served)
+
+    await eventually(reported, 10, f"placement saw the Envoy edge's calls to {served}")
+    for d in served:
+        assert fleet.observed[(edge.region, d)].p95_ms > 0
+
+
 async def test_a_drained_backend_stops_serving_and_calls_move_to_another_deployment(
         mesh: EnvoyMesh) -> None:
     await _drain_and_watch_calls_move(mesh)

@@ -23,7 +23,8 @@ from envoy.extensions.upstreams.http.v3 import (  # noqa: F401 (registers the "@
 )
 from google.protobuf import json_format
 
-PLACEMENT_CLUSTER = "placement"
+from services.xds.resources import PLACEMENT_CLUSTER  # the listener logs calls to it
+
 _T = "type.googleapis.com/"
 
 

@@ -1,0 +1,116 @@
+"""What Envoy edges observe, back to placement: Envoy's gRPC access-log service (ALS).
+
+Each Envoy edge's listener logs every call to placement (``access_log`` in the listener
+``resources.py`` builds; Envoy batches entries, ``buffer_flush_interval``). Per stream this
+module keeps the same :class:`~services.edge.stats.EdgeStats` a Python edge keeps, records
+each call (the deployment from its ``x-served-by`` trailer, the upstream time, the gRPC
+status), and every ``report_interval_s`` hands placement's own ``ReportObservations`` the
+report a Python edge would have sent: observed p95 per deployment and the call rate this edge
+sends it (which sets the slot shares). One rule, one owner: nothing here interprets the
+numbers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import grpc
+import structlog
+from envoy.data.accesslog.v3 import accesslog_pb2
+from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
+
+from services.api.switchyard.v1 import telemetry_pb2
+from services.edge.stats import EdgeStats
+
+log = structlog.get_logger("switchyard.xds")
+
+Report = Callable[[telemetry_pb2.ObservationReport], Awaitable[object]]
+
+
+def _ms(d: object) -> float:
+    return float(d.seconds) * 1e3 + float(d.nanos) / 1e6  # type: ignore[attr-defined]
+
+
+def record(stats: EdgeStats, entry: accesslog_pb2.HTTPAccessLogEntry) -> bool:
+    """One logged call into ``stats``; False when no deployment answered it (refused)."""
+    trailers = entry.response.response_trailers
+    deployment = trailers.get("x-served-by", "")
+    if not deployment:
+        return False
+    c = entry.common_properties
+    upstream_ms = _ms(c.time_to_last_upstream_rx_byte) - _ms(c.time_to_first_upstream_tx_byte)
+    stats.record(deployment, max(upstream_ms, 0.0), trailers.get("grpc-status", "") == "0")
+    return True
+
+
+def observation_report(edge_id: str, region: str, stats: EdgeStats,
+                       interval_s: float) -> telemetry_pb2.ObservationReport:
+    """What ``services.edge.control`` reports, from the same ``EdgeStats.refresh``."""
+    return telemetry_pb2.ObservationReport(edge_id=edge_id, edge_region=region, observations=[
+        telemetry_pb2.Observation(deployment_id=dep, edge_region=region, samples=n,
+                                  failures=f, p50_ms=p50, p95_ms=p95,
+                                  calls_per_s=round(calls / interval_s, 2))
+        for dep, (n, f, p50, p95, calls) in stats.refresh().items()])
+
+
+class _Edge:
+    """One Envoy edge's calls, from all its ALS streams (Envoy opens one per worker)."""
+
+    def __init__(self, edge_id: str, region: str, min_samples: int) -> None:
+        self.edge_id = edge_id
+        self.region = region
+        self.stats = EdgeStats(min_samples)
+        self.streams = 0
+        self.reporter: asyncio.Task[None] | None = None
+
+
+class AccessLogFeedback(als_pb2_grpc.AccessLogServiceServicer):
+    def __init__(self, report: Report, interval_s: float, min_samples: int) -> None:
+        self.report = report
+        self.interval_s = interval_s
+        self.min_samples = min_samples
+        self.calls = 0  # logged calls with a deployment, all edges
+        self.edges: dict[str, _Edge] = {}
+
+    async def _report_forever(self, edge: _Edge) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            report = observation_report(edge.edge_id, edge.region, edge.stats, self.interval_s)
+            if report.observations:
+                await self.report(report)
+
+    def _join(self, node_id: str, region: str) -> _Edge:
+        edge = self.edges.get(node_id)
+        if edge is None:
+            edge = self.edges[node_id] = _Edge(node_id, region, self.min_samples)
+            edge.reporter = asyncio.create_task(self._report_forever(edge))
+            log.info("envoy_feedback_open", edge=node_id, region=region)
+        edge.streams += 1
+        return edge
+
+    async def _leave(self, edge: _Edge) -> None:
+        edge.streams -= 1
+        if edge.streams or edge.reporter is None:
+            return
+        del self.edges[edge.edge_id]
+        edge.reporter.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await edge.reporter
+
+    async def StreamAccessLogs(  # noqa: N802 (the ALS method name)
+            self, request_iterator: AsyncIterator[als_pb2.StreamAccessLogsMessage],
+            context: grpc.aio.ServicerContext) -> als_pb2.StreamAccessLogsResponse:
+        edge: _Edge | None = None
+        try:
+            async for msg in request_iterator:
+                if edge is None:
+                    node = msg.identifier.node
+                    edge = self._join(node.id, node.cluster)
+                for entry in msg.http_logs.log_entry:
+                    self.calls += record(edge.stats, entry)
+        finally:
+            if edge is not None:
+                await self._leave(edge)
+        return als_pb2.StreamAccessLogsResponse()
