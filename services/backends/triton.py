@@ -119,8 +119,16 @@ def triton_command(
     host: str,
     grpc_port: int,
     metrics_port: int,
+    model_control: str = "none",
+    load_models: Sequence[str] = (),
 ) -> list[str]:
-    """The tritonserver argument list: gRPC + metrics on ``host``, HTTP off."""
+    """The tritonserver argument list: gRPC + metrics on ``host``, HTTP off.
+
+    ``model_control="explicit"`` starts with only ``load_models`` loaded; the rest of the
+    repository is loaded and unloaded through Triton's repository API (issue 13).
+    """
+    explicit = (["--model-control-mode=explicit", *(f"--load-model={m}" for m in load_models)]
+                if model_control == "explicit" else [])
     return [
         str(install.binary),
         f"--model-repository={repository}",
@@ -137,6 +145,7 @@ def triton_command(
         "--strict-readiness=true",
         "--log-verbose=0",
         "--exit-timeout-secs=5",
+        *explicit,
     ]
 
 
@@ -159,6 +168,7 @@ class TritonProcess:
         metrics_port: int = 0,
         env: dict[str, str] | None = None,
         name: str = "triton",
+        model_control: str = "none",
     ) -> None:
         self.repository = pathlib.Path(repository).resolve()
         self.run_dir = pathlib.Path(run_dir).resolve()
@@ -167,6 +177,7 @@ class TritonProcess:
         self.grpc_port = grpc_port or free_port(host)
         self.metrics_port = metrics_port or free_port(host)
         self.name = name
+        self.model_control = model_control  # "explicit": only ``models`` load at start
         self.log_path = self.run_dir / "tritonserver.log"
         self._env = dict(os.environ) if env is None else env
         self._proc: subprocess.Popen[bytes] | None = None
@@ -180,18 +191,23 @@ class TritonProcess:
         run_dir: str | os.PathLike[str] | None = None,
         *,
         instances: int = 1,
+        load: Sequence[str] | None = None,
     ) -> TritonProcess:
-        """Write ``backend``'s repository under ``run_dir`` (default: :func:`backend_run_dir`)."""
+        """Write ``backend``'s repository under ``run_dir`` (default: :func:`backend_run_dir`).
+
+        ``load`` given: explicit model control, only those variants loaded at start.
+        """
         base = pathlib.Path(run_dir) if run_dir else backend_run_dir(cfg, backend)
         specs = write_repository(cfg, backend, base / "repo", instances=instances)
         return cls(
             base / "repo",
             base,
-            [s.name for s in specs],
+            [s.name for s in specs] if load is None else list(load),
             host=backend.host,
             grpc_port=backend.grpc_port,
             metrics_port=backend.metrics_port,
             name=backend.id,
+            model_control="none" if load is None else "explicit",
         )
 
     @property
@@ -228,6 +244,8 @@ class TritonProcess:
             host=self.host,
             grpc_port=self.grpc_port,
             metrics_port=self.metrics_port,
+            model_control=self.model_control,
+            load_models=self.models,
         )
         return argv, triton_environment(self.run_dir, install, self._env)
 

@@ -1,0 +1,102 @@
+"""Make the fleet match a plan: GPUs per pool and the variants each loads.
+
+Order, so capacity never dips below both plans while it changes: (1) add GPUs and load
+their variants; (2) load new variants on GPUs that stay; only then (3) drain and unload
+variants a pool no longer runs, and (4) drain every variant of a GPU that goes, then remove
+it. A loaded variant is handed to the ``RoutingGate`` (``start``) only after Triton reports it
+ready; an unload always drains first (:meth:`ModelControl.drain_and_unload`).
+
+The target is ``placement.planner.Plan.gpus()`` / ``loaded()`` as :class:`PoolTarget`s; the
+planner itself is not imported (its solver is not a runtime dependency).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from services.capacity.model_control import DrainReport, ModelControl, RoutingGate
+from services.capacity.provider import Instance, Provider
+
+
+@dataclass(frozen=True, slots=True)
+class PoolTarget:
+    gpus: int
+    variants: frozenset[str]
+
+
+class Control(Protocol):
+    """What the actor needs of :class:`ModelControl` (a fake in unit tests)."""
+
+    async def loaded(self) -> frozenset[str]: ...
+
+    async def load(self, variant: str) -> None: ...
+
+    async def drain_and_unload(self, variant: str, gate: RoutingGate) -> DrainReport: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(slots=True)
+class ApplyReport:
+    """Every action taken, in order, as ``(verb, instance id, variant or "")``."""
+
+    actions: list[tuple[str, str, str]] = field(default_factory=list)
+
+
+class CapacityActor:
+    def __init__(self, provider: Provider, gate: RoutingGate,
+                 control: Callable[[Instance], Control] = ModelControl) -> None:
+        self.provider = provider
+        self.gate = gate
+        self._control_of = control
+        self._controls: dict[str, Control] = {}
+
+    def _control(self, inst: Instance) -> Control:
+        if inst.id not in self._controls:
+            self._controls[inst.id] = self._control_of(inst)
+        return self._controls[inst.id]
+
+    async def _load(self, inst: Instance, variant: str, report: ApplyReport) -> None:
+        await self._control(inst).load(variant)
+        await self.gate.start(inst, variant)
+        report.actions.append(("load", inst.id, variant))
+
+    async def _unload(self, inst: Instance, variant: str, report: ApplyReport) -> None:
+        await self._control(inst).drain_and_unload(variant, self.gate)
+        report.actions.append(("unload", inst.id, variant))
+
+    async def apply(self, target: Mapping[str, PoolTarget]) -> ApplyReport:
+        report = ApplyReport()
+        for pool, want in sorted(target.items()):  # (1) grow
+            missing = want.gpus - len(self.provider.instances(pool))
+            if missing > 0:
+                for inst in await self.provider.add(pool, missing):
+                    report.actions.append(("add", inst.id, ""))
+                    for v in sorted(want.variants):
+                        await self._load(inst, v, report)
+        for pool, want in sorted(target.items()):  # (2) load on GPUs that stay
+            for inst in self.provider.instances(pool)[:want.gpus]:
+                have = await self._control(inst).loaded()
+                for v in sorted(want.variants - have):
+                    await self._load(inst, v, report)
+        for pool, want in sorted(target.items()):  # (3) unload, (4) shrink
+            instances = self.provider.instances(pool)
+            for inst in instances[:want.gpus]:
+                for v in sorted(await self._control(inst).loaded() - want.variants):
+                    await self._unload(inst, v, report)
+            for inst in instances[want.gpus:]:
+                for v in sorted(await self._control(inst).loaded()):
+                    await self._unload(inst, v, report)
+                control = self._controls.pop(inst.id, None)
+                if control is not None:
+                    await control.close()
+                await self.provider.remove(inst)
+                report.actions.append(("remove", inst.id, ""))
+        return report
+
+    async def close(self) -> None:
+        for c in self._controls.values():
+            await c.close()
+        self._controls.clear()

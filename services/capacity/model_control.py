@@ -1,0 +1,138 @@
+"""Load, drain and unload variants on one Triton server through its repository API.
+
+Triton must run in explicit model-control mode (``TritonProcess(..., model_control=
+"explicit")``). Loading is ``RepositoryModelLoad`` (tritonclient's ``load_model``); unloading
+is ``RepositoryModelUnload`` after a drain:
+
+1. the ``RoutingGate`` stops new calls reaching the deployment (placement's side);
+2. wait until Triton's queue for the variant is empty (``nv_inference_pending_request_count``
+   on the metrics endpoint, polled every ``poll_s``);
+3. unload; Triton lets calls already executing finish before the model goes;
+4. wait until the repository index no longer lists the variant as ready.
+
+tritonclient and grpc errors are wrapped in :class:`ModelControlError` here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import structlog
+from tritonclient.grpc import aio as triton_aio
+from tritonclient.utils import InferenceServerException
+
+from placement.errors import SwitchyardError
+from services.agent.triton_stats import pending_requests
+from services.capacity.provider import Instance
+
+log = structlog.get_logger("switchyard.capacity")
+
+
+class ModelControlError(SwitchyardError):
+    """Triton refused or failed a repository operation, or a drain did not finish in time."""
+
+    grpc_code = "UNAVAILABLE"
+
+
+class RoutingGate(Protocol):
+    """Who decides whether calls may reach a deployment (placement's tables, in a mesh)."""
+
+    async def stop(self, instance: Instance, variant: str) -> None: ...
+
+    async def start(self, instance: Instance, variant: str) -> None: ...
+
+
+class NoRouting:
+    """A gate for servers nothing routes to through the mesh (tests, a bare provider)."""
+
+    async def stop(self, instance: Instance, variant: str) -> None:
+        return None
+
+    async def start(self, instance: Instance, variant: str) -> None:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class DrainReport:
+    variant: str
+    waited_s: float
+    max_pending: int  # the most calls seen queued while draining
+
+
+class ModelControl:
+    """Repository operations on one instance."""
+
+    def __init__(self, instance: Instance, *, timeout_s: float = 30.0,
+                 poll_s: float = 0.05) -> None:
+        self.instance = instance
+        self.timeout_s = timeout_s
+        self.poll_s = poll_s
+        self._client: Any = triton_aio.InferenceServerClient(instance.endpoint)
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def loaded(self) -> frozenset[str]:
+        """Variants the server reports READY."""
+        try:
+            index = await self._client.get_model_repository_index(as_json=True)
+        except InferenceServerException as exc:
+            raise ModelControlError(f"{self.instance.id}: repository index: {exc}") from exc
+        return frozenset(m["name"] for m in index.get("models", [])
+                         if m.get("state") == "READY")
+
+    async def load(self, variant: str) -> None:
+        """Load ``variant`` and return once Triton reports it ready."""
+        try:
+            await self._client.load_model(variant, client_timeout=self.timeout_s)
+            ready = await self._client.is_model_ready(variant)
+        except InferenceServerException as exc:
+            raise ModelControlError(f"{self.instance.id}: load {variant}: {exc}") from exc
+        if not ready:
+            raise ModelControlError(f"{self.instance.id}: {variant} loaded but not ready")
+        log.info("capacity.loaded", instance=self.instance.id, variant=variant)
+
+    async def pending(self, variant: str) -> int:
+        """Calls queued for ``variant`` in Triton right now."""
+        try:
+            text = await asyncio.to_thread(_http_get, self.instance.metrics_url, 2.0)
+        except (OSError, urllib.error.URLError) as exc:
+            raise ModelControlError(f"{self.instance.id}: metrics: {exc}") from exc
+        return pending_requests(text, [variant])
+
+    async def drain_and_unload(self, variant: str, gate: RoutingGate) -> DrainReport:
+        """Stop routing, wait for the queue to empty, unload, wait until it is gone."""
+        t0 = time.monotonic()
+        await gate.stop(self.instance, variant)
+        most = 0
+        while (n := await self.pending(variant)) > 0:
+            most = max(most, n)
+            if time.monotonic() - t0 > self.timeout_s:
+                raise ModelControlError(f"{self.instance.id}: {variant} still has {n} queued "
+                                        f"after {self.timeout_s:g} s of draining")
+            await asyncio.sleep(self.poll_s)
+        try:
+            await self._client.unload_model(variant, client_timeout=self.timeout_s)
+        except InferenceServerException as exc:
+            raise ModelControlError(f"{self.instance.id}: unload {variant}: {exc}") from exc
+        while variant in await self.loaded():
+            if time.monotonic() - t0 > self.timeout_s:
+                raise ModelControlError(f"{self.instance.id}: {variant} still loaded "
+                                        f"{self.timeout_s:g} s after unload")
+            await asyncio.sleep(self.poll_s)
+        report = DrainReport(variant, time.monotonic() - t0, most)
+        log.info("capacity.unloaded", instance=self.instance.id, variant=variant,
+                 waited_s=round(report.waited_s, 3), max_pending=most)
+        return report
+
+
+def _http_get(url: str, timeout_s: float) -> str:
+    if not url.startswith(("http://", "https://")):
+        raise OSError(f"metrics url {url!r} is not http(s)")
+    with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 - scheme checked
+        return str(resp.read().decode())
