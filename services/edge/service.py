@@ -9,7 +9,7 @@ The proto is the one tritonclient ships (``tritonclient.grpc.service_pb2``), not
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from importlib import metadata as _metadata
 
 import grpc
@@ -51,10 +51,7 @@ class InferenceService:
         metadata = context.invocation_metadata()
         record = CallRecord(hint_parser.request_id(metadata), "")  # echoed even on rejection
         try:
-            if self.max_message_bytes is not None:
-                check_message_size(len(raw), self.max_message_bytes)
-            if self.gate is not None:
-                record.admission = self.gate.admit(metadata, context.auth_context)
+            self._admit(len(raw), metadata, context, record)
             response = await self.router.infer(raw, metadata, context.time_remaining(), record)
         except SwitchyardError as exc:
             code, message, trailers = status_of(exc)
@@ -71,8 +68,7 @@ class InferenceService:
         metadata = context.invocation_metadata()
         record = CallRecord(hint_parser.request_id(metadata), "")  # echoed even on rejection
         try:
-            if self.gate is not None:
-                record.admission = self.gate.admit(metadata, context.auth_context)
+            self._admit(None, metadata, context, record)
             async for resp in route_stream(self.router, self._sized(requests), metadata,
                                            context.time_remaining(), record, context):
                 yield resp
@@ -84,6 +80,20 @@ class InferenceService:
             if record.admission is not None:
                 record.admission.release()
         context.set_trailing_metadata(record.trailers())
+
+    def _admit(self, size: int | None, metadata: Sequence[tuple[str, str | bytes]],
+               context: grpc.aio.ServicerContext, record: CallRecord) -> None:
+        """Size and tenant checks before routing; a call they refuse is still counted once
+        (the router never sees it)."""
+        try:
+            if size is not None and self.max_message_bytes is not None:
+                check_message_size(size, self.max_message_bytes)
+            if self.gate is not None:
+                record.admission = self.gate.admit(metadata, context.auth_context)
+        except SwitchyardError as exc:
+            record.status = exc.grpc_code
+            self.router.on_done(record)
+            raise
 
     async def _sized(self, requests: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """A stream's requests, each held to ``max_message_bytes`` as a unary request is."""

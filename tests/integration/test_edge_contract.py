@@ -92,7 +92,7 @@ async def metered_edge(mesh: Mesh, cfg: MeshConfig) -> AsyncIterator[tuple[Runni
 
 
 async def test_metrics_count_every_call_once_with_its_status_and_bounded_labels(
-        metered_edge: tuple[RunningEdge, int]) -> None:
+        metered_edge: tuple[RunningEdge, int], cfg: MeshConfig) -> None:
     edge, mport = metered_edge
     async with grpc.aio.insecure_channel(f"127.0.0.1:{edge.port}") as ch:
         ok, tr, _ = await infer(ch, [("x-slo-ms", "400")])
@@ -105,6 +105,12 @@ async def test_metrics_count_every_call_once_with_its_status_and_bounded_labels(
         # A model name the caller made up: NOT_FOUND, and never a label value.
         missing, _, _ = await infer(ch, raw=request_bytes('evil"} 1\n# model-{{x}}'))
         assert missing is grpc.StatusCode.NOT_FOUND
+        # Calls the edge refuses before routing (metadata count, size) are counted too.
+        count = cfg.security.limits.max_metadata_count
+        refused, _, _ = await infer(ch, [(f"x-k{i}", "v") for i in range(count + 1)])
+        assert refused is grpc.StatusCode.INVALID_ARGUMENT
+        big, _, _ = await infer(ch, raw=request_bytes(dim=cfg.edge.max_message_bytes // 4 + 16))
+        assert big is grpc.StatusCode.RESOURCE_EXHAUSTED
         # A call the caller cancels while the edge waits on the (40 ms away) backend.
         call = ch.unary_unary(INFER)(request_bytes(),
                                      metadata=(("x-allowed-regions", "r-west"),))
@@ -125,6 +131,8 @@ async def test_metrics_count_every_call_once_with_its_status_and_bounded_labels(
     assert got == {("summarize", served, "OK"): 1.0,
                    ("summarize", failed[0], "INVALID_ARGUMENT"): 1.0,
                    ("unknown", "", "NOT_FOUND"): 1.0,
+                   ("unknown", "", "INVALID_ARGUMENT"): 1.0,
+                   ("unknown", "", "RESOURCE_EXHAUSTED"): 1.0,
                    ("summarize", west, "CANCELLED"): 1.0}, got
     assert tr_bad["x-request-id"]
 
