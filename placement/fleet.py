@@ -5,7 +5,8 @@ Telemetry counters are Triton's cumulative statistics; per-deployment compute, q
 request rate are derived from the deltas between consecutive reports (EWMA, ``ALPHA``).
 
 Edges also report how many calls per second they send each deployment; ``slot_share`` turns
-that into each edge's share of the deployment's slots (see ``Candidate.edge_slots``).
+that into each edge's share of the backend's slots per deployment (``placement.shares``, see
+``Candidate.edge_slots``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
+from placement import shares
 from placement.errors import NotRegistered
 from placement.hardware import GpuState, assess, carry
 from placement.model import Availability, Backend
@@ -21,11 +23,6 @@ ALPHA = 0.5  # EWMA weight of the newest window
 OBSERVATION_TTL_S = 60.0
 RTT_ALPHA = 0.2
 RTT_CHANGE_MS = 0.5  # smaller RTT corrections do not rebuild route tables
-# Slot shares: every edge gets a probe allowance of max(PROBE_MIN, PROBE_FRACTION x total)
-# calls/s on top of what it sends, so an edge that does not use a deployment yet still gets
-# a small share and can start to; one unused by every edge is whole for whoever comes first.
-PROBE_MIN_CALLS_S = 0.5
-PROBE_FRACTION = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +86,9 @@ class FleetState:
         self.rtt_observed: dict[tuple[str, str], float] = {}
         # deployment id -> (edge region, edge id) -> (calls/s the edge sends it, when)
         self.use: dict[str, dict[tuple[str, str], tuple[float, float]]] = {}
+        # (edge region, edge id) -> when it last reported its call rates (any deployment)
+        self.edges_seen: dict[tuple[str, str], float] = {}
+        self._edges_counted: tuple[float, int] = (math.nan, 0)
         self.version = 0
         # What changed since the route tables were last built (consumed by take_dirty).
         self.dirty: set[str] = set()
@@ -165,36 +165,42 @@ class FleetState:
     def observe_use(self, edge_region: str, edge_id: str, deployment_id: str,
                     calls_per_s: float, now: float) -> None:
         """Record the call rate one edge sends a deployment (it sets the slot shares)."""
+        self.edges_seen[(edge_region, edge_id)] = now
         by_edge = self.use.setdefault(deployment_id, {})
         old = by_edge.get((edge_region, edge_id))
         by_edge[(edge_region, edge_id)] = (calls_per_s, now)
         if old is None or _step(old[0] + 1.0, 0.1) != _step(calls_per_s + 1.0, 0.1):
             self._bump(deployment_id.split("/", 1)[0])
 
-    def slot_share(self, edge_region: str, deployment_id: str, now: float) -> float:
-        """The share of a deployment's slots one edge of ``edge_region`` may fill.
-
-        ``(U_e + a) / (sum U + a (n + 1))``: ``U`` the call rates edges report for the
-        deployment (reports older than ``OBSERVATION_TTL_S`` are forgotten), ``n`` the edges
-        sending it calls (or, when none does, every edge reporting on it), ``a`` the probe
-        allowance. The shares of the edges using it and of one newcomer sum to 1, so
-        together they do not fill more slots than exist. An edge that has not reported yet
-        counts as that newcomer.
+    def slot_share(self, edge_region: str, deployment_id: str, now: float,
+                   seed_edges: int = 1) -> float:
+        """The share of the backend's slots one edge of ``edge_region`` may fill with this
+        deployment (``placement.shares``). Reports older than ``OBSERVATION_TTL_S`` are
+        forgotten; before any edge has reported, ``seed_edges`` (the catalog's edge
+        regions) are assumed to share it.
         """
-        by_edge = self.use.get(deployment_id)
-        if not by_edge:
-            return 1.0
-        for key in [k for k, (_, at) in by_edge.items() if now - at > OBSERVATION_TTL_S]:
-            del by_edge[key]
-        total = sum(rate for rate, _ in by_edge.values())
-        # Edges sending it calls now; when none is (say, just back from an outage), every
-        # edge that used it before counts, so they do not all rush back at once.
-        users = sum(1 for rate, _ in by_edge.values() if rate > 0) or len(by_edge)
-        a = max(PROBE_MIN_CALLS_S, PROBE_FRACTION * total)
-        mine = [rate for (region, _), (rate, _) in by_edge.items() if region == edge_region]
-        # Several edges in one region read one table: each gets the mean of their rates.
-        per_edge = sum(mine) / len(mine) if mine else 0.0
-        return min(1.0, (per_edge + a) / (total + a * (users + 1)))
+        backend_id = deployment_id.split("/", 1)[0]
+        state = self.backends.get(backend_id)
+        names = [v.name for v in state.backend.variants] if state else []
+        rates: dict[str, dict[tuple[str, str], float]] = {}
+        for dep in {deployment_id, *(f"{backend_id}/{n}" for n in names)}:
+            by_edge = self.use.get(dep)
+            if not by_edge:
+                continue
+            for key in [k for k, (_, at) in by_edge.items() if now - at > OBSERVATION_TTL_S]:
+                del by_edge[key]
+            rates[dep] = {k: rate for k, (rate, _) in by_edge.items()}
+        return shares.slot_share(rates, edge_region, deployment_id,
+                                 self._known_edges(now) or seed_edges, max(len(names), 1))
+
+    def _known_edges(self, now: float) -> int:
+        """Edges that reported call rates within ``OBSERVATION_TTL_S`` (counted once per
+        ``now``: table builds ask for every row)."""
+        at, n = self._edges_counted
+        if at != now:
+            n = sum(1 for t in self.edges_seen.values() if now - t <= OBSERVATION_TTL_S)
+            self._edges_counted = (now, n)
+        return n
 
     def observe_rtt(self, edge_region: str, region: str, rtt_ms: float) -> None:
         key = (edge_region, region)

@@ -92,7 +92,8 @@ class RouteBuilder:
             availability=state.availability, penalty_reason=penalty_reason,
             concurrency=b.max_concurrency,
             edge_slots=_slots(b.max_concurrency
-                              * self.fleet.slot_share(edge_region, deployment_id, now)))
+                              * self.fleet.slot_share(edge_region, deployment_id, now,
+                                                      len(self.catalog.regions))))
 
     @staticmethod
     def _dropped(state: BackendState, v: Variant, usd_s: float | None, hw_removed: str) -> str:

@@ -13,6 +13,7 @@ from placement.prices import PriceCatalog, PriceEntry
 from placement.routes import RouteBuilder, TableSettings
 
 V = Variant("m-small", "m", 0.7)
+W = Variant("m-large", "m", 0.9)
 
 
 def setup(price: float | None = 3.6) -> tuple[FleetState, RouteBuilder]:
@@ -127,8 +128,9 @@ def test_only_telemetry_that_can_change_a_route_marks_the_backend_dirty() -> Non
 def test_slot_shares_follow_the_edges_call_rates_and_leave_room_for_a_newcomer() -> None:
     fleet, builder = setup()  # b1 has 2 slots
     dep = "b1/m-small"
-    assert fleet.slot_share("east", dep, 0.0) == 1.0  # nobody uses it: whole for anyone
-    assert builder.build("m", "east", 0.0)[0].edge_slots == 2.0
+    assert fleet.slot_share("east", dep, 0.0) == 1.0  # no edge known: whole for anyone
+    # Cold start: the table splits it among the catalog's edge regions (east, west).
+    assert builder.build("m", "east", 0.0)[0].edge_slots == 1.0
     fleet.observe_use("east", "e1", dep, 30.0, now=0.0)
     fleet.observe_use("west", "w1", dep, 10.0, now=0.0)
     a = max(0.5, 0.05 * 40)  # the probe allowance
@@ -156,6 +158,47 @@ def test_edges_of_one_region_split_its_share_and_only_real_changes_mark_dirty() 
     fleet.observe_use("east", "e2", dep, 0.0, now=1.0)
     a = 0.05 * 20.5
     assert fleet.slot_share("east", dep, 1.0) == pytest.approx((20.5 / 2 + a) / (20.5 + 2 * a))
+
+
+def test_newcomers_arriving_together_split_one_allowance_and_never_oversubscribe() -> None:
+    fleet, _ = setup()
+    dep, other = "b1/m-small", "b9/m-small"
+    # Five edges are known (they report on another backend); one uses ``dep``.
+    for i in range(5):
+        fleet.observe_use(f"r{i}", f"e{i}", other, 1.0, now=0.0)
+    assert fleet.slot_share("r0", dep, 0.0) == pytest.approx(1 / 5)  # nobody uses it yet
+    fleet.observe_use("r0", "e0", dep, 10.0, now=0.0)
+    a = 0.5
+    mine = fleet.slot_share("r0", dep, 0.0)
+    newcomers = [fleet.slot_share(f"r{i}", dep, 0.0) for i in range(1, 5)]
+    assert mine == pytest.approx((10 + a) / (10 + 2 * a))
+    assert newcomers == [pytest.approx(a / 4 / (10 + 2 * a))] * 4
+    assert mine + sum(newcomers) == pytest.approx(1.0)
+
+
+def test_the_slots_belong_to_the_backend_and_its_variants_split_them() -> None:
+    # Two variants queue on one backend's servers: an edge's slots over both never exceed
+    # its share of the backend (a per-variant share would hand out each slot twice).
+    catalog = Catalog.build({"east": "aws", "west": "aws"},
+                            [LogicalModel("m", 100, (V, W))], [("east", "west", 40.0)])
+    fleet = FleetState()
+    fleet.register(Backend("b1", "h:1", "aws", "west", "gpu", 1, "on-demand", (V, W), 4))
+    builder = RouteBuilder(catalog, PriceCatalog([PriceEntry("gpu", "aws", "*", "on-demand",
+                                                             3.6)]), fleet)
+    cold = {c.variant: c.edge_slots for c in builder.build("m", "east", 0.0)}
+    assert cold == {"m-small": 1.0, "m-large": 1.0}  # 4 slots / 2 edges / 2 variants
+    fleet.observe_use("east", "e1", "b1/m-small", 9.0, now=0.0)
+    fleet.observe_use("east", "e1", "b1/m-large", 1.0, now=0.0)
+    fleet.observe_use("west", "w1", "b1/m-small", 10.0, now=0.0)
+    a = 0.05 * 20 if 0.05 * 20 > 0.5 else 0.5
+    small = fleet.slot_share("east", "b1/m-small", 0.0)
+    large = fleet.slot_share("east", "b1/m-large", 0.0)
+    assert small == pytest.approx((9 + a / 2) / (20 + 3 * a))
+    assert small + large == pytest.approx((10 + a) / (20 + 3 * a))  # east's backend share
+    west = fleet.slot_share("west", "b1/m-small", 0.0) + fleet.slot_share("west", "b1/m-large",
+                                                                          0.0)
+    newcomer = 2 * fleet.slot_share("north", "b1/m-small", 0.0)
+    assert small + large + west + newcomer == pytest.approx(1.0)
 
 
 def test_when_nobody_sends_it_calls_its_former_users_split_it_evenly() -> None:
