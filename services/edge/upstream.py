@@ -14,6 +14,17 @@ import grpc
 from tritonclient.grpc import service_pb2_grpc
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
+# Keepalive that Triton's default server policy accepts (its gRPC keepalive flags: no pings
+# without a call, at most one per 5 min without data, 2 strikes): ping only while calls are
+# in flight, at most twice before data flows again, so a silent backend is noticed within
+# ~12 s but never counted as abuse. (Pinging idle channels every 10 s got GOAWAY
+# "too_many_pings" from every backend after 30 s without calls.)
+TRITON_KEEPALIVE: tuple[tuple[str, int], ...] = (
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 2_000),
+    ("grpc.keepalive_permit_without_calls", 0),
+    ("grpc.http2.max_pings_without_data", 2),
+)
 STREAM = "/inference.GRPCInferenceService/ModelStreamInfer"
 
 
@@ -32,10 +43,7 @@ class Upstreams:
         self.options = [
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.keepalive_time_ms", 10_000),
-            ("grpc.keepalive_timeout_ms", 2_000),
-            ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.max_pings_without_data", 0),
+            *TRITON_KEEPALIVE,
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.min_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 2_000),

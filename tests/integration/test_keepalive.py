@@ -1,16 +1,22 @@
-"""Keepalive over a real connection: a server built with ``transport.server_options`` accepts
-the pings a client with ``transport.CLIENT_KEEPALIVE`` sends, for longer than gRPC's ping
-strike limit would allow if the two disagreed (issue 10: "Too many pings")."""
+"""Keepalive over real connections (issue 10: "Too many pings"): a server built with
+``transport.server_options`` accepts the pings a client with ``transport.CLIENT_KEEPALIVE``
+sends, and a Triton with its default policy accepts the edge's upstream channels, each for
+longer than gRPC's ping strike limit would allow if the two ends disagreed."""
 
 from __future__ import annotations
 
 import asyncio
+import pathlib
 
 import grpc
 import pytest
+from tritonclient.grpc import service_pb2
 
+from services.edge.upstream import Upstreams
 from services.security import transport
 from services.security.settings import LimitsSettings
+from tests.fixtures_backends import StartBackend
+from tests.mesh_harness import mesh_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
@@ -44,3 +50,25 @@ async def test_an_idle_client_pinging_at_the_shared_interval_is_never_sent_away(
     finally:
         await ch.close()
         await server.stop(0)
+
+
+async def test_the_edge_keeps_its_idle_channel_to_a_default_triton(
+        triton_backend: StartBackend, tmp_path: pathlib.Path) -> None:
+    """Triton's default keepalive policy accepts what the edge's upstream channels send: an
+    idle channel outlives the 30 s after which pings every 10 s got GOAWAY too_many_pings."""
+    proc = triton_backend(mesh_config(tmp_path), "west-cheap")
+    ups = Upstreams(lambda endpoint: endpoint, 1 << 20)
+    try:
+        up = ups.get(proc.endpoint)
+        ready = await up.stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=5)
+        assert ready.ready
+        loop = asyncio.get_running_loop()
+        # Absence over a period: 3 strikes of 10 s pings, plus margin.
+        until = loop.time() + 36
+        while loop.time() < until:
+            state = up.channel.get_state()
+            assert state is grpc.ChannelConnectivity.READY, (
+                f"channel to Triton closed with {until - loop.time():.1f} s left: {state}")
+            await asyncio.sleep(0.5)
+    finally:
+        await ups.close()
