@@ -93,7 +93,8 @@ class AccessLog:
             "attempts": rec.attempts, "hedged": rec.hedged,
             "latency_ms": round(rec.latency_ms, 3), "cost_usd": c.cost_usd if c else 0.0,
             "slo_ms": rec.hints.slo_ms if rec.hints else None, "slo_met": rec.slo_met,
-            "tenant": rec.hints.tenant if rec.hints else "", "status": rec.status})
+            "tenant": rec.hints.tenant if rec.hints else "",
+            "status": status_label(rec.status)})
 
     def flush(self) -> None:
         if not self.buffer:

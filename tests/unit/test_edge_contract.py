@@ -3,6 +3,8 @@ nothing can satisfy, metric labels, limits and keepalive settings (issue 10)."""
 
 from __future__ import annotations
 
+import io
+import json
 import math
 import random
 from dataclasses import replace
@@ -10,6 +12,7 @@ from dataclasses import replace
 import grpc
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from tritonclient.grpc import service_pb2
 
 from placement.errors import (
     InvalidHint,
@@ -19,6 +22,7 @@ from placement.errors import (
 )
 from placement.model import CallContext, Candidate, Hints
 from placement.registry import build_profile
+from services.edge import statistics
 from services.edge.accesslog import (
     MAX_LABEL,
     STATUS_NAMES,
@@ -224,3 +228,34 @@ def test_model_names_outside_the_route_table_never_become_labels() -> None:
     dep = next(d for m, d, _ in got if m == "summarize")
     assert len(dep) <= MAX_LABEL and dep.startswith("b0/v__")
     assert all(label_value(v) == v for key in got for v in key if v)
+
+
+def test_the_access_log_line_says_the_status_name_too() -> None:
+    out = io.StringIO()
+    log, _ = access_log()
+    log.enabled, log.out = True, out
+    log.done(record("summarize", "CancelledError", "b0/v"))
+    log.flush()
+    assert json.loads(out.getvalue())["status"] == "CANCELLED"
+
+
+# -- statistics of a logical model -------------------------------------------------------
+
+def test_statistics_add_up_over_deployments() -> None:
+    def stats(n: int, last: int) -> service_pb2.ModelStatistics:
+        s = service_pb2.ModelStatistics(name=f"variant-{n}", version="1", last_inference=last,
+                                        inference_count=n, execution_count=n)
+        s.inference_stats.success.count, s.inference_stats.success.ns = n, 1000 * n
+        s.inference_stats.queue.ns = 10 * n
+        s.batch_stats.add(batch_size=1).compute_infer.count = n
+        s.response_stats["0"].success.count = n
+        return s
+
+    total = service_pb2.ModelStatistics(name="summarize", version="1")
+    statistics.add(total, stats(2, 50))
+    statistics.add(total, stats(3, 40))
+    assert (total.name, total.last_inference, total.inference_count) == ("summarize", 50, 5)
+    assert total.inference_stats.success.count == 5 and total.inference_stats.success.ns == 5000
+    assert total.inference_stats.queue.ns == 50
+    assert [(b.batch_size, b.compute_infer.count) for b in total.batch_stats] == [(1, 5)]
+    assert total.response_stats["0"].success.count == 5
