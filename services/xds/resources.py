@@ -81,6 +81,8 @@ class EnvoySettings:
 
     max_message_bytes: int = 16 * 1024 * 1024
     max_attempts: int = 3
+    eject_consecutive_failures: int = 3
+    eject_base_s: float = 5.0
     slo_margin_ms: float = 2.0
     deadline_margin_ms: float = 5.0  # no x-slo-ms: SLO = the call's deadline minus this
     connect_timeout_s: float = 1.0
@@ -144,6 +146,15 @@ def deployment_cluster(c: placement_pb2.Candidate, s: EnvoySettings) -> cluster_
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": _T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
                 "explicit_http_config": {"http2_protocol_options": _http2(s)}}},
+        # The deployment's one host is ejected after consecutive failures (refused or reset
+        # connections, 5xx, gRPC UNAVAILABLE...), as the Python edge's outlier detector does;
+        # the aggregate then starts calls at the next deployment instead of retrying there.
+        "outlier_detection": {
+            "consecutive_5xx": s.eject_consecutive_failures,
+            "consecutive_gateway_failure": s.eject_consecutive_failures,
+            "interval": "1s", "base_ejection_time": f"{s.eject_base_s}s",
+            "max_ejection_percent": 100},
+        "common_lb_config": {"healthy_panic_threshold": {"value": 0}},
         "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{
             "endpoint": {"address": _address(c.endpoint)},
             "metadata": {"filter_metadata": {lua.METADATA_NAMESPACE: {

@@ -191,6 +191,8 @@ def serve_ads(server: grpc.aio.Server, service: PlacementService, cfg: MeshConfi
     margins), and the access-log service that turns Envoy's calls into observations."""
     settings = EnvoySettings(max_message_bytes=cfg.edge.max_message_bytes,
                              max_attempts=cfg.edge.max_attempts,
+                             eject_consecutive_failures=cfg.edge.eject_consecutive_failures,
+                             eject_base_s=cfg.edge.eject_base_s,
                              slo_margin_ms=cfg.routing.slo_margin_ms,
                              deadline_margin_ms=cfg.routing.deadline_margin_ms)
     ads = add_ads(server, service.hub,

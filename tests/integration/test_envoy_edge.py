@@ -277,3 +277,35 @@ async def test_a_restarted_envoy_edge_serves_from_its_snapshot_while_placement_i
         await running
         if restarted is not None:
             await restarted.stop(0.5)
+
+
+async def test_envoy_ejects_a_dead_backend_on_its_own_and_calls_keep_succeeding(
+        cfg: MeshConfig, tritons: dict[str, TritonProcess], tmp_path: pathlib.Path) -> None:
+    # No agent: placement never learns of the death, so only Envoy's outlier detection and
+    # retries (to the next deployment in placement's order) keep calls succeeding.
+    placement = await start_placement(cfg, port=0, metrics_port=0)
+    node, bootstrap = prepare(cfg, cfg.edges[0], placement=[f"127.0.0.1:{placement.port}"],
+                              port=free_port(), run_dir=tmp_path)
+    envoy = EnvoyEdge(node, bootstrap, concurrency=1)
+    envoy.start()
+    victim = ""
+    try:
+        await eventually(envoy.ready, 20, "Envoy listens")
+        m = EnvoyMesh(placement, envoy)
+        _, first = await asyncio.to_thread(m.call)
+        victim = first["x-served-by"].split("/", 1)[0]
+        await tritons[victim].stop_async(0.5)
+        served = [(await asyncio.to_thread(m.call))[1]["x-served-by"] for _ in range(6)]
+        assert not any(s.startswith(victim + "/") for s in served), served
+
+        def ejected() -> bool:
+            return any(line.startswith(f"dep:{victim}/") and "failed_outlier_check" in line
+                       for line in envoy.admin("/clusters").splitlines())
+
+        await eventually(ejected, 5, f"Envoy ejected {victim}")
+    finally:
+        envoy.stop()
+        await placement.stop(0.5)
+        if victim:
+            tritons[victim].start()
+            await tritons[victim].wait_ready_async(60)
