@@ -11,6 +11,20 @@ accelerator ``speed`` divided out), then answers ``OUTPUT0 = tanh(INPUT0 @ W)`` 
 A decoupled variant streams ``tokens`` responses per request, each after its slice of the work,
 then the final flag: the LLM token-streaming shape clients consume with ``ModelStreamInfer``.
 
+A decoupled variant is also a demo LLM when a request carries ``PROMPT`` (INT32 token ids,
+``[1, n]``) and optionally ``MAX_TOKENS`` (INT32 ``[1, 1]``; default ``tokens``): it answers one
+``TOKEN`` (INT32 ``[1, 1]``) per response, then the final flag. Its speed is EMULATED (this
+machine has no GPU): prefill waits ``llm_prefill_base_ms + uncached prompt tokens ×
+llm_prefill_ms_per_token``, each further token waits ``llm_decode_ms_per_token × (1 +
+llm_batch_slowdown × (streams in flight − 1))`` (both already divided by the backend's emulated
+accelerator speed, times the drill's ``slow_factor``). Each generation runs on its own thread,
+so concurrent streams form the batch that slows decoding. An emulated prefix cache (LRU of
+``llm_prefix_cache_blocks`` hashes of ``llm_block_tokens``-token prompt prefixes) makes a
+prompt whose prefix this instance served recently prefill faster. Tokens are real and
+deterministic: token ``i`` is a CRC-32 of the variant's seed and the whole context so far, so
+a generation resumed elsewhere with the prompt plus the tokens already delivered continues
+with exactly the tokens the first backend would have sent (``switchyard_resumable``).
+
 Drills steer a running server through ``<repository>/_control.json``
 (``{"slow_factor": 1.0, "hang": false}``), re-read at most every 200 ms when its identity
 changes: ``slow_factor`` multiplies the work, ``hang`` parks requests (bounded) until cleared.
@@ -20,7 +34,10 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
+import zlib
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -72,8 +89,93 @@ class _Control:
             self.refresh()
 
 
-def _param(config: dict[str, Any], key: str) -> str:
-    return str(config["parameters"][key]["string_value"])
+def _param(config: dict[str, Any], key: str, default: str | None = None) -> str:
+    params = config.get("parameters", {})
+    if key not in params and default is not None:
+        return default
+    return str(params[key]["string_value"])
+
+
+class _PrefixCache:
+    """Emulated KV prefix cache: an LRU of hashes of whole ``block``-token prompt prefixes."""
+
+    def __init__(self, capacity: int, block: int) -> None:
+        self.capacity, self.block = capacity, block
+        self._lru: OrderedDict[int, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _hashes(self, prompt: np.ndarray) -> list[int]:
+        out, h = [], 0
+        for i in range(len(prompt) // self.block):
+            h = zlib.crc32(prompt[i * self.block:(i + 1) * self.block].tobytes(), h)
+            out.append(h)
+        return out
+
+    def cached_tokens(self, prompt: np.ndarray) -> int:
+        """Tokens of ``prompt`` covered by cached prefix blocks; caches all its blocks."""
+        hashes = self._hashes(prompt)
+        with self._lock:
+            hit = 0
+            for h in hashes:
+                if h not in self._lru:
+                    break
+                hit += 1
+            for h in hashes:
+                self._lru[h] = None
+                self._lru.move_to_end(h)
+            while len(self._lru) > self.capacity:
+                self._lru.popitem(last=False)
+        return hit * self.block
+
+
+class _Llm:
+    """The emulated LLM of a decoupled variant (see the module docstring)."""
+
+    def __init__(self, config: dict[str, Any], seed: int, control: _Control) -> None:
+        self.prefill_base_ms = float(_param(config, "llm_prefill_base_ms", "0"))
+        self.prefill_ms = float(_param(config, "llm_prefill_ms_per_token", "0"))
+        self.decode_ms = float(_param(config, "llm_decode_ms_per_token", "0"))
+        self.slowdown = float(_param(config, "llm_batch_slowdown", "0"))
+        self.vocab = int(_param(config, "llm_vocab", "32000"))
+        self.cache = _PrefixCache(int(_param(config, "llm_prefix_cache_blocks", "256")),
+                                  int(_param(config, "llm_block_tokens", "16")))
+        self.seed = seed
+        self.control = control
+        self.active = 0
+        self._lock = threading.Lock()
+        self.threads: set[threading.Thread] = set()
+
+    def start(self, sender: Any, prompt: np.ndarray, max_tokens: int) -> None:
+        t = threading.Thread(target=self._run, args=(sender, prompt, max_tokens), daemon=True)
+        with self._lock:
+            self.threads.add(t)
+        t.start()
+
+    def _wait(self, ms: float) -> None:
+        self.control.refresh()
+        self.control.wait_while_hung()
+        if ms > 0:
+            time.sleep(ms * self.control.slow_factor / 1000.0)  # EMULATED accelerator time
+
+    def _run(self, sender: Any, prompt: np.ndarray, max_tokens: int) -> None:
+        with self._lock:
+            self.active += 1
+        try:
+            uncached = len(prompt) - self.cache.cached_tokens(prompt)
+            self._wait(self.prefill_base_ms + uncached * self.prefill_ms)
+            h = zlib.crc32(prompt.tobytes(), self.seed & 0xFFFFFFFF)
+            for i in range(max_tokens):
+                if i:
+                    self._wait(self.decode_ms * (1.0 + self.slowdown * (self.active - 1)))
+                token = np.array([[h % self.vocab]], dtype=np.int32)
+                h = zlib.crc32(token.tobytes(), h)
+                sender.send(pb_utils.InferenceResponse(
+                    output_tensors=[pb_utils.Tensor("TOKEN", token)]))
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        finally:
+            with self._lock:
+                self.active -= 1
+                self.threads.discard(threading.current_thread())
 
 
 class TritonPythonModel:
@@ -97,6 +199,7 @@ class TritonPythonModel:
         )
         repo = os.path.dirname(os.path.abspath(args["model_repository"]))
         self.control = _Control(os.path.join(repo, CONTROL_FILE))
+        self.llm = _Llm(config, seed, self.control) if self.decoupled else None
 
     def _work(self, iterations: int) -> None:
         m = self.state
@@ -123,6 +226,15 @@ class TritonPythonModel:
             return responses
         for request in requests:
             sender = request.get_response_sender()
+            prompt = pb_utils.get_input_tensor_by_name(request, "PROMPT")
+            if prompt is not None:
+                self._generate(request, sender, prompt)
+                continue
+            if pb_utils.get_input_tensor_by_name(request, "INPUT0") is None:
+                sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(
+                    "a request needs INPUT0 or PROMPT")),
+                    flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                continue
             total = self._iterations()
             base, extra = divmod(total, self.tokens)
             for token in range(self.tokens):
@@ -131,5 +243,20 @@ class TritonPythonModel:
             sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         return None
 
+    def _generate(self, request: Any, sender: Any, prompt: Any) -> None:
+        assert self.llm is not None
+        tokens = prompt.as_numpy().astype(np.int32).reshape(-1)
+        limit = pb_utils.get_input_tensor_by_name(request, "MAX_TOKENS")
+        max_tokens = self.tokens if limit is None else int(limit.as_numpy().reshape(-1)[0])
+        if max_tokens < 1:
+            sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(
+                f"MAX_TOKENS must be >= 1, got {max_tokens}")),
+                flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            return
+        self.llm.start(sender, tokens, max_tokens)
+
     def finalize(self) -> None:
+        if self.llm is not None:
+            for t in list(self.llm.threads):
+                t.join(timeout=5)
         self.state = np.eye(1, dtype=np.float32)

@@ -10,6 +10,13 @@ CPU-only machine: the iteration count is divided by the backend's ``speed``
 (``max(1, round(iters / speed))``), so an "H100" backend does less real work per call than a
 "T4" one and Triton's own statistics show the difference, as they would on real GPUs.
 
+ A decoupled variant is also a demo LLM (``PROMPT`` token ids and ``MAX_TOKENS`` in, one
+``TOKEN`` per response out; see :mod:`services.backends.demo_model`). Its prefill and decode
+times are EMULATED too, from the same work units: ``matmul_iters / speed`` × the per-unit
+milliseconds below, and its ``config.pbtxt`` says so (``llm_speed: "emulated"``) and declares
+``switchyard_resumable: "true"``: a generation can continue elsewhere from its prompt plus the
+tokens already delivered.
+
 :func:`set_control` is the drill knob: it rewrites ``<repo>/_control.json`` atomically, and
 every loaded model picks it up within ~200 ms without a restart (slower work, or hang).
 """
@@ -32,6 +39,15 @@ MAX_BATCH_SIZE = 8
 INPUT_NAME = "INPUT0"
 OUTPUT_NAME = "OUTPUT0"
 _MODEL_SOURCE = pathlib.Path(__file__).with_name("demo_model.py")
+# The demo LLM's EMULATED speed per work unit (matmul_iters / speed): prefill per prompt token,
+# decode per output token, a fixed prefill overhead, and how much each extra stream in the
+# batch slows decoding.
+PREFILL_MS_PER_TOKEN_PER_UNIT = 0.05
+DECODE_MS_PER_TOKEN_PER_UNIT = 2.0
+PREFILL_BASE_MS = 2.0
+BATCH_SLOWDOWN = 0.15
+PREFIX_CACHE_BLOCKS = 1024
+BLOCK_TOKENS = 16
 
 
 @dataclass(frozen=True)
@@ -45,6 +61,7 @@ class VariantSpec:
     tokens: int
     decoupled: bool
     seed: int
+    work_units: float = 1.0  # matmul_iters / speed, unrounded: scales the emulated LLM speed
 
 
 @dataclass(frozen=True)
@@ -85,26 +102,53 @@ def variant_specs(cfg: MeshConfig, backend: BackendConfig) -> list[VariantSpec]:
                 tokens=max(1, variant.tokens) if model.decoupled else 0,
                 decoupled=model.decoupled,
                 seed=variant_seed(name),
+                work_units=variant.matmul_iters / backend.speed,
             )
         )
     return specs
 
 
+def llm_parameters(spec: VariantSpec) -> dict[str, object]:
+    """The demo LLM's parameters (speeds EMULATED, in ms) for a decoupled variant."""
+    return {
+        "llm_speed": "emulated",
+        "llm_prefill_base_ms": PREFILL_BASE_MS,
+        "llm_prefill_ms_per_token": round(PREFILL_MS_PER_TOKEN_PER_UNIT * spec.work_units, 6),
+        "llm_decode_ms_per_token": round(DECODE_MS_PER_TOKEN_PER_UNIT * spec.work_units, 6),
+        "llm_batch_slowdown": BATCH_SLOWDOWN,
+        "llm_prefix_cache_blocks": PREFIX_CACHE_BLOCKS,
+        "llm_block_tokens": BLOCK_TOKENS,
+        "switchyard_resumable": "true",
+    }
+
+
 def render_config_pbtxt(spec: VariantSpec, *, instances: int = 1) -> str:
     """The ``config.pbtxt`` of one variant; sizes travel as ``parameters`` to the model."""
-    params = {
+    params: dict[str, object] = {
         "matmul_n": spec.matmul_n,
         "iterations": spec.iterations,
         "tokens": spec.tokens,
         "input_dim": spec.input_dim,
         "seed": spec.seed,
     }
+    dim = spec.input_dim
+    inputs = [f'{{ name: "{INPUT_NAME}" data_type: TYPE_FP32 dims: [ {dim} ] }}']
+    outputs = [f'{{ name: "{OUTPUT_NAME}" data_type: TYPE_FP32 dims: [ {dim} ] }}']
+    if spec.decoupled:
+        # The demo LLM's tensors; every input is optional (INPUT0 or PROMPT is checked by
+        # the model), so the INPUT0-only streaming contract still holds.
+        params.update(llm_parameters(spec))
+        inputs = [f'{{ name: "{INPUT_NAME}" data_type: TYPE_FP32 dims: [ {dim} ] '
+                  "optional: true }",
+                  '{ name: "PROMPT" data_type: TYPE_INT32 dims: [ -1 ] optional: true }',
+                  '{ name: "MAX_TOKENS" data_type: TYPE_INT32 dims: [ 1 ] optional: true }']
+        outputs.append('{ name: "TOKEN" data_type: TYPE_INT32 dims: [ 1 ] }')
     lines = [
         f'name: "{spec.name}"',
         'backend: "python"',
         f"max_batch_size: {MAX_BATCH_SIZE}",
-        f'input [ {{ name: "{INPUT_NAME}" data_type: TYPE_FP32 dims: [ {spec.input_dim} ] }} ]',
-        f'output [ {{ name: "{OUTPUT_NAME}" data_type: TYPE_FP32 dims: [ {spec.input_dim} ] }} ]',
+        f"input [ {', '.join(inputs)} ]",
+        f"output [ {', '.join(outputs)} ]",
         f"instance_group [ {{ count: {instances} kind: KIND_CPU }} ]",
     ]
     if spec.decoupled:

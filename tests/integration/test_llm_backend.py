@@ -1,0 +1,126 @@
+"""The demo LLM on a real Triton: tokens, emulated prefill/decode speed, batch, prefix cache,
+and the resumption contract (prompt + delivered tokens continues the same generation)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import grpc
+import pytest
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from services.backends.triton import TritonProcess
+from services.edge.tokens import llm_request, parse_token
+from tests.fixtures_backends import StartBackend, backend_mesh
+
+pytestmark = pytest.mark.integration
+
+# matmul_iters 20 at speed 1: decode 40 ms/token, prefill 1 ms per uncached prompt token.
+MESH = backend_mesh(
+    models=[{"name": "chat", "default_slo_ms": 5000, "decoupled": True, "variants": [
+        {"name": "chat-small", "quality": 0.7, "matmul_n": 32, "matmul_iters": 20,
+         "tokens": 6}]}],
+    backends=[{"id": "llm-a", "variants": ["chat-small"]}],
+)
+
+
+@pytest.fixture(scope="module")
+def backend(triton_backend_module: StartBackend) -> TritonProcess:
+    return triton_backend_module(MESH, "llm-a")
+
+
+STREAM = "/inference.GRPCInferenceService/ModelStreamInfer"
+
+
+def generate(endpoint: str, prompt: list[int], max_tokens: int | None
+             ) -> tuple[list[int], list[float]]:
+    """Tokens and their arrival times (s after the request was sent), straight from Triton."""
+    with grpc.insecure_channel(endpoint) as ch:
+        t0 = time.perf_counter()
+        tokens, times = [], []
+        call = ch.stream_stream(STREAM)(iter([llm_request("chat-small", prompt, max_tokens)]),
+                                        timeout=30)
+        for resp in call:
+            tok = parse_token(resp)
+            assert tok is not None, resp
+            tokens.append(tok)
+            times.append(time.perf_counter() - t0)
+            if max_tokens is not None and len(tokens) == max_tokens:
+                break
+        return tokens, times
+
+
+def tpot(times: list[float]) -> float:
+    return (times[-1] - times[0]) / (len(times) - 1)
+
+
+def test_streams_max_tokens_deterministic_tokens(backend: TritonProcess) -> None:
+    a, _ = generate(backend.endpoint, [5, 6, 7], 12)
+    b, _ = generate(backend.endpoint, [5, 6, 7], 12)
+    other, _ = generate(backend.endpoint, [5, 6, 8], 12)
+    assert len(a) == 12 and a == b and a != other
+
+
+def test_default_max_tokens_is_the_variants_tokens(backend: TritonProcess) -> None:
+    with grpc.insecure_channel(backend.endpoint) as ch:
+        call = ch.stream_stream(STREAM)(iter([llm_request("chat-small", [1, 2], None)]),
+                                        timeout=5)
+        got = []
+        for resp in call:
+            got.append(parse_token(resp))
+            if len(got) == 6:
+                break
+        call.cancel()
+    assert len(got) == 6 and None not in got
+
+
+def test_prompt_plus_delivered_tokens_continues_the_same_generation(
+        backend: TritonProcess) -> None:
+    prompt = list(range(40))
+    whole, _ = generate(backend.endpoint, prompt, 15)
+    head, _ = generate(backend.endpoint, prompt, 6)
+    tail, _ = generate(backend.endpoint, prompt + head, 9)
+    assert head + tail == whole
+
+
+def test_prefill_grows_with_uncached_prompt_and_the_prefix_cache_cuts_it(
+        backend: TritonProcess) -> None:
+    long_prompt = [7000 + i for i in range(800)]  # ~800 ms of emulated prefill, cold
+    _, cold = generate(backend.endpoint, long_prompt, 2)
+    _, short = generate(backend.endpoint, [1, 2, 3], 2)
+    # Same 800-token prefix, a new tail: only the tail is prefilled.
+    _, warm = generate(backend.endpoint, [*long_prompt, 1, 2, 3, 4], 2)
+    assert cold[0] > 0.6, cold
+    assert short[0] < cold[0] / 3, (short, cold)
+    assert warm[0] < cold[0] / 3, (warm, cold)
+
+
+def test_decode_slows_with_the_batch(backend: TritonProcess) -> None:
+    _, alone = generate(backend.endpoint, [11, 12], 12)
+    results: dict[int, list[float]] = {}
+
+    def one(i: int) -> None:
+        results[i] = generate(backend.endpoint, [100 + i], 12)[1]
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    batched = sorted(tpot(t) for t in results.values())[2]  # the median stream
+    # 5 streams: 1 + 0.15 × 4 = 1.6× the lone stream's 40 ms per token (emulated).
+    assert tpot(alone) == pytest.approx(0.040, rel=0.35), alone
+    assert batched > 1.3 * tpot(alone), (batched, tpot(alone))
+
+
+def test_config_declares_emulated_speed_and_resumption(backend: TritonProcess) -> None:
+    with grpc.insecure_channel(backend.endpoint) as ch:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(ch)
+        cfg: Any = stub.ModelConfig(service_pb2.ModelConfigRequest(name="chat-small"),
+                                    timeout=5).config
+    params = {k: v.string_value for k, v in cfg.parameters.items()}
+    assert params["llm_speed"] == "emulated"
+    assert params["switchyard_resumable"] == "true"
+    assert float(params["llm_decode_ms_per_token"]) == pytest.approx(40.0)
