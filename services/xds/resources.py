@@ -163,11 +163,15 @@ def deployment_cluster(c: placement_pb2.Candidate, s: EnvoySettings) -> cluster_
     }, cluster_pb2.Cluster())
 
 
+def _trailer(header: str, value: str) -> dict[str, Any]:
+    """Set ``header`` to ``value`` (an Envoy substitution format string)."""
+    return {"append": {"header": {"key": header, "value": value},
+                       "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}}
+
+
 def _from_endpoint(header: str, key: str) -> dict[str, Any]:
     """Set ``header`` to the chosen endpoint's ``switchyard.<key>`` metadata."""
-    return {"append": {"header": {"key": header, "value": f"%UPSTREAM_METADATA("
-                                                         f"{lua.METADATA_NAMESPACE}:{key})%"},
-                       "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}}
+    return _trailer(header, f"%UPSTREAM_METADATA({lua.METADATA_NAMESPACE}:{key})%")
 
 
 def model_cluster(name: str, deployment_ids: Sequence[str],
@@ -194,7 +198,9 @@ def model_cluster(name: str, deployment_ids: Sequence[str],
                             # the Python edge's trailers, for the attempt that answered
                             "response_trailers_mutations": [
                                 _from_endpoint("x-served-by", "deployment"),
-                                _from_endpoint("x-served-region", "region")]}}},
+                                _from_endpoint("x-served-region", "region"),
+                                _trailer("x-attempts", "%UPSTREAM_REQUEST_ATTEMPT_COUNT%"),
+                                _trailer("x-request-id", "%REQ(x-request-id)%")]}}},
                     {"name": "switchyard.variant_rewrite", "typed_config": {
                         "@type": _T + "envoy.extensions.filters.http.lua.v3.Lua",
                         "default_source_code": {"inline_string": lua.VARIANT_REWRITE}}},

@@ -85,6 +85,9 @@ async def test_a_logical_name_is_served_by_the_variant_of_the_deployment_envoy_c
     assert served in mesh.order()
     assert trailers["x-served-region"] == (
         mesh.placement.service.fleet.backends[backend].backend.region)
+    assert trailers["x-attempts"] == "1" and trailers["x-request-id"]
+    _, mine = await asyncio.to_thread(mesh.call, "summarize", [("x-request-id", "req-42")])
+    assert mine["x-request-id"] == "req-42"
     assert result.as_numpy("OUTPUT0") is not None
     assert mesh.placement.ads is not None
     (session,) = mesh.placement.ads.sessions
@@ -295,8 +298,10 @@ async def test_envoy_ejects_a_dead_backend_on_its_own_and_calls_keep_succeeding(
         _, first = await asyncio.to_thread(m.call)
         victim = first["x-served-by"].split("/", 1)[0]
         await tritons[victim].stop_async(0.5)
-        served = [(await asyncio.to_thread(m.call))[1]["x-served-by"] for _ in range(6)]
+        answers = [(await asyncio.to_thread(m.call))[1] for _ in range(6)]
+        served = [a["x-served-by"] for a in answers]
         assert not any(s.startswith(victim + "/") for s in served), served
+        assert int(answers[0]["x-attempts"]) > 1  # the first call after the kill retried
 
         def ejected() -> bool:
             return any(line.startswith(f"dep:{victim}/") and "failed_outlier_check" in line
