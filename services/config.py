@@ -196,6 +196,11 @@ class MeshConfig(_Strict):
                                  f"{sorted(regions)}")
         check_references(self.security, {r.name: r.cloud for r in self.regions},
                          [b.id for b in self.backends])
+        if self.edge.engine == "envoy" and (self.security.tls or self.security.tenants
+                                            or self.security.require_tenant):
+            # Envoy edges do not carry TLS or tenants over yet: refuse, never serve loosely.
+            raise ValueError("edge.engine 'envoy' does not support [security] (TLS, tenants) "
+                             "yet; use engine = 'python' with a [security] section")
         return self
 
     def path(self, relative: str) -> pathlib.Path:

@@ -42,3 +42,12 @@ def test_the_python_edge_stays_the_default(tmp_path: pathlib.Path) -> None:
 def test_an_unknown_engine_names_the_path(tmp_path: pathlib.Path) -> None:
     with pytest.raises(ConfigError, match=r"edge\.engine"):
         load_config(_with_engine(tmp_path, "nginx"))
+
+
+def test_envoy_edges_refuse_a_security_section_they_cannot_honour_yet(
+        tmp_path: pathlib.Path) -> None:
+    path = _with_engine(tmp_path, "envoy")
+    path.write_text(path.read_text() + '\n[security]\nplaintext = true\n\n'
+                    '[[security.tenants]]\nname = "acme"\ntoken_sha256 = "' + "0" * 64 + '"\n')
+    with pytest.raises(ConfigError, match="edge.engine 'envoy' does not support"):
+        load_config(path)
