@@ -49,5 +49,5 @@ def test_envoy_edges_refuse_a_security_section_they_cannot_honour_yet(
     path = _with_engine(tmp_path, "envoy")
     path.write_text(path.read_text() + '\n[security]\nplaintext = true\n\n'
                     '[[security.tenants]]\nname = "acme"\ntoken_sha256 = "' + "0" * 64 + '"\n')
-    with pytest.raises(ConfigError, match="edge.engine 'envoy' does not support"):
+    with pytest.raises(ConfigError, match=r"edge\.engine 'envoy' does not support"):
         load_config(path)
