@@ -129,8 +129,8 @@ class CallContext:
         penalty (throttling GPU) is never hidden by older observations. On top, the queue
         this edge itself is building right now: with ``n`` calls in flight on ``c`` and
         ``k = c.slots`` (this edge's share of the deployment's slots, see ``edge_slots``),
-        ``(n - k + 1) × compute / k`` once ``n >= k`` (the table is as old as its last push;
-        this is what the edge sent since).
+        ``(n - k + 1) × compute / k`` once ``n`` reaches ``k`` rounded at random (below; the
+        table is as old as its last push, this is what the edge sent since).
         """
         lat = c.latency_p95_ms
         observed = self.observed_p95_ms.get(c.deployment_id)
@@ -138,8 +138,12 @@ class CallContext:
             lat = (max(observed, lat) if c.penalty_reason.startswith(HARDWARE_PENALTY_PREFIX)
                    else observed)
         n = self.inflight.get(c.deployment_id, 0)
-        if n:
-            k = c.slots
-            if n >= k > 0:
-                lat += (n - k + 1) * c.compute_ms / k
+        k = c.slots
+        # A fractional share is rounded at random with the call's draw: ``floor(k) + 1``
+        # calls in flight with probability ``frac(k)``, else ``floor(k)``, so edges keep
+        # ``k`` on average instead of each taking a whole slot (herding). With ``draw`` 0
+        # (a caller that draws nothing) this is ``ceil(k)``, the whole-slot rule.
+        whole = math.floor(k)
+        if k > 0 and n >= whole + (self.draw < k - whole):
+            lat += (n - k + 1) * c.compute_ms / k
         return lat

@@ -90,7 +90,8 @@ class ProfilePolicy:
         cands = self._control.tables[(a.klass.model, a.edge)]
         inflight = self.inflight.setdefault(a.edge, {})
         ctx = CallContext(hints, self.slo_margin_ms, a.exclude, a.avoid_regions,
-                          observed_p95_ms=self._control.edges[a.edge].p95, inflight=inflight)
+                          observed_p95_ms=self._control.edges[a.edge].p95, inflight=inflight,
+                          draw=self.rng.random())
         try:
             decision = self.profile.choose(cands, ctx, self.rng)
         except NoHealthyDeployment:

@@ -225,6 +225,27 @@ def test_an_edge_past_its_slots_expects_to_queue() -> None:
     assert ctx.latency_ms(c) == pytest.approx(base + (1 - k + 1) * c.compute_ms / k)
 
 
+def test_a_fractional_share_is_rounded_at_random_with_the_calls_draw() -> None:
+    # An edge with 0.3 of a slot may keep one call in flight 30 % of the time: with a draw
+    # below 0.3 its first call expects no queue, above it the call expects to wait. Before,
+    # the first call was always free, so every edge with a sliver took a whole slot (herd).
+    from placement.model import CallContext, Hints
+    fleet, builder = setup()
+    fleet.ingest("b1", report(10, 10.0), 0.0)
+    fleet.observe_use("west", "w1", "b1/m-small", 50.0, now=0.0)
+    (c,) = builder.build("m", "east", 0.0)
+    k = c.slots
+    assert 0 < k < 1
+    free = CallContext(Hints(slo_ms=100), draw=k / 2).latency_ms(c)
+    queued = CallContext(Hints(slo_ms=100), draw=(1 + k) / 2).latency_ms(c)
+    assert free == c.latency_p95_ms
+    assert queued == pytest.approx(c.latency_p95_ms + (1 - k) * c.compute_ms / k)
+    draws = [i / 1000 for i in range(1000)]
+    share_free = sum(CallContext(Hints(slo_ms=100), draw=d).latency_ms(c) == free
+                     for d in draws) / len(draws)
+    assert share_free == pytest.approx(k, abs=0.002)
+
+
 def test_edge_slots_survive_the_wire() -> None:
     from services.convert import candidate_from_pb, candidate_to_pb
     fleet, builder = setup()
