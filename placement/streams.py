@@ -1,0 +1,180 @@
+"""Choosing a deployment for an LLM stream by tokens: TTFT, TPOT and cost per token.
+
+For each deployment ``d`` that survived the call's hard filters, with what the edge learned of
+it (``TokenEstimate``) and the streams it has in flight now (``n``), a stream of ``P`` prompt
+tokens (``K`` of them in ``d``'s prefix cache) asking for ``M`` output tokens predicts:
+
+- ``TTFT(d) = rtt(d) + prefill_base(d) + (P − K) × prefill_ms_per_token(d)``
+- ``TPOT(d) = tpot_base(d) + tpot_per_stream(d) × n``  (TPOT under load: the new stream
+  joins a batch of ``n`` others)
+- ``cost(d) = usd_per_second(d) × ((P − K) × prefill_ms + M × TPOT(d) / (n + 1)) / 1000``
+  (decode time is shared by the batch; prefill is the stream's own)
+
+It is feasible when ``TTFT ≤ ttft`` and ``TPOT ≤ tpot`` (each only when asked). The choice is
+the cheapest feasible deployment under the load bound; among those within ``band`` of that
+cost, the session's prefix holder, else the first in the session's consistent-hash order
+(consistent hashing with bounded loads: a deployment's bound is ``ceil(load_factor ×
+(streams in flight + 1) / deployments)``, so one hot prefix cannot pile onto one backend,
+and every edge orders a session's deployments the same way without sharing state). Only when
+every feasible deployment is at its bound does the least loaded of them take the stream.
+The holder's cache hit enters its TTFT and cost, so it wins whenever the hit makes it
+feasible or cheaper. Nothing feasible: the deployment with the
+lowest predicted TTFT + M × TPOT, marked ``slo_met=False``.
+
+An unmeasured deployment (no estimate yet) is predicted optimistically (its table p95 as TTFT,
+no TPOT, no cost), so each is tried before estimates are trusted.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from placement.errors import NoHealthyDeployment
+from placement.model import Candidate
+
+RING_POINTS = 16  # virtual points per deployment on the hash ring
+COST_BAND = 0.05  # feasible deployments within 5 % of the cheapest are equally cheap
+LOAD_FACTOR = 1.25  # consistent hashing with bounded loads: c in ceil(c × m / n)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenEstimate:
+    """What the edge learned of one deployment's token speed and price."""
+
+    prefill_ms_per_token: float
+    tpot_base_ms: float
+    tpot_per_stream_ms: float
+    usd_per_second: float
+    prefill_base_ms: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class StreamAsk:
+    """What one stream asks for."""
+
+    prompt_tokens: int
+    max_tokens: int
+    ttft_ms: float | None = None
+    tpot_ms: float | None = None
+    session_key: str = ""
+    holder: str = ""  # the deployment that served this session's prefix last ("" = none)
+    cached_tokens: int = 0  # prompt tokens the holder is expected to have cached
+
+
+@dataclass(frozen=True, slots=True)
+class StreamOption:
+    """One deployment's prediction for the stream, with why it was or was not chosen."""
+
+    candidate: Candidate
+    ttft_ms: float
+    tpot_ms: float
+    cost_usd: float
+    feasible: bool
+    measured: bool
+    cache_hit_tokens: int
+    load: int
+    bound: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamChoice:
+    candidate: Candidate
+    slo_met: bool
+    reason: str
+    options: tuple[StreamOption, ...]
+
+    @property
+    def chosen(self) -> StreamOption:
+        return next(o for o in self.options if o.candidate is self.candidate)
+
+
+def predict(c: Candidate, est: TokenEstimate | None, load: int, ask: StreamAsk) -> StreamOption:
+    """One deployment's predicted TTFT, TPOT and cost for ``ask`` (see the module docstring)."""
+    hit = min(ask.cached_tokens, ask.prompt_tokens) if c.deployment_id == ask.holder else 0
+    if est is None:
+        return StreamOption(c, c.latency_p95_ms, 0.0, 0.0, True, False, hit, load, 0)
+    prefill = est.prefill_base_ms + (ask.prompt_tokens - hit) * est.prefill_ms_per_token
+    tpot = est.tpot_base_ms + est.tpot_per_stream_ms * load
+    cost = est.usd_per_second * (prefill + ask.max_tokens * tpot / (load + 1)) / 1000.0
+    ttft = c.rtt_ms + prefill
+    feasible = ((ask.ttft_ms is None or ttft <= ask.ttft_ms)
+                and (ask.tpot_ms is None or tpot <= ask.tpot_ms))
+    return StreamOption(c, ttft, tpot, cost, feasible, True, hit, load, 0)
+
+
+def ring_order(key: str, deployments: Sequence[str]) -> list[str]:
+    """``deployments`` in the order a session's key meets them on the hash ring."""
+    if not key:
+        return sorted(deployments)
+    point = zlib.crc32(key.encode())
+    first: dict[str, int] = {}
+    for d in deployments:
+        dist = min((zlib.crc32(f"{d}#{i}".encode()) - point) % (1 << 32)
+                   for i in range(RING_POINTS))
+        first[d] = dist
+    return sorted(deployments, key=lambda d: (first[d], d))
+
+
+def load_bound(loads: Mapping[str, int], deployments: Sequence[str],
+               factor: float = LOAD_FACTOR) -> int:
+    """The most streams one deployment may hold for affinity: ``ceil(c × (m + 1) / n)``."""
+    total = sum(loads.get(d, 0) for d in deployments) + 1
+    return max(1, math.ceil(factor * total / max(len(deployments), 1)))
+
+
+def choose_stream(cands: Sequence[Candidate], estimates: Mapping[str, TokenEstimate],
+                  loads: Mapping[str, int], ask: StreamAsk, band: float = COST_BAND,
+                  load_factor: float = LOAD_FACTOR) -> StreamChoice:
+    """The deployment for one stream (``cands`` already passed the call's hard filters)."""
+    if not cands:
+        raise NoHealthyDeployment("no deployment may serve this stream")
+    ids = [c.deployment_id for c in cands]
+    bound = load_bound(loads, ids, load_factor)
+    options = tuple(
+        _bounded(predict(c, estimates.get(c.deployment_id), loads.get(c.deployment_id, 0), ask),
+                 bound) for c in cands)
+    feasible = [o for o in options if o.feasible]
+    if not feasible:
+        best = min(options, key=lambda o: (o.ttft_ms + ask.max_tokens * o.tpot_ms, o.cost_usd))
+        return StreamChoice(best.candidate, False,
+                            "no deployment meets the stream's objectives: the fastest", options)
+    under = [o for o in feasible if o.load < bound]
+    if not under:
+        best = min(feasible, key=lambda o: (o.load, o.cost_usd))
+        return StreamChoice(best.candidate, True,
+                            "every feasible deployment is at the load bound: least loaded",
+                            options)
+    cheapest = min(o.cost_usd for o in under)
+    limit = cheapest * (1.0 + band)
+    in_band = {o.candidate.deployment_id: o for o in under if o.cost_usd <= limit}
+    if ask.holder in in_band:
+        return StreamChoice(in_band[ask.holder].candidate, True,
+                            "the session's prefix holder: feasible, under the load bound and "
+                            "among the cheapest", options)
+    d = ring_order(ask.session_key, list(in_band))[0]
+    return StreamChoice(in_band[d].candidate, True,
+                        "cheapest feasible under the load bound; first in the session's "
+                        "hash order", options)
+
+
+def _bounded(o: StreamOption, bound: int) -> StreamOption:
+    return StreamOption(o.candidate, o.ttft_ms, o.tpot_ms, o.cost_usd, o.feasible, o.measured,
+                        o.cache_hit_tokens, o.load, bound)
+
+
+def explain(choice: StreamChoice) -> list[str]:
+    """One line per deployment: predictions and the verdict (for ``switchyard explain``)."""
+    lines = []
+    for o in choice.options:
+        mark = "→" if o.candidate is choice.candidate else " "
+        state = "feasible" if o.feasible else "misses an objective"
+        lines.append(
+            f"{mark} {o.candidate.deployment_id}: TTFT {o.ttft_ms:.1f} ms, TPOT "
+            f"{o.tpot_ms:.2f} ms, ${o.cost_usd:.8f}, load {o.load}/{o.bound}, cache hit "
+            f"{o.cache_hit_tokens} tokens, {'measured' if o.measured else 'unmeasured'}, "
+            f"{state}")
+    lines.append(f"chose {choice.candidate.deployment_id}: {choice.reason}")
+    return lines

@@ -1,0 +1,142 @@
+"""The token-based stream choice (placement/streams.py): predictions, feasibility, cost,
+prefix-holder preference and bounded-load consistent hashing, without gRPC."""
+
+from __future__ import annotations
+
+import collections
+
+import pytest
+
+from placement.errors import NoHealthyDeployment
+from placement.model import Candidate
+from placement.streams import (
+    StreamAsk,
+    TokenEstimate,
+    choose_stream,
+    explain,
+    load_bound,
+    predict,
+    ring_order,
+)
+
+
+def cand(name: str, rtt: float = 1.0) -> Candidate:
+    return Candidate(deployment_id=f"{name}/llm", backend_id=name, endpoint=f"{name}:1",
+                     variant="llm", region="r", cloud="c", accelerator="gpu", quality=0.8,
+                     latency_p95_ms=50.0, rtt_ms=rtt, queue_ms=0.0, compute_ms=1.0,
+                     cost_usd=1e-6, spare_capacity=10.0)
+
+
+# A fast expensive GPU and a slow cheap one (per token: 0.1 vs 1.0 ms prefill, 5 vs 40 ms).
+FAST = TokenEstimate(prefill_ms_per_token=0.1, tpot_base_ms=5.0, tpot_per_stream_ms=1.0,
+                     usd_per_second=8.0 / 3600)
+SLOW = TokenEstimate(prefill_ms_per_token=1.0, tpot_base_ms=40.0, tpot_per_stream_ms=8.0,
+                     usd_per_second=0.3 / 3600)
+
+
+def test_prediction_follows_the_formulas() -> None:
+    c = cand("a", rtt=3.0)
+    o = predict(c, SLOW, load=2, ask=StreamAsk(prompt_tokens=100, max_tokens=10))
+    assert o.ttft_ms == pytest.approx(3.0 + 100 * 1.0)
+    assert o.tpot_ms == pytest.approx(40.0 + 8.0 * 2)
+    assert o.cost_usd == pytest.approx(0.3 / 3600 * (100 * 1.0 + 10 * 56.0 / 3) / 1000)
+
+
+def test_cheapest_feasible_wins_and_tight_objectives_move_the_stream() -> None:
+    cands = [cand("fast"), cand("slow")]
+    est = {"fast/llm": FAST, "slow/llm": SLOW}
+    loose = choose_stream(cands, est, {}, StreamAsk(200, 50, ttft_ms=1000, tpot_ms=100))
+    assert loose.candidate.backend_id == "slow" and loose.slo_met
+    tight_tpot = choose_stream(cands, est, {}, StreamAsk(200, 50, ttft_ms=1000, tpot_ms=20))
+    assert tight_tpot.candidate.backend_id == "fast" and tight_tpot.slo_met
+    tight_ttft = choose_stream(cands, est, {}, StreamAsk(2000, 50, ttft_ms=500))
+    assert tight_ttft.candidate.backend_id == "fast"
+
+
+def test_load_raises_tpot_until_the_cheap_one_misses() -> None:
+    cands = [cand("fast"), cand("slow")]
+    est = {"fast/llm": FAST, "slow/llm": SLOW}
+    ask = StreamAsk(100, 50, tpot_ms=60)
+    # (A loose load bound: this is about TPOT under load, not about spreading.)
+    assert choose_stream(cands, est, {"slow/llm": 2}, ask,
+                         load_factor=10).candidate.backend_id == "slow"
+    # 3 streams in flight: 40 + 8 × 3 = 64 ms > 60 ms.
+    assert choose_stream(cands, est, {"slow/llm": 3}, ask,
+                         load_factor=10).candidate.backend_id == "fast"
+
+
+def test_nothing_feasible_serves_the_fastest_and_says_so() -> None:
+    cands = [cand("fast"), cand("slow")]
+    choice = choose_stream(cands, {"fast/llm": FAST, "slow/llm": SLOW}, {},
+                           StreamAsk(100, 50, tpot_ms=1.0))
+    assert choice.candidate.backend_id == "fast" and not choice.slo_met
+    assert "no deployment meets" in choice.reason
+
+
+def test_the_prefix_holders_cache_hit_makes_it_feasible() -> None:
+    # Two equal slow deployments; 3000 prompt tokens take 3 s cold, the TTFT objective is 1 s.
+    cands = [cand("a"), cand("b")]
+    est = {"a/llm": SLOW, "b/llm": SLOW}
+    cold = choose_stream(cands, est, {}, StreamAsk(3000, 10, ttft_ms=1000))
+    assert not cold.slo_met
+    warm = choose_stream(cands, est, {}, StreamAsk(3000, 10, ttft_ms=1000, holder="b/llm",
+                                                   cached_tokens=2900, session_key="s"))
+    assert warm.candidate.backend_id == "b" and warm.slo_met
+    assert warm.chosen.cache_hit_tokens == 2900
+
+
+def test_the_holder_is_preferred_among_equally_cheap_but_not_past_the_load_bound() -> None:
+    cands = [cand(n) for n in "abcd"]
+    est = {c.deployment_id: SLOW for c in cands}
+    ask = StreamAsk(10, 10, holder="c/llm", cached_tokens=0, session_key="s")
+    assert choose_stream(cands, est, {}, ask).candidate.backend_id == "c"
+    # c holds the 5 streams in flight; the bound is ceil(1.25 × 6 / 4) = 2.
+    loads = {"c/llm": 5}
+    assert load_bound(loads, [c.deployment_id for c in cands]) == 2
+    moved = choose_stream(cands, est, loads, ask)
+    assert moved.candidate.backend_id != "c"
+    assert moved.candidate.deployment_id == next(
+        d for d in ring_order("s", [c.deployment_id for c in cands])
+        if d != "c/llm")
+
+
+def test_a_hot_session_spreads_under_bounded_load() -> None:
+    cands = [cand(n) for n in "abcd"]
+    est = {c.deployment_id: SLOW for c in cands}
+    loads: collections.Counter[str] = collections.Counter()
+    for _ in range(40):  # one hot prefix, streams that never finish
+        d = choose_stream(cands, est, loads, StreamAsk(10, 10, session_key="hot",
+                                                       holder="a/llm")).candidate
+        loads[d.deployment_id] += 1
+    assert len(loads) == 4 and max(loads.values()) <= 13  # ceil(1.25 × 40 / 4)
+
+
+def test_sessions_hash_consistently_and_spread_over_equal_deployments() -> None:
+    ids = [f"{n}/llm" for n in "abcdefgh"]
+    assert ring_order("session-1", ids) == ring_order("session-1", list(reversed(ids)))
+    firsts = collections.Counter(ring_order(f"s{i}", ids)[0] for i in range(800))
+    assert len(firsts) == 8 and min(firsts.values()) > 40
+    # Removing one deployment moves only the sessions that were on it.
+    moved = sum(ring_order(f"s{i}", ids)[0] != ring_order(f"s{i}", ids[1:])[0]
+                for i in range(800) if ring_order(f"s{i}", ids)[0] != ids[0])
+    assert moved == 0
+
+
+def test_unmeasured_deployments_are_tried_first() -> None:
+    choice = choose_stream([cand("known"), cand("new")], {"known/llm": SLOW}, {},
+                           StreamAsk(10, 10))
+    assert choice.candidate.backend_id == "new" and not choice.chosen.measured
+
+
+def test_no_candidates_is_no_healthy_deployment() -> None:
+    with pytest.raises(NoHealthyDeployment):
+        choose_stream([], {}, {}, StreamAsk(1, 1))
+
+
+def test_explain_names_every_deployment_and_the_choice() -> None:
+    choice = choose_stream([cand("fast"), cand("slow")], {"fast/llm": FAST, "slow/llm": SLOW},
+                           {}, StreamAsk(100, 10, tpot_ms=20))
+    lines = explain(choice)
+    assert any(line.startswith("→ fast/llm") for line in lines)
+    assert any("slow/llm" in line and "misses an objective" in line for line in lines)
+    assert lines[-1].startswith("chose fast/llm")
