@@ -30,7 +30,11 @@ SLO_HEADER = "x-switchyard-slo-ms"
 UNSUPPORTED_HINTS = ("x-min-quality", "x-max-cost-usd", "x-allowed-regions", "x-fail-fast",
                      "x-routing-profile")
 METADATA_NAMESPACE = "switchyard"
-INFER_PATH = "/inference.GRPCInferenceService/ModelInfer"
+SERVICE_PATH = "/inference.GRPCInferenceService/"
+INFER_PATH = SERVICE_PATH + "ModelInfer"
+# RPCs whose request names the model in field 1, as ModelInfer does: routed and rewritten the
+# same way (ModelReady("summarize") asks the deployment a call would go to).
+NAMED_RPCS = ("ModelInfer", "ModelReady", "ModelMetadata", "ModelConfig")
 
 _VARINT = r"""
 local function varint(body, pos, stop)
@@ -50,7 +54,8 @@ end
 """
 
 _MODEL_NAME = _VARINT + rf"""
-local NOT_PARSED = "request bytes do not parse as a ModelInferRequest"
+local NOT_PARSED = "request bytes do not parse as a KServe v2 request"
+local NAMED = {{{", ".join(f'["{SERVICE_PATH}{r}"] = true' for r in NAMED_RPCS)}}}
 
 -- The model name, or nil, a gRPC status code and a message.
 local function model_name(body)
@@ -88,7 +93,7 @@ local function model_name(body)
   end
   if pos ~= stop then return nil, 3, NOT_PARSED .. " (truncated fixed-width field)" end
   if name == nil or name == "" then
-    return nil, 3, "ModelInferRequest.model_name is empty; set the model to call"
+    return nil, 3, "the request's model name is empty; set the model to call"
   end
   if #name > 1024 then return nil, 3, "model_name is longer than 1024 bytes" end
   return name
@@ -140,9 +145,10 @@ function envoy_on_request(handle)
   headers:remove("{MODEL_HEADER}")
   headers:remove("{VARIANT_HEADER}")
   headers:remove("{SLO_HEADER}")
-  if headers:get(":path") ~= "{INFER_PATH}" then return end
+  local path = headers:get(":path")
+  if not NAMED[path] then return end
   for _, hint in ipairs(UNSUPPORTED) do
-    if headers:get(hint) ~= nil then
+    if path == "{INFER_PATH}" and headers:get(hint) ~= nil then
       reply(handle, 12, "hint " .. hint .. " is not supported by the Envoy edge yet; "
                         .. "call a Python edge for it")
       return

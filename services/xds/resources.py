@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -251,8 +252,18 @@ def _model_routes(model: str, m: ModelRoutes, s: EnvoySettings) -> list[dict[str
 def route_configuration(region: str, models: dict[str, ModelRoutes],
                         s: EnvoySettings) -> route_pb2.RouteConfiguration:
     routes = [r for m in sorted(models) for r in _model_routes(m, models[m], s)]
-    # A ModelInfer no model route matched: NOT_FOUND, naming what the mesh serves.
-    routes.append({"name": "unknown-model", "match": {"path": lua.INFER_PATH},
+    # Liveness and readiness: answered by the deployment the first servable model's calls
+    # would go to (a Python edge answers them itself).
+    servable = [m for m in sorted(models) if models[m].default]
+    if servable:
+        routes += [{"name": rpc, "match": {"path": lua.SERVICE_PATH + rpc},
+                    **_route_action(servable[0], model_cluster_name(servable[0]),
+                                    models[servable[0]].default, s)}
+                   for rpc in ("ServerLive", "ServerReady")]
+    # A named RPC no model route matched: NOT_FOUND, naming what the mesh serves.
+    named = "|".join(lua.NAMED_RPCS)
+    routes.append({"name": "unknown-model", "match": {"safe_regex": {
+        "regex": f"^{re.escape(lua.SERVICE_PATH)}({named})$"}},
                    "direct_response": {"status": 404, "body": {"inline_string": (
                        "the model is not served by this mesh (it serves: "
                        f"{', '.join(sorted(models)) or 'nothing yet'})")}},

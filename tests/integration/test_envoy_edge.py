@@ -182,6 +182,26 @@ async def test_the_slo_hint_picks_its_class_and_hints_envoy_cannot_honour_are_re
         assert err.value.status() == status, (name, err.value)
 
 
+async def test_liveness_readiness_and_model_rpcs_go_where_the_models_calls_go(
+        mesh: EnvoyMesh) -> None:
+    def ask() -> tuple[bool, bool, bool, str]:
+        client = tc.InferenceServerClient(mesh.envoy.address)
+        try:
+            return (client.is_server_live(), client.is_server_ready(),
+                    client.is_model_ready("summarize"),
+                    client.get_model_metadata("summarize").name)
+        finally:
+            client.close()
+
+    live, ready, model_ready, name = await asyncio.to_thread(ask)
+    assert live and ready and model_ready
+    assert name in {"summarize-small", "summarize-large"}  # the variant that would serve
+    with pytest.raises(InferenceServerException) as err:
+        await asyncio.to_thread(
+            lambda: tc.InferenceServerClient(mesh.envoy.address).is_model_ready("nope"))
+    assert err.value.status() == "StatusCode.NOT_FOUND"
+
+
 def _infer_request(model: str, floats: int = 16) -> bytes:
     req = service_pb2.ModelInferRequest(model_name=model)
     x = req.inputs.add(name="INPUT0", datatype="FP32", shape=[1, floats])
@@ -198,7 +218,7 @@ async def test_what_envoy_cannot_route_gets_the_documented_grpc_status_never_unk
                           "serves: generate, summarize"),
         "bytes that do not parse": (b"\xff\xff\xff", {}, grpc.StatusCode.INVALID_ARGUMENT,
                                     "do not parse"),
-        "no model name": (b"", {}, grpc.StatusCode.INVALID_ARGUMENT, "model_name is empty"),
+        "no model name": (b"", {}, grpc.StatusCode.INVALID_ARGUMENT, "model name is empty"),
         "gzip": (_infer_request("summarize"), {"compression": grpc.Compression.Gzip},
                  grpc.StatusCode.UNIMPLEMENTED, "uncompressed"),
         "over 16 MiB": (_infer_request("summarize", limit // 4 + 100_000), {},
