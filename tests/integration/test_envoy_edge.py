@@ -334,3 +334,32 @@ async def test_envoy_ejects_a_dead_backend_on_its_own_and_calls_keep_succeeding(
         if victim:
             tritons[victim].start()
             await tritons[victim].wait_ready_async(60)
+
+
+async def test_a_running_envoy_reconnects_to_a_restarted_placement_and_follows_it(
+        cfg: MeshConfig, tritons: dict[str, TritonProcess], tmp_path: pathlib.Path) -> None:
+    placement = await start_placement(cfg, port=0, metrics_port=0)
+    port = placement.port
+    node, bootstrap = prepare(cfg, cfg.edges[0], placement=[f"127.0.0.1:{port}"],
+                              port=free_port(), run_dir=tmp_path)
+    envoy = EnvoyEdge(node, bootstrap, concurrency=1)
+    envoy.start()
+    restarted: RunningPlacement | None = None
+    try:
+        await eventually(envoy.ready, 20, "Envoy listens")
+        _, before = await asyncio.to_thread(EnvoyMesh(placement, envoy).call)
+        await placement.stop(0.5)
+        restarted = await start_placement(cfg, port=port, metrics_port=0)
+        assert restarted.ads is not None
+        ads = restarted.ads
+        await eventually(lambda: any(s.replies.acks for s in ads.sessions), 20,
+                         "Envoy reconnected (delta ADS, with the versions it holds)")
+        (session,) = ads.sessions
+        assert not session.replies.nacks
+        await _drain_and_watch_calls_move(EnvoyMesh(restarted, envoy))
+        assert before["x-served-by"]
+    finally:
+        envoy.stop()
+        await placement.stop(0.5)
+        if restarted is not None:
+            await restarted.stop(0.5)
