@@ -36,8 +36,24 @@ def failover_order(cands: Sequence[Candidate], profile: Profile, slo_ms: float,
     chosen = {c.deployment_id for c in feasible}
     fallback = [c for c in cands if c.deployment_id not in chosen
                 and all(f.reject(c, ctx) is None for f in profile.hard_filters)]
-    return (sorted(feasible, key=lambda c: (c.cost_usd, c.latency_p95_ms, c.deployment_id))
-            + sorted(fallback, key=lambda c: (ctx.latency_ms(c), c.deployment_id)))
+    return servers_apart(
+        sorted(feasible, key=lambda c: (c.cost_usd, c.latency_p95_ms, c.deployment_id))
+        + sorted(fallback, key=lambda c: (ctx.latency_ms(c), c.deployment_id)))
+
+
+def servers_apart(order: Sequence[Candidate]) -> list[Candidate]:
+    """Each server's first deployment in order, then the other variants on those servers.
+
+    Envoy retries (UNAVAILABLE, resets, refused connections: server failures) go to the
+    next deployment in the order; a Python edge excludes every variant on a server that
+    failed for the rest of the call, so another variant on the same server should not be
+    next. It stays in the order, last, for when nothing else is left."""
+    seen: set[str] = set()
+    first, later = [], []
+    for c in order:
+        (later if c.backend_id in seen else first).append(c)
+        seen.add(c.backend_id)
+    return first + later
 
 
 def slo_classes(cands: Sequence[Candidate], profile: Profile,

@@ -49,6 +49,14 @@ def test_failover_order_is_feasible_cheapest_first_then_hard_ok_fastest_first() 
     assert order == ["mid/s", "fast/s", "cheap/s", "slowest/s"]
 
 
+def test_a_retry_goes_to_another_server_before_another_variant_of_the_one_that_failed() -> None:
+    table = _table(_cand("a/small", 1e-6, 50), _cand("a/large", 2e-6, 60),
+                   _cand("b/small", 3e-6, 70))
+    cands = [candidate_from_pb(c) for c in table.candidates]
+    order = [c.deployment_id for c in failover_order(cands, PROFILE, 300, 2.0)]
+    assert order == ["a/small", "b/small", "a/large"]  # cheapest first; a's sibling last
+
+
 def test_slo_classes_change_order_exactly_where_a_deployment_starts_to_fit() -> None:
     # p95 + margin: fast 22 ms, mid 102, cheap 902 (margin 2); cheapest that fits wins.
     table = _table(_cand("cheap/s", 1e-6, 900), _cand("mid/s", 2e-6, 100),
