@@ -106,6 +106,9 @@ class PlannerSettings:
     slo_margin_ms: float = 0.0
     time_limit_s: float = 30.0
     mip_rel_gap: float = 1e-4
+    # A baseline, not a policy: every pool runs >= 1 GPU with every variant it may load
+    # (memory not checked), GPUs still sized by the solver.
+    load_everywhere: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,6 +327,10 @@ def _solve(md: _Model, drop: str = "", fixed: Plan | None = None) -> FloatArray 
             upper[md.n[p.id]] = GPU_BOUND
             for li in range(len(s.tiers)):
                 upper[md.m[p.id, li]] = GPU_BOUND
+    if s.load_everywhere:
+        for col in md.y.values():
+            lower[col] = 1
+        drop = drop or "memory"
     if fixed is not None:
         gpus, loaded = fixed.gpus(), fixed.loaded()
         for pid, col in md.n.items():

@@ -182,3 +182,13 @@ def test_hysteresis_adopts_when_the_current_plan_no_longer_serves() -> None:
     assert result.adopt
     assert result.plan.gpus() == {"a": 2}
     assert "no longer serves" in result.reason
+
+
+def test_load_everywhere_baseline_runs_every_pool_with_every_variant() -> None:
+    pools = [pool("a", price=1.0), pool("b", price=2.0, memory=16)]
+    settings = PlannerSettings(survive_region_loss=False, load_everywhere=True)
+    assert solved(problem(pools, [demand(1)], (SMALL, OTHER))).gpus() == {"a": 1}
+    result = solved(problem(pools, [demand(1)], (SMALL, OTHER), settings))
+    assert result.gpus() == {"a": 1, "b": 1}  # 24 GB on a 16 GB GPU: memory not checked
+    assert result.loaded() == {"a": frozenset({"m-small", "o-small"}),
+                               "b": frozenset({"m-small", "o-small"})}
