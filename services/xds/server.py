@@ -65,11 +65,12 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self._compiled: dict[str, tuple[int, RegionConfig]] = {}
 
     def region_config(self, region: str) -> RegionConfig:
-        """The region's compiled config, rebuilt only when the hub's version moved."""
-        tables = self.hub.snapshot(region)
+        """The region's compiled config, rebuilt only when the hub published (so an ACK does
+        not make the hub publish early: its coalescing holds for Envoy edges too)."""
         cached = self._compiled.get(region)
         if cached is not None and cached[0] == self.hub.version:
             return cached[1]
+        tables = self.hub.snapshot(region)
         compiled = compile_region(region, tables, self.profile, self.settings)
         self._compiled[region] = (self.hub.version, compiled)
         return compiled
