@@ -1,0 +1,32 @@
+"""The ADS server compiles a region once per hub publish, and never makes the hub publish."""
+
+from __future__ import annotations
+
+from placement.registry import build_profile
+from services.api.switchyard.v1 import placement_pb2
+from services.xds.resources import EnvoySettings
+from services.xds.server import AdsServer
+
+
+class _Hub:
+    """The two things the ADS server reads from ``RouteHub``."""
+
+    def __init__(self) -> None:
+        self.version = 1
+        self.snapshots = 0
+
+    def snapshot(self, region: str) -> list[placement_pb2.RouteTable]:
+        self.snapshots += 1  # the real one publishes when the fleet changed since
+        return [placement_pb2.RouteTable(model="m", edge_region=region, default_slo_ms=100)]
+
+
+def test_acks_between_publishes_reuse_the_compiled_region() -> None:
+    hub = _Hub()
+    ads = AdsServer(hub, build_profile("cheapest"), EnvoySettings())  # type: ignore[arg-type]
+    first = ads.region_config("r")
+    for _ in range(5):  # every ACK asks again
+        assert ads.region_config("r") is first
+    assert hub.snapshots == 1
+    hub.version = 2  # the hub published
+    assert ads.region_config("r") is not first
+    assert hub.snapshots == 2
