@@ -52,6 +52,8 @@ MODEL, VARIANT, ACCEL = "chat", "chat-v1", "nvidia-l4"
 NOT_READY = b"Triton server not ready"
 PROBE = "be-probe0"
 INGESTED = "switchyard_placement_telemetry_reports_total"
+# The simulated Tritons count from the start of the hour (the same in every process).
+EPOCH_MS = int(time.time() * 1000) // 3_600_000 * 3_600_000
 GRPC_OPTS = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
 
 
@@ -81,10 +83,12 @@ def backend_pb(i: int | str) -> fleet_pb2.Backend:
 
 
 def report(bid: str, tick: int, ready: bool = True) -> telemetry_pb2.TelemetryReport:
-    n = tick * 20
+    """A busy backend's report: 20 calls/s of ~40 ms, counters read now (as an agent does)."""
+    unix_ms = int(time.time() * 1000)
+    n = (unix_ms - EPOCH_MS) // 50
     return telemetry_pb2.TelemetryReport(
         backend_id=bid, agent_id="bench-agent",
-        source=telemetry_pb2.TELEMETRY_SOURCE_SIMULATED, unix_ms=int(time.time() * 1000),
+        source=telemetry_pb2.TELEMETRY_SOURCE_SIMULATED, unix_ms=unix_ms,
         backend_ready=ready, inflight=tick % 3,
         gpus=[telemetry_pb2.GpuReading(index=0, name="NVIDIA L4", gpu_util_pct=40.0,
                                        mem_used_bytes=8 << 30, mem_free_bytes=16 << 30,
@@ -97,7 +101,23 @@ def report(bid: str, tick: int, ready: bool = True) -> telemetry_pb2.TelemetryRe
 
 # -- the agents process -------------------------------------------------------------------
 
-async def agents_main(address: str, backends: int, streams: int, seconds: float) -> None:
+def batched(bids: list[str], tick: int, per_message: int
+            ) -> list[telemetry_pb2.TelemetryReport]:
+    """The reports of ``bids`` as messages of ``per_message`` reports each (one agent's round
+    in ``TelemetryReport.more``); ``per_message`` 0 = one report per message, as before."""
+    reports = [report(bid, tick) for bid in bids]
+    if per_message <= 0:
+        return reports
+    out = []
+    for j in range(0, len(reports), per_message):
+        first = reports[j]
+        first.more.extend(reports[j + 1:j + per_message])
+        out.append(first)
+    return out
+
+
+async def agents_main(address: str, backends: int, streams: int, seconds: float,
+                      per_message: int = 0) -> None:
     async with grpc.aio.insecure_channel(address, options=GRPC_OPTS) as ch:
         stub = placement_pb2_grpc.PlacementStub(ch)
         t0 = time.monotonic()
@@ -121,11 +141,14 @@ async def agents_main(address: str, backends: int, streams: int, seconds: float)
                 tick = 0
                 while time.monotonic() < stop_at:
                     start = time.monotonic()
-                    batch = max(1, len(mine) // 20)  # spread each second's reports in 20 steps
+                    # Each second's reports in 20 steps, whole agents (per_message) per step.
+                    batch = max(1, len(mine) // 20)
+                    if per_message > 0:
+                        batch = max(per_message, batch - batch % per_message)
                     for j in range(0, len(mine), batch):
-                        for bid in mine[j:j + batch]:
-                            yield report(bid, tick)
-                            sent[k] += 1
+                        for msg in batched(mine[j:j + batch], tick, per_message):
+                            yield msg
+                            sent[k] += 1 + len(msg.more)
                         await asyncio.sleep(max(0.0, start + (j + batch) / len(mine)
                                                 - time.monotonic()))
                     tick += 1
@@ -192,6 +215,7 @@ class Edges:
 
 @dataclass
 class Level:
+    label: str
     gpus: int
     edges: int
     register_s: float
@@ -201,6 +225,18 @@ class Level:
     delays_ms: list[float]
     timeouts: int
     update_mb_per_s: float
+    load1: float  # the host's 1-minute load average at the end of the window
+    agents_cpu_pct: float = 0.0
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Which placement runs and how the agents send: ``root`` is the checkout placement
+    runs from (another worktree measures the code before a change in the same run)."""
+
+    label: str = "this checkout"
+    root: str = ROOT
+    per_message: int = 8  # reports per StreamTelemetry message (0: one each)
 
 
 def _metric(port: int, name: str) -> float:
@@ -225,7 +261,8 @@ async def _probe_stream(stub: placement_pb2_grpc.PlacementStub, states: asyncio.
 
 
 async def measure(gpus: int, edges: int, window_s: float, changes: int,
-                  streams: int, timeout_s: float = 15.0) -> Level:
+                  streams: int, timeout_s: float = 15.0, variant: Variant = Variant()
+                  ) -> Level:
     with tempfile.TemporaryDirectory(prefix="sy-cp-") as tmp:
         d = pathlib.Path(tmp)
         port, mport = free_port(), free_port()
@@ -233,9 +270,14 @@ async def measure(gpus: int, edges: int, window_s: float, changes: int,
         # Blocking open/Popen before anything is measured: nothing else runs on this loop yet.
         log = open(d / "placement.log", "w")  # noqa: SIM115
         env = dict(os.environ, PYTHONPATH=ROOT)
-        argv = [sys.executable, "-m", "services.cli", "--log-level", "warning", "placement",
+        # CP_PROFILE=<dir>: placement runs under cProfile (written when it stops).
+        prof = os.environ.get("CP_PROFILE")
+        argv = [sys.executable, *(["-m", "cProfile", "-o", f"{prof}/{variant.label}-{gpus}"
+                                   ".prof"] if prof else []),
+                "-m", "services.cli", "--log-level", "warning", "placement",
                 "--config", str(cfg)]
-        placement = subprocess.Popen(argv, cwd=ROOT, env=env,
+        placement = subprocess.Popen(argv, cwd=variant.root,
+                                     env=dict(env, PYTHONPATH=variant.root),
                                      stdout=log, stderr=subprocess.STDOUT)
         agents = None
         try:
@@ -245,12 +287,13 @@ async def measure(gpus: int, edges: int, window_s: float, changes: int,
                 stub = placement_pb2_grpc.PlacementStub(ch)
                 await stub.RegisterBackend(placement_pb2.RegisterBackendRequest(
                     backend=backend_pb(PROBE)))
-                warm = 5.0
+                warm = 15.0  # every backend past its first reports: sustained, not start-up
                 run_s = warm + window_s + changes * (timeout_s + 5.0)
                 agents = subprocess.Popen(
                     [sys.executable, "-m", "benchmarks.controlplane", "--role", "agents",
                      "--address", address, "--backends", str(gpus), "--streams",
-                     str(streams), "--seconds", str(run_s)],
+                     str(streams), "--seconds", str(run_s),
+                     "--per-message", str(variant.per_message)],
                     cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
                 assert agents.stdout is not None
                 line = await asyncio.to_thread(agents.stdout.readline)
@@ -262,11 +305,14 @@ async def measure(gpus: int, edges: int, window_s: float, changes: int,
                 fleet_edges = Edges(address, edges)
                 await fleet_edges.start()
                 await asyncio.sleep(warm)
+                a0 = cpu_seconds(agents.pid)
                 c0, n0, t0 = cpu_seconds(placement.pid), _metric(mport, INGESTED), time.monotonic()
                 b0 = fleet_edges.bytes
                 await asyncio.sleep(window_s)
                 c1, n1, t1 = cpu_seconds(placement.pid), _metric(mport, INGESTED), time.monotonic()
                 b1 = fleet_edges.bytes
+                load1 = os.getloadavg()[0]
+                a1 = cpu_seconds(agents.pid)
                 delays, timeouts, ready = [], 0, True
                 for k in range(changes):
                     ready = not ready
@@ -283,9 +329,10 @@ async def measure(gpus: int, edges: int, window_s: float, changes: int,
                 stop.set()
                 await fleet_edges.stop()
                 probe_task.cancel()
-            return Level(gpus, edges, register_s, (n1 - n0) / (t1 - t0), gpus / 1.0,
-                         100 * (c1 - c0) / (t1 - t0), delays, timeouts,
-                         (b1 - b0) / (t1 - t0) / 1e6)
+            return Level(variant.label, gpus, edges, register_s, (n1 - n0) / (t1 - t0),
+                         gpus / 1.0, 100 * (c1 - c0) / (t1 - t0), delays, timeouts,
+                         (b1 - b0) / (t1 - t0) / 1e6, load1,
+                         100 * (a1 - a0) / (t1 - t0))
         finally:
             for p in (agents, placement):
                 if p is not None and p.poll() is None:
@@ -297,30 +344,45 @@ async def measure(gpus: int, edges: int, window_s: float, changes: int,
             log.close()
 
 
-def run(quick: bool) -> Section:
+def run(quick: bool, levels: list[tuple[int, int]] | None = None,
+        before: str | None = None, per_message: int = 8) -> Section:
+    """``before``: another checkout of placement, measured right before this one at every
+    level (its agents send one report per message, as its protocol knows no batches)."""
     t0 = time.monotonic()
-    levels = ([(1000, 10), (1000, 100)] if quick else
-              [(1000, 10), (1000, 100), (5000, 100), (10000, 100)])
-    window, changes, timeout = (5.0, 3, 8.0) if quick else (10.0, 4, 15.0)
+    levels = levels or ([(1000, 10), (1000, 100)] if quick else
+                        [(1000, 10), (1000, 100), (5000, 100), (10000, 100)])
+    window, changes, timeout = (5.0, 3, 8.0) if quick else (10.0, 8, 15.0)
+    variants = [Variant(per_message=per_message)]
+    if before:
+        variants.insert(0, Variant("before", before, 0))
+        variants[1] = Variant("after", ROOT, per_message)
     out = []
     for gpus, edges in levels:
-        progress(f"controlplane: {gpus:,} GPUs, {edges} edges")
-        lv = asyncio.run(measure(gpus, edges, window, changes, streams=8, timeout_s=timeout))
-        progress(f"controlplane: ingest {lv.ingest_per_s:,.0f}/s of {lv.target_per_s:,.0f}/s, "
-                 f"placement CPU {lv.cpu_pct:.0f} %")
-        out.append(lv)
+        for v in variants:
+            progress(f"controlplane: {gpus:,} GPUs, {edges} edges, {v.label}")
+            lv = asyncio.run(measure(gpus, edges, window, changes, streams=8,
+                                     timeout_s=timeout, variant=v))
+            progress(f"controlplane: ingest {lv.ingest_per_s:,.0f}/s of "
+                     f"{lv.target_per_s:,.0f}/s, placement CPU {lv.cpu_pct:.0f} %, "
+                     f"agents CPU {lv.agents_cpu_pct:.0f} %, "
+                     f"load {lv.load1:.1f}")
+            out.append(lv)
     rows = []
     for lv in out:
         d = sorted(lv.delays_ms)
-        rows.append([f"{lv.gpus:,}", lv.edges, f"{lv.register_s:.1f}",
+        rows.append([*([lv.label] if before else []), f"{lv.gpus:,}", lv.edges,
+                     f"{lv.register_s:.1f}",
                      f"{lv.ingest_per_s:,.0f} / {lv.target_per_s:,.0f}",
-                     f"{lv.cpu_pct:.0f} %", f"{lv.update_mb_per_s:.1f}",
+                     f"{lv.cpu_pct:.0f} %", f"{lv.agents_cpu_pct:.0f} %",
+                     f"{lv.update_mb_per_s:.1f}",
                      percentile(d, 50), percentile(d, 99),
-                     f"{len(d)}/{len(d) + lv.timeouts}"])
-    table = md_table(["GPUs (backends)", "edges", "register all (s)",
+                     f"{len(d)}/{len(d) + lv.timeouts}", f"{lv.load1:.1f}"])
+    table = md_table([*(["placement"] if before else []), "GPUs (backends)", "edges",
+                      "register all (s)",
                       "ingest reports/s (sustained / offered)", "placement CPU",
+                      "agents CPU",
                       "route bytes to edges MB/s", "propagation p50 ms", "propagation p99 ms",
-                      "changes seen by all edges"], rows)
+                      "changes seen by all edges", "host load (1 min)"], rows)
     return Section(title="Control plane: ingest, placement CPU and route propagation",
                    command=command_for(__name__, quick), table=table,
                    notes=notes(out), elapsed_s=time.monotonic() - t0)
@@ -371,11 +433,21 @@ def main() -> None:
     p.add_argument("--backends", type=int, default=1000)
     p.add_argument("--streams", type=int, default=8)
     p.add_argument("--seconds", type=float, default=30)
+    p.add_argument("--per-message", type=int, default=8,
+                   help="reports per StreamTelemetry message (an 8-GPU node's agent "
+                        "batches its round); 0 = one report per message")
+    p.add_argument("--levels", default="",
+                   help="GPU counts, comma-separated (100 edges each), e.g. 1000,5000,10000")
+    p.add_argument("--before", default="",
+                   help="another checkout (e.g. a git worktree of the old commit): its "
+                        "placement is measured right before this one at every level")
     args = p.parse_args()
     if args.role == "agents":
-        asyncio.run(agents_main(args.address, args.backends, args.streams, args.seconds))
+        asyncio.run(agents_main(args.address, args.backends, args.streams, args.seconds,
+                                args.per_message))
         return
-    print(run(args.quick).markdown())
+    levels = [(int(g), 100) for g in args.levels.split(",")] if args.levels else None
+    print(run(args.quick, levels, args.before or None, args.per_message).markdown())
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ class TelemetrySnapshot:
     gpus: tuple[GpuState, ...] = ()
     variants: dict[str, VariantStats] = field(default_factory=dict)
     inflight: int = 0
+    sent_ms: int = 0  # the agent's clock when it read the counters (unix ms; 0 = unknown)
 
 
 @dataclass(slots=True)
@@ -63,6 +64,7 @@ class BackendState:
     last: TelemetrySnapshot | None = None
     last_at: float | None = None
     loads: dict[str, VariantLoad] = field(default_factory=dict)
+    signature: tuple[object, ...] | None = None  # _signature after the last ingest
 
     @property
     def utilisation(self) -> float:
@@ -146,15 +148,16 @@ class FleetState:
         """Apply one agent report: derive per-variant compute, queue, rate and busy fraction."""
         state = self.get(backend_id)
         prev, prev_at = state.last, state.last_at
-        before_sig = _signature(state)
+        before_sig = state.signature or _signature(state)
         for name, stats in snap.variants.items():
             load = state.loads.setdefault(name, VariantLoad())
             before = prev.variants.get(name) if prev else None
-            _update_load(load, stats, before, None if prev_at is None else now - prev_at)
+            _update_load(load, stats, before, _window(prev, prev_at, snap, now))
         # XID and memory-pressure holds follow the GPU across reports (placement.hardware)
         snap = replace(snap, gpus=carry(prev.gpus if prev else (), snap.gpus, now))
         state.last, state.last_at = snap, now
-        if _signature(state) != before_sig:
+        state.signature = _signature(state)
+        if state.signature != before_sig:
             self._bump(backend_id)  # only what can change a route table rebuilds it
 
     def observe(self, edge_region: str, deployment_id: str, samples: int, p95_ms: float,
@@ -233,8 +236,21 @@ def _signature(state: BackendState) -> tuple[object, ...]:
     return (None if snap is None else (snap.ready, hw, tuple(sorted(
                 (k, v.ready) for k, v in snap.variants.items()))),
             tuple(sorted((k, _step(v.compute_ms), _step(v.queue_ms + 0.05),
-                          _step(v.rps + 1.0, 0.1), round(v.busy_fraction, 2))
+                          _step(v.rps + 1.0, 0.1), _step(v.busy_fraction + 0.05, 0.05),
+                          # headroom too: near saturation small busy moves matter
+                          _step(max(state.backend.max_concurrency - v.busy_fraction, 0.0)
+                                + 0.05, 0.05))
                          for k, v in state.loads.items())))
+
+
+def _window(prev: TelemetrySnapshot | None, prev_at: float | None, snap: TelemetrySnapshot,
+            now: float) -> float | None:
+    """Seconds between the counter reads of two reports: by the agent's clock when both carry
+    it (arrival times bunch up when placement falls behind, which would fake rate swings),
+    else by arrival."""
+    if prev is not None and prev.sent_ms and snap.sent_ms > prev.sent_ms:
+        return (snap.sent_ms - prev.sent_ms) / 1000
+    return None if prev_at is None else now - prev_at
 
 
 def _update_load(load: VariantLoad, cur: VariantStats, before: VariantStats | None,
@@ -249,8 +265,11 @@ def _update_load(load: VariantLoad, cur: VariantStats, before: VariantStats | No
     if dt is not None and dt > 0:
         rps = d_count / dt
         busy = (cur.compute_infer_ns - before.compute_infer_ns) / 1e9 / dt
-        load.rps += ALPHA * (rps - load.rps)
-        load.busy_fraction += ALPHA * (busy - load.busy_fraction)
+        # The first window seeds the averages (from zero they would take ~5 reports to settle,
+        # and every one of those reports would change the backend's route rows).
+        a = 1.0 if load.rps == 0.0 and load.busy_fraction == 0.0 else ALPHA
+        load.rps += a * (rps - load.rps)
+        load.busy_fraction += a * (busy - load.busy_fraction)
     if d_count <= 0:
         return
     compute = (cur.compute_infer_ns - before.compute_infer_ns) / d_count / 1e6

@@ -90,7 +90,7 @@ def snapshot_from_pb(r: telemetry_pb2.TelemetryReport) -> TelemetrySnapshot:
         variants={m.variant: VariantStats(m.inference_count, m.execution_count,
                                           m.failure_count, m.queue_ns, m.compute_infer_ns,
                                           m.ready) for m in r.models},
-        inflight=r.inflight)
+        inflight=r.inflight, sent_ms=r.unix_ms)
 
 
 def candidate_to_pb(c: Candidate) -> placement_pb2.Candidate:

@@ -4,9 +4,12 @@ Changes are coalesced: the first change after a quiet period schedules one rebui
 ``coalesce_s`` later, so a burst of telemetry becomes one push. A rebuild recomputes only the
 rows of backends that changed since the last one (``FleetState.take_dirty``); everything is
 recomputed only when something global changed (prices, first build). A row is pushed only
-when its wire content changed (estimates are rounded in ``convert.candidate_to_pb``, so
-small load wobbles do not count). Each watcher has one pending slot per row: a slow edge gets
-the newest rows, never a backlog.
+when it changed materially (``material``: anything but an estimate, or an estimate that
+moved by more than its noise band since the row was last pushed), so 1 Hz load wobble on a
+busy fleet does not become a push. Each publish becomes one ``RegionPush`` per edge region,
+built and serialised once and shared by every watcher of that region; a watcher that falls
+behind merges its pending pushes row by row (the newest row wins), so a slow edge gets the
+newest rows, never a backlog.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 import structlog
 
@@ -28,6 +32,65 @@ log = structlog.get_logger("switchyard.placement.hub")
 
 
 Rows = dict[str, placement_pb2.Candidate | None]  # deployment id -> new row (None = removed)
+MAX_PENDING_PUSHES = 8  # a watcher further behind has its pending pushes merged into one
+# Estimates: (field, relative band, absolute band). A row whose estimates all stay within
+# max(relative x last pushed, absolute) of what was last pushed is not pushed again.
+_BANDS = (("latency_p95_ms", 0.03, 0.5), ("rtt_ms", 0.03, 0.5), ("queue_ms", 0.05, 0.5),
+          ("compute_ms", 0.03, 0.2), ("cost_usd", 0.03, 0.0), ("spare_capacity", 0.1, 1.0))
+_estimates = attrgetter(*(f for f, _, _ in _BANDS))
+_limits = tuple((rel, floor) for _, rel, floor in _BANDS)
+# Everything else an edge reads from a row must be equal.
+_exact = attrgetter("endpoint", "variant", "region", "cloud", "accelerator", "quality",
+                    "observed", "dropped_reason", "availability", "penalty_reason",
+                    "concurrency", "edge_slots")
+
+
+def material(old: Candidate, new: Candidate) -> bool:
+    """Would an edge route differently on ``new`` than on ``old`` (the row last pushed)?
+    Every field but the estimates must be equal (readiness, drops, availability, slots, ...);
+    an estimate counts once it leaves its noise band; spare capacity crossing zero counts."""
+    if _exact(old) != _exact(new) or (old.spare_capacity > 0) != (new.spare_capacity > 0):
+        return True
+    return any(abs(b - a) > max(rel * abs(a), floor)
+               for a, b, (rel, floor) in zip(_estimates(old), _estimates(new), _limits,
+                                             strict=True))
+
+
+@dataclass
+class RegionPush:
+    """One publish's changed rows for one edge region, shared by all its watchers."""
+
+    version: int
+    tables: dict[str, tuple[int, float, Rows]]  # model -> (table version, default SLO, rows)
+    _deltas: list[placement_pb2.TableDelta] | None = None
+    _payload: bytes | None = None
+
+    def deltas(self, region: str) -> list[placement_pb2.TableDelta]:
+        if self._deltas is None:
+            self._deltas = [placement_pb2.TableDelta(
+                model=model, edge_region=region, version=version, default_slo_ms=slo,
+                upserts=[c for c in rows.values() if c is not None],
+                removed_deployments=[d for d, c in rows.items() if c is None])
+                for model, (version, slo, rows) in self.tables.items()]
+        return self._deltas
+
+    def payload(self, region: str, placement_id: str) -> bytes:
+        """The serialised ``RouteUpdate``, built once however many edges watch the region."""
+        if self._payload is None:
+            self._payload = placement_pb2.RouteUpdate(
+                version=self.version, deltas=self.deltas(region),
+                placement_id=placement_id).SerializeToString()
+        return self._payload
+
+
+def _merge(pushes: list[RegionPush]) -> RegionPush:
+    tables: dict[str, tuple[int, float, Rows]] = {}
+    for p in pushes:
+        for model, (version, slo, rows) in p.tables.items():
+            merged = dict(tables[model][2]) if model in tables else {}
+            merged.update(rows)
+            tables[model] = (version, slo, merged)
+    return RegionPush(pushes[-1].version, tables)
 
 
 @dataclass(frozen=True)
@@ -46,6 +109,7 @@ class _Table:
     default_slo_ms: float
     version: int = 0
     rows: dict[str, tuple[Candidate, placement_pb2.Candidate]] = field(default_factory=dict)
+    by_backend: dict[str, set[str]] = field(default_factory=dict)  # backend -> its rows
     snapshot: placement_pb2.RouteTable | None = None  # built lazily, per version
 
     def as_proto(self) -> placement_pb2.RouteTable:
@@ -58,33 +122,31 @@ class _Table:
 
 
 class Watcher:
-    """One WatchRoutes stream: pending row changes per model, and an event to wake it."""
+    """One WatchRoutes stream: the region pushes it has not sent yet, and an event to wake it."""
 
     def __init__(self, edge_id: str, region: str) -> None:
         self.edge_id = edge_id
         self.region = region
-        # model -> deployment id -> new row (None = removed)
-        self.pending: dict[str, dict[str, placement_pb2.Candidate | None]] = {}
-        self.meta: dict[str, tuple[int, float]] = {}  # model -> (version, default SLO)
+        self.pushes: list[RegionPush] = []
         self.wake = asyncio.Event()
 
-    def offer(self, model: str, version: int, slo: float,
-              changes: dict[str, placement_pb2.Candidate | None]) -> None:
-        self.pending.setdefault(model, {}).update(changes)
-        self.meta[model] = (version, slo)
+    def offer(self, push: RegionPush) -> None:
+        self.pushes.append(push)
+        if len(self.pushes) > MAX_PENDING_PUSHES:
+            self.pushes = [_merge(self.pushes)]
         self.wake.set()
 
-    def take(self) -> list[placement_pb2.TableDelta]:
-        deltas = []
-        for model, changes in self.pending.items():
-            version, slo = self.meta[model]
-            deltas.append(placement_pb2.TableDelta(
-                model=model, edge_region=self.region, version=version, default_slo_ms=slo,
-                upserts=[c for c in changes.values() if c is not None],
-                removed_deployments=[d for d, c in changes.items() if c is None]))
-        self.pending, self.meta = {}, {}
+    def take_push(self) -> RegionPush | None:
+        """Everything pending as one push: the shared one when only one is pending."""
+        pushes, self.pushes = self.pushes, []
         self.wake.clear()
-        return deltas
+        if not pushes:
+            return None
+        return pushes[0] if len(pushes) == 1 else _merge(pushes)
+
+    def take(self) -> list[placement_pb2.TableDelta]:
+        push = self.take_push()
+        return push.deltas(self.region) if push is not None else []
 
 
 class RouteHub:
@@ -97,6 +159,7 @@ class RouteHub:
         self.clock = clock
         self.version = 0
         self._tables: dict[tuple[str, str], _Table] = {}
+        self._snapshots: dict[str, tuple[int, bytes]] = {}  # region -> (version, RouteUpdate)
         self.watchers: set[Watcher] = set()
         self._scheduled: asyncio.TimerHandle | None = None
         self._first_change_at: float | None = None  # first change not yet published
@@ -138,16 +201,22 @@ class RouteHub:
         out: dict[str, placement_pb2.Candidate | None] = {}
         seen = set()
         for c in fresh:
-            pb = candidate_to_pb(c)
             seen.add(c.deployment_id)
             old = table.rows.get(c.deployment_id)
-            if old is None or old[1] != pb:
+            if old is None or material(old[0], c):
+                pb = candidate_to_pb(c)
                 table.rows[c.deployment_id] = (c, pb)
+                table.by_backend.setdefault(c.backend_id, set()).add(c.deployment_id)
                 out[c.deployment_id] = pb
-        for dep, (c, _) in list(table.rows.items()):
-            if dep not in seen and (full or c.backend_id in scope):
+        # Rows that are gone: of any backend after a full rebuild, else of those in scope.
+        for backend in list(table.by_backend) if full else scope:
+            deps = table.by_backend.get(backend, set())
+            for dep in [d for d in deps if d not in seen]:
                 del table.rows[dep]
+                deps.discard(dep)
                 out[dep] = None
+            if not deps:
+                table.by_backend.pop(backend, None)
         return out
 
     def snapshot(self, region: str) -> list[placement_pb2.RouteTable]:
@@ -155,6 +224,16 @@ class RouteHub:
         if not built or self.fleet.dirty or self.fleet.all_dirty:
             self.publish()
         return [t.as_proto() for (_, r), t in sorted(self._tables.items()) if r == region]
+
+    def snapshot_payload(self, region: str, placement_id: str) -> bytes:
+        """The serialised snapshot ``RouteUpdate`` of a region, built once per version."""
+        tables = self.snapshot(region)
+        cached = self._snapshots.get(region)
+        if cached is None or cached[0] != self.version:
+            cached = self._snapshots[region] = (self.version, placement_pb2.RouteUpdate(
+                version=self.version, snapshot=True, tables=tables,
+                placement_id=placement_id).SerializeToString())
+        return cached[1]
 
     def publish(self) -> None:
         """Rebuild now and offer changed rows to every watcher of their region."""
@@ -165,11 +244,14 @@ class RouteHub:
         changed = self.rebuild()
         if not changed:
             return
+        by_region: dict[str, RegionPush] = {}
+        for (model, region), rows in changed.items():
+            t = self._tables[(model, region)]
+            by_region.setdefault(region, RegionPush(self.version, {})).tables[model] = (
+                t.version, t.default_slo_ms, rows)
         for w in self.watchers:
-            for (model, region), rows in changed.items():
-                if region == w.region:
-                    t = self._tables[(model, region)]
-                    w.offer(model, t.version, t.default_slo_ms, rows)
+            if (push := by_region.get(w.region)) is not None:
+                w.offer(push)
         if self.on_push is not None:
             self.on_push(len(changed))
         if self.on_published is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import grpc
 import structlog
@@ -62,8 +62,11 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
         self.fail_fast = fail_fast
         self.owners = TelemetryOwners(builder.settings.stale_after_s)
         # The GPU readings and report time of each backend's last used report, as sent.
-        self.gpus: dict[str, tuple[list[telemetry_pb2.GpuReading], int]] = {}
+        self.gpus: dict[str, tuple[Sequence[telemetry_pb2.GpuReading], int]] = {}
         self.placement_id = f"placement-{uuid.uuid4().hex[:8]}"
+        # WatchRoutes yields each update pre-serialised (bytes shared by every watcher of a
+        # region); main.register() sets this with a serializer that passes bytes through.
+        self.raw_updates = False
 
     def _changed(self) -> None:
         self.hub.changed()
@@ -95,21 +98,28 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
                               context: grpc.aio.ServicerContext) -> telemetry_pb2.TelemetryAck:
         accepted = ignored = 0
         stream = uuid.uuid4().hex
+        peer = peer_address(context)
         try:
-            async for report in request_iterator:
-                if report.backend_id not in self.fleet.backends:
-                    raise InvalidRequest(f"telemetry for unregistered backend "
-                                         f"{report.backend_id!r}; call RegisterBackend first")
+            async for message in request_iterator:
                 now = self.clock()
-                label = f"{report.agent_id or 'unnamed agent'} @ {peer_address(context)}"
-                if not self.owners.admit(report.backend_id, stream, label, now):
-                    ignored += 1
-                    continue
-                self.fleet.ingest(report.backend_id, snapshot_from_pb(report), now)
-                self.gpus[report.backend_id] = (list(report.gpus), report.unix_ms)
-                self.metrics.telemetry.inc()
-                accepted += 1
-                self._changed()
+                took = 0
+                # An agent's round may come as one message (TelemetryReport.more).
+                for report in (message, *message.more) if message.more else (message,):
+                    if report.backend_id not in self.fleet.backends:
+                        raise InvalidRequest(f"telemetry for unregistered backend "
+                                             f"{report.backend_id!r}; call RegisterBackend "
+                                             "first")
+                    label = f"{report.agent_id or 'unnamed agent'} @ {peer}"
+                    if not self.owners.admit(report.backend_id, stream, label, now):
+                        ignored += 1
+                        continue
+                    self.fleet.ingest(report.backend_id, snapshot_from_pb(report), now)
+                    self.gpus[report.backend_id] = (report.gpus, report.unix_ms)
+                    took += 1
+                if took:
+                    self.metrics.telemetry.inc(took)
+                    accepted += took
+                    self._changed()
         finally:
             self.owners.release(stream)
         return telemetry_pb2.TelemetryAck(
@@ -142,15 +152,27 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
         log.info("edge_watching", edge=request.edge_id, region=request.edge_region)
         try:
             # No await between the snapshot and take(): later changes stay pending.
-            tables = self.hub.snapshot(request.edge_region)
+            region = request.edge_region
+            if self.raw_updates:
+                first: placement_pb2.RouteUpdate | bytes = self.hub.snapshot_payload(
+                    region, self.placement_id)
+            else:
+                first = placement_pb2.RouteUpdate(
+                    version=self.hub.version, snapshot=True,
+                    tables=self.hub.snapshot(region), placement_id=self.placement_id)
             watcher.take()
-            yield placement_pb2.RouteUpdate(version=self.hub.version, snapshot=True,
-                                            tables=tables, placement_id=self.placement_id)
+            yield first  # type: ignore[misc]  # bytes pass through main.register's serializer
             while True:
                 await watcher.wake.wait()
-                yield placement_pb2.RouteUpdate(version=self.hub.version,
-                                                deltas=watcher.take(),
-                                                placement_id=self.placement_id)
+                push = watcher.take_push()
+                if push is None:
+                    continue
+                if self.raw_updates:
+                    yield push.payload(region, self.placement_id)  # type: ignore[misc]
+                else:
+                    yield placement_pb2.RouteUpdate(version=push.version,
+                                                    deltas=push.deltas(region),
+                                                    placement_id=self.placement_id)
         finally:
             self.hub.unsubscribe(watcher)
             self.metrics.watchers.dec()

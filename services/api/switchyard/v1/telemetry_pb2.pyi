@@ -83,7 +83,7 @@ class ModelStats(_message.Message):
     def __init__(self, variant: _Optional[str] = ..., inference_count: _Optional[int] = ..., execution_count: _Optional[int] = ..., success_count: _Optional[int] = ..., failure_count: _Optional[int] = ..., queue_ns: _Optional[int] = ..., compute_infer_ns: _Optional[int] = ..., compute_input_ns: _Optional[int] = ..., compute_output_ns: _Optional[int] = ..., ready: _Optional[bool] = ...) -> None: ...
 
 class TelemetryReport(_message.Message):
-    __slots__ = ("backend_id", "agent_id", "source", "unix_ms", "gpus", "models", "backend_ready", "inflight")
+    __slots__ = ("backend_id", "agent_id", "source", "unix_ms", "gpus", "models", "backend_ready", "inflight", "more")
     BACKEND_ID_FIELD_NUMBER: _ClassVar[int]
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
@@ -92,6 +92,7 @@ class TelemetryReport(_message.Message):
     MODELS_FIELD_NUMBER: _ClassVar[int]
     BACKEND_READY_FIELD_NUMBER: _ClassVar[int]
     INFLIGHT_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
     backend_id: str
     agent_id: str
     source: TelemetrySource
@@ -100,7 +101,8 @@ class TelemetryReport(_message.Message):
     models: _containers.RepeatedCompositeFieldContainer[ModelStats]
     backend_ready: bool
     inflight: int
-    def __init__(self, backend_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., source: _Optional[_Union[TelemetrySource, str]] = ..., unix_ms: _Optional[int] = ..., gpus: _Optional[_Iterable[_Union[GpuReading, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[ModelStats, _Mapping]]] = ..., backend_ready: _Optional[bool] = ..., inflight: _Optional[int] = ...) -> None: ...
+    more: _containers.RepeatedCompositeFieldContainer[TelemetryReport]
+    def __init__(self, backend_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., source: _Optional[_Union[TelemetrySource, str]] = ..., unix_ms: _Optional[int] = ..., gpus: _Optional[_Iterable[_Union[GpuReading, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[ModelStats, _Mapping]]] = ..., backend_ready: _Optional[bool] = ..., inflight: _Optional[int] = ..., more: _Optional[_Iterable[_Union[TelemetryReport, _Mapping]]] = ...) -> None: ...
 
 class TelemetryAck(_message.Message):
     __slots__ = ("accepted", "message")
