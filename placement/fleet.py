@@ -274,6 +274,7 @@ def _update_load(load: VariantLoad, cur: VariantStats, before: VariantStats | No
         return
     compute = (cur.compute_infer_ns - before.compute_infer_ns) / d_count / 1e6
     queue = (cur.queue_ns - before.queue_ns) / d_count / 1e6
+    first = load.compute_ms is None  # the first measured window seeds queue as well
     load.compute_ms = compute if load.compute_ms is None else (
         load.compute_ms + ALPHA * (compute - load.compute_ms))
-    load.queue_ms += ALPHA * (queue - load.queue_ms)
+    load.queue_ms += (1.0 if first else ALPHA) * (queue - load.queue_ms)
