@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import pathlib
 import time
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ from services.config import MeshConfig
 from services.convert import backend_from_pb, backends_from_config, catalog_from_config
 from services.discovery.base import Discovery
 from services.grpc_errors import ErrorInterceptor
+from services.placement import persist
 from services.placement.hub import RouteHub
 from services.placement.metrics import PlacementMetrics
 from services.placement.server import PlacementService
@@ -37,8 +39,11 @@ class RunningPlacement:
     follower: asyncio.Task[None] | None = None
     discovery: Discovery | None = None
     ads: AdsServer | None = None  # Envoy edges' xDS, on the same port
+    keeper: persist.Keeper | None = None  # learned state, saved for a warm restart
 
     async def stop(self, grace: float = 1.0) -> None:
+        if self.keeper is not None:
+            await self.keeper.stop()
         if self.follower is not None:
             self.follower.cancel()
         if self.discovery is not None:
@@ -105,7 +110,10 @@ def build_service(cfg: MeshConfig, preregister: bool) -> PlacementService:
 
 async def start_placement(cfg: MeshConfig, host: str | None = None, port: int | None = None,
                           metrics_port: int | None = None,
-                          preregister: bool = True) -> RunningPlacement:
+                          preregister: bool = True,
+                          learned: pathlib.Path | None = None) -> RunningPlacement:
+    """``learned``: where this replica keeps what it learned (default
+    ``<run_dir>/placement-<port>.learned.json``, see :mod:`services.placement.persist`)."""
     service = build_service(cfg, preregister and cfg.discovery == "static")
     server = grpc.aio.server(interceptors=[*authz.interceptors(cfg.security), ErrorInterceptor()],
                              options=transport.server_options(cfg.security.limits))
@@ -115,12 +123,16 @@ async def start_placement(cfg: MeshConfig, host: str | None = None, port: int | 
     host = host or cfg.placement.host
     bound = transport.bind(server, host, cfg.placement.port if port is None else port,
                            cfg.security, "placement")
+    learned = learned or persist.path_for(cfg.path(cfg.run_dir), bound)
+    persist.load(service.fleet, learned, service.clock())  # before the first build
     await server.start()
     await mark_serving(health, [SERVICE_NAME])
     mport = start_metrics(cfg.placement.metrics_port if metrics_port is None else metrics_port,
                           host, service.metrics.registry)
     service.hub.publish()
-    running = RunningPlacement(server, service, bound, ads=ads)
+    keeper = persist.Keeper(service.fleet, learned, service.clock)
+    keeper.start()
+    running = RunningPlacement(server, service, bound, ads=ads, keeper=keeper)
     if cfg.discovery == "consul":
         from services.discovery import open_discovery
         from services.discovery.base import HealthCheck

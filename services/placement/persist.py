@@ -1,0 +1,202 @@
+"""Warm restarts: what a placement replica has learned, kept in its run dir.
+
+A replica learns compute and queue estimates, call rates and busy fractions (from telemetry
+windows), observed p95s and RTT corrections (from edges), the call rates edges send each
+deployment (slot shares), GPU holds (XIDs, memory pressure: the hardware ejections) and
+operator availability (drain, cordon). Without this file a restarted replica routes on
+priors until reports come back; with it, the first rebuild after start is the tables it had.
+
+The file is JSON, ``{"format": 1, ...}``, written atomically (temporary file + rename)
+every ``EVERY_S`` and on shutdown, read once at start. A file of another format, or one
+that does not parse, is ignored with a warning: the replica starts cold, as before.
+Monotonic times are stored as ages and re-based at load, the downtime included, so holds
+and observations expire as if the replica had never stopped. Backends are stored with
+their registration: agents re-register when they reconnect, and until then the restored
+row keeps routing as it did (a backend removed while the replica was down comes back with
+its last state until its agent's absence shows; deregister it again if so).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import pathlib
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, replace
+from typing import Any
+
+import structlog
+
+from placement.fleet import (
+    FleetState,
+    ObservedLatency,
+    TelemetrySnapshot,
+    VariantLoad,
+    VariantStats,
+)
+from placement.hardware import GpuState
+from placement.model import Availability
+from services.api.switchyard.v1 import fleet_pb2
+from services.convert import backend_from_pb, backend_to_pb
+
+log = structlog.get_logger("switchyard.placement.persist")
+
+FORMAT = 1
+EVERY_S = 10.0
+
+
+def path_for(run_dir: pathlib.Path, port: int) -> pathlib.Path:
+    """One file per replica: replicas of one mesh share the run dir, not their state."""
+    return run_dir / f"placement-{port}.learned.json"
+
+
+def _age(now: float, at: float | None) -> float | None:
+    return None if at is None else max(0.0, now - at)
+
+
+def _at(now: float, age: float | None) -> float | None:
+    return None if age is None else now - age
+
+
+def _gpu(g: GpuState, now: float) -> dict[str, Any]:
+    d = asdict(g)
+    d["xid_at"], d["mem_pressure_at"] = _age(now, g.xid_at), _age(now, g.mem_pressure_at)
+    return d
+
+
+def _snapshot(s: TelemetrySnapshot, now: float) -> dict[str, Any]:
+    return {"ready": s.ready, "simulated": s.simulated, "inflight": s.inflight,
+            "sent_ms": s.sent_ms, "gpus": [_gpu(g, now) for g in s.gpus],
+            "variants": {k: asdict(v) for k, v in s.variants.items()}}
+
+
+def dump(fleet: FleetState, now: float, wall: float) -> dict[str, Any]:
+    """The learned state of ``fleet`` as plain data (``now`` monotonic, ``wall`` unix)."""
+    backends = {}
+    for bid, s in fleet.backends.items():
+        backends[bid] = {
+            "backend": base64.b64encode(backend_to_pb(s.backend).SerializeToString()).decode(),
+            "availability": int(s.availability),
+            "last": None if s.last is None else _snapshot(s.last, now),
+            "last_age_s": _age(now, s.last_at),
+            "loads": {k: asdict(v) for k, v in s.loads.items()}}
+    return {
+        "format": FORMAT, "written_unix": wall, "backends": backends,
+        "observed": [[r, d, o.samples, o.p95_ms, _age(now, o.at)]
+                     for (r, d), o in fleet.observed.items()],
+        "rtt": [[e, r, ms] for (e, r), ms in fleet.rtt_observed.items()],
+        "use": [[d, r, e, rate, _age(now, at)] for d, by_edge in fleet.use.items()
+                for (r, e), (rate, at) in by_edge.items()],
+        "edges_seen": [[r, e, _age(now, at)] for (r, e), at in fleet.edges_seen.items()]}
+
+
+def _gpu_from(d: dict[str, Any], now: float) -> GpuState:
+    g = GpuState(**{**d, "xid_events": tuple(d["xid_events"]),
+                    "held_xids": tuple(d["held_xids"])})
+    return replace(g, xid_at=_at(now, d["xid_at"]), mem_pressure_at=_at(now, d["mem_pressure_at"]))
+
+
+def restore(fleet: FleetState, data: dict[str, Any], now: float, wall: float) -> int:
+    """Put ``data`` (from :func:`dump`) back into ``fleet``; returns the backends restored.
+
+    Backends the fleet does not have yet are registered as stored; learned state replaces
+    whatever the fleet holds for them (a fresh replica holds nothing)."""
+    if data.get("format") != FORMAT:
+        raise ValueError(f"format {data.get('format')!r}, this placement reads {FORMAT}")
+    down = max(0.0, wall - float(data["written_unix"]))  # stored ages grew by this much
+
+    def ago(age: float) -> float:
+        return now - age - down
+
+    for bid, b in data["backends"].items():
+        if bid not in fleet.backends:
+            fleet.register(backend_from_pb(fleet_pb2.Backend.FromString(
+                base64.b64decode(b["backend"]))))
+        s = fleet.backends[bid]
+        s.availability = Availability(b["availability"])
+        if (last := b["last"]) is not None:
+            s.last = TelemetrySnapshot(
+                last["ready"], last["simulated"],
+                tuple(_gpu_from(g, now - down) for g in last["gpus"]),
+                {k: VariantStats(**v) for k, v in last["variants"].items()},
+                last["inflight"], last["sent_ms"])
+        s.last_at = None if b["last_age_s"] is None else ago(b["last_age_s"])
+        s.loads = {k: VariantLoad(**v) for k, v in b["loads"].items()}
+        s.signature = None
+    for r, d, samples, p95, age in data["observed"]:
+        fleet.observed[(r, d)] = ObservedLatency(samples, p95, ago(age))
+    for e, r, ms in data["rtt"]:
+        fleet.rtt_observed[(e, r)] = ms
+    for d, r, e, rate, age in data["use"]:
+        fleet.use.setdefault(d, {})[(r, e)] = (rate, ago(age))
+    for r, e, age in data["edges_seen"]:
+        fleet.edges_seen[(r, e)] = ago(age)
+    fleet.version += 1
+    fleet.all_dirty = True
+    return len(data["backends"])
+
+
+def write(path: pathlib.Path, data: dict[str, Any]) -> None:
+    """Atomically: a reader sees the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, separators=(",", ":"))
+        os.replace(tmp, path)
+    except BaseException:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load(fleet: FleetState, path: pathlib.Path, now: float) -> int:
+    """Restore ``path`` into ``fleet`` if it holds a usable file; the backends restored."""
+    try:
+        data = json.loads(path.read_text())
+        n = restore(fleet, data, now, time.time())
+    except FileNotFoundError:
+        return 0
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("learned_state_ignored", path=str(path), error=repr(exc),
+                    action="starting cold: estimates come back with the next reports")
+        return 0
+    log.info("learned_state_loaded", path=str(path), backends=n)
+    return n
+
+
+class Keeper:
+    """Saves the fleet's learned state every ``every_s`` and once more at :meth:`stop`."""
+
+    def __init__(self, fleet: FleetState, path: pathlib.Path, clock: Callable[[], float],
+                 every_s: float = EVERY_S) -> None:
+        self.fleet, self.path, self.clock, self.every_s = fleet, path, clock, every_s
+        self.saves = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def save(self) -> None:
+        write(self.path, dump(self.fleet, self.clock(), time.time()))
+        self.saves += 1
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.every_s)
+            try:
+                self.save()
+            except OSError as exc:  # a full disk must not stop placement
+                log.warning("learned_state_not_saved", path=str(self.path), error=repr(exc))
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        try:
+            self.save()
+        except OSError as exc:
+            log.warning("learned_state_not_saved", path=str(self.path), error=repr(exc))
