@@ -13,7 +13,9 @@ Rules, in the order ``CallAttempts.failed`` applies them:
 - a call whose own deadline has expired (or is within ``MIN_REMAINING_S``) stops, and the
   failure is the caller's, not the backend's (``Verdict.blames_backend`` is False): a
   client's tight deadline says nothing about the server;
-- a stream that already sent a response cannot move (``commit``);
+- a stream that already sent a response cannot move (``commit``), unless it can be resumed
+  elsewhere without duplicating what the caller saw (``may_resume``: an LLM whose model
+  continues from the prompt plus the tokens already delivered);
 - ``max_attempts`` attempts, then stop; then the retry budget.
 
 What a failure excludes for the rest of the call: the deployment; after a server failure
@@ -95,7 +97,7 @@ class CallAttempts:
     """
 
     __slots__ = ("_failed_at", "attempts", "avoid_regions", "committed", "deadline",
-                 "exclude", "hedged", "settings")
+                 "exclude", "hedged", "resumable", "settings")
 
     def __init__(self, settings: AttemptSettings, deadline: float | None) -> None:
         self.settings = settings
@@ -103,6 +105,7 @@ class CallAttempts:
         self.attempts = 0
         self.hedged = False
         self.committed = False
+        self.resumable = False
         self.exclude: frozenset[str] = frozenset()
         self.avoid_regions: frozenset[str] = frozenset()
         self._failed_at: list[tuple[str, str]] = []  # (cloud, region) of failed attempts
@@ -163,6 +166,11 @@ class CallAttempts:
         """A response reached the caller (streams): the call can no longer move."""
         self.committed = True
 
+    def may_resume(self) -> None:
+        """The committed stream can continue elsewhere (the caller sees no duplicate): its
+        failures are retried like any other, within attempts, deadline and budget."""
+        self.resumable = True
+
     def caller_gave_up(self, status: str, now: float) -> bool:
         """A deadline or cancellation that is the caller's own (its deadline has passed)."""
         return status in CALLER_STATUSES and self.expired(now)
@@ -194,7 +202,7 @@ class CallAttempts:
         return Verdict(True, f"{status} on {c.deployment_id}: trying another deployment")
 
     def _stop_reason(self, now: float) -> str:
-        if self.committed:
+        if self.committed and not self.resumable:
             return "responses already sent: the call cannot move"
         if self.last:
             return f"{self.attempts} attempt(s), the most a call may make"

@@ -6,6 +6,11 @@ No ``x-max-cost-usd``: no cap (``math.inf``); ``0`` is a real cap.
 A malformed value raises ``InvalidHint`` naming the header. A header sent more than once must
 repeat the same value: disagreeing repeats raise ``InvalidHint`` naming both values (taking
 either would let an appended header weaken a limit the caller set).
+
+Streams (``parse_stream``) also read ``x-ttft-ms`` and ``x-tpot-ms`` (time to first token and
+per output token objectives), ``x-max-tokens`` (the output length the choice plans for),
+``x-session-id`` (prefix-cache affinity) and ``x-allow-variant-change`` (a resumed stream may
+continue on a compatible variant), under the same rules.
 """
 
 from __future__ import annotations
@@ -104,6 +109,44 @@ def parse(metadata: Iterable[tuple[str, str | bytes]] | None, regions: frozenset
             profile = _once(seen, key, value, value)
     return ParsedHints(slo, min_q, max_cost, tenant, allowed,
                        request_id or os.urandom(8).hex(), fail_fast, profile)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamHints:
+    ttft_ms: float | None = None
+    tpot_ms: float | None = None
+    max_tokens: int | None = None
+    session_id: str = ""
+    allow_variant_change: bool = False
+
+
+def parse_stream(metadata: Iterable[tuple[str, str | bytes]] | None) -> StreamHints:
+    """The stream-only hints (``parse`` reads the rest)."""
+    ttft = tpot = None
+    max_tokens: int | None = None
+    session = ""
+    allow = False
+    seen: dict[str, tuple[str, object]] = {}
+    for key, value in metadata or ():
+        if not key.startswith("x-") or isinstance(value, bytes):
+            continue
+        if key == "x-ttft-ms":
+            ttft = _once(seen, key, value, _number(key, value, 1e-3, 3.6e6))
+        elif key == "x-tpot-ms":
+            tpot = _once(seen, key, value, _number(key, value, 1e-3, 3.6e6))
+        elif key == "x-max-tokens":
+            n = _number(key, value, 1, 1e6)
+            if n != int(n):
+                raise InvalidHint(key, value, "must be a whole number of tokens")
+            max_tokens = _once(seen, key, value, int(n))
+        elif key == "x-session-id":
+            session = _once(seen, key, value, value[:128])
+        elif key == "x-allow-variant-change":
+            low = value.lower()
+            if low not in _TRUE | _FALSE:
+                raise InvalidHint(key, value, "must be true or false")
+            allow = _once(seen, key, value, low in _TRUE)
+    return StreamHints(ttft, tpot, max_tokens, session, allow)
 
 
 def request_id(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:

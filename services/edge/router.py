@@ -37,6 +37,7 @@ from services.edge.budget import RetryBudget
 from services.edge.health import HealthView
 from services.edge.routes import RouteStore
 from services.edge.stats import EdgeStats
+from services.edge.token_stats import StreamStats
 from services.edge.upstream import Upstreams
 from services.edge.wire import rewrite_model_name, scan_model_name
 from services.security.tenants import Admission
@@ -68,17 +69,23 @@ class CallRecord:
     status: str = "OK"
     admission: Admission | None = None  # the tenant's, from TenantGate.admit
     hedged: bool = False
+    stream: tuple[tuple[str, str], ...] = ()  # a stream's token trailers (they win)
 
     def trailers(self) -> tuple[tuple[str, str], ...]:
         """Every answer carries the request id; only a served call claims a deployment,
         a cost and whether its SLO was met."""
         c = self.chosen
         if c is None or self.status != "OK":
-            return (("x-request-id", self.request_id), ("x-attempts", str(self.attempts)))
-        return (("x-served-by", c.deployment_id), ("x-served-region", c.region),
-                ("x-cost-usd", f"{c.cost_usd:.10f}"),
-                ("x-slo-met", "true" if self.slo_met else "false"),
-                ("x-attempts", str(self.attempts)), ("x-request-id", self.request_id))
+            return (("x-request-id", self.request_id), ("x-attempts", str(self.attempts)),
+                    *self.stream)
+        own = (("x-served-by", c.deployment_id), ("x-served-region", c.region),
+               ("x-cost-usd", f"{c.cost_usd:.10f}"),
+               ("x-slo-met", "true" if self.slo_met else "false"),
+               ("x-attempts", str(self.attempts)), ("x-request-id", self.request_id))
+        if not self.stream:
+            return own
+        keys = {k for k, _ in self.stream}
+        return (*(kv for kv in own if kv[0] not in keys), *self.stream)
 
     def finish(self, tries: CallAttempts, latency_ms: float) -> None:
         self.attempts, self.hedged, self.latency_ms = tries.attempts, tries.hedged, latency_ms
@@ -124,6 +131,7 @@ class Router:
         self.clock = clock
         self.rng = rng or random.Random()
         self.inflight: dict[str, int] = {}  # calls this edge has in flight per deployment
+        self.streams = StreamStats()  # LLM streams: loads, token estimates, prefix holders
 
     @property
     def blocked(self) -> Mapping[str, str]:

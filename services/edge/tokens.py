@@ -74,17 +74,16 @@ def _set_ints(req: service_pb2.ModelInferRequest, name: str, values: tuple[int, 
         inp.contents.int_contents.extend(values)
 
 
-def resume_request(llm: LlmRequest, delivered: list[int], variant: str,
-                   default_max_tokens: int) -> bytes:
+def resume_request(llm: LlmRequest, delivered: list[int], model: str, owed: int) -> bytes:
     """The request that continues ``llm`` after ``delivered`` tokens: the prompt plus them,
-    the tokens still owed, addressed to ``variant``."""
+    and ``owed`` (the tokens still owed) as ``MAX_TOKENS``, addressed to ``model``."""
     req = service_pb2.ModelInferRequest()
     req.CopyFrom(llm.message)
-    req.model_name = variant
-    asked = llm.max_tokens if llm.max_tokens is not None else default_max_tokens
+    req.model_name = model
     _set_ints(req, PROMPT, llm.prompt + tuple(delivered))
-    _set_ints(req, MAX_TOKENS, (max(asked - len(delivered), 1),))
-    return req.SerializeToString()
+    _set_ints(req, MAX_TOKENS, (owed,))
+    data: bytes = req.SerializeToString()
+    return data
 
 
 def parse_token(raw: bytes) -> int | None:
@@ -130,4 +129,5 @@ def llm_request(model: str, prompt: list[int] | tuple[int, ...], max_tokens: int
         m = req.inputs.add(name=MAX_TOKENS, datatype="INT32")
         m.shape.extend([1, 1])
         req.raw_input_contents.append(struct.pack("<i", max_tokens))
-    return req.SerializeToString()
+    data: bytes = req.SerializeToString()
+    return data

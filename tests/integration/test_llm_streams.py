@@ -1,0 +1,152 @@
+"""LLM streams through a real edge and real Triton backends: token trailers, stream hints,
+choosing by TPOT, and a stream that survives the SIGKILL of its backend mid-generation."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+import pytest
+
+from services.backends.triton import TritonProcess
+from services.config import MeshConfig
+from services.edge.tokens import llm_request, parse_token
+from tests.mesh_harness import Mesh, mesh_config, running_mesh
+
+pytestmark = pytest.mark.integration
+
+STREAM = "/inference.GRPCInferenceService/ModelStreamInfer"
+PROMPT = list(range(100, 160))
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory: pytest.TempPathFactory) -> MeshConfig:
+    """The harness mesh; its LLM variant decodes at 2.5 ms/token on east-fast (speed 4) and
+    10 ms/token on west-cheap (speed 1), emulated."""
+    raw = mesh_config(tmp_path_factory.mktemp("llm")).model_dump()
+    gen = next(m for m in raw["models"] if m["name"] == "generate")
+    gen["variants"][0]["matmul_iters"] = 5
+    return MeshConfig.model_validate(raw)
+
+
+@pytest.fixture
+async def mesh(cfg: MeshConfig, tritons: dict[str, TritonProcess]) -> AsyncIterator[Mesh]:
+    async with running_mesh(cfg, tritons) as m:
+        yield m
+
+
+class Stream:
+    """One LLM stream's outcome as the caller saw it."""
+
+    def __init__(self) -> None:
+        self.tokens: list[int] = []
+        self.initial: dict[str, str] = {}
+        self.trailers: dict[str, str] = {}
+        self.code: grpc.StatusCode | None = None
+        self.details = ""
+
+
+def run_stream(address: str, prompt: list[int], max_tokens: int,
+               metadata: list[tuple[str, str]],
+               on_token: Callable[[int, Stream], None] | None = None) -> Stream:
+    out = Stream()
+    with grpc.insecure_channel(address) as ch:
+        call = ch.stream_stream(STREAM)(iter([llm_request("generate", prompt, max_tokens)]),
+                                        metadata=metadata, timeout=30)
+        try:
+            for resp in call:
+                if not out.initial:
+                    out.initial = dict(call.initial_metadata())
+                token = parse_token(resp)
+                assert token is not None, resp
+                out.tokens.append(token)
+                if on_token is not None:
+                    on_token(len(out.tokens), out)
+        except grpc.RpcError:
+            pass
+        out.code, out.details = call.code(), call.details() or ""
+        out.trailers = dict(call.trailing_metadata() or ())
+    return out
+
+
+def direct(endpoint: str, variant: str, prompt: list[int], max_tokens: int) -> list[int]:
+    with grpc.insecure_channel(endpoint) as ch:
+        call = ch.stream_stream(STREAM)(iter([llm_request(variant, prompt, max_tokens)]),
+                                        timeout=30)
+        return [t for r in call if (t := parse_token(r)) is not None]
+
+
+async def test_stream_carries_token_trailers(mesh: Mesh) -> None:
+    expected = await asyncio.to_thread(direct, mesh.tritons["west-cheap"].endpoint,
+                                       "generate-small", PROMPT, 12)
+    s = await asyncio.to_thread(run_stream, mesh.edge_address, PROMPT, 12,
+                                [("x-ttft-ms", "5000"), ("x-tpot-ms", "1000")])
+    assert s.code is grpc.StatusCode.OK, s.details
+    assert s.tokens == expected
+    t = s.trailers
+    assert (t["x-tokens-in"], t["x-tokens-out"], t["x-resumed"]) == ("60", "12", "0")
+    assert float(t["x-ttft-ms"]) > 0 and float(t["x-tpot-ms"]) > 0
+    assert float(t["x-cost-usd"]) > 0
+    assert (t["x-ttft-met"], t["x-tpot-met"], t["x-slo-met"]) == ("true", "true", "true")
+    assert t["x-served-by"].endswith("/generate-small")
+
+
+async def test_missed_objective_is_reported(mesh: Mesh) -> None:
+    s = await asyncio.to_thread(run_stream, mesh.edge_address, PROMPT, 6,
+                                [("x-tpot-ms", "0.001")])
+    assert s.code is grpc.StatusCode.OK, s.details
+    assert (s.trailers["x-tpot-met"], s.trailers["x-slo-met"]) == ("false", "false")
+    assert s.trailers["x-ttft-met"] == "true"  # not asked: met
+
+
+@pytest.mark.parametrize(("metadata", "needle"), [
+    ([("x-max-tokens", "1.5")], "x-max-tokens"),
+    ([("x-ttft-ms", "100"), ("x-ttft-ms", "900")], "contradicts"),
+    ([("x-allow-variant-change", "maybe")], "x-allow-variant-change"),
+])
+async def test_bad_stream_hints_are_invalid_argument(mesh: Mesh, metadata: list[tuple[str, str]],
+                                                     needle: str) -> None:
+    s = await asyncio.to_thread(run_stream, mesh.edge_address, PROMPT, 4, metadata)
+    assert s.code is grpc.StatusCode.INVALID_ARGUMENT and needle in s.details, s.details
+    assert s.tokens == []
+
+
+async def test_tight_tpot_moves_streams_to_the_fast_deployment(mesh: Mesh) -> None:
+    # Teach the edge both deployments' token speeds (each is tried once while unmeasured).
+    for _ in range(4):
+        await asyncio.to_thread(run_stream, mesh.edge_address, PROMPT, 20, [])
+    learned = mesh.edge.router.streams.estimates(
+        mesh.edge.router.store.candidates["generate"])
+    assert set(learned) == {"east-fast/generate-small", "west-cheap/generate-small"}
+    loose = await asyncio.to_thread(run_stream, mesh.edge_address, PROMPT, 8,
+                                    [("x-tpot-ms", "1000")])
+    tight = await asyncio.to_thread(run_stream, mesh.edge_address, PROMPT, 8,
+                                    [("x-tpot-ms", "6")])
+    assert loose.trailers["x-served-by"] == "west-cheap/generate-small"  # cheaper per token
+    assert tight.trailers["x-served-by"] == "east-fast/generate-small"
+
+
+def _kill_when(n: int, mesh: Mesh, killed: list[str]) -> Callable[[int, Stream], None]:
+    def on_token(count: int, s: Stream) -> None:
+        if count == n:
+            backend = s.initial["x-served-by"].split("/")[0]
+            killed.append(backend)
+            mesh.tritons[backend].kill()
+    return on_token
+
+
+async def test_stream_resumes_after_its_backend_is_killed(mesh: Mesh) -> None:
+    """Last in the module: it kills a backend."""
+    expected = await asyncio.to_thread(direct, mesh.tritons["east-fast"].endpoint,
+                                       "generate-small", PROMPT, 200)
+    killed: list[str] = []
+    s = await asyncio.to_thread(run_stream, mesh.edge_address, PROMPT, 200, [],
+                                _kill_when(30, mesh, killed))
+    assert s.code is grpc.StatusCode.OK, s.details
+    assert len(s.tokens) == 200 and s.tokens == expected  # none missing, none repeated
+    assert s.trailers["x-resumed"] == "1"
+    assert s.trailers["x-tokens-out"] == "200"
+    assert killed and not s.trailers["x-served-by"].startswith(killed[0])
+
+

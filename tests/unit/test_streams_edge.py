@@ -1,0 +1,162 @@
+"""The edge's stream pieces without gRPC: stream hints, the LLM wire helpers, the meter's
+trailers, what StreamStats learns, and the attempt policy's resumption rule."""
+
+from __future__ import annotations
+
+import pytest
+from tritonclient.grpc import service_pb2
+
+from placement.attempts import AttemptPolicy, AttemptSettings
+from placement.errors import InvalidHint
+from placement.model import Candidate
+from services.edge.hints import StreamHints, parse_stream
+from services.edge.token_stats import StreamMeter, StreamStats, usd_per_second
+from services.edge.tokens import (
+    llm_request,
+    parse_request,
+    parse_token,
+    resume_request,
+)
+
+
+def cand(name: str = "a", rtt: float = 0.0) -> Candidate:
+    return Candidate(deployment_id=f"{name}/llm", backend_id=name, endpoint="h:1", variant="llm",
+                     region="r", cloud="c", accelerator="gpu", quality=0.8, latency_p95_ms=10,
+                     rtt_ms=rtt, queue_ms=0, compute_ms=2.0, cost_usd=2e-6, spare_capacity=1)
+
+
+# -- hints --------------------------------------------------------------------------------
+
+def test_stream_hints_are_read() -> None:
+    h = parse_stream([("x-ttft-ms", "250"), ("x-tpot-ms", "20"), ("x-max-tokens", "128"),
+                      ("x-session-id", "chat-7"), ("x-allow-variant-change", "true"),
+                      ("x-slo-ms", "9")])
+    assert h == StreamHints(250.0, 20.0, 128, "chat-7", True)
+    assert parse_stream(None) == StreamHints()
+    assert parse_stream([("x-ttft-ms", "250"), ("x-ttft-ms", "250.0")]).ttft_ms == 250.0
+
+
+@pytest.mark.parametrize(("metadata", "needle"), [
+    ([("x-ttft-ms", "soon")], "not a number"),
+    ([("x-tpot-ms", "0")], "between"),
+    ([("x-max-tokens", "2.5")], "whole number"),
+    ([("x-max-tokens", "0")], "between"),
+    ([("x-tpot-ms", "20"), ("x-tpot-ms", "200")], "contradicts"),
+    ([("x-session-id", "a"), ("x-session-id", "b")], "contradicts"),
+    ([("x-allow-variant-change", "perhaps")], "true or false"),
+])
+def test_bad_stream_hints_name_the_header(metadata: list[tuple[str, str]], needle: str) -> None:
+    with pytest.raises(InvalidHint) as err:
+        parse_stream(metadata)
+    assert needle in err.value.message and err.value.header == metadata[0][0]
+    assert err.value.grpc_code == "INVALID_ARGUMENT"
+
+
+# -- wire ---------------------------------------------------------------------------------
+
+def test_request_round_trip_and_resume_request() -> None:
+    raw = llm_request("chat", [1, 2, 3], 10, request_id="r1")
+    llm = parse_request(raw)
+    assert llm is not None and llm.prompt == (1, 2, 3) and llm.max_tokens == 10
+    resumed = parse_request(resume_request(llm, [7, 8], "chat", owed=8))
+    assert resumed is not None
+    assert resumed.prompt == (1, 2, 3, 7, 8) and resumed.max_tokens == 8
+    assert resumed.message.id == "r1" and resumed.message.model_name == "chat"
+    shapes = {i.name: list(i.shape) for i in resumed.message.inputs}
+    assert shapes == {"PROMPT": [1, 5], "MAX_TOKENS": [1, 1]}
+
+
+def test_resume_adds_max_tokens_when_the_caller_left_it_out() -> None:
+    llm = parse_request(llm_request("chat", [4], None))
+    assert llm is not None and llm.max_tokens is None
+    resumed = parse_request(resume_request(llm, [9], "chat", owed=5))
+    assert resumed is not None and resumed.max_tokens == 5 and resumed.prompt == (4, 9)
+
+
+def test_requests_without_a_prompt_are_not_llm_requests() -> None:
+    req = service_pb2.ModelInferRequest(model_name="summarize")
+    req.inputs.add(name="INPUT0", datatype="FP32", shape=[1, 4])
+    req.raw_input_contents.append(b"\0" * 16)
+    assert parse_request(req.SerializeToString()) is None
+    assert parse_request(b"\xff\xff\xff") is None
+
+
+def test_tokens_are_read_from_responses() -> None:
+    resp = service_pb2.ModelStreamInferResponse()
+    resp.infer_response.outputs.add(name="TOKEN", datatype="INT32", shape=[1, 1])
+    resp.infer_response.raw_output_contents.append((31337).to_bytes(4, "little"))
+    assert parse_token(resp.SerializeToString()) == 31337
+    err = service_pb2.ModelStreamInferResponse(error_message="boom")
+    assert parse_token(err.SerializeToString()) is None
+    assert parse_token(service_pb2.ModelStreamInferResponse().SerializeToString()) is None
+
+
+# -- meter and learning -------------------------------------------------------------------
+
+def test_meter_trailers_report_tokens_time_cost_and_objectives() -> None:
+    m = StreamMeter(start=10.0, tokens_in=100, measured=True)
+    m.segment(10.0, load=1)
+    for i in range(5):  # first token after 200 ms, then one every 20 ms
+        m.token(10.2 + 0.02 * i)
+    stats = StreamStats()
+    m.segment_ended(cand(), stats, prompt_tokens=100, cached_tokens=0)
+    t = dict(m.trailers(ttft_goal=250, tpot_goal=10, served=True))
+    assert (t["x-tokens-in"], t["x-tokens-out"], t["x-resumed"]) == ("100", "5", "0")
+    assert float(t["x-ttft-ms"]) == pytest.approx(200.0)
+    assert float(t["x-tpot-ms"]) == pytest.approx(20.0)
+    # $1e-3/s × (200 ms prefill + 80 ms decode shared by 2 streams) = $2.4e-4
+    assert float(t["x-cost-usd"]) == pytest.approx(1e-3 * 0.24)
+    assert (t["x-ttft-met"], t["x-tpot-met"], t["x-slo-met"]) == ("true", "false", "false")
+    failed = dict(m.trailers(250, 10, served=False))
+    assert "x-cost-usd" not in failed and failed["x-tokens-out"] == "5"
+    assert "x-slo-met" not in dict(m.trailers(None, None, served=True))
+
+
+def test_stats_learn_prefill_and_tpot_under_load() -> None:
+    stats = StreamStats()
+    c = cand()
+    assert stats.estimates([c]) == {}
+    for load, tpot in [(0, 10.0), (1, 12.0), (2, 14.0), (3, 16.0)] * 3:
+        stats.observe(c.deployment_id, prefill_ms=50.0, uncached_tokens=100, tpot_ms=tpot,
+                      load=load)
+    est = stats.estimates([c])[c.deployment_id]
+    assert est.prefill_ms_per_token == pytest.approx(0.5)
+    assert est.tpot_base_ms == pytest.approx(10.0)
+    assert est.tpot_per_stream_ms == pytest.approx(2.0)
+    assert est.usd_per_second == pytest.approx(usd_per_second(c)) == pytest.approx(1e-3)
+
+
+def test_sessions_remember_their_holder_boundedly() -> None:
+    stats = StreamStats(max_sessions=2)
+    stats.remember("s1", "a/llm", 100)
+    stats.remember("s2", "b/llm", 50)
+    stats.remember("s3", "a/llm", 10)
+    assert stats.holder("s1") == ("", 0)
+    assert stats.holder("s2") == ("b/llm", 50) and stats.holder("") == ("", 0)
+
+
+def test_loads_count_streams_in_flight() -> None:
+    stats = StreamStats()
+    assert stats.started("a") == 0 and stats.started("a") == 1
+    stats.ended("a")
+    assert stats.inflight == {"a": 1}
+
+
+# -- the attempt policy -------------------------------------------------------------------
+
+def test_a_committed_stream_moves_only_when_it_may_resume() -> None:
+    policy = AttemptPolicy(AttemptSettings(max_attempts=3))
+    a, b = cand("a"), cand("b")
+    plain = policy.start(None)
+    plain.started(a)
+    plain.commit()
+    v = plain.failed(a, "UNAVAILABLE", [a, b], 0.0, lambda: True)
+    assert not v.retry and "cannot move" in v.reason
+    resumable = policy.start(None)
+    resumable.started(a)
+    resumable.commit()
+    resumable.may_resume()
+    v = resumable.failed(a, "UNAVAILABLE", [a, b], 0.0, lambda: True)
+    assert v.retry and a.deployment_id in resumable.exclude
+    # The backend's own answer is still passed through, resumable or not.
+    assert not resumable.failed(b, "INVALID_ARGUMENT", [a, b], 0.0, lambda: True).retry
