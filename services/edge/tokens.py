@@ -20,7 +20,6 @@ from tritonclient.grpc import service_pb2
 PROMPT = "PROMPT"
 MAX_TOKENS = "MAX_TOKENS"
 TOKEN = "TOKEN"  # noqa: S105 -- a tensor name, not a secret
-_TRUE_FINAL = "triton_final_response"
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,18 +103,6 @@ def parse_token(raw: bytes) -> int | None:
         if o.contents.int_contents:
             return int(o.contents.int_contents[0])
     return None
-
-
-def is_final_only(raw: bytes) -> bool:
-    """An empty response that only says the generation is complete."""
-    resp = service_pb2.ModelStreamInferResponse()
-    try:
-        resp.ParseFromString(raw)
-    except DecodeError:
-        return False
-    params = resp.infer_response.parameters
-    return (not resp.infer_response.outputs and _TRUE_FINAL in params
-            and params[_TRUE_FINAL].bool_param)
 
 
 def llm_request(model: str, prompt: list[int] | tuple[int, ...], max_tokens: int | None,
