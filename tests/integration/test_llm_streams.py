@@ -4,7 +4,7 @@ choosing by TPOT, and a stream that survives the SIGKILL of its backend mid-gene
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import grpc
 import pytest
@@ -127,20 +127,31 @@ async def test_tight_tpot_moves_streams_to_the_fast_deployment(mesh: Mesh) -> No
     assert tight.trailers["x-served-by"] == "east-fast/generate-small"
 
 
+@pytest.fixture
+def killed(mesh: Mesh) -> Iterator[list[str]]:
+    """Backends a test killed; restarted afterwards for the module's next tests."""
+    names: list[str] = []
+    yield names
+    for name in names:
+        proc = mesh.tritons[name]
+        proc.stop(5)
+        proc.start()
+        proc.wait_ready(90)
+
+
 def _kill_when(n: int, mesh: Mesh, killed: list[str]) -> Callable[[int, Stream], None]:
     def on_token(count: int, s: Stream) -> None:
-        if count == n:
+        if count == n and not killed:
             backend = s.initial["x-served-by"].split("/")[0]
             killed.append(backend)
             mesh.tritons[backend].kill()
     return on_token
 
 
-async def test_stream_resumes_after_its_backend_is_killed(mesh: Mesh) -> None:
-    """Last in the module: it kills a backend."""
+async def test_stream_resumes_after_its_backend_is_killed(mesh: Mesh, killed: list[str]
+                                                          ) -> None:
     expected = await asyncio.to_thread(direct, mesh.tritons["east-fast"].endpoint,
                                        "generate-small", PROMPT, 200)
-    killed: list[str] = []
     s = await asyncio.to_thread(run_stream, mesh.edge_address, PROMPT, 200, [],
                                 _kill_when(30, mesh, killed))
     assert s.code is grpc.StatusCode.OK, s.details
@@ -150,3 +161,20 @@ async def test_stream_resumes_after_its_backend_is_killed(mesh: Mesh) -> None:
     assert killed and not s.trailers["x-served-by"].startswith(killed[0])
 
 
+async def test_no_stream_is_lost_when_a_backend_is_killed_under_load(
+        mesh: Mesh, killed: list[str]) -> None:
+    prompts = [[1000 * i + k for k in range(40)] for i in range(6)]
+    west = mesh.tritons["west-cheap"].endpoint
+    expected = [await asyncio.to_thread(direct, west, "generate-small", p, 120)
+                for p in prompts]
+    kill = _kill_when(20, mesh, killed)
+    streams = await asyncio.gather(*(
+        asyncio.to_thread(run_stream, mesh.edge_address, p, 120, [("x-session-id", f"s{i}")],
+                          kill if i == 0 else None)
+        for i, p in enumerate(prompts)))
+    lost = [i for i, s in enumerate(streams)
+            if s.code is not grpc.StatusCode.OK or s.tokens != expected[i]]
+    assert lost == [], [(streams[i].code, streams[i].details) for i in lost]
+    resumed = sum(int(s.trailers["x-resumed"]) for s in streams)
+    assert killed and resumed >= 1
+    assert all(not s.trailers["x-served-by"].startswith(killed[0]) for s in streams)
