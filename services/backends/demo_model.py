@@ -12,7 +12,8 @@ A decoupled variant streams ``tokens`` responses per request, each after its sli
 then the final flag: the LLM token-streaming shape clients consume with ``ModelStreamInfer``.
 
 A decoupled variant is also a demo LLM when a request carries ``PROMPT`` (INT32 token ids,
-``[1, n]``) and optionally ``MAX_TOKENS`` (INT32 ``[1, 1]``; default ``tokens``): it answers one
+``[1, n]``) or ``TEXT`` (one BYTES string, tokenised trivially: a token per UTF-8 byte) and
+optionally ``MAX_TOKENS`` (INT32 ``[1, 1]``; default ``tokens``): it answers one
 ``TOKEN`` (INT32 ``[1, 1]``) per response, then the final flag. Its speed is EMULATED (this
 machine has no GPU): prefill waits ``llm_prefill_base_ms + uncached prompt tokens ×
 llm_prefill_ms_per_token``, each further token waits ``llm_decode_ms_per_token × (1 +
@@ -178,6 +179,19 @@ class _Llm:
                 self.threads.discard(threading.current_thread())
 
 
+def _prompt(request: Any) -> np.ndarray | None:
+    """``PROMPT`` token ids, else ``TEXT`` tokenised trivially (one token per UTF-8 byte)."""
+    prompt = pb_utils.get_input_tensor_by_name(request, "PROMPT")
+    if prompt is not None:
+        return prompt.as_numpy().astype(np.int32).reshape(-1)
+    text = pb_utils.get_input_tensor_by_name(request, "TEXT")
+    if text is None:
+        return None
+    raw = text.as_numpy().reshape(-1)[0]
+    data = raw if isinstance(raw, bytes) else str(raw).encode()
+    return np.frombuffer(data, dtype=np.uint8).astype(np.int32)
+
+
 class TritonPythonModel:
     """Triton's entry point for the Python backend (name and methods are Triton's contract)."""
 
@@ -226,7 +240,7 @@ class TritonPythonModel:
             return responses
         for request in requests:
             sender = request.get_response_sender()
-            prompt = pb_utils.get_input_tensor_by_name(request, "PROMPT")
+            prompt = _prompt(request)
             if prompt is not None:
                 self._generate(request, sender, prompt)
                 continue
@@ -243,9 +257,8 @@ class TritonPythonModel:
             sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         return None
 
-    def _generate(self, request: Any, sender: Any, prompt: Any) -> None:
+    def _generate(self, request: Any, sender: Any, tokens: np.ndarray) -> None:
         assert self.llm is not None
-        tokens = prompt.as_numpy().astype(np.int32).reshape(-1)
         limit = pb_utils.get_input_tensor_by_name(request, "MAX_TOKENS")
         max_tokens = self.tokens if limit is None else int(limit.as_numpy().reshape(-1)[0])
         if max_tokens < 1:

@@ -10,7 +10,7 @@ CPU-only machine: the iteration count is divided by the backend's ``speed``
 (``max(1, round(iters / speed))``), so an "H100" backend does less real work per call than a
 "T4" one and Triton's own statistics show the difference, as they would on real GPUs.
 
- A decoupled variant is also a demo LLM (``PROMPT`` token ids and ``MAX_TOKENS`` in, one
+ A decoupled variant is also a demo LLM (``PROMPT`` token ids or ``TEXT``, and ``MAX_TOKENS`` in, one
 ``TOKEN`` per response out; see :mod:`services.backends.demo_model`). Its prefill and decode
 times are EMULATED too, from the same work units: ``matmul_iters / speed`` × the per-unit
 milliseconds below, and its ``config.pbtxt`` says so (``llm_speed: "emulated"``) and declares
@@ -141,6 +141,7 @@ def render_config_pbtxt(spec: VariantSpec, *, instances: int = 1) -> str:
         inputs = [f'{{ name: "{INPUT_NAME}" data_type: TYPE_FP32 dims: [ {dim} ] '
                   "optional: true }",
                   '{ name: "PROMPT" data_type: TYPE_INT32 dims: [ -1 ] optional: true }',
+                  '{ name: "TEXT" data_type: TYPE_STRING dims: [ 1 ] optional: true }',
                   '{ name: "MAX_TOKENS" data_type: TYPE_INT32 dims: [ 1 ] optional: true }']
         outputs.append('{ name: "TOKEN" data_type: TYPE_INT32 dims: [ 1 ] }')
     lines = [

@@ -3,7 +3,8 @@ carries, and the request that resumes a generation elsewhere.
 
 The edge forwards stream bytes untouched; it parses them only for a stream whose first
 request carries a ``PROMPT`` input (the demo LLM's contract, ``services.backends.demo_model``:
-``PROMPT`` INT32 token ids ``[1, n]``, optional ``MAX_TOKENS`` INT32 ``[1, 1]``, one ``TOKEN``
+``PROMPT`` INT32 token ids ``[1, n]``, or ``TEXT`` (one BYTES string, a token per UTF-8 byte;
+a resumed request carries it as ``PROMPT``), optional ``MAX_TOKENS`` INT32 ``[1, 1]``, one ``TOKEN``
 INT32 per response). Those are the streams that get token trailers, token-based choice and
 resumption. Token ids travel as little-endian int32, in ``raw_input_contents`` (what
 tritonclient sends) or ``contents.int_contents``.
@@ -19,6 +20,7 @@ from tritonclient.grpc import service_pb2
 
 PROMPT = "PROMPT"
 MAX_TOKENS = "MAX_TOKENS"
+TEXT = "TEXT"
 TOKEN = "TOKEN"  # noqa: S105 -- a tensor name, not a secret
 
 
@@ -51,9 +53,36 @@ def parse_request(raw: bytes) -> LlmRequest | None:
         return None
     prompt = _ints(req, PROMPT)
     if prompt is None:
+        prompt = _text(req)
+    if prompt is None:
         return None
     limit = _ints(req, MAX_TOKENS)
     return LlmRequest(req, prompt, limit[0] if limit else None)
+
+
+def _text(req: service_pb2.ModelInferRequest) -> tuple[int, ...] | None:
+    """``TEXT`` tokenised as the demo LLM does: one token per UTF-8 byte."""
+    for i, inp in enumerate(req.inputs):
+        if inp.name != TEXT:
+            continue
+        if i < len(req.raw_input_contents):
+            raw = req.raw_input_contents[i]
+            if len(raw) < 4:
+                return None
+            (n,) = struct.unpack_from("<I", raw)
+            return tuple(raw[4:4 + n])
+        contents = inp.contents.bytes_contents
+        return tuple(contents[0]) if contents else None
+    return None
+
+
+def _drop(req: service_pb2.ModelInferRequest, name: str) -> None:
+    i = next((k for k, x in enumerate(req.inputs) if x.name == name), None)
+    if i is None:
+        return
+    del req.inputs[i]
+    if i < len(req.raw_input_contents):
+        del req.raw_input_contents[i]
 
 
 def _set_ints(req: service_pb2.ModelInferRequest, name: str, values: tuple[int, ...]) -> None:
@@ -79,6 +108,7 @@ def resume_request(llm: LlmRequest, delivered: list[int], model: str, owed: int)
     req = service_pb2.ModelInferRequest()
     req.CopyFrom(llm.message)
     req.model_name = model
+    _drop(req, TEXT)  # the prompt travels as token ids from now on
     _set_ints(req, PROMPT, llm.prompt + tuple(delivered))
     _set_ints(req, MAX_TOKENS, (owed,))
     data: bytes = req.SerializeToString()
@@ -105,13 +135,19 @@ def parse_token(raw: bytes) -> int | None:
     return None
 
 
-def llm_request(model: str, prompt: list[int] | tuple[int, ...], max_tokens: int | None,
+def llm_request(model: str, prompt: list[int] | tuple[int, ...] | str, max_tokens: int | None,
                 request_id: str = "") -> bytes:
-    """A demo-LLM request as a client would send it (tests, the demo)."""
+    """A demo-LLM request as a client would send it (tests, the demo); a ``str`` prompt
+    travels as ``TEXT``."""
     req = service_pb2.ModelInferRequest(model_name=model, id=request_id)
-    inp = req.inputs.add(name=PROMPT, datatype="INT32")
-    inp.shape.extend([1, len(prompt)])
-    req.raw_input_contents.append(struct.pack(f"<{len(prompt)}i", *prompt))
+    if isinstance(prompt, str):
+        data = prompt.encode()
+        req.inputs.add(name=TEXT, datatype="BYTES", shape=[1, 1])
+        req.raw_input_contents.append(struct.pack("<I", len(data)) + data)
+    else:
+        inp = req.inputs.add(name=PROMPT, datatype="INT32")
+        inp.shape.extend([1, len(prompt)])
+        req.raw_input_contents.append(struct.pack(f"<{len(prompt)}i", *prompt))
     if max_tokens is not None:
         m = req.inputs.add(name=MAX_TOKENS, datatype="INT32")
         m.shape.extend([1, 1])

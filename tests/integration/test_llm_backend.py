@@ -34,7 +34,7 @@ def backend(triton_backend_module: StartBackend) -> TritonProcess:
 STREAM = "/inference.GRPCInferenceService/ModelStreamInfer"
 
 
-def generate(endpoint: str, prompt: list[int], max_tokens: int | None
+def generate(endpoint: str, prompt: list[int] | str, max_tokens: int | None
              ) -> tuple[list[int], list[float]]:
     """Tokens and their arrival times (s after the request was sent), straight from Triton."""
     with grpc.insecure_channel(endpoint) as ch:
@@ -61,6 +61,13 @@ def test_streams_max_tokens_deterministic_tokens(backend: TritonProcess) -> None
     b, _ = generate(backend.endpoint, [5, 6, 7], 12)
     other, _ = generate(backend.endpoint, [5, 6, 8], 12)
     assert len(a) == 12 and a == b and a != other
+
+
+def test_text_is_tokenised_as_one_token_per_utf8_byte(backend: TritonProcess) -> None:
+    text = "résumé, please"
+    by_text, _ = generate(backend.endpoint, text, 8)
+    by_ids, _ = generate(backend.endpoint, list(text.encode()), 8)
+    assert len(by_text) == 8 and by_text == by_ids
 
 
 def test_default_max_tokens_is_the_variants_tokens(backend: TritonProcess) -> None:

@@ -73,6 +73,15 @@ def test_resume_adds_max_tokens_when_the_caller_left_it_out() -> None:
     assert resumed is not None and resumed.max_tokens == 5 and resumed.prompt == (4, 9)
 
 
+def test_text_prompts_are_bytes_and_resume_as_token_ids() -> None:
+    llm = parse_request(llm_request("chat", "hé", 4))
+    assert llm is not None and llm.prompt == tuple("hé".encode())
+    resumed = parse_request(resume_request(llm, [5], "chat", owed=3))
+    assert resumed is not None and resumed.prompt == (*"hé".encode(), 5)
+    assert [i.name for i in resumed.message.inputs] == ["MAX_TOKENS", "PROMPT"]
+    assert len(resumed.message.raw_input_contents) == 2
+
+
 def test_requests_without_a_prompt_are_not_llm_requests() -> None:
     req = service_pb2.ModelInferRequest(model_name="summarize")
     req.inputs.add(name="INPUT0", datatype="FP32", shape=[1, 4])
