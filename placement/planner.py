@@ -6,7 +6,8 @@ same variants. Variables, with ``k`` a demand class (model, quality floor, SLO, 
 
 - ``n[p]`` integer GPUs; ``y[p,v]`` binary, variant ``v`` loaded on pool ``p``;
 - ``t[p,l]`` binary, pool ``p`` runs at utilisation tier ``l`` (``settings.tiers``), and
-  ``m[p,l]`` integer, its GPUs counted at that tier (``n[p] = Σ_l m[p,l]``);
+  ``m[p,l]`` (continuous, ``<= max_gpus·t[p,l]``), its GPUs counted at that tier
+  (``n[p] = Σ_l m[p,l]``);
 - ``x[k,p,v] >= 0`` calls/s of ``k`` served by ``v`` on ``p``.
 
 Minimise ``Σ_p usd_per_gpu_hour(p) · n[p]`` (plus a tiny cost per loaded variant) subject to
@@ -25,9 +26,8 @@ Minimise ``Σ_p usd_per_gpu_hour(p) · n[p]`` (plus a tiny cost per loaded varia
 - **spot**: each class with demand has a feasible variant loaded on an on-demand pool.
 
 When the solver finds no plan, the families above are dropped one at a time and the first
-whose removal makes the problem feasible is named (:class:`Infeasible`). Hysteresis is
-:func:`decide`: a proposed plan replaces the current one only if the current one no longer
-fits the demand, or if its saving over ``horizon_h`` exceeds the churn it costs.
+whose removal makes the problem feasible is named (:class:`Infeasible`). Hysteresis (a new
+plan must pay for its churn) is :mod:`placement.replan`.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from placement.latency import COMPUTE_P95_FACTOR, MAX_RHO
 ON_DEMAND = "on-demand"
 LOAD_TIEBREAK_USD = 1e-4  # per loaded variant: never load what serves nothing
 FloatArray = npt.NDArray[np.float64]
-GPU_BOUND = 100_000.0  # big-M for GPU counts; a pool's own limit is its variable's bound
+GPU_BOUND = 100_000.0  # GPUs per pool when its own limit is set aside (diagnosis only)
 FAMILIES = ("spot", "region_loss", "memory", "max_gpus")
 
 
@@ -135,6 +135,7 @@ class PoolPlan:
 class Plan:
     pools: tuple[PoolPlan, ...]  # pools with at least one GPU, cheapest-per-hour first
     usd_per_hour: float
+    gap: float = 0.0  # HiGHS's relative gap to its bound when the time limit stopped it
 
     def gpus(self) -> dict[str, int]:
         return {p.pool: p.gpus for p in self.pools}
@@ -143,7 +144,9 @@ class Plan:
         return {p.pool: frozenset(p.variants) for p in self.pools}
 
     def explain(self) -> str:
-        lines = [f"plan: ${self.usd_per_hour:.2f}/h"]
+        lines = [f"plan: ${self.usd_per_hour:.2f}/h"
+                 + (f" (time limit: within {self.gap:.1%} of the solver's bound)"
+                    if self.gap > 1e-3 else "")]
         for p in self.pools:
             lines.append(f"  {p.pool}: {p.gpus} GPU(s) ${p.usd_per_hour:.2f}/h, "
                          f"{','.join(p.variants)}, utilisation {p.utilisation:.0%} "
@@ -221,20 +224,21 @@ def _allowed(p: PlanPool, v: PlanVariant) -> bool:
     return not p.variants or v.name in p.variants
 
 
-def _build(problem: Problem) -> _Model:
+def _build(problem: Problem, gpu_limits: bool = True) -> _Model:
     s = problem.settings
     md = _Model(problem)
     t: dict[tuple[str, int], int] = {}
     for p in problem.pools:
-        md.n[p.id] = md.var(p.usd_per_gpu_hour, True, p.max_gpus)
+        cap = float(p.max_gpus) if gpu_limits else GPU_BOUND  # also the big-M of m ≤ cap·t
+        md.n[p.id] = md.var(p.usd_per_gpu_hour, True, cap)
         for v in problem.variants:
             if _allowed(p, v):
                 md.y[p.id, v.name] = md.var(LOAD_TIEBREAK_USD, True, 1)
                 md.rows.add({md.y[p.id, v.name]: 1.0, md.n[p.id]: -1.0}, -math.inf, 0, "link")
         for li in range(len(s.tiers)):
             t[p.id, li] = md.var(0.0, True, 1)
-            md.m[p.id, li] = md.var(0.0, True, p.max_gpus)
-            md.rows.add({md.m[p.id, li]: 1.0, t[p.id, li]: -GPU_BOUND}, -math.inf, 0, "link")
+            md.m[p.id, li] = md.var(0.0, False, cap)  # = n[p] at the chosen tier, else 0
+            md.rows.add({md.m[p.id, li]: 1.0, t[p.id, li]: -cap}, -math.inf, 0, "link")
         md.rows.add({t[p.id, li]: 1.0 for li in range(len(s.tiers))}, -math.inf, 1, "link")
         md.rows.add({md.n[p.id]: 1.0, **{md.m[p.id, li]: -1.0 for li in range(len(s.tiers))}},
                     0, 0, "link")
@@ -318,15 +322,12 @@ def _precheck(problem: Problem) -> Infeasible | None:
     return None
 
 
-def _solve(md: _Model, drop: str = "", fixed: Plan | None = None) -> FloatArray | None:
+def _solve(md: _Model, drop: str = "", fixed: Plan | None = None
+           ) -> tuple[FloatArray, float] | None:
+    """A solution and its relative MIP gap (0 = proven optimal), or None if none found."""
     s = md.problem.settings
     lower = np.zeros(len(md.cost))
     upper = np.array(md.upper, dtype=float)
-    if drop == "max_gpus":
-        for p in md.problem.pools:
-            upper[md.n[p.id]] = GPU_BOUND
-            for li in range(len(s.tiers)):
-                upper[md.m[p.id, li]] = GPU_BOUND
     if s.load_everywhere:
         for col in md.y.values():
             lower[col] = 1
@@ -341,11 +342,15 @@ def _solve(md: _Model, drop: str = "", fixed: Plan | None = None) -> FloatArray 
                bounds=Bounds(lower, upper), constraints=md.rows.constraint(len(md.cost), drop),
                options={"time_limit": s.time_limit_s, "mip_rel_gap": s.mip_rel_gap})
     if res.x is None:
+        if res.status == 1:
+            raise _OutOfTime(f"no plan found within {s.time_limit_s:g} s")
         return None
-    return np.asarray(res.x)
+    gap = float(getattr(res, "mip_gap", 0.0) or 0.0) if res.status == 1 else 0.0
+    return np.asarray(res.x), gap
 
 
-def _read(md: _Model, x: FloatArray) -> Plan:
+def _read(md: _Model, solution: tuple[FloatArray, float]) -> Plan:
+    x, gap = solution
     problem = md.problem
     pools = []
     for p in problem.pools:
@@ -361,11 +366,22 @@ def _read(md: _Model, x: FloatArray) -> Plan:
         pools.append(PoolPlan(p.id, gpus, loaded, work / (gpus * p.concurrency_per_gpu), cap,
                               gpus * p.usd_per_gpu_hour, serves))
     pools.sort(key=lambda pp: (pp.usd_per_hour, pp.pool))
-    return Plan(tuple(pools), sum(pp.usd_per_hour for pp in pools))
+    return Plan(tuple(pools), sum(pp.usd_per_hour for pp in pools), gap)
+
+
+class _OutOfTime(Exception):
+    pass
 
 
 def plan(problem: Problem) -> Plan | Infeasible:
     """The cheapest plan for ``problem``'s demand, or which constraint makes one impossible."""
+    try:
+        return _plan(problem)
+    except _OutOfTime as exc:
+        return Infeasible("time_limit", str(exc))
+
+
+def _plan(problem: Problem) -> Plan | Infeasible:
     pre = _precheck(problem)
     if pre is not None:
         return pre
@@ -374,7 +390,11 @@ def plan(problem: Problem) -> Plan | Infeasible:
     if x is not None:
         return _read(md, x)
     for family in FAMILIES:
-        if _solve(md, drop=family) is not None:
+        if family == "max_gpus":
+            found = _solve(_build(problem, gpu_limits=False)) is not None
+        else:
+            found = _solve(md, drop=family) is not None
+        if found:
             return Infeasible(family, _FAMILY_DETAIL[family])
     return Infeasible("combined", "no single constraint family explains it; capacity, "
                                   "memory and placement rules conflict together")
@@ -391,51 +411,10 @@ _FAMILY_DETAIL = {
 def evaluate(problem: Problem, current: Plan) -> Plan | Infeasible:
     """``current``'s GPUs and variants under ``problem``'s demand (flows re-optimised)."""
     md = _build(problem)
-    x = _solve(md, fixed=current)
+    try:
+        x = _solve(md, fixed=current)
+    except _OutOfTime as exc:
+        return Infeasible("time_limit", str(exc))
     if x is None:
         return Infeasible("current", "the current placement cannot serve this forecast")
     return _read(md, x)
-
-
-@dataclass(frozen=True, slots=True)
-class ChurnCost:
-    """What changing the placement costs, against what the new plan saves over ``horizon_h``."""
-
-    usd_per_gpu_change: float = 0.5  # cold start / drain of one GPU added or removed
-    usd_per_variant_change: float = 0.1  # one load or unload
-    horizon_h: float = 1.0  # until the next scheduled re-plan
-
-    def of(self, before: Plan, after: Plan) -> float:
-        g0, g1, l0, l1 = before.gpus(), after.gpus(), before.loaded(), after.loaded()
-        gpu = sum(abs(g1.get(p, 0) - g0.get(p, 0)) for p in set(g0) | set(g1))
-        var = sum(len(l1.get(p, frozenset()) ^ l0.get(p, frozenset())) for p in set(l0) | set(l1))
-        return gpu * self.usd_per_gpu_change + var * self.usd_per_variant_change
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    adopt: bool
-    reason: str
-    plan: Plan  # the plan to run: the proposal if adopted, else the current one re-evaluated
-    saving_usd: float
-    churn_usd: float
-
-
-def decide(problem: Problem, current: Plan | None, churn: ChurnCost) -> Decision | Infeasible:
-    """Re-plan with hysteresis: adopt the optimum only if it pays for its churn."""
-    proposed = plan(problem)
-    if isinstance(proposed, Infeasible):
-        return proposed
-    if current is None:
-        return Decision(True, "no current plan", proposed, 0.0, 0.0)
-    now = evaluate(problem, current)
-    cost = churn.of(current, proposed)
-    if isinstance(now, Infeasible):
-        return Decision(True, "the current plan no longer serves the forecast", proposed,
-                        0.0, cost)
-    saving = (now.usd_per_hour - proposed.usd_per_hour) * churn.horizon_h
-    if saving > cost:
-        return Decision(True, f"saves ${saving:.2f} over {churn.horizon_h:g} h, churn "
-                              f"${cost:.2f}", proposed, saving, cost)
-    return Decision(False, f"saving ${saving:.2f} over {churn.horizon_h:g} h does not pay for "
-                           f"churn ${cost:.2f}", now, saving, cost)

@@ -8,7 +8,6 @@ import pytest
 
 from placement import latency
 from placement.planner import (
-    ChurnCost,
     DemandClass,
     Infeasible,
     Plan,
@@ -16,11 +15,11 @@ from placement.planner import (
     PlanPool,
     PlanVariant,
     Problem,
-    decide,
     evaluate,
     max_utilisation,
     plan,
 )
+from placement.replan import ChurnCost, decide
 
 SMALL = PlanVariant("m-small", "m", 0.7, memory_gb=12, compute_ms=100)
 LARGE = PlanVariant("m-large", "m", 0.9, memory_gb=12, compute_ms=100)
