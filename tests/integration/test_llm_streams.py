@@ -178,3 +178,31 @@ async def test_no_stream_is_lost_when_a_backend_is_killed_under_load(
     resumed = sum(int(s.trailers["x-resumed"]) for s in streams)
     assert killed and resumed >= 1
     assert all(not s.trailers["x-served-by"].startswith(killed[0]) for s in streams)
+
+
+async def test_a_stream_that_cannot_resume_ends_with_the_backends_status(
+        mesh: Mesh, killed: list[str]) -> None:
+    """Two requests on one stream: a resumed request could not say which tokens were whose,
+    so the edge does not move it; the caller gets the failure, as before resumption."""
+    def two_requests() -> Stream:
+        out = Stream()
+        reqs = [llm_request("generate", PROMPT, 200), llm_request("generate", PROMPT[:9], 200)]
+        on_token = _kill_when(30, mesh, killed)
+        with grpc.insecure_channel(mesh.edge_address) as ch:
+            call = ch.stream_stream(STREAM)(iter(reqs), timeout=30)
+            try:
+                for resp in call:
+                    out.initial = out.initial or dict(call.initial_metadata())
+                    out.tokens.append(parse_token(resp) or 0)
+                    on_token(len(out.tokens), out)
+            except grpc.RpcError:
+                pass
+            out.code, out.details = call.code(), call.details() or ""
+            out.trailers = dict(call.trailing_metadata() or ())
+        return out
+
+    s = await asyncio.to_thread(two_requests)
+    assert killed, "the backend was never killed"
+    assert s.code is grpc.StatusCode.UNAVAILABLE, (s.code, s.details)
+    assert "stream failed" in s.details and killed[0] in s.details
+    assert s.trailers["x-resumed"] == "0" and 30 <= len(s.tokens) < 400
