@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from operator import attrgetter
 
 import structlog
@@ -39,10 +39,9 @@ _BANDS = (("latency_p95_ms", 0.03, 0.5), ("rtt_ms", 0.03, 0.5), ("queue_ms", 0.0
           ("compute_ms", 0.03, 0.2), ("cost_usd", 0.03, 0.0), ("spare_capacity", 0.1, 1.0))
 _estimates = attrgetter(*(f for f, _, _ in _BANDS))
 _limits = tuple((rel, floor) for _, rel, floor in _BANDS)
-# Everything else an edge reads from a row must be equal.
-_exact = attrgetter("endpoint", "variant", "region", "cloud", "accelerator", "quality",
-                    "observed", "dropped_reason", "availability", "penalty_reason",
-                    "concurrency", "edge_slots")
+# Everything else an edge reads from a row must be equal (fields added later included).
+_exact = attrgetter(*(f.name for f in fields(Candidate) if f.name not in dict.fromkeys(
+    name for name, _, _ in _BANDS)))
 
 
 def material(old: Candidate, new: Candidate) -> bool:
