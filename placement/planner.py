@@ -26,15 +26,19 @@ Minimise ``Σ_p usd_per_gpu_hour(p) · n[p]`` (plus a tiny cost per loaded varia
 - **spot**: each class with demand has a feasible variant loaded on an on-demand pool.
 
 When the solver finds no plan, the families above are dropped one at a time and the first
-whose removal makes the problem feasible is named (:class:`Infeasible`). Hysteresis (a new
+whose removal makes the problem feasible is named (:class:`Infeasible`). Large instances
+are solved twice (:func:`_optimise`): restricted to the variants the LP relaxation loads, and
+in full under ``time_limit_s``; the cheaper plan is kept and ``Plan.gap`` says how far it may
+be from optimal. Inputs and results are :mod:`placement.plan_types`. Hysteresis (a new
 plan must pay for its churn) is :mod:`placement.replan`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,136 +47,26 @@ from scipy.optimize import Bounds, LinearConstraint, milp  # type: ignore[import
 from scipy.sparse import coo_matrix  # type: ignore[import-untyped]
 
 from placement.latency import COMPUTE_P95_FACTOR, MAX_RHO
+from placement.plan_types import (
+    DemandClass,
+    Infeasible,
+    Plan,
+    PlannerSettings,
+    PlanPool,
+    PlanVariant,
+    PoolPlan,
+    Problem,
+    max_utilisation,
+)
+
+__all__ = ["DemandClass", "Infeasible", "Plan", "PlanPool", "PlanVariant", "PlannerSettings",
+           "PoolPlan", "Problem", "evaluate", "max_utilisation", "plan"]
 
 ON_DEMAND = "on-demand"
 LOAD_TIEBREAK_USD = 1e-4  # per loaded variant: never load what serves nothing
 FloatArray = npt.NDArray[np.float64]
 GPU_BOUND = 100_000.0  # GPUs per pool when its own limit is set aside (diagnosis only)
 FAMILIES = ("spot", "region_loss", "memory", "max_gpus")
-
-
-@dataclass(frozen=True, slots=True)
-class PlanVariant:
-    """A model variant as the planner sees it: footprint per GPU, compute on a speed-1 GPU."""
-
-    name: str
-    model: str
-    quality: float
-    memory_gb: float
-    compute_ms: float
-
-
-@dataclass(frozen=True, slots=True)
-class PlanPool:
-    """GPUs of one kind in one region at one price class."""
-
-    id: str
-    cloud: str
-    region: str
-    accelerator: str
-    price_class: str
-    usd_per_gpu_hour: float
-    gpu_memory_gb: float
-    speed: float = 1.0  # compute time = variant.compute_ms / speed
-    concurrency_per_gpu: int = 1
-    reclaim_risk: float = 0.0  # expected share of spot capacity taken back; 0 on-demand
-    max_gpus: int = 64
-    variants: frozenset[str] = frozenset()  # allowed here; empty = every variant
-
-    def compute_ms(self, v: PlanVariant) -> float:
-        return v.compute_ms / self.speed
-
-
-@dataclass(frozen=True, slots=True)
-class DemandClass:
-    """Forecast calls/s of one model at one quality floor and SLO from one edge region."""
-
-    model: str
-    min_quality: float
-    slo_ms: float
-    edge_region: str
-    rate_rps: float
-
-    @property
-    def key(self) -> str:
-        return f"{self.model}/q>={self.min_quality:g}/{self.slo_ms:g}ms/{self.edge_region}"
-
-
-@dataclass(frozen=True, slots=True)
-class PlannerSettings:
-    memory_headroom: float = 0.1  # share of each GPU's memory left free
-    survive_region_loss: bool = True
-    tiers: tuple[float, ...] = (0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9)
-    slo_margin_ms: float = 0.0
-    time_limit_s: float = 30.0
-    mip_rel_gap: float = 1e-4
-    # A baseline, not a policy: every pool runs >= 1 GPU with every variant it may load
-    # (memory not checked), GPUs still sized by the solver.
-    load_everywhere: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    pools: tuple[PlanPool, ...]
-    variants: tuple[PlanVariant, ...]
-    demand: tuple[DemandClass, ...]
-    rtt_ms: Callable[[str, str], float]  # (edge region, pool region) -> RTT
-    settings: PlannerSettings = field(default_factory=PlannerSettings)
-
-
-@dataclass(frozen=True, slots=True)
-class PoolPlan:
-    pool: str
-    gpus: int
-    variants: tuple[str, ...]
-    utilisation: float  # expected: work / (GPUs × concurrency)
-    utilisation_cap: float  # the highest ρ every class served here tolerates (its SLO)
-    usd_per_hour: float
-    serves: tuple[tuple[str, str, float], ...]  # (class key, variant, calls/s)
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    pools: tuple[PoolPlan, ...]  # pools with at least one GPU, cheapest-per-hour first
-    usd_per_hour: float
-    gap: float = 0.0  # HiGHS's relative gap to its bound when the time limit stopped it
-
-    def gpus(self) -> dict[str, int]:
-        return {p.pool: p.gpus for p in self.pools}
-
-    def loaded(self) -> dict[str, frozenset[str]]:
-        return {p.pool: frozenset(p.variants) for p in self.pools}
-
-    def explain(self) -> str:
-        lines = [f"plan: ${self.usd_per_hour:.2f}/h"
-                 + (f" (time limit: within {self.gap:.1%} of the solver's bound)"
-                    if self.gap > 1e-3 else "")]
-        for p in self.pools:
-            lines.append(f"  {p.pool}: {p.gpus} GPU(s) ${p.usd_per_hour:.2f}/h, "
-                         f"{','.join(p.variants)}, utilisation {p.utilisation:.0%} "
-                         f"(cap {p.utilisation_cap:.0%})")
-            lines.extend(f"    {key} via {v}: {rps:.2f}/s" for key, v, rps in p.serves)
-        return "\n".join(lines)
-
-
-@dataclass(frozen=True, slots=True)
-class Infeasible:
-    """No plan exists; ``constraint`` is the family that blocks it (see the module doc)."""
-
-    constraint: str  # "quality", "slo", "spot", "region_loss", "memory", "max_gpus", ...
-    detail: str
-
-    def explain(self) -> str:
-        return f"infeasible ({self.constraint}): {self.detail}"
-
-
-def max_utilisation(rtt_ms: float, compute_ms: float, concurrency: int, slo_ms: float) -> float:
-    """Highest ρ at which ``placement.latency``'s p95 stays within ``slo_ms`` (0 = never)."""
-    budget = slo_ms - rtt_ms - compute_ms * COMPUTE_P95_FACTOR
-    if budget <= 0:
-        return 0.0
-    a = budget * max(concurrency, 1) / compute_ms
-    return min(a / (1.0 + a), MAX_RHO)
 
 
 class _Rows:
@@ -322,9 +216,16 @@ def _precheck(problem: Problem) -> Infeasible | None:
     return None
 
 
-def _solve(md: _Model, drop: str = "", fixed: Plan | None = None
-           ) -> tuple[FloatArray, float] | None:
-    """A solution and its relative MIP gap (0 = proven optimal), or None if none found."""
+@dataclass(frozen=True, slots=True)
+class _Solution:
+    x: FloatArray
+    cost: float
+    bound: float  # the solver's lower bound on the optimum of what it solved
+
+
+def _solve(md: _Model, drop: str = "", fixed: Plan | None = None, relax: bool = False,
+           allow: set[tuple[str, str]] | None = None) -> _Solution | None:
+    """One HiGHS run; None if infeasible. ``allow`` limits which (pool, variant) may load."""
     s = md.problem.settings
     lower = np.zeros(len(md.cost))
     upper = np.array(md.upper, dtype=float)
@@ -332,25 +233,78 @@ def _solve(md: _Model, drop: str = "", fixed: Plan | None = None
         for col in md.y.values():
             lower[col] = 1
         drop = drop or "memory"
+    if allow is not None:
+        for key, col in md.y.items():
+            if key not in allow:
+                upper[col] = 0
     if fixed is not None:
         gpus, loaded = fixed.gpus(), fixed.loaded()
         for pid, col in md.n.items():
             lower[col] = upper[col] = gpus.get(pid, 0)
         for (pid, v), col in md.y.items():
             lower[col] = upper[col] = float(v in loaded.get(pid, frozenset()))
-    res = milp(np.array(md.cost), integrality=np.array(md.integral),
+    res = milp(np.array(md.cost), integrality=np.zeros(len(md.cost)) if relax
+               else np.array(md.integral),
                bounds=Bounds(lower, upper), constraints=md.rows.constraint(len(md.cost), drop),
                options={"time_limit": s.time_limit_s, "mip_rel_gap": s.mip_rel_gap})
     if res.x is None:
         if res.status == 1:
             raise _OutOfTime(f"no plan found within {s.time_limit_s:g} s")
         return None
-    gap = float(getattr(res, "mip_gap", 0.0) or 0.0) if res.status == 1 else 0.0
-    return np.asarray(res.x), gap
+    bound = getattr(res, "mip_dual_bound", None)
+    return _Solution(np.asarray(res.x), float(res.fun),
+                     float(res.fun if bound is None or relax else bound))
 
 
-def _read(md: _Model, solution: tuple[FloatArray, float]) -> Plan:
-    x, gap = solution
+def _support(md: _Model, relaxed: FloatArray) -> set[tuple[str, str]]:
+    """Per pool, the variants the LP relaxation loads most, as many as fit in memory."""
+    s = md.problem.settings
+    mem = {v.name: v.memory_gb for v in md.problem.variants}
+    allow: set[tuple[str, str]] = set()
+    for p in md.problem.pools:
+        room = (1 - s.memory_headroom) * p.gpu_memory_gb
+        ranked = sorted(((relaxed[col], v) for (pid, v), col in md.y.items()
+                         if pid == p.id and relaxed[col] > 1e-6), reverse=True)
+        for _, v in ranked:
+            if s.load_everywhere or mem[v] <= room:
+                allow.add((p.id, v))
+                room -= mem[v]
+    return allow
+
+
+def _optimise(md: _Model) -> tuple[FloatArray, float] | None:
+    """The best plan found and its gap to the best bound; None if there is none.
+
+    The full MILP's LP relaxation is weak (integer GPUs in many pools), so HiGHS can stall on
+    a poor incumbent; a MILP restricted to the variants the relaxation loads (within memory)
+    usually solves in seconds. The full MILP runs too unless the restricted plan is already
+    within ``mip_rel_gap`` of the relaxation's bound; the cheaper of the two is kept.
+    """
+    relaxed = _solve(md, relax=True)
+    if relaxed is None:
+        return None
+    bound, best = relaxed.bound, None
+    with contextlib.suppress(_OutOfTime):
+        best = _solve(md, allow=_support(md, relaxed.x))
+    tolerance = 1 + md.problem.settings.mip_rel_gap
+    if best is None or best.cost > bound * tolerance + 1e-9:
+        try:
+            full = _solve(md)
+        except _OutOfTime:
+            if best is None:
+                raise
+            full = None
+        if full is not None:
+            bound = max(bound, full.bound)
+            if best is None or full.cost < best.cost:
+                best = full
+        elif best is None:
+            return None
+    assert best is not None
+    return best.x, max(0.0, (best.cost - bound) / best.cost) if best.cost > 0 else 0.0
+
+
+def _read(md: _Model, x: FloatArray, gap: float = 0.0) -> Plan:
     problem = md.problem
     pools = []
     for p in problem.pools:
@@ -386,15 +340,15 @@ def _plan(problem: Problem) -> Plan | Infeasible:
     if pre is not None:
         return pre
     md = _build(problem)
-    x = _solve(md)
-    if x is not None:
-        return _read(md, x)
+    found = _optimise(md)
+    if found is not None:
+        return _read(md, *found)
     for family in FAMILIES:
         if family == "max_gpus":
-            found = _solve(_build(problem, gpu_limits=False)) is not None
+            fixes = _solve(_build(problem, gpu_limits=False)) is not None
         else:
-            found = _solve(md, drop=family) is not None
-        if found:
+            fixes = _solve(md, drop=family) is not None
+        if fixes:
             return Infeasible(family, _FAMILY_DETAIL[family])
     return Infeasible("combined", "no single constraint family explains it; capacity, "
                                   "memory and placement rules conflict together")
@@ -412,9 +366,9 @@ def evaluate(problem: Problem, current: Plan) -> Plan | Infeasible:
     """``current``'s GPUs and variants under ``problem``'s demand (flows re-optimised)."""
     md = _build(problem)
     try:
-        x = _solve(md, fixed=current)
+        now = _solve(md, fixed=current)
     except _OutOfTime as exc:
         return Infeasible("time_limit", str(exc))
-    if x is None:
+    if now is None:
         return Infeasible("current", "the current placement cannot serve this forecast")
-    return _read(md, x)
+    return _read(md, now.x)

@@ -1,0 +1,136 @@
+"""The capacity planner's inputs and results (``placement.planner`` solves them).
+
+Pools, variants and demand classes in; per-pool GPUs, loaded variants, utilisation and the
+flows that explain them out, or :class:`Infeasible` naming the constraint that blocks a plan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from placement.latency import COMPUTE_P95_FACTOR, MAX_RHO
+
+
+@dataclass(frozen=True, slots=True)
+class PlanVariant:
+    """A model variant as the planner sees it: footprint per GPU, compute on a speed-1 GPU."""
+
+    name: str
+    model: str
+    quality: float
+    memory_gb: float
+    compute_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class PlanPool:
+    """GPUs of one kind in one region at one price class."""
+
+    id: str
+    cloud: str
+    region: str
+    accelerator: str
+    price_class: str
+    usd_per_gpu_hour: float
+    gpu_memory_gb: float
+    speed: float = 1.0  # compute time = variant.compute_ms / speed
+    concurrency_per_gpu: int = 1
+    reclaim_risk: float = 0.0  # expected share of spot capacity taken back; 0 on-demand
+    max_gpus: int = 64
+    variants: frozenset[str] = frozenset()  # allowed here; empty = every variant
+
+    def compute_ms(self, v: PlanVariant) -> float:
+        return v.compute_ms / self.speed
+
+
+@dataclass(frozen=True, slots=True)
+class DemandClass:
+    """Forecast calls/s of one model at one quality floor and SLO from one edge region."""
+
+    model: str
+    min_quality: float
+    slo_ms: float
+    edge_region: str
+    rate_rps: float
+
+    @property
+    def key(self) -> str:
+        return f"{self.model}/q>={self.min_quality:g}/{self.slo_ms:g}ms/{self.edge_region}"
+
+
+@dataclass(frozen=True, slots=True)
+class PlannerSettings:
+    memory_headroom: float = 0.1  # share of each GPU's memory left free
+    survive_region_loss: bool = True
+    tiers: tuple[float, ...] = (0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9)
+    slo_margin_ms: float = 0.0
+    time_limit_s: float = 30.0
+    mip_rel_gap: float = 1e-4
+    # A baseline, not a policy: every pool runs >= 1 GPU with every variant it may load
+    # (memory not checked), GPUs still sized by the solver.
+    load_everywhere: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    pools: tuple[PlanPool, ...]
+    variants: tuple[PlanVariant, ...]
+    demand: tuple[DemandClass, ...]
+    rtt_ms: Callable[[str, str], float]  # (edge region, pool region) -> RTT
+    settings: PlannerSettings = field(default_factory=PlannerSettings)
+
+
+@dataclass(frozen=True, slots=True)
+class PoolPlan:
+    pool: str
+    gpus: int
+    variants: tuple[str, ...]
+    utilisation: float  # expected: work / (GPUs × concurrency)
+    utilisation_cap: float  # the highest ρ every class served here tolerates (its SLO)
+    usd_per_hour: float
+    serves: tuple[tuple[str, str, float], ...]  # (class key, variant, calls/s)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    pools: tuple[PoolPlan, ...]  # pools with at least one GPU, cheapest-per-hour first
+    usd_per_hour: float
+    gap: float = 0.0  # relative distance to the best lower bound found (0 = proven optimal)
+
+    def gpus(self) -> dict[str, int]:
+        return {p.pool: p.gpus for p in self.pools}
+
+    def loaded(self) -> dict[str, frozenset[str]]:
+        return {p.pool: frozenset(p.variants) for p in self.pools}
+
+    def explain(self) -> str:
+        lines = [f"plan: ${self.usd_per_hour:.2f}/h"
+                 + (f" (within {self.gap:.1%} of the solver's lower bound)"
+                    if self.gap > 1e-3 else "")]
+        for p in self.pools:
+            lines.append(f"  {p.pool}: {p.gpus} GPU(s) ${p.usd_per_hour:.2f}/h, "
+                         f"{','.join(p.variants)}, utilisation {p.utilisation:.0%} "
+                         f"(cap {p.utilisation_cap:.0%})")
+            lines.extend(f"    {key} via {v}: {rps:.2f}/s" for key, v, rps in p.serves)
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class Infeasible:
+    """No plan exists; ``constraint`` is the family that blocks it (see the module doc)."""
+
+    constraint: str  # "quality", "slo", "spot", "region_loss", "memory", "max_gpus", ...
+    detail: str
+
+    def explain(self) -> str:
+        return f"infeasible ({self.constraint}): {self.detail}"
+
+
+def max_utilisation(rtt_ms: float, compute_ms: float, concurrency: int, slo_ms: float) -> float:
+    """Highest ρ at which ``placement.latency``'s p95 stays within ``slo_ms`` (0 = never)."""
+    budget = slo_ms - rtt_ms - compute_ms * COMPUTE_P95_FACTOR
+    if budget <= 0:
+        return 0.0
+    a = budget * max(concurrency, 1) / compute_ms
+    return min(a / (1.0 + a), MAX_RHO)
