@@ -2,7 +2,8 @@
 
 A pool is GPUs of one kind in one region at one price class (``placement.planner.PlanPool``);
 an *instance* is one GPU's Triton server in it. Providers: ``local`` (real Triton processes,
-:mod:`services.capacity.local`); the cost simulator's and a Kubernetes one are not written yet.
+:mod:`services.capacity.local`), ``kubernetes`` (:mod:`services.capacity.kubernetes`); the
+cost simulator's is not written yet.
 """
 
 from __future__ import annotations
