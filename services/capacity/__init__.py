@@ -2,7 +2,8 @@
 
 ``provider.py`` (the ``Provider`` protocol: GPUs per pool), ``local.py`` (real Triton
 processes, one per GPU, in explicit model-control mode), ``kubernetes.py`` (one Deployment
-per pool, the scale subresource), ``model_control.py`` (load, drain,
+per pool, the scale subresource), ``simulated.py`` (provisioning delay, spot reclaims, the
+provisioned bill), ``model_control.py`` (load, drain,
 unload through Triton's repository API), ``actor.py`` (one plan target → adds, loads,
 drains, unloads, removals, in a safe order).
 """

@@ -2,8 +2,8 @@
 
 A pool is GPUs of one kind in one region at one price class (``placement.planner.PlanPool``);
 an *instance* is one GPU's Triton server in it. Providers: ``local`` (real Triton processes,
-:mod:`services.capacity.local`), ``kubernetes`` (:mod:`services.capacity.kubernetes`); the
-cost simulator's is not written yet.
+:mod:`services.capacity.local`), ``kubernetes`` (:mod:`services.capacity.kubernetes`),
+``simulated`` (:mod:`services.capacity.simulated`: delay, reclaims, the bill).
 """
 
 from __future__ import annotations
