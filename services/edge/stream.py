@@ -259,7 +259,8 @@ async def _owed(router: Router, tries: CallAttempts, llm: LlmRequest | None, pip
                 ) -> int | None:
     """After a committed LLM stream's upstream failed: the tokens still owed when it can be
     resumed (``tries.may_resume`` is then called), else None."""
-    if not tries.committed or llm is None or len(pipe.sent) != 1:
+    if (not tries.committed or llm is None or len(pipe.sent) != 1
+            or tries.expired(router.clock())):
         return None
     declared = await _declared(router, failed, cands)
     if declared is None or not declared[0]:

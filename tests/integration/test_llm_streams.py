@@ -12,7 +12,7 @@ import pytest
 from services.backends.triton import TritonProcess
 from services.config import MeshConfig
 from services.edge.tokens import llm_request, parse_token
-from tests.mesh_harness import Mesh, mesh_config, running_mesh
+from tests.mesh_harness import Mesh, mesh_config, running_mesh, warm
 
 pytestmark = pytest.mark.integration
 
@@ -129,7 +129,8 @@ async def test_tight_tpot_moves_streams_to_the_fast_deployment(mesh: Mesh) -> No
 
 @pytest.fixture
 def killed(mesh: Mesh) -> Iterator[list[str]]:
-    """Backends a test killed; restarted afterwards for the module's next tests."""
+    """Backends a test killed; restarted (and warmed, as the harness does) afterwards for the
+    module's next tests."""
     names: list[str] = []
     yield names
     for name in names:
@@ -137,6 +138,7 @@ def killed(mesh: Mesh) -> Iterator[list[str]]:
         proc.stop(5)
         proc.start()
         proc.wait_ready(90)
+        warm([proc.endpoint], ["summarize-small", "summarize-large"])  # fresh statistics
 
 
 def _kill_when(n: int, mesh: Mesh, killed: list[str]) -> Callable[[int, Stream], None]:
