@@ -99,9 +99,10 @@ class Row:
     solve_s: list[float] | None = None
     gap: float = 0.0  # the largest MIP gap left by a time-limited solve
 
-    def add_hour(self, p: Plan, ok: bool) -> None:
-        self.gpu_hours += sum(pp.gpus for pp in p.pools)
-        self.usd += p.usd_per_hour
+    def add_hour(self, p: Plan, ok: bool, hours: float = 1.0) -> None:
+        """Bill ``p`` for ``hours``; ``ok`` counts one more hour served (whole hours only)."""
+        self.gpu_hours += sum(pp.gpus for pp in p.pools) * hours
+        self.usd += p.usd_per_hour * hours
         self.hours_ok += ok
         self.gap = max(self.gap, p.gap)
 
@@ -150,6 +151,7 @@ def run(s: Scenario, settings: PlannerSettings, churn: ChurnCost, scale: float,
     current: Plan | None = None
     for h in day:
         now = 86_400 + h * 3600
+        in_force: list[Plan] = []  # every plan that ran during this hour, billed per slot
         for i in range(SAMPLES_PER_HOUR):
             if i == 0 or forecaster.surprises():
                 t0 = time.perf_counter()
@@ -161,10 +163,13 @@ def run(s: Scenario, settings: PlannerSettings, churn: ChurnCost, scale: float,
                     raise SystemExit(f"hour {h}: {d.explain()}")
                 rows[3].changes += d.adopt and current is not None
                 current = d.plan
+            assert current is not None
+            rows[3].add_hour(current, False, 1.0 / SAMPLES_PER_HOUR)
+            if current not in in_force:
+                in_force.append(current)
             for k in keys(s):
                 forecaster.observe(k, now + i * 600, class_rate(s, k, h + i / 6, scale))
-        assert current is not None
-        rows[3].add_hour(current, serves(s, current, h, scale, settings))
+        rows[3].hours_ok += all(serves(s, p, h, scale, settings) for p in in_force)
         t0 = time.perf_counter()
         oracle = solved(plan(problem_of(s, peak(s, range(h, h + 1), scale), settings)), "oracle")
         assert rows[4].solve_s is not None
