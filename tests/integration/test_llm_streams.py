@@ -22,11 +22,19 @@ PROMPT = list(range(100, 160))
 
 @pytest.fixture(scope="module")
 def cfg(tmp_path_factory: pytest.TempPathFactory) -> MeshConfig:
-    """The harness mesh; its LLM variant decodes at 2.5 ms/token on east-fast (speed 4) and
-    10 ms/token on west-cheap (speed 1), emulated."""
-    raw = mesh_config(tmp_path_factory.mktemp("llm")).model_dump()
+    """The harness mesh, with the LLM variant on all three backends: it decodes at 2.5
+    ms/token on east-fast (speed 4) and 10 ms/token on the two cheap ones (speed 1), and
+    prefills 0.0625 / 0.25 ms per prompt token (all emulated). The two cheap GPUs cost the
+    same here, so a session's prefix holder is a real choice between equals."""
+    tmp = tmp_path_factory.mktemp("llm")
+    raw = mesh_config(tmp).model_dump()
     gen = next(m for m in raw["models"] if m["name"] == "generate")
     gen["variants"][0]["matmul_iters"] = 5
+    next(b for b in raw["backends"] if b["id"] == "central-cheap")["variants"].append(
+        "generate-small")
+    prices = tmp / "prices.toml"
+    prices.write_text(prices.read_text().replace("usd_per_gpu_hour = 0.90",
+                                                 "usd_per_gpu_hour = 0.30"))
     return MeshConfig.model_validate(raw)
 
 
@@ -118,13 +126,31 @@ async def test_tight_tpot_moves_streams_to_the_fast_deployment(mesh: Mesh) -> No
         await asyncio.to_thread(run_stream, mesh.edge_address, PROMPT, 20, [])
     learned = mesh.edge.router.streams.estimates(
         mesh.edge.router.store.candidates["generate"])
-    assert set(learned) == {"east-fast/generate-small", "west-cheap/generate-small"}
+    assert set(learned) == {"east-fast/generate-small", "west-cheap/generate-small",
+                            "central-cheap/generate-small"}
     loose = await asyncio.to_thread(run_stream, mesh.edge_address, PROMPT, 8,
                                     [("x-tpot-ms", "1000")])
     tight = await asyncio.to_thread(run_stream, mesh.edge_address, PROMPT, 8,
                                     [("x-tpot-ms", "6")])
-    assert loose.trailers["x-served-by"] == "west-cheap/generate-small"  # cheaper per token
+    assert loose.trailers["x-served-by"] != "east-fast/generate-small"  # cheaper per token
     assert tight.trailers["x-served-by"] == "east-fast/generate-small"
+
+
+async def test_a_session_returns_to_its_prefix_holder_and_prefills_faster(mesh: Mesh) -> None:
+    for _ in range(4):  # every deployment measured (each is tried once while unmeasured)
+        await asyncio.to_thread(run_stream, mesh.edge_address, PROMPT, 6, [])
+    history = [50_000 + k for k in range(2000)]  # ~500 ms of emulated prefill, cold
+    first = await asyncio.to_thread(run_stream, mesh.edge_address, history, 4,
+                                    [("x-session-id", "conv-1")])
+    turn = [*history, *first.tokens, 7, 8, 9]
+    second = await asyncio.to_thread(run_stream, mesh.edge_address, turn, 4,
+                                     [("x-session-id", "conv-1")])
+    assert first.code is grpc.StatusCode.OK and second.code is grpc.StatusCode.OK
+    holder = first.trailers["x-served-by"]
+    assert holder.endswith("-cheap/generate-small")
+    assert second.trailers["x-served-by"] == holder
+    assert float(second.trailers["x-ttft-ms"]) < float(first.trailers["x-ttft-ms"]) / 3, (
+        first.trailers, second.trailers)
 
 
 @pytest.fixture
