@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import pathlib
 import subprocess
@@ -54,6 +55,7 @@ PROBE = "be-probe0"
 INGESTED = "switchyard_placement_telemetry_reports_total"
 # The simulated Tritons count from the start of the hour (the same in every process).
 EPOCH_MS = int(time.time() * 1000) // 3_600_000 * 3_600_000
+WARM_MIN_S, WARM_MAX_S = 5.0, 60.0
 GRPC_OPTS = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
 
 
@@ -149,7 +151,7 @@ async def agents_main(address: str, backends: int, streams: int, seconds: float,
                         for msg in batched(mine[j:j + batch], tick, per_message):
                             yield msg
                             sent[k] += 1 + len(msg.more)
-                        await asyncio.sleep(max(0.0, start + (j + batch) / len(mine)
+                        await asyncio.sleep(max(0.0, start + min(1.0, (j + batch) / len(mine))
                                                 - time.monotonic()))
                     tick += 1
 
@@ -227,6 +229,7 @@ class Level:
     update_mb_per_s: float
     load1: float  # the host's 1-minute load average at the end of the window
     agents_cpu_pct: float = 0.0
+    startup_s: float = math.nan  # until 2 reports per backend were ingested (nan: not in time)
 
 
 @dataclass(frozen=True)
@@ -287,8 +290,7 @@ async def measure(gpus: int, edges: int, window_s: float, changes: int,
                 stub = placement_pb2_grpc.PlacementStub(ch)
                 await stub.RegisterBackend(placement_pb2.RegisterBackendRequest(
                     backend=backend_pb(PROBE)))
-                warm = 15.0  # every backend past its first reports: sustained, not start-up
-                run_s = warm + window_s + changes * (timeout_s + 5.0)
+                run_s = WARM_MAX_S + window_s + changes * (timeout_s + 5.0)
                 agents = subprocess.Popen(
                     [sys.executable, "-m", "benchmarks.controlplane", "--role", "agents",
                      "--address", address, "--backends", str(gpus), "--streams",
@@ -304,7 +306,15 @@ async def measure(gpus: int, edges: int, window_s: float, changes: int,
                 probe_task = asyncio.create_task(_probe_stream(stub, states, stop))
                 fleet_edges = Edges(address, edges)
                 await fleet_edges.start()
-                await asyncio.sleep(warm)
+                # Sustained, not start-up: every backend's first two reports (first estimates,
+                # first rates) change its rows; the window opens once that much was ingested.
+                started, startup_s = time.monotonic(), math.nan
+                while time.monotonic() - started < WARM_MAX_S:
+                    await asyncio.sleep(0.5)
+                    if (time.monotonic() - started >= WARM_MIN_S
+                            and _metric(mport, INGESTED) >= 2 * gpus):
+                        startup_s = time.monotonic() - started
+                        break
                 a0 = cpu_seconds(agents.pid)
                 c0, n0, t0 = cpu_seconds(placement.pid), _metric(mport, INGESTED), time.monotonic()
                 b0 = fleet_edges.bytes
@@ -332,7 +342,7 @@ async def measure(gpus: int, edges: int, window_s: float, changes: int,
             return Level(variant.label, gpus, edges, register_s, (n1 - n0) / (t1 - t0),
                          gpus / 1.0, 100 * (c1 - c0) / (t1 - t0), delays, timeouts,
                          (b1 - b0) / (t1 - t0) / 1e6, load1,
-                         100 * (a1 - a0) / (t1 - t0))
+                         100 * (a1 - a0) / (t1 - t0), startup_s)
         finally:
             for p in (agents, placement):
                 if p is not None and p.poll() is None:
@@ -372,13 +382,14 @@ def run(quick: bool, levels: list[tuple[int, int]] | None = None,
         d = sorted(lv.delays_ms)
         rows.append([*([lv.label] if before else []), f"{lv.gpus:,}", lv.edges,
                      f"{lv.register_s:.1f}",
+                     "> 60" if math.isnan(lv.startup_s) else f"{lv.startup_s:.0f}",
                      f"{lv.ingest_per_s:,.0f} / {lv.target_per_s:,.0f}",
                      f"{lv.cpu_pct:.0f} %", f"{lv.agents_cpu_pct:.0f} %",
                      f"{lv.update_mb_per_s:.1f}",
                      percentile(d, 50), percentile(d, 99),
                      f"{len(d)}/{len(d) + lv.timeouts}", f"{lv.load1:.1f}"])
     table = md_table([*(["placement"] if before else []), "GPUs (backends)", "edges",
-                      "register all (s)",
+                      "register all (s)", "start-up s (2 reports per GPU)",
                       "ingest reports/s (sustained / offered)", "placement CPU",
                       "agents CPU",
                       "route bytes to edges MB/s", "propagation p50 ms", "propagation p99 ms",
@@ -412,7 +423,9 @@ def notes(levels: list[Level]) -> list[str]:
         "WatchRoutes streams and the probe; all on the same 2-core machine, shared with "
         "other work while measured (host load column), so the load generators and other "
         "processes compete with placement for CPU. Reports carry counters read at send "
-        "time; the window starts 15 s after the edges connect.",
+        "time. The measured window opens once two reports per backend were ingested (start-up "
+        "column; at most 60 s after the edges connect): a backend's first two reports "
+        "change its rows (first estimates, first rates), later ones only when load does.",
         "Propagation: time from writing the probe report to the moment the last of the "
         "edges received a table showing the change; p99 of 8 changes is the maximum. A "
         "change not seen by every edge within the timeout (8 s quick, 15 s full) counts as "
