@@ -4,7 +4,8 @@ For each deployment ``d`` that survived the call's hard filters, with what the e
 it (``TokenEstimate``) and the streams it has in flight now (``n``), a stream of ``P`` prompt
 tokens (``K`` of them in ``d``'s prefix cache) asking for ``M`` output tokens predicts:
 
-- ``TTFT(d) = rtt(d) + prefill_base(d) + (P − K) × prefill_ms_per_token(d)``
+- ``TTFT(d) = rtt(d) + (P − K) × prefill_ms_per_token(d)`` (a fixed prefill overhead is
+  folded into the learned per-token rate)
 - ``TPOT(d) = tpot_base(d) + tpot_per_stream(d) × n``  (TPOT under load: the new stream
   joins a batch of ``n`` others)
 - ``cost(d) = usd_per_second(d) × ((P − K) × prefill_ms + M × TPOT(d) / (n + 1)) / 1000``
@@ -48,7 +49,6 @@ class TokenEstimate:
     tpot_base_ms: float
     tpot_per_stream_ms: float
     usd_per_second: float
-    prefill_base_ms: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +96,7 @@ def predict(c: Candidate, est: TokenEstimate | None, load: int, ask: StreamAsk) 
     hit = min(ask.cached_tokens, ask.prompt_tokens) if c.deployment_id == ask.holder else 0
     if est is None:
         return StreamOption(c, c.latency_p95_ms, 0.0, 0.0, True, False, hit, load, 0)
-    prefill = est.prefill_base_ms + (ask.prompt_tokens - hit) * est.prefill_ms_per_token
+    prefill = (ask.prompt_tokens - hit) * est.prefill_ms_per_token
     tpot = est.tpot_base_ms + est.tpot_per_stream_ms * load
     cost = est.usd_per_second * (prefill + ask.max_tokens * tpot / (load + 1)) / 1000.0
     ttft = c.rtt_ms + prefill
