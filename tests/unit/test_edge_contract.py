@@ -148,17 +148,22 @@ def test_servers_permit_the_keepalive_pings_clients_send() -> None:
         assert server["grpc.keepalive_permit_without_calls"] == 1
 
 
-def test_the_edge_placement_link_dials_with_the_shared_keepalive() -> None:
+async def test_the_edge_placement_link_dials_with_the_shared_keepalive() -> None:
+    # async: a grpc.aio channel needs a running loop (a sync test failed after async ones).
     dialled: list[tuple[str, object]] = []
+    channels: list[grpc.aio.Channel] = []
 
     def factory(address: str, options: object = ()) -> grpc.aio.Channel:
         dialled.append((address, options))
-        return grpc.aio.insecure_channel(address)
+        channels.append(grpc.aio.insecure_channel(address))
+        return channels[-1]
 
     link = PlacementLink("e", "r-east", ["127.0.0.1:1"], RouteStore("r-east", None),
                          EdgeStats(10), lambda: None, channel_factory=factory)
     link._stub("127.0.0.1:1")
     assert dialled == [("127.0.0.1:1", CLIENT_KEEPALIVE)]
+    for ch in channels:
+        await ch.close()
 
 
 # -- the metadata-count limit counts the caller's entries, not gRPC's own ------------------
