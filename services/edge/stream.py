@@ -11,9 +11,10 @@ by tokens (``placement.streams``: predicted TTFT/TPOT against ``x-ttft-ms``/``x-
 per token, the session's prefix holder, bounded load; over the deployments that pass the
 call's hard filters) and measured (``token_stats.StreamMeter``: token trailers). When its
 backend fails after tokens were sent, the stream had one request, and its variant declares
-``switchyard_resumable`` in its Triton model config (asked once per variant, of another
-backend serving it), the policy may retry it: the next deployment of the same variant (any
-variant of the model with ``x-allow-variant-change: true``) gets the prompt plus the tokens
+``switchyard_resumable`` in its Triton model config (asked once per variant, of the serving
+backend when the stream commits, else of another backend serving it), the policy may retry
+it: the next deployment of the same variant (with ``x-allow-variant-change: true``, of any
+variant of the model that declares it too) gets the prompt plus the tokens
 already delivered and the tokens still owed, so the caller sees one stream with no token
 missing or repeated, and ``x-resumed: N`` in the trailers.
 
@@ -138,6 +139,7 @@ async def route_stream(router: Router, requests: AsyncIterator[bytes],
     tries = router.attempt_policy.start(
         None if time_remaining_s is None else start + time_remaining_s)
     pump_task: asyncio.Task[None] | None = None
+    probe: asyncio.Future[tuple[bool, int] | None] | None = None  # resumption, asked early
     meter = StreamMeter(start, 0)
     goals: hint_parser.StreamHints = hint_parser.StreamHints()
     try:
@@ -163,6 +165,8 @@ async def route_stream(router: Router, requests: AsyncIterator[bytes],
                     raise
                 raise _failed(failure) from None
             record.chosen, record.slo_met = c, slo_met
+            if tries.committed:  # only a resumable stream is retried once committed
+                meter.resumed += 1
             tries.started(c)
             call = router.upstreams.get(c.endpoint).stream(
                 timeout=tries.remaining(router.clock()))
@@ -180,10 +184,15 @@ async def route_stream(router: Router, requests: AsyncIterator[bytes],
                         meter.token(router.clock())
                     if not tries.committed:
                         tries.commit()
+                        if llm is not None and router.streams.resumable(c.variant) is None:
+                            # Ask the serving backend now: it may be dead when it matters.
+                            probe = asyncio.ensure_future(_declared(router, c.variant, (c,), ""))
                         await context.send_initial_metadata(record.trailers())
                     yield resp  # type: ignore[misc]
             except grpc.aio.AioRpcError as err:
                 failure = AttemptFailed(c, err)
+                if probe is not None:
+                    await asyncio.wait({probe}, timeout=2.0)
                 owed = await _owed(router, tries, llm, pipe, c, cands, delivered)
                 if owed == 0:  # every token asked for was delivered: the stream is whole
                     router.observe_success(c, (router.clock() - start) * 1000)
@@ -196,11 +205,9 @@ async def route_stream(router: Router, requests: AsyncIterator[bytes],
                 ctx = dataclasses.replace(ctx, exclude=tries.exclude,
                                           avoid_regions=tries.avoid_regions)
                 if tries.committed and llm is not None:
-                    meter.resumed += 1
                     pipe.resume(resume_request(llm, delivered, model, owed or 1))
-                    if not goals.allow_variant_change:
-                        ctx = dataclasses.replace(ctx, exclude=ctx.exclude | {
-                            x.deployment_id for x in cands if x.variant != c.variant})
+                    ctx = dataclasses.replace(ctx, exclude=ctx.exclude | await _not_resumable(
+                        router, c, cands, goals.allow_variant_change))
                 continue
             finally:
                 router.streams.ended(c.deployment_id)
@@ -214,9 +221,10 @@ async def route_stream(router: Router, requests: AsyncIterator[bytes],
         record.status = status_name(exc, tries, router.clock())
         raise
     finally:
-        if pump_task is not None:
-            pump_task.cancel()
-            pump_task.add_done_callback(_retrieve)
+        for task in (pump_task, probe):
+            if task is not None:
+                task.cancel()
+                task.add_done_callback(_retrieve)
         record.stream = meter.trailers(goals.ttft_ms, goals.tpot_ms, record.status == "OK")
         if record.status == "OK" and (goals.ttft_ms is not None or goals.tpot_ms is not None):
             record.slo_met = all(meter.met(goals.ttft_ms, goals.tpot_ms))
@@ -262,7 +270,7 @@ async def _owed(router: Router, tries: CallAttempts, llm: LlmRequest | None, pip
     if (not tries.committed or llm is None or len(pipe.sent) != 1
             or tries.expired(router.clock())):
         return None
-    declared = await _declared(router, failed, cands)
+    declared = await _declared(router, failed.variant, cands, failed.backend_id)
     if declared is None or not declared[0]:
         return None
     asked = llm.max_tokens if llm.max_tokens is not None else declared[1]
@@ -272,15 +280,16 @@ async def _owed(router: Router, tries: CallAttempts, llm: LlmRequest | None, pip
     return owed
 
 
-async def _declared(router: Router, failed: Candidate, cands: Sequence[Candidate]
-                    ) -> tuple[bool, int] | None:
-    """Whether the failed deployment's variant declares resumption (its Triton model config,
-    asked of another backend serving it, once per variant) and its default output tokens."""
-    known = router.streams.resumable(failed.variant)
+async def _declared(router: Router, variant: str, cands: Sequence[Candidate],
+                    avoid_backend: str) -> tuple[bool, int] | None:
+    """Whether ``variant`` declares resumption (its Triton model config, asked of a backend
+    serving it other than ``avoid_backend``, once per variant) and its default output
+    tokens; None when no backend could say."""
+    known = router.streams.resumable(variant)
     if known is not None:
         return known
     for c in cands:
-        if c.variant != failed.variant or c.backend_id == failed.backend_id:
+        if c.variant != variant or c.backend_id == avoid_backend:
             continue
         try:
             resp = await router.upstreams.get(c.endpoint).stub.ModelConfig(
@@ -294,6 +303,20 @@ async def _declared(router: Router, failed: Candidate, cands: Sequence[Candidate
         router.streams.declare(c.variant, resumable, int(tokens) if tokens.isdigit() else 0)
         return router.streams.resumable(c.variant)
     return None
+
+
+async def _not_resumable(router: Router, failed: Candidate, cands: Sequence[Candidate],
+                         allow_variant_change: bool) -> set[str]:
+    """Deployments a resumed stream may not move to: other variants, unless the caller
+    allows a change; then those whose variant does not declare resumption."""
+    others = {c.variant for c in cands if c.variant != failed.variant}
+    refused = set()
+    for variant in others:
+        declared = (await _declared(router, variant, cands, failed.backend_id)
+                    if allow_variant_change else None)
+        if declared is None or not declared[0]:
+            refused.add(variant)
+    return {c.deployment_id for c in cands if c.variant in refused}
 
 
 def _failed(f: AttemptFailed) -> BackendFailed:
