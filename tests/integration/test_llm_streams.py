@@ -4,7 +4,7 @@ choosing by TPOT, and a stream that survives the SIGKILL of its backend mid-gene
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -12,12 +12,13 @@ import pytest
 from services.backends.triton import TritonProcess
 from services.config import MeshConfig
 from services.edge.tokens import llm_request, parse_token
-from tests.mesh_harness import Mesh, mesh_config, running_mesh, warm
+from tests import llm_harness
+from tests.llm_harness import PROMPT, STREAM, Stream, direct, kill_when, run_stream
+from tests.mesh_harness import Mesh, mesh_config, running_mesh
 
 pytestmark = pytest.mark.integration
+killed = llm_harness.killed  # the fixture: backends a test killed, restarted after it
 
-STREAM = "/inference.GRPCInferenceService/ModelStreamInfer"
-PROMPT = list(range(100, 160))
 
 
 @pytest.fixture(scope="module")
@@ -42,47 +43,6 @@ def cfg(tmp_path_factory: pytest.TempPathFactory) -> MeshConfig:
 async def mesh(cfg: MeshConfig, tritons: dict[str, TritonProcess]) -> AsyncIterator[Mesh]:
     async with running_mesh(cfg, tritons) as m:
         yield m
-
-
-class Stream:
-    """One LLM stream's outcome as the caller saw it."""
-
-    def __init__(self) -> None:
-        self.tokens: list[int] = []
-        self.initial: dict[str, str] = {}
-        self.trailers: dict[str, str] = {}
-        self.code: grpc.StatusCode | None = None
-        self.details = ""
-
-
-def run_stream(address: str, prompt: list[int], max_tokens: int,
-               metadata: list[tuple[str, str]],
-               on_token: Callable[[int, Stream], None] | None = None) -> Stream:
-    out = Stream()
-    with grpc.insecure_channel(address) as ch:
-        call = ch.stream_stream(STREAM)(iter([llm_request("generate", prompt, max_tokens)]),
-                                        metadata=metadata, timeout=30)
-        try:
-            for resp in call:
-                if not out.initial:
-                    out.initial = dict(call.initial_metadata())
-                token = parse_token(resp)
-                assert token is not None, resp
-                out.tokens.append(token)
-                if on_token is not None:
-                    on_token(len(out.tokens), out)
-        except grpc.RpcError:
-            pass
-        out.code, out.details = call.code(), call.details() or ""
-        out.trailers = dict(call.trailing_metadata() or ())
-    return out
-
-
-def direct(endpoint: str, variant: str, prompt: list[int], max_tokens: int) -> list[int]:
-    with grpc.insecure_channel(endpoint) as ch:
-        call = ch.stream_stream(STREAM)(iter([llm_request(variant, prompt, max_tokens)]),
-                                        timeout=30)
-        return [t for r in call if (t := parse_token(r)) is not None]
 
 
 async def test_stream_carries_token_trailers(mesh: Mesh) -> None:
@@ -153,35 +113,12 @@ async def test_a_session_returns_to_its_prefix_holder_and_prefills_faster(mesh: 
         first.trailers, second.trailers)
 
 
-@pytest.fixture
-def killed(mesh: Mesh) -> Iterator[list[str]]:
-    """Backends a test killed; restarted (and warmed, as the harness does) afterwards for the
-    module's next tests."""
-    names: list[str] = []
-    yield names
-    for name in names:
-        proc = mesh.tritons[name]
-        proc.stop(5)
-        proc.start()
-        proc.wait_ready(90)
-        warm([proc.endpoint], ["summarize-small", "summarize-large"])  # fresh statistics
-
-
-def _kill_when(n: int, mesh: Mesh, killed: list[str]) -> Callable[[int, Stream], None]:
-    def on_token(count: int, s: Stream) -> None:
-        if count == n and not killed:
-            backend = s.initial["x-served-by"].split("/")[0]
-            killed.append(backend)
-            mesh.tritons[backend].kill()
-    return on_token
-
-
 async def test_stream_resumes_after_its_backend_is_killed(mesh: Mesh, killed: list[str]
                                                           ) -> None:
     expected = await asyncio.to_thread(direct, mesh.tritons["east-fast"].endpoint,
                                        "generate-small", PROMPT, 200)
     s = await asyncio.to_thread(run_stream, mesh.edge_address, PROMPT, 200, [],
-                                _kill_when(30, mesh, killed))
+                                kill_when(30, mesh, killed))
     assert s.code is grpc.StatusCode.OK, s.details
     assert len(s.tokens) == 200 and s.tokens == expected  # none missing, none repeated
     assert s.trailers["x-resumed"] == "1"
@@ -195,7 +132,7 @@ async def test_no_stream_is_lost_when_a_backend_is_killed_under_load(
     west = mesh.tritons["west-cheap"].endpoint
     expected = [await asyncio.to_thread(direct, west, "generate-small", p, 120)
                 for p in prompts]
-    kill = _kill_when(20, mesh, killed)
+    kill = kill_when(20, mesh, killed)
     streams = await asyncio.gather(*(
         asyncio.to_thread(run_stream, mesh.edge_address, p, 120, [("x-session-id", f"s{i}")],
                           kill if i == 0 else None)
@@ -215,7 +152,7 @@ async def test_a_stream_that_cannot_resume_ends_with_the_backends_status(
     def two_requests() -> Stream:
         out = Stream()
         reqs = [llm_request("generate", PROMPT, 200), llm_request("generate", PROMPT[:9], 200)]
-        on_token = _kill_when(30, mesh, killed)
+        on_token = kill_when(30, mesh, killed)
         with grpc.insecure_channel(mesh.edge_address) as ch:
             call = ch.stream_stream(STREAM)(iter(reqs), timeout=30)
             try:

@@ -5,17 +5,19 @@ otherwise it ends with the backend's status. Real Triton, real edge, SIGKILL mid
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
 
 from services.backends.triton import TritonProcess
 from services.config import MeshConfig
-from tests.integration.test_llm_streams import PROMPT, _kill_when, direct, run_stream
-from tests.mesh_harness import Mesh, mesh_config, running_mesh, warm
+from tests import llm_harness
+from tests.llm_harness import PROMPT, direct, kill_when, run_stream
+from tests.mesh_harness import Mesh, mesh_config, running_mesh
 
 pytestmark = pytest.mark.integration
+killed = llm_harness.killed  # the fixture: backends a test killed, restarted after it
 
 VARIANT_OF = {"west-cheap": "generate-small", "central-cheap": "generate-alt"}
 
@@ -40,22 +42,10 @@ async def mesh(cfg: MeshConfig, tritons: dict[str, TritonProcess]) -> AsyncItera
         yield m
 
 
-@pytest.fixture
-def killed(mesh: Mesh) -> Iterator[list[str]]:
-    names: list[str] = []
-    yield names
-    for name in names:
-        proc = mesh.tritons[name]
-        proc.stop(5)
-        proc.start()
-        proc.wait_ready(90)
-        warm([proc.endpoint], ["summarize-small", "summarize-large"])
-
-
 async def test_without_permission_the_stream_ends_with_the_backends_status(
         mesh: Mesh, killed: list[str]) -> None:
     s = await asyncio.to_thread(run_stream, mesh.edge_address, PROMPT, 200, [],
-                                _kill_when(30, mesh, killed))
+                                kill_when(30, mesh, killed))
     assert killed, "the backend was never killed"
     assert s.code is grpc.StatusCode.UNAVAILABLE, (s.code, s.details)
     assert killed[0] in s.details and 30 <= len(s.tokens) < 200
@@ -68,7 +58,7 @@ async def test_with_permission_it_continues_on_the_other_variant(
                 for b, v in VARIANT_OF.items()}
     s = await asyncio.to_thread(run_stream, mesh.edge_address, PROMPT, 200,
                                 [("x-allow-variant-change", "true")],
-                                _kill_when(30, mesh, killed))
+                                kill_when(30, mesh, killed))
     assert s.code is grpc.StatusCode.OK, s.details
     assert len(s.tokens) == 200 and s.trailers["x-resumed"] == "1"
     other = next(b for b in VARIANT_OF if b != killed[0])

@@ -1,0 +1,80 @@
+"""LLM streams for integration tests: a raw-gRPC stream client that records tokens, initial
+metadata and trailers; a direct call to a backend; killing and restarting the backend that
+serves a stream."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import grpc
+import pytest
+
+from services.edge.tokens import llm_request, parse_token
+from tests.mesh_harness import Mesh, warm
+
+STREAM = "/inference.GRPCInferenceService/ModelStreamInfer"
+PROMPT = list(range(100, 160))
+
+
+class Stream:
+    """One LLM stream's outcome as the caller saw it."""
+
+    def __init__(self) -> None:
+        self.tokens: list[int] = []
+        self.initial: dict[str, str] = {}
+        self.trailers: dict[str, str] = {}
+        self.code: grpc.StatusCode | None = None
+        self.details = ""
+
+
+def run_stream(address: str, prompt: list[int], max_tokens: int,
+               metadata: list[tuple[str, str]],
+               on_token: Callable[[int, Stream], None] | None = None) -> Stream:
+    out = Stream()
+    with grpc.insecure_channel(address) as ch:
+        call = ch.stream_stream(STREAM)(iter([llm_request("generate", prompt, max_tokens)]),
+                                        metadata=metadata, timeout=30)
+        try:
+            for resp in call:
+                if not out.initial:
+                    out.initial = dict(call.initial_metadata())
+                token = parse_token(resp)
+                assert token is not None, resp
+                out.tokens.append(token)
+                if on_token is not None:
+                    on_token(len(out.tokens), out)
+        except grpc.RpcError:
+            pass
+        out.code, out.details = call.code(), call.details() or ""
+        out.trailers = dict(call.trailing_metadata() or ())
+    return out
+
+
+def direct(endpoint: str, variant: str, prompt: list[int], max_tokens: int) -> list[int]:
+    with grpc.insecure_channel(endpoint) as ch:
+        call = ch.stream_stream(STREAM)(iter([llm_request(variant, prompt, max_tokens)]),
+                                        timeout=30)
+        return [t for r in call if (t := parse_token(r)) is not None]
+
+
+@pytest.fixture
+def killed(mesh: Mesh) -> Iterator[list[str]]:
+    """Backends a test killed; restarted (and warmed, as the harness does) afterwards for the
+    module's next tests."""
+    names: list[str] = []
+    yield names
+    for name in names:
+        proc = mesh.tritons[name]
+        proc.stop(5)
+        proc.start()
+        proc.wait_ready(90)
+        warm([proc.endpoint], ["summarize-small", "summarize-large"])  # fresh statistics
+
+
+def kill_when(n: int, mesh: Mesh, killed: list[str]) -> Callable[[int, Stream], None]:
+    def on_token(count: int, s: Stream) -> None:
+        if count == n and not killed:
+            backend = s.initial["x-served-by"].split("/")[0]
+            killed.append(backend)
+            mesh.tritons[backend].kill()
+    return on_token
