@@ -103,23 +103,25 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
             async for message in request_iterator:
                 now = self.clock()
                 took = 0
-                # An agent's round may come as one message (TelemetryReport.more).
-                for report in (message, *message.more) if message.more else (message,):
-                    if report.backend_id not in self.fleet.backends:
-                        raise InvalidRequest(f"telemetry for unregistered backend "
-                                             f"{report.backend_id!r}; call RegisterBackend "
-                                             "first")
-                    label = f"{report.agent_id or 'unnamed agent'} @ {peer}"
-                    if not self.owners.admit(report.backend_id, stream, label, now):
-                        ignored += 1
-                        continue
-                    self.fleet.ingest(report.backend_id, snapshot_from_pb(report), now)
-                    self.gpus[report.backend_id] = (report.gpus, report.unix_ms)
-                    took += 1
-                if took:
-                    self.metrics.telemetry.inc(took)
-                    accepted += took
-                    self._changed()
+                try:
+                    # An agent's round may come as one message (TelemetryReport.more).
+                    for report in (message, *message.more) if message.more else (message,):
+                        if report.backend_id not in self.fleet.backends:
+                            raise InvalidRequest(f"telemetry for unregistered backend "
+                                                 f"{report.backend_id!r}; call "
+                                                 "RegisterBackend first")
+                        label = f"{report.agent_id or 'unnamed agent'} @ {peer}"
+                        if not self.owners.admit(report.backend_id, stream, label, now):
+                            ignored += 1
+                            continue
+                        self.fleet.ingest(report.backend_id, snapshot_from_pb(report), now)
+                        self.gpus[report.backend_id] = (report.gpus, report.unix_ms)
+                        took += 1
+                finally:  # what a batch took before a bad report counts and gets published
+                    if took:
+                        self.metrics.telemetry.inc(took)
+                        accepted += took
+                        self._changed()
         finally:
             self.owners.release(stream)
         return telemetry_pb2.TelemetryAck(

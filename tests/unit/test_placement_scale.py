@@ -15,7 +15,7 @@ from services.api.switchyard.v1 import placement_pb2, placement_pb2_grpc, teleme
 from services.grpc_errors import ErrorInterceptor
 from services.placement.main import build_service, register
 from services.placement.server import PlacementService
-from tests.mesh_harness import mesh_config
+from tests.mesh_harness import eventually, mesh_config
 
 DEP = "east-fast/summarize-small"
 
@@ -156,3 +156,23 @@ def test_a_small_load_wobble_does_not_rebuild_the_backends_rows() -> None:
     # Twice the load does.
     fleet.ingest("b", _snap(80, 80 * 40_000_000, 2964), now=3.0)
     assert fleet.take_dirty() == (False, {"b"})
+
+
+async def test_a_bad_report_in_a_batch_ends_the_stream_after_the_good_ones(
+        served: tuple[PlacementService, placement_pb2_grpc.PlacementStub]) -> None:
+    service, stub = served
+    first = _report("east-fast", 10, 1000)
+    first.more.extend([_report("nobody", 20, 1000), _report("west-cheap", 30, 1000)])
+
+    async def one() -> AsyncIterator[telemetry_pb2.TelemetryReport]:
+        yield first
+
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.StreamTelemetry(one(), timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "nobody" in (err.value.details() or "")
+    assert service.fleet.backends["east-fast"].last is not None
+    assert service.fleet.backends["west-cheap"].last is None
+    assert service.metrics.registry.get_sample_value(
+        "switchyard_placement_telemetry_reports_total") == 1
+    await eventually(lambda: not service.fleet.dirty, 2.0, "the good report's change published")
