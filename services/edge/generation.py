@@ -1,0 +1,187 @@
+"""The token side of one stream (``stream.py`` drives it): how its deployment is chosen, what
+it delivered, whether and how it may resume elsewhere.
+
+A stream whose first request carries a prompt (``tokens.parse_request``) is an LLM stream: it
+is chosen by tokens (``placement.streams`` over the deployments that pass the call's hard
+filters, plus the cordon and avoid-region filters), its responses are read for their tokens,
+and after a failure that follows delivered tokens it may resume when its variant declares
+``switchyard_resumable`` (asked of the serving backend when the stream commits, else of
+another backend serving the variant; remembered per variant by ``StreamStats``). Any other
+stream is chosen by the call's profile and its responses are only counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+from collections.abc import Sequence
+
+import grpc
+from tritonclient.grpc import service_pb2
+
+from placement.attempts import CallAttempts
+from placement.errors import NoHealthyDeployment
+from placement.model import CallContext, Candidate
+from placement.pipeline import Profile
+from placement.streams import StreamAsk, choose_stream
+from services.edge.hints import StreamHints
+from services.edge.router import Router
+from services.edge.token_stats import StreamMeter
+from services.edge.tokens import LlmRequest, parse_token, resume_request
+
+# Soft filters an LLM stream's choice keeps (drained deployments, failure domains to avoid);
+# the others are the token choice's own business.
+STREAM_SOFT_FILTERS = frozenset({"cordon", "avoid-region"})
+PREFIX_KEY_TOKENS = 64  # no x-session-id: the hash of the prompt's first tokens is the key
+DEFAULT_MAX_TOKENS = 16  # planning only, when neither request, hint nor model says
+PROBE_TIMEOUT_S = 2.0
+
+
+class Generation:
+    """One stream's tokens: delivered so far, measured by ``meter``, and its resumption."""
+
+    def __init__(self, router: Router, llm: LlmRequest | None, goals: StreamHints,
+                 meter: StreamMeter) -> None:
+        self.router, self.llm, self.goals, self.meter = router, llm, goals, meter
+        self.delivered: list[int] = []
+        self.session = goals.session_id or (_prefix_key(llm) if llm else "")
+        self._cached = 0  # prompt tokens the current attempt's deployment should have cached
+        self._context_at_start = 0  # prompt + delivered tokens when the attempt started
+        self._probe: asyncio.Future[tuple[bool, int] | None] | None = None
+        meter.tokens_in, meter.measured = (len(llm.prompt), True) if llm else (0, False)
+
+    @property
+    def context_tokens(self) -> int:
+        return (len(self.llm.prompt) if self.llm else 0) + len(self.delivered)
+
+    def choose(self, profile: Profile, cands: Sequence[Candidate], ctx: CallContext
+               ) -> tuple[Candidate, bool]:
+        """The deployment for the next attempt and whether it meets the objectives."""
+        llm, router = self.llm, self.router
+        if llm is None:
+            d = profile.choose(cands, ctx, router.rng, cost_sorted=True)
+            return d.candidate, d.slo_met
+        hard = [c for c in cands if all(f.reject(c, ctx) is None for f in profile.hard_filters)]
+        if not hard:
+            profile.choose(cands, ctx, router.rng, cost_sorted=True)  # the precise error
+            raise NoHealthyDeployment("no deployment may serve this stream")
+        soft = [f for f in profile.filters if f.name in STREAM_SOFT_FILTERS]
+        eligible = [c for c in hard if all(f.reject(c, ctx) is None for f in soft)] or hard
+        known = router.streams.resumable(eligible[0].variant)
+        asked = (llm.max_tokens or self.goals.max_tokens
+                 or (known[1] if known else DEFAULT_MAX_TOKENS))
+        holder, seen = router.streams.holder(self.session)
+        n = len(self.delivered)
+        ask = StreamAsk(prompt_tokens=self.context_tokens, max_tokens=max(asked - n, 1),
+                        ttft_ms=self.goals.ttft_ms, tpot_ms=self.goals.tpot_ms,
+                        session_key=self.session, holder=holder,
+                        cached_tokens=min(seen, self.context_tokens))
+        choice = choose_stream(eligible, router.streams.estimates(eligible),
+                               router.streams.inflight, ask)
+        self._cached = choice.chosen.cache_hit_tokens
+        return choice.candidate, choice.slo_met
+
+    # -- one attempt -----------------------------------------------------------------------
+
+    def attempt_started(self, c: Candidate) -> None:
+        self._context_at_start = self.context_tokens
+        self.meter.segment(self.router.clock(), self.router.streams.started(c.deployment_id))
+
+    def response(self, resp: bytes) -> None:
+        """Count ``resp``: a token of an LLM stream, or any response of another stream."""
+        if self.llm is None:
+            self.meter.token(self.router.clock())
+        elif (token := parse_token(resp)) is not None:
+            self.delivered.append(token)
+            self.meter.token(self.router.clock())
+
+    def committed(self, c: Candidate) -> None:
+        """The first response reached the caller: learn now whether the variant resumes (the
+        backend may be dead when it matters)."""
+        if self.llm is not None and self.router.streams.resumable(c.variant) is None:
+            self._probe = asyncio.ensure_future(_declared(self.router, c.variant, (c,), ""))
+
+    def attempt_ended(self, c: Candidate) -> None:
+        streams = self.router.streams
+        streams.ended(c.deployment_id)
+        self.meter.segment_ended(c, streams, self._context_at_start, self._cached)
+        if self.llm is not None and self.meter.tokens_out:
+            streams.remember(self.session, c.deployment_id, self.context_tokens)
+
+    # -- after a failure -------------------------------------------------------------------
+
+    async def owed(self, tries: CallAttempts, requests_sent: int, failed: Candidate,
+                   cands: Sequence[Candidate]) -> int | None:
+        """After a committed stream's upstream failed: the tokens still owed when it can be
+        resumed (``tries.may_resume`` is then called), else None. Only a one-request LLM
+        stream can: with more, a resumed request could not say whose tokens were whose."""
+        llm = self.llm
+        if (not tries.committed or llm is None or requests_sent != 1
+                or tries.expired(self.router.clock())):
+            return None
+        if self._probe is not None:
+            await asyncio.wait({self._probe}, timeout=PROBE_TIMEOUT_S)
+        declared = await _declared(self.router, failed.variant, cands, failed.backend_id)
+        if declared is None or not declared[0]:
+            return None
+        asked = llm.max_tokens if llm.max_tokens is not None else declared[1]
+        owed = max(asked - len(self.delivered), 0)
+        if owed:
+            tries.may_resume()
+        return owed
+
+    async def resume(self, model: str, failed: Candidate, cands: Sequence[Candidate],
+                     owed: int) -> tuple[bytes, set[str]]:
+        """The request that continues the generation, and the deployments it may not move to
+        (other variants, unless the caller allows a change to one that declares resumption
+        too)."""
+        assert self.llm is not None
+        request = resume_request(self.llm, self.delivered, model, owed)
+        refused = set()
+        for variant in {c.variant for c in cands if c.variant != failed.variant}:
+            declared = (await _declared(self.router, variant, cands, failed.backend_id)
+                        if self.goals.allow_variant_change else None)
+            if declared is None or not declared[0]:
+                refused.add(variant)
+        return request, {c.deployment_id for c in cands if c.variant in refused}
+
+    def close(self) -> None:
+        if self._probe is not None and not self._probe.done():
+            self._probe.cancel()
+        if self._probe is not None:
+            self._probe.add_done_callback(_retrieve)
+
+
+def _prefix_key(llm: LlmRequest) -> str:
+    head = llm.prompt[:PREFIX_KEY_TOKENS]
+    return f"prefix:{zlib.crc32(repr(head).encode()):08x}"
+
+
+async def _declared(router: Router, variant: str, cands: Sequence[Candidate],
+                    avoid_backend: str) -> tuple[bool, int] | None:
+    """Whether ``variant`` declares resumption (its Triton model config, asked of a backend
+    serving it other than ``avoid_backend``, once per variant) and its default output
+    tokens; None when no backend could say."""
+    known = router.streams.resumable(variant)
+    if known is not None:
+        return known
+    for c in cands:
+        if c.variant != variant or c.backend_id == avoid_backend:
+            continue
+        try:
+            resp = await router.upstreams.get(c.endpoint).stub.ModelConfig(
+                service_pb2.ModelConfigRequest(name=c.variant), timeout=PROBE_TIMEOUT_S)
+        except grpc.aio.AioRpcError:
+            continue
+        params = resp.config.parameters
+        resumable = "switchyard_resumable" in params and (
+            params["switchyard_resumable"].string_value == "true")
+        tokens = params["tokens"].string_value if "tokens" in params else ""
+        router.streams.declare(c.variant, resumable, int(tokens) if tokens.isdigit() else 0)
+        return router.streams.resumable(c.variant)
+    return None
+
+
+def _retrieve(t: asyncio.Future[tuple[bool, int] | None]) -> None:
+    if not t.cancelled():
+        t.exception()
