@@ -3,12 +3,15 @@ trailers, what StreamStats learns, and the attempt policy's resumption rule."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from tritonclient.grpc import service_pb2
 
-from placement.attempts import AttemptPolicy, AttemptSettings
+from placement.attempts import AttemptPolicy, AttemptSettings, CallAttempts
 from placement.errors import InvalidHint
 from placement.model import Candidate
+from services.edge.generation import Generation
 from services.edge.hints import StreamHints, parse_stream
 from services.edge.token_stats import StreamMeter, StreamStats, usd_per_second
 from services.edge.tokens import (
@@ -169,3 +172,80 @@ def test_a_committed_stream_moves_only_when_it_may_resume() -> None:
     assert v.retry and a.deployment_id in resumable.exclude
     # The backend's own answer is still passed through, resumable or not.
     assert not resumable.failed(b, "INVALID_ARGUMENT", [a, b], 0.0, lambda: True).retry
+
+
+# -- a stream's token side (services/edge/generation.py), declarations already known ------
+
+class _Router:
+    """What Generation reads of the router when every declaration is already cached."""
+
+    def __init__(self) -> None:
+        self.streams = StreamStats()
+        self.clock = lambda: 0.0
+
+
+def _generation(router: _Router, max_tokens: int | None = 10, allow: bool = False
+                ) -> Generation:
+    llm = parse_request(llm_request("chat", [1, 2, 3], max_tokens))
+    return Generation(router, llm, StreamHints(allow_variant_change=allow),  # type: ignore[arg-type]
+                      StreamMeter(0.0, 0))
+
+
+def _committed() -> CallAttempts:
+    tries = AttemptPolicy(AttemptSettings()).start(None)
+    tries.started(cand("a"))
+    tries.commit()
+    return tries
+
+
+async def test_owed_tokens_when_the_variant_declares_resumption() -> None:
+    router = _Router()
+    router.streams.declare("llm", True, 6)
+    gen = _generation(router)
+    gen.delivered[:] = [9, 9, 9, 9]
+    tries = _committed()
+    assert await gen.owed(tries, 1, cand("a"), [cand("a"), cand("b")]) == 6
+    assert tries.resumable
+    gen_default = _generation(router, max_tokens=None)  # the model's default: 6 tokens
+    gen_default.delivered[:] = [9, 9]
+    assert await gen_default.owed(_committed(), 1, cand("a"), [cand("a")]) == 4
+
+
+async def test_a_finished_generation_owes_nothing_and_is_not_retried() -> None:
+    router = _Router()
+    router.streams.declare("llm", True, 6)
+    gen = _generation(router, max_tokens=3)
+    gen.delivered[:] = [7, 8, 9]
+    tries = _committed()
+    assert await gen.owed(tries, 1, cand("a"), [cand("a"), cand("b")]) == 0
+    assert not tries.resumable
+
+
+async def test_no_resumption_without_declaration_commit_or_with_several_requests() -> None:
+    router = _Router()
+    router.streams.declare("llm", False, 6)
+    gen = _generation(router)
+    assert await gen.owed(_committed(), 1, cand("a"), [cand("a"), cand("b")]) is None
+    router.streams.declare("llm", True, 6)
+    assert await gen.owed(_committed(), 2, cand("a"), [cand("a")]) is None
+    fresh = AttemptPolicy(AttemptSettings()).start(None)
+    assert await gen.owed(fresh, 1, cand("a"), [cand("a")]) is None
+
+
+def _variant(name: str, variant: str) -> Candidate:
+    return dataclasses.replace(cand(name), deployment_id=f"{name}/{variant}", variant=variant)
+
+
+async def test_resume_keeps_the_variant_unless_a_declared_change_is_allowed() -> None:
+    router = _Router()
+    router.streams.declare("llm", True, 6)
+    router.streams.declare("alt", True, 6)
+    router.streams.declare("old", False, 6)
+    cands = [_variant("a", "llm"), _variant("b", "llm"), _variant("c", "alt"),
+             _variant("d", "old")]
+    request, refused = await _generation(router).resume("chat", cands[0], cands, owed=5)
+    assert refused == {"c/alt", "d/old"}
+    resumed = parse_request(request)
+    assert resumed is not None and resumed.max_tokens == 5
+    _, refused = await _generation(router, allow=True).resume("chat", cands[0], cands, owed=5)
+    assert refused == {"d/old"}
