@@ -142,7 +142,10 @@ async def agents_main(address: str, backends: int, streams: int, seconds: float,
             async def reports():  # type: ignore[no-untyped-def]
                 tick, begin = 0, time.monotonic()
                 while time.monotonic() < stop_at:
-                    start = begin + tick  # a fixed 1 Hz schedule: a late round catches up
+                    # A fixed 1 Hz schedule; rounds missed while placement held the stream
+                    # back are skipped, as a real agent's mailbox keeps only the newest round.
+                    tick = max(tick, int(time.monotonic() - begin))
+                    start = begin + tick
                     # Each second's reports in 20 steps, whole agents (per_message) per step.
                     batch = max(1, len(mine) // 20)
                     if per_message > 0:
