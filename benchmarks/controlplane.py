@@ -358,17 +358,16 @@ async def measure(gpus: int, edges: int, window_s: float, changes: int,
 
 
 def run(quick: bool, levels: list[tuple[int, int]] | None = None,
-        before: str | None = None, per_message: int = 8) -> Section:
+        before: str | None = None, per_message: int = 8, after: str = ROOT) -> Section:
     """``before``: another checkout of placement, measured right before this one at every
     level (its agents send one report per message, as its protocol knows no batches)."""
     t0 = time.monotonic()
     levels = levels or ([(1000, 10), (1000, 100)] if quick else
                         [(1000, 10), (1000, 100), (5000, 100), (10000, 100)])
     window, changes, timeout = (5.0, 3, 8.0) if quick else (10.0, 8, 15.0)
-    variants = [Variant(per_message=per_message)]
+    variants = [Variant(root=after, per_message=per_message)]
     if before:
-        variants.insert(0, Variant("before", before, 0))
-        variants[1] = Variant("after", ROOT, per_message)
+        variants = [Variant("before", before, 0), Variant("after", after, per_message)]
     out = []
     for gpus, edges in levels:
         for v in variants:
@@ -484,13 +483,17 @@ def main() -> None:
     p.add_argument("--before", default="",
                    help="another checkout (e.g. a git worktree of the old commit): its "
                         "placement is measured right before this one at every level")
+    p.add_argument("--after", default=ROOT,
+                   help="the checkout whose placement is measured (default this one; a "
+                        "clean worktree keeps others' uncommitted edits out)")
     args = p.parse_args()
     if args.role == "agents":
         asyncio.run(agents_main(args.address, args.backends, args.streams, args.seconds,
                                 args.per_message))
         return
     levels = [(int(g), 100) for g in args.levels.split(",")] if args.levels else None
-    print(run(args.quick, levels, args.before or None, args.per_message).markdown())
+    print(run(args.quick, levels, args.before or None, args.per_message,
+              args.after).markdown())
 
 
 if __name__ == "__main__":
