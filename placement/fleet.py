@@ -91,6 +91,8 @@ class FleetState:
         # (edge region, edge id) -> when it last reported its call rates (any deployment)
         self.edges_seen: dict[tuple[str, str], float] = {}
         self._edges_counted: tuple[float, int] = (math.nan, 0)
+        self._observed_index: tuple[float, int, dict[str, list[tuple[str, int, float]]]] = (
+            math.nan, -1, {})
         self.version = 0
         # What changed since the route tables were last built (consumed by take_dirty).
         self.dirty: set[str] = set()
@@ -213,6 +215,19 @@ class FleetState:
         if old is None or abs(new - old) >= RTT_CHANGE_MS:
             self._bump(*(s.backend.id for s in self.backends.values()
                          if s.backend.region == region))
+
+    def observed_elsewhere(self, deployment_id: str, min_samples: int,
+                           now: float) -> list[tuple[str, int, float]]:
+        """(edge region, samples, p95) of every edge region's fresh observation of the
+        deployment with at least ``min_samples`` (indexed once per ``now`` and version)."""
+        at, version, index = self._observed_index
+        if at != now or version != self.version:
+            index = {}
+            for (region, dep), o in self.observed.items():
+                if o.samples >= min_samples and now - o.at <= OBSERVATION_TTL_S:
+                    index.setdefault(dep, []).append((region, o.samples, o.p95_ms))
+            self._observed_index = (now, self.version, index)
+        return index.get(deployment_id, [])
 
     def observed_p95(self, edge_region: str, deployment_id: str, min_samples: int,
                      now: float) -> float | None:

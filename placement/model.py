@@ -12,6 +12,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from placement import latency, queueing
+
 HARDWARE_PENALTY_PREFIX = "GPU "  # placement.hardware's penalty reasons start with it
 
 
@@ -121,29 +123,57 @@ class CallContext:
     warming: Mapping[str, float] = field(default_factory=dict)  # slow start: deployment -> share
     draw: float = 0.0  # one uniform draw per call, for slow start
     inflight: Mapping[str, int] = field(default_factory=dict)  # this edge's calls in flight
+    _by_backend: dict[str, int] | None = field(default=None, repr=False, compare=False)
 
     def latency_ms(self, c: Candidate) -> float:
         """The p95 this call can expect from ``c``.
 
         The edge's observed p95 wins over the table's estimate, except that a hardware
-        penalty (throttling GPU) is never hidden by older observations. On top, the queue
-        this edge itself is building right now: with ``n`` calls in flight on ``c`` and
-        ``k = c.slots`` (this edge's share of the deployment's slots, see ``edge_slots``),
-        ``(n - k + 1) × compute / k`` once ``n`` reaches ``k`` rounded at random (below; the
-        table is as old as its last push, this is what the edge sent since).
+        penalty (throttling GPU) is never hidden by older observations. On top, what this
+        edge itself sent since the table (``n`` calls in flight on ``c``, ``k = c.slots``
+        its share of the backend's slots for ``c``, see ``edge_slots``):
+
+        - ``n < floor(k)``: a slot of its own share is free, no wait added;
+        - ``n >= ceil(k)``: past its share, it expects to queue behind its own calls,
+          ``(n - k + 1) × compute / k``;
+        - in between, the call would *borrow* the fraction of a slot the share does not
+          cover. Once the deployment's latency has been measured (``c.observed`` or the
+          edge's own p95), the borrowed slot waits as an M/M/c queue does at the backend's
+          utilisation (``placement.queueing.wait_p95_ms``: nothing while at most 5 % of
+          calls wait, so tight calls stop borrowing first); the utilisation is the table's
+          plus the calls this edge has in flight on the whole backend beyond its part of
+          it. Before any measurement it takes the slot with probability ``frac(k)`` (the
+          call's draw): the shares are the only guard against a herd then.
         """
         lat = c.latency_p95_ms
         observed = self.observed_p95_ms.get(c.deployment_id)
         if observed is not None:
             lat = (max(observed, lat) if c.penalty_reason.startswith(HARDWARE_PENALTY_PREFIX)
                    else observed)
-        n = self.inflight.get(c.deployment_id, 0)
         k = c.slots
-        # A fractional share is rounded at random with the call's draw: ``floor(k) + 1``
-        # calls in flight with probability ``frac(k)``, else ``floor(k)``, so edges keep
-        # ``k`` on average instead of each taking a whole slot (herding). With ``draw`` 0
-        # (a caller that draws nothing) this is ``ceil(k)``, the whole-slot rule.
+        if k <= 0:
+            return lat
+        n = self.inflight.get(c.deployment_id, 0)
+        if n >= math.ceil(k):
+            return lat + (n - k + 1) * c.compute_ms / k
         whole = math.floor(k)
-        if k > 0 and n >= whole + (self.draw < k - whole):
-            lat += (n - k + 1) * c.compute_ms / k
-        return lat
+        if n < whole:
+            return lat
+        if observed is None and not c.observed:
+            return lat + (n - k + 1) * c.compute_ms / k if self.draw >= k - whole else lat
+        capacity = latency.capacity_rps(c.compute_ms, c.concurrency)
+        rho = min(max(1.0 - c.spare_capacity / capacity, 0.0), 1.0)
+        mine = self._backend_inflight().get(c.backend_id, n)
+        rho += max(0.0, mine - rho * k) / max(c.concurrency, 1)
+        return lat + queueing.wait_p95_ms(c.compute_ms, c.concurrency, rho)
+
+    def _backend_inflight(self) -> dict[str, int]:
+        """This edge's calls in flight per backend (every variant), counted once per call."""
+        if self._by_backend is None:
+            by: dict[str, int] = {}
+            for dep, n in self.inflight.items():
+                if n:
+                    b = dep.split("/", 1)[0]
+                    by[b] = by.get(b, 0) + n
+            self._by_backend = by
+        return self._by_backend

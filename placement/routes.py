@@ -77,10 +77,14 @@ class RouteBuilder:
         p95 = latency.p95_ms(rtt, queue, compute)
         observed = self.fleet.observed_p95(edge_region, deployment_id,
                                            self.settings.observed_min_samples, now)
+        if observed is None:
+            observed = self._observed_elsewhere(deployment_id, edge_region, rtt, now)
         if observed is not None:
             p95 = observed
         usd_s = self.prices.usd_per_second(b.accelerator, b.cloud, b.region, b.price_class)
-        spare = latency.capacity_rps(compute, b.max_concurrency) - (load.rps if load else 0.0)
+        # The backend's servers are shared by every variant it hosts: what is spare for this
+        # variant is its full-concurrency rate times the fraction of servers not busy.
+        spare = latency.capacity_rps(compute, b.max_concurrency) * (1.0 - state.utilisation)
         return Candidate(
             deployment_id=deployment_id, backend_id=b.id, endpoint=b.endpoint,
             variant=v.name, region=b.region, cloud=b.cloud, accelerator=b.accelerator,
@@ -94,6 +98,21 @@ class RouteBuilder:
             edge_slots=_slots(b.max_concurrency
                               * self.fleet.slot_share(edge_region, deployment_id, now,
                                                       len(self.catalog.regions))))
+
+    def _observed_elsewhere(self, deployment_id: str, edge_region: str, rtt: float,
+                            now: float) -> float | None:
+        """This edge region's p95 of a deployment only other edge regions have measured:
+        their p95 minus their RTT is the deployment's own queue and service time, the same
+        for every caller; add this region's RTT (weighted by samples)."""
+        seen = self.fleet.observed_elsewhere(deployment_id, self.settings.observed_min_samples,
+                                             now)
+        if not seen:
+            return None
+        region = self.fleet.backends[deployment_id.split("/", 1)[0]].backend.region
+        total = sum(samples for _, samples, _ in seen)
+        own = sum(samples * (p95 - self.fleet.rtt_observed.get(
+            (r, region), self.catalog.rtt(r, region))) for r, samples, p95 in seen) / total
+        return rtt + max(own, 0.0)
 
     @staticmethod
     def _dropped(state: BackendState, v: Variant, usd_s: float | None, hw_removed: str) -> str:

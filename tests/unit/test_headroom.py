@@ -1,0 +1,126 @@
+"""Queueing headroom: M/M/c waits (placement.queueing), a borrowed slot priced by them
+(CallContext.latency_ms), p95s measured by other edges, spare capacity per backend."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from placement import queueing
+from placement.catalog import Catalog
+from placement.fleet import FleetState, TelemetrySnapshot, VariantStats
+from placement.model import Backend, CallContext, Candidate, Hints, LogicalModel, Variant
+from placement.prices import PriceCatalog, PriceEntry
+from placement.routes import RouteBuilder, TableSettings
+
+V = Variant("m-small", "m", 0.7)
+W = Variant("m-large", "m", 0.9)
+
+
+def test_erlang_c_matches_the_closed_forms() -> None:
+    assert queueing.erlang_c(1, 0.6) == pytest.approx(0.6)  # M/M/1: P(wait) = ρ
+    assert queueing.erlang_c(2, 0.5) == pytest.approx(1 / 3)  # 2ρ² / (1 + ρ)
+    assert queueing.erlang_c(4, 0.0) == 0.0 and queueing.erlang_c(4, 1.0) == 1.0
+    # More servers at the same utilisation: fewer calls wait.
+    assert queueing.erlang_c(16, 0.7) < queueing.erlang_c(4, 0.7) < queueing.erlang_c(1, 0.7)
+
+
+def test_wait_p95_is_zero_while_few_calls_wait_and_matches_a_simulated_queue() -> None:
+    assert queueing.wait_p95_ms(20.0, 16, 0.5) == 0.0  # C(16, 0.5) ≈ 0.2 %
+    assert queueing.wait_p95_ms(20.0, 1, 0.5) == pytest.approx(math.log(10) * 20.0 / 0.5)
+    assert queueing.wait_p95_ms(20.0, 2, 1.0) == math.inf
+    # Against a simulated M/M/2 FIFO queue at ρ = 0.8.
+    rng = random.Random(7)
+    servers, rho, service = 2, 0.8, 10.0
+    free = [0.0] * servers
+    t, waits = 0.0, []
+    for _ in range(200_000):
+        t += rng.expovariate(servers * rho / service)
+        i = min(range(servers), key=free.__getitem__)
+        start = max(t, free[i])
+        waits.append(start - t)
+        free[i] = start + rng.expovariate(1 / service)
+    waits.sort()
+    simulated = waits[int(0.95 * len(waits))]
+    assert queueing.wait_p95_ms(service, servers, rho) == pytest.approx(simulated, rel=0.08)
+
+
+def candidate(slots: float, spare: float, concurrency: int = 2, observed: bool = True,
+              variant: str = "m-small") -> Candidate:
+    # compute 10 ms on 2 servers: capacity 200 calls/s; utilisation = 1 - spare / 200.
+    return Candidate(f"b1/{variant}", "b1", "h:1", variant, "west", "aws", "gpu", 0.7,
+                     latency_p95_ms=60.0, rtt_ms=40.0, queue_ms=0.0, compute_ms=10.0,
+                     cost_usd=1e-5, spare_capacity=spare, observed=observed,
+                     concurrency=concurrency, edge_slots=slots)
+
+
+def test_a_measured_idle_backend_lends_a_sparse_edge_a_whole_slot() -> None:
+    # Before: an edge with 0.3 of a slot sent only 30 % of its calls there even to an idle
+    # backend, then reported less, got a smaller share and drifted to dearer pools.
+    c = candidate(0.3, spare=180.0)  # utilisation 0.1
+    for draw in (0.0, 0.5, 0.99):
+        assert CallContext(Hints(slo_ms=100), draw=draw).latency_ms(c) == 60.0
+
+
+def test_a_borrowed_slot_on_a_busy_backend_costs_its_m_m_c_wait() -> None:
+    c = candidate(0.3, spare=40.0)  # utilisation 0.8 on 2 servers
+    ctx = CallContext(Hints(slo_ms=100), draw=0.0)
+    wait = queueing.wait_p95_ms(10.0, 2, 0.8)
+    assert wait > 0 and ctx.latency_ms(c) == pytest.approx(60.0 + wait)
+    # Its calls on the backend's other variant queue on the same servers.
+    busy = CallContext(Hints(slo_ms=100), draw=0.0, inflight={"b1/m-large": 1})
+    assert busy.latency_ms(c) == pytest.approx(
+        60.0 + queueing.wait_p95_ms(10.0, 2, 0.8 + (1 - 0.8 * 0.3) / 2))
+    # Own whole slots are still free, past the share the own queue still counts.
+    assert CallContext(Hints(slo_ms=100), inflight={"b1/m-small": 1}).latency_ms(
+        candidate(2.5, spare=40.0)) == 60.0
+    assert CallContext(Hints(slo_ms=100), inflight={"b1/m-small": 1}).latency_ms(
+        candidate(1.5, spare=40.0)) == 60.0 + wait
+    assert CallContext(Hints(slo_ms=100), inflight={"b1/m-small": 2}).latency_ms(
+        candidate(1.5, spare=40.0)) == pytest.approx(60.0 + 1.5 * 10.0 / 1.5)
+
+
+def test_before_any_measurement_the_fraction_is_rounded_with_the_draw() -> None:
+    c = candidate(0.3, spare=180.0, observed=False)
+    assert CallContext(Hints(slo_ms=100), draw=0.1).latency_ms(c) == 60.0
+    assert CallContext(Hints(slo_ms=100), draw=0.5).latency_ms(c) == pytest.approx(
+        60.0 + 0.7 * 10.0 / 0.3)
+    # The edge's own p95 counts as a measurement.
+    own = CallContext(Hints(slo_ms=100), draw=0.5, observed_p95_ms={c.deployment_id: 55.0})
+    assert own.latency_ms(c) == 55.0
+
+
+def builder(variants: tuple[Variant, ...] = (V,)) -> tuple[FleetState, RouteBuilder]:
+    catalog = Catalog.build({"east": "aws", "west": "aws"},
+                            [LogicalModel("m", 100, variants)], [("east", "west", 40.0)])
+    fleet = FleetState()
+    fleet.register(Backend("b1", "h:1", "aws", "west", "gpu", 1, "on-demand", variants, 2))
+    prices = PriceCatalog([PriceEntry("gpu", "aws", "*", "on-demand", 3.6)])
+    return fleet, RouteBuilder(catalog, prices, fleet, TableSettings(observed_min_samples=5))
+
+
+def snapshot(counts: dict[str, int]) -> TelemetrySnapshot:
+    return TelemetrySnapshot(ready=True, simulated=True, variants={
+        v: VariantStats(n, n, 0, 0, int(10e6 * n)) for v, n in counts.items()})
+
+
+def test_an_edge_without_samples_reads_the_p95_other_edges_measured() -> None:
+    fleet, routes = builder()
+    fleet.ingest("b1", snapshot({"m-small": 10}), 0.0)
+    fleet.observe("west", "b1/m-small", samples=20, p95_ms=31.0, now=0.0)  # RTT 1 ms there
+    fleet.observe("north", "b1/m-small", samples=4, p95_ms=500.0, now=0.0)  # too few samples
+    (c,) = routes.build("m", "east", 0.0)
+    assert c.observed and c.latency_p95_ms == pytest.approx(40.0 + 30.0)
+    fleet.observe("east", "b1/m-small", samples=5, p95_ms=99.0, now=0.0)  # its own wins
+    assert routes.build("m", "east", 0.0)[0].latency_p95_ms == 99.0
+    assert not routes.build("m", "east", 61.0)[0].observed  # reports expire
+
+
+def test_spare_capacity_counts_every_variant_on_the_backend() -> None:
+    fleet, routes = builder((V, W))
+    fleet.ingest("b1", snapshot({"m-small": 10, "m-large": 0}), 0.0)
+    fleet.ingest("b1", snapshot({"m-small": 10, "m-large": 150}), 1.0)  # 1.5 of 2 busy
+    small = {c.variant: c for c in routes.build("m", "east", 1.0)}["m-small"]
+    assert small.spare_capacity == pytest.approx(200 * (1 - 0.75))
