@@ -139,11 +139,12 @@ class CallContext:
         - in between, the call would *borrow* the fraction of a slot the share does not
           cover. Once the deployment's latency has been measured (``c.observed`` or the
           edge's own p95), the borrowed slot waits as an M/M/c queue does at the backend's
-          utilisation (``placement.queueing.wait_p95_ms``: nothing while at most 5 % of
-          calls wait, so tight calls stop borrowing first); the utilisation is the table's
-          plus the calls this edge has in flight on the whole backend beyond its part of
-          it. Before any measurement it takes the slot with probability ``frac(k)`` (the
-          call's draw): the shares are the only guard against a herd then.
+          utilisation (``placement.queueing.wait_ms`` at the attainment target's tail:
+          nothing while at most 0.5 % of calls wait, so tight calls stop borrowing first);
+          the utilisation is the table's plus the calls this edge has in flight on the
+          whole backend beyond its part of it. Before any measurement it takes the slot
+          with probability ``frac(k)`` (the call's draw): the shares are the only guard
+          against a herd then.
         """
         lat = c.latency_p95_ms
         observed = self.observed_p95_ms.get(c.deployment_id)
@@ -165,7 +166,7 @@ class CallContext:
         rho = min(max(1.0 - c.spare_capacity / capacity, 0.0), 1.0)
         mine = self._backend_inflight().get(c.backend_id, n)
         rho += max(0.0, mine - rho * k) / max(c.concurrency, 1)
-        return lat + queueing.wait_p95_ms(c.compute_ms, c.concurrency, rho)
+        return lat + queueing.wait_ms(c.compute_ms, c.concurrency, rho)
 
     def _backend_inflight(self) -> dict[str, int]:
         """This edge's calls in flight per backend (every variant), counted once per call."""

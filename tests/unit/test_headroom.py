@@ -27,10 +27,13 @@ def test_erlang_c_matches_the_closed_forms() -> None:
     assert queueing.erlang_c(16, 0.7) < queueing.erlang_c(4, 0.7) < queueing.erlang_c(1, 0.7)
 
 
-def test_wait_p95_is_zero_while_few_calls_wait_and_matches_a_simulated_queue() -> None:
-    assert queueing.wait_p95_ms(20.0, 16, 0.5) == 0.0  # C(16, 0.5) ≈ 0.2 %
-    assert queueing.wait_p95_ms(20.0, 1, 0.5) == pytest.approx(math.log(10) * 20.0 / 0.5)
-    assert queueing.wait_p95_ms(20.0, 2, 1.0) == math.inf
+@pytest.mark.parametrize("tail", [0.05, queueing.TAIL])
+def test_the_wait_is_zero_while_few_calls_wait_and_matches_a_simulated_queue(
+        tail: float) -> None:
+    assert queueing.wait_ms(20.0, 16, 0.4, tail) == 0.0  # C(16, 0.4) ≈ 0.2 %
+    assert queueing.wait_ms(20.0, 1, 0.5, tail) == pytest.approx(
+        math.log(0.5 / tail) * 20.0 / 0.5)
+    assert queueing.wait_ms(20.0, 2, 1.0, tail) == math.inf
     # Against a simulated M/M/2 FIFO queue at ρ = 0.8.
     rng = random.Random(7)
     servers, rho, service = 2, 0.8, 10.0
@@ -43,8 +46,8 @@ def test_wait_p95_is_zero_while_few_calls_wait_and_matches_a_simulated_queue() -
         waits.append(start - t)
         free[i] = start + rng.expovariate(1 / service)
     waits.sort()
-    simulated = waits[int(0.95 * len(waits))]
-    assert queueing.wait_p95_ms(service, servers, rho) == pytest.approx(simulated, rel=0.08)
+    simulated = waits[int((1 - tail) * len(waits))]
+    assert queueing.wait_ms(service, servers, rho, tail) == pytest.approx(simulated, rel=0.1)
 
 
 def candidate(slots: float, spare: float, concurrency: int = 2, observed: bool = True,
@@ -59,20 +62,20 @@ def candidate(slots: float, spare: float, concurrency: int = 2, observed: bool =
 def test_a_measured_idle_backend_lends_a_sparse_edge_a_whole_slot() -> None:
     # Before: an edge with 0.3 of a slot sent only 30 % of its calls there even to an idle
     # backend, then reported less, got a smaller share and drifted to dearer pools.
-    c = candidate(0.3, spare=180.0)  # utilisation 0.1
+    c = candidate(0.3, spare=195.0)  # utilisation 0.025: C(2, 0.025) < 0.5 %
     for draw in (0.0, 0.5, 0.99):
         assert CallContext(Hints(slo_ms=100), draw=draw).latency_ms(c) == 60.0
 
 
-def test_a_borrowed_slot_on_a_busy_backend_costs_its_m_m_c_wait() -> None:
+def test_a_borrowed_slot_on_a_busy_backend_costs_its_m_m_c_wait_at_the_target_tail() -> None:
     c = candidate(0.3, spare=40.0)  # utilisation 0.8 on 2 servers
     ctx = CallContext(Hints(slo_ms=100), draw=0.0)
-    wait = queueing.wait_p95_ms(10.0, 2, 0.8)
+    wait = queueing.wait_ms(10.0, 2, 0.8)
     assert wait > 0 and ctx.latency_ms(c) == pytest.approx(60.0 + wait)
     # Its calls on the backend's other variant queue on the same servers.
     busy = CallContext(Hints(slo_ms=100), draw=0.0, inflight={"b1/m-large": 1})
     assert busy.latency_ms(c) == pytest.approx(
-        60.0 + queueing.wait_p95_ms(10.0, 2, 0.8 + (1 - 0.8 * 0.3) / 2))
+        60.0 + queueing.wait_ms(10.0, 2, 0.8 + (1 - 0.8 * 0.3) / 2))
     # Own whole slots are still free, past the share the own queue still counts.
     assert CallContext(Hints(slo_ms=100), inflight={"b1/m-small": 1}).latency_ms(
         candidate(2.5, spare=40.0)) == 60.0
@@ -83,7 +86,7 @@ def test_a_borrowed_slot_on_a_busy_backend_costs_its_m_m_c_wait() -> None:
 
 
 def test_before_any_measurement_the_fraction_is_rounded_with_the_draw() -> None:
-    c = candidate(0.3, spare=180.0, observed=False)
+    c = candidate(0.3, spare=195.0, observed=False)
     assert CallContext(Hints(slo_ms=100), draw=0.1).latency_ms(c) == 60.0
     assert CallContext(Hints(slo_ms=100), draw=0.5).latency_ms(c) == pytest.approx(
         60.0 + 0.7 * 10.0 / 0.3)
