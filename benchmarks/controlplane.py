@@ -406,7 +406,8 @@ def run(quick: bool, levels: list[tuple[int, int]] | None = None,
     return Section(title="Control plane: ingest, placement CPU and route propagation",
                    command=command_for(__name__, quick) + "".join(
                        [f" --levels {','.join(str(g) for g, _ in levels)}"] * bool(levels)
-                       + [" --before <worktree of the old commit>"] * bool(before)),
+                       + [" --before <worktree of the old commit>"] * bool(before)
+                       + [" --after <worktree of the new commit>"] * (after != ROOT)),
                    table=table,
                    notes=notes(out), elapsed_s=time.monotonic() - t0)
 
@@ -457,9 +458,20 @@ def notes(levels: list[Level]) -> list[str]:
             f"{100 * _kept(lv):.0f} % of offered), propagation p99 {_p99(b)} → {_p99(lv)}, "
             f"bytes to edges {b.update_mb_per_s:.1f} → {lv.update_mb_per_s:.1f} MB/s, "
             f"placement CPU {b.cpu_pct:.0f} % → {lv.cpu_pct:.0f} %.")
+    for lv in levels:
+        if _kept(lv) > 1.03:
+            out.append(
+                f"{lv.gpus:,} GPUs, {lv.label}: more ingested than offered — the window still "
+                f"caught placement draining reports buffered while it was behind (60 s after "
+                f"the edges connected it had not reached a backlog-free state): it ingests at least "
+                f"{lv.ingest_per_s:,.0f} reports/s at {lv.cpu_pct:.0f} % CPU, but this row is "
+                "not a steady state and its propagation was measured under that backlog.")
+    kept = _kept(worst)
+    verdict = ("met" if 0.99 <= kept <= 1.03 else "missed" if kept < 0.99
+               else "not measured in a steady state")
     out += [
         f"Target — ingest ≥ 99 % of offered at {worst.gpus:,} GPUs: "
-        f"{100 * _kept(worst):.1f} %: **{'met' if _kept(worst) >= 0.99 else 'missed'}**. "
+        f"{100 * kept:.1f} %: **{verdict}**. "
         f"Target — propagation p99 ≤ 500 ms at {worst.gpus:,} GPUs and {worst.edges} edges: "
         f"{_p99(worst)}: **{'met' if prop_met else 'missed'}**.",
         "How placement keeps up (ARCHITECTURE.md, Control plane): a row is pushed only when "
