@@ -55,7 +55,8 @@ PROBE = "be-probe0"
 INGESTED = "switchyard_placement_telemetry_reports_total"
 # The simulated Tritons count from the start of the hour (the same in every process).
 EPOCH_MS = int(time.time() * 1000) // 3_600_000 * 3_600_000
-WARM_MIN_S, WARM_MAX_S = 5.0, 60.0
+WARM_MIN_S = 5.0
+WARM_MAX_S = float(os.environ.get("CP_WARM_MAX_S", "60"))  # longest wait for a steady state
 GRPC_OPTS = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
 
 
@@ -435,8 +436,9 @@ def notes(levels: list[Level]) -> list[str]:
         "processes compete with placement for CPU. Reports carry counters read at send "
         "time. The measured window opens once two reports per backend were ingested (start-up "
         "column) and no backlog is draining (a 2 s ingest rate within 3 % of offered), at "
-        "most 60 s after the edges connect: a backend's first two reports change its rows "
-        "(first estimates, first rates), later ones only when load does; reports buffered "
+        f"most {WARM_MAX_S:.0f} s after the edges connect (`CP_WARM_MAX_S`): a backend's "
+        "first two reports change its rows (first estimates, first rates), later ones only "
+        "when load does; reports buffered "
         "in transport while placement was behind would otherwise count as sustained.",
         "Propagation: time from writing the probe report to the moment the last of the "
         "edges received a table showing the change; p99 of 8 changes is the maximum. A "
@@ -462,8 +464,9 @@ def notes(levels: list[Level]) -> list[str]:
         if _kept(lv) > 1.03:
             out.append(
                 f"{lv.gpus:,} GPUs, {lv.label}: more ingested than offered — the window still "
-                f"caught placement draining reports buffered while it was behind (60 s after "
-                f"the edges connected it had not reached a backlog-free state): it ingests at least "
+                f"caught placement draining reports buffered while it was behind "
+                f"({WARM_MAX_S:.0f} s after the edges connected it had not reached a "
+                f"backlog-free state): it ingests at least "
                 f"{lv.ingest_per_s:,.0f} reports/s at {lv.cpu_pct:.0f} % CPU, but this row is "
                 "not a steady state and its propagation was measured under that backlog.")
     kept = _kept(worst)
