@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils  # type: ignore[import-not-found]
+from numpy.typing import NDArray
 
 CONTROL_FILE = "_control.json"
 CONTROL_RECHECK_S = 0.2
@@ -105,14 +106,14 @@ class _PrefixCache:
         self._lru: OrderedDict[int, None] = OrderedDict()
         self._lock = threading.Lock()
 
-    def _hashes(self, prompt: np.ndarray) -> list[int]:
+    def _hashes(self, prompt: NDArray[np.int32]) -> list[int]:
         out, h = [], 0
         for i in range(len(prompt) // self.block):
             h = zlib.crc32(prompt[i * self.block:(i + 1) * self.block].tobytes(), h)
             out.append(h)
         return out
 
-    def cached_tokens(self, prompt: np.ndarray) -> int:
+    def cached_tokens(self, prompt: NDArray[np.int32]) -> int:
         """Tokens of ``prompt`` covered by cached prefix blocks; caches all its blocks."""
         hashes = self._hashes(prompt)
         with self._lock:
@@ -146,7 +147,7 @@ class _Llm:
         self._lock = threading.Lock()
         self.threads: set[threading.Thread] = set()
 
-    def start(self, sender: Any, prompt: np.ndarray, max_tokens: int) -> None:
+    def start(self, sender: Any, prompt: NDArray[np.int32], max_tokens: int) -> None:
         t = threading.Thread(target=self._run, args=(sender, prompt, max_tokens), daemon=True)
         with self._lock:
             self.threads.add(t)
@@ -158,7 +159,7 @@ class _Llm:
         if ms > 0:
             time.sleep(ms * self.control.slow_factor / 1000.0)  # EMULATED accelerator time
 
-    def _run(self, sender: Any, prompt: np.ndarray, max_tokens: int) -> None:
+    def _run(self, sender: Any, prompt: NDArray[np.int32], max_tokens: int) -> None:
         with self._lock:
             self.active += 1
         try:
@@ -179,11 +180,12 @@ class _Llm:
                 self.threads.discard(threading.current_thread())
 
 
-def _prompt(request: Any) -> np.ndarray | None:
+def _prompt(request: Any) -> NDArray[np.int32] | None:
     """``PROMPT`` token ids, else ``TEXT`` tokenised trivially (one token per UTF-8 byte)."""
     prompt = pb_utils.get_input_tensor_by_name(request, "PROMPT")
     if prompt is not None:
-        return prompt.as_numpy().astype(np.int32).reshape(-1)
+        ids: NDArray[np.int32] = prompt.as_numpy().astype(np.int32).reshape(-1)
+        return ids
     text = pb_utils.get_input_tensor_by_name(request, "TEXT")
     if text is None:
         return None
@@ -257,7 +259,7 @@ class TritonPythonModel:
             sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         return None
 
-    def _generate(self, request: Any, sender: Any, tokens: np.ndarray) -> None:
+    def _generate(self, request: Any, sender: Any, tokens: NDArray[np.int32]) -> None:
         assert self.llm is not None
         limit = pb_utils.get_input_tensor_by_name(request, "MAX_TOKENS")
         max_tokens = self.tokens if limit is None else int(limit.as_numpy().reshape(-1)[0])

@@ -20,6 +20,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import cast
 
 import grpc
 import numpy as np
@@ -198,8 +199,9 @@ def _error(exc: BaseException) -> tuple[str, str, dict[str, str]]:
     """
     err = exc if isinstance(exc, grpc.RpcError) else exc.__context__
     if isinstance(err, grpc.RpcError):
-        tr = dict(err.trailing_metadata() or ())  # type: ignore[attr-defined]
-        return err.code().name, err.details() or "", tr  # type: ignore[attr-defined]
+        call = cast("grpc.Call", err)  # a failed call's RpcError is also its grpc.Call
+        tr = dict(call.trailing_metadata() or ())
+        return call.code().name, call.details() or "", tr
     assert isinstance(exc, InferenceServerException)
     status = str(exc.status() or "UNKNOWN").removeprefix("StatusCode.")
     return status, exc.message() or "", {}

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterable
+from typing import cast
 
 import grpc
 
@@ -160,8 +161,9 @@ class MeshHandle:
 
     def edge_status(self, edge: EdgeConfig, timeout_s: float = 1.0) -> edge_pb2.EdgeStatusResponse:
         with grpc.insecure_channel(f"{edge.host}:{edge.port}") as ch:
-            return edge_pb2_grpc.EdgeAdminStub(ch).Status(edge_pb2.EdgeStatusRequest(),
-                                                          timeout=timeout_s)
+            st: edge_pb2.EdgeStatusResponse = edge_pb2_grpc.EdgeAdminStub(ch).Status(
+                edge_pb2.EdgeStatusRequest(), timeout=timeout_s)
+            return st
 
     def unhealthy(self) -> list[str]:
         """What still differs from a fully healthy mesh (empty: settled)."""
@@ -180,12 +182,12 @@ class MeshHandle:
                     problems.append(f"placement: {b.id} "
                                     f"{fleet_pb2.Availability.Name(s.availability)}")
         except grpc.RpcError as exc:
-            problems.append(f"placement: {exc.code().name}")  # type: ignore[attr-defined]
+            problems.append(f"placement: {_status(exc)}")
         for e in self.cfg.edges:
             try:
                 st = self.edge_status(e)
             except grpc.RpcError as exc:
-                problems.append(f"{e.id}: {exc.code().name}")  # type: ignore[attr-defined]
+                problems.append(f"{e.id}: {_status(exc)}")
                 continue
             if not st.placement_connected:
                 problems.append(f"{e.id}: not connected to placement")
@@ -211,6 +213,12 @@ class MeshHandle:
     def restart_edges(self, edges: Iterable[EdgeConfig] | None = None) -> None:
         for e in edges if edges is not None else self.cfg.edges:
             self.restart(self.edge_child(e))
+
+
+def _status(exc: grpc.RpcError) -> str:
+    """The status name of a failed call (its RpcError is also its grpc.Call)."""
+    name: str = cast("grpc.Call", exc).code().name
+    return name
 
 
 class AdoptedProcess:
@@ -261,8 +269,9 @@ def attach(cfg: MeshConfig, config_path: str) -> Mesh:
     for child in mesh.plan():
         if child.name not in pids:
             raise DrillError(f"{path} has no pid for {child.name!r}")
-        child.proc = AdoptedProcess(int(pids[child.name]))  # type: ignore[assignment]
-        if child.proc.poll() is not None:
+        proc = AdoptedProcess(int(pids[child.name]))
+        child.proc = proc  # type: ignore[assignment]
+        if proc.poll() is not None:
             raise DrillError(f"{child.name} (pid {pids[child.name]}) is not running")
         mesh.children.append(child)
     return mesh

@@ -11,6 +11,7 @@ observed.
 
 from __future__ import annotations
 
+import functools
 import signal
 import threading
 import time
@@ -120,7 +121,8 @@ class KillBackends(Scenario):
 
     def restore(self, h: MeshHandle, fault: Fault, progress: Progress) -> None:
         progress(f"restarting {', '.join(sorted(fault.backends))} (fresh tritonserver)")
-        _parallel([lambda b=b: h.restart(h.backend_child(b)) for b in sorted(fault.backends)])
+        _parallel([functools.partial(h.restart, h.backend_child(b))
+                   for b in sorted(fault.backends)])
 
 
 class KillBackend(KillBackends):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, fields
 from operator import attrgetter
 
@@ -178,6 +178,7 @@ class RouteHub:
             for region in self.regions:
                 key = (model, region)
                 table = self._tables.get(key)
+                scope: Collection[str]
                 if table is None:
                     table = self._tables[key] = _Table(model, region, logical.default_slo_ms)
                     scope, full = self.fleet.backends.keys(), True

@@ -152,7 +152,8 @@ def create_dev_pki(directory: pathlib.Path, hosts: Sequence[str] = (),
 # -- `switchyard certs` ----------------------------------------------------------------------
 
 
-def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
+               ) -> argparse.ArgumentParser:
     p = sub.add_parser("certs", help="create a development CA and certificates")
     p.add_argument("--dir", default="certs", help="output directory (default: certs)")
     p.add_argument("--host", action="append", default=[],
@@ -165,7 +166,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
 
 
 def cmd_certs(args: argparse.Namespace) -> int:
-    clients: dict[str, list[str]] = {}
+    clients: dict[str, Sequence[str]] = {}
     for spec in args.client:
         name, _, sans = spec.partition("=")
         if not name or not sans:
