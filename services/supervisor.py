@@ -84,8 +84,10 @@ def describe_exit(returncode: int) -> str:
     return f"exit code {returncode}"
 
 
-class _PidProcess:
-    """A replacement started by another process: watched by pid, never reaped here."""
+class PidProcess:
+    """A child started by another process, driven by pid only (never reaped here): a
+    drill's replacement adopted by the supervisor, or a ``switchyard up`` child a drill
+    attaches to."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
@@ -112,6 +114,9 @@ class _PidProcess:
                 raise subprocess.TimeoutExpired(str(self.pid), timeout or 0.0)
             time.sleep(0.05)
         return self.returncode or 0
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
 
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
@@ -253,7 +258,7 @@ class Supervisor:
         pid = pids.get(rec.child.name) if isinstance(pids, dict) else None
         if not isinstance(pid, int) or pid == dead_pid:
             return False
-        replacement = _PidProcess(pid)
+        replacement = PidProcess(pid)
         if replacement.poll() is not None:
             return False
         rec.child.proc = replacement

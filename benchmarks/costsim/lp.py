@@ -26,6 +26,7 @@ did, so the comparison can be read honestly.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 from scipy.optimize import linprog
@@ -143,7 +144,23 @@ def build(s: Scenario, trace: Trace) -> LpModel:
                    int(sum(counts.values())))
 
 
-def solve(m: LpModel, attainment: float) -> LpPoint:
+class CostModel(Protocol):
+    """What :func:`solve` needs of a model: this LP's, or the queueing bound's."""
+
+    c: np.ndarray
+    a_eq: coo_matrix
+    b_eq: np.ndarray
+    a_ub: coo_matrix  # the attainment row last
+    b_ub: np.ndarray
+    billed: np.ndarray
+    total_calls: int
+
+    @property
+    def unplaced(self) -> np.ndarray: ...
+
+
+def solve(m: CostModel, attainment: float) -> LpPoint:
+    """The cheapest assignment that reaches ``attainment`` (billed cost per 1M placed calls)."""
     b_ub = m.b_ub.copy()
     b_ub[-1] = -attainment * m.total_calls
     res = linprog(m.c, A_ub=m.a_ub.tocsr(), b_ub=b_ub, A_eq=m.a_eq.tocsr(), b_eq=m.b_eq,

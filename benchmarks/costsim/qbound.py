@@ -41,6 +41,7 @@ from scipy.optimize import linprog
 from scipy.sparse import coo_matrix, vstack
 from scipy.special import ndtr
 
+from benchmarks.costsim import lp
 from benchmarks.costsim.engine import deployments_of
 from benchmarks.costsim.lp import UNPLACED_PENALTY, LpPoint
 from benchmarks.costsim.scenario import Scenario
@@ -194,16 +195,8 @@ def _up(s: Scenario, duration: float, cuts: np.ndarray) -> np.ndarray:
 
 
 def solve(m: QModel, attainment: float) -> LpPoint:
-    b_ub = m.b_ub.copy()
-    b_ub[-1] = -attainment * m.total_calls
-    res = linprog(m.c, A_ub=m.a_ub.tocsr(), b_ub=b_ub, A_eq=m.a_eq.tocsr(), b_eq=m.b_eq,
-                  bounds=(0, None), method="highs")
-    if res.status != 0:
-        return LpPoint(attainment, float("nan"), float("nan"), res.message)
-    unplaced = float(res.x[m.unplaced].sum())
-    placed = m.total_calls - unplaced
-    return LpPoint(attainment, float(m.billed @ res.x) / placed * 1e6 if placed else float("nan"),
-                   unplaced, "optimal")
+    """The cheapest assignment whose expected attainment reaches ``attainment``."""
+    return lp.solve(m, attainment)
 
 
 def max_attainment(m: QModel) -> float:

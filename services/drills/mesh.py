@@ -31,7 +31,7 @@ from services.api.switchyard.v1 import (
 from services.backends.repository import set_control
 from services.backends.triton import backend_run_dir
 from services.config import BackendConfig, EdgeConfig, MeshConfig
-from services.supervisor import hold, release
+from services.supervisor import PidProcess, hold, release
 from services.up import Child, Mesh, is_serving
 
 
@@ -221,42 +221,6 @@ def _status(exc: grpc.RpcError) -> str:
     return name
 
 
-class AdoptedProcess:
-    """A mesh child started by another process (``switchyard up``), driven by pid only."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.returncode: int | None = None
-
-    def poll(self) -> int | None:
-        try:
-            with open(f"/proc/{self.pid}/stat") as f:
-                state = f.read().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            state = "X"
-        if state in ("Z", "X"):
-            self.returncode = -1
-        return self.returncode
-
-    def wait(self, timeout: float | None = None) -> int:
-        deadline = time.monotonic() + (timeout if timeout is not None else 1e9)
-        while self.poll() is None:
-            if time.monotonic() > deadline:
-                raise subprocess.TimeoutExpired(str(self.pid), timeout or 0)
-            time.sleep(0.05)
-        return -1
-
-    def send_signal(self, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, sig)
-
-    def terminate(self) -> None:
-        self.send_signal(signal.SIGTERM)
-
-    def kill(self) -> None:
-        self.send_signal(signal.SIGKILL)
-
-
 def attach(cfg: MeshConfig, config_path: str) -> Mesh:
     """The :class:`Mesh` a ``switchyard up`` with this config is running, from its pids.json."""
     mesh = Mesh(cfg, config_path)
@@ -269,7 +233,7 @@ def attach(cfg: MeshConfig, config_path: str) -> Mesh:
     for child in mesh.plan():
         if child.name not in pids:
             raise DrillError(f"{path} has no pid for {child.name!r}")
-        proc = AdoptedProcess(int(pids[child.name]))
+        proc = PidProcess(int(pids[child.name]))
         child.proc = proc  # type: ignore[assignment]
         if proc.poll() is not None:
             raise DrillError(f"{child.name} (pid {pids[child.name]}) is not running")
