@@ -8,7 +8,7 @@ A retry hint travels as trailing metadata ``retry-after-ms`` beside the status m
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 import structlog
@@ -16,6 +16,13 @@ import structlog
 from placement.errors import SwitchyardError
 
 log = structlog.get_logger("switchyard.errors")
+
+# The context and handler of any RPC, for code that sees every method (interceptors, shared
+# helpers) or whose messages are untyped (tritonclient's). Strings: grpc's runtime classes
+# are not subscriptable, only its stubs' are.
+AnyContext: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+AnyHandler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+Continuation: TypeAlias = "Callable[[grpc.HandlerCallDetails], Awaitable[AnyHandler | None]]"
 
 
 def status_of(exc: SwitchyardError) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]:
@@ -27,7 +34,7 @@ def status_of(exc: SwitchyardError) -> tuple[grpc.StatusCode, str, tuple[tuple[s
     return code, exc.message, trailers
 
 
-async def abort(context: grpc.aio.ServicerContext, exc: SwitchyardError) -> None:
+async def abort(context: AnyContext, exc: SwitchyardError) -> None:
     code, message, trailers = status_of(exc)
     if trailers:
         context.set_trailing_metadata(trailers)
@@ -35,7 +42,7 @@ async def abort(context: grpc.aio.ServicerContext, exc: SwitchyardError) -> None
 
 
 def _wrap_unary(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def wrapper(request: Any, context: AnyContext) -> Any:
         try:
             return await fn(request, context)
         except SwitchyardError as exc:
@@ -44,7 +51,7 @@ def _wrap_unary(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[An
 
 
 def _wrap_stream(fn: Callable[..., Any]) -> Callable[..., Any]:
-    async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def wrapper(request: Any, context: AnyContext) -> Any:
         try:
             async for item in fn(request, context):
                 yield item
@@ -57,9 +64,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Maps any ``SwitchyardError`` a handler raises to its status (and logs it once)."""
 
     async def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        self, continuation: Continuation,
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> AnyHandler | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler

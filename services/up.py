@@ -159,8 +159,9 @@ def is_serving(address: str, kind: str) -> bool:
 
                 stub = service_pb2_grpc.GRPCInferenceServiceStub(ch)
                 return bool(stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=1).ready)
-            resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(),
-                                                        timeout=1)
+            # types-grpcio-health-checking's HealthStub declares no methods (sync or aio).
+            check = health_pb2_grpc.HealthStub(ch).Check  # type: ignore[attr-defined]
+            resp = check(health_pb2.HealthCheckRequest(), timeout=1)
             return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
         except grpc.RpcError:
             return False

@@ -185,7 +185,7 @@ class NodeAgent:
         self._registered = False
 
     @property
-    def source(self) -> int:
+    def source(self) -> telemetry_pb2.TelemetrySource:
         """``TELEMETRY_SOURCE_NVML`` or ``_SIMULATED`` (changes once if NVML comes up late)."""
         return self.gpu_source.source
 

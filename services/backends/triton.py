@@ -274,8 +274,8 @@ class TritonProcess:
 
     def wait_ready(self, timeout_s: float = 60.0) -> None:
         """Block until the server and every model report ready; raise with the log tail."""
-        import tritonclient.grpc as grpcclient  # type: ignore[import-untyped]
-        from tritonclient.utils import InferenceServerException  # type: ignore[import-untyped]
+        import tritonclient.grpc as grpcclient
+        from tritonclient.utils import InferenceServerException
 
         deadline = time.monotonic() + timeout_s
         client = grpcclient.InferenceServerClient(self.endpoint)

@@ -22,8 +22,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import aiohttp
-import consul  # type: ignore[import-untyped]
-import consul.aio  # type: ignore[import-untyped]
+import consul
+import consul.aio
 import structlog
 
 from placement.errors import ConfigError

@@ -200,7 +200,8 @@ def _error(exc: BaseException) -> tuple[str, str, dict[str, str]]:
     err = exc if isinstance(exc, grpc.RpcError) else exc.__context__
     if isinstance(err, grpc.RpcError):
         call = cast("grpc.Call", err)  # a failed call's RpcError is also its grpc.Call
-        tr = dict(call.trailing_metadata() or ())
+        # Only text trailers are read (x-attempts, x-served-by, ...); -bin ones are bytes.
+        tr = {k: v for k, v in call.trailing_metadata() or () if isinstance(v, str)}
         return call.code().name, call.details() or "", tr
     assert isinstance(exc, InferenceServerException)
     status = str(exc.status() or "UNKNOWN").removeprefix("StatusCode.")

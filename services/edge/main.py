@@ -87,7 +87,9 @@ class EdgeAdminService(edge_pb2_grpc.EdgeAdminServicer):
         self.edge_id, self.router, self.link = edge_id, router, link
 
     async def Status(self, request: edge_pb2.EdgeStatusRequest,
-                     context: grpc.aio.ServicerContext) -> edge_pb2.EdgeStatusResponse:
+                     context: grpc.aio.ServicerContext[
+                         edge_pb2.EdgeStatusRequest, edge_pb2.EdgeStatusResponse],
+                     ) -> edge_pb2.EdgeStatusResponse:
         r = self.router
         resp = edge_pb2.EdgeStatusResponse(
             edge_id=self.edge_id, region=r.store.region, routes_version=r.store.version,
@@ -139,6 +141,11 @@ async def start_edge(cfg: MeshConfig, edge: EdgeConfig, port: int | None = None,
     store = RouteStore(edge.region, cfg.path(cfg.run_dir) / f"{edge.id}.routes.pb")
     store.load()
     stats = EdgeStats(cfg.routing.observed_min_samples)
+
+    def on_eject(dep: str, s: float) -> None:
+        metrics.ejections.labels(dep).inc()
+        log.warning("deployment_ejected", deployment=dep, for_s=s)
+
     health = HealthView(
         store, OutlierSettings(rt.eject_consecutive_failures, rt.eject_base_s,
                                max_share=rt.eject_max_share,
@@ -146,8 +153,7 @@ async def start_edge(cfg: MeshConfig, edge: EdgeConfig, port: int | None = None,
                                min_requests=rt.eject_min_requests,
                                interval_s=rt.eject_interval_s),
         rt.slow_start_s,
-        on_eject=lambda dep, s: (metrics.ejections.labels(dep).inc(),
-                                 log.warning("deployment_ejected", deployment=dep, for_s=s)))
+        on_eject=on_eject)
     observer = lambda stage, plugin, s: metrics.stage.labels(stage, plugin).observe(s)  # noqa: E731
     profiles = {n: build_profile(n, cfg.routing.spread_band, observer) for n in PROFILES}
     upstreams = Upstreams(dial or make_dialer(cfg, edge.region), rt.max_message_bytes)

@@ -9,10 +9,11 @@ The proto is the one tritonclient ships (``tritonclient.grpc.service_pb2``), not
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from importlib import metadata as _metadata
 
 import grpc
+from google.protobuf.message import Message
 from tritonclient.grpc import service_pb2
 
 from placement.errors import NoHealthyDeployment, SwitchyardError, UnknownModel
@@ -21,7 +22,7 @@ from services.edge import hints as hint_parser
 from services.edge import statistics
 from services.edge.router import CallRecord, Router
 from services.edge.stream import route_stream
-from services.grpc_errors import abort, status_of
+from services.grpc_errors import AnyContext, AnyHandler, abort, status_of
 from services.security.tenants import TenantGate
 from services.security.transport import check_message_size
 
@@ -47,8 +48,8 @@ class InferenceService:
 
     # -- data plane ----------------------------------------------------------------------
 
-    async def model_infer(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        metadata = context.invocation_metadata()
+    async def model_infer(self, raw: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        metadata = tuple(context.invocation_metadata() or ())  # a tuple already: not copied
         record = CallRecord(hint_parser.request_id(metadata), "")  # echoed even on rejection
         try:
             self._admit(len(raw), metadata, context, record)
@@ -64,8 +65,9 @@ class InferenceService:
         return response
 
     async def model_stream_infer(self, requests: AsyncIterator[bytes],
-                                 context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-        metadata = context.invocation_metadata()
+                                 context: grpc.aio.ServicerContext[bytes, bytes]
+                                 ) -> AsyncIterator[bytes]:
+        metadata = tuple(context.invocation_metadata() or ())  # a tuple already: not copied
         record = CallRecord(hint_parser.request_id(metadata), "")  # echoed even on rejection
         try:
             self._admit(None, metadata, context, record)
@@ -82,7 +84,7 @@ class InferenceService:
         context.set_trailing_metadata(record.trailers())
 
     def _admit(self, size: int | None, metadata: Sequence[tuple[str, str | bytes]],
-               context: grpc.aio.ServicerContext, record: CallRecord) -> None:
+               context: grpc.aio.ServicerContext[bytes, bytes], record: CallRecord) -> None:
         """Size and tenant checks before routing; a call they refuse is still counted once
         (the router never sees it)."""
         try:
@@ -110,23 +112,23 @@ class InferenceService:
                 and c.deployment_id not in self.router.blocked]
 
     async def server_live(self, request: service_pb2.ServerLiveRequest,
-                          context: grpc.aio.ServicerContext) -> service_pb2.ServerLiveResponse:
+                          context: AnyContext) -> service_pb2.ServerLiveResponse:
         return service_pb2.ServerLiveResponse(live=True)
 
     async def server_ready(self, request: service_pb2.ServerReadyRequest,
-                           context: grpc.aio.ServicerContext) -> service_pb2.ServerReadyResponse:
+                           context: AnyContext) -> service_pb2.ServerReadyResponse:
         ready = any(self._serving(m) for m in self.router.store.candidates)
         return service_pb2.ServerReadyResponse(ready=ready)
 
     async def model_ready(self, request: service_pb2.ModelReadyRequest,
-                          context: grpc.aio.ServicerContext) -> service_pb2.ModelReadyResponse:
+                          context: AnyContext) -> service_pb2.ModelReadyResponse:
         try:
             return service_pb2.ModelReadyResponse(ready=bool(self._serving(request.name)))
         except UnknownModel:
             return service_pb2.ModelReadyResponse(ready=False)
 
     async def _forward(self, model: str, call: str, request: object,
-                       context: grpc.aio.ServicerContext) -> object:
+                       context: AnyContext) -> object:
         serving = self._serving(model)
         if not serving:
             await abort(context, UnknownModel(f"model {model!r} has no serving deployment"))
@@ -143,7 +145,7 @@ class InferenceService:
         raise AssertionError("unreachable")
 
     async def model_metadata(self, request: service_pb2.ModelMetadataRequest,
-                             context: grpc.aio.ServicerContext
+                             context: AnyContext
                              ) -> service_pb2.ModelMetadataResponse:
         model = request.name
         try:
@@ -155,7 +157,7 @@ class InferenceService:
         return resp
 
     async def model_config(self, request: service_pb2.ModelConfigRequest,
-                           context: grpc.aio.ServicerContext) -> service_pb2.ModelConfigResponse:
+                           context: AnyContext) -> service_pb2.ModelConfigResponse:
         model = request.name
         try:
             resp = await self._forward(model, "ModelConfig", request, context)
@@ -166,14 +168,14 @@ class InferenceService:
         return resp
 
     async def server_metadata(self, request: service_pb2.ServerMetadataRequest,
-                              context: grpc.aio.ServicerContext
+                              context: AnyContext
                               ) -> service_pb2.ServerMetadataResponse:
         """The edge itself: its name, Switchyard's version, the extensions it implements."""
         return service_pb2.ServerMetadataResponse(name=self.server_name, version=_VERSION,
                                                   extensions=list(EXTENSIONS))
 
     async def model_statistics(self, request: service_pb2.ModelStatisticsRequest,
-                               context: grpc.aio.ServicerContext
+                               context: AnyContext
                                ) -> service_pb2.ModelStatisticsResponse:
         """Per logical model (the one asked for, else every one in the route table), the sum
         of its serving deployments' statistics, named with the logical model."""
@@ -215,7 +217,7 @@ class InferenceService:
         return total, answered
 
     async def repository_index(self, request: service_pb2.RepositoryIndexRequest,
-                               context: grpc.aio.ServicerContext
+                               context: AnyContext
                                ) -> service_pb2.RepositoryIndexResponse:
         resp = service_pb2.RepositoryIndexResponse()
         for m in sorted(self.router.store.candidates):
@@ -227,8 +229,9 @@ class InferenceService:
                 reason="" if ready else "no healthy deployment"))
         return resp
 
-    def handlers(self) -> dict[str, grpc.RpcMethodHandler]:
-        def unary(fn, req_cls, resp_cls):  # type: ignore[no-untyped-def]
+    def handlers(self) -> dict[str, AnyHandler]:
+        def unary(fn: Callable[..., Awaitable[Message]], req_cls: type[Message],
+                  resp_cls: type[Message]) -> AnyHandler:
             return grpc.unary_unary_rpc_method_handler(
                 fn, request_deserializer=req_cls.FromString,
                 response_serializer=resp_cls.SerializeToString)

@@ -51,7 +51,7 @@ class _Pipe:
     def __init__(self, model: str, first: bytes) -> None:
         self.model = model
         self.sent = [first]
-        self.call: grpc.aio.StreamStreamCall | None = None
+        self.call: grpc.aio.StreamStreamCall[bytes, bytes] | None = None
         self.variant = model
         self.client_done = False
         self.lock = asyncio.Lock()  # a replay and the pump's writes never interleave
@@ -60,7 +60,7 @@ class _Pipe:
         """From now on the stream's request is ``request`` (a resumed generation)."""
         self.sent = [request]
 
-    async def attach(self, call: grpc.aio.StreamStreamCall, variant: str) -> None:
+    async def attach(self, call: grpc.aio.StreamStreamCall[bytes, bytes], variant: str) -> None:
         async with self.lock:
             self.call, self.variant = call, variant
             try:
@@ -96,7 +96,7 @@ class _Pipe:
                 await self.call.done_writing()
 
 
-async def _read(call: grpc.aio.StreamStreamCall, pump: asyncio.Task[None]) -> object:
+async def _read(call: grpc.aio.StreamStreamCall[bytes, bytes], pump: asyncio.Task[None]) -> object:
     """The next response, or the pump's error as soon as a request turns out to be bad."""
     if pump.done() and pump.exception() is None:
         return await call.read()
@@ -122,7 +122,7 @@ def _retrieve(t: asyncio.Future[Any]) -> None:
 async def route_stream(router: Router, requests: AsyncIterator[bytes],
                        metadata: Sequence[tuple[str, str | bytes]] | None,
                        time_remaining_s: float | None, record: CallRecord,
-                       context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+                       context: grpc.aio.ServicerContext[bytes, bytes]) -> AsyncIterator[bytes]:
     start = router.clock()
     tries = router.attempt_policy.start(
         None if time_remaining_s is None else start + time_remaining_s)

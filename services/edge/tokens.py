@@ -141,9 +141,9 @@ def llm_request(model: str, prompt: list[int] | tuple[int, ...] | str, max_token
     travels as ``TEXT``."""
     req = service_pb2.ModelInferRequest(model_name=model, id=request_id)
     if isinstance(prompt, str):
-        data = prompt.encode()
+        text = prompt.encode()
         req.inputs.add(name=TEXT, datatype="BYTES", shape=[1, 1])
-        req.raw_input_contents.append(struct.pack("<I", len(data)) + data)
+        req.raw_input_contents.append(struct.pack("<I", len(text)) + text)
     else:
         inp = req.inputs.add(name=PROMPT, datatype="INT32")
         inp.shape.extend([1, len(prompt)])

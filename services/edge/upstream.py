@@ -33,8 +33,8 @@ STREAM = "/inference.GRPCInferenceService/ModelStreamInfer"
 class Upstream:
     address: str
     channel: grpc.aio.Channel
-    infer: grpc.aio.UnaryUnaryMultiCallable
-    stream: grpc.aio.StreamStreamMultiCallable
+    infer: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]
+    stream: grpc.aio.StreamStreamMultiCallable[bytes, bytes]
     stub: service_pb2_grpc.GRPCInferenceServiceStub
 
 

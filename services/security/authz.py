@@ -22,12 +22,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import structlog
 
 from services.api.switchyard.v1 import placement_pb2
+from services.grpc_errors import AnyContext, AnyHandler, Continuation
 from services.security.identity import peer_address, peer_identities
 from services.security.settings import SecuritySettings
 
@@ -110,9 +111,9 @@ class AuthzInterceptor(grpc.aio.ServerInterceptor):
         self.policy = AuthzPolicy.from_settings(sec)
 
     async def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        self, continuation: Continuation,
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> AnyHandler | None:
         handler = await continuation(details)
         method = details.method
         if handler is None or not method.startswith(PLACEMENT):
@@ -126,11 +127,12 @@ class AuthzInterceptor(grpc.aio.ServerInterceptor):
             return grpc.stream_unary_rpc_method_handler(
                 self._stream_in(method, handler.stream_unary), **kw)
         if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                self._stream_out(method, handler.unary_stream), **kw)
+            # On an aio server it is an async generator (grpc's stubs type the sync server's).
+            out = cast("Callable[..., AsyncIterator[Any]]", handler.unary_stream)
+            return grpc.unary_stream_rpc_method_handler(self._stream_out(method, out), **kw)
         return self._deny_all(method, handler, kw)
 
-    async def _refuse(self, context: grpc.aio.ServicerContext, method: str,
+    async def _refuse(self, context: AnyContext, method: str,
                       ids: tuple[str, ...], denied: Denied, **extra: Any) -> None:
         audit.warning("denied", method=method, identity=list(ids), peer=peer_address(context),
                       code=denied.code.name, reason=denied.reason, **extra)
@@ -138,7 +140,7 @@ class AuthzInterceptor(grpc.aio.ServerInterceptor):
 
     def _unary(self, method: str, fn: Callable[..., Awaitable[Any]]
                ) -> Callable[..., Awaitable[Any]]:
-        async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def guarded(request: Any, context: AnyContext) -> Any:
             ids = peer_identities(context)
             denied = self.policy.check(method, ids, request)
             if denied is not None:
@@ -151,7 +153,7 @@ class AuthzInterceptor(grpc.aio.ServerInterceptor):
 
     def _stream_out(self, method: str, fn: Callable[..., AsyncIterator[Any]]
                     ) -> Callable[..., AsyncIterator[Any]]:
-        async def guarded(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async def guarded(request: Any, context: AnyContext) -> AsyncIterator[Any]:
             ids = peer_identities(context)
             denied = self.policy.check(method, ids, request)
             if denied is not None:
@@ -162,7 +164,7 @@ class AuthzInterceptor(grpc.aio.ServerInterceptor):
 
     def _stream_in(self, method: str, fn: Callable[..., Awaitable[Any]]
                    ) -> Callable[..., Awaitable[Any]]:
-        async def guarded(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+        async def guarded(requests: AsyncIterator[Any], context: AnyContext
                           ) -> Any:
             ids = peer_identities(context)
             denied = self.policy.check(method, ids)
@@ -184,10 +186,10 @@ class AuthzInterceptor(grpc.aio.ServerInterceptor):
             return await fn(own_reports(), context)
         return guarded
 
-    def _deny_all(self, method: str, handler: grpc.RpcMethodHandler, kw: dict[str, Any]
-                  ) -> grpc.RpcMethodHandler:
+    def _deny_all(self, method: str, handler: AnyHandler, kw: dict[str, Any]
+                  ) -> AnyHandler:
         """A bidirectional Placement RPC has no rule yet: refuse it rather than leave it open."""
-        async def refused(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async def refused(requests: Any, context: AnyContext) -> AsyncIterator[Any]:
             await self._refuse(context, method, peer_identities(context), Denied(
                 grpc.StatusCode.PERMISSION_DENIED, "no authorisation rule for this method"))
             yield None  # pragma: no cover - abort raised
@@ -198,17 +200,18 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):
     """Plaintext mode: no identities to check, but every admin call is still audited."""
 
     async def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        self, continuation: Continuation,
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> AnyHandler | None:
         handler = await continuation(details)
         method = details.method
         if handler is None or not handler.unary_unary or not (
                 method in ADMIN_METHODS or method in OWNED_METHODS):
             return handler
-        fn = handler.unary_unary
+        # On an aio server it is a coroutine function (grpc's stubs type the sync server's).
+        fn = cast("Callable[[Any, AnyContext], Awaitable[Any]]", handler.unary_unary)
 
-        async def audited(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def audited(request: Any, context: AnyContext) -> Any:
             target = OWNED_METHODS[method](request) if method in OWNED_METHODS else ""
             audit.warning("allowed", method=method, identity=[], peer=peer_address(context),
                           authenticated=False, target=target,

@@ -6,9 +6,9 @@ against the CA, so anything read here is authenticated. A plaintext peer has no 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 
-AuthContext = Mapping[str, Sequence[bytes]]
+AuthContext = Mapping[str, Iterable[bytes]]
 
 SAN_KEY = "x509_subject_alternative_name"
 CN_KEY = "x509_common_name"

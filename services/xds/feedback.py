@@ -66,7 +66,8 @@ class _Edge:
         self.reporter: asyncio.Task[None] | None = None
 
 
-class AccessLogFeedback(als_pb2_grpc.AccessLogServiceServicer):
+# xds-protos ships no stubs: its servicer base is Any to mypy.
+class AccessLogFeedback(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[misc]
     def __init__(self, report: Report, interval_s: float, min_samples: int) -> None:
         self.report = report
         self.interval_s = interval_s
@@ -101,7 +102,9 @@ class AccessLogFeedback(als_pb2_grpc.AccessLogServiceServicer):
 
     async def StreamAccessLogs(  # noqa: N802 (the ALS method name)
             self, request_iterator: AsyncIterator[als_pb2.StreamAccessLogsMessage],
-            context: grpc.aio.ServicerContext) -> als_pb2.StreamAccessLogsResponse:
+            context: grpc.aio.ServicerContext[
+                als_pb2.StreamAccessLogsMessage, als_pb2.StreamAccessLogsResponse],
+    ) -> als_pb2.StreamAccessLogsResponse:
         edge: _Edge | None = None
         try:
             async for msg in request_iterator:

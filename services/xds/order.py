@@ -49,7 +49,8 @@ def servers_apart(order: Sequence[Candidate]) -> list[Candidate]:
     failed for the rest of the call, so another variant on the same server should not be
     next. It stays in the order, last, for when nothing else is left."""
     seen: set[str] = set()
-    first, later = [], []
+    first: list[Candidate] = []
+    later: list[Candidate] = []
     for c in order:
         (later if c.backend_id in seen else first).append(c)
         seen.add(c.backend_id)

@@ -52,7 +52,8 @@ ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 Session = DeltaSession | SotwSession
 
 
-class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
+# xds-protos ships no stubs: its servicer base is Any to mypy.
+class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
     def __init__(self, hub: RouteHub, profile: Profile, settings: EnvoySettings) -> None:
         self.hub = hub
         self.profile = profile
@@ -82,14 +83,16 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
 
     async def DeltaAggregatedResources(  # noqa: N802 (the xDS method name)
             self, request_iterator: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest],
-            context: grpc.aio.ServicerContext,
+            context: grpc.aio.ServicerContext[
+                discovery_pb2.DeltaDiscoveryRequest, discovery_pb2.DeltaDiscoveryResponse],
     ) -> AsyncIterator[discovery_pb2.DeltaDiscoveryResponse]:
         async for resp in self._serve(request_iterator, DeltaSession):
             yield resp
 
     async def StreamAggregatedResources(  # noqa: N802 (the xDS method name)
             self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest],
-            context: grpc.aio.ServicerContext,
+            context: grpc.aio.ServicerContext[
+                discovery_pb2.DiscoveryRequest, discovery_pb2.DiscoveryResponse],
     ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
         async for resp in self._serve(request_iterator, SotwSession):
             yield resp
