@@ -463,10 +463,9 @@ def notes(levels: list[Level]) -> list[str]:
     for lv in levels:
         if _kept(lv) > 1.03:
             out.append(
-                f"{lv.gpus:,} GPUs, {lv.label}: more ingested than offered — the window still "
-                f"caught placement draining reports buffered while it was behind "
-                f"({WARM_MAX_S:.0f} s after the edges connected it had not reached a "
-                f"backlog-free state): it ingests at least "
+                f"{lv.gpus:,} GPUs, {lv.label}: more ingested than offered — in the window "
+                f"placement was still draining reports buffered while it was behind: it "
+                f"ingests at least "
                 f"{lv.ingest_per_s:,.0f} reports/s at {lv.cpu_pct:.0f} % CPU, but this row is "
                 "not a steady state and its propagation was measured under that backlog.")
     kept = _kept(worst)
