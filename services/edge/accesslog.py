@@ -6,6 +6,10 @@ rest of the process writes (``event``, ``level``, ``timestamp``, ``logger``). Me
 labelled children cached per (model, deployment, status): a ``labels()`` lookup per call
 costs more than the increment.
 
+A call with an SLO (its hints were resolved: every routed call) is also counted once by
+whether it met it: ``met="true"`` only when it was answered OK and ``x-slo-met`` said so, so
+a failed call counts as missed. A call refused before routing has no SLO and is not counted.
+
 Every call is counted once, under a gRPC status name (anything else, such as an exception's
 class name, becomes the status it means or ``UNKNOWN``). Label values are bounded: a model
 name the route table does not know is counted as ``unknown`` (callers choose model names, so
@@ -55,17 +59,21 @@ def label_value(value: str) -> str:
 class AccessLog:
     def __init__(self, calls: Counter, latency: Histogram, attempts: Counter,
                  enabled: bool = True, flush_s: float = 0.1, out: TextIO | None = None,
-                 known_model: Callable[[str], bool] = lambda model: False) -> None:
+                 known_model: Callable[[str], bool] = lambda model: False,
+                 slo_calls: Counter | None = None) -> None:
         """``known_model``: whether a model name is in the route table (else its calls are
-        labelled ``unknown``)."""
+        labelled ``unknown``). ``slo_calls``: labelled (model, met), see the module doc."""
         self.calls, self.latency, self.attempts = calls, latency, attempts
+        self.slo_calls = slo_calls
         self.known_model = known_model
         self.enabled = enabled
         self.flush_s = flush_s
         self.out = out
         self.buffer: list[dict[str, Any]] = []
         self.dropped = 0
-        self._children: dict[tuple[str, str, str], tuple[Any, Any, Any]] = {}
+        # (calls, latency, attempts, (SLO met, SLO missed)) children per (model, dep, status)
+        self._children: dict[tuple[str, str, str],
+                             tuple[Any, Any, Any, tuple[Any, Any] | None]] = {}
 
     def done(self, rec: CallRecord) -> None:
         """Called once per call by the router (hot path: dict lookups and an append)."""
@@ -76,12 +84,16 @@ class AccessLog:
         ch = self._children.get(key)
         if ch is None:
             m = label_value(model)
+            slo = self.slo_calls
             ch = self._children[key] = (
                 self.calls.labels(m, label_value(dep), status_label(rec.status)),
-                self.latency.labels(m), self.attempts.labels(m))
+                self.latency.labels(m), self.attempts.labels(m),
+                (slo.labels(m, "true"), slo.labels(m, "false")) if slo is not None else None)
         ch[0].inc()
         ch[1].observe(rec.latency_ms / 1000)
         ch[2].inc(rec.attempts)
+        if rec.hints is not None and ch[3] is not None:
+            ch[3][0 if rec.slo_met and rec.status == "OK" else 1].inc()
         if not self.enabled:
             return
         if len(self.buffer) >= MAX_BUFFER:

@@ -45,6 +45,9 @@ class EdgeMetrics:
                                  buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
         self.attempts = Counter("switchyard_edge_attempts_total", "Upstream attempts",
                                 ["model"], registry=self.registry)
+        self.slo_calls = Counter("switchyard_edge_slo_calls_total",
+                                 "Calls with an SLO, by whether each met its own (met: answered "
+                                 "OK within it)", ["model", "met"], registry=self.registry)
         self.ejections = Counter("switchyard_edge_ejections_total", "Outlier ejections",
                                  ["deployment"], registry=self.registry)
         self.stage = Histogram("switchyard_edge_pipeline_stage_seconds",
@@ -159,7 +162,8 @@ async def start_edge(cfg: MeshConfig, edge: EdgeConfig, port: int | None = None,
     upstreams = Upstreams(dial or make_dialer(cfg, edge.region), rt.max_message_bytes)
     access_log = AccessLog(metrics.calls, metrics.latency, metrics.attempts,
                            enabled=logs.enabled("info"),
-                           known_model=lambda model: model in store.candidates)
+                           known_model=lambda model: model in store.candidates,
+                           slo_calls=metrics.slo_calls)
     router = Router(store, upstreams, health, stats,
                     RetryBudget(rt.retry_budget_ratio, rt.retry_budget_min_per_s), profiles,
                     frozenset(r.name for r in cfg.regions),

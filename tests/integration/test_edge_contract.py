@@ -76,6 +76,16 @@ def scrape(port: int) -> dict[tuple[str, str, str], float]:
             if s.name == "switchyard_edge_calls_total"}
 
 
+def scrape_slo(port: int) -> dict[tuple[str, str], float]:
+    """switchyard_edge_slo_calls_total by (model, met), read over HTTP."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    return {(s.labels["model"], s.labels["met"]): s.value
+            for fam in text_string_to_metric_families(text)
+            if fam.name == "switchyard_edge_slo_calls" for s in fam.samples
+            if s.name == "switchyard_edge_slo_calls_total"}
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def metered_edge(mesh: Mesh, cfg: MeshConfig) -> AsyncIterator[tuple[RunningEdge, int]]:
     """A second edge, serving /metrics on a real port; it counts only this module's calls."""
@@ -135,6 +145,11 @@ async def test_metrics_count_every_call_once_with_its_status_and_bounded_labels(
                    ("unknown", "", "RESOURCE_EXHAUSTED"): 1.0,
                    ("summarize", west, "CANCELLED"): 1.0}, got
     assert tr_bad["x-request-id"]
+    # Routed calls only, each by whether it met its own SLO: the served one as its
+    # x-slo-met trailer says; the backend's error and the cancelled call missed theirs.
+    assert tr["x-slo-met"] == "true"
+    slo = {k: v for k, v in scrape_slo(mport).items() if v}  # unrouted calls: 0 series
+    assert slo == {("summarize", "true"): 1.0, ("summarize", "false"): 2.0}, slo
 
 
 # -- policies and hints ------------------------------------------------------------------
