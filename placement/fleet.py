@@ -91,8 +91,10 @@ class FleetState:
         # (edge region, edge id) -> when it last reported its call rates (any deployment)
         self.edges_seen: dict[tuple[str, str], float] = {}
         self._edges_counted: tuple[float, int] = (math.nan, 0)
-        self._observed_index: tuple[float, int, dict[str, list[tuple[str, int, float]]]] = (
-            math.nan, -1, {})
+        # deployment id -> edge region -> its observation (``observed`` by deployment; kept
+        # by ``observe``, rebuilt when ``observed`` was filled directly, e.g. a warm restart)
+        self._observed_by_dep: dict[str, dict[str, ObservedLatency]] = {}
+        self._observed_indexed = 0
         self.version = 0
         # What changed since the route tables were last built (consumed by take_dirty).
         self.dirty: set[str] = set()
@@ -164,7 +166,12 @@ class FleetState:
 
     def observe(self, edge_region: str, deployment_id: str, samples: int, p95_ms: float,
                 now: float) -> None:
-        self.observed[(edge_region, deployment_id)] = ObservedLatency(samples, p95_ms, now)
+        o = ObservedLatency(samples, p95_ms, now)
+        key = (edge_region, deployment_id)
+        if key not in self.observed and self._observed_indexed == len(self.observed):
+            self._observed_indexed += 1
+        self.observed[key] = o
+        self._observed_by_dep.setdefault(deployment_id, {})[edge_region] = o
         self._bump(deployment_id.split("/", 1)[0])
 
     def observe_use(self, edge_region: str, edge_id: str, deployment_id: str,
@@ -219,15 +226,15 @@ class FleetState:
     def observed_elsewhere(self, deployment_id: str, min_samples: int,
                            now: float) -> list[tuple[str, int, float]]:
         """(edge region, samples, p95) of every edge region's fresh observation of the
-        deployment with at least ``min_samples`` (indexed once per ``now`` and version)."""
-        at, version, index = self._observed_index
-        if at != now or version != self.version:
-            index = {}
+        deployment with at least ``min_samples``."""
+        if self._observed_indexed != len(self.observed):
+            self._observed_by_dep = {}
             for (region, dep), o in self.observed.items():
-                if o.samples >= min_samples and now - o.at <= OBSERVATION_TTL_S:
-                    index.setdefault(dep, []).append((region, o.samples, o.p95_ms))
-            self._observed_index = (now, self.version, index)
-        return index.get(deployment_id, [])
+                self._observed_by_dep.setdefault(dep, {})[region] = o
+            self._observed_indexed = len(self.observed)
+        by_region = self._observed_by_dep.get(deployment_id, {})
+        return [(region, o.samples, o.p95_ms) for region, o in by_region.items()
+                if o.samples >= min_samples and now - o.at <= OBSERVATION_TTL_S]
 
     def observed_p95(self, edge_region: str, deployment_id: str, min_samples: int,
                      now: float) -> float | None:

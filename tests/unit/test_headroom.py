@@ -127,3 +127,16 @@ def test_spare_capacity_counts_every_variant_on_the_backend() -> None:
     fleet.ingest("b1", snapshot({"m-small": 10, "m-large": 150}), 1.0)  # 1.5 of 2 busy
     small = {c.variant: c for c in routes.build("m", "east", 1.0)}["m-small"]
     assert small.spare_capacity == pytest.approx(200 * (1 - 0.75))
+
+
+def test_observations_loaded_directly_are_found_by_deployment() -> None:
+    # A warm restart fills FleetState.observed directly (services/placement/persist.py).
+    from placement.fleet import ObservedLatency
+    fleet, routes = builder()
+    fleet.ingest("b1", snapshot({"m-small": 10}), 0.0)
+    fleet.observed[("west", "b1/m-small")] = ObservedLatency(20, 31.0, 0.0)
+    assert fleet.observed_elsewhere("b1/m-small", 5, 0.0) == [("west", 20, 31.0)]
+    fleet.observe("north", "b1/m-small", samples=6, p95_ms=41.0, now=1.0)
+    assert sorted(fleet.observed_elsewhere("b1/m-small", 5, 1.0)) == [
+        ("north", 6, 41.0), ("west", 20, 31.0)]
+    assert routes.build("m", "east", 1.0)[0].observed
