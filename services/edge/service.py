@@ -27,6 +27,7 @@ from services.security.tenants import TenantGate
 from services.security.transport import check_message_size
 
 SERVICE = "inference.GRPCInferenceService"
+CONTROL_TIMEOUT_S = 2.0  # per attempt of a control RPC forwarded to a backend
 # Triton protocol extensions the edge answers (ServerMetadata lists them).
 EXTENSIONS = ("model_configuration", "statistics")
 try:
@@ -129,19 +130,30 @@ class InferenceService:
 
     async def _forward(self, model: str, call: str, request: object,
                        context: AnyContext) -> object:
+        """A control RPC answered by one serving deployment, in table order; whether and
+        where to try again after a failure is the one attempt policy's, as for calls."""
         serving = self._serving(model)
         if not serving:
             await abort(context, UnknownModel(f"model {model!r} has no serving deployment"))
+        tries = self.router.attempt_policy.start(None)
         last: grpc.aio.AioRpcError | None = None
-        for c in serving[:3]:
+        for c in serving:
+            if c.deployment_id in tries.exclude:
+                continue
+            tries.started(c)
             request.name = c.variant  # type: ignore[attr-defined]
             try:
                 stub = self.router.upstreams.get(c.endpoint).stub
-                return await getattr(stub, call)(request, timeout=2.0)
+                return await getattr(stub, call)(request, timeout=CONTROL_TIMEOUT_S)
             except grpc.aio.AioRpcError as err:
                 last = err
+                verdict = tries.failed(c, err.code().name, serving, self.router.clock(),
+                                       lambda: True)
+                if not verdict.retry:
+                    break
         assert last is not None
-        await context.abort(last.code(), f"{call} failed on every deployment: {last.details()}")
+        await context.abort(last.code(), f"{call} failed on {tries.attempts} deployment(s): "
+                                         f"{last.details()}")
         raise AssertionError("unreachable")
 
     async def model_metadata(self, request: service_pb2.ModelMetadataRequest,
@@ -201,7 +213,7 @@ class InferenceService:
         async def one(endpoint: str, variant: str) -> service_pb2.ModelStatisticsResponse:
             stub = self.router.upstreams.get(endpoint).stub
             answer: service_pb2.ModelStatisticsResponse = await stub.ModelStatistics(
-                service_pb2.ModelStatisticsRequest(name=variant), timeout=2.0)
+                service_pb2.ModelStatisticsRequest(name=variant), timeout=CONTROL_TIMEOUT_S)
             return answer
 
         total = service_pb2.ModelStatistics(name=model, version="1")

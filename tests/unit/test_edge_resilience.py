@@ -421,3 +421,47 @@ async def test_a_hint_error_still_echoes_the_request_id() -> None:
         await router.infer(RAW, [("x-request-id", "r-2"), ("x-slo-ms", "-5")], 2.0, rec)
     assert dict(rec.trailers())["x-request-id"] == "r-2"
     assert done[0].status == "INVALID_ARGUMENT"
+
+
+class _MetadataStub:
+    """A backend's ModelMetadata: per endpoint, an error code or an answer."""
+
+    def __init__(self, up: FakeUpstream) -> None:
+        self.up = up
+
+    async def ModelMetadata(self, request: object, timeout: float | None = None) -> object:
+        from tritonclient.grpc import service_pb2
+
+        ep = self.up._endpoint
+        self.up.calls.append((ep, b""))
+        b = self.up.behaviour[ep]
+        if isinstance(b, grpc.StatusCode):
+            raise rpc_error(b)
+        return service_pb2.ModelMetadataResponse(name=request.name)  # type: ignore[attr-defined]
+
+
+class _AbortContext:
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:
+        raise AssertionError(f"aborted {code.name}: {details}")
+
+
+async def test_a_control_rpc_follows_the_attempt_policy_past_a_dead_server() -> None:
+    """ModelMetadata forwarded by the edge: UNAVAILABLE from a server rules out its other
+    variant too (the attempt policy's rule), so the next try is another server."""
+    from tritonclient.grpc import service_pb2
+
+    from services.edge.service import InferenceService
+
+    clock = Clock()
+    other_variant = Candidate(
+        deployment_id="b0/m-w", backend_id="b0", endpoint="ep0", variant="m-w", region="east",
+        cloud="c", accelerator="a", quality=0.8, latency_p95_ms=5, rtt_ms=0, queue_ms=0,
+        compute_ms=5, cost_usd=1.5e-6, spare_capacity=100)
+    router, up, _ = make_router([cand(0, 1e-6, 5), other_variant, cand(1, 2e-6, 5)],
+                                {"ep0": grpc.StatusCode.UNAVAILABLE, "ep1": b""}, clock)
+    up.stub = _MetadataStub(up)  # type: ignore[attr-defined]
+    svc = InferenceService(router)
+    resp = await svc.model_metadata(service_pb2.ModelMetadataRequest(name="m"),
+                                    _AbortContext())  # type: ignore[arg-type]
+    assert resp.name == "m"  # the logical name, whichever variant answered
+    assert [e for e, _ in up.calls] == ["ep0", "ep1"]
