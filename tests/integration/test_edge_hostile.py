@@ -21,6 +21,7 @@ from services.api.switchyard.v1 import edge_pb2, edge_pb2_grpc
 from services.backends.triton import TritonProcess
 from services.config import MeshConfig
 from services.edge.router import CallRecord
+from services.edge.tokens import llm_request
 from services.edge.upstream import INFER, STREAM
 from tests.mesh_harness import Mesh, call, mesh_config, running_mesh, summarize_input
 
@@ -122,8 +123,10 @@ async def test_a_stream_is_recorded_with_its_real_final_status(
         ok = stream(iter([generate_request()]), timeout=20,
                     metadata=(("x-request-id", "stream-ok"),))
         assert len([r async for r in ok]) == 4  # the decoupled model's 4 tokens
-        cancelled = stream(iter([generate_request()]), timeout=20,
-                           metadata=(("x-request-id", "stream-cancel"),))
+        # A long generation (500 tokens, >= 2 ms each): the cancel lands while it runs.
+        # (A 4-token stream could end OK at the edge before the cancel reached it.)
+        cancelled = stream(iter([llm_request("generate", list(range(100, 120)), 500)]),
+                           timeout=20, metadata=(("x-request-id", "stream-cancel"),))
         await cancelled.read()  # the first token: the stream is under way
         cancelled.cancel()
     await wait_until(lambda: {"stream-ok", "stream-cancel"}
