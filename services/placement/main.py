@@ -17,7 +17,7 @@ from services.api.switchyard.v1 import placement_pb2, placement_pb2_grpc
 from services.config import MeshConfig
 from services.convert import backend_from_pb, backends_from_config, catalog_from_config
 from services.discovery.base import Discovery
-from services.grpc_errors import ErrorInterceptor
+from services.grpc_errors import AnyHandler, ErrorInterceptor
 from services.placement import persist
 from services.placement.hub import RouteHub
 from services.placement.metrics import PlacementMetrics
@@ -58,12 +58,12 @@ def _serialize(update: placement_pb2.RouteUpdate | bytes) -> bytes:
 class _Captured:
     """Takes what the generated ``add_PlacementServicer_to_server`` would register."""
 
-    handlers: dict[str, grpc.RpcMethodHandler]
+    handlers: dict[str, AnyHandler]
 
     def add_generic_rpc_handlers(self, _: object) -> None:
         pass
 
-    def add_registered_method_handlers(self, _: str, handlers: dict[str, grpc.RpcMethodHandler]
+    def add_registered_method_handlers(self, _: str, handlers: dict[str, AnyHandler]
                                        ) -> None:
         self.handlers = handlers
 

@@ -7,7 +7,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 
-import grpc
 import structlog
 
 from placement.errors import InvalidRequest, NotRegistered
@@ -30,6 +29,7 @@ from services.convert import (
     price_from_pb,
     snapshot_from_pb,
 )
+from services.grpc_errors import AnyContext
 from services.placement.hub import RouteHub
 from services.placement.metrics import PlacementMetrics
 from services.placement.ownership import TelemetryOwners
@@ -72,7 +72,7 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
         self.hub.changed()
 
     async def RegisterBackend(self, request: placement_pb2.RegisterBackendRequest,
-                              context: grpc.aio.ServicerContext
+                              context: AnyContext
                               ) -> placement_pb2.RegisterBackendResponse:
         b = request.backend
         check_backend(b, self.builder.catalog, self.prices)
@@ -82,7 +82,7 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
         return placement_pb2.RegisterBackendResponse(backend_id=b.id, version=self.fleet.version)
 
     async def DeregisterBackend(self, request: placement_pb2.DeregisterBackendRequest,
-                                context: grpc.aio.ServicerContext
+                                context: AnyContext
                                 ) -> placement_pb2.DeregisterBackendResponse:
         self.owners.forget(request.backend_id)
         self.gpus.pop(request.backend_id, None)
@@ -95,7 +95,7 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
         return placement_pb2.DeregisterBackendResponse(existed=True)
 
     async def StreamTelemetry(self, request_iterator: AsyncIterator[telemetry_pb2.TelemetryReport],
-                              context: grpc.aio.ServicerContext) -> telemetry_pb2.TelemetryAck:
+                              context: AnyContext) -> telemetry_pb2.TelemetryAck:
         accepted = ignored = 0
         stream = uuid.uuid4().hex
         peer = peer_address(context)
@@ -129,7 +129,7 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
                                        "backends' telemetry" if ignored else "")
 
     async def ReportObservations(self, request: telemetry_pb2.ObservationReport,
-                                 context: grpc.aio.ServicerContext) -> telemetry_pb2.ObservationAck:
+                                 context: AnyContext) -> telemetry_pb2.ObservationAck:
         now = self.clock()
         for o in request.observations:
             if o.samples:
@@ -145,7 +145,7 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
         return telemetry_pb2.ObservationAck()
 
     async def WatchRoutes(self, request: placement_pb2.WatchRoutesRequest,
-                          context: grpc.aio.ServicerContext
+                          context: AnyContext
                           ) -> AsyncIterator[placement_pb2.RouteUpdate]:
         if not request.edge_region:
             raise InvalidRequest("WatchRoutes needs edge_region")
@@ -181,14 +181,14 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
             log.info("edge_left", edge=request.edge_id, region=request.edge_region)
 
     async def GetRouteTables(self, request: placement_pb2.GetRouteTablesRequest,
-                             context: grpc.aio.ServicerContext
+                             context: AnyContext
                              ) -> placement_pb2.GetRouteTablesResponse:
         regions = [request.edge_region] if request.edge_region else list(self.hub.regions)
         tables = [t for r in regions for t in self.hub.snapshot(r)]
         return placement_pb2.GetRouteTablesResponse(tables=tables, version=self.hub.version)
 
     async def Explain(self, request: placement_pb2.ExplainRequest,
-                      context: grpc.aio.ServicerContext) -> placement_pb2.ExplainResponse:
+                      context: AnyContext) -> placement_pb2.ExplainResponse:
         model = self.builder.catalog.model(request.model)
         if request.edge_region not in self.builder.catalog.regions:
             raise InvalidRequest(f"edge_region {request.edge_region!r} is not a region "
@@ -218,7 +218,7 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
         return resp
 
     async def ListBackends(self, request: placement_pb2.ListBackendsRequest,
-                           context: grpc.aio.ServicerContext
+                           context: AnyContext
                            ) -> placement_pb2.ListBackendsResponse:
         from placement.hardware import assess
 
@@ -253,7 +253,7 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
         return resp
 
     async def SetAvailability(self, request: placement_pb2.SetAvailabilityRequest,
-                              context: grpc.aio.ServicerContext
+                              context: AnyContext
                               ) -> placement_pb2.SetAvailabilityResponse:
         scope = _SCOPES.get(request.scope)
         if scope is None or not request.target:
@@ -270,7 +270,7 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
         return placement_pb2.SetAvailabilityResponse(backend_ids=ids, version=self.hub.version)
 
     async def UpdatePrices(self, request: placement_pb2.UpdatePricesRequest,
-                           context: grpc.aio.ServicerContext
+                           context: AnyContext
                            ) -> placement_pb2.UpdatePricesResponse:
         for i, p in enumerate(request.prices):
             if (not 0.0 <= p.usd_per_gpu_hour < math.inf or not p.accelerator or not p.cloud
