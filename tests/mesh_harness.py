@@ -194,8 +194,10 @@ async def wait_measured(mesh: Mesh, within_s: float = 30.0) -> None:
                          f"{mesh.edge.router.store.candidates.get('summarize')}")
 
 
-async def eventually(cond: Callable[[], object], within_s: float, what: str = "") -> float:
-    """Poll ``cond`` until true (other components change it); seconds it took."""
+async def eventually(cond: Callable[[], object], within_s: float, what: str = "",
+                     poll_s: float = 0.05) -> float:
+    """Poll ``cond`` every ``poll_s`` until true (other components change it); seconds it
+    took. A short ``poll_s`` catches a state that lasts only a moment (a call in flight)."""
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     while True:
@@ -203,10 +205,11 @@ async def eventually(cond: Callable[[], object], within_s: float, what: str = ""
             return loop.time() - t0
         if loop.time() - t0 > within_s:
             raise AssertionError(f"not within {within_s} s: {what or cond}")
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(poll_s)
 
 
-def eventually_sync(cond: Callable[[], object], within_s: float, what: str = "") -> float:
+def eventually_sync(cond: Callable[[], object], within_s: float, what: str = "",
+                    poll_s: float = 0.05) -> float:
     """:func:`eventually` for code without an event loop (threads, tritonclient calls)."""
     t0 = time.monotonic()
     while True:
@@ -214,7 +217,7 @@ def eventually_sync(cond: Callable[[], object], within_s: float, what: str = "")
             return time.monotonic() - t0
         if time.monotonic() - t0 > within_s:
             raise AssertionError(f"not within {within_s} s: {what or cond}")
-        time.sleep(0.05)
+        time.sleep(poll_s)
 
 
 def call(mesh: Mesh, metadata: Sequence[tuple[str, str]] = (), model: str = "summarize",

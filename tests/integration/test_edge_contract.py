@@ -124,11 +124,8 @@ async def test_metrics_count_every_call_once_with_its_status_and_bounded_labels(
         # A call the caller cancels while the edge waits on the (40 ms away) backend.
         call = ch.unary_unary(INFER)(request_bytes(),
                                      metadata=(("x-allowed-regions", "r-west"),))
-        loop = asyncio.get_running_loop()
-        until = loop.time() + 5
-        while not any(edge.router.inflight.values()):
-            assert loop.time() < until, "the call never reached the backend"
-            await asyncio.sleep(0.001)
+        await eventually(lambda: any(edge.router.inflight.values()), 5,
+                         "the call reached the backend", poll_s=0.001)
         call.cancel()
         with pytest.raises(asyncio.CancelledError):
             await call

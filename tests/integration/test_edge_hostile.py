@@ -23,7 +23,7 @@ from services.config import MeshConfig
 from services.edge.router import CallRecord
 from services.edge.tokens import llm_request
 from services.edge.upstream import INFER, STREAM
-from tests.mesh_harness import Mesh, call, mesh_config, running_mesh, summarize_input
+from tests.mesh_harness import Mesh, call, eventually, mesh_config, running_mesh, summarize_input
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -84,14 +84,6 @@ async def ejected(mesh: Mesh) -> list[str]:
     return [d.deployment_id for d in status.deployments if d.ejected]
 
 
-async def wait_until(cond: Any, within_s: float, poll_s: float = 0.02) -> None:
-    loop = asyncio.get_running_loop()
-    t0 = loop.time()
-    while not cond():
-        assert loop.time() - t0 < within_s, "condition not reached"
-        await asyncio.sleep(poll_s)
-
-
 @pytest.mark.parametrize(("second", "says"), [
     (b"\xff\xff\xff", "stream message 2: request bytes are truncated"),
     (b"", "stream message 2: ModelInferRequest.model_name is empty"),
@@ -111,7 +103,7 @@ async def test_a_bad_later_stream_message_ends_the_stream_at_once(
     assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT, err.value
     assert says in (err.value.details() or "")
     assert elapsed < 5, f"took {elapsed:.1f} s: the stream waited for its deadline"
-    await wait_until(lambda: any(r.request_id == "bad-stream" for r in records), 5)
+    await eventually(lambda: any(r.request_id == "bad-stream" for r in records), 5)
     rec = next(r for r in records if r.request_id == "bad-stream")
     assert rec.status == "INVALID_ARGUMENT"
 
@@ -129,7 +121,7 @@ async def test_a_stream_is_recorded_with_its_real_final_status(
                            timeout=20, metadata=(("x-request-id", "stream-cancel"),))
         await cancelled.read()  # the first token: the stream is under way
         cancelled.cancel()
-    await wait_until(lambda: {"stream-ok", "stream-cancel"}
+    await eventually(lambda: {"stream-ok", "stream-cancel"}
                      <= {r.request_id for r in records}, 5)
     status = {r.request_id: r.status for r in records}
     assert status["stream-ok"] == "OK"
@@ -154,7 +146,7 @@ async def test_callers_own_tiny_deadlines_eject_nothing_and_leak_no_task(
     codes = await asyncio.to_thread(tiny_deadline_calls)
     assert "StatusCode.DEADLINE_EXCEEDED" in codes, codes
     # Let every attempt those calls started finish (their own 1 ms timeouts).
-    await wait_until(lambda: sum(mesh.edge.router.inflight.values()) == 0, 5)
+    await eventually(lambda: sum(mesh.edge.router.inflight.values()) == 0, 5)
     await asyncio.sleep(0)
     gc.collect()  # an unretrieved task exception is reported when the task is collected
     assert await ejected(mesh) == []
@@ -178,10 +170,10 @@ async def test_cancelled_calls_eject_nothing(mesh: Mesh, records: list[CallRecor
         for i in range(6):
             c = infer(body, timeout=10, metadata=(("x-slo-ms", "400"), ("x-min-quality", "0.85"),
                                                   ("x-request-id", f"cancel-{i}")))
-            await wait_until(lambda: sum(router.inflight.values()) > 0, 5, poll_s=0.0005)
+            await eventually(lambda: sum(router.inflight.values()) > 0, 5, poll_s=0.0005)
             c.cancel()  # while the edge's attempt is under way
-            await wait_until(lambda i=i: any(r.request_id == f"cancel-{i}" for r in records), 5)
-    await wait_until(lambda: sum(router.inflight.values()) == 0, 5)
+            await eventually(lambda i=i: any(r.request_id == f"cancel-{i}" for r in records), 5)
+    await eventually(lambda: sum(router.inflight.values()) == 0, 5)
     assert await ejected(mesh) == []
     statuses = [r.status for r in records if r.request_id.startswith("cancel-")]
     assert statuses == ["CANCELLED"] * 6, statuses

@@ -15,6 +15,7 @@ from services.capacity.kubernetes import (
     ProviderError,
 )
 from tests.kubernetes_fake import FakeKubernetes
+from tests.mesh_harness import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -57,15 +58,10 @@ async def test_add_waits_until_the_new_pods_are_ready(fake: FakeKubernetes) -> N
     p = provider(fake)
     try:
         adding = asyncio.create_task(p.add("h100", 1))
-        for _ in range(200):  # poll until the pod exists, still not Ready
-            if fake.pods:
-                break
-            await asyncio.sleep(0.01)
+        await eventually(lambda: fake.pods, 2, "the pod exists, still not Ready", poll_s=0.01)
         seen = fake.pod_lists
-        for _ in range(500):  # poll until the provider has looked twice more
-            if fake.pod_lists >= seen + 2:
-                break
-            await asyncio.sleep(0.01)
+        await eventually(lambda: fake.pod_lists >= seen + 2, 5,
+                         "the provider looked twice more", poll_s=0.01)
         assert not adding.done()  # it saw the pod, not Ready: still waiting
         fake.tick()  # the kubelet reports it Ready
         (inst,) = await asyncio.wait_for(adding, 5)
