@@ -114,7 +114,7 @@ class Simulation:
         catalog = s.catalog()
         self.rtt = {(e, p.region): catalog.rtt(e, p.region) for e in s.regions for p in s.pools}
         self.classes = s.classes()
-        self.sigma = st.service_sigma
+        self.sigma = [p.sigma(st) for p in s.pools]  # per backend
         self.heap: list[tuple[float, int, int, object]] = []
         self.seq = 0
         n = len(trace)
@@ -216,8 +216,9 @@ class Simulation:
         d = self.deps[self.dep_index[dep_id]]
         c.tries.started(d)
         b = self.backends[d.backend]
+        sigma = self.sigma[d.backend]
         service = d.mean_service_s * math.exp(
-            self.sigma * float(self.trace.z[call_id]) - self.sigma ** 2 / 2)
+            sigma * float(self.trace.z[call_id]) - sigma ** 2 / 2)
         job = Job(call_id, d.variant, service, now, now)
         outcome = b.admit(job, now)
         if outcome == "start":

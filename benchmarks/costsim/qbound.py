@@ -119,7 +119,7 @@ def build(s: Scenario, trace: Trace) -> QModel:
                     continue
                 pool = s.pools[d.backend]
                 budget = k.slo_ms - catalog.rtt(e, d.region)
-                qs = [p_within(budget, d.mean_service_s * 1000, st.service_sigma,
+                qs = [p_within(budget, d.mean_service_s * 1000, pool.sigma(st),
                                pool.servers, rho, quickest[d.backend]) for rho in levels]
                 kept = [(nl - 1, qs[-1])]
                 for li in range(nl - 2, -1, -1):

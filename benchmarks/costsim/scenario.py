@@ -81,6 +81,10 @@ class Pool:
     variants: tuple[str, ...]
     usd_per_gpu_hour: float
     price_source: str
+    service_sigma: float | None = None  # this pool's service-time noise; None = [sim]'s
+
+    def sigma(self, settings: SimSettings) -> float:
+        return settings.service_sigma if self.service_sigma is None else self.service_sigma
 
     @property
     def servers(self) -> int:
@@ -334,5 +338,9 @@ def _pool(pc: dict[str, Any], i: int, regions: dict[str, Region], speeds: dict[s
                           "in the price file; add usd_per_gpu_hour and price_source")
     short = accel.removeprefix("nvidia-")
     pid = pc.get("id", f"{region}.{short}.{price_class}")
+    sigma = pc.get("service_sigma")
+    if sigma is not None and not 0.0 <= float(sigma) <= 2.0:
+        raise ConfigError(f"{where}.service_sigma {sigma} is outside [0, 2]")
     return Pool(pid, region, cloud, accel, price_class, int(pc.get("gpus", 1)), speed,
-                int(pc.get("max_concurrency_per_gpu", 4)), variants, usd, source), extra
+                int(pc.get("max_concurrency_per_gpu", 4)), variants, usd, source,
+                None if sigma is None else float(sigma)), extra

@@ -11,10 +11,12 @@ import pytest
 from benchmarks import cost
 from benchmarks.common import Section
 from benchmarks.costsim import lp, qbound
+from benchmarks.costsim.engine import Simulation
 from benchmarks.costsim.misses import CAUSES, TracedSimulation, classify
 from benchmarks.costsim.runner import make_policy, simulate
 from benchmarks.costsim.scenario import load_scenario
 from benchmarks.costsim.trace import generate
+from placement.errors import ConfigError
 
 SCENARIOS = pathlib.Path(__file__).parents[2] / "benchmarks" / "scenarios"
 SMALL = SCENARIOS / "small.toml"
@@ -110,3 +112,24 @@ def test_write_section_replaces_by_title_and_keeps_the_rest(tmp_path: pathlib.Pa
     text = path.read_text()
     assert text.count("## Cost: every") == 1 and "cmd2" in text and "| 1 |" not in text
     assert "keep" in text and "old" in text and text.startswith("# Head")
+
+
+def test_a_pool_may_carry_its_own_service_noise_and_the_simulator_uses_it() -> None:
+    s = load_scenario(SCENARIOS / "noisy-cheap-spot.toml")
+    noisy = {p.id for p in s.pools if p.sigma(s.settings) == pytest.approx(0.5)}
+    assert noisy and all(p.price_class == "spot" for p in s.pools if p.id in noisy)
+    assert all(p.sigma(s.settings) == pytest.approx(0.15) for p in s.pools if p.id not in noisy)
+    sim = Simulation(s, generate(s, quick=True), make_policy("round-robin", s))
+    spread = {p.id: sim.sigma[i] for i, p in enumerate(s.pools)}
+    assert {k for k, v in spread.items() if v == pytest.approx(0.5)} == noisy
+
+
+def test_a_pool_noise_outside_its_range_names_its_path(tmp_path: pathlib.Path) -> None:
+    text = (SCENARIOS / "noisy-cheap-spot.toml").read_text().replace(
+        "service_sigma = 0.5", "service_sigma = 3.0", 1)
+    prices = SCENARIOS.parents[1] / "examples" / "prices.toml"
+    target = tmp_path / "bad.toml"
+    target.write_text(text.replace('prices_file = "../../examples/prices.toml"',
+                                   f'prices_file = "{prices}"'))
+    with pytest.raises(ConfigError, match=r"pools\[0\]\.service_sigma 3.0"):
+        load_scenario(target)
