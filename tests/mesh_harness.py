@@ -226,3 +226,29 @@ def call(mesh: Mesh, metadata: Sequence[tuple[str, str]] = (), model: str = "sum
     _, trailers = infer_with_trailers(mesh.client(), model, [summarize_input()], metadata,
                                       timeout_s)
     return trailers
+
+
+INFER_PATH = "/inference.GRPCInferenceService/ModelInfer"
+
+
+def request_bytes(model: str = "summarize", dim: int = 16) -> bytes:
+    """A serialised ModelInfer request, as tritonclient builds it."""
+    from tritonclient.grpc import _utils as tc_utils
+    req = tc_utils._get_inference_request(
+        model_name=model, inputs=[summarize_input(dim)], model_version="", request_id="",
+        outputs=None, sequence_id=0, sequence_start=False, sequence_end=False, priority=0,
+        timeout=None, parameters=None)
+    return bytes(req.SerializeToString())
+
+
+async def raw_infer(ch: Any, md: Sequence[tuple[str, str]] = (), raw: bytes | None = None,
+                    timeout: float | None = 5.0) -> tuple[Any, dict[str, str], str]:
+    """(status, trailers, details) of one raw ModelInfer on a grpc.aio channel."""
+    import grpc
+    call = ch.unary_unary(INFER_PATH)(raw if raw is not None else request_bytes(),
+                                      metadata=tuple(md), timeout=timeout)
+    try:
+        await call
+    except grpc.aio.AioRpcError as err:
+        return err.code(), dict(err.trailing_metadata() or ()), err.details() or ""
+    return grpc.StatusCode.OK, dict(await call.trailing_metadata() or ()), ""

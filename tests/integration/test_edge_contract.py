@@ -6,20 +6,25 @@ from __future__ import annotations
 
 import asyncio
 import urllib.request
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
 import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
-from tritonclient.grpc import _utils as tc_utils
 from tritonclient.utils import InferenceServerException
 
-from services.backends.triton import TritonProcess
 from services.config import MeshConfig
 from services.edge.main import RunningEdge, start_edge
 from services.ports import free_port
-from tests.mesh_harness import Mesh, eventually, mesh_config, running_mesh, summarize_input
+from tests.mesh_harness import (
+    Mesh,
+    eventually,
+    mesh_config,
+    request_bytes,
+    summarize_input,
+)
+from tests.mesh_harness import raw_infer as infer
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -29,39 +34,6 @@ INFER = "/inference.GRPCInferenceService/ModelInfer"
 @pytest.fixture(scope="module")
 def cfg(tmp_path_factory: pytest.TempPathFactory) -> MeshConfig:
     return mesh_config(tmp_path_factory.mktemp("contract"), max_message_bytes=64 * 1024)
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def mesh(cfg: MeshConfig, tritons: dict[str, TritonProcess]) -> AsyncIterator[Mesh]:
-    async with running_mesh(cfg, tritons) as m:
-        yield m
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def channel(mesh: Mesh) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(mesh.edge_address) as ch:
-        yield ch
-
-
-def request_bytes(model: str = "summarize", dim: int = 16) -> bytes:
-    req = tc_utils._get_inference_request(
-        model_name=model, inputs=[summarize_input(dim)], model_version="", request_id="",
-        outputs=None, sequence_id=0, sequence_start=False, sequence_end=False, priority=0,
-        timeout=None, parameters=None)
-    return bytes(req.SerializeToString())
-
-
-async def infer(ch: grpc.aio.Channel, md: Sequence[tuple[str, str]] = (),
-                raw: bytes | None = None, timeout: float | None = 5.0
-                ) -> tuple[grpc.StatusCode, dict[str, str], str]:
-    """(status, trailers, details) of one raw ModelInfer through the edge."""
-    call = ch.unary_unary(INFER)(raw if raw is not None else request_bytes(),
-                                 metadata=tuple(md), timeout=timeout)
-    try:
-        await call
-    except grpc.aio.AioRpcError as err:
-        return err.code(), dict(err.trailing_metadata() or ()), err.details() or ""
-    return grpc.StatusCode.OK, dict(await call.trailing_metadata() or ()), ""
 
 
 # -- /metrics over HTTP ------------------------------------------------------------------

@@ -18,12 +18,11 @@ from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
 from services.api.switchyard.v1 import edge_pb2, edge_pb2_grpc
-from services.backends.triton import TritonProcess
 from services.config import MeshConfig
 from services.edge.router import CallRecord
 from services.edge.tokens import llm_request
 from services.edge.upstream import INFER, STREAM
-from tests.mesh_harness import Mesh, call, eventually, mesh_config, running_mesh, summarize_input
+from tests.mesh_harness import Mesh, call, eventually, mesh_config, summarize_input
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -32,12 +31,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 def cfg(tmp_path_factory: pytest.TempPathFactory) -> MeshConfig:
     # Tight-SLO calls are hedged: the hedge path must not leak tasks either.
     return mesh_config(tmp_path_factory.mktemp("hostile"), hedge_max_slo_ms=50)
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def mesh(cfg: MeshConfig, tritons: dict[str, TritonProcess]) -> AsyncIterator[Mesh]:
-    async with running_mesh(cfg, tritons) as m:
-        yield m
 
 
 @pytest.fixture

@@ -7,23 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import urllib.request
-from collections.abc import AsyncIterator
 
 import grpc
 import numpy as np
 import pytest
-import pytest_asyncio
 import tritonclient.grpc as tc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from services.backends.triton import TritonProcess
 from services.config import MeshConfig
 from tests.mesh_harness import (
     Mesh,
     call,
     mesh_config,
-    running_mesh,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
@@ -34,12 +30,6 @@ TIGHT, LOOSE = "17", "400"  # tight: only the local backend fits (nearest remote
 @pytest.fixture(scope="module")
 def cfg(tmp_path_factory: pytest.TempPathFactory) -> MeshConfig:
     return mesh_config(tmp_path_factory.mktemp("mesh"), max_message_bytes=64 * 1024)
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def mesh(cfg: MeshConfig, tritons: dict[str, TritonProcess]) -> AsyncIterator[Mesh]:
-    async with running_mesh(cfg, tritons) as m:
-        yield m
 
 
 async def served_by(mesh: Mesh, md: list[tuple[str, str]], n: int = 6) -> set[str]:

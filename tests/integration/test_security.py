@@ -10,23 +10,19 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-from collections.abc import AsyncIterator, Sequence
 
 import grpc
 import pytest
-import pytest_asyncio
-from tritonclient.grpc import _utils as tc_utils
 
-from services.backends.triton import TritonProcess
 from services.config import MeshConfig
 from services.security.settings import SecuritySettings, TenantSettings
 from tests.mesh_harness import (
     Mesh,
     eventually,
     mesh_config,
-    running_mesh,
-    summarize_input,
+    request_bytes,
 )
+from tests.mesh_harness import raw_infer as infer
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -44,39 +40,6 @@ def cfg(tmp_path_factory: pytest.TempPathFactory) -> MeshConfig:
         TenantSettings(name="limited", token="limited-token", rate_limit_per_s=0.5, burst=2),
     ])
     return base.model_copy(update={"security": sec})
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def mesh(cfg: MeshConfig, tritons: dict[str, TritonProcess]) -> AsyncIterator[Mesh]:
-    async with running_mesh(cfg, tritons) as m:
-        yield m
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def channel(mesh: Mesh) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(mesh.edge_address) as ch:
-        yield ch
-
-
-def request_bytes(model: str = "summarize") -> bytes:
-    req = tc_utils._get_inference_request(
-        model_name=model, inputs=[summarize_input()], model_version="", request_id="",
-        outputs=None, sequence_id=0, sequence_start=False, sequence_end=False, priority=0,
-        timeout=None, parameters=None)
-    return bytes(req.SerializeToString())
-
-
-async def infer(ch: grpc.aio.Channel, md: Sequence[tuple[str, str]] = (),
-                raw: bytes | None = None, timeout: float = 5.0
-                ) -> tuple[grpc.StatusCode, dict[str, str], str]:
-    """(status, trailers, details) of one raw ModelInfer through the edge."""
-    call = ch.unary_unary(INFER)(raw if raw is not None else request_bytes(),
-                                 metadata=tuple(md), timeout=timeout)
-    try:
-        await call
-    except grpc.aio.AioRpcError as err:
-        return err.code(), dict(err.trailing_metadata() or ()), err.details() or ""
-    return grpc.StatusCode.OK, dict(await call.trailing_metadata() or ()), ""
 
 
 async def test_tenant_token_keeps_calls_in_its_regions(channel: grpc.aio.Channel) -> None:
