@@ -18,6 +18,7 @@ from placement import shares
 from placement.errors import NotRegistered
 from placement.hardware import GpuState, assess, carry
 from placement.model import Availability, Backend
+from placement.token_learning import StreamSeen, TokenLearning
 
 ALPHA = 0.5  # EWMA weight of the newest window
 OBSERVATION_TTL_S = 60.0
@@ -95,6 +96,7 @@ class FleetState:
         # by ``observe``, rebuilt when ``observed`` was filled directly, e.g. a warm restart)
         self._observed_by_dep: dict[str, dict[str, ObservedLatency]] = {}
         self._observed_indexed = 0
+        self.tokens = TokenLearning()  # LLM streams' token speeds, from edge reports
         self.version = 0
         # What changed since the route tables were last built (consumed by take_dirty).
         self.dirty: set[str] = set()
@@ -182,6 +184,12 @@ class FleetState:
         old = by_edge.get((edge_region, edge_id))
         by_edge[(edge_region, edge_id)] = (calls_per_s, now)
         if old is None or _step(old[0] + 1.0, 0.1) != _step(calls_per_s + 1.0, 0.1):
+            self._bump(deployment_id.split("/", 1)[0])
+
+    def observe_streams(self, edge: tuple[str, str], deployment_id: str, seen: StreamSeen,
+                        now: float) -> None:
+        """One edge's LLM-stream report on a deployment (``placement.token_learning``)."""
+        if self.tokens.observe(edge, deployment_id, seen, now):
             self._bump(deployment_id.split("/", 1)[0])
 
     def slot_share(self, edge_region: str, deployment_id: str, now: float,

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from placement import latency, queueing
+from placement.token_learning import TokenSpeed
 
 HARDWARE_PENALTY_PREFIX = "GPU "  # placement.hardware's penalty reasons start with it
 
@@ -85,6 +86,7 @@ class Candidate:
     penalty_reason: str = ""
     concurrency: int = 1
     edge_slots: float = 0.0  # this edge's share of ``concurrency``; 0 = all of it
+    tokens: TokenSpeed | None = None  # LLM streams: the fleet's learned token speed
 
     @property
     def slots(self) -> float:

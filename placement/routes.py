@@ -97,7 +97,8 @@ class RouteBuilder:
             concurrency=b.max_concurrency,
             edge_slots=_slots(b.max_concurrency
                               * self.fleet.slot_share(edge_region, deployment_id, now,
-                                                      len(self.catalog.regions))))
+                                                      len(self.catalog.regions))),
+            tokens=self.fleet.tokens.speed(deployment_id, now))
 
     def _observed_elsewhere(self, deployment_id: str, edge_region: str, rtt: float,
                             now: float) -> float | None:

@@ -5,11 +5,14 @@ The only place that knows both sides: placement/ never imports generated code.
 
 from __future__ import annotations
 
+import math
+
 from placement.catalog import Catalog
 from placement.fleet import TelemetrySnapshot, VariantStats
 from placement.hardware import GpuState
 from placement.model import Availability, Backend, Candidate, LogicalModel, Variant
 from placement.prices import PriceEntry
+from placement.token_learning import StreamSeen, TokenSpeed
 from services.api.switchyard.v1 import fleet_pb2, placement_pb2, telemetry_pb2
 from services.config import MeshConfig
 
@@ -103,7 +106,8 @@ def candidate_to_pb(c: Candidate) -> placement_pb2.Candidate:
         spare_capacity=round(c.spare_capacity, 1), observed=c.observed,
         dropped_reason=c.dropped_reason, availability=int(c.availability),
         penalty_reason=c.penalty_reason, concurrency=c.concurrency,
-        edge_slots=round(c.edge_slots, 2))
+        edge_slots=round(c.edge_slots, 2),
+        tokens=token_speed_to_pb(c.tokens) if c.tokens is not None else None)
 
 
 def candidate_from_pb(c: placement_pb2.Candidate) -> Candidate:
@@ -116,4 +120,35 @@ def candidate_from_pb(c: placement_pb2.Candidate) -> Candidate:
         dropped_reason=c.dropped_reason,
         availability=Availability(c.availability or Availability.ACTIVE),
         penalty_reason=c.penalty_reason, concurrency=c.concurrency or 1,
-        edge_slots=c.edge_slots)
+        edge_slots=c.edge_slots,
+        tokens=token_speed_from_pb(c.tokens) if c.HasField("tokens") else None)
+
+
+def token_speed_to_pb(t: TokenSpeed) -> placement_pb2.TokenSpeed:
+    return placement_pb2.TokenSpeed(
+        prefill_ms_per_token=t.prefill_ms_per_token, tpot_base_ms=t.tpot_base_ms,
+        tpot_per_stream_ms=t.tpot_per_stream_ms, usd_per_1m_input=t.usd_per_1m_input,
+        usd_per_1m_output=t.usd_per_1m_output)
+
+
+def token_speed_from_pb(t: placement_pb2.TokenSpeed) -> TokenSpeed:
+    return TokenSpeed(t.prefill_ms_per_token, t.tpot_base_ms, t.tpot_per_stream_ms,
+                      t.usd_per_1m_input, t.usd_per_1m_output)
+
+
+def stream_seen_to_pb(s: StreamSeen) -> telemetry_pb2.StreamObservation:
+    return telemetry_pb2.StreamObservation(
+        prefill_ms_per_token=s.prefill_ms_per_token, tpot_base_ms=s.tpot_base_ms,
+        tpot_per_stream_ms=s.tpot_per_stream_ms, weight=s.weight, attempts=s.attempts,
+        tokens_in=s.tokens_in, tokens_out=s.tokens_out, input_usd=s.input_usd,
+        output_usd=s.output_usd)
+
+
+def stream_seen_from_pb(s: telemetry_pb2.StreamObservation) -> StreamSeen:
+    """An edge's stream report; negative or non-finite numbers (a broken edge) count as 0."""
+    def ok(x: float) -> float:
+        return x if math.isfinite(x) and x > 0 else 0.0
+
+    return StreamSeen(ok(s.prefill_ms_per_token), ok(s.tpot_base_ms), ok(s.tpot_per_stream_ms),
+                      ok(s.weight), s.attempts, s.tokens_in, s.tokens_out, ok(s.input_usd),
+                      ok(s.output_usd))

@@ -1,8 +1,10 @@
 """The edge's background work, off the call path.
 
 - ``PlacementLink``: watches route tables (any placement replica; on loss, the next one,
-  with jittered backoff) and reports what the edge observed. Losing placement changes
-  nothing for calls: the edge keeps routing on its last table (static stability).
+  with jittered backoff) and reports what the edge observed (latency and call rates per
+  deployment; for LLM streams, the token speeds and token costs ``StreamStats`` learned).
+  Losing placement changes nothing for calls: the edge keeps routing on its last table
+  (static stability).
 - ``HealthChecker``: active ``ServerReady`` checks of every backend in the tables, reported
   to the health view (``health.py``), which blocks a backend failing ``unhealthy_after``
   checks in a row until one passes. Each check's round trip is an RTT sample reported to
@@ -21,9 +23,11 @@ import structlog
 from tritonclient.grpc import service_pb2
 
 from services.api.switchyard.v1 import placement_pb2, placement_pb2_grpc, telemetry_pb2
+from services.convert import stream_seen_to_pb
 from services.edge.health import HealthView
 from services.edge.routes import RouteStore
 from services.edge.stats import EdgeStats
+from services.edge.token_stats import StreamStats
 from services.edge.upstream import Upstreams
 from services.security.transport import CLIENT_KEEPALIVE
 
@@ -34,9 +38,10 @@ class PlacementLink:
     def __init__(self, edge_id: str, region: str, replicas: list[str], store: RouteStore,
                  stats: EdgeStats, on_update: Callable[[], None],
                  report_interval_s: float = 2.0,
-                 channel_factory: Callable[..., grpc.aio.Channel] = grpc.aio.insecure_channel
-                 ) -> None:
+                 channel_factory: Callable[..., grpc.aio.Channel] = grpc.aio.insecure_channel,
+                 streams: StreamStats | None = None) -> None:
         self.edge_id = edge_id
+        self.streams = streams
         self.region = region
         self.replicas = replicas
         self.store = store
@@ -95,6 +100,7 @@ class PlacementLink:
                 rtt_ms=self.rtt_ms.get(dep.split("/", 1)[0], 0.0),
                 calls_per_s=round(calls / self.report_interval_s, 2))
                 for dep, (n, f, p50, p95, calls) in snapshot.items()]
+            self._add_streams(obs)
             if not self.connected or not obs:
                 continue
             try:
@@ -104,6 +110,20 @@ class PlacementLink:
                                                     observations=obs), timeout=2.0)
             except grpc.aio.AioRpcError as exc:
                 log.debug("observations_not_sent", error=exc.code().name)
+
+
+    def _add_streams(self, obs: list[telemetry_pb2.Observation]) -> None:
+        """What the edge learned of LLM streams, on each deployment's observation."""
+        if self.streams is None:
+            return
+        by_dep = {o.deployment_id: o for o in obs}
+        for dep, seen in self.streams.report().items():
+            o = by_dep.get(dep)
+            if o is None:
+                o = by_dep[dep] = telemetry_pb2.Observation(deployment_id=dep,
+                                                            edge_region=self.region)
+                obs.append(o)
+            o.streams.CopyFrom(stream_seen_to_pb(seen))
 
 
 class HealthChecker:

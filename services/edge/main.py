@@ -178,7 +178,8 @@ async def start_edge(cfg: MeshConfig, edge: EdgeConfig, port: int | None = None,
     link = PlacementLink(edge.id, edge.region, replicas, store, stats,
                          on_update=health.table_changed,
                          report_interval_s=rt.report_interval_s,
-                         channel_factory=transport.channel_factory(cfg.security, "edge"))
+                         channel_factory=transport.channel_factory(cfg.security, "edge"),
+                         streams=router.streams)
     checker = HealthChecker(store, upstreams, health, link, rt.health_interval_s)
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", transport.receive_limit(rt.max_message_bytes)),

@@ -7,7 +7,11 @@ session → prefix-holder map (bounded, least recently used out), and which vari
 that they can resume (``switchyard_resumable`` in their Triton model config, asked once per
 variant). It hands ``placement.streams`` read-only ``TokenEstimate``s; the price per second
 comes from the route table (``cost_usd / compute_ms``: both are per call, their ratio is the
-deployment's $/s). Nothing here is reported to placement yet: estimates are per edge.
+deployment's $/s). A deployment this edge has measured fewer than ``OWN_MIN_WEIGHT`` times is
+estimated from the fleet's learning instead (``Candidate.tokens``: what placement averaged
+from every edge's reports), so a fresh edge chooses on it from its first stream; with neither,
+it is unmeasured. ``report`` hands the link what to tell placement (``StreamSeen`` per
+deployment: the fit, and the tokens and cost of attempts since the last report).
 
 ``StreamMeter`` measures one stream (TTFT, TPOT, tokens, cost per attempt segment) and turns
 it into the stream's trailers.
@@ -22,10 +26,12 @@ from dataclasses import dataclass, field
 
 from placement.model import Candidate
 from placement.streams import TokenEstimate
+from placement.token_learning import StreamSeen
 
 ALPHA = 0.2  # EWMA weight of a new prefill sample
 DECAY = 0.9  # weight kept by older TPOT samples in the least-squares fit
 MAX_SESSIONS = 10_000
+OWN_MIN_WEIGHT = 3.0  # own TPOT samples (decayed) before the edge trusts itself over the fleet
 
 
 def usd_per_second(c: Candidate) -> float:
@@ -42,6 +48,12 @@ class _Learned:
     y: float = 0.0
     xx: float = 0.0
     xy: float = 0.0
+    # since the last report to placement
+    attempts: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    input_usd: float = 0.0
+    output_usd: float = 0.0
 
     def tpot_line(self) -> tuple[float, float] | None:
         if self.w <= 0:
@@ -81,10 +93,17 @@ class StreamStats:
     # -- learning --------------------------------------------------------------------------
 
     def observe(self, deployment: str, *, prefill_ms: float, uncached_tokens: int,
-                tpot_ms: float | None, load: int) -> None:
+                tpot_ms: float | None, load: int, tokens_out: int = 0, input_usd: float = 0.0,
+                output_usd: float = 0.0) -> None:
         """One attempt's measurements: its prefill (TTFT minus RTT) over the prompt tokens the
-        deployment had to prefill, its TPOT with ``load`` other streams in flight."""
+        deployment had to prefill, its TPOT with ``load`` other streams in flight, the tokens
+        it delivered and its cost (prefill, decode)."""
         s = self._learned.setdefault(deployment, _Learned())
+        s.attempts += 1
+        s.tokens_in += max(uncached_tokens, 0)
+        s.tokens_out += tokens_out
+        s.input_usd += input_usd
+        s.output_usd += output_usd
         if uncached_tokens > 0:
             sample = max(prefill_ms, 0.0) / uncached_tokens
             s.prefill_ms_per_token = sample if s.prefill_ms_per_token is None else (
@@ -95,15 +114,44 @@ class StreamStats:
             s.xy = s.xy * DECAY + load * tpot_ms
 
     def estimates(self, cands: Sequence[Candidate]) -> dict[str, TokenEstimate]:
-        """Estimates for the deployments measured so far (both prefill and TPOT)."""
+        """Estimates for the deployments measured so far (both prefill and TPOT), by this
+        edge or by the fleet."""
+        return {d: est for d, (est, _) in self.sourced(cands).items()}
+
+    def sourced(self, cands: Sequence[Candidate]) -> dict[str, tuple[TokenEstimate, str]]:
+        """Each measured deployment's estimate and whose it is: ``"edge"`` (this edge's own,
+        once it has ``OWN_MIN_WEIGHT`` samples or the fleet has none) or ``"fleet"``."""
         out = {}
         for c in cands:
             s = self._learned.get(c.deployment_id)
             line = s.tpot_line() if s is not None else None
-            if s is None or s.prefill_ms_per_token is None or line is None:
-                continue
-            out[c.deployment_id] = TokenEstimate(s.prefill_ms_per_token, line[0], line[1],
-                                                 usd_per_second(c))
+            own = (None if s is None or s.prefill_ms_per_token is None or line is None
+                   else TokenEstimate(s.prefill_ms_per_token, line[0], line[1],
+                                      usd_per_second(c)))
+            fleet = c.tokens
+            if own is not None and (fleet is None or (s is not None
+                                                      and s.w >= OWN_MIN_WEIGHT)):
+                out[c.deployment_id] = (own, "edge")
+            elif fleet is not None:
+                out[c.deployment_id] = (TokenEstimate(
+                    fleet.prefill_ms_per_token, fleet.tpot_base_ms, fleet.tpot_per_stream_ms,
+                    usd_per_second(c)), "fleet")
+        return out
+
+    def report(self) -> dict[str, StreamSeen]:
+        """What to tell placement per deployment (the fit, and the tokens and cost since the
+        previous report, which this resets)."""
+        out = {}
+        for dep, s in self._learned.items():
+            line = s.tpot_line()
+            out[dep] = StreamSeen(
+                prefill_ms_per_token=s.prefill_ms_per_token or 0.0,
+                tpot_base_ms=line[0] if line else 0.0,
+                tpot_per_stream_ms=line[1] if line else 0.0, weight=s.w if line else 0.0,
+                attempts=s.attempts, tokens_in=s.tokens_in, tokens_out=s.tokens_out,
+                input_usd=s.input_usd, output_usd=s.output_usd)
+            s.attempts = s.tokens_in = s.tokens_out = 0
+            s.input_usd = s.output_usd = 0.0
         return out
 
     # -- prefix affinity -------------------------------------------------------------------
@@ -169,11 +217,14 @@ class StreamMeter:
         n = int(seg["tokens"])
         decode_ms = (seg["last"] - seg["first"]) * 1000
         tpot = decode_ms / (n - 1) if n > 1 else None
-        self.cost_usd += usd_per_second(c) * (prefill_ms + decode_ms / (load + 1)) / 1000
+        usd_s = usd_per_second(c)
+        input_usd, output_usd = usd_s * prefill_ms / 1000, usd_s * decode_ms / (load + 1) / 1000
+        self.cost_usd += input_usd + output_usd
         if self.measured:
             stats.observe(c.deployment_id, prefill_ms=prefill_ms,
                           uncached_tokens=max(prompt_tokens - cached_tokens, 0),
-                          tpot_ms=tpot, load=load)
+                          tpot_ms=tpot, load=load, tokens_out=n, input_usd=input_usd,
+                          output_usd=output_usd)
 
     @property
     def ttft_ms(self) -> float | None:

@@ -28,6 +28,7 @@ from services.convert import (
     candidate_to_pb,
     price_from_pb,
     snapshot_from_pb,
+    stream_seen_from_pb,
 )
 from services.grpc_errors import AnyContext
 from services.placement.hub import RouteHub
@@ -141,6 +142,9 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
             state = self.fleet.backends.get(backend_id)
             if o.rtt_ms > 0 and state is not None:
                 self.fleet.observe_rtt(request.edge_region, state.backend.region, o.rtt_ms)
+            if o.HasField("streams"):  # LLM streams: token speeds and cost (issue 14)
+                self.fleet.observe_streams((request.edge_region, request.edge_id),
+                                           o.deployment_id, stream_seen_from_pb(o.streams), now)
         self._changed()
         return telemetry_pb2.ObservationAck()
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from services.api.switchyard.v1 import placement_pb2 as switchyard_dot_v1_dot_placement__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18switchyard/v1/edge.proto\x12\rswitchyard.v1\x1a\x1dswitchyard/v1/placement.proto\"\x13\n\x11\x45\x64geStatusRequest\"\x82\x01\n\x10\x44\x65ploymentHealth\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12\x0f\n\x07\x65jected\x18\x02 \x01(\x08\x12\x15\n\rejected_for_s\x18\x03 \x01(\x01\x12\r\n\x05\x63\x61lls\x18\x04 \x01(\x04\x12\x10\n\x08\x66\x61ilures\x18\x05 \x01(\x04\x12\x0e\n\x06p95_ms\x18\x06 \x01(\x01\"\xe2\x01\n\x12\x45\x64geStatusResponse\x12\x0f\n\x07\x65\x64ge_id\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x16\n\x0eroutes_version\x18\x03 \x01(\x04\x12\x1b\n\x13placement_connected\x18\x04 \x01(\x08\x12\x15\n\rroutes_source\x18\x05 \x01(\t\x12)\n\x06tables\x18\x06 \x03(\x0b\x32\x19.switchyard.v1.RouteTable\x12\x34\n\x0b\x64\x65ployments\x18\x07 \x03(\x0b\x32\x1f.switchyard.v1.DeploymentHealth2Z\n\tEdgeAdmin\x12M\n\x06Status\x12 .switchyard.v1.EdgeStatusRequest\x1a!.switchyard.v1.EdgeStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18switchyard/v1/edge.proto\x12\rswitchyard.v1\x1a\x1dswitchyard/v1/placement.proto\"\x13\n\x11\x45\x64geStatusRequest\"\x82\x01\n\x10\x44\x65ploymentHealth\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12\x0f\n\x07\x65jected\x18\x02 \x01(\x08\x12\x15\n\rejected_for_s\x18\x03 \x01(\x01\x12\r\n\x05\x63\x61lls\x18\x04 \x01(\x04\x12\x10\n\x08\x66\x61ilures\x18\x05 \x01(\x04\x12\x0e\n\x06p95_ms\x18\x06 \x01(\x01\"\xe2\x01\n\x12\x45\x64geStatusResponse\x12\x0f\n\x07\x65\x64ge_id\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x16\n\x0eroutes_version\x18\x03 \x01(\x04\x12\x1b\n\x13placement_connected\x18\x04 \x01(\x08\x12\x15\n\rroutes_source\x18\x05 \x01(\t\x12)\n\x06tables\x18\x06 \x03(\x0b\x32\x19.switchyard.v1.RouteTable\x12\x34\n\x0b\x64\x65ployments\x18\x07 \x03(\x0b\x32\x1f.switchyard.v1.DeploymentHealth2\xa4\x01\n\tEdgeAdmin\x12M\n\x06Status\x12 .switchyard.v1.EdgeStatusRequest\x1a!.switchyard.v1.EdgeStatusResponse\x12H\n\x07\x45xplain\x12\x1d.switchyard.v1.ExplainRequest\x1a\x1e.switchyard.v1.ExplainResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,6 +38,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DEPLOYMENTHEALTH']._serialized_end=226
   _globals['_EDGESTATUSRESPONSE']._serialized_start=229
   _globals['_EDGESTATUSRESPONSE']._serialized_end=455
-  _globals['_EDGEADMIN']._serialized_start=457
-  _globals['_EDGEADMIN']._serialized_end=547
+  _globals['_EDGEADMIN']._serialized_start=458
+  _globals['_EDGEADMIN']._serialized_end=622
 # @@protoc_insertion_point(module_scope)

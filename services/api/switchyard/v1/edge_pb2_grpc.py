@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from services.api.switchyard.v1 import edge_pb2 as switchyard_dot_v1_dot_edge__pb2
+from services.api.switchyard.v1 import placement_pb2 as switchyard_dot_v1_dot_placement__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
@@ -39,6 +40,11 @@ class EdgeAdminStub:
                 request_serializer=switchyard_dot_v1_dot_edge__pb2.EdgeStatusRequest.SerializeToString,
                 response_deserializer=switchyard_dot_v1_dot_edge__pb2.EdgeStatusResponse.FromString,
                 _registered_method=True)
+        self.Explain = channel.unary_unary(
+                '/switchyard.v1.EdgeAdmin/Explain',
+                request_serializer=switchyard_dot_v1_dot_placement__pb2.ExplainRequest.SerializeToString,
+                response_deserializer=switchyard_dot_v1_dot_placement__pb2.ExplainResponse.FromString,
+                _registered_method=True)
 
 
 class EdgeAdminServicer:
@@ -50,6 +56,14 @@ class EdgeAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Explain(self, request, context):
+        """What this edge would do with one call, by its own state; today: LLM streams
+        (ExplainRequest.stream set). A call's explanation without `stream` is placement's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EdgeAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -57,6 +71,11 @@ def add_EdgeAdminServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=switchyard_dot_v1_dot_edge__pb2.EdgeStatusRequest.FromString,
                     response_serializer=switchyard_dot_v1_dot_edge__pb2.EdgeStatusResponse.SerializeToString,
+            ),
+            'Explain': grpc.unary_unary_rpc_method_handler(
+                    servicer.Explain,
+                    request_deserializer=switchyard_dot_v1_dot_placement__pb2.ExplainRequest.FromString,
+                    response_serializer=switchyard_dot_v1_dot_placement__pb2.ExplainResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,6 +105,33 @@ class EdgeAdmin:
             '/switchyard.v1.EdgeAdmin/Status',
             switchyard_dot_v1_dot_edge__pb2.EdgeStatusRequest.SerializeToString,
             switchyard_dot_v1_dot_edge__pb2.EdgeStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Explain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchyard.v1.EdgeAdmin/Explain',
+            switchyard_dot_v1_dot_placement__pb2.ExplainRequest.SerializeToString,
+            switchyard_dot_v1_dot_placement__pb2.ExplainResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -21,7 +21,7 @@ AVAILABILITY_SCOPE_REGION: AvailabilityScope
 AVAILABILITY_SCOPE_CLOUD: AvailabilityScope
 
 class Candidate(_message.Message):
-    __slots__ = ("deployment_id", "backend_id", "endpoint", "variant", "region", "cloud", "accelerator", "quality", "latency_p95_ms", "rtt_ms", "queue_ms", "compute_ms", "cost_usd", "spare_capacity", "observed", "dropped_reason", "availability", "penalty_reason", "concurrency", "edge_slots")
+    __slots__ = ("deployment_id", "backend_id", "endpoint", "variant", "region", "cloud", "accelerator", "quality", "latency_p95_ms", "rtt_ms", "queue_ms", "compute_ms", "cost_usd", "spare_capacity", "observed", "dropped_reason", "availability", "penalty_reason", "concurrency", "edge_slots", "tokens")
     DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     BACKEND_ID_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
@@ -42,6 +42,7 @@ class Candidate(_message.Message):
     PENALTY_REASON_FIELD_NUMBER: _ClassVar[int]
     CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
     EDGE_SLOTS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
     deployment_id: str
     backend_id: str
     endpoint: str
@@ -62,7 +63,22 @@ class Candidate(_message.Message):
     penalty_reason: str
     concurrency: int
     edge_slots: float
-    def __init__(self, deployment_id: _Optional[str] = ..., backend_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., variant: _Optional[str] = ..., region: _Optional[str] = ..., cloud: _Optional[str] = ..., accelerator: _Optional[str] = ..., quality: _Optional[float] = ..., latency_p95_ms: _Optional[float] = ..., rtt_ms: _Optional[float] = ..., queue_ms: _Optional[float] = ..., compute_ms: _Optional[float] = ..., cost_usd: _Optional[float] = ..., spare_capacity: _Optional[float] = ..., observed: _Optional[bool] = ..., dropped_reason: _Optional[str] = ..., availability: _Optional[_Union[_fleet_pb2.Availability, str]] = ..., penalty_reason: _Optional[str] = ..., concurrency: _Optional[int] = ..., edge_slots: _Optional[float] = ...) -> None: ...
+    tokens: TokenSpeed
+    def __init__(self, deployment_id: _Optional[str] = ..., backend_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., variant: _Optional[str] = ..., region: _Optional[str] = ..., cloud: _Optional[str] = ..., accelerator: _Optional[str] = ..., quality: _Optional[float] = ..., latency_p95_ms: _Optional[float] = ..., rtt_ms: _Optional[float] = ..., queue_ms: _Optional[float] = ..., compute_ms: _Optional[float] = ..., cost_usd: _Optional[float] = ..., spare_capacity: _Optional[float] = ..., observed: _Optional[bool] = ..., dropped_reason: _Optional[str] = ..., availability: _Optional[_Union[_fleet_pb2.Availability, str]] = ..., penalty_reason: _Optional[str] = ..., concurrency: _Optional[int] = ..., edge_slots: _Optional[float] = ..., tokens: _Optional[_Union[TokenSpeed, _Mapping]] = ...) -> None: ...
+
+class TokenSpeed(_message.Message):
+    __slots__ = ("prefill_ms_per_token", "tpot_base_ms", "tpot_per_stream_ms", "usd_per_1m_input", "usd_per_1m_output")
+    PREFILL_MS_PER_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TPOT_BASE_MS_FIELD_NUMBER: _ClassVar[int]
+    TPOT_PER_STREAM_MS_FIELD_NUMBER: _ClassVar[int]
+    USD_PER_1M_INPUT_FIELD_NUMBER: _ClassVar[int]
+    USD_PER_1M_OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    prefill_ms_per_token: float
+    tpot_base_ms: float
+    tpot_per_stream_ms: float
+    usd_per_1m_input: float
+    usd_per_1m_output: float
+    def __init__(self, prefill_ms_per_token: _Optional[float] = ..., tpot_base_ms: _Optional[float] = ..., tpot_per_stream_ms: _Optional[float] = ..., usd_per_1m_input: _Optional[float] = ..., usd_per_1m_output: _Optional[float] = ...) -> None: ...
 
 class RouteTable(_message.Message):
     __slots__ = ("model", "edge_region", "version", "default_slo_ms", "candidates")
@@ -147,7 +163,7 @@ class DeregisterBackendResponse(_message.Message):
     def __init__(self, existed: _Optional[bool] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
-    __slots__ = ("model", "edge_region", "slo_ms", "min_quality", "max_cost_usd", "allowed_regions", "profile")
+    __slots__ = ("model", "edge_region", "slo_ms", "min_quality", "max_cost_usd", "allowed_regions", "profile", "stream")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     EDGE_REGION_FIELD_NUMBER: _ClassVar[int]
     SLO_MS_FIELD_NUMBER: _ClassVar[int]
@@ -155,6 +171,7 @@ class ExplainRequest(_message.Message):
     MAX_COST_USD_FIELD_NUMBER: _ClassVar[int]
     ALLOWED_REGIONS_FIELD_NUMBER: _ClassVar[int]
     PROFILE_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
     model: str
     edge_region: str
     slo_ms: float
@@ -162,7 +179,52 @@ class ExplainRequest(_message.Message):
     max_cost_usd: float
     allowed_regions: _containers.RepeatedScalarFieldContainer[str]
     profile: str
-    def __init__(self, model: _Optional[str] = ..., edge_region: _Optional[str] = ..., slo_ms: _Optional[float] = ..., min_quality: _Optional[float] = ..., max_cost_usd: _Optional[float] = ..., allowed_regions: _Optional[_Iterable[str]] = ..., profile: _Optional[str] = ...) -> None: ...
+    stream: StreamAsk
+    def __init__(self, model: _Optional[str] = ..., edge_region: _Optional[str] = ..., slo_ms: _Optional[float] = ..., min_quality: _Optional[float] = ..., max_cost_usd: _Optional[float] = ..., allowed_regions: _Optional[_Iterable[str]] = ..., profile: _Optional[str] = ..., stream: _Optional[_Union[StreamAsk, _Mapping]] = ...) -> None: ...
+
+class StreamAsk(_message.Message):
+    __slots__ = ("ttft_ms", "tpot_ms", "prompt_tokens", "max_tokens", "session_id")
+    TTFT_MS_FIELD_NUMBER: _ClassVar[int]
+    TPOT_MS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    ttft_ms: float
+    tpot_ms: float
+    prompt_tokens: int
+    max_tokens: int
+    session_id: str
+    def __init__(self, ttft_ms: _Optional[float] = ..., tpot_ms: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., max_tokens: _Optional[int] = ..., session_id: _Optional[str] = ...) -> None: ...
+
+class StreamOption(_message.Message):
+    __slots__ = ("deployment_id", "ttft_ms", "tpot_ms", "cost_usd", "usd_per_1m_tokens", "feasible", "measured", "learned_from", "prefix_holder", "cache_hit_tokens", "load", "load_bound", "reason")
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    TTFT_MS_FIELD_NUMBER: _ClassVar[int]
+    TPOT_MS_FIELD_NUMBER: _ClassVar[int]
+    COST_USD_FIELD_NUMBER: _ClassVar[int]
+    USD_PER_1M_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    FEASIBLE_FIELD_NUMBER: _ClassVar[int]
+    MEASURED_FIELD_NUMBER: _ClassVar[int]
+    LEARNED_FROM_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_HOLDER_FIELD_NUMBER: _ClassVar[int]
+    CACHE_HIT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    LOAD_FIELD_NUMBER: _ClassVar[int]
+    LOAD_BOUND_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    deployment_id: str
+    ttft_ms: float
+    tpot_ms: float
+    cost_usd: float
+    usd_per_1m_tokens: float
+    feasible: bool
+    measured: bool
+    learned_from: str
+    prefix_holder: bool
+    cache_hit_tokens: int
+    load: int
+    load_bound: int
+    reason: str
+    def __init__(self, deployment_id: _Optional[str] = ..., ttft_ms: _Optional[float] = ..., tpot_ms: _Optional[float] = ..., cost_usd: _Optional[float] = ..., usd_per_1m_tokens: _Optional[float] = ..., feasible: _Optional[bool] = ..., measured: _Optional[bool] = ..., learned_from: _Optional[str] = ..., prefix_holder: _Optional[bool] = ..., cache_hit_tokens: _Optional[int] = ..., load: _Optional[int] = ..., load_bound: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ExplainedCandidate(_message.Message):
     __slots__ = ("candidate", "feasible", "reason", "score")
@@ -177,7 +239,7 @@ class ExplainedCandidate(_message.Message):
     def __init__(self, candidate: _Optional[_Union[Candidate, _Mapping]] = ..., feasible: _Optional[bool] = ..., reason: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
-    __slots__ = ("model", "edge_region", "slo_ms", "candidates", "chosen_deployment_id", "slo_met", "summary", "profile", "spread_band")
+    __slots__ = ("model", "edge_region", "slo_ms", "candidates", "chosen_deployment_id", "slo_met", "summary", "profile", "spread_band", "stream_options")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     EDGE_REGION_FIELD_NUMBER: _ClassVar[int]
     SLO_MS_FIELD_NUMBER: _ClassVar[int]
@@ -187,6 +249,7 @@ class ExplainResponse(_message.Message):
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
     PROFILE_FIELD_NUMBER: _ClassVar[int]
     SPREAD_BAND_FIELD_NUMBER: _ClassVar[int]
+    STREAM_OPTIONS_FIELD_NUMBER: _ClassVar[int]
     model: str
     edge_region: str
     slo_ms: float
@@ -196,7 +259,8 @@ class ExplainResponse(_message.Message):
     summary: str
     profile: str
     spread_band: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, model: _Optional[str] = ..., edge_region: _Optional[str] = ..., slo_ms: _Optional[float] = ..., candidates: _Optional[_Iterable[_Union[ExplainedCandidate, _Mapping]]] = ..., chosen_deployment_id: _Optional[str] = ..., slo_met: _Optional[bool] = ..., summary: _Optional[str] = ..., profile: _Optional[str] = ..., spread_band: _Optional[_Iterable[str]] = ...) -> None: ...
+    stream_options: _containers.RepeatedCompositeFieldContainer[StreamOption]
+    def __init__(self, model: _Optional[str] = ..., edge_region: _Optional[str] = ..., slo_ms: _Optional[float] = ..., candidates: _Optional[_Iterable[_Union[ExplainedCandidate, _Mapping]]] = ..., chosen_deployment_id: _Optional[str] = ..., slo_met: _Optional[bool] = ..., summary: _Optional[str] = ..., profile: _Optional[str] = ..., spread_band: _Optional[_Iterable[str]] = ..., stream_options: _Optional[_Iterable[_Union[StreamOption, _Mapping]]] = ...) -> None: ...
 
 class ListBackendsRequest(_message.Message):
     __slots__ = ()

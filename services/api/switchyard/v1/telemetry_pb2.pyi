@@ -113,7 +113,7 @@ class TelemetryAck(_message.Message):
     def __init__(self, accepted: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class Observation(_message.Message):
-    __slots__ = ("deployment_id", "edge_region", "samples", "failures", "p50_ms", "p95_ms", "rtt_ms", "calls_per_s")
+    __slots__ = ("deployment_id", "edge_region", "samples", "failures", "p50_ms", "p95_ms", "rtt_ms", "calls_per_s", "streams")
     DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     EDGE_REGION_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
@@ -122,6 +122,7 @@ class Observation(_message.Message):
     P95_MS_FIELD_NUMBER: _ClassVar[int]
     RTT_MS_FIELD_NUMBER: _ClassVar[int]
     CALLS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    STREAMS_FIELD_NUMBER: _ClassVar[int]
     deployment_id: str
     edge_region: str
     samples: int
@@ -130,7 +131,30 @@ class Observation(_message.Message):
     p95_ms: float
     rtt_ms: float
     calls_per_s: float
-    def __init__(self, deployment_id: _Optional[str] = ..., edge_region: _Optional[str] = ..., samples: _Optional[int] = ..., failures: _Optional[int] = ..., p50_ms: _Optional[float] = ..., p95_ms: _Optional[float] = ..., rtt_ms: _Optional[float] = ..., calls_per_s: _Optional[float] = ...) -> None: ...
+    streams: StreamObservation
+    def __init__(self, deployment_id: _Optional[str] = ..., edge_region: _Optional[str] = ..., samples: _Optional[int] = ..., failures: _Optional[int] = ..., p50_ms: _Optional[float] = ..., p95_ms: _Optional[float] = ..., rtt_ms: _Optional[float] = ..., calls_per_s: _Optional[float] = ..., streams: _Optional[_Union[StreamObservation, _Mapping]] = ...) -> None: ...
+
+class StreamObservation(_message.Message):
+    __slots__ = ("prefill_ms_per_token", "tpot_base_ms", "tpot_per_stream_ms", "weight", "attempts", "tokens_in", "tokens_out", "input_usd", "output_usd")
+    PREFILL_MS_PER_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TPOT_BASE_MS_FIELD_NUMBER: _ClassVar[int]
+    TPOT_PER_STREAM_MS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_IN_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_OUT_FIELD_NUMBER: _ClassVar[int]
+    INPUT_USD_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_USD_FIELD_NUMBER: _ClassVar[int]
+    prefill_ms_per_token: float
+    tpot_base_ms: float
+    tpot_per_stream_ms: float
+    weight: float
+    attempts: int
+    tokens_in: int
+    tokens_out: int
+    input_usd: float
+    output_usd: float
+    def __init__(self, prefill_ms_per_token: _Optional[float] = ..., tpot_base_ms: _Optional[float] = ..., tpot_per_stream_ms: _Optional[float] = ..., weight: _Optional[float] = ..., attempts: _Optional[int] = ..., tokens_in: _Optional[int] = ..., tokens_out: _Optional[int] = ..., input_usd: _Optional[float] = ..., output_usd: _Optional[float] = ...) -> None: ...
 
 class ObservationReport(_message.Message):
     __slots__ = ("edge_id", "edge_region", "observations")
