@@ -1,5 +1,6 @@
 """LLM streams through a real edge and real Triton backends: token trailers, stream hints,
-choosing by TPOT, and a stream that survives the SIGKILL of its backend mid-generation."""
+choosing by TPOT, the fleet's learning reaching a fresh edge through placement, and a stream
+that survives the SIGKILL of its backend mid-generation."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ import pytest
 
 from services.backends.triton import TritonProcess
 from services.config import MeshConfig
+from services.edge.main import start_edge
 from services.edge.tokens import llm_request, parse_token
 from tests import llm_harness
 from tests.llm_harness import PROMPT, STREAM, Stream, direct, kill_when, run_stream
-from tests.mesh_harness import Mesh, mesh_config, running_mesh
+from tests.mesh_harness import Mesh, eventually, mesh_config, running_mesh
 
 pytestmark = pytest.mark.integration
 killed = llm_harness.killed  # the fixture: backends a test killed, restarted after it
@@ -94,6 +96,41 @@ async def test_tight_tpot_moves_streams_to_the_fast_deployment(mesh: Mesh) -> No
                                     [("x-tpot-ms", "6")])
     assert loose.trailers["x-served-by"] != "east-fast/generate-small"  # cheaper per token
     assert tight.trailers["x-served-by"] == "east-fast/generate-small"
+
+
+async def test_a_fresh_edge_routes_its_first_stream_on_the_fleets_learning(mesh: Mesh) -> None:
+    """What one edge learned reaches placement (ReportObservations), comes back on the route
+    rows (Candidate.tokens), and a new edge that never ran a stream chooses by it."""
+    for _ in range(4):  # the first edge measures all three deployments
+        await asyncio.to_thread(run_stream, mesh.edge_address, PROMPT, 20, [])
+
+    def fleet_learned() -> bool:
+        return all(c.tokens is not None for c in mesh.edge.router.store.candidates["generate"])
+
+    await eventually(fleet_learned, 20, "placement publishes the token speeds on the rows")
+    speeds = {c.deployment_id: c.tokens for c in mesh.edge.router.store.candidates["generate"]}
+    fast = speeds["east-fast/generate-small"]
+    cheap = speeds["west-cheap/generate-small"]
+    assert fast is not None and cheap is not None
+    assert fast.tpot_base_ms < cheap.tpot_base_ms  # 2.5 vs 10 ms/token (emulated)
+    assert cheap.usd_per_1m_output > 0 and cheap.usd_per_1m_input > 0
+    edge = mesh.cfg.edges[0].model_copy(update={"id": "edge-fresh"})
+    fresh = await start_edge(mesh.cfg, edge, port=0,
+                             placement=[f"127.0.0.1:{mesh.placement.port}"], metrics_port=0)
+    try:
+        await eventually(lambda: fresh.router.store.candidates.get("generate"), 10)
+        cands = fresh.router.store.candidates["generate"]
+        assert {src for _, src in fresh.router.streams.sourced(cands).values()} == {"fleet"}
+        tight = await asyncio.to_thread(run_stream, f"127.0.0.1:{fresh.port}", PROMPT, 8,
+                                        [("x-tpot-ms", "6")])
+        loose = await asyncio.to_thread(run_stream, f"127.0.0.1:{fresh.port}", PROMPT, 8,
+                                        [("x-tpot-ms", "1000")])
+    finally:
+        await fresh.stop(0.5)
+    # without the fleet's learning each deployment would first be tried once, unmeasured
+    assert tight.trailers["x-served-by"] == "east-fast/generate-small"
+    assert loose.trailers["x-served-by"] != "east-fast/generate-small"
+    assert tight.trailers["x-slo-met"] == "true"
 
 
 async def test_a_session_returns_to_its_prefix_holder_and_prefills_faster(mesh: Mesh) -> None:
