@@ -3,7 +3,9 @@
     switchyard up [--demo]          run the embedded mesh (placement, edges, Triton backends)
     switchyard status               backends, health, telemetry source and route tables
     switchyard explain MODEL        why each deployment would or would not serve a call
+                                    (--stream: an LLM stream, asked of an edge)
     switchyard drain KIND TARGET    drain (or --undo) a backend, region or cloud
+    switchyard plan [--approve]     capacity plan: current vs proposed, $/hour, why
     switchyard demo                 mixed tight/loose SLO workload vs an always-fastest baseline
     switchyard drill SCENARIO       failover drill under load (kill-backend, region-outage, …)
     switchyard placement | edge | agent   run one placement replica / edge router / node agent
@@ -138,6 +140,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     gpus = gpu_rows(backends, telemetry_pb2)
     print("\nGPUs (last report of each backend's telemetry owner)")
     print(table(GPU_HEADERS, gpus) if gpus else "  no GPU readings reported yet")
+    from services.capacity.plan_view import status_section
+
+    print("\n" + status_section(backends, args.placement_address))
     routes = stub.GetRouteTables(placement_pb2.GetRouteTablesRequest(), timeout=3)
     for t in routes.tables:
         print(f"\nroute table {t.model} @ {t.edge_region} (version {t.version}, "
@@ -164,12 +169,24 @@ def explain_hints(args: argparse.Namespace, cfg: MeshConfig) -> ParsedHints:
         raise InvalidRequest(f"{exc.message} (flag --{flag.replace('_', '-')})") from exc
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from services.capacity.plan_view import plan_main
+
+    cfg = _load(args)
+    _stub(cfg, args)  # resolves args.placement_address
+    return plan_main(args.placement_address, args.replan, args.approve)
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     from services.api.switchyard.v1 import placement_pb2
     from services.render import explain_rows, table
 
     cfg = _load(args)
     parsed = explain_hints(args, cfg)
+    if args.stream:  # an LLM stream: asked of an edge (services/stream_explain.py)
+        from services import stream_explain
+
+        return stream_explain.main(args, cfg, parsed)
     region = args.region or (cfg.edges[0].region if cfg.edges else cfg.regions[0].name)
     request = placement_pb2.ExplainRequest(
         model=args.model, edge_region=region, slo_ms=parsed.slo_ms or 0,
@@ -261,6 +278,8 @@ def parser() -> argparse.ArgumentParser:
                             ("explain", cmd_explain, "explain the routing of one call"),
                             ("drain", cmd_drain, "drain, cordon or restore a backend, "
                                                  "region or cloud"),
+                            ("plan", cmd_plan, "capacity plan: current vs proposed placement, "
+                                               "$/hour, why; --approve applies it"),
                             ("demo", cmd_demo, "run the demo workload against a running mesh")):
         sp = add(name, fn, help_)
         if name != "demo":
@@ -272,6 +291,9 @@ def parser() -> argparse.ArgumentParser:
             for flag, header in EXPLAIN_FLAGS.items():
                 sp.add_argument("--" + flag.replace("_", "-"), action="append",
                                 help=f"as the {header} header (validated the same way)")
+            from services.stream_explain import add_arguments as stream_arguments
+
+            stream_arguments(sp)
         if name == "status":
             sp.formatter_class = argparse.RawDescriptionHelpFormatter
             sp.epilog = STATUS_LEGEND
@@ -285,6 +307,11 @@ def parser() -> argparse.ArgumentParser:
                             help="cordon instead of drain: used only when nothing else can")
         if name == "demo":
             sp.add_argument("--calls", type=int, default=400)
+        if name == "plan":
+            sp.add_argument("--replan", action="store_true",
+                            help="solve a fresh plan now (applied at once if apply = auto)")
+            sp.add_argument("--approve", nargs="?", const="", default=None, metavar="PLAN_ID",
+                            help="apply the pending plan (its id, default: the pending one)")
     from services.security.certs import add_parser as certs_parser
 
     certs_parser(sub)

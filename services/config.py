@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from placement.errors import ConfigError
+from services.capacity.settings import CapacityConfig, check_capacity
 from services.discovery.settings import ConsulSettings
 from services.security.settings import LOCAL_DEFAULT, SecuritySettings, check_references
 
@@ -166,6 +167,7 @@ class MeshConfig(_Strict):
     consul: ConsulSettings = ConsulSettings()
     # TLS, identities, tenants, limits; without a [security] section: plaintext, said loudly.
     security: SecuritySettings = LOCAL_DEFAULT
+    capacity: CapacityConfig = CapacityConfig()  # the capacity loop (issue 13), off by default
     # Directory the file was read from; relative paths in the file resolve against it.
     base_dir: str = "."
 
@@ -196,6 +198,7 @@ class MeshConfig(_Strict):
                                  f"{sorted(regions)}")
         check_references(self.security, {r.name: r.cloud for r in self.regions},
                          [b.id for b in self.backends])
+        check_capacity(self.capacity, regions, variants, [b.id for b in self.backends])
         if self.edge.engine == "envoy" and (self.security.tls or self.security.tenants
                                             or self.security.require_tenant):
             # Envoy edges do not carry TLS or tenants over yet: refuse, never serve loosely.

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from placement.errors import SwitchyardError
 from services.capacity.model_control import DrainReport, ModelControl, RoutingGate
 from services.capacity.provider import Instance, Provider
 
@@ -45,6 +46,23 @@ class ApplyReport:
     actions: list[tuple[str, str, str]] = field(default_factory=list)
 
 
+class ApplyFailed(SwitchyardError):
+    """A step of :meth:`CapacityActor.apply` failed; ``report`` holds the steps taken before
+    it (nothing after the failed step was attempted: no drain or removal follows a failed add
+    or load, so capacity never drops below the plan being left)."""
+
+    grpc_code = "UNAVAILABLE"
+
+    def __init__(self, step: tuple[str, str, str], cause: BaseException,
+                 report: ApplyReport) -> None:
+        verb, iid, variant = step
+        super().__init__(f"{verb} {iid}{' ' + variant if variant else ''} failed: {cause} "
+                         f"(after {len(report.actions)} step(s) applied)")
+        self.step = step
+        self.cause = cause
+        self.report = report
+
+
 class CapacityActor:
     def __init__(self, provider: Provider, gate: RoutingGate,
                  control: Callable[[Instance], Control] = ModelControl) -> None:
@@ -52,6 +70,7 @@ class CapacityActor:
         self.gate = gate
         self._control_of = control
         self._controls: dict[str, Control] = {}
+        self._step: tuple[str, str, str] = ("", "", "")  # the step under way, for ApplyFailed
 
     def _control(self, inst: Instance) -> Control:
         if inst.id not in self._controls:
@@ -59,19 +78,38 @@ class CapacityActor:
         return self._controls[inst.id]
 
     async def _load(self, inst: Instance, variant: str, report: ApplyReport) -> None:
+        self._step = ("load", inst.id, variant)
         await self._control(inst).load(variant)
         await self.gate.start(inst, variant)
         report.actions.append(("load", inst.id, variant))
 
     async def _unload(self, inst: Instance, variant: str, report: ApplyReport) -> None:
+        self._step = ("unload", inst.id, variant)
         await self._control(inst).drain_and_unload(variant, self.gate)
         report.actions.append(("unload", inst.id, variant))
 
+    async def placement(self, pools: list[str]) -> dict[str, list[tuple[Instance, frozenset[str]]]]:
+        """Each pool's instances and the variants each reports loaded, as the servers say."""
+        return {p: [(i, await self._control(i).loaded()) for i in self.provider.instances(p)]
+                for p in pools}
+
     async def apply(self, target: Mapping[str, PoolTarget]) -> ApplyReport:
+        """Make the fleet match ``target``; raise :class:`ApplyFailed` at the first failed
+        step, carrying the steps taken before it."""
         report = ApplyReport()
+        try:
+            return await self._apply(target, report)
+        except ApplyFailed:
+            raise
+        except Exception as exc:
+            raise ApplyFailed(self._step, exc, report) from exc
+
+    async def _apply(self, target: Mapping[str, PoolTarget], report: ApplyReport
+                     ) -> ApplyReport:
         for pool, want in sorted(target.items()):  # (1) grow
             missing = want.gpus - len(self.provider.instances(pool))
             if missing > 0:
+                self._step = ("add", pool, "")
                 for inst in await self.provider.add(pool, missing):
                     report.actions.append(("add", inst.id, ""))
                     for v in sorted(want.variants):
@@ -92,6 +130,7 @@ class CapacityActor:
                 control = self._controls.pop(inst.id, None)
                 if control is not None:
                     await control.close()
+                self._step = ("remove", inst.id, "")
                 await self.provider.remove(inst)
                 report.actions.append(("remove", inst.id, ""))
         return report

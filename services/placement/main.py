@@ -6,6 +6,7 @@ import asyncio
 import pathlib
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 import structlog
@@ -27,6 +28,9 @@ from services.security import authz, transport
 from services.serving import add_health_and_reflection, mark_serving, start_metrics
 from services.xds.server import AdsServer, serve_ads
 
+if TYPE_CHECKING:
+    from services.placement.capacity import CapacityLoop
+
 log = structlog.get_logger("switchyard.placement")
 SERVICE_NAME = placement_pb2.DESCRIPTOR.services_by_name["Placement"].full_name
 
@@ -40,8 +44,11 @@ class RunningPlacement:
     discovery: Discovery | None = None
     ads: AdsServer | None = None  # Envoy edges' xDS, on the same port
     keeper: persist.Keeper | None = None  # learned state, saved for a warm restart
+    capacity: CapacityLoop | None = None  # [capacity] enabled: the capacity loop
 
     async def stop(self, grace: float = 1.0) -> None:
+        if self.capacity is not None:
+            await self.capacity.stop()
         if self.keeper is not None:
             await self.keeper.stop()
         if self.follower is not None:
@@ -118,6 +125,11 @@ async def start_placement(cfg: MeshConfig, host: str | None = None, port: int | 
     server = grpc.aio.server(interceptors=[*authz.interceptors(cfg.security), ErrorInterceptor()],
                              options=transport.server_options(cfg.security.limits))
     register(service, server)
+    capacity = None
+    if cfg.capacity.enabled:  # imported only then: the planner's solver, tritonclient
+        from services.placement.capacity_service import start_capacity
+
+        capacity = start_capacity(cfg, service, server)
     ads = serve_ads(server, service, cfg)
     health = add_health_and_reflection(server, [SERVICE_NAME])
     host = host or cfg.placement.host
@@ -132,7 +144,10 @@ async def start_placement(cfg: MeshConfig, host: str | None = None, port: int | 
     service.hub.publish()
     keeper = persist.Keeper(service.fleet, learned, service.clock)
     keeper.start()
-    running = RunningPlacement(server, service, bound, ads=ads, keeper=keeper)
+    running = RunningPlacement(server, service, bound, ads=ads, keeper=keeper,
+                               capacity=capacity)
+    if capacity is not None:
+        capacity.start()
     if cfg.discovery == "consul":
         from services.discovery import open_discovery
         from services.discovery.base import HealthCheck

@@ -1,0 +1,113 @@
+"""The ``[capacity]`` section of the mesh file: the capacity loop placement runs (issue 13).
+
+::
+
+    [capacity]
+    enabled = true
+    apply = "approve"          # or "auto"; "approve" waits for `switchyard plan --approve`
+    interval_s = 300           # scheduled re-plan; a large forecast error re-plans sooner
+    observe_s = 5              # how often observed call rates are fed to the forecast
+
+    [[capacity.pools]]         # GPUs of one kind the loop may add (local provider: tritonserver)
+    id = "t4-east"
+    region = "aws-us-east-1"
+    accelerator = "nvidia-t4"
+    variants = ["summarize-small", "summarize-large"]   # what its repository holds
+    gpu_memory_gb = 16
+    max_gpus = 2
+
+    [[capacity.variants]]      # declared footprint/compute until NVML measures the first load
+    name = "summarize-large"
+    memory_gb = 10
+    compute_ms = 120
+
+Cross-references (regions, variants, pool ids against backend ids) are checked by
+:func:`check_capacity`, which ``MeshConfig`` calls from its validator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CapacityPoolConfig(_Strict):
+    """GPUs of one kind in one region at one price class; each GPU is one Triton server."""
+
+    id: str
+    region: str
+    accelerator: str
+    price_class: Literal["on-demand", "spot", "reserved"] = "on-demand"
+    variants: list[str]
+    speed: float = Field(default=1.0, gt=0)  # emulated accelerator speed (see BackendConfig)
+    max_concurrency: int = Field(default=4, ge=1)
+    max_gpus: int = Field(default=2, ge=0, le=64)
+    gpu_memory_gb: float = Field(default=24.0, gt=0)
+    usd_per_gpu_hour: float | None = Field(default=None, ge=0)  # else from the prices file
+    reclaim_risk: float = Field(default=0.0, ge=0, lt=1)
+
+
+class CapacityVariantConfig(_Strict):
+    """What the planner assumes of a variant before it has measured it."""
+
+    name: str
+    memory_gb: float = Field(default=8.0, gt=0)  # declared footprint until NVML measures it
+    compute_ms: float | None = Field(default=None, gt=0)  # on a speed-1 GPU; else a prior
+
+
+class CapacityConfig(_Strict):
+    enabled: bool = False
+    provider: Literal["local"] = "local"
+    apply: Literal["auto", "approve"] = "approve"
+    interval_s: float = Field(default=300.0, gt=0)
+    observe_s: float = Field(default=5.0, gt=0)
+    horizon_s: float = Field(default=3600.0, gt=0)
+    survive_region_loss: bool = True
+    memory_headroom: float = Field(default=0.1, ge=0, lt=1)
+    usd_per_gpu_change: float = Field(default=0.5, ge=0)
+    usd_per_variant_change: float = Field(default=0.1, ge=0)
+    solve_time_limit_s: float = Field(default=10.0, gt=0)
+    # After a variant leaves the route tables: how long edges get to receive the push
+    # before its queue is drained and it is unloaded.
+    drain_settle_s: float = Field(default=0.3, ge=0)
+    pools: list[CapacityPoolConfig] = []
+    variants: list[CapacityVariantConfig] = []
+
+
+def check_capacity(cap: CapacityConfig, regions: Iterable[str], variants: Iterable[str],
+                   backend_ids: Iterable[str]) -> None:
+    """Raise ``ValueError`` naming the path when ``[capacity]`` refers to unknown names."""
+    known_regions, known_variants, backends = set(regions), set(variants), set(backend_ids)
+    seen: set[str] = set()
+    for i, p in enumerate(cap.pools):
+        where = f"capacity.pools[{i}]"
+        if p.id in seen:
+            raise ValueError(f"{where}.id {p.id!r} is defined twice")
+        if p.id in backends:
+            raise ValueError(f"{where}.id {p.id!r} is also a backend id; pool instances are "
+                             "named after their pool, so the ids must differ")
+        seen.add(p.id)
+        if p.region not in known_regions:
+            raise ValueError(f"{where}.region {p.region!r} is not in regions "
+                             f"{sorted(known_regions)}")
+        for v in p.variants:
+            if v not in known_variants:
+                raise ValueError(f"{where}.variants {v!r} is not a variant of any model "
+                                 f"{sorted(known_variants)}")
+    named: set[str] = set()
+    for i, cv in enumerate(cap.variants):
+        if cv.name not in known_variants:
+            raise ValueError(f"capacity.variants[{i}].name {cv.name!r} is not a variant of "
+                             f"any model {sorted(known_variants)}")
+        if cv.name in named:
+            raise ValueError(f"capacity.variants[{i}].name {cv.name!r} is defined twice")
+        named.add(cv.name)
+    if cap.enabled and not cap.pools:
+        raise ValueError("capacity.enabled is true but capacity.pools is empty: the loop "
+                         "has no GPUs to place")

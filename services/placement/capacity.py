@@ -1,0 +1,301 @@
+"""The capacity loop placement runs: forecast → plan → (approve) → act → audit (issue 13).
+
+Every ``observe_s`` the call rates edges report (``ReportObservations`` →
+``FleetState.use``) are summed per demand class and fed to
+:class:`placement.forecast.DemandForecaster`. A class is (model, quality floor, SLO, edge
+region); edges report rates per deployment, not per floor and SLO, so a class's floor is the
+quality of the variant that served its calls (edges pick the cheapest variant that meets a
+call's floor, so this is the floor the calls needed, or more) and its SLO is the model's
+default. A re-plan runs every ``interval_s``, and sooner when the forecast is surprised
+(:meth:`DemandForecaster.surprises`); while a class's forecast is off, the plan takes that
+class at its observed rate (times the forecast's peak factor) until the forecast catches up.
+
+A re-plan is :func:`placement.replan.decide` (the optimum must pay for its churn) against
+the placement the servers report now. An adopted plan is applied at once (``apply =
+"auto"``) or held until ``ApprovePlan`` names it (``"approve"``). Applying is
+:meth:`CapacityActor.apply` (adds and loads first, drains and removals last) through the
+pools' provider and :class:`PlacementGate`. Each proposal, approval, applied step and failure
+is one JSON event on the ``switchyard.audit`` logger (the shape of
+:mod:`services.security.authz`'s events).
+
+Statically configured ``[[backends]]`` are outside the loop: their calls count as demand, and
+the plan provisions the managed pools for all of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+
+import structlog
+
+from placement.catalog import Catalog
+from placement.errors import SwitchyardError
+from placement.fleet import FleetState
+from placement.forecast import ClassKey, DemandForecaster, ForecastSettings
+from placement.planner import (
+    DemandClass,
+    Infeasible,
+    Plan,
+    PlannerSettings,
+    PlanPool,
+    PlanVariant,
+    PoolPlan,
+    Problem,
+)
+from placement.replan import ChurnCost, Decision, decide
+from placement.routes import PRIOR_COMPUTE_FRACTION_OF_SLO
+from services.capacity.actor import ApplyFailed, CapacityActor, PoolTarget
+from services.capacity.settings import CapacityConfig
+from services.placement.capacity_footprint import FootprintBook, Readings
+
+log = structlog.get_logger("switchyard.capacity")
+audit = structlog.get_logger("switchyard.audit")
+
+
+class NotPending(SwitchyardError):
+    """Approval of a plan that is not the pending one."""
+
+    grpc_code = "FAILED_PRECONDITION"
+
+
+@dataclass(frozen=True, slots=True)
+class Proposal:
+    id: str
+    decision: Decision
+    problem: Problem
+    planned_unix_s: float
+
+
+@dataclass(slots=True)
+class CapacityState:
+    """What `switchyard plan` shows; owned by the loop, read by the service."""
+
+    current: Plan = field(default_factory=lambda: Plan((), 0.0))
+    instances: dict[str, list[str]] = field(default_factory=dict)  # pool -> instance ids
+    proposal: Proposal | None = None
+    pending: bool = False
+    reason: str = "no plan yet"
+    last_error: str = ""
+
+
+class CapacityLoop:
+    def __init__(self, settings: CapacityConfig, catalog: Catalog, fleet: FleetState,
+                 pools: Mapping[str, PlanPool], actor: CapacityActor, book: FootprintBook,
+                 readings: Readings, *, wall: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic,
+                 rate_stale_s: float = 10.0,
+                 forecast: ForecastSettings | None = None,
+                 on_stop: Callable[[], Awaitable[None]] | None = None) -> None:
+        """``on_stop``: closes what the loop acts through (the provider's instances)."""
+        self.settings = settings
+        self.catalog = catalog
+        self.fleet = fleet
+        self.pools = dict(pools)
+        self.actor = actor
+        self.book = book
+        self.readings = readings
+        self.wall = wall
+        self.monotonic = monotonic
+        self.rate_stale_s = rate_stale_s
+        self.forecaster = DemandForecaster(forecast)
+        self.churn = ChurnCost(settings.usd_per_gpu_change, settings.usd_per_variant_change,
+                               settings.horizon_s / 3600.0)
+        self.state = CapacityState()
+        self._last_plan_at: float | None = None
+        self._lock = asyncio.Lock()  # one plan applied at a time
+        self._task: asyncio.Task[None] | None = None
+        self._on_stop = on_stop
+
+    # -- demand ----------------------------------------------------------------------------
+    def observed_rates(self) -> dict[ClassKey, float]:
+        """Calls/s per class right now, from the rates edges last reported (fresh ones)."""
+        now = self.monotonic()
+        out: dict[ClassKey, float] = {}
+        for dep, by_edge in self.fleet.use.items():
+            v = self.catalog.variant(dep.split("/", 1)[1] if "/" in dep else "")
+            if v is None:
+                continue
+            slo = self.catalog.model(v.logical).default_slo_ms
+            for (region, _edge), (rate, at) in list(by_edge.items()):
+                key = ClassKey(v.logical, v.quality, slo, region)
+                fresh = rate if now - at <= self.rate_stale_s else 0.0
+                out[key] = out.get(key, 0.0) + fresh
+        return out
+
+    def observe(self) -> None:
+        """Feed the forecast one observation per class, and measure footprints."""
+        now_s = self.wall()
+        for key, rate in sorted(self.observed_rates().items()):
+            self.forecaster.observe(key, now_s, rate)
+        self.book.measure(self.readings)
+
+    def demand(self) -> tuple[DemandClass, ...]:
+        """The forecast, with each surprised class at its observed rate."""
+        s = self.forecaster.settings
+        observed = {x.key: x.observed_rps * s.peak_factor for x in self.forecaster.surprises()}
+        out = []
+        for d in self.forecaster.forecast(self.wall(), self.settings.horizon_s):
+            key = ClassKey(d.model, d.min_quality, d.slo_ms, d.edge_region)
+            rate = observed.get(key, d.rate_rps)
+            if rate > 1e-6:
+                out.append(DemandClass(d.model, d.min_quality, d.slo_ms, d.edge_region, rate))
+        return tuple(out)
+
+    def problem(self) -> Problem:
+        names = sorted({v for p in self.pools.values() for v in p.variants})
+        variants = []
+        declared = {v.name: v for v in self.settings.variants}
+        for name in names:
+            v = self.catalog.variant(name)
+            assert v is not None  # checked against the models by the config validator
+            spec = declared.get(name)
+            compute = (spec.compute_ms if spec is not None and spec.compute_ms else
+                       self.catalog.model(v.logical).default_slo_ms
+                       * PRIOR_COMPUTE_FRACTION_OF_SLO)
+            variants.append(PlanVariant(name, v.logical, v.quality,
+                                        self.book.footprint_gb(name), compute))
+        return Problem(tuple(self.pools.values()), tuple(variants), self.demand(),
+                       self.catalog.rtt, PlannerSettings(
+                           memory_headroom=self.settings.memory_headroom,
+                           survive_region_loss=self.settings.survive_region_loss,
+                           time_limit_s=self.settings.solve_time_limit_s))
+
+    # -- the placement as it is ------------------------------------------------------------
+    async def refresh(self) -> Plan:
+        """Read the current placement from the servers (a pool's GPUs share one variant set:
+        the union of what its instances loaded)."""
+        placed = await self.actor.placement(sorted(self.pools))
+        pools = []
+        self.state.instances = {p: [i.id for i, _ in insts] for p, insts in placed.items()}
+        for pid, insts in placed.items():
+            if not insts:
+                continue
+            loaded = frozenset().union(*(v for _, v in insts))
+            usd = self.pools[pid].usd_per_gpu_hour * len(insts)
+            pools.append(PoolPlan(pid, len(insts), tuple(sorted(loaded)), 0.0, 0.0, usd, ()))
+        pools.sort(key=lambda p: p.usd_per_hour)
+        self.state.current = Plan(tuple(pools), sum(p.usd_per_hour for p in pools))
+        return self.state.current
+
+    # -- re-plan ---------------------------------------------------------------------------
+    def due(self) -> str:
+        """Why a re-plan is due now ('' = not due)."""
+        if self._last_plan_at is None:
+            return "first plan"
+        if self.monotonic() - self._last_plan_at >= self.settings.interval_s:
+            return "schedule"
+        surprised = self.forecaster.surprises()
+        if surprised:
+            return "forecast error: " + "; ".join(s.explain() for s in surprised)
+        return ""
+
+    async def replan(self, trigger: str) -> Proposal | None:
+        """Solve, decide with hysteresis, then apply (auto) or hold for approval."""
+        async with self._lock:
+            current = await self.refresh()
+            problem = self.problem()
+            self._last_plan_at = self.monotonic()
+            # The solver is CPU-bound (HiGHS releases the GIL): keep the event loop serving.
+            decision = await asyncio.to_thread(decide, problem, current, self.churn)
+            if isinstance(decision, Infeasible):
+                self.state.reason = f"{trigger}: {decision.explain()}"
+                audit.warning("capacity.infeasible", trigger=trigger,
+                              constraint=decision.constraint, detail=decision.detail)
+                return None
+            proposal = Proposal(uuid.uuid4().hex[:12], decision, problem, self.wall())
+            self.state.reason = f"{trigger}: {decision.reason}"
+            if not decision.adopt:
+                self.state.proposal, self.state.pending = proposal, False
+                log.info("capacity.kept", trigger=trigger, reason=decision.reason)
+                return proposal
+            self.state.proposal = proposal
+            audit.info("capacity.proposed", plan_id=proposal.id, trigger=trigger,
+                       reason=decision.reason, apply=self.settings.apply,
+                       usd_per_hour_before=round(current.usd_per_hour, 4),
+                       usd_per_hour_after=round(decision.plan.usd_per_hour, 4),
+                       target=_target_json(self.target(decision.plan)))
+            if self.settings.apply == "auto":
+                await self._apply(proposal, approved_by="auto")
+            else:
+                self.state.pending = True
+            return proposal
+
+    def target(self, plan: Plan) -> dict[str, PoolTarget]:
+        """Every configured pool, those the plan leaves out at zero GPUs."""
+        gpus, loaded = plan.gpus(), plan.loaded()
+        return {p: PoolTarget(gpus.get(p, 0), loaded.get(p, frozenset())) for p in self.pools}
+
+    async def approve(self, plan_id: str, who: str) -> list[tuple[str, str, str]]:
+        """Apply the pending plan named ``plan_id`` (raises :class:`NotPending`)."""
+        async with self._lock:
+            proposal = self.state.proposal
+            if not self.state.pending or proposal is None or proposal.id != plan_id:
+                have = proposal.id if proposal is not None and self.state.pending else "none"
+                raise NotPending(f"plan {plan_id!r} is not pending (pending: {have}); run "
+                                 "`switchyard plan` to see the current proposal")
+            audit.info("capacity.approved", plan_id=plan_id, identity=who)
+            return await self._apply(proposal, approved_by=who)
+
+    async def _apply(self, proposal: Proposal, approved_by: str) -> list[tuple[str, str, str]]:
+        self.state.pending = False
+        target = self.target(proposal.decision.plan)
+        try:
+            report = await self.actor.apply(target)
+        except ApplyFailed as exc:
+            self.state.last_error = exc.message
+            for verb, iid, variant in exc.report.actions:
+                audit.info("capacity.changed", plan_id=proposal.id, action=verb,
+                           instance=iid, variant=variant, approved_by=approved_by)
+            audit.error("capacity.apply_failed", plan_id=proposal.id, step=list(exc.step),
+                        error=str(exc.cause), applied=[list(a) for a in exc.report.actions],
+                        approved_by=approved_by)
+            await self.refresh()
+            raise
+        for verb, iid, variant in report.actions:
+            audit.info("capacity.changed", plan_id=proposal.id, action=verb, instance=iid,
+                       variant=variant, approved_by=approved_by)
+        self.state.last_error = ""
+        await self.refresh()
+        audit.info("capacity.applied", plan_id=proposal.id, steps=len(report.actions),
+                   usd_per_hour=round(self.state.current.usd_per_hour, 4),
+                   approved_by=approved_by)
+        return report.actions
+
+    # -- the schedule ----------------------------------------------------------------------
+    async def step(self) -> None:
+        self.observe()
+        trigger = self.due()
+        if trigger:
+            with contextlib.suppress(ApplyFailed):  # audited; the next due re-plan retries
+                await self.replan(trigger)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the loop outlives one bad round; the log says why
+                log.exception("capacity.round_failed")
+            await asyncio.sleep(self.settings.observe_s)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.actor.close()
+        if self._on_stop is not None:
+            await self._on_stop()
+
+
+def _target_json(target: Mapping[str, PoolTarget]) -> dict[str, object]:
+    return {p: {"gpus": t.gpus, "variants": sorted(t.variants)} for p, t in sorted(target.items())}
