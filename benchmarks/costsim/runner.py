@@ -10,12 +10,13 @@ from dataclasses import dataclass
 from benchmarks.costsim import lp, policies
 from benchmarks.costsim.control import ControlPlane
 from benchmarks.costsim.engine import SimResult, Simulation
+from benchmarks.costsim.envoy_policy import envoy
 from benchmarks.costsim.litellm import LiteLLMCostRouter
 from benchmarks.costsim.scenario import Scenario, load_scenario
 from benchmarks.costsim.trace import Trace, generate
 
 POLICIES = ("switchyard", "switchyard-whole-slots", "lowest-latency", "round-robin",
-            "cheapest-ignoring-slo", "litellm-cost")
+            "cheapest-ignoring-slo", "litellm-cost", "envoy")
 
 
 def make_policy(name: str, s: Scenario,
@@ -35,6 +36,8 @@ def make_policy(name: str, s: Scenario,
         return policies.lowest_latency(control, seed, st.slo_margin_ms)
     if name == "cheapest-ignoring-slo":
         return policies.cheapest_ignoring_slo(control, seed, st.slo_margin_ms)
+    if name == "envoy":
+        return envoy(control, seed, st.spread_band, st.slo_margin_ms, st.max_attempts)
     if name == "round-robin":
         return policies.RoundRobin(control, st.slo_margin_ms)
     raise ValueError(f"unknown policy {name!r} (known: {', '.join(POLICIES)})")

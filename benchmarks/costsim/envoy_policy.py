@@ -1,0 +1,273 @@
+"""The ``envoy`` policy: an Envoy edge running the config placement compiles for it.
+
+What is compiled comes from placement's own code, per push: every time the simulated
+placement pushes tables (``ControlPlane.rebuild``), each (model, edge) table goes through the
+wire conversion an Envoy's control plane applies (``services.convert``) and the failover
+order of a call's SLO is ``services.xds.order.failover_order`` — the function
+``services.xds.resources.compile_region`` calls — at the SLO rounded down to whole ms (what
+the listener's Lua matches). The rules Envoy applies to that order are read from the
+resources ``services.xds.resources`` builds (:meth:`EnvoyRules.compiled`): the route's
+``retry_on`` and ``num_retries``, each deployment cluster's outlier detection and circuit
+breakers (Envoy's defaults where the cluster sets none: ``max_requests`` 1024,
+``max_retries`` 3 parallel retries per cluster). Between pushes an edge then does what Envoy
+does, nothing more:
+
+- the aggregate cluster sends a call to the first child in the order with a healthy host
+  (one host per deployment cluster, so no weighted choice within it; no route weights are
+  pushed today). Health is Envoy's own outlier detection: ``consecutive_5xx`` failures in a
+  row eject the host for ``base_ejection_time × k`` (``k`` counts its ejections, less one
+  per ``interval`` it stays in, at most ``max_ejection_time``). A gRPC RESOURCE_EXHAUSTED is
+  HTTP 429 to the detector: not a 5xx, and it resets the run, as a success does;
+- no per-call pricing: the order is fixed until the next push; the only in-flight counts
+  are Envoy's circuit breakers, per deployment cluster at this edge. A cluster at
+  ``max_requests`` answers 503 ``x-envoy-overloaded`` at once and Envoy never retries an
+  overflow (``RetryStateImpl::wouldRetryFromReset``), and the aggregate does not move past a
+  full child (it picks children by health only; envoyproxy/envoy#38185 asks for that and is
+  closed unimplemented): the call fails;
+- a retry happens only for a status in ``retry_on`` (a dead backend's refused connection or
+  reset, UNAVAILABLE; not RESOURCE_EXHAUSTED, which goes back to the caller), at most
+  ``num_retries`` times, and only while fewer than ``max_retries`` retries of the aggregate
+  are in flight at this edge (else the call fails with its last status). It goes to the next
+  child not yet attempted (``previous_priorities``). What a failure excludes is read from
+  the call's ``placement.attempts`` (the engine's): the deployment, and after UNAVAILABLE
+  every variant on that server, which Envoy's ``previous_hosts`` does not exclude; the
+  order puts those variants last (``order.servers_apart``), so this only matters once the
+  rest of the order is spent. The avoided regions of ``placement.attempts`` are ignored
+  (Envoy has none). Envoy's retry back-off (25 ms base, jittered) is not modelled: the
+  engine retries as soon as the failure is seen, which flatters this row during outages;
+- feedback is Envoy's access log (``services.xds.feedback``): one entry per call, for the
+  attempt that answered it (``x-served-by``); attempts that never reached a backend are not
+  logged.
+
+Calls with a quality floor carry ``x-min-quality``, a hint compiled config cannot express:
+the listener's Lua sends them to the *slow path*, the node's co-located Python edge
+(``services/xds/lua.py``), modelled as the per-call policy counting only its own calls in
+flight (Envoy's are invisible to it) and running ``placement.attempts`` itself. Without a
+slow path (``slow_path=None``) the quality floor is applied to the table before the order is
+computed, as a route per (SLO class, quality floor) would hold it. Also not modelled: the
+back-off above; Envoy's interval timer granularity for un-ejection (hosts return exactly
+when their time is up).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from benchmarks.costsim import policies
+from benchmarks.costsim.control import ControlPlane
+from benchmarks.costsim.policies import Attempt, Policy
+from benchmarks.costsim.scenario import CallClass
+from placement.model import Candidate
+from placement.pipeline import Profile
+from placement.registry import build_profile
+from services.api.switchyard.v1 import placement_pb2
+from services.convert import candidate_from_pb, candidate_to_pb
+from services.xds import resources
+from services.xds.order import failover_order
+
+# Envoy's documented defaults for a cluster's circuit breakers and outlier detection.
+DEFAULT_MAX_REQUESTS = 1024
+DEFAULT_MAX_RETRIES = 3
+DEFAULT_MAX_EJECTION_S = 300.0
+# Sim statuses by the retry_on conditions that cover them: a backend that is down refuses
+# the connection or resets the streams it had (UNAVAILABLE to gRPC); a full Triton queue
+# answers RESOURCE_EXHAUSTED.
+_RETRY_ON = {"unavailable": frozenset({"unavailable", "reset", "connect-failure",
+                                       "refused-stream", "5xx", "gateway-error"}),
+             "exhausted": frozenset({"resource-exhausted"})}
+
+
+def _seconds(d: object) -> float:
+    return float(d.seconds) + float(d.nanos) / 1e9  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True, slots=True)
+class EnvoyRules:
+    """What an Envoy edge obeys besides the order, as ``services.xds.resources`` compiles it."""
+
+    retried: frozenset[str]  # sim statuses (``unavailable``, ``exhausted``) Envoy retries
+    max_attempts: int  # 1 + num_retries
+    eject_after: int  # consecutive 5xx (gateway failures count the same here)
+    eject_base_s: float
+    eject_interval_s: float
+    max_ejection_s: float
+    max_requests: int  # per deployment cluster, calls in flight at this edge
+    max_retries: int  # per aggregate cluster, retries in flight at this edge
+
+    @classmethod
+    def compiled(cls, s: resources.EnvoySettings) -> EnvoyRules:
+        """Read from the resources placement would push (one deployment, one route)."""
+        dep = placement_pb2.Candidate(deployment_id="b/v", backend_id="b", variant="v",
+                                      region="r", endpoint="127.0.0.1:1")
+        cluster = resources.deployment_cluster(dep, s)
+        routes = resources.route_configuration(
+            "r", {"m": resources.ModelRoutes(("b/v",), ())}, s)
+        policy = next(r for r in routes.virtual_hosts[0].routes if r.name == "m").route.retry_policy
+        on = {x.strip() for x in policy.retry_on.split(",")}
+        od = cluster.outlier_detection
+        thresholds = [t for t in cluster.circuit_breakers.thresholds if t.priority == 0]
+        t = thresholds[0] if thresholds else None
+        return cls(
+            retried=frozenset(k for k, conds in _RETRY_ON.items() if on & conds),
+            max_attempts=1 + (policy.num_retries.value if policy.HasField("num_retries")
+                              else 1),
+            eject_after=od.consecutive_5xx.value if od.HasField("consecutive_5xx") else 5,
+            eject_base_s=_seconds(od.base_ejection_time) if od.HasField(
+                "base_ejection_time") else 30.0,
+            eject_interval_s=_seconds(od.interval) if od.HasField("interval") else 10.0,
+            max_ejection_s=_seconds(od.max_ejection_time) if od.HasField(
+                "max_ejection_time") else DEFAULT_MAX_EJECTION_S,
+            max_requests=t.max_requests.value if t is not None and t.HasField(
+                "max_requests") else DEFAULT_MAX_REQUESTS,
+            max_retries=t.max_retries.value if t is not None and t.HasField(
+                "max_retries") else DEFAULT_MAX_RETRIES)
+
+
+@dataclass(slots=True)
+class _Host:
+    """Envoy's outlier detector for one deployment's host at one edge."""
+
+    run: int = 0  # consecutive 5xx
+    k: int = 0  # ejection multiplier
+    until: float = -math.inf  # ejected until
+    since: float = 0.0  # when ``k`` last changed or the host came back
+
+
+@dataclass(slots=True)
+class _Edge:
+    inflight: dict[str, int] = field(default_factory=dict)  # per deployment cluster
+    retries: dict[tuple[str, float], int] = field(default_factory=dict)  # per aggregate
+    hosts: dict[str, _Host] = field(default_factory=dict)
+
+
+class EnvoyPolicy:
+    """Choices an Envoy edge makes from the last pushed config (see the module docstring)."""
+
+    def __init__(self, control: ControlPlane, profile: Profile, rules: EnvoyRules,
+                 slo_margin_ms: float, slow_path: Policy | None = None,
+                 name: str = "envoy") -> None:
+        """``slow_path``: the co-located Python edge that calls with a quality floor go to
+        (None: such calls take a compiled quality class, see the module docstring)."""
+        self.name = name
+        self.slow_path = slow_path
+        self.slow_calls = 0  # attempts decided by the slow path
+        self.control: ControlPlane | None = control
+        self._control = control
+        self.profile = profile
+        self.rules = rules
+        self.slo_margin_ms = slo_margin_ms
+        self.edges: dict[str, _Edge] = {}
+        # (model, edge) -> (the table object of the push, orders by (whole-ms SLO, floor))
+        self._pushed: dict[tuple[str, str],
+                       tuple[list[Candidate], list[Candidate],
+                             dict[tuple[int, float], tuple[str, ...]]]] = {}
+        self._refused: tuple[str, CallClass, str] | None = None  # failed, Envoy won't retry
+        self.overflows = 0  # circuit breaker max_requests: 503, not retried
+        self.retry_overflows = 0  # max_retries in flight: the retry is not made
+        self.not_retried = 0  # a status outside retry_on
+        self.no_healthy = 0  # every child ejected, or nothing in the order
+        self.ejections = 0
+
+    # -- what was pushed -----------------------------------------------------------------
+
+    def order(self, model: str, edge: str, slo_ms: float, min_quality: float) -> tuple[str, ...]:
+        """The aggregate's children for such a call, from the last push."""
+        table = self._control.tables[(model, edge)]
+        pushed = self._pushed.get((model, edge))
+        if pushed is None or pushed[0] is not table:
+            wire = [candidate_from_pb(candidate_to_pb(c)) for c in table]
+            pushed = self._pushed[(model, edge)] = (table, wire, {})
+        key = (math.floor(slo_ms), min_quality)
+        got = pushed[2].get(key)
+        if got is None:
+            cands = [c for c in pushed[1] if c.quality >= min_quality]
+            got = pushed[2][key] = tuple(c.deployment_id for c in failover_order(
+                cands, self.profile, key[0], self.slo_margin_ms))
+        return got
+
+    # -- the Policy protocol -------------------------------------------------------------
+
+    def choose(self, a: Attempt) -> str | None:
+        if self.slow_path is not None and a.klass.min_quality > 0:
+            self.slow_calls += 1
+            return self.slow_path.choose(a)
+        refused, self._refused = self._refused, None
+        if refused is not None and refused[:2] == (a.edge, a.klass) and refused[2] in a.exclude:
+            self.not_retried += 1
+            return None
+        edge = self.edges.setdefault(a.edge, _Edge())
+        retry = bool(a.exclude)
+        agg = (a.klass.model, float(math.floor(a.klass.slo_ms)))
+        if retry and edge.retries.get(agg, 0) >= self.rules.max_retries:
+            self.retry_overflows += 1
+            return None
+        k = a.klass
+        for dep in self.order(k.model, a.edge, k.slo_ms, k.min_quality):
+            if dep in a.exclude or self._ejected(edge, dep, a.now):
+                continue
+            if edge.inflight.get(dep, 0) >= self.rules.max_requests:
+                self.overflows += 1
+                return None
+            edge.inflight[dep] = edge.inflight.get(dep, 0) + 1
+            if retry:
+                edge.retries[agg] = edge.retries.get(agg, 0) + 1
+            return dep
+        self.no_healthy += 1
+        return None
+
+    def result(self, a: Attempt, deployment_id: str, latency_ms: float, status: str,
+               now: float) -> None:
+        if self.slow_path is not None and a.klass.min_quality > 0:
+            self.slow_path.result(a, deployment_id, latency_ms, status, now)
+            return
+        edge = self.edges.setdefault(a.edge, _Edge())
+        if edge.inflight.get(deployment_id, 0) > 0:
+            edge.inflight[deployment_id] -= 1
+        if a.exclude:  # the attempt was a retry: its hold on max_retries ends
+            agg = (a.klass.model, float(math.floor(a.klass.slo_ms)))
+            if edge.retries.get(agg, 0) > 0:
+                edge.retries[agg] -= 1
+        self._outlier(edge, deployment_id, status, now)
+        if status == "ok":
+            self._control.record(a.edge, deployment_id, latency_ms, True)
+            return
+        if status not in self.rules.retried:
+            self._refused = (a.edge, a.klass, deployment_id)
+            if status == "exhausted":  # the backend answered: logged with x-served-by
+                self._control.record(a.edge, deployment_id, latency_ms, False)
+
+    # -- outlier detection ---------------------------------------------------------------
+
+    def _ejected(self, edge: _Edge, dep: str, now: float) -> bool:
+        h = edge.hosts.get(dep)
+        return h is not None and now < h.until
+
+    def _outlier(self, edge: _Edge, dep: str, status: str, now: float) -> None:
+        h = edge.hosts.setdefault(dep, _Host())
+        if status != "unavailable":
+            h.run = 0
+            return
+        h.run += 1
+        if h.run < self.rules.eject_after or now < h.until:
+            return
+        r = self.rules
+        # k falls by one per interval spent back in, rises by one per ejection.
+        back_since = max(h.since, h.until)
+        h.k = max(0, h.k - int((now - back_since) // r.eject_interval_s)) + 1
+        h.until = now + min(r.eject_base_s * h.k, max(r.max_ejection_s, r.eject_base_s))
+        h.since = now
+        h.run = 0
+        self.ejections += 1
+
+
+def envoy(control: ControlPlane, seed: int, band: float, margin_ms: float,
+          max_attempts: int) -> EnvoyPolicy:
+    """The ``envoy`` row: placement's ``cheapest`` profile compiled as ``services.xds`` does
+    (deterministic: one host per cluster, no weights), with a slow path for quality floors
+    (the per-call policy, counting only its own calls in flight, drawing from ``seed``)."""
+    settings = resources.EnvoySettings(max_attempts=max_attempts, slo_margin_ms=margin_ms)
+    slow = policies.switchyard(control, seed, band, margin_ms, name="envoy-slow-path")
+    return EnvoyPolicy(control, build_profile("cheapest", band), EnvoyRules.compiled(settings),
+                       margin_ms, slow)
+

@@ -1,0 +1,236 @@
+"""The cost simulator's ``envoy`` row: choices from the pushed order and Envoy's own rules."""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+import pytest
+
+from benchmarks.costsim import policies
+from benchmarks.costsim.control import ControlPlane
+from benchmarks.costsim.envoy_policy import EnvoyPolicy, EnvoyRules, envoy
+from benchmarks.costsim.policies import Attempt
+from benchmarks.costsim.runner import make_policy
+from benchmarks.costsim.scenario import CallClass, Scenario, load_scenario
+from placement.model import Candidate
+from placement.registry import build_profile
+from services.xds.order import failover_order
+from services.xds.resources import EnvoySettings
+
+SMALL = pathlib.Path(__file__).parents[2] / "benchmarks" / "scenarios" / "small.toml"
+EDGE = "aws-us-east-1"
+MODEL = "summarize"
+KLASS = CallClass(MODEL, 0, 1.0, 300.0, 0.0)
+RULES = EnvoyRules.compiled(EnvoySettings())
+
+
+def cand(dep: str, cost: float, latency: float = 100.0) -> Candidate:
+    backend, variant = dep.split("/", 1)
+    return Candidate(
+        deployment_id=dep, backend_id=backend, endpoint=f"{backend}.test:8001",
+        variant=variant, region=EDGE, cloud="aws", accelerator="nvidia-t4", quality=0.8,
+        latency_p95_ms=latency, rtt_ms=5.0, queue_ms=0.0, compute_ms=50.0, cost_usd=cost,
+        spare_capacity=100.0, concurrency=1, edge_slots=1.0, observed=True)
+
+
+A = cand("a/summarize-small", 1e-5)
+B = cand("b/summarize-small", 2e-5)
+C = cand("c/summarize-small", 9e-5, latency=20.0)
+
+
+@pytest.fixture
+def scenario() -> Scenario:
+    return load_scenario(SMALL)
+
+
+@pytest.fixture
+def control(scenario: Scenario) -> ControlPlane:
+    return ControlPlane(scenario.catalog(), scenario.prices(), sorted(scenario.regions))
+
+
+def push(control: ControlPlane, *cands: Candidate) -> None:
+    """What ``ControlPlane.rebuild`` does: a new table object per (model, edge)."""
+    control.tables[(MODEL, EDGE)] = list(cands)
+
+
+def policy(control: ControlPlane, **rules: int) -> EnvoyPolicy:
+    return EnvoyPolicy(control, build_profile("cheapest"), dataclasses.replace(RULES, **rules),
+                       slo_margin_ms=2.0)
+
+
+def attempt(now: float = 0.0, exclude: frozenset[str] = frozenset(),
+            klass: CallClass = KLASS) -> Attempt:
+    return Attempt(EDGE, klass, exclude, frozenset(), now)
+
+
+def test_rules_are_read_from_the_compiled_resources() -> None:
+    r = EnvoyRules.compiled(EnvoySettings(max_attempts=5, eject_consecutive_failures=7,
+                                          eject_base_s=2.5))
+    assert (r.max_attempts, r.eject_after, r.eject_base_s) == (5, 7, 2.5)
+    # resources.py retries refused connections and resets, not a full queue's answer
+    assert r.retried == frozenset({"unavailable"})
+    # no circuit breakers pushed: Envoy's defaults
+    assert (r.max_requests, r.max_retries) == (1024, 3)
+
+
+def test_follows_the_pushed_order(control: ControlPlane) -> None:
+    push(control, C, B, A)
+    p = policy(control)
+    expected = tuple(c.deployment_id for c in failover_order(
+        [C, B, A], build_profile("cheapest"), 300, 2.0))
+    assert p.order(MODEL, EDGE, 300.0, 0.0) == expected
+    assert expected[0] == A.deployment_id
+    assert p.choose(attempt()) == A.deployment_id
+    # the next push drops a (its backend went down): calls follow it, cheapest first
+    push(control, C, B, dataclasses.replace(A, dropped_reason="backend down"))
+    assert p.choose(attempt()) == B.deployment_id
+
+
+def test_slo_is_matched_in_whole_ms(control: ControlPlane) -> None:
+    """The listener's Lua rounds the SLO down: 22.9 ms is class 22, a 20 ms budget with the
+    2 ms margin, where c's 20.5 ms p95 does not fit and only the pricier, faster d does."""
+    c = cand("c/summarize-small", 9e-5, latency=20.5)
+    d = cand("d/summarize-small", 2e-4, latency=15.0)
+    push(control, A, c, d)
+    p = policy(control)
+    assert p.order(MODEL, EDGE, 22.9, 0.0)[0] == d.deployment_id
+    assert p.order(MODEL, EDGE, 23.0, 0.0)[0] == c.deployment_id
+
+
+def test_does_not_see_its_calls_in_flight_between_pushes(control: ControlPlane) -> None:
+    push(control, A, B)
+    p = policy(control)
+    per_call = policies.switchyard(control, seed=1, band=0.05, margin_ms=2.0)
+    klass = CallClass(MODEL, 0, 1.0, 150.0, 0.0)
+    envoy_choices = [p.choose(attempt(klass=klass)) for _ in range(20)]
+    per_call_choices = [per_call.choose(attempt(klass=klass)) for _ in range(20)]
+    # one slot on a: the per-call policy expects to queue past it and spills to b ...
+    assert B.deployment_id in per_call_choices
+    # ... Envoy keeps sending a everything until the next push says otherwise
+    assert envoy_choices == [A.deployment_id] * 20
+    push(control, dataclasses.replace(A, spare_capacity=0.0), B)
+    assert p.choose(attempt(klass=klass)) == B.deployment_id
+
+
+def test_a_full_cluster_fails_the_call_rather_than_overflowing(control: ControlPlane) -> None:
+    """Envoy never retries an overflow and its aggregate picks children by health only."""
+    push(control, A, B)
+    p = policy(control, max_requests=2)
+    assert [p.choose(attempt()) for _ in range(2)] == [A.deployment_id] * 2
+    assert p.choose(attempt()) is None
+    assert p.overflows == 1
+    p.result(attempt(), A.deployment_id, 50.0, "ok", 0.1)
+    assert p.choose(attempt()) == A.deployment_id
+
+
+def test_an_ejected_child_is_skipped_until_its_time_is_up(control: ControlPlane) -> None:
+    push(control, A, B)
+    p = policy(control)
+    for t in (1.0, 1.1):
+        p.result(attempt(t), A.deployment_id, 0.0, "unavailable", t)
+    assert p.choose(attempt(1.2)) == A.deployment_id  # two in a row: not yet
+    p.result(attempt(1.2), A.deployment_id, 0.0, "unavailable", 1.3)
+    assert p.choose(attempt(1.4)) == B.deployment_id
+    assert p.ejections == 1
+    assert p.choose(attempt(1.3 + RULES.eject_base_s)) == A.deployment_id
+    # ejected again at once: twice the base time
+    for t in (7.0, 7.1, 7.2):
+        p.result(attempt(t), A.deployment_id, 0.0, "unavailable", t)
+    assert p.choose(attempt(7.2 + RULES.eject_base_s + 0.1)) == B.deployment_id
+    assert p.choose(attempt(7.2 + 2 * RULES.eject_base_s)) == A.deployment_id
+
+
+def test_a_success_or_a_full_queue_resets_the_run(control: ControlPlane) -> None:
+    push(control, A, B)
+    p = policy(control)
+    for i, status in enumerate(["unavailable", "unavailable", "exhausted", "unavailable",
+                                "unavailable", "ok", "unavailable", "unavailable"]):
+        p.result(attempt(), A.deployment_id, 0.0, status, float(i))
+    assert p.ejections == 0
+    assert p.choose(attempt(9.0)) == A.deployment_id
+
+
+def test_a_retry_goes_to_the_next_child_not_yet_attempted(control: ControlPlane) -> None:
+    push(control, A, B, C)
+    p = policy(control)
+    p.result(attempt(), A.deployment_id, 0.0, "unavailable", 0.1)
+    assert p.choose(attempt(0.1, frozenset({A.deployment_id}))) == B.deployment_id
+    assert p.choose(attempt(0.1, frozenset({A.deployment_id, B.deployment_id}))) \
+        == C.deployment_id
+
+
+def test_resource_exhausted_is_not_retried(control: ControlPlane) -> None:
+    push(control, A, B)
+    p = policy(control)
+    p.choose(attempt())
+    p.result(attempt(), A.deployment_id, 0.0, "exhausted", 0.1)
+    assert p.choose(attempt(0.1, frozenset({A.deployment_id}))) is None
+    assert p.not_retried == 1
+    assert p.choose(attempt(0.2)) == A.deployment_id  # a new call is not affected
+
+
+def test_parallel_retries_past_max_retries_are_not_made(control: ControlPlane) -> None:
+    push(control, A, B, C)
+    p = policy(control, max_retries=1)
+    retry = attempt(0.1, frozenset({A.deployment_id}))
+    assert p.choose(retry) == B.deployment_id
+    assert p.choose(retry) is None
+    assert p.retry_overflows == 1
+    p.result(retry, B.deployment_id, 40.0, "ok", 0.2)
+    assert p.choose(retry) == B.deployment_id
+
+
+def test_nothing_healthy_in_the_order_fails_the_call(control: ControlPlane) -> None:
+    push(control, dataclasses.replace(A, dropped_reason="backend down"))
+    p = policy(control)
+    assert p.choose(attempt()) is None
+    assert p.no_healthy == 1
+
+
+def test_feedback_is_the_access_log_one_entry_per_answered_call(
+        control: ControlPlane) -> None:
+    push(control, A, B)
+    p = policy(control)
+    p.result(attempt(), A.deployment_id, 0.0, "unavailable", 0.1)  # refused: not logged
+    p.result(attempt(), B.deployment_id, 42.0, "ok", 0.2)
+    logged = control.edges[EDGE].refresh()
+    assert set(logged) == {B.deployment_id}
+
+
+class FakeSlowPath:
+    """Stands in for the co-located Python edge: records what it was asked."""
+
+    name = "fake-slow-path"
+    control: ControlPlane | None = None
+
+    def __init__(self) -> None:
+        self.chosen: list[Attempt] = []
+        self.results: list[str] = []
+
+    def choose(self, a: Attempt) -> str | None:
+        self.chosen.append(a)
+        return "slow/variant"
+
+    def result(self, a: Attempt, deployment_id: str, latency_ms: float, status: str,
+               now: float) -> None:
+        self.results.append(status)
+
+
+def test_a_quality_floor_takes_the_slow_path(control: ControlPlane) -> None:
+    push(control, A, B)
+    slow = FakeSlowPath()
+    p = EnvoyPolicy(control, build_profile("cheapest"), RULES, 2.0, slow)
+    floor = CallClass(MODEL, 1, 0.3, 200.0, 0.85)
+    assert p.choose(attempt(klass=floor)) == "slow/variant"
+    p.result(attempt(klass=floor), "slow/variant", 10.0, "ok", 0.1)
+    assert p.choose(attempt()) == A.deployment_id
+    assert (len(slow.chosen), slow.results, p.slow_calls) == (1, ["ok"], 1)
+
+
+def test_the_row_is_registered_and_builds_from_a_scenario(scenario: Scenario) -> None:
+    p = make_policy("envoy", scenario)
+    assert isinstance(p, EnvoyPolicy) and p.name == "envoy"
+    assert p.slow_path is not None
+    direct = envoy(ControlPlane(scenario.catalog(), scenario.prices(), ["x"]), 0, 0.05, 2.0, 3)
+    assert direct.rules.max_attempts == 3
