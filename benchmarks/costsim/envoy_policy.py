@@ -262,12 +262,13 @@ class EnvoyPolicy:
 
 
 def envoy(control: ControlPlane, seed: int, band: float, margin_ms: float,
-          max_attempts: int) -> EnvoyPolicy:
+          max_attempts: int, slow_path: bool = True, name: str = "envoy") -> EnvoyPolicy:
     """The ``envoy`` row: placement's ``cheapest`` profile compiled as ``services.xds`` does
     (deterministic: one host per cluster, no weights), with a slow path for quality floors
-    (the per-call policy, counting only its own calls in flight, drawing from ``seed``)."""
+    (the per-call policy, counting only its own calls in flight, drawing from ``seed``);
+    ``slow_path=False``: quality floors compiled into the order too."""
     settings = resources.EnvoySettings(max_attempts=max_attempts, slo_margin_ms=margin_ms)
-    slow = policies.switchyard(control, seed, band, margin_ms, name="envoy-slow-path")
+    slow = policies.switchyard(control, seed, band, margin_ms, name=f"{name}-slow-path") \
+        if slow_path else None
     return EnvoyPolicy(control, build_profile("cheapest", band), EnvoyRules.compiled(settings),
-                       margin_ms, slow)
-
+                       margin_ms, slow, name)
