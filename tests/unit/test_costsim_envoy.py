@@ -234,3 +234,21 @@ def test_the_row_is_registered_and_builds_from_a_scenario(scenario: Scenario) ->
     assert p.slow_path is not None
     direct = envoy(ControlPlane(scenario.catalog(), scenario.prices(), ["x"]), 0, 0.05, 2.0, 3)
     assert direct.rules.max_attempts == 3
+
+
+def test_the_fidelity_target_is_one_point_below_and_five_percent_above() -> None:
+    from benchmarks.envoy_fidelity import Run, meets, notes
+
+    def run(variant: str, attained: float, cost: float) -> Run:
+        return Run("s", variant, 1000, 0, 1000, attained, cost, dict.fromkeys(
+            ("slow_calls", "overflows", "retry_overflows", "not_retried", "no_healthy",
+             "ejections"), 0))
+
+    base = run("switchyard", 0.99, 10.0)
+    assert meets(base, run("envoy", 0.9801, 10.49))
+    assert meets(base, run("envoy", 1.0, 8.0))  # better and cheaper
+    assert not meets(base, run("envoy", 0.9799, 10.0))
+    assert not meets(base, run("envoy", 0.99, 10.51))
+    text = notes([[base, run("envoy", 0.97, 10.0), run("envoy-compiled", 0.99, 9.0)]], True)
+    assert "`envoy` meets it on 0 of 1 scenarios (none)" in text[0]
+    assert "All compiled (quality floors too, no slow path): 1 of 1 (s)" in text[0]
