@@ -4,14 +4,17 @@ For each deployment ``d`` that survived the call's hard filters, with what the e
 it (``TokenEstimate``) and the streams it has in flight now (``n``), a stream of ``P`` prompt
 tokens (``K`` of them in ``d``'s prefix cache) asking for ``M`` output tokens predicts:
 
-- ``TTFT(d) = rtt(d) + (P − K) × prefill_ms_per_token(d)`` (a fixed prefill overhead is
-  folded into the learned per-token rate)
+- ``TTFT(d) = rtt(d) + (Q + P − K) × prefill_ms_per_token(d)`` where ``Q`` is the
+  uncached prompt tokens of this edge's own streams at ``d`` that have not had their first
+  token yet (``pending``; they prefill first); a fixed prefill overhead is folded into the
+  learned per-token rate
 - ``TPOT(d) = tpot_base(d) + tpot_per_stream(d) × n``  (TPOT under load: the new stream
   joins a batch of ``n`` others)
 - ``cost(d) = usd_per_second(d) × ((P − K) × prefill_ms + M × TPOT(d) / (n + 1)) / 1000``
   (decode time is shared by the batch; prefill is the stream's own)
 
-It is feasible when ``TTFT ≤ ttft`` and ``TPOT ≤ tpot`` (each only when asked). The choice is
+It is feasible when ``TTFT ≤ ttft × (1 − ttft_headroom)`` and ``TPOT ≤ tpot`` (each only when
+asked; ``ttft_headroom`` is 0 unless the caller sets a guard band). The choice is
 the cheapest feasible deployment under the load bound; among those within ``band`` of that
 cost, the session's prefix holder, else the first in the session's consistent-hash order
 (consistent hashing with bounded loads: a deployment's bound is ``ceil(load_factor ×
@@ -91,7 +94,8 @@ class StreamChoice:
         return next(o for o in self.options if o.candidate is self.candidate)
 
 
-def predict(c: Candidate, est: TokenEstimate | None, load: int, ask: StreamAsk) -> StreamOption:
+def predict(c: Candidate, est: TokenEstimate | None, load: int, ask: StreamAsk,
+            pending_tokens: int = 0, ttft_headroom: float = 0.0) -> StreamOption:
     """One deployment's predicted TTFT, TPOT and cost for ``ask`` (see the module docstring)."""
     hit = min(ask.cached_tokens, ask.prompt_tokens) if c.deployment_id == ask.holder else 0
     if est is None:
@@ -99,8 +103,8 @@ def predict(c: Candidate, est: TokenEstimate | None, load: int, ask: StreamAsk) 
     prefill = (ask.prompt_tokens - hit) * est.prefill_ms_per_token
     tpot = est.tpot_base_ms + est.tpot_per_stream_ms * load
     cost = est.usd_per_second * (prefill + ask.max_tokens * tpot / (load + 1)) / 1000.0
-    ttft = c.rtt_ms + prefill
-    feasible = ((ask.ttft_ms is None or ttft <= ask.ttft_ms)
+    ttft = c.rtt_ms + max(pending_tokens, 0) * est.prefill_ms_per_token + prefill
+    feasible = ((ask.ttft_ms is None or ttft <= ask.ttft_ms * (1.0 - ttft_headroom))
                 and (ask.tpot_ms is None or tpot <= ask.tpot_ms))
     return StreamOption(c, ttft, tpot, cost, feasible, True, hit, load, 0)
 
@@ -127,15 +131,22 @@ def load_bound(loads: Mapping[str, int], deployments: Sequence[str],
 
 def choose_stream(cands: Sequence[Candidate], estimates: Mapping[str, TokenEstimate],
                   loads: Mapping[str, int], ask: StreamAsk, band: float = COST_BAND,
-                  load_factor: float = LOAD_FACTOR) -> StreamChoice:
-    """The deployment for one stream (``cands`` already passed the call's hard filters)."""
+                  load_factor: float = LOAD_FACTOR,
+                  pending: Mapping[str, int] | None = None,
+                  ttft_headroom: float = 0.0) -> StreamChoice:
+    """The deployment for one stream (``cands`` already passed the call's hard filters).
+    ``pending``: per deployment, the uncached prompt tokens of this edge's streams there that
+    still wait for their first token (none known: empty). ``ttft_headroom``: a guard band, the
+    fraction of the TTFT objective a prediction must leave free to count as feasible (0: the
+    prediction may use all of it)."""
     if not cands:
         raise NoHealthyDeployment("no deployment may serve this stream")
     ids = [c.deployment_id for c in cands]
     bound = load_bound(loads, ids, load_factor)
+    queued = pending or {}
     options = tuple(
-        _bounded(predict(c, estimates.get(c.deployment_id), loads.get(c.deployment_id, 0), ask),
-                 bound) for c in cands)
+        _bounded(predict(c, estimates.get(c.deployment_id), loads.get(c.deployment_id, 0), ask,
+                         queued.get(c.deployment_id, 0), ttft_headroom), bound) for c in cands)
     feasible = [o for o in options if o.feasible]
     if not feasible:
         best = min(options, key=lambda o: (o.ttft_ms + ask.max_tokens * o.tpot_ms, o.cost_usd))

@@ -53,6 +53,27 @@ def test_cheapest_feasible_wins_and_tight_objectives_move_the_stream() -> None:
     assert tight_ttft.candidate.backend_id == "fast"
 
 
+def test_the_edges_own_streams_waiting_to_prefill_delay_the_first_token() -> None:
+    cands = [cand("fast"), cand("slow")]
+    est = {"fast/llm": FAST, "slow/llm": SLOW}
+    ask = StreamAsk(300, 50, ttft_ms=800)
+    assert choose_stream(cands, est, {}, ask).candidate.backend_id == "slow"  # 301 ms
+    # 600 tokens of this edge's streams still prefill on the slow one: 1 + 900 × 1.0 ms
+    queued = choose_stream(cands, est, {}, ask, pending={"slow/llm": 600})
+    assert queued.candidate.backend_id == "fast"
+    assert queued.options[1].ttft_ms == pytest.approx(1.0 + 900 * 1.0)
+    assert not queued.options[1].feasible
+
+
+def test_a_ttft_guard_band_leaves_part_of_the_objective_free() -> None:
+    cands = [cand("fast"), cand("slow")]
+    est = {"fast/llm": FAST, "slow/llm": SLOW}
+    ask = StreamAsk(300, 50, ttft_ms=400)  # slow predicts 301 ms
+    assert choose_stream(cands, est, {}, ask).candidate.backend_id == "slow"
+    guarded = choose_stream(cands, est, {}, ask, ttft_headroom=0.3)  # must be ≤ 280 ms
+    assert guarded.candidate.backend_id == "fast" and guarded.slo_met
+
+
 def test_load_raises_tpot_until_the_cheap_one_misses() -> None:
     cands = [cand("fast"), cand("slow")]
     est = {"fast/llm": FAST, "slow/llm": SLOW}

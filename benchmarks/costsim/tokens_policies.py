@@ -1,0 +1,225 @@
+"""How each policy picks a deployment for one LLM stream in the token simulation.
+
+- ``switchyard``: one edge per region, each with the Python edge's own ``StreamStats``
+  (``services/edge/token_stats.py``: its streams in flight, the prefill rate and TPOT line
+  it learned from its own streams, session → prefix holder) feeding the same pure
+  ``placement.streams.choose_stream`` the edge runs. It sees nothing else: not the other
+  edges' streams, not the servers' queues or caches.
+- the baselines see the **true** server state the moment they choose (every region's
+  streams, queues and caches), which is more than a real router scraping metrics has:
+  ``round-robin`` (per edge), ``least-loaded`` (fewest streams waiting or running),
+  ``prefix-affinity`` (llm-d-like: the default scheduler profile's prefix-cache scorer,
+  weight 3, plus a queue scorer, weight 2, as Red Hat OpenShift AI 3.4 documents llm-d's
+  default; the prefix score is the fraction of the prompt the server holds, the queue score
+  ``(max − q) / (max − min)`` over the deployments' streams waiting or running; cost and
+  distance ignored; ties random) and ``lowest-latency`` (the fastest predicted TTFT: RTT +
+  queued prefill work + its own uncached prefill, from the true queue and cache).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+
+from benchmarks.costsim.tokens_workload import Deployment
+from benchmarks.costsim.tokensim import Policy, TokenSim
+from placement.model import Candidate
+from placement.streams import LOAD_FACTOR, StreamAsk, choose_stream
+from services.edge.token_stats import StreamStats
+
+PREFIX_WEIGHT, QUEUE_WEIGHT = 3.0, 2.0
+UNMEASURED_P95_MS = 200.0  # a table p95 before any stream was measured (plus the RTT)
+
+
+class RoundRobin:
+    name = "round-robin"
+
+    def __init__(self) -> None:
+        self._next: dict[int, int] = {}
+
+    def choose(self, sid: int, edge: int, now: float, sim: TokenSim) -> int:
+        k = self._next.get(edge, 0)
+        self._next[edge] = k + 1
+        return k % len(sim.servers)
+
+    def first_token(self, sid: int, sim: TokenSim) -> None:
+        pass
+
+    def finished(self, sid: int, sim: TokenSim) -> None:
+        pass
+
+
+class LeastLoaded:
+    name = "least-loaded"
+
+    def __init__(self) -> None:
+        self._turn = 0
+
+    def choose(self, sid: int, edge: int, now: float, sim: TokenSim) -> int:
+        n = len(sim.servers)
+        self._turn += 1
+        order = [(self._turn + k) % n for k in range(n)]  # ties rotate
+        return min(order, key=lambda d: sim.servers[d].inflight)
+
+    def first_token(self, sid: int, sim: TokenSim) -> None:
+        pass
+
+    def finished(self, sid: int, sim: TokenSim) -> None:
+        pass
+
+
+class LowestLatency:
+    name = "lowest-latency"
+
+    def choose(self, sid: int, edge: int, now: float, sim: TokenSim) -> int:
+        st = sim.streams
+        session, p = int(st.session[sid]), int(st.prompt[sid])
+
+        def ttft(d: int) -> float:
+            srv = sim.servers[d]
+            hit = min(srv.cached(session), int(st.shared[sid]))
+            busy = max(srv.prefill_end - now, 0.0) if srv.prefilling >= 0 else 0.0
+            return (sim.rtt[edge, d] + busy + srv.pending_prefill_ms
+                    + srv.dep.prefill_ms(p - hit))
+
+        return min(range(len(sim.servers)), key=ttft)
+
+    def first_token(self, sid: int, sim: TokenSim) -> None:
+        pass
+
+    def finished(self, sid: int, sim: TokenSim) -> None:
+        pass
+
+
+class PrefixAffinity:
+    name = "prefix-affinity"
+
+    def __init__(self, seed: int) -> None:
+        self._rng = random.Random(seed)
+
+    def choose(self, sid: int, edge: int, now: float, sim: TokenSim) -> int:
+        st = sim.streams
+        session, p = int(st.session[sid]), int(st.prompt[sid])
+        shared = int(st.shared[sid])
+        q = [s.inflight for s in sim.servers]
+        lo, hi = min(q), max(q)
+        best, picks = -math.inf, []
+        for d, srv in enumerate(sim.servers):
+            prefix = min(srv.cached(session), shared) / p if session >= 0 else 0.0
+            queue = (hi - q[d]) / (hi - lo) if hi > lo else 1.0
+            score = PREFIX_WEIGHT * prefix + QUEUE_WEIGHT * queue
+            if score > best + 1e-12:
+                best, picks = score, [d]
+            elif abs(score - best) <= 1e-12:
+                picks.append(d)
+        return self._rng.choice(picks)
+
+    def first_token(self, sid: int, sim: TokenSim) -> None:
+        pass
+
+    def finished(self, sid: int, sim: TokenSim) -> None:
+        pass
+
+
+class Switchyard:
+    """The edge's token choice, one ``StreamStats`` per edge region (see the module doc).
+    ``pending`` feeds ``choose_stream`` this edge's streams still waiting for a first token;
+    ``ttft_headroom`` and ``load_factor`` are ``choose_stream``'s own parameters."""
+
+    def __init__(self, sim: TokenSim, name: str = "switchyard", pending: bool = True,
+                 ttft_headroom: float = 0.0, load_factor: float = LOAD_FACTOR) -> None:
+        self.name = name
+        self._use_pending, self._headroom, self._load_factor = (pending, ttft_headroom,
+                                                                load_factor)
+        self.stats = [StreamStats() for _ in sim.regions]
+        self.cands = [[_candidate(d, float(sim.rtt[e, i]))
+                       for i, d in enumerate(sim.deployments)] for e in range(len(sim.regions))]
+        self.index = {d.id: i for i, d in enumerate(sim.deployments)}
+        self._open: dict[int, tuple[int, int, int]] = {}  # stream → (deployment, load, hit)
+        # per edge: uncached prompt tokens of its streams still waiting for a first token
+        self.pending: list[dict[str, int]] = [{} for _ in sim.regions]
+        self.infeasible = 0  # streams for which nothing was predicted to meet both
+
+    def choose(self, sid: int, edge: int, now: float, sim: TokenSim) -> int:
+        st, stats = sim.streams, self.stats[edge]
+        key = _session_key(sid, int(st.session[sid]))
+        holder, seen = stats.holder(key)
+        p = int(st.prompt[sid])
+        cls = sim.s.classes[int(st.klass[sid])]
+        ask = StreamAsk(prompt_tokens=p, max_tokens=cls.max_tokens, ttft_ms=cls.ttft_ms,
+                        tpot_ms=cls.tpot_ms, session_key=key, holder=holder,
+                        cached_tokens=min(seen, p))
+        cands = self.cands[edge]
+        pending = self.pending[edge]
+        choice = choose_stream(cands, stats.estimates(cands), stats.inflight, ask,
+                               load_factor=self._load_factor,
+                               pending=pending if self._use_pending else None,
+                               ttft_headroom=self._headroom)
+        if not choice.slo_met:
+            self.infeasible += 1
+        dep = choice.candidate.deployment_id
+        load = stats.started(dep)
+        hit = choice.chosen.cache_hit_tokens
+        pending[dep] = pending.get(dep, 0) + p - hit
+        sim.out.load_at_start[sid] = load
+        self._open[sid] = (self.index[dep], load, hit)
+        return self.index[dep]
+
+    def first_token(self, sid: int, sim: TokenSim) -> None:
+        d, _, hit = self._open[sid]
+        pending = self.pending[int(sim.streams.region[sid])]
+        pending[sim.deployments[d].id] -= int(sim.streams.prompt[sid]) - hit
+
+    def finished(self, sid: int, sim: TokenSim) -> None:
+        """What the edge measures at the stream's end, taught to its ``StreamStats``."""
+        d, load, hit = self._open.pop(sid)
+        st, out = sim.streams, sim.out
+        edge = int(st.region[sid])
+        stats, dep = self.stats[edge], sim.deployments[d].id
+        stats.ended(dep)
+        tpot = float(out.tpot_ms[sid])
+        stats.observe(dep, prefill_ms=float(out.ttft_ms[sid]) - float(sim.rtt[edge, d]),
+                      uncached_tokens=max(int(st.prompt[sid]) - hit, 0),
+                      tpot_ms=None if math.isnan(tpot) else tpot, load=load)
+        session = int(st.session[sid])
+        if session >= 0:
+            stats.remember(_session_key(sid, session), dep, int(st.shared[sid]))
+
+
+def _session_key(sid: int, session: int) -> str:
+    return f"s{session}" if session >= 0 else f"u{sid}"
+
+
+def _candidate(d: Deployment, rtt_ms: float) -> Candidate:
+    # cost_usd / compute_ms × 1000 is the deployment's $/s (token_stats.usd_per_second)
+    return Candidate(deployment_id=d.id, backend_id=d.id, endpoint=f"sim://{d.id}",
+                     variant=d.variant.name, region=d.region, cloud=d.cloud,
+                     accelerator=d.accelerator.name, quality=1.0,
+                     latency_p95_ms=rtt_ms + UNMEASURED_P95_MS, rtt_ms=rtt_ms, queue_ms=0.0,
+                     compute_ms=1000.0, cost_usd=d.usd_per_hour / 3600.0, spare_capacity=1.0)
+
+
+POLICIES = ("switchyard", "round-robin", "least-loaded", "prefix-affinity", "lowest-latency")
+# choose_stream settings compared for Switchyard (same function, other parameters)
+GUARD_BAND = 0.35
+NO_BOUND = 1e9
+VARIANTS = ("switchyard-before", "switchyard-guarded")
+
+
+def make_policy(name: str, sim: TokenSim, seed: int) -> Policy:
+    """A fresh policy for one run on ``sim``."""
+    makers: dict[str, Callable[[], Policy]] = {
+        "switchyard": lambda: Switchyard(sim),
+        # the choice as it was: no pending prefill in TTFT
+        "switchyard-before": lambda: Switchyard(sim, name, pending=False),
+        "switchyard-guarded": lambda: Switchyard(sim, name, ttft_headroom=GUARD_BAND,
+                                                 load_factor=NO_BOUND),
+        "round-robin": RoundRobin,
+        "least-loaded": LeastLoaded,
+        "prefix-affinity": lambda: PrefixAffinity(seed),
+        "lowest-latency": LowestLatency,
+    }
+    if name not in makers:
+        raise ValueError(f"unknown policy {name!r}; one of {POLICIES + VARIANTS}")
+    return makers[name]()

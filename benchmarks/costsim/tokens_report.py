@@ -1,0 +1,107 @@
+"""Token benchmark metrics per policy, the table, and notes computed from its rows."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from benchmarks.common import md_table
+from benchmarks.costsim.tokens_workload import Streams, TokenScenario
+from benchmarks.costsim.tokensim import Outcome
+
+ATTAINMENT_TARGET = 0.99
+CHEAPER_TARGET = 0.40
+
+
+@dataclass(frozen=True, slots=True)
+class TokenResult:
+    scenario: str
+    policy: str
+    streams: int
+    both: float  # share of streams within both objectives
+    ttft_met: float
+    tpot_met: float
+    ttft_p50_ms: float
+    ttft_p99_ms: float
+    usd_per_1m_out: float
+    output_tokens: int
+    cost_usd: float
+    cache_hit: float  # prompt tokens served from a prefix cache / prompt tokens
+
+
+def measure(s: TokenScenario, st: Streams, out: Outcome, policy: str) -> TokenResult:
+    """Metrics over the streams that arrived after the warm-up (all served by then)."""
+    m = st.t_ms >= s.warmup_s * 1000.0
+    ttft_goal = np.array([c.ttft_ms for c in s.classes])[st.klass]
+    tpot_goal = np.array([c.tpot_ms for c in s.classes])[st.klass]
+    ttft_ok = out.ttft_ms <= ttft_goal  # NaN (never served) counts as a miss
+    tpot_ok = np.where(np.isnan(out.tpot_ms), st.output <= 1, out.tpot_ms <= tpot_goal)
+    tokens = int(st.output[m].sum())
+    cost = float(out.cost_usd[m].sum())
+    return TokenResult(
+        s.name, policy, int(m.sum()), float((ttft_ok & tpot_ok)[m].mean()),
+        float(ttft_ok[m].mean()), float(tpot_ok[m].mean()),
+        float(np.percentile(out.ttft_ms[m], 50)), float(np.percentile(out.ttft_ms[m], 99)),
+        cost / tokens * 1e6 if tokens else math.nan, tokens, cost,
+        float(out.cache_hit[m].sum() / st.prompt[m].sum()))
+
+
+HEADERS = ["scenario", "policy", "streams", "both objectives", "TTFT met", "TPOT met",
+           "TTFT p50 ms", "TTFT p99 ms", "$/1M output tokens", "vs lowest-latency",
+           "prefix-cache hits"]
+
+
+def table(results: Sequence[TokenResult]) -> str:
+    rows = []
+    for r in results:
+        ll = _find(results, r.scenario, "lowest-latency")
+        vs = f"{r.usd_per_1m_out / ll.usd_per_1m_out - 1:+.0%}" if ll else "–"
+        rows.append([r.scenario, r.policy, r.streams, f"{r.both:.2%}", f"{r.ttft_met:.2%}",
+                     f"{r.tpot_met:.2%}", r.ttft_p50_ms, r.ttft_p99_ms,
+                     f"{r.usd_per_1m_out:.3f}", vs, f"{r.cache_hit:.1%}"])
+    return md_table(HEADERS, rows, "llrrrrrrrrr")
+
+
+def _find(results: Sequence[TokenResult], scenario: str, policy: str) -> TokenResult | None:
+    return next((r for r in results if r.scenario == scenario and r.policy == policy), None)
+
+
+def verdicts(results: Sequence[TokenResult], policy: str = "switchyard") -> list[str]:
+    """The issue's three targets for ``policy``, per scenario, stated from the rows."""
+    lines = []
+    for scenario in dict.fromkeys(r.scenario for r in results):
+        me = _find(results, scenario, policy)
+        ll = _find(results, scenario, "lowest-latency")
+        pa = _find(results, scenario, "prefix-affinity")
+        if me is None or ll is None or pa is None:
+            continue
+        att = "met" if me.both >= ATTAINMENT_TARGET else "MISSED"
+        cheaper = 1 - me.usd_per_1m_out / ll.usd_per_1m_out
+        equal = me.both >= min(ll.both, ATTAINMENT_TARGET)
+        cost = ("met" if cheaper >= CHEAPER_TARGET and equal else
+                "MISSED" + ("" if equal else " (attainment not equal to lowest-latency's)"))
+        p99 = "met" if me.ttft_p99_ms <= pa.ttft_p99_ms else "MISSED"
+        lines.append(
+            f"{scenario}, {policy}: {me.both:.2%} of streams within both objectives "
+            f"(target ≥ {ATTAINMENT_TARGET:.0%}: {att}); ${me.usd_per_1m_out:.3f} per 1M "
+            f"output tokens, {cheaper:.0%} cheaper than lowest-latency's "
+            f"${ll.usd_per_1m_out:.3f} at {ll.both:.2%} (target ≥ {CHEAPER_TARGET:.0%} "
+            f"cheaper at equal attainment: {cost}); p99 TTFT {me.ttft_p99_ms:,.0f} ms vs "
+            f"prefix-affinity's {pa.ttft_p99_ms:,.0f} ms (target: at least as good: {p99}).")
+    return lines
+
+
+def before_after(results: Sequence[TokenResult], before: str, after: str) -> list[str]:
+    lines = []
+    for scenario in dict.fromkeys(r.scenario for r in results):
+        b, a = _find(results, scenario, before), _find(results, scenario, after)
+        if b is None or a is None:
+            continue
+        lines.append(f"{scenario}: {before} {b.both:.2%} within both at "
+                     f"${b.usd_per_1m_out:.3f}/1M → {after} {a.both:.2%} at "
+                     f"${a.usd_per_1m_out:.3f}/1M (p99 TTFT {b.ttft_p99_ms:,.0f} → "
+                     f"{a.ttft_p99_ms:,.0f} ms).")
+    return lines

@@ -1,0 +1,224 @@
+"""A discrete-event simulation of LLM streams on emulated model servers (no GPUs here).
+
+Each deployment is one model server (``tokens_workload.Deployment``) that works like the
+demo LLM (``services/backends/demo_model.py``), with emulated speeds:
+
+- **admission**: a stream that reaches the server (``rtt / 2`` after the edge routed it)
+  waits in one FIFO queue until the server prefills nothing and its batch has room
+  (``max_batch`` streams decoding plus the one prefilling);
+- **prefill**: one stream at a time, ``prefill_base_ms + uncached prompt tokens ×
+  prefill_ms_per_token`` (× the variant's factor × the stream's noise); it runs beside the
+  batch's decode (as chunked prefill would) and does not slow it;
+- **prefix cache**: an LRU of ``cache_tokens`` tokens per server. A session stream's prompt
+  starts with its session's prefix; the tokens the server still holds for that session are
+  not prefilled. Streams without a session occupy the cache and never hit;
+- **decode**: the first token comes out of prefill; the other ``M − 1`` tokens decode in a
+  batch of ``n`` streams at ``decode_ms × (1 + batch_slowdown × (n − 1))`` per token each
+  (processor sharing: the pace changes whenever a stream joins or leaves).
+
+A stream's **TTFT** is ``rtt / 2 + queue + prefill + rtt / 2``; its **TPOT** is its decode
+time over ``M − 1`` tokens. **Cost** is GPU time billed per token as the Python edge bills
+``x-cost-usd`` (``services/edge/token_stats.py``): the stream's own prefill time, plus its
+share of the batch's decode time (``∫ dt / n`` while it decodes), times the deployment's
+$/GPU-second. Idle GPU time is billed to no one: this compares routing, not provisioning.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import OrderedDict, deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from benchmarks.costsim.tokens_workload import Deployment, Streams, TokenScenario
+
+ARRIVE, PREFILLED, DECODED = 0, 1, 2
+
+
+class Server:
+    """One emulated model server's state."""
+
+    def __init__(self, dep: Deployment) -> None:
+        self.dep = dep
+        self.waiting: deque[int] = deque()
+        self.prefilling = -1
+        self.prefill_end = 0.0
+        self.pending_prefill_ms = 0.0  # estimated prefill work queued (for lowest-latency)
+        self.batch: list[tuple[float, int]] = []  # (virtual finish, stream)
+        self.v = 0.0  # tokens each decoding stream has produced since t = 0 (virtual)
+        self.share = 0.0  # ∫ dt / n: one stream's share of decode time (ms)
+        self.t_last = 0.0
+        self.version = 0
+        self.cache: OrderedDict[tuple[int, int], int] = OrderedDict()
+        self.cache_used = 0
+
+    @property
+    def inflight(self) -> int:
+        return len(self.waiting) + (self.prefilling >= 0) + len(self.batch)
+
+    def cached(self, session: int) -> int:
+        """Tokens of ``session``'s prefix this server holds (no LRU touch)."""
+        return self.cache.get((0, session), 0) if session >= 0 else 0
+
+    def advance(self, now: float) -> None:
+        n = len(self.batch)
+        if n:
+            dt = now - self.t_last
+            self.v += dt / self.dep.tpot_ms(n)
+            self.share += dt / n
+        self.t_last = now
+
+    def _insert(self, key: tuple[int, int], tokens: int) -> None:
+        old = self.cache.pop(key, 0)
+        self.cache_used -= old
+        self.cache[key] = max(old, tokens) if key[0] == 0 else tokens
+        self.cache_used += self.cache[key]
+        cap = self.dep.accelerator.cache_tokens
+        while self.cache_used > cap and len(self.cache) > 1:
+            _, gone = self.cache.popitem(last=False)
+            self.cache_used -= gone
+
+    def admit(self, sid: int, streams: Streams) -> int:
+        """Start ``sid``'s prefill: returns the prompt tokens the cache saved."""
+        session = int(streams.session[sid])
+        hit = min(self.cached(session), int(streams.shared[sid])) if session >= 0 else 0
+        if session >= 0:
+            self._insert((0, session), int(streams.shared[sid]))
+            rest = int(streams.prompt[sid] - streams.shared[sid])
+            if rest:
+                self._insert((1, sid), rest)
+        else:
+            self._insert((1, sid), int(streams.prompt[sid]))
+        return hit
+
+
+class Policy(Protocol):
+    name: str
+
+    def choose(self, sid: int, edge: int, now: float, sim: TokenSim) -> int: ...
+
+    def first_token(self, sid: int, sim: TokenSim) -> None: ...
+
+    def finished(self, sid: int, sim: TokenSim) -> None: ...
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What every stream measured (NaN before it was served)."""
+
+    deployment: np.ndarray
+    ttft_ms: np.ndarray
+    tpot_ms: np.ndarray
+    cost_usd: np.ndarray
+    cache_hit: np.ndarray
+    load_at_start: np.ndarray  # streams the choosing edge's policy counted there (Switchyard)
+    first_ms: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+
+class TokenSim:
+    """Routes every stream of ``streams`` with ``policy`` and runs the servers."""
+
+    def __init__(self, scenario: TokenScenario, streams: Streams) -> None:
+        self.s = scenario
+        self.streams = streams
+        self.regions = sorted(scenario.regions)
+        self.servers = [Server(d) for d in scenario.deployments]
+        self.rtt = np.array([[scenario.rtt(r, d.region) for d in scenario.deployments]
+                             for r in self.regions])
+        n = len(streams)
+        nan = np.full(n, math.nan)
+        self.out = Outcome(np.full(n, -1), nan.copy(), nan.copy(), nan.copy(),
+                           np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64),
+                           np.zeros(n))
+        self._join_v = np.zeros(n)
+        self._join_share = np.zeros(n)
+        self._events: list[tuple[float, int, int, int, int]] = []
+        self._seq = 0
+
+    @property
+    def deployments(self) -> Sequence[Deployment]:
+        return self.s.deployments
+
+    def _push(self, t: float, kind: int, a: int, b: int) -> None:
+        self._seq += 1
+        heapq.heappush(self._events, (t, self._seq, kind, a, b))
+
+    def run(self, policy: Policy) -> Outcome:
+        st = self.streams
+        i, n = 0, len(st)
+        while i < n or self._events:
+            if i < n and (not self._events or st.t_ms[i] <= self._events[0][0]):
+                now = float(st.t_ms[i])
+                edge = int(st.region[i])
+                d = policy.choose(i, edge, now, self)
+                self.out.deployment[i] = d
+                self._push(now + self.rtt[edge, d] / 2, ARRIVE, i, d)
+                i += 1
+                continue
+            now, _, kind, a, b = heapq.heappop(self._events)
+            if kind == ARRIVE:
+                srv = self.servers[b]
+                srv.waiting.append(a)
+                srv.pending_prefill_ms += srv.dep.prefill_ms(int(st.prompt[a]))
+                self._try_prefill(srv, b, now)
+            elif kind == PREFILLED:
+                self._prefilled(a, b, now, policy)
+            else:
+                srv = self.servers[a]
+                if b == srv.version:
+                    self._decoded(srv, a, now, policy)
+        return self.out
+
+    def _try_prefill(self, srv: Server, d: int, now: float) -> None:
+        if srv.prefilling >= 0 or not srv.waiting:
+            return
+        if len(srv.batch) + 1 > srv.dep.accelerator.max_batch:
+            return
+        sid = srv.waiting.popleft()
+        st = self.streams
+        srv.pending_prefill_ms -= srv.dep.prefill_ms(int(st.prompt[sid]))
+        hit = srv.admit(sid, st)
+        self.out.cache_hit[sid] = hit
+        ms = srv.dep.prefill_ms(int(st.prompt[sid]) - hit) * float(st.noise[sid])
+        srv.prefilling, srv.prefill_end = sid, now + ms
+        self.out.cost_usd[sid] = ms * srv.dep.usd_per_hour / 3.6e6
+        self._push(now + ms, PREFILLED, sid, d)
+
+    def _prefilled(self, sid: int, d: int, now: float, policy: Policy) -> None:
+        srv, st = self.servers[d], self.streams
+        srv.prefilling = -1
+        edge = int(st.region[sid])
+        self.out.first_ms[sid] = now
+        self.out.ttft_ms[sid] = now + self.rtt[edge, d] / 2 - st.t_ms[sid]
+        policy.first_token(sid, self)
+        left = int(st.output[sid]) - 1
+        if left <= 0:
+            policy.finished(sid, self)
+        else:
+            srv.advance(now)
+            self._join_v[sid] = srv.v
+            self._join_share[sid] = srv.share
+            heapq.heappush(srv.batch, (srv.v + left * float(st.noise[sid]), sid))
+            self._reschedule(srv, d, now)
+        self._try_prefill(srv, d, now)
+
+    def _decoded(self, srv: Server, d: int, now: float, policy: Policy) -> None:
+        srv.advance(now)
+        st, usd_ms = self.streams, srv.dep.usd_per_hour / 3.6e6
+        while srv.batch and srv.batch[0][0] <= srv.v + 1e-9:
+            _, sid = heapq.heappop(srv.batch)
+            self.out.tpot_ms[sid] = (now - self.out.first_ms[sid]) / (int(st.output[sid]) - 1)
+            self.out.cost_usd[sid] += (srv.share - self._join_share[sid]) * usd_ms
+            policy.finished(sid, self)
+        self._reschedule(srv, d, now)
+        self._try_prefill(srv, d, now)
+
+    def _reschedule(self, srv: Server, d: int, now: float) -> None:
+        srv.version += 1
+        if srv.batch:
+            left = max(srv.batch[0][0] - srv.v, 0.0)
+            self._push(now + left * srv.dep.tpot_ms(len(srv.batch)), DECODED, d, srv.version)

@@ -1,0 +1,133 @@
+"""Tokens: LLM streams routed by Switchyard vs the LLM routers' rules, in the simulator.
+
+    python -m benchmarks.tokens [--quick]
+
+Two workloads of different shape (``benchmarks/scenarios/tokens/``: chat-like and code-like,
+lengths from the Azure LLM inference trace 2023) over a fleet of emulated LLM servers
+(``benchmarks/costsim/tokensim.py``); every policy routes the same streams. Prints the
+table and writes its section into ``benchmarks/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import time
+
+from benchmarks.common import BENCH_DIR, Section, command_for, progress
+from benchmarks.costsim import tokens_report
+from benchmarks.costsim.tokens_policies import GUARD_BAND, POLICIES, VARIANTS, make_policy
+from benchmarks.costsim.tokens_workload import (
+    TRACE_SOURCE,
+    TokenScenario,
+    generate_streams,
+    load_token_scenario,
+)
+from benchmarks.costsim.tokensim import TokenSim
+
+ESTIMATE_S = (20, 45)
+SCENARIOS = pathlib.Path(BENCH_DIR, "scenarios", "tokens")
+RESULTS = pathlib.Path(BENCH_DIR, "RESULTS.md")
+TITLE = "Tokens: LLM streams, Switchyard vs the LLM routers (simulated)"
+
+
+def run_scenario(s: TokenScenario, quick: bool,
+                 policies: tuple[str, ...] = POLICIES + VARIANTS
+                 ) -> list[tokens_report.TokenResult]:
+    streams = generate_streams(s, quick)
+    progress(f"tokens: {s.name}: {len(streams):,} streams, {len(s.deployments)} deployments")
+    out = []
+    for name in policies:
+        sim = TokenSim(s, streams)
+        result = tokens_report.measure(s, streams, sim.run(make_policy(name, sim, s.seed)),
+                                       name)
+        progress(f"tokens: {s.name}: {name}: {result.both:.2%} within both, "
+                 f"${result.usd_per_1m_out:.3f}/1M output tokens")
+        out.append(result)
+    return out
+
+
+def run(quick: bool) -> Section:
+    t0 = time.monotonic()
+    scenarios = [load_token_scenario(p) for p in sorted(SCENARIOS.glob("*.toml"))]
+    results = [r for s in scenarios for r in run_scenario(s, quick)]
+    main = [r for r in results if r.policy in POLICIES]
+    variants = [r for r in results if r.policy not in POLICIES or r.policy == "switchyard"]
+    return Section(title=TITLE, command=command_for(__name__, quick),
+                   table=tokens_report.table(main),
+                   notes=_notes(scenarios, results, variants, quick),
+                   elapsed_s=time.monotonic() - t0)
+
+
+def _notes(scenarios: list[TokenScenario], results: list[tokens_report.TokenResult],
+           variants: list[tokens_report.TokenResult], quick: bool) -> list[str]:
+    shapes = "; ".join(
+        f"`{s.name}` ({s.trace} lengths, {len(s.deployments)} servers in {len(s.regions)} "
+        f"regions, {sum(r.load_rps for r in s.regions.values()):g} streams/s, "
+        f"{s.shared_fraction:.0%} of streams in sessions sharing a prefix, classes "
+        + ", ".join(f"{c.name} {c.share:.0%} TTFT ≤ {c.ttft_ms:g} ms TPOT ≤ {c.tpot_ms:g} ms"
+                    for c in s.classes) + ")"
+        for s in scenarios)
+    horizon = "quick" if quick else "full"
+    return [
+        "**Simulated**: the servers are emulated (prefill rate, decode time growing with the "
+        "batch, prefix cache, per accelerator; `benchmarks/scenarios/tokens/*.toml`), not "
+        f"GPUs. Lengths: {TRACE_SOURCE} (quantile tables computed from the two CSVs, "
+        "`benchmarks/costsim/tokens_workload.py`). Prefix sharing is stated per scenario, "
+        "not from the trace (the trace has no prompt content).",
+        f"Scenarios ({horizon} horizon, the first {scenarios[0].warmup_s:g} s are warm-up and "
+        f"not counted): {shapes}.",
+        "Cost model: GPU time billed per token as the Python edge's `x-cost-usd` — the "
+        "stream's own prefill time plus its share of the batch's decode time (∫ dt / batch "
+        "size), times the deployment's $/GPU-hour from `examples/prices.toml`; idle GPU time "
+        "is billed to no one. `$/1M output tokens` = billed $ / output tokens × 10⁶.",
+        "What each policy knows: `switchyard` is one edge per region running the edge's own "
+        "`StreamStats` (learned prefill rate and TPOT line, its own streams in flight, prefix "
+        "holders) into `placement.streams.choose_stream` with its defaults; it does not see "
+        "other edges' streams or the servers' queues. The baselines see the true state of "
+        "every server when they choose (more than a real router has): round-robin, "
+        "least-loaded (streams waiting or running), prefix-affinity (llm-d-like: prefix-cache "
+        "scorer weight 3 + queue scorer weight 2, cost and distance ignored), lowest-latency "
+        "(fastest predicted TTFT from the true queue and cache).",
+        *tokens_report.verdicts(results),
+        "`placement/streams.py` this session, measured on the same streams (same function, "
+        "other inputs or parameters):",
+        *[f"- {line}" for line in tokens_report.before_after(
+            variants, "switchyard-before", "switchyard")],
+        *[f"- {line}" for line in tokens_report.before_after(
+            variants, "switchyard", "switchyard-guarded")],
+        f"`switchyard-before`: the choice as at the start of this session (TTFT ignores the "
+        f"edge's own streams still prefilling there); `switchyard`: the edge's pending "
+        f"prefill tokens enter TTFT; `switchyard-guarded`: in addition a {GUARD_BAND:.0%} "
+        "TTFT guard band and no load bound (`choose_stream(ttft_headroom=…, "
+        "load_factor=…)`; not the edge's default).",
+        tokens_report.table(variants),
+    ]
+
+
+def write_section(section: Section, path: pathlib.Path = RESULTS) -> None:
+    """Replace this section in RESULTS.md by title, or append it."""
+    text = path.read_text() if path.exists() else ""
+    parts = text.split("\n## ")
+    head, body = parts[0], [f"## {p}" for p in parts[1:]]
+    new = section.markdown().rstrip() + "\n"
+    titles = [b.split("\n", 1)[0][3:] for b in body]
+    if section.title in titles:
+        body[titles.index(section.title)] = new
+    else:
+        body.append(new)
+    path.write_text("\n".join([head.rstrip() + "\n", *body]))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="a shorter horizon, same rates")
+    args = p.parse_args()
+    section = run(args.quick)
+    print(section.markdown())
+    write_section(section)
+    progress(f"tokens: wrote '{section.title}' into {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
