@@ -3,11 +3,13 @@ it delivered, whether and how it may resume elsewhere.
 
 A stream whose first request carries a prompt (``tokens.parse_request``) is an LLM stream: it
 is chosen by tokens (``placement.streams`` over the deployments that pass the call's hard
-filters, plus the cordon and avoid-region filters), its responses are read for their tokens,
-and after a failure that follows delivered tokens it may resume when its variant declares
-``switchyard_resumable`` (asked of the serving backend when the stream commits, else of
-another backend serving the variant; remembered per variant by ``StreamStats``). Any other
-stream is chosen by the call's profile and its responses are only counted.
+filters, plus the cordon and avoid-region filters; with ``x-routing-profile: fastest``, the
+lowest predicted TTFT + max_tokens × TPOT instead of the cheapest feasible), its responses
+are read for their tokens, and after a failure that follows delivered tokens it may resume
+when its variant declares ``switchyard_resumable`` (asked of the serving backend when the
+stream commits, else of another backend serving the variant; remembered per variant by
+``StreamStats``). Any other stream is chosen by the call's profile and its responses are only
+counted.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from placement.attempts import CallAttempts
 from placement.errors import NoHealthyDeployment
 from placement.model import CallContext, Candidate
 from placement.pipeline import Profile
-from placement.streams import StreamAsk, choose_stream
+from placement.streams import StreamAsk, StreamChoice, choose_stream
 from services.edge.hints import StreamHints
 from services.edge.router import Router
 from services.edge.token_stats import StreamMeter
@@ -35,6 +37,8 @@ STREAM_SOFT_FILTERS = frozenset({"cordon", "avoid-region"})
 PREFIX_KEY_TOKENS = 64  # no x-session-id: the hash of the prompt's first tokens is the key
 DEFAULT_MAX_TOKENS = 16  # planning only, when neither request, hint nor model says
 PROBE_TIMEOUT_S = 2.0
+FASTEST_REASON = ("profile fastest: the lowest predicted TTFT + max_tokens × TPOT, whatever "
+                  "it costs")
 
 
 class Generation:
@@ -48,6 +52,7 @@ class Generation:
         self._cached = 0  # prompt tokens the current attempt's deployment should have cached
         self._context_at_start = 0  # prompt + delivered tokens when the attempt started
         self._probe: asyncio.Future[tuple[bool, int] | None] | None = None
+        self.ask: StreamAsk | None = None  # what the last plan asked for
         meter.tokens_in, meter.measured = (len(llm.prompt), True) if llm else (0, False)
 
     @property
@@ -57,10 +62,19 @@ class Generation:
     def choose(self, profile: Profile, cands: Sequence[Candidate], ctx: CallContext
                ) -> tuple[Candidate, bool]:
         """The deployment for the next attempt and whether it meets the objectives."""
-        llm, router = self.llm, self.router
-        if llm is None:
-            d = profile.choose(cands, ctx, router.rng, cost_sorted=True)
+        if self.llm is None:
+            d = profile.choose(cands, ctx, self.router.rng, cost_sorted=True)
             return d.candidate, d.slo_met
+        choice = self.plan(profile, cands, ctx)
+        return choice.candidate, choice.slo_met
+
+    def plan(self, profile: Profile, cands: Sequence[Candidate], ctx: CallContext
+             ) -> StreamChoice:
+        """An LLM stream's choice by tokens over the deployments it may use, with every
+        option's prediction (``switchyard explain --stream`` shows it). The ``fastest`` profile
+        takes the lowest predicted TTFT + max_tokens × TPOT instead of the cheapest feasible."""
+        llm, router = self.llm, self.router
+        assert llm is not None
         hard = [c for c in cands if all(f.reject(c, ctx) is None for f in profile.hard_filters)]
         if not hard:
             profile.choose(cands, ctx, router.rng, cost_sorted=True)  # the precise error
@@ -76,10 +90,15 @@ class Generation:
                         ttft_ms=self.goals.ttft_ms, tpot_ms=self.goals.tpot_ms,
                         session_key=self.session, holder=holder,
                         cached_tokens=min(seen, self.context_tokens))
+        self.ask = ask
         choice = choose_stream(eligible, router.streams.estimates(eligible),
                                router.streams.inflight, ask)
+        if profile.name == "fastest":
+            best = min(choice.options,
+                       key=lambda o: (o.ttft_ms + ask.max_tokens * o.tpot_ms, o.cost_usd))
+            choice = StreamChoice(best.candidate, best.feasible, FASTEST_REASON, choice.options)
         self._cached = choice.chosen.cache_hit_tokens
-        return choice.candidate, choice.slo_met
+        return choice
 
     # -- one attempt -----------------------------------------------------------------------
 

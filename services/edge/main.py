@@ -15,8 +15,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from placement.errors import SwitchyardError
 from placement.registry import PROFILES, build_profile
 from services import logs
-from services.api.switchyard.v1 import edge_pb2, edge_pb2_grpc
+from services.api.switchyard.v1 import edge_pb2, edge_pb2_grpc, placement_pb2
 from services.config import EdgeConfig, MeshConfig
+from services.edge import explain
 from services.edge.accesslog import AccessLog
 from services.edge.budget import RetryBudget
 from services.edge.control import HealthChecker, PlacementLink
@@ -27,6 +28,7 @@ from services.edge.routes import RouteStore
 from services.edge.service import SERVICE, InferenceService
 from services.edge.stats import EdgeStats
 from services.edge.upstream import Upstreams
+from services.grpc_errors import AnyContext
 from services.security import transport
 from services.security.tenants import TenantGate
 from services.serving import add_health_and_reflection, mark_serving, start_metrics
@@ -107,6 +109,10 @@ class EdgeAdminService(edge_pb2_grpc.EdgeAdminServicer):
                 calls=s.calls if s else 0,
                 failures=s.failures if s else 0, p95_ms=r.stats.p95.get(dep, 0.0)))
         return resp
+
+    async def Explain(self, request: placement_pb2.ExplainRequest,
+                      context: AnyContext) -> placement_pb2.ExplainResponse:
+        return await explain.handle(self.router, request, context)  # LLM streams
 
 
 async def _catalog_replicas(cfg: MeshConfig, configured: list[str]) -> list[str]:

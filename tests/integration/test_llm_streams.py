@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
+from services.api.switchyard.v1 import edge_pb2_grpc, placement_pb2
 from services.backends.triton import TritonProcess
 from services.config import MeshConfig
 from services.edge.main import start_edge
@@ -96,6 +97,29 @@ async def test_tight_tpot_moves_streams_to_the_fast_deployment(mesh: Mesh) -> No
                                     [("x-tpot-ms", "6")])
     assert loose.trailers["x-served-by"] != "east-fast/generate-small"  # cheaper per token
     assert tight.trailers["x-served-by"] == "east-fast/generate-small"
+
+    # explain --stream asks the edge, which answers with the choice those streams got
+    def explain(**ask: object) -> placement_pb2.ExplainResponse:
+        with grpc.insecure_channel(mesh.edge_address) as ch:
+            resp: placement_pb2.ExplainResponse = edge_pb2_grpc.EdgeAdminStub(ch).Explain(
+                placement_pb2.ExplainRequest(model="generate", stream=placement_pb2.StreamAsk(
+                    **ask)), timeout=5)  # type: ignore[arg-type]
+            return resp
+
+    ex = await asyncio.to_thread(explain, prompt_tokens=len(PROMPT), max_tokens=8, tpot_ms=6)
+    assert ex.chosen_deployment_id == tight.trailers["x-served-by"]
+    rows = {o.deployment_id: o for o in ex.stream_options}
+    assert all(o.measured and o.learned_from in ("edge", "fleet") for o in rows.values())
+    slow = rows["west-cheap/generate-small"]
+    assert not slow.feasible and slow.reason.startswith("misses an objective: predicted TPOT")
+    assert rows["east-fast/generate-small"].usd_per_1m_tokens > slow.usd_per_1m_tokens > 0
+    ex = await asyncio.to_thread(explain, prompt_tokens=len(PROMPT), max_tokens=8,
+                                 tpot_ms=1000)
+    # the two cheap ones cost the same: which one is the placeholder prompt's hash order
+    assert ex.chosen_deployment_id.endswith("-cheap/generate-small") and ex.slo_met
+    with pytest.raises(grpc.RpcError) as err:
+        await asyncio.to_thread(explain, prompt_tokens=0)
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
 
 
 async def test_a_fresh_edge_routes_its_first_stream_on_the_fleets_learning(mesh: Mesh) -> None:
