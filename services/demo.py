@@ -136,4 +136,7 @@ def run_demo(cfg: MeshConfig, calls: int = 400) -> dict[str, list[Outcome]]:
         print(f"\nSwitchyard cost per call is {100 * (1 - c_sw / c_base):.1f}% lower than "
               "always-fastest on the same mesh (prices: list prices from examples/prices.toml; "
               "latency includes EMULATED inter-region RTT)")
+    from services.demo_streams import run_stream_demo
+
+    run_stream_demo(cfg)  # LLM streams: TTFT/TPOT objectives, $ per 1M tokens
     return results

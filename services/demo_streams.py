@@ -1,0 +1,159 @@
+"""The demo's streaming section: real LLM streams through the mesh's first edge.
+
+Each stream is a real ``ModelStreamInfer`` to the edge (the demo LLM's contract:
+``services.edge.tokens.llm_request``) carrying ``x-ttft-ms``/``x-tpot-ms`` objectives; the
+edge's token trailers say what happened (``x-served-by``, ``x-ttft-ms``, ``x-tpot-ms``,
+``x-tokens-in``/``-out``, ``x-cost-usd`` from tokens, ``x-slo-met`` for both objectives).
+Half the streams are interactive (a tight TPOT only a fast GPU meets), half are batch-like
+(loose objectives). The same streams run twice: routed by Switchyard (cheapest deployment
+predicted to meet both objectives) and with ``x-routing-profile: fastest`` (lowest predicted
+TTFT + max_tokens × TPOT, whatever it costs). The demo LLM's token speed is EMULATED
+(``services.backends.demo_model``: sleeps scaled by each backend's emulated accelerator
+speed); the prices are the list prices in the mesh's price file.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import grpc
+
+from services.config import MeshConfig
+from services.edge.tokens import llm_request, parse_token
+from services.render import table
+
+STREAM = "/inference.GRPCInferenceService/ModelStreamInfer"
+PROMPT_TOKENS, MAX_TOKENS = 200, 24
+# (class, x-ttft-ms, x-tpot-ms): interactive needs a fast decoder; batch only a bound
+CLASSES = (("interactive", 400.0, 3.5), ("batch", 2000.0, 25.0))
+HEADERS = ["run", "class", "deployment", "streams", "failed", "TTFT p50 ms", "TPOT p50 ms",
+           "tokens out", "$/1M tokens", "SLO met"]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamOutcome:
+    cls: str
+    deployment: str
+    ok: bool
+    tokens: int
+    tokens_in: int
+    ttft_ms: float
+    tpot_ms: float
+    cost_usd: float
+    slo_met: bool
+    resumed: int
+    status: str = "OK"
+
+
+def llm_model(cfg: MeshConfig) -> str | None:
+    """The mesh's decoupled (LLM) model, if it has one."""
+    return next((m.name for m in cfg.models if m.decoupled), None)
+
+
+def one_stream(address: str, model: str, prompt: Sequence[int], max_tokens: int, cls: str,
+               metadata: Sequence[tuple[str, str]], timeout_s: float = 20.0) -> StreamOutcome:
+    """One real stream through the edge; its outcome from the edge's trailers."""
+    tokens = 0
+    with grpc.insecure_channel(address) as ch:
+        call = ch.stream_stream(STREAM)(iter([llm_request(model, prompt, max_tokens)]),
+                                        metadata=tuple(metadata), timeout=timeout_s)
+        try:
+            for resp in call:
+                tokens += parse_token(resp) is not None
+        except grpc.RpcError:
+            pass
+        code = call.code()
+        tr = dict(call.trailing_metadata() or ())
+    if code is not grpc.StatusCode.OK:
+        return StreamOutcome(cls, "-", False, tokens, len(prompt), 0.0, 0.0, 0.0, False, 0,
+                             code.name)
+    return StreamOutcome(cls, tr.get("x-served-by", "?"), True, int(tr.get("x-tokens-out", 0)),
+                         int(tr.get("x-tokens-in", len(prompt))),
+                         float(tr.get("x-ttft-ms", "nan")), float(tr.get("x-tpot-ms", "nan")),
+                         float(tr.get("x-cost-usd", 0)), tr.get("x-slo-met") == "true",
+                         int(tr.get("x-resumed", 0)))
+
+
+def run_streams(address: str, model: str, n: int, profile: str, seed: int = 11,
+                concurrency: int = 4) -> list[StreamOutcome]:
+    """``n`` streams, the classes alternating; the same prompts for the same ``seed``."""
+    rng = random.Random(seed)
+    plan = [(CLASSES[i % len(CLASSES)], [rng.randrange(1, 30_000) for _ in range(PROMPT_TOKENS)])
+            for i in range(n)]
+
+    def go(item: tuple[tuple[str, float, float], list[int]]) -> StreamOutcome:
+        (cls, ttft, tpot), prompt = item
+        md = [("x-ttft-ms", f"{ttft:g}"), ("x-tpot-ms", f"{tpot:g}")]
+        if profile:
+            md.append(("x-routing-profile", profile))
+        return one_stream(address, model, prompt, MAX_TOKENS, cls, md)
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        return list(pool.map(go, plan))
+
+
+def rows(run: str, outcomes: list[StreamOutcome]) -> list[list[str]]:
+    groups: dict[tuple[str, str], list[StreamOutcome]] = defaultdict(list)
+    for o in outcomes:
+        groups[(o.cls, o.deployment)].append(o)
+    out = [_row(run, cls, dep, v) for (cls, dep), v in sorted(groups.items())]
+    out.append(_row(run, "all", "TOTAL", outcomes))
+    return out
+
+
+def usd_per_1m_tokens(outcomes: Sequence[StreamOutcome]) -> float | None:
+    """Cost of the served streams over their prompt + output tokens, per 1M."""
+    served = [o for o in outcomes if o.ok]
+    tokens = sum(o.tokens + o.tokens_in for o in served)
+    return sum(o.cost_usd for o in served) / tokens * 1e6 if tokens else None
+
+
+def _row(run: str, cls: str, dep: str, os_: list[StreamOutcome]) -> list[str]:
+    ok = [o for o in os_ if o.ok]
+
+    def p50(xs: list[float]) -> str:
+        xs = [x for x in xs if not math.isnan(x)]  # a 1-token stream has no TPOT
+        return f"{statistics.median(xs):.1f}" if xs else "-"
+    cost = usd_per_1m_tokens(os_)
+    return [run, cls, dep, str(len(os_)), str(len(os_) - len(ok)),
+            p50([o.ttft_ms for o in ok]), p50([o.tpot_ms for o in ok]),
+            str(sum(o.tokens for o in ok)), "-" if cost is None else f"{cost:.2f}",
+            f"{100 * sum(o.slo_met for o in ok) / len(os_):.0f}%"]
+
+
+def run_stream_demo(cfg: MeshConfig, streams: int = 16) -> dict[str, list[StreamOutcome]]:
+    """The section: warm the edge's token learning, then Switchyard vs always-fastest."""
+    model = llm_model(cfg)
+    if model is None or not cfg.edges:
+        print("\nstreams: the mesh has no decoupled (LLM) model; section skipped")
+        return {}
+    edge = cfg.edges[0]
+    address = f"{edge.host}:{edge.port}"
+    print(f"\nstreams: {streams} LLM streams per run of {model!r} through {edge.id} "
+          f"({PROMPT_TOKENS} prompt tokens, {MAX_TOKENS} out); "
+          + "; ".join(f"{c}: TTFT ≤ {t:g} ms, TPOT ≤ {p:g} ms" for c, t, p in CLASSES))
+    print("the demo LLM's token speed is EMULATED (sleeps scaled by each backend's emulated "
+          "accelerator speed); warming up the edge's token learning…", flush=True)
+    run_streams(address, model, 8, "", seed=3)  # each deployment is tried once, then known
+    results: dict[str, list[StreamOutcome]] = {}
+    out_rows: list[list[str]] = []
+    for name, profile in (("Switchyard", ""), ("fastest", "fastest")):
+        t0 = time.perf_counter()
+        results[name] = outcomes = run_streams(address, model, streams, profile)
+        out_rows += rows(f"{name} ({time.perf_counter() - t0:.1f} s)", outcomes)
+    print(table(HEADERS, out_rows))
+    sw, base = (usd_per_1m_tokens(results[k]) for k in ("Switchyard", "fastest"))
+    met = {k: sum(o.slo_met for o in v) for k, v in results.items()}
+    if sw is not None and base:
+        print(f"\nSwitchyard streams cost ${sw:.2f} per 1M tokens vs ${base:.2f} always-fastest "
+              f"({100 * (1 - sw / base):.0f}% lower); both objectives met by "
+              f"{met['Switchyard']}/{streams} vs {met['fastest']}/{streams} streams "
+              "(token speed EMULATED, list prices)")
+    return results
