@@ -57,20 +57,23 @@ def llm_model(cfg: MeshConfig) -> str | None:
     return next((m.name for m in cfg.models if m.decoupled), None)
 
 
-def one_stream(address: str, model: str, prompt: Sequence[int], max_tokens: int, cls: str,
+def one_stream(address: str, model: str, prompt: list[int], max_tokens: int, cls: str,
                metadata: Sequence[tuple[str, str]], timeout_s: float = 20.0) -> StreamOutcome:
     """One real stream through the edge; its outcome from the edge's trailers."""
     tokens = 0
     with grpc.insecure_channel(address) as ch:
-        call = ch.stream_stream(STREAM)(iter([llm_request(model, prompt, max_tokens)]),
-                                        metadata=tuple(metadata), timeout=timeout_s)
+        rpc: grpc.StreamStreamMultiCallable[bytes, bytes] = ch.stream_stream(
+            STREAM, request_serializer=None, response_deserializer=None)
+        call = rpc(iter([llm_request(model, prompt, max_tokens)]), metadata=tuple(metadata),
+                   timeout=timeout_s)
         try:
             for resp in call:
                 tokens += parse_token(resp) is not None
         except grpc.RpcError:
             pass
         code = call.code()
-        tr = dict(call.trailing_metadata() or ())
+        tr = {k: v if isinstance(v, str) else v.decode()
+              for k, v in call.trailing_metadata() or ()}
     if code is not grpc.StatusCode.OK:
         return StreamOutcome(cls, "-", False, tokens, len(prompt), 0.0, 0.0, 0.0, False, 0,
                              code.name)
