@@ -1,0 +1,189 @@
+"""The mid-stream kill drill (issue 14): concurrent resumable LLM streams through an edge,
+SIGKILL of the backend serving most of them mid-generation, and a count of what callers lost.
+
+``run_stream_drill`` starts ``streams`` LLM streams at once (the demo LLM's contract:
+``services.edge.tokens.llm_request``, a distinct prompt and ``x-session-id`` each), waits
+until every one has delivered ``kill_after`` tokens, kills (``kill``) the backend that
+the most of them are on (their ``x-served-by`` initial metadata), and waits for all to end.
+Each stream is then compared with the generation its variant produces without a fault
+(``reference``: the demo LLM is deterministic per variant, so any surviving backend serving
+it gives the same tokens):
+
+- **lost**: the stream did not end OK with every token it asked for;
+- **missing** tokens: in the reference but not in the stream; **duplicated** tokens: in the
+  stream more often than in the reference (both counted as multisets, over all streams);
+- **reordered**: the right tokens in the wrong order.
+
+The drill passes when the kill hit at least one stream, every check holds and all four
+counts are 0. It is bounded: streams carry a deadline of ``timeout_s``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import grpc
+
+from services.edge.tokens import llm_request, parse_token
+from services.render import table
+
+STREAM = "/inference.GRPCInferenceService/ModelStreamInfer"
+Reference = Callable[[str, list[int], int, str], list[int]]  # variant, prompt, n, avoid backend
+
+
+@dataclass
+class StreamRun:
+    """One stream as its caller saw it."""
+
+    prompt: list[int]
+    tokens: list[int] = field(default_factory=list)
+    first_served_by: str = ""  # initial metadata: where it started
+    served_by: str = ""  # trailers: where it ended
+    resumed: int = 0
+    code: str = ""
+    details: str = ""
+    done: bool = False
+
+
+def run_one(address: str, model: str, s: StreamRun, max_tokens: int,
+            metadata: Sequence[tuple[str, str]], timeout_s: float) -> None:
+    """One stream through the edge, recorded into ``s`` as it goes (the drill watches)."""
+    with grpc.insecure_channel(address) as ch:
+        rpc: grpc.StreamStreamMultiCallable[bytes, bytes] = ch.stream_stream(
+            STREAM, request_serializer=None, response_deserializer=None)
+        call = rpc(iter([llm_request(model, s.prompt, max_tokens)]), metadata=tuple(metadata),
+                   timeout=timeout_s)
+        try:
+            for resp in call:
+                if not s.first_served_by:
+                    s.first_served_by = _text(call.initial_metadata()).get("x-served-by", "?")
+                token = parse_token(resp)
+                if token is not None:
+                    s.tokens.append(token)
+        except grpc.RpcError:
+            pass
+        s.code, s.details = call.code().name, call.details() or ""
+        tr = _text(call.trailing_metadata())
+    s.served_by, s.resumed = tr.get("x-served-by", ""), int(tr.get("x-resumed", "0") or 0)
+    s.done = True
+
+
+def _text(md: object) -> dict[str, str]:
+    pairs: Sequence[tuple[str, str | bytes]] = md or ()  # type: ignore[assignment]
+    return {k: v if isinstance(v, str) else v.decode() for k, v in pairs}
+
+
+def token_errors(expected: Sequence[int], got: Sequence[int]) -> tuple[int, int, bool]:
+    """(missing, duplicated, reordered) of ``got`` against ``expected`` (see the docstring)."""
+    want, have = Counter(expected), Counter(got)
+    missing = sum((want - have).values())
+    duplicated = sum((have - want).values())
+    return missing, duplicated, not missing and not duplicated and list(got) != list(expected)
+
+
+@dataclass
+class StreamDrillReport:
+    streams: int
+    max_tokens: int
+    kill_after_tokens: int
+    killed: str
+    on_killed: int  # streams the killed backend was serving
+    lost: int
+    missing_tokens: int
+    duplicated_tokens: int
+    reordered: int
+    resumed: int  # resumptions over all streams (x-resumed)
+    seconds: float
+    checks: dict[str, bool] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)  # up to 3 "STATUS: details"
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.checks) and all(self.checks.values()) and not (
+            self.lost or self.missing_tokens or self.duplicated_tokens or self.reordered)
+
+    def table(self) -> str:
+        rows = [["streams", str(self.streams)],
+                ["tokens asked per stream", str(self.max_tokens)],
+                ["killed (SIGKILL)", f"{self.killed} after every stream had "
+                                     f"≥{self.kill_after_tokens} tokens"],
+                ["streams on the killed backend", str(self.on_killed)],
+                ["streams resumed (x-resumed)", str(self.resumed)],
+                ["streams lost", str(self.lost)],
+                ["tokens missing", str(self.missing_tokens)],
+                ["tokens duplicated", str(self.duplicated_tokens)],
+                ["streams reordered", str(self.reordered)],
+                ["wall time", f"{self.seconds:.1f} s"]]
+        rows += [[f"check: {k}", "ok" if v else "FAILED"] for k, v in self.checks.items()]
+        rows += [["failure", f] for f in self.failures]
+        verdict = "PASSED" if self.passed else "FAILED"
+        return f"drill kill-streams: {verdict}\n" + table(["", ""], rows)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"scenario": "kill-streams", "passed": self.passed, **asdict(self)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+def run_stream_drill(edge_address: str, model: str, kill: Callable[[str], None],
+                     reference: Reference, *, streams: int = 8, max_tokens: int = 120,
+                     kill_after: int = 20, prompt_tokens: int = 40, seed: int = 0,
+                     timeout_s: float = 30.0,
+                     progress: Callable[[str], None] = lambda _m: None) -> StreamDrillReport:
+    """Run the drill (see the module docstring); ``kill(backend_id)`` breaks the backend."""
+    rng = random.Random(seed)
+    runs = [StreamRun([rng.randrange(1, 30_000) for _ in range(prompt_tokens)])
+            for _ in range(streams)]
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=run_one, daemon=True, args=(
+        edge_address, model, s, max_tokens, [("x-session-id", f"drill-{seed}-{i}")],
+        timeout_s)) for i, s in enumerate(runs)]
+    for t in threads:
+        t.start()
+    deadline = t0 + timeout_s / 2
+    while (time.monotonic() < deadline and not any(s.done for s in runs)
+           and min(len(s.tokens) for s in runs) < kill_after):
+        time.sleep(0.005)
+    counts = Counter(s.first_served_by.split("/", 1)[0] for s in runs if s.first_served_by)
+    killed = counts.most_common(1)[0][0] if counts else ""
+    on_killed = counts.get(killed, 0)
+    cut = sum(1 for s in runs if s.first_served_by.startswith(killed + "/") and not s.done)
+    if killed:
+        progress(f"SIGKILL {killed}: serving {on_killed} of {streams} streams, "
+                 f"{min(len(s.tokens) for s in runs)}+ tokens delivered each")
+        kill(killed)
+    for t in threads:
+        t.join(timeout_s + 5)
+    seconds = time.monotonic() - t0
+    lost = missing = duplicated = reordered = 0
+    failures: list[str] = []
+    for s in runs:
+        if s.code != "OK" or len(s.tokens) != max_tokens:
+            lost += 1
+            if len(failures) < 3:
+                failures.append(f"{s.code or 'unfinished'}: {s.details[:160]} "
+                                f"({len(s.tokens)} tokens)")
+        variant = (s.first_served_by or s.served_by or "/").split("/", 1)[1]
+        if not variant:
+            missing += max_tokens
+            continue
+        m, d, r = token_errors(reference(variant, s.prompt, max_tokens, killed), s.tokens)
+        missing, duplicated, reordered = missing + m, duplicated + d, reordered + r
+    checks = {
+        "the kill hit at least one stream": on_killed > 0,
+        "every stream on the killed backend was mid-generation at the kill": (
+            cut == on_killed),
+        "every stream on the killed backend resumed elsewhere": all(
+            s.resumed >= 1 and not s.served_by.startswith(killed + "/")
+            for s in runs if s.first_served_by.startswith(killed + "/")) if killed else False,
+    }
+    return StreamDrillReport(streams, max_tokens, kill_after, killed, on_killed, lost,
+                             missing, duplicated, reordered, sum(s.resumed for s in runs),
+                             round(seconds, 2), checks, failures)
