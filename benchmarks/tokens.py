@@ -16,7 +16,7 @@ import time
 
 from benchmarks.common import BENCH_DIR, Section, command_for, progress
 from benchmarks.costsim import tokens_report
-from benchmarks.costsim.tokens_policies import GUARD_BAND, POLICIES, VARIANTS, make_policy
+from benchmarks.costsim.tokens_policies import POLICIES, VARIANTS, make_policy
 from benchmarks.costsim.tokens_workload import (
     TRACE_SOURCE,
     TokenScenario,
@@ -24,6 +24,7 @@ from benchmarks.costsim.tokens_workload import (
     load_token_scenario,
 )
 from benchmarks.costsim.tokensim import TokenSim
+from placement.streams import TTFT_HEADROOM
 
 ESTIMATE_S = (20, 45)
 SCENARIOS = pathlib.Path(BENCH_DIR, "scenarios", "tokens")
@@ -90,17 +91,16 @@ def _notes(scenarios: list[TokenScenario], results: list[tokens_report.TokenResu
         "scorer weight 3 + queue scorer weight 2, cost and distance ignored), lowest-latency "
         "(fastest predicted TTFT from the true queue and cache).",
         *tokens_report.verdicts(results),
-        "`placement/streams.py` this session, measured on the same streams (same function, "
-        "other inputs or parameters):",
+        "Ablations of `placement/streams.py` on the same streams (the same function "
+        "without one of its parts):",
         *[f"- {line}" for line in tokens_report.before_after(
-            variants, "switchyard-before", "switchyard")],
+            variants, "switchyard-no-guard-band", "switchyard")],
         *[f"- {line}" for line in tokens_report.before_after(
-            variants, "switchyard", "switchyard-guarded")],
-        f"`switchyard-before`: the choice as at the start of this session (TTFT ignores the "
-        f"edge's own streams still prefilling there); `switchyard`: the edge's pending "
-        f"prefill tokens enter TTFT; `switchyard-guarded`: in addition a {GUARD_BAND:.0%} "
-        "TTFT guard band and no load bound (`choose_stream(ttft_headroom=…, "
-        "load_factor=…)`; not the edge's default).",
+            variants, "switchyard-no-pending", "switchyard")],
+        f"`switchyard-no-guard-band`: `ttft_headroom=0` (a prediction may use the whole TTFT "
+        f"objective; the default leaves {TTFT_HEADROOM:.0%} of it for other edges' prefills "
+        "the edge cannot see); `switchyard-no-pending`: the edge's own streams still waiting "
+        "for their first token do not enter the TTFT prediction.",
         tokens_report.table(variants),
     ]
 

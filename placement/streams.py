@@ -13,14 +13,20 @@ tokens (``K`` of them in ``d``'s prefix cache) asking for ``M`` output tokens pr
 - ``cost(d) = usd_per_second(d) × ((P − K) × prefill_ms + M × TPOT(d) / (n + 1)) / 1000``
   (decode time is shared by the batch; prefill is the stream's own)
 
-It is feasible when ``TTFT ≤ ttft × (1 − ttft_headroom)`` and ``TPOT ≤ tpot`` (each only when
-asked; ``ttft_headroom`` is 0 unless the caller sets a guard band). The choice is
-the cheapest feasible deployment under the load bound; among those within ``band`` of that
-cost, the session's prefix holder, else the first in the session's consistent-hash order
-(consistent hashing with bounded loads: a deployment's bound is ``ceil(load_factor ×
-(streams in flight + 1) / deployments)``, so one hot prefix cannot pile onto one backend,
-and every edge orders a session's deployments the same way without sharing state). Only when
-every feasible deployment is at its bound does the least loaded of them take the stream.
+It is feasible when ``TTFT ≤ ttft × (1 − TTFT_HEADROOM)`` and ``TPOT ≤ tpot`` (each only
+when asked): the edge predicts from its own streams only, and another edge's prefill may be
+running when this one arrives, so half the TTFT objective is left for that wait. The choice
+is the cheapest feasible deployment under the load bound; among those within ``band`` of
+that cost, the session's prefix holder, else the first in the session's consistent-hash
+order. Consistent hashing with bounded loads: the bins are the feasible deployments priced
+(per GPU-second) within ``band`` of the cheapest feasible one, and a deployment's bound is
+``ceil(load_factor × (this edge's streams on those bins + 1) / bins)``, so one hot prefix
+spreads over the equally cheap deployments instead of piling onto one, every edge orders a
+session's deployments the same way without sharing state, and the cheap tier can still fill
+up to what its TPOT under load allows (the bins' loads never all reach the bound; averaging
+over every deployment, dear ones included, pushed streams onto dearer GPUs while cheap ones
+had room). Only when every feasible deployment is at its bound does the least loaded of
+them take the stream.
 The holder's cache hit enters its TTFT and cost, so it wins whenever the hit makes it
 feasible or cheaper. Nothing feasible: the deployment with the
 lowest predicted TTFT + M × TPOT, marked ``slo_met=False``.
@@ -42,6 +48,11 @@ from placement.model import Candidate
 RING_POINTS = 16  # virtual points per deployment on the hash ring
 COST_BAND = 0.05  # feasible deployments within 5 % of the cheapest are equally cheap
 LOAD_FACTOR = 1.25  # consistent hashing with bounded loads: c in ceil(c × m / n)
+# The fraction of a TTFT objective a prediction leaves free: the edge sees only its own
+# streams, so another edge's prefill may be running when this stream arrives. Measured by
+# ``python -m benchmarks.tokens`` (two workloads): 0 → 95–96 % within both objectives,
+# 0.5 → ≥ 99 % at ≥ 40 % below the lowest-latency policy's cost.
+TTFT_HEADROOM = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +106,7 @@ class StreamChoice:
 
 
 def predict(c: Candidate, est: TokenEstimate | None, load: int, ask: StreamAsk,
-            pending_tokens: int = 0, ttft_headroom: float = 0.0) -> StreamOption:
+            pending_tokens: int = 0, ttft_headroom: float = TTFT_HEADROOM) -> StreamOption:
     """One deployment's predicted TTFT, TPOT and cost for ``ask`` (see the module docstring)."""
     hit = min(ask.cached_tokens, ask.prompt_tokens) if c.deployment_id == ask.holder else 0
     if est is None:
@@ -133,20 +144,20 @@ def choose_stream(cands: Sequence[Candidate], estimates: Mapping[str, TokenEstim
                   loads: Mapping[str, int], ask: StreamAsk, band: float = COST_BAND,
                   load_factor: float = LOAD_FACTOR,
                   pending: Mapping[str, int] | None = None,
-                  ttft_headroom: float = 0.0) -> StreamChoice:
+                  ttft_headroom: float = TTFT_HEADROOM) -> StreamChoice:
     """The deployment for one stream (``cands`` already passed the call's hard filters).
     ``pending``: per deployment, the uncached prompt tokens of this edge's streams there that
-    still wait for their first token (none known: empty). ``ttft_headroom``: a guard band, the
-    fraction of the TTFT objective a prediction must leave free to count as feasible (0: the
-    prediction may use all of it)."""
+    still wait for their first token (none known: empty). ``ttft_headroom``: the fraction of
+    the TTFT objective a prediction must leave free to count as feasible."""
     if not cands:
         raise NoHealthyDeployment("no deployment may serve this stream")
-    ids = [c.deployment_id for c in cands]
-    bound = load_bound(loads, ids, load_factor)
     queued = pending or {}
-    options = tuple(
-        _bounded(predict(c, estimates.get(c.deployment_id), loads.get(c.deployment_id, 0), ask,
-                         queued.get(c.deployment_id, 0), ttft_headroom), bound) for c in cands)
+    predicted = [predict(c, estimates.get(c.deployment_id), loads.get(c.deployment_id, 0), ask,
+                         queued.get(c.deployment_id, 0), ttft_headroom) for c in cands]
+    feasible_ids = [o.candidate.deployment_id for o in predicted if o.feasible]
+    bound = load_bound(loads, _cheapest_tier(feasible_ids, estimates, band) or
+                       [c.deployment_id for c in cands], load_factor)
+    options = tuple(_bounded(o, bound) for o in predicted)
     feasible = [o for o in options if o.feasible]
     if not feasible:
         best = min(options, key=lambda o: (o.ttft_ms + ask.max_tokens * o.tpot_ms, o.cost_usd))
@@ -169,6 +180,17 @@ def choose_stream(cands: Sequence[Candidate], estimates: Mapping[str, TokenEstim
     return StreamChoice(in_band[d].candidate, True,
                         "cheapest feasible under the load bound; first in the session's "
                         "hash order", options)
+
+
+def _cheapest_tier(feasible: Sequence[str], estimates: Mapping[str, TokenEstimate],
+                   band: float) -> list[str]:
+    """The bins of the bounded-load hashing: the feasible deployments priced (per GPU-second)
+    within ``band`` of the cheapest feasible one; an unmeasured one is priced 0."""
+    price = {d: (estimates[d].usd_per_second if d in estimates else 0.0) for d in feasible}
+    if not price:
+        return []
+    limit = min(price.values()) * (1.0 + band)
+    return [d for d in feasible if price[d] <= limit]
 
 
 def _bounded(o: StreamOption, bound: int) -> StreamOption:

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from benchmarks.costsim.tokens_workload import Deployment
 from benchmarks.costsim.tokensim import Policy, TokenSim
 from placement.model import Candidate
-from placement.streams import LOAD_FACTOR, StreamAsk, choose_stream
+from placement.streams import LOAD_FACTOR, TTFT_HEADROOM, StreamAsk, choose_stream
 from services.edge.token_stats import StreamStats
 
 PREFIX_WEIGHT, QUEUE_WEIGHT = 3.0, 2.0
@@ -128,7 +128,8 @@ class Switchyard:
     ``ttft_headroom`` and ``load_factor`` are ``choose_stream``'s own parameters."""
 
     def __init__(self, sim: TokenSim, name: str = "switchyard", pending: bool = True,
-                 ttft_headroom: float = 0.0, load_factor: float = LOAD_FACTOR) -> None:
+                 ttft_headroom: float = TTFT_HEADROOM, load_factor: float = LOAD_FACTOR
+                 ) -> None:
         self.name = name
         self._use_pending, self._headroom, self._load_factor = (pending, ttft_headroom,
                                                                 load_factor)
@@ -201,20 +202,16 @@ def _candidate(d: Deployment, rtt_ms: float) -> Candidate:
 
 
 POLICIES = ("switchyard", "round-robin", "least-loaded", "prefix-affinity", "lowest-latency")
-# choose_stream settings compared for Switchyard (same function, other parameters)
-GUARD_BAND = 0.35
-NO_BOUND = 1e9
-VARIANTS = ("switchyard-before", "switchyard-guarded")
+# Switchyard ablations: the same function without one of its inputs or its guard band
+VARIANTS = ("switchyard-no-guard-band", "switchyard-no-pending")
 
 
 def make_policy(name: str, sim: TokenSim, seed: int) -> Policy:
     """A fresh policy for one run on ``sim``."""
     makers: dict[str, Callable[[], Policy]] = {
         "switchyard": lambda: Switchyard(sim),
-        # the choice as it was: no pending prefill in TTFT
-        "switchyard-before": lambda: Switchyard(sim, name, pending=False),
-        "switchyard-guarded": lambda: Switchyard(sim, name, ttft_headroom=GUARD_BAND,
-                                                 load_factor=NO_BOUND),
+        "switchyard-no-guard-band": lambda: Switchyard(sim, name, ttft_headroom=0.0),
+        "switchyard-no-pending": lambda: Switchyard(sim, name, pending=False),
         "round-robin": RoundRobin,
         "least-loaded": LeastLoaded,
         "prefix-affinity": lambda: PrefixAffinity(seed),

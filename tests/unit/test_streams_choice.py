@@ -10,6 +10,7 @@ import pytest
 from placement.errors import NoHealthyDeployment
 from placement.model import Candidate
 from placement.streams import (
+    TTFT_HEADROOM,
     StreamAsk,
     TokenEstimate,
     choose_stream,
@@ -68,10 +69,26 @@ def test_the_edges_own_streams_waiting_to_prefill_delay_the_first_token() -> Non
 def test_a_ttft_guard_band_leaves_part_of_the_objective_free() -> None:
     cands = [cand("fast"), cand("slow")]
     est = {"fast/llm": FAST, "slow/llm": SLOW}
-    ask = StreamAsk(300, 50, ttft_ms=400)  # slow predicts 301 ms
-    assert choose_stream(cands, est, {}, ask).candidate.backend_id == "slow"
-    guarded = choose_stream(cands, est, {}, ask, ttft_headroom=0.3)  # must be ≤ 280 ms
+    ask = StreamAsk(300, 50, ttft_ms=500)  # slow predicts 301 ms
+    assert choose_stream(cands, est, {}, ask, ttft_headroom=0.0).candidate.backend_id == "slow"
+    guarded = choose_stream(cands, est, {}, ask)  # by default it must be ≤ 250 ms
+    assert TTFT_HEADROOM == 0.5
     assert guarded.candidate.backend_id == "fast" and guarded.slo_met
+    assert not guarded.options[1].feasible and guarded.options[1].ttft_ms < 500
+
+
+def test_the_load_bound_averages_over_the_cheap_tier_not_every_deployment() -> None:
+    cands = [cand("fast1"), cand("fast2"), cand("slow1"), cand("slow2")]
+    est = {"fast1/llm": FAST, "fast2/llm": FAST, "slow1/llm": SLOW, "slow2/llm": SLOW}
+    loads = {"slow1/llm": 3, "slow2/llm": 3}
+    ask = StreamAsk(100, 10, session_key="k")
+    # over all four, ceil(1.25 × 7 / 4) = 3 would push the stream onto a dear GPU; the bins
+    # are the two equally cheap ones: ceil(1.25 × 7 / 2) = 5
+    choice = choose_stream(cands, est, loads, ask)
+    assert choice.candidate.backend_id.startswith("slow") and choice.chosen.bound == 5
+    # a TPOT objective the loaded cheap ones cannot meet still moves it
+    tight = choose_stream(cands, est, loads, StreamAsk(100, 10, tpot_ms=60, session_key="k"))
+    assert tight.candidate.backend_id.startswith("fast")
 
 
 def test_load_raises_tpot_until_the_cheap_one_misses() -> None:
