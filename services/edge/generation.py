@@ -51,6 +51,7 @@ class Generation:
         self.session = goals.session_id or (_prefix_key(llm) if llm else "")
         self._cached = 0  # prompt tokens the current attempt's deployment should have cached
         self._context_at_start = 0  # prompt + delivered tokens when the attempt started
+        self._prefill: tuple[str, int] = ("", 0)  # (deployment, tokens) before a first token
         self._probe: asyncio.Future[tuple[bool, int] | None] | None = None
         self.ask: StreamAsk | None = None  # what the last plan asked for
         meter.tokens_in, meter.measured = (len(llm.prompt), True) if llm else (0, False)
@@ -92,7 +93,7 @@ class Generation:
                         cached_tokens=min(seen, self.context_tokens))
         self.ask = ask
         choice = choose_stream(eligible, router.streams.estimates(eligible),
-                               router.streams.inflight, ask)
+                               router.streams.inflight, ask, pending=router.streams.pending)
         if profile.name == "fastest":
             best = min(choice.options,
                        key=lambda o: (o.ttft_ms + ask.max_tokens * o.tpot_ms, o.cost_usd))
@@ -105,6 +106,9 @@ class Generation:
     def attempt_started(self, c: Candidate) -> None:
         self._context_at_start = self.context_tokens
         self.meter.segment(self.router.clock(), self.router.streams.started(c.deployment_id))
+        if self.llm is not None:
+            self._prefill = (c.deployment_id, self.context_tokens - self._cached)
+            self.router.streams.prefilling(*self._prefill)
 
     def response(self, resp: bytes) -> None:
         """Count ``resp``: a token of an LLM stream, or any response of another stream."""
@@ -113,6 +117,7 @@ class Generation:
         elif (token := parse_token(resp)) is not None:
             self.delivered.append(token)
             self.meter.token(self.router.clock())
+            self._prefilled()
 
     def committed(self, c: Candidate) -> None:
         """The first response reached the caller: learn now whether the variant resumes (the
@@ -123,9 +128,16 @@ class Generation:
     def attempt_ended(self, c: Candidate) -> None:
         streams = self.router.streams
         streams.ended(c.deployment_id)
+        self._prefilled()
         self.meter.segment_ended(c, streams, self._context_at_start, self._cached)
         if self.llm is not None and self.meter.tokens_out:
             streams.remember(self.session, c.deployment_id, self.context_tokens)
+
+    def _prefilled(self) -> None:
+        """The attempt's prompt no longer waits (a first token came, or the attempt ended)."""
+        if self._prefill[1]:
+            self.router.streams.prefilling(self._prefill[0], -self._prefill[1])
+        self._prefill = ("", 0)
 
     # -- after a failure -------------------------------------------------------------------
 

@@ -74,8 +74,18 @@ class StreamStats:
         self._holders: OrderedDict[str, tuple[str, int]] = OrderedDict()
         self._max_sessions = max_sessions
         self._resumable: dict[str, tuple[bool, int]] = {}
+        self._pending: dict[str, int] = {}
 
     # -- load ------------------------------------------------------------------------------
+
+    @property
+    def pending(self) -> Mapping[str, int]:
+        """Per deployment, uncached prompt tokens of streams still waiting for a first token."""
+        return self._pending
+
+    def prefilling(self, deployment: str, tokens: int) -> None:
+        """``tokens`` more (or, negative, fewer) prompt tokens waiting on ``deployment``."""
+        self._pending[deployment] = self._pending.get(deployment, 0) + tokens
 
     @property
     def inflight(self) -> Mapping[str, int]:

@@ -249,3 +249,26 @@ async def test_resume_keeps_the_variant_unless_a_declared_change_is_allowed() ->
     assert resumed is not None and resumed.max_tokens == 5
     _, refused = await _generation(router, allow=True).resume("chat", cands[0], cands, owed=5)
     assert refused == {"d/old"}
+
+
+def _token(t: int) -> bytes:
+    resp = service_pb2.ModelStreamInferResponse()
+    resp.infer_response.outputs.add(name="TOKEN", datatype="INT32", shape=[1, 1])
+    resp.infer_response.raw_output_contents.append(t.to_bytes(4, "little"))
+    return resp.SerializeToString()
+
+
+def test_a_prompt_waits_as_pending_prefill_until_its_first_token() -> None:
+    router = _Router()
+    g, other = _generation(router), _generation(router)
+    g.attempt_started(cand("a"))
+    other.attempt_started(cand("a"))
+    assert router.streams.pending["a/llm"] == 6  # two 3-token prompts wait on a
+    g.response(_token(7))
+    assert router.streams.pending["a/llm"] == 3  # g's first token: only other's waits
+    g.response(_token(8))
+    assert router.streams.pending["a/llm"] == 3
+    other.attempt_ended(cand("a"))  # failed before a token: its prompt no longer waits
+    assert router.streams.pending["a/llm"] == 0
+    g.attempt_ended(cand("a"))
+    assert router.streams.pending["a/llm"] == 0 and router.streams.inflight["a/llm"] == 0
