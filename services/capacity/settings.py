@@ -66,6 +66,8 @@ class CapacityConfig(_Strict):
     provider: Literal["local"] = "local"
     apply: Literal["auto", "approve"] = "approve"
     interval_s: float = Field(default=300.0, gt=0)
+    # A new class or a forecast error re-plans sooner, but not more often than this.
+    min_replan_s: float = Field(default=30.0, ge=0)
     observe_s: float = Field(default=5.0, gt=0)
     horizon_s: float = Field(default=3600.0, gt=0)
     survive_region_loss: bool = True

@@ -3,10 +3,12 @@
 Every ``observe_s`` the call rates edges report (``ReportObservations`` →
 ``FleetState.use``) are summed per demand class and fed to
 :class:`placement.forecast.DemandForecaster`. A class is (model, quality floor, SLO, edge
-region); edges report rates per deployment, not per floor and SLO, so a class's floor is the
-quality of the variant that served its calls (edges pick the cheapest variant that meets a
-call's floor, so this is the floor the calls needed, or more) and its SLO is the model's
-default. A re-plan runs every ``interval_s``, and sooner when the forecast is surprised
+region); edges report rates per deployment, not per floor and SLO, so a class's floor is
+inferred from the route table (:meth:`CapacityLoop.floor`: edges pick the cheapest variant
+that meets a call's floor, so calls served by a variant while a lower-quality one was
+clearly cheaper asked for that variant's quality) and its SLO is the model's default.
+A re-plan runs every ``interval_s``, and sooner (but not within ``min_replan_s`` of the
+last) when a class appears that the last plan did not know or the forecast is surprised
 (:meth:`DemandForecaster.surprises`); while a class's forecast is off, the plan takes that
 class at its observed rate (times the forecast's peak factor) until the forecast catches up.
 
@@ -28,8 +30,9 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import structlog
 
@@ -37,6 +40,7 @@ from placement.catalog import Catalog
 from placement.errors import SwitchyardError
 from placement.fleet import FleetState
 from placement.forecast import ClassKey, DemandForecaster, ForecastSettings
+from placement.model import Candidate, Variant
 from placement.planner import (
     DemandClass,
     Infeasible,
@@ -55,6 +59,12 @@ from services.placement.capacity_footprint import FootprintBook, Readings
 
 log = structlog.get_logger("switchyard.capacity")
 audit = structlog.get_logger("switchyard.audit")
+
+
+class Poller(Protocol):
+    async def poll(self) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 class NotPending(SwitchyardError):
@@ -90,8 +100,13 @@ class CapacityLoop:
                  monotonic: Callable[[], float] = time.monotonic,
                  rate_stale_s: float = 10.0,
                  forecast: ForecastSettings | None = None,
-                 on_stop: Callable[[], Awaitable[None]] | None = None) -> None:
-        """``on_stop``: closes what the loop acts through (the provider's instances)."""
+                 on_stop: Callable[[], Awaitable[None]] | None = None,
+                 telemetry: Poller | None = None,
+                 candidates: Callable[[str, str], Sequence[Candidate]] = lambda m, r: (),
+                 spread_band: float = 0.05) -> None:
+        """``on_stop``: closes what the loop acts through (the provider's instances);
+        ``telemetry``: polled every round before the demand is read (the instances' own
+        statistics, :mod:`services.placement.capacity_telemetry`)."""
         self.settings = settings
         self.catalog = catalog
         self.fleet = fleet
@@ -107,25 +122,46 @@ class CapacityLoop:
                                settings.horizon_s / 3600.0)
         self.state = CapacityState()
         self._last_plan_at: float | None = None
+        self._planned: set[ClassKey] = set()  # the classes the last plan was solved for
         self._lock = asyncio.Lock()  # one plan applied at a time
         self._task: asyncio.Task[None] | None = None
         self._on_stop = on_stop
+        self.telemetry = telemetry
+        self.candidates = candidates  # (model, edge region) -> its route table's rows
+        self.spread_band = spread_band
 
     # -- demand ----------------------------------------------------------------------------
     def observed_rates(self) -> dict[ClassKey, float]:
         """Calls/s per class right now, from the rates edges last reported (fresh ones)."""
         now = self.monotonic()
         out: dict[ClassKey, float] = {}
+        tables: dict[tuple[str, str], Sequence[Candidate]] = {}
         for dep, by_edge in self.fleet.use.items():
             v = self.catalog.variant(dep.split("/", 1)[1] if "/" in dep else "")
             if v is None:
                 continue
             slo = self.catalog.model(v.logical).default_slo_ms
             for (region, _edge), (rate, at) in list(by_edge.items()):
-                key = ClassKey(v.logical, v.quality, slo, region)
+                if (v.logical, region) not in tables:
+                    tables[(v.logical, region)] = self.candidates(v.logical, region)
+                floor = self.floor(dep, v, tables[(v.logical, region)])
+                key = ClassKey(v.logical, floor, slo, region)
                 fresh = rate if now - at <= self.rate_stale_s else 0.0
                 out[key] = out.get(key, 0.0) + fresh
         return out
+
+    def floor(self, deployment: str, v: Variant, table: Sequence[Candidate]) -> float:
+        """The quality floor behind calls ``deployment`` served: its variant's quality when a
+        lower-quality deployment was clearly cheaper (beyond the spread band), so the calls
+        must have asked for more; else the model's lowest quality (they asked for nothing
+        the cheapest choice did not meet)."""
+        own = next((c for c in table if c.deployment_id == deployment), None)
+        lowest = min(x.quality for x in self.catalog.model(v.logical).variants)
+        if own is None:
+            return v.quality
+        cheaper = any(c.quality < v.quality and not c.dropped_reason
+                      and c.cost_usd < own.cost_usd * (1.0 - self.spread_band) for c in table)
+        return v.quality if cheaper else lowest
 
     def observe(self) -> None:
         """Feed the forecast one observation per class, and measure footprints."""
@@ -187,8 +223,16 @@ class CapacityLoop:
         """Why a re-plan is due now ('' = not due)."""
         if self._last_plan_at is None:
             return "first plan"
-        if self.monotonic() - self._last_plan_at >= self.settings.interval_s:
+        since = self.monotonic() - self._last_plan_at
+        if since >= self.settings.interval_s:
             return "schedule"
+        if since < self.settings.min_replan_s:
+            return ""
+        new = sorted(d.key for d in self.demand()
+                     if ClassKey(d.model, d.min_quality, d.slo_ms, d.edge_region)
+                     not in self._planned)
+        if new:
+            return "new demand class: " + ", ".join(new)
         surprised = self.forecaster.surprises()
         if surprised:
             return "forecast error: " + "; ".join(s.explain() for s in surprised)
@@ -200,6 +244,8 @@ class CapacityLoop:
             current = await self.refresh()
             problem = self.problem()
             self._last_plan_at = self.monotonic()
+            self._planned = {ClassKey(d.model, d.min_quality, d.slo_ms, d.edge_region)
+                             for d in problem.demand}
             # The solver is CPU-bound (HiGHS releases the GIL): keep the event loop serving.
             decision = await asyncio.to_thread(decide, problem, current, self.churn)
             if isinstance(decision, Infeasible):
@@ -207,7 +253,12 @@ class CapacityLoop:
                 audit.warning("capacity.infeasible", trigger=trigger,
                               constraint=decision.constraint, detail=decision.detail)
                 return None
-            proposal = Proposal(uuid.uuid4().hex[:12], decision, problem, self.wall())
+            old = self.state.proposal
+            same = (self.state.pending and old is not None
+                    and self.target(old.decision.plan) == self.target(decision.plan))
+            # the same target keeps its id: an operator approving it is not refused
+            proposal = Proposal(old.id if same and old is not None else uuid.uuid4().hex[:12],
+                                decision, problem, self.wall())
             self.state.reason = f"{trigger}: {decision.reason}"
             if not decision.adopt:
                 self.state.proposal, self.state.pending = proposal, False
@@ -268,6 +319,8 @@ class CapacityLoop:
 
     # -- the schedule ----------------------------------------------------------------------
     async def step(self) -> None:
+        if self.telemetry is not None:
+            await self.telemetry.poll()
         self.observe()
         trigger = self.due()
         if trigger:
@@ -292,6 +345,8 @@ class CapacityLoop:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self.telemetry is not None:
+            await self.telemetry.close()
         await self.actor.close()
         if self._on_stop is not None:
             await self._on_stop()

@@ -53,10 +53,15 @@ class PlacementGate:
         self.settle_s = settle_s
         self.push_timeout_s = push_timeout_s
         self.clock = clock
-        self._routed: dict[str, frozenset[str]] = {}  # instance id -> variants in the tables
+        # instance id -> (instance, variants in the tables)
+        self._routed: dict[str, tuple[Instance, frozenset[str]]] = {}
 
     def routed(self, instance_id: str) -> frozenset[str]:
-        return self._routed.get(instance_id, frozenset())
+        got = self._routed.get(instance_id)
+        return got[1] if got is not None else frozenset()
+
+    def routed_instances(self) -> dict[str, tuple[Instance, frozenset[str]]]:
+        return dict(self._routed)
 
     def _variant(self, name: str) -> Variant:
         v = self.catalog.variant(name)
@@ -71,7 +76,7 @@ class PlacementGate:
                 instance.id, instance.endpoint, site.cloud, site.region, site.accelerator, 1,
                 site.price_class, tuple(self._variant(v) for v in sorted(variants)),
                 site.max_concurrency))
-            self._routed[instance.id] = variants
+            self._routed[instance.id] = (instance, variants)
         else:
             self.fleet.deregister(instance.id)
             self._routed.pop(instance.id, None)

@@ -27,6 +27,7 @@ from services.grpc_errors import AnyContext
 from services.placement.capacity import CapacityLoop, CapacityState
 from services.placement.capacity_footprint import FootprintBook, MeasuredControl, MemoryReading
 from services.placement.capacity_gate import PlacementGate, PoolSite
+from services.placement.capacity_telemetry import InstanceTelemetry
 from services.placement.server import PlacementService
 from services.security.identity import peer_address, peer_identities
 
@@ -92,7 +93,11 @@ def build_loop(cfg: MeshConfig, service: PlacementService) -> CapacityLoop:
     actor = CapacityActor(provider, gate, control)
     return CapacityLoop(cap, service.builder.catalog, service.fleet, pools, actor, book,
                         readings, monotonic=service.clock,
-                        rate_stale_s=3 * cfg.edge.report_interval_s, on_stop=provider.close)
+                        rate_stale_s=3 * cfg.edge.report_interval_s, on_stop=provider.close,
+                        telemetry=InstanceTelemetry(service, gate.routed_instances),
+                        candidates=lambda model, region: service.builder.build(
+                            model, region, service.clock()),
+                        spread_band=cfg.routing.spread_band)
 
 
 class CapacityService(capacity_pb2_grpc.CapacityServicer):

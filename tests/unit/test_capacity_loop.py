@@ -11,6 +11,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from placement.errors import ConfigError
+from placement.forecast import ClassKey
+from placement.model import Candidate
 from services.capacity.actor import ApplyFailed, CapacityActor
 from services.capacity.model_control import DrainReport, RoutingGate
 from services.capacity.provider import Instance
@@ -181,7 +183,8 @@ async def test_observed_demand_plans_waits_for_approval_then_acts_and_audits(
     for _ in range(4):
         rig.calls("east-1/large", 5.0)
         rig.loop.observe()
-    assert rig.loop.due().startswith("forecast error")
+    assert rig.loop.due() == "new demand class: summarize/q>=0.9/300ms/r-east"
+    assert [x.key.min_quality for x in rig.loop.forecaster.surprises()] == [0.7]  # went quiet
     second = await rig.loop.replan("shift")
     assert second is not None and second.decision.adopt
     assert second.decision.plan.loaded() == {"east": frozenset({"large"})}
@@ -255,6 +258,13 @@ async def test_auto_mode_applies_without_approval(tmp_path: pathlib.Path) -> Non
     assert rig.routed() == {"east-1": ["large"]}
     await rig.loop.step()  # nothing due: no re-plan, nothing changes
     assert rig.loop.due() == ""
+    rig.calls("east-1/small", 2.0)  # a class the last plan did not know: re-plan soon
+    rig.loop.observe()
+    assert rig.loop.due() == ""  # not sooner than min_replan_s after the last plan
+    rig.clock.t += rig.cfg.capacity.min_replan_s
+    rig.calls("east-1/small", 2.0)
+    rig.loop.observe()
+    assert rig.loop.due() == "new demand class: summarize/q>=0.7/300ms/r-east"
 
 
 def test_footprints_declared_then_measured_and_a_full_gpu_takes_nothing() -> None:
@@ -287,3 +297,24 @@ def test_capacity_config_errors_name_the_path(tmp_path: pathlib.Path) -> None:
     (tmp_path / "apply.toml").write_text(MESH.replace('apply = "approve"', 'apply = "never"'))
     with pytest.raises(ConfigError, match=r"capacity\.apply"):
         load_config(tmp_path / "apply.toml")
+
+
+def cand(dep: str, quality: float, cost: float, dropped: str = "") -> Candidate:
+    backend, variant = dep.split("/")
+    return Candidate(dep, backend, "127.0.0.1:1", variant, "r-east", "aws", "gpu", quality,
+                     10.0, 1.0, 0.0, 5.0, cost, 100.0, dropped_reason=dropped)
+
+
+@pytest.mark.parametrize(("small_cost", "dropped", "floor"), [
+    (0.5, "", 0.9),  # a cheaper lower-quality deployment existed: the calls asked for 0.9
+    (0.98, "", 0.7),  # within the 5 % spread band: loose calls land on large too
+    (0.5, "backend drained by operator", 0.7),  # not usable, so no evidence of a floor
+])
+def test_a_class_floor_is_inferred_from_the_route_table(
+        tmp_path: pathlib.Path, small_cost: float, dropped: str, floor: float) -> None:
+    rig = Rig(tmp_path)
+    table = [cand("a/small", 0.7, small_cost, dropped), cand("a/large", 0.9, 1.0)]
+    rig.loop.candidates = lambda model, region: table
+    rig.calls("a/large", 4.0)
+    assert rig.loop.observed_rates() == {
+        ClassKey("summarize", floor, 300.0, "r-east"): 4.0}
