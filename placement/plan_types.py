@@ -70,6 +70,19 @@ class PlannerSettings:
     # A baseline, not a policy: every pool runs >= 1 GPU with every variant it may load
     # (memory not checked), GPUs still sized by the solver.
     load_everywhere: bool = False
+    # Speed for large fleets (see ``placement.planner``'s doc): False = the LP relaxation and
+    # the MILP restricted to what it loads, no full MILP after it.
+    full_milp: bool = True
+    # Each class may be served only by its ``max_pools_per_class`` cheapest pools per call
+    # that meet its SLO idle (0 = every pool); pools the rules need are always kept.
+    max_pools_per_class: int = 0
+    # Above this many pools, groups of nearby regions of about this size are planned apart
+    # and joined (placement.plan_regions; 0 = one problem).
+    group_pools: int = 0
+    # "Spot never alone" as a preference, not a rule: a class may stay on spot alone at a
+    # penalty far above any GPU price (a fleet whose tight classes cannot also have an
+    # on-demand variant in reach, e.g. for memory, is then planned, not refused).
+    spot_rule_where_possible: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +110,7 @@ class Plan:
     pools: tuple[PoolPlan, ...]  # pools with at least one GPU, cheapest-per-hour first
     usd_per_hour: float
     gap: float = 0.0  # relative distance to the best lower bound found (0 = proven optimal)
+    spot_alone: tuple[str, ...] = ()  # classes left on spot only (spot_rule_where_possible)
 
     def gpus(self) -> dict[str, int]:
         return {p.pool: p.gpus for p in self.pools}
@@ -108,6 +122,9 @@ class Plan:
         lines = [f"plan: ${self.usd_per_hour:.2f}/h"
                  + (f" (within {self.gap:.1%} of the solver's lower bound)"
                     if self.gap > 1e-3 else "")]
+        if self.spot_alone:
+            lines.append(f"  on spot alone (no on-demand option fits): "
+                         f"{', '.join(self.spot_alone)}")
         for p in self.pools:
             lines.append(f"  {p.pool}: {p.gpus} GPU(s) ${p.usd_per_hour:.2f}/h, "
                          f"{','.join(p.variants)}, utilisation {p.utilisation:.0%} "

@@ -22,15 +22,21 @@ Minimise ``Σ_p usd_per_gpu_hour(p) · n[p]`` (plus a tiny cost per loaded varia
   (spot GPUs count only for the share the cloud is expected to leave us);
 - **memory**: ``Σ_v y[p,v]·footprint(v) <= (1 − headroom)·gpu_memory(p)``;
 - **region loss** (``survive_region_loss``): for each (model, quality floor) with demand and
-  each region ``R``, some variant meeting the floor is loaded on a pool outside ``R``;
+  each region ``R``, some variant meeting the floor is loaded on a pool outside ``R`` —
+  written as "loaded in at least two regions";
 - **spot**: each class with demand has a feasible variant loaded on an on-demand pool.
 
 When the solver finds no plan, the families above are dropped one at a time and the first
 whose removal makes the problem feasible is named (:class:`Infeasible`). Large instances
 are solved twice (:func:`_optimise`): restricted to the variants the LP relaxation loads, and
 in full under ``time_limit_s``; the cheaper plan is kept and ``Plan.gap`` says how far it may
-be from optimal. Inputs and results are :mod:`placement.plan_types`. Hysteresis (a new
-plan must pay for its churn) is :mod:`placement.replan`.
+be from optimal (against the relaxation's bound, which is weak: integer GPUs). For large
+fleets, ``full_milp=False`` skips the full MILP and ``max_pools_per_class`` keeps each class's
+cheapest pools per call (see :func:`_candidates`): solve time at 10, 100 and 1,000 pools is
+measured by ``python -m benchmarks.provisioned``; ``group_pools`` solves groups of nearby
+regions apart (:mod:`placement.plan_regions`). Inputs and results are
+:mod:`placement.plan_types`. Hysteresis (a new plan must pay for its churn) is
+:mod:`placement.replan`.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ import numpy.typing as npt
 from scipy.optimize import Bounds, LinearConstraint, milp  # type: ignore[import-untyped]
 from scipy.sparse import coo_matrix  # type: ignore[import-untyped]
 
+from placement import plan_regions
 from placement.latency import COMPUTE_P95_FACTOR, MAX_RHO
 from placement.plan_types import (
     DemandClass,
@@ -66,6 +73,8 @@ ON_DEMAND = "on-demand"
 LOAD_TIEBREAK_USD = 1e-4  # per loaded variant: never load what serves nothing
 FloatArray = npt.NDArray[np.float64]
 GPU_BOUND = 100_000.0  # GPUs per pool when its own limit is set aside (diagnosis only)
+RELAX_TIME_FACTOR = 10  # an LP relaxation is not cut short like a MILP: it gives the bound
+SPOT_SLACK_USD = 1_000.0  # per hour, per class left on spot alone (spot_rule_where_possible)
 FAMILIES = ("spot", "region_loss", "memory", "max_gpus")
 
 
@@ -105,6 +114,7 @@ class _Model:
     m: dict[tuple[str, int], int] = field(default_factory=dict)
     x: dict[tuple[int, str, str], int] = field(default_factory=dict)
     rho: dict[int, float] = field(default_factory=dict)  # per x column: ρ* of its class
+    spot_slack: dict[int, int] = field(default_factory=dict)  # class -> its slack column
     rows: _Rows = field(default_factory=_Rows)
 
     def var(self, cost: float, integral: bool, upper: float) -> int:
@@ -139,27 +149,20 @@ def _build(problem: Problem, gpu_limits: bool = True) -> _Model:
         mem = {md.y[p.id, v.name]: v.memory_gb for v in problem.variants if (p.id, v.name) in md.y}
         md.rows.add(mem, -math.inf, (1 - s.memory_headroom) * p.gpu_memory_gb, "memory")
     work: dict[str, dict[int, float]] = defaultdict(dict)
+    pairs = _pairs(problem)
     for ki, k in enumerate(problem.demand):
         if k.rate_rps <= 0:
             continue
         served: dict[int, float] = {}
-        for p in problem.pools:
-            rtt = problem.rtt_ms(k.edge_region, p.region)
-            for v in problem.variants:
-                if (p.id, v.name) not in md.y or v.model != k.model or v.quality < k.min_quality:
-                    continue
-                rho = max_utilisation(rtt, p.compute_ms(v), p.concurrency_per_gpu,
-                                      k.slo_ms - s.slo_margin_ms)
-                tiers = [li for li, lvl in enumerate(s.tiers) if lvl <= rho + 1e-9]
-                if not tiers:
-                    continue
-                xi = md.x[ki, p.id, v.name] = md.var(0.0, False, k.rate_rps)
-                md.rho[xi] = rho
-                served[xi] = 1.0
-                md.rows.add({xi: 1.0, md.y[p.id, v.name]: -k.rate_rps}, -math.inf, 0, "link")
-                md.rows.add({xi: 1.0, **{t[p.id, li]: -k.rate_rps for li in tiers}}, -math.inf,
-                            0, "slo")
-                work[p.id][xi] = p.compute_ms(v) / 1000.0
+        for p, v, rho in _candidates(problem, k, pairs):
+            tiers = [li for li, lvl in enumerate(s.tiers) if lvl <= rho + 1e-9]
+            xi = md.x[ki, p.id, v.name] = md.var(0.0, False, k.rate_rps)
+            md.rho[xi] = rho
+            served[xi] = 1.0
+            md.rows.add({xi: 1.0, md.y[p.id, v.name]: -k.rate_rps}, -math.inf, 0, "link")
+            md.rows.add({xi: 1.0, **{t[p.id, li]: -k.rate_rps for li in tiers}}, -math.inf,
+                        0, "slo")
+            work[p.id][xi] = p.compute_ms(v) / 1000.0
         md.rows.add(served, k.rate_rps, k.rate_rps, "demand")
     for p in problem.pools:
         share = p.concurrency_per_gpu * (1.0 - p.reclaim_risk)
@@ -171,24 +174,90 @@ def _build(problem: Problem, gpu_limits: bool = True) -> _Model:
     return md
 
 
+Pair = tuple[PlanPool, PlanVariant]
+
+
+def _pairs(problem: Problem) -> dict[str, list[Pair]]:
+    """Per model, the (pool, variant) pairs a pool may load and that fit its memory."""
+    s = problem.settings
+    out: dict[str, list[Pair]] = defaultdict(list)
+    for p in problem.pools:
+        room = (1 - s.memory_headroom) * p.gpu_memory_gb
+        for v in problem.variants:  # (a variant that can never fit is no candidate)
+            if _allowed(p, v) and (s.load_everywhere or v.memory_gb <= room):
+                out[v.model].append((p, v))
+    return out
+
+
+def _candidates(problem: Problem, k: DemandClass, pairs: Mapping[str, list[Pair]]
+                ) -> list[tuple[PlanPool, PlanVariant, float]]:
+    """(pool, variant, ρ*) that may serve ``k`` within its SLO at the lowest tier or above.
+
+    With ``max_pools_per_class`` set, only the pools cheapest per call (price × compute over
+    usable concurrency at ρ*) are kept, plus, per variant, its two cheapest on-demand pools
+    (the spot rule) and its cheapest pool outside its cheapest one's region (region loss).
+    """
+    s = problem.settings
+    lowest, slo = min(s.tiers), k.slo_ms - s.slo_margin_ms
+    rtts: dict[str, float] = {}
+    out = []
+    for p, v in pairs.get(k.model, ()):
+        if v.quality < k.min_quality:
+            continue
+        rtt = rtts.get(p.region)
+        if rtt is None:
+            rtt = rtts[p.region] = problem.rtt_ms(k.edge_region, p.region)
+        rho = max_utilisation(rtt, p.compute_ms(v), p.concurrency_per_gpu, slo)
+        if rho + 1e-9 >= lowest:
+            out.append((p, v, rho))
+    if s.max_pools_per_class <= 0:
+        return out
+
+    def per_call(c: tuple[PlanPool, PlanVariant, float]) -> float:
+        p, v, rho = c
+        return (p.usd_per_gpu_hour * p.compute_ms(v)
+                / (p.concurrency_per_gpu * (1.0 - p.reclaim_risk) * rho))
+
+    ranked = sorted(out, key=lambda c: (per_call(c), c[0].id, c[1].name))
+    keep: dict[str, None] = {}  # pool ids, cheapest first
+    for c in ranked:
+        keep.setdefault(c[0].id)
+    chosen = set(list(keep)[:s.max_pools_per_class])
+    for name in {c[1].name for c in ranked}:  # per variant: two on-demand pools, one elsewhere
+        mine = [c[0] for c in ranked if c[1].name == name]
+        on_demand = [p for p in mine if p.price_class == ON_DEMAND][:2]
+        away = [p for p in mine if p.region != mine[0].region][:1]
+        chosen |= {p.id for p in on_demand + away}
+    return [c for c in out if c[0].id in chosen]
+
+
 def _policy_rows(md: _Model) -> None:
     problem = md.problem
     by_id = {p.id: p for p in problem.pools}
     floors = {(k.model, k.min_quality) for k in problem.demand if k.rate_rps > 0}
     if problem.settings.survive_region_loss:
-        regions = sorted({p.region for p in problem.pools})
+        # "Some variant outside every region R" is "loaded in two regions or more": z[r] <= 1
+        # marks a region holding one, Σ_r z[r] >= 2 (O(loads) non-zeros, not O(loads·regions)).
+        variants = {v.name: v for v in problem.variants}
         for model, floor in sorted(floors):
-            ys = [(by_id[pid].region, col) for (pid, vname), col in md.y.items()
-                  if _variant(problem, vname).model == model
-                  and _variant(problem, vname).quality >= floor]
-            for r in regions:
-                md.rows.add({col: 1.0 for reg, col in ys if reg != r}, 1, math.inf,
-                            "region_loss")
+            by_region: dict[str, dict[int, float]] = defaultdict(dict)
+            for (pid, vname), col in md.y.items():
+                if variants[vname].model == model and variants[vname].quality >= floor:
+                    by_region[by_id[pid].region][col] = -1.0
+            marks: dict[int, float] = {}
+            for _, cols in sorted(by_region.items()):
+                z = md.var(0.0, False, 1)
+                marks[z] = 1.0
+                md.rows.add({z: 1.0, **cols}, -math.inf, 0, "region_loss")
+            md.rows.add(marks, 2, math.inf, "region_loss")
     for ki, k in enumerate(problem.demand):
         if k.rate_rps <= 0:
             continue
         cols = {md.y[pid, v]: 1.0 for (kj, pid, v) in md.x
                 if kj == ki and by_id[pid].price_class == ON_DEMAND}
+        if problem.settings.spot_rule_where_possible:  # soft: a slack priced far above GPUs
+            md.spot_slack[ki] = md.var(SPOT_SLACK_USD, False, 1)
+            cols[md.spot_slack[ki]] = 1.0
         md.rows.add(cols, 1, math.inf, "spot")
 
 
@@ -206,6 +275,11 @@ def _precheck(problem: Problem) -> Infeasible | None:
         if not pairs:
             return Infeasible("quality", f"{k.key}: no pool may load a variant of quality "
                                          f">= {k.min_quality:g}")
+        pairs = [(p, v) for p, v in pairs if s.load_everywhere
+                 or v.memory_gb <= (1 - s.memory_headroom) * p.gpu_memory_gb]
+        if not pairs:
+            return Infeasible("memory", f"{k.key}: no variant of quality >= "
+                                        f"{k.min_quality:g} fits a GPU with the headroom")
         best = min(problem.rtt_ms(k.edge_region, p.region)
                    + p.compute_ms(v) * COMPUTE_P95_FACTOR for p, v in pairs)
         if max(max_utilisation(problem.rtt_ms(k.edge_region, p.region), p.compute_ms(v),
@@ -246,7 +320,8 @@ def _solve(md: _Model, drop: str = "", fixed: Plan | None = None, relax: bool = 
     res = milp(np.array(md.cost), integrality=np.zeros(len(md.cost)) if relax
                else np.array(md.integral),
                bounds=Bounds(lower, upper), constraints=md.rows.constraint(len(md.cost), drop),
-               options={"time_limit": s.time_limit_s, "mip_rel_gap": s.mip_rel_gap})
+               options={"time_limit": s.time_limit_s * (RELAX_TIME_FACTOR if relax else 1),
+                        "mip_rel_gap": s.mip_rel_gap})
     if res.x is None:
         if res.status == 1:
             raise _OutOfTime(f"no plan found within {s.time_limit_s:g} s")
@@ -284,10 +359,15 @@ def _optimise(md: _Model) -> tuple[FloatArray, float] | None:
     if relaxed is None:
         return None
     bound, best = relaxed.bound, None
+    allow = _support(md, relaxed.x)
     with contextlib.suppress(_OutOfTime):
-        best = _solve(md, allow=_support(md, relaxed.x))
+        best = _solve(md, allow=allow)
+        if best is None and not md.problem.settings.full_milp:  # every variant on those pools
+            used = {pid for pid, _ in allow}
+            best = _solve(md, allow={key for key in md.y if key[0] in used})
     tolerance = 1 + md.problem.settings.mip_rel_gap
-    if best is None or best.cost > bound * tolerance + 1e-9:
+    full_wanted = md.problem.settings.full_milp or best is None
+    if full_wanted and (best is None or best.cost > bound * tolerance + 1e-9):
         try:
             full = _solve(md)
         except _OutOfTime:
@@ -301,7 +381,10 @@ def _optimise(md: _Model) -> tuple[FloatArray, float] | None:
         elif best is None:
             return None
     assert best is not None
-    return best.x, max(0.0, (best.cost - bound) / best.cost) if best.cost > 0 else 0.0
+    # The spot rule's slack is a penalty, not money: the gap is measured on GPU cost.
+    slack = sum(SPOT_SLACK_USD * best.x[col] for col in md.spot_slack.values())
+    cost = best.cost - slack
+    return best.x, min(1.0, max(0.0, (best.cost - bound) / cost)) if cost > 0 else 0.0
 
 
 def _read(md: _Model, x: FloatArray, gap: float = 0.0) -> Plan:
@@ -320,7 +403,8 @@ def _read(md: _Model, x: FloatArray, gap: float = 0.0) -> Plan:
         pools.append(PoolPlan(p.id, gpus, loaded, work / (gpus * p.concurrency_per_gpu), cap,
                               gpus * p.usd_per_gpu_hour, serves))
     pools.sort(key=lambda pp: (pp.usd_per_hour, pp.pool))
-    return Plan(tuple(pools), sum(pp.usd_per_hour for pp in pools), gap)
+    alone = tuple(problem.demand[ki].key for ki, col in md.spot_slack.items() if x[col] > 0.5)
+    return Plan(tuple(pools), sum(pp.usd_per_hour for pp in pools), gap, alone)
 
 
 class _OutOfTime(Exception):
@@ -329,6 +413,17 @@ class _OutOfTime(Exception):
 
 def plan(problem: Problem) -> Plan | Infeasible:
     """The cheapest plan for ``problem``'s demand, or which constraint makes one impossible."""
+    s = problem.settings
+    if s.group_pools and len(problem.pools) > s.group_pools:
+        plans = []
+        for part in plan_regions.split(problem):
+            found = plan(part)
+            if isinstance(found, Infeasible):
+                regions = sorted({p.region for p in part.pools})
+                return Infeasible(found.constraint, f"regions {', '.join(regions)}: "
+                                                    f"{found.detail}")
+            plans.append(found)
+        return plan_regions.join(plans)
     try:
         return _plan(problem)
     except _OutOfTime as exc:
