@@ -22,7 +22,7 @@ import time
 
 from benchmarks.common import BENCH_DIR, ROOT, Section, machine_info, md_table
 
-ORDER = ("dataplane", "edgeprofile", "decisions", "controlplane", "cost", "failover")
+ORDER = ("dataplane", "edgeprofile", "decisions", "controlplane", "cost", "tokens", "failover")
 NOT_BENCHMARKS = {"__init__", "common", "run_all"}
 
 

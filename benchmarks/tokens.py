@@ -84,24 +84,24 @@ def _notes(scenarios: list[TokenScenario], results: list[tokens_report.TokenResu
         "is billed to no one. `$/1M output tokens` = billed $ / output tokens × 10⁶.",
         "What each policy knows: `switchyard` is one edge per region running the edge's own "
         "`StreamStats` (learned prefill rate and TPOT line, its own streams in flight, prefix "
-        "holders) into `placement.streams.choose_stream` with its defaults; it does not see "
+        "holders, its own streams still prefilling) into `placement.streams.choose_stream` with "
+        "its defaults, as `services/edge/generation.py` calls it; it does not see "
         "other edges' streams or the servers' queues. The baselines see the true state of "
         "every server when they choose (more than a real router has): round-robin, "
         "least-loaded (streams waiting or running), prefix-affinity (llm-d-like: prefix-cache "
         "scorer weight 3 + queue scorer weight 2, cost and distance ignored), lowest-latency "
         "(fastest predicted TTFT from the true queue and cache).",
         *tokens_report.verdicts(results),
-        "Ablations of `placement/streams.py` on the same streams (the same function "
-        "without one of its parts):",
-        *[f"- {line}" for line in tokens_report.before_after(
-            variants, "switchyard-no-guard-band", "switchyard")],
-        *[f"- {line}" for line in tokens_report.before_after(
-            variants, "switchyard-no-pending", "switchyard")],
+        "#### Ablations of `placement/streams.py` (same streams, the same function without "
+        "one of its parts)",
+        tokens_report.table(variants),
+        *tokens_report.before_after(variants, "switchyard-no-guard-band", "switchyard"),
+        *tokens_report.before_after(variants, "switchyard-no-pending", "switchyard"),
         f"`switchyard-no-guard-band`: `ttft_headroom=0` (a prediction may use the whole TTFT "
         f"objective; the default leaves {TTFT_HEADROOM:.0%} of it for other edges' prefills "
         "the edge cannot see); `switchyard-no-pending`: the edge's own streams still waiting "
-        "for their first token do not enter the TTFT prediction.",
-        tokens_report.table(variants),
+        "for their first token do not enter the TTFT prediction (the Python edge passes them "
+        "since this benchmark: `StreamStats.pending`).",
     ]
 
 

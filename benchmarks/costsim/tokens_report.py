@@ -82,14 +82,16 @@ def verdicts(results: Sequence[TokenResult], policy: str = "switchyard") -> list
         cheaper = 1 - me.usd_per_1m_out / ll.usd_per_1m_out
         equal = me.both >= min(ll.both, ATTAINMENT_TARGET)
         cost = ("met" if cheaper >= CHEAPER_TARGET and equal else
-                "MISSED" + ("" if equal else " (attainment not equal to lowest-latency's)"))
+                "MISSED" + ("" if equal else f" (below {ATTAINMENT_TARGET:.0%} where "
+                                             "lowest-latency is not)"))
         p99 = "met" if me.ttft_p99_ms <= pa.ttft_p99_ms else "MISSED"
         lines.append(
             f"{scenario}, {policy}: {me.both:.2%} of streams within both objectives "
             f"(target ≥ {ATTAINMENT_TARGET:.0%}: {att}); ${me.usd_per_1m_out:.3f} per 1M "
             f"output tokens, {cheaper:.0%} cheaper than lowest-latency's "
             f"${ll.usd_per_1m_out:.3f} at {ll.both:.2%} (target ≥ {CHEAPER_TARGET:.0%} "
-            f"cheaper at equal attainment: {cost}); p99 TTFT {me.ttft_p99_ms:,.0f} ms vs "
+            f"cheaper at equal attainment, both at ≥ {ATTAINMENT_TARGET:.0%} or neither: "
+            f"{cost}); p99 TTFT {me.ttft_p99_ms:,.0f} ms vs "
             f"prefix-affinity's {pa.ttft_p99_ms:,.0f} ms (target: at least as good: {p99}).")
     return lines
 
