@@ -2,7 +2,8 @@
 
 ``run_drill(cfg, config_path, scenario, duration_s, rate)`` → :class:`DrillReport`;
 ``drill_main(args)`` is the ``switchyard drill`` command; ``python -m services.drills``
-runs it standalone. Scenarios: see :data:`SCENARIOS`.
+runs it standalone. Scenarios: see :data:`SCENARIOS`; ``kill-streams`` (LLM streams killed
+mid-generation, ``services.drills.streams``) has its own report.
 """
 
 from services.drills.cli import add_arguments, drill_main

@@ -16,16 +16,19 @@ import tempfile
 
 from services.config import load_config
 from services.drills.report import DrillReport
-from services.drills.runner import run_drill
+from services.drills.runner import run_drill, stderr_progress
 from services.drills.sandbox import sandbox_config
 from services.drills.scenarios import SCENARIOS
+from services.drills.streams import KILL_STREAMS, StreamDrillReport, drill_mesh
 from services.up import Mesh
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The drill options (``--config`` is added by the caller's common options)."""
-    p.add_argument("scenario", nargs="?", choices=sorted(SCENARIOS),
-                   help="what to break (omit with --all)")
+    p.add_argument("scenario", nargs="?", choices=sorted([*SCENARIOS, KILL_STREAMS]),
+                   help="what to break (omit with --all); kill-streams: SIGKILL the backend "
+                        "serving most of N concurrent LLM streams, count streams lost and "
+                        "tokens missing or duplicated")
     p.add_argument("--all", action="store_true", help="run every scenario on one mesh")
     p.add_argument("--duration", type=float, default=30.0,
                    help="seconds of load, split over before/during/after (default 30)")
@@ -37,6 +40,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", default="", help="also write the report(s) as JSON here")
     p.add_argument("--attach", action="store_true",
                    help="drill the mesh already running from --config (switchyard up)")
+    p.add_argument("--streams", type=int, default=8,
+                   help="kill-streams: concurrent LLM streams (default 8)")
+    p.add_argument("--tokens", type=int, default=200,
+                   help="kill-streams: tokens each stream asks for (default 200)")
 
 
 def drill_main(args: argparse.Namespace) -> int:
@@ -46,7 +53,7 @@ def drill_main(args: argparse.Namespace) -> int:
         print("switchyard drill: name a scenario or pass --all "
               f"({', '.join(sorted(SCENARIOS))})", file=sys.stderr)
         return 2
-    names = list(SCENARIOS) if args.all else [args.scenario]
+    names = [*SCENARIOS, KILL_STREAMS] if args.all else [args.scenario]
     if args.attach:
         from services.drills.mesh import attach
 
@@ -60,9 +67,13 @@ def drill_main(args: argparse.Namespace) -> int:
         print(f"starting a private mesh from {args.config} on free ports "
               f"(run dir {cfg.run_dir})", file=sys.stderr, flush=True)
         mesh.start()
-    reports: list[DrillReport] = []
+    reports: list[DrillReport | StreamDrillReport] = []
     try:
         for name in names:
+            if name == KILL_STREAMS:  # LLM streams: its own shape (services/drills/streams.py)
+                reports.append(drill_mesh(mesh, streams=args.streams, max_tokens=args.tokens,
+                                          progress=stderr_progress))
+                continue
             reports.append(run_drill(cfg, path, name, args.duration, args.rate, mesh=mesh,
                                      deadline_s=args.deadline, slo_ms=args.slo_ms))
             print(file=sys.stderr)
