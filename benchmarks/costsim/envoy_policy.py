@@ -262,13 +262,16 @@ class EnvoyPolicy:
 
 
 def envoy(control: ControlPlane, seed: int, band: float, margin_ms: float,
-          max_attempts: int, slow_path: bool = True, name: str = "envoy") -> EnvoyPolicy:
+          max_attempts: int, slow_path: bool = True, name: str = "envoy",
+          rules: EnvoyRules | None = None) -> EnvoyPolicy:
     """The ``envoy`` row: placement's ``cheapest`` profile compiled as ``services.xds`` does
     (deterministic: one host per cluster, no weights), with a slow path for quality floors
     (the per-call policy, counting only its own calls in flight, drawing from ``seed``);
-    ``slow_path=False``: quality floors compiled into the order too."""
-    settings = resources.EnvoySettings(max_attempts=max_attempts, slo_margin_ms=margin_ms)
+    ``slow_path=False``: quality floors compiled into the order too; ``rules``: other than
+    what ``services.xds.resources`` compiles (a what-if, to be labelled as such)."""
+    if rules is None:
+        rules = EnvoyRules.compiled(resources.EnvoySettings(max_attempts=max_attempts,
+                                                            slo_margin_ms=margin_ms))
     slow = policies.switchyard(control, seed, band, margin_ms, name=f"{name}-slow-path") \
         if slow_path else None
-    return EnvoyPolicy(control, build_profile("cheapest", band), EnvoyRules.compiled(settings),
-                       margin_ms, slow, name)
+    return EnvoyPolicy(control, build_profile("cheapest", band), rules, margin_ms, slow, name)

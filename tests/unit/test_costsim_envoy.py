@@ -250,5 +250,5 @@ def test_the_fidelity_target_is_one_point_below_and_five_percent_above() -> None
     assert not meets(base, run("envoy", 0.9799, 10.0))
     assert not meets(base, run("envoy", 0.99, 10.51))
     text = notes([[base, run("envoy", 0.97, 10.0), run("envoy-compiled", 0.99, 9.0)]], True)
-    assert "`envoy` meets it on 0 of 1 scenarios (none)" in text[0]
-    assert "All compiled (quality floors too, no slow path): 1 of 1 (s)" in text[0]
+    assert "quality floors on the slow path): 0 of 1 (none); attainment -2.00" in text[0]
+    assert "(quality floors too, no slow path): 1 of 1 (s); attainment +0.00" in text[0]
