@@ -1,0 +1,297 @@
+"""Provisioned cost over one simulated day: GPUs billed per pool, busy or idle (issue 13).
+
+A **fluid model per one-minute bucket**, not a per-call simulation (a day of the default
+scenario is ~40 million calls). Each bucket:
+
+1. **demand**: each class's calls/s from the scenario's daily cycle and bursts
+   (:func:`benchmarks.planner.class_rate`), drawn as a Poisson count for the bucket (seeded;
+   the same draws for every fleet);
+2. **capacity**: GPUs that exist now in ``services.capacity.simulated.SimulatedProvider``
+   (requested GPUs arrive after ``provision_delay_s``, billed from the request; spot GPUs
+   are reclaimed at random and by the scenario's spot outages; a pool in an outage serves
+   nothing and takes no new GPUs, its on-demand GPUs still billed);
+3. **routing** (:class:`Router`): the switchyard rule in fluid form — each class, tightest SLO
+   first, goes to the deployment cheapest per call (placement's cost model: price per
+   GPU-second × compute) among those loaded, up and within the class's SLO at the pool's
+   resulting utilisation (the brain's p95, :func:`placement.plan_types.max_utilisation`; a
+   pool never runs above the lowest cap of any class it serves). What finds no such room is
+   served late where any loaded pool has room (a miss) or fails (a miss);
+4. **control**: the fleet (:mod:`benchmarks.costsim.provisioned_fleets`) sees the bucket's
+   observed rates and per-pool utilisation and sets GPU targets and loaded variants; the
+   reconciler adds GPUs at once and removes surplus only when no GPU is still booting
+   (make before break, as ``services.capacity.actor`` does).
+
+Attainment = calls within SLO / calls. Queueing inside a bucket is the p95 model's, not
+simulated; a bucket has no memory of the last one's backlog.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from benchmarks.costsim.scenario import Scenario
+from benchmarks.planner import class_rate, keys
+from placement.forecast import ClassKey
+from placement.latency import MAX_RHO
+from placement.plan_types import PlanPool, PlanVariant, Problem, max_utilisation
+from services.capacity.provider import Instance
+from services.capacity.simulated import SimPool, SimulatedProvider
+
+BUCKET_S = 60.0
+DAY_S = 86_400.0
+PROVISION_DELAY_S = 180.0  # request → GPU serving, model loaded (cold start)
+SPOT_RECLAIMS_PER_GPU_HOUR = 0.05  # random reclaims on top of the scenario's spot outages
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """What a fleet's controller sees at the end of a bucket."""
+
+    now_s: float
+    rates: Mapping[ClassKey, float]  # observed calls/s per class in the bucket
+    work: Mapping[str, float]  # busy servers per pool (calls/s × service s), late calls too
+    ready: Mapping[str, int]  # GPUs serving per pool
+    active: Mapping[str, int]  # GPUs requested and not removed (booting included)
+    down: frozenset[str]  # pools in an outage now
+    bucket_s: float = BUCKET_S
+
+
+class Fleet(Protocol):
+    name: str
+
+    def control(self, seen: Observed) -> None: ...
+
+    def targets(self) -> Mapping[str, int]: ...
+
+    def loaded(self) -> Mapping[str, frozenset[str]]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    met: float  # calls/s within SLO
+    late: float  # calls/s served outside SLO
+    failed: float  # calls/s with no capacity anywhere
+    work: dict[str, float]
+
+
+class Router:
+    """The switchyard rule in fluid form (module doc, step 3); options per class precomputed."""
+
+    def __init__(self, problem: Problem, classes: list[ClassKey]) -> None:
+        self.servers_per_gpu = {p.id: p.concurrency_per_gpu for p in problem.pools}
+        # per class: (pool, variant, ρ*, service s), cheapest per call first
+        self.options: dict[ClassKey, list[tuple[str, str, float, float]]] = {}
+        self.any_fit: dict[ClassKey, list[tuple[str, str, float]]] = {}
+        for k in classes:
+            opts, fits = [], []
+            for p in problem.pools:
+                for v in problem.variants:
+                    if v.model != k.model or v.quality < k.min_quality or (
+                            p.variants and v.name not in p.variants):
+                        continue
+                    s = p.compute_ms(v) / 1000.0
+                    fits.append((p.id, v.name, s))
+                    rho = max_utilisation(problem.rtt_ms(k.edge_region, p.region),
+                                          p.compute_ms(v), p.concurrency_per_gpu,
+                                          k.slo_ms - problem.settings.slo_margin_ms)
+                    if rho > 0:
+                        opts.append((_per_call(p, v), p.id, v.name, rho, s))
+            opts.sort()
+            self.options[k] = [(pid, vn, rho, s) for _, pid, vn, rho, s in opts]
+            self.any_fit[k] = sorted(fits)
+
+    def route(self, rates: Mapping[ClassKey, float], ready: Mapping[str, int],
+              loaded: Mapping[str, frozenset[str]], down: frozenset[str]) -> Routed:
+        servers = {pid: n * self.servers_per_gpu[pid] for pid, n in ready.items()
+                   if n > 0 and pid not in down}
+        work = dict.fromkeys(servers, 0.0)
+        cap = dict.fromkeys(servers, MAX_RHO)
+        met = late = failed = 0.0
+        left: list[tuple[ClassKey, float]] = []
+        for k in sorted(rates, key=lambda k: (k.slo_ms, -k.min_quality, k)):
+            rate = rates[k]
+            for pid, vname, rho, s in self.options[k]:
+                if rate <= 1e-12:
+                    break
+                if pid not in servers or vname not in loaded.get(pid, ()):
+                    continue
+                room = (min(cap[pid], rho) * servers[pid] - work[pid]) / s
+                if room <= 1e-12:
+                    continue
+                take = min(rate, room)
+                work[pid] += take * s
+                cap[pid] = min(cap[pid], rho)
+                rate -= take
+                met += take
+            if rate > 1e-12:
+                left.append((k, rate))
+        for k, owed in left:  # late: any loaded variant that may serve it, up to MAX_RHO
+            rate = owed
+            for pid, vname, s in self.any_fit[k]:
+                if rate <= 1e-12:
+                    break
+                if pid not in servers or vname not in loaded.get(pid, ()):
+                    continue
+                take = min(rate, max(0.0, (MAX_RHO * servers[pid] - work[pid]) / s))
+                work[pid] += take * s
+                rate -= take
+                late += take
+            failed += max(rate, 0.0)
+        return Routed(met, late, failed, work)
+
+
+def _per_call(p: PlanPool, v: PlanVariant) -> float:
+    """Placement's cost per call: price per GPU-second × compute seconds over concurrency."""
+    return p.usd_per_gpu_hour / 3600.0 * p.compute_ms(v) / 1000.0 / p.concurrency_per_gpu
+
+
+def demand_day(s: Scenario, scale: float, seed: int, bursts: bool = True,
+               bucket_s: float = BUCKET_S) -> list[dict[ClassKey, float]]:
+    """Observed calls/s per class for each bucket of the day (Poisson counts, seeded)."""
+    scen = s if bursts else _without_bursts(s)
+    rng = np.random.default_rng(seed)
+    out = []
+    for b in range(int(DAY_S / bucket_s)):
+        hour = (b + 0.5) * bucket_s / 3600.0
+        out.append({k: float(rng.poisson(class_rate(scen, k, hour, scale) * bucket_s)) / bucket_s
+                    for k in keys(s)})
+    return out
+
+
+def _without_bursts(s: Scenario) -> Scenario:
+    return dataclasses.replace(s, bursts=())
+
+
+def down_pools(s: Scenario, now_s: float) -> frozenset[str]:
+    hour = now_s / 3600.0
+    return frozenset(p.id for o in s.outages if o.start_h <= hour < o.start_h + o.duration_h
+                     for p in s.pools if o.matches(p))
+
+
+def _finish(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run a coroutine whose awaits all complete at once (the provider on a fake clock)."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    coro.close()
+    raise RuntimeError("the simulated provider awaited something real")
+
+
+async def _no_wait(_: float) -> None:
+    return None
+
+
+@dataclass
+class DayResult:
+    fleet: str
+    calls: float
+    met: float
+    late: float
+    failed: float
+    usd: float
+    gpu_hours: float
+    reclaimed: int
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def attainment(self) -> float:
+        return self.met / self.calls if self.calls else 1.0
+
+
+class _Clock:
+    def __init__(self, start_s: float) -> None:
+        self.now_s = start_s
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+def simulate(s: Scenario, problem: Problem, fleet: Fleet, demand: list[dict[ClassKey, float]],
+             seed: int) -> DayResult:
+    """One day of ``fleet`` on ``demand`` (one dict of calls/s per bucket, the day split
+    evenly)."""
+    bucket_s = DAY_S / len(demand)
+    clock = _Clock(-PROVISION_DELAY_S)
+    pools = {p.id: p for p in problem.pools}
+    provider = SimulatedProvider({p.id: SimPool(p.usd_per_gpu_hour, p.price_class,
+                                                PROVISION_DELAY_S) for p in problem.pools},
+                                 clock, _no_wait)
+    mine: dict[str, list[Instance]] = {pid: [] for pid in pools}
+    rng = np.random.default_rng(seed)
+    router = Router(problem, keys(s))
+    reclaimed = 0
+
+    def reconcile(down: frozenset[str]) -> None:
+        targets = fleet.targets()
+        for pid in sorted(pools):
+            want, have = targets.get(pid, 0), len(mine[pid])
+            if want > have and pid not in down:
+                mine[pid] += _finish(provider.add(pid, want - have))
+        booting = any(len(mine[pid]) > len(provider.instances(pid)) for pid in pools)
+        for pid in sorted(pools):
+            surplus = len(mine[pid]) - targets.get(pid, 0)
+            if surplus > 0 and not booting:
+                for inst in mine[pid][-surplus:]:
+                    _finish(provider.remove(inst))
+                del mine[pid][-surplus:]
+
+    reconcile(down_pools(s, 0.0))
+    clock.now_s = 0.0
+    billed0 = provider.billed_usd()
+    hours0 = sum(provider.gpu_seconds(pid) for pid in pools)
+    calls = met = late = failed = 0.0
+    was_down: frozenset[str] = frozenset()
+    for b, rates in enumerate(demand):
+        clock.now_s = b * bucket_s
+        down = down_pools(s, clock.now_s)
+        for pid in sorted(down - was_down):  # a spot pool's outage is the cloud taking it back
+            if pools[pid].price_class == "spot" and provider.instances(pid):
+                reclaimed += _take(provider, mine, pid, len(provider.instances(pid)))
+        was_down = down
+        for pid in sorted(pools):  # random reclaims, one draw per spot pool per bucket
+            n = len(provider.instances(pid))
+            if pools[pid].price_class == "spot" and n:
+                lost = int(rng.binomial(n, SPOT_RECLAIMS_PER_GPU_HOUR * bucket_s / 3600.0))
+                reclaimed += _take(provider, mine, pid, lost) if lost else 0
+        ready = {pid: len(provider.instances(pid)) for pid in pools}
+        r = router.route(rates, ready, fleet.loaded(), down)
+        total = sum(rates.values())
+        calls += total * bucket_s
+        met += r.met * bucket_s
+        late += r.late * bucket_s
+        failed += r.failed * bucket_s
+        clock.now_s = (b + 1) * bucket_s
+        fleet.control(Observed(clock.now_s, rates, r.work, ready,
+                               {pid: len(v) for pid, v in mine.items()}, down, bucket_s))
+        reconcile(down_pools(s, clock.now_s))
+    usd = provider.billed_usd() - billed0
+    gpu_h = (sum(provider.gpu_seconds(pid) for pid in pools) - hours0) / 3600.0
+    return DayResult(fleet.name, calls, met, late, failed, usd, gpu_h, reclaimed)
+
+
+def _take(provider: SimulatedProvider, mine: dict[str, list[Instance]], pid: str,
+          count: int) -> int:
+    taken = provider.reclaim(pid, count)
+    mine[pid] = [i for i in mine[pid] if i not in taken]
+    return len(taken)
+
+
+def peak_rates(demand: list[dict[ClassKey, float]], first: int, last: int
+               ) -> dict[ClassKey, float]:
+    """Each class's highest bucket rate in buckets ``[first, last)``."""
+    out: dict[ClassKey, float] = {}
+    for rates in demand[max(first, 0):max(last, first + 1)]:
+        for k, v in rates.items():
+            out[k] = max(out.get(k, 0.0), v)
+    return out
+
+
+def buckets_per_hour(demand: list[dict[ClassKey, float]]) -> int:
+    return math.ceil(len(demand) / 24)

@@ -1,0 +1,317 @@
+"""The fleets compared by provisioned cost (``benchmarks.costsim.provisioned`` runs them).
+
+- :class:`StaticFleet`: one plan all day (the static peak fleet: the MILP for each class's
+  peak rate of the day);
+- :class:`ReactiveFleet`: a per-pool autoscaler like a Kubernetes HPA on the static fleet's
+  pools and variants: ``desired = ceil(busy servers / (concurrency × target))``, no change
+  within a 10 % tolerance, scale-up at once (at most ×2 or +4 GPUs per step), scale-down to
+  the highest recommendation of the last ``down_window_s`` (HPA's stabilisation window,
+  300 s); the target utilisation per pool is 0.9 × the cap its SLOs allow (the static plan's
+  ``utilisation_cap``), at least one GPU per pool;
+- :class:`SkyServeFleet`: SkyServe-like spot/on-demand mix: each static pool becomes a group
+  of the cheapest spot pool and the cheapest on-demand pool in its region that may load its
+  variants; the group's replicas are sized like the HPA but with SkyServe's default
+  delays (scale-up after 300 s above, scale-down after 1,200 s below), placed on spot plus one
+  extra spot GPU, with on-demand GPUs only as fallback for spot capacity not serving;
+- :class:`PlannerFleet`: Switchyard's planner re-planning from its forecast (learned from
+  the calls it saw) every hour ``lead_s`` before the hour, on a sustained forecast error
+  (checked every 10 minutes) and when an outage starts or ends (down pools excluded), with
+  hysteresis (:func:`placement.replan.decide`);
+- :class:`OracleFleet`: the offline optimum: the same MILP for each hour's true peak, outages
+  known, each hour's plan requested ``lead_s`` ahead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from benchmarks.costsim.provisioned import BUCKET_S, PROVISION_DELAY_S, Observed
+from placement.forecast import ClassKey, DemandForecaster
+from placement.plan_types import DemandClass, Infeasible, Plan, PlanPool, Problem
+from placement.planner import plan
+from placement.replan import ChurnCost, decide
+
+ProblemOf = Callable[[list[DemandClass], frozenset[str]], Problem]
+
+
+def demand_classes(rates: Mapping[ClassKey, float]) -> list[DemandClass]:
+    return [DemandClass(k.model, k.min_quality, k.slo_ms, k.edge_region, r)
+            for k, r in sorted(rates.items())]
+
+
+class StaticFleet:
+    def __init__(self, name: str, fixed: Plan) -> None:
+        self.name, self._plan = name, fixed
+
+    def control(self, seen: Observed) -> None:
+        return None
+
+    def targets(self) -> Mapping[str, int]:
+        return self._plan.gpus()
+
+    def loaded(self) -> Mapping[str, frozenset[str]]:
+        return self._plan.loaded()
+
+
+@dataclass
+class Stabiliser:
+    """Kubernetes-style stabilisation: act on the recommendations of a trailing window."""
+
+    up_delay_s: float
+    down_window_s: float
+    history: list[tuple[float, int]] = field(default_factory=list)
+
+    def step(self, now_s: float, desired: int, current: int) -> int:
+        self.history.append((now_s, desired))
+        horizon = max(self.up_delay_s, self.down_window_s)
+        self.history = [(t, d) for t, d in self.history if t > now_s - horizon - 1e-9]
+        if desired > current:  # up only once every recommendation of up_delay_s was higher
+            if self.history[0][0] > now_s - self.up_delay_s + 1e-9:
+                return current
+            recent = [d for t, d in self.history if t > now_s - self.up_delay_s - 1e-9]
+            return max(current, min(recent))
+        if desired < current:
+            recent = [d for t, d in self.history if t > now_s - self.down_window_s - 1e-9]
+            return min(current, max(recent))
+        return current
+
+
+def _desired(work: float, servers_per_gpu: int, target: float, current: int) -> int:
+    if current > 0 and abs(work / (servers_per_gpu * target * current) - 1) <= 0.1:
+        return current
+    return math.ceil(work / (servers_per_gpu * target) - 1e-9)
+
+
+class ReactiveFleet:
+    def __init__(self, base: Plan, pools: Mapping[str, PlanPool], target_share: float = 0.9,
+                 down_window_s: float = 300.0, name: str = "reactive autoscaler (HPA)") -> None:
+        self.name = name
+        self._pools = {pp.pool: pools[pp.pool] for pp in base.pools}
+        self._target = {pp.pool: target_share * pp.utilisation_cap for pp in base.pools}
+        self._loaded = base.loaded()
+        self._gpus = dict(base.gpus())
+        self._stab = {pid: Stabiliser(0.0, down_window_s) for pid in self._pools}
+
+    def control(self, seen: Observed) -> None:
+        for pid, p in self._pools.items():
+            cur = self._gpus[pid]
+            want = _desired(seen.work.get(pid, 0.0), p.concurrency_per_gpu, self._target[pid],
+                            seen.ready.get(pid, 0))
+            want = min(max(want, 1), p.max_gpus, max(2 * cur, cur + 4))
+            self._gpus[pid] = self._stab[pid].step(seen.now_s, want, cur)
+
+    def targets(self) -> Mapping[str, int]:
+        return self._gpus
+
+    def loaded(self) -> Mapping[str, frozenset[str]]:
+        return self._loaded
+
+
+@dataclass
+class _Group:
+    base: PlanPool
+    target: float
+    variants: frozenset[str]
+    spot: PlanPool | None
+    on_demand: PlanPool | None
+    replicas: int  # in GPUs of ``base``
+    stab: Stabiliser
+
+
+class SkyServeFleet:
+    EXTRA_SPOT = 1
+
+    def __init__(self, base: Plan, problem: Problem, target_share: float = 0.9,
+                 name: str = "SkyServe-like spot mix") -> None:
+        self.name = name
+        pools = {p.id: p for p in problem.pools}
+        mem = {v.name: v.memory_gb for v in problem.variants}
+        self._groups = []
+        for pp in base.pools:
+            p = pools[pp.pool]
+            need = frozenset(pp.variants)
+            fits = [q for q in problem.pools if q.region == p.region
+                    and (not q.variants or need <= q.variants)
+                    and sum(mem[v] for v in need) <= q.gpu_memory_gb]
+
+            def cheapest(kind: str, fits: list[PlanPool] = fits) -> PlanPool | None:
+                c = [q for q in fits if q.price_class == kind]
+                return min(c, key=lambda q: (q.usd_per_gpu_hour / q.speed, q.id)) if c else None
+
+            self._groups.append(_Group(p, target_share * pp.utilisation_cap, need,
+                                       cheapest("spot"), cheapest("on-demand"), pp.gpus,
+                                       Stabiliser(300.0, 1200.0)))
+        self._targets: dict[str, int] = {}
+        self._ready: Mapping[str, int] = {}
+        self._place()
+
+    def _place(self) -> None:
+        t: dict[str, int] = {}
+        for g in self._groups:
+            if g.spot is None:
+                assert g.on_demand is not None or g.base is not None
+                only = g.on_demand or g.base
+                t[only.id] = t.get(only.id, 0) + math.ceil(g.replicas * g.base.speed / only.speed)
+                continue
+            t[g.spot.id] = t.get(g.spot.id, 0) + math.ceil(
+                g.replicas * g.base.speed / g.spot.speed) + self.EXTRA_SPOT
+            if g.on_demand is not None:
+                serving = self._ready.get(g.spot.id, 0) * g.spot.speed / g.base.speed
+                fallback = max(0, math.ceil(g.replicas - serving - 1e-9))
+                t[g.on_demand.id] = t.get(g.on_demand.id, 0) + fallback
+        self._targets = t
+
+    def control(self, seen: Observed) -> None:
+        for g in self._groups:
+            members = {m.id: m for m in (g.spot, g.on_demand, g.base) if m is not None}
+            work = sum(seen.work.get(pid, 0.0) * m.speed / g.base.speed
+                       for pid, m in members.items())
+            ready = sum(seen.ready.get(pid, 0) * m.speed / g.base.speed
+                        for pid, m in members.items())
+            want = _desired(work, g.base.concurrency_per_gpu, g.target, round(ready))
+            g.replicas = g.stab.step(seen.now_s, max(want, 1), g.replicas)
+        self._ready = seen.ready
+        self._place()
+
+    def targets(self) -> Mapping[str, int]:
+        return self._targets
+
+    def loaded(self) -> Mapping[str, frozenset[str]]:
+        out: dict[str, frozenset[str]] = {}
+        for g in self._groups:
+            for m in (g.spot, g.on_demand, g.base):
+                if m is not None:
+                    ok = frozenset(v for v in g.variants if not m.variants or v in m.variants)
+                    out[m.id] = out.get(m.id, frozenset()) | ok
+        return out
+
+
+@dataclass
+class SolveLog:
+    seconds: list[float] = field(default_factory=list)
+    gaps: list[float] = field(default_factory=list)
+    adopted: int = 0
+    infeasible: list[str] = field(default_factory=list)
+    spot_alone: set[str] = field(default_factory=set)
+
+    def note(self, p: Plan, took_s: float) -> None:
+        self.seconds.append(took_s)
+        self.gaps.append(p.gap)
+        self.spot_alone |= set(p.spot_alone)
+
+
+class PlannerFleet:
+    def __init__(self, problem_of: ProblemOf, forecaster: DemandForecaster, churn: ChurnCost,
+                 lead_s: float = PROVISION_DELAY_S + 2 * BUCKET_S, observe_every_s: float = 600.0,
+                 day_offset_s: float = 0.0, name: str = "switchyard planner") -> None:
+        self.name = name
+        self._problem_of, self._forecaster, self._churn = problem_of, forecaster, churn
+        self._lead_s, self._every_s, self._offset_s = lead_s, observe_every_s, day_offset_s
+        self._current: Plan | None = None
+        self._previous: Plan | None = None
+        self._changed_s = -math.inf
+        self._down: frozenset[str] = frozenset()
+        self._next_s = 3600.0 - lead_s  # the next scheduled re-plan
+        self._sums: dict[ClassKey, float] = {}
+        self._n = 0
+        self.log = SolveLog()
+
+    def start(self, now_s: float) -> None:
+        self._replan(now_s, 3600.0 + self._lead_s)
+
+    def _replan(self, now_s: float, horizon_s: float) -> None:
+        problem = self._problem_of(
+            list(self._forecaster.forecast(self._offset_s + now_s, horizon_s)), self._down)
+        t0 = time.perf_counter()
+        d = decide(problem, self._current, self._churn)
+        took = time.perf_counter() - t0
+        if isinstance(d, Infeasible):
+            self.log.infeasible.append(f"{now_s / 3600:.2f} h: {d.explain()}")
+            return
+        self.log.note(d.plan, took)
+        if d.adopt and self._current is not None:
+            self.log.adopted += 1
+            self._previous, self._changed_s = self._current, now_s
+        self._current = d.plan
+
+    def control(self, seen: Observed) -> None:
+        for k, r in seen.rates.items():
+            self._sums[k] = self._sums.get(k, 0.0) + r
+        self._n += 1
+        now, half = seen.now_s, seen.bucket_s / 2
+        if now % self._every_s < half:
+            for k, total in self._sums.items():  # the mean rate of the last window
+                self._forecaster.observe(k, self._offset_s + now - half, total / self._n)
+            self._sums, self._n = {}, 0
+            if self._forecaster.surprises():
+                self._replan(now, 3600.0)
+                return
+        if seen.down != self._down:
+            self._down = seen.down
+            self._replan(now, 3600.0)
+        elif now >= self._next_s - half:
+            self._replan(now, 3600.0 + self._lead_s)
+        while self._next_s <= now + half:
+            self._next_s += 3600.0
+
+    def targets(self) -> Mapping[str, int]:
+        return self._current.gpus() if self._current else {}
+
+    def loaded(self) -> Mapping[str, frozenset[str]]:
+        now = self._current.loaded() if self._current else {}
+        if self._previous is None:
+            return now
+        before = self._previous.loaded()  # until the new GPUs serve, the old placement does
+        return {p: now.get(p, frozenset()) | before.get(p, frozenset())
+                for p in set(now) | set(before)}
+
+
+class OracleFleet:
+    """The offline optimum: hourly plans for the true peak, requested ``lead_s`` ahead."""
+
+    def __init__(self, plans: list[Plan], lead_s: float = PROVISION_DELAY_S + BUCKET_S,
+                 name: str = "offline optimum") -> None:
+        self.name, self._plans, self._lead_s = name, plans, lead_s
+        self._now = 0.0
+
+    def _at(self, t: float) -> Plan:
+        return self._plans[min(int(t // 3600), len(self._plans) - 1)]
+
+    def control(self, seen: Observed) -> None:
+        self._now = seen.now_s
+
+    def targets(self) -> Mapping[str, int]:
+        a, b = self._at(self._now).gpus(), self._at(self._now + self._lead_s).gpus()
+        return {p: max(a.get(p, 0), b.get(p, 0)) for p in set(a) | set(b)}
+
+    def loaded(self) -> Mapping[str, frozenset[str]]:
+        a, b = self._at(self._now).loaded(), self._at(self._now + self._lead_s).loaded()
+        return {p: a.get(p, frozenset()) | b.get(p, frozenset()) for p in set(a) | set(b)}
+
+
+def without(problem: Problem, down: frozenset[str]) -> Problem:
+    """``problem`` with the pools in ``down`` unable to run GPUs."""
+    if not down:
+        return problem
+    return dataclasses.replace(problem, pools=tuple(
+        dataclasses.replace(p, max_gpus=0) if p.id in down else p for p in problem.pools))
+
+
+class PlanRefused(Exception):
+    """A baseline's plan is infeasible: the scenario cannot be compared."""
+
+
+def solve_or_fail(problem: Problem, what: str) -> Plan:
+    """A baseline's plan; a solve cut short with no plan gets one retry with 4× the time."""
+    result = plan(problem)
+    if isinstance(result, Infeasible) and result.constraint == "time_limit":
+        longer = dataclasses.replace(problem.settings,
+                                     time_limit_s=4 * problem.settings.time_limit_s)
+        result = plan(dataclasses.replace(problem, settings=longer))
+    if isinstance(result, Infeasible):
+        raise PlanRefused(f"{what}: {result.explain()}")
+    return result
