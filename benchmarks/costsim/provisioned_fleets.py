@@ -226,8 +226,12 @@ class PlannerFleet:
     def _replan(self, now_s: float, horizon_s: float) -> None:
         problem = self._problem_of(
             list(self._forecaster.forecast(self._offset_s + now_s, horizon_s)), self._down)
+        current = self._current
+        if current is not None and self._down:  # what is down serves nothing, whatever it runs
+            kept = tuple(pp for pp in current.pools if pp.pool not in self._down)
+            current = Plan(kept, sum(pp.usd_per_hour for pp in kept), current.gap)
         t0 = time.perf_counter()
-        d = decide(problem, self._current, self._churn)
+        d = decide(problem, current, self._churn)
         took = time.perf_counter() - t0
         if isinstance(d, Infeasible):
             self.log.infeasible.append(f"{now_s / 3600:.2f} h: {d.explain()}")
