@@ -5,6 +5,7 @@ that survives the SIGKILL of its backend mid-generation."""
 from __future__ import annotations
 
 import asyncio
+import collections
 from collections.abc import AsyncIterator
 
 import grpc
@@ -163,23 +164,25 @@ async def test_demo_streaming_section_switchyard_vs_fastest(
         mesh: Mesh, capsys: pytest.CaptureFixture[str]) -> None:
     """The demo's streaming section on this mesh: interactive streams (TPOT ≤ 3.5 ms) need
     east-fast in both runs; batch streams go to a cheap deployment under Switchyard and to
-    east-fast under the fastest profile, so Switchyard's $ per 1M tokens is lower."""
+    east-fast (mostly) under the fastest profile, so Switchyard's $ per 1M tokens is lower."""
     cfg = mesh.cfg.model_copy(update={"edges": [
         mesh.cfg.edges[0].model_copy(update={"port": mesh.edge.port})]})
     results = await asyncio.to_thread(demo_streams.run_stream_demo, cfg, 8)
     printed = capsys.readouterr().out
     assert "EMULATED" in printed and "$/1M tokens" in printed and "TOTAL" in printed
     sw, fastest = results["Switchyard"], results["fastest"]
-    assert all(o.ok and o.tokens == demo_streams.MAX_TOKENS for o in sw + fastest)
+    asked = {c: n for c, _, _, n in demo_streams.CLASSES}
+    assert all(o.ok and o.tokens == asked[o.cls] for o in sw + fastest)
     fast = "east-fast/generate-small"
     assert {o.deployment for o in sw if o.cls == "batch"} <= {
         "west-cheap/generate-small", "central-cheap/generate-small"}
-    assert {o.deployment for o in fastest} == {fast}
+    # fastest: the lowest predicted TTFT + n × TPOT, which load on east-fast can tip elsewhere
+    assert collections.Counter(o.deployment for o in fastest).most_common(1)[0][0] == fast
     assert {o.deployment for o in sw if o.cls == "interactive"} == {fast}
     sw_cost = demo_streams.usd_per_1m_tokens(sw)
     base_cost = demo_streams.usd_per_1m_tokens(fastest)
     assert sw_cost is not None and base_cost is not None and sw_cost < base_cost
-    assert f"${sw_cost:.2f} per 1M tokens vs ${base_cost:.2f} always-fastest" in printed
+    assert f"${sw_cost:.2f} per 1M tokens vs ${base_cost:.2f} always-fastest (" in printed
 
 
 async def test_a_session_returns_to_its_prefix_holder_and_prefills_faster(mesh: Mesh) -> None:
