@@ -11,6 +11,7 @@ table and writes its section into ``benchmarks/RESULTS.md``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import pathlib
 import time
 
@@ -26,9 +27,10 @@ from benchmarks.costsim.tokens_workload import (
 from benchmarks.costsim.tokensim import TokenSim
 from placement.streams import TTFT_HEADROOM
 
-ESTIMATE_S = (20, 45)
+ESTIMATE_S = (35, 60)
 SCENARIOS = pathlib.Path(BENCH_DIR, "scenarios", "tokens")
 RESULTS = pathlib.Path(BENCH_DIR, "RESULTS.md")
+LOAD_SCALES = (0.5, 1.5, 2.0)
 TITLE = "Tokens: LLM streams, Switchyard vs the LLM routers (simulated)"
 
 
@@ -48,15 +50,33 @@ def run_scenario(s: TokenScenario, quick: bool,
     return out
 
 
+def load_sensitivity(scenarios: list[TokenScenario]
+                     ) -> list[tuple[float, dict[str, tokens_report.TokenResult]]]:
+    """Switchyard, lowest-latency and prefix-affinity with every region's rate scaled."""
+    rows = []
+    for s in scenarios:
+        for scale in LOAD_SCALES:
+            regions = {k: dataclasses.replace(r, load_rps=r.load_rps * scale)
+                       for k, r in s.regions.items()}
+            scaled = dataclasses.replace(s, regions=regions)
+            rows.append((scale, {r.policy: r for r in run_scenario(
+                scaled, True, ("switchyard", "lowest-latency", "prefix-affinity"))}))
+    return rows
+
+
 def run(quick: bool) -> Section:
     t0 = time.monotonic()
     scenarios = [load_token_scenario(p) for p in sorted(SCENARIOS.glob("*.toml"))]
     results = [r for s in scenarios for r in run_scenario(s, quick)]
     main = [r for r in results if r.policy in POLICIES]
     variants = [r for r in results if r.policy not in POLICIES or r.policy == "switchyard"]
+    loads = load_sensitivity(scenarios)
+    notes = _notes(scenarios, results, variants, quick)
+    notes += [f"#### Load sensitivity (every region's rate ×{', ×'.join(map(str, LOAD_SCALES))}"
+              ", quick horizon)", tokens_report.load_table(loads),
+              tokens_report.load_summary(loads)]
     return Section(title=TITLE, command=command_for(__name__, quick),
-                   table=tokens_report.table(main),
-                   notes=_notes(scenarios, results, variants, quick),
+                   table=tokens_report.table(main), notes=notes,
                    elapsed_s=time.monotonic() - t0)
 
 

@@ -1,0 +1,50 @@
+"""The token section's prose is computed from its rows (benchmarks/costsim/tokens_report.py):
+each target reads met or MISSED by the numbers, never typed by hand."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from benchmarks.costsim.tokens_report import (
+    TokenResult,
+    load_summary,
+    table,
+    verdicts,
+)
+
+
+def row(policy: str, both: float, usd: float, p99: float, scenario: str = "s") -> TokenResult:
+    return TokenResult(scenario, policy, 100, both, both, 1.0, 50.0, p99, usd, 1000,
+                       usd / 1000, 0.1)
+
+
+def rows(sy: TokenResult) -> list[TokenResult]:
+    return [sy, row("lowest-latency", 0.999, 4.0, 300.0), row("prefix-affinity", 0.9, 3.0,
+                                                               2000.0)]
+
+
+def test_targets_met_read_met() -> None:
+    (line,) = verdicts(rows(row("switchyard", 0.993, 2.0, 900.0)))
+    assert line.count(": met") == 3 and "50% cheaper" in line
+
+
+def test_each_missed_target_reads_missed() -> None:
+    (low,) = verdicts(rows(row("switchyard", 0.98, 2.0, 900.0)))
+    assert "target ≥ 99%: MISSED" in low and "below 99% where lowest-latency is not" in low
+    (dear,) = verdicts(rows(row("switchyard", 0.995, 3.0, 900.0)))
+    assert "25% cheaper" in dear and "or neither: MISSED" in dear
+    (slow,) = verdicts(rows(row("switchyard", 0.995, 2.0, 2500.0)))
+    assert "at least as good: MISSED" in slow
+
+
+def test_the_table_compares_cost_with_lowest_latency() -> None:
+    md = table(rows(row("switchyard", 0.993, 2.0, 900.0)))
+    assert "| s | switchyard | 100 | 99.30% |" in md and "| -50% |" in md
+
+
+def test_the_load_summary_counts_the_cases_from_the_rows() -> None:
+    good = {r.policy: r for r in rows(row("switchyard", 0.993, 2.0, 900.0))}
+    bad = {**good, "switchyard": dataclasses.replace(good["switchyard"], both=0.95)}
+    assert load_summary([(0.5, good), (2.0, bad)]) == (
+        "At other loads (every region's rate scaled; quick horizon) all three targets hold in "
+        "1 of 2 cases; not in s ×2.")
