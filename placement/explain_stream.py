@@ -7,7 +7,8 @@ tokens of this stream (``cost / (prompt + output tokens) × 10⁶``), whose lear
 reason, in the order ``choose_stream`` applies its rules:
 
 1. unmeasured: predicted optimistically (its table p95 as TTFT, no cost), so it gets tried;
-2. misses an objective: which one, predicted against asked;
+2. misses an objective: which one, predicted against asked (TTFT against the objective less
+   ``placement.streams.TTFT_HEADROOM``, the guard band the choice keeps);
 3. at the load bound (consistent hashing with bounded loads);
 4. costs more than the cheapest feasible beyond the band;
 5. within the band but not first: the holder, or the session's hash order, took it.
@@ -21,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from placement.streams import COST_BAND, StreamAsk, StreamChoice, StreamOption
+from placement.streams import COST_BAND, TTFT_HEADROOM, StreamAsk, StreamChoice, StreamOption
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +43,8 @@ class StreamExplanation:
 
 
 def explain_stream(choice: StreamChoice, ask: StreamAsk, sources: Mapping[str, str],
-                   band: float = COST_BAND, profile: str = "cheapest") -> StreamExplanation:
+                   band: float = COST_BAND, profile: str = "cheapest",
+                   ttft_headroom: float = TTFT_HEADROOM) -> StreamExplanation:
     """``choice`` explained per deployment; ``sources`` says whose learning predicted each
     measured deployment (see the module docstring)."""
     chosen = choice.candidate.deployment_id
@@ -59,23 +61,26 @@ def explain_stream(choice: StreamChoice, ask: StreamAsk, sources: Mapping[str, s
             reason = (f"slower: predicted TTFT + {ask.max_tokens} × TPOT = "
                       f"{_total(o, ask):.0f} ms vs {_total(choice.chosen, ask):.0f} ms")
         else:
-            reason = _why_not(o, ask, cheapest, band)
+            reason = _why_not(o, ask, cheapest, band, ttft_headroom)
         verdicts.append(StreamVerdict(o, sources.get(d, "") if o.measured else "",
                                       bool(ask.holder) and d == ask.holder,
                                       o.cost_usd / tokens * 1e6, reason))
-    summary = (f"{len(feasible)} of {len(choice.options)} deployments meet the stream's "
-               f"objectives ({_objectives(ask)}); {chosen}"
+    summary = (f"{len(feasible)} of {len(choice.options)} deployments are predicted to meet "
+               f"the stream's objectives ({_objectives(ask)}); {chosen}"
                + ("" if choice.slo_met else " as a best effort: nothing meets them"))
     return StreamExplanation(tuple(verdicts), chosen, choice.slo_met, summary)
 
 
-def _why_not(o: StreamOption, ask: StreamAsk, cheapest: float | None, band: float) -> str:
+def _why_not(o: StreamOption, ask: StreamAsk, cheapest: float | None, band: float,
+             headroom: float) -> str:
     if not o.measured:
         return ("unmeasured: predicted optimistically (table p95 as TTFT, no cost) so it is "
                 "tried before estimates are trusted")
     missed = []
-    if ask.ttft_ms is not None and o.ttft_ms > ask.ttft_ms:
-        missed.append(f"TTFT {o.ttft_ms:.1f} ms > {ask.ttft_ms:g} ms")
+    if ask.ttft_ms is not None and o.ttft_ms > ask.ttft_ms * (1.0 - headroom):
+        missed.append(f"TTFT {o.ttft_ms:.1f} ms > {ask.ttft_ms * (1.0 - headroom):g} ms"
+                      + (f" (the {ask.ttft_ms:g} ms objective less a {headroom:.0%} guard "
+                         "band for other edges' prefills)" if headroom else ""))
     if ask.tpot_ms is not None and o.tpot_ms > ask.tpot_ms:
         missed.append(f"TPOT {o.tpot_ms:.2f} ms > {ask.tpot_ms:g} ms")
     if missed:
