@@ -10,12 +10,16 @@ scenario is ~40 million calls). Each bucket:
    (requested GPUs arrive after ``provision_delay_s``, billed from the request; spot GPUs
    are reclaimed at random and by the scenario's spot outages; a pool in an outage serves
    nothing and takes no new GPUs, its on-demand GPUs still billed);
-3. **routing** (:class:`Router`): the switchyard rule in fluid form — each class, tightest SLO
-   first, goes to the deployment cheapest per call (placement's cost model: price per
-   GPU-second × compute) among those loaded, up and within the class's SLO at the pool's
-   resulting utilisation (the brain's p95, :func:`placement.plan_types.max_utilisation`; a
-   pool never runs above the lowest cap of any class it serves). What finds no such room is
-   served late where any loaded pool has room (a miss) or fails (a miss);
+3. **routing** (:class:`Router`): the switchyard rule in fluid form — each class goes to the
+   deployment cheapest per call (placement's cost model: price per GPU-second × compute)
+   among those loaded, up and within the class's SLO at the pool's resulting utilisation
+   (the brain's p95, :func:`placement.plan_types.max_utilisation`; a pool never runs above
+   the lowest cap of any class it serves). Classes are placed loosest SLO first: loose calls
+   take the cheapest pools whatever their load, tight calls find the pools still cool (the
+   steady state of per-call cost-then-SLO choice; placing tight classes first let them pin
+   cheap pools to low utilisation, and lost 5-20 % of a lean plan's calls that its own
+   flows serve). What finds no such room is served late where any loaded pool has room (a
+   miss) or fails (a miss);
 4. **control**: the fleet (:mod:`benchmarks.costsim.provisioned_fleets`) sees the bucket's
    observed rates and per-pool utilisation and sets GPU targets and loaded variants; the
    reconciler adds GPUs at once and removes surplus only when no GPU is still booting
@@ -114,7 +118,7 @@ class Router:
         cap = dict.fromkeys(servers, MAX_RHO)
         met = late = failed = 0.0
         left: list[tuple[ClassKey, float]] = []
-        for k in sorted(rates, key=lambda k: (k.slo_ms, -k.min_quality, k)):
+        for k in sorted(rates, key=lambda k: (-k.slo_ms, k.min_quality, k)):  # loosest first
             rate = rates[k]
             for pid, vname, rho, s in self.options[k]:
                 if rate <= 1e-12:
