@@ -10,6 +10,7 @@ processes is read from /proc before and after the measured window (warm-up exclu
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,20 @@ from tritonclient.grpc import InferInput, InferRequestedOutput
 from benchmarks.common import cpu_seconds, cpu_seconds_all, percentile
 
 MAX_CONNECTIONS = 8
+
+
+def schedstat_seconds(pid: int) -> float:
+    """CPU time of a process's live threads from ``/proc/<pid>/task/*/schedstat`` (ns
+    resolution, where ``/proc/<pid>/stat`` counts 10 ms ticks). Threads that exit in the
+    window are not counted: for processes with a fixed set of threads (Envoy, nginx)."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return total / 1e9
 
 
 @dataclass
@@ -46,6 +61,7 @@ def _inputs() -> tuple[list[InferInput], list[InferRequestedOutput]]:
 
 async def _run(address: str, model: str, concurrency: int, calls: int, seconds: float,
                warmup: int, pids: Sequence[int], backend_pids: Sequence[int],
+               cpu_of: Callable[[int], float] = cpu_seconds,
                ) -> tuple[list[float], int, float, list[float], float]:
     n_conn = min(concurrency, MAX_CONNECTIONS)
     clients = [aioclient.InferenceServerClient(
@@ -57,14 +73,14 @@ async def _run(address: str, model: str, concurrency: int, calls: int, seconds: 
         # Warm-up: every connection, then `warmup` calls at the point's concurrency.
         await asyncio.gather(*(c.infer(model, inputs, outputs=outputs) for c in clients))
         await _loop(clients, model, inputs, outputs, concurrency, warmup, 30.0, [], [0])
-        cpu0 = [cpu_seconds(p) for p in pids]
+        cpu0 = [cpu_of(p) for p in pids]
         b0 = cpu_seconds_all(backend_pids)
         lat: list[float] = []
         errors = [0]
         t0 = time.perf_counter()
         await _loop(clients, model, inputs, outputs, concurrency, calls, seconds, lat, errors)
         elapsed = time.perf_counter() - t0
-        cpu = [cpu_seconds(p) - c for p, c in zip(pids, cpu0, strict=True)]
+        cpu = [cpu_of(p) - c for p, c in zip(pids, cpu0, strict=True)]
         b = cpu_seconds_all(backend_pids) - b0
         return lat, errors[0], elapsed, cpu, b
     finally:
@@ -99,11 +115,13 @@ async def _loop(clients: list[aioclient.InferenceServerClient], model: str,
 def measure(target: str, address: str, model: str, concurrency: int, calls: int,
             seconds: float, pids: Sequence[int], backend_pids: Sequence[int] = (),
             warmup: int = 200, loop_factory: Callable[[], asyncio.AbstractEventLoop] | None
-            = None) -> Point:
-    """One bounded point against ``address``; ``pids`` are the proxy processes to bill."""
+            = None, cpu_of: Callable[[int], float] = cpu_seconds) -> Point:
+    """One bounded point against ``address``; ``pids`` are the proxy processes to bill,
+    ``cpu_of`` how (default: utime+stime ticks, which include exited threads)."""
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         lat, errors, elapsed, cpu, bcpu = runner.run(
-            _run(address, model, concurrency, calls, seconds, warmup, pids, backend_pids))
+            _run(address, model, concurrency, calls, seconds, warmup, pids, backend_pids,
+                 cpu_of))
     lat.sort()
     n = len(lat)
     total_cpu = sum(cpu)

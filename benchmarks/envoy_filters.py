@@ -1,0 +1,210 @@
+"""Where a Switchyard Envoy edge's CPU goes: each piece of its config switched on alone.
+
+One Triton (tiny model), placement (the access-log sink, and the ADS server of ``envoy-sy``),
+and one Envoy process (1 worker) per variant of ``benchmarks/envoy_configs.py``: plain Envoy,
+plain Envoy plus ONE piece of what placement pushes (Lua hint check, Lua body peek, aggregate
+cluster, retry policy, upstream header_mutation, upstream Lua rewrite, gRPC access log, the
+per-deployment cluster; stats switched off as a diagnostic), all of it as a static bootstrap
+(``sy``), the same pushed by placement over delta ADS (``envoy-sy``), and alternatives for the
+expensive pieces. The same closed-loop load (``benchmarks/_load.py``) hits every variant in
+turn, each round in a rotated order; every ratio is taken against plain Envoy *in the same
+round* and the table gives its median over the rounds with the min–max spread.
+
+    python -m benchmarks.envoy_filters [--quick] [--only NAME,NAME...] [--rounds N]
+                                       [--conc C,C...]
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+
+from benchmarks._fleet import Fleet, Target, _wait_infer
+from benchmarks._load import Point, measure, schedstat_seconds
+from benchmarks.common import Section, command_for, main, md_table, progress
+from benchmarks.dataplane import _loop_factory, start_switchyard_envoy
+from benchmarks.envoy_configs import VARIANTS, Variant
+from services.edge.envoy.launcher import envoy_command
+from services.ports import free_port
+
+ESTIMATE_S = (300, 900)
+BASELINE = "plain"
+ADS = "envoy-sy"
+
+
+def start_variant(fleet: Fleet, v: Variant) -> Target:
+    port = free_port()
+    path = fleet.tmp / f"{v.name}.json"
+    path.write_text(json.dumps(v.bootstrap(fleet.triton_address, fleet.placement_address,
+                                           port, free_port())))
+    p = fleet._spawn(envoy_command(path, concurrency=1), f"{v.name}.log")
+    address = f"127.0.0.1:{port}"
+    _wait_infer(address, v.model, 30, fleet.tmp / f"{v.name}.log")
+    return Target(v.name, address, v.model, [p.pid])
+
+
+def start_all(fleet: Fleet, names: Sequence[str]) -> tuple[dict[str, Target], dict[str, str]]:
+    """Every variant that starts and answers; the others with the reason they did not."""
+    fleet.start_triton()
+    fleet.start_placement()
+    targets: dict[str, Target] = {}
+    failed: dict[str, str] = {}
+    for name in names:
+        progress(f"starting {name}")
+        try:
+            targets[name] = (start_switchyard_envoy(fleet, ADS) if name == ADS
+                             else start_variant(fleet, VARIANTS[name]))
+        except RuntimeError as exc:
+            failed[name] = str(exc).splitlines()[0]
+            progress(f"{name} did not start: {failed[name]}")
+    return targets, failed
+
+
+def run_rounds(targets: dict[str, Target], calls: int, seconds: float,
+               concurrencies: Sequence[int], rounds: int) -> list[dict[tuple[str, int], Point]]:
+    names = list(targets)
+    out = []
+    for r in range(rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        by: dict[tuple[str, int], Point] = {}
+        for conc in concurrencies:
+            for n in order:
+                t = targets[n]
+                p = measure(n, t.address, t.model, conc, calls, seconds, t.pids(),
+                            warmup=min(200, calls // 4), loop_factory=_loop_factory(),
+                            cpu_of=schedstat_seconds)
+                by[(n, conc)] = p
+                progress(f"round {r + 1}/{rounds} c={conc:<3} {n:<12} {p.rps:7.0f} rps  "
+                         f"p50 {p.p50_ms:5.2f} ms  {p.proxy_cpu_us:5.0f} µs/call"
+                         + (f"  ERRORS {p.errors}" if p.errors else ""))
+        out.append(by)
+    return out
+
+
+def _spread(values: list[float], fmt: str = "{:.2f}") -> str:
+    if not values:
+        return "–"
+    med = statistics.median(values)
+    if len(values) == 1:
+        return fmt.format(med)
+    return f"{fmt.format(med)} ({fmt.format(min(values))}–{fmt.format(max(values))})"
+
+
+def ratio_rows(rounds: list[dict[tuple[str, int], Point]], names: Sequence[str],
+               concurrencies: Sequence[int]) -> list[list[object]]:
+    """Per variant: CPU per call / plain's (same round) per concurrency, added p50 at the
+    lowest concurrency vs plain, errors; medians with the min–max over rounds."""
+    rows: list[list[object]] = []
+    low = min(concurrencies)
+    for n in names:
+        row: list[object] = [n, VARIANTS[n].what if n in VARIANTS else
+                             "Switchyard as placement pushes it (delta ADS)"]
+        for conc in concurrencies:
+            row.append(_spread([r[(n, conc)].proxy_cpu_us / r[(BASELINE, conc)].proxy_cpu_us
+                                for r in rounds if (n, conc) in r and (BASELINE, conc) in r]))
+        row.append(_spread([r[(n, low)].p50_ms - r[(BASELINE, low)].p50_ms
+                            for r in rounds if (n, low) in r], "{:+.2f}"))
+        row.append(_spread([statistics.median(r[(BASELINE, c)].proxy_cpu_us for c in
+                                              concurrencies) for r in rounds], "{:.0f}")
+                   if n == BASELINE else "")
+        row.append(sum(r[(n, c)].errors for r in rounds for c in concurrencies if (n, c) in r))
+        rows.append(row)
+    return rows
+
+
+TARGET_RATIO = 1.25
+PIECE_NAMES = ("dep-cluster", "lua-peek", "aggregate", "retry", "hdr-mutation", "up-lua", "als")
+
+
+def _median_ratio(rounds: list[dict[tuple[str, int], Point]], name: str,
+                  conc: int) -> float | None:
+    vals = [r[(name, conc)].proxy_cpu_us / r[(BASELINE, conc)].proxy_cpu_us
+            for r in rounds if (name, conc) in r and (BASELINE, conc) in r]
+    return statistics.median(vals) if vals else None
+
+
+def verdicts(rounds: list[dict[tuple[str, int], Point]],
+             concurrencies: Sequence[int]) -> list[str]:
+    """The prose under the table, computed from its rows."""
+    out = []
+    for whole in ("sy", ADS):
+        ratios = {c: _median_ratio(rounds, whole, c) for c in concurrencies}
+        got = {c: r for c, r in ratios.items() if r is not None}
+        if got:
+            worst = max(got.values())
+            out.append(f"`{whole}` costs " + ", ".join(f"{r:.2f}× (c={c})"
+                                                        for c, r in got.items())
+                       + f" plain Envoy's CPU per call: the ≤ {TARGET_RATIO}× target is "
+                       + ("met." if worst <= TARGET_RATIO else "MISSED."))
+    for conc in concurrencies:
+        pieces = {n: _median_ratio(rounds, n, conc) for n in PIECE_NAMES}
+        known = {n: r - 1 for n, r in pieces.items() if r is not None}
+        whole_r = _median_ratio(rounds, "sy", conc)
+        if len(known) < 2 or whole_r is None:
+            continue
+        ranked = sorted(known.items(), key=lambda kv: -kv[1])
+        out.append(f"c={conc}: pieces over plain, largest first: "
+                   + ", ".join(f"{n} {v:+.2f}" for n, v in ranked)
+                   + f"; their sum {sum(known.values()):+.2f} against `sy`'s "
+                   f"{whole_r - 1:+.2f}.")
+    return out
+
+
+def run(quick: bool, only: str = "", rounds: int = 0,
+        concurrencies: tuple[int, ...] = (1, 8, 32)) -> Section:
+    calls, seconds, default_rounds = (1000, 3.0, 3) if quick else (3000, 8.0, 5)
+    rounds = rounds or default_rounds
+    names = [BASELINE, *[n for n in VARIANTS if n != BASELINE], ADS]
+    if only:
+        wanted = set(only.split(","))
+        names = [n for n in names if n == BASELINE or n in wanted]
+    t0 = time.monotonic()
+    with Fleet() as fleet:
+        targets, failed = start_all(fleet, names)
+        if BASELINE not in targets:
+            raise RuntimeError(f"plain Envoy did not start: {failed.get(BASELINE)}")
+        progress(f"{rounds} rounds of {calls} calls or {seconds:.0f} s per point, "
+                 f"concurrency {', '.join(map(str, concurrencies))}")
+        results = run_rounds(targets, calls, seconds, concurrencies, rounds)
+    rows = ratio_rows(results, list(targets), concurrencies)
+    header = ["variant", "what is switched on",
+              *[f"CPU/plain c={c}" for c in concurrencies],
+              f"added p50 ms vs plain, c={min(concurrencies)}", "plain CPU µs/call", "errors"]
+    table = md_table(header, rows, "ll" + "r" * (len(header) - 2))
+    print("\n" + table + "\n", file=sys.stderr)
+    notes = [
+        f"{rounds} rounds; each point {calls} calls or {seconds:.0f} s after "
+        f"{min(200, calls // 4)} warm-up calls; each ratio against plain Envoy in the same "
+        "round, given as median (min–max over rounds). Envoy CPU = on-CPU time of its threads "
+        "over the measured window (/proc/<pid>/task/*/schedstat, ns resolution).",
+        "Every Envoy runs 1 worker (`--concurrency 1`); placement (access-log sink, ADS) and "
+        "Triton are not billed. Shared machine: absolute µs are inflated; read the ratios.",
+        *verdicts(results, concurrencies),
+        *[f"`{n}` did not start: {why}" for n, why in failed.items()],
+    ]
+    return Section("Envoy edge: CPU per call by piece (issue 12)",
+                   command_for(__name__, quick) + (f" --only {only}" if only else "")
+                   + (f" --rounds {rounds}" if rounds != default_rounds else "")
+                   + (f" --conc {','.join(map(str, concurrencies))}"
+                      if concurrencies != (1, 8, 32) else ""), table, notes,
+                   elapsed_s=time.monotonic() - t0)
+
+
+def _option(name: str, default: str) -> str:
+    """``--name VALUE`` taken out of argv (``common.main`` parses only ``--quick``)."""
+    if name not in sys.argv:
+        return default
+    i = sys.argv.index(name)
+    value = sys.argv[i + 1]
+    del sys.argv[i:i + 2]
+    return value
+
+
+if __name__ == "__main__":
+    only = _option("--only", "")
+    rounds = int(_option("--rounds", "0"))
+    conc = tuple(int(c) for c in _option("--conc", "1,8,32").split(","))
+    main(lambda quick: run(quick, only, rounds, conc), __doc__)
