@@ -22,7 +22,11 @@ against, for each concurrency in turn (so drift hits every target alike):
 Proxy CPU per call is utime+stime of the proxy process(es) (nginx: master + workers) over
 the measured window, from /proc. Placement runs as its own process; it is not billed.
 
-    python -m benchmarks.dataplane [--quick]
+    python -m benchmarks.dataplane [--quick] [--targets NAME,NAME...]
+
+``--targets`` measures only those (``direct`` always); ``--targets nginx,edge,envoy,envoy-sy``
+is what the Envoy table needs. Where Switchyard's Envoy CPU goes, piece by piece:
+``python -m benchmarks.envoy_filters``.
 """
 
 from __future__ import annotations
@@ -53,6 +57,8 @@ TARGETS = ("direct", "edge", "nginx", "edge-2w", "nginx-2w", "bare-aio", "edge-a
            "edge-nolog", "envoy", "envoy-sy")
 TARGET_CPU_US = 150.0
 TARGET_ADDED_P50_MS = 0.25
+TARGET_ENVOY_CPU_RATIO = 1.25  # envoy-sy / plain envoy, CPU per call
+TARGET_ENVOY_ADDED_P50_MS = 0.1  # envoy-sy's added p50 at c=1 over plain envoy's
 
 
 def _loop_factory():  # type: ignore[no-untyped-def]
@@ -226,6 +232,38 @@ def envoy_table(by: dict[tuple[str, int], Point]) -> str:
                      "envoy-sy added p50 ms"], rows, "rrrrrrrrrrr")
 
 
+def envoy_verdicts(points: list[Point]) -> list[str]:
+    """The Envoy targets of issue 12, from the rows of the Envoy table."""
+    by = {(p.target, p.concurrency): p for p in points}
+    concs = sorted(c for (t, c) in by if t == "envoy-sy" and ("envoy", c) in by)
+    if not concs:
+        return []
+    ratio = {c: by[("envoy-sy", c)].proxy_cpu_us / by[("envoy", c)].proxy_cpu_us for c in concs}
+    out = [f"**Target Switchyard-on-Envoy CPU ≤ {TARGET_ENVOY_CPU_RATIO}× plain Envoy's**: "
+           + ", ".join(f"c={c}: {r:.2f}×" for c, r in ratio.items()) + " → "
+           + ("met" if max(ratio.values()) <= TARGET_ENVOY_CPU_RATIO else "MISSED")]
+    d, e, s = (by.get((t, 1)) for t in ("direct", "envoy", "envoy-sy"))
+    if d and e and s:
+        over = (s.p50_ms - d.p50_ms) - (e.p50_ms - d.p50_ms)
+        out.append(f"**Target added p50 at c=1 within {TARGET_ENVOY_ADDED_P50_MS} ms of plain "
+                   f"Envoy's**: {s.p50_ms - d.p50_ms:.2f} ms vs {e.p50_ms - d.p50_ms:.2f} ms "
+                   f"({over:+.2f} ms) → "
+                   + ("met" if over <= TARGET_ENVOY_ADDED_P50_MS else "MISSED"))
+    rps = [(c, by[("envoy-sy", c)].rps / by[("nginx", c)].rps) for c in concs
+           if c >= 8 and ("nginx", c) in by]
+    if rps:
+        out.append("**Target Switchyard-on-Envoy throughput ≥ 0.9× nginx at c ≥ 8**: "
+                   + ", ".join(f"c={c}: {r:.2f}×" for c, r in rps) + " → "
+                   + ("met" if min(r for _, r in rps) >= 0.9 else "MISSED"))
+    edge = [(c, by[("envoy-sy", c)].rps / by[("edge", c)].rps) for c in concs
+            if ("edge", c) in by]
+    if edge:
+        out.append("**Target Switchyard-on-Envoy throughput ≥ 2× the Python edge's**: "
+                   + ", ".join(f"c={c}: {r:.2f}×" for c, r in edge) + " → "
+                   + ("met" if min(r for _, r in edge) >= 2 else "MISSED"))
+    return out
+
+
 def verdicts(points: list[Point]) -> list[str]:
     by = {(p.target, p.concurrency): p for p in points}
     out = []
@@ -259,9 +297,9 @@ def verdicts(points: list[Point]) -> list[str]:
     return out
 
 
-def run(quick: bool) -> Section:
+def run(quick: bool, only: tuple[str, ...] = ()) -> Section:
     calls, seconds, rounds = (1000, 3.0, 1) if quick else (4000, 10.0, 3)
-    names = TARGETS
+    names = tuple(t for t in TARGETS if not only or t == "direct" or t in only)
     nginx = ensure_nginx()
     t0 = time.monotonic()
     with Fleet() as fleet:
@@ -274,6 +312,7 @@ def run(quick: bool) -> Section:
                              "proxy µs", "Triton µs", "split"], rows) + "\n", file=sys.stderr)
     notes = [
         *verdicts(points),
+        *envoy_verdicts(points),
         f"Each point: {calls} calls or {seconds:.0f} s, whichever first, after "
         f"{'' if rounds == 1 else f'(median-rps round of {rounds}, target order rotated) '}"
         f"{min(200, calls // 4)} warm-up calls; closed loop, min(conc, 8) client connections; "
@@ -296,10 +335,16 @@ def run(quick: bool) -> Section:
         "header_mutation + Lua variant rewrite), called with the logical name. Envoy CPU = "
         "all threads of the one Envoy process.",
     ]
+    command = command_for(__name__, quick) + (f" --targets {','.join(only)}" if only else "")
     return Section("Data plane: direct vs Switchyard edge vs nginx grpc_pass",
-                   command_for(__name__, quick), main_t + "\n\n**Pair by pair (same run)**\n\n"
+                   command, main_t + "\n\n**Pair by pair (same run)**\n\n"
                    + ratio_t, notes, elapsed_s=time.monotonic() - t0)
 
 
 if __name__ == "__main__":
-    main(run, __doc__)
+    only: tuple[str, ...] = ()
+    if "--targets" in sys.argv:  # common.main parses only --quick
+        i = sys.argv.index("--targets")
+        only = tuple(sys.argv[i + 1].split(","))
+        del sys.argv[i:i + 2]
+    main(lambda quick: run(quick, only), __doc__)

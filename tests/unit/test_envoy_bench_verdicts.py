@@ -1,0 +1,61 @@
+"""The prose under the Envoy tables is computed from their rows (benchmarks/dataplane.py,
+benchmarks/envoy_filters.py): met and missed both come out of the numbers."""
+
+from __future__ import annotations
+
+from benchmarks._load import Point
+from benchmarks.dataplane import envoy_verdicts
+from benchmarks.envoy_filters import ratio_rows, verdicts
+
+
+def _p(target: str, conc: int, cpu: float, p50: float = 1.0, rps: float = 1000.0) -> Point:
+    return Point(target, conc, 1000, 0, 1.0, rps, p50, 2 * p50, cpu, 50.0)
+
+
+def _dataplane(sy_cpu: float, sy_p50: float) -> list[Point]:
+    return [_p("direct", 1, float("nan"), 0.5), _p("nginx", 1, 50, 0.6),
+            _p("edge", 1, 400, 1.5, 400), _p("envoy", 1, 100, 0.8),
+            _p("envoy-sy", 1, sy_cpu, sy_p50, 900),
+            _p("direct", 8, float("nan")), _p("nginx", 8, 50, rps=1000),
+            _p("edge", 8, 400, rps=400), _p("envoy", 8, 100), _p("envoy-sy", 8, sy_cpu, rps=950)]
+
+
+def test_the_envoy_targets_are_met_when_the_rows_meet_them() -> None:
+    lines = envoy_verdicts(_dataplane(sy_cpu=120, sy_p50=0.85))
+    assert lines[0].endswith("c=1: 1.20×, c=8: 1.20× → met")
+    assert "0.35 ms vs 0.30 ms (+0.05 ms) → met" in lines[1]
+    assert lines[2].endswith("c=8: 0.95× → met")
+    assert lines[3].endswith("c=1: 2.25×, c=8: 2.38× → met")
+
+
+def test_the_envoy_targets_are_missed_when_the_rows_miss_them() -> None:
+    lines = envoy_verdicts(_dataplane(sy_cpu=200, sy_p50=1.5))
+    assert lines[0].endswith("c=1: 2.00×, c=8: 2.00× → MISSED")
+    assert "(+0.70 ms) → MISSED" in lines[1]
+
+
+def test_no_envoy_rows_no_envoy_prose() -> None:
+    assert envoy_verdicts([_p("direct", 1, float("nan")), _p("edge", 1, 400)]) == []
+
+
+def _round(sy: float, pieces: dict[str, float]) -> dict[tuple[str, int], Point]:
+    r = {("plain", 8): _p("plain", 8, 100), ("sy", 8): _p("sy", 8, sy)}
+    r.update({(n, 8): _p(n, 8, cpu) for n, cpu in pieces.items()})
+    return r
+
+
+def test_piece_ratios_are_taken_against_plain_in_the_same_round() -> None:
+    rounds = [_round(200, {"lua-peek": 130}), _round(400, {"lua-peek": 300})]
+    for r in rounds[1:]:
+        r[("plain", 8)] = _p("plain", 8, 200)  # a slower round: plain doubled too
+    rows = {row[0]: row for row in ratio_rows(rounds, ["plain", "lua-peek", "sy"], (8,))}
+    assert rows["lua-peek"][2] == "1.40 (1.30–1.50)"
+    assert rows["sy"][2] == "2.00 (2.00–2.00)"
+
+
+def test_the_piece_prose_ranks_pieces_and_compares_their_sum_with_the_whole() -> None:
+    lines = verdicts([_round(210, {"lua-peek": 140, "up-lua": 120, "als": 105})], (8,))
+    assert lines[0] == ("`sy` costs 2.10× (c=8) plain Envoy's CPU per call: the ≤ 1.25× "
+                        "target is MISSED.")
+    assert lines[1] == ("c=8: pieces over plain, largest first: lua-peek +0.40, up-lua +0.20, "
+                        "als +0.05; their sum +0.65 against `sy`'s +1.10.")
