@@ -6,8 +6,9 @@ module keeps the same :class:`~services.edge.stats.EdgeStats` a Python edge keep
 each call (the deployment from its ``x-served-by`` trailer, the upstream time, the gRPC
 status), and every ``report_interval_s`` hands placement's own ``ReportObservations`` the
 report a Python edge would have sent: observed p95 per deployment and the call rate this edge
-sends it (which sets the slot shares). One rule, one owner: nothing here interprets the
-numbers.
+sends it (which sets the slot shares). Calls the Envoy sent to its slow path are skipped: the
+co-located Python edge reports those under its own id. One rule, one owner: nothing here
+interprets the numbers.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 
 from services.api.switchyard.v1 import telemetry_pb2
 from services.edge.stats import EdgeStats
+from services.xds.resources import SLOW_PATH_CLUSTER
 
 log = structlog.get_logger("switchyard.xds")
 
@@ -34,12 +36,15 @@ def _ms(d: object) -> float:
 
 
 def record(stats: EdgeStats, entry: accesslog_pb2.HTTPAccessLogEntry) -> bool:
-    """One logged call into ``stats``; False when no deployment answered it (refused)."""
+    """One logged call into ``stats``; False when no deployment answered it (refused) or the
+    slow path did (the co-located Python edge reports its own calls: not counted twice)."""
+    c = entry.common_properties
+    if c.upstream_cluster == SLOW_PATH_CLUSTER:
+        return False
     trailers = entry.response.response_trailers
     deployment = trailers.get("x-served-by", "")
     if not deployment:
         return False
-    c = entry.common_properties
     upstream_ms = _ms(c.time_to_last_upstream_rx_byte) - _ms(c.time_to_first_upstream_tx_byte)
     stats.record(deployment, max(upstream_ms, 0.0), trailers.get("grpc-status", "") == "0")
     return True
@@ -73,6 +78,7 @@ class AccessLogFeedback(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
         self.interval_s = interval_s
         self.min_samples = min_samples
         self.calls = 0  # logged calls with a deployment, all edges
+        self.slow_calls = 0  # logged calls the Envoys sent to their slow path (not recorded)
         self.edges: dict[str, _Edge] = {}
 
     async def _report_forever(self, edge: _Edge) -> None:
@@ -113,6 +119,8 @@ class AccessLogFeedback(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
                     edge = self._join(node.id, node.cluster)
                 for entry in msg.http_logs.log_entry:
                     self.calls += record(edge.stats, entry)
+                    self.slow_calls += entry.common_properties.upstream_cluster == \
+                        SLOW_PATH_CLUSTER
         finally:
             if edge is not None:
                 await self._leave(edge)

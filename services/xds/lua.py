@@ -1,15 +1,25 @@
 """The two Lua scripts placement pushes to Envoy edges.
 
-``model_name_script`` runs on the listener (downstream). For a unary ``ModelInfer`` it first
-refuses hints Envoy cannot honour yet (``UNIMPLEMENTED``, never served more loosely), turns
+``model_name_script`` runs on the listener (downstream). It first sends to the *slow path*
+(the co-located Python edge, cluster ``slow-path``) what compiled config cannot express
+exactly: the RPCs in ``SLOW_RPCS`` (a ``ModelStreamInfer`` cannot be body-peeked without
+buffering the whole stream; the others answer for the mesh, not one deployment) and a
+``ModelInfer`` carrying one of ``SLOW_HINTS``; it does so by setting ``x-switchyard-path: slow``
+(the route configuration's first route matches it) and touches no body. An Envoy without a
+slow path refuses those calls (``UNIMPLEMENTED``, never served more loosely). Otherwise it turns
 ``x-slo-ms`` (or, without it, the call's deadline minus the margin) into whole milliseconds,
 rounded down, in ``x-switchyard-slo-ms`` for the routes' SLO classes; then it walks the
 top-level fields of the buffered request (skipping each by its wire type and length, never
 copying tensor payloads) and sets ``x-switchyard-model`` to the *last* field-1 value, as a
 protobuf parser would, then clears the route cache so routes can match the header. A caller's
-own ``x-switchyard-model`` is always removed first. It is the Lua twin of
-``services.edge.wire.scan_model_name``; bytes it cannot read get a trailers-only gRPC reply
-(INVALID_ARGUMENT, or UNIMPLEMENTED for a compressed message, whose fields Lua cannot see).
+own ``x-switchyard-model`` (and ``x-switchyard-path``) is always removed first. It is the Lua
+twin of ``services.edge.wire.scan_model_name``; bytes it cannot read get a trailers-only gRPC
+reply (INVALID_ARGUMENT, or UNIMPLEMENTED for a compressed message, whose fields Lua cannot
+see). On the response of a fast-path ``ModelInfer`` that was answered OK it adds the Python
+edge's ``x-cost-usd`` and ``x-slo-met`` trailers: the route placement pushed carries, in its
+metadata under this filter's name, the per-call cost of each deployment in its order, which of
+them meet the route's SLO, and (default route) the model's default SLO; the call's own
+latency is measured from the buffered request to its response trailers.
 
 ``VARIANT_REWRITE`` runs as an *upstream* filter, so on every attempt: the deployment Envoy
 picked carries its variant in endpoint metadata (``switchyard.variant``), which the
@@ -25,13 +35,21 @@ from __future__ import annotations
 MODEL_HEADER = "x-switchyard-model"
 VARIANT_HEADER = "x-switchyard-variant"
 SLO_HEADER = "x-switchyard-slo-ms"
-# Hints the Envoy edge cannot honour yet: a call carrying one is refused (UNIMPLEMENTED),
-# never served more loosely than it asked.
-UNSUPPORTED_HINTS = ("x-min-quality", "x-max-cost-usd", "x-allowed-regions", "x-fail-fast",
-                     "x-routing-profile")
+PATH_HEADER = "x-switchyard-path"  # "slow": the call goes to the co-located Python edge
+# The trailer that names the path a call took: "envoy" (compiled config) or "slow".
+PATH_TRAILER = "x-switchyard-path"
+# Hints compiled config cannot express exactly: a ModelInfer carrying one takes the slow
+# path (or, on an Envoy without one, is refused: UNIMPLEMENTED), never served more loosely.
+SLOW_HINTS = ("x-min-quality", "x-max-cost-usd", "x-allowed-regions", "x-fail-fast",
+              "x-routing-profile")
+UNSUPPORTED_HINTS = SLOW_HINTS  # the name before the slow path existed
 METADATA_NAMESPACE = "switchyard"
+LISTENER_FILTER = "switchyard.model_name"  # route metadata for the listener Lua lives here
 SERVICE_PATH = "/inference.GRPCInferenceService/"
 INFER_PATH = SERVICE_PATH + "ModelInfer"
+# RPCs always answered by the slow path: a stream (routed by its first message and pinned
+# there by the Python edge), and what answers for the whole mesh rather than one deployment.
+SLOW_RPCS = ("ModelStreamInfer", "RepositoryIndex", "ModelStatistics", "ServerMetadata")
 # RPCs whose request names the model in field 1, as ModelInfer does: routed and rewritten the
 # same way (ModelReady("summarize") asks the deployment a call would go to).
 NAMED_RPCS = ("ModelInfer", "ModelReady", "ModelMetadata", "ModelConfig")
@@ -99,7 +117,8 @@ local function model_name(body)
   return name
 end
 
-local UNSUPPORTED = {{{", ".join(f'"{h}"' for h in UNSUPPORTED_HINTS)}}}
+local SLOW_HINTS = {{{", ".join(f'"{h}"' for h in SLOW_HINTS)}}}
+local SLOW_RPCS = {{{", ".join(f'["{SERVICE_PATH}{r}"] = true' for r in SLOW_RPCS)}}}
 local UNITS = {{H = 3600000, M = 60000, S = 1000, m = 1, u = 0.001, n = 0.000001}}
 
 local function reply(handle, code, message)
@@ -108,8 +127,8 @@ local function reply(handle, code, message)
                   ["grpc-status"] = tostring(code), ["grpc-message"] = message}}, nil)
 end
 
--- The call's SLO in whole ms, rounded down (never looser than asked); nil: the model's
--- default; false and a message: a bad x-slo-ms (as services/edge/hints.py words it).
+-- The call's SLO in ms (the route uses it rounded down: never looser than asked); nil: the
+-- model's default; false and a message: a bad x-slo-ms (as services/edge/hints.py words it).
 local function slo_ms(headers)
   local n = headers:getNumValues("x-slo-ms")
   if n > 0 then
@@ -126,7 +145,7 @@ local function slo_ms(headers)
       return false, "metadata x-slo-ms='" .. first .. "': must be a number of milliseconds "
                     .. "within [0.001, 3600000]"
     end
-    return math.floor(v)
+    return v
   end
   local timeout = headers:get("grpc-timeout")
   if timeout ~= nil then
@@ -134,10 +153,25 @@ local function slo_ms(headers)
     if digits ~= nil then
       local slo = tonumber(digits) * UNITS[unit] - DEADLINE_MARGIN_MS
       if slo < 1 then slo = 1 end
-      return math.floor(slo)
+      return slo
     end
   end
   return nil
+end
+
+local function now_us(handle)
+  return tonumber(handle:timestampString(EnvoyTimestampResolution.MICROSECOND))
+end
+
+-- To the slow path (the co-located Python edge) when this Envoy has one; else refused.
+local function slow(handle, headers, why)
+  if SLOW_PATH then
+    headers:replace("{PATH_HEADER}", "slow")
+    handle:clearRouteCache()
+  else
+    reply(handle, 12, why .. " needs the slow path, which this Envoy edge does not have; "
+                      .. "call a Python edge for it")
+  end
 end
 
 function envoy_on_request(handle)
@@ -145,13 +179,13 @@ function envoy_on_request(handle)
   headers:remove("{MODEL_HEADER}")
   headers:remove("{VARIANT_HEADER}")
   headers:remove("{SLO_HEADER}")
+  headers:remove("{PATH_HEADER}")
   local path = headers:get(":path")
+  if SLOW_RPCS[path] then return slow(handle, headers, path) end
   if not NAMED[path] then return end
-  for _, hint in ipairs(UNSUPPORTED) do
-    if path == "{INFER_PATH}" and headers:get(hint) ~= nil then
-      reply(handle, 12, "hint " .. hint .. " is not supported by the Envoy edge yet; "
-                        .. "call a Python edge for it")
-      return
+  if path == "{INFER_PATH}" then
+    for _, hint in ipairs(SLOW_HINTS) do
+      if headers:get(hint) ~= nil then return slow(handle, headers, "hint " .. hint) end
     end
   end
   local slo, why = slo_ms(headers)
@@ -159,7 +193,7 @@ function envoy_on_request(handle)
     reply(handle, 3, why)
     return
   end
-  if slo ~= nil then headers:replace("{SLO_HEADER}", string.format("%d", slo)) end
+  if slo ~= nil then headers:replace("{SLO_HEADER}", string.format("%d", math.floor(slo))) end
   local body = handle:body()
   if body == nil then
     reply(handle, 3, NOT_PARSED .. " (no body)")
@@ -173,13 +207,41 @@ function envoy_on_request(handle)
   -- wrappers do not survive the yield inside body(): fetch the headers again
   handle:headers():replace("{MODEL_HEADER}", name)
   handle:clearRouteCache()
+  if path == "{INFER_PATH}" then
+    -- for the response's x-slo-met: when the call started (its body is in), its own SLO
+    local info = handle:streamInfo():dynamicMetadata()
+    info:set("{METADATA_NAMESPACE}", "t0_us", now_us(handle))
+    if slo ~= nil then info:set("{METADATA_NAMESPACE}", "slo_ms", slo) end
+  end
+end
+
+-- A fast-path ModelInfer answered OK: its cost and whether it met its SLO, as trailers.
+function envoy_on_response(handle)
+  local route = handle:metadata()
+  local cost = route:get("cost")
+  if cost == nil then return end  -- not a model route (the slow path, a local reply...)
+  local call = handle:streamInfo():dynamicMetadata():get("{METADATA_NAMESPACE}")
+  if call == nil or call["t0_us"] == nil then return end  -- not a ModelInfer
+  -- read before trailers(): wrappers do not survive its yield
+  local slo = call["slo_ms"] or route:get("slo_ms")
+  local feasible = route:get("feasible")
+  local trailers = handle:trailers()
+  if trailers == nil or trailers:get("grpc-status") ~= "0" then return end
+  local served = trailers:get("x-served-by")
+  if served == nil or cost[served] == nil then return end
+  local took_ms = (now_us(handle) - call["t0_us"]) / 1000
+  local met = feasible ~= nil and feasible[served] ~= nil and slo ~= nil and took_ms <= slo
+  trailers:add("x-cost-usd", cost[served])
+  trailers:add("x-slo-met", met and "true" or "false")
 end
 """
 
 
-def model_name_script(deadline_margin_ms: float) -> str:
-    """The listener's Lua: hints checked, SLO class header set, model name read."""
-    return f"local DEADLINE_MARGIN_MS = {float(deadline_margin_ms)!r}\n" + _MODEL_NAME
+def model_name_script(deadline_margin_ms: float, slow_path: bool = False) -> str:
+    """The listener's Lua: slow-path calls sent there (or, without a slow path, refused),
+    SLO class header set, model name read; the fast path's cost and SLO trailers."""
+    return (f"local DEADLINE_MARGIN_MS = {float(deadline_margin_ms)!r}\n"
+            f"local SLOW_PATH = {'true' if slow_path else 'false'}\n" + _MODEL_NAME)
 
 
 VARIANT_REWRITE = rf"""

@@ -27,18 +27,26 @@ class SloClass:
     lo: int
     hi: int | None
     order: tuple[str, ...]  # deployment ids
+    feasible: frozenset[str] = frozenset()  # of ``order``, those that meet the SLO (x-slo-met)
 
 
 def failover_order(cands: Sequence[Candidate], profile: Profile, slo_ms: float,
                    slo_margin_ms: float) -> list[Candidate]:
+    return ranked(cands, profile, slo_ms, slo_margin_ms)[0]
+
+
+def ranked(cands: Sequence[Candidate], profile: Profile, slo_ms: float,
+           slo_margin_ms: float) -> tuple[list[Candidate], frozenset[str]]:
+    """The failover order at ``slo_ms`` and which of it every filter keeps (served by one of
+    those, a call is not a best effort: the Python edge's ``slo_met``)."""
     ctx = CallContext(Hints(slo_ms=slo_ms), slo_margin_ms)
     feasible = [v.candidate for v in profile.explain(cands, ctx) if v.feasible]
-    chosen = {c.deployment_id for c in feasible}
+    chosen = frozenset(c.deployment_id for c in feasible)
     fallback = [c for c in cands if c.deployment_id not in chosen
                 and all(f.reject(c, ctx) is None for f in profile.hard_filters)]
     return servers_apart(
         sorted(feasible, key=lambda c: (c.cost_usd, c.latency_p95_ms, c.deployment_id))
-        + sorted(fallback, key=lambda c: (ctx.latency_ms(c), c.deployment_id)))
+        + sorted(fallback, key=lambda c: (ctx.latency_ms(c), c.deployment_id))), chosen
 
 
 def servers_apart(order: Sequence[Candidate]) -> list[Candidate]:
@@ -63,11 +71,11 @@ def slo_classes(cands: Sequence[Candidate], profile: Profile,
     ctx = CallContext(Hints(slo_ms=0.0), slo_margin_ms)
     points = sorted({0} | {max(0, math.ceil(ctx.latency_ms(c) + slo_margin_ms))
                            for c in cands if math.isfinite(ctx.latency_ms(c))})
-    found: list[tuple[int, tuple[str, ...]]] = []
+    found: list[tuple[int, tuple[str, ...], frozenset[str]]] = []
     for p in points:
-        order = tuple(c.deployment_id
-                      for c in failover_order(cands, profile, p, slo_margin_ms))
-        if not found or found[-1][1] != order:
-            found.append((p, order))
-    return [SloClass(lo, found[i + 1][0] if i + 1 < len(found) else None, order)
-            for i, (lo, order) in enumerate(found)]
+        ranks, feasible = ranked(cands, profile, p, slo_margin_ms)
+        order = tuple(c.deployment_id for c in ranks)
+        if not found or found[-1][1:] != (order, feasible):
+            found.append((p, order, feasible))
+    return [SloClass(lo, found[i + 1][0] if i + 1 < len(found) else None, order, feasible)
+            for i, (lo, order, feasible) in enumerate(found)]

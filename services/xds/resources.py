@@ -16,6 +16,15 @@ What an Envoy edge of region R gets, per logical model M:
   (``x-switchyard-slo-ms``, whole ms, set by the same filter from ``x-slo-ms`` or the
   deadline) to the aggregate of that class's order; without either, the model's default
   SLO's order; when no deployment may serve M, a local 503 (UNAVAILABLE to gRPC callers).
+  Each such route carries, in metadata for the listener's Lua, what the Python edge's
+  ``x-cost-usd`` and ``x-slo-met`` trailers need: each deployment's cost per call, which ones
+  meet the route's SLO, and (default route) the model's default SLO. Prices live there, not
+  in the deployment clusters, so a price change is a route update, never a cluster rebuild;
+- the *slow path*: the route configuration's first route sends calls the listener's Lua
+  marked ``x-switchyard-path: slow`` (streams, hints compiled config cannot express) to the
+  cluster ``slow-path``, the Envoy's co-located Python edge on 127.0.0.1 (its port from the
+  node's metadata, so this cluster is per node, not per region). No retries there: the
+  Python edge runs the attempt policy itself.
 
 Resources are built as dicts shaped like Envoy's YAML and parsed into the ``xds-protos``
 messages, which checks every field name.
@@ -26,8 +35,8 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 # Registered in the default descriptor pool so ParseDict can resolve each "@type".
@@ -63,13 +72,14 @@ from placement.pipeline import Profile
 from services.api.switchyard.v1 import placement_pb2
 from services.convert import candidate_from_pb
 from services.xds import lua
-from services.xds.order import SloClass, failover_order, slo_classes
+from services.xds.order import SloClass, ranked, slo_classes
 
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 LISTENER_NAME = "ingress"
 PLACEMENT_CLUSTER = "placement"  # the one static cluster of an Envoy edge's bootstrap
+SLOW_PATH_CLUSTER = "slow-path"  # the node's co-located Python edge
 
 _T = "type.googleapis.com/"
 _HEADROOM = 64 * 1024  # gRPC framing, headers, the appended model name
@@ -201,7 +211,8 @@ def model_cluster(name: str, deployment_ids: Sequence[str],
                                 _from_endpoint("x-served-by", "deployment"),
                                 _from_endpoint("x-served-region", "region"),
                                 _trailer("x-attempts", "%UPSTREAM_REQUEST_ATTEMPT_COUNT%"),
-                                _trailer("x-request-id", "%REQ(x-request-id)%")]}}},
+                                _trailer("x-request-id", "%REQ(x-request-id)%"),
+                                _trailer(lua.PATH_TRAILER, "envoy")]}}},
                     {"name": "switchyard.variant_rewrite", "typed_config": {
                         "@type": _T + "envoy.extensions.filters.http.lua.v3.Lua",
                         "default_source_code": {"inline_string": lua.VARIANT_REWRITE}}},
@@ -209,6 +220,51 @@ def model_cluster(name: str, deployment_ids: Sequence[str],
                         "@type": _T + "envoy.extensions.filters.http.upstream_codec.v3"
                                       ".UpstreamCodec"}}]}},
     }, cluster_pb2.Cluster())
+
+
+def slow_path_cluster(port: int, s: EnvoySettings) -> cluster_pb2.Cluster:
+    """The node's co-located Python edge on 127.0.0.1:``port``; its answers say ``slow``."""
+    return json_format.ParseDict({
+        "name": SLOW_PATH_CLUSTER, "type": "STATIC",
+        "connect_timeout": f"{s.connect_timeout_s}s",
+        "per_connection_buffer_limit_bytes": s.buffer_bytes,
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": _T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": _http2(s)},
+                "http_filters": [
+                    {"name": "switchyard.path_trailer", "typed_config": {
+                        "@type": _T + "envoy.extensions.filters.http.header_mutation.v3"
+                                      ".HeaderMutation",
+                        "mutations": {"response_trailers_mutations": [
+                            _trailer(lua.PATH_TRAILER, "slow")]}}},
+                    {"name": "envoy.filters.http.upstream_codec", "typed_config": {
+                        "@type": _T + "envoy.extensions.filters.http.upstream_codec.v3"
+                                      ".UpstreamCodec"}}]}},
+        "load_assignment": {"cluster_name": SLOW_PATH_CLUSTER, "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": _address(f"127.0.0.1:{port}")}}]}]},
+    }, cluster_pb2.Cluster())
+
+
+def _slow_path_route() -> dict[str, Any]:
+    """Calls the listener's Lua marked slow, to the co-located Python edge, which runs the
+    attempt policy itself (no retries here) under the caller's own deadline."""
+    return {"name": "slow-path", "match": {"prefix": "/", "headers": [
+                {"name": lua.PATH_HEADER, "string_match": {"exact": "slow"}}]},
+            "request_headers_to_remove": [lua.PATH_HEADER],
+            "route": {"cluster": SLOW_PATH_CLUSTER, "timeout": "0s",
+                      "max_stream_duration": {"grpc_timeout_header_max": "0s"}}}
+
+
+def _trailer_metadata(m: ModelRoutes, feasible: frozenset[str],
+                      slo_ms: float | None) -> dict[str, Any]:
+    """What the listener's Lua needs for a fast-path call's ``x-cost-usd``/``x-slo-met``."""
+    data: dict[str, Any] = {
+        "cost": {d: f"{c:.10f}" for d, c in sorted(m.cost_usd.items())},
+        "feasible": dict.fromkeys(sorted(feasible), True)}
+    if slo_ms is not None:
+        data["slo_ms"] = slo_ms
+    return {"metadata": {"filter_metadata": {lua.LISTENER_FILTER: data}}}
 
 
 def _route_action(model: str, cluster: str, order: Sequence[str],
@@ -243,15 +299,18 @@ def _model_routes(model: str, m: ModelRoutes, s: EnvoySettings) -> list[dict[str
             "start": k.lo, "end": _NO_END if k.hi is None else k.hi}}
         routes.append({"name": f"{model} slo [{k.lo}, {k.hi or ''})",
                        "match": {"prefix": "/", "headers": [is_model, in_class]},
-                       **_route_action(model, model_cluster_name(model, i), k.order, s)})
+                       **_route_action(model, model_cluster_name(model, i), k.order, s),
+                       **_trailer_metadata(m, k.feasible, None)})
     routes.append({"name": model, "match": {"prefix": "/", "headers": [is_model]},
-                   **_route_action(model, model_cluster_name(model), m.default, s)})
+                   **_route_action(model, model_cluster_name(model), m.default, s),
+                   **_trailer_metadata(m, m.default_feasible, m.default_slo_ms)})
     return routes
 
 
 def route_configuration(region: str, models: dict[str, ModelRoutes],
                         s: EnvoySettings) -> route_pb2.RouteConfiguration:
-    routes = [r for m in sorted(models) for r in _model_routes(m, models[m], s)]
+    routes = [_slow_path_route(),
+              *(r for m in sorted(models) for r in _model_routes(m, models[m], s))]
     # Liveness and readiness: answered by the deployment the first servable model's calls
     # would go to (a Python edge answers them itself).
     servable = [m for m in sorted(models) if models[m].default]
@@ -270,6 +329,9 @@ def route_configuration(region: str, models: dict[str, ModelRoutes],
                    "response_headers_to_add": [_grpc_status(5)]})
     return json_format.ParseDict({
         "name": route_config_name(region),
+        # The slow-path route names a cluster only nodes with a slow path have (their Lua
+        # alone sends calls there); a static snapshot of a node without one must still load.
+        "validate_clusters": False,
         "virtual_hosts": [{"name": "models", "domains": ["*"], "routes": routes,
                            "request_body_buffer_limit": s.buffer_bytes}],
     }, route_pb2.RouteConfiguration())
@@ -282,7 +344,17 @@ def _grpc_status(code: int) -> dict[str, Any]:
             "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
 
 
-def listener(host: str, port: int, region: str, s: EnvoySettings) -> listener_pb2.Listener:
+def _status_for(http: int, grpc_code: int, key: str) -> dict[str, Any]:
+    """Envoy's local reply ``http`` (e.g. no healthy upstream, overflow) as ``grpc_code``."""
+    return {"filter": {"status_code_filter": {"comparison": {
+                "op": "EQ", "value": {"default_value": http, "runtime_key": key}}}},
+            "headers_to_add": [_grpc_status(grpc_code)]}
+
+
+def listener(host: str, port: int, region: str, s: EnvoySettings,
+             slow_path: bool = False) -> listener_pb2.Listener:
+    """``slow_path``: this node has a co-located Python edge (cluster ``slow-path``) for what
+    compiled config cannot express; without one, such calls are refused (UNIMPLEMENTED)."""
     hcm = {
         "@type": _T + "envoy.extensions.filters.network.http_connection_manager.v3"
                       ".HttpConnectionManager",
@@ -290,13 +362,18 @@ def listener(host: str, port: int, region: str, s: EnvoySettings) -> listener_pb
         "http2_protocol_options": _http2(s),
         "rds": {"route_config_name": route_config_name(region), "config_source": {
             "ads": {}, "resource_api_version": "V3"}},
-        # A message over the buffer limit (413) is RESOURCE_EXHAUSTED, as on the Python edge.
-        "local_reply_config": {"mappers": [{
-            "filter": {"status_code_filter": {"comparison": {
-                "op": "EQ", "value": {"default_value": 413, "runtime_key": "switchyard.413"}}}},
-            "headers_to_add": [_grpc_status(8)],
-            "body": {"inline_string": f"message over the edge's max_message_bytes "
-                                      f"({s.max_message_bytes} bytes)"}}]},
+        # Envoy's own replies as the documented statuses, never UNKNOWN: a message over the
+        # buffer limit (413) is RESOURCE_EXHAUSTED, as on the Python edge; no healthy
+        # upstream, overflow, a refused or reset connection (503) UNAVAILABLE; the call's own
+        # deadline passing at Envoy (504) DEADLINE_EXCEEDED; a malformed request (400)
+        # INVALID_ARGUMENT.
+        "local_reply_config": {"mappers": [
+            {**_status_for(413, 8, "switchyard.413"),
+             "body": {"inline_string": f"message over the edge's max_message_bytes "
+                                       f"({s.max_message_bytes} bytes)"}},
+            _status_for(503, 14, "switchyard.503"),
+            _status_for(504, 4, "switchyard.504"),
+            _status_for(400, 3, "switchyard.400")]},
         # Every call, batched, to placement's access-log service (feedback.py).
         "access_log": [{"name": "envoy.access_loggers.http_grpc", "typed_config": {
             "@type": _T + "envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig",
@@ -306,10 +383,10 @@ def listener(host: str, port: int, region: str, s: EnvoySettings) -> listener_pb
                                   "cluster_name": PLACEMENT_CLUSTER}}},
             "additional_response_trailers_to_log": ["x-served-by", "grpc-status"]}}],
         "http_filters": [
-            {"name": "switchyard.model_name", "typed_config": {
+            {"name": lua.LISTENER_FILTER, "typed_config": {
                 "@type": _T + "envoy.extensions.filters.http.lua.v3.Lua",
                 "default_source_code": {"inline_string": lua.model_name_script(
-                    s.deadline_margin_ms)}}},
+                    s.deadline_margin_ms, slow_path)}}},
             {"name": "envoy.filters.http.router", "typed_config": {
                 "@type": _T + "envoy.extensions.filters.http.router.v3.Router"}}],
     }
@@ -326,6 +403,9 @@ def listener(host: str, port: int, region: str, s: EnvoySettings) -> listener_pb
 class ModelRoutes:
     default: tuple[str, ...]  # the order for calls with the model's default SLO
     classes: tuple[SloClass, ...]  # orders for calls that carry an SLO
+    default_feasible: frozenset[str] = frozenset()  # of ``default``, those meeting the SLO
+    default_slo_ms: float | None = None
+    cost_usd: Mapping[str, float] = field(default_factory=dict)  # per call, by deployment
 
 
 @dataclass(frozen=True)
@@ -353,10 +433,11 @@ def compile_region(region: str, tables: Iterable[placement_pb2.RouteTable], prof
             if name not in clusters:
                 clusters[name] = resource(name, deployment_cluster(c, s))
         cands = [candidate_from_pb(c) for c in table.candidates]
-        default = tuple(c.deployment_id for c in failover_order(
-            cands, profile, table.default_slo_ms, s.slo_margin_ms))
+        ranks, feasible = ranked(cands, profile, table.default_slo_ms, s.slo_margin_ms)
+        default = tuple(c.deployment_id for c in ranks)
         m = models[table.model] = ModelRoutes(
-            default, tuple(slo_classes(cands, profile, s.slo_margin_ms)))
+            default, tuple(slo_classes(cands, profile, s.slo_margin_ms)), feasible,
+            table.default_slo_ms, {c.deployment_id: c.cost_usd for c in table.candidates})
         named = [(model_cluster_name(table.model), default),
                  *((model_cluster_name(table.model, i), k.order)
                    for i, k in enumerate(m.classes))]

@@ -10,7 +10,9 @@ per resource type, clusters first.
 
 The node says who it is in its bootstrap: ``node.id`` is the edge id, ``node.cluster`` its
 region, and ``node.metadata`` holds ``listen_host``/``listen_port`` for the listener placement
-pushes back (``services.edge.envoy.bootstrap``).
+pushes back (``services.edge.envoy.bootstrap``) and, when the Envoy has a co-located Python
+edge for the slow path, ``slow_path_port``: that node also gets the ``slow-path`` cluster and
+a listener whose Lua sends streams and hinted calls there.
 """
 
 from __future__ import annotations
@@ -38,12 +40,14 @@ from services.xds.resources import (
     LISTENER,
     LISTENER_NAME,
     ROUTE,
+    SLOW_PATH_CLUSTER,
     EnvoySettings,
     RegionConfig,
     Resource,
     compile_region,
     listener,
     resource,
+    slow_path_cluster,
 )
 from services.xds.session import DeltaSession, SotwSession
 
@@ -76,10 +80,16 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         self._compiled[region] = (self.hub.version, compiled)
         return compiled
 
-    def offer(self, region: str, host: str, port: int) -> dict[str, dict[str, Resource]]:
+    def offer(self, region: str, host: str, port: int,
+              slow_path_port: int = 0) -> dict[str, dict[str, Resource]]:
         rc = self.region_config(region)
-        ingress = resource(LISTENER_NAME, listener(host, port, region, self.settings))
-        return {CLUSTER: rc.clusters, LISTENER: {LISTENER_NAME: ingress}, ROUTE: rc.routes}
+        clusters = rc.clusters
+        if slow_path_port:
+            clusters = {**clusters, SLOW_PATH_CLUSTER: resource(
+                SLOW_PATH_CLUSTER, slow_path_cluster(slow_path_port, self.settings))}
+        ingress = resource(LISTENER_NAME, listener(host, port, region, self.settings,
+                                                   slow_path=bool(slow_path_port)))
+        return {CLUSTER: clusters, LISTENER: {LISTENER_NAME: ingress}, ROUTE: rc.routes}
 
     async def DeltaAggregatedResources(  # noqa: N802 (the xDS method name)
             self, request_iterator: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest],
@@ -104,7 +114,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         first = await anext(request_iterator, None)
         if first is None:
             return
-        region, host, port = _node_placement(first.node)
+        region, host, port, slow_port = _node_placement(first.node)
         session = make_session(first.node.id, region)
         watcher = self.hub.subscribe(first.node.id, region)
         self.sessions.add(session)
@@ -131,7 +141,8 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         tasks = [asyncio.create_task(read()), asyncio.create_task(follow())]
         clusters: dict[str, Resource] = {}  # the clusters of the last push
         log.info("xds_stream_open", node=session.node_id, region=region,
-                 listen=f"{host}:{port}", protocol=type(session).__name__)
+                 listen=f"{host}:{port}", slow_path_port=slow_port,
+                 protocol=type(session).__name__)
         try:
             while not closed.is_set() or inbox:
                 await kick.wait()
@@ -142,7 +153,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
                 inbox.clear()
                 if replied and self.on_reply is not None:
                     self.on_reply(session)
-                offered = self.offer(region, host, port)
+                offered = self.offer(region, host, port, slow_port)
                 # Make before break: new clusters (kept beside the ones they replace) before
                 # the listener and routes that name them; clusters no route names, last.
                 steps = [(CLUSTER, {**clusters, **offered[CLUSTER]}),
@@ -169,17 +180,19 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
                      acks=session.replies.acks, nacks=len(session.replies.nacks))
 
 
-def _node_placement(node: object) -> tuple[str, str, int]:
-    """(region, listen host, listen port) from the node the Envoy bootstrap declares."""
+def _node_placement(node: object) -> tuple[str, str, int, int]:
+    """(region, listen host, listen port, slow-path port or 0) from the node the Envoy
+    bootstrap declares."""
     region = getattr(node, "cluster", "")
     fields = node.metadata.fields  # type: ignore[attr-defined]
     host = fields["listen_host"].string_value if "listen_host" in fields else "127.0.0.1"
     port = int(fields["listen_port"].number_value) if "listen_port" in fields else 0
+    slow = int(fields["slow_path_port"].number_value) if "slow_path_port" in fields else 0
     if not region or not port:
         raise InvalidRequest(f"Envoy node {getattr(node, 'id', '')!r} must set cluster (its "
                              f"region) and metadata.listen_port; got cluster={region!r}, "
                              f"listen_port={port}")
-    return region, host, port
+    return region, host, port, slow
 
 
 def add_ads(server: grpc.aio.Server, hub: RouteHub, profile: Profile,

@@ -37,3 +37,15 @@ def test_calls_become_p95_samples_failures_and_a_call_rate_per_deployment() -> N
     assert obs.calls_per_s == 10.5  # 21 calls over the 2 s interval
     again = observation_report("edge-1", "r-east", stats, interval_s=2.0)
     assert again.observations[0].calls_per_s == 0.0  # counted since the previous report
+
+
+def test_calls_envoy_sent_to_its_slow_path_are_left_to_the_python_edge_that_served_them() -> None:
+    stats = EdgeStats(min_samples=1)
+    slow = _entry("b1/small", 1, 11)
+    slow.common_properties.upstream_cluster = "slow-path"
+    assert not record(stats, slow)  # the co-located Python edge reports it under its own id
+    fast = _entry("b1/small", 1, 11)
+    fast.common_properties.upstream_cluster = "model:summarize"
+    assert record(stats, fast)
+    (obs,) = observation_report("edge-1", "r-east", stats, interval_s=1.0).observations
+    assert obs.samples == 1

@@ -4,9 +4,11 @@ stable per-deployment clusters, the variant in endpoint metadata, a local 503 fo
 from __future__ import annotations
 
 from envoy.extensions.clusters.aggregate.v3 import cluster_pb2 as aggregate_pb2
+from envoy.extensions.filters.http.lua.v3 import lua_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2,
 )
+from google.protobuf import json_format
 
 from placement.registry import build_profile
 from services.api.switchyard.v1 import placement_pb2
@@ -19,6 +21,7 @@ from services.xds.resources import (
     listener,
     model_cluster_name,
     route_config_name,
+    slow_path_cluster,
 )
 
 PROFILE = build_profile("cheapest")
@@ -64,11 +67,13 @@ def test_slo_classes_change_order_exactly_where_a_deployment_starts_to_fit() -> 
     cands = [candidate_from_pb(c) for c in table.candidates]
     classes = slo_classes(cands, PROFILE, 2.0)
     # Below 22 nothing fits (fastest first, best effort) and from 22 only fast does: the
-    # same order, so one class.
-    assert [(k.lo, k.hi, k.order) for k in classes] == [
-        (0, 102, ("fast/s", "mid/s", "cheap/s")),
-        (102, 902, ("mid/s", "fast/s", "cheap/s")),
-        (902, None, ("cheap/s", "mid/s", "fast/s"))]
+    # same order, but a call served by fast meets its SLO only in the second class (its
+    # x-slo-met), so two classes.
+    assert [(k.lo, k.hi, k.order, k.feasible) for k in classes] == [
+        (0, 22, ("fast/s", "mid/s", "cheap/s"), frozenset()),
+        (22, 102, ("fast/s", "mid/s", "cheap/s"), {"fast/s"}),
+        (102, 902, ("mid/s", "fast/s", "cheap/s"), {"fast/s", "mid/s"}),
+        (902, None, ("cheap/s", "mid/s", "fast/s"), {"fast/s", "mid/s", "cheap/s"})]
     for k in classes:  # the pipeline agrees at both ends of every class
         for slo in (k.lo, (k.hi or k.lo + 10_000) - 1):
             assert tuple(c.deployment_id for c in failover_order(cands, PROFILE, slo, 2.0)
@@ -104,19 +109,54 @@ def test_a_region_compiles_to_stable_deployment_clusters_an_aggregate_and_routes
     assert plain.route.cluster == model_cluster_name("summarize")
     assert plain.route.retry_policy.num_retries.value == s.max_attempts - 1
     # Whole-ms SLOs below 82 (small's 80 + margin 2): large first; from 82: small first.
-    tight, loose = (r for r in routes if r.name.startswith("summarize slo"))
+    # Below 52 (large's 50 + 2) nothing meets the SLO: the same order, a best effort.
+    none, tight, loose = (r for r in routes if r.name.startswith("summarize slo"))
     assert tight.match.headers[-1].name == "x-switchyard-slo-ms"
-    assert (tight.match.headers[-1].range_match.start,
-            tight.match.headers[-1].range_match.end) == (0, 82)
+    assert [(r.match.headers[-1].range_match.start, r.match.headers[-1].range_match.end)
+            for r in (none, tight)] == [(0, 52), (52, 82)]
     assert loose.match.headers[-1].range_match.start == 82
-    assert (tight.route.cluster, loose.route.cluster) == (model_cluster_name("summarize", 0),
-                                                          model_cluster_name("summarize", 1))
-    for name, order in ((tight.route.cluster, ["b1/summarize-large", "b2/summarize-small"]),
+    assert (tight.route.cluster, loose.route.cluster) == (model_cluster_name("summarize", 1),
+                                                          model_cluster_name("summarize", 2))
+    for name, order in ((none.route.cluster, ["b1/summarize-large", "b2/summarize-small"]),
+                        (tight.route.cluster, ["b1/summarize-large", "b2/summarize-small"]),
                         (loose.route.cluster, default)):
         rc.clusters[name].message.cluster_type.typed_config.Unpack(agg)
         assert list(agg.clusters) == [cluster_name(d) for d in order]
     names = [r.name for r in routes]
     assert names.index(tight.name) < names.index("summarize")  # classes before the default
+    # What the listener's Lua needs for x-cost-usd / x-slo-met, per route.
+    def trailer_data(route: object) -> dict[str, object]:
+        meta = route.metadata.filter_metadata["switchyard.model_name"]  # type: ignore[attr-defined]
+        return json_format.MessageToDict(meta)
+    costs = {"b1/summarize-large": "0.0000020000", "b2/summarize-small": "0.0000010000"}
+    assert trailer_data(plain) == {"cost": costs, "slo_ms": 300.0, "feasible": {
+        "b1/summarize-large": True, "b2/summarize-small": True}}
+    assert trailer_data(none) == {"cost": costs, "feasible": {}}
+    assert trailer_data(tight)["feasible"] == {"b1/summarize-large": True}
+    # Prices move: the routes change (cheap to push), the deployment clusters did not above.
+    assert (rc2.routes[route_config_name("r-east")].version
+            != rc.routes[route_config_name("r-east")].version)
+
+
+def test_calls_marked_slow_go_first_to_the_nodes_python_edge_without_retries() -> None:
+    s = EnvoySettings()
+    rc = compile_region("r-east", [_table(_cand("b1/s", 1e-6, 50))], PROFILE, s)
+    first = rc.routes[route_config_name("r-east")].message.virtual_hosts[0].routes[0]
+    assert [(h.name, h.string_match.exact) for h in first.match.headers] == [
+        ("x-switchyard-path", "slow")]
+    assert first.route.cluster == "slow-path" and not first.route.HasField("retry_policy")
+    assert list(first.request_headers_to_remove) == ["x-switchyard-path"]
+    slow = slow_path_cluster(7001, s)
+    assert slow.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address \
+        .port_value == 7001
+    # The listener's Lua sends slow calls there only when the node has a slow path.
+    hcm = http_connection_manager_pb2.HttpConnectionManager()
+    for has, flag in ((True, "local SLOW_PATH = true"), (False, "local SLOW_PATH = false")):
+        listener("127.0.0.1", 1, "r-east", s, slow_path=has).filter_chains[0].filters[0] \
+            .typed_config.Unpack(hcm)
+        lua = lua_pb2.Lua()
+        hcm.http_filters[0].typed_config.Unpack(lua)
+        assert flag in lua.default_source_code.inline_string
 
 
 def test_a_model_nothing_may_serve_gets_a_local_503_and_no_aggregate() -> None:
@@ -124,7 +164,8 @@ def test_a_model_nothing_may_serve_gets_a_local_503_and_no_aggregate() -> None:
     rc = compile_region("r-east", [table], PROFILE, EnvoySettings())
     assert not [n for n in rc.clusters if n.startswith("model:")]
     assert cluster_name("b1/s") in rc.clusters  # kept: it comes back without a rebuild
-    route = rc.routes[route_config_name("r-east")].message.virtual_hosts[0].routes[0]
+    routes = rc.routes[route_config_name("r-east")].message.virtual_hosts[0].routes
+    (route,) = (r for r in routes if r.name == "summarize")
     assert route.direct_response.status == 503
 
 
@@ -139,8 +180,12 @@ def test_envoys_own_replies_carry_the_documented_grpc_statuses() -> None:
         ("grpc-status", "5")]  # NOT_FOUND, not the UNIMPLEMENTED Envoy derives from 404
     hcm = http_connection_manager_pb2.HttpConnectionManager()
     listener("127.0.0.1", 50051, "r-east", s).filter_chains[0].filters[0].typed_config.Unpack(hcm)
-    (mapper,) = hcm.local_reply_config.mappers
-    assert mapper.filter.status_code_filter.comparison.value.default_value == 413
-    assert [(h.header.key, h.header.value) for h in mapper.headers_to_add] == [
-        ("grpc-status", "8")]  # RESOURCE_EXHAUSTED, not UNKNOWN
-    assert str(1 << 20) in mapper.body.inline_string
+    mapped = {m.filter.status_code_filter.comparison.value.default_value:
+              [(h.header.key, h.header.value) for h in m.headers_to_add]
+              for m in hcm.local_reply_config.mappers}
+    # over the limit: RESOURCE_EXHAUSTED, not UNKNOWN; no healthy upstream, overflow, a
+    # refused connection: UNAVAILABLE; the deadline: DEADLINE_EXCEEDED; malformed:
+    # INVALID_ARGUMENT (Envoy alone would say INTERNAL)
+    assert mapped == {413: [("grpc-status", "8")], 503: [("grpc-status", "14")],
+                      504: [("grpc-status", "4")], 400: [("grpc-status", "3")]}
+    assert str(1 << 20) in hcm.local_reply_config.mappers[0].body.inline_string

@@ -10,8 +10,14 @@ from google.protobuf.message import Message
 from placement.registry import build_profile
 from services.api.switchyard.v1 import placement_pb2
 from services.edge.envoy.bootstrap import EnvoyNode, bootstrap
-from services.edge.envoy.snapshot import static_bootstrap
-from services.xds.resources import EnvoySettings, compile_region, listener, route_config_name
+from services.edge.envoy.snapshot import repoint_slow_path, static_bootstrap
+from services.xds.resources import (
+    EnvoySettings,
+    compile_region,
+    listener,
+    route_config_name,
+    slow_path_cluster,
+)
 
 _T = "type.googleapis.com/envoy.admin.v3."
 
@@ -58,3 +64,27 @@ def test_no_snapshot_from_a_config_that_is_not_complete_yet() -> None:
     ads = bootstrap(EnvoyNode("e1", "r", "127.0.0.1", 50051, 9901), ["127.0.0.1:50050"])
     assert static_bootstrap(_dump(with_routes=False), ads) is None
     assert static_bootstrap({"configs": []}, ads) is None
+
+
+def test_a_restarted_edge_points_its_snapshots_slow_path_at_its_new_private_port() -> None:
+    node = EnvoyNode("e1", "r", "127.0.0.1", 50051, 9901, slow_path_port=7001)
+    ads = bootstrap(node, ["127.0.0.1:50050"])
+    assert ads["node"]["metadata"]["slow_path_port"] == 7001  # how placement learns it
+    assert "slow_path_port" not in bootstrap(EnvoyNode("e1", "r", "127.0.0.1", 50051, 9901),
+                                             ["127.0.0.1:50050"])["node"]["metadata"]
+    dump = _dump()
+    clusters = dump["configs"][1]["dynamic_active_clusters"]
+    clusters.append({"version_info": "1", "cluster": _typed(slow_path_cluster(7001,
+                                                                              EnvoySettings()))})
+    static = static_bootstrap(dump, ads)
+    assert static is not None
+    repoint_slow_path(static, 7002)
+
+    def port() -> int:
+        (slow,) = (c for c in static["static_resources"]["clusters"] if c["name"] == "slow-path")
+        return int(slow["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+                   ["address"]["socket_address"]["port_value"])
+
+    assert port() == 7002
+    repoint_slow_path(static, 0)  # this process has no slow path: the snapshot is left alone
+    assert port() == 7002

@@ -2,7 +2,8 @@
 
 Everything the edge does (its listener, routes and clusters) comes from placement over delta
 ADS (``services/xds``). The bootstrap names the node (``id`` = edge id, ``cluster`` = its
-region; ``metadata.listen_host``/``listen_port`` = where placement should make it listen),
+region; ``metadata.listen_host``/``listen_port`` = where placement should make it listen,
+``metadata.slow_path_port`` = its co-located Python edge on 127.0.0.1, if it has one),
 one static cluster ``placement`` with every placement replica as an endpoint (HTTP/2, as gRPC
 needs), and the admin interface on 127.0.0.1 on a port from ``services.ports`` (below the
 ephemeral range, so no outgoing connection can hold it).
@@ -35,6 +36,7 @@ class EnvoyNode:
     listen_host: str
     listen_port: int
     admin_port: int
+    slow_path_port: int = 0  # the co-located Python edge (services.edge.envoy.slowpath); 0: none
 
 
 def _socket(address: str) -> dict[str, Any]:
@@ -59,7 +61,9 @@ def bootstrap(node: EnvoyNode, placement: Sequence[str], delta: bool = True) -> 
     config: dict[str, Any] = {
         "node": {"id": node.edge_id, "cluster": node.region,
                  "metadata": {"listen_host": node.listen_host,
-                              "listen_port": node.listen_port}},
+                              "listen_port": node.listen_port,
+                              **({"slow_path_port": node.slow_path_port}
+                                 if node.slow_path_port else {})}},
         "admin": {"address": _socket(f"127.0.0.1:{node.admin_port}")},
         "dynamic_resources": {
             "ads_config": {"api_type": "DELTA_GRPC" if delta else "GRPC", "transport_api_version": "V3",

@@ -49,10 +49,11 @@ def envoy_command(bootstrap: pathlib.Path, concurrency: int | None = None,
 
 def prepare(cfg: MeshConfig, edge: EdgeConfig, placement: Sequence[str] | None = None,
             port: int | None = None, run_dir: pathlib.Path | None = None, delta: bool = True,
-            name: str | None = None) -> tuple[EnvoyNode, pathlib.Path]:
-    """Choose the admin port and write the bootstrap; returns the node and the file."""
+            name: str | None = None, slow_path_port: int = 0) -> tuple[EnvoyNode, pathlib.Path]:
+    """Choose the admin port and write the bootstrap; returns the node and the file.
+    ``slow_path_port``: where the edge's co-located Python edge listens (0: it has none)."""
     node = EnvoyNode(edge.id, edge.region, edge.host, edge.port if port is None else port,
-                     free_port())
+                     free_port(), slow_path_port)
     base = run_dir or cfg.path(cfg.run_dir)
     path = write_bootstrap(base / "envoy" / f"{name or edge.id}.json", node,
                            list(placement or placement_addresses(cfg)), delta)
@@ -143,17 +144,33 @@ def listening(host: str, port: int) -> bool:
 
 
 def run_edge(cfg: MeshConfig, edge_id: str) -> None:
-    """Run the edge's Envoy under a :class:`Supervisor` until SIGTERM or SIGINT."""
-    import threading
-
-    from services.edge.envoy.supervisor import Supervisor
+    """Run the edge: its slow path (the Python edge on a private port, in this process's
+    event loop) and its Envoy under a :class:`Supervisor`, until SIGTERM or SIGINT. Either
+    one failing ends the process, and ``switchyard up``'s supervisor restarts both."""
+    import asyncio
 
     edge = next((e for e in cfg.edges if e.id == edge_id), None)
     if edge is None:
         raise EnvoyStartError(f"--id {edge_id!r} is not an edge of the config "
                               f"{[e.id for e in cfg.edges]}")
+    asyncio.run(_run_edge(cfg, edge))
+
+
+async def _run_edge(cfg: MeshConfig, edge: EdgeConfig) -> None:
+    import asyncio
+    import threading
+
+    from services.edge.envoy.slowpath import start_slow_path
+    from services.edge.envoy.supervisor import Supervisor
+
     stop = threading.Event()
+    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    node = EnvoyNode(edge.id, edge.region, edge.host, edge.port, 0)
-    Supervisor(node, placement_addresses(cfg), cfg.path(cfg.run_dir) / "envoy").run(stop)
+        loop.add_signal_handler(sig, stop.set)
+    slow = await start_slow_path(cfg, edge)
+    try:
+        node = EnvoyNode(edge.id, edge.region, edge.host, edge.port, 0, slow.port)
+        supervisor = Supervisor(node, placement_addresses(cfg), cfg.path(cfg.run_dir) / "envoy")
+        await asyncio.to_thread(supervisor.run, stop)
+    finally:
+        await slow.stop(1.0)

@@ -20,6 +20,7 @@ from envoy.config.bootstrap.v3 import bootstrap_pb2
 from google.protobuf import json_format
 
 import services.xds.resources  # noqa: F401 (registers every "@type" the dump holds)
+from services.xds.resources import SLOW_PATH_CLUSTER
 
 
 def _untyped(message: dict[str, Any]) -> dict[str, Any]:
@@ -59,6 +60,16 @@ def static_bootstrap(dump: dict[str, Any], bootstrap: dict[str, Any]) -> dict[st
         "clusters": [*bootstrap["static_resources"]["clusters"], *clusters]}
     json_format.ParseDict(static, bootstrap_pb2.Bootstrap())  # what Envoy will be asked to load
     return static
+
+
+def repoint_slow_path(config: dict[str, Any], port: int) -> None:
+    """Point a snapshot's ``slow-path`` cluster at this process's slow path (a restarted edge
+    listens on a new private port); a snapshot without one is left as it is."""
+    for cluster in config.get("static_resources", {}).get("clusters", []):
+        if cluster.get("name") == SLOW_PATH_CLUSTER and port:
+            for group in cluster["load_assignment"]["endpoints"]:
+                for lb in group["lb_endpoints"]:
+                    lb["endpoint"]["address"]["socket_address"]["port_value"] = port
 
 
 def write_atomically(path: pathlib.Path, config: dict[str, Any]) -> None:

@@ -23,7 +23,7 @@ import structlog
 
 from services.edge.envoy.bootstrap import EnvoyNode, bootstrap
 from services.edge.envoy.launcher import EnvoyEdge, listening
-from services.edge.envoy.snapshot import static_bootstrap, write_atomically
+from services.edge.envoy.snapshot import repoint_slow_path, static_bootstrap, write_atomically
 from services.ports import free_port
 
 log = structlog.get_logger("switchyard.edge.envoy")
@@ -53,6 +53,7 @@ class Supervisor:
         if mode == "snapshot":
             saved = json.loads(self.snapshot_path.read_text())
             config = {**saved, "admin": config["admin"]}
+            repoint_slow_path(config, node.slow_path_port)
         path = self.directory / f"{node.edge_id}.{mode}.json"
         write_atomically(path, config)
         envoy = EnvoyEdge(node, path, self.concurrency)

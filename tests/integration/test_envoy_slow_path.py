@@ -1,0 +1,250 @@
+"""The Envoy edge's named slow path: streams, the hints compiled config cannot express and the
+RPCs that answer for the whole mesh go to the co-located Python edge; the fast path carries
+the Python edge's cost and SLO trailers; each answer names its path.
+
+One mesh for the module: real Triton backends, placement serving ADS, a node agent, the
+slow-path Python edge and a real Envoy whose node metadata names it; unmodified tritonclient
+and raw gRPC callers."""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+import grpc
+import pytest
+import pytest_asyncio
+import tritonclient.grpc as tc
+from tritonclient.utils import InferenceServerException
+
+from services.agent.agent import NodeAgent
+from services.backends.triton import TritonProcess
+from services.config import MeshConfig
+from services.demo import infer_with_trailers
+from services.edge.envoy.launcher import EnvoyEdge, prepare
+from services.edge.envoy.slowpath import SUFFIX, start_slow_path
+from services.edge.main import RunningEdge
+from services.placement.main import RunningPlacement, start_placement
+from services.ports import free_port
+from tests.llm_harness import PROMPT, direct, run_stream
+from tests.mesh_harness import eventually, eventually_sync, mesh_config, summarize_input
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
+
+# The trailers a served unary call carries on either path (README, "Trailers").
+SERVED_TRAILERS = {"x-served-by", "x-served-region", "x-cost-usd", "x-slo-met", "x-attempts",
+                   "x-request-id", "x-switchyard-path"}
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory: pytest.TempPathFactory) -> MeshConfig:
+    return mesh_config(tmp_path_factory.mktemp("envoy-slow"))
+
+
+@dataclass
+class SlowPathMesh:
+    placement: RunningPlacement
+    slow: RunningEdge
+    envoy: EnvoyEdge
+
+    def call(self, metadata: Sequence[tuple[str, str]] = (), model: str = "summarize",
+             address: str | None = None) -> dict[str, str]:
+        client = tc.InferenceServerClient(address or self.envoy.address)
+        try:
+            return infer_with_trailers(client, model, [summarize_input()], metadata, 5.0)[1]
+        finally:
+            client.close()
+
+    def status(self, metadata: Sequence[tuple[str, str]], address: str | None = None) -> str:
+        """The status of a call expected to fail (a served call fails the test)."""
+        with pytest.raises(InferenceServerException) as err:
+            self.call(metadata, address=address)
+        return str(err.value.status())
+
+    def envoy_stat(self, name: str) -> int:
+        for line in self.envoy.admin("/stats?filter=" + name).splitlines():
+            key, _, value = line.partition(": ")
+            if key == name:
+                return int(value)
+        return 0
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def mesh(cfg: MeshConfig, tritons: dict[str, TritonProcess],
+               tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[SlowPathMesh]:
+    placement = await start_placement(cfg, port=0, metrics_port=0)
+    address = f"127.0.0.1:{placement.port}"
+    agent = NodeAgent(cfg, [b.id for b in cfg.backends], placement=[address], interval_s=0.3)
+    await agent.start()
+    slow = await start_slow_path(cfg, cfg.edges[0], placement=[address], metrics_port=0)
+    node, bootstrap = prepare(cfg, cfg.edges[0], placement=[address], port=free_port(),
+                              run_dir=tmp_path_factory.mktemp("envoy"), slow_path_port=slow.port)
+    envoy = EnvoyEdge(node, bootstrap, concurrency=1)
+    envoy.start()
+    try:
+        await eventually(envoy.ready, 20, "Envoy listens with the config placement pushed")
+        await eventually(lambda: {"summarize", "generate"} <= set(slow.router.store.candidates),
+                         20, "the slow path has its route tables")
+        yield SlowPathMesh(placement, slow, envoy)
+    finally:
+        envoy.stop()
+        await slow.stop(0.5)
+        await agent.stop()
+        await placement.stop(0.5)
+
+
+async def test_a_stream_through_envoy_takes_the_slow_path_and_every_token_arrives(
+        mesh: SlowPathMesh, tritons: dict[str, TritonProcess]) -> None:
+    before = await asyncio.to_thread(mesh.envoy_stat, "cluster.slow-path.upstream_rq_total")
+    stream = await asyncio.to_thread(run_stream, mesh.envoy.address, PROMPT, 12, [])
+    assert stream.code is grpc.StatusCode.OK, stream.details
+    assert stream.trailers["x-switchyard-path"] == "slow"
+    backend, variant = stream.trailers["x-served-by"].split("/", 1)
+    # Exactly the tokens the serving backend generates for this prompt, none lost or repeated.
+    expected = await asyncio.to_thread(direct, tritons[backend].endpoint, variant, PROMPT, 12)
+    assert stream.tokens == expected and len(expected) == 12
+    assert stream.trailers["x-tokens-out"] == "12"
+    after = await asyncio.to_thread(mesh.envoy_stat, "cluster.slow-path.upstream_rq_total")
+    assert after == before + 1  # Envoy's own counter of slow-path calls
+
+
+async def test_each_hint_envoy_cannot_compile_is_honoured_exactly_on_the_slow_path(
+        mesh: SlowPathMesh) -> None:
+    plain = await asyncio.to_thread(mesh.call)
+    assert plain["x-switchyard-path"] == "envoy"
+    assert plain["x-served-by"].endswith("/summarize-small"), plain  # the cheapest quality
+
+    async def served(md: list[tuple[str, str]], n: int = 4) -> list[dict[str, str]]:
+        answers = [await asyncio.to_thread(mesh.call, md) for _ in range(n)]
+        assert {a["x-switchyard-path"] for a in answers} == {"slow"}, answers
+        return answers
+
+    # A quality floor is never served below it: only summarize-large has quality 0.9.
+    for a in await served([("x-min-quality", "0.8")]):
+        assert a["x-served-by"].endswith("/summarize-large"), a
+    # A region set is never left, even where the cheaper deployments are elsewhere.
+    for a in await served([("x-allowed-regions", "r-west")]):
+        assert a["x-served-region"] == "r-west", a
+    # A routing profile is the Python edge's own (its choice is tested with the Python edge;
+    # here: it is served there, not compiled away).
+    await served([("x-routing-profile", "fastest")], n=1)
+    # A cost cap holds: under a generous one the answer costs no more than it.
+    for a in await served([("x-max-cost-usd", "0.001")], n=2):
+        assert float(a["x-cost-usd"]) <= 0.001
+    refused = {  # hints whose exact answer is a refusal
+        "x-max-cost-usd=0 (no deployment is free)": (
+            [("x-max-cost-usd", "0")], "StatusCode.FAILED_PRECONDITION"),
+        "quality 0.8 only in r-west (which has only the 0.7 variant)": (
+            [("x-min-quality", "0.8"), ("x-allowed-regions", "r-west")],
+            "StatusCode.FAILED_PRECONDITION"),
+        "fail fast when nothing meets 1 ms": (
+            [("x-fail-fast", "true"), ("x-slo-ms", "1")], "StatusCode.RESOURCE_EXHAUSTED"),
+        "a malformed hint": ([("x-min-quality", "high")], "StatusCode.INVALID_ARGUMENT"),
+    }
+    for name, (md, status) in refused.items():
+        assert await asyncio.to_thread(mesh.status, md) == status, name
+
+
+async def test_a_fast_path_call_carries_the_python_edges_cost_and_slo_trailers(
+        mesh: SlowPathMesh) -> None:
+    assert mesh.placement.ads is not None
+    ads, region = mesh.placement.ads, mesh.envoy.node.region
+
+    def costs() -> dict[str, str]:
+        m = ads.region_config(region).models["summarize"]
+        return {d: f"{c:.10f}" for d, c in m.cost_usd.items()}
+
+    before = costs()
+    loose = await asyncio.to_thread(mesh.call, [("x-slo-ms", "5000")])
+    after = costs()
+    assert set(loose) >= SERVED_TRAILERS and loose["x-switchyard-path"] == "envoy"
+    served = loose["x-served-by"]
+    assert loose["x-cost-usd"] in {before.get(served), after.get(served)}  # the table's price
+    assert float(loose["x-cost-usd"]) > 0
+    assert loose["x-slo-met"] == "true"  # a deployment that fits, well within 5 s
+    # 1 ms: nothing fits (the margin alone is 2 ms), the fastest serves as a best effort:
+    # not met, however fast it was.
+    tight = await asyncio.to_thread(mesh.call, [("x-slo-ms", "1")])
+    assert tight["x-switchyard-path"] == "envoy" and tight["x-slo-met"] == "false"
+    # No hint but the deadline (5 s): met too, and the slow path's answer has the same keys.
+    assert (await asyncio.to_thread(mesh.call))["x-slo-met"] == "true"
+    slow = await asyncio.to_thread(mesh.call, [("x-allowed-regions", "r-east,r-central")])
+    assert set(slow) >= SERVED_TRAILERS and slow["x-switchyard-path"] == "slow"
+
+
+async def test_repository_index_statistics_and_server_metadata_answer_for_the_mesh(
+        mesh: SlowPathMesh) -> None:
+    def ask() -> tuple[set[str], str, int, str]:
+        client = tc.InferenceServerClient(mesh.envoy.address)
+        try:
+            index = client.get_model_repository_index()
+            stats = client.get_inference_statistics("summarize")
+            return ({m.name for m in index.models}, stats.model_stats[0].name,
+                    stats.model_stats[0].inference_stats.success.count,
+                    client.get_server_metadata().name)
+        finally:
+            client.close()
+
+    await asyncio.to_thread(mesh.call)
+    models, name, successes, server = await asyncio.to_thread(ask)
+    assert models == {"summarize", "generate"}  # logical models, not variants
+    assert name == "summarize" and successes > 0  # summed over its deployments
+    assert server == "switchyard-edge"
+
+
+async def test_slow_path_calls_are_reported_once_by_the_python_edge_not_by_envoys_log(
+        mesh: SlowPathMesh) -> None:
+    feedback = mesh.placement.ads.feedback if mesh.placement.ads is not None else None
+    assert feedback is not None
+    for _ in range(3):
+        await asyncio.to_thread(mesh.call)
+    for _ in range(2):
+        await asyncio.to_thread(mesh.call, [("x-min-quality", "0.8")])
+
+    def envoy_counts() -> tuple[int, int]:
+        """(requests Envoy sent to deployments, requests it sent to its slow path)."""
+        lines = mesh.envoy.admin("/stats?filter=upstream_rq_total$").splitlines()
+        counts = {k: int(v) for k, _, v in (ln.partition(": ") for ln in lines)}
+        return (sum(v for k, v in counts.items() if k.startswith("cluster.dep")),
+                counts.get("cluster.slow-path.upstream_rq_total", 0))
+
+    def logged_as_envoy_sent_them() -> bool:  # every call logged, each on its own side
+        fast, slow = envoy_counts()
+        return slow >= 2 and (feedback.calls, feedback.slow_calls) == (fast, slow)
+
+    await eventually(logged_as_envoy_sent_them, 10,
+                     "Envoy's log matches its own counters: slow-path calls apart")
+    fleet, edge = mesh.placement.service.fleet, mesh.envoy.node
+    slow_edge = (edge.region, edge.edge_id + SUFFIX)
+
+    def reported() -> bool:  # the slow path reports its own calls, under its own id
+        return any(slow_edge in users and users[slow_edge][0] > 0
+                   for dep, users in fleet.use.items() if dep.endswith("/summarize-large"))
+
+    await eventually(reported, 10, "placement saw the slow path's own report")
+
+
+async def test_envoys_own_replies_are_documented_statuses_when_the_slow_path_is_down(
+        cfg: MeshConfig, mesh: SlowPathMesh, tmp_path: pathlib.Path) -> None:
+    # An Envoy whose slow path is not listening: its slow calls are UNAVAILABLE (Envoy's
+    # local 503, mapped), never UNKNOWN, never served on the fast path instead.
+    node, bootstrap = prepare(cfg, cfg.edges[0], placement=[f"127.0.0.1:{mesh.placement.port}"],
+                              port=free_port(), run_dir=tmp_path, name="dead-slow",
+                              slow_path_port=free_port())
+    dead = EnvoyEdge(node, bootstrap, concurrency=1)
+    dead.start()
+    try:
+        await eventually(dead.ready, 20, "the second Envoy listens")
+        assert (await asyncio.to_thread(mesh.call, (), "summarize", dead.address)
+                )["x-switchyard-path"] == "envoy"
+        status = await asyncio.to_thread(mesh.status, [("x-min-quality", "0.8")], dead.address)
+        assert status == "StatusCode.UNAVAILABLE"
+        stream = await asyncio.to_thread(run_stream, dead.address, PROMPT, 4, [])
+        assert stream.code is grpc.StatusCode.UNAVAILABLE and not stream.tokens
+        eventually_sync(lambda: "upstream_cx_connect_fail: 0" not in dead.admin(
+            "/stats?filter=cluster.slow-path.upstream_cx_connect_fail"), 5,
+            "Envoy counted the refused connections to its slow path")
+    finally:
+        dead.stop()
