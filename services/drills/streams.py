@@ -2,9 +2,10 @@
 SIGKILL of the backend serving most of them mid-generation, and a count of what callers lost.
 
 ``run_stream_drill`` starts ``streams`` LLM streams at once (the demo LLM's contract:
-``services.edge.tokens.llm_request``, a distinct prompt and ``x-session-id`` each), waits
-until every one has delivered ``kill_after`` tokens, kills (``kill``) the backend that
-the most of them are on (their ``x-served-by`` initial metadata), and waits for all to end.
+``services.edge.tokens.llm_request``, a distinct prompt and ``x-session-id`` each), finds the
+backend that the most of them are on (their ``x-served-by`` initial metadata), waits until
+each of its streams has delivered ``kill_after`` tokens, kills it (``kill``) and waits for
+all to end.
 Each stream is then compared with the generation its variant produces without a fault
 (``reference``: the demo LLM is deterministic per variant, so any surviving backend serving
 it gives the same tokens):
@@ -120,7 +121,7 @@ class StreamDrillReport:
     def table(self) -> str:
         rows = [["streams", str(self.streams)],
                 ["tokens asked per stream", str(self.max_tokens)],
-                ["killed (SIGKILL)", f"{self.killed} after every stream had "
+                ["killed (SIGKILL)", f"{self.killed} after each of its streams had "
                                      f"≥{self.kill_after_tokens} tokens"],
                 ["streams on the killed backend", str(self.on_killed)],
                 ["streams resumed (x-resumed)", str(self.resumed)],
@@ -157,16 +158,21 @@ def run_stream_drill(edge_address: str, model: str, kill: Callable[[str], None],
     for t in threads:
         t.start()
     deadline = t0 + timeout_s / 2
-    while (time.monotonic() < deadline and not any(s.done for s in runs)
-           and min(len(s.tokens) for s in runs) < kill_after):
-        time.sleep(0.005)
+
+    def wait(ready: Callable[[], bool]) -> None:
+        while time.monotonic() < deadline and not ready():
+            time.sleep(0.005)
+
+    wait(lambda: all(s.first_served_by or s.done for s in runs))  # where each one is
     counts = Counter(s.first_served_by.split("/", 1)[0] for s in runs if s.first_served_by)
     killed = counts.most_common(1)[0][0] if counts else ""
     on_killed = counts.get(killed, 0)
+    target = [s for s in runs if killed and s.first_served_by.startswith(killed + "/")]
+    wait(lambda: all(len(s.tokens) >= kill_after or s.done for s in target))
     killed_at = math.inf
     if killed:
         progress(f"SIGKILL {killed}: serving {on_killed} of {streams} streams, "
-                 f"{min(len(s.tokens) for s in runs)}+ tokens delivered each")
+                 f"{min(len(s.tokens) for s in target)}+ tokens delivered each")
         kill(killed)
         killed_at = time.monotonic()
     for t in threads:
