@@ -117,6 +117,10 @@ HEADERS = ["SLO", "deployment", "calls", "failed", "p50 ms", "p95 ms", "SLO met"
 
 
 def run_demo(cfg: MeshConfig, calls: int = 400) -> dict[str, list[Outcome]]:
+    if cfg.capacity.enabled:  # a live re-placement first, on demand it alone sets up
+        from services.demo_plan import run_plan_demo
+
+        run_plan_demo(cfg)
     print(f"\ndemo: {calls} calls per run, half with a {TIGHT_SLO_MS:.0f} ms SLO and half "
           f"with {LOOSE_SLO_MS:.0f} ms, spread over edges {[e.id for e in cfg.edges]}")
     print("warming up (lets agents report real Triton statistics)…", flush=True)

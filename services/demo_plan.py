@@ -85,6 +85,25 @@ class SteadyLoad:
             client.close()
 
 
+def warm_static(cfg: MeshConfig, calls: int = 10, report_wait_s: float = 3.0) -> None:
+    """Direct calls to each static backend's summarize variants (not through an edge, so
+    they are no demand): agents report measured compute before the demo's calls start,
+    and edges price the variants by what they cost rather than by a prior."""
+    names = {v.name for m in cfg.models if m.name == "summarize" for v in m.variants}
+    dim = next(m.input_dim for m in cfg.models if m.name == "summarize")
+    for b in cfg.backends:
+        client = tc.InferenceServerClient(b.endpoint)
+        try:
+            for v in sorted(names & set(b.variants)):
+                x = tc.InferInput("INPUT0", [1, dim], "FP32")
+                x.set_data_from_numpy(np.zeros((1, dim), np.float32))
+                for _ in range(calls):
+                    client.infer(v, [x], client_timeout=30)
+        finally:
+            client.close()
+    time.sleep(report_wait_s)  # one agent report (its interval) carries the statistics
+
+
 def _stub(cfg: MeshConfig, address: str = "") -> capacity_pb2_grpc.CapacityStub:
     p = cfg.placement
     return capacity_pb2_grpc.CapacityStub(grpc.insecure_channel(address or
@@ -112,15 +131,20 @@ def _quiet(resp: capacity_pb2.GetPlanResponse, floor: float) -> bool:
                                     >= floor for n in resp.needs)
 
 
-def wait_served(load: SteadyLoad, resp: capacity_pb2.GetPlanResponse, timeout_s: float) -> None:
-    """Until the load has calls served by a variant the plan just placed: edges move over as
-    the new deployment's estimates settle (its first, cold calls are measured slow)."""
+def wait_served(load: SteadyLoad, resp: capacity_pb2.GetPlanResponse, timeout_s: float
+                ) -> bool:
+    """Until the load has calls served by a variant the plan just placed (edges move over
+    as the new deployment's estimates settle); False, said, if none did in ``timeout_s``."""
     placed = {f"{i}/{v}" for p in resp.current.pools for i in p.instances for v in p.variants}
     t0 = time.monotonic()
     while not placed & {d for d, n in load.served.items() if n}:
         if time.monotonic() - t0 > timeout_s:
-            raise TimeoutError(f"no call reached {sorted(placed)} within {timeout_s:g} s")
+            print(f"  note: no call reached {sorted(placed) or 'the pools'} within "
+                  f"{timeout_s:g} s (edges found something cheaper for these calls)",
+                  flush=True)
+            return False
         time.sleep(0.2)
+    return True
 
 
 def placement_rows(resp: capacity_pb2.GetPlanResponse) -> list[list[str]]:
@@ -130,14 +154,16 @@ def placement_rows(resp: capacity_pb2.GetPlanResponse) -> list[list[str]]:
 
 def run_plan_demo(cfg: MeshConfig, placement: str = "", edge: str = "",
                   phase_s: float = 6.0, shift_timeout_s: float = 90.0,
-                  settle_timeout_s: float = 60.0) -> dict[str, object]:
+                  settle_timeout_s: float = 30.0) -> dict[str, object]:
     """The capacity demo against a running mesh; returns what it printed, as data."""
     stub = _stub(cfg, placement)
     address = edge or f"{cfg.edges[0].host}:{cfg.edges[0].port}"
     print(f"\ncapacity demo: managed pools {[p.id for p in cfg.capacity.pools]} "
           f"(local provider: real tritonserver per GPU, explicit model control), "
           f"apply = {cfg.capacity.apply}", flush=True)
-    load = SteadyLoad(address).start()
+    warm_static(cfg)
+    dim = next(m.input_dim for m in cfg.models if m.name == "summarize")
+    load = SteadyLoad(address, dim=dim).start()
     try:
         print("phase 1: calls with no quality floor", flush=True)
         time.sleep(phase_s)  # the edges report the call rates this phase sets up
@@ -152,8 +178,9 @@ def run_plan_demo(cfg: MeshConfig, placement: str = "", edge: str = "",
         resp = stub.GetPlan(capacity_pb2.GetPlanRequest(replan=True), timeout=120)
         while not _quiet(resp, float(QUALITY_FLOOR)):
             if time.monotonic() - t0 > shift_timeout_s:
-                raise TimeoutError(f"the planner's forecast still has the quiet class after "
-                                   f"{shift_timeout_s:g} s: {resp.reason}")
+                print(f"  note: after {shift_timeout_s:g} s the planner still sees demand "
+                      f"below quality {QUALITY_FLOOR}: {resp.reason}", flush=True)
+                break
             time.sleep(1.0)  # the forecast learns from reports every observe_s
             resp = stub.GetPlan(capacity_pb2.GetPlanRequest(), timeout=30)
         after = settle_plan(stub)

@@ -1,8 +1,9 @@
 """Load, drain and unload variants on one Triton server through its repository API.
 
 Triton must run in explicit model-control mode (``TritonProcess(..., model_control=
-"explicit")``). Loading is ``RepositoryModelLoad`` (tritonclient's ``load_model``); unloading
-is ``RepositoryModelUnload`` after a drain:
+"explicit")``). Loading is ``RepositoryModelLoad`` (tritonclient's ``load_model``), then a
+warm-up of a few real inferences before the variant may be routed; unloading is
+``RepositoryModelUnload`` after a drain:
 
 1. the ``RoutingGate`` stops new calls reaching the deployment (placement's side);
 2. wait until Triton's queue for the variant is empty (``nv_inference_pending_request_count``
@@ -22,9 +23,10 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
 import structlog
 from tritonclient.grpc import aio as triton_aio
-from tritonclient.utils import InferenceServerException
+from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 
 from placement.errors import SwitchyardError
 from services.agent.triton_stats import pending_requests
@@ -68,10 +70,11 @@ class ModelControl:
     """Repository operations on one instance."""
 
     def __init__(self, instance: Instance, *, timeout_s: float = 30.0,
-                 poll_s: float = 0.05) -> None:
+                 poll_s: float = 0.05, warm_calls: int = 8) -> None:
         self.instance = instance
         self.timeout_s = timeout_s
         self.poll_s = poll_s
+        self.warm_calls = warm_calls
         self._client: Any = triton_aio.InferenceServerClient(instance.endpoint)
 
     async def close(self) -> None:
@@ -95,7 +98,32 @@ class ModelControl:
             raise ModelControlError(f"{self.instance.id}: load {variant}: {exc}") from exc
         if not ready:
             raise ModelControlError(f"{self.instance.id}: {variant} loaded but not ready")
-        log.info("capacity.loaded", instance=self.instance.id, variant=variant)
+        warmed = await self.warm(variant)
+        log.info("capacity.loaded", instance=self.instance.id, variant=variant,
+                 warm_calls=warmed)
+
+    async def warm(self, variant: str) -> int:
+        """``warm_calls`` real inferences (zeros, batch 1) before anything routes to the
+        variant: its cold first calls are not a caller's, and Triton's statistics hold a
+        measured compute time when placement first prices it. A decoupled (streaming)
+        variant is not warmed (0). A failed warm-up call fails the load."""
+        try:
+            config = await self._client.get_model_config(variant, as_json=True)
+            if config.get("config", {}).get("model_transaction_policy", {}).get("decoupled"):
+                return 0
+            meta = await self._client.get_model_metadata(variant, as_json=True)
+            inputs = []
+            for spec in meta.get("inputs", []):
+                shape = [1 if int(d) < 0 else int(d) for d in spec["shape"]]
+                x = triton_aio.InferInput(spec["name"], shape, spec["datatype"])
+                x.set_data_from_numpy(np.zeros(shape, dtype=triton_to_np_dtype(
+                    spec["datatype"])))
+                inputs.append(x)
+            for _ in range(self.warm_calls):
+                await self._client.infer(variant, inputs, client_timeout=self.timeout_s)
+        except (InferenceServerException, KeyError, ValueError, TypeError) as exc:
+            raise ModelControlError(f"{self.instance.id}: warm-up of {variant}: {exc}") from exc
+        return self.warm_calls
 
     async def pending(self, variant: str) -> int:
         """Calls queued for ``variant`` in Triton right now."""

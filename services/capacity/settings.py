@@ -70,6 +70,9 @@ class CapacityConfig(_Strict):
     min_replan_s: float = Field(default=30.0, ge=0)
     observe_s: float = Field(default=5.0, gt=0)
     horizon_s: float = Field(default=3600.0, gt=0)
+    # Classes forecast below this many calls/s are not planned for (a stray call, e.g. one
+    # spread onto another variant, is not demand); they ride on what is loaded.
+    min_class_rps: float = Field(default=0.2, ge=0)
     survive_region_loss: bool = True
     memory_headroom: float = Field(default=0.1, ge=0, lt=1)
     usd_per_gpu_change: float = Field(default=0.5, ge=0)

@@ -178,7 +178,7 @@ class CapacityLoop:
         for d in self.forecaster.forecast(self.wall(), self.settings.horizon_s):
             key = ClassKey(d.model, d.min_quality, d.slo_ms, d.edge_region)
             rate = observed.get(key, d.rate_rps)
-            if rate > 1e-6:
+            if rate > max(self.settings.min_class_rps, 1e-6):
                 out.append(DemandClass(d.model, d.min_quality, d.slo_ms, d.edge_region, rate))
         return tuple(out)
 

@@ -35,7 +35,8 @@ from services.security.settings import SecuritySettings
 audit = structlog.get_logger("switchyard.audit")
 
 PLACEMENT = "/" + placement_pb2.DESCRIPTOR.services_by_name["Placement"].full_name + "/"
-ADMIN_METHODS = frozenset({PLACEMENT + "SetAvailability", PLACEMENT + "UpdatePrices"})
+ADMIN_METHODS = frozenset({PLACEMENT + "SetAvailability", PLACEMENT + "UpdatePrices",
+                           "/switchyard.v1.Capacity/ApprovePlan"})
 OWNED_METHODS: dict[str, Callable[[Any], str]] = {
     PLACEMENT + "RegisterBackend": lambda req: req.backend.id,
     PLACEMENT + "DeregisterBackend": lambda req: req.backend_id,

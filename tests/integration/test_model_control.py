@@ -1,8 +1,9 @@
 """Explicit model control on a real Triton: the local provider, load, drain, unload, remove.
 
 One pool whose repository holds two variants; the provider starts one real tritonserver in
-explicit mode with nothing loaded; the actor loads a variant, tritonclient calls it, then a
-plan without it drains (calls queued in Triton finish) and unloads it.
+explicit mode with nothing loaded; the actor loads a variant (and warms it: eight real calls
+before it is handed to routing), tritonclient calls it, then a plan without it drains (calls
+queued in Triton finish) and unloads it.
 """
 
 from __future__ import annotations
@@ -49,6 +50,15 @@ def infer(endpoint: str, variant: str) -> np.ndarray:
         client.close()
 
 
+async def inference_count(endpoint: str, variant: str) -> int:
+    client = grpcclient.InferenceServerClient(endpoint)
+    try:
+        stats = await asyncio.to_thread(client.get_inference_statistics, variant, as_json=True)
+        return int(stats["model_stats"][0].get("inference_count", 0))
+    finally:
+        client.close()
+
+
 class RecordingGate(NoRouting):
     def __init__(self) -> None:
         self.events: list[tuple[str, str]] = []
@@ -81,11 +91,16 @@ async def test_load_serve_drain_unload_remove(tmp_path: pathlib.Path) -> None:
         assert gate.events == [("start", "mid")]
         control = ModelControl(inst)
         assert await control.loaded() == frozenset({"mid"})  # explicit mode: tiny is not
+        assert await inference_count(inst.endpoint, "mid") == 8  # warmed before routing
         assert infer(inst.endpoint, "mid").shape == (1, INPUT_DIM)
         with pytest.raises(InferenceServerException):
             infer(inst.endpoint, "tiny")
 
         # Park mid's calls (one executing, the rest queued in Triton), then swap it for tiny.
+        # The knob parks every model of the repository, warm-up calls too: tiny goes unwarmed.
+        actor_control = actor._control(inst)
+        assert isinstance(actor_control, ModelControl)
+        actor_control.warm_calls = 0
         repo = tmp_path / inst.id / "repo"
         set_control(repo, hang=True)
         with ThreadPoolExecutor(16) as pool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pathlib
 from typing import Any
 
+import grpc
 import pytest
 from structlog.testing import capture_logs
 
@@ -23,6 +24,7 @@ from services.placement.capacity_gate import PlacementGate, PoolSite
 from services.placement.capacity_service import plan_pools, plan_response
 from services.placement.main import build_service
 from services.placement.server import PlacementService
+from services.security.authz import AuthzPolicy
 from tests.unit.test_capacity_actor import FakeProvider
 
 PRICES = """
@@ -318,3 +320,21 @@ def test_a_class_floor_is_inferred_from_the_route_table(
     rig.calls("a/large", 4.0)
     assert rig.loop.observed_rates() == {
         ClassKey("summarize", floor, 300.0, "r-east"): 4.0}
+
+
+def test_approving_a_plan_needs_the_admin_role() -> None:
+    policy = AuthzPolicy(frozenset({"admin.local"}), {}, frozenset({"edge.local"}))
+    method = "/switchyard.v1.Capacity/ApprovePlan"
+    denied = policy.check(method, ("edge.local",))
+    assert denied is not None and denied.code is grpc.StatusCode.PERMISSION_DENIED
+    assert policy.check(method, ("admin.local",)) is None
+
+
+def test_a_class_below_min_class_rps_is_not_planned(tmp_path: pathlib.Path) -> None:
+    rig = Rig(tmp_path)
+    rig.calls("static-1/large", 0.1)  # a stray call every 10 s
+    rig.loop.observe()
+    assert rig.loop.demand() == ()
+    rig.calls("static-1/small", 2.0)
+    rig.loop.observe()
+    assert [(d.min_quality, d.rate_rps) for d in rig.loop.demand()] == [(0.7, pytest.approx(2.2))]
