@@ -338,3 +338,12 @@ def test_a_class_below_min_class_rps_is_not_planned(tmp_path: pathlib.Path) -> N
     rig.calls("static-1/small", 2.0)
     rig.loop.observe()
     assert [(d.min_quality, d.rate_rps) for d in rig.loop.demand()] == [(0.7, pytest.approx(2.2))]
+
+
+def test_plan_command_flags() -> None:
+    from services.cli import parser
+
+    assert parser().parse_args(["plan"]).approve is None  # show only
+    assert parser().parse_args(["plan", "--approve"]).approve == ""  # the pending plan
+    args = parser().parse_args(["plan", "--replan", "--approve", "abc123"])
+    assert (args.replan, args.approve) == (True, "abc123")
