@@ -190,9 +190,10 @@ class CapacityLoop:
             v = self.catalog.variant(name)
             assert v is not None  # checked against the models by the config validator
             spec = declared.get(name)
-            compute = (spec.compute_ms if spec is not None and spec.compute_ms else
-                       self.catalog.model(v.logical).default_slo_ms
-                       * PRIOR_COMPUTE_FRACTION_OF_SLO)
+            compute = (self.measured_compute_ms(name)
+                       or (spec.compute_ms if spec is not None and spec.compute_ms else None)
+                       or (self.catalog.model(v.logical).default_slo_ms
+                           * PRIOR_COMPUTE_FRACTION_OF_SLO))
             variants.append(PlanVariant(name, v.logical, v.quality,
                                         self.book.footprint_gb(name), compute))
         return Problem(tuple(self.pools.values()), tuple(variants), self.demand(),
@@ -200,6 +201,18 @@ class CapacityLoop:
                            memory_headroom=self.settings.memory_headroom,
                            survive_region_loss=self.settings.survive_region_loss,
                            time_limit_s=self.settings.solve_time_limit_s))
+
+    def measured_compute_ms(self, variant: str) -> float | None:
+        """``variant``'s compute on a speed-1 GPU as the loop's own instances measured it
+        (Triton's statistics × the pool's speed, mean over instances); None before any."""
+        samples = []
+        for pid, iids in self.state.instances.items():
+            for iid in iids:
+                st = self.fleet.backends.get(iid)
+                load = st.loads.get(variant) if st is not None else None
+                if load is not None and load.compute_ms is not None:
+                    samples.append(load.compute_ms * self.pools[pid].speed)
+        return sum(samples) / len(samples) if samples else None
 
     # -- the placement as it is ------------------------------------------------------------
     async def refresh(self) -> Plan:

@@ -12,6 +12,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from placement.errors import ConfigError
+from placement.fleet import VariantLoad
 from placement.forecast import ClassKey
 from placement.model import Candidate
 from services.capacity.actor import ApplyFailed, CapacityActor
@@ -347,3 +348,18 @@ def test_plan_command_flags() -> None:
     assert parser().parse_args(["plan", "--approve"]).approve == ""  # the pending plan
     args = parser().parse_args(["plan", "--replan", "--approve", "abc123"])
     assert (args.replan, args.approve) == (True, "abc123")
+
+
+async def test_the_plan_uses_the_compute_its_instances_measured(tmp_path: pathlib.Path
+                                                                 ) -> None:
+    rig = Rig(tmp_path)
+    rig.calls("static-1/small", 3.0)
+    rig.loop.observe()
+    compute = {v.name: v.compute_ms for v in rig.loop.problem().variants}
+    assert compute == {"small": 20.0, "large": 40.0}  # declared, nothing measured yet
+    first = await rig.loop.replan("test")
+    assert first is not None
+    await rig.loop.approve(first.id, "admin")
+    rig.service.fleet.backends["east-1"].loads["small"] = VariantLoad(compute_ms=31.0)
+    compute = {v.name: v.compute_ms for v in rig.loop.problem().variants}
+    assert compute == {"small": 31.0, "large": 40.0}  # the pool's speed is 1
