@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import pathlib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -19,7 +20,7 @@ from services.config import MeshConfig
 from services.convert import backend_from_pb, backends_from_config, catalog_from_config
 from services.discovery.base import Discovery
 from services.grpc_errors import AnyHandler, ErrorInterceptor
-from services.placement import persist
+from services.placement import peer, persist
 from services.placement.hub import RouteHub
 from services.placement.metrics import PlacementMetrics
 from services.placement.server import PlacementService
@@ -118,9 +119,12 @@ def build_service(cfg: MeshConfig, preregister: bool) -> PlacementService:
 async def start_placement(cfg: MeshConfig, host: str | None = None, port: int | None = None,
                           metrics_port: int | None = None,
                           preregister: bool = True,
-                          learned: pathlib.Path | None = None) -> RunningPlacement:
+                          learned: pathlib.Path | None = None,
+                          peers: Sequence[str] | None = None) -> RunningPlacement:
     """``learned``: where this replica keeps what it learned (default
-    ``<run_dir>/placement-<port>.learned.json``, see :mod:`services.placement.persist`)."""
+    ``<run_dir>/placement-<port>.learned.json``, see :mod:`services.placement.persist`).
+    ``peers``: replicas to fetch learned state from at start (:mod:`services.placement.peer`;
+    default: the other configured replicas, when this one is configured)."""
     service = build_service(cfg, preregister and cfg.discovery == "static")
     server = grpc.aio.server(interceptors=[*authz.interceptors(cfg.security), ErrorInterceptor()],
                              options=transport.server_options(cfg.security.limits))
@@ -136,7 +140,12 @@ async def start_placement(cfg: MeshConfig, host: str | None = None, port: int | 
     bound = transport.bind(server, host, cfg.placement.port if port is None else port,
                            cfg.security, "placement")
     learned = learned or persist.path_for(cfg.path(cfg.run_dir), bound)
-    persist.load(service.fleet, learned, service.clock())  # before the first build
+    if peers is None:
+        peers = peer.configured_peers(
+            [f"{cfg.placement.host}:{cfg.placement.port}", *cfg.placement.replicas], host, bound)
+    await peer.warm_start(service.fleet, learned, peers, service.clock(),  # before 1st build
+                          transport.channel_factory(cfg.security, "placement"),
+                          service.placement_id)
     await server.start()
     await mark_serving(health, [SERVICE_NAME])
     mport = start_metrics(cfg.placement.metrics_port if metrics_port is None else metrics_port,

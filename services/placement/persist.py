@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import math
 import os
 import pathlib
 import tempfile
@@ -163,14 +164,39 @@ def write(path: pathlib.Path, data: dict[str, Any]) -> None:
         raise
 
 
-def load(fleet: FleetState, path: pathlib.Path, now: float) -> int:
-    """Restore ``path`` into ``fleet`` if it holds a usable file; the backends restored."""
+def read(path: pathlib.Path) -> dict[str, Any] | None:
+    """The state in ``path`` if it holds one of this format (not restored yet), else None."""
     try:
         data = json.loads(path.read_text())
-        n = restore(fleet, data, now, time.time())
     except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning("learned_state_ignored", path=str(path), error=repr(exc))
+        return None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        log.warning("learned_state_ignored", path=str(path),
+                    error=f"format {data.get('format') if isinstance(data, dict) else None!r}, "
+                          f"this placement reads {FORMAT}")
+        return None
+    return data
+
+
+def learned_unix(data: dict[str, Any]) -> float:
+    """When the newest thing in ``data`` was learned (unix s; -inf if it holds no telemetry or
+    observation): of two states, the one learned last is the one to restart from."""
+    ages = [b["last_age_s"] for b in data["backends"].values() if b["last_age_s"] is not None]
+    ages += [o[4] for o in data["observed"] if o[4] is not None]
+    return float(data["written_unix"]) - min(ages) if ages else -math.inf
+
+
+def load(fleet: FleetState, path: pathlib.Path, now: float) -> int:
+    """Restore ``path`` into ``fleet`` if it holds a usable file; the backends restored."""
+    data = read(path)
+    if data is None:
         return 0
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    try:
+        n = restore(fleet, data, now, time.time())
+    except (ValueError, KeyError, TypeError) as exc:
         log.warning("learned_state_ignored", path=str(path), error=repr(exc),
                     action="starting cold: estimates come back with the next reports")
         return 0

@@ -31,6 +31,7 @@ from services.convert import (
     stream_seen_from_pb,
 )
 from services.grpc_errors import AnyContext
+from services.placement import peer as peer_state
 from services.placement.hub import RouteHub
 from services.placement.metrics import PlacementMetrics
 from services.placement.ownership import TelemetryOwners
@@ -272,6 +273,13 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
                  availability=Availability(request.availability).name, backends=ids)
         self.hub.publish()  # operators want a drain to take effect now, not coalesced
         return placement_pb2.SetAvailabilityResponse(backend_ids=ids, version=self.hub.version)
+
+    async def GetLearnedState(self, request: placement_pb2.LearnedStateRequest,
+                              context: AnyContext) -> placement_pb2.LearnedState:
+        """A starting peer's warm restart (:mod:`services.placement.peer`)."""
+        log.info("learned_state_sent", to=request.placement_id or "a peer",
+                 backends=len(self.fleet.backends))
+        return await peer_state.answer(self.fleet, self.clock(), self.placement_id)
 
     async def UpdatePrices(self, request: placement_pb2.UpdatePricesRequest,
                            context: AnyContext

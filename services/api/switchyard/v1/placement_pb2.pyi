@@ -349,3 +349,21 @@ class UpdatePricesResponse(_message.Message):
     prices: int
     version: int
     def __init__(self, prices: _Optional[int] = ..., version: _Optional[int] = ...) -> None: ...
+
+class LearnedStateRequest(_message.Message):
+    __slots__ = ("formats", "placement_id")
+    FORMATS_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    formats: _containers.RepeatedScalarFieldContainer[int]
+    placement_id: str
+    def __init__(self, formats: _Optional[_Iterable[int]] = ..., placement_id: _Optional[str] = ...) -> None: ...
+
+class LearnedState(_message.Message):
+    __slots__ = ("format", "state", "placement_id")
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    format: int
+    state: bytes
+    placement_id: str
+    def __init__(self, format: _Optional[int] = ..., state: _Optional[bytes] = ..., placement_id: _Optional[str] = ...) -> None: ...

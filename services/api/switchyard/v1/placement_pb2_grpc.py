@@ -85,6 +85,11 @@ class PlacementStub:
                 request_serializer=switchyard_dot_v1_dot_placement__pb2.UpdatePricesRequest.SerializeToString,
                 response_deserializer=switchyard_dot_v1_dot_placement__pb2.UpdatePricesResponse.FromString,
                 _registered_method=True)
+        self.GetLearnedState = channel.unary_unary(
+                '/switchyard.v1.Placement/GetLearnedState',
+                request_serializer=switchyard_dot_v1_dot_placement__pb2.LearnedStateRequest.SerializeToString,
+                response_deserializer=switchyard_dot_v1_dot_placement__pb2.LearnedState.FromString,
+                _registered_method=True)
 
 
 class PlacementServicer:
@@ -153,6 +158,13 @@ class PlacementServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetLearnedState(self, request, context):
+        """A starting replica fetches a peer's learned state (warm restart on another port/host).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PlacementServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -205,6 +217,11 @@ def add_PlacementServicer_to_server(servicer, server):
                     servicer.UpdatePrices,
                     request_deserializer=switchyard_dot_v1_dot_placement__pb2.UpdatePricesRequest.FromString,
                     response_serializer=switchyard_dot_v1_dot_placement__pb2.UpdatePricesResponse.SerializeToString,
+            ),
+            'GetLearnedState': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLearnedState,
+                    request_deserializer=switchyard_dot_v1_dot_placement__pb2.LearnedStateRequest.FromString,
+                    response_serializer=switchyard_dot_v1_dot_placement__pb2.LearnedState.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -477,6 +494,33 @@ class Placement:
             '/switchyard.v1.Placement/UpdatePrices',
             switchyard_dot_v1_dot_placement__pb2.UpdatePricesRequest.SerializeToString,
             switchyard_dot_v1_dot_placement__pb2.UpdatePricesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLearnedState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchyard.v1.Placement/GetLearnedState',
+            switchyard_dot_v1_dot_placement__pb2.LearnedStateRequest.SerializeToString,
+            switchyard_dot_v1_dot_placement__pb2.LearnedState.FromString,
             options,
             channel_credentials,
             insecure,
