@@ -22,7 +22,8 @@ import time
 
 from benchmarks.common import BENCH_DIR, ROOT, Section, machine_info, md_table
 
-ORDER = ("dataplane", "edgeprofile", "decisions", "controlplane", "cost", "tokens", "failover")
+ORDER = ("dataplane", "edgeprofile", "decisions", "controlplane", "cost", "provisioned", "tokens",
+         "failover")
 NOT_BENCHMARKS = {"__init__", "common", "run_all"}
 
 
