@@ -154,8 +154,8 @@ def run(quick: bool) -> Section:
         s = next(p for p in kept if p.concurrency == conc and p.path.startswith("slow"))
         notes.append(f"c={conc}: the slow path costs {s.envoy_us + s.python_us:.0f} µs of CPU "
                      f"per call against the fast path's {f.envoy_us + f.python_us:.0f} "
-                     f"({(s.envoy_us + s.python_us) / (f.envoy_us + f.python_us):.1f}×), and "
-                     f"adds {s.p50_ms - f.p50_ms:.2f} ms to p50")
+                     f"({(s.envoy_us + s.python_us) / (f.envoy_us + f.python_us):.1f}×); p50 "
+                     f"{s.p50_ms - f.p50_ms:+.2f} ms")
     return Section("Envoy edge: fast path vs slow path", command_for(__name__, quick), table,
                    notes)
 
