@@ -169,9 +169,10 @@ def run_plan_demo(cfg: MeshConfig, placement: str = "", edge: str = "",
         time.sleep(phase_s)  # the edges report the call rates this phase sets up
         before = settle_plan(stub)
         wait_served(load, before, settle_timeout_s)
-        load.take()
+        _, failed_start = load.take()  # the first placement, under load
         time.sleep(phase_s)
         served_before, failed_before = load.take()
+        failed_before = failed_start + failed_before
         print(f"phase 2: every call now asks x-min-quality {QUALITY_FLOOR}", flush=True)
         load.quality_share = 1.0
         t0 = time.monotonic()
@@ -200,7 +201,9 @@ def run_plan_demo(cfg: MeshConfig, placement: str = "", edge: str = "",
     print(table(["deployment", "before", "after"],
                 [[d, str(served_before[d]), str(served_after[d])] for d in deps]))
     failures = failed_before + failed_shift + failed_after
-    print(f"\nfailed calls: {len(failures)}" + (f" (first: {failures[0]})" if failures else ""))
+    print(f"\nfailed calls: {len(failures)} (phase 1: {len(failed_before)}, the shift and the "
+          f"re-placement: {len(failed_shift)}, after: {len(failed_after)})"
+          + (f"; first: {failures[0]}" if failures else ""))
     print(f"plan: {after.reason}")
     return {"before": before, "after": after, "served_before": served_before,
             "served_after": served_after, "failures": failures}
