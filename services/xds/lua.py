@@ -3,7 +3,8 @@
 ``model_name_script`` runs on the listener (downstream). It first sends to the *slow path*
 (the co-located Python edge, cluster ``slow-path``) what compiled config cannot express
 exactly: the RPCs in ``SLOW_RPCS`` (a ``ModelStreamInfer`` cannot be body-peeked without
-buffering the whole stream; the others answer for the mesh, not one deployment) and a
+buffering the whole stream; the others answer for the mesh, not one deployment), the control
+RPCs in ``CONTROL_RPCS`` (so they answer as a Python edge does), and a
 ``ModelInfer`` carrying one of ``SLOW_HINTS``; it does so by setting ``x-switchyard-path: slow``
 (the route configuration's first route matches it) and touches no body. An Envoy without a
 slow path refuses those calls (``UNIMPLEMENTED``, never served more loosely). Otherwise it turns
@@ -50,6 +51,10 @@ INFER_PATH = SERVICE_PATH + "ModelInfer"
 # RPCs always answered by the slow path: a stream (routed by its first message and pinned
 # there by the Python edge), and what answers for the whole mesh rather than one deployment.
 SLOW_RPCS = ("ModelStreamInfer", "RepositoryIndex", "ModelStatistics", "ServerMetadata")
+# RPCs the slow path answers when there is one (the Python edge's contract exactly: readiness
+# of the logical model over its serving deployments, metadata named with the logical name);
+# an Envoy without one answers them from the deployment a call would reach.
+CONTROL_RPCS = ("ModelReady", "ModelMetadata", "ModelConfig", "ServerLive", "ServerReady")
 # RPCs whose request names the model in field 1, as ModelInfer does: routed and rewritten the
 # same way (ModelReady("summarize") asks the deployment a call would go to).
 NAMED_RPCS = ("ModelInfer", "ModelReady", "ModelMetadata", "ModelConfig")
@@ -119,6 +124,7 @@ end
 
 local SLOW_HINTS = {{{", ".join(f'"{h}"' for h in SLOW_HINTS)}}}
 local SLOW_RPCS = {{{", ".join(f'["{SERVICE_PATH}{r}"] = true' for r in SLOW_RPCS)}}}
+local CONTROL_RPCS = {{{", ".join(f'["{SERVICE_PATH}{r}"] = true' for r in CONTROL_RPCS)}}}
 local UNITS = {{H = 3600000, M = 60000, S = 1000, m = 1, u = 0.001, n = 0.000001}}
 
 local function reply(handle, code, message)
@@ -181,7 +187,9 @@ function envoy_on_request(handle)
   headers:remove("{SLO_HEADER}")
   headers:remove("{PATH_HEADER}")
   local path = headers:get(":path")
-  if SLOW_RPCS[path] then return slow(handle, headers, path) end
+  if SLOW_RPCS[path] or (SLOW_PATH and CONTROL_RPCS[path]) then
+    return slow(handle, headers, path)
+  end
   if not NAMED[path] then return end
   if path == "{INFER_PATH}" then
     for _, hint in ipairs(SLOW_HINTS) do

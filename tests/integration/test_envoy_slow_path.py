@@ -194,6 +194,27 @@ async def test_repository_index_statistics_and_server_metadata_answer_for_the_me
     assert server == "switchyard-edge"
 
 
+async def test_control_rpcs_answer_as_a_python_edge_does_for_the_logical_model(
+        mesh: SlowPathMesh) -> None:
+    def ask() -> tuple[bool, bool, bool, bool, str, str]:
+        client = tc.InferenceServerClient(mesh.envoy.address)
+        try:
+            return (client.is_server_live(), client.is_server_ready(),
+                    client.is_model_ready("summarize"), client.is_model_ready("nope"),
+                    client.get_model_metadata("summarize").name,
+                    client.get_model_config("summarize").config.name)
+        finally:
+            client.close()
+
+    before = await asyncio.to_thread(mesh.envoy_stat, "cluster.slow-path.upstream_rq_total")
+    live, ready, model_ready, unknown_ready, name, config_name = await asyncio.to_thread(ask)
+    assert live and ready and model_ready
+    assert not unknown_ready  # not ready, as a Python edge says (Envoy alone: NOT_FOUND)
+    assert (name, config_name) == ("summarize", "summarize")  # the logical name, not a variant
+    after = await asyncio.to_thread(mesh.envoy_stat, "cluster.slow-path.upstream_rq_total")
+    assert after == before + 6
+
+
 async def test_slow_path_calls_are_reported_once_by_the_python_edge_not_by_envoys_log(
         mesh: SlowPathMesh) -> None:
     feedback = mesh.placement.ads.feedback if mesh.placement.ads is not None else None
