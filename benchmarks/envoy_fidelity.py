@@ -8,7 +8,8 @@ calls in flight against its slot shares), ``envoy`` (what an Envoy edge does wit
 placement compiles, ``benchmarks/costsim/envoy_policy.py``; calls with a quality floor take
 the slow path, the co-located Python edge), ``envoy-compiled`` (the same with quality
 floors compiled into the order as well: no per-call decision anywhere) and
-``envoy-retry-exhausted`` (a what-if: ``envoy`` with RESOURCE_EXHAUSTED retried). The target is the
+``envoy-retry-exhausted`` (a what-if: ``envoy`` with RESOURCE_EXHAUSTED retried);
+``--what-if`` adds ``envoy-share-breakers`` (slot shares as circuit breakers). The target is the
 issue's: within 1 point of switchyard's SLO attainment and 5 % of its cost per call, read
 here as *at most* 1 point below and 5 % above. Prints the section and writes it into
 ``benchmarks/RESULTS.md`` (a section of its own, after the cost sections).
@@ -68,6 +69,8 @@ def policy_for(variant: str, s: Scenario) -> Policy:
                                               slo_margin_ms=st.slo_margin_ms))
     if variant == "envoy-retry-exhausted":
         rules = dataclasses.replace(rules, retried=rules.retried | {"exhausted"})
+    if variant == "envoy-share-breakers":
+        rules = dataclasses.replace(rules, breakers_from_shares=True)
     return envoy(control, s.seed ^ zlib.crc32(b"envoy"), st.spread_band,
                  st.slo_margin_ms, st.max_attempts, slow_path=variant != "envoy-compiled",
                  name=variant, rules=rules)
@@ -83,14 +86,15 @@ def simulate(job: tuple[str, bool, str]) -> Run:
                r.cost_per_million(), counters)
 
 
-def run(paths: list[pathlib.Path], quick: bool, workers: int = 2) -> list[list[Run]]:
-    jobs = [(str(p), quick, v) for p in paths for v in VARIANTS]
+def run(paths: list[pathlib.Path], quick: bool, variants: tuple[str, ...] = VARIANTS,
+        workers: int = 2) -> list[list[Run]]:
+    jobs = [(str(p), quick, v) for p in paths for v in variants]
     if workers <= 1:
         runs = [simulate(j) for j in jobs]
     else:
         with multiprocessing.get_context("spawn").Pool(workers) as pool:
             runs = pool.map(simulate, jobs, chunksize=1)
-    n = len(VARIANTS)
+    n = len(variants)
     return [runs[i * n:(i + 1) * n] for i in range(len(paths))]
 
 
@@ -116,7 +120,10 @@ def _signed(x: float, unit: str = "") -> str:
 
 LABELS = {"envoy": "`envoy` (as compiled today, quality floors on the slow path)",
           "envoy-compiled": "all compiled (quality floors too, no slow path)",
-          "envoy-retry-exhausted": "what-if: `envoy` with `resource-exhausted` in `retry_on`"}
+          "envoy-retry-exhausted": "what-if: `envoy` with `resource-exhausted` in `retry_on`",
+          "envoy-share-breakers": "what-if: `envoy` with each cluster's `max_requests` at "
+                                  "the edge's slot share"}
+WHAT_IF = ("envoy-share-breakers",)
 
 
 def tables(results: list[list[Run]]) -> tuple[str, str]:
@@ -185,25 +192,29 @@ def main() -> None:
     p.add_argument("--scenario", action="append", default=[],
                    help="a scenario's file stem (repeatable); default: every scenario")
     p.add_argument("--no-write", action="store_true", help="print only")
+    p.add_argument("--what-if", action="store_true",
+                   help=f"also {', '.join(WHAT_IF)} (implies --no-write)")
     args = p.parse_args()
     t0 = time.monotonic()
     paths = sorted(SCENARIOS.glob("*.toml"), key=lambda x: (x != DEFAULT_SCENARIO, x.name))
     if args.scenario:
         paths = [x for x in paths if x.stem in args.scenario]
-    progress(f"envoy fidelity: {len(paths)} scenarios × {len(VARIANTS)} rows on 2 workers")
-    results = run(paths, args.quick)
+    variants = VARIANTS + (WHAT_IF if args.what_if else ())
+    progress(f"envoy fidelity: {len(paths)} scenarios × {len(variants)} rows on 2 workers")
+    results = run(paths, args.quick, variants)
     for rs in results:
         progress(f"{rs[0].scenario}: " + "; ".join(
             f"{r.variant} {r.attainment:.2%} {r.cost_per_million:.2f}" for r in rs))
     main_t, diag_t = tables(results)
     cmd = "python -m benchmarks.envoy_fidelity" + (" --quick" if args.quick else "")
     cmd += "".join(f" --scenario {s}" for s in args.scenario)
+    cmd += " --what-if" if args.what_if else ""
     section = Section(title=TITLE, command=cmd, table=main_t,
                       notes=[*notes(results, args.quick),
                              "#### What the Envoy rows ran into\n", diag_t],
                       elapsed_s=time.monotonic() - t0)
     print(section.markdown())
-    if not args.no_write:
+    if not (args.no_write or args.what_if):
         write_section(section, RESULTS)
         progress(f"wrote '{TITLE}' into {RESULTS}")
 

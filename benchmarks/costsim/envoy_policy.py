@@ -94,6 +94,10 @@ class EnvoyRules:
     max_ejection_s: float
     max_requests: int  # per deployment cluster, calls in flight at this edge
     max_retries: int  # per aggregate cluster, retries in flight at this edge
+    # What-if, not compiled by services.xds: each deployment cluster's max_requests is this
+    # edge's slot share of it, rounded up, per push (the issue's "slot shares as circuit
+    # breakers").
+    breakers_from_shares: bool = False
 
     @classmethod
     def compiled(cls, s: resources.EnvoySettings) -> EnvoyRules:
@@ -139,6 +143,7 @@ class _Edge:
     inflight: dict[str, int] = field(default_factory=dict)  # per deployment cluster
     retries: dict[tuple[str, float], int] = field(default_factory=dict)  # per aggregate
     hosts: dict[str, _Host] = field(default_factory=dict)
+    limits: dict[str, int] = field(default_factory=dict)  # max_requests, when per cluster
 
 
 class EnvoyPolicy:
@@ -178,6 +183,9 @@ class EnvoyPolicy:
         if pushed is None or pushed[0] is not table:
             wire = [candidate_from_pb(candidate_to_pb(c)) for c in table]
             pushed = self._pushed[(model, edge)] = (table, wire, {})
+            if self.rules.breakers_from_shares:
+                limits = self.edges.setdefault(edge, _Edge()).limits
+                limits.update({c.deployment_id: max(1, math.ceil(c.slots)) for c in wire})
         key = (math.floor(slo_ms), min_quality)
         got = pushed[2].get(key)
         if got is None:
@@ -206,7 +214,7 @@ class EnvoyPolicy:
         for dep in self.order(k.model, a.edge, k.slo_ms, k.min_quality):
             if dep in a.exclude or self._ejected(edge, dep, a.now):
                 continue
-            if edge.inflight.get(dep, 0) >= self.rules.max_requests:
+            if edge.inflight.get(dep, 0) >= edge.limits.get(dep, self.rules.max_requests):
                 self.overflows += 1
                 return None
             edge.inflight[dep] = edge.inflight.get(dep, 0) + 1

@@ -124,6 +124,17 @@ def test_a_full_cluster_fails_the_call_rather_than_overflowing(control: ControlP
     assert p.choose(attempt()) == A.deployment_id
 
 
+def test_what_if_breakers_follow_the_slot_share_of_each_push(control: ControlPlane) -> None:
+    push(control, dataclasses.replace(A, edge_slots=1.6), B)
+    p = EnvoyPolicy(control, build_profile("cheapest"),
+                    dataclasses.replace(RULES, breakers_from_shares=True), 2.0)
+    assert [p.choose(attempt()) for _ in range(3)] == [A.deployment_id] * 2 + [None]
+    push(control, dataclasses.replace(A, edge_slots=3.0), B)
+    assert p.choose(attempt()) == A.deployment_id
+    assert p.choose(attempt()) is None
+    assert p.overflows == 2
+
+
 def test_an_ejected_child_is_skipped_until_its_time_is_up(control: ControlPlane) -> None:
     push(control, A, B)
     p = policy(control)
