@@ -100,7 +100,8 @@ class PlacementLink:
                 rtt_ms=self.rtt_ms.get(dep.split("/", 1)[0], 0.0),
                 calls_per_s=round(calls / self.report_interval_s, 2))
                 for dep, (n, f, p50, p95, calls) in snapshot.items()]
-            self._add_streams(obs)
+            if self.connected:  # stream windows wait for a placement to take them
+                self._add_streams(obs)
             if not self.connected or not obs:
                 continue
             try:
