@@ -30,11 +30,12 @@ does, nothing more:
   are in flight at this edge (else the call fails with its last status). It goes to the next
   child not yet attempted (``previous_priorities``). What a failure excludes is read from
   the call's ``placement.attempts`` (the engine's): the deployment, and after UNAVAILABLE
-  every variant on that server, which Envoy's ``previous_hosts`` does not exclude; the
-  order puts those variants last (``order.servers_apart``), so this only matters once the
-  rest of the order is spent. The avoided regions of ``placement.attempts`` are ignored
-  (Envoy has none). Envoy's retry back-off (25 ms base, jittered) is not modelled: the
-  engine retries as soon as the failure is seen, which flatters this row during outages;
+  every variant on that server, where ``previous_priorities`` excludes only the child
+  attempted; the order puts a server's other variants last (``order.servers_apart``), so
+  this only matters once the rest of the order is spent. The avoided regions of
+  ``placement.attempts`` are ignored (Envoy has none). Envoy's retry back-off (25 ms
+  base, jittered) is not modelled: the engine retries as soon as the failure is seen,
+  which flatters this row during outages;
 - feedback is Envoy's access log (``services.xds.feedback``): one entry per call, for the
   attempt that answered it (``x-served-by``); attempts that never reached a backend are not
   logged.
@@ -42,7 +43,9 @@ does, nothing more:
 Calls with a quality floor carry ``x-min-quality``, a hint compiled config cannot express:
 the listener's Lua sends them to the *slow path*, the node's co-located Python edge
 (``services/xds/lua.py``), modelled as the per-call policy counting only its own calls in
-flight (Envoy's are invisible to it) and running ``placement.attempts`` itself. Without a
+flight (Envoy's are invisible to it) and running ``placement.attempts`` itself; its
+observations go into the region's edge statistics with Envoy's (it reports under its own
+edge id in a mesh, so placement splits slot shares between the two there). Without a
 slow path (``slow_path=None``) the quality floor is applied to the table before the order is
 computed, as a route per (SLO class, quality floor) would hold it. Also not modelled: the
 back-off above; Envoy's interval timer granularity for un-ejection (hosts return exactly
