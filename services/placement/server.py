@@ -194,6 +194,9 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
 
     async def Explain(self, request: placement_pb2.ExplainRequest,
                       context: AnyContext) -> placement_pb2.ExplainResponse:
+        if request.HasField("stream"):  # its choice depends on one edge's state
+            raise InvalidRequest("an LLM stream's choice is an edge's: ask its EdgeAdmin."
+                                 "Explain (switchyard explain --stream)")
         model = self.builder.catalog.model(request.model)
         if request.edge_region not in self.builder.catalog.regions:
             raise InvalidRequest(f"edge_region {request.edge_region!r} is not a region "

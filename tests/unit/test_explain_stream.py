@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import pathlib
 
 import pytest
 
@@ -12,7 +14,10 @@ from placement.explain_stream import explain_stream
 from placement.model import Candidate
 from placement.streams import StreamAsk, StreamChoice, TokenEstimate, choose_stream
 from services import stream_explain
+from services.api.switchyard.v1 import placement_pb2
 from services.edge.hints import ParsedHints
+from services.placement.main import build_service
+from tests.mesh_harness import mesh_config
 
 
 def cand(name: str) -> Candidate:
@@ -102,3 +107,11 @@ def test_cli_flags_become_the_request_and_bad_ones_name_the_flag() -> None:
         stream_explain.request(_args(max_tokens="2.5"), parsed)
     with pytest.raises(InvalidRequest, match=r"\(flag --tpot-ms\)"):
         stream_explain.request(_args(tpot_ms=0), parsed)
+
+
+def test_placement_refuses_a_stream_explain_and_names_the_edge(tmp_path: pathlib.Path) -> None:
+    svc = build_service(mesh_config(tmp_path), preregister=True)
+    request = placement_pb2.ExplainRequest(model="generate", edge_region="r-east",
+                                           stream=placement_pb2.StreamAsk(prompt_tokens=10))
+    with pytest.raises(InvalidRequest, match=r"EdgeAdmin\.Explain"):
+        asyncio.run(svc.Explain(request, None))  # type: ignore[arg-type]
