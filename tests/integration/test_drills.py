@@ -75,3 +75,12 @@ def test_edge_restart_serves_from_disk_while_placement_is_down(mesh) -> None:
     assert r.passed, r.table()
     assert r.checks.get("restarted edge loaded its routes from disk"), r.table()
     assert r.reroute.seconds is not None and r.reroute.seconds < EDGE_RESTART_BOUND_S, r.table()
+
+
+def test_kill_streams_loses_no_stream(mesh) -> None:
+    """switchyard drill kill-streams on the same mesh (services/drills/streams.py)."""
+    from services.drills.streams import drill_mesh
+
+    r = drill_mesh(mesh[2], streams=8, max_tokens=200, progress=print, settle_timeout_s=20.0)
+    print(r.to_json())
+    assert r.passed and r.on_killed >= 1, r.table()
