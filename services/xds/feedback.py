@@ -79,6 +79,7 @@ class AccessLogFeedback(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
         self.min_samples = min_samples
         self.calls = 0  # logged calls with a deployment, all edges
         self.slow_calls = 0  # logged calls the Envoys sent to their slow path (not recorded)
+        self.entries = 0  # every logged request, all edges
         self.edges: dict[str, _Edge] = {}
 
     async def _report_forever(self, edge: _Edge) -> None:
@@ -118,6 +119,7 @@ class AccessLogFeedback(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
                     node = msg.identifier.node
                     edge = self._join(node.id, node.cluster)
                 for entry in msg.http_logs.log_entry:
+                    self.entries += 1
                     self.calls += record(edge.stats, entry)
                     self.slow_calls += entry.common_properties.upstream_cluster == \
                         SLOW_PATH_CLUSTER

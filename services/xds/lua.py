@@ -223,9 +223,19 @@ function envoy_on_request(handle)
   end
 end
 
--- A fast-path ModelInfer answered OK: its cost and whether it met its SLO, as trailers.
+-- A trailers-only answer (an error) carries the path in its headers, which are its trailers
+-- (the upstream filters add it to answers that have trailers). A fast-path ModelInfer
+-- answered OK: its cost and whether it met its SLO, as trailers.
 function envoy_on_response(handle)
   local route = handle:metadata()
+  local path = route:get("path")
+  if path ~= nil then
+    local headers = handle:headers()
+    if headers:get("grpc-status") ~= nil then
+      headers:replace("{PATH_TRAILER}", path)
+      return
+    end
+  end
   local cost = route:get("cost")
   if cost == nil then return end  -- not a model route (the slow path, a local reply...)
   local call = handle:streamInfo():dynamicMetadata():get("{METADATA_NAMESPACE}")

@@ -252,6 +252,7 @@ def _slow_path_route() -> dict[str, Any]:
     return {"name": "slow-path", "match": {"prefix": "/", "headers": [
                 {"name": lua.PATH_HEADER, "string_match": {"exact": "slow"}}]},
             "request_headers_to_remove": [lua.PATH_HEADER],
+            "metadata": {"filter_metadata": {lua.LISTENER_FILTER: {"path": "slow"}}},
             "route": {"cluster": SLOW_PATH_CLUSTER, "timeout": "0s",
                       "max_stream_duration": {"grpc_timeout_header_max": "0s"}}}
 
@@ -260,6 +261,7 @@ def _trailer_metadata(m: ModelRoutes, feasible: frozenset[str],
                       slo_ms: float | None) -> dict[str, Any]:
     """What the listener's Lua needs for a fast-path call's ``x-cost-usd``/``x-slo-met``."""
     data: dict[str, Any] = {
+        "path": "envoy",
         "cost": {d: f"{c:.10f}" for d, c in sorted(m.cost_usd.items())},
         "feasible": dict.fromkeys(sorted(feasible), True)}
     if slo_ms is not None:

@@ -29,7 +29,14 @@ from services.edge.main import RunningEdge
 from services.placement.main import RunningPlacement, start_placement
 from services.ports import free_port
 from tests.llm_harness import PROMPT, direct, run_stream
-from tests.mesh_harness import eventually, eventually_sync, mesh_config, summarize_input
+from tests.mesh_harness import (
+    eventually,
+    eventually_sync,
+    mesh_config,
+    raw_infer,
+    request_bytes,
+    summarize_input,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -145,6 +152,14 @@ async def test_each_hint_envoy_cannot_compile_is_honoured_exactly_on_the_slow_pa
     }
     for name, (md, status) in refused.items():
         assert await asyncio.to_thread(mesh.status, md) == status, name
+    # An error answer names its path too (trailers-only: Envoy's Lua adds it).
+    async with grpc.aio.insecure_channel(mesh.envoy.address) as ch:
+        code, trailers, _ = await raw_infer(ch, [("x-max-cost-usd", "0")])
+        assert code is grpc.StatusCode.FAILED_PRECONDITION
+        assert trailers["x-switchyard-path"] == "slow" and trailers["x-request-id"]
+        code, trailers, _ = await raw_infer(ch, raw=request_bytes(dim=8))  # a wrong shape
+        assert code is grpc.StatusCode.INVALID_ARGUMENT  # Triton's own answer, fast path
+        assert trailers["x-switchyard-path"] == "envoy"
 
 
 async def test_a_fast_path_call_carries_the_python_edges_cost_and_slo_trailers(
@@ -219,24 +234,19 @@ async def test_slow_path_calls_are_reported_once_by_the_python_edge_not_by_envoy
         mesh: SlowPathMesh) -> None:
     feedback = mesh.placement.ads.feedback if mesh.placement.ads is not None else None
     assert feedback is not None
+
+    def all_logged() -> bool:  # every request Envoy finished has reached placement's log
+        return feedback.entries == mesh.envoy_stat("http.switchyard.downstream_rq_total")
+
+    await eventually(lambda: all_logged() and feedback.entries > 0, 10, "Envoy's log caught up")
+    fast0, slow0 = feedback.calls, feedback.slow_calls
     for _ in range(3):
         await asyncio.to_thread(mesh.call)
     for _ in range(2):
         await asyncio.to_thread(mesh.call, [("x-min-quality", "0.8")])
-
-    def envoy_counts() -> tuple[int, int]:
-        """(requests Envoy sent to deployments, requests it sent to its slow path)."""
-        lines = mesh.envoy.admin("/stats?filter=upstream_rq_total$").splitlines()
-        counts = {k: int(v) for k, _, v in (ln.partition(": ") for ln in lines)}
-        return (sum(v for k, v in counts.items() if k.startswith("cluster.dep")),
-                counts.get("cluster.slow-path.upstream_rq_total", 0))
-
-    def logged_as_envoy_sent_them() -> bool:  # every call logged, each on its own side
-        fast, slow = envoy_counts()
-        return slow >= 2 and (feedback.calls, feedback.slow_calls) == (fast, slow)
-
-    await eventually(logged_as_envoy_sent_them, 10,
-                     "Envoy's log matches its own counters: slow-path calls apart")
+    await eventually(all_logged, 10, "Envoy logged the five calls")
+    # Envoy's feedback counted its own three; the two slow-path calls were logged, not counted.
+    assert (feedback.calls - fast0, feedback.slow_calls - slow0) == (3, 2)
     fleet, edge = mesh.placement.service.fleet, mesh.envoy.node
     slow_edge = (edge.region, edge.edge_id + SUFFIX)
 

@@ -129,9 +129,10 @@ def test_a_region_compiles_to_stable_deployment_clusters_an_aggregate_and_routes
         meta = route.metadata.filter_metadata["switchyard.model_name"]  # type: ignore[attr-defined]
         return json_format.MessageToDict(meta)
     costs = {"b1/summarize-large": "0.0000020000", "b2/summarize-small": "0.0000010000"}
-    assert trailer_data(plain) == {"cost": costs, "slo_ms": 300.0, "feasible": {
-        "b1/summarize-large": True, "b2/summarize-small": True}}
-    assert trailer_data(none) == {"cost": costs, "feasible": {}}
+    assert trailer_data(plain) == {"path": "envoy", "cost": costs, "slo_ms": 300.0,
+                                   "feasible": {"b1/summarize-large": True,
+                                                "b2/summarize-small": True}}
+    assert trailer_data(none) == {"path": "envoy", "cost": costs, "feasible": {}}
     assert trailer_data(tight)["feasible"] == {"b1/summarize-large": True}
     # Prices move: the routes change (cheap to push), the deployment clusters did not above.
     assert (rc2.routes[route_config_name("r-east")].version
