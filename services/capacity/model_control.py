@@ -29,10 +29,13 @@ from tritonclient.grpc import aio as triton_aio
 from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 
 from placement.errors import SwitchyardError
-from services.agent.triton_stats import pending_requests
+from services.agent.triton_stats import model_stats, pending_requests
+from services.api.switchyard.v1 import telemetry_pb2
 from services.capacity.provider import Instance
 
 log = structlog.get_logger("switchyard.capacity")
+# (instance id, variant) -> Triton's statistics when its warm-up's cold calls were done
+Baselines = dict[tuple[str, str], telemetry_pb2.ModelStats]
 
 
 class ModelControlError(SwitchyardError):
@@ -70,11 +73,16 @@ class ModelControl:
     """Repository operations on one instance."""
 
     def __init__(self, instance: Instance, *, timeout_s: float = 30.0,
-                 poll_s: float = 0.05, warm_calls: int = 8) -> None:
+                 poll_s: float = 0.05, warm_calls: int = 8, cold_calls: int = 2,
+                 baselines: Baselines | None = None) -> None:
+        """``baselines``: where each warm-up leaves Triton's statistics as they stood after
+        the cold calls, so a reader can count from there (``(instance id, variant)`` key)."""
         self.instance = instance
         self.timeout_s = timeout_s
         self.poll_s = poll_s
         self.warm_calls = warm_calls
+        self.cold_calls = cold_calls
+        self.baselines = baselines if baselines is not None else {}
         self._client: Any = triton_aio.InferenceServerClient(instance.endpoint)
 
     async def close(self) -> None:
@@ -103,10 +111,11 @@ class ModelControl:
                  warm_calls=warmed)
 
     async def warm(self, variant: str) -> int:
-        """``warm_calls`` real inferences (zeros, batch 1) before anything routes to the
-        variant: its cold first calls are not a caller's, and Triton's statistics hold a
-        measured compute time when placement first prices it. A decoupled (streaming)
-        variant is not warmed (0). A failed warm-up call fails the load."""
+        """``cold_calls`` then ``warm_calls`` real inferences (zeros, batch 1) before anything
+        routes to the variant: its cold first calls are not a caller's, and the statistics
+        after the cold ones are kept in ``baselines``, so placement's first price of the
+        variant is the warm calls' measured compute. A decoupled (streaming) variant is not
+        warmed (0). A failed warm-up call fails the load."""
         try:
             config = await self._client.get_model_config(variant, as_json=True)
             if config.get("config", {}).get("model_transaction_policy", {}).get("decoupled"):
@@ -119,11 +128,17 @@ class ModelControl:
                 x.set_data_from_numpy(np.zeros(shape, dtype=triton_to_np_dtype(
                     spec["datatype"])))
                 inputs.append(x)
+            for _ in range(self.cold_calls):
+                await self._client.infer(variant, inputs, client_timeout=self.timeout_s)
+            stats = await self._client.get_inference_statistics(
+                variant, as_json=False, client_timeout=self.timeout_s)
+            (base,) = model_stats(stats, {variant: True})
+            self.baselines[(self.instance.id, variant)] = base
             for _ in range(self.warm_calls):
                 await self._client.infer(variant, inputs, client_timeout=self.timeout_s)
         except (InferenceServerException, KeyError, ValueError, TypeError) as exc:
             raise ModelControlError(f"{self.instance.id}: warm-up of {variant}: {exc}") from exc
-        return self.warm_calls
+        return self.cold_calls + self.warm_calls
 
     async def pending(self, variant: str) -> int:
         """Calls queued for ``variant`` in Triton right now."""

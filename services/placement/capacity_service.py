@@ -20,7 +20,7 @@ from placement.prices import PriceEntry
 from services.api.switchyard.v1 import capacity_pb2, capacity_pb2_grpc, telemetry_pb2
 from services.capacity.actor import CapacityActor, Control
 from services.capacity.local import LocalProvider
-from services.capacity.model_control import ModelControl
+from services.capacity.model_control import Baselines, ModelControl
 from services.capacity.provider import Instance
 from services.config import BackendConfig, MeshConfig
 from services.grpc_errors import AnyContext
@@ -86,15 +86,18 @@ def build_loop(cfg: MeshConfig, service: PlacementService) -> CapacityLoop:
     def readings(instance_id: str) -> MemoryReading | None:
         return gpu_memory(service, instance_id)
 
+    baselines: Baselines = {}  # the warm-ups' statistics, shared with the telemetry reader
+
     def control(inst: Instance) -> Control:
-        return MeasuredControl(ModelControl(inst), inst, book, readings, cap.memory_headroom,
-                               lambda: int(time.time() * 1000))
+        return MeasuredControl(ModelControl(inst, baselines=baselines), inst, book, readings,
+                               cap.memory_headroom, lambda: int(time.time() * 1000))
 
     actor = CapacityActor(provider, gate, control)
     return CapacityLoop(cap, service.builder.catalog, service.fleet, pools, actor, book,
                         readings, monotonic=service.clock,
                         rate_stale_s=3 * cfg.edge.report_interval_s, on_stop=provider.close,
-                        telemetry=InstanceTelemetry(service, gate.routed_instances),
+                        telemetry=InstanceTelemetry(service, gate.routed_instances,
+                                                    baselines=baselines),
                         candidates=lambda model, region: service.builder.build(
                             model, region, service.clock()),
                         spread_band=cfg.routing.spread_band)

@@ -1,7 +1,7 @@
 """Explicit model control on a real Triton: the local provider, load, drain, unload, remove.
 
 One pool whose repository holds two variants; the provider starts one real tritonserver in
-explicit mode with nothing loaded; the actor loads a variant (and warms it: eight real calls
+explicit mode with nothing loaded; the actor loads a variant (and warms it: ten real calls
 before it is handed to routing), tritonclient calls it, then a plan without it drains (calls
 queued in Triton finish) and unloads it.
 """
@@ -91,16 +91,17 @@ async def test_load_serve_drain_unload_remove(tmp_path: pathlib.Path) -> None:
         assert gate.events == [("start", "mid")]
         control = ModelControl(inst)
         assert await control.loaded() == frozenset({"mid"})  # explicit mode: tiny is not
-        assert await inference_count(inst.endpoint, "mid") == 8  # warmed before routing
+        assert await inference_count(inst.endpoint, "mid") == 10  # warmed before routing
+        warmed = actor._control(inst)
+        assert isinstance(warmed, ModelControl)
+        assert warmed.baselines[(inst.id, "mid")].inference_count == 2  # after the cold calls
         assert infer(inst.endpoint, "mid").shape == (1, INPUT_DIM)
         with pytest.raises(InferenceServerException):
             infer(inst.endpoint, "tiny")
 
         # Park mid's calls (one executing, the rest queued in Triton), then swap it for tiny.
         # The knob parks every model of the repository, warm-up calls too: tiny goes unwarmed.
-        actor_control = actor._control(inst)
-        assert isinstance(actor_control, ModelControl)
-        actor_control.warm_calls = 0
+        warmed.warm_calls = warmed.cold_calls = 0
         repo = tmp_path / inst.id / "repo"
         set_control(repo, hang=True)
         with ThreadPoolExecutor(16) as pool:

@@ -15,6 +15,7 @@ from placement.errors import ConfigError
 from placement.fleet import VariantLoad
 from placement.forecast import ClassKey
 from placement.model import Candidate
+from services.api.switchyard.v1.telemetry_pb2 import ModelStats
 from services.capacity.actor import ApplyFailed, CapacityActor
 from services.capacity.model_control import DrainReport, RoutingGate
 from services.capacity.provider import Instance
@@ -23,6 +24,7 @@ from services.placement.capacity import CapacityLoop, NotPending
 from services.placement.capacity_footprint import FootprintBook, GpuFull, MemoryReading
 from services.placement.capacity_gate import PlacementGate, PoolSite
 from services.placement.capacity_service import plan_pools, plan_response
+from services.placement.capacity_telemetry import InstanceTelemetry
 from services.placement.main import build_service
 from services.placement.server import PlacementService
 from services.security.authz import AuthzPolicy
@@ -363,3 +365,17 @@ async def test_the_plan_uses_the_compute_its_instances_measured(tmp_path: pathli
     rig.service.fleet.backends["east-1"].loads["small"] = VariantLoad(compute_ms=31.0)
     compute = {v.name: v.compute_ms for v in rig.loop.problem().variants}
     assert compute == {"small": 31.0, "large": 40.0}  # the pool's speed is 1
+
+
+def test_instance_statistics_count_from_the_warm_up_baseline(tmp_path: pathlib.Path) -> None:
+    rig = Rig(tmp_path)
+    base = ModelStats(variant="small", inference_count=2, compute_infer_ns=900_000_000)
+    reader = InstanceTelemetry(rig.service, dict, baselines={("east-1", "small"): base})
+    now = ModelStats(variant="small", inference_count=10, compute_infer_ns=1_060_000_000,
+                     ready=True)
+    since = reader._since_baseline("east-1", now)
+    # the two cold calls (450 ms each) are left out: 8 warm calls of 20 ms
+    assert (since.inference_count, since.compute_infer_ns, since.ready) == (8, 160_000_000, True)
+    restarted = ModelStats(variant="small", inference_count=1, compute_infer_ns=5)
+    assert reader._since_baseline("east-1", restarted) == restarted  # counters went back
+    assert reader._since_baseline("other", now) == now  # no baseline: as reported
