@@ -223,9 +223,10 @@ function envoy_on_request(handle)
   end
 end
 
--- A trailers-only answer (an error) carries the path in its headers, which are its trailers
--- (the upstream filters add it to answers that have trailers). A fast-path ModelInfer
--- answered OK: its cost and whether it met its SLO, as trailers.
+-- A fast-path ModelInfer answered OK: its cost and whether it met its SLO, as trailers.
+-- (benchmarks/envoy_configs.py cuts the script here.) A trailers-only answer (an error)
+-- carries the path in its headers, which are its trailers (the upstream filters add it to
+-- answers that have trailers).
 function envoy_on_response(handle)
   local route = handle:metadata()
   local path = route:get("path")
