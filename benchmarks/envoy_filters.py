@@ -119,6 +119,27 @@ TARGET_RATIO = 1.25
 PIECE_NAMES = ("dep-cluster", "lua-peek", "aggregate", "retry", "hdr-mutation", "up-lua", "als")
 
 
+# Alternatives against what they would replace, paired within each round.
+PAIRS = (("sy-first", "sy"), ("sy-gfe", "sy"), ("sy-no-resp", "sy"), ("sy-no-als", "sy"),
+         ("envoy-sy", "sy"), ("hints+gfe", "lua-peek"), ("gfe", "lua-peek"))
+
+
+def pair_rows(rounds: list[dict[tuple[str, int], Point]],
+              concurrencies: Sequence[int]) -> list[list[object]]:
+    """CPU per call of an alternative over its reference's, same round, per concurrency."""
+    rows: list[list[object]] = []
+    for alt, ref in PAIRS:
+        cells = [_spread([r[(alt, c)].proxy_cpu_us / r[(ref, c)].proxy_cpu_us
+                          for r in rounds if (alt, c) in r and (ref, c) in r])
+                 for c in concurrencies]
+        if any(c != "–" for c in cells):
+            below = sum(r[(alt, c)].proxy_cpu_us < r[(ref, c)].proxy_cpu_us
+                        for r in rounds for c in concurrencies if (alt, c) in r and (ref, c) in r)
+            total = sum((alt, c) in r and (ref, c) in r for r in rounds for c in concurrencies)
+            rows.append([f"{alt} / {ref}", *cells, f"{below}/{total}"])
+    return rows
+
+
 def _median_ratio(rounds: list[dict[tuple[str, int], Point]], name: str,
                   conc: int) -> float | None:
     vals = [r[(name, conc)].proxy_cpu_us / r[(BASELINE, conc)].proxy_cpu_us
@@ -177,6 +198,11 @@ def run(quick: bool, only: str = "", rounds: int = 0,
               *[f"CPU/plain c={c}" for c in concurrencies],
               f"added p50 ms vs plain, c={min(concurrencies)}", "plain CPU µs/call", "errors"]
     table = md_table(header, rows, "ll" + "r" * (len(header) - 2))
+    pairs = pair_rows(results, concurrencies)
+    if pairs:
+        table += ("\n\n**Alternatives against what they replace (CPU per call, same round)**"
+                  "\n\n" + md_table(["pair", *[f"c={c}" for c in concurrencies],
+                                      "points cheaper"], pairs, "l" + "r" * (len(pairs[0]) - 1)))
     print("\n" + table + "\n", file=sys.stderr)
     notes = [
         f"{rounds} rounds; each point {calls} calls or {seconds:.0f} s after "

@@ -59,3 +59,13 @@ def test_the_piece_prose_ranks_pieces_and_compares_their_sum_with_the_whole() ->
                         "target is MISSED.")
     assert lines[1] == ("c=8: pieces over plain, largest first: lua-peek +0.40, up-lua +0.20, "
                         "als +0.05; their sum +0.65 against `sy`'s +1.10.")
+
+
+def test_alternatives_are_paired_with_what_they_replace_in_the_same_round() -> None:
+    from benchmarks.envoy_filters import pair_rows
+
+    a = _round(200, {"sy-first": 180})
+    b = _round(400, {"sy-first": 440})
+    rows = {r[0]: r for r in pair_rows([a, b], (8,))}
+    assert rows["sy-first / sy"] == ["sy-first / sy", "1.00 (0.90–1.10)", "1/2"]
+    assert "sy-gfe / sy" not in rows  # not measured, no row
