@@ -14,12 +14,13 @@ scenario is ~40 million calls). Each bucket:
    deployment cheapest per call (placement's cost model: price per GPU-second × compute)
    among those loaded, up and within the class's SLO at the pool's resulting utilisation
    (the brain's p95, :func:`placement.plan_types.max_utilisation`; a pool never runs above
-   the lowest cap of any class it serves). Classes are placed loosest SLO first: loose calls
-   take the cheapest pools whatever their load, tight calls find the pools still cool (the
-   steady state of per-call cost-then-SLO choice; placing tight classes first let them pin
-   cheap pools to low utilisation, and lost 5-20 % of a lean plan's calls that its own
-   flows serve). What finds no such room is served late where any loaded pool has room (a
-   miss) or fails (a miss);
+   the lowest cap of any class it serves). Classes are placed one after another, and the
+   order matters: loosest SLO first (loose calls take the cheapest pools, tight calls find
+   the pools still cool) and tightest first (tight calls pin the pools they need to a low
+   utilisation) each lose 5-20 % of some lean plan's calls that its own flows serve, so
+   each bucket takes the better of the two — an *optimistic* stand-in for edges that move
+   calls away from deployments that miss. What finds no such room is served late where any
+   loaded pool has room (a miss) or fails (a miss);
 4. **control**: the fleet (:mod:`benchmarks.costsim.provisioned_fleets`) sees the bucket's
    observed rates and per-pool utilisation and sets GPU targets and loaded variants; the
    reconciler adds GPUs at once and removes surplus only when no GPU is still booting
@@ -33,7 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -112,13 +113,23 @@ class Router:
 
     def route(self, rates: Mapping[ClassKey, float], ready: Mapping[str, int],
               loaded: Mapping[str, frozenset[str]], down: frozenset[str]) -> Routed:
+        """The better (more calls within SLO) of loosest-first and tightest-first."""
+        loose = self._route(rates, ready, loaded, down, lambda k: (-k.slo_ms, k.min_quality, k))
+        if loose.met >= sum(rates.values()) - 1e-9:
+            return loose
+        tight = self._route(rates, ready, loaded, down, lambda k: (k.slo_ms, -k.min_quality, k))
+        return tight if tight.met > loose.met else loose
+
+    def _route(self, rates: Mapping[ClassKey, float], ready: Mapping[str, int],
+               loaded: Mapping[str, frozenset[str]], down: frozenset[str],
+               order: Callable[[ClassKey], tuple[float, float, ClassKey]]) -> Routed:
         servers = {pid: n * self.servers_per_gpu[pid] for pid, n in ready.items()
                    if n > 0 and pid not in down}
         work = dict.fromkeys(servers, 0.0)
         cap = dict.fromkeys(servers, MAX_RHO)
         met = late = failed = 0.0
         left: list[tuple[ClassKey, float]] = []
-        for k in sorted(rates, key=lambda k: (-k.slo_ms, k.min_quality, k)):  # loosest first
+        for k in sorted(rates, key=order):
             rate = rates[k]
             for pid, vname, rho, s in self.options[k]:
                 if rate <= 1e-12:
