@@ -80,6 +80,7 @@ ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 LISTENER_NAME = "ingress"
 PLACEMENT_CLUSTER = "placement"  # the one static cluster of an Envoy edge's bootstrap
 SLOW_PATH_CLUSTER = "slow-path"  # the node's co-located Python edge
+SLOW_PATH_MAX_REQUESTS = 1 << 20
 
 _T = "type.googleapis.com/"
 _HEADROOM = 64 * 1024  # gRPC framing, headers, the appended model name
@@ -228,6 +229,11 @@ def slow_path_cluster(port: int, s: EnvoySettings) -> cluster_pb2.Cluster:
         "name": SLOW_PATH_CLUSTER, "type": "STATIC",
         "connect_timeout": f"{s.connect_timeout_s}s",
         "per_connection_buffer_limit_bytes": s.buffer_bytes,
+        # Long LLM streams pile up here: Envoy's default of 1024 requests in flight per
+        # cluster would turn the 1025th into UNAVAILABLE; the Python edge holds its own limits.
+        "circuit_breakers": {"thresholds": [{
+            "max_requests": SLOW_PATH_MAX_REQUESTS, "max_pending_requests": SLOW_PATH_MAX_REQUESTS,
+            "max_connections": SLOW_PATH_MAX_REQUESTS}]},
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": _T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",

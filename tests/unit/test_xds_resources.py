@@ -148,6 +148,7 @@ def test_calls_marked_slow_go_first_to_the_nodes_python_edge_without_retries() -
     assert first.route.cluster == "slow-path" and not first.route.HasField("retry_policy")
     assert list(first.request_headers_to_remove) == ["x-switchyard-path"]
     slow = slow_path_cluster(7001, s)
+    assert slow.circuit_breakers.thresholds[0].max_requests.value > 100_000  # not Envoy's 1024
     assert slow.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address \
         .port_value == 7001
     # The listener's Lua sends slow calls there only when the node has a slow path.
