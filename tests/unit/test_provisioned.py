@@ -162,3 +162,27 @@ def test_the_planner_fleet_follows_its_forecast_and_replans_on_an_outage() -> No
     assert len(fleet.log.seconds) >= 24 + 2  # hourly, and when the outage starts and ends
     assert r.attainment > 0.9
     assert set(keys(s)) == set(demand[0])
+
+
+def test_router_takes_the_better_order_when_one_strands_calls() -> None:
+    # A cheap pool the tight class needs at low utilisation, and a dear roomy one: loose
+    # calls placed first would fill the cheap pool past the tight class's cap.
+    cheap, dear = pool("cheap", price=1.0), pool("dear", price=2.0, region="r2")
+    router = sim.Router(problem(cheap, dear), [TIGHT, LOOSE])
+    loaded = {"cheap": frozenset({"m-small"}), "dear": frozenset({"m-small"})}
+    rates = {TIGHT: 3.0, LOOSE: 15.0}
+    ready = {"cheap": 2, "dear": 4}
+    loose_first = router._route(rates, ready, loaded, frozenset(),
+                                lambda k: (-k.slo_ms, k.min_quality, k))
+    both = router.route(rates, ready, loaded, frozenset())
+    assert loose_first.met < both.met == pytest.approx(18.0)
+
+
+def test_the_offline_optimum_requests_the_next_hours_plan_ahead() -> None:
+    from benchmarks.costsim.provisioned_fleets import OracleFleet
+    fleet = OracleFleet([fixed({"a": 1})] + [fixed({"a": 3})] * 23, lead_s=240.0)
+    fleet.control(observed(3000.0, {}, {}))
+    assert fleet.targets() == {"a": 1}
+    fleet.control(observed(3400.0, {}, {}))
+    assert fleet.targets() == {"a": 3}  # hour 1's GPUs requested before hour 1
+    assert fleet.loaded() == {"a": frozenset({"m-small"})}
