@@ -286,6 +286,22 @@ def sy_first_variant(c: Config) -> None:
             f["typed_config"]["default_source_code"]["inline_string"] = rewrite.VARIANT_REWRITE
 
 
+def sy_without_lua(c: Config) -> None:
+    """Switchyard with no Lua at all (no hints, no peek, no rewrite, no cost trailers): the
+    model routes match by path alone and the call names the variant. Not a working edge: the
+    floor of the rest (aggregate, retries, header_mutation, access log), i.e. what a native
+    filter doing the Lua's work for free would still cost."""
+    switchyard(c)
+    c.filters = []
+    for r in c.route_config["virtual_hosts"][0]["routes"]:
+        headers = r["match"].get("headers", [])
+        if any(h["name"] == lua.MODEL_HEADER for h in headers):
+            r["match"]["headers"] = [h for h in headers if h["name"] != lua.MODEL_HEADER]
+    opts = c.clusters[AGG_CLUSTER]["typed_extension_protocol_options"][PROTOCOL_OPTIONS]
+    opts["http_filters"] = [f for f in opts["http_filters"]
+                            if f["name"] != "switchyard.variant_rewrite"]
+
+
 def sy_no_access_log(c: Config) -> None:
     switchyard(c)
     c.access_log = []
@@ -337,6 +353,8 @@ ALTERNATIVES = (
     Variant("sy-gfe", "Switchyard, name by grpc_field_extraction", MODEL, (sy_extraction,)),
     Variant("sy-first", "Switchyard, variant appended once by the listener", MODEL,
             (sy_first_variant,)),
+    Variant("sy-no-lua", "Switchyard minus every Lua filter (floor)", VARIANT,
+            (sy_without_lua,)),
     Variant("sy-no-als", "Switchyard without the access log", MODEL, (sy_no_access_log,)),
     Variant("sy-no-resp", "Switchyard without the response Lua", MODEL, (sy_request_lua_only,)),
 )

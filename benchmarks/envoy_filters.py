@@ -120,8 +120,8 @@ PIECE_NAMES = ("dep-cluster", "lua-peek", "aggregate", "retry", "hdr-mutation", 
 
 
 # Alternatives against what they would replace, paired within each round.
-PAIRS = (("sy-first", "sy"), ("sy-gfe", "sy"), ("sy-no-resp", "sy"), ("sy-no-als", "sy"),
-         ("envoy-sy", "sy"), ("hints+gfe", "lua-peek"), ("gfe", "lua-peek"))
+PAIRS = (("sy-no-lua", "sy"), ("sy-first", "sy"), ("sy-gfe", "sy"), ("sy-no-resp", "sy"),
+         ("sy-no-als", "sy"), ("envoy-sy", "sy"), ("hints+gfe", "lua-peek"), ("gfe", "lua-peek"))
 
 
 def pair_rows(rounds: list[dict[tuple[str, int], Point]],
