@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import pathlib
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
@@ -105,14 +106,19 @@ async def mesh(cfg: MeshConfig, tritons: dict[str, TritonProcess],
 async def test_a_stream_through_envoy_takes_the_slow_path_and_every_token_arrives(
         mesh: SlowPathMesh, tritons: dict[str, TritonProcess]) -> None:
     before = await asyncio.to_thread(mesh.envoy_stat, "cluster.slow-path.upstream_rq_total")
-    stream = await asyncio.to_thread(run_stream, mesh.envoy.address, PROMPT, 12, [])
+    arrived: list[float] = []
+    stream = await asyncio.to_thread(run_stream, mesh.envoy.address, PROMPT, 40, [],
+                                     lambda n, s: arrived.append(time.perf_counter()))
     assert stream.code is grpc.StatusCode.OK, stream.details
     assert stream.trailers["x-switchyard-path"] == "slow"
     backend, variant = stream.trailers["x-served-by"].split("/", 1)
     # Exactly the tokens the serving backend generates for this prompt, none lost or repeated.
-    expected = await asyncio.to_thread(direct, tritons[backend].endpoint, variant, PROMPT, 12)
-    assert stream.tokens == expected and len(expected) == 12
-    assert stream.trailers["x-tokens-out"] == "12"
+    expected = await asyncio.to_thread(direct, tritons[backend].endpoint, variant, PROMPT, 40)
+    assert stream.tokens == expected and len(expected) == 40
+    assert stream.trailers["x-tokens-out"] == "40"
+    # As they are generated, not buffered to the end: 39 decode steps of at least 0.5 ms
+    # (emulated, the fastest backend) lie between the first token and the last.
+    assert arrived[-1] - arrived[0] > 0.010
     after = await asyncio.to_thread(mesh.envoy_stat, "cluster.slow-path.upstream_rq_total")
     assert after == before + 1  # Envoy's own counter of slow-path calls
 
