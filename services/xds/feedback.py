@@ -21,6 +21,7 @@ import grpc
 import structlog
 from envoy.data.accesslog.v3 import accesslog_pb2
 from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
+from prometheus_client import CollectorRegistry, Counter
 
 from services.api.switchyard.v1 import telemetry_pb2
 from services.edge.stats import EdgeStats
@@ -50,6 +51,15 @@ def record(stats: EdgeStats, entry: accesslog_pb2.HTTPAccessLogEntry) -> bool:
     return True
 
 
+def path_of(entry: accesslog_pb2.HTTPAccessLogEntry) -> str:
+    """Which path served a logged request: ``slow`` (the co-located Python edge), ``envoy``
+    (a deployment, by compiled config) or ``local`` (Envoy answered it itself)."""
+    cluster = entry.common_properties.upstream_cluster
+    if cluster == SLOW_PATH_CLUSTER:
+        return "slow"
+    return "envoy" if cluster else "local"
+
+
 def observation_report(edge_id: str, region: str, stats: EdgeStats,
                        interval_s: float) -> telemetry_pb2.ObservationReport:
     """What ``services.edge.control`` reports, from the same ``EdgeStats.refresh``."""
@@ -73,8 +83,15 @@ class _Edge:
 
 # xds-protos ships no stubs: its servicer base is Any to mypy.
 class AccessLogFeedback(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[misc]
-    def __init__(self, report: Report, interval_s: float, min_samples: int) -> None:
+    def __init__(self, report: Report, interval_s: float, min_samples: int,
+                 registry: CollectorRegistry | None = None) -> None:
         self.report = report
+        # Requests per Envoy edge and path, on placement's /metrics (edge ids are the
+        # config's: bounded labels).
+        self.paths = Counter("switchyard_envoy_requests_total",
+                             "Requests Envoy edges logged, by the path that answered them "
+                             "(envoy, slow, local)", ["edge", "path"],
+                             registry=registry or CollectorRegistry())
         self.interval_s = interval_s
         self.min_samples = min_samples
         self.calls = 0  # logged calls with a deployment, all edges
@@ -120,6 +137,7 @@ class AccessLogFeedback(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
                     edge = self._join(node.id, node.cluster)
                 for entry in msg.http_logs.log_entry:
                     self.entries += 1
+                    self.paths.labels(edge.edge_id, path_of(entry)).inc()
                     self.calls += record(edge.stats, entry)
                     self.slow_calls += entry.common_properties.upstream_cluster == \
                         SLOW_PATH_CLUSTER

@@ -219,6 +219,6 @@ def serve_ads(server: grpc.aio.Server, service: PlacementService, cfg: MeshConfi
         return await service.ReportObservations(obs, None)  # type: ignore[arg-type]
 
     ads.feedback = AccessLogFeedback(report, cfg.edge.report_interval_s,
-                                     cfg.routing.observed_min_samples)
+                                     cfg.routing.observed_min_samples, service.metrics.registry)
     als_pb2_grpc.add_AccessLogServiceServicer_to_server(ads.feedback, server)
     return ads

@@ -253,6 +253,13 @@ async def test_slow_path_calls_are_reported_once_by_the_python_edge_not_by_envoy
     await eventually(all_logged, 10, "Envoy logged the five calls")
     # Envoy's feedback counted its own three; the two slow-path calls were logged, not counted.
     assert (feedback.calls - fast0, feedback.slow_calls - slow0) == (3, 2)
+    # Placement's /metrics counts them by path.
+    registry = mesh.placement.service.metrics.registry
+    by_path = {p: registry.get_sample_value("switchyard_envoy_requests_total",
+                                            {"edge": mesh.envoy.node.edge_id, "path": p})
+               for p in ("envoy", "slow")}
+    assert by_path["slow"] == feedback.slow_calls
+    assert (by_path["envoy"] or 0) >= feedback.calls  # also errors no deployment claimed
     fleet, edge = mesh.placement.service.fleet, mesh.envoy.node
     slow_edge = (edge.region, edge.edge_id + SUFFIX)
 

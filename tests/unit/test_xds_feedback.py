@@ -6,7 +6,7 @@ from envoy.data.accesslog.v3 import accesslog_pb2
 from google.protobuf import duration_pb2
 
 from services.edge.stats import EdgeStats
-from services.xds.feedback import observation_report, record
+from services.xds.feedback import observation_report, path_of, record
 
 
 def _entry(deployment: str, first_tx_ms: int, last_rx_ms: int, status: str = "0"
@@ -49,3 +49,10 @@ def test_calls_envoy_sent_to_its_slow_path_are_left_to_the_python_edge_that_serv
     assert record(stats, fast)
     (obs,) = observation_report("edge-1", "r-east", stats, interval_s=1.0).observations
     assert obs.samples == 1
+
+
+def test_each_logged_request_is_named_by_the_path_that_answered_it() -> None:
+    slow, fast, local = _entry("b1/small", 1, 11), _entry("b1/small", 1, 11), _entry("", 0, 0)
+    slow.common_properties.upstream_cluster = "slow-path"
+    fast.common_properties.upstream_cluster = "model:summarize"
+    assert [path_of(e) for e in (slow, fast, local)] == ["slow", "envoy", "local"]
