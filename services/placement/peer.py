@@ -91,7 +91,8 @@ def accept(peer: str, resp: placement_pb2.LearnedState,
                            f"format {resp.format} (from {resp.placement_id or 'a peer'}), "
                            f"this placement reads {list(reads)}")
     try:
-        data = decode(resp.state)
+        with persist.no_gc():
+            data = decode(resp.state)
     except (zlib.error, ValueError, TypeError) as exc:
         raise StateRefused(peer, resp.format, f"state does not decode: {exc!r}") from exc
     if data.get("format") != resp.format:
@@ -127,6 +128,7 @@ async def warm_start(fleet: FleetState, path: pathlib.Path, peers: Sequence[str]
                      timeout_s: float = TIMEOUT_S) -> WarmStart:
     """Restore into ``fleet`` the state learned last among ``path`` and ``peers`` (asked at
     once); before the first build. Every peer that fails is logged with what happens next."""
+    t0 = time.monotonic()
     options: list[tuple[str, str, dict[str, Any]]] = []
     own = persist.read(path)
     if own is not None:
@@ -155,6 +157,7 @@ async def warm_start(fleet: FleetState, path: pathlib.Path, peers: Sequence[str]
             continue
         learned = persist.learned_unix(data)
         log.info("learned_state_loaded", source=source, origin=origin, backends=n,
+                 took_s=round(time.monotonic() - t0, 3),
                  learned_s_ago=(round(time.time() - learned, 1) if math.isfinite(learned)
                                 else None))
         return WarmStart(source, origin, n, learned)

@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import gc
 import json
 import math
 import os
 import pathlib
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import fields, replace
 from typing import Any
 
@@ -85,8 +87,28 @@ def _snapshot(s: TelemetrySnapshot, now: float) -> dict[str, Any]:
             "variants": {k: _plain(v, _STATS) for k, v in s.variants.items()}}
 
 
+@contextlib.contextmanager
+def no_gc() -> Iterator[None]:
+    """Without the cyclic collector: building or reading 10k backends' state allocates enough
+    containers to trigger full collections over the whole heap, which took more time than the
+    work itself (10k backends: dump 1.3 -> 0.8 s, restore 3.7 -> 1.1 s). For synchronous code
+    on the event loop's thread only; nothing here makes cycles."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def dump(fleet: FleetState, now: float, wall: float) -> dict[str, Any]:
     """The learned state of ``fleet`` as plain data (``now`` monotonic, ``wall`` unix)."""
+    with no_gc():
+        return _dump(fleet, now, wall)
+
+
+def _dump(fleet: FleetState, now: float, wall: float) -> dict[str, Any]:
     backends = {}
     for bid, s in fleet.backends.items():
         backends[bid] = {
@@ -116,6 +138,11 @@ def restore(fleet: FleetState, data: dict[str, Any], now: float, wall: float) ->
 
     Backends the fleet does not have yet are registered as stored; learned state replaces
     whatever the fleet holds for them (a fresh replica holds nothing)."""
+    with no_gc():
+        return _restore(fleet, data, now, wall)
+
+
+def _restore(fleet: FleetState, data: dict[str, Any], now: float, wall: float) -> int:
     if data.get("format") != FORMAT:
         raise ValueError(f"format {data.get('format')!r}, this placement reads {FORMAT}")
     down = max(0.0, wall - float(data["written_unix"]))  # stored ages grew by this much
@@ -167,7 +194,8 @@ def write(path: pathlib.Path, data: dict[str, Any]) -> None:
 def read(path: pathlib.Path) -> dict[str, Any] | None:
     """The state in ``path`` if it holds one of this format (not restored yet), else None."""
     try:
-        data = json.loads(path.read_text())
+        with no_gc():
+            data = json.loads(path.read_text())
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
