@@ -16,7 +16,7 @@ from services.agent.agent import NodeAgent
 from services.api.switchyard.v1 import fleet_pb2, placement_pb2, placement_pb2_grpc
 from services.backends.wan import WanRelay, relay_routes
 from services.edge.main import start_edge
-from services.placement.main import start_placement
+from services.placement.main import RunningPlacement, start_placement
 from tests.mesh_harness import Mesh, call, eventually, mesh_config, running_tritons
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
@@ -87,6 +87,55 @@ async def test_killing_one_replica_loses_nothing(tmp_path: pathlib.Path) -> None
             assert failures == []
             assert served >= drained_at + 5
         finally:
+            await edge.stop(0.2)
+            await agent.stop()
+            await b.stop(0.2)
+            await a.stop(0)
+            await relay.stop()
+
+
+def _tables(running: RunningPlacement) -> dict[tuple[str, str], list[placement_pb2.Candidate]]:
+    """Every table rebuilt in full now (incremental tables may lag on slot shares)."""
+    running.service.fleet.all_dirty = True
+    running.service.hub.publish()
+    return {k: list(t.candidates) for k, t in running.service.hub.tables.items()}
+
+
+async def test_a_replacement_replica_starts_from_the_survivors_state(
+        tmp_path: pathlib.Path) -> None:
+    """Replica A dies; C, started on a new port with no file of its own, fetches B's learned
+    state (real Triton telemetry, real agent) and has B's tables within 2 s of its start."""
+    cfg = mesh_config(tmp_path)
+    with running_tritons(cfg, tmp_path / "tritons") as tritons:
+        relay = WanRelay(relay_routes(cfg))
+        await relay.start()
+        a = await start_placement(cfg, port=0, metrics_port=0)
+        b = await start_placement(cfg, port=0, metrics_port=0)
+        c: RunningPlacement | None = None
+        addresses = [f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"]
+        agent = NodeAgent(cfg, [x.id for x in cfg.backends], placement=addresses,
+                          interval_s=0.3, fan_out=True)
+        await agent.start()
+        edge = await start_edge(cfg, cfg.edges[0], port=0, placement=addresses,
+                                metrics_port=0)
+        mesh = Mesh(cfg, tritons, relay, a, agent, edge)
+        try:
+            await eventually(lambda: all(s.loads for s in b.service.fleet.backends.values())
+                             and edge.router.store.candidates.get("summarize"), 30,
+                             "B has rates for every backend and the edge a table")
+            for _ in range(5):  # some calls, so the edge has observations to report
+                await asyncio.to_thread(call, mesh, [("x-slo-ms", "400")], timeout_s=2.0)
+            await a.stop(0)  # replica A dies; its replacement comes up elsewhere
+            t0 = time.monotonic()
+            c = await start_placement(cfg, port=0, metrics_port=0, peers=[addresses[1]],
+                                      learned=tmp_path / "c" / "learned.json")
+            await eventually(lambda: c is not None and _tables(c) == _tables(b), 2.0,
+                             "the replacement's tables equal the survivor's")
+            assert time.monotonic() - t0 <= 2.0
+            assert all(s.last is not None and s.loads for s in c.service.fleet.backends.values())
+        finally:
+            if c is not None:
+                await c.stop(0.2)
             await edge.stop(0.2)
             await agent.stop()
             await b.stop(0.2)
