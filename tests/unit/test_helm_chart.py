@@ -23,10 +23,14 @@ from services.prices_file import load_prices
 
 CHART = pathlib.Path(__file__).resolve().parents[2] / "helm" / "switchyard"
 KUBE_VERSIONS = ["1.30.0", "1.37.0"]
-VALUE_FILES = {"default": None, "multiregion": CHART / "values-multiregion.yaml"}
+VALUE_FILES = {"default": None, "multiregion": CHART / "values-multiregion.yaml",
+               "envoy": None}
+ENVOY = {"edge": {"engine": "envoy"}}  # what "envoy" sets over the default values
 
 
 def overrides(which: str) -> dict[str, Any] | None:
+    if which == "envoy":
+        return ENVOY
     path = VALUE_FILES[which]
     return None if path is None else helm.values_from_yaml(path.read_text())
 
@@ -79,7 +83,7 @@ def test_placement_is_highly_available(rendered: tuple[str, list[dict[str, Any]]
     which, docs = rendered
     placement = next(d for d in by_kind(docs, "Deployment")
                      if d["metadata"]["name"] == "sy-switchyard-placement")
-    assert placement["spec"]["replicas"] == (2 if which == "default" else 3)
+    assert placement["spec"]["replicas"] == (3 if which == "multiregion" else 2)
     anti = placement["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
     assert anti["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"][
         "topologyKey"] == "kubernetes.io/hostname"
@@ -116,7 +120,7 @@ def test_agent_runs_on_gpu_nodes(rendered: tuple[str, list[dict[str, Any]]]) -> 
 
 def test_pods_are_non_root_read_only_and_probed_over_grpc(
         rendered: tuple[str, list[dict[str, Any]]]) -> None:
-    _, docs = rendered
+    which, docs = rendered
     for name, pod, c in containers(docs):
         assert pod["securityContext"]["runAsNonRoot"] is True, name
         assert c["securityContext"]["readOnlyRootFilesystem"] is True, name
@@ -124,13 +128,15 @@ def test_pods_are_non_root_read_only_and_probed_over_grpc(
         assert c["resources"]["requests"], name
         assert c["resources"]["limits"], name
         if "agent" not in name:
+            # an Envoy edge's listener speaks no gRPC health: TCP (test_envoy_edges_... below)
+            kind = "tcpSocket" if which == "envoy" and "-edge-" in name else "grpc"
             for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-                assert c[probe]["grpc"]["port"] == c["ports"][0]["containerPort"], name
+                assert c[probe][kind]["port"] == c["ports"][0]["containerPort"], name
 
 
 def test_mounted_mesh_file_passes_the_services_own_validation(
         rendered: tuple[str, list[dict[str, Any]]], tmp_path: pathlib.Path) -> None:
-    _, docs = rendered
+    which, docs = rendered
     data = by_kind(docs, "ConfigMap")[0]["data"]
     ConsulSettings.model_validate(tomllib.loads(data["mesh.toml"])["consul"])
     text = data["mesh.toml"]
@@ -140,6 +146,7 @@ def test_mounted_mesh_file_passes_the_services_own_validation(
     (tmp_path / "prices.toml").write_text(data["prices.toml"])
     config = load_config(tmp_path / "mesh.toml")
     assert config.discovery == "consul"
+    assert config.edge.engine == ("envoy" if which == "envoy" else "python")
     assert load_prices(config.path(config.prices_file))
 
 
@@ -180,6 +187,10 @@ def test_consul_credentials_come_from_secrets() -> None:
     ({"mesh": {"run_dir": "relative/dir"}}, "at '/mesh/run_dir'"),
     ({"consul": {"token": "x", "tokenSecret": {"name": "s", "key": "token"}}}, "at '/consul'"),
     ({"replicaCount": 3}, "additional properties 'replicaCount' not allowed"),
+    ({"edge": {"engine": "nginx"}}, "at '/edge/engine'"),
+    ({"edge": {"engine": "envoy", "envoy": {"concurrency": 0}}},
+     "at '/edge/envoy/concurrency'"),
+    ({"mesh": {"edge": {"engine": "envoy"}}}, "at '/mesh/edge'"),  # edge.engine owns it
 ])
 def test_broken_values_are_rejected_by_the_schema(values: dict[str, Any], message: str) -> None:
     with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmValuesError) as err:
@@ -238,3 +249,82 @@ def test_a_bad_backend_spec_names_the_field() -> None:
     flags = _parser().parse_args(["--config", str(mesh), "--backend", "id"])
     with pytest.raises(ConfigError, match="'id' is not key=value"):
         agent_config(flags, {})
+
+
+def edge_containers(docs: list[dict[str, Any]]) -> dict[str, tuple[dict[str, Any],
+                                                                    dict[str, Any]]]:
+    """Each edge fleet's (pod spec, container), by edge id."""
+    return {d["metadata"]["labels"]["switchyard.io/edge"]: (d["spec"]["template"]["spec"],
+                                                            d["spec"]["template"]["spec"][
+                                                                "containers"][0])
+            for d in by_kind(docs, "Deployment")
+            if d["metadata"]["labels"]["app.kubernetes.io/component"] == "edge"}
+
+
+@pytest.mark.parametrize("which", ["envoy", "multiregion"])
+def test_envoy_edges_run_the_envoy_supervisor_pointed_at_placements_ads(which: str) -> None:
+    values = {**(overrides(which) or {}), **ENVOY}
+    docs = render(values)
+    with helm.Chart.load(CHART) as chart:
+        merged = chart.merge_values(values)
+    placement = next(d for d in by_kind(docs, "Deployment")
+                     if d["metadata"]["name"] == "sy-switchyard-placement")
+    service = next(s for s in by_kind(docs, "Service")
+                   if s["metadata"]["name"] == "sy-switchyard-placement")
+    ads = f"sy-switchyard-placement.switchyard.svc:{service['spec']['ports'][0]['port']}"
+    assert service["spec"]["ports"][0]["name"] == "grpc"  # ADS is on placement's gRPC port
+    edges = edge_containers(docs)
+    assert sorted(edges) == sorted(e["id"] for e in merged["edges"])
+    run_dir = merged["mesh"]["run_dir"]
+    for e in merged["edges"]:
+        pod, c = edges[e["id"]]
+        assert c["image"] == placement["spec"]["template"]["spec"]["containers"][0]["image"]
+        assert c["args"] == ["-m", "services.edge.envoy", "--config", "/etc/switchyard/mesh.toml",
+                             "--id", e["id"], "--placement", ads, "--concurrency", "2"]
+        # only the listener is a container port: admin and slow path are on 127.0.0.1
+        assert c["ports"] == [{"name": "grpc", "containerPort": e["port"]}]
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert c[probe]["tcpSocket"] == {"port": e["port"]}, probe
+            assert "grpc" not in c[probe]
+        # the snapshot directory (the supervisor's <run_dir>/envoy) is its own volume
+        mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+        assert mounts["envoy-snapshot"] == f"{run_dir}/envoy"
+        assert mounts["config"] == "/etc/switchyard"
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert volumes["envoy-snapshot"]["emptyDir"] == {"sizeLimit": "64Mi"}
+        env = {v["name"]: v.get("value") for v in c["env"]}
+        assert env["SWITCHYARD_RUN_DIR"] == run_dir
+    for s in by_kind(docs, "Service"):
+        if s["metadata"]["labels"]["app.kubernetes.io/component"] == "edge":
+            assert [p["targetPort"] for p in s["spec"]["ports"]] == ["grpc"]
+
+
+def test_python_edges_stay_the_default_with_grpc_probes_and_metrics() -> None:
+    docs = render(None)
+    (pod, c), = edge_containers(docs).values()
+    assert c["args"] == ["-m", "services.cli", "edge", "--config", "/etc/switchyard/mesh.toml",
+                         "--id", "edge-us-east"]
+    assert [p["name"] for p in c["ports"]] == ["grpc", "metrics"]
+    assert c["readinessProbe"]["grpc"] == {"port": 50051}
+    assert "envoy-snapshot" not in {v["name"] for v in pod["volumes"]}
+    mesh = tomllib.loads(by_kind(docs, "ConfigMap")[0]["data"]["mesh.toml"])
+    assert mesh["edge"] == {"engine": "python"}
+
+
+def test_the_mesh_files_other_edge_settings_pass_through_beside_the_engine(
+        tmp_path: pathlib.Path) -> None:
+    docs = render({"edge": {"engine": "envoy", "envoy": {
+        "args": ["-m", "services.edge.envoy", "--config", "/etc/switchyard/mesh.toml"],
+        "concurrency": 4, "snapshotSizeLimit": "16Mi"}},
+        "mesh": {"edge": {"max_attempts": 2}}})
+    data = by_kind(docs, "ConfigMap")[0]["data"]
+    (tmp_path / "mesh.toml").write_text(_without_consul(data["mesh.toml"])
+                                        if "consul" not in MeshConfig.model_fields
+                                        else data["mesh.toml"])
+    (tmp_path / "prices.toml").write_text(data["prices.toml"])
+    config = load_config(tmp_path / "mesh.toml")
+    assert (config.edge.engine, config.edge.max_attempts) == ("envoy", 2)
+    (pod, c), = edge_containers(docs).values()
+    assert c["args"][-2:] == ["--concurrency", "4"]
+    assert {v["name"]: v for v in pod["volumes"]}["envoy-snapshot"]["emptyDir"] == {
+        "sizeLimit": "16Mi"}

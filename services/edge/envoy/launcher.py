@@ -143,7 +143,8 @@ def listening(host: str, port: int) -> bool:
         return False
 
 
-def run_edge(cfg: MeshConfig, edge_id: str) -> None:
+def run_edge(cfg: MeshConfig, edge_id: str, placement: Sequence[str] | None = None,
+             concurrency: int | None = None) -> None:
     """Run the edge: its slow path (the Python edge on a private port, in this process's
     event loop) and its Envoy under a :class:`Supervisor`, until SIGTERM or SIGINT. Either
     one failing ends the process, and ``switchyard up``'s supervisor restarts both."""
@@ -153,10 +154,11 @@ def run_edge(cfg: MeshConfig, edge_id: str) -> None:
     if edge is None:
         raise EnvoyStartError(f"--id {edge_id!r} is not an edge of the config "
                               f"{[e.id for e in cfg.edges]}")
-    asyncio.run(_run_edge(cfg, edge))
+    asyncio.run(_run_edge(cfg, edge, placement, concurrency))
 
 
-async def _run_edge(cfg: MeshConfig, edge: EdgeConfig) -> None:
+async def _run_edge(cfg: MeshConfig, edge: EdgeConfig, placement: Sequence[str] | None,
+                    concurrency: int | None) -> None:
     import asyncio
     import threading
 
@@ -167,10 +169,12 @@ async def _run_edge(cfg: MeshConfig, edge: EdgeConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    slow = await start_slow_path(cfg, edge)
+    replicas = list(placement) if placement else None
+    slow = await start_slow_path(cfg, edge, placement=replicas)
     try:
         node = EnvoyNode(edge.id, edge.region, edge.host, edge.port, 0, slow.port)
-        supervisor = Supervisor(node, placement_addresses(cfg), cfg.path(cfg.run_dir) / "envoy")
+        supervisor = Supervisor(node, replicas or placement_addresses(cfg),
+                                cfg.path(cfg.run_dir) / "envoy", concurrency)
         await asyncio.to_thread(supervisor.run, stop)
     finally:
         await slow.stop(1.0)
