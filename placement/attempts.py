@@ -121,15 +121,22 @@ class CallAttempts:
         """An attempt on ``c`` is about to be sent."""
         self.attempts += 1
 
-    def next_timeout(self, c: Estimated, now: float) -> float | None:
+    def next_timeout(self, c: Estimated, now: float, *, alone: bool = False) -> float | None:
         """The attempt's timeout: the rest of the deadline, shortened while retries remain
-        (``attempt_timeout_factor`` × its p95, at least ``min_attempt_timeout_s``)."""
+        (``attempt_timeout_factor`` × its p95, at least ``min_attempt_timeout_s``).
+
+        ``alone``: no deployment off ``c``'s server could take a retry (a timeout excludes
+        the whole server, see ``SERVER_FAILURES``), so a retry has nowhere to go and the
+        attempt is the call's last in all but name: it gets the rest of the deadline. Cut
+        short, a slow but working server failed the call with DEADLINE_EXCEEDED and most
+        of the caller's deadline unused (issue 13: the only deployment meeting a quality
+        floor, briefly slow while a variant loaded on the same CPU)."""
         s = self.settings
         bound = max(s.min_attempt_timeout_s, s.attempt_timeout_factor * c.latency_p95_ms / 1000)
         if self.deadline is None:
-            return None if self.last else bound
+            return None if self.last or alone else bound
         remaining = self.deadline - now
-        if self.last:
+        if self.last or alone:
             return max(remaining, MIN_TIMEOUT_S)
         return max(min(remaining, bound), MIN_TIMEOUT_S)
 

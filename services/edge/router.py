@@ -193,8 +193,9 @@ class Router:
                         c, response = await self._hedged(c, model, raw, cands, ctx, profile,
                                                          tries)
                     else:
-                        response = await self._attempt(c, model, raw,
-                                                       tries.next_timeout(c, self.clock()))
+                        alone = not tries.last and self._alone(c, cands, ctx, profile)
+                        response = await self._attempt(
+                            c, model, raw, tries.next_timeout(c, self.clock(), alone=alone))
                 except AttemptFailed as f:
                     failure = f
                     record.chosen = f.candidate
@@ -218,6 +219,19 @@ class Router:
             raise
         finally:
             self.on_done(record)
+
+    def _alone(self, c: Candidate, cands: Sequence[Candidate], ctx: CallContext,
+               profile: Profile) -> bool:
+        """No deployment off ``c``'s server would take this call's retry (the pipeline's own
+        filters decide: quality floor, residency, health): the attempt gets the rest of the
+        deadline rather than a timeout that could only fail the call early."""
+        server = {x.deployment_id for x in cands if x.backend_id == c.backend_id}
+        try:
+            profile.choose(cands, dataclasses.replace(ctx, exclude=ctx.exclude | server),
+                           self.rng, cost_sorted=True)
+        except SwitchyardError:
+            return True
+        return False
 
     async def _attempt(self, c: Candidate, model: str, raw: bytes,
                        timeout_s: float | None) -> bytes:
