@@ -142,7 +142,11 @@ def triton_command(
         f"--metrics-address={host}",
         f"--metrics-port={metrics_port}",
         "--exit-on-error=true",
-        "--strict-readiness=true",
+        # Explicit control: the server is ready when it answers, whatever it is loading.
+        # Strict readiness would answer ServerReady "not ready" for the whole of every load
+        # (seconds) and after an unload, and the edges' health checks would block the
+        # variants it already serves (issue 13); which variants take calls is placement's.
+        f"--strict-readiness={'false' if model_control == 'explicit' else 'true'}",
         "--log-verbose=0",
         "--exit-timeout-secs=5",
         *explicit,
