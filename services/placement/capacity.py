@@ -103,10 +103,12 @@ class CapacityLoop:
                  on_stop: Callable[[], Awaitable[None]] | None = None,
                  telemetry: Poller | None = None,
                  candidates: Callable[[str, str], Sequence[Candidate]] = lambda m, r: (),
-                 spread_band: float = 0.05) -> None:
+                 spread_band: float = 0.05,
+                 publish: Callable[[], None] = lambda: None) -> None:
         """``on_stop``: closes what the loop acts through (the provider's instances);
         ``telemetry``: polled every round before the demand is read (the instances' own
-        statistics, :mod:`services.placement.capacity_telemetry`)."""
+        statistics, :mod:`services.placement.capacity_telemetry`); ``publish``: pushes the
+        route tables now (after :meth:`forget_leftovers`)."""
         self.settings = settings
         self.catalog = catalog
         self.fleet = fleet
@@ -129,6 +131,7 @@ class CapacityLoop:
         self.telemetry = telemetry
         self.candidates = candidates  # (model, edge region) -> its route table's rows
         self.spread_band = spread_band
+        self._publish = publish
 
     # -- demand ----------------------------------------------------------------------------
     def observed_rates(self) -> dict[ClassKey, float]:
@@ -350,7 +353,26 @@ class CapacityLoop:
                 log.exception("capacity.round_failed")
             await asyncio.sleep(self.settings.observe_s)
 
+    def forget_leftovers(self) -> list[str]:
+        """Forget managed instances this loop's provider does not run (a previous placement's,
+        restored from learned state: their servers went with it). Left in the fleet they were
+        routed to, and their restored call rates read as demand for their variants' quality
+        (a new run's first plan loaded the large variant with no call asking for it)."""
+        ours = {i.id for p in self.pools for i in self.actor.provider.instances(p)}
+        gone = sorted(b for b in self.fleet.backends if b not in ours
+                      and any(b.startswith(f"{p}-") and b[len(p) + 1:].isdigit()
+                              for p in self.pools))
+        for b in gone:
+            self.fleet.deregister(b)
+            for dep in [d for d in self.fleet.use if d.startswith(f"{b}/")]:
+                del self.fleet.use[dep]
+        if gone:
+            log.info("capacity.forgot_leftovers", backends=gone)
+            self._publish()
+        return gone
+
     def start(self) -> None:
+        self.forget_leftovers()
         self._task = asyncio.create_task(self.run())
 
     async def stop(self) -> None:

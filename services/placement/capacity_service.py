@@ -100,7 +100,7 @@ def build_loop(cfg: MeshConfig, service: PlacementService) -> CapacityLoop:
                                                     baselines=baselines),
                         candidates=lambda model, region: service.builder.build(
                             model, region, service.clock()),
-                        spread_band=cfg.routing.spread_band)
+                        spread_band=cfg.routing.spread_band, publish=service.hub.publish)
 
 
 class CapacityService(capacity_pb2_grpc.CapacityServicer):
