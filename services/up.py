@@ -132,6 +132,10 @@ class Mesh:
                 child.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 child.proc.kill()
+        if self.cfg.capacity.enabled:  # a placement that died (or was killed) leaves its own
+            from services.capacity.local import reap_leftovers
+
+            reap_leftovers(self.run_dir / "capacity")
         self.children.clear()
 
     def _stop_replaced(self) -> None:

@@ -3,18 +3,68 @@
 A pool is described by a ``BackendConfig`` (its region, accelerator, price class and the
 variants its repository holds); every instance gets its own run directory and free ports,
 and starts in explicit model-control mode with nothing loaded (the capacity actor loads).
+
+Instances outlive a placement that crashes or is killed (they are its children, not the
+mesh's); :func:`reap_leftovers` stops them, from each instance directory's
+``endpoints.json``: a new provider on the same root does at construction (the supervisor's
+restart of placement), and ``switchyard up`` does when it stops the mesh.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import os
 import pathlib
+import signal
+import time
 from collections.abc import Mapping
+
+import structlog
 
 from placement.errors import ConfigError
 from services.backends.triton import TritonProcess
 from services.capacity.provider import Instance
 from services.config import BackendConfig, MeshConfig
+
+log = structlog.get_logger("switchyard.capacity")
+
+
+def _serves(pid: int, repo: pathlib.Path) -> bool:
+    """``pid`` is a live tritonserver on ``repo`` (not a recycled pid, not a zombie)."""
+    try:
+        argv = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    want = {f"--model-repository={repo}".encode(), f"--model-repository={repo.resolve()}".encode()}
+    return bool(argv) and argv[0].endswith(b"tritonserver") and bool(want & set(argv))
+
+
+def reap_leftovers(root: pathlib.Path, *, wait_s: float = 10.0) -> list[int]:
+    """Stop the tritonservers a previous provider started under ``root`` and left running
+    (SIGTERM, then SIGKILL after ``wait_s``); returns their pids. Only a pid whose command
+    line is a tritonserver on that instance directory's repository is signalled."""
+    found = []
+    for ep in sorted(root.glob("*/endpoints.json")) if root.is_dir() else []:
+        with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+            pid = int(json.loads(ep.read_text())["pid"])
+            if _serves(pid, ep.parent / "repo"):
+                found.append((pid, ep.parent / "repo"))
+    for pid, _ in found:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + wait_s
+    while any(_serves(p, r) for p, r in found) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid, repo in found:
+        if _serves(pid, repo):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+    if found:
+        log.warning("capacity.reaped_leftover_instances", root=str(root),
+                    pids=[p for p, _ in found])
+    return [p for p, _ in found]
 
 
 class LocalProvider:
@@ -29,6 +79,7 @@ class LocalProvider:
         self.cfg = cfg
         self.pools = dict(pools)
         self.root = root
+        self.reaped = reap_leftovers(root)  # a crashed predecessor's instances
         self.ready_timeout_s = ready_timeout_s
         self._procs: dict[str, TritonProcess] = {}
         self._instances: dict[str, list[Instance]] = {p: [] for p in pools}
