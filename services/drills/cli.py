@@ -40,6 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", default="", help="also write the report(s) as JSON here")
     p.add_argument("--attach", action="store_true",
                    help="drill the mesh already running from --config (switchyard up)")
+    p.add_argument("--engine", choices=["python", "envoy"], default=None,
+                   help="run the private mesh's edges on this engine ([edge] engine; default: "
+                        "the config's)")
     p.add_argument("--streams", type=int, default=8,
                    help="kill-streams: concurrent LLM streams (default 8)")
     p.add_argument("--tokens", type=int, default=200,
@@ -61,7 +64,9 @@ def drill_main(args: argparse.Namespace) -> int:
         mesh, path, tmp = attach(cfg, args.config), args.config, None
     else:
         tmp = tempfile.TemporaryDirectory(prefix="switchyard-drill-")
-        path = str(sandbox_config(args.config, tmp.name))
+        engine = getattr(args, "engine", None)
+        path = str(sandbox_config(args.config, tmp.name,
+                                  overrides={"edge": {"engine": engine}} if engine else None))
         cfg = load_config(path)
         mesh = Mesh(cfg, path)
         print(f"starting a private mesh from {args.config} on free ports "

@@ -21,16 +21,11 @@ from typing import cast
 import grpc
 
 from placement.errors import SwitchyardError
-from services.api.switchyard.v1 import (
-    edge_pb2,
-    edge_pb2_grpc,
-    fleet_pb2,
-    placement_pb2,
-    placement_pb2_grpc,
-)
+from services.api.switchyard.v1 import fleet_pb2, placement_pb2, placement_pb2_grpc
 from services.backends.repository import set_control
 from services.backends.triton import backend_run_dir
 from services.config import BackendConfig, EdgeConfig, MeshConfig
+from services.drills.edges import EdgeUnreachable, EdgeView, edge_view
 from services.supervisor import PidProcess, hold, release
 from services.up import Child, Mesh, is_serving
 
@@ -159,11 +154,9 @@ class MeshHandle:
 
     # -- observation ---------------------------------------------------------------------
 
-    def edge_status(self, edge: EdgeConfig, timeout_s: float = 1.0) -> edge_pb2.EdgeStatusResponse:
-        with grpc.insecure_channel(f"{edge.host}:{edge.port}") as ch:
-            st: edge_pb2.EdgeStatusResponse = edge_pb2_grpc.EdgeAdminStub(ch).Status(
-                edge_pb2.EdgeStatusRequest(), timeout=timeout_s)
-            return st
+    def edge_view(self, edge: EdgeConfig, timeout_s: float = 1.0) -> EdgeView:
+        """The edge's view, whichever engine runs it (``services.drills.edges``)."""
+        return edge_view(self.cfg, edge, timeout_s)
 
     def unhealthy(self) -> list[str]:
         """What still differs from a fully healthy mesh (empty: settled)."""
@@ -185,15 +178,14 @@ class MeshHandle:
             problems.append(f"placement: {_status(exc)}")
         for e in self.cfg.edges:
             try:
-                st = self.edge_status(e)
-            except grpc.RpcError as exc:
-                problems.append(f"{e.id}: {_status(exc)}")
+                view = self.edge_view(e)
+            except EdgeUnreachable as exc:
+                problems.append(f"{e.id}: {exc.status}")
                 continue
-            if not st.placement_connected:
+            if not view.placement_connected:
                 problems.append(f"{e.id}: not connected to placement")
-            blocked = [d.deployment_id for d in st.deployments if d.ejected]
-            if blocked:
-                problems.append(f"{e.id}: blocked {blocked}")
+            if view.blocked:
+                problems.append(f"{e.id}: blocked {list(view.blocked)}")
         return problems
 
     def settle(self, timeout_s: float = 60.0, on_wait: Callable[[list[str]], None] | None = None

@@ -170,10 +170,9 @@ class DrainBackend(Scenario):
             fault.checks[f"placement reports {b} drained"] = (
                 b in status and status[b].availability == fleet_pb2.AVAILABILITY_DRAINED)
             for e in h.cfg.edges:
-                rows = [c for t in h.edge_status(e).tables for c in t.candidates
-                        if c.backend_id == b]
+                view = h.edge_view(e)
                 fault.checks[f"{e.id}'s tables mark {b} unroutable"] = (
-                    bool(rows) and all(c.dropped_reason for c in rows))
+                    b in view.known and b not in view.routable)
 
     def restore(self, h: MeshHandle, fault: Fault, progress: Progress) -> None:
         for b in fault.backends:
@@ -195,9 +194,9 @@ class PlacementOutage(Scenario):
 
     def during(self, h: MeshHandle, fault: Fault, progress: Progress) -> None:
         for e in h.cfg.edges:
-            st = h.edge_status(e)
-            fault.checks[f"{e.id} noticed placement is gone"] = not st.placement_connected
-            fault.checks[f"{e.id} kept its tables without placement"] = bool(st.tables)
+            view = h.edge_view(e)
+            fault.checks[f"{e.id} noticed placement is gone"] = not view.placement_connected
+            fault.checks[f"{e.id} kept its tables without placement"] = view.has_routes
 
     def restore(self, h: MeshHandle, fault: Fault, progress: Progress) -> None:
         progress("restarting placement")
@@ -221,13 +220,13 @@ class EdgeRestart(Scenario):
         child.proc.wait(15)
         progress(f"edge {edge.id} stopped (SIGTERM); starting a fresh one")
         h.restart(child, timeout_s=30)
-        st = h.edge_status(edge)
+        view = h.edge_view(edge)
         progress(f"edge {edge.id} back in {time.monotonic() - t0:.1f} s, routes from "
-                 f"{st.routes_source!r}, {len(st.tables)} tables, placement connected: "
-                 f"{st.placement_connected}")
+                 f"{view.routes_source!r}, routes held: {view.has_routes}, placement "
+                 f"connected: {view.placement_connected}")
         fault = Fault(f"edge {edge.id} (placement down)")
         fault.checks["restarted edge loaded its routes from disk"] = (
-            st.routes_source == "disk" and bool(st.tables))
+            view.routes_source == "disk" and view.has_routes)
         return fault
 
     def restore(self, h: MeshHandle, fault: Fault, progress: Progress) -> None:

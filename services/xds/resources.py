@@ -98,6 +98,9 @@ class EnvoySettings:
     slo_margin_ms: float = 2.0
     deadline_margin_ms: float = 5.0  # no x-slo-ms: SLO = the call's deadline minus this
     connect_timeout_s: float = 1.0
+    min_attempt_timeout_s: float = 0.25  # placement.attempts' floor of an attempt timeout
+    retry_budget_percent: float = 20.0   # [edge] retry_budget_ratio's default, as a percent
+    retry_min_concurrency: int = 10      # retries always allowed in flight per model route
 
     @property
     def buffer_bytes(self) -> int:
@@ -193,6 +196,12 @@ def model_cluster(name: str, deployment_ids: Sequence[str],
         "name": name,
         "connect_timeout": f"{s.connect_timeout_s}s",
         "lb_policy": "CLUSTER_PROVIDED",
+        # Retries are counted against the aggregate: Envoy's default of 3 retries in flight
+        # per cluster failed calls whose first attempt hit a killed backend or timed out
+        # (upstream_rq_retry_overflow). A budget as the Python edge's (budget.py) instead.
+        "circuit_breakers": {"thresholds": [{"retry_budget": {
+            "budget_percent": {"value": s.retry_budget_percent},
+            "min_retry_concurrency": s.retry_min_concurrency}}]},
         "cluster_type": {"name": "envoy.clusters.aggregate", "typed_config": {
             "@type": _T + "envoy.extensions.clusters.aggregate.v3.ClusterConfig",
             "clusters": [cluster_name(d) for d in deployment_ids]}},
@@ -275,8 +284,17 @@ def _trailer_metadata(m: ModelRoutes, feasible: frozenset[str],
     return {"metadata": {"filter_metadata": {lua.LISTENER_FILTER: data}}}
 
 
-def _route_action(model: str, cluster: str, order: Sequence[str],
-                  s: EnvoySettings) -> dict[str, Any]:
+def per_try_timeout_s(slo_ms: float, s: EnvoySettings) -> float:
+    """An attempt's timeout on a route whose calls have at least ``slo_ms``: a share of the
+    SLO that leaves the other attempts their turn (the Python edge's floor below it). Envoy
+    counts a timed-out attempt as a gateway failure: retried at the next deployment and fed
+    to outlier detection, so a backend whose queue grows (one deployment taking every call
+    while another restarts) is left before calls run out their deadline there."""
+    return max(s.min_attempt_timeout_s, slo_ms / 1000 / s.max_attempts)
+
+
+def _route_action(model: str, cluster: str, order: Sequence[str], s: EnvoySettings,
+                  slo_ms: float | None = None) -> dict[str, Any]:
     if not order:
         return {"direct_response": {"status": 503, "body": {
             "inline_string": f"no deployment may serve {model!r} now"}}}
@@ -286,6 +304,8 @@ def _route_action(model: str, cluster: str, order: Sequence[str],
         "retry_policy": {
             "retry_on": "unavailable,reset,connect-failure,refused-stream",
             "num_retries": s.max_attempts - 1,
+            **({} if slo_ms is None else
+               {"per_try_timeout": f"{per_try_timeout_s(slo_ms, s):.3f}s"}),
             "retry_priority": {
                 "name": "envoy.retry_priorities.previous_priorities", "typed_config": {
                     "@type": _T + "envoy.extensions.retry.priority.previous_priorities.v3"
@@ -307,10 +327,12 @@ def _model_routes(model: str, m: ModelRoutes, s: EnvoySettings) -> list[dict[str
             "start": k.lo, "end": _NO_END if k.hi is None else k.hi}}
         routes.append({"name": f"{model} slo [{k.lo}, {k.hi or ''})",
                        "match": {"prefix": "/", "headers": [is_model, in_class]},
-                       **_route_action(model, model_cluster_name(model, i), k.order, s),
+                       **_route_action(model, model_cluster_name(model, i), k.order, s,
+                                       k.lo),
                        **_trailer_metadata(m, k.feasible, None)})
     routes.append({"name": model, "match": {"prefix": "/", "headers": [is_model]},
-                   **_route_action(model, model_cluster_name(model), m.default, s),
+                   **_route_action(model, model_cluster_name(model), m.default, s,
+                                   m.default_slo_ms),
                    **_trailer_metadata(m, m.default_feasible, m.default_slo_ms)})
     return routes
 
