@@ -115,6 +115,10 @@ class _Model:
     x: dict[tuple[int, str, str], int] = field(default_factory=dict)
     rho: dict[int, float] = field(default_factory=dict)  # per x column: ρ* of its class
     spot_slack: dict[int, int] = field(default_factory=dict)  # class -> its slack column
+
+    @property
+    def by_id(self) -> dict[str, PlanPool]:
+        return {p.id: p for p in self.problem.pools}
     rows: _Rows = field(default_factory=_Rows)
 
     def var(self, cost: float, integral: bool, upper: float) -> int:
@@ -362,9 +366,16 @@ def _optimise(md: _Model) -> tuple[FloatArray, float] | None:
     allow = _support(md, relaxed.x)
     with contextlib.suppress(_OutOfTime):
         best = _solve(md, allow=allow)
-        if best is None and not md.problem.settings.full_milp:  # every variant on those pools
-            used = {pid for pid, _ in allow}
-            best = _solve(md, allow={key for key in md.y if key[0] in used})
+        if not md.problem.settings.full_milp and (best is None or (
+                _slack(md, best.x) > _slack(md, relaxed.x) + 0.5)):
+            # the support stranded some rule: every variant on its pools and on every
+            # on-demand pool a class may use
+            by_id = md.by_id
+            used = {pid for pid, _ in allow} | {pid for (_, pid, _) in md.x
+                                                if by_id[pid].price_class == ON_DEMAND}
+            wider = _solve(md, allow={key for key in md.y if key[0] in used})
+            if wider is not None and (best is None or wider.cost < best.cost):
+                best = wider
     tolerance = 1 + md.problem.settings.mip_rel_gap
     full_wanted = md.problem.settings.full_milp or best is None
     if full_wanted and (best is None or best.cost > bound * tolerance + 1e-9):
@@ -405,6 +416,10 @@ def _read(md: _Model, x: FloatArray, gap: float = 0.0) -> Plan:
     pools.sort(key=lambda pp: (pp.usd_per_hour, pp.pool))
     alone = tuple(problem.demand[ki].key for ki, col in md.spot_slack.items() if x[col] > 0.5)
     return Plan(tuple(pools), sum(pp.usd_per_hour for pp in pools), gap, alone)
+
+
+def _slack(md: _Model, x: FloatArray) -> float:
+    return float(sum(x[col] for col in md.spot_slack.values()))
 
 
 class _OutOfTime(Exception):
