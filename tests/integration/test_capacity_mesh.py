@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import pathlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -19,7 +19,7 @@ from services.backends.triton import TritonProcess
 from services.capacity.plan_view import plan_main, status_section
 from services.config import MeshConfig
 from services.demo_plan import run_plan_demo
-from tests.mesh_harness import Mesh, mesh_config, running_mesh, running_tritons
+from tests.mesh_harness import Mesh, mesh_config, running_mesh
 
 pytestmark = pytest.mark.integration
 
@@ -44,13 +44,7 @@ def cfg(tmp_path_factory: pytest.TempPathFactory) -> MeshConfig:
     return MeshConfig.model_validate({**base, "capacity": CAPACITY})
 
 
-@pytest.fixture(scope="module")
-def tritons(cfg: MeshConfig, tmp_path_factory: pytest.TempPathFactory
-            ) -> Iterator[dict[str, TritonProcess]]:
-    with running_tritons(cfg, tmp_path_factory.mktemp("tritons")) as procs:
-        yield procs
-
-
+# ``tritons`` is conftest's (the module's ``cfg``'s static backends)
 @pytest_asyncio.fixture(loop_scope="module")
 async def mesh(cfg: MeshConfig, tritons: dict[str, TritonProcess]) -> AsyncIterator[Mesh]:
     async with running_mesh(cfg, tritons) as m:
