@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -96,11 +97,30 @@ def _admin(port: int, path: str, timeout_s: float) -> str:
         return str(resp.read().decode())
 
 
+CONNECTED_SAMPLES = 3
+SAMPLE_GAP_S = 0.1
+
+
+def _connected_samples(port: int, timeout_s: float) -> str:
+    """``control_plane.connected_state`` read a few times, stopping at the first 0. Envoy sets
+    it to 1 when it *opens* a new ADS stream, before the connection is known to fail, so while
+    placement is down it blinks to 1 on every reconnect attempt: one read can lie."""
+    lines: list[str] = []
+    for i in range(CONNECTED_SAMPLES):
+        if i:
+            time.sleep(SAMPLE_GAP_S)
+        lines.append(_admin(port, "/stats?filter=^control_plane.connected_state$",
+                            timeout_s).strip())
+        if lines[-1].endswith(": 0"):
+            break
+    return "\n".join(lines)
+
+
 def envoy_view(ports: list[int], timeout_s: float = 1.0) -> EdgeView:
     """The view from the first of ``ports`` whose Envoy admin answers."""
     for port in ports:
         try:
-            stats = _admin(port, "/stats?filter=^control_plane.connected_state$", timeout_s)
+            stats = _connected_samples(port, timeout_s)
             clusters = _admin(port, "/clusters", timeout_s)
             dump = json.loads(_admin(port, "/config_dump?resource=dynamic_active_clusters",
                                      timeout_s) or "{}")
@@ -119,8 +139,9 @@ def _configs(dump: dict[str, Any]) -> list[dict[str, Any]]:
 def parse_envoy(stats: str, clusters: str, dynamic: dict[str, Any],
                 static: dict[str, Any]) -> EdgeView:
     """An :class:`EdgeView` from Envoy's admin answers (pure: tested on recorded text)."""
-    connected = any(line.strip() == "control_plane.connected_state: 1"
-                    for line in stats.splitlines())
+    states = [line.strip() for line in stats.splitlines()
+              if line.startswith("control_plane.connected_state:")]
+    connected = bool(states) and all(st.endswith(": 1") for st in states)
     dyn, sta = _configs(dynamic), _configs(static)
     configs = dyn + sta
     deployments = {c["name"][len(DEPLOYMENT_PREFIX):] for c in configs
