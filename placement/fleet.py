@@ -194,10 +194,10 @@ class FleetState:
 
     def slot_share(self, edge_region: str, deployment_id: str, now: float,
                    seed_edges: int = 1) -> float:
-        """The share of the backend's slots one edge of ``edge_region`` may fill with this
-        deployment (``placement.shares``). Reports older than ``OBSERVATION_TTL_S`` are
-        forgotten; before any edge has reported, ``seed_edges`` (the catalog's edge
-        regions) are assumed to share it.
+        """The share of the backend's slots one edge of ``edge_region`` may fill, with this
+        deployment or any other of the backend's (``placement.shares``). Reports older
+        than ``OBSERVATION_TTL_S`` are forgotten; before any edge has reported,
+        ``seed_edges`` (the catalog's edge regions) are assumed to share it.
         """
         backend_id = deployment_id.split("/", 1)[0]
         state = self.backends.get(backend_id)

@@ -12,7 +12,6 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from placement import latency, queueing
 from placement.token_learning import TokenSpeed
 
 HARDWARE_PENALTY_PREFIX = "GPU "  # placement.hardware's penalty reasons start with it
@@ -85,12 +84,13 @@ class Candidate:
     availability: Availability = Availability.ACTIVE
     penalty_reason: str = ""
     concurrency: int = 1
-    edge_slots: float = 0.0  # this edge's share of ``concurrency``; 0 = all of it
+    edge_slots: float = 0.0  # this edge's share of the backend's ``concurrency``; 0 = all
     tokens: TokenSpeed | None = None  # LLM streams: the fleet's learned token speed
 
     @property
     def slots(self) -> float:
-        """The in-flight calls this edge may have on the deployment before it queues."""
+        """The in-flight calls this edge may have on the backend (every variant) before it
+        queues."""
         return self.edge_slots or float(self.concurrency)
 
 
@@ -125,6 +125,8 @@ class CallContext:
     warming: Mapping[str, float] = field(default_factory=dict)  # slow start: deployment -> share
     draw: float = 0.0  # one uniform draw per call, for slow start
     inflight: Mapping[str, int] = field(default_factory=dict)  # this edge's calls in flight
+    # deployment id -> margin (ms) learned from this SLO class's misses (placement.feedback)
+    slo_margins: Mapping[str, float] = field(default_factory=dict)
     _by_backend: dict[str, int] | None = field(default=None, repr=False, compare=False)
 
     def latency_ms(self, c: Candidate) -> float:
@@ -132,21 +134,24 @@ class CallContext:
 
         The edge's observed p95 wins over the table's estimate, except that a hardware
         penalty (throttling GPU) is never hidden by older observations. On top, what this
-        edge itself sent since the table (``n`` calls in flight on ``c``, ``k = c.slots``
-        its share of the backend's slots for ``c``, see ``edge_slots``):
+        edge itself sent since the table: ``n`` its calls in flight on ``c``'s *backend*
+        (every variant: they queue on the same servers), ``k = c.slots`` its share of the
+        backend's slots (``edge_slots``, ``placement.shares``):
 
         - ``n < floor(k)``: a slot of its own share is free, no wait added;
-        - ``n >= ceil(k)``: past its share, it expects to queue behind its own calls,
-          ``(n - k + 1) × compute / k``;
-        - in between, the call would *borrow* the fraction of a slot the share does not
-          cover. Once the deployment's latency has been measured (``c.observed`` or the
-          edge's own p95), the borrowed slot waits as an M/M/c queue does at the backend's
-          utilisation (``placement.queueing.wait_ms`` at the attainment target's tail:
-          nothing while at most 0.5 % of calls wait, so tight calls stop borrowing first);
-          the utilisation is the table's plus the calls this edge has in flight on the
-          whole backend beyond its part of it. Before any measurement it takes the slot
-          with probability ``frac(k)`` (the call's draw): the shares are the only guard
-          against a herd then.
+        - ``floor(k) <= n < ceil(k)``: the fraction of a slot the share covers is taken
+          with probability ``frac(k)`` (the call's draw; random rounding, so the edges'
+          expected use of the backend is its concurrency);
+        - otherwise the call would need a slot another edge owns. Whether that one is free
+          is not known before the next table, and a call that takes it makes every later
+          call on the backend wait, loose or tight (one FIFO). So the edge does not plan on
+          it (risk-aware headroom): it expects the worst case, every slot busy ahead of its
+          excess, ``(n - k + 1) × concurrency × compute / k``, which removes the row for
+          any SLO that can be met elsewhere and orders the fallback by how far past its
+          share each row is.
+
+        What this misjudges shows up as SLO misses; the SLO filter adds the margin the
+        edge learned from them (``slo_margins``, ``placement.feedback``).
         """
         lat = c.latency_p95_ms
         observed = self.observed_p95_ms.get(c.deployment_id)
@@ -156,19 +161,11 @@ class CallContext:
         k = c.slots
         if k <= 0:
             return lat
-        n = self.inflight.get(c.deployment_id, 0)
-        if n >= math.ceil(k):
-            return lat + (n - k + 1) * c.compute_ms / k
+        n = self._backend_inflight().get(c.backend_id, 0)
         whole = math.floor(k)
-        if n < whole:
+        if n < whole or (n < math.ceil(k) and self.draw < k - whole):
             return lat
-        if observed is None and not c.observed:
-            return lat + (n - k + 1) * c.compute_ms / k if self.draw >= k - whole else lat
-        capacity = latency.capacity_rps(c.compute_ms, c.concurrency)
-        rho = min(max(1.0 - c.spare_capacity / capacity, 0.0), 1.0)
-        mine = self._backend_inflight().get(c.backend_id, n)
-        rho += max(0.0, mine - rho * k) / max(c.concurrency, 1)
-        return lat + queueing.wait_ms(c.compute_ms, c.concurrency, rho)
+        return lat + (n - k + 1) * max(c.concurrency, 1) * c.compute_ms / k
 
     def _backend_inflight(self) -> dict[str, int]:
         """This edge's calls in flight per backend (every variant), counted once per call."""

@@ -1,22 +1,25 @@
-"""Slot shares: how much of one backend's concurrency each edge may fill, per deployment.
+"""Slot shares: how much of one backend's concurrency each edge may fill.
 
 Every edge applies the same table and counts only its own calls in flight, so placement
-tells each edge how many of a deployment's slots are its own (``Candidate.edge_slots``).
-The slots belong to the *backend*: every variant it hosts queues on the same servers. So
-the split is made over the backend's call rates (the sum over its variants of what each
-edge reports), then each edge's backend share is divided among the variants it sends:
+tells each edge how many of a backend's slots are its own (``Candidate.edge_slots``, the
+same on every row of the backend). The slots belong to the *backend*: every variant it
+hosts queues on the same servers, so an edge counts its calls in flight on the backend
+(every variant) against one share, split over the backend's call rates (the sum over its
+variants of what each edge reports):
 
-    backend share(e)   = (U_e + a) / (U + a (n + 1))
-    deployment slots   = concurrency × (u_{e,d} + a / V) / (U + a (n + 1))
+    backend share(e) = (U_e + a) / (U + a (n + 1))        slots = concurrency × share
 
-``U_e`` the calls/s edge ``e`` sends the backend, ``u_{e,d}`` those to variant ``d``, ``U``
-the sum over edges, ``n`` the edges sending it calls (or, when none does, every edge
-reporting on it: back from an outage, its former users split it), ``V`` the backend's
-variants, ``a`` the probe allowance. The last ``a`` is the newcomers': the ``m`` edges known
-to placement that do not report on this backend split it (``a / m`` each, ``1 / V`` of that
-per variant). Summed over every edge and variant the slots are exactly the backend's
-concurrency, however many edges arrive at once; a backend nobody reports on is split
-evenly among the known edges and its variants.
+``U_e`` the calls/s edge ``e`` sends the backend, ``U`` the sum over edges, ``n`` the edges
+sending it calls (or, when none does, every edge reporting on it: back from an outage, its
+former users split it), ``a`` the probe allowance. The last ``a`` is the newcomers': the
+``m`` edges known to placement that do not report on this backend split it (``a / m``
+each). Summed over every edge the slots are exactly the backend's concurrency, however many
+edges arrive at once; a backend nobody reports on is split evenly among the known edges.
+
+Earlier the edge's share was divided again among the variants it sends (in proportion to
+their rates): a variant an edge sends rarely then got a sliver of a slot even on an idle
+backend, and its calls went to dearer deployments (``tight-three-variant``'s 1.5 s class:
+two thirds of the scenario's cost).
 """
 
 from __future__ import annotations
@@ -31,16 +34,16 @@ EdgeKey = tuple[str, str]  # (edge region, edge id)
 
 def slot_share(rates: Mapping[str, Mapping[EdgeKey, float]], edge_region: str,
                deployment_id: str, known_edges: int, variants: int) -> float:
-    """The fraction of the backend's slots an edge of ``edge_region`` may fill with
-    ``deployment_id``; ``rates`` maps each of the backend's deployments to the calls/s each
-    edge reports sending it."""
-    variants = max(variants, 1)
+    """The fraction of the backend's slots an edge of ``edge_region`` may fill (with any of
+    its variants); ``rates`` maps each of the backend's deployments to the calls/s each edge
+    reports sending it. ``deployment_id`` and ``variants`` no longer change the answer (the
+    share is the backend's); they stay for callers that pass them."""
     per_edge: dict[EdgeKey, float] = {}
     for by_edge in rates.values():
         for key, rate in by_edge.items():
             per_edge[key] = per_edge.get(key, 0.0) + rate
     if not per_edge:
-        return 1.0 / (max(known_edges, 1) * variants)
+        return 1.0 / max(known_edges, 1)
     total = sum(per_edge.values())
     users = sum(1 for r in per_edge.values() if r > 0) or len(per_edge)
     a = max(PROBE_MIN_CALLS_S, PROBE_FRACTION * total)
@@ -48,8 +51,7 @@ def slot_share(rates: Mapping[str, Mapping[EdgeKey, float]], edge_region: str,
     mine = [k for k in per_edge if k[0] == edge_region]
     if not mine:
         newcomers = max(1, known_edges - len(per_edge))
-        return min(1.0, a / newcomers / variants / denominator)
+        return min(1.0, a / newcomers / denominator)
     # Several edges in one region read one table: each gets the mean of their rates.
-    sent = rates.get(deployment_id, {})
-    u = sum(sent.get(k, 0.0) for k in mine) / len(mine)
-    return min(1.0, (u + a / variants) / denominator)
+    u = sum(per_edge[k] for k in mine) / len(mine)
+    return min(1.0, (u + a) / denominator)

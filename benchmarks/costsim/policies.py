@@ -28,6 +28,7 @@ from typing import Protocol
 from benchmarks.costsim.control import ControlPlane
 from benchmarks.costsim.scenario import CallClass
 from placement.errors import NoHealthyDeployment
+from placement.feedback import SloFeedback
 from placement.model import CallContext, Candidate, Hints
 from placement.pickers.best import BestPicker
 from placement.pipeline import Decision, Profile
@@ -81,6 +82,8 @@ class ProfilePolicy:
         self.fallbacks = 0
         # Calls each edge has in flight per deployment, as the edge's router counts them.
         self.inflight: dict[str, dict[str, int]] = {}
+        # Each edge's margins learned from SLO misses (placement.feedback), as the router keeps.
+        self.feedback: dict[str, SloFeedback] = {}
 
     def choose(self, a: Attempt) -> str | None:
         hints = self._hints.get(a.klass)
@@ -91,7 +94,8 @@ class ProfilePolicy:
         inflight = self.inflight.setdefault(a.edge, {})
         ctx = CallContext(hints, self.slo_margin_ms, a.exclude, a.avoid_regions,
                           observed_p95_ms=self._control.edges[a.edge].p95, inflight=inflight,
-                          draw=self.rng.random())
+                          draw=self.rng.random(),
+                          slo_margins=self._feedback(a.edge).margins(hints.slo_ms, a.now))
         try:
             decision = self.profile.choose(cands, ctx, self.rng)
         except NoHealthyDeployment:
@@ -110,6 +114,15 @@ class ProfilePolicy:
         if inflight.get(deployment_id, 0) > 0:
             inflight[deployment_id] -= 1
         self._control.record(a.edge, deployment_id, latency_ms, status == "ok")
+        if status == "ok":  # the attempt that served the call, against the call's SLO
+            self._feedback(a.edge).record(deployment_id, a.klass.slo_ms,
+                                          latency_ms <= a.klass.slo_ms, now)
+
+    def _feedback(self, edge: str) -> SloFeedback:
+        fb = self.feedback.get(edge)
+        if fb is None:
+            fb = self.feedback[edge] = SloFeedback()
+        return fb
 
 
 def switchyard(control: ControlPlane, seed: int, band: float, margin_ms: float,

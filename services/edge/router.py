@@ -30,6 +30,7 @@ from placement.errors import (
     SwitchyardError,
     UnknownModel,
 )
+from placement.feedback import SloFeedback
 from placement.model import CallContext, Candidate, Hints
 from placement.pipeline import Profile
 from services.edge import hints as hint_parser
@@ -131,6 +132,7 @@ class Router:
         self.clock = clock
         self.rng = rng or random.Random()
         self.inflight: dict[str, int] = {}  # calls this edge has in flight per deployment
+        self.feedback = SloFeedback()  # margins learned from SLO misses (placement.feedback)
         self.streams = StreamStats()  # LLM streams: loads, token estimates, prefix holders
 
     @property
@@ -158,7 +160,7 @@ class Router:
         view = self.health.view()
         ctx = CallContext(hints, self.settings.slo_margin_ms, frozenset(), frozenset(),
                           view.unusable, self.stats.p95, view.warming, self.rng.random(),
-                          self.inflight)
+                          self.inflight, self.feedback.margins(hints.slo_ms, self.clock()))
         return model, cands, ctx, self.profiles[parsed.profile or self.settings.default_profile]
 
     def candidates(self, model: str) -> Sequence[Candidate]:
@@ -208,9 +210,12 @@ class Router:
                                               avoid_regions=tries.avoid_regions)
                     continue
                 record.chosen = c
-                record.finish(tries, (self.clock() - start) * 1000)
+                now = self.clock()
+                record.finish(tries, (now - start) * 1000)
                 if record.hints is not None and record.latency_ms > record.hints.slo_ms:
                     record.slo_met = False
+                self.feedback.record(c.deployment_id, ctx.hints.slo_ms,
+                                     record.latency_ms <= ctx.hints.slo_ms, now)
                 return response
         except BaseException as exc:
             now = self.clock()
