@@ -10,8 +10,9 @@ A runs throughout and is the reference; B is stopped and started again, three wa
   saved at stop);
 - **peer**: another port, no file, ``peers=[A]`` (``Placement.GetLearnedState``).
 
-Simulated agents (labelled simulated in their reports) register N one-GPU backends of three
-models in five regions and stream each backend's counters once a second to both replicas
+The mesh file lists N one-GPU backends of three models in five regions (so every replica,
+a cold one too, starts with their registrations); simulated agents (labelled simulated in
+their reports) stream each backend's counters once a second to both replicas
 (agents fan out to every replica); a backend's compute time and call rate are its own, so
 learned estimates differ per backend. Simulated edges (one per region) report observed
 p95s and call rates (slot shares) for a fifth of the deployments once a second, to both
@@ -62,11 +63,13 @@ WINDOW_S, SAMPLE_S, DOWN_S = 10.0, 0.5, 1.0
 SCENARIOS = ("cold", "own file", "peer")
 EDGES_OBSERVE = 5  # every 5th deployment is observed by the edges
 EDGE_EVERY = 2  # edges report every 2 s (services/edge/control.py's report_interval_s)
-STEADY_MAX_S = 60.0
+STEADY_MAX_S = 30.0
 DRAINED_EVERY = 20  # an operator drained every 20th backend before the restart
 
 
-def mesh(d: pathlib.Path) -> pathlib.Path:
+def mesh(d: pathlib.Path, gpus: int) -> pathlib.Path:
+    """The mesh file; it lists the backends (``discovery = "static"``), so every replica,
+    a cold one included, starts with their registrations."""
     (d / "prices.toml").write_text("".join(
         f'[[prices]]\naccelerator = "{ACCEL}"\ncloud = "{c}"\nregion = "*"\n'
         f'price_class = "on-demand"\nusd_per_gpu_hour = {p}\n' for c, p in PRICES.items()))
@@ -76,9 +79,13 @@ def mesh(d: pathlib.Path) -> pathlib.Path:
                      for m, slo in MODELS)
     edges = "".join(f'[[edges]]\nid = "edge-{i}"\nregion = "{r}"\nport = {20000 + i}\n'
                     for i, (r, _) in enumerate(REGIONS))
+    backends = "".join(
+        f'[[backends]]\nid = "{b.id}"\nregion = "{b.region}"\naccelerator = "{ACCEL}"\n'
+        f'host = "{b.endpoint.split(":")[0]}"\ngrpc_port = 8001\nmax_concurrency = 4\n'
+        f'variants = ["{b.variants[0].variant}"]\n' for b in map(backend, range(gpus)))
     path = d / "mesh.toml"
-    path.write_text(f'prices_file = "prices.toml"\nrun_dir = "{d}/run"\nbackends = []\n'
-                    f'{regions}{models}{edges}')
+    path.write_text(f'prices_file = "prices.toml"\nrun_dir = "{d}/run"\n'
+                    f'{regions}{models}{edges}{backends}')
     return path
 
 
@@ -125,11 +132,11 @@ def observations(backends: list[fleet_pb2.Backend], edge: int
 
 
 class Link:
-    """One simulated agent stream to one replica: registers, then sends what it is given;
+    """One simulated agent stream to one replica (the mesh file registers the backends);
     when the replica is down, rounds are dropped (an agent does not buffer) and it retries."""
 
-    def __init__(self, address: Callable[[], str], backends: list[fleet_pb2.Backend]) -> None:
-        self.address, self.backends = address, backends
+    def __init__(self, address: Callable[[], str]) -> None:
+        self.address = address
         self.queue: asyncio.Queue[telemetry_pb2.TelemetryReport] = asyncio.Queue(maxsize=2)
         self.task = asyncio.create_task(self._run())
 
@@ -142,15 +149,13 @@ class Link:
             try:
                 async with grpc.aio.insecure_channel(self.address()) as ch:
                     stub = placement_pb2_grpc.PlacementStub(ch)
-                    await asyncio.gather(*(stub.RegisterBackend(
-                        placement_pb2.RegisterBackendRequest(backend=b), timeout=10)
-                        for b in self.backends))
-                    while not self.queue.empty():  # rounds from before the (re)connect
-                        self.queue.get_nowait()
+                    # A queue per connection: a failed call's request iterator may still be
+                    # waiting on its queue, and must not take this connection's rounds.
+                    queue = self.queue = asyncio.Queue(maxsize=2)
 
                     async def rounds() -> AsyncIterator[telemetry_pb2.TelemetryReport]:
                         while True:
-                            yield await self.queue.get()
+                            yield await queue.get()
 
                     await stub.StreamTelemetry(rounds())
             except grpc.aio.AioRpcError:
@@ -160,7 +165,7 @@ class Link:
 async def drive(addresses: list[Callable[[], str]], backends: list[fleet_pb2.Backend],
                 stop: asyncio.Event) -> None:
     """The simulated agents and edges: one round a second to every replica."""
-    links = [Link(a, backends) for a in addresses]
+    links = [Link(a) for a in addresses]
     obs = [observations(backends, e) for e in range(len(REGIONS))]
     tick = 0
     try:
@@ -230,6 +235,7 @@ class Run:
     noise_rows: float = 0.0  # the most rows differing in the steady state before
     last_differing: int = 0  # backends with a differing row at the last sample
     last_differing_drained: int = 0  # ... of which the operator had drained
+    last_rated: int = 0  # backends with rates (two reports) at the last sample
     start_s: float = math.nan
     samples: list[tuple[float, float, float]] = field(default_factory=list)  # t, rows, choices
 
@@ -269,12 +275,16 @@ async def steady(a: RunningPlacement, b: RunningPlacement, gpus: int) -> None:
 
     while not (ready(a) and ready(b)):
         if time.monotonic() > end:
-            raise TimeoutError(f"no steady state within {STEADY_MAX_S:.0f} s")
+            raise TimeoutError(f"no steady state within {STEADY_MAX_S:.0f} s: " + "; ".join(
+                f"{n}: {len(r.service.fleet.backends)} backends, "
+                f"{sum(bool(s.loads) for s in r.service.fleet.backends.values())} with rates, "
+                f"{len(r.service.fleet.observed)}/{observed} observations"
+                for n, r in (("A", a), ("B", b))))
         await asyncio.sleep(0.2)  # polling a condition, bounded above
 
 
 async def scenario(name: str, gpus: int, d: pathlib.Path) -> Run:
-    cfg = load_config(mesh(d))
+    cfg = load_config(mesh(d, gpus))
     backends = [backend(i) for i in range(gpus)]
     run = Run(name, gpus)
     port_b = free_port()
@@ -315,6 +325,7 @@ async def scenario(name: str, gpus: int, d: pathlib.Path) -> Run:
             await asyncio.sleep(max(0.0, SAMPLE_S - (time.monotonic() - t0 - t)))
         drained = {x.id for x in backends[::DRAINED_EVERY]}
         run.last_differing, run.last_differing_drained = len(last), len(last & drained)
+        run.last_rated = sum(bool(s.loads) for s in b.service.fleet.backends.values())
     finally:
         stop.set()
         await driver
@@ -322,6 +333,40 @@ async def scenario(name: str, gpus: int, d: pathlib.Path) -> Run:
             await b.stop(0.2)
         await a.stop(0.2)
     return run
+
+
+def state_costs(n: int) -> list[str]:
+    """One peer state of ``n`` backends with two reports each: its size and what each step of
+    a warm start from a peer costs here (dump on the peer's loop, encode on its thread, decode
+    and restore on the starting replica), best of 3 runs (the host is shared)."""
+    from placement.fleet import FleetState
+    from services.convert import backend_from_pb, snapshot_from_pb
+    from services.placement import peer, persist
+
+    fleet = FleetState()
+    bs = [backend(i) for i in range(n)]
+    for b in bs:
+        fleet.register(backend_from_pb(b))
+    now_ms = int(time.time() * 1000)
+    for k in range(2):
+        for i, b in enumerate(bs):
+            fleet.ingest(b.id, snapshot_from_pb(report(b, i, now_ms + 1000 * k)),
+                         time.monotonic())
+    best = [math.inf] * 4
+    raw = b""
+    for _ in range(3):
+        t = [time.perf_counter()]
+        data = persist.dump(fleet, time.monotonic(), time.time())
+        t.append(time.perf_counter())
+        raw = peer.encode(data)
+        t.append(time.perf_counter())
+        with persist.no_gc():
+            back = peer.decode(raw)
+        t.append(time.perf_counter())
+        persist.restore(FleetState(), back, time.monotonic(), time.time())
+        t.append(time.perf_counter())
+        best = [min(x, b - a) for x, a, b in zip(best, t, t[1:], strict=False)]
+    return [f"{n:,}", f"{len(raw) / 1e6:.2f}", *(f"{x:.2f}" for x in best), f"{sum(best):.2f}"]
 
 
 def _pct(x: float) -> str:
@@ -342,7 +387,7 @@ def run(quick: bool, gpus: int | None = None) -> Section:
             runs.append(asyncio.run(scenario(name, gpus, pathlib.Path(d))))
         r = runs[-1]
         progress(f"restart: {name}: first build {_pct(r.samples[0][1])} rows differ, "
-                 f"equal after {_s(r.equal_after_s())} s")
+                 f"equal after (s): {_s(r.equal_after_s())}")
     rows = []
     for r in runs:
         first = r.samples[0]
@@ -359,7 +404,24 @@ def run(quick: bool, gpus: int | None = None) -> Section:
     return Section(title="Control plane: routing quality after a replica restart",
                    command="python -m benchmarks.restart" + (" --quick" if quick else "")
                    + (f" --gpus {gpus}" if gpus not in (200, 1000) else ""),
-                   table=table, notes=notes(runs), elapsed_s=time.monotonic() - t0)
+                   table=table, notes=[*notes(runs), *costs(quick)],
+                   elapsed_s=time.monotonic() - t0)
+
+
+def costs(quick: bool) -> list[str]:
+    sizes = (1000,) if quick else (1000, 10000)
+    rows = []
+    for n in sizes:
+        progress(f"restart: peer state of {n:,} backends")
+        rows.append(state_costs(n))
+    return ["#### What a warm start from a peer costs by fleet size (the state alone, no "
+            "gRPC; best of 3 runs on this shared host)\n",
+            md_table(["backends", "state MB (zlib JSON)", "dump s (peer's loop)",
+                      "encode s (peer's thread)", "decode s", "restore s",
+                      "total s"], rows),
+            f"At {rows[-1][0]} backends the state is {rows[-1][1]} MB and the steps take "
+            f"{rows[-1][-1]} s in all, {'within' if float(rows[-1][-1]) <= 2.0 else 'over'} "
+            "the 2 s target before the first build."]
 
 
 def notes(runs: list[Run]) -> list[str]:
@@ -387,7 +449,9 @@ def notes(runs: list[Run]) -> list[str]:
                       f"its rows are not equal within {WINDOW_S:.0f} s")
                    + (f" (at the last sample, {r.last_differing:,} backends' rows differ, "
                       f"{r.last_differing_drained:,} of them drained by the operator before "
-                      "the restart)." if r.last_differing else "."))
+                      f"the restart; {r.last_rated:,} of {r.gpus:,} backends had rates "
+                      "from reports again)."
+                      if r.last_differing else "."))
     peer = by.get("peer")
     if peer is not None:
         equal = peer.equal_after_s()
