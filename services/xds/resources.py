@@ -71,7 +71,7 @@ from google.protobuf.message import Message
 from placement.pipeline import Profile
 from services.api.switchyard.v1 import placement_pb2
 from services.convert import candidate_from_pb
-from services.xds import lua
+from services.xds import lua, rewrite
 from services.xds.order import SloClass, ranked, slo_classes
 
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
@@ -225,7 +225,7 @@ def model_cluster(name: str, deployment_ids: Sequence[str],
                                 _trailer(lua.PATH_TRAILER, "envoy")]}}},
                     {"name": "switchyard.variant_rewrite", "typed_config": {
                         "@type": _T + "envoy.extensions.filters.http.lua.v3.Lua",
-                        "default_source_code": {"inline_string": lua.VARIANT_REWRITE}}},
+                        "default_source_code": {"inline_string": rewrite.VARIANT_REWRITE}}},
                     {"name": "envoy.filters.http.upstream_codec", "typed_config": {
                         "@type": _T + "envoy.extensions.filters.http.upstream_codec.v3"
                                       ".UpstreamCodec"}}]}},
@@ -272,13 +272,17 @@ def _slow_path_route() -> dict[str, Any]:
                       "max_stream_duration": {"grpc_timeout_header_max": "0s"}}}
 
 
-def _trailer_metadata(m: ModelRoutes, feasible: frozenset[str],
-                      slo_ms: float | None) -> dict[str, Any]:
-    """What the listener's Lua needs for a fast-path call's ``x-cost-usd``/``x-slo-met``."""
+def _trailer_metadata(m: ModelRoutes, feasible: frozenset[str], slo_ms: float | None,
+                      order: Sequence[str]) -> dict[str, Any]:
+    """What the listener's Lua needs for a fast-path call's ``x-cost-usd``/``x-slo-met``, and
+    the variant of the order's first deployment, which it appends to the body once
+    (``services/xds/rewrite.py``: the upstream Lua then rewrites only for another variant)."""
     data: dict[str, Any] = {
         "path": "envoy",
         "cost": {d: f"{c:.10f}" for d, c in sorted(m.cost_usd.items())},
         "feasible": dict.fromkeys(sorted(feasible), True)}
+    if order:
+        data[rewrite.FIRST_VARIANT_KEY] = order[0].rsplit("/", 1)[-1]
     if slo_ms is not None:
         data["slo_ms"] = slo_ms
     return {"metadata": {"filter_metadata": {lua.LISTENER_FILTER: data}}}
@@ -329,11 +333,11 @@ def _model_routes(model: str, m: ModelRoutes, s: EnvoySettings) -> list[dict[str
                        "match": {"prefix": "/", "headers": [is_model, in_class]},
                        **_route_action(model, model_cluster_name(model, i), k.order, s,
                                        k.lo),
-                       **_trailer_metadata(m, k.feasible, None)})
+                       **_trailer_metadata(m, k.feasible, None, k.order)})
     routes.append({"name": model, "match": {"prefix": "/", "headers": [is_model]},
                    **_route_action(model, model_cluster_name(model), m.default, s,
                                    m.default_slo_ms),
-                   **_trailer_metadata(m, m.default_feasible, m.default_slo_ms)})
+                   **_trailer_metadata(m, m.default_feasible, m.default_slo_ms, m.default)})
     return routes
 
 
@@ -415,8 +419,8 @@ def listener(host: str, port: int, region: str, s: EnvoySettings,
         "http_filters": [
             {"name": lua.LISTENER_FILTER, "typed_config": {
                 "@type": _T + "envoy.extensions.filters.http.lua.v3.Lua",
-                "default_source_code": {"inline_string": lua.model_name_script(
-                    s.deadline_margin_ms, slow_path)}}},
+                "default_source_code": {"inline_string": rewrite.listener_script(
+                    lua.model_name_script(s.deadline_margin_ms, slow_path))}}},
             {"name": "envoy.filters.http.router", "typed_config": {
                 "@type": _T + "envoy.extensions.filters.http.router.v3.Router"}}],
     }

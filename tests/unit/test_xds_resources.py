@@ -129,11 +129,15 @@ def test_a_region_compiles_to_stable_deployment_clusters_an_aggregate_and_routes
         meta = route.metadata.filter_metadata["switchyard.model_name"]  # type: ignore[attr-defined]
         return json_format.MessageToDict(meta)
     costs = {"b1/summarize-large": "0.0000020000", "b2/summarize-small": "0.0000010000"}
+    # ... and the variant of the order's first deployment, which the listener appends once.
     assert trailer_data(plain) == {"path": "envoy", "cost": costs, "slo_ms": 300.0,
                                    "feasible": {"b1/summarize-large": True,
-                                                "b2/summarize-small": True}}
-    assert trailer_data(none) == {"path": "envoy", "cost": costs, "feasible": {}}
+                                                "b2/summarize-small": True},
+                                   "first_variant": default[0].rsplit("/", 1)[1]}
+    assert trailer_data(none) == {"path": "envoy", "cost": costs, "feasible": {},
+                                  "first_variant": "summarize-large"}
     assert trailer_data(tight)["feasible"] == {"b1/summarize-large": True}
+    assert trailer_data(tight)["first_variant"] == "summarize-large"
     # Prices move: the routes change (cheap to push), the deployment clusters did not above.
     assert (rc2.routes[route_config_name("r-east")].version
             != rc.routes[route_config_name("r-east")].version)
