@@ -2,8 +2,9 @@
 their own mechanism sees it, the call's quality floor); they differ in how they choose.
 
 - ``switchyard``: placement's ``cheapest`` profile on placement's own tables, with the
-  edge's observed p95s and calls in flight against its slot share — the per-call
-  ``Profile.choose`` the edge runs.
+  edge's observed p95s, calls in flight against its slot share and the margins it learned
+  from its SLO misses (``placement.feedback``, one per edge as the router keeps) — the
+  per-call ``Profile.choose`` the edge runs.
 - ``switchyard-whole-slots``: the same without slot shares (edges report no call rates, so
   each edge counts its calls in flight against a deployment's whole concurrency): the
   ablation that shows what the shares are worth.
