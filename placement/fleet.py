@@ -178,12 +178,18 @@ class FleetState:
 
     def observe_use(self, edge_region: str, edge_id: str, deployment_id: str,
                     calls_per_s: float, now: float) -> None:
-        """Record the call rate one edge sends a deployment (it sets the slot shares)."""
+        """Record the call rate one edge sends a deployment (it sets the slot shares).
+
+        A new edge changes every backend's split (edges that do not use a backend share
+        one allowance of it), so it marks every row changed, not only this backend's."""
+        new_edge = (edge_region, edge_id) not in self.edges_seen
         self.edges_seen[(edge_region, edge_id)] = now
         by_edge = self.use.setdefault(deployment_id, {})
         old = by_edge.get((edge_region, edge_id))
         by_edge[(edge_region, edge_id)] = (calls_per_s, now)
-        if old is None or _step(old[0] + 1.0, 0.1) != _step(calls_per_s + 1.0, 0.1):
+        if new_edge:
+            self._bump()
+        elif old is None or _step(old[0] + 1.0, 0.1) != _step(calls_per_s + 1.0, 0.1):
             self._bump(deployment_id.split("/", 1)[0])
 
     def observe_streams(self, edge: tuple[str, str], deployment_id: str, seen: StreamSeen,

@@ -152,9 +152,14 @@ def test_edges_of_one_region_split_its_share_and_only_real_changes_mark_dirty() 
     dep = "b1/m-small"
     fleet.take_dirty()
     fleet.observe_use("east", "e1", dep, 20.0, now=0.0)
-    assert fleet.take_dirty() == (False, {"b1"})
+    # a new edge changes every backend's split (the allowance of the edges not using it)
+    assert fleet.take_dirty() == (True, set())
     fleet.observe_use("east", "e1", dep, 20.5, now=1.0)  # within the 10 % step: no rebuild
     assert fleet.take_dirty() == (False, set())
+    fleet.observe_use("east", "e1", dep, 40.0, now=1.0)  # a real change: this backend only
+    assert fleet.take_dirty() == (False, {"b1"})
+    fleet.observe_use("east", "e1", dep, 20.5, now=1.0)
+    fleet.take_dirty()
     fleet.observe_use("east", "e2", dep, 0.0, now=1.0)
     a = 0.05 * 20.5
     assert fleet.slot_share("east", dep, 1.0) == pytest.approx((20.5 / 2 + a) / (20.5 + 2 * a))
