@@ -94,12 +94,23 @@ class EdgeConfig(_Strict):
     metrics_port: int = Field(default=0, ge=0, le=65535)
 
 
+class ShardConfig(_Strict):
+    """One placement shard: the backend regions it owns, served by ``replicas`` (host:port;
+    the first is the primary, the rest standbys an edge or agent fails over to)."""
+
+    replicas: list[str] = Field(min_length=1)
+    regions: list[str] = Field(min_length=1)
+
+
 class PlacementConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=50050, ge=0, le=65535)
     metrics_port: int = Field(default=0, ge=0, le=65535)
     # Extra replicas (host:port) an edge may fail over to; the first is `host:port` above.
     replicas: list[str] = []
+    # Scale-out (issue 15): replicas that share the fleet by backend region. Empty (the
+    # default): every replica owns every backend. See services/placement/shard.py.
+    shards: list[ShardConfig] = []
     coalesce_ms: float = Field(default=50, ge=0)
     stale_after_s: float = Field(default=5, gt=0)
 
@@ -196,6 +207,7 @@ class MeshConfig(_Strict):
             if e.region not in regions:
                 raise ValueError(f"edges[{i}].region {e.region!r} is not in regions "
                                  f"{sorted(regions)}")
+        check_shards(self.placement.shards, regions, [b.region for b in self.backends])
         check_references(self.security, {r.name: r.cloud for r in self.regions},
                          [b.id for b in self.backends])
         check_capacity(self.capacity, regions, variants, [b.id for b in self.backends])
@@ -213,6 +225,33 @@ class MeshConfig(_Strict):
 
     def region_cloud(self, region: str) -> str:
         return next(r.cloud for r in self.regions if r.name == region)
+
+
+def check_shards(shards: list[ShardConfig], regions: set[str], backend_regions: list[str]
+                 ) -> None:
+    """Shards own known, disjoint regions, and every backend's region has an owner."""
+    if not shards:
+        return
+    owner: dict[str, int] = {}
+    address: dict[str, int] = {}
+    for i, shard in enumerate(shards):
+        for r in shard.regions:
+            if r not in regions:
+                raise ValueError(f"placement.shards[{i}].regions {r!r} is not in regions "
+                                 f"{sorted(regions)}")
+            if r in owner:
+                raise ValueError(f"placement.shards[{i}].regions {r!r} is already owned by "
+                                 f"placement.shards[{owner[r]}]")
+            owner[r] = i
+        for a in shard.replicas:
+            if a in address:
+                raise ValueError(f"placement.shards[{i}].replicas {a!r} is already a replica "
+                                 f"of placement.shards[{address[a]}]")
+            address[a] = i
+    for i, r in enumerate(backend_regions):
+        if r not in owner:
+            raise ValueError(f"backends[{i}].region {r!r} is owned by no placement.shards "
+                             f"entry (owned: {sorted(owner)})")
 
 
 def _unique(what: str, names: list[str]) -> None:

@@ -17,6 +17,7 @@ import asyncio
 import random
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 import grpc
 import structlog
@@ -34,13 +35,22 @@ from services.security.transport import CLIENT_KEEPALIVE
 log = structlog.get_logger("switchyard.edge")
 
 
+class RttSink(Protocol):
+    """Where health checks leave each backend's round trip (a link reports them)."""
+
+    rtt_ms: dict[str, float]
+
+
 class PlacementLink:
     def __init__(self, edge_id: str, region: str, replicas: list[str], store: RouteStore,
                  stats: EdgeStats, on_update: Callable[[], None],
                  report_interval_s: float = 2.0,
                  channel_factory: Callable[..., grpc.aio.Channel] = grpc.aio.insecure_channel,
-                 streams: StreamStats | None = None) -> None:
+                 streams: StreamStats | None = None, shard: str | None = None) -> None:
+        """``shard``: the placement shard these replicas serve (``services/edge/shards.py``
+        runs one link per shard); None: they serve every row."""
         self.edge_id = edge_id
+        self.shard = shard
         self.streams = streams
         self.region = region
         self.replicas = replicas
@@ -75,7 +85,7 @@ class PlacementLink:
                         log.info("placement_connected", placement=address,
                                  replica=update.placement_id)
                     self.connected, self.connected_to, backoff = True, address, 0.1
-                    self.store.apply(update)
+                    self.store.apply(update, shard=self.shard)
                     self.on_update()
                     await asyncio.to_thread(self.store.persist)
                 exc: Exception = ConnectionError("WatchRoutes stream ended")
@@ -93,27 +103,35 @@ class PlacementLink:
         """Forever: refresh observed quantiles and send them to the connected replica."""
         while True:
             await asyncio.sleep(self.report_interval_s)
-            snapshot = self.stats.refresh()
-            obs = [telemetry_pb2.Observation(
-                deployment_id=dep, edge_region=self.region, samples=n, failures=f,
-                p50_ms=p50, p95_ms=p95,
-                rtt_ms=self.rtt_ms.get(dep.split("/", 1)[0], 0.0),
-                calls_per_s=round(calls / self.report_interval_s, 2))
-                for dep, (n, f, p50, p95, calls) in snapshot.items()]
+            obs = self.observations(self.rtt_ms)
             if self.connected:  # stream windows wait for a placement to take them
-                self._add_streams(obs)
+                self.add_streams(obs)
             if not self.connected or not obs:
                 continue
-            try:
-                await self._stub(self.connected_to).ReportObservations(
-                    telemetry_pb2.ObservationReport(edge_id=self.edge_id,
-                                                    edge_region=self.region,
-                                                    observations=obs), timeout=2.0)
-            except grpc.aio.AioRpcError as exc:
-                log.debug("observations_not_sent", error=exc.code().name)
+            await self.send(obs)
+
+    def observations(self, rtt_ms: dict[str, float]) -> list[telemetry_pb2.Observation]:
+        """The edge's observations since the last call (each window is taken once)."""
+        snapshot = self.stats.refresh()
+        return [telemetry_pb2.Observation(
+            deployment_id=dep, edge_region=self.region, samples=n, failures=f,
+            p50_ms=p50, p95_ms=p95,
+            rtt_ms=rtt_ms.get(dep.split("/", 1)[0], 0.0),
+            calls_per_s=round(calls / self.report_interval_s, 2))
+            for dep, (n, f, p50, p95, calls) in snapshot.items()]
+
+    async def send(self, obs: list[telemetry_pb2.Observation]) -> None:
+        """Observations to the replica this link watches (dropped on failure)."""
+        try:
+            await self._stub(self.connected_to).ReportObservations(
+                telemetry_pb2.ObservationReport(edge_id=self.edge_id,
+                                                edge_region=self.region,
+                                                observations=obs), timeout=2.0)
+        except grpc.aio.AioRpcError as exc:
+            log.debug("observations_not_sent", error=exc.code().name)
 
 
-    def _add_streams(self, obs: list[telemetry_pb2.Observation]) -> None:
+    def add_streams(self, obs: list[telemetry_pb2.Observation]) -> None:
         """What the edge learned of LLM streams, on each deployment's observation."""
         if self.streams is None:
             return
@@ -132,7 +150,7 @@ class HealthChecker:
     view's (``HealthView.checked``)."""
 
     def __init__(self, store: RouteStore, upstreams: Upstreams, health: HealthView,
-                 link: PlacementLink, interval_s: float = 0.25, timeout_s: float = 0.5) -> None:
+                 link: RttSink, interval_s: float = 0.25, timeout_s: float = 0.5) -> None:
         self.store = store
         self.upstreams = upstreams
         self.health = health

@@ -26,6 +26,7 @@ from services.edge.outlier import OutlierSettings
 from services.edge.router import Router, RouterSettings
 from services.edge.routes import RouteStore
 from services.edge.service import SERVICE, InferenceService
+from services.edge.shards import ShardedLink, shard_key, shard_lookup
 from services.edge.stats import EdgeStats
 from services.edge.upstream import Upstreams
 from services.grpc_errors import AnyContext
@@ -62,7 +63,7 @@ class EdgeMetrics:
 class RunningEdge:
     server: grpc.aio.Server
     router: Router
-    link: PlacementLink
+    link: PlacementLink | ShardedLink
     checker: HealthChecker  # active checks; the health view itself is router.health
     port: int
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -88,7 +89,8 @@ class RunningEdge:
 
 
 class EdgeAdminService(edge_pb2_grpc.EdgeAdminServicer):
-    def __init__(self, edge_id: str, router: Router, link: PlacementLink) -> None:
+    def __init__(self, edge_id: str, router: Router, link: PlacementLink | ShardedLink
+                 ) -> None:
         self.edge_id, self.router, self.link = edge_id, router, link
 
     async def Status(self, request: edge_pb2.EdgeStatusRequest,
@@ -147,7 +149,8 @@ async def start_edge(cfg: MeshConfig, edge: EdgeConfig, port: int | None = None,
                      dial: Callable[[str], str] | None = None) -> RunningEdge:
     rt = cfg.edge
     metrics = EdgeMetrics()
-    store = RouteStore(edge.region, cfg.path(cfg.run_dir) / f"{edge.id}.routes.pb")
+    store = RouteStore(edge.region, cfg.path(cfg.run_dir) / f"{edge.id}.routes.pb",
+                       shard_of=shard_lookup(cfg))
     store.load()
     stats = EdgeStats(cfg.routing.observed_min_samples)
 
@@ -181,11 +184,20 @@ async def start_edge(cfg: MeshConfig, edge: EdgeConfig, port: int | None = None,
                              *cfg.placement.replicas]
     if placement is None and cfg.discovery == "consul":
         replicas = await _catalog_replicas(cfg, replicas)
-    link = PlacementLink(edge.id, edge.region, replicas, store, stats,
-                         on_update=health.table_changed,
-                         report_interval_s=rt.report_interval_s,
-                         channel_factory=transport.channel_factory(cfg.security, "edge"),
-                         streams=router.streams)
+    link: PlacementLink | ShardedLink
+    if cfg.placement.shards and placement is None:  # one watch per shard (issue 15)
+        link = ShardedLink(edge.id, edge.region,
+                           {shard_key(i): s.replicas for i, s in enumerate(cfg.placement.shards)},
+                           store, stats, on_update=health.table_changed,
+                           report_interval_s=rt.report_interval_s,
+                           channel_factory=transport.channel_factory(cfg.security, "edge"),
+                           streams=router.streams)
+    else:
+        link = PlacementLink(edge.id, edge.region, replicas, store, stats,
+                             on_update=health.table_changed,
+                             report_interval_s=rt.report_interval_s,
+                             channel_factory=transport.channel_factory(cfg.security, "edge"),
+                             streams=router.streams)
     checker = HealthChecker(store, upstreams, health, link, rt.health_interval_s)
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", transport.receive_limit(rt.max_message_bytes)),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import pathlib
 import tempfile
+from collections.abc import Callable
 
 import structlog
 
@@ -21,10 +22,18 @@ from services.convert import candidate_from_pb
 log = structlog.get_logger("switchyard.edge.routes")
 
 
+def _one_shard(region: str) -> str:
+    return ""
+
+
 class RouteStore:
-    def __init__(self, region: str, path: pathlib.Path | None) -> None:
+    def __init__(self, region: str, path: pathlib.Path | None,
+                 shard_of: Callable[[str], str] = _one_shard) -> None:
+        """``shard_of``: backend region → the placement shard that owns it (its rows come
+        from that shard alone; ``services/edge/shards.py``). Default: one shard owns all."""
         self.region = region
         self.path = path
+        self.shard_of = shard_of
         self.tables: dict[str, placement_pb2.RouteTable] = {}
         self.candidates: dict[str, tuple[Candidate, ...]] = {}
         self._rows: dict[str, dict[str, tuple[placement_pb2.Candidate, Candidate]]] = {}
@@ -32,15 +41,27 @@ class RouteStore:
         self.version = 0
         self.source = "none"
 
-    def apply(self, update: placement_pb2.RouteUpdate, source: str = "placement") -> None:
-        """Apply a snapshot (replaces every table) or row deltas (changed rows only)."""
-        if update.snapshot:
+    def apply(self, update: placement_pb2.RouteUpdate, source: str = "placement",
+              shard: str | None = None) -> None:
+        """Apply a snapshot (replaces every table) or row deltas (changed rows only).
+
+        ``shard``: the placement shard the update came from; its snapshot replaces only the
+        rows of that shard's regions (``None``: the update holds every row, e.g. from disk).
+        """
+        changed: set[str] = set()
+        if update.snapshot and shard is None:
             self.tables.clear()
             self._rows.clear()
-        changed: set[str] = set()
+        elif update.snapshot:
+            for m, rows in self._rows.items():
+                for dep in [d for d, (_, c) in rows.items() if self.shard_of(c.region) == shard]:
+                    del rows[dep]
+                    changed.add(m)
         for t in update.tables:
             if t.edge_region != self.region:
                 continue
+            if t.model in self.tables:  # rows of other shards stay
+                t.candidates.extend(pb for pb, _ in self._rows[t.model].values())
             self.tables[t.model] = t
             self._rows[t.model] = {c.deployment_id: (c, candidate_from_pb(c))
                                    for c in t.candidates}
@@ -58,9 +79,16 @@ class RouteStore:
                 default_slo_ms=d.default_slo_ms)
             changed.add(d.model)
         for m in update.removed_models:
+            if shard is not None and any(self.shard_of(c.region) != shard
+                                         for _, c in self._rows.get(m, {}).values()):
+                self._rows[m] = {d: r for d, r in self._rows[m].items()
+                                 if self.shard_of(r[1].region) != shard}
+                changed.add(m)
+                continue
             self.tables.pop(m, None)
             self._rows.pop(m, None)
             self.candidates.pop(m, None)
+            changed.discard(m)
         for m in changed:
             # Ascending cost (stable): the cheapest profile stops at the spread band's edge.
             ordered = sorted(self._rows[m].values(), key=lambda r: rank(r[1]))
@@ -70,7 +98,7 @@ class RouteStore:
             del table.candidates[:]
             table.candidates.extend(pb for pb, _ in ordered)
             self.default_slo_ms[m] = table.default_slo_ms
-        if update.snapshot:
+        if update.snapshot and shard is None:
             self.candidates = {m: self.candidates[m] for m in self.tables}
         self.version = max(self.version, update.version) if source != "disk" else update.version
         self.source = source

@@ -20,7 +20,7 @@ from services.config import MeshConfig
 from services.convert import backend_from_pb, backends_from_config, catalog_from_config
 from services.discovery.base import Discovery
 from services.grpc_errors import AnyHandler, ErrorInterceptor
-from services.placement import peer, persist
+from services.placement import peer, persist, shard
 from services.placement.hub import RouteHub
 from services.placement.metrics import PlacementMetrics
 from services.placement.server import PlacementService
@@ -91,18 +91,21 @@ def register(service: PlacementService, server: grpc.aio.Server) -> None:
     service.raw_updates = True
 
 
-def build_service(cfg: MeshConfig, preregister: bool) -> PlacementService:
+def build_service(cfg: MeshConfig, preregister: bool,
+                  owned: shard.Ownership = shard.EVERY_REGION) -> PlacementService:
     """Wire fleet, prices, builder and hub from the config.
 
     ``preregister`` registers the backends the static config lists (the embedded default),
     so routes exist before agents report; agents re-register with the same data.
+    ``owned``: the backend regions this replica owns (a shard's; default every region).
     """
     catalog = catalog_from_config(cfg)
     prices = PriceCatalog(load_prices(cfg.path(cfg.prices_file)))
     fleet = FleetState()
     if preregister:
         for b in backends_from_config(cfg):
-            fleet.register(backend_from_pb(b))
+            if owned.owns(b.region):
+                fleet.register(backend_from_pb(b))
     builder = RouteBuilder(catalog, prices, fleet,
                            TableSettings(cfg.routing.observed_min_samples,
                                          cfg.placement.stale_after_s))
@@ -113,7 +116,7 @@ def build_service(cfg: MeshConfig, preregister: bool) -> PlacementService:
     hub.on_published = metrics.published
     return PlacementService(fleet, prices, builder, hub, metrics, cfg.routing.slo_margin_ms,
                             profile=cfg.routing.profile, spread_band=cfg.routing.spread_band,
-                            fail_fast=cfg.routing.fail_fast)
+                            fail_fast=cfg.routing.fail_fast, shard=owned)
 
 
 async def start_placement(cfg: MeshConfig, host: str | None = None, port: int | None = None,
@@ -124,8 +127,13 @@ async def start_placement(cfg: MeshConfig, host: str | None = None, port: int | 
     """``learned``: where this replica keeps what it learned (default
     ``<run_dir>/placement-<port>.learned.json``, see :mod:`services.placement.persist`).
     ``peers``: replicas to fetch learned state from at start (:mod:`services.placement.peer`;
-    default: the other configured replicas, when this one is configured)."""
-    service = build_service(cfg, preregister and cfg.discovery == "static")
+    default: the other configured replicas, when this one is configured; with
+    ``placement.shards``, the other replicas of its shard, and it must listen on an address
+    a shard lists)."""
+    host = host or cfg.placement.host
+    address = f"{host}:{cfg.placement.port if port is None else port}"
+    owned = shard.ownership(cfg, address)
+    service = build_service(cfg, preregister and cfg.discovery == "static", owned)
     server = grpc.aio.server(interceptors=[*authz.interceptors(cfg.security), ErrorInterceptor()],
                              options=transport.server_options(cfg.security.limits))
     register(service, server)
@@ -136,13 +144,13 @@ async def start_placement(cfg: MeshConfig, host: str | None = None, port: int | 
         capacity = start_capacity(cfg, service, server)
     ads = serve_ads(server, service, cfg)
     health = add_health_and_reflection(server, [SERVICE_NAME])
-    host = host or cfg.placement.host
     bound = transport.bind(server, host, cfg.placement.port if port is None else port,
                            cfg.security, "placement")
     learned = learned or persist.path_for(cfg.path(cfg.run_dir), bound)
     if peers is None:
-        peers = peer.configured_peers(
-            [f"{cfg.placement.host}:{cfg.placement.port}", *cfg.placement.replicas], host, bound)
+        configured = (shard.shard_replicas(cfg, address) if cfg.placement.shards else
+                      [f"{cfg.placement.host}:{cfg.placement.port}", *cfg.placement.replicas])
+        peers = peer.configured_peers(configured, host, bound)
     await peer.warm_start(service.fleet, learned, peers, service.clock(),  # before 1st build
                           transport.channel_factory(cfg.security, "placement"),
                           service.placement_id)

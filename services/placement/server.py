@@ -35,6 +35,7 @@ from services.placement import peer as peer_state
 from services.placement.hub import RouteHub
 from services.placement.metrics import PlacementMetrics
 from services.placement.ownership import TelemetryOwners
+from services.placement.shard import EVERY_REGION, Ownership
 from services.placement.validate import check_backend
 from services.security.identity import peer_address
 
@@ -49,9 +50,11 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
     def __init__(self, fleet: FleetState, prices: PriceCatalog, builder: RouteBuilder,
                  hub: RouteHub, metrics: PlacementMetrics, slo_margin_ms: float = 2.0,
                  clock: Callable[[], float] = time.monotonic, *, profile: str = "cheapest",
-                 spread_band: float = 0.05, fail_fast: bool = False) -> None:
+                 spread_band: float = 0.05, fail_fast: bool = False,
+                 shard: Ownership = EVERY_REGION) -> None:
         """``profile``, ``spread_band``, ``fail_fast``: the edges' routing settings, so that
-        ``Explain`` reports what an edge would do."""
+        ``Explain`` reports what an edge would do. ``shard``: the backend regions this
+        replica owns (default every region; ``services/placement/shard.py``)."""
         self.fleet = fleet
         self.prices = prices
         self.builder = builder
@@ -62,6 +65,7 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
         self.profile = profile
         self.spread_band = spread_band
         self.fail_fast = fail_fast
+        self.shard = shard
         self.owners = TelemetryOwners(builder.settings.stale_after_s)
         # The GPU readings and report time of each backend's last used report, as sent.
         self.gpus: dict[str, tuple[Sequence[telemetry_pb2.GpuReading], int]] = {}
@@ -78,6 +82,7 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
                               ) -> placement_pb2.RegisterBackendResponse:
         b = request.backend
         check_backend(b, self.builder.catalog, self.prices)
+        self.shard.check(b.id, b.region)
         self.fleet.register(backend_from_pb(b))
         log.info("backend_registered", backend=b.id, endpoint=b.endpoint, region=b.region)
         self._changed()

@@ -1,0 +1,68 @@
+"""Placement replicas that share the fleet by backend region (issue 15, scale-out).
+
+With ``[[placement.shards]]`` in the mesh file, each shard owns a disjoint set of backend
+regions and is served by its own replicas (the first is the primary, the rest standbys).
+A replica of a shard registers and ingests only backends in its regions, and so builds,
+for every (model, edge region), the rows of its own backends; an edge watches one replica
+of every shard and merges the rows of a table (``services/edge/shards.py``). Without
+shards (the default) one replica owns every backend, as before.
+
+This module answers, from the config, which regions a replica at an address owns and which
+peers share its shard; ``Ownership.check`` refuses a backend of another shard.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from placement.errors import ConfigError
+from services.config import MeshConfig
+
+
+@dataclass(frozen=True)
+class Ownership:
+    """The backend regions one replica owns; ``regions is None``: every region."""
+
+    regions: frozenset[str] | None = None
+    shard: int | None = None
+
+    def owns(self, region: str) -> bool:
+        return self.regions is None or region in self.regions
+
+    def check(self, backend_id: str, region: str) -> None:
+        if not self.owns(region):
+            raise ConfigError(
+                f"backend {backend_id!r} is in region {region!r}, which this placement "
+                f"replica (placement.shards[{self.shard}], regions "
+                f"{sorted(self.regions or ())}) does not own; send it to the replicas of the "
+                "shard that owns that region")
+
+
+_LOCAL = ("127.0.0.1", "localhost", "0.0.0.0")
+
+
+EVERY_REGION = Ownership()  # an unsharded replica
+
+
+def _shard_index(cfg: MeshConfig, address: str) -> int:
+    host, _, port = address.rpartition(":")
+    me = {address, *(f"{h}:{port}" for h in _LOCAL)} if host in _LOCAL else {address}
+    for i, shard in enumerate(cfg.placement.shards):
+        if me & set(shard.replicas):
+            return i
+    listed = [a for s in cfg.placement.shards for a in s.replicas]
+    raise ConfigError(f"placement at {address!r} is in no placement.shards[].replicas "
+                      f"{listed}; with shards configured every replica must be listed")
+
+
+def ownership(cfg: MeshConfig, address: str) -> Ownership:
+    """What the replica listening on ``address`` (host:port) owns."""
+    if not cfg.placement.shards:
+        return EVERY_REGION
+    i = _shard_index(cfg, address)
+    return Ownership(frozenset(cfg.placement.shards[i].regions), i)
+
+
+def shard_replicas(cfg: MeshConfig, address: str) -> list[str]:
+    """The replicas of the shard ``address`` serves (itself included), for peer warm starts."""
+    return list(cfg.placement.shards[_shard_index(cfg, address)].replicas)

@@ -1,0 +1,141 @@
+"""Placement replicas that share the fleet by region (issue 15, scale-out): each shard
+registers and builds only its regions' backends, an edge watching every shard over real
+gRPC holds the merged table, and a shard's standby takes over without the edge losing rows."""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+from typing import Any
+
+import grpc
+import pytest
+from pydantic import ValidationError
+
+from placement.errors import ConfigError
+from services.api.switchyard.v1 import placement_pb2, placement_pb2_grpc
+from services.config import MeshConfig
+from services.convert import backends_from_config
+from services.edge.routes import RouteStore
+from services.edge.shards import ShardedLink, shard_key, shard_lookup
+from services.edge.stats import EdgeStats
+from services.placement import shard
+from services.placement.main import RunningPlacement, start_placement
+from services.ports import free_port
+from tests.mesh_harness import eventually, mesh_config
+
+SUMMARIZE = {"east-fast/summarize-small", "east-fast/summarize-large",
+             "central-cheap/summarize-small", "central-cheap/summarize-large",
+             "west-cheap/summarize-small"}
+
+
+def _sharded(tmp: pathlib.Path, shards: list[dict[str, Any]]) -> MeshConfig:
+    raw = mesh_config(tmp).model_dump()
+    raw["placement"]["shards"] = shards
+    return MeshConfig.model_validate(raw)
+
+
+def _two_shards(tmp: pathlib.Path, standby: bool = False) -> tuple[MeshConfig, list[int]]:
+    ports = [free_port() for _ in range(3)]
+    east = [f"127.0.0.1:{ports[0]}"]
+    rest = [f"127.0.0.1:{ports[1]}", *([f"127.0.0.1:{ports[2]}"] if standby else [])]
+    return _sharded(tmp, [{"replicas": east, "regions": ["r-east"]},
+                          {"replicas": rest, "regions": ["r-central", "r-west"]}]), ports
+
+
+def _deployments(running: RunningPlacement) -> set[str]:
+    running.service.hub.publish()
+    return {c.deployment_id for (model, _), t in running.service.hub.tables.items()
+            if model == "summarize" for c in t.candidates}
+
+
+@pytest.mark.parametrize(("shards", "error"), [
+    ([{"replicas": ["a:1"], "regions": ["r-nowhere"]}],
+     r"placement.shards\[0\].regions 'r-nowhere' is not in regions"),
+    ([{"replicas": ["a:1"], "regions": ["r-east", "r-west", "r-central"]},
+      {"replicas": ["b:1"], "regions": ["r-west"]}],
+     r"placement.shards\[1\].regions 'r-west' is already owned by placement.shards\[0\]"),
+    ([{"replicas": ["a:1"], "regions": ["r-east", "r-west"]}],
+     r"backends\[1\].region 'r-central' is owned by no placement.shards entry"),
+    ([{"replicas": ["a:1"], "regions": ["r-east"]},
+      {"replicas": ["a:1"], "regions": ["r-west", "r-central"]}],
+     r"placement.shards\[1\].replicas 'a:1' is already a replica of placement.shards\[0\]"),
+])
+def test_shards_are_validated_with_the_path(tmp_path: pathlib.Path, shards: list[dict[str, Any]],
+                                            error: str) -> None:
+    with pytest.raises(ValidationError, match=error):
+        _sharded(tmp_path, shards)
+
+
+def test_a_replica_owns_its_shards_regions_and_an_unlisted_one_is_refused(
+        tmp_path: pathlib.Path) -> None:
+    cfg, ports = _two_shards(tmp_path, standby=True)
+    assert shard.ownership(cfg, f"0.0.0.0:{ports[2]}").regions == {"r-central", "r-west"}
+    assert shard.shard_replicas(cfg, f"127.0.0.1:{ports[1]}") == [
+        f"127.0.0.1:{ports[1]}", f"127.0.0.1:{ports[2]}"]
+    assert shard.ownership(mesh_config(tmp_path), "x:1").owns("r-west")  # unsharded: all
+    with pytest.raises(ConfigError, match=r"'127.0.0.1:1' is in no placement.shards"):
+        shard.ownership(cfg, "127.0.0.1:1")
+
+
+async def test_each_shard_builds_its_own_regions_rows_and_refuses_the_others(
+        tmp_path: pathlib.Path) -> None:
+    cfg, ports = _two_shards(tmp_path)
+    east = await start_placement(cfg, port=ports[0])
+    rest = await start_placement(cfg, port=ports[1])
+    try:
+        assert set(east.service.fleet.backends) == {"east-fast"}
+        assert set(rest.service.fleet.backends) == {"central-cheap", "west-cheap"}
+        assert _deployments(east) == {d for d in SUMMARIZE if d.startswith("east-")}
+        assert _deployments(rest) == {d for d in SUMMARIZE if not d.startswith("east-")}
+        west = next(b for b in backends_from_config(cfg) if b.id == "west-cheap")
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{ports[0]}") as ch:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await placement_pb2_grpc.PlacementStub(ch).RegisterBackend(
+                    placement_pb2.RegisterBackendRequest(backend=west), timeout=5)
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "region 'r-west', which this placement replica" in (err.value.details() or "")
+        assert "west-cheap" not in east.service.fleet.backends
+    finally:
+        await east.stop(0)
+        await rest.stop(0)
+
+
+async def test_an_edge_merges_every_shards_rows_and_keeps_them_through_a_failover(
+        tmp_path: pathlib.Path) -> None:
+    cfg, ports = _two_shards(tmp_path, standby=True)
+    east = await start_placement(cfg, port=ports[0])
+    rest = await start_placement(cfg, port=ports[1])
+    standby: RunningPlacement | None = None
+    store = RouteStore("r-east", None, shard_of=shard_lookup(cfg))
+    link = ShardedLink("edge-east", "r-east",
+                       {shard_key(i): s.replicas for i, s in enumerate(cfg.placement.shards)},
+                       store, EdgeStats(10), on_update=lambda: None, report_interval_s=0.2)
+    watch = asyncio.create_task(link.watch())
+    summarize = lambda: {c.deployment_id for c in store.candidates.get("summarize", ())}  # noqa: E731
+    try:
+        await eventually(lambda: link.connected and summarize() == SUMMARIZE, 5,
+                         "the edge holds both shards' rows")
+        # One shard's primary dies: its rows stay (static stability), the standby takes over.
+        await rest.stop(0)
+        await eventually(lambda: not link.links[shard_key(1)].connected, 5, "shard 1 lost")
+        assert summarize() == SUMMARIZE
+        standby = await start_placement(cfg, port=ports[2])
+        await eventually(lambda: link.links[shard_key(1)].connected_to
+                         == f"127.0.0.1:{ports[2]}" and link.connected, 10,
+                         "the edge follows shard 1's standby")
+        assert summarize() == SUMMARIZE
+        # A row the standby changes reaches the edge; shard 0's rows are untouched by it.
+        await standby.service.SetAvailability(placement_pb2.SetAvailabilityRequest(
+            scope=placement_pb2.AVAILABILITY_SCOPE_BACKEND, target="west-cheap",
+            availability=2), None)  # type: ignore[arg-type]
+        drained = lambda: {c.deployment_id for c in store.candidates["summarize"]  # noqa: E731
+                           if c.availability.value == 2}
+        await eventually(lambda: drained() == {"west-cheap/summarize-small"}, 5,
+                         "the drain pushed by the standby")
+        assert summarize() == SUMMARIZE
+    finally:
+        watch.cancel()
+        for running in (east, rest, standby):
+            if running is not None:
+                await running.stop(0)
