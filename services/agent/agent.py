@@ -15,6 +15,10 @@ readings until NVML comes up) and then runs:
   move to the next replica, and start again — re-registering, because a restarted
   placement rebuilds its fleet from registrations.
 
+With ``[[placement.shards]]`` (and no ``placement`` addresses given) each backend belongs
+to the shard owning its region: the agent runs those loops per shard, each registering and
+reporting only that shard's backends (``services/placement/shard.py``).
+
 The clock, the sleep, the random source, the channel factory, pynvml and the Triton
 statistics readers are all injected, so tests run it against in-process fakes.
 """
@@ -110,6 +114,18 @@ def _fold_xids(unsent: Round, newest: Round) -> Round:
     return out
 
 
+def _by_shard(config: MeshConfig, backends: list[BackendConfig]
+              ) -> list[tuple[list[str], list[BackendConfig]]]:
+    """(the shard's replicas, this agent's backends in its regions) for every shard that
+    owns one of them; none without ``placement.shards``."""
+    out = []
+    for shard in config.placement.shards:
+        mine = [b for b in backends if b.region in shard.regions]
+        if mine:
+            out.append((list(shard.replicas), mine))
+    return out
+
+
 class NodeAgent:
     """Registers ``backend_ids`` with placement and streams their telemetry.
 
@@ -167,6 +183,9 @@ class NodeAgent:
         self._replicas_every_s = replicas_every_s
         # session key (replica address; "" for the one in-turn session) -> its mailbox, task
         self._sessions: dict[str, tuple[Mailbox, asyncio.Task[None]]] = {}
+        # Sharded placement: session key -> the backends it carries (absent: every one).
+        self._carries: dict[str, list[BackendConfig]] = {}
+        self.shards = [] if placement else _by_shard(config, self.backends)
         # A services.discovery.Discovery (Consul): each backend is registered there too,
         # with a gRPC health check on Triton's port, and deregistered at stop.
         self.discovery = discovery
@@ -244,7 +263,15 @@ class NodeAgent:
         ``replicas_every_s``: a new replica (a restarted pod has a new address) gets its own
         session, one that left is closed; an empty or failed lookup changes nothing.
         """
-        if not self.fan_out:
+        if self.shards:
+            for i, (replicas, backends) in enumerate(self.shards):
+                for key, tried in ([(a, [a]) for a in replicas] if self.fan_out
+                                   else [(f"shards[{i}]", replicas)]):
+                    box = Mailbox()
+                    self._carries[key] = backends
+                    self._sessions[key] = (box, asyncio.create_task(
+                        self._loop(tried, box, backends), name=f"agent-session-{key}"))
+        elif not self.fan_out:
             box = Mailbox()
             self._sessions[""] = (box, asyncio.create_task(self._loop(self.placement, box)))
         else:
@@ -274,7 +301,7 @@ class NodeAgent:
             self._log.info("agent.replica_left", placement=address)
 
     async def _follow_replicas(self) -> None:
-        if self._replica_lookup is None or not self.fan_out:
+        if self._replica_lookup is None or not self.fan_out or self.shards:
             return
         while not self._stopping:
             await self._sleep(self._replicas_every_s)
@@ -295,17 +322,23 @@ class NodeAgent:
             except Exception:  # a bad round must not end telemetry for good
                 self._log.exception("agent.read_failed", action="skipping this round")
             else:
-                for box, _ in self._sessions.values():
-                    box.put(reports)
+                for key, (box, _) in self._sessions.items():
+                    carries = self._carries.get(key)
+                    if carries is None:
+                        box.put(reports)
+                    else:
+                        ids = {b.id for b in carries}
+                        box.put([r for r in reports if r.backend_id in ids])
                 self.rounds += 1
             await self._sleep(self.interval_s)
 
-    async def _loop(self, replicas: list[str], box: Mailbox) -> None:
+    async def _loop(self, replicas: list[str], box: Mailbox,
+                    backends: list[BackendConfig] | None = None) -> None:
         attempt, replica = 0, 0
         while not self._stopping:
             address = replicas[replica % len(replicas)]
             try:
-                await self._session(address, box)
+                await self._session(address, box, backends or self.backends)
             except grpc.aio.AioRpcError as exc:
                 self._log.warning("agent.placement_unreachable", placement=address,
                                   code=exc.code().name, details=exc.details())
@@ -327,13 +360,14 @@ class NodeAgent:
         ceiling = min(self._max_backoff_s, self._initial_backoff_s * 2.0**attempt)
         return ceiling / 2 + self._rng.uniform(0, ceiling / 2)
 
-    async def _session(self, address: str, box: Mailbox) -> None:
+    async def _session(self, address: str, box: Mailbox, backends: list[BackendConfig]
+                       ) -> None:
         self._registered = False
         channel = self._channel_factory(address)
         call: Any = None
         try:
             stub = placement_pb2_grpc.PlacementStub(channel)
-            for b in self.backends:
+            for b in backends:
                 resp = await stub.RegisterBackend(
                     placement_pb2.RegisterBackendRequest(backend=backend_message(self.config, b)),
                     timeout=self._rpc_timeout_s)

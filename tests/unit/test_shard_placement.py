@@ -139,3 +139,61 @@ async def test_an_edge_merges_every_shards_rows_and_keeps_them_through_a_failove
         for running in (east, rest, standby):
             if running is not None:
                 await running.stop(0)
+
+
+async def test_each_observation_goes_to_the_shard_of_its_deployment(
+        tmp_path: pathlib.Path) -> None:
+    cfg, ports = _two_shards(tmp_path)
+    east = await start_placement(cfg, port=ports[0])
+    rest = await start_placement(cfg, port=ports[1])
+    store = RouteStore("r-east", None, shard_of=shard_lookup(cfg))
+    stats = EdgeStats(10)
+    link = ShardedLink("edge-east", "r-east",
+                       {shard_key(i): s.replicas for i, s in enumerate(cfg.placement.shards)},
+                       store, stats, on_update=lambda: None, report_interval_s=0.2)
+    tasks = [asyncio.create_task(link.watch())]
+    try:
+        await eventually(lambda: link.connected and "summarize" in store.candidates, 5)
+        for dep in ("east-fast/summarize-small", "west-cheap/summarize-small",
+                    "gone/summarize-small"):  # the last is in no table: no shard owns it
+            for _ in range(20):
+                stats.record(dep, 12.0, True)
+        tasks.append(asyncio.create_task(link.report()))
+        await eventually(lambda: east.service.fleet.use and rest.service.fleet.use, 5,
+                         "both shards got observations")
+        assert set(east.service.fleet.use) == {"east-fast/summarize-small"}
+        assert set(rest.service.fleet.use) == {"west-cheap/summarize-small"}
+    finally:
+        for t in tasks:
+            t.cancel()
+        await east.stop(0)
+        await rest.stop(0)
+
+
+def test_a_shards_snapshot_and_removals_replace_only_its_own_rows(
+        tmp_path: pathlib.Path) -> None:
+    cfg, _ = _two_shards(tmp_path)
+    store = RouteStore("r-east", None, shard_of=shard_lookup(cfg))
+
+    def table(*rows: tuple[str, str]) -> placement_pb2.RouteTable:
+        return placement_pb2.RouteTable(model="summarize", edge_region="r-east", candidates=[
+            placement_pb2.Candidate(deployment_id=d, backend_id=d.split("/")[0], region=r,
+                                    variant=d.split("/")[1]) for d, r in rows])
+
+    east_a, east_b = ("east-fast/summarize-small", "r-east"), ("east-fast/summarize-large",
+                                                               "r-east")
+    west = ("west-cheap/summarize-small", "r-west")
+    ids = lambda: {c.deployment_id for c in store.candidates.get("summarize", ())}  # noqa: E731
+    store.apply(placement_pb2.RouteUpdate(snapshot=True, tables=[table(east_a, east_b)]),
+                shard=shard_key(0))
+    store.apply(placement_pb2.RouteUpdate(snapshot=True, tables=[table(west)]),
+                shard=shard_key(1))
+    assert ids() == {east_a[0], east_b[0], west[0]}
+    store.apply(placement_pb2.RouteUpdate(snapshot=True, tables=[table(east_a)]),
+                shard=shard_key(0))  # shard 0 lost a row: only that row goes
+    assert ids() == {east_a[0], west[0]}
+    assert {c.deployment_id for c in store.tables["summarize"].candidates} == ids()
+    store.apply(placement_pb2.RouteUpdate(removed_models=["summarize"]), shard=shard_key(1))
+    assert ids() == {east_a[0]}
+    store.apply(placement_pb2.RouteUpdate(removed_models=["summarize"]), shard=shard_key(0))
+    assert "summarize" not in store.candidates and "summarize" not in store.tables
