@@ -120,7 +120,10 @@ def batched(bids: list[str], tick: int, per_message: int
 
 
 async def agents_main(address: str, backends: int, streams: int, seconds: float,
-                      per_message: int = 0) -> None:
+                      per_message: int = 0, regions: set[int] | None = None) -> None:
+    """``regions``: only the backends in these ``REGIONS`` indexes (one placement shard's,
+    ``benchmarks/controlplane_shards.py``); default all."""
+    indices = [i for i in range(backends) if regions is None or i % len(REGIONS) in regions]
     async with grpc.aio.insecure_channel(address, options=GRPC_OPTS) as ch:
         stub = placement_pb2_grpc.PlacementStub(ch)
         t0 = time.monotonic()
@@ -131,14 +134,14 @@ async def agents_main(address: str, backends: int, streams: int, seconds: float,
                 await stub.RegisterBackend(placement_pb2.RegisterBackendRequest(
                     backend=backend_pb(i)), timeout=60)
 
-        await asyncio.gather(*(register(i) for i in range(backends)))
-        print(json.dumps({"registered": backends, "seconds": time.monotonic() - t0}),
+        await asyncio.gather(*(register(i) for i in indices))
+        print(json.dumps({"registered": len(indices), "seconds": time.monotonic() - t0}),
               flush=True)
         stop_at = time.monotonic() + seconds
         sent = [0] * streams
 
         async def stream(k: int) -> int:
-            mine = [f"be-{i:06d}" for i in range(k, backends, streams)]
+            mine = [f"be-{i:06d}" for i in indices[k::streams]]
 
             async def reports():  # type: ignore[no-untyped-def]
                 tick, begin = 0, time.monotonic()
@@ -509,10 +512,14 @@ def main() -> None:
     p.add_argument("--after", default=ROOT,
                    help="the checkout whose placement is measured (default this one; a "
                         "clean worktree keeps others' uncommitted edits out)")
+    p.add_argument("--regions", default="",
+                   help="agents: only backends in these REGIONS indexes, e.g. 0,2,4")
     args = p.parse_args()
     if args.role == "agents":
         asyncio.run(agents_main(args.address, args.backends, args.streams, args.seconds,
-                                args.per_message))
+                                args.per_message,
+                                {int(r) for r in args.regions.split(",")} if args.regions
+                                else None))
         return
     levels = [(int(g), 100) for g in args.levels.split(",")] if args.levels else None
     print(run(args.quick, levels, args.before or None, args.per_message,
