@@ -1,6 +1,6 @@
 """Control plane scaled out: two placement shards by region, simulated agents, 100 edges.
 
-    python -m benchmarks.controlplane_shards [--quick] [--levels 10000,20000]
+    python -m benchmarks.controlplane_shards [--quick] [--levels 10000,20000] [--baseline]
 
 The same measurement as ``benchmarks.controlplane`` with ``[[placement.shards]]``: two
 ``python -m services.cli placement`` processes, each pinned to its own core and owning the
@@ -10,6 +10,8 @@ streams only its shard's backends; this process holds 100 edges that each watch 
 (as a sharded Python edge does) and the probe, a backend of one shard, flipped between
 ready and not ready. Propagation is until every edge saw the flip on its watch of the
 probe's shard; ingest, CPU and bytes are summed over the shards (CPU also per shard).
+``--baseline`` first measures one unsharded placement at each level in the same run
+(``benchmarks.controlplane.measure``).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from benchmarks import controlplane
 from benchmarks.common import ROOT, Section, command_for, cpu_seconds, md_table, percentile, progress
 from benchmarks.controlplane import (
     GRPC_OPTS,
@@ -80,6 +83,13 @@ class ShardedLevel:
     delays_ms: list[float]
     timeouts: int
     load1: float
+    shards: int = SHARDS
+
+    @classmethod
+    def unsharded(cls, lv: controlplane.Level) -> ShardedLevel:
+        return cls(lv.gpus, lv.edges, lv.register_s, lv.startup_s, lv.ingest_per_s,
+                   [lv.cpu_pct], lv.agents_cpu_pct, lv.update_mb_per_s, lv.delays_ms,
+                   lv.timeouts, lv.load1, shards=1)
 
 
 def _pinned(core: int) -> list[str]:
@@ -195,17 +205,22 @@ def _p99(lv: ShardedLevel) -> str:
     return "timeouts" if lv.timeouts else f"{percentile(sorted(lv.delays_ms), 99):,.0f} ms"
 
 
+def _state(lv: ShardedLevel) -> str:
+    kept = lv.ingest_per_s / lv.gpus
+    return ("steady" if 0.99 <= kept <= 1.03 else "behind" if kept < 0.99
+            else "still draining a backlog")
+
+
 def notes(levels: list[ShardedLevel]) -> list[str]:
-    worst = levels[-1]
+    worst = [lv for lv in levels if lv.shards == SHARDS][-1]
     kept = worst.ingest_per_s / worst.gpus
     p99 = percentile(sorted(worst.delays_ms), 99)
     shares = [sum(1 for i in range(worst.gpus) if i % len(REGIONS) in shard_regions(k))
               for k in range(SHARDS)]
     owned = ", ".join(f"shard {k}: " + " ".join(REGIONS[i][0] for i in shard_regions(k))
                       for k in range(SHARDS))
-    state = ("steady" if 0.99 <= kept <= 1.03 else "behind" if kept < 0.99
-             else "still draining a backlog")
-    return [
+    state = _state(worst)
+    out = [
         f"{SHARDS} placement processes (`[[placement.shards]]`), shard k pinned to core k "
         f"(`taskset`) and owning regions {owned}"
         f"; at {worst.gpus:,} GPUs that is {' / '.join(f'{n:,}' for n in shares)} backends. "
@@ -219,14 +234,29 @@ def notes(levels: list[ShardedLevel]) -> list[str]:
         f"Ingest there: {100 * kept:.1f} % of offered "
         f"({state}).",
     ]
+    one = {lv.gpus: lv for lv in levels if lv.shards == 1}
+    for lv in levels:
+        b = one.get(lv.gpus)
+        if lv.shards == 1 or b is None:
+            continue
+        out.append(
+            f"{lv.gpus:,} GPUs, one placement → {SHARDS} shards in one run: ingest "
+            f"{b.ingest_per_s:,.0f} → {lv.ingest_per_s:,.0f} reports/s ({_state(b)} → "
+            f"{_state(lv)}), propagation p99 {_p99(b)} → {_p99(lv)}, placement CPU "
+            f"{b.cpu_pct[0]:.0f} % → {' + '.join(f'{c:.0f} %' for c in lv.cpu_pct)}.")
+    return out
 
 
-def run(quick: bool, levels: list[int] | None = None) -> Section:
+def run(quick: bool, levels: list[int] | None = None, baseline: bool = False) -> Section:
     t0 = time.monotonic()
     levels = levels or ([20000] if quick else [10000, 20000])
     window, changes, timeout = (5.0, 3, 8.0) if quick else (10.0, 8, 15.0)
     out = []
     for gpus in levels:
+        if baseline:
+            progress(f"controlplane_shards: {gpus:,} GPUs, 100 edges, one placement")
+            out.append(ShardedLevel.unsharded(asyncio.run(controlplane.measure(
+                gpus, 100, window, changes, streams=8, timeout_s=timeout))))
         progress(f"controlplane_shards: {gpus:,} GPUs, 100 edges, {SHARDS} shards")
         lv = asyncio.run(measure(gpus, 100, window, changes, timeout))
         progress(f"controlplane_shards: ingest {lv.ingest_per_s:,.0f}/s of {gpus:,}/s, "
@@ -236,7 +266,7 @@ def run(quick: bool, levels: list[int] | None = None) -> Section:
     rows = []
     for lv in out:
         d = sorted(lv.delays_ms)
-        rows.append([f"{lv.gpus:,}", lv.edges, SHARDS, f"{lv.register_s:.1f}",
+        rows.append([f"{lv.gpus:,}", lv.edges, lv.shards, f"{lv.register_s:.1f}",
                      f"> {WARM_MAX_S:.0f}" if math.isnan(lv.startup_s)
                      else f"{lv.startup_s:.0f}",
                      f"{lv.ingest_per_s:,.0f} / {lv.gpus:,}",
@@ -244,14 +274,15 @@ def run(quick: bool, levels: list[int] | None = None) -> Section:
                      f"{lv.agents_cpu_pct:.0f} %", f"{lv.update_mb_per_s:.1f}",
                      percentile(d, 50), percentile(d, 99), f"{len(d)}/{len(d) + lv.timeouts}",
                      f"{lv.load1:.1f}"])
-    table = md_table(["GPUs (backends)", "edges", "shards", "register all (s)",
+    table = md_table(["GPUs (backends)", "edges", "placement shards", "register all (s)",
                       "start-up s (2 reports per GPU)", "ingest reports/s (sustained / offered)",
                       "placement CPU per shard", "agents CPU", "route bytes to edges MB/s",
                       "propagation p50 ms", "propagation p99 ms", "changes seen by all edges",
                       "host load (1 min)"], rows)
     return Section(title="Control plane scaled out: two placement shards by region",
                    command=command_for(__name__, quick)
-                   + (f" --levels {','.join(str(g) for g in levels)}" if levels else ""),
+                   + f" --levels {','.join(str(g) for g in levels)}"
+                   + (" --baseline" if baseline else ""),
                    table=table, notes=notes(out), elapsed_s=time.monotonic() - t0)
 
 
@@ -259,9 +290,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--levels", default="", help="GPU counts, comma-separated, e.g. 20000")
+    p.add_argument("--baseline", action="store_true",
+                   help="also measure one unsharded placement at each level, first")
     args = p.parse_args()
     levels = [int(g) for g in args.levels.split(",")] if args.levels else None
-    print(run(args.quick, levels).markdown())
+    print(run(args.quick, levels, args.baseline).markdown())
 
 
 if __name__ == "__main__":

@@ -197,3 +197,23 @@ def test_a_shards_snapshot_and_removals_replace_only_its_own_rows(
     assert ids() == {east_a[0]}
     store.apply(placement_pb2.RouteUpdate(removed_models=["summarize"]), shard=shard_key(0))
     assert "summarize" not in store.candidates and "summarize" not in store.tables
+
+
+async def test_an_edge_started_from_a_sharded_mesh_watches_every_shard(
+        tmp_path: pathlib.Path) -> None:
+    from services.edge.main import start_edge
+
+    cfg, ports = _two_shards(tmp_path)
+    east = await start_placement(cfg, port=ports[0])
+    rest = await start_placement(cfg, port=ports[1])
+    edge = await start_edge(cfg, cfg.edges[0], port=0, metrics_port=0)
+    try:
+        assert isinstance(edge.link, ShardedLink)
+        store = edge.router.store
+        await eventually(lambda: edge.link.connected and {
+            c.deployment_id for c in store.candidates.get("summarize", ())} == SUMMARIZE, 5,
+            "the edge's router holds both shards' rows")
+    finally:
+        await edge.stop(0)
+        await east.stop(0)
+        await rest.stop(0)
