@@ -128,6 +128,9 @@ class DrillReport:
     # False for faults no call is expected to notice (a drain, placement going away): then
     # the scenario's checks must observe the fault in the mesh itself.
     expect_noticed: bool = True
+    # How long the broken part itself was out, when the scenario restarts it (edge-restart:
+    # SIGTERM to serving again): the reroute is judged against it, not against a clock.
+    outage_s: float | None = None
 
     @property
     def problems(self) -> list[str]:

@@ -13,6 +13,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from typing import cast
 
 from services.config import MeshConfig
 from services.drills.load import Call, Load, LoadSpec
@@ -147,7 +148,8 @@ def _report(sc: Scenario, fault: object, calls: list[Call], skipped: list[float]
     checks.update(load_checks(phases, rate))
     return DrillReport(sc.name, fault.target, sorted(fault.backends), rate, deadline_s, slo_ms,
                        round(t_fault, 3), round(t_restore, 3), phases, reroute, fault.notes,
-                       checks, expect_noticed=sc.expect_noticed)
+                       checks, expect_noticed=sc.expect_noticed,
+                       outage_s=cast("float | None", fault.state.get("outage_s")))
 
 
 def _settle_after(h: MeshHandle, report: DrillReport, timeout_s: float,

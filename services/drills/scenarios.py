@@ -221,10 +221,12 @@ class EdgeRestart(Scenario):
         progress(f"edge {edge.id} stopped (SIGTERM); starting a fresh one")
         h.restart(child, timeout_s=30)
         view = h.edge_view(edge)
-        progress(f"edge {edge.id} back in {time.monotonic() - t0:.1f} s, routes from "
+        outage_s = time.monotonic() - t0
+        progress(f"edge {edge.id} back in {outage_s:.1f} s, routes from "
                  f"{view.routes_source!r}, routes held: {view.has_routes}, placement "
                  f"connected: {view.placement_connected}")
-        fault = Fault(f"edge {edge.id} (placement down)")
+        fault = Fault(f"edge {edge.id} (placement down)",
+                      state={"outage_s": round(outage_s, 3)})
         fault.checks["restarted edge loaded its routes from disk"] = (
             view.routes_source == "disk" and view.has_routes)
         return fault

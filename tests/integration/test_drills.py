@@ -27,9 +27,11 @@ DURATION_S = 6.0        # 2 s before, 2 s during, 2 s after
 RATE = 30.0             # calls per second
 DEADLINE_S = 2.0        # >= 1 s: every call must succeed
 REROUTE_BOUND_S = 2.0   # the target is < 1 s for detection; 2 s end to end
-# An edge restart is a process start (Python, gRPC, the table from disk); the client's
-# calls go to the other edge meanwhile. Bound on how long the client is redirected.
-EDGE_RESTART_BOUND_S = 5.0
+# An edge restart is a process start (Python, gRPC, the table from disk) whose length is the
+# machine's, not the mesh's; the client's calls go to the other edge meanwhile. What the mesh
+# owes: the client is back on the restarted edge within this much of it serving again
+# (the load's reconnect backoff is at most 0.5 s).
+EDGE_RESTART_RETURN_S = 1.5
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +76,8 @@ def test_edge_restart_serves_from_disk_while_placement_is_down(mesh) -> None:
     r = _drill(mesh, "edge-restart")
     assert r.passed, r.table()
     assert r.checks.get("restarted edge loaded its routes from disk"), r.table()
-    assert r.reroute.seconds is not None and r.reroute.seconds < EDGE_RESTART_BOUND_S, r.table()
+    assert r.outage_s is not None and r.reroute.seconds is not None, r.table()
+    assert r.reroute.seconds < r.outage_s + EDGE_RESTART_RETURN_S, (r.outage_s, r.table())
 
 
 def test_kill_streams_loses_no_stream(mesh) -> None:
