@@ -1,7 +1,12 @@
 """Latency estimate: ``L(d, e) = rtt(e, region(d)) + queue(d) + compute(d)`` as a p95.
 
 - ``compute`` is Triton's mean compute time per request times ``COMPUTE_P95_FACTOR`` (Triton
-  reports sums and counts, not quantiles).
+  reports sums and counts, not quantiles). With ``TableSettings.learned_tail`` (off by
+  default: measured no better on the cost scenarios, see ``placement.routes``) the factor is
+  learned instead by ``tail_factor`` from the deployments edges have measured (their observed
+  p95 less RTT and modelled queue, over their mean compute; a sample-weighted quantile, never
+  below ``COMPUTE_P95_FACTOR``, at most ``MAX_TAIL_FACTOR``), ``DEFAULT_TAIL_FACTOR`` while
+  none is measured.
 - ``queue`` is the larger of Triton's measured mean queue wait and an M/M/c-style
   ``compute × ρ / (c × (1 − ρ))`` at utilisation ρ (capped at ``MAX_RHO``).
 - Once an edge has ``min_samples`` observations of a deployment, its observed p95 replaces
@@ -10,7 +15,9 @@
 
 from __future__ import annotations
 
-COMPUTE_P95_FACTOR = 1.3
+COMPUTE_P95_FACTOR = 1.3  # the floor of the tail factor (and the planner's)
+DEFAULT_TAIL_FACTOR = 1.3  # before any deployment is measured (1.6 cost far-edge 0.18 pt)
+MAX_TAIL_FACTOR = 3.0
 MAX_RHO = 0.95
 
 
@@ -21,8 +28,31 @@ def queue_ms(compute_ms: float, utilisation: float, concurrency: int,
     return max(modelled, measured_queue_ms)
 
 
-def p95_ms(rtt_ms: float, queue: float, compute_ms: float) -> float:
-    return rtt_ms + queue + compute_ms * COMPUTE_P95_FACTOR
+def p95_ms(rtt_ms: float, queue: float, compute_ms: float,
+           factor: float = COMPUTE_P95_FACTOR) -> float:
+    return rtt_ms + queue + compute_ms * factor
+
+
+def tail_ratio(observed_p95_ms: float, rtt_ms: float, queue: float, compute_ms: float) -> float:
+    """What a measured deployment's p95 says its service time's p95 is, over its mean."""
+    return (observed_p95_ms - rtt_ms - queue) / max(compute_ms, 1e-3)
+
+
+def tail_factor(ratios: list[tuple[float, int]], default: float = DEFAULT_TAIL_FACTOR,
+                quantile: float = 0.5) -> float:
+    """The factor for deployments nobody has measured: the sample-weighted median of the
+    measured ones' ``(ratio, samples)``, clamped to ``[COMPUTE_P95_FACTOR, MAX_TAIL_FACTOR]``;
+    ``default`` when there are none."""
+    if not ratios:
+        return default
+    ordered = sorted(ratios)
+    target = sum(w for _, w in ordered) * quantile
+    seen = 0
+    for r, w in ordered:
+        seen += w
+        if seen >= target:
+            return min(max(r, COMPUTE_P95_FACTOR), MAX_TAIL_FACTOR)
+    return default  # pragma: no cover - weights are positive
 
 
 def capacity_rps(compute_ms: float, concurrency: int) -> float:
