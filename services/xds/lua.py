@@ -22,13 +22,14 @@ metadata under this filter's name, the per-call cost of each deployment in its o
 them meet the route's SLO, and (default route) the model's default SLO; the call's own
 latency is measured from the buffered request to its response trailers.
 
-``VARIANT_REWRITE`` runs as an *upstream* filter, so on every attempt: the deployment Envoy
-picked carries its variant in endpoint metadata (``switchyard.variant``), which the
-``header_mutation`` filter before it copies into ``x-switchyard-variant`` (an aggregate cluster
-ignores its children's upstream filters, so the variant cannot live in per-cluster filter
-config). When the variant differs from the logical name, the script appends field 1
-(``0x0a len name``) to the message and fixes the gRPC frame length: the parser keeps the last
-value, so Triton sees the variant (``services.edge.wire.rewrite_model_name``).
+The variant rewrite is ``services.xds.rewrite``: the listener appends the first deployment's
+variant once, and an *upstream* filter (so on every attempt) appends another only when the
+deployment Envoy picked serves another variant. That deployment carries its variant in
+endpoint metadata (``switchyard.variant``), which the ``header_mutation`` filter before it
+copies into ``x-switchyard-variant`` (an aggregate cluster ignores its children's upstream
+filters, so the variant cannot live in per-cluster filter config). Field 1 (``0x0a len
+name``) is appended and the gRPC frame length fixed: the parser keeps the last value, so
+Triton sees the variant (``services.edge.wire.rewrite_model_name``).
 """
 
 from __future__ import annotations
@@ -262,34 +263,3 @@ def model_name_script(deadline_margin_ms: float, slow_path: bool = False) -> str
     return (f"local DEADLINE_MARGIN_MS = {float(deadline_margin_ms)!r}\n"
             f"local SLOW_PATH = {'true' if slow_path else 'false'}\n" + _MODEL_NAME)
 
-
-VARIANT_REWRITE = rf"""
-local function encode_varint(n)
-  local out = {{}}
-  while n >= 128 do
-    out[#out + 1] = string.char(n % 128 + 128)
-    n = math.floor(n / 128)
-  end
-  out[#out + 1] = string.char(n)
-  return table.concat(out)
-end
-
-local function be32(n)
-  return string.char(math.floor(n / 16777216) % 256, math.floor(n / 65536) % 256,
-                     math.floor(n / 256) % 256, n % 256)
-end
-
-function envoy_on_request(handle)
-  local headers = handle:headers()
-  local variant = headers:get("{VARIANT_HEADER}")
-  local logical = headers:get("{MODEL_HEADER}")
-  headers:remove("{VARIANT_HEADER}")
-  if variant == nil or variant == "" or logical == nil or variant == logical then return end
-  local body = handle:body()
-  if body == nil then return end
-  local n = body:length()
-  if n < 5 or body:getBytes(0, 1):byte(1) ~= 0 then return end
-  local field = "\10" .. encode_varint(#variant) .. variant
-  body:setBytes("\0" .. be32(n - 5 + #field) .. body:getBytes(5, n - 5) .. field)
-end
-"""
