@@ -32,6 +32,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
 CHEAP = "central-cheap"  # backend index 1 → fake GPU 1
 REROUTE_BOUND_S = 3.0    # agent interval 0.3 s + coalescing 20 ms + push; generous for 2 cores
+# An SLO every backend meets with room to spare, even with the machine's load in its
+# latency: calls under it go to the cheapest usable deployment. (Under a tighter one a few
+# slow calls on a loaded host teach the edge a miss margin, placement.feedback, and move the
+# class away on purpose: that is the brain working, not what these tests check.)
+LOOSE = "2000"
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +70,7 @@ async def served(mesh: Mesh, slo: str, n: int = 5) -> set[str]:
 async def test_gpu_fault_moves_traffic_away_and_back(mesh: Mesh, nvml: FakeNvml,
                                                      fault: str) -> None:
     dep = f"{CHEAP}/summarize-small"
-    assert await served(mesh, "400") == {dep}, mesh.edge.router.store.candidates["summarize"]
+    assert await served(mesh, LOOSE) == {dep}, mesh.edge.router.store.candidates["summarize"]
     times = []
     for _ in range(3):
         {"throttle": lambda: nvml.throttle(1), "ecc": lambda: nvml.ecc_errors(1),
@@ -83,25 +88,25 @@ async def test_gpu_fault_moves_traffic_away_and_back(mesh: Mesh, nvml: FakeNvml,
         else:
             times.append(await eventually(lambda: bool(candidate(mesh, dep).dropped_reason),
                                           REROUTE_BOUND_S))
-            assert CHEAP not in {s.split("/")[0] for s in await served(mesh, "400")}
+            assert CHEAP not in {s.split("/")[0] for s in await served(mesh, LOOSE)}
         nvml.recover(1)
         await eventually(lambda: not candidate(mesh, dep).dropped_reason
                          and not candidate(mesh, dep).penalty_reason, REROUTE_BOUND_S)
-    assert await served(mesh, "400") == {dep}  # recovered: the cheapest again
+    assert await served(mesh, LOOSE) == {dep}  # recovered: the cheapest again
     print(f"\n{fault}: telemetry change → edge route change: median "
           f"{statistics.median(times) * 1000:.0f} ms, max {max(times) * 1000:.0f} ms "
           f"over {len(times)} runs")
 
 
 async def test_price_change_makes_traffic_follow(mesh: Mesh) -> None:
-    assert await served(mesh, "400") == {f"{CHEAP}/summarize-small"}
+    assert await served(mesh, LOOSE) == {f"{CHEAP}/summarize-small"}
     stub = mesh.placement.service
     up = placement_pb2.UpdatePricesRequest(prices=[fleet_pb2.Price(
         accelerator="gpu-cheap", cloud="gcp", region="*", price_class="spot",
         usd_per_gpu_hour=50.0, source="test", as_of="2026-11-22")])
     await stub.UpdatePrices(up, None)  # type: ignore[arg-type]
     await eventually(lambda: candidate(mesh, f"{CHEAP}/summarize-small").cost_usd > 1e-5, 2.0)
-    assert await served(mesh, "400") == {"west-cheap/summarize-small"}
+    assert await served(mesh, LOOSE) == {"west-cheap/summarize-small"}
     up.prices[0].usd_per_gpu_hour = 0.30
     await stub.UpdatePrices(up, None)  # type: ignore[arg-type]
     await eventually(lambda: candidate(mesh, f"{CHEAP}/summarize-small").cost_usd < 1e-5, 2.0)
