@@ -101,6 +101,8 @@ class FleetState:
         # What changed since the route tables were last built (consumed by take_dirty).
         self.dirty: set[str] = set()
         self.all_dirty = True
+        # Drains, cordons and activations so far (persisted at once, not on the next period).
+        self.operator_changes = 0
 
     def _bump(self, *backend_ids: str) -> None:
         self.version += 1
@@ -148,6 +150,7 @@ class FleetState:
         for s in hit:
             s.availability = availability
         self._bump(*(s.backend.id for s in hit))
+        self.operator_changes += 1  # an operator's act: saved for a restart at once
         return sorted(s.backend.id for s in hit)
 
     def ingest(self, backend_id: str, snap: TelemetrySnapshot, now: float) -> None:

@@ -233,13 +233,17 @@ def load(fleet: FleetState, path: pathlib.Path, now: float) -> int:
 
 
 class Keeper:
-    """Saves the fleet's learned state every ``every_s`` and once more at :meth:`stop`."""
+    """Saves the fleet's learned state every ``every_s``, within ``tick_s`` of an operator's
+    drain/cordon/activate (``FleetState.operator_changes``: an undrain lost to a crash
+    between two periods would come back as a drain), and once more at :meth:`stop`."""
 
     def __init__(self, fleet: FleetState, path: pathlib.Path, clock: Callable[[], float],
-                 every_s: float = EVERY_S) -> None:
+                 every_s: float = EVERY_S, tick_s: float = 0.2) -> None:
         self.fleet, self.path, self.clock, self.every_s = fleet, path, clock, every_s
+        self.tick_s = tick_s
         self.saves = 0
         self._task: asyncio.Task[None] | None = None
+        self._saved_changes = fleet.operator_changes
 
     def save(self) -> None:
         write(self.path, dump(self.fleet, self.clock(), time.time()))
@@ -249,14 +253,20 @@ class Keeper:
         self._task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
+        last = time.monotonic()
         while True:
-            await asyncio.sleep(self.every_s)
+            await asyncio.sleep(min(self.tick_s, self.every_s))
+            changes = self.fleet.operator_changes
+            if changes == self._saved_changes and time.monotonic() - last < self.every_s:
+                continue
+            last = time.monotonic()
             try:
                 # Gathered on the loop (a consistent picture), encoded and written on a
                 # thread, so a large fleet's file does not hold the loop in one piece.
                 data = dump(self.fleet, self.clock(), time.time())
                 await asyncio.to_thread(write, self.path, data)
                 self.saves += 1
+                self._saved_changes = changes
             except OSError as exc:  # a full disk must not stop placement
                 log.warning("learned_state_not_saved", path=str(self.path), error=repr(exc))
 

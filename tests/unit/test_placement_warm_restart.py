@@ -121,3 +121,29 @@ async def test_a_file_of_another_format_is_ignored(tmp_path: pathlib.Path) -> No
         assert set(running.service.fleet.backends) == set(BACKENDS)
     finally:
         await running.stop(0.2)
+
+
+async def test_an_operators_drain_and_undrain_are_saved_at_once(tmp_path: pathlib.Path) -> None:
+    """An undrain lost between two periodic saves would come back as a drain after a crash
+    (a fresh-clone run's drills found it: a restarted placement kept a lifted drain)."""
+    cfg = mesh_config(tmp_path)
+    running = await start_placement(cfg, port=0, metrics_port=0)
+    try:
+        assert running.keeper is not None
+        running.keeper.every_s = 3600.0  # no periodic save during the test
+
+        def saved(backend: str) -> int:
+            assert running.keeper is not None
+            data = persist.read(running.keeper.path)
+            return -1 if data is None else int(data["backends"][backend]["availability"])
+
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as ch:
+            stub = placement_pb2_grpc.PlacementStub(ch)
+            for availability in (2, 1):  # drained, then active again
+                await stub.SetAvailability(placement_pb2.SetAvailabilityRequest(
+                    scope=placement_pb2.AVAILABILITY_SCOPE_BACKEND, target="west-cheap",
+                    availability=availability), timeout=5)
+                await eventually(lambda a=availability: saved("west-cheap") == a, 3.0,
+                                 f"availability {availability} saved")
+    finally:
+        await running.stop(0.2)
