@@ -58,8 +58,9 @@ class Call:
     """One call as the client saw it; times are seconds since the drill's clock zero."""
 
     seq: int
-    sent: float
+    sent: float                          # when the ticker scheduled it (latency counts from here)
     done: float = 0.0
+    started: float = -1.0                # when it left the client (a worker picked it up)
     status: str = "OK"
     served_by: str = ""                  # deployment id, "<backend>/<variant>"
     region: str = ""
@@ -76,6 +77,11 @@ class Call:
     @property
     def latency_ms(self) -> float:
         return (self.done - self.sent) * 1000
+
+    @property
+    def left(self) -> float:
+        """When the call left the client (its scheduled time if it never started)."""
+        return self.started if self.started >= 0 else self.sent
 
     @property
     def backend(self) -> str:
@@ -148,6 +154,7 @@ class Load:
                 call = self._call(seq, sent)
             except Exception as exc:  # a client-side error is a failed call too
                 call = Call(seq, sent, self.now(), type(exc).__name__, detail=str(exc)[:200])
+                call.started = call.done
             with self._lock:
                 self.calls.append(call)
         finally:
@@ -161,6 +168,7 @@ class Load:
         if spec.slo_ms is not None:
             md.append(("x-slo-ms", f"{spec.slo_ms:g}"))
         call = Call(seq, sent)
+        call.started = self.now()  # a busy host can hold a scheduled call in the pool a while
         end = call.sent + spec.deadline_s
         order = range(len(self._clients)) if spec.client_failover else range(1)
         for i in order:

@@ -2,7 +2,9 @@
 
 A call belongs to the phase in which it was *sent* (before / during / after the fault),
 except that a call still in flight when the fault is injected belongs to the fault window
-(the during phase): the calls a SIGKILL cuts off are the first to notice it.
+(the during phase): the calls a SIGKILL cuts off are the first to notice it; and a call
+scheduled before the restore that left the client after it (a busy host's thread pool)
+belongs to the after phase, since the restored mesh answers it.
 A call *noticed* the fault when it failed, was served by (or retried away from) a faulted
 backend, was passed to another edge by the client, or took longer than the slow threshold
 (3x the before-phase p99, at least +200 ms). **Time to reroute** is from the fault to the
@@ -97,16 +99,18 @@ def split_phases(calls: Sequence[Call], marks: tuple[float, float, float, float]
     """Calls by phase; ``marks`` are (before, fault, restore, end) on the load's clock.
 
     A call sent before the fault but not answered by then was in flight at the fault: it
-    belongs to the during phase, where the fault reached it.
+    belongs to the during phase, where the fault reached it. At the restore the boundary is
+    when a call *left the client* (``Call.left``): on a busy host a call scheduled just
+    before the restore can leave after it, and what answers it then is the restored mesh.
     """
     t_before, t_fault, t_restore, t_end = marks
     out: dict[str, list[Call]] = {p: [] for p in PHASES}
     for c in calls:  # a call is answered after it is sent: done >= sent
         if t_before <= c.sent and c.done < t_fault:
             out["before"].append(c)
-        elif t_before <= c.sent < t_restore:  # sent during the fault, or in flight at it
+        elif t_before <= c.sent and c.left < t_restore:  # during the fault, or in flight at it
             out["during"].append(c)
-        elif t_restore <= c.sent < t_end:
+        elif t_restore <= c.left and c.sent < t_end:
             out["after"].append(c)
     return out
 
@@ -213,10 +217,10 @@ def time_to_reroute(calls: Sequence[Call], fault_at: float, end_at: float, fault
                     slow_ms: float, streak: int = 10, burst_gap_s: float = 1.0) -> Reroute:
     """See the module docstring; ``calls`` sorted by send time.
 
-    The window is every call sent before ``end_at`` and still unanswered at ``fault_at``
-    (sent during the fault, or in flight when it struck).
+    The window is every call that left the client before ``end_at`` and was still
+    unanswered at ``fault_at`` (sent during the fault, or in flight when it struck).
     """
-    window = [c for c in calls if c.sent < end_at and c.done >= fault_at]
+    window = [c for c in calls if c.left < end_at and c.done >= fault_at]
     hit = [i for i, c in enumerate(window) if noticed(c, faulted, slow_ms)]
     if not hit:
         return Reroute(None, 0, 0, slow_ms)

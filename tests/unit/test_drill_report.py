@@ -64,6 +64,18 @@ def test_call_in_flight_at_the_fault_belongs_to_the_during_phase() -> None:
     assert phases["after"] == [sent_after]
 
 
+def test_call_scheduled_before_the_restore_that_left_after_it_belongs_to_after() -> None:
+    """A CI run's drain drill counted such a call (the restored backend served it) as the
+    drained backend serving during the drain."""
+    left_before = Call(0, END - 0.05, END + 0.02, served_by="b1/v", started=END - 0.04)
+    left_after = Call(1, END - 0.01, END + 0.08, served_by="b1/v", started=END + 0.01)
+    phases = split_phases([left_before, left_after], (8.0, FAULT, END, 22.0))
+    assert phases["during"] == [left_before]
+    assert phases["after"] == [left_after]
+    r = time_to_reroute([left_before, left_after], FAULT, END, {"b1"}, slow_ms=500)
+    assert r.noticed + r.relapses == 1
+
+
 def test_drill_with_nothing_checked_fails_saying_so() -> None:
     rep = _report(Reroute(0.1, 3, 0, 500.0), checks={})
     assert not rep.passed
