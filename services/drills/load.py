@@ -60,7 +60,6 @@ class Call:
     seq: int
     sent: float                          # when the ticker scheduled it (latency counts from here)
     done: float = 0.0
-    started: float = -1.0                # when it left the client (a worker picked it up)
     status: str = "OK"
     served_by: str = ""                  # deployment id, "<backend>/<variant>"
     region: str = ""
@@ -69,6 +68,7 @@ class Call:
     edge: str = ""
     client_failover: bool = False
     detail: str = ""
+    started: float = -1.0                # when it left the client (a worker picked it up)
 
     @property
     def ok(self) -> bool:
