@@ -9,12 +9,21 @@ of that class (``CallContext.slo_margins``):
 
     miss:  m ← m + STEP × slo
     met:   m ← max(0, m − STEP × slo × τ / (1 − τ))
-    time:  m ← m × 2^(−Δt / HALF_LIFE_S)
+    time:  m ← m × 2^(−Δt / HALF_LIFE_S)   (with ``idle_s``: only after IDLE_S without a call)
 
 With ``τ = queueing.TAIL`` (0.5 %) the margin settles where a fraction ``τ`` of the calls
 still sent there miss (a quantile tracker: one miss undoes ``(1 − τ)/τ`` met calls); the
 decay in time lets a deployment that was pushed out get tried again once what made it
 late is likely gone (a burst, a noisy neighbour). The clock is the caller's (``now``).
+
+With ``idle_s`` the decay runs only while the deployment gets no calls of the class
+(``IDLE_S`` after the last one): a deployment still taking calls has its margin moved by
+their outcomes alone. Decaying it in time as well biases the tracker: at the few calls per
+second a (deployment, class) gets from one edge, halving every 40 s undoes a miss faster
+than the ~200 met calls the target allows (``STEP × slo × ln 2 / HALF_LIFE_S`` per second
+is ~3.5 met calls/s), so the margin settles above a 0.5 % miss rate. ``idle_s=None`` (the
+default until ``python -m benchmarks.cost_check --variants base idle-decay`` says
+otherwise) is that older rule.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ STEP = 0.3  # of the SLO, per miss
 HALF_LIFE_S = 40.0
 FLOOR_MS = 0.05  # margins below this are dropped
 DECAY_EVERY_S = 0.25  # margins are decayed at most this often (per class)
+IDLE_S = 5.0  # a margin decays only this long after its deployment's last call of the class
 GRID = math.log(1.1)
 
 
@@ -41,10 +51,12 @@ class SloFeedback:
     """One edge's margins; the edge owns it, calls read ``margins(slo_ms, now)``."""
 
     def __init__(self, tail: float = queueing.TAIL, step: float = STEP,
-                 half_life_s: float = HALF_LIFE_S) -> None:
-        self.tail, self.step, self.half_life_s = tail, step, half_life_s
+                 half_life_s: float = HALF_LIFE_S, idle_s: float | None = None) -> None:
+        """``idle_s=None``: margins decay in time whether or not calls still go there."""
+        self.tail, self.step, self.half_life_s, self.idle_s = tail, step, half_life_s, idle_s
         self._margins: dict[int, dict[str, float]] = {}  # class -> deployment -> ms
         self._at: dict[int, float] = {}  # class -> when its margins were last decayed
+        self._last: dict[int, dict[str, float]] = {}  # class -> deployment -> last call
 
     def record(self, deployment_id: str, slo_ms: float, met: bool, now: float) -> None:
         """One call of SLO ``slo_ms`` served by ``deployment_id``: it met its SLO or not."""
@@ -57,10 +69,13 @@ class SloFeedback:
             m -= self.step * slo_ms * self.tail / (1.0 - self.tail)
         else:
             m += self.step * slo_ms
+        last = self._last.setdefault(k, {})
         if m < FLOOR_MS:
             margins.pop(deployment_id, None)
+            last.pop(deployment_id, None)
         else:
             margins[deployment_id] = m
+            last[deployment_id] = now
 
     def margins(self, slo_ms: float, now: float) -> Mapping[str, float]:
         """Deployment id -> margin (ms) for calls of this SLO (a read-only view)."""
@@ -75,11 +90,17 @@ class SloFeedback:
         if now - last < DECAY_EVERY_S:
             return margins
         self._at[k] = now
-        factor = 0.5 ** ((now - last) / self.half_life_s)
+        called = self._last.get(k, {})
         for dep in list(margins):
-            m = margins[dep] * factor
+            start = last
+            if self.idle_s is not None:
+                start = max(last, called.get(dep, last) + self.idle_s)
+                if start >= now:
+                    continue
+            m = margins[dep] * 0.5 ** ((now - start) / self.half_life_s)
             if m < FLOOR_MS:
                 del margins[dep]
+                called.pop(dep, None)
             else:
                 margins[dep] = m
         return margins

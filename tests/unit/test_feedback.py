@@ -38,10 +38,39 @@ def test_met_calls_undo_a_miss_at_the_target_tail_rate() -> None:
 
 
 def test_margins_decay_in_time_so_a_deployment_pushed_out_is_tried_again() -> None:
-    fb = SloFeedback(step=0.1, half_life_s=10.0)
+    fb = SloFeedback(step=0.1, half_life_s=10.0, idle_s=5.0)
     fb.record("b1/v", 100.0, met=False, now=0.0)
-    assert fb.margins(100.0, 10.0)["b1/v"] == pytest.approx(5.0)
+    assert fb.margins(100.0, 5.0)["b1/v"] == pytest.approx(10.0)  # idle only from t = 5
+    assert fb.margins(100.0, 15.0)["b1/v"] == pytest.approx(5.0)
     assert "b1/v" not in fb.margins(100.0, 200.0)
+
+
+def test_a_deployment_still_taking_calls_is_not_decayed_in_time() -> None:
+    """Its margin moves with its calls' outcomes only: 40 met calls over 40 s (1/s) take
+    40 × τ/(1 − τ) of a step off, not the half a 40 s half-life would."""
+    fb = SloFeedback(tail=0.005, step=0.1, half_life_s=40.0, idle_s=5.0)
+    fb.record("b1/v", 100.0, met=False, now=0.0)
+    for t in range(1, 41):
+        fb.record("b1/v", 100.0, met=True, now=float(t))
+    assert fb.margins(100.0, 40.0)["b1/v"] == pytest.approx(10.0 - 40 * 0.1 * 100 * 0.005
+                                                           / 0.995)
+    # The older rule (decay whether or not calls go there) had halved it.
+    old = SloFeedback(tail=0.005, step=0.1, half_life_s=40.0, idle_s=None)
+    old.record("b1/v", 100.0, met=False, now=0.0)
+    for t in range(1, 41):
+        old.record("b1/v", 100.0, met=True, now=float(t))
+    assert old.margins(100.0, 40.0)["b1/v"] < 5.5
+
+
+def test_the_idle_clock_is_per_deployment() -> None:
+    fb = SloFeedback(step=0.1, half_life_s=10.0, idle_s=5.0)
+    fb.record("b1/v", 100.0, met=False, now=0.0)
+    fb.record("b2/v", 100.0, met=False, now=0.0)
+    for t in range(1, 16):
+        fb.record("b2/v", 100.0, met=True, now=float(t))  # b2 keeps taking calls
+    m = fb.margins(100.0, 15.0)
+    assert m["b1/v"] == pytest.approx(5.0)  # idle since t = 5: one half-life
+    assert m["b2/v"] == pytest.approx(10.0 - 15 * 0.1 * 100 * 0.005 / 0.995)
 
 
 def test_the_margins_view_is_read_only() -> None:

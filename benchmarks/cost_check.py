@@ -1,0 +1,113 @@
+"""A/B check of the brain: switchyard alone on every scenario, several seeds, brain variants.
+
+    python -m benchmarks.cost_check [--scenarios NAME ...] [--seeds 0 1] [--variants base ...]
+
+For deciding whether a change to the brain lands (issue 11's rule: no scenario's attainment
+worse by more than 0.1 point, the objective better overall), without the other policies,
+the bounds and the sweep of ``python -m benchmarks.cost --all-scenarios``. Quick horizon
+only. Seed 0 is the scenario's own trace (the one RESULTS.md reports); seed ``n`` adds ``n``
+to it (another trace and other draws of the same scenario). A variant is the current brain
+with one rule set back (``VARIANTS``), applied inside the worker process; ``base`` is the
+brain as committed. Prints one row per (scenario, seed, variant): attainment, USD per 1M
+calls, switchyard's misses by cause (``benchmarks/costsim/misses.py``) and how many of them
+came in the first 5 simulated seconds. Not written into RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from benchmarks.common import md_table
+from benchmarks.cost import SCENARIOS
+from benchmarks.costsim import policies, suite
+from benchmarks.costsim.misses import CAUSES, TracedSimulation, classify
+from benchmarks.costsim.runner import make_policy
+from benchmarks.costsim.trace import generate
+from placement import feedback, queueing
+from placement.feedback import SloFeedback
+
+EARLY_S = 5.0
+
+
+def _idle_decay() -> None:
+    """Margins decay in time only while their deployment gets no calls of the class."""
+    policies.SloFeedback = functools.partial(  # type: ignore[misc]
+        SloFeedback, idle_s=feedback.IDLE_S)
+
+
+def _tail_half() -> None:
+    """Margins aim at half the attainment target's misses (room for outages, infeasible)."""
+    policies.SloFeedback = functools.partial(  # type: ignore[misc]
+        SloFeedback, tail=queueing.TAIL / 2, idle_s=feedback.IDLE_S)
+
+
+VARIANTS: dict[str, Callable[[], None]] = {
+    "base": lambda: None,
+    "idle-decay": _idle_decay,
+    "tail-half": _tail_half,
+}
+
+
+@dataclass(frozen=True)
+class Check:
+    path: str
+    seed: int
+    variant: str
+
+
+@dataclass(frozen=True)
+class Row:
+    scenario: str
+    seed: int
+    variant: str
+    calls: int
+    attainment: float
+    usd_per_million: float
+    misses: dict[str, int]
+    early: int
+    cpu_s: float
+
+
+def run_one(c: Check) -> Row:
+    VARIANTS[c.variant]()
+    s = suite.scenario_of(suite.Job(c.path, True, "switchyard"))
+    s.seed += c.seed
+    trace = generate(s, True)
+    sim = TracedSimulation(s, trace, make_policy("switchyard", s))
+    r = sim.run()
+    missed = ~(r.latency_ms <= r.slo_ms)
+    early = int(np.sum(missed & (trace.t < EARLY_S)))
+    return Row(s.name, c.seed, c.variant, r.calls, r.attainment, r.cost_per_million(),
+               dict(classify(sim, r)), early, r.wall_s)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--scenarios", nargs="*", default=None, help="file stems (default: all)")
+    p.add_argument("--seeds", nargs="*", type=int, default=[0, 1])
+    p.add_argument("--variants", nargs="*", default=["base"], choices=sorted(VARIANTS))
+    p.add_argument("--workers", type=int, default=2)
+    args = p.parse_args()
+    paths = sorted(SCENARIOS.glob("*.toml"))
+    if args.scenarios:
+        paths = [q for q in paths if q.stem in args.scenarios]
+    checks = [Check(str(q), seed, v) for q in paths for seed in args.seeds
+              for v in args.variants]
+    t0 = time.monotonic()
+    rows: list[Row] = suite._map(run_one, checks, args.workers)
+    out = [[r.scenario, r.seed, r.variant, f"{r.attainment:.2%}", r.usd_per_million,
+            sum(r.misses.values()), *[r.misses.get(k, 0) for k in CAUSES], r.early,
+            f"{r.cpu_s:.0f}"] for r in rows]
+    print(md_table(("scenario", "seed", "variant", "attainment", "USD / 1M", "misses",
+                    *CAUSES, f"misses t < {EARLY_S:g} s", "CPU s"), out))
+    print(f"\n_(took {time.monotonic() - t0:.0f} s)_")
+
+
+if __name__ == "__main__":
+    main()
