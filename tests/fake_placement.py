@@ -6,12 +6,12 @@ the other RPCs answer UNIMPLEMENTED as the generated servicer base does.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 
 import grpc
 
 from services.api.switchyard.v1 import placement_pb2, placement_pb2_grpc, telemetry_pb2
+from tests.mesh_harness import eventually
 
 
 class FakePlacement(placement_pb2_grpc.PlacementServicer):
@@ -49,7 +49,6 @@ async def serve_placement(servicer: FakePlacement, port: int = 0) -> tuple[grpc.
 
 
 async def wait_until(cond: Callable[[], bool], limit_s: float = 5.0) -> None:
-    """Poll a condition owned by the agent or the fake server, failing after ``limit_s``."""
-    async with asyncio.timeout(limit_s):
-        while not cond():  # noqa: ASYNC110 - the state belongs to other components
-            await asyncio.sleep(0.01)
+    """Poll a condition owned by the agent or the fake server, failing after ``limit_s``
+    (:func:`tests.mesh_harness.eventually`, polled every 10 ms)."""
+    await eventually(cond, limit_s, poll_s=0.01)

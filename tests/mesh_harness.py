@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import pathlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -183,29 +184,33 @@ async def running_mesh(cfg: MeshConfig, tritons: dict[str, TritonProcess],
 
 async def wait_measured(mesh: Mesh, within_s: float = 30.0) -> None:
     """Until every summarize candidate in the edge's table has measured estimates."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within_s
-    while loop.time() < deadline:
+    def measured() -> bool:
         cands = mesh.edge.router.store.candidates.get("summarize", ())
-        if cands and all("no measurements" not in c.penalty_reason for c in cands):
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"route table never got measurements: "
-                         f"{mesh.edge.router.store.candidates.get('summarize')}")
+        return bool(cands) and all("no measurements" not in c.penalty_reason for c in cands)
+
+    try:
+        await eventually(measured, within_s, "the route table has measurements", poll_s=0.1)
+    except AssertionError as err:
+        raise AssertionError(f"{err}: {mesh.edge.router.store.candidates.get('summarize')}"
+                             ) from None
 
 
 async def eventually(cond: Callable[[], object], within_s: float, what: str = "",
                      poll_s: float = 0.05) -> float:
     """Poll ``cond`` every ``poll_s`` until true (other components change it); seconds it
-    took. A short ``poll_s`` catches a state that lasts only a moment (a call in flight)."""
+    took. A short ``poll_s`` catches a state that lasts only a moment (a call in flight).
+    ``cond`` may be a coroutine function (an RPC that reads the state): it is awaited."""
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     while True:
-        if cond():
+        got = cond()
+        if inspect.isawaitable(got):
+            got = await got
+        if got:
             return loop.time() - t0
         if loop.time() - t0 > within_s:
             raise AssertionError(f"not within {within_s} s: {what or cond}")
-        await asyncio.sleep(poll_s)
+        await asyncio.sleep(poll_s)  # the poll interval of this wait, not a wait of its own
 
 
 def eventually_sync(cond: Callable[[], object], within_s: float, what: str = "",
@@ -217,7 +222,7 @@ def eventually_sync(cond: Callable[[], object], within_s: float, what: str = "",
             return time.monotonic() - t0
         if time.monotonic() - t0 > within_s:
             raise AssertionError(f"not within {within_s} s: {what or cond}")
-        time.sleep(poll_s)
+        time.sleep(poll_s)  # the poll interval of this wait, not a wait of its own
 
 
 def call(mesh: Mesh, metadata: Sequence[tuple[str, str]] = (), model: str = "summarize",

@@ -140,7 +140,7 @@ async def test_callers_own_tiny_deadlines_eject_nothing_and_leak_no_task(
     assert "StatusCode.DEADLINE_EXCEEDED" in codes, codes
     # Let every attempt those calls started finish (their own 1 ms timeouts).
     await eventually(lambda: sum(mesh.edge.router.inflight.values()) == 0, 5)
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one loop turn: the finished attempts' done callbacks run
     gc.collect()  # an unretrieved task exception is reported when the task is collected
     assert await ejected(mesh) == []
     tr = await asyncio.to_thread(call, mesh, [("x-slo-ms", "17")])

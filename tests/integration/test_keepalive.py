@@ -46,7 +46,7 @@ async def test_an_idle_client_pinging_at_the_shared_interval_is_never_sent_away(
             state = ch.get_state()
             assert state is grpc.ChannelConnectivity.READY, (
                 f"connection closed after {until - loop.time():.1f} s left: {state}")
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.2)  # pacing: the watch's sampling interval
     finally:
         await ch.close()
         await server.stop(0)
@@ -69,6 +69,6 @@ async def test_the_edge_keeps_its_idle_channel_to_a_default_triton(
             state = up.channel.get_state()
             assert state is grpc.ChannelConnectivity.READY, (
                 f"channel to Triton closed with {until - loop.time():.1f} s left: {state}")
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.5)  # pacing: the watch's sampling interval
     finally:
         await ups.close()

@@ -111,7 +111,7 @@ async def test_load_serve_drain_unload_remove(tmp_path: pathlib.Path) -> None:
                 calls.append(pool.submit(infer, inst.endpoint, "mid"))
                 if await control.pending("mid") >= 2:
                     break
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.05)  # pacing: one more call every 50 ms, not a wait
             else:
                 raise AssertionError("calls of mid never queued in Triton")
             swap = asyncio.create_task(

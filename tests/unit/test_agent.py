@@ -52,7 +52,7 @@ class Sleeps:
         if seconds >= NEVER:
             await asyncio.Event().wait()  # the NVML retry of tests that do not test it
         self.requested.append(seconds)
-        await asyncio.sleep(0.005)
+        await asyncio.sleep(0.005)  # the fake clock's stand-in for the requested sleep
 
 
 def _agent(port: int, sleeps: Callable[[float], Awaitable[None]], **kw: object) -> NodeAgent:

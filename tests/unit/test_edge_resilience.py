@@ -57,7 +57,7 @@ class FakeUpstream:
         if isinstance(b, grpc.StatusCode):
             raise rpc_error(b)
         if isinstance(b, float):
-            await asyncio.sleep(b)
+            await asyncio.sleep(b)  # the fake backend's service time, not a wait
             return ep.encode()
         return ep.encode()
 
@@ -384,6 +384,8 @@ async def test_a_hedged_call_cancelled_by_its_caller_leaves_no_task_behind() -> 
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+    # One loop turn, no more: a cancelled attempt finishes in it; one that outlived the call
+    # would still be here.
     await asyncio.sleep(0)
     assert asyncio.all_tasks() - before == set()  # its attempt did not outlive the call
     # The same once both legs run.
@@ -394,7 +396,7 @@ async def test_a_hedged_call_cancelled_by_its_caller_leaves_no_task_behind() -> 
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one loop turn, as above
     assert asyncio.all_tasks() - before == set()
 
 

@@ -13,7 +13,7 @@ from services.api.switchyard.v1 import placement_pb2, placement_pb2_grpc, teleme
 from services.grpc_errors import ErrorInterceptor
 from services.placement.main import build_service
 from services.placement.ownership import TelemetryOwners
-from tests.mesh_harness import mesh_config
+from tests.mesh_harness import eventually, mesh_config
 
 NVML, SIM = telemetry_pb2.TELEMETRY_SOURCE_NVML, telemetry_pb2.TELEMETRY_SOURCE_SIMULATED
 
@@ -70,18 +70,18 @@ async def test_second_agent_is_ignored_until_the_owner_leaves(
         st = await status(stub)
         return st.telemetry_owner.startswith(who) and st.gpus[0].gpu_util_pct == util
 
-    await _until(lambda: owned_by("agent-a", 10.0))
+    await eventually(lambda: owned_by("agent-a", 10.0), 10, "agent-a owns it")
     for util in (90.0, 91.0, 92.0):  # b reports, interleaved with a: never used
         b.report(util)
         a.report(11.0)
-    await _until(lambda: owned_by("agent-a", 11.0))
-    await _until(_ignored(stub, 3))
+    await eventually(lambda: owned_by("agent-a", 11.0), 10, "agent-a's report is used")
+    await eventually(_ignored(stub, 3), 10, "b's 3 reports ignored")
     assert st is not None and st.telemetry_source == SIM  # did not flip to b's source
     assert "@ ipv4:127.0.0.1:" in st.telemetry_owner
     ack = await a.close()
     assert ack.accepted == 4
     b.report(93.0)  # the owner's stream ended: b takes over
-    await _until(lambda: owned_by("agent-b", 93.0))
+    await eventually(lambda: owned_by("agent-b", 93.0), 10, "agent-b took over")
     st = await status(stub)
     assert st.telemetry_source == NVML
     ack = await b.close()
@@ -92,14 +92,6 @@ def _ignored(stub: placement_pb2_grpc.PlacementStub, n: int):  # type: ignore[no
     async def check() -> bool:
         return (await status(stub)).telemetry_ignored == n
     return check
-
-
-async def _until(check, within_s: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within_s
-    while not await check():
-        assert loop.time() < deadline, f"not within {within_s} s"
-        await asyncio.sleep(0.02)
 
 
 def test_stale_owner_is_replaced() -> None:

@@ -8,7 +8,6 @@ import pathlib
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +16,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from services.supervisor import Supervisor, describe_exit, held, hold, release, release_all
+from tests.mesh_harness import eventually_sync
 
 
 @dataclass
@@ -35,6 +35,7 @@ class Clock:
         return self.t
 
 
+# A child that lives until killed (its sleep is its whole job, nobody waits on it).
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(120)"]
 
 
@@ -57,12 +58,13 @@ def is_zombie(pid: int) -> bool:
 
 def poll_until(sup: Supervisor, cond: Any, within_s: float = 10.0) -> None:
     """Drive ``sup.poll()`` until ``cond()`` (the child's death is real and asynchronous)."""
-    deadline = time.monotonic() + within_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {within_s} s: {cond}")
+    def polled() -> bool:
+        if cond():
+            return True
         sup.poll()
-        time.sleep(0.02)
+        return False
+
+    eventually_sync(polled, within_s, f"{cond} while polling the supervisor", poll_s=0.02)
 
 
 def test_killed_child_is_reaped_reported_and_restarted(tmp_path: pathlib.Path, kid: Kid) -> None:
@@ -177,10 +179,7 @@ def test_background_supervisor_restarts_a_killed_child(tmp_path: pathlib.Path, k
     sup.start(interval_s=0.02)
     try:
         os.kill(first, signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while sup.restarts("sleeper") < 1:
-            assert time.monotonic() < deadline, "not restarted within 10 s"
-            time.sleep(0.02)
+        eventually_sync(lambda: sup.restarts("sleeper") >= 1, 10, "restarted", poll_s=0.02)
         assert kid.proc.pid != first and kid.proc.poll() is None and not is_zombie(first)
     finally:
         sup.close()
@@ -197,18 +196,14 @@ def test_restart_kills_orphans_left_in_the_dead_childs_session(tmp_path: pathlib
     sup = Supervisor(tmp_path, backoff_s=0.0, clock=clock)
     sup.spawn(kid)
     try:
-        deadline = time.monotonic() + 10
-        while not pidfile.exists() or not pidfile.read_text():
-            assert time.monotonic() < deadline, "grandchild never started"
-            time.sleep(0.02)
+        eventually_sync(lambda: pidfile.exists() and pidfile.read_text(), 10,
+                        "the grandchild started", poll_s=0.02)
         orphan = int(pidfile.read_text())
         pidfile.unlink()
         kid.proc.kill()
         poll_until(sup, lambda: sup.restarts("parent") == 1)
-        deadline = time.monotonic() + 10
-        while os.path.exists(f"/proc/{orphan}") and not is_zombie(orphan):
-            assert time.monotonic() < deadline, "orphan survived the restart"
-            time.sleep(0.02)
+        eventually_sync(lambda: not os.path.exists(f"/proc/{orphan}") or is_zombie(orphan),
+                        10, "the orphan is gone after the restart", poll_s=0.02)
     finally:
         kid.proc.kill()
         kid.proc.wait(5)
