@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import functools
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,7 +27,7 @@ import numpy as np
 from benchmarks.common import md_table
 from benchmarks.cost import SCENARIOS
 from benchmarks.costsim import policies, suite
-from benchmarks.costsim.misses import CAUSES, TracedSimulation, classify
+from benchmarks.costsim.misses import CAUSES, TracedSimulation, causes, classify
 from benchmarks.costsim.runner import make_policy
 from benchmarks.costsim.trace import generate
 from placement import feedback, queueing
@@ -59,6 +60,7 @@ class Check:
     path: str
     seed: int
     variant: str
+    detail: int = 0  # with > 0: the most common (cause, edge, SLO, deployment) of the misses
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ class Row:
     misses: dict[str, int]
     early: int
     cpu_s: float
+    top: list[tuple[str, int]]
 
 
 def run_one(c: Check) -> Row:
@@ -83,8 +86,17 @@ def run_one(c: Check) -> Row:
     r = sim.run()
     missed = ~(r.latency_ms <= r.slo_ms)
     early = int(np.sum(missed & (trace.t < EARLY_S)))
+    top: list[tuple[str, int]] = []
+    if c.detail:
+        groups: Counter[str] = Counter()
+        for i, cause in causes(sim, r).items():
+            dep = r.deployments[r.final_dep[i]] if r.final_dep[i] >= 0 else "-"
+            tenth = int(10 * trace.t[i] / trace.duration_s)
+            groups[f"{cause} | {trace.regions[trace.region[i]]} | slo {r.slo_ms[i]:g} | "
+                   f"{dep} | tenth {tenth}"] += 1
+        top = groups.most_common(c.detail)
     return Row(s.name, c.seed, c.variant, r.calls, r.attainment, r.cost_per_million(),
-               dict(classify(sim, r)), early, r.wall_s)
+               dict(classify(sim, r)), early, r.wall_s, top)
 
 
 def main() -> None:
@@ -93,11 +105,14 @@ def main() -> None:
     p.add_argument("--seeds", nargs="*", type=int, default=[0, 1])
     p.add_argument("--variants", nargs="*", default=["base"], choices=sorted(VARIANTS))
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--detail", type=int, default=0,
+                   help="also print the N most common (cause, edge, SLO, deployment, tenth "
+                        "of the day) of each run's misses")
     args = p.parse_args()
     paths = sorted(SCENARIOS.glob("*.toml"))
     if args.scenarios:
         paths = [q for q in paths if q.stem in args.scenarios]
-    checks = [Check(str(q), seed, v) for q in paths for seed in args.seeds
+    checks = [Check(str(q), seed, v, args.detail) for q in paths for seed in args.seeds
               for v in args.variants]
     t0 = time.monotonic()
     rows: list[Row] = suite._map(run_one, checks, args.workers)
@@ -106,6 +121,11 @@ def main() -> None:
             f"{r.cpu_s:.0f}"] for r in rows]
     print(md_table(("scenario", "seed", "variant", "attainment", "USD / 1M", "misses",
                     *CAUSES, f"misses t < {EARLY_S:g} s", "CPU s"), out))
+    for r in rows:
+        if r.top:
+            print(f"\n{r.scenario} seed {r.seed} {r.variant}:")
+            for key, n in r.top:
+                print(f"  {n:4d}  {key}")
     print(f"\n_(took {time.monotonic() - t0:.0f} s)_")
 
 

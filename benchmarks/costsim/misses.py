@@ -95,25 +95,30 @@ def infeasible_at_arrival(s: Scenario, trace: Trace, calls: np.ndarray) -> np.nd
     return out
 
 
-def classify(sim: TracedSimulation, r: SimResult) -> Counter[str]:
-    """One cause per missed call (see the module docstring), counted."""
+def causes(sim: TracedSimulation, r: SimResult) -> dict[int, str]:
+    """Call index -> its one cause, for every missed call (see the module docstring)."""
     missed = ~(r.latency_ms <= r.slo_ms)
     idx = np.nonzero(missed)[0]
     if not len(idx):
-        return Counter()
+        return {}
     infeasible = infeasible_at_arrival(sim.s, sim.trace, idx)
-    out: Counter[str] = Counter()
+    out: dict[int, str] = {}
     for j, i in enumerate(idx):
         if infeasible[j]:
-            out[CAUSES[0]] += 1
+            out[int(i)] = CAUSES[0]
         elif sim.unavailable[i]:
-            out[CAUSES[1]] += 1
+            out[int(i)] = CAUSES[1]
         elif r.final_dep[i] < 0 or sim.exhausted[i]:
-            out[CAUSES[2]] += 1
+            out[int(i)] = CAUSES[2]
         elif sim.unobserved[i]:
-            out[CAUSES[3]] += 1
+            out[int(i)] = CAUSES[3]
         elif sim.rtt_ms[i] + sim.service_ms[i] <= r.slo_ms[i]:
-            out[CAUSES[4]] += 1
+            out[int(i)] = CAUSES[4]
         else:
-            out[CAUSES[5]] += 1
+            out[int(i)] = CAUSES[5]
     return out
+
+
+def classify(sim: TracedSimulation, r: SimResult) -> Counter[str]:
+    """One cause per missed call (see the module docstring), counted."""
+    return Counter(causes(sim, r).values())
