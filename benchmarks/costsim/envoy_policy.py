@@ -1,23 +1,30 @@
 """The ``envoy`` policy: an Envoy edge running the config placement compiles for it.
 
 What is compiled comes from placement's own code, per push: every time the simulated
-placement pushes tables (``ControlPlane.rebuild``), each (model, edge) table goes through the
-wire conversion an Envoy's control plane applies (``services.convert``) and the failover
-order of a call's SLO is ``services.xds.order.failover_order`` — the function
-``services.xds.resources.compile_region`` calls — at the SLO rounded down to whole ms (what
-the listener's Lua matches). The rules Envoy applies to that order are read from the
-resources ``services.xds.resources`` builds (:meth:`EnvoyRules.compiled`): the route's
-``retry_on`` and ``num_retries``, each deployment cluster's outlier detection and circuit
-breakers (Envoy's defaults where the cluster sets none: ``max_requests`` 1024,
-``max_retries`` 3 parallel retries per cluster). Between pushes an edge then does what Envoy
-does, nothing more:
+placement pushes tables (``ControlPlane.rebuild``), each edge's tables go through the wire
+conversion an Envoy's control plane applies (``services.convert``) and every class of call
+the edge has sent (model, SLO rounded down to whole ms as the listener's Lua matches it) is
+compiled by ``services.xds.order.weighted``: the failover order with the miss margins
+placement learned for the class from the edge's access log (``placement.feedback``, fed one
+entry per served call: duration, ``x-served-by``, the SLO header), and the split of the
+class's calls over its feasible deployments (``placement.splits``: the class's calls/s from
+the access log since the last push, averaged over ``RATE_TIME_CONSTANT_S``, against the
+edge's slot shares, less what its slow path reported sending), pushed as weighted
+rotations of the order. ``split=False, learn_margins=False`` is the order alone, as before.
+The rules Envoy applies to that order are read from the resources ``services.xds.resources``
+builds (:meth:`EnvoyRules.compiled`): the route's ``retry_on`` and ``num_retries``, each
+deployment cluster's outlier detection and circuit breakers (Envoy's defaults where the
+cluster sets none: ``max_requests`` 1024, ``max_retries`` 3 parallel retries per cluster).
+Between pushes an edge then does what Envoy does, nothing more:
 
-- the aggregate cluster sends a call to the first child in the order with a healthy host
-  (one host per deployment cluster, so no weighted choice within it; no route weights are
-  pushed today). Health is Envoy's own outlier detection: ``consecutive_5xx`` failures in a
-  row eject the host for ``base_ejection_time × k`` (``k`` counts its ejections, less one
-  per ``interval`` it stays in, at most ``max_ejection_time``). A gRPC RESOURCE_EXHAUSTED is
-  HTTP 429 to the detector: not a 5xx, and it resets the run, as a success does;
+- the route picks one of the class's weighted clusters at random by the pushed weights
+  (Envoy's ``weighted_clusters``: one rotation of the order each, the policy's own seeded
+  draw), and that aggregate cluster sends the call to its first child with a healthy host
+  (one host per deployment cluster, so no weighted choice within it). Health is Envoy's own
+  outlier detection: ``consecutive_5xx`` failures in a row eject the host for
+  ``base_ejection_time × k`` (``k`` counts its ejections, less one per ``interval`` it stays
+  in, at most ``max_ejection_time``). A gRPC RESOURCE_EXHAUSTED is HTTP 429 to the detector:
+  not a 5xx, and it resets the run, as a success does;
 - no per-call pricing: the order is fixed until the next push; the only in-flight counts
   are Envoy's circuit breakers, per deployment cluster at this edge. A cluster at
   ``max_requests`` answers 503 ``x-envoy-overloaded`` at once and Envoy never retries an
@@ -55,24 +62,30 @@ when their time is up).
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass, field
 
 from benchmarks.costsim import policies
 from benchmarks.costsim.control import ControlPlane
 from benchmarks.costsim.policies import Attempt, Policy
 from benchmarks.costsim.scenario import CallClass
+from placement import queueing
+from placement.feedback import SloFeedback
 from placement.model import Candidate
 from placement.pipeline import Profile
 from placement.registry import build_profile
 from services.api.switchyard.v1 import placement_pb2
 from services.convert import candidate_from_pb, candidate_to_pb
 from services.xds import resources
-from services.xds.order import failover_order
+from services.xds.order import ClassDemand, WeightedOrder, weighted
 
 # Envoy's documented defaults for a cluster's circuit breakers and outlier detection.
 DEFAULT_MAX_REQUESTS = 1024
 DEFAULT_MAX_RETRIES = 3
 DEFAULT_MAX_EJECTION_S = 300.0
+# Placement's estimate of a class's calls/s from the access log: an exponential average
+# over this many seconds (at a push every second, a few pushes' worth of calls).
+RATE_TIME_CONSTANT_S = 5.0
 # Sim statuses by the retry_on conditions that cover them: a backend that is down refuses
 # the connection or resets the streams it had (UNAVAILABLE to gRPC); a full Triton queue
 # answers RESOURCE_EXHAUSTED.
@@ -141,12 +154,27 @@ class _Host:
     since: float = 0.0  # when ``k`` last changed or the host came back
 
 
+ClassKey = tuple[str, int, float]  # (model, whole-ms SLO, quality floor compiled in)
+
+
 @dataclass(slots=True)
 class _Edge:
+    """One Envoy edge: Envoy's own counters, and what placement keeps about it."""
+
     inflight: dict[str, int] = field(default_factory=dict)  # per deployment cluster
     retries: dict[tuple[str, float], int] = field(default_factory=dict)  # per aggregate
     hosts: dict[str, _Host] = field(default_factory=dict)
     limits: dict[str, int] = field(default_factory=dict)  # max_requests, when per cluster
+    # placement's side, from this edge's access log and its slow path's reports:
+    arrivals: dict[ClassKey, int] = field(default_factory=dict)  # since the last push
+    rates: dict[ClassKey, float] = field(default_factory=dict)  # calls/s per class
+    slow_calls: dict[str, int] = field(default_factory=dict)  # slow path, since the last push
+    slow_rates: dict[str, float] = field(default_factory=dict)  # calls/s per deployment
+    feedback: SloFeedback = field(default_factory=SloFeedback)
+    # what was pushed: the tables it was compiled from, when, and the routes per class
+    tables: dict[str, list[Candidate]] = field(default_factory=dict)
+    pushed_at: float | None = None
+    plan: dict[ClassKey, WeightedOrder] = field(default_factory=dict)
 
 
 class EnvoyPolicy:
@@ -154,9 +182,14 @@ class EnvoyPolicy:
 
     def __init__(self, control: ControlPlane, profile: Profile, rules: EnvoyRules,
                  slo_margin_ms: float, slow_path: Policy | None = None,
-                 name: str = "envoy") -> None:
+                 name: str = "envoy", seed: int = 0, split: bool = True,
+                 learn_margins: bool = True, tail: float = queueing.TAIL) -> None:
         """``slow_path``: the co-located Python edge that calls with a quality floor go to
-        (None: such calls take a compiled quality class, see the module docstring)."""
+        (None: such calls take a compiled quality class, see the module docstring);
+        ``split``: placement pushes weighted rotations of each class's order
+        (``services.xds.order.weighted``), else the order alone; ``learn_margins``:
+        placement learns miss margins from the access log and compiles them into the
+        orders; ``seed``: Envoy's random choice among weighted clusters."""
         self.name = name
         self.slow_path = slow_path
         self.slow_calls = 0  # attempts decided by the slow path
@@ -165,37 +198,89 @@ class EnvoyPolicy:
         self.profile = profile
         self.rules = rules
         self.slo_margin_ms = slo_margin_ms
+        self.split = split
+        self.learn_margins = learn_margins
+        self.tail = tail
+        self.rng = random.Random(seed)
         self.edges: dict[str, _Edge] = {}
-        # (model, edge) -> (the table object of the push, orders by (whole-ms SLO, floor))
-        self._pushed: dict[tuple[str, str],
-                       tuple[list[Candidate], list[Candidate],
-                             dict[tuple[int, float], tuple[str, ...]]]] = {}
         self._refused: tuple[str, CallClass, str] | None = None  # failed, Envoy won't retry
         self.overflows = 0  # circuit breaker max_requests: 503, not retried
         self.retry_overflows = 0  # max_retries in flight: the retry is not made
         self.not_retried = 0  # a status outside retry_on
         self.no_healthy = 0  # every child ejected, or nothing in the order
         self.ejections = 0
+        self.pushes = 0  # edge configs compiled
+        self.split_calls = 0  # first attempts sent by a rotation other than the order
 
     # -- what was pushed -----------------------------------------------------------------
 
-    def order(self, model: str, edge: str, slo_ms: float, min_quality: float) -> tuple[str, ...]:
-        """The aggregate's children for such a call, from the last push."""
-        table = self._control.tables[(model, edge)]
-        pushed = self._pushed.get((model, edge))
-        if pushed is None or pushed[0] is not table:
-            wire = [candidate_from_pb(candidate_to_pb(c)) for c in table]
-            pushed = self._pushed[(model, edge)] = (table, wire, {})
-            if self.rules.breakers_from_shares:
-                limits = self.edges.setdefault(edge, _Edge()).limits
-                limits.update({c.deployment_id: max(1, math.ceil(c.slots)) for c in wire})
-        key = (math.floor(slo_ms), min_quality)
-        got = pushed[2].get(key)
-        if got is None:
-            cands = [c for c in pushed[1] if c.quality >= min_quality]
-            got = pushed[2][key] = tuple(c.deployment_id for c in failover_order(
-                cands, self.profile, key[0], self.slo_margin_ms))
+    def _key(self, model: str, slo_ms: float, min_quality: float) -> ClassKey:
+        return (model, math.floor(slo_ms), min_quality if self.slow_path is None else 0.0)
+
+    def _edge(self, edge_id: str, now: float) -> _Edge:
+        """The edge, with its config recompiled if placement pushed tables since."""
+        edge = self.edges.get(edge_id)
+        if edge is None:
+            edge = self.edges[edge_id] = _Edge()
+        tables = self._control.tables
+        if not edge.tables or any(tables.get((m, edge_id)) is not t
+                                  for m, t in edge.tables.items()):
+            self._compile(edge_id, edge, now)
+        return edge
+
+    def _compile(self, edge_id: str, edge: _Edge, now: float) -> None:
+        """What placement pushes this edge: every class it has seen, compiled together
+        from the tables as they reach Envoy (the wire conversion), the class rates and slow
+        path rates from the reports since the last push, the margins learned so far."""
+        self.pushes += 1
+        if edge.pushed_at is not None and now > edge.pushed_at:
+            dt = now - edge.pushed_at
+            alpha = 1.0 - math.exp(-dt / RATE_TIME_CONSTANT_S)
+            for rates, seen in ((edge.rates, edge.arrivals), (edge.slow_rates, edge.slow_calls)):
+                for k in set(rates) | set(seen):
+                    rates[k] = rates.get(k, 0.0) + alpha * (seen.get(k, 0) / dt - rates.get(k, 0.0))
+                seen.clear()
+        edge.pushed_at = now
+        wire: dict[str, list[Candidate]] = {}
+        for (model, e), table in self._control.tables.items():
+            if e == edge_id:
+                edge.tables[model] = table
+                wire[model] = [candidate_from_pb(candidate_to_pb(c)) for c in table]
+        if self.rules.breakers_from_shares:
+            edge.limits.update({c.deployment_id: max(1, math.ceil(c.slots))
+                                for cands in wire.values() for c in cands})
+        by_id = {c.deployment_id: c for cands in wire.values() for c in cands}
+        reserved: dict[str, float] = {}
+        for dep, r in edge.slow_rates.items():
+            c = by_id.get(dep)
+            if c is not None:
+                reserved[c.backend_id] = reserved.get(c.backend_id, 0.0) + r * c.compute_ms / 1e3
+        demands = [self._demand(edge, k, wire, now) for k in sorted(set(edge.rates) | set(edge.plan))
+                   if k[0] in wire]
+        edge.plan = weighted(demands, self.profile, self.slo_margin_ms, reserved, self.tail)
+
+    def _demand(self, edge: _Edge, k: ClassKey, wire: dict[str, list[Candidate]],
+                now: float) -> ClassDemand:
+        model, slo, floor = k
+        cands = [c for c in wire[model] if c.quality >= floor]
+        margins = dict(edge.feedback.margins(slo, now)) if self.learn_margins else {}
+        return ClassDemand(k, cands, float(slo), edge.rates.get(k, 0.0) if self.split else 0.0,
+                           margins)
+
+    def routes(self, edge_id: str, k: ClassKey, now: float) -> WeightedOrder:
+        edge = self._edge(edge_id, now)
+        got = edge.plan.get(k)
+        if got is None:  # a class first seen since the push: its order, no split yet
+            tables = {k[0]: [candidate_from_pb(candidate_to_pb(c))
+                             for c in self._control.tables[(k[0], edge_id)]]}
+            got = edge.plan[k] = weighted([self._demand(edge, k, tables, now)], self.profile,
+                                          self.slo_margin_ms, tail=self.tail)[k]
         return got
+
+    def order(self, model: str, edge: str, slo_ms: float, min_quality: float,
+              now: float = 0.0) -> tuple[str, ...]:
+        """The failover order of such a call's class, from the last push."""
+        return self.routes(edge, self._key(model, slo_ms, min_quality), now).order
 
     # -- the Policy protocol -------------------------------------------------------------
 
@@ -207,14 +292,24 @@ class EnvoyPolicy:
         if refused is not None and refused[:2] == (a.edge, a.klass) and refused[2] in a.exclude:
             self.not_retried += 1
             return None
-        edge = self.edges.setdefault(a.edge, _Edge())
+        edge = self._edge(a.edge, a.now)
         retry = bool(a.exclude)
         agg = (a.klass.model, float(math.floor(a.klass.slo_ms)))
         if retry and edge.retries.get(agg, 0) >= self.rules.max_retries:
             self.retry_overflows += 1
             return None
         k = a.klass
-        for dep in self.order(k.model, a.edge, k.slo_ms, k.min_quality):
+        key = self._key(k.model, k.slo_ms, k.min_quality)
+        routes = self.routes(a.edge, key, a.now)
+        order = routes.order
+        if not retry:
+            edge.arrivals[key] = edge.arrivals.get(key, 0) + 1
+            if routes.rotations:  # Envoy's weighted_clusters: one random pick per call
+                order = self.rng.choices([o for _, o in routes.rotations],
+                                         weights=[w for w, _ in routes.rotations])[0]
+                self.split_calls += order[0] != routes.order[0]
+        # A retry in any rotation goes to the first child of the order not yet tried.
+        for dep in order:
             if dep in a.exclude or self._ejected(edge, dep, a.now):
                 continue
             if edge.inflight.get(dep, 0) >= edge.limits.get(dep, self.rules.max_requests):
@@ -229,10 +324,12 @@ class EnvoyPolicy:
 
     def result(self, a: Attempt, deployment_id: str, latency_ms: float, status: str,
                now: float) -> None:
+        edge = self.edges.setdefault(a.edge, _Edge())
         if self.slow_path is not None and a.klass.min_quality > 0:
             self.slow_path.result(a, deployment_id, latency_ms, status, now)
+            if status == "ok":  # the slow path's own report: calls/s per deployment
+                edge.slow_calls[deployment_id] = edge.slow_calls.get(deployment_id, 0) + 1
             return
-        edge = self.edges.setdefault(a.edge, _Edge())
         if edge.inflight.get(deployment_id, 0) > 0:
             edge.inflight[deployment_id] -= 1
         if a.exclude:  # the attempt was a retry: its hold on max_retries ends
@@ -242,6 +339,10 @@ class EnvoyPolicy:
         self._outlier(edge, deployment_id, status, now)
         if status == "ok":
             self._control.record(a.edge, deployment_id, latency_ms, True)
+            # the access log's entry (duration, x-served-by, the SLO header): placement
+            # learns this class's miss margins from it
+            edge.feedback.record(deployment_id, a.klass.slo_ms, latency_ms <= a.klass.slo_ms,
+                                 now)
             return
         if status not in self.rules.retried:
             self._refused = (a.edge, a.klass, deployment_id)
@@ -274,7 +375,8 @@ class EnvoyPolicy:
 
 def envoy(control: ControlPlane, seed: int, band: float, margin_ms: float,
           max_attempts: int, slow_path: bool = True, name: str = "envoy",
-          rules: EnvoyRules | None = None) -> EnvoyPolicy:
+          rules: EnvoyRules | None = None, split: bool = True,
+          learn_margins: bool = True) -> EnvoyPolicy:
     """The ``envoy`` row: placement's ``cheapest`` profile compiled as ``services.xds`` does
     (deterministic: one host per cluster, no weights), with a slow path for quality floors
     (the per-call policy, counting only its own calls in flight, drawing from ``seed``);
@@ -285,4 +387,5 @@ def envoy(control: ControlPlane, seed: int, band: float, margin_ms: float,
                                                             slo_margin_ms=margin_ms))
     slow = policies.switchyard(control, seed, band, margin_ms, name=f"{name}-slow-path") \
         if slow_path else None
-    return EnvoyPolicy(control, build_profile("cheapest", band), rules, margin_ms, slow, name)
+    return EnvoyPolicy(control, build_profile("cheapest", band), rules, margin_ms, slow, name,
+                       seed=seed ^ 0x5EED, split=split, learn_margins=learn_margins)

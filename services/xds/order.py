@@ -8,16 +8,26 @@ the order can change only at ``ceil(latency + margin)`` of some candidate: :func
 evaluates the pipeline once per such breakpoint and keeps the ranges whose order differs.
 Envoy matches a call's SLO (rounded down to whole ms by the listener's Lua, so never looser)
 against those ranges.
+
+What a per-call edge decides from its own calls in flight (spilling past its slot share) and
+from its misses (the margins of ``placement.feedback``) reaches Envoy as :func:`weighted`:
+the order per class with the margins placement learned from the edge's access log, and the
+fraction of the class's calls each feasible deployment should take first
+(``placement.splits``), pushed as one rotation of the order per deployment (that deployment
+first, then the order without it). A retry in any rotation goes to the first deployment of
+the order not yet tried, as in the plain order.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
 
+from placement import queueing
 from placement.model import CallContext, Candidate, Hints
 from placement.pipeline import Profile
+from placement.splits import Demand, split
 
 
 @dataclass(frozen=True)
@@ -31,15 +41,18 @@ class SloClass:
 
 
 def failover_order(cands: Sequence[Candidate], profile: Profile, slo_ms: float,
-                   slo_margin_ms: float) -> list[Candidate]:
-    return ranked(cands, profile, slo_ms, slo_margin_ms)[0]
+                   slo_margin_ms: float,
+                   slo_margins: Mapping[str, float] | None = None) -> list[Candidate]:
+    return ranked(cands, profile, slo_ms, slo_margin_ms, slo_margins)[0]
 
 
 def ranked(cands: Sequence[Candidate], profile: Profile, slo_ms: float,
-           slo_margin_ms: float) -> tuple[list[Candidate], frozenset[str]]:
+           slo_margin_ms: float, slo_margins: Mapping[str, float] | None = None
+           ) -> tuple[list[Candidate], frozenset[str]]:
     """The failover order at ``slo_ms`` and which of it every filter keeps (served by one of
-    those, a call is not a best effort: the Python edge's ``slo_met``)."""
-    ctx = CallContext(Hints(slo_ms=slo_ms), slo_margin_ms)
+    those, a call is not a best effort: the Python edge's ``slo_met``). ``slo_margins``:
+    deployment -> ms learned from this class's misses (``placement.feedback``)."""
+    ctx = CallContext(Hints(slo_ms=slo_ms), slo_margin_ms, slo_margins=slo_margins or {})
     feasible = [v.candidate for v in profile.explain(cands, ctx) if v.feasible]
     chosen = frozenset(c.deployment_id for c in feasible)
     fallback = [c for c in cands if c.deployment_id not in chosen
@@ -79,3 +92,56 @@ def slo_classes(cands: Sequence[Candidate], profile: Profile,
             found.append((p, order, feasible))
     return [SloClass(lo, found[i + 1][0] if i + 1 < len(found) else None, order, feasible)
             for i, (lo, order, feasible) in enumerate(found)]
+
+
+@dataclass(frozen=True)
+class ClassDemand:
+    """What placement knows of one class of calls at one edge when it compiles a push."""
+
+    key: Hashable
+    cands: Sequence[Candidate]
+    slo_ms: float
+    rate: float = 0.0  # calls/s the edge sent the class (its access log)
+    margins: Mapping[str, float] = field(default_factory=dict)  # learned from its misses
+
+
+@dataclass(frozen=True)
+class WeightedOrder:
+    """A class's failover order, which of it meets the SLO, and the rotations of the order
+    to split its calls over, with their weights (empty: the order alone)."""
+
+    order: tuple[str, ...]
+    feasible: frozenset[str]
+    rotations: tuple[tuple[float, tuple[str, ...]], ...] = ()
+
+
+def rotations(order: Sequence[str], fractions: Mapping[str, float]
+              ) -> tuple[tuple[float, tuple[str, ...]], ...]:
+    """One order per deployment with a fraction: it first, then ``order`` without it (so a
+    retry anywhere goes to the first of ``order`` not yet tried). Empty when the whole
+    class goes to ``order[0]`` anyway."""
+    out = tuple((fractions[d], (d, *(x for x in order if x != d)))
+                for d in order if fractions.get(d, 0.0) > 0)
+    if len(out) <= 1 and (not out or out[0][1][0] == (order[0] if order else None)):
+        return ()
+    return out
+
+
+def weighted(demands: Sequence[ClassDemand], profile: Profile, slo_margin_ms: float,
+             reserved: Mapping[str, float] | None = None,
+             tail: float = queueing.TAIL) -> dict[Hashable, WeightedOrder]:
+    """Every class of one edge, compiled together (they share the edge's slot shares):
+    the order with the learned margins, and its split (``placement.splits``)."""
+    found: dict[Hashable, tuple[tuple[str, ...], frozenset[str]]] = {}
+    wants: list[Demand] = []
+    for d in demands:
+        ranks, feasible = ranked(d.cands, profile, d.slo_ms, slo_margin_ms, d.margins)
+        found[d.key] = (tuple(c.deployment_id for c in ranks), feasible)
+        ctx = CallContext(Hints(slo_ms=d.slo_ms), slo_margin_ms, slo_margins=d.margins)
+        ok = [c for c in ranks if c.deployment_id in feasible]
+        wants.append(Demand(d.key, d.slo_ms - slo_margin_ms, d.rate, ok,
+                            {c.deployment_id: ctx.latency_ms(c)
+                             + d.margins.get(c.deployment_id, 0.0) for c in ok}))
+    fractions = split(wants, reserved, tail)
+    return {k: WeightedOrder(order, feasible, rotations(order, fractions.get(k, {})))
+            for k, (order, feasible) in found.items()}

@@ -1,0 +1,125 @@
+"""Traffic splits for compiled routes: the per-call spill, as weights placement can push.
+
+A per-call edge (``Profile.choose``) counts its calls in flight on each backend against its
+slot share ``k`` (``Candidate.slots``) and spills a call that would queue past it to the
+next deployment. A compiled edge (Envoy) counts nothing per call: it can only follow
+weights placement pushed. This module turns what placement knows at a push — the calls/s
+an edge sends each class (from its access log), each deployment's latency estimate and
+slot share, the margins learned from the class's misses — into the fraction of a class's
+calls each deployment should take first, for one edge at a time:
+
+- classes are served tightest SLO first (they have the fewest deployments to go to);
+- a class fills the deployments every filter keeps for it (``feasible``, cheapest first),
+  each up to the load its backend can carry for this edge: ``k × ρ*`` Erlangs of service,
+  ``ρ*`` the highest utilisation at which the M/M/c wait a fraction ``tail`` of calls
+  exceed (``queueing.wait_ms``, the backend's ``concurrency`` servers) still fits the
+  class's slack (``slo − margin − learned − L``, ``L`` the pipeline's own latency estimate);
+- a backend's cap only tightens as classes are added (one FIFO: a loose class placed on
+  it later must not raise the wait of a tight class already there), and what other paths
+  of the same edge send it (``reserved``, e.g. the slow path's calls) comes off first;
+- what no deployment has room for is spread over the feasible ones in proportion to their
+  room at full utilisation (overload spread evenly rather than piled on the cheapest).
+
+Pure: rates and estimates are inputs, nothing is measured or timed here. The answer for a
+class is ``{deployment_id: fraction}`` (fractions sum to 1) over its feasible deployments;
+empty when it has none or no rate was seen (the route then keeps its one order).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from placement import queueing
+from placement.model import Candidate
+
+MAX_UTILISATION = 0.95  # never plan a backend fuller than this for anyone
+_BISECT_STEPS = 16
+
+
+@dataclass(frozen=True, slots=True)
+class Demand:
+    """One class of calls at one edge: ``feasible`` cheapest first, as the pipeline ranks
+    them for the class; ``latency_ms`` the pipeline's estimate per deployment (with what it
+    learned); ``budget_ms`` the SLO minus the routing margin."""
+
+    key: Hashable
+    budget_ms: float
+    rate: float  # calls/s this edge sends the class
+    feasible: Sequence[Candidate]
+    latency_ms: Mapping[str, float] = field(default_factory=dict)
+
+
+def max_utilisation(slack_ms: float, service_ms: float, servers: int,
+                    tail: float = queueing.TAIL) -> float:
+    """The highest utilisation whose tail wait (``queueing.wait_ms``) fits ``slack_ms``."""
+    if slack_ms < 0 or service_ms <= 0:
+        return 0.0
+    if queueing.wait_ms(service_ms, servers, MAX_UTILISATION, tail) <= slack_ms:
+        return MAX_UTILISATION
+    lo, hi = 0.0, MAX_UTILISATION
+    for _ in range(_BISECT_STEPS):
+        mid = (lo + hi) / 2
+        if queueing.wait_ms(service_ms, servers, mid, tail) <= slack_ms:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def split(demands: Sequence[Demand], reserved: Mapping[str, float] | None = None,
+          tail: float = queueing.TAIL) -> dict[Hashable, dict[str, float]]:
+    """Fractions per class (see the module docstring). ``reserved``: Erlangs of each
+    backend's slots this edge already uses by other paths."""
+    used: dict[str, float] = dict(reserved or {})  # backend -> Erlangs of this edge
+    cap: dict[str, float] = {}  # backend -> utilisation cap, tightened per class
+    out: dict[Hashable, dict[str, float]] = {}
+    for d in sorted(demands, key=lambda x: x.budget_ms):
+        if d.rate <= 0 or not d.feasible:
+            out[d.key] = {}
+            continue
+        left = d.rate
+        rates: dict[str, float] = {}
+        for c in d.feasible:
+            s = c.compute_ms / 1000.0
+            if s <= 0:
+                continue
+            lat = d.latency_ms.get(c.deployment_id, c.latency_p95_ms)
+            rho = max_utilisation(d.budget_ms - lat, c.compute_ms, max(c.concurrency, 1), tail)
+            b = c.backend_id
+            rho = min(rho, cap.get(b, MAX_UTILISATION))
+            room = c.slots * rho - used.get(b, 0.0)
+            if room <= 0:
+                continue
+            x = min(left, room / s)
+            rates[c.deployment_id] = rates.get(c.deployment_id, 0.0) + x
+            used[b] = used.get(b, 0.0) + x * s
+            cap[b] = rho
+            left -= x
+            if left <= d.rate * 1e-9:
+                left = 0.0
+                break
+        if left > 0:
+            _spread(left, d.feasible, rates, used)
+        total = sum(rates.values())
+        out[d.key] = {k: v / total for k, v in rates.items() if v > 0} if total > 0 else {}
+    return out
+
+
+def _spread(left: float, feasible: Sequence[Candidate], rates: dict[str, float],
+            used: dict[str, float]) -> None:
+    """The overflow over the feasible deployments by their calls/s at full utilisation."""
+    full = {c.deployment_id: c.slots / (c.compute_ms / 1000.0) for c in feasible
+            if c.compute_ms > 0 and c.slots > 0}
+    total = sum(full.values())
+    if total <= 0 or not math.isfinite(total):
+        first = feasible[0]
+        rates[first.deployment_id] = rates.get(first.deployment_id, 0.0) + left
+        return
+    by_id = {c.deployment_id: c for c in feasible}
+    for dep, r in full.items():
+        x = left * r / total
+        rates[dep] = rates.get(dep, 0.0) + x
+        c = by_id[dep]
+        used[c.backend_id] = used.get(c.backend_id, 0.0) + x * c.compute_ms / 1000.0
