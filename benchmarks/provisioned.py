@@ -21,6 +21,8 @@ import dataclasses
 import pathlib
 import statistics
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from benchmarks.common import BENCH_DIR, Section, command_for, md_table, progress
 from benchmarks.costsim import provisioned as sim
@@ -38,8 +40,8 @@ from benchmarks.costsim.provisioned_fleets import (
 from benchmarks.costsim.provisioned_solve import solve_section
 from benchmarks.costsim.scenario import Scenario, load_scenario
 from benchmarks.planner import keys, problem_of
-from placement.forecast import DemandForecaster
-from placement.plan_types import DemandClass, PlannerSettings, Problem
+from placement.forecast import ClassKey, DemandForecaster, ForecastSettings
+from placement.plan_types import DemandClass, Plan, PlannerSettings, Problem
 from placement.replan import ChurnCost
 
 ESTIMATE_S = (900, 3600)  # on 2 cores shared with other work
@@ -75,7 +77,38 @@ class ScenarioRun:
     oracle_notes: list[str] = dataclasses.field(default_factory=list)
 
 
-def run_scenario(s: Scenario, quick: bool) -> ScenarioRun:
+@dataclass(frozen=True, slots=True)
+class PlannerConfig:
+    """How the planner fleet forecasts, re-plans and prices churn (the fixes of this round
+    are switches, so ``benchmarks.provisioned_diag`` can measure each)."""
+
+    name: str = "switchyard planner"
+    churn: ChurnCost = dataclasses.field(default_factory=ChurnCost)
+    forecast: ForecastSettings = dataclasses.field(default_factory=ForecastSettings)
+    resize_every_s: float = 0.0
+
+
+# Before: a flat $0.5 per GPU change (above a cheap GPU's hourly price, so such GPUs were
+# never let go), hourly plans for the peak of two whole hours × 1.1.
+BEFORE = PlannerConfig("planner (before)")
+# Now: churn priced by the cold start billed, 15-minute right-sizing on the hourly curve.
+PLANNER = PlannerConfig(
+    churn=ChurnCost(usd_per_gpu_change=0.0, cold_start_s=sim.PROVISION_DELAY_S),
+    forecast=ForecastSettings(within_hour=True), resize_every_s=900.0)
+
+
+@dataclass
+class Setup:
+    """What every fleet of one scenario shares."""
+
+    of: Callable[..., Problem]
+    base: Problem
+    today: list[dict[ClassKey, float]]
+    static: Plan
+    bucket_s: float
+
+
+def setup(s: Scenario, quick: bool) -> Setup:
     settings = settings_for(len(s.pools), quick)
 
     def of(demand: list[DemandClass], down: frozenset[str] = frozenset()) -> Problem:
@@ -85,21 +118,34 @@ def run_scenario(s: Scenario, quick: bool) -> ScenarioRun:
                for k in keys(s)])
     bucket_s = 300.0 if quick else sim.BUCKET_S
     today = sim.demand_day(s, 1.0, SEED, bucket_s=bucket_s)
-    per_h = sim.buckets_per_hour(today)
     static = solve_or_fail(of(demand_classes(sim.peak_rates(today, 0, len(today)))),
                            f"{s.name}: static peak")
+    return Setup(of, base, today, static, bucket_s)
+
+
+def planner_fleet(s: Scenario, su: Setup, config: PlannerConfig = PLANNER) -> PlannerFleet:
+    """The planner fleet, its forecaster trained on yesterday, its first plan made."""
+    forecaster = DemandForecaster(config.forecast)
+    for b, rates in enumerate(sim.demand_day(s, YESTERDAY_SCALE, SEED + 1, bursts=False,
+                                             bucket_s=su.bucket_s)):
+        if (b * su.bucket_s) % 600 < su.bucket_s / 2:  # yesterday, observed every 10 minutes
+            for k, r in rates.items():
+                forecaster.observe(k, b * su.bucket_s, r)
+    planner = PlannerFleet(su.of, forecaster, config.churn, day_offset_s=sim.DAY_S,
+                           lead_s=sim.PROVISION_DELAY_S + 2 * su.bucket_s, name=config.name,
+                           resize_every_s=config.resize_every_s)
+    planner.start(0.0)
+    return planner
+
+
+def run_scenario(s: Scenario, quick: bool) -> ScenarioRun:
+    su = setup(s, quick)
+    of, base, today, static = su.of, su.base, su.today, su.static
+    per_h = sim.buckets_per_hour(today)
     fleets: list[sim.Fleet] = [StaticFleet("static peak", static),
                                ReactiveFleet(static, {p.id: p for p in base.pools}),
                                SkyServeFleet(static, base)]
-    forecaster = DemandForecaster()
-    for b, rates in enumerate(sim.demand_day(s, YESTERDAY_SCALE, SEED + 1, bursts=False,
-                                             bucket_s=bucket_s)):
-        if (b * bucket_s) % 600 < bucket_s / 2:  # yesterday, observed every 10 minutes
-            for k, r in rates.items():
-                forecaster.observe(k, b * bucket_s, r)
-    planner = PlannerFleet(of, forecaster, ChurnCost(), day_offset_s=sim.DAY_S,
-                           lead_s=sim.PROVISION_DELAY_S + 2 * bucket_s)
-    planner.start(0.0)
+    planner = planner_fleet(s, su)
     fleets.append(planner)
     progress(f"provisioned: {s.name}: static peak ${static.usd_per_hour:,.2f}/h; "
              "the offline optimum's 24 hourly plans")
@@ -118,7 +164,7 @@ def run_scenario(s: Scenario, quick: bool) -> ScenarioRun:
             except PlanRefused:  # no plan carries the hour's true peak: the static fleet runs
                 plans.append(static)
                 oracle_notes.append(f"hour {h} runs the static peak fleet ({exc})")
-    fleets.append(OracleFleet(plans, lead_s=sim.PROVISION_DELAY_S + bucket_s))
+    fleets.append(OracleFleet(plans, lead_s=sim.PROVISION_DELAY_S + su.bucket_s))
     results = []
     for f in fleets:
         t0 = time.monotonic()

@@ -10,7 +10,13 @@ Pure: observations carry their own time (``now_s``, seconds since the epoch, UTC
   ``[1/max_level, max_level]``; growth or a quiet day moves every hour's forecast at once.
   Profiles store rates divided by the level, so ``forecast = profile[h] · level``.
 - **Forecast** for ``[now, now + horizon]``: the largest ``profile[h] · level`` over the hours
-  it covers, times ``peak_factor`` (capacity is provisioned for the window's peak).
+  it covers, times ``peak_factor`` (capacity is provisioned for the window's peak). With
+  ``within_hour``, the profile is a curve through each hour's mean at the middle of the hour
+  (linear between), and the forecast is its peak over the window itself: a 15-minute window
+  on a falling afternoon is not planned for the whole hour's start, nor for the next hour.
+- **Margin**: ``peak_factor``, or with ``error_quantile`` set, that quantile of the class's
+  recent ``observed / forecast`` ratios (the last ``error_window`` observations, at least
+  1): the margin the forecast has actually needed, not a constant.
 - **Large error**: an observation off the forecast made for its hour by more than
   ``error_threshold`` (relative, against at least ``min_rate_rps``) for ``error_sustain``
   observations in a row asks for a re-plan (:meth:`DemandForecaster.surprises`).
@@ -43,6 +49,10 @@ class ForecastSettings:
     error_threshold: float = 0.5  # |observed − forecast| / forecast
     error_sustain: int = 3
     min_rate_rps: float = 0.5  # below this, errors are measured against this rate
+    within_hour: bool = False  # the window's peak on the hourly curve, not whole hours
+    error_quantile: float = 0.0  # > 0: the margin is this quantile of observed / forecast
+    error_window: int = 36  # ratios kept per class (6 hours of 10-minute observations)
+    error_min_samples: int = 6  # fewer: ``peak_factor``
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +79,7 @@ class _ClassState:
     misses: int = 0
     last_forecast: float = 0.0
     last_observed: float = 0.0
+    ratios: list[float] = field(default_factory=list)  # observed / forecast, newest last
 
 
 def hour_of_day(now_s: float) -> int:
@@ -90,8 +101,10 @@ class DemandForecaster:
         if index != st.hour_index:
             self._fold(st)
             st.hour_index, st.hour_sum, st.hour_count = index, 0.0, 0
-        predicted = self._rate(st, hour_of_day(now_s))
+        predicted = self._at(st, now_s)
         if predicted is not None:
+            st.ratios = [*st.ratios[-(s.error_window - 1):],
+                         rate_rps / max(predicted, s.min_rate_rps)]
             off = abs(rate_rps - predicted) / max(predicted, s.min_rate_rps)
             st.misses = st.misses + 1 if off > s.error_threshold else 0
             st.last_forecast, st.last_observed = predicted, rate_rps
@@ -127,6 +140,27 @@ class DemandForecaster:
         base = self._base(st, hour)
         return None if base is None else base * st.level
 
+    def _at(self, st: _ClassState, t: float) -> float | None:
+        """The forecast at ``t``: the hour's rate, or on the curve (``within_hour``)."""
+        if not self.settings.within_hour:
+            return self._rate(st, hour_of_day(t))
+        x = t / 3600.0 - 0.5  # hour means sit at the middle of their hour
+        h0 = math.floor(x)
+        a, b = self._rate(st, h0 % HOURS), self._rate(st, (h0 + 1) % HOURS)
+        if a is None or b is None:
+            return None
+        return a + (b - a) * (x - h0)
+
+    def margin(self, key: ClassKey) -> float:
+        """What the forecast is multiplied by: ``peak_factor`` or the error quantile."""
+        s = self.settings
+        st = self._classes.get(key)
+        if s.error_quantile <= 0 or st is None or len(st.ratios) < s.error_min_samples:
+            return s.peak_factor
+        ranked = sorted(st.ratios)
+        i = min(len(ranked) - 1, math.ceil(s.error_quantile * len(ranked)) - 1)
+        return max(1.0, ranked[max(i, 0)])
+
     def rate(self, key: ClassKey, now_s: float) -> float:
         """The forecast call rate of ``key`` in the hour holding ``now_s`` (0 if unknown)."""
         st = self._classes.get(key)
@@ -135,11 +169,20 @@ class DemandForecaster:
     def forecast(self, now_s: float, horizon_s: float) -> tuple[DemandClass, ...]:
         """Every known class at the peak of its forecast over ``[now, now + horizon]``."""
         hours = max(1, math.ceil(((now_s % 3600) + horizon_s) / 3600))
+        # the curve is linear between hour middles: its peak is at an end or a middle
+        first = math.floor(now_s / 3600.0 - 0.5) + 1
+        knots = [now_s, now_s + horizon_s] + [
+            (h + 0.5) * 3600.0 for h in range(first, first + min(hours, HOURS) + 1)
+            if (h + 0.5) * 3600.0 < now_s + horizon_s]
         out = []
         for key in sorted(self._classes):
-            peak = max(self.rate(key, now_s + 3600 * i) for i in range(min(hours, HOURS)))
+            if self.settings.within_hour:
+                st = self._classes[key]
+                peak = max((self._at(st, t) or 0.0) for t in knots)
+            else:
+                peak = max(self.rate(key, now_s + 3600 * i) for i in range(min(hours, HOURS)))
             out.append(DemandClass(key.model, key.min_quality, key.slo_ms, key.edge_region,
-                                   peak * self.settings.peak_factor))
+                                   peak * self.margin(key)))
         return tuple(out)
 
     def surprises(self) -> tuple[Surprise, ...]:

@@ -67,7 +67,7 @@ from placement.plan_types import (
 )
 
 __all__ = ["DemandClass", "Infeasible", "Plan", "PlanPool", "PlanVariant", "PlannerSettings",
-           "PoolPlan", "Problem", "evaluate", "max_utilisation", "plan"]
+           "PoolPlan", "Problem", "evaluate", "max_utilisation", "plan", "resize"]
 
 ON_DEMAND = "on-demand"
 LOAD_TIEBREAK_USD = 1e-4  # per loaded variant: never load what serves nothing
@@ -470,6 +470,26 @@ _FAMILY_DETAIL = {
     "memory": "the variants needed do not fit GPU memory with the headroom",
     "max_gpus": "the pools' GPU limits cannot carry the forecast within SLO",
 }
+
+
+def resize(problem: Problem, current: Plan) -> Plan | Infeasible:
+    """The cheapest GPU counts for ``problem``'s demand loading nothing ``current`` does not.
+
+    Right-sizing between full plans: a MILP over GPUs per pool with each pool's variants
+    limited to what it loads now (a variant may be unloaded, none loaded), so it solves
+    fast and changes no placement the forecast does not force. Infeasible when the demand
+    needs a load (then :func:`plan`).
+    """
+    md = _build(problem)
+    loaded = current.loaded()
+    allow = {key for key in md.y if key[1] in loaded.get(key[0], frozenset())}
+    try:
+        found = _solve(md, allow=allow)
+    except _OutOfTime as exc:
+        return Infeasible("time_limit", str(exc))
+    if found is None:
+        return Infeasible("current", "the current variants cannot serve this forecast")
+    return _read(md, found.x)
 
 
 def evaluate(problem: Problem, current: Plan) -> Plan | Infeasible:

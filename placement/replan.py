@@ -3,15 +3,21 @@
 :func:`decide` solves the optimum for the forecast and re-evaluates the current placement
 under it (:func:`placement.planner.evaluate`). The proposal is adopted when the current
 placement no longer serves the forecast within SLO, or when ``saving × horizon_h`` exceeds
-the churn: ``usd_per_gpu_change`` per GPU added or removed plus ``usd_per_variant_change``
-per variant loaded or unloaded.
+the churn: ``usd_per_gpu_change`` per GPU added or removed, plus each GPU added's own price
+for ``cold_start_s`` (billed while it boots and serves nothing), plus
+``usd_per_variant_change`` per variant loaded or unloaded. A flat price per GPU change that
+is above a cheap GPU's hourly price never lets that GPU go: ``cold_start_s`` prices a change
+by what it costs on the bill instead.
+
+:func:`right_size` is the same decision for :func:`placement.planner.resize` (GPU counts for
+the variants already loaded), cheap enough to run between full plans.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from placement.planner import Infeasible, Plan, Problem, evaluate, plan
+from placement.planner import Infeasible, Plan, Problem, evaluate, plan, resize
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,12 +27,17 @@ class ChurnCost:
     usd_per_gpu_change: float = 0.5  # cold start / drain of one GPU added or removed
     usd_per_variant_change: float = 0.1  # one load or unload
     horizon_h: float = 1.0  # until the next scheduled re-plan
+    cold_start_s: float = 0.0  # a GPU added is billed this long before it serves
 
     def of(self, before: Plan, after: Plan) -> float:
         g0, g1, l0, l1 = before.gpus(), after.gpus(), before.loaded(), after.loaded()
+        price = {pp.pool: pp.usd_per_hour / pp.gpus for pp in (*before.pools, *after.pools)
+                 if pp.gpus > 0}
         gpu = sum(abs(g1.get(p, 0) - g0.get(p, 0)) for p in set(g0) | set(g1))
+        booting = sum(max(0, g1.get(p, 0) - g0.get(p, 0)) * price.get(p, 0.0) for p in g1)
         var = sum(len(l1.get(p, frozenset()) ^ l0.get(p, frozenset())) for p in set(l0) | set(l1))
-        return gpu * self.usd_per_gpu_change + var * self.usd_per_variant_change
+        return (gpu * self.usd_per_gpu_change + booting * self.cold_start_s / 3600.0
+                + var * self.usd_per_variant_change)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +56,20 @@ def decide(problem: Problem, current: Plan | None, churn: ChurnCost) -> Decision
         return proposed
     if current is None:
         return Decision(True, "no current plan", proposed, 0.0, 0.0)
+    return _against(problem, current, proposed, churn)
+
+
+def right_size(problem: Problem, current: Plan, churn: ChurnCost) -> Decision | Infeasible:
+    """GPU counts re-sized for the forecast with today's variants, with the same hysteresis;
+    :class:`Infeasible` when the forecast needs a variant loaded (then :func:`decide`)."""
+    proposed = resize(problem, current)
+    if isinstance(proposed, Infeasible):
+        return proposed
+    return _against(problem, current, proposed, churn)
+
+
+def _against(problem: Problem, current: Plan, proposed: Plan,
+             churn: ChurnCost) -> Decision | Infeasible:
     now = evaluate(problem, current)
     cost = churn.of(current, proposed)
     if isinstance(now, Infeasible):

@@ -214,10 +214,26 @@ class DayResult:
     gpu_hours: float
     reclaimed: int
     notes: list[str] = field(default_factory=list)
+    gpu_hours_by_pool: dict[str, float] = field(default_factory=dict)
 
     @property
     def attainment(self) -> float:
         return self.met / self.calls if self.calls else 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """One bucket of a simulated day, for the diagnosis (``simulate(..., trace=[])``)."""
+
+    start_s: float
+    calls_rps: float
+    met_rps: float
+    late_rps: float
+    failed_rps: float
+    ready: Mapping[str, int]  # GPUs serving per pool
+    active: Mapping[str, int]  # GPUs requested, booting included
+    reclaimed: int  # spot GPUs taken back at the start of this bucket
+    down: frozenset[str]
 
 
 class _Clock:
@@ -229,9 +245,9 @@ class _Clock:
 
 
 def simulate(s: Scenario, problem: Problem, fleet: Fleet, demand: list[dict[ClassKey, float]],
-             seed: int) -> DayResult:
+             seed: int, trace: list[Bucket] | None = None) -> DayResult:
     """One day of ``fleet`` on ``demand`` (one dict of calls/s per bucket, the day split
-    evenly)."""
+    evenly); ``trace`` gets one :class:`Bucket` per bucket."""
     bucket_s = DAY_S / len(demand)
     clock = _Clock(-PROVISION_DELAY_S)
     pools = {p.id: p for p in problem.pools}
@@ -260,7 +276,8 @@ def simulate(s: Scenario, problem: Problem, fleet: Fleet, demand: list[dict[Clas
     reconcile(down_pools(s, 0.0))
     clock.now_s = 0.0
     billed0 = provider.billed_usd()
-    hours0 = sum(provider.gpu_seconds(pid) for pid in pools)
+    seconds0 = {pid: provider.gpu_seconds(pid) for pid in pools}
+    hours0 = sum(seconds0.values())
     calls = met = late = failed = 0.0
     was_down: frozenset[str] = frozenset()
     for b, rates in enumerate(demand):
@@ -270,6 +287,7 @@ def simulate(s: Scenario, problem: Problem, fleet: Fleet, demand: list[dict[Clas
             if pools[pid].price_class == "spot" and provider.instances(pid):
                 reclaimed += _take(provider, mine, pid, len(provider.instances(pid)))
         was_down = down
+        lost_before = reclaimed
         for pid in sorted(pools):  # random reclaims, one draw per spot pool per bucket
             n = len(provider.instances(pid))
             if pools[pid].price_class == "spot" and n:
@@ -282,13 +300,19 @@ def simulate(s: Scenario, problem: Problem, fleet: Fleet, demand: list[dict[Clas
         met += r.met * bucket_s
         late += r.late * bucket_s
         failed += r.failed * bucket_s
+        if trace is not None:
+            trace.append(Bucket(b * bucket_s, total, r.met, r.late, r.failed, ready,
+                                {pid: len(v) for pid, v in mine.items()},
+                                reclaimed - lost_before, down))
         clock.now_s = (b + 1) * bucket_s
         fleet.control(Observed(clock.now_s, rates, r.work, ready,
                                {pid: len(v) for pid, v in mine.items()}, down, bucket_s))
         reconcile(down_pools(s, clock.now_s))
     usd = provider.billed_usd() - billed0
     gpu_h = (sum(provider.gpu_seconds(pid) for pid in pools) - hours0) / 3600.0
-    return DayResult(fleet.name, calls, met, late, failed, usd, gpu_h, reclaimed)
+    return DayResult(fleet.name, calls, met, late, failed, usd, gpu_h, reclaimed,
+                     gpu_hours_by_pool={pid: (provider.gpu_seconds(pid) - seconds0[pid]) / 3600.0
+                                        for pid in sorted(pools)})
 
 
 def _take(provider: SimulatedProvider, mine: dict[str, list[Instance]], pid: str,

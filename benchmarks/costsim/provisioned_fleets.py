@@ -16,7 +16,10 @@
 - :class:`PlannerFleet`: Switchyard's planner re-planning from its forecast (learned from
   the calls it saw) every hour ``lead_s`` before the hour, on a sustained forecast error
   (checked every 10 minutes) and when an outage starts or ends (down pools excluded), with
-  hysteresis (:func:`placement.replan.decide`);
+  hysteresis (:func:`placement.replan.decide`); with ``resize_every_s``, GPU counts are
+  also right-sized for the next ``resize_every_s + lead_s`` between those plans
+  (:func:`placement.replan.right_size`, no new variant loaded), and every plan covers that
+  window rather than the next hour;
 - :class:`OracleFleet`: the offline optimum: the same MILP for each hour's true peak, outages
   known, each hour's plan requested ``lead_s`` ahead.
 """
@@ -33,7 +36,7 @@ from benchmarks.costsim.provisioned import BUCKET_S, PROVISION_DELAY_S, Observed
 from placement.forecast import ClassKey, DemandForecaster
 from placement.plan_types import DemandClass, Infeasible, Plan, PlanPool, Problem
 from placement.planner import plan
-from placement.replan import ChurnCost, decide
+from placement.replan import ChurnCost, Decision, decide, right_size
 
 ProblemOf = Callable[[list[DemandClass], frozenset[str]], Problem]
 
@@ -207,8 +210,11 @@ class SolveLog:
 class PlannerFleet:
     def __init__(self, problem_of: ProblemOf, forecaster: DemandForecaster, churn: ChurnCost,
                  lead_s: float = PROVISION_DELAY_S + 2 * BUCKET_S, observe_every_s: float = 600.0,
-                 day_offset_s: float = 0.0, name: str = "switchyard planner") -> None:
+                 day_offset_s: float = 0.0, name: str = "switchyard planner",
+                 resize_every_s: float = 0.0) -> None:
         self.name = name
+        self._resize_s = resize_every_s
+        self._next_resize_s = resize_every_s - lead_s
         self._problem_of, self._forecaster, self._churn = problem_of, forecaster, churn
         self._lead_s, self._every_s, self._offset_s = lead_s, observe_every_s, day_offset_s
         self._current: Plan | None = None
@@ -220,10 +226,14 @@ class PlannerFleet:
         self._n = 0
         self.log = SolveLog()
 
-    def start(self, now_s: float) -> None:
-        self._replan(now_s, 3600.0 + self._lead_s)
+    @property
+    def _horizon_s(self) -> float:
+        return (self._resize_s or 3600.0) + self._lead_s
 
-    def _replan(self, now_s: float, horizon_s: float) -> None:
+    def start(self, now_s: float) -> None:
+        self._replan(now_s, self._horizon_s)
+
+    def _replan(self, now_s: float, horizon_s: float, resize: bool = False) -> None:
         problem = self._problem_of(
             list(self._forecaster.forecast(self._offset_s + now_s, horizon_s)), self._down)
         current = self._current
@@ -231,7 +241,13 @@ class PlannerFleet:
             kept = tuple(pp for pp in current.pools if pp.pool not in self._down)
             current = Plan(kept, sum(pp.usd_per_hour for pp in kept), current.gap)
         t0 = time.perf_counter()
-        d = decide(problem, current, self._churn)
+        d: Decision | Infeasible
+        if resize and current is not None:
+            d = right_size(problem, current, self._churn)
+            if isinstance(d, Infeasible):  # the forecast needs a load: the full plan
+                d = decide(problem, current, self._churn)
+        else:
+            d = decide(problem, current, self._churn)
         took = time.perf_counter() - t0
         if isinstance(d, Infeasible):
             self.log.infeasible.append(f"{now_s / 3600:.2f} h: {d.explain()}")
@@ -258,9 +274,17 @@ class PlannerFleet:
             self._down = seen.down
             self._replan(now, 3600.0)
         elif now >= self._next_s - half:
-            self._replan(now, 3600.0 + self._lead_s)
+            self._replan(now, self._horizon_s)
+        elif self._resize_s and now >= self._next_resize_s - half:
+            self._replan(now, self._horizon_s, resize=True)
         while self._next_s <= now + half:
             self._next_s += 3600.0
+        while self._resize_s and self._next_resize_s <= now + half:
+            self._next_resize_s += self._resize_s
+
+    @property
+    def current(self) -> Plan | None:
+        return self._current
 
     def targets(self) -> Mapping[str, int]:
         return self._current.gpus() if self._current else {}

@@ -82,3 +82,33 @@ def test_a_sustained_miss_asks_for_a_replan_a_blip_does_not() -> None:
     assert s.observed_rps == pytest.approx(3 * daily(10))
     assert s.forecast_rps < 2 * daily(10)
     assert "m/q>=0/300ms/eu: observed" in s.explain()
+
+
+def test_within_hour_plans_a_short_window_for_its_own_peak_not_the_hours() -> None:
+    hourly = DemandForecaster()
+    curve = DemandForecaster(ForecastSettings(within_hour=True))
+    feed(hourly, days=2)
+    feed(curve, days=2)
+    now = 2 * DAY + 19 * 3600  # the evening falls: hour 19 above hour 20
+    (whole,) = hourly.forecast(now + 45 * 60, horizon_s=30 * 60)  # 19:45-20:15
+    (window,) = curve.forecast(now + 45 * 60, horizon_s=30 * 60)
+    assert whole.rate_rps == pytest.approx(1.1 * daily(19), rel=0.02)  # both hours' max
+    # on the curve through hour means at :30, 19:45 is a quarter of the way to hour 20's
+    assert window.rate_rps == pytest.approx(1.1 * (daily(19) + (daily(20) - daily(19)) / 4),
+                                            rel=0.02)
+    assert window.rate_rps < 0.98 * whole.rate_rps
+    (rising,) = curve.forecast(2 * DAY + 9 * 3600 + 30 * 60, horizon_s=3600)
+    assert rising.rate_rps == pytest.approx(1.1 * daily(10), rel=0.02)  # the window's end
+
+
+def test_error_quantile_margin_is_what_the_forecast_needed() -> None:
+    f = DemandForecaster(ForecastSettings(error_quantile=0.9, peak_factor=1.1, alpha_level=0.0))
+    feed(f, days=2)
+    t = 2 * DAY + 10 * 3600
+    assert f.margin(KEY) == pytest.approx(1.0)  # a clean cycle: the forecast was right
+    for i in range(20):  # one observation in two runs 30 % above the forecast
+        f.observe(KEY, t + 60 * i, daily(10) * (1.3 if i % 2 else 1.0))
+    assert f.margin(KEY) == pytest.approx(1.3, rel=0.02)
+    (d,) = f.forecast(t, 600)
+    assert d.rate_rps == pytest.approx(1.3 * daily(10), rel=0.02)
+    assert DemandForecaster().margin(KEY) == 1.1  # unknown class, or the setting off

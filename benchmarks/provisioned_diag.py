@@ -1,0 +1,145 @@
+"""Why a fleet wins or loses the provisioned-cost day: GPU-hours by pool and misses by cause.
+
+``python -m benchmarks.provisioned_diag [--quick] [--scenario PATH ...] [--fleet NAME ...]``
+runs the day of :mod:`benchmarks.provisioned` (same demand, same seeds) for the HPA-like
+autoscaler and the planner before and after this round's changes
+(:data:`benchmarks.provisioned.BEFORE`, :data:`benchmarks.provisioned.PLANNER`), and prints
+per scenario and fleet:
+
+- attainment, the bill, GPU-hours on-demand and spot;
+- each bucket's missed calls (late or failed) put on one cause, the first that holds:
+  ``outage`` (a pool is down), ``reclaim`` (a spot GPU was taken back within the cold start
+  before), ``cold start`` (GPUs requested and not serving yet), ``under forecast`` (the
+  planner's plan was made for fewer calls/s than came), else ``steady`` (the GPUs that
+  exist, sized for the demand, and the fluid router's cap per pool: granularity and the
+  routing of the plan's flows);
+- the pools whose bill differs most between the planner and the HPA.
+
+Nothing is written to RESULTS.md: this is the diagnosis, not the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import pathlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from benchmarks.common import progress
+from benchmarks.costsim import provisioned as sim
+from benchmarks.costsim.provisioned_fleets import PlannerFleet, ReactiveFleet
+from benchmarks.costsim.scenario import Scenario, load_scenario
+from benchmarks.provisioned import BEFORE, PLANNER, SCENARIOS, PlannerConfig, planner_fleet, setup
+
+CAUSES = ("outage", "reclaim", "cold start", "under forecast", "steady")
+
+
+@dataclass
+class Recorded:
+    """A fleet, and the calls/s its plan was made for at each bucket (planner only)."""
+
+    fleet: sim.Fleet
+    planned: list[float] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.fleet.name
+
+    def control(self, seen: sim.Observed) -> None:
+        self.fleet.control(seen)
+        self.planned.append(_planned(self.fleet))
+
+    def targets(self) -> Mapping[str, int]:
+        return self.fleet.targets()
+
+    def loaded(self) -> Mapping[str, frozenset[str]]:
+        return self.fleet.loaded()
+
+
+def _planned(fleet: sim.Fleet) -> float:
+    if not isinstance(fleet, PlannerFleet) or fleet.current is None:
+        return math.inf
+    return sum(rps for pp in fleet.current.pools for _, _, rps in pp.serves)
+
+
+def causes(trace: list[sim.Bucket], planned: list[float], bucket_s: float) -> dict[str, float]:
+    """Missed calls per cause over the day (module doc)."""
+    out = dict.fromkeys(CAUSES, 0.0)
+    window = math.ceil(sim.PROVISION_DELAY_S / bucket_s)
+    for i, b in enumerate(trace):
+        missed = (b.late_rps + b.failed_rps) * bucket_s
+        if missed <= 0:
+            continue
+        before = planned[i - 1] if 0 < i <= len(planned) else math.inf
+        if b.down:
+            cause = "outage"
+        elif any(x.reclaimed for x in trace[max(0, i - window):i + 1]):
+            cause = "reclaim"
+        elif sum(b.active.values()) > sum(b.ready.values()):
+            cause = "cold start"
+        elif b.calls_rps > before + 1e-9:
+            cause = "under forecast"
+        else:
+            cause = "steady"
+        out[cause] += missed
+    return out
+
+
+def diagnose(s: Scenario, quick: bool, configs: list[PlannerConfig], hpa: bool) -> list[str]:
+    su = setup(s, quick)
+    prices = {p.id: p.usd_per_gpu_hour for p in su.base.pools}
+    kinds = {p.id: p.price_class for p in su.base.pools}
+    fleets: list[sim.Fleet] = []
+    if hpa:
+        fleets.append(ReactiveFleet(su.static, {p.id: p for p in su.base.pools}))
+    fleets += [planner_fleet(s, su, c) for c in configs]
+    lines = [f"### {s.name} ({len(s.pools)} pools)", "",
+             "| fleet | attainment | USD/day | GPU-h on-demand | GPU-h spot | "
+             + " | ".join(f"missed: {c}" for c in CAUSES) + " |",
+             "| :--- | ---: | ---: | ---: | ---: | " + " | ".join("---:" for _ in CAUSES) + " |"]
+    results = []
+    for f in fleets:
+        rec, trace = Recorded(f), list[sim.Bucket]()
+        r = sim.simulate(s, su.base, rec, su.today, sim_seed(), trace=trace)
+        results.append(r)
+        by = causes(trace, rec.planned, su.bucket_s)
+        od = sum(h for pid, h in r.gpu_hours_by_pool.items() if kinds[pid] != "spot")
+        spot = sum(h for pid, h in r.gpu_hours_by_pool.items() if kinds[pid] == "spot")
+        lines.append(f"| {f.name} | {r.attainment:.2%} | {r.usd:,.0f} | {od:,.0f} | "
+                     f"{spot:,.0f} | " + " | ".join(f"{by[c] / r.calls:.2%}" for c in CAUSES)
+                     + " |")
+        progress(f"diag: {s.name}: {f.name}: {r.attainment:.2%}, ${r.usd:,.0f}")
+    if hpa and len(results) > 1:
+        base = results[0]
+        for r in results[1:]:
+            diff = sorted(((r.gpu_hours_by_pool[p] - base.gpu_hours_by_pool[p]) * prices[p], p)
+                          for p in prices)
+            top = [d for d in diff[::-1][:4] if d[0] > 0.5] + [d for d in diff[:3] if d[0] < -0.5]
+            lines.append("")
+            lines.append(f"{r.fleet} − HPA, USD/day by pool: " + ", ".join(
+                f"{p} {d:+,.0f} ({r.gpu_hours_by_pool[p]:.0f} vs "
+                f"{base.gpu_hours_by_pool[p]:.0f} GPU-h)" for d, p in top))
+    return lines
+
+
+def sim_seed() -> int:
+    from benchmarks.provisioned import SEED
+    return SEED + 2
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--scenario", action="append", type=pathlib.Path, default=[])
+    ap.add_argument("--no-hpa", action="store_true")
+    ap.add_argument("--no-before", action="store_true")
+    args = ap.parse_args()
+    configs = ([] if args.no_before else [BEFORE]) + [PLANNER]
+    for path in args.scenario or sorted(SCENARIOS.glob("*.toml")):
+        print("\n".join(diagnose(load_scenario(path), args.quick, configs, not args.no_hpa)))
+        print(flush=True)
+
+
+if __name__ == "__main__":
+    main()

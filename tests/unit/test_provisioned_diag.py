@@ -1,0 +1,76 @@
+"""The planner fleet's right-sizing between hourly plans, and the miss diagnosis
+(benchmarks/costsim/provisioned_fleets.py, benchmarks/provisioned_diag.py)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+from benchmarks.costsim import provisioned as sim
+from benchmarks.costsim.provisioned_fleets import PlannerFleet
+from benchmarks.provisioned_diag import causes
+from placement.forecast import ClassKey, DemandForecaster, ForecastSettings
+from placement.plan_types import DemandClass, PlannerSettings, PlanPool, PlanVariant, Problem
+from placement.replan import ChurnCost
+
+V = PlanVariant("m-small", "m", 0.7, 10, 100)
+KEY = ClassKey("m", 0.0, 10_000.0, "r1")
+POOL = PlanPool("p", "c", "r1", "gpu", "on-demand", 0.3, 80)
+DAY = 86_400.0
+
+
+def of(demand: list[DemandClass], down: frozenset[str]) -> Problem:
+    return Problem((POOL,), (V,), tuple(demand), lambda a, b: 1.0,
+                   PlannerSettings(survive_region_loss=False))
+
+
+def daily(hour: float) -> float:
+    return 200.0 + 150.0 * math.cos(2 * math.pi * (hour - 14.0) / 24)
+
+
+def gpus_through_the_evening(resize_every_s: float) -> list[tuple[float, int]]:
+    f = DemandForecaster(ForecastSettings(within_hour=True))
+    for i in range(24 * 6):
+        f.observe(KEY, i * 600.0, daily(i / 6))
+    fleet = PlannerFleet(of, f, ChurnCost(usd_per_gpu_change=0.0, cold_start_s=180),
+                         lead_s=300.0, day_offset_s=DAY, resize_every_s=resize_every_s)
+    fleet.start(16 * 3600.0)
+    seen = []
+    for b in range(16 * 12 + 1, 22 * 12):  # 16:05 to 22:00 in 5-minute buckets
+        now = b * 300.0
+        rate = daily(now / 3600.0)
+        fleet.control(sim.Observed(now, {KEY: rate}, {}, {}, {}, frozenset(), 300.0))
+        seen.append((now, fleet.targets()["p"]))
+    return seen
+
+
+def changes_off_the_hour(seen: list[tuple[float, int]]) -> int:
+    return sum(1 for (_, a), (t, b) in itertools.pairwise(seen)
+               if a != b and 600.0 < t % 3600 < 3000.0)
+
+
+def test_right_sizing_follows_the_evening_down_between_hourly_plans() -> None:
+    hourly, quarter = gpus_through_the_evening(0.0), gpus_through_the_evening(900.0)
+    assert changes_off_the_hour(hourly) == 0
+    assert changes_off_the_hour(quarter) >= 3
+    assert sum(n for _, n in quarter) < sum(n for _, n in hourly)
+    for now, n in quarter:  # never below what the calls need at the 0.9 tier
+        assert n >= daily(now / 3600.0) * 0.1 / 0.9 - 1e-6
+
+
+def bucket(calls: float, missed: float, *, ready: int = 2, active: int = 2,
+           reclaimed: int = 0, down: frozenset[str] = frozenset()) -> sim.Bucket:
+    return sim.Bucket(0.0, calls, calls - missed, missed, 0.0, {"p": ready}, {"p": active},
+                      reclaimed, down)
+
+
+def test_misses_are_put_on_the_first_cause_that_holds() -> None:
+    trace = [bucket(10, 1, down=frozenset({"p"})),  # outage
+             bucket(10, 0, reclaimed=1), bucket(10, 2),  # a reclaim just before: reclaim
+             bucket(10, 0), bucket(10, 0), bucket(10, 3, ready=1, active=2),  # booting
+             bucket(12, 4),  # the plan was for 11/s: under forecast
+             bucket(10, 5)]  # none of these: steady
+    planned = [11.0] * len(trace)
+    got = causes(trace, planned, bucket_s=300.0)
+    assert got == {"outage": 300.0, "reclaim": 600.0, "cold start": 900.0,
+                   "under forecast": 1200.0, "steady": 1500.0}
