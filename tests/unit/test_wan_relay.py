@@ -93,9 +93,17 @@ async def test_bytes_pass_intact_both_ways_with_half_close(echo_port: int) -> No
     assert echoed == payload
 
 
+ONE_WAY_MS = 250.0
+GAP_MS = 10.0
+
+
 async def test_delay_line_is_pipelined_not_serial(echo_port: int) -> None:
-    """10 chunks 10 ms apart through 50 ms each way: ~100 + 90 ms, not 10 x 100 ms."""
-    route = RelayRoute("e", "b", 0, f"127.0.0.1:{echo_port}", one_way_ms=50)
+    """10 chunks ``GAP_MS`` apart through ``ONE_WAY_MS`` each way: each comes back
+    ``2 x ONE_WAY_MS`` after it was sent. A serial line (one chunk's delay, then the next
+    read) holds the second chunk behind the first's: at best ``3 x ONE_WAY_MS - GAP_MS`` even
+    when it reads the later chunks together. The bound is that best case, so a loaded host
+    has ``ONE_WAY_MS - GAP_MS`` of scheduling delay before a pipelined line fails it."""
+    route = RelayRoute("e", "b", 0, f"127.0.0.1:{echo_port}", one_way_ms=ONE_WAY_MS)
     async with WanRelay([route]) as relay:
         reader, writer = await asyncio.open_connection("127.0.0.1", relay.port_of(route))
         sent: list[float] = []
@@ -104,15 +112,15 @@ async def test_delay_line_is_pipelined_not_serial(echo_port: int) -> None:
             sent.append(time.perf_counter())
             writer.write(bytes([i]) * 10)
             await writer.drain()
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(GAP_MS / 1000)  # pacing: the chunks' send gap, not a wait
         for i in range(10):
             chunk = await asyncio.wait_for(reader.readexactly(10), timeout=5)
             arrived.append(time.perf_counter())
             assert chunk == bytes([i]) * 10
         writer.close()
     delays_ms = [(a - s) * 1000 for s, a in zip(sent, arrived, strict=True)]
-    assert min(delays_ms) >= 100 - 1, delays_ms
-    assert max(delays_ms) < 100 + 40, delays_ms
+    assert min(delays_ms) >= 2 * ONE_WAY_MS - 1, delays_ms  # the delay itself: load adds
+    assert max(delays_ms) < 3 * ONE_WAY_MS - GAP_MS, delays_ms
 
 
 async def test_unreachable_target_closes_the_client_connection() -> None:
