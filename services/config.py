@@ -211,11 +211,8 @@ class MeshConfig(_Strict):
         check_references(self.security, {r.name: r.cloud for r in self.regions},
                          [b.id for b in self.backends])
         check_capacity(self.capacity, regions, variants, [b.id for b in self.backends])
-        if self.edge.engine == "envoy" and (self.security.tls or self.security.tenants
-                                            or self.security.require_tenant):
-            # Envoy edges do not carry TLS or tenants over yet: refuse, never serve loosely.
-            raise ValueError("edge.engine 'envoy' does not support [security] (TLS, tenants) "
-                             "yet; use engine = 'python' with a [security] section")
+        if self.edge.engine == "envoy":
+            check_envoy_security(self.security)
         return self
 
     def path(self, relative: str) -> pathlib.Path:
@@ -225,6 +222,22 @@ class MeshConfig(_Strict):
 
     def region_cloud(self, region: str) -> str:
         return next(r.cloud for r in self.regions if r.name == region)
+
+
+def check_envoy_security(sec: SecuritySettings) -> None:
+    """What Envoy edges cannot carry of ``[security]`` is refused, never served loosely.
+
+    They carry TLS (client certificates as ``edge_client_certs`` says), mTLS to placement and
+    to their slow path, and tenants identified by a bearer token (their calls take the slow
+    path, the Python edge's tenant gate). A tenant identified by ``client_san`` is refused:
+    the slow path sees Envoy's certificate, not the caller's, so it would serve such a call
+    as anonymous."""
+    for i, t in enumerate(sec.tenants):
+        if t.client_san:
+            raise ValueError(
+                f"security.tenants[{i}].client_san {t.client_san!r} (tenant {t.name!r}): "
+                "edge.engine 'envoy' does not carry tenants identified by a client "
+                "certificate; give the tenant a token_sha256 instead, or use engine = 'python'")
 
 
 def check_shards(shards: list[ShardConfig], regions: set[str], backend_regions: list[str]

@@ -34,6 +34,11 @@ Triton sees the variant (``services.edge.wire.rewrite_model_name``).
 
 from __future__ import annotations
 
+import json
+from typing import Literal
+
+TenantCalls = Literal["off", "credential", "all"]
+
 MODEL_HEADER = "x-switchyard-model"
 VARIANT_HEADER = "x-switchyard-variant"
 SLO_HEADER = "x-switchyard-slo-ms"
@@ -193,6 +198,10 @@ function envoy_on_request(handle)
   end
   if not NAMED[path] then return end
   if path == "{INFER_PATH}" then
+    if TENANTS == "all" or (TENANTS == "credential" and (headers:get("authorization") ~= nil
+                                                          or headers:get("x-tenant") ~= nil)) then
+      return slow(handle, headers, "a tenant's call")  -- the Python edge admits tenants
+    end
     for _, hint in ipairs(SLOW_HINTS) do
       if headers:get(hint) ~= nil then return slow(handle, headers, "hint " .. hint) end
     end
@@ -257,9 +266,13 @@ end
 """
 
 
-def model_name_script(deadline_margin_ms: float, slow_path: bool = False) -> str:
+def model_name_script(deadline_margin_ms: float, slow_path: bool = False,
+                      tenants: TenantCalls = "off") -> str:
     """The listener's Lua: slow-path calls sent there (or, without a slow path, refused),
-    SLO class header set, model name read; the fast path's cost and SLO trailers."""
+    SLO class header set, model name read; the fast path's cost and SLO trailers.
+    ``tenants``: which ModelInfer calls go to the slow path for the tenant gate (``off``:
+    none; ``credential``: those carrying ``authorization`` or ``x-tenant``; ``all``)."""
     return (f"local DEADLINE_MARGIN_MS = {float(deadline_margin_ms)!r}\n"
-            f"local SLOW_PATH = {'true' if slow_path else 'false'}\n" + _MODEL_NAME)
+            f"local SLOW_PATH = {'true' if slow_path else 'false'}\n"
+            f"local TENANTS = {json.dumps(tenants)}\n" + _MODEL_NAME)
 

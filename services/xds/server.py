@@ -34,6 +34,8 @@ from services.api.switchyard.v1 import telemetry_pb2
 from services.config import MeshConfig
 from services.placement.hub import RouteHub
 from services.placement.server import PlacementService
+from services.security.authz import PLACEMENT, AuthzPolicy
+from services.security.identity import peer_identities
 from services.xds.feedback import AccessLogFeedback
 from services.xds.resources import (
     CLUSTER,
@@ -53,6 +55,8 @@ from services.xds.session import DeltaSession, SotwSession
 
 log = structlog.get_logger("switchyard.xds")
 ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+ALS_METHOD = "/envoy.service.accesslog.v3.AccessLogService/StreamAccessLogs"
+REPORT_METHOD = PLACEMENT + "ReportObservations"  # the rule the access log is held to
 Session = DeltaSession | SotwSession
 
 
@@ -203,22 +207,54 @@ def add_ads(server: grpc.aio.Server, hub: RouteHub, profile: Profile,
     return ads
 
 
+def envoy_settings(cfg: MeshConfig) -> EnvoySettings:
+    """What the compiled config takes from ``cfg``: routing profile margins, message limit,
+    attempts, ejection, and ``[security]`` (TLS, client certificates, tenants)."""
+    sec = cfg.security
+    return EnvoySettings(max_message_bytes=cfg.edge.max_message_bytes,
+                         max_attempts=cfg.edge.max_attempts,
+                         eject_consecutive_failures=cfg.edge.eject_consecutive_failures,
+                         eject_base_s=cfg.edge.eject_base_s,
+                         slo_margin_ms=cfg.routing.slo_margin_ms,
+                         deadline_margin_ms=cfg.routing.deadline_margin_ms,
+                         tls=sec.tls, client_certs=sec.edge_client_certs,
+                         tenants=bool(sec.tenants), require_tenant=sec.require_tenant)
+
+
+class GuardedAccessLog(AccessLogFeedback):
+    """The access-log service under TLS: what an Envoy logs becomes ``ReportObservations``,
+    so the stream is held to that RPC's rule (``security.authz``: the edge role when
+    ``edge_identities`` is set, any verified identity otherwise), checked once per stream."""
+
+    def __init__(self, policy: AuthzPolicy, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.policy = policy
+
+    async def StreamAccessLogs(  # noqa: N802 (the ALS method name)
+            self, request_iterator: AsyncIterator[Any], context: Any) -> Any:
+        ids = peer_identities(context)
+        denied = self.policy.check(REPORT_METHOD, ids)
+        if denied is not None:
+            log.warning("access_log_denied", identity=list(ids), code=denied.code.name,
+                        reason=denied.reason)
+            await context.abort(denied.code, f"{ALS_METHOD}: {denied.reason}")
+        return await super().StreamAccessLogs(request_iterator, context)
+
+
 def serve_ads(server: grpc.aio.Server, service: PlacementService, cfg: MeshConfig) -> AdsServer:
-    """ADS for ``cfg``'s mesh (its routing profile, message limit, attempts, SLO and deadline
-    margins), and the access-log service that turns Envoy's calls into observations."""
-    settings = EnvoySettings(max_message_bytes=cfg.edge.max_message_bytes,
-                             max_attempts=cfg.edge.max_attempts,
-                             eject_consecutive_failures=cfg.edge.eject_consecutive_failures,
-                             eject_base_s=cfg.edge.eject_base_s,
-                             slo_margin_ms=cfg.routing.slo_margin_ms,
-                             deadline_margin_ms=cfg.routing.deadline_margin_ms)
+    """ADS for ``cfg``'s mesh (``envoy_settings``), and the access-log service that turns
+    Envoy's calls into observations (under TLS, only from identities that may report them).
+    ADS itself is open to any verified identity, as ``WatchRoutes`` is: placement's port
+    takes no connection without a client certificate under TLS."""
     ads = add_ads(server, service.hub,
-                  build_profile(cfg.routing.profile, cfg.routing.spread_band), settings)
+                  build_profile(cfg.routing.profile, cfg.routing.spread_band), envoy_settings(cfg))
 
     async def report(obs: telemetry_pb2.ObservationReport) -> object:
         return await service.ReportObservations(obs, None)  # type: ignore[arg-type]
 
-    ads.feedback = AccessLogFeedback(report, cfg.edge.report_interval_s,
-                                     cfg.routing.observed_min_samples, service.metrics.registry)
+    args = (report, cfg.edge.report_interval_s, cfg.routing.observed_min_samples,
+            service.metrics.registry)
+    ads.feedback = (AccessLogFeedback(*args) if cfg.security.plaintext else
+                    GuardedAccessLog(AuthzPolicy.from_settings(cfg.security), *args))
     als_pb2_grpc.add_AccessLogServiceServicer_to_server(ads.feedback, server)
     return ads

@@ -6,7 +6,11 @@ region; ``metadata.listen_host``/``listen_port`` = where placement should make i
 ``metadata.slow_path_port`` = its co-located Python edge on 127.0.0.1, if it has one),
 one static cluster ``placement`` with every placement replica as an endpoint (HTTP/2, as gRPC
 needs), and the admin interface on 127.0.0.1 on a port from ``services.ports`` (below the
-ephemeral range, so no outgoing connection can hold it).
+ephemeral range, so no outgoing connection can hold it). With ``[security]`` TLS
+(:class:`EnvoyTls`), the node's certificate files as static secrets (``services/xds/tls.py``:
+what placement pushes names them, never carries a key) and mTLS to placement: ADS and the
+access log present the edge's certificate, and placement's must chain to the CA and name
+the host dialled.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from envoy.extensions.upstreams.http.v3 import (  # noqa: F401 (registers the "@
 )
 from google.protobuf import json_format
 
+from services.xds import tls
 from services.xds.resources import PLACEMENT_CLUSTER  # the listener logs calls to it
 
 _T = "type.googleapis.com/"
@@ -37,6 +42,15 @@ class EnvoyNode:
     listen_port: int
     admin_port: int
     slow_path_port: int = 0  # the co-located Python edge (services.edge.envoy.slowpath); 0: none
+
+
+@dataclass(frozen=True)
+class EnvoyTls:
+    """The node's certificate files (absolute, or relative to Envoy's working directory)."""
+
+    ca_file: str
+    cert_file: str
+    key_file: str
 
 
 def _socket(address: str) -> dict[str, Any]:
@@ -53,10 +67,12 @@ def _resolved(addresses: Sequence[str]) -> bool:
     return True
 
 
-def bootstrap(node: EnvoyNode, placement: Sequence[str], delta: bool = True) -> dict[str, Any]:
+def bootstrap(node: EnvoyNode, placement: Sequence[str], delta: bool = True,
+              certs: EnvoyTls | None = None) -> dict[str, Any]:
     """The bootstrap as a dict (Envoy reads it as JSON); checked against the Bootstrap proto.
 
-    ``delta``: delta ADS (the default); False asks for state-of-the-world ADS."""
+    ``delta``: delta ADS (the default); False asks for state-of-the-world ADS. ``certs``:
+    TLS (the mesh's ``[security]``); None: plaintext."""
     ads = {"ads": {}, "resource_api_version": "V3"}
     config: dict[str, Any] = {
         "node": {"id": node.edge_id, "cluster": node.region,
@@ -83,12 +99,17 @@ def bootstrap(node: EnvoyNode, placement: Sequence[str], delta: bool = True) -> 
                 "lb_endpoints": [{"endpoint": {"address": _socket(a)}} for a in placement]}]},
         }]},
     }
+    if certs is not None:
+        static = config["static_resources"]
+        static["clusters"][0]["transport_socket"] = tls.upstream(
+            a.rpartition(":")[0] for a in placement)
+        static["secrets"] = tls.static_secrets(certs.ca_file, certs.cert_file, certs.key_file)
     json_format.ParseDict(config, bootstrap_pb2.Bootstrap())  # raises on a misspelt field
     return config
 
 
 def write_bootstrap(path: pathlib.Path, node: EnvoyNode, placement: Sequence[str],
-                    delta: bool = True) -> pathlib.Path:
+                    delta: bool = True, certs: EnvoyTls | None = None) -> pathlib.Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(bootstrap(node, placement, delta), indent=2))
+    path.write_text(json.dumps(bootstrap(node, placement, delta, certs), indent=2))
     return path

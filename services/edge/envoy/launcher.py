@@ -22,7 +22,7 @@ from typing import IO
 from placement.errors import SwitchyardError
 from services.config import EdgeConfig, MeshConfig
 from services.edge.envoy.binary import envoy_binary
-from services.edge.envoy.bootstrap import EnvoyNode, write_bootstrap
+from services.edge.envoy.bootstrap import EnvoyNode, EnvoyTls, write_bootstrap
 from services.ports import free_port
 from services.xds.resources import LISTENER_NAME
 
@@ -36,6 +36,16 @@ class EnvoyStartError(SwitchyardError):
 def placement_addresses(cfg: MeshConfig) -> list[str]:
     p = cfg.placement
     return [f"{p.host}:{p.port}", *p.replicas]
+
+
+def envoy_tls(cfg: MeshConfig) -> EnvoyTls | None:
+    """The edge role's certificate files of ``cfg``'s ``[security]`` (resolved against the
+    config's directory, as every Switchyard process resolves them); None in plaintext."""
+    sec = cfg.security
+    if sec.plaintext:
+        return None
+    cert, key = sec.cert_for("edge")
+    return EnvoyTls(*(str(cfg.path(f).resolve()) for f in (sec.ca_file, cert, key)))
 
 
 def envoy_command(bootstrap: pathlib.Path, concurrency: int | None = None,
@@ -56,7 +66,7 @@ def prepare(cfg: MeshConfig, edge: EdgeConfig, placement: Sequence[str] | None =
                      free_port(), slow_path_port)
     base = run_dir or cfg.path(cfg.run_dir)
     path = write_bootstrap(base / "envoy" / f"{name or edge.id}.json", node,
-                           list(placement or placement_addresses(cfg)), delta)
+                           list(placement or placement_addresses(cfg)), delta, envoy_tls(cfg))
     return node, path
 
 
@@ -174,7 +184,8 @@ async def _run_edge(cfg: MeshConfig, edge: EdgeConfig, placement: Sequence[str] 
     try:
         node = EnvoyNode(edge.id, edge.region, edge.host, edge.port, 0, slow.port)
         supervisor = Supervisor(node, replicas or placement_addresses(cfg),
-                                cfg.path(cfg.run_dir) / "envoy", concurrency)
+                                cfg.path(cfg.run_dir) / "envoy", concurrency,
+                                certs=envoy_tls(cfg))
         await asyncio.to_thread(supervisor.run, stop)
     finally:
         await slow.stop(1.0)

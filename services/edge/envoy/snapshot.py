@@ -57,7 +57,10 @@ def static_bootstrap(dump: dict[str, Any], bootstrap: dict[str, Any]) -> dict[st
     static = {k: v for k, v in bootstrap.items() if k != "dynamic_resources"}
     static["static_resources"] = {
         "listeners": listeners,
-        "clusters": [*bootstrap["static_resources"]["clusters"], *clusters]}
+        "clusters": [*bootstrap["static_resources"]["clusters"], *clusters],
+        # the node's certificate files ([security] TLS): what the resources' secrets name
+        **({"secrets": bootstrap["static_resources"]["secrets"]}
+           if "secrets" in bootstrap["static_resources"] else {})}
     json_format.ParseDict(static, bootstrap_pb2.Bootstrap())  # what Envoy will be asked to load
     return static
 

@@ -21,7 +21,7 @@ from dataclasses import replace
 
 import structlog
 
-from services.edge.envoy.bootstrap import EnvoyNode, bootstrap
+from services.edge.envoy.bootstrap import EnvoyNode, EnvoyTls, bootstrap
 from services.edge.envoy.launcher import EnvoyEdge, listening
 from services.edge.envoy.snapshot import repoint_slow_path, static_bootstrap, write_atomically
 from services.ports import free_port
@@ -31,8 +31,10 @@ log = structlog.get_logger("switchyard.edge.envoy")
 
 class Supervisor:
     def __init__(self, node: EnvoyNode, placement: Sequence[str], directory: pathlib.Path,
-                 concurrency: int | None = None, interval_s: float = 1.0) -> None:
+                 concurrency: int | None = None, interval_s: float = 1.0,
+                 certs: EnvoyTls | None = None) -> None:
         self.node = node
+        self.certs = certs  # [security] TLS: the node's certificate files; None: plaintext
         self.placement = list(placement)
         self.directory = directory
         self.concurrency = concurrency
@@ -50,7 +52,7 @@ class Supervisor:
 
     def _start(self, mode: str) -> EnvoyEdge:
         node = replace(self.node, admin_port=free_port())
-        config = bootstrap(node, self.placement)
+        config = bootstrap(node, self.placement, certs=self.certs)
         if mode == "snapshot":
             saved = json.loads(self.snapshot_path.read_text())
             config = {**saved, "admin": config["admin"]}
@@ -82,7 +84,8 @@ class Supervisor:
             dump = json.loads(self.envoy.admin("/config_dump"))
         except (OSError, urllib.error.URLError, ValueError):
             return False
-        static = static_bootstrap(dump, bootstrap(self.envoy.node, self.placement))
+        static = static_bootstrap(dump, bootstrap(self.envoy.node, self.placement,
+                                                        certs=self.certs))
         if static is None:
             return False
         self._seen_updates = updates

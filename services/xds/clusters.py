@@ -1,0 +1,172 @@
+"""Clusters placement pushes to an Envoy edge.
+
+- one cluster per deployment ``dep:<deployment_id>`` (one endpoint, the backend; its variant,
+  backend and region in endpoint metadata under ``switchyard``). It depends only on the
+  deployment, never on load or prices, so a placement change does not rebuild it. Backends
+  are dialled as the Python edge dials them (plaintext gRPC: Triton serves no TLS here);
+- one aggregate cluster per failover order (``order.py``), its children in that order; its
+  upstream filters copy the chosen endpoint's variant into a header and rewrite the request's
+  model name (``rewrite.py``) and add the Python edge's trailers for the attempt that answered;
+- ``slow-path``: the node's co-located Python edge on 127.0.0.1, over mTLS when the mesh has
+  ``[security]`` TLS (``tls.py``): it is the same Python edge, with the same server
+  credentials, and a loopback port is open to every local process, so Envoy presents the
+  edge's certificate like any other client.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from typing import Any
+
+# Registered in the default descriptor pool so ParseDict can resolve each "@type".
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.extensions.clusters.aggregate.v3 import cluster_pb2 as _aggregate_pb2  # noqa: F401
+from envoy.extensions.filters.http.header_mutation.v3 import (  # noqa: F401
+    header_mutation_pb2 as _header_mutation_pb2,
+)
+from envoy.extensions.filters.http.lua.v3 import lua_pb2 as _lua_pb2  # noqa: F401
+from envoy.extensions.filters.http.upstream_codec.v3 import (  # noqa: F401
+    upstream_codec_pb2 as _upstream_codec_pb2,
+)
+from envoy.extensions.upstreams.http.v3 import (  # noqa: F401
+    http_protocol_options_pb2 as _protocol_options_pb2,
+)
+from google.protobuf import json_format
+
+from services.api.switchyard.v1 import placement_pb2
+from services.xds import lua, rewrite, tls
+from services.xds.envoy_types import (
+    SLOW_PATH_CLUSTER,
+    SLOW_PATH_MAX_REQUESTS,
+    EnvoySettings,
+    T,
+    address,
+    cluster_name,
+    http2,
+)
+
+_T = T
+SLOW_PATH_HOST = "127.0.0.1"
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def deployment_cluster(c: placement_pb2.Candidate, s: EnvoySettings) -> cluster_pb2.Cluster:
+    name = cluster_name(c.deployment_id)
+    host = c.endpoint.rpartition(":")[0]
+    return json_format.ParseDict({
+        "name": name, "type": "STATIC" if _is_ip(host) else "STRICT_DNS",
+        "connect_timeout": f"{s.connect_timeout_s}s",
+        "per_connection_buffer_limit_bytes": s.buffer_bytes,
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": _T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": http2(s)}}},
+        # The deployment's one host is ejected after consecutive failures (refused or reset
+        # connections, 5xx, gRPC UNAVAILABLE...), as the Python edge's outlier detector does;
+        # the aggregate then starts calls at the next deployment instead of retrying there.
+        "outlier_detection": {
+            "consecutive_5xx": s.eject_consecutive_failures,
+            "consecutive_gateway_failure": s.eject_consecutive_failures,
+            "interval": "1s", "base_ejection_time": f"{s.eject_base_s}s",
+            "max_ejection_percent": 100},
+        "common_lb_config": {"healthy_panic_threshold": {"value": 0}},
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{
+            "endpoint": {"address": address(c.endpoint)},
+            "metadata": {"filter_metadata": {lua.METADATA_NAMESPACE: {
+                "deployment": c.deployment_id, "variant": c.variant,
+                "backend": c.backend_id, "region": c.region}}}}]}]},
+    }, cluster_pb2.Cluster())
+
+
+def _trailer(header: str, value: str) -> dict[str, Any]:
+    """Set ``header`` to ``value`` (an Envoy substitution format string)."""
+    return {"append": {"header": {"key": header, "value": value},
+                       "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}}
+
+
+def _from_endpoint(header: str, key: str) -> dict[str, Any]:
+    """Set ``header`` to the chosen endpoint's ``switchyard.<key>`` metadata."""
+    return _trailer(header, f"%UPSTREAM_METADATA({lua.METADATA_NAMESPACE}:{key})%")
+
+
+def model_cluster(name: str, deployment_ids: Sequence[str],
+                  s: EnvoySettings) -> cluster_pb2.Cluster:
+    """The aggregate cluster: children in failover order; the per-attempt variant rewrite."""
+    return json_format.ParseDict({
+        "name": name,
+        "connect_timeout": f"{s.connect_timeout_s}s",
+        "lb_policy": "CLUSTER_PROVIDED",
+        # Retries are counted against the aggregate: Envoy's default of 3 retries in flight
+        # per cluster failed calls whose first attempt hit a killed backend or timed out
+        # (upstream_rq_retry_overflow). A budget as the Python edge's (budget.py) instead.
+        "circuit_breakers": {"thresholds": [{"retry_budget": {
+            "budget_percent": {"value": s.retry_budget_percent},
+            "min_retry_concurrency": s.retry_min_concurrency}}]},
+        "cluster_type": {"name": "envoy.clusters.aggregate", "typed_config": {
+            "@type": _T + "envoy.extensions.clusters.aggregate.v3.ClusterConfig",
+            "clusters": [cluster_name(d) for d in deployment_ids]}},
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": _T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": http2(s)},
+                "http_filters": [
+                    {"name": "switchyard.variant_header", "typed_config": {
+                        "@type": _T + "envoy.extensions.filters.http.header_mutation.v3"
+                                      ".HeaderMutation",
+                        "mutations": {
+                            "request_mutations": [_from_endpoint(lua.VARIANT_HEADER,
+                                                                 "variant")],
+                            # the Python edge's trailers, for the attempt that answered
+                            "response_trailers_mutations": [
+                                _from_endpoint("x-served-by", "deployment"),
+                                _from_endpoint("x-served-region", "region"),
+                                _trailer("x-attempts", "%UPSTREAM_REQUEST_ATTEMPT_COUNT%"),
+                                _trailer("x-request-id", "%REQ(x-request-id)%"),
+                                _trailer(lua.PATH_TRAILER, "envoy")]}}},
+                    {"name": "switchyard.variant_rewrite", "typed_config": {
+                        "@type": _T + "envoy.extensions.filters.http.lua.v3.Lua",
+                        "default_source_code": {"inline_string": rewrite.VARIANT_REWRITE}}},
+                    {"name": "envoy.filters.http.upstream_codec", "typed_config": {
+                        "@type": _T + "envoy.extensions.filters.http.upstream_codec.v3"
+                                      ".UpstreamCodec"}}]}},
+    }, cluster_pb2.Cluster())
+
+
+def slow_path_cluster(port: int, s: EnvoySettings) -> cluster_pb2.Cluster:
+    """The node's co-located Python edge on 127.0.0.1:``port``; its answers say ``slow``."""
+    cluster: dict[str, Any] = {
+        "name": SLOW_PATH_CLUSTER, "type": "STATIC",
+        "connect_timeout": f"{s.connect_timeout_s}s",
+        "per_connection_buffer_limit_bytes": s.buffer_bytes,
+        # Long LLM streams pile up here: Envoy's default of 1024 requests in flight per
+        # cluster would turn the 1025th into UNAVAILABLE; the Python edge holds its own limits.
+        "circuit_breakers": {"thresholds": [{
+            "max_requests": SLOW_PATH_MAX_REQUESTS, "max_pending_requests": SLOW_PATH_MAX_REQUESTS,
+            "max_connections": SLOW_PATH_MAX_REQUESTS}]},
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": _T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": http2(s)},
+                "http_filters": [
+                    {"name": "switchyard.path_trailer", "typed_config": {
+                        "@type": _T + "envoy.extensions.filters.http.header_mutation.v3"
+                                      ".HeaderMutation",
+                        "mutations": {"response_trailers_mutations": [
+                            _trailer(lua.PATH_TRAILER, "slow")]}}},
+                    {"name": "envoy.filters.http.upstream_codec", "typed_config": {
+                        "@type": _T + "envoy.extensions.filters.http.upstream_codec.v3"
+                                      ".UpstreamCodec"}}]}},
+        "load_assignment": {"cluster_name": SLOW_PATH_CLUSTER, "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": address(f"{SLOW_PATH_HOST}:{port}")}}]}]},
+    }
+    if s.tls:
+        cluster["transport_socket"] = tls.upstream()
+    return json_format.ParseDict(cluster, cluster_pb2.Cluster())

@@ -1,0 +1,90 @@
+"""What every piece of the compiled Envoy config shares: the settings it is compiled with,
+resource names, the versioned ``Resource`` and small builders.
+
+``clusters.py``, ``routes.py``, ``listener.py`` and ``tls.py`` build the resources;
+``resources.py`` compiles a region's route tables with them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf.message import Message
+
+CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
+ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+LISTENER_NAME = "ingress"
+PLACEMENT_CLUSTER = "placement"  # the one static cluster of an Envoy edge's bootstrap
+SLOW_PATH_CLUSTER = "slow-path"  # the node's co-located Python edge
+SLOW_PATH_MAX_REQUESTS = 1 << 20
+
+T = "type.googleapis.com/"
+_HEADROOM = 64 * 1024  # gRPC framing, headers, the appended model name
+
+
+@dataclass(frozen=True, slots=True)
+class EnvoySettings:
+    """The knobs of the compiled config, from the mesh config (``[edge]``, ``[routing]``,
+    ``[security]``)."""
+
+    max_message_bytes: int = 16 * 1024 * 1024
+    max_attempts: int = 3
+    eject_consecutive_failures: int = 3
+    eject_base_s: float = 5.0
+    slo_margin_ms: float = 2.0
+    deadline_margin_ms: float = 5.0  # no x-slo-ms: SLO = the call's deadline minus this
+    connect_timeout_s: float = 1.0
+    min_attempt_timeout_s: float = 0.25  # placement.attempts' floor of an attempt timeout
+    retry_budget_percent: float = 20.0   # [edge] retry_budget_ratio's default, as a percent
+    retry_min_concurrency: int = 10      # retries always allowed in flight per model route
+    # [security] (tls.py): TLS on the listener and to the slow path, from the node's own
+    # files (the bootstrap's static secrets); client certificates required on the listener.
+    tls: bool = False
+    client_certs: bool = True
+    # [security.tenants]: a ModelInfer carrying a tenant credential (authorization,
+    # x-tenant) goes to the slow path, which admits tenants; with require_tenant every
+    # ModelInfer does (one without a credential is refused there, as on a Python edge).
+    tenants: bool = False
+    require_tenant: bool = False
+
+    @property
+    def buffer_bytes(self) -> int:
+        return self.max_message_bytes + _HEADROOM
+
+
+@dataclass(frozen=True, slots=True)
+class Resource:
+    name: str
+    version: str  # content hash: equal content, equal version, nothing to push
+    message: Message
+
+
+def cluster_name(deployment_id: str) -> str:
+    return f"dep:{deployment_id}"
+
+
+def model_cluster_name(model: str, slo_class: int | None = None) -> str:
+    """The aggregate of the model's default order, or of its ``slo_class``-th SLO class."""
+    return f"model:{model}" if slo_class is None else f"model:{model}:slo{slo_class}"
+
+
+def route_config_name(region: str) -> str:
+    return f"routes:{region}"
+
+
+def resource(name: str, message: Message) -> Resource:
+    digest = hashlib.sha256(message.SerializeToString(deterministic=True)).hexdigest()[:16]
+    return Resource(name, digest, message)
+
+
+def http2(s: EnvoySettings) -> dict[str, Any]:
+    return {"initial_stream_window_size": s.buffer_bytes,
+            "initial_connection_window_size": 2 * s.buffer_bytes}
+
+
+def address(endpoint: str) -> dict[str, Any]:
+    host, _, port = endpoint.rpartition(":")
+    return {"socket_address": {"address": host, "port_value": int(port)}}

@@ -1,0 +1,102 @@
+"""The listener placement pushes to each Envoy edge (per node: its own address).
+
+One filter chain: TLS with the edge's certificate when the mesh has ``[security]`` TLS
+(``tls.py``; client certificates required when ``edge_client_certs``), then the HTTP
+connection manager with the listener's Lua (``lua.py``: the slow path, SLO class, model
+name, the fast path's cost and SLO trailers) and the router; its routes come over ADS
+(``routes.py``); every call is logged to placement's access-log service (``feedback.py``);
+Envoy's own local replies carry the documented gRPC statuses.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Registered in the default descriptor pool so ParseDict can resolve each "@type".
+from envoy.config.listener.v3 import listener_pb2
+from envoy.extensions.access_loggers.grpc.v3 import als_pb2 as _als_pb2  # noqa: F401
+from envoy.extensions.filters.http.lua.v3 import lua_pb2 as _lua_pb2  # noqa: F401
+from envoy.extensions.filters.http.router.v3 import router_pb2 as _router_pb2  # noqa: F401
+from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noqa: F401
+    http_connection_manager_pb2 as _hcm_pb2,
+)
+from google.protobuf import json_format
+
+from services.xds import lua, rewrite, tls
+from services.xds.envoy_types import (
+    LISTENER_NAME,
+    PLACEMENT_CLUSTER,
+    EnvoySettings,
+    T,
+    http2,
+    route_config_name,
+)
+from services.xds.routes import grpc_status
+
+_T = T
+
+
+def _status_for(http: int, grpc_code: int, key: str) -> dict[str, Any]:
+    """Envoy's local reply ``http`` (e.g. no healthy upstream, overflow) as ``grpc_code``."""
+    return {"filter": {"status_code_filter": {"comparison": {
+                "op": "EQ", "value": {"default_value": http, "runtime_key": key}}}},
+            "headers_to_add": [grpc_status(grpc_code)]}
+
+
+def tenant_calls(s: EnvoySettings) -> lua.TenantCalls:
+    """Which ModelInfer calls the listener's Lua sends to the slow path for tenants."""
+    if s.require_tenant:
+        return "all"
+    return "credential" if s.tenants else "off"
+
+
+def listener(host: str, port: int, region: str, s: EnvoySettings,
+             slow_path: bool = False) -> listener_pb2.Listener:
+    """``slow_path``: this node has a co-located Python edge (cluster ``slow-path``) for what
+    compiled config cannot express; without one, such calls are refused (UNIMPLEMENTED)."""
+    hcm = {
+        "@type": _T + "envoy.extensions.filters.network.http_connection_manager.v3"
+                      ".HttpConnectionManager",
+        "stat_prefix": "switchyard", "codec_type": "HTTP2",
+        "http2_protocol_options": http2(s),
+        "rds": {"route_config_name": route_config_name(region), "config_source": {
+            "ads": {}, "resource_api_version": "V3"}},
+        # Envoy's own replies as the documented statuses, never UNKNOWN: a message over the
+        # buffer limit (413) is RESOURCE_EXHAUSTED, as on the Python edge; no healthy
+        # upstream, overflow, a refused or reset connection (503) UNAVAILABLE; the call's own
+        # deadline passing at Envoy (504) DEADLINE_EXCEEDED; a malformed request (400)
+        # INVALID_ARGUMENT.
+        "local_reply_config": {"mappers": [
+            {**_status_for(413, 8, "switchyard.413"),
+             "body": {"inline_string": f"message over the edge's max_message_bytes "
+                                       f"({s.max_message_bytes} bytes)"}},
+            _status_for(503, 14, "switchyard.503"),
+            _status_for(504, 4, "switchyard.504"),
+            _status_for(400, 3, "switchyard.400")]},
+        # Every call, batched, to placement's access-log service (feedback.py).
+        "access_log": [{"name": "envoy.access_loggers.http_grpc", "typed_config": {
+            "@type": _T + "envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig",
+            "common_config": {"log_name": "switchyard", "transport_api_version": "V3",
+                              "buffer_flush_interval": "0.5s",
+                              "grpc_service": {"envoy_grpc": {
+                                  "cluster_name": PLACEMENT_CLUSTER}}},
+            "additional_response_trailers_to_log": ["x-served-by", "grpc-status"]}}],
+        "http_filters": [
+            {"name": lua.LISTENER_FILTER, "typed_config": {
+                "@type": _T + "envoy.extensions.filters.http.lua.v3.Lua",
+                "default_source_code": {"inline_string": rewrite.listener_script(
+                    lua.model_name_script(s.deadline_margin_ms, slow_path,
+                                          tenant_calls(s)))}}},
+            {"name": "envoy.filters.http.router", "typed_config": {
+                "@type": _T + "envoy.extensions.filters.http.router.v3.Router"}}],
+    }
+    chain: dict[str, Any] = {"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                          "typed_config": hcm}]}
+    if s.tls:
+        chain["transport_socket"] = tls.downstream(s.client_certs)
+    return json_format.ParseDict({
+        "name": LISTENER_NAME,
+        "address": {"socket_address": {"address": host, "port_value": port}},
+        "per_connection_buffer_limit_bytes": s.buffer_bytes,
+        "filter_chains": [chain],
+    }, listener_pb2.Listener())

@@ -1,0 +1,173 @@
+"""The route configuration placement pushes to the Envoy edges of one region.
+
+``routes:<R>`` holds, per logical model M, routes matching ``x-switchyard-model: M`` (the
+header the listener's Lua filter sets from the request body) and the call's SLO class
+(``x-switchyard-slo-ms``, whole ms, set by the same filter from ``x-slo-ms`` or the
+deadline) to the aggregate of that class's order; without either, the model's default
+SLO's order; when no deployment may serve M, a local 503 (UNAVAILABLE to gRPC callers).
+Each such route carries, in metadata for the listener's Lua, what the Python edge's
+``x-cost-usd`` and ``x-slo-met`` trailers need: each deployment's cost per call, which ones
+meet the route's SLO, and (default route) the model's default SLO. Prices live there, not
+in the deployment clusters, so a price change is a route update, never a cluster rebuild.
+
+Its first route sends calls the listener's Lua marked ``x-switchyard-path: slow`` (streams,
+hints compiled config cannot express, tenants' calls) to the cluster ``slow-path``, the
+Envoy's co-located Python edge. No retries there: the Python edge runs the attempt policy
+itself.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+# Registered in the default descriptor pool so ParseDict can resolve each "@type".
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.retry.host.previous_hosts.v3 import (  # noqa: F401
+    previous_hosts_pb2 as _previous_hosts_pb2,
+)
+from envoy.extensions.retry.priority.previous_priorities.v3 import (  # noqa: F401
+    previous_priorities_config_pb2 as _previous_priorities_pb2,
+)
+from google.protobuf import json_format
+
+from services.xds import lua, rewrite
+from services.xds.envoy_types import (
+    SLOW_PATH_CLUSTER,
+    EnvoySettings,
+    T,
+    model_cluster_name,
+    route_config_name,
+)
+from services.xds.order import SloClass
+
+_T = T
+_NO_END = 2**62  # range_match end for the last SLO class
+
+
+@dataclass(frozen=True)
+class ModelRoutes:
+    default: tuple[str, ...]  # the order for calls with the model's default SLO
+    classes: tuple[SloClass, ...]  # orders for calls that carry an SLO
+    default_feasible: frozenset[str] = frozenset()  # of ``default``, those meeting the SLO
+    default_slo_ms: float | None = None
+    cost_usd: Mapping[str, float] = field(default_factory=dict)  # per call, by deployment
+
+
+def _slow_path_route() -> dict[str, Any]:
+    """Calls the listener's Lua marked slow, to the co-located Python edge, which runs the
+    attempt policy itself (no retries here) under the caller's own deadline."""
+    return {"name": "slow-path", "match": {"prefix": "/", "headers": [
+                {"name": lua.PATH_HEADER, "string_match": {"exact": "slow"}}]},
+            "request_headers_to_remove": [lua.PATH_HEADER],
+            "metadata": {"filter_metadata": {lua.LISTENER_FILTER: {"path": "slow"}}},
+            "route": {"cluster": SLOW_PATH_CLUSTER, "timeout": "0s",
+                      "max_stream_duration": {"grpc_timeout_header_max": "0s"}}}
+
+
+def _trailer_metadata(m: ModelRoutes, feasible: frozenset[str], slo_ms: float | None,
+                      order: Sequence[str]) -> dict[str, Any]:
+    """What the listener's Lua needs for a fast-path call's ``x-cost-usd``/``x-slo-met``, and
+    the variant of the order's first deployment, which it appends to the body once
+    (``services/xds/rewrite.py``: the upstream Lua then rewrites only for another variant)."""
+    data: dict[str, Any] = {
+        "path": "envoy",
+        "cost": {d: f"{c:.10f}" for d, c in sorted(m.cost_usd.items())},
+        "feasible": dict.fromkeys(sorted(feasible), True)}
+    if order:
+        data[rewrite.FIRST_VARIANT_KEY] = order[0].rsplit("/", 1)[-1]
+    if slo_ms is not None:
+        data["slo_ms"] = slo_ms
+    return {"metadata": {"filter_metadata": {lua.LISTENER_FILTER: data}}}
+
+
+def per_try_timeout_s(slo_ms: float, s: EnvoySettings) -> float:
+    """An attempt's timeout on a route whose calls have at least ``slo_ms``: a share of the
+    SLO that leaves the other attempts their turn (the Python edge's floor below it). Envoy
+    counts a timed-out attempt as a gateway failure: retried at the next deployment and fed
+    to outlier detection, so a backend whose queue grows (one deployment taking every call
+    while another restarts) is left before calls run out their deadline there."""
+    return max(s.min_attempt_timeout_s, slo_ms / 1000 / s.max_attempts)
+
+
+def _route_action(model: str, cluster: str, order: Sequence[str], s: EnvoySettings,
+                  slo_ms: float | None = None) -> dict[str, Any]:
+    if not order:
+        return {"direct_response": {"status": 503, "body": {
+            "inline_string": f"no deployment may serve {model!r} now"}}}
+    return {"route": {
+        "cluster": cluster, "timeout": "0s",
+        "max_stream_duration": {"grpc_timeout_header_max": "0s"},
+        "retry_policy": {
+            "retry_on": "unavailable,reset,connect-failure,refused-stream",
+            "num_retries": s.max_attempts - 1,
+            **({} if slo_ms is None else
+               {"per_try_timeout": f"{per_try_timeout_s(slo_ms, s):.3f}s"}),
+            "retry_priority": {
+                "name": "envoy.retry_priorities.previous_priorities", "typed_config": {
+                    "@type": _T + "envoy.extensions.retry.priority.previous_priorities.v3"
+                                  ".PreviousPrioritiesConfig",
+                    "update_frequency": 1}},
+            "retry_host_predicate": [{
+                "name": "envoy.retry_host_predicates.previous_hosts", "typed_config": {
+                    "@type": _T + "envoy.extensions.retry.host.previous_hosts.v3"
+                                  ".PreviousHostsPredicate"}}],
+            "host_selection_retry_max_attempts": 3}}}
+
+
+def _model_routes(model: str, m: ModelRoutes, s: EnvoySettings) -> list[dict[str, Any]]:
+    """One route per SLO class (by the whole-ms SLO header), then the default SLO's."""
+    is_model = {"name": lua.MODEL_HEADER, "string_match": {"exact": model}}
+    routes = []
+    for i, k in enumerate(m.classes):
+        in_class = {"name": lua.SLO_HEADER, "range_match": {
+            "start": k.lo, "end": _NO_END if k.hi is None else k.hi}}
+        routes.append({"name": f"{model} slo [{k.lo}, {k.hi or ''})",
+                       "match": {"prefix": "/", "headers": [is_model, in_class]},
+                       **_route_action(model, model_cluster_name(model, i), k.order, s,
+                                       k.lo),
+                       **_trailer_metadata(m, k.feasible, None, k.order)})
+    routes.append({"name": model, "match": {"prefix": "/", "headers": [is_model]},
+                   **_route_action(model, model_cluster_name(model), m.default, s,
+                                   m.default_slo_ms),
+                   **_trailer_metadata(m, m.default_feasible, m.default_slo_ms, m.default)})
+    return routes
+
+
+def route_configuration(region: str, models: dict[str, ModelRoutes],
+                        s: EnvoySettings) -> route_pb2.RouteConfiguration:
+    routes = [_slow_path_route(),
+              *(r for m in sorted(models) for r in _model_routes(m, models[m], s))]
+    # Liveness and readiness: answered by the deployment the first servable model's calls
+    # would go to (a Python edge answers them itself).
+    servable = [m for m in sorted(models) if models[m].default]
+    if servable:
+        routes += [{"name": rpc, "match": {"path": lua.SERVICE_PATH + rpc},
+                    **_route_action(servable[0], model_cluster_name(servable[0]),
+                                    models[servable[0]].default, s)}
+                   for rpc in ("ServerLive", "ServerReady")]
+    # A named RPC no model route matched: NOT_FOUND, naming what the mesh serves.
+    named = "|".join(lua.NAMED_RPCS)
+    routes.append({"name": "unknown-model", "match": {"safe_regex": {
+        "regex": f"^{re.escape(lua.SERVICE_PATH)}({named})$"}},
+                   "direct_response": {"status": 404, "body": {"inline_string": (
+                       "the model is not served by this mesh (it serves: "
+                       f"{', '.join(sorted(models)) or 'nothing yet'})")}},
+                   "response_headers_to_add": [grpc_status(5)]})
+    return json_format.ParseDict({
+        "name": route_config_name(region),
+        # The slow-path route names a cluster only nodes with a slow path have (their Lua
+        # alone sends calls there); a static snapshot of a node without one must still load.
+        "validate_clusters": False,
+        "virtual_hosts": [{"name": "models", "domains": ["*"], "routes": routes,
+                           "request_body_buffer_limit": s.buffer_bytes}],
+    }, route_pb2.RouteConfiguration())
+
+
+def grpc_status(code: int) -> dict[str, Any]:
+    """A header that makes Envoy's local reply to a gRPC call carry this status (instead of
+    the one it derives from the HTTP code, e.g. UNKNOWN for 413)."""
+    return {"header": {"key": "grpc-status", "value": str(code)},
+            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
