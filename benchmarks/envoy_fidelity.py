@@ -1,15 +1,19 @@
 """Decision fidelity (issue 12): the Envoy mode against per-call decisions, every scenario.
 
-    python -m benchmarks.envoy_fidelity [--quick] [--scenario NAME ...] [--no-write]
+    python -m benchmarks.envoy_fidelity [--quick] [--scenario NAME ...] [--seed N]
+                                        [--no-write] [--what-if]
 
-Each scenario in ``benchmarks/scenarios/`` is simulated four times on the same trace (two
+Each scenario in ``benchmarks/scenarios/`` is simulated once per row on the same trace (two
 worker processes): ``switchyard`` (placement's per-call ``Profile.choose`` with the edge's
 calls in flight against its slot shares), ``envoy`` (what an Envoy edge does with the config
-placement compiles, ``benchmarks/costsim/envoy_policy.py``; calls with a quality floor take
-the slow path, the co-located Python edge), ``envoy-compiled`` (the same with quality
-floors compiled into the order as well: no per-call decision anywhere) and
-``envoy-retry-exhausted`` (a what-if: ``envoy`` with RESOURCE_EXHAUSTED retried);
-``--what-if`` adds ``envoy-share-breakers`` (slot shares as circuit breakers). The target is the
+placement compiles, ``benchmarks/costsim/envoy_policy.py``: per class, the failover order
+with the miss margins placement learned from the access log and weighted rotations of it
+from ``placement.splits``; calls with a quality floor take the slow path, the co-located
+Python edge), ``envoy-order-only`` (the order alone, no weights and no learned margins: what
+was compiled before), ``envoy-compiled`` (``envoy`` with quality floors compiled into the
+order as well: no per-call decision anywhere); ``--what-if`` adds ``envoy-retry-exhausted``
+(``envoy`` with RESOURCE_EXHAUSTED retried) and ``envoy-share-breakers`` (slot shares as
+circuit breakers). ``--seed`` replaces each scenario's seed (trace, outages, draws). The target is the
 issue's: within 1 point of switchyard's SLO attainment and 5 % of its cost per call, read
 here as *at most* 1 point below and 5 % above. Prints the section and writes it into
 ``benchmarks/RESULTS.md`` (a section of its own, after the cost sections).
@@ -37,16 +41,17 @@ from benchmarks.costsim.trace import generate
 from services.xds.resources import EnvoySettings
 
 TITLE = "Envoy mode vs per-call decisions"
-VARIANTS = ("switchyard", "envoy", "envoy-compiled", "envoy-retry-exhausted")
+VARIANTS = ("switchyard", "envoy", "envoy-order-only", "envoy-compiled")
 MAX_POINTS_BELOW = 1.0
 MAX_COST_RATIO = 1.05
 COUNTERS = ("slow_calls", "overflows", "retry_overflows", "not_retried", "no_healthy",
-            "ejections")
+            "ejections", "split_calls")
 
 
 @dataclass(frozen=True)
 class Run:
     scenario: str
+    seed: int
     variant: str
     calls: int
     failed: int
@@ -71,31 +76,35 @@ def policy_for(variant: str, s: Scenario) -> Policy:
         rules = dataclasses.replace(rules, retried=rules.retried | {"exhausted"})
     if variant == "envoy-share-breakers":
         rules = dataclasses.replace(rules, breakers_from_shares=True)
+    learned = variant != "envoy-order-only"
     return envoy(control, s.seed ^ zlib.crc32(b"envoy"), st.spread_band,
                  st.slo_margin_ms, st.max_attempts, slow_path=variant != "envoy-compiled",
-                 name=variant, rules=rules)
+                 name=variant, rules=rules, split=learned, learn_margins=learned)
 
 
-def simulate(job: tuple[str, bool, str]) -> Run:
-    path, quick, variant = job
+def simulate(job: tuple[str, bool, str, int]) -> Run:
+    path, quick, variant, seed_offset = job
     s = load_scenario(path)
+    s.seed += seed_offset
     p = policy_for(variant, s)
     r = Simulation(s, generate(s, quick), p).run()
     counters = {k: int(getattr(p, k)) for k in COUNTERS} if isinstance(p, EnvoyPolicy) else {}
-    return Run(s.name, variant, r.calls, r.failed, r.attempts, r.attainment,
+    return Run(s.name, s.seed, variant, r.calls, r.failed, r.attempts, r.attainment,
                r.cost_per_million(), counters)
 
 
 def run(paths: list[pathlib.Path], quick: bool, variants: tuple[str, ...] = VARIANTS,
-        workers: int = 2) -> list[list[Run]]:
-    jobs = [(str(p), quick, v) for p in paths for v in variants]
+        workers: int = 2, seeds: int = 1) -> list[list[Run]]:
+    """One list of runs (``variants`` in order) per scenario and seed: the scenario's own
+    seed, then ``seed + 1`` ... for ``seeds > 1``."""
+    jobs = [(str(p), quick, v, k) for p in paths for k in range(seeds) for v in variants]
     if workers <= 1:
         runs = [simulate(j) for j in jobs]
     else:
         with multiprocessing.get_context("spawn").Pool(workers) as pool:
             runs = pool.map(simulate, jobs, chunksize=1)
     n = len(variants)
-    return [runs[i * n:(i + 1) * n] for i in range(len(paths))]
+    return [runs[i * n:(i + 1) * n] for i in range(len(runs) // n)]
 
 
 def _points(a: Run, b: Run) -> float:
@@ -118,69 +127,88 @@ def _signed(x: float, unit: str = "") -> str:
     return f"{x:+.2f}{unit}"
 
 
-LABELS = {"envoy": "`envoy` (as compiled today, quality floors on the slow path)",
+LABELS = {"envoy": "`envoy` (orders with learned margins, weighted rotations; quality floors "
+                   "on the slow path)",
+          "envoy-order-only": "`envoy-order-only` (the order alone, as compiled before)",
           "envoy-compiled": "all compiled (quality floors too, no slow path)",
           "envoy-retry-exhausted": "what-if: `envoy` with `resource-exhausted` in `retry_on`",
           "envoy-share-breakers": "what-if: `envoy` with each cluster's `max_requests` at "
                                   "the edge's slot share"}
-WHAT_IF = ("envoy-share-breakers",)
+WHAT_IF = ("envoy-retry-exhausted", "envoy-share-breakers")
 
 
 def tables(results: list[list[Run]]) -> tuple[str, str]:
     main = []
     diag = []
     for sw, *others in results:
-        main.append([sw.scenario, sw.variant, f"{sw.calls:,}", _pct(sw.attainment), "",
-                     f"{sw.cost_per_million:.2f}", "", ""])
+        main.append([sw.scenario, str(sw.seed), sw.variant, f"{sw.calls:,}",
+                     _pct(sw.attainment), "", f"{sw.cost_per_million:.2f}", "", ""])
         for r in others:
-            main.append([r.scenario, r.variant, f"{r.calls:,}", _pct(r.attainment),
-                         _signed(_points(sw, r)), f"{r.cost_per_million:.2f}",
-                         f"{_ratio(sw, r):.3f}", "yes" if meets(sw, r) else "no"])
+            main.append([r.scenario, str(r.seed), r.variant, f"{r.calls:,}",
+                         _pct(r.attainment), _signed(_points(sw, r)),
+                         f"{r.cost_per_million:.2f}", f"{_ratio(sw, r):.3f}",
+                         "yes" if meets(sw, r) else "no"])
             c = r.counters
-            diag.append([r.scenario, r.variant, f"{c['slow_calls'] / max(r.attempts, 1):.1%}",
+            first = max(r.calls - c["slow_calls"], 1)
+            diag.append([r.scenario, str(r.seed), r.variant,
+                         f"{c['slow_calls'] / max(r.attempts, 1):.1%}",
+                         f"{c['split_calls'] / first:.1%}",
                          f"{sw.failed:,}", f"{r.failed:,}", f"{c['overflows']:,}",
                          f"{c['retry_overflows']:,}", f"{c['not_retried']:,}",
                          f"{c['no_healthy']:,}", f"{c['ejections']:,}"])
-    main_t = md_table(["scenario", "row", "calls", "SLO attained", "Δ points vs switchyard",
-                       "USD / 1M calls", "cost × switchyard", "target"], main, "llrrrrrl")
+    main_t = md_table(["scenario", "seed", "row", "calls", "SLO attained",
+                       "Δ points vs switchyard", "USD / 1M calls", "cost × switchyard",
+                       "target"], main, "lllrrrrrl")
     diag_t = md_table(
-        ["scenario", "row", "attempts on the slow path", "switchyard failed calls",
+        ["scenario", "seed", "row", "attempts on the slow path",
+         "fast-path calls sent off the order's first (weights)", "switchyard failed calls",
          "failed calls", "breaker overflows", "retries over max_retries",
          "not retried (RESOURCE_EXHAUSTED)", "no healthy child", "ejections"], diag,
-        "llrrrrrrrr")
+        "lllrrrrrrrrr")
     return main_t, diag_t
 
 
 def _summary(results: list[list[Run]], i: int) -> str:
     pairs = [(rs[0], rs[i]) for rs in results]
-    ok = [sw.scenario for sw, r in pairs if meets(sw, r)]
+    ok = [f"{sw.scenario}/{sw.seed}" for sw, r in pairs if meets(sw, r)]
+    scenarios = sorted({sw.scenario for sw, _ in pairs})
+    every = [n for n in scenarios if all(meets(sw, r) for sw, r in pairs if sw.scenario == n)]
     pts = [_points(sw, r) for sw, r in pairs]
     cost = [_ratio(sw, r) for sw, r in pairs]
-    return (f"{LABELS[pairs[0][1].variant]}: {len(ok)} of {len(pairs)} "
-            f"({', '.join(ok) or 'none'}); attainment {min(pts):+.2f} to {max(pts):+.2f} "
+    return (f"{LABELS[pairs[0][1].variant]}: {len(ok)} of {len(pairs)} scenario/seed runs; "
+            f"on every seed {len(every)} of {len(scenarios)} scenarios "
+            f"({', '.join(every) or 'none'}); attainment {min(pts):+.2f} to {max(pts):+.2f} "
             f"points, cost {min(cost):.3f}× to {max(cost):.3f}×.")
 
 
 def notes(results: list[list[Run]], quick: bool) -> list[str]:
+    what_if = [r.variant for r in results[0] if r.variant in WHAT_IF]
     return [
         f"Target (issue 12): at most {MAX_POINTS_BELOW:g} point below switchyard's attainment "
-        f"and at most {MAX_COST_RATIO - 1:.0%} above its cost per call. Scenarios that meet "
+        f"and at most {MAX_COST_RATIO - 1:.0%} above its cost per call. Runs that meet "
         "it, per row: " + " ".join(_summary(results, i) for i in range(1, len(results[0]))),
         "Simulated (the cost simulator's fleet and trace; " + (
             "`--quick`: the same day compressed, 1/5 of the calls" if quick else "full day")
-        + "). `envoy` is what an Envoy edge does with what `services/xds` compiles today: the "
-        "failover order per SLO class from placement's pipeline, recomputed per push; no "
-        "route weights and no circuit breakers are pushed, so the breakers are Envoy's "
-        "defaults (1,024 requests, 3 parallel retries per cluster); outlier detection and "
-        "retries (`unavailable,reset,connect-failure,refused-stream`, previous_priorities) as "
-        "compiled; a full queue's RESOURCE_EXHAUSTED is not retried. Envoy's retry back-off "
-        "is not modelled (retries are immediate, which flatters the Envoy rows in outages). "
-        "`envoy-retry-exhausted` is not pushed by anything: it shows what one more "
-        "`retry_on` condition would change.",
-        "What differs by construction: between pushes an Envoy edge sends every call of a "
-        "class to the first healthy child of its order, so what it gives up against per-call "
-        "decisions is the spread within the cost band and spilling past its slot share "
-        "before the next push; a breaker at its slot share would not spill either (Envoy "
+        + "). `envoy` is what an Envoy edge does with the config compiled by "
+        "`services.xds.order.weighted`, recomputed per push: per class of call (model, "
+        "whole-ms SLO), the failover order from placement's pipeline with the miss margins "
+        "placement learned for the class from the edge's access log (`placement.feedback`), "
+        "and weighted rotations of that order (`placement.splits`: the class's calls/s from "
+        "the access log, cheapest feasible deployment first, each up to its backend's slot "
+        "share for the edge at the utilisation whose M/M/c tail wait fits the class's slack, "
+        "less what the slow path reported sending there), one random pick per call as "
+        "Envoy's `weighted_clusters` does; no circuit breakers are pushed, so the breakers "
+        "are Envoy's defaults (1,024 requests, 3 parallel retries per cluster); outlier "
+        "detection and retries (`unavailable,reset,connect-failure,refused-stream`, "
+        "previous_priorities) as compiled; a full queue's RESOURCE_EXHAUSTED is not retried. "
+        "Envoy's retry back-off is not modelled (retries are immediate, which flatters the "
+        "Envoy rows in outages)." + (
+            f" {', '.join(f'`{v}`' for v in what_if)}: not pushed by anything, what-ifs."
+            if what_if else ""),
+        "What differs by construction: between pushes an Envoy edge splits a class's calls "
+        "by the weights of the last push, whatever it has in flight, so a burst shorter than "
+        "a push is not spilled (the per-call policy spills the call that would queue past "
+        "the edge's slot share); a breaker at the slot share would not spill either (Envoy "
         "fails an overflowed call and never retries it; an aggregate cluster does not skip a "
         "full child).\n",
     ]
@@ -191,6 +219,8 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="the same day in fewer seconds")
     p.add_argument("--scenario", action="append", default=[],
                    help="a scenario's file stem (repeatable); default: every scenario")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="runs per scenario: its own seed, then seed + 1, ... (default 1)")
     p.add_argument("--no-write", action="store_true", help="print only")
     p.add_argument("--what-if", action="store_true",
                    help=f"also {', '.join(WHAT_IF)} (implies --no-write)")
@@ -200,13 +230,15 @@ def main() -> None:
     if args.scenario:
         paths = [x for x in paths if x.stem in args.scenario]
     variants = VARIANTS + (WHAT_IF if args.what_if else ())
-    progress(f"envoy fidelity: {len(paths)} scenarios × {len(variants)} rows on 2 workers")
-    results = run(paths, args.quick, variants)
+    progress(f"envoy fidelity: {len(paths)} scenarios × {args.seeds} seeds × {len(variants)} "
+             "rows on 2 workers")
+    results = run(paths, args.quick, variants, seeds=max(1, args.seeds))
     for rs in results:
-        progress(f"{rs[0].scenario}: " + "; ".join(
+        progress(f"{rs[0].scenario}/{rs[0].seed}: " + "; ".join(
             f"{r.variant} {r.attainment:.2%} {r.cost_per_million:.2f}" for r in rs))
     main_t, diag_t = tables(results)
     cmd = "python -m benchmarks.envoy_fidelity" + (" --quick" if args.quick else "")
+    cmd += f" --seeds {args.seeds}" if args.seeds > 1 else ""
     cmd += "".join(f" --scenario {s}" for s in args.scenario)
     cmd += " --what-if" if args.what_if else ""
     section = Section(title=TITLE, command=cmd, table=main_t,
