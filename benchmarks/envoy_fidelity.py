@@ -27,13 +27,14 @@ import multiprocessing
 import pathlib
 import time
 import zlib
+from collections import Counter
 from dataclasses import dataclass
 
 from benchmarks.common import Section, md_table, progress
 from benchmarks.cost import DEFAULT_SCENARIO, RESULTS, SCENARIOS, write_section
 from benchmarks.costsim.control import ControlPlane
-from benchmarks.costsim.engine import Simulation
 from benchmarks.costsim.envoy_policy import EnvoyPolicy, EnvoyRules, envoy
+from benchmarks.costsim.misses import CAUSES, TracedSimulation, causes
 from benchmarks.costsim.policies import Policy
 from benchmarks.costsim.runner import make_policy
 from benchmarks.costsim.scenario import Scenario, load_scenario
@@ -59,6 +60,10 @@ class Run:
     attainment: float
     cost_per_million: float
     counters: dict[str, int]
+    # missed calls by cause (benchmarks.costsim.misses), and those of classes with a
+    # quality floor (the slow path's, in the Envoy rows)
+    misses: dict[str, int] = dataclasses.field(default_factory=dict)
+    floor_misses: int = 0
 
 
 def policy_for(variant: str, s: Scenario) -> Policy:
@@ -87,10 +92,15 @@ def simulate(job: tuple[str, bool, str, int]) -> Run:
     s = load_scenario(path)
     s.seed += seed_offset
     p = policy_for(variant, s)
-    r = Simulation(s, generate(s, quick), p).run()
+    trace = generate(s, quick)
+    sim = TracedSimulation(s, trace, p)
+    r = sim.run()
     counters = {k: int(getattr(p, k)) for k in COUNTERS} if isinstance(p, EnvoyPolicy) else {}
+    why = causes(sim, r)
+    floors = {i for i, k in enumerate(s.classes()) if k.min_quality > 0}
     return Run(s.name, s.seed, variant, r.calls, r.failed, r.attempts, r.attainment,
-               r.cost_per_million(), counters)
+               r.cost_per_million(), counters, dict(Counter(why.values())),
+               sum(1 for i in why if int(trace.klass[i]) in floors))
 
 
 def run(paths: list[pathlib.Path], quick: bool, variants: tuple[str, ...] = VARIANTS,
@@ -137,7 +147,7 @@ LABELS = {"envoy": "`envoy` (orders with learned margins, weighted rotations; qu
 WHAT_IF = ("envoy-retry-exhausted", "envoy-share-breakers")
 
 
-def tables(results: list[list[Run]]) -> tuple[str, str]:
+def tables(results: list[list[Run]]) -> tuple[str, str, str]:
     main = []
     diag = []
     for sw, *others in results:
@@ -156,6 +166,11 @@ def tables(results: list[list[Run]]) -> tuple[str, str]:
                          f"{sw.failed:,}", f"{r.failed:,}", f"{c['overflows']:,}",
                          f"{c['retry_overflows']:,}", f"{c['not_retried']:,}",
                          f"{c['no_healthy']:,}", f"{c['ejections']:,}"])
+    miss_t = md_table(["scenario", "seed", "row", "missed", "on the slow path's classes",
+                       *CAUSES], [
+        [r.scenario, str(r.seed), r.variant, f"{sum(r.misses.values()):,}",
+         f"{r.floor_misses:,}", *(f"{r.misses.get(c, 0):,}" for c in CAUSES)]
+        for rs in results for r in rs], "lllrr" + "r" * len(CAUSES))
     main_t = md_table(["scenario", "seed", "row", "calls", "SLO attained",
                        "Δ points vs switchyard", "USD / 1M calls", "cost × switchyard",
                        "target"], main, "lllrrrrrl")
@@ -165,7 +180,7 @@ def tables(results: list[list[Run]]) -> tuple[str, str]:
          "failed calls", "breaker overflows", "retries over max_retries",
          "not retried (RESOURCE_EXHAUSTED)", "no healthy child", "ejections"], diag,
         "lllrrrrrrrrr")
-    return main_t, diag_t
+    return main_t, diag_t, miss_t
 
 
 def _summary(results: list[list[Run]], i: int) -> str:
@@ -236,14 +251,16 @@ def main() -> None:
     for rs in results:
         progress(f"{rs[0].scenario}/{rs[0].seed}: " + "; ".join(
             f"{r.variant} {r.attainment:.2%} {r.cost_per_million:.2f}" for r in rs))
-    main_t, diag_t = tables(results)
+    main_t, diag_t, miss_t = tables(results)
     cmd = "python -m benchmarks.envoy_fidelity" + (" --quick" if args.quick else "")
     cmd += f" --seeds {args.seeds}" if args.seeds > 1 else ""
     cmd += "".join(f" --scenario {s}" for s in args.scenario)
     cmd += " --what-if" if args.what_if else ""
     section = Section(title=TITLE, command=cmd, table=main_t,
                       notes=[*notes(results, args.quick),
-                             "#### What the Envoy rows ran into\n", diag_t],
+                             "#### What the Envoy rows ran into\n", diag_t,
+                             "\n#### Where the missed calls go (one cause each, "
+                             "`benchmarks/costsim/misses.py`)\n", miss_t],
                       elapsed_s=time.monotonic() - t0)
     print(section.markdown())
     if not (args.no_write or args.what_if):

@@ -268,7 +268,7 @@ def test_the_fidelity_target_is_one_point_below_and_five_percent_above() -> None
             "attainment -2.00") in text[0]
     assert ("no slow path): 2 of 2 scenario/seed runs; on every seed 1 of 1 scenarios (s); "
             "attainment +0.00") in text[0]
-    main_t, _ = tables(results)
+    main_t, _, _ = tables(results)
     assert "| s | 2 | envoy | 1,000 | 99.00% | +0.00 | 10.00 | 1.000 | yes |" in main_t
 
 
