@@ -32,6 +32,7 @@ from benchmarks.costsim.runner import make_policy
 from benchmarks.costsim.trace import generate
 from placement import feedback, queueing
 from placement.feedback import SloFeedback
+from placement.tail_margins import TailMargins
 
 EARLY_S = 5.0
 
@@ -48,10 +49,21 @@ def _tail_half() -> None:
         SloFeedback, tail=queueing.TAIL / 2, idle_s=feedback.IDLE_S)
 
 
+def _tail_track(tail: float) -> Callable[[], None]:
+    """Idle decay plus per-deployment tail margins (``placement.tail_margins``) at ``tail``."""
+    def apply() -> None:
+        def make() -> SloFeedback:
+            return SloFeedback(idle_s=feedback.IDLE_S, tails=TailMargins(tail=tail))
+        policies.SloFeedback = make  # type: ignore[misc,assignment]
+    return apply
+
+
 VARIANTS: dict[str, Callable[[], None]] = {
     "base": lambda: None,
     "idle-decay": _idle_decay,
     "tail-half": _tail_half,
+    "tail-track": _tail_track(queueing.TAIL),
+    "tail-track-1pct": _tail_track(0.01),
 }
 
 

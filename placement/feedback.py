@@ -33,6 +33,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from placement import queueing
+from placement.tail_margins import TailMargins
 
 STEP = 0.3  # of the SLO, per miss
 HALF_LIFE_S = 40.0
@@ -51,15 +52,25 @@ class SloFeedback:
     """One edge's margins; the edge owns it, calls read ``margins(slo_ms, now)``."""
 
     def __init__(self, tail: float = queueing.TAIL, step: float = STEP,
-                 half_life_s: float = HALF_LIFE_S, idle_s: float | None = None) -> None:
-        """``idle_s=None``: margins decay in time whether or not calls still go there."""
+                 half_life_s: float = HALF_LIFE_S, idle_s: float | None = None,
+                 tails: TailMargins | None = None) -> None:
+        """``idle_s=None``: margins decay in time whether or not calls still go there.
+        ``tails``: every call's excess over its expected p95 is learned there too, and
+        ``margins`` adds its per-deployment margin to the class's."""
         self.tail, self.step, self.half_life_s, self.idle_s = tail, step, half_life_s, idle_s
+        self.tails = tails
         self._margins: dict[int, dict[str, float]] = {}  # class -> deployment -> ms
         self._at: dict[int, float] = {}  # class -> when its margins were last decayed
         self._last: dict[int, dict[str, float]] = {}  # class -> deployment -> last call
+        self._changes = 0
+        self._merged: dict[int, tuple[int, int, Mapping[str, float]]] = {}
 
-    def record(self, deployment_id: str, slo_ms: float, met: bool, now: float) -> None:
-        """One call of SLO ``slo_ms`` served by ``deployment_id``: it met its SLO or not."""
+    def record(self, deployment_id: str, slo_ms: float, met: bool, now: float,
+               latency_ms: float | None = None, expected_ms: float | None = None) -> None:
+        """One call of SLO ``slo_ms`` served by ``deployment_id``: it met its SLO or not
+        (``latency_ms`` against the ``expected_ms`` p95 the edge used, for ``tails``)."""
+        if self.tails is not None and latency_ms is not None and expected_ms is not None:
+            self.tails.record(deployment_id, latency_ms, expected_ms)
         k = slo_class(slo_ms)
         margins = self._decayed(k, now)
         m = margins.get(deployment_id, 0.0)
@@ -70,6 +81,7 @@ class SloFeedback:
         else:
             m += self.step * slo_ms
         last = self._last.setdefault(k, {})
+        self._changes += 1
         if m < FLOOR_MS:
             margins.pop(deployment_id, None)
             last.pop(deployment_id, None)
@@ -78,8 +90,22 @@ class SloFeedback:
             last[deployment_id] = now
 
     def margins(self, slo_ms: float, now: float) -> Mapping[str, float]:
-        """Deployment id -> margin (ms) for calls of this SLO (a read-only view)."""
-        return MappingProxyType(self._decayed(slo_class(slo_ms), now))
+        """Deployment id -> margin (ms) for calls of this SLO (a read-only view): the
+        class's, plus the deployment's tail margin when ``tails`` is set."""
+        k = slo_class(slo_ms)
+        own = self._decayed(k, now)
+        if self.tails is None:
+            return MappingProxyType(own)
+        cached = self._merged.get(k)
+        if cached is not None and cached[0] == self._changes and \
+                cached[1] == self.tails.version:
+            return cached[2]
+        merged = dict(self.tails.margins())
+        for dep, m in own.items():
+            merged[dep] = merged.get(dep, 0.0) + m
+        view = MappingProxyType(merged)
+        self._merged[k] = (self._changes, self.tails.version, view)
+        return view
 
     def _decayed(self, k: int, now: float) -> dict[str, float]:
         margins = self._margins.setdefault(k, {})
@@ -90,6 +116,7 @@ class SloFeedback:
         if now - last < DECAY_EVERY_S:
             return margins
         self._at[k] = now
+        self._changes += 1
         called = self._last.get(k, {})
         for dep in list(margins):
             start = last

@@ -85,6 +85,8 @@ class ProfilePolicy:
         self.inflight: dict[str, dict[str, int]] = {}
         # Each edge's margins learned from SLO misses (placement.feedback), as the router keeps.
         self.feedback: dict[str, SloFeedback] = {}
+        # (model, edge) -> (the table, deployment id -> its p95), for _expected
+        self._rows: dict[tuple[str, str], tuple[list[Candidate], dict[str, float]]] = {}
 
     def choose(self, a: Attempt) -> str | None:
         hints = self._hints.get(a.klass)
@@ -117,7 +119,20 @@ class ProfilePolicy:
         self._control.record(a.edge, deployment_id, latency_ms, status == "ok")
         if status == "ok":  # the attempt that served the call, against the call's SLO
             self._feedback(a.edge).record(deployment_id, a.klass.slo_ms,
-                                          latency_ms <= a.klass.slo_ms, now)
+                                          latency_ms <= a.klass.slo_ms, now, latency_ms,
+                                          self._expected(a, deployment_id))
+
+    def _expected(self, a: Attempt, deployment_id: str) -> float | None:
+        """The p95 the edge expects of a deployment now: its own, else the table's row."""
+        own = self._control.edges[a.edge].p95.get(deployment_id)
+        if own is not None:
+            return own
+        table = self._control.tables.get((a.klass.model, a.edge), [])
+        rows = self._rows.get((a.klass.model, a.edge))
+        if rows is None or rows[0] is not table:
+            rows = (table, {c.deployment_id: c.latency_p95_ms for c in table})
+            self._rows[(a.klass.model, a.edge)] = rows
+        return rows[1].get(deployment_id)
 
     def _feedback(self, edge: str) -> SloFeedback:
         fb = self.feedback.get(edge)
