@@ -49,6 +49,11 @@ class EnvoySettings:
     # ModelInfer does (one without a credential is refused there, as on a Python edge).
     tenants: bool = False
     require_tenant: bool = False
+    # [security.limits] on the listener's connections, as the Python edge's gRPC server
+    # applies them (None / 0: Envoy's own defaults).
+    max_concurrent_streams: int | None = None  # per HTTP/2 connection
+    idle_connection_timeout_s: float | None = None
+    max_connection_age_s: float = 0.0
 
     @property
     def buffer_bytes(self) -> int:

@@ -43,6 +43,17 @@ def _status_for(http: int, grpc_code: int, key: str) -> dict[str, Any]:
             "headers_to_add": [grpc_status(grpc_code)]}
 
 
+def _connection_limits(s: EnvoySettings) -> dict[str, Any]:
+    """``[security.limits]``' idle and aged connections, as the Python edge's server closes
+    them (``transport.server_options``)."""
+    limits: dict[str, Any] = {}
+    if s.idle_connection_timeout_s is not None:
+        limits["idle_timeout"] = f"{s.idle_connection_timeout_s}s"
+    if s.max_connection_age_s:
+        limits["max_connection_duration"] = f"{s.max_connection_age_s}s"
+    return {"common_http_protocol_options": limits} if limits else {}
+
+
 def tenant_calls(s: EnvoySettings) -> lua.TenantCalls:
     """Which ModelInfer calls the listener's Lua sends to the slow path for tenants."""
     if s.require_tenant:
@@ -58,7 +69,10 @@ def listener(host: str, port: int, region: str, s: EnvoySettings,
         "@type": _T + "envoy.extensions.filters.network.http_connection_manager.v3"
                       ".HttpConnectionManager",
         "stat_prefix": "switchyard", "codec_type": "HTTP2",
-        "http2_protocol_options": http2(s),
+        "http2_protocol_options": {**http2(s), **(
+            {} if s.max_concurrent_streams is None else
+            {"max_concurrent_streams": s.max_concurrent_streams})},
+        **_connection_limits(s),
         "rds": {"route_config_name": route_config_name(region), "config_source": {
             "ads": {}, "resource_api_version": "V3"}},
         # Envoy's own replies as the documented statuses, never UNKNOWN: a message over the

@@ -209,7 +209,8 @@ def add_ads(server: grpc.aio.Server, hub: RouteHub, profile: Profile,
 
 def envoy_settings(cfg: MeshConfig) -> EnvoySettings:
     """What the compiled config takes from ``cfg``: routing profile margins, message limit,
-    attempts, ejection, and ``[security]`` (TLS, client certificates, tenants)."""
+    attempts, ejection, and ``[security]`` (TLS, client certificates, tenants, the limits on
+    connections: streams per connection, idle and aged connections)."""
     sec = cfg.security
     return EnvoySettings(max_message_bytes=cfg.edge.max_message_bytes,
                          max_attempts=cfg.edge.max_attempts,
@@ -218,7 +219,10 @@ def envoy_settings(cfg: MeshConfig) -> EnvoySettings:
                          slo_margin_ms=cfg.routing.slo_margin_ms,
                          deadline_margin_ms=cfg.routing.deadline_margin_ms,
                          tls=sec.tls, client_certs=sec.edge_client_certs,
-                         tenants=bool(sec.tenants), require_tenant=sec.require_tenant)
+                         tenants=bool(sec.tenants), require_tenant=sec.require_tenant,
+                         max_concurrent_streams=sec.limits.max_concurrent_streams,
+                         idle_connection_timeout_s=sec.limits.idle_connection_timeout_s,
+                         max_connection_age_s=sec.limits.max_connection_age_s)
 
 
 class GuardedAccessLog(AccessLogFeedback):

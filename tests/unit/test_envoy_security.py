@@ -252,3 +252,19 @@ async def test_an_edge_identity_streams_its_access_log() -> None:
     ctx = _Context([b"edge.switchyard.local"])
     await _guard().StreamAccessLogs(_nothing(), ctx)
     assert ctx.code is None
+
+
+def test_the_listener_holds_connections_to_the_security_limits(tmp_path: pathlib.Path) -> None:
+    section = TLS_SECTION.replace("[[security.tenants]]", "[security.limits]\n"
+                                  "max_concurrent_streams = 17\nidle_connection_timeout_s = 42\n"
+                                  "max_connection_age_s = 600\n\n[[security.tenants]]")
+    s = envoy_settings(load_config(_config(tmp_path, section)))
+    hcm = _dict(listener("127.0.0.1", 50051, "r", s))["filter_chains"][0]["filters"][0][
+        "typed_config"]
+    assert hcm["http2_protocol_options"]["max_concurrent_streams"] == 17
+    assert hcm["common_http_protocol_options"] == {"idle_timeout": "42s",
+                                                   "max_connection_duration": "600s"}
+    plain = _dict(listener("127.0.0.1", 50051, "r", EnvoySettings()))["filter_chains"][0][
+        "filters"][0]["typed_config"]
+    assert "common_http_protocol_options" not in plain
+    assert "max_concurrent_streams" not in plain["http2_protocol_options"]
