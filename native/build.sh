@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Build native/build/libswitchyard_edge.so, the Envoy dynamic module (native/switchyard_edge.c)
+# that services/xds pushes in place of the Lua filters when it is present. Needs gcc; without
+# it, says so and exits 0: Envoy edges then keep the Lua filters.
+set -euo pipefail
+cd "$(dirname "$0")"
+if ! command -v gcc >/dev/null 2>&1; then
+  echo "[native] gcc not found: the Envoy dynamic module is not built; Envoy edges use the Lua filters"
+  exit 0
+fi
+mkdir -p build
+gcc -O2 -std=c11 -D_POSIX_C_SOURCE=200809L -Wall -Wextra -Werror -fPIC -shared \
+    -fvisibility=hidden -o build/libswitchyard_edge.so.tmp switchyard_edge.c -lm
+mv build/libswitchyard_edge.so.tmp build/libswitchyard_edge.so
+echo "[native] built native/build/libswitchyard_edge.so"

@@ -1,0 +1,649 @@
+/* Switchyard's Envoy edge filters as one Envoy dynamic module (C ABI, no SDK): the twin of
+ * the Lua that services/xds/lua.py and services/xds/rewrite.py push, measured against it by
+ * `python -m benchmarks.envoy_filters` (variants dm-peek, sy-dm).
+ *
+ * Two filters, chosen by `filter_name`:
+ *
+ * "listener" (on the listener; filter_config "margin=<ms>;slow=<0|1>;tenants=<off|credential|
+ *   all>"): caller's own x-switchyard-* headers removed; slow-path RPCs, hints and (per
+ *   tenants) tenants' calls marked x-switchyard-path: slow (or, without a slow path, refused
+ *   UNIMPLEMENTED); x-slo-ms or the deadline minus the
+ *   margin in x-switchyard-slo-ms (whole ms, rounded down); the buffered request's top-level
+ *   fields walked for the last field 1 -> x-switchyard-model, route cache cleared; the route's
+ *   first variant (route metadata switchyard.model_name/first_variant) appended as field 1
+ *   once, x-switchyard-named says so. Response: the path of a trailers-only answer, and
+ *   x-cost-usd / x-slo-met on an OK ModelInfer (route metadata: switchyard.cost/<dep> string,
+ *   switchyard.feasible/<dep> bool, switchyard.model_name/slo_ms number).
+ * "rewrite" (upstream, per attempt): appends x-switchyard-variant as field 1 only when it
+ *   differs from what the body already names last.
+ *
+ * Bytes the walk cannot read get a trailers-only gRPC answer with the Lua's statuses and
+ * messages. Built by scripts/build_native.sh (gcc -O2 -shared -fPIC). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "abi.h"
+
+#define EXPORT __attribute__((visibility("default")))
+#define LIT(s) ((module_buffer){(s), sizeof(s) - 1})
+#define BUF(p, n) ((module_buffer){(p), (n)})
+
+#define MODEL_HEADER "x-switchyard-model"
+#define VARIANT_HEADER "x-switchyard-variant"
+#define SLO_HEADER "x-switchyard-slo-ms"
+#define PATH_HEADER "x-switchyard-path"
+#define NAMED_HEADER "x-switchyard-named"
+#define LISTENER_NS "switchyard.model_name"
+#define COST_NS "switchyard.cost"
+#define FEASIBLE_NS "switchyard.feasible"
+#define SERVICE "/inference.GRPCInferenceService/"
+#define NOT_PARSED "request bytes do not parse as a KServe v2 request"
+
+static const char* const SLOW_RPCS[] = {"ModelStreamInfer", "RepositoryIndex",
+                                        "ModelStatistics", "ServerMetadata", NULL};
+static const char* const CONTROL_RPCS[] = {"ModelReady", "ModelMetadata", "ModelConfig",
+                                           "ServerLive", "ServerReady", NULL};
+static const char* const NAMED_RPCS[] = {"ModelInfer", "ModelReady", "ModelMetadata",
+                                         "ModelConfig", NULL};
+static const char* const SLOW_HINTS[] = {"x-min-quality", "x-max-cost-usd",
+                                         "x-allowed-regions", "x-fail-fast",
+                                         "x-routing-profile", NULL};
+
+typedef struct {
+  int rewrite; /* 0: listener, 1: upstream variant rewrite */
+  double margin_ms;
+  int slow_path;
+  int tenants; /* which ModelInfer calls the slow path's tenant gate admits: 0 off, */
+               /* 1 those carrying authorization or x-tenant, 2 all */
+} config;
+
+typedef struct {
+  const config* cfg;
+  int waiting_body; /* 1: the request body is buffered for the walk or the rewrite */
+  int is_infer;
+  int has_slo;
+  double slo_ms;
+  double t0_ms;
+  char variant[256]; /* rewrite: the variant to append */
+} filter;
+
+/* ------------------------------------------------------------------------ helpers */
+
+static double now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec * 1000.0 + (double)ts.tv_nsec / 1e6;
+}
+
+static int get_header(envoy_filter f, enum header_type t, const char* key, envoy_buffer* out) {
+  out->ptr = NULL;
+  out->length = 0;
+  return envoy_dynamic_module_callback_http_get_header(f, t, BUF(key, strlen(key)), out, 0,
+                                                       NULL) &&
+         out->ptr != NULL;
+}
+
+static void remove_header(envoy_filter f, const char* key) {
+  envoy_dynamic_module_callback_http_set_header(f, REQUEST_HEADER, BUF(key, strlen(key)),
+                                                BUF(NULL, 0));
+}
+
+static void set_header(envoy_filter f, enum header_type t, const char* key, const char* v,
+                       size_t n) {
+  envoy_dynamic_module_callback_http_set_header(f, t, BUF(key, strlen(key)), BUF(v, n));
+}
+
+static int eq(envoy_buffer b, const char* s) {
+  size_t n = strlen(s);
+  return b.length == n && memcmp(b.ptr, s, n) == 0;
+}
+
+/* Is path SERVICE + one of names? */
+static int rpc_in(envoy_buffer path, const char* const* names) {
+  size_t k = sizeof(SERVICE) - 1;
+  if (path.length <= k || memcmp(path.ptr, SERVICE, k) != 0) return 0;
+  for (; *names; names++) {
+    size_t n = strlen(*names);
+    if (path.length - k == n && memcmp(path.ptr + k, *names, n) == 0) return 1;
+  }
+  return 0;
+}
+
+/* A trailers-only gRPC answer: the caller gets this status, never UNKNOWN. */
+static void reply(envoy_filter f, int code, const char* message) {
+  char status[4];
+  snprintf(status, sizeof status, "%d", code);
+  module_http_header h[4] = {
+      {":status", 7, "200", 3},
+      {"content-type", 12, "application/grpc", 16},
+      {"grpc-status", 11, status, strlen(status)},
+      {"grpc-message", 12, message, strlen(message)},
+  };
+  envoy_dynamic_module_callback_http_send_response_headers(f, h, 4, true);
+}
+
+/* ------------------------------------------------------------------ the request */
+
+/* Lua's tonumber on a header value: the whole string (spaces around allowed) or nothing. */
+static int to_number(envoy_buffer b, double* out) {
+  char tmp[64];
+  if (b.length == 0 || b.length >= sizeof tmp) return 0;
+  memcpy(tmp, b.ptr, b.length);
+  tmp[b.length] = 0;
+  char* end;
+  double v = strtod(tmp, &end);
+  if (end == tmp) return 0;
+  while (*end == ' ' || *end == '\t') end++;
+  if (*end) return 0;
+  *out = v;
+  return 1;
+}
+
+/* 1: *slo set; 0: none (the model's default); -1: a bad x-slo-ms, already answered. */
+static int slo_ms(envoy_filter f, const config* c, double* slo) {
+  envoy_buffer first = {0};
+  size_t n = 0;
+  envoy_dynamic_module_callback_http_get_header(f, REQUEST_HEADER, LIT("x-slo-ms"), &first, 0,
+                                                &n);
+  char msg[512];
+  if (n > 0 && first.ptr != NULL) {
+    for (size_t i = 1; i < n; i++) {
+      envoy_buffer other = {0};
+      envoy_dynamic_module_callback_http_get_header(f, REQUEST_HEADER, LIT("x-slo-ms"), &other,
+                                                    i, NULL);
+      if (other.length != first.length || memcmp(other.ptr, first.ptr, first.length) != 0) {
+        snprintf(msg, sizeof msg,
+                 "metadata x-slo-ms='%.*s': repeated with a different value '%.*s'",
+                 (int)first.length, first.ptr, (int)other.length, other.ptr);
+        reply(f, 3, msg);
+        return -1;
+      }
+    }
+    double v;
+    if (!to_number(first, &v) || v != v || v < 0.001 || v > 3600000) {
+      snprintf(msg, sizeof msg,
+               "metadata x-slo-ms='%.*s': must be a number of milliseconds within "
+               "[0.001, 3600000]",
+               (int)first.length, first.ptr);
+      reply(f, 3, msg);
+      return -1;
+    }
+    *slo = v;
+    return 1;
+  }
+  envoy_buffer t;
+  if (get_header(f, REQUEST_HEADER, "grpc-timeout", &t) && t.length >= 2 && t.length <= 9) {
+    double digits = 0;
+    for (size_t i = 0; i + 1 < t.length; i++) {
+      if (t.ptr[i] < '0' || t.ptr[i] > '9') return 0;
+      digits = digits * 10 + (t.ptr[i] - '0');
+    }
+    double unit;
+    switch (t.ptr[t.length - 1]) {
+      case 'H': unit = 3600000; break;
+      case 'M': unit = 60000; break;
+      case 'S': unit = 1000; break;
+      case 'm': unit = 1; break;
+      case 'u': unit = 0.001; break;
+      case 'n': unit = 0.000001; break;
+      default: return 0;
+    }
+    double v = digits * unit - c->margin_ms;
+    *slo = v < 1 ? 1 : v;
+    return 1;
+  }
+  return 0;
+}
+
+static void to_slow(envoy_filter f, const config* c, const char* why, size_t why_len) {
+  if (c->slow_path) {
+    set_header(f, REQUEST_HEADER, PATH_HEADER, "slow", 4);
+    envoy_dynamic_module_callback_http_clear_route_cache(f);
+  } else {
+    char msg[512];
+    snprintf(msg, sizeof msg,
+             "%.*s needs the slow path, which this Envoy edge does not have; call a Python "
+             "edge for it",
+             (int)why_len, why);
+    reply(f, 12, msg);
+  }
+}
+
+/* The whole request body (buffered, then the chunk just received), contiguous. Returns a
+ * pointer into Envoy's one chunk when there is just one, else into *owned (malloc'd). */
+static const char* whole_body(envoy_filter f, size_t* len, char** owned) {
+  enum body_type kinds[2] = {BUFFERED_REQUEST_BODY, RECEIVED_REQUEST_BODY};
+  int nkinds = envoy_dynamic_module_callback_http_received_buffered_request_body(f) ? 1 : 2;
+  envoy_buffer stack[8];
+  envoy_buffer* chunks[2] = {NULL, NULL};
+  size_t counts[2] = {0, 0}, total = 0, nchunks = 0;
+  const char* only = NULL;
+  for (int k = 0; k < nkinds; k++) {
+    size_t n = envoy_dynamic_module_callback_http_get_body_chunks_size(f, kinds[k]);
+    if (n == 0) continue;
+    envoy_buffer* v = (n <= 4) ? stack + 4 * k : malloc(n * sizeof *v);
+    if (!envoy_dynamic_module_callback_http_get_body_chunks(f, kinds[k], v)) {
+      if (v != stack + 4 * k) free(v);
+      continue;
+    }
+    chunks[k] = v;
+    counts[k] = n;
+    for (size_t i = 0; i < n; i++) {
+      if (v[i].length == 0) continue;
+      total += v[i].length;
+      nchunks++;
+      only = v[i].ptr;
+    }
+  }
+  *owned = NULL;
+  *len = total;
+  if (nchunks > 1) {
+    char* out = malloc(total);
+    size_t at = 0;
+    for (int k = 0; k < 2; k++)
+      for (size_t i = 0; i < counts[k]; i++) {
+        memcpy(out + at, chunks[k][i].ptr, chunks[k][i].length);
+        at += chunks[k][i].length;
+      }
+    *owned = out;
+    only = out;
+  }
+  for (int k = 0; k < 2; k++)
+    if (chunks[k] && chunks[k] != stack + 4 * k) free(chunks[k]);
+  return total ? only : NULL;
+}
+
+static int varint(const unsigned char* b, size_t* pos, size_t stop, uint64_t* out) {
+  uint64_t v = 0;
+  for (int i = 0; i < 10 && *pos < stop; i++) {
+    unsigned char c = b[(*pos)++];
+    v |= (uint64_t)(c & 0x7f) << (7 * i);
+    if (c < 0x80) {
+      *out = v;
+      return 1;
+    }
+  }
+  return 0;
+}
+
+/* The model name (the last field 1 of the first gRPC message), or 0 with code and message. */
+static int model_name(const unsigned char* b, size_t n, const char** name, size_t* name_len,
+                      int* code, char* msg, size_t msg_size) {
+  *code = 3;
+  if (n < 5) {
+    snprintf(msg, msg_size, NOT_PARSED " (no gRPC message)");
+    return 0;
+  }
+  if (b[0] != 0) {
+    *code = 12;
+    snprintf(msg, msg_size,
+             "compressed requests are not routed by the Envoy edge; send them uncompressed");
+    return 0;
+  }
+  size_t stop = 5 + (((size_t)b[1] << 24) | ((size_t)b[2] << 16) | ((size_t)b[3] << 8) | b[4]);
+  if (stop > n) {
+    snprintf(msg, msg_size, NOT_PARSED " (truncated gRPC message)");
+    return 0;
+  }
+  size_t pos = 5;
+  *name = NULL;
+  *name_len = 0;
+  while (pos < stop) {
+    uint64_t key, v;
+    if (!varint(b, &pos, stop, &key)) {
+      snprintf(msg, msg_size, NOT_PARSED " (truncated varint)");
+      return 0;
+    }
+    uint64_t field = key >> 3, wire = key & 7;
+    if (field == 0) {
+      snprintf(msg, msg_size, NOT_PARSED " (field number 0)");
+      return 0;
+    }
+    if (wire == 2) {
+      if (!varint(b, &pos, stop, &v) || v > stop - pos) {
+        snprintf(msg, msg_size, NOT_PARSED " (truncated field %llu)", (unsigned long long)field);
+        return 0;
+      }
+      if (field == 1) {
+        *name = (const char*)b + pos;
+        *name_len = v;
+      }
+      pos += v;
+    } else if (wire == 0) {
+      if (!varint(b, &pos, stop, &v)) {
+        snprintf(msg, msg_size, NOT_PARSED " (truncated varint)");
+        return 0;
+      }
+    } else if (wire == 1) {
+      pos += 8;
+    } else if (wire == 5) {
+      pos += 4;
+    } else {
+      snprintf(msg, msg_size, NOT_PARSED " (wire type %llu)", (unsigned long long)wire);
+      return 0;
+    }
+  }
+  if (pos != stop) {
+    snprintf(msg, msg_size, NOT_PARSED " (truncated fixed-width field)");
+    return 0;
+  }
+  if (*name == NULL || *name_len == 0) {
+    snprintf(msg, msg_size, "the request's model name is empty; set the model to call");
+    return 0;
+  }
+  if (*name_len > 1024) {
+    snprintf(msg, msg_size, "model_name is longer than 1024 bytes");
+    return 0;
+  }
+  return 1;
+}
+
+/* Replace the request body with its one gRPC message plus field 1 = name (the parser keeps
+ * the last value), the frame length fixed. */
+static int append_name(envoy_filter f, const char* body, size_t n, const char* name,
+                       size_t name_len) {
+  if (n < 5 || body[0] != 0 || name_len >= 1u << 14) return 0;
+  unsigned char field[4 + 16384];
+  size_t k = 0;
+  field[k++] = 0x0a;
+  size_t l = name_len;
+  while (l >= 0x80) {
+    field[k++] = (unsigned char)(l | 0x80);
+    l >>= 7;
+  }
+  field[k++] = (unsigned char)l;
+  memcpy(field + k, name, name_len);
+  k += name_len;
+  size_t len = n - 5 + k;
+  char* out = malloc(n + k);
+  out[0] = 0;
+  out[1] = (char)(len >> 24);
+  out[2] = (char)(len >> 16);
+  out[3] = (char)(len >> 8);
+  out[4] = (char)len;
+  memcpy(out + 5, body + 5, n - 5);
+  memcpy(out + n, field, k);
+  envoy_dynamic_module_callback_http_drain_body(f, BUFFERED_REQUEST_BODY, (size_t)-1);
+  envoy_dynamic_module_callback_http_drain_body(f, RECEIVED_REQUEST_BODY, (size_t)-1);
+  int ok = envoy_dynamic_module_callback_http_append_body(f, RECEIVED_REQUEST_BODY,
+                                                          BUF(out, n + k));
+  free(out);
+  return ok;
+}
+
+/* ------------------------------------------------------------------- listener */
+
+static int listener_headers(envoy_filter f, filter* s, bool end_of_stream) {
+  const config* c = s->cfg;
+  remove_header(f, MODEL_HEADER);
+  remove_header(f, NAMED_HEADER);
+  remove_header(f, VARIANT_HEADER);
+  remove_header(f, SLO_HEADER);
+  remove_header(f, PATH_HEADER);
+  envoy_buffer path;
+  if (!get_header(f, REQUEST_HEADER, ":path", &path)) return HEADERS_CONTINUE;
+  if (rpc_in(path, SLOW_RPCS) || (c->slow_path && rpc_in(path, CONTROL_RPCS))) {
+    to_slow(f, c, path.ptr, path.length);
+    return c->slow_path ? HEADERS_CONTINUE : HEADERS_STOP_ITERATION;
+  }
+  if (!rpc_in(path, NAMED_RPCS)) return HEADERS_CONTINUE;
+  s->is_infer = eq(path, SERVICE "ModelInfer");
+  if (s->is_infer) {
+    envoy_buffer v;
+    if (c->tenants == 2 ||
+        (c->tenants == 1 && (get_header(f, REQUEST_HEADER, "authorization", &v) ||
+                             get_header(f, REQUEST_HEADER, "x-tenant", &v)))) {
+      to_slow(f, c, "a tenant's call", 15);
+      return c->slow_path ? HEADERS_CONTINUE : HEADERS_STOP_ITERATION;
+    }
+    for (const char* const* h = SLOW_HINTS; *h; h++) {
+      envoy_buffer v;
+      if (get_header(f, REQUEST_HEADER, *h, &v)) {
+        char why[64];
+        int n = snprintf(why, sizeof why, "hint %s", *h);
+        to_slow(f, c, why, (size_t)n);
+        return c->slow_path ? HEADERS_CONTINUE : HEADERS_STOP_ITERATION;
+      }
+    }
+  }
+  int got = slo_ms(f, c, &s->slo_ms);
+  if (got < 0) return HEADERS_STOP_ITERATION;
+  s->has_slo = got;
+  if (got) {
+    char v[32];
+    int n = snprintf(v, sizeof v, "%lld", (long long)floor(s->slo_ms));
+    set_header(f, REQUEST_HEADER, SLO_HEADER, v, (size_t)n);
+  }
+  if (end_of_stream) {
+    reply(f, 3, NOT_PARSED " (no body)");
+    return HEADERS_STOP_ITERATION;
+  }
+  s->waiting_body = 1;
+  return HEADERS_STOP_ITERATION;
+}
+
+static void listener_body_done(envoy_filter f, filter* s) {
+  s->waiting_body = 0;
+  size_t n;
+  char* owned;
+  const char* body = whole_body(f, &n, &owned);
+  const char* name;
+  size_t name_len;
+  int code;
+  char msg[256];
+  if (body == NULL) {
+    reply(f, 3, NOT_PARSED " (no body)");
+    return;
+  }
+  if (!model_name((const unsigned char*)body, n, &name, &name_len, &code, msg, sizeof msg)) {
+    free(owned);
+    reply(f, code, msg);
+    return;
+  }
+  set_header(f, REQUEST_HEADER, MODEL_HEADER, name, name_len);
+  envoy_dynamic_module_callback_http_clear_route_cache(f);
+  envoy_buffer first = {0};
+  if (envoy_dynamic_module_callback_http_get_metadata_string(
+          f, MD_ROUTE, LIT(LISTENER_NS), LIT("first_variant"), &first) &&
+      first.ptr != NULL && first.length > 0 &&
+      !(first.length == name_len && memcmp(first.ptr, name, name_len) == 0)) {
+    char variant[1025];
+    size_t vn = first.length < 1024 ? first.length : 1024;
+    memcpy(variant, first.ptr, vn); /* first lives in Envoy: copy before the body changes */
+    if (append_name(f, body, n, variant, vn)) set_header(f, REQUEST_HEADER, NAMED_HEADER,
+                                                         variant, vn);
+  }
+  free(owned);
+  if (s->is_infer) s->t0_ms = now_ms();
+}
+
+/* ------------------------------------------------------------ upstream rewrite */
+
+static int rewrite_headers(envoy_filter f, filter* s, bool end_of_stream) {
+  envoy_buffer variant, named;
+  int has_variant = get_header(f, REQUEST_HEADER, VARIANT_HEADER, &variant);
+  int has_named = get_header(f, REQUEST_HEADER, NAMED_HEADER, &named) ||
+                  get_header(f, REQUEST_HEADER, MODEL_HEADER, &named);
+  int needed = has_variant && variant.length > 0 && variant.length < sizeof s->variant &&
+               has_named && !(named.length == variant.length &&
+                              memcmp(named.ptr, variant.ptr, variant.length) == 0);
+  if (needed) {
+    memcpy(s->variant, variant.ptr, variant.length);
+    s->variant[variant.length] = 0;
+  }
+  remove_header(f, VARIANT_HEADER);
+  remove_header(f, NAMED_HEADER);
+  if (!needed || end_of_stream) return HEADERS_CONTINUE;
+  s->waiting_body = 1;
+  return HEADERS_STOP_ITERATION;
+}
+
+static void rewrite_body_done(envoy_filter f, filter* s) {
+  s->waiting_body = 0;
+  size_t n;
+  char* owned;
+  const char* body = whole_body(f, &n, &owned);
+  if (body != NULL) append_name(f, body, n, s->variant, strlen(s->variant));
+  free(owned);
+}
+
+/* ------------------------------------------------------------------ event hooks */
+
+EXPORT const char* envoy_dynamic_module_on_program_init(void) {
+  return SWITCHYARD_ENVOY_ABI_VERSION;
+}
+
+EXPORT void* envoy_dynamic_module_on_http_filter_config_new(void* envoy_config,
+                                                            envoy_buffer name,
+                                                            envoy_buffer cfg) {
+  (void)envoy_config;
+  config* c = calloc(1, sizeof *c);
+  if (eq(name, "rewrite")) {
+    c->rewrite = 1;
+    return c;
+  }
+  if (!eq(name, "listener")) {
+    free(c);
+    return NULL; /* Envoy rejects the config */
+  }
+  char tmp[256];
+  size_t n = cfg.length < sizeof tmp - 1 ? cfg.length : sizeof tmp - 1;
+  if (cfg.ptr) memcpy(tmp, cfg.ptr, n);
+  tmp[n] = 0;
+  for (char* tok = strtok(tmp, ";"); tok; tok = strtok(NULL, ";")) {
+    if (strncmp(tok, "margin=", 7) == 0) c->margin_ms = atof(tok + 7);
+    else if (strncmp(tok, "slow=", 5) == 0) c->slow_path = atoi(tok + 5) != 0;
+    else if (strcmp(tok, "tenants=credential") == 0) c->tenants = 1;
+    else if (strcmp(tok, "tenants=all") == 0) c->tenants = 2;
+  }
+  return c;
+}
+
+EXPORT void envoy_dynamic_module_on_http_filter_config_destroy(void* c) { free(c); }
+
+EXPORT void* envoy_dynamic_module_on_http_filter_new(void* c, envoy_filter f) {
+  (void)f;
+  filter* s = calloc(1, sizeof *s);
+  s->cfg = c;
+  return s;
+}
+
+EXPORT void envoy_dynamic_module_on_http_filter_destroy(void* s) { free(s); }
+
+EXPORT int envoy_dynamic_module_on_http_filter_request_headers(envoy_filter f, filter* s,
+                                                               bool end_of_stream) {
+  return s->cfg->rewrite ? rewrite_headers(f, s, end_of_stream)
+                         : listener_headers(f, s, end_of_stream);
+}
+
+EXPORT int envoy_dynamic_module_on_http_filter_request_body(envoy_filter f, filter* s,
+                                                            bool end_of_stream) {
+  if (!s->waiting_body) return BODY_CONTINUE;
+  if (!end_of_stream) return BODY_STOP_AND_BUFFER;
+  if (s->cfg->rewrite) rewrite_body_done(f, s);
+  else listener_body_done(f, s);
+  return BODY_CONTINUE;
+}
+
+EXPORT int envoy_dynamic_module_on_http_filter_request_trailers(envoy_filter f, filter* s) {
+  if (s->waiting_body) {
+    if (s->cfg->rewrite) rewrite_body_done(f, s);
+    else listener_body_done(f, s);
+  }
+  return TRAILERS_CONTINUE;
+}
+
+EXPORT int envoy_dynamic_module_on_http_filter_response_headers(envoy_filter f, filter* s,
+                                                                bool end_of_stream) {
+  (void)end_of_stream;
+  if (s->cfg->rewrite) return HEADERS_CONTINUE;
+  envoy_buffer path = {0}, status;
+  if (envoy_dynamic_module_callback_http_get_metadata_string(f, MD_ROUTE, LIT(LISTENER_NS),
+                                                             LIT("path"), &path) &&
+      path.ptr != NULL && get_header(f, RESPONSE_HEADER, "grpc-status", &status)) {
+    char p[32];
+    size_t n = path.length < sizeof p ? path.length : sizeof p;
+    memcpy(p, path.ptr, n);
+    set_header(f, RESPONSE_HEADER, PATH_HEADER, p, n);
+  }
+  return HEADERS_CONTINUE;
+}
+
+EXPORT int envoy_dynamic_module_on_http_filter_response_body(envoy_filter f, filter* s,
+                                                             bool end_of_stream) {
+  (void)f, (void)s, (void)end_of_stream;
+  return BODY_CONTINUE;
+}
+
+/* A fast-path ModelInfer answered OK: its cost and whether it met its SLO, as trailers. */
+EXPORT int envoy_dynamic_module_on_http_filter_response_trailers(envoy_filter f, filter* s) {
+  if (s->cfg->rewrite || !s->is_infer || s->t0_ms == 0) return TRAILERS_CONTINUE;
+  envoy_buffer st, served;
+  if (!get_header(f, RESPONSE_TRAILER, "grpc-status", &st) || !eq(st, "0"))
+    return TRAILERS_CONTINUE;
+  if (!get_header(f, RESPONSE_TRAILER, "x-served-by", &served)) return TRAILERS_CONTINUE;
+  char dep[512];
+  if (served.length >= sizeof dep) return TRAILERS_CONTINUE;
+  memcpy(dep, served.ptr, served.length);
+  dep[served.length] = 0;
+  module_buffer key = BUF(dep, served.length);
+  envoy_buffer cost = {0};
+  if (!envoy_dynamic_module_callback_http_get_metadata_string(f, MD_ROUTE, LIT(COST_NS), key,
+                                                              &cost) ||
+      cost.ptr == NULL)
+    return TRAILERS_CONTINUE;
+  char cost_copy[64];
+  size_t cn = cost.length < sizeof cost_copy ? cost.length : sizeof cost_copy;
+  memcpy(cost_copy, cost.ptr, cn);
+  double slo = s->slo_ms;
+  int has_slo = s->has_slo ||
+                envoy_dynamic_module_callback_http_get_metadata_number(
+                    f, MD_ROUTE, LIT(LISTENER_NS), LIT("slo_ms"), &slo);
+  bool feasible = false;
+  envoy_dynamic_module_callback_http_get_metadata_bool(f, MD_ROUTE, LIT(FEASIBLE_NS), key,
+                                                       &feasible);
+  int met = feasible && has_slo && now_ms() - s->t0_ms <= slo;
+  envoy_dynamic_module_callback_http_add_header(f, RESPONSE_TRAILER, LIT("x-cost-usd"),
+                                                BUF(cost_copy, cn));
+  envoy_dynamic_module_callback_http_add_header(f, RESPONSE_TRAILER, LIT("x-slo-met"),
+                                                met ? LIT("true") : LIT("false"));
+  return TRAILERS_CONTINUE;
+}
+
+/* Hooks Envoy resolves for every HTTP filter module; nothing to do in them here. */
+EXPORT void envoy_dynamic_module_on_http_filter_stream_complete(void* f, void* s) {
+  (void)f, (void)s;
+}
+EXPORT void* envoy_dynamic_module_on_http_filter_per_route_config_new(envoy_buffer name,
+                                                                      envoy_buffer cfg) {
+  (void)name, (void)cfg;
+  static int unused;
+  return &unused;
+}
+EXPORT void envoy_dynamic_module_on_http_filter_per_route_config_destroy(void* c) { (void)c; }
+EXPORT int envoy_dynamic_module_on_http_filter_local_reply(void* f, void* s, uint32_t code,
+                                                           envoy_buffer details, bool reset) {
+  (void)f, (void)s, (void)code, (void)details, (void)reset;
+  return 0;
+}
+#define NOOP(hook) \
+  EXPORT void envoy_dynamic_module_on_http_filter_##hook(void) {}
+NOOP(scheduled)
+NOOP(http_callout_done)
+NOOP(http_stream_headers)
+NOOP(http_stream_data)
+NOOP(http_stream_trailers)
+NOOP(http_stream_complete)
+NOOP(http_stream_reset)
+NOOP(downstream_above_write_buffer_high_watermark)
+NOOP(downstream_below_write_buffer_low_watermark)
+NOOP(config_scheduled)
+NOOP(config_http_callout_done)
+NOOP(config_http_stream_headers)
+NOOP(config_http_stream_data)
+NOOP(config_http_stream_trailers)
+NOOP(config_http_stream_complete)
+NOOP(config_http_stream_reset)

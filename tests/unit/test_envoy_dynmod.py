@@ -1,0 +1,302 @@
+"""The C dynamic module (native/switchyard_edge.c) hook by hook against a FAKE Envoy host
+(tests/native/fake_envoy_host.c): what the listener Lua does (lua.py, rewrite.py), in C.
+The module inside the real Envoy binary: tests/integration/test_envoy_dynmod.py."""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import pytest
+from envoy.config.bootstrap.v3 import bootstrap_pb2
+from envoy.extensions.filters.http.dynamic_modules.v3 import dynamic_modules_pb2 as _dm_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from google.protobuf import json_format
+from google.protobuf import wrappers_pb2 as _wrappers_pb2  # noqa: F401
+
+from benchmarks import envoy_configs as ec
+from benchmarks.envoy_dynmod import DM_VARIANTS
+from placement.errors import InvalidRequest
+from services.edge import wire
+from services.xds import lua, native, rewrite
+from tests.native.envoy_host import RESPONSE_HEADER, RESPONSE_TRAILER, FakeEnvoyHost, build
+
+INFER = lua.INFER_PATH
+CONTINUE, STOP = 0, 1
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory: pytest.TempPathFactory) -> FakeEnvoyHost:
+    return FakeEnvoyHost(build(tmp_path_factory.mktemp("dm")))
+
+
+def _listener(host: FakeEnvoyHost, slow: bool = False) -> FakeEnvoyHost:
+    assert host.new_config("listener", f"margin=5.0;slow={int(slow)}")
+    return host
+
+
+def _frame(message: bytes, compressed: bool = False) -> bytes:
+    return bytes([1 if compressed else 0]) + len(message).to_bytes(4, "big") + message
+
+
+def _request(name: str, extra: bytes = b"") -> bytes:
+    return _frame(wire.encode_name_field(name) + b"\x12\x02v1" + extra)
+
+
+def test_the_module_reports_the_abi_version_of_the_pinned_envoy(host: FakeEnvoyHost) -> None:
+    assert host.abi_version() == "v0.2.0"
+
+
+def test_an_unknown_filter_name_is_refused(host: FakeEnvoyHost) -> None:
+    assert not host.new_config("listner")
+
+
+def test_the_model_name_is_routed_on_and_a_callers_own_headers_removed(
+        host: FakeEnvoyHost) -> None:
+    _listener(host).start({":path": INFER, lua.MODEL_HEADER: "forged", lua.PATH_HEADER: "slow"},
+                          _request("tiny"))
+    assert host.request_headers() == STOP  # waits for the body
+    assert host.header(lua.MODEL_HEADER) is None and host.header(lua.PATH_HEADER) is None
+    assert host.request_body() == CONTINUE
+    assert host.header(lua.MODEL_HEADER) == "tiny"
+    assert host.cleared() == 1
+    assert host.reply() is None
+
+
+def test_the_last_field_one_wins_as_in_a_protobuf_parser(host: FakeEnvoyHost) -> None:
+    body = _frame(wire.encode_name_field("a") + wire.encode_name_field("b"))
+    _listener(host).start({":path": INFER}, body)
+    host.request_headers()
+    host.request_body()
+    assert host.header(lua.MODEL_HEADER) == "b" == wire.scan_model_name(body[5:])
+
+
+def test_a_body_split_between_buffered_and_received_is_read_whole(host: FakeEnvoyHost) -> None:
+    body = _request("split-model")
+    _listener(host).start({":path": INFER}, body[9:], buffered=body[:9])
+    host.request_headers()
+    assert host.request_body() == CONTINUE
+    assert host.header(lua.MODEL_HEADER) == "split-model"
+
+
+@pytest.mark.parametrize("message", [
+    b"\x0a\x05ab",  # truncated field
+    b"\x0a",  # truncated varint
+    b"\x02\x01",  # field number 0
+    b"\x0b\x01",  # wire type 3
+    b"\x12\x02v1",  # no name
+    b"\x0a\x00",  # empty name
+    b"\x0d\x01\x02",  # truncated fixed32
+])
+def test_bytes_the_walk_cannot_read_are_invalid_argument_as_in_python(
+        host: FakeEnvoyHost, message: bytes) -> None:
+    with pytest.raises(InvalidRequest):
+        wire.scan_model_name(message)
+    _listener(host).start({":path": INFER}, _frame(message))
+    host.request_headers()
+    host.request_body()
+    reply = host.reply()
+    assert reply is not None and reply[0] == 3, reply
+    assert host.header(lua.MODEL_HEADER) is None
+
+
+def test_a_compressed_request_is_unimplemented_and_a_missing_body_invalid(
+        host: FakeEnvoyHost) -> None:
+    _listener(host).start({":path": INFER}, _frame(b"\x0a\x01a", compressed=True))
+    host.request_headers()
+    host.request_body()
+    assert host.reply() == (12, "compressed requests are not routed by the Envoy edge; "
+                                "send them uncompressed")
+    _listener(host).start({":path": INFER})
+    assert host.request_headers(end_of_stream=True) == STOP
+    reply = host.reply()
+    assert reply is not None and reply[0] == 3 and "(no body)" in reply[1]
+
+
+@pytest.mark.parametrize(("headers", "expected"), [
+    ({"x-slo-ms": "250.9"}, "250"),
+    ({"grpc-timeout": "2S"}, "1995"),
+    ({"grpc-timeout": "3m"}, "1"),
+    ({}, None),
+])
+def test_the_slo_class_header_is_whole_ms_rounded_down(
+        host: FakeEnvoyHost, headers: dict[str, str], expected: str | None) -> None:
+    _listener(host).start({":path": INFER, **headers}, _request("m"))
+    host.request_headers()
+    assert host.header(lua.SLO_HEADER) == expected
+
+
+@pytest.mark.parametrize(("value", "why"), [
+    ("fast", "must be a number of milliseconds"),
+    ("0", "must be a number of milliseconds"),
+    (["100", "200"], "repeated with a different value '200'"),
+])
+def test_a_bad_slo_is_invalid_argument_with_the_python_edges_words(
+        host: FakeEnvoyHost, value: str | list[str], why: str) -> None:
+    _listener(host).start({":path": INFER, "x-slo-ms": value}, _request("m"))
+    assert host.request_headers() == STOP
+    reply = host.reply()
+    assert reply is not None and reply[0] == 3 and why in reply[1], reply
+
+
+def test_hints_take_the_slow_path_or_are_refused_without_one(host: FakeEnvoyHost) -> None:
+    _listener(host, slow=True).start({":path": INFER, "x-max-cost-usd": "0.1"}, _request("m"))
+    assert host.request_headers() == CONTINUE
+    assert host.header(lua.PATH_HEADER) == "slow" and host.cleared() == 1
+    _listener(host, slow=False).start({":path": INFER, "x-max-cost-usd": "0.1"}, _request("m"))
+    assert host.request_headers() == STOP
+    reply = host.reply()
+    assert reply is not None and reply[0] == 12 and "hint x-max-cost-usd" in reply[1]
+
+
+@pytest.mark.parametrize(("tenants", "headers", "slow"), [
+    ("credential", {"authorization": "Bearer k"}, True),
+    ("credential", {"x-tenant": "acme"}, True),
+    ("credential", {}, False),
+    ("all", {}, True),
+    ("off", {"authorization": "Bearer k"}, False),
+])
+def test_tenants_calls_go_to_the_slow_paths_gate_as_configured(
+        host: FakeEnvoyHost, tenants: str, headers: dict[str, str], slow: bool) -> None:
+    assert host.new_config("listener", f"margin=5.0;slow=1;tenants={tenants}")
+    host.start({":path": INFER, **headers}, _request("m"))
+    assert host.request_headers() == (CONTINUE if slow else STOP)
+    assert (host.header(lua.PATH_HEADER) == "slow") is slow
+
+
+def test_an_unknown_tenants_mode_is_refused_in_python() -> None:
+    with pytest.raises(ValueError, match="tenants="):
+        native.listener_filter(5.0, True, tenants="some")
+
+
+def test_streams_go_to_the_slow_path_and_other_rpcs_pass_untouched(host: FakeEnvoyHost) -> None:
+    _listener(host, slow=True).start({":path": lua.SERVICE_PATH + "ModelStreamInfer"})
+    assert host.request_headers() == CONTINUE and host.header(lua.PATH_HEADER) == "slow"
+    _listener(host).start({":path": "/grpc.health.v1.Health/Check"})
+    assert host.request_headers() == CONTINUE
+    assert host.header(lua.PATH_HEADER) is None and host.cleared() == 0
+
+
+def test_the_first_variant_is_appended_once_and_named(host: FakeEnvoyHost) -> None:
+    body = _request("tiny")
+    _listener(host).start({":path": INFER}, body)
+    host.metadata(lua.LISTENER_FILTER, rewrite.FIRST_VARIANT_KEY, "tiny-v1")
+    host.request_headers()
+    host.request_body()
+    out = host.body()
+    assert out == _frame(body[5:] + wire.encode_name_field("tiny-v1"))
+    assert wire.scan_model_name(out[5:]) == "tiny-v1"
+    assert host.header(rewrite.NAMED_HEADER) == "tiny-v1"
+    assert host.header(lua.MODEL_HEADER) == "tiny"  # the route still matches the model
+
+
+def test_no_append_when_the_body_already_names_the_first_variant(host: FakeEnvoyHost) -> None:
+    body = _request("tiny-v1")
+    _listener(host).start({":path": INFER}, body)
+    host.metadata(lua.LISTENER_FILTER, rewrite.FIRST_VARIANT_KEY, "tiny-v1")
+    host.request_headers()
+    host.request_body()
+    assert host.body() == body and host.header(rewrite.NAMED_HEADER) is None
+
+
+def test_upstream_the_body_changes_only_for_another_variant(host: FakeEnvoyHost) -> None:
+    assert host.new_config("rewrite")
+    body = _request("tiny")
+    host.start({lua.MODEL_HEADER: "tiny", rewrite.NAMED_HEADER: "tiny-v1",
+                lua.VARIANT_HEADER: "tiny-v1"}, body)
+    assert host.request_headers() == CONTINUE  # already named: the body is not even buffered
+    assert host.body() == body and host.header(lua.VARIANT_HEADER) is None
+    host.start({lua.MODEL_HEADER: "tiny", rewrite.NAMED_HEADER: "tiny-v1",
+                lua.VARIANT_HEADER: "tiny-v2"}, body)
+    assert host.request_headers() == STOP
+    assert host.request_body() == CONTINUE
+    assert wire.scan_model_name(host.body()[5:]) == "tiny-v2"
+    assert host.header(rewrite.NAMED_HEADER) is None
+
+
+def _served(host: FakeEnvoyHost, slo_ms: str | None) -> None:
+    headers = {":path": INFER, **({"x-slo-ms": slo_ms} if slo_ms else {})}
+    _listener(host).start(headers, _request("tiny"))
+    host.metadata(native.COST_NAMESPACE, "b/tiny-v1", "0.0000002500")
+    host.metadata(native.FEASIBLE_NAMESPACE, "b/tiny-v1", True)
+    host.metadata(lua.LISTENER_FILTER, "slo_ms", 1000.0)
+    host.request_headers()
+    host.request_body()
+
+
+def test_an_ok_answer_gets_cost_and_slo_met_trailers(host: FakeEnvoyHost) -> None:
+    _served(host, None)
+    host.response({":status": "200"}, {"grpc-status": "0", "x-served-by": "b/tiny-v1"})
+    assert host.header("x-cost-usd", RESPONSE_TRAILER) == "0.0000002500"
+    assert host.header("x-slo-met", RESPONSE_TRAILER) == "true"
+
+
+def test_an_slo_no_answer_could_meet_is_reported_missed(host: FakeEnvoyHost) -> None:
+    _served(host, "0.001")
+    host.response({":status": "200"}, {"grpc-status": "0", "x-served-by": "b/tiny-v1"})
+    assert host.header("x-slo-met", RESPONSE_TRAILER) == "false"
+
+
+def test_errors_and_unknown_deployments_get_no_cost_trailers(host: FakeEnvoyHost) -> None:
+    _served(host, None)
+    host.response({":status": "200"}, {"grpc-status": "14", "x-served-by": "b/tiny-v1"})
+    assert host.header("x-cost-usd", RESPONSE_TRAILER) is None
+    _served(host, None)
+    host.response({":status": "200"}, {"grpc-status": "0", "x-served-by": "elsewhere"})
+    assert host.header("x-cost-usd", RESPONSE_TRAILER) is None
+
+
+def test_a_trailers_only_answer_carries_the_routes_path(host: FakeEnvoyHost) -> None:
+    _listener(host).start({":path": INFER}, _request("tiny"))
+    host.metadata(lua.LISTENER_FILTER, "path", "envoy")
+    host.request_headers()
+    host.request_body()
+    host.response({":status": "200", "grpc-status": "14"}, {})
+    assert host.header(lua.PATH_TRAILER, RESPONSE_HEADER) == "envoy"
+
+
+# --- the config the benchmark and placement would push ---------------------------------------
+
+def test_the_filters_parse_as_envoy_config() -> None:
+    for f in (native.listener_filter(5.0, True), native.rewrite_filter()):
+        msg = json_format.ParseDict(f, hcm_pb2.HttpFilter())
+        inner = _dm_pb2.DynamicModuleFilter()
+        assert msg.typed_config.Unpack(inner)
+        assert inner.dynamic_module_config.name == native.MODULE_NAME
+    assert "slow=1" in native.listener_filter(5.0, True)["typed_config"]["filter_config"]["value"]
+    boot = DM_VARIANTS[1].bootstrap("127.0.0.1:1", "127.0.0.1:2", 3, 4)
+    json_format.ParseDict(boot, bootstrap_pb2.Bootstrap())
+
+
+def _hcm(boot: dict[str, Any]) -> dict[str, Any]:
+    hcm: dict[str, Any] = (boot["static_resources"]["listeners"][0]["filter_chains"][0]
+                           ["filters"][0]["typed_config"])
+    return hcm
+
+
+def test_sy_dm_swaps_only_the_two_lua_filters_and_flattens_cost() -> None:
+    sy = ec.VARIANTS["sy"].bootstrap("127.0.0.1:1", "127.0.0.1:2", 3, 4)
+    dm = DM_VARIANTS[1].bootstrap("127.0.0.1:1", "127.0.0.1:2", 3, 4)
+    assert [f["name"] for f in _hcm(sy)["http_filters"]] == \
+        [f["name"] for f in _hcm(dm)["http_filters"]]
+    types = {f["typed_config"]["@type"].rsplit(".", 1)[-1] for f in _hcm(dm)["http_filters"]}
+    assert "Lua" not in types and "DynamicModuleFilter" in types
+    agg = {c["name"]: c for c in dm["static_resources"]["clusters"]}[ec.AGG_CLUSTER]
+    up = agg["typed_extension_protocol_options"][ec.PROTOCOL_OPTIONS]["http_filters"]
+    assert all("Lua" not in f["typed_config"]["@type"] for f in up)
+    routes = _hcm(dm)["route_config"]["virtual_hosts"][0]["routes"]
+    md = [r["metadata"]["filter_metadata"] for r in routes
+          if "cost" in r.get("metadata", {}).get("filter_metadata", {}).get(
+              lua.LISTENER_FILTER, {})]
+    assert md and all(m[native.COST_NAMESPACE] == m[lua.LISTENER_FILTER]["cost"] for m in md)
+    assert all(set(m[native.FEASIBLE_NAMESPACE]) == set(m[lua.LISTENER_FILTER]["feasible"])
+               for m in md)
+
+
+def test_the_module_is_found_where_envoy_will_look(tmp_path: pathlib.Path) -> None:
+    assert not native.available(tmp_path)
+    (tmp_path / "libswitchyard_edge.so").write_bytes(b"")
+    assert native.available(tmp_path)
+    assert native.envoy_env(tmp_path)[native.SEARCH_PATH_ENV] == str(tmp_path)
