@@ -30,7 +30,16 @@ from benchmarks.common import progress
 from benchmarks.costsim import provisioned as sim
 from benchmarks.costsim.provisioned_fleets import PlannerFleet, ReactiveFleet
 from benchmarks.costsim.scenario import Scenario, load_scenario
-from benchmarks.provisioned import BEFORE, PLANNER, SCENARIOS, PlannerConfig, planner_fleet, setup
+from benchmarks.provisioned import (
+    BEFORE,
+    PLANNER,
+    SCENARIOS,
+    SEED,
+    SYNC_S,
+    PlannerConfig,
+    planner_fleet,
+    setup,
+)
 
 CAUSES = ("outage", "reclaim", "cold start", "under forecast", "steady")
 
@@ -101,7 +110,7 @@ def diagnose(s: Scenario, quick: bool, configs: list[PlannerConfig], hpa: bool) 
     results = []
     for f in fleets:
         rec, trace = Recorded(f), list[sim.Bucket]()
-        r = sim.simulate(s, su.base, rec, su.today, sim_seed(), trace=trace)
+        r = sim.simulate(s, su.base, rec, su.today, sim_seed(), trace=trace, sync_s=SYNC_S)
         results.append(r)
         by = causes(trace, rec.planned, su.bucket_s)
         od = sum(h for pid, h in r.gpu_hours_by_pool.items() if kinds[pid] != "spot")
@@ -124,7 +133,6 @@ def diagnose(s: Scenario, quick: bool, configs: list[PlannerConfig], hpa: bool) 
 
 
 def sim_seed() -> int:
-    from benchmarks.provisioned import SEED
     return SEED + 2
 
 

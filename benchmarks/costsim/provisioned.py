@@ -111,7 +111,7 @@ class Router:
             self.options[k] = [(pid, vn, rho, s) for _, pid, vn, rho, s in opts]
             self.any_fit[k] = sorted(fits)
 
-    def route(self, rates: Mapping[ClassKey, float], ready: Mapping[str, int],
+    def route(self, rates: Mapping[ClassKey, float], ready: Mapping[str, float],
               loaded: Mapping[str, frozenset[str]], down: frozenset[str]) -> Routed:
         """The better (more calls within SLO) of loosest-first and tightest-first."""
         loose = self._route(rates, ready, loaded, down, lambda k: (-k.slo_ms, k.min_quality, k))
@@ -120,7 +120,7 @@ class Router:
         tight = self._route(rates, ready, loaded, down, lambda k: (k.slo_ms, -k.min_quality, k))
         return tight if tight.met > loose.met else loose
 
-    def _route(self, rates: Mapping[ClassKey, float], ready: Mapping[str, int],
+    def _route(self, rates: Mapping[ClassKey, float], ready: Mapping[str, float],
                loaded: Mapping[str, frozenset[str]], down: frozenset[str],
                order: Callable[[ClassKey], tuple[float, float, ClassKey]]) -> Routed:
         servers = {pid: n * self.servers_per_gpu[pid] for pid, n in ready.items()
@@ -245,9 +245,22 @@ class _Clock:
 
 
 def simulate(s: Scenario, problem: Problem, fleet: Fleet, demand: list[dict[ClassKey, float]],
-             seed: int, trace: list[Bucket] | None = None) -> DayResult:
+             seed: int, trace: list[Bucket] | None = None,
+             sync_s: float | None = None) -> DayResult:
     """One day of ``fleet`` on ``demand`` (one dict of calls/s per bucket, the day split
-    evenly); ``trace`` gets one :class:`Bucket` per bucket."""
+    evenly); ``trace`` gets one :class:`Bucket` per bucket.
+
+    ``sync_s``: the fleet acts ``sync_s`` into each bucket on that bucket's demand (a
+    controller that syncs every 15 s sees a step in demand within one sync), and a GPU
+    serves from the moment it is ready, pro rata of the bucket (time-averaged capacity).
+    ``None``: the fleet acts at the end of each bucket and a GPU serves from the first
+    bucket that starts after it is ready, so a reaction takes effect one to two buckets
+    late (10 minutes in 5-minute buckets against a real HPA's ~3.5: sync + cold start).
+
+    A fleet whose pools scale independently (``independent_pools``, the HPA: one
+    autoscaler per workload) removes a pool's surplus when that pool has nothing booting;
+    the others only when nothing in the fleet boots (make before break).
+    """
     bucket_s = DAY_S / len(demand)
     clock = _Clock(-PROVISION_DELAY_S)
     pools = {p.id: p for p in problem.pools}
@@ -258,17 +271,22 @@ def simulate(s: Scenario, problem: Problem, fleet: Fleet, demand: list[dict[Clas
     rng = np.random.default_rng(seed)
     router = Router(problem, keys(s))
     reclaimed = 0
+    ready_at: dict[str, float] = {}  # instance id -> when it serves
+    independent = bool(getattr(fleet, "independent_pools", False))
 
     def reconcile(down: frozenset[str]) -> None:
         targets = fleet.targets()
         for pid in sorted(pools):
             want, have = targets.get(pid, 0), len(mine[pid])
             if want > have and pid not in down:
-                mine[pid] += _finish(provider.add(pid, want - have))
-        booting = any(len(mine[pid]) > len(provider.instances(pid)) for pid in pools)
+                added = _finish(provider.add(pid, want - have))
+                ready_at.update((i.id, clock.now_s + PROVISION_DELAY_S) for i in added)
+                mine[pid] += added
+        boots = {pid for pid in pools
+                 if any(ready_at[i.id] > clock.now_s for i in mine[pid])}
         for pid in sorted(pools):
             surplus = len(mine[pid]) - targets.get(pid, 0)
-            if surplus > 0 and not booting:
+            if surplus > 0 and not (pid in boots if independent else boots):
                 for inst in mine[pid][-surplus:]:
                     _finish(provider.remove(inst))
                 del mine[pid][-surplus:]
@@ -294,7 +312,16 @@ def simulate(s: Scenario, problem: Problem, fleet: Fleet, demand: list[dict[Clas
                 lost = int(rng.binomial(n, SPOT_RECLAIMS_PER_GPU_HOUR * bucket_s / 3600.0))
                 reclaimed += _take(provider, mine, pid, lost) if lost else 0
         ready = {pid: len(provider.instances(pid)) for pid in pools}
-        r = router.route(rates, ready, fleet.loaded(), down)
+        t0, t1 = b * bucket_s, (b + 1) * bucket_s
+        if sync_s is not None:
+            probe = router.route(rates, _served(mine, ready_at, t0, t1), fleet.loaded(), down)
+            clock.now_s = t0 + sync_s
+            fleet.control(Observed(clock.now_s, rates, probe.work, ready,
+                                   {pid: len(v) for pid, v in mine.items()}, down, bucket_s))
+            reconcile(down)
+            r = router.route(rates, _served(mine, ready_at, t0, t1), fleet.loaded(), down)
+        else:
+            r = router.route(rates, ready, fleet.loaded(), down)
         total = sum(rates.values())
         calls += total * bucket_s
         met += r.met * bucket_s
@@ -304,15 +331,23 @@ def simulate(s: Scenario, problem: Problem, fleet: Fleet, demand: list[dict[Clas
             trace.append(Bucket(b * bucket_s, total, r.met, r.late, r.failed, ready,
                                 {pid: len(v) for pid, v in mine.items()},
                                 reclaimed - lost_before, down))
-        clock.now_s = (b + 1) * bucket_s
-        fleet.control(Observed(clock.now_s, rates, r.work, ready,
-                               {pid: len(v) for pid, v in mine.items()}, down, bucket_s))
-        reconcile(down_pools(s, clock.now_s))
+        clock.now_s = t1
+        if sync_s is None:
+            fleet.control(Observed(clock.now_s, rates, r.work, ready,
+                                   {pid: len(v) for pid, v in mine.items()}, down, bucket_s))
+            reconcile(down_pools(s, clock.now_s))
     usd = provider.billed_usd() - billed0
     gpu_h = (sum(provider.gpu_seconds(pid) for pid in pools) - hours0) / 3600.0
     return DayResult(fleet.name, calls, met, late, failed, usd, gpu_h, reclaimed,
                      gpu_hours_by_pool={pid: (provider.gpu_seconds(pid) - seconds0[pid]) / 3600.0
                                         for pid in sorted(pools)})
+
+
+def _served(mine: Mapping[str, list[Instance]], ready_at: Mapping[str, float], t0: float,
+            t1: float) -> dict[str, float]:
+    """GPUs per pool averaged over ``[t0, t1]``: each counts for the share it was ready."""
+    return {pid: sum(min(1.0, max(0.0, (t1 - max(ready_at[i.id], t0)) / (t1 - t0)))
+                     for i in insts) for pid, insts in mine.items()}
 
 
 def _take(provider: SimulatedProvider, mine: dict[str, list[Instance]], pid: str,

@@ -4,10 +4,12 @@
   peak rate of the day);
 - :class:`ReactiveFleet`: a per-pool autoscaler like a Kubernetes HPA on the static fleet's
   pools and variants: ``desired = ceil(busy servers / (concurrency × target))``, no change
-  within a 10 % tolerance, scale-up at once (at most ×2 or +4 GPUs per step), scale-down to
-  the highest recommendation of the last ``down_window_s`` (HPA's stabilisation window,
+  within a 10 % tolerance, scale-up at once (at most ×2 or +4 GPUs per 15-second sync,
+  compounded over the syncs of a bucket: Kubernetes' default scale-up policies), scale-down
+  to the highest recommendation of the last ``down_window_s`` (HPA's stabilisation window,
   300 s); the target utilisation per pool is 0.9 × the cap its SLOs allow (the static plan's
-  ``utilisation_cap``), at least one GPU per pool;
+  ``utilisation_cap``: what a load test against the SLO would find), at least one GPU per
+  pool; each pool scales on its own (``independent_pools``: one HPA per workload);
 - :class:`SkyServeFleet`: SkyServe-like spot/on-demand mix: each static pool becomes a group
   of the cheapest spot pool and the cheapest on-demand pool in its region that may load its
   variants; the group's replicas are sized like the HPA but with SkyServe's default
@@ -89,7 +91,22 @@ def _desired(work: float, servers_per_gpu: int, target: float, current: int) -> 
     return math.ceil(work / (servers_per_gpu * target) - 1e-9)
 
 
+HPA_SYNC_S = 15.0  # --horizontal-pod-autoscaler-sync-period's default
+
+
+def _scale_up_limit(current: int, bucket_s: float) -> int:
+    """Kubernetes' default: per sync, the larger of +100 % and +4 pods."""
+    limit = current
+    for _ in range(max(1, round(bucket_s / HPA_SYNC_S))):
+        limit = max(2 * limit, limit + 4)
+        if limit > 100_000:
+            break
+    return limit
+
+
 class ReactiveFleet:
+    independent_pools = True
+
     def __init__(self, base: Plan, pools: Mapping[str, PlanPool], target_share: float = 0.9,
                  down_window_s: float = 300.0, name: str = "reactive autoscaler (HPA)") -> None:
         self.name = name
@@ -104,7 +121,7 @@ class ReactiveFleet:
             cur = self._gpus[pid]
             want = _desired(seen.work.get(pid, 0.0), p.concurrency_per_gpu, self._target[pid],
                             seen.ready.get(pid, 0))
-            want = min(max(want, 1), p.max_gpus, max(2 * cur, cur + 4))
+            want = min(max(want, 1), p.max_gpus, _scale_up_limit(cur, seen.bucket_s))
             self._gpus[pid] = self._stab[pid].step(seen.now_s, want, cur)
 
     def targets(self) -> Mapping[str, int]:
