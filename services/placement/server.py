@@ -46,6 +46,13 @@ _SCOPES = {placement_pb2.AVAILABILITY_SCOPE_BACKEND: "backend",
            placement_pb2.AVAILABILITY_SCOPE_CLOUD: "cloud"}
 
 
+def _usable(signature: tuple[object, ...] | None) -> object:
+    """The part of a backend's change signature (``FleetState``) that decides whether its
+    rows may be used at all: readiness, the hardware verdict, each variant's readiness
+    (None before its first report)."""
+    return None if signature is None else signature[0]
+
+
 class PlacementService(placement_pb2_grpc.PlacementServicer):
     def __init__(self, fleet: FleetState, prices: PriceCatalog, builder: RouteBuilder,
                  hub: RouteHub, metrics: PlacementMetrics, slo_margin_ms: float = 2.0,
@@ -110,6 +117,7 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
             async for message in request_iterator:
                 now = self.clock()
                 took = 0
+                flipped: list[str] = []
                 try:
                     # An agent's round may come as one message (TelemetryReport.more).
                     for report in (message, *message.more) if message.more else (message,):
@@ -121,13 +129,20 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
                         if not self.owners.admit(report.backend_id, stream, label, now):
                             ignored += 1
                             continue
+                        state = self.fleet.backends[report.backend_id]
+                        usable = _usable(state.signature)
                         self.fleet.ingest(report.backend_id, snapshot_from_pb(report), now)
                         self.gpus[report.backend_id] = (report.gpus, report.unix_ms)
                         took += 1
+                        if usable is not None and _usable(state.signature) != usable:
+                            flipped.append(report.backend_id)
                 finally:  # what a batch took before a bad report counts and gets published
                     if took:
                         self.metrics.telemetry.inc(took)
                         accepted += took
+                        if flipped:  # ready <-> not ready, a hardware verdict: goes first
+                            self.hub.urgent(*flipped)
+                            flipped.clear()
                         self._changed()
         finally:
             self.owners.release(stream)
