@@ -182,6 +182,7 @@ class Edges:
         self.bytes = 0
         self.tasks: list[asyncio.Task[None]] = []
         self.channels: list[grpc.aio.Channel] = []
+        self.ended: list[str] = []  # watches that ended (status or error), one line each
 
     async def start(self) -> None:
         for i in range(self.count):
@@ -196,16 +197,29 @@ class Edges:
         req = placement_pb2.WatchRoutesRequest(edge_id=f"edge-{i}",
                                                edge_region=REGIONS[i % len(REGIONS)][0])
         probe = (PROBE + "/").encode()
-        async for raw in call(req):
-            now = time.monotonic()
-            self.updates += 1
-            self.bytes += len(raw)
-            at = raw.find(probe)
-            if at < 0:
-                continue
-            not_ready = raw.find(NOT_READY, at, at + 400) >= 0
-            if not_ready != self.state[i]:
-                self.state[i], self.changed_at[i] = not_ready, now
+        try:
+            async for raw in call(req):
+                now = time.monotonic()
+                self.updates += 1
+                self.bytes += len(raw)
+                at = raw.find(probe)
+                if at < 0:
+                    continue
+                not_ready = raw.find(NOT_READY, at, at + 400) >= 0
+                if not_ready != self.state[i]:
+                    self.state[i], self.changed_at[i] = not_ready, now
+            self.ended.append(f"edge-{i}: stream ended")
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # a watch that died must show, not look like a slow edge
+            self.ended.append(f"edge-{i}: {type(e).__name__}: {str(e)[:120]}")
+
+    def seen(self, not_ready: bool) -> str:
+        """How far a change got: edges that show it, never saw the probe, watch ended."""
+        shows = sum(1 for s in self.state if s == not_ready)
+        never = sum(1 for s in self.state if s is None)
+        return (f"{shows}/{self.count} edges show it, {never} never saw the probe, "
+                f"{len(self.ended)} watches ended{': ' + self.ended[0] if self.ended else ''}")
 
     async def wait_all(self, not_ready: bool, since: float, limit_s: float) -> float | None:
         deadline = since + limit_s
@@ -347,7 +361,8 @@ async def measure(gpus: int, edges: int, window_s: float, changes: int,
                         timeouts += 1
                     else:
                         delays.append(got * 1000)
-                    seen = f"timeout ({timeout_s:.0f} s)" if got is None else f"{got * 1e3:.0f} ms"
+                    seen = (f"timeout ({timeout_s:.0f} s; {fleet_edges.seen(not ready)})"
+                            if got is None else f"{got * 1e3:.0f} ms")
                     progress(f"controlplane: {gpus:,} GPUs change {k + 1}/{changes}: {seen}")
                     await asyncio.sleep(1.0)
                 stop.set()

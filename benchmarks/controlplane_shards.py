@@ -175,7 +175,8 @@ async def measure(gpus: int, edges: int, window_s: float, changes: int,
                     timeouts += 1
                 else:
                     delays.append(got * 1000)
-                seen = f"timeout ({timeout_s:.0f} s)" if got is None else f"{got * 1e3:.0f} ms"
+                seen = (f"timeout ({timeout_s:.0f} s; {watches[home].seen(not ready)})"
+                        if got is None else f"{got * 1e3:.0f} ms")
                 progress(f"controlplane_shards: {gpus:,} GPUs change {k + 1}/{changes}: {seen}")
                 await asyncio.sleep(1.0)
             stop.set()
