@@ -54,6 +54,20 @@ class ModelRoutes:
     default_feasible: frozenset[str] = frozenset()  # of ``default``, those meeting the SLO
     default_slo_ms: float | None = None
     cost_usd: Mapping[str, float] = field(default_factory=dict)  # per call, by deployment
+    # class index (None: the default route) -> weighted rotations of its order
+    # (``order.weighted``); a class without any routes to its one aggregate
+    rotations: Mapping[int | None, tuple[tuple[float, tuple[str, ...]], ...]] = field(
+        default_factory=dict)
+
+
+def rotation_cluster_name(model: str, slo_class: int | None, first: str) -> str:
+    """The aggregate of a class's order rotated to start at deployment ``first``."""
+    return f"{model_cluster_name(model, slo_class)}@{first}"
+
+
+def _weighted(model: str, slo_class: int | None, m: ModelRoutes) -> list[tuple[str, float]]:
+    return [(rotation_cluster_name(model, slo_class, order[0]), w)
+            for w, order in m.rotations.get(slo_class, ())]
 
 
 def _slow_path_route() -> dict[str, Any]:
@@ -93,12 +107,18 @@ def per_try_timeout_s(slo_ms: float, s: EnvoySettings) -> float:
 
 
 def _route_action(model: str, cluster: str, order: Sequence[str], s: EnvoySettings,
-                  slo_ms: float | None = None) -> dict[str, Any]:
+                  slo_ms: float | None = None,
+                  weighted: Sequence[tuple[str, float]] = ()) -> dict[str, Any]:
+    """``weighted``: (cluster, fraction) to split the calls over (Envoy picks one per call
+    by weight) instead of ``cluster``."""
     if not order:
         return {"direct_response": {"status": 503, "body": {
             "inline_string": f"no deployment may serve {model!r} now"}}}
+    target: dict[str, Any] = {"cluster": cluster} if not weighted else {
+        "weighted_clusters": {"clusters": [{"name": n, "weight": max(1, round(w * 1000))}
+                                           for n, w in weighted]}}
     return {"route": {
-        "cluster": cluster, "timeout": "0s",
+        **target, "timeout": "0s",
         "max_stream_duration": {"grpc_timeout_header_max": "0s"},
         "retry_policy": {
             "retry_on": "unavailable,reset,connect-failure,refused-stream",
@@ -127,11 +147,11 @@ def _model_routes(model: str, m: ModelRoutes, s: EnvoySettings) -> list[dict[str
         routes.append({"name": f"{model} slo [{k.lo}, {k.hi or ''})",
                        "match": {"prefix": "/", "headers": [is_model, in_class]},
                        **_route_action(model, model_cluster_name(model, i), k.order, s,
-                                       k.lo),
+                                       k.lo, _weighted(model, i, m)),
                        **_trailer_metadata(m, k.feasible, None, k.order)})
     routes.append({"name": model, "match": {"prefix": "/", "headers": [is_model]},
                    **_route_action(model, model_cluster_name(model), m.default, s,
-                                   m.default_slo_ms),
+                                   m.default_slo_ms, _weighted(model, None, m)),
                    **_trailer_metadata(m, m.default_feasible, m.default_slo_ms, m.default)})
     return routes
 
