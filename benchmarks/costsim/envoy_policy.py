@@ -8,7 +8,7 @@ compiled by ``services.xds.order.weighted``: the failover order with the miss ma
 placement learned for the class from the edge's access log (``placement.feedback``, fed one
 entry per served call: duration, ``x-served-by``, the SLO header), and the split of the
 class's calls over its feasible deployments (``placement.splits``: the class's calls/s from
-the access log since the last push, averaged over ``RATE_TIME_CONSTANT_S``, against the
+the access log since the last push, averaged as ``placement.edge_learning`` does, against the
 edge's slot shares, less what its slow path reported sending), pushed as weighted
 rotations of the order. ``split=False, learn_margins=False`` is the order alone, as before.
 The rules Envoy applies to that order are read from the resources ``services.xds.resources``
@@ -61,6 +61,7 @@ when their time is up).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from dataclasses import dataclass, field
@@ -70,7 +71,7 @@ from benchmarks.costsim.control import ControlPlane
 from benchmarks.costsim.policies import Attempt, Policy
 from benchmarks.costsim.scenario import CallClass
 from placement import queueing
-from placement.feedback import SloFeedback
+from placement.edge_learning import EdgeLearning, Learned
 from placement.model import Candidate
 from placement.pipeline import Profile
 from placement.registry import build_profile
@@ -83,9 +84,6 @@ from services.xds.order import ClassDemand, WeightedOrder, weighted
 DEFAULT_MAX_REQUESTS = 1024
 DEFAULT_MAX_RETRIES = 3
 DEFAULT_MAX_EJECTION_S = 300.0
-# Placement's estimate of a class's calls/s from the access log: an exponential average
-# over this many seconds (at a push every second, a few pushes' worth of calls).
-RATE_TIME_CONSTANT_S = 5.0
 # Sim statuses by the retry_on conditions that cover them: a backend that is down refuses
 # the connection or resets the streams it had (UNAVAILABLE to gRPC); a full Triton queue
 # answers RESOURCE_EXHAUSTED.
@@ -165,12 +163,8 @@ class _Edge:
     retries: dict[tuple[str, float], int] = field(default_factory=dict)  # per aggregate
     hosts: dict[str, _Host] = field(default_factory=dict)
     limits: dict[str, int] = field(default_factory=dict)  # max_requests, when per cluster
-    # placement's side, from this edge's access log and its slow path's reports:
-    arrivals: dict[ClassKey, int] = field(default_factory=dict)  # since the last push
-    rates: dict[ClassKey, float] = field(default_factory=dict)  # calls/s per class
-    slow_calls: dict[str, int] = field(default_factory=dict)  # slow path, since the last push
-    slow_rates: dict[str, float] = field(default_factory=dict)  # calls/s per deployment
-    feedback: SloFeedback = field(default_factory=SloFeedback)
+    # placement's side: what it learns of this edge from its access log and slow path
+    learning: EdgeLearning = field(default_factory=EdgeLearning)
     # what was pushed: the tables it was compiled from, when, and the routes per class
     tables: dict[str, list[Candidate]] = field(default_factory=dict)
     pushed_at: float | None = None
@@ -230,17 +224,9 @@ class EnvoyPolicy:
 
     def _compile(self, edge_id: str, edge: _Edge, now: float) -> None:
         """What placement pushes this edge: every class it has seen, compiled together
-        from the tables as they reach Envoy (the wire conversion), the class rates and slow
-        path rates from the reports since the last push, the margins learned so far."""
+        from the tables as they reach Envoy (the wire conversion) with what placement
+        learned of the edge since the last push (``placement.edge_learning``)."""
         self.pushes += 1
-        if edge.pushed_at is not None and now > edge.pushed_at:
-            dt = now - edge.pushed_at
-            alpha = 1.0 - math.exp(-dt / RATE_TIME_CONSTANT_S)
-            for rates, seen in ((edge.rates, edge.arrivals), (edge.slow_rates, edge.slow_calls)):
-                for k in set(rates) | set(seen):
-                    rates[k] = rates.get(k, 0.0) + alpha * (seen.get(k, 0) / dt - rates.get(k, 0.0))
-                seen.clear()
-        edge.pushed_at = now
         wire: dict[str, list[Candidate]] = {}
         for (model, e), table in self._control.tables.items():
             if e == edge_id:
@@ -249,23 +235,22 @@ class EnvoyPolicy:
         if self.rules.breakers_from_shares:
             edge.limits.update({c.deployment_id: max(1, math.ceil(c.slots))
                                 for cands in wire.values() for c in cands})
-        by_id = {c.deployment_id: c for cands in wire.values() for c in cands}
-        reserved: dict[str, float] = {}
-        for dep, r in edge.slow_rates.items():
-            c = by_id.get(dep)
-            if c is not None:
-                reserved[c.backend_id] = reserved.get(c.backend_id, 0.0) + r * c.compute_ms / 1e3
-        demands = [self._demand(edge, k, wire, now) for k in sorted(set(edge.rates) | set(edge.plan))
+        learned = edge.learning.learned(now, {c.deployment_id: c for cands in wire.values()
+                                              for c in cands})
+        if not self.learn_margins:
+            learned = dataclasses.replace(learned, margins={})
+        demands = [self._demand(k, wire, learned) for k in sorted(set(learned.rates)
+                                                                   | set(edge.plan))
                    if k[0] in wire]
-        edge.plan = weighted(demands, self.profile, self.slo_margin_ms, reserved, self.tail)
+        edge.plan = weighted(demands, self.profile, self.slo_margin_ms, learned.reserved,
+                             self.tail)
 
-    def _demand(self, edge: _Edge, k: ClassKey, wire: dict[str, list[Candidate]],
-                now: float) -> ClassDemand:
+    def _demand(self, k: ClassKey, wire: dict[str, list[Candidate]],
+                learned: Learned) -> ClassDemand:
         model, slo, floor = k
-        cands = [c for c in wire[model] if c.quality >= floor]
-        margins = dict(edge.feedback.margins(slo, now)) if self.learn_margins else {}
-        return ClassDemand(k, cands, float(slo), edge.rates.get(k, 0.0) if self.split else 0.0,
-                           margins)
+        return ClassDemand(k, [c for c in wire[model] if c.quality >= floor], float(slo),
+                           learned.rates.get(k, 0.0) if self.split else 0.0,
+                           learned.margins.get(k, {}))
 
     def routes(self, edge_id: str, k: ClassKey, now: float) -> WeightedOrder:
         edge = self._edge(edge_id, now)
@@ -273,7 +258,7 @@ class EnvoyPolicy:
         if got is None:  # a class first seen since the push: its order, no split yet
             tables = {k[0]: [candidate_from_pb(candidate_to_pb(c))
                              for c in self._control.tables[(k[0], edge_id)]]}
-            got = edge.plan[k] = weighted([self._demand(edge, k, tables, now)], self.profile,
+            got = edge.plan[k] = weighted([self._demand(k, tables, Learned())], self.profile,
                                           self.slo_margin_ms, tail=self.tail)[k]
         return got
 
@@ -303,7 +288,7 @@ class EnvoyPolicy:
         routes = self.routes(a.edge, key, a.now)
         order = routes.order
         if not retry:
-            edge.arrivals[key] = edge.arrivals.get(key, 0) + 1
+            edge.learning.call(key, k.slo_ms)
             if routes.rotations:  # Envoy's weighted_clusters: one random pick per call
                 order = self.rng.choices([o for _, o in routes.rotations],
                                          weights=[w for w, _ in routes.rotations])[0]
@@ -328,7 +313,7 @@ class EnvoyPolicy:
         if self.slow_path is not None and a.klass.min_quality > 0:
             self.slow_path.result(a, deployment_id, latency_ms, status, now)
             if status == "ok":  # the slow path's own report: calls/s per deployment
-                edge.slow_calls[deployment_id] = edge.slow_calls.get(deployment_id, 0) + 1
+                edge.learning.other_path(deployment_id)
             return
         if edge.inflight.get(deployment_id, 0) > 0:
             edge.inflight[deployment_id] -= 1
@@ -341,8 +326,7 @@ class EnvoyPolicy:
             self._control.record(a.edge, deployment_id, latency_ms, True)
             # the access log's entry (duration, x-served-by, the SLO header): placement
             # learns this class's miss margins from it
-            edge.feedback.record(deployment_id, a.klass.slo_ms, latency_ms <= a.klass.slo_ms,
-                                 now)
+            edge.learning.served(deployment_id, a.klass.slo_ms, latency_ms, now)
             return
         if status not in self.rules.retried:
             self._refused = (a.edge, a.klass, deployment_id)

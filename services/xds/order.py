@@ -106,17 +106,6 @@ class ClassDemand:
 
 
 @dataclass(frozen=True)
-class Learned:
-    """What placement knows of one edge region's calls when it compiles its config: keyed
-    by (model, the route's SLO in whole ms); empty: plain orders, as before anything is
-    learned."""
-
-    rates: Mapping[tuple[str, int], float] = field(default_factory=dict)  # calls/s
-    margins: Mapping[tuple[str, int], Mapping[str, float]] = field(default_factory=dict)
-    reserved: Mapping[str, float] = field(default_factory=dict)  # backend -> Erlangs
-
-
-@dataclass(frozen=True)
 class WeightedOrder:
     """A class's failover order, which of it meets the SLO, and the rotations of the order
     to split its calls over, with their weights (empty: the order alone)."""

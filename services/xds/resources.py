@@ -19,6 +19,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from placement.edge_learning import Learned
 from placement.pipeline import Profile
 from services.api.switchyard.v1 import placement_pb2
 from services.convert import candidate_from_pb
@@ -43,7 +44,7 @@ from services.xds.envoy_types import (
     route_config_name,
 )
 from services.xds.listener import listener
-from services.xds.order import ClassDemand, Learned, SloClass, slo_classes, weighted
+from services.xds.order import ClassDemand, SloClass, slo_classes, weighted
 from services.xds.routes import (
     ModelRoutes,
     _route_action,
@@ -78,7 +79,7 @@ class RegionConfig:
 
 def compile_region(region: str, tables: Iterable[placement_pb2.RouteTable], profile: Profile,
                    s: EnvoySettings, learned: Learned | None = None) -> RegionConfig:
-    """``learned``: the region's class rates and miss margins (``order.Learned``): the
+    """``learned``: the region's class rates and miss margins (``placement.edge_learning``): the
     orders and their weighted rotations come from ``order.weighted``, which the cost
     simulator's Envoy row runs too; without it, plain orders."""
     learned = learned or Learned()

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from envoy.extensions.clusters.aggregate.v3 import cluster_pb2 as aggregate_pb2
 
+from placement.edge_learning import Learned
 from placement.registry import build_profile
 from services.api.switchyard.v1 import placement_pb2
-from services.xds.order import Learned
 from services.xds.resources import (
     EnvoySettings,
     cluster_name,
