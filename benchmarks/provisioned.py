@@ -41,7 +41,7 @@ from benchmarks.costsim.provisioned_solve import solve_section
 from benchmarks.costsim.scenario import Scenario, load_scenario
 from benchmarks.planner import keys, problem_of
 from placement.forecast import ClassKey, DemandForecaster, ForecastSettings
-from placement.plan_types import DemandClass, Plan, PlannerSettings, Problem
+from placement.plan_types import DemandClass, Plan, PlannerSettings, Problem, reclaim_reserve
 from placement.replan import ChurnCost
 
 ESTIMATE_S = (900, 3600)  # on 2 cores shared with other work
@@ -87,15 +87,25 @@ class PlannerConfig:
     churn: ChurnCost = dataclasses.field(default_factory=ChurnCost)
     forecast: ForecastSettings = dataclasses.field(default_factory=ForecastSettings)
     resize_every_s: float = 0.0
+    # > 0: spot pools count as 1 - reclaim_reserve(rate, this) of their GPUs (the reclaims
+    # expected before a replacement serves), not benchmarks.planner's flat 0.1
+    reclaim_exposure_s: float = 0.0
 
 
 # Before: a flat $0.5 per GPU change (above a cheap GPU's hourly price, so such GPUs were
-# never let go), hourly plans for the peak of two whole hours × 1.1.
+# never let go), hourly plans for the peak of two whole hours × 1.1. Then one switch at a
+# time on top of the last (benchmarks.provisioned_diag measures each).
 BEFORE = PlannerConfig("planner (before)")
-# Now: churn priced by the cold start billed, 15-minute right-sizing on the hourly curve.
-PLANNER = PlannerConfig(
-    churn=ChurnCost(usd_per_gpu_change=0.0, cold_start_s=sim.PROVISION_DELAY_S),
-    forecast=ForecastSettings(within_hour=True), resize_every_s=900.0)
+CHURN = dataclasses.replace(BEFORE, name="+ churn by cold start", churn=ChurnCost(
+    usd_per_gpu_change=0.0, cold_start_s=sim.PROVISION_DELAY_S))
+RESIZE = dataclasses.replace(CHURN, name="+ 15-min right-sizing",
+                             forecast=ForecastSettings(within_hour=True), resize_every_s=900.0)
+QUANTILE = dataclasses.replace(RESIZE, name="+ error quantile", forecast=ForecastSettings(
+    within_hour=True, error_quantile=0.9))
+RESERVE = dataclasses.replace(QUANTILE, name="+ reclaim reserve",
+                              reclaim_exposure_s=900.0 + sim.PROVISION_DELAY_S + SYNC_S)
+PLANNER = dataclasses.replace(RESIZE, name="switchyard planner")
+CONFIGS = {c.name: c for c in (BEFORE, CHURN, RESIZE, QUANTILE, RESERVE, PLANNER)}
 
 
 @dataclass
@@ -126,13 +136,23 @@ def setup(s: Scenario, quick: bool) -> Setup:
 
 def planner_fleet(s: Scenario, su: Setup, config: PlannerConfig = PLANNER) -> PlannerFleet:
     """The planner fleet, its forecaster trained on yesterday, its first plan made."""
+    of = su.of
+    if config.reclaim_exposure_s > 0:
+        risk = reclaim_reserve(sim.SPOT_RECLAIMS_PER_GPU_HOUR, config.reclaim_exposure_s)
+
+        def of(demand: list[DemandClass], down: frozenset[str] = frozenset()) -> Problem:
+            p = su.of(demand, down)
+            return dataclasses.replace(p, pools=tuple(
+                dataclasses.replace(q, reclaim_risk=risk) if q.price_class == "spot" else q
+                for q in p.pools))
+
     forecaster = DemandForecaster(config.forecast)
     for b, rates in enumerate(sim.demand_day(s, YESTERDAY_SCALE, SEED + 1, bursts=False,
                                              bucket_s=su.bucket_s)):
         if (b * su.bucket_s) % 600 < su.bucket_s / 2:  # yesterday, observed every 10 minutes
             for k, r in rates.items():
                 forecaster.observe(k, b * su.bucket_s, r)
-    planner = PlannerFleet(su.of, forecaster, config.churn, day_offset_s=sim.DAY_S,
+    planner = PlannerFleet(of, forecaster, config.churn, day_offset_s=sim.DAY_S,
                            lead_s=sim.PROVISION_DELAY_S + 2 * su.bucket_s, name=config.name,
                            resize_every_s=config.resize_every_s)
     planner.start(0.0)

@@ -32,6 +32,7 @@ from benchmarks.costsim.provisioned_fleets import PlannerFleet, ReactiveFleet
 from benchmarks.costsim.scenario import Scenario, load_scenario
 from benchmarks.provisioned import (
     BEFORE,
+    CONFIGS,
     PLANNER,
     SCENARIOS,
     SEED,
@@ -141,9 +142,10 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--scenario", action="append", type=pathlib.Path, default=[])
     ap.add_argument("--no-hpa", action="store_true")
-    ap.add_argument("--no-before", action="store_true")
+    ap.add_argument("--config", action="append", default=[], choices=sorted(CONFIGS),
+                    help="planner configurations (default: before and now)")
     args = ap.parse_args()
-    configs = ([] if args.no_before else [BEFORE]) + [PLANNER]
+    configs = [CONFIGS[c] for c in args.config] or [BEFORE, PLANNER]
     for path in args.scenario or sorted(SCENARIOS.glob("*.toml")):
         print("\n".join(diagnose(load_scenario(path), args.quick, configs, not args.no_hpa)))
         print(flush=True)

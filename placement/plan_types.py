@@ -6,6 +6,7 @@ flows that explain them out, or :class:`Infeasible` naming the constraint that b
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -151,3 +152,14 @@ def max_utilisation(rtt_ms: float, compute_ms: float, concurrency: int, slo_ms: 
         return 0.0
     a = budget * max(concurrency, 1) / compute_ms
     return min(a / (1.0 + a), MAX_RHO)
+
+
+def reclaim_reserve(reclaims_per_gpu_hour: float, exposure_s: float) -> float:
+    """The share of a spot pool's GPUs to expect lost before replacements serve.
+
+    ``exposure_s``: how long a reclaimed GPU goes unreplaced (until the next re-plan or
+    reconcile notices, plus the cold start). With reclaims at a steady rate per GPU, a
+    GPU is lost within that time with probability ``1 − exp(−rate·exposure)``: the
+    capacity the plan counts a spot GPU for is ``1 −`` that (``PlanPool.reclaim_risk``).
+    """
+    return 1.0 - math.exp(-max(reclaims_per_gpu_hour, 0.0) * max(exposure_s, 0.0) / 3600.0)

@@ -247,6 +247,11 @@ class PlannerFleet:
     def _horizon_s(self) -> float:
         return (self._resize_s or 3600.0) + self._lead_s
 
+    @property
+    def _event_horizon_s(self) -> float:
+        """After a surprise or an outage: the next hour, or the right-sizing window."""
+        return self._horizon_s if self._resize_s else 3600.0
+
     def start(self, now_s: float) -> None:
         self._replan(now_s, self._horizon_s)
 
@@ -285,11 +290,11 @@ class PlannerFleet:
                 self._forecaster.observe(k, self._offset_s + now - half, total / self._n)
             self._sums, self._n = {}, 0
             if self._forecaster.surprises():
-                self._replan(now, 3600.0)
+                self._replan(now, self._event_horizon_s)
                 return
         if seen.down != self._down:
             self._down = seen.down
-            self._replan(now, 3600.0)
+            self._replan(now, self._event_horizon_s)
         elif now >= self._next_s - half:
             self._replan(now, self._horizon_s)
         elif self._resize_s and now >= self._next_resize_s - half:

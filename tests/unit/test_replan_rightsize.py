@@ -3,8 +3,12 @@ right-sizing GPU counts between full plans (placement/replan.py, placement/plann
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import pytest
 
+from placement.plan_types import reclaim_reserve
 from placement.planner import (
     DemandClass,
     Infeasible,
@@ -91,3 +95,17 @@ def test_right_size_follows_demand_down_and_up_without_a_full_plan() -> None:
     up = adopted(right_size(problem([CHEAP], 40.0), down.plan, churn))
     assert up.adopt and up.plan.gpus() == day.gpus()
     assert "no longer serves" in up.reason
+
+
+def test_reclaim_reserve_is_what_reclaims_take_before_a_replacement_serves() -> None:
+    assert reclaim_reserve(0.05, 3600) == pytest.approx(1 - math.exp(-0.05))
+    assert reclaim_reserve(0.05, 1095) == pytest.approx(0.0151, abs=1e-4)
+    assert reclaim_reserve(0.0, 1e6) == 0.0
+    # a smaller reserve than a flat 0.1 counts more of each spot GPU: 26/s is 2.6 busy
+    # servers, 0.9 on the on-demand GPU the spot rule needs, 1.7 on spot: 3 GPUs or 2
+    spot = PlanPool("s", "cloud", "r1", "gpu", "spot", 0.3, 80, reclaim_risk=0.1)
+    od = pool("od", price=5.0)
+    flat = solved(problem([spot, od], 26.0))
+    reserved = solved(problem([dataclasses.replace(
+        spot, reclaim_risk=reclaim_reserve(0.05, 1095)), od], 26.0))
+    assert (flat.gpus()["s"], reserved.gpus()["s"]) == (3, 2)
