@@ -27,6 +27,7 @@ empty when it has none or no rate was seen (the route then keeps its one order).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -53,9 +54,17 @@ class Demand:
 
 def max_utilisation(slack_ms: float, service_ms: float, servers: int,
                     tail: float = queueing.TAIL) -> float:
-    """The highest utilisation whose tail wait (``queueing.wait_ms``) fits ``slack_ms``."""
+    """The highest utilisation whose tail wait (``queueing.wait_ms``) fits ``slack_ms``;
+    computed for the slack rounded down to whole ms and the service time rounded up to
+    0.5 ms (never looser; a bounded set of answers, cached)."""
     if slack_ms < 0 or service_ms <= 0:
         return 0.0
+    return _max_utilisation(math.floor(slack_ms), math.ceil(service_ms * 2) / 2, servers,
+                            tail)
+
+
+@functools.lru_cache(maxsize=65536)
+def _max_utilisation(slack_ms: float, service_ms: float, servers: int, tail: float) -> float:
     if queueing.wait_ms(service_ms, servers, MAX_UTILISATION, tail) <= slack_ms:
         return MAX_UTILISATION
     lo, hi = 0.0, MAX_UTILISATION
