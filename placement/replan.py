@@ -65,6 +65,11 @@ def right_size(problem: Problem, current: Plan, churn: ChurnCost) -> Decision | 
     proposed = resize(problem, current)
     if isinstance(proposed, Infeasible):
         return proposed
+    saving = (current.usd_per_hour - proposed.usd_per_hour) * churn.horizon_h
+    cost = churn.of(current, proposed)
+    if saving > cost:  # adopted whether or not the current plan still serves: no evaluate
+        return Decision(True, f"right-sizing saves ${saving:.2f} over {churn.horizon_h:g} h, "
+                              f"churn ${cost:.2f}", proposed, saving, cost)
     return _against(problem, current, proposed, churn)
 
 
