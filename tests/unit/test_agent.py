@@ -64,6 +64,21 @@ def _agent(port: int, sleeps: Callable[[float], Awaitable[None]], **kw: object) 
     return NodeAgent(CONFIG, ["use1-h100", "use1-t4"], **opts)  # type: ignore[arg-type]
 
 
+async def run_until(fake: FakePlacement, until: Callable[[NodeAgent], bool],
+                    sleeps: Sleeps | None = None, **kw: object) -> NodeAgent:
+    """Serve ``fake``, run an agent (``_agent`` with ``kw``) against it until ``until(agent)``
+    holds, then stop both; the stopped agent, for what it holds."""
+    server, port = await serve_placement(fake)
+    agent = _agent(port, sleeps or Sleeps(), **kw)
+    await agent.start()
+    try:
+        await wait_until(lambda: until(agent))
+    finally:
+        await agent.stop()
+        await server.stop(None)
+    return agent
+
+
 def test_backend_message_carries_logical_models_and_cloud() -> None:
     b = next(b for b in CONFIG.backends if b.id == "use1-h100")
     msg = backend_message(CONFIG, b)
@@ -83,16 +98,8 @@ def test_unknown_backend_is_a_config_error() -> None:
 
 
 async def test_registers_and_streams_simulated_reports_at_interval() -> None:
-    fake = FakePlacement()
-    server, port = await serve_placement(fake)
-    sleeps = Sleeps()
-    agent = _agent(port, sleeps, interval_s=1.0)
-    await agent.start()
-    try:
-        await wait_until(lambda: len(fake.reports) >= 6)
-    finally:
-        await agent.stop()
-        await server.stop(None)
+    fake, sleeps = FakePlacement(), Sleeps()
+    agent = await run_until(fake, lambda _: len(fake.reports) >= 6, sleeps, interval_s=1.0)
     assert sorted(r.backend.id for r in fake.registered) == ["use1-h100", "use1-t4"]
     assert agent.source == telemetry_pb2.TELEMETRY_SOURCE_SIMULATED
     assert {r.backend_id for r in fake.reports} == {"use1-h100", "use1-t4"}
@@ -111,15 +118,8 @@ async def test_registers_and_streams_simulated_reports_at_interval() -> None:
 
 async def test_every_agent_log_line_says_simulated_without_nvml() -> None:
     fake = FakePlacement()
-    server, port = await serve_placement(fake)
-    agent = _agent(port, Sleeps())
     with structlog.testing.capture_logs() as logs:
-        await agent.start()
-        try:
-            await wait_until(lambda: len(fake.reports) >= 2)
-        finally:
-            await agent.stop()
-            await server.stop(None)
+        await run_until(fake, lambda _: len(fake.reports) >= 2)
     agent_logs = [e for e in logs if e["event"].startswith("agent.")]
     assert agent_logs
     assert all(e["source"] == "simulated" for e in agent_logs)
@@ -132,14 +132,8 @@ async def test_nvml_source_reports_real_reader_fields_and_faults() -> None:
     nvml.throttle(1)
     nvml.unsupported(0, "nvmlDeviceGetUtilizationRates")
     fake = FakePlacement()
-    server, port = await serve_placement(fake)
-    agent = _agent(port, Sleeps(), nvml=nvml, gpus=parse_gpus("use1-t4=1"))
-    await agent.start()
-    try:
-        await wait_until(lambda: len(fake.reports) >= 2)
-    finally:
-        await agent.stop()
-        await server.stop(None)
+    await run_until(fake, lambda _: len(fake.reports) >= 2, nvml=nvml,
+                    gpus=parse_gpus("use1-t4=1"))
     by = {r.backend_id: r for r in fake.reports}
     assert by["use1-h100"].source == telemetry_pb2.TELEMETRY_SOURCE_NVML
     assert not by["use1-h100"].gpus[0].HasField("gpu_util_pct")
@@ -321,14 +315,7 @@ async def test_nvml_is_read_on_its_own_thread_not_the_event_loop() -> None:
 
     nvml = FakeNvml(1)
     fake = FakePlacement()
-    server, port = await serve_placement(fake)
-    agent = _agent(port, Sleeps(), nvml=nvml)
-    await agent.start()
-    try:
-        await wait_until(lambda: len(fake.reports) >= 4)
-    finally:
-        await agent.stop()
-        await server.stop(None)
+    await run_until(fake, lambda _: len(fake.reports) >= 4, nvml=nvml)
     assert nvml.threads
     assert threading.current_thread().name not in nvml.threads
     assert all(t.startswith("nvml") for t in nvml.threads)
@@ -364,15 +351,8 @@ async def test_nvml_that_comes_up_late_replaces_simulated_readings() -> None:
 async def test_gpus_chosen_by_uuid_and_pool() -> None:
     nvml = FakeNvml(3)
     fake = FakePlacement()
-    server, port = await serve_placement(fake)
-    agent = _agent(port, Sleeps(), nvml=nvml,
-                   gpus=parse_gpus(f"2,use1-t4={nvml.gpus[1].uuid.lower()}"))
-    await agent.start()
-    try:
-        await wait_until(lambda: len(fake.reports) >= 2)
-    finally:
-        await agent.stop()
-        await server.stop(None)
+    agent = await run_until(fake, lambda _: len(fake.reports) >= 2, nvml=nvml,
+                            gpus=parse_gpus(f"2,use1-t4={nvml.gpus[1].uuid.lower()}"))
     assert agent.gpus == {"use1-h100": [2], "use1-t4": [1]}
     by = {r.backend_id: r for r in fake.reports}
     assert by["use1-t4"].gpus[0].uuid == nvml.gpus[1].uuid
@@ -417,16 +397,9 @@ async def test_a_round_that_fails_to_read_is_skipped_not_fatal() -> None:
                 raise RuntimeError("boom")
             return await super().read()
 
-    fake = FakePlacement()
-    server, port = await serve_placement(fake)
-    agent = _agent(port, Sleeps(), stats_factory=lambda b: Flaky(b.variants))
     with structlog.testing.capture_logs() as logs:
-        await agent.start()
-        try:
-            await wait_until(lambda: agent.rounds >= 4)
-        finally:
-            await agent.stop()
-            await server.stop(None)
+        await run_until(FakePlacement(), lambda agent: agent.rounds >= 4,
+                        stats_factory=lambda b: Flaky(b.variants))
     assert any(e["event"] == "agent.read_failed" for e in logs)
 
 
