@@ -130,19 +130,39 @@ class _Table:
         return self.snapshot
 
 
+class Merges:
+    """Merged pushes shared by the watchers of a region behind by the same pushes, so the
+    merge is built and serialised once, not once per watcher; emptied at every publish."""
+
+    def __init__(self) -> None:
+        self._by_ids: dict[tuple[int, ...], tuple[list[RegionPush], RegionPush]] = {}
+
+    def merge(self, pushes: list[RegionPush]) -> RegionPush:
+        hit = self._by_ids.get(key := tuple(map(id, pushes)))
+        if hit is not None and all(a is b for a, b in zip(hit[0], pushes, strict=True)):
+            return hit[1]
+        merged = _merge(pushes)
+        self._by_ids[key] = (pushes, merged)  # the sources kept alive: their ids stay theirs
+        return merged
+
+    def clear(self) -> None:
+        self._by_ids.clear()
+
+
 class Watcher:
     """One WatchRoutes stream: the region pushes it has not sent yet, and an event to wake it."""
 
-    def __init__(self, edge_id: str, region: str) -> None:
+    def __init__(self, edge_id: str, region: str, merges: Merges | None = None) -> None:
         self.edge_id = edge_id
         self.region = region
         self.pushes: list[RegionPush] = []
         self.wake = asyncio.Event()
+        self.merges = merges or Merges()
 
     def offer(self, push: RegionPush) -> None:
         self.pushes.append(push)
         if len(self.pushes) > MAX_PENDING_PUSHES:
-            self.pushes = [_merge(self.pushes)]
+            self.pushes = [self.merges.merge(self.pushes)]
         self.wake.set()
 
     def take_push(self) -> RegionPush | None:
@@ -151,7 +171,7 @@ class Watcher:
         self.wake.clear()
         if not pushes:
             return None
-        return pushes[0] if len(pushes) == 1 else _merge(pushes)
+        return pushes[0] if len(pushes) == 1 else self.merges.merge(pushes)
 
     def take(self) -> list[placement_pb2.TableDelta]:
         push = self.take_push()
@@ -177,6 +197,7 @@ class RouteHub:
         self._backlog: set[str] = set()  # changed backends taken from the fleet, not built yet
         self._urgent: set[str] = set()  # backends to rebuild first (usable <-> unusable)
         self._everything = False  # a full rebuild is due (prices, a new edge)
+        self._merges = Merges()
         self.on_push: Callable[[int], None] | None = None  # metrics hook: tables changed
         self.on_published: Callable[[Push], None] | None = None  # metrics hook: rows, latency
 
@@ -296,6 +317,7 @@ class RouteHub:
             self._scheduled = asyncio.get_running_loop().call_soon(self._publish_bounded)
 
     def _offer(self, changed: dict[tuple[str, str], Rows], since: float, t0: float) -> None:
+        self._merges.clear()
         by_region: dict[str, RegionPush] = {}
         for (model, region), rows in changed.items():
             t = self._tables[(model, region)]
@@ -333,7 +355,7 @@ class RouteHub:
     def subscribe(self, edge_id: str, region: str) -> Watcher:
         if region not in self.regions:
             self.regions.append(region)
-        w = Watcher(edge_id, region)
+        w = Watcher(edge_id, region, self._merges)
         self.watchers.add(w)
         return w
 

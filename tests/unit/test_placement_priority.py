@@ -201,3 +201,24 @@ async def test_a_watch_gets_the_flip_while_the_backlog_is_still_building(
     assert rows["be-099/summarize-small"].dropped_reason == NOT_READY
     assert len(rows) == 1  # not behind 119 other backends' rows
     call.cancel()
+
+
+def test_watchers_behind_by_the_same_pushes_share_one_merged_payload(
+        tmp_path: pathlib.Path) -> None:
+    service = _service(tmp_path)
+    fleet, hub = service.fleet, service.hub
+    hub.publish()
+    a, b, c = (hub.subscribe(e, "r-east") for e in ("a", "b", "c"))
+    for n in range(1, 12):  # more pushes than a watcher keeps apart: merged as they come
+        fleet.ingest("be-001", _snap(1, 20 * n, 1000 * n, compute_ms=40.0 * 2 ** n),
+                     now=float(n))
+        hub.publish()
+        if n == 5:
+            c.take_push()  # c reads once: behind by other pushes than a and b
+    pa, pb, pc = a.take_push(), b.take_push(), c.take_push()
+    assert pa is not None and pa is pb and pc is not None and pc is not pa
+    assert pa.payload("r-east", "p") is pb.payload("r-east", "p")  # serialised once
+    rows = [r for d in pa.deltas("r-east") for r in d.upserts]
+    (now,) = [r for r in hub.tables[("summarize", "r-east")].candidates
+              if r.deployment_id == "be-001/summarize-small"]
+    assert [r for r in rows if r.deployment_id == "be-001/summarize-small"] == [now]  # newest
