@@ -25,6 +25,7 @@ import json
 import math
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -381,6 +382,9 @@ async def measure(gpus: int, edges: int, window_s: float, changes: int,
                     except subprocess.TimeoutExpired:
                         p.kill()
             log.close()
+            if keep := os.environ.get("CP_KEEP_LOGS"):  # placement's log, for a failed run
+                shutil.copyfile(d / "placement.log", pathlib.Path(
+                    keep, f"placement-{variant.label.replace(' ', '-')}-{gpus}.log"))
 
 
 def run(quick: bool, levels: list[tuple[int, int]] | None = None,
