@@ -105,7 +105,8 @@ QUANTILE = dataclasses.replace(RESIZE, name="+ error quantile", forecast=Forecas
 RESERVE = dataclasses.replace(QUANTILE, name="+ reclaim reserve",
                               reclaim_exposure_s=900.0 + sim.PROVISION_DELAY_S + SYNC_S)
 PLANNER = dataclasses.replace(RESIZE, name="switchyard planner")
-CONFIGS = {c.name: c for c in (BEFORE, CHURN, RESIZE, QUANTILE, RESERVE, PLANNER)}
+CONFIGS = {"before": BEFORE, "churn": CHURN, "resize": RESIZE, "quantile": QUANTILE,
+           "reserve": RESERVE, "planner": PLANNER}
 
 
 @dataclass

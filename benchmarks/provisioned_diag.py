@@ -15,7 +15,8 @@ per scenario and fleet:
   routing of the plan's flows);
 - the pools whose bill differs most between the planner and the HPA.
 
-Nothing is written to RESULTS.md: this is the diagnosis, not the table.
+``--write`` puts the table into ``benchmarks/RESULTS.md`` (after the provisioned-cost
+sections); there is no ``run``, so ``run_all`` leaves it out.
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ from __future__ import annotations
 import argparse
 import math
 import pathlib
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from benchmarks.common import progress
+from benchmarks.common import Section, md_table, progress
+from benchmarks.cost import write_section
 from benchmarks.costsim import provisioned as sim
 from benchmarks.costsim.provisioned_fleets import PlannerFleet, ReactiveFleet
 from benchmarks.costsim.scenario import Scenario, load_scenario
@@ -34,6 +37,7 @@ from benchmarks.provisioned import (
     BEFORE,
     CONFIGS,
     PLANNER,
+    RESULTS,
     SCENARIOS,
     SEED,
     SYNC_S,
@@ -43,6 +47,7 @@ from benchmarks.provisioned import (
 )
 
 CAUSES = ("outage", "reclaim", "cold start", "under forecast", "steady")
+TITLE = "Provisioned cost: where the bill and the misses come from (planner vs HPA)"
 
 
 @dataclass
@@ -96,7 +101,9 @@ def causes(trace: list[sim.Bucket], planned: list[float], bucket_s: float) -> di
     return out
 
 
-def diagnose(s: Scenario, quick: bool, configs: list[PlannerConfig], hpa: bool) -> list[str]:
+def diagnose(s: Scenario, quick: bool, configs: list[PlannerConfig],
+             hpa: bool) -> tuple[list[list[object]], list[str]]:
+    """Table rows (one per fleet) and notes (the pools whose bill differs most)."""
     su = setup(s, quick)
     prices = {p.id: p.usd_per_gpu_hour for p in su.base.pools}
     kinds = {p.id: p.price_class for p in su.base.pools}
@@ -104,37 +111,82 @@ def diagnose(s: Scenario, quick: bool, configs: list[PlannerConfig], hpa: bool) 
     if hpa:
         fleets.append(ReactiveFleet(su.static, {p.id: p for p in su.base.pools}))
     fleets += [planner_fleet(s, su, c) for c in configs]
-    lines = [f"### {s.name} ({len(s.pools)} pools)", "",
-             "| fleet | attainment | USD/day | GPU-h on-demand | GPU-h spot | "
-             + " | ".join(f"missed: {c}" for c in CAUSES) + " |",
-             "| :--- | ---: | ---: | ---: | ---: | " + " | ".join("---:" for _ in CAUSES) + " |"]
+    rows: list[list[object]] = []
     results = []
     for f in fleets:
+        t0 = time.monotonic()
         rec, trace = Recorded(f), list[sim.Bucket]()
         r = sim.simulate(s, su.base, rec, su.today, sim_seed(), trace=trace, sync_s=SYNC_S)
         results.append(r)
         by = causes(trace, rec.planned, su.bucket_s)
         od = sum(h for pid, h in r.gpu_hours_by_pool.items() if kinds[pid] != "spot")
         spot = sum(h for pid, h in r.gpu_hours_by_pool.items() if kinds[pid] == "spot")
-        lines.append(f"| {f.name} | {r.attainment:.2%} | {r.usd:,.0f} | {od:,.0f} | "
-                     f"{spot:,.0f} | " + " | ".join(f"{by[c] / r.calls:.2%}" for c in CAUSES)
-                     + " |")
-        progress(f"diag: {s.name}: {f.name}: {r.attainment:.2%}, ${r.usd:,.0f}")
-    if hpa and len(results) > 1:
+        rows.append([s.name, f.name, f"{r.attainment:.2%}", f"{r.usd:,.0f}", f"{od:,.0f}",
+                     f"{spot:,.0f}", *(f"{by[c] / r.calls:.2%}" for c in CAUSES)])
+        progress(f"diag: {s.name}: {f.name}: {r.attainment:.2%}, ${r.usd:,.0f} "
+                 f"({time.monotonic() - t0:.0f} s)")
+    notes = []
+    if hpa:
         base = results[0]
         for r in results[1:]:
             diff = sorted(((r.gpu_hours_by_pool[p] - base.gpu_hours_by_pool[p]) * prices[p], p)
                           for p in prices)
-            top = [d for d in diff[::-1][:4] if d[0] > 0.5] + [d for d in diff[:3] if d[0] < -0.5]
-            lines.append("")
-            lines.append(f"{r.fleet} − HPA, USD/day by pool: " + ", ".join(
+            top = [d for d in diff[::-1][:3] if d[0] > 0.5] + [d for d in diff[:2] if d[0] < -0.5]
+            notes.append(f"{s.name}: {r.fleet} − HPA, USD/day by pool: " + (", ".join(
                 f"{p} {d:+,.0f} ({r.gpu_hours_by_pool[p]:.0f} vs "
-                f"{base.gpu_hours_by_pool[p]:.0f} GPU-h)" for d, p in top))
-    return lines
+                f"{base.gpu_hours_by_pool[p]:.0f} GPU-h)" for d, p in top) or "none over $0.5")
+                + f"; total {r.usd - base.usd:+,.0f}.")
+    return rows, notes
 
 
 def sim_seed() -> int:
     return SEED + 2
+
+
+def section(paths: list[pathlib.Path], quick: bool, configs: list[PlannerConfig],
+            hpa: bool) -> Section:
+    t0 = time.monotonic()
+    rows, notes = [], []
+    for path in paths:
+        r, n = diagnose(load_scenario(path), quick, configs, hpa)
+        rows += r
+        notes += n
+    table = md_table(["scenario", "fleet", "attainment", "USD/day", "GPU-h on-demand",
+                      "GPU-h spot", *(f"missed: {c}" for c in CAUSES)], rows, "llrrrr" + "r" * 5)
+    head = [f"The day of `python -m benchmarks.provisioned{' --quick' if quick else ''}` (same "
+            "demand, seeds and simulated provider). Missed calls (late or failed, share of all "
+            "calls) are put on the first cause that holds in their bucket: outage (a pool "
+            "down), reclaim (a spot GPU taken back within the cold start before), cold start "
+            "(GPUs requested and not serving), under forecast (the plan in force was made for "
+            "fewer calls/s than came; planner only), else steady (the GPUs that exist and "
+            "the fluid router: granularity, the router not finding the plan's flows)."]
+    return Section(TITLE, _command(paths, quick, configs, hpa), table, head + notes,
+                   elapsed_s=time.monotonic() - t0)
+
+
+def _command(paths: list[pathlib.Path], quick: bool, configs: list[PlannerConfig],
+             hpa: bool) -> str:
+    cmd = "python -m benchmarks.provisioned_diag" + (" --quick" if quick else "")
+    names = {c.name: key for key, c in CONFIGS.items()}
+    cmd += "".join(f" --config {names[c.name]}" for c in configs)
+    cmd += "" if hpa else " --no-hpa"
+    return cmd + "".join(f" --scenario {p}" for p in paths if paths != _all())
+
+
+def _all() -> list[pathlib.Path]:
+    return sorted(SCENARIOS.glob("*.toml"))
+
+
+def write(sec: Section, path: pathlib.Path = RESULTS) -> None:
+    """Replace the section by title, or add it after the last provisioned-cost section."""
+    text = path.read_text()
+    if f"\n## {sec.title}\n" not in text:
+        parts = text.split("\n## ")
+        last = max(i for i, p in enumerate(parts) if p.startswith("Provisioned cost"))
+        parts.insert(last + 1, sec.markdown().rstrip() + "\n")
+        path.write_text("\n## ".join(parts))
+        return
+    write_section(sec, path)
 
 
 def main() -> None:
@@ -142,13 +194,16 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--scenario", action="append", type=pathlib.Path, default=[])
     ap.add_argument("--no-hpa", action="store_true")
-    ap.add_argument("--config", action="append", default=[], choices=sorted(CONFIGS),
+    ap.add_argument("--config", action="append", default=[], choices=list(CONFIGS),
                     help="planner configurations (default: before and now)")
+    ap.add_argument("--write", action="store_true", help=f"write the section into {RESULTS}")
     args = ap.parse_args()
     configs = [CONFIGS[c] for c in args.config] or [BEFORE, PLANNER]
-    for path in args.scenario or sorted(SCENARIOS.glob("*.toml")):
-        print("\n".join(diagnose(load_scenario(path), args.quick, configs, not args.no_hpa)))
-        print(flush=True)
+    sec = section(args.scenario or _all(), args.quick, configs, not args.no_hpa)
+    print(sec.markdown())
+    if args.write:
+        write(sec)
+        progress(f"diag: wrote '{sec.title}' into {RESULTS}")
 
 
 if __name__ == "__main__":
