@@ -109,6 +109,25 @@ CONFIGS = {"before": BEFORE, "churn": CHURN, "resize": RESIZE, "quantile": QUANT
            "reserve": RESERVE, "planner": PLANNER}
 
 
+def describe(c: PlannerConfig) -> str:
+    churn = (f"churn priced at each added GPU's cold start ({c.churn.cold_start_s:g} s of its "
+             "price)" if c.churn.cold_start_s else
+             f"churn ${c.churn.usd_per_gpu_change:g} per GPU change")
+    cadence = (f"full plans hourly and on surprises or outages, GPU counts right-sized every "
+               f"{c.resize_every_s / 60:g} minutes for the forecast's peak over the next "
+               f"{c.resize_every_s / 60:g} minutes + lead" if c.resize_every_s else
+               "plans hourly (for the peak of the whole hours ahead) and on surprises or "
+               "outages")
+    f = c.forecast
+    margin = (f"margin the {f.error_quantile:.0%} quantile of observed / forecast"
+              if f.error_quantile else f"margin × {f.peak_factor:g}")
+    curve = "the forecast a curve through hourly means" if f.within_hour else "hourly forecast"
+    kept = 1 - reclaim_reserve(sim.SPOT_RECLAIMS_PER_GPU_HOUR, c.reclaim_exposure_s)
+    reserve = (f"; spot GPUs count {kept:.1%} (reclaims expected before a replacement "
+               "serves)" if c.reclaim_exposure_s else "; spot GPUs count 90 %")
+    return f"{cadence}; {curve}, {margin}; {churn}{reserve}"
+
+
 @dataclass
 class Setup:
     """What every fleet of one scenario shares."""
@@ -224,7 +243,16 @@ def notes(runs: list[ScenarioRun], quick: bool) -> list[str]:
            "outages down); $ is the simulated provider's bill (GPU-seconds × list price from "
            "`examples/prices.toml`, booting GPUs included).",
            "Attainment and USD columns: static peak / HPA / SkyServe-like / planner / offline "
-           "optimum. The ratios are the planner's day bill over each fleet's."]
+           "optimum. The ratios are the planner's day bill over each fleet's.",
+           f"Every fleet acts {SYNC_S:g} s into each bucket on that bucket's demand (an HPA's "
+           "sync period) and a GPU serves pro rata of the bucket from when it is ready. The "
+           "HPA is Kubernetes' documented behaviour on the static peak fleet's pools and "
+           "variants: desired = ceil(busy / (concurrency × target)), 10 % tolerance, scale-up "
+           "at once up to max(×2, +4) per 15-second sync, scale-down to the highest "
+           "recommendation of the last 300 s, at least one GPU per pool, each pool on its own; "
+           "its target is 0.9 × the utilisation the pool's SLOs allow (what a load test "
+           "against the SLO would find), and its GPUs take the same cold start.",
+           f"The planner: {describe(PLANNER)}."]
     targets: dict[str, list[str]] = {
         "attainment >= 99.5 %": [], "<= 0.60 × static peak": [],
         "cheaper than HPA at equal or better attainment": [], "<= 1.15 × offline optimum": []}
