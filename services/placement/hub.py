@@ -287,9 +287,12 @@ class RouteHub:
         return out
 
     def snapshot(self, region: str) -> list[placement_pb2.RouteTable]:
-        built = any(r == region for (_, r) in self._tables)
-        if not built or self.fleet.dirty or self.fleet.all_dirty or self.backlog:
+        """The region's tables as last published, after publishing what changed (a new
+        region's in full; else a bounded piece, the rest reaching watchers as deltas)."""
+        if not any(r == region for (_, r) in self._tables):
             self.publish()
+        elif self.fleet.dirty or self.fleet.all_dirty or self.backlog:
+            self.publish(self.max_build_rows)
         return [t.as_proto() for (_, r), t in sorted(self._tables.items()) if r == region]
 
     def snapshot_payload(self, region: str, placement_id: str) -> bytes:
@@ -314,7 +317,12 @@ class RouteHub:
             self._offer(changed, since, t0)
         if self.backlog:  # the rest after what waits on the loop (ingest, pushes: this one)
             self._first_change_at = since
-            self._scheduled = asyncio.get_running_loop().call_soon(self._publish_bounded)
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no loop to come back on (a script, a test): all of it now
+                self.publish()
+                return
+            self._scheduled = loop.call_soon(self._publish_bounded)
 
     def _offer(self, changed: dict[tuple[str, str], Rows], since: float, t0: float) -> None:
         self._merges.clear()

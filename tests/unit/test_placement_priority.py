@@ -7,6 +7,7 @@ readiness flip that arrived behind a fleet-wide load change waited for all of it
 
 from __future__ import annotations
 
+import asyncio
 import pathlib
 from collections.abc import AsyncIterator
 
@@ -222,3 +223,33 @@ def test_watchers_behind_by_the_same_pushes_share_one_merged_payload(
     (now,) = [r for r in hub.tables[("summarize", "r-east")].candidates
               if r.deployment_id == "be-001/summarize-small"]
     assert [r for r in rows if r.deployment_id == "be-001/summarize-small"] == [now]  # newest
+
+
+async def test_a_new_watch_gets_a_snapshot_at_once_and_the_backlog_as_deltas(
+        served: tuple[PlacementService, placement_pb2_grpc.PlacementStub]) -> None:
+    service, stub = served
+    fleet, hub = service.fleet, service.hub
+    for n in (0, 1):
+        for i in range(FLEET):
+            fleet.ingest(f"be-{i:03d}", _snap(i, 20 * n, 1000 * n), now=float(n))
+    hub.publish()
+    hub.max_build_rows = 5 * _per_backend(service)
+    for i in range(FLEET):  # every backend twice as slow; nothing published yet
+        fleet.ingest(f"be-{i:03d}", _snap(i, 40, 2000, compute_ms=80.0), now=2.0)
+    call = stub.WatchRoutes(placement_pb2.WatchRoutesRequest(edge_id="e",
+                                                             edge_region="r-east"))
+    it = call.__aiter__()
+    snap = await it.__anext__()
+    view = {c.deployment_id: c for t in snap.tables if t.model == "summarize"
+            for c in t.candidates}
+    slow = {d for d, c in view.items() if d.startswith("be-") and c.compute_ms > 60}
+    assert 0 < len(slow) <= 5  # a bounded piece was built before the snapshot, not all
+    while len(slow) < FLEET:  # the rest arrives as deltas
+        update = await asyncio.wait_for(it.__anext__(), 10)
+        for d in update.deltas:
+            if d.model == "summarize":
+                view.update({c.deployment_id: c for c in d.upserts})
+        slow = {d for d, c in view.items() if d.startswith("be-") and c.compute_ms > 60}
+    assert hub.backlog == 0
+    assert view == {c.deployment_id: c for c in hub.tables[("summarize", "r-east")].candidates}
+    call.cancel()
