@@ -79,14 +79,15 @@ def _planned(fleet: sim.Fleet) -> float:
 
 
 def causes(trace: list[sim.Bucket], planned: list[float], bucket_s: float) -> dict[str, float]:
-    """Missed calls per cause over the day (module doc)."""
+    """Missed calls per cause over the day (module doc); ``planned[i]``: the calls/s the
+    plan in force in bucket ``i`` was made for (the fleet acts within the bucket)."""
     out = dict.fromkeys(CAUSES, 0.0)
     window = math.ceil(sim.PROVISION_DELAY_S / bucket_s)
     for i, b in enumerate(trace):
         missed = (b.late_rps + b.failed_rps) * bucket_s
         if missed <= 0:
             continue
-        before = planned[i - 1] if 0 < i <= len(planned) else math.inf
+        before = planned[i] if i < len(planned) else math.inf  # the fleet acted in-bucket
         if b.down:
             cause = "outage"
         elif any(x.reclaimed for x in trace[max(0, i - window):i + 1]):
