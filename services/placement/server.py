@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 
 import structlog
+from prometheus_client import Gauge
 
 from placement.errors import InvalidRequest, NotRegistered
 from placement.explain import explain_call
@@ -80,6 +81,10 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
         # WatchRoutes yields each update pre-serialised (bytes shared by every watcher of a
         # region); main.register() sets this with a serializer that passes bytes through.
         self.raw_updates = False
+        Gauge("switchyard_placement_route_backlog_backends",
+              "Changed backends whose route rows are not rebuilt and pushed yet",
+              registry=metrics.registry).set_function(
+            lambda: self.hub.backlog + len(self.fleet.dirty))
 
     def _changed(self) -> None:
         self.hub.changed()
@@ -142,7 +147,6 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
                         accepted += took
                         if flipped:  # ready <-> not ready, a hardware verdict: goes first
                             self.hub.urgent(*flipped)
-                            flipped.clear()
                         self._changed()
         finally:
             self.owners.release(stream)

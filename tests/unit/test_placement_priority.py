@@ -115,6 +115,8 @@ async def test_publish_without_a_bound_builds_everything(tmp_path: pathlib.Path)
         fleet.ingest(f"be-{i:03d}", _snap(i, 20, 1000), now=1.0)
     hub.publish(_per_backend(service))  # one backend now, the others left
     assert hub.backlog == FLEET - 1
+    assert service.metrics.registry.get_sample_value(
+        "switchyard_placement_route_backlog_backends") == FLEET - 1
     hub.publish()  # an operator's or a snapshot's publish: everything, now
     assert hub.backlog == 0 and not fleet.dirty
 
