@@ -13,10 +13,11 @@ newest rows, never a backlog.
 
 Under load the scheduled rebuild is bounded (``max_build_rows`` rows per publish, the rest of
 the backlog in the next publishes, the event loop free in between for ingest and pushes), and
-a change that makes a backend usable or unusable (``urgent``: readiness, a hardware verdict,
-an operator's drain) goes first, in the next publish, ahead of any backlog of load changes.
-Before that bound a fleet of 20,000 backends whose rows all changed took one ~5 s rebuild per
-publish on the one event loop, and a readiness flip waited behind it.
+a telemetry change that makes a backend usable or unusable (``urgent``: readiness, a hardware
+verdict, a variant's readiness) goes first, in the next publish, ahead of any backlog of load
+changes (an operator's drain is published at once, ``SetAvailability``). Without the bound a
+publish rebuilt every changed row in one piece on the one event loop (~40 µs a row: 1.2 s
+for 5,000 backends x 5 edge regions), and a readiness flip waited behind all of it.
 """
 
 from __future__ import annotations
