@@ -87,6 +87,7 @@ class PlannerConfig:
     churn: ChurnCost = dataclasses.field(default_factory=ChurnCost)
     forecast: ForecastSettings = dataclasses.field(default_factory=ForecastSettings)
     resize_every_s: float = 0.0
+    react_tolerance: float = 0.0  # > 0: right-size at once on a class above its plan
     # > 0: spot pools count as 1 - reclaim_reserve(rate, this) of their GPUs (the reclaims
     # expected before a replacement serves), not benchmarks.planner's flat 0.1
     reclaim_exposure_s: float = 0.0
@@ -100,13 +101,14 @@ CHURN = dataclasses.replace(BEFORE, name="+ churn by cold start", churn=ChurnCos
     usd_per_gpu_change=0.0, cold_start_s=sim.PROVISION_DELAY_S))
 RESIZE = dataclasses.replace(CHURN, name="+ 15-min right-sizing",
                              forecast=ForecastSettings(within_hour=True), resize_every_s=900.0)
-QUANTILE = dataclasses.replace(RESIZE, name="+ error quantile", forecast=ForecastSettings(
+REACT = dataclasses.replace(RESIZE, name="+ reacting to drift", react_tolerance=0.05)
+QUANTILE = dataclasses.replace(REACT, name="+ error quantile", forecast=ForecastSettings(
     within_hour=True, error_quantile=0.9))
 RESERVE = dataclasses.replace(QUANTILE, name="+ reclaim reserve",
                               reclaim_exposure_s=900.0 + sim.PROVISION_DELAY_S + SYNC_S)
 PLANNER = dataclasses.replace(RESIZE, name="switchyard planner")
-CONFIGS = {"before": BEFORE, "churn": CHURN, "resize": RESIZE, "quantile": QUANTILE,
-           "reserve": RESERVE, "planner": PLANNER}
+CONFIGS = {"before": BEFORE, "churn": CHURN, "resize": RESIZE, "react": REACT,
+           "quantile": QUANTILE, "reserve": RESERVE, "planner": PLANNER}
 
 
 def describe(c: PlannerConfig) -> str:
@@ -125,7 +127,10 @@ def describe(c: PlannerConfig) -> str:
     kept = 1 - reclaim_reserve(sim.SPOT_RECLAIMS_PER_GPU_HOUR, c.reclaim_exposure_s)
     reserve = (f"; spot GPUs count {kept:.1%} (reclaims expected before a replacement "
                "serves)" if c.reclaim_exposure_s else "; spot GPUs count 90 %")
-    return f"{cadence}; {curve}, {margin}; {churn}{reserve}"
+    react = (f"; a class observed above its plan by > {c.react_tolerance:.0%} (and 3 σ of "
+             "its count) right-sizes at once, every plan at least the last bucket's "
+             "observed rate × margin" if c.react_tolerance else "")
+    return f"{cadence}{react}; {curve}, {margin}; {churn}{reserve}"
 
 
 @dataclass
@@ -174,7 +179,8 @@ def planner_fleet(s: Scenario, su: Setup, config: PlannerConfig = PLANNER) -> Pl
                 forecaster.observe(k, b * su.bucket_s, r)
     planner = PlannerFleet(of, forecaster, config.churn, day_offset_s=sim.DAY_S,
                            lead_s=sim.PROVISION_DELAY_S + 2 * su.bucket_s, name=config.name,
-                           resize_every_s=config.resize_every_s)
+                           resize_every_s=config.resize_every_s,
+                           react_tolerance=config.react_tolerance)
     planner.start(0.0)
     return planner
 

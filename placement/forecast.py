@@ -103,8 +103,7 @@ class DemandForecaster:
             st.hour_index, st.hour_sum, st.hour_count = index, 0.0, 0
         predicted = self._at(st, now_s)
         if predicted is not None:
-            st.ratios = [*st.ratios[-(s.error_window - 1):],
-                         rate_rps / max(predicted, s.min_rate_rps)]
+            st.ratios = [*st.ratios, rate_rps / max(predicted, s.min_rate_rps)][-s.error_window:]
             off = abs(rate_rps - predicted) / max(predicted, s.min_rate_rps)
             st.misses = st.misses + 1 if off > s.error_threshold else 0
             st.last_forecast, st.last_observed = predicted, rate_rps

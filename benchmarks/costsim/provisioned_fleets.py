@@ -21,7 +21,10 @@
   hysteresis (:func:`placement.replan.decide`); with ``resize_every_s``, GPU counts are
   also right-sized for the next ``resize_every_s + lead_s`` between those plans
   (:func:`placement.replan.right_size`, no new variant loaded), and every plan covers that
-  window rather than the next hour;
+  window rather than the next hour; with ``react_tolerance``, every plan is made for at least
+  each class's observed peak of the last ``react_buckets`` × the forecast's margin, and a class
+  observed above what the plan in force was made for (beyond the tolerance) right-sizes at
+  once (a burst is met like an HPA meets it, not after the forecast's surprise);
 - :class:`OracleFleet`: the offline optimum: the same MILP for each hour's true peak, outages
   known, each hour's plan requested ``lead_s`` ahead.
 """
@@ -217,6 +220,7 @@ class SolveLog:
     adopted: int = 0
     infeasible: list[str] = field(default_factory=list)
     spot_alone: set[str] = field(default_factory=set)
+    reactions: int = 0  # right-sizings on a class observed above its plan
 
     def note(self, p: Plan, took_s: float) -> None:
         self.seconds.append(took_s)
@@ -228,8 +232,11 @@ class PlannerFleet:
     def __init__(self, problem_of: ProblemOf, forecaster: DemandForecaster, churn: ChurnCost,
                  lead_s: float = PROVISION_DELAY_S + 2 * BUCKET_S, observe_every_s: float = 600.0,
                  day_offset_s: float = 0.0, name: str = "switchyard planner",
-                 resize_every_s: float = 0.0) -> None:
+                 resize_every_s: float = 0.0, react_tolerance: float = 0.0,
+                 react_buckets: int = 1) -> None:
         self.name = name
+        self._react, self._recent_n = react_tolerance, react_buckets
+        self._recent: list[Mapping[ClassKey, float]] = []
         self._resize_s = resize_every_s
         self._next_resize_s = resize_every_s - lead_s
         self._problem_of, self._forecaster, self._churn = problem_of, forecaster, churn
@@ -255,9 +262,32 @@ class PlannerFleet:
     def start(self, now_s: float) -> None:
         self._replan(now_s, self._horizon_s)
 
+    def _demand(self, now_s: float, horizon_s: float) -> list[DemandClass]:
+        """The forecast; reacting, each class at least its recent observed peak × margin."""
+        out = list(self._forecaster.forecast(self._offset_s + now_s, horizon_s))
+        if not self._react or not self._recent:
+            return out
+        return [dataclasses.replace(d, rate_rps=max(d.rate_rps, self._forecaster.margin(k) * max(
+                    r.get(k, 0.0) for r in self._recent)))
+                for d in out for k in [ClassKey(d.model, d.min_quality, d.slo_ms, d.edge_region)]]
+
+    def _drifted(self, rates: Mapping[ClassKey, float], bucket_s: float) -> bool:
+        """A class observed above what the plan in force was made for, beyond the tolerance
+        and three standard deviations of a Poisson count over the bucket (noise is no drift)."""
+        if not self._react or self._current is None:
+            return False
+        planned: dict[str, float] = {}
+        for pp in self._current.pools:
+            for key, _, rps in pp.serves:
+                planned[key] = planned.get(key, 0.0) + rps
+        for k, r in rates.items():
+            want = planned.get(DemandClass(*k, 0.0).key, 0.0)
+            if r > want * (1 + self._react) + 3.0 * math.sqrt(want / bucket_s) + 1e-6:
+                return True
+        return False
+
     def _replan(self, now_s: float, horizon_s: float, resize: bool = False) -> None:
-        problem = self._problem_of(
-            list(self._forecaster.forecast(self._offset_s + now_s, horizon_s)), self._down)
+        problem = self._problem_of(self._demand(now_s, horizon_s), self._down)
         current = self._current
         if current is not None and self._down:  # what is down serves nothing, whatever it runs
             kept = tuple(pp for pp in current.pools if pp.pool not in self._down)
@@ -284,6 +314,7 @@ class PlannerFleet:
         for k, r in seen.rates.items():
             self._sums[k] = self._sums.get(k, 0.0) + r
         self._n += 1
+        self._recent = [*self._recent, seen.rates][-self._recent_n:]
         now, half = seen.now_s, seen.bucket_s / 2
         if now % self._every_s < half:
             for k, total in self._sums.items():  # the mean rate of the last window
@@ -295,6 +326,9 @@ class PlannerFleet:
         if seen.down != self._down:
             self._down = seen.down
             self._replan(now, self._event_horizon_s)
+        elif self._drifted(seen.rates, seen.bucket_s):  # drift: right-size now, as an HPA would scale
+            self.log.reactions += 1
+            self._replan(now, self._event_horizon_s, resize=True)
         elif now >= self._next_s - half:
             self._replan(now, self._horizon_s)
         elif self._resize_s and now >= self._next_resize_s - half:

@@ -74,3 +74,31 @@ def test_misses_are_put_on_the_first_cause_that_holds() -> None:
     got = causes(trace, planned, bucket_s=300.0)
     assert got == {"outage": 300.0, "reclaim": 600.0, "cold start": 900.0,
                    "under forecast": 1200.0, "steady": 1500.0}
+
+
+def burst_targets(react: float) -> tuple[list[int], int]:
+    """GPUs through a 3× burst at 14:00 that yesterday did not have."""
+    f = DemandForecaster(ForecastSettings(within_hour=True))
+    for i in range(24 * 6):
+        f.observe(KEY, i * 600.0, daily(i / 6) / 3)
+    fleet = PlannerFleet(of, f, ChurnCost(usd_per_gpu_change=0.0, cold_start_s=180),
+                         lead_s=300.0, day_offset_s=DAY, resize_every_s=900.0,
+                         react_tolerance=react)
+    fleet.start(13 * 3600.0)
+    seen = []
+    for b in range(13 * 12, 15 * 12):
+        now = b * 300.0 + 15.0
+        rate = daily(now / 3600.0) * (3.0 if 14 * 3600 <= now < 14.5 * 3600 else 1.0)
+        fleet.control(sim.Observed(now, {KEY: rate / 3}, {}, {}, {}, frozenset(), 300.0))
+        seen.append(fleet.targets()["p"])
+    return seen, fleet.log.reactions
+
+
+def test_reacting_meets_a_burst_in_the_bucket_it_starts_and_noise_is_no_drift() -> None:
+    calm, _ = burst_targets(0.0)
+    quick, reactions = burst_targets(0.05)
+    at = 12  # 14:00, the burst's first bucket
+    assert quick[at] >= 3 * quick[at - 1] * 0.9  # three times the calls, at once
+    assert calm[at] < 2 * calm[at - 1]  # the forecast alone waits for a surprise
+    assert 1 <= reactions <= 2
+    assert quick[-4:] == calm[-4:]  # after it, the forecast alone again (its level rose)
