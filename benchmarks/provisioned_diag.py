@@ -28,7 +28,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from benchmarks.common import Section, md_table, progress
+from benchmarks.common import ROOT, Section, md_table, progress
 from benchmarks.cost import write_section
 from benchmarks.costsim import provisioned as sim
 from benchmarks.costsim.provisioned_fleets import PlannerFleet, ReactiveFleet
@@ -145,13 +145,25 @@ def sim_seed() -> int:
 
 
 def section(paths: list[pathlib.Path], quick: bool, configs: list[PlannerConfig],
-            hpa: bool) -> Section:
+            hpa: bool, write_each: bool = False) -> Section:
+    """The section; ``write_each``: written into RESULTS.md after every scenario (its
+    command naming the scenarios done so far), so a run cut short keeps what it measured."""
     t0 = time.monotonic()
-    rows, notes = [], []
-    for path in paths:
+    rows: list[list[object]] = []
+    notes: list[str] = []
+    for i, path in enumerate(paths):
         r, n = diagnose(load_scenario(path), quick, configs, hpa)
         rows += r
         notes += n
+        sec = _section(paths[:i + 1], quick, configs, hpa, rows, notes, time.monotonic() - t0)
+        if write_each:
+            write(sec)
+            progress(f"diag: wrote '{sec.title}' ({i + 1} of {len(paths)} scenarios)")
+    return sec
+
+
+def _section(paths: list[pathlib.Path], quick: bool, configs: list[PlannerConfig], hpa: bool,
+             rows: list[list[object]], notes: list[str], elapsed_s: float) -> Section:
     table = md_table(["scenario", "fleet", "attainment", "USD/day", "GPU-h on-demand",
                       "GPU-h spot", *(f"missed: {c}" for c in CAUSES)], rows, "llrrrr" + "r" * 5)
     head = [f"The day of `python -m benchmarks.provisioned{' --quick' if quick else ''}` (same "
@@ -162,7 +174,7 @@ def section(paths: list[pathlib.Path], quick: bool, configs: list[PlannerConfig]
             "fewer calls/s than came; planner only), else steady (the GPUs that exist and "
             "the fluid router: granularity, the router not finding the plan's flows)."]
     return Section(TITLE, _command(paths, quick, configs, hpa), table, head + notes,
-                   elapsed_s=time.monotonic() - t0)
+                   elapsed_s=elapsed_s)
 
 
 def _command(paths: list[pathlib.Path], quick: bool, configs: list[PlannerConfig],
@@ -171,7 +183,10 @@ def _command(paths: list[pathlib.Path], quick: bool, configs: list[PlannerConfig
     names = {c.name: key for key, c in CONFIGS.items()}
     cmd += "".join(f" --config {names[c.name]}" for c in configs)
     cmd += "" if hpa else " --no-hpa"
-    return cmd + "".join(f" --scenario {p}" for p in paths if paths != _all())
+    if paths == _all():
+        return cmd
+    return cmd + "".join(f" --scenario {p.relative_to(ROOT) if p.is_absolute() else p}"
+                         for p in paths)
 
 
 def _all() -> list[pathlib.Path]:
@@ -184,7 +199,7 @@ def write(sec: Section, path: pathlib.Path = RESULTS) -> None:
     if f"\n## {sec.title}\n" not in text:
         parts = text.split("\n## ")
         last = max(i for i, p in enumerate(parts) if p.startswith("Provisioned cost"))
-        parts.insert(last + 1, sec.markdown().rstrip() + "\n")
+        parts.insert(last + 1, sec.markdown().rstrip().removeprefix("## ") + "\n")
         path.write_text("\n## ".join(parts))
         return
     write_section(sec, path)
@@ -200,11 +215,8 @@ def main() -> None:
     ap.add_argument("--write", action="store_true", help=f"write the section into {RESULTS}")
     args = ap.parse_args()
     configs = [CONFIGS[c] for c in args.config] or [BEFORE, PLANNER]
-    sec = section(args.scenario or _all(), args.quick, configs, not args.no_hpa)
+    sec = section(args.scenario or _all(), args.quick, configs, not args.no_hpa, args.write)
     print(sec.markdown())
-    if args.write:
-        write(sec)
-        progress(f"diag: wrote '{sec.title}' into {RESULTS}")
 
 
 if __name__ == "__main__":

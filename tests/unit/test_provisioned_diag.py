@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import pathlib
 
 from benchmarks.costsim import provisioned as sim
 from benchmarks.costsim.provisioned_fleets import PlannerFleet
@@ -102,3 +103,18 @@ def test_reacting_meets_a_burst_in_the_bucket_it_starts_and_noise_is_no_drift() 
     assert calm[at] < 2 * calm[at - 1]  # the forecast alone waits for a surprise
     assert 1 <= reactions <= 2
     assert quick[-4:] == calm[-4:]  # after it, the forecast alone again (its level rose)
+
+
+def test_the_diagnosis_goes_after_the_provisioned_sections_and_replaces_itself(
+        tmp_path: pathlib.Path) -> None:
+    from benchmarks.common import Section
+    from benchmarks.provisioned_diag import TITLE, write
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# R\n\n## Cost: a\n\nx\n\n## Provisioned cost: b\n\ny\n\n"
+                       "## Provisioned cost: c\n\nz\n\n## Envoy\n\nw\n")
+    write(Section(TITLE, "cmd one", "| t |"), results)
+    write(Section(TITLE, "cmd two", "| t |"), results)
+    text = results.read_text()
+    titles = [line[3:] for line in text.splitlines() if line.startswith("## ")]
+    assert titles == ["Cost: a", "Provisioned cost: b", "Provisioned cost: c", TITLE, "Envoy"]
+    assert "cmd two" in text and "cmd one" not in text
