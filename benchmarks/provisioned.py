@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from benchmarks.common import BENCH_DIR, Section, command_for, md_table, progress
+from benchmarks.common import BENCH_DIR, ROOT, Section, command_for, md_table, progress
 from benchmarks.costsim import provisioned as sim
 from benchmarks.costsim.provisioned_fleets import (
     OracleFleet,
@@ -293,10 +293,15 @@ def notes(runs: list[ScenarioRun], quick: bool) -> list[str]:
     return out
 
 
-def run(quick: bool, paths: list[pathlib.Path] | None = None) -> list[Section]:
+def run(quick: bool, paths: list[pathlib.Path] | None = None, solve_times: bool = True,
+        each: Callable[[Section, list[pathlib.Path]], None] | None = None) -> list[Section]:
+    """The cost section (and the solve-time one); ``each`` gets the cost section after
+    every scenario, with the scenarios done so far."""
     t0 = time.monotonic()
     runs, refused = [], []
-    for path in paths or sorted(SCENARIOS.glob("*.toml")):
+    todo = paths or sorted(SCENARIOS.glob("*.toml"))
+    cost = None
+    for i, path in enumerate(todo):
         s = load_scenario(path)
         progress(f"provisioned: {s.name} ({len(s.pools)} pools)")
         try:
@@ -304,13 +309,16 @@ def run(quick: bool, paths: list[pathlib.Path] | None = None) -> list[Section]:
         except PlanRefused as exc:
             refused.append(f"{s.name}: not compared, a baseline has no plan ({exc}).")
             progress(f"provisioned: {refused[-1]}")
-    table = md_table(["scenario (pools)", "attainment", "USD/day", "× static peak",
-                      "× HPA", "× SkyServe-like", "× offline optimum", "re-plans adopted",
-                      "planner solve s (median / max)"],
-                     [_row(r) for r in runs], "lllrrrrrl")
-    cost = Section(TITLE, command_for(__name__, quick), table, notes(runs, quick) + refused,
-                   elapsed_s=time.monotonic() - t0)
-    return [cost, solve_section(quick)]
+        table = md_table(["scenario (pools)", "attainment", "USD/day", "× static peak",
+                          "× HPA", "× SkyServe-like", "× offline optimum", "re-plans adopted",
+                          "planner solve s (median / max)"],
+                         [_row(r) for r in runs], "lllrrrrrl")
+        cost = Section(TITLE, command_for(__name__, quick), table,
+                       notes(runs, quick) + refused, elapsed_s=time.monotonic() - t0)
+        if each is not None:
+            each(cost, todo[:i + 1])
+    assert cost is not None
+    return [cost, solve_section(quick)] if solve_times else [cost]
 
 
 def main() -> None:
@@ -318,16 +326,26 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--scenario", action="append", type=pathlib.Path, default=[])
     ap.add_argument("--no-write", action="store_true", help="print, do not touch RESULTS.md")
+    ap.add_argument("--no-solve-times", action="store_true",
+                    help="leave the solve-time section (planner.plan on synthetic fleets) as is")
     args = ap.parse_args()
-    sections = run(args.quick, args.scenario or None)
-    for sec in sections:
-        if args.scenario:
-            sec.command += "".join(f" --scenario {p}" for p in args.scenario)
-        print(sec.markdown())
+    from benchmarks.cost import write_section
+
+    def written(sec: Section, done: list[pathlib.Path]) -> None:
+        if done != sorted(SCENARIOS.glob("*.toml")):
+            sec.command += "".join(
+                f" --scenario {p.relative_to(ROOT) if p.is_absolute() else p}" for p in done)
         if not args.no_write:
-            from benchmarks.cost import write_section
+            write_section(sec, RESULTS)
+            progress(f"provisioned: wrote '{sec.title}' ({len(done)} scenarios) into {RESULTS}")
+
+    sections = run(args.quick, args.scenario or None, not args.no_solve_times, written)
+    for sec in sections[1:]:  # the cost section is written as it grows
+        if not args.no_write:
             write_section(sec, RESULTS)
             progress(f"provisioned: wrote '{sec.title}' into {RESULTS}")
+    for sec in sections:
+        print(sec.markdown())
 
 
 if __name__ == "__main__":
