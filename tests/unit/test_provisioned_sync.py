@@ -97,3 +97,17 @@ def test_hpa_scale_up_limit_compounds_over_the_syncs_of_a_bucket() -> None:
     assert _scale_up_limit(1, 15.0) == 5  # one sync: max(2 × 1, 1 + 4)
     assert _scale_up_limit(1, 60.0) == 40  # 1 → 5 → 10 → 20 → 40
     assert _scale_up_limit(3, 5.0) == 7  # at least one sync
+
+
+@pytest.mark.parametrize("name", ["before", "reserve"])
+def test_a_planner_configuration_runs_the_small_scenarios_day(name: str) -> None:
+    from benchmarks import provisioned as bench
+    s = load_scenario(SMALL)
+    su = bench.setup(s, quick=True)
+    fleet = bench.planner_fleet(s, su, bench.CONFIGS[name])
+    r = sim.simulate(s, su.base, fleet, su.today, seed=3, sync_s=bench.SYNC_S)
+    assert not fleet.log.infeasible
+    assert r.attainment > 0.95 and r.usd > 0
+    solves = len(fleet.log.seconds)
+    # hourly (and on surprises, outages), or also every 15 minutes and on drift
+    assert solves >= 24 and (name == "before" or solves >= 4 * 24)
