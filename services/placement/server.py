@@ -190,7 +190,7 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
             else:
                 first = placement_pb2.RouteUpdate(
                     version=self.hub.version, snapshot=True,
-                    tables=self.hub.snapshot(region), placement_id=self.placement_id)
+                    tables=self.hub.published(region), placement_id=self.placement_id)
             watcher.take()
             yield first  # type: ignore[misc]  # bytes pass through main.register's serializer
             while True:
