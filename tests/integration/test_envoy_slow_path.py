@@ -11,24 +11,19 @@ from __future__ import annotations
 import asyncio
 import pathlib
 import time
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
 import pytest_asyncio
 import tritonclient.grpc as tc
-from tritonclient.utils import InferenceServerException
 
-from services.agent.agent import NodeAgent
 from services.backends.triton import TritonProcess
 from services.config import MeshConfig
-from services.demo import infer_with_trailers
 from services.edge.envoy.launcher import EnvoyEdge, prepare
-from services.edge.envoy.slowpath import SUFFIX, start_slow_path
-from services.edge.main import RunningEdge
-from services.placement.main import RunningPlacement, start_placement
+from services.edge.envoy.slowpath import SUFFIX
 from services.ports import free_port
+from tests.envoy_harness import EnvoyMesh, running_envoy_mesh
 from tests.llm_harness import PROMPT, direct, run_stream
 from tests.mesh_harness import (
     eventually,
@@ -36,7 +31,6 @@ from tests.mesh_harness import (
     mesh_config,
     raw_infer,
     request_bytes,
-    summarize_input,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
@@ -51,60 +45,15 @@ def cfg(tmp_path_factory: pytest.TempPathFactory) -> MeshConfig:
     return mesh_config(tmp_path_factory.mktemp("envoy-slow"))
 
 
-@dataclass
-class SlowPathMesh:
-    placement: RunningPlacement
-    slow: RunningEdge
-    envoy: EnvoyEdge
-
-    def call(self, metadata: Sequence[tuple[str, str]] = (), model: str = "summarize",
-             address: str | None = None) -> dict[str, str]:
-        client = tc.InferenceServerClient(address or self.envoy.address)
-        try:
-            return infer_with_trailers(client, model, [summarize_input()], metadata, 5.0)[1]
-        finally:
-            client.close()
-
-    def status(self, metadata: Sequence[tuple[str, str]], address: str | None = None) -> str:
-        """The status of a call expected to fail (a served call fails the test)."""
-        with pytest.raises(InferenceServerException) as err:
-            self.call(metadata, address=address)
-        return str(err.value.status())
-
-    def envoy_stat(self, name: str) -> int:
-        for line in self.envoy.admin("/stats?filter=" + name).splitlines():
-            key, _, value = line.partition(": ")
-            if key == name:
-                return int(value)
-        return 0
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def mesh(cfg: MeshConfig, tritons: dict[str, TritonProcess],
-               tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[SlowPathMesh]:
-    placement = await start_placement(cfg, port=0, metrics_port=0)
-    address = f"127.0.0.1:{placement.port}"
-    agent = NodeAgent(cfg, [b.id for b in cfg.backends], placement=[address], interval_s=0.3)
-    await agent.start()
-    slow = await start_slow_path(cfg, cfg.edges[0], placement=[address], metrics_port=0)
-    node, bootstrap = prepare(cfg, cfg.edges[0], placement=[address], port=free_port(),
-                              run_dir=tmp_path_factory.mktemp("envoy"), slow_path_port=slow.port)
-    envoy = EnvoyEdge(node, bootstrap, concurrency=1)
-    envoy.start()
-    try:
-        await eventually(envoy.ready, 20, "Envoy listens with the config placement pushed")
-        await eventually(lambda: {"summarize", "generate"} <= set(slow.router.store.candidates),
-                         20, "the slow path has its route tables")
-        yield SlowPathMesh(placement, slow, envoy)
-    finally:
-        envoy.stop()
-        await slow.stop(0.5)
-        await agent.stop()
-        await placement.stop(0.5)
+               tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[EnvoyMesh]:
+    async with running_envoy_mesh(cfg, tmp_path_factory.mktemp("envoy")) as m:
+        yield m
 
 
 async def test_a_stream_through_envoy_takes_the_slow_path_and_every_token_arrives(
-        mesh: SlowPathMesh, tritons: dict[str, TritonProcess]) -> None:
+        mesh: EnvoyMesh, tritons: dict[str, TritonProcess]) -> None:
     before = await asyncio.to_thread(mesh.envoy_stat, "cluster.slow-path.upstream_rq_total")
     arrived: list[float] = []
     stream = await asyncio.to_thread(run_stream, mesh.envoy.address, PROMPT, 40, [],
@@ -124,7 +73,7 @@ async def test_a_stream_through_envoy_takes_the_slow_path_and_every_token_arrive
 
 
 async def test_each_hint_envoy_cannot_compile_is_honoured_exactly_on_the_slow_path(
-        mesh: SlowPathMesh) -> None:
+        mesh: EnvoyMesh) -> None:
     plain = await asyncio.to_thread(mesh.call)
     assert plain["x-switchyard-path"] == "envoy"
     assert plain["x-served-by"].endswith("/summarize-small"), plain  # the cheapest quality
@@ -169,7 +118,7 @@ async def test_each_hint_envoy_cannot_compile_is_honoured_exactly_on_the_slow_pa
 
 
 async def test_a_fast_path_call_carries_the_python_edges_cost_and_slo_trailers(
-        mesh: SlowPathMesh) -> None:
+        mesh: EnvoyMesh) -> None:
     assert mesh.placement.ads is not None
     ads, region = mesh.placement.ads, mesh.envoy.node.region
 
@@ -196,7 +145,7 @@ async def test_a_fast_path_call_carries_the_python_edges_cost_and_slo_trailers(
 
 
 async def test_repository_index_statistics_and_server_metadata_answer_for_the_mesh(
-        mesh: SlowPathMesh) -> None:
+        mesh: EnvoyMesh) -> None:
     def ask() -> tuple[set[str], str, int, str]:
         client = tc.InferenceServerClient(mesh.envoy.address)
         try:
@@ -216,7 +165,7 @@ async def test_repository_index_statistics_and_server_metadata_answer_for_the_me
 
 
 async def test_control_rpcs_answer_as_a_python_edge_does_for_the_logical_model(
-        mesh: SlowPathMesh) -> None:
+        mesh: EnvoyMesh) -> None:
     def ask() -> tuple[bool, bool, bool, bool, str, str]:
         client = tc.InferenceServerClient(mesh.envoy.address)
         try:
@@ -237,7 +186,7 @@ async def test_control_rpcs_answer_as_a_python_edge_does_for_the_logical_model(
 
 
 async def test_slow_path_calls_are_reported_once_by_the_python_edge_not_by_envoys_log(
-        mesh: SlowPathMesh) -> None:
+        mesh: EnvoyMesh) -> None:
     feedback = mesh.placement.ads.feedback if mesh.placement.ads is not None else None
     assert feedback is not None
 
@@ -271,7 +220,7 @@ async def test_slow_path_calls_are_reported_once_by_the_python_edge_not_by_envoy
 
 
 async def test_envoys_own_replies_are_documented_statuses_when_the_slow_path_is_down(
-        cfg: MeshConfig, mesh: SlowPathMesh, tmp_path: pathlib.Path) -> None:
+        cfg: MeshConfig, mesh: EnvoyMesh, tmp_path: pathlib.Path) -> None:
     # An Envoy whose slow path is not listening: its slow calls are UNAVAILABLE (Envoy's
     # local 503, mapped), never UNKNOWN, never served on the fast path instead.
     node, bootstrap = prepare(cfg, cfg.edges[0], placement=[f"127.0.0.1:{mesh.placement.port}"],

@@ -187,9 +187,10 @@ def test_envoy_edges_load_with_tls_and_token_tenants(tmp_path: pathlib.Path) -> 
     cfg = load_config(_config(tmp_path, TLS_SECTION))
     s = envoy_settings(cfg)
     assert (s.tls, s.client_certs, s.tenants, s.require_tenant) == (True, False, True, True)
-    certs = envoy_tls(cfg)
-    assert certs == EnvoyTls(str(tmp_path / "certs/ca.pem"), str(tmp_path / "certs/edge.pem"),
-                             str(tmp_path / "certs/edge.key"))
+    # the files the Python edge opens: a relative path is from the working directory
+    cwd = pathlib.Path.cwd()
+    assert envoy_tls(cfg) == EnvoyTls(str(cwd / "certs/ca.pem"), str(cwd / "certs/edge.pem"),
+                                      str(cwd / "certs/edge.key"))
 
 
 def test_a_plaintext_mesh_has_no_certificate_files(tmp_path: pathlib.Path) -> None:

@@ -39,13 +39,14 @@ def placement_addresses(cfg: MeshConfig) -> list[str]:
 
 
 def envoy_tls(cfg: MeshConfig) -> EnvoyTls | None:
-    """The edge role's certificate files of ``cfg``'s ``[security]`` (resolved against the
-    config's directory, as every Switchyard process resolves them); None in plaintext."""
+    """The edge role's certificate files of ``cfg``'s ``[security]``, the files the Python
+    edge opens (``security.transport``: a relative path is from the working directory),
+    made absolute; None in plaintext."""
     sec = cfg.security
     if sec.plaintext:
         return None
     cert, key = sec.cert_for("edge")
-    return EnvoyTls(*(str(cfg.path(f).resolve()) for f in (sec.ca_file, cert, key)))
+    return EnvoyTls(*(str(pathlib.Path(f).resolve()) for f in (sec.ca_file, cert, key)))
 
 
 def envoy_command(bootstrap: pathlib.Path, concurrency: int | None = None,

@@ -1,0 +1,124 @@
+"""One Envoy edge with its slow path, over real placement, agent and Triton, for a module.
+
+``running_envoy_mesh(cfg, run_dir)`` starts placement (ADS on its own port), a node agent,
+the co-located Python edge ``<edge>-slow`` and a real Envoy whose node metadata names it,
+exactly as ``python -m services.edge.envoy`` pairs them; with ``[security]`` TLS every hop is
+TLS (the Envoy bootstrap from ``launcher.prepare`` carries the edge's certificate files) and
+callers need ``ClientTls``. Used by ``test_envoy_slow_path.py`` (plaintext) and
+``test_envoy_security.py`` (TLS, tenants).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pathlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+import grpc
+import pytest
+import tritonclient.grpc as tc
+from tritonclient.utils import InferenceServerException
+
+from services.agent.agent import NodeAgent
+from services.config import MeshConfig
+from services.demo import infer_with_trailers
+from services.edge.envoy.launcher import EnvoyEdge, prepare
+from services.edge.envoy.slowpath import start_slow_path
+from services.edge.main import RunningEdge
+from services.placement.main import RunningPlacement, start_placement
+from services.ports import free_port
+from services.security import transport
+from tests.mesh_harness import eventually, summarize_input
+
+
+@dataclass(frozen=True)
+class ClientTls:
+    """A caller's TLS: the CA it trusts and, optionally, its own certificate (PEM files)."""
+
+    ca_file: pathlib.Path
+    cert_file: pathlib.Path | None = None
+    key_file: pathlib.Path | None = None
+
+    def channel(self, address: str) -> grpc.aio.Channel:
+        key = self.key_file.read_bytes() if self.key_file else None
+        chain = self.cert_file.read_bytes() if self.cert_file else None
+        return grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(
+            self.ca_file.read_bytes(), key, chain))
+
+    def client(self, address: str) -> tc.InferenceServerClient:
+        return tc.InferenceServerClient(
+            address, ssl=True, root_certificates=str(self.ca_file),
+            private_key=str(self.key_file) if self.key_file else None,
+            certificate_chain=str(self.cert_file) if self.cert_file else None)
+
+
+@dataclass
+class EnvoyMesh:
+    placement: RunningPlacement
+    slow: RunningEdge
+    envoy: EnvoyEdge
+    client_tls: ClientTls | None = None  # how callers reach the edge (None: plaintext)
+
+    def client(self, address: str | None = None) -> tc.InferenceServerClient:
+        address = address or self.envoy.address
+        return (self.client_tls.client(address) if self.client_tls is not None
+                else tc.InferenceServerClient(address))
+
+    def channel(self, address: str | None = None) -> grpc.aio.Channel:
+        address = address or self.envoy.address
+        return (self.client_tls.channel(address) if self.client_tls is not None
+                else grpc.aio.insecure_channel(address))
+
+    def call(self, metadata: Sequence[tuple[str, str]] = (), model: str = "summarize",
+             address: str | None = None) -> dict[str, str]:
+        client = self.client(address)
+        try:
+            return infer_with_trailers(client, model, [summarize_input()], metadata, 5.0)[1]
+        finally:
+            client.close()
+
+    def status(self, metadata: Sequence[tuple[str, str]], address: str | None = None) -> str:
+        """The status of a call expected to fail (a served call fails the test)."""
+        with pytest.raises(InferenceServerException) as err:
+            self.call(metadata, address=address)
+        return str(err.value.status())
+
+    def envoy_stat(self, name: str) -> int:
+        for line in self.envoy.admin("/stats?filter=" + name).splitlines():
+            key, _, value = line.partition(": ")
+            if key == name:
+                return int(value)
+        return 0
+
+
+@contextlib.asynccontextmanager
+async def running_envoy_mesh(cfg: MeshConfig, run_dir: pathlib.Path,
+                             client_tls: ClientTls | None = None) -> AsyncIterator[EnvoyMesh]:
+    """Placement, an agent for every backend (dialling as ``switchyard agent`` does), the
+    slow path and Envoy for ``cfg.edges[0]``; yields once Envoy listens with placement's
+    config, the slow path has its tables and the agent has reported every backend."""
+    placement = await start_placement(cfg, port=0, metrics_port=0)
+    address = f"127.0.0.1:{placement.port}"
+    agent = NodeAgent(cfg, [b.id for b in cfg.backends], placement=[address], interval_s=0.3,
+                      channel_factory=transport.channel_factory(cfg.security, "agent"))
+    await agent.start()
+    slow = await start_slow_path(cfg, cfg.edges[0], placement=[address], metrics_port=0)
+    node, bootstrap = prepare(cfg, cfg.edges[0], placement=[address], port=free_port(),
+                              run_dir=run_dir, slow_path_port=slow.port)
+    envoy = EnvoyEdge(node, bootstrap, concurrency=1)
+    envoy.start()
+    try:
+        await eventually(envoy.ready, 20, "Envoy listens with the config placement pushed")
+        await eventually(lambda: {"summarize", "generate"} <= set(slow.router.store.candidates),
+                         20, "the slow path has its route tables")
+        fleet = placement.service.fleet
+        await eventually(lambda: all(b.id in fleet.backends and fleet.backends[b.id].last
+                                     for b in cfg.backends), 20,
+                         "placement has the agent's telemetry for every backend")
+        yield EnvoyMesh(placement, slow, envoy, client_tls)
+    finally:
+        envoy.stop()
+        await slow.stop(0.5)
+        await agent.stop()
+        await placement.stop(0.5)
