@@ -326,11 +326,11 @@ class PlannerFleet:
         if seen.down != self._down:
             self._down = seen.down
             self._replan(now, self._event_horizon_s)
+        elif now >= self._next_s - half:
+            self._replan(now, self._horizon_s)
         elif self._drifted(seen.rates, seen.bucket_s):  # drift: right-size now, as an HPA would scale
             self.log.reactions += 1
             self._replan(now, self._event_horizon_s, resize=True)
-        elif now >= self._next_s - half:
-            self._replan(now, self._horizon_s)
         elif self._resize_s and now >= self._next_resize_s - half:
             self._replan(now, self._horizon_s, resize=True)
         while self._next_s <= now + half:
