@@ -8,7 +8,9 @@ per-deployment cluster; stats switched off as a diagnostic), all of it as a stat
 (``sy``), the same pushed by placement over delta ADS (``envoy-sy``), and alternatives for the
 expensive pieces. The same closed-loop load (``benchmarks/_load.py``) hits every variant in
 turn, each round in a rotated order; every ratio is taken against plain Envoy *in the same
-round* and the table gives its median over the rounds with the min–max spread.
+round* and the table gives its median over the rounds with the min–max spread. The C dynamic
+module's variants (``benchmarks/envoy_dynmod.py``: ``dm-peek``, ``sy-dm``) need
+``native/build.sh`` to have built it; without it they are reported as not started.
 
     python -m benchmarks.envoy_filters [--quick] [--only NAME,NAME...] [--rounds N]
                                        [--conc C,C...]
@@ -17,6 +19,7 @@ round* and the table gives its median over the rounds with the min–max spread.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 import time
@@ -26,9 +29,14 @@ from benchmarks._fleet import Fleet, Target, _wait_infer
 from benchmarks._load import Point, measure, schedstat_seconds
 from benchmarks.common import Section, command_for, main, md_table, progress
 from benchmarks.dataplane import _loop_factory, start_switchyard_envoy
-from benchmarks.envoy_configs import VARIANTS, Variant
+from benchmarks.envoy_configs import VARIANTS as LUA_VARIANTS
+from benchmarks.envoy_configs import Variant
+from benchmarks.envoy_dynmod import DM_VARIANTS
 from services.edge.envoy.launcher import envoy_command
 from services.ports import free_port
+from services.xds import native
+
+VARIANTS = {**LUA_VARIANTS, **{v.name: v for v in DM_VARIANTS}}
 
 ESTIMATE_S = (420, 1100)
 BASELINE = "plain"
@@ -36,6 +44,10 @@ ADS = "envoy-sy"
 
 
 def start_variant(fleet: Fleet, v: Variant) -> Target:
+    if v in DM_VARIANTS:
+        if not native.available():
+            raise RuntimeError(f"{native.module_path()} is not built (native/build.sh)")
+        os.environ[native.SEARCH_PATH_ENV] = str(native.BUILD_DIR)  # inherited by Envoy
     port = free_port()
     path = fleet.tmp / f"{v.name}.json"
     path.write_text(json.dumps(v.bootstrap(fleet.triton_address, fleet.placement_address,
@@ -120,8 +132,9 @@ PIECE_NAMES = ("dep-cluster", "lua-peek", "aggregate", "retry", "hdr-mutation", 
 
 
 # Alternatives against what they would replace, paired within each round.
-PAIRS = (("sy-no-lua", "sy"), ("sy-first", "sy"), ("sy-gfe", "sy"), ("sy-no-resp", "sy"),
-         ("sy-no-als", "sy"), ("envoy-sy", "sy"), ("hints+gfe", "lua-peek"), ("gfe", "lua-peek"))
+PAIRS = (("sy-dm", "sy"), ("dm-peek", "lua-peek"), ("sy-no-lua", "sy"), ("sy-first", "sy"),
+         ("sy-gfe", "sy"), ("sy-no-resp", "sy"), ("sy-no-als", "sy"), ("envoy-sy", "sy"),
+         ("hints+gfe", "lua-peek"), ("gfe", "lua-peek"))
 
 
 def pair_rows(rounds: list[dict[tuple[str, int], Point]],
@@ -151,7 +164,7 @@ def verdicts(rounds: list[dict[tuple[str, int], Point]],
              concurrencies: Sequence[int]) -> list[str]:
     """The prose under the table, computed from its rows."""
     out = []
-    for whole in ("sy", ADS):
+    for whole in ("sy", "sy-dm", ADS):
         ratios = {c: _median_ratio(rounds, whole, c) for c in concurrencies}
         got = {c: r for c, r in ratios.items() if r is not None}
         if got:

@@ -24,6 +24,7 @@ fi
 echo "[bootstrap] installing switchyard and its dependencies into .venv"
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e ".[dev]"
+native/build.sh  # the Envoy edge's C dynamic module (skipped, with a message, without gcc)
 echo "[bootstrap] checking generated code is current"
 .venv/bin/python -m scripts.gen_protos --check
 echo "[bootstrap] done: .venv/bin/switchyard is ready"

