@@ -213,7 +213,11 @@ class Edges:
         except asyncio.CancelledError:
             raise
         except Exception as e:  # a watch that died must show, not look like a slow edge
-            self.ended.append(f"edge-{i}: {type(e).__name__}: {str(e)[:120]}")
+            why = " ".join(str(e).split())
+            self.ended.append(f"edge-{i}: {type(e).__name__}: {why[:400]}")
+            if os.environ.get("CP_DEBUG"):
+                progress(f"edge-{i} watch ended ({'saw' if self.state[i] is not None else 'never saw'}"
+                         f" the probe): {why}")
 
     def seen(self, not_ready: bool) -> str:
         """How far a change got: edges that show it, never saw the probe, watch ended."""
@@ -252,6 +256,7 @@ class Level:
     load1: float  # the host's 1-minute load average at the end of the window
     agents_cpu_pct: float = 0.0
     startup_s: float = math.nan  # until 2 reports per backend were ingested (nan: not in time)
+    ended: tuple[str, ...] = ()  # watches that ended before the last change, and why
 
 
 @dataclass(frozen=True)
@@ -367,12 +372,13 @@ async def measure(gpus: int, edges: int, window_s: float, changes: int,
                     progress(f"controlplane: {gpus:,} GPUs change {k + 1}/{changes}: {seen}")
                     await asyncio.sleep(1.0)
                 stop.set()
+                ended = tuple(fleet_edges.ended)
                 await fleet_edges.stop()
                 probe_task.cancel()
             return Level(variant.label, gpus, edges, register_s, (n1 - n0) / (t1 - t0),
                          gpus / 1.0, 100 * (c1 - c0) / (t1 - t0), delays, timeouts,
                          (b1 - b0) / (t1 - t0) / 1e6, load1,
-                         100 * (a1 - a0) / (t1 - t0), startup_s)
+                         100 * (a1 - a0) / (t1 - t0), startup_s, ended)
         finally:
             for p in (agents, placement):
                 if p is not None and p.poll() is None:
@@ -388,16 +394,19 @@ async def measure(gpus: int, edges: int, window_s: float, changes: int,
 
 
 def run(quick: bool, levels: list[tuple[int, int]] | None = None,
-        before: str | None = None, per_message: int = 8, after: str = ROOT) -> Section:
+        before: str | None = None, per_message: int = 8, after: str = ROOT,
+        before_per_message: int = 0) -> Section:
     """``before``: another checkout of placement, measured right before this one at every
-    level (its agents send one report per message, as its protocol knows no batches)."""
+    level (its agents send ``before_per_message`` reports per message: 0, one each, for a
+    placement older than batches)."""
     t0 = time.monotonic()
     levels = levels or ([(1000, 10), (1000, 100)] if quick else
                         [(1000, 10), (1000, 100), (5000, 100), (10000, 100)])
     window, changes, timeout = (5.0, 3, 8.0) if quick else (10.0, 8, 15.0)
     variants = [Variant(root=after, per_message=per_message)]
     if before:
-        variants = [Variant("before", before, 0), Variant("after", after, per_message)]
+        variants = [Variant("before", before, before_per_message),
+                    Variant("after", after, per_message)]
     out = []
     for gpus, edges in levels:
         for v in variants:
@@ -430,6 +439,8 @@ def run(quick: bool, levels: list[tuple[int, int]] | None = None,
                    command=command_for(__name__, quick) + "".join(
                        [f" --levels {','.join(str(g) for g, _ in levels)}"] * bool(levels)
                        + [" --before <worktree of the old commit>"] * bool(before)
+                       + [f" --before-per-message {before_per_message}"]
+                       * bool(before and before_per_message)
                        + [" --after <worktree of the new commit>"] * (after != ROOT)),
                    table=table,
                    notes=notes(out), elapsed_s=time.monotonic() - t0)
@@ -490,6 +501,13 @@ def notes(levels: list[Level]) -> list[str]:
                 f"ingests at least "
                 f"{lv.ingest_per_s:,.0f} reports/s at {lv.cpu_pct:.0f} % CPU, but this row is "
                 "not a steady state and its propagation was measured under that backlog.")
+    for lv in levels:
+        if lv.ended:
+            out.append(
+                f"{lv.gpus:,} GPUs, {lv.label}: {len(lv.ended)} of {lv.edges} watches ended "
+                f"before the changes, so no change could reach every edge (first: "
+                f"{lv.ended[0][:160]}); a watch placement has not accepted within 30 s is "
+                "cancelled by gRPC (`grpc.server_max_unrequested_time_in_server`).")
     kept = _kept(worst)
     verdict = ("met" if 0.99 <= kept <= 1.03 else "missed" if kept < 0.99
                else "not measured in a steady state")
@@ -503,7 +521,11 @@ def notes(levels: list[Level]) -> list[str]:
         "and the fleet's change signature is quantised to match, so 1 Hz load wobble "
         "rebuilds and pushes nothing; rates are derived from the agent's clock, so a "
         "backlog does not fake rate swings; each publish is serialised once per region and "
-        "the bytes shared by its watchers; an agent's round can come as one message.",
+        "the bytes shared by its watchers (a merge for edges that fell behind too); an "
+        "agent's round can come as one message; a scheduled rebuild does at most "
+        "2,000 rows (`RouteHub.max_build_rows`), the rest of the backlog in the next "
+        "publishes with the event loop free in between, and a backend that turns usable or "
+        "unusable in telemetry (the probe's flip) is rebuilt first, ahead of that backlog.",
         "What is left: the route build and the ingest are pure Python on placement's one "
         "event loop (a dirty backend's rows are rebuilt for every edge region); several "
         "replicas sharing the fleet by region or backend hash (issue 15 item 2) is the way "
@@ -528,6 +550,9 @@ def main() -> None:
     p.add_argument("--before", default="",
                    help="another checkout (e.g. a git worktree of the old commit): its "
                         "placement is measured right before this one at every level")
+    p.add_argument("--before-per-message", type=int, default=0,
+                   help="reports per message for --before's agents (0: one each, for a "
+                        "placement older than batches)")
     p.add_argument("--after", default=ROOT,
                    help="the checkout whose placement is measured (default this one; a "
                         "clean worktree keeps others' uncommitted edits out)")
@@ -542,7 +567,7 @@ def main() -> None:
         return
     levels = [(int(g), 100) for g in args.levels.split(",")] if args.levels else None
     print(run(args.quick, levels, args.before or None, args.per_message,
-              args.after).markdown())
+              args.after, args.before_per_message).markdown())
 
 
 if __name__ == "__main__":
