@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import pathlib
+import threading
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 
@@ -26,6 +27,7 @@ from services.config import MeshConfig
 from services.edge.envoy.bootstrap import bootstrap
 from services.edge.envoy.launcher import EnvoyEdge, envoy_tls
 from services.edge.envoy.snapshot import static_bootstrap, write_atomically
+from services.edge.envoy.supervisor import Supervisor
 from services.ports import free_port
 from services.security.certs import create_dev_pki
 from services.security.settings import AgentIdentity, SecuritySettings, TenantSettings
@@ -183,3 +185,35 @@ async def test_a_restarted_envoy_serves_tls_from_its_snapshot(
             assert (await raw_infer(ch))[0] is grpc.StatusCode.UNAVAILABLE
     finally:
         copy.stop()
+
+
+async def test_the_supervisor_runs_envoy_over_tls_and_saves_a_snapshot_without_keys(
+        mesh: EnvoyMesh, cfg: MeshConfig, tmp_path: pathlib.Path) -> None:
+    """What ``python -m services.edge.envoy`` runs: the supervisor's own bootstrap (the
+    node's certificate files from ``envoy_tls``), Envoy on ADS over mTLS, and the snapshot
+    it saves names the files and holds no key."""
+    node = replace(mesh.envoy.node, edge_id="edge-east-supervised", listen_port=free_port())
+    supervisor = Supervisor(node, [f"127.0.0.1:{mesh.placement.port}"], tmp_path,
+                            concurrency=1, interval_s=0.2, certs=envoy_tls(cfg))
+    stop = threading.Event()
+    running = asyncio.create_task(asyncio.to_thread(supervisor.run, stop))
+    try:
+        await eventually(supervisor.serving, 20, "the supervised Envoy serves")
+        address = f"{node.listen_host}:{node.listen_port}"
+        trailers = await asyncio.to_thread(mesh.call, [("x-slo-ms", "2000")], "summarize",
+                                           address)
+        assert trailers["x-switchyard-path"] == "envoy"
+        await eventually(supervisor.snapshot_path.exists, 10, "the snapshot is saved")
+        saved, key, key_file = await asyncio.to_thread(
+            _saved_and_key, supervisor.snapshot_path, cfg.security.cert_for("edge")[1])
+        assert key.splitlines()[1] not in saved and "PRIVATE KEY" not in saved
+        assert key_file in saved  # the file's name: Envoy reads the key itself
+    finally:
+        stop.set()
+        await running
+
+
+def _saved_and_key(snapshot: pathlib.Path, key_file: str) -> tuple[str, str, str]:
+    """The snapshot's text, the edge's private key (PEM) and its absolute file name."""
+    path = pathlib.Path(key_file).resolve()
+    return snapshot.read_text(), path.read_text(), str(path)
