@@ -16,9 +16,9 @@ from google.protobuf import json_format
 from placement.errors import ConfigError
 from placement.registry import build_profile
 from services.api.switchyard.v1 import placement_pb2
-from services.config import load_config
+from services.config import MeshConfig, load_config
 from services.edge.envoy.bootstrap import EnvoyNode, EnvoyTls, bootstrap
-from services.edge.envoy.launcher import envoy_tls
+from services.edge.envoy.launcher import envoy_tls, policy_reloader
 from services.edge.envoy.snapshot import static_bootstrap
 from services.security.authz import AuthzPolicy
 from services.security.settings import SecuritySettings
@@ -269,3 +269,40 @@ def test_the_listener_holds_connections_to_the_security_limits(tmp_path: pathlib
         "filters"][0]["typed_config"]
     assert "common_http_protocol_options" not in plain
     assert "max_concurrent_streams" not in plain["http2_protocol_options"]
+
+
+class _Slow:
+    """The slow path as far as a reload reaches it: the policies it was handed."""
+
+    def __init__(self) -> None:
+        self.reloaded: list[MeshConfig] = []
+
+    def reload_policies(self, cfg: MeshConfig) -> None:
+        self.reloaded.append(cfg)
+
+
+def test_sighup_hands_the_slow_path_new_tenant_policies(tmp_path: pathlib.Path) -> None:
+    cfg = load_config(_config(tmp_path, TLS_SECTION))
+    newer = TLS_SECTION.replace("max_cost_usd = 0.001", "max_cost_usd = 0.0001")
+    path = _config(tmp_path, newer)
+    slow = _Slow()
+    policy_reloader(slow, cfg, lambda: load_config(path))()
+    (got,) = slow.reloaded
+    assert got.security.tenants[0].max_cost_usd == 0.0001
+
+
+@pytest.mark.parametrize("change", ["no tenants left", "require_tenant off", "unreadable"])
+def test_a_reload_envoy_would_route_by_the_old_rule_keeps_the_old_policies(
+        tmp_path: pathlib.Path, change: str) -> None:
+    cfg = load_config(_config(tmp_path, TLS_SECTION))
+    if change == "no tenants left":
+        section = TLS_SECTION.split("[[security.tenants]]", maxsplit=1)[0].replace(
+            "require_tenant = true", "require_tenant = false")
+    elif change == "require_tenant off":
+        section = TLS_SECTION.replace("require_tenant = true", "require_tenant = false")
+    else:
+        section = TLS_SECTION + "\nnot toml ["
+    path = _config(tmp_path, section)
+    slow = _Slow()
+    policy_reloader(slow, cfg, lambda: load_config(path))()
+    assert slow.reloaded == []

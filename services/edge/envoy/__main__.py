@@ -20,7 +20,8 @@ def main() -> None:
                     help="Envoy worker threads (default: Envoy's, one per core of the machine)")
     args = ap.parse_args()
     run_edge(load_config(args.config, dict(os.environ)), args.id,
-             args.placement.split(",") if args.placement else None, args.concurrency)
+             args.placement.split(",") if args.placement else None, args.concurrency,
+             reload=lambda: load_config(args.config, dict(os.environ)))
 
 
 if __name__ == "__main__":

@@ -16,15 +16,21 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
-from typing import IO
+from collections.abc import Callable, Sequence
+from typing import IO, Protocol
+
+import structlog
 
 from placement.errors import SwitchyardError
 from services.config import EdgeConfig, MeshConfig
 from services.edge.envoy.binary import envoy_binary
 from services.edge.envoy.bootstrap import EnvoyNode, EnvoyTls, write_bootstrap
 from services.ports import free_port
+from services.xds.envoy_types import EnvoySettings
+from services.xds.listener import tenant_calls
 from services.xds.resources import LISTENER_NAME
+
+log = structlog.get_logger("switchyard.edge.envoy")
 
 
 class EnvoyStartError(SwitchyardError):
@@ -154,22 +160,55 @@ def listening(host: str, port: int) -> bool:
         return False
 
 
+class PoliciesEdge(Protocol):
+    def reload_policies(self, cfg: MeshConfig) -> None: ...
+
+
+def policy_reloader(slow: PoliciesEdge, cfg: MeshConfig, load: Callable[[], MeshConfig]
+                    ) -> Callable[[], None]:
+    """SIGHUP on an Envoy edge: the slow path's tenant gate takes the re-read policies, as a
+    Python edge's does (tokens, regions, cost caps, quotas). Which calls Envoy sends there is
+    compiled by placement from its own config at start (``listener.tenant_calls``): a reload
+    that would change it (tenants added to a mesh without any, ``require_tenant`` switched)
+    is refused and the old policies stay, since Envoy would still route by the old rule."""
+    def mode(c: MeshConfig) -> str:
+        return tenant_calls(EnvoySettings(tenants=bool(c.security.tenants),
+                                          require_tenant=c.security.require_tenant))
+
+    def reload() -> None:
+        try:
+            new = load()
+        except SwitchyardError as exc:
+            log.warning("reload_refused", reason=exc.message, action="keeps the old policies")
+            return
+        if mode(new) != mode(cfg):
+            log.warning("reload_refused", reason=f"tenant routing would change from "
+                        f"{mode(cfg)!r} to {mode(new)!r}; placement compiles it at start",
+                        action="keeps the old policies; restart placement and the edge")
+            return
+        slow.reload_policies(new)
+    return reload
+
+
 def run_edge(cfg: MeshConfig, edge_id: str, placement: Sequence[str] | None = None,
-             concurrency: int | None = None) -> None:
+             concurrency: int | None = None,
+             reload: Callable[[], MeshConfig] | None = None) -> None:
     """Run the edge: its slow path (the Python edge on a private port, in this process's
     event loop) and its Envoy under a :class:`Supervisor`, until SIGTERM or SIGINT. Either
-    one failing ends the process, and ``switchyard up``'s supervisor restarts both."""
+    one failing ends the process, and ``switchyard up``'s supervisor restarts both.
+    ``reload``: re-reads the config on SIGHUP (``policy_reloader``)."""
     import asyncio
 
     edge = next((e for e in cfg.edges if e.id == edge_id), None)
     if edge is None:
         raise EnvoyStartError(f"--id {edge_id!r} is not an edge of the config "
                               f"{[e.id for e in cfg.edges]}")
-    asyncio.run(_run_edge(cfg, edge, placement, concurrency))
+    asyncio.run(_run_edge(cfg, edge, placement, concurrency, reload))
 
 
 async def _run_edge(cfg: MeshConfig, edge: EdgeConfig, placement: Sequence[str] | None,
-                    concurrency: int | None) -> None:
+                    concurrency: int | None,
+                    reload: Callable[[], MeshConfig] | None = None) -> None:
     import asyncio
     import threading
 
@@ -182,6 +221,8 @@ async def _run_edge(cfg: MeshConfig, edge: EdgeConfig, placement: Sequence[str] 
         loop.add_signal_handler(sig, stop.set)
     replicas = list(placement) if placement else None
     slow = await start_slow_path(cfg, edge, placement=replicas)
+    if reload is not None:
+        loop.add_signal_handler(signal.SIGHUP, policy_reloader(slow, cfg, reload))
     try:
         node = EnvoyNode(edge.id, edge.region, edge.host, edge.port, 0, slow.port)
         supervisor = Supervisor(node, replicas or placement_addresses(cfg),
