@@ -12,7 +12,8 @@ behind merges its pending pushes row by row (the newest row wins), so a slow edg
 newest rows, never a backlog.
 
 Under load the scheduled rebuild is bounded (``max_build_rows`` rows per publish, the rest of
-the backlog in the next publishes, the event loop free in between for ingest and pushes), and
+the backlog in the next publishes, each after a pause as long as the piece took, so that the
+event loop stays at least half free for ingest, pushes and accepting calls), and
 a telemetry change that makes a backend usable or unusable (``urgent``: readiness, a hardware
 verdict, a variant's readiness) goes first, in the next publish, ahead of any backlog of load
 changes (an operator's drain is published at once, ``SetAvailability``). Without the bound a
@@ -41,9 +42,9 @@ log = structlog.get_logger("switchyard.placement.hub")
 
 Rows = dict[str, placement_pb2.Candidate | None]  # deployment id -> new row (None = removed)
 MAX_PENDING_PUSHES = 8  # a watcher further behind has its pending pushes merged into one
-# Rows one scheduled publish rebuilds at most (~40 µs each on this host's Python: ~80 ms);
+# Rows one scheduled publish rebuilds at most (~40 µs each on this host's Python: ~40 ms);
 # urgent backends are rebuilt whatever the bound. ``publish()`` called directly builds all.
-MAX_BUILD_ROWS = 2000
+MAX_BUILD_ROWS = 1000
 # Estimates: (field, relative band, absolute band). A row whose estimates all stay within
 # max(relative x last pushed, absolute) of what was last pushed is not pushed again.
 _BANDS = (("latency_p95_ms", 0.03, 0.5), ("rtt_ms", 0.03, 0.5), ("queue_ms", 0.05, 0.5),
@@ -326,14 +327,17 @@ class RouteHub:
         changed = self.rebuild(max_rows)
         if changed:
             self._offer(changed, since, t0)
-        if self.backlog:  # the rest after what waits on the loop (ingest, pushes: this one)
+        if self.backlog:
             self._first_change_at = since
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:  # no loop to come back on (a script, a test): all of it now
                 self.publish()
                 return
-            self._scheduled = loop.call_soon(self._publish_bounded)
+            # The next piece after as long as this one took: a backlog gets at most half the
+            # loop, the other half is for reads, pushes and accepting calls (gRPC accepts one
+            # call per loop turn, and cancels one not accepted within 30 s).
+            self._scheduled = loop.call_later(time.perf_counter() - t0, self._publish_bounded)
 
     def _offer(self, changed: dict[tuple[str, str], Rows], since: float, t0: float) -> None:
         self._merges.clear()
