@@ -10,8 +10,8 @@ placement compiles, ``benchmarks/costsim/envoy_policy.py``: per class, the failo
 with the miss margins placement learned from the access log and weighted rotations of it
 from ``placement.splits``; calls with a quality floor take the slow path, the co-located
 Python edge), ``envoy-order-only`` (the order alone, no weights and no learned margins: what
-was compiled before), ``envoy-compiled`` (``envoy`` with quality floors compiled into the
-order as well: no per-call decision anywhere); ``--what-if`` adds ``envoy-retry-exhausted``
+was compiled before); ``--what-if`` adds ``envoy-compiled`` (``envoy`` with quality floors
+compiled into the order as well: no per-call decision anywhere), ``envoy-retry-exhausted``
 (``envoy`` with RESOURCE_EXHAUSTED retried) and ``envoy-share-breakers`` (slot shares as
 circuit breakers). ``--seed`` replaces each scenario's seed (trace, outages, draws). The target is the
 issue's: within 1 point of switchyard's SLO attainment and 5 % of its cost per call, read
@@ -42,7 +42,7 @@ from benchmarks.costsim.trace import generate
 from services.xds.resources import EnvoySettings
 
 TITLE = "Envoy mode vs per-call decisions"
-VARIANTS = ("switchyard", "envoy", "envoy-order-only", "envoy-compiled")
+VARIANTS = ("switchyard", "envoy", "envoy-order-only")
 MAX_POINTS_BELOW = 1.0
 MAX_COST_RATIO = 1.05
 COUNTERS = ("slow_calls", "overflows", "retry_overflows", "not_retried", "no_healthy",
@@ -144,7 +144,7 @@ LABELS = {"envoy": "`envoy` (orders with learned margins, weighted rotations; qu
           "envoy-retry-exhausted": "what-if: `envoy` with `resource-exhausted` in `retry_on`",
           "envoy-share-breakers": "what-if: `envoy` with each cluster's `max_requests` at "
                                   "the edge's slot share"}
-WHAT_IF = ("envoy-retry-exhausted", "envoy-share-breakers")
+WHAT_IF = ("envoy-compiled", "envoy-retry-exhausted", "envoy-share-breakers")
 
 
 def tables(results: list[list[Run]]) -> tuple[str, str, str]:
