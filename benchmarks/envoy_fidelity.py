@@ -204,8 +204,12 @@ def notes(results: list[list[Run]], quick: bool) -> list[str]:
         "it, per row: " + " ".join(_summary(results, i) for i in range(1, len(results[0]))),
         "Simulated (the cost simulator's fleet and trace; " + (
             "`--quick`: the same day compressed, 1/5 of the calls" if quick else "full day")
-        + "). `envoy` is what an Envoy edge does with the config compiled by "
-        "`services.xds.order.weighted`, recomputed per push: per class of call (model, "
+        + "). `envoy` is what an Envoy edge does with the config `compile_region` builds "
+        "when handed what placement learned of the edge (`placement.edge_learning`; "
+        "`services.xds.order.weighted`, the same function), recomputed per push. The live "
+        "xDS server does not hand it that yet (its access log carries no model or SLO "
+        "class per entry), so today's Envoy edges get `envoy-order-only`. Per class of "
+        "call (model, "
         "whole-ms SLO), the failover order from placement's pipeline with the miss margins "
         "placement learned for the class from the edge's access log (`placement.feedback`), "
         "and weighted rotations of that order (`placement.splits`: the class's calls/s from "
