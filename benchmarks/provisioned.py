@@ -106,7 +106,7 @@ QUANTILE = dataclasses.replace(REACT, name="+ error quantile", forecast=Forecast
     within_hour=True, error_quantile=0.9))
 RESERVE = dataclasses.replace(QUANTILE, name="+ reclaim reserve",
                               reclaim_exposure_s=900.0 + sim.PROVISION_DELAY_S + SYNC_S)
-PLANNER = dataclasses.replace(RESIZE, name="switchyard planner")
+PLANNER = dataclasses.replace(REACT, name="switchyard planner")
 CONFIGS = {"before": BEFORE, "churn": CHURN, "resize": RESIZE, "react": REACT,
            "quantile": QUANTILE, "reserve": RESERVE, "planner": PLANNER}
 
@@ -194,6 +194,7 @@ def run_scenario(s: Scenario, quick: bool) -> ScenarioRun:
                                SkyServeFleet(static, base)]
     planner = planner_fleet(s, su)
     fleets.append(planner)
+    fleets.append(planner_fleet(s, su, BEFORE))  # the same fleet before this round's changes
     progress(f"provisioned: {s.name}: static peak ${static.usd_per_hour:,.2f}/h; "
              "the offline optimum's 24 hourly plans")
     plans, oracle_notes = [], []
@@ -233,9 +234,11 @@ def _row(run: ScenarioRun) -> list[object]:
     usd = " / ".join(f"{r.usd:,.0f}" for r in (static, hpa, sky, me, opt))
     solve = (f"{statistics.median(run.planner_solve_s):.1f} / {max(run.planner_solve_s):.1f}"
              if run.planner_solve_s else "–")
+    old = by[BEFORE.name]
     return [f"{run.name} ({run.pools})", att, usd, f"{me.usd / static.usd:.2f}",
             f"{me.usd / hpa.usd:.2f}", f"{me.usd / sky.usd:.2f}", f"{me.usd / opt.usd:.2f}",
-            f"{run.adopted}", solve]
+            f"{old.attainment:.2%}, {old.usd:,.0f} ({100 * (me.attainment - old.attainment):+.2f} "
+            f"pt, ×{me.usd / old.usd:.2f})", f"{run.adopted}", solve]
 
 
 def notes(runs: list[ScenarioRun], quick: bool) -> list[str]:
@@ -276,6 +279,16 @@ def notes(runs: list[ScenarioRun], quick: bool) -> list[str]:
     for name, met in targets.items():
         out.append(f"Target {name}: met on {len(met)} of {len(runs)} scenarios"
                    + (f" ({', '.join(met)})." if met else "."))
+    pairs = [({r.fleet: r for r in run.results}, run.name) for run in runs]
+    deltas = sorted((100 * (by["switchyard planner"].attainment - by[BEFORE.name].attainment),
+                     name) for by, name in pairs)
+    if deltas:
+        now = sum(by["switchyard planner"].usd for by, _ in pairs)
+        then = sum(by[BEFORE.name].usd for by, _ in pairs)
+        out.append(f"Against the planner before this round (same day, same simulator): "
+                   f"USD/day summed over the scenarios ×{now / then:.3f}; attainment "
+                   f"{', '.join(f'{n} {d:+.2f} pt' for d, n in deltas)}; "
+                   f"{sum(d < -0.1 for d, _ in deltas)} scenario(s) lose more than 0.1 point.")
     for run in runs:
         by = {r.fleet: r for r in run.results}
         fails = ", ".join(f"{r.fleet} {r.failed / r.calls:.2%} failed, {r.late / r.calls:.2%} "
@@ -310,9 +323,11 @@ def run(quick: bool, paths: list[pathlib.Path] | None = None, solve_times: bool 
             refused.append(f"{s.name}: not compared, a baseline has no plan ({exc}).")
             progress(f"provisioned: {refused[-1]}")
         table = md_table(["scenario (pools)", "attainment", "USD/day", "× static peak",
-                          "× HPA", "× SkyServe-like", "× offline optimum", "re-plans adopted",
+                          "× HPA", "× SkyServe-like", "× offline optimum",
+                          "planner before this round (attainment, USD; planner's Δ)",
+                          "re-plans adopted",
                           "planner solve s (median / max)"],
-                         [_row(r) for r in runs], "lllrrrrrl")
+                         [_row(r) for r in runs], "lllrrrrlrl")
         cost = Section(TITLE, command_for(__name__, quick), table,
                        notes(runs, quick) + refused, elapsed_s=time.monotonic() - t0)
         if each is not None:
