@@ -193,6 +193,7 @@ class RouteHub:
         self.version = 0
         self._tables: dict[tuple[str, str], _Table] = {}
         self._snapshots: dict[str, tuple[int, bytes]] = {}  # region -> (version, RouteUpdate)
+        self._since: dict[str, tuple[list[RegionPush], int]] = {}  # pushes, rows since it
         self.watchers: set[Watcher] = set()
         self._scheduled: asyncio.Handle | None = None  # the next publish, when one is due
         self._first_change_at: float | None = None  # first change not yet published
@@ -306,16 +307,31 @@ class RouteHub:
             self.publish(self.max_build_rows)
         return self.published(region)
 
-    def snapshot_payload(self, region: str, placement_id: str) -> bytes:
-        """The serialised snapshot ``RouteUpdate`` of a region as last published, built once
-        per version however many edges start watching."""
-        tables = self.published(region)
+    def snapshot_payload(self, region: str, placement_id: str,
+                         watcher: Watcher | None = None) -> bytes:
+        """The serialised snapshot ``RouteUpdate`` of a region for a new watch. Serialised
+        once and kept while what was published since stays small (``_replay_rows``): a
+        ``watcher`` given the kept snapshot is offered the pushes since, so a hundred edges
+        connecting during a backlog cost one sort and serialisation, not one each."""
+        if not any(r == region for (_, r) in self._tables):
+            self.publish()
+        if watcher is not None:
+            watcher.take()  # what was offered so far is in the tables
         cached = self._snapshots.get(region)
-        if cached is None or cached[0] != self.version:
+        if cached is None:
             cached = self._snapshots[region] = (self.version, placement_pb2.RouteUpdate(
-                version=self.version, snapshot=True, tables=tables,
+                version=self.version, snapshot=True, tables=self.published(region),
                 placement_id=placement_id).SerializeToString())
+            self._since[region] = ([], 0)
+        elif watcher is not None:
+            for push in self._since[region][0]:
+                watcher.offer(push)
         return cached[1]
+
+    def _replay_rows(self, region: str) -> int:
+        """Rows published since a region's kept snapshot past which it is rebuilt instead."""
+        rows = sum(len(t.rows) for (_, r), t in self._tables.items() if r == region)
+        return max(1000, rows // 10)
 
     def publish(self, max_rows: int | None = None) -> None:
         """Rebuild now and offer changed rows to every watcher of their region; with
@@ -346,6 +362,14 @@ class RouteHub:
             t = self._tables[(model, region)]
             by_region.setdefault(region, RegionPush(self.version, {})).tables[model] = (
                 t.version, t.default_slo_ms, rows)
+        for region, region_push in by_region.items():  # for the region's kept snapshot
+            if region in self._snapshots:
+                kept, n = self._since[region]
+                n += sum(len(r) for _, _, r in region_push.tables.values())
+                if n > self._replay_rows(region):
+                    del self._snapshots[region], self._since[region]
+                else:
+                    self._since[region] = ([*kept, region_push], n)
         for w in self.watchers:
             if (push := by_region.get(w.region)) is not None:
                 w.offer(push)

@@ -182,16 +182,17 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
         self.metrics.watchers.inc()
         log.info("edge_watching", edge=request.edge_id, region=request.edge_region)
         try:
-            # No await between the snapshot and take(): later changes stay pending.
+            # No await between the snapshot and take(): later changes stay pending. A kept
+            # snapshot comes with the pushes published since it (snapshot_payload).
             region = request.edge_region
             if self.raw_updates:
                 first: placement_pb2.RouteUpdate | bytes = self.hub.snapshot_payload(
-                    region, self.placement_id)
+                    region, self.placement_id, watcher)
             else:
                 first = placement_pb2.RouteUpdate(
                     version=self.hub.version, snapshot=True,
                     tables=self.hub.published(region), placement_id=self.placement_id)
-            watcher.take()
+                watcher.take()
             yield first  # type: ignore[misc]  # bytes pass through main.register's serializer
             while True:
                 await watcher.wake.wait()
