@@ -262,8 +262,8 @@ def main() -> None:
     cmd += " --what-if" if args.what_if else ""
     section = Section(title=TITLE, command=cmd, table=main_t,
                       notes=[*notes(results, args.quick),
-                             "#### What the Envoy rows ran into\n", diag_t,
-                             "\n#### Where the missed calls go (one cause each, "
+                             "#### What the Envoy rows ran into\n", diag_t + "\n",
+                             "#### Where the missed calls go (one cause each, "
                              "`benchmarks/costsim/misses.py`)\n", miss_t],
                       elapsed_s=time.monotonic() - t0)
     print(section.markdown())
