@@ -248,30 +248,40 @@ def _session_members(sid: int) -> list[int]:
     return members
 
 
-async def _aio_median_ms(endpoint: str, calls: int = 15) -> float:
-    client = aioclient.InferenceServerClient(endpoint)
+async def _paired_added_ms(direct: str, relayed: str, pairs: int = 20) -> list[float]:
+    """Per pair, a call through ``relayed`` minus one straight after to ``direct``: the two
+    sides of a pair share the host's load at that moment, so load drift cancels out."""
     x = np.ones((1, INPUT_DIM), np.float32)
     inp = aioclient.InferInput("INPUT0", [1, INPUT_DIM], "FP32")
     inp.set_data_from_numpy(x)
+    clients = [aioclient.InferenceServerClient(e) for e in (relayed, direct)]
     try:
-        await client.infer("tiny", [inp])  # connect + warm-up
-        times = []
-        for _ in range(calls):
-            t0 = time.perf_counter()
-            out = await client.infer("tiny", [inp])
-            times.append((time.perf_counter() - t0) * 1000)
-            assert out.as_numpy("OUTPUT0").shape == (1, INPUT_DIM)
-        return statistics.median(times)
+        for c in clients:
+            await c.infer("tiny", [inp])  # connect + warm-up
+        added = []
+        for _ in range(pairs):
+            ms = []
+            for c in clients:
+                t0 = time.perf_counter()
+                out = await c.infer("tiny", [inp])
+                ms.append((time.perf_counter() - t0) * 1000)
+                assert out.as_numpy("OUTPUT0").shape == (1, INPUT_DIM)
+            added.append(ms[0] - ms[1])
+        return added
     finally:
-        await client.close()
+        for c in clients:
+            await c.close()
+
+
+ONE_WAY_MS = 20.0
 
 
 async def test_grpc_through_relay_adds_twice_the_one_way_delay(shared: TritonProcess) -> None:
-    route = RelayRoute("r-west", "cpu-a", 0, shared.endpoint, one_way_ms=20.0)
+    """A unary call crosses the relay once each way: + 2 x one-way. Anything more (a chunk
+    held behind another, an extra trip) costs at least one more one-way: the upper bound."""
+    route = RelayRoute("r-west", "cpu-a", 0, shared.endpoint, one_way_ms=ONE_WAY_MS)
     async with WanRelay([route]) as relay:
-        relayed = await _aio_median_ms(f"127.0.0.1:{relay.port_of(route)}")
-    direct = await _aio_median_ms(shared.endpoint)
-
-    added = relayed - direct
-    assert added >= 40.0, (direct, relayed)
-    assert added < 40.0 + 25.0, (direct, relayed)
+        added = await _paired_added_ms(shared.endpoint, f"127.0.0.1:{relay.port_of(route)}")
+    median = statistics.median(added)
+    assert median >= 2 * ONE_WAY_MS - 1, added
+    assert median < 3 * ONE_WAY_MS, added

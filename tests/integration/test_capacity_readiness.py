@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import pathlib
-import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -24,6 +23,7 @@ from services.capacity.local import LocalProvider
 from services.capacity.model_control import ModelControl, NoRouting
 from services.capacity.provider import Instance
 from services.config import BackendConfig, load_config
+from tests.mesh_harness import eventually
 
 pytestmark = pytest.mark.integration
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -61,22 +61,30 @@ async def test_a_managed_instance_answers_ready_through_loads_and_unloads(
                     answers.append("ready" if r.ready else "not ready")
                 except grpc.aio.AioRpcError as err:
                     answers.append(err.code().name)
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.05)  # pacing: the probe interval
 
         control = ModelControl(instance, timeout_s=60.0, warm_calls=2, cold_calls=1)
         task = asyncio.create_task(probe())
+        during: dict[str, int] = {}  # probes answered while each step ran
         try:
-            t0 = time.monotonic()
-            await control.load("summarize-small")
-            await control.load("summarize-large")  # the swap's load, beside a served one
-            await control.drain_and_unload("summarize-small", NoRouting())
+            await eventually(lambda: answers, 30, "the first probe answered")
+            for step, run in (
+                    ("load small", lambda: control.load("summarize-small")),
+                    # the swap's load, beside a served one
+                    ("load large", lambda: control.load("summarize-large")),
+                    ("drain and unload small",
+                     lambda: control.drain_and_unload("summarize-small", NoRouting()))):
+                before = len(answers)
+                await run()
+                during[step] = len(answers) - before
             assert await control.loaded() == frozenset({"summarize-large"})
-            await asyncio.sleep(1.0)  # probes after the unload too
-            took = time.monotonic() - t0
+            after = len(answers)
+            await eventually(lambda: len(answers) >= after + 5, 30,
+                             "probes after the unload too")
         finally:
             stop.set()
             await task
             await control.close()
-    # probes ran all along (at least one per second of loading), and every one said ready
-    assert len(answers) >= took
+    # probes ran all along (a load takes seconds, a probe ~50 ms), and every one said ready
+    assert during["load small"] >= 1 and during["load large"] >= 1, during
     assert set(answers) == {"ready"}, [a for a in answers if a != "ready"][:5]

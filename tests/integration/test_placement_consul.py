@@ -3,7 +3,6 @@ the route tables an edge watches: registration, failing checks, KV prices, Consu
 
 from __future__ import annotations
 
-import asyncio
 import json
 import pathlib
 from collections.abc import AsyncIterator, Callable
@@ -58,14 +57,18 @@ async def table(running: RunningPlacement) -> placement_pb2.RouteTable:
 
 async def until(running: RunningPlacement, pred: Callable[[placement_pb2.RouteTable], bool],
                 within_s: float = 5.0) -> placement_pb2.RouteTable:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within_s
-    while loop.time() < deadline:
-        t = await table(running)
-        if pred(t):
-            return t
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"route table never matched: {await table(running)}")
+    """The route table once ``pred`` holds for it (placement acts on Consul's changes)."""
+    seen: list[placement_pb2.RouteTable] = []
+
+    async def matches() -> bool:
+        seen[:] = [await table(running)]
+        return pred(seen[-1])
+
+    try:
+        await eventually(matches, within_s, "route table matched")
+    except AssertionError as err:
+        raise AssertionError(f"{err}; last seen: {seen[-1]}") from None
+    return seen[-1]
 
 
 def cheap_backend() -> fleet_pb2.Backend:
