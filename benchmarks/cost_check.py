@@ -6,9 +6,11 @@ For deciding whether a change to the brain lands (issue 11's rule: no scenario's
 worse by more than 0.1 point, the objective better overall), without the other policies,
 the bounds and the sweep of ``python -m benchmarks.cost --all-scenarios``. Quick horizon
 only. Seed 0 is the scenario's own trace (the one RESULTS.md reports); seed ``n`` adds ``n``
-to it (another trace and other draws of the same scenario). A variant is the current brain
-with one rule set back (``VARIANTS``), applied inside the worker process; ``base`` is the
-brain as committed. Prints one row per (scenario, seed, variant): attainment, USD per 1M
+to it (another trace and other draws of the same scenario). A variant is the brain as
+committed with one measured-and-off rule switched on (``VARIANTS``: idle-only decay of miss
+margins, per-deployment tail margins, a learned or higher tail factor for deployments no
+edge has measured), applied inside the worker process; ``base`` is the brain as committed.
+Prints one row per (scenario, seed, variant): attainment, USD per 1M
 calls, switchyard's misses by cause (``benchmarks/costsim/misses.py``) and how many of them
 came in the first 5 simulated seconds. Not written into RESULTS.md.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import multiprocessing
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -24,13 +27,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from benchmarks.common import md_table
+from benchmarks.common import md_table, progress
 from benchmarks.cost import SCENARIOS
-from benchmarks.costsim import policies, suite
+from benchmarks.costsim import control, policies, suite
 from benchmarks.costsim.misses import CAUSES, TracedSimulation, causes, classify
 from benchmarks.costsim.runner import make_policy
 from benchmarks.costsim.trace import generate
-from placement import feedback, queueing
+from placement import feedback, latency, queueing, routes
 from placement.feedback import SloFeedback
 from placement.tail_margins import TailMargins
 
@@ -43,12 +46,6 @@ def _idle_decay() -> None:
         SloFeedback, idle_s=feedback.IDLE_S)
 
 
-def _tail_half() -> None:
-    """Margins aim at half the attainment target's misses (room for outages, infeasible)."""
-    policies.SloFeedback = functools.partial(  # type: ignore[misc]
-        SloFeedback, tail=queueing.TAIL / 2, idle_s=feedback.IDLE_S)
-
-
 def _tail_track(tail: float) -> Callable[[], None]:
     """Idle decay plus per-deployment tail margins (``placement.tail_margins``) at ``tail``."""
     def apply() -> None:
@@ -58,12 +55,32 @@ def _tail_track(tail: float) -> Callable[[], None]:
     return apply
 
 
+def _learned_tail(default: float) -> Callable[[], None]:
+    """Tables with ``TableSettings.learned_tail`` on, ``default`` before anything is measured."""
+    def apply() -> None:
+        control.TableSettings = functools.partial(  # type: ignore[misc]
+            routes.TableSettings, learned_tail=True)
+        latency.tail_factor.__defaults__ = (default, 0.5)
+    return apply
+
+
+def _unmeasured_factor(factor: float) -> Callable[[], None]:
+    """Tables price every deployment no edge has measured at ``factor`` × its mean compute
+    (not ``latency.COMPUTE_P95_FACTOR``); measured ones keep their observed p95."""
+    def apply() -> None:
+        control.TableSettings = functools.partial(  # type: ignore[misc]
+            routes.TableSettings, learned_tail=True)
+        routes.RouteBuilder.tail_factor = lambda self, model, now: factor  # type: ignore
+    return apply
+
+
 VARIANTS: dict[str, Callable[[], None]] = {
     "base": lambda: None,
     "idle-decay": _idle_decay,
-    "tail-half": _tail_half,
     "tail-track": _tail_track(queueing.TAIL),
-    "tail-track-1pct": _tail_track(0.01),
+    "learned-tail": _learned_tail(latency.DEFAULT_TAIL_FACTOR),
+    "learned-tail-1.65": _learned_tail(1.65),
+    "unmeasured-1.65": _unmeasured_factor(1.65),
 }
 
 
@@ -111,6 +128,12 @@ def run_one(c: Check) -> Row:
                dict(classify(sim, r)), early, r.wall_s, top)
 
 
+def _progress(r: Row) -> None:
+    progress(f"cost_check: {r.scenario} seed {r.seed} {r.variant}: {r.attainment:.2%}, "
+             f"{r.usd_per_million:.3g} USD/1M, {sum(r.misses.values())} misses "
+             f"{r.misses}, {r.cpu_s:.0f} s CPU")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--scenarios", nargs="*", default=None, help="file stems (default: all)")
@@ -122,12 +145,22 @@ def main() -> None:
                         "of the day) of each run's misses")
     args = p.parse_args()
     paths = sorted(SCENARIOS.glob("*.toml"))
-    if args.scenarios:
-        paths = [q for q in paths if q.stem in args.scenarios]
+    if args.scenarios:  # in the order given
+        paths = [SCENARIOS / f"{name}.toml" for name in args.scenarios]
     checks = [Check(str(q), seed, v, args.detail) for q in paths for seed in args.seeds
               for v in args.variants]
     t0 = time.monotonic()
-    rows: list[Row] = suite._map(run_one, checks, args.workers)
+    rows: list[Row] = []
+    if args.workers <= 1:
+        for c in checks:
+            rows.append(run_one(c))
+            _progress(rows[-1])
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        with ctx.Pool(args.workers) as pool:
+            for row in pool.imap(run_one, checks):  # in order, each as soon as it is done
+                rows.append(row)
+                _progress(row)
     out = [[r.scenario, r.seed, r.variant, f"{r.attainment:.2%}", r.usd_per_million,
             sum(r.misses.values()), *[r.misses.get(k, 0) for k in CAUSES], r.early,
             f"{r.cpu_s:.0f}"] for r in rows]

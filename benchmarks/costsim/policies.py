@@ -118,9 +118,11 @@ class ProfilePolicy:
             inflight[deployment_id] -= 1
         self._control.record(a.edge, deployment_id, latency_ms, status == "ok")
         if status == "ok":  # the attempt that served the call, against the call's SLO
-            self._feedback(a.edge).record(deployment_id, a.klass.slo_ms,
-                                          latency_ms <= a.klass.slo_ms, now, latency_ms,
-                                          self._expected(a, deployment_id))
+            fb = self._feedback(a.edge)
+            expected = self._expected(a, deployment_id)
+            if expected is not None:
+                fb.served(deployment_id, latency_ms, expected)
+            fb.record(deployment_id, a.klass.slo_ms, latency_ms <= a.klass.slo_ms, now)
 
     def _expected(self, a: Attempt, deployment_id: str) -> float | None:
         """The p95 the edge expects of a deployment now: its own, else the table's row."""

@@ -56,11 +56,13 @@ def test_feedback_adds_the_tail_margin_and_the_slo_filter_uses_it() -> None:
     hints = Hints(slo_ms=100.0)
     assert SloFilter().reject(c, CallContext(hints, slo_margins=fb.margins(100.0, 0.0))) is None
     for _ in range(6):  # met calls (under the SLO), but 49 ms past the 50 ms p95 expected
-        fb.record("b1/v", 100.0, True, 0.0, latency_ms=99.0, expected_ms=50.0)
+        fb.served("b1/v", 99.0, 50.0)
+        fb.record("b1/v", 100.0, True, 0.0)
     m = fb.margins(100.0, 0.0)["b1/v"]
     assert m == pytest.approx(6 * 2.5 * 0.995)
     assert SloFilter().reject(c, CallContext(hints, slo_margins=fb.margins(100.0, 0.0)))
-    fb.record("b1/v", 100.0, False, 0.0, latency_ms=101.0, expected_ms=50.0)  # a miss
+    fb.served("b1/v", 101.0, 50.0)
+    fb.record("b1/v", 100.0, False, 0.0)  # a miss
     assert fb.margins(100.0, 0.0)["b1/v"] == pytest.approx(m + 2.5 * 0.995 + 30.0)
     # Every SLO class sees the deployment's tail margin; only the missed class its own.
     assert fb.margins(1000.0, 0.0)["b1/v"] == pytest.approx(m + 2.5 * 0.995)
@@ -69,5 +71,5 @@ def test_feedback_adds_the_tail_margin_and_the_slo_filter_uses_it() -> None:
 def test_without_tails_the_latency_is_ignored() -> None:
     fb = SloFeedback()
     for _ in range(6):
-        fb.record("b1/v", 100.0, True, 0.0, latency_ms=99.0, expected_ms=80.0)
+        fb.served("b1/v", 99.0, 80.0)
     assert "b1/v" not in fb.margins(100.0, 0.0)
