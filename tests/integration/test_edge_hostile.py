@@ -77,6 +77,9 @@ async def ejected(mesh: Mesh) -> list[str]:
     return [d.deployment_id for d in status.deployments if d.ejected]
 
 
+BAD_STREAM_DEADLINE_S = 20.0
+
+
 @pytest.mark.parametrize(("second", "says"), [
     (b"\xff\xff\xff", "stream message 2: request bytes are truncated"),
     (b"", "stream message 2: ModelInferRequest.model_name is empty"),
@@ -87,7 +90,7 @@ async def test_a_bad_later_stream_message_ends_the_stream_at_once(
     async with grpc.aio.insecure_channel(mesh.edge_address) as ch:
         stream = ch.stream_stream(STREAM, request_serializer=None, response_deserializer=None)
         t0 = time.monotonic()
-        call = stream(iter([generate_request(), second]), timeout=20,
+        call = stream(iter([generate_request(), second]), timeout=BAD_STREAM_DEADLINE_S,
                       metadata=(("x-request-id", "bad-stream"),))
         with pytest.raises(grpc.aio.AioRpcError) as err:
             async for _ in call:
@@ -95,7 +98,9 @@ async def test_a_bad_later_stream_message_ends_the_stream_at_once(
         elapsed = time.monotonic() - t0
     assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT, err.value
     assert says in (err.value.details() or "")
-    assert elapsed < 5, f"took {elapsed:.1f} s: the stream waited for its deadline"
+    # Ended by the edge, not by the deadline: half the deadline leaves a loaded host room.
+    assert elapsed < BAD_STREAM_DEADLINE_S / 2, (
+        f"took {elapsed:.1f} s: the stream waited for its deadline")
     await eventually(lambda: any(r.request_id == "bad-stream" for r in records), 5)
     rec = next(r for r in records if r.request_id == "bad-stream")
     assert rec.status == "INVALID_ARGUMENT"
