@@ -1,6 +1,7 @@
 """LLM streams for integration tests: a raw-gRPC stream client that records tokens, initial
 metadata and trailers; a direct call to a backend; killing and restarting the backend that
-serves a stream."""
+serves a stream; the demo LLM's emulated speeds on a deployment, for bounds derived from
+them instead of guessed."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from collections.abc import Callable, Iterator
 import grpc
 import pytest
 
+from services.backends.repository import llm_parameters, variant_specs
+from services.config import MeshConfig
 from services.edge.tokens import llm_request, parse_token
 from tests.mesh_harness import Mesh, warm
 
@@ -78,3 +81,19 @@ def kill_when(n: int, mesh: Mesh, killed: list[str]) -> Callable[[int, Stream], 
             killed.append(backend)
             mesh.tritons[backend].kill()
     return on_token
+
+
+def emulated_ms(cfg: MeshConfig, deployment: str) -> dict[str, float]:
+    """The demo LLM's EMULATED prefill and decode times on ``deployment`` (backend/variant),
+    as its repository sets them (already divided by the backend's speed)."""
+    backend_id, variant = deployment.split("/", 1)
+    backend = next(b for b in cfg.backends if b.id == backend_id)
+    (spec,) = [v for v in variant_specs(cfg, backend) if v.name == variant]
+    return {k: float(str(v)) for k, v in llm_parameters(spec).items()
+            if k.startswith(("llm_prefill", "llm_decode"))}
+
+
+def cold_prefill_ms(ms: dict[str, float], prompt_tokens: int) -> float:
+    """The emulated prefill of a prompt none of which is cached. It is a sleep, so a loaded
+    host can only lengthen it: a first token sooner than this was served from the cache."""
+    return ms["llm_prefill_base_ms"] + prompt_tokens * ms["llm_prefill_ms_per_token"]
