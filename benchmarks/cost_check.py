@@ -7,12 +7,12 @@ worse by more than 0.1 point, the objective better overall), without the other p
 the bounds and the sweep of ``python -m benchmarks.cost --all-scenarios``. Quick horizon
 only. Seed 0 is the scenario's own trace (the one RESULTS.md reports); seed ``n`` adds ``n``
 to it (another trace and other draws of the same scenario). A variant is the brain as
-committed with one measured-and-off rule switched on (``VARIANTS``: idle-only decay of miss
-margins, per-deployment tail margins, a learned or higher tail factor for deployments no
-edge has measured), applied inside the worker process; ``base`` is the brain as committed.
-Prints one row per (scenario, seed, variant): attainment, USD per 1M
-calls, switchyard's misses by cause (``benchmarks/costsim/misses.py``) and how many of them
-came in the first 5 simulated seconds. Not written into RESULTS.md.
+committed with one rule switched (``VARIANTS``: idle-only decay of miss margins,
+per-deployment tail margins, a learned or another fixed tail factor for deployments no edge
+has measured; ``unmeasured-1.3`` is the brain before 1.5), applied inside the worker
+process; ``base`` is the brain as committed. Prints one row per (scenario, seed, variant):
+attainment, USD per 1M calls, switchyard's misses by cause (``benchmarks/costsim/misses.py``)
+and how many of them came in the first 5 simulated seconds. Not written into RESULTS.md.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def _learned_tail(default: float) -> Callable[[], None]:
 
 def _unmeasured_factor(factor: float) -> Callable[[], None]:
     """Tables price every deployment no edge has measured at ``factor`` × its mean compute
-    (not ``latency.COMPUTE_P95_FACTOR``); measured ones keep their observed p95."""
+    (not ``latency.UNMEASURED_TAIL_FACTOR``); measured ones keep their observed p95."""
     def apply() -> None:
         control.TableSettings = functools.partial(  # type: ignore[misc]
             routes.TableSettings, learned_tail=True)
@@ -80,6 +80,7 @@ VARIANTS: dict[str, Callable[[], None]] = {
     "tail-track": _tail_track(queueing.TAIL),
     "learned-tail": _learned_tail(latency.DEFAULT_TAIL_FACTOR),
     "learned-tail-1.65": _learned_tail(1.65),
+    "unmeasured-1.3": _unmeasured_factor(1.3),
     "unmeasured-1.65": _unmeasured_factor(1.65),
 }
 

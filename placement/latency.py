@@ -1,7 +1,14 @@
 """Latency estimate: ``L(d, e) = rtt(e, region(d)) + queue(d) + compute(d)`` as a p95.
 
-- ``compute`` is Triton's mean compute time per request times ``COMPUTE_P95_FACTOR`` (Triton
-  reports sums and counts, not quantiles). With ``TableSettings.learned_tail`` (off by
+- ``compute`` is Triton's mean compute time per request times ``UNMEASURED_TAIL_FACTOR``
+  (Triton reports sums and counts, not quantiles): 1.5, a lognormal service time's p95 over
+  its mean at σ ≈ 0.27. It was ``COMPUTE_P95_FACTOR`` (1.3, σ ≈ 0.17; still the planner's
+  and the learned factor's floor); the "estimate before first samples" misses of
+  single-cloud-hetero, tight-three-variant and far-edge (seed 0) all came in the first tenth
+  of the quick day, at cold start, when no edge has measured anything (``python -m
+  benchmarks.cost_check --detail``). 1.65 (σ ≈ 0.33) cost
+  far-edge 0.17 point: with every nearby deployment judged infeasible at cold start, the
+  fallback's fastest-by-estimate went to a distant H100. With ``TableSettings.learned_tail`` (off by
   default: measured no better on the cost scenarios, see ``placement.routes``) the factor is
   learned instead by ``tail_factor`` from the deployments edges have measured (their observed
   p95 less RTT and modelled queue, over their mean compute; a sample-weighted quantile, never
@@ -16,6 +23,7 @@
 from __future__ import annotations
 
 COMPUTE_P95_FACTOR = 1.3  # the floor of the tail factor (and the planner's)
+UNMEASURED_TAIL_FACTOR = 1.5  # a table's p95 / mean compute for a deployment nobody measured
 DEFAULT_TAIL_FACTOR = 1.3  # before any deployment is measured (1.6 cost far-edge 0.18 pt)
 MAX_TAIL_FACTOR = 3.0
 MAX_RHO = 0.95

@@ -60,14 +60,14 @@ class RouteBuilder:
         names = {v.name for v in logical.variants}
         backends = self.fleet.backends
         tail = (self.tail_factor(model, now) if self.settings.learned_tail
-                else latency.COMPUTE_P95_FACTOR)
+                else latency.UNMEASURED_TAIL_FACTOR)
         return [self._candidate(state, v, edge_region, logical.default_slo_ms, now, tail)
                 for bid in backend_ids if (state := backends.get(bid)) is not None
                 for v in state.backend.variants if v.name in names]
 
     def _candidate(self, state: BackendState, v: Variant, edge_region: str,
                    default_slo_ms: float, now: float,
-                   tail: float = latency.COMPUTE_P95_FACTOR) -> Candidate:
+                   tail: float = latency.UNMEASURED_TAIL_FACTOR) -> Candidate:
         b = state.backend
         deployment_id = f"{b.id}/{v.name}"
         snap = state.last

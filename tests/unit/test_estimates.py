@@ -43,7 +43,7 @@ def test_estimates_follow_the_documented_formulas() -> None:
     util = fleet.backends["b1"].utilisation
     assert c.queue_ms == pytest.approx(latency.queue_ms(10.0, util, 2))
     assert c.latency_p95_ms == pytest.approx(40.0 + c.queue_ms
-                                             + 10.0 * latency.COMPUTE_P95_FACTOR)
+                                             + 10.0 * latency.UNMEASURED_TAIL_FACTOR)
     # $3.60/h = $0.001/s; 10 ms of compute per request = $0.00001.
     assert c.cost_usd == pytest.approx(1e-5)
     assert c.spare_capacity == pytest.approx(2 * 100 - fleet.backends["b1"].loads["m-small"].rps)

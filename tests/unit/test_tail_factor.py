@@ -90,4 +90,4 @@ def test_off_by_default_the_factor_stays_fixed() -> None:
     fleet.observe("east", "b1/m-small", samples=50, p95_ms=40.0 + b1.queue_ms + 25.0, now=0.0)
     b2 = row(builder, "m", "b2/m-small", 2.0)
     assert b2.latency_p95_ms == pytest.approx(
-        40.0 + b2.queue_ms + 20.0 * latency.COMPUTE_P95_FACTOR)
+        40.0 + b2.queue_ms + 20.0 * latency.UNMEASURED_TAIL_FACTOR)
