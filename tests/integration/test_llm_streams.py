@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 import pytest
@@ -17,9 +17,19 @@ from services.backends.triton import TritonProcess
 from services.config import MeshConfig
 from services.drills.streams import run_stream_drill
 from services.edge.main import start_edge
+from services.edge.token_stats import usd_per_second
 from services.edge.tokens import llm_request, parse_token
 from tests import llm_harness
-from tests.llm_harness import PROMPT, STREAM, Stream, direct, kill_when, run_stream
+from tests.llm_harness import (
+    PROMPT,
+    STREAM,
+    Stream,
+    cold_prefill_ms,
+    direct,
+    emulated_ms,
+    kill_when,
+    run_stream,
+)
 from tests.mesh_harness import Mesh, eventually, mesh_config, running_mesh
 
 pytestmark = pytest.mark.integration
@@ -157,7 +167,12 @@ async def test_a_fresh_edge_routes_its_first_stream_on_the_fleets_learning(mesh:
     # without the fleet's learning each deployment would first be tried once, unmeasured
     assert tight.trailers["x-served-by"] == "east-fast/generate-small"
     assert loose.trailers["x-served-by"] != "east-fast/generate-small"
-    assert tight.trailers["x-slo-met"] == "true"
+    # Chosen because the fleet's learning predicts the objective met there. Whether this one
+    # stream met it is this host's scheduling (7 gaps of 2.5 ms, emulated, against 6 ms): the
+    # trailer must say what was measured, not that a loaded host kept up.
+    assert fast.tpot_base_ms < 6.0, fast
+    met = float(tight.trailers["x-tpot-ms"]) <= 6.0
+    assert tight.trailers["x-slo-met"] == ("true" if met else "false"), tight.trailers
 
 
 async def test_demo_streaming_section_switchyard_vs_fastest(
@@ -179,10 +194,37 @@ async def test_demo_streaming_section_switchyard_vs_fastest(
     # fastest: the lowest predicted TTFT + n × TPOT, which load on east-fast can tip elsewhere
     assert collections.Counter(o.deployment for o in fastest).most_common(1)[0][0] == fast
     assert {o.deployment for o in sw if o.cls == "interactive"} == {fast}
+    # The demo's measured $ per 1M tokens is GPU time on this host, which a starved host
+    # stretches unevenly: it is printed, not compared. What the mesh guarantees is the price
+    # of where it routed: each stream at its deployment's pushed $/s for its emulated GPU time.
+    nominal = nominal_usd(mesh)
+    assert nominal_per_1m(sw, nominal) < nominal_per_1m(fastest, nominal)
     sw_cost = demo_streams.usd_per_1m_tokens(sw)
     base_cost = demo_streams.usd_per_1m_tokens(fastest)
-    assert sw_cost is not None and base_cost is not None and sw_cost < base_cost
+    assert sw_cost is not None and base_cost is not None and sw_cost > 0 and base_cost > 0
     assert f"${sw_cost:.2f} per 1M tokens vs ${base_cost:.2f} always-fastest (" in printed
+
+
+def nominal_usd(mesh: Mesh) -> Callable[[demo_streams.StreamOutcome], float]:
+    """A stream's cost at its deployment's price per second (from the route rows placement
+    pushed: cost per call over compute per call) for the GPU time the demo LLM emulates for
+    its tokens on that backend alone (``llm_parameters``: prefill and decode ms per token,
+    already divided by the backend's speed)."""
+    rows = {c.deployment_id: c for c in mesh.edge.router.store.candidates["generate"]}
+
+    def usd(o: demo_streams.StreamOutcome) -> float:
+        ms = emulated_ms(mesh.cfg, o.deployment)
+        gpu_ms = (cold_prefill_ms(ms, o.tokens_in)
+                  + max(o.tokens - 1, 0) * ms["llm_decode_ms_per_token"])
+        return usd_per_second(rows[o.deployment]) * gpu_ms / 1000
+
+    return usd
+
+
+def nominal_per_1m(outcomes: list[demo_streams.StreamOutcome],
+                   usd: Callable[[demo_streams.StreamOutcome], float]) -> float:
+    tokens = sum(o.tokens + o.tokens_in for o in outcomes)
+    return sum(usd(o) for o in outcomes) / tokens * 1e6
 
 
 async def test_a_session_returns_to_its_prefix_holder_and_prefills_faster(mesh: Mesh) -> None:
@@ -198,7 +240,13 @@ async def test_a_session_returns_to_its_prefix_holder_and_prefills_faster(mesh: 
     holder = first.trailers["x-served-by"]
     assert holder.endswith("-cheap/generate-small")
     assert second.trailers["x-served-by"] == holder
-    assert float(second.trailers["x-ttft-ms"]) < float(first.trailers["x-ttft-ms"]) / 3, (
+    # The emulated prefill is a sleep, so a load can only lengthen it: the first turn took at
+    # least its cold prefill, and the second, faster than its own (longer) prompt's cold
+    # prefill, can only have been served from the prefix cache.
+    ms = emulated_ms(mesh.cfg, holder)
+    assert float(first.trailers["x-ttft-ms"]) >= cold_prefill_ms(ms, len(history)), (
+        first.trailers)
+    assert float(second.trailers["x-ttft-ms"]) < cold_prefill_ms(ms, len(turn)), (
         first.trailers, second.trailers)
 
 
