@@ -286,6 +286,18 @@ def sy_first_variant(c: Config) -> None:
             f["typed_config"]["default_source_code"]["inline_string"] = rewrite.VARIANT_REWRITE
 
 
+def set_first_variant(c: Config, first_variant: str | None) -> None:
+    """Point the model routes' first-variant metadata at ``first_variant`` (None: remove the
+    key, as when placement sends none); routes without the key are left alone."""
+    for r in c.route_config["virtual_hosts"][0]["routes"]:
+        meta = r.get("metadata", {}).get("filter_metadata", {}).get(lua.LISTENER_FILTER)
+        if meta is not None and rewrite.FIRST_VARIANT_KEY in meta:
+            if first_variant is None:
+                del meta[rewrite.FIRST_VARIANT_KEY]
+            else:
+                meta[rewrite.FIRST_VARIANT_KEY] = first_variant
+
+
 def sy_without_lua(c: Config) -> None:
     """Switchyard with no Lua at all (no hints, no peek, no rewrite, no cost trailers): the
     model routes match by path alone and the call names the variant. Not a working edge: the

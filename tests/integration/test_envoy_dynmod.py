@@ -21,7 +21,7 @@ from benchmarks.envoy_dynmod import sy_dynamic_module
 from services.demo import infer_with_trailers
 from services.edge.envoy.launcher import envoy_command
 from services.ports import free_port
-from services.xds import lua, native, rewrite
+from services.xds import lua, native
 
 pytestmark = pytest.mark.integration
 
@@ -43,13 +43,7 @@ def _envoy(fleet: Fleet, first_variant: str | None = VARIANT) -> tuple[str, str]
     c = ec.plain(fleet.triton_address, "127.0.0.1:1", port, free_port())
     sy_dynamic_module(c)
     c.access_log = []  # no placement here
-    for r in c.route_config["virtual_hosts"][0]["routes"]:
-        meta = r.get("metadata", {}).get("filter_metadata", {}).get(lua.LISTENER_FILTER)
-        if meta is not None and rewrite.FIRST_VARIANT_KEY in meta:
-            if first_variant is None:
-                del meta[rewrite.FIRST_VARIANT_KEY]
-            else:
-                meta[rewrite.FIRST_VARIANT_KEY] = first_variant
+    ec.set_first_variant(c, first_variant)
     path = fleet.tmp / f"dm-{port}.json"
     path.write_text(json.dumps(c.bootstrap()))
     log = f"dm-{port}.log"

@@ -16,7 +16,6 @@ from benchmarks import envoy_configs as ec
 from benchmarks._fleet import MODEL, VARIANT, Fleet, _wait_port
 from services.edge.envoy.launcher import envoy_command
 from services.ports import free_port
-from services.xds import lua, rewrite
 
 pytestmark = pytest.mark.integration
 
@@ -35,13 +34,7 @@ def _envoy(fleet: Fleet, first_variant: str | None) -> str:
     c = ec.plain(fleet.triton_address, "127.0.0.1:1", port, free_port())
     ec.sy_first_variant(c)
     c.access_log = []  # no placement here
-    for r in c.route_config["virtual_hosts"][0]["routes"]:
-        meta = r.get("metadata", {}).get("filter_metadata", {}).get(lua.LISTENER_FILTER)
-        if meta is not None and rewrite.FIRST_VARIANT_KEY in meta:
-            if first_variant is None:
-                del meta[rewrite.FIRST_VARIANT_KEY]
-            else:
-                meta[rewrite.FIRST_VARIANT_KEY] = first_variant
+    ec.set_first_variant(c, first_variant)
     path = fleet.tmp / f"rewrite-{port}.json"
     path.write_text(json.dumps(c.bootstrap()))
     fleet._spawn(envoy_command(path, concurrency=1), f"rewrite-{port}.log")
