@@ -33,6 +33,7 @@ from envoy.extensions.retry.priority.previous_priorities.v3 import (  # noqa: F4
 )
 from google.protobuf import json_format
 
+from placement.attempts import RETRYABLE
 from services.xds import lua, rewrite
 from services.xds.envoy_types import (
     SLOW_PATH_CLUSTER,
@@ -97,6 +98,18 @@ def _trailer_metadata(m: ModelRoutes, feasible: frozenset[str], slo_ms: float | 
     return {"metadata": {"filter_metadata": {lua.LISTENER_FILTER: data}}}
 
 
+def retry_on() -> str:
+    """Envoy's gRPC retry conditions for a model route: connection failures and resets, and
+    the statuses the attempt policy retries at another deployment (``placement.attempts``)
+    that Envoy can tell apart: UNAVAILABLE and RESOURCE_EXHAUSTED (a full queue there). A
+    timed-out attempt is retried through ``per_try_timeout``; CANCELLED and DEADLINE_EXCEEDED
+    answers may be the caller's own, and ABORTED has no Envoy condition."""
+    statuses = [name for status, name in (("UNAVAILABLE", "unavailable"),
+                                          ("RESOURCE_EXHAUSTED", "resource-exhausted"))
+                if status in RETRYABLE]
+    return ",".join([*statuses, "reset", "connect-failure", "refused-stream"])
+
+
 def per_try_timeout_s(slo_ms: float, s: EnvoySettings) -> float:
     """An attempt's timeout on a route whose calls have at least ``slo_ms``: a share of the
     SLO that leaves the other attempts their turn (the Python edge's floor below it). Envoy
@@ -121,7 +134,7 @@ def _route_action(model: str, cluster: str, order: Sequence[str], s: EnvoySettin
         **target, "timeout": "0s",
         "max_stream_duration": {"grpc_timeout_header_max": "0s"},
         "retry_policy": {
-            "retry_on": "unavailable,reset,connect-failure,refused-stream",
+            "retry_on": retry_on(),
             "num_retries": s.max_attempts - 1,
             **({} if slo_ms is None else
                {"per_try_timeout": f"{per_try_timeout_s(slo_ms, s):.3f}s"}),

@@ -195,3 +195,24 @@ def test_envoys_own_replies_carry_the_documented_grpc_statuses() -> None:
     assert mapped == {413: [("grpc-status", "8")], 503: [("grpc-status", "14")],
                       504: [("grpc-status", "4")], 400: [("grpc-status", "3")]}
     assert str(1 << 20) in hcm.local_reply_config.mappers[0].body.inline_string
+
+
+def test_a_full_queue_is_retried_at_the_next_deployment_under_the_retry_budget() -> None:
+    # The attempt policy retries RESOURCE_EXHAUSTED elsewhere (placement.attempts.RETRYABLE):
+    # every model route's retry policy does too, and the aggregates keep their retry budget.
+    s = EnvoySettings()
+    table = _table(_cand("b1/summarize-large", 2e-6, 50, port=9001),
+                   _cand("b2/summarize-small", 1e-6, 80, port=9002))
+    rc = compile_region("r-east", [table], PROFILE, s)
+    routes = rc.routes[route_config_name("r-east")].message.virtual_hosts[0].routes
+    model_routes = [r for r in routes if r.name.startswith("summarize")]
+    assert len(model_routes) == 4  # three SLO classes and the default
+    for r in model_routes:
+        conditions = r.route.retry_policy.retry_on.split(",")
+        assert {"resource-exhausted", "unavailable"} <= set(conditions), r.name
+        assert r.route.retry_policy.num_retries.value == s.max_attempts - 1
+    slow = next(r for r in routes if r.name == "slow-path")
+    assert not slow.route.HasField("retry_policy")  # the Python edge retries for itself
+    budget = rc.clusters[model_cluster_name("summarize")].message.circuit_breakers
+    (threshold,) = budget.thresholds
+    assert threshold.retry_budget.budget_percent.value == s.retry_budget_percent
