@@ -68,8 +68,9 @@ def test_rules_are_read_from_the_compiled_resources() -> None:
     r = EnvoyRules.compiled(EnvoySettings(max_attempts=5, eject_consecutive_failures=7,
                                           eject_base_s=2.5))
     assert (r.max_attempts, r.eject_after, r.eject_base_s) == (5, 7, 2.5)
-    # resources.py retries refused connections and resets, not a full queue's answer
-    assert r.retried == frozenset({"unavailable"})
+    # resources.py retries refused connections and resets, and a full queue's answer
+    # (RESOURCE_EXHAUSTED, as the attempt policy does)
+    assert r.retried == frozenset({"unavailable", "exhausted"})
     # no circuit breakers pushed: Envoy's defaults
     assert (r.max_requests, r.max_retries) == (1024, 3)
 
@@ -171,9 +172,20 @@ def test_a_retry_goes_to_the_next_child_not_yet_attempted(control: ControlPlane)
         == C.deployment_id
 
 
-def test_resource_exhausted_is_not_retried(control: ControlPlane) -> None:
+def test_resource_exhausted_is_retried_at_the_next_child(control: ControlPlane) -> None:
     push(control, A, B)
     p = policy(control)
+    p.choose(attempt())
+    p.result(attempt(), A.deployment_id, 0.0, "exhausted", 0.1)
+    assert p.choose(attempt(0.1, frozenset({A.deployment_id}))) == B.deployment_id
+    assert p.not_retried == 0
+
+
+def test_a_status_outside_retry_on_is_not_retried(control: ControlPlane) -> None:
+    push(control, A, B)
+    p = EnvoyPolicy(control, build_profile("cheapest"),
+                    dataclasses.replace(RULES, retried=frozenset({"unavailable"})),
+                    slo_margin_ms=2.0)  # resources.py before it retried a full queue
     p.choose(attempt())
     p.result(attempt(), A.deployment_id, 0.0, "exhausted", 0.1)
     assert p.choose(attempt(0.1, frozenset({A.deployment_id}))) is None
