@@ -7,7 +7,9 @@ each call (the deployment from its ``x-served-by`` trailer, the upstream time, t
 status), and every ``report_interval_s`` hands placement's own ``ReportObservations`` the
 report a Python edge would have sent: observed p95 per deployment and the call rate this edge
 sends it (which sets the slot shares). Calls the Envoy sent to its slow path are skipped: the
-co-located Python edge reports those under its own id. One rule, one owner: nothing here
+co-located Python edge reports those under its own id. Every entry also goes to the region's
+``learning.RegionLearning`` when one is attached (placement's ADS server attaches its own):
+class rates and miss margins for the region's next compile. One rule, one owner: nothing here
 interprets the numbers.
 """
 
@@ -25,6 +27,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from services.api.switchyard.v1 import telemetry_pb2
 from services.edge.stats import EdgeStats
+from services.xds.learning import RegionLearning
 from services.xds.resources import SLOW_PATH_CLUSTER
 
 log = structlog.get_logger("switchyard.xds")
@@ -98,6 +101,7 @@ class AccessLogFeedback(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
         self.slow_calls = 0  # logged calls the Envoys sent to their slow path (not recorded)
         self.entries = 0  # every logged request, all edges
         self.edges: dict[str, _Edge] = {}
+        self.learning: RegionLearning | None = None  # per region, for the compile
 
     async def _report_forever(self, edge: _Edge) -> None:
         while True:
@@ -139,6 +143,8 @@ class AccessLogFeedback(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
                     self.entries += 1
                     self.paths.labels(edge.edge_id, path_of(entry)).inc()
                     self.calls += record(edge.stats, entry)
+                    if self.learning is not None:
+                        self.learning.observe(edge.region, entry)
                     self.slow_calls += entry.common_properties.upstream_cluster == \
                         SLOW_PATH_CLUSTER
         finally:

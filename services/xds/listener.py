@@ -87,13 +87,17 @@ def listener(host: str, port: int, region: str, s: EnvoySettings,
             _status_for(503, 14, "switchyard.503"),
             _status_for(504, 4, "switchyard.504"),
             _status_for(400, 3, "switchyard.400")]},
-        # Every call, batched, to placement's access-log service (feedback.py).
+        # Every call, batched, to placement's access-log service (feedback.py), with its
+        # model and whole-ms SLO class as the Lua set them (learning.py: the region's class
+        # rates and margins; the call's exact SLO is the Lua's dynamic metadata, which
+        # entries carry in common_properties.metadata).
         "access_log": [{"name": "envoy.access_loggers.http_grpc", "typed_config": {
             "@type": _T + "envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig",
             "common_config": {"log_name": "switchyard", "transport_api_version": "V3",
                               "buffer_flush_interval": "0.5s",
                               "grpc_service": {"envoy_grpc": {
                                   "cluster_name": PLACEMENT_CLUSTER}}},
+            "additional_request_headers_to_log": [lua.MODEL_HEADER, lua.SLO_HEADER],
             "additional_response_trailers_to_log": ["x-served-by", "grpc-status"]}}],
         "http_filters": [
             {"name": lua.LISTENER_FILTER, "typed_config": {

@@ -32,11 +32,13 @@ from placement.pipeline import Profile
 from placement.registry import build_profile
 from services.api.switchyard.v1 import telemetry_pb2
 from services.config import MeshConfig
+from services.convert import candidate_from_pb
 from services.placement.hub import RouteHub
 from services.placement.server import PlacementService
 from services.security.authz import PLACEMENT, AuthzPolicy
 from services.security.identity import peer_identities
 from services.xds.feedback import AccessLogFeedback
+from services.xds.learning import RegionLearning
 from services.xds.resources import (
     CLUSTER,
     LISTENER,
@@ -71,16 +73,22 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         self.pushed_bytes = 0  # serialized responses, for the push-cost benchmark
         self.on_reply: Callable[[Session], None] | None = None  # hook: Envoy ACKed or NACKed
         self.feedback: AccessLogFeedback | None = None  # Envoy's calls, as observations
+        # what the access log taught placement of each region (fed by ``feedback``)
+        self.learning = RegionLearning()
         self._compiled: dict[str, tuple[int, RegionConfig]] = {}
 
     def region_config(self, region: str) -> RegionConfig:
         """The region's compiled config, rebuilt only when the hub published (so an ACK does
-        not make the hub publish early: its coalescing holds for Envoy edges too)."""
+        not make the hub publish early: its coalescing holds for Envoy edges too), with what
+        the region's access log taught placement since the last compile (``learning``)."""
         cached = self._compiled.get(region)
         if cached is not None and cached[0] == self.hub.version:
             return cached[1]
         tables = self.hub.snapshot(region)
-        compiled = compile_region(region, tables, self.profile, self.settings)
+        cands = {c.deployment_id: candidate_from_pb(c) for t in tables for c in t.candidates}
+        compiled = compile_region(region, tables, self.profile, self.settings,
+                                  self.learning.learned(region, cands))
+        self.learning.compiled(region, compiled.models)
         self._compiled[region] = (self.hub.version, compiled)
         return compiled
 
@@ -260,5 +268,6 @@ def serve_ads(server: grpc.aio.Server, service: PlacementService, cfg: MeshConfi
             service.metrics.registry)
     ads.feedback = (AccessLogFeedback(*args) if cfg.security.plaintext else
                     GuardedAccessLog(AuthzPolicy.from_settings(cfg.security), *args))
+    ads.feedback.learning = ads.learning
     als_pb2_grpc.add_AccessLogServiceServicer_to_server(ads.feedback, server)
     return ads

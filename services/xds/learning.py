@@ -1,0 +1,123 @@
+"""What placement learns of each Envoy edge region from its access log, for the next push.
+
+``placement.edge_learning.EdgeLearning`` keeps one region's class rates, miss margins and
+slow-path load; this module feeds it from the entries Envoy streams to placement
+(``feedback.py``) and hands ``compile_region`` the region's ``Learned`` at each compile
+(``server.py``: once per hub version, so pushes stay coalesced as before).
+
+An entry names its call's class the way the routes did: the model (``x-switchyard-model``)
+and the whole-ms SLO (``x-switchyard-slo-ms``), both set by the listener's Lua and logged as
+request headers (``listener.py``); the call's exact SLO is the Lua's dynamic metadata
+(``switchyard.slo_ms``). The class is looked up in the routes of the region's last compile:
+the SLO class whose range holds the header, else the model's default SLO, keyed as
+``compile_region`` reads ``Learned`` (model, whole-ms SLO the class is compiled at). A call
+served by a deployment met its SLO when Envoy answered it within its own SLO; its margin is
+kept at the class's SLO, where the compile reads it. Calls Envoy sent to its slow path count
+as the slow path's load on the deployment that served them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from envoy.data.accesslog.v3 import accesslog_pb2
+
+from placement.edge_learning import EdgeLearning, Learned
+from placement.model import Candidate
+from services.xds.envoy_types import SLOW_PATH_CLUSTER
+from services.xds.lua import METADATA_NAMESPACE, MODEL_HEADER, SLO_HEADER
+from services.xds.routes import ModelRoutes
+
+Key = tuple[str, int]  # (model, whole-ms SLO the class is compiled at): compile_region's
+
+
+@dataclass(frozen=True)
+class CallClass:
+    key: Key
+    slo_ms: float  # the SLO the class is compiled at (its margins are kept there)
+
+
+def call_class(models: Mapping[str, ModelRoutes], model: str,
+               slo_header: str) -> CallClass | None:
+    """The class of a call to ``model`` whose whole-ms SLO header is ``slo_header`` (empty:
+    none) under ``models``' routes; None for a model the routes do not serve."""
+    m = models.get(model)
+    if m is None:
+        return None
+    try:
+        slo = int(slo_header) if slo_header else None
+    except ValueError:
+        slo = None
+    if slo is not None:
+        for k in m.classes:
+            if k.lo <= slo and (k.hi is None or slo < k.hi):
+                return CallClass((model, math.floor(k.lo)), float(k.lo))
+    if m.default_slo_ms is None:
+        return None
+    return CallClass((model, math.floor(m.default_slo_ms)), m.default_slo_ms)
+
+
+def _ms(d: object) -> float:
+    return float(d.seconds) * 1e3 + float(d.nanos) / 1e6  # type: ignore[attr-defined]
+
+
+class RegionLearning:
+    """One ``EdgeLearning`` per edge region, fed by the access log, read at each compile."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic,
+                 make: Callable[[], EdgeLearning] = EdgeLearning) -> None:
+        self.clock = clock
+        self.make = make
+        self.regions: dict[str, EdgeLearning] = {}
+        self.models: dict[str, Mapping[str, ModelRoutes]] = {}  # region -> last compile's
+        self.calls = 0  # entries counted in a class, all regions
+        self.unclassified = 0  # entries with a model header no compiled route knew
+
+    def _region(self, region: str) -> EdgeLearning:
+        got = self.regions.get(region)
+        if got is None:
+            got = self.regions[region] = self.make()
+        return got
+
+    def compiled(self, region: str, models: Mapping[str, ModelRoutes]) -> None:
+        """The routes the region's Envoys now get: what later entries are classed by."""
+        self.models[region] = models
+
+    def learned(self, region: str, cands: Mapping[str, Candidate]) -> Learned:
+        """Close the region's window now (a compile for a push) and return what to compile."""
+        return self._region(region).learned(self.clock(), cands)
+
+    def observe(self, region: str, entry: accesslog_pb2.HTTPAccessLogEntry) -> bool:
+        """One logged request of an Envoy edge of ``region``; True if it was learned from."""
+        c = entry.common_properties
+        trailers = entry.response.response_trailers
+        served_by = trailers.get("x-served-by", "")
+        learning = self._region(region)
+        if c.upstream_cluster == SLOW_PATH_CLUSTER:
+            if served_by and trailers.get("grpc-status", "") == "0":
+                learning.other_path(served_by)
+                return True
+            return False
+        headers = entry.request.request_headers
+        model = headers.get(MODEL_HEADER, "")
+        if not model:
+            return False  # not a ModelInfer on a model route (Envoy's own reply, liveness)
+        klass = call_class(self.models.get(region, {}), model, headers.get(SLO_HEADER, ""))
+        if klass is None:
+            self.unclassified += 1
+            return False
+        self.calls += 1
+        learning.call(klass.key, klass.slo_ms)
+        if not served_by or trailers.get("grpc-status", "") != "0":
+            return True
+        meta = c.metadata.filter_metadata.get(METADATA_NAMESPACE)
+        own = (meta.fields["slo_ms"].number_value
+               if meta is not None and "slo_ms" in meta.fields else klass.slo_ms)
+        took_ms = _ms(c.time_to_last_downstream_tx_byte)
+        # The margin lives at the class's SLO (where the compile reads it); the verdict is
+        # the call's own SLO against what Envoy's caller waited.
+        learning.feedback.record(served_by, klass.slo_ms, took_ms <= own, self.clock())
+        return True
