@@ -13,6 +13,7 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as tc
+from envoy.data.accesslog.v3 import accesslog_pb2
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
@@ -26,6 +27,7 @@ from services.edge.envoy.launcher import EnvoyEdge, prepare
 from services.edge.envoy.supervisor import Supervisor
 from services.placement.main import RunningPlacement, start_placement
 from services.ports import free_port
+from services.xds.learning import call_class
 from tests.mesh_harness import eventually, mesh_config, summarize_input
 
 pytestmark = pytest.mark.integration
@@ -120,8 +122,20 @@ async def _drain_and_watch_calls_move(mesh: EnvoyMesh) -> None:
 
 async def test_envoys_calls_reach_placement_as_observations_and_call_rates(
         mesh: EnvoyMesh) -> None:
+    ads, edge = mesh.placement.ads, mesh.envoy.node
+    assert ads is not None
+    logged: list[object] = []  # what reached the region's learning, as Envoy logged it
+    observe = ads.learning.observe
+
+    def keep(region: str, entry: accesslog_pb2.HTTPAccessLogEntry) -> bool:
+        logged.append(entry)
+        return observe(region, entry)
+
+    ads.learning.observe = keep  # type: ignore[method-assign]
     served = {(await asyncio.to_thread(mesh.call))[1]["x-served-by"] for _ in range(12)}
-    fleet, edge = mesh.placement.service.fleet, mesh.envoy.node
+    for _ in range(3):  # a tight class (nothing fits 1 ms: its own order)
+        await asyncio.to_thread(mesh.call, "summarize", [("x-slo-ms", "1.5")])
+    fleet = mesh.placement.service.fleet
     key = (edge.region, edge.edge_id)
 
     def reported() -> bool:
@@ -131,6 +145,20 @@ async def test_envoys_calls_reach_placement_as_observations_and_call_rates(
     await eventually(reported, 10, f"placement saw the Envoy edge's calls to {served}")
     for d in served:
         assert fleet.observed[(edge.region, d)].p95_ms > 0
+    # Each entry names its call's class (model, whole-ms SLO from the hint or the deadline),
+    # which placement learns for the region's next compile: a rate for both classes called.
+    await eventually(lambda: ads.learning.calls >= 15, 10, "placement learned the calls")
+    models = ads.region_config(edge.region).models
+    headers = [e.request.request_headers for e in logged]  # type: ignore[attr-defined]
+    classes = {call_class(models, h["x-switchyard-model"], h["x-switchyard-slo-ms"])
+               for h in headers if "x-switchyard-model" in h}
+    assert None not in classes and len(classes) == 2, classes
+    rates = ads.learning.learned(edge.region, {}).rates
+    assert all(rates.get(k.key, 0) > 0 for k in classes if k is not None), rates
+    slos = {e.common_properties.metadata.filter_metadata["switchyard"]  # type: ignore[attr-defined]
+            .fields["slo_ms"].number_value for e in logged
+            if e.request.request_headers.get("x-switchyard-slo-ms") == "1"}  # type: ignore[attr-defined]
+    assert slos == {1.5}  # the call's own SLO, for its miss verdict
 
 
 async def test_a_drained_backend_stops_serving_and_calls_move_to_another_deployment(
