@@ -3,7 +3,9 @@
 ``placement.edge_learning.EdgeLearning`` keeps one region's class rates, miss margins and
 slow-path load; this module feeds it from the entries Envoy streams to placement
 (``feedback.py``) and hands ``compile_region`` the region's ``Learned`` at each compile
-(``server.py``: once per hub version, so pushes stay coalesced as before).
+(``server.py``: once per hub version, so pushes stay coalesced as before, and every
+``learn_every_s`` between publishes while the region has something to learn or to forget:
+a steady fleet publishes nothing, and the split must still follow the calls).
 
 An entry names its call's class the way the routes did: the model (``x-switchyard-model``)
 and the whole-ms SLO (``x-switchyard-slo-ms``), both set by the listener's Lua and logged as
@@ -75,6 +77,8 @@ class RegionLearning:
         self.models: dict[str, Mapping[str, ModelRoutes]] = {}  # region -> last compile's
         self.calls = 0  # entries counted in a class, all regions
         self.unclassified = 0  # entries with a model header no compiled route knew
+        self._news: dict[str, int] = {}  # region -> entries learned from since its compile
+        self._holding: dict[str, bool] = {}  # region -> its last Learned was not empty
 
     def _region(self, region: str) -> EdgeLearning:
         got = self.regions.get(region)
@@ -88,7 +92,16 @@ class RegionLearning:
 
     def learned(self, region: str, cands: Mapping[str, Candidate]) -> Learned:
         """Close the region's window now (a compile for a push) and return what to compile."""
-        return self._region(region).learned(self.clock(), cands)
+        got = self._region(region).learned(self.clock(), cands)
+        self._news[region] = 0
+        self._holding[region] = bool(got.rates or got.reserved
+                                     or any(got.margins.values()))
+        return got
+
+    def stale(self, region: str) -> bool:
+        """Would a compile now differ from the last one: entries learned from since, or a
+        learned state that has to decay even without calls?"""
+        return bool(self._news.get(region)) or self._holding.get(region, False)
 
     def observe(self, region: str, entry: accesslog_pb2.HTTPAccessLogEntry) -> bool:
         """One logged request of an Envoy edge of ``region``; True if it was learned from."""
@@ -99,6 +112,7 @@ class RegionLearning:
         if c.upstream_cluster == SLOW_PATH_CLUSTER:
             if served_by and trailers.get("grpc-status", "") == "0":
                 learning.other_path(served_by)
+                self._news[region] = self._news.get(region, 0) + 1
                 return True
             return False
         headers = entry.request.request_headers
@@ -110,6 +124,7 @@ class RegionLearning:
             self.unclassified += 1
             return False
         self.calls += 1
+        self._news[region] = self._news.get(region, 0) + 1
         learning.call(klass.key, klass.slo_ms)
         if not served_by or trailers.get("grpc-status", "") != "0":
             return True

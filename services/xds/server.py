@@ -5,8 +5,9 @@ Both ADS variants are served: ``DeltaAggregatedResources`` (what the bootstrap a
 watcher of the same ``RouteHub`` (so it sees exactly the tables Python edges see, coalesced
 the same way) plus a session (``session.py``). When the hub publishes a change for the
 stream's region, or Envoy (un)subscribes, ACKs or NACKs, the stream compiles the region's
-tables (once per hub version, shared by every Envoy of the region) and sends what changed
-per resource type, clusters first.
+tables (once per hub version, shared by every Envoy of the region; between publishes every
+``learn_every_s`` while the region's access log taught placement something,
+``learning.py``) and sends what changed per resource type, clusters first.
 
 The node says who it is in its bootstrap: ``node.id`` is the edge id, ``node.cluster`` its
 region, and ``node.metadata`` holds ``listen_host``/``listen_port`` for the listener placement
@@ -27,6 +28,7 @@ import structlog
 from envoy.service.accesslog.v3 import als_pb2_grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
+from placement.edge_learning import TIME_CONSTANT_S
 from placement.errors import InvalidRequest
 from placement.pipeline import Profile
 from placement.registry import build_profile
@@ -64,7 +66,8 @@ Session = DeltaSession | SotwSession
 
 # xds-protos ships no stubs: its servicer base is Any to mypy.
 class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
-    def __init__(self, hub: RouteHub, profile: Profile, settings: EnvoySettings) -> None:
+    def __init__(self, hub: RouteHub, profile: Profile, settings: EnvoySettings,
+                 learn_every_s: float = TIME_CONSTANT_S) -> None:
         self.hub = hub
         self.profile = profile
         self.settings = settings
@@ -75,22 +78,31 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         self.feedback: AccessLogFeedback | None = None  # Envoy's calls, as observations
         # what the access log taught placement of each region (fed by ``feedback``)
         self.learning = RegionLearning()
-        self._compiled: dict[str, tuple[int, RegionConfig]] = {}
+        # between hub publishes, a region is recompiled this often with what it learned
+        self.learn_every_s = learn_every_s
+        self._compiled: dict[str, tuple[int, float, RegionConfig]] = {}  # version, at, config
 
     def region_config(self, region: str) -> RegionConfig:
         """The region's compiled config, rebuilt only when the hub published (so an ACK does
         not make the hub publish early: its coalescing holds for Envoy edges too), with what
         the region's access log taught placement since the last compile (``learning``)."""
         cached = self._compiled.get(region)
-        if cached is not None and cached[0] == self.hub.version:
-            return cached[1]
+        if cached is not None and cached[0] == self.hub.version and not self.relearn_due(region):
+            return cached[2]
         tables = self.hub.snapshot(region)
         cands = {c.deployment_id: candidate_from_pb(c) for t in tables for c in t.candidates}
         compiled = compile_region(region, tables, self.profile, self.settings,
                                   self.learning.learned(region, cands))
         self.learning.compiled(region, compiled.models)
-        self._compiled[region] = (self.hub.version, compiled)
+        self._compiled[region] = (self.hub.version, self.learning.clock(), compiled)
         return compiled
+
+    def relearn_due(self, region: str) -> bool:
+        """Recompile the region between publishes: ``learn_every_s`` since its last compile
+        and something learned (or to decay) since."""
+        cached = self._compiled.get(region)
+        return (cached is not None and self.learning.stale(region)
+                and self.learning.clock() - cached[1] >= self.learn_every_s)
 
     def offer(self, region: str, host: str, port: int,
               slow_path_port: int = 0) -> dict[str, dict[str, Resource]]:
@@ -150,7 +162,14 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
                 watcher.take()  # the rows themselves are re-read from the hub's tables
                 kick.set()
 
-        tasks = [asyncio.create_task(read()), asyncio.create_task(follow())]
+        async def relearn() -> None:  # a periodic timer, not a wait for a condition
+            while True:
+                await asyncio.sleep(self.learn_every_s)
+                if self.relearn_due(region):
+                    kick.set()
+
+        tasks = [asyncio.create_task(read()), asyncio.create_task(follow()),
+                 asyncio.create_task(relearn())]
         clusters: dict[str, Resource] = {}  # the clusters of the last push
         log.info("xds_stream_open", node=session.node_id, region=region,
                  listen=f"{host}:{port}", slow_path_port=slow_port,

@@ -126,7 +126,6 @@ def test_logged_calls_of_a_busy_class_reach_the_next_push_as_weighted_rotations(
     for _ in range(600):  # 60 calls/s for 10 s at the default SLO: small's one slot is full
         assert ads.learning.observe("r-east", _entry())
     clock.t += 10.0
-    assert _default_route(ads) is plain  # no publish, no recompile: pushes stay coalesced
     hub.version = 2
     route = _default_route(ads).route  # type: ignore[attr-defined]
     split = {c.name: c.weight.value for c in route.weighted_clusters.clusters}
@@ -221,3 +220,27 @@ async def test_the_access_log_sink_feeds_its_regions_learning() -> None:
     await sink.StreamAccessLogs(stream(), None)
     assert ads.learning.calls == 2 and sink.entries == 3
     assert set(ads.learning.regions) == {"r-east"}
+
+
+def test_between_publishes_a_region_is_recompiled_every_learn_every_s_while_it_learns() -> None:
+    ads, hub, clock = _ads()
+    plain = ads.region_config("r-east")
+    clock.t += ads.learn_every_s  # nothing learned: no recompile, however long
+    assert ads.region_config("r-east") is plain and not ads.relearn_due("r-east")
+    hub.version = 2  # a publish: compiled now
+    plain = ads.region_config("r-east")
+    for _ in range(600):
+        ads.learning.observe("r-east", _entry())
+    clock.t += ads.learn_every_s / 2
+    assert ads.region_config("r-east") is plain  # too soon: pushes stay coalesced
+    clock.t += ads.learn_every_s / 2
+    assert ads.relearn_due("r-east")
+    split = ads.region_config("r-east")  # the hub did not publish (a steady fleet)
+    assert hub.version == 2 and split is not plain
+    assert _default_route(ads).route.weighted_clusters.clusters  # type: ignore[attr-defined]
+    assert ads.region_config("r-east") is split and not ads.relearn_due("r-east")
+    # Calls stop: the learned rate still decays at the same pace, back to one aggregate.
+    for _ in range(30):
+        clock.t += ads.learn_every_s
+        _default_route(ads)
+    assert _default_route(ads).route.cluster == model_cluster_name("summarize")  # type: ignore[attr-defined]
