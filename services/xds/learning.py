@@ -33,6 +33,7 @@ from services.xds.envoy_types import SLOW_PATH_CLUSTER
 from services.xds.lua import METADATA_NAMESPACE, MODEL_HEADER, SLO_HEADER
 from services.xds.routes import ModelRoutes
 
+MIN_RATE = 0.01  # calls/s: a learned rate below this has decayed (no recompile to follow it)
 Key = tuple[str, int]  # (model, whole-ms SLO the class is compiled at): compile_region's
 
 
@@ -94,8 +95,9 @@ class RegionLearning:
         """Close the region's window now (a compile for a push) and return what to compile."""
         got = self._region(region).learned(self.clock(), cands)
         self._news[region] = 0
-        self._holding[region] = bool(got.rates or got.reserved
-                                     or any(got.margins.values()))
+        self._holding[region] = (any(r >= MIN_RATE for r in got.rates.values())
+                                 or any(e >= MIN_RATE * 1e-3 for e in got.reserved.values())
+                                 or any(got.margins.values()))
         return got
 
     def stale(self, region: str) -> bool:

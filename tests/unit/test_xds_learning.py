@@ -244,3 +244,5 @@ def test_between_publishes_a_region_is_recompiled_every_learn_every_s_while_it_l
         clock.t += ads.learn_every_s
         _default_route(ads)
     assert _default_route(ads).route.cluster == model_cluster_name("summarize")  # type: ignore[attr-defined]
+    clock.t += ads.learn_every_s
+    assert not ads.relearn_due("r-east")  # decayed: no more recompiles until calls come
