@@ -10,7 +10,7 @@ if ! command -v gcc >/dev/null 2>&1; then
   exit 0
 fi
 mkdir -p build
-gcc -O2 -std=c11 -D_POSIX_C_SOURCE=200809L -Wall -Wextra -Werror -fPIC -shared \
+gcc -O2 -std=c11 -D_POSIX_C_SOURCE=200809L -Wall -Wextra -fPIC -shared \
     -fvisibility=hidden -o build/libswitchyard_edge.so.tmp switchyard_edge.c -lm
 mv build/libswitchyard_edge.so.tmp build/libswitchyard_edge.so
 echo "[native] built native/build/libswitchyard_edge.so"
