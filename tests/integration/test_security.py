@@ -45,17 +45,18 @@ def cfg(tmp_path_factory: pytest.TempPathFactory) -> MeshConfig:
 async def test_tenant_token_keeps_calls_in_its_regions(channel: grpc.aio.Channel) -> None:
     regions = set()
     for _ in range(6):
-        code, tr, _ = await infer(channel, [WEST, ("x-slo-ms", "400")])
-        assert code is grpc.StatusCode.OK
+        code, tr, details = await infer(channel, [WEST, ("x-slo-ms", "400")])
+        assert code is grpc.StatusCode.OK, (code, details, tr)
         regions.add(tr["x-served-region"])
     assert regions == {"r-west"}
 
 
 async def test_tenant_clouds_become_regions(channel: grpc.aio.Channel) -> None:
     for _ in range(6):  # r-central (gcp) is the cheapest for loose SLOs; aws-only never gets it
-        code, tr, _ = await infer(channel, [("authorization", "Bearer aws-token"),
-                                            ("x-slo-ms", "400")])
-        assert code is grpc.StatusCode.OK and tr["x-served-region"] in {"r-east", "r-west"}
+        code, tr, details = await infer(channel, [("authorization", "Bearer aws-token"),
+                                                  ("x-slo-ms", "400")])
+        assert code is grpc.StatusCode.OK, (code, details, tr)
+        assert tr["x-served-region"] in {"r-east", "r-west"}
 
 
 async def test_x_tenant_is_not_a_credential(channel: grpc.aio.Channel) -> None:
