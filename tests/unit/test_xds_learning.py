@@ -24,22 +24,12 @@ from services.xds.learning import RegionLearning, call_class
 from services.xds.resources import EnvoySettings, listener, model_cluster_name, route_config_name
 from services.xds.routes import rotation_cluster_name
 from services.xds.server import AdsServer
+from tests.xds_tables import TABLE
 
 PROFILE = build_profile("cheapest")
 S = EnvoySettings()
 
 
-def _cand(dep: str, cost: float, p95: float, concurrency: int) -> placement_pb2.Candidate:
-    backend, variant = dep.split("/")
-    return placement_pb2.Candidate(
-        deployment_id=dep, backend_id=backend, endpoint="127.0.0.1:9000", variant=variant,
-        region="r-east", cloud="aws", quality=0.9, latency_p95_ms=p95, cost_usd=cost,
-        compute_ms=50.0, spare_capacity=100.0, concurrency=concurrency)
-
-
-TABLE = placement_pb2.RouteTable(
-    model="summarize", edge_region="r-east", version=3, default_slo_ms=300,
-    candidates=[_cand("small/s", 1e-6, 80, 1), _cand("big/s", 2e-6, 60, 8)])
 
 
 class _Hub:
