@@ -18,6 +18,7 @@ and how many of them came in the first 5 simulated seconds. Not written into RES
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import multiprocessing
 import time
@@ -30,9 +31,10 @@ import numpy as np
 from benchmarks.common import md_table, progress
 from benchmarks.cost import SCENARIOS
 from benchmarks.costsim import control, policies, suite
+from benchmarks.costsim.engine import SimResult
 from benchmarks.costsim.misses import CAUSES, TracedSimulation, causes, classify
 from benchmarks.costsim.runner import make_policy
-from benchmarks.costsim.trace import generate
+from benchmarks.costsim.trace import generate, outage_windows
 from placement import feedback, latency, queueing, routes
 from placement.feedback import SloFeedback
 from placement.tail_margins import TailMargins
@@ -105,6 +107,44 @@ class Row:
     early: int
     cpu_s: float
     top: list[tuple[str, int]]
+    premium: float = 0.0  # of the expected cost, paid above each call's cheapest feasible
+    spend: list[tuple[str, float]] = dataclasses.field(default_factory=list)
+
+
+def premiums(sim: TracedSimulation, r: SimResult) -> tuple[float, Counter[str]]:
+    """Where the money goes: per served call, what its deployment's expected cost (price ×
+    mean service) exceeds that of the cheapest deployment that was up at its arrival, meets
+    its quality floor and has ``rtt + mean service <= SLO`` (the fluid LP's feasibility;
+    queueing ignored, so this is an upper bound of what routing could save). Returns the
+    premium as a share of the expected cost, and USD per (SLO class, chosen deployment)."""
+    s, trace = sim.s, sim.trace
+    catalog, classes, deps = s.catalog(), s.classes(), sim.deps
+    windows = outage_windows(s, trace.duration_s)
+    cost = np.array([d.usd_per_s * d.mean_service_s for d in deps])
+    feasible: dict[tuple[int, int], list[int]] = {}
+    for ei, e in enumerate(trace.regions):
+        for ki, k in enumerate(classes):
+            feasible[(ei, ki)] = sorted(
+                (i for i, d in enumerate(deps)
+                 if s.variant(d.variant).model == k.model
+                 and s.variant(d.variant).quality >= k.min_quality
+                 and catalog.rtt(e, d.region) + d.mean_service_s * 1000 <= k.slo_ms),
+                key=lambda i: cost[i])
+    out: Counter[str] = Counter()
+    total = paid = 0.0
+    for i in np.nonzero(r.final_dep >= 0)[0]:
+        dep = int(r.final_dep[i])
+        t, ki = float(trace.t[i]), int(trace.klass[i])
+        down = {p for w in windows if w.start_s <= t < w.end_s for p in w.pools}
+        cheapest = next((cost[j] for j in feasible[(int(trace.region[i]), ki)]
+                         if deps[j].backend_id not in down), cost[dep])
+        paid += cost[dep]
+        extra = max(0.0, cost[dep] - cheapest)
+        total += extra
+        if extra > 0:
+            k = classes[ki]
+            out[f"{k.model} slo {k.slo_ms:g} q>={k.min_quality:g} -> {deps[dep].id}"] += extra
+    return (total / paid if paid else 0.0), out
 
 
 def run_one(c: Check) -> Row:
@@ -125,8 +165,11 @@ def run_one(c: Check) -> Row:
             groups[f"{cause} | {trace.regions[trace.region[i]]} | slo {r.slo_ms[i]:g} | "
                    f"{dep} | tenth {tenth}"] += 1
         top = groups.most_common(c.detail)
+    premium, spend = premiums(sim, r)
+    total = sum(spend.values()) or 1.0
     return Row(s.name, c.seed, c.variant, r.calls, r.attainment, r.cost_per_million(),
-               dict(classify(sim, r)), early, r.wall_s, top)
+               dict(classify(sim, r)), early, r.wall_s, top, premium,
+               [(k, v / total) for k, v in spend.most_common(c.detail)])
 
 
 def _progress(r: Row) -> None:
@@ -164,14 +207,20 @@ def main() -> None:
                 _progress(row)
     out = [[r.scenario, r.seed, r.variant, f"{r.attainment:.2%}", r.usd_per_million,
             sum(r.misses.values()), *[r.misses.get(k, 0) for k in CAUSES], r.early,
-            f"{r.cpu_s:.0f}"] for r in rows]
+            f"{r.premium:.0%}", f"{r.cpu_s:.0f}"] for r in rows]
     print(md_table(("scenario", "seed", "variant", "attainment", "USD / 1M", "misses",
-                    *CAUSES, f"misses t < {EARLY_S:g} s", "CPU s"), out))
+                    *CAUSES, f"misses t < {EARLY_S:g} s", "premium over cheapest feasible",
+                    "CPU s"), out))
     for r in rows:
         if r.top:
             print(f"\n{r.scenario} seed {r.seed} {r.variant}:")
             for key, n in r.top:
                 print(f"  {n:4d}  {key}")
+        if r.spend:
+            print(f"\n{r.scenario} seed {r.seed} {r.variant}: premium by (class, deployment), "
+                  "share of the premium")
+            for key, share in r.spend:
+                print(f"  {share:4.0%}  {key}")
     print(f"\n_(took {time.monotonic() - t0:.0f} s)_")
 
 
