@@ -15,7 +15,11 @@ tokens (``K`` of them in ``d``'s prefix cache) asking for ``M`` output tokens pr
 
 It is feasible when ``TTFT ≤ ttft × (1 − TTFT_HEADROOM)`` and ``TPOT ≤ tpot`` (each only
 when asked): the edge predicts from its own streams only, and another edge's prefill may be
-running when this one arrives, so half the TTFT objective is left for that wait. The choice
+running when this one arrives, so half the TTFT objective is left for that wait. Where the
+edge learned a TTFT margin for the deployment (``placement.stream_guard.TtftGuard``: a high
+quantile of its recent observed − predicted gaps, or how late a stream still waiting there
+already is), also ``TTFT + margin ≤ ttft × (1 − GUARDED_HEADROOM)``: a deployment other
+edges have queued up stops taking tight streams. The choice
 is the cheapest feasible deployment under the load bound; among those within ``band`` of
 that cost, the session's prefix holder, else the first in the session's consistent-hash
 order. Consistent hashing with bounded loads: the bins are the feasible deployments priced
@@ -53,6 +57,11 @@ LOAD_FACTOR = 1.25  # consistent hashing with bounded loads: c in ceil(c × m / 
 # ``python -m benchmarks.tokens`` (two workloads): 0 → 95–96 % within both objectives,
 # 0.5 → ≥ 99 % at ≥ 40 % below the lowest-latency policy's cost.
 TTFT_HEADROOM = 0.5
+# A learned margin (``placement.stream_guard``: what this edge's predictions missed there
+# lately) is a second bound: the prediction plus the margin may use all but this fraction of
+# the objective. ``python -m benchmarks.tokens`` measures it (``switchyard-fixed-guard-band``,
+# without it; ``switchyard-learned-band-only``, the margin instead of the fixed band).
+GUARDED_HEADROOM = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +100,8 @@ class StreamOption:
     cache_hit_tokens: int
     load: int
     bound: int
+    margin_ms: float = 0.0  # the learned TTFT margin added to the prediction (0: none)
+    ttft_limit_ms: float = math.inf  # the predicted TTFT it had to be under to be feasible
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,8 +117,12 @@ class StreamChoice:
 
 
 def predict(c: Candidate, est: TokenEstimate | None, load: int, ask: StreamAsk,
-            pending_tokens: int = 0, ttft_headroom: float = TTFT_HEADROOM) -> StreamOption:
-    """One deployment's predicted TTFT, TPOT and cost for ``ask`` (see the module docstring)."""
+            pending_tokens: int = 0, ttft_headroom: float = TTFT_HEADROOM,
+            margin_ms: float | None = None) -> StreamOption:
+    """One deployment's predicted TTFT, TPOT and cost for ``ask`` (see the module docstring).
+    The prediction must fit the objective less ``ttft_headroom``; with ``margin_ms``, the
+    deployment's learned TTFT margin (``stream_guard``), the prediction plus the margin must
+    also fit the objective less ``GUARDED_HEADROOM``."""
     hit = min(ask.cached_tokens, ask.prompt_tokens) if c.deployment_id == ask.holder else 0
     if est is None:
         return StreamOption(c, c.latency_p95_ms, 0.0, 0.0, True, False, hit, load, 0)
@@ -115,9 +130,14 @@ def predict(c: Candidate, est: TokenEstimate | None, load: int, ask: StreamAsk,
     tpot = est.tpot_base_ms + est.tpot_per_stream_ms * load
     cost = est.usd_per_second * (prefill + ask.max_tokens * tpot / (load + 1)) / 1000.0
     ttft = c.rtt_ms + max(pending_tokens, 0) * est.prefill_ms_per_token + prefill
-    feasible = ((ask.ttft_ms is None or ttft <= ask.ttft_ms * (1.0 - ttft_headroom))
-                and (ask.tpot_ms is None or tpot <= ask.tpot_ms))
-    return StreamOption(c, ttft, tpot, cost, feasible, True, hit, load, 0)
+    margin = margin_ms or 0.0
+    limit = math.inf
+    if ask.ttft_ms is not None:
+        limit = ask.ttft_ms * (1.0 - ttft_headroom)
+        if margin_ms is not None:
+            limit = min(limit, ask.ttft_ms * (1.0 - GUARDED_HEADROOM) - margin)
+    feasible = ttft <= limit and (ask.tpot_ms is None or tpot <= ask.tpot_ms)
+    return StreamOption(c, ttft, tpot, cost, feasible, True, hit, load, 0, margin, limit)
 
 
 def ring_order(key: str, deployments: Sequence[str]) -> list[str]:
@@ -144,23 +164,28 @@ def choose_stream(cands: Sequence[Candidate], estimates: Mapping[str, TokenEstim
                   loads: Mapping[str, int], ask: StreamAsk, band: float = COST_BAND,
                   load_factor: float = LOAD_FACTOR,
                   pending: Mapping[str, int] | None = None,
-                  ttft_headroom: float = TTFT_HEADROOM) -> StreamChoice:
+                  ttft_headroom: float = TTFT_HEADROOM,
+                  ttft_margins: Mapping[str, float] | None = None) -> StreamChoice:
     """The deployment for one stream (``cands`` already passed the call's hard filters).
     ``pending``: per deployment, the uncached prompt tokens of this edge's streams there that
     still wait for their first token (none known: empty). ``ttft_headroom``: the fraction of
-    the TTFT objective a prediction must leave free to count as feasible."""
+    the TTFT objective a prediction must leave free to count as feasible, for a deployment
+    without a learned margin. ``ttft_margins``: per deployment, the TTFT margin (ms) the edge
+    learned from its predictions' misses (``placement.stream_guard.TtftGuard.margins``)."""
     if not cands:
         raise NoHealthyDeployment("no deployment may serve this stream")
-    queued = pending or {}
+    queued, margins = pending or {}, ttft_margins or {}
     predicted = [predict(c, estimates.get(c.deployment_id), loads.get(c.deployment_id, 0), ask,
-                         queued.get(c.deployment_id, 0), ttft_headroom) for c in cands]
+                         queued.get(c.deployment_id, 0), ttft_headroom,
+                         margins.get(c.deployment_id)) for c in cands]
     feasible_ids = [o.candidate.deployment_id for o in predicted if o.feasible]
     bound = load_bound(loads, _cheapest_tier(feasible_ids, estimates, band) or
                        [c.deployment_id for c in cands], load_factor)
     options = tuple(_bounded(o, bound) for o in predicted)
     feasible = [o for o in options if o.feasible]
     if not feasible:
-        best = min(options, key=lambda o: (o.ttft_ms + ask.max_tokens * o.tpot_ms, o.cost_usd))
+        best = min(options, key=lambda o: (o.ttft_ms + o.margin_ms + ask.max_tokens * o.tpot_ms,
+                                           o.cost_usd))
         return StreamChoice(best.candidate, False,
                             "no deployment meets the stream's objectives: the fastest", options)
     under = [o for o in feasible if o.load < bound]
@@ -195,7 +220,7 @@ def _cheapest_tier(feasible: Sequence[str], estimates: Mapping[str, TokenEstimat
 
 def _bounded(o: StreamOption, bound: int) -> StreamOption:
     return StreamOption(o.candidate, o.ttft_ms, o.tpot_ms, o.cost_usd, o.feasible, o.measured,
-                        o.cache_hit_tokens, o.load, bound)
+                        o.cache_hit_tokens, o.load, bound, o.margin_ms, o.ttft_limit_ms)
 
 
 def explain(choice: StreamChoice) -> list[str]:

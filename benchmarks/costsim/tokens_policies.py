@@ -25,6 +25,7 @@ from collections.abc import Callable
 from benchmarks.costsim.tokens_workload import Deployment
 from benchmarks.costsim.tokensim import Policy, TokenSim
 from placement.model import Candidate
+from placement.stream_guard import TtftGuard
 from placement.streams import LOAD_FACTOR, TTFT_HEADROOM, StreamAsk, choose_stream
 from services.edge.token_stats import StreamStats
 
@@ -125,15 +126,18 @@ class PrefixAffinity:
 class Switchyard:
     """The edge's token choice, one ``StreamStats`` per edge region (see the module doc).
     ``pending`` feeds ``choose_stream`` this edge's streams still waiting for a first token;
-    ``ttft_headroom`` and ``load_factor`` are ``choose_stream``'s own parameters."""
+    ``ttft_headroom`` and ``load_factor`` are ``choose_stream``'s own parameters; ``guard``:
+    each edge also learns TTFT margins (``placement.stream_guard.TtftGuard``, fed at each
+    stream's first token) and passes them as ``ttft_margins`` (not what the edge runs yet)."""
 
     def __init__(self, sim: TokenSim, name: str = "switchyard", pending: bool = True,
-                 ttft_headroom: float = TTFT_HEADROOM, load_factor: float = LOAD_FACTOR
-                 ) -> None:
+                 ttft_headroom: float = TTFT_HEADROOM, load_factor: float = LOAD_FACTOR,
+                 guard: bool = False) -> None:
         self.name = name
         self._use_pending, self._headroom, self._load_factor = (pending, ttft_headroom,
                                                                 load_factor)
         self.stats = [StreamStats() for _ in sim.regions]
+        self.guards = [TtftGuard() for _ in sim.regions] if guard else None
         self.cands = [[_candidate(d, float(sim.rtt[e, i]))
                        for i, d in enumerate(sim.deployments)] for e in range(len(sim.regions))]
         self.index = {d.id: i for i, d in enumerate(sim.deployments)}
@@ -156,7 +160,9 @@ class Switchyard:
         choice = choose_stream(cands, stats.estimates(cands), stats.inflight, ask,
                                load_factor=self._load_factor,
                                pending=pending if self._use_pending else None,
-                               ttft_headroom=self._headroom)
+                               ttft_headroom=self._headroom,
+                               ttft_margins=(self.guards[edge].margins(now / 1000.0)
+                                             if self.guards else None))
         if not choice.slo_met:
             self.infeasible += 1
         dep = choice.candidate.deployment_id
@@ -165,12 +171,19 @@ class Switchyard:
         pending[dep] = pending.get(dep, 0) + p - hit
         sim.out.load_at_start[sid] = load
         self._open[sid] = (self.index[dep], load, hit)
+        if self.guards is not None and choice.chosen.measured:
+            self.guards[edge].sent(sid, dep, choice.chosen.ttft_ms, now / 1000.0)
         return self.index[dep]
 
     def first_token(self, sid: int, sim: TokenSim) -> None:
         d, _, hit = self._open[sid]
-        pending = self.pending[int(sim.streams.region[sid])]
-        pending[sim.deployments[d].id] -= int(sim.streams.prompt[sid]) - hit
+        edge = int(sim.streams.region[sid])
+        pending = self.pending[edge]
+        dep = sim.deployments[d].id
+        pending[dep] -= int(sim.streams.prompt[sid]) - hit
+        if self.guards is not None:  # the first token reaches the edge rtt / 2 later
+            at_edge = float(sim.streams.t_ms[sid]) + float(sim.out.ttft_ms[sid])
+            self.guards[edge].first_token(sid, at_edge / 1000.0)
 
     def finished(self, sid: int, sim: TokenSim) -> None:
         """What the edge measures at the stream's end, taught to its ``StreamStats``."""
@@ -203,13 +216,17 @@ def _candidate(d: Deployment, rtt_ms: float) -> Candidate:
 
 POLICIES = ("switchyard", "round-robin", "least-loaded", "prefix-affinity", "lowest-latency")
 # Switchyard ablations: the same function without one of its inputs or its guard band
-VARIANTS = ("switchyard-no-guard-band", "switchyard-no-pending")
+VARIANTS = ("switchyard-learned-margin", "switchyard-learned-band-only",
+            "switchyard-no-guard-band", "switchyard-no-pending")
 
 
 def make_policy(name: str, sim: TokenSim, seed: int) -> Policy:
     """A fresh policy for one run on ``sim``."""
     makers: dict[str, Callable[[], Policy]] = {
         "switchyard": lambda: Switchyard(sim),
+        "switchyard-learned-margin": lambda: Switchyard(sim, name, guard=True),
+        "switchyard-learned-band-only": lambda: Switchyard(sim, name, ttft_headroom=0.0,
+                                                           guard=True),
         "switchyard-no-guard-band": lambda: Switchyard(sim, name, ttft_headroom=0.0),
         "switchyard-no-pending": lambda: Switchyard(sim, name, pending=False),
         "round-robin": RoundRobin,

@@ -109,19 +109,23 @@ def before_after(results: Sequence[TokenResult], before: str, after: str) -> lis
     return lines
 
 
-def load_table(rows: Sequence[tuple[float, dict[str, TokenResult]]]) -> str:
-    """Switchyard against lowest-latency and prefix-affinity at other loads (one row each)."""
+def load_table(rows: Sequence[tuple[float, dict[str, TokenResult]]], other: str) -> str:
+    """Switchyard against lowest-latency and prefix-affinity at other loads (one row each),
+    with ``other`` (a Switchyard variant) beside it."""
     out = []
     for scale, r in rows:
-        sy, ll, pa = r["switchyard"], r["lowest-latency"], r["prefix-affinity"]
+        sy, ll, pa, o = r["switchyard"], r["lowest-latency"], r["prefix-affinity"], r[other]
         out.append([sy.scenario, f"×{scale:g}", f"{sy.both:.2%}", f"{sy.usd_per_1m_out:.3f}",
                     f"{ll.both:.2%}", f"{ll.usd_per_1m_out:.3f}",
                     f"{1 - sy.usd_per_1m_out / ll.usd_per_1m_out:.0%}", sy.ttft_p99_ms,
-                    pa.ttft_p99_ms, "yes" if _all_met(sy, ll, pa) else "no"])
+                    pa.ttft_p99_ms, "yes" if _all_met(sy, ll, pa) else "no",
+                    f"{o.both:.2%}", f"{1 - o.usd_per_1m_out / ll.usd_per_1m_out:.0%}",
+                    "yes" if _all_met(o, ll, pa) else "no"])
     return md_table(["scenario", "load", "switchyard both", "switchyard $/1M",
                      "lowest-latency both", "lowest-latency $/1M", "switchyard cheaper by",
-                     "switchyard TTFT p99 ms", "prefix-affinity TTFT p99 ms", "all 3 targets"],
-                    out, "llrrrrrrrl")
+                     "switchyard TTFT p99 ms", "prefix-affinity TTFT p99 ms", "all 3 targets",
+                     f"{other} both", f"{other} cheaper by", f"{other} all 3"],
+                    out, "llrrrrrrrlrrl")
 
 
 def _all_met(sy: TokenResult, ll: TokenResult, pa: TokenResult) -> bool:
@@ -130,11 +134,12 @@ def _all_met(sy: TokenResult, ll: TokenResult, pa: TokenResult) -> bool:
             and sy.ttft_p99_ms <= pa.ttft_p99_ms)
 
 
-def load_summary(rows: Sequence[tuple[float, dict[str, TokenResult]]]) -> str:
-    met = [f"{r['switchyard'].scenario} ×{scale:g}" for scale, r in rows
-           if _all_met(r["switchyard"], r["lowest-latency"], r["prefix-affinity"])]
-    missed = [f"{r['switchyard'].scenario} ×{scale:g}" for scale, r in rows
-              if not _all_met(r["switchyard"], r["lowest-latency"], r["prefix-affinity"])]
-    return (f"At other loads (every region's rate scaled; quick horizon) all three targets "
-            f"hold in {len(met)} of {len(rows)} cases"
+def load_summary(rows: Sequence[tuple[float, dict[str, TokenResult]]],
+                 policy: str = "switchyard") -> str:
+    met = [f"{r[policy].scenario} ×{scale:g}" for scale, r in rows
+           if _all_met(r[policy], r["lowest-latency"], r["prefix-affinity"])]
+    missed = [f"{r[policy].scenario} ×{scale:g}" for scale, r in rows
+              if not _all_met(r[policy], r["lowest-latency"], r["prefix-affinity"])]
+    return (f"`{policy}`: at other loads (every region's rate scaled; quick horizon) all three "
+            f"targets hold in {len(met)} of {len(rows)} cases"
             + (f"; not in {', '.join(missed)}." if missed else "."))

@@ -8,6 +8,7 @@ import dataclasses
 from benchmarks.costsim.tokens_report import (
     TokenResult,
     load_summary,
+    load_table,
     table,
     verdicts,
 )
@@ -46,5 +47,16 @@ def test_the_load_summary_counts_the_cases_from_the_rows() -> None:
     good = {r.policy: r for r in rows(row("switchyard", 0.993, 2.0, 900.0))}
     bad = {**good, "switchyard": dataclasses.replace(good["switchyard"], both=0.95)}
     assert load_summary([(0.5, good), (2.0, bad)]) == (
-        "At other loads (every region's rate scaled; quick horizon) all three targets hold in "
-        "1 of 2 cases; not in s ×2.")
+        "`switchyard`: at other loads (every region's rate scaled; quick horizon) all three "
+        "targets hold in 1 of 2 cases; not in s ×2.")
+    other = {**bad, "v": good["switchyard"]}
+    assert load_summary([(2.0, other)], "v").endswith("hold in 1 of 1 cases.")
+
+
+def test_the_load_table_puts_a_variant_beside_switchyard() -> None:
+    good = {r.policy: r for r in rows(row("switchyard", 0.993, 2.0, 900.0))}
+    case = {**good, "switchyard": dataclasses.replace(good["switchyard"], both=0.95),
+            "v": good["switchyard"]}
+    md = load_table([(2.0, case)], "v")
+    assert "| v both | v cheaper by | v all 3 |" in md
+    assert md.splitlines()[-1].endswith("| no | 99.30% | 50% | yes |")
