@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 
 from placement import shares
 from placement.errors import NotRegistered
-from placement.hardware import GpuState, assess, carry
+from placement.hardware import GpuState, HardwareVerdict, assess, carry
 from placement.model import Availability, Backend
 from placement.token_learning import StreamSeen, TokenLearning
 
@@ -163,9 +163,14 @@ class FleetState:
             before = prev.variants.get(name) if prev else None
             _update_load(load, stats, before, _window(prev, prev_at, snap, now))
         # XID and memory-pressure holds follow the GPU across reports (placement.hardware)
-        snap = replace(snap, gpus=carry(prev.gpus if prev else (), snap.gpus, now))
+        gpus = carry(prev.gpus if prev else (), snap.gpus, now)
+        if gpus is not snap.gpus:  # something held: a copy (else the report's own readings)
+            snap = replace(snap, gpus=gpus)
+        # The very readings of the last report (the ingest reuses a byte-identical report's
+        # conversion): its hardware verdict holds (``assess`` reads nothing else).
+        usable = before_sig[0] if prev is not None and gpus is prev.gpus else None
         state.last, state.last_at = snap, now
-        state.signature = _signature(state)
+        state.signature = _signature(state, usable[1] if isinstance(usable, tuple) else None)
         if state.signature != before_sig:
             self._bump(backend_id)  # only what can change a route table rebuilds it
 
@@ -268,18 +273,35 @@ def _step(x: float | None, ratio: float = 0.03) -> int | None:
     return round(math.log(max(x, 1e-6)) / math.log1p(ratio))
 
 
-def _signature(state: BackendState) -> tuple[object, ...]:
-    """What of a backend's telemetry can change its route-table rows, quantised."""
+_LOG_3, _LOG_5, _LOG_10 = math.log1p(0.03), math.log1p(0.05), math.log1p(0.1)
+_log = math.log
+
+
+def _load_steps(v: VariantLoad, slots: int) -> tuple[int | None, int, int, int, int]:
+    """One deployment's load on ``_step``'s grids (written out: it runs for every report):
+    compute (3 %), queue (3 %), rate (10 %), busy fraction and headroom (5 %)."""
+    busy = v.busy_fraction
+    return (None if v.compute_ms is None else round(_log(max(v.compute_ms, 1e-6)) / _LOG_3),
+            round(_log(max(v.queue_ms + 0.05, 1e-6)) / _LOG_3),
+            round(_log(max(v.rps + 1.0, 1e-6)) / _LOG_10),
+            round(_log(max(busy + 0.05, 1e-6)) / _LOG_5),
+            # headroom too: near saturation small busy moves matter
+            round(_log(max(slots - busy, 0.0) + 0.05) / _LOG_5))
+
+
+def _signature(state: BackendState, hw: HardwareVerdict | None = None) -> tuple[object, ...]:
+    """What of a backend's telemetry can change its route-table rows, quantised. ``hw``: the
+    hardware verdict of its GPU readings when already known."""
     snap = state.last
-    hw = None if snap is None else assess(list(snap.gpus))
-    return (None if snap is None else (snap.ready, hw, tuple(sorted(
-                (k, v.ready) for k, v in snap.variants.items()))),
-            tuple(sorted((k, _step(v.compute_ms), _step(v.queue_ms + 0.05),
-                          _step(v.rps + 1.0, 0.1), _step(v.busy_fraction + 0.05, 0.05),
-                          # headroom too: near saturation small busy moves matter
-                          _step(max(state.backend.max_concurrency - v.busy_fraction, 0.0)
-                                + 0.05, 0.05))
-                         for k, v in state.loads.items())))
+    if snap is not None and hw is None:
+        hw = assess(list(snap.gpus))
+    variants, loads = (snap.variants if snap is not None else {}), state.loads
+    slots = state.backend.max_concurrency
+    return (None if snap is None else (snap.ready, hw, tuple(
+                (k, v.ready) for k, v in (sorted(variants.items()) if len(variants) > 1
+                                          else variants.items()))),
+            tuple((k, *_load_steps(v, slots)) for k, v in (
+                sorted(loads.items()) if len(loads) > 1 else loads.items())))
 
 
 def _window(prev: TelemetrySnapshot | None, prev_at: float | None, snap: TelemetrySnapshot,

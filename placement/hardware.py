@@ -87,8 +87,16 @@ class HardwareVerdict:
 def carry(previous: Sequence[GpuState], current: Sequence[GpuState],
           now: float) -> tuple[GpuState, ...]:
     """``current`` with the XID and memory-pressure holds carried from ``previous`` (by index)."""
+    if current is previous and isinstance(current, tuple) and not any(
+            g.xid_events or g.held_xids or g.xid_at is not None or g.mem_pressure_at is not None
+            for g in current):  # the very readings again, nothing held: nothing to carry
+        return current
     before = {g.index: g for g in previous}
-    return tuple(_carry_one(before.get(g.index), g, now) for g in current)
+    out = tuple(_carry_one(before.get(g.index), g, now) for g in current)
+    # Nothing held (the common report): ``current`` itself, so callers can skip a copy.
+    if isinstance(current, tuple) and all(a is b for a, b in zip(out, current, strict=True)):
+        return current
+    return out
 
 
 def _carry_one(p: GpuState | None, g: GpuState, now: float) -> GpuState:
@@ -106,6 +114,9 @@ def _carry_one(p: GpuState | None, g: GpuState, now: float) -> GpuState:
             pressure_at = p.mem_pressure_at
         if _grew(p, g):
             pressure_at = now
+    if (held == g.held_xids and xid_at == g.xid_at  # already so: no copy (the common case)
+            and pressure_at == g.mem_pressure_at):
+        return g
     return replace(g, held_xids=held, xid_at=xid_at, mem_pressure_at=pressure_at)
 
 

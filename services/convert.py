@@ -66,30 +66,34 @@ def price_to_pb(p: PriceEntry) -> fleet_pb2.Price:
                            source=p.source, as_of=p.as_of)
 
 
-def _opt(msg: telemetry_pb2.GpuReading, name: str) -> float | None:
-    return getattr(msg, name) if msg.HasField(name) else None
-
-
 def gpu_from_pb(g: telemetry_pb2.GpuReading) -> GpuState:
-    def as_int(name: str) -> int | None:
-        v = _opt(g, name)
-        return None if v is None else int(v)
-
+    """One reading, each optional field ``None`` when not reported. Straight-line (no helper
+    per field): placement converts every GPU of every report, 10,000 a second at fleet scale."""
+    has = g.HasField
     return GpuState(
-        index=g.index, lost=g.lost, mem_free_bytes=as_int("mem_free_bytes"),
-        mem_total_bytes=as_int("mem_total_bytes"), temperature_c=_opt(g, "temperature_c"),
-        temperature_slowdown_c=_opt(g, "temperature_slowdown_c"),
-        sm_clock_mhz=as_int("sm_clock_mhz"), sm_clock_max_mhz=as_int("sm_clock_max_mhz"),
-        throttle_reasons=as_int("throttle_reasons"),
-        ecc_uncorrected=as_int("ecc_uncorrected_volatile"),
-        xid_events=tuple(g.xid_events), gpu_util_pct=_opt(g, "gpu_util_pct"))
+        index=g.index, lost=g.lost,
+        mem_free_bytes=int(g.mem_free_bytes) if has("mem_free_bytes") else None,
+        mem_total_bytes=int(g.mem_total_bytes) if has("mem_total_bytes") else None,
+        temperature_c=g.temperature_c if has("temperature_c") else None,
+        temperature_slowdown_c=(g.temperature_slowdown_c if has("temperature_slowdown_c")
+                                else None),
+        sm_clock_mhz=int(g.sm_clock_mhz) if has("sm_clock_mhz") else None,
+        sm_clock_max_mhz=int(g.sm_clock_max_mhz) if has("sm_clock_max_mhz") else None,
+        throttle_reasons=int(g.throttle_reasons) if has("throttle_reasons") else None,
+        ecc_uncorrected=(int(g.ecc_uncorrected_volatile) if has("ecc_uncorrected_volatile")
+                         else None),
+        xid_events=tuple(g.xid_events),
+        gpu_util_pct=g.gpu_util_pct if has("gpu_util_pct") else None)
 
 
-def snapshot_from_pb(r: telemetry_pb2.TelemetryReport) -> TelemetrySnapshot:
+def snapshot_from_pb(r: telemetry_pb2.TelemetryReport,
+                     gpus: tuple[GpuState, ...] | None = None) -> TelemetrySnapshot:
+    """``gpus``: the report's GPU readings already converted (placement's ingest reuses the
+    previous report's when they are byte-identical)."""
     return TelemetrySnapshot(
         ready=r.backend_ready,
         simulated=r.source != telemetry_pb2.TELEMETRY_SOURCE_NVML,
-        gpus=tuple(gpu_from_pb(g) for g in r.gpus),
+        gpus=tuple(gpu_from_pb(g) for g in r.gpus) if gpus is None else gpus,
         variants={m.variant: VariantStats(m.inference_count, m.execution_count,
                                           m.failure_count, m.queue_ns, m.compute_infer_ns,
                                           m.ready) for m in r.models},

@@ -59,13 +59,12 @@ def plan_pools(cfg: MeshConfig, service: PlacementService) -> dict[str, PlanPool
 def gpu_memory(service: PlacementService, backend_id: str) -> MemoryReading | None:
     """A backend's first GPU's memory from its last report (None: no NVML readings)."""
     got = service.gpus.get(backend_id)
-    if not got:
+    if got is None:
         return None
-    readings, unix_ms = got
-    gpus: Sequence[telemetry_pb2.GpuReading] = readings
+    gpus: Sequence[telemetry_pb2.GpuReading] = got.sent
     for g in gpus:
         if g.HasField("mem_used_bytes") and g.HasField("mem_total_bytes"):
-            return MemoryReading(g.mem_used_bytes, g.mem_total_bytes, unix_ms)
+            return MemoryReading(g.mem_used_bytes, g.mem_total_bytes, got.unix_ms)
     return None
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping
 
 import structlog
 from prometheus_client import Gauge
@@ -28,14 +28,13 @@ from services.convert import (
     backend_to_pb,
     candidate_to_pb,
     price_from_pb,
-    snapshot_from_pb,
     stream_seen_from_pb,
 )
 from services.grpc_errors import AnyContext
 from services.placement import peer as peer_state
 from services.placement.hub import RouteHub
+from services.placement.ingest import Readings, Taken, TelemetryIngest
 from services.placement.metrics import PlacementMetrics
-from services.placement.ownership import TelemetryOwners
 from services.placement.shard import EVERY_REGION, Ownership
 from services.placement.validate import check_backend
 from services.security.identity import peer_address
@@ -45,13 +44,6 @@ log = structlog.get_logger("switchyard.placement")
 _SCOPES = {placement_pb2.AVAILABILITY_SCOPE_BACKEND: "backend",
            placement_pb2.AVAILABILITY_SCOPE_REGION: "region",
            placement_pb2.AVAILABILITY_SCOPE_CLOUD: "cloud"}
-
-
-def _usable(signature: tuple[object, ...] | None) -> object:
-    """The part of a backend's change signature (``FleetState``) that decides whether its
-    rows may be used at all: readiness, the hardware verdict, each variant's readiness
-    (None before its first report)."""
-    return None if signature is None else signature[0]
 
 
 class PlacementService(placement_pb2_grpc.PlacementServicer):
@@ -74,9 +66,7 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
         self.spread_band = spread_band
         self.fail_fast = fail_fast
         self.shard = shard
-        self.owners = TelemetryOwners(builder.settings.stale_after_s)
-        # The GPU readings and report time of each backend's last used report, as sent.
-        self.gpus: dict[str, tuple[Sequence[telemetry_pb2.GpuReading], int]] = {}
+        self.ingest = TelemetryIngest(fleet, builder.settings.stale_after_s)
         self.placement_id = f"placement-{uuid.uuid4().hex[:8]}"
         # WatchRoutes yields each update pre-serialised (bytes shared by every watcher of a
         # region); main.register() sets this with a serializer that passes bytes through.
@@ -85,6 +75,11 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
               "Changed backends whose route rows are not rebuilt and pushed yet",
               registry=metrics.registry).set_function(
             lambda: self.hub.backlog + len(self.fleet.dirty))
+
+    @property
+    def gpus(self) -> Mapping[str, Readings]:
+        """Each backend's GPU readings from its last used report, as sent (read-only)."""
+        return self.ingest.readings
 
     def _changed(self) -> None:
         self.hub.changed()
@@ -103,8 +98,7 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
     async def DeregisterBackend(self, request: placement_pb2.DeregisterBackendRequest,
                                 context: AnyContext
                                 ) -> placement_pb2.DeregisterBackendResponse:
-        self.owners.forget(request.backend_id)
-        self.gpus.pop(request.backend_id, None)
+        self.ingest.forget(request.backend_id)
         if not self.fleet.deregister(request.backend_id):
             raise NotRegistered(f"backend_id {request.backend_id!r} is not registered "
                                 f"(registered: {len(self.fleet.backends)}; see switchyard "
@@ -120,36 +114,20 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
         peer = peer_address(context)
         try:
             async for message in request_iterator:
-                now = self.clock()
-                took = 0
-                flipped: list[str] = []
-                try:
-                    # An agent's round may come as one message (TelemetryReport.more).
-                    for report in (message, *message.more) if message.more else (message,):
-                        if report.backend_id not in self.fleet.backends:
-                            raise InvalidRequest(f"telemetry for unregistered backend "
-                                                 f"{report.backend_id!r}; call "
-                                                 "RegisterBackend first")
-                        label = f"{report.agent_id or 'unnamed agent'} @ {peer}"
-                        if not self.owners.admit(report.backend_id, stream, label, now):
-                            ignored += 1
-                            continue
-                        state = self.fleet.backends[report.backend_id]
-                        usable = _usable(state.signature)
-                        self.fleet.ingest(report.backend_id, snapshot_from_pb(report), now)
-                        self.gpus[report.backend_id] = (report.gpus, report.unix_ms)
-                        took += 1
-                        if usable is not None and _usable(state.signature) != usable:
-                            flipped.append(report.backend_id)
+                taken = Taken()
+                try:  # an agent's round may come as one message (TelemetryReport.more)
+                    self.ingest.take(message, stream, peer, self.clock(), taken)
                 finally:  # what a batch took before a bad report counts and gets published
-                    if took:
-                        self.metrics.telemetry.inc(took)
-                        accepted += took
-                        if flipped:  # ready <-> not ready, a hardware verdict: goes first
-                            self.hub.urgent(*flipped)
-                        self._changed()
+                    ignored += taken.ignored
+                    if taken.used:
+                        self.metrics.telemetry.inc(taken.used)
+                        accepted += taken.used
+                        if taken.flipped:  # ready <-> not ready, a hardware verdict: first
+                            self.hub.urgent(*taken.flipped)
+                        else:
+                            self._changed()
         finally:
-            self.owners.release(stream)
+            self.ingest.owners.release(stream)
         return telemetry_pb2.TelemetryAck(
             accepted=accepted, message=f"{ignored} reports ignored: another agent owns those "
                                        "backends' telemetry" if ignored else "")
@@ -279,10 +257,10 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
                                   else telemetry_pb2.TELEMETRY_SOURCE_SIMULATED if snap.simulated
                                   else telemetry_pb2.TELEMETRY_SOURCE_NVML),
                 penalty_reason=verdict.penalty_reason if verdict else "",
-                gpus=self.gpus.get(bid, ([], 0))[0],
-                last_report_unix_ms=self.gpus.get(bid, ([], 0))[1],
-                telemetry_owner=self.owners.owner(bid),
-                telemetry_ignored=self.owners.ignored(bid)))
+                gpus=readings.sent if (readings := self.ingest.readings.get(bid)) else [],
+                last_report_unix_ms=readings.unix_ms if readings else 0,
+                telemetry_owner=self.ingest.owners.owner(bid),
+                telemetry_ignored=self.ingest.owners.ignored(bid)))
         return resp
 
     async def SetAvailability(self, request: placement_pb2.SetAvailabilityRequest,
