@@ -233,6 +233,38 @@ def call(mesh: Mesh, metadata: Sequence[tuple[str, str]] = (), model: str = "sum
     return trailers
 
 
+def why(mesh: Mesh, metadata: Sequence[tuple[str, str]] = (), model: str = "summarize",
+        tail_lines: int = 12) -> str:
+    """For failure messages: where the edge would send such a call now and why, candidate by
+    candidate (the edge's own pipeline over its own table and health snapshot:
+    ``placement.explain.explain_call``), every deployment its health view blocks with the
+    reason, and the Triton log tail of every backend with a blocked or dropped row."""
+    from placement.explain import explain_call
+    from services.edge.router import CallRecord
+
+    router = mesh.edge.router
+    lines = [f"routes version {router.store.version} from {router.store.source}"]
+    try:
+        _, cands, ctx, profile = router.read(request_bytes(model), list(metadata), None,
+                                             CallRecord("why", model))
+        ex = explain_call(profile, cands, ctx)
+        lines.append(f"a {model} call with {list(metadata)} now: {ex.summary}")
+        lines += [f"  {v.candidate.deployment_id}: {v.reason}" for v in ex.verdicts]
+    except Exception as exc:  # a diagnostic must not hide the real failure
+        lines.append(f"(no explanation: {exc!r})")
+    unusable = router.health.view().unusable
+    lines.append("blocked by the edge's health view: "
+                 + (", ".join(f"{d} ({r})" for d, r in sorted(unusable.items())) or "none"))
+    troubled = {d.split("/", 1)[0] for d in unusable} | {
+        c.backend_id for cs in router.store.candidates.values() for c in cs if c.dropped_reason}
+    for b in sorted(troubled):
+        proc = mesh.tritons.get(b)
+        if proc is not None:
+            lines.append(f"--- {b} tritonserver (alive={proc.alive}) log tail:\n"
+                         + proc.log_tail(tail_lines))
+    return "\n".join(lines)
+
+
 INFER_PATH = "/inference.GRPCInferenceService/ModelInfer"
 
 

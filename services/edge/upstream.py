@@ -45,8 +45,13 @@ class Upstreams:
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
             *TRITON_KEEPALIVE,
+            # Reconnect soon after a backend restarts. Not grpc.min_reconnect_backoff_ms: in
+            # gRPC core that is also the minimum time a connection attempt gets (TCP and
+            # the server's HTTP/2 SETTINGS; default 20 s). At 100 ms a backend whose
+            # SETTINGS took longer (> ~100 ms away, or a loaded host) could not be reached
+            # at all, and its health checks failed at once (tests/integration/
+            # test_upstream_connect.py).
             ("grpc.initial_reconnect_backoff_ms", 100),
-            ("grpc.min_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 2_000),
             ("grpc.enable_retries", 0),
         ]

@@ -21,6 +21,7 @@ from tests.mesh_harness import (
     eventually,
     mesh_config,
     request_bytes,
+    why,
 )
 from tests.mesh_harness import raw_infer as infer
 
@@ -42,11 +43,13 @@ def cfg(tmp_path_factory: pytest.TempPathFactory) -> MeshConfig:
     return base.model_copy(update={"security": sec})
 
 
-async def test_tenant_token_keeps_calls_in_its_regions(channel: grpc.aio.Channel) -> None:
+async def test_tenant_token_keeps_calls_in_its_regions(channel: grpc.aio.Channel,
+                                                      mesh: Mesh) -> None:
     regions = set()
     for _ in range(6):
         code, tr, details = await infer(channel, [WEST, ("x-slo-ms", "400")])
-        assert code is grpc.StatusCode.OK, (code, details, tr)
+        assert code is grpc.StatusCode.OK, (
+            code, details, tr, why(mesh, [("x-allowed-regions", "r-west"), ("x-slo-ms", "400")]))
         regions.add(tr["x-served-region"])
     assert regions == {"r-west"}
 
