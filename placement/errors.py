@@ -14,6 +14,8 @@
     ├── PolicyUnsatisfiable              FAILED_PRECONDITION  no deployment, healthy or not, meets
     │                                                         the call's quality/cost/regions
     ├── BackendFailed                    (the backend's code) the last attempt's own status
+    ├── DeadlineTooShort                 DEADLINE_EXCEEDED    the caller's deadline leaves no time
+    │                                                         to start an attempt
     ├── NotRegistered                    NOT_FOUND            an unknown backend id
     └── PermissionDenied                 PERMISSION_DENIED    admin call without the role
 
@@ -87,6 +89,13 @@ class NoHealthyDeployment(SwitchyardError):
     def __init__(self, message: str, *, removed: dict[str, str] | None = None) -> None:
         super().__init__(message, retry_after_s=1.0)
         self.removed = removed or {}
+
+
+class DeadlineTooShort(SwitchyardError):
+    """Less of the caller's own deadline is left than an attempt may start with
+    (``attempts.MIN_REMAINING_S``): the call stops at the edge, nothing is forwarded."""
+
+    grpc_code = "DEADLINE_EXCEEDED"
 
 
 class PolicyUnsatisfiable(SwitchyardError):

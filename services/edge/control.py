@@ -170,12 +170,16 @@ class HealthChecker:
 
     async def check(self, backend_id: str, endpoint: str) -> None:
         t0 = time.perf_counter()
+        detail = ""
         try:
             resp = await self.upstreams.get(endpoint).stub.ServerReady(
                 service_pb2.ServerReadyRequest(), timeout=self.timeout_s)
             ok = resp.ready
-        except grpc.aio.AioRpcError:
+            detail = "" if ok else "answered not ready"
+        except grpc.aio.AioRpcError as err:
             ok = False
+            detail = f"{err.code().name} ({err.details()})"
+        took_ms = (time.perf_counter() - t0) * 1000
         if ok:
-            self.link.rtt_ms[backend_id] = (time.perf_counter() - t0) * 1000
-        self.health.checked(backend_id, ok)
+            self.link.rtt_ms[backend_id] = took_ms
+        self.health.checked(backend_id, ok, f"{detail} after {took_ms:.0f} ms")

@@ -57,7 +57,7 @@ class HealthView:
                                                           for_s=for_s))
         self._slow_start = SlowStart(slow_start_s, clock)
         self._failed_checks: dict[str, int] = {}
-        self._unhealthy: set[str] = set()  # backend ids failing active checks
+        self._unhealthy: dict[str, str] = {}  # backend ids failing active checks -> why
         self._view = HealthSnapshot(_EMPTY, MappingProxyType({}))
 
     # -- read ----------------------------------------------------------------------------
@@ -94,12 +94,13 @@ class HealthView:
         if ejected:
             self._rebuild()
 
-    def checked(self, backend_id: str, ok: bool) -> None:
-        """One active health-check result for a backend."""
+    def checked(self, backend_id: str, ok: bool, detail: str = "") -> None:
+        """One active health-check result for a backend; ``detail``: how a failed one failed
+        (kept in the blocked deployments' reason)."""
         if ok:
             self._failed_checks[backend_id] = 0
             if backend_id in self._unhealthy:
-                self._unhealthy.discard(backend_id)
+                del self._unhealthy[backend_id]
                 log.info("backend_healthy", backend=backend_id,
                          slow_start_s=self._slow_start.ramp_s)
                 # It failed checks and passes again: end its ejections now and let its
@@ -112,8 +113,8 @@ class HealthView:
             return
         n = self._failed_checks[backend_id] = self._failed_checks.get(backend_id, 0) + 1
         if n >= self.unhealthy_after and backend_id not in self._unhealthy:
-            self._unhealthy.add(backend_id)
-            log.warning("backend_unhealthy", backend=backend_id, failed_checks=n)
+            self._unhealthy[backend_id] = f"{CHECK_FAILING}: {n} failed in a row, last {detail}"
+            log.warning("backend_unhealthy", backend=backend_id, failed_checks=n, last=detail)
             self._rebuild()
 
     def tick(self) -> None:
@@ -130,9 +131,9 @@ class HealthView:
 
     def _rebuild(self) -> None:
         unusable: dict[str, str] = {}
-        for b in self._unhealthy:
-            unusable.update(dict.fromkeys(self.store.deployments_of(b), CHECK_FAILING))
-        for b in self._backends.ejected - self._unhealthy:
+        for b, why in self._unhealthy.items():
+            unusable.update(dict.fromkeys(self.store.deployments_of(b), why))
+        for b in self._backends.ejected - self._unhealthy.keys():
             for dep in self.store.deployments_of(b):
                 unusable.setdefault(dep, SERVER_OUTLIER)
         for dep in self._deployments.ejected:

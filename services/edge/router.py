@@ -25,6 +25,7 @@ import grpc
 from placement.attempts import SERVER_FAILURES, AttemptPolicy, AttemptSettings, CallAttempts
 from placement.errors import (
     BackendFailed,
+    DeadlineTooShort,
     InvalidRequest,
     NoHealthyDeployment,
     SwitchyardError,
@@ -178,6 +179,7 @@ class Router:
             None if time_remaining_s is None else start + time_remaining_s)
         try:
             model, cands, ctx, profile = self.read(raw, metadata, time_remaining_s, record)
+            self._time_left(tries)
             self.budget.call()
             failure: AttemptFailed | None = None
             while True:
@@ -224,6 +226,18 @@ class Router:
             raise
         finally:
             self.on_done(record)
+
+    def _time_left(self, tries: CallAttempts) -> None:
+        """The rule retries already follow, for the first attempt too: with less than
+        ``MIN_REMAINING_S`` of the caller's deadline left the call stops here; an attempt
+        could only be cancelled in flight. (Triton 2.51, the pinned wheel's, can crash on
+        ModelInfer calls whose deadline expires a few ms after they arrive:
+        triton-inference-server/server#7368, fixed in 24.12.)"""
+        now = self.clock()
+        if tries.expired(now):
+            raise DeadlineTooShort(
+                f"{((tries.deadline or now) - now) * 1000:.1f} ms of the caller's deadline "
+                "left: too little to start an attempt")
 
     def _alone(self, c: Candidate, cands: Sequence[Candidate], ctx: CallContext,
                profile: Profile) -> bool:

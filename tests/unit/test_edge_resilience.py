@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import grpc
 import pytest
 
-from placement.errors import BackendFailed, NoHealthyDeployment
+from placement.errors import BackendFailed, DeadlineTooShort, NoHealthyDeployment
 from placement.model import Candidate
 from placement.registry import PROFILES, build_profile
 from services.api.switchyard.v1 import placement_pb2
@@ -327,9 +327,9 @@ async def test_the_callers_own_expired_deadline_ejects_nothing() -> None:
     router, _, done = make_router([cand(0, 1e-6, 5), cand(1, 2e-6, 5)], {}, clock,
                                   OutlierSettings(consecutive=1))
     router.upstreams = Timeout(clock)  # type: ignore[assignment]
-    for _ in range(5):
+    for _ in range(5):  # 3 ms: an attempt starts, and the caller's deadline ends it
         with pytest.raises(BackendFailed):
-            await router.infer(RAW, [("x-slo-ms", "100")], 0.001, CallRecord("", ""))
+            await router.infer(RAW, [("x-slo-ms", "100")], 0.003, CallRecord("", ""))
     assert router.health.view().unusable == {}
     assert router.stats.by_deployment == {}  # not a failure of the backend either
     assert [r.status for r in done] == ["DEADLINE_EXCEEDED"] * 5
@@ -337,6 +337,19 @@ async def test_the_callers_own_expired_deadline_ejects_nothing() -> None:
     with pytest.raises(BackendFailed):
         await router.infer(RAW, [("x-slo-ms", "100")], 30.0, CallRecord("", ""))
     assert "b0/m-v" in router.health.view().unusable
+
+
+async def test_a_deadline_too_short_to_start_an_attempt_forwards_nothing() -> None:
+    """Under ``MIN_REMAINING_S`` left: stopped at the edge (retries follow the same rule)."""
+    clock = Clock()
+    router, up, done = make_router([cand(0, 1e-6, 5)], {"ep0": "answers"}, clock)
+    with pytest.raises(DeadlineTooShort) as err:
+        await router.infer(RAW, [("x-slo-ms", "100")], 0.001, CallRecord("", ""))
+    assert up.calls == []
+    assert err.value.grpc_code == "DEADLINE_EXCEEDED" and "1.0 ms" in err.value.message
+    assert [r.status for r in done] == ["DEADLINE_EXCEEDED"]
+    await router.infer(RAW, [("x-slo-ms", "100")], 0.003, CallRecord("", ""))  # 3 ms: sent
+    assert len(up.calls) == 1
 
 
 class Hang(FakeUpstream):
