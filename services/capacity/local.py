@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import pathlib
+import select
 import signal
 import time
 from collections.abc import Mapping
@@ -29,6 +30,7 @@ from services.capacity.provider import Instance
 from services.config import BackendConfig, MeshConfig
 
 log = structlog.get_logger("switchyard.capacity")
+_KILLED_EXIT_S = 10.0  # how long a SIGKILLed process may take to finish exiting
 
 
 def _serves(pid: int, repo: pathlib.Path) -> bool:
@@ -41,26 +43,57 @@ def _serves(pid: int, repo: pathlib.Path) -> bool:
     return bool(argv) and argv[0].endswith(b"tritonserver") and bool(want & set(argv))
 
 
+def _pidfd(pid: int, repo: pathlib.Path) -> int | None:
+    """A pidfd of ``pid`` if it is a live tritonserver on ``repo``. Checked after opening, so
+    the fd names that very process: a recycled pid is never signalled or waited for."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    if _serves(pid, repo):
+        return fd
+    os.close(fd)
+    return None
+
+
+def _gone(fd: int, timeout_s: float) -> bool:
+    """Wait up to ``timeout_s`` until the process behind pidfd ``fd`` has exited entirely
+    (every thread; a zombie left to its parent counts as exited)."""
+    return bool(select.select([fd], [], [], max(timeout_s, 0.0))[0])
+
+
 def reap_leftovers(root: pathlib.Path, *, wait_s: float = 10.0) -> list[int]:
     """Stop the tritonservers a previous provider started under ``root`` and left running
-    (SIGTERM, then SIGKILL after ``wait_s``); returns their pids. Only a pid whose command
-    line is a tritonserver on that instance directory's repository is signalled."""
-    found = []
+    (SIGTERM, then SIGKILL after ``wait_s``); returns their pids once they have exited. Only
+    a pid whose command line is a tritonserver on that instance directory's repository is
+    signalled.
+
+    Exited means the kernel says so (the pidfd turns readable), not that the command line
+    stopped matching: ``/proc/<pid>/cmdline`` reads empty from the moment the process drops
+    its memory, while it still closes its files and its other threads exit; returning then
+    let a caller see it still alive (a fresh-clone CI run of
+    tests/integration/test_capacity_leftovers.py did)."""
+    found: list[tuple[int, int]] = []
     for ep in sorted(root.glob("*/endpoints.json")) if root.is_dir() else []:
         with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
             pid = int(json.loads(ep.read_text())["pid"])
-            if _serves(pid, ep.parent / "repo"):
-                found.append((pid, ep.parent / "repo"))
-    for pid, _ in found:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + wait_s
-    while any(_serves(p, r) for p, r in found) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    for pid, repo in found:
-        if _serves(pid, repo):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
+            fd = _pidfd(pid, ep.parent / "repo")
+            if fd is not None:
+                found.append((pid, fd))
+    try:
+        for _, fd in found:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(fd, signal.SIGTERM)
+        deadline = time.monotonic() + wait_s
+        for pid, fd in found:
+            if not _gone(fd, deadline - time.monotonic()):
+                log.warning("capacity.leftover_killed", pid=pid, after_s=wait_s)
+                with contextlib.suppress(ProcessLookupError):
+                    signal.pidfd_send_signal(fd, signal.SIGKILL)
+                _gone(fd, _KILLED_EXIT_S)
+    finally:
+        for _, fd in found:
+            os.close(fd)
     if found:
         log.warning("capacity.reaped_leftover_instances", root=str(root),
                     pids=[p for p, _ in found])
