@@ -15,8 +15,10 @@ Under load the scheduled rebuild is bounded (``max_build_rows`` rows per publish
 the backlog in the next publishes, each after a pause as long as the piece took, so that the
 event loop stays at least half free for ingest, pushes and accepting calls), and
 a telemetry change that makes a backend usable or unusable (``urgent``: readiness, a hardware
-verdict, a variant's readiness) goes first, in the next publish, ahead of any backlog of load
-changes (an operator's drain is published at once, ``SetAvailability``). Without the bound a
+verdict, a variant's readiness) goes out in a publish of its own within ``urgent_s`` (5 ms),
+waiting neither for the coalescing nor for a paced backlog piece (an operator's drain is
+published at once, ``SetAvailability``). The watchers' side (``RegionPush``, ``Watcher``)
+is ``services.placement.watchers``. Without the bound a
 publish rebuilt every changed row in one piece on the one event loop (~40 µs a row: 1.2 s
 for 5,000 backends x 5 edge regions), and a readiness flip waited behind all of it.
 """
@@ -36,15 +38,17 @@ from placement.model import Candidate
 from placement.routes import RouteBuilder, rank
 from services.api.switchyard.v1 import placement_pb2
 from services.convert import candidate_to_pb
+from services.placement.watchers import Merges, RegionPush, Rows, Watcher
 
 log = structlog.get_logger("switchyard.placement.hub")
 
 
-Rows = dict[str, placement_pb2.Candidate | None]  # deployment id -> new row (None = removed)
-MAX_PENDING_PUSHES = 8  # a watcher further behind has its pending pushes merged into one
 # Rows one scheduled publish rebuilds at most (~40 µs each on this host's Python: ~40 ms);
 # urgent backends are rebuilt whatever the bound. ``publish()`` called directly builds all.
 MAX_BUILD_ROWS = 1000
+# A usability flip's own publish waits this long for other flips to join it (an agent's
+# round arrives over a few ms), not for the coalescing or a paced backlog piece.
+URGENT_S = 0.005
 # Estimates: (field, relative band, absolute band). A row whose estimates all stay within
 # max(relative x last pushed, absolute) of what was last pushed is not pushed again.
 _BANDS = (("latency_p95_ms", 0.03, 0.5), ("rtt_ms", 0.03, 0.5), ("queue_ms", 0.05, 0.5),
@@ -65,43 +69,6 @@ def material(old: Candidate, new: Candidate) -> bool:
     return any(abs(b - a) > max(rel * abs(a), floor)
                for a, b, (rel, floor) in zip(_estimates(old), _estimates(new), _limits,
                                              strict=True))
-
-
-@dataclass
-class RegionPush:
-    """One publish's changed rows for one edge region, shared by all its watchers."""
-
-    version: int
-    tables: dict[str, tuple[int, float, Rows]]  # model -> (table version, default SLO, rows)
-    _deltas: list[placement_pb2.TableDelta] | None = None
-    _payload: bytes | None = None
-
-    def deltas(self, region: str) -> list[placement_pb2.TableDelta]:
-        if self._deltas is None:
-            self._deltas = [placement_pb2.TableDelta(
-                model=model, edge_region=region, version=version, default_slo_ms=slo,
-                upserts=[c for c in rows.values() if c is not None],
-                removed_deployments=[d for d, c in rows.items() if c is None])
-                for model, (version, slo, rows) in self.tables.items()]
-        return self._deltas
-
-    def payload(self, region: str, placement_id: str) -> bytes:
-        """The serialised ``RouteUpdate``, built once however many edges watch the region."""
-        if self._payload is None:
-            self._payload = placement_pb2.RouteUpdate(
-                version=self.version, deltas=self.deltas(region),
-                placement_id=placement_id).SerializeToString()
-        return self._payload
-
-
-def _merge(pushes: list[RegionPush]) -> RegionPush:
-    tables: dict[str, tuple[int, float, Rows]] = {}
-    for p in pushes:
-        for model, (version, slo, rows) in p.tables.items():
-            merged = dict(tables[model][2]) if model in tables else {}
-            merged.update(rows)
-            tables[model] = (version, slo, merged)
-    return RegionPush(pushes[-1].version, tables)
 
 
 @dataclass(frozen=True)
@@ -132,60 +99,13 @@ class _Table:
         return self.snapshot
 
 
-class Merges:
-    """Merged pushes shared by the watchers of a region behind by the same pushes, so the
-    merge is built and serialised once, not once per watcher; emptied at every publish."""
-
-    def __init__(self) -> None:
-        self._by_ids: dict[tuple[int, ...], tuple[list[RegionPush], RegionPush]] = {}
-
-    def merge(self, pushes: list[RegionPush]) -> RegionPush:
-        hit = self._by_ids.get(key := tuple(map(id, pushes)))
-        if hit is not None and all(a is b for a, b in zip(hit[0], pushes, strict=True)):
-            return hit[1]
-        merged = _merge(pushes)
-        self._by_ids[key] = (pushes, merged)  # the sources kept alive: their ids stay theirs
-        return merged
-
-    def clear(self) -> None:
-        self._by_ids.clear()
-
-
-class Watcher:
-    """One WatchRoutes stream: the region pushes it has not sent yet, and an event to wake it."""
-
-    def __init__(self, edge_id: str, region: str, merges: Merges | None = None) -> None:
-        self.edge_id = edge_id
-        self.region = region
-        self.pushes: list[RegionPush] = []
-        self.wake = asyncio.Event()
-        self.merges = merges or Merges()
-
-    def offer(self, push: RegionPush) -> None:
-        self.pushes.append(push)
-        if len(self.pushes) > MAX_PENDING_PUSHES:
-            self.pushes = [self.merges.merge(self.pushes)]
-        self.wake.set()
-
-    def take_push(self) -> RegionPush | None:
-        """Everything pending as one push: the shared one when only one is pending."""
-        pushes, self.pushes = self.pushes, []
-        self.wake.clear()
-        if not pushes:
-            return None
-        return pushes[0] if len(pushes) == 1 else self.merges.merge(pushes)
-
-    def take(self) -> list[placement_pb2.TableDelta]:
-        push = self.take_push()
-        return push.deltas(self.region) if push is not None else []
-
-
 class RouteHub:
     def __init__(self, fleet: FleetState, builder: RouteBuilder, regions: list[str],
                  coalesce_s: float = 0.05, clock: Callable[[], float] = time.monotonic,
-                 max_build_rows: int = MAX_BUILD_ROWS) -> None:
+                 max_build_rows: int = MAX_BUILD_ROWS, urgent_s: float = URGENT_S) -> None:
         self.fleet = fleet
         self.max_build_rows = max_build_rows
+        self.urgent_s = urgent_s
         self.builder = builder
         self.regions = regions
         self.coalesce_s = coalesce_s
@@ -196,6 +116,8 @@ class RouteHub:
         self._since: dict[str, tuple[list[RegionPush], int]] = {}  # pushes, rows since it
         self.watchers: set[Watcher] = set()
         self._scheduled: asyncio.Handle | None = None  # the next publish, when one is due
+        self._urgent_due: asyncio.Handle | None = None  # the urgent backends' own publish
+        self._urgent_since: float | None = None  # when the first of them flipped
         self._first_change_at: float | None = None  # first change not yet published
         self._backlog: set[str] = set()  # changed backends taken from the fleet, not built yet
         self._urgent: set[str] = set()  # backends to rebuild first (usable <-> unusable)
@@ -230,7 +152,7 @@ class RouteHub:
         scope, self._urgent = self._urgent, set()
         self._backlog -= scope
         per_backend = max(1, len(self.builder.catalog.models) * len(self.regions))
-        room = max(1, max_rows // per_backend) - len(scope)
+        room = (max(1, max_rows // per_backend) if max_rows else 0) - len(scope)
         while room > 0 and self._backlog:
             scope.add(self._backlog.pop())
             room -= 1
@@ -394,10 +316,31 @@ class RouteHub:
         self._scheduled = loop.call_later(self.coalesce_s, self._publish_bounded)
 
     def urgent(self, *backend_ids: str) -> None:
-        """These backends became usable or unusable: their rows go out in the next publish,
-        ahead of any backlog of other changes."""
+        """These backends became usable or unusable: their rows go out within ``urgent_s``
+        in a publish of their own (``_publish_urgent``), whatever the coalescing or the
+        pacing of a backlog would make other changes wait; what else changed follows in the
+        scheduled publishes."""
         self._urgent.update(backend_ids)
+        if self._urgent_since is None:
+            self._urgent_since = self.clock()
+        if self._urgent_due is None:
+            self._urgent_due = asyncio.get_running_loop().call_later(self.urgent_s,
+                                                                     self._publish_urgent)
         self.changed()
+
+    def _publish_urgent(self) -> None:
+        """Rebuild and offer the urgent backends' rows only; the fleet's other changes join
+        the backlog for the scheduled publishes (one is due: ``urgent`` scheduled it)."""
+        self._urgent_due = None
+        since, self._urgent_since = self._urgent_since, None
+        if not self._urgent:  # a publish took them already
+            return
+        t0 = time.perf_counter()
+        changed = self.rebuild(0)
+        if changed:
+            self._offer(changed, self.clock() if since is None else since, t0)
+        if self.backlog and self._scheduled is None:  # the rest in the paced publishes
+            self.changed()
 
     def subscribe(self, edge_id: str, region: str) -> Watcher:
         if region not in self.regions:

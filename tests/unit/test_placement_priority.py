@@ -35,6 +35,7 @@ def _service(tmp_path: pathlib.Path) -> PlacementService:
             accelerator="gpu-cheap", accelerator_count=1, price_class="spot",
             variants=(Variant("summarize-small", "summarize", 0.7),)))
     service.hub.coalesce_s = 3600.0  # no timer: the tests publish themselves
+    service.hub.urgent_s = 3600.0
     return service
 
 
@@ -300,3 +301,27 @@ async def test_edges_connecting_later_share_the_kept_snapshot_and_get_what_chang
     assert fresh is not first and c.take_push() is None
     table = {c.deployment_id: c for c in hub.tables[("summarize", "r-east")].candidates}
     assert _view(fresh) == table
+
+
+async def test_a_flip_is_published_on_its_own_while_the_backlog_waits_for_its_turn(
+        served: tuple[PlacementService, placement_pb2_grpc.PlacementStub]) -> None:
+    """The next regular publish is an hour away (as a paced backlog piece or the coalescing
+    would make it wait): the flip goes out anyway, within ``urgent_s``, and alone."""
+    service, stub = served
+    hub = service.hub
+    for r in ([_report(i, 0, 0) for i in range(FLEET)],
+              [_report(i, 20, 1000) for i in range(FLEET)]):
+        assert await _stream(stub, r) == FLEET
+    hub.publish()
+    pushes: list[set[str]] = []
+    hub.on_published = lambda p: pushes.append(_rows(p.rows))
+    hub.urgent_s = 0.005
+    batch = [_report(i, 40, 2000, ready=i != 42, compute_ms=80.0) for i in range(FLEET)]
+    batch[0].more.extend(batch[1:])
+    assert await _stream(stub, [batch[0]]) == FLEET
+    await eventually(lambda: bool(pushes), 5.0, "the flip published")
+    assert pushes == [{"be-042/summarize-small"}]
+    (row,) = [c for c in hub.tables[("summarize", "r-east")].candidates
+              if c.deployment_id == "be-042/summarize-small"]
+    assert row.dropped_reason == NOT_READY
+    assert hub.backlog == FLEET - 1  # the load change waits for the scheduled publish
