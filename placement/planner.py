@@ -483,22 +483,23 @@ def resize(problem: Problem, current: Plan) -> Plan | Infeasible:
     md = _build(problem)
     loaded = current.loaded()
     allow = {key for key in md.y if key[1] in loaded.get(key[0], frozenset())}
-    try:
-        found = _solve(md, allow=allow)
-    except _OutOfTime as exc:
-        return Infeasible("time_limit", str(exc))
-    if found is None:
-        return Infeasible("current", "the current variants cannot serve this forecast")
-    return _read(md, found.x)
+    return _solve_current(md, "the current variants cannot serve this forecast", allow=allow)
 
 
 def evaluate(problem: Problem, current: Plan) -> Plan | Infeasible:
     """``current``'s GPUs and variants under ``problem``'s demand (flows re-optimised)."""
-    md = _build(problem)
+    return _solve_current(_build(problem), "the current placement cannot serve this forecast",
+                          fixed=current)
+
+
+def _solve_current(md: _Model, infeasible: str, fixed: Plan | None = None,
+                   allow: set[tuple[str, str]] | None = None) -> Plan | Infeasible:
+    """Solve ``md`` with ``fixed``/``allow`` (as :func:`_solve`) as a plan, or say why not
+    (``infeasible``: why the current placement cannot serve the forecast)."""
     try:
-        now = _solve(md, fixed=current)
+        found = _solve(md, fixed=fixed, allow=allow)
     except _OutOfTime as exc:
         return Infeasible("time_limit", str(exc))
-    if now is None:
-        return Infeasible("current", "the current placement cannot serve this forecast")
-    return _read(md, now.x)
+    if found is None:
+        return Infeasible("current", infeasible)
+    return _read(md, found.x)
