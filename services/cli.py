@@ -129,6 +129,7 @@ def _stub(cfg: MeshConfig, args: argparse.Namespace):  # type: ignore[no-untyped
 def cmd_status(args: argparse.Namespace) -> int:
     from services.api.switchyard.v1 import placement_pb2, telemetry_pb2
     from services.render import GPU_HEADERS, backend_rows, gpu_rows, route_rows, table
+    from services.stream_explain import token_section
 
     cfg = _load(args)
     stub = _stub(cfg, args)
@@ -149,6 +150,8 @@ def cmd_status(args: argparse.Namespace) -> int:
               f"default SLO {t.default_slo_ms:.0f} ms)")
         print(table(["deployment", "region", "p95 ms", "rtt ms", "compute ms", "$/1k calls",
                      "spare rps", "edge slots", "dropped / penalty"], route_rows(t)))
+        if tokens := token_section(t):  # issue 14: what placement learned of LLM streams
+            print("\n" + tokens)
     if not args.no_legend:
         print("\n" + STATUS_LEGEND)
     return 0

@@ -9,6 +9,7 @@ edge learned, its streams in flight and its prefix holders, which placement does
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 import grpc
 
@@ -77,6 +78,29 @@ def rows(resp: placement_pb2.ExplainResponse) -> list[list[str]]:
              (f"holder ({o.cache_hit_tokens} cached)" if o.prefix_holder else "-"),
              f"{o.load}/{o.load_bound}", "yes" if o.feasible else "no", o.reason]
             for o in resp.stream_options]
+
+
+TOKEN_HEADERS = ["deployment", "prefill ms/token", "TPOT ms (base + per stream × n)",
+                 "$/1M input", "$/1M output"]
+
+
+def token_section(t: Any) -> str:
+    """``switchyard status``: what placement learned of a route table's deployments' LLM
+    streams from every edge's reports (``Candidate.tokens``), or "" when no edge reported
+    one. $/1M is what the edges observed ($ of the GPU time billed / tokens); "-" before any
+    was billed."""
+    rows = [[c.deployment_id, f"{c.tokens.prefill_ms_per_token:.3f}",
+             f"{c.tokens.tpot_base_ms:.2f} + {c.tokens.tpot_per_stream_ms:.3f} × n",
+             _usd(c.tokens.usd_per_1m_input), _usd(c.tokens.usd_per_1m_output)]
+            for c in t.candidates if c.HasField("tokens")]
+    if not rows:
+        return ""
+    return ("LLM streams: token speeds and prices placement learned from the edges' reports "
+            "(the demo LLM's speeds are EMULATED)\n" + table(TOKEN_HEADERS, rows))
+
+
+def _usd(v: float) -> str:
+    return f"{v:.4f}" if v > 0 else "-"
 
 
 def main(args: argparse.Namespace, cfg: MeshConfig, parsed: ParsedHints) -> int:

@@ -12,13 +12,14 @@ import grpc
 import pytest
 
 from services import demo_streams
-from services.api.switchyard.v1 import edge_pb2_grpc, placement_pb2
+from services.api.switchyard.v1 import edge_pb2_grpc, placement_pb2, placement_pb2_grpc
 from services.backends.triton import TritonProcess
 from services.config import MeshConfig
 from services.drills.streams import run_stream_drill
 from services.edge.main import start_edge
 from services.edge.token_stats import usd_per_second
 from services.edge.tokens import llm_request, parse_token
+from services.stream_explain import token_section
 from tests import llm_harness
 from tests.llm_harness import (
     PROMPT,
@@ -146,11 +147,14 @@ async def test_a_fresh_edge_routes_its_first_stream_on_the_fleets_learning(mesh:
 
     await eventually(fleet_learned, 20, "placement publishes the token speeds on the rows")
     speeds = {c.deployment_id: c.tokens for c in mesh.edge.router.store.candidates["generate"]}
-    fast = speeds["east-fast/generate-small"]
     cheap = speeds["west-cheap/generate-small"]
-    assert fast is not None and cheap is not None
-    assert fast.tpot_base_ms < cheap.tpot_base_ms  # 2.5 vs 10 ms/token (emulated)
-    assert cheap.usd_per_1m_output > 0 and cheap.usd_per_1m_input > 0
+    assert cheap is not None and cheap.usd_per_1m_output > 0 and cheap.usd_per_1m_input > 0
+    # ... and `switchyard status` shows it (placement's own route tables, as status reads them)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{mesh.placement.port}") as ch:
+        tables = await placement_pb2_grpc.PlacementStub(ch).GetRouteTables(
+            placement_pb2.GetRouteTablesRequest(), timeout=5)
+    shown = "\n".join(token_section(t) for t in tables.tables if t.model == "generate")
+    assert "west-cheap/generate-small" in shown and "$/1M output" in shown, shown
     edge = mesh.cfg.edges[0].model_copy(update={"id": "edge-fresh"})
     fresh = await start_edge(mesh.cfg, edge, port=0,
                              placement=[f"127.0.0.1:{mesh.placement.port}"], metrics_port=0)
@@ -158,20 +162,23 @@ async def test_a_fresh_edge_routes_its_first_stream_on_the_fleets_learning(mesh:
         await eventually(lambda: fresh.router.store.candidates.get("generate"), 10)
         cands = fresh.router.store.candidates["generate"]
         assert {src for _, src in fresh.router.streams.sourced(cands).values()} == {"fleet"}
+        # A TPOT objective only the fleet's fastest deployment(s) meet, as the fresh edge's
+        # own rows say (measured on this host: a loaded host decodes slower than emulated)
+        fleet = {c.deployment_id: c.tokens for c in cands if c.tokens is not None}
+        goal = min(t.tpot_base_ms for t in fleet.values())
         tight = await asyncio.to_thread(run_stream, f"127.0.0.1:{fresh.port}", PROMPT, 8,
-                                        [("x-tpot-ms", "6")])
+                                        [("x-tpot-ms", repr(goal))])
         loose = await asyncio.to_thread(run_stream, f"127.0.0.1:{fresh.port}", PROMPT, 8,
                                         [("x-tpot-ms", "1000")])
     finally:
         await fresh.stop(0.5)
     # without the fleet's learning each deployment would first be tried once, unmeasured
-    assert tight.trailers["x-served-by"] == "east-fast/generate-small"
+    # (predicted optimistically, so any could take it)
+    assert fleet[tight.trailers["x-served-by"]].tpot_base_ms <= goal, (tight.trailers, fleet)
     assert loose.trailers["x-served-by"] != "east-fast/generate-small"
-    # Chosen because the fleet's learning predicts the objective met there. Whether this one
-    # stream met it is this host's scheduling (7 gaps of 2.5 ms, emulated, against 6 ms): the
-    # trailer must say what was measured, not that a loaded host kept up.
-    assert fast.tpot_base_ms < 6.0, fast
-    met = float(tight.trailers["x-tpot-ms"]) <= 6.0
+    # Whether this one stream met the objective is this host's scheduling: the trailer must
+    # say what was measured, not that a loaded host kept up.
+    met = float(tight.trailers["x-tpot-ms"]) <= goal
     assert tight.trailers["x-slo-met"] == ("true" if met else "false"), tight.trailers
 
 
