@@ -7,6 +7,8 @@ which the edges' per-deployment call counts turn into dollars per 1k calls on a 
 
 from __future__ import annotations
 
+import math
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from services.placement.hub import Push
@@ -34,6 +36,9 @@ class PlacementMetrics:
         self.cost = Gauge("switchyard_placement_deployment_cost_usd",
                           "Cost of one call on a deployment, as priced in the route tables",
                           ["model", "deployment"], registry=self.registry)
+        # (model, deployment) -> (its cost child, the cost last set): a push of 10,000 rows
+        # looked up each label set anew (most of a publish's metrics time at fleet scale).
+        self._costs: dict[tuple[str, str], tuple[Gauge, float]] = {}
 
     def published(self, push: Push) -> None:
         """The hub offered ``push`` to its watchers."""
@@ -42,5 +47,11 @@ class PlacementMetrics:
             for deployment, row in rows.items():
                 # Cost does not depend on the edge's region. A removed row keeps its last
                 # cost: no call goes to it any more, so it adds nothing to a call-rate product.
-                if row is not None:
-                    self.cost.labels(model, deployment).set(row.cost_usd)
+                if row is None:
+                    continue
+                known = self._costs.get((model, deployment))
+                if known is None:
+                    known = (self.cost.labels(model, deployment), math.nan)
+                if known[1] != row.cost_usd:
+                    known[0].set(row.cost_usd)
+                    self._costs[(model, deployment)] = (known[0], row.cost_usd)

@@ -35,6 +35,7 @@ from typing import Any
 import structlog
 
 from placement.fleet import (
+    BackendState,
     FleetState,
     ObservedLatency,
     TelemetrySnapshot,
@@ -42,7 +43,7 @@ from placement.fleet import (
     VariantStats,
 )
 from placement.hardware import GpuState
-from placement.model import Availability
+from placement.model import Availability, Backend
 from services.api.switchyard.v1 import fleet_pb2
 from services.convert import backend_from_pb, backend_to_pb
 
@@ -50,6 +51,7 @@ log = structlog.get_logger("switchyard.placement.persist")
 
 FORMAT = 1
 EVERY_S = 10.0
+CHUNK = 500  # backends gathered and encoded per turn of the event loop (~10 ms)
 
 
 def path_for(run_dir: pathlib.Path, port: int) -> pathlib.Path:
@@ -108,23 +110,65 @@ def dump(fleet: FleetState, now: float, wall: float) -> dict[str, Any]:
         return _dump(fleet, now, wall)
 
 
-def _dump(fleet: FleetState, now: float, wall: float) -> dict[str, Any]:
-    backends = {}
-    for bid, s in fleet.backends.items():
-        backends[bid] = {
-            "backend": base64.b64encode(backend_to_pb(s.backend).SerializeToString()).decode(),
-            "availability": int(s.availability),
+def _registration(b: Backend) -> str:
+    return base64.b64encode(backend_to_pb(b).SerializeToString()).decode()
+
+
+def _backend(s: BackendState, now: float, registration: str) -> dict[str, Any]:
+    return {"backend": registration, "availability": int(s.availability),
             "last": None if s.last is None else _snapshot(s.last, now),
             "last_age_s": _age(now, s.last_at),
             "loads": {k: _plain(v, _LOAD) for k, v in s.loads.items()}}
+
+
+def _edges(fleet: FleetState, now: float) -> dict[str, Any]:
+    """What edges taught the fleet: observed p95s, RTTs, call rates, when each edge reported."""
     return {
-        "format": FORMAT, "written_unix": wall, "backends": backends,
         "observed": [[r, d, o.samples, o.p95_ms, _age(now, o.at)]
                      for (r, d), o in fleet.observed.items()],
         "rtt": [[e, r, ms] for (e, r), ms in fleet.rtt_observed.items()],
         "use": [[d, r, e, rate, _age(now, at)] for d, by_edge in fleet.use.items()
                 for (r, e), (rate, at) in by_edge.items()],
         "edges_seen": [[r, e, _age(now, at)] for (r, e), at in fleet.edges_seen.items()]}
+
+
+def _dump(fleet: FleetState, now: float, wall: float) -> dict[str, Any]:
+    backends = {bid: _backend(s, now, _registration(s.backend))
+                for bid, s in fleet.backends.items()}
+    return {"format": FORMAT, "written_unix": wall, "backends": backends, **_edges(fleet, now)}
+
+
+async def dump_json(fleet: FleetState, now: float, wall: float, chunk: int = CHUNK,
+                    registrations: dict[str, tuple[Backend, str]] | None = None) -> str:
+    """``dump`` as the JSON ``write`` makes of it, gathered and encoded ``chunk`` backends per
+    turn of the event loop: at 10,000 backends the whole of it held placement's loop for
+    0.2-0.9 s every ``EVERY_S`` (the JSON encoder holds the GIL on a thread as well), and a
+    readiness flip arriving then waited that long. Ages are taken against ``now``, so a
+    backend reported while this ran counts as just reported. ``registrations``: the encoded
+    registrations of earlier calls, kept by the caller (a registration rarely changes)."""
+    known = {} if registrations is None else registrations
+    parts, bids = [], list(fleet.backends)
+    for i in range(0, len(bids), chunk):
+        if i:
+            await asyncio.sleep(0)
+        with no_gc():
+            part = {}
+            for bid in bids[i:i + chunk]:
+                s = fleet.backends.get(bid)
+                if s is None:  # deregistered meanwhile
+                    continue
+                reg = known.get(bid)
+                if reg is None or reg[0] is not s.backend:
+                    reg = known[bid] = (s.backend, _registration(s.backend))
+                part[bid] = _backend(s, now, reg[1])
+            if part:
+                parts.append(json.dumps(part, separators=(",", ":"))[1:-1])
+    for bid in [b for b in known if b not in fleet.backends]:
+        del known[bid]
+    await asyncio.sleep(0)
+    head = json.dumps({"format": FORMAT, "written_unix": wall}, separators=(",", ":"))[:-1]
+    rest = json.dumps(_edges(fleet, now), separators=(",", ":"))[1:]
+    return f'{head},"backends":{{{",".join(parts)}}},{rest}'
 
 
 def _gpu_from(d: dict[str, Any], now: float) -> GpuState:
@@ -180,11 +224,16 @@ def _restore(fleet: FleetState, data: dict[str, Any], now: float, wall: float) -
 
 def write(path: pathlib.Path, data: dict[str, Any]) -> None:
     """Atomically: a reader sees the old file or the new one, never half of one."""
+    write_text(path, json.dumps(data, separators=(",", ":")))  # the C encoder
+
+
+def write_text(path: pathlib.Path, text: str) -> None:
+    """``write`` of JSON already encoded (``dump_json``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
     try:
         with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(data, separators=(",", ":")))  # the C encoder; dump() is not
+            f.write(text)
         os.replace(tmp, path)
     except BaseException:
         pathlib.Path(tmp).unlink(missing_ok=True)
@@ -244,6 +293,7 @@ class Keeper:
         self.saves = 0
         self._task: asyncio.Task[None] | None = None
         self._saved_changes = fleet.operator_changes
+        self._registrations: dict[str, tuple[Backend, str]] = {}  # dump_json's, kept
 
     def save(self) -> None:
         write(self.path, dump(self.fleet, self.clock(), time.time()))
@@ -261,10 +311,11 @@ class Keeper:
                 continue
             last = time.monotonic()
             try:
-                # Gathered on the loop (a consistent picture), encoded and written on a
-                # thread, so a large fleet's file does not hold the loop in one piece.
-                data = dump(self.fleet, self.clock(), time.time())
-                await asyncio.to_thread(write, self.path, data)
+                # Gathered and encoded on the loop in pieces (each backend's state whole),
+                # written on a thread: a large fleet's file does not hold the loop.
+                text = await dump_json(self.fleet, self.clock(), time.time(),
+                                       registrations=self._registrations)
+                await asyncio.to_thread(write_text, self.path, text)
                 self.saves += 1
                 self._saved_changes = changes
             except OSError as exc:  # a full disk must not stop placement
