@@ -147,8 +147,9 @@ async def test_callers_own_tiny_deadlines_eject_nothing_and_leak_no_task(
     # Forwarded, such calls crashed the real tritonserver east-fast (SIGSEGV; Triton 2.51,
     # triton-inference-server/server#7368), and this test then saw the 17 ms call below
     # go to central-cheap and the next test every east-fast deployment blocked.
+    # (A call whose deadline passed before the edge's handler ran is not recorded at all.)
     tiny = [r for r in records if r.model == "summarize"]
-    assert tiny and all(r.chosen is None for r in tiny), [
+    assert all(r.chosen is None for r in tiny), [
         (r.request_id, r.status, r.chosen and r.chosen.deployment_id) for r in tiny]
     # Let any attempt under way finish.
     await eventually(lambda: sum(mesh.edge.router.inflight.values()) == 0, 5)
