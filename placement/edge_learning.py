@@ -5,9 +5,9 @@ neither, so placement keeps them for it, from the access-log entries Envoy strea
 (``services.xds.feedback``) and from its slow path's reports, and compiles them into the
 next push (``services.xds.order.weighted`` via :class:`Learned`):
 
-- each class's calls/s (a class is whatever key the compiler routes by, e.g. the model and
-  the route's whole-ms SLO): calls counted since the last push, folded into an exponential
-  average over ``time_constant_s``;
+- each class's calls/s (a class is whatever key the caller learns by, e.g. the model and
+  the call's whole-ms SLO): calls counted since the last push, folded into an exponential
+  average over ``time_constant_s``; a class whose rate has decayed to nothing is forgotten;
 - miss margins per deployment and SLO class (``placement.feedback.SloFeedback``, the same
   rule the per-call edge runs), from each served call's duration against its SLO;
 - what the region's slow path sends each deployment (calls/s, the same average), turned
@@ -27,6 +27,7 @@ from placement.feedback import SloFeedback
 from placement.model import Candidate
 
 TIME_CONSTANT_S = 5.0
+FORGET_RATE = 1e-4  # calls/s: a class averaging less (and not called since) is forgotten
 K = TypeVar("K", bound=Hashable)
 
 
@@ -55,13 +56,18 @@ class EdgeLearning:
         self._at: float | None = None  # the last push
 
     def call(self, key: Hashable, slo_ms: float) -> None:
-        """One call of class ``key`` (SLO ``slo_ms``) reached the compiled path."""
+        """One call of class ``key`` (its margins kept at SLO ``slo_ms``) reached the
+        compiled path."""
         self._calls[key] = self._calls.get(key, 0) + 1
         self._slos.setdefault(key, slo_ms)
 
-    def served(self, deployment_id: str, slo_ms: float, latency_ms: float, now: float) -> None:
-        """A call of SLO ``slo_ms`` answered by ``deployment_id`` after ``latency_ms``."""
-        self.feedback.record(deployment_id, slo_ms, latency_ms <= slo_ms, now)
+    def served(self, deployment_id: str, slo_ms: float, latency_ms: float, now: float,
+               own_slo_ms: float | None = None) -> None:
+        """A call of class SLO ``slo_ms`` (where its margin is kept) answered by
+        ``deployment_id`` after ``latency_ms``; late against its own SLO (``own_slo_ms``,
+        default the class's)."""
+        own = slo_ms if own_slo_ms is None else own_slo_ms
+        self.feedback.record(deployment_id, slo_ms, latency_ms <= own, now)
 
     def other_path(self, deployment_id: str) -> None:
         """A call the region's slow path sent ``deployment_id``."""
@@ -75,6 +81,8 @@ class EdgeLearning:
             alpha = 1.0 - math.exp(-dt / self.time_constant_s)
             _fold(self._rates, self._calls, dt, alpha)
             _fold(self._other_rates, self._other, dt, alpha)
+            for k in [k for k in self._slos if k not in self._rates]:
+                del self._slos[k]
         if self._at is None or now > self._at:
             self._at = now
         reserved: dict[str, float] = {}
@@ -90,4 +98,6 @@ def _fold(rates: dict[K, float], counts: dict[K, int], dt: float, alpha: float) 
     for k in set(rates) | set(counts):
         old = rates.get(k, 0.0)
         rates[k] = old + alpha * (counts.get(k, 0) / dt - old)
+        if rates[k] < FORGET_RATE and not counts.get(k):
+            del rates[k]  # decayed to nothing: keys (e.g. SLOs from deadlines) stay bounded
     counts.clear()

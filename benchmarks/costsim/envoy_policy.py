@@ -71,14 +71,17 @@ from benchmarks.costsim.control import ControlPlane
 from benchmarks.costsim.policies import Attempt, Policy
 from benchmarks.costsim.scenario import CallClass
 from placement import queueing
-from placement.edge_learning import EdgeLearning, Learned
+from placement.edge_learning import TIME_CONSTANT_S, EdgeLearning
 from placement.model import Candidate
 from placement.pipeline import Profile
 from placement.registry import build_profile
 from services.api.switchyard.v1 import placement_pb2
 from services.convert import candidate_from_pb, candidate_to_pb
+from services.placement.hub import material
 from services.xds import resources
-from services.xds.order import ClassDemand, WeightedOrder, weighted
+from services.xds.learning import MIN_RATE
+from services.xds.plan import Route, Table, plan_region, route
+from services.xds.routes import ModelRoutes
 
 # Envoy's documented defaults for a cluster's circuit breakers and outlier detection.
 DEFAULT_MAX_REQUESTS = 1024
@@ -112,6 +115,11 @@ class EnvoyRules:
     # edge's slot share of it, rounded up, per push (the issue's "slot shares as circuit
     # breakers").
     breakers_from_shares: bool = False
+    # The aggregate's retry budget, when it sets one (it does): retries in flight at most
+    # max(min_retry_concurrency, budget_percent % of the aggregate's requests in flight);
+    # Envoy then ignores max_retries.
+    retry_budget_percent: float = 0.0
+    min_retry_concurrency: int = 0
 
     @classmethod
     def compiled(cls, s: resources.EnvoySettings) -> EnvoyRules:
@@ -126,6 +134,9 @@ class EnvoyRules:
         od = cluster.outlier_detection
         thresholds = [t for t in cluster.circuit_breakers.thresholds if t.priority == 0]
         t = thresholds[0] if thresholds else None
+        agg = [x for x in resources.model_cluster("m", ["b/v"], s).circuit_breakers.thresholds
+               if x.priority == 0 and x.HasField("retry_budget")]
+        budget = agg[0].retry_budget if agg else None
         return cls(
             retried=frozenset(k for k, conds in _RETRY_ON.items() if on & conds),
             max_attempts=1 + (policy.num_retries.value if policy.HasField("num_retries")
@@ -139,7 +150,16 @@ class EnvoyRules:
             max_requests=t.max_requests.value if t is not None and t.HasField(
                 "max_requests") else DEFAULT_MAX_REQUESTS,
             max_retries=t.max_retries.value if t is not None and t.HasField(
-                "max_retries") else DEFAULT_MAX_RETRIES)
+                "max_retries") else DEFAULT_MAX_RETRIES,
+            retry_budget_percent=budget.budget_percent.value if budget is not None else 0.0,
+            min_retry_concurrency=budget.min_retry_concurrency.value
+            if budget is not None else 0)
+
+    def retry_cap(self, active: int) -> float:
+        """Retries an aggregate with ``active`` requests in flight may have in flight."""
+        if self.retry_budget_percent <= 0 and self.min_retry_concurrency <= 0:
+            return self.max_retries
+        return max(self.min_retry_concurrency, self.retry_budget_percent / 100 * active)
 
 
 @dataclass(slots=True)
@@ -152,23 +172,23 @@ class _Host:
     since: float = 0.0  # when ``k`` last changed or the host came back
 
 
-ClassKey = tuple[str, int, float]  # (model, whole-ms SLO, quality floor compiled in)
-
-
 @dataclass(slots=True)
 class _Edge:
     """One Envoy edge: Envoy's own counters, and what placement keeps about it."""
 
     inflight: dict[str, int] = field(default_factory=dict)  # per deployment cluster
     retries: dict[tuple[str, float], int] = field(default_factory=dict)  # per aggregate
+    active: dict[tuple[str, float], int] = field(default_factory=dict)  # attempts, per agg
     hosts: dict[str, _Host] = field(default_factory=dict)
     limits: dict[str, int] = field(default_factory=dict)  # max_requests, when per cluster
     # placement's side: what it learns of this edge from its access log and slow path
     learning: EdgeLearning = field(default_factory=EdgeLearning)
-    # what was pushed: the tables it was compiled from, when, and the routes per class
-    tables: dict[str, list[Candidate]] = field(default_factory=dict)
-    pushed_at: float | None = None
-    plan: dict[ClassKey, WeightedOrder] = field(default_factory=dict)
+    # what was pushed: the hub version and time it was compiled at, the routes per model
+    version: int = -1
+    compiled_at: float = -math.inf
+    news: int = 0  # calls learned from since the compile
+    holding: bool = False  # the last compile's learned rates had not decayed
+    models: dict[str, ModelRoutes] = field(default_factory=dict)
 
 
 class EnvoyPolicy:
@@ -177,7 +197,8 @@ class EnvoyPolicy:
     def __init__(self, control: ControlPlane, profile: Profile, rules: EnvoyRules,
                  slo_margin_ms: float, slow_path: Policy | None = None,
                  name: str = "envoy", seed: int = 0, split: bool = True,
-                 learn_margins: bool = True, tail: float = queueing.TAIL) -> None:
+                 learn_margins: bool = True, tail: float = queueing.TAIL,
+                 learn_every_s: float = TIME_CONSTANT_S) -> None:
         """``slow_path``: the co-located Python edge that calls with a quality floor go to
         (None: such calls take a compiled quality class, see the module docstring);
         ``split``: placement pushes weighted rotations of each class's order
@@ -195,6 +216,13 @@ class EnvoyPolicy:
         self.split = split
         self.learn_margins = learn_margins
         self.tail = tail
+        self.learn_every_s = learn_every_s
+        # the hub's side: rows as last pushed, their order per table, the version
+        self._pushed: dict[tuple[str, str, str], Candidate] = {}
+        self._order: dict[tuple[str, str], list[str]] = {}
+        self._synced = -1
+        self.version = 0
+        self._floors: dict[str, set[float]] = {}  # without a slow path: floors seen
         self.rng = random.Random(seed)
         self.edges: dict[str, _Edge] = {}
         self._refused: tuple[str, CallClass, str] | None = None  # failed, Envoy won't retry
@@ -208,64 +236,91 @@ class EnvoyPolicy:
 
     # -- what was pushed -----------------------------------------------------------------
 
-    def _key(self, model: str, slo_ms: float, min_quality: float) -> ClassKey:
-        return (model, math.floor(slo_ms), min_quality if self.slow_path is None else 0.0)
+    def _sync(self) -> None:
+        """The hub's publish: rows that changed materially since last pushed (as
+        ``services.placement.hub`` decides, ``hub.material``) replace the pushed ones, through
+        the wire conversion; any such row is a new hub version (every region recompiles)."""
+        if self._control.builds == self._synced:
+            return
+        self._synced = self._control.builds
+        changed = False
+        for (model, region), table in self._control.tables.items():
+            rows = self._order.setdefault((model, region), [])
+            ids = [c.deployment_id for c in table]
+            if ids != rows:
+                rows[:] = ids
+                changed = True
+            for c in table:
+                key = (model, region, c.deployment_id)
+                old = self._pushed.get(key)
+                if old is None or material(old, c):
+                    self._pushed[key] = candidate_from_pb(candidate_to_pb(c))
+                    changed = True
+        self.version += changed
 
     def _edge(self, edge_id: str, now: float) -> _Edge:
-        """The edge, with its config recompiled if placement pushed tables since."""
+        """The edge, with its config recompiled as the live xDS server recompiles it: on a
+        new hub version, and ``learn_every_s`` after the last compile while its access log
+        taught placement something or a learned rate has to decay
+        (``services.xds.server.relearn_due``)."""
         edge = self.edges.get(edge_id)
         if edge is None:
             edge = self.edges[edge_id] = _Edge()
-        tables = self._control.tables
-        if not edge.tables or any(tables.get((m, edge_id)) is not t
-                                  for m, t in edge.tables.items()):
+        self._sync()
+        if edge.version != self.version or (
+                now - edge.compiled_at >= self.learn_every_s
+                and (edge.news or edge.holding)):
             self._compile(edge_id, edge, now)
         return edge
 
     def _compile(self, edge_id: str, edge: _Edge, now: float) -> None:
-        """What placement pushes this edge: every class it has seen, compiled together
-        from the tables as they reach Envoy (the wire conversion) with what placement
-        learned of the edge since the last push (``placement.edge_learning``)."""
+        """What placement pushes this edge: ``plan.plan_region`` over the region's tables as
+        last pushed, with what placement learned of the edge since the last compile
+        (``placement.edge_learning``), as ``compile_region`` does."""
         self.pushes += 1
-        wire: dict[str, list[Candidate]] = {}
-        for (model, e), table in self._control.tables.items():
-            if e == edge_id:
-                edge.tables[model] = table
-                wire[model] = [candidate_from_pb(candidate_to_pb(c)) for c in table]
+        edge.version, edge.compiled_at, edge.news = self.version, now, 0
+        catalog = self._control.builder.catalog
+        wire = {model: Table([self._pushed[(model, region, d)]
+                              for d in self._order[(model, region)]],
+                             catalog.model(model).default_slo_ms)
+                for (model, region) in self._control.tables if region == edge_id}
+        if self.slow_path is None:  # quality floors compiled as their own "models"
+            wire = {**wire, **{f"{m}@{q}": Table([c for c in t.cands if c.quality >= q],
+                                                 t.default_slo_ms)
+                               for m, t in wire.items() for q in self._floors.get(m, ())}}
         if self.rules.breakers_from_shares:
             edge.limits.update({c.deployment_id: max(1, math.ceil(c.slots))
-                                for cands in wire.values() for c in cands})
-        learned = edge.learning.learned(now, {c.deployment_id: c for cands in wire.values()
-                                              for c in cands})
+                                for t in wire.values() for c in t.cands})
+        learned = edge.learning.learned(now, {c.deployment_id: c for t in wire.values()
+                                              for c in t.cands})
+        edge.holding = (any(r >= MIN_RATE for r in learned.rates.values())
+                        or any(learned.margins.values()))
         if not self.learn_margins:
             learned = dataclasses.replace(learned, margins={})
-        demands = [self._demand(k, wire, learned) for k in sorted(set(learned.rates)
-                                                                   | set(edge.plan))
-                   if k[0] in wire]
-        edge.plan = weighted(demands, self.profile, self.slo_margin_ms, learned.reserved,
-                             self.tail)
+        if not self.split:
+            learned = dataclasses.replace(learned, rates={})
+        edge.models = plan_region(wire, self.profile, self.slo_margin_ms, learned)
 
-    def _demand(self, k: ClassKey, wire: dict[str, list[Candidate]],
-                learned: Learned) -> ClassDemand:
-        model, slo, floor = k
-        return ClassDemand(k, [c for c in wire[model] if c.quality >= floor], float(slo),
-                           learned.rates.get(k, 0.0) if self.split else 0.0,
-                           learned.margins.get(k, {}))
+    def _model(self, klass: CallClass) -> str:
+        if self.slow_path is None and klass.min_quality > 0:
+            self._floors.setdefault(klass.model, set()).add(klass.min_quality)
+            return f"{klass.model}@{klass.min_quality}"
+        return klass.model
 
-    def routes(self, edge_id: str, k: ClassKey, now: float) -> WeightedOrder:
+    def route(self, edge_id: str, klass: CallClass, now: float) -> Route | None:
+        """The route such a call matches in the edge's last push (``plan.route``: the
+        listener's Lua sends the call's SLO as whole ms)."""
         edge = self._edge(edge_id, now)
-        got = edge.plan.get(k)
-        if got is None:  # a class first seen since the push: its order, no split yet
-            tables = {k[0]: [candidate_from_pb(candidate_to_pb(c))
-                             for c in self._control.tables[(k[0], edge_id)]]}
-            got = edge.plan[k] = weighted([self._demand(k, tables, Learned())], self.profile,
-                                          self.slo_margin_ms, tail=self.tail)[k]
-        return got
+        model = self._model(klass)
+        if model not in edge.models and model != klass.model:
+            self._compile(edge_id, edge, now)  # a quality floor first seen: its route
+        return route(edge.models, model, math.floor(klass.slo_ms))
 
     def order(self, model: str, edge: str, slo_ms: float, min_quality: float,
               now: float = 0.0) -> tuple[str, ...]:
         """The failover order of such a call's class, from the last push."""
-        return self.routes(edge, self._key(model, slo_ms, min_quality), now).order
+        got = self.route(edge, CallClass(model, 0, 0.0, slo_ms, min_quality), now)
+        return got.order if got is not None else ()
 
     # -- the Policy protocol -------------------------------------------------------------
 
@@ -280,15 +335,14 @@ class EnvoyPolicy:
         edge = self._edge(a.edge, a.now)
         retry = bool(a.exclude)
         agg = (a.klass.model, float(math.floor(a.klass.slo_ms)))
-        if retry and edge.retries.get(agg, 0) >= self.rules.max_retries:
+        if retry and edge.retries.get(agg, 0) >= self.rules.retry_cap(edge.active.get(agg, 0)):
             self.retry_overflows += 1
             return None
-        k = a.klass
-        key = self._key(k.model, k.slo_ms, k.min_quality)
-        routes = self.routes(a.edge, key, a.now)
-        order = routes.order
-        if not retry:
-            edge.learning.call(key, k.slo_ms)
+        routes = self.route(a.edge, a.klass, a.now)
+        order = routes.order if routes is not None else ()
+        if not retry and routes is not None:
+            edge.learning.call(routes.key, routes.slo_ms)
+            edge.news += 1
             if routes.rotations:  # Envoy's weighted_clusters: one random pick per call
                 order = self.rng.choices([o for _, o in routes.rotations],
                                          weights=[w for w, _ in routes.rotations])[0]
@@ -301,6 +355,7 @@ class EnvoyPolicy:
                 self.overflows += 1
                 return None
             edge.inflight[dep] = edge.inflight.get(dep, 0) + 1
+            edge.active[agg] = edge.active.get(agg, 0) + 1
             if retry:
                 edge.retries[agg] = edge.retries.get(agg, 0) + 1
             return dep
@@ -317,16 +372,20 @@ class EnvoyPolicy:
             return
         if edge.inflight.get(deployment_id, 0) > 0:
             edge.inflight[deployment_id] -= 1
-        if a.exclude:  # the attempt was a retry: its hold on max_retries ends
-            agg = (a.klass.model, float(math.floor(a.klass.slo_ms)))
-            if edge.retries.get(agg, 0) > 0:
-                edge.retries[agg] -= 1
+        agg = (a.klass.model, float(math.floor(a.klass.slo_ms)))
+        if edge.active.get(agg, 0) > 0:
+            edge.active[agg] -= 1
+        # a retry's hold on the retry budget ends
+        if a.exclude and edge.retries.get(agg, 0) > 0:
+            edge.retries[agg] -= 1
         self._outlier(edge, deployment_id, status, now)
         if status == "ok":
             self._control.record(a.edge, deployment_id, latency_ms, True)
             # the access log's entry (duration, x-served-by, the SLO header): placement
-            # learns this class's miss margins from it
-            edge.learning.served(deployment_id, a.klass.slo_ms, latency_ms, now)
+            # learns this class's miss margins from it, kept at the class's SLO
+            got = route(edge.models, self._model(a.klass), math.floor(a.klass.slo_ms))
+            if got is not None:
+                edge.learning.served(deployment_id, got.slo_ms, latency_ms, now, a.klass.slo_ms)
             return
         if status not in self.rules.retried:
             self._refused = (a.edge, a.klass, deployment_id)

@@ -10,17 +10,17 @@ a steady fleet publishes nothing, and the split must still follow the calls).
 An entry names its call's class the way the routes did: the model (``x-switchyard-model``)
 and the whole-ms SLO (``x-switchyard-slo-ms``), both set by the listener's Lua and logged as
 request headers (``listener.py``); the call's exact SLO is the Lua's dynamic metadata
-(``switchyard.slo_ms``). The class is looked up in the routes of the region's last compile:
-the SLO class whose range holds the header, else the model's default SLO, keyed as
-``compile_region`` reads ``Learned`` (model, whole-ms SLO the class is compiled at). A call
-served by a deployment met its SLO when Envoy answered it within its own SLO; its margin is
-kept at the class's SLO, where the compile reads it. Calls Envoy sent to its slow path count
-as the slow path's load on the deployment that served them.
+(``switchyard.slo_ms``). It is learned under ``(model, whole-ms SLO)`` (``(model, None)``
+without one: the default route), as ``plan.plan_region`` reads ``Learned``: it sums the
+SLOs each route matches, so a class's rate does not scatter when a route's range moves
+with the latency estimates. A call served by a deployment met its SLO when Envoy answered
+it within its own SLO; its margin is kept at its whole-ms SLO, where the compile reads it.
+Calls Envoy sent to its slow path count as the slow path's load on the deployment that
+served them.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -31,10 +31,10 @@ from placement.edge_learning import EdgeLearning, Learned
 from placement.model import Candidate
 from services.xds.envoy_types import SLOW_PATH_CLUSTER
 from services.xds.lua import METADATA_NAMESPACE, MODEL_HEADER, SLO_HEADER
+from services.xds.plan import Key, route
 from services.xds.routes import ModelRoutes
 
 MIN_RATE = 0.01  # calls/s: a learned rate below this has decayed (no recompile to follow it)
-Key = tuple[str, int]  # (model, whole-ms SLO the class is compiled at): compile_region's
 
 
 @dataclass(frozen=True)
@@ -46,21 +46,14 @@ class CallClass:
 def call_class(models: Mapping[str, ModelRoutes], model: str,
                slo_header: str) -> CallClass | None:
     """The class of a call to ``model`` whose whole-ms SLO header is ``slo_header`` (empty:
-    none) under ``models``' routes; None for a model the routes do not serve."""
-    m = models.get(model)
-    if m is None:
-        return None
+    none) under ``models``' routes (``plan.route``: as Envoy matched it); None for a model
+    the routes do not serve."""
     try:
         slo = int(slo_header) if slo_header else None
     except ValueError:
         slo = None
-    if slo is not None:
-        for k in m.classes:
-            if k.lo <= slo and (k.hi is None or slo < k.hi):
-                return CallClass((model, math.floor(k.lo)), float(k.lo))
-    if m.default_slo_ms is None:
-        return None
-    return CallClass((model, math.floor(m.default_slo_ms)), m.default_slo_ms)
+    got = route(models, model, slo)
+    return None if got is None else CallClass(got.key, got.slo_ms)
 
 
 def _ms(d: object) -> float:
@@ -127,14 +120,14 @@ class RegionLearning:
             return False
         self.calls += 1
         self._news[region] = self._news.get(region, 0) + 1
-        learning.call(klass.key, klass.slo_ms)
-        if not served_by or trailers.get("grpc-status", "") != "0":
-            return True
         meta = c.metadata.filter_metadata.get(METADATA_NAMESPACE)
         own = (meta.fields["slo_ms"].number_value
                if meta is not None and "slo_ms" in meta.fields else klass.slo_ms)
-        took_ms = _ms(c.time_to_last_downstream_tx_byte)
+        learning.call(klass.key, klass.slo_ms)
+        if not served_by or trailers.get("grpc-status", "") != "0":
+            return True
         # The margin lives at the class's SLO (where the compile reads it); the verdict is
         # the call's own SLO against what Envoy's caller waited.
-        learning.feedback.record(served_by, klass.slo_ms, took_ms <= own, self.clock())
+        learning.served(served_by, klass.slo_ms, _ms(c.time_to_last_downstream_tx_byte),
+                        self.clock(), own)
         return True

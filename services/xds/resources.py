@@ -15,7 +15,6 @@ from here, as before they were split.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -44,7 +43,7 @@ from services.xds.envoy_types import (
     route_config_name,
 )
 from services.xds.listener import listener
-from services.xds.order import ClassDemand, SloClass, slo_classes, weighted
+from services.xds.plan import Table, plan_region
 from services.xds.routes import (
     ModelRoutes,
     _route_action,
@@ -80,38 +79,21 @@ class RegionConfig:
 def compile_region(region: str, tables: Iterable[placement_pb2.RouteTable], profile: Profile,
                    s: EnvoySettings, learned: Learned | None = None) -> RegionConfig:
     """``learned``: the region's class rates and miss margins (``placement.edge_learning``): the
-    orders and their weighted rotations come from ``order.weighted``, which the cost
+    orders and their weighted rotations come from ``plan.plan_region``, which the cost
     simulator's Envoy row runs too; without it, plain orders."""
-    learned = learned or Learned()
     clusters: dict[str, Resource] = {}
-    found: list[tuple[placement_pb2.RouteTable, list[SloClass]]] = []
-    demands: list[ClassDemand] = []
+    tables = list(tables)
     for table in tables:
         for c in table.candidates:
             name = cluster_name(c.deployment_id)
             if name not in clusters:
                 clusters[name] = resource(name, deployment_cluster(c, s))
-        cands = [candidate_from_pb(c) for c in table.candidates]
-        classes = slo_classes(cands, profile, s.slo_margin_ms)
-        found.append((table, classes))
-        for i, slo in [(None, table.default_slo_ms), *((i, k.lo) for i, k in enumerate(classes))]:
-            key = (table.model, math.floor(slo))
-            demands.append(ClassDemand((table.model, i), cands, slo, learned.rates.get(key, 0.0),
-                                       learned.margins.get(key, {})))
-    compiled = weighted(demands, profile, s.slo_margin_ms, learned.reserved)
-    models: dict[str, ModelRoutes] = {}
-    for table, classes in found:
-        model = table.model
-        default = compiled[(model, None)]
-        ks = [compiled[(model, i)] for i in range(len(classes))]
-        m = models[model] = ModelRoutes(
-            default.order, tuple(SloClass(k.lo, k.hi, w.order, w.feasible)
-                                 for k, w in zip(classes, ks, strict=True)),
-            default.feasible, table.default_slo_ms,
-            {c.deployment_id: c.cost_usd for c in table.candidates},
-            {i: w.rotations for i, w in [(None, default), *enumerate(ks)] if w.rotations})
-        named = [(model_cluster_name(model), default.order),
-                 *((model_cluster_name(model, i), w.order) for i, w in enumerate(ks)),
+    models = plan_region({t.model: Table([candidate_from_pb(c) for c in t.candidates],
+                                         t.default_slo_ms) for t in tables},
+                         profile, s.slo_margin_ms, learned)
+    for model, m in models.items():
+        named = [(model_cluster_name(model), m.default),
+                 *((model_cluster_name(model, i), k.order) for i, k in enumerate(m.classes)),
                  *((rotation_cluster_name(model, i, order[0]), order)
                    for i, rots in m.rotations.items() for _, order in rots)]
         for name, order in named:

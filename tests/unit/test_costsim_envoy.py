@@ -50,8 +50,10 @@ def control(scenario: Scenario) -> ControlPlane:
 
 
 def push(control: ControlPlane, *cands: Candidate) -> None:
-    """What ``ControlPlane.rebuild`` does: a new table object per (model, edge)."""
+    """What ``ControlPlane.rebuild`` does: a new table object per (model, edge), one more
+    build (the Envoy row's hub then pushes the rows that changed materially)."""
     control.tables[(MODEL, EDGE)] = list(cands)
+    control.builds += 1
 
 
 def policy(control: ControlPlane, **rules: int) -> EnvoyPolicy:
@@ -195,13 +197,30 @@ def test_a_status_outside_retry_on_is_not_retried(control: ControlPlane) -> None
 
 def test_parallel_retries_past_max_retries_are_not_made(control: ControlPlane) -> None:
     push(control, A, B, C)
-    p = policy(control, max_retries=1)
+    p = policy(control, max_retries=1, min_retry_concurrency=0)
+    p.rules = dataclasses.replace(p.rules, retry_budget_percent=0.0)
     retry = attempt(0.1, frozenset({A.deployment_id}))
     assert p.choose(retry) == B.deployment_id
     assert p.choose(retry) is None
     assert p.retry_overflows == 1
     p.result(retry, B.deployment_id, 40.0, "ok", 0.2)
     assert p.choose(retry) == B.deployment_id
+
+
+def test_the_aggregates_retry_budget_bounds_retries_in_flight(control: ControlPlane) -> None:
+    """resources.py sets a retry budget on each aggregate (20 %, at least 10 in flight), which
+    Envoy applies instead of max_retries."""
+    assert (RULES.retry_budget_percent, RULES.min_retry_concurrency) == (20.0, 10)
+    push(control, A, B, C)
+    p = policy(control)
+    retry = attempt(0.1, frozenset({A.deployment_id}))
+    assert [p.choose(retry) for _ in range(10)] == [B.deployment_id] * 10
+    assert p.choose(retry) is None  # 10 retries in flight, 10 requests: the floor holds
+    assert p.retry_overflows == 1
+    for _ in range(50):  # 60 in flight; a retry in flight is a request in flight too
+        p.choose(attempt(0.1))
+    # 10 + k retries against 20 % of 60 + k requests: three more, not four
+    assert [p.choose(retry) for _ in range(4)] == [B.deployment_id] * 3 + [None]
 
 
 def test_nothing_healthy_in_the_order_fails_the_call(control: ControlPlane) -> None:
@@ -295,27 +314,30 @@ def _rate(p: EnvoyPolicy, n: int, t0: float, t1: float, klass: CallClass = KLASS
 
 
 def test_weights_follow_the_class_rate_of_the_last_push_only(control: ControlPlane) -> None:
-    """One slot of 50 ms on a carries at most 20 calls/s; past that, placement's next push
-    splits the class over a and b (8 slots). Until that push Envoy keeps the order, however
-    many calls it has in flight (it counts none)."""
+    """One slot of 50 ms on a carries at most 20 calls/s; past that, placement's next compile
+    splits the class over a and b (8 slots). As the live xDS server, placement recompiles on
+    a new hub version (a row that changed materially) and ``learn_every_s`` (5 s) after the
+    last compile while it learned something: until then Envoy keeps the order, however many
+    calls it has in flight (it counts none)."""
     a = dataclasses.replace(A, compute_ms=50.0, concurrency=1, edge_slots=0.0)
     b = dataclasses.replace(B, concurrency=8, edge_slots=0.0)
     push(control, a, b)
     p = policy(control)
     assert [p.choose(attempt(0.0)) for _ in range(30)] == [A.deployment_id] * 30
-    _rate(p, 600, 0.0, 10.0)  # 60 calls/s of the class, all on a
+    _rate(p, 290, 0.0, 4.9)  # ~60 calls/s of the class, all on a
+    push(control, a, b)  # a rebuild with nothing material: no new hub version, no compile
+    assert p.route(EDGE, KLASS, 4.95).rotations == ()
     assert p.split_calls == 0
-    push(control, a, b)  # the next push: the class's rate is known
-    routes = p.routes(EDGE, (MODEL, 300, 0.0), 10.0)
+    routes = p.route(EDGE, KLASS, 5.0)  # 5 s after the last compile: the rate is learned
     heads = {order[0]: w for w, order in routes.rotations}
     assert set(heads) == {A.deployment_id, B.deployment_id}
     assert heads[A.deployment_id] < 0.5
-    chosen = [p.choose(attempt(10.0)) for _ in range(400)]
+    chosen = [p.choose(attempt(5.0)) for _ in range(400)]
     share_b = chosen.count(B.deployment_id) / len(chosen)
     assert abs(share_b - heads[B.deployment_id]) < 0.1
     assert p.split_calls == chosen.count(B.deployment_id)
     # a retry in any rotation goes to the first of the order not yet tried
-    assert p.choose(attempt(10.0, frozenset({B.deployment_id}))) == A.deployment_id
+    assert p.choose(attempt(5.0, frozenset({B.deployment_id}))) == A.deployment_id
 
 
 def test_without_split_the_order_alone_is_pushed(control: ControlPlane) -> None:
@@ -324,7 +346,7 @@ def test_without_split_the_order_alone_is_pushed(control: ControlPlane) -> None:
                     learn_margins=False)
     _rate(p, 600, 0.0, 10.0)
     push(control, dataclasses.replace(A, compute_ms=50.0, concurrency=1), B)
-    assert p.routes(EDGE, (MODEL, 300, 0.0), 10.0).rotations == ()
+    assert p.route(EDGE, KLASS, 10.0).rotations == ()
     assert {p.choose(attempt(10.0)) for _ in range(50)} == {A.deployment_id}
 
 
@@ -332,12 +354,29 @@ def test_learned_margins_move_the_class_at_the_next_push(control: ControlPlane) 
     push(control, A, B)
     p = policy(control)
     assert p.choose(attempt(0.0)) == A.deployment_id
+    loose = CallClass(MODEL, 2, 0.2, 1000.0, 0.0)  # SLO 1 s: the same range of SLOs
+    assert p.choose(attempt(0.0, klass=loose)) == A.deployment_id
     for i in range(3):  # three calls of the class served late on a (SLO 300 ms)
         p.result(attempt(0.1), A.deployment_id, 400.0, "ok", 0.1 + i * 0.01)
-    assert p.choose(attempt(0.2)) == A.deployment_id  # not before the push
+    assert p.choose(attempt(0.2)) == A.deployment_id  # not before the next compile
+    push(control, A, B)  # nothing material: no new hub version
+    assert p.choose(attempt(0.3)) == A.deployment_id
+    # 5 s after the last compile (learn_every_s) placement recompiles with what it learned
+    assert p.choose(attempt(5.0)) == B.deployment_id
+    assert p.order(MODEL, EDGE, 300.0, 0.0, 5.0)[0] == B.deployment_id
+    # the loose class learned nothing: its range is cut at its SLO, and it keeps a
+    assert p.choose(attempt(5.0, klass=loose)) == A.deployment_id
+    assert len(p.edges[EDGE].models[MODEL].classes) > 1
+
+
+def test_a_material_row_change_recompiles_at_once(control: ControlPlane) -> None:
+    """A new hub version (a row that changed past its noise band) is compiled at once; an
+    estimate inside the band is not pushed at all (``hub.material``)."""
     push(control, A, B)
-    assert p.choose(attempt(0.3)) == B.deployment_id
-    assert p.order(MODEL, EDGE, 300.0, 0.0, 0.3)[0] == B.deployment_id
-    # another class (SLO 1 s) learned nothing: it keeps a
-    loose = CallClass(MODEL, 2, 0.2, 1000.0, 0.0)
-    assert p.choose(attempt(0.3, klass=loose)) == A.deployment_id
+    p = policy(control)
+    assert p.choose(attempt(0.0)) == A.deployment_id
+    pushes = p.pushes
+    push(control, dataclasses.replace(A, latency_p95_ms=A.latency_p95_ms * 1.01), B)
+    assert p.choose(attempt(0.1)) == A.deployment_id and p.pushes == pushes
+    push(control, dataclasses.replace(A, dropped_reason="backend down"), B)
+    assert p.choose(attempt(0.2)) == B.deployment_id and p.pushes == pushes + 1

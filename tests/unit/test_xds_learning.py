@@ -21,6 +21,7 @@ from services.api.switchyard.v1 import placement_pb2
 from services.convert import candidate_from_pb
 from services.xds.feedback import AccessLogFeedback
 from services.xds.learning import RegionLearning, call_class
+from services.xds.plan import route
 from services.xds.resources import EnvoySettings, listener, model_cluster_name, route_config_name
 from services.xds.routes import rotation_cluster_name
 from services.xds.server import AdsServer
@@ -98,13 +99,17 @@ def test_a_call_is_classed_as_the_routes_class_it_by_model_and_whole_ms_slo() ->
     models = ads.region_config("r-east").models
     classes = models["summarize"].classes
     assert len(classes) > 1
-    for k in classes:
+    for i, k in enumerate(classes):
         got = call_class(models, "summarize", str(k.lo))
+        # learned by its own whole-ms SLO, not the range's (whose ends move with estimates)
         assert got is not None and got.key == ("summarize", k.lo) and got.slo_ms == k.lo
+        assert route(models, "summarize", k.lo).index == i  # type: ignore[union-attr]
         if k.hi is not None:  # the range's last whole ms is still this class
-            assert call_class(models, "summarize", str(k.hi - 1)) == got
+            assert route(models, "summarize", k.hi - 1).index == i  # type: ignore[union-attr]
+            last = call_class(models, "summarize", str(k.hi - 1))
+            assert last is not None and last.key == ("summarize", k.hi - 1)
     no_slo = call_class(models, "summarize", "")
-    assert no_slo is not None and no_slo.key == ("summarize", 300)
+    assert no_slo is not None and no_slo.key == ("summarize", None) and no_slo.slo_ms == 300
     assert call_class(models, "summarize", "fast") == no_slo  # unreadable: the default route
     assert call_class(models, "translate", "100") is None
 
@@ -143,7 +148,9 @@ def test_misses_against_the_calls_own_slo_move_the_class_off_the_deployment() ->
     ads, hub, clock = _ads()
     models = ads.region_config("r-east").models
     klass = call_class(models, "summarize", "100")
-    assert klass is not None and klass.slo_ms < 90  # the class starts below the call's SLO
+    matched = route(models, "summarize", 100)
+    assert klass is not None and matched is not None and matched.index is not None
+    assert models["summarize"].classes[matched.index].lo < 90  # the range starts below 100
     # Met: 90 ms is within the call's own 100 ms, though past the class's lower bound.
     for _ in range(20):
         ads.learning.observe("r-east", _entry(slo_header="100", own_slo_ms=100, took_ms=90))
@@ -156,7 +163,8 @@ def test_misses_against_the_calls_own_slo_move_the_class_off_the_deployment() ->
     clock.t += 1.0
     hub.version = 2
     rc = ads.region_config("r-east")
-    i = next(j for j, k in enumerate(rc.models["summarize"].classes) if k.lo == klass.slo_ms)
+    i = route(rc.models, "summarize", 100).index  # type: ignore[union-attr]
+    assert i is not None
     assert rc.models["summarize"].classes[i].order[0] == "big/s"
     assert "small/s" not in rc.models["summarize"].classes[i].feasible
     before = models["summarize"].classes[i]
@@ -175,7 +183,7 @@ def test_failed_calls_count_toward_the_rate_but_teach_no_margin() -> None:
     learning.learned("r-east", {})
     learning.clock.t += 1.0  # type: ignore[attr-defined]
     got = learning.learned("r-east", {})
-    assert got.rates[("summarize", 300)] > 0 and got.margins[("summarize", 300)] == {}
+    assert got.rates[("summarize", None)] > 0 and got.margins[("summarize", None)] == {}
 
 
 def test_slow_path_calls_reserve_their_backends_slots() -> None:

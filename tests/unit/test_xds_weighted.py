@@ -45,7 +45,7 @@ def test_nothing_learned_compiles_the_plain_orders() -> None:
 def test_a_busy_class_is_split_over_rotations_of_its_order() -> None:
     """60 calls/s at 300 ms: the one slot of small (cheapest) carries part, big the rest."""
     rc = compile_region("r-east", [TABLE], PROFILE, S,
-                        Learned(rates={("summarize", 300): 60.0}))
+                        Learned(rates={("summarize", None): 60.0}))
     route = _default_route(rc).route  # type: ignore[attr-defined]
     assert not route.cluster
     split = {c.name: c.weight.value for c in route.weighted_clusters.clusters}
@@ -60,6 +60,7 @@ def test_a_busy_class_is_split_over_rotations_of_its_order() -> None:
 
 def test_a_learned_margin_reorders_the_class() -> None:
     rc = compile_region("r-east", [TABLE], PROFILE, S,
-                        Learned(margins={("summarize", 300): {"small/s": 250.0}}))
+                        Learned(rates={("summarize", None): 0.001},
+                                margins={("summarize", None): {"small/s": 250.0}}))
     assert rc.orders["summarize"] == ["big/s", "small/s"]
     assert rc.models["summarize"].default_feasible == frozenset({"big/s"})

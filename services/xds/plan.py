@@ -1,0 +1,148 @@
+"""What one edge region's routes send each class of call: the orders, SLO classes and splits.
+
+``compile_region`` (``resources.py``) turns this plan into Envoy resources; the cost
+simulator's Envoy row (``benchmarks/costsim/envoy_policy.py``) runs the same plan per push
+and routes its simulated calls by it, and ``learning.py`` classes the access log's entries
+by it. One implementation, so what the simulator measures is what placement pushes:
+
+- per model, the SLO classes of ``order.slo_classes`` (ranges of whole-ms SLOs with their
+  own failover order) and the model's default SLO's route;
+- per class, what placement learned of it (``placement.edge_learning.Learned``): calls are
+  learned by ``(model, the call's whole-ms SLO)`` (``None``: no SLO, the default route), not
+  by the range they matched, whose ends move with every latency estimate (a key by range
+  scattered one steady class over dozens of keys, none with its rate); a class's rate is the
+  sum over the SLOs in its range, compiled by ``order.weighted`` into its order and weighted
+  rotations at the tightest SLO in the range still called (never looser than any call it
+  matched; the range's lower end when it had none), with that SLO's miss margins;
+- a range is cut at a called SLO whose learned margins give it another order or feasible
+  set than the tighter SLOs before it (``_sub_ranges``): one route per such SLO class, so the
+  misses of a tight class do not move a loose one that shares its range.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+
+from placement.edge_learning import Learned
+from placement.model import Candidate
+from placement.pipeline import Profile
+from services.xds.order import (
+    ClassDemand,
+    SloClass,
+    WeightedOrder,
+    ranked,
+    slo_classes,
+    weighted,
+)
+from services.xds.routes import ModelRoutes
+
+Key = tuple[str, int | None]  # (model, a call's whole-ms SLO or None): ``Learned``'s keys
+ACTIVE_RATE = 0.01  # calls/s: an SLO whose calls have (almost) stopped no longer tightens
+
+
+@dataclass(frozen=True)
+class Table:
+    """One model's candidates for the region, as placement pushed them."""
+
+    cands: Sequence[Candidate]
+    default_slo_ms: float
+
+
+@dataclass(frozen=True)
+class Route:
+    """The route a call matched: its class (``None``: the default route), the key it is
+    learned under, the SLO its margins are kept at (its own whole-ms SLO, or the model's
+    default), and where it goes."""
+
+    index: int | None
+    key: Key
+    slo_ms: float
+    order: tuple[str, ...]
+    rotations: tuple[tuple[float, tuple[str, ...]], ...]
+
+
+def _demand(model: str, i: int | None, lo: float, hi: float | None, table: Table,
+            learned: Learned) -> ClassDemand:
+    """A route's class of calls: the learned SLOs it matches (the default route: calls
+    without one), their summed rate, compiled at the tightest of them that is still called."""
+    keys: list[tuple[float, Hashable]] = []
+    for key in learned.rates:
+        if not (isinstance(key, tuple) and len(key) == 2 and key[0] == model):
+            continue
+        slo = key[1]
+        if i is None and slo is None:
+            keys.append((lo, key))
+        elif i is not None and isinstance(slo, int) and lo <= slo and (hi is None or slo < hi):
+            keys.append((float(slo), key))
+    rate = sum(learned.rates[k] for _, k in keys)
+    active = [(s, k) for s, k in keys if learned.rates[k] >= ACTIVE_RATE] or keys
+    slo, key = min(active, key=lambda x: x[0]) if active else (lo, None)
+    return ClassDemand((model, i), table.cands, slo, rate, learned.margins.get(key, {}))
+
+
+def _sub_ranges(model: str, k: SloClass, table: Table, learned: Learned, profile: Profile,
+                slo_margin_ms: float) -> list[tuple[int, int | None]]:
+    """``k``'s range, cut at each called SLO in it whose order with its learned margins
+    differs from the one the part before it is compiled to."""
+    called = sorted({key[1] for key, r in learned.rates.items()
+                     if isinstance(key, tuple) and len(key) == 2 and key[0] == model
+                     and isinstance(key[1], int) and r >= ACTIVE_RATE
+                     and k.lo <= key[1] and (k.hi is None or key[1] < k.hi)})
+    if len(called) < 2 and not (called and called[0] > k.lo):
+        return [(k.lo, k.hi)]
+    cuts = [k.lo]
+    at = called[0]  # the part [cuts[-1], next cut) is compiled at its tightest called SLO
+    last = ranked(table.cands, profile, at, slo_margin_ms, learned.margins.get((model, at)))
+    for slo in called[1:]:
+        got = ranked(table.cands, profile, slo, slo_margin_ms, learned.margins.get((model, slo)))
+        if got != last:
+            cuts.append(slo)
+            last = got
+    return [(a, b) for a, b in zip(cuts, [*cuts[1:], k.hi], strict=True)]
+
+
+def plan_region(tables: Mapping[str, Table], profile: Profile, slo_margin_ms: float,
+                learned: Learned | None = None) -> dict[str, ModelRoutes]:
+    """Every model's routes for one region, its classes compiled together (they share the
+    edge's slot shares)."""
+    learned = learned or Learned()
+    found: list[tuple[str, Table, list[SloClass]]] = []
+    demands: list[ClassDemand] = []
+    for model, table in tables.items():
+        classes = [SloClass(a, b, k.order, k.feasible)
+                   for k in slo_classes(table.cands, profile, slo_margin_ms)
+                   for a, b in _sub_ranges(model, k, table, learned, profile, slo_margin_ms)]
+        found.append((model, table, classes))
+        demands.append(_demand(model, None, table.default_slo_ms, None, table, learned))
+        demands += [_demand(model, i, k.lo, k.hi, table, learned)
+                    for i, k in enumerate(classes)]
+    compiled: dict[Hashable, WeightedOrder] = dict(
+        weighted(demands, profile, slo_margin_ms, learned.reserved))
+    models: dict[str, ModelRoutes] = {}
+    for model, table, classes in found:
+        default = compiled[(model, None)]
+        ks = [compiled[(model, i)] for i in range(len(classes))]
+        models[model] = ModelRoutes(
+            default.order, tuple(SloClass(k.lo, k.hi, w.order, w.feasible)
+                                 for k, w in zip(classes, ks, strict=True)),
+            default.feasible, table.default_slo_ms,
+            {c.deployment_id: c.cost_usd for c in table.cands},
+            {i: w.rotations for i, w in [(None, default), *enumerate(ks)] if w.rotations})
+    return models
+
+
+def route(models: Mapping[str, ModelRoutes], model: str, slo_ms: int | None) -> Route | None:
+    """The route a call to ``model`` with whole-ms SLO ``slo_ms`` (None: no SLO header)
+    matches, as Envoy matches the routes ``routes.py`` builds; None for a model the routes
+    do not serve (or a call without SLO to a model without a default SLO)."""
+    m = models.get(model)
+    if m is None:
+        return None
+    if slo_ms is not None:
+        for i, k in enumerate(m.classes):
+            if k.lo <= slo_ms and (k.hi is None or slo_ms < k.hi):
+                return Route(i, (model, slo_ms), float(slo_ms), k.order, m.rotations.get(i, ()))
+    if m.default_slo_ms is None:
+        return None
+    return Route(None, (model, None), m.default_slo_ms, m.default, m.rotations.get(None, ()))
