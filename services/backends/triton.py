@@ -12,6 +12,12 @@ about a second (see DESIGN.md). What the binary needs, found on this machine:
 
 Everything binds 127.0.0.1: gRPC (the data plane) and Prometheus metrics (scraped by the
 agent); HTTP is off. ``PYTRITON_HOME`` points inside the run directory.
+
+The Python backend keeps each model instance's shared memory in
+``/dev/shm/<prefix><uuid>``; a server that is killed leaves them behind (1,039 were found
+after one session). Each start gets its own prefix (``--backend-config=python,
+shm-region-prefix-name=``), so :meth:`TritonProcess.stop` removes exactly the files of the
+servers it ran, once they are dead, and nobody else's.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import subprocess
 import sys
 import sysconfig
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -39,6 +46,7 @@ from services.config import BackendConfig, MeshConfig
 from services.ports import free_port
 
 log = structlog.get_logger()
+SHM_DIR = pathlib.Path("/dev/shm")  # noqa: S108 - where shm_open keeps the backend's regions
 
 
 class BackendStartError(SwitchyardError):
@@ -121,11 +129,13 @@ def triton_command(
     metrics_port: int,
     model_control: str = "none",
     load_models: Sequence[str] = (),
+    shm_prefix: str = "",
 ) -> list[str]:
     """The tritonserver argument list: gRPC + metrics on ``host``, HTTP off.
 
     ``model_control="explicit"`` starts with only ``load_models`` loaded; the rest of the
     repository is loaded and unloaded through Triton's repository API (issue 13).
+    ``shm_prefix``: the Python backend's shared-memory file names start with it.
     """
     explicit = (["--model-control-mode=explicit", *(f"--load-model={m}" for m in load_models)]
                 if model_control == "explicit" else [])
@@ -149,6 +159,8 @@ def triton_command(
         f"--strict-readiness={'false' if model_control == 'explicit' else 'true'}",
         "--log-verbose=0",
         "--exit-timeout-secs=5",
+        *([f"--backend-config=python,shm-region-prefix-name={shm_prefix}"]
+          if shm_prefix else []),
         *explicit,
     ]
 
@@ -186,6 +198,8 @@ class TritonProcess:
         self._env = dict(os.environ) if env is None else env
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_file: IO[bytes] | None = None
+        self.shm_prefix = shm_prefix_for(name)  # a new one per start
+        self._dead_prefixes: list[str] = []  # of servers this object ran that are gone
 
     @classmethod
     def for_backend(
@@ -250,6 +264,7 @@ class TritonProcess:
             metrics_port=self.metrics_port,
             model_control=self.model_control,
             load_models=self.models,
+            shm_prefix=self.shm_prefix,
         )
         return argv, triton_environment(self.run_dir, install, self._env)
 
@@ -257,6 +272,10 @@ class TritonProcess:
         """Spawn tritonserver (its own session, so a drill's signal hits only it)."""
         if self.alive:
             return
+        if self._proc is not None:  # a previous server of ours died (a drill's kill)
+            self._dead_prefixes.append(self.shm_prefix)
+            self.remove_shm()
+            self.shm_prefix = shm_prefix_for(self.name)
         argv, env = self.command()
         self._log_file = self.log_path.open("ab")
         self._proc = subprocess.Popen(
@@ -330,11 +349,28 @@ class TritonProcess:
         # Stubs share tritonserver's session; clean up any a hard kill left behind.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
+        self._dead_prefixes.append(self.shm_prefix)
+        self.remove_shm()
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
         log.info("triton.stopped", backend=self.name, returncode=proc.returncode)
         return proc.returncode
+
+    def remove_shm(self) -> list[pathlib.Path]:
+        """Remove the shared-memory files of this object's servers that are gone (a killed
+        one leaves them); returns what was removed. A stub still mapping one keeps its
+        memory until it exits; only the name goes."""
+        removed = []
+        for prefix in self._dead_prefixes:
+            for path in SHM_DIR.glob(f"{prefix}*"):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    removed.append(path)
+        self._dead_prefixes.clear()
+        if removed:
+            log.info("triton.shm_removed", backend=self.name, files=len(removed))
+        return removed
 
     async def stop_async(self, grace: float = 10.0) -> int | None:
         """:meth:`stop` off the event loop."""
@@ -357,6 +393,12 @@ class TritonProcess:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def shm_prefix_for(name: str) -> str:
+    """A shared-memory name prefix no other server uses: ``sy_<name>_<12 hex>_``."""
+    safe = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in name)[:40]
+    return f"sy_{safe}_{uuid.uuid4().hex[:12]}_"
 
 
 def backend_run_dir(cfg: MeshConfig, backend: BackendConfig) -> pathlib.Path:
