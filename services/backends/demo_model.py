@@ -153,22 +153,35 @@ class _Llm:
             self.threads.add(t)
         t.start()
 
-    def _wait(self, ms: float) -> None:
+    def _wait(self, ms: float, sender: Any) -> bool:
+        """Wait ``ms`` of EMULATED accelerator time; False if the client cancelled the
+        request (Triton's ``is_cancelled``, asked at the start of the wait: the time the
+        ask takes is part of the wait, so the emulated speed is unchanged)."""
+        t0 = time.monotonic()
+        if sender.is_cancelled():
+            return False
+        asked_s = time.monotonic() - t0
         self.control.refresh()
         self.control.wait_while_hung()
         if ms > 0:
-            time.sleep(ms * self.control.slow_factor / 1000.0)  # EMULATED accelerator time
+            time.sleep(max(0.0, ms * self.control.slow_factor / 1000.0 - asked_s))
+        return True
 
     def _run(self, sender: Any, prompt: NDArray[np.int32], max_tokens: int) -> None:
+        """Generate; stop at the next token once the client has cancelled, as a real LLM
+        server frees the slot (the stream no longer counts in the batch slowdown)."""
         with self._lock:
             self.active += 1
         try:
             uncached = len(prompt) - self.cache.cached_tokens(prompt)
-            self._wait(self.prefill_base_ms + uncached * self.prefill_ms)
+            if not self._wait(self.prefill_base_ms + uncached * self.prefill_ms, sender):
+                sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                return
             h = zlib.crc32(prompt.tobytes(), self.seed & 0xFFFFFFFF)
             for i in range(max_tokens):
-                if i:
-                    self._wait(self.decode_ms * (1.0 + self.slowdown * (self.active - 1)))
+                if i and not self._wait(
+                        self.decode_ms * (1.0 + self.slowdown * (self.active - 1)), sender):
+                    break
                 token = np.array([[h % self.vocab]], dtype=np.int32)
                 h = zlib.crc32(token.tobytes(), h)
                 sender.send(pb_utils.InferenceResponse(
