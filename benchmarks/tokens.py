@@ -33,7 +33,10 @@ SCENARIOS = pathlib.Path(BENCH_DIR, "scenarios", "tokens")
 RESULTS = pathlib.Path(BENCH_DIR, "RESULTS.md")
 LOAD_SCALES = (0.5, 1.5, 2.0)
 LEARNED = "switchyard-learned-margin"
-HELD_OUT = ("tokens-rag",)  # written after the others; no parameter was chosen on it
+# written after the others; no parameter of placement/streams.py was chosen on them
+HELD_OUT = {"tokens-rag": "long prompts, short outputs, one hot shared prefix, a region far "
+                          "from the cheap GPUs",
+            "tokens-slowdown": "the cheap GPUs slow down mid-run, unannounced"}
 TITLE = "Tokens: LLM streams, Switchyard vs the LLM routers (simulated)"
 
 
@@ -91,7 +94,9 @@ def _notes(scenarios: list[TokenScenario], results: list[tokens_report.TokenResu
         f"regions, {sum(r.load_rps for r in s.regions.values()):g} streams/s, "
         f"{s.shared_fraction:.0%} of streams in sessions sharing a prefix, classes "
         + ", ".join(f"{c.name} {c.share:.0%} TTFT ≤ {c.ttft_ms:g} ms TPOT ≤ {c.tpot_ms:g} ms"
-                    for c in s.classes) + ")"
+                    for c in s.classes)
+        + "".join(f"; `{w.prefix}*` {w.factor:g}× slower from {w.at_s:g} s"
+                  for w in s.slowdowns) + ")"
         for s in scenarios)
     horizon = "quick" if quick else "full"
     return [
@@ -101,9 +106,9 @@ def _notes(scenarios: list[TokenScenario], results: list[tokens_report.TokenResu
         "`benchmarks/costsim/tokens_workload.py`). Prefix sharing is stated per scenario, "
         "not from the trace (the trace has no prompt content).",
         f"Scenarios ({horizon} horizon, the first {scenarios[0].warmup_s:g} s are warm-up and "
-        f"not counted): {shapes}. Held out: {', '.join(f'`{h}`' for h in HELD_OUT)} (long "
-        "prompts, short outputs, one hot shared prefix, a region far from the cheap GPUs) was "
-        "written after the others and no parameter of `placement/streams.py` was chosen on it.",
+        f"not counted): {shapes}. Held out (written after the others; no parameter of "
+        "`placement/streams.py` was chosen on them): "
+        + "; ".join(f"`{k}` ({v})" for k, v in HELD_OUT.items()) + ".",
         "Cost model: GPU time billed per token as the Python edge's `x-cost-usd` — the "
         "stream's own prefill time plus its share of the batch's decode time (∫ dt / batch "
         "size), times the deployment's $/GPU-hour from `examples/prices.toml`; idle GPU time "
@@ -119,6 +124,7 @@ def _notes(scenarios: list[TokenScenario], results: list[tokens_report.TokenResu
         "scorer weight 3 + queue scorer weight 2, cost and distance ignored), lowest-latency "
         "(fastest predicted TTFT from the true queue and cache).",
         *tokens_report.verdicts(results),
+        *tokens_report.slowdown_notes(results),
         "#### Ablations of `placement/streams.py` (same streams, the same function without "
         "one of its parts)",
         tokens_report.table(variants),
@@ -126,6 +132,7 @@ def _notes(scenarios: list[TokenScenario], results: list[tokens_report.TokenResu
         *tokens_report.before_after(variants, "switchyard-learned-band-only", "switchyard"),
         *tokens_report.before_after(variants, "switchyard-no-guard-band", "switchyard"),
         *tokens_report.before_after(variants, "switchyard-no-pending", "switchyard"),
+        *tokens_report.before_after(variants, "switchyard", "switchyard-live-tpot"),
         f"`{LEARNED}`: each edge also learns a TTFT margin per deployment "
         "(`placement/stream_guard.py`: the "
         f"{GUARD_QUANTILE:.0%} quantile of its last ≤ {GUARD_WINDOW} observed − predicted "
@@ -138,7 +145,10 @@ def _notes(scenarios: list[TokenScenario], results: list[tokens_report.TokenResu
         f"objective; the default leaves {TTFT_HEADROOM:.0%} of it for other edges' prefills "
         "the edge cannot see); `switchyard-no-pending`: the edge's own streams still waiting "
         "for their first token do not enter the TTFT prediction (the Python edge passes them "
-        "since this benchmark: `StreamStats.pending`).",
+        "since this benchmark: `StreamStats.pending`); `switchyard-live-tpot`: the TPOT "
+        "prediction multiplied per deployment by how much slower than predicted this edge's "
+        "streams decoding there now are (`placement.stream_guard.tpot_factors`, from the "
+        "tokens the edge has seen arrive; not what the edge runs).",
     ]
 
 

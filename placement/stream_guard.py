@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from placement.errors import ConfigError
 
@@ -118,3 +118,17 @@ def quantile(ordered: list[float], q: float) -> float:
     lo = math.floor(pos)
     hi = min(lo + 1, len(ordered) - 1)
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def tpot_factors(running: Iterable[tuple[str, float, float]]) -> dict[str, float]:
+    """Per deployment, how much slower than predicted this edge's streams decoding there now
+    are: the mean of ``observed / predicted`` TPOT over ``(deployment, predicted_ms,
+    observed_ms)`` of streams in flight (the edge sees their tokens arrive), at least 1 (a
+    faster deployment is left to the learned line). A throttled GPU shows up here while its
+    streams run, not only when they end and teach the TPOT line."""
+    sums: dict[str, tuple[float, int]] = {}
+    for d, predicted, observed in running:
+        if predicted > 0 and math.isfinite(observed):
+            total, n = sums.get(d, (0.0, 0))
+            sums[d] = (total + observed / predicted, n + 1)
+    return {d: max(total / n, 1.0) for d, (total, n) in sums.items()}

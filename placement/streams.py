@@ -118,7 +118,7 @@ class StreamChoice:
 
 def predict(c: Candidate, est: TokenEstimate | None, load: int, ask: StreamAsk,
             pending_tokens: int = 0, ttft_headroom: float = TTFT_HEADROOM,
-            margin_ms: float | None = None) -> StreamOption:
+            margin_ms: float | None = None, tpot_factor: float = 1.0) -> StreamOption:
     """One deployment's predicted TTFT, TPOT and cost for ``ask`` (see the module docstring).
     The prediction must fit the objective less ``ttft_headroom``; with ``margin_ms``, the
     deployment's learned TTFT margin (``stream_guard``), the prediction plus the margin must
@@ -127,7 +127,7 @@ def predict(c: Candidate, est: TokenEstimate | None, load: int, ask: StreamAsk,
     if est is None:
         return StreamOption(c, c.latency_p95_ms, 0.0, 0.0, True, False, hit, load, 0)
     prefill = (ask.prompt_tokens - hit) * est.prefill_ms_per_token
-    tpot = est.tpot_base_ms + est.tpot_per_stream_ms * load
+    tpot = (est.tpot_base_ms + est.tpot_per_stream_ms * load) * tpot_factor
     cost = est.usd_per_second * (prefill + ask.max_tokens * tpot / (load + 1)) / 1000.0
     ttft = c.rtt_ms + max(pending_tokens, 0) * est.prefill_ms_per_token + prefill
     margin = margin_ms or 0.0
@@ -165,19 +165,24 @@ def choose_stream(cands: Sequence[Candidate], estimates: Mapping[str, TokenEstim
                   load_factor: float = LOAD_FACTOR,
                   pending: Mapping[str, int] | None = None,
                   ttft_headroom: float = TTFT_HEADROOM,
-                  ttft_margins: Mapping[str, float] | None = None) -> StreamChoice:
+                  ttft_margins: Mapping[str, float] | None = None,
+                  tpot_factors: Mapping[str, float] | None = None) -> StreamChoice:
     """The deployment for one stream (``cands`` already passed the call's hard filters).
     ``pending``: per deployment, the uncached prompt tokens of this edge's streams there that
     still wait for their first token (none known: empty). ``ttft_headroom``: the fraction of
     the TTFT objective a prediction must leave free to count as feasible, for a deployment
     without a learned margin. ``ttft_margins``: per deployment, the TTFT margin (ms) the edge
-    learned from its predictions' misses (``placement.stream_guard.TtftGuard.margins``)."""
+    learned from its predictions' misses (``placement.stream_guard.TtftGuard.margins``).
+    ``tpot_factors``: per deployment, how much slower than predicted this edge's streams
+    decoding there now are (``placement.stream_guard.tpot_factors``; the TPOT prediction is
+    multiplied by it)."""
     if not cands:
         raise NoHealthyDeployment("no deployment may serve this stream")
-    queued, margins = pending or {}, ttft_margins or {}
+    queued, margins, slower = pending or {}, ttft_margins or {}, tpot_factors or {}
     predicted = [predict(c, estimates.get(c.deployment_id), loads.get(c.deployment_id, 0), ask,
                          queued.get(c.deployment_id, 0), ttft_headroom,
-                         margins.get(c.deployment_id)) for c in cands]
+                         margins.get(c.deployment_id), slower.get(c.deployment_id, 1.0))
+                 for c in cands]
     feasible_ids = [o.candidate.deployment_id for o in predicted if o.feasible]
     bound = load_bound(loads, _cheapest_tier(feasible_ids, estimates, band) or
                        [c.deployment_id for c in cands], load_factor)

@@ -25,11 +25,12 @@ from collections.abc import Callable
 from benchmarks.costsim.tokens_workload import Deployment
 from benchmarks.costsim.tokensim import Policy, TokenSim
 from placement.model import Candidate
-from placement.stream_guard import TtftGuard
+from placement.stream_guard import TtftGuard, tpot_factors
 from placement.streams import LOAD_FACTOR, TTFT_HEADROOM, StreamAsk, choose_stream
 from services.edge.token_stats import StreamStats
 
 PREFIX_WEIGHT, QUEUE_WEIGHT = 3.0, 2.0
+MIN_LIVE_TOKENS = 4  # a decoding stream's own TPOT counts once it delivered this many
 UNMEASURED_P95_MS = 200.0  # a table p95 before any stream was measured (plus the RTT)
 
 
@@ -132,12 +133,16 @@ class Switchyard:
 
     def __init__(self, sim: TokenSim, name: str = "switchyard", pending: bool = True,
                  ttft_headroom: float = TTFT_HEADROOM, load_factor: float = LOAD_FACTOR,
-                 guard: bool = False) -> None:
+                 guard: bool = False, live_tpot: bool = False) -> None:
         self.name = name
         self._use_pending, self._headroom, self._load_factor = (pending, ttft_headroom,
                                                                 load_factor)
         self.stats = [StreamStats() for _ in sim.regions]
         self.guards = [TtftGuard() for _ in sim.regions] if guard else None
+        self._live_tpot = live_tpot
+        # per edge: stream → (deployment index, predicted TPOT) while it decodes
+        self.decoding: list[dict[int, tuple[int, float]]] = [{} for _ in sim.regions]
+        self._tpot_pred: dict[int, float] = {}
         self.cands = [[_candidate(d, float(sim.rtt[e, i]))
                        for i, d in enumerate(sim.deployments)] for e in range(len(sim.regions))]
         self.index = {d.id: i for i, d in enumerate(sim.deployments)}
@@ -162,7 +167,9 @@ class Switchyard:
                                pending=pending if self._use_pending else None,
                                ttft_headroom=self._headroom,
                                ttft_margins=(self.guards[edge].margins(now / 1000.0)
-                                             if self.guards else None))
+                                             if self.guards else None),
+                               tpot_factors=(self._running(edge, now, sim)
+                                             if self._live_tpot else None))
         if not choice.slo_met:
             self.infeasible += 1
         dep = choice.candidate.deployment_id
@@ -171,6 +178,8 @@ class Switchyard:
         pending[dep] = pending.get(dep, 0) + p - hit
         sim.out.load_at_start[sid] = load
         self._open[sid] = (self.index[dep], load, hit)
+        if choice.chosen.measured:
+            self._tpot_pred[sid] = choice.chosen.tpot_ms
         if self.guards is not None and choice.chosen.measured:
             self.guards[edge].sent(sid, dep, choice.chosen.ttft_ms, now / 1000.0)
         return self.index[dep]
@@ -181,9 +190,21 @@ class Switchyard:
         pending = self.pending[edge]
         dep = sim.deployments[d].id
         pending[dep] -= int(sim.streams.prompt[sid]) - hit
+        predicted_tpot = self._tpot_pred.pop(sid, None)
+        if predicted_tpot and int(sim.streams.output[sid]) > 1:
+            self.decoding[edge][sid] = (d, predicted_tpot)
         if self.guards is not None:  # the first token reaches the edge rtt / 2 later
             at_edge = float(sim.streams.t_ms[sid]) + float(sim.out.ttft_ms[sid])
             self.guards[edge].first_token(sid, at_edge / 1000.0)
+
+    def _running(self, edge: int, now: float, sim: TokenSim) -> dict[str, float]:
+        """``tpot_factors`` from this edge's streams decoding now: the time between each
+        one's latest tokens, as the edge sees them arrive, against the TPOT predicted when it
+        was chosen (once it delivered ``MIN_LIVE_TOKENS``)."""
+        seen = [(sim.deployments[d].id, predicted, sim.pace(sid, d))
+                for sid, (d, predicted) in self.decoding[edge].items()
+                if sim.decoded(sid, d, now) >= MIN_LIVE_TOKENS]
+        return tpot_factors(seen)
 
     def finished(self, sid: int, sim: TokenSim) -> None:
         """What the edge measures at the stream's end, taught to its ``StreamStats``."""
@@ -192,6 +213,8 @@ class Switchyard:
         edge = int(st.region[sid])
         stats, dep = self.stats[edge], sim.deployments[d].id
         stats.ended(dep)
+        self.decoding[edge].pop(sid, None)
+        self._tpot_pred.pop(sid, None)
         tpot = float(out.tpot_ms[sid])
         stats.observe(dep, prefill_ms=float(out.ttft_ms[sid]) - float(sim.rtt[edge, d]),
                       uncached_tokens=max(int(st.prompt[sid]) - hit, 0),
@@ -217,7 +240,7 @@ def _candidate(d: Deployment, rtt_ms: float) -> Candidate:
 POLICIES = ("switchyard", "round-robin", "least-loaded", "prefix-affinity", "lowest-latency")
 # Switchyard ablations: the same function without one of its inputs or its guard band
 VARIANTS = ("switchyard-learned-margin", "switchyard-learned-band-only",
-            "switchyard-no-guard-band", "switchyard-no-pending")
+            "switchyard-no-guard-band", "switchyard-no-pending", "switchyard-live-tpot")
 
 
 def make_policy(name: str, sim: TokenSim, seed: int) -> Policy:
@@ -229,6 +252,7 @@ def make_policy(name: str, sim: TokenSim, seed: int) -> Policy:
                                                            guard=True),
         "switchyard-no-guard-band": lambda: Switchyard(sim, name, ttft_headroom=0.0),
         "switchyard-no-pending": lambda: Switchyard(sim, name, pending=False),
+        "switchyard-live-tpot": lambda: Switchyard(sim, name, live_tpot=True),
         "round-robin": RoundRobin,
         "least-loaded": LeastLoaded,
         "prefix-affinity": lambda: PrefixAffinity(seed),

@@ -20,6 +20,7 @@ same prompt distribution times ``prefix_share``). Other streams share nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 import tomllib
 from dataclasses import dataclass
@@ -102,6 +103,13 @@ class Deployment:
     usd_per_hour: float
     price_source: str
 
+    def slowed(self, factor: float) -> Deployment:
+        """This deployment with prefill and decode ``factor`` × slower."""
+        a = self.accelerator
+        return dataclasses.replace(self, accelerator=dataclasses.replace(
+            a, prefill_ms_per_token=a.prefill_ms_per_token * factor,
+            prefill_base_ms=a.prefill_base_ms * factor, decode_ms=a.decode_ms * factor))
+
     def tpot_ms(self, batch: int) -> float:
         a = self.accelerator
         return a.decode_ms * self.variant.decode_factor * (
@@ -122,6 +130,16 @@ class StreamClass:
 
 
 @dataclass(frozen=True, slots=True)
+class Slowdown:
+    """From ``at_s`` on, the deployments whose id starts with ``prefix`` prefill and decode
+    ``factor`` × slower (a throttled or noisy-neighboured GPU; emulated)."""
+
+    at_s: float
+    prefix: str
+    factor: float
+
+
+@dataclass(frozen=True, slots=True)
 class TokenScenario:
     name: str
     seed: int
@@ -139,6 +157,7 @@ class TokenScenario:
     classes: tuple[StreamClass, ...]
     deployments: tuple[Deployment, ...]
     source: str
+    slowdowns: tuple[Slowdown, ...] = ()
 
     def rtt(self, a: str, b: str) -> float:
         if a == b:
@@ -278,6 +297,15 @@ def parse_token_scenario(raw: dict[str, Any], base_dir: pathlib.Path,
                 variants[variant], price_class, entry.usd_per_gpu_hour, entry.source))
     if len({d.id for d in deployments}) != len(deployments):
         raise ConfigError(f"{source}: two pools give the same deployment ids")
+    slowdowns = []
+    for i, ev in enumerate(raw.get("slowdowns", [])):
+        where = f"slowdowns[{i}]"
+        prefix, factor = str(_req(ev, "deployments", where)), float(_req(ev, "factor", where))
+        if not any(d.id.startswith(prefix) for d in deployments):
+            raise ConfigError(f"{where}.deployments {prefix!r} matches no deployment id")
+        if factor <= 0:
+            raise ConfigError(f"{where}.factor must be > 0; got {factor}")
+        slowdowns.append(Slowdown(float(_req(ev, "at_s", where)), prefix, factor))
     return TokenScenario(
         name=head.get("name", pathlib.Path(source).stem), seed=int(head.get("seed", 1)),
         trace=wl.get("trace", "conv"), duration_s=float(head.get("duration_s", 600)),
@@ -286,5 +314,6 @@ def parse_token_scenario(raw: dict[str, Any], base_dir: pathlib.Path,
         shared_fraction=float(wl.get("shared_fraction", 0.5)),
         sessions=int(wl.get("sessions", 100)), zipf_s=float(wl.get("zipf_s", 1.0)),
         prefix_share=float(wl.get("prefix_share", 0.5)), regions=regions, rtt_ms=rtt,
-        classes=classes, deployments=tuple(deployments), source=source)
+        classes=classes, deployments=tuple(deployments), source=source,
+        slowdowns=tuple(slowdowns))
 

@@ -16,6 +16,9 @@ demo LLM (``services/backends/demo_model.py``), with emulated speeds:
   batch of ``n`` streams at ``decode_ms × (1 + batch_slowdown × (n − 1))`` per token each
   (processor sharing: the pace changes whenever a stream joins or leaves).
 
+A scenario's ``[[slowdowns]]`` make some servers slower from a point in time on (their
+prefill and decode × a factor; emulated throttling), unannounced to every policy.
+
 A stream's **TTFT** is ``rtt / 2 + queue + prefill + rtt / 2``; its **TPOT** is its decode
 time over ``M − 1`` tokens. **Cost** is GPU time billed per token as the Python edge bills
 ``x-cost-usd`` (``services/edge/token_stats.py``): the stream's own prefill time, plus its
@@ -36,7 +39,7 @@ import numpy as np
 
 from benchmarks.costsim.tokens_workload import Deployment, Streams, TokenScenario
 
-ARRIVE, PREFILLED, DECODED = 0, 1, 2
+ARRIVE, PREFILLED, DECODED, SLOWED = 0, 1, 2, 3
 
 
 class Server:
@@ -150,6 +153,8 @@ class TokenSim:
     def run(self, policy: Policy) -> Outcome:
         st = self.streams
         i, n = 0, len(st)
+        for k, ev in enumerate(self.s.slowdowns):
+            self._push(ev.at_s * 1000.0, SLOWED, k, 0)
         while i < n or self._events:
             if i < n and (not self._events or st.t_ms[i] <= self._events[0][0]):
                 now = float(st.t_ms[i])
@@ -167,6 +172,8 @@ class TokenSim:
                 self._try_prefill(srv, b, now)
             elif kind == PREFILLED:
                 self._prefilled(a, b, now, policy)
+            elif kind == SLOWED:
+                self._slow(self.s.slowdowns[a].prefix, self.s.slowdowns[a].factor, now)
             else:
                 srv = self.servers[a]
                 if b == srv.version:
@@ -216,6 +223,32 @@ class TokenSim:
             policy.finished(sid, self)
         self._reschedule(srv, d, now)
         self._try_prefill(srv, d, now)
+
+    def decoded(self, sid: int, d: int, now: float) -> float:
+        """Tokens ``sid`` (decoding on ``d``) has delivered since its first token, by ``now``
+        (what an edge counts as they arrive; the RTT shifts both ends alike)."""
+        srv = self.servers[d]
+        srv.advance(now)
+        return (srv.v - self._join_v[sid]) / float(self.streams.noise[sid])
+
+    def pace(self, sid: int, d: int) -> float:
+        """The time between ``sid``'s tokens now (decoding on ``d``): what an edge measures
+        over a stream's last few tokens (here without their lag of a few tokens)."""
+        srv = self.servers[d]
+        return srv.dep.tpot_ms(len(srv.batch)) * float(self.streams.noise[sid])
+
+    def _slow(self, prefix: str, factor: float, now: float) -> None:
+        """A slowdown event: the matching servers run ``factor`` × slower from ``now`` (a
+        prefill already running keeps its end; queued work is re-estimated)."""
+        st = self.streams
+        for d, srv in enumerate(self.servers):
+            if not srv.dep.id.startswith(prefix):
+                continue
+            srv.advance(now)
+            srv.dep = srv.dep.slowed(factor)
+            srv.pending_prefill_ms = sum(srv.dep.prefill_ms(int(st.prompt[w]))
+                                         for w in srv.waiting)
+            self._reschedule(srv, d, now)
 
     def _reschedule(self, srv: Server, d: int, now: float) -> None:
         srv.version += 1

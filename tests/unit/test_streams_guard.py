@@ -6,7 +6,7 @@ import pytest
 
 from placement.errors import ConfigError
 from placement.model import Candidate
-from placement.stream_guard import TtftGuard, quantile
+from placement.stream_guard import TtftGuard, quantile, tpot_factors
 from placement.streams import GUARDED_HEADROOM, StreamAsk, TokenEstimate, choose_stream
 
 EST = TokenEstimate(prefill_ms_per_token=0.1, tpot_base_ms=10.0, tpot_per_stream_ms=0.0,
@@ -93,3 +93,20 @@ def test_the_fixed_band_still_bounds_a_deployment_with_a_zero_margin() -> None:
     free = choose_stream(cands, est, {}, ask, ttft_headroom=0.0,
                          ttft_margins={"cheap/llm": 0.0})
     assert free.candidate.backend_id == "cheap" and free.slo_met
+
+
+def test_tpot_factors_are_the_mean_slowdown_of_streams_decoding_now() -> None:
+    f = tpot_factors([("a", 10.0, 30.0), ("a", 10.0, 10.0), ("b", 20.0, 10.0),
+                      ("c", 0.0, 50.0), ("d", 10.0, float("nan"))])
+    assert f == {"a": pytest.approx(2.0), "b": 1.0}  # faster than predicted: left at 1
+
+
+def test_a_slowed_deployment_stops_meeting_a_tight_tpot() -> None:
+    cands = [cand("cheap"), cand("dear")]
+    est = {"cheap/llm": EST, "dear/llm": DEAR}  # both predict TPOT 10 ms
+    ask = StreamAsk(prompt_tokens=100, max_tokens=10, tpot_ms=25)
+    assert choose_stream(cands, est, {}, ask).candidate.backend_id == "cheap"
+    slowed = choose_stream(cands, est, {}, ask, tpot_factors={"cheap/llm": 3.0})
+    assert slowed.candidate.backend_id == "dear"
+    cheap = next(o for o in slowed.options if o.candidate.backend_id == "cheap")
+    assert cheap.tpot_ms == pytest.approx(30.0) and not cheap.feasible

@@ -9,6 +9,7 @@ from benchmarks.costsim.tokens_report import (
     TokenResult,
     load_summary,
     load_table,
+    slowdown_notes,
     table,
     verdicts,
 )
@@ -60,3 +61,11 @@ def test_the_load_table_puts_a_variant_beside_switchyard() -> None:
     md = load_table([(2.0, case)], "v")
     assert "| v both | v cheaper by | v all 3 |" in md
     assert md.splitlines()[-1].endswith("| no | 99.30% | 50% | yes |")
+
+
+def test_the_slowdown_note_counts_misses_no_later_choice_could_save() -> None:
+    hit = dataclasses.replace(row("switchyard", 0.97, 2.0, 900.0), caught=5, caught_missed=2)
+    (line,) = slowdown_notes([hit, row("lowest-latency", 1.0, 3.0, 300.0)])
+    assert "5 streams were already on a GPU when it slowed down" in line
+    assert "2 of its 3 misses (67%" in line and "99.00% of streams" in line
+    assert slowdown_notes([row("switchyard", 0.97, 2.0, 900.0)]) == []

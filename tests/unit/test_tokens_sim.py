@@ -3,6 +3,7 @@ cost per stream by the stated formulas, the prefix cache, and what each policy c
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 
 import numpy as np
@@ -16,7 +17,12 @@ from benchmarks.costsim.tokens_policies import (
     make_policy,
 )
 from benchmarks.costsim.tokens_report import measure
-from benchmarks.costsim.tokens_workload import Streams, TokenScenario, parse_token_scenario
+from benchmarks.costsim.tokens_workload import (
+    Slowdown,
+    Streams,
+    TokenScenario,
+    parse_token_scenario,
+)
 from benchmarks.costsim.tokensim import Outcome, TokenSim
 
 SCENARIOS = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "scenarios" / "tokens"
@@ -164,3 +170,35 @@ def test_switchyard_learns_and_sends_what_the_cheap_one_cannot_serve_to_the_fast
     assert np.all(out.deployment[late & long_] == 1)
     assert np.all(out.deployment[late & ~long_] == 0)
     assert np.all(out.ttft_ms[late] <= 600.0)
+
+
+def test_a_slowdown_mid_decode_slows_the_rest_of_the_stream() -> None:
+    raw_s = scenario()
+    slow = dataclasses.replace(raw_s, slowdowns=(Slowdown(at_s=0.211, prefix="aws-us-east-1.l4",
+                                                          factor=3.0),))
+    out = TokenSim(slow, streams([(0.0, 100, 11, -1, 0)])).run(Fixed(0))
+    # the first token at 110.5 ms on the server (RTT / 2 + 110 ms prefill); 100.5 ms of decode
+    # at 20 ms a token before the slowdown at 211 ms, the rest of the 10 tokens at 60 ms
+    first = out.first_ms[0]
+    at = 211.0 - first  # decode time before the slowdown
+    rest = 10 - at / 20.0
+    assert out.tpot_ms[0] == pytest.approx((at + rest * 60.0) / 10)
+    untouched = dataclasses.replace(raw_s, slowdowns=(Slowdown(0.0, "aws-us-east-1.h100", 3.0),))
+    assert TokenSim(untouched, streams([(0.0, 100, 11, -1, 0)])).run(Fixed(0)).tpot_ms[0] == (
+        pytest.approx(20.0))
+
+
+def test_a_slowdown_naming_no_deployment_is_refused() -> None:
+    from placement.errors import ConfigError
+
+    raw = {"scenario": {}, "regions": [{"name": "aws-us-east-1", "cloud": "aws",
+                                        "load_rps": 1}],
+           "accelerators": {"nvidia-l4": {"prefill_ms_per_token": 1.0, "decode_ms": 20,
+                                          "max_batch": 4, "cache_tokens": 100}},
+           "variants": [{"name": "llm"}], "classes": [{"name": "c", "share": 1,
+                                                      "ttft_ms": 1, "tpot_ms": 1}],
+           "pools": [{"region": "aws-us-east-1", "accelerator": "nvidia-l4",
+                      "price_class": "spot", "variant": "llm"}],
+           "slowdowns": [{"at_s": 1, "deployments": "gcp-", "factor": 2}]}
+    with pytest.raises(ConfigError, match=r"slowdowns\[0\].deployments 'gcp-' matches no"):
+        parse_token_scenario(raw, SCENARIOS, "inline")
