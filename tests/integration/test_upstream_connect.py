@@ -11,6 +11,7 @@ west-only tenant got UNAVAILABLE: both remote backends failed their first health
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
@@ -54,3 +55,35 @@ async def test_a_backend_whose_handshake_takes_150_ms_is_reached(far_backend: st
     finally:
         await ups.close()
     assert resp.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_a_backend_that_accepts_and_never_answers_still_fails_a_check_in_its_timeout(
+        ) -> None:
+    """Without the 100 ms cap a connection attempt may take gRPC's 20 s; a health check
+    (``control.HealthChecker``: 0.5 s) must still fail within its own timeout, so a silent
+    backend is blocked as fast as before."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        accepted.append(w)  # kept open, never a byte back: no SETTINGS, no answer
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    ups = Upstreams(lambda endpoint: endpoint, 1 << 20)
+    try:
+        check = ups.get(f"127.0.0.1:{port}").channel.unary_unary(
+            CHECK, request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await check(health_pb2.HealthCheckRequest(), timeout=0.5)
+        took = loop.time() - t0
+    finally:
+        await ups.close()
+        for w in accepted:
+            w.close()
+        server.close()
+    assert err.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED, err.value
+    assert accepted  # the connection was made: the check waited on the silent server
+    assert took < 10.0, f"took {took:.1f} s: the connection attempt's time, not the check's"
