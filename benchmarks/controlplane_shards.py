@@ -84,6 +84,7 @@ class ShardedLevel:
     timeouts: int
     load1: float
     shards: int = SHARDS
+    label: str = ""  # "before" / "after" with --before
 
     @classmethod
     def unsharded(cls, lv: controlplane.Level) -> ShardedLevel:
@@ -98,11 +99,14 @@ def _pinned(core: int) -> list[str]:
 
 
 async def measure(gpus: int, edges: int, window_s: float, changes: int,
-                  timeout_s: float) -> ShardedLevel:
+                  timeout_s: float, root: str = ROOT) -> ShardedLevel:
+    """``root``: the checkout the placement shards run from (agents and edges run from
+    this one)."""
     with tempfile.TemporaryDirectory(prefix="sy-cps-") as tmp:
         d = pathlib.Path(tmp)
         ports, mports = [free_port() for _ in range(SHARDS)], [free_port() for _ in range(SHARDS)]
         env = dict(os.environ, PYTHONPATH=ROOT)
+        placement_env = dict(os.environ, PYTHONPATH=root)
         procs: list[subprocess.Popen[str]] = []
         agents: list[subprocess.Popen[str]] = []
         logs = [open(d / f"placement{k}.log", "w") for k in range(SHARDS)]  # noqa: SIM115
@@ -111,7 +115,8 @@ async def measure(gpus: int, edges: int, window_s: float, changes: int,
                 cfg = sharded_mesh(d, k, ports, mports[k])
                 procs.append(subprocess.Popen(
                     [*_pinned(k), sys.executable, "-m", "services.cli", "--log-level",
-                     "warning", "placement", "--config", str(cfg)], cwd=ROOT, env=env,
+                     "warning", "placement", "--config", str(cfg)], cwd=root,
+                    env=placement_env,
                     stdout=logs[k], stderr=subprocess.STDOUT, text=True))
             addresses = [f"127.0.0.1:{p}" for p in ports]
             channels = [grpc.aio.insecure_channel(a, options=GRPC_OPTS) for a in addresses]
@@ -248,26 +253,34 @@ def notes(levels: list[ShardedLevel]) -> list[str]:
     return out
 
 
-def run(quick: bool, levels: list[int] | None = None, baseline: bool = False) -> Section:
+def run(quick: bool, levels: list[int] | None = None, baseline: bool = False,
+        before: str | None = None) -> Section:
+    """``before``: another checkout (an export of an older commit) whose shards are measured
+    right before this checkout's at every level."""
     t0 = time.monotonic()
     levels = levels or ([20000] if quick else [10000, 20000])
     window, changes, timeout = (5.0, 3, 8.0) if quick else (10.0, 8, 15.0)
     out = []
+    roots = [("before", before), ("after", ROOT)] if before else [("", ROOT)]
     for gpus in levels:
         if baseline:
             progress(f"controlplane_shards: {gpus:,} GPUs, 100 edges, one placement")
             out.append(ShardedLevel.unsharded(asyncio.run(controlplane.measure(
                 gpus, 100, window, changes, streams=8, timeout_s=timeout))))
-        progress(f"controlplane_shards: {gpus:,} GPUs, 100 edges, {SHARDS} shards")
-        lv = asyncio.run(measure(gpus, 100, window, changes, timeout))
-        progress(f"controlplane_shards: ingest {lv.ingest_per_s:,.0f}/s of {gpus:,}/s, "
-                 f"placement CPU {' + '.join(f'{c:.0f} %' for c in lv.cpu_pct)}, "
-                 f"load {lv.load1:.1f}")
-        out.append(lv)
+        for label, root in roots:
+            progress(f"controlplane_shards: {gpus:,} GPUs, 100 edges, {SHARDS} shards "
+                     f"{label}")
+            lv = asyncio.run(measure(gpus, 100, window, changes, timeout, root))
+            lv.label = label
+            progress(f"controlplane_shards: ingest {lv.ingest_per_s:,.0f}/s of {gpus:,}/s, "
+                     f"placement CPU {' + '.join(f'{c:.0f} %' for c in lv.cpu_pct)}, "
+                     f"load {lv.load1:.1f}")
+            out.append(lv)
     rows = []
     for lv in out:
         d = sorted(lv.delays_ms)
-        rows.append([f"{lv.gpus:,}", lv.edges, lv.shards, f"{lv.register_s:.1f}",
+        rows.append([*([lv.label or "one placement"] if before else []),
+                     f"{lv.gpus:,}", lv.edges, lv.shards, f"{lv.register_s:.1f}",
                      f"> {WARM_MAX_S:.0f}" if math.isnan(lv.startup_s)
                      else f"{lv.startup_s:.0f}",
                      f"{lv.ingest_per_s:,.0f} / {lv.gpus:,}",
@@ -275,7 +288,8 @@ def run(quick: bool, levels: list[int] | None = None, baseline: bool = False) ->
                      f"{lv.agents_cpu_pct:.0f} %", f"{lv.update_mb_per_s:.1f}",
                      percentile(d, 50), percentile(d, 99), f"{len(d)}/{len(d) + lv.timeouts}",
                      f"{lv.load1:.1f}"])
-    table = md_table(["GPUs (backends)", "edges", "placement shards", "register all (s)",
+    table = md_table([*(["placement"] if before else []), "GPUs (backends)", "edges",
+                      "placement shards", "register all (s)",
                       "start-up s (2 reports per GPU)", "ingest reports/s (sustained / offered)",
                       "placement CPU per shard", "agents CPU", "route bytes to edges MB/s",
                       "propagation p50 ms", "propagation p99 ms", "changes seen by all edges",
@@ -283,7 +297,8 @@ def run(quick: bool, levels: list[int] | None = None, baseline: bool = False) ->
     return Section(title="Control plane scaled out: two placement shards by region",
                    command=command_for(__name__, quick)
                    + f" --levels {','.join(str(g) for g in levels)}"
-                   + (" --baseline" if baseline else ""),
+                   + (" --baseline" if baseline else "")
+                   + (" --before <export of the old commit>" if before else ""),
                    table=table, notes=notes(out), elapsed_s=time.monotonic() - t0)
 
 
@@ -293,9 +308,12 @@ def main() -> None:
     p.add_argument("--levels", default="", help="GPU counts, comma-separated, e.g. 20000")
     p.add_argument("--baseline", action="store_true",
                    help="also measure one unsharded placement at each level, first")
+    p.add_argument("--before", default="",
+                   help="another checkout (a git archive export of an older commit): its "
+                        "shards are measured right before this checkout's at every level")
     args = p.parse_args()
     levels = [int(g) for g in args.levels.split(",")] if args.levels else None
-    print(run(args.quick, levels, args.baseline).markdown())
+    print(run(args.quick, levels, args.baseline, args.before or None).markdown())
 
 
 if __name__ == "__main__":
