@@ -32,7 +32,7 @@ import subprocess
 import sys
 import sysconfig
 import time
-import uuid
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -42,11 +42,11 @@ import structlog
 
 from placement.errors import SwitchyardError
 from services.backends.repository import write_repository
+from services.backends.shm import remove_shm, shm_prefix_for
 from services.config import BackendConfig, MeshConfig
 from services.ports import free_port
 
 log = structlog.get_logger()
-SHM_DIR = pathlib.Path("/dev/shm")  # noqa: S108 - where shm_open keeps the backend's regions
 
 
 class BackendStartError(SwitchyardError):
@@ -359,14 +359,8 @@ class TritonProcess:
 
     def remove_shm(self) -> list[pathlib.Path]:
         """Remove the shared-memory files of this object's servers that are gone (a killed
-        one leaves them); returns what was removed. A stub still mapping one keeps its
-        memory until it exits; only the name goes."""
-        removed = []
-        for prefix in self._dead_prefixes:
-            for path in SHM_DIR.glob(f"{prefix}*"):
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-                    removed.append(path)
+        one leaves them); returns what was removed."""
+        removed = [p for prefix in self._dead_prefixes for p in remove_shm(prefix)]
         self._dead_prefixes.clear()
         if removed:
             log.info("triton.shm_removed", backend=self.name, files=len(removed))
@@ -395,12 +389,6 @@ class TritonProcess:
         self.stop()
 
 
-def shm_prefix_for(name: str) -> str:
-    """A shared-memory name prefix no other server uses: ``sy_<name>_<12 hex>_``."""
-    safe = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in name)[:40]
-    return f"sy_{safe}_{uuid.uuid4().hex[:12]}_"
-
-
 def backend_run_dir(cfg: MeshConfig, backend: BackendConfig) -> pathlib.Path:
     """Where a backend's repository, logs and PyTriton home live: ``<run_dir>/backends/<id>``."""
     return cfg.path(cfg.run_dir) / "backends" / backend.id
@@ -413,10 +401,14 @@ def exec_backend(cfg: MeshConfig, backend: BackendConfig, *, instances: int = 1)
     process's stdout/stderr. A configured port of 0 is resolved to a free port first.
     """
     proc = TritonProcess.for_backend(cfg, backend, instances=instances)
+    # One prefix per run directory: the supervisor restarts a backend only once its previous
+    # process is dead, so what that one left (killed by a drill, say) is removed here.
+    proc.shm_prefix = shm_prefix_for(backend.id, f"{zlib.crc32(str(proc.run_dir).encode()):08x}")
+    left = remove_shm(proc.shm_prefix)
     argv, env = proc.command()
     proc.write_endpoints(os.getpid())  # exec keeps the pid
     log.info("triton.exec", backend=backend.id, endpoint=proc.endpoint,
-             metrics=proc.metrics_url, models=proc.models)
+             metrics=proc.metrics_url, models=proc.models, shm_removed=len(left))
     sys.stdout.flush()
     sys.stderr.flush()
     # Exec, not spawn: the caller's pid must be the real server so drills can SIGKILL it.

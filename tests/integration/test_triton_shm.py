@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 
-from services.backends.triton import SHM_DIR
+from services.backends.shm import SHM_DIR
 from tests.fixtures_backends import StartBackend, backend_mesh
 from tests.mesh_harness import eventually_sync
 
