@@ -86,14 +86,19 @@ async def test_missed_objective_is_reported(mesh: Mesh) -> None:
 
 
 @pytest.mark.parametrize(("metadata", "needle"), [
-    ([("x-max-tokens", "1.5")], "x-max-tokens"),
+    ([("x-max-tokens", "1.5")], "whole number"),
     ([("x-ttft-ms", "100"), ("x-ttft-ms", "900")], "contradicts"),
-    ([("x-allow-variant-change", "maybe")], "x-allow-variant-change"),
+    ([("x-tpot-ms", "-3")], "between"),
+    ([("x-session-id", "a"), ("x-session-id", "b")], "contradicts"),
+    ([("x-allow-variant-change", "maybe")], "true or false"),
 ])
 async def test_bad_stream_hints_are_invalid_argument(mesh: Mesh, metadata: list[tuple[str, str]],
                                                      needle: str) -> None:
+    """Every stream hint: a bad value ends the stream before any token, INVALID_ARGUMENT,
+    and the status names the header and why."""
     s = await asyncio.to_thread(run_stream, mesh.edge_address, PROMPT, 4, metadata)
-    assert s.code is grpc.StatusCode.INVALID_ARGUMENT and needle in s.details, s.details
+    assert s.code is grpc.StatusCode.INVALID_ARGUMENT, (s.code, s.details)
+    assert metadata[0][0] in s.details and needle in s.details, s.details
     assert s.tokens == []
 
 
