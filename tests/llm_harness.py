@@ -5,6 +5,7 @@ them instead of guessed."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 
 import grpc
@@ -28,6 +29,14 @@ class Stream:
         self.trailers: dict[str, str] = {}
         self.code: grpc.StatusCode | None = None
         self.details = ""
+        # the caller's clock (time.perf_counter): call started, first token received
+        self.started = 0.0
+        self.first_at: float | None = None
+
+    @property
+    def ttft_ms(self) -> float | None:
+        """Time to first token as the caller saw it."""
+        return None if self.first_at is None else (self.first_at - self.started) * 1000
 
 
 def run_stream(address: str, prompt: list[int], max_tokens: int,
@@ -35,10 +44,13 @@ def run_stream(address: str, prompt: list[int], max_tokens: int,
                on_token: Callable[[int, Stream], None] | None = None) -> Stream:
     out = Stream()
     with grpc.insecure_channel(address) as ch:
+        out.started = time.perf_counter()
         call = ch.stream_stream(STREAM)(iter([llm_request("generate", prompt, max_tokens)]),
                                         metadata=metadata, timeout=30)
         try:
             for resp in call:
+                if out.first_at is None:
+                    out.first_at = time.perf_counter()
                 if not out.initial:
                     out.initial = dict(call.initial_metadata())
                 token = parse_token(resp)

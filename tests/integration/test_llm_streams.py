@@ -72,6 +72,9 @@ async def test_stream_carries_token_trailers(mesh: Mesh) -> None:
     t = s.trailers
     assert (t["x-tokens-in"], t["x-tokens-out"], t["x-resumed"]) == ("60", "12", "0")
     assert float(t["x-ttft-ms"]) > 0 and float(t["x-tpot-ms"]) > 0
+    # the edge's TTFT starts after the caller's and ends before it: never longer (the
+    # trailer is rounded to 0.1 ms)
+    assert s.ttft_ms is not None and float(t["x-ttft-ms"]) <= s.ttft_ms + 0.05, (t, s.ttft_ms)
     assert float(t["x-cost-usd"]) > 0
     assert (t["x-ttft-met"], t["x-tpot-met"], t["x-slo-met"]) == ("true", "true", "true")
     assert t["x-served-by"].endswith("/generate-small")
@@ -82,6 +85,7 @@ async def test_missed_objective_is_reported(mesh: Mesh) -> None:
                                 [("x-tpot-ms", "0.001")])
     assert s.code is grpc.StatusCode.OK, s.details
     assert (s.trailers["x-tpot-met"], s.trailers["x-slo-met"]) == ("false", "false")
+    assert float(s.trailers["x-tpot-ms"]) > 0.001  # what was measured, against the objective
     assert s.trailers["x-ttft-met"] == "true"  # not asked: met
 
 
