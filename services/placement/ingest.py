@@ -43,6 +43,9 @@ class Taken:
     flipped: list[str] = field(default_factory=list)
 
 
+_serialised = telemetry_pb2.GpuReading.SerializeToString
+
+
 def _usable(signature: tuple[object, ...] | None) -> object:
     """The part of a backend's change signature (``FleetState``) that decides whether its
     rows may be used at all: readiness, the hardware verdict, each variant's readiness
@@ -86,7 +89,7 @@ class TelemetryIngest:
                 continue
             usable = _usable(state.signature)
             sent = report.gpus
-            key = tuple(g.SerializeToString() for g in sent)
+            key = tuple(map(_serialised, sent))
             last = self.readings.get(bid)
             gpus = (last.converted if last is not None and last.key == key
                     else tuple(gpu_from_pb(g) for g in sent))
