@@ -77,11 +77,12 @@ def slowdown_notes(results: Sequence[TokenResult], policy: str = "switchyard") -
         missed = round((1 - r.both) * r.streams)
         lines.append(
             f"{r.scenario}, {policy}: {r.caught} streams were already on a GPU when it slowed "
-            f"down; {r.caught_missed} of them missed an objective, {r.caught_missed} of its "
-            f"{missed} misses ({r.caught_missed / missed:.0%}; no later choice could save "
-            f"them: the edge moves a stream only after a failure). Without them "
-            f"{1 - (missed - r.caught_missed) / r.streams:.2%} of streams are within both "
-            "objectives." if missed else
+            f"down and {r.caught_missed} of them missed an objective: {r.caught_missed} of its "
+            f"{missed} misses ({r.caught_missed / missed:.0%}) no later choice could save (the "
+            "edge moves a stream only after a failure); the other "
+            f"{missed - r.caught_missed} were chosen before or after. Without those "
+            f"{r.caught_missed}, {1 - (missed - r.caught_missed) / r.streams:.2%} of streams "
+            "are within both objectives." if missed else
             f"{r.scenario}, {policy}: {r.caught} streams were already on a GPU when it slowed "
             "down; none missed an objective.")
     return lines
