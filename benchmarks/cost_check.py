@@ -34,9 +34,15 @@ from benchmarks.costsim import control, policies, suite
 from benchmarks.costsim.engine import SimResult
 from benchmarks.costsim.misses import CAUSES, TracedSimulation, causes, classify
 from benchmarks.costsim.runner import make_policy
+from benchmarks.costsim.scenario import Scenario
 from benchmarks.costsim.trace import generate, outage_windows
 from placement import feedback, latency, queueing, routes
 from placement.feedback import SloFeedback
+from placement.filters import slo
+from placement.framework import Filter
+from placement.model import CallContext, Candidate
+from placement.pipeline import Decision
+from placement.registry import build_profile
 from placement.tail_margins import TailMargins
 
 EARLY_S = 5.0
@@ -76,8 +82,56 @@ def _unmeasured_factor(factor: float) -> Callable[[], None]:
     return apply
 
 
+def _budget() -> None:
+    """Margins track the fraction of misses the edge's own miss rate leaves room for
+    (``SloFeedback(budget=True)``, ``feedback.budgeted_tail``)."""
+    policies.SloFeedback = functools.partial(SloFeedback, budget=True)  # type: ignore[misc]
+
+
+def _borrow_idle() -> None:
+    """Tables with ``TableSettings.borrow_idle``: an edge's slots also hold its share of the
+    backend's idle ones (``routes.borrowable``)."""
+    control.TableSettings = functools.partial(  # type: ignore[misc]
+        routes.TableSettings, borrow_idle=True)
+
+
+def _borrow_loose() -> None:
+    """The SLO filter plans a borrowed idle slot as one call's wait (``slo.borrowed_ms``):
+    only calls with that much slack borrow."""
+    slo.BORROW_IDLE = True
+
+
+def _borrow_mmc() -> None:
+    """``borrow-loose`` with the M/M/c wait at the attainment tail (``queueing.wait_ms``) at
+    the backend's reported utilisation plus this edge's excess, not one call's."""
+    slo.BORROW_IDLE = True
+    slo.BORROW_WAIT = "mmc"
+
+
+def _borrow_surplus(wait: str, z: float = feedback.BUDGET_Z) -> Callable[[], None]:
+    """``borrow-loose`` (``wait``: ``one-call`` or ``mmc``) only while the edge's own miss
+    rate is below the target with confidence (``SloFeedback.surplus``; bounds at ``z``)."""
+    def apply() -> None:
+        feedback.miss_bounds.__defaults__ = (z,)
+        slo.BORROW_WAIT = wait
+        choose = policies.ProfilePolicy.choose
+
+        def gated(self: policies.ProfilePolicy, a: policies.Attempt) -> str | None:
+            slo.BORROW_IDLE = self._feedback(a.edge).surplus()
+            return choose(self, a)
+        policies.ProfilePolicy.choose = gated  # type: ignore[method-assign]
+    return apply
+
+
 VARIANTS: dict[str, Callable[[], None]] = {
+    "borrow-surplus": _borrow_surplus("one-call"),
+    "borrow-mmc-surplus": _borrow_surplus("mmc"),
+    "borrow-surplus-z1.28": _borrow_surplus("one-call", 1.28),
+    "borrow-mmc": _borrow_mmc,
+    "borrow-loose": _borrow_loose,
+    "borrow-idle": _borrow_idle,
     "base": lambda: None,
+    "budget": _budget,
     "idle-decay": _idle_decay,
     "tail-track": _tail_track(queueing.TAIL),
     "learned-tail": _learned_tail(latency.DEFAULT_TAIL_FACTOR),
@@ -109,6 +163,7 @@ class Row:
     top: list[tuple[str, int]]
     premium: float = 0.0  # of the expected cost, paid above each call's cheapest feasible
     spend: list[tuple[str, float]] = dataclasses.field(default_factory=list)
+    why: list[tuple[str, float]] = dataclasses.field(default_factory=list)
 
 
 def premiums(sim: TracedSimulation, r: SimResult) -> tuple[float, Counter[str]]:
@@ -147,12 +202,52 @@ def premiums(sim: TracedSimulation, r: SimResult) -> tuple[float, Counter[str]]:
     return (total / paid if paid else 0.0), out
 
 
+def _why_not(c: Candidate, ctx: CallContext, filters: list[Filter]) -> str | None:
+    """The first soft filter that kept ``c`` out, and on what (None: a hard filter did,
+    or nothing did)."""
+    if any(f.hard and f.reject(c, ctx) is not None for f in filters):
+        return None
+    for f in filters:
+        if f.reject(c, ctx) is None:
+            continue
+        if f.name != "slo":
+            return f.name
+        own = ctx.observed_p95_ms.get(c.deployment_id)
+        base = own if own is not None else c.latency_p95_ms
+        if ctx.latency_ms(c) > base + 1e-6:
+            return "slo: past the edge's slot share (worst-case wait)"
+        if ctx.slo_margins.get(c.deployment_id, 0.0) > 0:
+            return "slo: margin learned from misses"
+        return "slo: the edge's observed p95" if own is not None else "slo: the table's p95"
+    return None
+
+
+class WhyNot:
+    """A decision hook: for each choice, the cheapest row cheaper than the one chosen that a
+    soft filter kept out, and the price difference, by (SLO, reason)."""
+
+    def __init__(self, s: Scenario) -> None:
+        self.filters = list(build_profile("cheapest", s.settings.spread_band).filters)
+        self.usd: Counter[str] = Counter()
+
+    def __call__(self, cands: list[Candidate], ctx: CallContext, decision: Decision) -> None:
+        chosen = decision.candidate
+        for c in cands:
+            if c.dropped_reason or c.cost_usd >= chosen.cost_usd * 0.999:
+                continue
+            reason = _why_not(c, ctx, self.filters)
+            if reason is not None:
+                self.usd[f"slo {ctx.hints.slo_ms:g} | {reason}"] += chosen.cost_usd - c.cost_usd
+                return
+
+
 def run_one(c: Check) -> Row:
     VARIANTS[c.variant]()
     s = suite.scenario_of(suite.Job(c.path, True, "switchyard"))
     s.seed += c.seed
     trace = generate(s, True)
-    sim = TracedSimulation(s, trace, make_policy("switchyard", s))
+    why = WhyNot(s) if c.detail else None
+    sim = TracedSimulation(s, trace, make_policy("switchyard", s, on_decision=why))
     r = sim.run()
     missed = ~(r.latency_ms <= r.slo_ms)
     early = int(np.sum(missed & (trace.t < EARLY_S)))
@@ -167,9 +262,12 @@ def run_one(c: Check) -> Row:
         top = groups.most_common(c.detail)
     premium, spend = premiums(sim, r)
     total = sum(spend.values()) or 1.0
+    held = sum(why.usd.values()) if why else 0.0
     return Row(s.name, c.seed, c.variant, r.calls, r.attainment, r.cost_per_million(),
                dict(classify(sim, r)), early, r.wall_s, top, premium,
-               [(k, v / total) for k, v in spend.most_common(c.detail)])
+               [(k, v / total) for k, v in spend.most_common(c.detail)],
+               [(k, v / held) for k, v in why.usd.most_common(c.detail)] if why and held
+               else [])
 
 
 def _progress(r: Row) -> None:
@@ -220,6 +318,11 @@ def main() -> None:
             print(f"\n{r.scenario} seed {r.seed} {r.variant}: premium by (class, deployment), "
                   "share of the premium")
             for key, share in r.spend:
+                print(f"  {share:4.0%}  {key}")
+        if r.why:
+            print(f"\n{r.scenario} seed {r.seed} {r.variant}: why a cheaper row was not "
+                  "taken (the cheapest one a soft filter kept out), share of the difference")
+            for key, share in r.why:
                 print(f"  {share:4.0%}  {key}")
     print(f"\n_(took {time.monotonic() - t0:.0f} s)_")
 

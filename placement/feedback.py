@@ -26,6 +26,17 @@ default) is that older rule: ``python -m benchmarks.cost_check --variants base i
 (seeds 0 and 1 of every scenario but default and few-large-pools) gave the same attainment
 on 9 of 12 runs, 0.01 point more on one, and less on noisy-cheap-spot seed 0 (−0.19) and
 single-cloud-hetero seed 0 (−0.05), so it stays off.
+
+With ``budget`` (off) the fraction the margins track, and the decay's half-life, follow the
+edge's own miss rate over its last ~``BUDGET_WINDOW`` calls (``budgeted_tail``: looser once
+its upper confidence bound is below ``tail``, tighter once its lower bound is above). Measured
+(``cost_check --variants budget``, seeds 0 and 1 of every scenario; the half-life part on
+every scenario but default): the same attainment and cost as without on every run but
+few-large-pools seed 0 (10.9 → 10.5 USD/1M, +0.01 point).
+Margins exist only after misses, and misses are tens per run: they are not what makes the
+brain dear (``cost_check --detail``: the slot share's worst-case wait is, see
+``placement.filters.slo``), so it stays off. ``surplus`` (the same bound) gates the
+rejected idle-slot borrowing there.
 """
 
 from __future__ import annotations
@@ -43,6 +54,33 @@ FLOOR_MS = 0.05  # margins below this are dropped
 DECAY_EVERY_S = 0.25  # margins are decayed at most this often (per class)
 IDLE_S = 5.0  # a margin decays only this long after its deployment's last call of the class
 GRID = math.log(1.1)
+BUDGET_WINDOW = 4000  # calls: the edge's miss rate is an average over about this many
+BUDGET_Z = 2.0  # the miss rate's confidence bounds: k ± Z √(k + 1) (+ Z² above)
+BUDGET_RANGE = (0.25, 4.0)  # the tracked fraction stays within this × ``tail``
+
+
+def miss_bounds(missed: float, calls: float, z: float = BUDGET_Z) -> tuple[float, float]:
+    """Lower and upper confidence bounds of a miss rate from ``missed`` of ``calls``
+    (Poisson-style: ``k − z√(k+1)`` and ``k + z² + z√(k+1)``, over ``calls``); (0, 1) with
+    no calls."""
+    if calls <= 0:
+        return 0.0, 1.0
+    spread = z * math.sqrt(missed + 1.0)
+    return (max(0.0, missed - spread) / calls, min(1.0, (missed + z * z + spread) / calls))
+
+
+def budgeted_tail(tail: float, missed: float, calls: float) -> float:
+    """The fraction of calls the margins let miss, given what this edge missed so far: the
+    target ``tail`` while the edge's own miss rate may be on either side of it; ``tail ×
+    tail / upper`` (more) once even the upper bound is below it; ``tail × tail / lower``
+    (less) once even the lower bound is above it; within ``BUDGET_RANGE`` × ``tail``."""
+    lower, upper = miss_bounds(missed, calls)
+    lo, hi = BUDGET_RANGE
+    if upper < tail:
+        return tail * min(hi, tail / max(upper, 1e-12))
+    if lower > tail:
+        return tail * max(lo, tail / lower)
+    return tail
 
 
 def slo_class(slo_ms: float) -> int:
@@ -55,12 +93,16 @@ class SloFeedback:
 
     def __init__(self, tail: float = queueing.TAIL, step: float = STEP,
                  half_life_s: float = HALF_LIFE_S, idle_s: float | None = None,
-                 tails: TailMargins | None = None, track_tails: bool = False) -> None:
+                 tails: TailMargins | None = None, track_tails: bool = False,
+                 budget: bool = False) -> None:
         """``idle_s=None``: margins decay in time whether or not calls still go there.
         ``tails`` (a ``TailMargins`` of its own unless ``track_tails`` is false): every
         served attempt's excess over its expected p95 is learned there (``served``), and
-        ``margins`` adds its per-deployment margin to the class's."""
+        ``margins`` adds its per-deployment margin to the class's. ``budget``: the fraction
+        the margins track follows the edge's own miss rate (``budgeted_tail``)."""
         self.tail, self.step, self.half_life_s, self.idle_s = tail, step, half_life_s, idle_s
+        self.budget = budget
+        self.calls = self.missed = 0.0  # over the last ~BUDGET_WINDOW calls (decayed)
         self.tails = tails if tails is not None else (TailMargins(tail) if track_tails
                                                       else None)
         self._margins: dict[int, dict[str, float]] = {}  # class -> deployment -> ms
@@ -77,13 +119,17 @@ class SloFeedback:
 
     def record(self, deployment_id: str, slo_ms: float, met: bool, now: float) -> None:
         """One call of SLO ``slo_ms`` served by ``deployment_id``: it met its SLO or not."""
+        keep = 1.0 - 1.0 / BUDGET_WINDOW
+        self.calls = self.calls * keep + 1.0
+        self.missed = self.missed * keep + (0.0 if met else 1.0)
         k = slo_class(slo_ms)
         margins = self._decayed(k, now)
         m = margins.get(deployment_id, 0.0)
         if met:
             if m <= 0.0:
                 return
-            m -= self.step * slo_ms * self.tail / (1.0 - self.tail)
+            tail = self.tracked()
+            m -= self.step * slo_ms * tail / (1.0 - tail)
         else:
             m += self.step * slo_ms
         last = self._last.setdefault(k, {})
@@ -94,6 +140,16 @@ class SloFeedback:
         else:
             margins[deployment_id] = m
             last[deployment_id] = now
+
+    def surplus(self) -> bool:
+        """Whether this edge's own miss rate is below ``tail`` with confidence (its upper
+        bound, ``miss_bounds``): a few hundred clean calls are not enough at 0.5 %."""
+        return miss_bounds(self.missed, self.calls)[1] < self.tail
+
+    def tracked(self) -> float:
+        """The fraction of calls a deployment's margin lets miss: ``tail``, or with
+        ``budget`` what this edge's own misses allow (``budgeted_tail``)."""
+        return budgeted_tail(self.tail, self.missed, self.calls) if self.budget else self.tail
 
     def margins(self, slo_ms: float, now: float) -> Mapping[str, float]:
         """Deployment id -> margin (ms) for calls of this SLO (a read-only view): the
@@ -124,13 +180,16 @@ class SloFeedback:
         self._at[k] = now
         self._changes += 1
         called = self._last.get(k, {})
+        # With a budget, a deployment pushed out is tried again sooner while the edge has
+        # misses to spare, later while it has none: the decay sets how often it is retried.
+        half_life = self.half_life_s * self.tail / self.tracked()
         for dep in list(margins):
             start = last
             if self.idle_s is not None:
                 start = max(last, called.get(dep, last) + self.idle_s)
                 if start >= now:
                     continue
-            m = margins[dep] * 0.5 ** ((now - start) / self.half_life_s)
+            m = margins[dep] * 0.5 ** ((now - start) / half_life)
             if m < FLOOR_MS:
                 del margins[dep]
                 called.pop(dep, None)

@@ -18,6 +18,7 @@ from placement.fleet import OBSERVATION_TTL_S, BackendState, FleetState
 from placement.hardware import assess
 from placement.model import Availability, Candidate, Variant
 from placement.prices import PriceCatalog
+from placement.shares import borrowable
 
 PRIOR_COMPUTE_FRACTION_OF_SLO = 0.25  # compute assumed before Triton has served a call
 TAIL_REFRESH_S = 1.0  # the learned tail factor is recomputed at most this often
@@ -37,6 +38,9 @@ class TableSettings:
     # cost 7-13 % at the median, and at a lower quantile it left single-cloud-hetero and
     # noisy-cheap-spot no better; most misses it aimed at are service-time draws, not the mean.
     learned_tail: bool = False
+    # An edge's slots also hold its share of the slots idle at the last report
+    # (``shares.borrowable``). Off: see ``placement.filters.slo`` (rejected attempts).
+    borrow_idle: bool = False
 
 
 class RouteBuilder:
@@ -107,7 +111,9 @@ class RouteBuilder:
             concurrency=b.max_concurrency,
             edge_slots=_slots(b.max_concurrency
                               * self.fleet.slot_share(edge_region, deployment_id, now,
-                                                      len(self.catalog.regions))),
+                                                      len(self.catalog.regions))
+                              * (borrowable(state.utilisation) if self.settings.borrow_idle
+                                 else 1.0)),
             tokens=self.fleet.tokens.speed(deployment_id, now))
 
     def tail_factor(self, model: str, now: float) -> float:

@@ -24,12 +24,24 @@ two thirds of the scenario's cost).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 PROBE_MIN_CALLS_S = 0.5
 PROBE_FRACTION = 0.05
 
+IDLE_STEP = 0.25  # the idle fraction is rounded down to this, so load wobble churns nothing
+
 EdgeKey = tuple[str, str]  # (edge region, edge id)
+
+
+def borrowable(utilisation: float) -> float:
+    """How many times its own share of a backend's slots an edge may fill: its share of the
+    servers plus the same share of those idle at the last report (rounded down to
+    ``IDLE_STEP``). Every edge borrowing at once fills the idle servers at most once more,
+    so a call on a borrowed slot waits for at most about one call ahead of it."""
+    idle = 1.0 - min(max(utilisation, 0.0), 1.0)
+    return 1.0 + math.floor(idle / IDLE_STEP + 1e-9) * IDLE_STEP
 
 
 def slot_share(rates: Mapping[str, Mapping[EdgeKey, float]], edge_region: str,

@@ -4,11 +4,68 @@
 has one, else the table's ``rtt + queue + compute`` estimate, plus the wait this edge's own
 calls in flight predict. ``m`` is the margin the edge learned from calls of this SLO class
 that missed on ``d`` (``placement.feedback``; 0 until one does).
+
+Borrowing idle slots (``BORROW_IDLE``, off). Past its slot share an edge plans for every
+slot busy ahead of its excess; ``python -m benchmarks.cost_check --detail`` shows that this
+worst case is what keeps most calls off a cheaper row (tight-three-variant seed 0: 83 % of
+the price difference, 62 % on its 1.5 s class; many-small-pools 96 %). Measured (quick,
+seeds 0 and 1, every scenario but default; base: tight-three-variant 99.45/99.50 %,
+single-cloud-hetero 99.52/99.45 %, noisy-cheap-spot 99.60/99.53 %, many-small-pools
+4.55/4.60 USD/1M) and rejected:
+
+- the table's slots × ``shares.borrowable`` (``TableSettings.borrow_idle``, variant
+  ``borrow-idle``): many-small-pools −19 % USD, tight-three-variant −15 %, but tight
+  99.16/99.17 %, noisy-cheap-spot 99.46/99.48 %, single-cloud-hetero 99.41 % (seed 0);
+- within that bound, one call's wait instead of the worst case (``borrowed_ms``,
+  ``borrow-loose``: only calls with that much slack borrow): many-small-pools −18 %,
+  noisy-cheap-spot 99.78/99.70 %, but single-cloud-hetero 99.30/99.40 % and tight
+  99.33/99.39 % (queueing not foreseen 17 → 35, 24 → 32);
+- the M/M/c wait at the 0.5 % tail instead (``borrow-mmc``): tight 99.35/99.31 %,
+  noisy-cheap-spot 99.42 % (seed 1);
+- ``borrow-loose`` only while the edge's own miss rate is below 0.5 % with confidence
+  (``SloFeedback.surplus``, bounds at z = 2; ``borrow-surplus``): neutral (every scenario
+  within 0.02 point of base, few-large-pools −3 % USD on seed 0): at the quick horizon an
+  edge rarely sees the > 1,200 clean calls that unlock it; at z = 1.28
+  (``borrow-surplus-z1.28``) tight 99.35/99.43 % and noisy-cheap-spot 99.49 %.
+  Adopting it would also need a field in ``CallContext`` the edge's router sets.
 """
 
 from __future__ import annotations
 
-from placement.model import CallContext, Candidate
+from placement import latency as latency_model
+from placement import queueing
+from placement.model import HARDWARE_PENALTY_PREFIX, CallContext, Candidate
+from placement.shares import borrowable
+
+BORROW_IDLE = False  # see ``borrowed_ms``
+BORROW_WAIT = "one-call"  # or "mmc": the M/M/c tail wait with this edge's excess added
+
+
+def borrowed_ms(c: Candidate, ctx: CallContext, predicted: float) -> float:
+    """With ``BORROW_IDLE``: past its share of ``c``'s backend but within its share of the
+    servers idle at the last report (``shares.borrowable``, the idle fraction from
+    ``spare_capacity``), the edge expects to wait for one call ahead (``compute_ms``), not
+    for every slot busy ahead of its excess (``CallContext.latency_ms``)."""
+    k = c.slots
+    if not BORROW_IDLE or k <= 0:
+        return predicted
+    base = c.latency_p95_ms
+    observed = ctx.observed_p95_ms.get(c.deployment_id)
+    if observed is not None:
+        base = (max(observed, base) if c.penalty_reason.startswith(HARDWARE_PENALTY_PREFIX)
+                else observed)
+    if predicted <= base:
+        return predicted
+    prefix = c.backend_id + "/"
+    n = sum(v for dep, v in ctx.inflight.items() if dep.startswith(prefix))
+    capacity = latency_model.capacity_rps(c.compute_ms, c.concurrency)
+    idle = min(1.0, max(0.0, c.spare_capacity / capacity)) if capacity > 0 else 0.0
+    if n < k * borrowable(1.0 - idle):
+        if BORROW_WAIT == "mmc":
+            rho = 1.0 - idle + (n - k + 1) / max(c.concurrency, 1)
+            return min(predicted, base + queueing.wait_ms(c.compute_ms, c.concurrency, rho))
+        return min(predicted, base + c.compute_ms)
+    return predicted
 
 
 class SloFilter:
@@ -17,7 +74,7 @@ class SloFilter:
 
     def reject(self, c: Candidate, ctx: CallContext) -> str | None:
         budget = ctx.hints.slo_ms - ctx.slo_margin_ms
-        latency = ctx.latency_ms(c)
+        latency = borrowed_ms(c, ctx, ctx.latency_ms(c))
         learned = ctx.slo_margins.get(c.deployment_id, 0.0)
         if latency + learned > budget:
             if learned:

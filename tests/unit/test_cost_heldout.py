@@ -8,12 +8,17 @@ from types import SimpleNamespace
 
 import pytest
 
-from benchmarks.cost_check import premiums
+from benchmarks.cost_check import _why_not, premiums
 from benchmarks.costsim import suite_report
 from benchmarks.costsim.misses import TracedSimulation
 from benchmarks.costsim.runner import make_policy
 from benchmarks.costsim.scenario import load_scenario
 from benchmarks.costsim.trace import generate
+from placement.filters import slo
+from placement.filters.slo import borrowed_ms
+from placement.model import CallContext, Candidate, Hints
+from placement.registry import build_profile
+from placement.shares import borrowable
 
 SCENARIOS = pathlib.Path(__file__).parents[2] / "benchmarks" / "scenarios"
 
@@ -58,3 +63,38 @@ def test_the_hardest_scenario_is_explained_by_its_largest_causes() -> None:
     assert "10 misses" in why and "6 (60%) are 'service-time tail'" in why
     assert "3 (30%) are 'outage in flight'" in why and "queueing" not in why
     assert suite_report._why(suite, "b") == ""  # type: ignore[arg-type]
+
+
+def _row(p95: float = 80.0, slots: float = 1.0, spare: float = 100.0) -> Candidate:
+    return Candidate(deployment_id="b1/v", backend_id="b1", endpoint="x", variant="v",
+                     region="r", cloud="c", accelerator="a", quality=1.0, latency_p95_ms=p95,
+                     rtt_ms=1.0, queue_ms=0.0, compute_ms=20.0, cost_usd=1e-6,
+                     spare_capacity=spare, concurrency=4, edge_slots=slots)
+
+
+def test_why_not_names_the_soft_filter_and_what_it_judged() -> None:
+    filters = list(build_profile("cheapest", 0.05).filters)
+    hints = Hints(slo_ms=100.0)
+    past_share = CallContext(hints, inflight={"b1/v": 3})
+    assert "slot share" in str(_why_not(_row(), past_share, filters))
+    assert _why_not(_row(), CallContext(hints), filters) is None  # it fits: nothing kept it
+    assert "table's p95" in str(_why_not(_row(p95=120.0), CallContext(hints), filters))
+    seen = CallContext(hints, observed_p95_ms={"b1/v": 130.0})
+    assert "observed p95" in str(_why_not(_row(), seen, filters))
+    learned = CallContext(hints, slo_margins={"b1/v": 30.0})
+    assert "learned" in str(_why_not(_row(), learned, filters))
+    floor = CallContext(Hints(slo_ms=100.0, min_quality=2.0))
+    assert _why_not(_row(p95=120.0), floor, filters) is None  # a hard filter: not counted
+
+
+def test_borrowing_idle_slots_is_off_and_bounded_when_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert borrowable(1.0) == 1.0 and borrowable(0.0) == 2.0 and borrowable(0.6) == 1.25
+    ctx = CallContext(Hints(slo_ms=200.0), inflight={"b1/v": 1})
+    row = _row(slots=1.0, spare=4 * 1000 / 20.0)  # an idle backend
+    worst = ctx.latency_ms(row)
+    assert worst > 80.0 + 20.0
+    assert borrowed_ms(row, ctx, worst) == worst  # off by default
+    monkeypatch.setattr(slo, "BORROW_IDLE", True)
+    assert borrowed_ms(row, ctx, worst) == pytest.approx(80.0 + 20.0)  # one call ahead
+    busy = _row(slots=1.0, spare=0.0)
+    assert borrowed_ms(busy, ctx, ctx.latency_ms(busy)) == ctx.latency_ms(busy)
