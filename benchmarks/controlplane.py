@@ -269,6 +269,18 @@ class Variant:
     per_message: int = 8  # reports per StreamTelemetry message (0: one each)
 
 
+def rate_class(rate: float, offered: float) -> str:
+    """A 2 s ingest rate: ``over`` offered (a backlog draining), ``steady`` (within 3 %) or
+    ``under`` (placement behind)."""
+    return "over" if rate > 1.03 * offered else "steady" if rate >= 0.97 * offered else "under"
+
+
+def settled(classes: list[str]) -> bool:
+    """Two 2 s rates in a row of one class, not draining: a drain comes in bursts (while a
+    paced rebuild runs the rate dips), and one calm sample opened the window too early."""
+    return len(classes) >= 2 and classes[-1] == classes[-2] != "over"
+
+
 def _metric(port: int, name: str) -> float:
     # Only the family asked for (``name[]``): a whole scrape renders a cost sample per
     # deployment with placement's GIL held, a fifth of its CPU at 10,000 GPUs when scraped
@@ -349,14 +361,13 @@ async def measure(gpus: int, edges: int, window_s: float, changes: int,
                         startup_s = time.monotonic() - started
                         break
                 # ... and once no backlog is draining: reports that waited in transport buffers
-                # while placement was behind would count as more than offered (two 2 s rates
-                # in a row: a drain comes in bursts, one calm sample opened the window early).
-                calm = 0
-                while time.monotonic() - started < WARM_MAX_S and calm < 2:
+                # while placement was behind would count as more than offered.
+                classes: list[str] = []
+                while time.monotonic() - started < WARM_MAX_S and not settled(classes):
                     n_a, t_a = _metric(mport, INGESTED), time.monotonic()
                     await asyncio.sleep(2.0)
-                    rate = (_metric(mport, INGESTED) - n_a) / (time.monotonic() - t_a)
-                    calm = calm + 1 if rate <= 1.03 * gpus else 0
+                    classes.append(rate_class(
+                        (_metric(mport, INGESTED) - n_a) / (time.monotonic() - t_a), gpus))
                 a0 = cpu_seconds(agents.pid)
                 c0, n0, t0 = cpu_seconds(placement.pid), _metric(mport, INGESTED), time.monotonic()
                 b0 = fleet_edges.bytes
@@ -476,8 +487,8 @@ def notes(levels: list[Level]) -> list[str]:
         "other work while measured (host load column), so the load generators and other "
         "processes compete with placement for CPU. Reports carry counters read at send "
         "time. The measured window opens once two reports per backend were ingested (start-up "
-        "column) and no backlog is draining (two 2 s ingest rates in a row at most 3 % "
-        "above offered), at "
+        "column) and no backlog is draining (two 2 s ingest rates in a row both within 3 % "
+        "of offered or both below it), at "
         f"most {WARM_MAX_S:.0f} s after the edges connect (`CP_WARM_MAX_S`): a backend's "
         "first two reports change its rows (first estimates, first rates), later ones only "
         "when load does; reports buffered "

@@ -44,6 +44,8 @@ from benchmarks.controlplane import (
     _probe_stream,
     backend_pb,
     mesh_files,
+    rate_class,
+    settled,
 )
 from services.api.switchyard.v1 import placement_pb2, placement_pb2_grpc
 from services.ports import free_port
@@ -157,12 +159,11 @@ async def measure(gpus: int, edges: int, window_s: float, changes: int,
                 if time.monotonic() - started >= WARM_MIN_S and ingested() >= 2 * gpus:
                     startup_s = time.monotonic() - started
                     break
-            calm = 0  # two calm 2 s rates in a row, as benchmarks.controlplane
-            while time.monotonic() - started < WARM_MAX_S and calm < 2:
+            classes: list[str] = []  # as benchmarks.controlplane: no backlog draining
+            while time.monotonic() - started < WARM_MAX_S and not settled(classes):
                 n_a, t_a = ingested(), time.monotonic()
                 await asyncio.sleep(2.0)
-                rate = (ingested() - n_a) / (time.monotonic() - t_a)
-                calm = calm + 1 if rate <= 1.03 * gpus else 0
+                classes.append(rate_class((ingested() - n_a) / (time.monotonic() - t_a), gpus))
             a0 = sum(cpu_seconds(a.pid) for a in agents)
             c0 = [cpu_seconds(p.pid) for p in procs]
             n0, t0, b0 = ingested(), time.monotonic(), sum(w.bytes for w in watches)
