@@ -54,6 +54,7 @@ MODEL, VARIANT, ACCEL = "chat", "chat-v1", "nvidia-l4"
 NOT_READY = b"Triton server not ready"
 PROBE = "be-probe0"
 INGESTED = "switchyard_placement_telemetry_reports_total"
+BACKLOG = "switchyard_placement_route_backlog_backends"  # changed, rows not rebuilt yet
 # The simulated Tritons count from the start of the hour (the same in every process).
 EPOCH_MS = int(time.time() * 1000) // 3_600_000 * 3_600_000
 WARM_MIN_S = 5.0
@@ -269,16 +270,22 @@ class Variant:
     per_message: int = 8  # reports per StreamTelemetry message (0: one each)
 
 
-def rate_class(rate: float, offered: float) -> str:
-    """A 2 s ingest rate: ``over`` offered (a backlog draining), ``steady`` (within 3 %) or
-    ``under`` (placement behind)."""
-    return "over" if rate > 1.03 * offered else "steady" if rate >= 0.97 * offered else "under"
+def rate_class(rate: float, offered: float, backlog: float = 0.0) -> str:
+    """A 2 s ingest rate: ``over`` offered (a backlog of reports draining), ``building``
+    (changed backends' rows not rebuilt yet: start-up's first estimates and rates still
+    being pushed), ``steady`` (within 3 %) or ``under`` (placement behind)."""
+    if rate > 1.03 * offered:
+        return "over"
+    if backlog > 0:
+        return "building"
+    return "steady" if rate >= 0.97 * offered else "under"
 
 
 def settled(classes: list[str]) -> bool:
-    """Two 2 s rates in a row of one class, not draining: a drain comes in bursts (while a
-    paced rebuild runs the rate dips), and one calm sample opened the window too early."""
-    return len(classes) >= 2 and classes[-1] == classes[-2] != "over"
+    """Two 2 s samples in a row of one class, neither draining nor building: a drain comes in
+    bursts (while a paced rebuild runs the rate dips), and the start-up's rows are pushed
+    for a while after every backend's second report."""
+    return len(classes) >= 2 and classes[-1] == classes[-2] not in ("over", "building")
 
 
 def _metric(port: int, name: str) -> float:
@@ -367,7 +374,8 @@ async def measure(gpus: int, edges: int, window_s: float, changes: int,
                     n_a, t_a = _metric(mport, INGESTED), time.monotonic()
                     await asyncio.sleep(2.0)
                     classes.append(rate_class(
-                        (_metric(mport, INGESTED) - n_a) / (time.monotonic() - t_a), gpus))
+                        (_metric(mport, INGESTED) - n_a) / (time.monotonic() - t_a), gpus,
+                        _metric(mport, BACKLOG)))
                 a0 = cpu_seconds(agents.pid)
                 c0, n0, t0 = cpu_seconds(placement.pid), _metric(mport, INGESTED), time.monotonic()
                 b0 = fleet_edges.bytes
@@ -488,7 +496,8 @@ def notes(levels: list[Level]) -> list[str]:
         "processes compete with placement for CPU. Reports carry counters read at send "
         "time. The measured window opens once two reports per backend were ingested (start-up "
         "column) and no backlog is draining (two 2 s ingest rates in a row both within 3 % "
-        "of offered or both below it), at "
+        "of offered or both below it, and no changed backend's rows left to rebuild: "
+        "`switchyard_placement_route_backlog_backends` 0), at "
         f"most {WARM_MAX_S:.0f} s after the edges connect (`CP_WARM_MAX_S`): a backend's "
         "first two reports change its rows (first estimates, first rates), later ones only "
         "when load does; reports buffered "

@@ -33,6 +33,7 @@ import grpc
 from benchmarks import controlplane
 from benchmarks.common import ROOT, Section, command_for, cpu_seconds, md_table, percentile, progress
 from benchmarks.controlplane import (
+    BACKLOG,
     GRPC_OPTS,
     INGESTED,
     PROBE,
@@ -163,7 +164,8 @@ async def measure(gpus: int, edges: int, window_s: float, changes: int,
             while time.monotonic() - started < WARM_MAX_S and not settled(classes):
                 n_a, t_a = ingested(), time.monotonic()
                 await asyncio.sleep(2.0)
-                classes.append(rate_class((ingested() - n_a) / (time.monotonic() - t_a), gpus))
+                classes.append(rate_class((ingested() - n_a) / (time.monotonic() - t_a), gpus,
+                                          sum(_metric(m, BACKLOG) for m in mports)))
             a0 = sum(cpu_seconds(a.pid) for a in agents)
             c0 = [cpu_seconds(p.pid) for p in procs]
             n0, t0, b0 = ingested(), time.monotonic(), sum(w.bytes for w in watches)
