@@ -28,6 +28,13 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+def state(pid: int) -> str:
+    try:
+        return pathlib.Path(f"/proc/{pid}/status").read_text()[:400]
+    except OSError as exc:
+        return repr(exc)
+
+
 async def test_a_new_provider_stops_the_instances_a_crashed_one_left(
         tmp_path: pathlib.Path) -> None:
     cfg = load_config(ROOT / "examples" / "mesh-capacity.toml")
@@ -48,7 +55,8 @@ async def test_a_new_provider_stops_the_instances_a_crashed_one_left(
 
         restarted = LocalProvider(cfg, {p.id: template}, tmp_path)  # placement restarted
         assert restarted.reaped == [pid]
-        assert not alive(pid)
+        # reap_leftovers returns once the kernel says the process has exited (pidfd)
+        assert not alive(pid), state(pid)
         assert restarted.instances(p.id) == []
         assert reap_leftovers(tmp_path) == []  # nothing left to stop
     finally:
