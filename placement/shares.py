@@ -20,6 +20,13 @@ Earlier the edge's share was divided again among the variants it sends (in propo
 their rates): a variant an edge sends rarely then got a sliver of a slot even on an idle
 backend, and its calls went to dearer deployments (``tight-three-variant``'s 1.5 s class:
 two thirds of the scenario's cost).
+
+Tried and rejected (issue 11, ``python -m benchmarks.cost_check``, quick, seeds 0 and 1,
+every scenario but default): splitting by the slots each edge keeps busy (rate × the
+deployment's mean service, Little's law) instead of by call rate, so an edge sending a
+backend few long calls is not held to the share of one sending many short ones:
+tight-three-variant 99.45/99.50 % → 99.31/99.41 %, single-cloud-hetero 99.52/99.45 % →
+99.43/99.38 %, noisy-cheap-spot seed 0 99.60 → 99.41 %, no cheaper anywhere.
 """
 
 from __future__ import annotations
