@@ -30,9 +30,11 @@ from tritonclient.utils import InferenceServerException
 from services.demo import infer_with_trailers
 
 # A restarted edge is dialled again within 0.5 s (gRPC's default reconnect backoff starts at
-# 1 s and grows to 120 s, which would measure the client, not the mesh).
+# 1 s and grows to 120 s, which would measure the client, not the mesh). Not
+# grpc.min_reconnect_backoff_ms: gRPC core also takes it as the least time a connection
+# attempt gets, and at 100 ms a loaded host's edge could not be reached at all (see
+# services/edge/upstream.py).
 CLIENT_CHANNEL_ARGS = [("grpc.initial_reconnect_backoff_ms", 100),
-                       ("grpc.min_reconnect_backoff_ms", 100),
                        ("grpc.max_reconnect_backoff_ms", 500)]
 # Failed before any edge routed it (no Switchyard trailers): safe to send to another edge.
 NOT_ROUTED = frozenset({"UNAVAILABLE", "CANCELLED"})
