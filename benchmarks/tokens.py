@@ -1,6 +1,8 @@
 """Tokens: LLM streams routed by Switchyard vs the LLM routers' rules, in the simulator.
 
     python -m benchmarks.tokens [--quick]
+    python -m benchmarks.tokens --quick --only switchyard-fleet-load --scale 2
+        (one policy, every scenario, printed only: how the rejected variants were measured)
 
 Two workloads of different shape (``benchmarks/scenarios/tokens/``: chat-like and code-like,
 lengths from the Azure LLM inference trace 2023) over a fleet of emulated LLM servers
@@ -17,7 +19,14 @@ import time
 
 from benchmarks.common import BENCH_DIR, Section, command_for, progress
 from benchmarks.costsim import tokens_report
-from benchmarks.costsim.tokens_policies import POLICIES, VARIANTS, make_policy
+from benchmarks.costsim.tokens_policies import (
+    POLICIES,
+    PUSH_DELAY_MS,
+    REJECTED,
+    REPORT_EVERY_MS,
+    VARIANTS,
+    make_policy,
+)
 from benchmarks.costsim.tokens_workload import (
     TRACE_SOURCE,
     TokenScenario,
@@ -33,6 +42,9 @@ SCENARIOS = pathlib.Path(BENCH_DIR, "scenarios", "tokens")
 RESULTS = pathlib.Path(BENCH_DIR, "RESULTS.md")
 LOAD_SCALES = (0.5, 1.5, 2.0)
 LEARNED = "switchyard-learned-margin"
+FLEET = "switchyard-fleet"
+FLEET_INSTANT = "switchyard-fleet-instant"
+LOAD_OTHERS = (LEARNED, FLEET, FLEET_INSTANT)  # variants beside switchyard in the load table
 # written after the others; no parameter of placement/streams.py was chosen on them
 HELD_OUT = {"tokens-rag": "long prompts, short outputs, one hot shared prefix, a region far "
                           "from the cheap GPUs",
@@ -56,17 +68,23 @@ def run_scenario(s: TokenScenario, quick: bool,
     return out
 
 
+def scaled(s: TokenScenario, scale: float) -> TokenScenario:
+    """``s`` with every region's rate × ``scale``."""
+    regions = {k: dataclasses.replace(r, load_rps=r.load_rps * scale)
+               for k, r in s.regions.items()}
+    return dataclasses.replace(s, regions=regions)
+
+
 def load_sensitivity(scenarios: list[TokenScenario]
                      ) -> list[tuple[float, dict[str, tokens_report.TokenResult]]]:
-    """Switchyard, lowest-latency and prefix-affinity with every region's rate scaled."""
+    """Switchyard (and the variants beside it), lowest-latency and prefix-affinity with
+    every region's rate scaled."""
     rows = []
     for s in scenarios:
         for scale in LOAD_SCALES:
-            regions = {k: dataclasses.replace(r, load_rps=r.load_rps * scale)
-                       for k, r in s.regions.items()}
-            scaled = dataclasses.replace(s, regions=regions)
             rows.append((scale, {r.policy: r for r in run_scenario(
-                scaled, True, ("switchyard", LEARNED, "lowest-latency", "prefix-affinity"))}))
+                scaled(s, scale), True,
+                ("switchyard", *LOAD_OTHERS, "lowest-latency", "prefix-affinity"))}))
     return rows
 
 
@@ -79,9 +97,10 @@ def run(quick: bool) -> Section:
     loads = load_sensitivity(scenarios)
     notes = _notes(scenarios, results, variants, quick)
     notes += [f"#### Load sensitivity (every region's rate ×{', ×'.join(map(str, LOAD_SCALES))}"
-              ", quick horizon)", tokens_report.load_table(loads, LEARNED),
+              ", quick horizon)", tokens_report.load_table(loads, LOAD_OTHERS),
               tokens_report.load_summary(loads),
-              tokens_report.load_summary(loads, LEARNED)]
+              *(tokens_report.load_summary(loads, o) for o in LOAD_OTHERS),
+              tokens_report.default_verdict(variants, loads, "switchyard", FLEET)]
     return Section(title=TITLE, command=command_for(__name__, quick),
                    table=tokens_report.table(main), notes=notes,
                    elapsed_s=time.monotonic() - t0)
@@ -133,6 +152,8 @@ def _notes(scenarios: list[TokenScenario], results: list[tokens_report.TokenResu
         *tokens_report.before_after(variants, "switchyard-no-guard-band", "switchyard"),
         *tokens_report.before_after(variants, "switchyard-no-pending", "switchyard"),
         *tokens_report.before_after(variants, "switchyard", "switchyard-live-tpot"),
+        *tokens_report.before_after(variants, "switchyard", FLEET),
+        *tokens_report.before_after(variants, "switchyard", FLEET_INSTANT),
         f"`{LEARNED}`: each edge also learns a TTFT margin per deployment "
         "(`placement/stream_guard.py`: the "
         f"{GUARD_QUANTILE:.0%} quantile of its last ≤ {GUARD_WINDOW} observed − predicted "
@@ -149,6 +170,16 @@ def _notes(scenarios: list[TokenScenario], results: list[tokens_report.TokenResu
         "prediction multiplied per deployment by how much slower than predicted this edge's "
         "streams decoding there now are (`placement.stream_guard.tpot_factors`, from the "
         "tokens the edge has seen arrive; not what the edge runs).",
+        f"`{FLEET}`: the fleet's view of prefill queues, as the live path would carry it "
+        "(backend → agent → placement → route rows → edge; **simulated**, the live wiring is "
+        "not built): every "
+        f"{REPORT_EVERY_MS / 1000:g} s each server's uncached prompt tokens still waiting for "
+        f"a first token (every edge's streams), usable {PUSH_DELAY_MS:g} ms after the sample; "
+        "each edge adds the other edges' part of it (reported minus its own pending tokens "
+        "as of the sample, `placement.streams.FleetQueue`) to its own pending prefills in "
+        f"the TTFT prediction (`choose_stream(fleet=...)`); `{FLEET_INSTANT}`: the same view "
+        "every 50 ms with no push delay, an upper bound the live path cannot reach (how much "
+        "of the gain the staleness costs).",
     ]
 
 
@@ -169,7 +200,20 @@ def write_section(section: Section, path: pathlib.Path = RESULTS) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="a shorter horizon, same rates")
+    p.add_argument("--only", choices=POLICIES + VARIANTS + REJECTED,
+                   help="run this one policy on every scenario and print it (RESULTS.md "
+                        "untouched)")
+    p.add_argument("--scale", type=float, default=1.0, help="with --only: every region's rate "
+                                                            "× this")
     args = p.parse_args()
+    if args.only:
+        for path in sorted(SCENARIOS.glob("*.toml")):
+            for r in run_scenario(scaled(load_token_scenario(path), args.scale), args.quick,
+                                  (args.only,)):
+                print(f"{r.scenario} ×{args.scale:g} {r.policy}: {r.both:.2%} within both, "
+                      f"${r.usd_per_1m_out:.3f}/1M output tokens, p99 TTFT "
+                      f"{r.ttft_p99_ms:,.0f} ms")
+        return
     section = run(args.quick)
     print(section.markdown())
     write_section(section)

@@ -6,8 +6,11 @@ tokens (``K`` of them in ``d``'s prefix cache) asking for ``M`` output tokens pr
 
 - ``TTFT(d) = rtt(d) + (Q + P − K) × prefill_ms_per_token(d)`` where ``Q`` is the
   uncached prompt tokens of this edge's own streams at ``d`` that have not had their first
-  token yet (``pending``; they prefill first); a fixed prefill overhead is folded into the
-  learned per-token rate
+  token yet (``pending``; they prefill first), plus, when placement put the fleet's queue on
+  the route rows (``fleet``: ``FleetQueue``, what the agents last reported of the server's
+  streams still waiting for a first token, all edges'), the part of it that is other edges'
+  (reported minus this edge's own share of it when it was sampled: no double count); a
+  fixed prefill overhead is folded into the learned per-token rate
 - ``TPOT(d) = tpot_base(d) + tpot_per_stream(d) × n``  (TPOT under load: the new stream
   joins a batch of ``n`` others)
 - ``cost(d) = usd_per_second(d) × ((P − K) × prefill_ms + M × TPOT(d) / (n + 1)) / 1000``
@@ -75,6 +78,34 @@ class TokenEstimate:
 
 
 @dataclass(frozen=True, slots=True)
+class FleetQueue:
+    """A deployment's prefill queue as the fleet last reported it: ``waiting_tokens``, the
+    uncached prompt tokens of the streams (every edge's) its server had not yet given a
+    first token when the agent sampled it; ``own_tokens``, this edge's own pending tokens
+    there at that sample's time (what of the report is already in ``pending``). A report
+    is about one telemetry interval plus a push old: streams sent since are in ``pending``
+    only, streams served since are still in the report. ``streams`` / ``own_streams``: the
+    streams the server held (waiting or decoding) and this edge's of them then; used only
+    when ``choose_stream(fleet_load=True)``."""
+
+    waiting_tokens: int
+    own_tokens: int = 0
+    streams: int = 0
+    own_streams: int = 0
+
+    @property
+    def others_streams(self) -> int:
+        """The other edges' streams on the server when it was sampled (≥ 0)."""
+        return max(self.streams - self.own_streams, 0)
+
+    @property
+    def others_tokens(self) -> int:
+        """The other edges' part of the report (never negative: this edge's share may
+        have been counted larger than the server did, e.g. streams still on the wire)."""
+        return max(self.waiting_tokens - self.own_tokens, 0)
+
+
+@dataclass(frozen=True, slots=True)
 class StreamAsk:
     """What one stream asks for."""
 
@@ -102,6 +133,7 @@ class StreamOption:
     bound: int
     margin_ms: float = 0.0  # the learned TTFT margin added to the prediction (0: none)
     ttft_limit_ms: float = math.inf  # the predicted TTFT it had to be under to be feasible
+    others_tokens: int = 0  # other edges' queued prefill tokens in the TTFT (``fleet``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,18 +150,21 @@ class StreamChoice:
 
 def predict(c: Candidate, est: TokenEstimate | None, load: int, ask: StreamAsk,
             pending_tokens: int = 0, ttft_headroom: float = TTFT_HEADROOM,
-            margin_ms: float | None = None, tpot_factor: float = 1.0) -> StreamOption:
+            margin_ms: float | None = None, tpot_factor: float = 1.0,
+            others_tokens: int = 0) -> StreamOption:
     """One deployment's predicted TTFT, TPOT and cost for ``ask`` (see the module docstring).
     The prediction must fit the objective less ``ttft_headroom``; with ``margin_ms``, the
     deployment's learned TTFT margin (``stream_guard``), the prediction plus the margin must
-    also fit the objective less ``GUARDED_HEADROOM``."""
+    also fit the objective less ``GUARDED_HEADROOM``. ``others_tokens``: other edges' prompt
+    tokens queued there before this stream (``FleetQueue.others_tokens``)."""
     hit = min(ask.cached_tokens, ask.prompt_tokens) if c.deployment_id == ask.holder else 0
     if est is None:
         return StreamOption(c, c.latency_p95_ms, 0.0, 0.0, True, False, hit, load, 0)
     prefill = (ask.prompt_tokens - hit) * est.prefill_ms_per_token
     tpot = (est.tpot_base_ms + est.tpot_per_stream_ms * load) * tpot_factor
     cost = est.usd_per_second * (prefill + ask.max_tokens * tpot / (load + 1)) / 1000.0
-    ttft = c.rtt_ms + max(pending_tokens, 0) * est.prefill_ms_per_token + prefill
+    queued = max(pending_tokens, 0) + max(others_tokens, 0)
+    ttft = c.rtt_ms + queued * est.prefill_ms_per_token + prefill
     margin = margin_ms or 0.0
     limit = math.inf
     if ask.ttft_ms is not None:
@@ -137,7 +172,8 @@ def predict(c: Candidate, est: TokenEstimate | None, load: int, ask: StreamAsk,
         if margin_ms is not None:
             limit = min(limit, ask.ttft_ms * (1.0 - GUARDED_HEADROOM) - margin)
     feasible = ttft <= limit and (ask.tpot_ms is None or tpot <= ask.tpot_ms)
-    return StreamOption(c, ttft, tpot, cost, feasible, True, hit, load, 0, margin, limit)
+    return StreamOption(c, ttft, tpot, cost, feasible, True, hit, load, 0, margin, limit,
+                        max(others_tokens, 0))
 
 
 def ring_order(key: str, deployments: Sequence[str]) -> list[str]:
@@ -166,7 +202,9 @@ def choose_stream(cands: Sequence[Candidate], estimates: Mapping[str, TokenEstim
                   pending: Mapping[str, int] | None = None,
                   ttft_headroom: float = TTFT_HEADROOM,
                   ttft_margins: Mapping[str, float] | None = None,
-                  tpot_factors: Mapping[str, float] | None = None) -> StreamChoice:
+                  tpot_factors: Mapping[str, float] | None = None,
+                  fleet: Mapping[str, FleetQueue] | None = None,
+                  fleet_load: bool = False) -> StreamChoice:
     """The deployment for one stream (``cands`` already passed the call's hard filters).
     ``pending``: per deployment, the uncached prompt tokens of this edge's streams there that
     still wait for their first token (none known: empty). ``ttft_headroom``: the fraction of
@@ -175,18 +213,27 @@ def choose_stream(cands: Sequence[Candidate], estimates: Mapping[str, TokenEstim
     learned from its predictions' misses (``placement.stream_guard.TtftGuard.margins``).
     ``tpot_factors``: per deployment, how much slower than predicted this edge's streams
     decoding there now are (``placement.stream_guard.tpot_factors``; the TPOT prediction is
-    multiplied by it)."""
+    multiplied by it). ``fleet``: per deployment, its prefill queue as placement last put it
+    on the route rows (``FleetQueue``); the other edges' part of it waits before this stream
+    too (none reported: only this edge's ``pending`` counts). ``fleet_load``: the TPOT and
+    cost predictions also count the other edges' streams there (``FleetQueue.others_streams``)
+    in the batch the stream joins (the TPOT line must then be learned against the same
+    count); the load bound still counts this edge's streams only."""
     if not cands:
         raise NoHealthyDeployment("no deployment may serve this stream")
     queued, margins, slower = pending or {}, ttft_margins or {}, tpot_factors or {}
-    predicted = [predict(c, estimates.get(c.deployment_id), loads.get(c.deployment_id, 0), ask,
+    reported = fleet or {}
+    batch = fleet_loads(loads, reported) if fleet_load else loads
+    predicted = [predict(c, estimates.get(c.deployment_id), batch.get(c.deployment_id, 0), ask,
                          queued.get(c.deployment_id, 0), ttft_headroom,
-                         margins.get(c.deployment_id), slower.get(c.deployment_id, 1.0))
+                         margins.get(c.deployment_id), slower.get(c.deployment_id, 1.0),
+                         _others(reported.get(c.deployment_id)))
                  for c in cands]
     feasible_ids = [o.candidate.deployment_id for o in predicted if o.feasible]
     bound = load_bound(loads, _cheapest_tier(feasible_ids, estimates, band) or
                        [c.deployment_id for c in cands], load_factor)
-    options = tuple(_bounded(o, bound) for o in predicted)
+    options = tuple(_bounded(o, bound, loads.get(o.candidate.deployment_id, 0))
+                    for o in predicted)
     feasible = [o for o in options if o.feasible]
     if not feasible:
         best = min(options, key=lambda o: (o.ttft_ms + o.margin_ms + ask.max_tokens * o.tpot_ms,
@@ -223,9 +270,22 @@ def _cheapest_tier(feasible: Sequence[str], estimates: Mapping[str, TokenEstimat
     return [d for d in feasible if price[d] <= limit]
 
 
-def _bounded(o: StreamOption, bound: int) -> StreamOption:
+def fleet_loads(loads: Mapping[str, int], fleet: Mapping[str, FleetQueue]) -> dict[str, int]:
+    """Per deployment, this edge's streams there plus the other edges' as last reported."""
+    out = dict(loads)
+    for d, q in fleet.items():
+        out[d] = out.get(d, 0) + q.others_streams
+    return out
+
+
+def _others(q: FleetQueue | None) -> int:
+    return q.others_tokens if q is not None else 0
+
+
+def _bounded(o: StreamOption, bound: int, load: int) -> StreamOption:
     return StreamOption(o.candidate, o.ttft_ms, o.tpot_ms, o.cost_usd, o.feasible, o.measured,
-                        o.cache_hit_tokens, o.load, bound, o.margin_ms, o.ttft_limit_ms)
+                        o.cache_hit_tokens, load, bound, o.margin_ms, o.ttft_limit_ms,
+                        o.others_tokens)
 
 
 def explain(choice: StreamChoice) -> list[str]:
@@ -237,7 +297,8 @@ def explain(choice: StreamChoice) -> list[str]:
         lines.append(
             f"{mark} {o.candidate.deployment_id}: TTFT {o.ttft_ms:.1f} ms, TPOT "
             f"{o.tpot_ms:.2f} ms, ${o.cost_usd:.8f}, load {o.load}/{o.bound}, cache hit "
-            f"{o.cache_hit_tokens} tokens, {'measured' if o.measured else 'unmeasured'}, "
-            f"{state}")
+            f"{o.cache_hit_tokens} tokens, "
+            + (f"other edges' queue {o.others_tokens} tokens, " if o.others_tokens else "")
+            + f"{'measured' if o.measured else 'unmeasured'}, {state}")
     lines.append(f"chose {choice.candidate.deployment_id}: {choice.reason}")
     return lines

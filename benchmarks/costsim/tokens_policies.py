@@ -4,7 +4,14 @@
   (``services/edge/token_stats.py``: its streams in flight, the prefill rate and TPOT line
   it learned from its own streams, session → prefix holder) feeding the same pure
   ``placement.streams.choose_stream`` the edge runs. It sees nothing else: not the other
-  edges' streams, not the servers' queues or caches.
+  edges' streams, not the servers' queues or caches. With ``fleet`` (``switchyard-fleet``)
+  it also gets what the live path would carry from the agents: every ``REPORT_EVERY_MS``
+  each server's prefill queue (``tokensim.ServerReport``: uncached prompt tokens and streams
+  still waiting for a first token), usable ``PUSH_DELAY_MS`` after it was sampled (agent →
+  placement → route rows → edge), never the instant state; each edge subtracts its own
+  pending tokens as of the sample (``placement.streams.FleetQueue``).
+  ``switchyard-fleet-instant`` is the same with a report every 50 ms and no push delay: an
+  upper bound of what a fresher view could give, not something the live path can carry.
 - the baselines see the **true** server state the moment they choose (every region's
   streams, queues and caches), which is more than a real router scraping metrics has:
   ``round-robin`` (per edge), ``least-loaded`` (fewest streams waiting or running),
@@ -20,18 +27,30 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
 
 from benchmarks.costsim.tokens_workload import Deployment
-from benchmarks.costsim.tokensim import Policy, TokenSim
+from benchmarks.costsim.tokensim import Policy, ServerReport, TokenSim
 from placement.model import Candidate
 from placement.stream_guard import TtftGuard, tpot_factors
-from placement.streams import LOAD_FACTOR, TTFT_HEADROOM, StreamAsk, choose_stream
+from placement.streams import (
+    LOAD_FACTOR,
+    TTFT_HEADROOM,
+    FleetQueue,
+    StreamAsk,
+    choose_stream,
+)
 from services.edge.token_stats import StreamStats
 
 PREFIX_WEIGHT, QUEUE_WEIGHT = 3.0, 2.0
 MIN_LIVE_TOKENS = 4  # a decoding stream's own TPOT counts once it delivered this many
 UNMEASURED_P95_MS = 200.0  # a table p95 before any stream was measured (plus the RTT)
+# The fleet view's staleness: the agent reads Triton every interval (its default
+# ``--interval 1.0``), and a report reaches the edges after placement's coalescing
+# (``placement.coalesce_ms`` 50), the rows' rebuild and the push: 250 ms assumed here.
+REPORT_EVERY_MS = 1000.0
+PUSH_DELAY_MS = 250.0
 
 
 class RoundRobin:
@@ -133,8 +152,18 @@ class Switchyard:
 
     def __init__(self, sim: TokenSim, name: str = "switchyard", pending: bool = True,
                  ttft_headroom: float = TTFT_HEADROOM, load_factor: float = LOAD_FACTOR,
-                 guard: bool = False, live_tpot: bool = False) -> None:
+                 guard: bool = False, live_tpot: bool = False, fleet: bool = False,
+                 fleet_load: bool = False, fleet_work: bool = False,
+                 report_every_ms: float = REPORT_EVERY_MS,
+                 push_delay_ms: float = PUSH_DELAY_MS) -> None:
         self.name = name
+        self.report_every_ms = report_every_ms if fleet else 0.0
+        self._fleet_load, self._fleet_work = fleet_load, fleet_work
+        self._push_delay = push_delay_ms
+        # reports not yet superseded: (sampled at ms, per deployment: report, per edge: its
+        # own pending tokens then)
+        self._reports: deque[tuple[float, dict[str, ServerReport],
+                                   list[tuple[dict[str, int], dict[str, int]]]]] = deque()
         self._use_pending, self._headroom, self._load_factor = (pending, ttft_headroom,
                                                                 load_factor)
         self.stats = [StreamStats() for _ in sim.regions]
@@ -146,7 +175,8 @@ class Switchyard:
         self.cands = [[_candidate(d, float(sim.rtt[e, i]))
                        for i, d in enumerate(sim.deployments)] for e in range(len(sim.regions))]
         self.index = {d.id: i for i, d in enumerate(sim.deployments)}
-        self._open: dict[int, tuple[int, int, int]] = {}  # stream → (deployment, load, hit)
+        # stream → (deployment, load learned against, hit, prompt tokens learned against)
+        self._open: dict[int, tuple[int, int, int, int]] = {}
         # per edge: uncached prompt tokens of its streams still waiting for a first token
         self.pending: list[dict[str, int]] = [{} for _ in sim.regions]
         self.infeasible = 0  # streams for which nothing was predicted to meet both
@@ -162,6 +192,7 @@ class Switchyard:
                         cached_tokens=min(seen, p))
         cands = self.cands[edge]
         pending = self.pending[edge]
+        fleet = self._fleet(edge, now)
         choice = choose_stream(cands, stats.estimates(cands), stats.inflight, ask,
                                load_factor=self._load_factor,
                                pending=pending if self._use_pending else None,
@@ -169,15 +200,20 @@ class Switchyard:
                                ttft_margins=(self.guards[edge].margins(now / 1000.0)
                                              if self.guards else None),
                                tpot_factors=(self._running(edge, now, sim)
-                                             if self._live_tpot else None))
+                                             if self._live_tpot else None),
+                               fleet=fleet, fleet_load=self._fleet_load)
         if not choice.slo_met:
             self.infeasible += 1
         dep = choice.candidate.deployment_id
         load = stats.started(dep)
         hit = choice.chosen.cache_hit_tokens
+        work = p - hit
+        if self._fleet_work:  # the prefill rate is learned over the work predicted ahead
+            work += pending.get(dep, 0) + choice.chosen.others_tokens
         pending[dep] = pending.get(dep, 0) + p - hit
         sim.out.load_at_start[sid] = load
-        self._open[sid] = (self.index[dep], load, hit)
+        q = fleet.get(dep) if fleet is not None and self._fleet_load else None
+        self._open[sid] = (self.index[dep], load + (q.others_streams if q else 0), hit, work)
         if choice.chosen.measured:
             self._tpot_pred[sid] = choice.chosen.tpot_ms
         if self.guards is not None and choice.chosen.measured:
@@ -185,7 +221,7 @@ class Switchyard:
         return self.index[dep]
 
     def first_token(self, sid: int, sim: TokenSim) -> None:
-        d, _, hit = self._open[sid]
+        d, _, hit, _ = self._open[sid]
         edge = int(sim.streams.region[sid])
         pending = self.pending[edge]
         dep = sim.deployments[d].id
@@ -196,6 +232,26 @@ class Switchyard:
         if self.guards is not None:  # the first token reaches the edge rtt / 2 later
             at_edge = float(sim.streams.t_ms[sid]) + float(sim.out.ttft_ms[sid])
             self.guards[edge].first_token(sid, at_edge / 1000.0)
+
+    def reported(self, now: float, reports: Sequence[ServerReport]) -> None:
+        """The agents' reports sampled at ``now``, with each edge's own pending then."""
+        by_id = dict(zip(self.index, reports, strict=True))
+        self._reports.append((now, by_id, [(dict(p), dict(s.inflight))
+                                           for p, s in zip(self.pending, self.stats,
+                                                           strict=True)]))
+
+    def _fleet(self, edge: int, now: float) -> dict[str, FleetQueue] | None:
+        """The newest report that has reached the edges by ``now`` (none yet: None)."""
+        q, delay = self._reports, self._push_delay
+        while len(q) > 1 and q[1][0] + delay <= now:
+            q.popleft()
+        if not q or q[0][0] + delay > now:
+            return None
+        _, reports, own = q[0]
+        tokens, streams = own[edge]
+        return {d: FleetQueue(r.waiting_tokens, tokens.get(d, 0),
+                              r.waiting_streams + r.running_streams, streams.get(d, 0))
+                for d, r in reports.items()}
 
     def _running(self, edge: int, now: float, sim: TokenSim) -> dict[str, float]:
         """``tpot_factors`` from this edge's streams decoding now: the time between each
@@ -208,7 +264,7 @@ class Switchyard:
 
     def finished(self, sid: int, sim: TokenSim) -> None:
         """What the edge measures at the stream's end, taught to its ``StreamStats``."""
-        d, load, hit = self._open.pop(sid)
+        d, load, _, work = self._open.pop(sid)
         st, out = sim.streams, sim.out
         edge = int(st.region[sid])
         stats, dep = self.stats[edge], sim.deployments[d].id
@@ -217,7 +273,7 @@ class Switchyard:
         self._tpot_pred.pop(sid, None)
         tpot = float(out.tpot_ms[sid])
         stats.observe(dep, prefill_ms=float(out.ttft_ms[sid]) - float(sim.rtt[edge, d]),
-                      uncached_tokens=max(int(st.prompt[sid]) - hit, 0),
+                      uncached_tokens=max(work, 0),
                       tpot_ms=None if math.isnan(tpot) else tpot, load=load)
         session = int(st.session[sid])
         if session >= 0:
@@ -240,7 +296,22 @@ def _candidate(d: Deployment, rtt_ms: float) -> Candidate:
 POLICIES = ("switchyard", "round-robin", "least-loaded", "prefix-affinity", "lowest-latency")
 # Switchyard ablations: the same function without one of its inputs or its guard band
 VARIANTS = ("switchyard-learned-margin", "switchyard-learned-band-only",
-            "switchyard-no-guard-band", "switchyard-no-pending", "switchyard-live-tpot")
+            "switchyard-no-guard-band", "switchyard-no-pending", "switchyard-live-tpot",
+            "switchyard-fleet", "switchyard-fleet-instant")
+# Measured once and rejected (``python -m benchmarks.tokens --quick --only NAME --scale S``),
+# kept runnable:
+# - ``switchyard-fleet-load``: ``switchyard-fleet`` whose TPOT and cost also count the other
+#   edges' reported streams in the batch (``choose_stream(fleet_load=True)``, the TPOT line
+#   learned against the same count): no better than ``switchyard-fleet`` (quick horizon,
+#   ×1/×2 within both: chat 99.19/99.23 %, code 98.99/99.28 %, rag 99.10/98.31 %, slowdown
+#   97.14/96.79 %, against switchyard-fleet's 99.57/98.99, 99.37/99.37, 99.45/98.31,
+#   97.53/97.10);
+# - ``switchyard-fleet-work``: that, with the prefill rate learned over the work predicted
+#   ahead (own pending + other edges' reported + the stream's own uncached tokens) instead
+#   of the stream's own tokens (the default rate absorbs the average queue wait, so adding
+#   the reported queue counts it twice): cheaper but below: chat ×1/×2 99.09/98.26 % at
+#   $1.758/$1.720 per 1M, and with ``ttft_headroom=0.3`` on top 96.85/95.40 %.
+REJECTED = ("switchyard-fleet-load", "switchyard-fleet-work")
 
 
 def make_policy(name: str, sim: TokenSim, seed: int) -> Policy:
@@ -253,11 +324,17 @@ def make_policy(name: str, sim: TokenSim, seed: int) -> Policy:
         "switchyard-no-guard-band": lambda: Switchyard(sim, name, ttft_headroom=0.0),
         "switchyard-no-pending": lambda: Switchyard(sim, name, pending=False),
         "switchyard-live-tpot": lambda: Switchyard(sim, name, live_tpot=True),
+        "switchyard-fleet": lambda: Switchyard(sim, name, fleet=True),
+        "switchyard-fleet-instant": lambda: Switchyard(sim, name, fleet=True,
+                                                       report_every_ms=50.0, push_delay_ms=0.0),
+        "switchyard-fleet-load": lambda: Switchyard(sim, name, fleet=True, fleet_load=True),
+        "switchyard-fleet-work": lambda: Switchyard(sim, name, fleet=True, fleet_load=True,
+                                                    fleet_work=True),
         "round-robin": RoundRobin,
         "least-loaded": LeastLoaded,
         "prefix-affinity": lambda: PrefixAffinity(seed),
         "lowest-latency": LowestLatency,
     }
     if name not in makers:
-        raise ValueError(f"unknown policy {name!r}; one of {POLICIES + VARIANTS}")
+        raise ValueError(f"unknown policy {name!r}; one of {POLICIES + VARIANTS + REJECTED}")
     return makers[name]()

@@ -148,23 +148,56 @@ def before_after(results: Sequence[TokenResult], before: str, after: str) -> lis
     return lines
 
 
-def load_table(rows: Sequence[tuple[float, dict[str, TokenResult]]], other: str) -> str:
+def load_table(rows: Sequence[tuple[float, dict[str, TokenResult]]],
+               others: Sequence[str]) -> str:
     """Switchyard against lowest-latency and prefix-affinity at other loads (one row each),
-    with ``other`` (a Switchyard variant) beside it."""
+    with ``others`` (Switchyard variants) beside it."""
     out = []
     for scale, r in rows:
-        sy, ll, pa, o = r["switchyard"], r["lowest-latency"], r["prefix-affinity"], r[other]
-        out.append([sy.scenario, f"×{scale:g}", f"{sy.both:.2%}", f"{sy.usd_per_1m_out:.3f}",
-                    f"{ll.both:.2%}", f"{ll.usd_per_1m_out:.3f}",
-                    f"{1 - sy.usd_per_1m_out / ll.usd_per_1m_out:.0%}", sy.ttft_p99_ms,
-                    pa.ttft_p99_ms, "yes" if _all_met(sy, ll, pa) else "no",
-                    f"{o.both:.2%}", f"{1 - o.usd_per_1m_out / ll.usd_per_1m_out:.0%}",
-                    "yes" if _all_met(o, ll, pa) else "no"])
-    return md_table(["scenario", "load", "switchyard both", "switchyard $/1M",
-                     "lowest-latency both", "lowest-latency $/1M", "switchyard cheaper by",
-                     "switchyard TTFT p99 ms", "prefix-affinity TTFT p99 ms", "all 3 targets",
-                     f"{other} both", f"{other} cheaper by", f"{other} all 3"],
-                    out, "llrrrrrrrlrrl")
+        sy, ll, pa = r["switchyard"], r["lowest-latency"], r["prefix-affinity"]
+        row: list[object] = [
+            sy.scenario, f"×{scale:g}", f"{sy.both:.2%}", f"{sy.usd_per_1m_out:.3f}",
+            f"{ll.both:.2%}", f"{ll.usd_per_1m_out:.3f}",
+            f"{1 - sy.usd_per_1m_out / ll.usd_per_1m_out:.0%}", sy.ttft_p99_ms,
+            pa.ttft_p99_ms, "yes" if _all_met(sy, ll, pa) else "no"]
+        for other in others:
+            o = r[other]
+            row += [f"{o.both:.2%}", f"{1 - o.usd_per_1m_out / ll.usd_per_1m_out:.0%}",
+                    "yes" if _all_met(o, ll, pa) else "no"]
+        out.append(row)
+    heads = ["scenario", "load", "switchyard both", "switchyard $/1M", "lowest-latency both",
+             "lowest-latency $/1M", "switchyard cheaper by", "switchyard TTFT p99 ms",
+             "prefix-affinity TTFT p99 ms", "all 3 targets"]
+    for other in others:
+        heads += [f"{other} both", f"{other} cheaper by", f"{other} all 3"]
+    return md_table(heads, out, "llrrrrrrrl" + "rrl" * len(others))
+
+
+def default_verdict(at_one: Sequence[TokenResult],
+                    rows: Sequence[tuple[float, dict[str, TokenResult]]],
+                    current: str, candidate: str) -> str:
+    """Whether ``candidate`` should replace ``current`` as the default: it must hold all
+    three targets in more load cases and lower no scenario's share within both objectives
+    at ×1 (``at_one``: the full-horizon rows)."""
+    def held(policy: str) -> int:
+        return sum(_all_met(r[policy], r["lowest-latency"], r["prefix-affinity"])
+                   for _, r in rows)
+
+    lowered = []
+    for scenario in dict.fromkeys(r.scenario for r in at_one):
+        a, b = _find(at_one, scenario, current), _find(at_one, scenario, candidate)
+        if a is not None and b is not None and b.both < a.both:
+            lowered.append(f"{scenario} {a.both:.2%} → {b.both:.2%}")
+    n, m = held(current), held(candidate)
+    keep = m > n and not lowered
+    return (f"Default: `{candidate}` holds all three targets in {m} of {len(rows)} load cases "
+            f"(`{current}`: {n})"
+            + (f" and lowers at ×1 {', '.join(lowered)}" if lowered else
+               " and lowers no scenario at ×1")
+            + (": it passes the rule for replacing the default (more load cases held, no "
+               "scenario lower at ×1)." if keep else
+               f": it fails the rule for replacing the default (more load cases held, no "
+               f"scenario lower at ×1); `{current}` stays the default."))
 
 
 def _all_met(sy: TokenResult, ll: TokenResult, pa: TokenResult) -> bool:

@@ -19,6 +19,11 @@ demo LLM (``services/backends/demo_model.py``), with emulated speeds:
 A scenario's ``[[slowdowns]]`` make some servers slower from a point in time on (their
 prefill and decode × a factor; emulated throttling), unannounced to every policy.
 
+**Fleet reports** (emulated telemetry): a policy with a ``report_every_ms`` is handed, every
+that many ms of simulated time, each server's ``ServerReport`` (what an agent would read of
+it: the uncached prompt tokens and streams still waiting for a first token, the streams
+decoding); the policy decides when it may use them (a push delay later).
+
 A stream's **TTFT** is ``rtt / 2 + queue + prefill + rtt / 2``; its **TPOT** is its decode
 time over ``M − 1`` tokens. **Cost** is GPU time billed per token as the Python edge bills
 ``x-cost-usd`` (``services/edge/token_stats.py``): the stream's own prefill time, plus its
@@ -39,7 +44,16 @@ import numpy as np
 
 from benchmarks.costsim.tokens_workload import Deployment, Streams, TokenScenario
 
-ARRIVE, PREFILLED, DECODED, SLOWED = 0, 1, 2, 3
+ARRIVE, PREFILLED, DECODED, SLOWED, REPORT = 0, 1, 2, 3, 4
+
+
+@dataclass(frozen=True, slots=True)
+class ServerReport:
+    """One server's queue as an agent would sample it (emulated telemetry)."""
+
+    waiting_tokens: int  # uncached prompt tokens of streams without a first token yet
+    waiting_streams: int  # streams queued or prefilling
+    running_streams: int  # streams decoding
 
 
 class Server:
@@ -62,6 +76,17 @@ class Server:
     @property
     def inflight(self) -> int:
         return len(self.waiting) + (self.prefilling >= 0) + len(self.batch)
+
+    def report(self, streams: Streams, prefill_hit: int) -> ServerReport:
+        """What an agent reads of this server now: its queue's prompt tokens less what its
+        cache holds of each (``prefill_hit``: what the stream prefilling now saved)."""
+        tokens = sum(int(streams.prompt[w]) - min(self.cached(int(streams.session[w])),
+                                                  int(streams.shared[w]))
+                     for w in self.waiting)
+        if self.prefilling >= 0:
+            tokens += int(streams.prompt[self.prefilling]) - prefill_hit
+        return ServerReport(tokens, len(self.waiting) + (self.prefilling >= 0),
+                            len(self.batch))
 
     def cached(self, session: int) -> int:
         """Tokens of ``session``'s prefix this server holds (no LRU touch)."""
@@ -155,6 +180,9 @@ class TokenSim:
         i, n = 0, len(st)
         for k, ev in enumerate(self.s.slowdowns):
             self._push(ev.at_s * 1000.0, SLOWED, k, 0)
+        every = float(getattr(policy, "report_every_ms", 0.0))
+        if every > 0:
+            self._push(every, REPORT, 0, 0)
         while i < n or self._events:
             if i < n and (not self._events or st.t_ms[i] <= self._events[0][0]):
                 now = float(st.t_ms[i])
@@ -174,6 +202,8 @@ class TokenSim:
                 self._prefilled(a, b, now, policy)
             elif kind == SLOWED:
                 self._slow(self.s.slowdowns[a].prefix, self.s.slowdowns[a].factor, now)
+            elif kind == REPORT:
+                self._report(policy, now, every, i < n or bool(self._events))
             else:
                 srv = self.servers[a]
                 if b == srv.version:
@@ -236,6 +266,16 @@ class TokenSim:
         over a stream's last few tokens (here without their lag of a few tokens)."""
         srv = self.servers[d]
         return srv.dep.tpot_ms(len(srv.batch)) * float(self.streams.noise[sid])
+
+    def _report(self, policy: Policy, now: float, every: float, more: bool) -> None:
+        """Hand ``policy`` every server's report at ``now``; the next one ``every`` ms later
+        while streams remain."""
+        out = self.out.cache_hit
+        reports = [srv.report(self.streams, int(out[srv.prefilling]) if srv.prefilling >= 0
+                              else 0) for srv in self.servers]
+        policy.reported(now, reports)  # type: ignore[attr-defined]
+        if more:
+            self._push(now + every, REPORT, 0, 0)
 
     def _slow(self, prefix: str, factor: float, now: float) -> None:
         """A slowdown event: the matching servers run ``factor`` × slower from ``now`` (a

@@ -7,6 +7,7 @@ import dataclasses
 
 from benchmarks.costsim.tokens_report import (
     TokenResult,
+    default_verdict,
     load_summary,
     load_table,
     slowdown_notes,
@@ -58,9 +59,28 @@ def test_the_load_table_puts_a_variant_beside_switchyard() -> None:
     good = {r.policy: r for r in rows(row("switchyard", 0.993, 2.0, 900.0))}
     case = {**good, "switchyard": dataclasses.replace(good["switchyard"], both=0.95),
             "v": good["switchyard"]}
-    md = load_table([(2.0, case)], "v")
+    md = load_table([(2.0, case)], ("v",))
     assert "| v both | v cheaper by | v all 3 |" in md
     assert md.splitlines()[-1].endswith("| no | 99.30% | 50% | yes |")
+    two = load_table([(2.0, {**case, "w": case["switchyard"]})], ("v", "w"))
+    assert "| v all 3 | w both | w cheaper by | w all 3 |" in two
+    assert two.splitlines()[-1].endswith("| no | 99.30% | 50% | yes | 95.00% | 50% | no |")
+
+
+def test_the_default_verdict_needs_more_load_cases_and_nothing_lower_at_one() -> None:
+    good = {r.policy: r for r in rows(row("switchyard", 0.993, 2.0, 900.0))}
+    weak = {**good, "switchyard": dataclasses.replace(good["switchyard"], both=0.95)}
+    loads = [(2.0, {**weak, "v": good["switchyard"]})]  # v holds where switchyard does not
+    same = [row("switchyard", 0.99, 2.0, 900.0), row("v", 0.99, 2.0, 900.0)]
+    verdict = default_verdict(same, loads, "switchyard", "v")
+    assert "in 1 of 1 load cases (`switchyard`: 0)" in verdict
+    assert "lowers no scenario at ×1" in verdict and "it passes the rule" in verdict
+    lower = [row("switchyard", 0.99, 2.0, 900.0), row("v", 0.985, 2.0, 900.0)]
+    verdict = default_verdict(lower, loads, "switchyard", "v")
+    assert "lowers at ×1 s 99.00% → 98.50%" in verdict
+    assert "it fails the rule" in verdict and "`switchyard` stays the default" in verdict
+    no_gain = [(2.0, {**good, "v": good["switchyard"]})]
+    assert "it fails the rule" in default_verdict(same, no_gain, "switchyard", "v")
 
 
 def test_the_slowdown_note_counts_misses_no_later_choice_could_save() -> None:

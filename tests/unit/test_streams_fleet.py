@@ -1,0 +1,95 @@
+"""The fleet's view of prefill queues in the stream choice (placement/streams.py): what the
+agents reported of a deployment's queue, less this edge's own share of it, waits before the
+stream; nothing reported, nothing added; the edge's own streams are never counted twice."""
+
+from __future__ import annotations
+
+import pytest
+
+from placement.model import Candidate
+from placement.streams import (
+    FleetQueue,
+    StreamAsk,
+    TokenEstimate,
+    choose_stream,
+    explain,
+    fleet_loads,
+)
+
+
+def cand(name: str, rtt: float = 1.0) -> Candidate:
+    return Candidate(deployment_id=f"{name}/llm", backend_id=name, endpoint=f"{name}:1",
+                     variant="llm", region="r", cloud="c", accelerator="gpu", quality=0.8,
+                     latency_p95_ms=50.0, rtt_ms=rtt, queue_ms=0.0, compute_ms=1.0,
+                     cost_usd=1e-6, spare_capacity=10.0)
+
+
+FAST = TokenEstimate(prefill_ms_per_token=0.1, tpot_base_ms=5.0, tpot_per_stream_ms=1.0,
+                     usd_per_second=8.0 / 3600)
+SLOW = TokenEstimate(prefill_ms_per_token=1.0, tpot_base_ms=40.0, tpot_per_stream_ms=8.0,
+                     usd_per_second=0.3 / 3600)
+CANDS = [cand("fast"), cand("slow")]
+EST = {"fast/llm": FAST, "slow/llm": SLOW}
+# slow alone: 1 + 100 × 1.0 = 101 ms ≤ 500 × (1 − 0.5) = 250 ms: the cheap one is feasible
+ASK = StreamAsk(prompt_tokens=100, max_tokens=10, ttft_ms=500.0)
+
+
+def test_the_other_edges_part_is_the_report_less_this_edges_share_never_negative() -> None:
+    assert FleetQueue(waiting_tokens=900, own_tokens=300).others_tokens == 600
+    assert FleetQueue(waiting_tokens=100, own_tokens=300).others_tokens == 0
+    assert FleetQueue(5, 0, streams=7, own_streams=2).others_streams == 5
+    assert FleetQueue(5, 0, streams=1, own_streams=2).others_streams == 0
+
+
+def test_other_edges_queue_moves_a_stream_off_a_deployment_it_cannot_see_queued() -> None:
+    assert choose_stream(CANDS, EST, {}, ASK).candidate.backend_id == "slow"
+    # 150 tokens of other edges' prefills: 1 + (150 + 100) × 1.0 = 251 ms > 250 ms
+    queued = choose_stream(CANDS, EST, {}, ASK, fleet={"slow/llm": FleetQueue(150)})
+    assert queued.candidate.backend_id == "fast"
+    slow = next(o for o in queued.options if o.candidate.backend_id == "slow")
+    assert slow.ttft_ms == pytest.approx(251.0) and slow.others_tokens == 150
+    assert not slow.feasible
+    # one token fewer and it fits
+    assert choose_stream(CANDS, EST, {}, ASK, fleet={"slow/llm": FleetQueue(149)}
+                         ).candidate.backend_id == "slow"
+
+
+def test_this_edges_own_pending_in_the_report_is_not_counted_twice() -> None:
+    # this edge has 140 tokens pending on slow; the report (sampled when they were already
+    # there) holds them plus 9 of another edge's: 1 + (140 + 9 + 100) = 250 ms, feasible
+    mine = {"slow/llm": 140}
+    choice = choose_stream(CANDS, EST, {}, ASK, pending=mine,
+                           fleet={"slow/llm": FleetQueue(149, own_tokens=140)})
+    assert choice.candidate.backend_id == "slow"
+    assert choice.chosen.ttft_ms == pytest.approx(250.0) and choice.chosen.others_tokens == 9
+    # counting the report whole on top of its own pending would have moved it
+    double = choose_stream(CANDS, EST, {}, ASK, pending=mine,
+                           fleet={"slow/llm": FleetQueue(149)})
+    assert double.candidate.backend_id == "fast"
+
+
+def test_a_report_for_one_deployment_leaves_the_others_alone() -> None:
+    choice = choose_stream(CANDS, EST, {}, ASK, fleet={"fast/llm": FleetQueue(10_000)})
+    assert choice.candidate.backend_id == "slow" and choice.chosen.others_tokens == 0
+    assert choice.chosen.ttft_ms == pytest.approx(101.0)
+
+
+def test_fleet_load_puts_other_edges_streams_in_the_batch_but_not_in_the_load_bound() -> None:
+    loads = {"slow/llm": 2}
+    fleet = {"slow/llm": FleetQueue(0, 0, streams=6, own_streams=1)}
+    assert fleet_loads(loads, fleet) == {"slow/llm": 7}
+    tpot = StreamAsk(prompt_tokens=10, max_tokens=10, tpot_ms=90.0)
+    # own view: 40 + 8 × 2 = 56 ms ≤ 90; with the 5 other streams: 40 + 8 × 7 = 96 ms > 90
+    assert choose_stream(CANDS, EST, loads, tpot, fleet=fleet).candidate.backend_id == "slow"
+    moved = choose_stream(CANDS, EST, loads, tpot, fleet=fleet, fleet_load=True)
+    assert moved.candidate.backend_id == "fast"
+    slow = next(o for o in moved.options if o.candidate.backend_id == "slow")
+    assert slow.tpot_ms == pytest.approx(96.0) and slow.load == 2
+
+
+def test_explain_names_the_other_edges_queue() -> None:
+    choice = choose_stream(CANDS, EST, {}, ASK, fleet={"slow/llm": FleetQueue(150)})
+    lines = explain(choice)
+    assert any("slow/llm" in line and "other edges' queue 150 tokens" in line
+               for line in lines)
+    assert not any("fast/llm" in line and "other edges' queue" in line for line in lines)
