@@ -1,6 +1,6 @@
 """Decision fidelity (issue 12): the Envoy mode against per-call decisions, every scenario.
 
-    python -m benchmarks.envoy_fidelity [--quick] [--scenario NAME ...] [--seed N]
+    python -m benchmarks.envoy_fidelity [--quick] [--scenario NAME ...] [--seeds N]
                                         [--no-write] [--what-if]
 
 Each scenario in ``benchmarks/scenarios/`` is simulated once per row on the same trace (two
@@ -11,11 +11,11 @@ with the miss margins placement learned from the access log and weighted rotatio
 from ``placement.splits``; calls with a quality floor take the slow path, the co-located
 Python edge), ``envoy-order-only`` (the order alone, no weights and no learned margins: what
 was compiled before); ``--what-if`` adds ``envoy-compiled`` (``envoy`` with quality floors
-compiled into the order as well: no per-call decision anywhere), ``envoy-retry-exhausted``
-(``envoy`` with RESOURCE_EXHAUSTED retried) and ``envoy-share-breakers`` (slot shares as
-circuit breakers). ``--seed`` replaces each scenario's seed (trace, outages, draws). The target is the
-issue's: within 1 point of switchyard's SLO attainment and 5 % of its cost per call, read
-here as *at most* 1 point below and 5 % above. Prints the section and writes it into
+compiled into the order as well: no per-call decision anywhere) and
+``envoy-share-breakers`` (slot shares as circuit breakers). ``--seeds N`` runs each scenario
+on its seed and the N - 1 after it (trace, outages, draws). The target is the issue's:
+within 1 point of switchyard's SLO attainment and 5 % of its cost per call, read here as
+*at most* 1 point below and 5 % above. Prints the section and writes it into
 ``benchmarks/RESULTS.md`` (a section of its own, after the cost sections).
 """
 
@@ -67,8 +67,8 @@ class Run:
 
 
 def policy_for(variant: str, s: Scenario) -> Policy:
-    """``envoy-compiled``: no slow path; ``envoy-retry-exhausted``: a what-if, ``envoy`` with
-    ``resource-exhausted`` added to the route's ``retry_on``."""
+    """``envoy-compiled``: no slow path; ``envoy-share-breakers``: a what-if, ``envoy`` with
+    each deployment cluster's ``max_requests`` at the edge's slot share."""
     if variant in ("switchyard", "envoy"):
         return make_policy(variant, s)
     control = ControlPlane(s.catalog(), s.prices(), sorted(s.regions))
@@ -77,8 +77,6 @@ def policy_for(variant: str, s: Scenario) -> Policy:
     st = s.settings
     rules = EnvoyRules.compiled(EnvoySettings(max_attempts=st.max_attempts,
                                               slo_margin_ms=st.slo_margin_ms))
-    if variant == "envoy-retry-exhausted":
-        rules = dataclasses.replace(rules, retried=rules.retried | {"exhausted"})
     if variant == "envoy-share-breakers":
         rules = dataclasses.replace(rules, breakers_from_shares=True)
     learned = variant != "envoy-order-only"
@@ -137,14 +135,13 @@ def _signed(x: float, unit: str = "") -> str:
     return f"{x:+.2f}{unit}"
 
 
-LABELS = {"envoy": "`envoy` (orders with learned margins, weighted rotations; quality floors "
-                   "on the slow path)",
-          "envoy-order-only": "`envoy-order-only` (the order alone, as compiled before)",
+LABELS = {"envoy": "`envoy` (what placement compiles: orders with learned margins, weighted "
+                   "rotations; quality floors on the slow path)",
+          "envoy-order-only": "`envoy-order-only` (the order alone, nothing learned)",
           "envoy-compiled": "all compiled (quality floors too, no slow path)",
-          "envoy-retry-exhausted": "what-if: `envoy` with `resource-exhausted` in `retry_on`",
           "envoy-share-breakers": "what-if: `envoy` with each cluster's `max_requests` at "
                                   "the edge's slot share"}
-WHAT_IF = ("envoy-compiled", "envoy-retry-exhausted", "envoy-share-breakers")
+WHAT_IF = ("envoy-compiled", "envoy-share-breakers")
 
 
 def tables(results: list[list[Run]]) -> tuple[str, str, str]:
@@ -204,24 +201,28 @@ def notes(results: list[list[Run]], quick: bool) -> list[str]:
         "it, per row: " + " ".join(_summary(results, i) for i in range(1, len(results[0]))),
         "Simulated (the cost simulator's fleet and trace; " + (
             "`--quick`: the same day compressed, 1/5 of the calls" if quick else "full day")
-        + "). `envoy` is what an Envoy edge does with the config `compile_region` builds "
-        "when handed what placement learned of the edge (`placement.edge_learning`; "
-        "`services.xds.order.weighted`, the same function), recomputed per push. The live "
-        "xDS server does not hand it that yet (its access log carries no model or SLO "
-        "class per entry), so today's Envoy edges get `envoy-order-only`. Per class of "
-        "call (model, "
-        "whole-ms SLO), the failover order from placement's pipeline with the miss margins "
-        "placement learned for the class from the edge's access log (`placement.feedback`), "
-        "and weighted rotations of that order (`placement.splits`: the class's calls/s from "
-        "the access log, cheapest feasible deployment first, each up to its backend's slot "
-        "share for the edge at the utilisation whose M/M/c tail wait fits the class's slack, "
-        "less what the slow path reported sending there), one random pick per call as "
-        "Envoy's `weighted_clusters` does; no circuit breakers are pushed, so the breakers "
-        "are Envoy's defaults (1,024 requests, 3 parallel retries per cluster); outlier "
-        "detection and retries (`unavailable,reset,connect-failure,refused-stream`, "
-        "previous_priorities) as compiled; a full queue's RESOURCE_EXHAUSTED is not retried. "
-        "Envoy's retry back-off is not modelled (retries are immediate, which flatters the "
-        "Envoy rows in outages)." + (
+        + "). `envoy` is what an Envoy edge does with the config the live xDS server "
+        "compiles for it: `services.xds.plan.plan_region`, the function `compile_region` "
+        "runs, over the region's rows as the hub last pushed them (a row is pushed when it "
+        "changed past `hub.material`'s bands), recompiled as the server recompiles: on every "
+        "new hub version and every 5 s (`learn_every_s`) while placement learned something "
+        "from the edge's access log. What it learns (`placement.edge_learning`, fed as "
+        "`services.xds.learning` feeds it): each call's class by (model, whole-ms SLO), its "
+        "calls/s, its miss margins (`placement.feedback`; the verdict against the call's own "
+        "SLO), what the slow path sent each deployment. Per route (a range of SLOs with one "
+        "order, cut at a called SLO whose margins give another order): the failover order "
+        "with the margins of the tightest SLO it is called with, and weighted rotations of "
+        "that order (`placement.splits`: the route's calls/s, cheapest feasible deployment "
+        "first, each up to its backend's slot share for the edge at the utilisation whose "
+        "M/M/c tail wait fits the slack, less what the slow path sent there), one random pick "
+        "per call as Envoy's `weighted_clusters` does. Envoy's rules are read from the "
+        "compiled resources: retries of `unavailable,resource-exhausted,reset,"
+        "connect-failure,refused-stream` at the next child not tried (previous_priorities), "
+        "under each aggregate's retry budget (20 % of its requests in flight, at least 10); "
+        "outlier detection as compiled; no per-deployment circuit breakers (Envoy's default "
+        "1,024). Not modelled: Envoy's retry back-off (retries are immediate, which flatters "
+        "the Envoy rows in outages) and the routes' per-try timeout (the simulator times out "
+        "no attempt, in any row)." + (
             f" {', '.join(f'`{v}`' for v in what_if)}: not pushed by anything, what-ifs."
             if what_if else ""),
         "What differs by construction: between pushes an Envoy edge splits a class's calls "

@@ -109,16 +109,21 @@ def plan_region(tables: Mapping[str, Table], profile: Profile, slo_margin_ms: fl
     learned = learned or Learned()
     found: list[tuple[str, Table, list[SloClass]]] = []
     demands: list[ClassDemand] = []
+    plain: dict[Hashable, WeightedOrder] = {}
     for model, table in tables.items():
         classes = [SloClass(a, b, k.order, k.feasible)
                    for k in slo_classes(table.cands, profile, slo_margin_ms)
                    for a, b in _sub_ranges(model, k, table, learned, profile, slo_margin_ms)]
         found.append((model, table, classes))
         demands.append(_demand(model, None, table.default_slo_ms, None, table, learned))
-        demands += [_demand(model, i, k.lo, k.hi, table, learned)
-                    for i, k in enumerate(classes)]
-    compiled: dict[Hashable, WeightedOrder] = dict(
-        weighted(demands, profile, slo_margin_ms, learned.reserved))
+        for i, k in enumerate(classes):
+            d = _demand(model, i, k.lo, k.hi, table, learned)
+            if d.rate > 0 or d.margins:
+                demands.append(d)
+            else:  # nothing learned: the range's order as slo_classes ranked it at k.lo
+                plain[(model, i)] = WeightedOrder(k.order, k.feasible)
+    compiled: dict[Hashable, WeightedOrder] = {
+        **plain, **weighted(demands, profile, slo_margin_ms, learned.reserved)}
     models: dict[str, ModelRoutes] = {}
     for model, table, classes in found:
         default = compiled[(model, None)]

@@ -30,7 +30,7 @@ from services.edge.envoy.launcher import EnvoyEdge, prepare
 from services.placement.main import RunningPlacement, start_placement
 from services.ports import free_port
 from services.xds import server as xds_server
-from services.xds.envoy_types import EnvoySettings, model_cluster_name
+from services.xds.envoy_types import EnvoySettings, cluster_name, model_cluster_name
 from services.xds.plan import route
 from services.xds.resources import RegionConfig, compile_region
 from services.xds.routes import rotation_cluster_name
@@ -184,68 +184,106 @@ class Load:
             t.join(30)
 
 
-async def test_a_class_called_faster_than_its_first_deployment_takes_is_split_in_envoy(
+def shape(models: dict[str, Any]) -> tuple[object, ...]:
+    """What the calls' class route sends where: its order, rotations and feasible set."""
+    got = route(models, MODEL, SLO_MS)
+    assert got is not None and got.index is not None
+    return got.order, got.rotations, models[MODEL].classes[got.index].feasible
+
+
+def aggregate_children(dump: dict[str, Any], name: str) -> list[str] | None:
+    """The children of Envoy's active aggregate cluster ``name``, in order."""
+    for c in dump["configs"]:
+        for dc in c.get("dynamic_active_clusters", []):
+            cluster = dc["cluster"]
+            if cluster.get("name") == name:
+                return list(cluster["cluster_type"]["typed_config"]["clusters"])
+    return None
+
+
+async def test_what_placement_learns_of_a_busy_class_reaches_envoys_route(
         mesh: SplitMesh) -> None:
+    """Calls of one class, faster than the order's first deployment takes at the utilisation
+    its SLO allows: placement learns the class's rate (and, when calls are late on a loaded
+    host, miss margins) from Envoy's access log and compiles them into the class's route;
+    Envoy runs that route. On a host fast enough that calls meet their SLO the effect is a
+    split over weighted rotations of the order; if they miss it, the margins move the late
+    deployment out of the feasible set first, and the order is what changed."""
     ads = mesh.placement.ads
     assert ads is not None
     region = mesh.envoy.node.region
+    settings = ads.settings
+    assert isinstance(settings, EnvoySettings)
 
-    def active(cfg: RegionConfig) -> tuple[dict[str, Any] | None, dict[str, int]]:
-        """Envoy's route for the calls' class under ``cfg``, and what ``cfg`` puts there."""
-        name, _, weights = pushed(cfg)
-        return envoy_route(json.loads(mesh.envoy.admin("/config_dump")), name), weights
-
-    # Before any call: nothing learned, the class's one order, one aggregate cluster.
-    await eventually(lambda: mesh.compiles.seen and mesh.compiles.seen[-1][2].models.get(
-        MODEL) is not None, 30, "placement compiled the model's routes")
-    split: dict[str, Any] = {}
+    def dump() -> dict[str, Any]:
+        return dict(json.loads(mesh.envoy.admin("/config_dump")))
 
     def envoy_runs(cfg: RegionConfig) -> bool:
-        got, weights = active(cfg)
-        return got is not None and (got.get("cluster") == pushed(cfg)[1] if not weights else
-                                    {c["name"]: c["weight"] for c in got.get(
-                                        "weighted_clusters", {}).get("clusters", [])} == weights)
+        """Envoy's route for the calls' class is the one ``cfg`` compiled."""
+        d = dump()
+        name, cluster, weights = pushed(cfg)
+        got = envoy_route(d, name)
+        if got is None:
+            return False
+        if weights:
+            return {c["name"]: c["weight"] for c in got.get("weighted_clusters", {}).get(
+                "clusters", [])} == weights
+        matched = route(cfg.models, MODEL, SLO_MS)
+        assert matched is not None
+        return got.get("cluster") == cluster and aggregate_children(d, cluster) == [
+            cluster_name(x) for x in matched.order]
 
+    await eventually(lambda: mesh.compiles.seen and mesh.compiles.seen[-1][2].models.get(
+        MODEL) is not None, 30, "placement compiled the model's routes")
     await eventually(lambda: envoy_runs(mesh.compiles.seen[-1][2]), 30,
                      "Envoy runs placement's last compile")
-    assert pushed(mesh.compiles.seen[-1][2])[2] == {}  # no rate learned yet: no split
+    before = route(mesh.compiles.seen[-1][2].models, MODEL, SLO_MS)
+    assert before is not None and before.rotations == ()  # no call yet: the order alone
+    seen: dict[str, Any] = {}
 
-    def envoy_runs_the_learned_split() -> bool:
-        # the compile Envoy runs is the last one placement made for the region
+    def envoy_runs_what_placement_learned() -> bool:
+        # the compile Envoy runs is the last one placement made for the region, and it
+        # differs from what the same tables compile to with nothing learned
         tables, learned, compiled = mesh.compiles.seen[-1]
-        if not pushed(compiled)[2] or not envoy_runs(compiled):
-            return False  # not split yet, or a newer compile is on its way to Envoy
-        split.update(weights=pushed(compiled)[2], tables=tables, learned=learned,
-                     compiled=compiled)
+        now = route(compiled.models, MODEL, SLO_MS)
+        plain = compile_region(region, tables, ads.profile, settings, Learned()).models
+        assert now is not None
+        if shape(compiled.models) == shape(plain):
+            return False  # nothing learned changes the route yet
+        if not envoy_runs(compiled):
+            return False  # a newer compile is on its way to Envoy
+        seen.update(tables=tables, learned=learned, route=now, shape=shape(compiled.models),
+                    plain=shape(plain))
         return True
 
     with Load(mesh.envoy.address) as load:
         try:
-            await eventually(envoy_runs_the_learned_split, 90,
-                             "Envoy's route for the class is split by the weights placement "
-                             "learned", poll_s=0.25)
+            await eventually(envoy_runs_what_placement_learned, 90,
+                             "Envoy's route for the class is what placement learned",
+                             poll_s=0.25)
         except AssertionError as err:
             tables, learned, _ = mesh.compiles.seen[-1]
             raise AssertionError(f"{err}: calls {load.ok} ok, {len(load.failed)} failed; "
                                  f"learned {learned}; candidates {list(tables)}") from None
     # Calls were served through Envoy (some may time out on a loaded host: not asserted).
     assert load.ok > 0, load.failed[:3]
-    weights, learned = split["weights"], split["learned"]
-    assert len(weights) >= 2 and all(w > 0 for w in weights.values()), weights
-    # The split is the learning's: the class's rate placement learned from Envoy's access
-    # log; compiled from the same tables without that rate, the route is the order alone.
+    learned, now, tables = seen["learned"], seen["route"], seen["tables"]
+    # what placement learned from Envoy's access log: the class's rate, keyed by its SLO
     assert learned.rates.get((MODEL, SLO_MS), 0.0) > 0, learned.rates
-    settings = ads.settings
-    assert isinstance(settings, EnvoySettings)
-    unlearned = compile_region(region, split["tables"], ads.profile, settings,
-                               Learned(margins=learned.margins, reserved=learned.reserved))
-    assert pushed(unlearned)[2] == {}
-    # ... and with it, exactly what Envoy runs (one implementation, recomputed here).
-    again = compile_region(region, split["tables"], ads.profile, settings, learned)
-    assert pushed(again)[2] == weights
-    # Each weighted cluster is a rotation of the class's order, each deployment first once
-    # (no particular share is asserted: it follows the estimates of a loaded host).
-    matched = route(split["compiled"].models, MODEL, SLO_MS)
-    assert matched is not None
-    assert all(sorted(o) == sorted(matched.order) for _, o in matched.rotations)
-    assert len({o[0] for _, o in matched.rotations}) == len(matched.rotations) >= 2
+    # ... and compiled with it, exactly what Envoy runs (one implementation, recomputed)
+    again = route(compile_region(region, tables, ads.profile, settings, learned).models,
+                  MODEL, SLO_MS)
+    assert again == now
+    if now.rotations:
+        # a split: weighted rotations of the class's order, each deployment first once;
+        # without the rate (margins kept) the same tables give the order alone
+        assert all(sorted(o) == sorted(now.order) for _, o in now.rotations)
+        assert len({o[0] for _, o in now.rotations}) == len(now.rotations) >= 2
+        no_rate = route(compile_region(region, tables, ads.profile, settings, Learned(
+            margins=learned.margins, reserved=learned.reserved)).models, MODEL, SLO_MS)
+        assert no_rate is not None and no_rate.rotations == ()
+    else:
+        # late calls: a learned margin took a deployment off the class's feasible set
+        margins = learned.margins.get((MODEL, SLO_MS), {})
+        assert margins, learned.margins
+        assert set(seen["shape"][2]) < set(seen["plain"][2]), (seen["shape"], seen["plain"])
