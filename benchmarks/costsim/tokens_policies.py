@@ -298,20 +298,25 @@ POLICIES = ("switchyard", "round-robin", "least-loaded", "prefix-affinity", "low
 VARIANTS = ("switchyard-learned-margin", "switchyard-learned-band-only",
             "switchyard-no-guard-band", "switchyard-no-pending", "switchyard-live-tpot",
             "switchyard-fleet", "switchyard-fleet-instant")
-# Measured once and rejected (``python -m benchmarks.tokens --quick --only NAME --scale S``),
-# kept runnable:
+# Measured once and rejected (``python -m benchmarks.tokens [--quick] --only NAME --scale S``;
+# within both objectives, chat/code/rag/slowdown), kept runnable:
+# - ``switchyard-fleet-250ms``: ``switchyard-fleet`` with a report every 250 ms, usable
+#   100 ms later: at ×1 (full horizon) 99.60/99.62/99.06/97.73 % (rag lower than
+#   ``switchyard``'s 99.29 %: its TPOT misses, 99.59 % met); 5 of 12 load cases (quick);
+# - ``switchyard-fleet-rate``: ``switchyard-fleet`` with the prefill rate learned over the
+#   work predicted ahead (own pending + other edges' reported + the stream's own uncached
+#   tokens) instead of the stream's own tokens (the default rate absorbs the average queue
+#   wait, so adding the reported queue counts it twice): quick ×1 99.48/99.12/98.69/96.95 %,
+#   ×2 98.92/98.68/98.42/96.46 %;
 # - ``switchyard-fleet-load``: ``switchyard-fleet`` whose TPOT and cost also count the other
 #   edges' reported streams in the batch (``choose_stream(fleet_load=True)``, the TPOT line
-#   learned against the same count): no better than ``switchyard-fleet`` (quick horizon,
-#   ×1/×2 within both: chat 99.19/99.23 %, code 98.99/99.28 %, rag 99.10/98.31 %, slowdown
-#   97.14/96.79 %, against switchyard-fleet's 99.57/98.99, 99.37/99.37, 99.45/98.31,
-#   97.53/97.10);
-# - ``switchyard-fleet-work``: that, with the prefill rate learned over the work predicted
-#   ahead (own pending + other edges' reported + the stream's own uncached tokens) instead
-#   of the stream's own tokens (the default rate absorbs the average queue wait, so adding
-#   the reported queue counts it twice): cheaper but below: chat ×1/×2 99.09/98.26 % at
+#   learned against the same count): quick ×1 99.19/98.99/99.10/97.14 %, ×2
+#   99.23/99.28/98.31/96.79 % (``switchyard-fleet``: 99.57/99.37/99.45/97.53,
+#   98.99/99.37/98.31/97.10);
+# - ``switchyard-fleet-work``: both of the last two: quick chat ×1/×2 99.09/98.26 % at
 #   $1.758/$1.720 per 1M, and with ``ttft_headroom=0.3`` on top 96.85/95.40 %.
-REJECTED = ("switchyard-fleet-load", "switchyard-fleet-work")
+REJECTED = ("switchyard-fleet-250ms", "switchyard-fleet-rate", "switchyard-fleet-load",
+            "switchyard-fleet-work")
 
 
 def make_policy(name: str, sim: TokenSim, seed: int) -> Policy:
@@ -327,6 +332,9 @@ def make_policy(name: str, sim: TokenSim, seed: int) -> Policy:
         "switchyard-fleet": lambda: Switchyard(sim, name, fleet=True),
         "switchyard-fleet-instant": lambda: Switchyard(sim, name, fleet=True,
                                                        report_every_ms=50.0, push_delay_ms=0.0),
+        "switchyard-fleet-250ms": lambda: Switchyard(sim, name, fleet=True,
+                                                     report_every_ms=250.0, push_delay_ms=100.0),
+        "switchyard-fleet-rate": lambda: Switchyard(sim, name, fleet=True, fleet_work=True),
         "switchyard-fleet-load": lambda: Switchyard(sim, name, fleet=True, fleet_load=True),
         "switchyard-fleet-work": lambda: Switchyard(sim, name, fleet=True, fleet_load=True,
                                                     fleet_work=True),

@@ -187,7 +187,9 @@ def default_verdict(at_one: Sequence[TokenResult],
     for scenario in dict.fromkeys(r.scenario for r in at_one):
         a, b = _find(at_one, scenario, current), _find(at_one, scenario, candidate)
         if a is not None and b is not None and b.both < a.both:
-            lowered.append(f"{scenario} {a.both:.2%} → {b.both:.2%}")
+            fewer = round(a.both * a.streams) - round(b.both * b.streams)
+            lowered.append(f"{scenario} {a.both:.2%} → {b.both:.2%} ({fewer} fewer of "
+                           f"{b.streams:,} streams)")
     n, m = held(current), held(candidate)
     keep = m > n and not lowered
     return (f"Default: `{candidate}` holds all three targets in {m} of {len(rows)} load cases "

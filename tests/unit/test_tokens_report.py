@@ -77,7 +77,7 @@ def test_the_default_verdict_needs_more_load_cases_and_nothing_lower_at_one() ->
     assert "lowers no scenario at ×1" in verdict and "it passes the rule" in verdict
     lower = [row("switchyard", 0.99, 2.0, 900.0), row("v", 0.985, 2.0, 900.0)]
     verdict = default_verdict(lower, loads, "switchyard", "v")
-    assert "lowers at ×1 s 99.00% → 98.50%" in verdict
+    assert "lowers at ×1 s 99.00% → 98.50% (1 fewer of 100 streams)" in verdict
     assert "it fails the rule" in verdict and "`switchyard` stays the default" in verdict
     no_gain = [(2.0, {**good, "v": good["switchyard"]})]
     assert "it fails the rule" in default_verdict(same, no_gain, "switchyard", "v")
