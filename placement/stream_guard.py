@@ -28,11 +28,13 @@ counts as 0: the guard never makes a prediction earlier. Pure: no I/O; time is p
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
 from collections.abc import Iterable, Mapping
 
 from placement.errors import ConfigError
+from placement.streams import FleetQueue
 
 GUARD_WINDOW = 200  # gaps kept per deployment (the most recent streams this edge sent there)
 GUARD_QUANTILE = 0.95  # the margin: this quantile of the kept gaps
@@ -132,3 +134,47 @@ def tpot_factors(running: Iterable[tuple[str, float, float]]) -> dict[str, float
             total, n = sums.get(d, (0.0, 0))
             sums[d] = (total + observed / predicted, n + 1)
     return {d: max(total / n, 1.0) for d, (total, n) in sums.items()}
+
+
+PENDING_LOG_S = 10.0  # how far back an edge keeps its own pending tokens (reports are ~1 s old)
+
+
+class PendingLog:
+    """This edge's own pending prefill tokens per deployment over the last ``max_age_s``, so
+    that a fleet report sampled ``age`` ago can be told apart from what of it is this edge's
+    (``FleetQueue.own_tokens``): ``record`` after every change, ``at`` answers the state at
+    a past time (before the first record: nothing pending). Pure; time is passed in."""
+
+    def __init__(self, max_age_s: float = PENDING_LOG_S) -> None:
+        if max_age_s <= 0:
+            raise ConfigError(f"PendingLog: max_age_s {max_age_s} > 0 required")
+        self._age = max_age_s
+        self._times: list[float] = []
+        self._states: list[dict[str, int]] = []
+
+    def record(self, now_s: float, pending: Mapping[str, int]) -> None:
+        """The edge's pending tokens per deployment are ``pending`` from ``now_s`` on."""
+        if self._times and now_s < self._times[-1]:
+            raise ValueError(f"PendingLog: time went back ({now_s} < {self._times[-1]})")
+        if self._times and now_s == self._times[-1]:
+            self._states[-1] = dict(pending)
+        else:
+            self._times.append(now_s)
+            self._states.append(dict(pending))
+        cut = bisect.bisect_right(self._times, now_s - self._age)
+        if cut > 1:  # keep the newest state older than the horizon: it holds until the next
+            del self._times[:cut - 1], self._states[:cut - 1]
+
+    def at(self, t_s: float) -> Mapping[str, int]:
+        """The pending tokens per deployment as they were at ``t_s``."""
+        i = bisect.bisect_right(self._times, t_s)
+        return self._states[i - 1] if i else {}
+
+
+def fleet_queues(reported: Mapping[str, tuple[int, float]], log: PendingLog,
+                 now_s: float) -> dict[str, FleetQueue]:
+    """``choose_stream``'s ``fleet`` from what the route rows carry per deployment:
+    ``(waiting_tokens, age_s)``, the server's queue and how long ago it was sampled; this
+    edge's own part of it is its pending tokens there at ``now_s − age_s``."""
+    return {d: FleetQueue(tokens, log.at(now_s - age).get(d, 0))
+            for d, (tokens, age) in reported.items()}

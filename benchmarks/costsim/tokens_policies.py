@@ -25,6 +25,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from collections import deque
@@ -33,7 +34,7 @@ from collections.abc import Callable, Sequence
 from benchmarks.costsim.tokens_workload import Deployment
 from benchmarks.costsim.tokensim import Policy, ServerReport, TokenSim
 from placement.model import Candidate
-from placement.stream_guard import TtftGuard, tpot_factors
+from placement.stream_guard import PendingLog, TtftGuard, fleet_queues, tpot_factors
 from placement.streams import (
     LOAD_FACTOR,
     TTFT_HEADROOM,
@@ -161,9 +162,10 @@ class Switchyard:
         self._fleet_load, self._fleet_work = fleet_load, fleet_work
         self._push_delay = push_delay_ms
         # reports not yet superseded: (sampled at ms, per deployment: report, per edge: its
-        # own pending tokens then)
-        self._reports: deque[tuple[float, dict[str, ServerReport],
-                                   list[tuple[dict[str, int], dict[str, int]]]]] = deque()
+        # streams there then, for fleet_load)
+        self._reports: deque[tuple[float, dict[str, ServerReport], list[dict[str, int]]]] = \
+            deque()
+        self.logs = [PendingLog() for _ in sim.regions]  # each edge's own pending over time
         self._use_pending, self._headroom, self._load_factor = (pending, ttft_headroom,
                                                                 load_factor)
         self.stats = [StreamStats() for _ in sim.regions]
@@ -211,6 +213,8 @@ class Switchyard:
         if self._fleet_work:  # the prefill rate is learned over the work predicted ahead
             work += pending.get(dep, 0) + choice.chosen.others_tokens
         pending[dep] = pending.get(dep, 0) + p - hit
+        if self.report_every_ms:
+            self.logs[edge].record(now / 1000.0, pending)
         sim.out.load_at_start[sid] = load
         q = fleet.get(dep) if fleet is not None and self._fleet_load else None
         self._open[sid] = (self.index[dep], load + (q.others_streams if q else 0), hit, work)
@@ -226,6 +230,8 @@ class Switchyard:
         pending = self.pending[edge]
         dep = sim.deployments[d].id
         pending[dep] -= int(sim.streams.prompt[sid]) - hit
+        if self.report_every_ms:
+            self.logs[edge].record(float(sim.out.first_ms[sid]) / 1000.0, pending)
         predicted_tpot = self._tpot_pred.pop(sid, None)
         if predicted_tpot and int(sim.streams.output[sid]) > 1:
             self.decoding[edge][sid] = (d, predicted_tpot)
@@ -236,9 +242,7 @@ class Switchyard:
     def reported(self, now: float, reports: Sequence[ServerReport]) -> None:
         """The agents' reports sampled at ``now``, with each edge's own pending then."""
         by_id = dict(zip(self.index, reports, strict=True))
-        self._reports.append((now, by_id, [(dict(p), dict(s.inflight))
-                                           for p, s in zip(self.pending, self.stats,
-                                                           strict=True)]))
+        self._reports.append((now, by_id, [dict(s.inflight) for s in self.stats]))
 
     def _fleet(self, edge: int, now: float) -> dict[str, FleetQueue] | None:
         """The newest report that has reached the edges by ``now`` (none yet: None)."""
@@ -247,10 +251,15 @@ class Switchyard:
             q.popleft()
         if not q or q[0][0] + delay > now:
             return None
-        _, reports, own = q[0]
-        tokens, streams = own[edge]
-        return {d: FleetQueue(r.waiting_tokens, tokens.get(d, 0),
-                              r.waiting_streams + r.running_streams, streams.get(d, 0))
+        sampled, reports, own = q[0]
+        age_s = (now - sampled) / 1000.0  # what a route row would carry with the queue
+        queues = fleet_queues({d: (r.waiting_tokens, age_s) for d, r in reports.items()},
+                              self.logs[edge], now / 1000.0)
+        if not self._fleet_load:
+            return queues
+        streams = own[edge]
+        return {d: dataclasses.replace(queues[d], streams=r.waiting_streams + r.running_streams,
+                                       own_streams=streams.get(d, 0))
                 for d, r in reports.items()}
 
     def _running(self, edge: int, now: float, sim: TokenSim) -> dict[str, float]:

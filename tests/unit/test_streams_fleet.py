@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import pytest
 
+from placement.errors import ConfigError
 from placement.model import Candidate
+from placement.stream_guard import PendingLog, fleet_queues
 from placement.streams import (
     FleetQueue,
     StreamAsk,
@@ -93,3 +95,37 @@ def test_explain_names_the_other_edges_queue() -> None:
     assert any("slow/llm" in line and "other edges' queue 150 tokens" in line
                for line in lines)
     assert not any("fast/llm" in line and "other edges' queue" in line for line in lines)
+
+
+def test_the_pending_log_answers_the_state_at_a_past_time() -> None:
+    log = PendingLog(max_age_s=10.0)
+    assert log.at(5.0) == {}
+    log.record(1.0, {"a": 100})
+    log.record(2.0, {"a": 100, "b": 50})
+    log.record(2.0, {"a": 60, "b": 50})  # a second change at the same time replaces it
+    log.record(4.0, {"a": 0})
+    assert log.at(0.5) == {} and log.at(1.0) == {"a": 100} and log.at(1.9) == {"a": 100}
+    assert log.at(3.0) == {"a": 60, "b": 50} and log.at(9.0) == {"a": 0}
+    with pytest.raises(ValueError, match="time went back"):
+        log.record(3.0, {})
+    with pytest.raises(ConfigError):
+        PendingLog(max_age_s=0.0)
+
+
+def test_the_pending_log_forgets_past_its_horizon_but_keeps_the_state_then() -> None:
+    log = PendingLog(max_age_s=10.0)
+    log.record(0.0, {"a": 1})
+    log.record(5.0, {"a": 2})
+    log.record(30.0, {"a": 3})
+    assert log.at(25.0) == {"a": 2}  # the state that held until 30 s is still known
+    assert log.at(1.0) == {}  # older than the horizon: forgotten
+
+
+def test_fleet_queues_take_this_edges_share_at_each_reports_sample_time() -> None:
+    log = PendingLog()
+    log.record(10.0, {"a/llm": 300})
+    log.record(11.0, {"a/llm": 500, "b/llm": 40})
+    queues = fleet_queues({"a/llm": (800, 1.5), "b/llm": (40, 0.5)}, log, now_s=12.0)
+    assert queues["a/llm"] == FleetQueue(800, own_tokens=300)  # sampled at 10.5 s
+    assert queues["b/llm"] == FleetQueue(40, own_tokens=40)  # sampled at 11.5 s
+    assert queues["a/llm"].others_tokens == 500 and queues["b/llm"].others_tokens == 0

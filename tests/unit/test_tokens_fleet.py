@@ -78,14 +78,14 @@ def test_the_edge_uses_a_report_only_a_push_delay_after_its_sample_less_its_own_
     assert sy.report_every_ms == 1000.0
     assert Switchyard(sim).report_every_ms == 0.0  # the default edge gets no reports
     l4 = sim.deployments[0].id
-    sy.pending[0][l4] = 40  # this edge's own pending tokens there at the sample
+    sy.logs[0].record(0.9, {l4: 40})  # this edge's own pending tokens there at the sample
     sy.reported(1000.0, [ServerReport(100, 2, 1), ServerReport(0, 0, 3)])
-    sy.pending[0][l4] = 90  # it sent more since
+    sy.logs[0].record(1.1, {l4: 90})  # it sent more since
     assert sy._fleet(0, 1249.0) is None  # not pushed yet
     view = sy._fleet(0, 1250.0)
     assert view is not None
     assert view[l4].waiting_tokens == 100 and view[l4].own_tokens == 40
-    assert view[l4].others_tokens == 60 and view[l4].streams == 3
+    assert view[l4].others_tokens == 60
     sy.reported(2000.0, [ServerReport(7, 1, 0), ServerReport(0, 0, 0)])
     assert sy._fleet(0, 2100.0)[l4].waiting_tokens == 100  # type: ignore[index]
     assert sy._fleet(0, 2250.0)[l4].own_tokens == 90  # type: ignore[index]
