@@ -257,9 +257,10 @@ class RouteHub:
     def _replay_rows(self, region: str) -> int:
         """Rows published since a region's kept snapshot past which it is rebuilt instead."""
         rows = sum(len(t.rows) for (_, r), t in self._tables.items() if r == region)
-        # A whole region's worth: replaying pushes costs nothing (they are shared and
-        # serialised already), sorting and serialising 10,000 rows again does.
-        return max(1000, rows)
+        # A tenth: a new watch replays these pushes, merged for it once more than
+        # MAX_PENDING_PUSHES (the merges are shared only until the next publish, and the
+        # start-up publishes all the time), while a new snapshot sorts on kept keys.
+        return max(1000, rows // 10)
 
     def publish(self, max_rows: int | None = None) -> None:
         """Rebuild now and offer changed rows to every watcher of their region; with
