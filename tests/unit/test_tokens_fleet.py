@@ -7,8 +7,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import pytest
 
-from benchmarks.costsim.tokens_policies import Switchyard
+from benchmarks.costsim.tokens_policies import REJECTED, Switchyard, make_policy
 from benchmarks.costsim.tokens_workload import Streams, TokenScenario, parse_token_scenario
 from benchmarks.costsim.tokensim import ServerReport, TokenSim
 from tests.unit.test_tokens_sim import SCENARIOS, scenario, streams
@@ -139,3 +140,17 @@ def test_the_edge_moves_a_stream_off_a_server_other_edges_queued_once_the_report
     assert taught(sim, None).choose(0, 0, 2000.0, sim) == 0  # no report: the cheap L4
     assert taught(sim, 1000.0).choose(0, 0, 2000.0, sim) == 1  # the report: the H100
     assert taught(sim, 1900.0).choose(0, 0, 2000.0, sim) == 0  # sampled, not yet pushed
+
+
+@pytest.mark.parametrize("name", REJECTED)
+def test_every_rejected_fleet_variant_still_serves_every_stream(name: str) -> None:
+    n = 60
+    st = Streams(np.arange(n) * 200.0, np.arange(n) % 2, np.zeros(n, dtype=np.int64),
+                 np.full(n, 300), np.full(n, 8), np.where(np.arange(n) % 3 == 0, 1, -1),
+                 np.where(np.arange(n) % 3 == 0, 100, 0), np.ones(n))
+    sim = TokenSim(two_edges(ttft_ms=1000.0), st)
+    policy = make_policy(name, sim, seed=1)
+    out = sim.run(policy)
+    assert not np.isnan(out.ttft_ms).any() and np.all(out.deployment >= 0)
+    assert isinstance(policy, Switchyard) and policy.report_every_ms > 0
+    assert all(not p for p in policy.pending[0].values())  # every first token came back
