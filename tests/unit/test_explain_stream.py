@@ -11,24 +11,14 @@ import pytest
 
 from placement.errors import InvalidRequest
 from placement.explain_stream import explain_stream
-from placement.model import Candidate
 from placement.streams import StreamAsk, StreamChoice, TokenEstimate, choose_stream
 from services import stream_explain
 from services.api.switchyard.v1 import placement_pb2
 from services.edge.hints import ParsedHints
 from services.placement.main import build_service
 from tests.mesh_harness import mesh_config
+from tests.stream_cases import FAST, SLOW, cand
 
-
-def cand(name: str) -> Candidate:
-    return Candidate(deployment_id=f"{name}/llm", backend_id=name, endpoint=f"{name}:1",
-                     variant="llm", region="r", cloud="c", accelerator="gpu", quality=0.8,
-                     latency_p95_ms=50.0, rtt_ms=1.0, queue_ms=0.0, compute_ms=1.0,
-                     cost_usd=1e-6, spare_capacity=10.0)
-
-
-FAST = TokenEstimate(0.1, 5.0, 1.0, 8.0 / 3600)
-SLOW = TokenEstimate(1.0, 40.0, 8.0, 0.3 / 3600)
 SLOW2 = TokenEstimate(1.0, 40.0, 8.0, 0.9 / 3600)  # as slow, 3x the price
 
 

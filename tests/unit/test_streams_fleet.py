@@ -7,29 +7,16 @@ from __future__ import annotations
 import pytest
 
 from placement.errors import ConfigError
-from placement.model import Candidate
 from placement.stream_guard import PendingLog, fleet_queues
 from placement.streams import (
     FleetQueue,
     StreamAsk,
-    TokenEstimate,
     choose_stream,
     explain,
     fleet_loads,
 )
+from tests.stream_cases import FAST, SLOW, cand
 
-
-def cand(name: str, rtt: float = 1.0) -> Candidate:
-    return Candidate(deployment_id=f"{name}/llm", backend_id=name, endpoint=f"{name}:1",
-                     variant="llm", region="r", cloud="c", accelerator="gpu", quality=0.8,
-                     latency_p95_ms=50.0, rtt_ms=rtt, queue_ms=0.0, compute_ms=1.0,
-                     cost_usd=1e-6, spare_capacity=10.0)
-
-
-FAST = TokenEstimate(prefill_ms_per_token=0.1, tpot_base_ms=5.0, tpot_per_stream_ms=1.0,
-                     usd_per_second=8.0 / 3600)
-SLOW = TokenEstimate(prefill_ms_per_token=1.0, tpot_base_ms=40.0, tpot_per_stream_ms=8.0,
-                     usd_per_second=0.3 / 3600)
 CANDS = [cand("fast"), cand("slow")]
 EST = {"fast/llm": FAST, "slow/llm": SLOW}
 # slow alone: 1 + 100 × 1.0 = 101 ms ≤ 500 × (1 − 0.5) = 250 ms: the cheap one is feasible
