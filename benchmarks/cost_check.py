@@ -5,14 +5,18 @@
 For deciding whether a change to the brain lands (issue 11's rule: no scenario's attainment
 worse by more than 0.1 point, the objective better overall), without the other policies,
 the bounds and the sweep of ``python -m benchmarks.cost --all-scenarios``. Quick horizon
-only. Seed 0 is the scenario's own trace (the one RESULTS.md reports); seed ``n`` adds ``n``
+by default. Seed 0 is the scenario's own trace (the one RESULTS.md reports); seed ``n`` adds ``n``
 to it (another trace and other draws of the same scenario). A variant is the brain as
 committed with one rule switched (``VARIANTS``: idle-only decay of miss margins,
 per-deployment tail margins, a learned or another fixed tail factor for deployments no edge
-has measured; ``unmeasured-1.3`` is the brain before 1.5), applied inside the worker
+has measured, a miss budget for the margins, borrowing idle slots: ``placement/filters/slo.py``;
+``unmeasured-1.3`` is the brain before 1.5), applied inside the worker
 process; ``base`` is the brain as committed. Prints one row per (scenario, seed, variant):
-attainment, USD per 1M calls, switchyard's misses by cause (``benchmarks/costsim/misses.py``)
-and how many of them came in the first 5 simulated seconds. Not written into RESULTS.md.
+attainment, USD per 1M calls, switchyard's misses by cause (``benchmarks/costsim/misses.py``),
+how many of them came in the first 5 simulated seconds, and the share of the expected cost
+paid above each call's cheapest LP-feasible deployment (``premiums``); ``--detail N`` also
+prints where that premium went and, per choice, which soft filter kept the cheapest cheaper
+row out (``WhyNot``). ``--full``: the scenarios' full horizon. Not written into RESULTS.md.
 """
 
 from __future__ import annotations
@@ -147,6 +151,7 @@ class Check:
     seed: int
     variant: str
     detail: int = 0  # with > 0: the most common (cause, edge, SLO, deployment) of the misses
+    quick: bool = True  # False: the scenario's full horizon (``--full``)
 
 
 @dataclass(frozen=True)
@@ -243,9 +248,9 @@ class WhyNot:
 
 def run_one(c: Check) -> Row:
     VARIANTS[c.variant]()
-    s = suite.scenario_of(suite.Job(c.path, True, "switchyard"))
+    s = suite.scenario_of(suite.Job(c.path, c.quick, "switchyard"))
     s.seed += c.seed
-    trace = generate(s, True)
+    trace = generate(s, c.quick)
     why = WhyNot(s) if c.detail else None
     sim = TracedSimulation(s, trace, make_policy("switchyard", s, on_decision=why))
     r = sim.run()
@@ -285,11 +290,14 @@ def main() -> None:
     p.add_argument("--detail", type=int, default=0,
                    help="also print the N most common (cause, edge, SLO, deployment, tenth "
                         "of the day) of each run's misses")
+    p.add_argument("--full", action="store_true",
+                   help="the scenarios' full horizon (5x the quick one's calls)")
     args = p.parse_args()
     paths = sorted(SCENARIOS.glob("*.toml"))
     if args.scenarios:  # in the order given
         paths = [SCENARIOS / f"{name}.toml" for name in args.scenarios]
-    checks = [Check(str(q), seed, v, args.detail) for q in paths for seed in args.seeds
+    checks = [Check(str(q), seed, v, args.detail, not args.full) for q in paths
+              for seed in args.seeds
               for v in args.variants]
     t0 = time.monotonic()
     rows: list[Row] = []

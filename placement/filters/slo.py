@@ -26,8 +26,13 @@ single-cloud-hetero 99.52/99.45 %, noisy-cheap-spot 99.60/99.53 %, many-small-po
   (``SloFeedback.surplus``, bounds at z = 2; ``borrow-surplus``): neutral (every scenario
   within 0.02 point of base, few-large-pools −3 % USD on seed 0): at the quick horizon an
   edge rarely sees the > 1,200 clean calls that unlock it; at z = 1.28
-  (``borrow-surplus-z1.28``) tight 99.35/99.43 % and noisy-cheap-spot 99.49 %.
-  Adopting it would also need a field in ``CallContext`` the edge's router sets.
+  (``borrow-surplus-z1.28``) tight 99.35/99.43 % and noisy-cheap-spot 99.49 %. On the full
+  horizon (``cost_check --full``, seeds 0 and 1) it is the one that helps:
+  tight-three-variant 99.53/99.53 % → 99.56/99.53 % at 12.8/14.3 → 12.7/12.7 USD/1M, and
+  single-cloud-hetero, noisy-cheap-spot and many-small-pools exactly as without it; not
+  yet measured on default or the other scenarios, so not adopted. Adopting it needs a
+  field in ``CallContext`` that the edge's router (and the simulator) set from
+  ``SloFeedback.surplus``, in place of this module flag.
 """
 
 from __future__ import annotations
