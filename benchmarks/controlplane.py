@@ -481,9 +481,14 @@ def _kept(lv: Level) -> float:
     return lv.ingest_per_s / lv.target_per_s
 
 
+# Issue 15's ingest and propagation targets are set at this fleet size (20,000 GPUs is
+# judged with two replicas: benchmarks.controlplane_shards); without it, the largest level.
+TARGET_GPUS = 10_000
+
+
 def notes(levels: list[Level]) -> list[str]:
     now = [lv for lv in levels if lv.label != "before"]
-    worst = now[-1]
+    worst = next((lv for lv in now if lv.gpus == TARGET_GPUS), now[-1])
     p99 = percentile(sorted(worst.delays_ms), 99)
     prop_met = worst.timeouts == 0 and p99 <= 500
     out = [
