@@ -141,11 +141,14 @@ async def test_a_replacement_replica_starts_from_the_survivors_state(
                              "B has rates for every backend and the edge a table")
             for _ in range(5):  # some calls, so the edge has observations to report
                 await asyncio.to_thread(call, mesh, [("x-slo-ms", "400")], timeout_s=2.0)
-            # The edge stops before A dies: it would otherwise fail over to B and report its
-            # decaying call rates there after C fetched B's state, and C (watched by no edge)
-            # would never hear them, so the tables could differ for good. What is tested is
-            # the fetch: B's state at C's start is C's state.
+            # The edge and the agent stop before A dies: B would otherwise go on learning
+            # (the edge's decaying call rates, the agent's reports as the calls' rates fall)
+            # after C fetched its state, and C, which neither reports to, would never hear
+            # it, so the tables could differ for good (a CI run published 5 changes on B in
+            # the 30 s after C's start). What is tested is the fetch: B's state at C's start
+            # is C's state.
             await edge.stop(0.2)
+            await agent.stop()
             await a.stop(0)  # replica A dies; its replacement comes up elsewhere
             with capture_logs() as logs:
                 c = await start_placement(cfg, port=0, metrics_port=0, peers=[addresses[1]],
