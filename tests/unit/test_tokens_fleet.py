@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from benchmarks.costsim.tokens_policies import REJECTED, Switchyard, make_policy
-from benchmarks.costsim.tokens_workload import Streams, TokenScenario, parse_token_scenario
+from benchmarks.costsim.tokens_workload import Streams, TokenScenario
 from benchmarks.costsim.tokensim import ServerReport, TokenSim
-from tests.unit.test_tokens_sim import SCENARIOS, scenario, streams
+from tests.unit.test_tokens_sim import scenario, streams
 
 
 class Reporting:
@@ -94,26 +94,7 @@ def test_the_edge_uses_a_report_only_a_push_delay_after_its_sample_less_its_own_
 
 def two_edges(ttft_ms: float) -> TokenScenario:
     """Two regions' edges sharing one region's cheap L4 and fast H100 (5 ms apart)."""
-    raw = {
-        "scenario": {"warmup_s": 0},
-        "workload": {"noise_sigma": 0.0},
-        "regions": [{"name": "aws-us-east-1", "cloud": "aws", "load_rps": 1},
-                    {"name": "aws-us-east-2", "cloud": "aws", "load_rps": 1}],
-        "accelerators": {
-            "nvidia-l4": {"prefill_ms_per_token": 1.0, "prefill_base_ms": 10, "decode_ms": 20,
-                          "batch_slowdown": 0.5, "max_batch": 8, "cache_tokens": 10_000},
-            "nvidia-h100-80gb": {"prefill_ms_per_token": 0.1, "prefill_base_ms": 5,
-                                 "decode_ms": 5, "batch_slowdown": 0.1, "max_batch": 16,
-                                 "cache_tokens": 10_000}},
-        "variants": [{"name": "llm"}],
-        "classes": [{"name": "c", "share": 1, "ttft_ms": ttft_ms, "tpot_ms": 1000.0,
-                     "max_tokens": 5}],
-        "pools": [{"region": "aws-us-east-1", "accelerator": "nvidia-l4",
-                   "price_class": "spot", "variant": "llm"},
-                  {"region": "aws-us-east-1", "accelerator": "nvidia-h100-80gb",
-                   "price_class": "on-demand", "variant": "llm"}],
-    }
-    return parse_token_scenario(raw, SCENARIOS, "inline")
+    return scenario(ttft_ms, 1000.0, max_tokens=5, l4_batch=8, edge_regions=2)
 
 
 def taught(sim: TokenSim, at_ms: float | None) -> Switchyard:

@@ -29,20 +29,25 @@ SCENARIOS = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "scenar
 CHEAP_USD_H, FAST_USD_H = 0.349, 6.88  # aws-us-east-1 L4 spot, H100 on-demand
 
 
-def scenario(ttft_ms: float = 5000.0, tpot_ms: float = 100.0) -> TokenScenario:
+def scenario(ttft_ms: float = 5000.0, tpot_ms: float = 100.0, *, max_tokens: int = 10,
+             l4_batch: int = 4, edge_regions: int = 1) -> TokenScenario:
+    """aws-us-east-1's cheap L4 (spot) and fast H100 (on-demand), one class; the edges are
+    in ``edge_regions`` regions of aws (us-east-1, then us-east-2, 5 ms apart)."""
+    regions = ["aws-us-east-1", "aws-us-east-2"][:edge_regions]
     raw = {
         "scenario": {"warmup_s": 0},
         "workload": {"noise_sigma": 0.0},
-        "regions": [{"name": "aws-us-east-1", "cloud": "aws", "load_rps": 1}],
+        "regions": [{"name": r, "cloud": "aws", "load_rps": 1} for r in regions],
         "accelerators": {
             "nvidia-l4": {"prefill_ms_per_token": 1.0, "prefill_base_ms": 10, "decode_ms": 20,
-                          "batch_slowdown": 0.5, "max_batch": 4, "cache_tokens": 10_000},
+                          "batch_slowdown": 0.5, "max_batch": l4_batch,
+                          "cache_tokens": 10_000},
             "nvidia-h100-80gb": {"prefill_ms_per_token": 0.1, "prefill_base_ms": 5,
                                  "decode_ms": 5, "batch_slowdown": 0.1, "max_batch": 16,
                                  "cache_tokens": 10_000}},
         "variants": [{"name": "llm"}],
         "classes": [{"name": "c", "share": 1, "ttft_ms": ttft_ms, "tpot_ms": tpot_ms,
-                     "max_tokens": 10}],
+                     "max_tokens": max_tokens}],
         "pools": [{"region": "aws-us-east-1", "accelerator": "nvidia-l4",
                    "price_class": "spot", "variant": "llm"},
                   {"region": "aws-us-east-1", "accelerator": "nvidia-h100-80gb",
