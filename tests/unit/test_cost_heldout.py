@@ -98,3 +98,21 @@ def test_borrowing_idle_slots_is_off_and_bounded_when_on(monkeypatch: pytest.Mon
     assert borrowed_ms(row, ctx, worst) == pytest.approx(80.0 + 20.0)  # one call ahead
     busy = _row(slots=1.0, spare=0.0)
     assert borrowed_ms(busy, ctx, ctx.latency_ms(busy)) == ctx.latency_ms(busy)
+
+
+def test_the_long_tail_scenario_has_the_shape_it_claims() -> None:
+    s = load_scenario(SCENARIOS / "held-out-long-tail.toml")
+    shares = sorted((m.share for m in s.models.values()), reverse=True)
+    assert len(shares) >= 6 and shares[0] >= 0.4 and shares[-1] <= 0.03
+    # The tail models are hosted on few pools; the head model on most.
+    hosts = {m: sum(1 for p in s.pools if any(s.variant(v).model == m for v in p.variants))
+             for m in s.models}
+    head = max(s.models.values(), key=lambda m: m.share).name
+    tail = min(s.models.values(), key=lambda m: m.share).name
+    assert hosts[head] >= 2 * hosts[tail]
+    # A tail model surges while a head model's cheap pool is reclaimed.
+    assert any(b.model and s.models[b.model].share <= 0.1 and b.multiplier >= 3
+               for b in s.bursts)
+    assert any(o.price_class == "spot" for o in s.outages)
+    slos = sorted(c.slo_ms for c in s.classes())
+    assert slos[0] <= 100 and slos[-1] >= 2000
