@@ -5,7 +5,8 @@ the co-located Python edge ``<edge>-slow`` and a real Envoy whose node metadata 
 exactly as ``python -m services.edge.envoy`` pairs them; with ``[security]`` TLS every hop is
 TLS (the Envoy bootstrap from ``launcher.prepare`` carries the edge's certificate files) and
 callers need ``ClientTls``. Used by ``test_envoy_slow_path.py`` (plaintext) and
-``test_envoy_security.py`` (TLS, tenants).
+``test_envoy_security.py`` (TLS, tenants). ``running_envoy_edge(cfg, run_dir)`` is the same
+without the slow path (``test_envoy_edge.py``, ``test_envoy_learned_split.py``).
 """
 
 from __future__ import annotations
@@ -120,5 +121,28 @@ async def running_envoy_mesh(cfg: MeshConfig, run_dir: pathlib.Path,
     finally:
         envoy.stop()
         await slow.stop(0.5)
+        await agent.stop()
+        await placement.stop(0.5)
+
+
+@contextlib.asynccontextmanager
+async def running_envoy_edge(cfg: MeshConfig, run_dir: pathlib.Path, *, concurrency: int = 1,
+                             ready_s: float = 20.0
+                             ) -> AsyncIterator[tuple[RunningPlacement, EnvoyEdge]]:
+    """Placement, an agent for every backend and Envoy for ``cfg.edges[0]``, no slow path;
+    yields once Envoy listens with the config placement pushed."""
+    placement = await start_placement(cfg, port=0, metrics_port=0)
+    address = f"127.0.0.1:{placement.port}"
+    agent = NodeAgent(cfg, [b.id for b in cfg.backends], placement=[address], interval_s=0.3)
+    await agent.start()
+    node, bootstrap = prepare(cfg, cfg.edges[0], placement=[address], port=free_port(),
+                              run_dir=run_dir)
+    envoy = EnvoyEdge(node, bootstrap, concurrency=concurrency)
+    envoy.start()
+    try:
+        await eventually(envoy.ready, ready_s, "Envoy listens with the config placement pushed")
+        yield placement, envoy
+    finally:
+        envoy.stop()
         await agent.stop()
         await placement.stop(0.5)

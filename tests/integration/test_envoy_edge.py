@@ -17,7 +17,6 @@ from envoy.data.accesslog.v3 import accesslog_pb2
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
-from services.agent.agent import NodeAgent
 from services.api.switchyard.v1 import fleet_pb2, placement_pb2, placement_pb2_grpc
 from services.backends.triton import TritonProcess
 from services.config import MeshConfig
@@ -28,6 +27,7 @@ from services.edge.envoy.supervisor import Supervisor
 from services.placement.main import RunningPlacement, start_placement
 from services.ports import free_port
 from services.xds.learning import call_class
+from tests.envoy_harness import running_envoy_edge
 from tests.mesh_harness import eventually, mesh_config, summarize_input
 
 pytestmark = pytest.mark.integration
@@ -59,21 +59,8 @@ class EnvoyMesh:
 @pytest.fixture
 async def mesh(cfg: MeshConfig, tritons: dict[str, TritonProcess],
                tmp_path: pathlib.Path) -> AsyncIterator[EnvoyMesh]:
-    placement = await start_placement(cfg, port=0, metrics_port=0)
-    address = f"127.0.0.1:{placement.port}"
-    agent = NodeAgent(cfg, [b.id for b in cfg.backends], placement=[address], interval_s=0.3)
-    await agent.start()
-    node, bootstrap = prepare(cfg, cfg.edges[0], placement=[address], port=free_port(),
-                              run_dir=tmp_path)
-    envoy = EnvoyEdge(node, bootstrap, concurrency=1)
-    envoy.start()
-    try:
-        await eventually(envoy.ready, 20, "Envoy listens with the config placement pushed")
+    async with running_envoy_edge(cfg, tmp_path) as (placement, envoy):
         yield EnvoyMesh(placement, envoy)
-    finally:
-        envoy.stop()
-        await agent.stop()
-        await placement.stop(0.5)
 
 
 async def test_a_logical_name_is_served_by_the_variant_of_the_deployment_envoy_chose(

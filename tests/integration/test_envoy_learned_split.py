@@ -21,19 +21,19 @@ import tritonclient.grpc as tc
 from tritonclient.utils import InferenceServerException
 
 from placement.edge_learning import Learned
-from services.agent.agent import NodeAgent
 from services.api.switchyard.v1 import placement_pb2
 from services.backends.triton import TritonProcess
 from services.config import MeshConfig
 from services.demo import infer_with_trailers
-from services.edge.envoy.launcher import EnvoyEdge, prepare
-from services.placement.main import RunningPlacement, start_placement
+from services.edge.envoy.launcher import EnvoyEdge
+from services.placement.main import RunningPlacement
 from services.ports import free_port
 from services.xds import server as xds_server
 from services.xds.envoy_types import EnvoySettings, cluster_name, model_cluster_name
 from services.xds.plan import route
 from services.xds.resources import RegionConfig, compile_region
 from services.xds.routes import rotation_cluster_name
+from tests.envoy_harness import running_envoy_edge
 from tests.mesh_harness import PRICES, eventually, summarize_input
 
 pytestmark = pytest.mark.integration
@@ -105,21 +105,9 @@ async def mesh(cfg: MeshConfig, tritons: dict[str, TritonProcess], tmp_path: pat
                monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[SplitMesh]:
     compiles = Compiles()
     monkeypatch.setattr(xds_server, "compile_region", compiles.wrap(cfg.edges[0].region))
-    placement = await start_placement(cfg, port=0, metrics_port=0)
-    address = f"127.0.0.1:{placement.port}"
-    agent = NodeAgent(cfg, [b.id for b in cfg.backends], placement=[address], interval_s=0.3)
-    await agent.start()
-    node, bootstrap = prepare(cfg, cfg.edges[0], placement=[address], port=free_port(),
-                              run_dir=tmp_path)
-    envoy = EnvoyEdge(node, bootstrap, concurrency=2)
-    envoy.start()
-    try:
-        await eventually(envoy.ready, 30, "Envoy listens with the config placement pushed")
+    async with running_envoy_edge(cfg, tmp_path, concurrency=2, ready_s=30) as (placement,
+                                                                                envoy):
         yield SplitMesh(placement, envoy, compiles)
-    finally:
-        envoy.stop()
-        await agent.stop()
-        await placement.stop(0.5)
 
 
 def envoy_route(dump: dict[str, Any], name: str) -> dict[str, Any] | None:
