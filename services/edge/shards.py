@@ -86,12 +86,19 @@ class ShardedLink:
 
     def split(self, obs: list[telemetry_pb2.Observation]
               ) -> dict[str, list[telemetry_pb2.Observation]]:
-        """Observations by the shard owning each deployment's backend region (a deployment
-        the tables no longer hold has no owner and is dropped)."""
-        region = {c.backend_id: c.region for cs in self.store.candidates.values() for c in cs}
-        out: dict[str, list[telemetry_pb2.Observation]] = {}
-        for o in obs:
-            backend_region = region.get(o.deployment_id.split("/", 1)[0])
-            if backend_region is not None:
-                out.setdefault(self.store.shard_of(backend_region), []).append(o)
-        return out
+        return split_by_shard(self.store, obs)
+
+
+def split_by_shard(store: RouteStore, obs: list[telemetry_pb2.Observation]
+                   ) -> dict[str, list[telemetry_pb2.Observation]]:
+    """Observations by the shard owning each deployment's backend region, as ``store``'s
+    tables place it (a deployment the tables no longer hold has no owner and is dropped).
+    Also what placement's ADS federation forwards Envoy's access log by
+    (``services/xds/federation.py``)."""
+    region = {c.backend_id: c.region for cs in store.candidates.values() for c in cs}
+    out: dict[str, list[telemetry_pb2.Observation]] = {}
+    for o in obs:
+        backend_region = region.get(o.deployment_id.split("/", 1)[0])
+        if backend_region is not None:
+            out.setdefault(store.shard_of(backend_region), []).append(o)
+    return out

@@ -52,6 +52,8 @@ class RunningPlacement:
             await self.capacity.stop()
         if self.keeper is not None:
             await self.keeper.stop()
+        if self.ads is not None and self.ads.federation is not None:
+            await self.ads.federation.stop()  # its watches of the other shards
         if self.follower is not None:
             self.follower.cancel()
         if self.discovery is not None:

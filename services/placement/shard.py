@@ -66,3 +66,11 @@ def ownership(cfg: MeshConfig, address: str) -> Ownership:
 def shard_replicas(cfg: MeshConfig, address: str) -> list[str]:
     """The replicas of the shard ``address`` serves (itself included), for peer warm starts."""
     return list(cfg.placement.shards[_shard_index(cfg, address)].replicas)
+
+
+def ads_replicas(cfg: MeshConfig, region: str) -> list[str]:
+    """Where an Envoy edge of ``region`` takes its one ADS stream: the replicas of the shard
+    owning the region (each federates every other shard's rows, ``services/xds/federation``),
+    or every shard's replicas when no shard owns it (an edge region without backends)."""
+    owner = [s.replicas for s in cfg.placement.shards if region in s.regions]
+    return list(owner[0]) if owner else [a for s in cfg.placement.shards for a in s.replicas]

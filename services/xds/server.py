@@ -7,7 +7,10 @@ the same way) plus a session (``session.py``). When the hub publishes a change f
 stream's region, or Envoy (un)subscribes, ACKs or NACKs, the stream compiles the region's
 tables (once per hub version, shared by every Envoy of the region; between publishes every
 ``learn_every_s`` while the region's access log taught placement something,
-``learning.py``) and sends what changed per resource type, clusters first.
+``learning.py``) and sends what changed per resource type, clusters first. With
+``[[placement.shards]]`` the tables are read through a ``federation.Federation`` instead of
+the hub: this shard's rows merged with every other shard's, and the access log's
+observations forwarded to the shard owning each deployment.
 
 The node says who it is in its bootstrap: ``node.id`` is the edge id, ``node.cluster`` its
 region, and ``node.metadata`` holds ``listen_host``/``listen_port`` for the listener placement
@@ -35,10 +38,12 @@ from placement.registry import build_profile
 from services.api.switchyard.v1 import telemetry_pb2
 from services.config import MeshConfig
 from services.convert import candidate_from_pb
-from services.placement.hub import RouteHub
+from services.edge.shards import shard_key, shard_lookup
 from services.placement.server import PlacementService
 from services.security.authz import PLACEMENT, AuthzPolicy
 from services.security.identity import peer_identities
+from services.security.transport import channel_factory
+from services.xds.federation import Federation, TableSource
 from services.xds.feedback import AccessLogFeedback
 from services.xds.learning import RegionLearning
 from services.xds.resources import (
@@ -66,9 +71,10 @@ Session = DeltaSession | SotwSession
 
 # xds-protos ships no stubs: its servicer base is Any to mypy.
 class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
-    def __init__(self, hub: RouteHub, profile: Profile, settings: EnvoySettings,
+    def __init__(self, hub: TableSource, profile: Profile, settings: EnvoySettings,
                  learn_every_s: float = TIME_CONSTANT_S) -> None:
-        self.hub = hub
+        self.hub = hub  # a RouteHub, or a Federation of every shard's (``federation.py``)
+        self.federation: Federation | None = hub if isinstance(hub, Federation) else None
         self.profile = profile
         self.settings = settings
         self.sessions: set[Session] = set()
@@ -226,7 +232,7 @@ def _node_placement(node: object) -> tuple[str, str, int, int]:
     return region, host, port, slow
 
 
-def add_ads(server: grpc.aio.Server, hub: RouteHub, profile: Profile,
+def add_ads(server: grpc.aio.Server, hub: TableSource, profile: Profile,
             settings: EnvoySettings) -> AdsServer:
     """Serve ADS on ``server`` (placement's own port) from ``hub``."""
     ads = AdsServer(hub, profile, settings)
@@ -277,11 +283,14 @@ def serve_ads(server: grpc.aio.Server, service: PlacementService, cfg: MeshConfi
     Envoy's calls into observations (under TLS, only from identities that may report them).
     ADS itself is open to any verified identity, as ``WatchRoutes`` is: placement's port
     takes no connection without a client certificate under TLS."""
-    ads = add_ads(server, service.hub,
+    tables: TableSource = service.hub if not cfg.placement.shards else federate(service, cfg)
+    ads = add_ads(server, tables,
                   build_profile(cfg.routing.profile, cfg.routing.spread_band), envoy_settings(cfg))
 
-    async def report(obs: telemetry_pb2.ObservationReport) -> object:
+    async def local(obs: telemetry_pb2.ObservationReport) -> object:
         return await service.ReportObservations(obs, None)  # type: ignore[arg-type]
+
+    report = local if ads.federation is None else ads.federation.report(local)
 
     args = (report, cfg.edge.report_interval_s, cfg.routing.observed_min_samples,
             service.metrics.registry)
@@ -290,3 +299,17 @@ def serve_ads(server: grpc.aio.Server, service: PlacementService, cfg: MeshConfi
     ads.feedback.learning = ads.learning
     als_pb2_grpc.add_AccessLogServiceServicer_to_server(ads.feedback, server)
     return ads
+
+
+def federate(service: PlacementService, cfg: MeshConfig) -> Federation:
+    """The tables of every shard for this replica's Envoy edges (``federation.py``); the
+    regions of the config's Envoy edges are watched from the start."""
+    own = service.shard.shard
+    peers = {shard_key(i): list(s.replicas) for i, s in enumerate(cfg.placement.shards)
+             if i != own}
+    federation = Federation(service.hub, shard_key(own if own is not None else -1), peers,
+                            shard_lookup(cfg), f"{service.placement_id}/ads-federation",
+                            channel_factory(cfg.security, "placement"))
+    if cfg.edge.engine == "envoy":
+        federation.start(sorted({e.region for e in cfg.edges}))
+    return federation

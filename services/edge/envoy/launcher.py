@@ -39,7 +39,11 @@ class EnvoyStartError(SwitchyardError):
     grpc_code = "UNAVAILABLE"
 
 
-def placement_addresses(cfg: MeshConfig) -> list[str]:
+def placement_addresses(cfg: MeshConfig, region: str = "") -> list[str]:
+    if cfg.placement.shards:  # issue 15: the shard owning the region, which federates
+        from services.placement.shard import ads_replicas
+
+        return ads_replicas(cfg, region)
     p = cfg.placement
     return [f"{p.host}:{p.port}", *p.replicas]
 
@@ -73,7 +77,8 @@ def prepare(cfg: MeshConfig, edge: EdgeConfig, placement: Sequence[str] | None =
                      free_port(), slow_path_port)
     base = run_dir or cfg.path(cfg.run_dir)
     path = write_bootstrap(base / "envoy" / f"{name or edge.id}.json", node,
-                           list(placement or placement_addresses(cfg)), delta, envoy_tls(cfg))
+                           list(placement or placement_addresses(cfg, edge.region)), delta,
+                           envoy_tls(cfg))
     return node, path
 
 
@@ -225,7 +230,7 @@ async def _run_edge(cfg: MeshConfig, edge: EdgeConfig, placement: Sequence[str] 
         loop.add_signal_handler(signal.SIGHUP, policy_reloader(slow, cfg, reload))
     try:
         node = EnvoyNode(edge.id, edge.region, edge.host, edge.port, 0, slow.port)
-        supervisor = Supervisor(node, replicas or placement_addresses(cfg),
+        supervisor = Supervisor(node, replicas or placement_addresses(cfg, edge.region),
                                 cfg.path(cfg.run_dir) / "envoy", concurrency,
                                 certs=envoy_tls(cfg))
         await asyncio.to_thread(supervisor.run, stop)
