@@ -97,7 +97,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     mesh.supervise()  # a child that dies is reported and restarted (unless stopped on purpose)
     try:
         print("\nmesh is up:")
-        print(f"  placement   {cfg.placement.host}:{cfg.placement.port}")
+        print("\n".join(mesh.placement_lines()))
         for e in cfg.edges:
             print(f"  edge        {e.host}:{e.port}  region {e.region}  (KServe v2 / Triton gRPC)")
         print("  try: switchyard status | switchyard explain summarize --region "
@@ -132,6 +132,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     from services.stream_explain import token_section
 
     cfg = _load(args)
+    if cfg.placement.shards and not args.placement:  # one section per shard (issue 15)
+        from services.up import shard_targets
+
+        for title, address in shard_targets(cfg):
+            print(title)
+            if address is not None:
+                args.placement = address
+                cmd_status(args)
+        return 0
     stub = _stub(cfg, args)
     backends = stub.ListBackends(placement_pb2.ListBackendsRequest(), timeout=3)
     print(f"placement {backends.placement_id}  fleet version {backends.version}\n")
@@ -209,6 +218,14 @@ def cmd_drain(args: argparse.Namespace) -> int:
     from services.api.switchyard.v1 import fleet_pb2, placement_pb2
 
     cfg = _load(args)
+    if cfg.placement.shards and not args.placement:  # the shard(s) owning it (issue 15)
+        from services.placement.shard import owning_shards
+        from services.up import answering_replica
+
+        for i in owning_shards(cfg, args.kind, args.target):
+            args.placement = answering_replica(cfg, i)
+            cmd_drain(args)
+        return 0
     scope = {"backend": placement_pb2.AVAILABILITY_SCOPE_BACKEND,
              "region": placement_pb2.AVAILABILITY_SCOPE_REGION,
              "cloud": placement_pb2.AVAILABILITY_SCOPE_CLOUD}[args.kind]

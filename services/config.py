@@ -100,6 +100,8 @@ class ShardConfig(_Strict):
 
     replicas: list[str] = Field(min_length=1)
     regions: list[str] = Field(min_length=1)
+    # Each replica's /metrics port, in the order of ``replicas``; empty: none served.
+    metrics_ports: list[int] = []
 
 
 class PlacementConfig(_Strict):
@@ -256,6 +258,10 @@ def check_shards(shards: list[ShardConfig], regions: set[str], backend_regions: 
                 raise ValueError(f"placement.shards[{i}].regions {r!r} is already owned by "
                                  f"placement.shards[{owner[r]}]")
             owner[r] = i
+        if shard.metrics_ports and len(shard.metrics_ports) != len(shard.replicas):
+            raise ValueError(f"placement.shards[{i}].metrics_ports has "
+                             f"{len(shard.metrics_ports)} ports for {len(shard.replicas)} "
+                             "replicas; give one per replica, or none")
         for a in shard.replicas:
             if a in address:
                 raise ValueError(f"placement.shards[{i}].replicas {a!r} is already a replica "

@@ -1,7 +1,8 @@
 """``switchyard up``: run the whole embedded mesh on this machine as real processes.
 
-Starts, in order: one real Triton server per backend, the emulated-WAN relay, placement,
-one node agent for all backends, and the edges; waits for each to answer its health check;
+Starts, in order: one real Triton server per backend, the emulated-WAN relay, placement
+(with ``[[placement.shards]]``, every replica of every shard), one node agent for all
+backends, and the edges; waits for each to answer its health check;
 prints what listens where. Every child logs JSON to ``<run_dir>/logs/<name>.log``; Ctrl-C
 (or SIGTERM) stops them all. Once the mesh is up, :meth:`Mesh.supervise` hands the children to a
 :class:`services.supervisor.Supervisor`: a child that dies is reaped, reported and restarted
@@ -26,6 +27,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from placement.errors import ConfigError
 from services.config import MeshConfig
 from services.supervisor import Supervisor, release_all
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "0.0.0.0")
 
 
 @dataclass
@@ -59,9 +62,7 @@ class Mesh:
             kids.append(Child("wan relay (emulated RTT)", [py, "-m", "services.backends.wan",
                                                             "--config", cfgp], "", "relay",
                               logs / "wan.log"))
-        p = self.cfg.placement
-        kids.append(Child("placement", [py, "-m", "services.cli", "placement", "--config", cfgp],
-                          f"{p.host}:{p.port}", "grpc", logs / "placement.log"))
+        kids += self.placement_children()
         kids.append(Child("agent", [py, "-m", "services.agent", "--config", cfgp, "--backends",
                                     ",".join(b.id for b in self.cfg.backends)], "", "agent",
                           logs / "agent.log"))
@@ -73,6 +74,36 @@ class Mesh:
                        logs / f"edge-{e.id}.log")
                  for e in self.cfg.edges]
         return kids
+
+    def placement_children(self) -> list[Child]:
+        """One placement replica, or with ``[[placement.shards]]`` one per configured
+        replica of every shard (primary, then standbys; issue 15), each on its own port."""
+        py, cfgp, logs = sys.executable, self.config_path, self.run_dir / "logs"
+        argv = [py, "-m", "services.cli", "placement", "--config", cfgp]
+        p = self.cfg.placement
+        if not p.shards:
+            return [Child("placement", argv, f"{p.host}:{p.port}", "grpc",
+                          logs / "placement.log")]
+        kids = []
+        for i, s in enumerate(p.shards):
+            for j, address in enumerate(s.replicas):
+                host, _, port = address.rpartition(":")
+                if host not in LOCAL_HOSTS:
+                    raise ConfigError(
+                        f"placement.shards[{i}].replicas {address!r}: switchyard up runs "
+                        f"every replica on this machine; use one of {list(LOCAL_HOSTS)}")
+                role = "primary" if j == 0 else f"standby {j}"
+                kids.append(Child(f"placement shards[{i}] {role}", [*argv, "--port", port],
+                                  address, "grpc", logs / f"placement-shard{i}-{j}.log"))
+        return kids
+
+    def placement_lines(self) -> list[str]:
+        """What ``switchyard up`` prints of placement once the mesh is up."""
+        p = self.cfg.placement
+        if not p.shards:
+            return [f"  placement   {p.host}:{p.port}"]
+        return [f"  placement   shards[{i}] {', '.join(s.replicas)}  regions "
+                f"{', '.join(s.regions)}" for i, s in enumerate(p.shards)]
 
     def start(self, progress: bool = True) -> None:
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
@@ -169,3 +200,23 @@ def is_serving(address: str, kind: str) -> bool:
             return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
         except grpc.RpcError:
             return False
+
+
+def shard_targets(cfg: MeshConfig) -> list[tuple[str, str | None]]:
+    """``switchyard status`` with ``[[placement.shards]]``: per shard, a title and the first
+    of its replicas that answers (None: none does)."""
+    out: list[tuple[str, str | None]] = []
+    for i, s in enumerate(cfg.placement.shards):
+        address = next((a for a in s.replicas if is_serving(a, "grpc")), None)
+        title = (f"== placement.shards[{i}] (regions {', '.join(s.regions)}) at {address}"
+                 if address else f"== placement.shards[{i}] (regions {', '.join(s.regions)}):"
+                 f" no replica answers ({', '.join(s.replicas)})")
+        out.append((title, address))
+    return out
+
+
+def answering_replica(cfg: MeshConfig, shard: int) -> str:
+    """The first replica of ``placement.shards[shard]`` that answers (else its primary, so
+    that the caller's error names it)."""
+    replicas = cfg.placement.shards[shard].replicas
+    return next((a for a in replicas if is_serving(a, "grpc")), replicas[0])

@@ -158,8 +158,10 @@ async def start_placement(cfg: MeshConfig, host: str | None = None, port: int | 
                           service.placement_id)
     await server.start()
     await mark_serving(health, [SERVICE_NAME])
-    mport = start_metrics(cfg.placement.metrics_port if metrics_port is None else metrics_port,
-                          host, service.metrics.registry)
+    if metrics_port is None:  # a shard's replica: its own port from placement.shards
+        metrics_port = (shard.metrics_port(cfg, address) if cfg.placement.shards
+                        else cfg.placement.metrics_port)
+    mport = start_metrics(metrics_port, host, service.metrics.registry)
     service.hub.publish()
     keeper = persist.Keeper(service.fleet, learned, service.clock)
     keeper.start()

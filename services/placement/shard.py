@@ -44,9 +44,14 @@ _LOCAL = ("127.0.0.1", "localhost", "0.0.0.0")
 EVERY_REGION = Ownership()  # an unsharded replica
 
 
-def _shard_index(cfg: MeshConfig, address: str) -> int:
+def _me(address: str) -> set[str]:
+    """The addresses a replica listening on ``address`` answers as (a local one: any)."""
     host, _, port = address.rpartition(":")
-    me = {address, *(f"{h}:{port}" for h in _LOCAL)} if host in _LOCAL else {address}
+    return {address, *(f"{h}:{port}" for h in _LOCAL)} if host in _LOCAL else {address}
+
+
+def _shard_index(cfg: MeshConfig, address: str) -> int:
+    me = _me(address)
     for i, shard in enumerate(cfg.placement.shards):
         if me & set(shard.replicas):
             return i
@@ -63,6 +68,16 @@ def ownership(cfg: MeshConfig, address: str) -> Ownership:
     return Ownership(frozenset(cfg.placement.shards[i].regions), i)
 
 
+def metrics_port(cfg: MeshConfig, address: str) -> int:
+    """The /metrics port ``placement.shards[].metrics_ports`` gives the replica at
+    ``address`` (0: none)."""
+    s = cfg.placement.shards[_shard_index(cfg, address)]
+    if not s.metrics_ports:
+        return 0
+    me = _me(address)
+    return s.metrics_ports[next(j for j, a in enumerate(s.replicas) if a in me)]
+
+
 def shard_replicas(cfg: MeshConfig, address: str) -> list[str]:
     """The replicas of the shard ``address`` serves (itself included), for peer warm starts."""
     return list(cfg.placement.shards[_shard_index(cfg, address)].replicas)
@@ -74,3 +89,14 @@ def ads_replicas(cfg: MeshConfig, region: str) -> list[str]:
     or every shard's replicas when no shard owns it (an edge region without backends)."""
     owner = [s.replicas for s in cfg.placement.shards if region in s.regions]
     return list(owner[0]) if owner else [a for s in cfg.placement.shards for a in s.replicas]
+
+
+def owning_shards(cfg: MeshConfig, kind: str, target: str) -> list[int]:
+    """The shards a drain of ``kind`` (backend, region or cloud) ``target`` concerns: the one
+    owning the backend's or the region's backends, every one owning a region of the cloud.
+    An unknown target concerns every shard (each answers NOT_FOUND as one placement does)."""
+    regions = ({b.region for b in cfg.backends if b.id == target} if kind == "backend" else
+               {target} if kind == "region" else
+               {r.name for r in cfg.regions if r.cloud == target})
+    owners = [i for i, s in enumerate(cfg.placement.shards) if regions & set(s.regions)]
+    return owners or list(range(len(cfg.placement.shards)))

@@ -217,3 +217,93 @@ async def test_an_edge_started_from_a_sharded_mesh_watches_every_shard(
         await edge.stop(0)
         await east.stop(0)
         await rest.stop(0)
+
+
+def test_shard_wiring_from_the_config(tmp_path: pathlib.Path) -> None:
+    """What `switchyard up`, Envoy's bootstrap and `switchyard drain` take from the shards."""
+    from services.up import Mesh
+
+    cfg, ports = _two_shards(tmp_path, standby=True)
+    assert shard.ads_replicas(cfg, "r-west") == [f"127.0.0.1:{ports[1]}",
+                                                 f"127.0.0.1:{ports[2]}"]
+    assert shard.owning_shards(cfg, "backend", "east-fast") == [0]
+    assert shard.owning_shards(cfg, "region", "r-west") == [1]
+    assert shard.owning_shards(cfg, "cloud", "aws") == [0, 1]  # r-east, r-west
+    assert shard.owning_shards(cfg, "backend", "nowhere") == [0, 1]
+    kids = Mesh(cfg, "mesh.toml").placement_children()
+    assert [(k.name, k.address, k.argv[-1]) for k in kids] == [
+        ("placement shards[0] primary", f"127.0.0.1:{ports[0]}", str(ports[0])),
+        ("placement shards[1] primary", f"127.0.0.1:{ports[1]}", str(ports[1])),
+        ("placement shards[1] standby 1", f"127.0.0.1:{ports[2]}", str(ports[2]))]
+    remote = _sharded(tmp_path, [{"replicas": ["10.0.0.7:50050"], "regions": ["r-east"]},
+                                 {"replicas": ["a:1"], "regions": ["r-central", "r-west"]}])
+    with pytest.raises(ConfigError, match=r"shards\[0\].replicas '10.0.0.7:50050'"):
+        Mesh(remote, "mesh.toml").placement_children()
+
+
+def test_each_replica_serves_the_metrics_port_its_shard_lists(tmp_path: pathlib.Path) -> None:
+    cfg = _sharded(tmp_path, [
+        {"replicas": ["127.0.0.1:7001", "127.0.0.1:7002"], "metrics_ports": [9001, 9002],
+         "regions": ["r-east"]},
+        {"replicas": ["127.0.0.1:7003"], "regions": ["r-central", "r-west"]}])
+    assert shard.metrics_port(cfg, "127.0.0.1:7002") == 9002
+    assert shard.metrics_port(cfg, "0.0.0.0:7001") == 9001
+    assert shard.metrics_port(cfg, "127.0.0.1:7003") == 0  # none listed: none served
+    with pytest.raises(ValidationError, match=r"shards\[0\].metrics_ports has 1 ports for 2"):
+        _sharded(tmp_path, [{"replicas": ["a:1", "a:2"], "metrics_ports": [9001],
+                             "regions": ["r-east", "r-central", "r-west"]}])
+
+
+async def test_the_ads_federation_merges_forwards_and_keeps_a_lost_shards_rows(
+        tmp_path: pathlib.Path) -> None:
+    """What an Envoy edge of r-east is compiled from at shards[0]'s replica (no Envoy here;
+    tests/integration/test_envoy_shards.py has the real one)."""
+    from services.api.switchyard.v1 import telemetry_pb2
+
+    cfg, ports = _two_shards(tmp_path)
+    east = await start_placement(cfg, port=ports[0], metrics_port=0)
+    rest: RunningPlacement | None = await start_placement(cfg, port=ports[1], metrics_port=0)
+    assert east.ads is not None and east.ads.federation is not None
+    federation = east.ads.federation
+    merged = lambda: {c.deployment_id for t in federation.snapshot("r-east")  # noqa: E731
+                      if t.model == "summarize" for c in t.candidates}
+    got: list[telemetry_pb2.ObservationReport] = []
+
+    async def local(report: telemetry_pb2.ObservationReport) -> object:
+        got.append(report)
+        return await east.service.ReportObservations(report, None)  # type: ignore[arg-type]
+
+    forward = federation.report(local)
+
+    def report() -> telemetry_pb2.ObservationReport:
+        return telemetry_pb2.ObservationReport(edge_id="envoy-1", edge_region="r-east", observations=[
+            telemetry_pb2.Observation(deployment_id=d, edge_region="r-east", calls_per_s=3.0)
+            for d in ("east-fast/summarize-small", "west-cheap/summarize-small")])
+
+    try:
+        await eventually(lambda: merged() == SUMMARIZE and federation.connected("r-east"), 5,
+                         "shards[0]'s federation holds both shards' rows")
+        version = federation.version
+        await forward(report())
+        assert [o.deployment_id for o in got[-1].observations] == ["east-fast/summarize-small"]
+        assert rest is not None
+        assert set(rest.service.fleet.use) == {"west-cheap/summarize-small"}
+        assert ("r-east", "envoy-1") in rest.service.fleet.use["west-cheap/summarize-small"]
+        assert federation.forwarded == 1 and federation.dropped == 0
+        # shards[1] changes a row: the federation's version moves (Envoy is recompiled).
+        await rest.service.SetAvailability(placement_pb2.SetAvailabilityRequest(
+            scope=placement_pb2.AVAILABILITY_SCOPE_BACKEND, target="west-cheap",
+            availability=2), None)  # type: ignore[arg-type]
+        await eventually(lambda: federation.version > version, 5, "the drain arrived")
+        await rest.stop(0)
+        rest = None
+        await eventually(lambda: not federation.connected("r-east"), 5, "shards[1] lost")
+        east.service.hub.publish()
+        assert merged() == SUMMARIZE  # its last rows stay
+        await forward(report())  # its observation cannot be forwarded: dropped, counted
+        assert federation.dropped == 1
+        assert [o.deployment_id for o in got[-1].observations] == ["east-fast/summarize-small"]
+    finally:
+        await east.stop(0)
+        if rest is not None:
+            await rest.stop(0)
