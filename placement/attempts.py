@@ -23,6 +23,15 @@ What a failure excludes for the rest of the call: the deployment; after a server
 widen softly (``avoid_regions``, read by the avoid-region filter): a timeout, or a second
 failure in one region, marks the region; failures in two regions of one cloud mark every
 region of that cloud, so the last attempt crosses clouds.
+
+**Too little deadline left** is one rule (``CallAttempts.check_time_left``), asked before any
+attempt starts: the unary path's first attempt and its retries (``next_timeout``), a hedge's
+second leg (``hedge``: no hedge then, the first leg runs on) and every attempt of a stream
+(``remaining``). With less than ``MIN_REMAINING_S`` of the caller's deadline left nothing is
+forwarded and the call ends with ``DeadlineTooShort`` (DEADLINE_EXCEEDED): such an attempt
+could only be cancelled in flight, and Triton 2.51, the pinned wheel's, can crash on calls
+whose deadline expires a few ms after they arrive (triton-inference-server/server#7368,
+fixed in 24.12).
 """
 
 from __future__ import annotations
@@ -31,12 +40,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from placement.errors import DeadlineTooShort
+
 RETRYABLE = frozenset({"UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "CANCELLED",
                        "ABORTED"})
 SERVER_FAILURES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED"})
 CALLER_STATUSES = frozenset({"DEADLINE_EXCEEDED", "CANCELLED"})  # may be the caller's own
 MIN_REMAINING_S = 0.002  # less than this left of the caller's deadline: no new attempt
-MIN_TIMEOUT_S = 0.001  # grpc needs a positive timeout
 
 
 class Target(Protocol):
@@ -133,19 +143,29 @@ class CallAttempts:
         floor, briefly slow while a variant loaded on the same CPU)."""
         s = self.settings
         bound = max(s.min_attempt_timeout_s, s.attempt_timeout_factor * c.latency_p95_ms / 1000)
-        if self.deadline is None:
+        remaining = self.remaining(now)
+        if remaining is None:
             return None if self.last or alone else bound
-        remaining = self.deadline - now
-        if self.last or alone:
-            return max(remaining, MIN_TIMEOUT_S)
-        return max(min(remaining, bound), MIN_TIMEOUT_S)
+        return remaining if self.last or alone else min(remaining, bound)
 
     def remaining(self, now: float) -> float | None:
-        """The rest of the caller's deadline (a stream's attempts get all of it)."""
-        return None if self.deadline is None else max(self.deadline - now, MIN_TIMEOUT_S)
+        """The rest of the caller's deadline for an attempt starting now (a stream's attempts
+        get all of it); raises ``DeadlineTooShort`` under ``check_time_left``'s rule."""
+        self.check_time_left(now)
+        return None if self.deadline is None else self.deadline - now
 
     def expired(self, now: float) -> bool:
+        """Less than ``MIN_REMAINING_S`` of the caller's deadline is left."""
         return self.deadline is not None and self.deadline - now < MIN_REMAINING_S
+
+    def check_time_left(self, now: float) -> None:
+        """The one "too little deadline left" rule: no attempt starts with less than
+        ``MIN_REMAINING_S`` of the caller's deadline left (see the module docstring)."""
+        if self.deadline is not None and self.expired(now):
+            raise DeadlineTooShort(
+                f"{(self.deadline - now) * 1000:.1f} ms of the caller's deadline left, under "
+                f"the {MIN_REMAINING_S * 1000:g} ms an attempt needs to start "
+                "(placement.attempts.MIN_REMAINING_S): nothing was forwarded")
 
     # -- hedging -------------------------------------------------------------------------
 
@@ -158,10 +178,11 @@ class CallAttempts:
         """Race a second candidate once the first has taken its expected p95."""
         return expected_ms / 1000
 
-    def hedge(self, first: Target, try_budget: Callable[[], bool]) -> bool:
+    def hedge(self, first: Target, try_budget: Callable[[], bool], now: float) -> bool:
         """The hedge timer fired: True when a second attempt may race ``first`` (which the
-        choice of that second attempt then excludes)."""
-        if self.last or not try_budget():
+        choice of that second attempt then excludes). Not with too little deadline left
+        (``check_time_left``'s rule): the first attempt runs on alone."""
+        if self.last or self.expired(now) or not try_budget():
             return False
         self.exclude = self.exclude | {first.deployment_id}
         self.hedged = True

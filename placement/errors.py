@@ -93,7 +93,8 @@ class NoHealthyDeployment(SwitchyardError):
 
 class DeadlineTooShort(SwitchyardError):
     """Less of the caller's own deadline is left than an attempt may start with
-    (``attempts.MIN_REMAINING_S``): the call stops at the edge, nothing is forwarded."""
+    (``attempts.MIN_REMAINING_S``; the one rule is ``CallAttempts.check_time_left``, asked by
+    unary calls, streams and hedges alike): the call stops at the edge, nothing is forwarded."""
 
     grpc_code = "DEADLINE_EXCEEDED"
 

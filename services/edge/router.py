@@ -25,7 +25,6 @@ import grpc
 from placement.attempts import SERVER_FAILURES, AttemptPolicy, AttemptSettings, CallAttempts
 from placement.errors import (
     BackendFailed,
-    DeadlineTooShort,
     InvalidRequest,
     NoHealthyDeployment,
     SwitchyardError,
@@ -34,6 +33,7 @@ from placement.errors import (
 from placement.feedback import SloFeedback
 from placement.model import CallContext, Candidate, Hints
 from placement.pipeline import Profile
+from placement.shares import borrow_tail
 from services.edge import hints as hint_parser
 from services.edge.budget import RetryBudget
 from services.edge.health import HealthView
@@ -161,7 +161,8 @@ class Router:
         view = self.health.view()
         ctx = CallContext(hints, self.settings.slo_margin_ms, frozenset(), frozenset(),
                           view.unusable, self.stats.p95, view.warming, self.rng.random(),
-                          self.inflight, self.feedback.margins(hints.slo_ms, self.clock()))
+                          self.inflight, self.feedback.margins(hints.slo_ms, self.clock()),
+                          borrow_tail=borrow_tail(self.feedback))
         return model, cands, ctx, self.profiles[parsed.profile or self.settings.default_profile]
 
     def candidates(self, model: str) -> Sequence[Candidate]:
@@ -179,7 +180,9 @@ class Router:
             None if time_remaining_s is None else start + time_remaining_s)
         try:
             model, cands, ctx, profile = self.read(raw, metadata, time_remaining_s, record)
-            self._time_left(tries)
+            # The attempt policy's one "too little deadline left" rule, before anything is
+            # chosen (it is asked again as each attempt starts: retries, hedges, streams).
+            tries.check_time_left(self.clock())
             self.budget.call()
             failure: AttemptFailed | None = None
             while True:
@@ -226,18 +229,6 @@ class Router:
             raise
         finally:
             self.on_done(record)
-
-    def _time_left(self, tries: CallAttempts) -> None:
-        """The rule retries already follow, for the first attempt too: with less than
-        ``MIN_REMAINING_S`` of the caller's deadline left the call stops here; an attempt
-        could only be cancelled in flight. (Triton 2.51, the pinned wheel's, can crash on
-        ModelInfer calls whose deadline expires a few ms after they arrive:
-        triton-inference-server/server#7368, fixed in 24.12.)"""
-        now = self.clock()
-        if tries.expired(now):
-            raise DeadlineTooShort(
-                f"{((tries.deadline or now) - now) * 1000:.1f} ms of the caller's deadline "
-                "left: too little to start an attempt")
 
     def _alone(self, c: Candidate, cands: Sequence[Candidate], ctx: CallContext,
                profile: Profile) -> bool:
@@ -286,7 +277,7 @@ class Router:
         t1 = launch(first)
         try:
             done, _ = await asyncio.wait({t1}, timeout=tries.hedge_after_s(ctx.latency_ms(first)))
-            if done or not tries.hedge(first, self.budget.try_retry):
+            if done or not tries.hedge(first, self.budget.try_retry, self.clock()):
                 return first, await t1
             try:
                 second = profile.choose(cands, dataclasses.replace(ctx, exclude=tries.exclude),

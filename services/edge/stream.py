@@ -134,8 +134,14 @@ async def route_stream(router: Router, requests: AsyncIterator[bytes],
         try:
             first = await anext(requests)
         except StopAsyncIteration:
+            # No message: a stream the caller closed empty is OK; one whose deadline ran out
+            # first ends as any other stream with too little deadline left.
+            tries.check_time_left(router.clock())
             return
         model, cands, ctx, profile = router.read(first, metadata, time_remaining_s, record)
+        # The unary path's rule, asked once the first message is in (the caller may send it
+        # late): too little of the deadline left forwards nothing (``DeadlineTooShort``).
+        tries.check_time_left(router.clock())
         goals = hint_parser.parse_stream(metadata)
         gen = Generation(router, parse_request(first), goals, meter)
         router.budget.call()
@@ -158,6 +164,7 @@ async def route_stream(router: Router, requests: AsyncIterator[bytes],
             if pump_task is None:
                 pump_task = asyncio.create_task(pipe.pump(requests))
             gen.attempt_started(c)
+            moved: bytes | None = None
             try:
                 while (resp := await _read(call, pump_task)) is not grpc.aio.EOF:
                     gen.response(resp)  # type: ignore[arg-type]
@@ -166,6 +173,10 @@ async def route_stream(router: Router, requests: AsyncIterator[bytes],
                         gen.committed(c)
                         await context.send_initial_metadata(record.trailers())
                     yield resp  # type: ignore[misc]
+                    if (moved := gen.moving(c, model, len(pipe.sent))) is not None:
+                        call.cancel()  # its pace will miss x-tpot-ms: resume elsewhere
+                        pipe.resume(moved)
+                        break
             except grpc.aio.AioRpcError as err:
                 failure = AttemptFailed(c, err)
                 owed = await gen.owed(tries, len(pipe.sent), c, cands)
@@ -186,6 +197,8 @@ async def route_stream(router: Router, requests: AsyncIterator[bytes],
                 continue
             finally:
                 gen.attempt_ended(c)
+            if moved is not None:  # on to the deployment ``gen.moving`` chose
+                continue
             router.observe_success(c, (router.clock() - start) * 1000)
             return
     except BaseException as exc:

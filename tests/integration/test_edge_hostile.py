@@ -5,6 +5,7 @@ cancellation. Real Triton backends, real placement, agent and edge; raw grpc and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -14,6 +15,7 @@ import grpc
 import numpy as np
 import pytest
 import pytest_asyncio
+import tritonclient.grpc as tc
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
@@ -22,7 +24,15 @@ from services.config import MeshConfig
 from services.edge.router import CallRecord
 from services.edge.tokens import llm_request
 from services.edge.upstream import INFER, STREAM
-from tests.mesh_harness import Mesh, call, eventually, mesh_config, summarize_input, why
+from tests.mesh_harness import (
+    Mesh,
+    call,
+    eventually,
+    mesh_config,
+    request_bytes,
+    summarize_input,
+    why,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -190,4 +200,60 @@ async def test_cancelled_calls_eject_nothing(mesh: Mesh, records: list[CallRecor
     tr = await asyncio.to_thread(call, mesh, [("x-slo-ms", "400")])
     assert tr["x-served-by"] == "central-cheap/summarize-small", (
         f"{tr}\nbefore the call: {before}\nafter: {why(mesh, [('x-slo-ms', '400')])}")
+
+
+
+def triton_counts(mesh: Mesh) -> dict[str, int]:
+    """Requests each backend's Triton has seen (succeeded or failed), from its own inference
+    statistics. (The decoupled ``generate`` model's python backend reports none, so streams
+    here call ``summarize``: Triton serves a non-decoupled model on ModelStreamInfer too.)"""
+    counts = {}
+    for b in mesh.cfg.backends:
+        client = tc.InferenceServerClient(mesh.tritons[b.id].endpoint)
+        try:
+            stats = client.get_inference_statistics("", as_json=True)
+        finally:
+            client.close()
+        counts[b.id] = sum(int(m.get("inference_stats", {}).get(k, {}).get("count", 0))
+                           for m in stats.get("model_stats", []) for k in ("success", "fail"))
+    return counts
+
+
+async def test_a_stream_with_a_tiny_deadline_reaches_no_backend(
+        mesh: Mesh, records: list[CallRecord]) -> None:
+    """Streams follow the unary path's rule (``attempts.MIN_REMAINING_S``): a tritonclient
+    stream with a 1 ms deadline ends DEADLINE_EXCEEDED and nothing reaches Triton (forwarded,
+    such streams are what crashes Triton 2.51: server#7368)."""
+    before = await asyncio.to_thread(triton_counts, mesh)
+
+    def tiny_streams() -> list[str]:
+        codes: list[str] = []
+        for i in range(20):
+            client = mesh.client()
+            got: list[str] = []
+            client.start_stream(lambda result, error, got=got: got.append(
+                "OK" if error is None else str(error.status())), stream_timeout=0.001,
+                headers={"x-request-id": f"tiny-stream-{i}"})
+            # The 1 ms may run out before the request is written: the callback has the error.
+            with contextlib.suppress(InferenceServerException):
+                client.async_stream_infer("summarize", [summarize_input()])
+            client.stop_stream()  # waits for the stream to end
+            client.close()
+            codes.extend(got)
+        return codes
+
+    codes = await asyncio.to_thread(tiny_streams)
+    assert codes and set(codes) == {"StatusCode.DEADLINE_EXCEEDED"}, codes
+    tiny = [r for r in records if r.request_id.startswith("tiny-stream-")]
+    # A stream whose deadline passed before the edge's handler ran is not recorded at all;
+    # every one the edge saw stopped there.
+    assert all(r.chosen is None and r.status == "DEADLINE_EXCEEDED" for r in tiny), [
+        (r.request_id, r.status, r.chosen and r.chosen.deployment_id) for r in tiny]
+    assert await asyncio.to_thread(triton_counts, mesh) == before
+    # A stream with its deadline to spare is still served (and counted by Triton).
+    async with grpc.aio.insecure_channel(mesh.edge_address) as ch:
+        stream = ch.stream_stream(STREAM, request_serializer=None, response_deserializer=None)
+        assert len([r async for r in stream(iter([request_bytes()]), timeout=20)]) == 1
+    after = await asyncio.to_thread(triton_counts, mesh)
+    assert sum(after.values()) > sum(before.values()), (before, after)
 

@@ -6,7 +6,8 @@ import dataclasses
 
 import pytest
 
-from placement.attempts import AttemptPolicy, AttemptSettings, CallAttempts
+from placement.attempts import MIN_REMAINING_S, AttemptPolicy, AttemptSettings, CallAttempts
+from placement.errors import DeadlineTooShort
 from placement.model import Candidate
 
 
@@ -142,7 +143,8 @@ def test_attempt_timeout_is_bounded_while_retries_remain() -> None:
     t = start(deadline=0.1)
     t.started(c)
     assert t.next_timeout(c, now=0.0) == pytest.approx(0.1)  # never past the deadline
-    assert t.next_timeout(c, now=5.0) == pytest.approx(0.001)  # expired: grpc's minimum
+    with pytest.raises(DeadlineTooShort):  # expired: no attempt starts at all
+        t.next_timeout(c, now=5.0)
 
 
 def test_hedging_needs_a_tight_slo_a_spare_attempt_and_budget() -> None:
@@ -150,8 +152,8 @@ def test_hedging_needs_a_tight_slo_a_spare_attempt_and_budget() -> None:
     c = cand(0)
     t.started(c)
     assert t.should_hedge(30) and not t.should_hedge(300) and not t.should_hedge(0)
-    assert not t.hedge(c, no) and not t.hedged
-    assert t.hedge(c, yes) and t.hedged and t.exclude == {"b0/m-v"}
+    assert not t.hedge(c, no, 0.0) and not t.hedged
+    assert t.hedge(c, yes, 0.0) and t.hedged and t.exclude == {"b0/m-v"}
     assert not start(hedge_max_slo_ms=0).should_hedge(30)
     last = start(hedge_max_slo_ms=50, max_attempts=1)
     last.started(c)
@@ -174,3 +176,39 @@ def test_a_lost_hedge_leg_excludes_without_a_verdict() -> None:
     assert t.exclude == {"b0/m-v"}
     assert not t.lost(cand(1), "DEADLINE_EXCEEDED", [c], now=1.0)  # the caller's deadline
     assert not t.lost(cand(1), "INVALID_ARGUMENT", [c], now=0.1)
+
+
+# -- the one "too little deadline left" rule -----------------------------------------------
+
+
+def test_no_attempt_of_any_kind_starts_with_too_little_deadline_left() -> None:
+    """Unary attempts (``next_timeout``), stream attempts (``remaining``) and the rule itself
+    raise the one error; just above the threshold every one of them starts."""
+    c = cand(0, lat=100.0)
+    late = 10.0 - MIN_REMAINING_S / 2  # 1 ms left of a deadline at 10 s
+    asks = [lambda t, now: t.check_time_left(now), lambda t, now: t.next_timeout(c, now),
+            lambda t, now: t.next_timeout(c, now, alone=True), lambda t, now: t.remaining(now)]
+    for ask in asks:
+        t = start(deadline=10.0)
+        with pytest.raises(DeadlineTooShort) as err:
+            ask(t, late)
+        assert err.value.grpc_code == "DEADLINE_EXCEEDED"
+        assert "1.0 ms of the caller's deadline left" in err.value.message
+        assert "MIN_REMAINING_S" in err.value.message
+        ask(t, 10.0 - 2 * MIN_REMAINING_S)  # 4 ms left: allowed
+    assert start(deadline=None).remaining(1e9) is None  # no deadline, no rule
+
+
+def test_a_hedge_does_not_start_with_too_little_deadline_left() -> None:
+    t = start(deadline=1.0, hedge_max_slo_ms=50)
+    c = cand(0)
+    t.started(c)
+    spent: list[bool] = []
+
+    def budget() -> bool:
+        spent.append(True)
+        return True
+
+    assert not t.hedge(c, budget, now=1.0 - MIN_REMAINING_S / 2)
+    assert not t.hedged and t.exclude == frozenset() and spent == []  # no retry token spent
+    assert t.hedge(c, budget, now=0.5) and spent == [True]
