@@ -46,7 +46,8 @@ def cmd_placement(args: argparse.Namespace) -> int:
     cfg = _load(args)
 
     async def main() -> None:
-        running = await start_placement(cfg, port=args.port)
+        running = await start_placement(cfg, port=args.port,
+                                        shard_address=args.shard_address or None)
         await wait_for_signal()
         await running.stop()
 
@@ -279,6 +280,9 @@ def parser() -> argparse.ArgumentParser:
                     help="stop the mesh after the demo instead of waiting for Ctrl-C")
     pl = add("placement", cmd_placement, "run one placement replica")
     pl.add_argument("--port", type=int, default=None, help="override [placement] port")
+    pl.add_argument("--shard-address", default="",
+                    help="with placement.shards: the host:port the shards list this replica "
+                         "as, when not its own (e.g. its shard's Kubernetes Service)")
     ed = add("edge", cmd_edge, "run one edge router")
     ed.add_argument("--id", required=True, help="edge id from [[edges]]")
     ed.add_argument("--port", type=int, default=None, help="override the edge's port")

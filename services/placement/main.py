@@ -125,15 +125,17 @@ async def start_placement(cfg: MeshConfig, host: str | None = None, port: int | 
                           metrics_port: int | None = None,
                           preregister: bool = True,
                           learned: pathlib.Path | None = None,
-                          peers: Sequence[str] | None = None) -> RunningPlacement:
+                          peers: Sequence[str] | None = None,
+                          shard_address: str | None = None) -> RunningPlacement:
     """``learned``: where this replica keeps what it learned (default
     ``<run_dir>/placement-<port>.learned.json``, see :mod:`services.placement.persist`).
     ``peers``: replicas to fetch learned state from at start (:mod:`services.placement.peer`;
     default: the other configured replicas, when this one is configured; with
     ``placement.shards``, the other replicas of its shard, and it must listen on an address
-    a shard lists)."""
+    a shard lists, or be told which with ``shard_address``: the address a shard lists it as,
+    e.g. its shard's Kubernetes Service)."""
     host = host or cfg.placement.host
-    address = f"{host}:{cfg.placement.port if port is None else port}"
+    address = shard_address or f"{host}:{cfg.placement.port if port is None else port}"
     owned = shard.ownership(cfg, address)
     service = build_service(cfg, preregister and cfg.discovery == "static", owned)
     server = grpc.aio.server(interceptors=[*authz.interceptors(cfg.security), ErrorInterceptor()],
