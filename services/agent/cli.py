@@ -142,7 +142,10 @@ async def _run(args: argparse.Namespace) -> None:
     env = dict(os.environ)
     config, _ = agent_config(args, env)
     discovery = open_discovery(config, config.consul) if config.discovery == "consul" else None
-    placement = await _catalog_placement(discovery) if discovery is not None else []
+    # With placement.shards the agent reports each backend to its region's shard (from the
+    # config); one flat catalog list would send every backend to every shard.
+    placement = (await _catalog_placement(discovery)
+                 if discovery is not None and not config.placement.shards else [])
     agent = build_agent(args, env, placement=placement, discovery=discovery)
     await agent.start()
     loop = asyncio.get_running_loop()

@@ -102,6 +102,12 @@ class Discovery(Protocol):
         """``host:port`` of every placement replica an edge may connect to."""
         ...
 
+    async def placement_shards(self) -> dict[str, list[str]]:
+        """Placement replicas by shard key (``shards[i]``, ``services/edge/shards.py``;
+        ``""`` for replicas of an unsharded placement): what an edge of a sharded mesh
+        watches, one shard each."""
+        ...
+
     async def close(self) -> None:
         """Stop background watches and release connections."""
         ...

@@ -38,7 +38,13 @@ from services.discovery.base import (
 )
 from services.discovery.blocking import Backoff, IndexTracker, TokenBucket, jittered_wait
 from services.discovery.broadcast import StateBroadcast
-from services.discovery.meta import SERVICE_TAG, MetaError, backend_from_service, backend_meta
+from services.discovery.meta import (
+    PLACEMENT_SHARD_META,
+    SERVICE_TAG,
+    MetaError,
+    backend_from_service,
+    backend_meta,
+)
 from services.discovery.settings import ConsulSettings
 
 log = structlog.get_logger("switchyard.discovery.consul")
@@ -106,7 +112,7 @@ class ConsulDiscovery:
         self._first = {"health": asyncio.Event(), "kv": asyncio.Event()}
         self._tasks: list[asyncio.Task[None]] = []
         self._registered: set[str] = set()
-        self._placement_last: list[str] | None = None
+        self._placement_last: dict[str, list[str]] | None = None  # by shard
         self.health_index = IndexTracker()
         self.kv_index = IndexTracker()
 
@@ -145,18 +151,27 @@ class ConsulDiscovery:
         self._registered.discard(backend_id)
         log.info("consul.deregistered", service_id=backend_id)
 
-    async def register_placement(self, replica_id: str, endpoint: str, check: HealthCheck) -> None:
-        """Announce a placement replica so edges find it through the catalog."""
+    async def register_placement(self, replica_id: str, endpoint: str, check: HealthCheck,
+                                 shard: str = "") -> None:
+        """Announce a placement replica so edges find it through the catalog; ``shard``: the
+        shard it serves (``shards[i]``, tagged ``shard=…`` and in its meta; "" unsharded)."""
         host, _, port = endpoint.rpartition(":")
         await self._call(f"register placement {replica_id!r}",
                          self._client.agent.service.register(
                              self._s.placement_service, service_id=replica_id, address=host,
-                             port=int(port), tags=[SERVICE_TAG],
+                             port=int(port),
+                             tags=[SERVICE_TAG, *([f"shard={shard}"] if shard else [])],
+                             meta={PLACEMENT_SHARD_META: shard} if shard else None,
                              check=check_definition(check), replace_existing_checks=True))
         self._registered.add(replica_id)
 
     async def placement_endpoints(self) -> list[str]:
         """Placement replicas from the catalog; the last known list while Consul is away."""
+        return [a for replicas in (await self.placement_shards()).values() for a in replicas]
+
+    async def placement_shards(self) -> dict[str, list[str]]:
+        """Placement replicas from the catalog by the shard each registered with ("" for an
+        unsharded one); the last known answer while Consul is away."""
         try:
             _, nodes = await self._client.catalog.service(self._s.placement_service)
         except CONSUL_ERRORS as exc:
@@ -165,11 +180,14 @@ class ConsulDiscovery:
                     f"consul at {self._s.address}: cannot list {self._s.placement_service!r} "
                     f"and no earlier answer is known: {exc!r}", retry_after_s=1.0) from exc
             log.warning("consul.placement_stale", error=repr(exc), kept=self._placement_last)
-            return list(self._placement_last)
-        self._placement_last = [
-            f"{n.get('ServiceAddress') or n.get('Address')}:{n['ServicePort']}"
-            for n in nodes or []]
-        return list(self._placement_last)
+            return {k: list(v) for k, v in self._placement_last.items()}
+        found: dict[str, list[str]] = {}
+        for n in nodes or []:
+            shard = (n.get("ServiceMeta") or {}).get(PLACEMENT_SHARD_META, "")
+            found.setdefault(shard, []).append(
+                f"{n.get('ServiceAddress') or n.get('Address')}:{n['ServicePort']}")
+        self._placement_last = found
+        return {k: list(v) for k, v in found.items()}
 
     async def close(self) -> None:
         """Stop the watches, deregister what this process registered, close the session."""

@@ -17,6 +17,7 @@ from services.api.switchyard.v1 import fleet_pb2
 META_VALUE_MAX = 512
 META_PAIRS_MAX = 64
 SERVICE_TAG = "switchyard"
+PLACEMENT_SHARD_META = "shard"  # a placement replica's shard key (``shards[i]``), issue 15
 
 
 class MetaError(ValueError):

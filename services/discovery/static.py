@@ -18,6 +18,7 @@ from services.convert import backends_from_config
 from services.discovery.base import BackendEntry, DiscoveryState, HealthCheck
 from services.discovery.broadcast import StateBroadcast
 from services.discovery.documents import load_prices_file, merge_prices
+from services.placement.shard import configured_shards
 
 
 def placement_endpoints_from_config(config: MeshConfig) -> list[str]:
@@ -31,9 +32,12 @@ class StaticDiscovery:
 
     def __init__(self, backends: Iterable[fleet_pb2.Backend], prices: Iterable[fleet_pb2.Price],
                  placement: Iterable[str], policies: Mapping[str, Mapping[str, Any]] | None = None,
-                 ) -> None:
+                 shards: Mapping[str, list[str]] | None = None) -> None:
+        """``shards``: shard key → replicas (``placement.shards``); none: one unsharded
+        placement at ``placement``."""
         self._backends = {b.id: b for b in backends}
         self._placement = list(placement)
+        self._shards = {k: list(v) for k, v in (shards or {}).items()}
         self._broadcast = StateBroadcast(DiscoveryState(
             backends=self._entries(), prices=merge_prices(prices),
             policies=dict(policies or {}), version=1, source="static"))
@@ -43,7 +47,7 @@ class StaticDiscovery:
                     policies: Mapping[str, Mapping[str, Any]] | None = None) -> StaticDiscovery:
         """Build from the mesh config; reads the prices file it names (ConfigError if bad)."""
         return cls(backends_from_config(config), load_prices_file(config.path(config.prices_file)),
-                   placement_endpoints_from_config(config), policies)
+                   placement_endpoints_from_config(config), policies, configured_shards(config))
 
     def _entries(self) -> tuple[BackendEntry, ...]:
         return tuple(BackendEntry(self._backends[k]) for k in sorted(self._backends))
@@ -75,6 +79,10 @@ class StaticDiscovery:
 
     async def placement_endpoints(self) -> list[str]:
         return list(self._placement)
+
+    async def placement_shards(self) -> dict[str, list[str]]:
+        return ({k: list(v) for k, v in self._shards.items()} if self._shards
+                else {"": list(self._placement)})
 
     async def close(self) -> None:
         self._broadcast.close()

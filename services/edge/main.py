@@ -26,10 +26,11 @@ from services.edge.outlier import OutlierSettings
 from services.edge.router import Router, RouterSettings
 from services.edge.routes import RouteStore
 from services.edge.service import SERVICE, InferenceService
-from services.edge.shards import ShardedLink, shard_key, shard_lookup
+from services.edge.shards import ShardedLink, catalog_shards, shard_lookup
 from services.edge.stats import EdgeStats
 from services.edge.upstream import Upstreams
 from services.grpc_errors import AnyContext
+from services.placement.shard import configured_shards
 from services.security import transport
 from services.security.tenants import TenantGate
 from services.serving import add_health_and_reflection, mark_serving, start_metrics
@@ -186,10 +187,10 @@ async def start_edge(cfg: MeshConfig, edge: EdgeConfig, port: int | None = None,
         replicas = await _catalog_replicas(cfg, replicas)
     link: PlacementLink | ShardedLink
     if cfg.placement.shards and placement is None:  # one watch per shard (issue 15)
-        link = ShardedLink(edge.id, edge.region,
-                           {shard_key(i): s.replicas for i, s in enumerate(cfg.placement.shards)},
-                           store, stats, on_update=health.table_changed,
-                           report_interval_s=rt.report_interval_s,
+        shards = (await catalog_shards(cfg) if cfg.discovery == "consul"
+                  else configured_shards(cfg))
+        link = ShardedLink(edge.id, edge.region, shards, store, stats,
+                           on_update=health.table_changed, report_interval_s=rt.report_interval_s,
                            channel_factory=transport.channel_factory(cfg.security, "edge"),
                            streams=router.streams)
     else:

@@ -17,17 +17,21 @@ import asyncio
 from collections.abc import Callable
 
 import grpc
+import structlog
 
+from placement.errors import SwitchyardError
 from services.api.switchyard.v1 import telemetry_pb2
 from services.config import MeshConfig
 from services.edge.control import PlacementLink
 from services.edge.routes import RouteStore
 from services.edge.stats import EdgeStats
 from services.edge.token_stats import StreamStats
+from services.placement.shard import configured_shards, shard_key
 
+log = structlog.get_logger("switchyard.edge")
 
-def shard_key(index: int) -> str:
-    return f"shards[{index}]"
+__all__ = ["ShardedLink", "catalog_shards", "region_shards", "shard_key", "shard_lookup",
+           "split_by_shard"]
 
 
 def region_shards(cfg: MeshConfig) -> dict[str, str]:
@@ -39,6 +43,25 @@ def shard_lookup(cfg: MeshConfig) -> Callable[[str], str]:
     """``RouteStore.shard_of`` for this config (unsharded: every region is shard "")."""
     owners = region_shards(cfg)
     return lambda region: owners.get(region, "")
+
+
+async def catalog_shards(cfg: MeshConfig) -> dict[str, list[str]]:
+    """Every shard's replicas as the Consul catalog lists them (each replica registers with
+    its shard), then the configured ones; the configured ones alone when Consul cannot say."""
+    from services.discovery import open_discovery
+
+    configured = configured_shards(cfg)
+    discovery = open_discovery(cfg, cfg.consul)
+    try:
+        found = await discovery.placement_shards()
+    except SwitchyardError as exc:
+        log.warning("placement_catalog_unreachable", error=exc.message,
+                    action="using the configured placement shards")
+        found = {}
+    finally:
+        await discovery.close()
+    return {key: [*found.get(key, []), *(r for r in replicas if r not in found.get(key, []))]
+            for key, replicas in configured.items()}
 
 
 class ShardedLink:

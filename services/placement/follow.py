@@ -23,7 +23,8 @@ async def follow(discovery: Discovery, service: PlacementService) -> None:
             log.warning("discovery_stale", source=state.source,
                         action="keeping the last known fleet; retrying with backoff")
             continue
-        healthy = {b.id: b for b in state.healthy_backends()}
+        # A shard's replica follows only its regions' backends (services/placement/shard.py).
+        healthy = {b.id: b for b in state.healthy_backends() if service.shard.owns(b.region)}
         for b in healthy.values():
             service.fleet.register(backend_from_pb(b))
         for gone in known - healthy.keys():

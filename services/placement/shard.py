@@ -41,6 +41,16 @@ class Ownership:
 _LOCAL = ("127.0.0.1", "localhost", "0.0.0.0")
 
 
+def shard_key(index: int) -> str:
+    """How a shard is named on the wire and in the catalog (``placement.shards[index]``)."""
+    return f"shards[{index}]"
+
+
+def configured_shards(cfg: MeshConfig) -> dict[str, list[str]]:
+    """Shard key → its replicas (host:port, primary first), from the config."""
+    return {shard_key(i): list(s.replicas) for i, s in enumerate(cfg.placement.shards)}
+
+
 EVERY_REGION = Ownership()  # an unsharded replica
 
 
