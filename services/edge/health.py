@@ -10,15 +10,21 @@ filter drops it) and a cordoned one its ``availability`` (the cordon filter); ``
 folds drain in for the control RPCs.
 
 Each call reads ``view()``: an immutable ``HealthSnapshot`` (deployment → the true reason it
-may not be used; deployment → slow-start share), rebuilt only when something changes.
+may not be used; deployment → slow-start share; of the unusable, those kept out only by
+outlier detection → when their ejection ends), rebuilt only when something changes.
 Nobody else holds or mutates these sets.
+
+When every deployment a call may use is ejected by outlier detection, the router tries one
+of them anyway (panic routing, ``placement.panic``: the soonest back first, every other
+filter of the call still applied); a deployment failing its active health check is never
+a panic target (a ``ServerReady`` that fails says more than a run of failed calls).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 import structlog
@@ -42,6 +48,9 @@ class HealthSnapshot:
 
     unusable: Mapping[str, str]  # deployment id -> why the edge will not use it
     warming: Mapping[str, float]  # deployment id -> slow-start share of traffic
+    # Of ``unusable``, those kept out only by outlier detection (not a failing health check)
+    # -> when their ejection ends (the view's clock): panic targets (``placement.panic``).
+    ejected_until: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
 
 
 class HealthView:
@@ -50,6 +59,7 @@ class HealthView:
                  on_eject: Callable[[str, float], None] | None = None) -> None:
         """``on_eject(deployment_id, seconds)`` on each deployment ejection (metrics, log)."""
         self.store = store
+        self.clock = clock
         self.unhealthy_after = unhealthy_after
         self._deployments = OutlierDetector.from_settings(outliers, clock, on_eject)
         self._backends = OutlierDetector.from_settings(
@@ -131,12 +141,19 @@ class HealthView:
 
     def _rebuild(self) -> None:
         unusable: dict[str, str] = {}
+        until: dict[str, float] = {}
+        now = self.clock()
         for b, why in self._unhealthy.items():
             unusable.update(dict.fromkeys(self.store.deployments_of(b), why))
         for b in self._backends.ejected - self._unhealthy.keys():
             for dep in self.store.deployments_of(b):
-                unusable.setdefault(dep, SERVER_OUTLIER)
+                if dep not in unusable:
+                    unusable[dep] = SERVER_OUTLIER
+                    until[dep] = now + self.ejected_for(dep, b)
         for dep in self._deployments.ejected:
-            unusable.setdefault(dep, OUTLIER)
+            if dep not in unusable:
+                unusable[dep] = OUTLIER
+                until[dep] = now + self._deployments.ejected_for(dep)
         self._view = HealthSnapshot(MappingProxyType(unusable),
-                                    MappingProxyType(dict(self._slow_start.shares)))
+                                    MappingProxyType(dict(self._slow_start.shares)),
+                                    MappingProxyType(until))

@@ -8,7 +8,9 @@ the policy says is the caller's own (its deadline expired, it cancelled) is not 
 against the backend. Who may be used is the health view's (``health.py``): each call reads
 one immutable snapshot of it. Collaborators are passed in (route store, upstream pool,
 health view, stats, retry budget, profiles), so a test can hand it fakes. Nothing here parses
-tensors or calls placement.
+tensors or calls placement. When outlier detection has ejected every deployment a call may
+use, the call is tried on the one whose ejection ends soonest rather than refused (panic
+routing, ``placement.panic``; never past the call's own hints).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import grpc
+import structlog
 
 from placement.attempts import SERVER_FAILURES, AttemptPolicy, AttemptSettings, CallAttempts
 from placement.errors import (
@@ -32,7 +35,8 @@ from placement.errors import (
 )
 from placement.feedback import SloFeedback
 from placement.model import CallContext, Candidate, Hints
-from placement.pipeline import Profile
+from placement.panic import panic_choice
+from placement.pipeline import Decision, Profile
 from placement.shares import borrow_tail
 from services.edge import hints as hint_parser
 from services.edge.budget import RetryBudget
@@ -43,6 +47,8 @@ from services.edge.token_stats import StreamStats
 from services.edge.upstream import Upstreams
 from services.edge.wire import rewrite_model_name, scan_model_name
 from services.security.tenants import Admission
+
+log = structlog.get_logger("switchyard.edge")
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +141,7 @@ class Router:
         self.inflight: dict[str, int] = {}  # calls this edge has in flight per deployment
         self.feedback = SloFeedback()  # margins learned from SLO misses (placement.feedback)
         self.streams = StreamStats()  # LLM streams: loads, token estimates, prefix holders
+        self.panics = 0  # calls sent to an ejected deployment: nothing else was left
 
     @property
     def blocked(self) -> Mapping[str, str]:
@@ -189,9 +196,12 @@ class Router:
                 try:
                     decision = profile.choose(cands, ctx, self.rng, cost_sorted=True)
                 except NoHealthyDeployment as exc:
-                    if failure is None:
-                        raise
-                    raise _failed(failure, tries) from exc
+                    panic = self._panic(cands, ctx, profile)
+                    if panic is None:
+                        if failure is None:
+                            raise
+                        raise _failed(failure, tries) from exc
+                    decision = panic
                 c = decision.candidate
                 record.chosen, record.slo_met = c, decision.slo_met
                 tries.started(c)
@@ -229,6 +239,18 @@ class Router:
             raise
         finally:
             self.on_done(record)
+
+    def _panic(self, cands: Sequence[Candidate], ctx: CallContext,
+               profile: Profile) -> Decision | None:
+        """Every deployment the call may use is ejected by outlier detection: try the one
+        whose ejection ends soonest, the call's own filters applied (``placement.panic``)."""
+        decision = panic_choice(cands, ctx, self.health.view().ejected_until,
+                                lambda c: profile.choose(cands, c, self.rng, cost_sorted=True))
+        if decision is not None:
+            self.panics += 1
+            log.warning("panic_routed", deployment=decision.candidate.deployment_id,
+                        why=ctx.unusable.get(decision.candidate.deployment_id, ""))
+        return decision
 
     def _alone(self, c: Candidate, cands: Sequence[Candidate], ctx: CallContext,
                profile: Profile) -> bool:

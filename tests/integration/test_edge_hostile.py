@@ -39,8 +39,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
 @pytest.fixture(scope="module")
 def cfg(tmp_path_factory: pytest.TempPathFactory) -> MeshConfig:
-    # Tight-SLO calls are hedged: the hedge path must not leak tasks either.
-    return mesh_config(tmp_path_factory.mktemp("hostile"), hedge_max_slo_ms=50)
+    # Tight-SLO calls are hedged: the hedge path must not leak tasks either. Ejections last a
+    # minute: the panic test's must not expire before its call on a loaded host.
+    return mesh_config(tmp_path_factory.mktemp("hostile"), hedge_max_slo_ms=50,
+                       eject_base_s=60)
 
 
 @pytest.fixture
@@ -257,3 +259,22 @@ async def test_a_stream_with_a_tiny_deadline_reaches_no_backend(
     after = await asyncio.to_thread(triton_counts, mesh)
     assert sum(after.values()) > sum(before.values()), (before, after)
 
+
+
+async def test_every_deployment_ejected_is_panic_routed_within_the_hints(mesh: Mesh) -> None:
+    """Outlier detection has ejected every deployment meeting the call's quality floor (the
+    failures are fed to the edge's health view in-process, as failed calls feed it): the call
+    is still served, by one of them, never by the lower-quality deployments that remain
+    usable. Last in the module: the ejections outlive the test."""
+    router = mesh.edge.router
+    large = [c for c in router.store.candidates["summarize"] if c.variant == "summarize-large"]
+    assert len(large) >= 2, large
+    for c in large:
+        for _ in range(mesh.cfg.edge.eject_consecutive_failures):
+            router.health.failure(c, server_failure=False)
+    unusable = router.health.view().unusable
+    assert {c.deployment_id for c in large} <= set(unusable), unusable
+    panics = router.panics
+    tr = await asyncio.to_thread(call, mesh, [("x-slo-ms", "400"), ("x-min-quality", "0.85")])
+    assert tr["x-served-by"] in {c.deployment_id for c in large}, tr
+    assert router.panics == panics + 1
