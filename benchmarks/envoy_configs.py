@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf import json_format
@@ -90,6 +90,10 @@ class Config:
     clusters: dict[str, dict[str, Any]]
     access_log: list[dict[str, Any]]
     stats: bool = True
+    # the rest of the pushed listener (``switchyard``): HCM fields (HTTP/2 windows, local
+    # replies, connection limits...) and listener fields (the per-connection buffer limit)
+    hcm_extra: dict[str, Any] = field(default_factory=dict)
+    listener_extra: dict[str, Any] = field(default_factory=dict)
 
     def route(self) -> dict[str, Any]:
         r: dict[str, Any] = self.route_config["virtual_hosts"][0]["routes"][0]
@@ -98,7 +102,8 @@ class Config:
     def bootstrap(self) -> dict[str, Any]:
         hcm: dict[str, Any] = {
             "@type": HCM_TYPE, "stat_prefix": "bench", "codec_type": "HTTP2",
-            "route_config": self.route_config, "http_filters": [*self.filters, ROUTER]}
+            "route_config": self.route_config, "http_filters": [*self.filters, ROUTER],
+            **self.hcm_extra}
         if self.access_log:
             hcm["access_log"] = self.access_log
         host, _, port = self.placement.rpartition(":")
@@ -117,7 +122,8 @@ class Config:
             "static_resources": {
                 "listeners": [{"name": "bench", "address": {"socket_address": {
                     "address": "127.0.0.1", "port_value": self.port}},
-                    "filter_chains": [{"filters": [{"name": HCM, "typed_config": hcm}]}]}],
+                    "filter_chains": [{"filters": [{"name": HCM, "typed_config": hcm}]}],
+                    **self.listener_extra}],
                 "clusters": [*self.clusters.values(), placement]}}
         if not self.stats:
             out["stats_config"] = {"stats_matcher": {"reject_all": True}}
@@ -191,9 +197,22 @@ def retry_policy(c: Config) -> None:
                               max_stream_duration=action["max_stream_duration"])
 
 
+# another variant in the order: the aggregate placement pushes then has the upstream rewrite
+OTHER_VARIANT_DEPLOYMENT = f"{BACKEND}-b/{VARIANT}-other"
+
+
+def multi_variant_upstream_filters() -> list[dict[str, Any]]:
+    """The upstream filters of an aggregate whose children serve two variants (the upstream
+    Lua rewrite included; a one-variant aggregate has none)."""
+    agg = _dict(resources.model_cluster(AGG_CLUSTER, [DEPLOYMENT, OTHER_VARIANT_DEPLOYMENT],
+                                        SETTINGS))
+    shipped: list[dict[str, Any]] = (
+        agg["typed_extension_protocol_options"][PROTOCOL_OPTIONS]["http_filters"])
+    return shipped
+
+
 def _upstream_filters(c: Config, names: tuple[str, ...]) -> None:
-    agg = _dict(resources.model_cluster(AGG_CLUSTER, [DEPLOYMENT], SETTINGS))
-    shipped = agg["typed_extension_protocol_options"][PROTOCOL_OPTIONS]["http_filters"]
+    shipped = multi_variant_upstream_filters()
     chosen = [f for f in shipped if f["name"] in names] + [CODEC]
     opts = c.clusters[DEP_CLUSTER]["typed_extension_protocol_options"][PROTOCOL_OPTIONS]
     opts["http_filters"] = copy.deepcopy(chosen)
@@ -241,17 +260,29 @@ def lua_hints_and_extraction(c: Config) -> None:
 
 # --- the whole Switchyard config -------------------------------------------------------------
 
+def _sy_listener(c: Config) -> dict[str, Any]:
+    return _dict(resources.listener("127.0.0.1", c.port, REGION, SETTINGS))
+
+
 def _sy_hcm(c: Config) -> dict[str, Any]:
-    listener = _dict(resources.listener("127.0.0.1", c.port, REGION, SETTINGS))
-    hcm: dict[str, Any] = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm: dict[str, Any] = _sy_listener(c)["filter_chains"][0]["filters"][0]["typed_config"]
     return hcm
 
 
+# HCM fields the bootstrap sets itself (the routes come inline, not over RDS)
+_OWN_HCM_FIELDS = ("@type", "stat_prefix", "codec_type", "rds", "http_filters", "access_log")
+
+
 def switchyard(c: Config) -> None:
-    """Everything placement pushes (one model, one deployment), as a static bootstrap."""
-    hcm = _sy_hcm(c)
+    """Everything placement pushes (one model, one deployment), as a static bootstrap: the
+    listener's HCM as pushed (its routes inline instead of over RDS), its clusters."""
+    listener = _sy_listener(c)
+    hcm: dict[str, Any] = listener["filter_chains"][0]["filters"][0]["typed_config"]
     c.filters = [f for f in hcm["http_filters"] if f["name"] != ROUTER["name"]]
     c.access_log = hcm["access_log"]
+    c.hcm_extra = {k: v for k, v in hcm.items() if k not in _OWN_HCM_FIELDS}
+    c.listener_extra = {k: v for k, v in listener.items()
+                        if k not in ("name", "address", "filter_chains")}
     deployment_cluster(c)
     c.clusters[AGG_CLUSTER] = _dict(resources.model_cluster(AGG_CLUSTER, [DEPLOYMENT],
                                                             SETTINGS))
@@ -263,27 +294,21 @@ def switchyard(c: Config) -> None:
     c.route_config.pop("name", None)
 
 
-def sy_request_lua_only(c: Config) -> None:
-    """Switchyard without the listener Lua's response side (no cost/SLO trailers)."""
-    switchyard(c)
-    c.filters = [_lua("switchyard.model_name", request_only_script())]
-
-
 def sy_first_variant(c: Config) -> None:
     """Switchyard with the variant appended once by the listener Lua (the first deployment's,
-    from route metadata); the upstream Lua touches the body only for another variant."""
+    from route metadata), and the upstream filters of an order over two variants: the
+    upstream Lua runs on every attempt and touches the body only for another variant."""
     switchyard(c)
     for f in c.filters:
         src = f["typed_config"]["default_source_code"]
-        src["inline_string"] = rewrite.listener_script(src["inline_string"])
+        if rewrite.FIRST_VARIANT_KEY not in src["inline_string"]:  # the listener has it now
+            src["inline_string"] = rewrite.listener_script(src["inline_string"])
     for r in c.route_config["virtual_hosts"][0]["routes"]:
         if r.get("route", {}).get("cluster") == AGG_CLUSTER:
             r.setdefault("metadata", {}).setdefault("filter_metadata", {}).setdefault(
                 lua.LISTENER_FILTER, {})[rewrite.FIRST_VARIANT_KEY] = VARIANT
     opts = c.clusters[AGG_CLUSTER]["typed_extension_protocol_options"][PROTOCOL_OPTIONS]
-    for f in opts["http_filters"]:
-        if f["name"] == "switchyard.variant_rewrite":
-            f["typed_config"]["default_source_code"]["inline_string"] = rewrite.VARIANT_REWRITE
+    opts["http_filters"] = multi_variant_upstream_filters()
 
 
 def set_first_variant(c: Config, first_variant: str | None) -> None:
@@ -312,11 +337,6 @@ def sy_without_lua(c: Config) -> None:
     opts = c.clusters[AGG_CLUSTER]["typed_extension_protocol_options"][PROTOCOL_OPTIONS]
     opts["http_filters"] = [f for f in opts["http_filters"]
                             if f["name"] != "switchyard.variant_rewrite"]
-
-
-def sy_no_access_log(c: Config) -> None:
-    switchyard(c)
-    c.access_log = []
 
 
 def sy_extraction(c: Config) -> None:
@@ -365,9 +385,9 @@ ALTERNATIVES = (
     Variant("sy-gfe", "Switchyard, name by grpc_field_extraction", MODEL, (sy_extraction,)),
     Variant("sy-first", "Switchyard, variant appended once by the listener", MODEL,
             (sy_first_variant,)),
+    Variant("sy-2var", "Switchyard, an order over two variants (upstream Lua kept)", MODEL,
+            (sy_first_variant,)),
     Variant("sy-no-lua", "Switchyard minus every Lua filter (floor)", VARIANT,
             (sy_without_lua,)),
-    Variant("sy-no-als", "Switchyard without the access log", MODEL, (sy_no_access_log,)),
-    Variant("sy-no-resp", "Switchyard without the response Lua", MODEL, (sy_request_lua_only,)),
 )
 VARIANTS = {v.name: v for v in (*PIECES, *ALTERNATIVES)}

@@ -13,13 +13,19 @@ module's variants (``benchmarks/envoy_dynmod.py``: ``dm-peek``, ``sy-dm``) need
 ``native/build.sh`` to have built it; without it they are reported as not started.
 
     python -m benchmarks.envoy_filters [--quick] [--only NAME,NAME...] [--rounds N]
-                                       [--conc C,C...]
+                                       [--conc C,C...] [--before DIR]
+
+``--only ablation``: ``sy`` and every variant of ``benchmarks/envoy_ablation.py`` (``sy`` with
+one thing removed), with a table of what each removal saved against ``sy`` in the same round.
+``--before DIR``: ``sy-before``, the whole config as the commit exported at DIR compiles it
+(``benchmarks/envoy_before.py``), paired with ``sy`` in each round.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pathlib
 import statistics
 import sys
 import time
@@ -29,6 +35,8 @@ from benchmarks._fleet import Fleet, Target, _wait_infer
 from benchmarks._load import Point, measure, schedstat_seconds
 from benchmarks.common import Section, command_for, main, md_table, progress
 from benchmarks.dataplane import _loop_factory, start_switchyard_envoy
+from benchmarks.envoy_ablation import ABLATIONS
+from benchmarks.envoy_before import BeforeVariant
 from benchmarks.envoy_configs import VARIANTS as LUA_VARIANTS
 from benchmarks.envoy_configs import Variant
 from benchmarks.envoy_dynmod import DM_VARIANTS
@@ -36,14 +44,17 @@ from services.edge.envoy.launcher import envoy_command
 from services.ports import free_port
 from services.xds import native
 
-VARIANTS = {**LUA_VARIANTS, **{v.name: v for v in DM_VARIANTS}}
+VARIANTS: dict[str, Variant | BeforeVariant] = {
+    **LUA_VARIANTS, **{v.name: v for v in (*DM_VARIANTS, *ABLATIONS)}}
+# ``--only ablation``: the full config and every one-thing-removed variant of it
+GROUPS = {"ablation": ("sy", *(v.name for v in ABLATIONS), "sy-2var")}
 
 ESTIMATE_S = (420, 1100)
 BASELINE = "plain"
 ADS = "envoy-sy"
 
 
-def start_variant(fleet: Fleet, v: Variant) -> Target:
+def start_variant(fleet: Fleet, v: Variant | BeforeVariant) -> Target:
     if v in DM_VARIANTS:
         if not native.available():
             raise RuntimeError(f"{native.module_path()} is not built (native/build.sh)")
@@ -133,8 +144,8 @@ PIECE_NAMES = ("dep-cluster", "lua-peek", "aggregate", "retry", "hdr-mutation", 
 
 # Alternatives against what they would replace, paired within each round.
 PAIRS = (("sy-dm", "sy"), ("dm-peek", "lua-peek"), ("sy-no-lua", "sy"), ("sy-first", "sy"),
-         ("sy-gfe", "sy"), ("sy-no-resp", "sy"), ("sy-no-als", "sy"), ("envoy-sy", "sy"),
-         ("hints+gfe", "lua-peek"), ("gfe", "lua-peek"))
+         ("sy-gfe", "sy"), ("envoy-sy", "sy"), ("hints+gfe", "lua-peek"), ("gfe", "lua-peek"),
+         ("sy", "sy-before"))
 
 
 def pair_rows(rounds: list[dict[tuple[str, int], Point]],
@@ -151,6 +162,60 @@ def pair_rows(rounds: list[dict[tuple[str, int], Point]],
             total = sum((alt, c) in r and (ref, c) in r for r in rounds for c in concurrencies)
             rows.append([f"{alt} / {ref}", *cells, f"{below}/{total}"])
     return rows
+
+
+def _saved(rounds: list[dict[tuple[str, int], Point]], name: str, conc: int) -> list[float]:
+    """Per round: (sy − variant) CPU per call in units of plain Envoy's, same round."""
+    return [(r[("sy", conc)].proxy_cpu_us - r[(name, conc)].proxy_cpu_us)
+            / r[(BASELINE, conc)].proxy_cpu_us for r in rounds
+            if (name, conc) in r and ("sy", conc) in r and (BASELINE, conc) in r]
+
+
+ABLATION_NAMES = GROUPS["ablation"][1:]
+
+
+def ablation_rows(rounds: list[dict[tuple[str, int], Point]],
+                  concurrencies: Sequence[int]) -> list[list[object]]:
+    """Per one-thing-removed variant: its CPU per call over plain's, and what removing the
+    thing saved against ``sy`` in plain's units (same round), with how often it saved."""
+    rows: list[list[object]] = []
+    for n in ABLATION_NAMES:
+        saved = {c: _saved(rounds, n, c) for c in concurrencies}
+        if not any(saved.values()):
+            continue
+        ratios = [_spread([r[(n, c)].proxy_cpu_us / r[(BASELINE, c)].proxy_cpu_us
+                           for r in rounds if (n, c) in r and (BASELINE, c) in r])
+                  for c in concurrencies]
+        below = sum(v > 0 for c in concurrencies for v in saved[c])
+        total = sum(len(saved[c]) for c in concurrencies)
+        rows.append([n, VARIANTS[n].what, *ratios,
+                     *[_spread(saved[c], "{:+.2f}") for c in concurrencies],
+                     f"{below}/{total}"])
+    return rows
+
+
+def ablation_verdicts(rounds: list[dict[tuple[str, int], Point]],
+                      concurrencies: Sequence[int]) -> list[str]:
+    """The ablation's prose, computed from its rows: per concurrency, the removals that saved
+    most (median), and which saved in at least 3 of 4 points (the rest is within noise)."""
+    out = []
+    for conc in concurrencies:
+        whole = _median_ratio(rounds, "sy", conc)
+        med = {n: statistics.median(v) for n in ABLATION_NAMES if (v := _saved(rounds, n, conc))}
+        if whole is None or not med:
+            continue
+        ranked = sorted(med.items(), key=lambda kv: -kv[1])
+        out.append(f"c={conc}: `sy` is {whole:.2f}× plain (+{whole - 1:.2f}); removing one "
+                   "thing saved (median, plain's units), largest first: "
+                   + ", ".join(f"{n} {v:+.2f}" for n, v in ranked[:6]) + ".")
+    steady = [n for n in ABLATION_NAMES
+              if (v := [x for c in concurrencies for x in _saved(rounds, n, c)])
+              and sum(x > 0 for x in v) >= 0.75 * len(v)]
+    if steady:
+        out.append("Saved in at least 3 of 4 points (both concurrencies): "
+                   + ", ".join(f"`{n}`" for n in steady) + "; every other removal is within "
+                   "the round-to-round noise.")
+    return out
 
 
 def _median_ratio(rounds: list[dict[tuple[str, int], Point]], name: str,
@@ -191,12 +256,18 @@ DEFAULT_CONCURRENCIES = (1, 8)  # beyond 8 a slower proxy batches more: CPU/call
 
 
 def run(quick: bool, only: str = "", rounds: int = 0,
-        concurrencies: tuple[int, ...] = DEFAULT_CONCURRENCIES) -> Section:
+        concurrencies: tuple[int, ...] = DEFAULT_CONCURRENCIES, before: str = "") -> Section:
+    """``before``: an export of an older commit; ``sy-before`` is its config (``sy`` paired
+    against it in each round)."""
     calls, seconds, default_rounds = (1000, 3.0, 5) if quick else (2000, 6.0, 7)
     rounds = rounds or default_rounds
+    if before:
+        b = BeforeVariant(pathlib.Path(before))
+        VARIANTS[b.name] = b
     names = [BASELINE, *[n for n in VARIANTS if n != BASELINE], ADS]
     if only:
-        wanted = set(only.split(","))
+        wanted = {n for w in only.split(",") for n in GROUPS.get(w, (w,))}
+        wanted |= {"sy", "sy-before"} if before else set()
         names = [n for n in names if n == BASELINE or n in wanted]
     t0 = time.monotonic()
     with Fleet() as fleet:
@@ -216,6 +287,13 @@ def run(quick: bool, only: str = "", rounds: int = 0,
         table += ("\n\n**Alternatives against what they replace (CPU per call, same round)**"
                   "\n\n" + md_table(["pair", *[f"c={c}" for c in concurrencies],
                                       "points cheaper"], pairs, "l" + "r" * (len(pairs[0]) - 1)))
+    ablation = ablation_rows(results, concurrencies)
+    if ablation:
+        table += ("\n\n**Ablation: `sy` with one thing removed (CPU per call; saved = (sy − "
+                  "variant) / plain, same round)**\n\n" + md_table(
+                      ["variant", "what is changed", *[f"CPU/plain c={c}" for c in concurrencies],
+                       *[f"saved c={c}" for c in concurrencies], "points saved"],
+                      ablation, "ll" + "r" * (len(ablation[0]) - 2)))
     print("\n" + table + "\n", file=sys.stderr)
     notes = [
         f"{rounds} rounds; each point {calls} calls or {seconds:.0f} s after "
@@ -225,13 +303,15 @@ def run(quick: bool, only: str = "", rounds: int = 0,
         "Every Envoy runs 1 worker (`--concurrency 1`); placement (access-log sink, ADS) and "
         "Triton are not billed. Shared machine: absolute µs are inflated; read the ratios.",
         *verdicts(results, concurrencies),
+        *ablation_verdicts(results, concurrencies),
         *[f"`{n}` did not start: {why}" for n, why in failed.items()],
     ]
     return Section("Envoy edge: CPU per call by piece (issue 12)",
                    command_for(__name__, quick) + (f" --only {only}" if only else "")
                    + (f" --rounds {rounds}" if rounds != default_rounds else "")
                    + (f" --conc {','.join(map(str, concurrencies))}"
-                      if concurrencies != DEFAULT_CONCURRENCIES else ""), table, notes,
+                      if concurrencies != DEFAULT_CONCURRENCIES else "")
+                   + (" --before <export of the old commit>" if before else ""), table, notes,
                    elapsed_s=time.monotonic() - t0)
 
 
@@ -249,4 +329,5 @@ if __name__ == "__main__":
     only = _option("--only", "")
     rounds = int(_option("--rounds", "0"))
     conc = tuple(int(c) for c in _option("--conc", "1,8").split(","))
-    main(lambda quick: run(quick, only, rounds, conc), __doc__)
+    before = _option("--before", "")
+    main(lambda quick: run(quick, only, rounds, conc, before), __doc__)
