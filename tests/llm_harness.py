@@ -1,7 +1,8 @@
 """LLM streams for integration tests: a raw-gRPC stream client that records tokens, initial
 metadata and trailers; a direct call to a backend; killing and restarting the backend that
-serves a stream; the demo LLM's emulated speeds on a deployment, for bounds derived from
-them instead of guessed."""
+serves a stream, or slowing it down (the demo LLM's EMULATED speed × a factor, through its
+repository's drill knob); the demo LLM's emulated speeds on a deployment, for bounds derived
+from them instead of guessed."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from collections.abc import Callable, Iterator
 import grpc
 import pytest
 
-from services.backends.repository import llm_parameters, variant_specs
+from services.backends.repository import llm_parameters, set_control, variant_specs
 from services.config import MeshConfig
 from services.edge.tokens import llm_request, parse_token
 from tests.mesh_harness import Mesh, warm
@@ -92,6 +93,27 @@ def kill_when(n: int, mesh: Mesh, killed: list[str]) -> Callable[[int, Stream], 
             backend = s.initial["x-served-by"].split("/")[0]
             killed.append(backend)
             mesh.tritons[backend].kill()
+    return on_token
+
+
+@pytest.fixture
+def slowed(mesh: Mesh) -> Iterator[list[str]]:
+    """Backends a test slowed down; back to their emulated speed afterwards."""
+    names: list[str] = []
+    yield names
+    for name in names:
+        set_control(mesh.tritons[name].repository, slow_factor=1.0)
+
+
+def slow_when(n: int, mesh: Mesh, slowed: list[str], factor: float
+              ) -> Callable[[int, Stream], None]:
+    """At the stream's ``n``-th token, the backend serving it runs ``factor`` × slower (its
+    demo LLM re-reads the knob within 200 ms)."""
+    def on_token(count: int, s: Stream) -> None:
+        if count == n and not slowed:
+            backend = s.initial["x-served-by"].split("/")[0]
+            slowed.append(backend)
+            set_control(mesh.tritons[backend].repository, slow_factor=factor)
     return on_token
 
 

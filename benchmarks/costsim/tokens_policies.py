@@ -35,6 +35,7 @@ from benchmarks.costsim.tokens_workload import Deployment
 from benchmarks.costsim.tokensim import Policy, ServerReport, TokenSim
 from placement.model import Candidate
 from placement.stream_guard import PendingLog, TtftGuard, fleet_queues, tpot_factors
+from placement.stream_move import MoveWatch, move_options
 from placement.streams import (
     LOAD_FACTOR,
     TTFT_HEADROOM,
@@ -52,6 +53,7 @@ UNMEASURED_P95_MS = 200.0  # a table p95 before any stream was measured (plus th
 # (``placement.coalesce_ms`` 50), the rows' rebuild and the push: 250 ms assumed here.
 REPORT_EVERY_MS = 1000.0
 PUSH_DELAY_MS = 250.0
+MOVE_CHECK_MS = 50.0  # how often a moving policy looks at its decoding streams (per token live)
 
 
 class RoundRobin:
@@ -157,8 +159,15 @@ class Switchyard:
                  fleet_load: bool = False, fleet_work: bool = False,
                  fleet_count: bool = False,
                  report_every_ms: float = REPORT_EVERY_MS,
-                 push_delay_ms: float = PUSH_DELAY_MS) -> None:
+                 push_delay_ms: float = PUSH_DELAY_MS, move: bool = False,
+                 move_slack: float = 0.0) -> None:
         self.name = name
+        # move: each edge watches its decoding streams' pace (``placement.stream_move``) and
+        # moves one predicted to miss its TPOT, as ``services/edge/generation.py`` does
+        self.check_every_ms = MOVE_CHECK_MS if move else 0.0
+        self._move_slack = move_slack
+        self.watches: list[dict[int, MoveWatch]] = [{} for _ in sim.regions]
+        self._moved: dict[int, tuple[float, int, float]] = {}  # sid → (at ms, count, B first)
         self.report_every_ms = report_every_ms if fleet else 0.0
         self._fleet_load, self._fleet_work = fleet_load, fleet_work
         # fleet_count: the report is the server's count of streams waiting (what Triton's
@@ -187,6 +196,8 @@ class Switchyard:
         # per edge: uncached prompt tokens of its streams still waiting for a first token
         self.pending: list[dict[str, int]] = [{} for _ in sim.regions]
         self.infeasible = 0  # streams for which nothing was predicted to meet both
+        self._ask: dict[int, StreamAsk] = {}
+        self.moves = 0
 
     def choose(self, sid: int, edge: int, now: float, sim: TokenSim) -> int:
         st, stats = sim.streams, self.stats[edge]
@@ -227,6 +238,7 @@ class Switchyard:
         self._open[sid] = (self.index[dep], load + (q.others_streams if q else 0), hit, work)
         if choice.chosen.measured:
             self._tpot_pred[sid] = choice.chosen.tpot_ms
+        self._ask[sid] = ask
         if self.guards is not None and choice.chosen.measured:
             self.guards[edge].sent(sid, dep, choice.chosen.ttft_ms, now / 1000.0)
         return self.index[dep]
@@ -242,6 +254,11 @@ class Switchyard:
         predicted_tpot = self._tpot_pred.pop(sid, None)
         if predicted_tpot and int(sim.streams.output[sid]) > 1:
             self.decoding[edge][sid] = (d, predicted_tpot)
+        ask = self._ask[sid]
+        if self.check_every_ms and ask.tpot_ms is not None and int(sim.streams.output[sid]) > 1:
+            watch = MoveWatch(ask.tpot_ms, ask.max_tokens, slack=self._move_slack)
+            watch.tokens(float(sim.out.first_ms[sid]) / 1000.0, 1)
+            self.watches[edge][sid] = watch
         if self.guards is not None:  # the first token reaches the edge rtt / 2 later
             at_edge = float(sim.streams.t_ms[sid]) + float(sim.out.ttft_ms[sid])
             self.guards[edge].first_token(sid, at_edge / 1000.0)
@@ -272,10 +289,93 @@ class Switchyard:
                                        own_streams=streams.get(d, 0))
                 for d, r in reports.items()}
 
+    def check(self, now: float, sim: TokenSim) -> list[tuple[int, int]]:
+        """Each edge's decoding streams, their tokens counted as they arrive: the moves
+        ``MoveWatch`` names (same variant: the sim's streams do not allow a change)."""
+        moves = []
+        for edge, watches in enumerate(self.watches):
+            for sid, watch in list(watches.items()):
+                if sid in self._moved and self._moved[sid][2] < 0:
+                    continue  # in flight to its new deployment
+                d = int(sim.at[sid])
+                base = self._moved[sid][1] if sid in self._moved else 0
+                watch.tokens(now / 1000.0, base + 1 + int(sim.decoded(sid, d, now) + 1e-9))
+                target = self._decide(edge, sid, d, watch, now, sim)
+                if target >= 0:
+                    moves.append((sid, target))
+        return moves
+
+    def _decide(self, edge: int, sid: int, d: int, watch: MoveWatch, now: float,
+                sim: TokenSim) -> int:
+        if watch.stay_ms(now / 1000.0) is None or watch.moves:
+            return -1  # cheap exits before the options are predicted
+        if (watch.stay_ms(now / 1000.0) or 0.0) <= watch.miss_ms:
+            watch.decide(now / 1000.0, [])
+            return -1
+        stats, st = self.stats[edge], sim.streams
+        here = sim.deployments[d]
+        cands = [c for c in self.cands[edge]
+                 if c.variant == here.variant.name and c.deployment_id != here.id]
+        first = self._ask[sid]
+        p = int(st.prompt[sid]) + watch.count
+        holder, seen = stats.holder(first.session_key)
+        ask = StreamAsk(prompt_tokens=p, max_tokens=watch.owed, tpot_ms=first.tpot_ms,
+                        session_key=first.session_key, holder=holder,
+                        cached_tokens=min(seen, p))
+        options = move_options(cands, stats.estimates(cands), stats.inflight, ask,
+                               self.pending[edge] if self._use_pending else None,
+                               self._running(edge, now, sim) if self._live_tpot else None)
+        choice = watch.decide(now / 1000.0, options)
+        if choice.target is None:
+            return -1
+        self._moved_away(sid, edge, d, now, watch.count, sim)
+        dep = choice.target.deployment_id
+        option = next(o for o in options if o.candidate is choice.target)
+        load = stats.started(dep)
+        work = p - option.cache_hit_tokens
+        self.pending[edge][dep] = self.pending[edge].get(dep, 0) + work
+        self._open[sid] = (self.index[dep], load, option.cache_hit_tokens, work)
+        self._tpot_pred[sid] = option.tpot_ms
+        self._moved[sid] = (now, watch.count, -1.0)
+        self.moves += 1
+        return self.index[dep]
+
+    def _moved_away(self, sid: int, edge: int, d: int, now: float, count: int,
+                    sim: TokenSim) -> None:
+        """What the edge learns of the attempt it cancels (its segment, as
+        ``StreamMeter.segment_ended``)."""
+        _, load, _, work = self._open.pop(sid)
+        stats, dep = self.stats[edge], sim.deployments[d].id
+        stats.ended(dep)
+        self.decoding[edge].pop(sid, None)
+        first = float(sim.out.first_ms[sid])
+        tpot = (now - first) / (count - 1) if count > 1 else None
+        stats.observe(dep, prefill_ms=float(sim.out.ttft_ms[sid]) - float(sim.rtt[edge, d]),
+                      uncached_tokens=max(work, 0), tpot_ms=tpot, load=load)
+
+    def resumed(self, sid: int, now: float, sim: TokenSim) -> None:
+        """A moved stream's first token on its new deployment (server time ``now``)."""
+        d, _, _, work = self._open[sid]
+        edge = int(sim.streams.region[sid])
+        dep = sim.deployments[d].id
+        self.pending[edge][dep] -= work
+        at, count, _ = self._moved[sid]
+        self._moved[sid] = (at, count, now)
+        predicted = self._tpot_pred.pop(sid, None)
+        if predicted:
+            self.decoding[edge][sid] = (d, predicted)
+        self.watches[edge][sid].tokens(now / 1000.0, count + 1)
+
     def _running(self, edge: int, now: float, sim: TokenSim) -> dict[str, float]:
         """``tpot_factors`` from this edge's streams decoding now: the time between each
         one's latest tokens, as the edge sees them arrive, against the TPOT predicted when it
-        was chosen (once it delivered ``MIN_LIVE_TOKENS``)."""
+        was chosen (once it delivered ``MIN_LIVE_TOKENS``; with moves, each stream's
+        ``MoveWatch`` pace, as the edge measures it)."""
+        if self.check_every_ms:
+            watches = self.watches[edge]
+            paced = [(sim.deployments[d].id, predicted, watches[sid].pace_ms())
+                     for sid, (d, predicted) in self.decoding[edge].items() if sid in watches]
+            return tpot_factors([(d, p, pace) for d, p, pace in paced if pace is not None])
         seen = [(sim.deployments[d].id, predicted, sim.pace(sid, d))
                 for sid, (d, predicted) in self.decoding[edge].items()
                 if sim.decoded(sid, d, now) >= MIN_LIVE_TOKENS]
@@ -290,9 +390,19 @@ class Switchyard:
         stats.ended(dep)
         self.decoding[edge].pop(sid, None)
         self._tpot_pred.pop(sid, None)
+        self.watches[edge].pop(sid, None)
+        self._ask.pop(sid, None)
         tpot = float(out.tpot_ms[sid])
-        stats.observe(dep, prefill_ms=float(out.ttft_ms[sid]) - float(sim.rtt[edge, d]),
-                      uncached_tokens=max(work, 0),
+        prefill = float(out.ttft_ms[sid]) - float(sim.rtt[edge, d])
+        if sid in self._moved:  # the attempt after the move: from its own first token
+            at, count, first_b = self._moved.pop(sid)
+            rtt = float(sim.rtt[edge, d])
+            prefill = first_b + rtt / 2 - at - rtt
+            shift = (rtt - float(sim.rtt[edge, int(out.deployment[sid])])) / 2
+            end = float(out.first_ms[sid]) + tpot * (int(st.output[sid]) - 1) - shift
+            left = int(st.output[sid]) - count
+            tpot = (end - first_b) / (left - 1) if left > 1 else math.nan
+        stats.observe(dep, prefill_ms=prefill, uncached_tokens=max(work, 0),
                       tpot_ms=None if math.isnan(tpot) else tpot, load=load)
         session = int(st.session[sid])
         if session >= 0:
@@ -316,6 +426,7 @@ POLICIES = ("switchyard", "round-robin", "least-loaded", "prefix-affinity", "low
 # Switchyard ablations: the same function without one of its inputs or its guard band
 VARIANTS = ("switchyard-learned-margin", "switchyard-learned-band-only",
             "switchyard-no-guard-band", "switchyard-no-pending", "switchyard-live-tpot",
+            "switchyard-move", "switchyard-live-tpot-move",
             "switchyard-fleet", "switchyard-fleet-instant")
 # Measured once and rejected (``python -m benchmarks.tokens [--quick] --only NAME --scale S``;
 # within both objectives, chat/code/rag/slowdown), kept runnable:
@@ -338,8 +449,9 @@ VARIANTS = ("switchyard-learned-margin", "switchyard-learned-band-only",
 #   98.99/99.37/98.31/97.10);
 # - ``switchyard-fleet-work``: both of the last two: quick chat ×1/×2 99.09/98.26 % at
 #   $1.758/$1.720 per 1M, and with ``ttft_headroom=0.3`` on top 96.85/95.40 %.
-REJECTED = ("switchyard-fleet-250ms", "switchyard-fleet-count", "switchyard-fleet-rate",
-            "switchyard-fleet-load", "switchyard-fleet-work")
+REJECTED = ("switchyard-move-slack10", "switchyard-move-slack25", "switchyard-fleet-250ms",
+            "switchyard-fleet-count", "switchyard-fleet-rate", "switchyard-fleet-load",
+            "switchyard-fleet-work")
 
 
 def make_policy(name: str, sim: TokenSim, seed: int) -> Policy:
@@ -352,6 +464,10 @@ def make_policy(name: str, sim: TokenSim, seed: int) -> Policy:
         "switchyard-no-guard-band": lambda: Switchyard(sim, name, ttft_headroom=0.0),
         "switchyard-no-pending": lambda: Switchyard(sim, name, pending=False),
         "switchyard-live-tpot": lambda: Switchyard(sim, name, live_tpot=True),
+        "switchyard-move": lambda: Switchyard(sim, name, move=True),
+        "switchyard-move-slack10": lambda: Switchyard(sim, name, move=True, move_slack=0.1),
+        "switchyard-move-slack25": lambda: Switchyard(sim, name, move=True, move_slack=0.25),
+        "switchyard-live-tpot-move": lambda: Switchyard(sim, name, live_tpot=True, move=True),
         "switchyard-fleet": lambda: Switchyard(sim, name, fleet=True),
         "switchyard-fleet-instant": lambda: Switchyard(sim, name, fleet=True,
                                                        report_every_ms=50.0, push_delay_ms=0.0),

@@ -16,6 +16,16 @@ demo LLM (``services/backends/demo_model.py``), with emulated speeds:
   batch of ``n`` streams at ``decode_ms × (1 + batch_slowdown × (n − 1))`` per token each
   (processor sharing: the pace changes whenever a stream joins or leaves).
 
+**Moves** (a policy with a ``check_every_ms``): every that many ms the policy looks at its
+streams decoding and may move some (``move``): the old server drops the stream at once (its
+decode billed up to then), and the stream arrives ``rtt / 2`` later at the new one as a
+request for its prompt plus the tokens it delivered (the edge's resumption,
+``services.edge.tokens.resume_request``), which prefills them (less any cached session
+prefix; billed like any prefill) and decodes the rest. The cancel is modelled as instant:
+tokens the old server would decode while the cancel travels are neither billed nor lost. A
+moved stream's TTFT is its first attempt's; its TPOT spans both attempts, the re-prefill gap
+included.
+
 A scenario's ``[[slowdowns]]`` make some servers slower from a point in time on (their
 prefill and decode × a factor; emulated throttling), unannounced to every policy.
 
@@ -44,7 +54,7 @@ import numpy as np
 
 from benchmarks.costsim.tokens_workload import Deployment, Streams, TokenScenario
 
-ARRIVE, PREFILLED, DECODED, SLOWED, REPORT = 0, 1, 2, 3, 4
+ARRIVE, PREFILLED, DECODED, SLOWED, REPORT, CHECK = 0, 1, 2, 3, 4, 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,14 +87,15 @@ class Server:
     def inflight(self) -> int:
         return len(self.waiting) + (self.prefilling >= 0) + len(self.batch)
 
-    def report(self, streams: Streams, prefill_hit: int) -> ServerReport:
-        """What an agent reads of this server now: its queue's prompt tokens less what its
-        cache holds of each (``prefill_hit``: what the stream prefilling now saved)."""
-        tokens = sum(int(streams.prompt[w]) - min(self.cached(int(streams.session[w])),
-                                                  int(streams.shared[w]))
+    def report(self, streams: Streams, prompt: np.ndarray, prefill_hit: int) -> ServerReport:
+        """What an agent reads of this server now: its queue's prompt tokens (``prompt``: each
+        request's, a resumed one's included) less what its cache holds of each
+        (``prefill_hit``: what the stream prefilling now saved)."""
+        tokens = sum(int(prompt[w]) - min(self.cached(int(streams.session[w])),
+                                          int(streams.shared[w]))
                      for w in self.waiting)
         if self.prefilling >= 0:
-            tokens += int(streams.prompt[self.prefilling]) - prefill_hit
+            tokens += int(prompt[self.prefilling]) - prefill_hit
         return ServerReport(tokens, len(self.waiting) + (self.prefilling >= 0),
                             len(self.batch))
 
@@ -110,17 +121,17 @@ class Server:
             _, gone = self.cache.popitem(last=False)
             self.cache_used -= gone
 
-    def admit(self, sid: int, streams: Streams) -> int:
-        """Start ``sid``'s prefill: returns the prompt tokens the cache saved."""
+    def admit(self, sid: int, streams: Streams, prompt: int) -> int:
+        """Start ``sid``'s prefill of ``prompt`` tokens: returns the tokens the cache saved."""
         session = int(streams.session[sid])
         hit = min(self.cached(session), int(streams.shared[sid])) if session >= 0 else 0
         if session >= 0:
             self._insert((0, session), int(streams.shared[sid]))
-            rest = int(streams.prompt[sid] - streams.shared[sid])
+            rest = prompt - int(streams.shared[sid])
             if rest:
                 self._insert((1, sid), rest)
         else:
-            self._insert((1, sid), int(streams.prompt[sid]))
+            self._insert((1, sid), prompt)
         return hit
 
 
@@ -145,6 +156,8 @@ class Outcome:
     cache_hit: np.ndarray
     load_at_start: np.ndarray  # streams the choosing edge's policy counted there (Switchyard)
     first_ms: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    moved_to: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # -1
+    moved_ms: np.ndarray = field(default_factory=lambda: np.zeros(0))  # when it moved
 
 
 class TokenSim:
@@ -161,7 +174,12 @@ class TokenSim:
         nan = np.full(n, math.nan)
         self.out = Outcome(np.full(n, -1), nan.copy(), nan.copy(), nan.copy(),
                            np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64),
-                           np.zeros(n))
+                           np.zeros(n), np.full(n, -1), nan.copy())
+        # each stream's request now: its prompt (plus delivered tokens once moved), the
+        # output tokens still to come when it arrives, and where it is
+        self.prompt = streams.prompt.astype(np.int64).copy()
+        self._left = streams.output.astype(np.int64).copy()
+        self.at = np.full(n, -1)
         self._join_v = np.zeros(n)
         self._join_share = np.zeros(n)
         self._events: list[tuple[float, int, int, int, int]] = []
@@ -183,12 +201,15 @@ class TokenSim:
         every = float(getattr(policy, "report_every_ms", 0.0))
         if every > 0:
             self._push(every, REPORT, 0, 0)
+        check = float(getattr(policy, "check_every_ms", 0.0))
+        if check > 0:
+            self._push(check, CHECK, 0, 0)
         while i < n or self._events:
             if i < n and (not self._events or st.t_ms[i] <= self._events[0][0]):
                 now = float(st.t_ms[i])
                 edge = int(st.region[i])
                 d = policy.choose(i, edge, now, self)
-                self.out.deployment[i] = d
+                self.out.deployment[i] = self.at[i] = d
                 self._push(now + self.rtt[edge, d] / 2, ARRIVE, i, d)
                 i += 1
                 continue
@@ -196,7 +217,7 @@ class TokenSim:
             if kind == ARRIVE:
                 srv = self.servers[b]
                 srv.waiting.append(a)
-                srv.pending_prefill_ms += srv.dep.prefill_ms(int(st.prompt[a]))
+                srv.pending_prefill_ms += srv.dep.prefill_ms(int(self.prompt[a]))
                 self._try_prefill(srv, b, now)
             elif kind == PREFILLED:
                 self._prefilled(a, b, now, policy)
@@ -204,6 +225,11 @@ class TokenSim:
                 self._slow(self.s.slowdowns[a].prefix, self.s.slowdowns[a].factor, now)
             elif kind == REPORT:
                 self._report(policy, now, every, i < n or bool(self._events))
+            elif kind == CHECK:
+                for sid, d in policy.check(now, self):  # type: ignore[attr-defined]
+                    self.move(sid, d, now)
+                if i < n or self._events:
+                    self._push(now + check, CHECK, 0, 0)
             else:
                 srv = self.servers[a]
                 if b == srv.version:
@@ -217,23 +243,31 @@ class TokenSim:
             return
         sid = srv.waiting.popleft()
         st = self.streams
-        srv.pending_prefill_ms -= srv.dep.prefill_ms(int(st.prompt[sid]))
-        hit = srv.admit(sid, st)
+        prompt = int(self.prompt[sid])
+        srv.pending_prefill_ms -= srv.dep.prefill_ms(prompt)
+        hit = srv.admit(sid, st, prompt)
         self.out.cache_hit[sid] = hit
-        ms = srv.dep.prefill_ms(int(st.prompt[sid]) - hit) * float(st.noise[sid])
+        ms = srv.dep.prefill_ms(prompt - hit) * float(st.noise[sid])
         srv.prefilling, srv.prefill_end = sid, now + ms
-        self.out.cost_usd[sid] = ms * srv.dep.usd_per_hour / 3.6e6
+        billed = ms * srv.dep.usd_per_hour / 3.6e6
+        self.out.cost_usd[sid] = billed + (0.0 if self.out.moved_to[sid] < 0
+                                           else self.out.cost_usd[sid])
         self._push(now + ms, PREFILLED, sid, d)
 
     def _prefilled(self, sid: int, d: int, now: float, policy: Policy) -> None:
         srv, st = self.servers[d], self.streams
         srv.prefilling = -1
         edge = int(st.region[sid])
-        self.out.first_ms[sid] = now
-        self.out.ttft_ms[sid] = now + self.rtt[edge, d] / 2 - st.t_ms[sid]
-        policy.first_token(sid, self)
-        left = int(st.output[sid]) - 1
+        if self.out.moved_to[sid] < 0:
+            self.out.first_ms[sid] = now
+            self.out.ttft_ms[sid] = now + self.rtt[edge, d] / 2 - st.t_ms[sid]
+            policy.first_token(sid, self)
+        else:  # a moved stream's first token on its new server is one more decoded token
+            policy.resumed(sid, now, self)  # type: ignore[attr-defined]
+        left = int(self._left[sid]) - 1
         if left <= 0:
+            if self.out.moved_to[sid] >= 0:
+                self.out.tpot_ms[sid] = self._tpot(sid, now)
             policy.finished(sid, self)
         else:
             srv.advance(now)
@@ -245,21 +279,50 @@ class TokenSim:
 
     def _decoded(self, srv: Server, d: int, now: float, policy: Policy) -> None:
         srv.advance(now)
-        st, usd_ms = self.streams, srv.dep.usd_per_hour / 3.6e6
+        usd_ms = srv.dep.usd_per_hour / 3.6e6
         while srv.batch and srv.batch[0][0] <= srv.v + 1e-9:
             _, sid = heapq.heappop(srv.batch)
-            self.out.tpot_ms[sid] = (now - self.out.first_ms[sid]) / (int(st.output[sid]) - 1)
+            self.out.tpot_ms[sid] = self._tpot(sid, now)
             self.out.cost_usd[sid] += (srv.share - self._join_share[sid]) * usd_ms
             policy.finished(sid, self)
         self._reschedule(srv, d, now)
         self._try_prefill(srv, d, now)
 
+    def _tpot(self, sid: int, now: float) -> float:
+        """``sid``'s TPOT, its last token decoded at ``now``: as its edge sees the tokens
+        arrive (a moved stream's first and last tokens crossed different RTTs)."""
+        edge, first = int(self.streams.region[sid]), int(self.out.deployment[sid])
+        shift = (self.rtt[edge, int(self.at[sid])] - self.rtt[edge, first]) / 2
+        return (now + shift - self.out.first_ms[sid]) / (int(self.streams.output[sid]) - 1)
+
+    def move(self, sid: int, d: int, now: float) -> None:
+        """``sid`` (decoding) leaves its server at ``now`` and is sent to ``d`` with its prompt
+        plus the tokens it delivered (see the module docstring)."""
+        old = int(self.at[sid])
+        srv, st = self.servers[old], self.streams
+        delivered = 1 + int(self.decoded(sid, old, now) + 1e-9)
+        srv.advance(now)
+        srv.batch = [e for e in srv.batch if e[1] != sid]
+        heapq.heapify(srv.batch)
+        usd_ms = srv.dep.usd_per_hour / 3.6e6
+        self.out.cost_usd[sid] += (srv.share - self._join_share[sid]) * usd_ms
+        self._reschedule(srv, old, now)
+        self._try_prefill(srv, old, now)
+        self.prompt[sid] = int(st.prompt[sid]) + delivered
+        self._left[sid] = int(st.output[sid]) - delivered
+        self.at[sid] = self.out.moved_to[sid] = d
+        self.out.moved_ms[sid] = now
+        edge = int(st.region[sid])
+        self._push(now + self.rtt[edge, d] / 2, ARRIVE, sid, d)
+
     def decoded(self, sid: int, d: int, now: float) -> float:
         """Tokens ``sid`` (decoding on ``d``) has delivered since its first token, by ``now``
-        (what an edge counts as they arrive; the RTT shifts both ends alike)."""
+        (what an edge counts as they arrive; the RTT shifts both ends alike). Reads the
+        server's state without advancing it, so looking changes no later event."""
         srv = self.servers[d]
-        srv.advance(now)
-        return (srv.v - self._join_v[sid]) / float(self.streams.noise[sid])
+        n = len(srv.batch)
+        v = srv.v + ((now - srv.t_last) / srv.dep.tpot_ms(n) if n else 0.0)
+        return (v - self._join_v[sid]) / float(self.streams.noise[sid])
 
     def pace(self, sid: int, d: int) -> float:
         """The time between ``sid``'s tokens now (decoding on ``d``): what an edge measures
@@ -271,8 +334,9 @@ class TokenSim:
         """Hand ``policy`` every server's report at ``now``; the next one ``every`` ms later
         while streams remain."""
         out = self.out.cache_hit
-        reports = [srv.report(self.streams, int(out[srv.prefilling]) if srv.prefilling >= 0
-                              else 0) for srv in self.servers]
+        reports = [srv.report(self.streams, self.prompt,
+                              int(out[srv.prefilling]) if srv.prefilling >= 0 else 0)
+                   for srv in self.servers]
         policy.reported(now, reports)  # type: ignore[attr-defined]
         if more:
             self._push(now + every, REPORT, 0, 0)
@@ -280,13 +344,12 @@ class TokenSim:
     def _slow(self, prefix: str, factor: float, now: float) -> None:
         """A slowdown event: the matching servers run ``factor`` × slower from ``now`` (a
         prefill already running keeps its end; queued work is re-estimated)."""
-        st = self.streams
         for d, srv in enumerate(self.servers):
             if not srv.dep.id.startswith(prefix):
                 continue
             srv.advance(now)
             srv.dep = srv.dep.slowed(factor)
-            srv.pending_prefill_ms = sum(srv.dep.prefill_ms(int(st.prompt[w]))
+            srv.pending_prefill_ms = sum(srv.dep.prefill_ms(int(self.prompt[w]))
                                          for w in srv.waiting)
             self._reschedule(srv, d, now)
 

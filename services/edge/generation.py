@@ -8,8 +8,12 @@ lowest predicted TTFT + max_tokens × TPOT instead of the cheapest feasible), it
 are read for their tokens, and after a failure that follows delivered tokens it may resume
 when its variant declares ``switchyard_resumable`` (asked of the serving backend when the
 stream commits, else of another backend serving the variant; remembered per variant by
-``StreamStats``). Any other stream is chosen by the call's profile and its responses are only
-counted.
+``StreamStats``). With ``x-tpot-ms``, its pace is watched token by token
+(``placement.stream_move.MoveWatch``): when it will miss the objective and a deployment it
+may use (the choice's own filters, its variant unless ``x-allow-variant-change: true`` and
+the other declares resumption too) is predicted to meet it, ``moving`` hands ``stream.py``
+the request that resumes it there, once per stream (``x-resumed-reason: slow``). Any other
+stream is chosen by the call's profile and its responses are only counted.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from placement.attempts import CallAttempts
 from placement.errors import NoHealthyDeployment
 from placement.model import CallContext, Candidate
 from placement.pipeline import Profile
+from placement.stream_move import MoveWatch, move_options
 from placement.streams import StreamAsk, StreamChoice, choose_stream
 from services.edge.hints import StreamHints
 from services.edge.router import Router
@@ -54,6 +59,10 @@ class Generation:
         self._prefill: tuple[str, int] = ("", 0)  # (deployment, tokens) before a first token
         self._probe: asyncio.Future[tuple[bool, int] | None] | None = None
         self.ask: StreamAsk | None = None  # what the last plan asked for
+        self._asked = DEFAULT_MAX_TOKENS  # the stream's tokens in all, as the plan knew them
+        self._eligible: list[Candidate] = []  # what the last plan could choose from
+        self._watch: MoveWatch | None = None
+        self._move_to: Candidate | None = None  # where ``moving`` decided to continue
         meter.tokens_in, meter.measured = (len(llm.prompt), True) if llm else (0, False)
 
     @property
@@ -66,6 +75,9 @@ class Generation:
         if self.llm is None:
             d = profile.choose(cands, ctx, self.router.rng, cost_sorted=True)
             return d.candidate, d.slo_met
+        if self._move_to is not None:  # ``moving`` chose it, predicted to meet the objective
+            target, self._move_to = self._move_to, None
+            return target, True
         choice = self.plan(profile, cands, ctx)
         return choice.candidate, choice.slo_met
 
@@ -91,7 +103,7 @@ class Generation:
                         ttft_ms=self.goals.ttft_ms, tpot_ms=self.goals.tpot_ms,
                         session_key=self.session, holder=holder,
                         cached_tokens=min(seen, self.context_tokens))
-        self.ask = ask
+        self.ask, self._asked, self._eligible = ask, asked, eligible
         choice = choose_stream(eligible, router.streams.estimates(eligible),
                                router.streams.inflight, ask, pending=router.streams.pending)
         if profile.name == "fastest":
@@ -115,9 +127,47 @@ class Generation:
         if self.llm is None:
             self.meter.token(self.router.clock())
         elif (token := parse_token(resp)) is not None:
+            now = self.router.clock()
             self.delivered.append(token)
-            self.meter.token(self.router.clock())
+            self.meter.token(now)
             self._prefilled()
+            if self._watch is None and self.goals.tpot_ms is not None:
+                self._watch = MoveWatch(self.goals.tpot_ms, self._asked)
+            if self._watch is not None:
+                self._watch.tokens(now, len(self.delivered))
+
+    def moving(self, c: Candidate, model: str, requests_sent: int) -> bytes | None:
+        """After a token on ``c``: when the stream will miss its TPOT objective there and a
+        deployment it may use is predicted to meet it (``MoveWatch.decide``), the request that
+        resumes it there (the next ``choose`` returns that deployment; the caller cancels the
+        call on ``c``); else None. Only a one-request stream whose variant declared
+        resumption moves, as after a failure."""
+        w, llm, streams = self._watch, self.llm, self.router.streams
+        if w is None or llm is None or requests_sent != 1 or w.moves:
+            return None
+        now = self.router.clock()
+        stay = w.stay_ms(now)
+        if stay is None or stay <= w.miss_ms:
+            w.decide(now, ())  # on pace: the hysteresis starts over
+            return None
+        declared = streams.resumable(c.variant)
+        if declared is None or not declared[0]:
+            return None
+        allowed = [x for x in self._eligible if x.deployment_id != c.deployment_id and (
+            x.variant == c.variant or (self.goals.allow_variant_change
+                                       and (streams.resumable(x.variant) or (False, 0))[0]))]
+        holder, seen = streams.holder(self.session)
+        ask = StreamAsk(prompt_tokens=self.context_tokens, max_tokens=w.owed,
+                        tpot_ms=self.goals.tpot_ms, session_key=self.session, holder=holder,
+                        cached_tokens=min(seen, self.context_tokens))
+        choice = w.decide(now, move_options(allowed, streams.estimates(allowed),
+                                            streams.inflight, ask, streams.pending))
+        if choice.target is None:
+            return None
+        self._move_to = choice.target
+        self._cached = ask.cached_tokens if choice.target.deployment_id == holder else 0
+        self.meter.reasons.append("slow")
+        return resume_request(llm, self.delivered, model, w.owed)
 
     def committed(self, c: Candidate) -> None:
         """The first response reached the caller: learn now whether the variant resumes (the
@@ -167,6 +217,9 @@ class Generation:
         (other variants, unless the caller allows a change to one that declares resumption
         too)."""
         assert self.llm is not None
+        self.meter.reasons.append("failed")
+        if self._watch is not None:
+            self._watch.attempt_started()
         request = resume_request(self.llm, self.delivered, model, owed)
         refused = set()
         for variant in {c.variant for c in cands if c.variant != failed.variant}:

@@ -199,6 +199,7 @@ class StreamMeter:
     first_at: float | None = None
     last_at: float | None = None
     resumed: int = 0
+    reasons: list[str] = field(default_factory=list)  # why each resumption: failed, slow
     cost_usd: float = 0.0
     measured: bool = False  # a demo-LLM stream: its responses are tokens
     _seg: dict[str, float] = field(default_factory=dict)
@@ -257,6 +258,8 @@ class StreamMeter:
         """The stream's token trailers; a failed stream claims no cost or objective."""
         out = [("x-tokens-in", str(self.tokens_in)), ("x-tokens-out", str(self.tokens_out)),
                ("x-resumed", str(self.resumed))]
+        if self.reasons:
+            out.append(("x-resumed-reason", ",".join(self.reasons)))
         if not served:
             return tuple(out)
         ttft, tpot = self.ttft_ms, self.tpot_ms

@@ -30,11 +30,13 @@ from tests.llm_harness import (
     emulated_ms,
     kill_when,
     run_stream,
+    slow_when,
 )
 from tests.mesh_harness import Mesh, eventually, mesh_config, running_mesh
 
 pytestmark = pytest.mark.integration
 killed = llm_harness.killed  # the fixture: backends a test killed, restarted after it
+slowed = llm_harness.slowed  # the fixture: backends a test slowed down, restored after it
 
 
 
@@ -277,6 +279,30 @@ async def test_stream_resumes_after_its_backend_is_killed(mesh: Mesh, killed: li
     assert s.trailers["x-resumed"] == "1"
     assert s.trailers["x-tokens-out"] == "200"
     assert killed and not s.trailers["x-served-by"].startswith(killed[0])
+
+
+async def test_a_stream_whose_backend_slows_down_moves_with_no_token_lost(
+        mesh: Mesh, slowed: list[str]) -> None:
+    """The backend serving a stream decodes 20x slower (emulated) from its 10th token: the
+    edge's watch of the stream's pace predicts a miss of x-tpot-ms, cancels the call and
+    resumes the generation on another deployment (prompt + tokens delivered); the caller sees
+    one stream, every token once and in order, and the trailers say it moved and why."""
+    for _ in range(4):  # every deployment measured (each is tried once while unmeasured)
+        await asyncio.to_thread(run_stream, mesh.edge_address, PROMPT, 20, [])
+    expected = await asyncio.to_thread(direct, mesh.tritons["west-cheap"].endpoint,
+                                       "generate-small", PROMPT, 150)
+    s = await asyncio.to_thread(run_stream, mesh.edge_address, PROMPT, 150,
+                                [("x-tpot-ms", "40")], slow_when(10, mesh, slowed, 20.0))
+    assert s.code is grpc.StatusCode.OK, s.details
+    assert slowed, "the serving backend was never slowed"
+    assert s.tokens == expected  # none missing, none repeated, same order
+    t = s.trailers
+    assert (t["x-resumed"], t["x-resumed-reason"], t["x-tokens-out"]) == ("1", "slow", "150")
+    assert not t["x-served-by"].startswith(f"{slowed[0]}/"), t
+    # whether the moved stream met 40 ms is this host's scheduling; the trailer says what
+    # was measured
+    met = float(t["x-tpot-ms"]) <= 40
+    assert t["x-tpot-met"] == ("true" if met else "false"), t
 
 
 async def test_no_stream_is_lost_when_a_backend_is_killed_under_load(

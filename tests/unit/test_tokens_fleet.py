@@ -51,9 +51,9 @@ def test_a_server_reports_its_queue_less_what_its_cache_holds() -> None:
     # session 7's prefix is cached once its stream is admitted; a new stream of session 7
     # waiting then would report only its uncached part
     srv = sim.servers[0]
-    srv.admit(1, sim.streams)
+    srv.admit(1, sim.streams, 300)
     srv.waiting.append(1)
-    assert srv.report(sim.streams, 0).waiting_tokens == 100
+    assert srv.report(sim.streams, sim.prompt, 0).waiting_tokens == 100
 
 
 def test_reports_come_every_interval_and_stop_when_the_streams_are_done() -> None:
@@ -124,7 +124,7 @@ def test_the_edge_moves_a_stream_off_a_server_other_edges_queued_once_the_report
 
 
 @pytest.mark.parametrize("name", REJECTED)
-def test_every_rejected_fleet_variant_still_serves_every_stream(name: str) -> None:
+def test_every_rejected_variant_still_serves_every_stream(name: str) -> None:
     n = 60
     st = Streams(np.arange(n) * 200.0, np.arange(n) % 2, np.zeros(n, dtype=np.int64),
                  np.full(n, 300), np.full(n, 8), np.where(np.arange(n) % 3 == 0, 1, -1),
@@ -133,5 +133,6 @@ def test_every_rejected_fleet_variant_still_serves_every_stream(name: str) -> No
     policy = make_policy(name, sim, seed=1)
     out = sim.run(policy)
     assert not np.isnan(out.ttft_ms).any() and np.all(out.deployment >= 0)
-    assert isinstance(policy, Switchyard) and policy.report_every_ms > 0
+    assert isinstance(policy, Switchyard)
+    assert policy.report_every_ms > 0 or policy.check_every_ms > 0  # reports or moves
     assert all(not p for p in policy.pending[0].values())  # every first token came back

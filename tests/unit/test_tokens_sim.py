@@ -98,6 +98,41 @@ def test_one_stream_alone_follows_the_formulas() -> None:
     assert policy.first == [0] and policy.done == [0]
 
 
+class MoveOnce(Fixed):
+    """Sends every stream to the L4 and, at the first check, moves stream 0 to the H100."""
+
+    def __init__(self, check_ms: float) -> None:
+        super().__init__(0)
+        self.check_every_ms = check_ms
+        self.resumed_at: list[float] = []
+
+    def check(self, now: float, sim: TokenSim) -> list[tuple[int, int]]:
+        return [] if self.resumed_at or sim.out.moved_to[0] >= 0 else [(0, 1)]
+
+    def resumed(self, sid: int, now: float, sim: TokenSim) -> None:
+        self.resumed_at.append(now)
+
+
+def test_a_moved_stream_pays_a_re_prefill_of_its_prompt_and_delivered_tokens() -> None:
+    """A stream moved after 6 tokens: the H100 prefills the prompt plus those 6, decodes the
+    rest; TTFT is the first attempt's, TPOT spans both attempts and the gap, the bill both
+    servers' time."""
+    s = scenario()
+    sim = TokenSim(s, streams([(0.0, 100, 21, -1, 0)]))
+    policy = MoveOnce(check_ms=210.5)  # first token at 110.5 (server), 5 decoded by 210.5
+    out = sim.run(policy)
+    assert out.moved_to[0] == 1 and out.deployment[0] == 0 and out.moved_ms[0] == 210.5
+    assert out.ttft_ms[0] == pytest.approx(1.0 + 110)
+    re_prefill = 5 + (100 + 6) * 0.1  # the prompt plus the 6 tokens delivered
+    b_first = 210.5 + 0.5 + re_prefill
+    assert policy.resumed_at == [pytest.approx(b_first)]
+    end = b_first + (21 - 6 - 1) * 5.0  # 15 owed: one from the prefill, 14 decoded
+    assert out.tpot_ms[0] == pytest.approx((end - 110.5) / 20)
+    billed = ((110 + 5 * 20.0) * CHEAP_USD_H + (re_prefill + 14 * 5.0) * FAST_USD_H) / 3.6e6
+    assert out.cost_usd[0] == pytest.approx(billed)
+    assert policy.done == [0] and sim.servers[0].batch == []
+
+
 def test_a_batch_slows_decode_and_splits_its_bill() -> None:
     s = scenario()
     # two streams prefilled back to back (FIFO), decoding together for a while
@@ -126,7 +161,7 @@ def test_prefix_affinity_sends_a_shared_prefix_to_its_holder() -> None:
     s = scenario()
     st = streams([(0.0, 1000, 50, 3, 900), (1.0, 1000, 50, -1, 0), (2.0, 1000, 50, 3, 900)])
     sim = TokenSim(s, st)
-    sim.servers[1].admit(0, st)  # the H100 served session 3 before
+    sim.servers[1].admit(0, st, 1000)  # the H100 served session 3 before
     pa = PrefixAffinity(seed=1)
     assert pa.choose(0, 0, 0.0, sim) == 1
     sim.servers[1].waiting.extend([5, 6, 7])  # the holder is now the most loaded …
@@ -191,6 +226,24 @@ def test_a_slowdown_mid_decode_slows_the_rest_of_the_stream() -> None:
     untouched = dataclasses.replace(raw_s, slowdowns=(Slowdown(0.0, "aws-us-east-1.h100", 3.0),))
     assert TokenSim(untouched, streams([(0.0, 100, 11, -1, 0)])).run(Fixed(0)).tpot_ms[0] == (
         pytest.approx(20.0))
+
+
+def test_switchyard_moves_a_stream_whose_gpu_slows_down_under_it() -> None:
+    """The L4 decodes 10x slower from 11.5 s, under a stream that started there at 11 s:
+    the edge's MoveWatch (placement/stream_move.py, fed the tokens as they arrive) moves it
+    to the H100, which it then finishes within its TPOT; without moves it misses."""
+    raw_s = scenario(tpot_ms=100.0, max_tokens=60)
+    s = dataclasses.replace(raw_s, slowdowns=(Slowdown(11.5, "aws-us-east-1.l4", 10.0),))
+    st = streams([(i * 2000.0 + 1000.0, 200, 60, -1, 0) for i in range(6)])
+    outs = {}
+    for move in (False, True):
+        sim = TokenSim(s, st)
+        outs[move] = sim.run(Switchyard(sim, move=move))
+    before, after = outs[False], outs[True]
+    assert before.deployment[5] == after.deployment[5] == 0  # the L4: cheapest, on pace
+    assert before.tpot_ms[5] > 100.0 and np.all(before.moved_to == -1)
+    assert after.moved_to[5] == 1 and after.tpot_ms[5] <= 100.0
+    assert np.all(after.moved_to[:5] == -1)  # done before the slowdown: never moved
 
 
 def test_a_slowdown_naming_no_deployment_is_refused() -> None:
