@@ -155,6 +155,8 @@ async def start_placement(cfg: MeshConfig, host: str | None = None, port: int | 
         configured = (shard.shard_replicas(cfg, address) if cfg.placement.shards else
                       [f"{cfg.placement.host}:{cfg.placement.port}", *cfg.placement.replicas])
         peers = peer.configured_peers(configured, host, bound)
+        if shard_address and not peers:  # behind its shard's Service (the Helm chart): not
+            peers = configured  # serving yet, it reaches a ready sibling there, never itself
     await peer.warm_start(service.fleet, learned, peers, service.clock(),  # before 1st build
                           transport.channel_factory(cfg.security, "placement"),
                           service.placement_id)

@@ -307,3 +307,29 @@ async def test_the_ads_federation_merges_forwards_and_keeps_a_lost_shards_rows(
         await east.stop(0)
         if rest is not None:
             await rest.stop(0)
+
+
+async def test_a_replica_behind_its_shards_service_warm_starts_from_a_sibling(
+        tmp_path: pathlib.Path) -> None:
+    """The Helm chart lists a shard's Service as its replica: a new pod told that address
+    (``--shard-address``) fetches the learned state of whichever sibling the Service reaches
+    (here the address is the sibling's own)."""
+    from placement.fleet import Availability
+
+    cfg, ports = _two_shards(tmp_path)
+    sibling = await start_placement(cfg, port=ports[1], metrics_port=0)
+    try:
+        await sibling.service.SetAvailability(placement_pb2.SetAvailabilityRequest(
+            scope=placement_pb2.AVAILABILITY_SCOPE_BACKEND, target="west-cheap",
+            availability=2), None)  # type: ignore[arg-type]
+        pod = await start_placement(cfg, port=0, metrics_port=0,
+                                    learned=tmp_path / "pod" / "learned.json",
+                                    shard_address=f"127.0.0.1:{ports[1]}")
+        try:
+            assert set(pod.service.fleet.backends) == {"central-cheap", "west-cheap"}
+            assert (pod.service.fleet.backends["west-cheap"].availability
+                    == Availability.DRAINED)  # learned from the sibling, before its 1st build
+        finally:
+            await pod.stop(0)
+    finally:
+        await sibling.stop(0)
