@@ -60,11 +60,11 @@ class RouteStore:
         for t in update.tables:
             if t.edge_region != self.region:
                 continue
-            if t.model in self.tables:  # rows of other shards stay
-                t.candidates.extend(pb for pb, _ in self._rows[t.model].values())
+            # Rows of other shards stay, as converted when they came (not converted again).
+            kept = self._rows.get(t.model, {}) if t.model in self.tables else {}
             self.tables[t.model] = t
-            self._rows[t.model] = {c.deployment_id: (c, candidate_from_pb(c))
-                                   for c in t.candidates}
+            self._rows[t.model] = {**kept, **{c.deployment_id: (c, candidate_from_pb(c))
+                                              for c in t.candidates}}
             changed.add(t.model)
         for d in update.deltas:
             if d.edge_region != self.region:
