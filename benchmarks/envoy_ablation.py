@@ -136,6 +136,13 @@ def no_request_id(c: Config) -> None:
     c.hcm_extra["generate_request_id"] = False
 
 
+def router_defaults(c: Config) -> None:
+    """The router as Envoy's defaults have it: per-status-code counters and latency
+    histograms per cluster (``dynamic_stats``), x-envoy-* headers added."""
+    switchyard(c)
+    c.router["typed_config"] = {"@type": c.router["typed_config"]["@type"]}
+
+
 def many_routes(c: Config) -> None:
     """100 more models' routes before this one's (routes are sorted by model; Envoy tries
     them in order), as a region serving 100 models would have."""
@@ -195,6 +202,8 @@ ABLATIONS = (
     Variant("sy-no-outlier", "− outlier detection", MODEL, (no_outlier_detection,)),
     Variant("sy-no-stats", "− stats (all rejected)", MODEL, (no_stats,)),
     Variant("sy-no-reqid", "− x-request-id generation", MODEL, (no_request_id,)),
+    Variant("sy-router-dflt", "+ router defaults (dynamic stats, x-envoy-* headers)", MODEL,
+            (router_defaults,)),
     Variant("sy-routes100", "+ 100 models' routes ahead", MODEL, (many_routes,)),
     Variant("sy-no-buflim", "− buffer limits / HTTP/2 windows", MODEL, (no_buffer_limits,)),
     Variant("sy-no-locreply", "− local_reply_config mappers", MODEL, (no_local_replies,)),

@@ -94,6 +94,7 @@ class Config:
     # replies, connection limits...) and listener fields (the per-connection buffer limit)
     hcm_extra: dict[str, Any] = field(default_factory=dict)
     listener_extra: dict[str, Any] = field(default_factory=dict)
+    router: dict[str, Any] = field(default_factory=lambda: copy.deepcopy(ROUTER))
 
     def route(self) -> dict[str, Any]:
         r: dict[str, Any] = self.route_config["virtual_hosts"][0]["routes"][0]
@@ -102,7 +103,7 @@ class Config:
     def bootstrap(self) -> dict[str, Any]:
         hcm: dict[str, Any] = {
             "@type": HCM_TYPE, "stat_prefix": "bench", "codec_type": "HTTP2",
-            "route_config": self.route_config, "http_filters": [*self.filters, ROUTER],
+            "route_config": self.route_config, "http_filters": [*self.filters, self.router],
             **self.hcm_extra}
         if self.access_log:
             hcm["access_log"] = self.access_log
@@ -279,6 +280,7 @@ def switchyard(c: Config) -> None:
     listener = _sy_listener(c)
     hcm: dict[str, Any] = listener["filter_chains"][0]["filters"][0]["typed_config"]
     c.filters = [f for f in hcm["http_filters"] if f["name"] != ROUTER["name"]]
+    c.router = next(f for f in hcm["http_filters"] if f["name"] == ROUTER["name"])
     c.access_log = hcm["access_log"]
     c.hcm_extra = {k: v for k, v in hcm.items() if k not in _OWN_HCM_FIELDS}
     c.listener_extra = {k: v for k, v in listener.items()

@@ -114,3 +114,13 @@ def test_saved_is_the_difference_to_sy_in_plain_units_same_round() -> None:
     assert [r[0] for r in rows] == ["sy-no-als"]
     assert rows[0][-1] == "1/2"
     assert rows[0][2] == "1.55 (1.50–1.60)"
+
+
+def test_the_pushed_router_skips_dynamic_stats_and_envoy_headers() -> None:
+    (router,) = [f for f in _hcm(_boot("sy"))["http_filters"]
+                 if f["name"] == "envoy.filters.http.router"]
+    assert router["typed_config"]["dynamic_stats"] is False
+    assert router["typed_config"]["suppress_envoy_headers"] is True
+    (default,) = [f for f in _hcm(_boot("sy-router-dflt"))["http_filters"]
+                  if f["name"] == "envoy.filters.http.router"]
+    assert "dynamic_stats" not in default["typed_config"]
