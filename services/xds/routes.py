@@ -112,10 +112,10 @@ def retry_on() -> str:
 
 def per_try_timeout_s(slo_ms: float, s: EnvoySettings) -> float:
     """An attempt's timeout on a route whose calls have at least ``slo_ms``: a share of the
-    SLO that leaves the other attempts their turn (the Python edge's floor below it). Envoy
-    counts a timed-out attempt as a gateway failure: retried at the next deployment and fed
-    to outlier detection, so a backend whose queue grows (one deployment taking every call
-    while another restarts) is left before calls run out their deadline there."""
+    SLO that leaves the other attempts their turn (the Python edge's floor below it). A
+    timed-out attempt is retried at the next deployment; it is not held against the backend
+    (a local-origin failure, not enforced: ``clusters.outlier_detection``), as a slow host
+    under load would otherwise eject every deployment it serves."""
     return max(s.min_attempt_timeout_s, slo_ms / 1000 / s.max_attempts)
 
 
@@ -130,7 +130,7 @@ def _route_action(model: str, cluster: str, order: Sequence[str], s: EnvoySettin
     target: dict[str, Any] = {"cluster": cluster} if not weighted else {
         "weighted_clusters": {"clusters": [{"name": n, "weight": max(1, round(w * 1000))}
                                            for n, w in weighted]}}
-    return {"route": {
+    route = {
         **target, "timeout": "0s",
         "max_stream_duration": {"grpc_timeout_header_max": "0s"},
         "retry_policy": {
@@ -147,7 +147,11 @@ def _route_action(model: str, cluster: str, order: Sequence[str], s: EnvoySettin
                 "name": "envoy.retry_host_predicates.previous_hosts", "typed_config": {
                     "@type": _T + "envoy.extensions.retry.host.previous_hosts.v3"
                                   ".PreviousHostsPredicate"}}],
-            "host_selection_retry_max_attempts": 3}}}
+            "host_selection_retry_max_attempts": 3}}
+    # The backend never sees the caller's deadline: Envoy enforces it (and the per-try
+    # timeouts) itself, so a deadline is a local timeout, never the backend's own
+    # DEADLINE_EXCEEDED, which outlier detection would count against it (clusters.py).
+    return {"request_headers_to_remove": ["grpc-timeout"], "route": route}
 
 
 def _model_routes(model: str, m: ModelRoutes, s: EnvoySettings) -> list[dict[str, Any]]:
