@@ -9,9 +9,11 @@ by default. Seed 0 is the scenario's own trace (the one RESULTS.md reports); see
 to it (another trace and other draws of the same scenario). A variant is the brain as
 committed with one rule switched (``VARIANTS``: idle-only decay of miss margins,
 per-deployment tail margins, a learned or another fixed tail factor for deployments no edge
-has measured, a miss budget for the margins, borrowing idle slots: ``placement/filters/slo.py``;
-``unmeasured-1.3`` is the brain before 1.5), applied inside the worker
-process; ``base`` is the brain as committed. Prints one row per (scenario, seed, variant):
+has measured, a miss budget for the margins, borrowing idle slots: ``placement/filters/slo.py``
+and ``placement/shares.py``; ``unmeasured-1.3`` is the brain before 1.5), applied inside a
+worker process of its own (a fresh one per run: until the borrowing round a pool worker ran
+several checks, so a variant's switch could leak into the next check it ran, ``base``
+included); ``base`` is the brain as committed. Prints one row per (scenario, seed, variant):
 attainment, USD per 1M calls, switchyard's misses by cause (``benchmarks/costsim/misses.py``),
 how many of them came in the first 5 simulated seconds, and the share of the expected cost
 paid above each call's cheapest LP-feasible deployment (``premiums``); ``--detail N`` also
@@ -40,7 +42,7 @@ from benchmarks.costsim.misses import CAUSES, TracedSimulation, causes, classify
 from benchmarks.costsim.runner import make_policy
 from benchmarks.costsim.scenario import Scenario
 from benchmarks.costsim.trace import generate, outage_windows
-from placement import feedback, latency, queueing, routes
+from placement import feedback, latency, queueing, routes, shares
 from placement.feedback import SloFeedback
 from placement.filters import slo
 from placement.framework import Filter
@@ -127,7 +129,28 @@ def _borrow_surplus(wait: str, z: float = feedback.BUDGET_Z) -> Callable[[], Non
     return apply
 
 
+def _borrow(z: float = shares.BORROW_Z, fixed: float | None = None,
+            no_wait: bool = False) -> Callable[[], None]:
+    """Idle-slot borrowing as the edge would run it (``shares.BORROW``): the miss budget
+    the edge's own misses leave (upper bound at ``z``) as ``CallContext.borrow_tail``, the
+    borrowed slot priced at the M/M/c wait of that tail (``shares.borrowed_ms``); with
+    ``fixed``, that tail for every call, whatever the edge missed (no feedback); with
+    ``no_wait``, only where at most that fraction of calls would wait at all."""
+    def apply() -> None:
+        shares.BORROW = True
+        shares.BORROW_Z = z
+        shares.BORROW_NO_WAIT = no_wait
+        if fixed is not None:
+            shares.borrow_tail = lambda fb, tail=queueing.TAIL: fixed  # type: ignore
+    return apply
+
+
 VARIANTS: dict[str, Callable[[], None]] = {
+    "borrow": _borrow(),
+    "borrow-z1": _borrow(1.0),
+    "borrow-no-wait": _borrow(no_wait=True),
+    "borrow-fixed-0.0005": _borrow(fixed=0.0005),
+    "borrow-fixed-0.002": _borrow(fixed=0.002),
     "borrow-surplus": _borrow_surplus("one-call"),
     "borrow-mmc-surplus": _borrow_surplus("mmc"),
     "borrow-surplus-z1.28": _borrow_surplus("one-call", 1.28),
@@ -301,16 +324,13 @@ def main() -> None:
               for v in args.variants]
     t0 = time.monotonic()
     rows: list[Row] = []
-    if args.workers <= 1:
-        for c in checks:
-            rows.append(run_one(c))
-            _progress(rows[-1])
-    else:
-        ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(args.workers) as pool:
-            for row in pool.imap(run_one, checks):  # in order, each as soon as it is done
-                rows.append(row)
-                _progress(row)
+    # A variant switches module state in the process that runs it: every run gets a fresh
+    # process (maxtasksperchild=1), or one variant's switch would leak into the next run.
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(max(args.workers, 1), maxtasksperchild=1) as pool:
+        for row in pool.imap(run_one, checks):  # in order, each as soon as it is done
+            rows.append(row)
+            _progress(row)
     out = [[r.scenario, r.seed, r.variant, f"{r.attainment:.2%}", r.usd_per_million,
             sum(r.misses.values()), *[r.misses.get(k, 0) for k in CAUSES], r.early,
             f"{r.premium:.0%}", f"{r.cpu_s:.0f}"] for r in rows]

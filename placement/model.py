@@ -127,6 +127,9 @@ class CallContext:
     inflight: Mapping[str, int] = field(default_factory=dict)  # this edge's calls in flight
     # deployment id -> margin (ms) learned from this SLO class's misses (placement.feedback)
     slo_margins: Mapping[str, float] = field(default_factory=dict)
+    # the share of its calls this edge may risk on idle slots past its slot share
+    # (``placement.shares.borrow_tail``; 0 = none: the worst case below)
+    borrow_tail: float = 0.0
     _by_backend: dict[str, int] | None = field(default=None, repr=False, compare=False)
 
     def latency_ms(self, c: Candidate) -> float:

@@ -28,6 +28,7 @@ from typing import Protocol
 
 from benchmarks.costsim.control import ControlPlane
 from benchmarks.costsim.scenario import CallClass
+from placement import shares
 from placement.errors import NoHealthyDeployment
 from placement.feedback import SloFeedback
 from placement.model import CallContext, Candidate, Hints
@@ -95,10 +96,11 @@ class ProfilePolicy:
                                                  min_quality=a.klass.min_quality)
         cands = self._control.tables[(a.klass.model, a.edge)]
         inflight = self.inflight.setdefault(a.edge, {})
+        fb = self._feedback(a.edge)
         ctx = CallContext(hints, self.slo_margin_ms, a.exclude, a.avoid_regions,
                           observed_p95_ms=self._control.edges[a.edge].p95, inflight=inflight,
-                          draw=self.rng.random(),
-                          slo_margins=self._feedback(a.edge).margins(hints.slo_ms, a.now))
+                          draw=self.rng.random(), slo_margins=fb.margins(hints.slo_ms, a.now),
+                          borrow_tail=shares.borrow_tail(fb))
         try:
             decision = self.profile.choose(cands, ctx, self.rng)
         except NoHealthyDeployment:

@@ -36,6 +36,10 @@ single-cloud-hetero 99.52/99.45 %, noisy-cheap-spot 99.60/99.53 %, many-small-po
   neutral) nor default's seed 1, so not adopted yet. Adopting it needs a
   field in ``CallContext`` that the edge's router (and the simulator) set from
   ``SloFeedback.surplus``, in place of this module flag.
+
+What is on instead: ``placement.shares.borrowed_ms``, applied after the rule above (a
+borrowed idle slot priced by its M/M/c wait at the edge's own miss budget,
+``CallContext.borrow_tail``; its numbers are in ``placement.shares``).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from placement import latency as latency_model
 from placement import queueing
 from placement.model import HARDWARE_PENALTY_PREFIX, CallContext, Candidate
 from placement.shares import borrowable
+from placement.shares import borrowed_ms as borrowed_idle_ms
 
 BORROW_IDLE = False  # see ``borrowed_ms``
 BORROW_WAIT = "one-call"  # or "mmc": the M/M/c tail wait with this edge's excess added
@@ -82,7 +87,7 @@ class SloFilter:
 
     def reject(self, c: Candidate, ctx: CallContext) -> str | None:
         budget = ctx.hints.slo_ms - ctx.slo_margin_ms
-        latency = borrowed_ms(c, ctx, ctx.latency_ms(c))
+        latency = borrowed_idle_ms(c, ctx, borrowed_ms(c, ctx, ctx.latency_ms(c)))
         learned = ctx.slo_margins.get(c.deployment_id, 0.0)
         if latency + learned > budget:
             if learned:
