@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -315,8 +316,10 @@ async def _probe_stream(stub: placement_pb2_grpc.PlacementStub, states: asyncio.
 
 
 async def measure(gpus: int, edges: int, window_s: float, changes: int,
-                  streams: int, timeout_s: float = 15.0, variant: Variant = Variant()
-                  ) -> Level:
+                  streams: int, timeout_s: float = 15.0, variant: Variant = Variant(),
+                  make_edges: Callable[[str, int], Edges] = Edges) -> Level:
+    """``make_edges``: the simulated edges (``Edges``: WatchRoutes; ``controlplane_ads``:
+    delta-ADS clients), given placement's address and their number."""
     with tempfile.TemporaryDirectory(prefix="sy-cp-") as tmp:
         d = pathlib.Path(tmp)
         port, mport = free_port(), free_port()
@@ -355,7 +358,7 @@ async def measure(gpus: int, edges: int, window_s: float, changes: int,
                 states: asyncio.Queue[bool] = asyncio.Queue()
                 stop = asyncio.Event()
                 probe_task = asyncio.create_task(_probe_stream(stub, states, stop))
-                fleet_edges = Edges(address, edges)
+                fleet_edges = make_edges(address, edges)
                 await fleet_edges.start()
                 # Sustained, not start-up: every backend's first two reports (first estimates,
                 # first rates) change its rows; the window opens once that much was ingested.

@@ -18,11 +18,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import structlog
+from envoy.config.cluster.v3 import cluster_pb2
+
 from placement.edge_learning import Learned
 from placement.pipeline import Profile
 from services.api.switchyard.v1 import placement_pb2
 from services.convert import candidate_from_pb
 from services.xds.clusters import (
+    _is_ip,
     deployment_cluster,
     model_cluster,
     slow_path_cluster,
@@ -43,6 +47,7 @@ from services.xds.envoy_types import (
     route_config_name,
 )
 from services.xds.listener import listener
+from services.xds.lua import METADATA_NAMESPACE
 from services.xds.plan import Table, plan_region
 from services.xds.routes import (
     ModelRoutes,
@@ -52,9 +57,12 @@ from services.xds.routes import (
     route_configuration,
 )
 
+log = structlog.get_logger("switchyard.xds")
+
 __all__ = [
     "CLUSTER", "LISTENER", "LISTENER_NAME", "PLACEMENT_CLUSTER", "ROUTE", "SLOW_PATH_CLUSTER",
-    "SLOW_PATH_MAX_REQUESTS", "EnvoySettings", "ModelRoutes", "RegionConfig", "Resource",
+    "SLOW_PATH_MAX_REQUESTS", "CompileCache", "EnvoySettings", "ModelRoutes", "RegionConfig",
+    "Resource",
     "_route_action", "cluster_name", "compile_region", "deployment_cluster", "listener",
     "model_cluster", "model_cluster_name", "per_try_timeout_s", "resource",
     "route_config_name", "route_configuration", "slow_path_cluster",
@@ -76,18 +84,124 @@ class RegionConfig:
         return {m: list(r.default) for m, r in self.models.items()}
 
 
+class CompileCache:
+    """What ``compile_region`` reuses across compiles of one ADS server: each resource (its
+    message, serialized hash and version) keyed by what it is made of, so a compile rebuilds
+    only what changed (issues 12 + 15: at 10,000 deployments a compile that rebuilt every
+    cluster held placement's loop for seconds on every publish).
+
+    - a deployment's cluster by (settings, deployment, endpoint, variant, backend, region):
+      ``deployment_cluster`` reads nothing else of the row; a new one is a copy of a template
+      (one ``deployment_cluster`` per settings and address kind) with the row's fields set,
+      checked once per compile against ``deployment_cluster`` itself (a mismatch, e.g. after
+      ``clusters.py`` started reading another field, turns the template off for good);
+    - an aggregate cluster by (settings, name, order);
+    - a region's route configuration by (settings, region, its plan's routes).
+
+    Entries a compile did not use are dropped after it (a cache the size of the fleet)."""
+
+    def __init__(self) -> None:
+        self.deployments: dict[tuple[object, ...], Resource] = {}
+        self.aggregates: dict[tuple[object, ...], Resource] = {}
+        self.routes: dict[str, tuple[object, Resource]] = {}
+        self.templates: dict[tuple[EnvoySettings, bool], cluster_pb2.Cluster] = {}
+        self.template_ok = True
+        self.built = 0  # resources built (not reused), for tests and benchmarks
+
+    def deployment(self, c: placement_pb2.Candidate, s: EnvoySettings,
+                   used: dict[tuple[object, ...], Resource], check: bool) -> Resource:
+        key = (s, c.deployment_id, c.endpoint, c.variant, c.backend_id, c.region)
+        got = self.deployments.get(key)
+        if got is None:
+            msg = self._from_template(c, s) if self.template_ok else None
+            if msg is not None and check:
+                want = deployment_cluster(c, s)
+                if (msg.SerializeToString(deterministic=True)
+                        != want.SerializeToString(deterministic=True)):
+                    log.warning("xds_cluster_template_off", deployment=c.deployment_id)
+                    self.template_ok, msg = False, want
+            got = resource(cluster_name(c.deployment_id), msg or deployment_cluster(c, s))
+            self.built += 1
+        used[key] = got
+        return got
+
+    def _from_template(self, c: placement_pb2.Candidate,
+                       s: EnvoySettings) -> cluster_pb2.Cluster | None:
+        host, _, port = c.endpoint.rpartition(":")
+        if not port.isdigit():
+            return None  # ``deployment_cluster`` says what is wrong with it
+        ip = _is_ip(host)
+        tmpl = self.templates.get((s, ip))
+        if tmpl is None:
+            tmpl = self.templates[(s, ip)] = deployment_cluster(placement_pb2.Candidate(
+                deployment_id="t/t", endpoint="127.0.0.1:1" if ip else "template.invalid:1",
+                variant="t", backend_id="t", region="t"), s)
+        msg = cluster_pb2.Cluster()
+        msg.CopyFrom(tmpl)
+        name = cluster_name(c.deployment_id)
+        msg.name = name
+        msg.load_assignment.cluster_name = name
+        lb = msg.load_assignment.endpoints[0].lb_endpoints[0]
+        sock = lb.endpoint.address.socket_address
+        sock.address, sock.port_value = host, int(port)
+        meta = lb.metadata.filter_metadata[METADATA_NAMESPACE].fields
+        meta["deployment"].string_value = c.deployment_id
+        meta["variant"].string_value = c.variant
+        meta["backend"].string_value = c.backend_id
+        meta["region"].string_value = c.region
+        return msg
+
+    def aggregate(self, name: str, order: tuple[str, ...], s: EnvoySettings,
+                  used: dict[tuple[object, ...], Resource]) -> Resource:
+        key = (s, name, order)
+        got = self.aggregates.get(key)
+        if got is None:
+            got = resource(name, model_cluster(name, order, s))
+            self.built += 1
+        used[key] = got
+        return got
+
+    def route(self, region: str, models: dict[str, ModelRoutes], s: EnvoySettings) -> Resource:
+        key = (s, _routes_key(models))
+        cached = self.routes.get(region)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        rc = route_config_name(region)
+        got = resource(rc, route_configuration(region, models, s))
+        self.built += 1
+        self.routes[region] = (key, got)
+        return got
+
+
+def _routes_key(models: dict[str, ModelRoutes]) -> tuple[object, ...]:
+    """Everything of a region's plan ``route_configuration`` reads, hashable."""
+    return tuple((m, r.default, r.classes, r.default_feasible, r.default_slo_ms,
+                  tuple(sorted(r.cost_usd.items())),
+                  tuple(sorted(r.rotations.items(), key=lambda kv: -1 if kv[0] is None
+                               else kv[0])))
+                 for m, r in sorted(models.items()))
+
+
 def compile_region(region: str, tables: Iterable[placement_pb2.RouteTable], profile: Profile,
-                   s: EnvoySettings, learned: Learned | None = None) -> RegionConfig:
+                   s: EnvoySettings, learned: Learned | None = None,
+                   cache: CompileCache | None = None) -> RegionConfig:
     """``learned``: the region's class rates and miss margins (``placement.edge_learning``): the
     orders and their weighted rotations come from ``plan.plan_region``, which the cost
-    simulator's Envoy row runs too; without it, plain orders."""
+    simulator's Envoy row runs too; without it, plain orders. ``cache``: resources kept from
+    earlier compiles (``CompileCache``; the output is the same with or without it)."""
+    cache = cache or CompileCache()
+    check = True  # one new deployment cluster per compile checked against the template
+    deployments: dict[tuple[object, ...], Resource] = {}
+    aggregates: dict[tuple[object, ...], Resource] = {}
     clusters: dict[str, Resource] = {}
     tables = list(tables)
     for table in tables:
         for c in table.candidates:
             name = cluster_name(c.deployment_id)
             if name not in clusters:
-                clusters[name] = resource(name, deployment_cluster(c, s))
+                before = cache.built
+                clusters[name] = cache.deployment(c, s, deployments, check)
+                check = check and cache.built == before
     models = plan_region({t.model: Table([candidate_from_pb(c) for c in t.candidates],
                                          t.default_slo_ms) for t in tables},
                          profile, s.slo_margin_ms, learned)
@@ -98,7 +212,19 @@ def compile_region(region: str, tables: Iterable[placement_pb2.RouteTable], prof
                    for i, rots in m.rotations.items() for _, order in rots)]
         for name, order in named:
             if order:
-                clusters[name] = resource(name, model_cluster(name, order, s))
+                clusters[name] = cache.aggregate(name, tuple(order), s, aggregates)
+    cache.deployments.update(deployments)
+    cache.aggregates.update(aggregates)
+    _keep_only(cache.deployments, deployments)
+    _keep_only(cache.aggregates, aggregates)
     rc = route_config_name(region)
-    return RegionConfig(region, clusters,
-                        {rc: resource(rc, route_configuration(region, models, s))}, models)
+    return RegionConfig(region, clusters, {rc: cache.route(region, models, s)}, models)
+
+
+def _keep_only(kept: dict[tuple[object, ...], Resource],
+               used: dict[tuple[object, ...], Resource]) -> None:
+    """Drop what the last compile did not use, unless other regions may (the cache is the
+    server's, shared by its regions): only entries used by none in a while go, by size."""
+    if len(kept) > 4 * max(len(used), 1024):
+        for key in [k for k in kept if k not in used]:
+            del kept[key]

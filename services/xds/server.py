@@ -23,7 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
+import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -31,11 +35,11 @@ import structlog
 from envoy.service.accesslog.v3 import als_pb2_grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
-from placement.edge_learning import TIME_CONSTANT_S
+from placement.edge_learning import TIME_CONSTANT_S, Learned
 from placement.errors import InvalidRequest
 from placement.pipeline import Profile
 from placement.registry import build_profile
-from services.api.switchyard.v1 import telemetry_pb2
+from services.api.switchyard.v1 import placement_pb2, telemetry_pb2
 from services.config import MeshConfig
 from services.convert import candidate_from_pb
 from services.edge.shards import shard_key, shard_lookup
@@ -52,6 +56,7 @@ from services.xds.resources import (
     LISTENER_NAME,
     ROUTE,
     SLOW_PATH_CLUSTER,
+    CompileCache,
     EnvoySettings,
     RegionConfig,
     Resource,
@@ -60,13 +65,35 @@ from services.xds.resources import (
     resource,
     slow_path_cluster,
 )
-from services.xds.session import DeltaSession, SotwSession
+from services.xds.session import Delta, DeltaSession, SotwSession
 
 log = structlog.get_logger("switchyard.xds")
 ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 ALS_METHOD = "/envoy.service.accesslog.v3.AccessLogService/StreamAccessLogs"
 REPORT_METHOD = PLACEMENT + "ReportObservations"  # the rule the access log is held to
 Session = DeltaSession | SotwSession
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """A compile's inputs, taken on the loop: the region's tables (serialized, parsed again
+    by the compile, so the hub or federation may go on editing theirs) and what was learned."""
+
+    version: int
+    raw: tuple[bytes, ...]
+    learned: Learned
+
+    def tables(self) -> list[placement_pb2.RouteTable]:
+        return [placement_pb2.RouteTable.FromString(b) for b in self.raw]
+
+
+@dataclass
+class _Compiled:
+    version: int  # the hub's when its tables were read (moved on when they had not changed)
+    raw: tuple[bytes, ...]
+    at: float  # learning's clock at the compile
+    config: RegionConfig
+    delta: Delta  # its clusters against the compile before
 
 
 # xds-protos ships no stubs: its servicer base is Any to mypy.
@@ -86,21 +113,90 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         self.learning = RegionLearning()
         # between hub publishes, a region is recompiled this often with what it learned
         self.learn_every_s = learn_every_s
-        self._compiled: dict[str, tuple[int, float, RegionConfig]] = {}  # version, at, config
+        self._compiled: dict[str, _Compiled] = {}
+        # resources kept across compiles (``resources.CompileCache``), compiled on one worker
+        # thread (``region_config_async``) under a lock (``region_config`` runs on callers')
+        self.cache = CompileCache()
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="xds-compile")
+        self._compile_lock = threading.Lock()
+        self._compiling: dict[str, asyncio.Future[None]] = {}
+        self.compiles = 0
+        self.compile_s = 0.0  # on the worker thread, for the benchmark
+        self._listeners: dict[tuple[str, int, str, bool], Resource] = {}
+        self._slow_path: dict[int, Resource] = {}
+        # (region, slow-path port) -> (region's clusters, with the slow path, their delta)
+        self._with_slow_path: dict[tuple[str, int], tuple[
+            dict[str, Resource], dict[str, Resource], Delta | None]] = {}
 
     def region_config(self, region: str) -> RegionConfig:
         """The region's compiled config, rebuilt only when the hub published (so an ACK does
-        not make the hub publish early: its coalescing holds for Envoy edges too), with what
-        the region's access log taught placement since the last compile (``learning``)."""
+        not make the hub publish early: its coalescing holds for Envoy edges too) and the
+        region's tables changed, or with what the region's access log taught placement since
+        the last compile (``learning``). Compiled here, on the caller's thread; the streams
+        compile on the worker thread instead (``region_config_async``)."""
+        inputs = self._inputs(region)
+        if inputs is None:
+            return self._compiled[region].config
+        with self._compile_lock:
+            compiled = compile_region(region, inputs.tables(), self.profile, self.settings,
+                                      inputs.learned, cache=self.cache)
+        return self._apply(region, inputs, compiled)
+
+    async def region_config_async(self, region: str) -> RegionConfig:
+        """``region_config`` with the compile on the worker thread (the loop keeps serving
+        telemetry and the other streams meanwhile): its inputs are taken on the loop (the
+        hub's tables as bytes, what was learned), the result applied on the loop. Streams of
+        a region asking while it compiles wait for that compile."""
+        while (running := self._compiling.get(region)) is not None:
+            await asyncio.shield(running)
+        inputs = self._inputs(region)
+        if inputs is None:
+            return self._compiled[region].config
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._compiling[region] = done
+        try:
+            compiled = await loop.run_in_executor(self._worker, self._compile_off_loop,
+                                                  region, inputs)
+            return self._apply(region, inputs, compiled)
+        finally:
+            del self._compiling[region]
+            done.set_result(None)
+
+    def _compile_off_loop(self, region: str, inputs: _Inputs) -> RegionConfig:
+        t0 = time.perf_counter()
+        with self._compile_lock:
+            compiled = compile_region(region, inputs.tables(), self.profile, self.settings,
+                                      inputs.learned, cache=self.cache)
+        self.compile_s += time.perf_counter() - t0
+        return compiled
+
+    def _inputs(self, region: str) -> _Inputs | None:
+        """What a compile of ``region`` needs, taken now; None when the last compile holds
+        (the hub did not publish, or published other regions' changes only, and nothing is
+        to be relearned: a publish compiles what was learned since, as it always did)."""
         cached = self._compiled.get(region)
-        if cached is not None and cached[0] == self.hub.version and not self.relearn_due(region):
-            return cached[2]
-        tables = self.hub.snapshot(region)
+        relearn = self.relearn_due(region)
+        if cached is not None and cached.version == self.hub.version and not relearn:
+            return None
+        tables = self.hub.snapshot(region)  # may publish: the version is read after it
+        version = self.hub.version
+        raw = tuple(t.SerializeToString(deterministic=True) for t in tables)
+        if (cached is not None and cached.raw == raw and not relearn
+                and not self.learning.stale(region)):
+            # as a compile would: nothing learned to compile, nothing new (its time moves on)
+            cached.version, cached.at = version, self.learning.clock()
+            return None
         cands = {c.deployment_id: candidate_from_pb(c) for t in tables for c in t.candidates}
-        compiled = compile_region(region, tables, self.profile, self.settings,
-                                  self.learning.learned(region, cands))
+        return _Inputs(version, raw, self.learning.learned(region, cands))
+
+    def _apply(self, region: str, inputs: _Inputs, compiled: RegionConfig) -> RegionConfig:
+        cached = self._compiled.get(region)
         self.learning.compiled(region, compiled.models)
-        self._compiled[region] = (self.hub.version, self.learning.clock(), compiled)
+        before = cached.config.clusters if cached is not None else {}
+        self._compiled[region] = _Compiled(inputs.version, inputs.raw, self.learning.clock(),
+                                           compiled, Delta.between(before, compiled.clusters))
+        self.compiles += 1
         return compiled
 
     def relearn_due(self, region: str) -> bool:
@@ -108,18 +204,45 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         and something learned (or to decay) since."""
         cached = self._compiled.get(region)
         return (cached is not None and self.learning.stale(region)
-                and self.learning.clock() - cached[1] >= self.learn_every_s)
+                and self.learning.clock() - cached.at >= self.learn_every_s)
 
-    def offer(self, region: str, host: str, port: int,
-              slow_path_port: int = 0) -> dict[str, dict[str, Resource]]:
-        rc = self.region_config(region)
+    def offer(self, region: str, host: str, port: int, slow_path_port: int = 0,
+              rc: RegionConfig | None = None) -> dict[str, dict[str, Resource]]:
+        rc = rc or self.region_config(region)
         clusters = rc.clusters
-        if slow_path_port:
-            clusters = {**clusters, SLOW_PATH_CLUSTER: resource(
-                SLOW_PATH_CLUSTER, slow_path_cluster(slow_path_port, self.settings))}
-        ingress = resource(LISTENER_NAME, listener(host, port, region, self.settings,
-                                                   slow_path=bool(slow_path_port)))
+        if slow_path_port:  # the region's clusters and this node's slow path, kept per port
+            key = (region, slow_path_port)
+            kept = self._with_slow_path.get(key)
+            if kept is None or kept[0] is not clusters:
+                slow = self._slow_path.get(slow_path_port)
+                if slow is None:
+                    slow = self._slow_path[slow_path_port] = resource(
+                        SLOW_PATH_CLUSTER, slow_path_cluster(slow_path_port, self.settings))
+                merged = {**clusters, SLOW_PATH_CLUSTER: slow}
+                d = self._compiled[region].delta if region in self._compiled else None
+                # the region's delta, as this node holds it (the slow path on both sides)
+                delta = (None if kept is None or d is None or d.before is not kept[0]
+                         or d.after is not clusters
+                         else Delta(kept[1], merged, d.changed, d.gone))
+                kept = self._with_slow_path[key] = (clusters, merged, delta)
+            clusters = kept[1]
+        lkey = (host, port, region, bool(slow_path_port))
+        ingress = self._listeners.get(lkey)
+        if ingress is None:
+            ingress = self._listeners[lkey] = resource(
+                LISTENER_NAME, listener(host, port, region, self.settings,
+                                        slow_path=bool(slow_path_port)))
         return {CLUSTER: clusters, LISTENER: {LISTENER_NAME: ingress}, ROUTE: rc.routes}
+
+    def cluster_delta(self, region: str, slow_path_port: int,
+                      offered: dict[str, Resource]) -> Delta | None:
+        """The region's last change of clusters as this node is offered them, for the
+        sessions' shortcut; None when it is not known."""
+        if slow_path_port:
+            kept = self._with_slow_path.get((region, slow_path_port))
+            return kept[2] if kept is not None and kept[1] is offered else None
+        cached = self._compiled.get(region)
+        return cached.delta if cached is not None and cached.delta.after is offered else None
 
     async def DeltaAggregatedResources(  # noqa: N802 (the xDS method name)
             self, request_iterator: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest],
@@ -176,7 +299,6 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
 
         tasks = [asyncio.create_task(read()), asyncio.create_task(follow()),
                  asyncio.create_task(relearn())]
-        clusters: dict[str, Resource] = {}  # the clusters of the last push
         log.info("xds_stream_open", node=session.node_id, region=region,
                  listen=f"{host}:{port}", slow_path_port=slow_port,
                  protocol=type(session).__name__)
@@ -190,15 +312,17 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
                 inbox.clear()
                 if replied and self.on_reply is not None:
                     self.on_reply(session)
-                offered = self.offer(region, host, port, slow_port)
+                rc = await self.region_config_async(region)
+                offered = self.offer(region, host, port, slow_port, rc)
+                delta = self.cluster_delta(region, slow_port, offered[CLUSTER])
                 # Make before break: new clusters (kept beside the ones they replace) before
                 # the listener and routes that name them; clusters no route names, last.
-                steps = [(CLUSTER, {**clusters, **offered[CLUSTER]}),
-                         (LISTENER, offered[LISTENER]), (ROUTE, offered[ROUTE]),
-                         (CLUSTER, offered[CLUSTER])]
-                clusters = offered[CLUSTER]
-                for t, resources in steps:
-                    resp = session.push(t, resources, str(self.hub.version))
+                steps: list[tuple[str, dict[str, Resource], bool]] = [
+                    (CLUSTER, offered[CLUSTER], True), (LISTENER, offered[LISTENER], False),
+                    (ROUTE, offered[ROUTE], False), (CLUSTER, offered[CLUSTER], False)]
+                for t, resources, keep in steps:
+                    resp = session.push(t, resources, str(self.hub.version),
+                                        delta=delta if t == CLUSTER else None, keep=keep)
                     if resp is not None:
                         self.pushes += 1
                         self.pushed_bytes += resp.ByteSize()

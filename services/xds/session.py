@@ -11,6 +11,11 @@ its own). Two variants of the protocol, one session class each:
   type, versioned by a hash of its members' versions, and only when that hash moved or the
   subscription changed.
 
+At fleet scale (10,000 deployment clusters, 100 Envoys) a push must not cost every session a
+walk over every cluster: the server hands ``push`` the region's :class:`Delta` (what changed
+between two compiles, found once per compile), and a session that holds exactly the older
+compile sends the changed names from it without looking at the rest.
+
 A NACK (a request carrying ``error_detail``) is logged with Envoy's own message and counted;
 the session does not resend the rejected content (Envoy would reject it again) and keeps
 serving: the next change of that resource is pushed as usual, so a bad push never wedges the
@@ -20,7 +25,7 @@ stream.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import structlog
@@ -70,16 +75,51 @@ class Replies:
 
 
 def _wanted(type_url: str, names: set[str], offered: Mapping[str, Resource]
-            ) -> dict[str, Resource]:
+            ) -> Mapping[str, Resource]:
     if type_url in WILDCARD_TYPES:
-        return dict(offered)
+        return offered
     return {n: r for n, r in offered.items() if n in names}
+
+
+@dataclass(frozen=True, eq=False)
+class Delta:
+    """From one compiled set of a wildcard type to the next: ``changed`` (sorted) are the
+    names in ``after`` that are new or have another version, ``gone`` (sorted) the names of
+    ``before`` not in ``after``."""
+
+    before: Mapping[str, Resource]
+    after: Mapping[str, Resource]
+    changed: tuple[str, ...]
+    gone: tuple[str, ...]
+
+    @classmethod
+    def between(cls, before: Mapping[str, Resource], after: Mapping[str, Resource]) -> Delta:
+        return cls(before, after,
+                   tuple(sorted(n for n, r in after.items()
+                                if (b := before.get(n)) is None or b.version != r.version)),
+                   tuple(sorted(n for n in before if n not in after)))
 
 
 def _pack(r: Resource) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(r.message)
     return packed
+
+
+# (name, version) -> the resource as a delta response carries it, packed once for every
+# session it is sent to (a version is a content hash); cleared when it grows past the fleet
+_PACKED: dict[tuple[str, str], discovery_pb2.Resource] = {}
+PACKED_MAX = 200_000
+
+
+def _delta_resource(r: Resource) -> discovery_pb2.Resource:
+    got = _PACKED.get((r.name, r.version))
+    if got is None:
+        if len(_PACKED) >= PACKED_MAX:
+            _PACKED.clear()
+        got = _PACKED[(r.name, r.version)] = discovery_pb2.Resource(
+            name=r.name, version=r.version, resource=_pack(r))
+    return got
 
 
 @dataclass(eq=False)  # one per stream, compared by identity
@@ -91,6 +131,9 @@ class DeltaSession:
     opened: set[str] = field(default_factory=set)  # types Envoy asked for
     unanswered: set[str] = field(default_factory=set)  # asked for, owed a first response
     replies: Replies = field(init=False)
+    # wildcard type -> what ``sent`` holds exactly: ("all", offered), or ("kept", delta):
+    # delta.after sent, delta.before's gone names not removed yet (``push(keep=True)``)
+    _holds: dict[str, tuple[str, object]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.replies = Replies(self.node_id)
@@ -101,7 +144,10 @@ class DeltaSession:
         if req.response_nonce:
             self.replies.record(t, req.response_nonce,
                                 req.error_detail if req.HasField("error_detail") else None)
+        if req.resource_names_subscribe or req.resource_names_unsubscribe:
+            self._holds.pop(t, None)
         if t not in self.opened:
+            self._holds.pop(t, None)
             self.opened.add(t)
             self.unanswered.add(t)
             if req.initial_resource_versions:
@@ -112,28 +158,58 @@ class DeltaSession:
             names.discard(n)
             self.sent.get(t, {}).pop(n, None)
 
-    def push(self, type_url: str, offered: Mapping[str, Resource], system_version: str
+    def push(self, type_url: str, offered: Mapping[str, Resource], system_version: str,
+             delta: Delta | None = None, keep: bool = False
              ) -> discovery_pb2.DeltaDiscoveryResponse | None:
-        """The response that brings this Envoy to ``offered``; None when it is there already."""
+        """The response that brings this Envoy to ``offered``; None when it is there already.
+        ``keep``: remove nothing yet (make before break: the next push of ``offered`` does);
+        ``delta``: how ``offered`` differs from the set compiled before it (a shortcut only:
+        used when this Envoy holds exactly that set)."""
         if type_url not in self.opened:
             return None
-        want = _wanted(type_url, self.names.get(type_url, set()), offered)
         have = self.sent.setdefault(type_url, {})
-        changed = [r for n, r in sorted(want.items()) if have.get(n) != r.version]
-        gone = sorted(n for n in have if n not in want)
+        fast = (None if type_url in self.unanswered or type_url not in WILDCARD_TYPES
+                else self._shortcut(type_url, offered, delta, keep))
+        if fast is not None:
+            changed = [offered[n] for n in fast[0] if have.get(n) != offered[n].version]
+            gone = [n for n in fast[1] if n in have]
+        else:
+            want = _wanted(type_url, self.names.get(type_url, set()), offered)
+            changed = [want[n] for n in sorted(n for n, r in want.items()
+                                               if have.get(n) != r.version)]
+            gone = [] if keep else sorted(n for n in have if n not in want)
+        if type_url in WILDCARD_TYPES:
+            self._holds[type_url] = (("kept", delta) if keep and delta is not None
+                                     and delta.after is offered and fast is not None
+                                     else ("all", offered) if not keep
+                                     else ("unknown", None))
         if not changed and not gone and type_url not in self.unanswered:
             return None
         self.unanswered.discard(type_url)
         resp = discovery_pb2.DeltaDiscoveryResponse(
             type_url=type_url, system_version_info=system_version,
             nonce=self.replies.issue(type_url), removed_resources=gone,
-            resources=[discovery_pb2.Resource(name=r.name, version=r.version,
-                                              resource=_pack(r)) for r in changed])
+            resources=[_delta_resource(r) for r in changed])
         for r in changed:
             have[r.name] = r.version
         for n in gone:
             del have[n]
         return resp
+
+    def _shortcut(self, type_url: str, offered: Mapping[str, Resource], delta: Delta | None,
+                  keep: bool) -> tuple[Sequence[str], Sequence[str]] | None:
+        """(names that may have changed, names that may be gone) without walking
+        ``offered``, when what this Envoy holds is known; None: walk it."""
+        how, what = self._holds.get(type_url, ("unknown", None))
+        if how == "all" and what is offered:
+            return (), ()
+        if delta is None or delta.after is not offered:
+            return None
+        if how == "all" and what is delta.before:
+            return delta.changed, () if keep else delta.gone
+        if how == "kept" and what is delta:
+            return (), () if keep else delta.gone
+        return None
 
 
 @dataclass(eq=False)  # one per stream, compared by identity
@@ -144,6 +220,7 @@ class SotwSession:
     names: dict[str, set[str]] = field(default_factory=dict)
     unanswered: set[str] = field(default_factory=set)  # (re)subscribed, owed a response
     replies: Replies = field(init=False)
+    _last: dict[str, Mapping[str, Resource]] = field(default_factory=dict)  # offered, by type
 
     def __post_init__(self) -> None:
         self.replies = Replies(self.node_id)
@@ -162,10 +239,17 @@ class SotwSession:
             self.names[t] = names
             self.unanswered.add(t)
 
-    def push(self, type_url: str, offered: Mapping[str, Resource], system_version: str
+    def push(self, type_url: str, offered: Mapping[str, Resource], system_version: str,
+             delta: Delta | None = None, keep: bool = False
              ) -> discovery_pb2.DiscoveryResponse | None:
+        """``keep``: the whole set is what was offered last plus ``offered`` (make before
+        break); ``delta`` is not used: every response carries the whole set."""
         if type_url not in self.names:
             return None
+        if keep:
+            offered = {**self._last.get(type_url, {}), **offered}
+        else:
+            self._last[type_url] = offered
         want = _wanted(type_url, self.names[type_url], offered)
         version = hashlib.sha256("".join(f"{n}={r.version};" for n, r in sorted(want.items()))
                                  .encode()).hexdigest()[:16]

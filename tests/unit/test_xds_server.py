@@ -14,10 +14,12 @@ class _Hub:
     def __init__(self) -> None:
         self.version = 1
         self.snapshots = 0
+        self.slo_ms = 100.0
 
     def snapshot(self, region: str) -> list[placement_pb2.RouteTable]:
         self.snapshots += 1  # the real one publishes when the fleet changed since
-        return [placement_pb2.RouteTable(model="m", edge_region=region, default_slo_ms=100)]
+        return [placement_pb2.RouteTable(model="m", edge_region=region,
+                                         default_slo_ms=self.slo_ms)]
 
 
 def test_acks_between_publishes_reuse_the_compiled_region() -> None:
@@ -27,6 +29,18 @@ def test_acks_between_publishes_reuse_the_compiled_region() -> None:
     for _ in range(5):  # every ACK asks again
         assert ads.region_config("r") is first
     assert hub.snapshots == 1
-    hub.version = 2  # the hub published
-    assert ads.region_config("r") is not first
-    assert hub.snapshots == 2
+    hub.version, hub.slo_ms = 2, 200.0  # the hub published a change of the region
+    second = ads.region_config("r")
+    assert second is not first and hub.snapshots == 2
+    assert second.models["m"].default_slo_ms == 200.0
+
+
+def test_a_publish_that_did_not_change_the_regions_tables_compiles_nothing() -> None:
+    """The hub's version is the whole fleet's: another region's change moves it too."""
+    hub = _Hub()
+    ads = AdsServer(hub, build_profile("cheapest"), EnvoySettings())  # type: ignore[arg-type]
+    first = ads.region_config("r")
+    hub.version = 2  # published, this region's tables as they were
+    assert ads.region_config("r") is first and ads.compiles == 1
+    assert hub.snapshots == 2  # read once to know, then not again until the next publish
+    assert ads.region_config("r") is first and hub.snapshots == 2

@@ -1,0 +1,109 @@
+"""Where the Envoy config build's time goes at fleet scale (issues 12 + 15).
+
+``python -m benchmarks.ads_profile [--sizes 1000,5000,10000] [--profile]``: one edge region
+whose one model has N synthetic rows (N backends in ``controlplane.REGIONS``, one variant
+each, estimates and prices spread as a fleet's are); times ``compile_region`` cold (first
+compile), again with nothing changed, and after one row's flip (the probe's change), and
+the delta-ADS push to one session of the flip. ``--profile``: cProfile of each step, top
+functions by cumulative time. Wall time on this host.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+from placement.registry import build_profile
+from services.api.switchyard.v1 import placement_pb2
+
+REGIONS = ["aws-us-east-1", "aws-us-west-2", "gcp-us-central1", "gcp-europe-west4",
+           "azure-eastus"]
+
+
+def candidate(i: int, rng: random.Random) -> placement_pb2.Candidate:
+    bid = f"be-{i:06d}"
+    region = REGIONS[i % len(REGIONS)]
+    rtt = [1.0, 60.0, 30.0, 90.0, 10.0][i % len(REGIONS)]
+    compute = round(rng.uniform(35, 45), 1)
+    return placement_pb2.Candidate(
+        deployment_id=f"{bid}/chat-v1", backend_id=bid,
+        endpoint=f"10.{i // 62500}.{i // 250 % 250}.{i % 250}:{8000 + i % 50000}",
+        variant="chat-v1", region=region, cloud=region.split("-")[0], accelerator="nvidia-l4",
+        quality=0.8, latency_p95_ms=rtt + compute * 1.5, rtt_ms=rtt, compute_ms=compute,
+        cost_usd=round(rng.uniform(4e-6, 6e-6), 9), spare_capacity=rng.uniform(10, 100),
+        concurrency=4, edge_slots=0.04)
+
+
+def tables(n: int, seed: int = 0, flipped: int | None = None) -> list[placement_pb2.RouteTable]:
+    rng = random.Random(seed)
+    cands = [candidate(i, rng) for i in range(n)]
+    if flipped is not None:
+        cands[flipped].dropped_reason = "Triton server not ready"
+    return [placement_pb2.RouteTable(model="chat", edge_region=REGIONS[0], version=1,
+                                     default_slo_ms=500, candidates=cands)]
+
+
+def timed(label: str, fn: Callable[[], Any], profile: bool) -> Any:
+    prof = cProfile.Profile() if profile else None
+    t0 = time.perf_counter()
+    if prof:
+        prof.enable()
+    out = fn()
+    if prof:
+        prof.disable()
+    print(f"  {label}: {(time.perf_counter() - t0) * 1e3:,.0f} ms", flush=True)
+    if prof:
+        s = io.StringIO()
+        pstats.Stats(prof, stream=s).sort_stats("cumulative").print_stats(18)
+        print("\n".join(s.getvalue().splitlines()[6:30]))
+    return out
+
+
+def main() -> None:
+    from services.xds.resources import CLUSTER, ROUTE, EnvoySettings, compile_region
+    try:
+        from services.xds.resources import CompileCache
+    except ImportError:  # a checkout before the cache
+        CompileCache = None  # noqa: N806
+    from services.xds.session import DeltaSession
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", default="1000,5000,10000")
+    ap.add_argument("--profile", action="store_true")
+    args = ap.parse_args()
+    profile, s = build_profile("cheapest", 0.05), EnvoySettings()
+    for n in (int(x) for x in args.sizes.split(",")):
+        print(f"{n:,} deployments", flush=True)
+        base, flip = tables(n), tables(n, flipped=n // 2)
+        kw = {} if CompileCache is None else {"cache": CompileCache()}
+        rc = timed("compile (first)", lambda: compile_region(REGIONS[0], base, profile, s, **kw),
+                   args.profile)
+        timed("compile (nothing changed)",
+              lambda: compile_region(REGIONS[0], base, profile, s, **kw), args.profile)
+        rc2 = timed("compile (one row flipped)",
+                    lambda: compile_region(REGIONS[0], flip, profile, s, **kw), args.profile)
+        sess = DeltaSession("edge", REGIONS[0])
+        for t in (CLUSTER, ROUTE):
+            sess.receive(placement_pb2_req(t))
+        timed("push (first, clusters)", lambda: sess.push(CLUSTER, rc.clusters, "1"),
+              args.profile)
+        sess.push(ROUTE, rc.routes, "1")
+        resp = timed("push (flip, clusters)", lambda: sess.push(CLUSTER, rc2.clusters, "2"),
+                     args.profile)
+        print(f"  flip: {len(resp.resources) if resp else 0} clusters, "
+              f"{resp.ByteSize() if resp else 0:,} B", flush=True)
+
+
+def placement_pb2_req(type_url: str) -> Any:
+    from envoy.service.discovery.v3 import discovery_pb2
+    return discovery_pb2.DeltaDiscoveryRequest(type_url=type_url,
+                                               resource_names_subscribe=[f"routes:{REGIONS[0]}"])
+
+
+if __name__ == "__main__":
+    main()

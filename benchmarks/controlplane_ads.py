@@ -1,0 +1,165 @@
+"""Control plane with Envoy (delta ADS) edges: ingest, placement CPU, propagation, bytes.
+
+    python -m benchmarks.controlplane_ads [--quick] [--levels 1000,5000,10000] [--before DIR]
+
+``benchmarks.controlplane``'s run (one real placement process, simulated agents for every
+GPU's 1 Hz report, a probe backend flipped ready / not ready), with its edges replaced by
+simulated Envoys: each is a ``DeltaAggregatedResources`` stream (``xds-protos``) of a node in
+one of the mesh's regions (``node.cluster``, ``listen_port`` in its metadata, as
+``services.edge.envoy.bootstrap`` declares one) that subscribes to clusters, listeners and its
+region's route configuration and ACKs every response, as Envoy does. Simulated: no Envoy
+process applies the config (``benchmarks.xds_push`` measures a real one on a small fleet).
+
+- **propagation**: from the probe's flip to the last edge's response that carries its
+  region's default aggregate cluster (``model:chat``) without or with the probe again (the
+  response Envoy would ACK and apply);
+- **bytes per change**: xDS response bytes all edges received from a flip until every edge
+  saw it, per edge (other pushes in that interval included);
+- ingest, placement CPU and the bytes per second in the window as ``controlplane``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import time
+
+import grpc
+from envoy.service.discovery.v3 import discovery_pb2
+
+from benchmarks import controlplane as cp
+from benchmarks.common import ROOT, Section, command_for, md_table, percentile, progress
+from services.xds.envoy_types import CLUSTER, LISTENER, ROUTE, model_cluster_name
+
+ADS_METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources"
+AGGREGATE = model_cluster_name(cp.MODEL)
+PROBE_CLUSTER = f"dep:{cp.PROBE}/{cp.VARIANT}".encode()
+
+
+class AdsEdges(cp.Edges):
+    """``count`` simulated Envoys on delta ADS; the probe is "seen ready" while it is in
+    their region's default aggregate cluster."""
+
+    def __init__(self, address: str, count: int) -> None:
+        super().__init__(address, count)
+        self.change_bytes: list[float] = []  # per change: bytes per edge until all saw it
+        self.responses = 0
+
+    async def _watch(self, i: int, ch: grpc.aio.Channel) -> None:
+        region = cp.REGIONS[i % len(cp.REGIONS)][0]
+        call = ch.stream_stream(
+            ADS_METHOD,
+            request_serializer=discovery_pb2.DeltaDiscoveryRequest.SerializeToString,
+            response_deserializer=None)
+        node = discovery_pb2.DeltaDiscoveryRequest().node
+        node.id, node.cluster = f"edge-{i}", region
+        node.metadata.update({"listen_host": "127.0.0.1", "listen_port": 50051 + i})
+        requests: asyncio.Queue[discovery_pb2.DeltaDiscoveryRequest | None] = asyncio.Queue()
+        for type_url, names in ((CLUSTER, []), (LISTENER, []), (ROUTE, [f"routes:{region}"])):
+            req = discovery_pb2.DeltaDiscoveryRequest(type_url=type_url,
+                                                      resource_names_subscribe=names)
+            req.node.CopyFrom(node)
+            await requests.put(req)
+
+        async def outgoing():  # type: ignore[no-untyped-def]
+            while (req := await requests.get()) is not None:
+                yield req
+
+        try:
+            async for raw in call(outgoing()):
+                now = time.monotonic()
+                self.updates += 1
+                self.bytes += len(raw)
+                resp = discovery_pb2.DeltaDiscoveryResponse.FromString(raw)
+                await requests.put(discovery_pb2.DeltaDiscoveryRequest(
+                    type_url=resp.type_url, response_nonce=resp.nonce))  # the ACK
+                for r in resp.resources:
+                    if r.name == AGGREGATE:
+                        not_ready = PROBE_CLUSTER not in r.resource.value
+                        if not_ready != self.state[i]:
+                            self.state[i], self.changed_at[i] = not_ready, now
+            self.ended.append(f"edge-{i}: stream ended")
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # a stream that died must show, not look like a slow edge
+            why = " ".join(str(e).split())
+            self.ended.append(f"edge-{i}: {type(e).__name__}: {why[:400]}")
+            if os.environ.get("CP_DEBUG"):
+                progress(f"edge-{i} ADS stream ended: {why}")
+        finally:
+            with contextlib.suppress(Exception):
+                requests.put_nowait(None)
+
+    async def wait_all(self, not_ready: bool, since: float, limit_s: float) -> float | None:
+        b0 = self.bytes
+        got = await super().wait_all(not_ready, since, limit_s)
+        self.change_bytes.append((self.bytes - b0) / self.count)
+        return got
+
+
+def run(quick: bool, levels: list[int] | None = None, before: str | None = None,
+        after: str = ROOT) -> Section:
+    t0 = time.monotonic()
+    gpus_levels = levels or ([1000] if quick else [1000, 5000, 10000])
+    window, changes, timeout = (5.0, 3, 8.0) if quick else (10.0, 8, 15.0)
+    variants = [cp.Variant(root=after)]
+    if before:
+        variants = [cp.Variant("before", before), cp.Variant("after", after)]
+    rows = []
+    for gpus in gpus_levels:
+        for v in variants:
+            progress(f"controlplane_ads: {gpus:,} GPUs, 100 ADS edges, {v.label}")
+            made: list[AdsEdges] = []
+
+            def make(address: str, count: int) -> AdsEdges:
+                made.append(AdsEdges(address, count))
+                return made[-1]
+
+            lv = asyncio.run(cp.measure(gpus, 100, window, changes, streams=8,
+                                        timeout_s=timeout, variant=v, make_edges=make))
+            d = sorted(lv.delays_ms)
+            per_change = sorted(made[0].change_bytes) if made else []
+            progress(f"controlplane_ads: ingest {lv.ingest_per_s:,.0f}/s of "
+                     f"{lv.target_per_s:,.0f}/s, placement CPU {lv.cpu_pct:.0f} %, "
+                     f"p99 {percentile(d, 99)} ms, {len(lv.ended)} streams ended")
+            rows.append([*([v.label] if before else []), f"{gpus:,}", lv.edges,
+                         f"{lv.ingest_per_s:,.0f} / {lv.target_per_s:,.0f}",
+                         f"{lv.cpu_pct:.0f} %", f"{lv.update_mb_per_s:.1f}",
+                         percentile(d, 50), percentile(d, 99),
+                         f"{len(d)}/{len(d) + lv.timeouts}",
+                         f"{percentile(per_change, 50)}" if per_change else "-",
+                         len(lv.ended), f"{lv.load1:.1f}"])
+    table = md_table([*(["placement"] if before else []), "GPUs (backends)", "ADS edges",
+                      "ingest reports/s (sustained / offered)", "placement CPU",
+                      "xDS bytes to edges MB/s (window)", "propagation p50 ms",
+                      "propagation p99 ms", "changes seen by all edges",
+                      "bytes per edge per change (median)", "streams ended",
+                      "host load (1 min)"], rows)
+    notes = [
+        "Simulated Envoys: delta-ADS streams that ACK every response; no Envoy applies the "
+        "config. Placement is a real process; everything shares the 2-core host.",
+        "Propagation: from the probe's flip to the last of the 100 edges receiving its "
+        "region's default aggregate cluster without (or again with) the probe.",
+    ]
+    return Section(title="Control plane with Envoy edges (delta ADS)",
+                   command=command_for(__name__, quick) + "".join(
+                       [f" --levels {','.join(str(g) for g in gpus_levels)}"] * bool(levels)
+                       + [" --before <worktree of the old commit>"] * bool(before)),
+                   table=table, notes=notes, elapsed_s=time.monotonic() - t0)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--levels", default="", help="GPU counts, comma-separated")
+    p.add_argument("--before", default="", help="a checkout of the old commit, run first")
+    p.add_argument("--after", default=ROOT, help="the checkout measured (default this one)")
+    args = p.parse_args()
+    levels = [int(g) for g in args.levels.split(",")] if args.levels else None
+    print(run(args.quick, levels, args.before or None, args.after).markdown())
+
+
+if __name__ == "__main__":
+    main()
