@@ -196,7 +196,8 @@ class Router:
                 try:
                     decision = profile.choose(cands, ctx, self.rng, cost_sorted=True)
                 except NoHealthyDeployment as exc:
-                    panic = self._panic(cands, ctx, profile)
+                    panic = self.panic(cands, ctx, lambda c: profile.choose(
+                        cands, c, self.rng, cost_sorted=True))
                     if panic is None:
                         if failure is None:
                             raise
@@ -240,12 +241,12 @@ class Router:
         finally:
             self.on_done(record)
 
-    def _panic(self, cands: Sequence[Candidate], ctx: CallContext,
-               profile: Profile) -> Decision | None:
+    def panic(self, cands: Sequence[Candidate], ctx: CallContext,
+              choose: Callable[[CallContext], Decision]) -> Decision | None:
         """Every deployment the call may use is ejected by outlier detection: try the one
-        whose ejection ends soonest, the call's own filters applied (``placement.panic``)."""
-        decision = panic_choice(cands, ctx, self.health.view().ejected_until,
-                                lambda c: profile.choose(cands, c, self.rng, cost_sorted=True))
+        whose ejection ends soonest, the call's own choice (``choose``) and filters applied
+        (``placement.panic``); None when no ejected deployment may take it."""
+        decision = panic_choice(cands, ctx, self.health.view().ejected_until, choose)
         if decision is not None:
             self.panics += 1
             log.warning("panic_routed", deployment=decision.candidate.deployment_id,

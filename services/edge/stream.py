@@ -27,12 +27,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc
 
 from placement.errors import BackendFailed, InvalidRequest, NoHealthyDeployment
+from placement.model import CallContext, Candidate
+from placement.pipeline import Decision, Profile
 from services.edge import hints as hint_parser
 from services.edge.generation import Generation
 from services.edge.router import AttemptFailed, CallRecord, Router, status_name
@@ -151,9 +154,13 @@ async def route_stream(router: Router, requests: AsyncIterator[bytes],
             try:
                 c, record.slo_met = gen.choose(profile, cands, ctx)
             except NoHealthyDeployment:
-                if failure is None:
-                    raise
-                raise _failed(failure) from None
+                # Every deployment it may use ejected: the unary path's panic rule.
+                panic = router.panic(cands, ctx, functools.partial(_decide, gen, profile, cands))
+                if panic is None:
+                    if failure is None:
+                        raise
+                    raise _failed(failure) from None
+                c, record.slo_met = panic.candidate, panic.slo_met
             record.chosen = c
             if tries.committed:  # only a resumable stream is retried once committed
                 meter.resumed += 1
@@ -215,6 +222,12 @@ async def route_stream(router: Router, requests: AsyncIterator[bytes],
             record.slo_met = all(meter.met(goals.ttft_ms, goals.tpot_ms))
         record.finish(tries, (router.clock() - start) * 1000)
         router.on_done(record)
+
+
+def _decide(gen: Generation, profile: Profile, cands: Sequence[Candidate],
+            ctx: CallContext) -> Decision:
+    c, slo_met = gen.choose(profile, cands, ctx)
+    return Decision(c, slo_met, 0)
 
 
 def _failed(f: AttemptFailed) -> BackendFailed:

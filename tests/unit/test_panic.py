@@ -17,6 +17,8 @@ from placement.registry import build_profile
 from services.edge.health import CHECK_FAILING, OUTLIER
 from services.edge.outlier import OutlierSettings
 from services.edge.router import CallRecord
+from services.edge.stream import route_stream
+from tests.unit.test_deadline_rule import Context, Streams, requests
 from tests.unit.test_edge_resilience import RAW, Clock, cand, make_router
 
 
@@ -116,3 +118,21 @@ async def test_the_router_never_panics_onto_a_failing_health_check() -> None:
     with pytest.raises(NoHealthyDeployment):
         await router.infer(RAW, [("x-slo-ms", "100")], 30.0, CallRecord("", ""))
     assert up.calls == [] and router.panics == 0
+
+
+async def test_a_stream_follows_the_same_panic_rule() -> None:
+    """Every deployment ejected: the stream is sent to the soonest back (the fake upstream
+    refuses to open it, which is how the test sees where it went), not refused."""
+    clock = Clock()
+    b0, b1 = cand(0, 1e-6, 5), cand(1, 2e-6, 5)
+    router, _, _ = make_router([b0, b1], {}, clock, OutlierSettings(consecutive=1, max_share=1.0))
+    up = Streams({})
+    router.upstreams = up  # type: ignore[assignment]
+    router.health.failure(b1, server_failure=True)
+    clock.t += 1.0
+    router.health.failure(b0, server_failure=True)
+    with pytest.raises(AssertionError, match="forwarded"):
+        async for _ in route_stream(router, requests(clock, 0.0), [("x-slo-ms", "100")], 30.0,
+                                    CallRecord("", ""), Context()):  # type: ignore[arg-type]
+            pass
+    assert up.calls == [("ep1", b"stream")] and router.panics == 1
