@@ -206,7 +206,8 @@ def ablation_verdicts(rounds: list[dict[tuple[str, int], Point]],
             continue
         ranked = sorted(med.items(), key=lambda kv: -kv[1])
         out.append(f"c={conc}: `sy` is {whole:.2f}× plain (+{whole - 1:.2f}); removing one "
-                   "thing saved (median, plain's units), largest first: "
+                   "thing saved (median, plain's units; for a variant that adds something, "
+                   "minus what it costs), largest first: "
                    + ", ".join(f"{n} {v:+.2f}" for n, v in ranked[:6]) + ".")
     steady = [n for n in ABLATION_NAMES
               if (v := [x for c in concurrencies for x in _saved(rounds, n, c)])
