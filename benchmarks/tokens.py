@@ -20,6 +20,7 @@ import time
 from benchmarks.common import BENCH_DIR, Section, command_for, progress
 from benchmarks.costsim import tokens_report
 from benchmarks.costsim.tokens_policies import (
+    MOVE_CHECK_MS,
     POLICIES,
     PUSH_DELAY_MS,
     REJECTED,
@@ -35,6 +36,7 @@ from benchmarks.costsim.tokens_workload import (
 )
 from benchmarks.costsim.tokensim import TokenSim
 from placement.stream_guard import GUARD_MAX_AGE_S, GUARD_QUANTILE, GUARD_WINDOW
+from placement.stream_move import MAX_MOVES, MOVE_CONFIRM, MOVE_MARGIN, MOVE_WINDOW
 from placement.streams import GUARDED_HEADROOM, TTFT_HEADROOM
 
 ESTIMATE_S = (35, 60)
@@ -44,7 +46,8 @@ LOAD_SCALES = (0.5, 1.5, 2.0)
 LEARNED = "switchyard-learned-margin"
 FLEET = "switchyard-fleet"
 FLEET_INSTANT = "switchyard-fleet-instant"
-LOAD_OTHERS = (LEARNED, FLEET, FLEET_INSTANT)  # variants beside switchyard in the load table
+NO_MOVE = "switchyard-no-move"  # the default before moves (issue 14)
+LOAD_OTHERS = (NO_MOVE, LEARNED, FLEET)  # variants beside switchyard in the load table
 # written after the others; no parameter of placement/streams.py was chosen on them
 HELD_OUT = {"tokens-rag": "long prompts, short outputs, one hot shared prefix, a region far "
                           "from the cheap GPUs",
@@ -100,6 +103,7 @@ def run(quick: bool) -> Section:
               ", quick horizon)", tokens_report.load_table(loads, LOAD_OTHERS),
               tokens_report.load_summary(loads),
               *(tokens_report.load_summary(loads, o) for o in LOAD_OTHERS),
+              tokens_report.default_verdict(variants, loads, NO_MOVE, "switchyard"),
               tokens_report.default_verdict(variants, loads, "switchyard", FLEET)]
     return Section(title=TITLE, command=command_for(__name__, quick),
                    table=tokens_report.table(main), notes=notes,
@@ -137,16 +141,27 @@ def _notes(scenarios: list[TokenScenario], results: list[tokens_report.TokenResu
         "holders, its own streams still prefilling) into `placement.streams.choose_stream` with "
         "its defaults, as `services/edge/generation.py` calls it (each edge learns alone: "
         "the fleet's estimates placement puts on route rows are not simulated); it does not see "
-        "other edges' streams or the servers' queues. The baselines see the true state of "
+        "other edges' streams or the servers' queues. It also counts each of its decoding "
+        "streams' tokens into `placement.stream_move.MoveWatch` (every "
+        f"{MOVE_CHECK_MS:g} ms here, at each token in the edge) and moves a stream whose pace "
+        f"over its last {MOVE_WINDOW} tokens, {MOVE_CONFIRM} tokens in a row, predicts a "
+        "miss of its TPOT objective, at most "
+        f"{MAX_MOVES}×, to the cheapest deployment of its variant predicted to finish it "
+        f"within {1 - MOVE_MARGIN:.0%} of the objective (re-prefill of prompt + delivered "
+        "tokens at twice its predicted TTFT); **simulated** resumption: the old server drops "
+        "the stream at once, the new one prefills the prompt plus the delivered tokens (less "
+        "a cached session prefix; billed) and decodes the rest. The baselines see the true state of "
         "every server when they choose (more than a real router has): round-robin, "
         "least-loaded (streams waiting or running), prefix-affinity (llm-d-like: prefix-cache "
         "scorer weight 3 + queue scorer weight 2, cost and distance ignored), lowest-latency "
         "(fastest predicted TTFT from the true queue and cache).",
         *tokens_report.verdicts(results),
         *tokens_report.slowdown_notes(results),
-        "#### Ablations of `placement/streams.py` (same streams, the same function without "
-        "one of its parts)",
+        *tokens_report.move_notes(results),
+        "#### Ablations of `placement/streams.py` and `placement/stream_move.py` (same "
+        "streams, the same functions without one of their parts)",
         tokens_report.table(variants),
+        *tokens_report.before_after(variants, NO_MOVE, "switchyard"),
         *tokens_report.before_after(variants, "switchyard", LEARNED),
         *tokens_report.before_after(variants, "switchyard-learned-band-only", "switchyard"),
         *tokens_report.before_after(variants, "switchyard-no-guard-band", "switchyard"),
@@ -154,6 +169,8 @@ def _notes(scenarios: list[TokenScenario], results: list[tokens_report.TokenResu
         *tokens_report.before_after(variants, "switchyard", "switchyard-live-tpot"),
         *tokens_report.before_after(variants, "switchyard", FLEET),
         *tokens_report.before_after(variants, "switchyard", FLEET_INSTANT),
+        f"`{NO_MOVE}`: no stream moves mid-decode (the default before moves: a stream "
+        "left its deployment only after a failure). "
         f"`{LEARNED}`: each edge also learns a TTFT margin per deployment "
         "(`placement/stream_guard.py`: the "
         f"{GUARD_QUANTILE:.0%} quantile of its last ≤ {GUARD_WINDOW} observed − predicted "
@@ -168,8 +185,8 @@ def _notes(scenarios: list[TokenScenario], results: list[tokens_report.TokenResu
         "for their first token do not enter the TTFT prediction (the Python edge passes them "
         "since this benchmark: `StreamStats.pending`); `switchyard-live-tpot`: the TPOT "
         "prediction multiplied per deployment by how much slower than predicted this edge's "
-        "streams decoding there now are (`placement.stream_guard.tpot_factors`, from the "
-        "tokens the edge has seen arrive; not what the edge runs).",
+        "streams decoding there now are (`placement.stream_guard.tpot_factors`, from the same "
+        "pace the moves measure; not what the edge runs).",
         f"`{FLEET}`: the fleet's view of prefill queues, as the live path would carry it "
         "(backend → agent → placement → route rows → edge; **simulated**, the live wiring is "
         "not built): every "

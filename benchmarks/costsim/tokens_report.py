@@ -34,6 +34,9 @@ class TokenResult:
     # them missed an objective: no choice made after the slowdown could save them
     caught: int = 0
     caught_missed: int = 0
+    caught_moved: int = 0  # of the caught, moved to another deployment (a policy that moves)
+    moved: int = 0  # streams moved mid-decode (``placement.stream_move``)
+    moved_met: int = 0  # of those, within both objectives
 
 
 def measure(s: TokenScenario, st: Streams, out: Outcome, policy: str) -> TokenResult:
@@ -46,13 +49,15 @@ def measure(s: TokenScenario, st: Streams, out: Outcome, policy: str) -> TokenRe
     tokens = int(st.output[m].sum())
     cost = float(out.cost_usd[m].sum())
     caught = m & _caught(s, st, out)
+    moved = m & (out.moved_to >= 0)
     return TokenResult(
         s.name, policy, int(m.sum()), float((ttft_ok & tpot_ok)[m].mean()),
         float(ttft_ok[m].mean()), float(tpot_ok[m].mean()),
         float(np.percentile(out.ttft_ms[m], 50)), float(np.percentile(out.ttft_ms[m], 99)),
         cost / tokens * 1e6 if tokens else math.nan, tokens, cost,
         float(out.cache_hit[m].sum() / st.prompt[m].sum()), int(caught.sum()),
-        int((caught & ~(ttft_ok & tpot_ok)).sum()))
+        int((caught & ~(ttft_ok & tpot_ok)).sum()), int((caught & moved).sum()),
+        int(moved.sum()), int((moved & ttft_ok & tpot_ok).sum()))
 
 
 def _caught(s: TokenScenario, st: Streams, out: Outcome) -> np.ndarray:
@@ -69,23 +74,31 @@ def _caught(s: TokenScenario, st: Streams, out: Outcome) -> np.ndarray:
 
 def slowdown_notes(results: Sequence[TokenResult], policy: str = "switchyard") -> list[str]:
     """For scenarios with slowdowns: how many of ``policy``'s misses were streams already
-    running on a GPU when it slowed (computed from the rows)."""
+    running on a GPU when it slowed, and what its moves did (computed from the rows)."""
     lines = []
     for r in results:
         if r.policy != policy or not r.caught:
             continue
         missed = round((1 - r.both) * r.streams)
+        moves = (f" {r.moved} streams were moved mid-decode (`placement.stream_move`), "
+                 f"{r.caught_moved} of those caught by a slowdown; {r.moved_met} of the "
+                 f"{r.moved} ended within both objectives." if r.moved else
+                 " No stream was moved mid-decode.")
         lines.append(
             f"{r.scenario}, {policy}: {r.caught} streams were already on a GPU when it slowed "
-            f"down and {r.caught_missed} of them missed an objective: {r.caught_missed} of its "
-            f"{missed} misses ({r.caught_missed / missed:.0%}) no later choice could save (the "
-            "edge moves a stream only after a failure); the other "
-            f"{missed - r.caught_missed} were chosen before or after. Without those "
-            f"{r.caught_missed}, {1 - (missed - r.caught_missed) / r.streams:.2%} of streams "
-            "are within both objectives." if missed else
+            f"down and {r.caught_missed} of them missed an objective ({r.caught_missed} of its "
+            f"{missed} misses, {r.caught_missed / missed:.0%}); the other "
+            f"{missed - r.caught_missed} were chosen before or after." + moves if missed else
             f"{r.scenario}, {policy}: {r.caught} streams were already on a GPU when it slowed "
-            "down; none missed an objective.")
+            "down; none missed an objective." + moves)
     return lines
+
+
+def move_notes(results: Sequence[TokenResult], policy: str = "switchyard") -> list[str]:
+    """Per scenario, the streams ``policy`` moved mid-decode and how they ended."""
+    return [f"{r.scenario}, {policy}: {r.moved} of {r.streams:,} streams moved mid-decode, "
+            f"{r.moved_met} of them within both objectives."
+            for r in results if r.policy == policy]
 
 
 HEADERS = ["scenario", "policy", "streams", "both objectives", "TTFT met", "TPOT met",

@@ -183,6 +183,7 @@ class TokenSim:
         self._join_v = np.zeros(n)
         self._join_share = np.zeros(n)
         self._events: list[tuple[float, int, int, int, int]] = []
+        self._work = 0  # events in the heap that are not periodic (REPORT, CHECK)
         self._seq = 0
 
     @property
@@ -192,6 +193,7 @@ class TokenSim:
     def _push(self, t: float, kind: int, a: int, b: int) -> None:
         self._seq += 1
         heapq.heappush(self._events, (t, self._seq, kind, a, b))
+        self._work += kind not in (REPORT, CHECK)
 
     def run(self, policy: Policy) -> Outcome:
         st = self.streams
@@ -214,6 +216,7 @@ class TokenSim:
                 i += 1
                 continue
             now, _, kind, a, b = heapq.heappop(self._events)
+            self._work -= kind not in (REPORT, CHECK)
             if kind == ARRIVE:
                 srv = self.servers[b]
                 srv.waiting.append(a)
@@ -224,11 +227,11 @@ class TokenSim:
             elif kind == SLOWED:
                 self._slow(self.s.slowdowns[a].prefix, self.s.slowdowns[a].factor, now)
             elif kind == REPORT:
-                self._report(policy, now, every, i < n or bool(self._events))
+                self._report(policy, now, every, i < n or self._work > 0)
             elif kind == CHECK:
                 for sid, d in policy.check(now, self):  # type: ignore[attr-defined]
                     self.move(sid, d, now)
-                if i < n or self._events:
+                if i < n or self._work > 0:  # periodic events do not keep each other alive
                     self._push(now + check, CHECK, 0, 0)
             else:
                 srv = self.servers[a]

@@ -272,3 +272,67 @@ def test_a_prompt_waits_as_pending_prefill_until_its_first_token() -> None:
     assert router.streams.pending["a/llm"] == 0
     g.attempt_ended(cand("a"))
     assert router.streams.pending["a/llm"] == 0 and router.streams.inflight["a/llm"] == 0
+
+
+class _AnyProfile:
+    """A profile without filters (``Generation.plan`` reads only these)."""
+
+    name = "default"
+    hard_filters: tuple[()] = ()
+    filters: tuple[()] = ()
+
+
+def test_a_stream_that_will_miss_its_tpot_moves_once_to_one_predicted_to_meet_it() -> None:
+    """Tokens every 20 ms on a (cheap), then every 100 ms against x-tpot-ms 30: after the
+    hysteresis, ``moving`` hands back the request that resumes the generation (prompt +
+    delivered, the tokens owed) and the next choice is b; never a second move."""
+    router, now = _Router(), [0.0]
+    router.clock = lambda: now[0]
+    s = router.streams
+    s.declare("llm", True, 60)
+    for dep, tpot in (("a/llm", 20.0), ("b/llm", 10.0)):
+        for _ in range(3):
+            s.observe(dep, prefill_ms=10.0, uncached_tokens=3, tpot_ms=tpot, load=0)
+    a, b = cand("a"), dataclasses.replace(cand("b"), cost_usd=2e-5)  # b: 10x the $/s
+    llm = parse_request(llm_request("chat", [1, 2, 3], 60))
+    gen = Generation(router, llm, StreamHints(tpot_ms=30.0),  # type: ignore[arg-type]
+                     StreamMeter(0.0, 3, measured=True))
+    assert gen.choose(_AnyProfile(), [a, b], None)[0] is a  # type: ignore[arg-type]
+    gen.attempt_started(a)
+    moved, gaps = None, [0.02] * 12 + [0.1] * 20
+    for k, gap in enumerate(gaps):
+        now[0] += gap
+        gen.response(_token(k))
+        moved = gen.moving(a, "chat", 1)
+        if moved is not None:
+            break
+    assert moved is not None and 12 + 4 < len(gen.delivered) < 12 + 10  # after the hysteresis
+    resumed = parse_request(moved)
+    n = len(gen.delivered)
+    assert resumed is not None and resumed.prompt == (1, 2, 3, *range(n))
+    assert resumed.max_tokens == 60 - n
+    assert gen.meter.reasons == ["slow"]
+    gen.attempt_ended(a)
+    assert gen.choose(_AnyProfile(), [a, b], None)[0] is b  # type: ignore[arg-type]
+    gen.attempt_started(b)
+    for k in range(n, n + 20):  # b is slow too: no second move
+        now[0] += 0.1
+        gen.response(_token(k))
+        assert gen.moving(b, "chat", 1) is None
+
+
+def test_no_move_for_a_stream_of_several_requests_or_an_undeclared_variant() -> None:
+    router, now = _Router(), [0.0]
+    router.clock = lambda: now[0]
+    for dep in ("a/llm", "b/llm"):
+        router.streams.observe(dep, prefill_ms=1.0, uncached_tokens=3, tpot_ms=5.0, load=0)
+    a, b = cand("a"), cand("b")
+    gen = Generation(router, parse_request(llm_request("chat", [1, 2, 3], 60)),
+                     StreamHints(tpot_ms=30.0), StreamMeter(0.0, 3))  # type: ignore[arg-type]
+    gen.choose(_AnyProfile(), [a, b], None)  # type: ignore[arg-type]
+    gen.attempt_started(a)
+    for k in range(30):
+        now[0] += 0.2
+        gen.response(_token(k))
+        assert gen.moving(a, "chat", 2) is None  # two requests: cannot say whose tokens
+        assert gen.moving(a, "chat", 1) is None  # the variant never declared resumption

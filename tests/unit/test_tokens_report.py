@@ -10,6 +10,7 @@ from benchmarks.costsim.tokens_report import (
     default_verdict,
     load_summary,
     load_table,
+    move_notes,
     slowdown_notes,
     table,
     verdicts,
@@ -83,9 +84,16 @@ def test_the_default_verdict_needs_more_load_cases_and_nothing_lower_at_one() ->
     assert "it fails the rule" in default_verdict(same, no_gain, "switchyard", "v")
 
 
-def test_the_slowdown_note_counts_misses_no_later_choice_could_save() -> None:
+def test_the_slowdown_note_counts_the_caught_streams_and_the_moves() -> None:
     hit = dataclasses.replace(row("switchyard", 0.97, 2.0, 900.0), caught=5, caught_missed=2)
     (line,) = slowdown_notes([hit, row("lowest-latency", 1.0, 3.0, 300.0)])
     assert "5 streams were already on a GPU when it slowed down" in line
-    assert "2 of its 3 misses (67%" in line and "99.00% of streams" in line
+    assert "2 of its 3 misses, 67%" in line and "the other 1 were chosen" in line
+    assert "No stream was moved" in line
+    moved = dataclasses.replace(hit, moved=4, caught_moved=3, moved_met=2)
+    (line,) = slowdown_notes([moved])
+    assert "4 streams were moved mid-decode" in line and "3 of those caught" in line
+    assert "2 of the 4 ended within both objectives" in line
     assert slowdown_notes([row("switchyard", 0.97, 2.0, 900.0)]) == []
+    assert move_notes([moved]) == ["s, switchyard: 4 of 100 streams moved mid-decode, 2 of "
+                                   "them within both objectives."]
