@@ -26,11 +26,14 @@ REGIONS = ["aws-us-east-1", "aws-us-west-2", "gcp-us-central1", "gcp-europe-west
            "azure-eastus"]
 
 
+SPREAD = [10.0]  # ms of compute estimates spread (0: every backend's alike, as controlplane's)
+
+
 def candidate(i: int, rng: random.Random) -> placement_pb2.Candidate:
     bid = f"be-{i:06d}"
     region = REGIONS[i % len(REGIONS)]
     rtt = [1.0, 60.0, 30.0, 90.0, 10.0][i % len(REGIONS)]
-    compute = round(rng.uniform(35, 45), 1)
+    compute = round(40 + rng.uniform(-0.5, 0.5) * SPREAD[0], 1)
     return placement_pb2.Candidate(
         deployment_id=f"{bid}/chat-v1", backend_id=bid,
         endpoint=f"10.{i // 62500}.{i // 250 % 250}.{i % 250}:{8000 + i % 50000}",
@@ -75,7 +78,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="1000,5000,10000")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--spread", type=float, default=10.0,
+                    help="ms of spread in compute estimates (0: alike, few SLO classes)")
     args = ap.parse_args()
+    SPREAD[0] = args.spread
     profile, s = build_profile("cheapest", 0.05), EnvoySettings()
     for n in (int(x) for x in args.sizes.split(",")):
         print(f"{n:,} deployments", flush=True)

@@ -29,6 +29,7 @@ from placement.model import Candidate
 from placement.pipeline import Profile
 from services.xds.order import (
     ClassDemand,
+    RankMemo,
     SloClass,
     WeightedOrder,
     ranked,
@@ -82,7 +83,8 @@ def _demand(model: str, i: int | None, lo: float, hi: float | None, table: Table
 
 
 def _sub_ranges(model: str, k: SloClass, table: Table, learned: Learned, profile: Profile,
-                slo_margin_ms: float) -> list[tuple[int, int | None]]:
+                slo_margin_ms: float, memo: RankMemo | None = None
+                ) -> list[tuple[int, int | None]]:
     """``k``'s range, cut at each called SLO in it whose order with its learned margins
     differs from the one the part before it is compiled to."""
     called = sorted({key[1] for key, r in learned.rates.items()
@@ -93,9 +95,11 @@ def _sub_ranges(model: str, k: SloClass, table: Table, learned: Learned, profile
         return [(k.lo, k.hi)]
     cuts = [k.lo]
     at = called[0]  # the part [cuts[-1], next cut) is compiled at its tightest called SLO
-    last = ranked(table.cands, profile, at, slo_margin_ms, learned.margins.get((model, at)))
+    last = ranked(table.cands, profile, at, slo_margin_ms, learned.margins.get((model, at)),
+                  memo)
     for slo in called[1:]:
-        got = ranked(table.cands, profile, slo, slo_margin_ms, learned.margins.get((model, slo)))
+        got = ranked(table.cands, profile, slo, slo_margin_ms,
+                     learned.margins.get((model, slo)), memo)
         if got != last:
             cuts.append(slo)
             last = got
@@ -103,17 +107,20 @@ def _sub_ranges(model: str, k: SloClass, table: Table, learned: Learned, profile
 
 
 def plan_region(tables: Mapping[str, Table], profile: Profile, slo_margin_ms: float,
-                learned: Learned | None = None) -> dict[str, ModelRoutes]:
+                learned: Learned | None = None, memo: RankMemo | None = None
+                ) -> dict[str, ModelRoutes]:
     """Every model's routes for one region, its classes compiled together (they share the
-    edge's slot shares)."""
+    edge's slot shares). ``memo``: the region's filter verdicts from its earlier compiles
+    (``order.RankMemo``: the same plan, the filters run on the rows that changed only)."""
     learned = learned or Learned()
     found: list[tuple[str, Table, list[SloClass]]] = []
     demands: list[ClassDemand] = []
     plain: dict[Hashable, WeightedOrder] = {}
     for model, table in tables.items():
         classes = [SloClass(a, b, k.order, k.feasible)
-                   for k in slo_classes(table.cands, profile, slo_margin_ms)
-                   for a, b in _sub_ranges(model, k, table, learned, profile, slo_margin_ms)]
+                   for k in slo_classes(table.cands, profile, slo_margin_ms, memo)
+                   for a, b in _sub_ranges(model, k, table, learned, profile, slo_margin_ms,
+                                           memo)]
         found.append((model, table, classes))
         demands.append(_demand(model, None, table.default_slo_ms, None, table, learned))
         for i, k in enumerate(classes):
@@ -123,7 +130,7 @@ def plan_region(tables: Mapping[str, Table], profile: Profile, slo_margin_ms: fl
             else:  # nothing learned: the range's order as slo_classes ranked it at k.lo
                 plain[(model, i)] = WeightedOrder(k.order, k.feasible)
     compiled: dict[Hashable, WeightedOrder] = {
-        **plain, **weighted(demands, profile, slo_margin_ms, learned.reserved)}
+        **plain, **weighted(demands, profile, slo_margin_ms, learned.reserved, memo=memo)}
     models: dict[str, ModelRoutes] = {}
     for model, table, classes in found:
         default = compiled[(model, None)]

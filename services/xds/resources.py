@@ -22,6 +22,7 @@ import structlog
 from envoy.config.cluster.v3 import cluster_pb2
 
 from placement.edge_learning import Learned
+from placement.model import Candidate
 from placement.pipeline import Profile
 from services.api.switchyard.v1 import placement_pb2
 from services.convert import candidate_from_pb
@@ -48,6 +49,7 @@ from services.xds.envoy_types import (
 )
 from services.xds.listener import listener
 from services.xds.lua import METADATA_NAMESPACE
+from services.xds.order import RankMemo
 from services.xds.plan import Table, plan_region
 from services.xds.routes import (
     ModelRoutes,
@@ -96,7 +98,9 @@ class CompileCache:
       checked once per compile against ``deployment_cluster`` itself (a mismatch, e.g. after
       ``clusters.py`` started reading another field, turns the template off for good);
     - an aggregate cluster by (settings, name, order);
-    - a region's route configuration by (settings, region, its plan's routes).
+    - a region's route configuration by (settings, region, its plan's routes);
+    - per region, its rows' filter verdicts at each SLO the plan ranks them at
+      (``order.RankMemo``): the pipeline runs on the rows that changed only.
 
     Entries a compile did not use are dropped after it (a cache the size of the fleet)."""
 
@@ -104,6 +108,8 @@ class CompileCache:
         self.deployments: dict[tuple[object, ...], Resource] = {}
         self.aggregates: dict[tuple[object, ...], Resource] = {}
         self.routes: dict[str, tuple[object, Resource]] = {}
+        self.memos: dict[str, RankMemo] = {}  # region -> its rows' filter verdicts
+        self.rows: dict[str, dict[bytes, Candidate]] = {}  # region -> its rows, converted
         self.templates: dict[tuple[EnvoySettings, bool], cluster_pb2.Cluster] = {}
         self.template_ok = True
         self.built = 0  # resources built (not reused), for tests and benchmarks
@@ -202,9 +208,24 @@ def compile_region(region: str, tables: Iterable[placement_pb2.RouteTable], prof
                 before = cache.built
                 clusters[name] = cache.deployment(c, s, deployments, check)
                 check = check and cache.built == before
-    models = plan_region({t.model: Table([candidate_from_pb(c) for c in t.candidates],
-                                         t.default_slo_ms) for t in tables},
-                         profile, s.slo_margin_ms, learned)
+    memo = cache.memos.setdefault(region, RankMemo())
+    rows = cache.rows.get(region, {})
+    now: dict[bytes, Candidate] = {}
+
+    def row(c: placement_pb2.Candidate) -> Candidate:
+        """The row as placement's type: the object of the last compile when it is unchanged
+        (the memo knows rows by identity)."""
+        b = c.SerializeToString(deterministic=True)
+        got = now.get(b) or rows.get(b)
+        if got is None:
+            got = candidate_from_pb(c)
+        now[b] = got
+        return got
+
+    models = plan_region({t.model: Table([row(c) for c in t.candidates], t.default_slo_ms)
+                          for t in tables}, profile, s.slo_margin_ms, learned, memo)
+    memo.end_round()
+    cache.rows[region] = now
     for model, m in models.items():
         named = [(model_cluster_name(model), m.default),
                  *((model_cluster_name(model, i), k.order) for i, k in enumerate(m.classes)),

@@ -114,8 +114,11 @@ def test_the_incremental_compile_equals_a_compile_from_scratch_on_random_tables(
     cache = CompileCache()
     for step in range(12):
         tables = _tables(rng, rows)
+        some = rng.choice(rows[sorted(rows)[0]]).deployment_id
         learned = None if step % 3 else Learned(
-            rates={("summarize", None): rng.uniform(0, 50)})
+            rates={("summarize", None): rng.uniform(0, 50), ("summarize", 150): 3.0},
+            margins={("summarize", None): {some: rng.uniform(0, 80)},
+                     ("summarize", 150): {some: 30.0}})
         got = compile_region("r-east", tables, PROFILE, s, learned, cache)
         want = straightforward("r-east", tables, s, learned)
         assert _wire(got) == _wire(want), f"seed {seed}, step {step}"
@@ -143,6 +146,22 @@ def test_only_what_changed_is_built_again() -> None:
     assert moved.clusters[name].version != first.clusters[name].version
     assert cache.built == built + 1  # that cluster alone (its order, routes: the same)
     assert [n for n in moved.clusters if moved.clusters[n] is not first.clusters[n]] == [name]
+
+
+def test_the_filters_run_again_only_on_rows_that_changed() -> None:
+    rng = random.Random(11)
+    rows = {"summarize": [_row(rng, i, "summarize") for i in range(60)]}
+    cache = CompileCache()
+    compile_region("r-east", _tables(rng, rows), PROFILE, EnvoySettings(), cache=cache)
+    memo = cache.memos["r-east"]
+    first = memo.asked
+    assert first >= 60  # every row, at every SLO it was ranked at
+    compile_region("r-east", _tables(rng, rows), PROFILE, EnvoySettings(), cache=cache)
+    assert memo.asked == first  # nothing changed: no filter ran
+    rows["summarize"][7].cost_usd *= 3  # one row changed
+    compile_region("r-east", _tables(rng, rows), PROFILE, EnvoySettings(), cache=cache)
+    points = len({round(c.latency_p95_ms) for c in rows["summarize"]}) + 2
+    assert first < memo.asked <= first + points  # that row, once per SLO it is ranked at
 
 
 def test_a_template_that_no_longer_matches_is_turned_off_and_the_output_stays_exact(
