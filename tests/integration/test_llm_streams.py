@@ -207,8 +207,11 @@ async def test_demo_streaming_section_switchyard_vs_fastest(
     asked = {c: n for c, _, _, n in demo_streams.CLASSES}
     assert all(o.ok and o.tokens == asked[o.cls] for o in sw + fastest)
     fast = "east-fast/generate-small"
-    assert {o.deployment for o in sw if o.cls == "batch"} <= {
+    # A batch stream starts on a cheap deployment; one whose pace on this host would miss its
+    # 25 ms per token moves once (placement/stream_move.py) and may end on east-fast.
+    assert {o.deployment for o in sw if o.cls == "batch" and not o.resumed} <= {
         "west-cheap/generate-small", "central-cheap/generate-small"}
+    assert all(o.resumed <= 1 for o in sw + fastest)
     # fastest: the lowest predicted TTFT + n × TPOT, which load on east-fast can tip elsewhere
     assert collections.Counter(o.deployment for o in fastest).most_common(1)[0][0] == fast
     assert {o.deployment for o in sw if o.cls == "interactive"} == {fast}
