@@ -4,9 +4,7 @@
   backend and region in endpoint metadata under ``switchyard``). It depends only on the
   deployment, never on load or prices, so a placement change does not rebuild it. Backends
   are dialled as the Python edge dials them (plaintext gRPC: Triton serves no TLS here).
-  Its host is ejected only for what the backend answered (``outlier_detection``: never for
-  a timeout or the caller's deadline), taken out by a TCP check when its port refuses, and
-  used anyway when every deployment of a route is out (panic);
+  Its host is used anyway when every deployment of a route is ejected (panic);
 - one aggregate cluster per failover order (``order.py``), its children in that order; its
   upstream filters copy the chosen endpoint's variant into a header and rewrite the request's
   model name (``rewrite.py``) and add the Python edge's trailers for the attempt that answered;
@@ -72,14 +70,19 @@ def deployment_cluster(c: placement_pb2.Candidate, s: EnvoySettings) -> cluster_
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": _T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
                 "explicit_http_config": {"http2_protocol_options": http2(s)}}},
-        "outlier_detection": outlier_detection(s),
-        # A port that refuses (a dead or stopped server) is found by a TCP check, since
-        # Envoy's local-origin failures, which include per-try timeouts, eject nothing here.
-        "health_checks": [HEALTH_CHECK],
-        # Panic: when every deployment of an aggregate is out, the aggregate (itself in
+        # The deployment's one host is ejected after consecutive failures (refused or reset
+        # connections, 5xx, gRPC UNAVAILABLE, timed-out attempts), as the Python edge's outlier
+        # detector does; the aggregate then starts calls at the next deployment instead of
+        # retrying there.
+        "outlier_detection": {
+            "consecutive_5xx": s.eject_consecutive_failures,
+            "consecutive_gateway_failure": s.eject_consecutive_failures,
+            "interval": "1s", "base_ejection_time": f"{s.eject_base_s}s",
+            "max_ejection_percent": 100},
+        # Panic: when every deployment of an aggregate is ejected, the aggregate (itself in
         # panic, its total health 0) sends the call to its first child, and the child, whose
-        # one host is out, uses it anyway instead of answering "no healthy upstream". Only
-        # the route's own order is ever tried, so no call's hints are weakened.
+        # one host is ejected, uses it anyway instead of answering "no healthy upstream".
+        # Only the route's own order is ever tried, so no call's hints are weakened.
         "common_lb_config": {"healthy_panic_threshold": {"value": PANIC_THRESHOLD_PERCENT}},
         "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{
             "endpoint": {"address": address(c.endpoint)},
@@ -89,38 +92,15 @@ def deployment_cluster(c: placement_pb2.Candidate, s: EnvoySettings) -> cluster_
     }, cluster_pb2.Cluster())
 
 
-# A deployment cluster's one host is used even when unhealthy (Envoy's panic mode) whenever
-# the aggregate has nothing healthy left; with one host per cluster any value above 0 means
-# exactly that.
+# A deployment cluster's one host is used even when ejected (Envoy's panic mode) whenever the
+# aggregate has nothing healthy left; with one host per cluster any value above 0 means that.
+# Per-try timeouts still count toward ejection: Envoy cannot tell a hung backend (every
+# attempt times out) from an overloaded one (split_external_local_origin_errors puts both with
+# refused connections, and each new stream resets that count), and without them a hung
+# backend was never left (tests/integration/test_envoy_drills.py, hung-backend: every call
+# paid a per-try timeout, p50 290 ms, until the fault ended). Panic is what keeps an
+# overloaded host's ejections from refusing calls.
 PANIC_THRESHOLD_PERCENT = 100
-# Active TCP connect check: a refused port is out after two failed checks (~1-2 s), back
-# after one that passes. A slow or overloaded server still accepts, so it stays in.
-HEALTH_CHECK: dict[str, Any] = {
-    "timeout": "1s", "interval": "1s", "no_traffic_interval": "1s",
-    "unhealthy_threshold": 2, "healthy_threshold": 1, "tcp_health_check": {}}
-
-
-def outlier_detection(s: EnvoySettings) -> dict[str, Any]:
-    """What ejects a deployment's host: only what the backend itself answered.
-
-    Envoy splits what the backend sent (external: a 5xx, gRPC UNAVAILABLE, INTERNAL, ...)
-    from what Envoy saw happen locally (connect failures, resets and timeouts: per-try
-    timeouts and the caller's own deadline included). Local-origin failures are counted but
-    never enforced: under overload a run of per-try timeouts ejected every remote deployment
-    and the route answered "no healthy upstream" (the drain drill at host load ~10 lost 9 of
-    277 calls that way), and Envoy cannot tell a timeout from a refused connection there
-    (a new stream on the host resets the count, so only concurrent timeouts add up). A
-    refused port is left to the active check (``HEALTH_CHECK``); the backend never answers
-    DEADLINE_EXCEEDED itself, since the model routes do not forward the caller's
-    ``grpc-timeout`` (``routes.py``)."""
-    return {
-        "split_external_local_origin_errors": True,
-        "consecutive_5xx": s.eject_consecutive_failures,
-        "consecutive_local_origin_failure": s.eject_consecutive_failures,
-        "enforcing_consecutive_local_origin_failure": 0,
-        "enforcing_consecutive_gateway_failure": 0,
-        "interval": "1s", "base_ejection_time": f"{s.eject_base_s}s",
-        "max_ejection_percent": 100}
 
 
 def _trailer(header: str, value: str) -> dict[str, Any]:

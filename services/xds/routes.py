@@ -112,10 +112,11 @@ def retry_on() -> str:
 
 def per_try_timeout_s(slo_ms: float, s: EnvoySettings) -> float:
     """An attempt's timeout on a route whose calls have at least ``slo_ms``: a share of the
-    SLO that leaves the other attempts their turn (the Python edge's floor below it). A
-    timed-out attempt is retried at the next deployment; it is not held against the backend
-    (a local-origin failure, not enforced: ``clusters.outlier_detection``), as a slow host
-    under load would otherwise eject every deployment it serves."""
+    SLO that leaves the other attempts their turn (the Python edge's floor below it). Envoy
+    counts a timed-out attempt as a gateway failure: retried at the next deployment and fed
+    to outlier detection, so a backend whose queue grows (one deployment taking every call
+    while another restarts) is left before calls run out their deadline there; when that
+    ejects every deployment of a route, the route still tries them (panic, ``clusters.py``)."""
     return max(s.min_attempt_timeout_s, slo_ms / 1000 / s.max_attempts)
 
 
@@ -148,10 +149,7 @@ def _route_action(model: str, cluster: str, order: Sequence[str], s: EnvoySettin
                     "@type": _T + "envoy.extensions.retry.host.previous_hosts.v3"
                                   ".PreviousHostsPredicate"}}],
             "host_selection_retry_max_attempts": 3}}
-    # The backend never sees the caller's deadline: Envoy enforces it (and the per-try
-    # timeouts) itself, so a deadline is a local timeout, never the backend's own
-    # DEADLINE_EXCEEDED, which outlier detection would count against it (clusters.py).
-    return {"request_headers_to_remove": ["grpc-timeout"], "route": route}
+    return {"route": route}
 
 
 def _model_routes(model: str, m: ModelRoutes, s: EnvoySettings) -> list[dict[str, Any]]:

@@ -340,8 +340,7 @@ async def test_envoy_ejects_a_dead_backend_on_its_own_and_calls_keep_succeeding(
         assert int(answers[0]["x-attempts"]) > 1  # the first call after the kill retried
 
         def ejected() -> bool:
-            # A refused port is found by the active TCP check (clusters.HEALTH_CHECK).
-            return any(line.startswith(f"dep:{victim}/") and "failed_active_hc" in line
+            return any(line.startswith(f"dep:{victim}/") and "failed_outlier_check" in line
                        for line in envoy.admin("/clusters").splitlines())
 
         await eventually(ejected, 5, f"Envoy ejected {victim}")
