@@ -42,10 +42,12 @@ class DrillMesh(NamedTuple):
 
 
 @contextlib.contextmanager
-def drill_mesh(tmp: pathlib.Path, overrides: dict[str, Any] | None = None
+def drill_mesh(tmp: pathlib.Path, overrides: dict[str, Any] | None = None,
+               source: pathlib.Path = EXAMPLE, backends: list[str] | None = None
                ) -> Iterator[DrillMesh]:
-    """The example mesh (with ``overrides`` of its config) running for the block."""
-    path = str(sandbox_config(EXAMPLE, tmp, overrides=overrides))
+    """The example mesh (``source``, only ``backends`` if given, with ``overrides`` of its
+    config) running for the block."""
+    path = str(sandbox_config(source, tmp, backends=backends, overrides=overrides))
     cfg = load_config(path)
     m = Mesh(cfg, path)
     m.start(progress=False)

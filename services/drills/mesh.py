@@ -26,8 +26,9 @@ from services.backends.repository import set_control
 from services.backends.triton import backend_run_dir
 from services.config import BackendConfig, EdgeConfig, MeshConfig
 from services.drills.edges import EdgeUnreachable, EdgeView, edge_view
+from services.placement.shard import owning_shards
 from services.supervisor import PidProcess, hold, release
-from services.up import Child, Mesh, is_serving
+from services.up import Child, Mesh, answering_replica, is_serving
 
 
 class DrillError(SwitchyardError):
@@ -140,17 +141,48 @@ class MeshHandle:
     def set_control(self, backend_id: str, **knobs: object) -> None:
         set_control(self.repo_dir(backend_id), **knobs)  # type: ignore[arg-type]
 
-    def placement_stub(self) -> placement_pb2_grpc.PlacementStub:
+    def placement_children(self) -> list[Child]:
+        """Every placement process: the one placement, or each replica of every shard."""
+        kids = [c for c in self.mesh.children
+                if c.name == "placement" or c.name.startswith("placement ")]
+        if not kids:
+            raise DrillError(f"no placement process; have {[c.name for c in self.mesh.children]}")
+        return kids
+
+    def placement_addresses(self, kind: str | None = None, target: str = "") -> list[str]:
+        """Where to ask placement: its one address, or with ``[[placement.shards]]`` the first
+        answering replica of every shard (of the shards owning ``kind`` ``target``, for a
+        drain: a shard knows only its own regions' backends)."""
         p = self.cfg.placement
-        return placement_pb2_grpc.PlacementStub(grpc.insecure_channel(f"{p.host}:{p.port}"))
+        if not p.shards:
+            return [f"{p.host}:{p.port}"]
+        shards = (owning_shards(self.cfg, kind, target) if kind is not None
+                  else range(len(p.shards)))
+        return [answering_replica(self.cfg, i) for i in shards]
 
     def set_availability(self, scope: str, target: str, availability: int) -> list[str]:
         scopes = {"backend": placement_pb2.AVAILABILITY_SCOPE_BACKEND,
                   "region": placement_pb2.AVAILABILITY_SCOPE_REGION,
                   "cloud": placement_pb2.AVAILABILITY_SCOPE_CLOUD}
-        resp = self.placement_stub().SetAvailability(placement_pb2.SetAvailabilityRequest(
-            scope=scopes[scope], target=target, availability=availability), timeout=3)
-        return list(resp.backend_ids)
+        changed: list[str] = []
+        for address in self.placement_addresses(scope, target):
+            with grpc.insecure_channel(address) as ch:
+                resp = placement_pb2_grpc.PlacementStub(ch).SetAvailability(
+                    placement_pb2.SetAvailabilityRequest(
+                        scope=scopes[scope], target=target, availability=availability),
+                    timeout=3)
+            changed += resp.backend_ids
+        return changed
+
+    def backend_status(self, timeout_s: float = 2.0) -> dict[str, placement_pb2.BackendStatus]:
+        """What placement (every shard of it) says of every backend, by id."""
+        out: dict[str, placement_pb2.BackendStatus] = {}
+        for address in self.placement_addresses():
+            with grpc.insecure_channel(address) as ch:
+                resp = placement_pb2_grpc.PlacementStub(ch).ListBackends(
+                    placement_pb2.ListBackendsRequest(), timeout=timeout_s)
+            out.update((s.backend.id, s) for s in resp.backends)
+        return out
 
     # -- observation ---------------------------------------------------------------------
 
@@ -162,9 +194,7 @@ class MeshHandle:
         """What still differs from a fully healthy mesh (empty: settled)."""
         problems: list[str] = []
         try:
-            resp = self.placement_stub().ListBackends(placement_pb2.ListBackendsRequest(),
-                                                      timeout=1)
-            seen = {s.backend.id: s for s in resp.backends}
+            seen = self.backend_status(timeout_s=1)
             for b in self.cfg.backends:
                 s = seen.get(b.id)
                 if s is None:

@@ -38,6 +38,10 @@ def sandbox_config(source: str | pathlib.Path, dest_dir: str | pathlib.Path, *,
     placement = raw.setdefault("placement", {})
     placement["port"], placement["metrics_port"] = free_port(), free_port()
     placement.pop("replicas", None)
+    for shard in placement.get("shards", []):  # every replica of every shard on a free port
+        shard["replicas"] = [f"127.0.0.1:{free_port()}" for _ in shard["replicas"]]
+        if shard.get("metrics_ports"):
+            shard["metrics_ports"] = [free_port() for _ in shard["metrics_ports"]]
     wan = raw.setdefault("wan", {})
     n_relays = len(raw.get("edges", [])) * max(1, len(raw["backends"]))
     wan["relay_base_port"] = free_ports(n_relays + 1, consecutive=True)[0]

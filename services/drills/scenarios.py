@@ -19,9 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-import grpc
-
-from services.api.switchyard.v1 import fleet_pb2, placement_pb2, placement_pb2_grpc
+from services.api.switchyard.v1 import fleet_pb2, placement_pb2
 from services.drills.mesh import DrillError, MeshHandle
 
 Progress = Callable[[str], None]
@@ -75,11 +73,7 @@ def _parallel(fns: list[Callable[[], None]]) -> None:
 
 def _backend_status(h: MeshHandle) -> dict[str, placement_pb2.BackendStatus]:
     """What placement says of every backend (health, availability), by id."""
-    p = h.cfg.placement
-    with grpc.insecure_channel(f"{p.host}:{p.port}") as ch:
-        resp = placement_pb2_grpc.PlacementStub(ch).ListBackends(
-            placement_pb2.ListBackendsRequest(), timeout=2)
-    return {s.backend.id: s for s in resp.backends}
+    return h.backend_status()
 
 
 def _died(pid: int, timeout_s: float) -> bool:
@@ -186,10 +180,10 @@ class PlacementOutage(Scenario):
     expect_noticed = False  # the point: callers see nothing
 
     def inject(self, h: MeshHandle, busiest: str, progress: Progress) -> Fault:
-        child = h.child("placement")
-        pid = h.pid(child)
-        h.signal(child, signal.SIGKILL)
-        progress(f"SIGKILL placement (pid {pid})")
+        for child in h.placement_children():  # with shards: every replica of every shard
+            pid = h.pid(child)
+            h.signal(child, signal.SIGKILL)
+            progress(f"SIGKILL {child.name} (pid {pid})")
         return Fault("placement")
 
     def during(self, h: MeshHandle, fault: Fault, progress: Progress) -> None:
@@ -200,7 +194,8 @@ class PlacementOutage(Scenario):
 
     def restore(self, h: MeshHandle, fault: Fault, progress: Progress) -> None:
         progress("restarting placement")
-        h.restart(h.child("placement"))
+        for child in h.placement_children():
+            h.restart(child)
 
 
 class EdgeRestart(Scenario):
@@ -211,7 +206,8 @@ class EdgeRestart(Scenario):
 
     def inject(self, h: MeshHandle, busiest: str, progress: Progress) -> Fault:
         edge = h.cfg.edges[0]
-        h.signal(h.child("placement"), signal.SIGKILL)
+        for child in h.placement_children():
+            h.signal(child, signal.SIGKILL)
         progress("SIGKILL placement")
         child = h.edge_child(edge)
         t0 = time.monotonic()
@@ -233,7 +229,8 @@ class EdgeRestart(Scenario):
 
     def restore(self, h: MeshHandle, fault: Fault, progress: Progress) -> None:
         progress("restarting placement")
-        h.restart(h.child("placement"))
+        for child in h.placement_children():
+            h.restart(child)
 
 
 class SlowBackend(Scenario):
