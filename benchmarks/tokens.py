@@ -130,7 +130,9 @@ def _notes(scenarios: list[TokenScenario], results: list[tokens_report.TokenResu
         "not from the trace (the trace has no prompt content).",
         f"Scenarios ({horizon} horizon, the first {scenarios[0].warmup_s:g} s are warm-up and "
         f"not counted): {shapes}. Held out (written after the others; no parameter of "
-        "`placement/streams.py` was chosen on them): "
+        "`placement/streams.py` was chosen on them; `placement/stream_move.py`'s were set "
+        "before its first run, and the one alternative measured on tokens-slowdown, a slack "
+        "before a predicted miss counts, was rejected): "
         + "; ".join(f"`{k}` ({v})" for k, v in HELD_OUT.items()) + ".",
         "Cost model: GPU time billed per token as the Python edge's `x-cost-usd` — the "
         "stream's own prefill time plus its share of the batch's decode time (∫ dt / batch "

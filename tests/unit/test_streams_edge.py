@@ -122,6 +122,10 @@ def test_meter_trailers_report_tokens_time_cost_and_objectives() -> None:
     failed = dict(m.trailers(250, 10, served=False))
     assert "x-cost-usd" not in failed and failed["x-tokens-out"] == "5"
     assert "x-slo-met" not in dict(m.trailers(None, None, served=True))
+    assert "x-resumed-reason" not in t
+    m.resumed, m.reasons = 2, ["failed", "slow"]
+    t = dict(m.trailers(250, 10, served=True))
+    assert (t["x-resumed"], t["x-resumed-reason"]) == ("2", "failed,slow")
 
 
 def test_stats_learn_prefill_and_tpot_under_load() -> None:
