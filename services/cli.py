@@ -207,7 +207,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
         profile=parsed.profile)
     if math.isfinite(parsed.max_cost_usd):
         request.max_cost_usd = parsed.max_cost_usd
-    resp = _stub(cfg, args).Explain(request, timeout=3)
+    if cfg.placement.shards and not args.placement:  # any shard explains every shard's rows
+        from services.up import answering_replica
+
+        owner = next((i for i, s in enumerate(cfg.placement.shards) if region in s.regions), 0)
+        args.placement = answering_replica(cfg, owner)
+    resp = _stub(cfg, args).Explain(request, timeout=5)
     print(f"{resp.model} from {resp.edge_region}, SLO {resp.slo_ms:.0f} ms, profile "
           f"{resp.profile}: {resp.summary}\n")
     print(table(["deployment", "region", "quality", "p95 ms", "$/1k calls", "feasible", "why"],

@@ -118,7 +118,11 @@ def build_service(cfg: MeshConfig, preregister: bool,
     hub.on_published = metrics.published
     return PlacementService(fleet, prices, builder, hub, metrics, cfg.routing.slo_margin_ms,
                             profile=cfg.routing.profile, spread_band=cfg.routing.spread_band,
-                            fail_fast=cfg.routing.fail_fast, shard=owned)
+                            fail_fast=cfg.routing.fail_fast, shard=owned,
+                            peer_rows=shard.peer_rows(
+                                cfg, owned.shard,
+                                transport.channel_factory(cfg.security, "placement"))
+                            if cfg.placement.shards else None)
 
 
 async def start_placement(cfg: MeshConfig, host: str | None = None, port: int | None = None,

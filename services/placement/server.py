@@ -35,7 +35,7 @@ from services.placement import peer as peer_state
 from services.placement.hub import RouteHub
 from services.placement.ingest import Readings, Taken, TelemetryIngest
 from services.placement.metrics import PlacementMetrics
-from services.placement.shard import EVERY_REGION, Ownership
+from services.placement.shard import EVERY_REGION, Ownership, PeerRows
 from services.placement.validate import check_backend
 from services.security.identity import peer_address
 
@@ -51,10 +51,12 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
                  hub: RouteHub, metrics: PlacementMetrics, slo_margin_ms: float = 2.0,
                  clock: Callable[[], float] = time.monotonic, *, profile: str = "cheapest",
                  spread_band: float = 0.05, fail_fast: bool = False,
-                 shard: Ownership = EVERY_REGION) -> None:
+                 shard: Ownership = EVERY_REGION, peer_rows: PeerRows | None = None) -> None:
         """``profile``, ``spread_band``, ``fail_fast``: the edges' routing settings, so that
         ``Explain`` reports what an edge would do. ``shard``: the backend regions this
-        replica owns (default every region; ``services/placement/shard.py``)."""
+        replica owns (default every region; ``services/placement/shard.py``);
+        ``peer_rows``: with shards, the other shards' rows of a table, which ``Explain``
+        explains beside this replica's own (an edge routes on the merge)."""
         self.fleet = fleet
         self.prices = prices
         self.builder = builder
@@ -66,6 +68,7 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
         self.spread_band = spread_band
         self.fail_fast = fail_fast
         self.shard = shard
+        self.peer_rows = peer_rows
         self.ingest = TelemetryIngest(fleet, builder.settings.stale_after_s)
         self.placement_id = f"placement-{uuid.uuid4().hex[:8]}"
         # WatchRoutes yields each update pre-serialised (bytes shared by every watcher of a
@@ -216,10 +219,17 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
                       fail_fast=self.fail_fast)
         ctx = CallContext(hints, self.slo_margin_ms)
         cands = self.builder.build(request.model, request.edge_region, self.clock())
+        missing: list[str] = []
+        if self.peer_rows is not None:  # sharded: the table an edge merges from every shard
+            theirs, missing = await self.peer_rows(request.model, request.edge_region)
+            cands = [*cands, *theirs]
         ex = explain_call(build_profile(name, self.spread_band), cands, ctx)
+        summary = ex.summary + "".join(
+            f"; {key} did not answer: its deployments are not in this explanation"
+            for key in missing)
         resp = placement_pb2.ExplainResponse(
             model=request.model, edge_region=request.edge_region, slo_ms=slo,
-            profile=ex.profile, slo_met=ex.slo_met, summary=ex.summary,
+            profile=ex.profile, slo_met=ex.slo_met, summary=summary,
             chosen_deployment_id=ex.chosen.deployment_id if ex.chosen else "",
             spread_band=ex.spread_band)
         for v in ex.verdicts:

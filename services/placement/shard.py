@@ -13,10 +13,17 @@ peers share its shard; ``Ownership.check`` refuses a backend of another shard.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import grpc
+
 from placement.errors import ConfigError
+from placement.model import Candidate
+from services.api.switchyard.v1 import placement_pb2, placement_pb2_grpc
 from services.config import MeshConfig
+from services.convert import candidate_from_pb
 
 
 @dataclass(frozen=True)
@@ -110,3 +117,45 @@ def owning_shards(cfg: MeshConfig, kind: str, target: str) -> list[int]:
                {r.name for r in cfg.regions if r.cloud == target})
     owners = [i for i, s in enumerate(cfg.placement.shards) if regions & set(s.regions)]
     return owners or list(range(len(cfg.placement.shards)))
+
+
+PeerRows = Callable[[str, str], Awaitable[tuple[list[Candidate], list[str]]]]
+
+
+def peer_rows(cfg: MeshConfig, own: int | None,
+              channel_factory: Callable[..., grpc.aio.Channel] = grpc.aio.insecure_channel,
+              timeout_s: float = 2.0) -> PeerRows:
+    """``(model, edge region) -> (the other shards' rows of that table, the shards none of
+    whose replicas answered)``: what an edge merges beside this replica's own rows, asked of
+    each other shard's replicas in order (``GetRouteTables``), for ``Explain`` to explain
+    the whole table an edge routes on rather than this shard's part of it."""
+    peers = {shard_key(i): list(s.replicas) for i, s in enumerate(cfg.placement.shards)
+             if i != own}
+
+    async def one(replicas: list[str], region: str) -> list[placement_pb2.RouteTable] | None:
+        for address in replicas:
+            channel = channel_factory(address)
+            try:
+                resp = await placement_pb2_grpc.PlacementStub(channel).GetRouteTables(
+                    placement_pb2.GetRouteTablesRequest(edge_region=region), timeout=timeout_s)
+                return list(resp.tables)
+            except grpc.RpcError:
+                continue
+            finally:
+                await channel.close()
+        return None
+
+    async def rows(model: str, region: str) -> tuple[list[Candidate], list[str]]:
+        keys = sorted(peers)
+        answers = await asyncio.gather(*(one(peers[k], region) for k in keys))
+        out: list[Candidate] = []
+        missing = []
+        for key, tables in zip(keys, answers, strict=True):
+            if tables is None:
+                missing.append(key)
+                continue
+            out += [candidate_from_pb(c) for t in tables if t.model == model
+                    for c in t.candidates]
+        return out, missing
+
+    return rows

@@ -102,6 +102,13 @@ def test_up_starts_every_replica_of_every_shard_each_owning_its_regions(up: Mesh
     assert GCP in second and AWS not in second
 
 
+def test_explain_on_a_sharded_mesh_explains_every_shards_deployments(up: Mesh) -> None:
+    eventually_sync(lambda: _answers(up, "gcp-us-central1") == GCP, 20, "shards[1]'s backend")
+    out = _cli(up, "explain", "summarize", "--region", "aws-us-east-1")
+    assert f"{AWS}/" in out and f"{GCP}/" in out, out
+    assert "did not answer" not in out, out
+
+
 def test_a_killed_replica_is_restarted_and_the_edge_keeps_its_shards_rows(up: Mesh) -> None:
     assert up.supervisor is not None
     eventually_sync(lambda: _answers(up, "gcp-us-central1") == GCP, 20, "shards[1]'s backend")

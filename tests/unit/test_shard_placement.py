@@ -333,3 +333,31 @@ async def test_a_replica_behind_its_shards_service_warm_starts_from_a_sibling(
             await pod.stop(0)
     finally:
         await sibling.stop(0)
+
+
+async def test_explain_on_a_shard_explains_the_whole_table_an_edge_merges(
+        tmp_path: pathlib.Path) -> None:
+    """``switchyard explain`` asks one replica; with shards it must explain every shard's
+    deployments (what an edge routes on), and say which shard it could not ask."""
+    cfg, ports = _two_shards(tmp_path)
+    east = await start_placement(cfg, port=ports[0])
+    rest: RunningPlacement | None = await start_placement(cfg, port=ports[1])
+    request = placement_pb2.ExplainRequest(model="summarize", edge_region="r-east")
+    try:
+        assert rest is not None
+        rest.service.hub.publish()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{ports[0]}") as ch:
+            resp = await placement_pb2_grpc.PlacementStub(ch).Explain(request, timeout=5)
+        assert {c.candidate.deployment_id for c in resp.candidates} == SUMMARIZE
+        assert "did not answer" not in resp.summary
+        await rest.stop(0)
+        rest = None
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{ports[0]}") as ch:
+            resp = await placement_pb2_grpc.PlacementStub(ch).Explain(request, timeout=10)
+        assert {c.candidate.deployment_id for c in resp.candidates} == {
+            d for d in SUMMARIZE if d.startswith("east-")}
+        assert "shards[1] did not answer" in resp.summary
+    finally:
+        await east.stop(0)
+        if rest is not None:
+            await rest.stop(0)
