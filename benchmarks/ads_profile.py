@@ -83,26 +83,44 @@ def main() -> None:
     args = ap.parse_args()
     SPREAD[0] = args.spread
     profile, s = build_profile("cheapest", 0.05), EnvoySettings()
+    rows = []
     for n in (int(x) for x in args.sizes.split(",")):
         print(f"{n:,} deployments", flush=True)
         base, flip = tables(n), tables(n, flipped=n // 2)
         kw = {} if CompileCache is None else {"cache": CompileCache()}
+        t = time.perf_counter()
         rc = timed("compile (first)", lambda: compile_region(REGIONS[0], base, profile, s, **kw),
                    args.profile)
+        first_ms = (time.perf_counter() - t) * 1e3
+        t = time.perf_counter()
         timed("compile (nothing changed)",
               lambda: compile_region(REGIONS[0], base, profile, s, **kw), args.profile)
+        same_ms = (time.perf_counter() - t) * 1e3
+        t = time.perf_counter()
         rc2 = timed("compile (one row flipped)",
                     lambda: compile_region(REGIONS[0], flip, profile, s, **kw), args.profile)
+        flip_ms = (time.perf_counter() - t) * 1e3
         sess = DeltaSession("edge", REGIONS[0])
         for t in (CLUSTER, ROUTE):
             sess.receive(placement_pb2_req(t))
         timed("push (first, clusters)", lambda: sess.push(CLUSTER, rc.clusters, "1"),
               args.profile)
         sess.push(ROUTE, rc.routes, "1")
+        t = time.perf_counter()
         resp = timed("push (flip, clusters)", lambda: sess.push(CLUSTER, rc2.clusters, "2"),
                      args.profile)
+        push_ms = (time.perf_counter() - t) * 1e3
+        route = rc2.routes[next(iter(rc2.routes))].message.ByteSize()
+        classes = len(rc2.models["chat"].classes)
+        rows.append(f"| {n:,} | {classes} | {first_ms:,.0f} | {same_ms:,.0f} | {flip_ms:,.0f} | "
+                    f"{push_ms:,.0f} | {resp.ByteSize() if resp else 0:,} | {route:,} |")
         print(f"  flip: {len(resp.resources) if resp else 0} clusters, "
               f"{resp.ByteSize() if resp else 0:,} B", flush=True)
+    print("| deployments | SLO classes | compile, first (ms) | compile, nothing changed (ms) | "
+          "compile, one row flipped (ms) | delta push of the flip, one session (ms) | "
+          "clusters pushed for the flip (B) | route configuration (B) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("\n".join(rows))
 
 
 def placement_pb2_req(type_url: str) -> Any:
