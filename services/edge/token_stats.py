@@ -248,7 +248,11 @@ class StreamMeter:
         return (self.last_at - self.first_at) * 1000 / (self.tokens_out - 1)
 
     def met(self, ttft_goal: float | None, tpot_goal: float | None) -> tuple[bool, bool]:
-        ttft, tpot = self.ttft_ms, self.tpot_ms
+        """Judged on the values as the trailers report them (``x-ttft-ms`` to 0.1 ms,
+        ``x-tpot-ms`` to 0.01 ms), so a caller never reads ``x-tpot-ms: 3.50`` beside an
+        objective of 3.5 and ``x-tpot-met: false``."""
+        ttft = None if self.ttft_ms is None else round(self.ttft_ms, 1)
+        tpot = None if self.tpot_ms is None else round(self.tpot_ms, 2)
         ttft_met = ttft_goal is None or (ttft is not None and ttft <= ttft_goal)
         tpot_met = tpot_goal is None or tpot is None or tpot <= tpot_goal
         return ttft_met, tpot_met

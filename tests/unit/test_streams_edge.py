@@ -340,3 +340,20 @@ def test_no_move_for_a_stream_of_several_requests_or_an_undeclared_variant() -> 
         gen.response(_token(k))
         assert gen.moving(a, "chat", 2) is None  # two requests: cannot say whose tokens
         assert gen.moving(a, "chat", 1) is None  # the variant never declared resumption
+
+
+@pytest.mark.parametrize(("tpot_ms", "goal", "met"), [
+    (3.504, 3.5, "true"),    # reported 3.50: met, as the caller reads it
+    (3.506, 3.5, "false"),   # reported 3.51
+    (3.4869, 3.4871, "false"),  # reported 3.49, above the objective
+])
+def test_the_objective_is_judged_on_the_value_the_trailer_reports(
+        tpot_ms: float, goal: float, met: str) -> None:
+    m = StreamMeter(start=0.0, tokens_in=4)
+    m.segment(0.0, 0)
+    m.token(0.1)
+    m.token(0.1 + 10 * tpot_ms / 1000)  # two tokens: one gap of 10 × tpot
+    m.tokens_out = 11  # ... counted as ten gaps of tpot_ms
+    got = dict(m.trailers(None, goal, served=True))
+    assert float(got["x-tpot-ms"]) == round(tpot_ms, 2)
+    assert got["x-tpot-met"] == got["x-slo-met"] == met
