@@ -26,6 +26,7 @@ import base64
 import contextlib
 import json
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -290,3 +291,22 @@ class FakeConsul:
         created = self.kv.get(key, {}).get("CreateIndex", index)
         self.kv[key] = {"LockIndex": 0, "Key": key, "Flags": 0, "Value": value,
                         "CreateIndex": created, "ModifyIndex": index}
+
+
+@contextlib.asynccontextmanager
+async def running_fake(token: str | None = None) -> AsyncIterator[FakeConsul]:
+    """A started fake for a test, stopped after it."""
+    server = FakeConsul(token=token)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+def client_settings(fake: FakeConsul, **over: object) -> dict[str, object]:
+    """A test's Consul client settings against ``fake``: its address and token, blocking
+    queries of 1 s and fast retries, with ``over`` on top."""
+    return {"address": fake.address, **({"token": fake.token} if fake.token else {}),
+            "wait_s": 1.0, "rate_burst": 5, "rate_refill_s": 0.01, "retry_min_s": 0.02,
+            "retry_max_s": 0.1, **over}

@@ -11,7 +11,7 @@ import pytest
 from services.api.switchyard.v1 import fleet_pb2
 from services.discovery import ConsulSettings, DiscoveryState, DiscoveryUnavailable, HealthCheck
 from services.discovery.consul import ConsulDiscovery
-from tests.consul_fake import FakeConsul
+from tests.consul_fake import FakeConsul, client_settings, running_fake
 from tests.mesh_harness import eventually
 
 TOKEN = "acl-token-for-tests"
@@ -30,18 +30,12 @@ def backend(bid: str, port: int, region: str = "gcp-us-central1") -> fleet_pb2.B
 
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeConsul]:
-    server = FakeConsul(token=TOKEN)
-    await server.start()
-    yield server
-    await server.stop()
+    async with running_fake(token=TOKEN) as server:
+        yield server
 
 
 def settings(fake: FakeConsul, **over: object) -> ConsulSettings:
-    values: dict[str, object] = {
-        "address": fake.address, "token": TOKEN, "wait_s": 1.0, "rate_burst": 5,
-        "rate_refill_s": 0.01, "retry_min_s": 0.02, "retry_max_s": 0.1}
-    values.update(over)
-    return ConsulSettings.model_validate(values)
+    return ConsulSettings.model_validate(client_settings(fake, **over))
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from services.discovery.static import StaticDiscovery
 from services.edge.main import start_edge
 from services.edge.shards import ShardedLink
 from services.placement.main import start_placement
-from tests.consul_fake import FakeConsul
+from tests.consul_fake import FakeConsul, client_settings, running_fake
 from tests.mesh_harness import eventually, mesh_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
@@ -30,15 +30,8 @@ SERVICES = ["placement-east.invalid:50050", "placement-rest.invalid:50050"]
 
 @pytest_asyncio.fixture
 async def fake() -> AsyncIterator[FakeConsul]:
-    server = FakeConsul()
-    await server.start()
-    yield server
-    await server.stop()
-
-
-def _settings(fake: FakeConsul) -> dict[str, object]:
-    return {"address": fake.address, "wait_s": 1.0, "rate_burst": 5, "rate_refill_s": 0.01,
-            "retry_min_s": 0.02, "retry_max_s": 0.1}
+    async with running_fake() as server:
+        yield server
 
 
 def _cfg(tmp: pathlib.Path, fake: FakeConsul) -> MeshConfig:
@@ -47,12 +40,12 @@ def _cfg(tmp: pathlib.Path, fake: FakeConsul) -> MeshConfig:
                                   {"replicas": [SERVICES[1]],
                                    "regions": ["r-central", "r-west"]}]
     return MeshConfig.model_validate({**raw, "discovery": "consul",
-                                      "consul": _settings(fake)})
+                                      "consul": client_settings(fake)})
 
 
 async def test_replicas_register_with_their_shard_and_are_listed_by_it(
         fake: FakeConsul) -> None:
-    disco = ConsulDiscovery(ConsulSettings.model_validate(_settings(fake)))
+    disco = ConsulDiscovery(ConsulSettings.model_validate(client_settings(fake)))
     try:
         for rid, address, shard in (("p-a", "10.0.0.1:50050", "shards[0]"),
                                     ("p-b", "10.0.0.2:50050", "shards[0]"),
@@ -88,7 +81,7 @@ async def test_each_shard_follows_its_regions_and_an_edge_finds_every_shard_in_c
     # Each replica listens on a free port but is listed as its shard's Service name.
     east = await start_placement(cfg, port=0, metrics_port=0, shard_address=SERVICES[0])
     rest = await start_placement(cfg, port=0, metrics_port=0, shard_address=SERVICES[1])
-    agent_side = ConsulDiscovery(ConsulSettings.model_validate(_settings(fake)))
+    agent_side = ConsulDiscovery(ConsulSettings.model_validate(client_settings(fake)))
     edge = None
     try:
         metas = {s.id: s.meta for s in fake.services.values()}

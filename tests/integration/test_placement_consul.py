@@ -18,7 +18,7 @@ from services.discovery import ConsulSettings, HealthCheck
 from services.discovery.consul import ConsulDiscovery
 from services.edge.main import start_edge
 from services.placement.main import RunningPlacement, start_placement
-from tests.consul_fake import FakeConsul
+from tests.consul_fake import FakeConsul, client_settings, running_fake
 from tests.mesh_harness import eventually, mesh_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
@@ -26,15 +26,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
 @pytest_asyncio.fixture
 async def fake() -> AsyncIterator[FakeConsul]:
-    server = FakeConsul()
-    await server.start()
-    yield server
-    await server.stop()
-
-
-def consul_settings(fake: FakeConsul) -> dict[str, object]:
-    return {"address": fake.address, "wait_s": 1.0, "rate_burst": 5, "rate_refill_s": 0.01,
-            "retry_min_s": 0.02, "retry_max_s": 0.1}
+    async with running_fake() as server:
+        yield server
 
 
 @pytest_asyncio.fixture
@@ -42,7 +35,7 @@ async def placement(fake: FakeConsul, tmp_path: pathlib.Path
                     ) -> AsyncIterator[tuple[MeshConfig, RunningPlacement]]:
     base = mesh_config(tmp_path)
     cfg = MeshConfig.model_validate({**base.model_dump(), "discovery": "consul",
-                                     "consul": consul_settings(fake)})
+                                     "consul": client_settings(fake)})
     running = await start_placement(cfg, port=0, metrics_port=0)
     yield cfg, running
     await running.stop(0.2)
@@ -84,7 +77,7 @@ async def test_catalog_drives_route_tables(fake: FakeConsul,
                                            ) -> None:
     _cfg, running = placement
     assert not (await table(running)).candidates  # nothing preregistered in Consul mode
-    agent_side = ConsulDiscovery(ConsulSettings.model_validate(consul_settings(fake)))
+    agent_side = ConsulDiscovery(ConsulSettings.model_validate(client_settings(fake)))
     try:
         await agent_side.register(cheap_backend(), HealthCheck("tcp", "127.0.0.1:39999"))
         fake.set_check_status("consul-l4", "passing")
@@ -119,7 +112,7 @@ async def test_agent_registers_in_the_catalog_and_edges_find_placement_there(
     agent = NodeAgent(cfg, ["west-cheap"], placement=[f"127.0.0.1:{running.port}"],
                       interval_s=0.2,
                       discovery=ConsulDiscovery(ConsulSettings.model_validate(
-                          consul_settings(fake))))
+                          client_settings(fake))))
     await agent.start()
     edge = None
     try:
