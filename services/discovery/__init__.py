@@ -6,8 +6,12 @@ One interface (:class:`~services.discovery.base.Discovery`), two implementations
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
+import structlog
+
+from placement.errors import SwitchyardError
 from services.discovery.base import (
     BackendEntry,
     Discovery,
@@ -30,8 +34,12 @@ __all__ = [
     "DiscoveryUnavailable",
     "HealthCheck",
     "StaticDiscovery",
+    "ask_catalog",
     "open_discovery",
 ]
+
+T = TypeVar("T")
+log = structlog.get_logger("switchyard.discovery")
 
 
 def open_discovery(config: MeshConfig, consul: ConsulSettings | None = None) -> Discovery:
@@ -43,6 +51,20 @@ def open_discovery(config: MeshConfig, consul: ConsulSettings | None = None) -> 
     from services.discovery.static import StaticDiscovery
 
     return StaticDiscovery.from_config(config)
+
+
+async def ask_catalog(config: MeshConfig, ask: Callable[[Discovery], Awaitable[T]],
+                      unknown: T, fallback: str) -> T:
+    """``ask`` the discovery ``config`` names once (then close it); ``unknown`` when it cannot
+    say, logged with what the caller does instead (``fallback``)."""
+    discovery = open_discovery(config, config.consul)
+    try:
+        return await ask(discovery)
+    except SwitchyardError as exc:
+        log.warning("placement_catalog_unreachable", error=exc.message, action=fallback)
+        return unknown
+    finally:
+        await discovery.close()
 
 
 def __getattr__(name: str) -> Any:

@@ -12,7 +12,6 @@ import grpc
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from placement.errors import SwitchyardError
 from placement.registry import PROFILES, build_profile
 from services import logs
 from services.api.switchyard.v1 import edge_pb2, edge_pb2_grpc, placement_pb2
@@ -120,17 +119,10 @@ class EdgeAdminService(edge_pb2_grpc.EdgeAdminServicer):
 
 async def _catalog_replicas(cfg: MeshConfig, configured: list[str]) -> list[str]:
     """Placement replicas from the Consul catalog first, then the configured ones."""
-    from services.discovery import open_discovery
+    from services.discovery import ask_catalog
 
-    discovery = open_discovery(cfg, cfg.consul)
-    try:
-        found = await discovery.placement_endpoints()
-    except SwitchyardError as exc:
-        log.warning("placement_catalog_unreachable", error=exc.message,
-                    action="using the configured placement replicas")
-        found = []
-    finally:
-        await discovery.close()
+    found: list[str] = await ask_catalog(
+        cfg, lambda d: d.placement_endpoints(), [], "using the configured placement replicas")
     return [*found, *(r for r in configured if r not in found)]
 
 

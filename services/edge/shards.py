@@ -19,7 +19,6 @@ from collections.abc import Callable
 import grpc
 import structlog
 
-from placement.errors import SwitchyardError
 from services.api.switchyard.v1 import telemetry_pb2
 from services.config import MeshConfig
 from services.edge.control import PlacementLink
@@ -48,18 +47,11 @@ def shard_lookup(cfg: MeshConfig) -> Callable[[str], str]:
 async def catalog_shards(cfg: MeshConfig) -> dict[str, list[str]]:
     """Every shard's replicas as the Consul catalog lists them (each replica registers with
     its shard), then the configured ones; the configured ones alone when Consul cannot say."""
-    from services.discovery import open_discovery
+    from services.discovery import ask_catalog
 
     configured = configured_shards(cfg)
-    discovery = open_discovery(cfg, cfg.consul)
-    try:
-        found = await discovery.placement_shards()
-    except SwitchyardError as exc:
-        log.warning("placement_catalog_unreachable", error=exc.message,
-                    action="using the configured placement shards")
-        found = {}
-    finally:
-        await discovery.close()
+    found: dict[str, list[str]] = await ask_catalog(
+        cfg, lambda d: d.placement_shards(), {}, "using the configured placement shards")
     return {key: [*found.get(key, []), *(r for r in replicas if r not in found.get(key, []))]
             for key, replicas in configured.items()}
 
