@@ -120,6 +120,9 @@ class EnvoyRules:
     # Envoy then ignores max_retries.
     retry_budget_percent: float = 0.0
     min_retry_concurrency: int = 0
+    # Deployments per pushed order and rotation (``EnvoySettings.cap``, cut by
+    # ``plan.plan_region`` as ``compile_region`` cuts them; None: the whole order).
+    order_cap: int | None = None
 
     @classmethod
     def compiled(cls, s: resources.EnvoySettings) -> EnvoyRules:
@@ -153,7 +156,8 @@ class EnvoyRules:
                 "max_retries") else DEFAULT_MAX_RETRIES,
             retry_budget_percent=budget.budget_percent.value if budget is not None else 0.0,
             min_retry_concurrency=budget.min_retry_concurrency.value
-            if budget is not None else 0)
+            if budget is not None else 0,
+            order_cap=s.cap)
 
     def retry_cap(self, active: int) -> float:
         """Retries an aggregate with ``active`` requests in flight may have in flight."""
@@ -299,7 +303,8 @@ class EnvoyPolicy:
             learned = dataclasses.replace(learned, margins={})
         if not self.split:
             learned = dataclasses.replace(learned, rates={})
-        edge.models = plan_region(wire, self.profile, self.slo_margin_ms, learned)
+        edge.models = plan_region(wire, self.profile, self.slo_margin_ms, learned,
+                                  cap=self.rules.order_cap)
 
     def _model(self, klass: CallClass) -> str:
         if self.slow_path is None and klass.min_quality > 0:

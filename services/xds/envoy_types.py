@@ -54,10 +54,27 @@ class EnvoySettings:
     max_concurrent_streams: int | None = None  # per HTTP/2 connection
     idle_connection_timeout_s: float | None = None
     max_connection_age_s: float = 0.0
+    # Deployments per compiled order (aggregate children, a rotation's, a route's prices):
+    # a call tries at most ``max_attempts`` of them (the route's num_retries + 1), so the
+    # rest of a 10,000-deployment order was bytes no call reached (issues 12 + 15). None:
+    # ``order_cap_default``.
+    order_cap: int | None = None
 
     @property
     def buffer_bytes(self) -> int:
         return self.max_message_bytes + _HEADROOM
+
+    @property
+    def cap(self) -> int:
+        """The deployments an order keeps: ``order_cap``, else ``order_cap_default``."""
+        return self.order_cap if self.order_cap is not None else order_cap_default(
+            self.max_attempts)
+
+
+def order_cap_default(max_attempts: int) -> int:
+    """Twice the attempts a call makes, at least 8: the margin is for children ejected by
+    outlier detection, which the aggregate skips (every child ejected: panic, its first)."""
+    return max(8, 2 * max_attempts)
 
 
 @dataclass(frozen=True, slots=True)

@@ -204,6 +204,26 @@ def rotations(order: Sequence[str], fractions: Mapping[str, float]
     return out
 
 
+def reachable(order: Sequence[str],
+              rots: Sequence[tuple[float, Sequence[str]]] = ()) -> frozenset[str]:
+    """The deployments a route's calls can be sent to: its order's and its rotations'."""
+    return frozenset(order).union(*(o for _, o in rots))
+
+
+def capped(w: WeightedOrder, cap: int | None) -> WeightedOrder:
+    """``w`` with its order and each rotation cut to their first ``cap`` deployments (None:
+    as is), and its feasible set to what they still reach. A call tries at most the route's
+    attempts, fewer than ``cap`` (``EnvoySettings.cap``), so no call loses a deployment it
+    could have reached, and a cut order is a prefix of one already filtered for its class:
+    nothing a call's hints exclude can enter (what Envoy routes on is the SLO; the other
+    hints go to the slow path, which does not read these orders)."""
+    if cap is None or (len(w.order) <= cap and all(len(o) <= cap for _, o in w.rotations)):
+        return w
+    order = w.order[:cap]
+    rots = tuple((f, o[:cap]) for f, o in w.rotations)
+    return WeightedOrder(order, w.feasible & reachable(order, rots), rots)
+
+
 def weighted(demands: Sequence[ClassDemand], profile: Profile, slo_margin_ms: float,
              reserved: Mapping[str, float] | None = None,
              tail: float = queueing.TAIL, memo: RankMemo | None = None

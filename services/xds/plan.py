@@ -32,7 +32,9 @@ from services.xds.order import (
     RankMemo,
     SloClass,
     WeightedOrder,
+    capped,
     ranked,
+    reachable,
     slo_classes,
     weighted,
 )
@@ -107,11 +109,13 @@ def _sub_ranges(model: str, k: SloClass, table: Table, learned: Learned, profile
 
 
 def plan_region(tables: Mapping[str, Table], profile: Profile, slo_margin_ms: float,
-                learned: Learned | None = None, memo: RankMemo | None = None
-                ) -> dict[str, ModelRoutes]:
+                learned: Learned | None = None, memo: RankMemo | None = None,
+                cap: int | None = None) -> dict[str, ModelRoutes]:
     """Every model's routes for one region, its classes compiled together (they share the
     edge's slot shares). ``memo``: the region's filter verdicts from its earlier compiles
-    (``order.RankMemo``: the same plan, the filters run on the rows that changed only)."""
+    (``order.RankMemo``: the same plan, the filters run on the rows that changed only).
+    ``cap``: each order and rotation keeps its first ``cap`` deployments (``order.capped``,
+    ``EnvoySettings.cap``; None: all), the prices only the deployments some route reaches."""
     learned = learned or Learned()
     found: list[tuple[str, Table, list[SloClass]]] = []
     demands: list[ClassDemand] = []
@@ -130,16 +134,20 @@ def plan_region(tables: Mapping[str, Table], profile: Profile, slo_margin_ms: fl
             else:  # nothing learned: the range's order as slo_classes ranked it at k.lo
                 plain[(model, i)] = WeightedOrder(k.order, k.feasible)
     compiled: dict[Hashable, WeightedOrder] = {
-        **plain, **weighted(demands, profile, slo_margin_ms, learned.reserved, memo=memo)}
+        k: capped(w, cap) for k, w in
+        {**plain, **weighted(demands, profile, slo_margin_ms, learned.reserved,
+                             memo=memo)}.items()}
     models: dict[str, ModelRoutes] = {}
     for model, table, classes in found:
         default = compiled[(model, None)]
         ks = [compiled[(model, i)] for i in range(len(classes))]
+        sent = reachable(default.order, default.rotations).union(
+            *(reachable(w.order, w.rotations) for w in ks))
         models[model] = ModelRoutes(
             default.order, tuple(SloClass(k.lo, k.hi, w.order, w.feasible)
                                  for k, w in zip(classes, ks, strict=True)),
             default.feasible, table.default_slo_ms,
-            {c.deployment_id: c.cost_usd for c in table.cands},
+            {c.deployment_id: c.cost_usd for c in table.cands if c.deployment_id in sent},
             {i: w.rotations for i, w in [(None, default), *enumerate(ks)] if w.rotations})
     return models
 

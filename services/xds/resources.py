@@ -223,7 +223,7 @@ def compile_region(region: str, tables: Iterable[placement_pb2.RouteTable], prof
         return got
 
     models = plan_region({t.model: Table([row(c) for c in t.candidates], t.default_slo_ms)
-                          for t in tables}, profile, s.slo_margin_ms, learned, memo)
+                          for t in tables}, profile, s.slo_margin_ms, learned, memo, s.cap)
     memo.end_round()
     cache.rows[region] = now
     for model, m in models.items():

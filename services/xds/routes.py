@@ -42,7 +42,7 @@ from services.xds.envoy_types import (
     model_cluster_name,
     route_config_name,
 )
-from services.xds.order import SloClass
+from services.xds.order import SloClass, reachable
 
 _T = T
 _NO_END = 2**62  # range_match end for the last SLO class
@@ -83,14 +83,18 @@ def _slow_path_route() -> dict[str, Any]:
 
 
 def _trailer_metadata(m: ModelRoutes, feasible: frozenset[str], slo_ms: float | None,
-                      order: Sequence[str]) -> dict[str, Any]:
+                      order: Sequence[str], slo_class: int | None) -> dict[str, Any]:
     """What the listener's Lua needs for a fast-path call's ``x-cost-usd``/``x-slo-met``, and
     the variant of the order's first deployment, which it appends to the body once
-    (``services/xds/rewrite.py``: the upstream Lua then rewrites only for another variant)."""
+    (``services/xds/rewrite.py``: the upstream Lua then rewrites only for another variant).
+    Prices and feasibility only of the deployments this route's order and rotations reach
+    (a call is answered by one of them): at 10,000 deployments every route listing every
+    price was most of the route configuration's bytes."""
+    sent = reachable(order, m.rotations.get(slo_class, ()))
     data: dict[str, Any] = {
         "path": "envoy",
-        "cost": {d: f"{c:.10f}" for d, c in sorted(m.cost_usd.items())},
-        "feasible": dict.fromkeys(sorted(feasible), True)}
+        "cost": {d: f"{c:.10f}" for d, c in sorted(m.cost_usd.items()) if d in sent},
+        "feasible": dict.fromkeys(sorted(feasible & sent), True)}
     if order:
         data[rewrite.FIRST_VARIANT_KEY] = order[0].rsplit("/", 1)[-1]
     if slo_ms is not None:
@@ -163,11 +167,12 @@ def _model_routes(model: str, m: ModelRoutes, s: EnvoySettings) -> list[dict[str
                        "match": {"prefix": "/", "headers": [is_model, in_class]},
                        **_route_action(model, model_cluster_name(model, i), k.order, s,
                                        k.lo, _weighted(model, i, m)),
-                       **_trailer_metadata(m, k.feasible, None, k.order)})
+                       **_trailer_metadata(m, k.feasible, None, k.order, i)})
     routes.append({"name": model, "match": {"prefix": "/", "headers": [is_model]},
                    **_route_action(model, model_cluster_name(model), m.default, s,
                                    m.default_slo_ms, _weighted(model, None, m)),
-                   **_trailer_metadata(m, m.default_feasible, m.default_slo_ms, m.default)})
+                   **_trailer_metadata(m, m.default_feasible, m.default_slo_ms, m.default,
+                                      None)})
     return routes
 
 

@@ -42,7 +42,7 @@ def straightforward(region: str, tables: list[placement_pb2.RouteTable], s: Envo
                 clusters[name] = resource(name, deployment_cluster(c, s))
     models = plan_region({t.model: Table([candidate_from_pb(c) for c in t.candidates],
                                          t.default_slo_ms) for t in tables},
-                         PROFILE, s.slo_margin_ms, learned)
+                         PROFILE, s.slo_margin_ms, learned, cap=s.cap)
     for model, m in models.items():
         named = [(model_cluster_name(model), m.default),
                  *((model_cluster_name(model, i), k.order) for i, k in enumerate(m.classes)),
