@@ -9,6 +9,7 @@ generated config. :class:`Fleet` is a context manager that stops everything it s
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pathlib
 import shutil
@@ -18,6 +19,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from benchmarks.common import children_pids, progress
 from services.ports import free_port
@@ -180,6 +182,17 @@ class Fleet:
                                  start_new_session=True)
         self.procs.append(p)
         return p
+
+    def start_envoy(self, name: str, bootstrap: dict[str, Any], log_level: str = "warning"
+                    ) -> subprocess.Popen[bytes]:
+        """One Envoy worker from ``bootstrap`` (written to ``<tmp>/<name>.json``), logging to
+        ``<tmp>/<name>.log``; the caller waits for what it needs (a port, a model)."""
+        from services.edge.envoy.launcher import envoy_command
+
+        path = self.tmp / f"{name}.json"
+        path.write_text(json.dumps(bootstrap))
+        return self._spawn(envoy_command(path, concurrency=1, log_level=log_level),
+                           f"{name}.log")
 
     def start_placement(self) -> None:
         cfg = self.config("placement", {"unused-edge": free_port()})

@@ -31,7 +31,6 @@ is what the Envoy table needs. Where Switchyard's Envoy CPU goes, piece by piece
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 
@@ -127,9 +126,7 @@ def plain_envoy_bootstrap(port: int, admin_port: int, upstream: str) -> dict[str
 
 def start_plain_envoy(fleet: Fleet, name: str) -> Target:
     port = free_port()
-    path = fleet.tmp / f"{name}.json"
-    path.write_text(json.dumps(plain_envoy_bootstrap(port, free_port(), fleet.triton_address)))
-    p = fleet._spawn(envoy_command(path, concurrency=1), f"{name}.log")
+    p = fleet.start_envoy(name, plain_envoy_bootstrap(port, free_port(), fleet.triton_address))
     address = f"127.0.0.1:{port}"
     _wait_model_ready(address, VARIANT, 30, fleet.tmp / f"{name}.log")
     return Target(name, address, VARIANT, [p.pid])

@@ -21,6 +21,7 @@ from benchmarks.envoy_configs import (
     Config,
     Variant,
     _match_header,
+    multi_variant_upstream_filters,
     switchyard,
 )
 from services.xds import lua, native
@@ -39,10 +40,14 @@ def sy_dynamic_module(c: Config) -> None:
         md: dict[str, Any] | None = r.get("metadata", {}).get("filter_metadata")
         if md is not None:
             r["metadata"]["filter_metadata"] = native.route_metadata(md)
+    # The module rewrites the variant per attempt upstream: its listener side appends none
+    # (the Lua listener does, which is why a one-variant order carries no upstream Lua since
+    # 79b0811), so the aggregate's upstream filters are those of an order over two variants,
+    # the Lua rewrite swapped for the module's.
     opts = c.clusters[AGG_CLUSTER]["typed_extension_protocol_options"][PROTOCOL_OPTIONS]
     opts["http_filters"] = [native.rewrite_filter()
                             if f["name"] == "switchyard.variant_rewrite" else f
-                            for f in opts["http_filters"]]
+                            for f in multi_variant_upstream_filters()]
 
 
 DM_VARIANTS = (

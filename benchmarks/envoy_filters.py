@@ -23,7 +23,6 @@ one thing removed), with a table of what each removal saved against ``sy`` in th
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import statistics
@@ -40,7 +39,6 @@ from benchmarks.envoy_before import BeforeVariant
 from benchmarks.envoy_configs import VARIANTS as LUA_VARIANTS
 from benchmarks.envoy_configs import Variant
 from benchmarks.envoy_dynmod import DM_VARIANTS
-from services.edge.envoy.launcher import envoy_command
 from services.ports import free_port
 from services.xds import native
 
@@ -60,10 +58,8 @@ def start_variant(fleet: Fleet, v: Variant | BeforeVariant) -> Target:
             raise RuntimeError(f"{native.module_path()} is not built (native/build.sh)")
         os.environ[native.SEARCH_PATH_ENV] = str(native.BUILD_DIR)  # inherited by Envoy
     port = free_port()
-    path = fleet.tmp / f"{v.name}.json"
-    path.write_text(json.dumps(v.bootstrap(fleet.triton_address, fleet.placement_address,
-                                           port, free_port())))
-    p = fleet._spawn(envoy_command(path, concurrency=1), f"{v.name}.log")
+    p = fleet.start_envoy(v.name, v.bootstrap(fleet.triton_address, fleet.placement_address,
+                                              port, free_port()))
     address = f"127.0.0.1:{port}"
     _wait_infer(address, v.model, 30, fleet.tmp / f"{v.name}.log")
     return Target(v.name, address, v.model, [p.pid])

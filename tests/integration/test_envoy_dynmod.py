@@ -5,7 +5,6 @@ unmodified tritonclient by the logical model name."""
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 from collections.abc import Iterator
@@ -19,7 +18,6 @@ from benchmarks import envoy_configs as ec
 from benchmarks._fleet import MODEL, VARIANT, Fleet, _wait_port
 from benchmarks.envoy_dynmod import sy_dynamic_module
 from services.demo import infer_with_trailers
-from services.edge.envoy.launcher import envoy_command
 from services.ports import free_port
 from services.xds import lua, native
 
@@ -44,10 +42,8 @@ def _envoy(fleet: Fleet, first_variant: str | None = VARIANT) -> tuple[str, str]
     sy_dynamic_module(c)
     c.access_log = []  # no placement here
     ec.set_first_variant(c, first_variant)
-    path = fleet.tmp / f"dm-{port}.json"
-    path.write_text(json.dumps(c.bootstrap()))
+    fleet.start_envoy(f"dm-{port}", c.bootstrap(), log_level="info")
     log = f"dm-{port}.log"
-    fleet._spawn(envoy_command(path, concurrency=1, log_level="info"), log)
     address = f"127.0.0.1:{port}"
     _wait_port(address, 30)
     return address, str(fleet.tmp / log)

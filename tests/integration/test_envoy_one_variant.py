@@ -5,7 +5,6 @@ listener's Lua appended it), with the trailers of the attempt that answered."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 
 import numpy as np
@@ -16,7 +15,6 @@ from tritonclient.utils import InferenceServerException
 from benchmarks import envoy_configs as ec
 from benchmarks._fleet import MODEL, VARIANT, Fleet, _wait_port
 from services.demo import infer_with_trailers
-from services.edge.envoy.launcher import envoy_command
 from services.ports import free_port
 from tests.mesh_harness import eventually_sync
 
@@ -38,9 +36,7 @@ def _envoy(fleet: Fleet) -> str:
     upstream = c.clusters[ec.AGG_CLUSTER]["typed_extension_protocol_options"][
         ec.PROTOCOL_OPTIONS]["http_filters"]
     assert "switchyard.variant_rewrite" not in [f["name"] for f in upstream]
-    path = fleet.tmp / f"one-variant-{port}.json"
-    path.write_text(json.dumps(c.bootstrap()))
-    fleet._spawn(envoy_command(path, concurrency=1), f"one-variant-{port}.log")
+    fleet.start_envoy(f"one-variant-{port}", c.bootstrap())
     address = f"127.0.0.1:{port}"
     _wait_port(address, 30)
     return address

@@ -4,7 +4,6 @@ the upstream Lua appends the attempt's own variant only when the body names anot
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 
 import numpy as np
@@ -14,7 +13,6 @@ from tritonclient.utils import InferenceServerException
 
 from benchmarks import envoy_configs as ec
 from benchmarks._fleet import MODEL, VARIANT, Fleet, _wait_port
-from services.edge.envoy.launcher import envoy_command
 from services.ports import free_port
 
 pytestmark = pytest.mark.integration
@@ -35,9 +33,7 @@ def _envoy(fleet: Fleet, first_variant: str | None) -> str:
     ec.sy_first_variant(c)
     c.access_log = []  # no placement here
     ec.set_first_variant(c, first_variant)
-    path = fleet.tmp / f"rewrite-{port}.json"
-    path.write_text(json.dumps(c.bootstrap()))
-    fleet._spawn(envoy_command(path, concurrency=1), f"rewrite-{port}.log")
+    fleet.start_envoy(f"rewrite-{port}", c.bootstrap())
     address = f"127.0.0.1:{port}"
     _wait_port(address, 30)
     return address
