@@ -4,7 +4,8 @@
 whose one model has N synthetic rows (N backends in ``controlplane.REGIONS``, one variant
 each, estimates and prices spread as a fleet's are); times ``compile_region`` cold (first
 compile), again with nothing changed, and after one row's flip (the probe's change), and
-the delta-ADS push to one session of the flip. ``--profile``: cProfile of each step, top
+the delta-ADS push to one session: bytes of the first push, of the flip, and of a flip of
+the row every order starts with (the worst one-row change). ``--profile``: cProfile of each step, top
 functions by cumulative time. Wall time on this host.
 """
 
@@ -103,24 +104,35 @@ def main() -> None:
         sess = DeltaSession("edge", REGIONS[0])
         for t in (CLUSTER, ROUTE):
             sess.receive(placement_pb2_req(t))
-        timed("push (first, clusters)", lambda: sess.push(CLUSTER, rc.clusters, "1"),
-              args.profile)
-        sess.push(ROUTE, rc.routes, "1")
+        first = timed("push (first, clusters)", lambda: sess.push(CLUSTER, rc.clusters, "1"),
+                      args.profile)
+        first_b = _size(first) + _size(sess.push(ROUTE, rc.routes, "1"))
         t = time.perf_counter()
         resp = timed("push (flip, clusters)", lambda: sess.push(CLUSTER, rc2.clusters, "2"),
                      args.profile)
         push_ms = (time.perf_counter() - t) * 1e3
+        flip_b = _size(resp) + _size(sess.push(ROUTE, rc2.routes, "2"))
+        # the worst single flip: the row every order starts with goes
+        head = int(rc.models["chat"].default[0].split("/")[0].removeprefix("be-"))
+        rc3 = compile_region(REGIONS[0], tables(n, flipped=head), profile, s, **kw)
+        head_b = (_size(sess.push(CLUSTER, rc3.clusters, "3"))
+                  + _size(sess.push(ROUTE, rc3.routes, "3")))
         route = rc2.routes[next(iter(rc2.routes))].message.ByteSize()
         classes = len(rc2.models["chat"].classes)
         rows.append(f"| {n:,} | {classes} | {first_ms:,.0f} | {same_ms:,.0f} | {flip_ms:,.0f} | "
-                    f"{push_ms:,.0f} | {resp.ByteSize() if resp else 0:,} | {route:,} |")
-        print(f"  flip: {len(resp.resources) if resp else 0} clusters, "
-              f"{resp.ByteSize() if resp else 0:,} B", flush=True)
+                    f"{push_ms:,.0f} | {first_b:,} | {flip_b:,} | {head_b:,} | {route:,} |")
+        print(f"  flip: {len(resp.resources) if resp else 0} clusters, {flip_b:,} B; "
+              f"first row flipped: {head_b:,} B", flush=True)
     print("| deployments | SLO classes | compile, first (ms) | compile, nothing changed (ms) | "
           "compile, one row flipped (ms) | delta push of the flip, one session (ms) | "
-          "clusters pushed for the flip (B) | route configuration (B) |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "first push, clusters + routes (B) | pushed for the flip (B) | "
+          "pushed when the orders' first row flips (B) | route configuration (B) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     print("\n".join(rows))
+
+
+def _size(resp: Any) -> int:
+    return int(resp.ByteSize()) if resp is not None else 0
 
 
 def placement_pb2_req(type_url: str) -> Any:
