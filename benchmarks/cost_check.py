@@ -145,7 +145,13 @@ def _borrow(z: float = shares.BORROW_Z, fixed: float | None = None,
     return apply
 
 
+def _no_borrow() -> None:
+    """The brain before idle-slot borrowing (``shares.BORROW`` off)."""
+    shares.BORROW = False
+
+
 VARIANTS: dict[str, Callable[[], None]] = {
+    "no-borrow": _no_borrow,
     "borrow": _borrow(),
     "borrow-z1": _borrow(1.0),
     "borrow-no-wait": _borrow(no_wait=True),

@@ -37,9 +37,10 @@ single-cloud-hetero 99.52/99.45 %, noisy-cheap-spot 99.60/99.53 %, many-small-po
   field in ``CallContext`` that the edge's router (and the simulator) set from
   ``SloFeedback.surplus``, in place of this module flag.
 
-What is on instead: ``placement.shares.borrowed_ms``, applied after the rule above (a
-borrowed idle slot priced by its M/M/c wait at the edge's own miss budget,
-``CallContext.borrow_tail``; its numbers are in ``placement.shares``).
+Also off: ``placement.shares.borrowed_ms``, applied after the rule above (a borrowed idle
+slot priced by its M/M/c wait at the edge's own miss budget, ``CallContext.borrow_tail``,
+which the edge's router and the simulator fill; 0 while ``shares.BORROW`` is off; its
+numbers are in ``placement.shares``).
 """
 
 from __future__ import annotations
