@@ -38,7 +38,7 @@ leaves above the upper bound of the miss rate over its last few thousand calls (
 ~1,200 clean calls, and again once it misses as often as the target allows). The edge's
 router and the cost simulator fill it the same way from their ``SloFeedback``.
 
-On (``BORROW``), measured with ``python -m benchmarks.cost_check --seeds 0 1 --variants
+Measured with ``BORROW`` on, ``python -m benchmarks.cost_check --seeds 0 1 --variants
 base borrow`` before it was on (``base`` below is the brain without it, now the variant
 ``no-borrow``; each run in a fresh process). Noise, the seed-to-seed spread of ``base``
 at the quick horizon: 0.00–0.07 point (single-cloud-hetero 99.52/99.45 %, noisy-cheap-spot
@@ -57,16 +57,17 @@ noisy-cheap-spot 99.83/99.79 → 99.88/99.83 % at 4.41/4.45 → 4.38/4.43; singl
 horizon, 0.01, within √(199 + 219) ≈ 20 misses); default seed 0 (``no-borrow`` against
 ``base`` while this was on) 99.89 → 99.84 % at 18.9 → 17.5 USD/1M: 292 → 443 misses,
 "queueing not foreseen" 60 → 159, "estimate before first samples" 106 → 161, five times
-√(292 + 443): a drop beyond noise on the largest scenario's full day. Not adopted (off):
-the edges that borrow push the calls of edges within their shares into queues they did not
-foresee; a bound on that (every edge's borrowing counted against the idle slots, or the
-budget spent by the misses it causes on other edges) is not built.
+√(292 + 443): a drop beyond noise on the largest scenario's full day. Not adopted (off).
+Most likely (not measured apart) the borrowing edges push the calls of edges within their
+shares into queues those did not foresee; a bound on that (every edge's borrowing counted
+against the idle slots, or the budget spent by the misses it causes on other edges) is not
+built.
 
 Measured and off: a fixed tail instead of the edge's budget (``borrow-fixed-0.0005``,
 ``-0.002``: borrowing from the first call, cold start included): tight-three-variant
-(seeds 0/1) 99.40/99.37 % and 99.27/99.33 %, single-cloud-hetero seed 0 99.41 and 99.37 %; the budget's
-bound at z = 1 (``borrow-z1``): tight-three-variant 99.42/99.45 %; borrowing only where at
-most the budget's fraction of calls would wait at all (``BORROW_NO_WAIT``,
+(seeds 0/1) 99.40/99.37 % and 99.27/99.33 %, single-cloud-hetero seed 0 99.41 and
+99.37 %; the budget's bound at z = 1 (``borrow-z1``): tight-three-variant 99.42/99.45 %;
+borrowing only where at most the budget's fraction of calls would wait at all (``BORROW_NO_WAIT``,
 ``borrow-no-wait``): single-cloud-hetero full 99.66/99.55 % at 24.7/25.4 USD/1M, no
 steadier than the priced wait.
 """
