@@ -48,6 +48,9 @@ class AdsEdges(cp.Edges):
         super().__init__(address, count)
         self.change_bytes: list[float] = []  # per change: bytes per edge until all saw it
         self.responses = 0
+        self.t0 = time.monotonic()
+        # (10 s bucket since the edges started, resource kind) -> bytes received
+        self.by_kind: dict[tuple[int, str], int] = {}
 
     async def _watch(self, i: int, ch: grpc.aio.Channel) -> None:
         region = cp.REGIONS[i % len(cp.REGIONS)][0]
@@ -77,7 +80,10 @@ class AdsEdges(cp.Edges):
                 resp = discovery_pb2.DeltaDiscoveryResponse.FromString(raw)
                 await requests.put(discovery_pb2.DeltaDiscoveryRequest(
                     type_url=resp.type_url, response_nonce=resp.nonce))  # the ACK
+                bucket = int(now - self.t0) // 10 * 10
                 for r in resp.resources:
+                    kind = (bucket, r.name.split(":")[0])
+                    self.by_kind[kind] = self.by_kind.get(kind, 0) + len(r.resource.value)
                     if r.name == AGGREGATE:
                         not_ready = PROBE_CLUSTER not in r.resource.value
                         if not_ready != self.state[i]:
@@ -153,7 +159,9 @@ def _notes(done: list[tuple[str, cp.Level, float]]) -> list[str]:
 
 
 def run(quick: bool, levels: list[int] | None = None, before: str | None = None,
-        after: str = ROOT) -> Section:
+        after: str = ROOT, by_kind: bool = False) -> Section:
+    """``by_kind``: a note per run with the bytes the edges received per 10 s by resource
+    kind (``dep`` deployment clusters, ``model`` aggregates, ``routes``, ``ingress``)."""
     t0 = time.monotonic()
     gpus_levels = levels or ([1000] if quick else [1000, 5000, 10000])
     window, changes, timeout = (5.0, 3, 8.0) if quick else (10.0, 8, 15.0)
@@ -162,6 +170,7 @@ def run(quick: bool, levels: list[int] | None = None, before: str | None = None,
         variants = [cp.Variant("before", before), cp.Variant("after", after)]
     rows: list[list[object]] = []
     done: list[tuple[str, cp.Level, float]] = []  # (label, level, median bytes per change)
+    kinds: dict[str, dict[tuple[int, str], int]] = {}
     # the probe's reports are sent from this process (cp._probe_stream), the fleet's by
     # the agents' process, which this does not change
     cp.report = probe_report  # type: ignore[assignment]
@@ -183,6 +192,8 @@ def run(quick: bool, levels: list[int] | None = None, before: str | None = None,
                      f"p99 {percentile(d, 99) if d else '-'} ms, {len(lv.ended)} streams ended")
             done.append((v.label, lv, percentile(per_change, 50) if per_change
                           else float("nan")))
+            if by_kind and made:
+                kinds[f"{v.label} {gpus:,}"] = made[0].by_kind
             rows.append([*([v.label] if before else []), f"{gpus:,}", lv.edges,
                          f"{lv.ingest_per_s:,.0f} / {lv.target_per_s:,.0f}",
                          f"{lv.cpu_pct:.0f} %", f"{lv.update_mb_per_s:.1f}",
@@ -203,11 +214,16 @@ def run(quick: bool, levels: list[int] | None = None, before: str | None = None,
         "region's default aggregate cluster without (or again with) the probe; a change not "
         f"seen by every edge within {timeout:.0f} s is a timeout, not averaged in.",
         *_notes(done),
+        *(f"Bytes all edges received per 10 s since they started, by resource kind ({k}): "
+          + "; ".join(f"{t}-{t + 10} s {kind} {b / 1e6:,.1f} MB"
+                      for (t, kind), b in sorted(tally.items()) if b >= 1e5)
+          for k, tally in kinds.items()),
     ]
     return Section(title="Control plane with Envoy edges (delta ADS)",
                    command=command_for(__name__, quick) + "".join(
                        [f" --levels {','.join(str(g) for g in gpus_levels)}"] * bool(levels)
-                       + [" --before <worktree of the old commit>"] * bool(before)),
+                       + [" --before <worktree of the old commit>"] * bool(before)
+                       + [" --by-kind"] * by_kind),
                    table=table, notes=notes, elapsed_s=time.monotonic() - t0)
 
 
@@ -217,9 +233,11 @@ def main() -> None:
     p.add_argument("--levels", default="", help="GPU counts, comma-separated")
     p.add_argument("--before", default="", help="a checkout of the old commit, run first")
     p.add_argument("--after", default=ROOT, help="the checkout measured (default this one)")
+    p.add_argument("--by-kind", action="store_true",
+                   help="bytes the edges received per 10 s by resource kind, in the notes")
     args = p.parse_args()
     levels = [int(g) for g in args.levels.split(",")] if args.levels else None
-    print(run(args.quick, levels, args.before or None, args.after).markdown())
+    print(run(args.quick, levels, args.before or None, args.after, args.by_kind).markdown())
 
 
 if __name__ == "__main__":
