@@ -60,13 +60,15 @@ def shard_regions(k: int) -> list[int]:
     return list(range(k, len(REGIONS), SHARDS))
 
 
-def sharded_mesh(d: pathlib.Path, k: int, ports: list[int], metrics_port: int) -> pathlib.Path:
-    """Shard ``k``'s mesh file: the control-plane benchmark's, with every shard listed."""
+def sharded_mesh(d: pathlib.Path, k: int, ports: list[int], mports: list[int]) -> pathlib.Path:
+    """Shard ``k``'s mesh file: the control-plane benchmark's, with every shard listed (a
+    sharded replica serves /metrics on its shard's ``metrics_ports``, not ``[placement]``'s)."""
     sub = d / f"shard{k}"
     sub.mkdir()
-    path = mesh_files(sub, ports[k], metrics_port)
+    path = mesh_files(sub, ports[k], mports[k])
     shards = "".join(
         f'\n[[placement.shards]]\nreplicas = ["127.0.0.1:{ports[j]}"]\n'
+        f'metrics_ports = [{mports[j]}]\n'
         f'regions = [{", ".join(json.dumps(REGIONS[i][0]) for i in shard_regions(j))}]\n'
         for j in range(SHARDS))
     path.write_text(path.read_text() + shards)
@@ -115,7 +117,7 @@ async def measure(gpus: int, edges: int, window_s: float, changes: int,
         logs = [open(d / f"placement{k}.log", "w") for k in range(SHARDS)]  # noqa: SIM115
         try:
             for k in range(SHARDS):
-                cfg = sharded_mesh(d, k, ports, mports[k])
+                cfg = sharded_mesh(d, k, ports, mports)
                 procs.append(subprocess.Popen(
                     [*_pinned(k), sys.executable, "-m", "services.cli", "--log-level",
                      "warning", "placement", "--config", str(cfg)], cwd=root,
