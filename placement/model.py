@@ -156,11 +156,7 @@ class CallContext:
         What this misjudges shows up as SLO misses; the SLO filter adds the margin the
         edge learned from them (``slo_margins``, ``placement.feedback``).
         """
-        lat = c.latency_p95_ms
-        observed = self.observed_p95_ms.get(c.deployment_id)
-        if observed is not None:
-            lat = (max(observed, lat) if c.penalty_reason.startswith(HARDWARE_PENALTY_PREFIX)
-                   else observed)
+        lat = self.p95_ms(c)
         k = c.slots
         if k <= 0:
             return lat
@@ -169,6 +165,16 @@ class CallContext:
         if n < whole or (n < math.ceil(k) and self.draw < k - whole):
             return lat
         return lat + (n - k + 1) * max(c.concurrency, 1) * c.compute_ms / k
+
+    def p95_ms(self, c: Candidate) -> float:
+        """``c``'s p95 with no queue of this edge's own: what this edge observed there when
+        it has samples (the larger of that and the table's while hardware penalises the
+        backend), else the table's."""
+        observed = self.observed_p95_ms.get(c.deployment_id)
+        if observed is None:
+            return c.latency_p95_ms
+        return (max(observed, c.latency_p95_ms)
+                if c.penalty_reason.startswith(HARDWARE_PENALTY_PREFIX) else observed)
 
     def _backend_inflight(self) -> dict[str, int]:
         """This edge's calls in flight per backend (every variant), counted once per call."""

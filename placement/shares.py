@@ -80,7 +80,7 @@ from collections.abc import Mapping
 from placement import latency as latency_model
 from placement import queueing
 from placement.feedback import SloFeedback, miss_bounds
-from placement.model import HARDWARE_PENALTY_PREFIX, CallContext, Candidate
+from placement.model import CallContext, Candidate
 
 PROBE_MIN_CALLS_S = 0.5
 PROBE_FRACTION = 0.05
@@ -154,11 +154,7 @@ def borrowed_ms(c: Candidate, ctx: CallContext, predicted: float) -> float:
     k = c.slots
     if tail <= 0.0 or k <= 0:
         return predicted
-    base = c.latency_p95_ms
-    observed = ctx.observed_p95_ms.get(c.deployment_id)
-    if observed is not None:
-        base = (max(observed, base) if c.penalty_reason.startswith(HARDWARE_PENALTY_PREFIX)
-                else observed)
+    base = ctx.p95_ms(c)
     if predicted <= base:
         return predicted
     servers = max(c.concurrency, 1)

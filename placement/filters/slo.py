@@ -47,7 +47,7 @@ from __future__ import annotations
 
 from placement import latency as latency_model
 from placement import queueing
-from placement.model import HARDWARE_PENALTY_PREFIX, CallContext, Candidate
+from placement.model import CallContext, Candidate
 from placement.shares import borrowable
 from placement.shares import borrowed_ms as borrowed_idle_ms
 
@@ -63,11 +63,7 @@ def borrowed_ms(c: Candidate, ctx: CallContext, predicted: float) -> float:
     k = c.slots
     if not BORROW_IDLE or k <= 0:
         return predicted
-    base = c.latency_p95_ms
-    observed = ctx.observed_p95_ms.get(c.deployment_id)
-    if observed is not None:
-        base = (max(observed, base) if c.penalty_reason.startswith(HARDWARE_PENALTY_PREFIX)
-                else observed)
+    base = ctx.p95_ms(c)
     if predicted <= base:
         return predicted
     prefix = c.backend_id + "/"
