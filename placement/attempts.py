@@ -13,9 +13,11 @@ Rules, in the order ``CallAttempts.failed`` applies them:
 - a call whose own deadline has expired (or is within ``MIN_REMAINING_S``) stops, and the
   failure is the caller's, not the backend's (``Verdict.blames_backend`` is False): a
   client's tight deadline says nothing about the server;
-- a stream that already sent a response cannot move (``commit``), unless it can be resumed
-  elsewhere without duplicating what the caller saw (``may_resume``: an LLM whose model
-  continues from the prompt plus the tokens already delivered);
+- a stream that already sent a response cannot move (``commit``), nor one whose requests
+  its caller can no longer have replayed (``unreplayable``: more than the edge keeps),
+  unless it can be resumed elsewhere without duplicating what the caller saw
+  (``may_resume``: an LLM whose model continues from the prompt plus the tokens already
+  delivered);
 - ``max_attempts`` attempts, then stop; then the retry budget.
 
 What a failure excludes for the rest of the call: the deployment; after a server failure
@@ -107,7 +109,7 @@ class CallAttempts:
     """
 
     __slots__ = ("_failed_at", "attempts", "avoid_regions", "committed", "deadline",
-                 "exclude", "hedged", "resumable", "settings")
+                 "exclude", "hedged", "replayable", "resumable", "settings")
 
     def __init__(self, settings: AttemptSettings, deadline: float | None) -> None:
         self.settings = settings
@@ -115,6 +117,7 @@ class CallAttempts:
         self.attempts = 0
         self.hedged = False
         self.committed = False
+        self.replayable = True
         self.resumable = False
         self.exclude: frozenset[str] = frozenset()
         self.avoid_regions: frozenset[str] = frozenset()
@@ -194,6 +197,11 @@ class CallAttempts:
         """A response reached the caller (streams): the call can no longer move."""
         self.committed = True
 
+    def unreplayable(self) -> None:
+        """The stream's requests so far can no longer be sent to another attempt (the edge
+        let them go): like a committed call, it cannot move unless it may resume."""
+        self.replayable = False
+
     def may_resume(self) -> None:
         """The committed stream can continue elsewhere (the caller sees no duplicate): its
         failures are retried like any other, within attempts, deadline and budget."""
@@ -232,6 +240,8 @@ class CallAttempts:
     def _stop_reason(self, now: float) -> str:
         if self.committed and not self.resumable:
             return "responses already sent: the call cannot move"
+        if not self.replayable and not self.resumable:
+            return "its requests can no longer be replayed: the call cannot move"
         if self.last:
             return f"{self.attempts} attempt(s), the most a call may make"
         if self.expired(now):

@@ -3,9 +3,12 @@
 
 No ``x-slo-ms``: the call's deadline minus a margin is the SLO; neither: the model's default.
 No ``x-max-cost-usd``: no cap (``math.inf``); ``0`` is a real cap.
-A malformed value raises ``InvalidHint`` naming the header. A header sent more than once must
-repeat the same value: disagreeing repeats raise ``InvalidHint`` naming both values (taking
-either would let an appended header weaken a limit the caller set).
+A malformed value raises ``InvalidHint`` naming the header; a number is a plain decimal
+(``12``, ``0.5``, ``1e3``: no ``nan``, ``inf``, ``_`` or spaces). A header sent more than
+once must repeat the same value: disagreeing repeats raise ``InvalidHint`` naming both values (taking
+either would let an appended header weaken a limit the caller set). A hint sent as a binary
+header (``x-min-quality-bin``) is refused the same way: ignored, it dropped the caller's limit
+without a word.
 
 Streams (``parse_stream``) also read ``x-ttft-ms`` and ``x-tpot-ms`` (time to first token and
 per output token objectives), ``x-max-tokens`` (the output length the choice plans for),
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -24,6 +28,11 @@ from typing import TypeVar
 from placement.errors import InvalidHint
 from placement.model import Hints
 
+# Every hint this module reads (``parse`` and ``parse_stream``).
+HINTS = frozenset({"x-slo-ms", "x-min-quality", "x-max-cost-usd", "x-tenant", "x-request-id",
+                   "x-allowed-regions", "x-fail-fast", "x-routing-profile", "x-ttft-ms",
+                   "x-tpot-ms", "x-max-tokens", "x-session-id", "x-allow-variant-change"})
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
 _TRUE = {"1", "true", "yes"}
 _FALSE = {"0", "false", "no", ""}
 T = TypeVar("T")
@@ -42,13 +51,20 @@ class ParsedHints:
 
 
 def _number(header: str, value: str, lo: float, hi: float) -> float:
-    try:
-        x = float(value)
-    except ValueError:
-        raise InvalidHint(header, value, "not a number") from None
+    if not _DECIMAL.fullmatch(value):
+        raise InvalidHint(header, value, "not a number")
+    x = float(value) + 0.0  # -0 is 0
     if math.isnan(x) or not lo <= x <= hi:
         raise InvalidHint(header, value, f"must be between {lo:g} and {hi:g}")
     return x
+
+
+def _binary(key: str, value: bytes) -> None:
+    """A hint sent as a ``-bin`` header is refused, not skipped (see the module doc)."""
+    hint = key.removesuffix("-bin")
+    if hint != key and hint in HINTS:
+        raise InvalidHint(key, value[:64].decode("utf-8", "replace"),
+                          f"{hint} is a text header; a binary one is not read as the hint")
 
 
 def _once(seen: dict[str, tuple[str, object]], key: str, value: str, parsed: T) -> T:
@@ -85,7 +101,8 @@ def parse(metadata: Iterable[tuple[str, str | bytes]] | None, regions: frozenset
         if not key.startswith("x-"):
             continue
         if isinstance(value, bytes):
-            continue  # -bin headers are not hints
+            _binary(key, value)  # -bin headers are not hints
+            continue
         if key == "x-slo-ms":
             slo = _once(seen, key, value, _number(key, value, 1e-3, 3.6e6))
         elif key == "x-min-quality":

@@ -29,6 +29,7 @@ from placement.attempts import SERVER_FAILURES, AttemptPolicy, AttemptSettings, 
 from placement.errors import (
     BackendFailed,
     InvalidRequest,
+    MessageTooLarge,
     NoHealthyDeployment,
     SwitchyardError,
     UnknownModel,
@@ -276,7 +277,7 @@ class Router:
             response: bytes = await self.upstreams.get(c.endpoint).infer(
                 rewrite_model_name(raw, model, c.variant), timeout=timeout_s)
         except grpc.aio.AioRpcError as err:
-            raise AttemptFailed(c, err) from None
+            raise local_refusal(err, c) or AttemptFailed(c, err) from None
         finally:
             self.inflight[dep] -= 1
         self.observe_success(c, (self.clock() - t0) * 1000)
@@ -353,6 +354,20 @@ def _retrieve(t: asyncio.Future[bytes]) -> None:
 
 # Triton's answer to bytes whose tensors do not parse (the edge reads only the model name).
 UNPARSEABLE = "Unable to parse request"
+
+
+def local_refusal(err: grpc.aio.AioRpcError, c: Candidate) -> MessageTooLarge | None:
+    """The edge's own channel to ``c`` refused a message over its size limit (gRPC says
+    ``CLIENT: Sent/Received message larger than max``): the message, not the backend, is at
+    fault, and every other deployment would refuse it the same way. The call ends with it,
+    not retried and held against no backend (before, each such call spent three attempts
+    and counted three failures towards ejecting healthy deployments)."""
+    details = err.details() or ""
+    if err.code() is not grpc.StatusCode.RESOURCE_EXHAUSTED or not details.startswith(
+            "CLIENT: "):
+        return None
+    return MessageTooLarge(f"the edge's channel to {c.deployment_id} refused the message: "
+                           f"{details.removeprefix('CLIENT: ')}; nothing was retried")
 
 
 def _failed(f: AttemptFailed, tries: CallAttempts) -> SwitchyardError:

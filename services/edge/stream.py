@@ -3,8 +3,10 @@
 The stream is routed like a unary call on its first request and then pinned to the chosen
 deployment for its whole life. Retries are the attempt policy's (``placement.attempts``, the
 one the unary path drives): before the first response reaches the caller, a failed upstream
-gets the requests sent so far replayed to the next candidate; after it the call is committed
-and a failure ends the stream with the backend's status, unless the stream can be resumed.
+gets the requests sent so far replayed to the next candidate (while they fit in
+``REPLAY_MAX_BYTES``; past it the stream cannot move); after it the call is committed, the
+edge keeps no request, and a failure ends the stream with the backend's status, unless the
+stream can be resumed.
 
 An LLM stream (its first request carries a prompt, see ``services.edge.tokens``) is chosen
 by tokens and measured by its ``generation.Generation`` (``placement.streams``: predicted
@@ -38,7 +40,7 @@ from placement.model import CallContext, Candidate
 from placement.pipeline import Decision, Profile
 from services.edge import hints as hint_parser
 from services.edge.generation import Generation
-from services.edge.router import AttemptFailed, CallRecord, Router, status_name
+from services.edge.router import AttemptFailed, CallRecord, Router, local_refusal, status_name
 from services.edge.token_stats import StreamMeter
 from services.edge.tokens import parse_request
 from services.edge.wire import rewrite_model_name, scan_model_name
@@ -46,22 +48,48 @@ from services.edge.wire import rewrite_model_name, scan_model_name
 # What writing to an upstream stream that has already ended raises; the request stays in
 # ``sent`` and is replayed to the next attempt (or the reader reports the failure).
 _WRITE_ERRORS = (grpc.aio.AioRpcError, asyncio.InvalidStateError)
+# Most request bytes a stream keeps to replay to its next attempt before its first response.
+# Past it they are let go and the stream can no longer move (``CallAttempts.unreplayable``).
+REPLAY_MAX_BYTES = 32 << 20
 
 
 class _Pipe:
-    """The caller's requests, forwarded to whichever upstream call is current."""
+    """The caller's requests, forwarded to whichever upstream call is current.
+
+    Requests are kept for a replay only while one may happen: until the first response
+    reached the caller (then only a resumption's one request is replayed) and up to
+    ``REPLAY_MAX_BYTES``. Before, every request of a stream stayed in memory until it
+    ended: a long stream of large messages grew the edge without bound."""
 
     def __init__(self, model: str, first: bytes) -> None:
         self.model = model
-        self.sent = [first]
+        self.sent = [first]  # what the next attempt is sent first
+        self.held = len(first)  # bytes in ``sent``
+        self.count = 1  # requests the caller has sent
+        self.keeping = True  # False once no replay of the caller's requests can happen
+        self.replayable = True  # ``sent`` holds every request the caller has sent
         self.call: grpc.aio.StreamStreamCall[bytes, bytes] | None = None
         self.variant = model
         self.client_done = False
         self.lock = asyncio.Lock()  # a replay and the pump's writes never interleave
 
+    def committed(self) -> None:
+        """A response reached the caller: the requests are never replayed, let them go."""
+        self.keeping, self.sent, self.held = False, [], 0
+
     def resume(self, request: bytes) -> None:
         """From now on the stream's request is ``request`` (a resumed generation)."""
-        self.sent = [request]
+        self.sent, self.held = [request], len(request)
+
+    def _keep(self, req: bytes) -> None:
+        if not self.keeping:
+            return
+        if self.held + len(req) > REPLAY_MAX_BYTES:
+            self.keeping = self.replayable = False
+            self.sent, self.held = [], 0
+            return
+        self.sent.append(req)
+        self.held += len(req)
 
     async def attach(self, call: grpc.aio.StreamStreamCall[bytes, bytes], variant: str) -> None:
         async with self.lock:
@@ -75,7 +103,7 @@ class _Pipe:
                 pass  # the upstream already failed: its reader says how
 
     def check(self, req: bytes) -> None:
-        n = len(self.sent) + 1
+        n = self.count + 1
         try:
             name = scan_model_name(req)
         except InvalidRequest as exc:
@@ -88,7 +116,8 @@ class _Pipe:
         async for req in requests:
             self.check(req)
             async with self.lock:
-                self.sent.append(req)
+                self.count += 1
+                self._keep(req)
                 assert self.call is not None
                 with contextlib.suppress(*_WRITE_ERRORS):
                     await self.call.write(rewrite_model_name(req, self.model, self.variant))
@@ -177,16 +206,21 @@ async def route_stream(router: Router, requests: AsyncIterator[bytes],
                     gen.response(resp)  # type: ignore[arg-type]
                     if not tries.committed:
                         tries.commit()
+                        pipe.committed()
                         gen.committed(c)
                         await context.send_initial_metadata(record.trailers())
                     yield resp  # type: ignore[misc]
-                    if (moved := gen.moving(c, model, len(pipe.sent))) is not None:
+                    if (moved := gen.moving(c, model, pipe.count)) is not None:
                         call.cancel()  # its pace will miss x-tpot-ms: resume elsewhere
                         pipe.resume(moved)
                         break
             except grpc.aio.AioRpcError as err:
+                if (local := local_refusal(err, c)) is not None:
+                    raise local from None
                 failure = AttemptFailed(c, err)
-                owed = await gen.owed(tries, len(pipe.sent), c, cands)
+                if not pipe.replayable:
+                    tries.unreplayable()
+                owed = await gen.owed(tries, pipe.count, c, cands)
                 if owed == 0:  # every token asked for was delivered: the stream is whole
                     router.observe_success(c, (router.clock() - start) * 1000)
                     return

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import grpc
 from tritonclient.grpc import service_pb2_grpc
 
+from services.edge.wire import REWRITE_HEADROOM_BYTES
+
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 # Keepalive that Triton's default server policy accepts (its gRPC keepalive flags: no pings
 # without a call in flight): ping only while calls are in flight, so a silent backend is
@@ -42,7 +44,10 @@ class Upstreams:
     def __init__(self, dial: Callable[[str], str], max_message_bytes: int) -> None:
         self.dial = dial
         self.options = [
-            ("grpc.max_send_message_length", max_message_bytes),
+            # A request the edge accepted (up to ``max_message_bytes``) grows by the variant
+            # name the rewrite appends: at the caller's limit exactly, the channel refused it
+            # ("CLIENT: Sent message larger than max") on every attempt.
+            ("grpc.max_send_message_length", max_message_bytes + REWRITE_HEADROOM_BYTES),
             ("grpc.max_receive_message_length", max_message_bytes),
             *TRITON_KEEPALIVE,
             # Reconnect soon after a backend restarts. Not grpc.min_reconnect_backoff_ms: in

@@ -12,6 +12,10 @@ from __future__ import annotations
 from placement.errors import InvalidRequest
 
 _MAX_NAME = 1024
+# What ``rewrite_model_name`` may add to a request: a variant name of up to this many bytes
+# less its 1-byte tag and length varint. The upstream channel's send limit is the caller's
+# limit plus this, so a request at exactly ``max_message_bytes`` still reaches the backend.
+REWRITE_HEADROOM_BYTES = 4096
 
 
 def _varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:

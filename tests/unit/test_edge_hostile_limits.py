@@ -1,0 +1,253 @@
+"""A hostile caller against the edge's limits, with fake upstreams and an injected clock:
+messages at the size limit, hints in binary headers or odd number syntax, streams of many
+large messages. Each test fails on the code before its fix (see the commit that added it)."""
+
+from __future__ import annotations
+
+import asyncio
+import tracemalloc
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from placement.attempts import AttemptPolicy, AttemptSettings
+from placement.errors import BackendFailed, InvalidHint, MessageTooLarge
+from services.edge import hints as hint_parser
+from services.edge.router import CallRecord
+from services.edge.stream import REPLAY_MAX_BYTES, route_stream
+from services.edge.upstream import Upstreams
+from services.edge.wire import _MAX_NAME, REWRITE_HEADROOM_BYTES, encode_name_field
+from tests.unit.test_edge_resilience import RAW, Clock, FakeUpstream, cand, make_router
+
+# What gRPC's own channel says when a message is over its send limit.
+TOO_BIG = grpc.aio.AioRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.aio.Metadata(),
+                               grpc.aio.Metadata(),
+                               details="CLIENT: Sent message larger than max (16777233 vs. "
+                                       "16777216)")
+REGIONS = frozenset({"east", "west"})
+PROFILES = ("cheapest", "fastest")
+
+
+class Refusing(FakeUpstream):
+    """Every attempt refused by the edge's own channel (as an over-limit message is)."""
+
+    async def infer(self, raw: bytes, timeout: float | None = None) -> bytes:
+        self.calls.append((self._endpoint, raw))
+        raise TOO_BIG
+
+
+async def test_the_edges_own_size_refusal_is_not_retried_nor_held_against_a_backend() -> None:
+    clock = Clock()
+    router, _, done = make_router([cand(0, 1e-6, 5), cand(1, 2e-6, 5)], {}, clock)
+    up = Refusing({})
+    router.upstreams = up  # type: ignore[assignment]
+    for _ in range(4):  # more than eject_consecutive_failures (3)
+        with pytest.raises(MessageTooLarge, match="refused the message: Sent message larger"):
+            await router.infer(RAW, [("x-slo-ms", "100")], 2.0, CallRecord("", ""))
+    assert [e for e, _ in up.calls] == ["ep0"] * 4  # one attempt per call, never retried
+    assert dict(router.blocked) == {}  # no healthy deployment ejected
+    assert [r.status for r in done] == ["RESOURCE_EXHAUSTED"] * 4
+
+
+async def test_a_backends_own_resource_exhausted_is_still_retried() -> None:
+    clock = Clock()
+    router, up, _ = make_router([cand(0, 1e-6, 5), cand(1, 2e-6, 5)],
+                                {"ep0": grpc.StatusCode.RESOURCE_EXHAUSTED, "ep1": b""}, clock)
+    assert await router.infer(RAW, [("x-slo-ms", "100")], 2.0, CallRecord("", "")) == b"ep1"
+    assert [e for e, _ in up.calls] == ["ep0", "ep1"]
+
+
+def test_the_upstream_send_limit_leaves_room_for_the_longest_variant_rewrite() -> None:
+    limit = 16 << 20
+    options = dict(Upstreams(lambda e: e, limit).options)
+    assert options["grpc.max_send_message_length"] >= limit + len(
+        encode_name_field("v" * _MAX_NAME))
+    assert len(encode_name_field("v" * _MAX_NAME)) <= REWRITE_HEADROOM_BYTES
+
+
+@pytest.mark.parametrize("key", ["x-min-quality-bin", "x-allowed-regions-bin",
+                                 "x-max-cost-usd-bin", "x-slo-ms-bin", "x-tpot-ms-bin"])
+def test_a_hint_in_a_binary_header_is_refused_naming_it(key: str) -> None:
+    with pytest.raises(InvalidHint) as err:
+        hint_parser.parse([(key, b"0.9")], REGIONS, PROFILES)
+    assert err.value.header == key
+    assert key.removesuffix("-bin") in err.value.message and "text header" in err.value.message
+
+
+def test_other_binary_headers_are_not_hints() -> None:
+    p = hint_parser.parse([("x-data-bin", b"\x00\x01"), ("trace-bin", b"\xff")], REGIONS,
+                          PROFILES)
+    assert p.min_quality == 0.0 and p.slo_ms is None
+
+
+@pytest.mark.parametrize("value", ["5_0", " 50", "50 ", "0x10", "nan", "inf", "-inf",
+                                   "Infinity", "\u0663", "1e", "."])
+def test_a_number_hint_is_a_plain_decimal(value: str) -> None:
+    with pytest.raises(InvalidHint, match="not a number") as err:
+        hint_parser.parse([("x-slo-ms", value)], REGIONS, PROFILES)
+    assert err.value.header == "x-slo-ms"
+
+
+@pytest.mark.parametrize(("value", "expected"), [("50", 50.0), ("0.5", 0.5), (".5", 0.5),
+                                                 ("5.", 5.0), ("1e2", 100.0), ("+7", 7.0)])
+def test_plain_decimals_still_parse(value: str, expected: float) -> None:
+    assert hint_parser.parse([("x-slo-ms", value)], REGIONS, PROFILES).slo_ms == expected
+
+
+def test_a_negative_zero_cost_cap_is_the_zero_cap() -> None:
+    p = hint_parser.parse([("x-max-cost-usd", "-0")], REGIONS, PROFILES)
+    assert str(p.max_cost_usd) == "0.0"
+
+
+# -- streams -------------------------------------------------------------------------------
+
+MIB = 1 << 20
+
+
+class EchoCall:
+    """A fake upstream stream: one response per request written (the request dropped at
+    once, as a backend's channel would after sending it), EOF after the caller half-closes;
+    ``fail_after`` responses, the stream fails UNAVAILABLE instead of answering."""
+
+    def __init__(self, fail_after: int | None = None, answer: bool = True) -> None:
+        self.q: asyncio.Queue[object] = asyncio.Queue()
+        self.written = 0
+        self.fail_after, self.answer = fail_after, answer
+
+    async def write(self, req: bytes) -> None:
+        self.written += 1
+        if self.answer:
+            await self.q.put(b"resp")
+
+    async def done_writing(self) -> None:
+        await self.q.put(grpc.aio.EOF if self.fail_after is None else grpc.StatusCode.UNAVAILABLE)
+
+    async def read(self) -> object:
+        got = await self.q.get()
+        if isinstance(got, grpc.StatusCode):
+            raise grpc.aio.AioRpcError(got, grpc.aio.Metadata(), grpc.aio.Metadata(),
+                                       details="backend went away")
+        return got
+
+    def cancel(self) -> bool:
+        return True
+
+
+class StreamUpstream(FakeUpstream):
+    def __init__(self, make: type[EchoCall] | None = None, **kw: object) -> None:
+        super().__init__({})
+        self.streams: list[tuple[str, EchoCall]] = []
+        self.kw = kw
+
+    def stream(self, timeout: float | None = None) -> EchoCall:
+        call = EchoCall(**self.kw)  # type: ignore[arg-type]
+        self.streams.append((self._endpoint, call))
+        return call
+
+
+class Context:
+    async def send_initial_metadata(self, _md: object) -> None:
+        return None
+
+
+async def big_messages(n: int, size: int) -> AsyncIterator[bytes]:
+    """``n`` requests naming model ``m``, each padded to ``size`` bytes (an unknown field)."""
+    for _ in range(n):
+        pad = size - len(RAW) - 5
+        yield RAW + b"\x92\x01" + bytes([0x80 | (pad & 0x7F), 0x80 | ((pad >> 7) & 0x7F),
+                                         pad >> 14]) + bytes(pad)
+        await asyncio.sleep(0)  # the caller's next message arrives on a later loop turn
+
+
+async def test_a_long_stream_of_large_messages_is_not_kept_at_the_edge() -> None:
+    """48 messages of 1 MiB, each answered: once the first response reached the caller no
+    request can be replayed, so none is kept (before: all 48 MiB until the stream ended)."""
+    clock = Clock()
+    router, _, done = make_router([cand(0, 1e-6, 5), cand(1, 2e-6, 5)], {}, clock)
+    up = StreamUpstream()
+    router.upstreams = up  # type: ignore[assignment]
+    tracemalloc.start()
+    try:
+        got = 0
+        async for _ in route_stream(router, big_messages(48, MIB), [("x-slo-ms", "100")], 30.0,
+                                    CallRecord("", ""), Context()):  # type: ignore[arg-type]
+            got += 1
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert got == 48 and [r.status for r in done] == ["OK"]
+    assert up.streams[0][1].written == 48
+    assert peak < 12 * MIB, f"peak {peak / MIB:.1f} MiB traced while streaming 48 MiB"
+
+
+async def test_a_stream_past_the_replay_limit_is_not_replayed_to_another_backend() -> None:
+    """More than ``REPLAY_MAX_BYTES`` sent before any response, then the backend fails: the
+    edge kept no copy past the limit, so the stream ends with the backend's status instead of
+    moving with part of its requests (and its memory stays bounded)."""
+    clock = Clock()
+    router, _, done = make_router([cand(0, 1e-6, 5), cand(1, 2e-6, 5)], {}, clock)
+    up = StreamUpstream(fail_after=0, answer=False)
+    router.upstreams = up  # type: ignore[assignment]
+    n = REPLAY_MAX_BYTES // MIB + 8
+    tracemalloc.start()
+    try:
+        with pytest.raises(BackendFailed, match="UNAVAILABLE"):
+            async for _ in route_stream(router, big_messages(n, MIB), [("x-slo-ms", "100")],
+                                        30.0, CallRecord("", ""),
+                                        Context()):  # type: ignore[arg-type]
+                pass
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [e for e, _ in up.streams] == ["ep0"]  # not replayed elsewhere
+    assert up.streams[0][1].written == n
+    assert [r.status for r in done] == ["UNAVAILABLE"]
+    assert peak < REPLAY_MAX_BYTES + 8 * MIB
+
+
+async def test_a_stream_under_the_replay_limit_is_still_replayed() -> None:
+    clock = Clock()
+    router, _, done = make_router([cand(0, 1e-6, 5), cand(1, 2e-6, 5)], {}, clock)
+    up = StreamUpstream(fail_after=0, answer=False)
+    router.upstreams = up  # type: ignore[assignment]
+    with pytest.raises(BackendFailed, match="UNAVAILABLE"):
+        async for _ in route_stream(router, big_messages(3, MIB), [("x-slo-ms", "100")], 30.0,
+                                    CallRecord("", ""), Context()):  # type: ignore[arg-type]
+            pass
+    # Both deployments were tried, each sent all three requests.
+    assert [(e, c.written) for e, c in up.streams] == [("ep0", 3), ("ep1", 3)]
+    assert [r.status for r in done] == ["UNAVAILABLE"]
+
+
+def test_an_unreplayable_call_cannot_move_unless_it_may_resume() -> None:
+    c0, c1 = cand(0, 1e-6, 5), cand(1, 2e-6, 5)
+    tries = AttemptPolicy(AttemptSettings()).start(None)
+    tries.started(c0)
+    tries.unreplayable()
+    verdict = tries.failed(c0, "UNAVAILABLE", [c0, c1], 0.0, lambda: True)
+    assert not verdict.retry and "replayed" in verdict.reason and verdict.blames_backend
+    tries.may_resume()
+    assert tries.failed(c1, "UNAVAILABLE", [c0, c1], 0.0, lambda: True).retry
+
+
+async def test_a_stream_refused_by_the_edges_own_channel_is_not_retried() -> None:
+    class Refused(EchoCall):
+        async def read(self) -> object:
+            raise TOO_BIG
+
+    class Up(StreamUpstream):
+        def stream(self, timeout: float | None = None) -> EchoCall:
+            call = Refused()
+            self.streams.append((self._endpoint, call))
+            return call
+
+    router, _, done = make_router([cand(0, 1e-6, 5), cand(1, 2e-6, 5)], {}, Clock())
+    up = Up()
+    router.upstreams = up  # type: ignore[assignment]
+    with pytest.raises(MessageTooLarge):
+        async for _ in route_stream(router, big_messages(1, 1024), [("x-slo-ms", "100")], 30.0,
+                                    CallRecord("", ""), Context()):  # type: ignore[arg-type]
+            pass
+    assert [e for e, _ in up.streams] == ["ep0"] and dict(router.blocked) == {}
+    assert [r.status for r in done] == ["RESOURCE_EXHAUSTED"]
