@@ -16,6 +16,8 @@ process applies the config (``benchmarks.xds_push`` measures a real one on a sma
   it heads every region's default order (``probe_report``);
 - **bytes per change**: xDS response bytes all edges received from a flip until every edge
   saw it, per edge (other pushes in that interval included);
+- **first push**: per edge, the bytes it received until it held a full config (a response
+  of each type: clusters, listener, routes) and the seconds from the edges' start to then;
 - ingest, placement CPU and the bytes per second in the window as ``controlplane``.
 """
 
@@ -51,6 +53,10 @@ class AdsEdges(cp.Edges):
         self.t0 = time.monotonic()
         # (10 s bucket since the edges started, resource kind) -> bytes received
         self.by_kind: dict[tuple[int, str], int] = {}
+        # per edge: bytes received and seconds since the edges started until it held its
+        # first full config (a response of each type: clusters, listener, routes)
+        self.first_bytes: list[int] = [0] * count
+        self.first_s: list[float | None] = [None] * count
 
     async def _watch(self, i: int, ch: grpc.aio.Channel) -> None:
         region = cp.REGIONS[i % len(cp.REGIONS)][0]
@@ -72,12 +78,18 @@ class AdsEdges(cp.Edges):
             while (req := await requests.get()) is not None:
                 yield req
 
+        types: set[str] = set()
         try:
             async for raw in call(outgoing()):
                 now = time.monotonic()
                 self.updates += 1
                 self.bytes += len(raw)
                 resp = discovery_pb2.DeltaDiscoveryResponse.FromString(raw)
+                if self.first_s[i] is None:
+                    self.first_bytes[i] += len(raw)
+                    types.add(resp.type_url)
+                    if types >= {CLUSTER, LISTENER, ROUTE}:
+                        self.first_s[i] = now - self.t0
                 await requests.put(discovery_pb2.DeltaDiscoveryRequest(
                     type_url=resp.type_url, response_nonce=resp.nonce))  # the ACK
                 bucket = int(now - self.t0) // 10 * 10
@@ -123,6 +135,20 @@ def probe_report(bid: str, tick: int, ready: bool = True) -> telemetry_pb2.Telem
         for m in r.models:
             m.compute_infer_ns = m.execution_count * PROBE_COMPUTE_NS
     return r
+
+
+def _first_push(edges: AdsEdges) -> tuple[str, str]:
+    """(bytes of the first full config per edge, seconds until the edges held it), median
+    and the largest / last; an edge that never held one is counted, not averaged in."""
+    kb = sorted(b / 1e3 for b, s in zip(edges.first_bytes, edges.first_s, strict=True)
+                if s is not None)
+    secs = sorted(s for s in edges.first_s if s is not None)
+    missing = edges.count - len(secs)
+    if not secs:
+        return "-", f"none of {edges.count}"
+    return (f"{percentile(kb, 50):,.1f} / {kb[-1]:,.1f}",
+            f"{percentile(secs, 50):.1f} / {secs[-1]:.1f}"
+            + (f" ({missing} never)" if missing else ""))
 
 
 def _p99(lv: cp.Level) -> str:
@@ -187,6 +213,7 @@ def run(quick: bool, levels: list[int] | None = None, before: str | None = None,
                                         timeout_s=timeout, variant=v, make_edges=make))
             d = sorted(lv.delays_ms)
             per_change = sorted(made[0].change_bytes) if made else []
+            first = _first_push(made[0]) if made else ("-", "-")
             progress(f"controlplane_ads: ingest {lv.ingest_per_s:,.0f}/s of "
                      f"{lv.target_per_s:,.0f}/s, placement CPU {lv.cpu_pct:.0f} %, "
                      f"p99 {percentile(d, 99) if d else '-'} ms, {len(lv.ended)} streams ended")
@@ -200,12 +227,14 @@ def run(quick: bool, levels: list[int] | None = None, before: str | None = None,
                          percentile(d, 50), percentile(d, 99),
                          f"{len(d)}/{len(d) + lv.timeouts}",
                          f"{percentile(per_change, 50):,.0f}" if per_change else "-",
-                         len(lv.ended), f"{lv.load1:.1f}"])
+                         *first, len(lv.ended), f"{lv.load1:.1f}"])
     table = md_table([*(["placement"] if before else []), "GPUs (backends)", "ADS edges",
                       "ingest reports/s (sustained / offered)", "placement CPU",
                       "xDS bytes to edges MB/s (window)", "propagation p50 ms",
                       "propagation p99 ms", "changes seen by all edges",
-                      "bytes per edge per change (median)", "streams ended",
+                      "bytes per edge per change (median)",
+                      "first push per edge KB (median / largest)",
+                      "first full config s (median / last edge)", "streams ended",
                       "host load (1 min)"], rows)
     notes = [
         "Simulated Envoys: delta-ADS streams that ACK every response; no Envoy applies the "

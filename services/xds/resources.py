@@ -1,12 +1,14 @@
 """Placement's route tables compiled to Envoy resources: what an Envoy edge of region R gets.
 
-Per logical model M: one cluster per deployment and one aggregate cluster per failover order
-(``clusters.py``; the orders from ``order.py``: ``model:<M>`` for the model's default SLO,
-``model:<M>:slo<i>`` for its i-th SLO class, the names kept while the classes are, so a new
-order updates a cluster in place), the routes of the region (``routes.py``: by model name
-and SLO class, prices in route metadata, the slow path first), and per node the listener
-(``listener.py``) and its ``slow-path`` cluster. ``[security]`` TLS is ``tls.py``; the
-knobs, names and the versioned ``Resource`` are ``envoy_types.py``.
+Per logical model M: one cluster per deployment an order reaches or placement keeps
+unusable (``edge_deployments``: not the rows ranked past every order's cut) and one
+aggregate cluster per failover order (``clusters.py``; the orders from ``order.py``:
+``model:<M>`` for the model's default SLO, ``model:<M>:slo<i>`` for its i-th SLO class, the
+names kept while the classes are, so a new order updates a cluster in place), the routes of
+the region (``routes.py``: by model name and SLO class, prices in route metadata, the slow
+path first), and per node the listener (``listener.py``) and its ``slow-path`` cluster.
+``[security]`` TLS is ``tls.py``; the knobs, names and the versioned ``Resource`` are
+``envoy_types.py``.
 
 Resources are built as dicts shaped like Envoy's YAML and parsed into the ``xds-protos``
 messages, which checks every field name. Everything the modules above define is importable
@@ -15,7 +17,7 @@ from here, as before they were split.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -65,7 +67,8 @@ __all__ = [
     "CLUSTER", "LISTENER", "LISTENER_NAME", "PLACEMENT_CLUSTER", "ROUTE", "SLOW_PATH_CLUSTER",
     "SLOW_PATH_MAX_REQUESTS", "CompileCache", "EnvoySettings", "ModelRoutes", "RegionConfig",
     "Resource",
-    "_route_action", "cluster_name", "compile_region", "deployment_cluster", "listener",
+    "_route_action", "aggregate_orders", "cluster_name", "compile_region", "deployment_cluster",
+    "edge_deployments", "listener",
     "model_cluster", "model_cluster_name", "per_try_timeout_s", "resource",
     "route_config_name", "route_configuration", "slow_path_cluster",
 ]
@@ -201,13 +204,6 @@ def compile_region(region: str, tables: Iterable[placement_pb2.RouteTable], prof
     aggregates: dict[tuple[object, ...], Resource] = {}
     clusters: dict[str, Resource] = {}
     tables = list(tables)
-    for table in tables:
-        for c in table.candidates:
-            name = cluster_name(c.deployment_id)
-            if name not in clusters:
-                before = cache.built
-                clusters[name] = cache.deployment(c, s, deployments, check)
-                check = check and cache.built == before
     memo = cache.memos.setdefault(region, RankMemo())
     rows = cache.rows.get(region, {})
     now: dict[bytes, Candidate] = {}
@@ -226,20 +222,51 @@ def compile_region(region: str, tables: Iterable[placement_pb2.RouteTable], prof
                           for t in tables}, profile, s.slo_margin_ms, learned, memo, s.cap)
     memo.end_round()
     cache.rows[region] = now
-    for model, m in models.items():
-        named = [(model_cluster_name(model), m.default),
-                 *((model_cluster_name(model, i), k.order) for i, k in enumerate(m.classes)),
-                 *((rotation_cluster_name(model, i, order[0]), order)
-                   for i, rots in m.rotations.items() for _, order in rots)]
-        for name, order in named:
-            if order:
-                clusters[name] = cache.aggregate(name, tuple(order), s, aggregates)
+    named = aggregate_orders(models)
+    wanted = edge_deployments(tables, named)
+    for table in tables:
+        for c in table.candidates:
+            name = cluster_name(c.deployment_id)
+            if c.deployment_id in wanted and name not in clusters:
+                before = cache.built
+                clusters[name] = cache.deployment(c, s, deployments, check)
+                check = check and cache.built == before
+    for name, order in named:
+        clusters[name] = cache.aggregate(name, order, s, aggregates)
     cache.deployments.update(deployments)
     cache.aggregates.update(aggregates)
     _keep_only(cache.deployments, deployments)
     _keep_only(cache.aggregates, aggregates)
     rc = route_config_name(region)
     return RegionConfig(region, clusters, {rc: cache.route(region, models, s)}, models)
+
+
+def aggregate_orders(models: dict[str, ModelRoutes]) -> list[tuple[str, tuple[str, ...]]]:
+    """Every aggregate cluster a region's routes name, with its failover order: per model its
+    default SLO's, each SLO class's and each weighted rotation's (empty orders have none)."""
+    named = [(name, tuple(order)) for model, m in models.items() for name, order in (
+        (model_cluster_name(model), m.default),
+        *((model_cluster_name(model, i), k.order) for i, k in enumerate(m.classes)),
+        *((rotation_cluster_name(model, i, order[0]), order)
+          for i, rots in m.rotations.items() for _, order in rots))]
+    return [(name, order) for name, order in named if order]
+
+
+def edge_deployments(tables: Iterable[placement_pb2.RouteTable],
+                     named: Iterable[tuple[str, Sequence[str]]]) -> frozenset[str]:
+    """The deployments whose clusters an edge of the region gets (issues 12 + 15): those an
+    aggregate its routes name may send a call to, and those placement keeps a row for with a
+    reason no call may use them (drained, not ready, no price, hardware): they are the ones
+    expected back, so their cluster stays warm at the edge for the return (no cluster
+    warming on an undrain), and an edge's config shows them as known but routed to by no
+    order (``services.drills.edges``). Every other row (ranked past every order's cut,
+    ``EnvoySettings.cap``) has no cluster there: at 10,000 deployments a first push of every
+    cluster was 5.2 MB per edge. A deployment enters an edge's clusters in the push whose
+    aggregates start naming it, and leaves (a delta removal, after the routes) when none
+    does."""
+    wanted = {d for _, order in named for d in order}
+    wanted.update(c.deployment_id for t in tables for c in t.candidates if c.dropped_reason)
+    return frozenset(wanted)
 
 
 def _keep_only(kept: dict[tuple[object, ...], Resource],

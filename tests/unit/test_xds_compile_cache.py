@@ -33,16 +33,12 @@ SETTINGS = [EnvoySettings(), EnvoySettings(eject_base_s=7.0, tls=True, max_attem
 
 def straightforward(region: str, tables: list[placement_pb2.RouteTable], s: EnvoySettings,
                     learned: Learned | None = None) -> RegionConfig:
-    """The compile as it was before the cache: every resource built from its dict."""
-    clusters = {}
-    for t in tables:
-        for c in t.candidates:
-            name = cluster_name(c.deployment_id)
-            if name not in clusters:
-                clusters[name] = resource(name, deployment_cluster(c, s))
+    """The compile as it was before the cache: every resource built from its dict (the
+    deployment clusters of what an order reaches and of the rows no call may use)."""
     models = plan_region({t.model: Table([candidate_from_pb(c) for c in t.candidates],
                                          t.default_slo_ms) for t in tables},
                          PROFILE, s.slo_margin_ms, learned, cap=s.cap)
+    aggregates = {}
     for model, m in models.items():
         named = [(model_cluster_name(model), m.default),
                  *((model_cluster_name(model, i), k.order) for i, k in enumerate(m.classes)),
@@ -50,7 +46,17 @@ def straightforward(region: str, tables: list[placement_pb2.RouteTable], s: Envo
                    for i, rots in m.rotations.items() for _, order in rots)]
         for name, order in named:
             if order:
-                clusters[name] = resource(name, model_cluster(name, order, s))
+                aggregates[name] = resource(name, model_cluster(name, order, s))
+    reached = {cluster_name(d) for m in models.values()
+               for d in [*m.default, *(d for k in m.classes for d in k.order),
+                         *(d for rots in m.rotations.values() for _, o in rots for d in o)]}
+    clusters = {}
+    for t in tables:
+        for c in t.candidates:
+            name = cluster_name(c.deployment_id)
+            if name not in clusters and (name in reached or c.dropped_reason):
+                clusters[name] = resource(name, deployment_cluster(c, s))
+    clusters.update(aggregates)
     rc = route_config_name(region)
     return RegionConfig(region, clusters,
                         {rc: resource(rc, route_configuration(region, models, s))}, models)
