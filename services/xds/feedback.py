@@ -3,8 +3,10 @@
 Each Envoy edge's listener logs every call to placement (``access_log`` in the listener
 ``resources.py`` builds; Envoy batches entries, ``buffer_flush_interval``). Per stream this
 module keeps the same :class:`~services.edge.stats.EdgeStats` a Python edge keeps, records
-each call (the deployment from its ``x-served-by`` trailer, the upstream time, the gRPC
-status), and every ``report_interval_s`` hands placement's own ``ReportObservations`` the
+each call (the deployment from its ``x-served-by`` trailer or, for a trailers-only error, the
+deployment cluster that answered; the upstream time; the call's final gRPC status, from its
+trailers or a trailers-only answer's headers; never the caller's own deadline or cancel),
+and every ``report_interval_s`` hands placement's own ``ReportObservations`` the
 report a Python edge would have sent: observed p95 per deployment and the call rate this edge
 sends it (which sets the slot shares). Calls the Envoy sent to its slow path are skipped: the
 co-located Python edge reports those under its own id. Every entry also goes to the region's
@@ -25,8 +27,10 @@ from envoy.data.accesslog.v3 import accesslog_pb2
 from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 from prometheus_client import CollectorRegistry, Counter
 
+from placement.attempts import CALLER_STATUSES, RETRYABLE
 from services.api.switchyard.v1 import telemetry_pb2
 from services.edge.stats import EdgeStats
+from services.xds.envoy_types import cluster_name
 from services.xds.learning import RegionLearning
 from services.xds.resources import SLOW_PATH_CLUSTER
 
@@ -39,18 +43,59 @@ def _ms(d: object) -> float:
     return float(d.seconds) * 1e3 + float(d.nanos) / 1e6  # type: ignore[attr-defined]
 
 
+_STATUS_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
+_DEPLOYMENT_CLUSTER = cluster_name("")
+# What a deployment's own answer holds against it, as the attempt policy blames a backend
+# (``placement.attempts``): what it retries, less what may be the caller's own deadline or
+# cancel (the backend sees the caller's grpc-timeout). Any other status answers the request.
+BLAMED = RETRYABLE - CALLER_STATUSES
+
+
+def final_status(entry: accesslog_pb2.HTTPAccessLogEntry) -> str | None:
+    """The gRPC status the caller got, by name: from the response trailers, or the response
+    headers of a trailers-only answer (most errors, Envoy's own replies); None when the call
+    ended without one (reset by the caller)."""
+    r = entry.response
+    raw = str(r.response_trailers.get("grpc-status") or r.response_headers.get("grpc-status")
+              or "")
+    if not raw:
+        return None
+    try:
+        return _STATUS_NAMES.get(int(raw), raw)
+    except ValueError:
+        return raw
+
+
+def answered_by(entry: accesslog_pb2.HTTPAccessLogEntry) -> str:
+    """The deployment whose answer the caller got (its ``x-served-by`` trailer, or, for a
+    trailers-only answer, the deployment cluster Envoy's last attempt went to); empty when
+    Envoy answered itself (a local reply, the caller's deadline) or the caller reset."""
+    served = str(entry.response.response_trailers.get("x-served-by", ""))
+    if served:
+        return served
+    cluster = str(entry.common_properties.upstream_cluster)
+    if (entry.response.response_code_details == "via_upstream"
+            and cluster.startswith(_DEPLOYMENT_CLUSTER)):
+        return cluster[len(_DEPLOYMENT_CLUSTER):]
+    return ""
+
+
 def record(stats: EdgeStats, entry: accesslog_pb2.HTTPAccessLogEntry) -> bool:
-    """One logged call into ``stats``; False when no deployment answered it (refused) or the
-    slow path did (the co-located Python edge reports its own calls: not counted twice)."""
+    """One logged call into ``stats`` with its final status, as the Python edge records an
+    attempt: a success with its latency, a failure when the deployment's answer is one the
+    attempt policy blames it for (``BLAMED``). False (nothing recorded) when the slow path
+    answered (the co-located Python edge reports its own calls: not counted twice), Envoy
+    answered itself or the caller ended the call (its deadline, its cancel: never held
+    against a backend), or the deployment answered the request with another error."""
     c = entry.common_properties
     if c.upstream_cluster == SLOW_PATH_CLUSTER:
         return False
-    trailers = entry.response.response_trailers
-    deployment = trailers.get("x-served-by", "")
-    if not deployment:
+    deployment = answered_by(entry)
+    status = final_status(entry)
+    if not deployment or (status != "OK" and status not in BLAMED):
         return False
     upstream_ms = _ms(c.time_to_last_upstream_rx_byte) - _ms(c.time_to_first_upstream_tx_byte)
-    stats.record(deployment, max(upstream_ms, 0.0), trailers.get("grpc-status", "") == "0")
+    stats.record(deployment, max(upstream_ms, 0.0), status == "OK")
     return True
 
 

@@ -98,7 +98,9 @@ def listener(host: str, port: int, region: str, s: EnvoySettings,
                               "grpc_service": {"envoy_grpc": {
                                   "cluster_name": PLACEMENT_CLUSTER}}},
             "additional_request_headers_to_log": [lua.MODEL_HEADER, lua.SLO_HEADER],
-            "additional_response_trailers_to_log": ["x-served-by", "grpc-status"]}}],
+            "additional_response_trailers_to_log": ["x-served-by", "grpc-status"],
+            # a trailers-only answer (most errors) has its status in the headers
+            "additional_response_headers_to_log": ["grpc-status"]}}],
         "http_filters": [
             {"name": lua.LISTENER_FILTER, "typed_config": {
                 "@type": _T + "envoy.extensions.filters.http.lua.v3.Lua",

@@ -1,6 +1,12 @@
 """The two Lua scripts placement pushes to Envoy edges.
 
-``model_name_script`` runs on the listener (downstream). It first sends to the *slow path*
+``model_name_script`` runs on the listener (downstream). A ``ModelInfer`` or
+``ModelStreamInfer`` whose caller has at most ``MIN_REMAINING_S`` (2 ms) of its deadline left
+(its ``grpc-timeout``, whole ms as gRPC sends it, less the time its body took to arrive) is
+answered DEADLINE_EXCEEDED there and forwarded nowhere, the Python edge's
+``CallAttempts.check_time_left`` rule (Triton 2.51 can crash on calls cancelled just after they
+arrive); a retry Envoy starts later in the call is not checked (its router knows no caller's
+deadline, and one-variant orders run no upstream Lua). It first sends to the *slow path*
 (the co-located Python edge, cluster ``slow-path``) what compiled config cannot express
 exactly: the RPCs in ``SLOW_RPCS`` (a ``ModelStreamInfer`` cannot be body-peeked without
 buffering the whole stream; the others answer for the mesh, not one deployment), the control
@@ -37,6 +43,8 @@ from __future__ import annotations
 import json
 from typing import Literal
 
+from placement.attempts import MIN_REMAINING_S
+
 TenantCalls = Literal["off", "credential", "all"]
 
 MODEL_HEADER = "x-switchyard-model"
@@ -54,6 +62,12 @@ METADATA_NAMESPACE = "switchyard"
 LISTENER_FILTER = "switchyard.model_name"  # route metadata for the listener Lua lives here
 SERVICE_PATH = "/inference.GRPCInferenceService/"
 INFER_PATH = SERVICE_PATH + "ModelInfer"
+STREAM_PATH = SERVICE_PATH + "ModelStreamInfer"
+# RPCs that start attempts at a backend: with under MIN_REMAINING_S of the caller's deadline
+# left, the listener answers DEADLINE_EXCEEDED itself and forwards nothing (the Python edge's
+# CallAttempts.check_time_left rule; Triton 2.51 can crash on calls cancelled just after they
+# arrive, triton-inference-server/server#7368).
+DEADLINE_CHECKED_RPCS = ("ModelInfer", "ModelStreamInfer")
 # RPCs always answered by the slow path: a stream (routed by its first message and pinned
 # there by the Python edge), and what answers for the whole mesh rather than one deployment.
 SLOW_RPCS = ("ModelStreamInfer", "RepositoryIndex", "ModelStatistics", "ServerMetadata")
@@ -132,11 +146,41 @@ local SLOW_HINTS = {{{", ".join(f'"{h}"' for h in SLOW_HINTS)}}}
 local SLOW_RPCS = {{{", ".join(f'["{SERVICE_PATH}{r}"] = true' for r in SLOW_RPCS)}}}
 local CONTROL_RPCS = {{{", ".join(f'["{SERVICE_PATH}{r}"] = true' for r in CONTROL_RPCS)}}}
 local UNITS = {{H = 3600000, M = 60000, S = 1000, m = 1, u = 0.001, n = 0.000001}}
+local DEADLINE_CHECKED = {{{", ".join(f'["{SERVICE_PATH}{r}"] = true'
+                              for r in DEADLINE_CHECKED_RPCS)}}}
+local MIN_REMAINING_MS = {MIN_REMAINING_S * 1000!r}
 
 local function reply(handle, code, message)
-  -- a trailers-only gRPC answer: the caller gets this status, never UNKNOWN
+  -- a trailers-only gRPC answer: the caller gets this status, never UNKNOWN, and its
+  -- x-request-id (Envoy's, when the caller sent none), as every edge answer does
   handle:respond({{[":status"] = "200", ["content-type"] = "application/grpc",
-                  ["grpc-status"] = tostring(code), ["grpc-message"] = message}}, nil)
+                  ["grpc-status"] = tostring(code), ["grpc-message"] = message,
+                  ["x-request-id"] = handle:headers():get("x-request-id") or ""}}, nil)
+end
+
+-- The caller's deadline (grpc-timeout) in ms, or nil.
+local function deadline_ms(headers)
+  local timeout = headers:get("grpc-timeout")
+  if timeout == nil then return nil end
+  local digits, unit = string.match(timeout, "^(%d+)([HMSmun])$")
+  if digits == nil then return nil end
+  return tonumber(digits) * UNITS[unit]
+end
+
+-- Is ``left_ms`` of the caller's deadline too little to start an attempt? gRPC sends the
+-- deadline in whole ms rounded up, so a grpc-timeout of 2m may be less: it is too little,
+-- as it is on the Python edge, whose clock has run on by the time it asks
+-- (placement.attempts.CallAttempts.check_time_left).
+local function too_little(left_ms)
+  return left_ms <= MIN_REMAINING_MS
+end
+
+-- Nothing is forwarded: the caller gets DEADLINE_EXCEEDED from the listener.
+local function too_late(handle, left_ms)
+  reply(handle, 4, string.format("%.1f ms of the caller's deadline left (at most: gRPC sends "
+                                 .. "it in whole ms), not more than the %g ms an attempt "
+                                 .. "needs to start (placement.attempts.MIN_REMAINING_S): "
+                                 .. "nothing was forwarded", left_ms, MIN_REMAINING_MS))
 end
 
 -- The call's SLO in ms (the route uses it rounded down: never looser than asked); nil: the
@@ -159,14 +203,11 @@ local function slo_ms(headers)
     end
     return v
   end
-  local timeout = headers:get("grpc-timeout")
-  if timeout ~= nil then
-    local digits, unit = string.match(timeout, "^(%d+)([HMSmun])$")
-    if digits ~= nil then
-      local slo = tonumber(digits) * UNITS[unit] - DEADLINE_MARGIN_MS
-      if slo < 1 then slo = 1 end
-      return slo
-    end
+  local budget = deadline_ms(headers)
+  if budget ~= nil then
+    local slo = budget - DEADLINE_MARGIN_MS
+    if slo < 1 then slo = 1 end
+    return slo
   end
   return nil
 end
@@ -193,6 +234,13 @@ function envoy_on_request(handle)
   headers:remove("{SLO_HEADER}")
   headers:remove("{PATH_HEADER}")
   local path = headers:get(":path")
+  -- the caller's deadline as it stands when its headers are in (the Python edge's clock
+  -- starts there too); checked again once a ModelInfer's body is in
+  local t0, budget = now_us(handle), nil
+  if DEADLINE_CHECKED[path] then
+    budget = deadline_ms(headers)
+    if budget ~= nil and too_little(budget) then return too_late(handle, budget) end
+  end
   if SLOW_RPCS[path] or (SLOW_PATH and CONTROL_RPCS[path]) then
     return slow(handle, headers, path)
   end
@@ -226,9 +274,13 @@ function envoy_on_request(handle)
   handle:headers():replace("{MODEL_HEADER}", name)
   handle:clearRouteCache()
   if path == "{INFER_PATH}" then
+    local now = now_us(handle)
+    if budget ~= nil and too_little(budget - (now - t0) / 1000) then
+      return too_late(handle, budget - (now - t0) / 1000)
+    end
     -- for the response's x-slo-met: when the call started (its body is in), its own SLO
     local info = handle:streamInfo():dynamicMetadata()
-    info:set("{METADATA_NAMESPACE}", "t0_us", now_us(handle))
+    info:set("{METADATA_NAMESPACE}", "t0_us", now)
     if slo ~= nil then info:set("{METADATA_NAMESPACE}", "slo_ms", slo) end
   end
 end

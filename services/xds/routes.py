@@ -153,7 +153,14 @@ def _route_action(model: str, cluster: str, order: Sequence[str], s: EnvoySettin
                     "@type": _T + "envoy.extensions.retry.host.previous_hosts.v3"
                                   ".PreviousHostsPredicate"}}],
             "host_selection_retry_max_attempts": 3}}
-    return {"route": route}
+    # The backend never sees the caller's deadline: Envoy enforces it itself (the route's
+    # max_stream_duration, from the caller's grpc-timeout, read before this removal), and an
+    # expired deadline is then Envoy's own reply and a reset of the attempt, which outlier
+    # detection never counts. Forwarded, the backend's own DEADLINE_EXCEEDED raced Envoy's
+    # timer and, a 504 to outlier detection, ejected a healthy deployment after three calls
+    # whose deadline was shorter than its service time (tests/integration/
+    # test_envoy_hostile.py). Per-try timeouts are Envoy's and still eject (clusters.py).
+    return {"request_headers_to_remove": ["grpc-timeout"], "route": route}
 
 
 def _model_routes(model: str, m: ModelRoutes, s: EnvoySettings) -> list[dict[str, Any]]:
