@@ -41,8 +41,13 @@ from benchmarks.costsim.provisioned_solve import solve_section
 from benchmarks.costsim.scenario import Scenario, load_scenario
 from benchmarks.planner import keys, problem_of
 from placement.forecast import ClassKey, DemandForecaster, ForecastSettings
+from placement.plan_cadence import CadenceSettings
 from placement.plan_types import DemandClass, Plan, PlannerSettings, Problem, reclaim_reserve
 from placement.replan import ChurnCost
+from services.capacity.settings import CapacityConfig
+from services.capacity.settings import cadence as live_cadence
+from services.capacity.settings import churn as live_churn
+from services.capacity.settings import forecast as live_forecast
 
 ESTIMATE_S = (900, 3600)  # on 2 cores shared with other work
 SCENARIOS = pathlib.Path(BENCH_DIR, "scenarios")
@@ -80,14 +85,14 @@ class ScenarioRun:
 
 @dataclass(frozen=True, slots=True)
 class PlannerConfig:
-    """How the planner fleet forecasts, re-plans and prices churn (the fixes of this round
-    are switches, so ``benchmarks.provisioned_diag`` can measure each)."""
+    """How the planner fleet forecasts, re-plans and prices churn (one switch at a time
+    before :data:`PLANNER`, so ``benchmarks.provisioned_diag`` can measure each)."""
 
     name: str = "switchyard planner"
     churn: ChurnCost = dataclasses.field(default_factory=ChurnCost)
     forecast: ForecastSettings = dataclasses.field(default_factory=ForecastSettings)
-    resize_every_s: float = 0.0
-    react_tolerance: float = 0.0  # > 0: right-size at once on a class above its plan
+    # lead_s and react_window_s are set per run from the bucket (planner_fleet)
+    cadence: CadenceSettings = dataclasses.field(default_factory=CadenceSettings)
     # > 0: spot pools count as 1 - reclaim_reserve(rate, this) of their GPUs (the reclaims
     # expected before a replacement serves), not benchmarks.planner's flat 0.1
     reclaim_exposure_s: float = 0.0
@@ -100,24 +105,32 @@ BEFORE = PlannerConfig("planner (before)")
 CHURN = dataclasses.replace(BEFORE, name="+ churn by cold start", churn=ChurnCost(
     usd_per_gpu_change=0.0, cold_start_s=sim.PROVISION_DELAY_S))
 RESIZE = dataclasses.replace(CHURN, name="+ 15-min right-sizing",
-                             forecast=ForecastSettings(within_hour=True), resize_every_s=900.0)
-REACT = dataclasses.replace(RESIZE, name="+ reacting to drift", react_tolerance=0.05)
+                             forecast=ForecastSettings(within_hour=True),
+                             cadence=CadenceSettings(resize_every_s=900.0))
+REACT = dataclasses.replace(RESIZE, name="+ reacting to drift", cadence=CadenceSettings(
+    resize_every_s=900.0, react_tolerance=0.05))
 QUANTILE = dataclasses.replace(REACT, name="+ error quantile", forecast=ForecastSettings(
     within_hour=True, error_quantile=0.9))
 RESERVE = dataclasses.replace(QUANTILE, name="+ reclaim reserve",
                               reclaim_exposure_s=900.0 + sim.PROVISION_DELAY_S + SYNC_S)
-PLANNER = dataclasses.replace(REACT, name="switchyard planner")
+# The planner placement's capacity loop runs: [capacity]'s defaults, read the way the loop
+# reads them (services.capacity.settings), cold start as the simulated provider's.
+LIVE = CapacityConfig(cold_start_s=sim.PROVISION_DELAY_S)
+PLANNER = PlannerConfig("switchyard planner", live_churn(LIVE), live_forecast(LIVE),
+                        live_cadence(LIVE))
 CONFIGS = {"before": BEFORE, "churn": CHURN, "resize": RESIZE, "react": REACT,
            "quantile": QUANTILE, "reserve": RESERVE, "planner": PLANNER}
 
 
 def describe(c: PlannerConfig) -> str:
+    cad = c.cadence
     churn = (f"churn priced at each added GPU's cold start ({c.churn.cold_start_s:g} s of its "
              "price)" if c.churn.cold_start_s else
              f"churn ${c.churn.usd_per_gpu_change:g} per GPU change")
-    cadence = (f"full plans hourly and on surprises or outages, GPU counts right-sized every "
-               f"{c.resize_every_s / 60:g} minutes for the forecast's peak over the next "
-               f"{c.resize_every_s / 60:g} minutes + lead" if c.resize_every_s else
+    cadence = (f"full plans every {cad.plan_every_s / 60:g} minutes and on surprises, new "
+               f"classes or outages, GPU counts right-sized every "
+               f"{cad.resize_every_s / 60:g} minutes for the forecast's peak over the next "
+               f"{cad.resize_every_s / 60:g} minutes + lead" if cad.resize_every_s else
                "plans hourly (for the peak of the whole hours ahead) and on surprises or "
                "outages")
     f = c.forecast
@@ -127,10 +140,12 @@ def describe(c: PlannerConfig) -> str:
     kept = 1 - reclaim_reserve(sim.SPOT_RECLAIMS_PER_GPU_HOUR, c.reclaim_exposure_s)
     reserve = (f"; spot GPUs count {kept:.1%} (reclaims expected before a replacement "
                "serves)" if c.reclaim_exposure_s else "; spot GPUs count 90 %")
-    react = (f"; a class observed above its plan by > {c.react_tolerance:.0%} (and 3 σ of "
+    react = (f"; a class observed above its plan by > {cad.react_tolerance:.0%} (and 3 σ of "
              "its count) right-sizes at once, every plan at least the last bucket's "
-             "observed rate × margin" if c.react_tolerance else "")
-    return f"{cadence}{react}; {curve}, {margin}; {churn}{reserve}"
+             "observed rate × margin" if cad.react_tolerance else "")
+    floor = (f"; classes under {cad.min_class_rps:g} calls/s not planned for"
+             if cad.min_class_rps else "")
+    return f"{cadence}{react}; {curve}, {margin}; {churn}{reserve}{floor}"
 
 
 @dataclass
@@ -177,10 +192,10 @@ def planner_fleet(s: Scenario, su: Setup, config: PlannerConfig = PLANNER) -> Pl
         if (b * su.bucket_s) % 600 < su.bucket_s / 2:  # yesterday, observed every 10 minutes
             for k, r in rates.items():
                 forecaster.observe(k, b * su.bucket_s, r)
-    planner = PlannerFleet(of, forecaster, config.churn, day_offset_s=sim.DAY_S,
-                           lead_s=sim.PROVISION_DELAY_S + 2 * su.bucket_s, name=config.name,
-                           resize_every_s=config.resize_every_s,
-                           react_tolerance=config.react_tolerance)
+    cadence = dataclasses.replace(config.cadence, react_window_s=su.bucket_s,
+                                  lead_s=sim.PROVISION_DELAY_S + 2 * su.bucket_s)
+    planner = PlannerFleet(of, forecaster, config.churn, cadence, day_offset_s=sim.DAY_S,
+                           name=config.name)
     planner.start(0.0)
     return planner
 

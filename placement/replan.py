@@ -10,7 +10,9 @@ is above a cheap GPU's hourly price never lets that GPU go: ``cold_start_s`` pri
 by what it costs on the bill instead.
 
 :func:`right_size` is the same decision for :func:`placement.planner.resize` (GPU counts for
-the variants already loaded), cheap enough to run between full plans.
+the variants already loaded), cheap enough to run between full plans; :func:`revise` runs
+the one a :class:`placement.plan_cadence.Due` asks for (a right-sizing that needs a variant
+loaded becomes a full plan), for the live loop and the provisioned-cost day alike.
 """
 
 from __future__ import annotations
@@ -86,3 +88,14 @@ def _against(problem: Problem, current: Plan, proposed: Plan,
                               f"${cost:.2f}", proposed, saving, cost)
     return Decision(False, f"saving ${saving:.2f} over {churn.horizon_h:g} h does not pay for "
                            f"churn ${cost:.2f}", now, saving, cost)
+
+
+def revise(problem: Problem, current: Plan | None, churn: ChurnCost,
+           resize: bool) -> Decision | Infeasible:
+    """A right-sizing (``resize``, with a current plan) or else a full plan; a right-sizing
+    the forecast cannot meet with the variants loaded is a full plan too."""
+    if resize and current is not None:
+        d = right_size(problem, current, churn)
+        if not isinstance(d, Infeasible):
+            return d
+    return decide(problem, current, churn)

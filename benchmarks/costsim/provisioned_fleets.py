@@ -15,16 +15,14 @@
   variants; the group's replicas are sized like the HPA but with SkyServe's default
   delays (scale-up after 300 s above, scale-down after 1,200 s below), placed on spot plus one
   extra spot GPU, with on-demand GPUs only as fallback for spot capacity not serving;
-- :class:`PlannerFleet`: Switchyard's planner re-planning from its forecast (learned from
-  the calls it saw) every hour ``lead_s`` before the hour, on a sustained forecast error
-  (checked every 10 minutes) and when an outage starts or ends (down pools excluded), with
-  hysteresis (:func:`placement.replan.decide`); with ``resize_every_s``, GPU counts are
-  also right-sized for the next ``resize_every_s + lead_s`` between those plans
-  (:func:`placement.replan.right_size`, no new variant loaded), and every plan covers that
-  window rather than the next hour; with ``react_tolerance``, every plan is made for at least
-  each class's observed peak of the last ``react_buckets`` × the forecast's margin, and a class
-  observed above what the plan in force was made for (beyond the tolerance) right-sizes at
-  once (a burst is met like an HPA meets it, not after the forecast's surprise);
+- :class:`PlannerFleet`: Switchyard's planner, forecast learned from the calls it saw,
+  re-planning by :class:`placement.plan_cadence.Cadence` (the rule placement's capacity loop
+  runs: full plans hourly ``lead_s`` before the hour, on a sustained forecast error and when
+  an outage starts or ends, down pools excluded; with ``resize_every_s``, GPU counts
+  right-sized between them for the next ``resize_every_s + lead_s``; with
+  ``react_tolerance``, every plan made for at least each class's observed peak over the react
+  window × the forecast's margin, and a class observed above what the plan in force serves it
+  right-sized at once) and deciding with hysteresis (:func:`placement.replan.revise`);
 - :class:`OracleFleet`: the offline optimum: the same MILP for each hour's true peak, outages
   known, each hour's plan requested ``lead_s`` ahead.
 """
@@ -39,9 +37,10 @@ from dataclasses import dataclass, field
 
 from benchmarks.costsim.provisioned import BUCKET_S, PROVISION_DELAY_S, Observed
 from placement.forecast import ClassKey, DemandForecaster
+from placement.plan_cadence import Cadence, CadenceSettings, Due
 from placement.plan_types import DemandClass, Infeasible, Plan, PlanPool, Problem
 from placement.planner import plan
-from placement.replan import ChurnCost, Decision, decide, right_size
+from placement.replan import ChurnCost, revise
 
 ProblemOf = Callable[[list[DemandClass], frozenset[str]], Problem]
 
@@ -229,114 +228,55 @@ class SolveLog:
 
 
 class PlannerFleet:
+    """Switchyard's planner: :class:`placement.plan_cadence.Cadence` says when to re-plan and
+    for what demand (the rule placement's capacity loop runs), :func:`placement.replan.revise`
+    decides; the day's time axis is shifted by ``day_offset_s`` for the forecaster."""
+
     def __init__(self, problem_of: ProblemOf, forecaster: DemandForecaster, churn: ChurnCost,
-                 lead_s: float = PROVISION_DELAY_S + 2 * BUCKET_S, observe_every_s: float = 600.0,
-                 day_offset_s: float = 0.0, name: str = "switchyard planner",
-                 resize_every_s: float = 0.0, react_tolerance: float = 0.0,
-                 react_buckets: int = 1) -> None:
+                 cadence: CadenceSettings | None = None, day_offset_s: float = 0.0,
+                 name: str = "switchyard planner") -> None:
         self.name = name
-        self._react, self._recent_n = react_tolerance, react_buckets
-        self._recent: list[Mapping[ClassKey, float]] = []
-        self._resize_s = resize_every_s
-        self._next_resize_s = resize_every_s - lead_s
-        self._problem_of, self._forecaster, self._churn = problem_of, forecaster, churn
-        self._lead_s, self._every_s, self._offset_s = lead_s, observe_every_s, day_offset_s
+        self._problem_of, self._churn, self._offset_s = problem_of, churn, day_offset_s
+        self.cadence = Cadence(cadence or CadenceSettings(
+            lead_s=PROVISION_DELAY_S + 2 * BUCKET_S), forecaster)
         self._current: Plan | None = None
         self._previous: Plan | None = None
-        self._changed_s = -math.inf
         self._down: frozenset[str] = frozenset()
-        self._next_s = 3600.0 - lead_s  # the next scheduled re-plan
-        self._sums: dict[ClassKey, float] = {}
-        self._n = 0
         self.log = SolveLog()
 
-    @property
-    def _horizon_s(self) -> float:
-        return (self._resize_s or 3600.0) + self._lead_s
-
-    @property
-    def _event_horizon_s(self) -> float:
-        """After a surprise or an outage: the next hour, or the right-sizing window."""
-        return self._horizon_s if self._resize_s else 3600.0
-
     def start(self, now_s: float) -> None:
-        self._replan(now_s, self._horizon_s)
+        self._replan(now_s, self.cadence.begin(self._offset_s + now_s))
 
-    def _demand(self, now_s: float, horizon_s: float) -> list[DemandClass]:
-        """The forecast; reacting, each class at least its recent observed peak × margin."""
-        out = list(self._forecaster.forecast(self._offset_s + now_s, horizon_s))
-        if not self._react or not self._recent:
-            return out
-        return [dataclasses.replace(d, rate_rps=max(d.rate_rps, self._forecaster.margin(k) * max(
-                    r.get(k, 0.0) for r in self._recent)))
-                for d in out for k in [ClassKey(d.model, d.min_quality, d.slo_ms, d.edge_region)]]
-
-    def _drifted(self, rates: Mapping[ClassKey, float], bucket_s: float) -> bool:
-        """A class observed above what the plan in force was made for, beyond the tolerance
-        and three standard deviations of a Poisson count over the bucket (noise is no drift)."""
-        if not self._react or self._current is None:
-            return False
-        planned: dict[str, float] = {}
-        for pp in self._current.pools:
-            for key, _, rps in pp.serves:
-                planned[key] = planned.get(key, 0.0) + rps
-        for k, r in rates.items():
-            want = planned.get(DemandClass(*k, 0.0).key, 0.0)
-            if r > want * (1 + self._react) + 3.0 * math.sqrt(want / bucket_s) + 1e-6:
-                return True
-        return False
-
-    def _replan(self, now_s: float, horizon_s: float, resize: bool = False) -> None:
-        problem = self._problem_of(self._demand(now_s, horizon_s), self._down)
+    def _replan(self, now_s: float, due: Due) -> None:
+        t = self._offset_s + now_s
+        demand = self.cadence.demand(t, due.horizon_s)
+        problem = self._problem_of(list(demand), self._down)
         current = self._current
         if current is not None and self._down:  # what is down serves nothing, whatever it runs
             kept = tuple(pp for pp in current.pools if pp.pool not in self._down)
             current = Plan(kept, sum(pp.usd_per_hour for pp in kept), current.gap)
         t0 = time.perf_counter()
-        d: Decision | Infeasible
-        if resize and current is not None:
-            d = right_size(problem, current, self._churn)
-            if isinstance(d, Infeasible):  # the forecast needs a load: the full plan
-                d = decide(problem, current, self._churn)
-        else:
-            d = decide(problem, current, self._churn)
+        d = revise(problem, current, self._churn, due.resize)
         took = time.perf_counter() - t0
         if isinstance(d, Infeasible):
+            self.cadence.solved(t, demand, None)
             self.log.infeasible.append(f"{now_s / 3600:.2f} h: {d.explain()}")
             return
+        self.cadence.solved(t, demand, d.plan)
         self.log.note(d.plan, took)
         if d.adopt and self._current is not None:
             self.log.adopted += 1
-            self._previous, self._changed_s = self._current, now_s
+            self._previous = self._current
         self._current = d.plan
 
     def control(self, seen: Observed) -> None:
-        for k, r in seen.rates.items():
-            self._sums[k] = self._sums.get(k, 0.0) + r
-        self._n += 1
-        self._recent = [*self._recent, seen.rates][-self._recent_n:]
-        now, half = seen.now_s, seen.bucket_s / 2
-        if now % self._every_s < half:
-            for k, total in self._sums.items():  # the mean rate of the last window
-                self._forecaster.observe(k, self._offset_s + now - half, total / self._n)
-            self._sums, self._n = {}, 0
-            if self._forecaster.surprises():
-                self._replan(now, self._event_horizon_s)
-                return
-        if seen.down != self._down:
-            self._down = seen.down
-            self._replan(now, self._event_horizon_s)
-        elif now >= self._next_s - half:
-            self._replan(now, self._horizon_s)
-        elif self._drifted(seen.rates, seen.bucket_s):  # drift: right-size now, as an HPA would scale
-            self.log.reactions += 1
-            self._replan(now, self._event_horizon_s, resize=True)
-        elif self._resize_s and now >= self._next_resize_s - half:
-            self._replan(now, self._horizon_s, resize=True)
-        while self._next_s <= now + half:
-            self._next_s += 3600.0
-        while self._resize_s and self._next_resize_s <= now + half:
-            self._next_resize_s += self._resize_s
+        due = self.cadence.observe(self._offset_s + seen.now_s, seen.rates, seen.bucket_s,
+                                   down=seen.down)
+        self._down = seen.down
+        if due is not None:
+            if due.kind == "drift":  # right-sized at once, as an HPA would scale
+                self.log.reactions += 1
+            self._replan(seen.now_s, due)
 
     @property
     def current(self) -> Plan | None:

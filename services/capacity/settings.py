@@ -5,8 +5,8 @@
     [capacity]
     enabled = true
     apply = "approve"          # or "auto"; "approve" waits for `switchyard plan --approve`
-    interval_s = 300           # scheduled re-plan; a large forecast error re-plans sooner
-    observe_s = 5              # how often observed call rates are fed to the forecast
+    interval_s = 3600          # scheduled full plan; GPU counts right-sized every resize_every_s
+    observe_s = 5              # how often the edges' call rates are read (drift, new classes)
 
     [[capacity.pools]]         # GPUs of one kind the loop may add (local provider: tritonserver)
     id = "t4-east"
@@ -23,14 +23,24 @@
 
 Cross-references (regions, variants, pool ids against backend ids) are checked by
 :func:`check_capacity`, which ``MeshConfig`` calls from its validator.
+
+When to re-plan and for what demand is :mod:`placement.plan_cadence` (:func:`cadence`), the
+churn a plan must pay for :class:`placement.replan.ChurnCost` (:func:`churn`): the defaults
+are the planner ``python -m benchmarks.provisioned`` measures (its one-minute run: lead 300 s,
+observed floor over 60 s; its ``--quick`` run stretches both to its 5-minute buckets).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:  # imported where used: every process reads this config, few plan (scipy)
+    from placement.forecast import ForecastSettings
+    from placement.plan_cadence import CadenceSettings
+    from placement.replan import ChurnCost
 
 
 class _Strict(BaseModel):
@@ -65,17 +75,33 @@ class CapacityConfig(_Strict):
     enabled: bool = False
     provider: Literal["local"] = "local"
     apply: Literal["auto", "approve"] = "approve"
-    interval_s: float = Field(default=300.0, gt=0)
-    # A new class or a forecast error re-plans sooner, but not more often than this.
+    interval_s: float = Field(default=3600.0, gt=0)  # full plans at k × interval_s − lead_s
+    # GPU counts for the variants loaded, re-sized this often between full plans (0: never)
+    resize_every_s: float = Field(default=900.0, ge=0)
+    # plans are made this long before the window they are for (a GPU's cold start and more)
+    lead_s: float = Field(default=300.0, ge=0)
+    # A new class, a forecast error or drift re-plans sooner, but not more often than this.
     min_replan_s: float = Field(default=30.0, ge=0)
     observe_s: float = Field(default=5.0, gt=0)
-    horizon_s: float = Field(default=3600.0, gt=0)
+    # the forecast is fed each class's mean rate over windows of this length
+    forecast_every_s: float = Field(default=600.0, gt=0)
+    # the forecast a curve through hourly means (peak within the window), not whole hours
+    forecast_within_hour: bool = True
+    # > 0: a class observed above what the plan serves it by more than this (and 3 sigma)
+    # right-sizes at once, and every plan is made for at least what was observed over
+    # react_window_s (× the forecast's margin)
+    react_tolerance: float = Field(default=0.05, ge=0)
+    react_window_s: float = Field(default=60.0, gt=0)
+    horizon_s: float = Field(default=3600.0, gt=0)  # a plan's saving is counted over this
     # Classes forecast below this many calls/s are not planned for (a stray call, e.g. one
     # spread onto another variant, is not demand); they ride on what is loaded.
     min_class_rps: float = Field(default=0.2, ge=0)
     survive_region_loss: bool = True
     memory_headroom: float = Field(default=0.1, ge=0, lt=1)
-    usd_per_gpu_change: float = Field(default=0.5, ge=0)
+    # churn: a flat price per GPU added or removed, and each GPU added billed for its cold
+    # start (a flat price above a cheap GPU's hourly price never lets that GPU go)
+    usd_per_gpu_change: float = Field(default=0.0, ge=0)
+    cold_start_s: float = Field(default=180.0, ge=0)
     usd_per_variant_change: float = Field(default=0.1, ge=0)
     solve_time_limit_s: float = Field(default=10.0, gt=0)
     # After a variant leaves the route tables: how long edges get to receive the push
@@ -83,6 +109,29 @@ class CapacityConfig(_Strict):
     drain_settle_s: float = Field(default=0.3, ge=0)
     pools: list[CapacityPoolConfig] = []
     variants: list[CapacityVariantConfig] = []
+
+
+def cadence(cap: CapacityConfig) -> CadenceSettings:
+    """When the loop re-plans and for what demand (:mod:`placement.plan_cadence`)."""
+    from placement.plan_cadence import CadenceSettings
+    return CadenceSettings(plan_every_s=cap.interval_s, lead_s=cap.lead_s,
+                           resize_every_s=cap.resize_every_s,
+                           forecast_every_s=cap.forecast_every_s,
+                           react_tolerance=cap.react_tolerance,
+                           react_window_s=cap.react_window_s, min_replan_s=cap.min_replan_s,
+                           min_class_rps=cap.min_class_rps)
+
+
+def churn(cap: CapacityConfig) -> ChurnCost:
+    """What a plan must save to be adopted (:class:`placement.replan.ChurnCost`)."""
+    from placement.replan import ChurnCost
+    return ChurnCost(cap.usd_per_gpu_change, cap.usd_per_variant_change,
+                     cap.horizon_s / 3600.0, cap.cold_start_s)
+
+
+def forecast(cap: CapacityConfig) -> ForecastSettings:
+    from placement.forecast import ForecastSettings
+    return ForecastSettings(within_hour=cap.forecast_within_hour)
 
 
 def check_capacity(cap: CapacityConfig, regions: Iterable[str], variants: Iterable[str],

@@ -1,24 +1,28 @@
 """The capacity loop placement runs: forecast → plan → (approve) → act → audit (issue 13).
 
 Every ``observe_s`` the call rates edges report (``ReportObservations`` →
-``FleetState.use``) are summed per demand class and fed to
-:class:`placement.forecast.DemandForecaster`. A class is (model, quality floor, SLO, edge
-region); edges report rates per deployment, not per floor and SLO, so a class's floor is
-inferred from the route table (:meth:`CapacityLoop.floor`: edges pick the cheapest variant
-that meets a call's floor, so calls served by a variant while a lower-quality one was
-clearly cheaper asked for that variant's quality) and its SLO is the model's default.
-A re-plan runs every ``interval_s``, and sooner (but not within ``min_replan_s`` of the
-last) when a class appears that the last plan did not know or the forecast is surprised
-(:meth:`DemandForecaster.surprises`); while a class's forecast is off, the plan takes that
-class at its observed rate (times the forecast's peak factor) until the forecast catches up.
+``FleetState.use``) are summed per demand class and handed to
+:class:`placement.plan_cadence.Cadence`, which feeds the forecast and says which re-plan is
+due: full plans on a schedule (``interval_s``, ``lead_s`` ahead), GPU counts right-sized
+between them (``resize_every_s``), and sooner (not within ``min_replan_s`` of the last) on a
+forecast error, a class the last plan did not know, or a class observed above what the plan
+serves it (``react_tolerance``); it also says what a plan is solved for. The provisioned-cost
+benchmark's planner fleet runs the same :class:`Cadence` with these settings' defaults
+(:func:`services.capacity.settings.cadence`), so the simulated day measures this rule.
 
-A re-plan is :func:`placement.replan.decide` (the optimum must pay for its churn) against
-the placement the servers report now. An adopted plan is applied at once (``apply =
-"auto"``) or held until ``ApprovePlan`` names it (``"approve"``). Applying is
-:meth:`CapacityActor.apply` (adds and loads first, drains and removals last) through the
-pools' provider and :class:`PlacementGate`. Each proposal, approval, applied step and failure
-is one JSON event on the ``switchyard.audit`` logger (the shape of
-:mod:`services.security.authz`'s events).
+A class is (model, quality floor, SLO, edge region); edges report rates per deployment, not
+per floor and SLO, so a class's floor is inferred from the route table
+(:meth:`CapacityLoop.floor`: edges pick the cheapest variant that meets a call's floor, so
+calls served by a variant while a lower-quality one was clearly cheaper asked for that
+variant's quality) and its SLO is the model's default.
+
+A re-plan is :func:`placement.replan.revise` (the optimum, or GPU counts for the variants
+loaded, must pay for its churn: ``cold_start_s`` of each added GPU's price) against the
+placement the servers report now. An adopted plan is applied at once (``apply = "auto"``) or
+held until ``ApprovePlan`` names it (``"approve"``). Applying is :meth:`CapacityActor.apply`
+(adds and loads first, drains and removals last) through the pools' provider and
+:class:`PlacementGate`. Each proposal, approval, applied step and failure is one JSON event
+on the ``switchyard.audit`` logger (the shape of :mod:`services.security.authz`'s events).
 
 Statically configured ``[[backends]]`` are outside the loop: their calls count as demand, and
 the plan provisions the managed pools for all of it.
@@ -41,6 +45,7 @@ from placement.errors import SwitchyardError
 from placement.fleet import FleetState
 from placement.forecast import ClassKey, DemandForecaster, ForecastSettings
 from placement.model import Candidate, Variant
+from placement.plan_cadence import Cadence, Due
 from placement.planner import (
     DemandClass,
     Infeasible,
@@ -51,10 +56,11 @@ from placement.planner import (
     PoolPlan,
     Problem,
 )
-from placement.replan import ChurnCost, Decision, decide
+from placement.replan import Decision, revise
 from placement.routes import PRIOR_COMPUTE_FRACTION_OF_SLO
 from services.capacity.actor import ApplyFailed, CapacityActor, PoolTarget
-from services.capacity.settings import CapacityConfig
+from services.capacity.settings import CapacityConfig, cadence, churn
+from services.capacity.settings import forecast as forecast_settings
 from services.placement.capacity_footprint import FootprintBook, Readings
 
 log = structlog.get_logger("switchyard.capacity")
@@ -98,7 +104,7 @@ class CapacityLoop:
                  pools: Mapping[str, PlanPool], actor: CapacityActor, book: FootprintBook,
                  readings: Readings, *, wall: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.monotonic,
-                 rate_stale_s: float = 10.0,
+                 rate_stale_s: float = 10.0, rate_window_s: float = 1.0,
                  forecast: ForecastSettings | None = None,
                  on_stop: Callable[[], Awaitable[None]] | None = None,
                  telemetry: Poller | None = None,
@@ -108,7 +114,8 @@ class CapacityLoop:
         """``on_stop``: closes what the loop acts through (the provider's instances);
         ``telemetry``: polled every round before the demand is read (the instances' own
         statistics, :mod:`services.placement.capacity_telemetry`); ``publish``: pushes the
-        route tables now (after :meth:`forget_leftovers`)."""
+        route tables now (after :meth:`forget_leftovers`); ``rate_window_s``: what the edges
+        count a reported rate over (their report interval: drift's noise allowance)."""
         self.settings = settings
         self.catalog = catalog
         self.fleet = fleet
@@ -119,12 +126,11 @@ class CapacityLoop:
         self.wall = wall
         self.monotonic = monotonic
         self.rate_stale_s = rate_stale_s
-        self.forecaster = DemandForecaster(forecast)
-        self.churn = ChurnCost(settings.usd_per_gpu_change, settings.usd_per_variant_change,
-                               settings.horizon_s / 3600.0)
+        self.rate_window_s = rate_window_s
+        self.forecaster = DemandForecaster(forecast or forecast_settings(settings))
+        self.cadence = Cadence(cadence(settings), self.forecaster)
+        self.churn = churn(settings)
         self.state = CapacityState()
-        self._last_plan_at: float | None = None
-        self._planned: set[ClassKey] = set()  # the classes the last plan was solved for
         self._lock = asyncio.Lock()  # one plan applied at a time
         self._task: asyncio.Task[None] | None = None
         self._on_stop = on_stop
@@ -166,26 +172,20 @@ class CapacityLoop:
                       and c.cost_usd < own.cost_usd * (1.0 - self.spread_band) for c in table)
         return v.quality if cheaper else lowest
 
-    def observe(self) -> None:
-        """Feed the forecast one observation per class, and measure footprints."""
-        now_s = self.wall()
-        for key, rate in sorted(self.observed_rates().items()):
-            self.forecaster.observe(key, now_s, rate)
+    def observe(self) -> Due | None:
+        """Hand the cadence the rates observed now (it feeds the forecast), measure
+        footprints; the re-plan due now, if any."""
+        due = self.cadence.observe(self.wall(), self.observed_rates(), self.settings.observe_s,
+                                   self.rate_window_s)
         self.book.measure(self.readings)
+        return due
 
-    def demand(self) -> tuple[DemandClass, ...]:
-        """The forecast, with each surprised class at its observed rate."""
-        s = self.forecaster.settings
-        observed = {x.key: x.observed_rps * s.peak_factor for x in self.forecaster.surprises()}
-        out = []
-        for d in self.forecaster.forecast(self.wall(), self.settings.horizon_s):
-            key = ClassKey(d.model, d.min_quality, d.slo_ms, d.edge_region)
-            rate = observed.get(key, d.rate_rps)
-            if rate > max(self.settings.min_class_rps, 1e-6):
-                out.append(DemandClass(d.model, d.min_quality, d.slo_ms, d.edge_region, rate))
-        return tuple(out)
+    def demand(self, horizon_s: float | None = None) -> tuple[DemandClass, ...]:
+        """What a plan made now is solved for (:meth:`Cadence.demand`)."""
+        s = self.cadence.settings
+        return self.cadence.demand(self.wall(), s.horizon_s if horizon_s is None else horizon_s)
 
-    def problem(self) -> Problem:
+    def problem(self, horizon_s: float | None = None) -> Problem:
         names = sorted({v for p in self.pools.values() for v in p.variants})
         variants = []
         declared = {v.name: v for v in self.settings.variants}
@@ -199,7 +199,7 @@ class CapacityLoop:
                            * PRIOR_COMPUTE_FRACTION_OF_SLO))
             variants.append(PlanVariant(name, v.logical, v.quality,
                                         self.book.footprint_gb(name), compute))
-        return Problem(tuple(self.pools.values()), tuple(variants), self.demand(),
+        return Problem(tuple(self.pools.values()), tuple(variants), self.demand(horizon_s),
                        self.catalog.rtt, PlannerSettings(
                            memory_headroom=self.settings.memory_headroom,
                            survive_region_loss=self.settings.survive_region_loss,
@@ -235,35 +235,21 @@ class CapacityLoop:
         return self.state.current
 
     # -- re-plan ---------------------------------------------------------------------------
-    def due(self) -> str:
-        """Why a re-plan is due now ('' = not due)."""
-        if self._last_plan_at is None:
-            return "first plan"
-        since = self.monotonic() - self._last_plan_at
-        if since >= self.settings.interval_s:
-            return "schedule"
-        if since < self.settings.min_replan_s:
-            return ""
-        new = sorted(d.key for d in self.demand()
-                     if ClassKey(d.model, d.min_quality, d.slo_ms, d.edge_region)
-                     not in self._planned)
-        if new:
-            return "new demand class: " + ", ".join(new)
-        surprised = self.forecaster.surprises()
-        if surprised:
-            return "forecast error: " + "; ".join(s.explain() for s in surprised)
-        return ""
-
-    async def replan(self, trigger: str) -> Proposal | None:
-        """Solve, decide with hysteresis, then apply (auto) or hold for approval."""
+    async def replan(self, trigger: str | Due) -> Proposal | None:
+        """Solve (a full plan, or a right-sizing when ``trigger`` is one), decide with
+        hysteresis, then apply (auto) or hold for approval. A string: a full plan."""
+        s = self.cadence.settings
+        due = (trigger if isinstance(trigger, Due)
+               else Due("operator", trigger, s.event_horizon_s))
+        trigger = due.reason
         async with self._lock:
             current = await self.refresh()
-            problem = self.problem()
-            self._last_plan_at = self.monotonic()
-            self._planned = {ClassKey(d.model, d.min_quality, d.slo_ms, d.edge_region)
-                             for d in problem.demand}
+            problem = self.problem(due.horizon_s)
             # The solver is CPU-bound (HiGHS releases the GIL): keep the event loop serving.
-            decision = await asyncio.to_thread(decide, problem, current, self.churn)
+            decision = await asyncio.to_thread(revise, problem, current, self.churn,
+                                               due.resize)
+            self.cadence.solved(self.wall(), problem.demand,
+                                None if isinstance(decision, Infeasible) else decision.plan)
             if isinstance(decision, Infeasible):
                 self.state.reason = f"{trigger}: {decision.explain()}"
                 audit.warning("capacity.infeasible", trigger=trigger,
@@ -337,11 +323,10 @@ class CapacityLoop:
     async def step(self) -> None:
         if self.telemetry is not None:
             await self.telemetry.poll()
-        self.observe()
-        trigger = self.due()
-        if trigger:
+        due = self.observe()
+        if due is not None:
             with contextlib.suppress(ApplyFailed):  # audited; the next due re-plan retries
-                await self.replan(trigger)
+                await self.replan(due)
 
     async def run(self) -> None:
         while True:

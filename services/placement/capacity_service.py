@@ -94,7 +94,8 @@ def build_loop(cfg: MeshConfig, service: PlacementService) -> CapacityLoop:
     actor = CapacityActor(provider, gate, control)
     return CapacityLoop(cap, service.builder.catalog, service.fleet, pools, actor, book,
                         readings, monotonic=service.clock,
-                        rate_stale_s=3 * cfg.edge.report_interval_s, on_stop=provider.close,
+                        rate_stale_s=3 * cfg.edge.report_interval_s,
+                        rate_window_s=cfg.edge.report_interval_s, on_stop=provider.close,
                         telemetry=InstanceTelemetry(service, gate.routed_instances,
                                                     baselines=baselines),
                         candidates=lambda model, region: service.builder.build(

@@ -27,6 +27,9 @@ POOL = "east-pool"
 CAPACITY = {
     "enabled": True, "apply": "approve", "interval_s": 3600, "min_replan_s": 5,
     "observe_s": 0.3, "survive_region_loss": False, "drain_settle_s": 0.3,
+    # the forecast fed every second and an observed floor of 3 s (defaults: 10 minutes and
+    # 60 s): the quiet class leaves the plan within seconds, not half an hour
+    "forecast_every_s": 1.0, "react_window_s": 3.0,
     "pools": [{"id": POOL, "region": "r-east", "accelerator": "gpu-cheap",
                "usd_per_gpu_hour": 0.6, "speed": 4.0,
                "variants": ["summarize-small", "summarize-large"],

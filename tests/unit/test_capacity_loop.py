@@ -52,6 +52,7 @@ variants = [{ name = "small", quality = 0.7 }, { name = "large", quality = 0.9 }
 enabled = true
 apply = "approve"
 survive_region_loss = false
+forecast_every_s = 5  # the forecast fed every observation: the tests step the clock by 5 s
 [[capacity.pools]]
 id = "east"
 region = "r-east"
@@ -111,8 +112,11 @@ def config(tmp_path: pathlib.Path, extra: str = "") -> MeshConfig:
 
 
 class Rig:
-    def __init__(self, tmp_path: pathlib.Path, fail_load: set[str] | None = None) -> None:
-        self.cfg = config(tmp_path)
+    def __init__(self, tmp_path: pathlib.Path, fail_load: set[str] | None = None,
+                 **capacity: Any) -> None:
+        """``capacity``: ``[capacity]`` settings over the file's."""
+        cfg = config(tmp_path)
+        self.cfg = cfg.model_copy(update={"capacity": cfg.capacity.model_copy(update=capacity)})
         self.service: PlacementService = build_service(self.cfg, preregister=False)
         self.clock = Clock()
         pools = plan_pools(self.cfg, self.service)
@@ -127,12 +131,25 @@ class Rig:
         self.book = FootprintBook({v.name: v.memory_gb for v in self.cfg.capacity.variants})
         self.loop = CapacityLoop(self.cfg.capacity, self.service.builder.catalog,
                                  self.service.fleet, pools, self.actor, self.book,
-                                 lambda _: None, wall=lambda: 3600.0 * 24 * 100 + 60,
+                                 lambda _: None,
+                                 wall=lambda: 3600.0 * 24 * 100 + self.clock.t,
                                  monotonic=self.clock)
 
     def calls(self, deployment: str, rate: float) -> None:
         """An edge reports ``rate`` calls/s to ``deployment`` (as ReportObservations does)."""
         self.service.fleet.observe_use("r-east", "edge-1", deployment, rate, self.clock.t)
+
+    def shift(self) -> list[str]:
+        """A minute later (the small class's reports stale), four observations 5 s apart
+        of calls to the quality variant; the re-plans they made due."""
+        self.clock.t += 60
+        dues = []
+        for _ in range(4):
+            self.clock.t += 5
+            self.calls("east-1/large", 5.0)
+            due = self.loop.observe()
+            dues += [due.reason] if due is not None else []
+        return dues
 
     def routed(self) -> dict[str, list[str]]:
         return {b: [v.name for v in s.backend.variants]
@@ -184,11 +201,9 @@ async def test_observed_demand_plans_waits_for_approval_then_acts_and_audits(
 
     # Demand shifts to the quality-0.9 class; the small class goes quiet: the forecast is
     # surprised, the plan follows the observations, the idle variant is drained and unloaded.
-    rig.clock.t += 30  # the small class's last report is stale now
-    for _ in range(4):
-        rig.calls("east-1/large", 5.0)
-        rig.loop.observe()
-    assert rig.loop.due() == "new demand class: summarize/q>=0.9/300ms/r-east"
+    dues = rig.shift()
+    assert dues[0] == "new demand class: summarize/q>=0.9/300ms/r-east"
+    assert dues[-1].startswith("forecast error: summarize/q>=0.7/300ms/r-east: observed 0.00")
     assert [x.key.min_quality for x in rig.loop.forecaster.surprises()] == [0.7]  # went quiet
     second = await rig.loop.replan("shift")
     assert second is not None and second.decision.adopt
@@ -210,10 +225,7 @@ async def test_a_failed_load_is_audited_and_nothing_after_it_runs(tmp_path: path
     assert first is not None
     await rig.loop.approve(first.id, "admin")
     rig.fail_load.add("large")
-    rig.clock.t += 30
-    for _ in range(4):
-        rig.calls("east-1/large", 5.0)
-        rig.loop.observe()
+    rig.shift()
     second = await rig.loop.replan("shift")
     assert second is not None
     with capture_logs() as logs, pytest.raises(ApplyFailed) as err:
@@ -262,14 +274,13 @@ async def test_auto_mode_applies_without_approval(tmp_path: pathlib.Path) -> Non
     assert not rig.loop.state.pending
     assert rig.routed() == {"east-1": ["large"]}
     await rig.loop.step()  # nothing due: no re-plan, nothing changes
-    assert rig.loop.due() == ""
+    assert rig.loop.observe() is None
     rig.calls("east-1/small", 2.0)  # a class the last plan did not know: re-plan soon
-    rig.loop.observe()
-    assert rig.loop.due() == ""  # not sooner than min_replan_s after the last plan
+    assert rig.loop.observe() is None  # not sooner than min_replan_s after the last plan
     rig.clock.t += rig.cfg.capacity.min_replan_s
     rig.calls("east-1/small", 2.0)
-    rig.loop.observe()
-    assert rig.loop.due() == "new demand class: summarize/q>=0.7/300ms/r-east"
+    due = rig.loop.observe()
+    assert due is not None and due.reason == "new demand class: summarize/q>=0.7/300ms/r-east"
 
 
 def test_footprints_declared_then_measured_and_a_full_gpu_takes_nothing() -> None:

@@ -11,6 +11,7 @@ from benchmarks.costsim import provisioned as sim
 from benchmarks.costsim.provisioned_fleets import PlannerFleet
 from benchmarks.provisioned_diag import causes
 from placement.forecast import ClassKey, DemandForecaster, ForecastSettings
+from placement.plan_cadence import CadenceSettings
 from placement.plan_types import DemandClass, PlannerSettings, PlanPool, PlanVariant, Problem
 from placement.replan import ChurnCost
 
@@ -31,10 +32,11 @@ def daily(hour: float) -> float:
 
 def gpus_through_the_evening(resize_every_s: float) -> list[tuple[float, int]]:
     f = DemandForecaster(ForecastSettings(within_hour=True))
-    for i in range(24 * 6):
+    for i in range(40 * 6):  # yesterday, and today until 16:00 (the forecast's state fresh)
         f.observe(KEY, i * 600.0, daily(i / 6))
     fleet = PlannerFleet(of, f, ChurnCost(usd_per_gpu_change=0.0, cold_start_s=180),
-                         lead_s=300.0, day_offset_s=DAY, resize_every_s=resize_every_s)
+                         CadenceSettings(lead_s=300.0, resize_every_s=resize_every_s),
+                         day_offset_s=DAY)
     fleet.start(16 * 3600.0)
     seen = []
     for b in range(16 * 12 + 1, 22 * 12):  # 16:05 to 22:00 in 5-minute buckets
@@ -83,8 +85,9 @@ def burst_targets(react: float) -> tuple[list[int], int]:
     for i in range(24 * 6):
         f.observe(KEY, i * 600.0, daily(i / 6) / 3)
     fleet = PlannerFleet(of, f, ChurnCost(usd_per_gpu_change=0.0, cold_start_s=180),
-                         lead_s=300.0, day_offset_s=DAY, resize_every_s=900.0,
-                         react_tolerance=react)
+                         CadenceSettings(lead_s=300.0, resize_every_s=900.0,
+                                         react_tolerance=react, react_window_s=300.0),
+                         day_offset_s=DAY)
     fleet.start(13 * 3600.0)
     seen = []
     for b in range(13 * 12, 15 * 12):
