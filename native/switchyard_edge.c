@@ -67,6 +67,7 @@ typedef struct {
   int has_slo;
   double slo_ms;
   double t0_ms;
+  double deadline_at_ms; /* now_ms() when the caller's deadline ends; 0: none */
   char variant[256]; /* rewrite: the variant to append */
 } filter;
 
@@ -112,17 +113,23 @@ static int rpc_in(envoy_buffer path, const char* const* names) {
   return 0;
 }
 
-/* A trailers-only gRPC answer: the caller gets this status, never UNKNOWN. */
+/* A trailers-only gRPC answer: the caller gets this status, never UNKNOWN, and its
+ * x-request-id (Envoy's, when the caller sent none), as every edge answer does. */
 static void reply(envoy_filter f, int code, const char* message) {
   char status[4];
   snprintf(status, sizeof status, "%d", code);
-  module_http_header h[4] = {
+  envoy_buffer rid = {0};
+  size_t n = 0;
+  envoy_dynamic_module_callback_http_get_header(f, REQUEST_HEADER, LIT("x-request-id"), &rid,
+                                                0, &n);
+  module_http_header h[5] = {
       {":status", 7, "200", 3},
       {"content-type", 12, "application/grpc", 16},
       {"grpc-status", 11, status, strlen(status)},
       {"grpc-message", 12, message, strlen(message)},
+      {"x-request-id", 12, n && rid.ptr ? rid.ptr : "", n && rid.ptr ? rid.length : 0},
   };
-  envoy_dynamic_module_callback_http_send_response_headers(f, h, 4, true);
+  envoy_dynamic_module_callback_http_send_response_headers(f, h, 5, true);
 }
 
 /* ------------------------------------------------------------------ the request */
@@ -140,6 +147,44 @@ static int to_number(envoy_buffer b, double* out) {
   if (*end) return 0;
   *out = v;
   return 1;
+}
+
+/* The caller's deadline (grpc-timeout) in ms: 1 and *out, or 0 (none or unreadable). */
+static int deadline_ms(envoy_filter f, double* out) {
+  envoy_buffer t;
+  if (!get_header(f, REQUEST_HEADER, "grpc-timeout", &t) || t.length < 2 || t.length > 9)
+    return 0;
+  double digits = 0;
+  for (size_t i = 0; i + 1 < t.length; i++) {
+    if (t.ptr[i] < '0' || t.ptr[i] > '9') return 0;
+    digits = digits * 10 + (t.ptr[i] - '0');
+  }
+  double unit;
+  switch (t.ptr[t.length - 1]) {
+    case 'H': unit = 3600000; break;
+    case 'M': unit = 60000; break;
+    case 'S': unit = 1000; break;
+    case 'm': unit = 1; break;
+    case 'u': unit = 0.001; break;
+    case 'n': unit = 0.000001; break;
+    default: return 0;
+  }
+  *out = digits * unit;
+  return 1;
+}
+
+/* At most this much of the caller's deadline left: nothing is forwarded (lua.py's rule,
+ * placement.attempts.MIN_REMAINING_S; gRPC sends the deadline in whole ms, rounded up). */
+#define MIN_REMAINING_MS 2.0
+
+static void too_late(envoy_filter f, double left_ms) {
+  char msg[256];
+  snprintf(msg, sizeof msg,
+           "%.1f ms of the caller's deadline left (at most: gRPC sends it in whole ms), not "
+           "more than the %g ms an attempt needs to start (placement.attempts."
+           "MIN_REMAINING_S): nothing was forwarded",
+           left_ms, MIN_REMAINING_MS);
+  reply(f, 4, msg);
 }
 
 /* 1: *slo set; 0: none (the model's default); -1: a bad x-slo-ms, already answered. */
@@ -174,24 +219,9 @@ static int slo_ms(envoy_filter f, const config* c, double* slo) {
     *slo = v;
     return 1;
   }
-  envoy_buffer t;
-  if (get_header(f, REQUEST_HEADER, "grpc-timeout", &t) && t.length >= 2 && t.length <= 9) {
-    double digits = 0;
-    for (size_t i = 0; i + 1 < t.length; i++) {
-      if (t.ptr[i] < '0' || t.ptr[i] > '9') return 0;
-      digits = digits * 10 + (t.ptr[i] - '0');
-    }
-    double unit;
-    switch (t.ptr[t.length - 1]) {
-      case 'H': unit = 3600000; break;
-      case 'M': unit = 60000; break;
-      case 'S': unit = 1000; break;
-      case 'm': unit = 1; break;
-      case 'u': unit = 0.001; break;
-      case 'n': unit = 0.000001; break;
-      default: return 0;
-    }
-    double v = digits * unit - c->margin_ms;
+  double budget;
+  if (deadline_ms(f, &budget)) {
+    double v = budget - c->margin_ms;
     *slo = v < 1 ? 1 : v;
     return 1;
   }
@@ -385,6 +415,16 @@ static int listener_headers(envoy_filter f, filter* s, bool end_of_stream) {
   remove_header(f, PATH_HEADER);
   envoy_buffer path;
   if (!get_header(f, REQUEST_HEADER, ":path", &path)) return HEADERS_CONTINUE;
+  s->deadline_at_ms = 0;
+  double budget;
+  if ((eq(path, SERVICE "ModelInfer") || eq(path, SERVICE "ModelStreamInfer")) &&
+      deadline_ms(f, &budget)) {
+    if (budget <= MIN_REMAINING_MS) {
+      too_late(f, budget);
+      return HEADERS_STOP_ITERATION;
+    }
+    s->deadline_at_ms = now_ms() + budget;
+  }
   if (rpc_in(path, SLOW_RPCS) || (c->slow_path && rpc_in(path, CONTROL_RPCS))) {
     to_slow(f, c, path.ptr, path.length);
     return c->slow_path ? HEADERS_CONTINUE : HEADERS_STOP_ITERATION;
@@ -442,6 +482,14 @@ static void listener_body_done(envoy_filter f, filter* s) {
     free(owned);
     reply(f, code, msg);
     return;
+  }
+  if (s->is_infer && s->deadline_at_ms > 0) {
+    double left = s->deadline_at_ms - now_ms();
+    if (left <= MIN_REMAINING_MS) {
+      free(owned);
+      too_late(f, left);
+      return;
+    }
   }
   set_header(f, REQUEST_HEADER, MODEL_HEADER, name, name_len);
   envoy_dynamic_module_callback_http_clear_route_cache(f);
