@@ -1,12 +1,13 @@
 """Where the Envoy config build's time goes at fleet scale (issues 12 + 15).
 
-``python -m benchmarks.ads_profile [--sizes 1000,5000,10000] [--profile]``: one edge region
+``python -m benchmarks.ads_profile [--sizes 1000,5000,10000] [--profile] [--fanout N]``: one edge region
 whose one model has N synthetic rows (N backends in ``controlplane.REGIONS``, one variant
 each, estimates and prices spread as a fleet's are); times ``compile_region`` cold (first
 compile), again with nothing changed, and after one row's flip (the probe's change), and
 the delta-ADS push to one session: bytes of the first push, of the flip, and of a flip of
 the row every order starts with (the worst one-row change). ``--profile``: cProfile of each step, top
-functions by cumulative time. Wall time on this host.
+functions by cumulative time. ``--fanout N``: a change through the ADS server's own path to N
+sessions of the region, per phase (``fanout``). Wall time on this host.
 """
 
 from __future__ import annotations
@@ -81,8 +82,15 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--spread", type=float, default=10.0,
                     help="ms of spread in compute estimates (0: alike, few SLO classes)")
+    ap.add_argument("--fanout", type=int, default=0,
+                    help="N sessions: time a change through the ADS server to each of them")
     args = ap.parse_args()
     SPREAD[0] = args.spread
+    if args.fanout:
+        rows = [r for n in args.sizes.split(",") for r in fanout(int(n), args.fanout)]
+        print(FANOUT_HEADER)
+        print("\n".join(rows))
+        return
     profile, s = build_profile("cheapest", 0.05), EnvoySettings()
     rows = []
     for n in (int(x) for x in args.sizes.split(",")):
@@ -129,6 +137,78 @@ def main() -> None:
           "pushed when the orders' first row flips (B) | route configuration (B) |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     print("\n".join(rows))
+
+
+class _Hub:
+    """The tables an ``AdsServer`` reads (a ``RouteHub``'s ``version`` and ``snapshot``)."""
+
+    def __init__(self, n: int) -> None:
+        self.version, self.n, self.flipped = 1, n, None
+        self._built: dict[int | None, list[placement_pb2.RouteTable]] = {}
+
+    def snapshot(self, region: str) -> list[placement_pb2.RouteTable]:
+        """Built once per state (the hub keeps its tables: building them is not timed)."""
+        if self.flipped not in self._built:
+            self._built[self.flipped] = tables(self.n, flipped=self.flipped)
+        return self._built[self.flipped]
+
+
+def fanout(n: int, sessions: int) -> list[str]:
+    """One region of ``n`` rows and ``sessions`` delta-ADS sessions on the server's own path
+    (``AdsServer``: inputs taken on the loop, compile, apply, then per session the offer and
+    its four pushes, each response serialized as gRPC does per stream): ms per phase for
+    the sessions' first config and for the probe's kind of change (the orders' first row
+    goes unusable), and the bytes one session is sent. Returns table rows."""
+    from services.xds.resources import CLUSTER, LISTENER, ROUTE, EnvoySettings
+    from services.xds.server import AdsServer
+    from services.xds.session import DeltaSession
+    hub = _Hub(n)
+    ads = AdsServer(hub, build_profile("cheapest", 0.05), EnvoySettings())  # type: ignore[arg-type]
+    subs = []
+    for i in range(sessions):
+        sess = DeltaSession(f"edge-{i}", REGIONS[0])
+        for t in (CLUSTER, LISTENER, ROUTE):
+            sess.receive(placement_pb2_req(t))
+        subs.append(sess)
+    out = []
+    for label in ("first config", "orders' first row flipped"):
+        if label != "first config":
+            head = ads.region_config(REGIONS[0]).models["chat"].default[0]
+            hub.flipped = int(head.split("/")[0].removeprefix("be-"))
+            hub.version += 1
+        hub.snapshot(REGIONS[0])
+        t0 = time.perf_counter()
+        inputs = ads._inputs(REGIONS[0])
+        t1 = time.perf_counter()
+        assert inputs is not None
+        compiled = ads._compile_off_loop(REGIONS[0], inputs)
+        t2 = time.perf_counter()
+        rc = ads._apply(REGIONS[0], inputs, compiled)
+        t3 = time.perf_counter()
+        sent = 0
+        for i, sess in enumerate(subs):
+            offered = ads.offer(REGIONS[0], "127.0.0.1", 50051 + i, 0, rc)
+            delta = ads.cluster_delta(REGIONS[0], 0, offered[CLUSTER])
+            for t, res, keep in ((CLUSTER, offered[CLUSTER], True),
+                                 (LISTENER, offered[LISTENER], False),
+                                 (ROUTE, offered[ROUTE], False),
+                                 (CLUSTER, offered[CLUSTER], False)):
+                resp = sess.push(t, res, str(hub.version),
+                                 delta=delta if t == CLUSTER else None, keep=keep)
+                if resp is not None:
+                    b = len(resp.SerializeToString())
+                    sent += b if i == 0 else 0
+        t4 = time.perf_counter()
+        out.append(f"| {n:,} | {sessions} | {label} | {(t1 - t0) * 1e3:,.0f} | "
+                   f"{(t2 - t1) * 1e3:,.0f} | {(t3 - t2) * 1e3:,.0f} | {(t4 - t3) * 1e3:,.0f} | "
+                   f"{sent:,} |")
+        print(out[-1], flush=True)
+    return out
+
+
+FANOUT_HEADER = ("| deployments | sessions | change | inputs on the loop (ms) | compile, worker "
+                 "thread (ms) | apply on the loop (ms) | every session's pushes, serialized, on "
+                 "the loop (ms) | bytes to one session |\n|---:|---:|:---|---:|---:|---:|---:|---:|")
 
 
 def _size(resp: Any) -> int:

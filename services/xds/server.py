@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -72,6 +72,7 @@ log = structlog.get_logger("switchyard.xds")
 ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 ALS_METHOD = "/envoy.service.accesslog.v3.AccessLogService/StreamAccessLogs"
 REPORT_METHOD = PLACEMENT + "ReportObservations"  # the rule the access log is held to
+COMPILE_SHARE = 0.5  # of the time the worker may spend compiling (``AdsServer.compile_wait``)
 Session = DeltaSession | SotwSession
 
 
@@ -98,12 +99,21 @@ class _Compiled:
 
 
 class _Converted(Mapping[str, Candidate]):
-    """A region's rows by deployment, converted when read: learning reads the few the slow
-    path used, and converting 10,000 rows per compile on the loop was most of taking a
-    compile's inputs."""
+    """A region's rows by deployment, indexed when first read and converted when read:
+    learning reads the few the slow path used (none without slow-path calls), and
+    converting 10,000 rows per compile on the loop was most of taking a compile's inputs;
+    indexing them all was still 10.8 of 23.6 s the loop spent taking inputs in a profiled
+    ``benchmarks.controlplane_ads`` run at 10,000 GPUs."""
 
-    def __init__(self, rows: dict[str, placement_pb2.Candidate]) -> None:
-        self.rows = rows
+    def __init__(self, tables: Sequence[placement_pb2.RouteTable]) -> None:
+        self.tables = tables
+        self._rows: dict[str, placement_pb2.Candidate] | None = None
+
+    @property
+    def rows(self) -> dict[str, placement_pb2.Candidate]:
+        if self._rows is None:
+            self._rows = {c.deployment_id: c for t in self.tables for c in t.candidates}
+        return self._rows
 
     def __getitem__(self, key: str) -> Candidate:
         return candidate_from_pb(self.rows[key])
@@ -118,7 +128,8 @@ class _Converted(Mapping[str, Candidate]):
 # xds-protos ships no stubs: its servicer base is Any to mypy.
 class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
     def __init__(self, hub: TableSource, profile: Profile, settings: EnvoySettings,
-                 learn_every_s: float = TIME_CONSTANT_S) -> None:
+                 learn_every_s: float = TIME_CONSTANT_S,
+                 compile_share: float = COMPILE_SHARE) -> None:
         self.hub = hub  # a RouteHub, or a Federation of every shard's (``federation.py``)
         self.federation: Federation | None = hub if isinstance(hub, Federation) else None
         self.profile = profile
@@ -141,6 +152,10 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         self._compiling: dict[str, asyncio.Future[None]] = {}
         self.compiles = 0
         self.compile_s = 0.0  # on the worker thread, for the benchmark
+        # the worker compiles at most this share of the time (``compile_wait``): it holds the
+        # GIL while it compiles, and the loop's share is what ingests telemetry
+        self.compile_share = compile_share
+        self._last_compile = (0.0, 0.0)  # (loop time it ended, seconds it took)
         self._listeners: dict[tuple[str, int, str, bool], Resource] = {}
         self._slow_path: dict[int, Resource] = {}
         # (region, slow-path port) -> (region's clusters, with the slow path, their delta)
@@ -165,22 +180,48 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         """``region_config`` with the compile on the worker thread (the loop keeps serving
         telemetry and the other streams meanwhile): its inputs are taken on the loop (the
         hub's tables as bytes, what was learned), the result applied on the loop. Streams of
-        a region asking while it compiles wait for that compile."""
-        while (running := self._compiling.get(region)) is not None:
+        a region asking while it compiles (or waits for its turn, ``compile_wait``) share
+        that compile: with 100 Envoys and a fleet that publishes all the time, each stream
+        starting its own after waiting for the one before compiled a region once per stream
+        (at 10,000 deployments the last Envoys got their first config after minutes). What
+        the hub published before a stream asked but after the compile it shared took its inputs
+        is the next compile's: the stream asks again (``stale``)."""
+        running = self._compiling.get(region)
+        if running is not None:
             await asyncio.shield(running)
-        inputs = self._inputs(region)
-        if inputs is None:
-            return self._compiled[region].config
+            if region in self._compiled:
+                return self._compiled[region].config
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
         self._compiling[region] = done
         try:
+            if (wait := self.compile_wait(loop.time())) > 0:
+                await asyncio.sleep(wait)  # the worker's share of the time, not a poll
+            inputs = self._inputs(region)
+            if inputs is None:
+                return self._compiled[region].config
+            t0 = loop.time()
             compiled = await loop.run_in_executor(self._worker, self._compile_off_loop,
                                                   region, inputs)
+            self._last_compile = (loop.time(), loop.time() - t0)
             return self._apply(region, inputs, compiled)
         finally:
             del self._compiling[region]
             done.set_result(None)
+
+    def compile_wait(self, now: float) -> float:
+        """Seconds before the worker may start the next compile: after one that took ``d``,
+        ``d × (1 / compile_share − 1)`` from its end (0.5: as long as it took), so compiles
+        hold the worker (and with it the GIL) at most ``compile_share`` of the time; the rest
+        is the loop's, for telemetry, as the hub leaves a backlog at most half of it."""
+        ended, took = self._last_compile
+        return max(0.0, ended + took * (1 / self.compile_share - 1) - now)
+
+    def stale(self, region: str, asked: int) -> bool:
+        """The region's last compile read the hub's tables before version ``asked`` (what a
+        stream was woken for): it shared a compile that was already under way."""
+        cached = self._compiled.get(region)
+        return cached is not None and cached.version < asked
 
     def _compile_off_loop(self, region: str, inputs: _Inputs) -> RegionConfig:
         t0 = time.perf_counter()
@@ -206,8 +247,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             # as a compile would: nothing learned to compile, nothing new (its time moves on)
             cached.version, cached.at = version, self.learning.clock()
             return None
-        rows = {c.deployment_id: c for t in tables for c in t.candidates}
-        return _Inputs(version, raw, self.learning.learned(region, _Converted(rows)))
+        return _Inputs(version, raw, self.learning.learned(region, _Converted(tables)))
 
     def _apply(self, region: str, inputs: _Inputs, compiled: RegionConfig) -> RegionConfig:
         cached = self._compiled.get(region)
@@ -325,6 +365,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             while not closed.is_set() or inbox:
                 await kick.wait()
                 kick.clear()
+                asked = self.hub.version
                 replied = any(req.response_nonce for req in inbox)
                 for req in inbox:
                     session.receive(req)
@@ -332,6 +373,8 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
                 if replied and self.on_reply is not None:
                     self.on_reply(session)
                 rc = await self.region_config_async(region)
+                if self.stale(region, asked) and not closed.is_set():
+                    kick.set()  # woken after the compile this push is from began: again
                 offered = self.offer(region, host, port, slow_port, rc)
                 delta = self.cluster_delta(region, slow_port, offered[CLUSTER])
                 # Make before break: new clusters (kept beside the ones they replace) before

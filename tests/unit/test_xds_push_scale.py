@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import random
 
+import pytest
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
@@ -86,3 +87,55 @@ def test_streams_of_a_region_share_one_compile_on_the_worker_thread() -> None:
         assert all(again[0].clusters[n] is r for n, r in first[0].clusters.items())
 
     asyncio.run(main())
+
+
+class _ReadHub(_Hub):
+    read: asyncio.Event | None = None
+
+    def snapshot(self, region: str) -> list[placement_pb2.RouteTable]:
+        if self.read is not None:
+            self.read.set()
+        return super().snapshot(region)
+
+
+def test_streams_asking_during_a_compile_share_it_and_those_woken_after_it_began_ask_again(
+        ) -> None:
+    """With 100 Envoys and a hub publishing all the time, a stream that waited for its
+    region's compile must not start one of its own (each stream compiled once more, one
+    after the other); one woken by a publish the shared compile did not read asks again."""
+    hub = _ReadHub()
+    ads = AdsServer(hub, build_profile("cheapest"), EnvoySettings())  # type: ignore[arg-type]
+
+    async def main() -> None:
+        await ads.region_config_async("r")
+        assert ads.compiles == 1
+        hub.version, hub.cost = 2, 2e-6
+        hub.read = asyncio.Event()
+        ads._compile_lock.acquire()  # the worker's compile waits until the others asked
+        first = asyncio.create_task(ads.region_config_async("r"))
+        await hub.read.wait()  # the first stream's compile has read the tables
+        hub.version, hub.cost = 3, 3e-6  # published while it compiles
+        asked = hub.version
+        rest = [asyncio.create_task(ads.region_config_async("r")) for _ in range(5)]
+        await asyncio.sleep(0)  # one loop turn: each of them reaches its wait
+        ads._compile_lock.release()
+        got = await first
+        rest = await asyncio.gather(*rest)
+        assert all(rc is got for rc in rest) and ads.compiles == 2  # shared, not 6 more
+        assert ads.stale("r", asked) and not ads.stale("r", 2)
+        again = await ads.region_config_async("r")  # what a re-woken stream asks
+        assert again is not got and ads.compiles == 3 and not ads.stale("r", asked)
+
+    asyncio.run(main())
+
+
+def test_the_worker_compiles_at_most_its_share_of_the_time() -> None:
+    ads = AdsServer(_Hub(), build_profile("cheapest"), EnvoySettings(),  # type: ignore[arg-type]
+                    compile_share=0.5)
+    assert ads.compile_wait(100.0) == 0.0  # nothing compiled yet
+    ads._last_compile = (100.0, 0.4)  # a compile that took 0.4 s ended at 100.0
+    assert ads.compile_wait(100.0) == pytest.approx(0.4)
+    assert ads.compile_wait(100.3) == pytest.approx(0.1)
+    assert ads.compile_wait(100.5) == 0.0
+    ads.compile_share = 0.25
+    assert ads.compile_wait(100.0) == pytest.approx(1.2)
