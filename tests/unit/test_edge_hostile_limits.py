@@ -29,21 +29,33 @@ REGIONS = frozenset({"east", "west"})
 PROFILES = ("cheapest", "fastest")
 
 
+# ... and when a backend's response is over its receive limit.
+TOO_BIG_ANSWER = grpc.aio.AioRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.aio.Metadata(),
+                                      grpc.aio.Metadata(),
+                                      details="CLIENT: Received message larger than max "
+                                              "(16777300 vs. 16777216)")
+
+
 class Refusing(FakeUpstream):
     """Every attempt refused by the edge's own channel (as an over-limit message is)."""
 
+    error = TOO_BIG
+
     async def infer(self, raw: bytes, timeout: float | None = None) -> bytes:
         self.calls.append((self._endpoint, raw))
-        raise TOO_BIG
+        raise self.error
 
 
-async def test_the_edges_own_size_refusal_is_not_retried_nor_held_against_a_backend() -> None:
+@pytest.mark.parametrize("error", [TOO_BIG, TOO_BIG_ANSWER])
+async def test_the_edges_own_size_refusal_is_not_retried_nor_held_against_a_backend(
+        error: grpc.aio.AioRpcError) -> None:
     clock = Clock()
     router, _, done = make_router([cand(0, 1e-6, 5), cand(1, 2e-6, 5)], {}, clock)
     up = Refusing({})
+    up.error = error
     router.upstreams = up  # type: ignore[assignment]
     for _ in range(4):  # more than eject_consecutive_failures (3)
-        with pytest.raises(MessageTooLarge, match="refused the message: Sent message larger"):
+        with pytest.raises(MessageTooLarge, match=r"refused the message: (Sent|Received) mess"):
             await router.infer(RAW, [("x-slo-ms", "100")], 2.0, CallRecord("", ""))
     assert [e for e, _ in up.calls] == ["ep0"] * 4  # one attempt per call, never retried
     assert dict(router.blocked) == {}  # no healthy deployment ejected
