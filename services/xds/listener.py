@@ -106,7 +106,7 @@ def listener(host: str, port: int, region: str, s: EnvoySettings,
                 "@type": _T + "envoy.extensions.filters.http.lua.v3.Lua",
                 "default_source_code": {"inline_string": rewrite.listener_script(
                     lua.model_name_script(s.deadline_margin_ms, slow_path,
-                                          tenant_calls(s)))}}},
+                                          tenant_calls(s), s.max_message_bytes))}}},
             # No per-status-code counters or latency histograms per cluster (nobody reads
             # them: feedback is the access log; upstream_rq_total and the connection stats
             # stay) and no x-envoy-* headers (a Python edge sends none): less work per call

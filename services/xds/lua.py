@@ -44,6 +44,7 @@ import json
 from typing import Literal
 
 from placement.attempts import MIN_REMAINING_S
+from services.edge.hints import HINTS
 
 TenantCalls = Literal["off", "credential", "all"]
 
@@ -110,6 +111,10 @@ local function model_name(body)
   end
   local stop = 5 + ((head:byte(2) * 256 + head:byte(3)) * 256 + head:byte(4)) * 256
                + head:byte(5)
+  if MAX_MESSAGE_BYTES ~= nil and stop - 5 > MAX_MESSAGE_BYTES then
+    return nil, 8, string.format("request of %d bytes is larger than max_message_bytes "
+                                 .. "(%d vs. %d)", stop - 5, stop - 5, MAX_MESSAGE_BYTES)
+  end
   if stop > n then return nil, 3, NOT_PARSED .. " (truncated gRPC message)" end
   local pos, name = 5, nil
   while pos < stop do
@@ -149,6 +154,8 @@ local UNITS = {{H = 3600000, M = 60000, S = 1000, m = 1, u = 0.001, n = 0.000001
 local DEADLINE_CHECKED = {{{", ".join(f'["{SERVICE_PATH}{r}"] = true'
                               for r in DEADLINE_CHECKED_RPCS)}}}
 local MIN_REMAINING_MS = {MIN_REMAINING_S * 1000!r}
+-- a hint sent as a binary header: refused, never skipped (services/edge/hints.py's rule)
+local BIN_HINTS = {{{", ".join(f'["{h}-bin"] = "{h}"' for h in sorted(HINTS))}}}
 
 local function reply(handle, code, message)
   -- a trailers-only gRPC answer: the caller gets this status, never UNKNOWN, and its
@@ -240,6 +247,14 @@ function envoy_on_request(handle)
   if DEADLINE_CHECKED[path] then
     budget = deadline_ms(headers)
     if budget ~= nil and too_little(budget) then return too_late(handle, budget) end
+    for key, _ in pairs(headers) do
+      local hint = BIN_HINTS[key]
+      if hint ~= nil then
+        reply(handle, 3, "metadata " .. key .. ": " .. hint .. " is a text header; a binary "
+                         .. "one is not read as the hint")
+        return
+      end
+    end
   end
   if SLOW_RPCS[path] or (SLOW_PATH and CONTROL_RPCS[path]) then
     return slow(handle, headers, path)
@@ -319,12 +334,17 @@ end
 
 
 def model_name_script(deadline_margin_ms: float, slow_path: bool = False,
-                      tenants: TenantCalls = "off") -> str:
+                      tenants: TenantCalls = "off",
+                      max_message_bytes: int | None = None) -> str:
     """The listener's Lua: slow-path calls sent there (or, without a slow path, refused),
     SLO class header set, model name read; the fast path's cost and SLO trailers.
     ``tenants``: which ModelInfer calls go to the slow path for the tenant gate (``off``:
-    none; ``credential``: those carrying ``authorization`` or ``x-tenant``; ``all``)."""
+    none; ``credential``: those carrying ``authorization`` or ``x-tenant``; ``all``).
+    ``max_message_bytes``: a ModelInfer whose message is larger is RESOURCE_EXHAUSTED,
+    naming the limit, as on the Python edge (Envoy's buffer has headroom above it)."""
+    limit = "nil" if max_message_bytes is None else str(int(max_message_bytes))
     return (f"local DEADLINE_MARGIN_MS = {float(deadline_margin_ms)!r}\n"
+            f"local MAX_MESSAGE_BYTES = {limit}\n"
             f"local SLOW_PATH = {'true' if slow_path else 'false'}\n"
             f"local TENANTS = {json.dumps(tenants)}\n" + _MODEL_NAME)
 

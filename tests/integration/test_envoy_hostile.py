@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 
 import grpc
 import numpy as np
@@ -35,15 +35,24 @@ from services.edge.tokens import llm_request
 from services.edge.upstream import INFER, STREAM
 from services.xds.feedback import final_status
 from tests.envoy_harness import EnvoyMesh, running_envoy_mesh
-from tests.mesh_harness import eventually, mesh_config, request_bytes, summarize_input
+from tests.mesh_harness import (
+    eventually,
+    mesh_config,
+    raw_infer,
+    request_bytes,
+    summarize_input,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
 
 @pytest.fixture(scope="module")
 def cfg(tmp_path_factory: pytest.TempPathFactory) -> MeshConfig:
-    # Ejections last a minute: one that happened must still show when the test looks.
-    return mesh_config(tmp_path_factory.mktemp("envoy-hostile"), eject_base_s=60)
+    # Ejections last a minute: one that happened must still show when the test looks. A
+    # 1 MiB message limit: a request at the limit is sent within the 250 ms per-try timeout
+    # of a loose SLO class on a loaded host (16 MiB, the default, is not: ARCHITECTURE.md).
+    return mesh_config(tmp_path_factory.mktemp("envoy-hostile"), eject_base_s=60,
+                       max_message_bytes=1 << 20)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -126,16 +135,34 @@ def generate_request(model: str = "generate") -> bytes:
     return req.SerializeToString()
 
 
-@contextlib.contextmanager
-def slowed(tritons: dict[str, TritonProcess], factor: float) -> Iterator[None]:
-    """Every backend's model work ``factor`` times longer (the drills' knob), then back."""
+@contextlib.asynccontextmanager
+async def slowed(tritons: dict[str, TritonProcess], factor: float,
+                 deployments: Sequence[str]) -> AsyncIterator[None]:
+    """Every backend's model work ``factor`` times longer (the drills' knob) once each of
+    ``deployments`` takes longer than 20 ms; then back, until every summarize model is back
+    to its speed (each model reads the knob on its own, within ~200 ms)."""
     for proc in tritons.values():
         set_control(proc.repository, slow_factor=factor)
     try:
+        for d in deployments:
+            backend, variant = d.split("/", 1)
+            await eventually(lambda e=tritons[backend].endpoint, v=variant: asyncio.to_thread(
+                outlasts, e, v, 0.02), 10, f"{d} takes longer than 20 ms")
         yield
     finally:
         for proc in tritons.values():
             set_control(proc.repository, slow_factor=1.0)
+        for proc in tritons.values():
+            client = tc.InferenceServerClient(proc.endpoint)
+            try:
+                ready = [v for v in ("summarize-small", "summarize-large")
+                         if client.is_model_ready(v)]
+            finally:
+                client.close()
+            for v in ready:
+                await eventually(lambda v=v, proc=proc: asyncio.to_thread(
+                    lambda: not outlasts(proc.endpoint, v, 0.05)), 10,
+                    f"{v} on {proc.endpoint} back to its speed")
 
 
 BAD_STREAM_DEADLINE_S = 20.0
@@ -277,6 +304,56 @@ async def test_a_call_or_stream_with_a_tiny_deadline_reaches_no_backend(
     assert await asyncio.to_thread(host_requests, mesh) > sent
 
 
+def padded(size: int) -> bytes:
+    """A real summarize request padded to exactly ``size`` bytes with an unknown field (Triton
+    skips it), so the message is as large as the caller chooses."""
+    body = request_bytes()
+    pad = size - len(body) - 6  # tag (2 bytes) and a 4-byte length varint
+    return (body + b"\x92\x01" + bytes([0x80 | (pad & 0x7F), 0x80 | ((pad >> 7) & 0x7F),
+                                        0x80 | ((pad >> 14) & 0x7F), pad >> 21]) + bytes(pad))
+
+
+async def test_a_request_at_exactly_the_size_limit_is_served_and_one_byte_more_refused(
+        cfg: MeshConfig, mesh: EnvoyMesh) -> None:
+    """``max_message_bytes`` is the documented limit on either engine: a request of exactly
+    that size is served at its first attempt and ejects nothing; one byte more is
+    RESOURCE_EXHAUSTED naming the limit, with the caller's request id (Envoy's buffer holds
+    a little more than the limit: before the listener checked, it was served)."""
+    limit = cfg.edge.max_message_bytes
+    async with mesh.channel() as ch:
+        for _ in range(cfg.edge.eject_consecutive_failures + 1):
+            code, tr, details = await raw_infer(ch, [], raw=padded(limit), timeout=30)
+            assert code is grpc.StatusCode.OK, (code, details)
+            assert tr["x-switchyard-path"] == "envoy" and tr["x-attempts"] == "1", tr
+        code, tr, details = await raw_infer(ch, [("x-request-id", "too-large")],
+                                            raw=padded(limit + 1), timeout=30)
+    assert code is grpc.StatusCode.RESOURCE_EXHAUSTED, (code, details)
+    assert str(limit) in details and tr.get("x-request-id") == "too-large", (details, tr)
+    await assert_nothing_ejected(mesh)
+
+
+@pytest.mark.parametrize("key", ["x-min-quality-bin", "x-allowed-regions-bin", "x-slo-ms-bin",
+                                 "x-tenant-bin"])
+async def test_a_hint_in_a_binary_header_is_refused_not_dropped(
+        mesh: EnvoyMesh, key: str) -> None:
+    """gRPC delivers a ``-bin`` header as bytes; skipped, a caller's quality floor, regions,
+    SLO or tenant sent that way were dropped: the call was served on the fast path as if it
+    carried none (before: OK from the cheapest 0.7 variant)."""
+    async with mesh.channel() as ch:
+        code, tr, details = await raw_infer(ch, [(key, b"0.85")])  # type: ignore[list-item]
+        stream = ch.stream_stream(STREAM, request_serializer=None, response_deserializer=None)
+        # No message: the refusal comes with the headers (writing one could race it in the
+        # Python client, which then reports its own INTERNAL).
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async for _ in stream(iter([]), timeout=20, metadata=((key, b"0.85"),)):
+                pass
+    assert code is grpc.StatusCode.INVALID_ARGUMENT, (code, tr)
+    assert key in details and "text header" in details, details
+    assert "x-served-by" not in tr
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT, err.value
+    assert "text header" in (err.value.details() or "")
+
+
 STAT_PREFIX = "cluster.dep_"  # a deployment cluster's stats (Envoy writes its ':' as '_')
 
 
@@ -310,12 +387,8 @@ async def test_callers_own_deadlines_and_cancels_eject_nothing(
     toward ejecting it; the deployment serves the next call."""
     first = await asyncio.to_thread(mesh.call, [("x-slo-ms", "400")])
     cheapest = first["x-served-by"]
-    target = tritons[cheapest.split("/", 1)[0]].endpoint
-    variant = cheapest.split("/", 1)[1]
     sent = await asyncio.to_thread(host_requests, mesh)
-    with slowed(tritons, 40.0):  # every backend's work x40: tens of ms per call
-        await eventually(lambda: asyncio.to_thread(outlasts, target, variant, 0.02), 10,
-                         f"{cheapest} takes longer than 20 ms")
+    async with slowed(tritons, 40.0, [cheapest]):  # x40: tens of ms per call
         codes = await asyncio.to_thread(short_deadline_calls, mesh, 0.02, 20)
         cancels = [await cancel_under_way(mesh, [("x-slo-ms", "400")], f"cancel-{i}",
                                           at_a_deployment(mesh)) for i in range(5)]
@@ -397,7 +470,9 @@ async def test_a_slow_path_call_cancelled_by_its_caller_is_recorded_so_and_eject
     async def attempting() -> bool:
         return sum(router.inflight.values()) > 0
 
-    with slowed(tritons, 40.0):
+    large = [c.deployment_id for c in router.store.candidates["summarize"]
+             if c.variant == "summarize-large"]
+    async with slowed(tritons, 40.0, large):
         cancels = [await cancel_under_way(
             mesh, [("x-slo-ms", "400"), ("x-min-quality", "0.85")], f"slow-cancel-{i}",
             attempting) for i in range(4)]
