@@ -192,7 +192,8 @@ end
 
 -- The call's SLO in ms (the route uses it rounded down: never looser than asked); nil: the
 -- model's default; false and a message: a bad x-slo-ms (as services/edge/hints.py words it).
-local function slo_ms(headers)
+-- Without x-slo-ms: the caller's deadline (budget, ms) less the margin.
+local function slo_ms(headers, budget)
   local n = headers:getNumValues("x-slo-ms")
   if n > 0 then
     local first = headers:getAtIndex("x-slo-ms", 0)
@@ -210,7 +211,6 @@ local function slo_ms(headers)
     end
     return v
   end
-  local budget = deadline_ms(headers)
   if budget ~= nil then
     local slo = budget - DEADLINE_MARGIN_MS
     if slo < 1 then slo = 1 end
@@ -243,9 +243,8 @@ function envoy_on_request(handle)
   local path = headers:get(":path")
   -- the caller's deadline as it stands when its headers are in (the Python edge's clock
   -- starts there too); checked again once a ModelInfer's body is in
-  local t0, budget = now_us(handle), nil
+  local t0, budget = now_us(handle), deadline_ms(headers)
   if DEADLINE_CHECKED[path] then
-    budget = deadline_ms(headers)
     if budget ~= nil and too_little(budget) then return too_late(handle, budget) end
     for key, _ in pairs(headers) do
       local hint = BIN_HINTS[key]
@@ -269,7 +268,7 @@ function envoy_on_request(handle)
       if headers:get(hint) ~= nil then return slow(handle, headers, "hint " .. hint) end
     end
   end
-  local slo, why = slo_ms(headers)
+  local slo, why = slo_ms(headers, budget)
   if slo == false then
     reply(handle, 3, why)
     return
