@@ -18,7 +18,7 @@ import pathlib
 import time
 
 from benchmarks.common import BENCH_DIR, Section, command_for, progress
-from benchmarks.costsim import tokens_report
+from benchmarks.costsim import tokens_bound, tokens_report
 from benchmarks.costsim.tokens_policies import (
     MOVE_CHECK_MS,
     POLICIES,
@@ -37,7 +37,7 @@ from benchmarks.costsim.tokens_workload import (
 from benchmarks.costsim.tokensim import TokenSim
 from placement.stream_guard import GUARD_MAX_AGE_S, GUARD_QUANTILE, GUARD_WINDOW
 from placement.stream_move import MAX_MOVES, MOVE_CONFIRM, MOVE_MARGIN, MOVE_WINDOW
-from placement.streams import GUARDED_HEADROOM, TTFT_HEADROOM
+from placement.streams import FALLBACK_BAND, GUARDED_HEADROOM, TTFT_HEADROOM
 
 ESTIMATE_S = (35, 60)
 SCENARIOS = pathlib.Path(BENCH_DIR, "scenarios", "tokens")
@@ -47,7 +47,10 @@ LEARNED = "switchyard-learned-margin"
 FLEET = "switchyard-fleet"
 FLEET_INSTANT = "switchyard-fleet-instant"
 NO_MOVE = "switchyard-no-move"  # the default before moves (issue 14)
-LOAD_OTHERS = (NO_MOVE, LEARNED, FLEET)  # variants beside switchyard in the load table
+FASTEST_FALLBACK = "switchyard-fastest-fallback"  # the best effort before FALLBACK_BAND
+LOAD_OTHERS = (FASTEST_FALLBACK, NO_MOVE, LEARNED, FLEET)  # beside switchyard, load table
+SPEND_SCENARIO = "tokens-slowdown"  # where the money goes, per pool
+SPEND_POLICIES = ("switchyard", "lowest-latency")
 # written after the others; no parameter of placement/streams.py was chosen on them
 HELD_OUT = {"tokens-rag": "long prompts, short outputs, one hot shared prefix, a region far "
                           "from the cheap GPUs",
@@ -56,15 +59,20 @@ TITLE = "Tokens: LLM streams, Switchyard vs the LLM routers (simulated)"
 
 
 def run_scenario(s: TokenScenario, quick: bool,
-                 policies: tuple[str, ...] = POLICIES + VARIANTS
+                 policies: tuple[str, ...] = POLICIES + VARIANTS,
+                 spent: dict[str, list[tokens_bound.PoolSpend]] | None = None
                  ) -> list[tokens_report.TokenResult]:
+    """Every policy on ``s``'s streams; ``spent``, when given, gets the per-pool spend of
+    ``SPEND_POLICIES``."""
     streams = generate_streams(s, quick)
     progress(f"tokens: {s.name}: {len(streams):,} streams, {len(s.deployments)} deployments")
     out = []
     for name in policies:
         sim = TokenSim(s, streams)
-        result = tokens_report.measure(s, streams, sim.run(make_policy(name, sim, s.seed)),
-                                       name)
+        outcome = sim.run(make_policy(name, sim, s.seed))
+        if spent is not None and name in SPEND_POLICIES:
+            spent[name] = tokens_bound.spend(s, streams, outcome)
+        result = tokens_report.measure(s, streams, outcome, name)
         progress(f"tokens: {s.name}: {name}: {result.both:.2%} within both, "
                  f"${result.usd_per_1m_out:.3f}/1M output tokens")
         out.append(result)
@@ -94,15 +102,20 @@ def load_sensitivity(scenarios: list[TokenScenario]
 def run(quick: bool) -> Section:
     t0 = time.monotonic()
     scenarios = [load_token_scenario(p) for p in sorted(SCENARIOS.glob("*.toml"))]
-    results = [r for s in scenarios for r in run_scenario(s, quick)]
+    spent: dict[str, list[tokens_bound.PoolSpend]] = {}
+    results = [r for s in scenarios
+               for r in run_scenario(s, quick, spent=spent if s.name == SPEND_SCENARIO
+                                     else None)]
     main = [r for r in results if r.policy in POLICIES]
     variants = [r for r in results if r.policy not in POLICIES or r.policy == "switchyard"]
     loads = load_sensitivity(scenarios)
     notes = _notes(scenarios, results, variants, quick)
+    notes += money_notes(scenarios, results, spent, quick)
     notes += [f"#### Load sensitivity (every region's rate ×{', ×'.join(map(str, LOAD_SCALES))}"
               ", quick horizon)", tokens_report.load_table(loads, LOAD_OTHERS),
               tokens_report.load_summary(loads),
               *(tokens_report.load_summary(loads, o) for o in LOAD_OTHERS),
+              tokens_report.adoption_verdict(variants, loads, FASTEST_FALLBACK, "switchyard"),
               tokens_report.default_verdict(variants, loads, NO_MOVE, "switchyard"),
               tokens_report.default_verdict(variants, loads, "switchyard", FLEET)]
     return Section(title=TITLE, command=command_for(__name__, quick),
@@ -163,6 +176,7 @@ def _notes(scenarios: list[TokenScenario], results: list[tokens_report.TokenResu
         "#### Ablations of `placement/streams.py` and `placement/stream_move.py` (same "
         "streams, the same functions without one of their parts)",
         tokens_report.table(variants),
+        *tokens_report.before_after(variants, FASTEST_FALLBACK, "switchyard"),
         *tokens_report.before_after(variants, NO_MOVE, "switchyard"),
         *tokens_report.before_after(variants, "switchyard", LEARNED),
         *tokens_report.before_after(variants, "switchyard-learned-band-only", "switchyard"),
@@ -171,6 +185,10 @@ def _notes(scenarios: list[TokenScenario], results: list[tokens_report.TokenResu
         *tokens_report.before_after(variants, "switchyard", "switchyard-live-tpot"),
         *tokens_report.before_after(variants, "switchyard", FLEET),
         *tokens_report.before_after(variants, "switchyard", FLEET_INSTANT),
+        f"`{FASTEST_FALLBACK}`: a stream nothing is predicted to serve in time goes to the "
+        "fastest deployment (lowest predicted TTFT + max_tokens × TPOT), the best effort "
+        "before this round; the default takes the cheapest of those within "
+        f"{FALLBACK_BAND:.0%} of the fastest's sum (`placement.streams.FALLBACK_BAND`). "
         f"`{NO_MOVE}`: no stream moves mid-decode (the default before moves: a stream "
         "left its deployment only after a failure). "
         f"`{LEARNED}`: each edge also learns a TTFT margin per deployment "
@@ -200,6 +218,44 @@ def _notes(scenarios: list[TokenScenario], results: list[tokens_report.TokenResu
         "every 50 ms with no push delay, an upper bound the live path cannot reach (how much "
         "of the gain the staleness costs).",
     ]
+
+
+def money_notes(scenarios: list[TokenScenario], results: list[tokens_report.TokenResult],
+                spent: dict[str, list[tokens_bound.PoolSpend]], quick: bool) -> list[str]:
+    """Where the money goes on ``SPEND_SCENARIO`` (per pool) and each scenario's offline
+    lower bound (``benchmarks/costsim/tokens_bound.py``) against the run's rows."""
+    by = {(r.scenario, r.policy): (r.both, r.usd_per_1m_out) for r in results}
+    lines = [f"#### Where the money goes ({SPEND_SCENARIO}, same run) and what ≥ "
+             f"{tokens_report.ATTAINMENT_TARGET:.0%} could cost at best"]
+    spend_scn = next((s for s in scenarios if s.name == SPEND_SCENARIO), None)
+    if spend_scn is not None and spent:
+        lines.append(tokens_bound.spend_table(spend_scn, spent))
+        lines += [tokens_bound.spend_summary(spend_scn, p, rows) for p, rows in spent.items()]
+    lines.append("Per pool (a region's GPUs of one kind, price class and variant), counted "
+                 "streams; a moved stream's cost is on the pool it started on; `$/1M out at "
+                 "full batch` is the pool's decode floor at its listed speed (price × "
+                 "TPOT(max batch) / max batch).")
+    lines.append(
+        "Lower bound (`benchmarks/costsim/tokens_bound.py`, an LP over the same counted "
+        "streams, scipy HiGHS): it knows every stream in advance (arrival, region, class, "
+        "lengths, session prefix, speed noise) and each server's true speed when the stream "
+        "arrives (slowdowns included); it assumes no queueing (each server's prefill ms and "
+        "decode share only summed over each period between slowdowns), every session prefix "
+        "cached wherever it goes, each stream's decode billed at the largest mean batch its "
+        "TPOT objective allows (the per-token share tpot(n)/n falls with n and is convex, so "
+        "no batch sequence meeting the objective bills less), streams split fractionally, "
+        f"and it picks the ≤ {1 - tokens_report.ATTAINMENT_TARGET:.0%} of streams it misses "
+        "(billed at their cheapest server's full-batch rate). No router can do better; it is "
+        "loose (a real router has queues and partial batches).")
+    for s in scenarios:
+        streams = generate_streams(s, quick)
+        bound = tokens_bound.lower_bound(s, streams, TokenSim(s, streams).rtt,
+                                         tokens_report.ATTAINMENT_TARGET)
+        progress(f"tokens: {s.name}: lower bound ${bound.usd_per_1m_out:.3f}/1M")
+        lines.append(tokens_bound.bound_line(
+            bound, s.name, {p: by[(s.name, p)] for p in ("switchyard", "lowest-latency")},
+            tokens_report.ATTAINMENT_TARGET, tokens_report.CHEAPER_TARGET))
+    return lines
 
 
 def write_section(section: Section, path: pathlib.Path = RESULTS) -> None:

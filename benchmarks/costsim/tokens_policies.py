@@ -40,6 +40,7 @@ from placement.model import Candidate
 from placement.stream_guard import PendingLog, TtftGuard, fleet_queues, tpot_factors
 from placement.stream_move import MoveWatch, move_options
 from placement.streams import (
+    FALLBACK_BAND,
     LOAD_FACTOR,
     TTFT_HEADROOM,
     FleetQueue,
@@ -72,8 +73,9 @@ class Switchyard:
                  fleet_count: bool = False,
                  report_every_ms: float = REPORT_EVERY_MS,
                  push_delay_ms: float = PUSH_DELAY_MS, move: bool = True,
-                 move_slack: float = 0.0) -> None:
+                 move_slack: float = 0.0, fallback_band: float = FALLBACK_BAND) -> None:
         self.name = name
+        self._fallback_band = fallback_band
         # move: each edge watches its decoding streams' pace (``placement.stream_move``) and
         # moves one predicted to miss its TPOT, as ``services/edge/generation.py`` does
         self.check_every_ms = MOVE_CHECK_MS if move else 0.0
@@ -131,7 +133,8 @@ class Switchyard:
                                              if self.guards else None),
                                tpot_factors=(self._running(edge, now, sim)
                                              if self._live_tpot else None),
-                               fleet=fleet, fleet_load=self._fleet_load)
+                               fleet=fleet, fleet_load=self._fleet_load,
+                               fallback_band=self._fallback_band)
         if not choice.slo_met:
             self.infeasible += 1
         dep = choice.candidate.deployment_id
@@ -338,7 +341,7 @@ POLICIES = ("switchyard", "round-robin", "least-loaded", "prefix-affinity", "low
 # Switchyard ablations: the same function without one of its inputs or its guard band
 VARIANTS = ("switchyard-learned-margin", "switchyard-learned-band-only",
             "switchyard-no-guard-band", "switchyard-no-pending", "switchyard-live-tpot",
-            "switchyard-no-move",
+            "switchyard-no-move", "switchyard-fastest-fallback",
             "switchyard-fleet", "switchyard-fleet-instant")
 # Measured once and rejected (``python -m benchmarks.tokens [--quick] --only NAME --scale S``;
 # within both objectives, chat/code/rag/slowdown), kept runnable:
@@ -368,7 +371,7 @@ VARIANTS = ("switchyard-learned-margin", "switchyard-learned-band-only",
 #   $1.758/$1.720 per 1M, and with ``ttft_headroom=0.3`` on top 96.85/95.40 %.
 REJECTED = ("switchyard-move-slack10", "switchyard-move-slack25", "switchyard-fleet-250ms",
             "switchyard-fleet-count", "switchyard-fleet-rate", "switchyard-fleet-load",
-            "switchyard-fleet-work")
+            "switchyard-fleet-work", "switchyard-fallback-band25")
 
 
 def make_policy(name: str, sim: TokenSim, seed: int) -> Policy:
@@ -385,6 +388,8 @@ def make_policy(name: str, sim: TokenSim, seed: int) -> Policy:
         "switchyard-move-slack10": lambda: Switchyard(sim, name, move_slack=0.1),
         "switchyard-move-slack25": lambda: Switchyard(sim, name, move_slack=0.25),
         "switchyard-fleet": lambda: Switchyard(sim, name, fleet=True),
+        "switchyard-fastest-fallback": lambda: Switchyard(sim, name, fallback_band=0.0),
+        "switchyard-fallback-band25": lambda: Switchyard(sim, name, fallback_band=0.25),
         "switchyard-fleet-instant": lambda: Switchyard(sim, name, fleet=True,
                                                        report_every_ms=50.0, push_delay_ms=0.0),
         "switchyard-fleet-250ms": lambda: Switchyard(sim, name, fleet=True,

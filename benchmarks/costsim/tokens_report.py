@@ -230,3 +230,24 @@ def load_summary(rows: Sequence[tuple[float, dict[str, TokenResult]]],
     return (f"`{policy}`: at other loads (every region's rate scaled; quick horizon) all three "
             f"targets hold in {len(met)} of {len(rows)} cases"
             + (f"; not in {', '.join(missed)}." if missed else "."))
+
+
+def adoption_verdict(at_one: Sequence[TokenResult],
+                     rows: Sequence[tuple[float, dict[str, TokenResult]]],
+                     before: str, after: str) -> str:
+    """Whether ``after`` may replace ``before``: no case (a scenario at ×1, full horizon, or
+    at another load) in which ``before`` held ≥ 99 % within both falls below it."""
+    cases = [(f"{r.scenario} ×1", _find(at_one, r.scenario, before), r)
+             for r in at_one if r.policy == after]
+    cases += [(f"{r[after].scenario} ×{scale:g}", r.get(before), r[after])
+              for scale, r in rows if after in r]
+    lost = [f"{name} {b.both:.2%} → {a.both:.2%}" for name, b, a in cases
+            if b is not None and b.both >= ATTAINMENT_TARGET > a.both]
+    cheaper = sum(1 for _, b, a in cases if b is not None
+                  and a.usd_per_1m_out < b.usd_per_1m_out)
+    return (f"`{after}` against `{before}` over {len(cases)} cases (×1 and the load table): "
+            f"cheaper in {cheaper}; "
+            + (f"below {ATTAINMENT_TARGET:.0%} where `{before}` was not: {', '.join(lost)}: "
+               "not kept by the rule (no case falls below a target it met)." if lost else
+               f"no case falls below {ATTAINMENT_TARGET:.0%} where `{before}` held it: kept by "
+               "the rule."))

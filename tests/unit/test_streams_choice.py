@@ -9,8 +9,10 @@ import pytest
 
 from placement.errors import NoHealthyDeployment
 from placement.streams import (
+    FALLBACK_BAND,
     TTFT_HEADROOM,
     StreamAsk,
+    TokenEstimate,
     choose_stream,
     explain,
     load_bound,
@@ -94,6 +96,49 @@ def test_nothing_feasible_serves_the_fastest_and_says_so() -> None:
                            StreamAsk(100, 50, tpot_ms=1.0))
     assert choice.candidate.backend_id == "fast" and not choice.slo_met
     assert "no deployment meets" in choice.reason
+
+
+def test_nothing_feasible_takes_the_cheapest_of_the_nearly_fastest() -> None:
+    # Two fast GPUs within 10 % of each other on TTFT + M × TPOT, the dearer one a little
+    # faster; a slow cheap one far behind. Nothing meets a 1 ms TPOT objective.
+    dear = TokenEstimate(0.1, 5.0, 1.0, 12.0 / 3600)
+    cheap = TokenEstimate(0.1, 5.4, 1.0, 6.0 / 3600)
+    cands = [cand("dear"), cand("cheap"), cand("slow")]
+    est = {"dear/llm": dear, "cheap/llm": cheap, "slow/llm": SLOW}
+    ask = StreamAsk(100, 50, tpot_ms=1.0)
+    choice = choose_stream(cands, est, {}, ask)
+    assert FALLBACK_BAND == 0.1
+    assert choice.candidate.backend_id == "cheap" and not choice.slo_met
+    assert "the cheapest within 10% of it" in choice.reason
+    # without the band: the fastest, whatever it costs (the rule before)
+    fastest = choose_stream(cands, est, {}, ask, fallback_band=0.0)
+    assert fastest.candidate.backend_id == "dear"
+    # a cheaper deployment beyond the band is not taken: 11 + 50 × 7.4 = 381 ms against
+    # 1.1 × the fastest's 11 + 50 × 5 = 261 ms
+    slower = TokenEstimate(0.1, 7.4, 1.0, 1.0 / 3600)
+    est["cheap/llm"] = slower
+    assert choose_stream(cands, est, {}, ask).candidate.backend_id == "dear"
+
+
+def test_the_best_effort_gives_up_no_objective_the_fastest_meets() -> None:
+    dear = TokenEstimate(0.1, 5.0, 1.0, 12.0 / 3600)
+    cheap = TokenEstimate(0.1, 5.4, 1.0, 6.0 / 3600)
+    cands = [cand("dear"), cand("cheap")]
+    est = {"dear/llm": dear, "cheap/llm": cheap}
+    # nothing meets a 1 ms TTFT; the fastest meets TPOT ≤ 5.2 ms, the cheaper one (5.4 ms,
+    # within the band) would not: the fastest keeps the stream
+    keep_tpot = choose_stream(cands, est, {}, StreamAsk(100, 50, ttft_ms=1.0, tpot_ms=5.2))
+    assert keep_tpot.candidate.backend_id == "dear" and not keep_tpot.slo_met
+    # with a TPOT objective neither meets, the cheaper one within the band takes it
+    both_miss = choose_stream(cands, est, {}, StreamAsk(100, 50, ttft_ms=1.0, tpot_ms=4.0))
+    assert both_miss.candidate.backend_id == "cheap"
+    # the same for TTFT: the fastest meets 11.5 ms (its 11 ms, no headroom), a cheaper one
+    # 2 ms farther would not; it is within the band on TTFT + M × TPOT
+    far = cand("cheap", rtt=3.0)
+    est["cheap/llm"] = TokenEstimate(0.1, 5.0, 1.0, 6.0 / 3600)
+    keep_ttft = choose_stream([cand("dear"), far], est, {},
+                              StreamAsk(100, 50, ttft_ms=11.5, tpot_ms=1.0))
+    assert keep_ttft.candidate.backend_id == "dear"
 
 
 def test_the_prefix_holders_cache_hit_makes_it_feasible() -> None:

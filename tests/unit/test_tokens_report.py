@@ -7,6 +7,7 @@ import dataclasses
 
 from benchmarks.costsim.tokens_report import (
     TokenResult,
+    adoption_verdict,
     default_verdict,
     load_summary,
     load_table,
@@ -97,3 +98,17 @@ def test_the_slowdown_note_counts_the_caught_streams_and_the_moves() -> None:
     assert slowdown_notes([row("switchyard", 0.97, 2.0, 900.0)]) == []
     assert move_notes([moved]) == ["s, switchyard: 4 of 100 streams moved mid-decode, 2 of "
                                    "them within both objectives."]
+
+
+def test_the_adoption_verdict_refuses_a_case_that_falls_below_a_target_it_met() -> None:
+    at_one = [row("before", 0.995, 3.0, 900.0), row("after", 0.991, 2.5, 900.0)]
+    loads = [(2.0, {"before": row("before", 0.985, 2.0, 900.0),
+                    "after": row("after", 0.98, 1.9, 900.0)})]  # both below: not a loss
+    kept = adoption_verdict(at_one, loads, "before", "after")
+    assert "over 2 cases" in kept and "cheaper in 2" in kept and "kept by the rule" in kept
+    fell = [row("before", 0.995, 3.0, 900.0), row("after", 0.989, 2.5, 900.0)]
+    refused = adoption_verdict(fell, loads, "before", "after")
+    assert "s ×1 99.50% → 98.90%" in refused and "not kept by the rule" in refused
+    dearer = [(1.5, {"before": row("before", 0.992, 2.0, 900.0),
+                     "after": row("after", 0.9905, 2.1, 900.0)})]
+    assert "cheaper in 1;" in adoption_verdict(at_one, dearer, "before", "after")
