@@ -6,7 +6,10 @@
 answered DEADLINE_EXCEEDED there and forwarded nowhere, the Python edge's
 ``CallAttempts.check_time_left`` rule (Triton 2.51 can crash on calls cancelled just after they
 arrive); a retry Envoy starts later in the call is not checked (its router knows no caller's
-deadline, and one-variant orders run no upstream Lua). It first sends to the *slow path*
+deadline, and one-variant orders run no upstream Lua). Such a call carrying a hint the
+Python edge reads as a ``-bin`` header is INVALID_ARGUMENT (skipped, it would be served as if
+the caller had sent no floor, region set, SLO or tenant), and a ``ModelInfer`` over
+``max_message_bytes`` RESOURCE_EXHAUSTED naming the limit. It first sends to the *slow path*
 (the co-located Python edge, cluster ``slow-path``) what compiled config cannot express
 exactly: the RPCs in ``SLOW_RPCS`` (a ``ModelStreamInfer`` cannot be body-peeked without
 buffering the whole stream; the others answer for the mesh, not one deployment), the control
@@ -64,10 +67,11 @@ LISTENER_FILTER = "switchyard.model_name"  # route metadata for the listener Lua
 SERVICE_PATH = "/inference.GRPCInferenceService/"
 INFER_PATH = SERVICE_PATH + "ModelInfer"
 STREAM_PATH = SERVICE_PATH + "ModelStreamInfer"
-# RPCs that start attempts at a backend: with under MIN_REMAINING_S of the caller's deadline
+# RPCs that start attempts at a backend: with at most MIN_REMAINING_S of the caller's deadline
 # left, the listener answers DEADLINE_EXCEEDED itself and forwards nothing (the Python edge's
 # CallAttempts.check_time_left rule; Triton 2.51 can crash on calls cancelled just after they
-# arrive, triton-inference-server/server#7368).
+# arrive, triton-inference-server/server#7368); one carrying a hint as a -bin header is
+# INVALID_ARGUMENT (services/edge/hints.py: a hint is never skipped).
 DEADLINE_CHECKED_RPCS = ("ModelInfer", "ModelStreamInfer")
 # RPCs always answered by the slow path: a stream (routed by its first message and pinned
 # there by the Python edge), and what answers for the whole mesh rather than one deployment.
