@@ -43,6 +43,7 @@ from services.edge.generation import Generation
 from services.edge.router import AttemptFailed, CallRecord, Router, local_refusal, status_name
 from services.edge.token_stats import StreamMeter
 from services.edge.tokens import parse_request
+from services.edge.upstream import Upstreams
 from services.edge.wire import rewrite_model_name, scan_model_name
 
 # What writing to an upstream stream that has already ended raises; the request stays in
@@ -95,8 +96,9 @@ class _Pipe:
         async with self.lock:
             self.call, self.variant = call, variant
             try:
-                for req in self.sent:
-                    await call.write(rewrite_model_name(req, self.model, variant))
+                for req in self.sent:  # shielded: a cancelled write cancels the call
+                    await asyncio.shield(call.write(rewrite_model_name(req, self.model,
+                                                                       variant)))
                 if self.client_done:
                     await call.done_writing()
             except _WRITE_ERRORS:
@@ -119,8 +121,9 @@ class _Pipe:
                 self.count += 1
                 self._keep(req)
                 assert self.call is not None
-                with contextlib.suppress(*_WRITE_ERRORS):
-                    await self.call.write(rewrite_model_name(req, self.model, self.variant))
+                with contextlib.suppress(*_WRITE_ERRORS):  # shielded, as in ``attach``
+                    await asyncio.shield(self.call.write(
+                        rewrite_model_name(req, self.model, self.variant)))
         async with self.lock:
             self.client_done = True
             assert self.call is not None
@@ -128,22 +131,33 @@ class _Pipe:
                 await self.call.done_writing()
 
 
-async def _read(call: grpc.aio.StreamStreamCall[bytes, bytes], pump: asyncio.Task[None]) -> object:
-    """The next response, or the pump's error as soon as a request turns out to be bad."""
-    if pump.done() and pump.exception() is None:
-        return await call.read()
-    read = asyncio.ensure_future(call.read())
-    read.add_done_callback(_retrieve)
-    try:
-        await asyncio.wait({read, pump}, return_when=asyncio.FIRST_COMPLETED)
-    except BaseException:
-        read.cancel()
-        raise
-    if not read.done() and pump.exception() is not None:
-        read.cancel()
-        call.cancel()
-        raise pump.exception()  # type: ignore[misc]
-    return await read  # the pump ended normally (the caller half-closed): keep reading
+class _Upstream:
+    """One attempt's upstream call and the read in flight on it. The edge never cancels it:
+    when the stream stops reading it early, ``let_go`` hands it to ``Upstreams.drain``
+    (Triton 2.51 can crash when a client cancels a stream mid-generation)."""
+
+    def __init__(self, call: grpc.aio.StreamStreamCall[bytes, bytes]) -> None:
+        self.call = call
+        self.pending: asyncio.Future[Any] | None = None
+
+    async def read(self, pump: asyncio.Task[None]) -> object:
+        """The next response, or the pump's error as soon as a request turns out to be bad.
+        The caller's cancel does not cancel the read (it stays ``pending`` for the drain)."""
+        if self.pending is None:
+            self.pending = asyncio.ensure_future(self.call.read())
+            self.pending.add_done_callback(_retrieve)
+        while not self.pending.done():
+            if pump.done() and not pump.cancelled() and pump.exception() is not None:
+                raise pump.exception()  # type: ignore[misc]
+            waiting = {self.pending} if pump.done() else {self.pending, pump}
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        read, self.pending = self.pending, None
+        return read.result()
+
+    def let_go(self, upstreams: Upstreams) -> None:
+        """The stream is done with this call: drain it if it still runs."""
+        upstreams.drain(self.call, self.pending)
+        self.pending = None
 
 
 def _retrieve(t: asyncio.Future[Any]) -> None:
@@ -196,13 +210,18 @@ async def route_stream(router: Router, requests: AsyncIterator[bytes],
             tries.started(c)
             call = router.upstreams.get(c.endpoint).stream(
                 timeout=tries.remaining(router.clock()))
-            await pipe.attach(call, c.variant)
+            upstream = _Upstream(call)
+            try:
+                await pipe.attach(call, c.variant)
+            except BaseException:  # the caller cancelled while its requests were replayed
+                upstream.let_go(router.upstreams)
+                raise
             if pump_task is None:
                 pump_task = asyncio.create_task(pipe.pump(requests))
             gen.attempt_started(c)
             moved: bytes | None = None
             try:
-                while (resp := await _read(call, pump_task)) is not grpc.aio.EOF:
+                while (resp := await upstream.read(pump_task)) is not grpc.aio.EOF:
                     gen.response(resp)  # type: ignore[arg-type]
                     if not tries.committed:
                         tries.commit()
@@ -211,7 +230,8 @@ async def route_stream(router: Router, requests: AsyncIterator[bytes],
                         await context.send_initial_metadata(record.trailers())
                     yield resp  # type: ignore[misc]
                     if (moved := gen.moving(c, model, pipe.count)) is not None:
-                        call.cancel()  # its pace will miss x-tpot-ms: resume elsewhere
+                        # its pace will miss x-tpot-ms: resume elsewhere (the call is let
+                        # go of below, not cancelled)
                         pipe.resume(moved)
                         break
             except grpc.aio.AioRpcError as err:
@@ -237,6 +257,7 @@ async def route_stream(router: Router, requests: AsyncIterator[bytes],
                     ctx = dataclasses.replace(ctx, exclude=ctx.exclude | refused)
                 continue
             finally:
+                upstream.let_go(router.upstreams)  # a caller's cancel included
                 gen.attempt_ended(c)
             if moved is not None:  # on to the deployment ``gen.moving`` chose
                 continue

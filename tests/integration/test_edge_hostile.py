@@ -169,13 +169,14 @@ async def test_callers_own_tiny_deadlines_eject_nothing_and_leak_no_task(
     await asyncio.sleep(0)  # one loop turn: the finished attempts' done callbacks run
     gc.collect()  # an unretrieved task exception is reported when the task is collected
     assert await ejected(mesh) == [], why(mesh)
-    # The healthy local backend still serves, at the first attempt. (Asked in its own region:
+    # The healthy local backend still serves (a 17 ms call may be hedged: x-attempts may be
+    # 2, both on east-fast). (Asked in its own region:
     # which deployment a 17 ms call picks among all depends on the host's load, which moves
     # every p95; the call is about east-fast being alive and not blocked.)
     local = [("x-slo-ms", "17"), ("x-allowed-regions", "r-east")]
     before = why(mesh, local)
     tr = await asyncio.to_thread(call, mesh, local)
-    assert tr["x-served-by"].startswith("east-fast/") and tr["x-attempts"] == "1", (
+    assert tr["x-served-by"].startswith("east-fast/"), (
         f"{tr}\nbefore the call: {before}\nafter: {why(mesh, local)}")
     assert mesh.tritons["east-fast"].alive
     leaked = [c for c in loop_errors if "never retrieved" in str(c.get("message"))]
@@ -322,6 +323,34 @@ async def test_a_hint_in_a_binary_header_is_refused_not_dropped(mesh: Mesh, key:
     assert code is grpc.StatusCode.INVALID_ARGUMENT, (code, tr)
     assert key in details and "text header" in details, details
     assert "x-served-by" not in tr
+
+
+MID_GENERATION_CANCELS = 120
+
+
+async def test_streams_cancelled_mid_generation_leave_every_backend_alive(
+        mesh: Mesh, records: list[CallRecord]) -> None:
+    """Callers stop LLM streams mid-generation (a chat UI's stop button). Triton 2.51 can die
+    of SIGSEGV when a client cancels a decoupled stream while it is sending responses
+    (server#7368, fixed in 24.12): the edge passed each caller's cancel on, and a few hundred
+    such streams killed the backends serving them. The edge now lets the upstream stream run
+    to its end in the background (half-closed, responses discarded) instead."""
+    async with grpc.aio.insecure_channel(mesh.edge_address) as ch:
+        stream = ch.stream_stream(STREAM, request_serializer=None, response_deserializer=None)
+        for i in range(MID_GENERATION_CANCELS):
+            c = stream(iter([llm_request("generate", list(range(100, 120)), 60)]), timeout=20,
+                       metadata=(("x-request-id", f"stop-{i}"),))
+            for _ in range(1 + i % 8):  # stopped after 1 to 8 tokens
+                await c.read()
+            c.cancel()
+    upstreams = mesh.edge.router.upstreams
+    await eventually(lambda: not upstreams.draining, 60, "every let-go stream ran to its end")
+    dead = [b for b, p in mesh.tritons.items() if not p.alive]
+    assert dead == [], "\n".join(mesh.tritons[b].log_tail(20) for b in dead)
+    await eventually(lambda: sum(r.request_id.startswith("stop-") for r in records)
+                     == MID_GENERATION_CANCELS, 10)
+    assert {r.status for r in records if r.request_id.startswith("stop-")} == {"CANCELLED"}
+    assert await ejected(mesh) == [], why(mesh)
 
 
 async def test_every_deployment_ejected_is_panic_routed_within_the_hints(mesh: Mesh) -> None:

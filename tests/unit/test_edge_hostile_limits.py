@@ -122,27 +122,43 @@ class EchoCall:
     once, as a backend's channel would after sending it), EOF after the caller half-closes;
     ``fail_after`` responses, the stream fails UNAVAILABLE instead of answering."""
 
-    def __init__(self, fail_after: int | None = None, answer: bool = True) -> None:
+    def __init__(self, fail_after: int | None = None, answer: bool = True,
+                 tokens: int = 0) -> None:
         self.q: asyncio.Queue[object] = asyncio.Queue()
         self.written = 0
-        self.fail_after, self.answer = fail_after, answer
+        self.fail_after, self.answer, self.tokens = fail_after, answer, tokens
+        self.ended = self.cancelled = self.half_closed = False
+        self.read_after_half_close = 0
 
     async def write(self, req: bytes) -> None:
         self.written += 1
         if self.answer:
             await self.q.put(b"resp")
+        for _ in range(self.tokens):  # a generation: many responses to one request
+            await self.q.put(b"token")
 
     async def done_writing(self) -> None:
+        self.half_closed = True
         await self.q.put(grpc.aio.EOF if self.fail_after is None else grpc.StatusCode.UNAVAILABLE)
 
     async def read(self) -> object:
         got = await self.q.get()
+        await asyncio.sleep(0)  # a response takes a loop turn to arrive
+        if self.half_closed:
+            self.read_after_half_close += 1
         if isinstance(got, grpc.StatusCode):
+            self.ended = True
             raise grpc.aio.AioRpcError(got, grpc.aio.Metadata(), grpc.aio.Metadata(),
                                        details="backend went away")
+        if got is grpc.aio.EOF:
+            self.ended = True
         return got
 
+    def done(self) -> bool:
+        return self.ended or self.cancelled
+
     def cancel(self) -> bool:
+        self.cancelled = True
         return True
 
 
@@ -151,6 +167,17 @@ class StreamUpstream(FakeUpstream):
         super().__init__({})
         self.streams: list[tuple[str, EchoCall]] = []
         self.kw = kw
+        self.draining: set[asyncio.Task[None]] = set()
+        self.let_go: list[EchoCall] = []
+
+    def drain(self, call: EchoCall, pending: asyncio.Future[object] | None) -> None:
+        """The real ``Upstreams.drain``, recording what the edge let go of."""
+        self.let_go.append(call)
+        Upstreams.drain(self, call, pending)  # type: ignore[arg-type]
+
+    async def drained(self) -> None:
+        while self.draining:
+            await asyncio.wait(set(self.draining), timeout=5)
 
     def stream(self, timeout: float | None = None) -> EchoCall:
         call = EchoCall(**self.kw)  # type: ignore[arg-type]
@@ -263,3 +290,71 @@ async def test_a_stream_refused_by_the_edges_own_channel_is_not_retried() -> Non
             pass
     assert [e for e, _ in up.streams] == ["ep0"] and dict(router.blocked) == {}
     assert [r.status for r in done] == ["RESOURCE_EXHAUSTED"]
+
+
+# -- a stream the caller stops reading: its upstream is let go of, never cancelled ---------
+
+
+async def test_a_stream_its_caller_cancels_mid_generation_is_drained_not_cancelled() -> None:
+    """Triton 2.51 can SIGSEGV when a client cancels a decoupled stream while it sends
+    responses (server#7368); through the edge, callers cancelling streams mid-generation killed
+    backends. The edge now half-closes the upstream and reads it to its end instead."""
+    router, _, done = make_router([cand(0, 1e-6, 5)], {}, Clock())
+    up = StreamUpstream(tokens=50)
+    router.upstreams = up  # type: ignore[assignment]
+
+    async def caller() -> None:
+        async for _ in route_stream(router, big_messages(1, 1024), [("x-slo-ms", "100")],
+                                    30.0, CallRecord("", ""),
+                                    Context()):  # type: ignore[arg-type]
+            await asyncio.Event().wait()  # reads one response, then waits until cancelled
+
+    task = asyncio.create_task(caller())
+    while not up.streams or up.streams[0][1].q.qsize() < 50:  # noqa: ASYNC110 -- loop turns
+        await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    call = up.streams[0][1]
+    assert up.let_go == [call], "the upstream stream was not handed to the drain"
+    await up.drained()
+    assert not call.cancelled and call.half_closed and call.ended
+    assert call.read_after_half_close >= 49  # read to its end, responses discarded
+    assert [r.status for r in done] == ["CANCELLED"]
+
+
+async def test_a_bad_later_message_ends_the_stream_and_drains_its_upstream() -> None:
+    router, _, done = make_router([cand(0, 1e-6, 5)], {}, Clock())
+    up = StreamUpstream(tokens=20, answer=False)
+    router.upstreams = up  # type: ignore[assignment]
+
+    async def requests() -> AsyncIterator[bytes]:
+        async for r in big_messages(1, 1024):
+            yield r
+        await asyncio.sleep(0)
+        yield b"\xff\xff"  # does not parse
+
+    from placement.errors import InvalidRequest
+    with pytest.raises(InvalidRequest, match="stream message 2"):
+        async for _ in route_stream(router, requests(), [("x-slo-ms", "100")], 30.0,
+                                    CallRecord("", ""), Context()):  # type: ignore[arg-type]
+            pass
+    await up.drained()
+    call = up.streams[0][1]
+    assert up.let_go == [call] and not call.cancelled and call.ended
+    assert [r.status for r in done] == ["INVALID_ARGUMENT"]
+
+
+class Endless(EchoCall):
+    """A stream that never ends, half-closed or not."""
+
+    async def done_writing(self) -> None:
+        self.half_closed = True
+
+
+async def test_a_drain_that_outlasts_its_bound_is_cancelled() -> None:
+    call = Endless(answer=False)
+    up = Upstreams(lambda e: e, 1024)
+    up.drain(call, None, max_s=0.05)  # type: ignore[arg-type]
+    await asyncio.wait(set(up.draining), timeout=5)
+    assert call.cancelled and not up.draining
