@@ -19,8 +19,15 @@ scenario is ~40 million calls). Each bucket:
    the pools still cool) and tightest first (tight calls pin the pools they need to a low
    utilisation) each lose 5-20 % of some lean plan's calls that its own flows serve, so
    each bucket takes the better of the two — an *optimistic* stand-in for edges that move
-   calls away from deployments that miss. What finds no such room is served late where any
-   loaded pool has room (a miss) or fails (a miss);
+   calls away from deployments that miss. The cap a class pins is not kept against a class
+   that tolerates more: once the better of the two orders misses calls, each is also run
+   with *taking back* — a class may take a pool from flows placed there before it at a
+   lower cap when that serves more of its calls than those flows carry, and the calls it
+   displaces are placed again (on their other options) after every class; the best of the
+   four routings counts. Without it a far class that took a sliver of a pool at its low
+   cap (long RTT) kept the pool's local classes off it all day (single-cloud-hetero:
+   7.5 % of the evening's calls late on GPUs the plan had sized for them). What finds no
+   such room is served late where any loaded pool has room (a miss) or fails (a miss);
 4. **control**: the fleet (:mod:`benchmarks.costsim.provisioned_fleets`) sees the bucket's
    observed rates and per-pool utilisation and sets GPU targets and loaded variants; the
    reconciler adds GPUs at once and removes surplus only when no GPU is still booting
@@ -34,17 +41,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
+from benchmarks.costsim.provisioned_router import Router
 from benchmarks.costsim.scenario import Scenario
 from benchmarks.planner import class_rate, keys
 from placement.forecast import ClassKey
-from placement.latency import MAX_RHO
-from placement.plan_types import PlanPool, PlanVariant, Problem, max_utilisation
+from placement.plan_types import Problem
 from services.capacity.provider import Instance
 from services.capacity.simulated import SimPool, SimulatedProvider
 
@@ -75,95 +82,6 @@ class Fleet(Protocol):
     def targets(self) -> Mapping[str, int]: ...
 
     def loaded(self) -> Mapping[str, frozenset[str]]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Routed:
-    met: float  # calls/s within SLO
-    late: float  # calls/s served outside SLO
-    failed: float  # calls/s with no capacity anywhere
-    work: dict[str, float]
-
-
-class Router:
-    """The switchyard rule in fluid form (module doc, step 3); options per class precomputed."""
-
-    def __init__(self, problem: Problem, classes: list[ClassKey]) -> None:
-        self.servers_per_gpu = {p.id: p.concurrency_per_gpu for p in problem.pools}
-        # per class: (pool, variant, ρ*, service s), cheapest per call first
-        self.options: dict[ClassKey, list[tuple[str, str, float, float]]] = {}
-        self.any_fit: dict[ClassKey, list[tuple[str, str, float]]] = {}
-        for k in classes:
-            opts, fits = [], []
-            for p in problem.pools:
-                for v in problem.variants:
-                    if v.model != k.model or v.quality < k.min_quality or (
-                            p.variants and v.name not in p.variants):
-                        continue
-                    s = p.compute_ms(v) / 1000.0
-                    fits.append((p.id, v.name, s))
-                    rho = max_utilisation(problem.rtt_ms(k.edge_region, p.region),
-                                          p.compute_ms(v), p.concurrency_per_gpu,
-                                          k.slo_ms - problem.settings.slo_margin_ms)
-                    if rho > 0:
-                        opts.append((_per_call(p, v), p.id, v.name, rho, s))
-            opts.sort()
-            self.options[k] = [(pid, vn, rho, s) for _, pid, vn, rho, s in opts]
-            self.any_fit[k] = sorted(fits)
-
-    def route(self, rates: Mapping[ClassKey, float], ready: Mapping[str, float],
-              loaded: Mapping[str, frozenset[str]], down: frozenset[str]) -> Routed:
-        """The better (more calls within SLO) of loosest-first and tightest-first."""
-        loose = self._route(rates, ready, loaded, down, lambda k: (-k.slo_ms, k.min_quality, k))
-        if loose.met >= sum(rates.values()) - 1e-9:
-            return loose
-        tight = self._route(rates, ready, loaded, down, lambda k: (k.slo_ms, -k.min_quality, k))
-        return tight if tight.met > loose.met else loose
-
-    def _route(self, rates: Mapping[ClassKey, float], ready: Mapping[str, float],
-               loaded: Mapping[str, frozenset[str]], down: frozenset[str],
-               order: Callable[[ClassKey], tuple[float, float, ClassKey]]) -> Routed:
-        servers = {pid: n * self.servers_per_gpu[pid] for pid, n in ready.items()
-                   if n > 0 and pid not in down}
-        work = dict.fromkeys(servers, 0.0)
-        cap = dict.fromkeys(servers, MAX_RHO)
-        met = late = failed = 0.0
-        left: list[tuple[ClassKey, float]] = []
-        for k in sorted(rates, key=order):
-            rate = rates[k]
-            for pid, vname, rho, s in self.options[k]:
-                if rate <= 1e-12:
-                    break
-                if pid not in servers or vname not in loaded.get(pid, ()):
-                    continue
-                room = (min(cap[pid], rho) * servers[pid] - work[pid]) / s
-                if room <= 1e-12:
-                    continue
-                take = min(rate, room)
-                work[pid] += take * s
-                cap[pid] = min(cap[pid], rho)
-                rate -= take
-                met += take
-            if rate > 1e-12:
-                left.append((k, rate))
-        for k, owed in left:  # late: any loaded variant that may serve it, up to MAX_RHO
-            rate = owed
-            for pid, vname, s in self.any_fit[k]:
-                if rate <= 1e-12:
-                    break
-                if pid not in servers or vname not in loaded.get(pid, ()):
-                    continue
-                take = min(rate, max(0.0, (MAX_RHO * servers[pid] - work[pid]) / s))
-                work[pid] += take * s
-                rate -= take
-                late += take
-            failed += max(rate, 0.0)
-        return Routed(met, late, failed, work)
-
-
-def _per_call(p: PlanPool, v: PlanVariant) -> float:
-    """Placement's cost per call: price per GPU-second × compute seconds over concurrency."""
-    return p.usd_per_gpu_hour / 3600.0 * p.compute_ms(v) / 1000.0 / p.concurrency_per_gpu
 
 
 def demand_day(s: Scenario, scale: float, seed: int, bursts: bool = True,

@@ -186,3 +186,25 @@ def test_the_offline_optimum_requests_the_next_hours_plan_ahead() -> None:
     fleet.control(observed(3400.0, {}, {}))
     assert fleet.targets() == {"a": 3}  # hour 1's GPUs requested before hour 1
     assert fleet.loaded() == {"a": frozenset({"m-small"})}
+
+
+def test_router_lets_a_class_take_a_pool_back_from_a_far_class_that_pinned_its_cap() -> None:
+    # Both classes are cheapest on "near" (r1). The far class (r0, 60 ms away) comes first
+    # and may run it only to 0.375; the local class to 0.54. Pinned at 0.375 the local
+    # class strands calls; taking the pool back serves it, and the far class's calls move
+    # to its own region's pool, as edges move calls off a deployment that now misses.
+    def near_far(a: str, b: str) -> float:
+        return 1.0 if a == b else 60.0
+
+    far, local = ClassKey("m", 0.0, 250.0, "r0"), ClassKey("m", 0.0, 250.0, "r1")
+    near, other = pool("near", "r1", price=1.0), pool("other", "r0", price=2.0)
+    router = sim.Router(Problem((near, other), (V,), (), near_far,
+                                PlannerSettings(survive_region_loss=False)), [far, local])
+    loaded = {"near": frozenset({"m-small"}), "other": frozenset({"m-small"})}
+    r = router.route({far: 2.0, local: 10.0}, {"near": 2, "other": 1}, loaded, frozenset())
+    assert r.met == pytest.approx(12.0) and r.late + r.failed == 0.0
+    assert r.work == {"near": pytest.approx(1.0), "other": pytest.approx(0.2)}
+    # a class never takes a pool from flows that tolerate more than it does
+    tight_first = router._route({far: 2.0, local: 10.0}, {"near": 2, "other": 0}, loaded,
+                                frozenset(), lambda k: (k.slo_ms, k.edge_region != "r1", k))
+    assert (tight_first.met, tight_first.late) == (pytest.approx(10.0), pytest.approx(2.0))
