@@ -35,6 +35,10 @@ STREAM = "/inference.GRPCInferenceService/ModelStreamInfer"
 # Longest a stream the edge let go of is read to its end before it is cancelled anyway
 # (``Upstreams.drain``); its own deadline, the caller's, usually ends it first.
 DRAIN_MAX_S = 60.0
+# Most streams drained at once; past it a stream let go of is cancelled as before (draining
+# costs the backend the rest of each generation: a caller cancelling many long streams must
+# not buy unbounded work with it).
+MAX_DRAINING = 128
 
 
 @dataclass(slots=True)
@@ -68,6 +72,7 @@ class Upstreams:
         ]
         self._by_endpoint: dict[str, Upstream] = {}
         self.draining: set[asyncio.Task[None]] = set()  # streams let go of, still running
+        self.drains_refused = 0  # let go of past MAX_DRAINING: cancelled instead
 
     def get(self, endpoint: str) -> Upstream:
         up = self._by_endpoint.get(endpoint)
@@ -91,8 +96,13 @@ class Upstreams:
         it), and cancelled only after ``max_s``. Triton 2.51, the pinned wheel's, can die of
         SIGSEGV when a client cancels a decoupled stream while responses are being sent
         (triton-inference-server/server#7368, fixed in 24.12): through the edge, callers
-        cancelling 300-token streams 25-30 ms in killed it within a few hundred streams."""
+        cancelling 300-token streams 25-30 ms in killed it within a few hundred streams.
+        At most ``MAX_DRAINING`` at once: past it the call is cancelled."""
         if call.done():
+            return
+        if len(self.draining) >= MAX_DRAINING:
+            self.drains_refused += 1
+            call.cancel()
             return
         task = asyncio.create_task(_drain(call, pending, max_s))
         self.draining.add(task)

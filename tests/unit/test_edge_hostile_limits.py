@@ -16,7 +16,7 @@ from placement.errors import BackendFailed, InvalidHint, MessageTooLarge
 from services.edge import hints as hint_parser
 from services.edge.router import CallRecord
 from services.edge.stream import REPLAY_MAX_BYTES, route_stream
-from services.edge.upstream import Upstreams
+from services.edge.upstream import MAX_DRAINING, Upstreams
 from services.edge.wire import _MAX_NAME, REWRITE_HEADROOM_BYTES, encode_name_field
 from tests.unit.test_edge_resilience import RAW, Clock, FakeUpstream, cand, make_router
 
@@ -358,3 +358,19 @@ async def test_a_drain_that_outlasts_its_bound_is_cancelled() -> None:
     up.drain(call, None, max_s=0.05)  # type: ignore[arg-type]
     await asyncio.wait(set(up.draining), timeout=5)
     assert call.cancelled and not up.draining
+
+
+async def test_past_the_drain_limit_a_stream_let_go_of_is_cancelled() -> None:
+    """Draining costs the backend the rest of each generation: a caller cancelling many long
+    streams at once gets at most ``MAX_DRAINING`` of them run to their end."""
+    up = Upstreams(lambda e: e, 1024)
+    calls = [Endless(answer=False) for _ in range(MAX_DRAINING + 3)]
+    for call in calls:
+        up.drain(call, None)  # type: ignore[arg-type]
+    assert len(up.draining) == MAX_DRAINING and up.drains_refused == 3
+    assert [c.cancelled for c in calls[-3:]] == [True] * 3
+    assert not any(c.cancelled for c in calls[:MAX_DRAINING])
+    tasks = set(up.draining)
+    await up.close()  # the edge stopping: no drain outlives it (its channels cancel the calls)
+    await asyncio.wait(tasks, timeout=5)
+    assert all(t.done() for t in tasks) and not up.draining
