@@ -77,6 +77,11 @@ class AttemptSettings:
     hedge_max_slo_ms: float = 0.0  # calls with an SLO up to this are hedged; 0 = never
     min_attempt_timeout_s: float = 0.25
     attempt_timeout_factor: float = 4.0  # an attempt may take this many times its p95
+    # An attempt's bound also allows its request's bytes at this rate: a p95 is learned from
+    # the usual calls, and a 16 MiB request (within max_message_bytes) took 0.3-1.3 s to cross
+    # the emulated WAN relay on a loaded host; cut at 250 ms, such calls were retried and
+    # ejected four healthy deployments in 40 calls.
+    min_transfer_bytes_per_s: float = 8e6
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,9 +139,11 @@ class CallAttempts:
         """An attempt on ``c`` is about to be sent."""
         self.attempts += 1
 
-    def next_timeout(self, c: Estimated, now: float, *, alone: bool = False) -> float | None:
+    def next_timeout(self, c: Estimated, now: float, *, alone: bool = False,
+                     size_bytes: int = 0) -> float | None:
         """The attempt's timeout: the rest of the deadline, shortened while retries remain
-        (``attempt_timeout_factor`` × its p95, at least ``min_attempt_timeout_s``).
+        (``attempt_timeout_factor`` × its p95, at least ``min_attempt_timeout_s``, plus
+        ``size_bytes`` at ``min_transfer_bytes_per_s``).
 
         ``alone``: no deployment off ``c``'s server could take a retry (a timeout excludes
         the whole server, see ``SERVER_FAILURES``), so a retry has nowhere to go and the
@@ -145,7 +152,8 @@ class CallAttempts:
         of the caller's deadline unused (issue 13: the only deployment meeting a quality
         floor, briefly slow while a variant loaded on the same CPU)."""
         s = self.settings
-        bound = max(s.min_attempt_timeout_s, s.attempt_timeout_factor * c.latency_p95_ms / 1000)
+        bound = (max(s.min_attempt_timeout_s, s.attempt_timeout_factor * c.latency_p95_ms / 1000)
+                 + size_bytes / s.min_transfer_bytes_per_s)
         remaining = self.remaining(now)
         if remaining is None:
             return None if self.last or alone else bound

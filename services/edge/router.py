@@ -214,7 +214,8 @@ class Router:
                     else:
                         alone = not tries.last and self._alone(c, cands, ctx, profile)
                         response = await self._attempt(
-                            c, model, raw, tries.next_timeout(c, self.clock(), alone=alone))
+                            c, model, raw, tries.next_timeout(c, self.clock(), alone=alone,
+                                                              size_bytes=len(raw)))
                 except AttemptFailed as f:
                     failure = f
                     record.chosen = f.candidate
@@ -294,7 +295,8 @@ class Router:
 
         def launch(c: Candidate) -> asyncio.Future[bytes]:
             t = asyncio.ensure_future(
-                self._attempt(c, model, raw, tries.next_timeout(c, self.clock())))
+                self._attempt(c, model, raw,
+                              tries.next_timeout(c, self.clock(), size_bytes=len(raw))))
             by_task[t] = c
             return t
 

@@ -193,9 +193,9 @@ class Context:
 async def big_messages(n: int, size: int) -> AsyncIterator[bytes]:
     """``n`` requests naming model ``m``, each padded to ``size`` bytes (an unknown field)."""
     for _ in range(n):
-        pad = size - len(RAW) - 5
+        pad = size - len(RAW) - 6  # tag (2 bytes), a 4-byte length varint
         yield RAW + b"\x92\x01" + bytes([0x80 | (pad & 0x7F), 0x80 | ((pad >> 7) & 0x7F),
-                                         pad >> 14]) + bytes(pad)
+                                         0x80 | ((pad >> 14) & 0x7F), pad >> 21]) + bytes(pad)
         await asyncio.sleep(0)  # the caller's next message arrives on a later loop turn
 
 
@@ -374,3 +374,40 @@ async def test_past_the_drain_limit_a_stream_let_go_of_is_cancelled() -> None:
     await up.close()  # the edge stopping: no drain outlives it (its channels cancel the calls)
     await asyncio.wait(tasks, timeout=5)
     assert all(t.done() for t in tasks) and not up.draining
+
+
+# -- a large request's attempt gets the time to cross the wire -----------------------------
+
+
+class Timed(FakeUpstream):
+    """Records each attempt's timeout."""
+
+    def __init__(self) -> None:
+        super().__init__({})
+        self.timeouts: list[float | None] = []
+
+    async def infer(self, raw: bytes, timeout: float | None = None) -> bytes:
+        self.timeouts.append(timeout)
+        return b"ok"
+
+
+def test_an_attempts_bound_allows_its_requests_bytes() -> None:
+    settings = AttemptSettings()
+    tries = AttemptPolicy(settings).start(None)
+    c = cand(0, 1e-6, 5)
+    assert tries.next_timeout(c, 0.0) == settings.min_attempt_timeout_s
+    assert tries.next_timeout(c, 0.0, size_bytes=16 * MIB) == pytest.approx(
+        settings.min_attempt_timeout_s + 16 * MIB / settings.min_transfer_bytes_per_s)
+
+
+async def test_a_16_mib_request_is_not_cut_at_the_usual_attempt_timeout() -> None:
+    """A p95 is learned from the usual calls: a 16 MiB request (within max_message_bytes) cut
+    at 250 ms was retried, and sustained, such calls ejected healthy deployments."""
+    router, _, _ = make_router([cand(0, 1e-6, 5), cand(1, 2e-6, 5)], {}, Clock())
+    up = Timed()
+    router.upstreams = up  # type: ignore[assignment]
+    big = await anext(big_messages(1, 16 * MIB))
+    await router.infer(RAW, [("x-slo-ms", "100")], 30.0, CallRecord("", ""))
+    await router.infer(big, [("x-slo-ms", "100")], 30.0, CallRecord("", ""))
+    small_t, big_t = up.timeouts
+    assert small_t == pytest.approx(0.25, abs=1e-3) and big_t is not None and big_t > 2.0
