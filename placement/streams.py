@@ -36,7 +36,8 @@ had room). Only when every feasible deployment is at its bound does the least lo
 them take the stream.
 The holder's cache hit enters its TTFT and cost, so it wins whenever the hit makes it
 feasible or cheaper. Nothing feasible: the cheapest of the deployments whose predicted
-TTFT + M × TPOT is within ``FALLBACK_BAND`` of the lowest and that are predicted to meet
+TTFT + M × TPOT, and TTFT and TPOT each (for the objectives asked), are within
+``FALLBACK_BAND`` of the fastest's (lowest TTFT + M × TPOT) and that are predicted to meet
 every objective the fastest is predicted to meet (the whole objective, no headroom), marked
 ``slo_met=False`` (a best effort: the fastest, unless one nearly as fast, giving up nothing
 more, costs less).
@@ -70,8 +71,10 @@ TTFT_HEADROOM = 0.5
 GUARDED_HEADROOM = 0.05
 # Nothing feasible: the stream is a best effort on the fastest deployment (lowest predicted
 # TTFT + M × TPOT), or on the cheapest of those within this fraction of the fastest's sum
-# that meet every objective the fastest meets (without that condition tokens-rag ×1, full
-# horizon, fell from 99.29 to 99.03 %: TPOT misses given up for cost).
+# and of its TTFT and TPOT each that meet every objective the fastest meets (without that
+# condition tokens-rag ×1, full horizon, fell from 99.29 to 99.03 %: TPOT misses given up for
+# cost; with the sum alone, a two-token stream asking a TPOT nothing met went to a GPU 4×
+# slower per token whose TTFT made the sum close: test_llm_streams under load).
 # The fastest alone sent long prompts that fit nowhere to whichever H100 was a few ms faster,
 # at a batch of one or two: 17 % of tokens-slowdown's cost for 3 % of its streams (quick
 # horizon). Chosen on tokens-chat/-code (``--quick --only switchyard --scale``, ×1/×1.5/
@@ -241,7 +244,8 @@ def choose_stream(cands: Sequence[Candidate], estimates: Mapping[str, TokenEstim
     in the batch the stream joins (the TPOT line must then be learned against the same
     count); the load bound still counts this edge's streams only. ``fallback_band``: with
     nothing feasible, how much slower than the fastest (TTFT + M × TPOT) the best effort may
-    be if it is cheaper and meets every objective the fastest meets (0: the fastest)."""
+    be, in TTFT + M × TPOT and in each objective asked, if it is cheaper and meets every
+    objective the fastest meets (0: the fastest)."""
     if not cands:
         raise NoHealthyDeployment("no deployment may serve this stream")
     queued, margins, slower = pending or {}, ttft_margins or {}, tpot_factors or {}
@@ -263,7 +267,8 @@ def choose_stream(cands: Sequence[Candidate], estimates: Mapping[str, TokenEstim
             return o.ttft_ms + o.margin_ms + ask.max_tokens * o.tpot_ms
 
         fastest = min(options, key=lambda o: (total(o), o.cost_usd))
-        near = [o for o in options if total(o) <= total(fastest) * (1.0 + fallback_band)
+        near = [o for o in options if _near(o, fastest, ask, fallback_band)
+                and total(o) <= total(fastest) * (1.0 + fallback_band)
                 and _keeps(o, fastest, ask)]
         best = min(near, key=lambda o: (o.cost_usd, total(o)))
         return StreamChoice(best.candidate, False,
@@ -287,6 +292,15 @@ def choose_stream(cands: Sequence[Candidate], estimates: Mapping[str, TokenEstim
     return StreamChoice(in_band[d].candidate, True,
                         "cheapest feasible under the load bound; first in the session's "
                         "hash order", options)
+
+
+def _near(o: StreamOption, fastest: StreamOption, ask: StreamAsk, band: float) -> bool:
+    """``o``'s predicted TTFT and TPOT are each within ``band`` of ``fastest``'s, for each
+    objective the stream asks."""
+    if ask.ttft_ms is not None and o.ttft_ms + o.margin_ms > (
+            fastest.ttft_ms + fastest.margin_ms) * (1.0 + band):
+        return False
+    return not (ask.tpot_ms is not None and o.tpot_ms > fastest.tpot_ms * (1.0 + band))
 
 
 def _keeps(o: StreamOption, fastest: StreamOption, ask: StreamAsk) -> bool:

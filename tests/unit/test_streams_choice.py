@@ -120,6 +120,21 @@ def test_nothing_feasible_takes_the_cheapest_of_the_nearly_fastest() -> None:
     assert choose_stream(cands, est, {}, ask).candidate.backend_id == "dear"
 
 
+def test_the_best_effort_is_nearly_as_fast_on_each_objective_not_only_on_the_sum() -> None:
+    # two tokens: the 11 ms TTFT dominates the sum, so a 20 % slower TPOT (6 against 5 ms)
+    # is within 10 % of the fastest's TTFT + M × TPOT (23 against 21 ms) but not on TPOT
+    dear = TokenEstimate(0.1, 5.0, 1.0, 12.0 / 3600)
+    slow_decode = TokenEstimate(0.1, 6.0, 1.0, 1.0 / 3600)
+    cands = [cand("dear"), cand("cheap")]
+    choice = choose_stream(cands, {"dear/llm": dear, "cheap/llm": slow_decode}, {},
+                           StreamAsk(100, 2, ttft_ms=1.0, tpot_ms=1.0))
+    assert choice.candidate.backend_id == "dear" and not choice.slo_met
+    near_decode = TokenEstimate(0.1, 5.4, 1.0, 1.0 / 3600)  # 8 % slower: within the band
+    choice = choose_stream(cands, {"dear/llm": dear, "cheap/llm": near_decode}, {},
+                           StreamAsk(100, 2, ttft_ms=1.0, tpot_ms=1.0))
+    assert choice.candidate.backend_id == "cheap"
+
+
 def test_the_best_effort_gives_up_no_objective_the_fastest_meets() -> None:
     dear = TokenEstimate(0.1, 5.0, 1.0, 12.0 / 3600)
     cheap = TokenEstimate(0.1, 5.4, 1.0, 6.0 / 3600)
