@@ -172,7 +172,7 @@ class HealthChecker:
         t0 = time.perf_counter()
         detail = ""
         try:
-            resp = await self.upstreams.get(endpoint).stub.ServerReady(
+            resp = await self.upstreams.get(endpoint).checks.ServerReady(
                 service_pb2.ServerReadyRequest(), timeout=self.timeout_s)
             ok = resp.ready
             detail = "" if ok else "answered not ready"

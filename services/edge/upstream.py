@@ -48,6 +48,11 @@ class Upstream:
     infer: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]
     stream: grpc.aio.StreamStreamMultiCallable[bytes, bytes]
     stub: service_pb2_grpc.GRPCInferenceServiceStub
+    # Active health checks on a connection of their own: on the calls' connection a check
+    # waited behind megabytes of request bytes (8 callers sending 16 MiB requests had every
+    # remote backend's check time out and its deployments blocked).
+    check_channel: grpc.aio.Channel
+    checks: service_pb2_grpc.GRPCInferenceServiceStub
 
 
 class Upstreams:
@@ -79,12 +84,17 @@ class Upstreams:
         if up is None:
             address = self.dial(endpoint)
             ch = grpc.aio.insecure_channel(address, options=self.options)
+            # A channel argument of its own: gRPC shares a connection between channels whose
+            # target and arguments are the same.
+            checks = grpc.aio.insecure_channel(
+                address, options=[*self.options, ("switchyard.purpose", "health-checks")])
             up = Upstream(address, ch,
                           ch.unary_unary(INFER, request_serializer=None,
                                          response_deserializer=None),
                           ch.stream_stream(STREAM, request_serializer=None,
                                            response_deserializer=None),
-                          service_pb2_grpc.GRPCInferenceServiceStub(ch))
+                          service_pb2_grpc.GRPCInferenceServiceStub(ch), checks,
+                          service_pb2_grpc.GRPCInferenceServiceStub(checks))
             self._by_endpoint[endpoint] = up
         return up
 
@@ -113,6 +123,7 @@ class Upstreams:
             task.cancel()
         for up in self._by_endpoint.values():
             await up.channel.close()
+            await up.check_channel.close()
         self._by_endpoint.clear()
 
 

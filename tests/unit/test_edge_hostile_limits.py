@@ -411,3 +411,35 @@ async def test_a_16_mib_request_is_not_cut_at_the_usual_attempt_timeout() -> Non
     await router.infer(big, [("x-slo-ms", "100")], 30.0, CallRecord("", ""))
     small_t, big_t = up.timeouts
     assert small_t == pytest.approx(0.25, abs=1e-3) and big_t is not None and big_t > 2.0
+
+
+async def test_health_checks_have_a_connection_of_their_own() -> None:
+    """On the calls' connection a check waited behind megabytes of request bytes: 8 callers
+    sending 16 MiB requests had every remote backend's check time out. A real gRPC server on
+    127.0.0.1 sees the calls' stub and the checks' stub come from two connections."""
+    from tritonclient.grpc import service_pb2
+
+    peers: list[str] = []
+
+    async def ready(_req: service_pb2.ServerReadyRequest,
+                    context: grpc.aio.ServicerContext[object, object]
+                    ) -> service_pb2.ServerReadyResponse:
+        peers.append(context.peer())
+        return service_pb2.ServerReadyResponse(ready=True)
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "inference.GRPCInferenceService", {"ServerReady": grpc.unary_unary_rpc_method_handler(
+            ready, request_deserializer=service_pb2.ServerReadyRequest.FromString,
+            response_serializer=service_pb2.ServerReadyResponse.SerializeToString)}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    ups = Upstreams(lambda e: e, 1024)
+    try:
+        up = ups.get(f"127.0.0.1:{port}")
+        for stub in (up.stub, up.checks, up.stub, up.checks):
+            assert (await stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=5)).ready
+        assert peers[0] == peers[2] and peers[1] == peers[3] and peers[0] != peers[1], peers
+    finally:
+        await ups.close()
+        await server.stop(None)
