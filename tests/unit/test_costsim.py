@@ -76,11 +76,12 @@ def test_pool_without_a_listed_price_needs_an_override_with_a_source() -> None:
         == pytest.approx(0.5 / 3600)
 
 
-def test_same_seed_same_trace_and_same_results(small) -> None:  # type: ignore[no-untyped-def]
+def test_same_seed_same_trace_and_same_results(small, results) -> None:  # type: ignore[no-untyped-def]
     s, trace = small
     again = generate(s, quick=True)
     assert np.array_equal(trace.t, again.t) and np.array_equal(trace.klass, again.klass)
-    a, b = simulate(s, trace, "switchyard"), simulate(s, again, "switchyard")
+    # The module's run of the trace (after or among the other policies' runs) and a new one.
+    a, b = results["switchyard"], simulate(s, again, "switchyard")
     assert np.array_equal(a.final_dep, b.final_dep)
     assert np.array_equal(a.latency_ms, b.latency_ms, equal_nan=True)
     assert a.cost_usd == b.cost_usd
