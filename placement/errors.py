@@ -10,6 +10,8 @@
     ├── MessageTooLarge                  RESOURCE_EXHAUSTED   over the configured size limit
     ├── NothingFeasible                  RESOURCE_EXHAUSTED   fail-fast, nothing meets the call
     ├── RetryBudgetExhausted             RESOURCE_EXHAUSTED   too many retries fleet-wide right now
+    ├── CostCapReached                   RESOURCE_EXHAUSTED   a stream's next response would take
+    │                                                         it over the caller's x-max-cost-usd
     ├── NoHealthyDeployment              UNAVAILABLE          nothing healthy is allowed to serve
     ├── PolicyUnsatisfiable              FAILED_PRECONDITION  no deployment, healthy or not, meets
     │                                                         the call's quality/cost/regions
@@ -97,6 +99,13 @@ class DeadlineTooShort(SwitchyardError):
     unary calls, streams and hedges alike): the call stops at the edge, nothing is forwarded."""
 
     grpc_code = "DEADLINE_EXCEEDED"
+
+
+class CostCapReached(SwitchyardError):
+    """A stream's cost so far, with the response that just arrived, is over the caller's
+    ``x-max-cost-usd``: that response and the rest are not sent (the ones before were)."""
+
+    grpc_code = "RESOURCE_EXHAUSTED"
 
 
 class PolicyUnsatisfiable(SwitchyardError):

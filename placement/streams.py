@@ -53,7 +53,7 @@ import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from placement.errors import NoHealthyDeployment
+from placement.errors import NoHealthyDeployment, PolicyUnsatisfiable
 from placement.model import Candidate
 
 RING_POINTS = 16  # virtual points per deployment on the hash ring
@@ -231,7 +231,8 @@ def choose_stream(cands: Sequence[Candidate], estimates: Mapping[str, TokenEstim
                   tpot_factors: Mapping[str, float] | None = None,
                   fleet: Mapping[str, FleetQueue] | None = None,
                   fleet_load: bool = False,
-                  fallback_band: float = FALLBACK_BAND) -> StreamChoice:
+                  fallback_band: float = FALLBACK_BAND,
+                  max_cost_usd: float = math.inf) -> StreamChoice:
     """The deployment for one stream (``cands`` already passed the call's hard filters).
     ``pending``: per deployment, the uncached prompt tokens of this edge's streams there that
     still wait for their first token (none known: empty). ``ttft_headroom``: the fraction of
@@ -248,7 +249,9 @@ def choose_stream(cands: Sequence[Candidate], estimates: Mapping[str, TokenEstim
     count); the load bound still counts this edge's streams only. ``fallback_band``: with
     nothing feasible, how much slower than the fastest (TTFT + M × TPOT) the best effort may
     be, in TTFT + M × TPOT and in TPOT when asked, if it is cheaper and meets every
-    objective the fastest meets (0: the fastest)."""
+    objective the fastest meets (0: the fastest). ``max_cost_usd``: the caller's cap
+    (``x-max-cost-usd``); a deployment whose predicted stream cost is over it is not an
+    option (one not yet measured predicts 0: the edge stops such a stream at the cap)."""
     if not cands:
         raise NoHealthyDeployment("no deployment may serve this stream")
     queued, margins, slower = pending or {}, ttft_margins or {}, tpot_factors or {}
@@ -259,6 +262,9 @@ def choose_stream(cands: Sequence[Candidate], estimates: Mapping[str, TokenEstim
                          margins.get(c.deployment_id), slower.get(c.deployment_id, 1.0),
                          _others(reported.get(c.deployment_id)))
                  for c in cands]
+    if max_cost_usd < math.inf:
+        predicted = affordable(predicted, ask, max_cost_usd)
+        cands = [o.candidate for o in predicted]
     feasible_ids = [o.candidate.deployment_id for o in predicted if o.feasible]
     bound = load_bound(loads, _cheapest_tier(feasible_ids, estimates, band) or
                        [c.deployment_id for c in cands], load_factor)
@@ -295,6 +301,26 @@ def choose_stream(cands: Sequence[Candidate], estimates: Mapping[str, TokenEstim
     return StreamChoice(in_band[d].candidate, True,
                         "cheapest feasible under the load bound; first in the session's "
                         "hash order", options)
+
+
+def affordable(options: Sequence[StreamOption], ask: StreamAsk,
+               max_cost_usd: float) -> list[StreamOption]:
+    """The options whose predicted cost for ``ask`` is within the caller's cap; none: the
+    cap excludes every deployment (``PolicyUnsatisfiable``, naming each one's prediction)."""
+    kept = [o for o in options if o.cost_usd <= max_cost_usd]
+    if kept:
+        return kept
+    cheapest = min(options, key=lambda o: o.cost_usd)
+    raise PolicyUnsatisfiable(
+        f"x-max-cost-usd {max_cost_usd:g}: no deployment is predicted to serve this stream "
+        f"({ask.prompt_tokens} prompt tokens, {ask.max_tokens} output tokens) within it; the "
+        f"cheapest, {cheapest.candidate.deployment_id}, predicts ${cheapest.cost_usd:.10f}",
+        best_quality=max(o.candidate.quality for o in options),
+        lowest_cost_usd=cheapest.cost_usd,
+        regions=tuple(sorted({o.candidate.region for o in options})),
+        removed={o.candidate.deployment_id:
+                 f"predicted stream cost ${o.cost_usd:.10f} > cap ${max_cost_usd:.10f}"
+                 for o in options})
 
 
 def _near(o: StreamOption, fastest: StreamOption, ask: StreamAsk, band: float) -> bool:

@@ -19,6 +19,7 @@ stream is chosen by the call's profile and its responses are only counted.
 from __future__ import annotations
 
 import asyncio
+import math
 import zlib
 from collections.abc import Sequence
 
@@ -26,7 +27,7 @@ import grpc
 from tritonclient.grpc import service_pb2
 
 from placement.attempts import CallAttempts
-from placement.errors import NoHealthyDeployment
+from placement.errors import CostCapReached, NoHealthyDeployment
 from placement.model import CallContext, Candidate
 from placement.pipeline import Profile
 from placement.stream_move import MoveWatch, move_options
@@ -63,6 +64,8 @@ class Generation:
         self._eligible: list[Candidate] = []  # what the last plan could choose from
         self._watch: MoveWatch | None = None
         self._move_to: Candidate | None = None  # where ``moving`` decided to continue
+        self._cap = math.inf  # the caller's x-max-cost-usd: no response takes the cost past it
+        self._on: Candidate | None = None  # the current attempt's deployment
         meter.tokens_in, meter.measured = (len(llm.prompt), True) if llm else (0, False)
 
     @property
@@ -72,6 +75,7 @@ class Generation:
     def choose(self, profile: Profile, cands: Sequence[Candidate], ctx: CallContext
                ) -> tuple[Candidate, bool]:
         """The deployment for the next attempt and whether it meets the objectives."""
+        self._cap = ctx.hints.max_cost_usd
         if self.llm is None:
             d = profile.choose(cands, ctx, self.router.rng, cost_sorted=True)
             return d.candidate, d.slo_met
@@ -105,7 +109,8 @@ class Generation:
                         cached_tokens=min(seen, self.context_tokens))
         self.ask, self._asked, self._eligible = ask, asked, eligible
         choice = choose_stream(eligible, router.streams.estimates(eligible),
-                               router.streams.inflight, ask, pending=router.streams.pending)
+                               router.streams.inflight, ask, pending=router.streams.pending,
+                               max_cost_usd=ctx.hints.max_cost_usd)
         if profile.name == "fastest":
             best = min(choice.options,
                        key=lambda o: (o.ttft_ms + ask.max_tokens * o.tpot_ms, o.cost_usd))
@@ -116,14 +121,17 @@ class Generation:
     # -- one attempt -----------------------------------------------------------------------
 
     def attempt_started(self, c: Candidate) -> None:
-        self._context_at_start = self.context_tokens
+        self._context_at_start, self._on = self.context_tokens, c
         self.meter.segment(self.router.clock(), self.router.streams.started(c.deployment_id))
         if self.llm is not None:
             self._prefill = (c.deployment_id, self.context_tokens - self._cached)
             self.router.streams.prefilling(*self._prefill)
 
     def response(self, resp: bytes) -> None:
-        """Count ``resp``: a token of an LLM stream, or any response of another stream."""
+        """Count ``resp``: a token of an LLM stream, or any response of another stream.
+        ``CostCapReached`` when, with ``resp``, the stream's cost would be over the caller's
+        ``x-max-cost-usd``: ``resp`` is not counted (nor sent) and the stream ends there."""
+        self._within_cap()
         if self.llm is None:
             self.meter.token(self.router.clock())
         elif (token := parse_token(resp)) is not None:
@@ -135,6 +143,17 @@ class Generation:
                 self._watch = MoveWatch(self.goals.tpot_ms, self._asked)
             if self._watch is not None:
                 self._watch.tokens(now, len(self.delivered))
+
+    def _within_cap(self) -> None:
+        if self._cap == math.inf or self._on is None:
+            return
+        cost = self.meter.cost_with(self._on, self.router.clock())
+        if cost > self._cap:
+            self.meter.capped = True
+            raise CostCapReached(
+                f"x-max-cost-usd {self._cap:g}: the stream reached it after "
+                f"{self.meter.tokens_out} responses (with the next one it would cost "
+                f"${cost:.10f}); the rest was not sent")
 
     def moving(self, c: Candidate, model: str, requests_sent: int) -> bytes | None:
         """After a token on ``c``: when the stream will miss its TPOT objective there and a

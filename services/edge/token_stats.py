@@ -202,6 +202,7 @@ class StreamMeter:
     reasons: list[str] = field(default_factory=list)  # why each resumption: failed, slow
     cost_usd: float = 0.0
     measured: bool = False  # a demo-LLM stream: its responses are tokens
+    capped: bool = False  # ended at the caller's x-max-cost-usd (its cost is still reported)
     _seg: dict[str, float] = field(default_factory=dict)
 
     def segment(self, now: float, load: int) -> None:
@@ -216,6 +217,18 @@ class StreamMeter:
         seg["tokens"] += 1
         seg.setdefault("first", now)
         seg["last"] = now
+
+    def cost_with(self, c: Candidate, now: float) -> float:
+        """The stream's cost as ``x-cost-usd`` would report it if a response arrived from
+        ``c`` at ``now`` and the attempt ended there (``segment_ended``'s own sums)."""
+        seg = self._seg
+        if not seg:
+            return self.cost_usd
+        first = seg.get("first", now)
+        prefill_ms = max((first - seg["start"]) * 1000 - c.rtt_ms, 0.0)
+        decode_ms = (now - first) * 1000
+        return self.cost_usd + usd_per_second(c) * (
+            prefill_ms + decode_ms / (int(seg["load"]) + 1)) / 1000
 
     def segment_ended(self, c: Candidate, stats: StreamStats, prompt_tokens: int,
                       cached_tokens: int) -> None:
@@ -259,12 +272,15 @@ class StreamMeter:
 
     def trailers(self, ttft_goal: float | None, tpot_goal: float | None,
                  served: bool) -> tuple[tuple[str, str], ...]:
-        """The stream's token trailers; a failed stream claims no cost or objective."""
+        """The stream's token trailers; a failed stream claims no cost or objective, except that
+        one ended at its cost cap (``capped``) reports its cost."""
         out = [("x-tokens-in", str(self.tokens_in)), ("x-tokens-out", str(self.tokens_out)),
                ("x-resumed", str(self.resumed))]
         if self.reasons:
             out.append(("x-resumed-reason", ",".join(self.reasons)))
-        if not served:
+        if not served:  # a stream ended at its cost cap reports what its tokens cost
+            if self.capped:
+                out.append(("x-cost-usd", f"{self.cost_usd:.10f}"))
             return tuple(out)
         ttft, tpot = self.ttft_ms, self.tpot_ms
         if ttft is not None:

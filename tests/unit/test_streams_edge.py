@@ -9,8 +9,8 @@ import pytest
 from tritonclient.grpc import service_pb2
 
 from placement.attempts import AttemptPolicy, AttemptSettings, CallAttempts
-from placement.errors import InvalidHint
-from placement.model import Candidate
+from placement.errors import CostCapReached, InvalidHint, PolicyUnsatisfiable
+from placement.model import CallContext, Candidate, Hints
 from services.edge.generation import Generation
 from services.edge.hints import StreamHints, parse_stream
 from services.edge.token_stats import StreamMeter, StreamStats, usd_per_second
@@ -278,6 +278,9 @@ def test_a_prompt_waits_as_pending_prefill_until_its_first_token() -> None:
     assert router.streams.pending["a/llm"] == 0 and router.streams.inflight["a/llm"] == 0
 
 
+ANY = CallContext(Hints(slo_ms=1000.0))  # a call that asks nothing else
+
+
 class _AnyProfile:
     """A profile without filters (``Generation.plan`` reads only these)."""
 
@@ -301,7 +304,7 @@ def test_a_stream_that_will_miss_its_tpot_moves_once_to_one_predicted_to_meet_it
     llm = parse_request(llm_request("chat", [1, 2, 3], 60))
     gen = Generation(router, llm, StreamHints(tpot_ms=30.0),  # type: ignore[arg-type]
                      StreamMeter(0.0, 3, measured=True))
-    assert gen.choose(_AnyProfile(), [a, b], None)[0] is a  # type: ignore[arg-type]
+    assert gen.choose(_AnyProfile(), [a, b], ANY)[0] is a  # type: ignore[arg-type]
     gen.attempt_started(a)
     moved, gaps = None, [0.02] * 12 + [0.1] * 20
     for k, gap in enumerate(gaps):
@@ -317,7 +320,7 @@ def test_a_stream_that_will_miss_its_tpot_moves_once_to_one_predicted_to_meet_it
     assert resumed.max_tokens == 60 - n
     assert gen.meter.reasons == ["slow"]
     gen.attempt_ended(a)
-    assert gen.choose(_AnyProfile(), [a, b], None)[0] is b  # type: ignore[arg-type]
+    assert gen.choose(_AnyProfile(), [a, b], ANY)[0] is b  # type: ignore[arg-type]
     gen.attempt_started(b)
     for k in range(n, n + 20):  # b is slow too: no second move
         now[0] += 0.1
@@ -333,7 +336,7 @@ def test_no_move_for_a_stream_of_several_requests_or_an_undeclared_variant() -> 
     a, b = cand("a"), cand("b")
     gen = Generation(router, parse_request(llm_request("chat", [1, 2, 3], 60)),
                      StreamHints(tpot_ms=30.0), StreamMeter(0.0, 3))  # type: ignore[arg-type]
-    gen.choose(_AnyProfile(), [a, b], None)  # type: ignore[arg-type]
+    gen.choose(_AnyProfile(), [a, b], ANY)  # type: ignore[arg-type]
     gen.attempt_started(a)
     for k in range(30):
         now[0] += 0.2
@@ -357,3 +360,75 @@ def test_the_objective_is_judged_on_the_value_the_trailer_reports(
     got = dict(m.trailers(None, goal, served=True))
     assert float(got["x-tpot-ms"]) == round(tpot_ms, 2)
     assert got["x-tpot-met"] == got["x-slo-met"] == met
+
+
+# -- x-max-cost-usd on a stream: held on what its tokens cost ------------------------------
+
+def test_a_stream_ends_before_the_response_that_would_take_it_over_its_cost_cap() -> None:
+    """A deployment not yet measured predicts nothing, so the choice cannot keep a cap; the
+    stream's cost by tokens (what ``x-cost-usd`` reports) does: the response that would take
+    it over the cap is neither counted nor sent, and the cost reported stays within it."""
+    router, now = _Router(), [0.0]
+    router.clock = lambda: now[0]
+    a = cand("a")  # 1e-3 $/s: 20 ms of prefill = $2e-5, 10 ms per token = $1e-5
+    cap = 6.5e-5  # prefill + 4 tokens' decode = $6e-5; a 5th token would be $7e-5
+    gen = Generation(router, parse_request(llm_request("chat", [1, 2, 3], 60)),  # type: ignore[arg-type]
+                     StreamHints(), StreamMeter(0.0, 3, measured=True))
+    assert gen.choose(_AnyProfile(), [a], CallContext(Hints(1000.0, max_cost_usd=cap)))[0] is a
+    gen.attempt_started(a)
+    now[0] = 0.02
+
+    def stream() -> None:
+        for k in range(60):
+            gen.response(_token(k))
+            now[0] += 0.01
+
+    with pytest.raises(CostCapReached) as err:
+        stream()
+    assert len(gen.delivered) == 5  # the first token, then 4 more; not the 6th
+    assert err.value.grpc_code == "RESOURCE_EXHAUSTED" and "x-max-cost-usd" in err.value.message
+    gen.attempt_ended(a)
+    trailers = dict(gen.meter.trailers(None, None, served=False))
+    assert float(trailers["x-cost-usd"]) <= cap
+    assert float(trailers["x-cost-usd"]) == pytest.approx(6e-5)
+    assert trailers["x-tokens-out"] == "5"
+
+
+def test_without_a_cap_the_same_stream_runs_on() -> None:
+    router, now = _Router(), [0.0]
+    router.clock = lambda: now[0]
+    gen = Generation(router, parse_request(llm_request("chat", [1, 2, 3], 60)),  # type: ignore[arg-type]
+                     StreamHints(), StreamMeter(0.0, 3, measured=True))
+    gen.choose(_AnyProfile(), [cand("a")], ANY)
+    gen.attempt_started(cand("a"))
+    for k in range(60):
+        now[0] += 0.01
+        gen.response(_token(k))
+    assert len(gen.delivered) == 60 and not gen.meter.capped
+
+
+def test_a_measured_deployment_predicted_over_the_cap_is_not_chosen() -> None:
+    """With both deployments measured, the one whose predicted stream cost is over the cap is
+    no option at all (not even as the best effort); with every one over it the stream is
+    refused before it starts, naming the cap and each deployment's prediction."""
+    router = _Router()
+    for dep in ("a/llm", "b/llm"):
+        for _ in range(3):
+            router.streams.observe(dep, prefill_ms=10.0, uncached_tokens=3, tpot_ms=10.0, load=0)
+    a, b = cand("a"), dataclasses.replace(cand("b"), cost_usd=2e-5)  # b: 10x the $/s
+    llm = parse_request(llm_request("chat", [1, 2, 3], 60))
+    gen = Generation(router, llm, StreamHints(tpot_ms=5.0),  # type: ignore[arg-type]
+                     StreamMeter(0.0, 3, measured=True))
+    # neither meets 5 ms/token: the choice is a best effort over the options it may use
+    free = gen.plan(_AnyProfile(), [a, b], ANY)  # type: ignore[arg-type]
+    costs = {o.candidate.deployment_id: o.cost_usd for o in free.options}
+    cap = (costs["a/llm"] + costs["b/llm"]) / 2
+    capped = gen.plan(_AnyProfile(), [a, b],  # type: ignore[arg-type]
+                      CallContext(Hints(1000.0, max_cost_usd=cap)))
+    assert capped.candidate is a and {o.candidate.deployment_id for o in capped.options} == {
+        "a/llm"}
+    with pytest.raises(PolicyUnsatisfiable) as err:
+        gen.plan(_AnyProfile(), [a, b],  # type: ignore[arg-type]
+                 CallContext(Hints(1000.0, max_cost_usd=costs["a/llm"] / 2)))
+    assert "x-max-cost-usd" in err.value.message and set(err.value.removed) == {"a/llm", "b/llm"}
+    assert err.value.grpc_code == "FAILED_PRECONDITION"
