@@ -355,3 +355,31 @@ async def test_a_stream_that_cannot_resume_ends_with_the_backends_status(
     assert s.code is grpc.StatusCode.UNAVAILABLE, (s.code, s.details)
     assert "stream failed" in s.details and killed[0] in s.details
     assert s.trailers["x-resumed"] == "0" and 30 <= len(s.tokens) < 400
+
+
+async def test_a_streams_cost_cap_holds_on_what_its_tokens_cost(mesh: Mesh) -> None:
+    """``x-max-cost-usd`` on a stream is held on the stream's cost by tokens, not on the
+    deployment's per-call estimate: under the cost a stream of 40 tokens really had, the
+    stream is either refused before it starts (every deployment predicted over the cap) or
+    stopped before the response that would take it over (a deployment not yet measured
+    predicts nothing): never served over it. A cap it fits in changes nothing."""
+    full = await asyncio.to_thread(run_stream, mesh.edge_address, PROMPT, 40, [])
+    assert full.code is grpc.StatusCode.OK, full.details
+    cost = float(full.trailers["x-cost-usd"])
+    assert cost > 0 and len(full.tokens) == 40
+    for cap in (cost / 2, cost / 5):
+        s = await asyncio.to_thread(run_stream, mesh.edge_address, PROMPT, 40,
+                                    [("x-max-cost-usd", f"{cap:.12f}")])
+        assert s.code in (grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          grpc.StatusCode.FAILED_PRECONDITION), (cap, s.code, s.trailers)
+        assert "x-max-cost-usd" in s.details, s.details
+        assert len(s.tokens) < 40 and s.tokens == full.tokens[:len(s.tokens)]
+        if s.code is grpc.StatusCode.RESOURCE_EXHAUSTED:  # stopped at the cap
+            assert float(s.trailers["x-cost-usd"]) <= cap, (cap, s.trailers)
+            assert s.trailers["x-tokens-out"] == str(len(s.tokens))
+        else:  # refused before it started
+            assert s.tokens == []
+    roomy = await asyncio.to_thread(run_stream, mesh.edge_address, PROMPT, 40,
+                                    [("x-max-cost-usd", f"{cost * 100:.12f}")])
+    assert roomy.code is grpc.StatusCode.OK, roomy.details
+    assert roomy.tokens == full.tokens and float(roomy.trailers["x-cost-usd"]) <= cost * 100
