@@ -290,6 +290,15 @@ def request_bytes(model: str = "summarize", dim: int = 16) -> bytes:
     return bytes(req.SerializeToString())
 
 
+def padded(size: int) -> bytes:
+    """A real summarize request padded to exactly ``size`` bytes with an unknown field (Triton
+    skips it), so the message is as large as the caller chooses."""
+    body = request_bytes()
+    pad = size - len(body) - 6  # tag (2 bytes) and a 4-byte length varint
+    return (body + b"\x92\x01" + bytes([0x80 | (pad & 0x7F), 0x80 | ((pad >> 7) & 0x7F),
+                                        0x80 | ((pad >> 14) & 0x7F), pad >> 21]) + bytes(pad))
+
+
 async def raw_infer(ch: Any, md: Sequence[tuple[str, str]] = (), raw: bytes | None = None,
                     timeout: float | None = 5.0) -> tuple[Any, dict[str, str], str]:
     """(status, trailers, details) of one raw ModelInfer on a grpc.aio channel."""

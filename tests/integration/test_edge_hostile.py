@@ -29,6 +29,7 @@ from tests.mesh_harness import (
     call,
     eventually,
     mesh_config,
+    padded,
     raw_infer,
     request_bytes,
     summarize_input,
@@ -281,15 +282,6 @@ async def test_a_stream_with_a_tiny_deadline_reaches_no_backend(
     after = await asyncio.to_thread(triton_counts, mesh)
     assert sum(after.values()) > sum(before.values()), (before, after)
 
-
-
-def padded(size: int) -> bytes:
-    """A real summarize request padded to exactly ``size`` bytes with an unknown field (Triton
-    skips it), so the message is as large as the caller chooses."""
-    body = request_bytes()
-    pad = size - len(body) - 6  # tag (2 bytes) and a 4-byte length varint
-    return (body + b"\x92\x01" + bytes([0x80 | (pad & 0x7F), 0x80 | ((pad >> 7) & 0x7F),
-                                        0x80 | ((pad >> 14) & 0x7F), pad >> 21]) + bytes(pad))
 
 
 async def test_a_request_at_exactly_the_size_limit_is_served_and_ejects_nothing(

@@ -39,6 +39,7 @@ from tests.envoy_harness import EnvoyMesh, running_envoy_mesh
 from tests.mesh_harness import (
     eventually,
     mesh_config,
+    padded,
     raw_infer,
     request_bytes,
     summarize_input,
@@ -291,15 +292,6 @@ async def test_a_call_or_stream_with_a_tiny_deadline_reaches_no_backend(
     trailers = await asyncio.to_thread(mesh.call, [("x-request-id", "spare")])
     assert trailers["x-served-by"]
     assert await asyncio.to_thread(host_requests, mesh) > sent
-
-
-def padded(size: int) -> bytes:
-    """A real summarize request padded to exactly ``size`` bytes with an unknown field (Triton
-    skips it), so the message is as large as the caller chooses."""
-    body = request_bytes()
-    pad = size - len(body) - 6  # tag (2 bytes) and a 4-byte length varint
-    return (body + b"\x92\x01" + bytes([0x80 | (pad & 0x7F), 0x80 | ((pad >> 7) & 0x7F),
-                                        0x80 | ((pad >> 14) & 0x7F), pad >> 21]) + bytes(pad))
 
 
 async def test_a_request_at_exactly_the_size_limit_is_served_and_one_byte_more_refused(
