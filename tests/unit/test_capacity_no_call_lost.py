@@ -128,7 +128,8 @@ async def test_with_somewhere_else_to_go_the_attempt_is_still_cut_short_and_retr
                                       {"use1-h100": 0.4, "use1-l4-1": 0.01})
     assert await router.infer(RAW, FLOOR, DEADLINE_S, CallRecord("", "")) == b"use1-l4-1"
     assert [ep for ep, _ in up.attempts] == ["use1-h100", "use1-l4-1"]
-    assert up.attempts[0][1] == pytest.approx(0.25)  # max(0.25 s, 4 x 20 ms)
+    # max(0.25 s, 4 x 20 ms), plus the request's bytes at 8 MB/s (attempts.next_timeout)
+    assert up.attempts[0][1] == pytest.approx(0.25 + len(RAW) / 8e6)
     assert done[0].attempts == 2
 
 
