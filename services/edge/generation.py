@@ -194,9 +194,17 @@ class Generation:
         if self.llm is not None and self.router.streams.resumable(c.variant) is None:
             self._probe = asyncio.ensure_future(_declared(self.router, c.variant, (c,), ""))
 
-    def attempt_ended(self, c: Candidate) -> None:
+    def attempt_ended(self, c: Candidate, draining: asyncio.Future[None] | None = None
+                      ) -> None:
+        """The stream is done with its attempt on ``c``. ``draining``: the attempt was let go
+        of while the backend still generates (``Upstreams.drain``): it stays counted among
+        ``c``'s streams until the drain ends, so a caller cancelling streams cannot make a
+        busy backend look free to the next choices."""
         streams = self.router.streams
-        streams.ended(c.deployment_id)
+        if draining is None:
+            streams.ended(c.deployment_id)
+        else:
+            draining.add_done_callback(lambda _t: streams.ended(c.deployment_id))
         self._prefilled()
         self.meter.segment_ended(c, streams, self._context_at_start, self._cached)
         if self.llm is not None and self.meter.tokens_out:

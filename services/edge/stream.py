@@ -154,10 +154,11 @@ class _Upstream:
         read, self.pending = self.pending, None
         return read.result()
 
-    def let_go(self, upstreams: Upstreams) -> None:
-        """The stream is done with this call: drain it if it still runs."""
-        upstreams.drain(self.call, self.pending)
+    def let_go(self, upstreams: Upstreams) -> asyncio.Task[None] | None:
+        """The stream is done with this call: drain it if it still runs (the drain's task)."""
+        draining = upstreams.drain(self.call, self.pending)
         self.pending = None
+        return draining
 
 
 def _retrieve(t: asyncio.Future[Any]) -> None:
@@ -257,8 +258,8 @@ async def route_stream(router: Router, requests: AsyncIterator[bytes],
                     ctx = dataclasses.replace(ctx, exclude=ctx.exclude | refused)
                 continue
             finally:
-                upstream.let_go(router.upstreams)  # a caller's cancel included
-                gen.attempt_ended(c)
+                # a caller's cancel included; a drained attempt holds its slot until it ends
+                gen.attempt_ended(c, upstream.let_go(router.upstreams))
             if moved is not None:  # on to the deployment ``gen.moving`` chose
                 continue
             router.observe_success(c, (router.clock() - start) * 1000)

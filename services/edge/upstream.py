@@ -99,7 +99,8 @@ class Upstreams:
         return up
 
     def drain(self, call: grpc.aio.StreamStreamCall[bytes, bytes],
-              pending: asyncio.Future[Any] | None, max_s: float = DRAIN_MAX_S) -> None:
+              pending: asyncio.Future[Any] | None,
+              max_s: float = DRAIN_MAX_S) -> asyncio.Task[None] | None:
         """Let go of a stream the edge no longer reads (its caller cancelled or sent a bad
         message, or it moved elsewhere) without cancelling it: half-closed, it is read to its
         end in the background, responses discarded (``pending``: a read already in flight on
@@ -107,16 +108,18 @@ class Upstreams:
         SIGSEGV when a client cancels a decoupled stream while responses are being sent
         (triton-inference-server/server#7368, fixed in 24.12): through the edge, callers
         cancelling 300-token streams 25-30 ms in killed it within a few hundred streams.
-        At most ``MAX_DRAINING`` at once: past it the call is cancelled."""
+        At most ``MAX_DRAINING`` at once: past it the call is cancelled. Returns the drain's
+        task (the backend still works on the stream until it ends), None when nothing runs."""
         if call.done():
-            return
+            return None
         if len(self.draining) >= MAX_DRAINING:
             self.drains_refused += 1
             call.cancel()
-            return
+            return None
         task = asyncio.create_task(_drain(call, pending, max_s))
         self.draining.add(task)
         task.add_done_callback(self.draining.discard)
+        return task
 
     async def close(self) -> None:
         for task in list(self.draining):

@@ -5,6 +5,7 @@ large messages. Each test fails on the code before its fix (see the commit that 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import tracemalloc
 from collections.abc import AsyncIterator
 
@@ -170,10 +171,11 @@ class StreamUpstream(FakeUpstream):
         self.draining: set[asyncio.Task[None]] = set()
         self.let_go: list[EchoCall] = []
 
-    def drain(self, call: EchoCall, pending: asyncio.Future[object] | None) -> None:
+    def drain(self, call: EchoCall, pending: asyncio.Future[object] | None
+              ) -> asyncio.Task[None] | None:
         """The real ``Upstreams.drain``, recording what the edge let go of."""
         self.let_go.append(call)
-        Upstreams.drain(self, call, pending)  # type: ignore[arg-type]
+        return Upstreams.drain(self, call, pending)  # type: ignore[arg-type]
 
     async def drained(self) -> None:
         while self.draining:
@@ -321,6 +323,57 @@ async def test_a_stream_its_caller_cancels_mid_generation_is_drained_not_cancell
     assert not call.cancelled and call.half_closed and call.ended
     assert call.read_after_half_close >= 49  # read to its end, responses discarded
     assert [r.status for r in done] == ["CANCELLED"]
+
+
+async def test_a_drained_stream_holds_its_backends_slot_until_the_drain_ends() -> None:
+    """A caller cancelling a stream frees nothing on the backend: it still generates the
+    rest while the edge drains it. Counted as ended at the cancel, the backend looked idle
+    to the next streams' choices (a caller cancelling streams could pile work on it)."""
+    router, _, _ = make_router([cand(0, 1e-6, 5)], {}, Clock())
+    up = StreamUpstream(tokens=50)
+    router.upstreams = up  # type: ignore[assignment]
+
+    first = asyncio.Event()
+
+    async def caller() -> None:
+        responses = route_stream(router, big_messages(1, 1024), [("x-slo-ms", "100")], 30.0,
+                                 CallRecord("", ""), Context())  # type: ignore[arg-type]
+        async with contextlib.aclosing(responses):  # closed when the caller is cancelled
+            async for _ in responses:
+                first.set()
+                await asyncio.Event().wait()
+
+    task = asyncio.create_task(caller())
+    await first.wait()  # the caller has its first response: the attempt is running
+    dep = cand(0, 1e-6, 5).deployment_id
+    assert router.streams.inflight.get(dep) == 1
+    call = up.streams[0][1]
+    call.q = _Held(call.q)  # the backend's next responses are late: the drain cannot end yet
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert up.let_go == [call] and up.draining
+    assert router.streams.inflight.get(dep) == 1, "a drained stream's slot counted as free"
+    call.q.release()
+    await up.drained()
+    assert call.ended and router.streams.inflight.get(dep) == 0
+
+
+class _Held(asyncio.Queue[object]):
+    """A stream's response queue whose reads wait until ``release``."""
+
+    def __init__(self, inner: asyncio.Queue[object]) -> None:
+        super().__init__()
+        while not inner.empty():
+            self.put_nowait(inner.get_nowait())
+        self.open = asyncio.Event()
+
+    def release(self) -> None:
+        self.open.set()
+
+    async def get(self) -> object:
+        await self.open.wait()
+        return await super().get()
 
 
 async def test_a_bad_later_message_ends_the_stream_and_drains_its_upstream() -> None:
