@@ -84,6 +84,11 @@ class PlannerSettings:
     # penalty far above any GPU price (a fleet whose tight classes cannot also have an
     # on-demand variant in reach, e.g. for memory, is then planned, not refused).
     spot_rule_where_possible: bool = False
+    # Edges route each call to the cheapest deployment within its SLO, not along the plan's
+    # flows (placement.plan_route): a plan whose demand the edges' rule leaves partly
+    # without a deployment in SLO is solved again, up to this many times, with each class's
+    # shortfall added to its demand; the plan that leaves least short is kept (0 = off).
+    route_rounds: int = 3
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,9 +42,10 @@ regions apart (:mod:`placement.plan_regions`). Inputs and results are
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -52,7 +53,7 @@ import numpy.typing as npt
 from scipy.optimize import Bounds, LinearConstraint, milp  # type: ignore[import-untyped]
 from scipy.sparse import coo_matrix  # type: ignore[import-untyped]
 
-from placement import plan_regions
+from placement import plan_regions, plan_route
 from placement.latency import COMPUTE_P95_FACTOR, MAX_RHO
 from placement.plan_types import (
     DemandClass,
@@ -76,6 +77,7 @@ GPU_BOUND = 100_000.0  # GPUs per pool when its own limit is set aside (diagnosi
 RELAX_TIME_FACTOR = 10  # an LP relaxation is not cut short like a MILP: it gives the bound
 SPOT_SLACK_USD = 1_000.0  # per hour, per class left on spot alone (spot_rule_where_possible)
 FAMILIES = ("spot", "region_loss", "memory", "max_gpus")
+ROUTE_TOLERANCE = 1e-3  # share of the demand the edges' rule may leave short (plan_route)
 
 
 class _Rows:
@@ -115,6 +117,7 @@ class _Model:
     x: dict[tuple[int, str, str], int] = field(default_factory=dict)
     rho: dict[int, float] = field(default_factory=dict)  # per x column: ρ* of its class
     spot_slack: dict[int, int] = field(default_factory=dict)  # class -> its slack column
+    forced_alone: list[int] = field(default_factory=list)  # classes no on-demand pool serves
 
     @property
     def by_id(self) -> dict[str, PlanPool]:
@@ -259,6 +262,13 @@ def _policy_rows(md: _Model) -> None:
             continue
         cols = {md.y[pid, v]: 1.0 for (kj, pid, v) in md.x
                 if kj == ki and by_id[pid].price_class == ON_DEMAND}
+        if not cols and problem.settings.spot_rule_where_possible:
+            # No on-demand option at all: on spot alone whatever the plan. A slack forced to
+            # 1 would only add SPOT_SLACK_USD to every objective, and the solver's relative
+            # gap would then accept plans dearer by 5 % of that (single-cloud-hetero: $29/h
+            # accepted where $10.6/h was found).
+            md.forced_alone.append(ki)
+            continue
         if problem.settings.spot_rule_where_possible:  # soft: a slack priced far above GPUs
             md.spot_slack[ki] = md.var(SPOT_SLACK_USD, False, 1)
             cols[md.spot_slack[ki]] = 1.0
@@ -376,9 +386,10 @@ def _optimise(md: _Model) -> tuple[FloatArray, float] | None:
             wider = _solve(md, allow={key for key in md.y if key[0] in used})
             if wider is not None and (best is None or wider.cost < best.cost):
                 best = wider
-    tolerance = 1 + md.problem.settings.mip_rel_gap
+    # within mip_rel_gap of the GPU cost, not of an objective a spot-rule slack inflates
     full_wanted = md.problem.settings.full_milp or best is None
-    if full_wanted and (best is None or best.cost > bound * tolerance + 1e-9):
+    if full_wanted and (best is None or best.cost - bound > md.problem.settings.mip_rel_gap
+                        * (best.cost - SPOT_SLACK_USD * _slack(md, best.x)) + 1e-9):
         try:
             full = _solve(md)
         except _OutOfTime:
@@ -414,7 +425,8 @@ def _read(md: _Model, x: FloatArray, gap: float = 0.0) -> Plan:
         pools.append(PoolPlan(p.id, gpus, loaded, work / (gpus * p.concurrency_per_gpu), cap,
                               gpus * p.usd_per_gpu_hour, serves))
     pools.sort(key=lambda pp: (pp.usd_per_hour, pp.pool))
-    alone = tuple(problem.demand[ki].key for ki, col in md.spot_slack.items() if x[col] > 0.5)
+    alone = tuple(problem.demand[ki].key for ki in sorted(
+        [*md.forced_alone, *(ki for ki, col in md.spot_slack.items() if x[col] > 0.5)]))
     return Plan(tuple(pools), sum(pp.usd_per_hour for pp in pools), gap, alone)
 
 
@@ -440,9 +452,42 @@ def plan(problem: Problem) -> Plan | Infeasible:
             plans.append(found)
         return plan_regions.join(plans)
     try:
-        return _plan(problem)
+        return _routed(problem, _plan)
     except _OutOfTime as exc:
         return Infeasible("time_limit", str(exc))
+
+
+def _routed(problem: Problem, solve: Callable[[Problem], Plan | Infeasible]
+            ) -> Plan | Infeasible:
+    """``solve(problem)``, solved again for what the edges' rule leaves short (module doc).
+
+    A class the edges' cheapest-per-call rule leaves without room within its SLO on the plan
+    (:func:`placement.plan_route.shortfall`: others found the room the plan kept for it
+    cheaper) gets its shortfall added to its demand and the problem is solved again, up to
+    ``route_rounds`` times; the plan that leaves least short at the true demand is kept
+    (ties: the first, the cheapest). Its flows are those of the demand it was solved for.
+    """
+    found = solve(problem)
+    rounds = problem.settings.route_rounds
+    if isinstance(found, Infeasible) or rounds <= 0:
+        return found
+    tolerance = ROUTE_TOLERANCE * sum(max(k.rate_rps, 0.0) for k in problem.demand)
+    short = plan_route.shortfall(problem, found)
+    best, least = found, sum(short.values())
+    asked = problem
+    for _ in range(rounds):
+        if not short or least <= tolerance:
+            break
+        asked = dataclasses.replace(asked, demand=tuple(
+            dataclasses.replace(k, rate_rps=k.rate_rps + short.get(i, 0.0))
+            for i, k in enumerate(asked.demand)))
+        again = solve(asked)
+        if isinstance(again, Infeasible):
+            break
+        short = plan_route.shortfall(problem, again)
+        if sum(short.values()) < least - 1e-9:
+            best, least = again, sum(short.values())
+    return best
 
 
 def _plan(problem: Problem) -> Plan | Infeasible:
@@ -480,10 +525,15 @@ def resize(problem: Problem, current: Plan) -> Plan | Infeasible:
     fast and changes no placement the forecast does not force. Infeasible when the demand
     needs a load (then :func:`plan`).
     """
-    md = _build(problem)
     loaded = current.loaded()
-    allow = {key for key in md.y if key[1] in loaded.get(key[0], frozenset())}
-    return _solve_current(md, "the current variants cannot serve this forecast", allow=allow)
+
+    def counts(asked: Problem) -> Plan | Infeasible:
+        md = _build(asked)
+        allow = {key for key in md.y if key[1] in loaded.get(key[0], frozenset())}
+        return _solve_current(md, "the current variants cannot serve this forecast",
+                              allow=allow)
+
+    return _routed(problem, counts)
 
 
 def evaluate(problem: Problem, current: Plan) -> Plan | Infeasible:

@@ -2,12 +2,13 @@
 
 :func:`decide` solves the optimum for the forecast and re-evaluates the current placement
 under it (:func:`placement.planner.evaluate`). The proposal is adopted when the current
-placement no longer serves the forecast within SLO, or when ``saving × horizon_h`` exceeds
-the churn: ``usd_per_gpu_change`` per GPU added or removed, plus each GPU added's own price
-for ``cold_start_s`` (billed while it boots and serves nothing), plus
-``usd_per_variant_change`` per variant loaded or unloaded. A flat price per GPU change that
-is above a cheap GPU's hourly price never lets that GPU go: ``cold_start_s`` prices a change
-by what it costs on the bill instead.
+placement no longer serves the forecast within SLO (by its flows, or as the edges would
+route it: :func:`placement.plan_route.shortfall` leaves more short than the proposal's), or
+when ``saving × horizon_h`` exceeds the churn: ``usd_per_gpu_change`` per GPU added or
+removed, plus each GPU added's own price for ``cold_start_s`` (billed while it boots and
+serves nothing), plus ``usd_per_variant_change`` per variant loaded or unloaded. A flat
+price per GPU change that is above a cheap GPU's hourly price never lets that GPU go:
+``cold_start_s`` prices a change by what it costs on the bill instead.
 
 :func:`right_size` is the same decision for :func:`placement.planner.resize` (GPU counts for
 the variants already loaded), cheap enough to run between full plans; :func:`revise` runs
@@ -19,7 +20,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from placement.planner import Infeasible, Plan, Problem, evaluate, plan, resize
+from placement.plan_route import shortfall
+from placement.planner import (
+    ROUTE_TOLERANCE,
+    Infeasible,
+    Plan,
+    Problem,
+    evaluate,
+    plan,
+    resize,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +92,12 @@ def _against(problem: Problem, current: Plan, proposed: Plan,
     if isinstance(now, Infeasible):
         return Decision(True, "the current plan no longer serves the forecast", proposed,
                         0.0, cost)
+    if problem.settings.route_rounds > 0:  # served by its flows, but not as edges route
+        short_now = sum(shortfall(problem, now).values())
+        if short_now > sum(shortfall(problem, proposed).values()) + ROUTE_TOLERANCE * sum(
+                max(k.rate_rps, 0.0) for k in problem.demand):
+            return Decision(True, f"the edges' routing leaves {short_now:.2f} calls/s of the "
+                                  "current plan outside their SLO", proposed, 0.0, cost)
     saving = (now.usd_per_hour - proposed.usd_per_hour) * churn.horizon_h
     if saving > cost:
         return Decision(True, f"saves ${saving:.2f} over {churn.horizon_h:g} h, churn "

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 from placement.plan_regions import split
 from placement.planner import DemandClass, Infeasible, Plan, PlannerSettings, PlanPool, plan
 from tests.unit.test_planner import SMALL, demand, pool, problem, solved
@@ -67,3 +69,22 @@ def test_decomposition_names_the_group_that_cannot_be_planned() -> None:
     result = plan(problem(pools, classes, (SMALL,), PlannerSettings(group_pools=4)))
     assert isinstance(result, Infeasible) and result.constraint == "quality"
     assert "r3" in result.detail
+
+
+def test_a_class_no_on_demand_pool_reaches_is_spot_alone_without_a_slack() -> None:
+    # r1's tight class reaches only the spot pool in r1 (200 ms to r2's on-demand pool); its
+    # loose class reaches both. A slack forced to 1 only added $1,000/h to every objective,
+    # and the solver's relative gap then accepted plans 5 % of that dearer.
+    from placement import planner
+
+    pools = [pool("s", price=0.1, price_class="spot"), pool("od", region="r2", price=1.0)]
+    tight, loose = demand(1, slo=300), demand(1, slo=10_000)
+    p = problem(pools, [tight, loose], settings=PlannerSettings(
+        survive_region_loss=False, spot_rule_where_possible=True))
+    md = planner._build(p)
+    assert md.forced_alone == [0] and set(md.spot_slack) == {1}
+    found = solved(p)
+    assert found.spot_alone == (tight.key,)
+    assert found.gpus() == {"s": 1, "od": 1}  # the loose class keeps its on-demand option
+    x = planner._optimise(md)
+    assert x is not None and float(np.dot(md.cost, x[0])) < 2.0  # GPUs and tie-breaks only

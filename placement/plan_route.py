@@ -1,0 +1,224 @@
+"""How the edges' rule routes a plan's demand: a fluid model of cheapest-per-call routing.
+
+The planner's flows (``x[k,p,v]``) say which pool *should* serve each class, but edges do not
+follow flows: each call goes to the deployment cheapest per call among those loaded, up and
+within its SLO at the pool's load (placement's cost model and the brain's p95). A class with
+other options can then take the room a plan kept on a pool for a class with none: in the
+far-edge scenario a Frankfurt class with a near L4 and a far A100 found the A100 cheaper per
+call and filled it at the cap São Paulo's tight classes pin it to, and São Paulo's calls,
+which only that A100 reaches in time, were late all day (the static peak plan routed at its
+own peak demand: 12.9 of 168.5 calls/s late). :func:`shortfall` measures that for a plan;
+:func:`placement.planner.plan` re-plans for it.
+
+:class:`Router` is that rule per time bucket, also the provisioned-cost day's judge
+(``benchmarks.costsim.provisioned_router``): each class goes to its options cheapest per call
+first; a pool runs no higher than the lowest cap (``max_utilisation``) of the flows on it.
+Classes are placed loosest-first and tightest-first (each order loses some lean plan's calls
+the other serves), each also *taking back* (a class may displace flows that pinned a pool at
+a lower cap when that serves more of its calls than they carry; the displaced calls are
+placed again on their other options), and the routing with the most calls within SLO counts:
+an optimistic stand-in for edges that move calls away from deployments that miss. What finds
+no room is served late where any loaded pool has room, or fails.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Generic, NamedTuple, Protocol, TypeVar
+
+from placement.latency import MAX_RHO
+from placement.plan_types import Plan, PlanPool, PlanVariant, Problem, max_utilisation
+
+
+class ClassLike(Hashable, Protocol):
+    """A demand class as routing sees it (``placement.forecast.ClassKey``, ``DemandClass``)."""
+
+    @property
+    def model(self) -> str: ...
+
+    @property
+    def min_quality(self) -> float: ...
+
+    @property
+    def slo_ms(self) -> float: ...
+
+    @property
+    def edge_region(self) -> str: ...
+
+
+K = TypeVar("K", bound=ClassLike)
+
+
+@dataclass(frozen=True, slots=True)
+class Routed(Generic[K]):
+    met: float  # calls/s within SLO
+    late: float  # calls/s served outside SLO
+    failed: float  # calls/s with no capacity anywhere
+    work: dict[str, float]
+    short: dict[K, float]  # per class, calls/s not within SLO (late or failed)
+
+
+@dataclass(frozen=True, slots=True)
+class _Flow(Generic[K]):
+    """Calls/s of one class on one pool, at the cap its SLO allows there."""
+
+    key: K
+    rho: float
+    service_s: float
+    rps: float
+
+
+def _loosest_first(k: ClassLike) -> tuple[float, float, str, str]:
+    return (-k.slo_ms, k.min_quality, k.model, k.edge_region)
+
+
+def _tightest_first(k: ClassLike) -> tuple[float, float, str, str]:
+    return (k.slo_ms, -k.min_quality, k.model, k.edge_region)
+
+
+def per_call(p: PlanPool, v: PlanVariant) -> float:
+    """Placement's cost per call: price per GPU-second × compute seconds over concurrency."""
+    return p.usd_per_gpu_hour / 3600.0 * p.compute_ms(v) / 1000.0 / p.concurrency_per_gpu
+
+
+class Router(Generic[K]):
+    """The edges' rule in fluid form (module doc); options per class precomputed.
+
+    ``count_reclaim``: a spot GPU counts for ``1 − reclaim_risk`` of its servers, as the
+    planner's capacity rows count it (the day's judge counts the GPUs that exist).
+    """
+
+    def __init__(self, problem: Problem, classes: Iterable[K],
+                 count_reclaim: bool = False) -> None:
+        self.servers_per_gpu = {p.id: p.concurrency_per_gpu * (
+            1.0 - p.reclaim_risk if count_reclaim else 1.0) for p in problem.pools}
+        # per class: (pool, variant, ρ*, service s), cheapest per call first
+        self.options: dict[K, list[tuple[str, str, float, float]]] = {}
+        self.any_fit: dict[K, list[tuple[str, str, float]]] = {}
+        rtts: dict[tuple[str, str], float] = {}
+        for k in classes:
+            opts, fits = [], []
+            for p in problem.pools:
+                for v in problem.variants:
+                    if v.model != k.model or v.quality < k.min_quality or (
+                            p.variants and v.name not in p.variants):
+                        continue
+                    s = p.compute_ms(v) / 1000.0
+                    fits.append((p.id, v.name, s))
+                    rtt = rtts.get((k.edge_region, p.region))
+                    if rtt is None:
+                        rtt = rtts[k.edge_region, p.region] = problem.rtt_ms(k.edge_region,
+                                                                             p.region)
+                    rho = max_utilisation(rtt, p.compute_ms(v), p.concurrency_per_gpu,
+                                          k.slo_ms - problem.settings.slo_margin_ms)
+                    if rho > 0:
+                        opts.append((per_call(p, v), p.id, v.name, rho, s))
+            opts.sort()
+            self.options[k] = [(pid, vn, rho, s) for _, pid, vn, rho, s in opts]
+            self.any_fit[k] = sorted(fits)
+
+    def route(self, rates: Mapping[K, float], ready: Mapping[str, float],
+              loaded: Mapping[str, frozenset[str]], down: frozenset[str] = frozenset()
+              ) -> Routed[K]:
+        """The best (most calls within SLO) of loosest-first and tightest-first, each with
+        and without taking pools back (module doc), stopping once all are met."""
+        total = sum(rates.values()) - 1e-9
+        best: Routed[K] | None = None
+        for take_back in (False, True):
+            for order in (_loosest_first, _tightest_first):
+                r = self._route(rates, ready, loaded, down, order, take_back)
+                if best is None or r.met > best.met:
+                    best = r
+                if best.met >= total:
+                    return best
+        assert best is not None
+        return best
+
+    def _route(self, rates: Mapping[K, float], ready: Mapping[str, float],
+               loaded: Mapping[str, frozenset[str]], down: frozenset[str],
+               order: Callable[[ClassLike], tuple[float, float, str, str]],
+               take_back: bool = False) -> Routed[K]:
+        servers = {pid: n * self.servers_per_gpu[pid] for pid, n in ready.items()
+                   if n > 0 and pid not in down}
+        work = dict.fromkeys(servers, 0.0)
+        flows: dict[str, list[_Flow[K]]] = {pid: [] for pid in servers}
+        met = late = failed = 0.0
+        left: list[tuple[K, float]] = []
+
+        def place(k: K, rate: float, may_take: bool) -> tuple[float, list[_Flow[K]]]:
+            """Place ``rate`` of ``k`` on its options; what is left, and what it displaced."""
+            nonlocal met
+            displaced: list[_Flow[K]] = []
+            for pid, vname, rho, s in self.options[k]:
+                if rate <= 1e-12:
+                    break
+                if pid not in servers or vname not in loaded.get(pid, ()):
+                    continue
+                on = flows[pid]
+                cap = min((f.rho for f in on), default=MAX_RHO)
+                room = (min(cap, rho) * servers[pid] - work[pid]) / s
+                lower = [f for f in on if f.rho < rho - 1e-12] if may_take else []
+                if lower:  # take the pool back from flows that pinned it lower
+                    kept = [f for f in on if f.rho >= rho - 1e-12]
+                    freed = work[pid] - sum(f.rps * f.service_s for f in lower)
+                    back = (min([f.rho for f in kept] + [rho]) * servers[pid] - freed) / s
+                    lost = sum(f.rps for f in lower)
+                    if min(rate, back) - lost > min(rate, max(room, 0.0)) + 1e-9:
+                        flows[pid], work[pid], room = kept, freed, back
+                        met -= lost
+                        displaced += lower
+                if room <= 1e-12:
+                    continue
+                take = min(rate, room)
+                work[pid] += take * s
+                flows[pid].append(_Flow(k, rho, s, take))
+                rate -= take
+                met += take
+            return rate, displaced
+
+        again: list[_Flow[K]] = []
+        for k in sorted(rates, key=order):
+            rest, displaced = place(k, rates[k], take_back)
+            again += displaced
+            if rest > 1e-12:
+                left.append((k, rest))
+        for f in again:  # displaced calls: their other options, taking nothing back
+            rest, _ = place(f.key, f.rps, False)
+            if rest > 1e-12:
+                left.append((f.key, rest))
+        short: dict[K, float] = {}
+        for k, owed in left:  # late: any loaded variant that may serve it, up to MAX_RHO
+            short[k] = short.get(k, 0.0) + owed
+            rate = owed
+            for pid, vname, s in self.any_fit[k]:
+                if rate <= 1e-12:
+                    break
+                if pid not in servers or vname not in loaded.get(pid, ()):
+                    continue
+                take = min(rate, max(0.0, (MAX_RHO * servers[pid] - work[pid]) / s))
+                work[pid] += take * s
+                rate -= take
+                late += take
+            failed += max(rate, 0.0)
+        return Routed(met, late, failed, work, short)
+
+
+class _Key(NamedTuple):
+    model: str
+    min_quality: float
+    slo_ms: float
+    edge_region: str
+    position: int  # in ``Problem.demand``
+
+
+def shortfall(problem: Problem, found: Plan) -> dict[int, float]:
+    """Per demand class (index into ``problem.demand``), the calls/s the edges' rule leaves
+    without a deployment within SLO on ``found``'s GPUs and variants at ``problem``'s demand
+    (spot GPUs counted as the planner counts them); classes fully served are left out."""
+    keys = {_Key(k.model, k.min_quality, k.slo_ms, k.edge_region, i): k.rate_rps
+            for i, k in enumerate(problem.demand) if k.rate_rps > 0}
+    router: Router[_Key] = Router(problem, keys, count_reclaim=True)
+    routed = router.route(keys, {pp.pool: float(pp.gpus) for pp in found.pools},
+                          found.loaded())
+    return {k.position: rps for k, rps in routed.short.items() if rps > 1e-9}
