@@ -13,6 +13,8 @@ from typing import Any
 
 from google.protobuf.message import Message
 
+from placement.attempts import AttemptSettings
+
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
@@ -23,6 +25,7 @@ SLOW_PATH_MAX_REQUESTS = 1 << 20
 
 T = "type.googleapis.com/"
 _HEADROOM = 64 * 1024  # gRPC framing, headers, the appended model name
+_ATTEMPTS = AttemptSettings()  # the attempt policy's defaults (placement.attempts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +40,7 @@ class EnvoySettings:
     slo_margin_ms: float = 2.0
     deadline_margin_ms: float = 5.0  # no x-slo-ms: SLO = the call's deadline minus this
     connect_timeout_s: float = 1.0
-    min_attempt_timeout_s: float = 0.25  # placement.attempts' floor of an attempt timeout
+    min_attempt_timeout_s: float = _ATTEMPTS.min_attempt_timeout_s  # an attempt's floor
     retry_budget_percent: float = 20.0   # [edge] retry_budget_ratio's default, as a percent
     retry_min_concurrency: int = 10      # retries always allowed in flight per model route
     # [security] (tls.py): TLS on the listener and to the slow path, from the node's own

@@ -115,13 +115,26 @@ def retry_on() -> str:
 
 
 def per_try_timeout_s(slo_ms: float, s: EnvoySettings) -> float:
-    """An attempt's timeout on a route whose calls have at least ``slo_ms``: a share of the
-    SLO that leaves the other attempts their turn (the Python edge's floor below it). Envoy
-    counts a timed-out attempt as a gateway failure: retried at the next deployment and fed
-    to outlier detection, so a backend whose queue grows (one deployment taking every call
-    while another restarts) is left before calls run out their deadline there; when that
-    ejects every deployment of a route, the route still tries them (panic, ``clusters.py``)."""
+    """When the next deployment is tried beside an attempt on a route whose calls have at
+    least ``slo_ms``: a share of the SLO that leaves the other attempts their turn (the
+    Python edge's floor below it). Envoy counts the attempt as a gateway failure, fed to
+    outlier detection, so a backend whose queue grows (one deployment taking every call
+    while another restarts) is left; when that ejects every deployment of a route, the
+    route still tries them (panic, ``clusters.py``). The attempt itself is not cut there
+    (``HEDGE``): it keeps the rest of the caller's deadline."""
     return max(s.min_attempt_timeout_s, slo_ms / 1000 / s.max_attempts)
+
+
+# A timed-out attempt is not cancelled: the next deployment is tried beside it (a hedge) and
+# the first good answer wins, so every attempt may use the rest of the caller's deadline, as
+# the Python edge's last attempt does (``placement.attempts.CallAttempts.next_timeout``).
+# Cut at its per-try timeout instead, a call got max_attempts x max(250 ms, SLO / 3) of its
+# deadline: ~750 ms of a 2 s one, and on a loaded host (load 7-13) every attempt of a call
+# after a backend was killed took longer (test_envoy_drills: "upstream request timeout").
+# A hedge the retry budget or num_retries refuses loses nothing: the attempt runs on. A
+# caller's own deadline still ends the call as Envoy's reply (max_stream_duration), never a
+# failure outlier detection counts.
+HEDGE = {"hedge_on_per_try_timeout": True}
 
 
 def _route_action(model: str, cluster: str, order: Sequence[str], s: EnvoySettings,
@@ -138,6 +151,7 @@ def _route_action(model: str, cluster: str, order: Sequence[str], s: EnvoySettin
     route = {
         **target, "timeout": "0s",
         "max_stream_duration": {"grpc_timeout_header_max": "0s"},
+        **({} if slo_ms is None else {"hedge_policy": HEDGE}),
         "retry_policy": {
             "retry_on": retry_on(),
             "num_retries": s.max_attempts - 1,
