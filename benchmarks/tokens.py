@@ -1,8 +1,9 @@
 """Tokens: LLM streams routed by Switchyard vs the LLM routers' rules, in the simulator.
 
     python -m benchmarks.tokens [--quick]
-    python -m benchmarks.tokens --quick --only switchyard-fleet-load --scale 2
-        (one policy, every scenario, printed only: how the rejected variants were measured)
+    python -m benchmarks.tokens --quick --only switchyard-fleet-load --scale 2 [--seed-offset N]
+        (one policy, every scenario, printed only: how the rejected variants were measured;
+        a seed offset draws other streams, to tell a change from seed noise)
 
 Two workloads of different shape (``benchmarks/scenarios/tokens/``: chat-like and code-like,
 lengths from the Azure LLM inference trace 2023) over a fleet of emulated LLM servers
@@ -37,7 +38,12 @@ from benchmarks.costsim.tokens_workload import (
 from benchmarks.costsim.tokensim import TokenSim
 from placement.stream_guard import GUARD_MAX_AGE_S, GUARD_QUANTILE, GUARD_WINDOW
 from placement.stream_move import MAX_MOVES, MOVE_CONFIRM, MOVE_MARGIN, MOVE_WINDOW
-from placement.streams import FALLBACK_BAND, GUARDED_HEADROOM, TTFT_HEADROOM
+from placement.streams import (
+    FALLBACK_BAND,
+    GUARDED_HEADROOM,
+    TTFT_HEADROOM,
+    UNMEASURED_PROBES,
+)
 
 ESTIMATE_S = (35, 60)
 SCENARIOS = pathlib.Path(BENCH_DIR, "scenarios", "tokens")
@@ -48,7 +54,8 @@ FLEET = "switchyard-fleet"
 FLEET_INSTANT = "switchyard-fleet-instant"
 NO_MOVE = "switchyard-no-move"  # the default before moves (issue 14)
 FASTEST_FALLBACK = "switchyard-fastest-fallback"  # the best effort before FALLBACK_BAND
-LOAD_OTHERS = (FASTEST_FALLBACK, NO_MOVE, LEARNED, FLEET)  # beside switchyard, load table
+UNMEASURED_ALL = "switchyard-unmeasured-all"  # before UNMEASURED_PROBES
+LOAD_OTHERS = (UNMEASURED_ALL, FASTEST_FALLBACK, NO_MOVE, LEARNED, FLEET)  # load table
 SPEND_SCENARIO = "tokens-slowdown"  # where the money goes, per pool
 SPEND_POLICIES = ("switchyard", "lowest-latency")
 # written after the others; no parameter of placement/streams.py was chosen on them
@@ -115,6 +122,7 @@ def run(quick: bool) -> Section:
               ", quick horizon)", tokens_report.load_table(loads, LOAD_OTHERS),
               tokens_report.load_summary(loads),
               *(tokens_report.load_summary(loads, o) for o in LOAD_OTHERS),
+              tokens_report.adoption_verdict(variants, loads, UNMEASURED_ALL, "switchyard"),
               tokens_report.adoption_verdict(variants, loads, FASTEST_FALLBACK, "switchyard"),
               tokens_report.default_verdict(variants, loads, NO_MOVE, "switchyard"),
               tokens_report.default_verdict(variants, loads, "switchyard", FLEET)]
@@ -176,6 +184,8 @@ def _notes(scenarios: list[TokenScenario], results: list[tokens_report.TokenResu
         "#### Ablations of `placement/streams.py` and `placement/stream_move.py` (same "
         "streams, the same functions without one of their parts)",
         tokens_report.table(variants),
+        *tokens_report.before_after(variants, UNMEASURED_ALL, "switchyard"),
+        *tokens_report.warmup_notes(variants, UNMEASURED_ALL, "switchyard"),
         *tokens_report.before_after(variants, FASTEST_FALLBACK, "switchyard"),
         *tokens_report.before_after(variants, NO_MOVE, "switchyard"),
         *tokens_report.before_after(variants, "switchyard", LEARNED),
@@ -185,6 +195,12 @@ def _notes(scenarios: list[TokenScenario], results: list[tokens_report.TokenResu
         *tokens_report.before_after(variants, "switchyard", "switchyard-live-tpot"),
         *tokens_report.before_after(variants, "switchyard", FLEET),
         *tokens_report.before_after(variants, "switchyard", FLEET_INSTANT),
+        f"`{UNMEASURED_ALL}`: an unmeasured deployment (no estimate yet: predicted at its "
+        "table p95 and cost 0, so the cheapest) is an option for any number of this edge's "
+        "streams at once, the rule before this round; the default makes it feasible only "
+        f"while the edge has fewer than {UNMEASURED_PROBES} stream(s) on it "
+        "(`placement.streams.UNMEASURED_PROBES`: one probe at a time until it is measured) "
+        "and judges a best effort among measured deployments.",
         f"`{FASTEST_FALLBACK}`: a stream nothing is predicted to serve in time goes to the "
         "fastest deployment (lowest predicted TTFT + max_tokens × TPOT), the best effort "
         "before this round; the default takes the cheapest of those within "
@@ -280,12 +296,16 @@ def main() -> None:
                         "untouched)")
     p.add_argument("--scale", type=float, default=1.0, help="with --only: every region's rate "
                                                             "× this")
+    p.add_argument("--seed-offset", type=int, default=0,
+                   help="with --only: every scenario's seed + this (other streams: seed noise)")
     args = p.parse_args()
     if args.only:
         for path in sorted(SCENARIOS.glob("*.toml")):
-            for r in run_scenario(scaled(load_token_scenario(path), args.scale), args.quick,
-                                  (args.only,)):
-                print(f"{r.scenario} ×{args.scale:g} {r.policy}: {r.both:.2%} within both, "
+            s = scaled(load_token_scenario(path), args.scale)
+            s = dataclasses.replace(s, seed=s.seed + args.seed_offset)
+            for r in run_scenario(s, args.quick, (args.only,)):
+                print(f"{r.scenario} ×{args.scale:g} seed +{args.seed_offset} {r.policy}: "
+                      f"{r.both:.2%} within both, "
                       f"${r.usd_per_1m_out:.3f}/1M output tokens, p99 TTFT "
                       f"{r.ttft_p99_ms:,.0f} ms")
         return

@@ -43,7 +43,9 @@ every objective the fastest is predicted to meet (the whole objective, no headro
 more, costs less).
 
 An unmeasured deployment (no estimate yet) is predicted optimistically (its table p95 as TTFT,
-no TPOT, no cost), so each is tried before estimates are trusted.
+no TPOT, no cost), so each is tried before estimates are trusted, one probe at a time: while
+this edge has ``UNMEASURED_PROBES`` streams on it, it is not feasible, and a best effort is
+judged among the measured deployments (when there is one).
 """
 
 from __future__ import annotations
@@ -91,6 +93,18 @@ GUARDED_HEADROOM = 0.05
 # prompts 99.14/99.31 % at $1.51/$7.09, 30 % + 0.5 99.57/99.69 % at $1.75/$7.53, 10 % + 1
 # 99.38/99.69 % at $2.28/$8.97, against 99.57/99.50 % at $1.68/$7.10: dearer or lower).
 FALLBACK_BAND = 0.1
+# An unmeasured deployment (no estimate: predicted at its table p95, cost 0, so the cheapest)
+# is feasible while this edge has fewer than this many streams on it: one probe at a time
+# until the first one ends and teaches the edge its speed. Without the limit every stream an
+# edge routed in its first seconds went to the same unmeasured GPU (the session's hash order
+# among equal zero costs): on tokens-rag ×2 one T4 got 36 streams of up to 7,400 prompt tokens
+# in 10 s and its prefill queue reached 66 s, still making counted streams wait 40 s at 34 s.
+# With it (``python -m benchmarks.tokens``' warm-up notes; quick, ×1 and ×2, all four
+# scenarios) the warm-up's TTFT misses fell 4-8× (tokens-code ×2: 197 → 43 of 474) and the
+# longest TTFT from 12-153 s to 2-10 s; on counted streams it is within seed noise (quick,
+# ×0.5-×2, seeds +0/+1000: all three targets in 15 of 32 cases against 13, mean within
+# both 99.09 against 99.11 %, the lowest 98.30 against 97.55 %; ``--seed-offset``).
+UNMEASURED_PROBES = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,15 +191,18 @@ class StreamChoice:
 def predict(c: Candidate, est: TokenEstimate | None, load: int, ask: StreamAsk,
             pending_tokens: int = 0, ttft_headroom: float = TTFT_HEADROOM,
             margin_ms: float | None = None, tpot_factor: float = 1.0,
-            others_tokens: int = 0) -> StreamOption:
+            others_tokens: int = 0, probes: int | None = UNMEASURED_PROBES) -> StreamOption:
     """One deployment's predicted TTFT, TPOT and cost for ``ask`` (see the module docstring).
     The prediction must fit the objective less ``ttft_headroom``; with ``margin_ms``, the
     deployment's learned TTFT margin (``stream_guard``), the prediction plus the margin must
     also fit the objective less ``GUARDED_HEADROOM``. ``others_tokens``: other edges' prompt
-    tokens queued there before this stream (``FleetQueue.others_tokens``)."""
+    tokens queued there before this stream (``FleetQueue.others_tokens``). An unmeasured
+    deployment is feasible while it holds fewer than ``probes`` of this edge's streams (None:
+    always)."""
     hit = min(ask.cached_tokens, ask.prompt_tokens) if c.deployment_id == ask.holder else 0
     if est is None:
-        return StreamOption(c, c.latency_p95_ms, 0.0, 0.0, True, False, hit, load, 0)
+        return StreamOption(c, c.latency_p95_ms, 0.0, 0.0, probes is None or load < probes,
+                            False, hit, load, 0)
     prefill = (ask.prompt_tokens - hit) * est.prefill_ms_per_token
     tpot = (est.tpot_base_ms + est.tpot_per_stream_ms * load) * tpot_factor
     cost = est.usd_per_second * (prefill + ask.max_tokens * tpot / (load + 1)) / 1000.0
@@ -232,7 +249,8 @@ def choose_stream(cands: Sequence[Candidate], estimates: Mapping[str, TokenEstim
                   fleet: Mapping[str, FleetQueue] | None = None,
                   fleet_load: bool = False,
                   fallback_band: float = FALLBACK_BAND,
-                  max_cost_usd: float = math.inf) -> StreamChoice:
+                  max_cost_usd: float = math.inf,
+                  unmeasured_probes: int | None = UNMEASURED_PROBES) -> StreamChoice:
     """The deployment for one stream (``cands`` already passed the call's hard filters).
     ``pending``: per deployment, the uncached prompt tokens of this edge's streams there that
     still wait for their first token (none known: empty). ``ttft_headroom``: the fraction of
@@ -251,7 +269,10 @@ def choose_stream(cands: Sequence[Candidate], estimates: Mapping[str, TokenEstim
     be, in TTFT + M × TPOT and in TPOT when asked, if it is cheaper and meets every
     objective the fastest meets (0: the fastest). ``max_cost_usd``: the caller's cap
     (``x-max-cost-usd``); a deployment whose predicted stream cost is over it is not an
-    option (one not yet measured predicts 0: the edge stops such a stream at the cap)."""
+    option (one not yet measured predicts 0: the edge stops such a stream at the cap).
+    ``unmeasured_probes``: an unmeasured deployment is feasible while this edge has fewer
+    than this many streams on it (None: always); nothing feasible, the best effort is among
+    the measured deployments when there is one."""
     if not cands:
         raise NoHealthyDeployment("no deployment may serve this stream")
     queued, margins, slower = pending or {}, ttft_margins or {}, tpot_factors or {}
@@ -260,7 +281,7 @@ def choose_stream(cands: Sequence[Candidate], estimates: Mapping[str, TokenEstim
     predicted = [predict(c, estimates.get(c.deployment_id), batch.get(c.deployment_id, 0), ask,
                          queued.get(c.deployment_id, 0), ttft_headroom,
                          margins.get(c.deployment_id), slower.get(c.deployment_id, 1.0),
-                         _others(reported.get(c.deployment_id)))
+                         _others(reported.get(c.deployment_id)), unmeasured_probes)
                  for c in cands]
     if max_cost_usd < math.inf:
         predicted = affordable(predicted, ask, max_cost_usd)
@@ -275,8 +296,11 @@ def choose_stream(cands: Sequence[Candidate], estimates: Mapping[str, TokenEstim
         def total(o: StreamOption) -> float:
             return o.ttft_ms + o.margin_ms + ask.max_tokens * o.tpot_ms
 
-        fastest = min(options, key=lambda o: (total(o), o.cost_usd))
-        near = [o for o in options if _near(o, fastest, ask, fallback_band)
+        # an unmeasured deployment predicts no decode time: the best effort trusts it only
+        # when nothing is measured (else every best effort would pile onto the busy probe)
+        pool = [o for o in options if o.measured] or list(options)
+        fastest = min(pool, key=lambda o: (total(o), o.cost_usd))
+        near = [o for o in pool if _near(o, fastest, ask, fallback_band)
                 and total(o) <= total(fastest) * (1.0 + fallback_band)
                 and _keeps(o, fastest, ask)]
         best = min(near, key=lambda o: (o.cost_usd, total(o)))

@@ -43,6 +43,7 @@ from placement.streams import (
     FALLBACK_BAND,
     LOAD_FACTOR,
     TTFT_HEADROOM,
+    UNMEASURED_PROBES,
     FleetQueue,
     StreamAsk,
     choose_stream,
@@ -73,8 +74,10 @@ class Switchyard:
                  fleet_count: bool = False,
                  report_every_ms: float = REPORT_EVERY_MS,
                  push_delay_ms: float = PUSH_DELAY_MS, move: bool = True,
-                 move_slack: float = 0.0, fallback_band: float = FALLBACK_BAND) -> None:
+                 move_slack: float = 0.0, fallback_band: float = FALLBACK_BAND,
+                 probes: int | None = UNMEASURED_PROBES) -> None:
         self.name = name
+        self._probes = probes
         self._fallback_band = fallback_band
         # move: each edge watches its decoding streams' pace (``placement.stream_move``) and
         # moves one predicted to miss its TPOT, as ``services/edge/generation.py`` does
@@ -134,7 +137,8 @@ class Switchyard:
                                tpot_factors=(self._running(edge, now, sim)
                                              if self._live_tpot else None),
                                fleet=fleet, fleet_load=self._fleet_load,
-                               fallback_band=self._fallback_band)
+                               fallback_band=self._fallback_band,
+                               unmeasured_probes=self._probes)
         if not choice.slo_met:
             self.infeasible += 1
         dep = choice.candidate.deployment_id
@@ -341,7 +345,7 @@ POLICIES = ("switchyard", "round-robin", "least-loaded", "prefix-affinity", "low
 # Switchyard ablations: the same function without one of its inputs or its guard band
 VARIANTS = ("switchyard-learned-margin", "switchyard-learned-band-only",
             "switchyard-no-guard-band", "switchyard-no-pending", "switchyard-live-tpot",
-            "switchyard-no-move", "switchyard-fastest-fallback",
+            "switchyard-no-move", "switchyard-fastest-fallback", "switchyard-unmeasured-all",
             "switchyard-fleet", "switchyard-fleet-instant")
 # Measured once and rejected (``python -m benchmarks.tokens [--quick] --only NAME --scale S``;
 # within both objectives, chat/code/rag/slowdown), kept runnable:
@@ -389,6 +393,7 @@ def make_policy(name: str, sim: TokenSim, seed: int) -> Policy:
         "switchyard-move-slack25": lambda: Switchyard(sim, name, move_slack=0.25),
         "switchyard-fleet": lambda: Switchyard(sim, name, fleet=True),
         "switchyard-fastest-fallback": lambda: Switchyard(sim, name, fallback_band=0.0),
+        "switchyard-unmeasured-all": lambda: Switchyard(sim, name, probes=None),
         "switchyard-fallback-band25": lambda: Switchyard(sim, name, fallback_band=0.25),
         "switchyard-fleet-instant": lambda: Switchyard(sim, name, fleet=True,
                                                        report_every_ms=50.0, push_delay_ms=0.0),

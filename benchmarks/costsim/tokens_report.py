@@ -37,6 +37,11 @@ class TokenResult:
     caught_moved: int = 0  # of the caught, moved to another deployment (a policy that moves)
     moved: int = 0  # streams moved mid-decode (``placement.stream_move``)
     moved_met: int = 0  # of those, within both objectives
+    # the warm-up's streams (not counted above): how many missed their TTFT objective, and
+    # the longest TTFT of any stream (a cold start's queue shows here)
+    warmup_streams: int = 0
+    warmup_ttft_missed: int = 0
+    max_ttft_ms: float = math.nan
 
 
 def measure(s: TokenScenario, st: Streams, out: Outcome, policy: str) -> TokenResult:
@@ -57,7 +62,23 @@ def measure(s: TokenScenario, st: Streams, out: Outcome, policy: str) -> TokenRe
         cost / tokens * 1e6 if tokens else math.nan, tokens, cost,
         float(out.cache_hit[m].sum() / st.prompt[m].sum()), int(caught.sum()),
         int((caught & ~(ttft_ok & tpot_ok)).sum()), int((caught & moved).sum()),
-        int(moved.sum()), int((moved & ttft_ok & tpot_ok).sum()))
+        int(moved.sum()), int((moved & ttft_ok & tpot_ok).sum()), int((~m).sum()),
+        int((~m & ~ttft_ok).sum()), float(np.nanmax(out.ttft_ms)))
+
+
+def warmup_notes(results: Sequence[TokenResult], before: str, after: str) -> list[str]:
+    """Per scenario, the warm-up's TTFT misses and the longest TTFT, ``before`` → ``after``
+    (a cold start: every edge's deployments unmeasured)."""
+    lines = []
+    for scenario in dict.fromkeys(r.scenario for r in results):
+        b, a = _find(results, scenario, before), _find(results, scenario, after)
+        if b is None or a is None:
+            continue
+        lines.append(f"{scenario}, warm-up (not counted): {before} {b.warmup_ttft_missed} of "
+                     f"{b.warmup_streams:,} streams over their TTFT objective, longest TTFT "
+                     f"{b.max_ttft_ms / 1000:,.1f} s → {after} {a.warmup_ttft_missed}, "
+                     f"{a.max_ttft_ms / 1000:,.1f} s.")
+    return lines
 
 
 def _caught(s: TokenScenario, st: Streams, out: Outcome) -> np.ndarray:

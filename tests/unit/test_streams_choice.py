@@ -211,6 +211,33 @@ def test_unmeasured_deployments_are_tried_first() -> None:
     assert choice.candidate.backend_id == "new" and not choice.chosen.measured
 
 
+def test_an_unmeasured_deployment_takes_one_probe_at_a_time() -> None:
+    """An unmeasured deployment predicts cost 0: without a limit every stream an edge routes
+    before the first one ends goes to it (its queue grows unseen). With one of this edge's
+    streams on it, it is no option until that probe ends; the stream goes to a measured one."""
+    cands = [cand("known"), cand("new")]
+    est, ask = {"known/llm": SLOW}, StreamAsk(10, 10, ttft_ms=1000, tpot_ms=100)
+    assert choose_stream(cands, est, {}, ask).candidate.backend_id == "new"
+    busy = choose_stream(cands, est, {"new/llm": 1}, ask)
+    assert busy.candidate.backend_id == "known" and busy.slo_met
+    assert not busy.options[1].feasible and not busy.options[1].measured
+    # without the limit (the rule before), the busy probe still wins on its zero cost
+    old = choose_stream(cands, est, {"new/llm": 1}, ask, unmeasured_probes=None)
+    assert old.candidate.backend_id == "new"
+
+
+def test_a_best_effort_does_not_pile_onto_a_busy_probe() -> None:
+    """Nothing feasible: the fastest is judged among measured deployments; an unmeasured
+    one (no decode time predicted) would otherwise always look fastest."""
+    cands = [cand("known"), cand("new")]
+    ask = StreamAsk(2000, 10, ttft_ms=100)  # SLOW predicts 2,001 ms: nothing feasible
+    choice = choose_stream(cands, {"known/llm": SLOW}, {"new/llm": 1}, ask)
+    assert not choice.slo_met and choice.candidate.backend_id == "known"
+    # with nothing measured, the busy probes are all there is: still a best effort
+    none = choose_stream([cand("a"), cand("b")], {}, {"a/llm": 1, "b/llm": 1}, ask)
+    assert not none.slo_met and not none.chosen.measured
+
+
 def test_no_candidates_is_no_healthy_deployment() -> None:
     with pytest.raises(NoHealthyDeployment):
         choose_stream([], {}, {}, StreamAsk(1, 1))

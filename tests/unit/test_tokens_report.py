@@ -15,6 +15,7 @@ from benchmarks.costsim.tokens_report import (
     slowdown_notes,
     table,
     verdicts,
+    warmup_notes,
 )
 
 
@@ -112,3 +113,14 @@ def test_the_adoption_verdict_refuses_a_case_that_falls_below_a_target_it_met() 
     dearer = [(1.5, {"before": row("before", 0.992, 2.0, 900.0),
                      "after": row("after", 0.9905, 2.1, 900.0)})]
     assert "cheaper in 1;" in adoption_verdict(at_one, dearer, "before", "after")
+
+
+def test_the_warmup_note_reads_each_policys_cold_start_from_its_row() -> None:
+    before = dataclasses.replace(row("old", 0.99, 1.0, 500.0), warmup_streams=400,
+                                 warmup_ttft_missed=110, max_ttft_ms=66_700.0)
+    after = dataclasses.replace(row("new", 0.99, 1.0, 500.0), warmup_streams=400,
+                                warmup_ttft_missed=36, max_ttft_ms=8_100.0)
+    (line,) = warmup_notes([before, after], "old", "new")
+    assert "old 110 of 400 streams" in line and "66.7 s" in line
+    assert "new 36, 8.1 s" in line
+    assert warmup_notes([before], "old", "new") == []
