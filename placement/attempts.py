@@ -10,6 +10,8 @@ that would otherwise happen.
 Rules, in the order ``CallAttempts.failed`` applies them:
 
 - a status outside ``RETRYABLE`` ends the call (the backend's own answer, passed through);
+  a backend's NOT_FOUND for the variant it was sent is ``VARIANT_GONE`` (``attempt_status``),
+  retried like UNAVAILABLE but excluding only that deployment;
 - a call whose own deadline has expired (or is within ``MIN_REMAINING_S``) stops, and the
   failure is the caller's, not the backend's (``Verdict.blames_backend`` is False): a
   client's tight deadline says nothing about the server;
@@ -44,11 +46,32 @@ from typing import Protocol
 
 from placement.errors import DeadlineTooShort
 
+# Not a gRPC status: a Triton backend's NOT_FOUND for the variant the route table named
+# (``attempt_status``): that deployment is gone, the table not yet caught up.
+VARIANT_GONE = "VARIANT_GONE"
 RETRYABLE = frozenset({"UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "CANCELLED",
-                       "ABORTED"})
+                       "ABORTED", VARIANT_GONE})
 SERVER_FAILURES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED"})
 CALLER_STATUSES = frozenset({"DEADLINE_EXCEEDED", "CANCELLED"})  # may be the caller's own
 MIN_REMAINING_S = 0.002  # less than this left of the caller's deadline: no new attempt
+
+
+TRITON_UNKNOWN_MODEL = "Request for unknown model"  # Triton's NOT_FOUND details begin so
+
+
+def attempt_status(code: str, details: str) -> str:
+    """The status the policy reads for a backend's answer ``code`` (a gRPC status name) with
+    ``details``. Triton answers NOT_FOUND "Request for unknown model: 'v' has no available
+    versions" while it unloads ``v`` (an unload, a server shutting down on SIGTERM) and "...
+    'v' is not found" once it is gone: the deployment the table named no longer exists there.
+    The caller's model name never reaches a backend unresolved (the edge refuses names its
+    table lacks), so it is not the caller's error: ``VARIANT_GONE``, retried at another
+    deployment and held against this one (not its server). A NOT_FOUND naming a version the
+    caller asked for ("... version 7 is not found") is the caller's: passed through."""
+    if code == "NOT_FOUND" and details.startswith(TRITON_UNKNOWN_MODEL) and (
+            "' version " not in details):
+        return VARIANT_GONE
+    return code
 
 
 class Target(Protocol):

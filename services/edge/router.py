@@ -25,7 +25,14 @@ from dataclasses import dataclass
 import grpc
 import structlog
 
-from placement.attempts import SERVER_FAILURES, AttemptPolicy, AttemptSettings, CallAttempts
+from placement.attempts import (
+    SERVER_FAILURES,
+    VARIANT_GONE,
+    AttemptPolicy,
+    AttemptSettings,
+    CallAttempts,
+    attempt_status,
+)
 from placement.errors import (
     BackendFailed,
     InvalidRequest,
@@ -115,7 +122,8 @@ class AttemptFailed(Exception):
 
     def __init__(self, candidate: Candidate, err: grpc.aio.AioRpcError) -> None:
         super().__init__(f"{candidate.deployment_id}: {err.code().name}")
-        self.candidate, self.err, self.status = candidate, err, err.code().name
+        self.candidate, self.err = candidate, err
+        self.status = attempt_status(err.code().name, err.details() or "")  # the policy's
 
 
 class Router:
@@ -380,4 +388,18 @@ def _failed(f: AttemptFailed, tries: CallAttempts) -> SwitchyardError:
         return InvalidRequest(f"request bytes do not parse as a ModelInferRequest "
                               f"({where} answered: {err.details()})")
     return BackendFailed(f"{where} failed after {tries.attempts} attempt(s): "
-                         f"{err.code().name}: {err.details()}", err.code().name)
+                         f"{err.code().name}: {err.details()}{gone_hint(f)}", caller_code(f))
+
+
+def caller_code(f: AttemptFailed) -> str:
+    """The status a caller gets for ``f``, the call's last failed attempt: the backend's,
+    except that a variant gone from every deployment tried is UNAVAILABLE (the mesh's table
+    is behind; a retry later finds the deployments that still serve it), not NOT_FOUND (the
+    caller's model exists)."""
+    return "UNAVAILABLE" if f.status == VARIANT_GONE else f.err.code().name
+
+
+def gone_hint(f: AttemptFailed) -> str:
+    return (" (the variant was unloaded there or its server is shutting down; placement "
+            "drops it from the route table on its next report: retry)"
+            if f.status == VARIANT_GONE else "")

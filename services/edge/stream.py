@@ -40,7 +40,15 @@ from placement.model import CallContext, Candidate
 from placement.pipeline import Decision, Profile
 from services.edge import hints as hint_parser
 from services.edge.generation import Generation
-from services.edge.router import AttemptFailed, CallRecord, Router, local_refusal, status_name
+from services.edge.router import (
+    AttemptFailed,
+    CallRecord,
+    Router,
+    caller_code,
+    gone_hint,
+    local_refusal,
+    status_name,
+)
 from services.edge.token_stats import StreamMeter
 from services.edge.tokens import parse_request
 from services.edge.upstream import Upstreams
@@ -287,5 +295,5 @@ def _decide(gen: Generation, profile: Profile, cands: Sequence[Candidate],
 
 
 def _failed(f: AttemptFailed) -> BackendFailed:
-    return BackendFailed(f"{f.candidate.deployment_id} stream failed: {f.status}: "
-                         f"{f.err.details()}", f.status)
+    return BackendFailed(f"{f.candidate.deployment_id} stream failed: {f.err.code().name}: "
+                         f"{f.err.details()}{gone_hint(f)}", caller_code(f))

@@ -6,7 +6,14 @@ import dataclasses
 
 import pytest
 
-from placement.attempts import MIN_REMAINING_S, AttemptPolicy, AttemptSettings, CallAttempts
+from placement.attempts import (
+    MIN_REMAINING_S,
+    VARIANT_GONE,
+    AttemptPolicy,
+    AttemptSettings,
+    CallAttempts,
+    attempt_status,
+)
 from placement.errors import DeadlineTooShort
 from placement.model import Candidate
 
@@ -55,6 +62,35 @@ def test_a_dead_server_is_excluded_with_all_its_variants() -> None:
     t.started(small)
     assert t.failed(small, "UNAVAILABLE", [small, large, cand(1)], 0.0, yes).retry
     assert t.exclude == {"b0/m-v", "b0/m-large"}
+
+
+@pytest.mark.parametrize("details", [
+    "Request for unknown model: 'm-v' has no available versions",  # unloading, or SIGTERM
+    "Request for unknown model: 'm-v' is not found",  # gone
+])
+def test_a_variant_gone_from_its_backend_is_retried_elsewhere_excluding_only_it(
+        details: str) -> None:
+    small = cand(0)
+    large = dataclasses.replace(small, deployment_id="b0/m-large", variant="m-large")
+    assert attempt_status("NOT_FOUND", details) == VARIANT_GONE
+    t = start()
+    t.started(small)
+    v = t.failed(small, attempt_status("NOT_FOUND", details), [small, large, cand(1)], 0.0, yes)
+    assert v.retry and v.blames_backend
+    assert t.exclude == {"b0/m-v"}  # the server's other variants still serve
+
+
+@pytest.mark.parametrize(("code", "details"), [
+    ("NOT_FOUND", "Request for unknown model: 'm-v' version 7 is not found"),  # the caller's
+    ("NOT_FOUND", "some model's own NOT_FOUND"),
+    ("INVALID_ARGUMENT", "Request for unknown model: 'm-v' is not found"),
+])
+def test_other_answers_keep_their_status(code: str, details: str) -> None:
+    assert attempt_status(code, details) == code
+    t = start()
+    c = cand(0)
+    t.started(c)
+    assert not t.failed(c, attempt_status(code, details), [c, cand(1)], 0.0, yes).retry
 
 
 def test_max_attempts_stops_the_call() -> None:

@@ -130,6 +130,61 @@ async def test_bytes_triton_cannot_parse_are_invalid_argument_not_internal() -> 
     assert not router.blocked  # and not held against the backend
 
 
+def not_found(details: str) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(grpc.StatusCode.NOT_FOUND, grpc.aio.Metadata(),
+                                grpc.aio.Metadata(), details=details)
+
+
+class Gone(FakeUpstream):
+    """Backends that answer Triton's NOT_FOUND for the variant (``gone``: endpoint -> details)."""
+
+    gone: dict[str, str]
+
+    async def infer(self, raw: bytes, timeout: float | None = None) -> bytes:
+        self.calls.append((self._endpoint, raw))
+        if self._endpoint in self.gone:
+            raise not_found(self.gone[self._endpoint])
+        return self._endpoint.encode()
+
+
+async def test_a_variant_unloaded_under_a_call_is_served_elsewhere_not_found_to_no_caller(
+        ) -> None:
+    """A backend shutting down (SIGTERM) or unloading a variant answers NOT_FOUND "has no
+    available versions" until placement's table drops it: passed through, every such call
+    failed NOT_FOUND for a model that exists (a pool shrunk without its drain lost 23 calls
+    in tests/integration/test_capacity_mesh.py)."""
+    router, _, _ = make_router([cand(0, 1e-6, 5), cand(1, 2e-6, 5)], {}, Clock())
+    up = Gone({})
+    up.gone = {"ep0": "Request for unknown model: 'm-v' has no available versions"}
+    router.upstreams = up  # type: ignore[assignment]
+    rec = CallRecord("", "")
+    assert await router.infer(RAW, [("x-slo-ms", "100")], 2.0, rec) == b"ep1"
+    assert [e for e, _ in up.calls] == ["ep0", "ep1"] and rec.attempts == 2
+    assert router.stats.by_deployment["b0/m-v"].failures == 1  # held against the deployment
+
+
+async def test_a_variant_gone_everywhere_is_unavailable_and_says_why() -> None:
+    router, _, _ = make_router([cand(0, 1e-6, 5), cand(1, 2e-6, 5)], {}, Clock())
+    up = Gone({})
+    up.gone = dict.fromkeys(("ep0", "ep1"), "Request for unknown model: 'm-v' is not found")
+    router.upstreams = up  # type: ignore[assignment]
+    with pytest.raises(BackendFailed) as err:
+        await router.infer(RAW, [], 2.0, CallRecord("", ""))
+    assert err.value.grpc_code == "UNAVAILABLE" and len(up.calls) == 2
+    assert "unloaded there or its server is shutting down" in err.value.message
+
+
+async def test_a_version_the_caller_asked_for_stays_its_own_not_found() -> None:
+    router, _, _ = make_router([cand(0, 1e-6, 5), cand(1, 2e-6, 5)], {}, Clock())
+    up = Gone({})
+    up.gone = dict.fromkeys(("ep0", "ep1"),
+                            "Request for unknown model: 'm-v' version 7 is not found")
+    router.upstreams = up  # type: ignore[assignment]
+    with pytest.raises(BackendFailed) as err:
+        await router.infer(RAW, [], 2.0, CallRecord("", ""))
+    assert err.value.grpc_code == "NOT_FOUND" and len(up.calls) == 1
+
+
 async def test_everything_failing_ends_with_the_last_backend_status() -> None:
     router, _up, _ = make_router([cand(0, 1e-6, 5), cand(1, 2e-6, 5)],
                                 {"ep0": grpc.StatusCode.UNAVAILABLE,
