@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import pathlib
+import socket
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,10 +18,11 @@ from structlog.testing import capture_logs
 
 from services.api.switchyard.v1.placement_pb2 import ListBackendsRequest
 from services.backends.triton import TritonProcess
+from services.capacity.actor import PoolTarget
 from services.capacity.plan_view import plan_main, status_section
 from services.config import MeshConfig
-from services.demo_plan import run_plan_demo
-from tests.mesh_harness import Mesh, mesh_config, running_mesh
+from services.demo_plan import QUALITY_FLOOR, run_plan_demo
+from tests.mesh_harness import Mesh, call, eventually, mesh_config, running_mesh
 
 pytestmark = pytest.mark.integration
 
@@ -105,3 +108,59 @@ async def test_demand_shift_replaces_variants_live_with_zero_failed_calls(
     assert f"{instance}  summarize-large" in status
     assert "east-fast" in status and "capacity pools (apply = approve)" in status
     assert f"{POOL}  1     summarize-large  0.600  {instance}" in status
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_pool_resized_under_load_loses_no_call(mesh: Mesh) -> None:
+    """Right-sizing on real parts: the actor grows the pool by a real Triton (its variant
+    loaded, routed once ready) and, while tritonclient calls that only the pool's variant may
+    serve keep coming, shrinks it again: the leaving instance is drained before its process
+    stops. No call fails, and the instance that left had served calls."""
+    loop = mesh.placement.capacity
+    assert loop is not None
+    provider, large = loop.actor.provider, frozenset({"summarize-large"})
+    async with loop._lock:  # the loop applies one plan at a time; so do we
+        grown = await loop.actor.apply({POOL: PoolTarget(2, large)})
+    (kept, leaving) = provider.instances(POOL)
+    assert ("add", leaving.id, "") in grown.actions
+    assert await loop.actor._control(leaving).loaded() == large
+
+    floor = [("x-min-quality", QUALITY_FLOOR), ("x-slo-ms", "2000")]
+    served: dict[str, int] = {}
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def caller() -> None:
+        while not stop.is_set():
+            try:
+                dep = call(mesh, floor)["x-served-by"]
+                served[dep] = served.get(dep, 0) + 1
+            except Exception as exc:  # every failure is reported, none ends the load
+                failures.append(f"{exc!r} {exc}")
+
+    callers = [asyncio.create_task(asyncio.to_thread(caller)) for _ in range(3)]
+    try:
+        await eventually(lambda: served.get(f"{leaving.id}/summarize-large", 0) >= 5, 60,
+                         f"the added instance serves calls (served: {served})")
+        async with loop._lock:
+            shrunk = await loop.actor.apply({POOL: PoolTarget(1, large)})
+        assert shrunk.actions == [("unload", leaving.id, "summarize-large"),
+                                  ("remove", leaving.id, "")]
+        after = sum(served.values())
+        await eventually(lambda: sum(served.values()) >= after + 30, 60,
+                         "calls go on after the removal")
+    finally:
+        stop.set()
+        await asyncio.gather(*callers)
+    assert failures == []
+    # drained first: no attempt there failed (the edge's retries would have hidden those)
+    left = mesh.edge.router.stats.by_deployment.get(f"{leaving.id}/summarize-large")
+    assert left is not None and left.calls >= 5 and left.failures == 0
+    assert provider.instances(POOL) == [kept]
+    host, port = leaving.endpoint.rsplit(":", 1)
+    with pytest.raises(ConnectionRefusedError):  # its tritonserver is gone
+        socket.create_connection((host, int(port)), 1).close()
+    # the edge's table no longer offers it
+    await eventually(lambda: all(c.backend_id != leaving.id for c in
+                                 mesh.edge.router.store.candidates.get("summarize", ())), 30,
+                     "the removed instance leaves the route table")
