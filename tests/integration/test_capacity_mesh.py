@@ -20,6 +20,7 @@ from services.api.switchyard.v1.placement_pb2 import ListBackendsRequest
 from services.backends.triton import TritonProcess
 from services.capacity.actor import PoolTarget
 from services.capacity.plan_view import plan_main, status_section
+from services.capacity.provider import Instance
 from services.config import MeshConfig
 from services.demo_plan import QUALITY_FLOOR, run_plan_demo
 from tests.mesh_harness import Mesh, call, eventually, mesh_config, running_mesh
@@ -110,57 +111,108 @@ async def test_demand_shift_replaces_variants_live_with_zero_failed_calls(
     assert f"{POOL}  1     summarize-large  0.600  {instance}" in status
 
 
-@pytest.mark.asyncio(loop_scope="module")
-async def test_a_pool_resized_under_load_loses_no_call(mesh: Mesh) -> None:
-    """Right-sizing on real parts: the actor grows the pool by a real Triton (its variant
-    loaded, routed once ready) and, while tritonclient calls that only the pool's variant may
-    serve keep coming, shrinks it again: the leaving instance is drained before its process
-    stops. No call fails, and the instance that left had served calls."""
+class QualityLoad:
+    """tritonclient calls through the edge, from threads, that only a summarize-large
+    deployment may serve; what served each and every failure, until ``stop``."""
+
+    FLOOR = (("x-min-quality", QUALITY_FLOOR), ("x-slo-ms", "2000"))
+
+    def __init__(self, mesh: Mesh, callers: int = 3) -> None:
+        self.mesh, self.served, self.failures = mesh, dict[str, int](), list[str]()
+        self._stop = threading.Event()
+        self._tasks = [asyncio.create_task(asyncio.to_thread(self._caller))
+                       for _ in range(callers)]
+
+    def _caller(self) -> None:
+        while not self._stop.is_set():
+            try:
+                dep = call(self.mesh, self.FLOOR)["x-served-by"]
+                self.served[dep] = self.served.get(dep, 0) + 1
+            except Exception as exc:  # every failure is reported, none ends the load
+                self.failures.append(f"{exc!r} {exc}")
+
+    def total(self) -> int:
+        return sum(self.served.values())
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+
+
+async def two_instances(mesh: Mesh) -> tuple[Instance, Instance]:
+    """The pool grown to two real Tritons serving summarize-large (the actor adds one, loads
+    the variant and hands it to routing once Triton reports it ready)."""
     loop = mesh.placement.capacity
     assert loop is not None
-    provider, large = loop.actor.provider, frozenset({"summarize-large"})
     async with loop._lock:  # the loop applies one plan at a time; so do we
-        grown = await loop.actor.apply({POOL: PoolTarget(2, large)})
-    (kept, leaving) = provider.instances(POOL)
-    assert ("add", leaving.id, "") in grown.actions
-    assert await loop.actor._control(leaving).loaded() == large
+        grown = await loop.actor.apply({POOL: PoolTarget(2, LARGE)})
+    kept, added = loop.actor.provider.instances(POOL)
+    assert ("add", added.id, "") in grown.actions
+    assert await loop.actor._control(added).loaded() == LARGE
+    return kept, added
 
-    floor = [("x-min-quality", QUALITY_FLOOR), ("x-slo-ms", "2000")]
-    served: dict[str, int] = {}
-    failures: list[str] = []
-    stop = threading.Event()
 
-    def caller() -> None:
-        while not stop.is_set():
-            try:
-                dep = call(mesh, floor)["x-served-by"]
-                served[dep] = served.get(dep, 0) + 1
-            except Exception as exc:  # every failure is reported, none ends the load
-                failures.append(f"{exc!r} {exc}")
+def assert_gone(mesh: Mesh, inst: Instance) -> None:
+    host, port = inst.endpoint.rsplit(":", 1)
+    with pytest.raises(ConnectionRefusedError):  # its tritonserver is gone
+        socket.create_connection((host, int(port)), 1).close()
 
-    callers = [asyncio.create_task(asyncio.to_thread(caller)) for _ in range(3)]
+
+LARGE = frozenset({"summarize-large"})
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_pool_resized_under_load_loses_no_call(mesh: Mesh) -> None:
+    """Right-sizing on real parts: the actor grows the pool by a real Triton and, while
+    tritonclient calls that only the pool's variant may serve keep coming, shrinks it again:
+    the leaving instance is drained before its process stops. No call fails, the instance
+    that left had served calls, and none of its attempts failed."""
+    loop = mesh.placement.capacity
+    assert loop is not None
+    kept, leaving = await two_instances(mesh)
+    load = QualityLoad(mesh)
     try:
-        await eventually(lambda: served.get(f"{leaving.id}/summarize-large", 0) >= 5, 60,
-                         f"the added instance serves calls (served: {served})")
+        await eventually(lambda: load.served.get(f"{leaving.id}/summarize-large", 0) >= 5, 60,
+                         f"the added instance serves calls (served: {load.served})")
         async with loop._lock:
-            shrunk = await loop.actor.apply({POOL: PoolTarget(1, large)})
+            shrunk = await loop.actor.apply({POOL: PoolTarget(1, LARGE)})
         assert shrunk.actions == [("unload", leaving.id, "summarize-large"),
                                   ("remove", leaving.id, "")]
-        after = sum(served.values())
-        await eventually(lambda: sum(served.values()) >= after + 30, 60,
-                         "calls go on after the removal")
+        after = load.total()
+        await eventually(lambda: load.total() >= after + 30, 60, "calls go on after the removal")
     finally:
-        stop.set()
-        await asyncio.gather(*callers)
-    assert failures == []
+        await load.stop()
+    assert load.failures == []
     # drained first: no attempt there failed (the edge's retries would have hidden those)
     left = mesh.edge.router.stats.by_deployment.get(f"{leaving.id}/summarize-large")
     assert left is not None and left.calls >= 5 and left.failures == 0
-    assert provider.instances(POOL) == [kept]
-    host, port = leaving.endpoint.rsplit(":", 1)
-    with pytest.raises(ConnectionRefusedError):  # its tritonserver is gone
-        socket.create_connection((host, int(port)), 1).close()
+    assert loop.actor.provider.instances(POOL) == [kept]
+    assert_gone(mesh, leaving)
     # the edge's table no longer offers it
     await eventually(lambda: all(c.backend_id != leaving.id for c in
                                  mesh.edge.router.store.candidates.get("summarize", ())), 30,
                      "the removed instance leaves the route table")
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_an_instance_stopped_without_a_drain_under_load_loses_no_call(
+        mesh: Mesh) -> None:
+    """A pool instance terminated by its provider with no drain (SIGTERM, as a reclaim or a
+    pod deletion does) while calls run: Triton unloads its models first and answers NOT_FOUND
+    "has no available versions" until it exits. The edge retries those at another
+    deployment (``VARIANT_GONE``): no caller sees a failure (before, 18-23 calls failed
+    NOT_FOUND here, 59 in a run of the old code)."""
+    loop = mesh.placement.capacity
+    assert loop is not None
+    _, leaving = await two_instances(mesh)
+    load = QualityLoad(mesh)
+    try:
+        await eventually(lambda: load.served.get(f"{leaving.id}/summarize-large", 0) >= 5, 60,
+                         f"the added instance serves calls (served: {load.served})")
+        await loop.actor.provider.remove(leaving)  # SIGTERM, no drain, no gate
+        after = load.total()
+        await eventually(lambda: load.total() >= after + 30, 60, "calls go on after the stop")
+    finally:
+        await load.stop()
+    assert load.failures == []
+    assert_gone(mesh, leaving)
