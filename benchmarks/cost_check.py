@@ -150,7 +150,33 @@ def _no_borrow() -> None:
     shares.BORROW = False
 
 
+def _probe(slack: float, own: bool = False) -> Callable[[], None]:
+    """An unmeasured deployment takes only calls with ``slack`` × the room its modelled
+    queue and service need (``slo.probe_ms``); ``own``: unmeasured by this edge."""
+    def apply() -> None:
+        slo.PROBE_SLACK = slack
+        slo.PROBE_OWN = own
+    return apply
+
+
+def _class_headroom(step: float, low: float = 0.0, target: float = feedback.CLASS_TARGET
+                    ) -> Callable[[], None]:
+    """A margin per SLO class learned from the class's misses on any deployment
+    (``SloFeedback(class_step=...)``), at least ``low`` × SLO, tracking ``target`` ×
+    the tail."""
+    def apply() -> None:
+        feedback.CLASS_STEP = step
+        feedback.CLASS_RANGE = (low, feedback.CLASS_RANGE[1])
+        feedback.CLASS_TARGET = target
+    return apply
+
+
 VARIANTS: dict[str, Callable[[], None]] = {
+    "probe-2": _probe(2.0),
+    "probe-1.5": _probe(1.5),
+    "probe-own-1.5": _probe(1.5, own=True),
+    "class-headroom": _class_headroom(0.02),
+    "class-headroom-spend": _class_headroom(0.02, low=-0.1),
     "no-borrow": _no_borrow,
     "borrow": _borrow(),
     "borrow-z1": _borrow(1.0),

@@ -42,7 +42,7 @@ rejected idle-slot borrowing there.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from types import MappingProxyType
 
 from placement import queueing
@@ -57,6 +57,34 @@ GRID = math.log(1.1)
 BUDGET_WINDOW = 4000  # calls: the edge's miss rate is an average over about this many
 BUDGET_Z = 2.0  # the miss rate's confidence bounds: k ± Z √(k + 1) (+ Z² above)
 BUDGET_RANGE = (0.25, 4.0)  # the tracked fraction stays within this × ``tail``
+# Class headroom (``class_step``): a margin for every deployment of an SLO class, learned
+# from the class's misses wherever they happen; 0 = off. Bounded to ``CLASS_RANGE`` × SLO
+# (below 0: the class's estimates lowered while it misses less than its target).
+CLASS_STEP = 0.0
+CLASS_RANGE = (0.0, 0.3)
+CLASS_TARGET = 0.5  # of ``tail``: the class's miss rate its headroom tracks
+
+
+class _WithHeadroom(Mapping[str, float]):
+    """A class's per-deployment margins with its class headroom added to every deployment
+    (listed or not): ``get(dep, default)`` is the deployment's margin plus the headroom."""
+
+    __slots__ = ("_extra", "_own")
+
+    def __init__(self, own: Mapping[str, float], extra: float) -> None:
+        self._own, self._extra = own, extra
+
+    def __getitem__(self, key: str) -> float:
+        return self._own.get(key, 0.0) + self._extra
+
+    def get(self, key: str, default: object = None) -> float:
+        return self[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._own)
+
+    def __len__(self) -> int:
+        return len(self._own)
 
 
 def miss_bounds(missed: float, calls: float, z: float = BUDGET_Z) -> tuple[float, float]:
@@ -94,7 +122,7 @@ class SloFeedback:
     def __init__(self, tail: float = queueing.TAIL, step: float = STEP,
                  half_life_s: float = HALF_LIFE_S, idle_s: float | None = None,
                  tails: TailMargins | None = None, track_tails: bool = False,
-                 budget: bool = False) -> None:
+                 budget: bool = False, class_step: float | None = None) -> None:
         """``idle_s=None``: margins decay in time whether or not calls still go there.
         ``tails`` (a ``TailMargins`` of its own unless ``track_tails`` is false): every
         served attempt's excess over its expected p95 is learned there (``served``), and
@@ -102,6 +130,8 @@ class SloFeedback:
         the margins track follows the edge's own miss rate (``budgeted_tail``)."""
         self.tail, self.step, self.half_life_s, self.idle_s = tail, step, half_life_s, idle_s
         self.budget = budget
+        self.class_step = CLASS_STEP if class_step is None else class_step
+        self._headroom: dict[int, float] = {}  # class -> ms for every deployment
         self.calls = self.missed = 0.0  # over the last ~BUDGET_WINDOW calls (decayed)
         self.tails = tails if tails is not None else (TailMargins(tail) if track_tails
                                                       else None)
@@ -123,6 +153,8 @@ class SloFeedback:
         self.calls = self.calls * keep + 1.0
         self.missed = self.missed * keep + (0.0 if met else 1.0)
         k = slo_class(slo_ms)
+        if self.class_step > 0.0:
+            self._class_record(k, slo_ms, met)
         margins = self._decayed(k, now)
         m = margins.get(deployment_id, 0.0)
         if met:
@@ -141,6 +173,23 @@ class SloFeedback:
             margins[deployment_id] = m
             last[deployment_id] = now
 
+    def _class_record(self, k: int, slo_ms: float, met: bool) -> None:
+        """The class headroom as a quantile tracker of the class's own misses: up
+        ``class_step × slo`` per miss, down so that ``CLASS_TARGET × tail`` of the class's
+        calls may miss, within ``CLASS_RANGE`` × slo."""
+        target = CLASS_TARGET * self.tail
+        step = self.class_step * slo_ms
+        h = self._headroom.get(k, 0.0) + (-step * target / (1.0 - target) if met else step)
+        lo, hi = CLASS_RANGE
+        h = min(max(h, lo * slo_ms), hi * slo_ms)
+        if h != self._headroom.get(k, 0.0):
+            self._headroom[k] = h
+            self._changes += 1
+
+    def headroom(self, slo_ms: float) -> float:
+        """The class headroom (ms) every deployment gets for calls of this SLO."""
+        return self._headroom.get(slo_class(slo_ms), 0.0)
+
     def surplus(self) -> bool:
         """Whether this edge's own miss rate is below ``tail`` with confidence (its upper
         bound, ``miss_bounds``): a few hundred clean calls are not enough at 0.5 %."""
@@ -156,6 +205,12 @@ class SloFeedback:
         class's, plus the deployment's tail margin when ``tails`` is set."""
         k = slo_class(slo_ms)
         own = self._decayed(k, now)
+        extra = self._headroom.get(k, 0.0)
+        if extra:
+            return _WithHeadroom(self._merged_tails(k, own), extra)
+        return self._merged_tails(k, own)
+
+    def _merged_tails(self, k: int, own: dict[str, float]) -> Mapping[str, float]:
         if self.tails is None:
             return MappingProxyType(own)
         cached = self._merged.get(k)

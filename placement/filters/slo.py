@@ -53,6 +53,30 @@ from placement.shares import borrowed_ms as borrowed_idle_ms
 
 BORROW_IDLE = False  # see ``borrowed_ms``
 BORROW_WAIT = "one-call"  # or "mmc": the M/M/c tail wait with this edge's excess added
+# An unmeasured deployment as a probe (``probe_ms``): 1.0 = off; ``PROBE_OWN``: unmeasured
+# by this edge (even when the table's row is other edges' measurement).
+PROBE_SLACK = 1.0
+PROBE_OWN = False
+
+
+def unmeasured(c: Candidate, ctx: CallContext, own: bool = False) -> bool:
+    """No p95 of ``c`` measured by any edge (the table's row is the model's), or with
+    ``own`` none measured by this edge."""
+    if c.deployment_id in ctx.observed_p95_ms:
+        return False
+    return own or not c.observed
+
+
+def probe_ms(c: Candidate, ctx: CallContext, predicted: float,
+             slack: float | None = None, own: bool | None = None) -> float:
+    """With ``PROBE_SLACK`` > 1, a deployment nobody has measured (``unmeasured``) takes
+    only calls whose SLO has ``slack`` times the room its modelled part (everything but
+    the RTT: queue and service) needs: a probe, not a bet of a tight call on the model's
+    guess. ``predicted`` when measured or off."""
+    slack = PROBE_SLACK if slack is None else slack
+    if slack <= 1.0 or not unmeasured(c, ctx, PROBE_OWN if own is None else own):
+        return predicted
+    return c.rtt_ms + (predicted - c.rtt_ms) * slack
 
 
 def borrowed_ms(c: Candidate, ctx: CallContext, predicted: float) -> float:
@@ -84,7 +108,8 @@ class SloFilter:
 
     def reject(self, c: Candidate, ctx: CallContext) -> str | None:
         budget = ctx.hints.slo_ms - ctx.slo_margin_ms
-        latency = borrowed_idle_ms(c, ctx, borrowed_ms(c, ctx, ctx.latency_ms(c)))
+        latency = probe_ms(c, ctx, borrowed_idle_ms(c, ctx, borrowed_ms(c, ctx,
+                                                                     ctx.latency_ms(c))))
         learned = ctx.slo_margins.get(c.deployment_id, 0.0)
         if latency + learned > budget:
             if learned:
