@@ -64,9 +64,9 @@ from services.xds.routes import (
 log = structlog.get_logger("switchyard.xds")
 
 __all__ = [
-    "CLUSTER", "LISTENER", "LISTENER_NAME", "PLACEMENT_CLUSTER", "ROUTE", "SLOW_PATH_CLUSTER",
-    "SLOW_PATH_MAX_REQUESTS", "CompileCache", "EnvoySettings", "ModelRoutes", "RegionConfig",
-    "Resource",
+    "CLUSTER", "LISTENER", "LISTENER_NAME", "PLACEMENT_CLUSTER", "RETIRE_COMPILES", "ROUTE",
+    "SLOW_PATH_CLUSTER", "SLOW_PATH_MAX_REQUESTS", "CompileCache", "EnvoySettings",
+    "ModelRoutes", "RegionConfig", "Resource",
     "_route_action", "aggregate_orders", "cluster_name", "compile_region", "deployment_cluster",
     "edge_deployments", "listener",
     "model_cluster", "model_cluster_name", "per_try_timeout_s", "resource",
@@ -105,9 +105,23 @@ class CompileCache:
     - per region, its rows' filter verdicts at each SLO the plan ranks them at
       (``order.RankMemo``): the pipeline runs on the rows that changed only.
 
-    Entries a compile did not use are dropped after it (a cache the size of the fleet)."""
+    Entries a compile did not use are dropped after it (a cache the size of the fleet).
 
-    def __init__(self) -> None:
+    ``retire_compiles``: an aggregate cluster the region's routes stop naming (an SLO class
+    gone, a weighted rotation dropped) stays, with its last order, for this many more
+    compiles of the region (0: it goes at once, the output then equal to a compile from
+    scratch). A call already routed keeps its route's cluster name for its retries and
+    hedges, and Envoy's router answers a retry whose cluster is gone "no healthy upstream"
+    (``Filter::doRetry``: "Clusters can technically get removed by CDS during a retry"):
+    in the drills, bursts of 1-4 calls right after a kill or a restore reordered a region,
+    with no ``upstream_cx_none_healthy`` counted (``RETIRE_COMPILES``)."""
+
+    def __init__(self, retire_compiles: int = 0) -> None:
+        self.retire_compiles = retire_compiles
+        # region -> aggregates its last compile named, and those retired: name -> (order,
+        # compiles left)
+        self.named: dict[str, dict[str, tuple[str, ...]]] = {}
+        self.retired: dict[str, dict[str, tuple[tuple[str, ...], int]]] = {}
         self.deployments: dict[tuple[object, ...], Resource] = {}
         self.aggregates: dict[tuple[object, ...], Resource] = {}
         self.routes: dict[str, tuple[object, Resource]] = {}
@@ -116,6 +130,11 @@ class CompileCache:
         self.templates: dict[tuple[EnvoySettings, bool], cluster_pb2.Cluster] = {}
         self.template_ok = True
         self.built = 0  # resources built (not reused), for tests and benchmarks
+
+    @classmethod
+    def serving(cls) -> CompileCache:
+        """The ADS server's cache: retired aggregates kept ``RETIRE_COMPILES`` compiles."""
+        return cls(retire_compiles=RETIRE_COMPILES)
 
     def deployment(self, c: placement_pb2.Candidate, s: EnvoySettings,
                    used: dict[tuple[object, ...], Resource], check: bool) -> Resource:
@@ -223,6 +242,7 @@ def compile_region(region: str, tables: Iterable[placement_pb2.RouteTable], prof
     memo.end_round()
     cache.rows[region] = now
     named = aggregate_orders(models)
+    named += retiring(cache, region, named)
     wanted = edge_deployments(tables, named)
     for table in tables:
         for c in table.candidates:
@@ -239,6 +259,34 @@ def compile_region(region: str, tables: Iterable[placement_pb2.RouteTable], prof
     _keep_only(cache.aggregates, aggregates)
     rc = route_config_name(region)
     return RegionConfig(region, clusters, {rc: cache.route(region, models, s)}, models)
+
+
+# Compiles an aggregate stays after the routes stop naming it (``CompileCache``): a region is
+# compiled on every publish that changes its tables and every ``learn_every_s`` while it
+# learns, about once a second while a drill reorders it, so a few seconds there, longer when
+# calm; longer than the drills' 2 s deadline.
+RETIRE_COMPILES = 8
+
+
+def retiring(cache: CompileCache, region: str, named: Sequence[tuple[str, tuple[str, ...]]]
+             ) -> list[tuple[str, tuple[str, ...]]]:
+    """The aggregates the region's routes named in earlier compiles but no longer do, kept
+    ``cache.retire_compiles`` compiles with their last order (a named one is no longer
+    retired); records this compile's names for the next."""
+    now = dict(named)
+    retired = cache.retired.setdefault(region, {})
+    if cache.retire_compiles > 0:
+        for name, order in cache.named.get(region, {}).items():
+            if name not in now:
+                retired[name] = (order, cache.retire_compiles + 1)
+    for name in list(retired):
+        order, left = retired[name]
+        if name in now or left <= 1:
+            del retired[name]
+        else:
+            retired[name] = (order, left - 1)
+    cache.named[region] = now
+    return [(name, order) for name, (order, _) in sorted(retired.items())]
 
 
 def aggregate_orders(models: dict[str, ModelRoutes]) -> list[tuple[str, tuple[str, ...]]]:

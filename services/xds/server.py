@@ -146,7 +146,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         self._compiled: dict[str, _Compiled] = {}
         # resources kept across compiles (``resources.CompileCache``), compiled on one worker
         # thread (``region_config_async``) under a lock (``region_config`` runs on callers')
-        self.cache = CompileCache()
+        self.cache = CompileCache.serving()
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="xds-compile")
         self._compile_lock = threading.Lock()
         self._compiling: dict[str, asyncio.Future[None]] = {}
