@@ -9,7 +9,7 @@ import asyncio
 import pathlib
 import socket
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -161,6 +161,22 @@ def assert_gone(mesh: Mesh, inst: Instance) -> None:
 LARGE = frozenset({"summarize-large"})
 
 
+async def while_serving(mesh: Mesh, inst: Instance,
+                        change: Callable[[], Awaitable[None]]) -> QualityLoad:
+    """Under ``QualityLoad``: once ``inst`` has served 5 calls, ``change``; then 30 more
+    calls. The load, stopped."""
+    load = QualityLoad(mesh)
+    try:
+        await eventually(lambda: load.served.get(f"{inst.id}/summarize-large", 0) >= 5, 60,
+                         f"{inst.id} serves calls (served: {load.served})")
+        await change()
+        after = load.total()
+        await eventually(lambda: load.total() >= after + 30, 60, "calls go on after it")
+    finally:
+        await load.stop()
+    return load
+
+
 @pytest.mark.asyncio(loop_scope="module")
 async def test_a_pool_resized_under_load_loses_no_call(mesh: Mesh) -> None:
     """Right-sizing on real parts: the actor grows the pool by a real Triton and, while
@@ -170,18 +186,15 @@ async def test_a_pool_resized_under_load_loses_no_call(mesh: Mesh) -> None:
     loop = mesh.placement.capacity
     assert loop is not None
     kept, leaving = await two_instances(mesh)
-    load = QualityLoad(mesh)
-    try:
-        await eventually(lambda: load.served.get(f"{leaving.id}/summarize-large", 0) >= 5, 60,
-                         f"the added instance serves calls (served: {load.served})")
+
+    async def shrink() -> None:
+        assert loop is not None
         async with loop._lock:
             shrunk = await loop.actor.apply({POOL: PoolTarget(1, LARGE)})
         assert shrunk.actions == [("unload", leaving.id, "summarize-large"),
                                   ("remove", leaving.id, "")]
-        after = load.total()
-        await eventually(lambda: load.total() >= after + 30, 60, "calls go on after the removal")
-    finally:
-        await load.stop()
+
+    load = await while_serving(mesh, leaving, shrink)
     assert load.failures == []
     # drained first: no attempt there failed (the edge's retries would have hidden those)
     left = mesh.edge.router.stats.by_deployment.get(f"{leaving.id}/summarize-large")
@@ -205,14 +218,7 @@ async def test_an_instance_stopped_without_a_drain_under_load_loses_no_call(
     loop = mesh.placement.capacity
     assert loop is not None
     _, leaving = await two_instances(mesh)
-    load = QualityLoad(mesh)
-    try:
-        await eventually(lambda: load.served.get(f"{leaving.id}/summarize-large", 0) >= 5, 60,
-                         f"the added instance serves calls (served: {load.served})")
-        await loop.actor.provider.remove(leaving)  # SIGTERM, no drain, no gate
-        after = load.total()
-        await eventually(lambda: load.total() >= after + 30, 60, "calls go on after the stop")
-    finally:
-        await load.stop()
+    # SIGTERM, no drain, no gate
+    load = await while_serving(mesh, leaving, lambda: loop.actor.provider.remove(leaving))
     assert load.failures == []
     assert_gone(mesh, leaving)
