@@ -106,6 +106,23 @@ def load_sensitivity(scenarios: list[TokenScenario]
     return rows
 
 
+SEED_OFFSETS = (0, 1000)  # the seed check: each scenario's streams drawn twice
+
+
+def seed_check(scenarios: list[TokenScenario], before: str, after: str
+               ) -> list[tokens_report.SeedRow]:
+    """``before`` and ``after`` at ×1 and every load scale, on each of ``SEED_OFFSETS``
+    (quick horizon): how far a change moves attainment against the seeds' own spread."""
+    rows = []
+    for s in scenarios:
+        for scale in (1.0, *LOAD_SCALES):
+            for off in SEED_OFFSETS:
+                drawn = dataclasses.replace(scaled(s, scale), seed=s.seed + off)
+                r = {x.policy: x for x in run_scenario(drawn, True, (before, after))}
+                rows.append((s.name, scale, off, r[before], r[after]))
+    return rows
+
+
 def run(quick: bool) -> Section:
     t0 = time.monotonic()
     scenarios = [load_token_scenario(p) for p in sorted(SCENARIOS.glob("*.toml"))]
@@ -116,6 +133,7 @@ def run(quick: bool) -> Section:
     main = [r for r in results if r.policy in POLICIES]
     variants = [r for r in results if r.policy not in POLICIES or r.policy == "switchyard"]
     loads = load_sensitivity(scenarios)
+    seeds = seed_check(scenarios, UNMEASURED_ALL, "switchyard")
     notes = _notes(scenarios, results, variants, quick)
     notes += money_notes(scenarios, results, spent, quick)
     notes += [f"#### Load sensitivity (every region's rate ×{', ×'.join(map(str, LOAD_SCALES))}"
@@ -125,7 +143,12 @@ def run(quick: bool) -> Section:
               tokens_report.adoption_verdict(variants, loads, UNMEASURED_ALL, "switchyard"),
               tokens_report.adoption_verdict(variants, loads, FASTEST_FALLBACK, "switchyard"),
               tokens_report.default_verdict(variants, loads, NO_MOVE, "switchyard"),
-              tokens_report.default_verdict(variants, loads, "switchyard", FLEET)]
+              tokens_report.default_verdict(variants, loads, "switchyard", FLEET),
+              f"#### Seed check (quick horizon, ×1 and every load, seeds "
+              f"+{', +'.join(map(str, SEED_OFFSETS))}): `switchyard` against "
+              f"`{UNMEASURED_ALL}`",
+              tokens_report.seed_table(seeds, UNMEASURED_ALL, "switchyard"),
+              tokens_report.seed_verdict(seeds, UNMEASURED_ALL, "switchyard")]
     return Section(title=TITLE, command=command_for(__name__, quick),
                    table=tokens_report.table(main), notes=notes,
                    elapsed_s=time.monotonic() - t0)

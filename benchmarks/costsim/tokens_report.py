@@ -272,3 +272,60 @@ def adoption_verdict(at_one: Sequence[TokenResult],
                "not kept by the rule (no case falls below a target it met)." if lost else
                f"no case falls below {ATTAINMENT_TARGET:.0%} where `{before}` held it: kept by "
                "the rule."))
+
+
+# (scenario, load scale, seed offset, before's row, after's row)
+SeedRow = tuple[str, float, int, TokenResult, TokenResult]
+
+
+def _seed_cases(rows: Sequence[SeedRow]) -> dict[tuple[str, float], list[SeedRow]]:
+    cases: dict[tuple[str, float], list[SeedRow]] = {}
+    for row in rows:
+        cases.setdefault((row[0], row[1]), []).append(row)
+    return cases
+
+
+def seed_table(rows: Sequence[SeedRow], before: str, after: str) -> str:
+    """Per scenario and load, ``before`` and ``after`` within both objectives on each seed,
+    their means, and the spread the seeds alone make in ``before`` (its noise)."""
+    out = []
+    for (scenario, scale), case in _seed_cases(rows).items():
+        b = [r[3].both for r in case]
+        a = [r[4].both for r in case]
+        out.append([scenario, f"×{scale:g}", ", ".join(f"+{r[2]}" for r in case),
+                    " / ".join(f"{x:.2%}" for x in b), " / ".join(f"{x:.2%}" for x in a),
+                    f"{np.mean(b):.2%}", f"{np.mean(a):.2%}", f"{max(b) - min(b):.2%}",
+                    f"{np.mean([r[3].usd_per_1m_out for r in case]):.3f}",
+                    f"{np.mean([r[4].usd_per_1m_out for r in case]):.3f}"])
+    return md_table(["scenario", "load", "seeds", f"{before} both", f"{after} both",
+                     f"{before} mean", f"{after} mean", f"{before} seed spread",
+                     f"{before} mean $/1M", f"{after} mean $/1M"], out, "lllllrrrrr")
+
+
+def seed_verdict(rows: Sequence[SeedRow], before: str, after: str) -> str:
+    """``after`` may replace ``before`` when in no case its mean within both over the seeds
+    is lower than ``before``'s by more than ``before``'s own spread between the seeds (seed
+    noise), and it is better somewhere: a higher mean beyond that spread, or cheaper."""
+    lowered, higher, cheaper = [], [], 0
+    cases = _seed_cases(rows)
+    for (scenario, scale), case in cases.items():
+        b = [r[3].both for r in case]
+        a = [r[4].both for r in case]
+        noise = max(b) - min(b)
+        name = f"{scenario} ×{scale:g} {np.mean(b):.2%} → {np.mean(a):.2%}"
+        if np.mean(a) < np.mean(b) - noise:
+            lowered.append(f"{name} (seed spread {noise:.2%})")
+        elif np.mean(a) > np.mean(b) + noise:
+            higher.append(name)
+        cheaper += (np.mean([r[4].usd_per_1m_out for r in case])
+                    < np.mean([r[3].usd_per_1m_out for r in case]))
+    keep = not lowered and (higher or cheaper)
+    return (f"Seed check, `{after}` against `{before}` over {len(cases)} cases (quick horizon, "
+            f"{len(rows) // max(len(cases), 1)} seeds each): lower within both by more than "
+            f"the seeds' spread in {len(lowered)}"
+            + (f" ({', '.join(lowered)})" if lowered else "")
+            + f"; higher beyond it in {len(higher)}"
+            + (f" ({', '.join(higher)})" if higher else "")
+            + f"; cheaper on the mean in {cheaper}: "
+            + ("kept by the rule (nothing lower beyond seed noise, better somewhere)." if keep
+               else "not kept by the rule (nothing lower beyond seed noise, better somewhere)."))

@@ -12,6 +12,8 @@ from benchmarks.costsim.tokens_report import (
     load_summary,
     load_table,
     move_notes,
+    seed_table,
+    seed_verdict,
     slowdown_notes,
     table,
     verdicts,
@@ -124,3 +126,27 @@ def test_the_warmup_note_reads_each_policys_cold_start_from_its_row() -> None:
     assert "old 110 of 400 streams" in line and "66.7 s" in line
     assert "new 36, 8.1 s" in line
     assert warmup_notes([before], "old", "new") == []
+
+
+def test_the_seed_check_keeps_a_change_within_seed_noise_and_refuses_one_beyond_it() -> None:
+    def seeds(before: tuple[float, float], after: tuple[float, float],
+              usd: tuple[float, float] = (2.0, 1.9)
+              ) -> list[tuple[str, float, int, TokenResult, TokenResult]]:
+        return [("s", 1.0, off, row("old", b, usd[0], 500.0), row("new", a, usd[1], 500.0))
+                for off, b, a in zip((0, 1000), before, after, strict=True)]
+
+    # new is 0.3 point lower on the mean, the seeds alone move old by 0.6: noise; cheaper
+    within = seed_verdict(seeds((0.995, 0.989), (0.990, 0.988)), "old", "new")
+    assert "lower within both by more than the seeds' spread in 0" in within
+    assert "cheaper on the mean in 1" in within and within.endswith(
+        "kept by the rule (nothing lower beyond seed noise, better somewhere).")
+    # 0.8 point lower against a 0.2 spread: refused, and the case is named
+    beyond = seed_verdict(seeds((0.995, 0.993), (0.987, 0.985)), "old", "new")
+    assert "spread in 1 (s ×1 99.40% → 98.60% (seed spread 0.20%))" in beyond
+    assert "not kept by the rule" in beyond
+    # nothing lower, nothing higher, not cheaper: not better anywhere, not kept
+    same = seed_verdict(seeds((0.99, 0.99), (0.99, 0.99), (2.0, 2.0)), "old", "new")
+    assert "not kept by the rule" in same
+    table = seed_table(seeds((0.995, 0.989), (0.990, 0.988)), "old", "new")
+    assert "| s | ×1 | +0, +1000 | 99.50% / 98.90% | 99.00% / 98.80% | 99.20% | 98.90% | 0.60%" \
+        in table
