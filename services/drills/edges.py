@@ -126,9 +126,11 @@ def envoy_view(ports: list[int], timeout_s: float = 1.0) -> EdgeView:
                                      timeout_s) or "{}")
             static = json.loads(_admin(port, "/config_dump?resource=static_clusters",
                                        timeout_s) or "{}")
+            routes = [json.loads(_admin(port, f"/config_dump?resource={r}", timeout_s) or "{}")
+                      for r in ("dynamic_route_configs", "static_listeners")]
         except (OSError, urllib.error.URLError, ValueError):
             continue
-        return parse_envoy(stats, clusters, dump, static)
+        return parse_envoy(stats, clusters, dump, static, routes)
     raise EdgeUnreachable("Envoy admin not answering" if ports else "no Envoy bootstrap found")
 
 
@@ -136,9 +138,34 @@ def _configs(dump: dict[str, Any]) -> list[dict[str, Any]]:
     return [c.get("cluster", {}) for c in dump.get("configs", [])]
 
 
+def routed_clusters(config: object) -> set[str]:
+    """The clusters the route configurations in an admin config dump send calls to (a
+    route's ``cluster`` and its ``weighted_clusters``; RDS's or a static listener's own)."""
+    found: set[str] = set()
+    stack = [config]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, list):
+            stack.extend(x)
+        elif isinstance(x, dict):
+            route = x.get("route")
+            if isinstance(route, dict):
+                if isinstance(route.get("cluster"), str):
+                    found.add(route["cluster"])
+                weighted = route.get("weighted_clusters", {})
+                if isinstance(weighted, dict):
+                    found.update(w["name"] for w in weighted.get("clusters", [])
+                                 if isinstance(w, dict) and isinstance(w.get("name"), str))
+            stack.extend(x.values())
+    return found
+
+
 def parse_envoy(stats: str, clusters: str, dynamic: dict[str, Any],
-                static: dict[str, Any]) -> EdgeView:
-    """An :class:`EdgeView` from Envoy's admin answers (pure: tested on recorded text)."""
+                static: dict[str, Any], routes: object = None) -> EdgeView:
+    """An :class:`EdgeView` from Envoy's admin answers (pure: tested on recorded text).
+    ``routes``: the route configurations' dumps; when they name any aggregate, only those
+    count as the orders calls are routed by (placement keeps an aggregate no route names a
+    few compiles for calls already routed: ``services.xds.resources.RETIRE_COMPILES``)."""
     states = [line.strip() for line in stats.splitlines()
               if line.startswith("control_plane.connected_state:")]
     connected = bool(states) and all(st.endswith(": 1") for st in states)
@@ -146,9 +173,10 @@ def parse_envoy(stats: str, clusters: str, dynamic: dict[str, Any],
     configs = dyn + sta
     deployments = {c["name"][len(DEPLOYMENT_PREFIX):] for c in configs
                    if c.get("name", "").startswith(DEPLOYMENT_PREFIX)}
+    named = {n for n in routed_clusters(routes) if n.startswith(MODEL_PREFIX)}
     ordered: set[str] = set()
     for c in configs:
-        if c.get("name", "").startswith(MODEL_PREFIX):
+        if c.get("name", "").startswith(MODEL_PREFIX) and (not named or c["name"] in named):
             children = (c.get("cluster_type", {}).get("typed_config", {}).get("clusters", []))
             ordered.update(n[len(DEPLOYMENT_PREFIX):] for n in children
                            if n.startswith(DEPLOYMENT_PREFIX))
