@@ -6,6 +6,8 @@ from them instead of guessed."""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 
@@ -93,6 +95,27 @@ def kill_when(n: int, mesh: Mesh, killed: list[str]) -> Callable[[int, Stream], 
             backend = s.initial["x-served-by"].split("/")[0]
             killed.append(backend)
             mesh.tritons[backend].kill()
+    return on_token
+
+
+@pytest.fixture
+def stopped(mesh: Mesh) -> Iterator[list[str]]:
+    """Backends a test stopped with SIGSTOP; continued (SIGCONT) and ready again afterwards."""
+    names: list[str] = []
+    yield names
+    for name in names:
+        os.kill(mesh.tritons[name].pid, signal.SIGCONT)
+        mesh.tritons[name].wait_ready(90)
+
+
+def stop_when(n: int, mesh: Mesh, stopped: list[str]) -> Callable[[int, Stream], None]:
+    """At the stream's ``n``-th token, the backend serving it stops (SIGSTOP): its
+    connections stay open, it answers nothing."""
+    def on_token(count: int, s: Stream) -> None:
+        if count == n and not stopped:
+            backend = s.initial["x-served-by"].split("/")[0]
+            stopped.append(backend)
+            os.kill(mesh.tritons[backend].pid, signal.SIGSTOP)
     return on_token
 
 

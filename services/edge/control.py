@@ -27,6 +27,7 @@ from services.api.switchyard.v1 import placement_pb2, placement_pb2_grpc, teleme
 from services.convert import stream_seen_to_pb
 from services.edge.health import HealthView
 from services.edge.routes import RouteStore
+from services.edge.stalls import StallWatch
 from services.edge.stats import EdgeStats
 from services.edge.token_stats import StreamStats
 from services.edge.upstream import Upstreams
@@ -150,13 +151,16 @@ class HealthChecker:
     view's (``HealthView.checked``)."""
 
     def __init__(self, store: RouteStore, upstreams: Upstreams, health: HealthView,
-                 link: RttSink, interval_s: float = 0.25, timeout_s: float = 0.5) -> None:
+                 link: RttSink, interval_s: float = 0.25, timeout_s: float = 0.5,
+                 stalls: StallWatch | None = None) -> None:
+        """``stalls``: the stream attempts to give up on a backend found unreachable."""
         self.store = store
         self.upstreams = upstreams
         self.health = health
         self.link = link
         self.interval_s = interval_s
         self.timeout_s = timeout_s
+        self.stalls = stalls
 
     async def run(self) -> None:
         while True:
@@ -179,7 +183,14 @@ class HealthChecker:
         except grpc.aio.AioRpcError as err:
             ok = False
             detail = f"{err.code().name} ({err.details()})"
+            unreachable = True
+        else:
+            unreachable = False
         took_ms = (time.perf_counter() - t0) * 1000
         if ok:
             self.link.rtt_ms[backend_id] = took_ms
         self.health.checked(backend_id, ok, f"{detail} after {took_ms:.0f} ms")
+        if unreachable and self.stalls is not None and self.health.failing(backend_id) and (
+                n := self.stalls.sweep(backend_id, f"last: {detail} after {took_ms:.0f} ms")):
+            log.warning("streams_given_up", backend=backend_id, streams=n,
+                        silent_s=self.stalls.silent_s)

@@ -79,6 +79,10 @@ class HealthView:
         """May any call use ``c`` now (not drained, not blocked by the edge)?"""
         return not c.dropped_reason and c.deployment_id not in self._view.unusable
 
+    def failing(self, backend_id: str) -> bool:
+        """Is ``backend_id`` failing its active checks (``unhealthy_after`` in a row)?"""
+        return backend_id in self._unhealthy
+
     def ejected_for(self, deployment_id: str, backend_id: str) -> float:
         return max(self._deployments.ejected_for(deployment_id),
                    self._backends.ejected_for(backend_id))

@@ -191,7 +191,8 @@ async def start_edge(cfg: MeshConfig, edge: EdgeConfig, port: int | None = None,
                              report_interval_s=rt.report_interval_s,
                              channel_factory=transport.channel_factory(cfg.security, "edge"),
                              streams=router.streams)
-    checker = HealthChecker(store, upstreams, health, link, rt.health_interval_s)
+    checker = HealthChecker(store, upstreams, health, link, rt.health_interval_s,
+                            stalls=router.stalls)
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", transport.receive_limit(rt.max_message_bytes)),
         ("grpc.max_send_message_length", rt.max_message_bytes),

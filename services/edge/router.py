@@ -50,6 +50,7 @@ from services.edge import hints as hint_parser
 from services.edge.budget import RetryBudget
 from services.edge.health import HealthView
 from services.edge.routes import RouteStore
+from services.edge.stalls import StallWatch
 from services.edge.stats import EdgeStats
 from services.edge.token_stats import StreamStats
 from services.edge.upstream import Upstreams
@@ -150,6 +151,7 @@ class Router:
         self.inflight: dict[str, int] = {}  # calls this edge has in flight per deployment
         self.feedback = SloFeedback()  # margins learned from SLO misses (placement.feedback)
         self.streams = StreamStats()  # LLM streams: loads, token estimates, prefix holders
+        self.stalls = StallWatch(clock)  # stream attempts waiting on each backend
         self.panics = 0  # calls sent to an ejected deployment: nothing else was left
 
     @property

@@ -30,7 +30,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -49,6 +49,7 @@ from services.edge.router import (
     local_refusal,
     status_name,
 )
+from services.edge.stalls import Watch
 from services.edge.token_stats import StreamMeter
 from services.edge.tokens import parse_request
 from services.edge.upstream import Upstreams
@@ -144,22 +145,31 @@ class _Upstream:
     when the stream stops reading it early, ``let_go`` hands it to ``Upstreams.drain``
     (Triton 2.51 can crash when a client cancels a stream mid-generation)."""
 
-    def __init__(self, call: grpc.aio.StreamStreamCall[bytes, bytes]) -> None:
+    def __init__(self, call: grpc.aio.StreamStreamCall[bytes, bytes], watch: Watch,
+                 clock: Callable[[], float]) -> None:
         self.call = call
         self.pending: asyncio.Future[Any] | None = None
+        self.watch, self.clock = watch, clock
 
     async def read(self, pump: asyncio.Task[None]) -> object:
-        """The next response, or the pump's error as soon as a request turns out to be bad.
-        The caller's cancel does not cancel the read (it stays ``pending`` for the drain)."""
+        """The next response, or the pump's error as soon as a request turns out to be bad,
+        or UNAVAILABLE when the edge gives the backend up (``stalls``: silent, and failing
+        its health checks). The caller's cancel does not cancel the read (it stays
+        ``pending`` for the drain)."""
         if self.pending is None:
             self.pending = asyncio.ensure_future(self.call.read())
             self.pending.add_done_callback(_retrieve)
+        aborted = self.watch.aborted
         while not self.pending.done():
             if pump.done() and not pump.cancelled() and pump.exception() is not None:
                 raise pump.exception()  # type: ignore[misc]
-            waiting = {self.pending} if pump.done() else {self.pending, pump}
+            if aborted.done() and not aborted.cancelled():
+                raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(),
+                                           grpc.aio.Metadata(), details=aborted.result())
+            waiting = {self.pending, aborted} if pump.done() else {self.pending, pump, aborted}
             await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         read, self.pending = self.pending, None
+        self.watch.heard(self.clock())
         return read.result()
 
     def let_go(self, upstreams: Upstreams) -> asyncio.Task[None] | None:
@@ -219,10 +229,11 @@ async def route_stream(router: Router, requests: AsyncIterator[bytes],
             tries.started(c)
             call = router.upstreams.get(c.endpoint).stream(
                 timeout=tries.remaining(router.clock()))
-            upstream = _Upstream(call)
+            upstream = _Upstream(call, router.stalls.watch(c.backend_id), router.stalls.clock)
             try:
                 await pipe.attach(call, c.variant)
             except BaseException:  # the caller cancelled while its requests were replayed
+                router.stalls.done(upstream.watch)
                 upstream.let_go(router.upstreams)
                 raise
             if pump_task is None:
@@ -266,6 +277,7 @@ async def route_stream(router: Router, requests: AsyncIterator[bytes],
                     ctx = dataclasses.replace(ctx, exclude=ctx.exclude | refused)
                 continue
             finally:
+                router.stalls.done(upstream.watch)
                 # a caller's cancel included; a drained attempt holds its slot until it ends
                 gen.attempt_ended(c, upstream.let_go(router.upstreams))
             if moved is not None:  # on to the deployment ``gen.moving`` chose

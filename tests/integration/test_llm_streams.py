@@ -31,12 +31,14 @@ from tests.llm_harness import (
     kill_when,
     run_stream,
     slow_when,
+    stop_when,
 )
 from tests.mesh_harness import Mesh, eventually, mesh_config, running_mesh
 
 pytestmark = pytest.mark.integration
 killed = llm_harness.killed  # the fixture: backends a test killed, restarted after it
 slowed = llm_harness.slowed  # the fixture: backends a test slowed down, restored after it
+stopped = llm_harness.stopped  # the fixture: backends a test stopped, continued after it
 
 
 
@@ -282,6 +284,23 @@ async def test_stream_resumes_after_its_backend_is_killed(mesh: Mesh, killed: li
     assert s.trailers["x-resumed"] == "1"
     assert s.trailers["x-tokens-out"] == "200"
     assert killed and not s.trailers["x-served-by"].startswith(killed[0])
+
+
+async def test_a_stream_whose_backend_stops_answering_resumes_elsewhere(
+        mesh: Mesh, stopped: list[str]) -> None:
+    """The backend serving a stream stops (SIGSTOP) at its 30th token: its connection stays
+    open and it answers nothing, so the stream waited for the caller's deadline (before:
+    DEADLINE_EXCEEDED after the caller's 30 s, 31 tokens delivered). The edge's health checks
+    find it unreachable; the silent attempt is given up and the stream resumes elsewhere."""
+    expected = await asyncio.to_thread(direct, mesh.tritons["east-fast"].endpoint,
+                                       "generate-small", PROMPT, 200)
+    s = await asyncio.to_thread(run_stream, mesh.edge_address, PROMPT, 200, [],
+                                stop_when(30, mesh, stopped))
+    assert s.code is grpc.StatusCode.OK, s.details
+    assert len(s.tokens) == 200 and s.tokens == expected  # none missing, none repeated
+    assert s.trailers["x-resumed"] == "1"
+    assert stopped and not s.trailers["x-served-by"].startswith(stopped[0])
+    assert mesh.edge.router.stalls.aborted == 1
 
 
 async def test_a_stream_whose_backend_slows_down_moves_with_no_token_lost(
