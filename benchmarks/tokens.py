@@ -54,8 +54,8 @@ FLEET = "switchyard-fleet"
 FLEET_INSTANT = "switchyard-fleet-instant"
 NO_MOVE = "switchyard-no-move"  # the default before moves (issue 14)
 FASTEST_FALLBACK = "switchyard-fastest-fallback"  # the best effort before FALLBACK_BAND
-UNMEASURED_ALL = "switchyard-unmeasured-all"  # before UNMEASURED_PROBES
-LOAD_OTHERS = (UNMEASURED_ALL, FASTEST_FALLBACK, NO_MOVE, LEARNED, FLEET)  # load table
+ONE_PROBE = "switchyard-one-probe"  # UNMEASURED_PROBES (measured, not the default)
+LOAD_OTHERS = (ONE_PROBE, FASTEST_FALLBACK, NO_MOVE, LEARNED, FLEET)  # load table
 SPEND_SCENARIO = "tokens-slowdown"  # where the money goes, per pool
 SPEND_POLICIES = ("switchyard", "lowest-latency")
 # written after the others; no parameter of placement/streams.py was chosen on them
@@ -133,22 +133,22 @@ def run(quick: bool) -> Section:
     main = [r for r in results if r.policy in POLICIES]
     variants = [r for r in results if r.policy not in POLICIES or r.policy == "switchyard"]
     loads = load_sensitivity(scenarios)
-    seeds = seed_check(scenarios, UNMEASURED_ALL, "switchyard")
+    seeds = seed_check(scenarios, "switchyard", ONE_PROBE)
     notes = _notes(scenarios, results, variants, quick)
     notes += money_notes(scenarios, results, spent, quick)
     notes += [f"#### Load sensitivity (every region's rate ×{', ×'.join(map(str, LOAD_SCALES))}"
               ", quick horizon)", tokens_report.load_table(loads, LOAD_OTHERS),
               tokens_report.load_summary(loads),
               *(tokens_report.load_summary(loads, o) for o in LOAD_OTHERS),
-              tokens_report.adoption_verdict(variants, loads, UNMEASURED_ALL, "switchyard"),
+              tokens_report.adoption_verdict(variants, loads, "switchyard", ONE_PROBE),
               tokens_report.adoption_verdict(variants, loads, FASTEST_FALLBACK, "switchyard"),
               tokens_report.default_verdict(variants, loads, NO_MOVE, "switchyard"),
               tokens_report.default_verdict(variants, loads, "switchyard", FLEET),
               f"#### Seed check (quick horizon, ×1 and every load, seeds "
-              f"+{', +'.join(map(str, SEED_OFFSETS))}): `switchyard` against "
-              f"`{UNMEASURED_ALL}`",
-              tokens_report.seed_table(seeds, UNMEASURED_ALL, "switchyard"),
-              tokens_report.seed_verdict(seeds, UNMEASURED_ALL, "switchyard")]
+              f"+{', +'.join(map(str, SEED_OFFSETS))}): `{ONE_PROBE}` against "
+              "`switchyard`",
+              tokens_report.seed_table(seeds, "switchyard", ONE_PROBE),
+              tokens_report.seed_verdict(seeds, "switchyard", ONE_PROBE)]
     return Section(title=TITLE, command=command_for(__name__, quick),
                    table=tokens_report.table(main), notes=notes,
                    elapsed_s=time.monotonic() - t0)
@@ -207,8 +207,8 @@ def _notes(scenarios: list[TokenScenario], results: list[tokens_report.TokenResu
         "#### Ablations of `placement/streams.py` and `placement/stream_move.py` (same "
         "streams, the same functions without one of their parts)",
         tokens_report.table(variants),
-        *tokens_report.before_after(variants, UNMEASURED_ALL, "switchyard"),
-        *tokens_report.warmup_notes(variants, UNMEASURED_ALL, "switchyard"),
+        *tokens_report.before_after(variants, "switchyard", ONE_PROBE),
+        *tokens_report.warmup_notes(variants, "switchyard", ONE_PROBE),
         *tokens_report.before_after(variants, FASTEST_FALLBACK, "switchyard"),
         *tokens_report.before_after(variants, NO_MOVE, "switchyard"),
         *tokens_report.before_after(variants, "switchyard", LEARNED),
@@ -218,12 +218,12 @@ def _notes(scenarios: list[TokenScenario], results: list[tokens_report.TokenResu
         *tokens_report.before_after(variants, "switchyard", "switchyard-live-tpot"),
         *tokens_report.before_after(variants, "switchyard", FLEET),
         *tokens_report.before_after(variants, "switchyard", FLEET_INSTANT),
-        f"`{UNMEASURED_ALL}`: an unmeasured deployment (no estimate yet: predicted at its "
-        "table p95 and cost 0, so the cheapest) is an option for any number of this edge's "
-        "streams at once, the rule before this round; the default makes it feasible only "
-        f"while the edge has fewer than {UNMEASURED_PROBES} stream(s) on it "
-        "(`placement.streams.UNMEASURED_PROBES`: one probe at a time until it is measured) "
-        "and judges a best effort among measured deployments.",
+        f"`{ONE_PROBE}`: an unmeasured deployment (no estimate yet: predicted at its table "
+        "p95 and cost 0, so the cheapest), an option for any number of this edge's streams at "
+        f"once by default, is feasible only while the edge has fewer than {UNMEASURED_PROBES} "
+        "stream(s) on it (`choose_stream(unmeasured_probes=...)`: one probe at a time until "
+        "it is measured), and a best effort is judged among measured deployments (the seed "
+        "check below decides whether it replaces the default).",
         f"`{FASTEST_FALLBACK}`: a stream nothing is predicted to serve in time goes to the "
         "fastest deployment (lowest predicted TTFT + max_tokens × TPOT), the best effort "
         "before this round; the default takes the cheapest of those within "

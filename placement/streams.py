@@ -43,9 +43,8 @@ every objective the fastest is predicted to meet (the whole objective, no headro
 more, costs less).
 
 An unmeasured deployment (no estimate yet) is predicted optimistically (its table p95 as TTFT,
-no TPOT, no cost), so each is tried before estimates are trusted, one probe at a time: while
-this edge has ``UNMEASURED_PROBES`` streams on it, it is not feasible, and a best effort is
-judged among the measured deployments (when there is one).
+no TPOT, no cost), so each is tried before estimates are trusted (with ``unmeasured_probes``,
+one probe at a time: not the default, see ``UNMEASURED_PROBES``).
 """
 
 from __future__ import annotations
@@ -93,17 +92,16 @@ GUARDED_HEADROOM = 0.05
 # prompts 99.14/99.31 % at $1.51/$7.09, 30 % + 0.5 99.57/99.69 % at $1.75/$7.53, 10 % + 1
 # 99.38/99.69 % at $2.28/$8.97, against 99.57/99.50 % at $1.68/$7.10: dearer or lower).
 FALLBACK_BAND = 0.1
-# An unmeasured deployment (no estimate: predicted at its table p95, cost 0, so the cheapest)
-# is feasible while this edge has fewer than this many streams on it: one probe at a time
-# until the first one ends and teaches the edge its speed. Without the limit every stream an
-# edge routed in its first seconds went to the same unmeasured GPU (the session's hash order
-# among equal zero costs): on tokens-rag ×2 one T4 got 36 streams of up to 7,400 prompt tokens
-# in 10 s and its prefill queue reached 66 s, still making counted streams wait 40 s at 34 s.
-# With it (``python -m benchmarks.tokens``' warm-up notes; quick, ×1 and ×2, all four
-# scenarios) the warm-up's TTFT misses fell 4-8× (tokens-code ×2: 197 → 43 of 474) and the
-# longest TTFT from 12-153 s to 2-10 s; on counted streams it is within seed noise (quick,
-# ×0.5-×2, seeds +0/+1000: all three targets in 15 of 32 cases against 13, mean within
-# both 99.09 against 99.11 %, the lowest 98.30 against 97.55 %; ``--seed-offset``).
+# ``choose_stream(unmeasured_probes=...)``, not the default: an unmeasured deployment (no
+# estimate: predicted at its table p95, cost 0, so the cheapest) feasible only while this edge
+# has fewer than this many streams on it, one probe at a time until it is measured. Without
+# it every stream an edge routes before its first one ends goes to the same unmeasured GPU (on
+# tokens-rag ×2, quick, one T4 got 36 streams of up to 7,400 prompt tokens in 10 s, a 66 s
+# prefill queue). With it the warm-up's TTFT misses fell 4-8× (quick, ×1 and ×2; tokens-code
+# ×2 197 → 43 of 474) and the longest TTFT from 12-153 s to 2-10 s, full horizon ×1 chat,
+# code and slowdown higher and rag 99.39 → 99.24 %, cheaper in 13 of 16 cases; but over two
+# seeds (``benchmarks.tokens``' seed check) tokens-chat ×1.5 fell 99.45 → 99.37 % on the
+# mean against a 0.01-point spread between the seeds: not kept by the rule.
 UNMEASURED_PROBES = 1
 
 
@@ -191,7 +189,7 @@ class StreamChoice:
 def predict(c: Candidate, est: TokenEstimate | None, load: int, ask: StreamAsk,
             pending_tokens: int = 0, ttft_headroom: float = TTFT_HEADROOM,
             margin_ms: float | None = None, tpot_factor: float = 1.0,
-            others_tokens: int = 0, probes: int | None = UNMEASURED_PROBES) -> StreamOption:
+            others_tokens: int = 0, probes: int | None = None) -> StreamOption:
     """One deployment's predicted TTFT, TPOT and cost for ``ask`` (see the module docstring).
     The prediction must fit the objective less ``ttft_headroom``; with ``margin_ms``, the
     deployment's learned TTFT margin (``stream_guard``), the prediction plus the margin must
@@ -250,7 +248,7 @@ def choose_stream(cands: Sequence[Candidate], estimates: Mapping[str, TokenEstim
                   fleet_load: bool = False,
                   fallback_band: float = FALLBACK_BAND,
                   max_cost_usd: float = math.inf,
-                  unmeasured_probes: int | None = UNMEASURED_PROBES) -> StreamChoice:
+                  unmeasured_probes: int | None = None) -> StreamChoice:
     """The deployment for one stream (``cands`` already passed the call's hard filters).
     ``pending``: per deployment, the uncached prompt tokens of this edge's streams there that
     still wait for their first token (none known: empty). ``ttft_headroom``: the fraction of
@@ -271,8 +269,9 @@ def choose_stream(cands: Sequence[Candidate], estimates: Mapping[str, TokenEstim
     (``x-max-cost-usd``); a deployment whose predicted stream cost is over it is not an
     option (one not yet measured predicts 0: the edge stops such a stream at the cap).
     ``unmeasured_probes``: an unmeasured deployment is feasible while this edge has fewer
-    than this many streams on it (None: always); nothing feasible, the best effort is among
-    the measured deployments when there is one."""
+    than this many streams on it, and with nothing feasible the best effort is among the
+    measured deployments when there is one (None, the default: always feasible; measured by
+    ``benchmarks.tokens``' ``switchyard-one-probe``, ``UNMEASURED_PROBES``)."""
     if not cands:
         raise NoHealthyDeployment("no deployment may serve this stream")
     queued, margins, slower = pending or {}, ttft_margins or {}, tpot_factors or {}
@@ -298,7 +297,8 @@ def choose_stream(cands: Sequence[Candidate], estimates: Mapping[str, TokenEstim
 
         # an unmeasured deployment predicts no decode time: the best effort trusts it only
         # when nothing is measured (else every best effort would pile onto the busy probe)
-        pool = [o for o in options if o.measured] or list(options)
+        pool = ([o for o in options if o.measured] if unmeasured_probes is not None
+                else []) or list(options)
         fastest = min(pool, key=lambda o: (total(o), o.cost_usd))
         near = [o for o in pool if _near(o, fastest, ask, fallback_band)
                 and total(o) <= total(fastest) * (1.0 + fallback_band)

@@ -75,7 +75,7 @@ class Switchyard:
                  report_every_ms: float = REPORT_EVERY_MS,
                  push_delay_ms: float = PUSH_DELAY_MS, move: bool = True,
                  move_slack: float = 0.0, fallback_band: float = FALLBACK_BAND,
-                 probes: int | None = UNMEASURED_PROBES) -> None:
+                 probes: int | None = None) -> None:
         self.name = name
         self._probes = probes
         self._fallback_band = fallback_band
@@ -345,7 +345,7 @@ POLICIES = ("switchyard", "round-robin", "least-loaded", "prefix-affinity", "low
 # Switchyard ablations: the same function without one of its inputs or its guard band
 VARIANTS = ("switchyard-learned-margin", "switchyard-learned-band-only",
             "switchyard-no-guard-band", "switchyard-no-pending", "switchyard-live-tpot",
-            "switchyard-no-move", "switchyard-fastest-fallback", "switchyard-unmeasured-all",
+            "switchyard-no-move", "switchyard-fastest-fallback", "switchyard-one-probe",
             "switchyard-fleet", "switchyard-fleet-instant")
 # Measured once and rejected (``python -m benchmarks.tokens [--quick] --only NAME --scale S``;
 # within both objectives, chat/code/rag/slowdown), kept runnable:
@@ -393,7 +393,7 @@ def make_policy(name: str, sim: TokenSim, seed: int) -> Policy:
         "switchyard-move-slack25": lambda: Switchyard(sim, name, move_slack=0.25),
         "switchyard-fleet": lambda: Switchyard(sim, name, fleet=True),
         "switchyard-fastest-fallback": lambda: Switchyard(sim, name, fallback_band=0.0),
-        "switchyard-unmeasured-all": lambda: Switchyard(sim, name, probes=None),
+        "switchyard-one-probe": lambda: Switchyard(sim, name, probes=UNMEASURED_PROBES),
         "switchyard-fallback-band25": lambda: Switchyard(sim, name, fallback_band=0.25),
         "switchyard-fleet-instant": lambda: Switchyard(sim, name, fleet=True,
                                                        report_every_ms=50.0, push_delay_ms=0.0),

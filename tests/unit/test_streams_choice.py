@@ -11,6 +11,7 @@ from placement.errors import NoHealthyDeployment
 from placement.streams import (
     FALLBACK_BAND,
     TTFT_HEADROOM,
+    UNMEASURED_PROBES,
     StreamAsk,
     TokenEstimate,
     choose_stream,
@@ -212,18 +213,20 @@ def test_unmeasured_deployments_are_tried_first() -> None:
 
 
 def test_an_unmeasured_deployment_takes_one_probe_at_a_time() -> None:
-    """An unmeasured deployment predicts cost 0: without a limit every stream an edge routes
-    before the first one ends goes to it (its queue grows unseen). With one of this edge's
-    streams on it, it is no option until that probe ends; the stream goes to a measured one."""
+    """An unmeasured deployment predicts cost 0: without a limit (the default) every stream
+    an edge routes before the first one ends goes to it (its queue grows unseen). With
+    ``unmeasured_probes=1`` and one of this edge's streams on it, it is no option until that
+    probe ends; the stream goes to a measured one."""
     cands = [cand("known"), cand("new")]
     est, ask = {"known/llm": SLOW}, StreamAsk(10, 10, ttft_ms=1000, tpot_ms=100)
-    assert choose_stream(cands, est, {}, ask).candidate.backend_id == "new"
-    busy = choose_stream(cands, est, {"new/llm": 1}, ask)
+    one = UNMEASURED_PROBES
+    assert choose_stream(cands, est, {}, ask, unmeasured_probes=one).candidate.backend_id == \
+        "new"
+    busy = choose_stream(cands, est, {"new/llm": 1}, ask, unmeasured_probes=one)
     assert busy.candidate.backend_id == "known" and busy.slo_met
     assert not busy.options[1].feasible and not busy.options[1].measured
-    # without the limit (the rule before), the busy probe still wins on its zero cost
-    old = choose_stream(cands, est, {"new/llm": 1}, ask, unmeasured_probes=None)
-    assert old.candidate.backend_id == "new"
+    # the default: the busy probe still wins on its zero cost
+    assert choose_stream(cands, est, {"new/llm": 1}, ask).candidate.backend_id == "new"
 
 
 def test_a_best_effort_does_not_pile_onto_a_busy_probe() -> None:
@@ -231,10 +234,12 @@ def test_a_best_effort_does_not_pile_onto_a_busy_probe() -> None:
     one (no decode time predicted) would otherwise always look fastest."""
     cands = [cand("known"), cand("new")]
     ask = StreamAsk(2000, 10, ttft_ms=100)  # SLOW predicts 2,001 ms: nothing feasible
-    choice = choose_stream(cands, {"known/llm": SLOW}, {"new/llm": 1}, ask)
+    choice = choose_stream(cands, {"known/llm": SLOW}, {"new/llm": 1}, ask,
+                           unmeasured_probes=UNMEASURED_PROBES)
     assert not choice.slo_met and choice.candidate.backend_id == "known"
     # with nothing measured, the busy probes are all there is: still a best effort
-    none = choose_stream([cand("a"), cand("b")], {}, {"a/llm": 1, "b/llm": 1}, ask)
+    none = choose_stream([cand("a"), cand("b")], {}, {"a/llm": 1, "b/llm": 1}, ask,
+                         unmeasured_probes=UNMEASURED_PROBES)
     assert not none.slo_met and not none.chosen.measured
 
 
