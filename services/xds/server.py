@@ -151,6 +151,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         self._compile_lock = threading.Lock()
         self._compiling: dict[str, asyncio.Future[None]] = {}
         self.compiles = 0
+        self.shared = 0  # streams that waited for a compile under way instead of their own
         self.compile_s = 0.0  # on the worker thread, for the benchmark
         # the worker compiles at most this share of the time (``compile_wait``): it holds the
         # GIL while it compiles, and the loop's share is what ingests telemetry
@@ -188,6 +189,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         is the next compile's: the stream asks again (``stale``)."""
         running = self._compiling.get(region)
         if running is not None:
+            self.shared += 1
             await asyncio.shield(running)
             if region in self._compiled:
                 return self._compiled[region].config

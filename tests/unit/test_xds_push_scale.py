@@ -117,7 +117,8 @@ def test_streams_asking_during_a_compile_share_it_and_those_woken_after_it_began
         hub.version, hub.cost = 3, 3e-6  # published while it compiles
         asked = hub.version
         rest = [asyncio.create_task(ads.region_config_async("r")) for _ in range(5)]
-        await asyncio.sleep(0)  # one loop turn: each of them reaches its wait
+        while ads.shared < 5:  # noqa: ASYNC110 -- loop turns until each reaches its wait
+            await asyncio.sleep(0)
         ads._compile_lock.release()
         got = await first
         rest = await asyncio.gather(*rest)
