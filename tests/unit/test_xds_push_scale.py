@@ -117,8 +117,11 @@ def test_streams_asking_during_a_compile_share_it_and_those_woken_after_it_began
         hub.version, hub.cost = 3, 3e-6  # published while it compiles
         asked = hub.version
         rest = [asyncio.create_task(ads.region_config_async("r")) for _ in range(5)]
-        while ads.shared < 5:  # noqa: ASYNC110 -- loop turns until each reaches its wait
+        for _ in range(100):  # loop turns until each of them reaches its wait
+            if ads.shared == 5:
+                break
             await asyncio.sleep(0)
+        assert ads.shared == 5, "the five streams did not wait for the compile under way"
         ads._compile_lock.release()
         got = await first
         rest = await asyncio.gather(*rest)
