@@ -152,8 +152,10 @@ class HealthChecker:
 
     def __init__(self, store: RouteStore, upstreams: Upstreams, health: HealthView,
                  link: RttSink, interval_s: float = 0.25, timeout_s: float = 0.5,
-                 stalls: StallWatch | None = None) -> None:
-        """``stalls``: the stream attempts to give up on a backend found unreachable."""
+                 stalls: StallWatch | None = None,
+                 given_up: Callable[[str, int], None] = lambda backend, n: None) -> None:
+        """``stalls``: the stream attempts to give up on a backend found unreachable;
+        ``given_up(backend, n)`` when ``n`` of them were (a metric)."""
         self.store = store
         self.upstreams = upstreams
         self.health = health
@@ -161,6 +163,7 @@ class HealthChecker:
         self.interval_s = interval_s
         self.timeout_s = timeout_s
         self.stalls = stalls
+        self.given_up = given_up
 
     async def run(self) -> None:
         while True:
@@ -194,3 +197,4 @@ class HealthChecker:
                 n := self.stalls.sweep(backend_id, f"last: {detail} after {took_ms:.0f} ms")):
             log.warning("streams_given_up", backend=backend_id, streams=n,
                         silent_s=self.stalls.silent_s)
+            self.given_up(backend_id, n)

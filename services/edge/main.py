@@ -53,6 +53,10 @@ class EdgeMetrics:
                                  "OK within it)", ["model", "met"], registry=self.registry)
         self.ejections = Counter("switchyard_edge_ejections_total", "Outlier ejections",
                                  ["deployment"], registry=self.registry)
+        self.streams_given_up = Counter(
+            "switchyard_edge_streams_given_up_total",
+            "Stream attempts given up: silent on a backend the health checks find unreachable",
+            ["backend"], registry=self.registry)
         self.stage = Histogram("switchyard_edge_pipeline_stage_seconds",
                                "Routing pipeline stage time (sampled)", ["stage", "plugin"],
                                registry=self.registry,
@@ -192,7 +196,8 @@ async def start_edge(cfg: MeshConfig, edge: EdgeConfig, port: int | None = None,
                              channel_factory=transport.channel_factory(cfg.security, "edge"),
                              streams=router.streams)
     checker = HealthChecker(store, upstreams, health, link, rt.health_interval_s,
-                            stalls=router.stalls)
+                            stalls=router.stalls,
+                            given_up=lambda b, n: metrics.streams_given_up.labels(b).inc(n))
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", transport.receive_limit(rt.max_message_bytes)),
         ("grpc.max_send_message_length", rt.max_message_bytes),

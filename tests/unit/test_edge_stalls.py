@@ -148,8 +148,10 @@ async def test_the_health_checker_gives_up_only_on_a_backend_it_counts_failing()
         def __init__(self) -> None:
             self.rtt_ms: dict[str, float] = {}
 
+    given_up: list[tuple[str, int]] = []
     checker = HealthChecker(router.store, Ups(), router.health, Link(),  # type: ignore[arg-type]
-                            stalls=router.stalls)
+                            stalls=router.stalls,
+                            given_up=lambda b, n: given_up.append((b, n)))
     dead, shutting = router.stalls.watch("b0"), router.stalls.watch("b1")
     clock.t += SILENT_S
     await checker.check("b0", "ep0")
@@ -159,3 +161,4 @@ async def test_the_health_checker_gives_up_only_on_a_backend_it_counts_failing()
     await checker.check("b1", "ep1")
     assert router.health.failing("b0") and router.health.failing("b1")
     assert dead.aborted.done() and not shutting.aborted.done()
+    assert given_up == [("b0", 1)]  # the metric's increment
