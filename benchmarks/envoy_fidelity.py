@@ -1,7 +1,7 @@
 """Decision fidelity (issue 12): the Envoy mode against per-call decisions, every scenario.
 
     python -m benchmarks.envoy_fidelity [--quick] [--scenario NAME ...] [--seeds N]
-                                        [--no-write] [--what-if]
+                                        [--no-write] [--what-if] [--rows ROW,...]
 
 Each scenario in ``benchmarks/scenarios/`` is simulated once per row on the same trace (two
 worker processes): ``switchyard`` (placement's per-call ``Profile.choose`` with the edge's
@@ -12,7 +12,10 @@ from ``placement.splits``; calls with a quality floor take the slow path, the co
 Python edge), ``envoy-order-only`` (the order alone, no weights and no learned margins: what
 was compiled before); ``--what-if`` adds ``envoy-compiled`` (``envoy`` with quality floors
 compiled into the order as well: no per-call decision anywhere) and
-``envoy-share-breakers`` (slot shares as circuit breakers). ``--seeds N`` runs each scenario
+``envoy-share-breakers`` (slot shares as circuit breakers) and ``envoy-cold-spread``
+(``envoy`` with ``plan.plan_region``'s ``cold_spread``: routes split by room while nothing
+is learned of the region); ``--rows`` runs only the rows
+named (``switchyard`` always first; implies ``--no-write``). ``--seeds N`` runs each scenario
 on its seed and the N - 1 after it (trace, outages, draws). The target is the issue's:
 within 1 point of switchyard's SLO attainment and 5 % of its cost per call, read here as
 *at most* 1 point below and 5 % above. Prints the section and writes it into
@@ -82,7 +85,8 @@ def policy_for(variant: str, s: Scenario) -> Policy:
     learned = variant != "envoy-order-only"
     return envoy(control, s.seed ^ zlib.crc32(b"envoy"), st.spread_band,
                  st.slo_margin_ms, st.max_attempts, slow_path=variant != "envoy-compiled",
-                 name=variant, rules=rules, split=learned, learn_margins=learned)
+                 name=variant, rules=rules, split=learned, learn_margins=learned,
+                 cold_spread=variant == "envoy-cold-spread")
 
 
 def simulate(job: tuple[str, bool, str, int]) -> Run:
@@ -140,8 +144,10 @@ LABELS = {"envoy": "`envoy` (what placement compiles: orders with learned margin
           "envoy-order-only": "`envoy-order-only` (the order alone, nothing learned)",
           "envoy-compiled": "all compiled (quality floors too, no slow path)",
           "envoy-share-breakers": "what-if: `envoy` with each cluster's `max_requests` at "
-                                  "the edge's slot share"}
-WHAT_IF = ("envoy-compiled", "envoy-share-breakers")
+                                  "the edge's slot share",
+          "envoy-cold-spread": "what-if: `envoy` with routes split by room while nothing is "
+                               "learned of the region (`plan_region(cold_spread=True)`)"}
+WHAT_IF = ("envoy-compiled", "envoy-share-breakers", "envoy-cold-spread")
 
 
 def tables(results: list[list[Run]]) -> tuple[str, str, str]:
@@ -234,6 +240,23 @@ def notes(results: list[list[Run]], quick: bool) -> list[str]:
     ]
 
 
+def _rows_alone(paths: list[pathlib.Path], args: argparse.Namespace,
+                rows: tuple[str, ...]) -> str:
+    """``--rows R --without-base``: the rows' runs alone, as a table (no switchyard)."""
+    results = run(paths, args.quick, rows, seeds=max(1, args.seeds))
+    cmd = ("python -m benchmarks.envoy_fidelity" + (" --quick" if args.quick else "")
+           + (f" --seeds {args.seeds}" if args.seeds > 1 else "")
+           + "".join(f" --scenario {s}" for s in args.scenario)
+           + f" --rows {args.rows} --without-base")
+    table = md_table(["scenario", "seed", "row", "calls", "SLO attained", "USD / 1M calls",
+                      "missed", *CAUSES],
+                     [[r.scenario, str(r.seed), r.variant, f"{r.calls:,}", _pct(r.attainment),
+                       f"{r.cost_per_million:.2f}", f"{sum(r.misses.values()):,}",
+                       *(f"{r.misses.get(c, 0):,}" for c in CAUSES)]
+                      for rs in results for r in rs], "lllrrrr" + "r" * len(CAUSES))
+    return f"```\n{cmd}\n```\n\n{table}\n"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="the same day in fewer seconds")
@@ -244,12 +267,28 @@ def main() -> None:
     p.add_argument("--no-write", action="store_true", help="print only")
     p.add_argument("--what-if", action="store_true",
                    help=f"also {', '.join(WHAT_IF)} (implies --no-write)")
+    p.add_argument("--rows", default="",
+                   help="comma-separated rows to run besides switchyard, e.g. 'envoy' "
+                        "(implies --no-write)")
+    p.add_argument("--without-base", action="store_true",
+                   help="with --rows: run those rows only, not switchyard (a table of "
+                        "attainment, cost and misses, no comparison)")
     args = p.parse_args()
     t0 = time.monotonic()
     paths = sorted(SCENARIOS.glob("*.toml"), key=lambda x: (x != DEFAULT_SCENARIO, x.name))
     if args.scenario:
         paths = [x for x in paths if x.stem in args.scenario]
     variants = VARIANTS + (WHAT_IF if args.what_if else ())
+    if args.rows:
+        wanted = [r.strip() for r in args.rows.split(",") if r.strip()]
+        unknown = [r for r in wanted if r not in VARIANTS + WHAT_IF]
+        if unknown:
+            p.error(f"--rows: unknown {', '.join(unknown)} (known: "
+                    f"{', '.join(VARIANTS + WHAT_IF)})")
+        variants = ("switchyard", *(r for r in wanted if r != "switchyard"))
+        if args.without_base:
+            print(_rows_alone(paths, args, tuple(wanted)))
+            return
     progress(f"envoy fidelity: {len(paths)} scenarios × {args.seeds} seeds × {len(variants)} "
              "rows on 2 workers")
     results = run(paths, args.quick, variants, seeds=max(1, args.seeds))
@@ -261,6 +300,7 @@ def main() -> None:
     cmd += f" --seeds {args.seeds}" if args.seeds > 1 else ""
     cmd += "".join(f" --scenario {s}" for s in args.scenario)
     cmd += " --what-if" if args.what_if else ""
+    cmd += f" --rows {args.rows}" if args.rows else ""
     section = Section(title=TITLE, command=cmd, table=main_t,
                       notes=[*notes(results, args.quick),
                              "#### What the Envoy rows ran into\n", diag_t + "\n",
@@ -268,7 +308,7 @@ def main() -> None:
                              "`benchmarks/costsim/misses.py`)\n", miss_t],
                       elapsed_s=time.monotonic() - t0)
     print(section.markdown())
-    if not (args.no_write or args.what_if):
+    if not (args.no_write or args.what_if or args.rows):
         write_section(section, RESULTS)
         progress(f"wrote '{TITLE}' into {RESULTS}")
 

@@ -202,13 +202,15 @@ class EnvoyPolicy:
                  slo_margin_ms: float, slow_path: Policy | None = None,
                  name: str = "envoy", seed: int = 0, split: bool = True,
                  learn_margins: bool = True, tail: float = queueing.TAIL,
-                 learn_every_s: float = TIME_CONSTANT_S) -> None:
+                 learn_every_s: float = TIME_CONSTANT_S, cold_spread: bool = False) -> None:
         """``slow_path``: the co-located Python edge that calls with a quality floor go to
         (None: such calls take a compiled quality class, see the module docstring);
         ``split``: placement pushes weighted rotations of each class's order
         (``services.xds.order.weighted``), else the order alone; ``learn_margins``:
         placement learns miss margins from the access log and compiles them into the
-        orders; ``seed``: Envoy's random choice among weighted clusters."""
+        orders; ``seed``: Envoy's random choice among weighted clusters; ``cold_spread``:
+        a what-if, ``plan.plan_region``'s split by room while nothing is learned (not what
+        ``compile_region`` pushes)."""
         self.name = name
         self.slow_path = slow_path
         self.slow_calls = 0  # attempts decided by the slow path
@@ -221,6 +223,7 @@ class EnvoyPolicy:
         self.learn_margins = learn_margins
         self.tail = tail
         self.learn_every_s = learn_every_s
+        self.cold_spread = cold_spread
         # the hub's side: rows as last pushed, their order per table, the version
         self._pushed: dict[tuple[str, str, str], Candidate] = {}
         self._order: dict[tuple[str, str], list[str]] = {}
@@ -304,7 +307,7 @@ class EnvoyPolicy:
         if not self.split:
             learned = dataclasses.replace(learned, rates={})
         edge.models = plan_region(wire, self.profile, self.slo_margin_ms, learned,
-                                  cap=self.rules.order_cap)
+                                  cap=self.rules.order_cap, cold_spread=self.cold_spread)
 
     def _model(self, klass: CallClass) -> str:
         if self.slow_path is None and klass.min_quality > 0:
@@ -424,7 +427,7 @@ class EnvoyPolicy:
 def envoy(control: ControlPlane, seed: int, band: float, margin_ms: float,
           max_attempts: int, slow_path: bool = True, name: str = "envoy",
           rules: EnvoyRules | None = None, split: bool = True,
-          learn_margins: bool = True) -> EnvoyPolicy:
+          learn_margins: bool = True, cold_spread: bool = False) -> EnvoyPolicy:
     """The ``envoy`` row: placement's ``cheapest`` profile compiled as ``services.xds`` does
     (deterministic: one host per cluster, no weights), with a slow path for quality floors
     (the per-call policy, counting only its own calls in flight, drawing from ``seed``);
@@ -436,4 +439,5 @@ def envoy(control: ControlPlane, seed: int, band: float, margin_ms: float,
     slow = policies.switchyard(control, seed, band, margin_ms, name=f"{name}-slow-path") \
         if slow_path else None
     return EnvoyPolicy(control, build_profile("cheapest", band), rules, margin_ms, slow, name,
-                       seed=seed ^ 0x5EED, split=split, learn_margins=learn_margins)
+                       seed=seed ^ 0x5EED, split=split, learn_margins=learn_margins,
+                       cold_spread=cold_spread)

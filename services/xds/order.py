@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from placement import queueing
 from placement.model import CallContext, Candidate, Hints
 from placement.pipeline import Profile
-from placement.splits import Demand, split
+from placement.splits import UNKNOWN, Demand, split
 
 
 @dataclass(frozen=True)
@@ -226,10 +226,12 @@ def capped(w: WeightedOrder, cap: int | None) -> WeightedOrder:
 
 def weighted(demands: Sequence[ClassDemand], profile: Profile, slo_margin_ms: float,
              reserved: Mapping[str, float] | None = None,
-             tail: float = queueing.TAIL, memo: RankMemo | None = None
-             ) -> dict[Hashable, WeightedOrder]:
+             tail: float = queueing.TAIL, memo: RankMemo | None = None,
+             spread_cap: int | None = None) -> dict[Hashable, WeightedOrder]:
     """Every class of one edge, compiled together (they share the edge's slot shares):
-    the order with the learned margins, and its split (``placement.splits``)."""
+    the order with the learned margins, and its split (``placement.splits``). A class of
+    rate ``splits.UNKNOWN`` is split over its first ``spread_cap`` feasible deployments
+    (None: all) by their room."""
     found: dict[Hashable, tuple[tuple[str, ...], frozenset[str]]] = {}
     wants: list[Demand] = []
     for d in demands:
@@ -237,6 +239,8 @@ def weighted(demands: Sequence[ClassDemand], profile: Profile, slo_margin_ms: fl
         found[d.key] = (tuple(c.deployment_id for c in ranks), feasible)
         ctx = CallContext(Hints(slo_ms=d.slo_ms), slo_margin_ms, slo_margins=d.margins)
         ok = [c for c in ranks if c.deployment_id in feasible]
+        if d.rate == UNKNOWN and spread_cap is not None:
+            ok = ok[:spread_cap]
         wants.append(Demand(d.key, d.slo_ms - slo_margin_ms, d.rate, ok,
                             {c.deployment_id: ctx.latency_ms(c)
                              + d.margins.get(c.deployment_id, 0.0) for c in ok}))

@@ -16,17 +16,27 @@ by it. One implementation, so what the simulator measures is what placement push
   matched; the range's lower end when it had none), with that SLO's miss margins;
 - a range is cut at a called SLO whose learned margins give it another order or feasible
   set than the tighter SLOs before it (``_sub_ranges``): one route per such SLO class, so the
-  misses of a tight class do not move a loose one that shares its range.
+  misses of a tight class do not move a loose one that shares its range;
+- with ``cold_spread`` (off: ``compile_region`` does not ask for it, measured only by the
+  cost simulator's ``--what-if`` row ``envoy-cold-spread``), while placement has learned no
+  rate at all of the region (a cold start: a new Envoy, a restarted placement), every
+  route's rate is ``splits.UNKNOWN``: its calls are split over its first ``cap`` feasible
+  deployments by the room each has for the edge, not all sent to the cheapest; from the
+  first learned rate on, routes nothing was learned for keep their order alone. Off because
+  a fresh Envoy's first calls would then go to a random feasible deployment, not the
+  cheapest (what the integration tests, e.g. ``test_envoy_edge``'s loose call, assert).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 from placement.edge_learning import Learned
 from placement.model import Candidate
 from placement.pipeline import Profile
+from placement.splits import UNKNOWN
 from services.xds.order import (
     ClassDemand,
     RankMemo,
@@ -110,13 +120,16 @@ def _sub_ranges(model: str, k: SloClass, table: Table, learned: Learned, profile
 
 def plan_region(tables: Mapping[str, Table], profile: Profile, slo_margin_ms: float,
                 learned: Learned | None = None, memo: RankMemo | None = None,
-                cap: int | None = None) -> dict[str, ModelRoutes]:
+                cap: int | None = None, cold_spread: bool = False) -> dict[str, ModelRoutes]:
     """Every model's routes for one region, its classes compiled together (they share the
     edge's slot shares). ``memo``: the region's filter verdicts from its earlier compiles
     (``order.RankMemo``: the same plan, the filters run on the rows that changed only).
     ``cap``: each order and rotation keeps its first ``cap`` deployments (``order.capped``,
-    ``EnvoySettings.cap``; None: all), the prices only the deployments some route reaches."""
+    ``EnvoySettings.cap``; None: all), the prices only the deployments some route reaches.
+    ``cold_spread``: with no rate learned of the region, routes split by room (module
+    docstring)."""
     learned = learned or Learned()
+    cold = cold_spread and not learned.rates
     found: list[tuple[str, Table, list[SloClass]]] = []
     demands: list[ClassDemand] = []
     plain: dict[Hashable, WeightedOrder] = {}
@@ -126,17 +139,20 @@ def plan_region(tables: Mapping[str, Table], profile: Profile, slo_margin_ms: fl
                    for a, b in _sub_ranges(model, k, table, learned, profile, slo_margin_ms,
                                            memo)]
         found.append((model, table, classes))
-        demands.append(_demand(model, None, table.default_slo_ms, None, table, learned))
+        d = _demand(model, None, table.default_slo_ms, None, table, learned)
+        demands.append(dataclasses.replace(d, rate=UNKNOWN) if cold else d)
         for i, k in enumerate(classes):
             d = _demand(model, i, k.lo, k.hi, table, learned)
-            if d.rate > 0 or d.margins:
+            if cold:
+                demands.append(dataclasses.replace(d, rate=UNKNOWN))
+            elif d.rate > 0 or d.margins:
                 demands.append(d)
             else:  # nothing learned: the range's order as slo_classes ranked it at k.lo
                 plain[(model, i)] = WeightedOrder(k.order, k.feasible)
     compiled: dict[Hashable, WeightedOrder] = {
         k: capped(w, cap) for k, w in
         {**plain, **weighted(demands, profile, slo_margin_ms, learned.reserved,
-                             memo=memo)}.items()}
+                             memo=memo, spread_cap=cap)}.items()}
     models: dict[str, ModelRoutes] = {}
     for model, table, classes in found:
         default = compiled[(model, None)]

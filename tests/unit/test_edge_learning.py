@@ -27,9 +27,15 @@ def test_rates_are_an_average_of_the_calls_between_pushes() -> None:
     for _ in range(20):
         e.call("k", 300.0)
     got = e.learned(2.0, CANDS).rates["k"]
-    assert got == pytest.approx(10.0 * (1 - math.exp(-2.0 / 5.0)))
+    assert got == pytest.approx(10.0)  # a class first seen: its first window's rate
+    for _ in range(60):
+        e.call("k", 300.0)
+    # then an average: 30 calls/s for 2 s moves it part of the way
+    assert e.learned(4.0, CANDS).rates["k"] == pytest.approx(
+        10.0 + (30.0 - 10.0) * (1 - math.exp(-2.0 / 5.0)))
+    got = e.learned(4.0, CANDS).rates["k"]
     # nothing more: the rate decays toward 0, it does not stay
-    assert e.learned(4.0, CANDS).rates["k"] < got
+    assert e.learned(6.0, CANDS).rates["k"] < got
     # a push at the same instant changes nothing
     assert e.learned(4.0, CANDS).rates["k"] == e.learned(4.0, CANDS).rates["k"]
 
@@ -54,3 +60,16 @@ def test_the_slow_paths_calls_reserve_erlangs_of_their_backend() -> None:
     got = e.learned(1.0, CANDS).reserved
     assert got == {"b": pytest.approx(10 * 0.1)}  # 10 calls/s x 100 ms
     assert e.learned(2.0, CANDS).reserved == {}
+
+
+def test_the_slow_paths_load_is_averaged_from_zero_not_taken_whole() -> None:
+    """A deployment the slow path starts using (a failover) is reserved gradually: its first
+    window is averaged from 0, as before (taken whole, single-cloud-hetero fell)."""
+    e = EdgeLearning(time_constant_s=5.0)
+    e.learned(0.0, CANDS)
+    for _ in range(20):
+        e.other_path("b/v")
+        e.call("k", 300.0)
+    got = e.learned(2.0, CANDS)
+    assert got.rates["k"] == pytest.approx(10.0)
+    assert got.reserved["b"] == pytest.approx(10.0 * (1 - math.exp(-2.0 / 5.0)) * 0.1)

@@ -9,7 +9,14 @@ import pytest
 from placement import queueing
 from placement.model import Candidate
 from placement.registry import build_profile
-from placement.splits import MAX_UTILISATION, Demand, max_utilisation, split
+from placement.splits import (
+    MAX_UTILISATION,
+    RATE_HEADROOM,
+    UNKNOWN,
+    Demand,
+    max_utilisation,
+    split,
+)
 from services.xds.order import ClassDemand, rotations, weighted
 
 PROFILE = build_profile("cheapest")
@@ -44,19 +51,20 @@ def test_a_class_within_the_cheapest_capacity_stays_there() -> None:
 
 
 def test_past_the_cheapest_capacity_the_rest_spills_to_the_next() -> None:
-    """4 slots of 50 ms at ρ* carry 80 ρ* calls/s; 100 calls/s spill the rest to b."""
-    a, b = cand("a/v", 1e-5), cand("b/v", 2e-5)
+    """4 slots of 50 ms at ρ* carry 80 ρ* calls/s; 100 calls/s (planned with the rate's
+    headroom, RATE_HEADROOM x 100) spill the rest to b (32 slots: room for it all)."""
+    a, b = cand("a/v", 1e-5), cand("b/v", 2e-5, concurrency=32)
     rho = max_utilisation(298.0 - 100.0, 50.0, 4)
     got = split([Demand("k", 298.0, 100.0, [a, b])])["k"]
-    assert got["a/v"] == pytest.approx(80 * rho / 100)
-    assert got["b/v"] == pytest.approx(1 - 80 * rho / 100)
+    assert got["a/v"] == pytest.approx(80 * rho / (100 * RATE_HEADROOM))
+    assert got["b/v"] == pytest.approx(1 - 80 * rho / (100 * RATE_HEADROOM))
 
 
 def test_the_edge_share_not_the_backend_is_what_it_may_fill() -> None:
     a, b = cand("a/v", 1e-5, slots=1.0), cand("b/v", 2e-5)
     rho = max_utilisation(198.0, 50.0, 4)
     got = split([Demand("k", 298.0, 40.0, [a, b])])["k"]
-    assert got["a/v"] == pytest.approx(20 * rho / 40)
+    assert got["a/v"] == pytest.approx(20 * rho / (40 * RATE_HEADROOM))
 
 
 def test_reserved_load_and_tighter_classes_come_off_first() -> None:
@@ -110,3 +118,32 @@ def test_weighted_uses_learned_margins_and_rates() -> None:
     heads = {o[0]: w for w, o in busy.rotations}
     assert set(heads) == {"a/v", "b/v"} and heads["a/v"] < 1.0
     assert math.isclose(sum(heads.values()), 1.0)
+
+
+def test_an_unmeasured_class_is_split_by_room_after_the_measured_ones() -> None:
+    """UNKNOWN: each feasible deployment's calls/s of room for this edge (its backend once,
+    at its cheapest deployment), less what the measured classes planned there."""
+    a, b = cand("a/v", 1e-5, concurrency=2), cand("b/v", 2e-5, concurrency=6)
+    a2 = cand("a/w", 1.5e-5, concurrency=2)  # a's other variant: the same backend's room
+    got = split([Demand("new", 298.0, UNKNOWN, [a, a2, b])])["new"]
+    ra = 2 * max_utilisation(198.0, 50.0, 2) * 20
+    rb = 6 * max_utilisation(198.0, 50.0, 6) * 20
+    assert got == pytest.approx({"a/v": ra / (ra + rb), "b/v": rb / (ra + rb)})
+    # a measured class that fills a leaves the unmeasured one b alone; the measured class's
+    # own split is as without the unmeasured one
+    busy = Demand("busy", 298.0, 2 * max_utilisation(198.0, 50.0, 2) * 20, [a, b])
+    both = split([busy, Demand("new", 298.0, UNKNOWN, [a, b])])
+    assert both["new"] == pytest.approx({"b/v": 1.0})
+    assert both["busy"] == split([busy])["busy"]
+    # no room anywhere: by capacity, not nothing
+    full = split([Demand("new", 298.0, UNKNOWN, [a, b])], reserved={"a": 10.0, "b": 10.0})
+    assert full["new"] == pytest.approx({"a/v": 0.25, "b/v": 0.75})
+
+
+def test_weighted_spreads_an_unmeasured_class_over_its_first_feasible_deployments() -> None:
+    a, b, c = cand("a/v", 1e-5), cand("b/v", 2e-5), cand("c/v", 3e-5)
+    got = weighted([ClassDemand("k", [a, b, c], 300.0, rate=UNKNOWN)], PROFILE, 2.0,
+                   spread_cap=2)["k"]
+    heads = {o[0]: w for w, o in got.rotations}
+    assert set(heads) == {"a/v", "b/v"} and heads["a/v"] == pytest.approx(0.5)
+    assert got.order == ("a/v", "b/v", "c/v")

@@ -6,8 +6,12 @@ learned margins give another order."""
 
 from __future__ import annotations
 
+import pytest
+
+from placement import splits
 from placement.edge_learning import EdgeLearning, Learned
 from placement.registry import build_profile
+from placement.splits import max_utilisation
 from services.convert import candidate_from_pb
 from services.xds.plan import Table, plan_region, route
 from tests.xds_tables import TABLE
@@ -72,3 +76,36 @@ def test_a_class_whose_rate_decayed_is_forgotten() -> None:
         e.call((M, s), float(s))
     assert len(e.learned(1.0, {}).rates) == 10
     assert e.learned(30.0, {}).rates == {}
+
+
+def test_cold_spread_splits_every_route_by_room_until_a_rate_is_learned() -> None:
+    """The what-if: with nothing learned of the region, each route's calls go to its feasible
+    deployments by their room (small: one 50 ms slot; big: eight), not all to the cheapest;
+    once any rate is learned, the routes nothing was learned for keep their order alone.
+    Off by default: what compile_region pushes a fresh Envoy is the order."""
+    assert route(plan_region(TABLES, PROFILE, MARGIN), M, 300).rotations == ()  # type: ignore[union-attr]
+    cold = plan_region(TABLES, PROFILE, MARGIN, cold_spread=True)
+    got = route(cold, M, 300)
+    assert got is not None and got.order[0] == "small/s"
+    heads = {o[0]: w for w, o in got.rotations}
+    assert set(heads) == {"small/s", "big/s"} and heads["big/s"] > heads["small/s"] > 0
+    assert route(cold, M, None).rotations != ()  # type: ignore[union-attr]
+    warm = plan_region(TABLES, PROFILE, MARGIN, Learned(rates={(M, 1000): 0.5}),
+                       cold_spread=True)
+    assert route(warm, M, 300).rotations == ()  # type: ignore[union-attr]
+
+
+def test_a_learned_rate_is_planned_with_headroom(monkeypatch: pytest.MonkeyPatch) -> None:
+    """small (one 50 ms slot) carries cap = ρ*/0.05 calls/s at 300 ms; 0.9 cap learned fits
+    it, but not with the headroom the split plans for (RATE_HEADROOM x the rate): part of
+    the class goes to big. Planned on the rate alone, it all stays on small."""
+    cap = max_utilisation(298.0 - 80.0, 50.0, 1) / 0.05
+    rate = 0.9 * cap
+    assert splits.RATE_HEADROOM * rate > cap
+    got = route(plan_region(TABLES, PROFILE, MARGIN, Learned(rates={(M, 300): rate})), M, 300)
+    assert got is not None and {o[0] for _, o in got.rotations} == {"small/s", "big/s"}
+    heads = {o[0]: w for w, o in got.rotations}
+    assert heads["small/s"] == pytest.approx(cap / (splits.RATE_HEADROOM * rate))
+    monkeypatch.setattr(splits, "RATE_HEADROOM", 1.0)
+    alone = route(plan_region(TABLES, PROFILE, MARGIN, Learned(rates={(M, 300): rate})), M, 300)
+    assert alone is not None and alone.rotations == ()
