@@ -10,10 +10,12 @@ to it (another trace and other draws of the same scenario). A variant is the bra
 committed with one rule switched (``VARIANTS``: idle-only decay of miss margins,
 per-deployment tail margins, a learned or another fixed tail factor for deployments no edge
 has measured, a miss budget for the margins, borrowing idle slots: ``placement/filters/slo.py``
-and ``placement/shares.py``; ``unmeasured-1.3`` is the brain before 1.5), applied inside a
-worker process of its own (a fresh one per run: until the borrowing round a pool worker ran
-several checks, so a variant's switch could leak into the next check it ran, ``base``
-included); ``base`` is the brain as committed. Prints one row per (scenario, seed, variant):
+and ``placement/shares.py``; ``unmeasured-1.3`` is the brain before 1.5; an unmeasured row as
+a probe, ``probe-*``, ``placement/filters/slo.py``; a headroom per SLO class,
+``class-headroom*``, ``placement/feedback.py``), applied inside a worker process of its own
+(a fresh one per run: until the borrowing round a pool worker ran several checks, so a
+variant's switch could leak into the next check it ran, ``base`` included); ``base`` is the
+brain as committed. Prints one row per (scenario, seed, variant):
 attainment, USD per 1M calls, switchyard's misses by cause (``benchmarks/costsim/misses.py``),
 how many of them came in the first 5 simulated seconds, and the share of the expected cost
 paid above each call's cheapest LP-feasible deployment (``premiums``); ``--detail N`` also
@@ -42,7 +44,7 @@ from benchmarks.costsim.misses import CAUSES, TracedSimulation, causes, classify
 from benchmarks.costsim.runner import make_policy
 from benchmarks.costsim.scenario import Scenario
 from benchmarks.costsim.trace import generate, outage_windows
-from placement import feedback, latency, queueing, routes, shares
+from placement import feedback, latency, pipeline, queueing, routes, shares
 from placement.feedback import SloFeedback
 from placement.filters import slo
 from placement.framework import Filter
@@ -171,7 +173,14 @@ def _class_headroom(step: float, low: float = 0.0, target: float = feedback.CLAS
     return apply
 
 
+def _fallback_idle_fit() -> None:
+    """The fallback takes the fastest row that would meet the SLO with a free slot first
+    (``pipeline.FALLBACK_IDLE_FIT``)."""
+    pipeline.FALLBACK_IDLE_FIT = True
+
+
 VARIANTS: dict[str, Callable[[], None]] = {
+    "fallback-idle-fit": _fallback_idle_fit,
     "probe-2": _probe(2.0),
     "probe-1.5": _probe(1.5),
     "probe-own-1.5": _probe(1.5, own=True),

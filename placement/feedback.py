@@ -37,6 +37,20 @@ Margins exist only after misses, and misses are tens per run: they are not what 
 brain dear (``cost_check --detail``: the slot share's worst-case wait is, see
 ``placement.filters.slo``), so it stays off. ``surplus`` (the same bound) gates the
 rejected idle-slot borrowing there.
+
+With ``class_step`` (``CLASS_STEP``, off) each SLO class also has a headroom for every
+deployment, a quantile tracker of the class's own misses wherever they happen (up
+``class_step × slo`` per miss, down so that ``CLASS_TARGET × tail`` of the class's calls may
+miss, within ``CLASS_RANGE`` × slo): the feedback loop of issue 11's item 2 at the class
+level, reacting before each deployment has missed on its own. Measured (``python -m
+benchmarks.cost_check --seeds 0 1 --variants base class-headroom``, quick, step 0.02, range
+0–0.3, target half the tail): default 99.85/99.85 → 99.88/99.85 % at 19.6/20.0 → 19.4/19.3
+USD/1M; held-out-near-capacity 98.75/98.71 → 98.84/98.58 %; held-out-many-models
+99.06/98.79 → 99.24/96.99 % (seed 1: "service-time tail" 3 → 682: a headroom that rules out
+every row sends the class to the fallback's fastest-by-estimate, a distant or slow one);
+tight-three-variant 99.45/99.50 → 99.41/99.47 %; noisy-cheap-spot 99.60/99.53 →
+99.46/99.69 %. Lower on four runs, by up to 1.8 points: not adopted (off). The spending side
+(``CLASS_RANGE`` below 0, variant ``class-headroom-spend``) was not measured.
 """
 
 from __future__ import annotations

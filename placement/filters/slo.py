@@ -37,6 +37,18 @@ single-cloud-hetero 99.52/99.45 %, noisy-cheap-spot 99.60/99.53 %, many-small-po
   field in ``CallContext`` that the edge's router (and the simulator) set from
   ``SloFeedback.surplus``, in place of this module flag.
 
+An unmeasured deployment as a probe (``PROBE_SLACK``, off; ``probe_ms``): a row no edge
+has measured takes only calls whose SLO has ``PROBE_SLACK`` times the room its modelled
+queue and service need, so a tight call is not bet on the model's guess before the first
+samples (the largest cause of misses on the cost scenarios). Measured with ``python -m
+benchmarks.cost_check --seeds 0 1 --variants base probe-1.5`` (quick) on default, the
+scenario with most of those misses: 99.85/99.85 % → 99.88/99.90 %, "estimate before first
+samples" 44/45 → 40/35, but 19.6/20.0 → 27.2/27.3 USD/1M (+37–39 %): the tight calls go to
+measured dear rows (at cold start every row is unmeasured: the fallback's fastest) and
+most of those misses are on rows other edges had measured (the miss cause counts the
+edge's *own* samples). Not adopted; not run on the other scenarios (on this round's host,
+at load 11–14, one two-seed run over every scenario took over two hours).
+
 Also off: ``placement.shares.borrowed_ms``, applied after the rule above (a borrowed idle
 slot priced by its M/M/c wait at the edge's own miss budget, ``CallContext.borrow_tail``,
 which the edge's router and the simulator fill; 0 while ``shares.BORROW`` is off; its

@@ -1,15 +1,19 @@
-"""placement.filters.slo's probe rule for unmeasured deployments and placement.feedback's
-class headroom (both off by default; switched on by ``benchmarks.cost_check`` variants)."""
+"""placement.filters.slo's probe rule for unmeasured deployments, placement.feedback's
+class headroom and placement.pipeline's idle-fit fallback (all off by default; switched on by
+``benchmarks.cost_check`` variants)."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
-from placement import feedback
+from placement import feedback, pipeline
 from placement.feedback import SloFeedback
 from placement.filters import slo
 from placement.filters.slo import SloFilter, probe_ms, unmeasured
 from placement.model import CallContext, Candidate, Hints
+from placement.registry import build_profile
 
 
 def _cand(dep: str = "b1/v", p95: float = 80.0, observed: bool = False) -> Candidate:
@@ -83,3 +87,24 @@ def test_class_headroom_is_off_by_default() -> None:
     fb.record("b1/v", 100.0, met=False, now=0.0)
     assert fb.headroom(100.0) == 0.0
     assert fb.margins(100.0, 0.0).get("b2/v", 0.0) == 0.0
+
+
+def _row(dep: str, backend: str, p95: float, slots: float) -> Candidate:
+    return Candidate(deployment_id=dep, backend_id=backend, endpoint="x", variant="v",
+                     region="r", cloud="c", accelerator="a", quality=1.0, latency_p95_ms=p95,
+                     rtt_ms=1.0, queue_ms=0.0, compute_ms=p95 / 1.5, cost_usd=1e-6,
+                     spare_capacity=10.0, concurrency=2, edge_slots=slots)
+
+
+def test_fallback_idle_fit_prefers_a_row_that_fits_with_a_free_slot(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    slow = _row("t4/v", "t4", p95=76.0, slots=2.0)  # within its share, too slow even idle
+    fast = _row("h100/v", "h100", p95=12.0, slots=0.5)  # fits idle, past its share
+    ctx = CallContext(Hints(slo_ms=70.0), inflight={"h100/v": 4})
+    assert ctx.latency_ms(fast) > ctx.latency_ms(slow) > 70.0  # nothing meets the SLO
+    profile = build_profile("cheapest")
+    d = profile.choose([slow, fast], ctx, random.Random(0))
+    assert not d.slo_met and d.candidate is slow  # off: the lower worst case
+    monkeypatch.setattr(pipeline, "FALLBACK_IDLE_FIT", True)
+    d = profile.choose([slow, fast], ctx, random.Random(0))
+    assert not d.slo_met and d.candidate is fast
