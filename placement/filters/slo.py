@@ -46,8 +46,13 @@ scenario with most of those misses: 99.85/99.85 % → 99.88/99.90 %, "estimate b
 samples" 44/45 → 40/35, but 19.6/20.0 → 27.2/27.3 USD/1M (+37–39 %): the tight calls go to
 measured dear rows (at cold start every row is unmeasured: the fallback's fastest) and
 most of those misses are on rows other edges had measured (the miss cause counts the
-edge's *own* samples). Not adopted; not run on the other scenarios (on this round's host,
-at load 11–14, one two-seed run over every scenario took over two hours).
+edge's *own* samples). Then (same command, ``--scenarios ...``): tight-three-variant
+99.45/99.50 → 99.54/99.55 % at 13.6/13.6 → 22.5/20.4 USD/1M; held-out-near-capacity
+98.75/98.71 → 98.53/98.89 %; held-out-many-models 99.06/98.79 → 97.12/97.28 % ("service-time
+tail" 3 → 733/635: the calls it rules out go to the fallback's fastest-by-estimate, rows
+whose p95 is over the SLO; the class headroom in ``placement.feedback`` fails the same way).
+Not adopted; not run on the other scenarios (on this round's host, at load 11–14, one
+two-seed run over every scenario took over two hours).
 
 Also off: ``placement.shares.borrowed_ms``, applied after the rule above (a borrowed idle
 slot priced by its M/M/c wait at the edge's own miss budget, ``CallContext.borrow_tail``,
