@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import sys
 
 import pytest
 
@@ -301,6 +302,35 @@ def test_the_fidelity_target_is_one_point_below_and_five_percent_above() -> None
             "attainment +0.00") in text[0]
     main_t, _, _ = tables(results)
     assert "| s | 2 | envoy | 1,000 | 99.00% | +0.00 | 10.00 | 1.000 | yes |" in main_t
+
+
+def test_rows_without_base_run_only_the_rows_named(monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """``--rows envoy --without-base``: the envoy row alone (no switchyard run), as a table
+    with the command that produced it; nothing written into RESULTS.md."""
+    import benchmarks.envoy_fidelity as fidelity
+
+    jobs: list[tuple[str, bool, str, int]] = []
+
+    def fake_run(paths: list[object], quick: bool, variants: tuple[str, ...],
+                 workers: int = 2, seeds: int = 1) -> list[list[object]]:
+        jobs.extend((str(p), quick, v, k) for p in paths for k in range(seeds)
+                    for v in variants)
+        return [[fidelity.Run("small", 11 + k, v, 100, 0, 100, 0.99, 4.0, {},
+                              {"queueing not foreseen": 1})
+                 for v in variants] for _ in paths for k in range(seeds)]
+
+    monkeypatch.setattr(fidelity, "run", fake_run)
+    monkeypatch.setattr(fidelity, "write_section", lambda *a: pytest.fail("wrote RESULTS"))
+    monkeypatch.setattr(sys, "argv", ["envoy_fidelity", "--quick", "--scenario", "small",
+                                      "--seeds", "2", "--rows", "envoy", "--without-base"])
+    fidelity.main()
+    out = capsys.readouterr().out
+    assert {v for _, _, v, _ in jobs} == {"envoy"} and len(jobs) == 2
+    assert ("python -m benchmarks.envoy_fidelity --quick --seeds 2 --scenario small "
+            "--rows envoy --without-base") in out
+    assert "| small | 12 | envoy | 100 | 99.00% | 4.00 | 1 |" in out
+    assert "switchyard" not in out
 
 
 def _rate(p: EnvoyPolicy, n: int, t0: float, t1: float, klass: CallClass = KLASS) -> None:
