@@ -97,7 +97,7 @@ FALLBACK_BAND = 0.1
 # has fewer than this many streams on it, one probe at a time until it is measured. Without
 # it every stream an edge routes before its first one ends goes to the same unmeasured GPU (on
 # tokens-rag ×2, quick, one T4 got 36 streams of up to 7,400 prompt tokens in 10 s, a 66 s
-# prefill queue). With it the warm-up's TTFT misses fell 4-8× (quick, ×1 and ×2; tokens-code
+# prefill queue). With it the warm-up's TTFT misses fell 2-7× (quick, ×1 and ×2; tokens-code
 # ×2 197 → 43 of 474) and the longest TTFT from 12-153 s to 2-10 s, full horizon ×1 chat,
 # code and slowdown higher and rag 99.39 → 99.24 %, cheaper in 13 of 16 cases; but over two
 # seeds (``benchmarks.tokens``' seed check) tokens-chat ×1.5 fell 99.45 → 99.37 % on the
