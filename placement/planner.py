@@ -34,7 +34,10 @@ be from optimal (against the relaxation's bound, which is weak: integer GPUs). F
 fleets, ``full_milp=False`` skips the full MILP and ``max_pools_per_class`` keeps each class's
 cheapest pools per call (see :func:`_candidates`): solve time at 10, 100 and 1,000 pools is
 measured by ``python -m benchmarks.provisioned``; ``group_pools`` solves groups of nearby
-regions apart (:mod:`placement.plan_regions`). Inputs and results are
+regions apart (:mod:`placement.plan_regions`). Edges route each call to the deployment
+cheapest per call within its SLO, not along the plan's flows: :func:`plan` and :func:`resize`
+check a plan with that rule (:mod:`placement.plan_route`) and solve again for the calls it
+leaves short (``route_rounds``). Inputs and results are
 :mod:`placement.plan_types`. Hysteresis (a new plan must pay for its churn) is
 :mod:`placement.replan`.
 """
