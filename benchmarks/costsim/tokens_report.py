@@ -66,14 +66,22 @@ def measure(s: TokenScenario, st: Streams, out: Outcome, policy: str) -> TokenRe
         int((~m & ~ttft_ok).sum()), float(np.nanmax(out.ttft_ms)))
 
 
+def _pairs(results: Sequence[TokenResult], before: str, after: str
+           ) -> list[tuple[str, TokenResult, TokenResult]]:
+    """Per scenario with both policies' rows: (scenario, ``before``'s, ``after``'s)."""
+    out = []
+    for scenario in dict.fromkeys(r.scenario for r in results):
+        b, a = _find(results, scenario, before), _find(results, scenario, after)
+        if b is not None and a is not None:
+            out.append((scenario, b, a))
+    return out
+
+
 def warmup_notes(results: Sequence[TokenResult], before: str, after: str) -> list[str]:
     """Per scenario, the warm-up's TTFT misses and the longest TTFT, ``before`` → ``after``
     (a cold start: every edge's deployments unmeasured)."""
     lines = []
-    for scenario in dict.fromkeys(r.scenario for r in results):
-        b, a = _find(results, scenario, before), _find(results, scenario, after)
-        if b is None or a is None:
-            continue
+    for scenario, b, a in _pairs(results, before, after):
         lines.append(f"{scenario}, warm-up (not counted): {before} {b.warmup_ttft_missed} of "
                      f"{b.warmup_streams:,} streams over their TTFT objective, longest TTFT "
                      f"{b.max_ttft_ms / 1000:,.1f} s → {after} {a.warmup_ttft_missed}, "
@@ -171,10 +179,7 @@ def verdicts(results: Sequence[TokenResult], policy: str = "switchyard") -> list
 
 def before_after(results: Sequence[TokenResult], before: str, after: str) -> list[str]:
     lines = []
-    for scenario in dict.fromkeys(r.scenario for r in results):
-        b, a = _find(results, scenario, before), _find(results, scenario, after)
-        if b is None or a is None:
-            continue
+    for scenario, b, a in _pairs(results, before, after):
         lines.append(f"{scenario}: {before} {b.both:.2%} within both at "
                      f"${b.usd_per_1m_out:.3f}/1M → {after} {a.both:.2%} at "
                      f"${a.usd_per_1m_out:.3f}/1M (p99 TTFT {b.ttft_p99_ms:,.0f} → "

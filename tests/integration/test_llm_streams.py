@@ -273,17 +273,23 @@ async def test_a_session_returns_to_its_prefix_holder_and_prefills_faster(mesh: 
         first.trailers, second.trailers)
 
 
-async def test_stream_resumes_after_its_backend_is_killed(mesh: Mesh, killed: list[str]
-                                                          ) -> None:
+async def resumed_elsewhere(mesh: Mesh, on_token: Callable[[int, Stream], None],
+                            broken: list[str]) -> None:
+    """A 200-token stream whose backend ``on_token`` breaks (appending it to ``broken``) is
+    whole: every token once, in order, resumed on another backend."""
     expected = await asyncio.to_thread(direct, mesh.tritons["east-fast"].endpoint,
                                        "generate-small", PROMPT, 200)
-    s = await asyncio.to_thread(run_stream, mesh.edge_address, PROMPT, 200, [],
-                                kill_when(30, mesh, killed))
+    s = await asyncio.to_thread(run_stream, mesh.edge_address, PROMPT, 200, [], on_token)
     assert s.code is grpc.StatusCode.OK, s.details
     assert len(s.tokens) == 200 and s.tokens == expected  # none missing, none repeated
     assert s.trailers["x-resumed"] == "1"
     assert s.trailers["x-tokens-out"] == "200"
-    assert killed and not s.trailers["x-served-by"].startswith(killed[0])
+    assert broken and not s.trailers["x-served-by"].startswith(broken[0])
+
+
+async def test_stream_resumes_after_its_backend_is_killed(mesh: Mesh, killed: list[str]
+                                                          ) -> None:
+    await resumed_elsewhere(mesh, kill_when(30, mesh, killed), killed)
 
 
 async def test_a_stream_whose_backend_stops_answering_resumes_elsewhere(
@@ -292,14 +298,7 @@ async def test_a_stream_whose_backend_stops_answering_resumes_elsewhere(
     open and it answers nothing, so the stream waited for the caller's deadline (before:
     DEADLINE_EXCEEDED after the caller's 30 s, 31 tokens delivered). The edge's health checks
     find it unreachable; the silent attempt is given up and the stream resumes elsewhere."""
-    expected = await asyncio.to_thread(direct, mesh.tritons["east-fast"].endpoint,
-                                       "generate-small", PROMPT, 200)
-    s = await asyncio.to_thread(run_stream, mesh.edge_address, PROMPT, 200, [],
-                                stop_when(30, mesh, stopped))
-    assert s.code is grpc.StatusCode.OK, s.details
-    assert len(s.tokens) == 200 and s.tokens == expected  # none missing, none repeated
-    assert s.trailers["x-resumed"] == "1"
-    assert stopped and not s.trailers["x-served-by"].startswith(stopped[0])
+    await resumed_elsewhere(mesh, stop_when(30, mesh, stopped), stopped)
     assert mesh.edge.router.stalls.aborted == 1
 
 
