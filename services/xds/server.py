@@ -435,6 +435,7 @@ def envoy_settings(cfg: MeshConfig) -> EnvoySettings:
     sec = cfg.security
     return EnvoySettings(max_message_bytes=cfg.edge.max_message_bytes,
                          max_attempts=cfg.edge.max_attempts,
+                         retry_budget_percent=cfg.edge.retry_budget_ratio * 100,
                          eject_consecutive_failures=cfg.edge.eject_consecutive_failures,
                          eject_base_s=cfg.edge.eject_base_s,
                          slo_margin_ms=cfg.routing.slo_margin_ms,

@@ -56,3 +56,14 @@ def test_envoy_edges_refuse_the_part_of_security_they_cannot_honour(
     path.write_text(path.read_text() + 'client_san = "acme.tenant.local"\n')
     with pytest.raises(ConfigError, match=r"security\.tenants\[0\]\.client_san"):
         load_config(path)
+
+
+def test_an_envoy_edges_retry_budget_is_the_configured_one(tmp_path: pathlib.Path) -> None:
+    """``[edge] retry_budget_ratio`` held only Python edges: Envoy's was always 20 %."""
+    from services.xds.server import envoy_settings
+
+    path = _with_engine(tmp_path, "envoy")
+    path.write_text(path.read_text().replace('engine = "envoy"',
+                                             'engine = "envoy"\nretry_budget_ratio = 0.05'))
+    assert envoy_settings(load_config(path)).retry_budget_percent == pytest.approx(5.0)
+    assert envoy_settings(load_config(EXAMPLE)).retry_budget_percent == pytest.approx(20.0)
