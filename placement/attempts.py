@@ -40,6 +40,7 @@ fixed in 24.12).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -56,7 +57,20 @@ CALLER_STATUSES = frozenset({"DEADLINE_EXCEEDED", "CANCELLED"})  # may be the ca
 MIN_REMAINING_S = 0.002  # less than this left of the caller's deadline: no new attempt
 
 
-TRITON_UNKNOWN_MODEL = "Request for unknown model"  # Triton's NOT_FOUND details begin so
+# Triton's NOT_FOUND details for a model it does not serve (any version): while it unloads
+# "Request for unknown model: 'v' has no available versions", once gone "... 'v' is not
+# found". One pattern, read by this policy (Python ``re``) and compiled into Envoy's retry
+# policy (RE2, ``services/xds/routes.py``) and listener Lua, so both data planes agree. A
+# version the caller named ("... 'v' version 7 is not found") does not match.
+TRITON_UNKNOWN_MODEL = "Request for unknown model: '"  # then the name, a quote and:
+VARIANT_GONE_ENDINGS = ("has no available versions", "is not found")
+VARIANT_GONE_PATTERN = (f"^{TRITON_UNKNOWN_MODEL}[^']*' "
+                        f"({'|'.join(VARIANT_GONE_ENDINGS)})$")
+_VARIANT_GONE = re.compile(VARIANT_GONE_PATTERN)
+# What a caller is told when every deployment it tried answered VARIANT_GONE (UNAVAILABLE):
+# the Python edge's router and the Envoy listener's Lua append it to the backend's message.
+GONE_HINT = (" (the variant was unloaded there or its server is shutting down; placement "
+             "drops it from the route table on its next report: retry)")
 
 
 def attempt_status(code: str, details: str) -> str:
@@ -68,8 +82,7 @@ def attempt_status(code: str, details: str) -> str:
     table lacks), so it is not the caller's error: ``VARIANT_GONE``, retried at another
     deployment and held against this one (not its server). A NOT_FOUND naming a version the
     caller asked for ("... version 7 is not found") is the caller's: passed through."""
-    if code == "NOT_FOUND" and details.startswith(TRITON_UNKNOWN_MODEL) and (
-            "' version " not in details):
+    if code == "NOT_FOUND" and _VARIANT_GONE.match(details):
         return VARIANT_GONE
     return code
 

@@ -26,6 +26,7 @@ import grpc
 import structlog
 
 from placement.attempts import (
+    GONE_HINT,
     SERVER_FAILURES,
     VARIANT_GONE,
     AttemptPolicy,
@@ -402,6 +403,4 @@ def caller_code(f: AttemptFailed) -> str:
 
 
 def gone_hint(f: AttemptFailed) -> str:
-    return (" (the variant was unloaded there or its server is shutting down; placement "
-            "drops it from the route table on its next report: retry)"
-            if f.status == VARIANT_GONE else "")
+    return GONE_HINT if f.status == VARIANT_GONE else ""

@@ -46,7 +46,7 @@ from __future__ import annotations
 import json
 from typing import Literal
 
-from placement.attempts import MIN_REMAINING_S
+from placement.attempts import GONE_HINT, MIN_REMAINING_S, TRITON_UNKNOWN_MODEL, VARIANT_GONE_ENDINGS
 from services.edge.hints import HINTS
 
 TenantCalls = Literal["off", "credential", "all"]
@@ -83,6 +83,16 @@ CONTROL_RPCS = ("ModelReady", "ModelMetadata", "ModelConfig", "ServerLive", "Ser
 # RPCs whose request names the model in field 1, as ModelInfer does: routed and rewritten the
 # same way (ModelReady("summarize") asks the deployment a call would go to).
 NAMED_RPCS = ("ModelInfer", "ModelReady", "ModelMetadata", "ModelConfig")
+
+def _lua_escape(text: str) -> str:
+    """``text`` as a Lua pattern that matches it literally."""
+    return "".join("%" + c if c in "^$()%.[]*+-?" else c for c in text)
+
+
+def _lua_string(text: str) -> str:
+    """``text`` as a Lua string literal (``json.dumps`` escapes are Lua's for ASCII)."""
+    return json.dumps(text)
+
 
 _VARINT = r"""
 local function varint(body, pos, stop)
@@ -307,12 +317,32 @@ end
 -- (benchmarks/envoy_configs.py cuts the script here.) A trailers-only answer (an error)
 -- carries the path in its headers, which are its trailers (the upstream filters add it to
 -- answers that have trailers).
+-- A backend's NOT_FOUND for the variant it was sent (placement.attempts.VARIANT_GONE_PATTERN)
+-- after every retry: the caller's model exists, the table is behind. UNAVAILABLE, saying
+-- why, as the Python edge answers (services/edge/router.py caller_code).
+local GONE_PATTERNS = {{{", ".join(_lua_string("^" + _lua_escape(TRITON_UNKNOWN_MODEL)
+                                            + "[^']*' " + _lua_escape(e) + "$")
+                                for e in VARIANT_GONE_ENDINGS)}}}
+local function variant_gone(headers)
+  local message = headers:get("grpc-message")
+  if message == nil then return end
+  for _, pattern in ipairs(GONE_PATTERNS) do
+    if message:find(pattern) then
+      headers:replace("grpc-status", "14")
+      headers:replace("grpc-message", message .. {_lua_string(GONE_HINT)})
+      return
+    end
+  end
+end
+
 function envoy_on_response(handle)
   local route = handle:metadata()
   local path = route:get("path")
   if path ~= nil then
     local headers = handle:headers()
-    if headers:get("grpc-status") ~= nil then
+    local status = headers:get("grpc-status")
+    if status ~= nil then
+      if status == "5" then variant_gone(headers) end
       headers:replace("{PATH_TRAILER}", path)
       return
     end

@@ -33,7 +33,7 @@ from envoy.extensions.retry.priority.previous_priorities.v3 import (  # noqa: F4
 )
 from google.protobuf import json_format
 
-from placement.attempts import RETRYABLE
+from placement.attempts import RETRYABLE, VARIANT_GONE, VARIANT_GONE_PATTERN
 from services.xds import lua, rewrite
 from services.xds.envoy_types import (
     SLOW_PATH_CLUSTER,
@@ -105,13 +105,24 @@ def _trailer_metadata(m: ModelRoutes, feasible: frozenset[str], slo_ms: float | 
 def retry_on() -> str:
     """Envoy's gRPC retry conditions for a model route: connection failures and resets, and
     the statuses the attempt policy retries at another deployment (``placement.attempts``)
-    that Envoy can tell apart: UNAVAILABLE and RESOURCE_EXHAUSTED (a full queue there). A
+    that Envoy can tell apart: UNAVAILABLE and RESOURCE_EXHAUSTED (a full queue there), and
+    ``VARIANT_GONE`` (Triton's NOT_FOUND for a variant it unloads or no longer serves), which
+    Envoy has no status condition for: ``retriable-headers`` over ``GONE_HEADERS``. A
     timed-out attempt is retried through ``per_try_timeout``; CANCELLED and DEADLINE_EXCEEDED
     answers may be the caller's own, and ABORTED has no Envoy condition."""
     statuses = [name for status, name in (("UNAVAILABLE", "unavailable"),
                                           ("RESOURCE_EXHAUSTED", "resource-exhausted"))
                 if status in RETRYABLE]
-    return ",".join([*statuses, "reset", "connect-failure", "refused-stream"])
+    gone = ["retriable-headers"] if VARIANT_GONE in RETRYABLE else []
+    return ",".join([*statuses, *gone, "reset", "connect-failure", "refused-stream"])
+
+
+# Triton answers an unknown model trailers-only: its grpc-status and grpc-message are
+# response headers, which is where ``retriable_headers`` looks. The message is the policy's
+# own pattern (RE2 here); a NOT_FOUND for a version the caller named does not match, and a
+# NOT_FOUND local reply of the edge's own never reaches the router's retry.
+GONE_HEADERS = [{"name": "grpc-message",
+                 "string_match": {"safe_regex": {"regex": VARIANT_GONE_PATTERN}}}]
 
 
 def per_try_timeout_s(slo_ms: float, s: EnvoySettings) -> float:
@@ -154,6 +165,7 @@ def _route_action(model: str, cluster: str, order: Sequence[str], s: EnvoySettin
         **({} if slo_ms is None else {"hedge_policy": HEDGE}),
         "retry_policy": {
             "retry_on": retry_on(),
+            "retriable_headers": GONE_HEADERS,
             "num_retries": s.max_attempts - 1,
             **({} if slo_ms is None else
                {"per_try_timeout": f"{per_try_timeout_s(slo_ms, s):.3f}s"}),

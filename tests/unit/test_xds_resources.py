@@ -3,6 +3,9 @@ stable per-deployment clusters, the variant in endpoint metadata, a local 503 fo
 
 from __future__ import annotations
 
+import re
+
+import pytest
 from envoy.extensions.clusters.aggregate.v3 import cluster_pb2 as aggregate_pb2
 from envoy.extensions.filters.http.lua.v3 import lua_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
@@ -10,6 +13,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from google.protobuf import json_format
 
+from placement.attempts import VARIANT_GONE, attempt_status
 from placement.registry import build_profile
 from services.api.switchyard.v1 import placement_pb2
 from services.convert import candidate_from_pb
@@ -216,3 +220,27 @@ def test_a_full_queue_is_retried_at_the_next_deployment_under_the_retry_budget()
     budget = rc.clusters[model_cluster_name("summarize")].message.circuit_breakers
     (threshold,) = budget.thresholds
     assert threshold.retry_budget.budget_percent.value == s.retry_budget_percent
+
+
+@pytest.mark.parametrize(("details", "retried"), [
+    ("Request for unknown model: 'summarize-small' has no available versions", True),
+    ("Request for unknown model: 'summarize-small' is not found", True),
+    ("Request for unknown model: 'summarize-small' version 7 is not found", False),
+    ("some model's own NOT_FOUND", False),
+])
+def test_a_variant_gone_is_retried_by_envoy_as_the_attempt_policy_retries_it(
+        details: str, retried: bool) -> None:
+    # Envoy has no gRPC NOT_FOUND condition: every model route matches Triton's message in
+    # its response headers (trailers-only) with the attempt policy's own pattern.
+    table = _table(_cand("b1/summarize-large", 2e-6, 50, port=9001),
+                   _cand("b2/summarize-small", 1e-6, 80, port=9002))
+    rc = compile_region("r-east", [table], PROFILE, EnvoySettings())
+    routes = rc.routes[route_config_name("r-east")].message.virtual_hosts[0].routes
+    for r in (r for r in routes if r.name.startswith("summarize")):
+        policy = r.route.retry_policy
+        assert "retriable-headers" in policy.retry_on.split(","), r.name
+        (matcher,) = policy.retriable_headers
+        assert matcher.name == "grpc-message"
+        pattern = matcher.string_match.safe_regex.regex
+        assert bool(re.match(pattern, details)) is retried, (r.name, details)
+        assert (attempt_status("NOT_FOUND", details) == VARIANT_GONE) is retried
