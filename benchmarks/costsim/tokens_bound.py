@@ -33,6 +33,7 @@ Pure arithmetic over the scenario and streams; no simulation.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections import defaultdict
@@ -94,6 +95,8 @@ class Bound:
     missed: int  # streams the bound chose to miss (≤ (1 − attainment) × streams)
     no_server: int  # streams no server could serve within both objectives, even alone
     by_pool: dict[str, float]  # $ per pool in the bound's assignment
+    # per SLO class: ($, output tokens) of the bound's assignment (missed streams included)
+    by_class: dict[str, tuple[float, int]] = dataclasses.field(default_factory=dict)
 
     @property
     def usd_per_1m_out(self) -> float:
@@ -205,11 +208,18 @@ def lower_bound(s: TokenScenario, streams: Streams, rtt: np.ndarray,
         raise RuntimeError(f"token bound LP: {res.message}")
     x = res.x
     by_pool: dict[str, float] = defaultdict(float)
-    for j, (_k, d, usd, _p, _s) in enumerate(cols):
+    usd_k = x[nx:] * cheapest_any
+    for j, (k, d, usd, _p, _s) in enumerate(cols):
         if x[j] > 1e-9:
             by_pool[pool_of(s.deployments[d])] += x[j] * usd
+            usd_k[k] += x[j] * usd
+    by_class: dict[str, tuple[float, int]] = {}
+    for c, cls in enumerate(s.classes):
+        mine = streams.klass[counted] == c
+        by_class[cls.name] = (float(usd_k[mine].sum()),
+                              int(streams.output[counted][mine].sum()))
     return Bound(float(res.fun), int(streams.output[counted].sum()), n,
-                 round(float(x[nx:].sum())), no_server, dict(by_pool))
+                 round(float(x[nx:].sum())), no_server, dict(by_pool), by_class)
 
 
 def full_batch_usd_per_1m(d: Deployment) -> float:

@@ -242,17 +242,29 @@ def default_verdict(at_one: Sequence[TokenResult],
 
 
 def _all_met(sy: TokenResult, ll: TokenResult, pa: TokenResult) -> bool:
-    return (sy.both >= ATTAINMENT_TARGET
-            and 1 - sy.usd_per_1m_out / ll.usd_per_1m_out >= CHEAPER_TARGET
-            and sy.ttft_p99_ms <= pa.ttft_p99_ms)
+    return not missed_targets(sy, ll, pa)
+
+
+def missed_targets(sy: TokenResult, ll: TokenResult, pa: TokenResult) -> list[str]:
+    """The targets ``sy`` misses against lowest-latency ``ll`` and prefix-affinity ``pa``,
+    each with its number (none: all three hold)."""
+    out = []
+    if sy.both < ATTAINMENT_TARGET:
+        out.append(f"attainment {sy.both:.2%}")
+    cheaper = 1 - sy.usd_per_1m_out / ll.usd_per_1m_out
+    if cheaper < CHEAPER_TARGET:
+        out.append(f"cost {cheaper:.0%} cheaper")
+    if sy.ttft_p99_ms > pa.ttft_p99_ms:
+        out.append(f"p99 TTFT {sy.ttft_p99_ms:,.0f} > {pa.ttft_p99_ms:,.0f} ms")
+    return out
 
 
 def load_summary(rows: Sequence[tuple[float, dict[str, TokenResult]]],
                  policy: str = "switchyard") -> str:
     met = [f"{r[policy].scenario} ×{scale:g}" for scale, r in rows
            if _all_met(r[policy], r["lowest-latency"], r["prefix-affinity"])]
-    missed = [f"{r[policy].scenario} ×{scale:g}" for scale, r in rows
-              if not _all_met(r[policy], r["lowest-latency"], r["prefix-affinity"])]
+    missed = [f"{r[policy].scenario} ×{scale:g} ({', '.join(why)})" for scale, r in rows
+              if (why := missed_targets(r[policy], r["lowest-latency"], r["prefix-affinity"]))]
     return (f"`{policy}`: at other loads (every region's rate scaled; quick horizon) all three "
             f"targets hold in {len(met)} of {len(rows)} cases"
             + (f"; not in {', '.join(missed)}." if missed else "."))

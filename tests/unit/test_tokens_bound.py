@@ -4,6 +4,8 @@ objectives, and is never above what a simulated policy within its objectives pai
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -16,6 +18,7 @@ from benchmarks.costsim.tokens_bound import (
 )
 from benchmarks.costsim.tokens_report import measure
 from benchmarks.costsim.tokensim import TokenSim
+from benchmarks.tokens_diag import full_batch_usd
 from tests.unit.test_tokens_sim import CHEAP_USD_H, FAST_USD_H, Fixed, scenario, streams
 
 L4, H100 = 0, 1
@@ -96,3 +99,28 @@ def test_the_spend_per_pool_adds_up_to_the_run() -> None:
     assert floor == pytest.approx(FAST_USD_H / 3.6e6 * 12.5 / 16 * 1e6)
     assert f"{row.usd_per_1m_out / floor:.1f}× that pool's full-batch floor" in \
         spend_summary(s, "fixed", rows)
+
+
+def test_the_bound_splits_its_dollars_by_class_and_they_add_up() -> None:
+    s = scenario(ttft_ms=5000.0, tpot_ms=100.0)
+    loose = s.classes[0]
+    tight = dataclasses.replace(loose, name="tight", ttft_ms=50.0)  # only the H100 prefills
+    s = dataclasses.replace(s, classes=(loose, tight))
+    st = streams([(0.0, 100, 11, -1, 0), (10.0, 100, 21, -1, 0)])
+    st.klass[1] = 1
+    b = lower_bound(s, st, TokenSim(s, st).rtt)
+    l4 = CHEAP_USD_H / 3.6e6 * (110.0 + 10 * 50.0 / 4)
+    h100 = FAST_USD_H / 3.6e6 * (15.0 + 20 * 12.5 / 16)
+    assert b.by_class["c"] == (pytest.approx(l4), 11)
+    assert b.by_class["tight"] == (pytest.approx(h100), 21)
+    assert sum(usd for usd, _ in b.by_class.values()) == pytest.approx(b.usd)
+
+
+def test_same_choices_at_full_batches_bill_prefill_as_served_and_decode_at_the_floor() -> None:
+    s = scenario()
+    st = streams([(0.0, 100, 11, -1, 0), (5.0, 100, 11, -1, 0)])
+    out = TokenSim(s, st).run(Fixed(L4))
+    # both alone or two in a batch of max 4: billed above the full-batch floor
+    floor = CHEAP_USD_H / 3.6e6 * (110.0 + 10 * 50.0 / 4)
+    assert full_batch_usd(s, st, out, 0) == pytest.approx(floor)
+    assert float(out.cost_usd[0]) > floor

@@ -11,6 +11,7 @@ from benchmarks.costsim.tokens_report import (
     default_verdict,
     load_summary,
     load_table,
+    missed_targets,
     move_notes,
     seed_table,
     seed_verdict,
@@ -55,9 +56,18 @@ def test_the_load_summary_counts_the_cases_from_the_rows() -> None:
     bad = {**good, "switchyard": dataclasses.replace(good["switchyard"], both=0.95)}
     assert load_summary([(0.5, good), (2.0, bad)]) == (
         "`switchyard`: at other loads (every region's rate scaled; quick horizon) all three "
-        "targets hold in 1 of 2 cases; not in s ×2.")
+        "targets hold in 1 of 2 cases; not in s ×2 (attainment 95.00%).")
     other = {**bad, "v": good["switchyard"]}
     assert load_summary([(2.0, other)], "v").endswith("hold in 1 of 1 cases.")
+
+
+def test_a_missed_load_case_names_each_target_it_misses_with_its_number() -> None:
+    ll, pa = row("lowest-latency", 0.999, 4.0, 300.0), row("prefix-affinity", 0.9, 3.0, 2000.0)
+    assert missed_targets(row("switchyard", 0.993, 2.0, 900.0), ll, pa) == []
+    assert missed_targets(row("switchyard", 0.985, 3.0, 2500.0), ll, pa) == [
+        "attainment 98.50%", "cost 25% cheaper", "p99 TTFT 2,500 > 2,000 ms"]
+    dear = {r.policy: r for r in [row("switchyard", 0.995, 3.0, 900.0), ll, pa]}
+    assert load_summary([(1.5, dear)]).endswith("not in s ×1.5 (cost 25% cheaper).")
 
 
 def test_the_load_table_puts_a_variant_beside_switchyard() -> None:
