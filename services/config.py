@@ -7,6 +7,7 @@ the path and the offending values, e.g. ``edges[1].region 'eu-west' is not in re
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import pathlib
 import tomllib
@@ -230,16 +231,27 @@ def check_envoy_security(sec: SecuritySettings) -> None:
     """What Envoy edges cannot carry of ``[security]`` is refused, never served loosely.
 
     They carry TLS (client certificates as ``edge_client_certs`` says), mTLS to placement and
-    to their slow path, and tenants identified by a bearer token (their calls take the slow
-    path, the Python edge's tenant gate). A tenant identified by ``client_san`` is refused:
-    the slow path sees Envoy's certificate, not the caller's, so it would serve such a call
-    as anonymous."""
+    to their slow path, and tenants (their calls take the slow path, the Python edge's
+    tenant gate): identified by a bearer token, or by a client certificate, which Envoy
+    forwards to the slow path (``services/security/xfcc.py``). Envoy's forwarded certificate
+    names DNS and URI SANs and the subject, not IP addresses, so a ``client_san`` that is an
+    IP address (or holds a double quote, which the header escapes) is refused: such a
+    tenant's calls could not be told apart and would be served as anonymous."""
     for i, t in enumerate(sec.tenants):
-        if t.client_san:
+        if t.client_san and (_is_ip(t.client_san) or '"' in t.client_san):
             raise ValueError(
                 f"security.tenants[{i}].client_san {t.client_san!r} (tenant {t.name!r}): "
-                "edge.engine 'envoy' does not carry tenants identified by a client "
-                "certificate; give the tenant a token_sha256 instead, or use engine = 'python'")
+                "edge.engine 'envoy' forwards a caller's DNS and URI names and subject, not "
+                "IP addresses or names with a double quote; give the tenant a DNS or URI "
+                "name, a token_sha256, or use engine = 'python'")
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def check_shards(shards: list[ShardConfig], regions: set[str], backend_regions: list[str]

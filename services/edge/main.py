@@ -32,6 +32,7 @@ from services.grpc_errors import AnyContext
 from services.placement.shard import configured_shards
 from services.security import transport
 from services.security.tenants import TenantGate
+from services.security.xfcc import ForwardedCerts, certificate_identities
 from services.serving import add_health_and_reflection, mark_serving, start_metrics
 
 log = structlog.get_logger("switchyard.edge")
@@ -143,7 +144,10 @@ def make_dialer(cfg: MeshConfig, region: str) -> Callable[[str], str]:
 
 async def start_edge(cfg: MeshConfig, edge: EdgeConfig, port: int | None = None,
                      placement: list[str] | None = None, metrics_port: int | None = None,
-                     dial: Callable[[str], str] | None = None) -> RunningEdge:
+                     dial: Callable[[str], str] | None = None,
+                     forwarded_certs: bool = False) -> RunningEdge:
+    """``forwarded_certs``: this edge is an Envoy edge's slow path and, over TLS, reads a
+    caller's client certificate from what its Envoy forwards (``security/xfcc.py``)."""
     rt = cfg.edge
     metrics = EdgeMetrics()
     store = RouteStore(edge.region, cfg.path(cfg.run_dir) / f"{edge.id}.routes.pb",
@@ -205,7 +209,10 @@ async def start_edge(cfg: MeshConfig, edge: EdgeConfig, port: int | None = None,
         *transport.server_options(cfg.security.limits),
     ])
     gate = TenantGate(cfg.security, {r.name: r.cloud for r in cfg.regions})
-    inference = InferenceService(router, gate=gate, max_message_bytes=rt.max_message_bytes)
+    forwarded = (ForwardedCerts(frozenset(certificate_identities(
+        cfg.security.cert_for("edge")[0]))) if forwarded_certs and cfg.security.tls else None)
+    inference = InferenceService(router, gate=gate, max_message_bytes=rt.max_message_bytes,
+                                 forwarded=forwarded)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
         SERVICE, inference.handlers()),))
     edge_pb2_grpc.add_EdgeAdminServicer_to_server(EdgeAdminService(edge.id, router, link),

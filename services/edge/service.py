@@ -23,8 +23,9 @@ from services.edge import statistics
 from services.edge.router import CallRecord, Router
 from services.edge.stream import route_stream
 from services.grpc_errors import AnyContext, AnyHandler, abort, status_of
-from services.security.tenants import TenantGate
+from services.security.tenants import AuthSource, TenantGate
 from services.security.transport import check_message_size
+from services.security.xfcc import ForwardedCerts
 
 SERVICE = "inference.GRPCInferenceService"
 CONTROL_TIMEOUT_S = 2.0  # per attempt of a control RPC forwarded to a backend
@@ -38,10 +39,12 @@ except _metadata.PackageNotFoundError:  # running from a source tree without ins
 
 class InferenceService:
     def __init__(self, router: Router, server_name: str = "switchyard-edge",
-                 gate: TenantGate | None = None, max_message_bytes: int | None = None
-                 ) -> None:
+                 gate: TenantGate | None = None, max_message_bytes: int | None = None,
+                 forwarded: ForwardedCerts | None = None) -> None:
         """``max_message_bytes``: checked here, so the refusal carries trailers (the server
-        receives up to ``transport.receive_limit`` of it)."""
+        receives up to ``transport.receive_limit`` of it). ``forwarded``: this is an Envoy
+        edge's slow path, which reads a caller's certificate from its Envoy's header."""
+        self.forwarded = forwarded
         self.router = router
         self.max_message_bytes = max_message_bytes
         self.gate = gate
@@ -92,7 +95,10 @@ class InferenceService:
             if size is not None and self.max_message_bytes is not None:
                 check_message_size(size, self.max_message_bytes)
             if self.gate is not None:
-                record.admission = self.gate.admit(metadata, context.auth_context)
+                auth: AuthSource = context.auth_context
+                if self.forwarded is not None:
+                    metadata, auth = self.forwarded.view(metadata, auth)
+                record.admission = self.gate.admit(metadata, auth)
         except SwitchyardError as exc:
             record.status = exc.grpc_code
             self.router.on_done(record)

@@ -52,6 +52,10 @@ class EnvoySettings:
     # ModelInfer does (one without a credential is refused there, as on a Python edge).
     tenants: bool = False
     require_tenant: bool = False
+    # the client_san of tenants identified by a client certificate (with client certificates
+    # on): Envoy forwards the caller's certificate to the slow path (x-forwarded-client-cert)
+    # and a ModelInfer whose certificate may name one goes there (services/security/xfcc.py)
+    tenant_sans: tuple[str, ...] = ()
     # [security.limits] on the listener's connections, as the Python edge's gRPC server
     # applies them (None / 0: Envoy's own defaults).
     max_concurrent_streams: int | None = None  # per HTTP/2 connection

@@ -22,6 +22,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noq
 )
 from google.protobuf import json_format
 
+from services.security.settings import SecuritySettings
 from services.xds import lua, rewrite, tls
 from services.xds.envoy_types import (
     LISTENER_NAME,
@@ -54,11 +55,30 @@ def _connection_limits(s: EnvoySettings) -> dict[str, Any]:
     return {"common_http_protocol_options": limits} if limits else {}
 
 
+def _forwarded_certs(s: EnvoySettings) -> dict[str, Any]:
+    """With tenants identified by a client certificate: the caller's certificate (its SANs
+    and subject) to the slow path in ``x-forwarded-client-cert``, set by Envoy from the
+    verified TLS session; a header the caller sent is dropped (``services/security/xfcc.py``).
+    Without: Envoy's default, SANITIZE (the header never passes)."""
+    if not s.tenant_sans:
+        return {}
+    return {"forward_client_cert_details": "SANITIZE_SET",
+            "set_current_client_cert_details": {"subject": True, "dns": True, "uri": True}}
+
+
 def tenant_calls(s: EnvoySettings) -> lua.TenantCalls:
     """Which ModelInfer calls the listener's Lua sends to the slow path for tenants."""
     if s.require_tenant:
         return "all"
     return "credential" if s.tenants else "off"
+
+
+def tenant_sans(sec: SecuritySettings) -> tuple[str, ...]:
+    """The ``client_san`` of every tenant a client certificate identifies; none without
+    client certificates (the Python edge then never sees one either)."""
+    if not (sec.tls and sec.edge_client_certs):
+        return ()
+    return tuple(sorted(t.client_san for t in sec.tenants if t.client_san))
 
 
 def listener(host: str, port: int, region: str, s: EnvoySettings,
@@ -73,6 +93,7 @@ def listener(host: str, port: int, region: str, s: EnvoySettings,
             {} if s.max_concurrent_streams is None else
             {"max_concurrent_streams": s.max_concurrent_streams})},
         **_connection_limits(s),
+        **_forwarded_certs(s),
         "rds": {"route_config_name": route_config_name(region), "config_source": {
             "ads": {}, "resource_api_version": "V3"}},
         # Envoy's own replies as the documented statuses, never UNKNOWN: a message over the
@@ -106,7 +127,8 @@ def listener(host: str, port: int, region: str, s: EnvoySettings,
                 "@type": _T + "envoy.extensions.filters.http.lua.v3.Lua",
                 "default_source_code": {"inline_string": rewrite.listener_script(
                     lua.model_name_script(s.deadline_margin_ms, slow_path,
-                                          tenant_calls(s), s.max_message_bytes))}}},
+                                          tenant_calls(s), s.max_message_bytes,
+                                          s.tenant_sans))}}},
             # No per-status-code counters or latency histograms per cluster (nobody reads
             # them: feedback is the access log; upstream_rq_total and the connection stats
             # stay) and no x-envoy-* headers (a Python edge sends none): less work per call

@@ -44,10 +44,12 @@ Triton sees the variant (``services.edge.wire.rewrite_model_name``).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Literal
 
 from placement.attempts import GONE_HINT, MIN_REMAINING_S, TRITON_UNKNOWN_MODEL, VARIANT_GONE_ENDINGS
 from services.edge.hints import HINTS
+from services.security import xfcc
 
 TenantCalls = Literal["off", "credential", "all"]
 
@@ -275,7 +277,8 @@ function envoy_on_request(handle)
   if not NAMED[path] then return end
   if path == "{INFER_PATH}" then
     if TENANTS == "all" or (TENANTS == "credential" and (headers:get("authorization") ~= nil
-                                                          or headers:get("x-tenant") ~= nil)) then
+                                                          or headers:get("x-tenant") ~= nil
+                                                          or cert_tenant(headers))) then
       return slow(handle, headers, "a tenant's call")  -- the Python edge admits tenants
     end
     for _, hint in ipairs(SLOW_HINTS) do
@@ -368,16 +371,37 @@ end
 
 def model_name_script(deadline_margin_ms: float, slow_path: bool = False,
                       tenants: TenantCalls = "off",
-                      max_message_bytes: int | None = None) -> str:
+                      max_message_bytes: int | None = None,
+                      tenant_sans: Sequence[str] = ()) -> str:
     """The listener's Lua: slow-path calls sent there (or, without a slow path, refused),
     SLO class header set, model name read; the fast path's cost and SLO trailers.
     ``tenants``: which ModelInfer calls go to the slow path for the tenant gate (``off``:
-    none; ``credential``: those carrying ``authorization`` or ``x-tenant``; ``all``).
+    none; ``credential``: those carrying ``authorization`` or ``x-tenant``, or a client
+    certificate, as Envoy forwards it, that may name one of ``tenant_sans``; ``all``).
     ``max_message_bytes``: a ModelInfer whose message is larger is RESOURCE_EXHAUSTED,
     naming the limit, as on the Python edge (Envoy's buffer has headroom above it)."""
     limit = "nil" if max_message_bytes is None else str(int(max_message_bytes))
     return (f"local DEADLINE_MARGIN_MS = {float(deadline_margin_ms)!r}\n"
             f"local MAX_MESSAGE_BYTES = {limit}\n"
             f"local SLOW_PATH = {'true' if slow_path else 'false'}\n"
-            f"local TENANTS = {json.dumps(tenants)}\n" + _MODEL_NAME)
+            f"local TENANTS = {json.dumps(tenants)}\n"
+            f"local TENANT_SANS = {{{', '.join(_lua_string(n) for n in tenant_sans)}}}\n"
+            + _CERT_TENANT + _MODEL_NAME)
+
+
+# A caller's certificate, as Envoy forwards it (services/security/xfcc.py), that may name a
+# tenant: any tenant's client_san anywhere in the header (its SANs and subject). A superset
+# of the calls the slow path will identify as that tenant, so none is served anonymously on
+# the fast path; a false match only costs the slow path.
+_CERT_TENANT = f"""
+local function cert_tenant(headers)
+  if #TENANT_SANS == 0 then return false end
+  local cert = headers:get("{xfcc.HEADER}")
+  if cert == nil then return false end
+  for _, san in ipairs(TENANT_SANS) do
+    if cert:find(san, 1, true) ~= nil then return true end
+  end
+  return false
+end
+"""
 

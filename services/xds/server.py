@@ -51,6 +51,7 @@ from services.security.transport import channel_factory
 from services.xds.federation import Federation, TableSource
 from services.xds.feedback import AccessLogFeedback
 from services.xds.learning import RegionLearning
+from services.xds.listener import tenant_sans
 from services.xds.resources import (
     CLUSTER,
     LISTENER,
@@ -442,6 +443,7 @@ def envoy_settings(cfg: MeshConfig) -> EnvoySettings:
                          deadline_margin_ms=cfg.routing.deadline_margin_ms,
                          tls=sec.tls, client_certs=sec.edge_client_certs,
                          tenants=bool(sec.tenants), require_tenant=sec.require_tenant,
+                         tenant_sans=tenant_sans(sec),
                          max_concurrent_streams=sec.limits.max_concurrent_streams,
                          idle_connection_timeout_s=sec.limits.idle_connection_timeout_s,
                          max_connection_age_s=sec.limits.max_connection_age_s)

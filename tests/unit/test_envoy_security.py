@@ -198,10 +198,42 @@ def test_a_plaintext_mesh_has_no_certificate_files(tmp_path: pathlib.Path) -> No
     assert envoy_tls(cfg) is None and not envoy_settings(cfg).tls
 
 
-def test_a_tenant_known_by_its_client_certificate_is_refused_naming_it(
-        tmp_path: pathlib.Path) -> None:
-    section = TLS_SECTION + '\n[[security.tenants]]\nname = "beta"\nclient_san = "beta.local"\n'
-    with pytest.raises(ConfigError, match=r"security\.tenants\[1\]\.client_san 'beta\.local'"):
+CERT_TENANT = '\n[[security.tenants]]\nname = "beta"\nclient_san = "beta.local"\n'
+
+
+@pytest.mark.parametrize("client_certs", [True, False])
+def test_a_tenant_known_by_its_client_certificate_is_forwarded_to_the_slow_path(
+        tmp_path: pathlib.Path, client_certs: bool) -> None:
+    section = TLS_SECTION.replace("edge_client_certs = false",
+                                  f"edge_client_certs = {str(client_certs).lower()}")
+    s = envoy_settings(load_config(_config(tmp_path, section + CERT_TENANT)))
+    hcm = _dict(listener("127.0.0.1", 50051, "r", s, slow_path=True))[
+        "filter_chains"][0]["filters"][0]["typed_config"]
+    script = hcm["http_filters"][0]["typed_config"]["default_source_code"]["inline_string"]
+    if client_certs:  # Envoy sets the caller's certificate, drops one the caller sent
+        assert s.tenant_sans == ("beta.local",)
+        assert hcm["forward_client_cert_details"] == "SANITIZE_SET"
+        assert hcm["set_current_client_cert_details"] == {"subject": True, "dns": True,
+                                                          "uri": True}
+        assert 'local TENANT_SANS = {"beta.local"}' in script
+    else:  # no client certificates: nobody is identified by one, on either engine
+        assert s.tenant_sans == ()
+        assert "forward_client_cert_details" not in hcm  # Envoy's default: SANITIZE
+        assert "local TENANT_SANS = {}" in script
+
+
+def test_the_certificate_check_sends_a_tenants_call_to_the_slow_path() -> None:
+    script = lua.model_name_script(5.0, True, "credential", tenant_sans=("beta.local",))
+    request = script.split("function envoy_on_request(handle)", 1)[1]
+    assert "cert_tenant(headers)" in request[:request.index("a tenant's call")]
+    assert 'headers:get("x-forwarded-client-cert")' in script
+
+
+@pytest.mark.parametrize("san", ["10.0.0.7", "::1", 'odd"name'])
+def test_a_client_san_envoy_cannot_forward_is_refused_naming_it(
+        tmp_path: pathlib.Path, san: str) -> None:
+    section = TLS_SECTION + CERT_TENANT.replace("beta.local", san.replace('"', '\\"'))
+    with pytest.raises(ConfigError, match=r"security\.tenants\[1\]\.client_san"):
         load_config(_config(tmp_path, section))
 
 
@@ -291,7 +323,8 @@ def test_sighup_hands_the_slow_path_new_tenant_policies(tmp_path: pathlib.Path) 
     assert got.security.tenants[0].max_cost_usd == 0.0001
 
 
-@pytest.mark.parametrize("change", ["no tenants left", "require_tenant off", "unreadable"])
+@pytest.mark.parametrize("change", ["no tenants left", "require_tenant off", "unreadable",
+                                    "a certificate tenant added"])
 def test_a_reload_envoy_would_route_by_the_old_rule_keeps_the_old_policies(
         tmp_path: pathlib.Path, change: str) -> None:
     cfg = load_config(_config(tmp_path, TLS_SECTION))
@@ -300,6 +333,10 @@ def test_a_reload_envoy_would_route_by_the_old_rule_keeps_the_old_policies(
             "require_tenant = true", "require_tenant = false")
     elif change == "require_tenant off":
         section = TLS_SECTION.replace("require_tenant = true", "require_tenant = false")
+    elif change == "a certificate tenant added":
+        section = TLS_SECTION.replace("edge_client_certs = false", "edge_client_certs = true"
+                                      ) + CERT_TENANT
+        cfg = load_config(_config(tmp_path, section.replace(CERT_TENANT, "")))
     else:
         section = TLS_SECTION + "\nnot toml ["
     path = _config(tmp_path, section)

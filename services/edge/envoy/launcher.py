@@ -27,7 +27,7 @@ from services.edge.envoy.binary import envoy_binary
 from services.edge.envoy.bootstrap import EnvoyNode, EnvoyTls, write_bootstrap
 from services.ports import free_port
 from services.xds.envoy_types import EnvoySettings
-from services.xds.listener import tenant_calls
+from services.xds.listener import tenant_calls, tenant_sans
 from services.xds.resources import LISTENER_NAME
 
 log = structlog.get_logger("switchyard.edge.envoy")
@@ -174,11 +174,14 @@ def policy_reloader(slow: PoliciesEdge, cfg: MeshConfig, load: Callable[[], Mesh
     """SIGHUP on an Envoy edge: the slow path's tenant gate takes the re-read policies, as a
     Python edge's does (tokens, regions, cost caps, quotas). Which calls Envoy sends there is
     compiled by placement from its own config at start (``listener.tenant_calls``): a reload
-    that would change it (tenants added to a mesh without any, ``require_tenant`` switched)
+    that would change it (tenants added to a mesh without any, ``require_tenant`` switched,
+    the set of tenants identified by a client certificate changed)
     is refused and the old policies stay, since Envoy would still route by the old rule."""
     def mode(c: MeshConfig) -> str:
-        return tenant_calls(EnvoySettings(tenants=bool(c.security.tenants),
-                                          require_tenant=c.security.require_tenant))
+        calls = tenant_calls(EnvoySettings(tenants=bool(c.security.tenants),
+                                           require_tenant=c.security.require_tenant))
+        sans = tenant_sans(c.security)
+        return calls if not sans else f"{calls}, certificates naming {', '.join(sans)}"
 
     def reload() -> None:
         try:

@@ -5,7 +5,7 @@ What compiled config cannot express exactly goes there instead of being served m
 ``ServerMetadata``, and a ``ModelInfer`` carrying ``x-min-quality``, ``x-max-cost-usd``,
 ``x-allowed-regions``, ``x-fail-fast`` or ``x-routing-profile``). It is an ordinary edge
 (``services.edge.main.start_edge``: the same contracts, hints, attempt policy, trailers)
-with three differences:
+with four differences:
 
 - its id is ``<edge>-slow``: it watches placement and reports its own observations and call
   rates under that id, so placement counts it as one more edge of the region for slot shares
@@ -13,7 +13,11 @@ with three differences:
 - it listens on 127.0.0.1 at a port of its own (the Envoy node's ``slow_path_port``, which
   is how placement learns where to point the ``slow-path`` cluster);
 - it dials backends directly, as the Envoy beside it does (no emulated-WAN relay), so both
-  paths of one edge see the same network.
+  paths of one edge see the same network;
+- over TLS, a call's client certificate is the one its Envoy forwards
+  (``x-forwarded-client-cert``, believed only from a peer holding the edge's own
+  certificate: ``services/security/xfcc.py``), so tenants identified by ``client_san`` are
+  admitted as on a Python edge.
 
 Its Prometheus metrics (``switchyard_edge_*``: the slow path's calls) are served on the edge's
 ``metrics_port``, which Envoy itself does not use (Envoy's own counters are on its admin
@@ -38,4 +42,5 @@ async def start_slow_path(cfg: MeshConfig, edge: EdgeConfig, port: int = 0,
                           metrics_port: int | None = None) -> RunningEdge:
     """Start the slow path of ``edge`` (port 0: any free port; ``RunningEdge.port`` says)."""
     return await start_edge(cfg, slow_path_edge(edge, port), port=port, placement=placement,
-                            metrics_port=metrics_port, dial=lambda endpoint: endpoint)
+                            metrics_port=metrics_port, dial=lambda endpoint: endpoint,
+                            forwarded_certs=True)
