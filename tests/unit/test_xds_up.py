@@ -46,15 +46,19 @@ def test_an_unknown_engine_names_the_path(tmp_path: pathlib.Path) -> None:
 
 def test_envoy_edges_refuse_the_part_of_security_they_cannot_honour(
         tmp_path: pathlib.Path) -> None:
-    """Token tenants are carried (their calls take the slow path); a tenant identified by its
-    client certificate is not (tests/unit/test_envoy_security.py has the rest)."""
+    """Token tenants are carried (their calls take the slow path), and tenants identified by
+    a client certificate's DNS or URI name (Envoy forwards it); one identified by an IP
+    address is not (tests/unit/test_envoy_security.py has the rest)."""
     path = _with_engine(tmp_path, "envoy")
     tenants = ('\n[security]\nplaintext = true\n\n[[security.tenants]]\nname = "acme"\n'
                'token_sha256 = "' + "0" * 64 + '"\n')
     path.write_text(path.read_text() + tenants)
     assert load_config(path).security.tenants[0].name == "acme"
-    path.write_text(path.read_text() + 'client_san = "acme.tenant.local"\n')
-    with pytest.raises(ConfigError, match=r"security\.tenants\[0\]\.client_san"):
+    base = path.read_text()
+    path.write_text(base + 'client_san = "acme.tenant.local"\n')
+    assert load_config(path).security.tenants[0].client_san == "acme.tenant.local"
+    path.write_text(base + 'client_san = "10.1.2.3"\n')
+    with pytest.raises(ConfigError, match=r"security\.tenants\[0\]\.client_san '10\.1\.2\.3'"):
         load_config(path)
 
 
