@@ -145,7 +145,7 @@ TITLE = "Tokens: where the money and the misses are (issue 14, simulated)"
 AFTER = "Tokens: LLM streams, Switchyard vs the LLM routers (simulated)"
 
 
-def diagnose(s: TokenScenario, quick: bool, policies: Sequence[str]
+def diagnose(s: TokenScenario, quick: bool, policies: Sequence[str], label: str = ""
              ) -> tuple[str, list[list[object]], list[list[object]], list[str]]:
     """One scenario's class and pool rows for ``policies``, and per class of the first
     policy, how its gap to the LP bound splits between pool choice and batch fill."""
@@ -157,9 +157,10 @@ def diagnose(s: TokenScenario, quick: bool, policies: Sequence[str]
         out, v = _run(s, streams, name)
         classes += class_rows(s, streams, out, v, bound, name)
         pools += pool_rows(s, streams, out, name)
-    head = (f"{s.name} ({'quick' if quick else 'full'} horizon): LP bound "
+    head = (f"{s.name}{label} ({'quick' if quick else 'full'} horizon): LP bound "
             f"${bound.usd_per_1m_out:.3f}/1M")
-    return head, classes, pools, gap_lines(s.name, classes, policies[0])
+    return head, classes, pools, (gap_lines(f"{s.name}{label}", classes, policies[0])
+                                  + miss_lines(f"{s.name}{label}", classes, policies[0]))
 
 
 def gap_lines(scenario: str, classes: Sequence[Sequence[object]], policy: str) -> list[str]:
@@ -177,6 +178,24 @@ def gap_lines(scenario: str, classes: Sequence[Sequence[object]], policy: str) -
                    f"close {share:.0%} of the gap to the bound, the choice of pool the other "
                    f"{1 - share:.0%}.")
     return out
+
+
+def miss_lines(scenario: str, classes: Sequence[Sequence[object]], policy: str) -> list[str]:
+    """``policy``'s misses over every class: how many were TTFT misses and how many were
+    chosen as predicted feasible (from the rows; none without the policy's verdicts)."""
+    mine = [r for r in classes if r[0] == policy and r[10] != "–"]
+    if not mine:
+        return []
+    ttft = sum(int(str(r[8])) for r in mine)
+    feasible = sum(int(str(r[11])) for r in mine)
+    best = sum(int(str(r[10])) for r in mine)
+    total = feasible + best
+    if not total:
+        return [f"{scenario}, {policy}: no stream missed."]
+    return [f"{scenario}, {policy}: {total} streams missed an objective, {ttft} of them "
+            f"their TTFT; {feasible} of the {total} "
+            f"({feasible / total:.0%}) were chosen as predicted to meet both, {best} as a best "
+            "effort (nothing predicted to)."]
 
 
 def load_targets(scales: Sequence[float] = (0.5, 1.5, 2.0)) -> str:
@@ -198,14 +217,15 @@ def section() -> Section:
     from benchmarks.tokens import scaled
 
     parts = [diagnose(s, False, ("switchyard", "lowest-latency")),
-             diagnose(scaled(s, 2.0), True, ("switchyard", "lowest-latency"))]
-    notes = ["**Simulated** (`benchmarks/costsim/tokensim.py`, emulated servers). Per SLO "
+             diagnose(scaled(s, 2.0), True, ("switchyard", "lowest-latency"), " ×2")]
+    intro = ("**Simulated** (`benchmarks/costsim/tokensim.py`, emulated servers). Per SLO "
              "class: `same choices, full batches` bills each stream where the policy sent it "
              "(its first deployment), its prefill as served and its decode at that pool's "
              "full-batch share (the LP bound's decode rule); `LP bound` is the class's part of "
              "the bound's assignment (`benchmarks/costsim/tokens_bound.py`); `best efforts`: "
              "streams for which nothing was predicted to meet both objectives. tokens-slowdown "
-             "×2 is every region's rate × 2, quick horizon."]
+             "×2 is every region's rate × 2, quick horizon.")
+    notes: list[str] = []
     tables = []
     for head, classes, pools, gaps in parts:
         tables += [f"#### {head}", md_table(CLASS_HEADS, classes),
@@ -213,7 +233,7 @@ def section() -> Section:
     notes += tables
     notes.append("Which target `switchyard` misses at other loads (quick horizon, "
                  "python -m benchmarks.tokens' load cases): " + load_targets())
-    return Section(title=TITLE, command="python -m benchmarks.tokens_diag --write", table="",
+    return Section(title=TITLE, command="python -m benchmarks.tokens_diag --write", table=intro,
                    notes=notes, elapsed_s=time.monotonic() - t0)
 
 
