@@ -126,6 +126,12 @@ def diagnose(s: Scenario, quick: bool, configs: list[PlannerConfig],
                      f"{spot:,.0f}", *(f"{by[c] / r.calls:.2%}" for c in CAUSES)])
         progress(f"diag: {s.name}: {f.name}: {r.attainment:.2%}, ${r.usd:,.0f} "
                  f"({time.monotonic() - t0:.0f} s)")
+        if isinstance(f, PlannerFleet):
+            log = f.log
+            progress(f"diag: {s.name}: {f.name}: {len(log.seconds)} solves, "
+                     f"{sum(log.seconds):.0f} s solving, {log.adopted} adopted, "
+                     f"{len(log.infeasible)} refused" + "".join(
+                         f"\n  refused {x}" for x in log.infeasible))
     notes = []
     if hpa:
         base = results[0]

@@ -212,13 +212,25 @@ class _Key(NamedTuple):
     position: int  # in ``Problem.demand``
 
 
+class Shortfall:
+    """:func:`shortfall` for one problem's classes and pools: the router's options (per class,
+    cheapest per call first) depend on neither the rates nor the plan, so a planner checking
+    several plans for one problem (its route rounds, :mod:`placement.replan`) builds them
+    once."""
+
+    def __init__(self, problem: Problem) -> None:
+        self.keys = {_Key(k.model, k.min_quality, k.slo_ms, k.edge_region, i): k.rate_rps
+                     for i, k in enumerate(problem.demand) if k.rate_rps > 0}
+        self.router: Router[_Key] = Router(problem, self.keys, count_reclaim=True)
+
+    def __call__(self, found: Plan) -> dict[int, float]:
+        routed = self.router.route(self.keys, {pp.pool: float(pp.gpus) for pp in found.pools},
+                                   found.loaded())
+        return {k.position: rps for k, rps in routed.short.items() if rps > 1e-9}
+
+
 def shortfall(problem: Problem, found: Plan) -> dict[int, float]:
     """Per demand class (index into ``problem.demand``), the calls/s the edges' rule leaves
     without a deployment within SLO on ``found``'s GPUs and variants at ``problem``'s demand
     (spot GPUs counted as the planner counts them); classes fully served are left out."""
-    keys = {_Key(k.model, k.min_quality, k.slo_ms, k.edge_region, i): k.rate_rps
-            for i, k in enumerate(problem.demand) if k.rate_rps > 0}
-    router: Router[_Key] = Router(problem, keys, count_reclaim=True)
-    routed = router.route(keys, {pp.pool: float(pp.gpus) for pp in found.pools},
-                          found.loaded())
-    return {k.position: rps for k, rps in routed.short.items() if rps > 1e-9}
+    return Shortfall(problem)(found)

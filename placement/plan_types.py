@@ -117,6 +117,7 @@ class Plan:
     usd_per_hour: float
     gap: float = 0.0  # relative distance to the best lower bound found (0 = proven optimal)
     spot_alone: tuple[str, ...] = ()  # classes left on spot only (spot_rule_where_possible)
+    solves: int = 1  # MILP solves it took: 1 + route rounds (planner._routed)
 
     def gpus(self) -> dict[str, int]:
         return {p.pool: p.gpus for p in self.pools}

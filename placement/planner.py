@@ -460,23 +460,29 @@ def plan(problem: Problem) -> Plan | Infeasible:
         return Infeasible("time_limit", str(exc))
 
 
-def _routed(problem: Problem, solve: Callable[[Problem], Plan | Infeasible]
-            ) -> Plan | Infeasible:
-    """``solve(problem)``, solved again for what the edges' rule leaves short (module doc).
+Solver = Callable[[Problem, Plan | None], Plan | Infeasible]
+
+
+def _routed(problem: Problem, solve: Solver) -> Plan | Infeasible:
+    """``solve(problem, None)``, solved again for what the edges' rule leaves short (module doc).
 
     A class the edges' cheapest-per-call rule leaves without room within its SLO on the plan
     (:func:`placement.plan_route.shortfall`: others found the room the plan kept for it
     cheaper) gets its shortfall added to its demand and the problem is solved again, up to
     ``route_rounds`` times; the plan that leaves least short at the true demand is kept
     (ties: the first, the cheapest). Its flows are those of the demand it was solved for.
+    Only a short class starts a round; a round is ``solve(asked, last plan)`` (a solver may
+    start from the last plan: :func:`_plan` restricts the round to what it and the relaxation
+    load), and the router's options are built once (:class:`placement.plan_route.Shortfall`).
     """
-    found = solve(problem)
+    found = solve(problem, None)
     rounds = problem.settings.route_rounds
     if isinstance(found, Infeasible) or rounds <= 0:
         return found
     tolerance = ROUTE_TOLERANCE * sum(max(k.rate_rps, 0.0) for k in problem.demand)
-    short = plan_route.shortfall(problem, found)
-    best, least = found, sum(short.values())
+    check = plan_route.Shortfall(problem)
+    short = check(found)
+    best, least, last, solves = found, sum(short.values()), found, 1
     asked = problem
     for _ in range(rounds):
         if not short or least <= tolerance:
@@ -484,21 +490,28 @@ def _routed(problem: Problem, solve: Callable[[Problem], Plan | Infeasible]
         asked = dataclasses.replace(asked, demand=tuple(
             dataclasses.replace(k, rate_rps=k.rate_rps + short.get(i, 0.0))
             for i, k in enumerate(asked.demand)))
-        again = solve(asked)
+        again = solve(asked, last)
+        solves += 1
         if isinstance(again, Infeasible):
             break
-        short = plan_route.shortfall(problem, again)
+        last = again
+        short = check(again)
         if sum(short.values()) < least - 1e-9:
             best, least = again, sum(short.values())
-    return best
+    return dataclasses.replace(best, solves=solves)
 
 
-def _plan(problem: Problem) -> Plan | Infeasible:
+def _plan(problem: Problem, previous: Plan | None = None) -> Plan | Infeasible:
+    """The cheapest plan; with ``previous`` (a route round), restricted first to what the
+    last plan and the LP relaxation load (:func:`_reoptimise`), in full only if that finds
+    nothing."""
     pre = _precheck(problem)
     if pre is not None:
         return pre
     md = _build(problem)
-    found = _optimise(md)
+    found = _reoptimise(md, previous) if previous is not None else None
+    if found is None:
+        found = _optimise(md)
     if found is not None:
         return _read(md, *found)
     for family in FAMILIES:
@@ -510,6 +523,29 @@ def _plan(problem: Problem) -> Plan | Infeasible:
             return Infeasible(family, _FAMILY_DETAIL[family])
     return Infeasible("combined", "no single constraint family explains it; capacity, "
                                   "memory and placement rules conflict together")
+
+
+def _reoptimise(md: _Model, previous: Plan) -> tuple[FloatArray, float] | None:
+    """A route round's plan: the MILP restricted to the (pool, variant) pairs ``previous``
+    loads and those the LP relaxation of the new demand loads; None when that finds no plan
+    (then the full :func:`_optimise`). A round adds a few classes' shortfall to a plan's
+    demand: the full MILP (the time limit, on a 10-pool fleet, for a plan it mostly keeps)
+    is not run again. The gap is against the relaxation's bound."""
+    relaxed = _solve(md, relax=True)
+    if relaxed is None:
+        return None
+    loaded = previous.loaded()
+    allow = _support(md, relaxed.x) | {key for key in md.y
+                                        if key[1] in loaded.get(key[0], frozenset())}
+    try:
+        found = _solve(md, allow=allow)
+    except _OutOfTime:
+        return None
+    if found is None:
+        return None
+    slack = SPOT_SLACK_USD * _slack(md, found.x)
+    cost = found.cost - slack
+    return found.x, min(1.0, max(0.0, (found.cost - relaxed.bound) / cost)) if cost > 0 else 0.0
 
 
 _FAMILY_DETAIL = {
@@ -530,7 +566,7 @@ def resize(problem: Problem, current: Plan) -> Plan | Infeasible:
     """
     loaded = current.loaded()
 
-    def counts(asked: Problem) -> Plan | Infeasible:
+    def counts(asked: Problem, previous: Plan | None) -> Plan | Infeasible:
         md = _build(asked)
         allow = {key for key in md.y if key[1] in loaded.get(key[0], frozenset())}
         return _solve_current(md, "the current variants cannot serve this forecast",

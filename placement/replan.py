@@ -3,7 +3,7 @@
 :func:`decide` solves the optimum for the forecast and re-evaluates the current placement
 under it (:func:`placement.planner.evaluate`). The proposal is adopted when the current
 placement no longer serves the forecast within SLO (by its flows, or as the edges would
-route it: :func:`placement.plan_route.shortfall` leaves more short than the proposal's), or
+route it: :class:`placement.plan_route.Shortfall` leaves more short than the proposal's), or
 when ``saving × horizon_h`` exceeds the churn: ``usd_per_gpu_change`` per GPU added or
 removed, plus each GPU added's own price for ``cold_start_s`` (billed while it boots and
 serves nothing), plus ``usd_per_variant_change`` per variant loaded or unloaded. A flat
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from placement.plan_route import shortfall
+from placement.plan_route import Shortfall
 from placement.planner import (
     ROUTE_TOLERANCE,
     Infeasible,
@@ -93,8 +93,9 @@ def _against(problem: Problem, current: Plan, proposed: Plan,
         return Decision(True, "the current plan no longer serves the forecast", proposed,
                         0.0, cost)
     if problem.settings.route_rounds > 0:  # served by its flows, but not as edges route
-        short_now = sum(shortfall(problem, now).values())
-        if short_now > sum(shortfall(problem, proposed).values()) + ROUTE_TOLERANCE * sum(
+        check = Shortfall(problem)
+        short_now = sum(check(now).values())
+        if short_now > sum(check(proposed).values()) + ROUTE_TOLERANCE * sum(
                 max(k.rate_rps, 0.0) for k in problem.demand):
             return Decision(True, f"the edges' routing leaves {short_now:.2f} calls/s of the "
                                   "current plan outside their SLO", proposed, 0.0, cost)

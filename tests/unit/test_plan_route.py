@@ -92,3 +92,53 @@ def test_a_dearer_plan_is_adopted_when_the_current_one_leaves_calls_short() -> N
     # with the check off, the cheaper current plan stays (its flows serve the forecast)
     off = decide(problem(rounds=0), lean, ChurnCost(usd_per_gpu_change=0.0))
     assert isinstance(off, Decision) and not off.adopt
+
+
+def _count_solves(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Each HiGHS run ``plan`` makes, by kind: relax, restricted (an ``allow``) or full."""
+    from placement import planner
+    runs: list[str] = []
+    real = planner._solve
+
+    def counted(md, drop="", fixed=None, relax=False, allow=None):  # type: ignore[no-untyped-def]
+        runs.append("relax" if relax else "full" if allow is None and fixed is None
+                    else "restricted")
+        return real(md, drop=drop, fixed=fixed, relax=relax, allow=allow)
+
+    monkeypatch.setattr(planner, "_solve", counted)
+    return runs
+
+
+def test_nothing_short_means_no_second_solve(monkeypatch: pytest.MonkeyPatch) -> None:
+    alone = (dataclasses.replace(FAR, rate_rps=4.0), LOCAL)
+    runs = _count_solves(monkeypatch)
+    found = solved(problem(3, alone))
+    assert found.solves == 1
+    assert runs.count("relax") == 1  # one _optimise (it starts with the relaxation), no round
+
+
+def test_a_route_round_restarts_from_the_last_plan_not_the_full_milp(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    runs = _count_solves(monkeypatch)
+    routed = solved(problem(rounds=3))
+    assert routed.solves >= 2  # the near class took the far class's room: one round at least
+    assert routed.gpus()["hub"] == 2 and shortfall(problem(rounds=3), routed) == {}
+    # only the first solve may run the full MILP; a round runs a relaxation and a restricted
+    # MILP from the last plan
+    assert runs.count("full") <= 1
+    assert runs.count("restricted") >= 1 + (routed.solves - 1)
+    assert runs.count("relax") == routed.solves
+
+
+def test_the_router_is_built_once_per_plan(monkeypatch: pytest.MonkeyPatch) -> None:
+    from placement import plan_route
+    built: list[int] = []
+    real = plan_route.Router.__init__
+
+    def counted(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        built.append(1)
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(plan_route.Router, "__init__", counted)
+    routed = solved(problem(rounds=3))
+    assert routed.solves >= 2 and len(built) == 1
