@@ -46,6 +46,7 @@ from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from placement import queueing
+from placement.latency import COMPUTE_P95_FACTOR
 from placement.model import Candidate
 
 MAX_UTILISATION = 0.95  # never plan a backend fuller than this for anyone
@@ -65,6 +66,10 @@ class Demand:
     rate: float  # calls/s this edge sends the class
     feasible: Sequence[Candidate]
     latency_ms: Mapping[str, float] = field(default_factory=dict)
+    # The class's other rows a call may still use (the hard filters keep them), fastest
+    # first, as its order continues past ``feasible``: where a per-call edge's fallback
+    # sends a call once every feasible row is past its slot share (``spill``).
+    fallback: Sequence[Candidate] = ()
 
 
 def max_utilisation(slack_ms: float, service_ms: float, servers: int,
@@ -102,7 +107,7 @@ def split(demands: Sequence[Demand], reserved: Mapping[str, float] | None = None
     for d in sorted(demands, key=lambda x: x.budget_ms):
         if d.rate == UNKNOWN:
             continue
-        if d.rate <= 0 or not d.feasible:
+        if d.rate <= 0 or not (d.feasible or d.fallback):
             out[d.key] = {}
             continue
         left = d.rate * RATE_HEADROOM
@@ -127,13 +132,43 @@ def split(demands: Sequence[Demand], reserved: Mapping[str, float] | None = None
                 left = 0.0
                 break
         if left > 0:
-            _spread(left, d.feasible, rates, used)
+            left = _spill(left, d, rates, used, cap, tail)
+        if left > 0:
+            _spread(left, [*d.feasible, *d.fallback], rates, used)
         total = sum(rates.values())
         out[d.key] = {k: v / total for k, v in rates.items() if v > 0} if total > 0 else {}
     for d in demands:
         if d.rate == UNKNOWN:
             out[d.key] = _by_room(d, used, cap, tail)
     return out
+
+
+def _spill(left: float, d: Demand, rates: dict[str, float], used: dict[str, float],
+           cap: Mapping[str, float], tail: float) -> float:
+    """What the feasible rows had no room for, over the fallback rows (see the module
+    docstring); returns what is still left."""
+    for c in sorted(d.fallback, key=_idle_ms):
+        s = c.compute_ms / 1000.0
+        if s <= 0:
+            continue
+        b = c.backend_id
+        rho = max_utilisation(d.budget_ms - _idle_ms(c), c.compute_ms, max(c.concurrency, 1),
+                              tail)
+        room = c.slots * min(rho, cap.get(b, MAX_UTILISATION)) - used.get(b, 0.0)
+        if room <= 0:
+            continue
+        x = min(left, room / s)
+        rates[c.deployment_id] = rates.get(c.deployment_id, 0.0) + x
+        used[b] = used.get(b, 0.0) + x * s
+        left -= x
+        if left <= 1e-12:
+            return 0.0
+    return left
+
+
+def _idle_ms(c: Candidate) -> float:
+    """``c``'s p95 with no queue: its RTT and its service time's p95."""
+    return c.rtt_ms + c.compute_ms * COMPUTE_P95_FACTOR
 
 
 def _by_room(d: Demand, used: Mapping[str, float], cap: Mapping[str, float],

@@ -79,10 +79,14 @@ from services.api.switchyard.v1 import placement_pb2
 from services.convert import candidate_from_pb, candidate_to_pb
 from services.placement.hub import material
 from services.xds import resources
+from services.xds.clusters import retry_concurrency
 from services.xds.learning import MIN_RATE
 from services.xds.plan import Route, Table, plan_region, route
 from services.xds.routes import ModelRoutes
 
+# An aggregate cluster at an edge: (the model route's key, its class index or None for the
+# default route, the first deployment of its rotation or None for the order itself).
+Aggregate = tuple[str, int | None, str | None]
 # Envoy's documented defaults for a cluster's circuit breakers and outlier detection.
 DEFAULT_MAX_REQUESTS = 1024
 DEFAULT_MAX_RETRIES = 3
@@ -115,9 +119,12 @@ class EnvoyRules:
     # edge's slot share of it, rounded up, per push (the issue's "slot shares as circuit
     # breakers").
     breakers_from_shares: bool = False
-    # The aggregate's retry budget, when it sets one (it does): retries in flight at most
-    # max(min_retry_concurrency, budget_percent % of the aggregate's requests in flight);
-    # Envoy then ignores max_retries.
+    # The aggregates' retry budget, when they set one (they do): Envoy then ignores
+    # max_retries and allows max(min_retry_concurrency, budget_percent % of the aggregate's
+    # requests in flight) retries in flight; an aggregate counts no requests of its own, so
+    # min_retry_concurrency holds, compiled per aggregate from the calls its plan puts
+    # through it (``clusters.retry_concurrency``; these two are its inputs, read from a
+    # compiled aggregate with none planned: the floor).
     retry_budget_percent: float = 0.0
     min_retry_concurrency: int = 0
     # Deployments per pushed order and rotation (``EnvoySettings.cap``, cut by
@@ -159,11 +166,14 @@ class EnvoyRules:
             if budget is not None else 0,
             order_cap=s.cap)
 
-    def retry_cap(self, active: int) -> float:
-        """Retries an aggregate with ``active`` requests in flight may have in flight."""
+    def retry_cap(self, inflight: float) -> float:
+        """Retries an aggregate whose plan puts ``inflight`` calls in flight through it may
+        have in flight at once: its compiled ``min_retry_concurrency`` (Envoy's budget
+        percent applies to the aggregate's own requests, which it never counts)."""
         if self.retry_budget_percent <= 0 and self.min_retry_concurrency <= 0:
             return self.max_retries
-        return max(self.min_retry_concurrency, self.retry_budget_percent / 100 * active)
+        return retry_concurrency(inflight, self.retry_budget_percent,
+                                 self.min_retry_concurrency)
 
 
 @dataclass(slots=True)
@@ -181,8 +191,13 @@ class _Edge:
     """One Envoy edge: Envoy's own counters, and what placement keeps about it."""
 
     inflight: dict[str, int] = field(default_factory=dict)  # per deployment cluster
-    retries: dict[tuple[str, float], int] = field(default_factory=dict)  # per aggregate
-    active: dict[tuple[str, float], int] = field(default_factory=dict)  # attempts, per agg
+    retries: dict[Aggregate, int] = field(default_factory=dict)  # in flight, per aggregate
+    # attempts in flight per (deployment, class): when each was sent, what its call had
+    # excluded then (an attempt's result carries both), through which aggregate, whether
+    # it is a retry (the engine's results name the deployment only, not the call)
+    attempts: dict[tuple[str, CallClass],
+                   list[tuple[float, frozenset[str], Aggregate, bool]]] = field(
+        default_factory=dict)
     hosts: dict[str, _Host] = field(default_factory=dict)
     limits: dict[str, int] = field(default_factory=dict)  # max_requests, when per cluster
     # placement's side: what it learns of this edge from its access log and slow path
@@ -233,6 +248,9 @@ class EnvoyPolicy:
         self.rng = random.Random(seed)
         self.edges: dict[str, _Edge] = {}
         self._refused: tuple[str, CallClass, str] | None = None  # failed, Envoy won't retry
+        # the aggregate of the call whose attempt just failed: its retry's (the engine asks
+        # for the retry right after the failed attempt's result)
+        self._failed: tuple[str, CallClass, Aggregate] | None = None
         self.overflows = 0  # circuit breaker max_requests: 503, not retried
         self.retry_overflows = 0  # max_retries in flight: the retry is not made
         self.not_retried = 0  # a status outside retry_on
@@ -342,19 +360,25 @@ class EnvoyPolicy:
             return None
         edge = self._edge(a.edge, a.now)
         retry = bool(a.exclude)
-        agg = (a.klass.model, float(math.floor(a.klass.slo_ms)))
-        if retry and edge.retries.get(agg, 0) >= self.rules.retry_cap(edge.active.get(agg, 0)):
-            self.retry_overflows += 1
-            return None
+        failed, self._failed = self._failed, None
         routes = self.route(a.edge, a.klass, a.now)
         order = routes.order if routes is not None else ()
-        if not retry and routes is not None:
+        model = self._model(a.klass)
+        agg: Aggregate = (model, routes.index if routes is not None else None, None)
+        if retry:
+            if failed is not None and failed[:2] == (a.edge, a.klass):
+                agg = failed[2]
+            if edge.retries.get(agg, 0) >= self._retry_cap(edge, agg):
+                self.retry_overflows += 1
+                return None
+        elif routes is not None:
             edge.learning.call(routes.key, routes.slo_ms)
             edge.news += 1
             if routes.rotations:  # Envoy's weighted_clusters: one random pick per call
                 order = self.rng.choices([o for _, o in routes.rotations],
                                          weights=[w for w, _ in routes.rotations])[0]
                 self.split_calls += order[0] != routes.order[0]
+                agg = (model, routes.index, order[0])
         # A retry in any rotation goes to the first child of the order not yet tried.
         for dep in order:
             if dep in a.exclude or self._ejected(edge, dep, a.now):
@@ -363,7 +387,8 @@ class EnvoyPolicy:
                 self.overflows += 1
                 return None
             edge.inflight[dep] = edge.inflight.get(dep, 0) + 1
-            edge.active[agg] = edge.active.get(agg, 0) + 1
+            edge.attempts.setdefault((dep, a.klass), []).append(
+                (a.now, a.exclude, agg, retry))
             if retry:
                 edge.retries[agg] = edge.retries.get(agg, 0) + 1
             return dep
@@ -380,12 +405,19 @@ class EnvoyPolicy:
             return
         if edge.inflight.get(deployment_id, 0) > 0:
             edge.inflight[deployment_id] -= 1
-        agg = (a.klass.model, float(math.floor(a.klass.slo_ms)))
-        if edge.active.get(agg, 0) > 0:
-            edge.active[agg] -= 1
-        # a retry's hold on the retry budget ends
-        if a.exclude and edge.retries.get(agg, 0) > 0:
-            edge.retries[agg] -= 1
+        sent = edge.attempts.get((deployment_id, a.klass))
+        if sent:
+            # the attempt's call had excluded the same then; an answer also names when the
+            # attempt was sent, a failure does not: the latest (a full queue refuses an
+            # attempt at once; an outage fails them all)
+            mine = [j for j, x in enumerate(sent) if x[1] == a.exclude] or list(range(len(sent)))
+            i = next((j for j in mine if sent[j][0] == a.now), mine[0]) \
+                if status == "ok" else mine[-1]
+            _, _, agg, was_retry = sent.pop(i)
+            if was_retry and edge.retries.get(agg, 0) > 0:  # its hold on the budget ends
+                edge.retries[agg] -= 1
+            if status != "ok":
+                self._failed = (a.edge, a.klass, agg)
         self._outlier(edge, deployment_id, status, now)
         if status == "ok":
             self._control.record(a.edge, deployment_id, latency_ms, True)
@@ -399,6 +431,13 @@ class EnvoyPolicy:
             self._refused = (a.edge, a.klass, deployment_id)
             if status == "exhausted":  # the backend answered: logged with x-served-by
                 self._control.record(a.edge, deployment_id, latency_ms, False)
+
+    def _retry_cap(self, edge: _Edge, agg: Aggregate) -> float:
+        """The aggregate's retry budget in the edge's last push (an aggregate the push no
+        longer names: the floor, as nothing is planned through it)."""
+        m = edge.models.get(agg[0])
+        planned = m.inflight.get(agg[1], {}).get(agg[2], 0.0) if m is not None else 0.0
+        return self.rules.retry_cap(planned)
 
     # -- outlier detection ---------------------------------------------------------------
 

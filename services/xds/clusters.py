@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -114,12 +115,36 @@ def _from_endpoint(header: str, key: str) -> dict[str, Any]:
     return _trailer(header, f"%UPSTREAM_METADATA({lua.METADATA_NAMESPACE}:{key})%")
 
 
-def model_cluster(name: str, deployment_ids: Sequence[str],
-                  s: EnvoySettings) -> cluster_pb2.Cluster:
+def retry_concurrency(inflight: float, budget_percent: float, floor: int) -> int:
+    """An aggregate's ``min_retry_concurrency``: the retries it lets be in flight at once.
+
+    Envoy counts an aggregate's retries against the aggregate's own circuit breakers (its
+    ``max_retries`` or ``retry_budget``: the only breaker the aggregate applies, the rest are
+    its children's), but the aggregate counts no requests of its own (its children's
+    connection pools do), so the budget's ``budget_percent`` of its active requests is 0 and
+    ``min_retry_concurrency`` is the whole budget. It is sized from the calls the plan
+    expects in flight through the aggregate (``inflight``, rate × p95): a backend that dies
+    under them fails them all at once, and every one may be retried, plus ``budget_percent``
+    of them again (the configured ``[edge] retry_budget_ratio``, for calls that fail on it
+    before it is ejected); never under ``floor`` (``retry_min_concurrency``). A storm is
+    still bounded: at most that many retries at once, about one per call the aggregate
+    carries. Rounded up to a power of two so that a drifting rate does not re-push the
+    cluster at every compile (it changes when the planned calls in flight double or
+    halve)."""
+    want = math.ceil(inflight * (1.0 + budget_percent / 100.0)) if inflight > 0 else 0
+    if want <= floor:
+        return floor
+    return 1 << (want - 1).bit_length()
+
+
+def model_cluster(name: str, deployment_ids: Sequence[str], s: EnvoySettings,
+                  min_retry_concurrency: int | None = None) -> cluster_pb2.Cluster:
     """The aggregate cluster: children in failover order; the per-attempt variant rewrite,
     left out when every child serves one variant: the listener's Lua already appended it
     (the route's first deployment is one of them), and the upstream Lua cost ~0.3 of plain
-    Envoy's CPU per call for nothing (``benchmarks/envoy_ablation.py``)."""
+    Envoy's CPU per call for nothing (``benchmarks/envoy_ablation.py``).
+    ``min_retry_concurrency``: its retry budget (``retry_concurrency``; None: the floor,
+    ``EnvoySettings.retry_min_concurrency``)."""
     one_variant = len({d.rsplit("/", 1)[-1] for d in deployment_ids}) == 1
     rewrites = [] if one_variant else [
         {"name": "switchyard.variant_rewrite", "typed_config": {
@@ -131,10 +156,12 @@ def model_cluster(name: str, deployment_ids: Sequence[str],
         "lb_policy": "CLUSTER_PROVIDED",
         # Retries are counted against the aggregate: Envoy's default of 3 retries in flight
         # per cluster failed calls whose first attempt hit a killed backend or timed out
-        # (upstream_rq_retry_overflow). A budget as the Python edge's (budget.py) instead.
+        # (upstream_rq_retry_overflow). A budget sized by the calls it carries instead
+        # (``retry_concurrency``: its min_retry_concurrency is what holds).
         "circuit_breakers": {"thresholds": [{"retry_budget": {
             "budget_percent": {"value": s.retry_budget_percent},
-            "min_retry_concurrency": s.retry_min_concurrency}}]},
+            "min_retry_concurrency": s.retry_min_concurrency
+            if min_retry_concurrency is None else min_retry_concurrency}}]},
         "cluster_type": {"name": "envoy.clusters.aggregate", "typed_config": {
             "@type": _T + "envoy.extensions.clusters.aggregate.v3.ClusterConfig",
             "clusters": [cluster_name(d) for d in deployment_ids]}},

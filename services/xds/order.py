@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from placement import queueing
 from placement.model import CallContext, Candidate, Hints
 from placement.pipeline import Profile
-from placement.splits import UNKNOWN, Demand, split
+from placement.splits import RATE_HEADROOM, UNKNOWN, Demand, split
 
 
 @dataclass(frozen=True)
@@ -190,6 +190,10 @@ class WeightedOrder:
     order: tuple[str, ...]
     feasible: frozenset[str]
     rotations: tuple[tuple[float, tuple[str, ...]], ...] = ()
+    # calls in flight the plan expects through each of the class's aggregates (by the first
+    # deployment of its rotation; None: the order alone), at the rate it was split for:
+    # what the aggregate's retry budget is sized by (``clusters.retry_concurrency``)
+    inflight: Mapping[str | None, float] = field(default_factory=dict)
 
 
 def rotations(order: Sequence[str], fractions: Mapping[str, float]
@@ -221,7 +225,7 @@ def capped(w: WeightedOrder, cap: int | None) -> WeightedOrder:
         return w
     order = w.order[:cap]
     rots = tuple((f, o[:cap]) for f, o in w.rotations)
-    return WeightedOrder(order, w.feasible & reachable(order, rots), rots)
+    return WeightedOrder(order, w.feasible & reachable(order, rots), rots, w.inflight)
 
 
 def weighted(demands: Sequence[ClassDemand], profile: Profile, slo_margin_ms: float,
@@ -234,16 +238,43 @@ def weighted(demands: Sequence[ClassDemand], profile: Profile, slo_margin_ms: fl
     (None: all) by their room."""
     found: dict[Hashable, tuple[tuple[str, ...], frozenset[str]]] = {}
     wants: list[Demand] = []
+    seen: dict[Hashable, tuple[CallContext, list[Candidate], Mapping[str, float]]] = {}
     for d in demands:
         ranks, feasible = ranked(d.cands, profile, d.slo_ms, slo_margin_ms, d.margins, memo)
         found[d.key] = (tuple(c.deployment_id for c in ranks), feasible)
         ctx = CallContext(Hints(slo_ms=d.slo_ms), slo_margin_ms, slo_margins=d.margins)
+        seen[d.key] = (ctx, ranks, d.margins)
         ok = [c for c in ranks if c.deployment_id in feasible]
         if d.rate == UNKNOWN and spread_cap is not None:
             ok = ok[:spread_cap]
+        rest = [c for c in ranks[:spread_cap] if c.deployment_id not in feasible]
         wants.append(Demand(d.key, d.slo_ms - slo_margin_ms, d.rate, ok,
                             {c.deployment_id: ctx.latency_ms(c)
-                             + d.margins.get(c.deployment_id, 0.0) for c in ok}))
+                             + d.margins.get(c.deployment_id, 0.0) for c in ok}, rest))
     fractions = split(wants, reserved, tail)
-    return {k: WeightedOrder(order, feasible, rotations(order, fractions.get(k, {})))
-            for k, (order, feasible) in found.items()}
+    rates = {d.key: d.rate * RATE_HEADROOM for d in demands
+             if d.rate != UNKNOWN and d.rate > 0}
+    out: dict[Hashable, WeightedOrder] = {}
+    for k, (order, feasible) in found.items():
+        rots = rotations(order, fractions.get(k, {}))
+        out[k] = WeightedOrder(order, feasible, rots,
+                               _inflight(order, rots, rates.get(k, 0.0), *seen[k]))
+    return out
+
+
+def _inflight(order: Sequence[str], rots: Sequence[tuple[float, Sequence[str]]], rate: float,
+              ctx: CallContext, ranks: Sequence[Candidate], margins: Mapping[str, float]
+              ) -> dict[str | None, float]:
+    """Calls in flight through each aggregate of a class split ``rots`` (none: its order
+    takes them all) at ``rate`` calls/s: each aggregate's share of the rate times the p95
+    (with the learned margin) of the deployment its calls go to first (Little's law, on the
+    safe side)."""
+    if rate <= 0 or not order:
+        return {}
+    firsts = {o[0] for _, o in rots} or {order[0]}
+    seconds = {c.deployment_id: (ctx.latency_ms(c) + margins.get(c.deployment_id, 0.0)) / 1e3
+               for c in ranks if c.deployment_id in firsts}
+    seconds = {d: x if math.isfinite(x) else 0.0 for d, x in seconds.items()}
+    if not rots:
+        return {None: rate * seconds.get(order[0], 0.0)}
+    return {o[0]: rate * w * seconds.get(o[0], 0.0) for w, o in rots}

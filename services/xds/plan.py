@@ -164,7 +164,8 @@ def plan_region(tables: Mapping[str, Table], profile: Profile, slo_margin_ms: fl
                                  for k, w in zip(classes, ks, strict=True)),
             default.feasible, table.default_slo_ms,
             {c.deployment_id: c.cost_usd for c in table.cands if c.deployment_id in sent},
-            {i: w.rotations for i, w in [(None, default), *enumerate(ks)] if w.rotations})
+            {i: w.rotations for i, w in [(None, default), *enumerate(ks)] if w.rotations},
+            {i: w.inflight for i, w in [(None, default), *enumerate(ks)] if w.inflight})
     return models
 
 

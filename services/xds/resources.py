@@ -32,6 +32,7 @@ from services.xds.clusters import (
     _is_ip,
     deployment_cluster,
     model_cluster,
+    retry_concurrency,
     slow_path_cluster,
 )
 from services.xds.envoy_types import (
@@ -70,7 +71,8 @@ __all__ = [
     "_route_action", "aggregate_orders", "cluster_name", "compile_region", "deployment_cluster",
     "edge_deployments", "listener",
     "model_cluster", "model_cluster_name", "per_try_timeout_s", "resource",
-    "route_config_name", "route_configuration", "slow_path_cluster",
+    "retry_budgets", "retry_concurrency", "route_config_name", "route_configuration",
+    "slow_path_cluster",
 ]
 
 
@@ -121,6 +123,8 @@ class CompileCache:
         # region -> aggregates its last compile named, and those retired: name -> (order,
         # compiles left)
         self.named: dict[str, dict[str, tuple[str, ...]]] = {}
+        # region -> each aggregate's retry budget in its last compile (a retired one keeps it)
+        self.budgets: dict[str, dict[str, int]] = {}
         self.retired: dict[str, dict[str, tuple[tuple[str, ...], int]]] = {}
         self.deployments: dict[tuple[object, ...], Resource] = {}
         self.aggregates: dict[tuple[object, ...], Resource] = {}
@@ -180,11 +184,12 @@ class CompileCache:
         return msg
 
     def aggregate(self, name: str, order: tuple[str, ...], s: EnvoySettings,
-                  used: dict[tuple[object, ...], Resource]) -> Resource:
-        key = (s, name, order)
+                  used: dict[tuple[object, ...], Resource],
+                  min_retry_concurrency: int | None = None) -> Resource:
+        key = (s, name, order, min_retry_concurrency)
         got = self.aggregates.get(key)
         if got is None:
-            got = resource(name, model_cluster(name, order, s))
+            got = resource(name, model_cluster(name, order, s, min_retry_concurrency))
             self.built += 1
         used[key] = got
         return got
@@ -242,7 +247,12 @@ def compile_region(region: str, tables: Iterable[placement_pb2.RouteTable], prof
     memo.end_round()
     cache.rows[region] = now
     named = aggregate_orders(models)
-    named += retiring(cache, region, named)
+    budgets = retry_budgets(models, s)
+    retired = retiring(cache, region, named)
+    last = cache.budgets.get(region, {})
+    budgets.update({name: last[name] for name, _ in retired if name in last})
+    named += retired
+    cache.budgets[region] = budgets
     wanted = edge_deployments(tables, named)
     for table in tables:
         for c in table.candidates:
@@ -252,7 +262,7 @@ def compile_region(region: str, tables: Iterable[placement_pb2.RouteTable], prof
                 clusters[name] = cache.deployment(c, s, deployments, check)
                 check = check and cache.built == before
     for name, order in named:
-        clusters[name] = cache.aggregate(name, order, s, aggregates)
+        clusters[name] = cache.aggregate(name, order, s, aggregates, budgets.get(name))
     cache.deployments.update(deployments)
     cache.aggregates.update(aggregates)
     _keep_only(cache.deployments, deployments)
@@ -298,6 +308,21 @@ def aggregate_orders(models: dict[str, ModelRoutes]) -> list[tuple[str, tuple[st
         *((rotation_cluster_name(model, i, order[0]), order)
           for i, rots in m.rotations.items() for _, order in rots))]
     return [(name, order) for name, order in named if order]
+
+
+def retry_budgets(models: dict[str, ModelRoutes], s: EnvoySettings) -> dict[str, int]:
+    """Each aggregate's ``min_retry_concurrency`` (``clusters.retry_concurrency``) from the
+    calls its route's plan puts through it (``ModelRoutes.inflight``); those without any
+    planned (the order of a split route, a class nothing was learned of) hold the floor."""
+    out: dict[str, int] = {}
+    for model, m in models.items():
+        for i, planned in m.inflight.items():
+            for first, inflight in planned.items():
+                name = model_cluster_name(model, i) if first is None else \
+                    rotation_cluster_name(model, i, first)
+                out[name] = retry_concurrency(inflight, s.retry_budget_percent,
+                                              s.retry_min_concurrency)
+    return out
 
 
 def edge_deployments(tables: Iterable[placement_pb2.RouteTable],

@@ -59,6 +59,10 @@ class ModelRoutes:
     # (``order.weighted``); a class without any routes to its one aggregate
     rotations: Mapping[int | None, tuple[tuple[float, tuple[str, ...]], ...]] = field(
         default_factory=dict)
+    # class index -> calls in flight planned through each of its aggregates (by its
+    # rotation's first deployment; None: the order's own), ``order.WeightedOrder.inflight``:
+    # what each aggregate's retry budget is compiled from (``clusters.retry_concurrency``)
+    inflight: Mapping[int | None, Mapping[str | None, float]] = field(default_factory=dict)
 
 
 def rotation_cluster_name(model: str, slo_class: int | None, first: str) -> str:

@@ -16,6 +16,7 @@ from benchmarks.costsim.runner import make_policy
 from benchmarks.costsim.scenario import CallClass, Scenario, load_scenario
 from placement.model import Candidate
 from placement.registry import build_profile
+from services.xds.clusters import retry_concurrency
 from services.xds.order import failover_order
 from services.xds.resources import EnvoySettings
 
@@ -208,20 +209,72 @@ def test_parallel_retries_past_max_retries_are_not_made(control: ControlPlane) -
     assert p.choose(retry) == B.deployment_id
 
 
-def test_the_aggregates_retry_budget_bounds_retries_in_flight(control: ControlPlane) -> None:
-    """resources.py sets a retry budget on each aggregate (20 %, at least 10 in flight), which
-    Envoy applies instead of max_retries."""
+def test_an_aggregate_counts_no_requests_so_its_floor_is_the_budget(
+        control: ControlPlane) -> None:
+    """resources.py sets a retry budget on each aggregate (20 %, at least 10 in flight),
+    which Envoy applies instead of max_retries; the aggregate's requests are its children's,
+    so 20 % of them is 0 and, with nothing planned through it, the floor holds however many
+    calls are in flight."""
     assert (RULES.retry_budget_percent, RULES.min_retry_concurrency) == (20.0, 10)
     push(control, A, B, C)
     p = policy(control)
-    retry = attempt(0.1, frozenset({A.deployment_id}))
-    assert [p.choose(retry) for _ in range(10)] == [B.deployment_id] * 10
-    assert p.choose(retry) is None  # 10 retries in flight, 10 requests: the floor holds
-    assert p.retry_overflows == 1
-    for _ in range(50):  # 60 in flight; a retry in flight is a request in flight too
+    for _ in range(200):  # 200 first attempts in flight
         p.choose(attempt(0.1))
-    # 10 + k retries against 20 % of 60 + k requests: three more, not four
-    assert [p.choose(retry) for _ in range(4)] == [B.deployment_id] * 3 + [None]
+    retry = attempt(0.1, frozenset({A.deployment_id}))
+    assert [p.choose(retry) for _ in range(11)] == [B.deployment_id] * 10 + [None]
+    assert p.retry_overflows == 1
+    p.result(retry, B.deployment_id, 40.0, "ok", 0.2)  # a retry's answer frees its hold
+    assert p.choose(retry) == B.deployment_id
+
+
+def test_a_planned_rate_sizes_its_aggregates_retry_budget(control: ControlPlane) -> None:
+    """With a learned rate the plan puts rate × 1.25 × p95 calls in flight through the
+    class's aggregate, and its budget is ``clusters.retry_concurrency`` of that: every call
+    in flight on a backend that dies may be retried at once."""
+    slow = dataclasses.replace(A, latency_p95_ms=250.0, compute_ms=5.0, concurrency=64,
+                               edge_slots=0.0)
+    push(control, slow, B)
+    p = policy(control)
+    _rate(p, 1000, 0.0, 4.9)  # ~200 calls/s
+    routes = p.route(EDGE, KLASS, 5.0)
+    m = p.edges[EDGE].models[MODEL]
+    planned = m.inflight[routes.index]
+    assert list(planned) == [None] and routes.rotations == ()
+    assert planned[None] > 50  # ~200/s x 1.25 x 0.25 s
+    cap = p._retry_cap(p.edges[EDGE], (MODEL, routes.index, None))
+    assert cap >= planned[None] * 1.2 and cap == retry_concurrency(planned[None], 20.0, 10)
+    for _ in range(int(planned[None])):  # the planned calls in flight, all on a
+        assert p.choose(attempt(5.0)) == slow.deployment_id
+    retry = attempt(5.0, frozenset({slow.deployment_id}))
+    got = [p.choose(retry) for _ in range(int(planned[None]))]  # a dies: every one retried
+    assert got == [B.deployment_id] * int(planned[None])
+    assert p.retry_overflows == 0
+
+
+def test_each_rotation_has_its_own_retry_budget(control: ControlPlane) -> None:
+    """A split class's calls go through one aggregate per rotation, each with its own
+    breakers: a retry is counted against the aggregate its call was routed through."""
+    a = dataclasses.replace(A, compute_ms=50.0, concurrency=1, edge_slots=0.0)
+    b = dataclasses.replace(B, concurrency=8, edge_slots=0.0)
+    push(control, a, b, C)
+    p = policy(control, min_retry_concurrency=1)
+    _rate(p, 290, 0.0, 4.9)
+    routes = p.route(EDGE, KLASS, 5.0)
+    assert {o[0] for _, o in routes.rotations} == {A.deployment_id, B.deployment_id}
+    firsts: dict[str, str] = {}
+    while len(firsts) < 2:  # one call through each rotation
+        dep = p.choose(attempt(5.0))
+        assert dep is not None
+        firsts.setdefault(dep, dep)
+    edge = p.edges[EDGE]
+    caps = {d: p._retry_cap(edge, (MODEL, routes.index, d)) for d in firsts}
+    assert all(c >= 1 for c in caps.values())
+    # both fail; each one's retry holds its own rotation's budget
+    for dep in firsts:
+        p.result(attempt(5.0), dep, 0.0, "unavailable", 5.01)
+        assert p.choose(attempt(5.01, frozenset({dep}))) is not None
+    assert sorted(edge.retries.values()) == [1, 1]
+    assert {k[2] for k in edge.retries} == set(firsts)
 
 
 def test_nothing_healthy_in_the_order_fails_the_call(control: ControlPlane) -> None:

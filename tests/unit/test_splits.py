@@ -147,3 +147,52 @@ def test_weighted_spreads_an_unmeasured_class_over_its_first_feasible_deployment
     heads = {o[0]: w for w, o in got.rotations}
     assert set(heads) == {"a/v", "b/v"} and heads["a/v"] == pytest.approx(0.5)
     assert got.order == ("a/v", "b/v", "c/v")
+
+
+def test_past_the_feasible_rows_the_rest_spills_to_the_fallback_fastest_idle_first() -> None:
+    """A per-call edge whose feasible rows are past their share falls back to the fastest
+    row with room; the split does the same with what the feasible rows cannot take: the
+    fallback rows by their p95 without a queue (RTT + service), each up to the utilisation
+    whose wait still fits the SLO from there, not all of it piled on the feasible row."""
+    a = cand("a/v", 1e-5, compute=50.0, concurrency=1)  # the one feasible row: ~19 calls/s
+    slow = cand("s/v", 2e-5, latency=400.0, compute=200.0, concurrency=8)  # 265 ms idle
+    fast = cand("f/v", 3e-5, latency=350.0, compute=20.0, concurrency=8)  # 31 ms idle
+    got = split([Demand("k", 298.0, 100.0, [a], {}, [slow, fast])])["k"]
+    rho_a = max_utilisation(298.0 - 100.0, 50.0, 1)
+    assert got["a/v"] == pytest.approx(20 * rho_a / (100 * RATE_HEADROOM))
+    assert got["f/v"] == pytest.approx(1 - got["a/v"])  # room for the rest on f alone
+    assert "s/v" not in got
+    # without fallback rows the overflow stays on the feasible row
+    assert split([Demand("k", 298.0, 100.0, [a])])["k"] == {"a/v": 1.0}
+
+
+def test_a_class_with_no_feasible_row_is_split_over_its_fallback() -> None:
+    """Nothing meets the SLO by the estimates (p95s inflated by queues near capacity): the
+    class was sent whole to its order's first row; now it is split over the fallback rows
+    by their room, and past all of it by their capacity."""
+    f1 = cand("f1/v", 1e-5, latency=300.0, compute=20.0, concurrency=2)
+    f2 = cand("f2/v", 2e-5, latency=320.0, compute=20.0, concurrency=2)
+    got = split([Demand("k", 148.0, 300.0, [], {}, [f1, f2])])["k"]
+    assert set(got) == {"f1/v", "f2/v"} and sum(got.values()) == pytest.approx(1.0)
+    assert got["f1/v"] == pytest.approx(0.5)  # both full: by capacity, equal here
+    light = split([Demand("k", 148.0, 10.0, [], {}, [f1, f2])])["k"]
+    assert light == {"f1/v": 1.0}  # f1's room (idle p95 31 ms) takes 10 calls/s
+    assert split([Demand("k", 148.0, 10.0, [], {}, [])]) == {"k": {}}
+
+
+def test_weighted_passes_the_orders_rest_as_fallback_and_plans_calls_in_flight() -> None:
+    """``order.weighted``: the rows after the feasible ones in the order (within the cap)
+    are the split's fallback; each aggregate's planned calls in flight is its share of the
+    rate (with the headroom) times the p95 of its first row."""
+    a = cand("a/v", 1e-5, compute=50.0, concurrency=1, latency=100.0)
+    f = cand("f/v", 3e-5, latency=350.0, compute=20.0, concurrency=8)
+    got = weighted([ClassDemand("k", [a, f], 300.0, 100.0)], PROFILE, 2.0)["k"]
+    assert got.feasible == frozenset({"a/v"}) and got.order == ("a/v", "f/v")
+    heads = {o[0]: w for w, o in got.rotations}
+    assert set(heads) == {"a/v", "f/v"}
+    rate = 100.0 * RATE_HEADROOM
+    assert got.inflight == pytest.approx({"a/v": rate * heads["a/v"] * 0.100,
+                                          "f/v": rate * heads["f/v"] * 0.350})
+    whole = weighted([ClassDemand("k", [a, f], 300.0, 1.0)], PROFILE, 2.0)["k"]
+    assert whole.rotations == () and whole.inflight == pytest.approx({None: 1.25 * 0.1})
+    assert weighted([ClassDemand("k", [a, f], 300.0, 0.0)], PROFILE, 2.0)["k"].inflight == {}

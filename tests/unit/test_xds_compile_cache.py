@@ -23,6 +23,7 @@ from services.xds.resources import (
     compile_region,
     model_cluster_name,
     resource,
+    retry_budgets,
     route_config_name,
 )
 from services.xds.routes import rotation_cluster_name, route_configuration
@@ -39,6 +40,7 @@ def straightforward(region: str, tables: list[placement_pb2.RouteTable], s: Envo
                                          t.default_slo_ms) for t in tables},
                          PROFILE, s.slo_margin_ms, learned, cap=s.cap)
     aggregates = {}
+    budgets = retry_budgets(models, s)
     for model, m in models.items():
         named = [(model_cluster_name(model), m.default),
                  *((model_cluster_name(model, i), k.order) for i, k in enumerate(m.classes)),
@@ -46,7 +48,8 @@ def straightforward(region: str, tables: list[placement_pb2.RouteTable], s: Envo
                    for i, rots in m.rotations.items() for _, order in rots)]
         for name, order in named:
             if order:
-                aggregates[name] = resource(name, model_cluster(name, order, s))
+                aggregates[name] = resource(name, model_cluster(name, order, s,
+                                                                budgets.get(name)))
     reached = {cluster_name(d) for m in models.values()
                for d in [*m.default, *(d for k in m.classes for d in k.order),
                          *(d for rots in m.rotations.values() for _, o in rots for d in o)]}
