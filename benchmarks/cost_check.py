@@ -12,10 +12,11 @@ per-deployment tail margins, a learned or another fixed tail factor for deployme
 has measured, a miss budget for the margins, borrowing idle slots: ``placement/filters/slo.py``
 and ``placement/shares.py``; ``unmeasured-1.3`` is the brain before 1.5; an unmeasured row as
 a probe, ``probe-*``, ``placement/filters/slo.py``; a headroom per SLO class,
-``class-headroom*``, ``placement/feedback.py``), applied inside a worker process of its own
-(a fresh one per run: until the borrowing round a pool worker ran several checks, so a
-variant's switch could leak into the next check it ran, ``base`` included); ``base`` is the
-brain as committed. Prints one row per (scenario, seed, variant):
+``class-headroom*``, ``placement/feedback.py``; the fallback before it chose by each row's
+chance of meeting the SLO, ``fallback-fastest``, ``placement/meet.py``), applied inside a
+worker process of its own (a fresh one per run: until the borrowing round a pool worker ran
+several checks, so a variant's switch could leak into the next check it ran, ``base``
+included); ``base`` is the brain as committed. Prints one row per (scenario, seed, variant):
 attainment, USD per 1M calls, switchyard's misses by cause (``benchmarks/costsim/misses.py``),
 how many of them came in the first 5 simulated seconds, and the share of the expected cost
 paid above each call's cheapest LP-feasible deployment (``premiums``); ``--detail N`` also
@@ -44,7 +45,7 @@ from benchmarks.costsim.misses import CAUSES, TracedSimulation, causes, classify
 from benchmarks.costsim.runner import make_policy
 from benchmarks.costsim.scenario import Scenario
 from benchmarks.costsim.trace import generate, outage_windows
-from placement import feedback, latency, pipeline, queueing, routes, shares
+from placement import feedback, latency, meet, pipeline, queueing, routes, shares
 from placement.feedback import SloFeedback
 from placement.filters import slo
 from placement.framework import Filter
@@ -179,7 +180,26 @@ def _fallback_idle_fit() -> None:
     pipeline.FALLBACK_IDLE_FIT = True
 
 
+def _fallback_chance(idle_first: bool = False) -> Callable[[], None]:
+    """The fallback by each row's chance of meeting the call's SLO (``placement.meet``,
+    ``pipeline.FALLBACK_CHANCE``); ``idle_first``: only among rows whose p95 with a free
+    slot fits the SLO when any does (``meet.IDLE_FIRST``)."""
+    def apply() -> None:
+        pipeline.FALLBACK_CHANCE = True
+        meet.IDLE_FIRST = idle_first
+    return apply
+
+
+def _fallback_fastest() -> None:
+    """The fallback before ``placement.meet``: the fastest row by the strict test's estimate
+    (``pipeline.FALLBACK_CHANCE`` off)."""
+    pipeline.FALLBACK_CHANCE = False
+
+
 VARIANTS: dict[str, Callable[[], None]] = {
+    "fallback-fastest": _fallback_fastest,
+    "fallback-chance": _fallback_chance(),
+    "fallback-chance-idle-first": _fallback_chance(idle_first=True),
     "fallback-idle-fit": _fallback_idle_fit,
     "probe-2": _probe(2.0),
     "probe-1.5": _probe(1.5),

@@ -1,12 +1,14 @@
 """The per-call choice: filters → scorers → picker, shared by edges, placement and the simulator.
 
 ``Profile.choose`` returns a ``Decision``. When every candidate is removed it falls back to
-the lowest-latency candidate that passes the *hard* filters (health, residency, quality,
-cost cap) and marks the decision ``slo_met=False``; with ``fail_fast`` it raises
-``NothingFeasible`` instead, carrying what removed what and the best latency on offer. When
-even the hard filters leave nothing, it raises ``PolicyUnsatisfiable`` if the call's own
-policy (``POLICY_FILTERS``: regions, quality floor, cost cap) removes every candidate in the
-table, healthy or not (no retry can help), else ``NoHealthyDeployment`` (retry later).
+a candidate that passes the *hard* filters (health, residency, quality, cost cap), chosen by
+its chance of meeting the call's SLO (``placement.meet``; the lowest-latency one by the
+strict estimate with ``FALLBACK_CHANCE`` off), and marks the decision ``slo_met=False``;
+with ``fail_fast`` it raises ``NothingFeasible`` instead, carrying what removed what and the
+best latency on offer. When even the hard filters leave nothing, it raises
+``PolicyUnsatisfiable`` if the call's own policy (``POLICY_FILTERS``: regions, quality floor,
+cost cap) removes every candidate in the table, healthy or not (no retry can help), else
+``NoHealthyDeployment`` (retry later).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from placement import meet
 from placement.errors import NoHealthyDeployment, NothingFeasible, PolicyUnsatisfiable
 from placement.framework import Filter, Picker, Scorer
 from placement.model import CallContext, Candidate
@@ -23,6 +26,9 @@ from placement.model import CallContext, Candidate
 # The fallback among rows whose p95 with no wait of this edge's own fits the SLO budget
 # first (``_fits_idle``): off, measured by ``benchmarks.cost_check --variants fallback-idle-fit``.
 FALLBACK_IDLE_FIT = False
+# The fallback by each row's chance of meeting the call's SLO (``placement.meet``): on;
+# ``benchmarks.cost_check --variants fallback-fastest`` is the brain before it.
+FALLBACK_CHANCE = True
 
 
 def _fits_idle(healthy: Sequence[Candidate], ctx: CallContext) -> list[Candidate]:
@@ -104,7 +110,7 @@ class Profile:
             scores = self._score(survivors, ctx)
             chosen = survivors[self.picker.pick(survivors, scores, rng)]
             return Decision(chosen, True, len(survivors))
-        return self._fallback(cands, ctx)
+        return self._fallback(cands, ctx, rng)
 
     def explain(self, cands: Sequence[Candidate], ctx: CallContext) -> list[Verdict]:
         """Every candidate with the first filter that removed it, or its weighted score."""
@@ -138,7 +144,7 @@ class Profile:
                         cheapest / (1.0 - band_width) if band_width < 1 else float("inf"))
                 band.append(c)
         if not band:
-            return self._fallback(cands, ctx)
+            return self._fallback(cands, ctx, rng)
         scores = self._score(band, ctx)
         return Decision(band[self.picker.pick(band, scores, rng)], True, len(band))
 
@@ -167,7 +173,8 @@ class Profile:
                 total[i] += weight * s / weight_sum
         return total
 
-    def _fallback(self, cands: Sequence[Candidate], ctx: CallContext) -> Decision:
+    def _fallback(self, cands: Sequence[Candidate], ctx: CallContext,
+                  rng: random.Random | None = None) -> Decision:
         removed = {c.deployment_id: self._first_rejection(c, ctx, self.filters) or ""
                    for c in cands}
         healthy = [c for c in cands if self._keeps(c, ctx, self.hard_filters)]
@@ -184,6 +191,8 @@ class Profile:
                 f"no deployment meets SLO {ctx.hints.slo_ms:.0f} ms; best p95 on offer "
                 f"{best:.1f} ms ({fastest.deployment_id})",
                 best_latency_ms=best, removed=removed)
+        if FALLBACK_CHANCE:
+            return Decision(meet.choose(healthy, ctx, rng), False, 0)
         return Decision(fastest, False, 0)
 
     def _unsatisfiable(self, cands: Sequence[Candidate], ctx: CallContext
@@ -214,7 +223,7 @@ class Profile:
             survivors = [c for c in survivors if f.reject(c, ctx) is None]
             self.observer("filter", f.name, time.perf_counter() - t0)
         if not survivors:
-            return self._fallback(cands, ctx)
+            return self._fallback(cands, ctx, rng)
         t0 = time.perf_counter()
         scores = self._score(survivors, ctx)
         self.observer("scorer", "+".join(s.name for s, _ in self.scorers),

@@ -102,6 +102,7 @@ def test_fallback_idle_fit_prefers_a_row_that_fits_with_a_free_slot(
     fast = _row("h100/v", "h100", p95=12.0, slots=0.5)  # fits idle, past its share
     ctx = CallContext(Hints(slo_ms=70.0), inflight={"h100/v": 4})
     assert ctx.latency_ms(fast) > ctx.latency_ms(slow) > 70.0  # nothing meets the SLO
+    monkeypatch.setattr(pipeline, "FALLBACK_CHANCE", False)  # the rule it was measured on
     profile = build_profile("cheapest")
     d = profile.choose([slow, fast], ctx, random.Random(0))
     assert not d.slo_met and d.candidate is slow  # off: the lower worst case

@@ -1,0 +1,165 @@
+"""The fallback's choice by the chance that this call meets its SLO (issue 11; on).
+
+When no row passes the strict SLO test (every row's p95, with this edge's worst-case wait
+past its slot share, over the call's budget), ``Profile`` falls back. It took the row
+fastest by that estimate (``pipeline.FALLBACK_CHANCE`` off, ``cost_check``'s
+``fallback-fastest``): near capacity (``held-out-near-capacity``) a row within this edge's
+share whose p95 is already over the SLO (a T4 at 1.5 × 50 ms for a 70 ms call), the fast
+rows ranking behind it on their worst case; on ``held-out-many-models`` 80 ms calls sent to
+a row 82 ms away. ``choose`` instead estimates, per row, the probability that this call
+finishes within its budget (``chance``) and draws among the rows within ``EPS`` of the best,
+weighted by their chance:
+
+- latency = ``rtt + W + S``: ``S`` the service time, lognormal with the row's mean compute
+  and the spread that puts its p95 where the row's p95 is (``CallContext.p95_ms``, the
+  edge's own observation when it has one, less ``rtt`` and the table's queue; ``sigma``);
+- ``W`` the backend's wait, M/M/c (``queueing.erlang_c``) over its ``concurrency`` servers
+  at the utilisation the table reports (``spare_capacity``) plus this edge's calls past
+  its share, this one included (``excess``; every call the edge sends counts there at
+  once, so its next call sees the backend fuller: the choice does not herd one edge onto
+  the best row), its mean no shorter than the table's measured queue; 0 chance at or past
+  saturation;
+- the margin the edge learned from misses on the row (``slo_margins``) comes off the budget,
+  as in the strict test.
+
+When no row has any chance, the fastest by the strict test's estimate among the rows that
+could meet the SLO in most calls if idle (a row whose RTT alone is over it only when no
+other is left). A row that cannot meet the SLO even idle (p95 with a free slot over it) is
+taken only when its chance is within ``EPS`` of the best, i.e. when the rows that can are
+queued so that it is about as likely to make it.
+
+Measured (``python -m benchmarks.cost_check --seeds 0 1 --variants base`` before it was on,
+``--variants fallback-chance``; quick; attainment seed 0/seed 1, USD per 1M calls):
+held-out-many-models 99.06/98.79 → 99.16/99.24 % (14.2/14.2 → 14.1/14.0), many-small-pools
+99.93/99.88 → 99.98/100.00 % at 4.55/4.60 → 4.32/4.34, default 99.85/99.85 → 99.86/99.84 % at
+19.6/20.0 → 18.9/19.5, single-cloud-hetero 99.52/99.45 → 99.51/99.52 %, far-edge
+99.94/99.96 → 99.97/99.96 %, noisy-cheap-spot 99.60/99.53 → 99.62/99.53 %,
+held-out-diurnal-return 99.95/99.96 → 99.95/99.97 %; within their seed-to-seed spread:
+held-out-near-capacity 98.75/98.71 → 98.70/98.76 % (608/633 → 631/608 misses: "service-time
+tail" 246/274 → 147/135, "queueing not foreseen" 299/284 → 377/351: the calls it moves off
+the T4s queue on the faster rows at the peak, where every pool is busy; the fallback alone
+does not close it), tight-three-variant 99.45/99.50 → 99.45/99.45 %, few-large-pools
+99.80/99.76 → 99.81/99.74 %; held-out-long-tail and small unchanged. No scenario's mean over
+the two seeds lower than before's by more than before's own spread between the seeds.
+
+Measured and off: a first version that put ``W`` at ``j × compute / k`` for ``j`` calls
+past a share of ``k`` slots, ignoring the table's utilisation (held-out-many-models
+97.15/95.80 %: the edges' fallbacks filled the local rows other edges also fell back on,
+their observed p95s and learned margins grew until no row had a chance, and then the
+fastest-by-estimate was a row 82 ms away for 80 ms calls); with ``IDLE_FIRST`` (only the
+rows whose p95 with a free slot fits, when any) on top of it: held-out-near-capacity
+98.29/98.36 %, held-out-many-models 97.82/99.03 % (the herd of ``pipeline.FALLBACK_IDLE_FIT``).
+Not re-run with ``W`` from M/M/c.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from statistics import NormalDist
+
+from placement import latency as latency_model
+from placement import queueing
+from placement.model import CallContext, Candidate
+
+EPS = 0.05  # rows this close to the best chance are all drawn from
+IDLE_FIRST = False
+Z95 = NormalDist().inv_cdf(0.95)
+_PHI = NormalDist().cdf
+MIN_SIGMA = 0.02
+MAX_SIGMA = Z95  # the largest spread whose p95/mean a lognormal can reach (ratio e^{z²/2})
+_QUANTILES = [NormalDist().inv_cdf((i + 0.5) / 24) for i in range(24)]  # of the service time
+
+
+def sigma(mean_ms: float, p95_ms: float) -> float:
+    """The lognormal σ whose p95 over its mean is ``p95_ms / mean_ms``:
+    ``ln(p95 / mean) = σ z − σ² / 2``, the smaller root; clamped to
+    ``[MIN_SIGMA, MAX_SIGMA]``."""
+    if mean_ms <= 0 or p95_ms <= mean_ms:
+        return MIN_SIGMA
+    disc = Z95 * Z95 - 2.0 * math.log(p95_ms / mean_ms)
+    if disc <= 0:
+        return MAX_SIGMA
+    return min(max(Z95 - math.sqrt(disc), MIN_SIGMA), MAX_SIGMA)
+
+
+def excess(c: Candidate, ctx: CallContext) -> float:
+    """This edge's calls on ``c``'s backend past its share, this one included (0 within
+    it; a fraction of a slot rounded with the call's draw, as ``CallContext.latency_ms``)."""
+    k = c.slots
+    if k <= 0:
+        return 0.0
+    n = sum(v for dep, v in ctx.inflight.items()
+            if v and dep.split("/", 1)[0] == c.backend_id)
+    whole = math.floor(k)
+    if n < whole or (n < math.ceil(k) and ctx.draw < k - whole):
+        return 0.0
+    return n - k + 1.0
+
+
+def utilisation(c: Candidate) -> float:
+    """The fraction of ``c``'s backend's servers busy at the table's report."""
+    capacity = latency_model.capacity_rps(c.compute_ms, c.concurrency)
+    if capacity <= 0:
+        return 1.0
+    return 1.0 - min(1.0, max(0.0, c.spare_capacity / capacity))
+
+
+def chance(c: Candidate, ctx: CallContext, idle: bool = False) -> float:
+    """P(this call's latency on ``c`` is within its budget); ``idle``: with a free slot
+    (no wait) and no margin learned from misses."""
+    learned = 0.0 if idle else ctx.slo_margins.get(c.deployment_id, 0.0)
+    room = ctx.hints.slo_ms - ctx.slo_margin_ms - learned - c.rtt_ms
+    if room <= 0:
+        return 0.0
+    mean = max(c.compute_ms, 1e-3)
+    s = sigma(mean, ctx.p95_ms(c) - c.rtt_ms - c.queue_ms)
+    mu = math.log(mean) - s * s / 2.0
+    served = _PHI((math.log(room) - mu) / s)
+    if idle:
+        return served
+    servers = max(c.concurrency, 1)
+    rho = utilisation(c) + excess(c, ctx) / servers
+    if rho >= 1.0:
+        return 0.0
+    waits = queueing.erlang_c(servers, rho)
+    if waits <= 0.0:
+        return served
+    rate = servers * (1.0 - rho) / mean  # of the exponential wait of a call that waits
+    if c.queue_ms > 0:  # no shorter than the backend's measured mean wait
+        rate = min(rate, waits / c.queue_ms)
+    within = 0.0
+    for z in _QUANTILES:
+        service = math.exp(mu + s * z)
+        if service < room:
+            within += 1.0 - math.exp(-rate * (room - service))
+    return (1.0 - waits) * served + waits * within / len(_QUANTILES)
+
+
+def fits_idle(c: Candidate, ctx: CallContext) -> bool:
+    """``c``'s p95 with a free slot (no wait of this edge's own) fits the call's budget."""
+    return ctx.p95_ms(c) <= ctx.hints.slo_ms - ctx.slo_margin_ms
+
+
+def choose(rows: Sequence[Candidate], ctx: CallContext,
+           rng: random.Random | None) -> Candidate:
+    """The fallback's row by chance among ``rows`` (not empty; see the module docstring);
+    when none has any chance, the fastest by ``CallContext.latency_ms`` (the fallback's
+    rule without this). Without ``rng`` the best chance, cheapest on a tie."""
+    if IDLE_FIRST:
+        rows = [c for c in rows if fits_idle(c, ctx)] or rows
+    scored = [(chance(c, ctx), c) for c in rows]
+    best = max(p for p, _ in scored)
+    if best <= 0.0:  # the fastest of the rows that could meet it in most calls if idle
+        able = [c for c in rows if chance(c, ctx, idle=True) >= 0.5]
+        return min(able or rows, key=ctx.latency_ms)
+    near = [(p, c) for p, c in scored if p > 0.0 and p >= best - EPS]
+    if rng is None or len(near) == 1:
+        return max(near, key=lambda pc: (pc[0], -pc[1].cost_usd))[1]
+    x = rng.random() * sum(p for p, _ in near)
+    for p, c in near:
+        x -= p
+        if x < 0:
+            return c
+    return near[-1][1]
