@@ -55,7 +55,8 @@ FLEET_INSTANT = "switchyard-fleet-instant"
 NO_MOVE = "switchyard-no-move"  # the default before moves (issue 14)
 FASTEST_FALLBACK = "switchyard-fastest-fallback"  # the best effort before FALLBACK_BAND
 ONE_PROBE = "switchyard-one-probe"  # UNMEASURED_PROBES (measured, not the default)
-LOAD_OTHERS = (ONE_PROBE, FASTEST_FALLBACK, NO_MOVE, LEARNED, FLEET)  # load table
+LIST_COST = "switchyard-list-cost"  # choose_stream(share_batch=False), issue 14 (measured)
+LOAD_OTHERS = (ONE_PROBE, LIST_COST, FASTEST_FALLBACK, NO_MOVE, LEARNED, FLEET)  # load table
 SPEND_SCENARIO = "tokens-slowdown"  # where the money goes, per pool
 SPEND_POLICIES = ("switchyard", "lowest-latency")
 # written after the others; no parameter of placement/streams.py was chosen on them
@@ -133,7 +134,7 @@ def run(quick: bool) -> Section:
     main = [r for r in results if r.policy in POLICIES]
     variants = [r for r in results if r.policy not in POLICIES or r.policy == "switchyard"]
     loads = load_sensitivity(scenarios)
-    seeds = seed_check(scenarios, "switchyard", ONE_PROBE)
+    seeds = seed_check(scenarios, "switchyard", LIST_COST)
     notes = _notes(scenarios, results, variants, quick)
     notes += money_notes(scenarios, results, spent, quick)
     notes += [f"#### Load sensitivity (every region's rate ×{', ×'.join(map(str, LOAD_SCALES))}"
@@ -141,14 +142,15 @@ def run(quick: bool) -> Section:
               tokens_report.load_summary(loads),
               *(tokens_report.load_summary(loads, o) for o in LOAD_OTHERS),
               tokens_report.adoption_verdict(variants, loads, "switchyard", ONE_PROBE),
+              tokens_report.adoption_verdict(variants, loads, "switchyard", LIST_COST),
               tokens_report.adoption_verdict(variants, loads, FASTEST_FALLBACK, "switchyard"),
               tokens_report.default_verdict(variants, loads, NO_MOVE, "switchyard"),
               tokens_report.default_verdict(variants, loads, "switchyard", FLEET),
               f"#### Seed check (quick horizon, ×1 and every load, seeds "
-              f"+{', +'.join(map(str, SEED_OFFSETS))}): `{ONE_PROBE}` against "
-              "`switchyard`",
-              tokens_report.seed_table(seeds, "switchyard", ONE_PROBE),
-              tokens_report.seed_verdict(seeds, "switchyard", ONE_PROBE)]
+              f"+{', +'.join(map(str, SEED_OFFSETS))}): `{LIST_COST}` against "
+              "`switchyard` (`switchyard-one-probe`'s: ARCHITECTURE.md, 4 of 16 cases lower)",
+              tokens_report.seed_table(seeds, "switchyard", LIST_COST),
+              tokens_report.seed_verdict(seeds, "switchyard", LIST_COST)]
     return Section(title=TITLE, command=command_for(__name__, quick),
                    table=tokens_report.table(main), notes=notes,
                    elapsed_s=time.monotonic() - t0)
@@ -209,6 +211,7 @@ def _notes(scenarios: list[TokenScenario], results: list[tokens_report.TokenResu
         tokens_report.table(variants),
         *tokens_report.before_after(variants, "switchyard", ONE_PROBE),
         *tokens_report.warmup_notes(variants, "switchyard", ONE_PROBE),
+        *tokens_report.before_after(variants, "switchyard", LIST_COST),
         *tokens_report.before_after(variants, FASTEST_FALLBACK, "switchyard"),
         *tokens_report.before_after(variants, NO_MOVE, "switchyard"),
         *tokens_report.before_after(variants, "switchyard", LEARNED),
@@ -224,6 +227,14 @@ def _notes(scenarios: list[TokenScenario], results: list[tokens_report.TokenResu
         "stream(s) on it (`choose_stream(unmeasured_probes=...)`: one probe at a time until "
         "it is measured), and a best effort is judged among measured deployments (the seed "
         "check below decides whether it replaces the default).",
+        f"`{LIST_COST}` (issue 14): a deployment's predicted stream cost prices the decode "
+        "as if the stream ran alone there (`choose_stream(share_batch=False)`: price × "
+        "(prefill + max_tokens × TPOT)) instead of sharing it with this edge's own streams "
+        "there (÷ (load + 1)): an edge counts only its own streams, so the share discounts "
+        "the deployments it already uses against those other edges fill (which run the "
+        "fuller batches), and each edge ranks the fleet differently; priced alone, every edge "
+        "ranks it by price × speed alike. The seed check below decides whether it replaces "
+        "the default.",
         f"`{FASTEST_FALLBACK}`: a stream nothing is predicted to serve in time goes to the "
         "fastest deployment (lowest predicted TTFT + max_tokens × TPOT), the best effort "
         "before this round; the default takes the cheapest of those within "

@@ -103,6 +103,13 @@ FALLBACK_BAND = 0.1
 # seeds (``benchmarks.tokens``' seed check) tokens-chat ×1.5 fell 99.45 → 99.37 % on the
 # mean against a 0.01-point spread between the seeds: not kept by the rule.
 UNMEASURED_PROBES = 1
+# ``choose_stream(share_batch=False)`` (issue 14, not the default): the decode priced as if
+# the stream ran alone, not shared with this edge's own streams there (÷ (load + 1), which
+# discounts the deployments this edge uses against those other edges fill). Quick seed check
+# (``benchmarks.tokens``' ``switchyard-list-cost``): cheaper on the mean in 14 of 16 cases,
+# within both higher beyond the seeds' spread in 3, lower in 2 (chat ×1.5 −0.01, code ×1.5
+# −0.09 points): not kept by the rule.
+SHARE_BATCH = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +196,8 @@ class StreamChoice:
 def predict(c: Candidate, est: TokenEstimate | None, load: int, ask: StreamAsk,
             pending_tokens: int = 0, ttft_headroom: float = TTFT_HEADROOM,
             margin_ms: float | None = None, tpot_factor: float = 1.0,
-            others_tokens: int = 0, probes: int | None = None) -> StreamOption:
+            others_tokens: int = 0, probes: int | None = None,
+            share_batch: bool = SHARE_BATCH) -> StreamOption:
     """One deployment's predicted TTFT, TPOT and cost for ``ask`` (see the module docstring).
     The prediction must fit the objective less ``ttft_headroom``; with ``margin_ms``, the
     deployment's learned TTFT margin (``stream_guard``), the prediction plus the margin must
@@ -203,7 +211,8 @@ def predict(c: Candidate, est: TokenEstimate | None, load: int, ask: StreamAsk,
                             False, hit, load, 0)
     prefill = (ask.prompt_tokens - hit) * est.prefill_ms_per_token
     tpot = (est.tpot_base_ms + est.tpot_per_stream_ms * load) * tpot_factor
-    cost = est.usd_per_second * (prefill + ask.max_tokens * tpot / (load + 1)) / 1000.0
+    cost = est.usd_per_second * (prefill + ask.max_tokens * tpot
+                                 / ((load + 1) if share_batch else 1)) / 1000.0
     queued = max(pending_tokens, 0) + max(others_tokens, 0)
     ttft = c.rtt_ms + queued * est.prefill_ms_per_token + prefill
     margin = margin_ms or 0.0
@@ -248,7 +257,8 @@ def choose_stream(cands: Sequence[Candidate], estimates: Mapping[str, TokenEstim
                   fleet_load: bool = False,
                   fallback_band: float = FALLBACK_BAND,
                   max_cost_usd: float = math.inf,
-                  unmeasured_probes: int | None = None) -> StreamChoice:
+                  unmeasured_probes: int | None = None,
+                  share_batch: bool = SHARE_BATCH) -> StreamChoice:
     """The deployment for one stream (``cands`` already passed the call's hard filters).
     ``pending``: per deployment, the uncached prompt tokens of this edge's streams there that
     still wait for their first token (none known: empty). ``ttft_headroom``: the fraction of
@@ -268,6 +278,10 @@ def choose_stream(cands: Sequence[Candidate], estimates: Mapping[str, TokenEstim
     objective the fastest meets (0: the fastest). ``max_cost_usd``: the caller's cap
     (``x-max-cost-usd``); a deployment whose predicted stream cost is over it is not an
     option (one not yet measured predicts 0: the edge stops such a stream at the cap).
+    ``share_batch``: the predicted cost shares the decode with this edge's own streams there
+    (÷ (load + 1), the default); False prices it as if the stream ran alone (measured by
+    ``benchmarks.tokens``' ``switchyard-list-cost``, ``SHARE_BATCH``; the cap compares the
+    same prediction).
     ``unmeasured_probes``: an unmeasured deployment is feasible while this edge has fewer
     than this many streams on it, and with nothing feasible the best effort is among the
     measured deployments when there is one (None, the default: always feasible; measured by
@@ -280,7 +294,8 @@ def choose_stream(cands: Sequence[Candidate], estimates: Mapping[str, TokenEstim
     predicted = [predict(c, estimates.get(c.deployment_id), batch.get(c.deployment_id, 0), ask,
                          queued.get(c.deployment_id, 0), ttft_headroom,
                          margins.get(c.deployment_id), slower.get(c.deployment_id, 1.0),
-                         _others(reported.get(c.deployment_id)), unmeasured_probes)
+                         _others(reported.get(c.deployment_id)), unmeasured_probes,
+                         share_batch)
                  for c in cands]
     if max_cost_usd < math.inf:
         predicted = affordable(predicted, ask, max_cost_usd)

@@ -75,8 +75,9 @@ class Switchyard:
                  report_every_ms: float = REPORT_EVERY_MS,
                  push_delay_ms: float = PUSH_DELAY_MS, move: bool = True,
                  move_slack: float = 0.0, fallback_band: float = FALLBACK_BAND,
-                 probes: int | None = None) -> None:
+                 probes: int | None = None, share_batch: bool = True) -> None:
         self.name = name
+        self._share_batch = share_batch
         self._probes = probes
         self._fallback_band = fallback_band
         # move: each edge watches its decoding streams' pace (``placement.stream_move``) and
@@ -138,7 +139,8 @@ class Switchyard:
                                              if self._live_tpot else None),
                                fleet=fleet, fleet_load=self._fleet_load,
                                fallback_band=self._fallback_band,
-                               unmeasured_probes=self._probes)
+                               unmeasured_probes=self._probes,
+                               share_batch=self._share_batch)
         if not choice.slo_met:
             self.infeasible += 1
         dep = choice.candidate.deployment_id
@@ -346,7 +348,7 @@ POLICIES = ("switchyard", "round-robin", "least-loaded", "prefix-affinity", "low
 VARIANTS = ("switchyard-learned-margin", "switchyard-learned-band-only",
             "switchyard-no-guard-band", "switchyard-no-pending", "switchyard-live-tpot",
             "switchyard-no-move", "switchyard-fastest-fallback", "switchyard-one-probe",
-            "switchyard-fleet", "switchyard-fleet-instant")
+            "switchyard-fleet", "switchyard-fleet-instant", "switchyard-list-cost")
 # Measured once and rejected (``python -m benchmarks.tokens [--quick] --only NAME --scale S``;
 # within both objectives, chat/code/rag/slowdown), kept runnable:
 # - ``switchyard-move-slack10`` / ``-slack25``: a stream counts as missing only when staying
@@ -404,6 +406,7 @@ def make_policy(name: str, sim: TokenSim, seed: int) -> Policy:
         "switchyard-fleet-load": lambda: Switchyard(sim, name, fleet=True, fleet_load=True),
         "switchyard-fleet-work": lambda: Switchyard(sim, name, fleet=True, fleet_load=True,
                                                     fleet_work=True),
+        "switchyard-list-cost": lambda: Switchyard(sim, name, share_batch=False),
         "round-robin": RoundRobin,
         "least-loaded": LeastLoaded,
         "prefix-affinity": lambda: PrefixAffinity(seed),

@@ -255,3 +255,21 @@ def test_explain_names_every_deployment_and_the_choice() -> None:
     assert any(line.startswith("→ fast/llm") for line in lines)
     assert any("slow/llm" in line and "misses an objective" in line for line in lines)
     assert lines[-1].startswith("chose fast/llm")
+
+
+def test_priced_alone_a_stream_ignores_the_discount_of_this_edges_own_batch() -> None:
+    # same speed; "dear" costs 1.5x as much per second but this edge has a stream there
+    def est(usd_h: float) -> TokenEstimate:
+        return TokenEstimate(prefill_ms_per_token=0.1, tpot_base_ms=10.0,
+                             tpot_per_stream_ms=0.1, usd_per_second=usd_h / 3600)
+
+    cands = [cand("cheap"), cand("dear")]
+    estimates = {"cheap/llm": est(1.0), "dear/llm": est(1.5)}
+    loads = {"dear/llm": 1}
+    ask = StreamAsk(100, 200, ttft_ms=1000, tpot_ms=50)
+    shared = choose_stream(cands, estimates, loads, ask)
+    assert shared.candidate.backend_id == "dear"  # its decode shared by 2: 1530 < 2010
+    alone = choose_stream(cands, estimates, loads, ask, share_batch=False)
+    assert alone.candidate.backend_id == "cheap"
+    dear = next(o for o in alone.options if o.candidate.backend_id == "dear")
+    assert dear.cost_usd == pytest.approx(1.5 / 3600 * (100 * 0.1 + 200 * 10.1) / 1000)
