@@ -23,8 +23,21 @@ calls each deployment should take first, for one edge at a time:
 - a backend's cap only tightens as classes are added (one FIFO: a loose class placed on
   it later must not raise the wait of a tight class already there), and what other paths
   of the same edge send it (``reserved``, e.g. the slow path's calls) comes off first;
-- what no deployment has room for is spread over the feasible ones in proportion to their
-  room at full utilisation (overload spread evenly rather than piled on the cheapest);
+- what the feasible deployments have no room for spills to the class's fallback rows (the
+  rest of its order within the cap, ``Demand.fallback``: the rows only the hard filters
+  keep), as a per-call edge's fallback takes the fastest row with a slot of its own share
+  free once every feasible row is past its share: fastest first by their p95 without a
+  queue (RTT + service p95: the observed p95s near capacity carry the queues, which the
+  split plans itself), each up to the ``ρ*`` whose wait fits the SLO from there; a class
+  with no feasible row at all is split over its fallback rows this way. Before, the
+  overflow stayed on the feasible rows and a class with none went whole to its order's
+  first row (``held-out-near-capacity``'s Envoy row, quick: 71.79 %, the per-call policy
+  98.75 %; the tight classes' one feasible row or fastest fallback, e.g. one H100 with 2
+  slots, took 45 % of a 150 ms class the per-call edges spread over 8 backends; after:
+  92.41 %; the fallback by its p95 order up to 0.95 of its share: 88.63 %);
+- what no deployment has room for is spread over the feasible and fallback ones in
+  proportion to their room at full utilisation (overload spread evenly rather than piled
+  on the cheapest);
 - a class whose rate nobody has measured yet (``UNKNOWN``: an edge region placement has
   learned nothing of, at a cold start) is split over its feasible deployments in proportion
   to the calls/s each has room for, after the measured classes and without taking their
@@ -34,8 +47,9 @@ calls each deployment should take first, for one edge at a time:
   row's 925 late calls in the first 10 s of the quick day).
 
 Pure: rates and estimates are inputs, nothing is measured or timed here. The answer for a
-class is ``{deployment_id: fraction}`` (fractions sum to 1) over its feasible deployments;
-empty when it has none or no rate was seen (the route then keeps its one order).
+class is ``{deployment_id: fraction}`` (fractions sum to 1) over its feasible and fallback
+deployments; empty when it has none or no rate was seen (the route then keeps its one
+order).
 """
 
 from __future__ import annotations

@@ -33,8 +33,10 @@ Between pushes an edge then does what Envoy does, nothing more:
   closed unimplemented): the call fails;
 - a retry happens only for a status in ``retry_on`` (a dead backend's refused connection or
   reset, UNAVAILABLE; not RESOURCE_EXHAUSTED, which goes back to the caller), at most
-  ``num_retries`` times, and only while fewer than ``max_retries`` retries of the aggregate
-  are in flight at this edge (else the call fails with its last status). It goes to the next
+  ``num_retries`` times, and only while fewer retries than the budget of the aggregate the
+  call was routed through (its rotation's) are in flight at this edge (else the call fails
+  with its last status): its compiled ``min_retry_concurrency``, as an aggregate counts no
+  requests for the budget's percent (``clusters.retry_concurrency``). It goes to the next
   child not yet attempted (``previous_priorities``). What a failure excludes is read from
   the call's ``placement.attempts`` (the engine's): the deployment, and after UNAVAILABLE
   every variant on that server, where ``previous_priorities`` excludes only the child
