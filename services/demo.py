@@ -23,7 +23,7 @@ import tritonclient.grpc as tc
 from tritonclient.grpc import _utils as tc_utils
 
 from services.config import MeshConfig
-from services.render import table
+from services.render import cheaper_by, table
 
 TIGHT_SLO_MS, LOOSE_SLO_MS = 40.0, 400.0
 
@@ -137,9 +137,9 @@ def run_demo(cfg: MeshConfig, calls: int = 400) -> dict[str, list[Outcome]]:
     c_sw = sum(o.cost_usd for o in sw) / max(len(sw), 1)
     c_base = sum(o.cost_usd for o in base) / max(len(base), 1)
     if c_base > 0:
-        print(f"\nSwitchyard cost per call is {100 * (1 - c_sw / c_base):.1f}% lower than "
-              "always-fastest on the same mesh (prices: list prices from examples/prices.toml; "
-              "latency includes EMULATED inter-region RTT)")
+        print(f"\nSwitchyard cost per call is {cheaper_by(c_sw, c_base)} than always-fastest "
+              "on the same mesh (prices: list prices from examples/prices.toml; latency "
+              "includes EMULATED inter-region RTT)")
     from services.demo_streams import run_stream_demo
 
     run_stream_demo(cfg)  # LLM streams: TTFT/TPOT objectives, $ per 1M tokens

@@ -27,7 +27,7 @@ import grpc
 
 from services.config import MeshConfig
 from services.edge.tokens import llm_request, parse_token
-from services.render import table
+from services.render import cheaper_by, table
 
 STREAM = "/inference.GRPCInferenceService/ModelStreamInfer"
 PROMPT_TOKENS = 200
@@ -158,9 +158,8 @@ def run_stream_demo(cfg: MeshConfig, streams: int = 16) -> dict[str, list[Stream
     sw, base = (usd_per_1m_tokens(results[k]) for k in ("Switchyard", "fastest"))
     met = {k: sum(o.slo_met for o in v) for k, v in results.items()}
     if sw is not None and base:
-        change = 100 * (1 - sw / base)
         print(f"\nSwitchyard streams cost ${sw:.2f} per 1M tokens vs ${base:.2f} always-fastest "
-              f"({abs(change):.0f}% {'lower' if change >= 0 else 'higher'}); both objectives "
+              f"({cheaper_by(sw, base, 0)}); both objectives "
               f"met by {met['Switchyard']}/{streams} vs {met['fastest']}/{streams} streams "
               f"(token speed EMULATED, list prices; section took "
               f"{time.perf_counter() - t_section:.1f} s)")

@@ -7,6 +7,12 @@ from types import ModuleType
 from typing import Any
 
 
+def cheaper_by(ours: float, theirs: float, digits: int = 1) -> str:
+    """``ours`` against ``theirs`` (> 0) in words: "12.3% lower" or "4.0% higher"."""
+    change = 100 * (1 - ours / theirs)
+    return f"{abs(change):.{digits}f}% {'lower' if change >= 0 else 'higher'}"
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     cells = [[str(h) for h in headers], *[[str(c) for c in r] for r in rows]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
