@@ -66,7 +66,8 @@ def settings_for(n_pools: int, quick: bool) -> PlannerSettings:
     """
     return PlannerSettings(time_limit_s=10.0, mip_rel_gap=0.05,
                            spot_rule_where_possible=True, full_milp=n_pools <= 12,
-                           max_pools_per_class=8 if n_pools > 30 else 0)
+                           max_pools_per_class=8 if n_pools > 30 else 0,
+                           carry_what_fits=True)
 
 
 @dataclasses.dataclass
@@ -358,22 +359,35 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true", help="print, do not touch RESULTS.md")
     ap.add_argument("--no-solve-times", action="store_true",
                     help="leave the solve-time section (planner.plan on synthetic fleets) as is")
+    ap.add_argument("--solve-times-only", action="store_true",
+                    help="only the solve-time section (no simulated day)")
+    ap.add_argument("--results", type=pathlib.Path, default=RESULTS,
+                    help="the file the sections are written into (default: RESULTS.md)")
     args = ap.parse_args()
     from benchmarks.cost import write_section
+
+    if args.solve_times_only:
+        sec = solve_section(args.quick, alone=True)
+        if not args.no_write:
+            write_section(sec, args.results)
+            progress(f"provisioned: wrote '{sec.title}' into {args.results}")
+        print(sec.markdown())
+        return
 
     def written(sec: Section, done: list[pathlib.Path]) -> None:
         if done != sorted(SCENARIOS.glob("*.toml")):
             sec.command += "".join(
                 f" --scenario {p.relative_to(ROOT) if p.is_absolute() else p}" for p in done)
         if not args.no_write:
-            write_section(sec, RESULTS)
-            progress(f"provisioned: wrote '{sec.title}' ({len(done)} scenarios) into {RESULTS}")
+            write_section(sec, args.results)
+            progress(f"provisioned: wrote '{sec.title}' ({len(done)} scenarios) into "
+                     f"{args.results}")
 
     sections = run(args.quick, args.scenario or None, not args.no_solve_times, written)
     for sec in sections[1:]:  # the cost section is written as it grows
         if not args.no_write:
-            write_section(sec, RESULTS)
-            progress(f"provisioned: wrote '{sec.title}' into {RESULTS}")
+            write_section(sec, args.results)
+            progress(f"provisioned: wrote '{sec.title}' into {args.results}")
     for sec in sections:
         print(sec.markdown())
 

@@ -89,6 +89,10 @@ class PlannerSettings:
     # without a deployment in SLO is solved again, up to this many times, with each class's
     # shortfall added to its demand; the plan that leaves least short is kept (0 = off).
     route_rounds: int = 3
+    # When the pools' GPU limits cannot carry the forecast (max_gpus), plan what they can
+    # carry (each call/s left out priced far above any GPU; Plan.not_carried) instead of
+    # refusing, which keeps the plan in force (placement.planner._carry_what_fits).
+    carry_what_fits: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +122,8 @@ class Plan:
     gap: float = 0.0  # relative distance to the best lower bound found (0 = proven optimal)
     spot_alone: tuple[str, ...] = ()  # classes left on spot only (spot_rule_where_possible)
     solves: int = 1  # MILP solves it took: 1 + route rounds (planner._routed)
+    # (class key, calls/s) the pools' GPU limits cannot carry (carry_what_fits)
+    not_carried: tuple[tuple[str, float], ...] = ()
 
     def gpus(self) -> dict[str, int]:
         return {p.pool: p.gpus for p in self.pools}
@@ -132,6 +138,9 @@ class Plan:
         if self.spot_alone:
             lines.append(f"  on spot alone (no on-demand option fits): "
                          f"{', '.join(self.spot_alone)}")
+        if self.not_carried:
+            lines.append("  not carried (the pools' GPU limits): " + ", ".join(
+                f"{key} {rps:.2f}/s" for key, rps in self.not_carried))
         for p in self.pools:
             lines.append(f"  {p.pool}: {p.gpus} GPU(s) ${p.usd_per_hour:.2f}/h, "
                          f"{','.join(p.variants)}, utilisation {p.utilisation:.0%} "

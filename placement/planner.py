@@ -27,7 +27,10 @@ Minimise ``Σ_p usd_per_gpu_hour(p) · n[p]`` (plus a tiny cost per loaded varia
 - **spot**: each class with demand has a feasible variant loaded on an on-demand pool.
 
 When the solver finds no plan, the families above are dropped one at a time and the first
-whose removal makes the problem feasible is named (:class:`Infeasible`). Large instances
+whose removal makes the problem feasible is named (:class:`Infeasible`); with
+``carry_what_fits``, a forecast the pools' GPU limits cannot carry (``max_gpus``: an outage
+took a cloud's pools) is planned for what they can carry instead, each call/s left out at
+``SHED_USD`` (``Plan.not_carried``). Large instances
 are solved twice (:func:`_optimise`): restricted to the variants the LP relaxation loads, and
 in full under ``time_limit_s``; the cheaper plan is kept and ``Plan.gap`` says how far it may
 be from optimal (against the relaxation's bound, which is weak: integer GPUs). For large
@@ -37,7 +40,8 @@ measured by ``python -m benchmarks.provisioned``; ``group_pools`` solves groups 
 regions apart (:mod:`placement.plan_regions`). Edges route each call to the deployment
 cheapest per call within its SLO, not along the plan's flows: :func:`plan` and :func:`resize`
 check a plan with that rule (:mod:`placement.plan_route`) and solve again for the calls it
-leaves short (``route_rounds``). Inputs and results are
+leaves short (``route_rounds``; a round only when a class is short, restricted to what the
+last plan and the relaxation load: :func:`_reoptimise`). Inputs and results are
 :mod:`placement.plan_types`. Hysteresis (a new plan must pay for its churn) is
 :mod:`placement.replan`.
 """
@@ -79,6 +83,7 @@ FloatArray = npt.NDArray[np.float64]
 GPU_BOUND = 100_000.0  # GPUs per pool when its own limit is set aside (diagnosis only)
 RELAX_TIME_FACTOR = 10  # an LP relaxation is not cut short like a MILP: it gives the bound
 SPOT_SLACK_USD = 1_000.0  # per hour, per class left on spot alone (spot_rule_where_possible)
+SHED_USD = 10_000.0  # per hour, per call/s a plan cannot carry (carry_what_fits)
 FAMILIES = ("spot", "region_loss", "memory", "max_gpus")
 ROUTE_TOLERANCE = 1e-3  # share of the demand the edges' rule may leave short (plan_route)
 
@@ -120,6 +125,7 @@ class _Model:
     x: dict[tuple[int, str, str], int] = field(default_factory=dict)
     rho: dict[int, float] = field(default_factory=dict)  # per x column: ρ* of its class
     spot_slack: dict[int, int] = field(default_factory=dict)  # class -> its slack column
+    shed: dict[int, int] = field(default_factory=dict)  # class -> its calls/s not carried
     forced_alone: list[int] = field(default_factory=list)  # classes no on-demand pool serves
 
     @property
@@ -138,7 +144,9 @@ def _allowed(p: PlanPool, v: PlanVariant) -> bool:
     return not p.variants or v.name in p.variants
 
 
-def _build(problem: Problem, gpu_limits: bool = True) -> _Model:
+def _build(problem: Problem, gpu_limits: bool = True, shed: bool = False) -> _Model:
+    """The MILP (module doc); ``shed``: each class may leave calls/s uncarried at
+    ``SHED_USD`` per call/s-hour (a plan for what the pools can carry, ``carry_what_fits``)."""
     s = problem.settings
     md = _Model(problem)
     t: dict[tuple[str, int], int] = {}
@@ -173,6 +181,9 @@ def _build(problem: Problem, gpu_limits: bool = True) -> _Model:
             md.rows.add({xi: 1.0, **{t[p.id, li]: -k.rate_rps for li in tiers}}, -math.inf,
                         0, "slo")
             work[p.id][xi] = p.compute_ms(v) / 1000.0
+        if shed:
+            md.shed[ki] = md.var(SHED_USD, False, k.rate_rps)
+            served[md.shed[ki]] = 1.0
         md.rows.add(served, k.rate_rps, k.rate_rps, "demand")
     for p in problem.pools:
         share = p.concurrency_per_gpu * (1.0 - p.reclaim_risk)
@@ -392,7 +403,7 @@ def _optimise(md: _Model) -> tuple[FloatArray, float] | None:
     # within mip_rel_gap of the GPU cost, not of an objective a spot-rule slack inflates
     full_wanted = md.problem.settings.full_milp or best is None
     if full_wanted and (best is None or best.cost - bound > md.problem.settings.mip_rel_gap
-                        * (best.cost - SPOT_SLACK_USD * _slack(md, best.x)) + 1e-9):
+                        * (best.cost - _penalty(md, best.x)) + 1e-9):
         try:
             full = _solve(md)
         except _OutOfTime:
@@ -406,9 +417,9 @@ def _optimise(md: _Model) -> tuple[FloatArray, float] | None:
         elif best is None:
             return None
     assert best is not None
-    # The spot rule's slack is a penalty, not money: the gap is measured on GPU cost.
-    slack = sum(SPOT_SLACK_USD * best.x[col] for col in md.spot_slack.values())
-    cost = best.cost - slack
+    # The spot rule's slack and calls not carried are penalties, not money: the gap is
+    # measured on GPU cost.
+    cost = best.cost - _penalty(md, best.x)
     return best.x, min(1.0, max(0.0, (best.cost - bound) / cost)) if cost > 0 else 0.0
 
 
@@ -430,11 +441,19 @@ def _read(md: _Model, x: FloatArray, gap: float = 0.0) -> Plan:
     pools.sort(key=lambda pp: (pp.usd_per_hour, pp.pool))
     alone = tuple(problem.demand[ki].key for ki in sorted(
         [*md.forced_alone, *(ki for ki, col in md.spot_slack.items() if x[col] > 0.5)]))
-    return Plan(tuple(pools), sum(pp.usd_per_hour for pp in pools), gap, alone)
+    shed = tuple((problem.demand[ki].key, float(x[col])) for ki, col in sorted(md.shed.items())
+                 if x[col] > 1e-6)
+    return Plan(tuple(pools), sum(pp.usd_per_hour for pp in pools), gap, alone,
+                not_carried=shed)
 
 
 def _slack(md: _Model, x: FloatArray) -> float:
     return float(sum(x[col] for col in md.spot_slack.values()))
+
+
+def _penalty(md: _Model, x: FloatArray) -> float:
+    """The objective's part that is not GPU cost: spot-rule slack and calls not carried."""
+    return SPOT_SLACK_USD * _slack(md, x) + SHED_USD * float(sum(x[c] for c in md.shed.values()))
 
 
 class _OutOfTime(Exception):
@@ -514,6 +533,10 @@ def _plan(problem: Problem, previous: Plan | None = None) -> Plan | Infeasible:
         found = _optimise(md)
     if found is not None:
         return _read(md, *found)
+    if problem.settings.carry_what_fits:
+        carried = _carry_what_fits(problem, previous)
+        if carried is not None:
+            return carried
     for family in FAMILIES:
         if family == "max_gpus":
             fixes = _solve(_build(problem, gpu_limits=False)) is not None
@@ -523,6 +546,21 @@ def _plan(problem: Problem, previous: Plan | None = None) -> Plan | Infeasible:
             return Infeasible(family, _FAMILY_DETAIL[family])
     return Infeasible("combined", "no single constraint family explains it; capacity, "
                                   "memory and placement rules conflict together")
+
+
+def _carry_what_fits(problem: Problem, previous: Plan | None) -> Plan | None:
+    """The pools' GPU limits cannot carry the forecast (an outage takes a cloud's pools, a
+    burst passes every limit): the cheapest plan that carries the most calls/s within SLO,
+    what it cannot carry in ``Plan.not_carried``. Refusing instead keeps the plan in force,
+    made for pools that may be down and a demand that has changed. None when even that has
+    no plan: shedding frees only the demand and capacity rows, so a plan then exists exactly
+    when the others (memory, region loss, spot) hold together and the limits were the
+    cause (``max_gpus``), found without dropping each family in turn."""
+    md = _build(problem, shed=True)
+    found = _reoptimise(md, previous) if previous is not None else None
+    if found is None:
+        found = _optimise(md)
+    return None if found is None else _read(md, *found)
 
 
 def _reoptimise(md: _Model, previous: Plan) -> tuple[FloatArray, float] | None:
@@ -543,8 +581,7 @@ def _reoptimise(md: _Model, previous: Plan) -> tuple[FloatArray, float] | None:
         return None
     if found is None:
         return None
-    slack = SPOT_SLACK_USD * _slack(md, found.x)
-    cost = found.cost - slack
+    cost = found.cost - _penalty(md, found.x)
     return found.x, min(1.0, max(0.0, (found.cost - relaxed.bound) / cost)) if cost > 0 else 0.0
 
 
