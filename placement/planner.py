@@ -553,9 +553,11 @@ def _carry_what_fits(problem: Problem, previous: Plan | None) -> Plan | None:
     burst passes every limit): the cheapest plan that carries the most calls/s within SLO,
     what it cannot carry in ``Plan.not_carried``. Refusing instead keeps the plan in force,
     made for pools that may be down and a demand that has changed. None when even that has
-    no plan: shedding frees only the demand and capacity rows, so a plan then exists exactly
-    when the others (memory, region loss, spot) hold together and the limits were the
-    cause (``max_gpus``), found without dropping each family in turn."""
+    no plan: shedding frees only the demand rows, so a plan then exists exactly when the
+    other rules (memory, region loss, spot) hold together on the pools' limits, whichever
+    family the diagnosis would name (many-small-pools' afternoon was named ``memory``: with
+    the memory rule dropped, its limits carried the forecast). Tried before that diagnosis,
+    so a refusal costs no family solves."""
     md = _build(problem, shed=True)
     found = _reoptimise(md, previous) if previous is not None else None
     if found is None:
