@@ -225,8 +225,9 @@ def _notes(scenarios: list[TokenScenario], results: list[tokens_report.TokenResu
         "p95 and cost 0, so the cheapest), an option for any number of this edge's streams at "
         f"once by default, is feasible only while the edge has fewer than {UNMEASURED_PROBES} "
         "stream(s) on it (`choose_stream(unmeasured_probes=...)`: one probe at a time until "
-        "it is measured), and a best effort is judged among measured deployments (the seed "
-        "check below decides whether it replaces the default).",
+        "it is measured), and a best effort is judged among measured deployments (its seed "
+        "check, two seeds at ×1 and every load, found 4 of 16 cases lower beyond the seeds' "
+        "spread: not the default; ARCHITECTURE.md).",
         f"`{LIST_COST}` (issue 14): a deployment's predicted stream cost prices the decode "
         "as if the stream ran alone there (`choose_stream(share_batch=False)`: price × "
         "(prefill + max_tokens × TPOT)) instead of sharing it with this edge's own streams "
