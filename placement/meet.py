@@ -56,7 +56,14 @@ their observed p95s and learned margins grew until no row had a chance, and then
 fastest-by-estimate was a row 82 ms away for 80 ms calls); with ``IDLE_FIRST`` (only the
 rows whose p95 with a free slot fits, when any) on top of it: held-out-near-capacity
 98.29/98.36 %, held-out-many-models 97.82/99.03 % (the herd of ``pipeline.FALLBACK_IDLE_FIT``).
-Not re-run with ``W`` from M/M/c.
+``IDLE_FIRST`` with ``W`` from M/M/c (``--variants fallback-chance-idle-first``, seeds 0/1,
+on 2c5710a; against the rule as committed): held-out-near-capacity 98.16/94.72 % (2,589
+misses on seed 1, "queueing not foreseen" 1,508: every edge's fallback kept to the rows that
+fit idle, the herd again), held-out-many-models 99.25/99.23 % at 13.9 USD/1M,
+tight-three-variant 99.48/99.50 % at 14.4/15.6 (+9–13 %), single-cloud-hetero 99.56/99.49 %
+at 26.8/25.9 (+4–6 %). Off: "never a row that cannot meet the SLO even idle while one that
+can exists", held strictly, herds near capacity; here such a row is taken only when its
+chance is within ``EPS`` of the best.
 """
 
 from __future__ import annotations
