@@ -352,6 +352,31 @@ def run(quick: bool, paths: list[pathlib.Path] | None = None, solve_times: bool 
     return [cost, solve_section(quick)] if solve_times else [cost]
 
 
+def write_keeping_subsections(sec: Section, path: pathlib.Path) -> None:
+    """``benchmarks.cost.write_section``, keeping the dated ``###`` subsections that follow
+    the section's table (``write_section`` replaces everything up to the next ``##``, and a
+    full run dropped them)."""
+    from benchmarks.cost import write_section
+
+    head = f"## {sec.title}\n"
+    text = path.read_text() if path.exists() else ""
+    kept = ""
+    if head in text:
+        body = text[text.index(head):]
+        end = body.find("\n## ", 1)
+        body = body if end < 0 else body[:end + 1]
+        cut = body.find("\n### ")
+        kept = body[cut + 1:] if cut >= 0 else ""
+    write_section(sec, path)
+    if kept:
+        text = path.read_text()
+        start = text.index(head)
+        end = text.find("\n## ", start + 1)
+        end = len(text) if end < 0 else end + 1
+        text = text[:end].rstrip("\n") + "\n\n" + kept.rstrip("\n") + "\n" + text[end:]
+        path.write_text(text)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
@@ -364,12 +389,11 @@ def main() -> None:
     ap.add_argument("--results", type=pathlib.Path, default=RESULTS,
                     help="the file the sections are written into (default: RESULTS.md)")
     args = ap.parse_args()
-    from benchmarks.cost import write_section
 
     if args.solve_times_only:
         sec = solve_section(args.quick, alone=True)
         if not args.no_write:
-            write_section(sec, args.results)
+            write_keeping_subsections(sec, args.results)
             progress(f"provisioned: wrote '{sec.title}' into {args.results}")
         print(sec.markdown())
         return
@@ -379,14 +403,14 @@ def main() -> None:
             sec.command += "".join(
                 f" --scenario {p.relative_to(ROOT) if p.is_absolute() else p}" for p in done)
         if not args.no_write:
-            write_section(sec, args.results)
+            write_keeping_subsections(sec, args.results)
             progress(f"provisioned: wrote '{sec.title}' ({len(done)} scenarios) into "
                      f"{args.results}")
 
     sections = run(args.quick, args.scenario or None, not args.no_solve_times, written)
     for sec in sections[1:]:  # the cost section is written as it grows
         if not args.no_write:
-            write_section(sec, args.results)
+            write_keeping_subsections(sec, args.results)
             progress(f"provisioned: wrote '{sec.title}' into {args.results}")
     for sec in sections:
         print(sec.markdown())
