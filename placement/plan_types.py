@@ -131,6 +131,14 @@ class Plan:
     def loaded(self) -> dict[str, frozenset[str]]:
         return {p.pool: frozenset(p.variants) for p in self.pools}
 
+    def carried_note(self) -> str:
+        """What the plan leaves out because the pools' GPU limits cannot carry it ('' if
+        nothing)."""
+        if not self.not_carried:
+            return ""
+        return "not carried (the pools' GPU limits): " + ", ".join(
+            f"{key} {rps:.2f}/s" for key, rps in self.not_carried)
+
     def explain(self) -> str:
         lines = [f"plan: ${self.usd_per_hour:.2f}/h"
                  + (f" (within {self.gap:.1%} of the solver's lower bound)"
@@ -139,8 +147,7 @@ class Plan:
             lines.append(f"  on spot alone (no on-demand option fits): "
                          f"{', '.join(self.spot_alone)}")
         if self.not_carried:
-            lines.append("  not carried (the pools' GPU limits): " + ", ".join(
-                f"{key} {rps:.2f}/s" for key, rps in self.not_carried))
+            lines.append("  " + self.carried_note())
         for p in self.pools:
             lines.append(f"  {p.pool}: {p.gpus} GPU(s) ${p.usd_per_hour:.2f}/h, "
                          f"{','.join(p.variants)}, utilisation {p.utilisation:.0%} "

@@ -97,6 +97,11 @@ class CapacityConfig(_Strict):
     # spread onto another variant, is not demand); they ride on what is loaded.
     min_class_rps: float = Field(default=0.2, ge=0)
     survive_region_loss: bool = True
+    # A forecast the pools' GPU limits (max_gpus) cannot carry, as when an outage takes a
+    # cloud's pools: plan for what they can carry and name the rest (Plan.not_carried, in
+    # `switchyard plan`'s why), rather than refuse and keep a plan for pools that are down
+    # (placement.planner._carry_what_fits; the provisioned-cost benchmark's planner runs so)
+    carry_what_fits: bool = True
     memory_headroom: float = Field(default=0.1, ge=0, lt=1)
     # churn: a flat price per GPU added or removed, and each GPU added billed for its cold
     # start (a flat price above a cheap GPU's hourly price never lets that GPU go)

@@ -203,7 +203,8 @@ class CapacityLoop:
                        self.catalog.rtt, PlannerSettings(
                            memory_headroom=self.settings.memory_headroom,
                            survive_region_loss=self.settings.survive_region_loss,
-                           time_limit_s=self.settings.solve_time_limit_s))
+                           time_limit_s=self.settings.solve_time_limit_s,
+                           carry_what_fits=self.settings.carry_what_fits))
 
     def measured_compute_ms(self, variant: str) -> float | None:
         """``variant``'s compute on a speed-1 GPU as the loop's own instances measured it
@@ -261,7 +262,9 @@ class CapacityLoop:
             # the same target keeps its id: an operator approving it is not refused
             proposal = Proposal(old.id if same and old is not None else uuid.uuid4().hex[:12],
                                 decision, problem, self.wall())
-            self.state.reason = f"{trigger}: {decision.reason}"
+            carried = decision.plan.carried_note()
+            self.state.reason = f"{trigger}: {decision.reason}" + (
+                f"; {carried}" if carried else "")
             if not decision.adopt:
                 self.state.proposal, self.state.pending = proposal, False
                 log.info("capacity.kept", trigger=trigger, reason=decision.reason)

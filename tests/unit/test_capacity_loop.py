@@ -390,3 +390,26 @@ def test_instance_statistics_count_from_the_warm_up_baseline(tmp_path: pathlib.P
     restarted = ModelStats(variant="small", inference_count=1, compute_infer_ns=5)
     assert reader._since_baseline("east-1", restarted) == restarted  # counters went back
     assert reader._since_baseline("other", now) == now  # no baseline: as reported
+
+
+@pytest.mark.parametrize("carry", [True, False])
+async def test_demand_past_the_pools_limits_is_planned_for_what_they_carry(
+        tmp_path: pathlib.Path, carry: bool) -> None:
+    """More calls than two GPUs can serve within the SLO: by default the loop plans the
+    pool's limit and says what it leaves out (the benchmark's planner runs so); with
+    ``carry_what_fits = false`` the re-plan is refused and audited, as before."""
+    rig = Rig(tmp_path, carry_what_fits=carry)
+    rig.calls("static-1/small", 2000.0)
+    rig.loop.observe()
+    with capture_logs() as logs:
+        proposal = await rig.loop.replan("test")
+    if carry:
+        assert proposal is not None
+        plan = proposal.decision.plan
+        assert plan.gpus() == {"east": 2}
+        assert plan.not_carried and sum(rps for _, rps in plan.not_carried) > 0
+        assert "not carried" in rig.loop.state.reason
+        assert "capacity.infeasible" not in events(logs)
+    else:
+        assert proposal is None
+        assert "capacity.infeasible" in events(logs)
