@@ -195,10 +195,15 @@ async def running_mesh(cfg: MeshConfig, tritons: dict[str, TritonProcess],
 
 
 async def wait_measured(mesh: Mesh, within_s: float = 30.0) -> None:
-    """Until every summarize candidate in the edge's table has measured estimates."""
+    """Until the edge holds this placement's tables (not the snapshot an earlier mesh in the
+    same run directory persisted: its rows carry that mesh's learning, e.g. the fleet's token
+    speeds, so a test would start from another test's state) and every summarize candidate in
+    them has measured estimates."""
     def measured() -> bool:
-        cands = mesh.edge.router.store.candidates.get("summarize", ())
-        return bool(cands) and all("no measurements" not in c.penalty_reason for c in cands)
+        store = mesh.edge.router.store
+        cands = store.candidates.get("summarize", ())
+        return (store.source == "placement" and bool(cands)
+                and all("no measurements" not in c.penalty_reason for c in cands))
 
     try:
         await eventually(measured, within_s, "the route table has measurements", poll_s=0.1)

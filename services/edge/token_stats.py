@@ -32,6 +32,11 @@ ALPHA = 0.2  # EWMA weight of a new prefill sample
 DECAY = 0.9  # weight kept by older TPOT samples in the least-squares fit
 MAX_SESSIONS = 10_000
 OWN_MIN_WEIGHT = 3.0  # own TPOT samples (decayed) before the edge trusts itself over the fleet
+# A prefill measured as 0 (the first token came within the row's RTT: a short prompt on a
+# loaded host) is reported as this many ms per token, because on the wire 0 means "not
+# measured" and placement would never publish the deployment's speed (the edge, trusting its
+# own 0, would not measure it again). Below anything a real GPU prefills at.
+MEASURED_ZERO_PREFILL_MS = 1e-4
 
 
 def usd_per_second(c: Candidate) -> float:
@@ -154,8 +159,10 @@ class StreamStats:
         out = {}
         for dep, s in self._learned.items():
             line = s.tpot_line()
+            prefill = s.prefill_ms_per_token
             out[dep] = StreamSeen(
-                prefill_ms_per_token=s.prefill_ms_per_token or 0.0,
+                prefill_ms_per_token=(0.0 if prefill is None
+                                      else max(prefill, MEASURED_ZERO_PREFILL_MS)),
                 tpot_base_ms=line[0] if line else 0.0,
                 tpot_per_stream_ms=line[1] if line else 0.0, weight=s.w if line else 0.0,
                 attempts=s.attempts, tokens_in=s.tokens_in, tokens_out=s.tokens_out,

@@ -20,7 +20,12 @@ from services.convert import (
     stream_seen_from_pb,
     stream_seen_to_pb,
 )
-from services.edge.token_stats import OWN_MIN_WEIGHT, StreamMeter, StreamStats
+from services.edge.token_stats import (
+    MEASURED_ZERO_PREFILL_MS,
+    OWN_MIN_WEIGHT,
+    StreamMeter,
+    StreamStats,
+)
 
 FIT_A = StreamSeen(prefill_ms_per_token=0.25, tpot_base_ms=10.0, tpot_per_stream_ms=1.0,
                    weight=3.0)
@@ -151,3 +156,19 @@ def test_report_carries_the_fit_and_resets_the_window() -> None:
     (again,) = stats.report().values()
     assert (again.attempts, again.tokens_out, again.output_usd) == (0, 0, 0.0)
     assert again.tpot_base_ms == seen.tpot_base_ms  # the fit is re-sent (it keeps it fresh)
+
+
+def test_a_prefill_measured_as_zero_is_reported_as_measured() -> None:
+    """The first token came within the row's RTT (a loaded host): the prefill is measured,
+    at 0, and the report must not say "not measured" (0 on the wire), or placement never
+    publishes the deployment's speed."""
+    stats = StreamStats()
+    stats.observe("b/llm", prefill_ms=0.0, uncached_tokens=60, tpot_ms=10.0, load=0)
+    (seen,) = stats.report().values()
+    assert seen.prefill_ms_per_token == MEASURED_ZERO_PREFILL_MS
+    learning = TokenLearning()
+    learning.observe("edge", "b/llm", seen, 0.0)
+    speed = learning.speed("b/llm", 0.0)
+    assert speed is not None and speed.prefill_ms_per_token == MEASURED_ZERO_PREFILL_MS
+    stats.observe("c/llm", prefill_ms=5.0, uncached_tokens=0, tpot_ms=10.0, load=0)
+    assert stats.report()["c/llm"].prefill_ms_per_token == 0.0  # never prefilled: unmeasured
