@@ -85,12 +85,37 @@ def deployment_cluster(c: placement_pb2.Candidate, s: EnvoySettings) -> cluster_
         # one host is ejected, uses it anyway instead of answering "no healthy upstream".
         # Only the route's own order is ever tried, so no call's hints are weakened.
         "common_lb_config": {"healthy_panic_threshold": {"value": PANIC_THRESHOLD_PERCENT}},
+        "health_checks": health_checks(s),
         "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{
             "endpoint": {"address": address(c.endpoint)},
             "metadata": {"filter_metadata": {lua.METADATA_NAMESPACE: {
                 "deployment": c.deployment_id, "variant": c.variant,
                 "backend": c.backend_id, "region": c.region}}}}]}]},
     }, cluster_pb2.Cluster())
+
+
+def health_checks(s: EnvoySettings) -> list[dict[str, Any]]:
+    """A deployment cluster's active checks: Triton's ``grpc.health.v1`` ``Check`` (SERVING
+    while the server is ready), so a backend that stops answering (stopped, wedged, a port
+    that accepts and never replies) is found without spending a call's attempt on it, and
+    one that refuses is found before the first call. Outlier detection stays: a backend the
+    checks find healthy whose calls fail or time out is still ejected.
+
+    A new cluster is warming (invisible to routing) until its first check is done, pass or
+    fail; the ADS server sends a new deployment cluster alone and what names it only after
+    Envoy's ACK, which Envoy holds back until no cluster is warming (``pushes.py``). Its
+    first check passed, a host is healthy at once; after that ``health_unhealthy`` failures
+    in a row (about ``health_unhealthy`` × (interval + timeout) for a hung backend) mark it
+    unhealthy and ``health_healthy`` passes bring it back. No initial jitter: it would delay
+    warming. An Envoy holding N deployment clusters checks about N per second while they
+    carry calls, N / ``health_idle_s`` while they carry none."""
+    if s.health_interval_s is None:
+        return []
+    return [{"timeout": f"{s.health_timeout_s}s", "interval": f"{s.health_interval_s}s",
+             "interval_jitter": f"{s.health_interval_s / 10}s",
+             "no_traffic_interval": f"{s.health_idle_s}s",
+             "unhealthy_threshold": s.health_unhealthy, "healthy_threshold": s.health_healthy,
+             "grpc_health_check": {}}]
 
 
 # A deployment cluster's one host is used even when ejected (Envoy's panic mode) whenever the

@@ -66,6 +66,16 @@ class EnvoySettings:
     # rest of a 10,000-deployment order was bytes no call reached (issues 12 + 15). None:
     # ``order_cap_default``.
     order_cap: int | None = None
+    # Active gRPC health checks of each deployment cluster (``grpc.health.v1``, which
+    # Triton serves): ``None`` interval turns them off. 1 s while the cluster carries calls,
+    # ``health_idle_s`` while it carries none (a standby in an order, a drained
+    # deployment); a check is one small unary call on a connection of its own, so an Envoy
+    # holding N deployment clusters makes about N/s of them (``clusters.health_checks``).
+    health_interval_s: float | None = 1.0
+    health_timeout_s: float = 1.0
+    health_idle_s: float = 5.0
+    health_unhealthy: int = 2  # failed checks in a row before a host is unhealthy
+    health_healthy: int = 2  # passed checks in a row before it is healthy again
 
     @property
     def buffer_bytes(self) -> int:
@@ -91,8 +101,15 @@ class Resource:
     message: Message
 
 
+DEPLOYMENT_PREFIX = "dep:"
+
+
 def cluster_name(deployment_id: str) -> str:
-    return f"dep:{deployment_id}"
+    return f"{DEPLOYMENT_PREFIX}{deployment_id}"
+
+
+def is_deployment_cluster(name: str) -> bool:
+    return name.startswith(DEPLOYMENT_PREFIX)
 
 
 def model_cluster_name(model: str, slo_class: int | None = None) -> str:

@@ -7,7 +7,8 @@ the same way) plus a session (``session.py``). When the hub publishes a change f
 stream's region, or Envoy (un)subscribes, ACKs or NACKs, the stream compiles the region's
 tables (once per hub version, shared by every Envoy of the region; between publishes every
 ``learn_every_s`` while the region's access log taught placement something,
-``learning.py``) and sends what changed per resource type, clusters first. With
+``learning.py``) and sends what changed per resource type, clusters first, a new deployment
+cluster alone and what names it only once Envoy has warmed it (``pushes.py``). With
 ``[[placement.shards]]`` the tables are read through a ``federation.Federation`` instead of
 the hub: this shard's rows merged with every other shard's, and the access log's
 observations forwarded to the shard owning each deployment.
@@ -52,6 +53,7 @@ from services.xds.federation import Federation, TableSource
 from services.xds.feedback import AccessLogFeedback
 from services.xds.learning import RegionLearning
 from services.xds.listener import tenant_sans
+from services.xds.pushes import WARM_HOLD_S, PushOrder
 from services.xds.resources import (
     CLUSTER,
     LISTENER,
@@ -139,6 +141,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         self.pushes = 0
         self.pushed_bytes = 0  # serialized responses, for the push-cost benchmark
         self.on_reply: Callable[[Session], None] | None = None  # hook: Envoy ACKed or NACKed
+        self.warm_hold_s = WARM_HOLD_S  # longest wait for Envoy to warm new clusters
         self.feedback: AccessLogFeedback | None = None  # Envoy's calls, as observations
         # what the access log taught placement of each region (fed by ``feedback``)
         self.learning = RegionLearning()
@@ -364,36 +367,38 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         log.info("xds_stream_open", node=session.node_id, region=region,
                  listen=f"{host}:{port}", slow_path_port=slow_port,
                  protocol=type(session).__name__)
+        order = PushOrder(session, self.warm_hold_s)
+        loop = asyncio.get_running_loop()
         try:
             while not closed.is_set() or inbox:
-                await kick.wait()
+                hold = order.wait_s(loop.time())
+                if hold is None:
+                    await kick.wait()
+                else:  # for Envoy's answer to new clusters, or the hold's end (``pushes.py``)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(kick.wait(), hold)
                 kick.clear()
                 asked = self.hub.version
                 replied = any(req.response_nonce for req in inbox)
                 for req in inbox:
                     session.receive(req)
+                    order.receive(req)
                 inbox.clear()
                 if replied and self.on_reply is not None:
                     self.on_reply(session)
+                if (hold := order.wait_s(loop.time())) is not None and hold > 0:
+                    continue  # the region's changes wait for the new clusters to warm
                 rc = await self.region_config_async(region)
                 if self.stale(region, asked) and not closed.is_set():
                     kick.set()  # woken after the compile this push is from began: again
                 offered = self.offer(region, host, port, slow_port, rc)
                 delta = self.cluster_delta(region, slow_port, offered[CLUSTER])
-                # Make before break: new clusters (kept beside the ones they replace) before
-                # the listener and routes that name them; clusters no route names, last.
-                steps: list[tuple[str, dict[str, Resource], bool]] = [
-                    (CLUSTER, offered[CLUSTER], True), (LISTENER, offered[LISTENER], False),
-                    (ROUTE, offered[ROUTE], False), (CLUSTER, offered[CLUSTER], False)]
-                for t, resources, keep in steps:
-                    resp = session.push(t, resources, str(self.hub.version),
-                                        delta=delta if t == CLUSTER else None, keep=keep)
-                    if resp is not None:
-                        self.pushes += 1
-                        self.pushed_bytes += resp.ByteSize()
-                        log.debug("xds_push", node=session.node_id, type_url=t,
-                                  nonce=resp.nonce, resources=len(resp.resources))
-                        yield resp
+                for resp in order.pushes(offered, str(self.hub.version), delta, loop.time()):
+                    self.pushes += 1
+                    self.pushed_bytes += resp.ByteSize()
+                    log.debug("xds_push", node=session.node_id, type_url=resp.type_url,
+                              nonce=resp.nonce, resources=len(resp.resources))
+                    yield resp
         finally:
             for task in tasks:
                 task.cancel()

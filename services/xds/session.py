@@ -196,6 +196,21 @@ class DeltaSession:
             del have[n]
         return resp
 
+    def new_names(self, type_url: str, offered: Mapping[str, Resource],
+                  delta: Delta | None = None) -> list[str]:
+        """The names of ``offered`` this Envoy does not hold (sorted); from ``delta`` without
+        walking ``offered`` when what it holds is known."""
+        have = self.sent.get(type_url, {})
+        how, what = self._holds.get(type_url, ("unknown", None))
+        if how == "all" and what is offered:
+            return []
+        if delta is not None and delta.after is offered:
+            if how == "kept" and what is delta:
+                return []
+            if how == "all" and what is delta.before:
+                return [n for n in delta.changed if n not in have]
+        return sorted(n for n in offered if n not in have)
+
     def _shortcut(self, type_url: str, offered: Mapping[str, Resource], delta: Delta | None,
                   keep: bool) -> tuple[Sequence[str], Sequence[str]] | None:
         """(names that may have changed, names that may be gone) without walking
@@ -221,6 +236,7 @@ class SotwSession:
     unanswered: set[str] = field(default_factory=set)  # (re)subscribed, owed a response
     replies: Replies = field(init=False)
     _last: dict[str, Mapping[str, Resource]] = field(default_factory=dict)  # offered, by type
+    _held: dict[str, frozenset[str]] = field(default_factory=dict)  # names last sent, by type
 
     def __post_init__(self) -> None:
         self.replies = Replies(self.node_id)
@@ -228,6 +244,12 @@ class SotwSession:
     @property
     def opened(self) -> set[str]:
         return set(self.names)
+
+    def new_names(self, type_url: str, offered: Mapping[str, Resource],
+                  delta: Delta | None = None) -> list[str]:
+        """The names of ``offered`` not in the last set this Envoy was sent (sorted)."""
+        held = self._held.get(type_url, frozenset())
+        return sorted(n for n in offered if n not in held)
 
     def receive(self, req: discovery_pb2.DiscoveryRequest) -> None:
         t = req.type_url
@@ -257,6 +279,7 @@ class SotwSession:
             return None
         self.unanswered.discard(type_url)
         self.sent[type_url] = version
+        self._held[type_url] = frozenset(want)
         return discovery_pb2.DiscoveryResponse(
             type_url=type_url, version_info=version, nonce=self.replies.issue(type_url),
             resources=[_pack(r) for _, r in sorted(want.items())])

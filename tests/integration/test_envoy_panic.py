@@ -38,7 +38,8 @@ INFER = lua.SERVICE_PATH + "ModelInfer"
 
 @dataclass
 class FakeBackend:
-    """EMULATED backend: answers UNAVAILABLE while ``down``, else its name; counts calls."""
+    """EMULATED backend: answers UNAVAILABLE while ``down``, else its name; counts calls;
+    SERVING to Envoy's gRPC health checks, uncounted."""
 
     name: str
     down: bool = False
@@ -53,9 +54,13 @@ class FakeBackend:
                 await ctx.abort(grpc.StatusCode.UNAVAILABLE, f"{self.name} is down")
             return self.name.encode()
 
+        async def health(_req: bytes, _ctx: Any) -> bytes:
+            return b"\x08\x01"  # grpc.health.v1 HealthCheckResponse: SERVING (Envoy's checks)
+
         class Handler(grpc.GenericRpcHandler):
-            def service(self, _details: Any) -> grpc.RpcMethodHandler[bytes, bytes]:
-                return grpc.unary_unary_rpc_method_handler(handler)
+            def service(self, details: Any) -> grpc.RpcMethodHandler[bytes, bytes]:
+                return grpc.unary_unary_rpc_method_handler(
+                    health if details.method == "/grpc.health.v1.Health/Check" else handler)
 
         self.server = grpc.aio.server()
         self.server.add_generic_rpc_handlers([Handler()])
