@@ -59,4 +59,5 @@ def join(plans: list[Plan]) -> Plan:
     return Plan(tuple(pools), sum(p.usd_per_hour for p in plans),
                 max((p.gap for p in plans), default=0.0),
                 tuple(k for p in plans for k in p.spot_alone), sum(p.solves for p in plans),
-                tuple(k for p in plans for k in p.not_carried))
+                tuple(k for p in plans for k in p.not_carried),
+                sum(p.cut_short for p in plans))

@@ -66,6 +66,10 @@ class PlannerSettings:
     survive_region_loss: bool = True
     tiers: tuple[float, ...] = (0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9)
     slo_margin_ms: float = 0.0
+    # A wall-clock safety net per HiGHS run, not the limit that decides a plan: a run it stops
+    # depends on the host's load (``Plan.cut_short`` counts them). ``node_limit`` is the
+    # limit: branch-and-bound nodes per MILP run, deterministic, so the same problem gives
+    # the same plan on any host (0 = none).
     time_limit_s: float = 30.0
     mip_rel_gap: float = 1e-4
     # A baseline, not a policy: every pool runs >= 1 GPU with every variant it may load
@@ -93,6 +97,8 @@ class PlannerSettings:
     # carry (each call/s left out priced far above any GPU; Plan.not_carried) instead of
     # refusing, which keeps the plan in force (placement.planner._carry_what_fits).
     carry_what_fits: bool = False
+    # Branch-and-bound nodes per MILP run (HiGHS ``mip_max_nodes``; see ``time_limit_s``).
+    node_limit: int = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +130,9 @@ class Plan:
     solves: int = 1  # MILP solves it took: 1 + route rounds (planner._routed)
     # (class key, calls/s) the pools' GPU limits cannot carry (carry_what_fits)
     not_carried: tuple[tuple[str, float], ...] = ()
+    # HiGHS runs stopped by the wall-clock safety net (PlannerSettings.time_limit_s) rather
+    # than by the node limit or the gap: a plan with any depends on the host's load.
+    cut_short: int = 0
 
     def gpus(self) -> dict[str, int]:
         return {p.pool: p.gpus for p in self.pools}
@@ -139,6 +148,14 @@ class Plan:
         return "not carried (the pools' GPU limits): " + ", ".join(
             f"{key} {rps:.2f}/s" for key, rps in self.not_carried)
 
+    def cut_short_note(self) -> str:
+        """Whether the wall-clock safety net stopped a solve ('' if not): such a plan is not
+        reproducible (another host, or this one under another load, finds another)."""
+        if not self.cut_short:
+            return ""
+        return (f"{self.cut_short} solver run(s) stopped by the wall-clock safety net, not the "
+                f"node limit: this plan depends on the host's load")
+
     def explain(self) -> str:
         lines = [f"plan: ${self.usd_per_hour:.2f}/h"
                  + (f" (within {self.gap:.1%} of the solver's lower bound)"
@@ -148,6 +165,8 @@ class Plan:
                          f"{', '.join(self.spot_alone)}")
         if self.not_carried:
             lines.append("  " + self.carried_note())
+        if self.cut_short:
+            lines.append("  " + self.cut_short_note())
         for p in self.pools:
             lines.append(f"  {p.pool}: {p.gpus} GPU(s) ${p.usd_per_hour:.2f}/h, "
                          f"{','.join(p.variants)}, utilisation {p.utilisation:.0%} "

@@ -32,8 +32,11 @@ whose removal makes the problem feasible is named (:class:`Infeasible`); with
 took a cloud's pools) is planned for what they can carry instead, each call/s left out at
 ``SHED_USD`` (``Plan.not_carried``). Large instances
 are solved twice (:func:`_optimise`): restricted to the variants the LP relaxation loads, and
-in full under ``time_limit_s``; the cheaper plan is kept and ``Plan.gap`` says how far it may
-be from optimal (against the relaxation's bound, which is weak: integer GPUs). For large
+in full; the cheaper plan is kept and ``Plan.gap`` says how far it may be from optimal
+(against the relaxation's bound, which is weak: integer GPUs). Each MILP run stops at
+``node_limit`` branch-and-bound nodes, a deterministic limit: the same problem gives the same
+plan on any host and under any load. ``time_limit_s`` is only a wall-clock safety net; a run
+it stops is counted in ``Plan.cut_short`` (the plan's why says so). For large
 fleets, ``full_milp=False`` skips the full MILP and ``max_pools_per_class`` keeps each class's
 cheapest pools per call (see :func:`_candidates`): solve time at 10, 100 and 1,000 pools is
 measured by ``python -m benchmarks.provisioned``; ``group_pools`` solves groups of nearby
@@ -127,6 +130,7 @@ class _Model:
     spot_slack: dict[int, int] = field(default_factory=dict)  # class -> its slack column
     shed: dict[int, int] = field(default_factory=dict)  # class -> its calls/s not carried
     forced_alone: list[int] = field(default_factory=list)  # classes no on-demand pool serves
+    cut_short: int = 0  # HiGHS runs the wall-clock safety net stopped (Plan.cut_short)
 
     @property
     def by_id(self) -> dict[str, PlanPool]:
@@ -345,14 +349,24 @@ def _solve(md: _Model, drop: str = "", fixed: Plan | None = None, relax: bool = 
             lower[col] = upper[col] = gpus.get(pid, 0)
         for (pid, v), col in md.y.items():
             lower[col] = upper[col] = float(v in loaded.get(pid, frozenset()))
+    options: dict[str, float] = {
+        "time_limit": s.time_limit_s * (RELAX_TIME_FACTOR if relax else 1),
+        "mip_rel_gap": s.mip_rel_gap}
+    if s.node_limit > 0 and not relax:
+        options["node_limit"] = s.node_limit
     res = milp(np.array(md.cost), integrality=np.zeros(len(md.cost)) if relax
                else np.array(md.integral),
                bounds=Bounds(lower, upper), constraints=md.rows.constraint(len(md.cost), drop),
-               options={"time_limit": s.time_limit_s * (RELAX_TIME_FACTOR if relax else 1),
-                        "mip_rel_gap": s.mip_rel_gap})
+               options=options)
+    if res.status == 1:  # the wall-clock safety net (or an LP's iteration limit), not the nodes
+        md.cut_short += 1
     if res.x is None:
         if res.status == 1:
-            raise _OutOfTime(f"no plan found within {s.time_limit_s:g} s")
+            raise _OutOfTime("time_limit", f"no plan found within {s.time_limit_s:g} s (the "
+                                           "wall-clock safety net)")
+        if "HiGHS Status 16" in str(res.message):  # kSolutionLimit: the node limit
+            raise _OutOfTime("node_limit", f"no plan found within {s.node_limit} "
+                                           "branch-and-bound nodes")
         return None
     bound = getattr(res, "mip_dual_bound", None)
     return _Solution(np.asarray(res.x), float(res.fun),
@@ -444,7 +458,7 @@ def _read(md: _Model, x: FloatArray, gap: float = 0.0) -> Plan:
     shed = tuple((problem.demand[ki].key, float(x[col])) for ki, col in sorted(md.shed.items())
                  if x[col] > 1e-6)
     return Plan(tuple(pools), sum(pp.usd_per_hour for pp in pools), gap, alone,
-                not_carried=shed)
+                not_carried=shed, cut_short=md.cut_short)
 
 
 def _slack(md: _Model, x: FloatArray) -> float:
@@ -457,7 +471,11 @@ def _penalty(md: _Model, x: FloatArray) -> float:
 
 
 class _OutOfTime(Exception):
-    pass
+    """A HiGHS run stopped by a limit before it found any plan (``constraint``: which)."""
+
+    def __init__(self, constraint: str, detail: str) -> None:
+        super().__init__(detail)
+        self.constraint = constraint
 
 
 def plan(problem: Problem) -> Plan | Infeasible:
@@ -476,7 +494,7 @@ def plan(problem: Problem) -> Plan | Infeasible:
     try:
         return _routed(problem, _plan)
     except _OutOfTime as exc:
-        return Infeasible("time_limit", str(exc))
+        return Infeasible(exc.constraint, str(exc))
 
 
 Solver = Callable[[Problem, Plan | None], Plan | Infeasible]
@@ -502,6 +520,7 @@ def _routed(problem: Problem, solve: Solver) -> Plan | Infeasible:
     check = plan_route.Shortfall(problem)
     short = check(found)
     best, least, last, solves = found, sum(short.values()), found, 1
+    cut = found.cut_short
     asked = problem
     for _ in range(rounds):
         if not short or least <= tolerance:
@@ -514,10 +533,11 @@ def _routed(problem: Problem, solve: Solver) -> Plan | Infeasible:
         if isinstance(again, Infeasible):
             break
         last = again
+        cut += again.cut_short
         short = check(again)
         if sum(short.values()) < least - 1e-9:
             best, least = again, sum(short.values())
-    return dataclasses.replace(best, solves=solves)
+    return dataclasses.replace(best, solves=solves, cut_short=cut)
 
 
 def _plan(problem: Problem, previous: Plan | None = None) -> Plan | Infeasible:
@@ -627,7 +647,7 @@ def _solve_current(md: _Model, infeasible: str, fixed: Plan | None = None,
     try:
         found = _solve(md, fixed=fixed, allow=allow)
     except _OutOfTime as exc:
-        return Infeasible("time_limit", str(exc))
+        return Infeasible(exc.constraint, str(exc))
     if found is None:
         return Infeasible("current", infeasible)
     return _read(md, found.x)

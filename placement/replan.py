@@ -18,6 +18,7 @@ loaded becomes a full plan), for the live loop and the provisioned-cost day alik
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from placement.plan_route import Shortfall
@@ -67,8 +68,8 @@ def decide(problem: Problem, current: Plan | None, churn: ChurnCost) -> Decision
     if isinstance(proposed, Infeasible):
         return proposed
     if current is None:
-        return Decision(True, "no current plan", proposed, 0.0, 0.0)
-    return _against(problem, current, proposed, churn)
+        return _noted(Decision(True, "no current plan", proposed, 0.0, 0.0), proposed)
+    return _noted(_against(problem, current, proposed, churn), proposed)
 
 
 def right_size(problem: Problem, current: Plan, churn: ChurnCost) -> Decision | Infeasible:
@@ -80,9 +81,18 @@ def right_size(problem: Problem, current: Plan, churn: ChurnCost) -> Decision | 
     saving = (current.usd_per_hour - proposed.usd_per_hour) * churn.horizon_h
     cost = churn.of(current, proposed)
     if saving > cost:  # adopted whether or not the current plan still serves: no evaluate
-        return Decision(True, f"right-sizing saves ${saving:.2f} over {churn.horizon_h:g} h, "
-                              f"churn ${cost:.2f}", proposed, saving, cost)
-    return _against(problem, current, proposed, churn)
+        return _noted(Decision(True, f"right-sizing saves ${saving:.2f} over "
+                                     f"{churn.horizon_h:g} h, churn ${cost:.2f}", proposed,
+                               saving, cost), proposed)
+    return _noted(_against(problem, current, proposed, churn), proposed)
+
+
+def _noted(d: Decision | Infeasible, proposed: Plan) -> Decision | Infeasible:
+    """``d`` whose reason says when the wall-clock safety net stopped a solve of the
+    proposal (``Plan.cut_short``): that decision depends on the host's load."""
+    if isinstance(d, Infeasible) or not proposed.cut_short:
+        return d
+    return dataclasses.replace(d, reason=f"{d.reason}; {proposed.cut_short_note()}")
 
 
 def _against(problem: Problem, current: Plan, proposed: Plan,

@@ -220,11 +220,13 @@ class SolveLog:
     infeasible: list[str] = field(default_factory=list)
     spot_alone: set[str] = field(default_factory=set)
     reactions: int = 0  # right-sizings on a class observed above its plan
+    cut_short: int = 0  # solver runs the wall-clock safety net stopped (Plan.cut_short)
 
     def note(self, p: Plan, took_s: float) -> None:
         self.seconds.append(took_s)
         self.gaps.append(p.gap)
         self.spot_alone |= set(p.spot_alone)
+        self.cut_short += p.cut_short
 
 
 class PlannerFleet:
