@@ -64,8 +64,9 @@ def settings_for(n_pools: int, quick: bool) -> PlannerSettings:
 
     Each MILP run stops at ``NODE_LIMIT`` branch-and-bound nodes, so a day's plans do not
     depend on the host's load (the 10 s wall-clock limit before did: tight-three-variant's
-    planner ran 97.96 % at $193 on one run, $200 on another); ``SAFETY_NET_S`` is the
-    wall-clock safety net, counted when hit (``Plan.cut_short``).
+    planner cost $256/day in the 8-scenario run on a loaded host, $193 alone on a lighter
+    one, same code); ``SAFETY_NET_S`` is the wall-clock safety net, counted when hit
+    (``Plan.cut_short``).
     """
     return PlannerSettings(time_limit_s=SAFETY_NET_S, node_limit=NODE_LIMIT, mip_rel_gap=0.05,
                            spot_rule_where_possible=True, full_milp=n_pools <= 12,
