@@ -4,7 +4,6 @@ safety net that the plan reports when it is hit (issue 13: plans reproducible un
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -28,7 +27,7 @@ class Runs:
 
 
 @pytest.fixture
-def runs(monkeypatch: pytest.MonkeyPatch) -> Iterator[Runs]:
+def runs(monkeypatch: pytest.MonkeyPatch) -> Runs:
     seen = Runs()
 
     def spy(c: Any, **kw: Any) -> Any:
@@ -39,7 +38,7 @@ def runs(monkeypatch: pytest.MonkeyPatch) -> Iterator[Runs]:
         return res
 
     monkeypatch.setattr(planner, "milp", spy)
-    yield seen
+    return seen
 
 
 def _problem(**settings: Any) -> Problem:

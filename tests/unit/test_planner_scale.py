@@ -75,13 +75,13 @@ def test_a_class_no_on_demand_pool_reaches_is_spot_alone_without_a_slack() -> No
     # r1's tight class reaches only the spot pool in r1 (200 ms to r2's on-demand pool); its
     # loose class reaches both. A slack forced to 1 only added $1,000/h to every objective,
     # and the solver's relative gap then accepted plans 5 % of that dearer.
-    from placement import planner
+    from placement import plan_milp, planner
 
     pools = [pool("s", price=0.1, price_class="spot"), pool("od", region="r2", price=1.0)]
     tight, loose = demand(1, slo=300), demand(1, slo=10_000)
     p = problem(pools, [tight, loose], settings=PlannerSettings(
         survive_region_loss=False, spot_rule_where_possible=True))
-    md = planner._build(p)
+    md = plan_milp.build(p)
     assert md.forced_alone == [0] and set(md.spot_slack) == {1}
     found = solved(p)
     assert found.spot_alone == (tight.key,)
