@@ -190,6 +190,22 @@ def _fallback_chance(idle_first: bool = False) -> Callable[[], None]:
     return apply
 
 
+def _meet(eps: float = meet.EPS, symmetric: bool = False,
+          learned_cap: float | None = None, unlearned_second: bool = False
+          ) -> Callable[[], None]:
+    """The chance fallback drawing among the rows within ``eps`` of the best chance
+    (``meet.EPS``); ``symmetric``: every edge assumed past its share of a backend as this
+    one is (``meet.SYMMETRIC_EXCESS``); ``learned_cap``: a learned margin takes at most
+    that × SLO off the budget (``meet.LEARNED_CAP``); ``unlearned_second``: when no row
+    has any chance, by the chance without learned margins (``meet.UNLEARNED_SECOND``)."""
+    def apply() -> None:
+        meet.EPS = eps
+        meet.SYMMETRIC_EXCESS = symmetric
+        meet.LEARNED_CAP = learned_cap
+        meet.UNLEARNED_SECOND = unlearned_second
+    return apply
+
+
 def _fallback_fastest() -> None:
     """The fallback before ``placement.meet``: the fastest row by the strict test's estimate
     (``pipeline.FALLBACK_CHANCE`` off)."""
@@ -201,6 +217,14 @@ VARIANTS: dict[str, Callable[[], None]] = {
     "fallback-chance": _fallback_chance(),
     "fallback-chance-idle-first": _fallback_chance(idle_first=True),
     "fallback-idle-fit": _fallback_idle_fit,
+    "meet-eps-0": _meet(0.0),
+    "meet-eps-0.01": _meet(0.01),
+    "meet-eps-0.02": _meet(0.02),
+    "meet-eps-0.1": _meet(0.1),
+    "meet-symmetric": _meet(symmetric=True),
+    "meet-learned-0": _meet(learned_cap=0.0),
+    "meet-learned-0.25": _meet(learned_cap=0.25),
+    "meet-unlearned-second": _meet(unlearned_second=True),
     "probe-2": _probe(2.0),
     "probe-1.5": _probe(1.5),
     "probe-own-1.5": _probe(1.5, own=True),

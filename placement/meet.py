@@ -64,6 +64,32 @@ tight-three-variant 99.48/99.50 % at 14.4/15.6 (+9–13 %), single-cloud-hetero 
 at 26.8/25.9 (+4–6 %). Off: "never a row that cannot meet the SLO even idle while one that
 can exists", held strictly, herds near capacity; here such a row is taken only when its
 chance is within ``EPS`` of the best.
+
+Where the fallback's misses are (2026-11-26, on 63d9732, quick, seed 0; a scratch hook on
+``ProfilePolicy``'s decisions, per call its last attempt's): held-out-near-capacity sends
+9,238 of its 48,471 calls (19 %) through this fallback and they carry 579 of its 657
+misses (6.3 % of them missed, 0.2 % of the rest); held-out-many-models 1,622 of 34,085,
+69 of its 287 misses (its "outage in flight" 82 and "estimate before first samples" 74
+are strict-test choices). The chance it gives the row it takes is far too low: mean 0.18
+near capacity against 0.94 met, 0.26 against 0.96 on many-models, 0 for 63 % / 72 % of
+them (then the fastest-by-estimate rule decides). The learned margins do most of it (mean
+99 ms off 70/150 ms budgets, 196 ms off 80 ms ones: the quantile tracker grows without
+bound on a row that the fallback keeps using at a miss rate above ``queueing.TAIL``),
+this edge's excess the rest. A calibrated chance nonetheless routes worse: the margins
+are what keeps the fallback off the rows that miss. Measured and off (``cost_check
+--seeds 0 1``, base 98.64/98.96 % near capacity, 99.16/99.24 % many-models):
+``LEARNED_CAP`` 0 (no learned margin in ``chance``; variant ``meet-learned-0``)
+98.42/98.12 % and 99.29/99.16 % ("service-time tail" near capacity 168 → 350: the T4s,
+least queued and 0.93 likely idle, take the calls), ``LEARNED_CAP`` 0.25
+(``meet-learned-0.25``) 98.19/98.36 % and 99.19/99.29 %; ``UNLEARNED_SECOND`` (with no
+chance anywhere, the draw by chance without margins before the fastest by estimate,
+``meet-unlearned-second``) 98.32/98.29 % and 99.25/99.25 %; ``SYMMETRIC_EXCESS`` (every
+edge taken to be past its share of a backend as this one is, ``meet-symmetric``)
+98.69/98.80 % and 99.08/98.87 %. ``EPS`` (``meet-eps-*``): 0 → 98.71/98.78 % and
+99.29/99.11 %, 0.01 → 98.67/98.71 % and 99.38/99.22 %, 0.02 → 98.90/98.89 % and
+99.43/99.28 %, 0.1 → 98.76/98.83 % and 99.25/99.21 %: not monotone, every near-capacity
+pair within the 98.64–98.96 % of the committed rule's three seeds, so no value is
+evidence of a better rule and 0.05 stays.
 """
 
 from __future__ import annotations
@@ -79,6 +105,14 @@ from placement.model import CallContext, Candidate
 
 EPS = 0.05  # rows this close to the best chance are all drawn from
 IDLE_FIRST = False
+# The other edges past their share of a backend as this one is (``excess`` × concurrency /
+# this edge's slots): measured, see the module docstring.
+SYMMETRIC_EXCESS = False
+# The most of the call's SLO a learned margin takes off the budget (``chance``); None = all.
+LEARNED_CAP: float | None = None
+# When no row has any chance, draw by the chance without learned margins before taking the
+# fastest by estimate: measured, see the module docstring.
+UNLEARNED_SECOND = False
 Z95 = NormalDist().inv_cdf(0.95)
 _PHI = NormalDist().cdf
 MIN_SIGMA = 0.02
@@ -120,10 +154,15 @@ def utilisation(c: Candidate) -> float:
     return 1.0 - min(1.0, max(0.0, c.spare_capacity / capacity))
 
 
-def chance(c: Candidate, ctx: CallContext, idle: bool = False) -> float:
+def chance(c: Candidate, ctx: CallContext, idle: bool = False,
+           cap: float | None = None) -> float:
     """P(this call's latency on ``c`` is within its budget); ``idle``: with a free slot
-    (no wait) and no margin learned from misses."""
+    (no wait) and no margin learned from misses; ``cap``: a learned margin takes at most
+    that × SLO off the budget (default ``LEARNED_CAP``, None: all of it)."""
     learned = 0.0 if idle else ctx.slo_margins.get(c.deployment_id, 0.0)
+    cap = LEARNED_CAP if cap is None else cap
+    if cap is not None:
+        learned = min(learned, cap * ctx.hints.slo_ms)
     room = ctx.hints.slo_ms - ctx.slo_margin_ms - learned - c.rtt_ms
     if room <= 0:
         return 0.0
@@ -134,7 +173,10 @@ def chance(c: Candidate, ctx: CallContext, idle: bool = False) -> float:
     if idle:
         return served
     servers = max(c.concurrency, 1)
-    rho = utilisation(c) + excess(c, ctx) / servers
+    extra = excess(c, ctx)
+    if SYMMETRIC_EXCESS and 0 < c.slots < servers:
+        extra *= servers / c.slots
+    rho = utilisation(c) + extra / servers
     if rho >= 1.0:
         return 0.0
     waits = queueing.erlang_c(servers, rho)
@@ -165,6 +207,9 @@ def choose(rows: Sequence[Candidate], ctx: CallContext,
         rows = [c for c in rows if fits_idle(c, ctx)] or rows
     scored = [(chance(c, ctx), c) for c in rows]
     best = max(p for p, _ in scored)
+    if best <= 0.0 and UNLEARNED_SECOND:
+        scored = [(chance(c, ctx, cap=0.0), c) for c in rows]
+        best = max(p for p, _ in scored)
     if best <= 0.0:  # the fastest of the rows that could meet it in most calls if idle
         able = [c for c in rows if chance(c, ctx, idle=True) >= 0.5]
         return min(able or rows, key=ctx.latency_ms)
