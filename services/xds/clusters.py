@@ -107,8 +107,9 @@ def health_checks(s: EnvoySettings) -> list[dict[str, Any]]:
     first check passed, a host is healthy at once; after that ``health_unhealthy`` failures
     in a row (about ``health_unhealthy`` × (interval + timeout) for a hung backend) mark it
     unhealthy and ``health_healthy`` passes bring it back. No initial jitter: it would delay
-    warming. An Envoy holding N deployment clusters checks about N per second while they
-    carry calls, N / ``health_idle_s`` while they carry none."""
+    warming. An Envoy holding N deployment clusters checks about N / ``health_idle_s`` per
+    second while they carry no calls, N / ``health_interval_s`` once they have
+    (``EnvoySettings``: the cost of a check and why these intervals)."""
     if s.health_interval_s is None:
         return []
     return [{"timeout": f"{s.health_timeout_s}s", "interval": f"{s.health_interval_s}s",

@@ -188,7 +188,7 @@ def test_the_delta_shortcut_finds_the_same_new_clusters_as_a_walk() -> None:
 def test_deployment_clusters_carry_grpc_health_checks_and_can_be_turned_off() -> None:
     checks = health_checks(EnvoySettings())
     assert len(checks) == 1 and "grpc_health_check" in checks[0]
-    assert checks[0]["interval"] == "1.0s" and checks[0]["no_traffic_interval"] == "5.0s"
+    assert checks[0]["interval"] == "2.0s" and checks[0]["no_traffic_interval"] == "5.0s"
     assert health_checks(EnvoySettings(health_interval_s=None)) == []
 
 
