@@ -53,10 +53,13 @@ class PushOrder:
     holds: int = 0  # responses of new clusters sent alone
     timeouts: int = 0  # holds ended by ``hold_s`` without an answer
 
-    def receive(self, req: Any) -> None:
-        """A request of Envoy's: its answer to the held response ends the hold."""
+    def receive(self, req: Any, now: float) -> float | None:
+        """A request of Envoy's: its answer to the held response ends the hold; then how
+        long the hold lasted (Envoy's warming plus the round trip), else None."""
         if self.warming is not None and req.response_nonce == self.warming:
             self.warming = None
+            return now - self.since
+        return None
 
     def wait_s(self, now: float) -> float | None:
         """How long the stream may still wait for the held response's answer; None: no

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -142,6 +143,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         self.pushed_bytes = 0  # serialized responses, for the push-cost benchmark
         self.on_reply: Callable[[Session], None] | None = None  # hook: Envoy ACKed or NACKed
         self.warm_hold_s = WARM_HOLD_S  # longest wait for Envoy to warm new clusters
+        self.warm_waits: deque[float] = deque(maxlen=1000)  # seconds each such wait lasted
         self.feedback: AccessLogFeedback | None = None  # Envoy's calls, as observations
         # what the access log taught placement of each region (fed by ``feedback``)
         self.learning = RegionLearning()
@@ -382,7 +384,8 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
                 replied = any(req.response_nonce for req in inbox)
                 for req in inbox:
                     session.receive(req)
-                    order.receive(req)
+                    if (waited := order.receive(req, loop.time())) is not None:
+                        self.warm_waits.append(waited)
                 inbox.clear()
                 if replied and self.on_reply is not None:
                     self.on_reply(session)

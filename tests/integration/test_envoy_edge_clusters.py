@@ -28,6 +28,7 @@ from services.ports import free_port
 from services.xds import lua
 from services.xds.resources import EnvoySettings
 from services.xds.server import AdsServer, add_ads
+from tests.integration.test_envoy_health_checks import Pausable
 from tests.integration.test_envoy_panic import FakeBackend
 from tests.mesh_harness import eventually
 
@@ -188,3 +189,33 @@ async def test_a_deployment_entering_the_orders_mid_traffic_loses_no_call(edge: 
     assert not edge.nacks()
     assert await edge.stat("cluster_manager.cds.update_rejected") == 0
 
+
+
+async def test_a_new_deployment_is_named_only_once_envoy_has_warmed_it(edge: Edge) -> None:
+    """The new deployment's first health check hangs (an EMULATED backend, ``Pausable``)
+    until the check's 1 s timeout: Envoy answers the response that brought its cluster only
+    then (it keeps CDS paused while a cluster warms), and placement held the rest of the
+    change until that answer (``services/xds/pushes.py``)."""
+    hung = Pausable()
+    hung.running.clear()
+    before = list(edge.hub.rows)
+    waits = len(edge.ads.warm_waits)
+    try:
+        edge.hub.publish([*before, placement_pb2.Candidate(
+            deployment_id=f"hc/{MODEL}-v1", backend_id="hc", endpoint=hung.address,
+            variant=f"{MODEL}-v1", region=REGION, cloud="aws", quality=0.9,
+            latency_p95_ms=20.0, cost_usd=1e-9, compute_ms=5.0, spare_capacity=100.0,
+            concurrency=4, dropped_reason="drained")])  # a cluster of its own, kept warm
+        await eventually(lambda: len(edge.ads.warm_waits) > waits, 30,
+                         "Envoy answers the response that brought the new cluster")
+        assert edge.ads.warm_waits[-1] >= 0.9, list(edge.ads.warm_waits)  # the check's timeout
+        assert hung.checks >= 1
+        want = edge.compiled()
+        assert f"dep:hc/{MODEL}-v1" in want
+        await eventually(lambda: edge.holds(want), 30, f"the edge holds {sorted(want)}")
+    finally:
+        edge.hub.publish(before)
+        hung.close()
+    want = edge.compiled()
+    await eventually(lambda: edge.holds(want), 30, f"the edge holds {sorted(want)} again")
+    assert not edge.nacks()

@@ -58,7 +58,7 @@ def _subscribed() -> DeltaSession:
     return s
 
 
-def _ack(order: PushOrder, resp: Any, error: str = "") -> None:
+def _ack(order: PushOrder, resp: Any, error: str = "", now: float = 0.0) -> float | None:
     req: Any
     if isinstance(order.session, SotwSession):  # an ACK repeats the subscription
         req = discovery_pb2.DiscoveryRequest(
@@ -70,7 +70,7 @@ def _ack(order: PushOrder, resp: Any, error: str = "") -> None:
     if error:
         req.error_detail.CopyFrom(status_pb2.Status(code=3, message=error))
     order.session.receive(req)
-    order.receive(req)
+    return order.receive(req, now)
 
 
 def _names(resp: Any) -> tuple[str, list[str], list[str]]:
@@ -98,7 +98,7 @@ def test_a_new_deployment_cluster_goes_alone_and_what_names_it_waits_for_the_ack
     assert [_names(r) for r in first] == [("Cluster", ["dep:b3/v"], [])]  # alone, b1 kept
     assert order.wait_s(1.0) == order.hold_s
     assert order.pushes(after, "v2", None, 2.0) == []  # no answer yet: nothing names b3
-    _ack(order, first[0])
+    assert _ack(order, first[0], now=2.25) == 1.25  # how long Envoy took to warm it
     assert order.wait_s(2.5) is None
     rest = order.pushes(after, "v2", None, 2.5)
     assert [_names(r) for r in rest] == [
