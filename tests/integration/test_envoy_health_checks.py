@@ -112,7 +112,8 @@ def test_a_backend_that_never_answers_is_found_by_envoys_checks_before_any_call(
     eventually_sync(lambda: "failed_active_health_check" in health(edge).get(hung_cluster, []),
                     15, "Envoy's active check marks the hung backend unhealthy")
     # the real Triton answers Envoy's gRPC health check: healthy
-    assert health(edge)[resources.cluster_name(ec.DEPLOYMENT)] == []
+    eventually_sync(lambda: health(edge).get(resources.cluster_name(ec.DEPLOYMENT)) == [],
+                    15, "Triton passes Envoy's gRPC health check")
     for _ in range(5):
         model_name, trailers = edge.call()
         assert model_name == ec.VARIANT and trailers["x-served-by"] == ec.DEPLOYMENT
