@@ -28,7 +28,7 @@ from services.ports import free_port
 from services.xds import lua
 from services.xds.resources import EnvoySettings
 from services.xds.server import AdsServer, add_ads
-from tests.integration.test_envoy_health_checks import Pausable
+from tests.integration.test_envoy_health_checks import FakePausableBackend
 from tests.integration.test_envoy_panic import FakeBackend
 from tests.mesh_harness import eventually
 
@@ -192,11 +192,11 @@ async def test_a_deployment_entering_the_orders_mid_traffic_loses_no_call(edge: 
 
 
 async def test_a_new_deployment_is_named_only_once_envoy_has_warmed_it(edge: Edge) -> None:
-    """The new deployment's first health check hangs (an EMULATED backend, ``Pausable``)
-    until the check's 1 s timeout: Envoy answers the response that brought its cluster only
-    then (it keeps CDS paused while a cluster warms), and placement held the rest of the
-    change until that answer (``services/xds/pushes.py``)."""
-    hung = Pausable()
+    """The new deployment's first health check hangs (an EMULATED backend,
+    ``FakePausableBackend``) until the check's 1 s timeout: Envoy answers the response that
+    brought its cluster only then (it keeps CDS paused while a cluster warms), and placement
+    held the rest of the change until that answer (``services/xds/pushes.py``)."""
+    hung = FakePausableBackend()
     hung.running.clear()
     before = list(edge.hub.rows)
     waits = len(edge.ads.warm_waits)

@@ -51,7 +51,7 @@ def hung() -> Iterator[str]:
         yield f"127.0.0.1:{s.getsockname()[1]}"
 
 
-class Pausable:
+class FakePausableBackend:
     """EMULATED backend: a gRPC server answering health checks SERVING, or never while
     ``paused`` (its handlers block until it is resumed); counts the checks."""
 
@@ -85,8 +85,8 @@ class Pausable:
 
 
 @pytest.fixture
-def pausable() -> Iterator[Pausable]:
-    p = Pausable()
+def pausable() -> Iterator[FakePausableBackend]:
+    p = FakePausableBackend()
     try:
         yield p
     finally:
@@ -122,7 +122,7 @@ def test_a_backend_that_never_answers_is_found_by_envoys_checks_before_any_call(
 
 
 def test_a_backend_that_stops_answering_later_is_found_and_comes_back_when_it_answers(
-        fleet: Fleet, pausable: Pausable) -> None:
+        fleet: Fleet, pausable: FakePausableBackend) -> None:
     """Healthy at first (a standby: the second of the order, checked at the no-traffic
     interval), then its health service hangs: Envoy's checks time out and mark it
     unhealthy without any call; answering again, it is healthy again."""

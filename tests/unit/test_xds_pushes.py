@@ -192,7 +192,7 @@ def test_deployment_clusters_carry_grpc_health_checks_and_can_be_turned_off() ->
     assert health_checks(EnvoySettings(health_interval_s=None)) == []
 
 
-class _Hub:
+class _FakeHub:
     """EMULATED placement tables for the server: one model, rows set by the test."""
 
     def __init__(self) -> None:
@@ -225,7 +225,7 @@ def _row(b: str, cost: float) -> placement_pb2.Candidate:
         compute_ms=5.0, spare_capacity=100.0, concurrency=4)
 
 
-class _Envoy:
+class _FakeEnvoy:
     """The requests of an EMULATED Envoy, as the server's request iterator."""
 
     def __init__(self) -> None:
@@ -243,10 +243,10 @@ class _Envoy:
 
 
 async def test_the_server_sends_a_new_cluster_alone_and_a_lost_stream_ends_its_hold() -> None:
-    hub = _Hub()
+    hub = _FakeHub()
     hub.rows = [_row("b1", 1e-6)]
     ads = AdsServer(hub, build_profile("cheapest"), EnvoySettings(order_cap=1))  # type: ignore[arg-type]
-    envoy = _Envoy()
+    envoy = _FakeEnvoy()
     stream = ads.DeltaAggregatedResources(envoy.requests(), None)
     envoy.send(CLUSTER)
     first = await anext(stream)
