@@ -357,6 +357,25 @@ def test_the_fidelity_target_is_one_point_below_and_five_percent_above() -> None
     assert "| s | 2 | envoy | 1,000 | 99.00% | +0.00 | 10.00 | 1.000 | yes |" in main_t
 
 
+def test_the_cold_start_misses_are_counted_and_shown() -> None:
+    """A missed call counts as the cold start's when it arrived before ``EARLY_S`` (the
+    day's first seconds, before any edge learned a rate), and the miss table shows it."""
+    from benchmarks.envoy_fidelity import COUNTERS, EARLY_S, Run, early, tables
+
+    arrivals = [0.0, 1.5, EARLY_S - 0.001, EARLY_S, 60.0]
+    assert early([0, 2, 3, 4], arrivals) == 2  # 1.5 s was not missed; 10 s is not early
+    assert early([], arrivals) == 0
+    assert early([1, 4], arrivals, within_s=61.0) == 2
+    sw = Run("s", 1, "switchyard", 100, 0, 100, 0.99, 1.0, dict.fromkeys(COUNTERS, 0),
+             {"queueing not foreseen": 1}, 0, 0)
+    env = Run("s", 1, "envoy", 100, 0, 100, 0.95, 1.0, dict.fromkeys(COUNTERS, 0),
+              {"estimate before first samples": 5}, 0, 4)
+    _, _, miss_t = tables([[sw, env]])
+    assert f"missed, arrived in the first {EARLY_S:g} s |" in miss_t.splitlines()[0]
+    assert miss_t.splitlines()[-1].endswith("| 4 |")
+    assert miss_t.splitlines()[-2].endswith("| 0 |")
+
+
 def test_rows_without_base_run_only_the_rows_named(monkeypatch: pytest.MonkeyPatch,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     """``--rows envoy --without-base``: the envoy row alone (no switchyard run), as a table
