@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from google.protobuf import json_format
@@ -347,6 +347,32 @@ def sy_extraction(c: Config) -> None:
     c.filters = extract.model_name_filters(SETTINGS.deadline_margin_ms)
 
 
+# --- active health checks (d554ad0) ----------------------------------------------------------
+
+def sy_without_health_checks(c: Config) -> None:
+    """Switchyard with its deployment cluster as placement compiled it before the active gRPC
+    health checks (``health_interval_s=None``: the cluster has no ``health_checks``)."""
+    switchyard(c)
+    c.clusters[DEP_CLUSTER] = _dict(resources.deployment_cluster(
+        candidate(c.triton), replace(SETTINGS, health_interval_s=None)))
+
+
+def standby_clusters(n: int) -> Callable[[Config], None]:
+    """Switchyard plus ``n`` deployment clusters no route names, as placement pushes the
+    standbys and drained deployments it keeps warm: each health-checked (at
+    ``health_idle_s``: they carry no calls), all pointing at the one Triton."""
+    def edit(c: Config) -> None:
+        switchyard(c)
+        for i in range(n):
+            d = f"{BACKEND}-sb{i}/{VARIANT}"
+            c.clusters[resources.cluster_name(d)] = _dict(resources.deployment_cluster(
+                placement_pb2.Candidate(deployment_id=d, backend_id=f"{BACKEND}-sb{i}",
+                                        endpoint=c.triton, variant=VARIANT, region=REGION),
+                SETTINGS))
+    edit.__name__ = f"standby_clusters_{n}"
+    return edit
+
+
 Edit = Callable[[Config], None]
 
 
@@ -392,4 +418,12 @@ ALTERNATIVES = (
     Variant("sy-no-lua", "Switchyard minus every Lua filter (floor)", VARIANT,
             (sy_without_lua,)),
 )
-VARIANTS = {v.name: v for v in (*PIECES, *ALTERNATIVES)}
+HEALTH = (
+    Variant("sy-no-hc", "Switchyard, no active health checks (as before d554ad0)", MODEL,
+            (sy_without_health_checks,)),
+    Variant("sy-sb50", "Switchyard + 50 idle standby clusters, health-checked", MODEL,
+            (standby_clusters(50),)),
+    Variant("sy-sb200", "Switchyard + 200 idle standby clusters, health-checked", MODEL,
+            (standby_clusters(200),)),
+)
+VARIANTS = {v.name: v for v in (*PIECES, *ALTERNATIVES, *HEALTH)}

@@ -141,7 +141,8 @@ PIECE_NAMES = ("dep-cluster", "lua-peek", "aggregate", "retry", "hdr-mutation", 
 # Alternatives against what they would replace, paired within each round.
 PAIRS = (("sy-dm", "sy"), ("dm-peek", "lua-peek"), ("sy-no-lua", "sy"), ("sy-first", "sy"),
          ("sy-gfe", "sy"), ("envoy-sy", "sy"), ("hints+gfe", "lua-peek"), ("gfe", "lua-peek"),
-         ("sy", "sy-before"))
+         ("sy", "sy-before"), ("sy", "sy-no-hc"), ("sy-sb50", "sy"), ("sy-sb200", "sy"),
+         ("envoy-sy", "sy-no-hc"))
 
 
 def pair_rows(rounds: list[dict[tuple[str, int], Point]],
