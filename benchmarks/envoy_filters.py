@@ -223,6 +223,35 @@ def _median_ratio(rounds: list[dict[tuple[str, int], Point]], name: str,
     return statistics.median(vals) if vals else None
 
 
+# What the active health checks add (d554ad0), each against the config without them or
+# with fewer of them, paired within each round.
+HEALTH_PAIRS = (("sy", "sy-no-hc", "the deployment cluster's active health checks"),
+                ("envoy-sy", "sy-no-hc", "the config as placement pushes it, checks included"),
+                ("sy-sb50", "sy", "50 idle health-checked standby clusters"),
+                ("sy-sb200", "sy", "200 idle health-checked standby clusters"))
+
+
+def health_verdicts(rounds: list[dict[tuple[str, int], Point]],
+                    concurrencies: Sequence[int]) -> list[str]:
+    """Per health-check pair: the median CPU-per-call ratio per concurrency, and whether the
+    rounds' spread includes 1.00 (within the round-to-round noise) or not."""
+    out = []
+    for alt, ref, what in HEALTH_PAIRS:
+        parts = []
+        for c in concurrencies:
+            v = [r[(alt, c)].proxy_cpu_us / r[(ref, c)].proxy_cpu_us
+                 for r in rounds if (alt, c) in r and (ref, c) in r]
+            if not v:
+                continue
+            med = statistics.median(v)
+            verdict = ("within noise: the rounds' spread includes 1.00" if min(v) <= 1 <= max(v)
+                       else "MORE CPU in every round" if min(v) > 1 else "less in every round")
+            parts.append(f"c={c}: {med:.2f}× ({min(v):.2f}–{max(v):.2f}; {verdict})")
+        if parts:
+            out.append(f"`{alt}` / `{ref}`, {what}: " + "; ".join(parts) + ".")
+    return out
+
+
 def verdicts(rounds: list[dict[tuple[str, int], Point]],
              concurrencies: Sequence[int]) -> list[str]:
     """The prose under the table, computed from its rows."""
@@ -302,6 +331,7 @@ def run(quick: bool, only: str = "", rounds: int = 0,
         "Triton are not billed. Shared machine: absolute µs are inflated; read the ratios.",
         *verdicts(results, concurrencies),
         *ablation_verdicts(results, concurrencies),
+        *health_verdicts(results, concurrencies),
         *[f"`{n}` did not start: {why}" for n, why in failed.items()],
     ]
     return Section("Envoy edge: CPU per call by piece (issue 12)",
