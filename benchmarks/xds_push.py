@@ -293,6 +293,7 @@ def run(quick: bool, before: str = "") -> Any:
     t0 = time.monotonic()
     variants = [("before", before), ("after", ROOT)] if before else [("", ROOT)]
     runs = []
+    load0 = os.getloadavg()[0]
     for label, root in variants:
         progress(f"xds_push: {label or 'this checkout'} ({root})")
         runs.append((label or "this checkout", measure_in(root, cycles)))
@@ -312,8 +313,10 @@ def run(quick: bool, before: str = "") -> Any:
         "`warm_hold`: how long placement held the rest of a change for Envoy to warm a new "
         "cluster (its first active health check), part of `ack`.",
         "Placement runs in the measuring process (an ADS hook marks the ACKs); Envoy, the "
-        "three Tritons and tritonclient calls are real; everything shares the host's 2 cores "
-        "with other engineers' jobs (load ~6-9): compare rows of one run.",
+        "three Tritons and tritonclient calls are real; everything shares the host's "
+        f"{os.cpu_count()} cores with whatever else runs (load average over 1 min: "
+        f"{load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end): compare rows of "
+        "one run.",
         *verdicts(runs),
     ]
     return Section("Envoy edges: placement change to Envoy using it (delta ADS)",
