@@ -12,20 +12,9 @@ import pytest
 
 from placement import meet, pipeline
 from placement.errors import NothingFeasible
-from placement.latency import capacity_rps
-from placement.model import CallContext, Candidate, Hints
+from placement.model import CallContext, Hints
 from placement.registry import build_profile
-
-
-def _row(dep: str, backend: str, compute: float, slots: float, rtt: float = 1.0,
-         conc: int = 2, cost: float = 1e-6, busy: float = 0.0) -> Candidate:
-    """A row at ``busy`` of its backend's servers at the table's report."""
-    return Candidate(deployment_id=dep, backend_id=backend, endpoint="x", variant="v",
-                     region="r", cloud="c", accelerator="a", quality=1.0,
-                     latency_p95_ms=rtt + compute * 1.5, rtt_ms=rtt, queue_ms=0.0,
-                     compute_ms=compute, cost_usd=cost,
-                     spare_capacity=capacity_rps(compute, conc) * (1.0 - busy),
-                     concurrency=conc, edge_slots=slots)
+from tests.meet_rows import meet_row
 
 
 def test_sigma_puts_the_lognormals_p95_where_the_row_says() -> None:
@@ -38,7 +27,7 @@ def test_sigma_puts_the_lognormals_p95_where_the_row_says() -> None:
 
 
 def test_chance_is_95_percent_at_an_idle_rows_p95_and_falls_with_load() -> None:
-    c = _row("l4/v", "l4", compute=25.0, slots=1.0, conc=4)
+    c = meet_row("l4/v", "l4", compute=25.0, slots=1.0, conc=4)
     at_p95 = CallContext(Hints(slo_ms=c.latency_p95_ms))
     assert meet.chance(c, at_p95) == pytest.approx(0.95)
     ctx = CallContext(Hints(slo_ms=70.0))
@@ -50,7 +39,7 @@ def test_chance_is_95_percent_at_an_idle_rows_p95_and_falls_with_load() -> None:
     assert meet.chance(c, past) < meet.chance(c, ctx)
     assert meet.chance(c, ctx) > 0.99
     # the servers other edges keep busy, as the table reports them
-    busy = _row("l4/v", "l4", compute=25.0, slots=1.0, conc=4, busy=0.7)
+    busy = meet_row("l4/v", "l4", compute=25.0, slots=1.0, conc=4, busy=0.7)
     assert meet.chance(busy, past) < meet.chance(c, past)
     assert meet.chance(busy, ctx) < meet.chance(c, ctx)
     # the margin learned from misses on the row comes off the budget
@@ -63,8 +52,8 @@ def test_the_fallback_takes_the_row_likelier_to_meet_not_the_lower_worst_case(
         monkeypatch: pytest.MonkeyPatch) -> None:
     # held-out-near-capacity's case: a T4 within its share whose p95 (76 ms) is over a
     # 70 ms SLO even idle, an L4 one call past its share of 2 slots of 8
-    t4 = _row("t4/v", "t4", compute=50.0, slots=2.0)
-    l4 = _row("l4/v", "l4", compute=25.0, slots=2.0, conc=8, busy=0.5)
+    t4 = meet_row("t4/v", "t4", compute=50.0, slots=2.0)
+    l4 = meet_row("l4/v", "l4", compute=25.0, slots=2.0, conc=8, busy=0.5)
     ctx = CallContext(Hints(slo_ms=70.0), inflight={"l4/v": 2})
     assert ctx.latency_ms(l4) > ctx.latency_ms(t4) > 70.0  # nothing meets the SLO
     assert meet.chance(l4, ctx) > meet.chance(t4, ctx) + meet.EPS
@@ -82,8 +71,8 @@ def test_calls_the_edge_sends_move_the_fallback_off_a_row_it_fills(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """No herd from one edge: each call it sends lengthens its own wait on that backend."""
     monkeypatch.setattr(pipeline, "FALLBACK_CHANCE", True)
-    t4 = _row("t4/v", "t4", compute=50.0, slots=2.0)
-    l4 = _row("l4/v", "l4", compute=25.0, slots=2.0, conc=8, busy=0.5)
+    t4 = meet_row("t4/v", "t4", compute=50.0, slots=2.0)
+    l4 = meet_row("l4/v", "l4", compute=25.0, slots=2.0, conc=8, busy=0.5)
     profile = build_profile("cheapest")
     inflight = {"l4/v": 2, "t4/v": 2}
     rng = random.Random(1)
@@ -98,24 +87,24 @@ def test_calls_the_edge_sends_move_the_fallback_off_a_row_it_fills(
 
 
 def test_rows_within_eps_of_the_best_are_drawn_and_without_rng_the_best_wins() -> None:
-    a = _row("a/v", "a", compute=30.0, slots=1.0, cost=2e-6)
-    b = _row("b/v", "b", compute=30.0, slots=1.0, cost=1e-6)
-    hopeless = _row("c/v", "c", compute=300.0, slots=1.0)
+    a = meet_row("a/v", "a", compute=30.0, slots=1.0, cost=2e-6)
+    b = meet_row("b/v", "b", compute=30.0, slots=1.0, cost=1e-6)
+    hopeless = meet_row("c/v", "c", compute=300.0, slots=1.0)
     ctx = CallContext(Hints(slo_ms=45.0))
     picks = {meet.choose([a, b, hopeless], ctx, random.Random(s)).deployment_id  # type: ignore[union-attr]
              for s in range(40)}
     assert picks == {"a/v", "b/v"}
     assert meet.choose([a, b, hopeless], ctx, None) is b  # a tie: the cheaper
     # no row has any chance: the fastest by the strict test's estimate
-    slow = _row("d/v", "d", compute=400.0, slots=1.0)
+    slow = meet_row("d/v", "d", compute=400.0, slots=1.0)
     assert meet.choose([slow, hopeless], CallContext(Hints(slo_ms=5.0)), None) is hopeless
 
 
 def test_with_no_chance_anywhere_a_row_whose_rtt_is_over_the_slo_is_not_taken() -> None:
     """held-out-many-models: 80 ms embed calls sent to a row 82 ms away (the fastest by the
     strict test's estimate) while the local rows' queues had every chance at 0."""
-    far = _row("far/v", "far", compute=3.0, slots=1.0, rtt=82.0)
-    near = _row("near/v", "near", compute=20.0, slots=1.0, busy=0.99)
+    far = meet_row("far/v", "far", compute=3.0, slots=1.0, rtt=82.0)
+    near = meet_row("near/v", "near", compute=20.0, slots=1.0, busy=0.99)
     ctx = CallContext(Hints(slo_ms=80.0), inflight={"near/v": 4})
     assert meet.chance(far, ctx) == meet.chance(near, ctx) == 0.0
     assert ctx.latency_ms(far) < ctx.latency_ms(near)
@@ -124,8 +113,8 @@ def test_with_no_chance_anywhere_a_row_whose_rtt_is_over_the_slo_is_not_taken() 
 
 def test_idle_first_keeps_rows_that_fit_with_a_free_slot(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    t4 = _row("t4/v", "t4", compute=50.0, slots=2.0)
-    l4 = _row("l4/v", "l4", compute=25.0, slots=2.0, conc=8)
+    t4 = meet_row("t4/v", "t4", compute=50.0, slots=2.0)
+    l4 = meet_row("l4/v", "l4", compute=25.0, slots=2.0, conc=8)
     ctx = CallContext(Hints(slo_ms=70.0), inflight={"l4/v": 10})  # saturated by this edge
     assert meet.choose([t4, l4], ctx, None) is t4
     monkeypatch.setattr(meet, "IDLE_FIRST", True)
@@ -135,7 +124,7 @@ def test_idle_first_keeps_rows_that_fit_with_a_free_slot(
 def test_fail_fast_still_names_the_fastest_by_estimate(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pipeline, "FALLBACK_CHANCE", True)
-    t4 = _row("t4/v", "t4", compute=50.0, slots=2.0)
+    t4 = meet_row("t4/v", "t4", compute=50.0, slots=2.0)
     ctx = CallContext(Hints(slo_ms=70.0, fail_fast=True))
     with pytest.raises(NothingFeasible, match="t4/v"):
         build_profile("cheapest").choose([t4], ctx, random.Random(0))

@@ -10,20 +10,10 @@ import pytest
 
 from benchmarks.costsim.scenario import load_scenario
 from placement import meet
-from placement.latency import capacity_rps
-from placement.model import CallContext, Candidate, Hints
+from placement.model import CallContext, Hints
+from tests.meet_rows import meet_row
 
 SCENARIOS = pathlib.Path(__file__).parents[2] / "benchmarks" / "scenarios"
-
-
-def _row(dep: str, backend: str, compute: float, slots: float, rtt: float = 1.0,
-         conc: int = 4, cost: float = 1e-6, busy: float = 0.0) -> Candidate:
-    return Candidate(deployment_id=dep, backend_id=backend, endpoint="x", variant="v",
-                     region="r", cloud="c", accelerator="a", quality=1.0,
-                     latency_p95_ms=rtt + compute * 1.5, rtt_ms=rtt, queue_ms=0.0,
-                     compute_ms=compute, cost_usd=cost,
-                     spare_capacity=capacity_rps(compute, conc) * (1.0 - busy),
-                     concurrency=conc, edge_slots=slots)
 
 
 def test_the_switches_are_off() -> None:
@@ -34,7 +24,7 @@ def test_the_switches_are_off() -> None:
 
 def test_learned_cap_bounds_what_a_margin_takes_off_the_budget(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    c = _row("l4/v", "l4", compute=25.0, slots=4.0)
+    c = meet_row("l4/v", "l4", compute=25.0, slots=4.0, conc=4)
     plain = CallContext(Hints(slo_ms=70.0))
     learned = CallContext(Hints(slo_ms=70.0), slo_margins={"l4/v": 99.0})  # over the SLO
     assert meet.chance(c, learned) == 0.0  # the whole margin: no budget left
@@ -53,8 +43,8 @@ def test_unlearned_second_draws_by_chance_when_margins_leave_none(
         monkeypatch: pytest.MonkeyPatch) -> None:
     # Both rows' margins eat the budget; the slow one is fastest by the strict estimate
     # (the faster one is past this edge's share), the fast one far likelier without margins.
-    slow = _row("t4/v", "t4", compute=48.0, slots=2.0, conc=2)
-    fast = _row("h100/v", "h100", compute=10.0, slots=1.0, conc=8)
+    slow = meet_row("t4/v", "t4", compute=48.0, slots=2.0, conc=2)
+    fast = meet_row("h100/v", "h100", compute=10.0, slots=1.0, conc=8)
     ctx = CallContext(Hints(slo_ms=70.0), inflight={"h100/v": 3},
                       slo_margins={"t4/v": 80.0, "h100/v": 80.0})
     assert ctx.latency_ms(slow) < ctx.latency_ms(fast)
@@ -68,7 +58,7 @@ def test_unlearned_second_draws_by_chance_when_margins_leave_none(
 
 def test_symmetric_excess_scales_this_edges_excess_by_its_share(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    c = _row("l4/v", "l4", compute=25.0, slots=2.0, conc=8)
+    c = meet_row("l4/v", "l4", compute=25.0, slots=2.0, conc=8)
     ctx = CallContext(Hints(slo_ms=70.0), inflight={"l4/v": 3})  # 2 past a share of 2
     assert meet.excess(c, ctx) == pytest.approx(2.0)
     alone = meet.chance(c, ctx)
