@@ -32,6 +32,7 @@ from services.xds.resources import (
 )
 from services.xds.server import AdsServer
 from services.xds.session import Delta, DeltaSession, SotwSession
+from tests.mesh_harness import eventually
 
 ROUTES = route_config_name("r")
 
@@ -263,10 +264,8 @@ async def test_the_server_sends_a_new_cluster_alone_and_a_lost_stream_ends_its_h
     assert [r.name for r in alone.resources] == ["dep:b3/m-v1"] and not alone.removed_resources
     nxt = asyncio.ensure_future(anext(stream))
     envoy.send(LISTENER, got[1].nonce)  # another answer: the stream turns, still held
-    for _ in range(100):
-        if ads.sessions and next(iter(ads.sessions)).replies.acks == 5:
-            break
-        await asyncio.sleep(0)
+    await eventually(lambda: ads.sessions and next(iter(ads.sessions)).replies.acks == 5, 5,
+                     "the server took Envoy's other answer")
     assert not nxt.done()
     envoy.send(CLUSTER, alone.nonce)  # warm: the aggregate and the routes naming b3 follow
     after = [await nxt, await anext(stream)]
