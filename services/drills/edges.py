@@ -23,9 +23,7 @@ import grpc
 
 from services.api.switchyard.v1 import edge_pb2, edge_pb2_grpc
 from services.config import EdgeConfig, MeshConfig
-
-DEPLOYMENT_PREFIX = "dep:"       # services.xds.resources.cluster_name
-MODEL_PREFIX = "model:"          # services.xds.resources.model_cluster_name
+from services.xds.envoy_types import DEPLOYMENT_PREFIX, MODEL_PREFIX
 
 
 class EdgeUnreachable(Exception):

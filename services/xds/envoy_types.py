@@ -116,9 +116,13 @@ def is_deployment_cluster(name: str) -> bool:
     return name.startswith(DEPLOYMENT_PREFIX)
 
 
+MODEL_PREFIX = "model:"
+
+
 def model_cluster_name(model: str, slo_class: int | None = None) -> str:
     """The aggregate of the model's default order, or of its ``slo_class``-th SLO class."""
-    return f"model:{model}" if slo_class is None else f"model:{model}:slo{slo_class}"
+    name = f"{MODEL_PREFIX}{model}"
+    return name if slo_class is None else f"{name}:slo{slo_class}"
 
 
 def route_config_name(region: str) -> str:
