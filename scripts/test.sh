@@ -5,4 +5,4 @@ cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 .venv/bin/ruff check placement services tests benchmarks scripts
 .venv/bin/mypy  # packages and overrides: pyproject.toml [tool.mypy]
-.venv/bin/python -m pytest -q --cov --cov-branch --cov-report=term:skip-covered "$@"
+.venv/bin/python -m pytest -q --durations=25 --cov --cov-branch --cov-report=term:skip-covered "$@"
