@@ -39,11 +39,14 @@ K = TypeVar("K", bound=Hashable)
 @dataclass(frozen=True)
 class Learned:
     """What the compiler reads: per class key, calls/s and the SLO it is compiled at with
-    the margins learned for it; per backend, Erlangs used by other paths."""
+    the margins learned for it; per backend, Erlangs used by other paths; per deployment
+    placement saw come back, its slow-start share (``placement.splits``; not learned from
+    the access log: ``services.xds.returns`` adds it at each compile)."""
 
     rates: Mapping[Hashable, float] = field(default_factory=dict)
     margins: Mapping[Hashable, Mapping[str, float]] = field(default_factory=dict)
     reserved: Mapping[str, float] = field(default_factory=dict)
+    warming: Mapping[str, float] = field(default_factory=dict)
 
 
 class EdgeLearning:

@@ -46,6 +46,13 @@ calls each deployment should take first, for one edge at a time:
   cheapest deployment in the fleet until the next push (``default``: 551 of the Envoy
   row's 925 late calls in the first 10 s of the quick day).
 
+- a deployment placement saw come back (``warming``: deployment -> its slow-start share,
+  ``placement.filters.slow_start.ramp_share`` at the compile, ``services.xds.returns``)
+  takes that share of the calls it would take at full room, wherever the class's calls
+  reach it (feasible, fallback, overload, by room): the rest goes on to the rows after it
+  as if its room were that much smaller, so Envoy follows a rising weight, not a jump from
+  0 to the cheapest row's whole class. A deployment not warming is planned as before.
+
 Pure: rates and estimates are inputs, nothing is measured or timed here. The answer for a
 class is ``{deployment_id: fraction}`` (fractions sum to 1) over its feasible and fallback
 deployments; empty when it has none or no rate was seen (the route then keeps its one
@@ -112,9 +119,12 @@ def _max_utilisation(slack_ms: float, service_ms: float, servers: int, tail: flo
 
 
 def split(demands: Sequence[Demand], reserved: Mapping[str, float] | None = None,
-          tail: float = queueing.TAIL) -> dict[Hashable, dict[str, float]]:
+          tail: float = queueing.TAIL, warming: Mapping[str, float] | None = None
+          ) -> dict[Hashable, dict[str, float]]:
     """Fractions per class (see the module docstring). ``reserved``: Erlangs of each
-    backend's slots this edge already uses by other paths."""
+    backend's slots this edge already uses by other paths; ``warming``: deployment -> its
+    slow-start share (0-1) of what it would take."""
+    warm: Mapping[str, float] = warming or {}
     used: dict[str, float] = dict(reserved or {})  # backend -> Erlangs of this edge
     cap: dict[str, float] = {}  # backend -> utilisation cap, tightened per class
     out: dict[Hashable, dict[str, float]] = {}
@@ -137,7 +147,7 @@ def split(demands: Sequence[Demand], reserved: Mapping[str, float] | None = None
             room = c.slots * rho - used.get(b, 0.0)
             if room <= 0:
                 continue
-            x = min(left, room / s)
+            x = min(left, room / s) * warm.get(c.deployment_id, 1.0)
             rates[c.deployment_id] = rates.get(c.deployment_id, 0.0) + x
             used[b] = used.get(b, 0.0) + x * s
             cap[b] = rho
@@ -146,19 +156,19 @@ def split(demands: Sequence[Demand], reserved: Mapping[str, float] | None = None
                 left = 0.0
                 break
         if left > 0:
-            left = _spill(left, d, rates, used, cap, tail)
+            left = _spill(left, d, rates, used, cap, tail, warm)
         if left > 0:
-            _spread(left, [*d.feasible, *d.fallback], rates, used)
+            _spread(left, [*d.feasible, *d.fallback], rates, used, warm)
         total = sum(rates.values())
         out[d.key] = {k: v / total for k, v in rates.items() if v > 0} if total > 0 else {}
     for d in demands:
         if d.rate == UNKNOWN:
-            out[d.key] = _by_room(d, used, cap, tail)
+            out[d.key] = _by_room(d, used, cap, tail, warm)
     return out
 
 
 def _spill(left: float, d: Demand, rates: dict[str, float], used: dict[str, float],
-           cap: Mapping[str, float], tail: float) -> float:
+           cap: Mapping[str, float], tail: float, warm: Mapping[str, float]) -> float:
     """What the feasible rows had no room for, over the fallback rows (see the module
     docstring); returns what is still left."""
     for c in sorted(d.fallback, key=_idle_ms):
@@ -171,7 +181,7 @@ def _spill(left: float, d: Demand, rates: dict[str, float], used: dict[str, floa
         room = c.slots * min(rho, cap.get(b, MAX_UTILISATION)) - used.get(b, 0.0)
         if room <= 0:
             continue
-        x = min(left, room / s)
+        x = min(left, room / s) * warm.get(c.deployment_id, 1.0)
         rates[c.deployment_id] = rates.get(c.deployment_id, 0.0) + x
         used[b] = used.get(b, 0.0) + x * s
         left -= x
@@ -186,7 +196,7 @@ def _idle_ms(c: Candidate) -> float:
 
 
 def _by_room(d: Demand, used: Mapping[str, float], cap: Mapping[str, float],
-             tail: float) -> dict[str, float]:
+             tail: float, warm: Mapping[str, float]) -> dict[str, float]:
     """An unmeasured class's fractions: each feasible deployment's calls/s of room (its
     backend's counted once, at its cheapest deployment) over the sum; by full capacity
     when none has room."""
@@ -201,18 +211,20 @@ def _by_room(d: Demand, used: Mapping[str, float], cap: Mapping[str, float],
                                   tail), cap.get(c.backend_id, MAX_UTILISATION))
         room = c.slots * rho - used.get(c.backend_id, 0.0)
         if room > 0:
-            rates[c.deployment_id] = room / (c.compute_ms / 1000.0)
+            rates[c.deployment_id] = room / (c.compute_ms / 1000.0) * warm.get(
+                c.deployment_id, 1.0)
     if not rates and d.feasible:
-        _spread(1.0, d.feasible, rates, {})
+        _spread(1.0, d.feasible, rates, {}, warm)
     total = sum(rates.values())
     return {k: v / total for k, v in rates.items() if v > 0} if total > 0 else {}
 
 
 def _spread(left: float, feasible: Sequence[Candidate], rates: dict[str, float],
-            used: dict[str, float]) -> None:
-    """The overflow over the feasible deployments by their calls/s at full utilisation."""
-    full = {c.deployment_id: c.slots / (c.compute_ms / 1000.0) for c in feasible
-            if c.compute_ms > 0 and c.slots > 0}
+            used: dict[str, float], warm: Mapping[str, float]) -> None:
+    """The overflow over the feasible deployments by their calls/s at full utilisation
+    (a warming one's times its share)."""
+    full = {c.deployment_id: c.slots / (c.compute_ms / 1000.0) * warm.get(c.deployment_id, 1.0)
+            for c in feasible if c.compute_ms > 0 and c.slots > 0}
     total = sum(full.values())
     if total <= 0 or not math.isfinite(total):
         first = feasible[0]

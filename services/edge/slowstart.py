@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from placement.filters.slow_start import MIN_SHARE
+from placement.filters.slow_start import MIN_SHARE, ramp_share
 
 
 class SlowStart:
@@ -27,8 +27,8 @@ class SlowStart:
     def tick(self) -> None:
         now = self.clock()
         for dep, since in list(self._since.items()):
-            share = MIN_SHARE + (1 - MIN_SHARE) * (now - since) / self.ramp_s
-            if share >= 1.0:
+            share = ramp_share(now - since, self.ramp_s)
+            if share is None:
                 del self._since[dep]
                 self.shares.pop(dep, None)
             else:

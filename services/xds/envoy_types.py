@@ -80,6 +80,10 @@ class EnvoySettings:
     health_idle_s: float = 5.0
     health_unhealthy: int = 2  # failed checks in a row before a host is unhealthy
     health_healthy: int = 2  # passed checks in a row before it is healthy again
+    # Slow start ([edge] slow_start_s, the Python edge's ramp): a deployment placement sees
+    # come back takes a share of its compiled split rising from 10 % to 100 % over this many
+    # seconds, recompiled in steps (``returns.py``); 0: off, full share at once.
+    slow_start_s: float = 0.0
 
     @property
     def buffer_bytes(self) -> int:

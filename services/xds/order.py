@@ -208,6 +208,23 @@ def rotations(order: Sequence[str], fractions: Mapping[str, float]
     return out
 
 
+def warm_plain(w: WeightedOrder, warming: Mapping[str, float]) -> WeightedOrder:
+    """A class compiled to its order alone (no rate learned) whose first deployment is
+    warming (``services.xds.returns``): that deployment first for its share of the calls,
+    the rest to the order's first deployment not warming (``rotations``: a retry anywhere
+    goes to the first of the order not yet tried). As is when nothing else is in the order
+    or its first deployment is not warming."""
+    if not w.order or w.rotations or w.order[0] not in warming:
+        return w
+    rest = next((d for d in w.order if d not in warming), None)
+    if rest is None:
+        return w
+    share = warming[w.order[0]]
+    return WeightedOrder(w.order, w.feasible,
+                         rotations(w.order, {w.order[0]: share, rest: 1.0 - share}),
+                         w.inflight)
+
+
 def reachable(order: Sequence[str],
               rots: Sequence[tuple[float, Sequence[str]]] = ()) -> frozenset[str]:
     """The deployments a route's calls can be sent to: its order's and its rotations'."""
@@ -231,11 +248,13 @@ def capped(w: WeightedOrder, cap: int | None) -> WeightedOrder:
 def weighted(demands: Sequence[ClassDemand], profile: Profile, slo_margin_ms: float,
              reserved: Mapping[str, float] | None = None,
              tail: float = queueing.TAIL, memo: RankMemo | None = None,
-             spread_cap: int | None = None) -> dict[Hashable, WeightedOrder]:
+             spread_cap: int | None = None, warming: Mapping[str, float] | None = None
+             ) -> dict[Hashable, WeightedOrder]:
     """Every class of one edge, compiled together (they share the edge's slot shares):
     the order with the learned margins, and its split (``placement.splits``). A class of
     rate ``splits.UNKNOWN`` is split over its first ``spread_cap`` feasible deployments
-    (None: all) by their room."""
+    (None: all) by their room. ``warming``: deployments back from being unusable -> their
+    slow-start share (``services.xds.returns``)."""
     found: dict[Hashable, tuple[tuple[str, ...], frozenset[str]]] = {}
     wants: list[Demand] = []
     seen: dict[Hashable, tuple[CallContext, list[Candidate], Mapping[str, float]]] = {}
@@ -251,7 +270,7 @@ def weighted(demands: Sequence[ClassDemand], profile: Profile, slo_margin_ms: fl
         wants.append(Demand(d.key, d.slo_ms - slo_margin_ms, d.rate, ok,
                             {c.deployment_id: ctx.latency_ms(c)
                              + d.margins.get(c.deployment_id, 0.0) for c in ok}, rest))
-    fractions = split(wants, reserved, tail)
+    fractions = split(wants, reserved, tail, warming)
     rates = {d.key: d.rate * RATE_HEADROOM for d in demands
              if d.rate != UNKNOWN and d.rate > 0}
     out: dict[Hashable, WeightedOrder] = {}
@@ -259,6 +278,8 @@ def weighted(demands: Sequence[ClassDemand], profile: Profile, slo_margin_ms: fl
         rots = rotations(order, fractions.get(k, {}))
         out[k] = WeightedOrder(order, feasible, rots,
                                _inflight(order, rots, rates.get(k, 0.0), *seen[k]))
+        if warming and not fractions.get(k):  # no rate to split: the order, ramped
+            out[k] = warm_plain(out[k], warming)
     return out
 
 

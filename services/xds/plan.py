@@ -24,7 +24,11 @@ by it. One implementation, so what the simulator measures is what placement push
   deployments by the room each has for the edge, not all sent to the cheapest; from the
   first learned rate on, routes nothing was learned for keep their order alone. Off because
   a fresh Envoy's first calls would then go to a random feasible deployment, not the
-  cheapest (what the integration tests, e.g. ``test_envoy_edge``'s loose call, assert).
+  cheapest (what the integration tests, e.g. ``test_envoy_edge``'s loose call, assert);
+- a deployment placement saw come back (``Learned.warming``, ``services.xds.returns``) takes
+  its slow-start share of what its classes' splits would give it (``placement.splits``); a
+  class with no rate learned whose order starts with it sends it that share and the rest
+  to the order's first deployment not warming (``order.warm_plain``).
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from services.xds.order import (
     ranked,
     reachable,
     slo_classes,
+    warm_plain,
     weighted,
 )
 from services.xds.routes import ModelRoutes
@@ -149,10 +154,12 @@ def plan_region(tables: Mapping[str, Table], profile: Profile, slo_margin_ms: fl
                 demands.append(d)
             else:  # nothing learned: the range's order as slo_classes ranked it at k.lo
                 plain[(model, i)] = WeightedOrder(k.order, k.feasible)
+    warm = learned.warming
     compiled: dict[Hashable, WeightedOrder] = {
         k: capped(w, cap) for k, w in
-        {**plain, **weighted(demands, profile, slo_margin_ms, learned.reserved,
-                             memo=memo, spread_cap=cap)}.items()}
+        {**{k: warm_plain(w, warm) for k, w in plain.items()},
+         **weighted(demands, profile, slo_margin_ms, learned.reserved, memo=memo,
+                    spread_cap=cap, warming=warm)}.items()}
     models: dict[str, ModelRoutes] = {}
     for model, table, classes in found:
         default = compiled[(model, None)]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import threading
 import time
 from collections import deque
@@ -70,6 +71,7 @@ from services.xds.resources import (
     resource,
     slow_path_cluster,
 )
+from services.xds.returns import Returns
 from services.xds.session import Delta, DeltaSession, SotwSession
 
 log = structlog.get_logger("switchyard.xds")
@@ -88,6 +90,7 @@ class _Inputs:
     version: int
     raw: tuple[bytes, ...]
     learned: Learned
+    at: float  # learning's clock when they were taken (the slow-start shares' time)
 
     def tables(self) -> list[placement_pb2.RouteTable]:
         return [placement_pb2.RouteTable.FromString(b) for b in self.raw]
@@ -149,6 +152,8 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         self.learning = RegionLearning()
         # between hub publishes, a region is recompiled this often with what it learned
         self.learn_every_s = learn_every_s
+        # when each region's deployments came back: their slow-start shares (``returns.py``)
+        self.returns = Returns(settings.slow_start_s)
         self._compiled: dict[str, _Compiled] = {}
         # resources kept across compiles (``resources.CompileCache``), compiled on one worker
         # thread (``region_config_async``) under a lock (``region_config`` runs on callers')
@@ -178,10 +183,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         inputs = self._inputs(region)
         if inputs is None:
             return self._compiled[region].config
-        with self._compile_lock:
-            compiled = compile_region(region, inputs.tables(), self.profile, self.settings,
-                                      inputs.learned, cache=self.cache)
-        return self._apply(region, inputs, compiled)
+        return self._apply(region, inputs, self._compile(region, inputs))
 
     async def region_config_async(self, region: str) -> RegionConfig:
         """``region_config`` with the compile on the worker thread (the loop keeps serving
@@ -233,11 +235,23 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
 
     def _compile_off_loop(self, region: str, inputs: _Inputs) -> RegionConfig:
         t0 = time.perf_counter()
-        with self._compile_lock:
-            compiled = compile_region(region, inputs.tables(), self.profile, self.settings,
-                                      inputs.learned, cache=self.cache)
+        compiled = self._compile(region, inputs)
         self.compile_s += time.perf_counter() - t0
         return compiled
+
+    def _compile(self, region: str, inputs: _Inputs) -> RegionConfig:
+        """The region compiled from ``inputs``, with the slow-start shares of what came
+        back (``returns.py``: its rows are looked at here, off the loop)."""
+        tables = inputs.tables()
+        with self._compile_lock:
+            learned = inputs.learned
+            if self.returns.ramp_s > 0:
+                self.returns.observe(region, [(t.model, t.candidates) for t in tables],
+                                     inputs.at)
+                learned = dataclasses.replace(learned,
+                                              warming=self.returns.shares(region, inputs.at))
+            return compile_region(region, tables, self.profile, self.settings, learned,
+                                  cache=self.cache)
 
     def _inputs(self, region: str) -> _Inputs | None:
         """What a compile of ``region`` needs, taken now; None when the last compile holds
@@ -255,7 +269,8 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             # as a compile would: nothing learned to compile, nothing new (its time moves on)
             cached.version, cached.at = version, self.learning.clock()
             return None
-        return _Inputs(version, raw, self.learning.learned(region, _Converted(tables)))
+        return _Inputs(version, raw, self.learning.learned(region, _Converted(tables)),
+                       self.learning.clock())
 
     def _apply(self, region: str, inputs: _Inputs, compiled: RegionConfig) -> RegionConfig:
         cached = self._compiled.get(region)
@@ -268,10 +283,20 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
 
     def relearn_due(self, region: str) -> bool:
         """Recompile the region between publishes: ``learn_every_s`` since its last compile
-        and something learned (or to decay) since."""
+        and something learned (or to decay) since, or a slow-start step of a deployment that
+        came back (``returns.py``)."""
         cached = self._compiled.get(region)
-        return (cached is not None and self.learning.stale(region)
-                and self.learning.clock() - cached.at >= self.learn_every_s)
+        now = self.learning.clock()
+        return cached is not None and (
+            self.returns.due(region, now)
+            or (self.learning.stale(region) and now - cached.at >= self.learn_every_s))
+
+    def relearn_wait_s(self, region: str) -> float:
+        """How long a stream's timer sleeps before asking ``relearn_due`` again: to the
+        region's next slow-start step while a deployment ramps, else ``learn_every_s``."""
+        step = self.returns.wait_s(region, self.learning.clock())
+        return self.learn_every_s if step is None else min(self.learn_every_s,
+                                                           max(step, 0.01))
 
     def offer(self, region: str, host: str, port: int, slow_path_port: int = 0,
               rc: RegionConfig | None = None) -> dict[str, dict[str, Resource]]:
@@ -360,7 +385,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
 
         async def relearn() -> None:  # a periodic timer, not a wait for a condition
             while True:
-                await asyncio.sleep(self.learn_every_s)
+                await asyncio.sleep(self.relearn_wait_s(region))
                 if self.relearn_due(region):
                     kick.set()
 
@@ -454,7 +479,8 @@ def envoy_settings(cfg: MeshConfig) -> EnvoySettings:
                          tenant_sans=tenant_sans(sec),
                          max_concurrent_streams=sec.limits.max_concurrent_streams,
                          idle_connection_timeout_s=sec.limits.idle_connection_timeout_s,
-                         max_connection_age_s=sec.limits.max_connection_age_s)
+                         max_connection_age_s=sec.limits.max_connection_age_s,
+                         slow_start_s=cfg.edge.slow_start_s)
 
 
 class GuardedAccessLog(AccessLogFeedback):
