@@ -1,0 +1,247 @@
+"""Slow start on a real Envoy edge (issue 12): real Triton backends, real placement serving
+ADS, a real Envoy, steady tritonclient load. The cheaper backend is drained, then undrained:
+placement sees it come back (``services.xds.returns``) and compiles its share of the route's
+split from 10 % up to the whole class over ``[edge] slow_start_s`` (6 s here), one compile a
+step; Envoy's active route (admin ``/config_dump``) carries those rising weights, and the
+calls follow them loosely (a binomial bound, not a timing). No call fails.
+
+What is asserted is what placement compiled and what Envoy runs, polled over time, plus a
+loose bound on the calls' counts: never how fast this host is."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import pathlib
+import threading
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import pytest
+import tritonclient.grpc as tc
+from tritonclient.utils import InferenceServerException
+
+from placement.edge_learning import Learned
+from placement.filters.slow_start import MIN_SHARE
+from services.api.switchyard.v1 import fleet_pb2, placement_pb2, placement_pb2_grpc
+from services.backends.triton import TritonProcess
+from services.config import MeshConfig
+from services.demo import infer_with_trailers
+from services.edge.envoy.launcher import EnvoyEdge
+from services.placement.main import RunningPlacement
+from services.ports import free_port
+from services.xds import server as xds_server
+from services.xds.envoy_types import cluster_name
+from services.xds.resources import RegionConfig, compile_region
+from services.xds.returns import RAMP_STEPS
+from services.xds.routes import rotation_cluster_name
+from tests.envoy_harness import running_envoy_edge
+from tests.mesh_harness import PRICES, eventually, summarize_input
+
+pytestmark = pytest.mark.integration
+
+MODEL = "summarize"
+CHEAP = "central-cheap"  # the order's first: drained, then back
+RAMP_S = 6.0
+CLIENTS = 3
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory: pytest.TempPathFactory) -> MeshConfig:
+    """Two backends with room for every call, the cheaper one first in the order; a loose
+    SLO, so only the ramp moves the split."""
+    tmp = tmp_path_factory.mktemp("envoy-slow-start")
+    (tmp / "prices.toml").write_text(PRICES)
+    return MeshConfig.model_validate({
+        "base_dir": str(tmp), "run_dir": str(tmp / "run"), "prices_file": "prices.toml",
+        "regions": [{"name": "r-east", "cloud": "aws"}, {"name": "r-central", "cloud": "gcp"}],
+        "rtt": [{"a": "r-east", "b": "r-central", "ms": 20}],
+        "models": [{"name": MODEL, "default_slo_ms": 3000, "variants": [
+            {"name": "summarize-small", "quality": 0.7}]}],
+        "backends": [
+            {"id": CHEAP, "region": "r-central", "accelerator": "gpu-cheap",
+             "price_class": "spot", "grpc_port": free_port(), "max_concurrency": 4,
+             "variants": ["summarize-small"]},
+            {"id": "east-dear", "region": "r-east", "accelerator": "gpu-cheap",
+             "price_class": "spot", "grpc_port": free_port(), "max_concurrency": 4,
+             "variants": ["summarize-small"]},
+        ],
+        "edges": [{"id": "edge-east", "region": "r-east", "port": 0}],
+        "placement": {"port": 0, "coalesce_ms": 20},
+        "edge": {"report_interval_s": 0.5, "slow_start_s": RAMP_S},
+    })
+
+
+@dataclass
+class Compiles:
+    """The slow-start shares placement compiled the region with, in order."""
+
+    region: str
+    warming: list[dict[str, float]] = field(default_factory=list)
+
+    def wrap(self) -> Any:
+        def compile_and_keep(r: str, tables: Iterable[placement_pb2.RouteTable], *args: Any,
+                             **kwargs: Any) -> RegionConfig:
+            got = compile_region(r, tables, *args, **kwargs)
+            if r == self.region:
+                learned = args[2] if len(args) > 2 else kwargs.get("learned") or Learned()
+                self.warming.append(dict(learned.warming))
+            return got
+        return compile_and_keep
+
+
+@dataclass
+class RampMesh:
+    placement: RunningPlacement
+    envoy: EnvoyEdge
+    compiles: Compiles
+
+
+@pytest.fixture
+async def mesh(cfg: MeshConfig, tritons: dict[str, TritonProcess], tmp_path: pathlib.Path,
+               monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[RampMesh]:
+    compiles = Compiles(cfg.edges[0].region)
+    monkeypatch.setattr(xds_server, "compile_region", compiles.wrap())
+    async with running_envoy_edge(cfg, tmp_path, concurrency=2, ready_s=30) as (placement,
+                                                                                envoy):
+        yield RampMesh(placement, envoy, compiles)
+
+
+class Load:
+    """Closed-loop callers through Envoy until stopped: when each call started, who served
+    it, and every failure."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.stop = threading.Event()
+        self.calls: list[tuple[float, str]] = []
+        self.failed: list[str] = []
+        self._lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(CLIENTS)]
+
+    def _run(self) -> None:
+        client = tc.InferenceServerClient(self.address)
+        try:
+            while not self.stop.is_set():
+                t0 = time.monotonic()
+                try:
+                    _, trailers = infer_with_trailers(client, MODEL, [summarize_input()], [],
+                                                      20.0)
+                except InferenceServerException as exc:
+                    with self._lock:
+                        self.failed.append(f"{exc.status()}: {exc.message()}")
+                    continue
+                with self._lock:
+                    self.calls.append((t0, trailers.get("x-served-by", "")))
+        finally:
+            client.close()
+
+    def served(self, since: float, until: float = math.inf) -> list[str]:
+        with self._lock:
+            return [s for t, s in self.calls if since <= t < until]
+
+    def __enter__(self) -> Load:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(30)
+
+
+def cheap_share(envoy: EnvoyEdge) -> float | None:
+    """The share of the default route's calls Envoy's active config sends to the cheap
+    deployment first: its rotation's weight over the route's, or 1 / 0 for the order alone
+    by whether it is the aggregate's first child; None before the route exists."""
+    dump = json.loads(envoy.admin("/config_dump"))
+    route: dict[str, Any] | None = None
+    children: dict[str, list[str]] = {}
+    for c in dump["configs"]:
+        for rc in c.get("dynamic_route_configs", []):
+            for vh in rc["route_config"]["virtual_hosts"]:
+                route = next((dict(r["route"]) for r in vh["routes"]
+                              if r.get("name") == MODEL), route)
+        for dc in c.get("dynamic_active_clusters", []):
+            cl = dc["cluster"]
+            if "cluster_type" in cl:
+                children[cl["name"]] = list(cl["cluster_type"]["typed_config"]["clusters"])
+    if route is None:
+        return None
+    dep = f"{CHEAP}/summarize-small"
+    weighted = {x["name"]: x["weight"] for x in route.get("weighted_clusters", {}).get(
+        "clusters", [])}
+    if weighted:
+        return float(weighted.get(rotation_cluster_name(MODEL, None, dep), 0)
+                     / sum(weighted.values()))
+    first = children.get(route.get("cluster", ""), [""])[0]
+    return 1.0 if first == cluster_name(dep) else 0.0
+
+
+async def set_availability(placement: RunningPlacement, availability: int) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{placement.port}") as ch:
+        await placement_pb2_grpc.PlacementStub(ch).SetAvailability(
+            placement_pb2.SetAvailabilityRequest(
+                scope=placement_pb2.AVAILABILITY_SCOPE_BACKEND, target=CHEAP,
+                availability=availability))
+
+
+async def test_an_undrained_deployment_ramps_back_into_envoys_route(mesh: RampMesh) -> None:
+    envoy = mesh.envoy
+    dep = f"{CHEAP}/summarize-small"
+    with Load(envoy.address) as load:
+        await eventually(lambda: dep in load.served(0.0), 60, "the cheap deployment serves")
+        await set_availability(mesh.placement, fleet_pb2.AVAILABILITY_DRAINED)
+        await eventually(lambda: cheap_share(envoy) == 0.0, 30,
+                         "Envoy's route leaves the drained deployment", poll_s=0.1)
+        drained_at = time.monotonic()
+        await eventually(lambda: len(load.served(drained_at)) >= 5, 30,
+                         "calls served while drained")
+        assert dep not in load.served(drained_at)
+        before = len(mesh.compiles.warming)
+        await set_availability(mesh.placement, fleet_pb2.AVAILABILITY_ACTIVE)
+        samples: list[tuple[float, float]] = []  # (when, the cheap share Envoy runs)
+
+        def full() -> bool:
+            got = cheap_share(envoy)
+            if got is not None:
+                samples.append((time.monotonic(), got))
+            return got == 1.0
+
+        await eventually(full, RAMP_S * 6 + 30, "the ramp ends at the whole class", poll_s=0.1)
+        full_at = time.monotonic()
+        await eventually(lambda: len(load.served(full_at)) >= 10, 30,
+                         "calls served after the ramp")
+    assert load.failed == [], load.failed[:5]
+
+    # placement compiled the return at the minimum share, then a rising share at each step
+    # (at most RAMP_STEPS + 1 recompiles for it), then no share: the whole class
+    shares = [w[dep] for w in mesh.compiles.warming[before:] if dep in w]
+    assert shares and shares[0] == pytest.approx(MIN_SHARE, abs=0.02), shares
+    assert shares == sorted(shares) and len(set(shares)) <= RAMP_STEPS + 1, shares
+    assert mesh.compiles.warming[-1].get(dep) is None
+
+    # Envoy ran a ramp: a small share first, never falling, the whole class last
+    ramp = [(t, s) for t, s in samples if 0.0 < s < 1.0]
+    assert ramp, samples
+    assert ramp[0][1] <= 0.2, ramp
+    assert [s for _, s in samples if s > 0] == sorted(s for _, s in samples if s > 0), samples
+
+    # the calls followed, loosely: while Envoy ran ramp weights (polls before and after a
+    # call's start both showed one), the cheap deployment served about the highest weight
+    # seen or fewer (3 sigma, +2); after the ramp, nearly every call
+    during: list[str] = []
+    for (a, sa), (b, sb) in itertools.pairwise(samples):
+        if 0.0 < sa < 1.0 and 0.0 < sb < 1.0:
+            during += load.served(a, b)
+    top = max(s for _, s in ramp)
+    n = len(during)
+    bound = n * top + 3 * math.sqrt(n * top * (1 - top)) + 2
+    assert sum(1 for s in during if s == dep) <= bound, (during, top)
+    after = load.served(full_at)
+    assert sum(1 for s in after if s == dep) >= 0.8 * len(after), after
