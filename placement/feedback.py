@@ -51,12 +51,33 @@ every row sends the class to the fallback's fastest-by-estimate, a distant or sl
 tight-three-variant 99.45/99.50 → 99.41/99.47 %; noisy-cheap-spot 99.60/99.53 →
 99.46/99.69 %. Lower on four runs, by up to 1.8 points: not adopted (off). The spending side
 (``CLASS_RANGE`` below 0, variant ``class-headroom-spend``) was not measured.
+
+With ``EXCLUDE_RATE`` (off) the fallback (``placement.meet``) leaves out, while any other row
+is left, a (deployment, class) whose recent miss rate is above that rate with confidence
+(``excluded``: the lower bound of ``miss_bounds`` at z = 2 over counts that halve every
+``RATE_HALF_LIFE_S``, so an excluded row comes back once its evidence fades): the rows the
+quantile tracker's unbounded margins kept the fallback off, ruled out explicitly, so that
+``meet.LEARNED_CAP`` could bound the margins in the chance of the rows that remain. Measured
+(2026-11-27, ``python -m benchmarks.cost_check --scenarios held-out-near-capacity
+held-out-many-models single-cloud-hetero tight-three-variant --seeds 0 1 --variants base
+exclude-0.05 exclude-0.05-cap-0.25 exclude-0.02-cap-0.25``, quick; attainment seed 0/1):
+near capacity base 98.64/98.96 %, 0.05 alone 98.69/98.94 % ("service-time tail" 168 → 103
+on seed 0 but "queueing not foreseen" 391 → 445: the calls taken off the T4s queue on the
+fast rows, every pool busy at the peak), 0.05 with the cap at 0.25 × SLO 98.79/98.79 %, 0.02
+with the cap 98.60/98.67 %; many-models 99.16/99.24 → 98.97/99.27, 99.19/99.16,
+99.11/99.13 %; single-cloud-hetero 99.49/99.55 → 99.49/99.55, 99.58/99.54, 99.58/99.54 %
+(0.05 alone identical to base: no row there misses that much); tight-three-variant
+99.47/99.46 → 99.42/99.46 % on all three (USD/1M 15.3/14.2 → 13.7–15.7/15.0: this scenario's
+cost moves that much run to run). No variant lifts a missing scenario past its seed spread,
+none reaches 99.5 % where base does not: off. (The single-cloud-hetero and
+tight-three-variant rows of that run, and many-models seed 1's capped ones, already ran the
+simulator's slow start, ``benchmarks.costsim.policies``; every variant of a pair alike.)
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Container, Iterator, Mapping
 from types import MappingProxyType
 
 from placement import queueing
@@ -77,6 +98,12 @@ BUDGET_RANGE = (0.25, 4.0)  # the tracked fraction stays within this × ``tail``
 CLASS_STEP = 0.0
 CLASS_RANGE = (0.0, 0.3)
 CLASS_TARGET = 0.5  # of ``tail``: the class's miss rate its headroom tracks
+# Rows out of the fallback by their own miss rate (``excluded``, read by ``placement.meet``):
+# a (deployment, class) whose recent miss rate is above ``EXCLUDE_RATE`` with confidence
+# (its lower bound, ``miss_bounds`` at ``BUDGET_Z``); None = off. Its counts decay with a
+# half-life of ``RATE_HALF_LIFE_S``, so evidence fades and an excluded row is tried again.
+EXCLUDE_RATE: float | None = None
+RATE_HALF_LIFE_S = 60.0
 
 
 class _WithHeadroom(Mapping[str, float]):
@@ -99,6 +126,31 @@ class _WithHeadroom(Mapping[str, float]):
 
     def __len__(self) -> int:
         return len(self._own)
+
+
+class _Excluded(Container[str]):
+    """The deployments of one SLO class whose recent miss rate is above ``rate`` with
+    confidence, at ``now``; evaluated per deployment when asked (``dep in excluded``)."""
+
+    __slots__ = ("_counts", "_now", "_rate")
+
+    def __init__(self, counts: Mapping[str, tuple[float, float, float]], rate: float,
+                 now: float) -> None:
+        self._counts, self._rate, self._now = counts, rate, now
+
+    def __contains__(self, dep: object) -> bool:
+        got = self._counts.get(dep) if isinstance(dep, str) else None
+        if got is None:
+            return False
+        calls, missed = decayed_counts(got, self._now)
+        return miss_bounds(missed, calls)[0] > self._rate
+
+
+def decayed_counts(counts: tuple[float, float, float], now: float) -> tuple[float, float]:
+    """(calls, missed) of a ``(calls, missed, at)`` record decayed from ``at`` to ``now``."""
+    calls, missed, at = counts
+    keep = 0.5 ** (max(0.0, now - at) / RATE_HALF_LIFE_S)
+    return calls * keep, missed * keep
 
 
 def miss_bounds(missed: float, calls: float, z: float = BUDGET_Z) -> tuple[float, float]:
@@ -154,6 +206,8 @@ class SloFeedback:
         self._last: dict[int, dict[str, float]] = {}  # class -> deployment -> last call
         self._changes = 0
         self._merged: dict[int, tuple[int, int, Mapping[str, float]]] = {}
+        # class -> deployment -> (calls, missed, at): decayed counts (``excluded``)
+        self._counts: dict[int, dict[str, tuple[float, float, float]]] = {}
 
     def served(self, deployment_id: str, latency_ms: float, expected_ms: float) -> None:
         """One attempt served by ``deployment_id`` in ``latency_ms``, where the edge expected
@@ -169,6 +223,10 @@ class SloFeedback:
         k = slo_class(slo_ms)
         if self.class_step > 0.0:
             self._class_record(k, slo_ms, met)
+        counts = self._counts.setdefault(k, {})
+        got = counts.get(deployment_id)
+        calls, missed = decayed_counts(got, now) if got is not None else (0.0, 0.0)
+        counts[deployment_id] = (calls + 1.0, missed + (0.0 if met else 1.0), now)
         margins = self._decayed(k, now)
         m = margins.get(deployment_id, 0.0)
         if met:
@@ -199,6 +257,16 @@ class SloFeedback:
         if h != self._headroom.get(k, 0.0):
             self._headroom[k] = h
             self._changes += 1
+
+    def excluded(self, slo_ms: float, now: float) -> Container[str]:
+        """The deployments whose recent miss rate for calls of this SLO is above
+        ``EXCLUDE_RATE`` with confidence (empty while it is None)."""
+        if EXCLUDE_RATE is None:
+            return frozenset()
+        counts = self._counts.get(slo_class(slo_ms))
+        if not counts:
+            return frozenset()
+        return _Excluded(counts, EXCLUDE_RATE, now)
 
     def headroom(self, slo_ms: float) -> float:
         """The class headroom (ms) every deployment gets for calls of this SLO."""

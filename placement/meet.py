@@ -94,7 +94,10 @@ evidence of a better rule and 0.05 stays. 0.02 on every scenario (``--seeds 0 1
 held-out-return-into-burst 99.61/99.58 → 99.72/99.40 %, single-cloud-hetero 99.49/99.52 →
 99.52/99.39 %, tight-three-variant 99.45/99.45 → 99.49/99.51 % at 13.2/13.8 → 15.5/14.1
 USD/1M, many-small-pools 4.32/4.34 → 4.50/4.50 USD/1M, default 18.9/19.5 → 19.1/20.1; the
-rest within 0.1 point.
+rest within 0.1 point. Rows excluded by their own recent miss rate with the margins capped
+(``CallContext.slo_excluded``, ``feedback.EXCLUDE_RATE`` with ``LEARNED_CAP`` 0.25): off,
+measured in ``placement.feedback``'s docstring (within the seed spread on all four scenarios
+below 99.5 %).
 """
 
 from __future__ import annotations
@@ -208,6 +211,8 @@ def choose(rows: Sequence[Candidate], ctx: CallContext,
     """The fallback's row by chance among ``rows`` (not empty; see the module docstring);
     when none has any chance, the fastest by ``CallContext.latency_ms`` (the fallback's
     rule without this). Without ``rng`` the best chance, cheapest on a tie."""
+    if ctx.slo_excluded:  # rows whose own recent misses rule them out, while any is left
+        rows = [c for c in rows if c.deployment_id not in ctx.slo_excluded] or rows
     if IDLE_FIRST:
         rows = [c for c in rows if fits_idle(c, ctx)] or rows
     scored = [(chance(c, ctx), c) for c in rows]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from dataclasses import dataclass, field
 
 from placement.token_learning import TokenSpeed
@@ -130,6 +130,9 @@ class CallContext:
     # the share of its calls this edge may risk on idle slots past its slot share
     # (``placement.shares.borrow_tail``; 0 = none: the worst case below)
     borrow_tail: float = 0.0
+    # deployments whose recent miss rate for this SLO class rules them out of the fallback
+    # (``placement.feedback.SloFeedback.excluded``, read by ``placement.meet``)
+    slo_excluded: Container[str] = frozenset()
     _by_backend: dict[str, int] | None = field(default=None, repr=False, compare=False)
 
     def latency_ms(self, c: Candidate) -> float:

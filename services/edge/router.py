@@ -178,10 +178,12 @@ class Router:
             hints = record.admission.narrow(hints)
         record.hints = hints
         view = self.health.view()
+        now = self.clock()
         ctx = CallContext(hints, self.settings.slo_margin_ms, frozenset(), frozenset(),
                           view.unusable, self.stats.p95, view.warming, self.rng.random(),
-                          self.inflight, self.feedback.margins(hints.slo_ms, self.clock()),
-                          borrow_tail=borrow_tail(self.feedback))
+                          self.inflight, self.feedback.margins(hints.slo_ms, now),
+                          borrow_tail=borrow_tail(self.feedback),
+                          slo_excluded=self.feedback.excluded(hints.slo_ms, now))
         return model, cands, ctx, self.profiles[parsed.profile or self.settings.default_profile]
 
     def candidates(self, model: str) -> Sequence[Candidate]:
