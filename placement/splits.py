@@ -46,12 +46,16 @@ calls each deployment should take first, for one edge at a time:
   cheapest deployment in the fleet until the next push (``default``: 551 of the Envoy
   row's 925 late calls in the first 10 s of the quick day).
 
-- a deployment placement saw come back (``warming``: deployment -> its slow-start share,
-  ``placement.filters.slow_start.ramp_share`` at the compile, ``services.xds.returns``)
-  takes that share of the calls it would take at full room, wherever the class's calls
-  reach it (feasible, fallback, overload, by room): the rest goes on to the rows after it
-  as if its room were that much smaller, so Envoy follows a rising weight, not a jump from
-  0 to the cheapest row's whole class. A deployment not warming is planned as before.
+- a feasible deployment placement saw come back (``warming``: deployment -> its slow-start
+  share, ``placement.filters.slow_start.ramp_share`` at the compile,
+  ``services.xds.returns``) takes that share of the calls it would take at full room: the
+  rest goes on to the feasible rows after it as if its room were that much smaller, so
+  Envoy follows a rising weight, not a jump from 0 to the cheapest row's whole class. What
+  those rows have no room for goes back to it (up to what its share held off it) before
+  any spills to the fallback rows: the ramp moves calls only onto room that meets the SLO,
+  never into a queue or a late row (all of a region's deployments back from an outage at
+  once). An unmeasured class (by room) gives it its share of its room. A deployment not
+  warming is planned as before.
 
 Pure: rates and estimates are inputs, nothing is measured or timed here. The answer for a
 class is ``{deployment_id: fraction}`` (fractions sum to 1) over its feasible and fallback
@@ -125,6 +129,7 @@ def split(demands: Sequence[Demand], reserved: Mapping[str, float] | None = None
     backend's slots this edge already uses by other paths; ``warming``: deployment -> its
     slow-start share (0-1) of what it would take."""
     warm: Mapping[str, float] = warming or {}
+    held: dict[str, tuple[Candidate, float]] = {}  # warming row -> calls/s kept off it
     used: dict[str, float] = dict(reserved or {})  # backend -> Erlangs of this edge
     cap: dict[str, float] = {}  # backend -> utilisation cap, tightened per class
     out: dict[Hashable, dict[str, float]] = {}
@@ -147,7 +152,12 @@ def split(demands: Sequence[Demand], reserved: Mapping[str, float] | None = None
             room = c.slots * rho - used.get(b, 0.0)
             if room <= 0:
                 continue
-            x = min(left, room / s) * warm.get(c.deployment_id, 1.0)
+            x = min(left, room / s)
+            share = warm.get(c.deployment_id)
+            if share is not None:  # slow start: the rest is held off it, for the next rows
+                held[c.deployment_id] = (c, held.get(c.deployment_id, (c, 0.0))[1]
+                                         + x * (1.0 - share))
+                x *= share
             rates[c.deployment_id] = rates.get(c.deployment_id, 0.0) + x
             used[b] = used.get(b, 0.0) + x * s
             cap[b] = rho
@@ -155,10 +165,19 @@ def split(demands: Sequence[Demand], reserved: Mapping[str, float] | None = None
             if left <= d.rate * RATE_HEADROOM * 1e-9:
                 left = 0.0
                 break
+        for c, kept in held.values():  # what no feasible row after it had room for
+            if left <= d.rate * RATE_HEADROOM * 1e-9:
+                left = 0.0
+                break
+            x = min(kept, left)
+            rates[c.deployment_id] += x
+            used[c.backend_id] = used.get(c.backend_id, 0.0) + x * c.compute_ms / 1000.0
+            left -= x
+        held.clear()
         if left > 0:
-            left = _spill(left, d, rates, used, cap, tail, warm)
+            left = _spill(left, d, rates, used, cap, tail)
         if left > 0:
-            _spread(left, [*d.feasible, *d.fallback], rates, used, warm)
+            _spread(left, [*d.feasible, *d.fallback], rates, used)
         total = sum(rates.values())
         out[d.key] = {k: v / total for k, v in rates.items() if v > 0} if total > 0 else {}
     for d in demands:
@@ -168,7 +187,7 @@ def split(demands: Sequence[Demand], reserved: Mapping[str, float] | None = None
 
 
 def _spill(left: float, d: Demand, rates: dict[str, float], used: dict[str, float],
-           cap: Mapping[str, float], tail: float, warm: Mapping[str, float]) -> float:
+           cap: Mapping[str, float], tail: float) -> float:
     """What the feasible rows had no room for, over the fallback rows (see the module
     docstring); returns what is still left."""
     for c in sorted(d.fallback, key=_idle_ms):
@@ -181,7 +200,7 @@ def _spill(left: float, d: Demand, rates: dict[str, float], used: dict[str, floa
         room = c.slots * min(rho, cap.get(b, MAX_UTILISATION)) - used.get(b, 0.0)
         if room <= 0:
             continue
-        x = min(left, room / s) * warm.get(c.deployment_id, 1.0)
+        x = min(left, room / s)
         rates[c.deployment_id] = rates.get(c.deployment_id, 0.0) + x
         used[b] = used.get(b, 0.0) + x * s
         left -= x
@@ -214,17 +233,16 @@ def _by_room(d: Demand, used: Mapping[str, float], cap: Mapping[str, float],
             rates[c.deployment_id] = room / (c.compute_ms / 1000.0) * warm.get(
                 c.deployment_id, 1.0)
     if not rates and d.feasible:
-        _spread(1.0, d.feasible, rates, {}, warm)
+        _spread(1.0, d.feasible, rates, {})
     total = sum(rates.values())
     return {k: v / total for k, v in rates.items() if v > 0} if total > 0 else {}
 
 
 def _spread(left: float, feasible: Sequence[Candidate], rates: dict[str, float],
-            used: dict[str, float], warm: Mapping[str, float]) -> None:
-    """The overflow over the feasible deployments by their calls/s at full utilisation
-    (a warming one's times its share)."""
-    full = {c.deployment_id: c.slots / (c.compute_ms / 1000.0) * warm.get(c.deployment_id, 1.0)
-            for c in feasible if c.compute_ms > 0 and c.slots > 0}
+            used: dict[str, float]) -> None:
+    """The overflow over the feasible deployments by their calls/s at full utilisation."""
+    full = {c.deployment_id: c.slots / (c.compute_ms / 1000.0) for c in feasible
+            if c.compute_ms > 0 and c.slots > 0}
     total = sum(full.values())
     if total <= 0 or not math.isfinite(total):
         first = feasible[0]

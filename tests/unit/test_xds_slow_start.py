@@ -76,6 +76,18 @@ def test_a_returning_row_past_its_room_takes_its_share_of_what_it_could_carry() 
     assert got["b/v"] == pytest.approx(1 - full / 2)
 
 
+def test_what_the_next_rows_have_no_room_for_stays_on_the_returning_row() -> None:
+    """The ramp moves calls only onto room that meets the SLO: b (one slot) cannot take
+    a's held-off calls, so they stay on a rather than spill to the late fallback row f."""
+    a, b = cand("a/v", 1e-5, concurrency=32), cand("b/v", 2e-5, concurrency=1)
+    late = cand("f/v", 3e-5, concurrency=32)
+    d = Demand("k", 298.0, 100.0, [a, b], fallback=[late])
+    plain = split([d])["k"]
+    got = split([d], warming={"a/v": MIN_SHARE})["k"]
+    assert "f/v" not in got and got["a/v"] > 0.5
+    assert got["b/v"] > plain.get("b/v", 0.0)  # b took what it had room for
+
+
 def test_rows_never_unusable_are_untouched() -> None:
     """Classes on rows that did not come back split as they did, alone or beside a class
     whose row ramps (on other backends)."""
