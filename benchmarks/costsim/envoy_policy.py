@@ -47,7 +47,12 @@ Between pushes an edge then does what Envoy does, nothing more:
   which flatters this row during outages;
 - feedback is Envoy's access log (``services.xds.feedback``): one entry per call, for the
   attempt that answered it (``x-served-by``); attempts that never reached a backend are not
-  logged.
+  logged;
+- slow start is placement's (``services.xds.returns``, the object the live server runs): a
+  deployment whose row comes back usable in the pushed tables (a backend back from an
+  outage reports ready again) takes a rising share of its classes' split over
+  ``slow_start_s`` (``[edge] slow_start_s``'s default; 0: off, the row ``envoy-no-ramp``),
+  recompiled at each of the ramp's steps.
 
 Calls with a quality floor carry ``x-min-quality``, a hint compiled config cannot express:
 the listener's Lua sends them to the *slow path*, the node's co-located Python edge
@@ -78,13 +83,17 @@ from placement.model import Candidate
 from placement.pipeline import Profile
 from placement.registry import build_profile
 from services.api.switchyard.v1 import placement_pb2
+from services.config import EdgeRuntimeConfig
 from services.convert import candidate_from_pb, candidate_to_pb
 from services.placement.hub import material
 from services.xds import resources
 from services.xds.clusters import retry_concurrency
 from services.xds.learning import MIN_RATE
 from services.xds.plan import Route, Table, plan_region, route
+from services.xds.returns import Returns
 from services.xds.routes import ModelRoutes
+
+SLOW_START_S = EdgeRuntimeConfig().slow_start_s  # the edge's ramp, as a mesh sets it
 
 # An aggregate cluster at an edge: (the model route's key, its class index or None for the
 # default route, the first deployment of its rotation or None for the order itself).
@@ -219,7 +228,8 @@ class EnvoyPolicy:
                  slo_margin_ms: float, slow_path: Policy | None = None,
                  name: str = "envoy", seed: int = 0, split: bool = True,
                  learn_margins: bool = True, tail: float = queueing.TAIL,
-                 learn_every_s: float = TIME_CONSTANT_S, cold_spread: bool = False) -> None:
+                 learn_every_s: float = TIME_CONSTANT_S, cold_spread: bool = False,
+                 slow_start_s: float = SLOW_START_S) -> None:
         """``slow_path``: the co-located Python edge that calls with a quality floor go to
         (None: such calls take a compiled quality class, see the module docstring);
         ``split``: placement pushes weighted rotations of each class's order
@@ -227,7 +237,8 @@ class EnvoyPolicy:
         placement learns miss margins from the access log and compiles them into the
         orders; ``seed``: Envoy's random choice among weighted clusters; ``cold_spread``:
         a what-if, ``plan.plan_region``'s split by room while nothing is learned (not what
-        ``compile_region`` pushes)."""
+        ``compile_region`` pushes); ``slow_start_s``: placement's ramp of a deployment that
+        came back (``services.xds.returns``; 0: none)."""
         self.name = name
         self.slow_path = slow_path
         self.slow_calls = 0  # attempts decided by the slow path
@@ -241,6 +252,7 @@ class EnvoyPolicy:
         self.tail = tail
         self.learn_every_s = learn_every_s
         self.cold_spread = cold_spread
+        self.returns = Returns(slow_start_s)  # per edge (its region), as the ADS server's
         # the hub's side: rows as last pushed, their order per table, the version
         self._pushed: dict[tuple[str, str, str], Candidate] = {}
         self._order: dict[tuple[str, str], list[str]] = {}
@@ -294,7 +306,7 @@ class EnvoyPolicy:
         if edge is None:
             edge = self.edges[edge_id] = _Edge()
         self._sync()
-        if edge.version != self.version or (
+        if edge.version != self.version or self.returns.due(edge_id, now) or (
                 now - edge.compiled_at >= self.learn_every_s
                 and (edge.news or edge.holding)):
             self._compile(edge_id, edge, now)
@@ -326,6 +338,9 @@ class EnvoyPolicy:
             learned = dataclasses.replace(learned, margins={})
         if not self.split:
             learned = dataclasses.replace(learned, rates={})
+        if self.returns.ramp_s > 0:
+            self.returns.observe(edge_id, [(m, t.cands) for m, t in wire.items()], now)
+            learned = dataclasses.replace(learned, warming=self.returns.shares(edge_id, now))
         edge.models = plan_region(wire, self.profile, self.slo_margin_ms, learned,
                                   cap=self.rules.order_cap, cold_spread=self.cold_spread)
 
@@ -468,7 +483,8 @@ class EnvoyPolicy:
 def envoy(control: ControlPlane, seed: int, band: float, margin_ms: float,
           max_attempts: int, slow_path: bool = True, name: str = "envoy",
           rules: EnvoyRules | None = None, split: bool = True,
-          learn_margins: bool = True, cold_spread: bool = False) -> EnvoyPolicy:
+          learn_margins: bool = True, cold_spread: bool = False,
+          slow_start_s: float = SLOW_START_S) -> EnvoyPolicy:
     """The ``envoy`` row: placement's ``cheapest`` profile compiled as ``services.xds`` does
     (deterministic: one host per cluster, no weights), with a slow path for quality floors
     (the per-call policy, counting only its own calls in flight, drawing from ``seed``);
@@ -481,4 +497,4 @@ def envoy(control: ControlPlane, seed: int, band: float, margin_ms: float,
         if slow_path else None
     return EnvoyPolicy(control, build_profile("cheapest", band), rules, margin_ms, slow, name,
                        seed=seed ^ 0x5EED, split=split, learn_margins=learn_margins,
-                       cold_spread=cold_spread)
+                       cold_spread=cold_spread, slow_start_s=slow_start_s)
