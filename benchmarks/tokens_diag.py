@@ -39,6 +39,8 @@ from benchmarks.costsim.tokens_workload import (
     load_token_scenario,
 )
 from benchmarks.costsim.tokensim import Outcome, Policy, TokenSim
+from benchmarks.tokens_spend import HEADS as SPEND_HEADS
+from benchmarks.tokens_spend import class_lines, spend_rows, window_lines
 
 SCENARIOS = pathlib.Path(BENCH_DIR, "scenarios", "tokens")
 
@@ -149,23 +151,30 @@ AFTER = "Tokens: LLM streams, Switchyard vs the LLM routers (simulated)"
 
 
 def diagnose(s: TokenScenario, quick: bool, policies: Sequence[str], label: str = ""
-             ) -> tuple[str, list[list[object]], list[list[object]], list[str]]:
-    """One scenario's class and pool rows for ``policies``, and per class of the first
-    policy, how its gap to the LP bound splits between pool choice and batch fill."""
+             ) -> tuple[str, list[list[object]], list[list[object]], list[str],
+                        list[list[object]]]:
+    """One scenario's class and pool rows for ``policies``, per class of the first
+    policy how its gap to the LP bound splits between pool choice and batch fill, and where
+    each policy's $ goes by kind of stream (``benchmarks.tokens_spend``)."""
     streams = generate_streams(s, quick)
     bound = tokens_bound.lower_bound(s, streams, TokenSim(s, streams).rtt)
     classes: list[list[object]] = []
     pools: list[list[object]] = []
+    spend: list[list[object]] = []
     for name in policies:
         out, v = _run(s, streams, name)
         classes += class_rows(s, streams, out, v, bound, name)
         pools += pool_rows(s, streams, out, name)
+        spend += spend_rows(s, streams, out, v.best_effort, name)
     head = (f"{s.name}{label} ({'quick' if quick else 'full'} horizon): LP bound "
             f"${bound.usd_per_1m_out:.3f}/1M")
     mine = [p for p in policies if p.startswith("switchyard")]
-    return head, classes, pools, [line for p in mine
-                                  for line in (gap_lines(f"{s.name}{label}", classes, p)
-                                               + miss_lines(f"{s.name}{label}", classes, p))]
+    lines = [line for p in mine
+             for line in (gap_lines(f"{s.name}{label}", classes, p)
+                          + miss_lines(f"{s.name}{label}", classes, p)
+                          + class_lines(f"{s.name}{label}", classes, p)
+                          + window_lines(f"{s.name}{label}", spend, p))]
+    return head, classes, pools, lines, spend
 
 
 def gap_lines(scenario: str, classes: Sequence[Sequence[object]], policy: str) -> list[str]:
@@ -223,21 +232,24 @@ def section() -> Section:
 
     policies = ("switchyard", LIST_COST, "lowest-latency")
     parts = [diagnose(s, False, policies),
-             diagnose(scaled(s, 2.0), True, policies, " ×2")]
+             diagnose(scaled(s, 2.0), True, policies, " ×2"),
+             diagnose(_scenario("tokens-reclaim"), False, ("switchyard", "lowest-latency"))]
     intro = ("**Simulated** (`benchmarks/costsim/tokensim.py`, emulated servers). Per SLO "
              "class: `same choices, full batches` bills each stream where the policy sent it "
              "(its first deployment), its prefill as served and its decode at that pool's "
              "full-batch share (the LP bound's decode rule); `LP bound` is the class's part of "
              "the bound's assignment (`benchmarks/costsim/tokens_bound.py`); `best efforts`: "
              "streams for which nothing was predicted to meet both objectives. tokens-slowdown "
-             "×2 is every region's rate × 2, quick horizon. `switchyard-list-cost`: the same "
+             "×2 is every region's rate × 2, quick horizon; tokens-reclaim (held out, "
+             "written before any change it judged) full horizon. Where the $ goes by kind of "
+             "stream: `benchmarks/tokens_spend.py`. `switchyard-list-cost`: the same "
              "choice with each deployment's decode priced as if the stream ran alone "
              "(`choose_stream(share_batch=False)`, measured, not the default).")
     notes: list[str] = []
     tables = []
-    for head, classes, pools, gaps in parts:
+    for head, classes, pools, gaps, spend in parts:
         tables += [f"#### {head}", md_table(CLASS_HEADS, classes),
-                   md_table(POOL_HEADS, pools), *gaps]
+                   md_table(POOL_HEADS, pools), md_table(SPEND_HEADS, spend), *gaps]
     notes += tables
     notes.append("Which target `switchyard` misses at other loads (quick horizon, "
                  "python -m benchmarks.tokens' load cases): " + load_targets())
@@ -287,10 +299,11 @@ def main() -> None:
 
     s = _scenario(args.scenario)
     s = dataclasses.replace(scaled(s, args.scale), seed=s.seed + args.seed_offset)
-    head, classes, pools, gaps = diagnose(s, args.quick, args.policies)
+    head, classes, pools, gaps, spend = diagnose(s, args.quick, args.policies)
     print(f"×{args.scale:g} seed +{args.seed_offset}: {head}")
     print(md_table(CLASS_HEADS, classes))
     print(md_table(POOL_HEADS, pools))
+    print(md_table(SPEND_HEADS, spend))
     print("\n".join(gaps))
 
 
