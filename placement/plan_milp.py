@@ -84,6 +84,7 @@ class Model:
     n: dict[str, int] = field(default_factory=dict)
     y: dict[tuple[str, str], int] = field(default_factory=dict)
     m: dict[tuple[str, int], int] = field(default_factory=dict)
+    t: dict[tuple[str, int], int] = field(default_factory=dict)
     x: dict[tuple[int, str, str], int] = field(default_factory=dict)
     rho: dict[int, float] = field(default_factory=dict)  # per x column: ρ* of its class
     spot_slack: dict[int, int] = field(default_factory=dict)  # class -> its slack column
@@ -112,7 +113,7 @@ def build(problem: Problem, gpu_limits: bool = True, shed: bool = False) -> Mode
     ``SHED_USD`` per call/s-hour (a plan for what the pools can carry, ``carry_what_fits``)."""
     s = problem.settings
     md = Model(problem)
-    t: dict[tuple[str, int], int] = {}
+    t = md.t
     for p in problem.pools:
         cap = float(p.max_gpus) if gpu_limits else GPU_BOUND  # also the big-M of m ≤ cap·t
         md.n[p.id] = md.var(p.usd_per_gpu_hour, True, cap)

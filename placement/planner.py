@@ -113,6 +113,8 @@ def _solve(md: Model, drop: str = "", fixed: Plan | None = None, relax: bool = F
         for key, col in md.y.items():
             if key not in allow:
                 upper[col] = 0
+    if drop != "slo" and not s.load_everywhere:
+        upper[list(_idle(md, allow))] = 0
     if fixed is not None:
         gpus, loaded = fixed.gpus(), fixed.loaded()
         for pid, col in md.n.items():
@@ -141,6 +143,36 @@ def _solve(md: Model, drop: str = "", fixed: Plan | None = None, relax: bool = F
     bound = getattr(res, "mip_dual_bound", None)
     return _Solution(np.asarray(res.x), float(res.fun),
                      float(res.fun if bound is None or relax else bound))
+
+
+def _idle(md: Model, allow: set[tuple[str, str]] | None) -> set[int]:
+    """Columns that are 0 in some optimal plan of what :func:`_solve` is asked, fixed there so
+    HiGHS's root (cuts, sub-MIP heuristics) works on a smaller model, the same optimum.
+
+    A pool that may load no variant (``allow``) has no GPUs and no tier. A tier is
+    dominated when the next tier up admits the same flows (no candidate's ρ* lies between
+    them: the SLO rows let a pool at tier ``l`` serve exactly the flows with ρ* >= tier_l),
+    and the higher tier carries more per GPU; so is every tier above the highest ρ* on the
+    pool (it serves nothing). Only the highest tier under each candidate's ρ* is kept.
+    """
+    tiers = md.problem.settings.tiers
+    rhos: dict[str, list[float]] = {p.id: [] for p in md.problem.pools}
+    for (_, pid, v), col in md.x.items():
+        if allow is None or (pid, v) in allow:
+            rhos[pid].append(md.rho[col])
+    loads = {pid for pid, v in md.y if allow is None or (pid, v) in allow}
+    out: set[int] = set()
+    for pid, seen in rhos.items():
+        if pid not in loads:
+            out |= {md.n[pid], *(md.t[pid, li] for li in range(len(tiers))),
+                    *(md.m[pid, li] for li in range(len(tiers)))}
+            continue
+        # a pool serving no flow may still hold a variant for the region-loss rule: one tier
+        keep = {max((li for li, lvl in enumerate(tiers) if lvl <= rho + 1e-9), default=0)
+                for rho in seen} or {0}
+        out |= {col for li in range(len(tiers)) if li not in keep
+                for col in (md.t[pid, li], md.m[pid, li])}
+    return out
 
 
 def _support(md: Model, relaxed: FloatArray) -> set[tuple[str, str]]:
