@@ -13,7 +13,9 @@ has measured, a miss budget for the margins, borrowing idle slots: ``placement/f
 and ``placement/shares.py``; ``unmeasured-1.3`` is the brain before 1.5; an unmeasured row as
 a probe, ``probe-*``, ``placement/filters/slo.py``; a headroom per SLO class,
 ``class-headroom*``, ``placement/feedback.py``; the fallback before it chose by each row's
-chance of meeting the SLO, ``fallback-fastest``, ``placement/meet.py``), applied inside a
+chance of meeting the SLO, ``fallback-fastest``, ``placement/meet.py``; the fallback without
+the rows whose own recent miss rate is too high, ``exclude-*``, ``placement/feedback.py``;
+the simulator before it ran the edge's slow start, ``no-slow-start``), applied inside a
 worker process of its own (a fresh one per run: until the borrowing round a pool worker ran
 several checks, so a variant's switch could leak into the next check it ran, ``base``
 included); ``base`` is the brain as committed. Prints one row per (scenario, seed, variant):
@@ -206,6 +208,24 @@ def _meet(eps: float = meet.EPS, symmetric: bool = False,
     return apply
 
 
+def _exclude(rate: float, learned_cap: float | None = None,
+             unlearned_second: bool = False) -> Callable[[], None]:
+    """The fallback without the rows whose recent miss rate for the call's class is above
+    ``rate`` with confidence (``feedback.EXCLUDE_RATE``), its chance with learned margins
+    at most ``learned_cap`` × SLO (``meet.LEARNED_CAP``); ``unlearned_second``: with no
+    chance anywhere, by the chance without margins (``meet.UNLEARNED_SECOND``)."""
+    def apply() -> None:
+        feedback.EXCLUDE_RATE = rate
+        meet.LEARNED_CAP = learned_cap
+        meet.UNLEARNED_SECOND = unlearned_second
+    return apply
+
+
+def _no_slow_start() -> None:
+    """The simulator before it ran the edge's slow start (``policies.SLOW_START`` off)."""
+    policies.SLOW_START = False
+
+
 def _fallback_fastest() -> None:
     """The fallback before ``placement.meet``: the fastest row by the strict test's estimate
     (``pipeline.FALLBACK_CHANCE`` off)."""
@@ -225,6 +245,12 @@ VARIANTS: dict[str, Callable[[], None]] = {
     "meet-learned-0": _meet(learned_cap=0.0),
     "meet-learned-0.25": _meet(learned_cap=0.25),
     "meet-unlearned-second": _meet(unlearned_second=True),
+    "exclude-0.05": _exclude(0.05),
+    "exclude-0.05-cap-0.25": _exclude(0.05, 0.25),
+    "exclude-0.02-cap-0.25": _exclude(0.02, 0.25),
+    "exclude-tail-cap-0.25": _exclude(queueing.TAIL, 0.25),
+    "exclude-0.05-cap-0": _exclude(0.05, 0.0),
+    "exclude-0.05-unlearned-second": _exclude(0.05, unlearned_second=True),
     "probe-2": _probe(2.0),
     "probe-1.5": _probe(1.5),
     "probe-own-1.5": _probe(1.5, own=True),
@@ -243,6 +269,7 @@ VARIANTS: dict[str, Callable[[], None]] = {
     "borrow-loose": _borrow_loose,
     "borrow-idle": _borrow_idle,
     "base": lambda: None,
+    "no-slow-start": _no_slow_start,
     "budget": _budget,
     "idle-decay": _idle_decay,
     "tail-track": _tail_track(queueing.TAIL),

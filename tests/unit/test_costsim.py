@@ -96,7 +96,8 @@ def _feasible(c: Candidate, ctx: CallContext) -> bool:
             and c.quality >= ctx.hints.min_quality
             and ctx.latency_ms(c) <= ctx.hints.slo_ms - ctx.slo_margin_ms
             and c.spare_capacity > 0 and c.region not in ctx.avoid_regions
-            and c.availability.name != "CORDONED")
+            and c.availability.name != "CORDONED"
+            and ctx.draw < ctx.warming.get(c.deployment_id, 1.0))  # slow start's share
 
 
 def test_switchyard_never_picks_an_infeasible_deployment_when_one_is_feasible(
