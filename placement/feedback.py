@@ -228,10 +228,11 @@ class SloFeedback:
         k = slo_class(slo_ms)
         if self.class_step > 0.0:
             self._class_record(k, slo_ms, met)
-        counts = self._counts.setdefault(k, {})
-        got = counts.get(deployment_id)
-        calls, missed = decayed_counts(got, now) if got is not None else (0.0, 0.0)
-        counts[deployment_id] = (calls + 1.0, missed + (0.0 if met else 1.0), now)
+        if EXCLUDE_RATE is not None:  # counted only while the rule is on (off: no cost)
+            counts = self._counts.setdefault(k, {})
+            got = counts.get(deployment_id)
+            calls, missed = decayed_counts(got, now) if got is not None else (0.0, 0.0)
+            counts[deployment_id] = (calls + 1.0, missed + (0.0 if met else 1.0), now)
         margins = self._decayed(k, now)
         m = margins.get(deployment_id, 0.0)
         if met:
