@@ -14,8 +14,9 @@ was compiled before); ``--what-if`` adds ``envoy-compiled`` (``envoy`` with qual
 compiled into the order as well: no per-call decision anywhere) and
 ``envoy-share-breakers`` (slot shares as circuit breakers) and ``envoy-cold-spread``
 (``envoy`` with ``plan.plan_region``'s ``cold_spread``: routes split by room while nothing
-is learned of the region) and ``envoy-no-ramp`` (``envoy`` without placement's slow start of
-a deployment that came back, ``services.xds.returns``); ``--rows`` runs only the rows
+is learned of the region) and ``envoy-slow-start`` (``envoy`` with placement's slow start of
+a deployment that came back, ``services.xds.returns``, built and off); ``--rows`` runs only
+the rows
 named (``switchyard`` always first; implies ``--no-write``). ``--seeds N`` runs each scenario
 on its seed and the N - 1 after it (trace, outages, draws). The target is the issue's:
 within 1 point of switchyard's SLO attainment and 5 % of its cost per call, read here as
@@ -38,7 +39,13 @@ from dataclasses import dataclass
 from benchmarks.common import Section, md_table, progress
 from benchmarks.cost import DEFAULT_SCENARIO, RESULTS, SCENARIOS, write_section
 from benchmarks.costsim.control import ControlPlane
-from benchmarks.costsim.envoy_policy import SLOW_START_S, EnvoyPolicy, EnvoyRules, envoy
+from benchmarks.costsim.envoy_policy import (
+    RAMP_S,
+    SLOW_START_S,
+    EnvoyPolicy,
+    EnvoyRules,
+    envoy,
+)
 from benchmarks.costsim.misses import CAUSES, TracedSimulation, causes
 from benchmarks.costsim.policies import Policy
 from benchmarks.costsim.runner import make_policy
@@ -94,7 +101,7 @@ def policy_for(variant: str, s: Scenario) -> Policy:
                  st.slo_margin_ms, st.max_attempts, slow_path=variant != "envoy-compiled",
                  name=variant, rules=rules, split=learned, learn_margins=learned,
                  cold_spread=variant == "envoy-cold-spread",
-                 slow_start_s=0.0 if variant == "envoy-no-ramp" else SLOW_START_S)
+                 slow_start_s=RAMP_S if variant == "envoy-slow-start" else SLOW_START_S)
 
 
 def simulate(job: tuple[str, bool, str, int]) -> Run:
@@ -162,10 +169,11 @@ LABELS = {"envoy": "`envoy` (what placement compiles: orders with learned margin
                                   "the edge's slot share",
           "envoy-cold-spread": "what-if: `envoy` with routes split by room while nothing is "
                                "learned of the region (`plan_region(cold_spread=True)`)",
-          "envoy-no-ramp": "`envoy` without placement's slow start of a deployment that came "
-                           "back (`services.xds.returns` off, `slow_start_s` 0)"}
+          "envoy-slow-start": "what-if: `envoy` with placement's slow start of a deployment "
+                              "that came back (`services.xds.returns`, `[edge] slow_start_s` "
+                              "10 s; built and off)"}
 EARLY_HEADER = f"missed, arrived in the first {EARLY_S:g} s"
-WHAT_IF = ("envoy-compiled", "envoy-share-breakers", "envoy-cold-spread", "envoy-no-ramp")
+WHAT_IF = ("envoy-compiled", "envoy-share-breakers", "envoy-cold-spread", "envoy-slow-start")
 
 
 def tables(results: list[list[Run]]) -> tuple[str, str, str]:

@@ -3,7 +3,8 @@ ADS, a real Envoy, steady tritonclient load. The cheaper backend is drained, the
 placement sees it come back (``services.xds.returns``) and compiles its share of the route's
 split from 10 % up to the whole class over ``[edge] slow_start_s`` (6 s here), one compile a
 step; Envoy's active route (admin ``/config_dump``) carries those rising weights, and the
-calls follow them loosely (a binomial bound, not a timing). No call fails.
+calls follow them loosely (a binomial bound, not a timing). No call fails. Slow start is
+built and off for Envoy edges (``services.xds.envoy_types.SLOW_START``): switched on here.
 
 What is asserted is what placement compiled and what Envoy runs, polled over time, plus a
 loose bound on the calls' counts: never how fast this host is."""
@@ -106,6 +107,7 @@ async def mesh(cfg: MeshConfig, tritons: dict[str, TritonProcess], tmp_path: pat
                monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[RampMesh]:
     compiles = Compiles(cfg.edges[0].region)
     monkeypatch.setattr(xds_server, "compile_region", compiles.wrap())
+    monkeypatch.setattr(xds_server, "SLOW_START", True)  # built and off (envoy_types)
     async with running_envoy_edge(cfg, tmp_path, concurrency=2, ready_s=30) as (placement,
                                                                                 envoy):
         yield RampMesh(placement, envoy, compiles)
