@@ -62,7 +62,10 @@ SPEND_POLICIES = ("switchyard", "lowest-latency")
 # written after the others; no parameter of placement/streams.py was chosen on them
 HELD_OUT = {"tokens-rag": "long prompts, short outputs, one hot shared prefix, a region far "
                           "from the cheap GPUs",
-            "tokens-slowdown": "the cheap GPUs slow down mid-run, unannounced"}
+            "tokens-slowdown": "the cheap GPUs slow down mid-run, unannounced",
+            "tokens-reclaim": "issue 14, written before any change it judged: a region's "
+                              "cheap spot pool reclaimed mid-run (10× slower), half the load "
+                              "there, a tight-TPOT class"}
 TITLE = "Tokens: LLM streams, Switchyard vs the LLM routers (simulated)"
 
 
