@@ -34,7 +34,7 @@ from placement.stream_move import MoveWatch, move_options
 from placement.streams import StreamAsk, StreamChoice, choose_stream
 from services.edge.hints import StreamHints
 from services.edge.router import Router
-from services.edge.token_stats import StreamMeter
+from services.edge.token_stats import StreamMeter, usd_text
 from services.edge.tokens import LlmRequest, parse_token, resume_request
 
 # Soft filters an LLM stream's choice keeps (drained deployments, failure domains to avoid);
@@ -130,12 +130,14 @@ class Generation:
     def response(self, resp: bytes) -> None:
         """Count ``resp``: a token of an LLM stream, or any response of another stream.
         ``CostCapReached`` when, with ``resp``, the stream's cost would be over the caller's
-        ``x-max-cost-usd``: ``resp`` is not counted (nor sent) and the stream ends there."""
-        self._within_cap()
+        ``x-max-cost-usd``: ``resp`` is not counted (nor sent) and the stream ends there.
+        One clock reading both judges the cap and times the response, so the cost the
+        trailers report for the responses sent is the cost the cap was judged on."""
+        now = self.router.clock()
+        self._within_cap(now)
         if self.llm is None:
-            self.meter.token(self.router.clock())
+            self.meter.token(now)
         elif (token := parse_token(resp)) is not None:
-            now = self.router.clock()
             self.delivered.append(token)
             self.meter.token(now)
             self._prefilled()
@@ -144,11 +146,11 @@ class Generation:
             if self._watch is not None:
                 self._watch.tokens(now, len(self.delivered))
 
-    def _within_cap(self) -> None:
+    def _within_cap(self, now: float) -> None:
         if self._cap == math.inf or self._on is None:
             return
-        cost = self.meter.cost_with(self._on, self.router.clock())
-        if cost > self._cap:
+        cost = self.meter.cost_with(self._on, now)
+        if float(usd_text(cost)) > self._cap:  # judged as x-cost-usd would report it
             self.meter.capped = True
             raise CostCapReached(
                 f"x-max-cost-usd {self._cap:g}: the stream reached it after "

@@ -39,6 +39,11 @@ OWN_MIN_WEIGHT = 3.0  # own TPOT samples (decayed) before the edge trusts itself
 MEASURED_ZERO_PREFILL_MS = 1e-4
 
 
+def usd_text(usd: float) -> str:
+    """``x-cost-usd`` as the trailers write it (10 decimals): a cap is judged on this text."""
+    return f"{usd:.10f}"
+
+
 def usd_per_second(c: Candidate) -> float:
     """The deployment's price per second, from its per-call cost and compute time."""
     return c.cost_usd * 1000.0 / c.compute_ms if c.compute_ms > 0 else 0.0
@@ -287,14 +292,14 @@ class StreamMeter:
             out.append(("x-resumed-reason", ",".join(self.reasons)))
         if not served:  # a stream ended at its cost cap reports what its tokens cost
             if self.capped:
-                out.append(("x-cost-usd", f"{self.cost_usd:.10f}"))
+                out.append(("x-cost-usd", usd_text(self.cost_usd)))
             return tuple(out)
         ttft, tpot = self.ttft_ms, self.tpot_ms
         if ttft is not None:
             out.append(("x-ttft-ms", f"{ttft:.1f}"))
         if tpot is not None:
             out.append(("x-tpot-ms", f"{tpot:.2f}"))
-        out.append(("x-cost-usd", f"{self.cost_usd:.10f}"))
+        out.append(("x-cost-usd", usd_text(self.cost_usd)))
         if ttft_goal is not None or tpot_goal is not None:  # else x-slo-met is the call's
             ttft_met, tpot_met = self.met(ttft_goal, tpot_goal)
             out += [("x-ttft-met", _bool(ttft_met)), ("x-tpot-met", _bool(tpot_met)),

@@ -394,6 +394,42 @@ def test_a_stream_ends_before_the_response_that_would_take_it_over_its_cost_cap(
     assert trailers["x-tokens-out"] == "5"
 
 
+def test_the_cost_reported_at_a_cap_is_the_cost_the_cap_was_judged_on() -> None:
+    """A clock that moves between two readings (a loaded host) must not bill the last token
+    later than the cap was judged: one reading per response. Over caps swept across the
+    stream's cost, the reported ``x-cost-usd`` is never over the cap (it was, by one clock
+    step of decode, when the response was timed by a second reading: CI, 1.89236e-05 against
+    a cap of 1.89209e-05)."""
+    over: list[tuple[float, float]] = []
+    for i in range(200):
+        cap = 2.5e-5 + i * 2.5e-7
+        router, now = _Router(), [0.0]
+
+        def tick(now: list[float] = now) -> float:
+            now[0] += 0.0007  # every reading of the clock is 0.7 ms later
+            return now[0]
+
+        router.clock = tick  # type: ignore[method-assign,assignment]
+        a = cand("a")
+        gen = Generation(router, parse_request(llm_request("chat", [1, 2, 3], 60)),  # type: ignore[arg-type]
+                         StreamHints(), StreamMeter(0.0, 3, measured=True))
+        gen.choose(_AnyProfile(), [a], CallContext(Hints(1000.0, max_cost_usd=cap)))
+        gen.attempt_started(a)
+
+        def stream(gen: Generation = gen, now: list[float] = now) -> None:
+            for k in range(60):
+                now[0] += 0.01
+                gen.response(_token(k))
+
+        with pytest.raises(CostCapReached):
+            stream()
+        gen.attempt_ended(a)
+        reported = float(dict(gen.meter.trailers(None, None, served=False))["x-cost-usd"])
+        if reported > cap:
+            over.append((cap, reported))
+    assert over == []
+
+
 def test_without_a_cap_the_same_stream_runs_on() -> None:
     router, now = _Router(), [0.0]
     router.clock = lambda: now[0]
