@@ -146,6 +146,11 @@ class EdgeRuntimeConfig(_Strict):
     health_interval_s: float = Field(default=0.25, gt=0)
     report_interval_s: float = Field(default=2.0, gt=0)
     slow_start_s: float = Field(default=10.0, ge=0)  # 0 = recovered deployments get full share
+    # Envoy edges: placement ramps a deployment it sees come back over slow_start_s in the
+    # compiled weights (services/xds/returns.py). Off: in the cost simulator it cost up to
+    # 10 % more per call and gained at most 0.08 point (benchmarks/RESULTS.md "Envoy slow
+    # start"); the simulator has no cold backend, which is what a ramp is for.
+    envoy_slow_start: bool = False
     # Hedge calls whose SLO is at most this (ms): a second attempt after the first
     # candidate's p95; the loser is cancelled. 0 = never hedge.
     hedge_max_slo_ms: float = Field(default=50.0, ge=0)

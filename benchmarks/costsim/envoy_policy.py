@@ -49,7 +49,7 @@ Between pushes an edge then does what Envoy does, nothing more:
   attempt that answered it (``x-served-by``); attempts that never reached a backend are not
   logged;
 - slow start is placement's (``services.xds.returns``, the object the live server runs),
-  off as it is there (``services.xds.envoy_types.SLOW_START``): with ``slow_start_s`` (the
+  off as it is there (``[edge] envoy_slow_start``): with ``slow_start_s`` (the
   what-if row ``envoy-slow-start``: ``[edge] slow_start_s``'s default), a deployment whose
   row comes back usable in the pushed tables (a backend back from an outage reports ready
   again) takes a rising share of its classes' split, recompiled at each of the ramp's
@@ -90,14 +90,14 @@ from services.convert import candidate_from_pb, candidate_to_pb
 from services.placement.hub import material
 from services.xds import resources
 from services.xds.clusters import retry_concurrency
-from services.xds.envoy_types import SLOW_START
 from services.xds.learning import MIN_RATE
 from services.xds.plan import Route, Table, plan_region, route
 from services.xds.returns import Returns
 from services.xds.routes import ModelRoutes
 
 RAMP_S = EdgeRuntimeConfig().slow_start_s  # the edge's ramp, as a mesh sets it
-SLOW_START_S = RAMP_S if SLOW_START else 0.0  # what the live server compiles with
+# what the live server compiles with by default ([edge] envoy_slow_start)
+SLOW_START_S = RAMP_S if EdgeRuntimeConfig().envoy_slow_start else 0.0
 
 # An aggregate cluster at an edge: (the model route's key, its class index or None for the
 # default route, the first deployment of its rotation or None for the order itself).

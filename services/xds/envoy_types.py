@@ -26,13 +26,6 @@ SLOW_PATH_MAX_REQUESTS = 1 << 20
 T = "type.googleapis.com/"
 _HEADROOM = 64 * 1024  # gRPC framing, headers, the appended model name
 _ATTEMPTS = AttemptSettings()  # the attempt policy's defaults (placement.attempts)
-# Placement's slow start for Envoy edges (``returns.py``, ``EnvoySettings.slow_start_s``) is
-# built and off: on the cost simulator's scenarios with returns it cost more per call and
-# made no scenario's attainment better on every seed (``python -m benchmarks.envoy_fidelity
-# --rows envoy,envoy-slow-start``, benchmarks/RESULTS.md "Envoy slow start"); the simulator
-# models no cold backend, which is what a ramp is for. True: ``envoy_settings`` compiles with
-# ``[edge] slow_start_s``, the Python edge's ramp.
-SLOW_START = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,7 +51,6 @@ from services.placement.server import PlacementService
 from services.security.authz import PLACEMENT, AuthzPolicy
 from services.security.identity import peer_identities
 from services.security.transport import channel_factory
-from services.xds.envoy_types import SLOW_START
 from services.xds.federation import Federation, TableSource
 from services.xds.feedback import AccessLogFeedback
 from services.xds.learning import RegionLearning
@@ -467,7 +466,7 @@ def envoy_settings(cfg: MeshConfig) -> EnvoySettings:
     """What the compiled config takes from ``cfg``: routing profile margins, message limit,
     attempts, ejection, and ``[security]`` (TLS, client certificates, tenants, the limits on
     connections: streams per connection, idle and aged connections) and, with
-    ``envoy_types.SLOW_START`` (off), ``[edge] slow_start_s`` as the slow-start ramp."""
+    ``[edge] envoy_slow_start`` (off), ``[edge] slow_start_s`` as the slow-start ramp."""
     sec = cfg.security
     return EnvoySettings(max_message_bytes=cfg.edge.max_message_bytes,
                          max_attempts=cfg.edge.max_attempts,
@@ -482,7 +481,7 @@ def envoy_settings(cfg: MeshConfig) -> EnvoySettings:
                          max_concurrent_streams=sec.limits.max_concurrent_streams,
                          idle_connection_timeout_s=sec.limits.idle_connection_timeout_s,
                          max_connection_age_s=sec.limits.max_connection_age_s,
-                         slow_start_s=cfg.edge.slow_start_s if SLOW_START else 0.0)
+                         slow_start_s=cfg.edge.slow_start_s if cfg.edge.envoy_slow_start else 0.0)
 
 
 class GuardedAccessLog(AccessLogFeedback):

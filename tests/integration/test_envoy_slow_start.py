@@ -4,7 +4,7 @@ placement sees it come back (``services.xds.returns``) and compiles its share of
 split from 10 % up to the whole class over ``[edge] slow_start_s`` (6 s here), one compile a
 step; Envoy's active route (admin ``/config_dump``) carries those rising weights, and the
 calls follow them loosely (a binomial bound, not a timing). No call fails. Slow start is
-built and off for Envoy edges (``services.xds.envoy_types.SLOW_START``): switched on here.
+built and off for Envoy edges (``[edge] envoy_slow_start``): switched on here.
 
 What is asserted is what placement compiled and what Envoy runs, polled over time, plus a
 loose bound on the calls' counts: never how fast this host is."""
@@ -73,7 +73,7 @@ def cfg(tmp_path_factory: pytest.TempPathFactory) -> MeshConfig:
         ],
         "edges": [{"id": "edge-east", "region": "r-east", "port": 0}],
         "placement": {"port": 0, "coalesce_ms": 20},
-        "edge": {"report_interval_s": 0.5, "slow_start_s": RAMP_S},
+        "edge": {"report_interval_s": 0.5, "slow_start_s": RAMP_S, "envoy_slow_start": True},
     })
 
 
@@ -107,7 +107,6 @@ async def mesh(cfg: MeshConfig, tritons: dict[str, TritonProcess], tmp_path: pat
                monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[RampMesh]:
     compiles = Compiles(cfg.edges[0].region)
     monkeypatch.setattr(xds_server, "compile_region", compiles.wrap())
-    monkeypatch.setattr(xds_server, "SLOW_START", True)  # built and off (envoy_types)
     async with running_envoy_edge(cfg, tmp_path, concurrency=2, ready_s=30) as (placement,
                                                                                 envoy):
         yield RampMesh(placement, envoy, compiles)
