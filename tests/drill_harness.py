@@ -77,6 +77,14 @@ def assert_rerouted_without_loss(r: DrillReport, scenario: str) -> None:
     assert r.reroute.noticed or not SCENARIOS[scenario].expect_noticed, r.table()
     if r.reroute.seconds is not None:
         assert r.reroute.seconds < REROUTE_BOUND_S, r.table()
+    if not SCENARIOS[scenario].expect_noticed:
+        # A drain lets calls routed before the edges learn of it finish there, however long
+        # that takes on a busy host: its own check (services/drills/runner.py) holds that none
+        # sent after every edge learned of it reached the backend. A placement outage faults
+        # no backend.
+        assert not r.faulted_backends or any(
+            "after every edge learned of the fault" in k for k in r.checks), r.table()
+        return
     during = next(p for p in r.phases if p.phase == "during")
     late = {d: n for d, n in during.served_by.items()
             if d.split("/", 1)[0] in r.faulted_backends}

@@ -237,6 +237,22 @@ def time_to_reroute(calls: Sequence[Call], fault_at: float, end_at: float, fault
                    first_burst_end + 1, len(hit) - first_burst_end - 1, slow_ms)
 
 
+# A call leaves the client, then its edge routes it: how much later than the edges' view was
+# read the edge may route it (a busy host's scheduling), in ``learned_check``.
+ROUTE_SLACK_S = 0.5
+
+
+def learned_check(calls: Sequence[Call], learned_at: float, until: float,
+                  faulted: set[str]) -> dict[str, bool]:
+    """A drain's bar: no call that left the client ``ROUTE_SLACK_S`` after every edge's
+    tables marked ``faulted`` unroutable (``learned_at``) and before ``until`` (the restore)
+    was served there. Calls routed before may finish there: that is what a drain allows."""
+    since = learned_at + ROUTE_SLACK_S
+    late = sum(1 for c in calls if since <= c.left < until and c.backend in faulted)
+    return {f"no call sent {ROUTE_SLACK_S:g} s after every edge learned of the fault reached "
+            f"{', '.join(sorted(faulted))}": late == 0}
+
+
 def load_checks(phases: Sequence[PhaseStats], rate: float, share: float = 0.8
                 ) -> dict[str, bool]:
     """The load ran: every phase sent at least ``share`` of the calls ``rate`` plans for it.

@@ -21,6 +21,7 @@ from services.drills.mesh import DrillError, MeshHandle
 from services.drills.report import (
     DrillReport,
     PhaseStats,
+    learned_check,
     load_checks,
     slow_threshold,
     split_phases,
@@ -146,6 +147,9 @@ def _report(sc: Scenario, fault: object, calls: list[Call], skipped: list[float]
     reroute = time_to_reroute(calls, t_fault, t_restore, fault.backends, slow_ms, streak)
     checks = dict(fault.checks)
     checks.update(load_checks(phases, rate))
+    learned = fault.state.get("edges_learned_s")
+    if isinstance(learned, float):  # a drain: calls sent once every edge knew it stay away
+        checks.update(learned_check(calls, t_fault + learned, t_restore, fault.backends))
     return DrillReport(sc.name, fault.target, sorted(fault.backends), rate, deadline_s, slo_ms,
                        round(t_fault, 3), round(t_restore, 3), phases, reroute, fault.notes,
                        checks, expect_noticed=sc.expect_noticed,

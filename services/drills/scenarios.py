@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from services.api.switchyard.v1 import fleet_pb2, placement_pb2
+from services.drills.edges import EdgeUnreachable
 from services.drills.mesh import DrillError, MeshHandle
 
 Progress = Callable[[str], None]
@@ -148,15 +149,47 @@ class CloudOutage(KillBackends):
         return f"cloud {cloud}", ids
 
 
+LEARN_POLL_S = 0.025  # how often a drain drill reads the edges' tables after the drain
+LEARN_TIMEOUT_S = 10.0  # past this the during-phase checks report the edges never learned it
+
+
+def _edges_learned(h: MeshHandle, backends: set[str], timeout_s: float) -> float | None:
+    """Seconds until every edge's tables mark ``backends`` unroutable; None if not within
+    ``timeout_s`` (an edge not answering counts as not yet)."""
+    t0 = time.monotonic()
+    while True:
+        try:
+            views = [h.edge_view(e) for e in h.cfg.edges]
+            done = all(b in v.known and b not in v.routable for v in views for b in backends)
+        except EdgeUnreachable:
+            done = False
+        if done:
+            return time.monotonic() - t0
+        if time.monotonic() - t0 > timeout_s:
+            return None
+        time.sleep(LEARN_POLL_S)  # the poll interval of this read, not a wait of its own
+
+
 class DrainBackend(Scenario):
     name = "drain-backend"
     summary = "drain the busiest backend (SetAvailability DRAINED), then undo"
     expect_noticed = False  # a drain moves new calls away; none has to fail or slow down
 
     def inject(self, h: MeshHandle, busiest: str, progress: Progress) -> Fault:
+        """Drains, then reads the edges until each marks it unroutable: the calls sent after
+        that must not reach it (``edges_learned_s``, judged by the runner), those sent before
+        may (a drain lets them finish), however long the drain takes to reach the edges."""
+        t0 = time.monotonic()
         h.set_availability("backend", busiest, fleet_pb2.AVAILABILITY_DRAINED)
         progress(f"drained backend {busiest}")
-        return Fault(f"backend {busiest}", {busiest})
+        fault = Fault(f"backend {busiest}", {busiest})
+        learned = _edges_learned(h, {busiest}, LEARN_TIMEOUT_S)
+        if learned is not None:
+            since_drain = time.monotonic() - t0
+            fault.state["edges_learned_s"] = since_drain
+            fault.notes.append(f"every edge's tables marked {busiest} unroutable "
+                               f"{1000 * since_drain:.0f} ms after the drain request")
+        return fault
 
     def during(self, h: MeshHandle, fault: Fault, progress: Progress) -> None:
         status = _backend_status(h)

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from services.drills.load import Call
 from services.drills.report import (
+    ROUTE_SLACK_S,
     DrillReport,
     PhaseStats,
     Reroute,
+    learned_check,
     load_checks,
     split_phases,
     time_to_reroute,
@@ -109,3 +111,20 @@ def test_load_checks_fail_a_phase_that_sent_too_little() -> None:
               PhaseStats.of("during", 2.0, _calls(2.0, 2.5, every=1 / 30))]
     checks = load_checks(phases, rate=30.0)
     assert list(checks.values()) == [True, False]
+
+
+def test_a_drain_allows_calls_routed_before_the_edges_learned_of_it_and_none_after() -> None:
+    """A drain that took a busy mesh 1.2 s to reach every edge: the calls sent before that
+    (served by the drained b1, long after the first, which the burst rule would count as a
+    relapse) pass; one sent after it (plus the routing slack) fails the check."""
+    learned = FAULT + 1.2
+    before = [Call(0, FAULT + 0.1, FAULT + 0.15, served_by="b1/v", attempts=1),
+              Call(1, FAULT + 1.15, FAULT + 1.2, served_by="b1/v", attempts=1)]
+    rest = _calls(FAULT + 1.3, END, backend="b2")
+    (name, ok), = learned_check([*before, *rest], learned, END, {"b1"}).items()
+    assert ok and "b1" in name
+    late = Call(99, learned + ROUTE_SLACK_S + 0.01, learned + ROUTE_SLACK_S + 0.05,
+                served_by="b1/v", attempts=1)
+    assert learned_check([*before, *rest, late], learned, END, {"b1"}) == {name: False}
+    after_restore = Call(98, END + 0.1, END + 0.15, served_by="b1/v", attempts=1)
+    assert learned_check([*before, *rest, after_restore], learned, END, {"b1"}) == {name: True}
