@@ -12,7 +12,10 @@ without the slow path (``test_envoy_edge.py``, ``test_envoy_learned_split.py``).
 from __future__ import annotations
 
 import contextlib
+import math
 import pathlib
+import threading
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
@@ -146,3 +149,55 @@ async def running_envoy_edge(cfg: MeshConfig, run_dir: pathlib.Path, *, concurre
         envoy.stop()
         await agent.stop()
         await placement.stop(0.5)
+
+
+class ClosedLoop:
+    """Closed-loop tritonclient callers of ``model`` through an edge until stopped: when each
+    call started and who served it (``x-served-by``), and every failure (status: message)."""
+
+    def __init__(self, address: str, model: str, clients: int,
+                 metadata: Sequence[tuple[str, str]] = (), timeout_s: float = 20.0) -> None:
+        self.address, self.model, self.metadata, self.timeout_s = (address, model, metadata,
+                                                                   timeout_s)
+        self.stop = threading.Event()
+        self.calls: list[tuple[float, str]] = []
+        self.failed: list[str] = []
+        self._lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+
+    def _run(self) -> None:
+        client = tc.InferenceServerClient(self.address)
+        try:
+            while not self.stop.is_set():
+                t0 = time.monotonic()
+                try:
+                    _, trailers = infer_with_trailers(client, self.model, [summarize_input()],
+                                                      self.metadata, self.timeout_s)
+                except InferenceServerException as exc:
+                    with self._lock:
+                        self.failed.append(f"{exc.status()}: {exc.message()}")
+                    continue
+                with self._lock:
+                    self.calls.append((t0, trailers.get("x-served-by", "")))
+        finally:
+            client.close()
+
+    @property
+    def ok(self) -> int:
+        with self._lock:
+            return len(self.calls)
+
+    def served(self, since: float = 0.0, until: float = math.inf) -> list[str]:
+        """Who served the calls that started in [since, until), in order."""
+        with self._lock:
+            return [s for t, s in self.calls if since <= t < until]
+
+    def __enter__(self) -> ClosedLoop:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(30)

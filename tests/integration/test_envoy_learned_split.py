@@ -11,20 +11,16 @@ from __future__ import annotations
 
 import json
 import pathlib
-import threading
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-import tritonclient.grpc as tc
-from tritonclient.utils import InferenceServerException
 
 from placement.edge_learning import Learned
 from services.api.switchyard.v1 import placement_pb2
 from services.backends.triton import TritonProcess
 from services.config import MeshConfig
-from services.demo import infer_with_trailers
 from services.edge.envoy.launcher import EnvoyEdge
 from services.placement.main import RunningPlacement
 from services.ports import free_port
@@ -33,8 +29,8 @@ from services.xds.envoy_types import EnvoySettings, cluster_name, model_cluster_
 from services.xds.plan import route
 from services.xds.resources import RegionConfig, compile_region
 from services.xds.routes import rotation_cluster_name
-from tests.envoy_harness import running_envoy_edge
-from tests.mesh_harness import PRICES, eventually, summarize_input
+from tests.envoy_harness import ClosedLoop, running_envoy_edge
+from tests.mesh_harness import PRICES, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -132,46 +128,6 @@ def pushed(cfg: RegionConfig) -> tuple[str, str, dict[str, int]]:
              for w, order in got.rotations})
 
 
-class Load:
-    """Closed-loop callers through Envoy until stopped; counts what they got."""
-
-    def __init__(self, address: str) -> None:
-        self.address = address
-        self.stop = threading.Event()
-        self.ok = 0
-        self.failed: list[str] = []
-        self.served: set[str] = set()
-        self._lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(CLIENTS)]
-
-    def _run(self) -> None:
-        client = tc.InferenceServerClient(self.address)
-        try:
-            while not self.stop.is_set():
-                try:
-                    _, trailers = infer_with_trailers(client, MODEL, [summarize_input()],
-                                                      [("x-slo-ms", str(SLO_MS))], 10.0)
-                except InferenceServerException as exc:  # an attempt cut by Envoy's
-                    with self._lock:  # per-try timeout on this loaded host: counted only
-                        self.failed.append(f"{exc.status()}: {exc.message()}")
-                    continue
-                with self._lock:
-                    self.ok += 1
-                    self.served.add(trailers.get("x-served-by", ""))
-        finally:
-            client.close()
-
-    def __enter__(self) -> Load:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(30)
-
-
 def shape(models: dict[str, Any]) -> tuple[object, ...]:
     """What the calls' class route sends where: its order, rotations and feasible set."""
     got = route(models, MODEL, SLO_MS)
@@ -244,7 +200,8 @@ async def test_what_placement_learns_of_a_busy_class_reaches_envoys_route(
                     plain=shape(plain))
         return True
 
-    with Load(mesh.envoy.address) as load:
+    with ClosedLoop(mesh.envoy.address, MODEL, CLIENTS, [("x-slo-ms", str(SLO_MS))],
+                    10.0) as load:
         try:
             await eventually(envoy_runs_what_placement_learned, 90,
                              "Envoy's route for the class is what placement learned",

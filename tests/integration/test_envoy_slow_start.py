@@ -15,7 +15,6 @@ import itertools
 import json
 import math
 import pathlib
-import threading
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
@@ -23,15 +22,12 @@ from typing import Any
 
 import grpc
 import pytest
-import tritonclient.grpc as tc
-from tritonclient.utils import InferenceServerException
 
 from placement.edge_learning import Learned
 from placement.filters.slow_start import MIN_SHARE
 from services.api.switchyard.v1 import fleet_pb2, placement_pb2, placement_pb2_grpc
 from services.backends.triton import TritonProcess
 from services.config import MeshConfig
-from services.demo import infer_with_trailers
 from services.edge.envoy.launcher import EnvoyEdge
 from services.placement.main import RunningPlacement
 from services.ports import free_port
@@ -40,8 +36,8 @@ from services.xds.envoy_types import cluster_name
 from services.xds.resources import RegionConfig, compile_region
 from services.xds.returns import RAMP_STEPS
 from services.xds.routes import rotation_cluster_name
-from tests.envoy_harness import running_envoy_edge
-from tests.mesh_harness import PRICES, eventually, summarize_input
+from tests.envoy_harness import ClosedLoop, running_envoy_edge
+from tests.mesh_harness import PRICES, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -112,50 +108,6 @@ async def mesh(cfg: MeshConfig, tritons: dict[str, TritonProcess], tmp_path: pat
         yield RampMesh(placement, envoy, compiles)
 
 
-class Load:
-    """Closed-loop callers through Envoy until stopped: when each call started, who served
-    it, and every failure."""
-
-    def __init__(self, address: str) -> None:
-        self.address = address
-        self.stop = threading.Event()
-        self.calls: list[tuple[float, str]] = []
-        self.failed: list[str] = []
-        self._lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(CLIENTS)]
-
-    def _run(self) -> None:
-        client = tc.InferenceServerClient(self.address)
-        try:
-            while not self.stop.is_set():
-                t0 = time.monotonic()
-                try:
-                    _, trailers = infer_with_trailers(client, MODEL, [summarize_input()], [],
-                                                      20.0)
-                except InferenceServerException as exc:
-                    with self._lock:
-                        self.failed.append(f"{exc.status()}: {exc.message()}")
-                    continue
-                with self._lock:
-                    self.calls.append((t0, trailers.get("x-served-by", "")))
-        finally:
-            client.close()
-
-    def served(self, since: float, until: float = math.inf) -> list[str]:
-        with self._lock:
-            return [s for t, s in self.calls if since <= t < until]
-
-    def __enter__(self) -> Load:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(30)
-
-
 def cheap_share(envoy: EnvoyEdge) -> float | None:
     """The share of the default route's calls Envoy's active config sends to the cheap
     deployment first: its rotation's weight over the route's, or 1 / 0 for the order alone
@@ -195,7 +147,7 @@ async def set_availability(placement: RunningPlacement, availability: int) -> No
 async def test_an_undrained_deployment_ramps_back_into_envoys_route(mesh: RampMesh) -> None:
     envoy = mesh.envoy
     dep = f"{CHEAP}/summarize-small"
-    with Load(envoy.address) as load:
+    with ClosedLoop(envoy.address, MODEL, CLIENTS) as load:
         await eventually(lambda: dep in load.served(0.0), 60, "the cheap deployment serves")
         await set_availability(mesh.placement, fleet_pb2.AVAILABILITY_DRAINED)
         await eventually(lambda: cheap_share(envoy) == 0.0, 30,
