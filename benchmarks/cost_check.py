@@ -47,7 +47,7 @@ from benchmarks.costsim.misses import CAUSES, TracedSimulation, causes, classify
 from benchmarks.costsim.runner import make_policy
 from benchmarks.costsim.scenario import Scenario
 from benchmarks.costsim.trace import generate, outage_windows
-from placement import feedback, latency, meet, pipeline, queueing, routes, shares
+from placement import feedback, latency, meet, pipeline, queueing, reserve, routes, shares
 from placement.feedback import SloFeedback
 from placement.filters import slo
 from placement.framework import Filter
@@ -232,7 +232,21 @@ def _fallback_fastest() -> None:
     pipeline.FALLBACK_CHANCE = False
 
 
+def _reserve(factor: float = 1.0, need: int = 2, cap: float = 0.5) -> Callable[[], None]:
+    """Room on a row held back for tighter SLO classes with no other row
+    (``placement.reserve``): ``factor`` × the slots their needs occupy, needs counted for
+    calls whose idle-fitting rows are on at most ``need`` backends, at most ``cap`` × the
+    edge's slot share."""
+    def apply() -> None:
+        reserve.ON, reserve.FACTOR, reserve.NEED_BACKENDS, reserve.CAP = True, factor, need, cap
+    return apply
+
+
 VARIANTS: dict[str, Callable[[], None]] = {
+    "reserve": _reserve(),
+    "reserve-2": _reserve(2.0),
+    "reserve-need-1": _reserve(need=1),
+    "reserve-cap-1": _reserve(2.0, cap=1.0),
     "fallback-fastest": _fallback_fastest,
     "fallback-chance": _fallback_chance(),
     "fallback-chance-idle-first": _fallback_chance(idle_first=True),

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from placement import meet
+from placement import reserve as reserve_rule
 from placement.errors import NoHealthyDeployment, NothingFeasible, PolicyUnsatisfiable
 from placement.framework import Filter, Picker, Scorer
 from placement.model import CallContext, Candidate
@@ -94,19 +95,28 @@ class Profile:
         self._calls = 0
 
     def choose(self, cands: Sequence[Candidate], ctx: CallContext,
-               rng: random.Random, cost_sorted: bool = False) -> Decision:
+               rng: random.Random, cost_sorted: bool = False,
+               reserve: reserve_rule.Reserve | None = None, now: float = 0.0) -> Decision:
         """Pick one candidate for a call (see the module docstring for the fallbacks).
 
         ``cost_sorted``: ``cands`` are in ascending cost (the edge's tables are), so a
         cost-banded profile can stop at the band's edge instead of filtering every row.
+        ``reserve``: this edge's room held back for tighter SLO classes (``placement.reserve``,
+        on the caller's clock ``now``): the call's need is recorded, and among the rows that
+        pass, those it would leave short of what is held are dropped while any other passes.
         """
         self._calls += 1
+        held: dict[str, float] = {}
+        if reserve is not None:
+            reserve.observe(cands, ctx, self.hard_filters, now)
+            held = reserve.held(ctx.hints.slo_ms, now)
         if self.observer is not None and self._calls % self._sample_every == 0:
-            return self._choose_timed(cands, ctx, rng)
-        if cost_sorted and self.cost_band is not None:
+            return self._choose_timed(cands, ctx, rng, held)
+        if cost_sorted and self.cost_band is not None and not held:
             return self._choose_cost_sorted(cands, ctx, rng, self.cost_band)
         survivors = [c for c in cands if self._keeps(c, ctx, self.filters)]
         if survivors:
+            survivors = list(reserve_rule.spare(survivors, ctx, held))
             scores = self._score(survivors, ctx)
             chosen = survivors[self.picker.pick(survivors, scores, rng)]
             return Decision(chosen, True, len(survivors))
@@ -215,7 +225,7 @@ class Profile:
             best_quality=best_q, lowest_cost_usd=cheapest, regions=regions, removed=removed)
 
     def _choose_timed(self, cands: Sequence[Candidate], ctx: CallContext,
-                      rng: random.Random) -> Decision:
+                      rng: random.Random, held: dict[str, float]) -> Decision:
         assert self.observer is not None
         survivors = list(cands)
         for f in self.filters:
@@ -224,6 +234,7 @@ class Profile:
             self.observer("filter", f.name, time.perf_counter() - t0)
         if not survivors:
             return self._fallback(cands, ctx, rng)
+        survivors = list(reserve_rule.spare(survivors, ctx, held))
         t0 = time.perf_counter()
         scores = self._score(survivors, ctx)
         self.observer("scorer", "+".join(s.name for s, _ in self.scorers),

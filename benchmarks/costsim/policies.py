@@ -41,7 +41,7 @@ from typing import Protocol
 
 from benchmarks.costsim.control import ControlPlane
 from benchmarks.costsim.scenario import CallClass
-from placement import shares
+from placement import reserve, shares
 from placement.errors import NoHealthyDeployment
 from placement.feedback import SloFeedback
 from placement.filters.slow_start import ramp_share
@@ -127,7 +127,8 @@ class ProfilePolicy:
     """A placement profile choosing from placement's tables, as the edge does per call."""
 
     def __init__(self, name: str, profile: Profile, control: ControlPlane, seed: int,
-                 slo_margin_ms: float, on_decision: DecisionHook | None = None) -> None:
+                 slo_margin_ms: float, on_decision: DecisionHook | None = None,
+                 reserves: bool = False) -> None:
         self.name = name
         self.profile = profile
         self.control: ControlPlane | None = control
@@ -142,6 +143,8 @@ class ProfilePolicy:
         # Each edge's margins learned from SLO misses (placement.feedback), as the router keeps.
         self.feedback: dict[str, SloFeedback] = {}
         self.warming: dict[str, Warming] = {}  # each edge's slow start
+        # each edge's room held back for tighter SLO classes (placement.reserve), when on
+        self.reserves: dict[str, reserve.Reserve] | None = {} if reserves else None
         # (model, edge) -> (the table, deployment id -> its p95), for _expected
         self._rows: dict[tuple[str, str], tuple[list[Candidate], dict[str, float]]] = {}
 
@@ -164,7 +167,12 @@ class ProfilePolicy:
                           borrow_tail=shares.borrow_tail(fb),
                           slo_excluded=fb.excluded(hints.slo_ms, a.now))
         try:
-            decision = self.profile.choose(cands, ctx, self.rng)
+            held = None
+            if self.reserves is not None:
+                held = self.reserves.get(a.edge)
+                if held is None:
+                    held = self.reserves[a.edge] = reserve.Reserve()
+            decision = self.profile.choose(cands, ctx, self.rng, reserve=held, now=a.now)
         except NoHealthyDeployment:
             return None
         if not decision.slo_met:
@@ -211,7 +219,7 @@ def switchyard(control: ControlPlane, seed: int, band: float, margin_ms: float,
                on_decision: DecisionHook | None = None,
                name: str = "switchyard") -> ProfilePolicy:
     return ProfilePolicy(name, build_profile("cheapest", band), control, seed,
-                         margin_ms, on_decision)
+                         margin_ms, on_decision, reserves=reserve.ON)
 
 
 def lowest_latency(control: ControlPlane, seed: int, margin_ms: float) -> ProfilePolicy:

@@ -1,0 +1,130 @@
+"""Room on a row held back for the tighter SLO classes that have no other row (issue 11).
+
+Near capacity a loose call (one that several rows meet) takes room on a fast row because it
+is the cheapest for it, and a tight call that arrives next finds that row past this edge's
+slot share: no row passes its strict SLO test, and the fallback is where most misses are
+(``placement.meet``). ``Reserve`` is one edge's record of where its tight calls have no
+alternative, and what it holds back there from looser classes:
+
+- **need**: a call whose rows that would meet its SLO with a free slot (hard filters, the
+  row's p95 with no wait of this edge's own plus its learned margin within the budget) are
+  on at most ``NEED_BACKENDS`` backends needs those backends (1/n of a call on each). Per
+  SLO class (``feedback.slo_class``) and backend the edge keeps a rate of such calls,
+  decayed with a half-life of ``HALF_LIFE_S`` on the caller's clock.
+- **held**: for a call of class ``s``, on a backend ``b``, ``FACTOR`` × the slots the needs
+  of the classes tighter than ``s`` occupy there by Little's law (their rate × ``b``'s mean
+  compute), at most ``CAP`` × this edge's slot share of ``b``.
+- **spare** (``Profile.choose(..., reserve=)``): among the rows that pass the strict test, a
+  row whose room (this edge's slot share less its calls in flight on the backend, this
+  call included) would fall below what is held there is left to the tighter classes, while
+  any other row passes; when none does, the call keeps the rows it has (a loose call is never
+  made to miss, and a tight call's own class holds nothing against itself).
+
+The rule is pure: the caller owns a ``Reserve`` per edge and its clock. The cost
+simulator's switchyard runs it with ``ON`` (``benchmarks.costsim.policies``); the Python
+edge does not pass one yet.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+from placement.feedback import slo_class
+from placement.framework import Filter
+from placement.model import CallContext, Candidate
+
+ON = False  # the simulator's switchyard keeps a Reserve per edge (cost_check ``reserve-*``)
+NEED_BACKENDS = 2  # a call needs its backends when its idle-fitting rows are on this few
+HALF_LIFE_S = 10.0  # of the need rates
+FACTOR = 1.0  # × the slots the tighter classes' needs occupy (Little's law)
+CAP = 0.5  # at most this × the edge's slot share of the backend is held back
+FLOOR = 0.05  # need rates below this (calls/s) are dropped
+
+
+class Reserve:
+    """One edge's need rates per (SLO class, backend), and what they hold back."""
+
+    def __init__(self, half_life_s: float = HALF_LIFE_S) -> None:
+        self.half_life_s = half_life_s
+        # class -> backend -> decayed count of needing calls, as of ``_at[class]``
+        self._needs: dict[int, dict[str, float]] = {}
+        self._at: dict[int, float] = {}
+        self._compute_ms: dict[str, float] = {}
+
+    def observe(self, cands: Sequence[Candidate], ctx: CallContext,
+                hard: Sequence[Filter], now: float) -> None:
+        """Record one call's need (see the module docstring); ``hard``: the profile's hard
+        filters (objects with ``reject``)."""
+        budget = ctx.hints.slo_ms - ctx.slo_margin_ms
+        backends: dict[str, float] = {}
+        for c in cands:
+            if c.backend_id in backends:
+                continue
+            if ctx.p95_ms(c) + ctx.slo_margins.get(c.deployment_id, 0.0) > budget:
+                continue
+            if any(f.reject(c, ctx) is not None for f in hard):
+                continue
+            backends[c.backend_id] = c.compute_ms
+            if len(backends) > NEED_BACKENDS:
+                return
+        if not backends:
+            return
+        k = slo_class(ctx.hints.slo_ms)
+        needs = self._decayed(k, now)
+        share = 1.0 / len(backends)
+        for b, compute in backends.items():
+            needs[b] = needs.get(b, 0.0) + share
+            self._compute_ms[b] = compute
+
+    def held(self, slo_ms: float, now: float) -> dict[str, float]:
+        """Backend -> slots a call of ``slo_ms`` leaves to the tighter classes' needs
+        (before ``CAP``, which needs the row's slot share)."""
+        own = slo_class(slo_ms)
+        per_s = math.log(2.0) / self.half_life_s  # a decayed count -> calls/s
+        out: dict[str, float] = {}
+        for k in list(self._needs):
+            if k >= own:
+                continue
+            for b, n in self._decayed(k, now).items():
+                rate = n * per_s
+                if rate >= FLOOR:
+                    out[b] = out.get(b, 0.0) + FACTOR * rate * self._compute_ms[b] / 1000.0
+        return out
+
+    def _decayed(self, k: int, now: float) -> dict[str, float]:
+        needs = self._needs.setdefault(k, {})
+        at = self._at.get(k, now)
+        if now > at and needs:
+            f = 0.5 ** ((now - at) / self.half_life_s)
+            for b in list(needs):
+                needs[b] *= f
+                if needs[b] * math.log(2.0) / self.half_life_s < FLOOR / 4:
+                    del needs[b]
+        self._at[k] = max(at, now)
+        return needs
+
+
+def room(c: Candidate, ctx: CallContext) -> float:
+    """This edge's slot share of ``c``'s backend less its calls in flight there, after this
+    call (inf without shares)."""
+    if c.slots <= 0:
+        return math.inf
+    prefix = c.backend_id + "/"
+    n = sum(v for dep, v in ctx.inflight.items() if v and dep.startswith(prefix))
+    return c.slots - n - 1.0
+
+
+def _short(c: Candidate, ctx: CallContext, held: Mapping[str, float]) -> bool:
+    h = min(held.get(c.backend_id, 0.0), CAP * max(c.slots, 0.0))
+    return h > 0.0 and room(c, ctx) < h
+
+
+def spare(rows: Sequence[Candidate], ctx: CallContext,
+          held: Mapping[str, float]) -> Sequence[Candidate]:
+    """``rows`` less those whose room would fall below what is held there (``CAP`` × the
+    slot share at most), when any row is left; else ``rows``."""
+    if not held:
+        return rows
+    keep = [c for c in rows if not _short(c, ctx, held)]
+    return keep if keep and len(keep) < len(rows) else rows
