@@ -33,6 +33,7 @@ HINTS = frozenset({"x-slo-ms", "x-min-quality", "x-max-cost-usd", "x-tenant", "x
                    "x-allowed-regions", "x-fail-fast", "x-routing-profile", "x-ttft-ms",
                    "x-tpot-ms", "x-max-tokens", "x-session-id", "x-allow-variant-change"})
 _DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
+SLO_RANGE = (1e-3, 3.6e6)  # ms: x-slo-ms, x-ttft-ms, x-tpot-ms (the Envoy listener's Lua too)
 _TRUE = {"1", "true", "yes"}
 _FALSE = {"0", "false", "no", ""}
 T = TypeVar("T")
@@ -104,7 +105,7 @@ def parse(metadata: Iterable[tuple[str, str | bytes]] | None, regions: frozenset
             _binary(key, value)  # -bin headers are not hints
             continue
         if key == "x-slo-ms":
-            slo = _once(seen, key, value, _number(key, value, 1e-3, 3.6e6))
+            slo = _once(seen, key, value, _number(key, value, *SLO_RANGE))
         elif key == "x-min-quality":
             min_q = _once(seen, key, value, _number(key, value, 0.0, 1.0))
         elif key == "x-max-cost-usd":
@@ -148,9 +149,9 @@ def parse_stream(metadata: Iterable[tuple[str, str | bytes]] | None) -> StreamHi
         if not key.startswith("x-") or isinstance(value, bytes):
             continue
         if key == "x-ttft-ms":
-            ttft = _once(seen, key, value, _number(key, value, 1e-3, 3.6e6))
+            ttft = _once(seen, key, value, _number(key, value, *SLO_RANGE))
         elif key == "x-tpot-ms":
-            tpot = _once(seen, key, value, _number(key, value, 1e-3, 3.6e6))
+            tpot = _once(seen, key, value, _number(key, value, *SLO_RANGE))
         elif key == "x-max-tokens":
             n = _number(key, value, 1, 1e6)
             if n != int(n):

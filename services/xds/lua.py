@@ -17,7 +17,9 @@ RPCs in ``CONTROL_RPCS`` (so they answer as a Python edge does), and a
 ``ModelInfer`` carrying one of ``SLOW_HINTS``; it does so by setting ``x-switchyard-path: slow``
 (the route configuration's first route matches it) and touches no body. An Envoy without a
 slow path refuses those calls (``UNIMPLEMENTED``, never served more loosely). Otherwise it turns
-``x-slo-ms`` (or, without it, the call's deadline minus the margin) into whole milliseconds,
+``x-slo-ms`` (read as ``services/edge/hints.py`` reads it: a plain decimal in ``SLO_RANGE``,
+repeats agreeing as numbers, refused in its words; a repeated ``x-tenant`` must agree too)
+(or, without it, the call's deadline minus the margin) into whole milliseconds,
 rounded down, in ``x-switchyard-slo-ms`` for the routes' SLO classes; then it walks the
 top-level fields of the buffered request (skipping each by its wire type and length, never
 copying tensor payloads) and sets ``x-switchyard-model`` to the *last* field-1 value, as a
@@ -48,7 +50,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 from placement.attempts import GONE_HINT, MIN_REMAINING_S, TRITON_UNKNOWN_MODEL, VARIANT_GONE_ENDINGS
-from services.edge.hints import HINTS
+from services.edge.hints import HINTS, SLO_RANGE
 from services.security import xfcc
 
 TenantCalls = Literal["off", "credential", "all"]
@@ -170,6 +172,7 @@ local UNITS = {{H = 3600000, M = 60000, S = 1000, m = 1, u = 0.001, n = 0.000001
 local DEADLINE_CHECKED = {{{", ".join(f'["{SERVICE_PATH}{r}"] = true'
                               for r in DEADLINE_CHECKED_RPCS)}}}
 local MIN_REMAINING_MS = {MIN_REMAINING_S * 1000!r}
+local SLO_LO, SLO_HI = {SLO_RANGE[0]!r}, {SLO_RANGE[1]!r}  -- x-slo-ms's range (hints.py)
 -- a hint sent as a binary header: refused, never skipped (services/edge/hints.py's rule)
 local BIN_HINTS = {{{", ".join(f'["{h}-bin"] = "{h}"' for h in sorted(HINTS))}}}
 
@@ -206,26 +209,67 @@ local function too_late(handle, left_ms)
                                  .. "nothing was forwarded", left_ms, MIN_REMAINING_MS))
 end
 
+-- A hint's value as services/edge/hints.py reads it: a plain decimal (its _DECIMAL: an
+-- optional sign, digits with at most one point, an optional exponent; no hex, spaces, inf or
+-- nan, which tonumber would take) within [lo, hi], or nil and why not, in its words.
+local function decimal(value, lo, hi)
+  local body = value:gsub("^[+-]", "", 1)
+  local mantissa = body:match("^([0-9.]+)[eE][+-]?[0-9]+$") or body:match("^([0-9.]+)$")
+  if mantissa == nil or not (mantissa:match("^[0-9]+%.?[0-9]*$")
+                             or mantissa:match("^%.[0-9]+$")) then
+    return nil, "not a number"
+  end
+  local v = tonumber(body)
+  if v == nil then return nil, "not a number" end
+  if value:sub(1, 1) == "-" then v = -v end
+  if v ~= v or v < lo or v > hi then
+    return nil, string.format("must be between %g and %g", lo, hi)  -- Python's :g too
+  end
+  return v
+end
+
+-- Python's repr of a header value, as InvalidHint quotes it (ASCII without quotes or
+-- backslashes, which is all a gRPC text header carries in practice).
+local function quoted(value)
+  return "'" .. value .. "'"
+end
+
+-- A hint the fast path reads, sent more than once: every repeat must say the same as the
+-- first (services/edge/hints.py's _once: else an appended header could change it), compared
+-- as the Python edge compares them (``same``). nil, or the INVALID_ARGUMENT message.
+local function repeats(headers, key, same)
+  local n = headers:getNumValues(key)
+  if n < 2 then return nil end
+  local first = headers:getAtIndex(key, 0)
+  for i = 1, n - 1 do
+    local other = headers:getAtIndex(key, i)
+    if not same(first, other) then
+      return "metadata " .. key .. "=" .. quoted(other) .. ": contradicts an earlier " .. key
+             .. "=" .. quoted(first) .. "; send the hint once (or repeat the same value)"
+    end
+  end
+  return nil
+end
+
+local function equal(a, b) return a == b end
+local function same_number(a, b)
+  return decimal(a, SLO_LO, SLO_HI) == decimal(b, SLO_LO, SLO_HI)
+end
+
 -- The call's SLO in ms (the route uses it rounded down: never looser than asked); nil: the
 -- model's default; false and a message: a bad x-slo-ms (as services/edge/hints.py words it).
 -- Without x-slo-ms: the caller's deadline (budget, ms) less the margin.
 local function slo_ms(headers, budget)
   local n = headers:getNumValues("x-slo-ms")
   if n > 0 then
-    local first = headers:getAtIndex("x-slo-ms", 0)
-    for i = 1, n - 1 do
-      local other = headers:getAtIndex("x-slo-ms", i)
-      if other ~= first then
-        return false, "metadata x-slo-ms='" .. first .. "': repeated with a different value '"
-                      .. other .. "'"
-      end
+    for i = 0, n - 1 do
+      local value = headers:getAtIndex("x-slo-ms", i)
+      local _, why = decimal(value, SLO_LO, SLO_HI)
+      if why ~= nil then return false, "metadata x-slo-ms=" .. quoted(value) .. ": " .. why end
     end
-    local v = tonumber(first)
-    if v == nil or v ~= v or v < 0.001 or v > 3600000 then
-      return false, "metadata x-slo-ms='" .. first .. "': must be a number of milliseconds "
-                    .. "within [0.001, 3600000]"
-    end
-    return v
+    local clash = repeats(headers, "x-slo-ms", same_number)
+    if clash ~= nil then return false, clash end
+    return (decimal(headers:getAtIndex("x-slo-ms", 0), SLO_LO, SLO_HI))
   end
   if budget ~= nil then
     local slo = budget - DEADLINE_MARGIN_MS
@@ -283,6 +327,13 @@ function envoy_on_request(handle)
     end
     for _, hint in ipairs(SLOW_HINTS) do
       if headers:get(hint) ~= nil then return slow(handle, headers, "hint " .. hint) end
+    end
+    -- (a repeated x-request-id never gets here: Envoy joins it into one, "a,b", as it does
+    -- the headers it owns; README says so)
+    local clash = repeats(headers, "x-tenant", equal)
+    if clash ~= nil then
+      reply(handle, 3, clash)
+      return
     end
   end
   local slo, why = slo_ms(headers, budget)
