@@ -61,6 +61,11 @@ class EnvoySettings:
     max_concurrent_streams: int | None = None  # per HTTP/2 connection
     idle_connection_timeout_s: float | None = None
     max_connection_age_s: float = 0.0
+    # [security.limits] on a call's metadata, as the Python edge applies them (the listener's
+    # Lua, lua.py: the header list's bytes, RESOURCE_EXHAUSTED; custom entries on a call or
+    # stream, INVALID_ARGUMENT). None: not checked.
+    max_metadata_bytes: int | None = None
+    max_metadata_count: int | None = None
     # Deployments per compiled order (aggregate children, a rotation's, a route's prices):
     # a call tries at most ``max_attempts`` of them (the route's num_retries + 1), so the
     # rest of a 10,000-deployment order was bytes no call reached (issues 12 + 15). None:

@@ -44,10 +44,24 @@ def _status_for(http: int, grpc_code: int, key: str) -> dict[str, Any]:
             "headers_to_add": [grpc_status(grpc_code)]}
 
 
+# With ``[security.limits]`` on metadata: Envoy's own header limits (its codec's, defaults
+# 60 KiB and 100 entries) raised so that the listener's Lua, not the codec, judges a call's
+# metadata up to these, answering the Python edge's statuses; past them Envoy's codec resets
+# the stream (INTERNAL) or, over the bytes, closes the connection (UNAVAILABLE), as before.
+HEADER_LIST_KB = 256
+HEADER_COUNT = 4096
+
+
+def _metadata_limits(s: EnvoySettings) -> dict[str, Any]:
+    return {} if s.max_metadata_bytes is None else {"max_request_headers_kb": HEADER_LIST_KB}
+
+
 def _connection_limits(s: EnvoySettings) -> dict[str, Any]:
     """``[security.limits]``' idle and aged connections, as the Python edge's server closes
-    them (``transport.server_options``)."""
+    them (``transport.server_options``), and the header count the Lua judges."""
     limits: dict[str, Any] = {}
+    if s.max_metadata_count is not None:
+        limits["max_headers_count"] = HEADER_COUNT
     if s.idle_connection_timeout_s is not None:
         limits["idle_timeout"] = f"{s.idle_connection_timeout_s}s"
     if s.max_connection_age_s:
@@ -93,6 +107,7 @@ def listener(host: str, port: int, region: str, s: EnvoySettings,
             {} if s.max_concurrent_streams is None else
             {"max_concurrent_streams": s.max_concurrent_streams})},
         **_connection_limits(s),
+        **_metadata_limits(s),
         **_forwarded_certs(s),
         "rds": {"route_config_name": route_config_name(region), "config_source": {
             "ads": {}, "resource_api_version": "V3"}},
@@ -128,7 +143,8 @@ def listener(host: str, port: int, region: str, s: EnvoySettings,
                 "default_source_code": {"inline_string": rewrite.listener_script(
                     lua.model_name_script(s.deadline_margin_ms, slow_path,
                                           tenant_calls(s), s.max_message_bytes,
-                                          s.tenant_sans))}}},
+                                          s.tenant_sans, s.max_metadata_bytes,
+                                          s.max_metadata_count))}}},
             # No per-status-code counters or latency histograms per cluster (nobody reads
             # them: feedback is the access log; upstream_rq_total and the connection stats
             # stay) and no x-envoy-* headers (a Python edge sends none): less work per call

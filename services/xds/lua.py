@@ -1,6 +1,8 @@
 """The two Lua scripts placement pushes to Envoy edges.
 
-``model_name_script`` runs on the listener (downstream). A ``ModelInfer`` or
+``model_name_script`` runs on the listener (downstream). First, a call whose metadata is over
+``[security.limits]`` is refused as a Python edge refuses it (``metadata_refusal``: over the
+bytes RESOURCE_EXHAUSTED, over the custom entries INVALID_ARGUMENT). A ``ModelInfer`` or
 ``ModelStreamInfer`` whose caller has at most ``MIN_REMAINING_S`` (2 ms) of its deadline left
 (its ``grpc-timeout``, whole ms as gRPC sends it, less the time its body took to arrive) is
 answered DEADLINE_EXCEEDED there and forwarded nowhere, the Python edge's
@@ -294,8 +296,44 @@ local function slow(handle, headers, why)
   end
 end
 
+-- [security.limits] on the caller's metadata, as the Python edge applies them: its gRPC
+-- server refuses a header list over max_metadata_bytes (RESOURCE_EXHAUSTED; HPACK's size,
+-- name + value + 32 per entry; services/security/transport.py) and its tenant gate a call or
+-- stream carrying more custom entries than max_metadata_count (INVALID_ARGUMENT; not
+-- pseudo-headers, user-agent, te, content-type or grpc-*: services/security/tenants.py).
+-- Envoy's own x-forwarded-proto and x-forwarded-client-cert (a caller's is dropped) are not
+-- the caller's; the x-request-id Envoy makes up when the caller sent none counts in the bytes
+-- (at most ~90 of them) but not as an entry. nil, or a status code and message.
+local ENVOYS = {{["x-forwarded-proto"] = true, ["x-forwarded-client-cert"] = true}}
+local NOT_COUNTED = {{["user-agent"] = true, ["te"] = true, ["content-type"] = true,
+                     ["x-request-id"] = true}}
+local function metadata_refusal(headers, path)
+  if MAX_METADATA_BYTES == nil and MAX_METADATA_COUNT == nil then return nil end
+  local size, count = 0, 0
+  for key, value in pairs(headers) do
+    if not ENVOYS[key] then size = size + #key + #value + 32 end
+    if not (ENVOYS[key] or NOT_COUNTED[key]) and key:sub(1, 1) ~= ":"
+       and key:sub(1, 5) ~= "grpc-" then
+      count = count + 1
+    end
+  end
+  if MAX_METADATA_BYTES ~= nil and size > MAX_METADATA_BYTES then
+    return 8, string.format("metadata of %d bytes is larger than max_metadata_bytes (%d vs. "
+                            .. "%d)", size, size, MAX_METADATA_BYTES)
+  end
+  if MAX_METADATA_COUNT ~= nil and DEADLINE_CHECKED[path] and count > MAX_METADATA_COUNT then
+    return 3, string.format("call carries %d metadata entries (limit %d)", count,
+                            MAX_METADATA_COUNT)
+  end
+  return nil
+end
+
 function envoy_on_request(handle)
   local headers = handle:headers()
+  do
+    local code, message = metadata_refusal(headers, headers:get(":path"))
+    if code ~= nil then return reply(handle, code, message) end
+  end
   headers:remove("{MODEL_HEADER}")
   headers:remove("{VARIANT_HEADER}")
   headers:remove("{SLO_HEADER}")
@@ -423,17 +461,25 @@ end
 def model_name_script(deadline_margin_ms: float, slow_path: bool = False,
                       tenants: TenantCalls = "off",
                       max_message_bytes: int | None = None,
-                      tenant_sans: Sequence[str] = ()) -> str:
+                      tenant_sans: Sequence[str] = (),
+                      max_metadata_bytes: int | None = None,
+                      max_metadata_count: int | None = None) -> str:
     """The listener's Lua: slow-path calls sent there (or, without a slow path, refused),
     SLO class header set, model name read; the fast path's cost and SLO trailers.
     ``tenants``: which ModelInfer calls go to the slow path for the tenant gate (``off``:
     none; ``credential``: those carrying ``authorization`` or ``x-tenant``, or a client
     certificate, as Envoy forwards it, that may name one of ``tenant_sans``; ``all``).
     ``max_message_bytes``: a ModelInfer whose message is larger is RESOURCE_EXHAUSTED,
-    naming the limit, as on the Python edge (Envoy's buffer has headroom above it)."""
-    limit = "nil" if max_message_bytes is None else str(int(max_message_bytes))
+    naming the limit, as on the Python edge (Envoy's buffer has headroom above it).
+    ``max_metadata_bytes``, ``max_metadata_count``: ``[security.limits]`` on the caller's
+    metadata (``metadata_refusal``; None: not checked)."""
+    def limit(n: int | None) -> str:
+        return "nil" if n is None else str(int(n))
+
     return (f"local DEADLINE_MARGIN_MS = {float(deadline_margin_ms)!r}\n"
-            f"local MAX_MESSAGE_BYTES = {limit}\n"
+            f"local MAX_MESSAGE_BYTES = {limit(max_message_bytes)}\n"
+            f"local MAX_METADATA_BYTES = {limit(max_metadata_bytes)}\n"
+            f"local MAX_METADATA_COUNT = {limit(max_metadata_count)}\n"
             f"local SLOW_PATH = {'true' if slow_path else 'false'}\n"
             f"local TENANTS = {json.dumps(tenants)}\n"
             f"local TENANT_SANS = {{{', '.join(_lua_string(n) for n in tenant_sans)}}}\n"

@@ -481,6 +481,8 @@ def envoy_settings(cfg: MeshConfig) -> EnvoySettings:
                          max_concurrent_streams=sec.limits.max_concurrent_streams,
                          idle_connection_timeout_s=sec.limits.idle_connection_timeout_s,
                          max_connection_age_s=sec.limits.max_connection_age_s,
+                         max_metadata_bytes=sec.limits.max_metadata_bytes,
+                         max_metadata_count=sec.limits.max_metadata_count,
                          slow_start_s=cfg.edge.slow_start_s if cfg.edge.envoy_slow_start else 0.0)
 
 

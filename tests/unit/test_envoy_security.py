@@ -23,7 +23,7 @@ from services.edge.envoy.snapshot import static_bootstrap
 from services.security.authz import AuthzPolicy
 from services.security.settings import SecuritySettings
 from services.xds import lua, tls
-from services.xds.listener import tenant_calls
+from services.xds.listener import HEADER_COUNT, HEADER_LIST_KB, tenant_calls
 from services.xds.resources import (
     EnvoySettings,
     compile_region,
@@ -295,8 +295,12 @@ def test_the_listener_holds_connections_to_the_security_limits(tmp_path: pathlib
     hcm = _dict(listener("127.0.0.1", 50051, "r", s))["filter_chains"][0]["filters"][0][
         "typed_config"]
     assert hcm["http2_protocol_options"]["max_concurrent_streams"] == 17
+    # the header limits raised past [security.limits]' metadata ones (the listener's Lua
+    # answers those as the Python edge does)
     assert hcm["common_http_protocol_options"] == {"idle_timeout": "42s",
-                                                   "max_connection_duration": "600s"}
+                                                   "max_connection_duration": "600s",
+                                                   "max_headers_count": HEADER_COUNT}
+    assert hcm["max_request_headers_kb"] == HEADER_LIST_KB
     plain = _dict(listener("127.0.0.1", 50051, "r", EnvoySettings()))["filter_chains"][0][
         "filters"][0]["typed_config"]
     assert "common_http_protocol_options" not in plain
