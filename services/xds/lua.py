@@ -117,7 +117,34 @@ local function varint(body, pos, stop)
 end
 """
 
-_MODEL_NAME = _VARINT + rf"""
+# Is ``s`` UTF-8 as Python's strict decoder reads it (no overlong forms, surrogates or code
+# points past U+10FFFF)? The Python edge refuses a model name that is not.
+_UTF8 = r"""
+local function utf8(s)
+  local i, n = 1, #s
+  while i <= n do
+    local c, k = s:byte(i), 0
+    if c >= 0xC2 and c <= 0xDF then k = 1
+    elseif c >= 0xE0 and c <= 0xEF then k = 2
+    elseif c >= 0xF0 and c <= 0xF4 then k = 3
+    elseif c >= 0x80 then return false end
+    if i + k > n then return false end
+    for j = 1, k do
+      local d = s:byte(i + j)
+      if d < 0x80 or d > 0xBF then return false end
+    end
+    local d = s:byte(i + 1)
+    if (c == 0xE0 and d < 0xA0) or (c == 0xED and d > 0x9F) or (c == 0xF0 and d < 0x90)
+       or (c == 0xF4 and d > 0x8F) then
+      return false
+    end
+    i = i + k + 1
+  end
+  return true
+end
+"""
+
+_MODEL_NAME = _VARINT + _UTF8 + rf"""
 local NOT_PARSED = "request bytes do not parse as a KServe v2 request"
 local NAMED = {{{", ".join(f'["{SERVICE_PATH}{r}"] = true' for r in NAMED_RPCS)}}}
 
@@ -164,6 +191,9 @@ local function model_name(body)
     return nil, 3, "the request's model name is empty; set the model to call"
   end
   if #name > 1024 then return nil, 3, "model_name is longer than 1024 bytes" end
+  if name:find("[\128-\255]") and not utf8(name) then
+    return nil, 3, "model_name is not valid UTF-8"  -- services/edge/wire.py's words
+  end
   return name
 end
 
@@ -388,6 +418,13 @@ function envoy_on_request(handle)
   local name, code, message = model_name(body)
   if name == nil then
     reply(handle, code, message)
+    return
+  end
+  -- A name no header can carry (a NUL, CR or LF: Envoy would cut it there, "summarize\0x"
+  -- routed as summarize) names no model: no header, so the unknown-model route answers
+  -- NOT_FOUND, as a Python edge does.
+  if name:find("[%z\r\n]") then
+    handle:clearRouteCache()
     return
   end
   -- wrappers do not survive the yield inside body(): fetch the headers again

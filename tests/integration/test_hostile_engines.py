@@ -131,6 +131,17 @@ async def test_the_metadata_limits_hold_on_both_engines(
 # Envoy listener's Lua twin; the messages differ in words, not in status.
 REQUESTS = [
     ("unknown model", request_bytes("nosuch"), grpc.StatusCode.NOT_FOUND),
+    # a NUL cut the name in the Lua's header: served as summarize (old Lua: OK)
+    ("a NUL in the name", request_bytes("summarize\x00"), grpc.StatusCode.NOT_FOUND),
+    ("a NUL inside the name", request_bytes("summ\x00arize"), grpc.StatusCode.NOT_FOUND),
+    ("a newline in the name", request_bytes("summarize\n"), grpc.StatusCode.NOT_FOUND),
+    ("a name past 1024 bytes", request_bytes("s" * 1025), INVALID),
+    ("a non-ASCII name", request_bytes("résumé"), grpc.StatusCode.NOT_FOUND),
+    # field 1 that is not UTF-8 (old Lua: NOT_FOUND): bytes, an overlong '/', a surrogate
+    ("a name not UTF-8", b"\x0a\x02\xff\xfe", INVALID),
+    ("an overlong name", b"\x0a\x02\xc0\xaf", INVALID),
+    ("a surrogate name", b"\x0a\x03\xed\xa0\x80", INVALID),
+    ("a name cut inside a character", b"\x0a\x02a\xc3", INVALID),
     ("empty model", request_bytes(""), INVALID),
     ("no bytes", b"", INVALID),
     ("truncated varint", b"\xff\xff\xff", INVALID),
