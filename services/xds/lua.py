@@ -28,12 +28,13 @@ copying tensor payloads) and sets ``x-switchyard-model`` to the *last* field-1 v
 protobuf parser would, then clears the route cache so routes can match the header. A caller's
 own ``x-switchyard-model`` (and ``x-switchyard-path``) is always removed first. It is the Lua
 twin of ``services.edge.wire.scan_model_name``; bytes it cannot read get a trailers-only gRPC
-reply (INVALID_ARGUMENT, or UNIMPLEMENTED for a compressed message, whose fields Lua cannot
-see). On the response of a fast-path ``ModelInfer`` that was answered OK it adds the Python
-edge's ``x-cost-usd`` and ``x-slo-met`` trailers: the route placement pushed carries, in its
-metadata under this filter's name, the per-call cost of each deployment in its order, which of
-them meet the route's SLO, and (default route) the model's default SLO; the call's own
-latency is measured from the buffered request to its response trailers.
+reply (INVALID_ARGUMENT); a compressed message, whose fields Lua cannot see, goes to the slow
+path (without one: UNIMPLEMENTED). On the response of a fast-path ``ModelInfer`` that was
+answered OK it adds the Python edge's ``x-cost-usd`` and ``x-slo-met`` trailers: the route
+placement pushed carries, in its metadata under this filter's name, the per-call cost of each
+deployment in its order, which of them meet the route's SLO, and (default route) the model's
+default SLO; the call's own latency is measured from the buffered request to its response
+trailers.
 
 The variant rewrite is ``services.xds.rewrite``: the listener appends the first deployment's
 variant once, and an *upstream* filter (so on every attempt) appends another only when the
@@ -146,6 +147,7 @@ end
 
 _MODEL_NAME = _VARINT + _UTF8 + rf"""
 local NOT_PARSED = "request bytes do not parse as a KServe v2 request"
+local COMPRESSED = "compressed"  -- model_name's code for a message its fields cannot be read in
 local NAMED = {{{", ".join(f'["{SERVICE_PATH}{r}"] = true' for r in NAMED_RPCS)}}}
 
 -- The model name, or nil, a gRPC status code and a message.
@@ -154,7 +156,8 @@ local function model_name(body)
   if n < 5 then return nil, 3, NOT_PARSED .. " (no gRPC message)" end
   local head = body:getBytes(0, 5)
   if head:byte(1) ~= 0 then
-    return nil, 12, "compressed requests are not routed by the Envoy edge; send them uncompressed"
+    return nil, COMPRESSED, "compressed requests are not routed by the Envoy edge; send them "
+                            .. "uncompressed"
   end
   local stop = 5 + ((head:byte(2) * 256 + head:byte(3)) * 256 + head:byte(4)) * 256
                + head:byte(5)
@@ -416,8 +419,13 @@ function envoy_on_request(handle)
     return
   end
   local name, code, message = model_name(body)
+  if name == nil and code == COMPRESSED and SLOW_PATH then
+    -- the Python edge decompresses it and routes it by every rule (the body is sent on as
+    -- the caller sent it); without a slow path, UNIMPLEMENTED
+    return slow(handle, handle:headers(), "a compressed request")
+  end
   if name == nil then
-    reply(handle, code, message)
+    reply(handle, code == COMPRESSED and 12 or code, message)
     return
   end
   -- A name no header can carry (a NUL, CR or LF: Envoy would cut it there, "summarize\0x"
