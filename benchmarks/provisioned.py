@@ -42,6 +42,7 @@ from benchmarks.costsim.scenario import Scenario, load_scenario
 from benchmarks.planner import keys, problem_of
 from placement.forecast import ClassKey, DemandForecaster, ForecastSettings
 from placement.plan_cadence import CadenceSettings
+from placement.plan_scale import ScaleSettings
 from placement.plan_types import DemandClass, Plan, PlannerSettings, Problem, reclaim_reserve
 from placement.replan import ChurnCost
 from services.capacity.settings import CapacityConfig
@@ -104,6 +105,8 @@ class PlannerConfig:
     # > 0: spot pools count as 1 - reclaim_reserve(rate, this) of their GPUs (the reclaims
     # expected before a replacement serves), not benchmarks.planner's flat 0.1
     reclaim_exposure_s: float = 0.0
+    # the plan's pools sized between re-plans on observed busy servers (placement.plan_scale)
+    scale: ScaleSettings | None = None
 
 
 # Before: a flat $0.5 per GPU change (above a cheap GPU's hourly price, so such GPUs were
@@ -126,8 +129,19 @@ RESERVE = dataclasses.replace(QUANTILE, name="+ reclaim reserve",
 LIVE = CapacityConfig(cold_start_s=sim.PROVISION_DELAY_S)
 PLANNER = PlannerConfig("switchyard planner", live_churn(LIVE), live_forecast(LIVE),
                         live_cadence(LIVE))
+SCALE = dataclasses.replace(PLANNER, name="+ pools sized on busy-ness", scale=ScaleSettings())
+# placement.plan_scale's settings measured by `provisioned_diag --scale NAME` on the planner's
+# own day of plans (ReplayedPlanner: the plans do not depend on the counts a scaler sets)
+SCALES = {
+    "hpa": ScaleSettings(),  # the HPA's rule: 0.9 × the plan's cap, 10 % tolerance, 300 s
+    "cap-0.95": ScaleSettings(target_share=0.95),
+    "cap-1.0": ScaleSettings(target_share=1.0),
+    "up-only": ScaleSettings(min_gpus=1_000_000),  # never below the plan's count
+    "down-only": ScaleSettings(above_plan=False),  # never above it
+    "hold-900": ScaleSettings(down_window_s=900.0),
+}
 CONFIGS = {"before": BEFORE, "churn": CHURN, "resize": RESIZE, "react": REACT,
-           "quantile": QUANTILE, "reserve": RESERVE, "planner": PLANNER}
+           "quantile": QUANTILE, "reserve": RESERVE, "planner": PLANNER, "scale": SCALE}
 
 
 def describe(c: PlannerConfig) -> str:
@@ -203,7 +217,7 @@ def planner_fleet(s: Scenario, su: Setup, config: PlannerConfig = PLANNER) -> Pl
     cadence = dataclasses.replace(config.cadence, react_window_s=su.bucket_s,
                                   lead_s=sim.PROVISION_DELAY_S + 2 * su.bucket_s)
     planner = PlannerFleet(of, forecaster, config.churn, cadence, day_offset_s=sim.DAY_S,
-                           name=config.name)
+                           name=config.name, scale=config.scale)
     planner.start(0.0)
     return planner
 

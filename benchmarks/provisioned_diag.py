@@ -15,6 +15,13 @@ per scenario and fleet:
   routing of the plan's flows);
 - the pools whose bill differs most between the planner and the HPA.
 
+``--scale NAME`` (:data:`benchmarks.provisioned.SCALES`) adds, for each planner
+configuration without a scaler, its own day of plans run again with
+:class:`placement.plan_scale.PoolScaler` sizing the plan's pools between re-plans
+(:class:`benchmarks.costsim.provisioned_fleets.ReplayedPlanner`: the same plans, not solved
+again; a scaler changes GPU counts, and the plans depend only on call rates and the plan in
+force).
+
 ``--write`` puts the table into ``benchmarks/RESULTS.md`` (after the provisioned-cost
 sections); there is no ``run``, so ``run_all`` leaves it out.
 """
@@ -25,19 +32,20 @@ import argparse
 import math
 import pathlib
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from benchmarks.common import ROOT, Section, md_table, progress
 from benchmarks.cost import write_section
 from benchmarks.costsim import provisioned as sim
-from benchmarks.costsim.provisioned_fleets import PlannerFleet, ReactiveFleet
+from benchmarks.costsim.provisioned_fleets import PlannerFleet, ReactiveFleet, ReplayedPlanner
 from benchmarks.costsim.scenario import Scenario, load_scenario
 from benchmarks.provisioned import (
     BEFORE,
     CONFIGS,
     PLANNER,
     RESULTS,
+    SCALES,
     SCENARIOS,
     SEED,
     SYNC_S,
@@ -45,6 +53,7 @@ from benchmarks.provisioned import (
     planner_fleet,
     setup,
 )
+from placement.plan_types import PlanPool
 
 CAUSES = ("outage", "reclaim", "cold start", "under forecast", "steady")
 TITLE = "Provisioned cost: where the bill and the misses come from (planner vs HPA)"
@@ -73,7 +82,7 @@ class Recorded:
 
 
 def _planned(fleet: sim.Fleet) -> float:
-    if not isinstance(fleet, PlannerFleet) or fleet.current is None:
+    if not isinstance(fleet, PlannerFleet | ReplayedPlanner) or fleet.current is None:
         return math.inf
     return sum(rps for pp in fleet.current.pools for _, _, rps in pp.serves)
 
@@ -102,8 +111,8 @@ def causes(trace: list[sim.Bucket], planned: list[float], bucket_s: float) -> di
     return out
 
 
-def diagnose(s: Scenario, quick: bool, configs: list[PlannerConfig],
-             hpa: bool) -> tuple[list[list[object]], list[str]]:
+def diagnose(s: Scenario, quick: bool, configs: list[PlannerConfig], hpa: bool,
+             scales: tuple[str, ...] = ()) -> tuple[list[list[object]], list[str]]:
     """Table rows (one per fleet) and notes (the pools whose bill differs most)."""
     su = setup(s, quick)
     prices = {p.id: p.usd_per_gpu_hour for p in su.base.pools}
@@ -114,7 +123,8 @@ def diagnose(s: Scenario, quick: bool, configs: list[PlannerConfig],
     fleets += [planner_fleet(s, su, c) for c in configs]
     rows: list[list[object]] = []
     results = []
-    for f in fleets:
+    pools = {p.id: p for p in su.base.pools}
+    for f in _then_replayed(fleets, scales, pools):
         t0 = time.monotonic()
         rec, trace = Recorded(f), list[sim.Bucket]()
         r = sim.simulate(s, su.base, rec, su.today, sim_seed(), trace=trace, sync_s=SYNC_S)
@@ -146,22 +156,35 @@ def diagnose(s: Scenario, quick: bool, configs: list[PlannerConfig],
     return rows, notes
 
 
+def _then_replayed(fleets: list[sim.Fleet], scales: tuple[str, ...],
+                   pools: Mapping[str, PlanPool]) -> Iterator[sim.Fleet]:
+    """``fleets``, each planner without a scaler followed by its day replayed with each
+    of ``scales`` (after it has run: the replay needs its history)."""
+    for f in fleets:
+        yield f
+        if isinstance(f, PlannerFleet) and f.scale is None:
+            for name in scales:
+                yield ReplayedPlanner(f.first_plan, f.history, pools, SCALES[name],
+                                      f"{f.name} + scale {name}")
+
+
 def sim_seed() -> int:
     return SEED + 2
 
 
 def section(paths: list[pathlib.Path], quick: bool, configs: list[PlannerConfig],
-            hpa: bool, write_each: bool = False) -> Section:
+            hpa: bool, write_each: bool = False, scales: tuple[str, ...] = ()) -> Section:
     """The section; ``write_each``: written into RESULTS.md after every scenario (its
     command naming the scenarios done so far), so a run cut short keeps what it measured."""
     t0 = time.monotonic()
     rows: list[list[object]] = []
     notes: list[str] = []
     for i, path in enumerate(paths):
-        r, n = diagnose(load_scenario(path), quick, configs, hpa)
+        r, n = diagnose(load_scenario(path), quick, configs, hpa, scales)
         rows += r
         notes += n
-        sec = _section(paths[:i + 1], quick, configs, hpa, rows, notes, time.monotonic() - t0)
+        sec = _section(paths[:i + 1], quick, configs, hpa, rows, notes, time.monotonic() - t0,
+                       scales)
         if write_each:
             write(sec)
             progress(f"diag: wrote '{sec.title}' ({i + 1} of {len(paths)} scenarios)")
@@ -169,7 +192,8 @@ def section(paths: list[pathlib.Path], quick: bool, configs: list[PlannerConfig]
 
 
 def _section(paths: list[pathlib.Path], quick: bool, configs: list[PlannerConfig], hpa: bool,
-             rows: list[list[object]], notes: list[str], elapsed_s: float) -> Section:
+             rows: list[list[object]], notes: list[str], elapsed_s: float,
+             scales: tuple[str, ...] = ()) -> Section:
     table = md_table(["scenario", "fleet", "attainment", "USD/day", "GPU-h on-demand",
                       "GPU-h spot", *(f"missed: {c}" for c in CAUSES)], rows, "llrrrr" + "r" * 5)
     head = [f"The day of `python -m benchmarks.provisioned{' --quick' if quick else ''}` (same "
@@ -179,16 +203,17 @@ def _section(paths: list[pathlib.Path], quick: bool, configs: list[PlannerConfig
             "(GPUs requested and not serving), under forecast (the plan in force was made for "
             "fewer calls/s than came; planner only), else steady (the GPUs that exist and "
             "the fluid router: granularity, the router not finding the plan's flows)."]
-    return Section(TITLE, _command(paths, quick, configs, hpa), table, head + notes,
+    return Section(TITLE, _command(paths, quick, configs, hpa, scales), table, head + notes,
                    elapsed_s=elapsed_s)
 
 
 def _command(paths: list[pathlib.Path], quick: bool, configs: list[PlannerConfig],
-             hpa: bool) -> str:
+             hpa: bool, scales: tuple[str, ...] = ()) -> str:
     cmd = "python -m benchmarks.provisioned_diag" + (" --quick" if quick else "")
     names = {c.name: key for key, c in CONFIGS.items()}
     cmd += "".join(f" --config {names[c.name]}" for c in configs)
     cmd += "" if hpa else " --no-hpa"
+    cmd += "".join(f" --scale {n}" for n in scales)
     if paths == _all():
         return cmd
     return cmd + "".join(f" --scenario {p.relative_to(ROOT) if p.is_absolute() else p}"
@@ -218,10 +243,13 @@ def main() -> None:
     ap.add_argument("--no-hpa", action="store_true")
     ap.add_argument("--config", action="append", default=[], choices=list(CONFIGS),
                     help="planner configurations (default: before and now)")
+    ap.add_argument("--scale", action="append", default=[], choices=list(SCALES),
+                    help="each planner's day replayed with this pool scaler too")
     ap.add_argument("--write", action="store_true", help=f"write the section into {RESULTS}")
     args = ap.parse_args()
     configs = [CONFIGS[c] for c in args.config] or [BEFORE, PLANNER]
-    sec = section(args.scenario or _all(), args.quick, configs, not args.no_hpa, args.write)
+    sec = section(args.scenario or _all(), args.quick, configs, not args.no_hpa, args.write,
+                  tuple(args.scale))
     print(sec.markdown())
 
 

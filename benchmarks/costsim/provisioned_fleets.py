@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from benchmarks.costsim.provisioned import BUCKET_S, PROVISION_DELAY_S, Observed
 from placement.forecast import ClassKey, DemandForecaster
 from placement.plan_cadence import Cadence, CadenceSettings, Due
+from placement.plan_scale import PoolScaler, ScaleSettings
 from placement.plan_types import DemandClass, Infeasible, Plan, PlanPool, Problem
 from placement.planner import plan
 from placement.replan import ChurnCost, revise
@@ -236,8 +237,15 @@ class PlannerFleet:
 
     def __init__(self, problem_of: ProblemOf, forecaster: DemandForecaster, churn: ChurnCost,
                  cadence: CadenceSettings | None = None, day_offset_s: float = 0.0,
-                 name: str = "switchyard planner") -> None:
+                 name: str = "switchyard planner", scale: ScaleSettings | None = None) -> None:
         self.name = name
+        self.scale = scale
+        self._scaler = PoolScaler(scale) if scale is not None else None
+        self._pools = {p.id: p for p in problem_of([], frozenset()).pools}
+        self._scaled: dict[str, int] | None = None
+        # (now_s, plan in force, plan before it) at each control: ReplayedPlanner's input
+        self.history: list[tuple[float, Plan | None, Plan | None]] = []
+        self.first_plan: Plan | None = None  # the plan start made
         self._problem_of, self._churn, self._offset_s = problem_of, churn, day_offset_s
         self.cadence = Cadence(cadence or CadenceSettings(
             lead_s=PROVISION_DELAY_S + 2 * BUCKET_S), forecaster)
@@ -248,6 +256,7 @@ class PlannerFleet:
 
     def start(self, now_s: float) -> None:
         self._replan(now_s, self.cadence.begin(self._offset_s + now_s))
+        self.first_plan = self._current
 
     def _replan(self, now_s: float, due: Due) -> None:
         t = self._offset_s + now_s
@@ -279,12 +288,18 @@ class PlannerFleet:
             if due.kind == "drift":  # right-sized at once, as an HPA would scale
                 self.log.reactions += 1
             self._replan(seen.now_s, due)
+        self.history.append((seen.now_s, self._current, self._previous))
+        if self._scaler is not None and self._current is not None:
+            self._scaled = self._scaler.targets(seen.now_s, self._current, self._pools,
+                                                seen.work, seen.ready)
 
     @property
     def current(self) -> Plan | None:
         return self._current
 
     def targets(self) -> Mapping[str, int]:
+        if self._scaled is not None:
+            return self._scaled
         return self._current.gpus() if self._current else {}
 
     def loaded(self) -> Mapping[str, frozenset[str]]:
@@ -341,3 +356,43 @@ def solve_or_fail(problem: Problem, what: str) -> Plan:
     if isinstance(result, Infeasible):
         raise PlanRefused(f"{what}: {result.explain()}")
     return result
+
+
+class ReplayedPlanner:
+    """A planner fleet's day of plans (:attr:`PlannerFleet.history`) run again with another
+    :class:`placement.plan_scale.PoolScaler` (or none): the plans do not depend on the GPU
+    counts a scaler sets (the cadence sees call rates, the hysteresis the plan in force), so
+    scaler settings are compared on the same plans without solving them again."""
+
+    def __init__(self, first: Plan | None, history: list[tuple[float, Plan | None, Plan | None]],
+                 pools: Mapping[str, PlanPool], scale: ScaleSettings | None, name: str) -> None:
+        self.name = name
+        self._history = {round(t, 6): (cur, prev) for t, cur, prev in history}
+        self._pools = pools
+        self._scaler = PoolScaler(scale) if scale is not None else None
+        self._current: Plan | None = first
+        self._previous: Plan | None = None
+        self._scaled: dict[str, int] | None = None
+
+    @property
+    def current(self) -> Plan | None:
+        return self._current
+
+    def control(self, seen: Observed) -> None:
+        self._current, self._previous = self._history[round(seen.now_s, 6)]
+        if self._scaler is not None and self._current is not None:
+            self._scaled = self._scaler.targets(seen.now_s, self._current, self._pools,
+                                                seen.work, seen.ready)
+
+    def targets(self) -> Mapping[str, int]:
+        if self._scaled is not None:
+            return self._scaled
+        return self._current.gpus() if self._current else {}
+
+    def loaded(self) -> Mapping[str, frozenset[str]]:
+        now = self._current.loaded() if self._current else {}
+        if self._previous is None:
+            return now
+        before = self._previous.loaded()
+        return {p: now.get(p, frozenset()) | before.get(p, frozenset())
+                for p in set(now) | set(before)}
