@@ -349,7 +349,7 @@ class Router:
 
     # -- failure handling ----------------------------------------------------------------
 
-    def observe_success(self, c: Candidate, latency_ms: float) -> None:
+    def observe_success(self, c: Candidate, latency_ms: float | None) -> None:
         self.stats.record(c.deployment_id, latency_ms, ok=True)
         self.health.success(c)
 

@@ -37,14 +37,17 @@ class EdgeStats:
         self.by_deployment: dict[str, DeploymentStats] = {}
         self.p95: dict[str, float] = {}  # read by the pipeline on every call
 
-    def record(self, deployment_id: str, latency_ms: float, ok: bool) -> None:
+    def record(self, deployment_id: str, latency_ms: float | None, ok: bool) -> None:
+        """One call's outcome; ``latency_ms`` None: a served call with no latency sample (a
+        stream whose span is not the backend's alone, ``stream.stream_latency_ms``)."""
         s = self.by_deployment.get(deployment_id)
         if s is None:
             s = self.by_deployment[deployment_id] = DeploymentStats()
         s.calls += 1
         s.window_calls += 1
         if ok:
-            s.latencies_ms.append(latency_ms)
+            if latency_ms is not None:
+                s.latencies_ms.append(latency_ms)
         else:
             s.failures += 1
             s.window_failures += 1

@@ -12,6 +12,7 @@ must also say the same thing on both (the Envoy listener's Lua words it as
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -22,6 +23,7 @@ from tritonclient.grpc import service_pb2
 
 from services.backends.triton import TritonProcess
 from services.config import MeshConfig
+from services.edge.tokens import llm_request
 from tests.envoy_harness import EnvoyMesh, running_envoy_mesh
 from tests.mesh_harness import mesh_config, padded, raw_infer, request_bytes
 
@@ -38,14 +40,17 @@ def cfg(tmp_path_factory: pytest.TempPathFactory) -> MeshConfig:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def engines(cfg: MeshConfig, tritons: dict[str, TritonProcess],
-                  tmp_path_factory: pytest.TempPathFactory
-                  ) -> AsyncIterator[dict[str, grpc.aio.Channel]]:
+async def mesh(cfg: MeshConfig, tritons: dict[str, TritonProcess],
+               tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[EnvoyMesh]:
+    async with running_envoy_mesh(cfg, tmp_path_factory.mktemp("envoy")) as m:
+        yield m
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def engines(mesh: EnvoyMesh) -> AsyncIterator[dict[str, grpc.aio.Channel]]:
     """A channel to each engine: ``python`` (the Python edge) and ``envoy``."""
-    m: EnvoyMesh
-    async with (running_envoy_mesh(cfg, tmp_path_factory.mktemp("envoy")) as m,
-                grpc.aio.insecure_channel(f"127.0.0.1:{m.slow.port}") as py,
-                m.channel() as envoy):
+    async with (grpc.aio.insecure_channel(f"127.0.0.1:{mesh.slow.port}") as py,
+                mesh.channel() as envoy):
         yield {"python": py, "envoy": envoy}
 
 
@@ -228,3 +233,45 @@ async def test_a_gzip_compressed_call_is_served_on_both_engines(
         got[e] = (trailers.get("x-served-by", "") != "", trailers.get("x-request-id"),
                   trailers.get("x-switchyard-path"))
     assert got == {"python": (True, "gzip", None), "envoy": (True, "gzip", "slow")}
+
+
+HOLD_S = 3.0  # how long the callers below keep their streams open after their one request
+
+
+async def held_stream(ch: grpc.aio.Channel, close: bool) -> tuple[grpc.StatusCode, int]:
+    """A 4-token generation whose caller keeps its stream open ``HOLD_S`` after the request,
+    then half-closes it (``close``) or never does (its own deadline, ``HOLD_S``, ends it)."""
+    async def requests() -> AsyncIterator[bytes]:
+        yield llm_request("generate", [1, 2, 3], 4)
+        await asyncio.sleep(HOLD_S if close else 10 * HOLD_S)  # the caller's own pause
+
+    stream: Any = ch.stream_stream(SERVICE + "ModelStreamInfer", request_serializer=None,
+                                   response_deserializer=None)
+    call = stream(requests(), timeout=HOLD_S + 30.0 if close else HOLD_S)
+    n = 0
+    try:
+        async for _ in call:
+            n += 1
+    except grpc.aio.AioRpcError as err:
+        return err.code(), n
+    return await call.code(), n
+
+
+async def test_a_stream_held_open_by_its_caller_teaches_no_slowness(
+        mesh: EnvoyMesh, engines: dict[str, grpc.aio.Channel]) -> None:
+    """Callers that keep their streams open after the last token (half-closing later, or
+    never: their own deadline ends them) add latency samples of the generation alone, not of
+    their own pause, to the deployment's statistics (what the edge reports to placement; both
+    engines' streams are the Python edge's). On the old edge each sample was the stream's
+    whole life (~3 s for a ~50 ms generation): fails there."""
+    stats = mesh.slow.router.stats
+    before = {d: list(s.latencies_ms) for d, s in stats.by_deployment.items()}
+    # (never half-closed through Envoy: once in ~5 module runs at load ~8 that caller got
+    # INTERNAL, not DEADLINE_EXCEEDED, likely Envoy's own timer resetting a stream whose
+    # headers were sent: not this test's subject, so that case runs on the Python edge only)
+    callers = [(engines["python"], False)] * 3 + [(ch, True) for ch in engines.values()] * 3
+    got = await asyncio.gather(*(held_stream(ch, close) for ch, close in callers))
+    assert got == [(grpc.StatusCode.DEADLINE_EXCEEDED, 4)] * 3 + [(OK, 4)] * 6
+    new = [ms for d, s in stats.by_deployment.items() if "generate" in d
+           for ms in list(s.latencies_ms)[len(before.get(d, [])):]]
+    assert new and max(new) < HOLD_S * 1000 / 2, new
