@@ -121,3 +121,39 @@ def test_the_diagnosis_goes_after_the_provisioned_sections_and_replaces_itself(
     titles = [line[3:] for line in text.splitlines() if line.startswith("## ")]
     assert titles == ["Cost: a", "Provisioned cost: b", "Provisioned cost: c", TITLE, "Envoy"]
     assert "cmd two" in text and "cmd one" not in text
+
+
+def test_a_replayed_day_runs_the_planners_plans_and_its_scaler_sizes_them() -> None:
+    from benchmarks.costsim.provisioned_fleets import ReplayedPlanner
+    from placement.plan_scale import ScaleSettings
+
+    f = DemandForecaster(ForecastSettings(within_hour=True))
+    for i in range(40 * 6):
+        f.observe(KEY, i * 600.0, daily(i / 6))
+    fleet = PlannerFleet(of, f, ChurnCost(usd_per_gpu_change=0.0, cold_start_s=180),
+                         CadenceSettings(lead_s=300.0, resize_every_s=900.0), day_offset_s=DAY)
+    fleet.start(16 * 3600.0)
+    seen = []
+    for b in range(16 * 12 + 1, 20 * 12):
+        now = b * 300.0
+        obs = sim.Observed(now, {KEY: daily(now / 3600.0)}, {"p": 1.0}, {"p": 50}, {"p": 50},
+                           frozenset(), 300.0)
+        fleet.control(obs)
+        seen.append((obs, dict(fleet.targets()), dict(fleet.loaded())))
+    pools = {"p": POOL}
+    same = ReplayedPlanner(fleet.first_plan, fleet.history, pools, None, "replay")
+    scaled = ReplayedPlanner(fleet.first_plan, fleet.history, pools,
+                             ScaleSettings(down_window_s=0.0), "scaled")
+    assert same.targets() == scaled.targets() == fleet.first_plan.gpus()  # type: ignore[union-attr]
+    sized = []
+    for obs, targets, loaded in seen:
+        same.control(obs)
+        scaled.control(obs)
+        assert same.targets() == targets and same.loaded() == loaded
+        assert scaled.loaded() == loaded
+        assert scaled.targets()["p"] <= targets["p"]
+        sized.append(scaled.targets()["p"])
+    # one server busy: the HPA's rule wants 2 GPUs at 0.9 × the cap; the plan's count only
+    # when a re-plan changes it
+    assert min(sized) <= 2 < min(t["p"] for _, t, _ in seen)
+    assert sum(sized) < sum(t["p"] for _, t, _ in seen) / 2
