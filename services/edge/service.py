@@ -130,9 +130,20 @@ class InferenceService:
     async def model_ready(self, request: service_pb2.ModelReadyRequest,
                           context: AnyContext) -> service_pb2.ModelReadyResponse:
         try:
-            return service_pb2.ModelReadyResponse(ready=bool(self._serving(request.name)))
+            serving = bool(self._serving(request.name))
         except UnknownModel:
             return service_pb2.ModelReadyResponse(ready=False)
+        if not serving or not request.version:
+            return service_pb2.ModelReadyResponse(ready=serving)
+        # A version the caller names is the backends' to answer (a call is sent on with it):
+        # ready there, as Triton says (before: ready for any version, "9" included, whose
+        # calls then failed NOT_FOUND).
+        try:
+            resp = await self._forward(request.name, "ModelReady", request, context)
+        except SwitchyardError as exc:
+            await abort(context, exc)
+        assert isinstance(resp, service_pb2.ModelReadyResponse)
+        return resp
 
     async def _forward(self, model: str, call: str, request: object,
                        context: AnyContext) -> object:

@@ -81,6 +81,9 @@ HINTS = [
     ([("x-slo-ms", "1e400")], INVALID),
     ([("x-slo-ms", "3600001")], INVALID),
     ([("x-slo-ms", "1e3")], OK),
+    ([("x-slo-ms", "1e-3")], OK),  # the least SLO: a best effort on both
+    ([("x-slo-ms", "0.5")], OK),  # under a whole ms: Envoy's SLO class 0
+    ([("x-slo-ms", "3600000")], OK),
     ([("x-slo-ms", "+250")], OK),
     ([("x-slo-ms", "250.")], OK),
     ([("x-slo-ms", "50"), ("x-slo-ms", "60")], INVALID),
@@ -275,3 +278,19 @@ async def test_a_stream_held_open_by_its_caller_teaches_no_slowness(
     new = [ms for d, s in stats.by_deployment.items() if "generate" in d
            for ms in list(s.latencies_ms)[len(before.get(d, [])):]]
     assert new and max(new) < HOLD_S * 1000 / 2, new
+
+
+@pytest.mark.parametrize(("version", "ready"), [("", True), ("1", True), ("9", False)])
+async def test_model_ready_for_a_version_is_the_backends_answer_on_both_engines(
+        engines: dict[str, grpc.aio.Channel], version: str, ready: bool) -> None:
+    """tritonclient's ``is_model_ready(model, version)``: a version the backends lack is not
+    ready (the edge answered ready for any version, "9" included, whose calls then failed
+    NOT_FOUND: fails on the old edge)."""
+    got = {}
+    for e, ch in engines.items():
+        rpc: Any = ch.unary_unary(SERVICE + "ModelReady",
+                                  response_deserializer=service_pb2.ModelReadyResponse.FromString)
+        resp = await rpc(service_pb2.ModelReadyRequest(name="summarize", version=version)
+                         .SerializeToString(), timeout=10.0)
+        got[e] = resp.ready
+    assert got == {"python": ready, "envoy": ready}
