@@ -55,7 +55,7 @@ from services.edge.stalls import StallWatch
 from services.edge.stats import EdgeStats
 from services.edge.token_stats import StreamStats
 from services.edge.upstream import Upstreams
-from services.edge.wire import rewrite_model_name, scan_model_name
+from services.edge.wire import UNPARSEABLE, rewrite_model_name, scan_model_name
 from services.security.tenants import Admission
 
 log = structlog.get_logger("switchyard.edge")
@@ -366,9 +366,6 @@ def _retrieve(t: asyncio.Future[bytes]) -> None:
     if not t.cancelled():
         t.exception()
 
-
-# Triton's answer to bytes whose tensors do not parse (the edge reads only the model name).
-UNPARSEABLE = "Unable to parse request"
 
 
 def local_refusal(err: grpc.aio.AioRpcError, c: Candidate) -> MessageTooLarge | None:

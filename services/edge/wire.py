@@ -12,6 +12,9 @@ from __future__ import annotations
 from placement.errors import InvalidRequest
 
 _MAX_NAME = 1024
+# Triton's INTERNAL for bytes whose tensors do not parse (an edge reads only the model name):
+# the caller's error, INVALID_ARGUMENT on both engines (router._failed, the listener Lua).
+UNPARSEABLE = "Unable to parse request"
 # What ``rewrite_model_name`` may add to a request: a variant name of up to this many bytes
 # less its 1-byte tag and length varint. The upstream channel's send limit is the caller's
 # limit plus this, so a request at exactly ``max_message_bytes`` still reaches the backend.

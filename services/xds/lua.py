@@ -54,6 +54,7 @@ from typing import Literal
 
 from placement.attempts import GONE_HINT, MIN_REMAINING_S, TRITON_UNKNOWN_MODEL, VARIANT_GONE_ENDINGS
 from services.edge.hints import HINTS, SLO_RANGE
+from services.edge.wire import UNPARSEABLE
 from services.security import xfcc
 
 TenantCalls = Literal["off", "credential", "all"]
@@ -472,6 +473,18 @@ local function variant_gone(headers)
   end
 end
 
+-- Triton's INTERNAL for request bytes whose tensors do not parse (the model name did): the
+-- caller's error, INVALID_ARGUMENT as the Python edge answers it (services/edge/router.py).
+local UNPARSEABLE = {_lua_string("^" + _lua_escape(UNPARSEABLE))}
+local function unparseable(headers)
+  local message = headers:get("grpc-message")
+  if message ~= nil and message:find(UNPARSEABLE) then
+    headers:replace("grpc-status", "3")
+    headers:replace("grpc-message", "request bytes do not parse as a ModelInferRequest (the "
+                                    .. "deployment answered: " .. message .. ")")
+  end
+end
+
 function envoy_on_response(handle)
   local route = handle:metadata()
   local path = route:get("path")
@@ -480,6 +493,7 @@ function envoy_on_response(handle)
     local status = headers:get("grpc-status")
     if status ~= nil then
       if status == "5" then variant_gone(headers) end
+      if status == "13" then unparseable(headers) end
       headers:replace("{PATH_TRAILER}", path)
       return
     end
@@ -492,6 +506,7 @@ function envoy_on_response(handle)
   local slo = call["slo_ms"] or route:get("slo_ms")
   local feasible = route:get("feasible")
   local trailers = handle:trailers()
+  if trailers ~= nil and trailers:get("grpc-status") == "13" then unparseable(trailers) end
   if trailers == nil or trailers:get("grpc-status") ~= "0" then return end
   local served = trailers:get("x-served-by")
   if served == nil or cost[served] == nil then return end
