@@ -296,6 +296,28 @@ async def test_model_ready_for_a_version_is_the_backends_answer_on_both_engines(
     assert got == {"python": ready, "envoy": ready}
 
 
+async def test_a_model_only_outside_the_callers_regions_is_refused_on_both_engines(
+        engines: dict[str, grpc.aio.Channel]) -> None:
+    """``generate`` runs in r-east and r-west only: a call or stream allowed r-central alone
+    is FAILED_PRECONDITION naming the regions on offer, never served elsewhere."""
+    md = [("x-allowed-regions", "r-central")]
+    unary = await both(engines, md, request_bytes("generate"))
+    streams = {}
+    for e, ch in engines.items():
+        stream: Any = ch.stream_stream(SERVICE + "ModelStreamInfer", request_serializer=None,
+                                       response_deserializer=None)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async for _ in stream(iter([llm_request("generate", [1, 2, 3], 4)]),
+                                  metadata=tuple(md), timeout=10.0):
+                pass
+        streams[e] = (err.value.code(), err.value.details() or "")
+    for got in (unary, streams):
+        assert {e: c for e, (c, _) in got.items()} == {
+            "python": grpc.StatusCode.FAILED_PRECONDITION,
+            "envoy": grpc.StatusCode.FAILED_PRECONDITION}, got
+        assert all("regions ['r-central']" in d for _, d in got.values()), got
+
+
 # A request whose model name reads but whose tensors do not: Triton answers INTERNAL "Unable
 # to parse request". The last tests of the module: through Envoy such calls eject healthy
 # deployments (below), which must not touch the tests before.
