@@ -139,6 +139,7 @@ SCALES = {
     "up-only": ScaleSettings(min_gpus=1_000_000),  # never below the plan's count
     "down-only": ScaleSettings(above_plan=False),  # never above it
     "hold-900": ScaleSettings(down_window_s=900.0),
+    "cap-0.95-hold-900": ScaleSettings(target_share=0.95, down_window_s=900.0),
 }
 CONFIGS = {"before": BEFORE, "churn": CHURN, "resize": RESIZE, "react": REACT,
            "quantile": QUANTILE, "reserve": RESERVE, "planner": PLANNER, "scale": SCALE}
