@@ -71,13 +71,19 @@ def deployment_cluster(c: placement_pb2.Candidate, s: EnvoySettings) -> cluster_
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": _T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
                 "explicit_http_config": {"http2_protocol_options": http2(s)}}},
-        # The deployment's one host is ejected after consecutive failures (refused or reset
-        # connections, 5xx, gRPC UNAVAILABLE, timed-out attempts), as the Python edge's outlier
-        # detector does; the aggregate then starts calls at the next deployment instead of
-        # retrying there.
+        # The deployment's one host is ejected after consecutive gateway failures (refused or
+        # reset connections, gRPC UNAVAILABLE, timed-out attempts: 502/503/504 to Envoy), what
+        # the Python edge holds against a backend (``placement.attempts.SERVER_FAILURES``);
+        # the aggregate then starts calls at the next deployment instead of retrying there.
+        # Not other 5xx: Envoy maps a backend's own gRPC answer to HTTP for outlier detection
+        # (INTERNAL 500, UNIMPLEMENTED 501), so a caller's unparseable bytes or a unary call to
+        # a streaming-only model, three in a row, ejected a healthy deployment
+        # (tests/integration/test_hostile_engines.py).
         "outlier_detection": {
             "consecutive_5xx": s.eject_consecutive_failures,
+            "enforcing_consecutive_5xx": 0,
             "consecutive_gateway_failure": s.eject_consecutive_failures,
+            "enforcing_consecutive_gateway_failure": 100,
             "interval": "1s", "base_ejection_time": f"{s.eject_base_s}s",
             "max_ejection_percent": 100},
         # Panic: when every deployment of an aggregate is ejected, the aggregate (itself in

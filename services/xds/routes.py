@@ -77,13 +77,16 @@ def _weighted(model: str, slo_class: int | None, m: ModelRoutes) -> list[tuple[s
 
 def _slow_path_route() -> dict[str, Any]:
     """Calls the listener's Lua marked slow, to the co-located Python edge, which runs the
-    attempt policy itself (no retries here) under the caller's own deadline."""
+    attempt policy itself (no retries here) under the caller's own deadline: it gets the
+    caller's grpc-timeout and answers an expired one DEADLINE_EXCEEDED in the stream's own
+    trailers. No max_stream_duration here: Envoy's timer, started from the same header,
+    could fire before the caller's own and reset a stream whose headers were already sent
+    (RST_STREAM, INTERNAL to the caller, tests/integration/test_hostile_engines.py)."""
     return {"name": "slow-path", "match": {"prefix": "/", "headers": [
                 {"name": lua.PATH_HEADER, "string_match": {"exact": "slow"}}]},
             "request_headers_to_remove": [lua.PATH_HEADER],
             "metadata": {"filter_metadata": {lua.LISTENER_FILTER: {"path": "slow"}}},
-            "route": {"cluster": SLOW_PATH_CLUSTER, "timeout": "0s",
-                      "max_stream_duration": {"grpc_timeout_header_max": "0s"}}}
+            "route": {"cluster": SLOW_PATH_CLUSTER, "timeout": "0s"}}
 
 
 def _trailer_metadata(m: ModelRoutes, feasible: frozenset[str], slo_ms: float | None,

@@ -39,7 +39,13 @@ def test_an_ejected_deployments_host_is_still_used_when_nothing_else_is_left() -
         c = rc.clusters[cluster_name(dep)].message
         # Envoy's default 50 % would do for one host; 0 (as before) meant "no healthy upstream".
         assert c.common_lb_config.healthy_panic_threshold.value > 0  # type: ignore[attr-defined]
-        assert c.outlier_detection.consecutive_5xx.value == 4  # type: ignore[attr-defined]
+        od = c.outlier_detection  # type: ignore[attr-defined]
+        # Ejected on gateway failures only (UNAVAILABLE, timeouts), as the Python edge; a
+        # backend's own INTERNAL/UNIMPLEMENTED answer (a caller's bad bytes) ejects nothing.
+        assert od.consecutive_gateway_failure.value == 4
+        assert od.enforcing_consecutive_gateway_failure.value == 100
+        assert od.HasField("enforcing_consecutive_5xx")
+        assert od.enforcing_consecutive_5xx.value == 0
         assert len(c.load_assignment.endpoints[0].lb_endpoints) == 1  # type: ignore[attr-defined]
     # The aggregate keeps Envoy's default panic (no threshold of 0 set on it): with every
     # child ejected it sends the call to its first child.

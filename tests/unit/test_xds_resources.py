@@ -217,6 +217,9 @@ def test_a_full_queue_is_retried_at_the_next_deployment_under_the_retry_budget()
         assert r.route.retry_policy.num_retries.value == s.max_attempts - 1
     slow = next(r for r in routes if r.name == "slow-path")
     assert not slow.route.HasField("retry_policy")  # the Python edge retries for itself
+    # ... and ends an expired deadline itself, in the stream's trailers (Envoy's timer could
+    # reset a stream whose headers were sent: INTERNAL to the caller)
+    assert not slow.route.HasField("max_stream_duration")
     budget = rc.clusters[model_cluster_name("summarize")].message.circuit_breakers
     (threshold,) = budget.thresholds
     assert threshold.retry_budget.budget_percent.value == s.retry_budget_percent
