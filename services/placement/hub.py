@@ -33,6 +33,7 @@ from operator import attrgetter, itemgetter
 
 import structlog
 
+from placement.errors import InvalidRequest
 from placement.fleet import FleetState
 from placement.model import Candidate
 from placement.routes import RouteBuilder, rank
@@ -350,6 +351,12 @@ class RouteHub:
             self.changed()
 
     def subscribe(self, edge_id: str, region: str) -> Watcher:
+        """A watcher of ``region``'s tables. A region outside the catalog is refused: each
+        watched region is rebuilt on every publish for as long as placement runs, so a peer's
+        made-up regions would each add a full table build (``InvalidRequest``)."""
+        if region not in self.builder.catalog.regions:
+            raise InvalidRequest(f"edge_region {region[:64]!r} is not a region of the "
+                                 f"catalog {sorted(self.builder.catalog.regions)}")
         if region not in self.regions:
             self.regions.append(region)
         w = Watcher(edge_id, region, self._merges)

@@ -36,7 +36,7 @@ from services.placement.hub import RouteHub
 from services.placement.ingest import Readings, Taken, TelemetryIngest
 from services.placement.metrics import PlacementMetrics
 from services.placement.shard import EVERY_REGION, Ownership, PeerRows
-from services.placement.validate import check_backend
+from services.placement.validate import check_backend, check_observations
 from services.security.identity import peer_address
 
 log = structlog.get_logger("switchyard.placement")
@@ -137,13 +137,16 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
 
     async def ReportObservations(self, request: telemetry_pb2.ObservationReport,
                                  context: AnyContext) -> telemetry_pb2.ObservationAck:
+        check_observations(request, self.builder.catalog)
         now = self.clock()
         for o in request.observations:
+            if o.deployment_id.split("/", 1)[0] not in self.fleet.backends:
+                continue  # deregistered (or never registered): nothing routes on it
             if o.samples:
                 self.fleet.observe(request.edge_region, o.deployment_id, o.samples, o.p95_ms,
                                    now)
             self.fleet.observe_use(request.edge_region, request.edge_id, o.deployment_id,
-                                   max(o.calls_per_s, 0.0), now)
+                                   o.calls_per_s, now)
             backend_id = o.deployment_id.split("/", 1)[0]
             state = self.fleet.backends.get(backend_id)
             if o.rtt_ms > 0 and state is not None:

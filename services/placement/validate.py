@@ -11,16 +11,23 @@ and what would be accepted:
   backend could never be costed);
 - ``accelerator_count`` and ``max_concurrency`` at least 1;
 - each variant named, for a logical model, with a quality within [0, 1].
+
+``check_observations`` does the same for an edge's ``ReportObservations``, before any of it
+is learned: ``edge_id`` 1..128 characters, ``edge_region`` a catalog region, and each observation's
+``p50_ms``, ``p95_ms``, ``rtt_ms`` and ``calls_per_s`` finite and non-negative (a NaN p95
+would stay in every table built from it, a negative one would make a deployment the
+fastest, an infinite RTT never decays out of its running average).
 """
 
 from __future__ import annotations
 
+import math
 import re
 
 from placement.catalog import Catalog
 from placement.errors import InvalidRequest
 from placement.prices import PriceCatalog
-from services.api.switchyard.v1 import fleet_pb2
+from services.api.switchyard.v1 import fleet_pb2, telemetry_pb2
 
 ID_MAX = 128
 _ID = re.compile(r"[A-Za-z0-9._-]+")
@@ -75,3 +82,19 @@ def check_backend(b: fleet_pb2.Backend, catalog: Catalog, prices: PriceCatalog) 
             raise InvalidRequest(f"backend.variants[{i}] needs variant, logical_model and a "
                                  f"quality within [0, 1]; got {v.variant!r}, "
                                  f"{v.logical_model!r}, {v.quality!r}")
+
+
+def check_observations(report: telemetry_pb2.ObservationReport, catalog: Catalog) -> None:
+    """Refuse an edge's report with a number placement must not learn (see the module)."""
+    if not report.edge_id or len(report.edge_id) > ID_MAX:
+        raise InvalidRequest(f"edge_id {report.edge_id[:ID_MAX + 8]!r} must be 1..{ID_MAX} "
+                             "characters")
+    if report.edge_region not in catalog.regions:
+        raise InvalidRequest(f"edge_region {report.edge_region[:64]!r} is not a region of the "
+                             f"catalog {sorted(catalog.regions)}")
+    for i, o in enumerate(report.observations):
+        for name in ("p50_ms", "p95_ms", "rtt_ms", "calls_per_s"):
+            value = getattr(o, name)
+            if not 0.0 <= value < math.inf:  # NaN fails too
+                raise InvalidRequest(f"observations[{i}].{name} {value!r} "
+                                     f"({o.deployment_id[:64]!r}) must be finite and >= 0")

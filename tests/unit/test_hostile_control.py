@@ -1,0 +1,137 @@
+"""A hostile peer against placement's own gRPC service (real server on 127.0.0.1): each bad
+input is a clear INVALID_ARGUMENT naming the field, nothing of it is learned, and a
+well-behaved edge's route tables are the same after it."""
+
+from __future__ import annotations
+
+import math
+import pathlib
+from collections.abc import AsyncIterator, Iterator
+
+import grpc
+import pytest
+import pytest_asyncio
+
+from services.api.switchyard.v1 import placement_pb2, placement_pb2_grpc, telemetry_pb2
+from services.grpc_errors import ErrorInterceptor
+from services.placement.main import build_service
+from services.placement.server import PlacementService
+from services.security.authz import interceptors
+from services.security.settings import SecuritySettings
+from tests.mesh_harness import mesh_config
+
+Placement = tuple[PlacementService, placement_pb2_grpc.PlacementStub]
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def placement(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Placement]:
+    cfg = mesh_config(pathlib.Path(tmp_path_factory.mktemp("hostile")))
+    service = build_service(cfg, preregister=True)
+    server = grpc.aio.server(interceptors=[*interceptors(SecuritySettings(plaintext=True)),
+                                           ErrorInterceptor()])
+    placement_pb2_grpc.add_PlacementServicer_to_server(service, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        yield service, placement_pb2_grpc.PlacementStub(ch)
+    await server.stop(0)
+
+
+def _region(service: PlacementService) -> str:
+    return sorted(service.builder.catalog.regions)[0]
+
+
+def _deployment(service: PlacementService) -> str:
+    state = next(iter(service.fleet.backends.values()))
+    return f"{state.backend.id}/{state.backend.variants[0].name}"
+
+
+async def _tables(stub: placement_pb2_grpc.PlacementStub, region: str) -> bytes:
+    got = await stub.GetRouteTables(placement_pb2.GetRouteTablesRequest(edge_region=region),
+                                    timeout=5)
+    return b"".join(t.SerializeToString(deterministic=True)
+                    for t in sorted(got.tables, key=lambda t: t.model))
+
+
+def _finite_learned(service: PlacementService) -> Iterator[float]:
+    fleet = service.fleet
+    for o in fleet.observed.values():
+        yield float(o.p95_ms)
+    yield from fleet.rtt_observed.values()
+    for by_edge in fleet.use.values():
+        yield from (rate for rate, _ in by_edge.values())
+
+
+BAD_OBSERVATIONS = [
+    ("p95_ms", math.nan), ("p95_ms", -5.0), ("p95_ms", math.inf), ("p50_ms", math.nan),
+    ("rtt_ms", math.inf), ("calls_per_s", math.nan), ("calls_per_s", math.inf),
+    ("calls_per_s", -1.0),
+]
+
+
+@pytest.mark.asyncio(loop_scope="module")
+@pytest.mark.parametrize(("name", "value"), BAD_OBSERVATIONS)
+async def test_a_non_finite_or_negative_observation_is_refused_and_not_learned(
+        placement: Placement, name: str, value: float) -> None:
+    service, stub = placement
+    region, dep = _region(service), _deployment(service)
+    before = await _tables(stub, region)
+    good = telemetry_pb2.Observation(deployment_id=dep, samples=50, p50_ms=20.0, p95_ms=40.0,
+                                     rtt_ms=2.0, calls_per_s=3.0)
+    bad = telemetry_pb2.Observation()
+    bad.CopyFrom(good)
+    setattr(bad, name, value)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.ReportObservations(telemetry_pb2.ObservationReport(
+            edge_id="edge-x", edge_region=region, observations=[good, bad]), timeout=5)
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert f"observations[1].{name}" in (err.value.details() or "")
+    assert all(math.isfinite(x) and x >= 0 for x in _finite_learned(service))
+    assert ("edge-x" not in {e for _, e in service.fleet.edges_seen})  # nothing of it taken
+    assert await _tables(stub, region) == before
+
+
+@pytest.mark.asyncio(loop_scope="module")
+@pytest.mark.parametrize(("edge_id", "region", "says"), [
+    ("", None, "edge_id ''"), ("e" * 200, None, "1..128"),
+    ("edge-y", "atlantis", "edge_region 'atlantis' is not a region"),
+    ("edge-y", "", "edge_region '' is not a region")])
+async def test_an_observation_from_no_edge_or_no_region_is_refused(
+        placement: Placement, edge_id: str, region: str | None, says: str) -> None:
+    service, stub = placement
+    dep = _deployment(service)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.ReportObservations(telemetry_pb2.ObservationReport(
+            edge_id=edge_id, edge_region=_region(service) if region is None else region,
+            observations=[telemetry_pb2.Observation(deployment_id=dep, samples=5,
+                                                    p95_ms=10.0)]), timeout=5)
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert says in (err.value.details() or "")
+    assert all(r in service.builder.catalog.regions for r, _ in service.fleet.edges_seen)
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_observations_of_unknown_deployments_are_not_kept(placement: Placement) -> None:
+    service, stub = placement
+    region = _region(service)
+    await stub.ReportObservations(telemetry_pb2.ObservationReport(
+        edge_id="edge-z", edge_region=region, observations=[
+            telemetry_pb2.Observation(deployment_id=f"ghost-{i}/v", samples=50, p95_ms=9.0,
+                                      calls_per_s=1.0) for i in range(200)]), timeout=5)
+    assert not any(dep.startswith("ghost-") for _, dep in service.fleet.observed)
+    assert not any(dep.startswith("ghost-") for dep in service.fleet.use)
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_watching_a_made_up_region_is_refused_and_adds_no_table_builds(
+        placement: Placement) -> None:
+    service, stub = placement
+    regions = list(service.hub.regions)
+    call = stub.WatchRoutes(placement_pb2.WatchRoutesRequest(edge_id="e",
+                                                             edge_region="made-up-region"))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await call.read()
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "edge_region 'made-up-region' is not a region" in (err.value.details() or "")
+    assert service.hub.regions == regions
+    assert not service.hub.watchers
