@@ -232,13 +232,15 @@ def _fallback_fastest() -> None:
     pipeline.FALLBACK_CHANCE = False
 
 
-def _reserve(factor: float = 1.0, need: int = 2, cap: float = 0.5) -> Callable[[], None]:
+def _reserve(factor: float = 1.0, need: int = 2, cap: float = 0.5,
+             fallback_only: bool = False) -> Callable[[], None]:
     """Room on a row held back for tighter SLO classes with no other row
     (``placement.reserve``): ``factor`` × the slots their needs occupy, needs counted for
     calls whose idle-fitting rows are on at most ``need`` backends, at most ``cap`` × the
-    edge's slot share."""
+    edge's slot share; ``fallback_only``: needs only from calls that fell back."""
     def apply() -> None:
         reserve.ON, reserve.FACTOR, reserve.NEED_BACKENDS, reserve.CAP = True, factor, need, cap
+        reserve.FALLBACK_ONLY = fallback_only
     return apply
 
 
@@ -247,6 +249,8 @@ VARIANTS: dict[str, Callable[[], None]] = {
     "reserve-2": _reserve(2.0),
     "reserve-need-1": _reserve(need=1),
     "reserve-cap-1": _reserve(2.0, cap=1.0),
+    "reserve-fallback": _reserve(fallback_only=True),
+    "reserve-fallback-4": _reserve(4.0, need=8, cap=1.0, fallback_only=True),
     "fallback-fastest": _fallback_fastest,
     "fallback-chance": _fallback_chance(),
     "fallback-chance-idle-first": _fallback_chance(idle_first=True),

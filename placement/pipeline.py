@@ -102,14 +102,23 @@ class Profile:
         ``cost_sorted``: ``cands`` are in ascending cost (the edge's tables are), so a
         cost-banded profile can stop at the band's edge instead of filtering every row.
         ``reserve``: this edge's room held back for tighter SLO classes (``placement.reserve``,
-        on the caller's clock ``now``): the call's need is recorded, and among the rows that
-        pass, those it would leave short of what is held are dropped while any other passes.
+        on the caller's clock ``now``): among the rows that pass, those this call would leave
+        short of what is held for tighter classes are dropped while any other passes; the
+        call's own need is recorded (with ``reserve.FALLBACK_ONLY``, only when it falls back).
         """
         self._calls += 1
-        held: dict[str, float] = {}
-        if reserve is not None:
+        if reserve is None:
+            return self._decide(cands, ctx, rng, cost_sorted, {})
+        if not reserve_rule.FALLBACK_ONLY:
             reserve.observe(cands, ctx, self.hard_filters, now)
-            held = reserve.held(ctx.hints.slo_ms, now)
+        decision = self._decide(cands, ctx, rng, cost_sorted,
+                                reserve.held(ctx.hints.slo_ms, now))
+        if reserve_rule.FALLBACK_ONLY and not decision.slo_met:
+            reserve.observe(cands, ctx, self.hard_filters, now)
+        return decision
+
+    def _decide(self, cands: Sequence[Candidate], ctx: CallContext, rng: random.Random,
+                cost_sorted: bool, held: dict[str, float]) -> Decision:
         if self.observer is not None and self._calls % self._sample_every == 0:
             return self._choose_timed(cands, ctx, rng, held)
         if cost_sorted and self.cost_band is not None and not held:

@@ -40,6 +40,9 @@ HALF_LIFE_S = 10.0  # of the need rates
 FACTOR = 1.0  # × the slots the tighter classes' needs occupy (Little's law)
 CAP = 0.5  # at most this × the edge's slot share of the backend is held back
 FLOOR = 0.05  # need rates below this (calls/s) are dropped
+# Needs recorded only from calls that fell back (no row passed their strict test): what a
+# tight class lacked, not all it uses.
+FALLBACK_ONLY = False
 
 
 class Reserve:

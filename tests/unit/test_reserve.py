@@ -94,3 +94,20 @@ def test_what_is_held_is_capped_by_the_slot_share() -> None:
     # capped at CAP × 4 = 2 slots: with 1 in flight the room left (2) is enough
     assert choose(LOOSE, {"fast/v": 1}, r) == "fast/v"
     assert choose(LOOSE, {"fast/v": 2}, r) == "slow/v"
+
+
+def test_fallback_only_counts_the_tight_calls_that_fell_back(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(reserve, "FALLBACK_ONLY", True)
+    profile = build_profile("cheapest", 0.1)
+    r = reserve.Reserve()
+    for i in range(100):  # FAST within the edge's share: every tight call passes
+        assert profile.choose([FAST, SLOW], ctx(TIGHT), random.Random(i), reserve=r,
+                              now=i / 100).slo_met
+    assert r.held(LOOSE, 1.0) == {}
+    past = {"fast/v": 10}  # FAST's worst-case wait past the share: the tight calls fall back
+    for i in range(100):
+        assert not profile.choose([FAST, SLOW], ctx(TIGHT, past), random.Random(i),
+                                  reserve=r, now=i / 100).slo_met
+    assert r.held(LOOSE, 1.0)["fast"] > 0.0
+    assert choose(LOOSE, {"fast/v": 3}, r) == "slow/v"
