@@ -316,8 +316,11 @@ def _window(prev: TelemetrySnapshot | None, prev_at: float | None, snap: Telemet
 
 def _update_load(load: VariantLoad, cur: VariantStats, before: VariantStats | None,
                  dt: float | None) -> None:
-    if before is None or cur.inference_count < before.inference_count:
-        # First report, or Triton restarted (counters went backwards): use the totals.
+    if (before is None or cur.inference_count < before.inference_count
+            or cur.compute_infer_ns < before.compute_infer_ns or cur.queue_ns < before.queue_ns):
+        # First report, or Triton restarted (any counter went backwards: a restart that
+        # served more calls than before it still resets the time counters, and a window
+        # between the two lives would be a negative compute and busy time): use the totals.
         if cur.inference_count > 0:
             load.compute_ms = cur.compute_infer_ns / cur.inference_count / 1e6
             load.queue_ms = cur.queue_ns / cur.inference_count / 1e6

@@ -72,7 +72,9 @@ class InstanceTelemetry:
         """Counters from the baseline on (a constant offset: windows between reports keep
         their deltas; the first report's totals leave the cold calls out)."""
         b = self.baselines.get((iid, m.variant))
-        if b is None or m.inference_count < b.inference_count:  # none, or Triton restarted
+        if b is None or any(getattr(m, f) < getattr(b, f) for f in COUNTERS):
+            # none, or Triton restarted (any counter below its baseline: a count from it
+            # would be negative, which a uint64 field refuses with ValueError)
             return m
         out = telemetry_pb2.ModelStats()
         out.CopyFrom(m)

@@ -197,6 +197,9 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
     async def GetRouteTables(self, request: placement_pb2.GetRouteTablesRequest,
                              context: AnyContext
                              ) -> placement_pb2.GetRouteTablesResponse:
+        if request.edge_region and request.edge_region not in self.builder.catalog.regions:
+            raise InvalidRequest(f"edge_region {request.edge_region[:64]!r} is not a region of "
+                                 f"the catalog {sorted(self.builder.catalog.regions)}")
         regions = [request.edge_region] if request.edge_region else list(self.hub.regions)
         tables = [t for r in regions for t in self.hub.snapshot(r)]
         return placement_pb2.GetRouteTablesResponse(tables=tables, version=self.hub.version)

@@ -38,7 +38,7 @@ async def placement(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[P
 
 
 def _region(service: PlacementService) -> str:
-    return sorted(service.builder.catalog.regions)[0]
+    return service.hub.regions[0]  # an edge's region: its tables are built
 
 
 def _deployment(service: PlacementService) -> str:
@@ -88,7 +88,7 @@ async def test_a_non_finite_or_negative_observation_is_refused_and_not_learned(
     assert f"observations[1].{name}" in (err.value.details() or "")
     assert all(math.isfinite(x) and x >= 0 for x in _finite_learned(service))
     assert ("edge-x" not in {e for _, e in service.fleet.edges_seen})  # nothing of it taken
-    assert await _tables(stub, region) == before
+    assert before and await _tables(stub, region) == before
 
 
 @pytest.mark.asyncio(loop_scope="module")
@@ -135,3 +135,80 @@ async def test_watching_a_made_up_region_is_refused_and_adds_no_table_builds(
     assert "edge_region 'made-up-region' is not a region" in (err.value.details() or "")
     assert service.hub.regions == regions
     assert not service.hub.watchers
+
+
+def _stats(variant: str, count: int, queue_ms: float, compute_ms: float
+           ) -> telemetry_pb2.ModelStats:
+    return telemetry_pb2.ModelStats(variant=variant, inference_count=count,
+                                    execution_count=count, queue_ns=int(count * queue_ms * 1e6),
+                                    compute_infer_ns=int(count * compute_ms * 1e6), ready=True)
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_triton_restart_that_served_more_calls_learns_no_negative_time(
+        placement: Placement) -> None:
+    """Triton restarted between two reports and served more calls since than before it: the
+    call count went up while its time counters restarted from 0. A window across the
+    restart would be a negative compute, queue and busy time (a deployment faster than free);
+    the totals since the restart are used instead. NaN and out-of-range GPU readings in the
+    same reports are not a number placement learns."""
+    service, stub = placement
+    state = sorted(service.fleet.backends.values(), key=lambda s: s.backend.id)[-1]
+    bid, variant = state.backend.id, state.backend.variants[0].name
+    gpu = telemetry_pb2.GpuReading(index=0, name="L4", gpu_util_pct=math.nan,
+                                   mem_util_pct=250.0, mem_used_bytes=48 << 30,
+                                   mem_total_bytes=24 << 30, mem_free_bytes=16 << 30,
+                                   temperature_c=math.nan, power_w=-math.inf)
+
+    def report(k: int, stats: telemetry_pb2.ModelStats) -> telemetry_pb2.TelemetryReport:
+        return telemetry_pb2.TelemetryReport(
+            backend_id=bid, agent_id="agent-h", unix_ms=1_000_000 + 1_000 * k,
+            source=telemetry_pb2.TELEMETRY_SOURCE_NVML, backend_ready=True, gpus=[gpu],
+            models=[stats])
+
+    async def reports() -> AsyncIterator[telemetry_pb2.TelemetryReport]:
+        yield report(0, _stats(variant, 1000, 2.0, 40.0))
+        yield report(1, _stats(variant, 1100, 2.0, 40.0))
+        yield report(2, _stats(variant, 1500, 0.1, 1.0))  # restarted: more calls, less time
+
+    ack = await stub.StreamTelemetry(reports(), timeout=10)
+    assert ack.accepted == 3
+    load = service.fleet.backends[bid].loads[variant]
+    learned = [load.rps, load.busy_fraction, load.queue_ms, load.compute_ms]
+    assert all(x is not None and math.isfinite(x) and x >= 0 for x in learned), learned
+    region = _region(service)
+    tables = await stub.GetRouteTables(
+        placement_pb2.GetRouteTablesRequest(edge_region=region), timeout=5)
+    rows = [c for t in tables.tables for c in t.candidates if c.backend_id == bid]
+    assert rows
+    assert all(math.isfinite(c.latency_p95_ms) and c.compute_ms >= 0 and c.queue_ms >= 0
+               for c in rows)
+    listed = await stub.ListBackends(placement_pb2.ListBackendsRequest(), timeout=5)
+    assert bid in {s.backend.id for s in listed.backends}
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_route_tables_of_a_made_up_region_are_refused(placement: Placement) -> None:
+    _, stub = placement
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.GetRouteTables(placement_pb2.GetRouteTablesRequest(edge_region="nowhere"),
+                                  timeout=5)
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "edge_region 'nowhere' is not a region" in (err.value.details() or "")
+
+
+def test_the_capacity_loop_counts_a_restarted_triton_from_its_totals(
+        placement: Placement) -> None:
+    """An instance the capacity loop started restarted and served more calls than its warm-up
+    baseline, with less time: counting from the baseline would set a negative uint64
+    (ValueError, the loop's poll lost); its totals are used, as a restart's."""
+    from services.placement.capacity_telemetry import InstanceTelemetry
+
+    service, _ = placement
+    base = _stats("v", 100, 2.0, 40.0)
+    reader = InstanceTelemetry(service, dict, baselines={("i-1", "v"): base})
+    restarted = _stats("v", 150, 0.1, 1.0)
+    assert reader._since_baseline("i-1", restarted) == restarted
+    later = _stats("v", 300, 2.0, 40.0)
+    counted = reader._since_baseline("i-1", later)
+    assert counted.inference_count == 200 and counted.compute_infer_ns == 200 * 40_000_000
