@@ -57,13 +57,18 @@ def plan_pools(cfg: MeshConfig, service: PlacementService) -> dict[str, PlanPool
 
 
 def gpu_memory(service: PlacementService, backend_id: str) -> MemoryReading | None:
-    """A backend's first GPU's memory from its last report (None: no NVML readings)."""
+    """A backend's first GPU's memory from its last report (None: no NVML readings, or
+    readings no GPU could give: used memory above a total, or a total of 0, from a broken
+    NVML read, would be a footprint sample of the difference, averaged into the variant's
+    footprint for good)."""
     got = service.gpus.get(backend_id)
     if got is None:
         return None
     gpus: Sequence[telemetry_pb2.GpuReading] = got.sent
     for g in gpus:
         if g.HasField("mem_used_bytes") and g.HasField("mem_total_bytes"):
+            if g.mem_total_bytes == 0 or g.mem_used_bytes > g.mem_total_bytes:
+                return None
             return MemoryReading(g.mem_used_bytes, g.mem_total_bytes, got.unix_ms)
     return None
 

@@ -212,3 +212,31 @@ def test_the_capacity_loop_counts_a_restarted_triton_from_its_totals(
     later = _stats("v", 300, 2.0, 40.0)
     counted = reader._since_baseline("i-1", later)
     assert counted.inference_count == 200 and counted.compute_infer_ns == 200 * 40_000_000
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_gpu_reading_with_more_memory_used_than_total_is_no_footprint_sample(
+        placement: Placement) -> None:
+    """A broken NVML read (used > total) measured no variant's footprint: the capacity
+    loop's reading of that GPU is None, as for a GPU without NVML, until a sane one comes."""
+    from services.placement.capacity_service import gpu_memory
+
+    service, stub = placement
+    state = sorted(service.fleet.backends.values(), key=lambda s: s.backend.id)[0]
+    bid = state.backend.id
+
+    def report(k: int, used: int, total: int) -> telemetry_pb2.TelemetryReport:
+        return telemetry_pb2.TelemetryReport(
+            backend_id=bid, agent_id="agent-m", unix_ms=2_000_000 + 1_000 * k,
+            source=telemetry_pb2.TELEMETRY_SOURCE_NVML, backend_ready=True,
+            gpus=[telemetry_pb2.GpuReading(index=0, mem_used_bytes=used,
+                                           mem_total_bytes=total)])
+
+    for k, (used, total, sane) in enumerate([(10 << 30, 24 << 30, True),
+                                             (2**64 - 1, 24 << 30, False),
+                                             (1 << 30, 0, False)]):
+        ack = await stub.StreamTelemetry(iter([report(k, used, total)]), timeout=10)
+        assert ack.accepted == 1
+        got = gpu_memory(service, bid)
+        assert (got is not None) is sane, (used, total, got)
+        assert got is None or got.used_bytes <= got.total_bytes
