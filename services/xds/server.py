@@ -25,6 +25,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import ipaddress
+import math
+import re
 import threading
 import time
 from collections import deque
@@ -47,6 +50,7 @@ from services.api.switchyard.v1 import placement_pb2, telemetry_pb2
 from services.config import MeshConfig
 from services.convert import candidate_from_pb
 from services.edge.shards import shard_key, shard_lookup
+from services.grpc_errors import abort
 from services.placement.server import PlacementService
 from services.security.authz import PLACEMENT, AuthzPolicy
 from services.security.identity import peer_identities
@@ -341,16 +345,22 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             context: grpc.aio.ServicerContext[
                 discovery_pb2.DeltaDiscoveryRequest, discovery_pb2.DeltaDiscoveryResponse],
     ) -> AsyncIterator[discovery_pb2.DeltaDiscoveryResponse]:
-        async for resp in self._serve(request_iterator, DeltaSession):
-            yield resp
+        try:  # ErrorInterceptor maps no bidirectional stream's errors: the node's are here
+            async for resp in self._serve(request_iterator, DeltaSession):
+                yield resp
+        except InvalidRequest as exc:
+            await abort(context, exc)
 
     async def StreamAggregatedResources(  # noqa: N802 (the xDS method name)
             self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest],
             context: grpc.aio.ServicerContext[
                 discovery_pb2.DiscoveryRequest, discovery_pb2.DiscoveryResponse],
     ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
-        async for resp in self._serve(request_iterator, SotwSession):
-            yield resp
+        try:
+            async for resp in self._serve(request_iterator, SotwSession):
+                yield resp
+        except InvalidRequest as exc:
+            await abort(context, exc)
 
     async def _serve(self, request_iterator: AsyncIterator[Any],
                      make_session: Callable[[str, str], Session]) -> AsyncIterator[Any]:
@@ -436,7 +446,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             self.hub.unsubscribe(watcher)
             self.sessions.discard(session)
             log.info("xds_stream_closed", node=session.node_id, region=region,
-                     acks=session.replies.acks, nacks=len(session.replies.nacks))
+                     acks=session.replies.acks, nacks=session.replies.nack_count)
 
 
 def _node_placement(node: object) -> tuple[str, str, int, int]:
@@ -444,14 +454,34 @@ def _node_placement(node: object) -> tuple[str, str, int, int]:
     bootstrap declares."""
     region = getattr(node, "cluster", "")
     fields = node.metadata.fields  # type: ignore[attr-defined]
+    who = f"Envoy node {getattr(node, 'id', '')[:128]!r}"
     host = fields["listen_host"].string_value if "listen_host" in fields else "127.0.0.1"
-    port = int(fields["listen_port"].number_value) if "listen_port" in fields else 0
-    slow = int(fields["slow_path_port"].number_value) if "slow_path_port" in fields else 0
+    port = _port(fields, "listen_port", who)
+    slow = _port(fields, "slow_path_port", who)
     if not region or not port:
-        raise InvalidRequest(f"Envoy node {getattr(node, 'id', '')!r} must set cluster (its "
-                             f"region) and metadata.listen_port; got cluster={region!r}, "
-                             f"listen_port={port}")
+        raise InvalidRequest(f"{who} must set cluster (its region) and metadata.listen_port; "
+                             f"got cluster={region[:64]!r}, listen_port={port}")
+    if not _LISTEN_HOST.fullmatch(host):
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise InvalidRequest(f"{who} metadata.listen_host {host[:64]!r} is not an IP "
+                                 "address or a host name") from None
     return region, host, port, slow
+
+
+_LISTEN_HOST = re.compile(r"[A-Za-z0-9._-]{1,253}")
+
+
+def _port(fields: Any, name: str, who: str) -> int:
+    """``metadata.<name>``: a port 1..65535, or 0 when absent (a NaN, a fraction or a port
+    out of range is refused, not passed to int() or to Envoy's listener)."""
+    if name not in fields:
+        return 0
+    value = fields[name].number_value
+    if not (value == int(value) if math.isfinite(value) else False) or not 0 <= value <= 65535:
+        raise InvalidRequest(f"{who} metadata.{name} {value!r} is not a port 1..65535")
+    return int(value)
 
 
 def add_ads(server: grpc.aio.Server, hub: TableSource, profile: Profile,

@@ -25,6 +25,7 @@ stream.
 from __future__ import annotations
 
 import hashlib
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -38,6 +39,8 @@ from services.xds.resources import CLUSTER, LISTENER, Resource
 log = structlog.get_logger("switchyard.xds")
 
 WILDCARD_TYPES = frozenset({CLUSTER, LISTENER})
+NACKS_KEPT = 32  # per stream
+NACK_MESSAGE_KEPT = 4096  # characters of a NACK's error message kept (and logged)
 
 
 @dataclass
@@ -53,7 +56,10 @@ class Replies:
 
     node_id: str
     outstanding: dict[str, str] = field(default_factory=dict)  # nonce -> type_url
-    nacks: list[Nack] = field(default_factory=list)
+    # the newest NACKs (an Envoy in a NACK loop, or a peer sending NACKs without end, keeps
+    # its stream's memory bounded); ``nack_count`` counts them all
+    nacks: deque[Nack] = field(default_factory=lambda: deque(maxlen=NACKS_KEPT))
+    nack_count: int = 0
     acks: int = 0
     _next_nonce: int = 0
 
@@ -68,8 +74,9 @@ class Replies:
         if error is None:
             self.acks += 1
             return
-        nack = Nack(type_url, nonce, error.message)
+        nack = Nack(type_url, nonce, error.message[:NACK_MESSAGE_KEPT])
         self.nacks.append(nack)
+        self.nack_count += 1
         log.warning("xds_nack", node=self.node_id, type_url=type_url, nonce=nonce,
                     error=nack.message, code=error.code)
 
