@@ -47,7 +47,7 @@ from benchmarks.costsim.misses import TracedSimulation, causes
 from benchmarks.costsim.scenario import load_scenario
 from benchmarks.costsim.trace import generate
 from benchmarks.envoy_fidelity import MAX_COST_RATIO, MAX_POINTS_BELOW, early, policy_for
-from placement import latency, shares, splits
+from placement import latency, queueing, shares, splits
 from placement.model import Candidate
 from services.xds import order as xorder
 
@@ -62,10 +62,10 @@ def _patch_split(change: Callable[[list[splits.Demand]], list[splits.Demand]] | 
                                  None] | None = None) -> None:
     inner = xorder.split
 
-    def patched(demands: Sequence[splits.Demand], reserved: Mapping[str, float] | None = None,
-                tail: float = splits.queueing.TAIL) -> dict[Any, dict[str, float]]:
+    def patched(demands: Sequence[splits.Demand], *args: Any, **kwargs: Any
+                ) -> dict[Any, dict[str, float]]:  # the rest of split's arguments as given
         ds = change(list(demands)) if change else list(demands)
-        out = inner(ds, reserved, tail)
+        out = inner(ds, *args, **kwargs)
         if after:
             after(ds, out)
         return out
@@ -146,7 +146,7 @@ def apply(knobs: Mapping[str, str]) -> None:
                 return
             for d in ds:
                 if d.rate != splits.UNKNOWN and d.rate > 0 and len(out.get(d.key, {})) > 1:
-                    out[d.key] = splits._by_room(d, {}, {}, splits.queueing.TAIL) \
+                    out[d.key] = splits._by_room(d, splits._Queues({}, queueing.TAIL), {}) \
                         or out[d.key]
 
         _patch_split(after=by_room)
