@@ -25,13 +25,22 @@ AnyHandler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 Continuation: TypeAlias = "Callable[[grpc.HandlerCallDetails], Awaitable[AnyHandler | None]]"
 
 
+# Characters of a status message sent: grpc-message is a trailer, percent-encoded (up to 3
+# bytes a byte, 4 bytes a character), and a client refuses trailers over 16 KiB with
+# RESOURCE_EXHAUSTED, which would hide the error (a message echoing a 100 KB field did).
+MESSAGE_MAX = 1024
+
+
 def status_of(exc: SwitchyardError) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]:
     """The status code, message and trailing metadata an error becomes."""
     code = getattr(grpc.StatusCode, exc.grpc_code, grpc.StatusCode.INTERNAL)
     trailers: tuple[tuple[str, str], ...] = ()
     if exc.retry_after_s is not None:
         trailers = (("retry-after-ms", str(int(exc.retry_after_s * 1000))),)
-    return code, exc.message, trailers
+    message = exc.message
+    if len(message) > MESSAGE_MAX:  # an echoed peer string must not cost the status itself
+        message = message[:MESSAGE_MAX] + f"... ({len(message)} characters)"
+    return code, message, trailers
 
 
 async def abort(context: AnyContext, exc: SwitchyardError) -> None:

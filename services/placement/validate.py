@@ -10,7 +10,8 @@ and what would be accepted:
 - ``accelerator`` and ``price_class`` among those the price list prices (an unpriced
   backend could never be costed);
 - ``accelerator_count`` and ``max_concurrency`` at least 1;
-- each variant named, for a logical model, with a quality within [0, 1].
+- each variant named (1..128 characters), for a logical model, with a quality within
+  [0, 1].
 
 ``check_observations`` does the same for an edge's ``ReportObservations``, before any of it
 is learned: ``edge_id`` 1..128 characters, ``edge_region`` a catalog region, and each observation's
@@ -78,10 +79,12 @@ def check_backend(b: fleet_pb2.Backend, catalog: Catalog, prices: PriceCatalog) 
         raise InvalidRequest(f"backend.variants is empty for {b.id!r}: a backend serves at "
                              "least one variant")
     for i, v in enumerate(b.variants):
-        if not v.variant or not v.logical_model or not 0.0 <= v.quality <= 1.0:
-            raise InvalidRequest(f"backend.variants[{i}] needs variant, logical_model and a "
-                                 f"quality within [0, 1]; got {v.variant!r}, "
-                                 f"{v.logical_model!r}, {v.quality!r}")
+        if (not 0 < len(v.variant) <= ID_MAX or not 0 < len(v.logical_model) <= ID_MAX
+                or not 0.0 <= v.quality <= 1.0):
+            raise InvalidRequest(f"backend.variants[{i}] needs variant and logical_model "
+                                 f"(1..{ID_MAX} characters) and a quality within [0, 1]; got "
+                                 f"{v.variant[:ID_MAX + 8]!r}, {v.logical_model[:ID_MAX + 8]!r}, "
+                                 f"{v.quality!r}")
 
 
 def check_observations(report: telemetry_pb2.ObservationReport, catalog: Catalog) -> None:

@@ -240,3 +240,31 @@ async def test_a_gpu_reading_with_more_memory_used_than_total_is_no_footprint_sa
         got = gpu_memory(service, bid)
         assert (got is not None) is sane, (used, total, got)
         assert got is None or got.used_bytes <= got.total_bytes
+
+
+@pytest.mark.asyncio(loop_scope="module")
+@pytest.mark.parametrize(("field", "char"), [("endpoint", "9"), ("region", "r"),
+                                             ("accelerator", "\U0001F600"),
+                                             ("price_class", "\u00e9")])
+async def test_a_huge_field_is_invalid_argument_naming_it_not_an_oversized_status(
+        placement: Placement, field: str, char: str) -> None:
+    """A refusal echoing a 100,000-character field was a status message over the client's
+    16 KiB trailer limit: RESOURCE_EXHAUSTED 'Stream removed', the field never named."""
+    from services.api.switchyard.v1 import fleet_pb2
+    from services.convert import backend_to_pb
+
+    service, stub = placement
+    b: fleet_pb2.Backend = backend_to_pb(next(iter(service.fleet.backends.values())).backend)
+    b.id = "huge"
+    setattr(b, field, (("h:" if field == "endpoint" else "") + char * 100_000))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.RegisterBackend(placement_pb2.RegisterBackendRequest(backend=b), timeout=5)
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    assert (err.value.details() or "").startswith(f"backend.{field} ")
+    b.CopyFrom(backend_to_pb(next(iter(service.fleet.backends.values())).backend))
+    b.id, b.variants[0].variant = "huge", "v" * 100_000
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.RegisterBackend(placement_pb2.RegisterBackendRequest(backend=b), timeout=5)
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "backend.variants[0]" in (err.value.details() or "")
+    assert "huge" not in service.fleet.backends
