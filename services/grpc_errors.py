@@ -25,10 +25,21 @@ AnyHandler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 Continuation: TypeAlias = "Callable[[grpc.HandlerCallDetails], Awaitable[AnyHandler | None]]"
 
 
-# Characters of a status message sent: grpc-message is a trailer, percent-encoded (up to 3
-# bytes a byte, 4 bytes a character), and a client refuses trailers over 16 KiB with
-# RESOURCE_EXHAUSTED, which would hide the error (a message echoing a 100 KB field did).
-MESSAGE_MAX = 1024
+# Bytes of a status message sent, percent-encoded: grpc-message is a trailer (printable
+# ASCII as is, any other byte as %XX), and a client refuses trailers over 8 KiB, at random
+# up to 16 KiB and always beyond, with RESOURCE_EXHAUSTED, which would hide the error (a
+# message echoing a 100 KB field did).
+MESSAGE_MAX_BYTES = 6000
+
+
+def _capped(message: str) -> str:
+    """``message`` cut where its percent-encoding would pass ``MESSAGE_MAX_BYTES``."""
+    size = 0
+    for i, ch in enumerate(message):
+        size += 1 if " " <= ch <= "~" and ch != "%" else 3 * len(ch.encode())
+        if size > MESSAGE_MAX_BYTES:
+            return message[:i] + f"... ({len(message)} characters)"
+    return message
 
 
 def status_of(exc: SwitchyardError) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]:
@@ -38,8 +49,8 @@ def status_of(exc: SwitchyardError) -> tuple[grpc.StatusCode, str, tuple[tuple[s
     if exc.retry_after_s is not None:
         trailers = (("retry-after-ms", str(int(exc.retry_after_s * 1000))),)
     message = exc.message
-    if len(message) > MESSAGE_MAX:  # an echoed peer string must not cost the status itself
-        message = message[:MESSAGE_MAX] + f"... ({len(message)} characters)"
+    if len(message) > MESSAGE_MAX_BYTES // 12:  # an echoed peer string must not cost the
+        message = _capped(message)  # status itself (12: a 4-byte character encoded)
     return code, message, trailers
 
 

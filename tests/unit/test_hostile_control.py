@@ -268,3 +268,43 @@ async def test_a_huge_field_is_invalid_argument_naming_it_not_an_oversized_statu
     assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert "backend.variants[0]" in (err.value.details() or "")
     assert "huge" not in service.fleet.backends
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_watch_that_never_reads_holds_bounded_pushes_and_others_keep_theirs(
+        placement: Placement) -> None:
+    """Clean (a regression check): a stalled edge's pending pushes are merged past
+    MAX_PENDING_PUSHES, and a reading edge gets every publish meanwhile."""
+    import asyncio
+
+    from services.placement.watchers import MAX_PENDING_PUSHES
+    from tests.mesh_harness import eventually
+
+    service, stub = placement
+    region = _region(service)
+    stalled = stub.WatchRoutes(placement_pb2.WatchRoutesRequest(edge_id="stalled",
+                                                                edge_region=region))
+    reading = stub.WatchRoutes(placement_pb2.WatchRoutesRequest(edge_id="reading",
+                                                                edge_region=region))
+    assert (await stalled.read()).snapshot and (await reading.read()).snapshot
+    seen: list[int] = []
+
+    async def follow() -> None:
+        while (update := await reading.read()) is not grpc.aio.EOF:
+            seen.append(update.version)
+
+    follower = asyncio.create_task(follow())
+    target = sorted(service.fleet.backends)[0]
+    try:
+        for i in range(40):  # drain, undrain: each a publish with changed rows
+            await stub.SetAvailability(placement_pb2.SetAvailabilityRequest(
+                scope=placement_pb2.AVAILABILITY_SCOPE_BACKEND, target=target,
+                availability=2 if i % 2 == 0 else 1), timeout=5)
+        last = service.hub.version
+        await eventually(lambda: seen and seen[-1] >= last, 20, "the reading edge caught up")
+        assert all(len(w.pushes) <= MAX_PENDING_PUSHES for w in service.hub.watchers)
+    finally:
+        follower.cancel()
+        stalled.cancel()
+        reading.cancel()
+    await eventually(lambda: not service.hub.watchers, 10, "both watches ended")
