@@ -146,12 +146,21 @@ async def warm_start(fleet: FleetState, path: pathlib.Path, peers: Sequence[str]
             raise r
         else:
             options.append(("peer", p, r))
-    # The state learned last; on a tie the file (no network in it), then the first peer.
-    options.sort(key=lambda o: (persist.learned_unix(o[2]), o[0] == "file"), reverse=True)
+    # The state learned last; on a tie the file (no network in it), then the first peer. A
+    # state whose times do not read (a corrupt file, a buggy peer) is skipped, not raised:
+    # placement starts cold rather than not at all.
+    ranked: list[tuple[float, bool, str, str, dict[str, Any]]] = []
     for source, origin, data in options:
         try:
+            ranked.append((persist.learned_unix(data), source == "file", source, origin, data))
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+            log.warning("learned_state_ignored", source=source, origin=origin,
+                        error=repr(exc), action="trying the next source")
+    ranked.sort(key=lambda o: (o[0], o[1]), reverse=True)
+    for _, _, source, origin, data in ranked:
+        try:
             n = persist.restore(fleet, data, now, time.time())
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
             log.warning("learned_state_ignored", source=source, origin=origin,
                         error=repr(exc), action="trying the next source")
             continue

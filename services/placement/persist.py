@@ -209,17 +209,27 @@ def _restore(fleet: FleetState, data: dict[str, Any], now: float, wall: float) -
         s.last_at = None if b["last_age_s"] is None else ago(b["last_age_s"])
         s.loads = {k: VariantLoad(**v) for k, v in b["loads"].items()}
         s.signature = None
+    # what ReportObservations refuses (validate.check_observations) is not restored either:
+    # a state from a placement that took it before, or a buggy peer's
     for r, d, samples, p95, age in data["observed"]:
-        fleet.observed[(r, d)] = ObservedLatency(samples, p95, ago(age))
+        if _sane(p95, age):
+            fleet.observed[(r, d)] = ObservedLatency(samples, p95, ago(age))
     for e, r, ms in data["rtt"]:
-        fleet.rtt_observed[(e, r)] = ms
+        if _sane(ms):
+            fleet.rtt_observed[(e, r)] = ms
     for d, r, e, rate, age in data["use"]:
-        fleet.use.setdefault(d, {})[(r, e)] = (rate, ago(age))
+        if _sane(rate, age):
+            fleet.use.setdefault(d, {})[(r, e)] = (rate, ago(age))
     for r, e, age in data["edges_seen"]:
         fleet.edges_seen[(r, e)] = ago(age)
     fleet.version += 1
     fleet.all_dirty = True
     return len(data["backends"])
+
+
+def _sane(*numbers: float) -> bool:
+    """Each a finite, non-negative number (JSON reads NaN and Infinity)."""
+    return all(isinstance(x, int | float) and 0.0 <= x < math.inf for x in numbers)
 
 
 def write(path: pathlib.Path, data: dict[str, Any]) -> None:

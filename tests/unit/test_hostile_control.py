@@ -308,3 +308,39 @@ async def test_a_watch_that_never_reads_holds_bounded_pushes_and_others_keep_the
         stalled.cancel()
         reading.cancel()
     await eventually(lambda: not service.hub.watchers, 10, "both watches ended")
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_learned_state_with_poison_or_no_shape_never_stops_a_start(
+        tmp_path: pathlib.Path) -> None:
+    """A warm restart reads its file and its peers' states: one whose times do not read
+    (no ``backends``) raised out of warm_start before (placement did not start); NaN, inf
+    and negative numbers (JSON reads them) were restored as learned."""
+    import json
+    import time
+
+    from placement.fleet import FleetState
+    from services.placement import peer, persist
+
+    source = FleetState()
+    source.observe("r-east", "b/v", 50, 40.0, 100.0)
+    source.observe("r-west", "b/v", 50, 30.0, 100.0)
+    source.observe_rtt("r-east", "r-west", 20.0)
+    source.observe_use("r-east", "e1", "b/v", 3.0, 100.0)
+    data = persist.dump(source, 100.0, time.time())
+    data["observed"][0][3] = math.nan
+    data["rtt"][0][2] = math.inf
+    data["use"][0][3] = -1.0
+    path = tmp_path / "learned.json"
+    path.write_text(json.dumps(data))
+    fleet = FleetState()
+    got = await peer.warm_start(fleet, path, [], 100.0, None, "p")  # type: ignore[arg-type]
+    assert got.source == "file"
+    assert [o.p95_ms for o in fleet.observed.values()] == [30.0]
+    assert not fleet.rtt_observed and not fleet.use
+
+    del data["backends"]
+    path.write_text(json.dumps(data))
+    cold = FleetState()
+    got = await peer.warm_start(cold, path, [], 100.0, None, "p")  # type: ignore[arg-type]
+    assert got.source == "cold" and not cold.observed
