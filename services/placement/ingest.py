@@ -62,10 +62,15 @@ class TelemetryIngest:
         self.fleet = fleet
         self.owners = TelemetryOwners(stale_after_s)
         self.readings: dict[str, Readings] = {}
+        # backend id -> (its registration, the variants it serves): statistics of any other
+        # model are not kept (an agent naming a new one in each report grew the backend's
+        # loads, its learned state and its rebuilds without end)
+        self._served: dict[str, tuple[object, frozenset[str]]] = {}
 
     def forget(self, backend_id: str) -> None:
         self.owners.forget(backend_id)
         self.readings.pop(backend_id, None)
+        self._served.pop(backend_id, None)
 
     def take(self, message: telemetry_pb2.TelemetryReport, stream: str, peer: str,
              now: float, taken: Taken) -> None:
@@ -93,7 +98,13 @@ class TelemetryIngest:
             last = self.readings.get(bid)
             gpus = (last.converted if last is not None and last.key == key
                     else tuple(gpu_from_pb(g) for g in sent))
-            self.fleet.ingest(bid, snapshot_from_pb(report, gpus), now)
+            names = self._served.get(bid)
+            if names is None or names[0] is not state.backend:  # (re)registered since
+                names = self._served[bid] = (state.backend,
+                                             frozenset(v.name for v in state.backend.variants))
+            used = (report if all(m.variant in names[1] for m in report.models)
+                    else _served_only(report, names[1]))
+            self.fleet.ingest(bid, snapshot_from_pb(used, gpus), now)
             if last is None:
                 self.readings[bid] = Readings(sent, report.unix_ms, key, gpus)
             else:
@@ -102,3 +113,13 @@ class TelemetryIngest:
             taken.used += 1
             if usable is not None and _usable(state.signature) != usable:
                 taken.flipped.append(bid)
+
+
+def _served_only(report: telemetry_pb2.TelemetryReport, names: frozenset[str]
+                 ) -> telemetry_pb2.TelemetryReport:
+    """``report`` with the statistics of the variants its backend serves only."""
+    kept = telemetry_pb2.TelemetryReport()
+    kept.CopyFrom(report)
+    del kept.models[:]
+    kept.models.extend(m for m in report.models if m.variant in names)
+    return kept

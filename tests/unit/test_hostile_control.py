@@ -344,3 +344,28 @@ async def test_a_learned_state_with_poison_or_no_shape_never_stops_a_start(
     cold = FleetState()
     got = await peer.warm_start(cold, path, [], 100.0, None, "p")  # type: ignore[arg-type]
     assert got.source == "cold" and not cold.observed
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_statistics_of_models_a_backend_does_not_serve_are_not_kept(
+        placement: Placement) -> None:
+    """An agent naming a new model in each report grew the backend's loads (its learned
+    state, its persisted file, its change signature: a rebuild a report) without end."""
+    service, stub = placement
+    state = sorted(service.fleet.backends.values(), key=lambda s: s.backend.id)[1]
+    bid, variant = state.backend.id, state.backend.variants[0].name
+
+    async def reports() -> AsyncIterator[telemetry_pb2.TelemetryReport]:
+        for k in range(100):
+            yield telemetry_pb2.TelemetryReport(
+                backend_id=bid, agent_id="agent-v", unix_ms=3_000_000 + 1_000 * k,
+                backend_ready=True, models=[_stats(variant, 100 * (k + 1), 1.0, 20.0),
+                                            _stats(f"ghost-{k}", 5, 1.0, 20.0)])
+
+    ack = await stub.StreamTelemetry(reports(), timeout=10)
+    assert ack.accepted == 100
+    served = {v.name for v in state.backend.variants}
+    assert set(service.fleet.backends[bid].loads) <= served
+    assert variant in service.fleet.backends[bid].loads
+    last = service.fleet.backends[bid].last
+    assert last is not None and set(last.variants) == {variant}
