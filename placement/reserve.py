@@ -50,6 +50,11 @@ return-into-burst 99.59/99.59 %):
   FACTOR 4, needs on ≤ 8 backends, CAP 1 (``reserve-fallback-4``): near capacity
   98.91/99.20 %, return-into-burst 99.54/99.38 %.
 
+A third seed (``--seeds 2 --variants base reserve-fallback``): near capacity 98.96 → 99.15 %,
+many-models 99.17 → 99.12 %, single-cloud-hetero 99.23 → 99.27 %, return-into-burst 99.49 →
+99.61 %: over three seeds ``reserve-fallback``'s mean is up on all four (+0.22, +0.03, +0.06,
++0.02 point), past base's seed spread on none, down past it on none, at +5.2 % on
+single-cloud-hetero: the best lead, not enough to turn on (nor run by the edge yet).
 default and noisy-cheap-spot are unchanged to the digit by every variant. No variant lifts a
 missing scenario's two-seed mean to 99.5 %; each lowers return-into-burst's mean (its two
 base seeds coincide, so by more than their spread) or costs over 5 % more on
