@@ -213,6 +213,14 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
         if request.edge_region not in self.builder.catalog.regions:
             raise InvalidRequest(f"edge_region {request.edge_region!r} is not a region "
                                  f"{sorted(self.builder.catalog.regions)}")
+        if not (request.slo_ms == 0 or 0 < request.slo_ms < math.inf):
+            raise InvalidRequest(f"slo_ms {request.slo_ms!r} must be a finite number of ms "
+                                 "> 0 (or unset: the model's default)")
+        if not 0.0 <= request.min_quality <= 1.0:
+            raise InvalidRequest(f"min_quality {request.min_quality!r} must be within [0, 1]")
+        if request.HasField("max_cost_usd") and not request.max_cost_usd >= 0.0:  # NaN too
+            raise InvalidRequest(f"max_cost_usd {request.max_cost_usd!r} must be a number of "
+                                 "dollars >= 0 (or unset: no cap)")
         slo = request.slo_ms or model.default_slo_ms
         name = request.profile or self.profile
         if name not in PROFILES:

@@ -369,3 +369,20 @@ async def test_statistics_of_models_a_backend_does_not_serve_are_not_kept(
     assert variant in service.fleet.backends[bid].loads
     last = service.fleet.backends[bid].last
     assert last is not None and set(last.variants) == {variant}
+
+
+@pytest.mark.asyncio(loop_scope="module")
+@pytest.mark.parametrize(("hint", "value"), [
+    ("slo_ms", math.nan), ("slo_ms", -5.0), ("slo_ms", math.inf), ("min_quality", math.nan),
+    ("min_quality", 5.0), ("max_cost_usd", math.nan), ("max_cost_usd", -1.0)])
+async def test_explain_with_an_impossible_hint_is_invalid_argument_naming_it(
+        placement: Placement, hint: str, value: float) -> None:
+    """Explain answered a NaN SLO '5 of 5 deployments feasible' (an edge refuses that
+    x-slo-ms); its hints now get the same clear refusal."""
+    service, stub = placement
+    request = placement_pb2.ExplainRequest(model="summarize", edge_region=_region(service))
+    setattr(request, hint, value)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.Explain(request, timeout=5)
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert (err.value.details() or "").startswith(f"{hint} ")
