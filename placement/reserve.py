@@ -55,7 +55,8 @@ many-models 99.17 → 99.12 %, single-cloud-hetero 99.23 → 99.27 %, return-int
 99.61 %: over three seeds ``reserve-fallback``'s mean is up on all four (+0.22, +0.03, +0.06,
 +0.02 point), past base's seed spread on none, down past it on none, at +5.2 % on
 single-cloud-hetero: the best lead, not enough to turn on (nor run by the edge yet).
-default and noisy-cheap-spot are unchanged to the digit by every variant. No variant lifts a
+default and noisy-cheap-spot are unchanged to the digit by every variant, and the other six
+scenarios by ``reserve-fallback`` (6 of 6 identical on seeds 0 and 1). No variant lifts a
 missing scenario's two-seed mean to 99.5 %; each lowers return-into-burst's mean (its two
 base seeds coincide, so by more than their spread) or costs over 5 % more on
 single-cloud-hetero: off.
