@@ -2,12 +2,15 @@
 
 ``published`` is the route hub's ``on_published`` hook: how long a fleet change took to
 reach the watchers (coalescing wait plus rebuild), and the per-call cost of every row pushed,
-which the edges' per-deployment call counts turn into dollars per 1k calls on a dashboard.
+which the edges' per-deployment call counts turn into dollars per 1k calls on a dashboard
+(a removed row keeps its last cost while its backend is registered; a deregistered
+backend's series are removed).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -39,6 +42,10 @@ class PlacementMetrics:
         # (model, deployment) -> (its cost child, the cost last set): a push of 10,000 rows
         # looked up each label set anew (most of a publish's metrics time at fleet scale).
         self._costs: dict[tuple[str, str], tuple[Gauge, float]] = {}
+        # whether a backend id is registered (build_service: the fleet's): a deregistered
+        # backend's cost series are removed, or every instance the capacity loop ever
+        # started (a new id each) would stay a label set for as long as placement runs
+        self.registered: Callable[[str], bool] = lambda backend_id: True
 
     def published(self, push: Push) -> None:
         """The hub offered ``push`` to its watchers."""
@@ -48,6 +55,10 @@ class PlacementMetrics:
                 # Cost does not depend on the edge's region. A removed row keeps its last
                 # cost: no call goes to it any more, so it adds nothing to a call-rate product.
                 if row is None:
+                    if ((model, deployment) in self._costs
+                            and not self.registered(deployment.split("/", 1)[0])):
+                        del self._costs[(model, deployment)]
+                        self.cost.remove(model, deployment)
                     continue
                 known = self._costs.get((model, deployment))
                 if known is None:

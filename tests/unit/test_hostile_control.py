@@ -386,3 +386,37 @@ async def test_explain_with_an_impossible_hint_is_invalid_argument_naming_it(
         await stub.Explain(request, timeout=5)
     assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert (err.value.details() or "").startswith(f"{hint} ")
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_deregistered_backends_leave_no_cost_series_on_metrics(
+        placement: Placement) -> None:
+    """Every backend ever registered kept its cost series on /metrics: the capacity loop's
+    instances (a new id each start) or an agent churning ids grew the label set for as
+    long as placement ran."""
+    from services.api.switchyard.v1 import fleet_pb2
+    from services.convert import backend_to_pb
+
+    service, stub = placement
+    template = backend_to_pb(service.fleet.backends[
+        sorted(service.fleet.backends)[0]].backend)
+
+    def series() -> set[str]:
+        return {s.labels["deployment"] for m in service.metrics.registry.collect()
+                if m.name == "switchyard_placement_deployment_cost_usd" for s in m.samples}
+
+    service.hub.publish()
+    kept = series()
+    assert kept
+    for k in range(20):
+        b = fleet_pb2.Backend()
+        b.CopyFrom(template)
+        b.id = f"churn-{k}"
+        await stub.RegisterBackend(placement_pb2.RegisterBackendRequest(backend=b), timeout=5)
+    service.hub.publish()
+    assert {d.split("/", 1)[0] for d in series()} >= {f"churn-{k}" for k in range(20)}
+    for k in range(20):
+        await stub.DeregisterBackend(placement_pb2.DeregisterBackendRequest(
+            backend_id=f"churn-{k}"), timeout=5)
+    service.hub.publish()
+    assert series() == kept
