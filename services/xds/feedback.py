@@ -99,6 +99,9 @@ def record(stats: EdgeStats, entry: accesslog_pb2.HTTPAccessLogEntry) -> bool:
     return True
 
 
+PATHS = ("envoy", "slow", "local")  # what ``path_of`` answers
+
+
 def path_of(entry: accesslog_pb2.HTTPAccessLogEntry) -> str:
     """Which path served a logged request: ``slow`` (the co-located Python edge), ``envoy``
     (a deployment, by compiled config) or ``local`` (Envoy answered it itself)."""
@@ -134,8 +137,9 @@ class AccessLogFeedback(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
     def __init__(self, report: Report, interval_s: float, min_samples: int,
                  registry: CollectorRegistry | None = None) -> None:
         self.report = report
-        # Requests per Envoy edge and path, on placement's /metrics (edge ids are the
-        # config's: bounded labels).
+        # Requests per Envoy edge and path, on placement's /metrics: an edge's series only
+        # while it has an access-log stream open (``_leave``), so the labels stay bounded by
+        # the Envoys connected, whatever ids they connect with.
         self.paths = Counter("switchyard_envoy_requests_total",
                              "Requests Envoy edges logged, by the path that answered them "
                              "(envoy, slow, local)", ["edge", "path"],
@@ -152,8 +156,18 @@ class AccessLogFeedback(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
         while True:
             await asyncio.sleep(self.interval_s)
             report = observation_report(edge.edge_id, edge.region, edge.stats, self.interval_s)
-            if report.observations:
+            if not report.observations:
+                continue
+            try:
                 await self.report(report)
+            except Exception as exc:  # one refused report; the edge keeps reporting
+                # A refused report (placement's validation, e.g. a region it does not know)
+                # loses that interval's observations only; the task, and the next reports,
+                # go on, and the operator sees why.
+                log.warning("envoy_feedback_report_refused", edge=edge.edge_id,
+                            region=edge.region, error=str(exc),
+                            next_step="check the Envoy node's id and region against the mesh "
+                                      "config (the bootstrap's node.id and node.cluster)")
 
     def _join(self, node_id: str, region: str) -> _Edge:
         edge = self.edges.get(node_id)
@@ -169,6 +183,12 @@ class AccessLogFeedback(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
         if edge.streams or edge.reporter is None:
             return
         del self.edges[edge.edge_id]
+        # Its series leave /metrics with it: node ids are whatever Envoys connect with, so
+        # kept forever they were an unbounded label set (a restarted Envoy starts a new
+        # series at 0, a counter reset Prometheus' rate() reads as one).
+        for path in PATHS:
+            with contextlib.suppress(KeyError):
+                self.paths.remove(edge.edge_id, path)
         edge.reporter.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await edge.reporter
@@ -183,6 +203,11 @@ class AccessLogFeedback(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
             async for msg in request_iterator:
                 if edge is None:
                     node = msg.identifier.node
+                    if not node.id or not node.cluster:
+                        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, (
+                            "an access-log stream's first message names its Envoy in "
+                            "identifier.node.id and identifier.node.cluster (the edge region); "
+                            f"got id {node.id!r}, cluster {node.cluster!r}"))
                     edge = self._join(node.id, node.cluster)
                 for entry in msg.http_logs.log_entry:
                     self.entries += 1
