@@ -146,7 +146,7 @@ def apply(knobs: Mapping[str, str]) -> None:
                 return
             for d in ds:
                 if d.rate != splits.UNKNOWN and d.rate > 0 and len(out.get(d.key, {})) > 1:
-                    out[d.key] = splits._by_room(d, splits._Queues({}, queueing.TAIL), {}) \
+                    out[d.key] = splits._by_room(d, {}, {}, queueing.TAIL, {}) \
                         or out[d.key]
 
         _patch_split(after=by_room)

@@ -46,8 +46,6 @@ class Learned:
     rates: Mapping[Hashable, float] = field(default_factory=dict)
     margins: Mapping[Hashable, Mapping[str, float]] = field(default_factory=dict)
     reserved: Mapping[str, float] = field(default_factory=dict)
-    # per backend, the calls/s of those Erlangs (their mean service time: ``splits``)
-    reserved_calls: Mapping[str, float] = field(default_factory=dict)
     warming: Mapping[str, float] = field(default_factory=dict)
 
 
@@ -96,14 +94,12 @@ class EdgeLearning:
         if self._at is None or now > self._at:
             self._at = now
         reserved: dict[str, float] = {}
-        calls: dict[str, float] = {}
         for dep, r in self._other_rates.items():
             c = cands.get(dep)
             if c is not None and r > 0:
                 reserved[c.backend_id] = reserved.get(c.backend_id, 0.0) + r * c.compute_ms / 1e3
-                calls[c.backend_id] = calls.get(c.backend_id, 0.0) + r
         margins = {k: dict(self.feedback.margins(self._slos[k], now)) for k in self._rates}
-        return Learned(dict(self._rates), margins, reserved, calls)
+        return Learned(dict(self._rates), margins, reserved)
 
 
 def _fold(rates: dict[K, float], counts: dict[K, int], dt: float, alpha: float,

@@ -20,15 +20,9 @@ calls each deployment should take first, for one edge at a time:
   ``ρ*`` the highest utilisation at which the M/M/c wait a fraction ``tail`` of calls
   exceed (``queueing.wait_ms``, the backend's ``concurrency`` servers) still fits the
   class's slack (``slo − margin − learned − L``, ``L`` the pipeline's own latency estimate);
-- a backend is one FIFO over its variants: every class placed on it waits the M/M/c wait
-  at the *mean* service time of all it carries for the edge (the classes placed, and the
-  other paths' calls, ``reserved``, e.g. the slow path's, with their calls/s when known),
-  which must fit the tightest slack placed there, so a loose class placed later with long
-  calls must not raise the wait of a tight class with short ones (``_Queues``). Before, the
-  cap was the tight class's utilisation at its own service time: ``held-out-near-capacity``
-  (quick, seed 1313), the aws H100 (score-base 7 ms, asr-large 43 ms) took 51.7 % of the
-  70 ms class at a wait p95 of 123 ms (the per-call policy: 18.4 %, 57 ms); after, 18.2 %;
-  what other paths send comes off first;
+- a backend's cap only tightens as classes are added (one FIFO: a loose class placed on
+  it later must not raise the wait of a tight class already there), and what other paths
+  of the same edge send it (``reserved``, e.g. the slow path's calls) comes off first;
 - what the feasible deployments have no room for spills to the class's fallback rows (the
   rest of its order within the cap, ``Demand.fallback``: the rows only the hard filters
   keep), as a per-call edge's fallback takes the fastest row with a slot of its own share
@@ -129,17 +123,15 @@ def _max_utilisation(slack_ms: float, service_ms: float, servers: int, tail: flo
 
 
 def split(demands: Sequence[Demand], reserved: Mapping[str, float] | None = None,
-          tail: float = queueing.TAIL, warming: Mapping[str, float] | None = None,
-          reserved_calls: Mapping[str, float] | None = None
+          tail: float = queueing.TAIL, warming: Mapping[str, float] | None = None
           ) -> dict[Hashable, dict[str, float]]:
     """Fractions per class (see the module docstring). ``reserved``: Erlangs of each
     backend's slots this edge already uses by other paths; ``warming``: deployment -> its
-    slow-start share (0-1) of what it would take; ``reserved_calls``: the calls/s of
-    ``reserved``'s Erlangs (their mean service time joins the mix's; without it, only
-    their utilisation counts)."""
+    slow-start share (0-1) of what it would take."""
     warm: Mapping[str, float] = warming or {}
     held: dict[str, tuple[Candidate, float]] = {}  # warming row -> calls/s kept off it
-    q = _Queues(dict(reserved or {}), tail, reserved_calls)
+    used: dict[str, float] = dict(reserved or {})  # backend -> Erlangs of this edge
+    cap: dict[str, float] = {}  # backend -> utilisation cap, tightened per class
     out: dict[Hashable, dict[str, float]] = {}
     for d in sorted(demands, key=lambda x: x.budget_ms):
         if d.rate == UNKNOWN:
@@ -150,19 +142,25 @@ def split(demands: Sequence[Demand], reserved: Mapping[str, float] | None = None
         left = d.rate * RATE_HEADROOM
         rates: dict[str, float] = {}
         for c in d.feasible:
-            if c.compute_ms <= 0:
+            s = c.compute_ms / 1000.0
+            if s <= 0:
                 continue
             lat = d.latency_ms.get(c.deployment_id, c.latency_p95_ms)
-            x = q.room(c, d.budget_ms - lat, left)
-            if x <= 0:
+            rho = max_utilisation(d.budget_ms - lat, c.compute_ms, max(c.concurrency, 1), tail)
+            b = c.backend_id
+            rho = min(rho, cap.get(b, MAX_UTILISATION))
+            room = c.slots * rho - used.get(b, 0.0)
+            if room <= 0:
                 continue
+            x = min(left, room / s)
             share = warm.get(c.deployment_id)
             if share is not None:  # slow start: the rest is held off it, for the next rows
                 held[c.deployment_id] = (c, held.get(c.deployment_id, (c, 0.0))[1]
                                          + x * (1.0 - share))
                 x *= share
             rates[c.deployment_id] = rates.get(c.deployment_id, 0.0) + x
-            q.place(c, d.budget_ms - lat, x)
+            used[b] = used.get(b, 0.0) + x * s
+            cap[b] = rho
             left -= x
             if left <= d.rate * RATE_HEADROOM * 1e-9:
                 left = 0.0
@@ -173,114 +171,51 @@ def split(demands: Sequence[Demand], reserved: Mapping[str, float] | None = None
                 break
             x = min(kept, left)
             rates[c.deployment_id] += x
-            q.place(c, None, x)
+            used[c.backend_id] = used.get(c.backend_id, 0.0) + x * c.compute_ms / 1000.0
             left -= x
         held.clear()
         if left > 0:
-            left = _spill(left, d, rates, q)
+            left = _spill(left, d, rates, used, cap, tail)
         if left > 0:
-            _spread(left, [*d.feasible, *d.fallback], rates, q)
+            _spread(left, [*d.feasible, *d.fallback], rates, used)
         total = sum(rates.values())
         out[d.key] = {k: v / total for k, v in rates.items() if v > 0} if total > 0 else {}
     for d in demands:
         if d.rate == UNKNOWN:
-            out[d.key] = _by_room(d, q, warm)
+            out[d.key] = _by_room(d, used, cap, tail, warm)
     return out
 
 
-class _Queues:
-    """What one edge's split has put on each backend so far: the Erlangs of its slots (with
-    ``reserved``, the other paths'), the calls/s and Erlangs of the classes placed (their
-    mean service time), and the tightest slack of any class placed there. A backend is one
-    FIFO over its variants, so every call on it waits the same M/M/c wait, whose tail grows
-    with the *mean* service time of what it serves (``queueing.wait_ms`` is linear in it):
-    a tight class on a fast variant (7 ms, an H100's score-base) must not have its wait
-    planned at its own service time once a loose class's long calls (43 ms, asr-large on
-    the same H100) share the queue. Before, the cap was the tight class's utilisation at its
-    own service time (``held-out-near-capacity``, seed 1313: the H100 took 51.7 % of the
-    70 ms class, wait p95 123 ms; per call 18.4 %, 57 ms)."""
-
-    def __init__(self, used: dict[str, float], tail: float,
-                 reserved_calls: Mapping[str, float] | None = None) -> None:
-        self.used = used  # backend -> Erlangs of this edge (reserved included)
-        calls = reserved_calls or {}
-        # backend -> calls/s and their Erlangs in the mix: the classes placed, and the
-        # reserved load whose calls/s is known
-        self.erlangs: dict[str, float] = {b: used.get(b, 0.0) for b in calls}
-        self.calls: dict[str, float] = dict(calls)
-        self.slack: dict[str, float] = {}  # backend -> the tightest slack placed, ms
-        self.tail = tail
-
-    def _fits(self, c: Candidate, slack: float, x: float) -> bool:
-        b, s = c.backend_id, c.compute_ms / 1000.0
-        calls = self.calls.get(b, 0.0) + x
-        # (rounded: float noise must not round a 50 ms service up to the next 0.5 ms)
-        mean_ms = round((self.erlangs.get(b, 0.0) + x * s) / calls * 1000.0, 6) \
-            if calls > 0 else c.compute_ms
-        rho = max_utilisation(slack, mean_ms, max(c.concurrency, 1), self.tail)
-        return c.slots * rho - self.used.get(b, 0.0) - x * s >= -1e-12
-
-    def room(self, c: Candidate, slack_ms: float, most: float) -> float:
-        """The calls/s of ``c`` (at most ``most``) its backend still takes with every class
-        on it, this one's slack included, within its slack at the mix's mean service."""
-        if c.compute_ms <= 0 or most <= 0:
-            return 0.0
-        slack = min(slack_ms, self.slack.get(c.backend_id, math.inf))
-        s = c.compute_ms / 1000.0
-        hi = min(most, max(c.slots * MAX_UTILISATION - self.used.get(c.backend_id, 0.0),
-                           0.0) / s)
-        if hi <= 0 or not self._fits(c, slack, 0.0):
-            return 0.0
-        if self._fits(c, slack, hi):
-            return hi
-        b = c.backend_id
-        calls = self.calls.get(b, 0.0)
-        if calls <= 0 or math.isclose(self.erlangs.get(b, 0.0) / calls, s, rel_tol=1e-9):
-            # one service time on the queue: its utilisation alone bounds it, exactly
-            rho = max_utilisation(slack, c.compute_ms, max(c.concurrency, 1), self.tail)
-            x = (c.slots * rho - self.used.get(b, 0.0)) / s
-            return min(hi, x) if x > 1e-9 * c.slots / s else 0.0
-        lo = 0.0
-        for _ in range(2 * _BISECT_STEPS):
-            mid = (lo + hi) / 2
-            if self._fits(c, slack, mid):
-                lo = mid
-            else:
-                hi = mid
-        return lo if lo > 1e-9 * c.slots / s else 0.0
-
-    def place(self, c: Candidate, slack_ms: float | None, x: float) -> None:
-        """``x`` calls/s of ``c`` planned (``slack_ms`` None: no new bound on its queue)."""
-        b = c.backend_id
-        e = x * c.compute_ms / 1000.0
-        self.used[b] = self.used.get(b, 0.0) + e
-        self.erlangs[b] = self.erlangs.get(b, 0.0) + e
-        self.calls[b] = self.calls.get(b, 0.0) + x
-        if slack_ms is not None:
-            self.slack[b] = min(self.slack.get(b, math.inf), slack_ms)
-
-
-def _spill(left: float, d: Demand, rates: dict[str, float], q: _Queues) -> float:
+def _spill(left: float, d: Demand, rates: dict[str, float], used: dict[str, float],
+           cap: Mapping[str, float], tail: float) -> float:
     """What the feasible rows had no room for, over the fallback rows (see the module
     docstring); returns what is still left."""
-    for c in sorted(d.fallback, key=idle_ms):
-        x = q.room(c, d.budget_ms - idle_ms(c), left)
-        if x <= 0:
+    for c in sorted(d.fallback, key=_idle_ms):
+        s = c.compute_ms / 1000.0
+        if s <= 0:
             continue
+        b = c.backend_id
+        rho = max_utilisation(d.budget_ms - _idle_ms(c), c.compute_ms, max(c.concurrency, 1),
+                              tail)
+        room = c.slots * min(rho, cap.get(b, MAX_UTILISATION)) - used.get(b, 0.0)
+        if room <= 0:
+            continue
+        x = min(left, room / s)
         rates[c.deployment_id] = rates.get(c.deployment_id, 0.0) + x
-        q.place(c, d.budget_ms - idle_ms(c), x)
+        used[b] = used.get(b, 0.0) + x * s
         left -= x
         if left <= 1e-12:
             return 0.0
     return left
 
 
-def idle_ms(c: Candidate) -> float:
+def _idle_ms(c: Candidate) -> float:
     """``c``'s p95 with no queue: its RTT and its service time's p95."""
     return c.rtt_ms + c.compute_ms * COMPUTE_P95_FACTOR
 
 
-def _by_room(d: Demand, q: _Queues, warm: Mapping[str, float]) -> dict[str, float]:
+def _by_room(d: Demand, used: Mapping[str, float], cap: Mapping[str, float],
+             tail: float, warm: Mapping[str, float]) -> dict[str, float]:
     """An unmeasured class's fractions: each feasible deployment's calls/s of room (its
     backend's counted once, at its cheapest deployment) over the sum; by full capacity
     when none has room."""
@@ -291,17 +226,20 @@ def _by_room(d: Demand, q: _Queues, warm: Mapping[str, float]) -> dict[str, floa
             continue
         seen.add(c.backend_id)
         lat = d.latency_ms.get(c.deployment_id, c.latency_p95_ms)
-        room = q.room(c, d.budget_ms - lat, math.inf)
+        rho = min(max_utilisation(d.budget_ms - lat, c.compute_ms, max(c.concurrency, 1),
+                                  tail), cap.get(c.backend_id, MAX_UTILISATION))
+        room = c.slots * rho - used.get(c.backend_id, 0.0)
         if room > 0:
-            rates[c.deployment_id] = room * warm.get(c.deployment_id, 1.0)
+            rates[c.deployment_id] = room / (c.compute_ms / 1000.0) * warm.get(
+                c.deployment_id, 1.0)
     if not rates and d.feasible:
-        _spread(1.0, d.feasible, rates, None)
+        _spread(1.0, d.feasible, rates, {})
     total = sum(rates.values())
     return {k: v / total for k, v in rates.items() if v > 0} if total > 0 else {}
 
 
 def _spread(left: float, feasible: Sequence[Candidate], rates: dict[str, float],
-            q: _Queues | None) -> None:
+            used: dict[str, float]) -> None:
     """The overflow over the feasible deployments by their calls/s at full utilisation."""
     full = {c.deployment_id: c.slots / (c.compute_ms / 1000.0) for c in feasible
             if c.compute_ms > 0 and c.slots > 0}
@@ -314,5 +252,5 @@ def _spread(left: float, feasible: Sequence[Candidate], rates: dict[str, float],
     for dep, r in full.items():
         x = left * r / total
         rates[dep] = rates.get(dep, 0.0) + x
-        if q is not None:
-            q.place(by_id[dep], None, x)
+        c = by_id[dep]
+        used[c.backend_id] = used.get(c.backend_id, 0.0) + x * c.compute_ms / 1000.0

@@ -248,15 +248,13 @@ def capped(w: WeightedOrder, cap: int | None) -> WeightedOrder:
 def weighted(demands: Sequence[ClassDemand], profile: Profile, slo_margin_ms: float,
              reserved: Mapping[str, float] | None = None,
              tail: float = queueing.TAIL, memo: RankMemo | None = None,
-             spread_cap: int | None = None, warming: Mapping[str, float] | None = None,
-             reserved_calls: Mapping[str, float] | None = None
+             spread_cap: int | None = None, warming: Mapping[str, float] | None = None
              ) -> dict[Hashable, WeightedOrder]:
     """Every class of one edge, compiled together (they share the edge's slot shares):
     the order with the learned margins, and its split (``placement.splits``). A class of
     rate ``splits.UNKNOWN`` is split over its first ``spread_cap`` feasible deployments
     (None: all) by their room. ``warming``: deployments back from being unusable -> their
-    slow-start share (``services.xds.returns``). ``reserved_calls``: the calls/s of
-    ``reserved``'s Erlangs, per backend (their mean service time)."""
+    slow-start share (``services.xds.returns``)."""
     found: dict[Hashable, tuple[tuple[str, ...], frozenset[str]]] = {}
     wants: list[Demand] = []
     seen: dict[Hashable, tuple[CallContext, list[Candidate], Mapping[str, float]]] = {}
@@ -272,7 +270,7 @@ def weighted(demands: Sequence[ClassDemand], profile: Profile, slo_margin_ms: fl
         wants.append(Demand(d.key, d.slo_ms - slo_margin_ms, d.rate, ok,
                             {c.deployment_id: ctx.latency_ms(c)
                              + d.margins.get(c.deployment_id, 0.0) for c in ok}, rest))
-    fractions = split(wants, reserved, tail, warming, reserved_calls)
+    fractions = split(wants, reserved, tail, warming)
     rates = {d.key: d.rate * RATE_HEADROOM for d in demands
              if d.rate != UNKNOWN and d.rate > 0}
     out: dict[Hashable, WeightedOrder] = {}

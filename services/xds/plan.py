@@ -159,7 +159,6 @@ def plan_region(tables: Mapping[str, Table], profile: Profile, slo_margin_ms: fl
         k: capped(w, cap) for k, w in
         {**{k: warm_plain(w, warm) for k, w in plain.items()},
          **weighted(demands, profile, slo_margin_ms, learned.reserved, memo=memo,
-                    reserved_calls=learned.reserved_calls,
                     spread_cap=cap, warming=warm)}.items()}
     models: dict[str, ModelRoutes] = {}
     for model, table, classes in found:
