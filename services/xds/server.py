@@ -136,6 +136,17 @@ class _Converted(Mapping[str, Candidate]):
         return len(self.rows)
 
 
+NODE_CACHE_MAX = 256  # listeners, slow-path clusters: kept for this many node addresses
+
+
+def _bounded(cache: dict[Any, Any], key: object = None) -> dict[Any, Any]:
+    """``cache`` with room for one more entry: its oldest dropped while it holds
+    ``NODE_CACHE_MAX`` (``key``, an entry about to be replaced, needs no room)."""
+    while len(cache) >= NODE_CACHE_MAX and key not in cache:
+        del cache[next(iter(cache))]
+    return cache
+
+
 # xds-protos ships no stubs: its servicer base is Any to mypy.
 class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
     def __init__(self, hub: TableSource, profile: Profile, settings: EnvoySettings,
@@ -172,6 +183,9 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         # GIL while it compiles, and the loop's share is what ingests telemetry
         self.compile_share = compile_share
         self._last_compile = (0.0, 0.0)  # (loop time it ended, seconds it took)
+        # Per node address, built once: at most NODE_CACHE_MAX each (``_bounded``), the
+        # oldest forgotten first, so Envoys connecting with ever new ports cost a rebuild,
+        # never unbounded memory.
         self._listeners: dict[tuple[str, int, str, bool], Resource] = {}
         self._slow_path: dict[int, Resource] = {}
         # (region, slow-path port) -> (region's clusters, with the slow path, their delta)
@@ -312,7 +326,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             if kept is None or kept[0] is not clusters:
                 slow = self._slow_path.get(slow_path_port)
                 if slow is None:
-                    slow = self._slow_path[slow_path_port] = resource(
+                    slow = _bounded(self._slow_path)[slow_path_port] = resource(
                         SLOW_PATH_CLUSTER, slow_path_cluster(slow_path_port, self.settings))
                 merged = {**clusters, SLOW_PATH_CLUSTER: slow}
                 d = self._compiled[region].delta if region in self._compiled else None
@@ -320,12 +334,12 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
                 delta = (None if kept is None or d is None or d.before is not kept[0]
                          or d.after is not clusters
                          else Delta(kept[1], merged, d.changed, d.gone))
-                kept = self._with_slow_path[key] = (clusters, merged, delta)
+                kept = _bounded(self._with_slow_path, key)[key] = (clusters, merged, delta)
             clusters = kept[1]
         lkey = (host, port, region, bool(slow_path_port))
         ingress = self._listeners.get(lkey)
         if ingress is None:
-            ingress = self._listeners[lkey] = resource(
+            ingress = _bounded(self._listeners)[lkey] = resource(
                 LISTENER_NAME, listener(host, port, region, self.settings,
                                         slow_path=bool(slow_path_port)))
         return {CLUSTER: clusters, LISTENER: {LISTENER_NAME: ingress}, ROUTE: rc.routes}
