@@ -85,9 +85,11 @@ def cmd_edge(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from services.cli_preflight import check_up
     from services.up import Mesh
 
     cfg = _load(args)
+    check_up(cfg, args.config)
     mesh = Mesh(cfg, args.config)
     print(f"Switchyard: starting the embedded mesh from {args.config} "
           f"(logs in {mesh.run_dir / 'logs'})")
@@ -266,8 +268,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="switchyard", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--log-level", default="info",
-                   choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="JSON log level on stderr (default info)")
     sub = p.add_subparsers(dest="command", required=True)
 
     def add(name: str, fn, help_: str) -> argparse.ArgumentParser:  # type: ignore[no-untyped-def]
@@ -315,7 +317,7 @@ def parser() -> argparse.ArgumentParser:
             sp.add_argument("--placement", default="", help="placement host:port "
                                                             "(default: from the config)")
         if name == "explain":
-            sp.add_argument("model")
+            sp.add_argument("model", help="the logical model a caller names, e.g. summarize")
             sp.add_argument("--region", default="", help="edge region (default: first edge's)")
             for flag, header in EXPLAIN_FLAGS.items():
                 sp.add_argument("--" + flag.replace("_", "-"), action="append",
@@ -329,13 +331,15 @@ def parser() -> argparse.ArgumentParser:
             sp.add_argument("--no-legend", action="store_true",
                             help="do not print the column legend after the tables")
         if name == "drain":
-            sp.add_argument("kind", choices=["backend", "region", "cloud"])
-            sp.add_argument("target")
+            sp.add_argument("kind", choices=["backend", "region", "cloud"],
+                            help="what TARGET names")
+            sp.add_argument("target", help="a backend id, region or cloud from the config")
             sp.add_argument("--undo", action="store_true", help="make it active again")
             sp.add_argument("--cordon", action="store_true",
                             help="cordon instead of drain: used only when nothing else can")
         if name == "demo":
-            sp.add_argument("--calls", type=int, default=400)
+            sp.add_argument("--calls", type=int, default=400,
+                            help="calls per run (default 400)")
         if name == "plan":
             sp.add_argument("--replan", action="store_true",
                             help="solve a fresh plan now (applied at once if apply = auto)")
@@ -343,7 +347,8 @@ def parser() -> argparse.ArgumentParser:
                             help="apply the pending plan (its id, default: the pending one)")
     from services.security.certs import add_parser as certs_parser
 
-    certs_parser(sub)
+    certs_parser(sub).description = ("create a development CA and certificates for "
+                                     "[security] (placement, edges, clients) in --dir")
     return p
 
 

@@ -1,0 +1,169 @@
+"""A hostile operator against ``switchyard`` and the mesh file: every mistake is a clear
+message naming what is wrong and what to do next, exit code 2, never a traceback; nothing is
+started when ``switchyard up`` cannot run. In-process through ``cli.main`` (fast)."""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import socket
+
+import pytest
+
+from services import cli
+from services.drills.sandbox import dumps_toml
+from services.ports import free_ports
+from tests.mesh_harness import mesh_config
+
+
+@pytest.fixture(autouse=True)
+def keep_logging(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``main`` configures process-wide logging onto the (captured) stderr: not in tests."""
+    monkeypatch.setattr(cli, "configure", lambda *_a, **_k: None)
+
+
+def mesh_file(tmp_path: pathlib.Path, edit=None) -> pathlib.Path:  # type: ignore[no-untyped-def]
+    """The harness mesh (free ports) as a TOML file, ``edit`` applied to its dict first."""
+    raw = mesh_config(tmp_path).model_dump(mode="json", exclude_none=True)
+    if edit is not None:
+        edit(raw)
+    path = tmp_path / "mesh.toml"
+    path.write_text(dumps_toml(raw))
+    return path
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    code = cli.main(list(argv))
+    return code, capsys.readouterr().err
+
+
+def test_config_that_is_a_directory(tmp_path: pathlib.Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = run(capsys, "status", "--config", str(tmp_path))
+    assert code == 2
+    assert f"config file {tmp_path} is a directory, not a file; pass --config PATH" in err
+
+
+def test_config_that_is_not_toml_names_the_line(tmp_path: pathlib.Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "mesh.toml"
+    path.write_text("[placement]\nport = \n")
+    code, err = run(capsys, "status", "--config", str(path))
+    assert code == 2
+    assert "not valid TOML" in err and "line 2" in err
+
+
+@pytest.mark.parametrize(("table", "typo", "known"), [
+    (None, "rnu_dir", "run_dir"), ("placement", "prot", "port"),
+    ("models", "default_slo_msx", "default_slo_ms")])
+def test_unknown_key_is_named_with_the_closest_known_one(
+        tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str], table: str | None,
+        typo: str, known: str) -> None:
+    def edit(raw: dict) -> None:  # type: ignore[type-arg]
+        where = raw if table is None else raw[table]
+        where = where[0] if isinstance(where, list) else where
+        where[typo] = where.pop(known, 1)
+    code, err = run(capsys, "status", "--config", str(mesh_file(tmp_path, edit)))
+    assert code == 2
+    assert f"unknown key {typo!r}; did you mean {known!r}?" in err
+    assert "Extra inputs" not in err
+
+
+@pytest.mark.parametrize(("value", "says"), [
+    ("abc", "backends[0].grpc_port: Input should be a valid integer"),
+    (-1, "backends[0].grpc_port: Input should be greater than or equal to 0 (got -1)"),
+    (70000, "backends[0].grpc_port: Input should be less than or equal to 65535 (got 70000)")])
+def test_wrong_type_or_range_names_the_key_and_the_value(
+        tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str], value: object,
+        says: str) -> None:
+    def edit(raw: dict) -> None:  # type: ignore[type-arg]
+        raw["backends"][0]["grpc_port"] = value
+    code, err = run(capsys, "status", "--config", str(mesh_file(tmp_path, edit)))
+    assert code == 2
+    assert says in err and repr(value) in err
+
+
+def test_slo_zero_names_the_key(tmp_path: pathlib.Path,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    def edit(raw: dict) -> None:  # type: ignore[type-arg]
+        raw["models"][0]["default_slo_ms"] = 0
+    code, err = run(capsys, "status", "--config", str(mesh_file(tmp_path, edit)))
+    assert code == 2
+    assert "models[0].default_slo_ms: Input should be greater than 0 (got 0)" in err
+
+
+def test_up_refuses_two_servers_on_one_port(tmp_path: pathlib.Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    def edit(raw: dict) -> None:  # type: ignore[type-arg]
+        raw["backends"][1]["grpc_port"] = raw["backends"][0]["grpc_port"]
+    path = mesh_file(tmp_path, edit)
+    code, err = run(capsys, "up", "--config", str(path))
+    assert code == 2
+    assert ("backends[1].grpc_port (central-cheap) and backends[0].grpc_port (east-fast) are "
+            "both configured on port") in err
+    assert not (tmp_path / "run" / "pids.json").exists()  # nothing was started
+
+
+def test_up_names_a_port_another_process_holds(tmp_path: pathlib.Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+
+        def edit(raw: dict) -> None:  # type: ignore[type-arg]
+            raw["placement"]["port"] = port
+        path = mesh_file(tmp_path, edit)
+        code, err = run(capsys, "up", "--config", str(path))
+    assert code == 2
+    assert (f"port {port} on 127.0.0.1 is already in use by another process; "
+            "placement.port needs it") in err
+    assert f"or change placement.port in {path}" in err
+    assert not (tmp_path / "run" / "pids.json").exists()
+
+
+def test_up_with_a_run_dir_it_cannot_write(tmp_path: pathlib.Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "a-file").write_text("")
+
+    def edit(raw: dict) -> None:  # type: ignore[type-arg]
+        raw["run_dir"] = str(tmp_path / "a-file" / "run")
+    path = mesh_file(tmp_path, edit)
+    code, err = run(capsys, "up", "--config", str(path))
+    assert code == 2
+    assert f"run_dir {tmp_path / 'a-file' / 'run'} is not writable" in err
+    assert f"set run_dir in {path} (or SWITCHYARD_RUN_DIR)" in err
+
+
+@pytest.mark.parametrize("command", [["plan"], ["explain", "summarize"]])
+def test_placement_not_running(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str],
+                               command: list[str]) -> None:
+    port = free_ports(1)[0]  # nothing listens there
+    code, err = run(capsys, *command, "--config", str(mesh_file(tmp_path)), "--placement",
+                    f"127.0.0.1:{port}")
+    assert code == 3
+    assert f"cannot reach placement at 127.0.0.1:{port}" in err
+    assert "Start it with `switchyard up`" in err and "Traceback" not in err
+
+
+def test_drill_with_an_unknown_scenario_lists_the_known(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["drill", "kill-everything"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'kill-everything'" in err and "'kill-backend'" in err
+
+
+def subcommands() -> dict[str, argparse.ArgumentParser]:
+    sub = next(a for a in cli.parser()._actions
+               if isinstance(a, argparse._SubParsersAction))
+    return dict(sub.choices)
+
+
+@pytest.mark.parametrize("name", sorted(subcommands()))
+def test_every_subcommand_help_says_what_it_does_and_each_option(name: str) -> None:
+    sp = subcommands()[name]
+    assert sp.description, f"switchyard {name} --help has no description"
+    bare = [a.dest for a in sp._actions if not a.help]
+    assert not bare, f"switchyard {name} --help: options without help: {bare}"
