@@ -1,6 +1,7 @@
-"""What ``switchyard up`` checks before it starts anything: every failure here is an
-operator's to fix (a run_dir it cannot write, a port another process holds), so it is said
-with the config key and what to do, instead of a child dying minutes later or a traceback."""
+"""What ``switchyard up`` (and ``placement``, ``edge``, ``demo``) check before starting
+anything: every failure here is an operator's to fix (a run_dir it cannot write, a port
+another process holds, a mesh that is not running), so it is said with the config key and
+what to do, instead of a child dying minutes later, a traceback or a table of failed calls."""
 
 from __future__ import annotations
 
@@ -72,15 +73,32 @@ def check_run_dir(run_dir: pathlib.Path, config_path: str) -> None:
 
 
 def check_free(what: str, host: str, port: int, config_path: str) -> None:
-    """``port`` can be bound on ``host`` now (else: who needs it, and what to do)."""
+    """``port`` is not held on ``host`` now (else: who needs it, and what to do). The probe
+    binds as the gRPC servers do (SO_REUSEADDR: a port left in TIME_WAIT by a stopped server
+    is free); a host it cannot bind itself (IPv6, a name) is left to the server's own bind."""
+    fix = f"pass another {what}" if what.startswith("--") else f"change {what} in {config_path}"
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1" if host == "localhost" else host, port))
         except OSError as exc:
-            if exc.errno != errno.EADDRINUSE:
-                raise ConfigError(f"{what}: port {port} on {host} cannot be bound "
-                                  f"({exc.strerror}); change it in {config_path}") from exc
-            raise ConfigError(
-                f"port {port} on {host} is already in use by another process; {what} needs "
-                f"it. Stop that process (`ss -ltnp 'sport = :{port}'` names it; a mesh still "
-                f"running? `switchyard status`) or change {what} in {config_path}") from exc
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(
+                    f"port {port} on {host} is already in use by another process; {what} "
+                    f"needs it. Stop that process (`ss -ltnp 'sport = :{port}'` names it; a "
+                    f"mesh still running? `switchyard status`) or {fix}") from exc
+
+
+def check_edges_answer(cfg: MeshConfig) -> None:
+    """``switchyard demo`` calls every configured edge: each must answer first (else the demo
+    printed a table of failed calls and exited 0)."""
+    from services.up import is_serving
+
+    kind = "envoy" if cfg.edge.engine == "envoy" else "grpc"
+    silent = [f"{e.id} at {e.host}:{e.port}" for e in cfg.edges
+              if e.port and not is_serving(f"{e.host}:{e.port}", kind)]
+    if silent:
+        verb = "does" if len(silent) == 1 else "do"
+        raise ConfigError(f"edge {', '.join(silent)} {verb} not answer; `switchyard demo` needs "
+                          "a running mesh: start it with `switchyard up` (or run `switchyard "
+                          "up --demo`)")

@@ -167,3 +167,64 @@ def test_every_subcommand_help_says_what_it_does_and_each_option(name: str) -> N
     assert sp.description, f"switchyard {name} --help has no description"
     bare = [a.dest for a in sp._actions if not a.help]
     assert not bare, f"switchyard {name} --help: options without help: {bare}"
+
+
+@pytest.mark.parametrize("argv", [["placement"], ["edge", "--id", "edge-east"]])
+def test_a_server_whose_port_is_held_says_so(tmp_path: pathlib.Path,
+                                             capsys: pytest.CaptureFixture[str],
+                                             argv: list[str]) -> None:
+    path = mesh_file(tmp_path)
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        code, err = run(capsys, *argv, "--config", str(path), "--port", str(port))
+    assert code == 2  # was grpc's RuntimeError "Failed to bind" traceback
+    assert f"port {port} on 127.0.0.1 is already in use by another process; --port needs it" in err
+    assert "or pass another --port" in err
+
+
+@pytest.mark.parametrize("argv", [["status", "--placement", "127.0.0.1:99999"],
+                                  ["status", "--placement", "no-port"],
+                                  ["demo", "--calls", "0"], ["up", "--calls", "-5"]])
+def test_malformed_flags_are_refused_by_argparse(capsys: pytest.CaptureFixture[str],
+                                                 argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exited:  # 99999 was wrapped to another port; --calls
+        cli.main(argv)                          # 0 or less was a ZeroDivisionError traceback
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {argv[1]}: {argv[2]!r} is not" in err
+
+
+def test_unresolvable_placement_is_unreachable_not_a_refusal(
+        tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = run(capsys, "status", "--config", str(mesh_file(tmp_path)), "--placement",
+                    "no-such-host.invalid:50050")
+    assert code == 3
+    assert "cannot reach placement at no-such-host.invalid:50050" in err
+    assert "see the placement log" not in err
+
+
+def test_stream_explain_names_the_edge_it_could_not_reach(
+        tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    port = free_ports(1)[0]
+
+    def edit(raw: dict) -> None:  # type: ignore[type-arg]
+        raw["edges"][0]["port"] = port
+    code, err = run(capsys, "explain", "generate", "--stream", "--config",
+                    str(mesh_file(tmp_path, edit)))
+    assert code == 3
+    assert f"cannot reach edge at 127.0.0.1:{port}" in err  # was "placement"
+    assert "--edge ID" in err
+
+
+def test_demo_without_a_running_mesh_says_so(tmp_path: pathlib.Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    port = free_ports(1)[0]
+
+    def edit(raw: dict) -> None:  # type: ignore[type-arg]
+        raw["edges"][0]["port"] = port
+    code, err = run(capsys, "demo", "--calls", "2", "--config", str(mesh_file(tmp_path, edit)))
+    assert code == 2  # was a table of failed calls and exit code 0
+    assert f"edge edge-east at 127.0.0.1:{port} does not answer" in err
+    assert "start it with `switchyard up`" in err
