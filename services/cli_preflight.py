@@ -12,12 +12,15 @@ import tempfile
 
 from placement.errors import ConfigError
 from services.config import MeshConfig
+from services.prices_file import load_prices
 from services.up import LOCAL_HOSTS
 
 
 def check_up(cfg: MeshConfig, config_path: str) -> None:
     check_run_dir(cfg.path(cfg.run_dir), config_path)
     check_ports(cfg, config_path)
+    if cfg.discovery == "static":  # placement reads it after the backends started
+        load_prices(cfg.path(cfg.prices_file))
 
 
 def listen_ports(cfg: MeshConfig) -> list[tuple[str, str, int]]:

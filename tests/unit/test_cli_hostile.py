@@ -228,3 +228,13 @@ def test_demo_without_a_running_mesh_says_so(tmp_path: pathlib.Path,
     assert code == 2  # was a table of failed calls and exit code 0
     assert f"edge edge-east at 127.0.0.1:{port} does not answer" in err
     assert "start it with `switchyard up`" in err
+
+
+def test_up_without_its_price_file_says_so_before_starting(
+        tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = mesh_file(tmp_path)
+    (tmp_path / "prices.toml").unlink()
+    code, err = run(capsys, "up", "--config", str(path))
+    assert code == 2  # was: the backends started, then placement died on it
+    assert f"price file {tmp_path / 'prices.toml'} does not exist" in err
+    assert not (tmp_path / "run" / "pids.json").exists()
