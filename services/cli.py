@@ -149,11 +149,20 @@ def cmd_status(args: argparse.Namespace) -> int:
     if cfg.placement.shards and not args.placement:  # one section per shard (issue 15)
         from services.up import shard_targets
 
+        silent = 0
         for title, address in shard_targets(cfg):
             print(title)
-            if address is not None:
+            if address is None:
+                silent += 1
+            else:
                 args.placement = address
                 cmd_status(args)
+        if silent:  # a shard nobody answers for is not a healthy status (exit code 3)
+            print(f"switchyard: {silent} of {len(cfg.placement.shards)} placement shards have "
+                  "no replica answering (listed above).\n  next: is the mesh running? Start "
+                  "it with `switchyard up`, or start the shard's replicas (`switchyard "
+                  "placement --port PORT`)", file=sys.stderr)
+            return 3
         return 0
     stub = _stub(cfg, args)
     backends = stub.ListBackends(placement_pb2.ListBackendsRequest(), timeout=3)

@@ -238,3 +238,19 @@ def test_up_without_its_price_file_says_so_before_starting(
     assert code == 2  # was: the backends started, then placement died on it
     assert f"price file {tmp_path / 'prices.toml'} does not exist" in err
     assert not (tmp_path / "run" / "pids.json").exists()
+
+
+def test_sharded_status_with_no_replica_answering_is_an_error(
+        tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ports = free_ports(2)  # nothing listens on either
+
+    def edit(raw: dict) -> None:  # type: ignore[type-arg]
+        raw["placement"]["shards"] = [
+            {"replicas": [f"127.0.0.1:{ports[0]}"], "regions": ["r-east", "r-west"]},
+            {"replicas": [f"127.0.0.1:{ports[1]}"], "regions": ["r-central"]}]
+    code = cli.main(["status", "--config", str(mesh_file(tmp_path, edit))])
+    out, err = capsys.readouterr()
+    assert code == 3  # was 0: a status that listed two dead shards exited as if healthy
+    assert f"no replica answers (127.0.0.1:{ports[1]})" in out
+    assert "2 of 2 placement shards have no replica answering" in err
+    assert "Start it with `switchyard up`" in err
