@@ -390,6 +390,13 @@ def main(argv: list[str] | None = None) -> int:
                                 *filter(None, [getattr(args, "rpc_elsewhere", "")])),
               file=sys.stderr)
         return 3
+    except OSError as exc:
+        if exc.filename is None:  # not a path the operator gave: a bug, keep its traceback
+            raise
+        print(f"switchyard: {exc.filename}: {exc.strerror}\n  next: check that the path "
+              "(--config, --dir, --json, run_dir) exists, is a file or a directory as needed, "
+              "and can be written", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
 

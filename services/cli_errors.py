@@ -69,3 +69,14 @@ def positive(text: str) -> int:
     if n < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
     return n
+
+
+def more_than_zero(text: str) -> float:
+    """An argparse type: a finite number above 0 (a duration, a rate)."""
+    try:
+        x = float(text)
+    except ValueError:
+        x = 0.0
+    if not 0 < x < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number above 0")
+    return x

@@ -254,3 +254,22 @@ def test_sharded_status_with_no_replica_answering_is_an_error(
     assert f"no replica answers (127.0.0.1:{ports[1]})" in out
     assert "2 of 2 placement shards have no replica answering" in err
     assert "Start it with `switchyard up`" in err
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--duration", "-1"), ("--rate", "0"),
+                                             ("--deadline", "nan"), ("--streams", "0")])
+def test_drill_numbers_are_refused_before_a_mesh_starts(
+        capsys: pytest.CaptureFixture[str], flag: str, value: str) -> None:
+    with pytest.raises(SystemExit) as exited:  # --duration -1 was a ValueError traceback
+        cli.main(["drill", "kill-backend", flag, value])  # after a private mesh started
+    assert exited.value.code == 2
+    assert f"argument {flag}: {value!r} is not" in capsys.readouterr().err
+
+
+def test_certs_into_a_file_is_a_path_error_not_a_traceback(
+        tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "a-file").write_text("")
+    code, err = run(capsys, "certs", "--dir", str(tmp_path / "a-file"))
+    assert code == 2  # was FileExistsError's traceback
+    assert f"switchyard: {tmp_path / 'a-file'}: File exists" in err
+    assert "next: check that the path" in err
