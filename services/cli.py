@@ -217,6 +217,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from services.render import explain_rows, table
 
     cfg = _load(args)
+    regions = sorted(r.name for r in cfg.regions)
+    if args.region and args.region not in regions:  # said here, whether placement runs or not
+        raise InvalidRequest(f"--region {args.region!r} is not a region of {args.config}; "
+                             f"known: {', '.join(regions)}")
     parsed = explain_hints(args, cfg)
     if args.stream:  # an LLM stream: asked of an edge (services/stream_explain.py)
         from services import stream_explain

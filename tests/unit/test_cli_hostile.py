@@ -273,3 +273,13 @@ def test_certs_into_a_file_is_a_path_error_not_a_traceback(
     assert code == 2  # was FileExistsError's traceback
     assert f"switchyard: {tmp_path / 'a-file'}: File exists" in err
     assert "next: check that the path" in err
+
+
+def test_explain_with_an_unknown_region_lists_the_known(
+        tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    port = free_ports(1)[0]  # nothing listens: the region is refused before any call
+    code, err = run(capsys, "explain", "summarize", "--region", "r-mars", "--config",
+                    str(mesh_file(tmp_path)), "--placement", f"127.0.0.1:{port}")
+    assert code == 2  # was "cannot reach placement" (exit 3): the wrong thing to fix
+    assert "--region 'r-mars' is not a region of" in err
+    assert "known: r-central, r-east, r-west" in err
