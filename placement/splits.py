@@ -29,7 +29,10 @@ calls each deployment should take first, for one edge at a time:
   tightest of those classes' slacks (``_mix_room``). A narrower 990d5fc (taken back in
   2d70bf8): only the split's own feasible rows count (not the slow path's calls, not the
   fallback spill), and only where the service times differ by more than the factor.
-  Measured: ``benchmarks/RESULTS.md``, "the mix's wait, narrowed";
+  Measured (quick, 2 seeds, against off): single-cloud-hetero −0.08/+0.00 point, far-edge
+  unchanged (990d5fc's losses there: the slow path's calls in its mix), tight-three-variant
+  +0.14/+0.05 point at +1.6/+4.3 % cost, but held-out-near-capacity +0.72/−0.83 point:
+  no gain that holds, so off (``benchmarks/RESULTS.md``, "the mix's wait, narrowed");
 - what the feasible deployments have no room for spills to the class's fallback rows (the
   rest of its order within the cap, ``Demand.fallback``: the rows only the hard filters
   keep), as a per-call edge's fallback takes the fastest row with a slot of its own share
