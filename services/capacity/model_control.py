@@ -128,17 +128,34 @@ class ModelControl:
                 x.set_data_from_numpy(np.zeros(shape, dtype=triton_to_np_dtype(
                     spec["datatype"])))
                 inputs.append(x)
+            before = (await self._statistics(variant)).inference_count
             for _ in range(self.cold_calls):
                 await self._client.infer(variant, inputs, client_timeout=self.timeout_s)
-            stats = await self._client.get_inference_statistics(
-                variant, as_json=False, client_timeout=self.timeout_s)
-            (base,) = model_stats(stats, {variant: True})
-            self.baselines[(self.instance.id, variant)] = base
+            self.baselines[(self.instance.id, variant)] = await self._statistics(
+                variant, at_least=before + self.cold_calls)
             for _ in range(self.warm_calls):
                 await self._client.infer(variant, inputs, client_timeout=self.timeout_s)
         except (InferenceServerException, KeyError, ValueError, TypeError) as exc:
             raise ModelControlError(f"{self.instance.id}: warm-up of {variant}: {exc}") from exc
         return self.cold_calls + self.warm_calls
+
+    async def _statistics(self, variant: str, at_least: int = 0) -> telemetry_pb2.ModelStats:
+        """``variant``'s Triton statistics once they count ``at_least`` inferences: Triton
+        counts a call when it releases the request, which can come after the client has the
+        response, so a read right after the cold calls could miss the last of them (and the
+        baseline then bill a cold call's compute to the warm price)."""
+        t0 = time.monotonic()
+        while True:
+            stats = await self._client.get_inference_statistics(
+                variant, as_json=False, client_timeout=self.timeout_s)
+            (base,) = model_stats(stats, {variant: True})
+            if base.inference_count >= at_least:
+                return base
+            if time.monotonic() - t0 > self.timeout_s:
+                raise ModelControlError(
+                    f"{self.instance.id}: {variant}'s statistics count {base.inference_count} "
+                    f"inferences {self.timeout_s:g} s after the warm-up's {at_least}")
+            await asyncio.sleep(self.poll_s)  # the poll interval of this wait
 
     async def pending(self, variant: str) -> int:
         """Calls queued for ``variant`` in Triton right now."""
