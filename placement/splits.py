@@ -23,6 +23,16 @@ calls each deployment should take first, for one edge at a time:
 - a backend's cap only tightens as classes are added (one FIFO: a loose class placed on
   it later must not raise the wait of a tight class already there), and what other paths
   of the same edge send it (``reserved``, e.g. the slow path's calls) comes off first;
+- built and off (``MIX_WAIT``): a class whose service time on a backend is more than
+  ``MIX_FACTOR`` times the mean of the calls the split's earlier classes put on its
+  feasible rows there also keeps the wait at the mix's mean service time within the
+  tightest of those classes' slacks (``_mix_room``). A narrower 990d5fc (taken back in
+  2d70bf8): only the split's own feasible rows count (not the slow path's calls, not the
+  fallback spill), and only where the service times differ by more than the factor.
+  Measured (quick, 2 seeds, against off): single-cloud-hetero −0.08/+0.00 point, far-edge
+  unchanged (990d5fc's losses there: the slow path's calls in its mix), tight-three-variant
+  +0.14/+0.05 point at +1.6/+4.3 % cost, but held-out-near-capacity +0.72/−0.83 point:
+  no gain that holds, so off (``benchmarks/RESULTS.md``, "the mix's wait, narrowed");
 - what the feasible deployments have no room for spills to the class's fallback rows (the
   rest of its order within the cap, ``Demand.fallback``: the rows only the hard filters
   keep), as a per-call edge's fallback takes the fastest row with a slot of its own share
@@ -78,6 +88,8 @@ MAX_UTILISATION = 0.95  # never plan a backend fuller than this for anyone
 UNKNOWN = math.inf  # a class's rate nobody has measured yet: split by room (see above)
 RATE_HEADROOM = 1.25  # a class's learned rate is planned as this many times itself
 _BISECT_STEPS = 16
+MIX_WAIT = False  # the mix's wait for longer calls joining a backend (docstring): off
+MIX_FACTOR = 2.0  # ... when their service time exceeds the mix's mean by this factor
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +144,8 @@ def split(demands: Sequence[Demand], reserved: Mapping[str, float] | None = None
     held: dict[str, tuple[Candidate, float]] = {}  # warming row -> calls/s kept off it
     used: dict[str, float] = dict(reserved or {})  # backend -> Erlangs of this edge
     cap: dict[str, float] = {}  # backend -> utilisation cap, tightened per class
+    # backend -> [calls/s, Erlangs, tightest slack ms] the classes put on its feasible rows
+    mix: dict[str, list[float]] = {}
     out: dict[Hashable, dict[str, float]] = {}
     for d in sorted(demands, key=lambda x: x.budget_ms):
         if d.rate == UNKNOWN:
@@ -153,6 +167,10 @@ def split(demands: Sequence[Demand], reserved: Mapping[str, float] | None = None
             if room <= 0:
                 continue
             x = min(left, room / s)
+            if MIX_WAIT:
+                x = _mix_room(c, d.budget_ms - lat, x, mix.get(b), used.get(b, 0.0), tail)
+                if x <= 0:
+                    continue
             share = warm.get(c.deployment_id)
             if share is not None:  # slow start: the rest is held off it, for the next rows
                 held[c.deployment_id] = (c, held.get(c.deployment_id, (c, 0.0))[1]
@@ -161,6 +179,10 @@ def split(demands: Sequence[Demand], reserved: Mapping[str, float] | None = None
             rates[c.deployment_id] = rates.get(c.deployment_id, 0.0) + x
             used[b] = used.get(b, 0.0) + x * s
             cap[b] = rho
+            m = mix.setdefault(b, [0.0, 0.0, math.inf])
+            m[0] += x
+            m[1] += x * s
+            m[2] = min(m[2], d.budget_ms - lat)
             left -= x
             if left <= d.rate * RATE_HEADROOM * 1e-9:
                 left = 0.0
@@ -184,6 +206,40 @@ def split(demands: Sequence[Demand], reserved: Mapping[str, float] | None = None
         if d.rate == UNKNOWN:
             out[d.key] = _by_room(d, used, cap, tail, warm)
     return out
+
+
+def _mix_room(c: Candidate, slack_ms: float, most: float, mix: list[float] | None,
+              used: float, tail: float) -> float:
+    """The calls/s of ``c`` (at most ``most``) its backend takes with the M/M/c wait at the
+    mean service time of the classes' calls there and ``c``'s within the tightest slack
+    (``MIX_WAIT``); ``most`` itself when ``c``'s service time is within ``MIX_FACTOR`` of
+    that mean (the utilisation cap already bounds alike calls)."""
+    if mix is None or mix[0] <= 0:
+        return most
+    calls, erlangs, tight = mix
+    s = c.compute_ms / 1000.0
+    if s <= MIX_FACTOR * erlangs / calls:
+        return most
+    slack = min(slack_ms, tight)
+    servers = max(c.concurrency, 1)
+
+    def fits(x: float) -> bool:
+        mean_ms = round((erlangs + x * s) / (calls + x) * 1000.0, 6)
+        rho = max_utilisation(slack, mean_ms, servers, tail)
+        return c.slots * rho - used - x * s >= -1e-12
+
+    if fits(most):
+        return most
+    if not fits(0.0):
+        return 0.0
+    lo, hi = 0.0, most
+    for _ in range(2 * _BISECT_STEPS):
+        mid = (lo + hi) / 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo if lo > 1e-9 * c.slots / s else 0.0
 
 
 def _spill(left: float, d: Demand, rates: dict[str, float], used: dict[str, float],

@@ -23,6 +23,8 @@ import sys
 import grpc
 
 from placement.errors import ConfigError, InvalidHint, InvalidRequest, SwitchyardError
+from services.cli_errors import address, positive, rpc_error_message
+from services.cli_preflight import check_edges_answer, check_free
 from services.config import MeshConfig, load_config
 from services.edge.hints import ParsedHints
 from services.logs import configure
@@ -44,6 +46,10 @@ def cmd_placement(args: argparse.Namespace) -> int:
     from services.serving import run, wait_for_signal
 
     cfg = _load(args)
+    port = cfg.placement.port if args.port is None else args.port
+    if port:  # a port another process holds: said, not grpc's RuntimeError traceback
+        check_free("placement.port" if args.port is None else "--port", cfg.placement.host,
+                   port, args.config)
 
     async def main() -> None:
         running = await start_placement(cfg, port=args.port,
@@ -63,6 +69,10 @@ def cmd_edge(args: argparse.Namespace) -> int:
     edge = next((e for e in cfg.edges if e.id == args.id), None)
     if edge is None:
         raise ConfigError(f"--id {args.id!r} is not in edges {[e.id for e in cfg.edges]}")
+    port = edge.port if args.port is None else args.port
+    if port:
+        check_free(f"edges {edge.id!r} port" if args.port is None else "--port", edge.host,
+                   port, args.config)
 
     async def main() -> None:
         running = await start_edge(cfg, edge, port=args.port,
@@ -85,9 +95,11 @@ def cmd_edge(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from services.cli_preflight import check_up  # run_dir, ports
     from services.up import Mesh
 
     cfg = _load(args)
+    check_up(cfg, args.config)
     mesh = Mesh(cfg, args.config)
     print(f"Switchyard: starting the embedded mesh from {args.config} "
           f"(logs in {mesh.run_dir / 'logs'})")
@@ -123,7 +135,8 @@ def _stub(cfg: MeshConfig, args: argparse.Namespace):  # type: ignore[no-untyped
     from services.api.switchyard.v1 import placement_pb2_grpc
 
     address = args.placement or f"{cfg.placement.host}:{cfg.placement.port}"
-    args.placement_address = address  # named in connection errors
+    args.placement_address = address
+    args.rpc_target = f"placement at {address}"  # named in connection errors
     return placement_pb2_grpc.PlacementStub(grpc.insecure_channel(address))
 
 
@@ -136,11 +149,20 @@ def cmd_status(args: argparse.Namespace) -> int:
     if cfg.placement.shards and not args.placement:  # one section per shard (issue 15)
         from services.up import shard_targets
 
+        silent = 0
         for title, address in shard_targets(cfg):
             print(title)
-            if address is not None:
+            if address is None:
+                silent += 1
+            else:
                 args.placement = address
                 cmd_status(args)
+        if silent:  # a shard nobody answers for is not a healthy status (exit code 3)
+            print(f"switchyard: {silent} of {len(cfg.placement.shards)} placement shards have "
+                  "no replica answering (listed above).\n  next: is the mesh running? Start "
+                  "it with `switchyard up`, or start the shard's replicas (`switchyard "
+                  "placement --port PORT`)", file=sys.stderr)
+            return 3
         return 0
     stub = _stub(cfg, args)
     backends = stub.ListBackends(placement_pb2.ListBackendsRequest(), timeout=3)
@@ -195,10 +217,17 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from services.render import explain_rows, table
 
     cfg = _load(args)
+    regions = sorted(r.name for r in cfg.regions)
+    if args.region and args.region not in regions:  # said here, whether placement runs or not
+        raise InvalidRequest(f"--region {args.region!r} is not a region of {args.config}; "
+                             f"known: {', '.join(regions)}")
     parsed = explain_hints(args, cfg)
     if args.stream:  # an LLM stream: asked of an edge (services/stream_explain.py)
         from services import stream_explain
 
+        edge = stream_explain.edge_address(cfg, args.edge, args.region)
+        args.rpc_target = f"edge at {edge}"  # the stream is asked of an edge, not placement
+        args.rpc_elsewhere = "name a running edge with --edge ID or --region"
         return stream_explain.main(args, cfg, parsed)
     region = args.region or (cfg.edges[0].region if cfg.edges else cfg.regions[0].name)
     request = placement_pb2.ExplainRequest(
@@ -247,7 +276,9 @@ def cmd_drain(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from services.demo import run_demo
 
-    run_demo(_load(args), calls=args.calls)
+    cfg = _load(args)
+    check_edges_answer(cfg)
+    run_demo(cfg, calls=args.calls)
     return 0
 
 
@@ -266,8 +297,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="switchyard", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--log-level", default="info",
-                   choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="JSON log level on stderr (default info)")
     sub = p.add_subparsers(dest="command", required=True)
 
     def add(name: str, fn, help_: str) -> argparse.ArgumentParser:  # type: ignore[no-untyped-def]
@@ -280,7 +311,7 @@ def parser() -> argparse.ArgumentParser:
     up = add("up", cmd_up, "run the embedded mesh: Triton backends, WAN relay, placement, "
                            "agent, edges")
     up.add_argument("--demo", action="store_true", help="run the demo workload once it is up")
-    up.add_argument("--calls", type=int, default=400, help="demo calls per run (default 400)")
+    up.add_argument("--calls", type=positive, default=400, help="demo calls per run (default 400)")
     up.add_argument("--exit-after-demo", action="store_true",
                     help="stop the mesh after the demo instead of waiting for Ctrl-C")
     pl = add("placement", cmd_placement, "run one placement replica")
@@ -291,8 +322,8 @@ def parser() -> argparse.ArgumentParser:
     ed = add("edge", cmd_edge, "run one edge router")
     ed.add_argument("--id", required=True, help="edge id from [[edges]]")
     ed.add_argument("--port", type=int, default=None, help="override the edge's port")
-    ed.add_argument("--placement", default="", help="placement replicas host:port,… "
-                                                    "(default: from the config)")
+    ed.add_argument("--placement", default="", type=address,
+                    help="placement replicas host:port,… (default: from the config)")
     from services.drills.cli import add_arguments as drill_arguments
 
     drill_arguments(add("drill", cmd_drill, "failover drill: break part of a (private, by "
@@ -312,10 +343,10 @@ def parser() -> argparse.ArgumentParser:
                             ("demo", cmd_demo, "run the demo workload against a running mesh")):
         sp = add(name, fn, help_)
         if name != "demo":
-            sp.add_argument("--placement", default="", help="placement host:port "
-                                                            "(default: from the config)")
+            sp.add_argument("--placement", default="", type=address,
+                            help="placement host:port (default: from the config)")
         if name == "explain":
-            sp.add_argument("model")
+            sp.add_argument("model", help="the logical model a caller names, e.g. summarize")
             sp.add_argument("--region", default="", help="edge region (default: first edge's)")
             for flag, header in EXPLAIN_FLAGS.items():
                 sp.add_argument("--" + flag.replace("_", "-"), action="append",
@@ -329,13 +360,15 @@ def parser() -> argparse.ArgumentParser:
             sp.add_argument("--no-legend", action="store_true",
                             help="do not print the column legend after the tables")
         if name == "drain":
-            sp.add_argument("kind", choices=["backend", "region", "cloud"])
-            sp.add_argument("target")
+            sp.add_argument("kind", choices=["backend", "region", "cloud"],
+                            help="what TARGET names")
+            sp.add_argument("target", help="a backend id, region or cloud from the config")
             sp.add_argument("--undo", action="store_true", help="make it active again")
             sp.add_argument("--cordon", action="store_true",
                             help="cordon instead of drain: used only when nothing else can")
         if name == "demo":
-            sp.add_argument("--calls", type=int, default=400)
+            sp.add_argument("--calls", type=positive, default=400,
+                            help="calls per run (default 400)")
         if name == "plan":
             sp.add_argument("--replan", action="store_true",
                             help="solve a fresh plan now (applied at once if apply = auto)")
@@ -343,44 +376,9 @@ def parser() -> argparse.ArgumentParser:
                             help="apply the pending plan (its id, default: the pending one)")
     from services.security.certs import add_parser as certs_parser
 
-    certs_parser(sub)
+    certs_parser(sub).description = ("create a development CA and certificates for "
+                                     "[security] (placement, edges, clients) in --dir")
     return p
-
-
-# What to do next, by the status placement answered with.
-NEXT_STEP = {
-    "NOT_FOUND": "`switchyard status` lists the backends, regions and models (one route "
-                 "table each) placement knows",
-    "INVALID_ARGUMENT": "fix the value named above (see `switchyard <command> --help`)",
-    "FAILED_PRECONDITION": "the request cannot succeed in the mesh's current state; see "
-                           "`switchyard status`",
-    "PERMISSION_DENIED": "this needs an admin identity: use a certificate named in "
-                         "[security] admin_identities",
-    "UNAUTHENTICATED": "this placement requires mTLS: configure [security] with a client "
-                       "certificate",
-}
-_UNREACHABLE = ("failed to connect", "connection refused", "dns resolution failed",
-                "name resolution", "socket closed", "connection reset", "unreachable")
-
-
-def rpc_error_message(exc: grpc.RpcError, address: str) -> str:
-    """What went wrong, for people: placement unreachable, or placement's own refusal with
-    its message and what to do next (never "is the mesh running?" for a bad argument)."""
-    if not isinstance(exc, grpc.Call):  # every RpcError a stub raises is also a Call
-        return f"switchyard: {exc!r}"
-    code, details = exc.code(), exc.details() or ""
-    where = f"placement at {address}" if address else "placement"
-    # UNAVAILABLE from the channel (nothing listens) or our own deadline (nothing answers);
-    # any other status is placement's answer.
-    unreachable = code is grpc.StatusCode.DEADLINE_EXCEEDED or (
-        code is grpc.StatusCode.UNAVAILABLE
-        and (not details or any(s in details.lower() for s in _UNREACHABLE)))
-    if unreachable:
-        return (f"switchyard: cannot reach {where} ({code.name}: {details}).\n"
-                "  next: is the mesh running? Start it with `switchyard up`, or point at a "
-                "running replica with --placement host:port")
-    step = NEXT_STEP.get(code.name, "see the placement log for details")
-    return f"switchyard: {where} answered {code.name}: {details}\n  next: {step}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -392,8 +390,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"switchyard: {exc.message}", file=sys.stderr)
         return 2
     except grpc.RpcError as exc:
-        print(rpc_error_message(exc, getattr(args, "placement_address", "")), file=sys.stderr)
+        print(rpc_error_message(exc, getattr(args, "rpc_target", "placement"),
+                                *filter(None, [getattr(args, "rpc_elsewhere", "")])),
+              file=sys.stderr)
         return 3
+    except OSError as exc:
+        if exc.filename is None:  # not a path the operator gave: a bug, keep its traceback
+            raise
+        print(f"switchyard: {exc.filename}: {exc.strerror}\n  next: check that the path "
+              "(--config, --dir, --json, run_dir) exists, is a file or a directory as needed, "
+              "and can be written", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
 

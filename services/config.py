@@ -7,13 +7,16 @@ the path and the offending values, e.g. ``edges[1].region 'eu-west' is not in re
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import pathlib
 import tomllib
+import typing
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import ErrorDetails
 
 from placement.errors import ConfigError
 from services.capacity.settings import CapacityConfig, check_capacity
@@ -305,6 +308,15 @@ def load_config(path: str | os.PathLike[str], env: dict[str, str] | None = None)
         raw = tomllib.loads(p.read_text())
     except FileNotFoundError as exc:
         raise ConfigError(f"config file {p} does not exist; pass --config PATH") from exc
+    except IsADirectoryError as exc:
+        raise ConfigError(f"config file {p} is a directory, not a file; pass --config "
+                          "PATH of a mesh TOML file (e.g. examples/mesh.toml)") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {p} is not UTF-8 text (byte {exc.start}); pass "
+                          "--config PATH of a mesh TOML file") from exc
+    except OSError as exc:
+        raise ConfigError(f"config file {p} cannot be read ({exc.strerror}); check its "
+                          "permissions, or pass --config PATH") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p}: not valid TOML: {exc}") from exc
     raw.setdefault("base_dir", str(p.resolve().parent))
@@ -314,8 +326,57 @@ def load_config(path: str | os.PathLike[str], env: dict[str, str] | None = None)
     try:
         return MeshConfig.model_validate(raw)
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            loc = ".".join(str(x) for x in err["loc"]) or "(file)"
-            lines.append(f"  {loc}: {err['msg']}")
+        lines = [f"  {_error_line(err)}" for err in exc.errors()]
         raise ConfigError(f"{p} is not a valid mesh config:\n" + "\n".join(lines)) from exc
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    """``('backends', 0, 'grpc_port')`` -> ``backends[0].grpc_port`` (as the file's tables)."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(file)"
+
+
+def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The config model (table) at ``loc``, found by following field annotations."""
+    model: type[BaseModel] = MeshConfig
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        found = _model_in(field.annotation)
+        if found is None:
+            return None
+        model = found
+    return model
+
+
+def _model_in(annotation: object) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next((m for a in typing.get_args(annotation) if (m := _model_in(a))), None)
+
+
+def _error_line(err: ErrorDetails) -> str:
+    """One pydantic error as the operator wrote it: where, the value given, what is wrong, and
+    for an unknown key the known ones (the closest first)."""
+    loc = tuple(err["loc"])
+    where = _where(loc)
+    if err["type"] == "extra_forbidden":
+        model = _model_at(loc[:-1])
+        known = sorted(model.model_fields) if model is not None else []
+        if model is MeshConfig:
+            known.remove("base_dir")
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        return f"{where}: unknown key {loc[-1]!r}; {hint}known keys here: {', '.join(known)}"
+    if err["type"] == "missing":
+        return f"{where}: required key is missing"
+    if err["type"] == "value_error":  # our own checks: their message names the path
+        return err["msg"].removeprefix("Value error, ")
+    given = err.get("input")
+    shown = "" if isinstance(given, dict | list) else f" (got {given!r})"
+    return f"{where}: {err['msg']}{shown}"

@@ -14,6 +14,7 @@ import pathlib
 import sys
 import tempfile
 
+from services.cli_errors import more_than_zero, positive
 from services.config import load_config
 from services.drills.report import DrillReport
 from services.drills.runner import run_drill, stderr_progress
@@ -30,12 +31,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "serving most of N concurrent LLM streams, count streams lost and "
                         "tokens missing or duplicated")
     p.add_argument("--all", action="store_true", help="run every scenario on one mesh")
-    p.add_argument("--duration", type=float, default=30.0,
+    p.add_argument("--duration", type=more_than_zero, default=30.0,
                    help="seconds of load, split over before/during/after (default 30)")
-    p.add_argument("--rate", type=float, default=40.0, help="calls per second (default 40)")
-    p.add_argument("--deadline", type=float, default=2.0,
+    p.add_argument("--rate", type=more_than_zero, default=40.0, help="calls per second (default 40)")
+    p.add_argument("--deadline", type=more_than_zero, default=2.0,
                    help="gRPC deadline of every call, seconds (default 2)")
-    p.add_argument("--slo-ms", type=float, default=None,
+    p.add_argument("--slo-ms", type=more_than_zero, default=None,
                    help="x-slo-ms header on every call (default: the scenario's)")
     p.add_argument("--json", default="", help="also write the report(s) as JSON here")
     p.add_argument("--attach", action="store_true",
@@ -43,9 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", choices=["python", "envoy"], default=None,
                    help="run the private mesh's edges on this engine ([edge] engine; default: "
                         "the config's)")
-    p.add_argument("--streams", type=int, default=8,
+    p.add_argument("--streams", type=positive, default=8,
                    help="kill-streams: concurrent LLM streams (default 8)")
-    p.add_argument("--tokens", type=int, default=200,
+    p.add_argument("--tokens", type=positive, default=200,
                    help="kill-streams: tokens each stream asks for (default 200)")
 
 

@@ -1,0 +1,82 @@
+"""What ``switchyard`` says when a gRPC call fails: who could not be reached (placement or
+an edge, at which address) and what to do, or the server's own refusal with its message and
+the next step (never "is the mesh running?" for a bad argument)."""
+
+from __future__ import annotations
+
+import argparse
+
+import grpc
+
+# What to do next, by the status placement answered with.
+NEXT_STEP = {
+    "NOT_FOUND": "`switchyard status` lists the backends, regions and models (one route "
+                 "table each) placement knows",
+    "INVALID_ARGUMENT": "fix the value named above (see `switchyard <command> --help`)",
+    "FAILED_PRECONDITION": "the request cannot succeed in the mesh's current state; see "
+                           "`switchyard status`",
+    "PERMISSION_DENIED": "this needs an admin identity: use a certificate named in "
+                         "[security] admin_identities",
+    "UNAUTHENTICATED": "this placement requires mTLS: configure [security] with a client "
+                       "certificate",
+}
+_UNREACHABLE = ("failed to connect", "connection refused", "dns resolution failed",
+                "name resolution", "socket closed", "connection reset", "unreachable",
+                "errors resolving", "lookup failed")
+
+
+def rpc_error_message(exc: grpc.RpcError, where: str = "placement",
+                      elsewhere: str = "point at a running replica with --placement "
+                                       "host:port") -> str:
+    """What went wrong, for people: ``where`` (e.g. "placement at 127.0.0.1:50050")
+    unreachable, or its own refusal with its message and what to do next."""
+    if not isinstance(exc, grpc.Call):  # every RpcError a stub raises is also a Call
+        return f"switchyard: {exc!r}"
+    code, details = exc.code(), exc.details() or ""
+    # UNAVAILABLE from the channel (nothing listens) or our own deadline (nothing answers);
+    # any other status is placement's answer.
+    unreachable = code is grpc.StatusCode.DEADLINE_EXCEEDED or (
+        code is grpc.StatusCode.UNAVAILABLE
+        and (not details or any(s in details.lower() for s in _UNREACHABLE)))
+    if unreachable:
+        return (f"switchyard: cannot reach {where} ({code.name}: {details}).\n"
+                f"  next: is the mesh running? Start it with `switchyard up`, or {elsewhere}")
+    step = NEXT_STEP.get(code.name, "see the placement log for details")
+    return f"switchyard: {where} answered {code.name}: {details}\n  next: {step}"
+
+
+
+
+def address(text: str) -> str:
+    """An argparse type: ``host:port`` (or several, comma-separated), port 1-65535; "" (the
+    default: from the config) as is."""
+    if not text:
+        return text
+    for one in text.split(","):
+        host, _, port = one.strip().rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise argparse.ArgumentTypeError(
+                f"{one!r} is not host:port with a port from 1 to 65535 (e.g. 127.0.0.1:50050)")
+    return text
+
+
+def positive(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return n
+
+
+def more_than_zero(text: str) -> float:
+    """An argparse type: a finite number above 0 (a duration, a rate)."""
+    try:
+        x = float(text)
+    except ValueError:
+        x = 0.0
+    if not 0 < x < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number above 0")
+    return x

@@ -1,0 +1,107 @@
+"""What ``switchyard up`` (and ``placement``, ``edge``, ``demo``) check before starting
+anything: every failure here is an operator's to fix (a run_dir it cannot write, a port
+another process holds, a mesh that is not running), so it is said with the config key and
+what to do, instead of a child dying minutes later, a traceback or a table of failed calls."""
+
+from __future__ import annotations
+
+import errno
+import pathlib
+import socket
+import tempfile
+
+from placement.errors import ConfigError
+from services.config import MeshConfig
+from services.prices_file import load_prices
+from services.up import LOCAL_HOSTS
+
+
+def check_up(cfg: MeshConfig, config_path: str) -> None:
+    check_run_dir(cfg.path(cfg.run_dir), config_path)
+    check_ports(cfg, config_path)
+    if cfg.discovery == "static":  # placement reads it after the backends started
+        load_prices(cfg.path(cfg.prices_file))
+
+
+def listen_ports(cfg: MeshConfig) -> list[tuple[str, str, int]]:
+    """Every (key, host, port) a mesh server listens on, as the file names it; port 0 (any
+    free port) left out. With shards the replicas' own addresses listen, not placement.port."""
+    out: list[tuple[str, str, int]] = []
+    p = cfg.placement
+    if not p.shards:
+        out.append(("placement.port", p.host, p.port))
+    out.append(("placement.metrics_port", p.host, p.metrics_port))
+    for i, s in enumerate(p.shards):
+        for j, address in enumerate(s.replicas):
+            host, _, port = address.rpartition(":")
+            if port.isdigit():
+                out.append((f"placement.shards[{i}].replicas[{j}]", host, int(port)))
+            if j < len(s.metrics_ports):
+                out.append((f"placement.shards[{i}].metrics_ports[{j}]", host,
+                            s.metrics_ports[j]))
+    for i, b in enumerate(cfg.backends):
+        out.append((f"backends[{i}].grpc_port ({b.id})", b.host, b.grpc_port))
+        out.append((f"backends[{i}].metrics_port ({b.id})", b.host, b.metrics_port))
+    for i, e in enumerate(cfg.edges):
+        out.append((f"edges[{i}].port ({e.id})", e.host, e.port))
+        out.append((f"edges[{i}].metrics_port ({e.id})", e.host, e.metrics_port))
+    return [(what, host, port) for what, host, port in out if port != 0]
+
+
+def check_ports(cfg: MeshConfig, config_path: str) -> None:
+    """``up`` runs every server on this machine: no two configured on one port (whatever
+    host each names; on Kubernetes they may share one, each in its own pod), and each port
+    free right now."""
+    taken: dict[int, str] = {}
+    for what, host, port in listen_ports(cfg):
+        if port in taken:
+            raise ConfigError(f"{what} and {taken[port]} are both configured on port {port}; "
+                              f"`switchyard up` runs them all on this machine: give each its "
+                              f"own port in {config_path} (0 = any free port)")
+        taken[port] = what
+        if host in LOCAL_HOSTS:  # `up` refuses remote hosts where it matters (shards)
+            check_free(what, host, port, config_path)
+
+
+def check_run_dir(run_dir: pathlib.Path, config_path: str) -> None:
+    """``run_dir/logs`` can be created and written."""
+    try:
+        (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=run_dir / "logs"):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"run_dir {run_dir} is not writable ({exc.strerror}: {exc.filename}); set run_dir "
+            f"in {config_path} (or SWITCHYARD_RUN_DIR) to a directory you can write") from exc
+
+
+def check_free(what: str, host: str, port: int, config_path: str) -> None:
+    """``port`` is not held on ``host`` now (else: who needs it, and what to do). The probe
+    binds as the gRPC servers do (SO_REUSEADDR: a port left in TIME_WAIT by a stopped server
+    is free); a host it cannot bind itself (IPv6, a name) is left to the server's own bind."""
+    fix = f"pass another {what}" if what.startswith("--") else f"change {what} in {config_path}"
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1" if host == "localhost" else host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(
+                    f"port {port} on {host} is already in use by another process; {what} "
+                    f"needs it. Stop that process (`ss -ltnp 'sport = :{port}'` names it; a "
+                    f"mesh still running? `switchyard status`) or {fix}") from exc
+
+
+def check_edges_answer(cfg: MeshConfig) -> None:
+    """``switchyard demo`` calls every configured edge: each must answer first (else the demo
+    printed a table of failed calls and exited 0)."""
+    from services.up import is_serving
+
+    kind = "envoy" if cfg.edge.engine == "envoy" else "grpc"
+    silent = [f"{e.id} at {e.host}:{e.port}" for e in cfg.edges
+              if e.port and not is_serving(f"{e.host}:{e.port}", kind)]
+    if silent:
+        verb = "does" if len(silent) == 1 else "do"
+        raise ConfigError(f"edge {', '.join(silent)} {verb} not answer; `switchyard demo` needs "
+                          "a running mesh: start it with `switchyard up` (or run `switchyard "
+                          "up --demo`)")

@@ -1,0 +1,285 @@
+"""A hostile operator against ``switchyard`` and the mesh file: every mistake is a clear
+message naming what is wrong and what to do next, exit code 2, never a traceback; nothing is
+started when ``switchyard up`` cannot run. In-process through ``cli.main`` (fast)."""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import socket
+
+import pytest
+
+from services import cli
+from services.drills.sandbox import dumps_toml
+from services.ports import free_ports
+from tests.mesh_harness import mesh_config
+
+
+@pytest.fixture(autouse=True)
+def keep_logging(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``main`` configures process-wide logging onto the (captured) stderr: not in tests."""
+    monkeypatch.setattr(cli, "configure", lambda *_a, **_k: None)
+
+
+def mesh_file(tmp_path: pathlib.Path, edit=None) -> pathlib.Path:  # type: ignore[no-untyped-def]
+    """The harness mesh (free ports) as a TOML file, ``edit`` applied to its dict first."""
+    raw = mesh_config(tmp_path).model_dump(mode="json", exclude_none=True)
+    if edit is not None:
+        edit(raw)
+    path = tmp_path / "mesh.toml"
+    path.write_text(dumps_toml(raw))
+    return path
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    code = cli.main(list(argv))
+    return code, capsys.readouterr().err
+
+
+def test_config_that_is_a_directory(tmp_path: pathlib.Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = run(capsys, "status", "--config", str(tmp_path))
+    assert code == 2
+    assert f"config file {tmp_path} is a directory, not a file; pass --config PATH" in err
+
+
+def test_config_that_is_not_toml_names_the_line(tmp_path: pathlib.Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "mesh.toml"
+    path.write_text("[placement]\nport = \n")
+    code, err = run(capsys, "status", "--config", str(path))
+    assert code == 2
+    assert "not valid TOML" in err and "line 2" in err
+
+
+@pytest.mark.parametrize(("table", "typo", "known"), [
+    (None, "rnu_dir", "run_dir"), ("placement", "prot", "port"),
+    ("models", "default_slo_msx", "default_slo_ms")])
+def test_unknown_key_is_named_with_the_closest_known_one(
+        tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str], table: str | None,
+        typo: str, known: str) -> None:
+    def edit(raw: dict) -> None:  # type: ignore[type-arg]
+        where = raw if table is None else raw[table]
+        where = where[0] if isinstance(where, list) else where
+        where[typo] = where.pop(known, 1)
+    code, err = run(capsys, "status", "--config", str(mesh_file(tmp_path, edit)))
+    assert code == 2
+    assert f"unknown key {typo!r}; did you mean {known!r}?" in err
+    assert "Extra inputs" not in err
+
+
+@pytest.mark.parametrize(("value", "says"), [
+    ("abc", "backends[0].grpc_port: Input should be a valid integer"),
+    (-1, "backends[0].grpc_port: Input should be greater than or equal to 0 (got -1)"),
+    (70000, "backends[0].grpc_port: Input should be less than or equal to 65535 (got 70000)")])
+def test_wrong_type_or_range_names_the_key_and_the_value(
+        tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str], value: object,
+        says: str) -> None:
+    def edit(raw: dict) -> None:  # type: ignore[type-arg]
+        raw["backends"][0]["grpc_port"] = value
+    code, err = run(capsys, "status", "--config", str(mesh_file(tmp_path, edit)))
+    assert code == 2
+    assert says in err and repr(value) in err
+
+
+def test_slo_zero_names_the_key(tmp_path: pathlib.Path,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    def edit(raw: dict) -> None:  # type: ignore[type-arg]
+        raw["models"][0]["default_slo_ms"] = 0
+    code, err = run(capsys, "status", "--config", str(mesh_file(tmp_path, edit)))
+    assert code == 2
+    assert "models[0].default_slo_ms: Input should be greater than 0 (got 0)" in err
+
+
+def test_up_refuses_two_servers_on_one_port(tmp_path: pathlib.Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    def edit(raw: dict) -> None:  # type: ignore[type-arg]
+        raw["backends"][1]["grpc_port"] = raw["backends"][0]["grpc_port"]
+    path = mesh_file(tmp_path, edit)
+    code, err = run(capsys, "up", "--config", str(path))
+    assert code == 2
+    assert ("backends[1].grpc_port (central-cheap) and backends[0].grpc_port (east-fast) are "
+            "both configured on port") in err
+    assert not (tmp_path / "run" / "pids.json").exists()  # nothing was started
+
+
+def test_up_names_a_port_another_process_holds(tmp_path: pathlib.Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+
+        def edit(raw: dict) -> None:  # type: ignore[type-arg]
+            raw["placement"]["port"] = port
+        path = mesh_file(tmp_path, edit)
+        code, err = run(capsys, "up", "--config", str(path))
+    assert code == 2
+    assert (f"port {port} on 127.0.0.1 is already in use by another process; "
+            "placement.port needs it") in err
+    assert f"or change placement.port in {path}" in err
+    assert not (tmp_path / "run" / "pids.json").exists()
+
+
+def test_up_with_a_run_dir_it_cannot_write(tmp_path: pathlib.Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "a-file").write_text("")
+
+    def edit(raw: dict) -> None:  # type: ignore[type-arg]
+        raw["run_dir"] = str(tmp_path / "a-file" / "run")
+    path = mesh_file(tmp_path, edit)
+    code, err = run(capsys, "up", "--config", str(path))
+    assert code == 2
+    assert f"run_dir {tmp_path / 'a-file' / 'run'} is not writable" in err
+    assert f"set run_dir in {path} (or SWITCHYARD_RUN_DIR)" in err
+
+
+@pytest.mark.parametrize("command", [["plan"], ["explain", "summarize"]])
+def test_placement_not_running(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str],
+                               command: list[str]) -> None:
+    port = free_ports(1)[0]  # nothing listens there
+    code, err = run(capsys, *command, "--config", str(mesh_file(tmp_path)), "--placement",
+                    f"127.0.0.1:{port}")
+    assert code == 3
+    assert f"cannot reach placement at 127.0.0.1:{port}" in err
+    assert "Start it with `switchyard up`" in err and "Traceback" not in err
+
+
+def test_drill_with_an_unknown_scenario_lists_the_known(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["drill", "kill-everything"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'kill-everything'" in err and "'kill-backend'" in err
+
+
+def subcommands() -> dict[str, argparse.ArgumentParser]:
+    sub = next(a for a in cli.parser()._actions
+               if isinstance(a, argparse._SubParsersAction))
+    return dict(sub.choices)
+
+
+@pytest.mark.parametrize("name", sorted(subcommands()))
+def test_every_subcommand_help_says_what_it_does_and_each_option(name: str) -> None:
+    sp = subcommands()[name]
+    assert sp.description, f"switchyard {name} --help has no description"
+    bare = [a.dest for a in sp._actions if not a.help]
+    assert not bare, f"switchyard {name} --help: options without help: {bare}"
+
+
+@pytest.mark.parametrize("argv", [["placement"], ["edge", "--id", "edge-east"]])
+def test_a_server_whose_port_is_held_says_so(tmp_path: pathlib.Path,
+                                             capsys: pytest.CaptureFixture[str],
+                                             argv: list[str]) -> None:
+    path = mesh_file(tmp_path)
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        code, err = run(capsys, *argv, "--config", str(path), "--port", str(port))
+    assert code == 2  # was grpc's RuntimeError "Failed to bind" traceback
+    assert f"port {port} on 127.0.0.1 is already in use by another process; --port needs it" in err
+    assert "or pass another --port" in err
+
+
+@pytest.mark.parametrize("argv", [["status", "--placement", "127.0.0.1:99999"],
+                                  ["status", "--placement", "no-port"],
+                                  ["demo", "--calls", "0"], ["up", "--calls", "-5"]])
+def test_malformed_flags_are_refused_by_argparse(capsys: pytest.CaptureFixture[str],
+                                                 argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exited:  # 99999 was wrapped to another port; --calls
+        cli.main(argv)                          # 0 or less was a ZeroDivisionError traceback
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {argv[1]}: {argv[2]!r} is not" in err
+
+
+def test_unresolvable_placement_is_unreachable_not_a_refusal(
+        tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = run(capsys, "status", "--config", str(mesh_file(tmp_path)), "--placement",
+                    "no-such-host.invalid:50050")
+    assert code == 3
+    assert "cannot reach placement at no-such-host.invalid:50050" in err
+    assert "see the placement log" not in err
+
+
+def test_stream_explain_names_the_edge_it_could_not_reach(
+        tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    port = free_ports(1)[0]
+
+    def edit(raw: dict) -> None:  # type: ignore[type-arg]
+        raw["edges"][0]["port"] = port
+    code, err = run(capsys, "explain", "generate", "--stream", "--config",
+                    str(mesh_file(tmp_path, edit)))
+    assert code == 3
+    assert f"cannot reach edge at 127.0.0.1:{port}" in err  # was "placement"
+    assert "--edge ID" in err
+
+
+def test_demo_without_a_running_mesh_says_so(tmp_path: pathlib.Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    port = free_ports(1)[0]
+
+    def edit(raw: dict) -> None:  # type: ignore[type-arg]
+        raw["edges"][0]["port"] = port
+    code, err = run(capsys, "demo", "--calls", "2", "--config", str(mesh_file(tmp_path, edit)))
+    assert code == 2  # was a table of failed calls and exit code 0
+    assert f"edge edge-east at 127.0.0.1:{port} does not answer" in err
+    assert "start it with `switchyard up`" in err
+
+
+def test_up_without_its_price_file_says_so_before_starting(
+        tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = mesh_file(tmp_path)
+    (tmp_path / "prices.toml").unlink()
+    code, err = run(capsys, "up", "--config", str(path))
+    assert code == 2  # was: the backends started, then placement died on it
+    assert f"price file {tmp_path / 'prices.toml'} does not exist" in err
+    assert not (tmp_path / "run" / "pids.json").exists()
+
+
+def test_sharded_status_with_no_replica_answering_is_an_error(
+        tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ports = free_ports(2)  # nothing listens on either
+
+    def edit(raw: dict) -> None:  # type: ignore[type-arg]
+        raw["placement"]["shards"] = [
+            {"replicas": [f"127.0.0.1:{ports[0]}"], "regions": ["r-east", "r-west"]},
+            {"replicas": [f"127.0.0.1:{ports[1]}"], "regions": ["r-central"]}]
+    code = cli.main(["status", "--config", str(mesh_file(tmp_path, edit))])
+    out, err = capsys.readouterr()
+    assert code == 3  # was 0: a status that listed two dead shards exited as if healthy
+    assert f"no replica answers (127.0.0.1:{ports[1]})" in out
+    assert "2 of 2 placement shards have no replica answering" in err
+    assert "Start it with `switchyard up`" in err
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--duration", "-1"), ("--rate", "0"),
+                                             ("--deadline", "nan"), ("--streams", "0")])
+def test_drill_numbers_are_refused_before_a_mesh_starts(
+        capsys: pytest.CaptureFixture[str], flag: str, value: str) -> None:
+    with pytest.raises(SystemExit) as exited:  # --duration -1 was a ValueError traceback
+        cli.main(["drill", "kill-backend", flag, value])  # after a private mesh started
+    assert exited.value.code == 2
+    assert f"argument {flag}: {value!r} is not" in capsys.readouterr().err
+
+
+def test_certs_into_a_file_is_a_path_error_not_a_traceback(
+        tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "a-file").write_text("")
+    code, err = run(capsys, "certs", "--dir", str(tmp_path / "a-file"))
+    assert code == 2  # was FileExistsError's traceback
+    assert f"switchyard: {tmp_path / 'a-file'}: File exists" in err
+    assert "next: check that the path" in err
+
+
+def test_explain_with_an_unknown_region_lists_the_known(
+        tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    port = free_ports(1)[0]  # nothing listens: the region is refused before any call
+    code, err = run(capsys, "explain", "summarize", "--region", "r-mars", "--config",
+                    str(mesh_file(tmp_path)), "--placement", f"127.0.0.1:{port}")
+    assert code == 2  # was "cannot reach placement" (exit 3): the wrong thing to fix
+    assert "--region 'r-mars' is not a region of" in err
+    assert "known: r-central, r-east, r-west" in err
