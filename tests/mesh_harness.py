@@ -16,17 +16,22 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 import numpy as np
 import tritonclient.grpc as tc
 
 from services.agent.agent import NodeAgent
+from services.api.switchyard.v1 import placement_pb2_grpc
 from services.backends.triton import TritonProcess, stop_all
 from services.backends.wan import WanRelay, relay_routes
 from services.config import MeshConfig
 from services.demo import infer_with_trailers
 from services.edge.main import RunningEdge, start_edge
+from services.grpc_errors import ErrorInterceptor
 from services.placement.main import RunningPlacement, start_placement
 from services.ports import free_port, free_ports
+from services.security.authz import interceptors
+from services.security.settings import SecuritySettings
 
 PRICES = """
 [[prices]]
@@ -315,3 +320,19 @@ async def raw_infer(ch: Any, md: Sequence[tuple[str, str]] = (), raw: bytes | No
     except grpc.aio.AioRpcError as err:
         return err.code(), dict(err.trailing_metadata() or ()), err.details() or ""
     return grpc.StatusCode.OK, dict(await call.trailing_metadata() or ()), ""
+
+
+@contextlib.asynccontextmanager
+async def serving_placement(service: Any) -> AsyncIterator[Any]:
+    """``service`` (a ``PlacementService``) on a plaintext gRPC server on 127.0.0.1 with the
+    interceptors placement runs with, and a ``PlacementStub`` to it."""
+    server = grpc.aio.server(interceptors=[*interceptors(SecuritySettings(plaintext=True)),
+                                           ErrorInterceptor()])
+    placement_pb2_grpc.add_PlacementServicer_to_server(service, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            yield placement_pb2_grpc.PlacementStub(ch)
+    finally:
+        await server.stop(0)

@@ -230,7 +230,42 @@ class SolveLog:
         self.cut_short += p.cut_short
 
 
-class PlannerFleet:
+class _PlanInForce:
+    """What a planner fleet serves: the plan in force (and the one before it while the new
+    GPUs come up), its GPU counts as the pool scaler last sized them, if there is one.
+    Shared by :class:`PlannerFleet` and :class:`ReplayedPlanner`."""
+
+    def __init__(self, pools: Mapping[str, PlanPool], scale: ScaleSettings | None) -> None:
+        self._pools = pools
+        self._scaler = PoolScaler(scale) if scale is not None else None
+        self._scaled: dict[str, int] | None = None
+        self._current: Plan | None = None
+        self._previous: Plan | None = None
+
+    def _rescale(self, seen: Observed) -> None:
+        if self._scaler is not None and self._current is not None:
+            self._scaled = self._scaler.targets(seen.now_s, self._current, self._pools,
+                                                seen.work, seen.ready)
+
+    @property
+    def current(self) -> Plan | None:
+        return self._current
+
+    def targets(self) -> Mapping[str, int]:
+        if self._scaled is not None:
+            return self._scaled
+        return self._current.gpus() if self._current else {}
+
+    def loaded(self) -> Mapping[str, frozenset[str]]:
+        now = self._current.loaded() if self._current else {}
+        if self._previous is None:
+            return now
+        before = self._previous.loaded()  # until the new GPUs serve, the old placement does
+        return {p: now.get(p, frozenset()) | before.get(p, frozenset())
+                for p in set(now) | set(before)}
+
+
+class PlannerFleet(_PlanInForce):
     """Switchyard's planner: :class:`placement.plan_cadence.Cadence` says when to re-plan and
     for what demand (the rule placement's capacity loop runs), :func:`placement.replan.revise`
     decides; the day's time axis is shifted by ``day_offset_s`` for the forecaster."""
@@ -238,19 +273,15 @@ class PlannerFleet:
     def __init__(self, problem_of: ProblemOf, forecaster: DemandForecaster, churn: ChurnCost,
                  cadence: CadenceSettings | None = None, day_offset_s: float = 0.0,
                  name: str = "switchyard planner", scale: ScaleSettings | None = None) -> None:
+        super().__init__({p.id: p for p in problem_of([], frozenset()).pools}, scale)
         self.name = name
         self.scale = scale
-        self._scaler = PoolScaler(scale) if scale is not None else None
-        self._pools = {p.id: p for p in problem_of([], frozenset()).pools}
-        self._scaled: dict[str, int] | None = None
         # (now_s, plan in force, plan before it) at each control: ReplayedPlanner's input
         self.history: list[tuple[float, Plan | None, Plan | None]] = []
         self.first_plan: Plan | None = None  # the plan start made
         self._problem_of, self._churn, self._offset_s = problem_of, churn, day_offset_s
         self.cadence = Cadence(cadence or CadenceSettings(
             lead_s=PROVISION_DELAY_S + 2 * BUCKET_S), forecaster)
-        self._current: Plan | None = None
-        self._previous: Plan | None = None
         self._down: frozenset[str] = frozenset()
         self.log = SolveLog()
 
@@ -289,26 +320,7 @@ class PlannerFleet:
                 self.log.reactions += 1
             self._replan(seen.now_s, due)
         self.history.append((seen.now_s, self._current, self._previous))
-        if self._scaler is not None and self._current is not None:
-            self._scaled = self._scaler.targets(seen.now_s, self._current, self._pools,
-                                                seen.work, seen.ready)
-
-    @property
-    def current(self) -> Plan | None:
-        return self._current
-
-    def targets(self) -> Mapping[str, int]:
-        if self._scaled is not None:
-            return self._scaled
-        return self._current.gpus() if self._current else {}
-
-    def loaded(self) -> Mapping[str, frozenset[str]]:
-        now = self._current.loaded() if self._current else {}
-        if self._previous is None:
-            return now
-        before = self._previous.loaded()  # until the new GPUs serve, the old placement does
-        return {p: now.get(p, frozenset()) | before.get(p, frozenset())
-                for p in set(now) | set(before)}
+        self._rescale(seen)
 
 
 class OracleFleet:
@@ -358,7 +370,7 @@ def solve_or_fail(problem: Problem, what: str) -> Plan:
     return result
 
 
-class ReplayedPlanner:
+class ReplayedPlanner(_PlanInForce):
     """A planner fleet's day of plans (:attr:`PlannerFleet.history`) run again with another
     :class:`placement.plan_scale.PoolScaler` (or none): the plans do not depend on the GPU
     counts a scaler sets (the cadence sees call rates, the hysteresis the plan in force), so
@@ -366,33 +378,12 @@ class ReplayedPlanner:
 
     def __init__(self, first: Plan | None, history: list[tuple[float, Plan | None, Plan | None]],
                  pools: Mapping[str, PlanPool], scale: ScaleSettings | None, name: str) -> None:
+        super().__init__(pools, scale)
         self.name = name
         self._history = {round(t, 6): (cur, prev) for t, cur, prev in history}
-        self._pools = pools
-        self._scaler = PoolScaler(scale) if scale is not None else None
-        self._current: Plan | None = first
-        self._previous: Plan | None = None
-        self._scaled: dict[str, int] | None = None
-
-    @property
-    def current(self) -> Plan | None:
-        return self._current
+        self._current = first
 
     def control(self, seen: Observed) -> None:
         self._current, self._previous = self._history[round(seen.now_s, 6)]
-        if self._scaler is not None and self._current is not None:
-            self._scaled = self._scaler.targets(seen.now_s, self._current, self._pools,
-                                                seen.work, seen.ready)
+        self._rescale(seen)
 
-    def targets(self) -> Mapping[str, int]:
-        if self._scaled is not None:
-            return self._scaled
-        return self._current.gpus() if self._current else {}
-
-    def loaded(self) -> Mapping[str, frozenset[str]]:
-        now = self._current.loaded() if self._current else {}
-        if self._previous is None:
-            return now
-        before = self._previous.loaded()
-        return {p: now.get(p, frozenset()) | before.get(p, frozenset())
-                for p in set(now) | set(before)}

@@ -166,6 +166,17 @@ async def test_a_request_gets_the_same_status_on_both_engines(
     assert {e: c for e, (c, _) in got.items()} == {"python": code, "envoy": code}, got
 
 
+
+async def ended(call: Any) -> tuple[grpc.StatusCode, int]:
+    """A stream call's final status and how many responses it carried before it."""
+    n = 0
+    try:
+        async for _ in call:
+            n += 1
+    except grpc.aio.AioRpcError as err:
+        return err.code(), n
+    return await call.code(), n
+
 async def stream_status(ch: grpc.aio.Channel, messages: Sequence[bytes]) -> tuple[
         grpc.StatusCode, int]:
     async def requests() -> AsyncIterator[bytes]:
@@ -175,13 +186,7 @@ async def stream_status(ch: grpc.aio.Channel, messages: Sequence[bytes]) -> tupl
     stream: Any = ch.stream_stream(SERVICE + "ModelStreamInfer", request_serializer=None,
                                    response_deserializer=None)
     call = stream(requests(), timeout=10.0)
-    n = 0
-    try:
-        async for _ in call:
-            n += 1
-    except grpc.aio.AioRpcError as err:
-        return err.code(), n
-    return await call.code(), n
+    return await ended(call)
 
 
 @pytest.mark.parametrize(("messages", "code"), [
@@ -251,13 +256,7 @@ async def held_stream(ch: grpc.aio.Channel, close: bool) -> tuple[grpc.StatusCod
     stream: Any = ch.stream_stream(SERVICE + "ModelStreamInfer", request_serializer=None,
                                    response_deserializer=None)
     call = stream(requests(), timeout=HOLD_S + 30.0 if close else HOLD_S)
-    n = 0
-    try:
-        async for _ in call:
-            n += 1
-    except grpc.aio.AioRpcError as err:
-        return err.code(), n
-    return await call.code(), n
+    return await ended(call)
 
 
 async def test_a_stream_held_open_by_its_caller_teaches_no_slowness(

@@ -13,12 +13,9 @@ import pytest
 import pytest_asyncio
 
 from services.api.switchyard.v1 import placement_pb2, placement_pb2_grpc, telemetry_pb2
-from services.grpc_errors import ErrorInterceptor
 from services.placement.main import build_service
 from services.placement.server import PlacementService
-from services.security.authz import interceptors
-from services.security.settings import SecuritySettings
-from tests.mesh_harness import mesh_config
+from tests.mesh_harness import mesh_config, serving_placement
 
 Placement = tuple[PlacementService, placement_pb2_grpc.PlacementStub]
 
@@ -27,14 +24,8 @@ Placement = tuple[PlacementService, placement_pb2_grpc.PlacementStub]
 async def placement(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Placement]:
     cfg = mesh_config(pathlib.Path(tmp_path_factory.mktemp("hostile")))
     service = build_service(cfg, preregister=True)
-    server = grpc.aio.server(interceptors=[*interceptors(SecuritySettings(plaintext=True)),
-                                           ErrorInterceptor()])
-    placement_pb2_grpc.add_PlacementServicer_to_server(service, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-        yield service, placement_pb2_grpc.PlacementStub(ch)
-    await server.stop(0)
+    async with serving_placement(service) as stub:
+        yield service, stub
 
 
 def _region(service: PlacementService) -> str:

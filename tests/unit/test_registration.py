@@ -11,24 +11,16 @@ import pytest_asyncio
 from structlog.testing import capture_logs
 
 from services.api.switchyard.v1 import fleet_pb2, placement_pb2, placement_pb2_grpc
-from services.grpc_errors import ErrorInterceptor
 from services.placement.main import build_service
-from services.security.authz import PLACEMENT, interceptors
-from services.security.settings import SecuritySettings
-from tests.mesh_harness import mesh_config
+from services.security.authz import PLACEMENT
+from tests.mesh_harness import mesh_config, serving_placement
 
 
 @pytest_asyncio.fixture
 async def stub(tmp_path: pathlib.Path) -> AsyncIterator[placement_pb2_grpc.PlacementStub]:
     service = build_service(mesh_config(tmp_path), preregister=True)
-    server = grpc.aio.server(interceptors=[*interceptors(SecuritySettings(plaintext=True)),
-                                           ErrorInterceptor()])
-    placement_pb2_grpc.add_PlacementServicer_to_server(service, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-        yield placement_pb2_grpc.PlacementStub(ch)
-    await server.stop(0)
+    async with serving_placement(service) as stub:
+        yield stub
 
 
 async def a_backend(stub: placement_pb2_grpc.PlacementStub) -> fleet_pb2.Backend:
