@@ -33,11 +33,12 @@ from services.convert import (
 from services.grpc_errors import AnyContext
 from services.placement import peer as peer_state
 from services.placement.hub import RouteHub
+from services.placement.identity import EdgeRegions, Registrants
 from services.placement.ingest import Readings, Taken, TelemetryIngest
 from services.placement.metrics import PlacementMetrics
 from services.placement.shard import EVERY_REGION, Ownership, PeerRows
 from services.placement.validate import check_backend, check_observations
-from services.security.identity import peer_address
+from services.security.identity import peer_address, peer_identities
 
 log = structlog.get_logger("switchyard.placement")
 
@@ -70,6 +71,8 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
         self.shard = shard
         self.peer_rows = peer_rows
         self.ingest = TelemetryIngest(fleet, builder.settings.stale_after_s)
+        self.registrants = Registrants(builder.settings.stale_after_s)  # who holds a backend id
+        self.edge_regions = EdgeRegions()  # the region each edge id reports for
         self.placement_id = f"placement-{uuid.uuid4().hex[:8]}"
         # WatchRoutes yields each update pre-serialised (bytes shared by every watcher of a
         # region); main.register() sets this with a serializer that passes bytes through.
@@ -93,6 +96,8 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
         b = request.backend
         check_backend(b, self.builder.catalog, self.prices)
         self.shard.check(b.id, b.region)
+        self.registrants.admit(b.id, b.endpoint, peer_identities(context), peer_address(context),
+                               self.clock(), self.fleet.backends.get(b.id))
         self.fleet.register(backend_from_pb(b))
         log.info("backend_registered", backend=b.id, endpoint=b.endpoint, region=b.region)
         self._changed()
@@ -102,6 +107,7 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
                                 context: AnyContext
                                 ) -> placement_pb2.DeregisterBackendResponse:
         self.ingest.forget(request.backend_id)
+        self.registrants.forget(request.backend_id)
         if not self.fleet.deregister(request.backend_id):
             raise NotRegistered(f"backend_id {request.backend_id!r} is not registered "
                                 f"(registered: {len(self.fleet.backends)}; see switchyard "
@@ -137,8 +143,9 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
 
     async def ReportObservations(self, request: telemetry_pb2.ObservationReport,
                                  context: AnyContext) -> telemetry_pb2.ObservationAck:
-        check_observations(request, self.builder.catalog)
+        check_observations(request, self.builder.catalog, self.fleet)
         now = self.clock()
+        self.edge_regions.admit(request.edge_id, request.edge_region, now)
         for o in request.observations:
             if o.deployment_id.split("/", 1)[0] not in self.fleet.backends:
                 continue  # deregistered (or never registered): nothing routes on it
