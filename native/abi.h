@@ -30,6 +30,13 @@ typedef struct {
   size_t value_length;
 } module_http_header;
 
+typedef struct {
+  const char* key_ptr;
+  size_t key_length;
+  const char* value_ptr;
+  size_t value_length;
+} envoy_http_header; /* one entry of a header map, owned by Envoy */
+
 enum header_type { REQUEST_HEADER, REQUEST_TRAILER, RESPONSE_HEADER, RESPONSE_TRAILER };
 enum body_type { RECEIVED_REQUEST_BODY, BUFFERED_REQUEST_BODY, RECEIVED_RESPONSE_BODY,
                  BUFFERED_RESPONSE_BODY };
@@ -45,6 +52,11 @@ typedef void* envoy_filter; /* envoy_dynamic_module_type_http_filter_envoy_ptr *
 bool envoy_dynamic_module_callback_http_get_header(envoy_filter f, enum header_type t,
                                                    module_buffer key, envoy_buffer* result,
                                                    size_t index, size_t* optional_size);
+/* Every entry of a header map in its order (repeats apart): how many, then the entries into
+ * an array of that many. */
+size_t envoy_dynamic_module_callback_http_get_headers_size(envoy_filter f, enum header_type t);
+bool envoy_dynamic_module_callback_http_get_headers(envoy_filter f, enum header_type t,
+                                                    envoy_http_header* result_headers);
 bool envoy_dynamic_module_callback_http_set_header(envoy_filter f, enum header_type t,
                                                    module_buffer key, module_buffer value);
 bool envoy_dynamic_module_callback_http_add_header(envoy_filter f, enum header_type t,

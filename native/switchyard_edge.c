@@ -5,9 +5,13 @@
  * Two filters, chosen by `filter_name`:
  *
  * "listener" (on the listener; filter_config "margin=<ms>;slow=<0|1>;tenants=<off|credential|
- *   all>"): caller's own x-switchyard-* headers removed; slow-path RPCs, hints and (per
+ *   all>" and optionally ";max_message_bytes=<n>;max_metadata_bytes=<n>;max_metadata_count=
+ *   <n>"): [security.limits] on the metadata, then a call or stream with at most 2 ms of its
+ *   deadline left or a hint sent as a -bin header refused; caller's own x-switchyard-* headers
+ *   removed; slow-path RPCs, hints and (per
  *   tenants) tenants' calls marked x-switchyard-path: slow (or, without a slow path, refused
- *   UNIMPLEMENTED); x-slo-ms or the deadline minus the
+ *   UNIMPLEMENTED); a repeated x-tenant that disagrees refused; x-slo-ms (read as
+ *   services/edge/hints.py reads it, refused in its words) or the deadline minus the
  *   margin in x-switchyard-slo-ms (whole ms, rounded down); the buffered request's top-level
  *   fields walked for the last field 1 -> x-switchyard-model, route cache cleared; the route's
  *   first variant (route metadata switchyard.model_name/first_variant) appended as field 1
@@ -17,8 +21,13 @@
  * "rewrite" (upstream, per attempt): appends x-switchyard-variant as field 1 only when it
  *   differs from what the body already names last.
  *
- * Bytes the walk cannot read get a trailers-only gRPC answer with the Lua's statuses and
- * messages. Built by scripts/build_native.sh (gcc -O2 -shared -fPIC). */
+ * Bytes the walk cannot read (a name not UTF-8, a message over max_message_bytes) get a
+ * trailers-only gRPC answer with the Lua's statuses and messages; a compressed message goes to
+ * the slow path; a name with a NUL, CR or LF sets no header (the unknown-model route).
+ * tests/unit/test_envoy_dynmod_parity.py holds it to the Python edge on
+ * tests/integration/test_hostile_engines.py's cases. Not yet here (the Lua has them): a
+ * client certificate that may name a tenant (xfcc), the response side's VARIANT_GONE and
+ * UNPARSEABLE rewrites. Built by native/build.sh (gcc -O2 -shared -fPIC). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -51,6 +60,14 @@ static const char* const NAMED_RPCS[] = {"ModelInfer", "ModelReady", "ModelMetad
 static const char* const SLOW_HINTS[] = {"x-min-quality", "x-max-cost-usd",
                                          "x-allowed-regions", "x-fail-fast",
                                          "x-routing-profile", NULL};
+/* RPCs that start attempts at a backend (lua.py's DEADLINE_CHECKED_RPCS) */
+static const char* const DEADLINE_CHECKED[] = {"ModelInfer", "ModelStreamInfer", NULL};
+/* Every hint services/edge/hints.py reads (its HINTS): sent as a -bin header, refused */
+static const char* const HINTS[] = {"x-slo-ms", "x-min-quality", "x-max-cost-usd", "x-tenant",
+                                    "x-request-id", "x-allowed-regions", "x-fail-fast",
+                                    "x-routing-profile", "x-ttft-ms", "x-tpot-ms",
+                                    "x-max-tokens", "x-session-id", "x-allow-variant-change",
+                                    NULL};
 
 typedef struct {
   int rewrite; /* 0: listener, 1: upstream variant rewrite */
@@ -58,6 +75,9 @@ typedef struct {
   int slow_path;
   int tenants; /* which ModelInfer calls the slow path's tenant gate admits: 0 off, */
                /* 1 those carrying authorization or x-tenant, 2 all */
+  long long max_message_bytes;  /* a named RPC's message over it: RESOURCE_EXHAUSTED; -1 none */
+  long long max_metadata_bytes; /* [security.limits] on the caller's metadata; -1: none */
+  long long max_metadata_count;
 } config;
 
 typedef struct {
@@ -134,19 +154,115 @@ static void reply(envoy_filter f, int code, const char* message) {
 
 /* ------------------------------------------------------------------ the request */
 
-/* Lua's tonumber on a header value: the whole string (spaces around allowed) or nothing. */
-static int to_number(envoy_buffer b, double* out) {
-  char tmp[64];
-  if (b.length == 0 || b.length >= sizeof tmp) return 0;
+/* Is b, whole, services/edge/hints.py's _DECIMAL: an optional sign, digits with at most one
+ * point (digits before or after it), an optional exponent? No hex, spaces, "_", inf or nan,
+ * which strtod (or Lua's tonumber) would take. */
+static int is_decimal(const char* s, size_t n) {
+  size_t i = 0, whole = 0, frac = 0, exp = 0;
+  if (i < n && (s[i] == '+' || s[i] == '-')) i++;
+  for (; i < n && s[i] >= '0' && s[i] <= '9'; i++) whole++;
+  if (i < n && s[i] == '.')
+    for (i++; i < n && s[i] >= '0' && s[i] <= '9'; i++) frac++;
+  if (whole == 0 && frac == 0) return 0;
+  if (i < n && (s[i] == 'e' || s[i] == 'E')) {
+    i++;
+    if (i < n && (s[i] == '+' || s[i] == '-')) i++;
+    for (; i < n && s[i] >= '0' && s[i] <= '9'; i++) exp++;
+    if (exp == 0) return 0;
+  }
+  return i == n;
+}
+
+/* x-slo-ms's range, services/edge/hints.py's SLO_RANGE (ms) */
+#define SLO_LO 1e-3
+#define SLO_HI 3.6e6
+
+/* A hint's number as hints.py's _number reads it: NULL and *out, or why not in its words
+ * (written into why). */
+static const char* hint_number(envoy_buffer b, double lo, double hi, double* out, char* why,
+                               size_t why_size) {
+  if (!is_decimal(b.ptr, b.length)) return "not a number";
+  char* tmp = malloc(b.length + 1); /* digits only: the C locale's strtod reads them */
+  if (tmp == NULL) return "not a number";
   memcpy(tmp, b.ptr, b.length);
   tmp[b.length] = 0;
-  char* end;
-  double v = strtod(tmp, &end);
-  if (end == tmp) return 0;
-  while (*end == ' ' || *end == '\t') end++;
-  if (*end) return 0;
+  double v = strtod(tmp, NULL) + 0.0; /* 1e400: inf, as Python's float; -0 is 0 */
+  free(tmp);
+  if (v != v || v < lo || v > hi) {
+    snprintf(why, why_size, "must be between %g and %g", lo, hi); /* Python's :g */
+    return why;
+  }
   *out = v;
-  return 1;
+  return NULL;
+}
+
+/* Python's repr of an ASCII header value, as InvalidHint quotes it, appended at out (room
+ * for 4 bytes per byte of b and 2 quotes); returns the end. */
+static char* py_repr(char* out, envoy_buffer b) {
+  int single = b.length && memchr(b.ptr, '\'', b.length) != NULL;
+  int dbl = b.length && memchr(b.ptr, '"', b.length) != NULL;
+  char q = single && !dbl ? '"' : '\'';
+  *out++ = q;
+  for (size_t i = 0; i < b.length; i++) {
+    unsigned char c = (unsigned char)b.ptr[i];
+    if (c == '\\' || c == (unsigned char)q) *out++ = '\\', *out++ = (char)c;
+    else if (c == '\t') *out++ = '\\', *out++ = 't';
+    else if (c == '\n') *out++ = '\\', *out++ = 'n';
+    else if (c == '\r') *out++ = '\\', *out++ = 'r';
+    else if (c < 0x20 || c == 0x7f) out += sprintf(out, "\\x%02x", c);
+    else *out++ = (char)c;
+  }
+  *out++ = q;
+  *out = 0;
+  return out;
+}
+
+/* INVALID_ARGUMENT for a hint, in InvalidHint's words: "metadata KEY=VALUE: WHY" (VALUE as
+ * Python's repr), WHY's own %s filled with ARG's repr when given. */
+static void refuse_hint(envoy_filter f, const char* key, envoy_buffer value, const char* why,
+                        const envoy_buffer* arg) {
+  size_t room = strlen(key) * 2 + strlen(why) + 4 * value.length + 64 +
+                (arg ? 4 * arg->length : 0);
+  char* msg = malloc(room);
+  if (msg == NULL) return reply(f, 3, "metadata: a bad hint");
+  char* end = msg + sprintf(msg, "metadata %s=", key);
+  end = py_repr(end, value);
+  end += sprintf(end, ": ");
+  const char* hole = arg ? strstr(why, "%s") : NULL;
+  if (hole) {
+    memcpy(end, why, (size_t)(hole - why));
+    end = py_repr(end + (hole - why), *arg);
+    strcpy(end, hole + 2);
+  } else {
+    strcpy(end, why);
+  }
+  reply(f, 3, msg);
+  free(msg);
+}
+
+/* hints.py's _once: every repeat of a hint must say what its first said (else an appended
+ * header could change it). The contradiction, for refuse_hint. */
+#define CONTRADICTS(key) \
+  "contradicts an earlier " key "=%s; send the hint once (or repeat the same value)"
+
+/* A repeated x-tenant must repeat the first's value exactly (hints.py reads it as text).
+ * 1: answered INVALID_ARGUMENT. */
+static int tenant_clash(envoy_filter f) {
+  envoy_buffer first = {0};
+  size_t n = 0;
+  envoy_dynamic_module_callback_http_get_header(f, REQUEST_HEADER, LIT("x-tenant"), &first, 0,
+                                                &n);
+  for (size_t i = 1; i < n; i++) {
+    envoy_buffer other = {0};
+    envoy_dynamic_module_callback_http_get_header(f, REQUEST_HEADER, LIT("x-tenant"), &other,
+                                                  i, NULL);
+    if (other.length != first.length ||
+        (first.length && memcmp(other.ptr, first.ptr, first.length) != 0)) {
+      refuse_hint(f, "x-tenant", other, CONTRADICTS("x-tenant"), &first);
+      return 1;
+    }
+  }
+  return 0;
 }
 
 /* The caller's deadline (grpc-timeout) in ms: 1 and *out, or 0 (none or unreadable). */
@@ -187,36 +303,37 @@ static void too_late(envoy_filter f, double left_ms) {
   reply(f, 4, msg);
 }
 
-/* 1: *slo set; 0: none (the model's default); -1: a bad x-slo-ms, already answered. */
+/* 1: *slo set; 0: none (the model's default); -1: a bad x-slo-ms, already answered. Read as
+ * hints.py reads it, value by value in the caller's order: each a plain decimal within
+ * SLO_RANGE, each repeat equal to the first as a number ("50" then "50.0" agree). */
 static int slo_ms(envoy_filter f, const config* c, double* slo) {
   envoy_buffer first = {0};
   size_t n = 0;
   envoy_dynamic_module_callback_http_get_header(f, REQUEST_HEADER, LIT("x-slo-ms"), &first, 0,
                                                 &n);
-  char msg[512];
-  if (n > 0 && first.ptr != NULL) {
-    for (size_t i = 1; i < n; i++) {
-      envoy_buffer other = {0};
-      envoy_dynamic_module_callback_http_get_header(f, REQUEST_HEADER, LIT("x-slo-ms"), &other,
+  if (n > 0) {
+    double first_v = 0;
+    for (size_t i = 0; i < n; i++) {
+      envoy_buffer value = {0};
+      envoy_dynamic_module_callback_http_get_header(f, REQUEST_HEADER, LIT("x-slo-ms"), &value,
                                                     i, NULL);
-      if (other.length != first.length || memcmp(other.ptr, first.ptr, first.length) != 0) {
-        snprintf(msg, sizeof msg,
-                 "metadata x-slo-ms='%.*s': repeated with a different value '%.*s'",
-                 (int)first.length, first.ptr, (int)other.length, other.ptr);
-        reply(f, 3, msg);
+      if (value.ptr == NULL) value.length = 0; /* an empty value */
+      double v = 0;
+      char why[96];
+      const char* bad = hint_number(value, SLO_LO, SLO_HI, &v, why, sizeof why);
+      if (bad != NULL) {
+        refuse_hint(f, "x-slo-ms", value, bad, NULL);
+        return -1;
+      }
+      if (i == 0) {
+        first_v = v;
+        first = value;
+      } else if (v != first_v) {
+        refuse_hint(f, "x-slo-ms", value, CONTRADICTS("x-slo-ms"), &first);
         return -1;
       }
     }
-    double v;
-    if (!to_number(first, &v) || v != v || v < 0.001 || v > 3600000) {
-      snprintf(msg, sizeof msg,
-               "metadata x-slo-ms='%.*s': must be a number of milliseconds within "
-               "[0.001, 3600000]",
-               (int)first.length, first.ptr);
-      reply(f, 3, msg);
-      return -1;
-    }
-    *slo = v;
+    *slo = first_v;
     return 1;
   }
   double budget;
@@ -224,6 +341,79 @@ static int slo_ms(envoy_filter f, const config* c, double* slo) {
     double v = budget - c->margin_ms;
     *slo = v < 1 ? 1 : v;
     return 1;
+  }
+  return 0;
+}
+
+/* Every entry of the request's header map, in Envoy's order (*n of them; free the array). */
+static envoy_http_header* all_headers(envoy_filter f, size_t* n) {
+  *n = envoy_dynamic_module_callback_http_get_headers_size(f, REQUEST_HEADER);
+  envoy_http_header* h = *n ? calloc(*n, sizeof *h) : NULL;
+  if (h == NULL || !envoy_dynamic_module_callback_http_get_headers(f, REQUEST_HEADER, h)) {
+    free(h);
+    *n = 0;
+    return NULL;
+  }
+  return h;
+}
+
+static int key_is(const envoy_http_header* h, const char* s) {
+  size_t n = strlen(s);
+  return h->key_length == n && memcmp(h->key_ptr, s, n) == 0;
+}
+
+/* [security.limits] on the caller's metadata, as the Python edge applies them (lua.py's
+ * metadata_refusal): a header list over max_metadata_bytes (HPACK's size: name + value + 32
+ * per entry) is RESOURCE_EXHAUSTED, and a call or stream carrying more custom entries than
+ * max_metadata_count (not pseudo-headers, user-agent, te, content-type, x-request-id or
+ * grpc-*) INVALID_ARGUMENT, in the tenant gate's words. Envoy's own x-forwarded-proto and
+ * x-forwarded-client-cert are not the caller's. 1: refused (answered). */
+static int metadata_refused(envoy_filter f, const config* c, envoy_buffer path,
+                            const envoy_http_header* h, size_t n) {
+  if (c->max_metadata_bytes < 0 && c->max_metadata_count < 0) return 0;
+  long long size = 0, count = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (key_is(&h[i], "x-forwarded-proto") || key_is(&h[i], "x-forwarded-client-cert"))
+      continue;
+    size += (long long)(h[i].key_length + h[i].value_length) + 32;
+    if (key_is(&h[i], "user-agent") || key_is(&h[i], "te") || key_is(&h[i], "content-type") ||
+        key_is(&h[i], "x-request-id") || (h[i].key_length > 0 && h[i].key_ptr[0] == ':') ||
+        (h[i].key_length >= 5 && memcmp(h[i].key_ptr, "grpc-", 5) == 0))
+      continue;
+    count++;
+  }
+  char msg[160];
+  if (c->max_metadata_bytes >= 0 && size > c->max_metadata_bytes) {
+    snprintf(msg, sizeof msg, "metadata of %lld bytes is larger than max_metadata_bytes "
+             "(%lld vs. %lld)", size, size, c->max_metadata_bytes);
+    reply(f, 8, msg);
+    return 1;
+  }
+  if (c->max_metadata_count >= 0 && path.ptr != NULL && rpc_in(path, DEADLINE_CHECKED) &&
+      count > c->max_metadata_count) {
+    snprintf(msg, sizeof msg, "call carries %lld metadata entries (limit %lld)", count,
+             c->max_metadata_count);
+    reply(f, 3, msg);
+    return 1;
+  }
+  return 0;
+}
+
+/* A hint sent as a -bin header is refused, never skipped (hints.py: skipped, the call would
+ * be served as if the caller had sent no SLO, floor, region set or tenant). The first in the
+ * caller's order, in lua.py's words. 1: refused (answered). */
+static int binary_hint(envoy_filter f, const envoy_http_header* h, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    size_t k = h[i].key_length;
+    if (k <= 4 || memcmp(h[i].key_ptr + k - 4, "-bin", 4) != 0) continue;
+    for (const char* const* hint = HINTS; *hint; hint++) {
+      if (strlen(*hint) != k - 4 || memcmp(h[i].key_ptr, *hint, k - 4) != 0) continue;
+      char msg[192];
+      snprintf(msg, sizeof msg, "metadata %.*s: %s is a text header; a binary one is not "
+               "read as the hint", (int)k, h[i].key_ptr, *hint);
+      reply(f, 3, msg);
+      return 1;
+    }
   }
   return 0;
 }
@@ -299,21 +489,56 @@ static int varint(const unsigned char* b, size_t* pos, size_t stop, uint64_t* ou
   return 0;
 }
 
+/* Is s UTF-8 as Python's strict decoder reads it (no overlong forms, surrogates or code
+ * points past U+10FFFF)? The Python edge refuses a model name that is not (lua.py's utf8). */
+static int utf8(const unsigned char* s, size_t n) {
+  for (size_t i = 0; i < n;) {
+    unsigned char c = s[i];
+    size_t k;
+    if (c < 0x80) k = 0;
+    else if (c >= 0xC2 && c <= 0xDF) k = 1;
+    else if (c >= 0xE0 && c <= 0xEF) k = 2;
+    else if (c >= 0xF0 && c <= 0xF4) k = 3;
+    else return 0;
+    if (i + k >= n && k > 0) return 0;
+    for (size_t j = 1; j <= k; j++)
+      if (s[i + j] < 0x80 || s[i + j] > 0xBF) return 0;
+    if (k > 0) {
+      unsigned char d = s[i + 1];
+      if ((c == 0xE0 && d < 0xA0) || (c == 0xED && d > 0x9F) || (c == 0xF0 && d < 0x90) ||
+          (c == 0xF4 && d > 0x8F))
+        return 0;
+    }
+    i += k + 1;
+  }
+  return 1;
+}
+
+/* model_name's code for a compressed message, whose fields cannot be read */
+#define COMPRESSED (-1)
+
 /* The model name (the last field 1 of the first gRPC message), or 0 with code and message. */
-static int model_name(const unsigned char* b, size_t n, const char** name, size_t* name_len,
-                      int* code, char* msg, size_t msg_size) {
+static int model_name(const unsigned char* b, size_t n, long long max_message_bytes,
+                      const char** name, size_t* name_len, int* code, char* msg,
+                      size_t msg_size) {
   *code = 3;
   if (n < 5) {
     snprintf(msg, msg_size, NOT_PARSED " (no gRPC message)");
     return 0;
   }
   if (b[0] != 0) {
-    *code = 12;
+    *code = COMPRESSED;
     snprintf(msg, msg_size,
              "compressed requests are not routed by the Envoy edge; send them uncompressed");
     return 0;
   }
   size_t stop = 5 + (((size_t)b[1] << 24) | ((size_t)b[2] << 16) | ((size_t)b[3] << 8) | b[4]);
+  if (max_message_bytes >= 0 && (long long)(stop - 5) > max_message_bytes) {
+    *code = 8;
+    snprintf(msg, msg_size, "request of %lld bytes is larger than max_message_bytes (%lld vs. "
+             "%lld)", (long long)(stop - 5), (long long)(stop - 5), max_message_bytes);
+    return 0;
+  }
   if (stop > n) {
     snprintf(msg, msg_size, NOT_PARSED " (truncated gRPC message)");
     return 0;
@@ -368,6 +593,10 @@ static int model_name(const unsigned char* b, size_t n, const char** name, size_
     snprintf(msg, msg_size, "model_name is longer than 1024 bytes");
     return 0;
   }
+  if (!utf8((const unsigned char*)*name, *name_len)) {
+    snprintf(msg, msg_size, "model_name is not valid UTF-8"); /* services/edge/wire.py's */
+    return 0;
+  }
   return 1;
 }
 
@@ -408,23 +637,37 @@ static int append_name(envoy_filter f, const char* body, size_t n, const char* n
 
 static int listener_headers(envoy_filter f, filter* s, bool end_of_stream) {
   const config* c = s->cfg;
-  remove_header(f, MODEL_HEADER);
-  remove_header(f, NAMED_HEADER);
-  remove_header(f, VARIANT_HEADER);
-  remove_header(f, SLO_HEADER);
-  remove_header(f, PATH_HEADER);
-  envoy_buffer path;
-  if (!get_header(f, REQUEST_HEADER, ":path", &path)) return HEADERS_CONTINUE;
+  /* lua.py's order: the metadata limits, then (a call or stream) the deadline and a hint sent
+   * as a -bin header, then the caller's own x-switchyard-* headers removed */
+  envoy_buffer path = {0};
+  int has_path = get_header(f, REQUEST_HEADER, ":path", &path);
+  int checked = has_path && rpc_in(path, DEADLINE_CHECKED);
+  size_t nh;
+  envoy_http_header* all = all_headers(f, &nh);
+  int refused = metadata_refused(f, c, path, all, nh);
+  free(all);
+  if (refused) return HEADERS_STOP_ITERATION;
   s->deadline_at_ms = 0;
   double budget;
-  if ((eq(path, SERVICE "ModelInfer") || eq(path, SERVICE "ModelStreamInfer")) &&
-      deadline_ms(f, &budget)) {
+  if (checked && deadline_ms(f, &budget)) {
     if (budget <= MIN_REMAINING_MS) {
       too_late(f, budget);
       return HEADERS_STOP_ITERATION;
     }
     s->deadline_at_ms = now_ms() + budget;
   }
+  if (checked) {
+    all = all_headers(f, &nh);
+    refused = binary_hint(f, all, nh);
+    free(all);
+    if (refused) return HEADERS_STOP_ITERATION;
+  }
+  remove_header(f, MODEL_HEADER);
+  remove_header(f, NAMED_HEADER);
+  remove_header(f, VARIANT_HEADER);
+  remove_header(f, SLO_HEADER);
+  remove_header(f, PATH_HEADER);
+  if (!get_header(f, REQUEST_HEADER, ":path", &path)) return HEADERS_CONTINUE;
   if (rpc_in(path, SLOW_RPCS) || (c->slow_path && rpc_in(path, CONTROL_RPCS))) {
     to_slow(f, c, path.ptr, path.length);
     return c->slow_path ? HEADERS_CONTINUE : HEADERS_STOP_ITERATION;
@@ -448,6 +691,8 @@ static int listener_headers(envoy_filter f, filter* s, bool end_of_stream) {
         return c->slow_path ? HEADERS_CONTINUE : HEADERS_STOP_ITERATION;
       }
     }
+    /* (a repeated x-request-id never gets here: Envoy joins it into one, "a,b") */
+    if (tenant_clash(f)) return HEADERS_STOP_ITERATION;
   }
   int got = slo_ms(f, c, &s->slo_ms);
   if (got < 0) return HEADERS_STOP_ITERATION;
@@ -478,9 +723,23 @@ static void listener_body_done(envoy_filter f, filter* s) {
     reply(f, 3, NOT_PARSED " (no body)");
     return;
   }
-  if (!model_name((const unsigned char*)body, n, &name, &name_len, &code, msg, sizeof msg)) {
+  if (!model_name((const unsigned char*)body, n, s->cfg->max_message_bytes, &name, &name_len,
+                  &code, msg, sizeof msg)) {
     free(owned);
-    reply(f, code, msg);
+    if (code == COMPRESSED && s->cfg->slow_path) {
+      /* the Python edge decompresses it and routes it by every rule (sent on as it came) */
+      to_slow(f, s->cfg, "a compressed request", 20);
+      return;
+    }
+    reply(f, code == COMPRESSED ? 12 : code, msg);
+    return;
+  }
+  if (memchr(name, 0, name_len) || memchr(name, '\r', name_len) || memchr(name, '\n', name_len)) {
+    /* a name no header can carry (Envoy would cut it there: "summarize\0x" routed as
+     * summarize) names no model: no header, so the unknown-model route answers NOT_FOUND,
+     * as a Python edge does */
+    free(owned);
+    envoy_dynamic_module_callback_http_clear_route_cache(f);
     return;
   }
   if (s->is_infer && s->deadline_at_ms > 0) {
@@ -557,6 +816,7 @@ EXPORT void* envoy_dynamic_module_on_http_filter_config_new(void* envoy_config,
     free(c);
     return NULL; /* Envoy rejects the config */
   }
+  c->max_message_bytes = c->max_metadata_bytes = c->max_metadata_count = -1;
   char tmp[256];
   size_t n = cfg.length < sizeof tmp - 1 ? cfg.length : sizeof tmp - 1;
   if (cfg.ptr) memcpy(tmp, cfg.ptr, n);
@@ -566,6 +826,11 @@ EXPORT void* envoy_dynamic_module_on_http_filter_config_new(void* envoy_config,
     else if (strncmp(tok, "slow=", 5) == 0) c->slow_path = atoi(tok + 5) != 0;
     else if (strcmp(tok, "tenants=credential") == 0) c->tenants = 1;
     else if (strcmp(tok, "tenants=all") == 0) c->tenants = 2;
+    else if (strncmp(tok, "max_message_bytes=", 18) == 0) c->max_message_bytes = atoll(tok + 18);
+    else if (strncmp(tok, "max_metadata_bytes=", 19) == 0)
+      c->max_metadata_bytes = atoll(tok + 19);
+    else if (strncmp(tok, "max_metadata_count=", 19) == 0)
+      c->max_metadata_count = atoll(tok + 19);
   }
   return c;
 }

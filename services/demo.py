@@ -40,7 +40,7 @@ class Outcome:
 
 
 def infer_with_trailers(client: tc.InferenceServerClient, model: str,
-                        inputs: Sequence[tc.InferInput], metadata: Sequence[tuple[str, str]],
+                        inputs: Sequence[tc.InferInput], metadata: Sequence[tuple[str, str | bytes]],
                         timeout_s: float) -> tuple[tc.InferResult, dict[str, str]]:
     """One tritonclient request; returns its result and the edge's trailing metadata."""
     request = tc_utils._get_inference_request(

@@ -49,16 +49,25 @@ def _filter(name: str, filter_name: str, config: str) -> dict[str, Any]:
 
 
 def listener_filter(deadline_margin_ms: float, slow_path: bool = False,
-                    tenants: str = "off") -> dict[str, Any]:
+                    tenants: str = "off", max_message_bytes: int | None = None,
+                    max_metadata_bytes: int | None = None,
+                    max_metadata_count: int | None = None) -> dict[str, Any]:
     """In place of the listener Lua (same name, so the routes' metadata stays where it is);
     ``tenants`` as ``lua.model_name_script``'s: which ModelInfer calls go to the slow path's
     tenant gate (``off``, ``credential``: those carrying ``authorization`` or ``x-tenant``,
-    ``all``)."""
+    ``all``); the three limits as its too (None: not checked): a named RPC's message over
+    ``max_message_bytes`` is RESOURCE_EXHAUSTED, ``[security.limits]`` on the metadata."""
     if tenants not in ("off", "credential", "all"):
         raise ValueError(f"tenants={tenants!r}: one of off, credential, all")
+    limits = {"max_message_bytes": max_message_bytes, "max_metadata_bytes": max_metadata_bytes,
+              "max_metadata_count": max_metadata_count}
+    for key, n in limits.items():
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+            raise ValueError(f"{key}={n!r}: a whole number of at least 0, or None")
     return _filter(lua.LISTENER_FILTER, "listener",
                    f"margin={float(deadline_margin_ms)!r};slow={int(slow_path)};"
-                   f"tenants={tenants}")
+                   f"tenants={tenants}"
+                   + "".join(f";{k}={n}" for k, n in limits.items() if n is not None))
 
 
 def rewrite_filter() -> dict[str, Any]:

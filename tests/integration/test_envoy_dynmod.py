@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 from collections.abc import Iterator
 
 import numpy as np
@@ -34,12 +35,17 @@ def fleet() -> Iterator[Fleet]:
         yield f
 
 
-def _envoy(fleet: Fleet, first_variant: str | None = VARIANT) -> tuple[str, str]:
-    """sy-dm with the model routes' first variant set to ``first_variant`` (None: no key);
-    returns Envoy's address and its log file."""
+def _envoy(fleet: Fleet, first_variant: str | None = VARIANT,
+           limits: bool = False) -> tuple[str, str]:
+    """sy-dm with the model routes' first variant set to ``first_variant`` (None: no key) and,
+    with ``limits``, [security.limits]' defaults on the metadata (8 KiB, 64 entries); returns
+    Envoy's address and its log file."""
     port = free_port()
     c = ec.plain(fleet.triton_address, "127.0.0.1:1", port, free_port())
     sy_dynamic_module(c)
+    if limits:
+        c.filters = [native.listener_filter(5.0, max_metadata_bytes=8192, max_metadata_count=64)
+                     if f["name"] == lua.LISTENER_FILTER else f for f in c.filters]
     c.access_log = []  # no placement here
     ec.set_first_variant(c, first_variant)
     fleet.start_envoy(f"dm-{port}", c.bootstrap(), log_level="info")
@@ -49,7 +55,7 @@ def _envoy(fleet: Fleet, first_variant: str | None = VARIANT) -> tuple[str, str]
     return address, str(fleet.tmp / log)
 
 
-def _call(address: str, metadata: tuple[tuple[str, str], ...] = ()
+def _call(address: str, metadata: tuple[tuple[str, str | bytes], ...] = ()
           ) -> tuple[str, dict[str, str]]:
     client = grpcclient.InferenceServerClient(address)
     inp = grpcclient.InferInput("INPUT0", [1, 16], "FP32")
@@ -109,3 +115,39 @@ def test_bad_calls_get_the_documented_status_from_the_module(fleet: Fleet) -> No
         _call(address, (("x-max-cost-usd", "0.1"),))
     assert hint.value.status() == "StatusCode.UNIMPLEMENTED"
     assert "hint x-max-cost-usd" in str(hint.value)
+
+
+def _status(address: str, metadata: tuple[tuple[str, str | bytes], ...]) -> tuple[str, str]:
+    """The call's status and message ("StatusCode.OK" and "" when served)."""
+    try:
+        _call(address, metadata)
+    except InferenceServerException as exc:
+        return str(exc.status()), str(exc.message())
+    return "StatusCode.OK", ""
+
+
+def test_hostile_hints_get_the_python_edges_status_and_words(fleet: Fleet) -> None:
+    """x-slo-ms as services/edge/hints.py reads it (the old module took '0x10' as 16 ms and
+    refused '50' repeated as '50.0'), a disagreeing x-tenant and a hint sent as -bin refused:
+    the header accessors of the real Envoy, not only the fake host's."""
+    address = _envoy(fleet)[0]
+    assert _status(address, (("x-slo-ms", "0x10"),)) == (
+        "StatusCode.INVALID_ARGUMENT", "metadata x-slo-ms='0x10': not a number")
+    assert _status(address, (("x-slo-ms", "50"), ("x-slo-ms", "50.0"))) == ("StatusCode.OK", "")
+    assert _status(address, (("x-tenant", "a"), ("x-tenant", "b"))) == (
+        "StatusCode.INVALID_ARGUMENT", "metadata x-tenant='b': contradicts an earlier "
+        "x-tenant='a'; send the hint once (or repeat the same value)")
+    assert _status(address, (("x-slo-ms-bin", b"\x01"),)) == (
+        "StatusCode.INVALID_ARGUMENT", "metadata x-slo-ms-bin: x-slo-ms is a text header; a "
+        "binary one is not read as the hint")
+
+
+def test_the_metadata_limits_hold_in_the_real_envoy(fleet: Fleet) -> None:
+    address = _envoy(fleet, limits=True)[0]
+    assert _status(address, tuple((f"x-h{i}", "v") for i in range(60))) == ("StatusCode.OK", "")
+    assert _status(address, tuple((f"x-h{i}", "v") for i in range(70))) == (
+        "StatusCode.INVALID_ARGUMENT", "call carries 70 metadata entries (limit 64)")
+    code, message = _status(address, (("x-h", "v" * 10_000),))
+    assert code == "StatusCode.RESOURCE_EXHAUSTED"
+    assert re.fullmatch(r"metadata of (\d+) bytes is larger than max_metadata_bytes "
+                        r"\(\1 vs\. 8192\)", message), message

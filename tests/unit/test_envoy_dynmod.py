@@ -129,9 +129,9 @@ def test_the_slo_class_header_is_whole_ms_rounded_down(
 
 
 @pytest.mark.parametrize(("value", "why"), [
-    ("fast", "must be a number of milliseconds"),
-    ("0", "must be a number of milliseconds"),
-    (["100", "200"], "repeated with a different value '200'"),
+    ("fast", "x-slo-ms='fast': not a number"),
+    ("0", "x-slo-ms='0': must be between 0.001 and 3.6e+06"),
+    (["100", "200"], "x-slo-ms='200': contradicts an earlier x-slo-ms='100'"),
 ])
 def test_a_bad_slo_is_invalid_argument_with_the_python_edges_words(
         host: FakeEnvoyHost, value: str | list[str], why: str) -> None:

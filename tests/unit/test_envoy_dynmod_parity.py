@@ -1,0 +1,205 @@
+"""The C dynamic module (native/switchyard_edge.c) answers the hostile input of
+tests/integration/test_hostile_engines.py as the Python edge and the listener Lua do: x-slo-ms
+read as services/edge/hints.py reads it (a plain decimal within SLO_RANGE, repeats agreeing as
+numbers, refused in its words), a repeated x-tenant that disagrees refused, a hint sent as a
+-bin header refused, [security.limits] on the metadata, a model name with a NUL, CR or LF sent
+to the unknown-model route, one not UTF-8 refused, a message over max_message_bytes refused,
+a compressed one sent to the slow path. Against the FAKE Envoy host
+(tests/native/fake_envoy_host.c); the module inside the real Envoy:
+tests/integration/test_envoy_dynmod.py. Every case here that the old module answered
+differently fails on it (its tonumber-like strtod took '0x10', ' 50'; it refused '50' repeated
+as '50.0'; it had none of the other rules)."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+
+import grpc
+import pytest
+
+from placement.errors import InvalidHint
+from services.edge import hints, wire
+from services.xds import lua, native
+from tests.integration.test_hostile_engines import HINTS, LIMIT, LIMITS, REQUESTS
+from tests.native.envoy_host import FakeEnvoyHost, build
+
+INFER, STREAM = lua.INFER_PATH, lua.STREAM_PATH
+CONTINUE, STOP = 0, 1
+CONFIG = "margin=5.0;slow=0"
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory: pytest.TempPathFactory) -> FakeEnvoyHost:
+    return FakeEnvoyHost(build(tmp_path_factory.mktemp("dm-parity")))
+
+
+def _frame(message: bytes, compressed: bool = False) -> bytes:
+    return bytes([1 if compressed else 0]) + len(message).to_bytes(4, "big") + message
+
+
+def _grouped(md: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
+    """The caller's metadata as the fake host takes it (each key's values in their order)."""
+    out: dict[str, list[str]] = {}
+    for k, v in md:
+        out.setdefault(k, []).append(v)
+    return out
+
+
+def _python(md: Sequence[tuple[str, str]]) -> tuple[int, str] | None:
+    """What the Python edge's hint parser answers: None (served) or INVALID_ARGUMENT's words."""
+    try:
+        hints.parse(md, frozenset({"east"}), ())
+    except InvalidHint as err:
+        return 3, str(err)
+    return None
+
+
+@pytest.mark.parametrize(("md", "code"), HINTS, ids=[repr(md) for md, _ in HINTS])
+def test_a_hint_gets_the_python_edges_status_and_words(
+        host: FakeEnvoyHost, md: list[tuple[str, str]], code: grpc.StatusCode) -> None:
+    expected = _python(md)
+    assert (expected is None) is (code is grpc.StatusCode.OK)  # the case says what Python does
+    assert host.new_config("listener", CONFIG)
+    host.start({":path": INFER, **_grouped(md)}, _frame(wire.encode_name_field("m")))
+    said = host.request_headers()
+    assert host.reply() == expected
+    if expected is None:
+        assert said == STOP  # waits for the body
+        slo = [v for k, v in md if k == "x-slo-ms"]
+        assert host.header(lua.SLO_HEADER) == (
+            str(math.floor(float(slo[0]))) if slo else None)
+
+
+@pytest.mark.parametrize("values", [
+    ["50", "60", "abc"],  # the contradiction comes first, as Python reads them
+    ["abc", "50"],
+    ["1e400"],
+    ["-0"],
+    ["it's"],  # Python's repr picks double quotes
+    ["a\\b"],
+    ["1" * 300],  # longer than the old 256-byte message: the whole value, as Python quotes it
+])
+def test_more_slo_values_get_the_python_edges_words(host: FakeEnvoyHost,
+                                                    values: list[str]) -> None:
+    md = [("x-slo-ms", v) for v in values]
+    assert host.new_config("listener", CONFIG)
+    host.start({":path": INFER, "x-slo-ms": values}, _frame(wire.encode_name_field("m")))
+    assert host.request_headers() == STOP
+    assert host.reply() == _python(md) is not None
+
+
+@pytest.mark.parametrize("path", [INFER, STREAM])
+@pytest.mark.parametrize("hint", sorted(hints.HINTS))
+def test_a_hint_sent_as_a_binary_header_is_refused_in_the_luas_words(
+        host: FakeEnvoyHost, path: str, hint: str) -> None:
+    assert host.new_config("listener", "margin=5.0;slow=1")
+    host.start({":path": path, f"{hint}-bin": "AAAA"}, _frame(wire.encode_name_field("m")))
+    assert host.request_headers() == STOP
+    assert host.reply() == (3, f"metadata {hint}-bin: {hint} is a text header; a binary one "
+                               "is not read as the hint")
+    assert host.header(lua.PATH_HEADER) is None  # not sent to the slow path either
+
+
+def test_a_binary_header_that_names_no_hint_is_not_refused(host: FakeEnvoyHost) -> None:
+    assert host.new_config("listener", CONFIG)
+    host.start({":path": INFER, "x-trace-bin": "AAAA"}, _frame(wire.encode_name_field("m")))
+    host.request_headers()
+    host.request_body()
+    assert host.reply() is None and host.header(lua.MODEL_HEADER) == "m"
+
+
+LIMITED = "margin=5.0;slow=0;max_metadata_bytes=8192;max_metadata_count=64"
+
+
+@pytest.mark.parametrize(("md", "code"), LIMITS,
+                         ids=["60 entries", "70 entries", "300 entries", "10 KB", "50 KB"])
+def test_the_metadata_limits_hold(host: FakeEnvoyHost, md: list[tuple[str, str]],
+                                  code: grpc.StatusCode) -> None:
+    assert host.new_config("listener", LIMITED)
+    host.start({":path": INFER, **_grouped(md)}, _frame(wire.encode_name_field("m")))
+    host.request_headers()
+    reply = host.reply()
+    if code is grpc.StatusCode.OK:
+        assert reply is None
+    elif code is grpc.StatusCode.INVALID_ARGUMENT:  # the tenant gate's words
+        assert reply == (3, "call carries 70 metadata entries (limit 64)")
+    else:
+        assert reply is not None and reply[0] == 8, reply
+        assert re.fullmatch(r"metadata of (\d+) bytes is larger than max_metadata_bytes "
+                            r"\(\1 vs\. 8192\)", reply[1]), reply
+
+
+def test_the_entry_count_holds_on_calls_and_streams_only(host: FakeEnvoyHost) -> None:
+    many = {f"x-h{i}": "v" for i in range(70)}
+    assert host.new_config("listener", LIMITED)
+    host.start({":path": lua.SERVICE_PATH + "ServerLive", **many})
+    assert host.request_headers() == CONTINUE and host.reply() is None
+    host.start({":path": STREAM, **many})
+    assert host.request_headers() == STOP
+    assert host.reply() == (3, "call carries 70 metadata entries (limit 64)")
+
+
+def test_no_limits_configured_none_checked(host: FakeEnvoyHost) -> None:
+    assert host.new_config("listener", CONFIG)
+    host.start({":path": INFER, **{f"x-h{i}": "v" * 100 for i in range(300)}},
+               _frame(wire.encode_name_field("m")))
+    assert host.request_headers() == STOP and host.reply() is None
+
+
+@pytest.mark.parametrize(("raw", "code"), [(r, c) for _, r, c in REQUESTS],
+                         ids=[n for n, _, _ in REQUESTS])
+def test_a_request_gets_the_python_edges_status(host: FakeEnvoyHost, raw: bytes,
+                                                code: grpc.StatusCode) -> None:
+    assert host.new_config("listener", f"margin=5.0;slow=0;max_message_bytes={LIMIT}")
+    host.start({":path": INFER}, _frame(raw))
+    assert host.request_headers() == STOP
+    host.request_body()
+    reply = host.reply()
+    if code in (grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND):
+        # routed by the model header; none (the unknown-model route) for a name no header
+        # can carry
+        assert reply is None
+        name = wire.scan_model_name(raw)
+        carried = not any(c in name for c in "\0\r\n")
+        assert host.header(lua.MODEL_HEADER) == (name if carried else None)
+        assert host.cleared() == 1
+    elif code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+        assert reply == (8, f"request of {LIMIT + 1} bytes is larger than max_message_bytes "
+                            f"({LIMIT + 1} vs. {LIMIT})")
+    else:
+        assert reply is not None and reply[0] == 3, reply
+        assert host.header(lua.MODEL_HEADER) is None
+
+
+@pytest.mark.parametrize("raw", [b"\x0a\x02\xff\xfe", b"\x0a\x02\xc0\xaf", b"\x0a\x03\xed\xa0\x80",
+                                 b"\x0a\x02a\xc3", b"\x0a\x04\xf4\x90\x80\x80"])
+def test_a_name_not_utf8_is_refused_in_wires_words(host: FakeEnvoyHost, raw: bytes) -> None:
+    with pytest.raises(Exception, match="model_name is not valid UTF-8"):
+        wire.scan_model_name(raw)
+    assert host.new_config("listener", CONFIG)
+    host.start({":path": INFER}, _frame(raw))
+    host.request_headers()
+    host.request_body()
+    assert host.reply() == (3, "model_name is not valid UTF-8")
+
+
+def test_a_compressed_call_takes_the_slow_path_where_there_is_one(host: FakeEnvoyHost) -> None:
+    body = _frame(b"\x1f\x8b", compressed=True)
+    assert host.new_config("listener", "margin=5.0;slow=1")
+    host.start({":path": INFER}, body)
+    host.request_headers()
+    assert host.request_body() == CONTINUE
+    assert host.reply() is None and host.header(lua.PATH_HEADER) == "slow"
+    assert host.body() == body  # sent on as the caller sent it
+
+
+def test_the_limits_reach_the_modules_config() -> None:
+    value = native.listener_filter(5.0, True, max_message_bytes=LIMIT, max_metadata_bytes=8192,
+                                   max_metadata_count=64)["typed_config"]["filter_config"]["value"]
+    assert value.endswith(f";max_message_bytes={LIMIT};max_metadata_bytes=8192;"
+                          "max_metadata_count=64")
+    assert "max_" not in native.listener_filter(5.0)["typed_config"]["filter_config"]["value"]
+    with pytest.raises(ValueError, match="max_metadata_count=-1"):
+        native.listener_filter(5.0, max_metadata_count=-1)
