@@ -9,12 +9,17 @@ batch jobs (64 tokens, loose objectives). The same streams run twice: routed by 
 (cheapest deployment predicted to meet both objectives) and with ``x-routing-profile:
 fastest`` (lowest predicted TTFT + max_tokens × TPOT, whatever it costs). The demo LLM's
 token speed is EMULATED (``services.backends.demo_model``: sleeps scaled by each backend's
-emulated accelerator speed); the prices are the list prices in the mesh's price file.
+emulated accelerator speed) on this machine's CPU, so host contention makes every deployment's
+TTFT and TPOT slip alike (a sleep that should end wakes late): ``load_note`` says so beside the
+section, with the host's load average, and that the objectives are likely missed for that
+reason when the load is above the core count. The prices are the list prices in the mesh's
+price file. The section decides no exit code.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import random
 import statistics
 import time
@@ -51,6 +56,28 @@ class StreamOutcome:
     slo_met: bool
     resumed: int
     status: str = "OK"
+
+
+EMULATION = ("the demo LLM's token speed is EMULATED with sleeps on this machine's CPU (scaled "
+             "by each backend's emulated accelerator speed): under host contention the emulated "
+             "TTFT and TPOT slip for every deployment alike")
+
+
+def host_load() -> tuple[float, int]:
+    """The host's 1-minute load average and its core count."""
+    return os.getloadavg()[0], os.cpu_count() or 1
+
+
+def load_note(load_1m: float, cores: int) -> str:
+    """The host's load, and what it means for the stream section's objectives: above the core
+    count the emulated speeds slip for every deployment, so TTFT/TPOT objectives missed then
+    say more about the host than about the routing."""
+    note = f"host load average {load_1m:.2f} (1 min) on {cores} core{'s' * (cores != 1)}"
+    if load_1m > cores:
+        return (f"{note}: above the core count, so the emulated TTFT/TPOT run slow for every "
+                "deployment and the stream objectives are likely missed for that reason, in "
+                "both runs alike")
+    return f"{note}: not above the core count"
 
 
 def llm_model(cfg: MeshConfig) -> str | None:
@@ -145,8 +172,8 @@ def run_stream_demo(cfg: MeshConfig, streams: int = 16) -> dict[str, list[Stream
           f"{PROMPT_TOKENS} prompt tokens each; "
           + "; ".join(f"{c}: {n} tokens out, TTFT ≤ {t:g} ms, TPOT ≤ {p:g} ms"
                       for c, t, p, n in CLASSES))
-    print("the demo LLM's token speed is EMULATED (sleeps scaled by each backend's emulated "
-          "accelerator speed); warming up the edge's token learning…", flush=True)
+    print(f"{EMULATION}; {load_note(*host_load())}")
+    print("warming up the edge's token learning…", flush=True)
     run_streams(address, model, 8, "", seed=3)  # each deployment is tried once, then known
     results: dict[str, list[StreamOutcome]] = {}
     out_rows: list[list[str]] = []
@@ -155,6 +182,7 @@ def run_stream_demo(cfg: MeshConfig, streams: int = 16) -> dict[str, list[Stream
         results[name] = outcomes = run_streams(address, model, streams, profile)
         out_rows += rows(f"{name} ({time.perf_counter() - t0:.1f} s)", outcomes)
     print(table(HEADERS, out_rows))
+    print(f"(token speed EMULATED, sleeps on CPU; {load_note(*host_load())})")
     sw, base = (usd_per_1m_tokens(results[k]) for k in ("Switchyard", "fastest"))
     met = {k: sum(o.slo_met for o in v) for k, v in results.items()}
     if sw is not None and base:
