@@ -25,7 +25,16 @@ def check_up(cfg: MeshConfig, config_path: str) -> None:
 
 def listen_ports(cfg: MeshConfig) -> list[tuple[str, str, int]]:
     """Every (key, host, port) a mesh server listens on, as the file names it; port 0 (any
-    free port) left out. With shards the replicas' own addresses listen, not placement.port."""
+    free port) left out. With shards the replicas' own addresses listen, not placement.port.
+    An Envoy edge (``[edge] engine = "envoy"``) takes the same two ports as a Python edge, said
+    as what takes them: its Envoy's listener (``port``, bound when placement pushes it: a held
+    port was a listener Envoy rejects, an edge that never serves) and its slow path's metrics
+    (``metrics_port``); its Envoy's admin interface and its slow path's gRPC port are picked
+    free when it starts (no key to check). With ``wan.emulate`` the relay listens on
+    ``relay_base_port + k``, one port per (edge region, backend in another region), whatever
+    the engine (services.backends.wan.relay_routes)."""
+    from services.backends.wan import relay_routes
+
     out: list[tuple[str, str, int]] = []
     p = cfg.placement
     if not p.shards:
@@ -42,9 +51,15 @@ def listen_ports(cfg: MeshConfig) -> list[tuple[str, str, int]]:
     for i, b in enumerate(cfg.backends):
         out.append((f"backends[{i}].grpc_port ({b.id})", b.host, b.grpc_port))
         out.append((f"backends[{i}].metrics_port ({b.id})", b.host, b.metrics_port))
+    envoy = cfg.edge.engine == "envoy"
     for i, e in enumerate(cfg.edges):
-        out.append((f"edges[{i}].port ({e.id})", e.host, e.port))
-        out.append((f"edges[{i}].metrics_port ({e.id})", e.host, e.metrics_port))
+        out.append((f"edges[{i}].port ({e.id}" + (": its Envoy's listener)" if envoy else ")"),
+                    e.host, e.port))
+        out.append((f"edges[{i}].metrics_port ({e.id}"
+                    + (": its slow path's metrics)" if envoy else ")"), e.host, e.metrics_port))
+    for k, r in enumerate(relay_routes(cfg)):
+        out.append((f"wan.relay_base_port + {k} (the emulated-WAN relay from {r.edge_region} to "
+                    f"{r.backend_id})", "127.0.0.1", r.listen_port))
     return [(what, host, port) for what, host, port in out if port != 0]
 
 
