@@ -118,9 +118,11 @@ class AccessLog:
             r["level"] = "info"
             r["logger"] = "switchyard.edge.access"
             lines.append(json.dumps(r, separators=(",", ":")))
-        if self.dropped:
-            lines.append(json.dumps({"event": "access_log_dropped", "level": "warning",
-                                     "count": self.dropped}))
+        if self.dropped:  # a line like every other: the same four fields
+            lines.append(json.dumps({
+                "event": "access_log_dropped", "level": "warning", "count": self.dropped,
+                "timestamp": datetime.now(UTC).isoformat(), "logger": "switchyard.edge.access"
+            }, separators=(",", ":")))
             self.dropped = 0
         out = self.out or sys.stderr
         out.write("\n".join(lines) + "\n")

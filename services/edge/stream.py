@@ -250,6 +250,7 @@ async def route_stream(router: Router, requests: AsyncIterator[bytes],
                         tries.commit()
                         pipe.committed()
                         gen.committed(c)
+                        record.attempts = tries.attempts  # the head says this attempt's number
                         await context.send_initial_metadata(record.trailers())
                     yield resp  # type: ignore[misc]
                     if (moved := gen.moving(c, model, pipe.count)) is not None:

@@ -10,7 +10,7 @@ backend's series are removed).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -46,6 +46,13 @@ class PlacementMetrics:
         # backend's cost series are removed, or every instance the capacity loop ever
         # started (a new id each) would stay a label set for as long as placement runs
         self.registered: Callable[[str], bool] = lambda backend_id: True
+
+    def track(self, backends: Collection[str]) -> None:
+        """``backends``: the fleet's registered backends by id (``FleetState.backends``). The
+        backends gauge reads their count at each scrape (it was never set: 0 with a whole
+        fleet registered), and a deregistered backend's cost series are removed."""
+        self.registered = backends.__contains__
+        self.backends.set_function(lambda: len(backends))
 
     def published(self, push: Push) -> None:
         """The hub offered ``push`` to its watchers."""

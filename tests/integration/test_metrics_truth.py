@@ -1,0 +1,485 @@
+"""A hostile audit of what the edge and placement say about themselves, against ground truth.
+
+A real mesh (Triton, placement, agent: ``tests/mesh_harness.py``) and one edge run as the
+operator runs it, ``python -m services.cli edge`` in a process of its own, with its /metrics
+on a real port and its stderr in a file. A known workload goes through that edge (tritonclient
+and raw gRPC): served calls, calls failing in each distinct way (unknown model, bad hint,
+caller deadline too short, a cost cap nothing meets, a backend killed under load), streams
+ending OK, cancelled by the caller and ended by the edge, and 1,000 calls with made-up model
+names, tenants, regions and profiles. Each ``switchyard_*`` series is checked against what the
+callers saw (status, ``x-served-by``, ``x-attempts``, ``x-slo-met`` trailers), placement's
+against its own fleet and route tables, and every line the edge process wrote must be one
+JSON object with ``event``, ``level``, ``timestamp`` and ``logger`` (a ``call`` event per
+call, with the access log's fields)."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import pathlib
+import random
+import signal
+import string
+import subprocess
+import sys
+import tomllib
+import urllib.request
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+import tritonclient.grpc as tc
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from services.config import MeshConfig
+from services.demo import infer_with_trailers
+from services.ports import free_port
+from tests.mesh_harness import (
+    Mesh,
+    eventually,
+    mesh_config,
+    raw_infer,
+    request_bytes,
+    summarize_input,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]  # the checkout: the cwd of a child
+EDGE = "edge-metered"
+STREAM = "/inference.GRPCInferenceService/ModelStreamInfer"
+# what every log line carries (structlog's and the access log's alike)
+LOG_FIELDS = {"event", "level", "timestamp", "logger"}
+CALL_FIELDS = LOG_FIELDS | {"request_id", "model", "deployment", "region", "attempts",
+                            "hedged", "latency_ms", "cost_usd", "slo_ms", "slo_met", "tenant",
+                            "status"}
+
+Series = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory: pytest.TempPathFactory) -> MeshConfig:
+    return mesh_config(tmp_path_factory.mktemp("metrics_truth"))
+
+
+# -- the edge as a process of its own ----------------------------------------------------
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return json.dumps(v)  # str, int, float, bool: TOML spells them as JSON does
+
+
+def toml_of(raw: dict[str, Any]) -> str:
+    """``raw`` (a MeshConfig dump) as a TOML file: scalars, then tables, then arrays of
+    tables, each table's values inline."""
+    lines = [f"{k} = {_toml_value(v)}" for k, v in raw.items()
+             if not isinstance(v, dict | list) or (isinstance(v, list) and not
+                                                   (v and isinstance(v[0], dict)))]
+    for k, v in raw.items():
+        if isinstance(v, dict):
+            lines += [f"[{k}]", *(f"{kk} = {_toml_value(x)}" for kk, x in v.items())]
+        elif isinstance(v, list) and v and isinstance(v[0], dict):
+            for item in v:
+                lines += [f"[[{k}]]", *(f"{kk} = {_toml_value(x)}" for kk, x in item.items())]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Edge:
+    proc: subprocess.Popen[bytes]
+    address: str
+    metrics_port: int
+    log: pathlib.Path
+
+    def series(self) -> Series:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
+                                    timeout=5) as resp:
+            return parse(resp.read().decode())
+
+    def lines(self) -> list[str]:
+        return self.log.read_text().splitlines()
+
+
+def parse(text: str) -> Series:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples
+            if s.name.startswith("switchyard_")}
+
+
+def placement_series(mesh: Mesh) -> Series:
+    return parse(generate_latest(mesh.placement.service.metrics.registry).decode())
+
+
+def pick(series: Series, name: str, **labels: str) -> float:
+    """The sum of ``name``'s samples whose labels include ``labels``."""
+    return sum(v for (n, ls), v in series.items()
+               if n == name and labels.items() <= dict(ls).items())
+
+
+@pytest.fixture(scope="module")
+def edge(mesh: Mesh, cfg: MeshConfig, tmp_path_factory: pytest.TempPathFactory
+         ) -> Iterator[Edge]:
+    """``switchyard edge`` for a second r-east edge, on the module's placement."""
+    tmp = tmp_path_factory.mktemp("edge_process")
+    raw = cfg.model_dump(mode="json", exclude_defaults=True)
+    port, mport = free_port(), free_port()
+    raw["edges"] = [*raw["edges"], {"id": EDGE, "region": "r-east", "port": port,
+                                    "metrics_port": mport}]
+    path = tmp / "mesh.toml"
+    path.write_text(toml_of(raw))
+    assert MeshConfig.model_validate(tomllib.loads(path.read_text())).edges[-1].id == EDGE
+    log = tmp / "edge.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "edge", "--config", str(path), "--id", EDGE,
+             "--placement", f"127.0.0.1:{mesh.placement.port}"], stdout=out, stderr=out)
+    e = Edge(proc, f"127.0.0.1:{port}", mport, log)
+    try:
+        yield e
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+async def ready(edge: Edge) -> None:
+    def serving() -> bool:
+        assert edge.proc.poll() is None, edge.log.read_text()[-3000:]
+        try:
+            with tc.InferenceServerClient(edge.address) as c:
+                return bool(c.is_model_ready("summarize") and c.is_model_ready("generate"))
+        except Exception:
+            return False
+
+    await eventually(lambda: asyncio.to_thread(serving), 40, "the edge process serves",
+                     poll_s=0.2)
+
+
+# -- what the callers saw ----------------------------------------------------------------
+
+@dataclass
+class Seen:
+    """One call as its caller saw it."""
+
+    model: str  # the metric's model label: the model, or "unknown"
+    status: str
+    trailers: dict[str, str]
+
+    @property
+    def attempts(self) -> int:
+        return int(self.trailers.get("x-attempts", "0"))
+
+
+async def unary(ch: grpc.aio.Channel, md: Sequence[tuple[str, str]] = (),
+                raw: bytes | None = None, model: str = "summarize",
+                timeout: float | None = 5.0) -> Seen:
+    code, trailers, _ = await raw_infer(ch, md, raw, timeout)
+    return Seen(model, code.name, trailers)
+
+
+def served(address: str, md: Sequence[tuple[str, str]]) -> Seen:
+    with tc.InferenceServerClient(address) as c:
+        _, trailers = infer_with_trailers(c, "summarize", [summarize_input()], md, 5.0)
+    return Seen("summarize", "OK", trailers)
+
+
+async def stream(ch: grpc.aio.Channel, second: bytes | None = None, cancel_after: int = 0
+                 ) -> Seen:
+    """A generate stream (4 responses); ``second``: a further request sent once the first
+    response came; ``cancel_after``: the caller cancels after that many responses."""
+    requests: asyncio.Queue[bytes | None] = asyncio.Queue()
+    requests.put_nowait(request_bytes("generate"))
+
+    async def gen() -> AsyncIterator[bytes]:
+        while (r := await requests.get()) is not None:
+            yield r
+
+    call: Any = ch.stream_stream(STREAM)(gen(), metadata=(("x-slo-ms", "5000"),),  # type: ignore[arg-type]
+                                         timeout=10)
+    n = 0
+    try:
+        async for _ in call:
+            n += 1
+            if n == 1:
+                requests.put_nowait(second)  # None: the caller is done writing
+            if n == cancel_after:
+                # what the edge sent with the first response: its attempts so far
+                head = _strs(await call.initial_metadata())
+                call.cancel()
+                return Seen("generate", "CANCELLED", head)
+    except grpc.aio.AioRpcError as err:
+        return Seen("generate", err.code().name, _strs(err.trailing_metadata()))
+    finally:
+        requests.put_nowait(None)  # the request iterator ends either way
+    trailers = _strs(await call.trailing_metadata())
+    assert n == 4 and trailers["x-tokens-out"] == "4", (n, trailers)  # tokens as delivered
+    return Seen("generate", (await call.code()).name, trailers)
+
+
+def _strs(md: Any) -> dict[str, str]:
+    return {str(k): str(v) for k, v in (md or ())}
+
+
+def check_calls(series: Series, seen: Sequence[Seen]) -> None:
+    """Every call counted once under its status, served calls under their deployment, each
+    call's latency observed once and its attempts summed (``x-attempts``)."""
+    by = collections.Counter((s.model, s.status) for s in seen)
+    got: collections.Counter[tuple[str, str]] = collections.Counter()
+    for (name, ls), v in series.items():
+        if name == "switchyard_edge_calls_total" and v:
+            d = dict(ls)
+            got[(d["model"], d["status"])] += int(v)
+    assert got == by, (got, by)
+    ok = collections.Counter((s.model, s.trailers["x-served-by"]) for s in seen
+                             if s.status == "OK" and "x-served-by" in s.trailers)
+    for (model, dep), n in ok.items():
+        assert pick(series, "switchyard_edge_calls_total", model=model, deployment=dep,
+                    status="OK") == n, (model, dep, n)
+    for model in {s.model for s in seen}:
+        calls = sum(1 for s in seen if s.model == model)
+        assert pick(series, "switchyard_edge_call_seconds_count", model=model) == calls, model
+        attempts = sum(s.attempts for s in seen if s.model == model)
+        assert pick(series, "switchyard_edge_attempts_total", model=model) == attempts, model
+
+
+def delta(after: Series, before: Series) -> Series:
+    return {k: v - before.get(k, 0.0) for k, v in after.items()}
+
+
+# -- the audit ---------------------------------------------------------------------------
+
+async def test_every_call_is_counted_once_as_its_caller_saw_it(mesh: Mesh, edge: Edge) -> None:
+    await ready(edge)
+    before = edge.series()
+    seen: list[Seen] = []
+    async with grpc.aio.insecure_channel(edge.address) as ch:
+        for i in range(12):
+            seen.append(await asyncio.to_thread(served, edge.address,
+                                                [("x-slo-ms", "2000"), ("x-tenant", f"t{i}")]))
+        for _ in range(3):
+            seen.append(await unary(ch, raw=request_bytes("no-such-model"), model="unknown"))
+            seen.append(await unary(ch, [("x-slo-ms", "fast")]))
+            seen.append(await unary(ch, [("x-max-cost-usd", "0")]))
+        seen.append(await stream(ch))
+        seen.append(await stream(ch))
+        seen.append(await stream(ch, second=request_bytes("summarize")))  # ended by the edge
+        seen.append(await stream(ch, cancel_after=1))  # cancelled by the caller
+    statuses = collections.Counter((s.model, s.status) for s in seen)
+    assert statuses == {("summarize", "OK"): 12, ("unknown", "NOT_FOUND"): 3,
+                        ("summarize", "INVALID_ARGUMENT"): 3,
+                        ("summarize", "FAILED_PRECONDITION"): 3, ("generate", "OK"): 2,
+                        ("generate", "INVALID_ARGUMENT"): 1, ("generate", "CANCELLED"): 1
+                        }, statuses
+    await eventually(lambda: pick(delta(edge.series(), before),
+                                  "switchyard_edge_calls_total") == len(seen), 10,
+                     "every call counted")
+    d = delta(edge.series(), before)
+    check_calls(d, seen)
+    # Routed calls (hints resolved) by whether each met its own SLO: the served ones as
+    # their x-slo-met trailer says; a cost cap nothing meets is a miss; a bad hint or an
+    # unknown model was never routed.
+    met = sum(1 for s in seen if s.status == "OK" and s.trailers.get("x-slo-met") == "true")
+    assert pick(d, "switchyard_edge_slo_calls_total", met="true") == met
+    routed = len(seen) - 6  # the bad hints and unknown models
+    assert pick(d, "switchyard_edge_slo_calls_total", met="false") == routed - met
+
+
+async def test_a_caller_deadline_too_short_is_counted_once(edge: Edge) -> None:
+    """Deadlines that run out while the only allowed backend (40 ms away) works on the call,
+    and deadlines the edge refuses at once (under ``MIN_REMAINING_S`` left when it reads
+    the call; gRPC may answer those itself before the edge's handler runs: then the edge
+    never saw them and cannot count them)."""
+    await ready(edge)
+    before = edge.series()
+    seen = []
+    async with grpc.aio.insecure_channel(edge.address) as ch:
+        for _ in range(3):
+            seen.append(await unary(ch, [("x-allowed-regions", "r-west")], timeout=0.015))
+            seen.append(await unary(ch, timeout=0.0005))
+    assert {s.status for s in seen} == {"DEADLINE_EXCEEDED"}, seen
+    await eventually(lambda: pick(delta(edge.series(), before), "switchyard_edge_calls_total",
+                                  deployment="west-cheap/summarize-small") == 3, 10,
+                     "the forwarded calls counted")
+    d = delta(edge.series(), before)
+    refused = pick(d, "switchyard_edge_calls_total", deployment="", status="DEADLINE_EXCEEDED")
+    assert refused <= 3 and pick(d, "switchyard_edge_calls_total") == 3 + refused, d
+    # The caller's own timer ended them: no trailers reached it. What the edge did: one
+    # attempt, cut at the deadline, for each forwarded call; none for a refused one.
+    assert pick(d, "switchyard_edge_attempts_total") == 3
+    assert pick(d, "switchyard_edge_call_seconds_count") == 3 + refused
+    assert pick(d, "switchyard_edge_slo_calls_total", met="false") == 3 + refused
+
+
+HEADER_CHARS = "".join(map(chr, range(0x21, 0x7F)))  # what gRPC lets a header value hold
+NAME_CHARS = string.printable + "\u00e9\u202e\u0000\U0001f600\"{}="  # a model name: any
+
+
+def _junk(rng: random.Random, n: int, chars: str = HEADER_CHARS) -> str:
+    return "".join(rng.choice(chars) for _ in range(n))
+
+
+async def test_made_up_models_tenants_regions_add_no_series(mesh: Mesh, edge: Edge) -> None:
+    """1,000 calls naming made-up models, tenants, regions and profiles: the same series
+    on the edge and on placement before and after, only the counts move."""
+    await ready(edge)
+    rng = random.Random(7)
+    async with grpc.aio.insecure_channel(edge.address) as ch:
+        warmup = [await unary(ch, raw=request_bytes("made-up"), model="unknown"),
+                  await unary(ch, [("x-allowed-regions", "r-nowhere")])]
+        before, p_before = edge.series(), placement_series(mesh)
+        seen = list(warmup)
+        for start in range(0, 1000, 50):
+            batch = []
+            for i in range(start, start + 50):
+                md = [("x-tenant", _junk(rng, 40))]
+                if i % 2:
+                    seen_as, raw = "unknown", request_bytes(_junk(rng, rng.randint(1, 300), NAME_CHARS))
+                else:
+                    seen_as, raw = "summarize", request_bytes()
+                    md.append(rng.choice([("x-allowed-regions", _junk(rng, 12)),
+                                          ("x-routing-profile", _junk(rng, 12))]))
+                batch.append(unary(ch, md, raw, seen_as))
+            seen += await asyncio.gather(*batch)
+    assert collections.Counter(s.status for s in seen[2:]) == {"NOT_FOUND": 500,
+                                                               "INVALID_ARGUMENT": 500}
+    await eventually(lambda: pick(delta(edge.series(), before),
+                                  "switchyard_edge_calls_total") == 1000, 10,
+                     "every call counted")
+    after, p_after = edge.series(), placement_series(mesh)
+    assert set(after) == set(before), set(after) ^ set(before)
+    assert set(p_after) == set(p_before), set(p_after) ^ set(p_before)
+
+
+async def test_placement_counts_what_it_holds(mesh: Mesh, edge: Edge) -> None:
+    """Registered backends, watching edges (back to the old count when one leaves), and
+    per-call cost as the edges hold it in their tables."""
+    await ready(edge)
+    s = placement_series(mesh)
+    assert pick(s, "switchyard_placement_backends") == len(mesh.placement.service.fleet.backends)
+    assert pick(s, "switchyard_placement_watchers") == 2  # edge-east and the edge process
+    assert pick(s, "switchyard_placement_telemetry_reports_total") > 0
+    assert pick(s, "switchyard_placement_push_latency_seconds_count") >= 1
+
+    def costs_match() -> bool:
+        s = placement_series(mesh)
+        rows = {(m, c.deployment_id): c.cost_usd
+                for m, cs in mesh.edge.router.store.candidates.items() for c in cs}
+        return all(pick(s, "switchyard_placement_deployment_cost_usd", model=m,
+                        deployment=d) == pytest.approx(cost, rel=1e-9)
+                   for (m, d), cost in rows.items())
+
+    await eventually(costs_match, 10, "the cost gauges equal the edge's rows")
+
+
+async def test_a_backend_killed_under_load(mesh: Mesh, edge: Edge) -> None:
+    """Calls through a backend killed mid-load: each counted once as its caller saw it,
+    every attempt (retries included) counted, and each ejection once as logged."""
+    await ready(edge)
+    before = edge.series()
+    probe = await asyncio.to_thread(served, edge.address, [("x-slo-ms", "2000")])
+    backend = probe.trailers["x-served-by"].split("/", 1)[0]
+    seen: list[Seen] = [probe]
+    stop = asyncio.Event()
+
+    async def load(ch: grpc.aio.Channel) -> None:
+        while not stop.is_set():
+            seen.append(await unary(ch, [("x-slo-ms", "2000")]))
+
+    async with grpc.aio.insecure_channel(edge.address) as ch:
+        workers = [asyncio.create_task(load(ch)) for _ in range(4)]
+        await eventually(lambda: len(seen) >= 8, 20, "load is running")
+        mesh.tritons[backend].kill()
+        n = len(seen)
+        await eventually(lambda: len(seen) >= n + 30, 30, "calls after the kill")
+        stop.set()
+        await asyncio.gather(*workers)
+    retried = [s for s in seen if s.attempts > 1]
+    assert retried, "no call was retried after the kill"
+    await eventually(lambda: pick(delta(edge.series(), before),
+                                  "switchyard_edge_calls_total") == len(seen), 10,
+                     "every call counted")
+    d = delta(edge.series(), before)
+    check_calls(d, seen)
+    ejected = [json.loads(line) for line in edge.lines() if '"deployment_ejected"' in line]
+    assert ejected and pick(edge.series(), "switchyard_edge_ejections_total") == len(ejected)
+
+
+async def test_every_log_line_is_one_json_object_with_its_fields(edge: Edge) -> None:
+    """Last: stops the edge process (SIGTERM, as an operator does) and reads all it wrote."""
+    total = pick(edge.series(), "switchyard_edge_calls_total")
+    edge.proc.send_signal(signal.SIGTERM)
+    assert edge.proc.wait(20) == 0, edge.log.read_text()[-3000:]
+    events = []
+    for line in edge.lines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            pytest.fail(f"not one JSON object: {line[:300]!r}")
+        assert isinstance(event, dict) and set(event) >= LOG_FIELDS, line[:300]
+        events.append(event)
+    calls = [e for e in events if e["event"] == "call"]
+    assert len(calls) == total
+    for c in calls:
+        assert set(c) >= CALL_FIELDS, c
+    assert {"edge_listening"} <= {e["event"] for e in events}
+
+
+# -- the log writers on their own (no mesh) ----------------------------------------------
+
+async def test_the_access_logs_dropped_line_has_every_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past its buffer the access log drops lines and says how many, as a line like the
+    others (it had no ``timestamp`` or ``logger``)."""
+    import io
+
+    from prometheus_client import CollectorRegistry, Counter, Histogram
+
+    from services.edge import accesslog
+    from services.edge.router import CallRecord
+
+    monkeypatch.setattr(accesslog, "MAX_BUFFER", 2)
+    r = CollectorRegistry()
+    out = io.StringIO()
+    log = accesslog.AccessLog(Counter("c", "", ["model", "deployment", "status"], registry=r),
+                              Histogram("h", "", ["model"], registry=r),
+                              Counter("a", "", ["model"], registry=r), out=out)
+    for i in range(3):
+        log.done(CallRecord(f"r{i}", "m", status="NOT_FOUND"))
+    log.flush()
+    events = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [e["event"] for e in events] == ["call", "call", "access_log_dropped"]
+    assert all(set(e) >= LOG_FIELDS for e in events), events
+
+
+async def test_library_logging_is_json_too() -> None:
+    """What gRPC or asyncio log through ``logging`` in a configured process (an error with
+    its traceback included) is a JSON line with the same fields, as structlog's are."""
+    script = """
+import logging, structlog
+from services import logs
+logs.configure()
+structlog.get_logger("switchyard.edge").info("edge_listening", port=1)
+structlog.get_logger().warning("nameless")
+try:
+    raise RuntimeError("boom")
+except RuntimeError:
+    logging.getLogger("asyncio").exception("Task exception was never retrieved")
+logging.getLogger("grpc._cython.cygrpc").warning("Unexpected %s", "error")
+"""
+    done = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-c", script], check=False, capture_output=True,
+        text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    events = [json.loads(line) for line in done.stderr.splitlines()]
+    assert [(e["event"], e["logger"]) for e in events] == [
+        ("edge_listening", "switchyard.edge"), ("nameless", "switchyard"),
+        ("Task exception was never retrieved", "asyncio"),
+        ("Unexpected error", "grpc._cython.cygrpc")], events
+    assert all(set(e) >= LOG_FIELDS for e in events), events
+    assert "RuntimeError: boom" in events[2]["exception"]
