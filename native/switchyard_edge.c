@@ -35,6 +35,7 @@
 #include <time.h>
 
 #include "abi.h"
+#include "rules.h"
 
 #define EXPORT __attribute__((visibility("default")))
 #define LIT(s) ((module_buffer){(s), sizeof(s) - 1})
@@ -49,7 +50,6 @@
 #define COST_NS "switchyard.cost"
 #define FEASIBLE_NS "switchyard.feasible"
 #define SERVICE "/inference.GRPCInferenceService/"
-#define NOT_PARSED "request bytes do not parse as a KServe v2 request"
 
 static const char* const SLOW_RPCS[] = {"ModelStreamInfer", "RepositoryIndex",
                                         "ModelStatistics", "ServerMetadata", NULL};
@@ -62,13 +62,6 @@ static const char* const SLOW_HINTS[] = {"x-min-quality", "x-max-cost-usd",
                                          "x-routing-profile", NULL};
 /* RPCs that start attempts at a backend (lua.py's DEADLINE_CHECKED_RPCS) */
 static const char* const DEADLINE_CHECKED[] = {"ModelInfer", "ModelStreamInfer", NULL};
-/* Every hint services/edge/hints.py reads (its HINTS): sent as a -bin header, refused */
-static const char* const HINTS[] = {"x-slo-ms", "x-min-quality", "x-max-cost-usd", "x-tenant",
-                                    "x-request-id", "x-allowed-regions", "x-fail-fast",
-                                    "x-routing-profile", "x-ttft-ms", "x-tpot-ms",
-                                    "x-max-tokens", "x-session-id", "x-allow-variant-change",
-                                    NULL};
-
 typedef struct {
   int rewrite; /* 0: listener, 1: upstream variant rewrite */
   double margin_ms;
@@ -154,96 +147,13 @@ static void reply(envoy_filter f, int code, const char* message) {
 
 /* ------------------------------------------------------------------ the request */
 
-/* Is b, whole, services/edge/hints.py's _DECIMAL: an optional sign, digits with at most one
- * point (digits before or after it), an optional exponent? No hex, spaces, "_", inf or nan,
- * which strtod (or Lua's tonumber) would take. */
-static int is_decimal(const char* s, size_t n) {
-  size_t i = 0, whole = 0, frac = 0, exp = 0;
-  if (i < n && (s[i] == '+' || s[i] == '-')) i++;
-  for (; i < n && s[i] >= '0' && s[i] <= '9'; i++) whole++;
-  if (i < n && s[i] == '.')
-    for (i++; i < n && s[i] >= '0' && s[i] <= '9'; i++) frac++;
-  if (whole == 0 && frac == 0) return 0;
-  if (i < n && (s[i] == 'e' || s[i] == 'E')) {
-    i++;
-    if (i < n && (s[i] == '+' || s[i] == '-')) i++;
-    for (; i < n && s[i] >= '0' && s[i] <= '9'; i++) exp++;
-    if (exp == 0) return 0;
-  }
-  return i == n;
-}
-
-/* x-slo-ms's range, services/edge/hints.py's SLO_RANGE (ms) */
-#define SLO_LO 1e-3
-#define SLO_HI 3.6e6
-
-/* A hint's number as hints.py's _number reads it: NULL and *out, or why not in its words
- * (written into why). */
-static const char* hint_number(envoy_buffer b, double lo, double hi, double* out, char* why,
-                               size_t why_size) {
-  if (!is_decimal(b.ptr, b.length)) return "not a number";
-  char* tmp = malloc(b.length + 1); /* digits only: the C locale's strtod reads them */
-  if (tmp == NULL) return "not a number";
-  memcpy(tmp, b.ptr, b.length);
-  tmp[b.length] = 0;
-  double v = strtod(tmp, NULL) + 0.0; /* 1e400: inf, as Python's float; -0 is 0 */
-  free(tmp);
-  if (v != v || v < lo || v > hi) {
-    snprintf(why, why_size, "must be between %g and %g", lo, hi); /* Python's :g */
-    return why;
-  }
-  *out = v;
-  return NULL;
-}
-
-/* Python's repr of an ASCII header value, as InvalidHint quotes it, appended at out (room
- * for 4 bytes per byte of b and 2 quotes); returns the end. */
-static char* py_repr(char* out, envoy_buffer b) {
-  int single = b.length && memchr(b.ptr, '\'', b.length) != NULL;
-  int dbl = b.length && memchr(b.ptr, '"', b.length) != NULL;
-  char q = single && !dbl ? '"' : '\'';
-  *out++ = q;
-  for (size_t i = 0; i < b.length; i++) {
-    unsigned char c = (unsigned char)b.ptr[i];
-    if (c == '\\' || c == (unsigned char)q) *out++ = '\\', *out++ = (char)c;
-    else if (c == '\t') *out++ = '\\', *out++ = 't';
-    else if (c == '\n') *out++ = '\\', *out++ = 'n';
-    else if (c == '\r') *out++ = '\\', *out++ = 'r';
-    else if (c < 0x20 || c == 0x7f) out += sprintf(out, "\\x%02x", c);
-    else *out++ = (char)c;
-  }
-  *out++ = q;
-  *out = 0;
-  return out;
-}
-
-/* INVALID_ARGUMENT for a hint, in InvalidHint's words: "metadata KEY=VALUE: WHY" (VALUE as
- * Python's repr), WHY's own %s filled with ARG's repr when given. */
+/* INVALID_ARGUMENT for a hint, in InvalidHint's words (rules.h: sy_hint_message). */
 static void refuse_hint(envoy_filter f, const char* key, envoy_buffer value, const char* why,
                         const envoy_buffer* arg) {
-  size_t room = strlen(key) * 2 + strlen(why) + 4 * value.length + 64 +
-                (arg ? 4 * arg->length : 0);
-  char* msg = malloc(room);
-  if (msg == NULL) return reply(f, 3, "metadata: a bad hint");
-  char* end = msg + sprintf(msg, "metadata %s=", key);
-  end = py_repr(end, value);
-  end += sprintf(end, ": ");
-  const char* hole = arg ? strstr(why, "%s") : NULL;
-  if (hole) {
-    memcpy(end, why, (size_t)(hole - why));
-    end = py_repr(end + (hole - why), *arg);
-    strcpy(end, hole + 2);
-  } else {
-    strcpy(end, why);
-  }
-  reply(f, 3, msg);
+  char* msg = sy_hint_message(key, value, why, arg);
+  reply(f, 3, msg ? msg : "metadata: a bad hint");
   free(msg);
 }
-
-/* hints.py's _once: every repeat of a hint must say what its first said (else an appended
- * header could change it). The contradiction, for refuse_hint. */
-#define CONTRADICTS(key) \
-  "contradicts an earlier " key "=%s; send the hint once (or repeat the same value)"
 
 /* A repeated x-tenant must repeat the first's value exactly (hints.py reads it as text).
  * 1: answered INVALID_ARGUMENT. */
@@ -320,7 +230,7 @@ static int slo_ms(envoy_filter f, const config* c, double* slo) {
       if (value.ptr == NULL) value.length = 0; /* an empty value */
       double v = 0;
       char why[96];
-      const char* bad = hint_number(value, SLO_LO, SLO_HI, &v, why, sizeof why);
+      const char* bad = sy_hint_number(value, SLO_LO, SLO_HI, &v, why, sizeof why);
       if (bad != NULL) {
         refuse_hint(f, "x-slo-ms", value, bad, NULL);
         return -1;
@@ -357,65 +267,16 @@ static envoy_http_header* all_headers(envoy_filter f, size_t* n) {
   return h;
 }
 
-static int key_is(const envoy_http_header* h, const char* s) {
-  size_t n = strlen(s);
-  return h->key_length == n && memcmp(h->key_ptr, s, n) == 0;
-}
-
-/* [security.limits] on the caller's metadata, as the Python edge applies them (lua.py's
- * metadata_refusal): a header list over max_metadata_bytes (HPACK's size: name + value + 32
- * per entry) is RESOURCE_EXHAUSTED, and a call or stream carrying more custom entries than
- * max_metadata_count (not pseudo-headers, user-agent, te, content-type, x-request-id or
- * grpc-*) INVALID_ARGUMENT, in the tenant gate's words. Envoy's own x-forwarded-proto and
- * x-forwarded-client-cert are not the caller's. 1: refused (answered). */
-static int metadata_refused(envoy_filter f, const config* c, envoy_buffer path,
-                            const envoy_http_header* h, size_t n) {
-  if (c->max_metadata_bytes < 0 && c->max_metadata_count < 0) return 0;
-  long long size = 0, count = 0;
-  for (size_t i = 0; i < n; i++) {
-    if (key_is(&h[i], "x-forwarded-proto") || key_is(&h[i], "x-forwarded-client-cert"))
-      continue;
-    size += (long long)(h[i].key_length + h[i].value_length) + 32;
-    if (key_is(&h[i], "user-agent") || key_is(&h[i], "te") || key_is(&h[i], "content-type") ||
-        key_is(&h[i], "x-request-id") || (h[i].key_length > 0 && h[i].key_ptr[0] == ':') ||
-        (h[i].key_length >= 5 && memcmp(h[i].key_ptr, "grpc-", 5) == 0))
-      continue;
-    count++;
-  }
-  char msg[160];
-  if (c->max_metadata_bytes >= 0 && size > c->max_metadata_bytes) {
-    snprintf(msg, sizeof msg, "metadata of %lld bytes is larger than max_metadata_bytes "
-             "(%lld vs. %lld)", size, size, c->max_metadata_bytes);
-    reply(f, 8, msg);
-    return 1;
-  }
-  if (c->max_metadata_count >= 0 && path.ptr != NULL && rpc_in(path, DEADLINE_CHECKED) &&
-      count > c->max_metadata_count) {
-    snprintf(msg, sizeof msg, "call carries %lld metadata entries (limit %lld)", count,
-             c->max_metadata_count);
-    reply(f, 3, msg);
-    return 1;
-  }
-  return 0;
-}
-
-/* A hint sent as a -bin header is refused, never skipped (hints.py: skipped, the call would
- * be served as if the caller had sent no SLO, floor, region set or tenant). The first in the
- * caller's order, in lua.py's words. 1: refused (answered). */
-static int binary_hint(envoy_filter f, const envoy_http_header* h, size_t n) {
-  for (size_t i = 0; i < n; i++) {
-    size_t k = h[i].key_length;
-    if (k <= 4 || memcmp(h[i].key_ptr + k - 4, "-bin", 4) != 0) continue;
-    for (const char* const* hint = HINTS; *hint; hint++) {
-      if (strlen(*hint) != k - 4 || memcmp(h[i].key_ptr, *hint, k - 4) != 0) continue;
-      char msg[192];
-      snprintf(msg, sizeof msg, "metadata %.*s: %s is a text header; a binary one is not "
-               "read as the hint", (int)k, h[i].key_ptr, *hint);
-      reply(f, 3, msg);
-      return 1;
-    }
-  }
-  return 0;
+/* [security.limits] on the metadata (binary 0), or a hint sent as a -bin header (binary 1;
+ * checked: a call or stream, DEADLINE_CHECKED), answered (rules.h). 1: refused. */
+static int headers_refused(envoy_filter f, const config* c, int checked,
+                           const envoy_http_header* h, size_t n, int binary) {
+  char msg[256];
+  int code = binary ? 3 * (checked && sy_binary_hint(h, n, msg, sizeof msg))
+                    : sy_metadata_refusal(h, n, c->max_metadata_bytes, c->max_metadata_count,
+                                          checked, msg, sizeof msg);
+  if (code != 0) reply(f, code, msg);
+  return code != 0;
 }
 
 static void to_slow(envoy_filter f, const config* c, const char* why, size_t why_len) {
@@ -476,130 +337,6 @@ static const char* whole_body(envoy_filter f, size_t* len, char** owned) {
   return total ? only : NULL;
 }
 
-static int varint(const unsigned char* b, size_t* pos, size_t stop, uint64_t* out) {
-  uint64_t v = 0;
-  for (int i = 0; i < 10 && *pos < stop; i++) {
-    unsigned char c = b[(*pos)++];
-    v |= (uint64_t)(c & 0x7f) << (7 * i);
-    if (c < 0x80) {
-      *out = v;
-      return 1;
-    }
-  }
-  return 0;
-}
-
-/* Is s UTF-8 as Python's strict decoder reads it (no overlong forms, surrogates or code
- * points past U+10FFFF)? The Python edge refuses a model name that is not (lua.py's utf8). */
-static int utf8(const unsigned char* s, size_t n) {
-  for (size_t i = 0; i < n;) {
-    unsigned char c = s[i];
-    size_t k;
-    if (c < 0x80) k = 0;
-    else if (c >= 0xC2 && c <= 0xDF) k = 1;
-    else if (c >= 0xE0 && c <= 0xEF) k = 2;
-    else if (c >= 0xF0 && c <= 0xF4) k = 3;
-    else return 0;
-    if (i + k >= n && k > 0) return 0;
-    for (size_t j = 1; j <= k; j++)
-      if (s[i + j] < 0x80 || s[i + j] > 0xBF) return 0;
-    if (k > 0) {
-      unsigned char d = s[i + 1];
-      if ((c == 0xE0 && d < 0xA0) || (c == 0xED && d > 0x9F) || (c == 0xF0 && d < 0x90) ||
-          (c == 0xF4 && d > 0x8F))
-        return 0;
-    }
-    i += k + 1;
-  }
-  return 1;
-}
-
-/* model_name's code for a compressed message, whose fields cannot be read */
-#define COMPRESSED (-1)
-
-/* The model name (the last field 1 of the first gRPC message), or 0 with code and message. */
-static int model_name(const unsigned char* b, size_t n, long long max_message_bytes,
-                      const char** name, size_t* name_len, int* code, char* msg,
-                      size_t msg_size) {
-  *code = 3;
-  if (n < 5) {
-    snprintf(msg, msg_size, NOT_PARSED " (no gRPC message)");
-    return 0;
-  }
-  if (b[0] != 0) {
-    *code = COMPRESSED;
-    snprintf(msg, msg_size,
-             "compressed requests are not routed by the Envoy edge; send them uncompressed");
-    return 0;
-  }
-  size_t stop = 5 + (((size_t)b[1] << 24) | ((size_t)b[2] << 16) | ((size_t)b[3] << 8) | b[4]);
-  if (max_message_bytes >= 0 && (long long)(stop - 5) > max_message_bytes) {
-    *code = 8;
-    snprintf(msg, msg_size, "request of %lld bytes is larger than max_message_bytes (%lld vs. "
-             "%lld)", (long long)(stop - 5), (long long)(stop - 5), max_message_bytes);
-    return 0;
-  }
-  if (stop > n) {
-    snprintf(msg, msg_size, NOT_PARSED " (truncated gRPC message)");
-    return 0;
-  }
-  size_t pos = 5;
-  *name = NULL;
-  *name_len = 0;
-  while (pos < stop) {
-    uint64_t key, v;
-    if (!varint(b, &pos, stop, &key)) {
-      snprintf(msg, msg_size, NOT_PARSED " (truncated varint)");
-      return 0;
-    }
-    uint64_t field = key >> 3, wire = key & 7;
-    if (field == 0) {
-      snprintf(msg, msg_size, NOT_PARSED " (field number 0)");
-      return 0;
-    }
-    if (wire == 2) {
-      if (!varint(b, &pos, stop, &v) || v > stop - pos) {
-        snprintf(msg, msg_size, NOT_PARSED " (truncated field %llu)", (unsigned long long)field);
-        return 0;
-      }
-      if (field == 1) {
-        *name = (const char*)b + pos;
-        *name_len = v;
-      }
-      pos += v;
-    } else if (wire == 0) {
-      if (!varint(b, &pos, stop, &v)) {
-        snprintf(msg, msg_size, NOT_PARSED " (truncated varint)");
-        return 0;
-      }
-    } else if (wire == 1) {
-      pos += 8;
-    } else if (wire == 5) {
-      pos += 4;
-    } else {
-      snprintf(msg, msg_size, NOT_PARSED " (wire type %llu)", (unsigned long long)wire);
-      return 0;
-    }
-  }
-  if (pos != stop) {
-    snprintf(msg, msg_size, NOT_PARSED " (truncated fixed-width field)");
-    return 0;
-  }
-  if (*name == NULL || *name_len == 0) {
-    snprintf(msg, msg_size, "the request's model name is empty; set the model to call");
-    return 0;
-  }
-  if (*name_len > 1024) {
-    snprintf(msg, msg_size, "model_name is longer than 1024 bytes");
-    return 0;
-  }
-  if (!utf8((const unsigned char*)*name, *name_len)) {
-    snprintf(msg, msg_size, "model_name is not valid UTF-8"); /* services/edge/wire.py's */
-    return 0;
-  }
-  return 1;
-}
-
 /* Replace the request body with its one gRPC message plus field 1 = name (the parser keeps
  * the last value), the frame length fixed. */
 static int append_name(envoy_filter f, const char* body, size_t n, const char* name,
@@ -642,26 +379,22 @@ static int listener_headers(envoy_filter f, filter* s, bool end_of_stream) {
   envoy_buffer path = {0};
   int has_path = get_header(f, REQUEST_HEADER, ":path", &path);
   int checked = has_path && rpc_in(path, DEADLINE_CHECKED);
-  size_t nh;
-  envoy_http_header* all = all_headers(f, &nh);
-  int refused = metadata_refused(f, c, path, all, nh);
-  free(all);
-  if (refused) return HEADERS_STOP_ITERATION;
+  int limits = c->max_metadata_bytes >= 0 || c->max_metadata_count >= 0;
+  size_t nh = 0;
+  envoy_http_header* all = limits || checked ? all_headers(f, &nh) : NULL;
   s->deadline_at_ms = 0;
   double budget;
-  if (checked && deadline_ms(f, &budget)) {
+  int refused = headers_refused(f, c, checked, all, nh, 0);
+  if (!refused && checked && deadline_ms(f, &budget)) {
     if (budget <= MIN_REMAINING_MS) {
       too_late(f, budget);
-      return HEADERS_STOP_ITERATION;
+      refused = 1;
     }
     s->deadline_at_ms = now_ms() + budget;
   }
-  if (checked) {
-    all = all_headers(f, &nh);
-    refused = binary_hint(f, all, nh);
-    free(all);
-    if (refused) return HEADERS_STOP_ITERATION;
-  }
+  if (!refused) refused = headers_refused(f, c, checked, all, nh, 1);
+  free(all);
+  if (refused) return HEADERS_STOP_ITERATION;
   remove_header(f, MODEL_HEADER);
   remove_header(f, NAMED_HEADER);
   remove_header(f, VARIANT_HEADER);
@@ -723,8 +456,8 @@ static void listener_body_done(envoy_filter f, filter* s) {
     reply(f, 3, NOT_PARSED " (no body)");
     return;
   }
-  if (!model_name((const unsigned char*)body, n, s->cfg->max_message_bytes, &name, &name_len,
-                  &code, msg, sizeof msg)) {
+  if (!sy_model_name((const unsigned char*)body, n, s->cfg->max_message_bytes, &name,
+                     &name_len, &code, msg, sizeof msg)) {
     free(owned);
     if (code == COMPRESSED && s->cfg->slow_path) {
       /* the Python edge decompresses it and routes it by every rule (sent on as it came) */

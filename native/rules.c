@@ -1,0 +1,267 @@
+/* The Python edge's rules on what a caller sends, in C (rules.h): hint numbers and their
+ * words (services/edge/hints.py), the metadata limits ([security.limits]), a hint sent as a
+ * -bin header, and the request body's walk to its model name (services/edge/wire.py). The
+ * listener Lua (services/xds/lua.py) holds the same; tests/unit/test_envoy_dynmod_parity.py
+ * holds this to the Python edge. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "rules.h"
+
+/* Every hint services/edge/hints.py reads (its HINTS): sent as a -bin header, refused */
+static const char* const HINTS[] = {"x-slo-ms", "x-min-quality", "x-max-cost-usd", "x-tenant",
+                                    "x-request-id", "x-allowed-regions", "x-fail-fast",
+                                    "x-routing-profile", "x-ttft-ms", "x-tpot-ms",
+                                    "x-max-tokens", "x-session-id", "x-allow-variant-change",
+                                    NULL};
+
+/* Is b, whole, services/edge/hints.py's _DECIMAL: an optional sign, digits with at most one
+ * point (digits before or after it), an optional exponent? No hex, spaces, "_", inf or nan,
+ * which strtod (or Lua's tonumber) would take. */
+static int is_decimal(const char* s, size_t n) {
+  size_t i = 0, whole = 0, frac = 0, exp = 0;
+  if (i < n && (s[i] == '+' || s[i] == '-')) i++;
+  for (; i < n && s[i] >= '0' && s[i] <= '9'; i++) whole++;
+  if (i < n && s[i] == '.')
+    for (i++; i < n && s[i] >= '0' && s[i] <= '9'; i++) frac++;
+  if (whole == 0 && frac == 0) return 0;
+  if (i < n && (s[i] == 'e' || s[i] == 'E')) {
+    i++;
+    if (i < n && (s[i] == '+' || s[i] == '-')) i++;
+    for (; i < n && s[i] >= '0' && s[i] <= '9'; i++) exp++;
+    if (exp == 0) return 0;
+  }
+  return i == n;
+}
+
+const char* sy_hint_number(envoy_buffer b, double lo, double hi, double* out, char* why,
+                           size_t why_size) {
+  if (!is_decimal(b.ptr, b.length)) return "not a number";
+  char* tmp = malloc(b.length + 1); /* digits only: the C locale's strtod reads them */
+  if (tmp == NULL) return "not a number";
+  memcpy(tmp, b.ptr, b.length);
+  tmp[b.length] = 0;
+  double v = strtod(tmp, NULL) + 0.0; /* 1e400: inf, as Python's float; -0 is 0 */
+  free(tmp);
+  if (v != v || v < lo || v > hi) {
+    snprintf(why, why_size, "must be between %g and %g", lo, hi); /* Python's :g */
+    return why;
+  }
+  *out = v;
+  return NULL;
+}
+
+/* Python's repr of an ASCII header value, as InvalidHint quotes it, appended at out (room
+ * for 4 bytes per byte of b and 2 quotes); returns the end. */
+static char* py_repr(char* out, envoy_buffer b) {
+  int single = b.length && memchr(b.ptr, '\'', b.length) != NULL;
+  int dbl = b.length && memchr(b.ptr, '"', b.length) != NULL;
+  char q = single && !dbl ? '"' : '\'';
+  *out++ = q;
+  for (size_t i = 0; i < b.length; i++) {
+    unsigned char c = (unsigned char)b.ptr[i];
+    if (c == '\\' || c == (unsigned char)q) *out++ = '\\', *out++ = (char)c;
+    else if (c == '\t') *out++ = '\\', *out++ = 't';
+    else if (c == '\n') *out++ = '\\', *out++ = 'n';
+    else if (c == '\r') *out++ = '\\', *out++ = 'r';
+    else if (c < 0x20 || c == 0x7f) out += sprintf(out, "\\x%02x", c);
+    else *out++ = (char)c;
+  }
+  *out++ = q;
+  *out = 0;
+  return out;
+}
+
+char* sy_hint_message(const char* key, envoy_buffer value, const char* why,
+                      const envoy_buffer* arg) {
+  size_t room = strlen(key) * 2 + strlen(why) + 4 * value.length + 64 +
+                (arg ? 4 * arg->length : 0);
+  char* msg = malloc(room);
+  if (msg == NULL) return NULL;
+  char* end = msg + sprintf(msg, "metadata %s=", key);
+  end = py_repr(end, value);
+  end += sprintf(end, ": ");
+  const char* hole = arg ? strstr(why, "%s") : NULL;
+  if (hole) {
+    memcpy(end, why, (size_t)(hole - why));
+    end = py_repr(end + (hole - why), *arg);
+    strcpy(end, hole + 2);
+  } else {
+    strcpy(end, why);
+  }
+  return msg;
+}
+
+static int key_is(const envoy_http_header* h, const char* s) {
+  size_t n = strlen(s);
+  return h->key_length == n && memcmp(h->key_ptr, s, n) == 0;
+}
+
+/* lua.py's metadata_refusal, as the Python edge applies [security.limits]: its gRPC server
+ * refuses a header list over max_metadata_bytes (HPACK's size: name + value + 32 per entry;
+ * services/security/transport.py), its tenant gate a call or stream carrying more custom
+ * entries than max_metadata_count (not pseudo-headers, user-agent, te, content-type,
+ * x-request-id or grpc-*; services/security/tenants.py, in its words). Envoy's own
+ * x-forwarded-proto and x-forwarded-client-cert are not the caller's. */
+int sy_metadata_refusal(const envoy_http_header* h, size_t n, long long max_bytes,
+                        long long max_count, int checked, char* msg, size_t msg_size) {
+  if (max_bytes < 0 && max_count < 0) return 0;
+  long long size = 0, count = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (key_is(&h[i], "x-forwarded-proto") || key_is(&h[i], "x-forwarded-client-cert"))
+      continue;
+    size += (long long)(h[i].key_length + h[i].value_length) + 32;
+    if (key_is(&h[i], "user-agent") || key_is(&h[i], "te") || key_is(&h[i], "content-type") ||
+        key_is(&h[i], "x-request-id") || (h[i].key_length > 0 && h[i].key_ptr[0] == ':') ||
+        (h[i].key_length >= 5 && memcmp(h[i].key_ptr, "grpc-", 5) == 0))
+      continue;
+    count++;
+  }
+  if (max_bytes >= 0 && size > max_bytes) {
+    snprintf(msg, msg_size, "metadata of %lld bytes is larger than max_metadata_bytes "
+             "(%lld vs. %lld)", size, size, max_bytes);
+    return 8;
+  }
+  if (max_count >= 0 && checked && count > max_count) {
+    snprintf(msg, msg_size, "call carries %lld metadata entries (limit %lld)", count, max_count);
+    return 3;
+  }
+  return 0;
+}
+
+/* Skipped, a hint sent as -bin would serve the call as if the caller had sent no SLO,
+ * floor, region set or tenant: refused (hints.py), the first in the caller's order, in
+ * lua.py's words. */
+int sy_binary_hint(const envoy_http_header* h, size_t n, char* msg, size_t msg_size) {
+  for (size_t i = 0; i < n; i++) {
+    size_t k = h[i].key_length;
+    if (k <= 4 || memcmp(h[i].key_ptr + k - 4, "-bin", 4) != 0) continue;
+    for (const char* const* hint = HINTS; *hint; hint++) {
+      if (strlen(*hint) != k - 4 || memcmp(h[i].key_ptr, *hint, k - 4) != 0) continue;
+      snprintf(msg, msg_size, "metadata %.*s: %s is a text header; a binary one is not read "
+               "as the hint", (int)k, h[i].key_ptr, *hint);
+      return 1;
+    }
+  }
+  return 0;
+}
+
+static int varint(const unsigned char* b, size_t* pos, size_t stop, uint64_t* out) {
+  uint64_t v = 0;
+  for (int i = 0; i < 10 && *pos < stop; i++) {
+    unsigned char c = b[(*pos)++];
+    v |= (uint64_t)(c & 0x7f) << (7 * i);
+    if (c < 0x80) {
+      *out = v;
+      return 1;
+    }
+  }
+  return 0;
+}
+
+/* Is s UTF-8 as Python's strict decoder reads it (no overlong forms, surrogates or code
+ * points past U+10FFFF)? The Python edge refuses a model name that is not (lua.py's utf8). */
+static int utf8(const unsigned char* s, size_t n) {
+  for (size_t i = 0; i < n;) {
+    unsigned char c = s[i];
+    size_t k;
+    if (c < 0x80) k = 0;
+    else if (c >= 0xC2 && c <= 0xDF) k = 1;
+    else if (c >= 0xE0 && c <= 0xEF) k = 2;
+    else if (c >= 0xF0 && c <= 0xF4) k = 3;
+    else return 0;
+    if (i + k >= n && k > 0) return 0;
+    for (size_t j = 1; j <= k; j++)
+      if (s[i + j] < 0x80 || s[i + j] > 0xBF) return 0;
+    if (k > 0) {
+      unsigned char d = s[i + 1];
+      if ((c == 0xE0 && d < 0xA0) || (c == 0xED && d > 0x9F) || (c == 0xF0 && d < 0x90) ||
+          (c == 0xF4 && d > 0x8F))
+        return 0;
+    }
+    i += k + 1;
+  }
+  return 1;
+}
+
+int sy_model_name(const unsigned char* b, size_t n, long long max_message_bytes,
+                  const char** name, size_t* name_len, int* code, char* msg, size_t msg_size) {
+  *code = 3;
+  if (n < 5) {
+    snprintf(msg, msg_size, NOT_PARSED " (no gRPC message)");
+    return 0;
+  }
+  if (b[0] != 0) {
+    *code = COMPRESSED;
+    snprintf(msg, msg_size,
+             "compressed requests are not routed by the Envoy edge; send them uncompressed");
+    return 0;
+  }
+  size_t stop = 5 + (((size_t)b[1] << 24) | ((size_t)b[2] << 16) | ((size_t)b[3] << 8) | b[4]);
+  if (max_message_bytes >= 0 && (long long)(stop - 5) > max_message_bytes) {
+    *code = 8;
+    snprintf(msg, msg_size, "request of %lld bytes is larger than max_message_bytes (%lld vs. "
+             "%lld)", (long long)(stop - 5), (long long)(stop - 5), max_message_bytes);
+    return 0;
+  }
+  if (stop > n) {
+    snprintf(msg, msg_size, NOT_PARSED " (truncated gRPC message)");
+    return 0;
+  }
+  size_t pos = 5;
+  *name = NULL;
+  *name_len = 0;
+  while (pos < stop) {
+    uint64_t key, v;
+    if (!varint(b, &pos, stop, &key)) {
+      snprintf(msg, msg_size, NOT_PARSED " (truncated varint)");
+      return 0;
+    }
+    uint64_t field = key >> 3, wire = key & 7;
+    if (field == 0) {
+      snprintf(msg, msg_size, NOT_PARSED " (field number 0)");
+      return 0;
+    }
+    if (wire == 2) {
+      if (!varint(b, &pos, stop, &v) || v > stop - pos) {
+        snprintf(msg, msg_size, NOT_PARSED " (truncated field %llu)", (unsigned long long)field);
+        return 0;
+      }
+      if (field == 1) {
+        *name = (const char*)b + pos;
+        *name_len = v;
+      }
+      pos += v;
+    } else if (wire == 0) {
+      if (!varint(b, &pos, stop, &v)) {
+        snprintf(msg, msg_size, NOT_PARSED " (truncated varint)");
+        return 0;
+      }
+    } else if (wire == 1) {
+      pos += 8;
+    } else if (wire == 5) {
+      pos += 4;
+    } else {
+      snprintf(msg, msg_size, NOT_PARSED " (wire type %llu)", (unsigned long long)wire);
+      return 0;
+    }
+  }
+  if (pos != stop) {
+    snprintf(msg, msg_size, NOT_PARSED " (truncated fixed-width field)");
+    return 0;
+  }
+  if (*name == NULL || *name_len == 0) {
+    snprintf(msg, msg_size, "the request's model name is empty; set the model to call");
+    return 0;
+  }
+  if (*name_len > 1024) {
+    snprintf(msg, msg_size, "model_name is longer than 1024 bytes");
+    return 0;
+  }
+  if (!utf8((const unsigned char*)*name, *name_len)) {
+    snprintf(msg, msg_size, "model_name is not valid UTF-8"); /* services/edge/wire.py's */
+    return 0;
+  }
+  return 1;
+}

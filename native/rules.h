@@ -1,0 +1,46 @@
+/* The Python edge's rules on what a caller sends, as the C dynamic module holds them: pure
+ * functions over bytes (no Envoy callback), each the twin of the listener Lua's and of the
+ * Python code it names. switchyard_edge.c answers with what they say. */
+#pragma once
+
+#include <stddef.h>
+
+#include "abi.h"
+
+#define NOT_PARSED "request bytes do not parse as a KServe v2 request"
+
+/* x-slo-ms's range, services/edge/hints.py's SLO_RANGE (ms) */
+#define SLO_LO 1e-3
+#define SLO_HI 3.6e6
+
+/* hints.py's _once: every repeat of a hint must say what its first said (else an appended
+ * header could change it). The contradiction, for sy_hint_message's why. */
+#define CONTRADICTS(key) \
+  "contradicts an earlier " key "=%s; send the hint once (or repeat the same value)"
+
+/* sy_model_name's code for a compressed message, whose fields cannot be read */
+#define COMPRESSED (-1)
+
+/* A hint's number as hints.py's _number reads it: NULL and *out, or why not in its words
+ * (written into why). */
+const char* sy_hint_number(envoy_buffer b, double lo, double hi, double* out, char* why,
+                           size_t why_size);
+
+/* InvalidHint's words: "metadata KEY=VALUE: WHY" (VALUE as Python's repr), WHY's own %s
+ * filled with ARG's repr when given. malloc'd (free it); NULL without memory. */
+char* sy_hint_message(const char* key, envoy_buffer value, const char* why,
+                      const envoy_buffer* arg);
+
+/* [security.limits] on the caller's metadata (h: every header entry): 0, or the gRPC status
+ * (8 over max_metadata_bytes, 3 over max_metadata_count on a call or stream, `checked`) with
+ * its message in msg. A limit below 0 is not checked. */
+int sy_metadata_refusal(const envoy_http_header* h, size_t n, long long max_bytes,
+                        long long max_count, int checked, char* msg, size_t msg_size);
+
+/* A hint services/edge/hints.py reads sent as a -bin header: 1 and the message, else 0. */
+int sy_binary_hint(const envoy_http_header* h, size_t n, char* msg, size_t msg_size);
+
+/* The model name of a gRPC-framed request (the last field 1 of its message, as a protobuf
+ * parser keeps it), or 0 with a gRPC status (or COMPRESSED) and message. */
+int sy_model_name(const unsigned char* b, size_t n, long long max_message_bytes,
+                  const char** name, size_t* name_len, int* code, char* msg, size_t msg_size);
