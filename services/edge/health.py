@@ -56,15 +56,18 @@ class HealthSnapshot:
 class HealthView:
     def __init__(self, store: RouteStore, outliers: OutlierSettings, slow_start_s: float,
                  unhealthy_after: int = 2, clock: Callable[[], float] = time.monotonic,
-                 on_eject: Callable[[str, float], None] | None = None) -> None:
-        """``on_eject(deployment_id, seconds)`` on each deployment ejection (metrics, log)."""
+                 on_eject: Callable[[str, float], None] | None = None,
+                 on_backend_eject: Callable[[str, float], None] | None = None) -> None:
+        """``on_eject(deployment_id, seconds)`` on each deployment ejection and
+        ``on_backend_eject(backend_id, seconds)`` on each whole backend's (metrics, log; a
+        backend's is only logged when none is given)."""
         self.store = store
         self.clock = clock
         self.unhealthy_after = unhealthy_after
         self._deployments = OutlierDetector.from_settings(outliers, clock, on_eject)
         self._backends = OutlierDetector.from_settings(
-            outliers, clock, lambda b, for_s: log.warning("backend_ejected", backend=b,
-                                                          for_s=for_s))
+            outliers, clock, on_backend_eject or (
+                lambda b, for_s: log.warning("backend_ejected", backend=b, for_s=for_s)))
         self._slow_start = SlowStart(slow_start_s, clock)
         self._failed_checks: dict[str, int] = {}
         self._unhealthy: dict[str, str] = {}  # backend ids failing active checks -> why

@@ -54,6 +54,10 @@ class EdgeMetrics:
                                  "OK within it)", ["model", "met"], registry=self.registry)
         self.ejections = Counter("switchyard_edge_ejections_total", "Outlier ejections",
                                  ["deployment"], registry=self.registry)
+        self.backend_ejections = Counter(
+            "switchyard_edge_backend_ejections_total",
+            "Outlier ejections of a whole backend (timeouts, lost connections): every "
+            "deployment on it", ["backend"], registry=self.registry)
         self.streams_given_up = Counter(
             "switchyard_edge_streams_given_up_total",
             "Stream attempts given up: silent on a backend the health checks find unreachable",
@@ -159,6 +163,10 @@ async def start_edge(cfg: MeshConfig, edge: EdgeConfig, port: int | None = None,
         metrics.ejections.labels(dep).inc()
         log.warning("deployment_ejected", deployment=dep, for_s=s)
 
+    def on_backend_eject(backend: str, s: float) -> None:
+        metrics.backend_ejections.labels(backend).inc()
+        log.warning("backend_ejected", backend=backend, for_s=s)
+
     health = HealthView(
         store, OutlierSettings(rt.eject_consecutive_failures, rt.eject_base_s,
                                max_share=rt.eject_max_share,
@@ -166,7 +174,7 @@ async def start_edge(cfg: MeshConfig, edge: EdgeConfig, port: int | None = None,
                                min_requests=rt.eject_min_requests,
                                interval_s=rt.eject_interval_s),
         rt.slow_start_s,
-        on_eject=on_eject)
+        on_eject=on_eject, on_backend_eject=on_backend_eject)
     observer = lambda stage, plugin, s: metrics.stage.labels(stage, plugin).observe(s)  # noqa: E731
     profiles = {n: build_profile(n, cfg.routing.spread_band, observer) for n in PROFILES}
     upstreams = Upstreams(dial or make_dialer(cfg, edge.region), rt.max_message_bytes)

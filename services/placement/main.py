@@ -114,7 +114,7 @@ def build_service(cfg: MeshConfig, preregister: bool,
     regions = sorted({e.region for e in cfg.edges} or set(catalog.regions))
     hub = RouteHub(fleet, builder, regions, cfg.placement.coalesce_ms / 1000, time.monotonic)
     metrics = PlacementMetrics()
-    metrics.track(fleet.backends)
+    metrics.track(fleet.backends, hub.watchers)
     hub.on_push = metrics.pushes.inc
     hub.on_published = metrics.published
     return PlacementService(fleet, prices, builder, hub, metrics, cfg.routing.slo_margin_ms,

@@ -26,7 +26,8 @@ class PlacementMetrics:
                                  "Telemetry reports accepted from agents",
                                  registry=self.registry)
         self.watchers = Gauge("switchyard_placement_watchers",
-                              "Edges currently watching route tables", registry=self.registry)
+                              "Edges currently watching route tables (WatchRoutes or ADS)",
+                              registry=self.registry)
         self.pushes = Counter("switchyard_placement_route_tables_pushed_total",
                               "Route tables whose content changed and were pushed",
                               registry=self.registry)
@@ -47,12 +48,16 @@ class PlacementMetrics:
         # started (a new id each) would stay a label set for as long as placement runs
         self.registered: Callable[[str], bool] = lambda backend_id: True
 
-    def track(self, backends: Collection[str]) -> None:
-        """``backends``: the fleet's registered backends by id (``FleetState.backends``). The
-        backends gauge reads their count at each scrape (it was never set: 0 with a whole
-        fleet registered), and a deregistered backend's cost series are removed."""
+    def track(self, backends: Collection[str], watchers: Collection[object]) -> None:
+        """``backends``: the fleet's registered backends by id (``FleetState.backends``);
+        ``watchers``: the route hub's (``RouteHub.watchers``: a Python edge's WatchRoutes and
+        an Envoy edge's ADS stream each hold one). Both gauges read their count at each
+        scrape: the backends gauge was never set (0 with a whole fleet registered) and the
+        watchers gauge counted WatchRoutes only (an Envoy edge watching was not one). A
+        deregistered backend's cost series are removed."""
         self.registered = backends.__contains__
         self.backends.set_function(lambda: len(backends))
+        self.watchers.set_function(lambda: len(watchers))
 
     def published(self, push: Push) -> None:
         """The hub offered ``push`` to its watchers."""

@@ -170,7 +170,6 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
         if not request.edge_region:
             raise InvalidRequest("WatchRoutes needs edge_region")
         watcher = self.hub.subscribe(request.edge_id, request.edge_region)
-        self.metrics.watchers.inc()
         log.info("edge_watching", edge=request.edge_id, region=request.edge_region)
         try:
             # No await between the snapshot and take(): later changes stay pending. A kept
@@ -198,7 +197,6 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
                                                     placement_id=self.placement_id)
         finally:
             self.hub.unsubscribe(watcher)
-            self.metrics.watchers.dec()
             log.info("edge_left", edge=request.edge_id, region=request.edge_region)
 
     async def GetRouteTables(self, request: placement_pb2.GetRouteTablesRequest,

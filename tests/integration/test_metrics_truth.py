@@ -31,6 +31,7 @@ from typing import Any
 
 import grpc
 import pytest
+import pytest_asyncio
 import tritonclient.grpc as tc
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -38,6 +39,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from services.config import MeshConfig
 from services.demo import infer_with_trailers
 from services.ports import free_port
+from tests.envoy_harness import EnvoyMesh, running_envoy_mesh
 from tests.mesh_harness import (
     Mesh,
     eventually,
@@ -378,6 +380,61 @@ async def test_placement_counts_what_it_holds(mesh: Mesh, edge: Edge) -> None:
     await eventually(costs_match, 10, "the cost gauges equal the edge's rows")
 
 
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def envoy_mesh(cfg: MeshConfig, tritons: dict[str, Any],
+                     tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[EnvoyMesh]:
+    """An Envoy edge with its slow path and its own placement, on the module's Tritons."""
+    async with running_envoy_mesh(cfg, tmp_path_factory.mktemp("envoy")) as m:
+        yield m
+
+
+async def test_envoy_requests_are_counted_once_by_the_path_that_answered(
+        envoy_mesh: EnvoyMesh) -> None:
+    """Placement's ``switchyard_envoy_requests_total{edge,path}`` against what each caller
+    saw (the ``x-switchyard-path`` trailer) and Envoy's own request count; the slow path's
+    ``switchyard_edge_calls_total`` counts exactly the calls Envoy sent it."""
+    m = envoy_mesh
+    feedback = m.placement.ads.feedback if m.placement.ads is not None else None
+    assert feedback is not None
+    registry = m.placement.service.metrics.registry
+    # the slow path's switchyard_edge_calls_total (its AccessLog holds the counter)
+    slow_calls = m.slow.router.on_done.__self__.calls  # type: ignore[attr-defined]
+
+    def slow_total() -> float:
+        return float(sum(s.value for f in slow_calls.collect() for s in f.samples
+                         if s.name == "switchyard_edge_calls_total"))
+
+    def by_path() -> dict[str, float]:
+        return {p: registry.get_sample_value("switchyard_envoy_requests_total",
+                                             {"edge": m.envoy.node.edge_id, "path": p}) or 0.0
+                for p in ("envoy", "slow", "local")}
+
+    def all_logged() -> bool:  # every request Envoy finished has reached placement's log
+        return sum(by_path().values()) == m.envoy_stat("http.switchyard.downstream_rq_total")
+
+    await eventually(all_logged, 20, "Envoy's log caught up")
+    # the slow path's WatchRoutes and Envoy's ADS stream both watch the route tables
+    assert registry.get_sample_value("switchyard_placement_watchers") == 2
+    before, slow_before = by_path(), slow_total()
+    seen: list[tuple[str, str]] = []  # (status, path) as each caller saw them
+    async with m.channel() as ch:
+        for md, raw in [*([((), None)] * 5), *([([("x-min-quality", "0.8")], None)] * 2),
+                        ([("x-slo-ms", "fast")], None), ([], request_bytes("no-such-model")),
+                        ([("x-max-cost-usd", "0")], None)]:
+            code, trailers, _ = await raw_infer(ch, md, raw)
+            # Envoy's own (local) replies name no path (README, "Trailers")
+            seen.append((code.name, trailers.get("x-switchyard-path", "local")))
+    paths = collections.Counter(p for _, p in seen)
+    assert paths == {"envoy": 5, "slow": 3, "local": 2}, seen
+    await eventually(lambda: sum(by_path().values()) - sum(before.values()) == len(seen), 20,
+                     "Envoy logged every call")
+    after = by_path()
+    got = {p: after[p] - before[p] for p in after if after[p] - before[p]}
+    assert got == dict(paths), (got, seen)
+    assert all_logged()
+    assert slow_total() - slow_before == paths["slow"], seen
+
+
 async def test_a_backend_killed_under_load(mesh: Mesh, edge: Edge) -> None:
     """Calls through a backend killed mid-load: each counted once as its caller saw it,
     every attempt (retries included) counted, and each ejection once as logged."""
@@ -407,15 +464,27 @@ async def test_a_backend_killed_under_load(mesh: Mesh, edge: Edge) -> None:
                      "every call counted")
     d = delta(edge.series(), before)
     check_calls(d, seen)
-    ejected = [json.loads(line) for line in edge.lines() if '"deployment_ejected"' in line]
-    assert ejected and pick(edge.series(), "switchyard_edge_ejections_total") == len(ejected)
+    # Each ejection counted once, as logged: a deployment's, and a whole backend's (before,
+    # a backend's was logged only: the kill ejected the backend and /metrics said nothing).
+    logged = collections.Counter(json.loads(line)["event"] for line in edge.lines()
+                                 if "_ejected\"" in line)
+    after = edge.series()
+    assert logged["backend_ejected"] + logged["deployment_ejected"] > 0, logged
+    assert pick(after, "switchyard_edge_ejections_total") == logged["deployment_ejected"]
+    assert pick(after, "switchyard_edge_backend_ejections_total", backend=backend
+                ) == pick(after, "switchyard_edge_backend_ejections_total"
+                          ) == logged["backend_ejected"], logged
 
 
-async def test_every_log_line_is_one_json_object_with_its_fields(edge: Edge) -> None:
+async def test_every_log_line_is_one_json_object_with_its_fields(mesh: Mesh, edge: Edge
+                                                                  ) -> None:
     """Last: stops the edge process (SIGTERM, as an operator does) and reads all it wrote."""
     total = pick(edge.series(), "switchyard_edge_calls_total")
     edge.proc.send_signal(signal.SIGTERM)
-    assert edge.proc.wait(20) == 0, edge.log.read_text()[-3000:]
+    assert await asyncio.to_thread(edge.proc.wait, 20) == 0, edge.log.read_text()[-3000:]
+    # placement's watchers gauge back to the one edge left (edge-east)
+    await eventually(lambda: pick(placement_series(mesh), "switchyard_placement_watchers") == 1,
+                     10, "the edge's watch is gone")
     events = []
     for line in edge.lines():
         try:
