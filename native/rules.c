@@ -265,3 +265,41 @@ int sy_model_name(const unsigned char* b, size_t n, long long max_message_bytes,
   }
   return 1;
 }
+
+/* Does message read "Request for unknown model: '<name>' <ending>" (no quote in the name)? */
+static int variant_gone(envoy_buffer m) {
+  static const char* const endings[] = {"has no available versions", "is not found", NULL};
+  size_t k = sizeof(TRITON_UNKNOWN_MODEL) - 1;
+  if (m.length < k || memcmp(m.ptr, TRITON_UNKNOWN_MODEL, k) != 0) return 0;
+  const char* quote = memchr(m.ptr + k, '\'', m.length - k);
+  if (quote == NULL) return 0;
+  size_t rest = m.length - (size_t)(quote - m.ptr) - 1;
+  if (rest < 1 || quote[1] != ' ') return 0;
+  for (const char* const* e = endings; *e; e++)
+    if (strlen(*e) == rest - 1 && memcmp(quote + 2, *e, rest - 1) == 0) return 1;
+  return 0;
+}
+
+int sy_backend_status(int status, envoy_buffer message, char** out) {
+  static const char unparseable[] = UNPARSEABLE;
+  static const char said[] = "request bytes do not parse as a ModelInferRequest (the "
+                             "deployment answered: ";
+  *out = NULL;
+  if (status == 5 && variant_gone(message)) {
+    size_t n = message.length + sizeof(GONE_HINT);
+    if ((*out = malloc(n)) == NULL) return 0;
+    memcpy(*out, message.ptr, message.length);
+    memcpy(*out + message.length, GONE_HINT, sizeof(GONE_HINT));
+    return 14;
+  }
+  if (status == 13 && message.length >= sizeof unparseable - 1 &&
+      memcmp(message.ptr, unparseable, sizeof unparseable - 1) == 0) {
+    size_t n = sizeof said - 1 + message.length + 2;
+    if ((*out = malloc(n)) == NULL) return 0;
+    memcpy(*out, said, sizeof said - 1);
+    memcpy(*out + sizeof said - 1, message.ptr, message.length);
+    memcpy(*out + sizeof said - 1 + message.length, ")", 2);
+    return 3;
+  }
+  return 0;
+}

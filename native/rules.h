@@ -44,3 +44,18 @@ int sy_binary_hint(const envoy_http_header* h, size_t n, char* msg, size_t msg_s
  * parser keeps it), or 0 with a gRPC status (or COMPRESSED) and message. */
 int sy_model_name(const unsigned char* b, size_t n, long long max_message_bytes,
                   const char** name, size_t* name_len, int* code, char* msg, size_t msg_size);
+
+/* placement.attempts' VARIANT_GONE_PATTERN parts and GONE_HINT, wire.UNPARSEABLE (Python's
+ * constants; tests/unit/test_envoy_dynmod_parity.py sends them) */
+#define TRITON_UNKNOWN_MODEL "Request for unknown model: '"
+#define GONE_HINT                                                                          \
+  " (the variant was unloaded there or its server is shutting down; placement drops it " \
+  "from the route table on its next report: retry)"
+#define UNPARSEABLE "Unable to parse request"
+
+/* A backend's status as the caller gets it from the Python edge (lua.py's envoy_on_response):
+ * NOT_FOUND for the variant it was sent, after every retry, is UNAVAILABLE with GONE_HINT
+ * appended (the caller's model exists, the table is behind); INTERNAL for request bytes
+ * whose tensors do not parse is INVALID_ARGUMENT. 0: as it is; else the new status and *out
+ * (malloc'd; free it). */
+int sy_backend_status(int status, envoy_buffer message, char** out);

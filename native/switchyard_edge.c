@@ -25,9 +25,11 @@
  * trailers-only gRPC answer with the Lua's statuses and messages; a compressed message goes to
  * the slow path; a name with a NUL, CR or LF sets no header (the unknown-model route).
  * tests/unit/test_envoy_dynmod_parity.py holds it to the Python edge on
- * tests/integration/test_hostile_engines.py's cases. Not yet here (the Lua has them): a
- * client certificate that may name a tenant (xfcc), the response side's VARIANT_GONE and
- * UNPARSEABLE rewrites. Built by native/build.sh (gcc -O2 -shared -fPIC). */
+ * tests/integration/test_hostile_engines.py's cases. On the way back, a variant gone from
+ * every deployment is UNAVAILABLE with the Python edge's hint and a backend's INTERNAL for
+ * unparseable bytes INVALID_ARGUMENT (sy_backend_status). Not yet here (the Lua has it): a
+ * client certificate that may name a tenant (xfcc). Built by native/build.sh (gcc -O2
+ * -shared -fPIC). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -602,6 +604,23 @@ EXPORT int envoy_dynamic_module_on_http_filter_request_trailers(envoy_filter f, 
   return TRAILERS_CONTINUE;
 }
 
+/* A backend's status and message (the response's headers or trailers) as the caller gets
+ * them from the Python edge (rules.h: sy_backend_status). */
+static void backend_status(envoy_filter f, enum header_type t, envoy_buffer status) {
+  int code = status.length == 1 ? status.ptr[0] - '0' : status.length == 2 && status.ptr[0] ==
+             '1' ? 10 + status.ptr[1] - '0' : -1;
+  envoy_buffer message = {0};
+  get_header(f, t, "grpc-message", &message);
+  char* said = NULL;
+  int to = sy_backend_status(code, message, &said); /* reads message before it changes */
+  if (to == 0) return;
+  char s[4];
+  snprintf(s, sizeof s, "%d", to);
+  set_header(f, t, "grpc-status", s, strlen(s));
+  set_header(f, t, "grpc-message", said, strlen(said));
+  free(said);
+}
+
 EXPORT int envoy_dynamic_module_on_http_filter_response_headers(envoy_filter f, filter* s,
                                                                 bool end_of_stream) {
   (void)end_of_stream;
@@ -610,6 +629,7 @@ EXPORT int envoy_dynamic_module_on_http_filter_response_headers(envoy_filter f, 
   if (envoy_dynamic_module_callback_http_get_metadata_string(f, MD_ROUTE, LIT(LISTENER_NS),
                                                              LIT("path"), &path) &&
       path.ptr != NULL && get_header(f, RESPONSE_HEADER, "grpc-status", &status)) {
+    backend_status(f, RESPONSE_HEADER, status); /* a trailers-only answer: an error */
     char p[32];
     size_t n = path.length < sizeof p ? path.length : sizeof p;
     memcpy(p, path.ptr, n);
@@ -628,8 +648,11 @@ EXPORT int envoy_dynamic_module_on_http_filter_response_body(envoy_filter f, fil
 EXPORT int envoy_dynamic_module_on_http_filter_response_trailers(envoy_filter f, filter* s) {
   if (s->cfg->rewrite || !s->is_infer || s->t0_ms == 0) return TRAILERS_CONTINUE;
   envoy_buffer st, served;
-  if (!get_header(f, RESPONSE_TRAILER, "grpc-status", &st) || !eq(st, "0"))
+  if (!get_header(f, RESPONSE_TRAILER, "grpc-status", &st)) return TRAILERS_CONTINUE;
+  if (!eq(st, "0")) {
+    backend_status(f, RESPONSE_TRAILER, st);
     return TRAILERS_CONTINUE;
+  }
   if (!get_header(f, RESPONSE_TRAILER, "x-served-by", &served)) return TRAILERS_CONTINUE;
   char dep[512];
   if (served.length >= sizeof dep) return TRAILERS_CONTINUE;

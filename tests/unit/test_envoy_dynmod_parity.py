@@ -4,7 +4,9 @@ read as services/edge/hints.py reads it (a plain decimal within SLO_RANGE, repea
 numbers, refused in its words), a repeated x-tenant that disagrees refused, a hint sent as a
 -bin header refused, [security.limits] on the metadata, a model name with a NUL, CR or LF sent
 to the unknown-model route, one not UTF-8 refused, a message over max_message_bytes refused,
-a compressed one sent to the slow path. Against the FAKE Envoy host
+a compressed one sent to the slow path; on the way back, a variant gone from every
+deployment UNAVAILABLE with the Python edge's hint and a backend's INTERNAL for unparseable
+bytes INVALID_ARGUMENT. Against the FAKE Envoy host
 (tests/native/fake_envoy_host.c); the module inside the real Envoy:
 tests/integration/test_envoy_dynmod.py. Every case here that the old module answered
 differently fails on it (its tonumber-like strtod took '0x10', ' 50'; it refused '50' repeated
@@ -19,11 +21,17 @@ from collections.abc import Sequence
 import grpc
 import pytest
 
+from placement.attempts import (
+    GONE_HINT,
+    TRITON_UNKNOWN_MODEL,
+    VARIANT_GONE_ENDINGS,
+    VARIANT_GONE_PATTERN,
+)
 from placement.errors import InvalidHint
 from services.edge import hints, wire
 from services.xds import lua, native
 from tests.integration.test_hostile_engines import HINTS, LIMIT, LIMITS, REQUESTS
-from tests.native.envoy_host import FakeEnvoyHost, build
+from tests.native.envoy_host import RESPONSE_HEADER, RESPONSE_TRAILER, FakeEnvoyHost, build
 
 INFER, STREAM = lua.INFER_PATH, lua.STREAM_PATH
 CONTINUE, STOP = 0, 1
@@ -203,3 +211,53 @@ def test_the_limits_reach_the_modules_config() -> None:
     assert "max_" not in native.listener_filter(5.0)["typed_config"]["filter_config"]["value"]
     with pytest.raises(ValueError, match="max_metadata_count=-1"):
         native.listener_filter(5.0, max_metadata_count=-1)
+
+
+GONE = [f"{TRITON_UNKNOWN_MODEL}tiny-v1' {ending}" for ending in VARIANT_GONE_ENDINGS]
+
+
+def _answered(host: FakeEnvoyHost, headers: dict[str, str], trailers: dict[str, str]) -> None:
+    """A fast-path ModelInfer routed on the route placement pushes, answered so."""
+    assert host.new_config("listener", CONFIG)
+    host.start({":path": INFER}, _frame(wire.encode_name_field("tiny")))
+    host.metadata(lua.LISTENER_FILTER, "path", "envoy")
+    host.request_headers()
+    host.request_body()
+    host.response(headers, trailers)
+
+
+@pytest.mark.parametrize("message", GONE)
+def test_a_variant_gone_everywhere_is_unavailable_with_the_python_edges_hint(
+        host: FakeEnvoyHost, message: str) -> None:
+    assert re.fullmatch(VARIANT_GONE_PATTERN, message)
+    _answered(host, {":status": "200", "grpc-status": "5", "grpc-message": message}, {})
+    assert host.header("grpc-status", RESPONSE_HEADER) == "14"
+    assert host.header("grpc-message", RESPONSE_HEADER) == message + GONE_HINT
+    assert host.header(lua.PATH_TRAILER, RESPONSE_HEADER) == "envoy"
+
+
+@pytest.mark.parametrize("message", [
+    "Request for unknown model: 'nosuch' is not found, really",
+    "Request for unknown model: 'a'b' is not found",  # [^']* holds no quote
+    "unknown model 'tiny-v1' is not found"])
+def test_another_not_found_is_passed_as_it_is(host: FakeEnvoyHost, message: str) -> None:
+    assert not re.fullmatch(VARIANT_GONE_PATTERN, message)
+    _answered(host, {":status": "200", "grpc-status": "5", "grpc-message": message}, {})
+    assert host.header("grpc-status", RESPONSE_HEADER) == "5"
+    assert host.header("grpc-message", RESPONSE_HEADER) == message
+
+
+@pytest.mark.parametrize("where", ["headers", "trailers"])
+def test_a_backends_unparseable_request_is_invalid_argument(host: FakeEnvoyHost,
+                                                            where: str) -> None:
+    message = wire.UNPARSEABLE + ": unexpected end of input"
+    status = {"grpc-status": "13", "grpc-message": message}
+    if where == "headers":  # trailers-only
+        _answered(host, {":status": "200", **status}, {})
+    else:
+        _answered(host, {":status": "200"}, status)
+    kind = RESPONSE_HEADER if where == "headers" else RESPONSE_TRAILER
+    assert host.header("grpc-status", kind) == "3"
+    assert host.header("grpc-message", kind) == (
+        "request bytes do not parse as a ModelInferRequest (the deployment answered: "
+        f"{message})")
