@@ -27,9 +27,9 @@
  * tests/unit/test_envoy_dynmod_parity.py holds it to the Python edge on
  * tests/integration/test_hostile_engines.py's cases. On the way back, a variant gone from
  * every deployment is UNAVAILABLE with the Python edge's hint and a backend's INTERNAL for
- * unparseable bytes INVALID_ARGUMENT (sy_backend_status). Not yet here (the Lua has it): a
- * client certificate that may name a tenant (xfcc). Built by native/build.sh (gcc -O2
- * -shared -fPIC). */
+ * unparseable bytes INVALID_ARGUMENT (sy_backend_status). A tenant's call is one carrying
+ * authorization, x-tenant or a client certificate naming one of filter_config's tenant_san
+ * (hex). Built by native/build.sh (gcc -O2 -shared -fPIC). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -73,6 +73,8 @@ typedef struct {
   long long max_message_bytes;  /* a named RPC's message over it: RESOURCE_EXHAUSTED; -1 none */
   long long max_metadata_bytes; /* [security.limits] on the caller's metadata; -1: none */
   long long max_metadata_count;
+  char* tenant_sans; /* each a client_san naming a tenant, NUL-terminated, one after another */
+  size_t n_tenant_sans;
 } config;
 
 typedef struct {
@@ -269,6 +271,22 @@ static envoy_http_header* all_headers(envoy_filter f, size_t* n) {
   return h;
 }
 
+/* A caller's certificate, as Envoy forwards it (x-forwarded-client-cert), that may name a
+ * tenant: any tenant's client_san anywhere in the header (lua.py's cert_tenant: a superset of
+ * the calls the slow path identifies as that tenant; a false match only costs the slow path). */
+static int cert_tenant(envoy_filter f, const config* c) {
+  envoy_buffer cert;
+  if (c->n_tenant_sans == 0 || !get_header(f, REQUEST_HEADER, "x-forwarded-client-cert", &cert))
+    return 0;
+  const char* san = c->tenant_sans;
+  for (size_t i = 0; i < c->n_tenant_sans; i++, san += strlen(san) + 1) {
+    size_t k = strlen(san);
+    for (size_t at = 0; k && at + k <= cert.length; at++)
+      if (memcmp(cert.ptr + at, san, k) == 0) return 1;
+  }
+  return 0;
+}
+
 /* [security.limits] on the metadata (binary 0), or a hint sent as a -bin header (binary 1;
  * checked: a call or stream, DEADLINE_CHECKED), answered (rules.h). 1: refused. */
 static int headers_refused(envoy_filter f, const config* c, int checked,
@@ -413,7 +431,8 @@ static int listener_headers(envoy_filter f, filter* s, bool end_of_stream) {
     envoy_buffer v;
     if (c->tenants == 2 ||
         (c->tenants == 1 && (get_header(f, REQUEST_HEADER, "authorization", &v) ||
-                             get_header(f, REQUEST_HEADER, "x-tenant", &v)))) {
+                             get_header(f, REQUEST_HEADER, "x-tenant", &v) ||
+                             cert_tenant(f, c)))) {
       to_slow(f, c, "a tenant's call", 15);
       return c->slow_path ? HEADERS_CONTINUE : HEADERS_STOP_ITERATION;
     }
@@ -552,11 +571,17 @@ EXPORT void* envoy_dynamic_module_on_http_filter_config_new(void* envoy_config,
     return NULL; /* Envoy rejects the config */
   }
   c->max_message_bytes = c->max_metadata_bytes = c->max_metadata_count = -1;
-  char tmp[256];
-  size_t n = cfg.length < sizeof tmp - 1 ? cfg.length : sizeof tmp - 1;
-  if (cfg.ptr) memcpy(tmp, cfg.ptr, n);
-  tmp[n] = 0;
-  for (char* tok = strtok(tmp, ";"); tok; tok = strtok(NULL, ";")) {
+  char* tmp = malloc(cfg.length + 1);
+  c->tenant_sans = malloc(cfg.length / 2 + 1); /* room for every tenant_san decoded */
+  if (tmp == NULL || c->tenant_sans == NULL) {
+    free(tmp), free(c->tenant_sans), free(c);
+    return NULL;
+  }
+  if (cfg.ptr) memcpy(tmp, cfg.ptr, cfg.length);
+  tmp[cfg.length] = 0;
+  size_t sans_at = 0;
+  char* save = NULL;
+  for (char* tok = strtok_r(tmp, ";", &save); tok; tok = strtok_r(NULL, ";", &save)) {
     if (strncmp(tok, "margin=", 7) == 0) c->margin_ms = atof(tok + 7);
     else if (strncmp(tok, "slow=", 5) == 0) c->slow_path = atoi(tok + 5) != 0;
     else if (strcmp(tok, "tenants=credential") == 0) c->tenants = 1;
@@ -566,11 +591,25 @@ EXPORT void* envoy_dynamic_module_on_http_filter_config_new(void* envoy_config,
       c->max_metadata_bytes = atoll(tok + 19);
     else if (strncmp(tok, "max_metadata_count=", 19) == 0)
       c->max_metadata_count = atoll(tok + 19);
+    else if (strncmp(tok, "tenant_san=", 11) == 0) { /* hex, as native.listener_filter writes */
+      for (const char* h = tok + 11; h[0] && h[1]; h += 2) {
+        unsigned v;
+        if (sscanf(h, "%2x", &v) != 1) break;
+        c->tenant_sans[sans_at++] = (char)v;
+      }
+      c->tenant_sans[sans_at++] = 0;
+      c->n_tenant_sans++;
+    }
   }
+  free(tmp);
   return c;
 }
 
-EXPORT void envoy_dynamic_module_on_http_filter_config_destroy(void* c) { free(c); }
+EXPORT void envoy_dynamic_module_on_http_filter_config_destroy(void* p) {
+  config* c = p;
+  if (c) free(c->tenant_sans);
+  free(c);
+}
 
 EXPORT void* envoy_dynamic_module_on_http_filter_new(void* c, envoy_filter f) {
   (void)f;

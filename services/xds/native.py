@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+from collections.abc import Sequence
 from typing import Any
 
 from services.xds import lua
@@ -51,12 +52,16 @@ def _filter(name: str, filter_name: str, config: str) -> dict[str, Any]:
 def listener_filter(deadline_margin_ms: float, slow_path: bool = False,
                     tenants: str = "off", max_message_bytes: int | None = None,
                     max_metadata_bytes: int | None = None,
-                    max_metadata_count: int | None = None) -> dict[str, Any]:
+                    max_metadata_count: int | None = None,
+                    tenant_sans: Sequence[str] = ()) -> dict[str, Any]:
     """In place of the listener Lua (same name, so the routes' metadata stays where it is);
     ``tenants`` as ``lua.model_name_script``'s: which ModelInfer calls go to the slow path's
     tenant gate (``off``, ``credential``: those carrying ``authorization`` or ``x-tenant``,
     ``all``); the three limits as its too (None: not checked): a named RPC's message over
-    ``max_message_bytes`` is RESOURCE_EXHAUSTED, ``[security.limits]`` on the metadata."""
+    ``max_message_bytes`` is RESOURCE_EXHAUSTED, ``[security.limits]`` on the metadata;
+    ``tenant_sans``: with ``credential``, a call whose client certificate (as Envoy forwards
+    it) may name one of them is a tenant's too (``lua.model_name_script``'s; hex in the
+    config, so any byte passes ``;``)."""
     if tenants not in ("off", "credential", "all"):
         raise ValueError(f"tenants={tenants!r}: one of off, credential, all")
     limits = {"max_message_bytes": max_message_bytes, "max_metadata_bytes": max_metadata_bytes,
@@ -67,7 +72,8 @@ def listener_filter(deadline_margin_ms: float, slow_path: bool = False,
     return _filter(lua.LISTENER_FILTER, "listener",
                    f"margin={float(deadline_margin_ms)!r};slow={int(slow_path)};"
                    f"tenants={tenants}"
-                   + "".join(f";{k}={n}" for k, n in limits.items() if n is not None))
+                   + "".join(f";{k}={n}" for k, n in limits.items() if n is not None)
+                   + "".join(f";tenant_san={san.encode().hex()}" for san in tenant_sans if san))
 
 
 def rewrite_filter() -> dict[str, Any]:

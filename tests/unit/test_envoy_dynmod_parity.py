@@ -29,6 +29,7 @@ from placement.attempts import (
 )
 from placement.errors import InvalidHint
 from services.edge import hints, wire
+from services.security import xfcc
 from services.xds import lua, native
 from tests.integration.test_hostile_engines import HINTS, LIMIT, LIMITS, REQUESTS
 from tests.native.envoy_host import RESPONSE_HEADER, RESPONSE_TRAILER, FakeEnvoyHost, build
@@ -261,3 +262,23 @@ def test_a_backends_unparseable_request_is_invalid_argument(host: FakeEnvoyHost,
     assert host.header("grpc-message", kind) == (
         "request bytes do not parse as a ModelInferRequest (the deployment answered: "
         f"{message})")
+
+
+@pytest.mark.parametrize(("cert", "slow"), [
+    ('Hash=ab;Subject="CN=acme-client";URI=spiffe://acme/client', True),
+    ("Hash=ab;DNS=gateway.acme.example", True),
+    ('Hash=ab;Subject="CN=someone-else"', False),
+    (None, False),
+])
+def test_a_client_certificate_that_may_name_a_tenant_takes_the_slow_path(
+        host: FakeEnvoyHost, cert: str | None, slow: bool) -> None:
+    """lua.py's cert_tenant: with tenants=credential, a call whose forwarded certificate holds
+    a tenant's client_san is a tenant's call (the old module read authorization and x-tenant
+    only, so a certificate's tenant was served anonymously on the fast path)."""
+    value = native.listener_filter(5.0, True, tenants="credential", tenant_sans=[
+        "spiffe://acme/client", "gateway.acme.example"])["typed_config"]["filter_config"]["value"]
+    assert host.new_config("listener", value)
+    host.start({":path": INFER, **({xfcc.HEADER: cert} if cert else {})},
+               _frame(wire.encode_name_field("m")))
+    assert host.request_headers() == (CONTINUE if slow else STOP)
+    assert (host.header(lua.PATH_HEADER) == "slow") is slow
