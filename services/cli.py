@@ -21,6 +21,7 @@ import signal
 import sys
 
 import grpc
+import structlog
 
 from placement.errors import ConfigError, InvalidHint, InvalidRequest, SwitchyardError
 from services.cli_errors import address, positive, rpc_error_message
@@ -82,9 +83,10 @@ def cmd_edge(args: argparse.Namespace) -> int:
         def reload() -> None:  # SIGHUP: re-read the file, apply tenant policies
             try:
                 running.reload_policies(_load(args))
-            except SwitchyardError as exc:
-                print(f"switchyard edge: reload refused, keeping the old policies: "
-                      f"{exc.message}", file=sys.stderr)
+            except SwitchyardError as exc:  # a log line like the process's others: JSON
+                structlog.get_logger("switchyard.edge").error(
+                    "policies_reload_refused", error=exc.message,
+                    message="reload refused, keeping the old policies")
 
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
         await wait_for_signal()

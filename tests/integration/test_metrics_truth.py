@@ -99,6 +99,7 @@ class Edge:
     address: str
     metrics_port: int
     log: pathlib.Path
+    config: pathlib.Path
 
     def series(self) -> Series:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
@@ -142,7 +143,7 @@ def edge(mesh: Mesh, cfg: MeshConfig, tmp_path_factory: pytest.TempPathFactory
         proc = subprocess.Popen(
             [sys.executable, "-m", "services.cli", "edge", "--config", str(path), "--id", EDGE,
              "--placement", f"127.0.0.1:{mesh.placement.port}"], stdout=out, stderr=out)
-    e = Edge(proc, f"127.0.0.1:{port}", mport, log)
+    e = Edge(proc, f"127.0.0.1:{port}", mport, log, path)
     try:
         yield e
     finally:
@@ -479,6 +480,11 @@ async def test_a_backend_killed_under_load(mesh: Mesh, edge: Edge) -> None:
 async def test_every_log_line_is_one_json_object_with_its_fields(mesh: Mesh, edge: Edge
                                                                   ) -> None:
     """Last: stops the edge process (SIGTERM, as an operator does) and reads all it wrote."""
+    await ready(edge)  # its SIGHUP handler is set once it listens
+    # An operator's error path: SIGHUP with a broken file (the old policies are kept).
+    edge.config.write_text(edge.config.read_text() + "[security\n")
+    edge.proc.send_signal(signal.SIGHUP)
+    await eventually(lambda: "reload refused" in edge.log.read_text(), 10, "the reload refused")
     total = pick(edge.series(), "switchyard_edge_calls_total")
     edge.proc.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(edge.proc.wait, 20) == 0, edge.log.read_text()[-3000:]
@@ -497,7 +503,7 @@ async def test_every_log_line_is_one_json_object_with_its_fields(mesh: Mesh, edg
     assert len(calls) == total
     for c in calls:
         assert set(c) >= CALL_FIELDS, c
-    assert {"edge_listening"} <= {e["event"] for e in events}
+    assert {"edge_listening", "policies_reload_refused"} <= {e["event"] for e in events}
 
 
 # -- the log writers on their own (no mesh) ----------------------------------------------
