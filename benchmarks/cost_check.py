@@ -15,7 +15,9 @@ a probe, ``probe-*``, ``placement/filters/slo.py``; a headroom per SLO class,
 ``class-headroom*``, ``placement/feedback.py``; the fallback before it chose by each row's
 chance of meeting the SLO, ``fallback-fastest``, ``placement/meet.py``; the fallback without
 the rows whose own recent miss rate is too high, ``exclude-*``, ``placement/feedback.py``;
-the simulator before it ran the edge's slow start, ``no-slow-start``), applied inside a
+the simulator before it ran the edge's slow start, ``no-slow-start``; a deployment's compute
+from the same variant on the same accelerator elsewhere, and a row nobody has observed
+widened by its mean's uncertainty, ``prior-*``, ``placement/prior.py``), applied inside a
 worker process of its own (a fresh one per run: until the borrowing round a pool worker ran
 several checks, so a variant's switch could leak into the next check it ran, ``base``
 included); ``base`` is the brain as committed. Prints one row per (scenario, seed, variant):
@@ -221,6 +223,22 @@ def _exclude(rate: float, learned_cap: float | None = None,
     return apply
 
 
+def _prior(pool: bool, z: float = 0.0) -> Callable[[], None]:
+    """A deployment's compute pulled towards the same variant on the same accelerator
+    elsewhere in the fleet (``routes.FLEET_PRIOR``, ``placement.prior``); ``z`` > 0: a row
+    nobody has observed widened by the uncertainty left in its mean (``routes.PRIOR_Z``)."""
+    def apply() -> None:
+        routes.FLEET_PRIOR = pool
+        routes.PRIOR_Z = z
+    return apply
+
+
+def _mix_queue() -> None:
+    """A backend's modelled queue at the mean service time of its every variant's calls
+    (``routes.MIX_QUEUE``)."""
+    routes.MIX_QUEUE = True
+
+
 def _no_slow_start() -> None:
     """The simulator before it ran the edge's slow start (``policies.SLOW_START`` off)."""
     policies.SLOW_START = False
@@ -251,6 +269,10 @@ VARIANTS: dict[str, Callable[[], None]] = {
     "reserve-cap-1": _reserve(2.0, cap=1.0),
     "reserve-fallback": _reserve(fallback_only=True),
     "reserve-fallback-4": _reserve(4.0, need=8, cap=1.0, fallback_only=True),
+    "prior-pool": _prior(True),
+    "prior-pool-z1.65": _prior(True, 1.645),
+    "prior-z1.65": _prior(False, 1.645),
+    "mix-queue": _mix_queue,
     "fallback-fastest": _fallback_fastest,
     "fallback-chance": _fallback_chance(),
     "fallback-chance-idle-first": _fallback_chance(idle_first=True),

@@ -56,6 +56,9 @@ class VariantLoad:
     queue_ms: float = 0.0
     rps: float = 0.0
     busy_fraction: float = 0.0
+    # The calls ``compute_ms`` is a mean of, as an EWMA's effective count (1 / the variance
+    # of the estimate in units of one call's): ``placement.prior`` weighs it by this.
+    samples: float = 0.0
 
 
 @dataclass(slots=True)
@@ -324,6 +327,7 @@ def _update_load(load: VariantLoad, cur: VariantStats, before: VariantStats | No
         if cur.inference_count > 0:
             load.compute_ms = cur.compute_infer_ns / cur.inference_count / 1e6
             load.queue_ms = cur.queue_ns / cur.inference_count / 1e6
+            load.samples = float(cur.inference_count)
         return
     d_count = cur.inference_count - before.inference_count
     if dt is not None and dt > 0:
@@ -341,4 +345,7 @@ def _update_load(load: VariantLoad, cur: VariantStats, before: VariantStats | No
     first = load.compute_ms is None  # the first measured window seeds queue as well
     load.compute_ms = compute if load.compute_ms is None else (
         load.compute_ms + ALPHA * (compute - load.compute_ms))
+    # variance of the EWMA in units of one call's: (1 - a)^2 v + a^2 / d_count
+    load.samples = float(d_count) if first or load.samples <= 0 else 1.0 / (
+        (1.0 - ALPHA) ** 2 / load.samples + ALPHA ** 2 / d_count)
     load.queue_ms += (1.0 if first else ALPHA) * (queue - load.queue_ms)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from placement import latency
+from placement import latency, prior
 from placement.catalog import Catalog
 from placement.cost import cost_per_request
 from placement.fleet import OBSERVATION_TTL_S, BackendState, FleetState
@@ -22,6 +22,17 @@ from placement.shares import borrowable
 
 PRIOR_COMPUTE_FRACTION_OF_SLO = 0.25  # compute assumed before Triton has served a call
 TAIL_REFRESH_S = 1.0  # the learned tail factor is recomputed at most this often
+# A deployment's compute from the same variant on the same accelerator elsewhere in the
+# fleet while its own samples are few (``placement.prior``); ``PRIOR_Z`` > 0 also widens a
+# row nobody has observed by the uncertainty left in its mean. Off: see ``placement.prior``.
+FLEET_PRIOR = False
+PRIOR_Z = 0.0
+# A backend's modelled queue at the mean service time of the calls it serves (every variant
+# shares its FIFO), not this variant's own: off, see ``placement.prior``.
+MIX_QUEUE = False
+
+# (accelerator, variant) -> [(backend id, mean compute ms, samples)] of measured deployments
+Pools = dict[tuple[str, str], list[tuple[str, float, float]]]
 
 
 def rank(c: Candidate) -> tuple[bool, float, float, str]:
@@ -65,28 +76,37 @@ class RouteBuilder:
         backends = self.fleet.backends
         tail = (self.tail_factor(model, now) if self.settings.learned_tail
                 else latency.UNMEASURED_TAIL_FACTOR)
-        return [self._candidate(state, v, edge_region, logical.default_slo_ms, now, tail)
+        pools = self._pools(names) if FLEET_PRIOR or PRIOR_Z > 0 else None
+        return [self._candidate(state, v, edge_region, logical.default_slo_ms, now, tail,
+                                pools)
                 for bid in backend_ids if (state := backends.get(bid)) is not None
                 for v in state.backend.variants if v.name in names]
 
     def _candidate(self, state: BackendState, v: Variant, edge_region: str,
                    default_slo_ms: float, now: float,
-                   tail: float = latency.UNMEASURED_TAIL_FACTOR) -> Candidate:
+                   tail: float = latency.UNMEASURED_TAIL_FACTOR,
+                   pools: Pools | None = None) -> Candidate:
         b = state.backend
         deployment_id = f"{b.id}/{v.name}"
         snap = state.last
         verdict = assess(list(snap.gpus)) if snap else None
         load = state.loads.get(v.name)
-        measured = load is not None and load.compute_ms is not None
-        compute = (load.compute_ms if measured and load and load.compute_ms is not None
-                   else default_slo_ms * PRIOR_COMPUTE_FRACTION_OF_SLO)
+        own = load.compute_ms if load is not None else None
+        samples = load.samples if load is not None else 0.0
+        if pools is not None and FLEET_PRIOR:
+            own, samples = prior.shrunk(own, samples, prior.pooled(
+                (ms, n) for bid, ms, n in pools.get((b.accelerator, v.name), ())
+                if bid != b.id))
+        measured = own is not None
+        compute = own if own is not None else default_slo_ms * PRIOR_COMPUTE_FRACTION_OF_SLO
         penalty_reason = "" if measured else "no measurements yet (prior estimate)"
         if verdict is not None and verdict.penalty > 1.0:
             compute *= verdict.penalty
             penalty_reason = verdict.penalty_reason
         rtt = self.fleet.rtt_observed.get((edge_region, b.region),
                                           self.catalog.rtt(edge_region, b.region))
-        queue = latency.queue_ms(compute, state.utilisation, b.max_concurrency,
+        queue = latency.queue_ms(max(compute, mix_ms(state)) if MIX_QUEUE else compute,
+                                 state.utilisation, b.max_concurrency,
                                  load.queue_ms if load else 0.0)
         p95 = latency.p95_ms(rtt, queue, compute, tail)
         observed = self.fleet.observed_p95(edge_region, deployment_id,
@@ -95,6 +115,8 @@ class RouteBuilder:
             observed = self._observed_elsewhere(deployment_id, edge_region, rtt, now)
         if observed is not None:
             p95 = observed
+        elif PRIOR_Z > 0:  # nobody has observed it: the mean's own uncertainty on top
+            p95 = rtt + (p95 - rtt) * prior.widened(samples, tail, PRIOR_Z)
         usd_s = self.prices.usd_per_second(b.accelerator, b.cloud, b.region, b.price_class)
         # The backend's servers are shared by every variant it hosts: what is spare for this
         # variant is its full-concurrency rate times the fraction of servers not busy.
@@ -115,6 +137,16 @@ class RouteBuilder:
                               * (borrowable(state.utilisation) if self.settings.borrow_idle
                                  else 1.0)),
             tokens=self.fleet.tokens.speed(deployment_id, now))
+
+    def _pools(self, variants: set[str]) -> Pools:
+        """The measured deployments of ``variants`` by (accelerator, variant)."""
+        out: Pools = {}
+        for state in self.fleet.backends.values():
+            for name, load in state.loads.items():
+                if name in variants and load.compute_ms is not None and load.samples > 0:
+                    out.setdefault((state.backend.accelerator, name), []).append(
+                        (state.backend.id, load.compute_ms, load.samples))
+        return out
 
     def tail_factor(self, model: str, now: float) -> float:
         """The tail factor (``latency.tail_factor``) for ``model``'s deployments nobody has
@@ -180,6 +212,14 @@ class RouteBuilder:
         if stats is not None and not stats.ready:
             return f"model {v.name} not ready on {b.id}"
         return ""
+
+
+def mix_ms(state: BackendState) -> float:
+    """The mean service time of the calls ``state``'s backend serves, every variant
+    (server-seconds busy per call, from telemetry); 0 before it has served any."""
+    rps = sum(v.rps for v in state.loads.values())
+    busy = sum(v.busy_fraction for v in state.loads.values())
+    return 1000.0 * busy / rps if rps > 0 else 0.0
 
 
 def _slots(x: float) -> float:
