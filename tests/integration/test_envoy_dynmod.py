@@ -18,9 +18,12 @@ from tritonclient.utils import InferenceServerException
 from benchmarks import envoy_configs as ec
 from benchmarks._fleet import MODEL, VARIANT, Fleet, _wait_port
 from benchmarks.envoy_dynmod import sy_dynamic_module
+from placement.errors import InvalidHint
 from services.demo import infer_with_trailers
+from services.edge import hints
 from services.ports import free_port
 from services.xds import lua, native
+from tests.integration.test_hostile_engines import HINTS
 
 pytestmark = pytest.mark.integration
 
@@ -124,6 +127,27 @@ def _status(address: str, metadata: tuple[tuple[str, str | bytes], ...]) -> tupl
     except InferenceServerException as exc:
         return str(exc.status()), str(exc.message())
     return "StatusCode.OK", ""
+
+
+@pytest.fixture(scope="module")
+def one_envoy(fleet: Fleet) -> str:
+    """One sy-dm Envoy for the hint cases (its address)."""
+    return _envoy(fleet)[0]
+
+
+@pytest.mark.parametrize(("md", "code"), HINTS, ids=[repr(md) for md, _ in HINTS])
+def test_each_hostile_hint_gets_the_python_edges_status_and_words(
+        one_envoy: str, md: list[tuple[str, str]], code: object) -> None:
+    """test_hostile_engines' hint cases through the real Envoy's header map (repeats, an
+    empty value) into the module: the status and words hints.parse gives (the old module
+    served '0x10', ' 50', '50 ' and x-tenant a then b, refused '50' then '50.0', and worded
+    every refusal its own way)."""
+    try:
+        hints.parse(md, frozenset(), ())
+        expected = ("StatusCode.OK", "")
+    except InvalidHint as err:
+        expected = ("StatusCode.INVALID_ARGUMENT", str(err))
+    assert _status(one_envoy, tuple(md)) == expected
 
 
 def test_hostile_hints_get_the_python_edges_status_and_words(fleet: Fleet) -> None:
