@@ -56,6 +56,16 @@ def label_value(value: str) -> str:
     return _UNSAFE.sub("_", value[:MAX_LABEL])
 
 
+def _cost(rec: CallRecord) -> float:
+    """What the call cost as its ``x-cost-usd`` trailer tells the caller, 0 when it tells
+    none (a failed call): a stream's, its tokens' (a stream ended at its cost cap included),
+    not its row's per-call cost, which the log said before (a 4-token stream logged at
+    $0.000125, its trailer $0.0000026); a served unary call's, its deployment's."""
+    if rec.stream:
+        return next((float(v) for k, v in rec.stream if k == "x-cost-usd"), 0.0)
+    return rec.chosen.cost_usd if rec.chosen is not None and rec.status == "OK" else 0.0
+
+
 class AccessLog:
     def __init__(self, calls: Counter, latency: Histogram, attempts: Counter,
                  enabled: bool = True, flush_s: float = 0.1, out: TextIO | None = None,
@@ -103,7 +113,7 @@ class AccessLog:
             "event": "call", "ts": time.time(), "request_id": rec.request_id,
             "model": rec.model, "deployment": dep, "region": c.region if c else "",
             "attempts": rec.attempts, "hedged": rec.hedged,
-            "latency_ms": round(rec.latency_ms, 3), "cost_usd": c.cost_usd if c else 0.0,
+            "latency_ms": round(rec.latency_ms, 3), "cost_usd": _cost(rec),
             "slo_ms": rec.hints.slo_ms if rec.hints else None, "slo_met": rec.slo_met,
             "tenant": rec.hints.tenant if rec.hints else "",
             "status": status_label(rec.status)})

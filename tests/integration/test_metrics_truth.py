@@ -60,6 +60,7 @@ CALL_FIELDS = LOG_FIELDS | {"request_id", "model", "deployment", "region", "atte
                             "hedged", "latency_ms", "cost_usd", "slo_ms", "slo_met", "tenant",
                             "status"}
 
+CALLERS: dict[str, Seen] = {}  # every call with trailers, by request id: the logs' truth
 Series = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
@@ -169,11 +170,15 @@ async def ready(edge: Edge) -> None:
 
 @dataclass
 class Seen:
-    """One call as its caller saw it."""
+    """One call as its caller saw it; kept in ``CALLERS`` by request id when it has one."""
 
     model: str  # the metric's model label: the model, or "unknown"
     status: str
     trailers: dict[str, str]
+
+    def __post_init__(self) -> None:
+        if "x-request-id" in self.trailers:
+            CALLERS[self.trailers["x-request-id"]] = self
 
     @property
     def attempts(self) -> int:
@@ -503,6 +508,21 @@ async def test_every_log_line_is_one_json_object_with_its_fields(mesh: Mesh, edg
     assert len(calls) == total
     for c in calls:
         assert set(c) >= CALL_FIELDS, c
+    # Each call event says what its caller was told: status, attempts, and for a served
+    # call the deployment and cost (x-cost-usd, 0 when none was told).
+    checked = 0
+    for c in calls:
+        seen = CALLERS.get(c["request_id"])
+        if seen is None or seen.status == "CANCELLED":  # the caller stopped listening
+            continue
+        checked += 1
+        tr = seen.trailers
+        assert (c["status"], c["attempts"]) == (seen.status, seen.attempts), (c, seen)
+        if seen.status == "OK":
+            assert c["deployment"] == tr["x-served-by"], (c, seen)
+        assert c["cost_usd"] == pytest.approx(float(tr.get("x-cost-usd", 0)), abs=1e-10), (
+            c, seen)
+    assert checked >= 1000, checked
     assert {"edge_listening", "policies_reload_refused"} <= {e["event"] for e in events}
 
 
