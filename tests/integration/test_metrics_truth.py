@@ -372,7 +372,11 @@ async def test_placement_counts_what_it_holds(mesh: Mesh, edge: Edge) -> None:
     s = placement_series(mesh)
     assert pick(s, "switchyard_placement_backends") == len(mesh.placement.service.fleet.backends)
     assert pick(s, "switchyard_placement_watchers") == 2  # edge-east and the edge process
-    assert pick(s, "switchyard_placement_telemetry_reports_total") > 0
+    # every report the agent sent was taken (one agent: none ignored), between rounds
+    await eventually(lambda: pick(placement_series(mesh),
+                                  "switchyard_placement_telemetry_reports_total")
+                     == mesh.agent.reports_sent > 0, 10,
+                     "placement counted each of the agent's reports", poll_s=0.01)
     assert pick(s, "switchyard_placement_push_latency_seconds_count") >= 1
 
     def costs_match() -> bool:
