@@ -19,6 +19,7 @@ from services.convert import stream_seen_to_pb
 from services.edge.stats import EdgeStats
 from services.edge.token_stats import StreamStats
 from services.grpc_errors import ErrorInterceptor
+from services.placement.identity import AlreadyHeld
 from services.placement.main import build_service
 from services.placement.server import PlacementService
 from services.placement.validate import MAX_SAMPLES, MAX_STREAM_WEIGHT, MIN_OBSERVATIONS_CAP
@@ -244,6 +245,22 @@ async def test_an_edge_id_cannot_report_for_another_region(placed: Placed) -> No
     clock.t += service.edge_regions.ttl_s + 1
     await stub.ReportObservations(_report("edge-1", other, seen), timeout=5)
     assert (other, "edge-1") in service.fleet.edges_seen
+
+
+async def test_an_envoy_edges_reports_are_held_to_the_same_binding(placed: Placed) -> None:
+    """Envoy's access log reaches ``ReportObservations`` in process, with no gRPC context
+    (``services/xds/server.py``, ``serve_ads``): the same rule, the same status."""
+    service, stub = placed.service, placed.stub
+    home, other = _regions(service)
+    seen = telemetry_pb2.Observation(deployment_id=_dep(service), samples=50, p95_ms=40.0)
+    await service.ReportObservations(_report("envoy-1", home, seen), None)  # type: ignore[arg-type]
+    with pytest.raises(AlreadyHeld) as err:
+        await service.ReportObservations(_report("envoy-1", other, seen),
+                                         None)  # type: ignore[arg-type]
+    assert err.value.grpc_code == "ALREADY_EXISTS"
+    with pytest.raises(grpc.aio.AioRpcError) as rpc:  # and a Python edge under that id
+        await stub.ReportObservations(_report("envoy-1", other, seen), timeout=5)
+    assert rpc.value.code() is grpc.StatusCode.ALREADY_EXISTS
 
 
 async def test_an_observation_naming_another_region_than_its_report_is_refused(
