@@ -45,7 +45,7 @@ from benchmarks.common import md_table, progress
 from benchmarks.cost import SCENARIOS
 from benchmarks.costsim import control, policies, suite
 from benchmarks.costsim.engine import SimResult
-from benchmarks.costsim.misses import CAUSES, TracedSimulation, causes, classify
+from benchmarks.costsim.misses import CAUSES, TracedSimulation, causes, classify, unobserved_parts
 from benchmarks.costsim.runner import make_policy
 from benchmarks.costsim.scenario import Scenario
 from benchmarks.costsim.trace import generate, outage_windows
@@ -344,6 +344,8 @@ class Row:
     premium: float = 0.0  # of the expected cost, paid above each call's cheapest feasible
     spend: list[tuple[str, float]] = dataclasses.field(default_factory=list)
     why: list[tuple[str, float]] = dataclasses.field(default_factory=list)
+    # the 'estimate before first samples' misses by table row and what made them late
+    unobserved: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 def premiums(sim: TracedSimulation, r: SimResult) -> tuple[float, Counter[str]]:
@@ -447,7 +449,7 @@ def run_one(c: Check) -> Row:
                dict(classify(sim, r)), early, r.wall_s, top, premium,
                [(k, v / total) for k, v in spend.most_common(c.detail)],
                [(k, v / held) for k, v in why.usd.most_common(c.detail)] if why and held
-               else [])
+               else [], dict(unobserved_parts(sim, r)))
 
 
 def _progress(r: Row) -> None:
@@ -489,6 +491,13 @@ def main() -> None:
     print(md_table(("scenario", "seed", "variant", "attainment", "USD / 1M", "misses",
                     *CAUSES, f"misses t < {EARLY_S:g} s", "premium over cheapest feasible",
                     "CPU s"), out))
+    parts = sorted({k for r in rows for k in r.unobserved})
+    if parts:
+        print("\n'estimate before first samples' by the table's row and what made the call "
+              "late:\n")
+        print(md_table(("scenario", "seed", "variant", *parts),
+                       [[r.scenario, r.seed, r.variant, *[r.unobserved.get(k, 0) for k in parts]]
+                        for r in rows]))
     for r in rows:
         if r.top:
             print(f"\n{r.scenario} seed {r.seed} {r.variant}:")

@@ -12,7 +12,7 @@ from benchmarks import cost
 from benchmarks.common import Section
 from benchmarks.costsim import lp, qbound
 from benchmarks.costsim.engine import Simulation
-from benchmarks.costsim.misses import CAUSES, TracedSimulation, classify
+from benchmarks.costsim.misses import CAUSES, TracedSimulation, classify, unobserved_parts
 from benchmarks.costsim.runner import make_policy, simulate
 from benchmarks.costsim.scenario import load_scenario
 from benchmarks.costsim.trace import generate
@@ -91,6 +91,10 @@ def test_every_missed_call_gets_exactly_one_cause(small) -> None:  # type: ignor
         causes = classify(sim, r)
         assert sum(causes.values()) == r.calls - r.slo_met
         assert set(causes) <= set(CAUSES)
+        # the 'estimate before first samples' ones, split by table row and what was late
+        parts = unobserved_parts(sim, r)
+        assert sum(parts.values()) == causes[CAUSES[3]]
+        assert all(k.split(", ")[0] in ("other edges' p95", "the model") for k in parts)
         # The trace is the engine's: tracing changes nothing it decides.
         plain = simulate(s, trace, name)
         assert plain.slo_met == r.slo_met and plain.cost_usd == pytest.approx(r.cost_usd)
