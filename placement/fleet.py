@@ -235,7 +235,9 @@ class FleetState:
         ``now``: table builds ask for every row)."""
         at, n = self._edges_counted
         if at != now:
-            n = sum(1 for t in self.edges_seen.values() if now - t <= OBSERVATION_TTL_S)
+            for key in [k for k, t in self.edges_seen.items() if now - t > OBSERVATION_TTL_S]:
+                del self.edges_seen[key]  # an edge id silent that long is forgotten
+            n = len(self.edges_seen)
             self._edges_counted = (now, n)
         return n
 

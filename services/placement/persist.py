@@ -46,6 +46,7 @@ from placement.hardware import GpuState
 from placement.model import Availability, Backend
 from services.api.switchyard.v1 import fleet_pb2
 from services.convert import backend_from_pb, backend_to_pb
+from services.placement.validate import MAX_SAMPLES
 
 log = structlog.get_logger("switchyard.placement.persist")
 
@@ -212,7 +213,7 @@ def _restore(fleet: FleetState, data: dict[str, Any], now: float, wall: float) -
     # what ReportObservations refuses (validate.check_observations) is not restored either:
     # a state from a placement that took it before, or a buggy peer's
     for r, d, samples, p95, age in data["observed"]:
-        if _sane(p95, age):
+        if _sane(p95, age) and 0 <= samples <= MAX_SAMPLES:
             fleet.observed[(r, d)] = ObservedLatency(samples, p95, ago(age))
     for e, r, ms in data["rtt"]:
         if _sane(ms):
