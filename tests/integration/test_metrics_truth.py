@@ -299,17 +299,22 @@ async def test_every_call_is_counted_once_as_its_caller_saw_it(mesh: Mesh, edge:
     assert pick(d, "switchyard_edge_slo_calls_total", met="false") == routed - met
 
 
-async def test_a_caller_deadline_too_short_is_counted_once(edge: Edge) -> None:
-    """Deadlines that run out while the only allowed backend (40 ms away) works on the call,
-    and deadlines the edge refuses at once (under ``MIN_REMAINING_S`` left when it reads
-    the call; gRPC may answer those itself before the edge's handler runs: then the edge
-    never saw them and cannot count them)."""
+async def test_a_caller_deadline_too_short_is_counted_once(mesh: Mesh, edge: Edge) -> None:
+    """Deadlines that run out while the only allowed backend holds the call (its Triton
+    stopped, SIGSTOP: nothing answers), and deadlines the edge refuses at once (under
+    ``MIN_REMAINING_S`` left when it reads the call; gRPC may answer those itself before
+    the edge's handler runs: then the edge never saw them and cannot count them)."""
     await ready(edge)
     before = edge.series()
-    seen = []
+    west = mesh.tritons["west-cheap"]
     async with grpc.aio.insecure_channel(edge.address) as ch:
+        west.kill(signal.SIGSTOP)
+        try:
+            seen = list(await asyncio.gather(*(
+                unary(ch, [("x-allowed-regions", "r-west")], timeout=0.3) for _ in range(3))))
+        finally:
+            west.kill(signal.SIGCONT)
         for _ in range(3):
-            seen.append(await unary(ch, [("x-allowed-regions", "r-west")], timeout=0.015))
             seen.append(await unary(ch, timeout=0.0005))
     assert {s.status for s in seen} == {"DEADLINE_EXCEEDED"}, seen
     await eventually(lambda: pick(delta(edge.series(), before), "switchyard_edge_calls_total",
@@ -319,7 +324,7 @@ async def test_a_caller_deadline_too_short_is_counted_once(edge: Edge) -> None:
     refused = pick(d, "switchyard_edge_calls_total", deployment="", status="DEADLINE_EXCEEDED")
     assert refused <= 3 and pick(d, "switchyard_edge_calls_total") == 3 + refused, d
     # The caller's own timer ended them: no trailers reached it. What the edge did: one
-    # attempt, cut at the deadline, for each forwarded call; none for a refused one.
+    # attempt, given the rest of the deadline, for each forwarded call; none for a refused one.
     assert pick(d, "switchyard_edge_attempts_total") == 3
     assert pick(d, "switchyard_edge_call_seconds_count") == 3 + refused
     assert pick(d, "switchyard_edge_slo_calls_total", met="false") == 3 + refused
