@@ -44,6 +44,8 @@ from services.api.switchyard.v1 import fleet_pb2, placement_pb2, placement_pb2_g
 from services.config import BackendConfig, MeshConfig
 
 log = structlog.get_logger("switchyard.agent")
+# what placement answers a registration another agent's holds (services/placement/identity.py)
+_REFUSED = frozenset({grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.PERMISSION_DENIED})
 
 ChannelFactory = Callable[[str], grpc.aio.Channel]
 StatsFactory = Callable[[BackendConfig], StatsSource]
@@ -340,8 +342,15 @@ class NodeAgent:
             try:
                 await self._session(address, box, backends or self.backends)
             except grpc.aio.AioRpcError as exc:
-                self._log.warning("agent.placement_unreachable", placement=address,
-                                  code=exc.code().name, details=exc.details())
+                if exc.code() in _REFUSED:  # placement answered: another agent holds an id
+                    self._log.error("agent.registration_refused", placement=address,
+                                    code=exc.code().name, details=exc.details(),
+                                    action="no backend of this agent reports until placement "
+                                    "accepts every one: give the backend a unique id, or "
+                                    "deregister the holder; retrying with backoff")
+                else:
+                    self._log.warning("agent.placement_unreachable", placement=address,
+                                      code=exc.code().name, details=exc.details())
             except (TimeoutError, asyncio.InvalidStateError, grpc.RpcError) as exc:
                 self._log.warning("agent.stream_broken", placement=address, error=repr(exc))
             finally:
