@@ -19,10 +19,32 @@ edge sees its tokens arrive (``tokens(now, count)``) and predicts that TPOT:
 ``confirm`` tokens in a row (hysteresis: a burst of slow tokens is not a slow deployment), the
 stream has moved fewer than ``max_moves`` times, and a deployment it may use is measured and
 predicted to finish the stream within ``(1 − margin)`` of the objective: the cheapest of those
-(its predicted cost for the rest, re-prefill included). Which deployments it may use is the
-caller's business: the edge passes the ones its hints allow (hard filters, regions, cost cap),
-of the stream's variant unless ``x-allow-variant-change: true`` and the other variant declares
-resumption, never the one serving it now. The edge then cancels the backend call and resumes
+(its predicted cost for the rest, re-prefill included).
+
+``handoff`` (issue 14's cost target: a stream whose prompt only a fast, dear GPU prefills in
+time then decodes there at a small batch, up to 20× that pool's full-batch floor) moves a
+stream that is on pace to a cheaper deployment once the time it has banked against its
+objective pays for the re-prefill there, whatever its length: after ``c`` tokens in ``E`` ms,
+a target ``d`` with ``E + gap(d) ≤ c × T × (1 − margin)`` and ``tpot(d) ≤ T × (1 − margin)``
+keeps the stream's TPOT ``(E + gap + (L − c − 1) × tpot(d)) / (L − 1)`` within ``T × (1 −
+margin)`` for every length ``L > c`` (the edge knows only ``max_tokens``, not where the
+stream ends). It must also be predicted to cost at most ``1 − HANDOFF_SAVING`` of staying,
+both priced as if the stream decoded alone (``stay_cost``; ``move_options(share_batch=
+False)``, the target's re-prefill included) for ``handoff_tokens`` more tokens: as many as it
+delivered so far, at most those owed (an output length's tail is long: a stream that has
+lasted ``c`` tokens is as likely to end before ``2c`` as after; priced for all it may still
+owe, the code trace's 13-token median streams would pay a re-prefill to save nothing), and
+its re-prefill's predicted TTFT must be within ``HANDOFF_TTFT`` of the stream's own TTFT
+objective (it holds the target's prefill queue as long as a new stream of its class may).
+It is asked every ``HANDOFF_EVERY`` tokens, at most ``max_handoffs`` times; a
+handoff is not a rescue move (``max_moves``): a target that turns out slow can still be left.
+Prefill on the fast GPU, decode on the cheap one: Splitwise's split (Patel et al., ISCA
+2024), made by the resumption path's re-prefill instead of a KV-cache transfer.
+
+Which deployments it may use is the caller's business: the edge passes the ones its hints
+allow (hard filters, regions, cost cap), of the stream's variant unless
+``x-allow-variant-change: true`` and the other variant declares resumption, never the one
+serving it now. The edge then cancels the backend call and resumes
 the generation there (``services.edge.generation``); the token simulator drives the same
 object (``benchmarks/costsim/tokens_policies.py``). Pure: no I/O; time is passed in.
 """
@@ -43,6 +65,15 @@ MOVE_CONFIRM = 4  # tokens in a row predicted to miss before a move (hysteresis)
 MOVE_MARGIN = 0.1  # a target must be predicted to finish within 90 % of the objective
 MAX_MOVES = 1  # moves per stream
 MOVE_SLACK = 0.0  # staying must be predicted above the objective × (1 + this) to count as a miss
+# cost handoffs per stream (0: none, the default: measured by ``benchmarks.tokens``'
+# ``switchyard-handoff*``, not kept; benchmarks/RESULTS.md, issue 14 candidates, 2026-11-27)
+MAX_HANDOFFS = 0
+HANDOFF_EVERY = 8  # tokens between two handoff checks (each predicts every target)
+HANDOFF_SAVING = 0.25  # a handoff's predicted cost for the rest ≤ (1 − this) × staying's
+# a handoff's re-prefill must be predicted within this fraction of the stream's TTFT objective
+# (a new stream's bound, 1 − TTFT_HEADROOM: it holds the target's prefill queue no longer
+# than a stream of its class chosen there would)
+HANDOFF_TTFT = 1.0 - TTFT_HEADROOM
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,13 +89,16 @@ class MoveChoice:
 def move_options(cands: Sequence[Candidate], estimates: Mapping[str, TokenEstimate],
                  loads: Mapping[str, int], ask: StreamAsk,
                  pending: Mapping[str, int] | None = None,
-                 tpot_factors: Mapping[str, float] | None = None) -> list[StreamOption]:
+                 tpot_factors: Mapping[str, float] | None = None,
+                 share_batch: bool = True) -> list[StreamOption]:
     """``predict`` for each of ``cands`` (the deployments the stream may move to) for the
-    resumed request ``ask``: the prompt plus the tokens delivered, asking for those owed."""
+    resumed request ``ask``: the prompt plus the tokens delivered, asking for those owed.
+    ``share_batch=False``: each priced as if it decoded alone (``handoff``'s comparison)."""
     queued, slower = pending or {}, tpot_factors or {}
     return [predict(c, estimates.get(c.deployment_id), loads.get(c.deployment_id, 0), ask,
                     queued.get(c.deployment_id, 0),
-                    tpot_factor=slower.get(c.deployment_id, 1.0)) for c in cands]
+                    tpot_factor=slower.get(c.deployment_id, 1.0), share_batch=share_batch)
+            for c in cands]
 
 
 class MoveWatch:
@@ -73,13 +107,17 @@ class MoveWatch:
     def __init__(self, tpot_ms: float, total_tokens: int, window: int = MOVE_WINDOW,
                  confirm: int = MOVE_CONFIRM, margin: float = MOVE_MARGIN,
                  max_moves: int = MAX_MOVES, ttft_headroom: float = TTFT_HEADROOM,
-                 slack: float = MOVE_SLACK) -> None:
+                 slack: float = MOVE_SLACK, max_handoffs: int = MAX_HANDOFFS,
+                 handoff_saving: float = HANDOFF_SAVING, ttft_ms: float | None = None,
+                 handoff_ttft: float = HANDOFF_TTFT) -> None:
         if (tpot_ms <= 0 or window < 1 or confirm < 0 or not 0.0 <= margin < 1.0
-                or max_moves < 0 or not 0.0 <= ttft_headroom < 1.0 or slack < 0):
+                or max_moves < 0 or not 0.0 <= ttft_headroom < 1.0 or slack < 0
+                or max_handoffs < 0 or not 0.0 <= handoff_saving < 1.0):
             raise ConfigError(f"MoveWatch: tpot_ms {tpot_ms} > 0, window {window} ≥ 1, "
                               f"confirm {confirm} ≥ 0, margin {margin} in [0, 1), max_moves "
-                              f"{max_moves} ≥ 0, ttft_headroom {ttft_headroom} in [0, 1) and "
-                              f"slack {slack} ≥ 0 required")
+                              f"{max_moves} ≥ 0, ttft_headroom {ttft_headroom} in [0, 1), "
+                              f"slack {slack} ≥ 0, max_handoffs {max_handoffs} ≥ 0 and "
+                              f"handoff_saving {handoff_saving} in [0, 1) required")
         self.tpot_ms, self.total = tpot_ms, total_tokens
         self._window, self._confirm, self._margin = window, confirm, margin
         self._max, self._headroom = max_moves, ttft_headroom
@@ -87,6 +125,10 @@ class MoveWatch:
         self.first_s: float | None = None
         self.count = 0  # tokens delivered in all
         self.moves = 0
+        self.handoffs, self._max_handoffs, self._saving = 0, max_handoffs, handoff_saving
+        # the re-prefill's predicted TTFT bound (the stream's TTFT objective × handoff_ttft)
+        self._reprefill_ms = math.inf if ttft_ms is None else ttft_ms * handoff_ttft
+        self._handoff_at = 0  # the count at the last handoff check
         self._samples: deque[tuple[float, int]] = deque()  # (time s, count) on this attempt
         self._miss_since: int | None = None  # count when staying was first predicted to miss
 
@@ -160,3 +202,56 @@ class MoveWatch:
                           f"slow: {stay:.1f} ms per token predicted here against "
                           f"{self.tpot_ms:g}; {best.candidate.deployment_id}: {moved:.1f}",
                           stay, moved)
+
+    def handoff_due(self, now_s: float) -> bool:
+        """Whether to ask ``handoff`` now (cheap, before any target is predicted): the
+        stream is on pace, may still hand off, and ``HANDOFF_EVERY`` tokens passed since the
+        last check."""
+        stay = self.stay_ms(now_s)
+        return (stay is not None and stay <= self.miss_ms and self.owed > 0
+                and self.handoffs < self._max_handoffs
+                and self.count - self._handoff_at >= HANDOFF_EVERY)
+
+    @property
+    def handoff_tokens(self) -> int:
+        """The tokens a handoff is priced for: as many as delivered, at most those owed."""
+        return min(self.count, self.owed)
+
+    def handoff(self, now_s: float, stay_cost_usd: float,
+                options: Sequence[StreamOption]) -> MoveChoice:
+        """Move an on-pace stream to a cheaper deployment (see the module docstring)?
+        ``stay_cost_usd``: what ``handoff_tokens`` cost where it is (``stay_cost``);
+        ``options``: ``move_options(share_batch=False)`` for where it may go, asking
+        ``handoff_tokens``. A handoff it names is counted."""
+        assert self.first_s is not None
+        self._handoff_at = self.count
+        limit = self.tpot_ms * (1.0 - self._margin)
+        banked = self.count * limit - (now_s - self.first_s) * 1000.0
+        cap = stay_cost_usd * (1.0 - self._saving)
+        fits = [o for o in options if o.measured and o.tpot_ms <= limit
+                and o.ttft_ms / (1.0 - self._headroom) <= banked and o.cost_usd <= cap
+                and o.ttft_ms <= self._reprefill_ms]
+        if not fits:
+            return MoveChoice(None, "on pace; no cheaper deployment whose re-prefill the time "
+                              "banked pays for")
+        best = min(fits, key=lambda o: (o.cost_usd, o.tpot_ms))
+        choice = MoveChoice(best.candidate,
+                            f"cheaper: ${best.cost_usd:.8f} for {self.handoff_tokens} more "
+                            f"tokens on {best.candidate.deployment_id} against "
+                            f"${stay_cost_usd:.8f} here",
+                            self.stay_ms(now_s) or math.nan, self.moved_ms(now_s, best))
+        self.handoffs += 1
+        self.attempt_started()
+        return choice
+
+
+def stay_cost(est: TokenEstimate | None, load: int, owed: int) -> float:
+    """The predicted cost of decoding ``owed`` more tokens where the stream is, with ``load``
+    of this edge's streams there (itself included), priced as if it decoded alone at the
+    TPOT of that batch, as ``move_options(share_batch=False)`` prices a target (unmeasured:
+    0, nothing is known to be cheaper)."""
+    if est is None:
+        return 0.0
+    n = max(load, 1)
+    return est.usd_per_second * owed * (est.tpot_base_ms + est.tpot_per_stream_ms * (n - 1)) \
+        / 1000.0

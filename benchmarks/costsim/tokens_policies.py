@@ -16,6 +16,8 @@
   (``placement.streams.FleetQueue``).
   ``switchyard-fleet-instant`` is the same with a report every 50 ms and no push delay: an
   upper bound of what a fresher view could give, not something the live path can carry.
+  With ``handoffs`` (``switchyard-handoff*``, measured, not kept) each ``MoveWatch`` may also
+  hand a stream on pace to a cheaper deployment (``MoveWatch.handoff``).
 - the baselines (``tokens_baselines.py``) see the true state of every server when they
   choose: ``round-robin``, ``least-loaded``, ``prefix-affinity`` (llm-d-like) and
   ``lowest-latency``.
@@ -38,7 +40,13 @@ from benchmarks.costsim.tokens_workload import Deployment
 from benchmarks.costsim.tokensim import Policy, ServerReport, TokenSim
 from placement.model import Candidate
 from placement.stream_guard import PendingLog, TtftGuard, fleet_queues, tpot_factors
-from placement.stream_move import MoveWatch, move_options
+from placement.stream_move import (
+    HANDOFF_SAVING,
+    HANDOFF_TTFT,
+    MoveWatch,
+    move_options,
+    stay_cost,
+)
 from placement.streams import (
     FALLBACK_BAND,
     LOAD_FACTOR,
@@ -46,6 +54,7 @@ from placement.streams import (
     UNMEASURED_PROBES,
     FleetQueue,
     StreamAsk,
+    StreamOption,
     choose_stream,
 )
 from services.edge.token_stats import StreamStats
@@ -75,8 +84,12 @@ class Switchyard:
                  report_every_ms: float = REPORT_EVERY_MS,
                  push_delay_ms: float = PUSH_DELAY_MS, move: bool = True,
                  move_slack: float = 0.0, fallback_band: float = FALLBACK_BAND,
-                 probes: int | None = None, share_batch: bool = True) -> None:
+                 probes: int | None = None, share_batch: bool = True,
+                 handoffs: int = 0, handoff_saving: float = HANDOFF_SAVING,
+                 handoff_ttft: float = HANDOFF_TTFT) -> None:
         self.name = name
+        self._handoff_kw = {"handoff_saving": handoff_saving, "handoff_ttft": handoff_ttft}
+        self._handoffs = handoffs  # MoveWatch(max_handoffs=...): cost handoffs per stream
         self._share_batch = share_batch
         self._probes = probes
         self._fallback_band = fallback_band
@@ -116,6 +129,7 @@ class Switchyard:
         self.infeasible = 0  # streams for which nothing was predicted to meet both
         self._ask: dict[int, StreamAsk] = {}
         self.moves = 0
+        self.handoffs = 0  # of ``moves``, those made for cost (``MoveWatch.handoff``)
 
     def choose(self, sid: int, edge: int, now: float, sim: TokenSim) -> int:
         st, stats = sim.streams, self.stats[edge]
@@ -177,7 +191,10 @@ class Switchyard:
             self.decoding[edge][sid] = (d, predicted_tpot)
         ask = self._ask[sid]
         if self.check_every_ms and ask.tpot_ms is not None and int(sim.streams.output[sid]) > 1:
-            watch = MoveWatch(ask.tpot_ms, ask.max_tokens, slack=self._move_slack)
+            watch = MoveWatch(ask.tpot_ms, ask.max_tokens, slack=self._move_slack,
+                              max_handoffs=self._handoffs, ttft_ms=ask.ttft_ms,
+                              handoff_saving=self._handoff_kw["handoff_saving"],
+                              handoff_ttft=self._handoff_kw["handoff_ttft"])
             watch.tokens(float(sim.out.first_ms[sid]) / 1000.0, 1)
             self.watches[edge][sid] = watch
         if self.guards is not None:  # the first token reaches the edge rtt / 2 later
@@ -228,25 +245,26 @@ class Switchyard:
 
     def _decide(self, edge: int, sid: int, d: int, watch: MoveWatch, now: float,
                 sim: TokenSim) -> int:
-        if watch.stay_ms(now / 1000.0) is None or watch.moves:
+        now_s = now / 1000.0
+        stay = watch.stay_ms(now_s)
+        if stay is None:
             return -1  # cheap exits before the options are predicted
-        if (watch.stay_ms(now / 1000.0) or 0.0) <= watch.miss_ms:
-            watch.decide(now / 1000.0, [])
+        stats, here = self.stats[edge], sim.deployments[d]
+        if stay <= watch.miss_ms:
+            watch.decide(now_s, [])
+            if not watch.handoff_due(now_s):
+                return -1
+            options, p = self._move_options(edge, sid, here, watch, now, sim, handoff=True)
+            est = stats.estimates([c for c in self.cands[edge] if c.deployment_id == here.id])
+            choice = watch.handoff(now_s, stay_cost(est.get(here.id),
+                                                    stats.inflight.get(here.id, 0),
+                                                    watch.handoff_tokens), options)
+            self.handoffs += choice.target is not None
+        elif watch.moves:
             return -1
-        stats, st = self.stats[edge], sim.streams
-        here = sim.deployments[d]
-        cands = [c for c in self.cands[edge]
-                 if c.variant == here.variant.name and c.deployment_id != here.id]
-        first = self._ask[sid]
-        p = int(st.prompt[sid]) + watch.count
-        holder, seen = stats.holder(first.session_key)
-        ask = StreamAsk(prompt_tokens=p, max_tokens=watch.owed, tpot_ms=first.tpot_ms,
-                        session_key=first.session_key, holder=holder,
-                        cached_tokens=min(seen, p))
-        options = move_options(cands, stats.estimates(cands), stats.inflight, ask,
-                               self.pending[edge] if self._use_pending else None,
-                               self._running(edge, now, sim) if self._live_tpot else None)
-        choice = watch.decide(now / 1000.0, options)
+        else:
+            options, p = self._move_options(edge, sid, here, watch, now, sim)
+            choice = watch.decide(now_s, options)
         if choice.target is None:
             return -1
         self._moved_away(sid, edge, d, now, watch.count, sim)
@@ -261,6 +279,27 @@ class Switchyard:
         self.moves += 1
         return self.index[dep]
 
+    def _move_options(self, edge: int, sid: int, here: Deployment, watch: MoveWatch,
+                      now: float, sim: TokenSim, handoff: bool = False
+                      ) -> tuple[list[StreamOption], int]:
+        """Where the stream may move (its variant, not where it is) and its context tokens;
+        ``handoff``: priced alone for ``handoff_tokens``, as ``MoveWatch.handoff`` asks."""
+        stats = self.stats[edge]
+        cands = [c for c in self.cands[edge]
+                 if c.variant == here.variant.name and c.deployment_id != here.id]
+        first = self._ask[sid]
+        p = int(sim.streams.prompt[sid]) + watch.count
+        holder, seen = stats.holder(first.session_key)
+        ask = StreamAsk(prompt_tokens=p,
+                        max_tokens=watch.handoff_tokens if handoff else watch.owed,
+                        tpot_ms=first.tpot_ms,
+                        session_key=first.session_key, holder=holder,
+                        cached_tokens=min(seen, p))
+        return move_options(cands, stats.estimates(cands), stats.inflight, ask,
+                            self.pending[edge] if self._use_pending else None,
+                            self._running(edge, now, sim) if self._live_tpot else None,
+                            share_batch=not handoff), p
+
     def _moved_away(self, sid: int, edge: int, d: int, now: float, count: int,
                     sim: TokenSim) -> None:
         """What the edge learns of the attempt it cancels (its segment, as
@@ -269,10 +308,14 @@ class Switchyard:
         stats, dep = self.stats[edge], sim.deployments[d].id
         stats.ended(dep)
         self.decoding[edge].pop(sid, None)
-        first = float(sim.out.first_ms[sid])
+        first, prefill = float(sim.out.first_ms[sid]), float(sim.out.ttft_ms[sid])
+        rtt = float(sim.rtt[edge, d])
+        if sid in self._moved:  # a handoff's target left in turn: from its own first token
+            at, base, first = self._moved[sid]
+            count, prefill = count - base, first + rtt / 2 - at
         tpot = (now - first) / (count - 1) if count > 1 else None
-        stats.observe(dep, prefill_ms=float(sim.out.ttft_ms[sid]) - float(sim.rtt[edge, d]),
-                      uncached_tokens=max(work, 0), tpot_ms=tpot, load=load)
+        stats.observe(dep, prefill_ms=prefill - rtt, uncached_tokens=max(work, 0),
+                      tpot_ms=tpot, load=load)
 
     def resumed(self, sid: int, now: float, sim: TokenSim) -> None:
         """A moved stream's first token on its new deployment (server time ``now``)."""
@@ -375,9 +418,16 @@ VARIANTS = ("switchyard-learned-margin", "switchyard-learned-band-only",
 #   98.99/99.37/98.31/97.10);
 # - ``switchyard-fleet-work``: both of the last two: quick chat ×1/×2 99.09/98.26 % at
 #   $1.758/$1.720 per 1M, and with ``ttft_headroom=0.3`` on top 96.85/95.40 %.
+# - ``switchyard-handoff`` (``-ttft1``, ``-ttft75``, ``-ttftinf``, ``-s50``): each edge also
+#   hands an on-pace stream to a cheaper deployment of its variant once its banked time pays
+#   for the re-prefill (``MoveWatch.handoff``; the re-prefill's TTFT within 0.5 / 1 / 0.75 /
+#   any of the stream's objective, ``-s50`` a 50 % saving): benchmarks/RESULTS.md, 'Tokens:
+#   issue 14 candidates', 2026-11-27 (second round).
 REJECTED = ("switchyard-move-slack10", "switchyard-move-slack25", "switchyard-fleet-250ms",
             "switchyard-fleet-count", "switchyard-fleet-rate", "switchyard-fleet-load",
-            "switchyard-fleet-work", "switchyard-fallback-band25")
+            "switchyard-fleet-work", "switchyard-fallback-band25", "switchyard-handoff",
+            "switchyard-handoff-ttft1",
+            "switchyard-handoff-ttft75", "switchyard-handoff-ttftinf", "switchyard-handoff-s50")
 
 
 def make_policy(name: str, sim: TokenSim, seed: int) -> Policy:
@@ -407,6 +457,14 @@ def make_policy(name: str, sim: TokenSim, seed: int) -> Policy:
         "switchyard-fleet-work": lambda: Switchyard(sim, name, fleet=True, fleet_load=True,
                                                     fleet_work=True),
         "switchyard-list-cost": lambda: Switchyard(sim, name, share_batch=False),
+        "switchyard-handoff": lambda: Switchyard(sim, name, handoffs=1),
+        "switchyard-handoff-ttft1": lambda: Switchyard(sim, name, handoffs=1, handoff_ttft=1.0),
+        "switchyard-handoff-ttft75": lambda: Switchyard(sim, name, handoffs=1,
+                                                        handoff_ttft=0.75),
+        "switchyard-handoff-ttftinf": lambda: Switchyard(sim, name, handoffs=1,
+                                                         handoff_ttft=math.inf),
+        "switchyard-handoff-s50": lambda: Switchyard(sim, name, handoffs=1,
+                                                     handoff_saving=0.5),
         "round-robin": RoundRobin,
         "least-loaded": LeastLoaded,
         "prefix-affinity": lambda: PrefixAffinity(seed),
