@@ -84,7 +84,7 @@ def cmd_edge(args: argparse.Namespace) -> int:
             try:
                 running.reload_policies(_load(args))
             except SwitchyardError as exc:  # a log line like the process's others: JSON
-                structlog.get_logger("switchyard.edge").error(
+                structlog.get_logger("switchyard.edge").warning(
                     "policies_reload_refused", error=exc.message,
                     message="reload refused, keeping the old policies")
 

@@ -109,13 +109,21 @@ class CallRecord:
         self.attempts, self.hedged, self.latency_ms = tries.attempts, tries.hedged, latency_ms
 
 
+# A caller's cancel this close to its deadline is its deadline: the caller's own timer
+# starts before its grpc-timeout is read and sent, so it fires a little before the edge's
+# deadline and the edge hears a cancel (a stream counted CANCELLED 5 ms before its deadline
+# while its caller saw DEADLINE_EXCEEDED).
+DEADLINE_SLACK_S = 0.1
+
+
 def status_name(exc: BaseException, tries: CallAttempts | None, now: float) -> str:
     """The gRPC status name a call that raised ``exc`` ends with."""
     if isinstance(exc, SwitchyardError):
         return exc.grpc_code
     if isinstance(exc, asyncio.CancelledError | GeneratorExit):
         # grpc cancels the handler when the caller's deadline passes or it cancels.
-        return "DEADLINE_EXCEEDED" if tries is not None and tries.expired(now) else "CANCELLED"
+        return ("DEADLINE_EXCEEDED" if tries is not None and tries.expired(
+            now + DEADLINE_SLACK_S) else "CANCELLED")
     return "UNKNOWN"
 
 

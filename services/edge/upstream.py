@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,10 @@ import grpc
 from tritonclient.grpc import service_pb2_grpc
 
 from services.edge.wire import REWRITE_HEADROOM_BYTES
+
+# What grpc.aio raises writing to a call its core already finished (not an AioRpcError).
+_CALL_ENDED: type[Exception] = getattr(importlib.import_module("grpc._cython.cygrpc"),
+                                      "InternalError", RuntimeError)
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 # Keepalive that Triton's default server policy accepts (its gRPC keepalive flags: no pings
@@ -139,7 +144,11 @@ async def _drain(call: grpc.aio.StreamStreamCall[bytes, bytes],
                 if pending.cancelled() or pending.exception() is not None or (
                         pending.result() is grpc.aio.EOF):
                     return
-            with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            # a call that already ended (its deadline, a reset) refuses the half-close with
+            # grpc's internal ExecuteBatchError: the drain's task died unretrieved, logged
+            # as an asyncio error on every stream given up on a stopped backend
+            with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError,
+                                     _CALL_ENDED):
                 await call.done_writing()
             while await call.read() is not grpc.aio.EOF:
                 pass

@@ -198,8 +198,8 @@ def served(address: str, md: Sequence[tuple[str, str]]) -> Seen:
     return Seen("summarize", "OK", trailers)
 
 
-async def stream(ch: grpc.aio.Channel, second: bytes | None = None, cancel_after: int = 0
-                 ) -> Seen:
+async def stream(ch: grpc.aio.Channel, second: bytes | None = None, cancel_after: int = 0,
+                 timeout: float = 10) -> Seen:
     """A generate stream (4 responses); ``second``: a further request sent once the first
     response came; ``cancel_after``: the caller cancels after that many responses."""
     requests: asyncio.Queue[bytes | None] = asyncio.Queue()
@@ -210,7 +210,7 @@ async def stream(ch: grpc.aio.Channel, second: bytes | None = None, cancel_after
             yield r
 
     call: Any = ch.stream_stream(STREAM)(gen(), metadata=(("x-slo-ms", "5000"),),  # type: ignore[arg-type]
-                                         timeout=10)
+                                         timeout=timeout)
     n = 0
     try:
         async for _ in call:
@@ -395,6 +395,36 @@ async def test_placement_counts_what_it_holds(mesh: Mesh, edge: Edge) -> None:
     await eventually(costs_match, 10, "the cost gauges equal the edge's rows")
 
 
+async def test_a_stream_on_a_silent_backend_is_counted_as_its_caller_saw_it(
+        mesh: Mesh, edge: Edge) -> None:
+    """A stream whose backend stops answering (its Triton stopped, SIGSTOP): the edge gives
+    its attempt up once the health checks find the backend unreachable, counted once in
+    streams_given_up_total as logged; the stream is counted under the status its caller saw
+    (moved to the other deployment: OK with its two attempts; else its deadline)."""
+    await ready(edge)
+    before = edge.series()
+    west = mesh.tritons["west-cheap"]
+    async with grpc.aio.insecure_channel(edge.address) as ch:
+        west.kill(signal.SIGSTOP)
+        try:
+            seen = await stream(ch, timeout=5)
+        finally:
+            west.kill(signal.SIGCONT)
+    if seen.status == "DEADLINE_EXCEEDED":  # the caller's own timer: no trailers reached it
+        seen.trailers["x-attempts"] = "1"
+    else:
+        assert (seen.status, seen.trailers["x-served-by"], seen.attempts) == (
+            "OK", "east-fast/generate-small", 2), seen
+    await eventually(lambda: pick(delta(edge.series(), before),
+                                  "switchyard_edge_calls_total") == 1, 10, "the stream counted")
+    d = delta(edge.series(), before)
+    check_calls(d, [seen])
+    given_up = sum(json.loads(line)["streams"] for line in edge.lines()
+                   if '"streams_given_up"' in line)
+    assert pick(d, "switchyard_edge_streams_given_up_total", backend="west-cheap") == 1
+    assert pick(edge.series(), "switchyard_edge_streams_given_up_total") == given_up == 1
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def envoy_mesh(cfg: MeshConfig, tritons: dict[str, Any],
                      tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[EnvoyMesh]:
@@ -513,6 +543,10 @@ async def test_every_log_line_is_one_json_object_with_its_fields(mesh: Mesh, edg
             pytest.fail(f"not one JSON object: {line[:300]!r}")
         assert isinstance(event, dict) and set(event) >= LOG_FIELDS, line[:300]
         events.append(event)
+    # The workload's faults are callers' and backends', none the edge's: nothing it logged
+    # is an error (a stream drain's unretrieved task exception was, asyncio's)
+    assert not [e for e in events if e["level"] in ("error", "critical")], [
+        e for e in events if e["level"] in ("error", "critical")]
     calls = [e for e in events if e["event"] == "call"]
     assert len(calls) == total
     for c in calls:
@@ -535,7 +569,20 @@ async def test_every_log_line_is_one_json_object_with_its_fields(mesh: Mesh, edg
     assert {"edge_listening", "policies_reload_refused"} <= {e["event"] for e in events}
 
 
-# -- the log writers on their own (no mesh) ----------------------------------------------
+# -- the log writers and the status rule on their own (no mesh) -------------------------
+
+async def test_a_cancel_at_the_callers_deadline_is_its_deadline() -> None:
+    """The caller's timer fires a little before the edge's deadline, so the edge hears a
+    cancel: within ``DEADLINE_SLACK_S`` of the deadline it is counted DEADLINE_EXCEEDED (a
+    stream was counted CANCELLED 5 ms before its 10 s deadline, its caller saw
+    DEADLINE_EXCEEDED); earlier it is the caller's cancel."""
+    from placement.attempts import AttemptPolicy, AttemptSettings
+    from services.edge.router import status_name
+
+    tries = AttemptPolicy(AttemptSettings()).start(10.0)
+    assert status_name(asyncio.CancelledError(), tries, 9.995) == "DEADLINE_EXCEEDED"
+    assert status_name(asyncio.CancelledError(), tries, 9.0) == "CANCELLED"
+
 
 async def test_the_access_logs_dropped_line_has_every_field(monkeypatch: pytest.MonkeyPatch) -> None:
     """Past its buffer the access log drops lines and says how many, as a line like the
