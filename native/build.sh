@@ -11,6 +11,6 @@ if ! command -v gcc >/dev/null 2>&1; then
 fi
 mkdir -p build
 gcc -O2 -std=c11 -D_POSIX_C_SOURCE=200809L -Wall -Wextra -fPIC -shared \
-    -fvisibility=hidden -o build/libswitchyard_edge.so.tmp switchyard_edge.c rules.c -lm
+    -fvisibility=hidden -o build/libswitchyard_edge.so.tmp switchyard_edge.c response.c rules.c -lm
 mv build/libswitchyard_edge.so.tmp build/libswitchyard_edge.so
 echo "[native] built native/build/libswitchyard_edge.so"

@@ -15,9 +15,9 @@
  *   margin in x-switchyard-slo-ms (whole ms, rounded down); the buffered request's top-level
  *   fields walked for the last field 1 -> x-switchyard-model, route cache cleared; the route's
  *   first variant (route metadata switchyard.model_name/first_variant) appended as field 1
- *   once, x-switchyard-named says so. Response: the path of a trailers-only answer, and
- *   x-cost-usd / x-slo-met on an OK ModelInfer (route metadata: switchyard.cost/<dep> string,
- *   switchyard.feasible/<dep> bool, switchyard.model_name/slo_ms number).
+ *   once, x-switchyard-named says so. The response side is response.c: the path of a
+ *   trailers-only answer, a backend's status as the Python edge gives it, and x-cost-usd /
+ *   x-slo-met on an OK ModelInfer.
  * "rewrite" (upstream, per attempt): appends x-switchyard-variant as field 1 only when it
  *   differs from what the body already names last.
  *
@@ -36,22 +36,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "abi.h"
+#include "edge.h"
 #include "rules.h"
-
-#define EXPORT __attribute__((visibility("default")))
-#define LIT(s) ((module_buffer){(s), sizeof(s) - 1})
-#define BUF(p, n) ((module_buffer){(p), (n)})
-
-#define MODEL_HEADER "x-switchyard-model"
-#define VARIANT_HEADER "x-switchyard-variant"
-#define SLO_HEADER "x-switchyard-slo-ms"
-#define PATH_HEADER "x-switchyard-path"
-#define NAMED_HEADER "x-switchyard-named"
-#define LISTENER_NS "switchyard.model_name"
-#define COST_NS "switchyard.cost"
-#define FEASIBLE_NS "switchyard.feasible"
-#define SERVICE "/inference.GRPCInferenceService/"
 
 static const char* const SLOW_RPCS[] = {"ModelStreamInfer", "RepositoryIndex",
                                         "ModelStatistics", "ServerMetadata", NULL};
@@ -64,59 +50,11 @@ static const char* const SLOW_HINTS[] = {"x-min-quality", "x-max-cost-usd",
                                          "x-routing-profile", NULL};
 /* RPCs that start attempts at a backend (lua.py's DEADLINE_CHECKED_RPCS) */
 static const char* const DEADLINE_CHECKED[] = {"ModelInfer", "ModelStreamInfer", NULL};
-typedef struct {
-  int rewrite; /* 0: listener, 1: upstream variant rewrite */
-  double margin_ms;
-  int slow_path;
-  int tenants; /* which ModelInfer calls the slow path's tenant gate admits: 0 off, */
-               /* 1 those carrying authorization or x-tenant, 2 all */
-  long long max_message_bytes;  /* a named RPC's message over it: RESOURCE_EXHAUSTED; -1 none */
-  long long max_metadata_bytes; /* [security.limits] on the caller's metadata; -1: none */
-  long long max_metadata_count;
-  char* tenant_sans; /* each a client_san naming a tenant, NUL-terminated, one after another */
-  size_t n_tenant_sans;
-} config;
-
-typedef struct {
-  const config* cfg;
-  int waiting_body; /* 1: the request body is buffered for the walk or the rewrite */
-  int is_infer;
-  int has_slo;
-  double slo_ms;
-  double t0_ms;
-  double deadline_at_ms; /* now_ms() when the caller's deadline ends; 0: none */
-  char variant[256]; /* rewrite: the variant to append */
-} filter;
-
 /* ------------------------------------------------------------------------ helpers */
-
-static double now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec * 1000.0 + (double)ts.tv_nsec / 1e6;
-}
-
-static int get_header(envoy_filter f, enum header_type t, const char* key, envoy_buffer* out) {
-  out->ptr = NULL;
-  out->length = 0;
-  return envoy_dynamic_module_callback_http_get_header(f, t, BUF(key, strlen(key)), out, 0,
-                                                       NULL) &&
-         out->ptr != NULL;
-}
 
 static void remove_header(envoy_filter f, const char* key) {
   envoy_dynamic_module_callback_http_set_header(f, REQUEST_HEADER, BUF(key, strlen(key)),
                                                 BUF(NULL, 0));
-}
-
-static void set_header(envoy_filter f, enum header_type t, const char* key, const char* v,
-                       size_t n) {
-  envoy_dynamic_module_callback_http_set_header(f, t, BUF(key, strlen(key)), BUF(v, n));
-}
-
-static int eq(envoy_buffer b, const char* s) {
-  size_t n = strlen(s);
-  return b.length == n && memcmp(b.ptr, s, n) == 0;
 }
 
 /* Is path SERVICE + one of names? */
@@ -640,84 +578,6 @@ EXPORT int envoy_dynamic_module_on_http_filter_request_trailers(envoy_filter f, 
     if (s->cfg->rewrite) rewrite_body_done(f, s);
     else listener_body_done(f, s);
   }
-  return TRAILERS_CONTINUE;
-}
-
-/* A backend's status and message (the response's headers or trailers) as the caller gets
- * them from the Python edge (rules.h: sy_backend_status). */
-static void backend_status(envoy_filter f, enum header_type t, envoy_buffer status) {
-  int code = status.length == 1 ? status.ptr[0] - '0' : status.length == 2 && status.ptr[0] ==
-             '1' ? 10 + status.ptr[1] - '0' : -1;
-  envoy_buffer message = {0};
-  get_header(f, t, "grpc-message", &message);
-  char* said = NULL;
-  int to = sy_backend_status(code, message, &said); /* reads message before it changes */
-  if (to == 0) return;
-  char s[4];
-  snprintf(s, sizeof s, "%d", to);
-  set_header(f, t, "grpc-status", s, strlen(s));
-  set_header(f, t, "grpc-message", said, strlen(said));
-  free(said);
-}
-
-EXPORT int envoy_dynamic_module_on_http_filter_response_headers(envoy_filter f, filter* s,
-                                                                bool end_of_stream) {
-  (void)end_of_stream;
-  if (s->cfg->rewrite) return HEADERS_CONTINUE;
-  envoy_buffer path = {0}, status;
-  if (envoy_dynamic_module_callback_http_get_metadata_string(f, MD_ROUTE, LIT(LISTENER_NS),
-                                                             LIT("path"), &path) &&
-      path.ptr != NULL && get_header(f, RESPONSE_HEADER, "grpc-status", &status)) {
-    backend_status(f, RESPONSE_HEADER, status); /* a trailers-only answer: an error */
-    char p[32];
-    size_t n = path.length < sizeof p ? path.length : sizeof p;
-    memcpy(p, path.ptr, n);
-    set_header(f, RESPONSE_HEADER, PATH_HEADER, p, n);
-  }
-  return HEADERS_CONTINUE;
-}
-
-EXPORT int envoy_dynamic_module_on_http_filter_response_body(envoy_filter f, filter* s,
-                                                             bool end_of_stream) {
-  (void)f, (void)s, (void)end_of_stream;
-  return BODY_CONTINUE;
-}
-
-/* A fast-path ModelInfer answered OK: its cost and whether it met its SLO, as trailers. */
-EXPORT int envoy_dynamic_module_on_http_filter_response_trailers(envoy_filter f, filter* s) {
-  if (s->cfg->rewrite || !s->is_infer || s->t0_ms == 0) return TRAILERS_CONTINUE;
-  envoy_buffer st, served;
-  if (!get_header(f, RESPONSE_TRAILER, "grpc-status", &st)) return TRAILERS_CONTINUE;
-  if (!eq(st, "0")) {
-    backend_status(f, RESPONSE_TRAILER, st);
-    return TRAILERS_CONTINUE;
-  }
-  if (!get_header(f, RESPONSE_TRAILER, "x-served-by", &served)) return TRAILERS_CONTINUE;
-  char dep[512];
-  if (served.length >= sizeof dep) return TRAILERS_CONTINUE;
-  memcpy(dep, served.ptr, served.length);
-  dep[served.length] = 0;
-  module_buffer key = BUF(dep, served.length);
-  envoy_buffer cost = {0};
-  if (!envoy_dynamic_module_callback_http_get_metadata_string(f, MD_ROUTE, LIT(COST_NS), key,
-                                                              &cost) ||
-      cost.ptr == NULL)
-    return TRAILERS_CONTINUE;
-  char cost_copy[64];
-  size_t cn = cost.length < sizeof cost_copy ? cost.length : sizeof cost_copy;
-  memcpy(cost_copy, cost.ptr, cn);
-  double slo = s->slo_ms;
-  int has_slo = s->has_slo ||
-                envoy_dynamic_module_callback_http_get_metadata_number(
-                    f, MD_ROUTE, LIT(LISTENER_NS), LIT("slo_ms"), &slo);
-  bool feasible = false;
-  envoy_dynamic_module_callback_http_get_metadata_bool(f, MD_ROUTE, LIT(FEASIBLE_NS), key,
-                                                       &feasible);
-  int met = feasible && has_slo && now_ms() - s->t0_ms <= slo;
-  envoy_dynamic_module_callback_http_add_header(f, RESPONSE_TRAILER, LIT("x-cost-usd"),
-                                                BUF(cost_copy, cn));
-  envoy_dynamic_module_callback_http_add_header(f, RESPONSE_TRAILER, LIT("x-slo-met"),
-                                                met ? LIT("true") : LIT("false"));
   return TRAILERS_CONTINUE;
 }
 

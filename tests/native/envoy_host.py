@@ -10,7 +10,7 @@ import subprocess
 from collections.abc import Mapping
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-SOURCES = (ROOT / "native" / "switchyard_edge.c", ROOT / "native" / "rules.c",
+SOURCES = (*(ROOT / "native" / name for name in ("switchyard_edge.c", "response.c", "rules.c")),
            pathlib.Path(__file__).with_name("fake_envoy_host.c"))
 REQUEST_HEADER, REQUEST_TRAILER, RESPONSE_HEADER, RESPONSE_TRAILER = range(4)
 
