@@ -6,6 +6,7 @@ gone, a backend that hangs) without racing placement's next push."""
 from __future__ import annotations
 
 import urllib.request
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -18,8 +19,14 @@ from services.api.switchyard.v1 import placement_pb2
 from services.demo import infer_with_trailers
 from services.ports import free_port
 from services.xds import resources
+from services.xds.envoy_types import EnvoySettings
 from services.xds.resources import ModelRoutes
 from tests.mesh_harness import eventually_sync
+
+# An attempt's floor past any call's client timeout here: the route's per-try timeout (the
+# SLO's share, at least 250 ms) never starts a hedge, which on a loaded host (load 15+) took a
+# slow first answer for a failed attempt and counted one attempt more than the order explains.
+NO_HEDGE = replace(ec.SETTINGS, min_attempt_timeout_s=30.0)
 
 
 def _dict(message: Any) -> dict[str, Any]:
@@ -28,10 +35,12 @@ def _dict(message: Any) -> dict[str, Any]:
 
 class StaticEdge:
     def __init__(self, fleet: Fleet, order: tuple[str, ...],
-                 endpoints: dict[str, str] | None = None) -> None:
+                 endpoints: dict[str, str] | None = None,
+                 settings: EnvoySettings = ec.SETTINGS) -> None:
         """Switchyard's listener, clusters and routes for ``order`` (deployment ids
         ``backend/variant``), each at ``endpoints[deployment]``, else the fleet's Triton
-        (whatever variant it names)."""
+        (whatever variant it names), compiled with ``settings`` (:data:`NO_HEDGE` for a
+        test that counts attempts: a loaded host's slow answer is not hedged)."""
         self.port, self.admin_port = free_port(), free_port()
         c = ec.plain(fleet.triton_address, "127.0.0.1:1", self.port, self.admin_port)
         ec.switchyard(c)
@@ -42,12 +51,12 @@ class StaticEdge:
             c.clusters[resources.cluster_name(d)] = _dict(resources.deployment_cluster(
                 placement_pb2.Candidate(deployment_id=d, backend_id=backend,
                                         endpoint=endpoint, variant=variant,
-                                        region=REGION), ec.SETTINGS))
+                                        region=REGION), settings))
         c.clusters[ec.AGG_CLUSTER] = _dict(resources.model_cluster(ec.AGG_CLUSTER, order,
-                                                                   ec.SETTINGS))
+                                                                   settings))
         models = {MODEL: ModelRoutes(order, (), frozenset(order), 1000.0,
                                      dict.fromkeys(order, 2.5e-7))}
-        c.route_config = _dict(resources.route_configuration(REGION, models, ec.SETTINGS))
+        c.route_config = _dict(resources.route_configuration(REGION, models, settings))
         c.route_config.pop("name", None)
         fleet.start_envoy(f"static-{self.port}", c.bootstrap())
         self.address = f"127.0.0.1:{self.port}"

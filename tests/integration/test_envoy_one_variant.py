@@ -64,9 +64,13 @@ def test_a_one_variant_order_is_served_as_the_variant_without_the_upstream_lua(
         answers.append((str(result.get_response().model_name), trailers))
         return True
 
-    eventually_sync(answered, 30, "Envoy answers")
-    model_name, trailers = answers[-1]
-    assert model_name == VARIANT
-    assert trailers["x-served-by"] == ec.DEPLOYMENT
-    assert trailers["x-attempts"] == "1" and trailers["x-switchyard-path"] == "envoy"
-    assert trailers["x-request-id"]
+    # Every answer is the variant from its one deployment; one answered at its first attempt
+    # shows the name was right the first time. (On a loaded host a cold Triton's first answer
+    # can pass the route's per-try timeout and be hedged at the same deployment: x-attempts 2.)
+    eventually_sync(lambda: answered() and answers[-1][1]["x-attempts"] == "1", 30,
+                    "Envoy answers a call at its first attempt")
+    for model_name, trailers in answers:
+        assert model_name == VARIANT
+        assert trailers["x-served-by"] == ec.DEPLOYMENT
+        assert trailers["x-switchyard-path"] == "envoy"
+        assert trailers["x-request-id"]

@@ -9,8 +9,9 @@ Envoy edge passed it to the caller for a model that exists. Now the route's retr
 matches Triton's message (``retriable_headers``) and the listener's Lua answers a variant
 gone everywhere as UNAVAILABLE, saying why, as the Python edge does.
 
-The route here names deployments Triton never loaded, so nothing depends on timing: the
-first attempt is always answered NOT_FOUND.
+The route here names deployments Triton never loaded, so the first attempt is always answered
+NOT_FOUND; its per-try timeout is past the call's (``NO_HEDGE``), so a slow answer on a loaded
+host is not hedged into one attempt more.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from tritonclient.utils import InferenceServerException
 from benchmarks import envoy_configs as ec
 from benchmarks._fleet import MODEL, Fleet
 from placement.attempts import GONE_HINT
-from tests.envoy_static import StaticEdge
+from tests.envoy_static import NO_HEDGE, StaticEdge
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +40,7 @@ def fleet() -> Iterator[Fleet]:
 
 
 def test_a_deployment_whose_variant_is_gone_is_retried_at_the_next(fleet: Fleet) -> None:
-    edge = StaticEdge(fleet, (GONE, ec.DEPLOYMENT))
+    edge = StaticEdge(fleet, (GONE, ec.DEPLOYMENT), settings=NO_HEDGE)
     model_name, trailers = edge.call()  # before: NOT_FOUND "... 'tiny-gone' is not found"
     assert model_name == ec.VARIANT
     assert trailers["x-served-by"] == ec.DEPLOYMENT
@@ -49,7 +50,7 @@ def test_a_deployment_whose_variant_is_gone_is_retried_at_the_next(fleet: Fleet)
 
 def test_a_variant_gone_from_every_deployment_is_unavailable_and_says_why(
         fleet: Fleet) -> None:
-    edge = StaticEdge(fleet, (GONE, ALSO_GONE))
+    edge = StaticEdge(fleet, (GONE, ALSO_GONE), settings=NO_HEDGE)
     with pytest.raises(InferenceServerException) as err:
         edge.call()
     assert err.value.status() == "StatusCode.UNAVAILABLE"
@@ -60,7 +61,7 @@ def test_a_variant_gone_from_every_deployment_is_unavailable_and_says_why(
 
 def test_a_version_the_caller_named_is_its_own_not_found_and_not_retried(
         fleet: Fleet) -> None:
-    edge = StaticEdge(fleet, (ec.DEPLOYMENT, GONE))
+    edge = StaticEdge(fleet, (ec.DEPLOYMENT, GONE), settings=NO_HEDGE)
     assert edge.call()[0] == ec.VARIANT  # the route serves
     with pytest.raises(InferenceServerException) as err:
         edge.call(version="7")
