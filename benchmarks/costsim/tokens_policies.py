@@ -30,6 +30,7 @@ import math
 from collections import deque
 from collections.abc import Callable, Sequence
 
+from benchmarks.costsim import tokens_moves
 from benchmarks.costsim.tokens_baselines import (
     LeastLoaded,
     LowestLatency,
@@ -44,8 +45,6 @@ from placement.stream_move import (
     HANDOFF_SAVING,
     HANDOFF_TTFT,
     MoveWatch,
-    move_options,
-    stay_cost,
 )
 from placement.streams import (
     FALLBACK_BAND,
@@ -54,7 +53,6 @@ from placement.streams import (
     UNMEASURED_PROBES,
     FleetQueue,
     StreamAsk,
-    StreamOption,
     choose_stream,
 )
 from services.edge.token_stats import StreamStats
@@ -238,84 +236,10 @@ class Switchyard:
                 d = int(sim.at[sid])
                 base = self._moved[sid][1] if sid in self._moved else 0
                 watch.tokens(now / 1000.0, base + 1 + int(sim.decoded(sid, d, now) + 1e-9))
-                target = self._decide(edge, sid, d, watch, now, sim)
+                target = tokens_moves.decide(self, edge, sid, d, watch, now, sim)
                 if target >= 0:
                     moves.append((sid, target))
         return moves
-
-    def _decide(self, edge: int, sid: int, d: int, watch: MoveWatch, now: float,
-                sim: TokenSim) -> int:
-        now_s = now / 1000.0
-        stay = watch.stay_ms(now_s)
-        if stay is None:
-            return -1  # cheap exits before the options are predicted
-        stats, here = self.stats[edge], sim.deployments[d]
-        if stay <= watch.miss_ms:
-            watch.decide(now_s, [])
-            if not watch.handoff_due(now_s):
-                return -1
-            options, p = self._move_options(edge, sid, here, watch, now, sim, handoff=True)
-            est = stats.estimates([c for c in self.cands[edge] if c.deployment_id == here.id])
-            choice = watch.handoff(now_s, stay_cost(est.get(here.id),
-                                                    stats.inflight.get(here.id, 0),
-                                                    watch.handoff_tokens), options)
-            self.handoffs += choice.target is not None
-        elif watch.moves:
-            return -1
-        else:
-            options, p = self._move_options(edge, sid, here, watch, now, sim)
-            choice = watch.decide(now_s, options)
-        if choice.target is None:
-            return -1
-        self._moved_away(sid, edge, d, now, watch.count, sim)
-        dep = choice.target.deployment_id
-        option = next(o for o in options if o.candidate is choice.target)
-        load = stats.started(dep)
-        work = p - option.cache_hit_tokens
-        self.pending[edge][dep] = self.pending[edge].get(dep, 0) + work
-        self._open[sid] = (self.index[dep], load, option.cache_hit_tokens, work)
-        self._tpot_pred[sid] = option.tpot_ms
-        self._moved[sid] = (now, watch.count, -1.0)
-        self.moves += 1
-        return self.index[dep]
-
-    def _move_options(self, edge: int, sid: int, here: Deployment, watch: MoveWatch,
-                      now: float, sim: TokenSim, handoff: bool = False
-                      ) -> tuple[list[StreamOption], int]:
-        """Where the stream may move (its variant, not where it is) and its context tokens;
-        ``handoff``: priced alone for ``handoff_tokens``, as ``MoveWatch.handoff`` asks."""
-        stats = self.stats[edge]
-        cands = [c for c in self.cands[edge]
-                 if c.variant == here.variant.name and c.deployment_id != here.id]
-        first = self._ask[sid]
-        p = int(sim.streams.prompt[sid]) + watch.count
-        holder, seen = stats.holder(first.session_key)
-        ask = StreamAsk(prompt_tokens=p,
-                        max_tokens=watch.handoff_tokens if handoff else watch.owed,
-                        tpot_ms=first.tpot_ms,
-                        session_key=first.session_key, holder=holder,
-                        cached_tokens=min(seen, p))
-        return move_options(cands, stats.estimates(cands), stats.inflight, ask,
-                            self.pending[edge] if self._use_pending else None,
-                            self._running(edge, now, sim) if self._live_tpot else None,
-                            share_batch=not handoff), p
-
-    def _moved_away(self, sid: int, edge: int, d: int, now: float, count: int,
-                    sim: TokenSim) -> None:
-        """What the edge learns of the attempt it cancels (its segment, as
-        ``StreamMeter.segment_ended``)."""
-        _, load, _, work = self._open.pop(sid)
-        stats, dep = self.stats[edge], sim.deployments[d].id
-        stats.ended(dep)
-        self.decoding[edge].pop(sid, None)
-        first, prefill = float(sim.out.first_ms[sid]), float(sim.out.ttft_ms[sid])
-        rtt = float(sim.rtt[edge, d])
-        if sid in self._moved:  # a handoff's target left in turn: from its own first token
-            at, base, first = self._moved[sid]
-            count, prefill = count - base, first + rtt / 2 - at
-        tpot = (now - first) / (count - 1) if count > 1 else None
-        stats.observe(dep, prefill_ms=prefill - rtt, uncached_tokens=max(work, 0),
-                      tpot_ms=tpot, load=load)
 
     def resumed(self, sid: int, now: float, sim: TokenSim) -> None:
         """A moved stream's first token on its new deployment (server time ``now``)."""
@@ -418,16 +342,16 @@ VARIANTS = ("switchyard-learned-margin", "switchyard-learned-band-only",
 #   98.99/99.37/98.31/97.10);
 # - ``switchyard-fleet-work``: both of the last two: quick chat ×1/×2 99.09/98.26 % at
 #   $1.758/$1.720 per 1M, and with ``ttft_headroom=0.3`` on top 96.85/95.40 %.
-# - ``switchyard-handoff`` (``-ttft1``, ``-ttft75``, ``-ttftinf``, ``-s50``): each edge also
-#   hands an on-pace stream to a cheaper deployment of its variant once its banked time pays
-#   for the re-prefill (``MoveWatch.handoff``; the re-prefill's TTFT within 0.5 / 1 / 0.75 /
-#   any of the stream's objective, ``-s50`` a 50 % saving): benchmarks/RESULTS.md, 'Tokens:
-#   issue 14 candidates', 2026-11-27 (second round).
+# - ``switchyard-handoff`` (``-ttft1``, ``-ttft75``): each edge also hands an on-pace stream
+#   to a cheaper deployment of its variant once its banked time pays for the re-prefill
+#   (``MoveWatch.handoff``; the re-prefill's TTFT within 0.5 / 1 / 0.75 of the stream's
+#   objective): full horizon, ``-ttft75`` 8-11 % cheaper on chat and 4-10 % on reclaim, but
+#   reclaim 0.14 point lower on two seeds' mean (their spread 0.13) and rag 2.2 % dearer on
+#   one seed; benchmarks/RESULTS.md, 'Tokens: issue 14 candidates', 2026-11-27 (second round).
 REJECTED = ("switchyard-move-slack10", "switchyard-move-slack25", "switchyard-fleet-250ms",
             "switchyard-fleet-count", "switchyard-fleet-rate", "switchyard-fleet-load",
             "switchyard-fleet-work", "switchyard-fallback-band25", "switchyard-handoff",
-            "switchyard-handoff-ttft1",
-            "switchyard-handoff-ttft75", "switchyard-handoff-ttftinf", "switchyard-handoff-s50")
+            "switchyard-handoff-ttft1", "switchyard-handoff-ttft75")
 
 
 def make_policy(name: str, sim: TokenSim, seed: int) -> Policy:
@@ -461,10 +385,6 @@ def make_policy(name: str, sim: TokenSim, seed: int) -> Policy:
         "switchyard-handoff-ttft1": lambda: Switchyard(sim, name, handoffs=1, handoff_ttft=1.0),
         "switchyard-handoff-ttft75": lambda: Switchyard(sim, name, handoffs=1,
                                                         handoff_ttft=0.75),
-        "switchyard-handoff-ttftinf": lambda: Switchyard(sim, name, handoffs=1,
-                                                         handoff_ttft=math.inf),
-        "switchyard-handoff-s50": lambda: Switchyard(sim, name, handoffs=1,
-                                                     handoff_saving=0.5),
         "round-robin": RoundRobin,
         "least-loaded": LeastLoaded,
         "prefix-affinity": lambda: PrefixAffinity(seed),
