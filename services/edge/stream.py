@@ -172,6 +172,26 @@ class _Upstream:
         self.watch.heard(self.clock())
         return read.result()
 
+    async def attach(self, pipe: _Pipe, variant: str) -> None:
+        """``pipe``'s requests written to this call, unless the edge gives the backend up
+        first (``stalls``): a write to a backend that stopped answering (SIGSTOP, a hung
+        host) can block before any read, and the give-up, heard only by ``read``, left the
+        stream waiting out its caller's deadline (the audit's stream on a stopped Triton:
+        given up and counted, never moved, 2 runs of 3). Given up, the writes are cancelled
+        (each is shielded: the call's own goes on until it is drained) and ``read`` raises
+        the give-up's UNAVAILABLE."""
+        attaching = asyncio.ensure_future(pipe.attach(self.call, variant))
+        either: set[asyncio.Future[Any]] = {attaching, self.watch.aborted}
+        try:
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not attaching.done():
+                attaching.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await attaching
+        if not attaching.cancelled():
+            attaching.result()
+
     def let_go(self, upstreams: Upstreams) -> asyncio.Task[None] | None:
         """The stream is done with this call: drain it if it still runs (the drain's task)."""
         draining = upstreams.drain(self.call, self.pending)
@@ -233,7 +253,7 @@ async def route_stream(router: Router, requests: AsyncIterator[bytes],
                 timeout=tries.remaining(router.clock()))
             upstream = _Upstream(call, router.stalls.watch(c.backend_id), router.stalls.clock)
             try:
-                await pipe.attach(call, c.variant)
+                await upstream.attach(pipe, c.variant)
             except BaseException:  # the caller cancelled while its requests were replayed
                 router.stalls.done(upstream.watch)
                 upstream.let_go(router.upstreams)

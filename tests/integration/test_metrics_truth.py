@@ -400,7 +400,9 @@ async def test_a_stream_on_a_silent_backend_is_counted_as_its_caller_saw_it(
     """A stream whose backend stops answering (its Triton stopped, SIGSTOP): the edge gives
     its attempt up once the health checks find the backend unreachable, counted once in
     streams_given_up_total as logged; the stream is counted under the status its caller saw
-    (moved to the other deployment: OK with its two attempts; else its deadline)."""
+    (moved to the other deployment: OK with its two attempts). Before, when the stream's
+    first write blocked on the stopped backend (2 runs of 3), the give-up was counted but
+    the stream never moved: its caller waited out its deadline."""
     await ready(edge)
     before = edge.series()
     west = mesh.tritons["west-cheap"]
@@ -410,11 +412,8 @@ async def test_a_stream_on_a_silent_backend_is_counted_as_its_caller_saw_it(
             seen = await stream(ch, timeout=5)
         finally:
             west.kill(signal.SIGCONT)
-    if seen.status == "DEADLINE_EXCEEDED":  # the caller's own timer: no trailers reached it
-        seen.trailers["x-attempts"] = "1"
-    else:
-        assert (seen.status, seen.trailers["x-served-by"], seen.attempts) == (
-            "OK", "east-fast/generate-small", 2), seen
+    assert (seen.status, seen.trailers.get("x-served-by"), seen.attempts) == (
+        "OK", "east-fast/generate-small", 2), seen
     await eventually(lambda: pick(delta(edge.series(), before),
                                   "switchyard_edge_calls_total") == 1, 10, "the stream counted")
     d = delta(edge.series(), before)
