@@ -32,9 +32,9 @@ def decide(p: Switchyard, edge: int, sid: int, d: int, watch: MoveWatch, now: fl
             return -1
         opts, context = options(p, edge, sid, here, watch, now, sim, handoff=True)
         est = stats.estimates([c for c in p.cands[edge] if c.deployment_id == here.id])
+        n = watch.owed if p.handoff_owed else watch.handoff_tokens
         choice = watch.handoff(now_s, stay_cost(est.get(here.id),
-                                                stats.inflight.get(here.id, 0),
-                                                watch.handoff_tokens), opts)
+                                                stats.inflight.get(here.id, 0), n), opts)
         p.handoffs += choice.target is not None
     elif watch.moves:
         return -1
@@ -68,7 +68,8 @@ def options(p: Switchyard, edge: int, sid: int, here: Deployment, watch: MoveWat
     context = int(sim.streams.prompt[sid]) + watch.count
     holder, seen = stats.holder(first.session_key)
     ask = StreamAsk(prompt_tokens=context,
-                    max_tokens=watch.handoff_tokens if handoff else watch.owed,
+                    max_tokens=(watch.handoff_tokens if handoff and not p.handoff_owed
+                                else watch.owed),
                     tpot_ms=first.tpot_ms,
                     session_key=first.session_key, holder=holder,
                     cached_tokens=min(seen, context))

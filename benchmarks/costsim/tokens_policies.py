@@ -84,8 +84,10 @@ class Switchyard:
                  move_slack: float = 0.0, fallback_band: float = FALLBACK_BAND,
                  probes: int | None = None, share_batch: bool = True,
                  handoffs: int = 0, handoff_saving: float = HANDOFF_SAVING,
-                 handoff_ttft: float = HANDOFF_TTFT) -> None:
+                 handoff_ttft: float = HANDOFF_TTFT, handoff_owed: bool = False) -> None:
         self.name = name
+        # a handoff priced for all the tokens owed, not MoveWatch.handoff_tokens (measured)
+        self.handoff_owed = handoff_owed
         self._handoff_kw = {"handoff_saving": handoff_saving, "handoff_ttft": handoff_ttft}
         self._handoffs = handoffs  # MoveWatch(max_handoffs=...): cost handoffs per stream
         self._share_batch = share_batch
@@ -342,16 +344,18 @@ VARIANTS = ("switchyard-learned-margin", "switchyard-learned-band-only",
 #   98.99/99.37/98.31/97.10);
 # - ``switchyard-fleet-work``: both of the last two: quick chat ×1/×2 99.09/98.26 % at
 #   $1.758/$1.720 per 1M, and with ``ttft_headroom=0.3`` on top 96.85/95.40 %.
-# - ``switchyard-handoff`` (``-ttft1``, ``-ttft75``): each edge also hands an on-pace stream
-#   to a cheaper deployment of its variant once its banked time pays for the re-prefill
-#   (``MoveWatch.handoff``; the re-prefill's TTFT within 0.5 / 1 / 0.75 of the stream's
-#   objective): full horizon, ``-ttft75`` 8-11 % cheaper on chat and 4-10 % on reclaim, but
-#   reclaim 0.14 point lower on two seeds' mean (their spread 0.13) and rag 2.2 % dearer on
-#   one seed; benchmarks/RESULTS.md, 'Tokens: issue 14 candidates', 2026-11-27 (second round).
+# - ``switchyard-handoff`` (``-ttft1``, ``-ttft75``, ``-owed``): each edge also hands an
+#   on-pace stream to a cheaper deployment of its variant once its banked time pays for the
+#   re-prefill (``MoveWatch.handoff``; the re-prefill's TTFT within 0.5 / 1 / 0.75 of the
+#   stream's objective; ``-owed`` priced for all the tokens owed): full horizon, ``-owed``
+#   6-9 % cheaper on slowdown at higher attainment but rag dearer on four seeds of four
+#   (mean +2.3 %); ``-ttft75`` reclaim's two-seed mean 0.135 point lower (spread 0.13),
+#   slowdown ×1.5 under 99 %; benchmarks/RESULTS.md, 'Tokens: issue 14 candidates',
+#   2026-11-27, second round.
 REJECTED = ("switchyard-move-slack10", "switchyard-move-slack25", "switchyard-fleet-250ms",
             "switchyard-fleet-count", "switchyard-fleet-rate", "switchyard-fleet-load",
             "switchyard-fleet-work", "switchyard-fallback-band25", "switchyard-handoff",
-            "switchyard-handoff-ttft1", "switchyard-handoff-ttft75")
+            "switchyard-handoff-ttft1", "switchyard-handoff-ttft75", "switchyard-handoff-owed")
 
 
 def make_policy(name: str, sim: TokenSim, seed: int) -> Policy:
@@ -382,6 +386,7 @@ def make_policy(name: str, sim: TokenSim, seed: int) -> Policy:
                                                     fleet_work=True),
         "switchyard-list-cost": lambda: Switchyard(sim, name, share_batch=False),
         "switchyard-handoff": lambda: Switchyard(sim, name, handoffs=1),
+        "switchyard-handoff-owed": lambda: Switchyard(sim, name, handoffs=1, handoff_owed=True),
         "switchyard-handoff-ttft1": lambda: Switchyard(sim, name, handoffs=1, handoff_ttft=1.0),
         "switchyard-handoff-ttft75": lambda: Switchyard(sim, name, handoffs=1,
                                                         handoff_ttft=0.75),
