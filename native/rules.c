@@ -52,21 +52,60 @@ const char* sy_hint_number(envoy_buffer b, double lo, double hi, double* out, ch
   return NULL;
 }
 
-/* Python's repr of an ASCII header value, as InvalidHint quotes it, appended at out (room
- * for 4 bytes per byte of b and 2 quotes); returns the end. */
+/* The next code point of s[*i..n) as Python's decode("utf-8", "replace") reads it: U+FFFD
+ * for a byte that starts no character and for each maximal cut-short prefix of one (lua.py's
+ * codepoints). */
+static unsigned long next_cp(const unsigned char* s, size_t n, size_t* i) {
+  unsigned char c = s[*i], lo = 0x80, hi = 0xBF;
+  size_t k;
+  if (c < 0x80) {
+    (*i)++;
+    return c;
+  }
+  if (c >= 0xC2 && c <= 0xDF) k = 1;
+  else if (c >= 0xE0 && c <= 0xEF) k = 2, lo = c == 0xE0 ? 0xA0 : 0x80, hi = c == 0xED ? 0x9F : 0xBF;
+  else if (c >= 0xF0 && c <= 0xF4) k = 3, lo = c == 0xF0 ? 0x90 : 0x80, hi = c == 0xF4 ? 0x8F : 0xBF;
+  else {
+    (*i)++;
+    return 0xFFFD;
+  }
+  unsigned long cp = c & (0x3F >> k);
+  size_t j = 1;
+  for (; j <= k && *i + j < n && s[*i + j] >= lo && s[*i + j] <= hi; j++, lo = 0x80, hi = 0xBF)
+    cp = cp << 6 | (s[*i + j] & 0x3F);
+  if (j <= k) {
+    *i += j;
+    return 0xFFFD;
+  }
+  *i += k + 1;
+  return cp;
+}
+
+/* Python's repr of a header value (its bytes read as UTF-8, next_cp), as InvalidHint quotes
+ * it, appended at out (room for 4 bytes per byte of b and 2 quotes); returns the end. As
+ * lua.py's quoted: \xNN for control characters and Latin-1's unprintable ones (U+0080 to
+ * U+00A0, U+00AD); any other character as it is. */
 static char* py_repr(char* out, envoy_buffer b) {
+  const unsigned char* s = (const unsigned char*)b.ptr;
   int single = b.length && memchr(b.ptr, '\'', b.length) != NULL;
   int dbl = b.length && memchr(b.ptr, '"', b.length) != NULL;
   char q = single && !dbl ? '"' : '\'';
   *out++ = q;
-  for (size_t i = 0; i < b.length; i++) {
-    unsigned char c = (unsigned char)b.ptr[i];
+  for (size_t i = 0; i < b.length;) {
+    size_t at = i;
+    unsigned long c = next_cp(s, b.length, &i);
     if (c == '\\' || c == (unsigned char)q) *out++ = '\\', *out++ = (char)c;
     else if (c == '\t') *out++ = '\\', *out++ = 't';
     else if (c == '\n') *out++ = '\\', *out++ = 'n';
     else if (c == '\r') *out++ = '\\', *out++ = 'r';
-    else if (c < 0x20 || c == 0x7f) out += sprintf(out, "\\x%02x", c);
-    else *out++ = (char)c;
+    else if (c < 0x20 || (c >= 0x7f && c <= 0xa0) || c == 0xad)
+      out += sprintf(out, "\\x%02lx", c);
+    else if (c == 0xFFFD) /* a replaced byte or prefix (or U+FFFD itself): 3 bytes for >= 1 */
+      memcpy(out, "\xEF\xBF\xBD", 3), out += 3;
+    else {
+      memcpy(out, s + at, i - at); /* the character's own bytes */
+      out += i - at;
+    }
   }
   *out++ = q;
   *out = 0;
@@ -90,7 +129,17 @@ char* sy_hint_message(const char* key, envoy_buffer value, const char* why,
   } else {
     strcpy(end, why);
   }
-  return msg;
+  /* percent-encoded as gRPC sends a grpc-message (lua.py's reply): the caller's client
+   * decodes it, so a value's "%20" must reach it as %2520, a non-ASCII byte as %XX */
+  char* wire = malloc(3 * strlen(msg) + 1);
+  if (wire != NULL) {
+    char* w = wire;
+    for (const unsigned char* c = (const unsigned char*)msg; *c; c++)
+      w += *c < 0x20 || *c > 0x7e || *c == '%' ? sprintf(w, "%%%02X", *c) : (*w = (char)*c, 1);
+    *w = 0;
+  }
+  free(msg);
+  return wire;
 }
 
 static int key_is(const envoy_http_header* h, const char* s) {
@@ -130,17 +179,54 @@ int sy_metadata_refusal(const envoy_http_header* h, size_t n, long long max_byte
   return 0;
 }
 
+/* A -bin header's bytes as gRPC carries them (base64, padded or not), at most `limit` of
+ * them into out; how many. */
+static size_t unbase64(envoy_buffer b, unsigned char* out, size_t limit) {
+  static const char alphabet[] =
+      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  unsigned long bits = 0;
+  int nbits = 0;
+  size_t n = 0;
+  for (size_t i = 0; i < b.length && n < limit; i++) {
+    const char* at = b.ptr[i] ? memchr(alphabet, b.ptr[i], 64) : NULL;
+    if (at == NULL) continue;
+    bits = (bits << 6 | (unsigned long)(at - alphabet)) & 0xFFFFFF;
+    nbits += 6;
+    if (nbits >= 8) {
+      nbits -= 8;
+      out[n++] = (unsigned char)(bits >> nbits);
+    }
+  }
+  return n;
+}
+
 /* Skipped, a hint sent as -bin would serve the call as if the caller had sent no SLO,
- * floor, region set or tenant: refused (hints.py), the first in the caller's order, in
- * lua.py's words. */
+ * floor, region set or tenant: refused (hints.py's _binary), the first in the caller's
+ * order, in its words: the value's first 64 bytes quoted. */
 int sy_binary_hint(const envoy_http_header* h, size_t n, char* msg, size_t msg_size) {
   for (size_t i = 0; i < n; i++) {
     size_t k = h[i].key_length;
     if (k <= 4 || memcmp(h[i].key_ptr + k - 4, "-bin", 4) != 0) continue;
     for (const char* const* hint = HINTS; *hint; hint++) {
       if (strlen(*hint) != k - 4 || memcmp(h[i].key_ptr, *hint, k - 4) != 0) continue;
-      snprintf(msg, msg_size, "metadata %.*s: %s is a text header; a binary one is not read "
-               "as the hint", (int)k, h[i].key_ptr, *hint);
+      unsigned char bytes[64];
+      envoy_buffer value = {(const char*)bytes, 0};
+      if (h[i].value_ptr != NULL)
+        value.length = unbase64((envoy_buffer){h[i].value_ptr, h[i].value_length}, bytes,
+                                sizeof bytes);
+      char key[128], why[160];
+      snprintf(key, sizeof key, "%.*s", (int)k, h[i].key_ptr);
+      snprintf(why, sizeof why, "%s is a text header; a binary one is not read as the hint",
+               *hint);
+      char* said = sy_hint_message(key, value, why, NULL);
+      /* cut at msg_size (a caller's 256: room for 64 printable bytes, not 64 escaped ones),
+       * never inside a %XX */
+      snprintf(msg, msg_size, "%s", said ? said : "metadata: a hint sent as a -bin header");
+      size_t len = strlen(msg);
+      if (said != NULL && len < strlen(said))
+        for (size_t j = len >= 2 ? len - 2 : 0; j < len; j++)
+          if (msg[j] == '%') msg[j] = 0;
+      free(said);
       return 1;
     }
   }

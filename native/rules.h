@@ -27,7 +27,8 @@ const char* sy_hint_number(envoy_buffer b, double lo, double hi, double* out, ch
                            size_t why_size);
 
 /* InvalidHint's words: "metadata KEY=VALUE: WHY" (VALUE as Python's repr), WHY's own %s
- * filled with ARG's repr when given. malloc'd (free it); NULL without memory. */
+ * filled with ARG's repr when given, percent-encoded as gRPC sends a grpc-message (the
+ * caller reads Python's words). malloc'd (free it); NULL without memory. */
 char* sy_hint_message(const char* key, envoy_buffer value, const char* why,
                       const envoy_buffer* arg);
 
@@ -37,7 +38,8 @@ char* sy_hint_message(const char* key, envoy_buffer value, const char* why,
 int sy_metadata_refusal(const envoy_http_header* h, size_t n, long long max_bytes,
                         long long max_count, int checked, char* msg, size_t msg_size);
 
-/* A hint services/edge/hints.py reads sent as a -bin header: 1 and the message, else 0. */
+/* A hint services/edge/hints.py reads sent as a -bin header: 1 and the message (hints.py's
+ * _binary: its first 64 bytes, base64-decoded, quoted; cut at msg_size), else 0. */
 int sy_binary_hint(const envoy_http_header* h, size_t n, char* msg, size_t msg_size);
 
 /* The model name of a gRPC-framed request (the last field 1 of its message, as a protobuf

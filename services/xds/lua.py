@@ -10,7 +10,8 @@ answered DEADLINE_EXCEEDED there and forwarded nowhere, the Python edge's
 arrive); a retry Envoy starts later in the call is not checked (its router knows no caller's
 deadline, and one-variant orders run no upstream Lua). Such a call carrying a hint the
 Python edge reads as a ``-bin`` header is INVALID_ARGUMENT (skipped, it would be served as if
-the caller had sent no floor, region set, SLO or tenant), and a ``ModelInfer`` over
+the caller had sent no floor, region set, SLO or tenant; in hints.py's words, the value's first
+64 bytes quoted as its ``_binary`` quotes them), and a ``ModelInfer`` over
 ``max_message_bytes`` RESOURCE_EXHAUSTED naming the limit. It first sends to the *slow path*
 (the co-located Python edge, cluster ``slow-path``) what compiled config cannot express
 exactly: the RPCs in ``SLOW_RPCS`` (a ``ModelStreamInfer`` cannot be body-peeked without
@@ -19,8 +20,9 @@ RPCs in ``CONTROL_RPCS`` (so they answer as a Python edge does), and a
 ``ModelInfer`` carrying one of ``SLOW_HINTS``; it does so by setting ``x-switchyard-path: slow``
 (the route configuration's first route matches it) and touches no body. An Envoy without a
 slow path refuses those calls (``UNIMPLEMENTED``, never served more loosely). Otherwise it turns
-``x-slo-ms`` (read as ``services/edge/hints.py`` reads it: a plain decimal in ``SLO_RANGE``,
-repeats agreeing as numbers, refused in its words; a repeated ``x-tenant`` must agree too)
+``x-slo-ms`` (read as ``services/edge/hints.py`` reads it, value by value in the caller's
+order: a plain decimal in ``SLO_RANGE``, repeats agreeing as numbers, refused in its words,
+percent-encoded as gRPC sends a message; a repeated ``x-tenant`` must agree too)
 (or, without it, the call's deadline minus the margin) into whole milliseconds,
 rounded down, in ``x-switchyard-slo-ms`` for the routes' SLO classes; then it walks the
 top-level fields of the buffered request (skipping each by its wire type and length, never
@@ -214,7 +216,11 @@ local BIN_HINTS = {{{", ".join(f'["{h}-bin"] = "{h}"' for h in sorted(HINTS))}}}
 
 local function reply(handle, code, message)
   -- a trailers-only gRPC answer: the caller gets this status, never UNKNOWN, and its
-  -- x-request-id (Envoy's, when the caller sent none), as every edge answer does
+  -- x-request-id (Envoy's, when the caller sent none), as every edge answer does; the
+  -- message percent-encoded as gRPC sends it (else a caller's "5%20" would read "5 0")
+  message = message:gsub("[%%%z\1-\31\127-\255]", function(c)
+    return string.format("%%%02X", c:byte())
+  end)
   handle:respond({{[":status"] = "200", ["content-type"] = "application/grpc",
                   ["grpc-status"] = tostring(code), ["grpc-message"] = message,
                   ["x-request-id"] = handle:headers():get("x-request-id") or ""}}, nil)
@@ -264,10 +270,95 @@ local function decimal(value, lo, hi)
   return v
 end
 
--- Python's repr of a header value, as InvalidHint quotes it (ASCII without quotes or
--- backslashes, which is all a gRPC text header carries in practice).
+-- The code points of ``s`` as Python's ``decode("utf-8", "replace")`` reads it: one U+FFFD
+-- for each byte that starts no character and for each maximal cut-short prefix of one.
+local function codepoints(s)
+  local cps, i, n = {{}}, 1, #s
+  while i <= n do
+    local c, k, lo, hi = s:byte(i), 0, 0x80, 0xBF
+    if c < 0x80 then k = -1
+    elseif c >= 0xC2 and c <= 0xDF then k = 1
+    elseif c >= 0xE0 and c <= 0xEF then
+      k = 2
+      if c == 0xE0 then lo = 0xA0 elseif c == 0xED then hi = 0x9F end
+    elseif c >= 0xF0 and c <= 0xF4 then
+      k = 3
+      if c == 0xF0 then lo = 0x90 elseif c == 0xF4 then hi = 0x8F end
+    end
+    if k == -1 then cps[#cps + 1], i = c, i + 1
+    elseif k == 0 then cps[#cps + 1], i = 0xFFFD, i + 1
+    else
+      local cp, j = c % (2 ^ (6 - k)), 1
+      while j <= k do
+        local d = s:byte(i + j)
+        if d == nil or d < lo or d > hi then break end
+        cp, lo, hi, j = cp * 64 + d % 64, 0x80, 0xBF, j + 1
+      end
+      if j <= k then cps[#cps + 1], i = 0xFFFD, i + j else cps[#cps + 1], i = cp, i + k + 1 end
+    end
+  end
+  return cps
+end
+
+local function utf8_char(c)
+  if c < 0x800 then return string.char(0xC0 + math.floor(c / 64), 0x80 + c % 64) end
+  if c < 0x10000 then
+    return string.char(0xE0 + math.floor(c / 4096), 0x80 + math.floor(c / 64) % 64,
+                       0x80 + c % 64)
+  end
+  return string.char(0xF0 + math.floor(c / 262144), 0x80 + math.floor(c / 4096) % 64,
+                     0x80 + math.floor(c / 64) % 64, 0x80 + c % 64)
+end
+
+-- Python's repr of a header value (its bytes read as UTF-8, see codepoints), as InvalidHint
+-- quotes it: double quotes when it holds a ' and no ", a backslash before the quote and
+-- backslashes, \t \n \r, \xNN for control characters, Latin-1's unprintable ones (U+0080
+-- to U+00A0, U+00AD) too; any other character as it is (Python escapes a few more that
+-- str.isprintable refuses: U+2028, U+200B...; so does not this).
 local function quoted(value)
-  return "'" .. value .. "'"
+  local cps = codepoints(value)
+  local single, double = false, false
+  for _, c in ipairs(cps) do
+    if c == 39 then single = true elseif c == 34 then double = true end
+  end
+  local q = (single and not double) and 34 or 39
+  local out = {{string.char(q)}}
+  for _, c in ipairs(cps) do
+    local s
+    if c == q or c == 92 then s = "\\" .. string.char(c)
+    elseif c == 9 then s = "\\t"
+    elseif c == 10 then s = "\\n"
+    elseif c == 13 then s = "\\r"
+    elseif c < 32 or (c >= 127 and c <= 160) or c == 173 then s = string.format("\\x%02x", c)
+    elseif c < 128 then s = string.char(c)
+    else s = utf8_char(c) end
+    out[#out + 1] = s
+  end
+  out[#out + 1] = string.char(q)
+  return table.concat(out)
+end
+
+-- A -bin header's bytes as gRPC carries them (base64, padded or not), the first ``limit``.
+local B64 = {{}}
+for i = 1, 64 do
+  B64[("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"):byte(i)] = i - 1
+end
+local function unbase64(s, limit)
+  local out, bits, nbits = {{}}, 0, 0
+  for i = 1, #s do
+    local v = B64[s:byte(i)]
+    if v ~= nil then
+      bits, nbits = bits * 64 + v, nbits + 6
+      if nbits >= 8 then
+        nbits = nbits - 8
+        local b = math.floor(bits / 2 ^ nbits)
+        bits = bits - b * 2 ^ nbits
+        out[#out + 1] = string.char(b)
+        if #out >= limit then break end
+      end
+    end
+  end
+  return table.concat(out)
 end
 
 -- A hint the fast path reads, sent more than once: every repeat must say the same as the
@@ -288,9 +379,6 @@ local function repeats(headers, key, same)
 end
 
 local function equal(a, b) return a == b end
-local function same_number(a, b)
-  return decimal(a, SLO_LO, SLO_HI) == decimal(b, SLO_LO, SLO_HI)
-end
 
 -- The call's SLO in ms (the route uses it rounded down: never looser than asked); nil: the
 -- model's default; false and a message: a bad x-slo-ms (as services/edge/hints.py words it).
@@ -298,14 +386,22 @@ end
 local function slo_ms(headers, budget)
   local n = headers:getNumValues("x-slo-ms")
   if n > 0 then
-    for i = 0, n - 1 do
+    -- value by value in the caller's order, as hints.py walks them: 50, 60, abc is refused
+    -- at 60 (a contradiction), abc, 50 at abc (not a number)
+    local first = headers:getAtIndex("x-slo-ms", 0)
+    local slo, why = decimal(first, SLO_LO, SLO_HI)
+    if why ~= nil then return false, "metadata x-slo-ms=" .. quoted(first) .. ": " .. why end
+    for i = 1, n - 1 do
       local value = headers:getAtIndex("x-slo-ms", i)
-      local _, why = decimal(value, SLO_LO, SLO_HI)
-      if why ~= nil then return false, "metadata x-slo-ms=" .. quoted(value) .. ": " .. why end
+      local v, bad = decimal(value, SLO_LO, SLO_HI)
+      if bad ~= nil then return false, "metadata x-slo-ms=" .. quoted(value) .. ": " .. bad end
+      if v ~= slo then
+        return false, "metadata x-slo-ms=" .. quoted(value) .. ": contradicts an earlier "
+                      .. "x-slo-ms=" .. quoted(first) .. "; send the hint once (or repeat "
+                      .. "the same value)"
+      end
     end
-    local clash = repeats(headers, "x-slo-ms", same_number)
-    if clash ~= nil then return false, clash end
-    return (decimal(headers:getAtIndex("x-slo-ms", 0), SLO_LO, SLO_HI))
+    return slo
   end
   if budget ~= nil then
     local slo = budget - DEADLINE_MARGIN_MS
@@ -380,9 +476,11 @@ function envoy_on_request(handle)
     if budget ~= nil and too_little(budget) then return too_late(handle, budget) end
     for key, _ in pairs(headers) do
       local hint = BIN_HINTS[key]
-      if hint ~= nil then
-        reply(handle, 3, "metadata " .. key .. ": " .. hint .. " is a text header; a binary "
-                         .. "one is not read as the hint")
+      if hint ~= nil then  -- hints.py's _binary: the value's first 64 bytes, quoted
+        reply(handle, 3, "metadata " .. key .. "=" .. quoted(unbase64(headers:getAtIndex(key, 0),
+                                                                      64))
+                         .. ": " .. hint .. " is a text header; a binary one is not read as "
+                         .. "the hint")
         return
       end
     end

@@ -21,8 +21,10 @@ import pytest
 import pytest_asyncio
 from tritonclient.grpc import service_pb2
 
+from placement.errors import InvalidHint
 from services.backends.triton import TritonProcess
 from services.config import MeshConfig
+from services.edge import hints
 from services.edge.tokens import llm_request
 from tests.envoy_harness import EnvoyMesh, running_envoy_mesh
 from tests.mesh_harness import mesh_config, padded, raw_infer, request_bytes
@@ -89,8 +91,16 @@ HINTS = [
     ([("x-slo-ms", "50"), ("x-slo-ms", "60")], INVALID),
     ([("x-slo-ms", "50"), ("x-slo-ms", "50.0")], OK),  # old Lua: INVALID_ARGUMENT
     ([("x-slo-ms", "50"), ("x-slo-ms", "abc")], INVALID),
+    # refused at 60, the contradiction, as Python walks them (old Lua: abc, not a number)
+    ([("x-slo-ms", "50"), ("x-slo-ms", "60"), ("x-slo-ms", "abc")], INVALID),
     ([("x-tenant", "a"), ("x-tenant", "b")], INVALID),  # old Lua: OK
     ([("x-tenant", "a"), ("x-tenant", "a")], OK),
+    # the value as Python's repr quotes it, percent-encoded on the wire as gRPC sends a
+    # message (old Lua: 'it's', one backslash, and "5%20" read back by the caller as "5 0")
+    ([("x-slo-ms", "it's")], INVALID),
+    ([("x-slo-ms", "a\\b")], INVALID),
+    ([("x-slo-ms", "5%20")], INVALID),
+    ([("x-tenant", "a"), ("x-tenant", "it's 100%")], INVALID),
 ]
 
 
@@ -103,6 +113,29 @@ async def test_a_hint_gets_the_same_status_and_words_on_both_engines(
     if code is INVALID:
         assert got["envoy"][1] == got["python"][1], got
         assert got["python"][1].startswith(f"metadata {md[0][0]}="), got
+
+
+# A hint sent as a -bin header (gRPC carries its bytes in base64): refused on both, the value's
+# first 64 bytes quoted as services/edge/hints.py's _binary quotes them (UTF-8, each bad byte
+# or cut character U+FFFD). The old Lua's words quoted no value: each case fails on it.
+BINARY = [
+    ("x-min-quality-bin", b"0.85"),
+    ("x-slo-ms-bin", b"\x00\xff'\"\\"),
+    ("x-tenant-bin", "\u00e9\u20ac it's".encode()),
+    ("x-allowed-regions-bin", b"\xe2\x82" + b"a" * 10 + b"\xed\xa0\x80"),
+    ("x-routing-profile-bin", b"\xc2\x85\xc2\xa0\xc2\xad\x7f\t\r\n"),
+    ("x-request-id-bin", b"5%20" + b"x" * 100),  # cut at 64 bytes
+]
+
+
+@pytest.mark.parametrize(("key", "value"), BINARY, ids=[k for k, _ in BINARY])
+async def test_a_binary_hint_gets_the_same_status_and_words_on_both_engines(
+        engines: dict[str, grpc.aio.Channel], key: str, value: bytes) -> None:
+    with pytest.raises(InvalidHint) as err:
+        hints.parse([(key, value)], frozenset(), ())
+    expected = (INVALID, str(err.value))
+    got = await both(engines, [(key, value)])  # type: ignore[list-item]
+    assert got == {"python": expected, "envoy": expected}, got
 
 
 def headers(n: int, size: int = 1) -> list[tuple[str, str]]:

@@ -1,8 +1,9 @@
 """The C dynamic module (native/switchyard_edge.c) answers the hostile input of
 tests/integration/test_hostile_engines.py as the Python edge and the listener Lua do: x-slo-ms
 read as services/edge/hints.py reads it (a plain decimal within SLO_RANGE, repeats agreeing as
-numbers, refused in its words), a repeated x-tenant that disagrees refused, a hint sent as a
--bin header refused, [security.limits] on the metadata, a model name with a NUL, CR or LF sent
+numbers, refused in its words, percent-encoded as gRPC sends a message), a repeated x-tenant
+that disagrees refused, a hint sent as a -bin header refused (its value quoted as Python's
+_binary quotes it), [security.limits] on the metadata, a model name with a NUL, CR or LF sent
 to the unknown-model route, one not UTF-8 refused, a message over max_message_bytes refused,
 a compressed one sent to the slow path; on the way back, a variant gone from every
 deployment UNAVAILABLE with the Python edge's hint and a backend's INTERNAL for unparseable
@@ -14,8 +15,10 @@ as '50.0'; it had none of the other rules)."""
 
 from __future__ import annotations
 
+import base64
 import math
 import re
+import urllib.parse
 from collections.abc import Sequence
 
 import grpc
@@ -31,7 +34,7 @@ from placement.errors import InvalidHint
 from services.edge import hints, wire
 from services.security import xfcc
 from services.xds import lua, native
-from tests.integration.test_hostile_engines import HINTS, LIMIT, LIMITS, REQUESTS
+from tests.integration.test_hostile_engines import BINARY, HINTS, LIMIT, LIMITS, REQUESTS
 from tests.native.envoy_host import RESPONSE_HEADER, RESPONSE_TRAILER, FakeEnvoyHost, build
 
 INFER, STREAM = lua.INFER_PATH, lua.STREAM_PATH
@@ -56,7 +59,7 @@ def _grouped(md: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
     return out
 
 
-def _python(md: Sequence[tuple[str, str]]) -> tuple[int, str] | None:
+def _python(md: Sequence[tuple[str, str | bytes]]) -> tuple[int, str] | None:
     """What the Python edge's hint parser answers: None (served) or INVALID_ARGUMENT's words."""
     try:
         hints.parse(md, frozenset({"east"}), ())
@@ -73,7 +76,7 @@ def test_a_hint_gets_the_python_edges_status_and_words(
     assert host.new_config("listener", CONFIG)
     host.start({":path": INFER, **_grouped(md)}, _frame(wire.encode_name_field("m")))
     said = host.request_headers()
-    assert host.reply() == expected
+    assert _reply(host) == expected
     if expected is None:
         assert said == STOP  # waits for the body
         slo = [v for k, v in md if k == "x-slo-ms"]
@@ -89,6 +92,8 @@ def test_a_hint_gets_the_python_edges_status_and_words(
     ["it's"],  # Python's repr picks double quotes
     ["a\\b"],
     ["1" * 300],  # longer than the old 256-byte message: the whole value, as Python quotes it
+    ["5%20"],  # percent-encoded on the wire, as gRPC sends it (the old module: read as "5 0")
+    ["\u00e9t\u00e9"],  # UTF-8, quoted as it is
 ])
 def test_more_slo_values_get_the_python_edges_words(host: FakeEnvoyHost,
                                                     values: list[str]) -> None:
@@ -96,19 +101,40 @@ def test_more_slo_values_get_the_python_edges_words(host: FakeEnvoyHost,
     assert host.new_config("listener", CONFIG)
     host.start({":path": INFER, "x-slo-ms": values}, _frame(wire.encode_name_field("m")))
     assert host.request_headers() == STOP
-    assert host.reply() == _python(md) is not None
+    assert _reply(host) == _python(md) is not None
+
+
+def _reply(host: FakeEnvoyHost) -> tuple[int, str] | None:
+    """The module's answer as the caller reads it (gRPC percent-decodes grpc-message)."""
+    reply = host.reply()
+    return None if reply is None else (reply[0], urllib.parse.unquote(reply[1], errors="strict"))
 
 
 @pytest.mark.parametrize("path", [INFER, STREAM])
 @pytest.mark.parametrize("hint", sorted(hints.HINTS))
-def test_a_hint_sent_as_a_binary_header_is_refused_in_the_luas_words(
+def test_a_hint_sent_as_a_binary_header_is_refused_in_the_python_edges_words(
         host: FakeEnvoyHost, path: str, hint: str) -> None:
+    """The old module's words (the Lua's) quoted no value: fails on it."""
     assert host.new_config("listener", "margin=5.0;slow=1")
     host.start({":path": path, f"{hint}-bin": "AAAA"}, _frame(wire.encode_name_field("m")))
     assert host.request_headers() == STOP
-    assert host.reply() == (3, f"metadata {hint}-bin: {hint} is a text header; a binary one "
-                               "is not read as the hint")
+    assert _reply(host) == _python([(f"{hint}-bin", b"\0\0\0")]) == (
+        3, f"metadata {hint}-bin='\\x00\\x00\\x00': {hint} is a text header; a binary one "
+           "is not read as the hint")
     assert host.header(lua.PATH_HEADER) is None  # not sent to the slow path either
+
+
+@pytest.mark.parametrize(("key", "value"), BINARY, ids=[k for k, _ in BINARY])
+@pytest.mark.parametrize("padded", [True, False])
+def test_a_binary_hints_value_is_quoted_as_the_python_edge_quotes_it(
+        host: FakeEnvoyHost, key: str, value: bytes, padded: bool) -> None:
+    """test_hostile_engines' -bin cases, as gRPC carries them (base64, padded or not)."""
+    sent = base64.b64encode(value).decode()
+    assert host.new_config("listener", CONFIG)
+    host.start({":path": INFER, key: sent if padded else sent.rstrip("=")},
+               _frame(wire.encode_name_field("m")))
+    assert host.request_headers() == STOP
+    assert _reply(host) == _python([(key, value)]) is not None
 
 
 def test_a_binary_header_that_names_no_hint_is_not_refused(host: FakeEnvoyHost) -> None:
