@@ -10,6 +10,11 @@ A call with an SLO (its hints were resolved: every routed call) is also counted 
 whether it met it: ``met="true"`` only when it was answered OK and ``x-slo-met`` said so, so
 a failed call counts as missed. A call refused before routing has no SLO and is not counted.
 
+A stream's tokens are counted from its token trailers (``x-tokens-in``, ``x-tokens-out``:
+``StreamMeter.trailers``, what ``CallRecord.stream`` holds), under the same bounded model label,
+so the counter's increase is the sum of the trailers the edge sent (or, for a stream its caller
+cancelled, would have sent).
+
 Every call is counted once, under a gRPC status name (anything else, such as an exception's
 class name, becomes the status it means or ``UNKNOWN``). Label values are bounded: a model
 name the route table does not know is counted as ``unknown`` (callers choose model names, so
@@ -70,11 +75,14 @@ class AccessLog:
     def __init__(self, calls: Counter, latency: Histogram, attempts: Counter,
                  enabled: bool = True, flush_s: float = 0.1, out: TextIO | None = None,
                  known_model: Callable[[str], bool] = lambda model: False,
-                 slo_calls: Counter | None = None) -> None:
+                 slo_calls: Counter | None = None,
+                 stream_tokens: Counter | None = None) -> None:
         """``known_model``: whether a model name is in the route table (else its calls are
-        labelled ``unknown``). ``slo_calls``: labelled (model, met), see the module doc."""
+        labelled ``unknown``). ``slo_calls``: labelled (model, met), ``stream_tokens``:
+        labelled (model, direction), see the module doc."""
         self.calls, self.latency, self.attempts = calls, latency, attempts
-        self.slo_calls = slo_calls
+        self.slo_calls, self.stream_tokens = slo_calls, stream_tokens
+        self._tokens: dict[str, tuple[Any, Any]] = {}  # (in, out) children per model label
         self.known_model = known_model
         self.enabled = enabled
         self.flush_s = flush_s
@@ -104,6 +112,8 @@ class AccessLog:
         ch[2].inc(rec.attempts)
         if rec.hints is not None and ch[3] is not None:
             ch[3][0 if rec.slo_met and rec.status == "OK" else 1].inc()
+        if rec.stream and self.stream_tokens is not None:
+            self._count_tokens(model, rec.stream)
         if not self.enabled:
             return
         if len(self.buffer) >= MAX_BUFFER:
@@ -117,6 +127,21 @@ class AccessLog:
             "slo_ms": rec.hints.slo_ms if rec.hints else None, "slo_met": rec.slo_met,
             "tenant": rec.hints.tenant if rec.hints else "",
             "status": status_label(rec.status)})
+
+    def _count_tokens(self, model: str, trailers: tuple[tuple[str, str], ...]) -> None:
+        """A stream's ``x-tokens-in`` / ``x-tokens-out`` into the counter (``model``: already
+        the bounded label)."""
+        ch = self._tokens.get(model)
+        if ch is None:
+            assert self.stream_tokens is not None
+            m = label_value(model)
+            ch = self._tokens[model] = (self.stream_tokens.labels(m, "in"),
+                                        self.stream_tokens.labels(m, "out"))
+        for key, value in trailers:
+            if key == "x-tokens-in":
+                ch[0].inc(int(value))
+            elif key == "x-tokens-out":
+                ch[1].inc(int(value))
 
     def flush(self) -> None:
         if not self.buffer:

@@ -10,7 +10,7 @@ from typing import Any
 
 import grpc
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from placement.registry import PROFILES, build_profile
 from services import logs
@@ -62,6 +62,15 @@ class EdgeMetrics:
             "switchyard_edge_streams_given_up_total",
             "Stream attempts given up: silent on a backend the health checks find unreachable",
             ["backend"], registry=self.registry)
+        self.inflight = Gauge(
+            "switchyard_edge_inflight",
+            "Inference calls the edge is serving now, from the moment its handler takes one to "
+            "the moment it ends, however it ends", ["kind"], registry=self.registry)
+        self.stream_tokens = Counter(
+            "switchyard_edge_stream_tokens_total",
+            "Stream tokens as the x-tokens-in / x-tokens-out trailers count them (a stream "
+            "that is not an LLM's: its responses out)", ["model", "direction"],
+            registry=self.registry)
         self.stage = Histogram("switchyard_edge_pipeline_stage_seconds",
                                "Routing pipeline stage time (sampled)", ["stage", "plugin"],
                                registry=self.registry,
@@ -181,7 +190,7 @@ async def start_edge(cfg: MeshConfig, edge: EdgeConfig, port: int | None = None,
     access_log = AccessLog(metrics.calls, metrics.latency, metrics.attempts,
                            enabled=logs.enabled("info"),
                            known_model=lambda model: model in store.candidates,
-                           slo_calls=metrics.slo_calls)
+                           slo_calls=metrics.slo_calls, stream_tokens=metrics.stream_tokens)
     router = Router(store, upstreams, health, stats,
                     RetryBudget(rt.retry_budget_ratio, rt.retry_budget_min_per_s), profiles,
                     frozenset(r.name for r in cfg.regions),
@@ -220,7 +229,7 @@ async def start_edge(cfg: MeshConfig, edge: EdgeConfig, port: int | None = None,
     forwarded = (ForwardedCerts(frozenset(certificate_identities(
         cfg.security.cert_for("edge")[0]))) if forwarded_certs and cfg.security.tls else None)
     inference = InferenceService(router, gate=gate, max_message_bytes=rt.max_message_bytes,
-                                 forwarded=forwarded)
+                                 forwarded=forwarded, inflight=metrics.inflight)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
         SERVICE, inference.handlers()),))
     edge_pb2_grpc.add_EdgeAdminServicer_to_server(EdgeAdminService(edge.id, router, link),

@@ -14,6 +14,7 @@ from importlib import metadata as _metadata
 
 import grpc
 from google.protobuf.message import Message
+from prometheus_client import Gauge
 from tritonclient.grpc import service_pb2
 
 from placement.errors import NoHealthyDeployment, SwitchyardError, UnknownModel
@@ -40,10 +41,16 @@ except _metadata.PackageNotFoundError:  # running from a source tree without ins
 class InferenceService:
     def __init__(self, router: Router, server_name: str = "switchyard-edge",
                  gate: TenantGate | None = None, max_message_bytes: int | None = None,
-                 forwarded: ForwardedCerts | None = None) -> None:
+                 forwarded: ForwardedCerts | None = None, inflight: Gauge | None = None
+                 ) -> None:
         """``max_message_bytes``: checked here, so the refusal carries trailers (the server
         receives up to ``transport.receive_limit`` of it). ``forwarded``: this is an Envoy
-        edge's slow path, which reads a caller's certificate from its Envoy's header."""
+        edge's slow path, which reads a caller's certificate from its Envoy's header.
+        ``inflight``: labelled ``kind`` (``unary``, ``stream``), up by one when a handler
+        takes a call, down by one in its ``finally`` (however the call ends: answered, refused,
+        failed, cancelled by its caller, past its deadline, given up)."""
+        g = inflight if inflight is not None else Gauge("inflight", "", ["kind"], registry=None)
+        self._unary, self._streams = g.labels("unary"), g.labels("stream")
         self.forwarded = forwarded
         self.router = router
         self.max_message_bytes = max_message_bytes
@@ -55,6 +62,7 @@ class InferenceService:
     async def model_infer(self, raw: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
         metadata = tuple(context.invocation_metadata() or ())  # a tuple already: not copied
         record = CallRecord(hint_parser.request_id(metadata), "")  # echoed even on rejection
+        self._unary.inc()
         try:
             self._admit(len(raw), metadata, context, record)
             response = await self.router.infer(raw, metadata, context.time_remaining(), record)
@@ -63,6 +71,7 @@ class InferenceService:
             context.set_trailing_metadata(record.trailers() + trailers)
             await context.abort(code, message)
         finally:
+            self._unary.dec()
             if record.admission is not None:
                 record.admission.release()
         context.set_trailing_metadata(record.trailers())
@@ -73,6 +82,7 @@ class InferenceService:
                                  ) -> AsyncIterator[bytes]:
         metadata = tuple(context.invocation_metadata() or ())  # a tuple already: not copied
         record = CallRecord(hint_parser.request_id(metadata), "")  # echoed even on rejection
+        self._streams.inc()
         try:
             self._admit(None, metadata, context, record)
             async for resp in route_stream(self.router, self._sized(requests), metadata,
@@ -83,6 +93,7 @@ class InferenceService:
             context.set_trailing_metadata(record.trailers() + trailers)
             await context.abort(code, message)
         finally:
+            self._streams.dec()
             if record.admission is not None:
                 record.admission.release()
         context.set_trailing_metadata(record.trailers())
