@@ -26,7 +26,8 @@ What a failure excludes for the rest of the call: the deployment; after a server
 (``SERVER_FAILURES``: UNAVAILABLE, a timeout) every variant on that server. Failure domains
 widen softly (``avoid_regions``, read by the avoid-region filter): a timeout, or a second
 failure in one region, marks the region; failures in two regions of one cloud mark every
-region of that cloud, so the last attempt crosses clouds.
+region of that cloud, and so does a server failure before the call's last attempt when every
+attempt so far failed as a server in that one cloud: the last attempt crosses clouds.
 
 **Too little deadline left** is one rule (``CallAttempts.check_time_left``), asked before any
 attempt starts: the unary path's first attempt and its retries (``next_timeout``), a hedge's
@@ -149,8 +150,8 @@ class CallAttempts:
     failure, so a context built from them is a snapshot.
     """
 
-    __slots__ = ("_failed_at", "attempts", "avoid_regions", "committed", "deadline",
-                 "exclude", "hedged", "replayable", "resumable", "settings")
+    __slots__ = ("_failed_at", "_server_failures", "attempts", "avoid_regions", "committed",
+                 "deadline", "exclude", "hedged", "replayable", "resumable", "settings")
 
     def __init__(self, settings: AttemptSettings, deadline: float | None) -> None:
         self.settings = settings
@@ -163,6 +164,7 @@ class CallAttempts:
         self.exclude: frozenset[str] = frozenset()
         self.avoid_regions: frozenset[str] = frozenset()
         self._failed_at: list[tuple[str, str]] = []  # (cloud, region) of failed attempts
+        self._server_failures = 0  # of them, SERVER_FAILURES
 
     # -- starting attempts ---------------------------------------------------------------
 
@@ -300,15 +302,27 @@ class CallAttempts:
             excluded.update(x.deployment_id for x in cands if x.backend_id == c.backend_id)
         self.exclude = self.exclude | excluded
         self._failed_at.append((c.cloud, c.region))
+        self._server_failures += status in SERVER_FAILURES
         sick = self._sick_regions(c, status, cands)
         if sick - self.avoid_regions:
             self.avoid_regions = self.avoid_regions | sick
+
+    def _last_after_one_cloud(self, c: Target, status: str) -> bool:
+        """The next attempt is the call's last and every attempt so far failed as a server
+        (``SERVER_FAILURES``) in ``c``'s cloud: the last one crosses clouds. Two dead servers
+        in one region, then a third of the same cloud elsewhere, once lost calls of a cloud
+        outage drill (three attempts, all on the dead cloud: the whole-cloud mark above comes
+        only with failures in two of its regions)."""
+        return (self.attempts + 1 >= self.settings.max_attempts > 1
+                and self._server_failures == len(self._failed_at)
+                and status in SERVER_FAILURES
+                and all(cloud == c.cloud for cloud, _ in self._failed_at))
 
     def _sick_regions(self, c: Target, status: str, cands: Sequence[Target]) -> set[str]:
         """Failure domains the rest of the call steers away from, widening as failures
         correlate (a cloud-wide outage once took three attempts in three regions of it)."""
         same_cloud = {region for cloud, region in self._failed_at if cloud == c.cloud}
-        if len(same_cloud) >= 2:
+        if len(same_cloud) >= 2 or self._last_after_one_cloud(c, status):
             return {x.region for x in cands if x.cloud == c.cloud}
         if status == "DEADLINE_EXCEEDED" or self._failed_at.count((c.cloud, c.region)) >= 2:
             return {c.region}

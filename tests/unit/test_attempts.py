@@ -164,6 +164,44 @@ def test_failures_in_two_regions_of_one_cloud_avoid_the_whole_cloud() -> None:
     assert t.avoid_regions == {"a1", "a2", "a3"}
 
 
+def test_the_last_attempt_crosses_clouds_after_server_failures_in_one() -> None:
+    """A cloud outage: two dead servers in one region, a third of the same cloud in another
+    region next in the order. Before, the last attempt went to it (all three on the dead cloud);
+    now the whole cloud is avoided for the last attempt."""
+    cands = [cand(0, "a1", "a"), cand(1, "a1", "a"), cand(2, "a2", "a"), cand(3, "b1", "b")]
+    t = start()
+    t.started(cands[0])
+    t.failed(cands[0], "UNAVAILABLE", cands, 0.0, yes)
+    assert t.avoid_regions == frozenset()
+    t.started(cands[1])
+    t.failed(cands[1], "UNAVAILABLE", cands, 0.0, yes)
+    assert t.last is False and t.avoid_regions == {"a1", "a2"}
+
+
+@pytest.mark.parametrize(("statuses", "clouds", "avoided"), [
+    (("RESOURCE_EXHAUSTED", "UNAVAILABLE"), ("a", "a"), {"a1"}),  # a full server is no outage
+    (("UNAVAILABLE", "UNAVAILABLE"), ("b", "a"), set()),  # failures in two clouds: no one cloud
+])
+def test_the_last_attempt_keeps_the_cloud_unless_it_failed_as_servers_in_it(
+        statuses: tuple[str, str], clouds: tuple[str, str], avoided: set[str]) -> None:
+    cands = [cand(0, f"{clouds[0]}1", clouds[0]), cand(1, "a1", clouds[1]),
+             cand(2, "a2", "a"), cand(3, "c1", "c")]
+    t = start()
+    for c, status in zip(cands[:2], statuses, strict=True):
+        t.started(c)
+        t.failed(c, status, cands, 0.0, yes)
+    assert t.avoid_regions == avoided
+
+
+def test_with_more_attempts_left_one_cloud_is_not_yet_avoided() -> None:
+    cands = [cand(0, "a1", "a"), cand(1, "a1", "a"), cand(2, "a2", "a"), cand(3, "b1", "b")]
+    t = start(max_attempts=5)
+    for c in cands[:2]:
+        t.started(c)
+        t.failed(c, "UNAVAILABLE", cands, 0.0, yes)
+    assert t.avoid_regions == {"a1"}
+
+
 def test_attempt_timeout_is_bounded_while_retries_remain() -> None:
     c = cand(0, lat=100.0)
     t = start(deadline=10.0)
