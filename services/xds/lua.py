@@ -204,6 +204,7 @@ local function model_name(body)
 end
 
 local SLOW_HINTS = {{{", ".join(f'"{h}"' for h in SLOW_HINTS)}}}
+local SLOW_HINT = {{{", ".join(f'["{h}"] = true' for h in SLOW_HINTS)}}}
 local SLOW_RPCS = {{{", ".join(f'["{SERVICE_PATH}{r}"] = true' for r in SLOW_RPCS)}}}
 local CONTROL_RPCS = {{{", ".join(f'["{SERVICE_PATH}{r}"] = true' for r in CONTROL_RPCS)}}}
 local UNITS = {{H = 3600000, M = 60000, S = 1000, m = 1, u = 0.001, n = 0.000001}}
@@ -361,24 +362,42 @@ local function unbase64(s, limit)
   return table.concat(out)
 end
 
--- A hint the fast path reads, sent more than once: every repeat must say the same as the
--- first (services/edge/hints.py's _once: else an appended header could change it), compared
--- as the Python edge compares them (``same``). nil, or the INVALID_ARGUMENT message.
-local function repeats(headers, key, same)
-  local n = headers:getNumValues(key)
-  if n < 2 then return nil end
-  local first = headers:getAtIndex(key, 0)
-  for i = 1, n - 1 do
-    local other = headers:getAtIndex(key, i)
-    if not same(first, other) then
-      return "metadata " .. key .. "=" .. quoted(other) .. ": contradicts an earlier " .. key
-             .. "=" .. quoted(first) .. "; send the hint once (or repeat the same value)"
-    end
-  end
-  return nil
+-- InvalidHint's words for a repeat that disagrees with the first (hints.py's _once).
+local function contradiction(key, value, first)
+  return "metadata " .. key .. "=" .. quoted(value) .. ": contradicts an earlier " .. key .. "="
+         .. quoted(first) .. "; send the hint once (or repeat the same value)"
 end
 
-local function equal(a, b) return a == b end
+-- The first header entry, in the caller's order, that hints.py's parse refuses among those
+-- the listener reads: x-slo-ms (SLO_RANGE; a repeat must agree as a number), x-tenant (a
+-- repeat must agree) and a hint sent as -bin. nil, or its INVALID_ARGUMENT message, whether
+-- it is a -bin one, and whether a hint only the Python edge reads (SLOW_HINTS, which it may
+-- refuse first) came before it. (A repeated x-request-id is joined by Envoy: README.)
+local function first_fault(headers)
+  local slo, slo_v, tenant, unread = nil, nil, nil, false
+  local fault, binary, after = nil, false, false
+  -- walked to its end: Envoy refuses to change a header map while a walk is unfinished
+  for key, value in pairs(headers) do
+    local hint = BIN_HINTS[key]
+    if fault ~= nil then  -- (the rest only finishes the walk)
+    elseif hint ~= nil then  -- hints.py's _binary: the value's first 64 bytes, quoted
+      fault, binary, after = "metadata " .. key .. "=" .. quoted(unbase64(value, 64)) .. ": "
+                             .. hint .. " is a text header; a binary one is not read as the "
+                             .. "hint", true, unread
+    elseif SLOW_HINT[key] then
+      unread = true
+    elseif key == "x-slo-ms" then
+      local v, why = decimal(value, SLO_LO, SLO_HI)
+      if why ~= nil then fault, after = "metadata x-slo-ms=" .. quoted(value) .. ": " .. why, unread
+      elseif slo == nil then slo, slo_v = value, v
+      elseif v ~= slo_v then fault, after = contradiction(key, value, slo), unread end
+    elseif key == "x-tenant" then
+      if tenant == nil then tenant = value
+      elseif value ~= tenant then fault, after = contradiction(key, value, tenant), unread end
+    end
+  end
+  return fault, binary, after
+end
 
 -- The call's SLO in ms (the route uses it rounded down: never looser than asked); nil: the
 -- model's default; false and a message: a bad x-slo-ms (as services/edge/hints.py words it).
@@ -395,11 +414,7 @@ local function slo_ms(headers, budget)
       local value = headers:getAtIndex("x-slo-ms", i)
       local v, bad = decimal(value, SLO_LO, SLO_HI)
       if bad ~= nil then return false, "metadata x-slo-ms=" .. quoted(value) .. ": " .. bad end
-      if v ~= slo then
-        return false, "metadata x-slo-ms=" .. quoted(value) .. ": contradicts an earlier "
-                      .. "x-slo-ms=" .. quoted(first) .. "; send the hint once (or repeat "
-                      .. "the same value)"
-      end
+      if v ~= slo then return false, contradiction("x-slo-ms", value, first) end
     end
     return slo
   end
@@ -472,17 +487,16 @@ function envoy_on_request(handle)
   -- the caller's deadline as it stands when its headers are in (the Python edge's clock
   -- starts there too); checked again once a ModelInfer's body is in
   local t0, budget = now_us(handle), deadline_ms(headers)
+  -- A call or stream's first refused hint (first_fault). A -bin one is refused here, never
+  -- skipped, before the slow path (unless a hint only the slow path reads came first: it
+  -- answers in the caller's order); a ModelInfer's others once its bytes are checked, as
+  -- the Python edge checks its size and bytes before its hints.
+  local fault, binary, unread
   if DEADLINE_CHECKED[path] then
     if budget ~= nil and too_little(budget) then return too_late(handle, budget) end
-    for key, _ in pairs(headers) do
-      local hint = BIN_HINTS[key]
-      if hint ~= nil then  -- hints.py's _binary: the value's first 64 bytes, quoted
-        reply(handle, 3, "metadata " .. key .. "=" .. quoted(unbase64(headers:getAtIndex(key, 0),
-                                                                      64))
-                         .. ": " .. hint .. " is a text header; a binary one is not read as "
-                         .. "the hint")
-        return
-      end
+    fault, binary, unread = first_fault(headers)
+    if binary and path ~= "{INFER_PATH}" and not (unread and SLOW_PATH) then
+      return reply(handle, 3, fault)
     end
   end
   if SLOW_RPCS[path] or (SLOW_PATH and CONTROL_RPCS[path]) then
@@ -490,27 +504,27 @@ function envoy_on_request(handle)
   end
   if not NAMED[path] then return end
   if path == "{INFER_PATH}" then
+    local why = nil
     if TENANTS == "all" or (TENANTS == "credential" and (headers:get("authorization") ~= nil
                                                           or headers:get("x-tenant") ~= nil
                                                           or cert_tenant(headers))) then
-      return slow(handle, headers, "a tenant's call")  -- the Python edge admits tenants
+      why = "a tenant's call"  -- the Python edge admits tenants
     end
     for _, hint in ipairs(SLOW_HINTS) do
-      if headers:get(hint) ~= nil then return slow(handle, headers, "hint " .. hint) end
+      if why == nil and headers:get(hint) ~= nil then why = "hint " .. hint end
     end
-    -- (a repeated x-request-id never gets here: Envoy joins it into one, "a,b", as it does
-    -- the headers it owns; README says so)
-    local clash = repeats(headers, "x-tenant", equal)
-    if clash ~= nil then
-      reply(handle, 3, clash)
-      return
+    if why ~= nil then
+      -- without a slow path, a refused hint is refused here (INVALID_ARGUMENT, as Python)
+      if fault ~= nil and not SLOW_PATH then return reply(handle, 3, fault) end
+      return slow(handle, headers, why)
     end
   end
   local slo, why = slo_ms(headers, budget)
-  if slo == false then
+  if slo == false and path ~= "{INFER_PATH}" then
     reply(handle, 3, why)
     return
   end
+  if slo == false then slo = nil end  -- the ModelInfer's fault, answered after its bytes
   if slo ~= nil then headers:replace("{SLO_HEADER}", string.format("%d", math.floor(slo))) end
   local body = handle:body()
   if body == nil then
@@ -525,6 +539,10 @@ function envoy_on_request(handle)
   end
   if name == nil then
     reply(handle, code == COMPRESSED and 12 or code, message)
+    return
+  end
+  if fault ~= nil then
+    reply(handle, 3, fault)
     return
   end
   -- A name no header can carry (a NUL, CR or LF: Envoy would cut it there, "summarize\0x"

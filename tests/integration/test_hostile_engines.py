@@ -200,6 +200,38 @@ async def test_a_request_gets_the_same_status_on_both_engines(
 
 
 
+# A hostile request with a bad hint: the Python edge checks the size, then the bytes, then
+# each hint entry in the caller's order (hints.parse), so the first of these that fails
+# answers, on both engines, in the same words.
+MIXED = [
+    ("over the limit, a bad hint", [("x-slo-ms", "abc")], padded(LIMIT + 1),
+     grpc.StatusCode.RESOURCE_EXHAUSTED),
+    ("bad bytes, a bad hint", [("x-slo-ms", "abc")], b"\xff\xff\xff", INVALID),
+    ("no model, a bad hint", [("x-tenant", "a"), ("x-tenant", "b")], request_bytes(""), INVALID),
+    ("a NUL in the name, a bad hint", [("x-slo-ms", "abc")], request_bytes("summarize\x00"),
+     INVALID),
+    ("a bad x-slo-ms, then x-tenant a, b",
+     [("x-slo-ms", "abc"), ("x-tenant", "a"), ("x-tenant", "b")], request_bytes(), INVALID),
+    ("x-tenant a, b, then a bad x-slo-ms",
+     [("x-tenant", "a"), ("x-tenant", "b"), ("x-slo-ms", "abc")], request_bytes(), INVALID),
+    ("a bad x-slo-ms, then a -bin hint",
+     [("x-slo-ms", "abc"), ("x-min-quality-bin", b"1")], request_bytes(), INVALID),
+    ("a -bin hint, then a bad x-slo-ms",
+     [("x-min-quality-bin", b"1"), ("x-slo-ms", "abc")], request_bytes(), INVALID),
+]
+
+
+@pytest.mark.parametrize(("md", "raw", "code"), [(m, r, c) for _, m, r, c in MIXED],
+                         ids=[n for n, _, _, _ in MIXED])
+async def test_the_first_fault_answers_on_both_engines(
+        engines: dict[str, grpc.aio.Channel], md: list[tuple[str, str]], raw: bytes,
+        code: grpc.StatusCode) -> None:
+    got = await both(engines, md, raw)
+    assert {e: c for e, (c, _) in got.items()} == {"python": code, "envoy": code}, got
+    if got["python"][1].startswith("metadata "):
+        assert got["envoy"][1] == got["python"][1], got
+
+
 async def ended(call: Any) -> tuple[grpc.StatusCode, int]:
     """A stream call's final status and how many responses it carried before it."""
     n = 0
