@@ -23,8 +23,19 @@ waited 80-360 ms behind their backend's long calls.
 
 Pure: the route builder (placement, the simulator) calls it; the edge reads the rows.
 Off by default (``routes.FLEET_PRIOR``, ``routes.PRIOR_Z``, ``routes.MIX_QUEUE``; cost_check
-``prior-pool``, ``prior-pool-z1.65``, ``mix-queue``); measured in RESULTS.md, "Cost: the
-prior of a deployment before its first samples".
+``prior-pool``, ``prior-pool-z1.65``, ``mix-queue``). Measured (``python -m
+benchmarks.cost_check --seeds 0 1``, all 13 scenarios, quick; RESULTS.md, "Cost: the prior of
+a deployment before its first samples"), none kept: ``prior-pool`` takes tight-three-variant
+0.03 point and many-small-pools 0.03 point lower (past their seed spreads of 0.01) at ×0.80
+tight-three-variant's bill; ``prior-pool-z1.65`` lowers none past its spread and lifts
+single-cloud-hetero to 99.61 % (99.58 % over three seeds) and takes 14 % off
+tight-three-variant's bill, but is 2.3 % dearer on single-cloud-hetero and 2.2 % on
+many-small-pools; ``mix-queue`` lifts held-out-many-models 0.13 point but takes
+tight-three-variant and held-out-return-into-burst lower and is 3 % dearer on two. None of
+the "estimate before first samples" misses went to a row priced at the SLO × 0.25 prior:
+they are p95-planned rows whose draw was past it and, on held-out-many-models, the wait
+behind a backend's other variants. The pool's rows are rebuilt only when their own backend
+changes (``FleetState.take_dirty``): on, a sibling's new mean would reach them late.
 """
 
 from __future__ import annotations
