@@ -81,6 +81,18 @@ def test_slo_lowers_the_utilisation_and_adds_a_gpu() -> None:
     assert tight.pools[0].utilisation_cap == pytest.approx(0.5)
 
 
+def test_a_pool_is_sized_near_its_flows_cap_not_a_coarse_tier_below() -> None:
+    # SLO 223 ms: ρ* = 0.48 (a budget of 92 ms over 100 ms of compute). 8.5/s × 0.1 s = 0.85
+    # of a GPU's work: 2 GPUs at the 0.45 tier (0.425 each), 3 at the 0.3 tier that the
+    # grid before (0.3, 0.5, ...) put under 0.48.
+    rho = max_utilisation(1, 100, 1, 223)
+    assert 0.45 < rho < 0.5
+    result = solved(problem([pool("a")], [demand(8.5, slo=223)]))
+    assert result.gpus() == {"a": 2}
+    assert result.pools[0].utilisation == pytest.approx(0.425)
+    assert result.pools[0].utilisation <= result.pools[0].utilisation_cap
+
+
 def test_slo_rules_out_a_cheap_far_pool() -> None:
     pools = [pool("near", "r1", price=3.0), pool("far", "r2", price=1.0)]
     assert solved(problem(pools, [demand(1, slo=1000)])).gpus() == {"far": 1}
