@@ -138,6 +138,20 @@ async def test_a_binary_hint_gets_the_same_status_and_words_on_both_engines(
     assert got == {"python": expected, "envoy": expected}, got
 
 
+async def test_every_byte_and_latin1_character_is_quoted_alike_on_both_engines(
+        engines: dict[str, grpc.aio.Channel]) -> None:
+    """Each byte alone and each of U+0080..U+00FF in UTF-8, as an x-tenant-bin value: the
+    Lua's quoted escapes what Python's repr escapes there (beyond Latin-1 it does not follow
+    str.isprintable: private-use and unassigned code points are quoted as they are)."""
+    values = [bytes([b]) for b in range(256)] + [chr(c).encode() for c in range(0x80, 0x100)]
+    differ = []
+    for value in values:
+        got = await both(engines, [("x-tenant-bin", value)])  # type: ignore[list-item]
+        if got["envoy"] != got["python"] or got["python"][0] is not INVALID:
+            differ.append((value, got))
+    assert not differ, differ[:3]
+
+
 def headers(n: int, size: int = 1) -> list[tuple[str, str]]:
     return [(f"x-h{i}", "v" * size) for i in range(n)]
 

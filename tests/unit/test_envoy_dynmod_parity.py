@@ -137,6 +137,24 @@ def test_a_binary_hints_value_is_quoted_as_the_python_edge_quotes_it(
     assert _reply(host) == _python([(key, value)]) is not None
 
 
+def test_every_byte_and_latin1_character_is_quoted_as_python_quotes_it(
+        host: FakeEnvoyHost) -> None:
+    """Each byte alone (ASCII's controls escaped, the rest U+FFFD) and each of U+0080..U+00FF
+    in UTF-8 (\\x80..\\xa0 and \\xad escaped), in a -bin value. (Beyond Latin-1, Python also
+    escapes what str.isprintable refuses, private-use and unassigned code points among them:
+    7915 in the BMP on Python 3.11; the module and the Lua quote those as they are.)"""
+    values = [bytes([b]) for b in range(256)] + [chr(c).encode() for c in range(0x80, 0x100)]
+    got, want = [], []
+    for value in values:
+        assert host.new_config("listener", CONFIG)
+        host.start({":path": INFER, "x-tenant-bin": base64.b64encode(value).decode()},
+                   _frame(wire.encode_name_field("m")))
+        host.request_headers()
+        got.append(_reply(host))
+        want.append(_python([("x-tenant-bin", value)]))
+    assert got == want
+
+
 def test_a_binary_header_that_names_no_hint_is_not_refused(host: FakeEnvoyHost) -> None:
     assert host.new_config("listener", CONFIG)
     host.start({":path": INFER, "x-trace-bin": "AAAA"}, _frame(wire.encode_name_field("m")))
