@@ -52,6 +52,11 @@ HEADER_LIST_KB = 256
 HEADER_COUNT = 4096
 
 
+# Envoy's own default made explicit (and a test's to shorten): a call silent both ways this
+# long is ended by Envoy. Not a slow-path stream's: its route turns it off (routes.py).
+STREAM_IDLE_TIMEOUT_S = 300.0
+
+
 def _metadata_limits(s: EnvoySettings) -> dict[str, Any]:
     return {} if s.max_metadata_bytes is None else {"max_request_headers_kb": HEADER_LIST_KB}
 
@@ -106,6 +111,7 @@ def listener(host: str, port: int, region: str, s: EnvoySettings,
         "http2_protocol_options": {**http2(s), **(
             {} if s.max_concurrent_streams is None else
             {"max_concurrent_streams": s.max_concurrent_streams})},
+        "stream_idle_timeout": f"{STREAM_IDLE_TIMEOUT_S}s",
         **_connection_limits(s),
         **_metadata_limits(s),
         **_forwarded_certs(s),

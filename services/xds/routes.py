@@ -81,12 +81,16 @@ def _slow_path_route() -> dict[str, Any]:
     caller's grpc-timeout and answers an expired one DEADLINE_EXCEEDED in the stream's own
     trailers. No max_stream_duration here: Envoy's timer, started from the same header,
     could fire before the caller's own and reset a stream whose headers were already sent
-    (RST_STREAM, INTERNAL to the caller, tests/integration/test_hostile_engines.py)."""
+    (RST_STREAM, INTERNAL to the caller, tests/integration/test_hostile_engines.py). No idle
+    timeout either: a stream silent for a while (a caller between its requests, a long
+    prefill) lives, as on a Python edge, until its caller's deadline or cancel or the slow
+    path ends it; the listener's ``stream_idle_timeout`` (``listener.STREAM_IDLE_TIMEOUT_S``)
+    ended it there, UNKNOWN "stream timeout" (tests/integration/test_envoy_stream_hostile.py)."""
     return {"name": "slow-path", "match": {"prefix": "/", "headers": [
                 {"name": lua.PATH_HEADER, "string_match": {"exact": "slow"}}]},
             "request_headers_to_remove": [lua.PATH_HEADER],
             "metadata": {"filter_metadata": {lua.LISTENER_FILTER: {"path": "slow"}}},
-            "route": {"cluster": SLOW_PATH_CLUSTER, "timeout": "0s"}}
+            "route": {"cluster": SLOW_PATH_CLUSTER, "timeout": "0s", "idle_timeout": "0s"}}
 
 
 def _trailer_metadata(m: ModelRoutes, feasible: frozenset[str], slo_ms: float | None,

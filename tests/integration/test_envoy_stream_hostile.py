@@ -1,0 +1,246 @@
+"""Hostile callers against streams through an Envoy edge: what the Python edge's stream cases
+(README, "Streaming"; ``test_edge_hostile.py``, ``test_llm_streams.py``) become on a real Envoy
+configured by placement over ADS, whose slow path serves every ``ModelStreamInfer``.
+
+Each case checks what the caller sees (status, message, how long until it ends), what Envoy
+counts (``cluster.slow-path.upstream_rq_active`` back to 0: no stream left open through it),
+and that the backend's slot comes back (the slow path's drains end; a next stream is served).
+A later message naming another model and a tiny deadline are ``test_envoy_hostile.py``'s.
+
+One mesh for the module: real Triton backends (the demo LLM ``generate`` on east-fast and
+west-cheap), placement serving ADS, a node agent, the slow-path Python edge, a real Envoy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import grpc
+import pytest
+import pytest_asyncio
+
+from services.backends.triton import TritonProcess
+from services.config import MeshConfig
+from services.edge.tokens import llm_request, parse_token
+from services.edge.upstream import STREAM
+from services.xds import listener
+from tests.envoy_harness import EnvoyMesh, running_envoy_mesh
+from tests.llm_harness import PROMPT
+from tests.mesh_harness import eventually, mesh_config
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
+
+MIB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory: pytest.TempPathFactory) -> MeshConfig:
+    return mesh_config(tmp_path_factory.mktemp("envoy-stream-hostile"))
+
+
+# Envoy's stream idle timeout (its default 300 s) shortened so that the module sees it: a
+# slow-path stream silent for longer must still live (its route turns the timeout off).
+IDLE_S = 1.0
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def mesh(cfg: MeshConfig, tritons: dict[str, TritonProcess],
+               tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[EnvoyMesh]:
+    # placement runs in this process: the listener it compiles and pushes has IDLE_S
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(listener, "STREAM_IDLE_TIMEOUT_S", IDLE_S)
+        async with running_envoy_mesh(cfg, tmp_path_factory.mktemp("envoy")) as m:
+            yield m
+
+
+@pytest.fixture
+def stopped(tritons: dict[str, TritonProcess]) -> Iterator[list[str]]:
+    """Backends a test stopped (SIGSTOP); continued and ready again afterwards."""
+    names: list[str] = []
+    yield names
+    for name in names:
+        os.kill(tritons[name].pid, signal.SIGCONT)
+        tritons[name].wait_ready(90)
+
+
+def active(mesh: EnvoyMesh) -> int:
+    return mesh.envoy_stat("cluster.slow-path.upstream_rq_active")
+
+
+async def settled(mesh: EnvoyMesh) -> None:
+    """Nothing left open: no stream through Envoy to the slow path, no drain at a backend."""
+    await eventually(lambda: asyncio.to_thread(lambda: active(mesh) == 0), 20,
+                     "Envoy has no slow-path stream open")
+    await eventually(lambda: not mesh.slow.router.upstreams.draining, 20,
+                     "the slow path drains nothing")
+
+
+async def served_stream(mesh: EnvoyMesh, tokens: int = 8) -> int:
+    """A fresh stream through Envoy, served in full: its tokens."""
+    async with mesh.channel() as ch:
+        call = opened(ch, iter([llm_request("generate", PROMPT, tokens)]), 20)
+        got = [parse_token(r) async for r in call]
+        assert await call.code() is grpc.StatusCode.OK
+    return len(got)
+
+
+async def outcome(call: Any, t0: float
+                  ) -> tuple[grpc.StatusCode, str, float, int]:
+    """Read a stream to its end: code, message, seconds from ``t0``, responses read."""
+    n = 0
+    try:
+        while await call.read() is not grpc.aio.EOF:
+            n += 1
+    except grpc.aio.AioRpcError:
+        pass
+    return await call.code(), await call.details() or "", time.monotonic() - t0, n
+
+
+def opened(ch: grpc.aio.Channel, requests: AsyncIterator[bytes] | Iterator[bytes],
+           timeout: float, metadata: tuple[tuple[str, str], ...] = ()) -> Any:
+    """A raw stream through the edge (its calls are typed loosely by grpc's stubs)."""
+    stream: Any = ch.stream_stream(STREAM, request_serializer=None, response_deserializer=None)
+    return stream(requests, timeout=timeout, metadata=metadata)
+
+
+class Sender:
+    """A stream's requests, sent when the test says (the stream stays open until ``close``)."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+    async def requests(self) -> AsyncIterator[bytes]:
+        while (m := await self.queue.get()) is not None:
+            yield m
+
+
+async def test_a_backend_stopped_mid_stream_resumes_elsewhere_long_before_the_deadline(
+        mesh: EnvoyMesh, tritons: dict[str, TritonProcess], stopped: list[str]) -> None:
+    """SIGSTOP: the backend's connection stays open and says nothing. The slow path gives the
+    attempt up (2 s silent on a backend its health checks find unreachable) and the LLM
+    stream resumes on the other backend: every token, OK, well within the 30 s deadline."""
+    async with mesh.channel() as ch:
+        t0 = time.monotonic()
+        call = opened(ch, iter([llm_request("generate", PROMPT, 200)]), 30)
+        await call.read()
+        backend = str(dict(await call.initial_metadata())["x-served-by"]).split("/")[0]
+        os.kill(tritons[backend].pid, signal.SIGSTOP)
+        stopped.append(backend)
+        code, details, took, n = await outcome(call, t0)
+        trailers = dict(await call.trailing_metadata() or ())
+    assert code is grpc.StatusCode.OK, details
+    assert n + 1 == 200 and trailers["x-tokens-out"] == "200"
+    assert trailers["x-resumed"] == "1" and not trailers["x-served-by"].startswith(backend)
+    assert trailers["x-switchyard-path"] == "slow"
+    assert took < 15, f"{took:.1f} s"
+    await eventually(lambda: asyncio.to_thread(lambda: active(mesh) == 0), 10,
+                     "Envoy has no slow-path stream open")
+    # the stopped backend's attempt is drained (README: at most 60 s); once it runs again
+    # the drain ends and its slot is back
+    os.kill(tritons[backend].pid, signal.SIGCONT)
+    await eventually(lambda: not mesh.slow.router.upstreams.draining, 30,
+                     "the stopped backend's drain ends once it runs again")
+
+
+async def test_a_half_closed_stream_never_read_ends_at_its_deadline_and_leaves_nothing(
+        mesh: EnvoyMesh) -> None:
+    """The caller sends its request, half-closes and never reads a 2,000-token stream."""
+    async with mesh.channel() as ch:
+        t0 = time.monotonic()
+        call = opened(ch, iter([llm_request("generate", PROMPT, 2000)]), 3)
+        code = await call.code()
+        took = time.monotonic() - t0
+    assert code is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert took < 5, f"{took:.1f} s past a 3 s deadline"
+    await settled(mesh)
+    assert await served_stream(mesh) == 8
+
+
+async def test_a_short_deadline_ends_the_stream_at_it(mesh: EnvoyMesh) -> None:
+    async with mesh.channel() as ch:
+        t0 = time.monotonic()
+        call = opened(ch, iter([llm_request("generate", PROMPT, 2000)]), 0.5)
+        code, _, took, n = await outcome(call, t0)
+    assert code is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert n > 0 and took < 2.5, (n, took)
+    await settled(mesh)
+
+
+async def test_a_stream_silent_past_envoys_idle_timeout_lives_until_its_deadline(
+        mesh: EnvoyMesh) -> None:
+    """A stream that sends nothing for longer than Envoy's stream idle timeout is served when
+    it speaks, as on a Python edge; one that never speaks ends at its own deadline,
+    DEADLINE_EXCEEDED. (Before the slow-path route turned the timeout off, Envoy ended both
+    after ``IDLE_S``, UNKNOWN "stream timeout": at its default 300 s, any stream silent that
+    long.)"""
+    async with mesh.channel() as ch:
+        sender = Sender()
+        call = opened(ch, sender.requests(), 20)
+        first = asyncio.ensure_future(call.read())
+        done, _ = await asyncio.wait({first}, timeout=3 * IDLE_S)  # the silence under test
+        assert not done, f"the silent stream ended: {await call.code()} {await call.details()}"
+        await sender.queue.put(llm_request("generate", PROMPT, 8))
+        await sender.queue.put(None)
+        assert parse_token(await first) is not None
+        code, details, _, n = await outcome(call, time.monotonic())
+        assert code is grpc.StatusCode.OK, details
+        assert n == 7
+        silent = Sender()
+        t0 = time.monotonic()
+        call = opened(ch, silent.requests(), 3 * IDLE_S)
+        code, details, took, _ = await outcome(call, t0)
+        await silent.queue.put(None)
+    assert code is grpc.StatusCode.DEADLINE_EXCEEDED, (code, details)
+    assert took > 3 * IDLE_S - 0.1, f"ended after {took:.1f} s"
+    await settled(mesh)
+
+
+async def test_a_stream_with_a_hint_only_the_slow_path_keeps_is_kept_to_it(
+        mesh: EnvoyMesh) -> None:
+    async with mesh.channel() as ch:
+        call = opened(ch, iter([llm_request("generate", PROMPT, 8)]), 20,
+                      (("x-allowed-regions", "r-west"),))
+        code, details, _, n = await outcome(call, time.monotonic())
+        trailers = dict(await call.trailing_metadata() or ())
+    assert code is grpc.StatusCode.OK, details
+    assert n == 8 and trailers["x-served-region"] == "r-west"
+
+
+async def test_a_message_over_the_limit_mid_stream_ends_it_at_once(
+        cfg: MeshConfig, mesh: EnvoyMesh) -> None:
+    """A second message of max_message_bytes + 1 (16 MiB + 1) in a decoding stream:
+    RESOURCE_EXHAUSTED naming the limit, from the slow path, long before the deadline."""
+    limit = cfg.edge.max_message_bytes
+    async with mesh.channel() as ch:
+        t0 = time.monotonic()
+        call = opened(ch, iter([llm_request("generate", PROMPT, 2000), bytes(limit + 1)]), 30)
+        code, details, took, _ = await outcome(call, t0)
+        trailers = dict(await call.trailing_metadata() or ())
+    assert code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert str(limit) in details and trailers["x-switchyard-path"] == "slow"
+    assert took < 10, f"{took:.1f} s"
+    await settled(mesh)
+    assert await served_stream(mesh) == 8
+
+
+async def test_a_backend_killed_mid_stream_resumes_elsewhere(
+        mesh: EnvoyMesh, tritons: dict[str, TritonProcess]) -> None:
+    """SIGKILL (last: the module's backends are not needed after it): the connection
+    closes, the stream resumes on the other backend at once."""
+    async with mesh.channel() as ch:
+        t0 = time.monotonic()
+        call = opened(ch, iter([llm_request("generate", PROMPT, 200)]), 30)
+        await call.read()
+        backend = str(dict(await call.initial_metadata())["x-served-by"]).split("/")[0]
+        tritons[backend].kill()
+        code, details, took, n = await outcome(call, t0)
+        trailers = dict(await call.trailing_metadata() or ())
+    assert code is grpc.StatusCode.OK, details
+    assert n + 1 == 200 and trailers["x-resumed"] == "1"
+    assert took < 10, f"{took:.1f} s"
+    await settled(mesh)
