@@ -44,6 +44,8 @@ typedef struct {
   double slo_ms;
   double t0_ms;
   double deadline_at_ms; /* now_ms() when the caller's deadline ends; 0: none */
+  int faulted;  /* a call or stream's first refused hint (sy_first_fault): refused */
+  char* fault;  /* its message (malloc'd; NULL without memory) */
   char variant[256]; /* rewrite: the variant to append */
 } filter;
 

@@ -200,34 +200,72 @@ static size_t unbase64(envoy_buffer b, unsigned char* out, size_t limit) {
   return n;
 }
 
-/* Skipped, a hint sent as -bin would serve the call as if the caller had sent no SLO,
- * floor, region set or tenant: refused (hints.py's _binary), the first in the caller's
- * order, in its words: the value's first 64 bytes quoted. */
-int sy_binary_hint(const envoy_http_header* h, size_t n, char* msg, size_t msg_size) {
+const char* const SY_SLOW_HINTS[] = {"x-min-quality", "x-max-cost-usd", "x-allowed-regions",
+                                     "x-fail-fast", "x-routing-profile", NULL};
+
+static int key_in(const envoy_http_header* h, const char* const* names) {
+  for (; *names; names++)
+    if (key_is(h, *names)) return 1;
+  return 0;
+}
+
+/* A hint hints.py reads, sent as a -bin header: the hint (its name without -bin), or NULL. */
+static const char* binary_hint(const envoy_http_header* h) {
+  size_t k = h->key_length;
+  if (k <= 4 || memcmp(h->key_ptr + k - 4, "-bin", 4) != 0) return NULL;
+  for (const char* const* hint = HINTS; *hint; hint++)
+    if (strlen(*hint) == k - 4 && memcmp(h->key_ptr, *hint, k - 4) == 0) return *hint;
+  return NULL;
+}
+
+/* hints.py's _binary: skipped, a hint sent as -bin would serve the call as if the caller had
+ * sent no SLO, floor, region set or tenant; refused, the value's first 64 bytes quoted (each
+ * up to 9 bytes on the wire, a U+FFFD as %EF%BF%BD: the message is as long as it needs). */
+static char* binary_message(const envoy_http_header* h, const char* hint) {
+  unsigned char bytes[64];
+  envoy_buffer value = {(const char*)bytes, 0};
+  if (h->value_ptr != NULL)
+    value.length = unbase64((envoy_buffer){h->value_ptr, h->value_length}, bytes, sizeof bytes);
+  char key[128], why[160];
+  snprintf(key, sizeof key, "%.*s", (int)h->key_length, h->key_ptr);
+  snprintf(why, sizeof why, "%s is a text header; a binary one is not read as the hint", hint);
+  return sy_hint_message(key, value, why, NULL);
+}
+
+int sy_first_fault(const envoy_http_header* h, size_t n, char** msg, int* binary,
+                   int* unread) {
+  envoy_buffer slo = {"", 0}, tenant = {"", 0};
+  int has_slo = 0, has_tenant = 0;
+  double slo_v = 0;
+  *msg = NULL;
+  *binary = *unread = 0;
   for (size_t i = 0; i < n; i++) {
-    size_t k = h[i].key_length;
-    if (k <= 4 || memcmp(h[i].key_ptr + k - 4, "-bin", 4) != 0) continue;
-    for (const char* const* hint = HINTS; *hint; hint++) {
-      if (strlen(*hint) != k - 4 || memcmp(h[i].key_ptr, *hint, k - 4) != 0) continue;
-      unsigned char bytes[64];
-      envoy_buffer value = {(const char*)bytes, 0};
-      if (h[i].value_ptr != NULL)
-        value.length = unbase64((envoy_buffer){h[i].value_ptr, h[i].value_length}, bytes,
-                                sizeof bytes);
-      char key[128], why[160];
-      snprintf(key, sizeof key, "%.*s", (int)k, h[i].key_ptr);
-      snprintf(why, sizeof why, "%s is a text header; a binary one is not read as the hint",
-               *hint);
-      char* said = sy_hint_message(key, value, why, NULL);
-      /* cut at msg_size (a caller's 256: room for 64 printable bytes, not 64 escaped ones),
-       * never inside a %XX */
-      snprintf(msg, msg_size, "%s", said ? said : "metadata: a hint sent as a -bin header");
-      size_t len = strlen(msg);
-      if (said != NULL && len < strlen(said))
-        for (size_t j = len >= 2 ? len - 2 : 0; j < len; j++)
-          if (msg[j] == '%') msg[j] = 0;
-      free(said);
+    envoy_buffer value = {h[i].value_ptr ? h[i].value_ptr : "", h[i].value_length};
+    const char* hint = binary_hint(&h[i]);
+    if (hint != NULL) {
+      *binary = 1;
+      *msg = binary_message(&h[i], hint);
       return 1;
+    }
+    if (key_in(&h[i], SY_SLOW_HINTS)) {
+      *unread = 1;
+    } else if (key_is(&h[i], "x-slo-ms")) {
+      double v = 0;
+      char why[96];
+      const char* bad = sy_hint_number(value, SLO_LO, SLO_HI, &v, why, sizeof why);
+      if (bad != NULL || (has_slo && v != slo_v)) {
+        *msg = sy_hint_message("x-slo-ms", value, bad ? bad : CONTRADICTS("x-slo-ms"),
+                               bad ? NULL : &slo);
+        return 1;
+      }
+      if (!has_slo) slo = value, slo_v = v, has_slo = 1;
+    } else if (key_is(&h[i], "x-tenant")) {
+      if (has_tenant && (value.length != tenant.length ||
+                         memcmp(value.ptr, tenant.ptr, value.length) != 0)) {
+        *msg = sy_hint_message("x-tenant", value, CONTRADICTS("x-tenant"), &tenant);
+        return 1;
+      }
+      if (!has_tenant) tenant = value, has_tenant = 1;
     }
   }
   return 0;

@@ -38,9 +38,20 @@ char* sy_hint_message(const char* key, envoy_buffer value, const char* why,
 int sy_metadata_refusal(const envoy_http_header* h, size_t n, long long max_bytes,
                         long long max_count, int checked, char* msg, size_t msg_size);
 
-/* A hint services/edge/hints.py reads sent as a -bin header: 1 and the message (hints.py's
- * _binary: its first 64 bytes, base64-decoded, quoted; cut at msg_size), else 0. */
-int sy_binary_hint(const envoy_http_header* h, size_t n, char* msg, size_t msg_size);
+/* The hints only the Python edge reads (lua.py's SLOW_HINTS): a ModelInfer carrying one
+ * takes the slow path */
+extern const char* const SY_SLOW_HINTS[];
+
+/* lua.py's first_fault: the first header entry, in the caller's order (h: every entry), that
+ * hints.py's parse refuses among those the listener reads: x-slo-ms (SLO_RANGE; a repeat
+ * must agree as a number), x-tenant (a repeat must agree) and a hint sent as -bin (hints.py's
+ * _binary: its first 64 bytes, base64-decoded, quoted). 0, or 1 with its INVALID_ARGUMENT
+ * message in *msg (sy_hint_message's: free it; NULL without memory), *binary whether it is a
+ * -bin one and *unread whether one of SY_SLOW_HINTS came before it (the Python edge, on the
+ * slow path, may refuse that one first). (A repeated x-request-id is joined by Envoy into one,
+ * "a,b": README.) */
+int sy_first_fault(const envoy_http_header* h, size_t n, char** msg, int* binary,
+                   int* unread);
 
 /* The model name of a gRPC-framed request (the last field 1 of its message, as a protobuf
  * parser keeps it), or 0 with a gRPC status (or COMPRESSED) and message. */

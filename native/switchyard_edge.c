@@ -7,13 +7,15 @@
  * "listener" (on the listener; filter_config "margin=<ms>;slow=<0|1>;tenants=<off|credential|
  *   all>" and optionally ";max_message_bytes=<n>;max_metadata_bytes=<n>;max_metadata_count=
  *   <n>"): [security.limits] on the metadata, then a call or stream with at most 2 ms of its
- *   deadline left or a hint sent as a -bin header refused; caller's own x-switchyard-* headers
- *   removed; slow-path RPCs, hints and (per
- *   tenants) tenants' calls marked x-switchyard-path: slow (or, without a slow path, refused
- *   UNIMPLEMENTED); a repeated x-tenant that disagrees refused; x-slo-ms (read as
- *   services/edge/hints.py reads it, refused in its words) or the deadline minus the
- *   margin in x-switchyard-slo-ms (whole ms, rounded down); the buffered request's top-level
- *   fields walked for the last field 1 -> x-switchyard-model, route cache cleared; the route's
+ *   deadline left refused; its first refused hint in the caller's order (rules.h's
+ *   sy_first_fault: x-slo-ms read as services/edge/hints.py reads it, a repeated x-tenant
+ *   that disagrees, a hint sent as a -bin header; in hints.py's words) refused, a ModelInfer's
+ *   once its size and bytes pass, as on the Python edge; caller's own x-switchyard-* headers
+ *   removed; slow-path RPCs, hints and (per tenants) tenants' calls marked x-switchyard-path:
+ *   slow (or, without a slow path, refused UNIMPLEMENTED, or INVALID_ARGUMENT for a refused
+ *   hint); x-slo-ms or the deadline minus the margin in x-switchyard-slo-ms (whole ms, rounded
+ *   down); the buffered request's top-level fields walked for the last field 1 ->
+ *   x-switchyard-model, route cache cleared; the route's
  *   first variant (route metadata switchyard.model_name/first_variant) appended as field 1
  *   once, x-switchyard-named says so. The response side is response.c: the path of a
  *   trailers-only answer, a backend's status as the Python edge gives it, and x-cost-usd /
@@ -45,9 +47,6 @@ static const char* const CONTROL_RPCS[] = {"ModelReady", "ModelMetadata", "Model
                                            "ServerLive", "ServerReady", NULL};
 static const char* const NAMED_RPCS[] = {"ModelInfer", "ModelReady", "ModelMetadata",
                                          "ModelConfig", NULL};
-static const char* const SLOW_HINTS[] = {"x-min-quality", "x-max-cost-usd",
-                                         "x-allowed-regions", "x-fail-fast",
-                                         "x-routing-profile", NULL};
 /* RPCs that start attempts at a backend (lua.py's DEADLINE_CHECKED_RPCS) */
 static const char* const DEADLINE_CHECKED[] = {"ModelInfer", "ModelStreamInfer", NULL};
 /* ------------------------------------------------------------------------ helpers */
@@ -97,24 +96,9 @@ static void refuse_hint(envoy_filter f, const char* key, envoy_buffer value, con
   free(msg);
 }
 
-/* A repeated x-tenant must repeat the first's value exactly (hints.py reads it as text).
- * 1: answered INVALID_ARGUMENT. */
-static int tenant_clash(envoy_filter f) {
-  envoy_buffer first = {0};
-  size_t n = 0;
-  envoy_dynamic_module_callback_http_get_header(f, REQUEST_HEADER, LIT("x-tenant"), &first, 0,
-                                                &n);
-  for (size_t i = 1; i < n; i++) {
-    envoy_buffer other = {0};
-    envoy_dynamic_module_callback_http_get_header(f, REQUEST_HEADER, LIT("x-tenant"), &other,
-                                                  i, NULL);
-    if (other.length != first.length ||
-        (first.length && memcmp(other.ptr, first.ptr, first.length) != 0)) {
-      refuse_hint(f, "x-tenant", other, CONTRADICTS("x-tenant"), &first);
-      return 1;
-    }
-  }
-  return 0;
+/* A call or stream's first refused hint (sy_first_fault), kept until it is answered. */
+static void refuse_fault(envoy_filter f, filter* s) {
+  reply(f, 3, s->fault ? s->fault : "metadata: a bad hint");
 }
 
 /* The caller's deadline (grpc-timeout) in ms: 1 and *out, or 0 (none or unreadable). */
@@ -155,10 +139,11 @@ static void too_late(envoy_filter f, double left_ms) {
   reply(f, 4, msg);
 }
 
-/* 1: *slo set; 0: none (the model's default); -1: a bad x-slo-ms, already answered. Read as
- * hints.py reads it, value by value in the caller's order: each a plain decimal within
- * SLO_RANGE, each repeat equal to the first as a number ("50" then "50.0" agree). */
-static int slo_ms(envoy_filter f, const config* c, double* slo) {
+/* 1: *slo set; 0: none (the model's default); -1: a bad x-slo-ms, answered when `answer`
+ * (a ModelInfer's is its fault, answered after its bytes). Read as hints.py reads it, value
+ * by value in the caller's order: each a plain decimal within SLO_RANGE, each repeat equal
+ * to the first as a number ("50" then "50.0" agree). */
+static int slo_ms(envoy_filter f, const config* c, double* slo, int answer) {
   envoy_buffer first = {0};
   size_t n = 0;
   envoy_dynamic_module_callback_http_get_header(f, REQUEST_HEADER, LIT("x-slo-ms"), &first, 0,
@@ -174,14 +159,14 @@ static int slo_ms(envoy_filter f, const config* c, double* slo) {
       char why[96];
       const char* bad = sy_hint_number(value, SLO_LO, SLO_HI, &v, why, sizeof why);
       if (bad != NULL) {
-        refuse_hint(f, "x-slo-ms", value, bad, NULL);
+        if (answer) refuse_hint(f, "x-slo-ms", value, bad, NULL);
         return -1;
       }
       if (i == 0) {
         first_v = v;
         first = value;
       } else if (v != first_v) {
-        refuse_hint(f, "x-slo-ms", value, CONTRADICTS("x-slo-ms"), &first);
+        if (answer) refuse_hint(f, "x-slo-ms", value, CONTRADICTS("x-slo-ms"), &first);
         return -1;
       }
     }
@@ -225,14 +210,13 @@ static int cert_tenant(envoy_filter f, const config* c) {
   return 0;
 }
 
-/* [security.limits] on the metadata (binary 0), or a hint sent as a -bin header (binary 1;
- * checked: a call or stream, DEADLINE_CHECKED), answered (rules.h). 1: refused. */
+/* [security.limits] on the metadata (checked: a call or stream, DEADLINE_CHECKED), answered
+ * (rules.h). 1: refused. */
 static int headers_refused(envoy_filter f, const config* c, int checked,
-                           const envoy_http_header* h, size_t n, int binary) {
+                           const envoy_http_header* h, size_t n) {
   char msg[256];
-  int code = binary ? 3 * (checked && sy_binary_hint(h, n, msg, sizeof msg))
-                    : sy_metadata_refusal(h, n, c->max_metadata_bytes, c->max_metadata_count,
-                                          checked, msg, sizeof msg);
+  int code = sy_metadata_refusal(h, n, c->max_metadata_bytes, c->max_metadata_count, checked,
+                                 msg, sizeof msg);
   if (code != 0) reply(f, code, msg);
   return code != 0;
 }
@@ -332,8 +316,10 @@ static int append_name(envoy_filter f, const char* body, size_t n, const char* n
 
 static int listener_headers(envoy_filter f, filter* s, bool end_of_stream) {
   const config* c = s->cfg;
-  /* lua.py's order: the metadata limits, then (a call or stream) the deadline and a hint sent
-   * as a -bin header, then the caller's own x-switchyard-* headers removed */
+  /* lua.py's order: the metadata limits, then (a call or stream) the deadline and its first
+   * refused hint: a -bin one answered here (unless a hint only the slow path reads came
+   * first and there is one: it answers), a ModelInfer's after its bytes (listener_body_done),
+   * as the Python edge checks them before its hints; then x-switchyard-* headers removed */
   envoy_buffer path = {0};
   int has_path = get_header(f, REQUEST_HEADER, ":path", &path);
   int checked = has_path && rpc_in(path, DEADLINE_CHECKED);
@@ -342,7 +328,7 @@ static int listener_headers(envoy_filter f, filter* s, bool end_of_stream) {
   envoy_http_header* all = limits || checked ? all_headers(f, &nh) : NULL;
   s->deadline_at_ms = 0;
   double budget;
-  int refused = headers_refused(f, c, checked, all, nh, 0);
+  int refused = headers_refused(f, c, checked, all, nh), binary = 0, unread = 0;
   if (!refused && checked && deadline_ms(f, &budget)) {
     if (budget <= MIN_REMAINING_MS) {
       too_late(f, budget);
@@ -350,7 +336,11 @@ static int listener_headers(envoy_filter f, filter* s, bool end_of_stream) {
     }
     s->deadline_at_ms = now_ms() + budget;
   }
-  if (!refused) refused = headers_refused(f, c, checked, all, nh, 1);
+  s->faulted = !refused && checked && sy_first_fault(all, nh, &s->fault, &binary, &unread);
+  if (s->faulted && binary && !eq(path, SERVICE "ModelInfer") && !(unread && c->slow_path)) {
+    refuse_fault(f, s);
+    refused = 1;
+  }
   free(all);
   if (refused) return HEADERS_STOP_ITERATION;
   remove_header(f, MODEL_HEADER);
@@ -367,29 +357,27 @@ static int listener_headers(envoy_filter f, filter* s, bool end_of_stream) {
   s->is_infer = eq(path, SERVICE "ModelInfer");
   if (s->is_infer) {
     envoy_buffer v;
+    char why[64] = "";
     if (c->tenants == 2 ||
         (c->tenants == 1 && (get_header(f, REQUEST_HEADER, "authorization", &v) ||
                              get_header(f, REQUEST_HEADER, "x-tenant", &v) ||
-                             cert_tenant(f, c)))) {
-      to_slow(f, c, "a tenant's call", 15);
+                             cert_tenant(f, c))))
+      snprintf(why, sizeof why, "a tenant's call"); /* the Python edge admits tenants */
+    for (const char* const* h = SY_SLOW_HINTS; *h && !why[0]; h++)
+      if (get_header(f, REQUEST_HEADER, *h, &v)) snprintf(why, sizeof why, "hint %s", *h);
+    if (why[0] && s->faulted && !c->slow_path) { /* without a slow path, Python's refusal */
+      refuse_fault(f, s);
+      return HEADERS_STOP_ITERATION;
+    }
+    if (why[0]) {
+      to_slow(f, c, why, strlen(why));
       return c->slow_path ? HEADERS_CONTINUE : HEADERS_STOP_ITERATION;
     }
-    for (const char* const* h = SLOW_HINTS; *h; h++) {
-      envoy_buffer v;
-      if (get_header(f, REQUEST_HEADER, *h, &v)) {
-        char why[64];
-        int n = snprintf(why, sizeof why, "hint %s", *h);
-        to_slow(f, c, why, (size_t)n);
-        return c->slow_path ? HEADERS_CONTINUE : HEADERS_STOP_ITERATION;
-      }
-    }
-    /* (a repeated x-request-id never gets here: Envoy joins it into one, "a,b") */
-    if (tenant_clash(f)) return HEADERS_STOP_ITERATION;
   }
-  int got = slo_ms(f, c, &s->slo_ms);
-  if (got < 0) return HEADERS_STOP_ITERATION;
-  s->has_slo = got;
-  if (got) {
+  int got = slo_ms(f, c, &s->slo_ms, !s->is_infer);
+  if (got < 0 && !s->is_infer) return HEADERS_STOP_ITERATION;
+  s->has_slo = got > 0;
+  if (s->has_slo) {
     char v[32];
     int n = snprintf(v, sizeof v, "%lld", (long long)floor(s->slo_ms));
     set_header(f, REQUEST_HEADER, SLO_HEADER, v, (size_t)n);
@@ -424,6 +412,11 @@ static void listener_body_done(envoy_filter f, filter* s) {
       return;
     }
     reply(f, code == COMPRESSED ? 12 : code, msg);
+    return;
+  }
+  if (s->faulted) { /* its bytes read, its first refused hint answers (listener_headers) */
+    free(owned);
+    refuse_fault(f, s);
     return;
   }
   if (memchr(name, 0, name_len) || memchr(name, '\r', name_len) || memchr(name, '\n', name_len)) {
@@ -556,7 +549,10 @@ EXPORT void* envoy_dynamic_module_on_http_filter_new(void* c, envoy_filter f) {
   return s;
 }
 
-EXPORT void envoy_dynamic_module_on_http_filter_destroy(void* s) { free(s); }
+EXPORT void envoy_dynamic_module_on_http_filter_destroy(void* s) {
+  if (s) free(((filter*)s)->fault);
+  free(s);
+}
 
 EXPORT int envoy_dynamic_module_on_http_filter_request_headers(envoy_filter f, filter* s,
                                                                bool end_of_stream) {

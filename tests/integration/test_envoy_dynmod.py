@@ -166,6 +166,28 @@ def test_hostile_hints_get_the_python_edges_status_and_words(fleet: Fleet) -> No
         "header; a binary one is not read as the hint")  # hints.py's words, value quoted
 
 
+# A call's first refused hint in the caller's order (hints.parse), as the real Envoy's header
+# map hands the entries over; the old module refused -bin, then x-tenant, then x-slo-ms, and
+# a hint the slow path reads UNIMPLEMENTED here (no slow path), and cut a -bin message at
+# 256 bytes (64 bytes of 0xff are 576 on the wire, each U+FFFD as %EF%BF%BD).
+ORDERED = [
+    (("x-slo-ms", "abc"), ("x-tenant", "a"), ("x-tenant", "b")),
+    (("x-tenant", "a"), ("x-slo-ms", "abc"), ("x-tenant", "b")),
+    (("x-slo-ms", "abc"), ("x-min-quality-bin", b"1")),
+    (("x-slo-ms", "abc"), ("x-max-cost-usd", "0.1")),
+    (("x-tenant-bin", b"\xff" * 100),),
+]
+
+
+@pytest.mark.parametrize("md", ORDERED, ids=["slo-tenants", "tenant-slo-tenant", "slo-bin",
+                                             "slo-slow-hint", "bin-0xff"])
+def test_the_first_refused_hint_in_the_callers_order_answers(
+        one_envoy: str, md: tuple[tuple[str, str | bytes], ...]) -> None:
+    with pytest.raises(InvalidHint) as err:
+        hints.parse(md, frozenset(), ())
+    assert _status(one_envoy, md) == ("StatusCode.INVALID_ARGUMENT", str(err.value))
+
+
 def test_the_metadata_limits_hold_in_the_real_envoy(fleet: Fleet) -> None:
     address = _envoy(fleet, limits=True)[0]
     assert _status(address, tuple((f"x-h{i}", "v") for i in range(60))) == ("StatusCode.OK", "")

@@ -136,7 +136,8 @@ def test_the_slo_class_header_is_whole_ms_rounded_down(
 def test_a_bad_slo_is_invalid_argument_with_the_python_edges_words(
         host: FakeEnvoyHost, value: str | list[str], why: str) -> None:
     _listener(host).start({":path": INFER, "x-slo-ms": value}, _request("m"))
-    assert host.request_headers() == STOP
+    assert host.request_headers() == STOP and host.reply() is None
+    host.request_body()  # a ModelInfer's hints are answered after its bytes, as on Python
     reply = host.reply()
     assert reply is not None and reply[0] == 3 and why in reply[1], reply
 

@@ -30,12 +30,26 @@ from placement.attempts import (
     VARIANT_GONE_ENDINGS,
     VARIANT_GONE_PATTERN,
 )
-from placement.errors import InvalidHint
+from placement.errors import InvalidHint, InvalidRequest
 from services.edge import hints, wire
 from services.security import xfcc
 from services.xds import lua, native
-from tests.integration.test_hostile_engines import BINARY, HINTS, LIMIT, LIMITS, REQUESTS
-from tests.native.envoy_host import RESPONSE_HEADER, RESPONSE_TRAILER, FakeEnvoyHost, build
+from tests.integration.test_hostile_engines import (
+    BINARY,
+    HINTS,
+    LIMIT,
+    LIMITS,
+    MIXED,
+    REQUESTS,
+)
+from tests.mesh_harness import request_bytes
+from tests.native.envoy_host import (
+    REQUEST_HEADER,
+    RESPONSE_HEADER,
+    RESPONSE_TRAILER,
+    FakeEnvoyHost,
+    build,
+)
 
 INFER, STREAM = lua.INFER_PATH, lua.STREAM_PATH
 CONTINUE, STOP = 0, 1
@@ -75,10 +89,11 @@ def test_a_hint_gets_the_python_edges_status_and_words(
     assert (expected is None) is (code is grpc.StatusCode.OK)  # the case says what Python does
     assert host.new_config("listener", CONFIG)
     host.start({":path": INFER, **_grouped(md)}, _frame(wire.encode_name_field("m")))
-    said = host.request_headers()
+    assert host.request_headers() == STOP  # waits for the body: its bytes come first
+    assert host.reply() is None
+    host.request_body()
     assert _reply(host) == expected
     if expected is None:
-        assert said == STOP  # waits for the body
         slo = [v for k, v in md if k == "x-slo-ms"]
         assert host.header(lua.SLO_HEADER) == (
             str(math.floor(float(slo[0]))) if slo else None)
@@ -100,7 +115,8 @@ def test_more_slo_values_get_the_python_edges_words(host: FakeEnvoyHost,
     md = [("x-slo-ms", v) for v in values]
     assert host.new_config("listener", CONFIG)
     host.start({":path": INFER, "x-slo-ms": values}, _frame(wire.encode_name_field("m")))
-    assert host.request_headers() == STOP
+    assert host.request_headers() == STOP and host.reply() is None
+    host.request_body()
     assert _reply(host) == _python(md) is not None
 
 
@@ -114,10 +130,15 @@ def _reply(host: FakeEnvoyHost) -> tuple[int, str] | None:
 @pytest.mark.parametrize("hint", sorted(hints.HINTS))
 def test_a_hint_sent_as_a_binary_header_is_refused_in_the_python_edges_words(
         host: FakeEnvoyHost, path: str, hint: str) -> None:
-    """The old module's words (the Lua's) quoted no value: fails on it."""
+    """The old module's words (the Lua's) quoted no value: fails on it. A stream is refused
+    at its headers, a ModelInfer once its bytes are read (as the Python edge checks them
+    before its hints)."""
     assert host.new_config("listener", "margin=5.0;slow=1")
     host.start({":path": path, f"{hint}-bin": "AAAA"}, _frame(wire.encode_name_field("m")))
     assert host.request_headers() == STOP
+    if path == INFER:
+        assert host.reply() is None
+        host.request_body()
     assert _reply(host) == _python([(f"{hint}-bin", b"\0\0\0")]) == (
         3, f"metadata {hint}-bin='\\x00\\x00\\x00': {hint} is a text header; a binary one "
            "is not read as the hint")
@@ -134,7 +155,25 @@ def test_a_binary_hints_value_is_quoted_as_the_python_edge_quotes_it(
     host.start({":path": INFER, key: sent if padded else sent.rstrip("=")},
                _frame(wire.encode_name_field("m")))
     assert host.request_headers() == STOP
+    host.request_body()  # a ModelInfer's hints are answered after its bytes
     assert _reply(host) == _python([(key, value)]) is not None
+
+
+@pytest.mark.parametrize("value", [
+    b"\xff" * 100,  # each byte U+FFFD: 9 bytes on the wire (%EF%BF%BD), the most there is
+    b"\x00" * 100,  # each \\x00
+    "\u20ac".encode() * 30,  # cut at 64 bytes inside the 22nd character
+    b"'\"\\" * 30,  # both quotes: each escaped
+], ids=["0xff", "NUL", "euro", "quotes"])
+def test_a_binary_hints_worst_case_value_is_quoted_whole(host: FakeEnvoyHost,
+                                                         value: bytes) -> None:
+    """Its first 64 bytes, every one escaped, as Python quotes them: the old module cut the
+    message at 256 bytes (fails on it: 0xff, NUL and euro)."""
+    assert host.new_config("listener", CONFIG)
+    host.start({":path": STREAM, "x-tenant-bin": base64.b64encode(value).decode()})
+    assert host.request_headers() == STOP
+    expected = _python([("x-tenant-bin", value)])
+    assert expected is not None and _reply(host) == expected
 
 
 def test_every_byte_and_latin1_character_is_quoted_as_python_quotes_it(
@@ -150,9 +189,99 @@ def test_every_byte_and_latin1_character_is_quoted_as_python_quotes_it(
         host.start({":path": INFER, "x-tenant-bin": base64.b64encode(value).decode()},
                    _frame(wire.encode_name_field("m")))
         host.request_headers()
+        host.request_body()
         got.append(_reply(host))
         want.append(_python([("x-tenant-bin", value)]))
     assert got == want
+
+
+def _in_order(host: FakeEnvoyHost, path: str, md: Sequence[tuple[str, str | bytes]],
+              body: bytes | None = None) -> None:
+    """A new stream with the caller's metadata in its order (a -bin value as gRPC carries
+    it, base64), not grouped by key."""
+    host.start({":path": path}, body)
+    for k, v in md:
+        sent = base64.b64encode(v).decode() if isinstance(v, bytes) else v
+        host.lib.fh_add_header(REQUEST_HEADER, k.encode(), sent.encode())
+
+
+def _python_call(md: Sequence[tuple[str, str | bytes]], raw: bytes) -> tuple[int, str | None]:
+    """What the Python edge answers a ModelInfer: its size, then its bytes (wire's words: the
+    module's differ, None), then its hints (hints.parse, entry by entry)."""
+    if len(raw) > LIMIT:
+        return 8, f"request of {len(raw)} bytes is larger than max_message_bytes " \
+                  f"({len(raw)} vs. {LIMIT})"
+    try:
+        wire.scan_model_name(raw)
+    except InvalidRequest:
+        return 3, None
+    said = _python(md)
+    assert said is not None  # every case here has a bad hint
+    return said
+
+
+ORDERED = [
+    ("x-tenant a, a bad x-slo-ms, x-tenant b",
+     [("x-tenant", "a"), ("x-slo-ms", "abc"), ("x-tenant", "b")]),
+    ("x-slo-ms 50, x-tenant a, x-slo-ms 60, x-tenant b",
+     [("x-slo-ms", "50"), ("x-tenant", "a"), ("x-slo-ms", "60"), ("x-tenant", "b")]),
+    ("x-tenant a, x-tenant-bin, x-tenant b",
+     [("x-tenant", "a"), ("x-tenant-bin", b"\x01"), ("x-tenant", "b")]),
+]
+
+
+@pytest.mark.parametrize(("md", "raw"),
+                         [(m, r) for _, m, r, _ in MIXED]
+                         + [(m, request_bytes()) for _, m in ORDERED],
+                         ids=[n for n, _, _, _ in MIXED] + [n for n, _ in ORDERED])
+def test_the_first_fault_answers_as_on_the_python_edge(
+        host: FakeEnvoyHost, md: list[tuple[str, str | bytes]], raw: bytes) -> None:
+    """test_hostile_engines' MIXED cases (and keys interleaved): a ModelInfer's size, then its
+    bytes, then its first refused hint in the caller's order. The old module refused a hint
+    at the headers, -bin first, then a disagreeing x-tenant, then x-slo-ms: all 11 fail on it
+    (answered before the bytes), 7 also by what it answered (over the limit, bad bytes, no
+    model, a bad x-slo-ms before x-tenant a, b or a -bin hint, the first two interleaved)."""
+    assert host.new_config("listener", f"margin=5.0;slow=0;max_message_bytes={LIMIT}")
+    _in_order(host, INFER, md, _frame(raw))
+    assert host.request_headers() == STOP
+    assert host.reply() is None  # nothing answered before the bytes are in
+    host.request_body()
+    code, words = _python_call(md, raw)
+    got = _reply(host)
+    assert got is not None and got[0] == code, got
+    if words is None:
+        assert not got[1].startswith("metadata "), got
+    else:
+        assert got[1] == words
+
+
+@pytest.mark.parametrize(("path", "slow", "md", "answer"), [
+    # a stream: a -bin hint refused at its headers, unless a hint only the slow path reads
+    # came first (the slow path answers, in the caller's order; the old module refused it)
+    (STREAM, 1, [("x-min-quality", "0.9"), ("x-slo-ms-bin", b"1")], "slow"),
+    (STREAM, 1, [("x-slo-ms-bin", b"1"), ("x-min-quality", "0.9")], "refused"),
+    (STREAM, 0, [("x-min-quality", "0.9"), ("x-slo-ms-bin", b"1")], "refused"),
+    # a ModelInfer the slow path would take: without one, its bad hint is INVALID_ARGUMENT,
+    # as on Python (the old module: UNIMPLEMENTED); with one, the slow path answers
+    (INFER, 0, [("x-slo-ms", "abc"), ("x-min-quality", "0.9")], "refused"),
+    (INFER, 0, [("x-min-quality", "0.9"), ("x-tenant", "a"), ("x-tenant", "b")], "refused"),
+    (INFER, 1, [("x-slo-ms", "abc"), ("x-min-quality", "0.9")], "slow"),
+    (INFER, 1, [("x-min-quality", "0.9"), ("x-slo-ms-bin", b"1")], "slow"),
+])
+def test_a_bad_hint_beside_a_slow_paths_hint(host: FakeEnvoyHost, path: str, slow: int,
+                                            md: list[tuple[str, str | bytes]],
+                                            answer: str) -> None:
+    """lua.py's listener since 689c929. 4 of these 7 fail on the old module (the first, the
+    two refused ModelInfers and the last: it refused a -bin hint at the headers)."""
+    assert host.new_config("listener", f"margin=5.0;slow={slow}")
+    _in_order(host, path, md, _frame(wire.encode_name_field("m")))
+    said = host.request_headers()
+    if answer == "slow":
+        assert said == CONTINUE and host.reply() is None
+        assert host.header(lua.PATH_HEADER) == "slow"
+    else:
+        assert said == STOP and _reply(host) == _python(md) is not None
+        assert host.header(lua.PATH_HEADER) is None
 
 
 def test_a_binary_header_that_names_no_hint_is_not_refused(host: FakeEnvoyHost) -> None:
