@@ -2,20 +2,27 @@
 metadata and trailers; a direct call to a backend; killing and restarting the backend that
 serves a stream, or slowing it down (the demo LLM's EMULATED speed × a factor, through its
 repository's drill knob); the demo LLM's emulated speeds on a deployment, for bounds derived
-from them instead of guessed."""
+from them instead of guessed; ``PlanLog``: each stream's choice as the in-process edge made it,
+every deployment's prediction at that moment, for assertions on what the router knew rather
+than on what a quiet host would show."""
 
 from __future__ import annotations
 
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 
 import grpc
 import pytest
 
+from placement.model import CallContext, Candidate
+from placement.pipeline import Profile
+from placement.streams import StreamChoice, StreamOption
 from services.backends.repository import llm_parameters, set_control, variant_specs
 from services.config import MeshConfig
+from services.edge.generation import Generation
 from services.edge.tokens import llm_request, parse_token
 from tests.mesh_harness import Mesh, warm
 
@@ -154,3 +161,60 @@ def cold_prefill_ms(ms: dict[str, float], prompt_tokens: int) -> float:
     """The emulated prefill of a prompt none of which is cached. It is a sleep, so a loaded
     host can only lengthen it: a first token sooner than this was served from the cache."""
     return ms["llm_prefill_base_ms"] + prompt_tokens * ms["llm_prefill_ms_per_token"]
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """One choice of an LLM stream's deployment by the edge (``Generation.plan``): the
+    profile, the stream's prompt, the tokens it had delivered (0: its start, not a resume) and
+    the choice with every deployment's prediction as the edge made it."""
+
+    profile: str
+    prompt: tuple[int, ...]
+    delivered: int
+    choice: StreamChoice
+
+    @property
+    def chosen(self) -> str:
+        return self.choice.candidate.deployment_id
+
+    def options(self, deployments: Sequence[str]) -> list[StreamOption]:
+        return [o for o in self.choice.options if o.candidate.deployment_id in deployments]
+
+    def said(self) -> str:
+        """Every option's prediction, for an assertion's message."""
+        return "; ".join(f"{o.candidate.deployment_id}: TTFT {o.ttft_ms:.1f} ms, TPOT "
+                         f"{o.tpot_ms:.2f} ms, load {o.load}, feasible {o.feasible}"
+                         for o in self.choice.options) + f" -> {self.chosen}"
+
+
+@dataclass
+class PlanLog:
+    """Every ``Generation.plan`` of the in-process edge while the ``plans`` fixture is on,
+    in the order they were made (the edge's own choice, recorded, not changed)."""
+
+    plans: list[Planned] = field(default_factory=list)
+
+    def starts(self, prompt: Sequence[int], fastest: bool) -> list[Planned]:
+        """The plans that started (or, after a failure before its first token, restarted) the
+        stream of ``prompt`` under the fastest profile or not."""
+        key = tuple(prompt)
+        return [p for p in self.plans if p.prompt == key and p.delivered == 0
+                and (p.profile == "fastest") is fastest]
+
+
+@pytest.fixture
+def plans(monkeypatch: pytest.MonkeyPatch) -> PlanLog:
+    log = PlanLog()
+    real = Generation.plan
+
+    def plan(self: Generation, profile: Profile, cands: Sequence[Candidate],
+             ctx: CallContext) -> StreamChoice:
+        choice = real(self, profile, cands, ctx)
+        if self.llm is not None:
+            log.plans.append(Planned(profile.name, tuple(self.llm.prompt), len(self.delivered),
+                                     choice))
+        return choice
+
+    monkeypatch.setattr(Generation, "plan", plan)
+    return log
