@@ -247,10 +247,23 @@ def learned_check(calls: Sequence[Call], learned_at: float, until: float,
     """A drain's bar: no call that left the client ``ROUTE_SLACK_S`` after every edge's
     tables marked ``faulted`` unroutable (``learned_at``) and before ``until`` (the restore)
     was served there. Calls routed before may finish there: that is what a drain allows."""
-    since = learned_at + ROUTE_SLACK_S
-    late = sum(1 for c in calls if since <= c.left < until and c.backend in faulted)
+    late = late_calls(calls, learned_at, until, faulted)
     return {f"no call sent {ROUTE_SLACK_S:g} s after every edge learned of the fault reached "
-            f"{', '.join(sorted(faulted))}": late == 0}
+            f"{', '.join(sorted(faulted))}": not late}
+
+
+def late_calls(calls: Sequence[Call], learned_at: float, until: float,
+               faulted: set[str]) -> list[Call]:
+    """The calls ``learned_check`` holds against the drain."""
+    since = learned_at + ROUTE_SLACK_S
+    return [c for c in calls if since <= c.left < until and c.backend in faulted]
+
+
+def describe_late(c: Call, learned_at: float) -> str:
+    """One late call, on the drill's clock, for the report's notes."""
+    return (f"drill-{c.seq} scheduled {c.sent:.3f} s, left the client {c.left:.3f} s "
+            f"({c.left - learned_at:+.3f} s after every edge learned of the fault), answered "
+            f"{c.done:.3f} s by {c.served_by} in {c.attempts} attempt(s)")
 
 
 def load_checks(phases: Sequence[PhaseStats], rate: float, share: float = 0.8

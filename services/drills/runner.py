@@ -21,6 +21,8 @@ from services.drills.mesh import DrillError, MeshHandle
 from services.drills.report import (
     DrillReport,
     PhaseStats,
+    describe_late,
+    late_calls,
     learned_check,
     load_checks,
     slow_threshold,
@@ -150,6 +152,8 @@ def _report(sc: Scenario, fault: object, calls: list[Call], skipped: list[float]
     learned = fault.state.get("edges_learned_s")
     if isinstance(learned, float):  # a drain: calls sent once every edge knew it stay away
         checks.update(learned_check(calls, t_fault + learned, t_restore, fault.backends))
+        fault.notes += [describe_late(c, t_fault + learned) for c in
+                        late_calls(calls, t_fault + learned, t_restore, fault.backends)[:3]]
     return DrillReport(sc.name, fault.target, sorted(fault.backends), rate, deadline_s, slo_ms,
                        round(t_fault, 3), round(t_restore, 3), phases, reroute, fault.notes,
                        checks, expect_noticed=sc.expect_noticed,

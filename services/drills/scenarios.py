@@ -170,6 +170,39 @@ def _edges_learned(h: MeshHandle, backends: set[str], timeout_s: float) -> float
         time.sleep(LEARN_POLL_S)  # the poll interval of this read, not a wait of its own
 
 
+class _KeepWatch(threading.Thread):
+    """After every edge learned of a drain: keeps reading the edges until stopped and records
+    each time one of them shows a drained backend routable again (a table flipping back)."""
+
+    def __init__(self, h: MeshHandle, backends: set[str], t0: float) -> None:
+        super().__init__(name="drill-drain-watch", daemon=True)
+        self.h, self.backends, self.t0 = h, backends, t0
+        self.relapses: list[str] = []
+        self._stop_evt = threading.Event()
+
+    def stop(self) -> list[str]:
+        self._stop_evt.set()
+        self.join()
+        return self.relapses
+
+    def run(self) -> None:
+        routable: set[tuple[str, str]] = set()  # (edge, backend) shown routable last read
+        while not self._stop_evt.wait(LEARN_POLL_S):
+            for e in self.h.cfg.edges:
+                try:
+                    view = self.h.edge_view(e)
+                except EdgeUnreachable:
+                    continue
+                for b in self.backends:
+                    now = b in view.routable
+                    if now and (e.id, b) not in routable:
+                        self.relapses.append(
+                            f"{e.id}'s tables showed {b} routable again "
+                            f"{1000 * (time.monotonic() - self.t0):.0f} ms after the drain "
+                            "request")
+                    (routable.add if now else routable.discard)((e.id, b))
+
+
 class DrainBackend(Scenario):
     name = "drain-backend"
     summary = "drain the busiest backend (SetAvailability DRAINED), then undo"
@@ -189,9 +222,18 @@ class DrainBackend(Scenario):
             fault.state["edges_learned_s"] = since_drain
             fault.notes.append(f"every edge's tables marked {busiest} unroutable "
                                f"{1000 * since_drain:.0f} ms after the drain request")
+            watch = _KeepWatch(h, {busiest}, t0)
+            watch.start()
+            fault.state["keep_watch"] = watch
         return fault
 
     def during(self, h: MeshHandle, fault: Fault, progress: Progress) -> None:
+        watch = fault.state.pop("keep_watch", None)
+        if isinstance(watch, _KeepWatch):
+            relapses = watch.stop()
+            fault.notes += relapses
+            fault.checks[f"every edge kept {', '.join(sorted(fault.backends))} unroutable "
+                         "once it learned of the drain"] = not relapses
         status = _backend_status(h)
         for b in sorted(fault.backends):
             fault.checks[f"placement reports {b} drained"] = (
