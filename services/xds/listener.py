@@ -52,8 +52,9 @@ HEADER_LIST_KB = 256
 HEADER_COUNT = 4096
 
 
-# Envoy's own default made explicit (and a test's to shorten): a call silent both ways this
-# long is ended by Envoy. Not a slow-path stream's: its route turns it off (routes.py).
+# Envoy's own default made explicit (and a test's to shorten): a fast-path call on which nothing
+# moves this long (a caller that never sends its message) is ended by Envoy, UNAVAILABLE
+# saying so. Not a slow-path stream: its route turns it off (routes.py).
 STREAM_IDLE_TIMEOUT_S = 300.0
 
 
@@ -121,12 +122,17 @@ def listener(host: str, port: int, region: str, s: EnvoySettings,
         # buffer limit (413) is RESOURCE_EXHAUSTED, as on the Python edge; no healthy
         # upstream, overflow, a refused or reset connection (503) UNAVAILABLE; the call's own
         # deadline passing at Envoy (504) DEADLINE_EXCEEDED; a malformed request (400)
-        # INVALID_ARGUMENT.
+        # INVALID_ARGUMENT; a call silent past the stream idle timeout (408) UNAVAILABLE.
         "local_reply_config": {"mappers": [
             {**_status_for(413, 8, "switchyard.413"),
              "body": {"inline_string": f"message over the edge's max_message_bytes "
                                        f"({s.max_message_bytes} bytes)"}},
             _status_for(503, 14, "switchyard.503"),
+            # nothing moved on a call for STREAM_IDLE_TIMEOUT_S (Envoy's 408, else UNKNOWN)
+            {**_status_for(408, 14, "switchyard.408"),
+             "body": {"inline_string": f"nothing moved on this call for "
+                                       f"{STREAM_IDLE_TIMEOUT_S:g} s (the edge's stream idle "
+                                       f"timeout)"}},
             _status_for(504, 4, "switchyard.504"),
             _status_for(400, 3, "switchyard.400")]},
         # Every call, batched, to placement's access-log service (feedback.py), with its

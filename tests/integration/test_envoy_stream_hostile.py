@@ -27,7 +27,7 @@ import pytest_asyncio
 from services.backends.triton import TritonProcess
 from services.config import MeshConfig
 from services.edge.tokens import llm_request, parse_token
-from services.edge.upstream import STREAM
+from services.edge.upstream import INFER, STREAM
 from services.xds import listener
 from tests.envoy_harness import EnvoyMesh, running_envoy_mesh
 from tests.llm_harness import PROMPT
@@ -102,9 +102,11 @@ async def outcome(call: Any, t0: float
 
 
 def opened(ch: grpc.aio.Channel, requests: AsyncIterator[bytes] | Iterator[bytes],
-           timeout: float, metadata: tuple[tuple[str, str], ...] = ()) -> Any:
-    """A raw stream through the edge (its calls are typed loosely by grpc's stubs)."""
-    stream: Any = ch.stream_stream(STREAM, request_serializer=None, response_deserializer=None)
+           timeout: float, metadata: tuple[tuple[str, str], ...] = (), path: str = STREAM
+           ) -> Any:
+    """A raw stream through the edge (its calls are typed loosely by grpc's stubs); ``path``
+    another RPC's, to send its caller's messages as a test says."""
+    stream: Any = ch.stream_stream(path, request_serializer=None, response_deserializer=None)
     return stream(requests, timeout=timeout, metadata=metadata)
 
 
@@ -226,6 +228,35 @@ async def test_a_message_over_the_limit_mid_stream_ends_it_at_once(
     assert took < 10, f"{took:.1f} s"
     await settled(mesh)
     assert await served_stream(mesh) == 8
+
+
+async def test_a_fast_path_call_that_never_sends_its_message_is_unavailable_saying_why(
+        mesh: EnvoyMesh) -> None:
+    """A ModelInfer whose caller sends its headers and never its message: on the fast path
+    Envoy ends it after its stream idle timeout, UNAVAILABLE saying so and counted as an
+    idle timeout; a Python edge waits for the caller's deadline (README). Before the
+    listener mapped Envoy's 408, the caller saw UNKNOWN "stream timeout"."""
+    idle = "http.switchyard.downstream_rq_idle_timeout"
+    before = await asyncio.to_thread(mesh.envoy_stat, idle)
+    async with mesh.channel() as ch:
+        silent = Sender()
+        t0 = time.monotonic()
+        call = opened(ch, silent.requests(), 10 * IDLE_S, path=INFER)
+        code, details, took, _ = await outcome(call, t0)
+        await silent.queue.put(None)
+    assert code is grpc.StatusCode.UNAVAILABLE, (code, details)
+    assert "stream idle timeout" in details and took < 10 * IDLE_S
+    assert await asyncio.to_thread(mesh.envoy_stat, idle) == before + 1
+    await settled(mesh)
+    # the same call to a Python edge (the slow path itself) ends at the caller's deadline
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{mesh.slow.port}") as ch:
+        silent = Sender()
+        t0 = time.monotonic()
+        call = opened(ch, silent.requests(), 2 * IDLE_S, path=INFER)
+        code, details, took, _ = await outcome(call, t0)
+        await silent.queue.put(None)
+    assert code is grpc.StatusCode.DEADLINE_EXCEEDED, (code, details)
+    assert took > 2 * IDLE_S - 0.1
 
 
 async def test_a_backend_killed_mid_stream_resumes_elsewhere(

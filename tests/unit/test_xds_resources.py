@@ -195,8 +195,10 @@ def test_envoys_own_replies_carry_the_documented_grpc_statuses() -> None:
               for m in hcm.local_reply_config.mappers}
     # over the limit: RESOURCE_EXHAUSTED, not UNKNOWN; no healthy upstream, overflow, a
     # refused connection: UNAVAILABLE; the deadline: DEADLINE_EXCEEDED; malformed:
-    # INVALID_ARGUMENT (Envoy alone would say INTERNAL)
+    # INVALID_ARGUMENT (Envoy alone would say INTERNAL); silent past the stream idle
+    # timeout: UNAVAILABLE (Envoy alone: UNKNOWN)
     assert mapped == {413: [("grpc-status", "8")], 503: [("grpc-status", "14")],
+                      408: [("grpc-status", "14")],
                       504: [("grpc-status", "4")], 400: [("grpc-status", "3")]}
     assert str(1 << 20) in hcm.local_reply_config.mappers[0].body.inline_string
 
