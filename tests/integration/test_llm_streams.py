@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 import pytest
 
+from placement.streams import FALLBACK_BAND, StreamOption
 from services import demo_streams
 from services.api.switchyard.v1 import edge_pb2_grpc, placement_pb2, placement_pb2_grpc
 from services.backends.triton import TritonProcess
@@ -26,6 +27,7 @@ from tests.llm_harness import (
     PROMPT,
     STREAM,
     PlanLog,
+    Planned,
     Stream,
     cold_prefill_ms,
     direct,
@@ -229,12 +231,15 @@ async def test_demo_streaming_section_switchyard_vs_fastest(
         assert started, f"no plan of the {o.cls} stream with this prompt: {prompt[:4]}…"
         if not o.resumed:  # served where the edge's last plan of it put it
             assert o.deployment == started[-1].chosen, (o, started[-1].said())
-        if o.cls != "batch":
-            continue
         for p in started:
-            assert p.chosen in cheap or not any(c.feasible for c in p.options(cheap)), (
-                "a batch stream started on east-fast while a cheap deployment was predicted "
-                f"to meet its objectives: {p.said()}")
+            if o.cls == "batch":
+                assert p.chosen in cheap or not any(c.feasible for c in p.options(cheap)), (
+                    "a batch stream started on east-fast while a cheap deployment was "
+                    f"predicted to meet its objectives: {p.said()}")
+            elif p.chosen != fast:  # only east-fast decodes at 3.5 ms: elsewhere only as
+                # the best effort, within FALLBACK_BAND of the fastest predicted TPOT and sum
+                assert not any(c.feasible for c in p.choice.options) and best_effort(
+                    p, asked[o.cls]), f"an interactive stream started off east-fast: {p.said()}"
     assert all(o.resumed <= 1 for o in sw + fastest)
     # fastest: the lowest predicted TTFT + n × TPOT, which load on east-fast can tip elsewhere
     # (on a loaded host its learned per-stream slowdown can send every batch stream to a
@@ -248,7 +253,11 @@ async def test_demo_streaming_section_switchyard_vs_fastest(
             best = min(p.choice.options, key=lambda c: (
                 c.ttft_ms + asked[o.cls] * c.tpot_ms, c.cost_usd))
             assert p.chosen == best.candidate.deployment_id, p.said()
-    assert {o.deployment for o in sw if o.cls == "interactive"} == {fast}
+    # interactive streams on east-fast (judged above on their plans: elsewhere only when no
+    # deployment was predicted to meet 3.5 ms, when a loaded east-fast's predicted TPOT can be
+    # within the best effort's 10 % of a cheap one's); one that moved, moved there: a move
+    # goes only where its pace is predicted to meet the objective
+    assert {o.deployment for o in sw if o.cls == "interactive" and o.resumed} <= {fast}
     # The demo's measured $ per 1M tokens is GPU time on this host, which a starved host
     # stretches unevenly: it is printed, not compared. What the mesh guarantees is the price
     # of where it routed: each stream at its deployment's pushed $/s for its emulated GPU time,
@@ -269,6 +278,17 @@ async def test_demo_streaming_section_switchyard_vs_fastest(
     base_cost = demo_streams.usd_per_1m_tokens(fastest)
     assert sw_cost is not None and base_cost is not None and sw_cost > 0 and base_cost > 0
     assert f"${sw_cost:.2f} per 1M tokens vs ${base_cost:.2f} always-fastest (" in printed
+
+
+def best_effort(p: Planned, tokens: int) -> bool:
+    """The plan's choice is within ``FALLBACK_BAND`` of its fastest option (the lowest predicted
+    TTFT + n × TPOT), in that sum and in TPOT: the best effort when nothing is feasible."""
+    def total(o: StreamOption) -> float:
+        return o.ttft_ms + o.margin_ms + tokens * o.tpot_ms
+
+    first = min(p.choice.options, key=total)
+    c, band = p.choice.chosen, 1.0 + FALLBACK_BAND
+    return total(c) <= total(first) * band and c.tpot_ms <= first.tpot_ms * band
 
 
 def demo_prompts(n: int, seed: int = 11) -> list[tuple[int, ...]]:
