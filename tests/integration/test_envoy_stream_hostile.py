@@ -213,6 +213,42 @@ async def test_a_stream_with_a_hint_only_the_slow_path_keeps_is_kept_to_it(
     assert n == 8 and trailers["x-served-region"] == "r-west"
 
 
+OK, BAD, GONE, NONE = (grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT,
+                       grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION)
+HOSTILE_FIRSTS = [
+    ("unknown model", [llm_request("no-such-model", PROMPT, 8)], (), GONE),
+    ("empty first message", [b""], (), BAD),
+    ("truncated first message", [b"\xff\xff\xff"], (), BAD),
+    ("no region serves it", [llm_request("generate", PROMPT, 8)],
+     (("x-allowed-regions", "r-central"),), NONE),
+    ("a bad hint", [llm_request("generate", PROMPT, 8)], (("x-min-quality", "high"),), BAD),
+    ("a cost cap nothing meets", [llm_request("generate", PROMPT, 8)],
+     (("x-max-cost-usd", "0.0000000001"),), NONE),
+    ("nothing sent, half-closed", [], (), OK),
+]
+
+
+@pytest.mark.parametrize(("case", "messages", "metadata", "status"), HOSTILE_FIRSTS,
+                         ids=[c[0] for c in HOSTILE_FIRSTS])
+async def test_a_refused_stream_ends_as_the_python_edge_ends_it(
+        mesh: EnvoyMesh, case: str, messages: list[bytes],
+        metadata: tuple[tuple[str, str], ...], status: grpc.StatusCode) -> None:
+    """Through Envoy and straight to its slow path (a Python edge): the same status and
+    message (up to what is on offer, which a push may change between the two), long before
+    the deadline."""
+    seen = []
+    for address in (mesh.envoy.address, f"127.0.0.1:{mesh.slow.port}"):
+        async with grpc.aio.insecure_channel(address) as ch:
+            t0 = time.monotonic()
+            call = opened(ch, iter(messages), 20, metadata)
+            code, details, took, _ = await outcome(call, t0)
+        seen.append((code, details.split("; on offer")[0]))
+        assert took < 10, f"{case} via {address}: {took:.1f} s"
+    assert seen[0] == seen[1]
+    assert seen[0][0] is status, seen[0]
+    await settled(mesh)
+
+
 async def test_a_message_over_the_limit_mid_stream_ends_it_at_once(
         cfg: MeshConfig, mesh: EnvoyMesh) -> None:
     """A second message of max_message_bytes + 1 (16 MiB + 1) in a decoding stream:
