@@ -236,10 +236,17 @@ class RouteHub:
 
     def snapshot_payload(self, region: str, placement_id: str,
                          watcher: Watcher | None = None) -> bytes:
-        """The serialised snapshot ``RouteUpdate`` of a region for a new watch. Serialised
-        once and kept while what was published since stays small (``_replay_rows``): a
-        ``watcher`` given the kept snapshot is offered the pushes since, so a hundred edges
-        connecting during a backlog cost one sort and serialisation, not one each."""
+        """The serialised snapshot ``RouteUpdate`` of a region for a new watch: the region as
+        published now, in one message. The snapshot is serialised once and kept while what
+        was published since stays small (``_replay_rows``); the pushes since, merged and
+        serialised once per publish, are appended to it as that message's deltas (two
+        serialised messages concatenated parse as one, merged), so a hundred edges
+        connecting during a backlog cost one sort and serialisation, not one each.
+
+        Not the kept snapshot alone with the pushes since as the next message: an edge that
+        watches again applies each message as it comes, and would route on the older tables
+        until the next one (a drained backend routable again after it had learned of the
+        drain; ``tests/unit/test_placement_rewatch.py``)."""
         if not any(r == region for (_, r) in self._tables):
             self.publish()
         if watcher is not None:
@@ -250,10 +257,11 @@ class RouteHub:
                 version=self.version, snapshot=True, tables=self.published(region),
                 placement_id=placement_id).SerializeToString())
             self._since[region] = ([], 0)
-        elif watcher is not None:
-            for push in self._since[region][0]:
-                watcher.offer(push)
-        return cached[1]
+        pushes = self._since[region][0]
+        if not pushes:
+            return cached[1]
+        since = pushes[0] if len(pushes) == 1 else self._merges.merge(pushes)
+        return cached[1] + since.payload(region, placement_id)
 
     def _replay_rows(self, region: str) -> int:
         """Rows published since a region's kept snapshot past which it is rebuilt instead."""
