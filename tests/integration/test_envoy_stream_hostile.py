@@ -80,13 +80,13 @@ async def settled(mesh: EnvoyMesh) -> None:
                      "the slow path drains nothing")
 
 
-async def served_stream(mesh: EnvoyMesh, tokens: int = 8) -> int:
-    """A fresh stream through Envoy, served in full: its tokens."""
+async def served_stream(mesh: EnvoyMesh, tokens: int = 8,
+                        metadata: tuple[tuple[str, str], ...] = ()) -> int:
+    """A fresh stream through Envoy, served in full: its tokens (0: it failed)."""
     async with mesh.channel() as ch:
-        call = opened(ch, iter([llm_request("generate", PROMPT, tokens)]), 20)
-        got = [parse_token(r) async for r in call]
-        assert await call.code() is grpc.StatusCode.OK
-    return len(got)
+        call = opened(ch, iter([llm_request("generate", PROMPT, tokens)]), 20, metadata)
+        code, _, _, n = await outcome(call, time.monotonic())
+    return n if code is grpc.StatusCode.OK else 0
 
 
 async def outcome(call: Any, t0: float
@@ -144,6 +144,32 @@ async def test_a_backend_stopped_mid_stream_resumes_elsewhere_long_before_the_de
                      "Envoy has no slow-path stream open")
     # the stopped backend's attempt is drained (README: at most 60 s); once it runs again
     # the drain ends and its slot is back
+    os.kill(tritons[backend].pid, signal.SIGCONT)
+    await eventually(lambda: not mesh.slow.router.upstreams.draining, 30,
+                     "the stopped backend's drain ends once it runs again")
+
+
+async def test_a_stream_that_cannot_resume_ends_unavailable_when_its_backend_stops(
+        mesh: EnvoyMesh, tritons: dict[str, TritonProcess], stopped: list[str]) -> None:
+    """The same stop on a stream whose hint leaves it no other deployment (r-east only):
+    UNAVAILABLE naming the silent backend, well before the caller's 30 s deadline."""
+    east = (("x-allowed-regions", "r-east"),)
+    # a backend an earlier test stopped is healthy again in the slow path's checks
+    await eventually(lambda: served_stream(mesh, 2, east), 30, "r-east serves a stream")
+    async with mesh.channel() as ch:
+        t0 = time.monotonic()
+        call = opened(ch, iter([llm_request("generate", PROMPT, 200)]), 30, east)
+        await call.read()
+        backend = str(dict(await call.initial_metadata())["x-served-by"]).split("/")[0]
+        os.kill(tritons[backend].pid, signal.SIGSTOP)
+        stopped.append(backend)
+        code, details, took, _ = await outcome(call, t0)
+        trailers = dict(await call.trailing_metadata() or ())
+    assert code is grpc.StatusCode.UNAVAILABLE, (code, details)
+    assert f"{backend} sent nothing for" in details and trailers["x-switchyard-path"] == "slow"
+    assert took < 15, f"{took:.1f} s"
+    await eventually(lambda: asyncio.to_thread(lambda: active(mesh) == 0), 10,
+                     "Envoy has no slow-path stream open")
     os.kill(tritons[backend].pid, signal.SIGCONT)
     await eventually(lambda: not mesh.slow.router.upstreams.draining, 30,
                      "the stopped backend's drain ends once it runs again")
