@@ -72,6 +72,14 @@ def active(mesh: EnvoyMesh) -> int:
     return mesh.envoy_stat("cluster.slow-path.upstream_rq_active")
 
 
+def slow_path_counts(mesh: EnvoyMesh) -> dict[str, int]:
+    """Envoy's counters of its slow-path cluster: streams sent, and resets either way."""
+    names = ("upstream_rq_total", "upstream_rq_rx_reset", "upstream_rq_tx_reset")
+    counts = {n: mesh.envoy_stat(f"cluster.slow-path.{n}") for n in names}
+    assert counts["upstream_rq_total"] > 0  # the counters exist (a missing one reads 0)
+    return counts
+
+
 async def settled(mesh: EnvoyMesh) -> None:
     """Nothing left open: no stream through Envoy to the slow path, no drain at a backend."""
     await eventually(lambda: asyncio.to_thread(lambda: active(mesh) == 0), 20,
@@ -251,6 +259,8 @@ HOSTILE_FIRSTS = [
     ("a cost cap nothing meets", [llm_request("generate", PROMPT, 8)],
      (("x-max-cost-usd", "0.0000000001"),), NONE),
     ("nothing sent, half-closed", [], (), OK),
+    ("a first message of max_message_bytes + 1", [bytes(16 * MIB + 1)], (),
+     grpc.StatusCode.RESOURCE_EXHAUSTED),
 ]
 
 
@@ -325,6 +335,7 @@ async def test_a_backend_killed_mid_stream_resumes_elsewhere(
         mesh: EnvoyMesh, tritons: dict[str, TritonProcess]) -> None:
     """SIGKILL (last: the module's backends are not needed after it): the connection
     closes, the stream resumes on the other backend at once."""
+    counts = await asyncio.to_thread(slow_path_counts, mesh)
     async with mesh.channel() as ch:
         t0 = time.monotonic()
         call = opened(ch, iter([llm_request("generate", PROMPT, 200)]), 30)
@@ -337,3 +348,6 @@ async def test_a_backend_killed_mid_stream_resumes_elsewhere(
     assert n + 1 == 200 and trailers["x-resumed"] == "1"
     assert took < 10, f"{took:.1f} s"
     await settled(mesh)
+    # Envoy saw one slow-path stream, ended by the slow path, not reset on either side
+    after = await asyncio.to_thread(slow_path_counts, mesh)
+    assert after == {**counts, "upstream_rq_total": counts["upstream_rq_total"] + 1}, after
