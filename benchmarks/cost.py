@@ -59,14 +59,20 @@ def run_all_scenarios(quick: bool) -> Section:
 
 
 def write_section(section: Section, path: pathlib.Path = RESULTS) -> None:
-    """Replace ``section`` in RESULTS.md by title (or add it after the last cost section)."""
+    """Replace ``section`` in RESULTS.md by title (or add it after the last cost section).
+
+    The dated ``###`` subsections under the old section are kept after the new one: they are
+    other runs' records, not this table's (a full run once replaced them all)."""
     text = path.read_text() if path.exists() else ""
     parts = text.split("\n## ")
     head, body = parts[0], [f"## {p}" for p in parts[1:]]
     new = section.markdown().rstrip() + "\n"
     titles = [b.split("\n", 1)[0][3:] for b in body]
     if section.title in titles:
-        body[titles.index(section.title)] = new
+        old = body[titles.index(section.title)]
+        cut = old.find("\n### ")
+        kept = old[cut + 1:].rstrip("\n") + "\n" if cut >= 0 else ""
+        body[titles.index(section.title)] = new + ("\n" + kept if kept else "")
     else:
         costs = [i for i, t in enumerate(titles) if t.startswith("Cost")]
         body.insert(costs[-1] + 1 if costs else len(body), new)

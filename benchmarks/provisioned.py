@@ -413,28 +413,11 @@ def run(quick: bool, paths: list[pathlib.Path] | None = None, solve_times: bool 
 
 
 def write_keeping_subsections(sec: Section, path: pathlib.Path) -> None:
-    """``benchmarks.cost.write_section``, keeping the dated ``###`` subsections that follow
-    the section's table (``write_section`` replaces everything up to the next ``##``, and a
-    full run dropped them)."""
+    """``benchmarks.cost.write_section``, which keeps the dated ``###`` subsections that
+    follow a section's table."""
     from benchmarks.cost import write_section
 
-    head = f"## {sec.title}\n"
-    text = path.read_text() if path.exists() else ""
-    kept = ""
-    if head in text:
-        body = text[text.index(head):]
-        end = body.find("\n## ", 1)
-        body = body if end < 0 else body[:end + 1]
-        cut = body.find("\n### ")
-        kept = body[cut + 1:] if cut >= 0 else ""
     write_section(sec, path)
-    if kept:
-        text = path.read_text()
-        start = text.index(head)
-        end = text.find("\n## ", start + 1)
-        end = len(text) if end < 0 else end + 1
-        text = text[:end].rstrip("\n") + "\n\n" + kept.rstrip("\n") + "\n" + text[end:]
-        path.write_text(text)
 
 
 def main() -> None:

@@ -118,6 +118,21 @@ def test_write_section_replaces_by_title_and_keeps_the_rest(tmp_path: pathlib.Pa
     assert "keep" in text and "old" in text and text.startswith("# Head")
 
 
+def test_write_section_keeps_the_dated_subsections_under_the_old_section(
+        tmp_path: pathlib.Path) -> None:
+    """A full run replaced a section up to the next ``##``: its dated ``###`` subsections
+    (other runs' records) went with the old table."""
+    path = tmp_path / "RESULTS.md"
+    path.write_text("# Head\n\n## Cost: every\n\nold table\n\n### 2026-11-27: a rule, off"
+                    "\n\nits rows\n\n## Failover\n\nkeep\n")
+    cost.write_section(Section(title="Cost: every", command="cmd", table="new table"), path)
+    text = path.read_text()
+    assert "old table" not in text and "its rows" in text and "keep" in text
+    assert (text.index("new table") < text.index("### 2026-11-27: a rule, off")
+            < text.index("## Failover"))
+    assert text.count("## Cost: every") == 1
+
+
 def test_a_pool_may_carry_its_own_service_noise_and_the_simulator_uses_it() -> None:
     s = load_scenario(SCENARIOS / "noisy-cheap-spot.toml")
     noisy = {p.id for p in s.pools if p.sigma(s.settings) == pytest.approx(0.5)}
