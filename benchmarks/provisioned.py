@@ -22,9 +22,11 @@ import pathlib
 import statistics
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 
 from benchmarks.common import BENCH_DIR, ROOT, Section, command_for, md_table, progress
+from benchmarks.cost import write_section
 from benchmarks.costsim import provisioned as sim
 from benchmarks.costsim.provisioned_fleets import (
     OracleFleet,
@@ -383,21 +385,23 @@ def notes(runs: list[ScenarioRun], quick: bool) -> list[str]:
 
 
 def run(quick: bool, paths: list[pathlib.Path] | None = None, solve_times: bool = True,
-        each: Callable[[Section, list[pathlib.Path]], None] | None = None) -> list[Section]:
+        each: Callable[[Section, list[pathlib.Path]], None] | None = None,
+        jobs: int = 1) -> list[Section]:
     """The cost section (and the solve-time one); ``each`` gets the cost section after
-    every scenario, with the scenarios done so far."""
+    every scenario, with the scenarios done so far (in the order given). ``jobs`` > 1: that
+    many scenarios at a time, each in its own process (each day is seeded and node-limited,
+    so the rows do not depend on it)."""
     t0 = time.monotonic()
-    runs, refused = [], []
     todo = paths or sorted(SCENARIOS.glob("*.toml"))
+    outcomes: dict[pathlib.Path, ScenarioRun | str] = {}
     cost = None
-    for i, path in enumerate(todo):
-        s = load_scenario(path)
-        progress(f"provisioned: {s.name} ({len(s.pools)} pools)")
-        try:
-            runs.append(run_scenario(s, quick))
-        except PlanRefused as exc:
-            refused.append(f"{s.name}: not compared, a baseline has no plan ({exc}).")
-            progress(f"provisioned: {refused[-1]}")
+
+    def finished(path: pathlib.Path, outcome: ScenarioRun | str) -> None:
+        nonlocal cost
+        outcomes[path] = outcome
+        done = [p for p in todo if p in outcomes]
+        runs = [o for p in done if isinstance(o := outcomes[p], ScenarioRun)]
+        refused = [o for p in done if isinstance(o := outcomes[p], str)]
         table = md_table(["scenario (pools)", "attainment", "USD/day", "× static peak",
                           "× HPA", "× SkyServe-like", "× offline optimum",
                           "planner before this round (attainment, USD; planner's Δ)",
@@ -407,17 +411,29 @@ def run(quick: bool, paths: list[pathlib.Path] | None = None, solve_times: bool 
         cost = Section(TITLE, command_for(__name__, quick), table,
                        notes(runs, quick) + refused, elapsed_s=time.monotonic() - t0)
         if each is not None:
-            each(cost, todo[:i + 1])
+            each(cost, done)
+
+    if jobs > 1:
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            futures = {pool.submit(_scenario, path, quick): path for path in todo}
+            for fut in as_completed(futures):
+                finished(futures[fut], fut.result())
+    else:
+        for path in todo:
+            finished(path, _scenario(path, quick))
     assert cost is not None
     return [cost, solve_section(quick)] if solve_times else [cost]
 
 
-def write_keeping_subsections(sec: Section, path: pathlib.Path) -> None:
-    """``benchmarks.cost.write_section``, which keeps the dated ``###`` subsections that
-    follow a section's table."""
-    from benchmarks.cost import write_section
-
-    write_section(sec, path)
+def _scenario(path: pathlib.Path, quick: bool) -> ScenarioRun | str:
+    """One scenario's run, or why it is not compared."""
+    s = load_scenario(path)
+    progress(f"provisioned: {s.name} ({len(s.pools)} pools)")
+    try:
+        return run_scenario(s, quick)
+    except PlanRefused as exc:
+        progress(f"provisioned: {s.name}: not compared, a baseline has no plan ({exc}).")
+        return f"{s.name}: not compared, a baseline has no plan ({exc})."
 
 
 def main() -> None:
@@ -429,6 +445,8 @@ def main() -> None:
                     help="leave the solve-time section (planner.plan on synthetic fleets) as is")
     ap.add_argument("--solve-times-only", action="store_true",
                     help="only the solve-time section (no simulated day)")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="scenarios run at a time, each in its own process (default: 1)")
     ap.add_argument("--results", type=pathlib.Path, default=RESULTS,
                     help="the file the sections are written into (default: RESULTS.md)")
     args = ap.parse_args()
@@ -436,7 +454,7 @@ def main() -> None:
     if args.solve_times_only:
         sec = solve_section(args.quick, alone=True)
         if not args.no_write:
-            write_keeping_subsections(sec, args.results)
+            write_section(sec, args.results)
             progress(f"provisioned: wrote '{sec.title}' into {args.results}")
         print(sec.markdown())
         return
@@ -446,14 +464,15 @@ def main() -> None:
             sec.command += "".join(
                 f" --scenario {p.relative_to(ROOT) if p.is_absolute() else p}" for p in done)
         if not args.no_write:
-            write_keeping_subsections(sec, args.results)
+            write_section(sec, args.results)
             progress(f"provisioned: wrote '{sec.title}' ({len(done)} scenarios) into "
                      f"{args.results}")
 
-    sections = run(args.quick, args.scenario or None, not args.no_solve_times, written)
+    sections = run(args.quick, args.scenario or None, not args.no_solve_times, written,
+                   args.jobs)
     for sec in sections[1:]:  # the cost section is written as it grows
         if not args.no_write:
-            write_keeping_subsections(sec, args.results)
+            write_section(sec, args.results)
             progress(f"provisioned: wrote '{sec.title}' into {args.results}")
     for sec in sections:
         print(sec.markdown())
