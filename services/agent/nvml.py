@@ -8,7 +8,13 @@ with NVML's ABI (``tests/native/fake_nvml.c``). The agent calls it from one dedi
 
 * a field the GPU does not support (``NVMLError_NotSupported``, e.g. utilisation on a MIG
   instance) is left *unset* in the proto, never reported as 0;
-* ``NVMLError_GpuIsLost`` from any call turns the whole reading into ``lost=True``.
+* ``NVMLError_GpuIsLost`` from any call turns the whole reading into ``lost=True``;
+* a number no GPU can have (``services.placement.validate.gpu_problems``: NaN, a
+  utilisation outside [0, 100], memory used over total: a driver fault) is left unset too,
+  as an unreadable field, rather than sent: placement refuses a report carrying one.
+
+``errors`` counts unreadable fields and such numbers (the agent's
+``switchyard_agent_nvml_errors_total``).
 
 XID critical errors are collected from an NVML event set (where the GPU supports it) and
 reported once, in the next reading of the GPU they happened on.
@@ -23,6 +29,7 @@ import structlog
 
 from placement.errors import SwitchyardError
 from services.api.switchyard.v1 import telemetry_pb2
+from services.placement.validate import gpu_problems
 
 log = structlog.get_logger("switchyard.agent.nvml")
 
@@ -61,6 +68,7 @@ class NvmlReader:
         self._names: dict[int, str] = {}
         self._pending_xids: dict[int, list[int]] = {}
         self._warned: set[tuple[int, str]] = set()
+        self.errors = 0  # NVML calls that failed (other than NotSupported) and numbers dropped
 
     @property
     def device_count(self) -> int:
@@ -144,6 +152,9 @@ class NvmlReader:
         self._read_power_thermal(index, h, r)
         self._read_clocks_ecc(index, h, r)
         r.xid_events.extend(self._pending_xids.pop(index, []))
+        for field, why in gpu_problems(r):  # a driver's impossible number: unread, not sent
+            r.ClearField(field)
+            self._error(index, field, f"impossible reading: {why}")
         return r
 
     def _read_power_thermal(self, index: int, h: Any, r: telemetry_pb2.GpuReading) -> None:
@@ -212,10 +223,14 @@ class NvmlReader:
                 raise _FunctionMissing from None
             return None
         except nv.NVMLError as exc:
-            if (index, field) not in self._warned:
-                self._warned.add((index, field))
-                log.warning("nvml.field_unreadable", gpu=index, field=field, error=str(exc))
+            self._error(index, field, str(exc))
             return None
+
+    def _error(self, index: int, field: str, error: str) -> None:
+        self.errors += 1
+        if (index, field) not in self._warned:
+            self._warned.add((index, field))
+            log.warning("nvml.field_unreadable", gpu=index, field=field, error=error)
 
     # -- XID events ------------------------------------------------------------------
 

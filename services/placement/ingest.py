@@ -7,7 +7,10 @@ backend's previous report (compared as serialised bytes, ~1 µs a GPU, against ~
 the conversion, the hold carry and the hardware verdict); byte-identical readings reuse
 the previous conversion, and ``FleetState`` then reuses its hardware verdict as well.
 Counters always go through ``FleetState.ingest``: they move in every report of a busy
-backend, and its load estimates are derived from them.
+backend, and its load estimates are derived from them. A number no GPU can have in new
+readings (``validate.clean_gpus``: a NaN temperature, memory used over total) is read as a
+field the GPU does not report: logged once per backend and field, counted
+(``dropped_fields``), never converted; the report's counters are still used.
 """
 
 from __future__ import annotations
@@ -15,12 +18,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
+import structlog
+
 from placement.errors import InvalidRequest
 from placement.fleet import FleetState
 from placement.hardware import GpuState
 from services.api.switchyard.v1 import telemetry_pb2
 from services.convert import gpu_from_pb, snapshot_from_pb
 from services.placement.ownership import TelemetryOwners
+from services.placement.validate import clean_gpus
+
+log = structlog.get_logger("switchyard.placement")
 
 
 @dataclass(slots=True)
@@ -66,6 +74,17 @@ class TelemetryIngest:
         # model are not kept (an agent naming a new one in each report grew the backend's
         # loads, its learned state and its rebuilds without end)
         self._served: dict[str, tuple[object, frozenset[str]]] = {}
+        self.dropped_fields = 0  # GPU numbers no GPU can have, read as unset
+        self._warned: set[tuple[str, str]] = set()
+
+    def _dropped(self, backend_id: str, agent: str, dropped: list[str]) -> None:
+        self.dropped_fields += len(dropped)
+        for what in dropped:
+            field = what.split(" ", 1)[0]
+            if (backend_id, field) not in self._warned and len(self._warned) < 10_000:
+                self._warned.add((backend_id, field))
+                log.warning("gpu_reading_impossible", backend=backend_id, agent=agent,
+                            field=what[:200], action="read as not reported")
 
     def forget(self, backend_id: str) -> None:
         self.owners.forget(backend_id)
@@ -93,11 +112,16 @@ class TelemetryIngest:
                 taken.ignored += 1
                 continue
             usable = _usable(state.signature)
-            sent = report.gpus
+            sent: Sequence[telemetry_pb2.GpuReading] = report.gpus
             key = tuple(map(_serialised, sent))
             last = self.readings.get(bid)
-            gpus = (last.converted if last is not None and last.key == key
-                    else tuple(gpu_from_pb(g) for g in sent))
+            if last is not None and last.key == key:
+                gpus, sent = last.converted, last.sent
+            else:  # new readings: a number no GPU has (NaN, used > total) is read as unset
+                sent, dropped = clean_gpus(report)
+                if dropped:
+                    self._dropped(bid, label, dropped)
+                gpus = tuple(gpu_from_pb(g) for g in sent)
             names = self._served.get(bid)
             if names is None or names[0] is not state.backend:  # (re)registered since
                 names = self._served[bid] = (state.backend,

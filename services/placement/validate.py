@@ -9,7 +9,8 @@ and what would be accepted:
 - ``region`` in the catalog and ``cloud`` that region's cloud;
 - ``accelerator`` and ``price_class`` among those the price list prices (an unpriced
   backend could never be costed);
-- ``accelerator_count`` and ``max_concurrency`` at least 1;
+- ``accelerator_count`` and ``max_concurrency`` at least 1 and at most ``MAX_ACCELERATORS``,
+  ``MAX_CONCURRENCY`` (see below);
 - each variant named (1..128 characters), for a logical model, with a quality within
   [0, 1].
 
@@ -29,12 +30,39 @@ report can outweigh the others:
   registered, at least ``MIN_OBSERVATIONS_CAP``): an edge sends one entry per deployment it
   called (``EdgeStats.by_deployment``);
 - an observation's own ``edge_region``, when set, the report's (an edge sets both alike).
+
+Every other number of an observation is bounded by what a real edge can send, so that no
+sum or average placement keeps can become inf or NaN (two 1e308 call rates summed into a
+slot share were inf, two 1e308 stream costs an infinite $ per 1M tokens):
+
+- ``p50_ms``, ``p95_ms``, ``rtt_ms`` at most ``MAX_MS`` (an hour: no call waits that long);
+- ``calls_per_s`` at most ``MAX_CALLS_PER_S`` (a million calls a second to one
+  deployment, past any edge);
+- ``failures`` at most ``MAX_COUNT``;
+- ``streams``: its token-speed fit finite and within ``MAX_MS`` either way (a least-squares
+  fit may come out negative; placement counts that as unmeasured), ``attempts``,
+  ``tokens_in``, ``tokens_out`` at most ``MAX_COUNT`` (10^12, past a fleet's tokens
+  between two reports) and ``input_usd``, ``output_usd`` finite, >= 0 and at most
+  ``MAX_USD`` (a million dollars of one deployment's GPU time between two reports).
+
+``gpu_problems`` is the same rule for an agent's NVML readings (``GpuReading``): a number
+no GPU can have — utilisations outside [0, 100] %, power outside [0, ``MAX_POWER_W``],
+temperatures outside [``MIN_TEMPERATURE_C``, ``MAX_TEMPERATURE_C``], NaN, memory used or
+free over total — is a driver fault, not a reason to lose the report's Triton counters (what
+routing runs on): the agent leaves it unset before sending, and placement's ingest
+(``clean_gpus``) reads it as unset too, for an agent that sent it anyway, and logs it
+(``gpu_reading_impossible``, once per backend and field). A registration's
+``accelerator_count`` is at most ``MAX_ACCELERATORS`` and ``max_concurrency`` at most
+``MAX_CONCURRENCY`` (512: the M/M/c wait the brain computes over a backend's slots,
+``placement.queueing.erlang_c``, loops once per slot and overflows to NaN past ~750; 2^32
+slots held an edge's SLO filter for minutes).
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 
 from placement.catalog import Catalog
 from placement.errors import InvalidRequest
@@ -51,6 +79,24 @@ _HOST = re.compile(r"[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\]")
 MAX_SAMPLES = WINDOW  # latencies an edge keeps per deployment: the most it can report
 MAX_STREAM_WEIGHT = 1.0 / (1.0 - DECAY)  # the limit of an edge's decayed TPOT-fit weight
 MIN_OBSERVATIONS_CAP = 4096
+MAX_MS = 3_600_000.0  # an hour: no latency, RTT or token time an edge measures is longer
+MAX_CALLS_PER_S = 1e6  # calls a second one edge sends one deployment: past any edge
+MAX_COUNT = 10**12  # failures, stream attempts and tokens between two reports
+MAX_USD = 1e6  # $ of one deployment's GPU time between two reports
+MAX_ACCELERATORS = 1024  # GPUs behind one backend
+MAX_CONCURRENCY = 512  # slots of one backend: the most placement.queueing computes finite
+MAX_POWER_W = 10_000.0  # one GPU's draw (the largest boards are ~1 kW)
+MIN_TEMPERATURE_C, MAX_TEMPERATURE_C = -273.15, 1_000.0
+_OBS_BOUNDS = (("p50_ms", MAX_MS), ("p95_ms", MAX_MS), ("rtt_ms", MAX_MS),
+               ("calls_per_s", MAX_CALLS_PER_S))
+_STREAM_FIT = ("prefill_ms_per_token", "tpot_base_ms", "tpot_per_stream_ms")
+_STREAM_COUNTS = ("attempts", "tokens_in", "tokens_out")
+_STREAM_USD = ("input_usd", "output_usd")
+# GpuReading's doubles: (field, low, high)
+_GPU_BOUNDS = (("gpu_util_pct", 0.0, 100.0), ("mem_util_pct", 0.0, 100.0),
+               ("power_w", 0.0, MAX_POWER_W), ("power_limit_w", 0.0, MAX_POWER_W),
+               ("temperature_c", MIN_TEMPERATURE_C, MAX_TEMPERATURE_C),
+               ("temperature_slowdown_c", MIN_TEMPERATURE_C, MAX_TEMPERATURE_C))
 
 
 def check_id(value: str, field: str = "backend.id") -> None:
@@ -87,11 +133,13 @@ def check_backend(b: fleet_pb2.Backend, catalog: Catalog, prices: PriceCatalog) 
     if b.price_class and b.price_class not in classes:
         raise InvalidRequest(f"backend.price_class {b.price_class!r} is not in the price list "
                              f"(known: {classes})")
-    if b.accelerator_count < 1:
-        raise InvalidRequest(f"backend.accelerator_count {b.accelerator_count} must be >= 1")
-    if b.max_concurrency < 1:
-        raise InvalidRequest(f"backend.max_concurrency {b.max_concurrency} must be >= 1 "
-                             "(requests the backend runs at once)")
+    if not 1 <= b.accelerator_count <= MAX_ACCELERATORS:
+        raise InvalidRequest(f"backend.accelerator_count {b.accelerator_count} must be within "
+                             f"[1, {MAX_ACCELERATORS}]")
+    if not 1 <= b.max_concurrency <= MAX_CONCURRENCY:
+        raise InvalidRequest(f"backend.max_concurrency {b.max_concurrency} must be within "
+                             f"[1, {MAX_CONCURRENCY}] (requests the backend runs at once; "
+                             "placement's M/M/c wait is computed over that many slots)")
     if not b.variants:
         raise InvalidRequest(f"backend.variants is empty for {b.id!r}: a backend serves at "
                              "least one variant")
@@ -130,11 +178,17 @@ def check_observations(report: telemetry_pb2.ObservationReport, catalog: Catalog
                              "edge reports each deployment it called once")
     seen: set[str] = set()
     for i, o in enumerate(report.observations):
-        for name in ("p50_ms", "p95_ms", "rtt_ms", "calls_per_s"):
+        for name, high in _OBS_BOUNDS:
             value = getattr(o, name)
-            if not 0.0 <= value < math.inf:  # NaN fails too
+            if not 0.0 <= value <= high:  # NaN fails too
                 raise InvalidRequest(f"observations[{i}].{name} {value!r} "
-                                     f"({o.deployment_id[:64]!r}) must be finite and >= 0")
+                                     f"({o.deployment_id[:64]!r}) must be finite, >= 0 and "
+                                     f"<= {high:g}")
+        if o.failures > MAX_COUNT:
+            raise InvalidRequest(f"observations[{i}].failures {o.failures} "
+                                 f"({o.deployment_id[:64]!r}) is over {MAX_COUNT:g}")
+        if o.HasField("streams"):
+            _check_streams(o.streams, f"observations[{i}].streams", o.deployment_id)
         if o.samples > MAX_SAMPLES:
             raise InvalidRequest(f"observations[{i}].samples {o.samples} "
                                  f"({o.deployment_id[:64]!r}) is over {MAX_SAMPLES}, the "
@@ -150,3 +204,55 @@ def check_observations(report: telemetry_pb2.ObservationReport, catalog: Catalog
             raise InvalidRequest(f"observations[{i}].deployment_id {o.deployment_id[:ID_MAX]!r}"
                                  " is in the report twice; an edge reports a deployment once")
         seen.add(o.deployment_id)
+
+
+def _check_streams(s: telemetry_pb2.StreamObservation, where: str, deployment: str) -> None:
+    for name in _STREAM_FIT:
+        value = getattr(s, name)
+        if not -MAX_MS <= value <= MAX_MS:  # NaN fails too
+            raise InvalidRequest(f"{where}.{name} {value!r} ({deployment[:64]!r}) must be "
+                                 f"finite and within +-{MAX_MS:g} ms")
+    if not 0.0 <= s.weight < math.inf:
+        raise InvalidRequest(f"{where}.weight {s.weight!r} ({deployment[:64]!r}) must be "
+                             f"finite and >= 0")
+    for name in _STREAM_COUNTS:
+        if (count := getattr(s, name)) > MAX_COUNT:
+            raise InvalidRequest(f"{where}.{name} {count} ({deployment[:64]!r}) is over "
+                                 f"{MAX_COUNT:g} between two reports")
+    for name in _STREAM_USD:
+        value = getattr(s, name)
+        if not 0.0 <= value <= MAX_USD:
+            raise InvalidRequest(f"{where}.{name} {value!r} ({deployment[:64]!r}) must be "
+                                 f"finite, >= 0 and <= {MAX_USD:g} $ between two reports")
+
+
+def gpu_problems(g: telemetry_pb2.GpuReading) -> list[tuple[str, str]]:
+    """Each field of ``g`` no GPU can report, with why: (field, what is wrong)."""
+    out: list[tuple[str, str]] = []
+    has = g.HasField
+    for name, low, high in _GPU_BOUNDS:
+        if has(name) and not low <= (value := getattr(g, name)) <= high:  # NaN fails too
+            out.append((name, f"{value!r} must be finite and within [{low:g}, {high:g}]"))
+    if has("mem_total_bytes"):
+        for name in ("mem_used_bytes", "mem_free_bytes"):
+            if has(name) and getattr(g, name) > g.mem_total_bytes:
+                out.append((name, f"{getattr(g, name)} is over mem_total_bytes "
+                                  f"{g.mem_total_bytes}"))
+    return out
+
+
+def clean_gpus(report: telemetry_pb2.TelemetryReport
+               ) -> tuple[Sequence[telemetry_pb2.GpuReading], list[str]]:
+    """``report``'s GPU readings with every number no GPU can have left unset (read as a
+    field the GPU does not report), and what was dropped (``gpus[i].field value ...``)."""
+    dropped: list[str] = []
+    readings: list[telemetry_pb2.GpuReading] = []
+    for i, g in enumerate(report.gpus):
+        problems = gpu_problems(g)
+        if problems:
+            g = telemetry_pb2.GpuReading.FromString(g.SerializeToString())  # noqa: PLW2901
+            for name, why in problems:
+                g.ClearField(name)
+                dropped.append(f"gpus[{i}].{name} {why}")
+        readings.append(g)
+    return (readings, dropped) if dropped else (report.gpus, dropped)
