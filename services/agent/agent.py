@@ -38,6 +38,7 @@ import structlog
 
 from placement.errors import ConfigError
 from services.agent.gpus import SOURCE_NAMES, GpuSelection, GpuSource
+from services.agent.metrics import AgentCounts
 from services.agent.simulated import SimulatedGpuSource
 from services.agent.triton_stats import StatsSource, TritonStatsReader
 from services.api.switchyard.v1 import fleet_pb2, placement_pb2, placement_pb2_grpc, telemetry_pb2
@@ -203,6 +204,8 @@ class NodeAgent:
         self.rounds = 0
         self.sessions = 0
         self.connected_to: str | None = None
+        self.connected: set[str] = set()  # replicas with a live telemetry stream now
+        self.counts = AgentCounts()  # registrations and heartbeats by outcome (/metrics)
         self._registered = False
 
     @property
@@ -377,22 +380,39 @@ class NodeAgent:
         try:
             stub = placement_pb2_grpc.PlacementStub(channel)
             for b in backends:
-                resp = await stub.RegisterBackend(
-                    placement_pb2.RegisterBackendRequest(backend=backend_message(self.config, b)),
-                    timeout=self._rpc_timeout_s)
+                try:
+                    resp = await stub.RegisterBackend(
+                        placement_pb2.RegisterBackendRequest(
+                            backend=backend_message(self.config, b)),
+                        timeout=self._rpc_timeout_s)
+                except grpc.aio.AioRpcError as exc:
+                    self.counts.registration("refused" if exc.code() in _REFUSED else "failed")
+                    raise
+                except BaseException:
+                    self.counts.registration("failed")
+                    raise
+                self.counts.registration("ok")
                 self._log.info("agent.registered", backend=b.id, placement=address,
                                version=resp.version)
             self._registered = True
             self.sessions += 1
             self.connected_to = address
+            self.connected.add(address)
             call = stub.StreamTelemetry()
             while not self._stopping:
-                for report in await box.get():
-                    await asyncio.wait_for(call.write(report), timeout=self._rpc_timeout_s)
-                    self.reports_sent += 1
-                    self._log.debug("agent.report_sent", backend=report.backend_id,
-                                    placement=address, ready=report.backend_ready)
+                reports = await box.get()
+                try:
+                    for report in reports:
+                        await asyncio.wait_for(call.write(report), timeout=self._rpc_timeout_s)
+                        self.reports_sent += 1
+                        self._log.debug("agent.report_sent", backend=report.backend_id,
+                                        placement=address, ready=report.backend_ready)
+                except (TimeoutError, asyncio.InvalidStateError, grpc.RpcError):
+                    self.counts.heartbeat("failed")
+                    raise
+                self.counts.heartbeat("sent")
         finally:
+            self.connected.discard(address)
             if call is not None:
                 await self._finish(call)
             await channel.close()

@@ -25,6 +25,7 @@ from placement.errors import ConfigError, SwitchyardError
 from services import logs
 from services.agent.agent import NodeAgent
 from services.agent.gpus import parse_gpus
+from services.agent.metrics import serve_metrics
 from services.agent.simulated import SimulatedGpuSource
 from services.config import MeshConfig, load_config
 from services.discovery import open_discovery
@@ -57,6 +58,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "backends in turn ('0,2' or 'GPU-8f3c...') and/or per backend "
                         "('use1-h100=0+1,use1-t4=GPU-8f3c...'); default every GPU, i-th "
                         "backend on GPU i, wrapping around")
+    p.add_argument("--metrics-port", type=int, default=0, metavar="PORT",
+                   help="serve Prometheus /metrics on this port (registrations and "
+                        "heartbeats by outcome, telemetry reports sent, NVML errors; "
+                        "services/agent/metrics.py); default 0: not served")
+    p.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
+                   help="address /metrics listens on (default: 127.0.0.1, this host only)")
     p.add_argument("--simulated-faults", default=None, metavar="FILE",
                    help='JSON control file for simulated faults, e.g. {"use1-t4": ["ecc"]}; '
                         "used only when NVML is unavailable")
@@ -102,6 +109,8 @@ def agent_config(args: argparse.Namespace, env: dict[str, str]) -> tuple[MeshCon
     ids = ids or [str(t["id"]) for t in extra if "id" in t]
     if not ids:
         raise ConfigError("no backends: pass --backends ID,... (from the config) or --backend SPEC")
+    if not 0 <= getattr(args, "metrics_port", 0) <= 65535:
+        raise ConfigError(f"--metrics-port {args.metrics_port} is not a port in 0..65535")
     return config, ids
 
 
@@ -147,6 +156,16 @@ async def _run(args: argparse.Namespace) -> None:
     placement = (await _catalog_placement(discovery)
                  if discovery is not None and not config.placement.shards else [])
     agent = build_agent(args, env, placement=placement, discovery=discovery)
+    metrics = None
+    if args.metrics_port:
+        try:
+            metrics, port = serve_metrics(agent, args.metrics_port, args.metrics_host)
+        except OSError as exc:
+            raise ConfigError(f"--metrics-port {args.metrics_port}: cannot listen on "
+                              f"{args.metrics_host}:{args.metrics_port} ({exc.strerror}); "
+                              "is another process using it?") from exc
+        structlog.get_logger("switchyard.agent").info(
+            "agent.metrics_listening", address=f"{args.metrics_host}:{port}")
     await agent.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -154,6 +173,8 @@ async def _run(args: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await agent.stop()
+    if metrics is not None:
+        metrics.shutdown()
 
 
 def run(args: argparse.Namespace) -> int:

@@ -115,6 +115,7 @@ class GpuSource:
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="nvml")
         self._reader: NvmlReader | None = None
+        self._closed_errors = 0  # NvmlReader.errors of readers closed since
         self._retry: asyncio.Task[None] | None = None
         self.source = telemetry_pb2.TELEMETRY_SOURCE_UNSPECIFIED
         self.gpus: dict[str, list[int]] = {}
@@ -123,6 +124,12 @@ class GpuSource:
     @property
     def source_name(self) -> str:
         return SOURCE_NAMES[self.source]
+
+    @property
+    def nvml_errors(self) -> int:
+        """NVML calls that failed and impossible numbers left unset, over every reader this
+        source ran (``NvmlReader.errors``)."""
+        return self._closed_errors + (self._reader.errors if self._reader is not None else 0)
 
     @property
     def _log(self) -> Any:
@@ -151,6 +158,7 @@ class GpuSource:
             self._retry = None
         if self._reader is not None:
             await self._run(self._reader.close)
+            self._closed_errors += self._reader.errors
             self._reader = None
         self._executor.shutdown(wait=False)  # a hung driver call must not block the loop
 
