@@ -249,8 +249,15 @@ async def route_stream(router: Router, requests: AsyncIterator[bytes],
             if tries.committed:  # only a resumable stream is retried once committed
                 meter.resumed += 1
             tries.started(c)
-            call = router.upstreams.get(c.endpoint).stream(
-                timeout=tries.remaining(router.clock()))
+            tries.check_time_left(router.clock())
+            # No deadline on the upstream stream: the caller's own deadline ends the caller's
+            # call here (gRPC cancels this handler) and the attempt is let go of, drained,
+            # like a cancel. Given the caller's deadline, gRPC cancelled the stream at the
+            # backend when it expired, mid-generation: Triton 2.51 dies of that (SIGSEGV,
+            # server#7368), and 120 streams whose callers' deadlines ran out 1-8 tokens in
+            # killed both generate backends 2 runs of 4 (tests/integration/
+            # test_hostile_round4.py).
+            call = router.upstreams.get(c.endpoint).stream()
             upstream = _Upstream(call, router.stalls.watch(c.backend_id), router.stalls.clock)
             try:
                 await upstream.attach(pipe, c.variant)
