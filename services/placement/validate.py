@@ -133,12 +133,17 @@ def check_backend(b: fleet_pb2.Backend, catalog: Catalog, prices: PriceCatalog) 
     if b.price_class and b.price_class not in classes:
         raise InvalidRequest(f"backend.price_class {b.price_class!r} is not in the price list "
                              f"(known: {classes})")
-    if not 1 <= b.accelerator_count <= MAX_ACCELERATORS:
-        raise InvalidRequest(f"backend.accelerator_count {b.accelerator_count} must be within "
-                             f"[1, {MAX_ACCELERATORS}]")
-    if not 1 <= b.max_concurrency <= MAX_CONCURRENCY:
-        raise InvalidRequest(f"backend.max_concurrency {b.max_concurrency} must be within "
-                             f"[1, {MAX_CONCURRENCY}] (requests the backend runs at once; "
+    if b.accelerator_count < 1:
+        raise InvalidRequest(f"backend.accelerator_count {b.accelerator_count} must be >= 1")
+    if b.accelerator_count > MAX_ACCELERATORS:
+        raise InvalidRequest(f"backend.accelerator_count {b.accelerator_count} must be <= "
+                             f"{MAX_ACCELERATORS} (GPUs behind one backend)")
+    if b.max_concurrency < 1:
+        raise InvalidRequest(f"backend.max_concurrency {b.max_concurrency} must be >= 1 "
+                             "(requests the backend runs at once)")
+    if b.max_concurrency > MAX_CONCURRENCY:
+        raise InvalidRequest(f"backend.max_concurrency {b.max_concurrency} must be <= "
+                             f"{MAX_CONCURRENCY} (requests the backend runs at once; "
                              "placement's M/M/c wait is computed over that many slots)")
     if not b.variants:
         raise InvalidRequest(f"backend.variants is empty for {b.id!r}: a backend serves at "
