@@ -20,7 +20,7 @@ from services.config import MeshConfig
 from services.convert import backend_from_pb, backends_from_config, catalog_from_config
 from services.discovery.base import Discovery
 from services.grpc_errors import AnyHandler, ErrorInterceptor
-from services.placement import peer, persist, shard
+from services.placement import peer, persist, replicate, shard
 from services.placement.hub import RouteHub
 from services.placement.metrics import PlacementMetrics
 from services.placement.server import PlacementService
@@ -48,6 +48,8 @@ class RunningPlacement:
     capacity: CapacityLoop | None = None  # [capacity] enabled: the capacity loop
 
     async def stop(self, grace: float = 1.0) -> None:
+        if self.service.fanout is not None:
+            await self.service.fanout.stop()
         if self.capacity is not None:
             await self.capacity.stop()
         if self.keeper is not None:
@@ -165,6 +167,9 @@ async def start_placement(cfg: MeshConfig, host: str | None = None, port: int | 
     await peer.warm_start(service.fleet, learned, peers, service.clock(),  # before 1st build
                           transport.channel_factory(cfg.security, "placement"),
                           service.placement_id)
+    if peers:  # an operator's drain made here reaches the other replicas too
+        service.fanout = replicate.AvailabilityFanout(
+            peers, transport.channel_factory(cfg.security, "placement"), service.placement_id)
     await server.start()
     await mark_serving(health, [SERVICE_NAME])
     if metrics_port is None:  # a shard's replica: its own port from placement.shards

@@ -32,6 +32,7 @@ from services.convert import (
 )
 from services.grpc_errors import AnyContext
 from services.placement import peer as peer_state
+from services.placement import replicate
 from services.placement.hub import RouteHub
 from services.placement.identity import EdgeRegions, Registrants
 from services.placement.ingest import Readings, Taken, TelemetryIngest
@@ -74,6 +75,10 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
         self.registrants = Registrants(builder.settings.stale_after_s)  # who holds a backend id
         self.edge_regions = EdgeRegions()  # the region each edge id reports for
         self.placement_id = f"placement-{uuid.uuid4().hex[:8]}"
+        # an operator's availability change, forwarded to the other replicas (main sets it
+        # when this replica has peers) and the newest applied per scope and target
+        self.fanout: replicate.AvailabilityFanout | None = None
+        self.stamps = replicate.Stamps()
         # WatchRoutes yields each update pre-serialised (bytes shared by every watcher of a
         # region); main.register() sets this with a serializer that passes bytes through.
         self.raw_updates = False
@@ -302,11 +307,31 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
         if request.availability not in {int(a) for a in Availability}:
             raise InvalidRequest(f"SetAvailability needs availability (active, drained, "
                                  f"cordoned); got {request.availability}")
+        meta = dict(context.invocation_metadata() or ()) if context is not None else {}
+        forwarded = meta.get(replicate.FORWARDED)
+        at_ns = replicate.now_ns()
+        if forwarded:  # another replica's operator change (services/placement/replicate.py)
+            try:
+                at_ns = int(meta.get(replicate.AT, ""))
+            except ValueError:
+                raise InvalidRequest(f"a forwarded SetAvailability needs {replicate.AT} "
+                                     "(ns since the epoch)") from None
+        if not self.stamps.newer(request, at_ns):  # a late retry of an older change
+            log.info("availability_older_ignored", scope=scope, target=request.target,
+                     forwarded_by=forwarded)
+            return placement_pb2.SetAvailabilityResponse(version=self.hub.version)
         ids = self.fleet.set_availability(scope, request.target,
                                           Availability(request.availability))
         log.info("availability_set", scope=scope, target=request.target,
-                 availability=Availability(request.availability).name, backends=ids)
+                 availability=Availability(request.availability).name, backends=ids,
+                 forwarded_by=forwarded)
         self.hub.publish()  # operators want a drain to take effect now, not coalesced
+        if not forwarded and self.fanout is not None:  # every replica applies it
+            missing = await self.fanout.forward(request, at_ns)
+            if missing:
+                log.warning("availability_not_on_every_replica", peers=missing,
+                            action="retried until they answer; a replica that restarts "
+                            "loads it from a peer")
         return placement_pb2.SetAvailabilityResponse(backend_ids=ids, version=self.hub.version)
 
     async def GetLearnedState(self, request: placement_pb2.LearnedStateRequest,
