@@ -19,6 +19,7 @@ from services.edge.router import CallRecord
 from services.edge.stream import REPLAY_MAX_BYTES, route_stream
 from services.edge.upstream import MAX_DRAINING, Upstreams
 from services.edge.wire import _MAX_NAME, REWRITE_HEADROOM_BYTES, encode_name_field
+from tests.mesh_harness import eventually
 from tests.unit.test_edge_resilience import RAW, Clock, FakeUpstream, cand, make_router
 
 # What gRPC's own channel says when a message is over its send limit.
@@ -312,8 +313,8 @@ async def test_a_stream_its_caller_cancels_mid_generation_is_drained_not_cancell
             await asyncio.Event().wait()  # reads one response, then waits until cancelled
 
     task = asyncio.create_task(caller())
-    while not up.streams or up.streams[0][1].q.qsize() < 50:  # noqa: ASYNC110 -- loop turns
-        await asyncio.sleep(0)
+    await eventually(lambda: up.streams and up.streams[0][1].q.qsize() >= 50, 10,
+                     "the upstream's 50 responses wait unread", poll_s=0)  # loop turns
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

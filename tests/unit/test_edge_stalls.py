@@ -15,6 +15,7 @@ from placement.errors import BackendFailed
 from services.edge.router import CallRecord
 from services.edge.stalls import SILENT_S, StallWatch
 from services.edge.stream import route_stream
+from tests.mesh_harness import eventually
 from tests.unit.test_edge_hostile_limits import Context, StreamUpstream, big_messages
 from tests.unit.test_edge_resilience import Clock, cand, make_router
 
@@ -70,8 +71,8 @@ async def test_a_stream_whose_backend_falls_silent_and_fails_checks_ends_unavail
                 got.append(r)
 
     task = asyncio.create_task(caller())
-    while not got or router.stalls.watching("b0") != 1:  # noqa: ASYNC110 -- loop turns
-        await asyncio.sleep(0)
+    await eventually(lambda: got and router.stalls.watching("b0") == 1, 10,
+                     "the stream's first response, its attempt watched", poll_s=0)  # turns
     clock.t += SILENT_S - 0.5
     assert router.stalls.sweep("b0", "DEADLINE_EXCEEDED") == 0  # not silent long enough
     clock.t += 0.5
@@ -108,8 +109,8 @@ async def test_a_stream_still_receiving_is_not_given_up() -> None:
     for i in range(1, 4):  # a response every 1.5 s of the edge's clock
         async for r in big_messages(1, 1024):
             await sent.put(r)
-        while len(got) < i:  # noqa: ASYNC110 -- loop turns
-            await asyncio.sleep(0)
+        await eventually(lambda: len(got) >= i, 10, f"response {i} read",  # noqa: B023
+                         poll_s=0)  # loop turns (awaited in this iteration: ``i`` is its own)
         clock.t += 1.5
         assert router.stalls.sweep("b0", "DEADLINE_EXCEEDED") == 0
     task.cancel()

@@ -16,6 +16,7 @@ from services.api.switchyard.v1 import placement_pb2
 from services.xds.resources import CLUSTER, EnvoySettings, Resource, resource
 from services.xds.server import AdsServer
 from services.xds.session import Delta, DeltaSession
+from tests.mesh_harness import eventually
 
 
 def _set(rng: random.Random, n: int) -> dict[str, Resource]:
@@ -117,11 +118,8 @@ def test_streams_asking_during_a_compile_share_it_and_those_woken_after_it_began
         hub.version, hub.cost = 3, 3e-6  # published while it compiles
         asked = hub.version
         rest = [asyncio.create_task(ads.region_config_async("r")) for _ in range(5)]
-        for _ in range(100):  # loop turns until each of them reaches its wait
-            if ads.shared == 5:
-                break
-            await asyncio.sleep(0)
-        assert ads.shared == 5, "the five streams did not wait for the compile under way"
+        await eventually(lambda: ads.shared == 5, 10, "the five streams wait for the compile "
+                         "under way", poll_s=0)  # loop turns until each reaches its wait
         ads._compile_lock.release()
         got = await first
         rest = await asyncio.gather(*rest)
