@@ -159,7 +159,9 @@ class Generation:
 
     def moving(self, c: Candidate, model: str, requests_sent: int) -> bytes | None:
         """After a token on ``c``: when the stream will miss its TPOT objective there and a
-        deployment it may use is predicted to meet it (``MoveWatch.decide``), the request that
+        deployment it may use is predicted to meet it (``MoveWatch.decide``; with
+        ``x-max-cost-usd``, only one whose predicted cost for the tokens owed, on top of what
+        the stream has cost so far, is within the cap), the request that
         resumes it there (the next ``choose`` returns that deployment; the caller cancels the
         call on ``c``); else None. Only a one-request stream whose variant declared
         resumption moves, as after a failure."""
@@ -181,8 +183,12 @@ class Generation:
         ask = StreamAsk(prompt_tokens=self.context_tokens, max_tokens=w.owed,
                         tpot_ms=self.goals.tpot_ms, session_key=self.session, holder=holder,
                         cached_tokens=min(seen, self.context_tokens))
-        choice = w.decide(now, move_options(allowed, streams.estimates(allowed),
-                                            streams.inflight, ask, streams.pending))
+        options = move_options(allowed, streams.estimates(allowed), streams.inflight, ask,
+                               streams.pending)
+        if self._cap < math.inf:  # x-max-cost-usd: the whole stream's cost, moved, within it
+            spent = self.meter.cost_with(c, now)
+            options = [o for o in options if spent + o.cost_usd <= self._cap]
+        choice = w.decide(now, options)
         if choice.target is None:
             return None
         self._move_to = choice.target
