@@ -58,8 +58,10 @@ def run_all_scenarios(quick: bool) -> Section:
                    notes=notes, images=[SWEEP_PLOT.name], elapsed_s=time.monotonic() - t0)
 
 
-def write_section(section: Section, path: pathlib.Path = RESULTS) -> None:
-    """Replace ``section`` in RESULTS.md by title (or add it after the last cost section).
+def write_section(section: Section, path: pathlib.Path = RESULTS, after: str | None = None
+                  ) -> None:
+    """Replace ``section`` in RESULTS.md by title (or add it after the section titled
+    ``after``, by default after the last cost section, else at the end).
 
     The dated ``###`` subsections under the old section are kept after the new one: they are
     other runs' records, not this table's (a full run once replaced them all)."""
@@ -74,7 +76,8 @@ def write_section(section: Section, path: pathlib.Path = RESULTS) -> None:
         kept = old[cut + 1:].rstrip("\n") + "\n" if cut >= 0 else ""
         body[titles.index(section.title)] = new + ("\n" + kept if kept else "")
     else:
-        costs = [i for i, t in enumerate(titles) if t.startswith("Cost")]
+        costs = [i for i, t in enumerate(titles)
+                 if (t == after if after is not None else t.startswith("Cost"))]
         body.insert(costs[-1] + 1 if costs else len(body), new)
     path.write_text("\n".join([head.rstrip() + "\n", *body]))
 

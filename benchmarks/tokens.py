@@ -19,6 +19,7 @@ import pathlib
 import time
 
 from benchmarks.common import BENCH_DIR, Section, command_for, progress
+from benchmarks.cost import write_section
 from benchmarks.costsim import tokens_bound, tokens_report
 from benchmarks.costsim.tokens_policies import (
     MOVE_CHECK_MS,
@@ -312,20 +313,6 @@ def money_notes(scenarios: list[TokenScenario], results: list[tokens_report.Toke
     return lines
 
 
-def write_section(section: Section, path: pathlib.Path = RESULTS) -> None:
-    """Replace this section in RESULTS.md by title, or append it."""
-    text = path.read_text() if path.exists() else ""
-    parts = text.split("\n## ")
-    head, body = parts[0], [f"## {p}" for p in parts[1:]]
-    new = section.markdown().rstrip() + "\n"
-    titles = [b.split("\n", 1)[0][3:] for b in body]
-    if section.title in titles:
-        body[titles.index(section.title)] = new
-    else:
-        body.append(new)
-    path.write_text("\n".join([head.rstrip() + "\n", *body]))
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="a shorter horizon, same rates")
@@ -349,7 +336,7 @@ def main() -> None:
         return
     section = run(args.quick)
     print(section.markdown())
-    write_section(section)
+    write_section(section, RESULTS)  # benchmarks.cost's: keeps dated ### subsections
     progress(f"tokens: wrote '{section.title}' into {RESULTS}")
 
 

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from benchmarks.common import BENCH_DIR, Section, md_table
+from benchmarks.cost import write_section
 from benchmarks.costsim import tokens_bound, tokens_report
 from benchmarks.costsim.tokens_policies import POLICIES, REJECTED, VARIANTS, make_policy
 from benchmarks.costsim.tokens_workload import (
@@ -257,23 +258,6 @@ def section() -> Section:
                    notes=notes, elapsed_s=time.monotonic() - t0)
 
 
-def write_after(sec: Section, path: pathlib.Path, after: str = AFTER) -> None:
-    """Replace ``sec`` in RESULTS.md by title, else put it right after the section ``after``
-    (else at the end)."""
-    text = path.read_text() if path.exists() else ""
-    parts = text.split("\n## ")
-    head, body = parts[0], [f"## {p}" for p in parts[1:]]
-    new = sec.markdown().rstrip() + "\n"
-    titles = [b.split("\n", 1)[0][3:] for b in body]
-    if sec.title in titles:
-        body[titles.index(sec.title)] = new
-    elif after in titles:
-        body.insert(titles.index(after) + 1, new)
-    else:
-        body.append(new)
-    path.write_text("\n".join([head.rstrip() + "\n", *body]))
-
-
 def _scenario(name: str) -> TokenScenario:
     return next(x for x in map(load_token_scenario, sorted(SCENARIOS.glob("*.toml")))
                 if x.name == name)
@@ -293,7 +277,7 @@ def main() -> None:
     if args.write:
         sec = section()
         print(sec.markdown())
-        write_after(sec, pathlib.Path(BENCH_DIR, "RESULTS.md"))
+        write_section(sec, pathlib.Path(BENCH_DIR, "RESULTS.md"), after=AFTER)
         return
     from benchmarks.tokens import scaled  # the benchmark's own scaling
 
