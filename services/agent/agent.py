@@ -15,6 +15,17 @@ readings until NVML comes up) and then runs:
   move to the next replica, and start again — re-registering, because a restarted
   placement rebuilds its fleet from registrations.
 
+Each agent process holds its backend ids by a lease token of its own (random, the same to
+every replica, gRPC metadata ``x-switchyard-lease`` on ``RegisterBackend``,
+``StreamTelemetry`` and ``DeregisterBackend``): while it reports, no other process can
+deregister, re-register or report its ids, even in plaintext
+(``services/placement/identity.py``). With ``deregister_on_stop`` (``--deregister-on-stop``)
+:meth:`NodeAgent.stop` deregisters its backends from every replica with it; by default it
+does not (a stopped agent is not a stopped Triton: placement keeps routing on the rows until
+they go stale, and a deregistration would drop an operator's drain and the learned loads). A
+restarted agent has a new token: placement accepts it once the old one's lease lapses
+(``placement.stale_after_s`` without a report), or at once after a deregistration.
+
 With ``[[placement.shards]]`` (and no ``placement`` addresses given) each backend belongs
 to the shard owning its region: the agent runs those loops per shard, each registering and
 reporting only that shard's backends (``services/placement/shard.py``).
@@ -28,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -43,6 +55,7 @@ from services.agent.simulated import SimulatedGpuSource
 from services.agent.triton_stats import StatsSource, TritonStatsReader
 from services.api.switchyard.v1 import fleet_pb2, placement_pb2, placement_pb2_grpc, telemetry_pb2
 from services.config import BackendConfig, MeshConfig
+from services.placement.identity import LEASE_KEY
 
 log = structlog.get_logger("switchyard.agent")
 # what placement answers a registration another agent's holds (services/placement/identity.py)
@@ -159,7 +172,9 @@ class NodeAgent:
                  fan_out: bool = False,
                  replicas: Callable[[], Awaitable[Sequence[str]]] | None = None,
                  replicas_every_s: float = 30.0,
-                 discovery: Any = None) -> None:
+                 discovery: Any = None,
+                 lease_token: str | None = None,
+                 deregister_on_stop: bool = False) -> None:
         by_id = {b.id: b for b in config.backends}
         unknown = [b for b in backend_ids if b not in by_id]
         if unknown or not backend_ids:
@@ -206,6 +221,10 @@ class NodeAgent:
         self.connected_to: str | None = None
         self.connected: set[str] = set()  # replicas with a live telemetry stream now
         self.counts = AgentCounts()  # registrations and heartbeats by outcome (/metrics)
+        # the secret this process holds its backend ids by on placement (module docstring)
+        self.lease_token = lease_token or secrets.token_urlsafe(32)
+        self._lease = ((LEASE_KEY, self.lease_token),)
+        self.deregister_on_stop = deregister_on_stop
         self._registered = False
 
     @property
@@ -240,11 +259,14 @@ class NodeAgent:
     async def stop(self) -> None:
         """Close the streams cleanly (placement gets its ack), then the readers and NVML."""
         self._stopping = True
+        replicas = self._every_replica()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self.deregister_on_stop:
+            await asyncio.gather(*(self._deregister(a, bs) for a, bs in replicas))
         for s in self._stats.values():
             await s.close()
         await self.gpu_source.close()
@@ -253,6 +275,30 @@ class NodeAgent:
                 with contextlib.suppress(Exception):  # best effort: the check expires it
                     await self.discovery.deregister(b.id)
             await self.discovery.close()
+
+    def _every_replica(self) -> list[tuple[str, list[BackendConfig]]]:
+        """Each placement replica this agent registers with, and the backends it registers
+        there."""
+        if self.shards:
+            return [(a, bs) for replicas, bs in self.shards for a in replicas]
+        return [(a, self.backends) for a in (self.replicas or self.placement)]
+
+    async def _deregister(self, address: str, backends: list[BackendConfig]) -> None:
+        """Deregister ``backends`` from one replica with this agent's lease; best effort,
+        each outcome logged (a replica that is down drops them when they go stale)."""
+        async with self._channel_factory(address) as channel:
+            stub = placement_pb2_grpc.PlacementStub(channel)
+            for b in backends:
+                try:
+                    await stub.DeregisterBackend(
+                        placement_pb2.DeregisterBackendRequest(backend_id=b.id),
+                        timeout=self._rpc_timeout_s, metadata=self._lease)
+                except grpc.aio.AioRpcError as exc:
+                    self._log.warning("agent.deregister_failed", backend=b.id,
+                                      placement=address, code=exc.code().name,
+                                      details=exc.details())
+                else:
+                    self._log.info("agent.deregistered", backend=b.id, placement=address)
 
     async def wait(self) -> None:
         """Run until :meth:`stop` (or until the loop fails, which it should not)."""
@@ -384,7 +430,7 @@ class NodeAgent:
                     resp = await stub.RegisterBackend(
                         placement_pb2.RegisterBackendRequest(
                             backend=backend_message(self.config, b)),
-                        timeout=self._rpc_timeout_s)
+                        timeout=self._rpc_timeout_s, metadata=self._lease)
                 except grpc.aio.AioRpcError as exc:
                     self.counts.registration("refused" if exc.code() in _REFUSED else "failed")
                     raise
@@ -398,7 +444,7 @@ class NodeAgent:
             self.sessions += 1
             self.connected_to = address
             self.connected.add(address)
-            call = stub.StreamTelemetry()
+            call = stub.StreamTelemetry(metadata=self._lease)
             while not self._stopping:
                 reports = await box.get()
                 try:

@@ -58,6 +58,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "backends in turn ('0,2' or 'GPU-8f3c...') and/or per backend "
                         "('use1-h100=0+1,use1-t4=GPU-8f3c...'); default every GPU, i-th "
                         "backend on GPU i, wrapping around")
+    p.add_argument("--deregister-on-stop", action="store_true",
+                   help="on SIGINT/SIGTERM deregister this agent's backends from every "
+                        "placement replica (with its lease token); default: keep them, "
+                        "placement stops using their rows when they go stale")
     p.add_argument("--metrics-port", type=int, default=0, metavar="PORT",
                    help="serve Prometheus /metrics on this port (registrations and "
                         "heartbeats by outcome, telemetry reports sent, NVML errors; "
@@ -131,7 +135,7 @@ def build_agent(args: argparse.Namespace, env: dict[str, str], *,
         fan_out=not args.one_replica,
         channel_factory=transport.channel_factory(config.security, "agent"),
         replicas=None if discovery is None else lambda: _catalog_placement(discovery),
-        discovery=discovery)
+        discovery=discovery, deregister_on_stop=getattr(args, "deregister_on_stop", False))
 
 
 async def _catalog_placement(discovery: Any) -> list[str]:

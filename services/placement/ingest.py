@@ -15,7 +15,7 @@ field the GPU does not report: logged once per backend and field, counted
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import structlog
@@ -75,7 +75,16 @@ class TelemetryIngest:
         # loads, its learned state and its rebuilds without end)
         self._served: dict[str, tuple[object, frozenset[str]]] = {}
         self.dropped_fields = 0  # GPU numbers no GPU can have, read as unset
+        self.not_holder = 0  # reports from a stream without the registrant's lease token
         self._warned: set[tuple[str, str]] = set()
+
+    def _not_holder(self, backend_id: str, agent: str) -> None:
+        self.not_holder += 1
+        if self.not_holder == 1 or self.not_holder % 100 == 0:
+            log.warning("telemetry_ignored", backend=backend_id, reporter=agent,
+                        ignored=self.not_holder,
+                        reason="its registrant holds it by a lease token this stream does "
+                               "not carry")
 
     def _dropped(self, backend_id: str, agent: str, dropped: list[str]) -> None:
         self.dropped_fields += len(dropped)
@@ -92,10 +101,14 @@ class TelemetryIngest:
         self._served.pop(backend_id, None)
 
     def take(self, message: telemetry_pb2.TelemetryReport, stream: str, peer: str,
-             now: float, taken: Taken) -> None:
+             now: float, taken: Taken, may_report: Callable[[str], bool] | None = None
+             ) -> None:
         """Ingest ``message`` and the reports in its ``more`` (an agent's round) into
         ``taken``; a report for an unregistered backend raises ``InvalidRequest`` after
-        what came before it was ingested (``taken`` says how much)."""
+        what came before it was ingested (``taken`` says how much). ``may_report``: whether
+        this stream may report a backend (its registrant's lease token,
+        ``identity.Registrants.may_report``); a report it may not is ignored and counted, as
+        another agent's."""
         backends = self.fleet.backends
         labels: dict[str, str] = {}
         for report in (message, *message.more) if message.more else (message,):
@@ -108,6 +121,10 @@ class TelemetryIngest:
             label = labels.get(agent)
             if label is None:
                 label = labels[agent] = f"{agent or 'unnamed agent'} @ {peer}"
+            if may_report is not None and not may_report(bid):
+                taken.ignored += 1
+                self._not_holder(bid, label)
+                continue
             if not self.owners.admit(bid, stream, label, now):
                 taken.ignored += 1
                 continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 import uuid
@@ -34,7 +35,7 @@ from services.grpc_errors import AnyContext
 from services.placement import peer as peer_state
 from services.placement import replicate
 from services.placement.hub import RouteHub
-from services.placement.identity import EdgeRegions, Registrants
+from services.placement.identity import LEASE_KEY, EdgeRegions, Registrants, lease_digest
 from services.placement.ingest import Readings, Taken, TelemetryIngest
 from services.placement.metrics import PlacementMetrics
 from services.placement.shard import EVERY_REGION, Ownership, PeerRows
@@ -42,6 +43,16 @@ from services.placement.validate import check_backend, check_observations
 from services.security.identity import peer_address, peer_identities
 
 log = structlog.get_logger("switchyard.placement")
+
+def _lease(context: AnyContext | None) -> bytes:
+    """The digest of the caller's lease token (metadata ``LEASE_KEY``; b"" without one)."""
+    if context is None:
+        return b""
+    for key, value in context.invocation_metadata() or ():
+        if key == LEASE_KEY:
+            return lease_digest(value if isinstance(value, str) else value.decode())
+    return b""
+
 
 _SCOPES = {placement_pb2.AVAILABILITY_SCOPE_BACKEND: "backend",
            placement_pb2.AVAILABILITY_SCOPE_REGION: "region",
@@ -102,7 +113,7 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
         check_backend(b, self.builder.catalog, self.prices)
         self.shard.check(b.id, b.region)
         self.registrants.admit(b.id, b.endpoint, peer_identities(context), peer_address(context),
-                               self.clock(), self.fleet.backends.get(b.id))
+                               self.clock(), self.fleet.backends.get(b.id), _lease(context))
         self.fleet.register(backend_from_pb(b))
         log.info("backend_registered", backend=b.id, endpoint=b.endpoint, region=b.region)
         self._changed()
@@ -111,6 +122,9 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
     async def DeregisterBackend(self, request: placement_pb2.DeregisterBackendRequest,
                                 context: AnyContext
                                 ) -> placement_pb2.DeregisterBackendResponse:
+        self.registrants.may_deregister(request.backend_id, self.clock(),
+                                        self.fleet.backends.get(request.backend_id),
+                                        _lease(context))
         self.ingest.forget(request.backend_id)
         self.registrants.forget(request.backend_id)
         if not self.fleet.deregister(request.backend_id):
@@ -126,11 +140,12 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
         accepted = ignored = 0
         stream = uuid.uuid4().hex
         peer = peer_address(context)
+        may_report = functools.partial(self.registrants.may_report, token=_lease(context))
         try:
             async for message in request_iterator:
                 taken = Taken()
                 try:  # an agent's round may come as one message (TelemetryReport.more)
-                    self.ingest.take(message, stream, peer, self.clock(), taken)
+                    self.ingest.take(message, stream, peer, self.clock(), taken, may_report)
                 finally:  # what a batch took before a bad report counts and gets published
                     ignored += taken.ignored
                     if taken.used:
@@ -144,7 +159,9 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
             self.ingest.owners.release(stream)
         return telemetry_pb2.TelemetryAck(
             accepted=accepted, message=f"{ignored} reports ignored: another agent owns those "
-                                       "backends' telemetry" if ignored else "")
+                                       "backends' telemetry, or their registrant holds them "
+                                       "by a lease token this stream did not carry"
+            if ignored else "")
 
     async def ReportObservations(self, request: telemetry_pb2.ObservationReport,
                                  context: AnyContext) -> telemetry_pb2.ObservationAck:
