@@ -232,17 +232,17 @@ def _check_streams(s: telemetry_pb2.StreamObservation, where: str, deployment: s
 
 
 def gpu_problems(g: telemetry_pb2.GpuReading) -> list[tuple[str, str]]:
-    """Each field of ``g`` no GPU can report, with why: (field, what is wrong)."""
+    """Each field of ``g`` no GPU can report, with why: (field, what is wrong). An unset
+    field reads 0, within every bound, so only set fields can fail (no HasField per field:
+    placement runs this on every changed reading)."""
     out: list[tuple[str, str]] = []
-    has = g.HasField
     for name, low, high in _GPU_BOUNDS:
-        if has(name) and not low <= (value := getattr(g, name)) <= high:  # NaN fails too
+        if not low <= (value := getattr(g, name)) <= high:  # NaN fails too
             out.append((name, f"{value!r} must be finite and within [{low:g}, {high:g}]"))
-    if has("mem_total_bytes"):
-        for name in ("mem_used_bytes", "mem_free_bytes"):
-            if has(name) and getattr(g, name) > g.mem_total_bytes:
-                out.append((name, f"{getattr(g, name)} is over mem_total_bytes "
-                                  f"{g.mem_total_bytes}"))
+    total = g.mem_total_bytes
+    for name in ("mem_used_bytes", "mem_free_bytes"):
+        if getattr(g, name) > total and g.HasField("mem_total_bytes"):
+            out.append((name, f"{getattr(g, name)} is over mem_total_bytes {total}"))
     return out
 
 
