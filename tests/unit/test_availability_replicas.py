@@ -132,3 +132,27 @@ async def test_an_older_change_arriving_late_does_not_undo_a_newer_one(
         assert replicate.AT in (err.value.details() or "")
     finally:
         await b.stop(0)
+
+
+async def test_with_shards_a_drain_reaches_its_shards_standby_and_no_other_shard(
+        tmp_path: pathlib.Path) -> None:
+    """The peers are the shard's own replicas (``shard.shard_replicas``): a drain of a
+    backend of shard 1 made on its primary is on its standby when it returns; shard 0,
+    which does not own that backend, is not asked."""
+    from tests.unit.test_shard_placement import _two_shards
+
+    cfg, ports = _two_shards(tmp_path, standby=True)
+    east = await start_placement(cfg, port=ports[0], metrics_port=0)
+    rest = await start_placement(cfg, port=ports[1], metrics_port=0)
+    standby = await start_placement(cfg, port=ports[2], metrics_port=0)
+    try:
+        assert east.service.fanout is None  # alone in its shard: nobody to tell
+        assert rest.service.fanout is not None
+        assert [p.address for p in rest.service.fanout.peers] == [f"127.0.0.1:{ports[2]}"]
+        await _set(ports[1], _drain("west-cheap"))
+        assert standby.service.fleet.backends["west-cheap"].availability is \
+            Availability.DRAINED
+        assert "west-cheap" not in east.service.fleet.backends
+    finally:
+        for r in (east, rest, standby):
+            await r.stop(0)
