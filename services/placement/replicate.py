@@ -15,6 +15,11 @@ that did not answer is tried again, in order, with backoff, until it does, for a
 this replica runs. Each replica applies a change only when it is newer (``AT``) than the last
 it applied to the same scope and target, so a late retry never undoes a later change.
 
+Peers are addresses: behind one Service address (the Helm chart's shard Service, which a
+pod lists as its shard's replica) a forward reaches the one pod the Service picks, maybe the
+sender itself (applied again, harmless), not every pod; there, drain each pod, or list the
+pods' own addresses as replicas.
+
 A replica that starts later (or restarts) loads the state learned last among its own file
 and its peers' (``peer.warm_start``), availability included: a drain made while it was down
 is in it.
