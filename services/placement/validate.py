@@ -35,7 +35,8 @@ Every other number of an observation is bounded by what a real edge can send, so
 sum or average placement keeps can become inf or NaN (two 1e308 call rates summed into a
 slot share were inf, two 1e308 stream costs an infinite $ per 1M tokens):
 
-- ``p50_ms``, ``p95_ms``, ``rtt_ms`` at most ``MAX_MS`` (an hour: no call waits that long);
+- ``p50_ms``, ``p95_ms``, ``rtt_ms`` at most ``MAX_MS`` (10^12 ms, ~31 years: no edge
+  measured a call or stream that long, and a stream held open for days is still accepted);
 - ``calls_per_s`` at most ``MAX_CALLS_PER_S`` (a million calls a second to one
   deployment, past any edge);
 - ``failures`` at most ``MAX_COUNT``;
@@ -79,7 +80,8 @@ _HOST = re.compile(r"[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\]")
 MAX_SAMPLES = WINDOW  # latencies an edge keeps per deployment: the most it can report
 MAX_STREAM_WEIGHT = 1.0 / (1.0 - DECAY)  # the limit of an edge's decayed TPOT-fit weight
 MIN_OBSERVATIONS_CAP = 4096
-MAX_MS = 3_600_000.0  # an hour: no latency, RTT or token time an edge measures is longer
+MAX_MS = 1e12  # ~31 years: longer than any process runs (a stream held open for days is
+# still a real measurement, never refused), short enough that no sum placement keeps is inf
 MAX_CALLS_PER_S = 1e6  # calls a second one edge sends one deployment: past any edge
 MAX_COUNT = 10**12  # failures, stream attempts and tokens between two reports
 MAX_USD = 1e6  # $ of one deployment's GPU time between two reports

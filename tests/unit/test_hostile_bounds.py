@@ -67,11 +67,11 @@ def _learned(service: PlacementService) -> Iterator[float]:
 
 BAD = [
     ("calls_per_s", 1e308, "<= 1e+06"), ("calls_per_s", 1e6 + 1, "<= 1e+06"),
-    ("p95_ms", 1e308, "<= 3.6e+06"), ("rtt_ms", 1e300, "<= 3.6e+06"),
-    ("p50_ms", 4e6, "<= 3.6e+06"), ("failures", 2**64 - 1, "over 1e+12"),
-    ("streams.prefill_ms_per_token", math.nan, "+-3.6e+06"),
-    ("streams.tpot_base_ms", math.inf, "+-3.6e+06"),
-    ("streams.tpot_per_stream_ms", -1e308, "+-3.6e+06"),
+    ("p95_ms", 1e308, "<= 1e+12"), ("rtt_ms", 1e300, "<= 1e+12"),
+    ("p50_ms", 2e12, "<= 1e+12"), ("failures", 2**64 - 1, "over 1e+12"),
+    ("streams.prefill_ms_per_token", math.nan, "+-1e+12"),
+    ("streams.tpot_base_ms", math.inf, "+-1e+12"),
+    ("streams.tpot_per_stream_ms", -1e308, "+-1e+12"),
     ("streams.weight", math.nan, "finite and >= 0"),
     ("streams.weight", -1.0, "finite and >= 0"),
     ("streams.attempts", 2**64 - 1, "over 1e+12"),
