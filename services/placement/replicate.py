@@ -103,7 +103,7 @@ class AvailabilityFanout:
             done: asyncio.Future[bool] = loop.create_future()
             p.queue.put_nowait((request, at_ns, done))
             self.pending += 1
-            if p.task is None:
+            if p.task is None or p.task.done():  # (a task that failed is started again)
                 p.task = asyncio.create_task(self._run(p), name=f"availability-to-{p.address}")
             waits.append((p.address, done))
         if waits:
