@@ -1,10 +1,19 @@
 """A steady, bounded tritonclient load against the edges, recording every call.
 
-Calls are sent open-loop at ``rate`` per second (a ticker hands them to a fixed pool of
-threads, so a slow answer does not slow the arrival rate) until ``stop()`` or until
-``max_calls`` were sent. Every call is an ordinary ``tritonclient.grpc`` request with a
-gRPC deadline; the edge's trailers (``x-served-by``, ``x-attempts``, ``x-cost-usd``) say
-where it was served and how many attempts it took.
+Calls are sent open-loop at ``rate`` per second (a ticker hands them to a pool of threads,
+one per call that may be in flight, so a slow answer does not slow the arrival rate) until
+``stop()`` or until ``max_calls`` were sent. Every call is an ordinary ``tritonclient.grpc``
+request with a gRPC deadline; the edge's trailers (``x-served-by``, ``x-attempts``,
+``x-cost-usd``) say where it was served and how many attempts it took.
+
+What the mesh did and what this client could do are kept apart: a call's deadline and its
+latency run from when it left the client (``Call.started``), not from when the ticker
+scheduled it, and a call never waits for a thread behind calls the mesh is slow to answer
+(as many threads as calls may be in flight). So the time between its schedule and its
+start (``Call.lag_s``) is this process's own: a host too busy to run the client on time
+starts calls late, or drops ticks (``Load.skipped``), and a drill reports that shortfall as
+the client's; it never eats into the time the mesh had for a call, nor counts as a call the
+mesh lost.
 
 ``client_failover`` makes the client try the next edge address when the call failed before
 any edge routed it (UNAVAILABLE or CANCELLED with no Switchyard trailers: refused
@@ -50,7 +59,7 @@ class LoadSpec:
     rate: float = 40.0                   # calls per second
     deadline_s: float = 2.0              # gRPC deadline of every call
     slo_ms: float | None = None          # x-slo-ms header; None: the deadline is the SLO
-    concurrency: int = 16
+    concurrency: int = 64                # calls in flight at most, one thread each
     max_calls: int = 100_000
     client_failover: bool = False
 
@@ -60,7 +69,7 @@ class Call:
     """One call as the client saw it; times are seconds since the drill's clock zero."""
 
     seq: int
-    sent: float                          # when the ticker scheduled it (latency counts from here)
+    sent: float                          # when the ticker scheduled it
     done: float = 0.0
     status: str = "OK"
     served_by: str = ""                  # deployment id, "<backend>/<variant>"
@@ -70,7 +79,7 @@ class Call:
     edge: str = ""
     client_failover: bool = False
     detail: str = ""
-    started: float = -1.0                # when it left the client (a worker picked it up)
+    started: float = -1.0                # when it left the client (its deadline runs from here)
 
     @property
     def ok(self) -> bool:
@@ -78,7 +87,14 @@ class Call:
 
     @property
     def latency_ms(self) -> float:
-        return (self.done - self.sent) * 1000
+        """From when the call left the client to its answer: the time the mesh had it."""
+        return (self.done - self.left) * 1000
+
+    @property
+    def lag_s(self) -> float:
+        """How late the client itself started the call after the ticker scheduled it (a busy
+        host's thread scheduling): the client's, not the mesh's."""
+        return max(0.0, self.left - self.sent)
 
     @property
     def left(self) -> float:
@@ -104,9 +120,12 @@ class Load:
         self._lock = threading.Lock()
         self._clients = [tc.InferenceServerClient(a, channel_args=CLIENT_CHANNEL_ARGS)
                          for a in self.spec.edges]
+        # one thread per call that may be in flight: a call waits for none behind the calls
+        # the mesh is slow to answer, so any wait before it starts is this host's
         self._pool = ThreadPoolExecutor(self.spec.concurrency, thread_name_prefix="drill-load")
         self._ticker = threading.Thread(target=self._tick, name="drill-ticker", daemon=True)
-        self._inflight = threading.Semaphore(self.spec.concurrency * 4)
+        self._inflight = threading.Semaphore(self.spec.concurrency)
+        self.issued = 0  # calls handed to the pool; each one ends up in ``calls``
         self._seq = itertools.count()
         x = np.random.default_rng(1).standard_normal((1, self.spec.input_dim))
         self._data = x.astype(np.float32)
@@ -139,10 +158,11 @@ class Load:
             if self._stop.is_set():
                 return
             nxt += period
-            # Bounded: at most 4x concurrency calls queued or in flight, never an
-            # unbounded backlog when the mesh stops answering.
+            # Bounded: at most ``concurrency`` calls in flight, never an unbounded backlog
+            # when the mesh stops answering.
             if self._inflight.acquire(timeout=max(0.0, nxt - time.monotonic())):
                 self._pool.submit(self._one, next(self._seq), self.now())
+                self.issued += 1
             else:
                 with self._lock:
                     self.skipped.append(self.now())
@@ -170,8 +190,8 @@ class Load:
         if spec.slo_ms is not None:
             md.append(("x-slo-ms", f"{spec.slo_ms:g}"))
         call = Call(seq, sent)
-        call.started = self.now()  # a busy host can hold a scheduled call in the pool a while
-        end = call.sent + spec.deadline_s
+        call.started = self.now()  # a busy host can start a scheduled call late
+        end = call.started + spec.deadline_s  # the mesh gets the whole deadline
         order = range(len(self._clients)) if spec.client_failover else range(1)
         for i in order:
             remaining = end - self.now()

@@ -21,6 +21,7 @@ from services.drills.mesh import DrillError, MeshHandle
 from services.drills.report import (
     DrillReport,
     PhaseStats,
+    client_notes,
     describe_late,
     late_calls,
     learned_check,
@@ -114,11 +115,11 @@ def _run(h: MeshHandle, sc: Scenario, duration_s: float, rate: float, deadline_s
         t_end = load.now()
     finally:
         calls = load.stop()
-        skipped = list(load.skipped)
+        skipped, issued = list(load.skipped), load.issued
         ticker.stop()
         if fault is None:
             say("drill aborted before the fault; mesh untouched")
-    report = _report(sc, fault, calls, skipped, rate, deadline_s, slo_ms,
+    report = _report(sc, fault, calls, skipped, issued, rate, deadline_s, slo_ms,
                      (t_before, t_fault, t_restore, t_end), streak)
     say(report.table())
     _settle_after(h, report, settle_timeout_s, say)
@@ -133,7 +134,7 @@ def _busiest(calls: list[Call]) -> str:
 
 
 def _report(sc: Scenario, fault: object, calls: list[Call], skipped: list[float],
-            rate: float, deadline_s: float, slo_ms: float | None,
+            issued: int, rate: float, deadline_s: float, slo_ms: float | None,
             marks: tuple[float, float, float, float],
             streak: int) -> DrillReport:
     from services.drills.scenarios import Fault
@@ -143,12 +144,13 @@ def _report(sc: Scenario, fault: object, calls: list[Call], skipped: list[float]
     bounds = {"before": (t_before, t_fault), "during": (t_fault, t_restore),
               "after": (t_restore, t_end)}
     by_phase = split_phases(calls, marks)
-    phases = [PhaseStats.of(p, hi - lo, by_phase[p], sum(1 for t in skipped if lo <= t < hi))
-              for p, (lo, hi) in bounds.items()]
+    phases = [PhaseStats.of(p, hi - lo, by_phase[p], sum(1 for t in skipped if lo <= t < hi),
+                            rate) for p, (lo, hi) in bounds.items()]
     slow_ms = slow_threshold(by_phase["before"])
     reroute = time_to_reroute(calls, t_fault, t_restore, fault.backends, slow_ms, streak)
     checks = dict(fault.checks)
-    checks.update(load_checks(phases, rate))
+    checks.update(load_checks(phases, issued, len(calls), streak))
+    fault.notes += client_notes(phases)
     learned = fault.state.get("edges_learned_s")
     if isinstance(learned, float):  # a drain: calls sent once every edge knew it stay away
         checks.update(learned_check(calls, t_fault + learned, t_restore, fault.backends))

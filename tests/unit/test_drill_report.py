@@ -4,12 +4,15 @@ fails, saying why."""
 
 from __future__ import annotations
 
+import pytest
+
 from services.drills.load import Call
 from services.drills.report import (
     ROUTE_SLACK_S,
     DrillReport,
     PhaseStats,
     Reroute,
+    client_notes,
     learned_check,
     load_checks,
     split_phases,
@@ -106,11 +109,33 @@ def test_failed_check_failed_call_and_unsettled_load_each_fail() -> None:
                             "the load never settled away from the fault"]
 
 
-def test_load_checks_fail_a_phase_that_sent_too_little() -> None:
-    phases = [PhaseStats.of("before", 2.0, _calls(0, 2.0, every=1 / 30)),
-              PhaseStats.of("during", 2.0, _calls(2.0, 2.5, every=1 / 30))]
-    checks = load_checks(phases, rate=30.0)
-    assert list(checks.values()) == [True, False]
+def test_load_checks_fail_a_phase_the_load_did_not_measure_or_a_call_unaccounted() -> None:
+    phases = [PhaseStats.of("before", 2.0, _calls(0, 2.0, every=1 / 30), rate=30.0),
+              PhaseStats.of("during", 2.0, _calls(2.0, 2.2, every=1 / 30), rate=30.0)]
+    checks = load_checks(phases, issued=66, answered=66)
+    assert list(checks.values()) == [True, True, False]  # during: 6 calls, < 10
+    assert list(load_checks(phases[:1], issued=66, answered=65).values()) == [False, True]
+
+
+def test_the_clients_shortfall_is_reported_as_the_clients_not_counted_against_the_mesh(
+        ) -> None:
+    """A host too busy to run the load client: it sent 20 of the 60 calls planned for the
+    phase, each started 0.3 s after its schedule, and the mesh answered each in 30 ms. The
+    load measured the phase, nothing failed or was slow, and a note names the client's
+    shortfall. Before, the phase failed 'load ran (at least 80 % of the planned calls
+    sent)', and the calls' latency ran from their schedule (330 ms: slow, 'noticed')."""
+    calls = [Call(i, FAULT + 0.1 * i, FAULT + 0.1 * i + 0.33, served_by="b2/v", attempts=1,
+                  started=FAULT + 0.1 * i + 0.3) for i in range(20)]
+    during = PhaseStats.of("during", 2.0, calls, rate=30.0)
+    assert (during.sent, during.planned, during.failed, during.late) == (20, 60, 0, 20)
+    assert during.p99_ms == pytest.approx(30.0)
+    assert all(load_checks([during], issued=20, answered=20).values())
+    (note,) = client_notes([during])
+    assert "sent 20 of 60 planned" in note and "not calls the mesh lost" in note
+    assert time_to_reroute(calls, FAULT, END, {"b1"}, slow_ms=200).noticed == 0
+    slow = Call(99, FAULT + 2.5, FAULT + 2.9, served_by="b2/v", attempts=1,
+                started=FAULT + 2.6)  # the mesh took 300 ms: that is the mesh's
+    assert time_to_reroute([*calls, slow], FAULT, END, {"b1"}, slow_ms=200).noticed == 1
 
 
 def test_a_drain_allows_calls_routed_before_the_edges_learned_of_it_and_none_after() -> None:
