@@ -28,12 +28,12 @@ def erlang_c(servers: int, utilisation: float) -> float:
     if rho <= 0.0:
         return 0.0
     a = c * rho
-    term, below = 1.0, 1.0  # a^j / j!, and its sum over j < c
-    for j in range(1, c):
-        term *= a / j
-        below += term
-    top = term * a / c / (1.0 - rho)  # a^c / c! / (1 − ρ)
-    return top / (below + top)
+    # Erlang B by its recurrence B(j) = a·B(j−1) / (j + a·B(j−1)), then C from B: stable at
+    # any number of servers (the sum of a^j / j! overflows to NaN past ~750).
+    blocked = 1.0
+    for j in range(1, c + 1):
+        blocked = a * blocked / (j + a * blocked)
+    return blocked / (1.0 - rho * (1.0 - blocked))
 
 
 def wait_ms(service_ms: float, servers: int, utilisation: float, tail: float = TAIL) -> float:
