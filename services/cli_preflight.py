@@ -48,6 +48,7 @@ def listen_ports(cfg: MeshConfig) -> list[tuple[str, str, int]]:
             if j < len(s.metrics_ports):
                 out.append((f"placement.shards[{i}].metrics_ports[{j}]", host,
                             s.metrics_ports[j]))
+    out.append(("agent.metrics_port", cfg.agent.host, cfg.agent.metrics_port))
     for i, b in enumerate(cfg.backends):
         out.append((f"backends[{i}].grpc_port ({b.id})", b.host, b.grpc_port))
         out.append((f"backends[{i}].metrics_port ({b.id})", b.host, b.metrics_port))

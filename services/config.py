@@ -98,6 +98,12 @@ class EdgeConfig(_Strict):
     metrics_port: int = Field(default=0, ge=0, le=65535)
 
 
+class AgentConfig(_Strict):
+    """The node agent ``switchyard up`` runs for the file's backends."""
+    host: str = "127.0.0.1"
+    metrics_port: int = Field(default=0, ge=0, le=65535)  # its /metrics; 0: none served
+
+
 class ShardConfig(_Strict):
     """One placement shard: the backend regions it owns, served by ``replicas`` (host:port;
     the first is the primary, the rest standbys an edge or agent fails over to)."""
@@ -180,6 +186,7 @@ class MeshConfig(_Strict):
     backends: list[BackendConfig]
     edges: list[EdgeConfig] = []
     placement: PlacementConfig = PlacementConfig()
+    agent: AgentConfig = AgentConfig()
     routing: RoutingConfig = RoutingConfig()
     edge: EdgeRuntimeConfig = EdgeRuntimeConfig()
     wan: WanConfig = WanConfig()

@@ -63,8 +63,12 @@ class Mesh:
                                                             "--config", cfgp], "", "relay",
                               logs / "wan.log"))
         kids += self.placement_children()
+        agent = self.cfg.agent
         kids.append(Child("agent", [py, "-m", "services.agent", "--config", cfgp, "--backends",
-                                    ",".join(b.id for b in self.cfg.backends)], "", "agent",
+                                    ",".join(b.id for b in self.cfg.backends),
+                                    *(["--metrics-port", str(agent.metrics_port),
+                                       "--metrics-host", agent.host]
+                                      if agent.metrics_port else [])], "", "agent",
                           logs / "agent.log"))
         envoy = self.cfg.edge.engine == "envoy"  # Envoy configured by placement over xDS
         edge_cmd = [py, "-m", "services.edge.envoy"] if envoy else [py, "-m", "services.cli",
