@@ -10,6 +10,7 @@ import collections
 import contextlib
 import json
 import pathlib
+import signal
 import subprocess
 import sys
 import tomllib
@@ -19,14 +20,23 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+import pytest
 import tritonclient.grpc as tc
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from services.backends.triton import TritonProcess
 from services.config import MeshConfig
 from services.demo import infer_with_trailers
 from services.ports import free_port
-from tests.mesh_harness import Mesh, eventually, raw_infer, request_bytes, summarize_input
+from tests.mesh_harness import (
+    Mesh,
+    eventually,
+    mesh_config,
+    raw_infer,
+    request_bytes,
+    summarize_input,
+)
 
 EDGE = "edge-metered"
 STREAM = "/inference.GRPCInferenceService/ModelStreamInfer"
@@ -87,6 +97,35 @@ def pick(series: Series, name: str, **labels: str) -> float:
     """The sum of ``name``'s samples whose labels include ``labels``."""
     return sum(v for (n, ls), v in series.items()
                if n == name and labels.items() <= dict(ls).items())
+
+
+def edge_fixtures(name: str) -> tuple[Any, Any]:
+    """A test module's ``cfg`` (``mesh_config`` in a directory called ``name``) and ``edge``
+    (``edge_process`` on the module's mesh) fixtures, module-scoped:
+    ``cfg, edge = edge_fixtures("metrics_truth")``."""
+
+    @pytest.fixture(scope="module")
+    def cfg(tmp_path_factory: pytest.TempPathFactory) -> MeshConfig:
+        return mesh_config(tmp_path_factory.mktemp(name))
+
+    @pytest.fixture(scope="module")
+    def edge(mesh: Mesh, cfg: MeshConfig, tmp_path_factory: pytest.TempPathFactory
+             ) -> Iterator[Edge]:
+        with edge_process(mesh, cfg, tmp_path_factory.mktemp("edge_process")) as e:
+            yield e
+
+    return cfg, edge
+
+
+@contextlib.contextmanager
+def stopped(triton: TritonProcess) -> Iterator[None]:
+    """``triton`` stopped (SIGSTOP: its connections stay open and nothing answers) for the
+    block, continued (SIGCONT) after it, whatever the block raised."""
+    triton.kill(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        triton.kill(signal.SIGCONT)
 
 
 @contextlib.contextmanager

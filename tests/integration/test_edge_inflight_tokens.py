@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -26,14 +25,12 @@ import pytest
 import tritonclient.grpc as tc
 
 from services.backends.repository import set_control
-from services.config import MeshConfig
 from services.edge.tokens import llm_request
 from tests.llm_harness import PROMPT, run_stream
 from tests.mesh_harness import (
     INFER_PATH,
     Mesh,
     eventually,
-    mesh_config,
     raw_infer,
     request_bytes,
     summarize_input,
@@ -43,10 +40,11 @@ from tests.metrics_harness import (
     Edge,
     Series,
     delta,
-    edge_process,
+    edge_fixtures,
     pick,
     ready,
     served,
+    stopped,
     stream,
     unary,
 )
@@ -58,16 +56,7 @@ ONLY_WEST = (("x-allowed-regions", "r-west"),)
 HELD_TOKENS = 200  # an LLM stream this long cannot end before its backend parks it
 
 
-@pytest.fixture(scope="module")
-def cfg(tmp_path_factory: pytest.TempPathFactory) -> MeshConfig:
-    return mesh_config(tmp_path_factory.mktemp("inflight_tokens"))
-
-
-@pytest.fixture(scope="module")
-def edge(mesh: Mesh, cfg: MeshConfig, tmp_path_factory: pytest.TempPathFactory
-         ) -> Iterator[Edge]:
-    with edge_process(mesh, cfg, tmp_path_factory.mktemp("edge_process")) as e:
-        yield e
+cfg, edge = edge_fixtures("inflight_tokens")
 
 
 def inflight(series: Series) -> tuple[float, float]:
@@ -244,16 +233,12 @@ async def test_inflight_returns_to_zero_after_a_stream_the_edge_gives_up(
     backend it may use, is given up by the edge once the health checks find the backend
     unreachable: in flight until then, 0 after."""
     await ready(edge)
-    west = mesh.tritons[WEST]
     before = edge.series()
     async with grpc.aio.insecure_channel(edge.address) as ch:
-        west.kill(signal.SIGSTOP)
-        try:
+        with stopped(mesh.tritons[WEST]):
             _, given_up = await held_stream(ch, 20)
             await eventually(lambda: inflight(edge.series()) == (0, 1), 10, "the stream held")
             status = await given_up
-        finally:
-            west.kill(signal.SIGCONT)
     assert status == "UNAVAILABLE", status
     assert pick(delta(edge.series(), before), "switchyard_edge_streams_given_up_total",
                 backend=WEST) == 1

@@ -17,7 +17,8 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -129,32 +130,67 @@ class Sender:
             yield m
 
 
+@dataclass
+class MidStream:
+    """A 200-token stream whose backend a test broke after its first token: which backend,
+    and how the stream ended."""
+
+    backend: str
+    code: grpc.StatusCode
+    details: str
+    took: float  # seconds from the stream's start to its end
+    n: int  # responses read after the first
+    trailers: dict[str, Any]
+
+
+async def fault_mid_stream(mesh: EnvoyMesh, fault: Callable[[str], object],
+                           metadata: tuple[tuple[str, str], ...] = ()) -> MidStream:
+    """Open a 200-token stream (30 s deadline), ``fault`` its backend after the first token
+    and read the stream to its end."""
+    async with mesh.channel() as ch:
+        t0 = time.monotonic()
+        call = opened(ch, iter([llm_request("generate", PROMPT, 200)]), 30, metadata)
+        await call.read()
+        backend = str(dict(await call.initial_metadata())["x-served-by"]).split("/")[0]
+        fault(backend)
+        code, details, took, n = await outcome(call, t0)
+        trailers = dict(await call.trailing_metadata() or ())
+    return MidStream(backend, code, details, took, n, trailers)
+
+
+def stop(tritons: dict[str, TritonProcess], stopped: list[str]) -> Callable[[str], None]:
+    """The fault SIGSTOP: the backend's connection stays open and says nothing (``stopped``
+    continues it after the test)."""
+    def fault(backend: str) -> None:
+        os.kill(tritons[backend].pid, signal.SIGSTOP)
+        stopped.append(backend)
+    return fault
+
+
+async def continue_and_drained(mesh: EnvoyMesh, tritons: dict[str, TritonProcess],
+                               backend: str) -> None:
+    """No stream left open through Envoy; the stopped backend's attempt is drained (README:
+    at most 60 s), and once it runs again (SIGCONT) the drain ends and its slot is back."""
+    await eventually(lambda: asyncio.to_thread(lambda: active(mesh) == 0), 10,
+                     "Envoy has no slow-path stream open")
+    os.kill(tritons[backend].pid, signal.SIGCONT)
+    await eventually(lambda: not mesh.slow.router.upstreams.draining, 30,
+                     "the stopped backend's drain ends once it runs again")
+
+
 async def test_a_backend_stopped_mid_stream_resumes_elsewhere_long_before_the_deadline(
         mesh: EnvoyMesh, tritons: dict[str, TritonProcess], stopped: list[str]) -> None:
     """SIGSTOP: the backend's connection stays open and says nothing. The slow path gives the
     attempt up (2 s silent on a backend its health checks find unreachable) and the LLM
     stream resumes on the other backend: every token, OK, well within the 30 s deadline."""
-    async with mesh.channel() as ch:
-        t0 = time.monotonic()
-        call = opened(ch, iter([llm_request("generate", PROMPT, 200)]), 30)
-        await call.read()
-        backend = str(dict(await call.initial_metadata())["x-served-by"]).split("/")[0]
-        os.kill(tritons[backend].pid, signal.SIGSTOP)
-        stopped.append(backend)
-        code, details, took, n = await outcome(call, t0)
-        trailers = dict(await call.trailing_metadata() or ())
-    assert code is grpc.StatusCode.OK, details
-    assert n + 1 == 200 and trailers["x-tokens-out"] == "200"
-    assert trailers["x-resumed"] == "1" and not trailers["x-served-by"].startswith(backend)
+    got = await fault_mid_stream(mesh, stop(tritons, stopped))
+    trailers = got.trailers
+    assert got.code is grpc.StatusCode.OK, got.details
+    assert got.n + 1 == 200 and trailers["x-tokens-out"] == "200"
+    assert trailers["x-resumed"] == "1" and not trailers["x-served-by"].startswith(got.backend)
     assert trailers["x-switchyard-path"] == "slow"
-    assert took < 15, f"{took:.1f} s"
-    await eventually(lambda: asyncio.to_thread(lambda: active(mesh) == 0), 10,
-                     "Envoy has no slow-path stream open")
-    # the stopped backend's attempt is drained (README: at most 60 s); once it runs again
-    # the drain ends and its slot is back
-    os.kill(tritons[backend].pid, signal.SIGCONT)
-    await eventually(lambda: not mesh.slow.router.upstreams.draining, 30,
-                     "the stopped backend's drain ends once it runs again")
+    assert got.took < 15, f"{got.took:.1f} s"
+    await continue_and_drained(mesh, tritons, got.backend)
 
 
 async def test_a_stream_that_cannot_resume_ends_unavailable_when_its_backend_stops(
@@ -164,23 +200,12 @@ async def test_a_stream_that_cannot_resume_ends_unavailable_when_its_backend_sto
     east = (("x-allowed-regions", "r-east"),)
     # a backend an earlier test stopped is healthy again in the slow path's checks
     await eventually(lambda: served_stream(mesh, 2, east), 30, "r-east serves a stream")
-    async with mesh.channel() as ch:
-        t0 = time.monotonic()
-        call = opened(ch, iter([llm_request("generate", PROMPT, 200)]), 30, east)
-        await call.read()
-        backend = str(dict(await call.initial_metadata())["x-served-by"]).split("/")[0]
-        os.kill(tritons[backend].pid, signal.SIGSTOP)
-        stopped.append(backend)
-        code, details, took, _ = await outcome(call, t0)
-        trailers = dict(await call.trailing_metadata() or ())
-    assert code is grpc.StatusCode.UNAVAILABLE, (code, details)
-    assert f"{backend} sent nothing for" in details and trailers["x-switchyard-path"] == "slow"
-    assert took < 15, f"{took:.1f} s"
-    await eventually(lambda: asyncio.to_thread(lambda: active(mesh) == 0), 10,
-                     "Envoy has no slow-path stream open")
-    os.kill(tritons[backend].pid, signal.SIGCONT)
-    await eventually(lambda: not mesh.slow.router.upstreams.draining, 30,
-                     "the stopped backend's drain ends once it runs again")
+    got = await fault_mid_stream(mesh, stop(tritons, stopped), east)
+    assert got.code is grpc.StatusCode.UNAVAILABLE, (got.code, got.details)
+    assert (f"{got.backend} sent nothing for" in got.details
+            and got.trailers["x-switchyard-path"] == "slow")
+    assert got.took < 15, f"{got.took:.1f} s"
+    await continue_and_drained(mesh, tritons, got.backend)
 
 
 async def test_a_half_closed_stream_never_read_ends_at_its_deadline_and_leaves_nothing(
@@ -308,25 +333,26 @@ async def test_a_fast_path_call_that_never_sends_its_message_is_unavailable_sayi
     Envoy ends it after its stream idle timeout, UNAVAILABLE saying so and counted as an
     idle timeout; a Python edge waits for the caller's deadline (README). Before the
     listener mapped Envoy's 408, the caller saw UNKNOWN "stream timeout"."""
+    async def silent_infer(ch: grpc.aio.Channel, timeout: float
+                           ) -> tuple[grpc.StatusCode, str, float]:
+        """A ModelInfer that never sends its message: code, message, seconds it took."""
+        silent = Sender()
+        call = opened(ch, silent.requests(), timeout, path=INFER)
+        code, details, took, _ = await outcome(call, time.monotonic())
+        await silent.queue.put(None)
+        return code, details, took
+
     idle = "http.switchyard.downstream_rq_idle_timeout"
     before = await asyncio.to_thread(mesh.envoy_stat, idle)
     async with mesh.channel() as ch:
-        silent = Sender()
-        t0 = time.monotonic()
-        call = opened(ch, silent.requests(), 10 * IDLE_S, path=INFER)
-        code, details, took, _ = await outcome(call, t0)
-        await silent.queue.put(None)
+        code, details, took = await silent_infer(ch, 10 * IDLE_S)
     assert code is grpc.StatusCode.UNAVAILABLE, (code, details)
     assert "stream idle timeout" in details and took < 10 * IDLE_S
     assert await asyncio.to_thread(mesh.envoy_stat, idle) == before + 1
     await settled(mesh)
     # the same call to a Python edge (the slow path itself) ends at the caller's deadline
     async with grpc.aio.insecure_channel(f"127.0.0.1:{mesh.slow.port}") as ch:
-        silent = Sender()
-        t0 = time.monotonic()
-        call = opened(ch, silent.requests(), 2 * IDLE_S, path=INFER)
-        code, details, took, _ = await outcome(call, t0)
-        await silent.queue.put(None)
+        code, details, took = await silent_infer(ch, 2 * IDLE_S)
     assert code is grpc.StatusCode.DEADLINE_EXCEEDED, (code, details)
     assert took > 2 * IDLE_S - 0.1
 
@@ -336,17 +362,10 @@ async def test_a_backend_killed_mid_stream_resumes_elsewhere(
     """SIGKILL (last: the module's backends are not needed after it): the connection
     closes, the stream resumes on the other backend at once."""
     counts = await asyncio.to_thread(slow_path_counts, mesh)
-    async with mesh.channel() as ch:
-        t0 = time.monotonic()
-        call = opened(ch, iter([llm_request("generate", PROMPT, 200)]), 30)
-        await call.read()
-        backend = str(dict(await call.initial_metadata())["x-served-by"]).split("/")[0]
-        tritons[backend].kill()
-        code, details, took, n = await outcome(call, t0)
-        trailers = dict(await call.trailing_metadata() or ())
-    assert code is grpc.StatusCode.OK, details
-    assert n + 1 == 200 and trailers["x-resumed"] == "1"
-    assert took < 10, f"{took:.1f} s"
+    got = await fault_mid_stream(mesh, lambda backend: tritons[backend].kill())
+    assert got.code is grpc.StatusCode.OK, got.details
+    assert got.n + 1 == 200 and got.trailers["x-resumed"] == "1"
+    assert got.took < 10, f"{got.took:.1f} s"
     await settled(mesh)
     # Envoy saw one slow-path stream, ended by the slow path, not reset on either side
     after = await asyncio.to_thread(slow_path_counts, mesh)

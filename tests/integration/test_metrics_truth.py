@@ -23,7 +23,7 @@ import signal
 import string
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -32,18 +32,19 @@ import pytest_asyncio
 
 from services.config import MeshConfig
 from tests.envoy_harness import EnvoyMesh, running_envoy_mesh
-from tests.mesh_harness import Mesh, eventually, mesh_config, raw_infer, request_bytes
+from tests.mesh_harness import Mesh, eventually, raw_infer, request_bytes
 from tests.metrics_harness import (
     CALLERS,
     Edge,
     Seen,
     check_calls,
     delta,
-    edge_process,
+    edge_fixtures,
     pick,
     placement_series,
     ready,
     served,
+    stopped,
     stream,
     unary,
 )
@@ -58,16 +59,7 @@ CALL_FIELDS = LOG_FIELDS | {"request_id", "model", "deployment", "region", "atte
                             "status"}
 
 
-@pytest.fixture(scope="module")
-def cfg(tmp_path_factory: pytest.TempPathFactory) -> MeshConfig:
-    return mesh_config(tmp_path_factory.mktemp("metrics_truth"))
-
-
-@pytest.fixture(scope="module")
-def edge(mesh: Mesh, cfg: MeshConfig, tmp_path_factory: pytest.TempPathFactory
-         ) -> Iterator[Edge]:
-    with edge_process(mesh, cfg, tmp_path_factory.mktemp("edge_process")) as e:
-        yield e
+cfg, edge = edge_fixtures("metrics_truth")
 
 
 # -- the audit ---------------------------------------------------------------------------
@@ -115,14 +107,10 @@ async def test_a_caller_deadline_too_short_is_counted_once(mesh: Mesh, edge: Edg
     the edge's handler runs: then the edge never saw them and cannot count them)."""
     await ready(edge)
     before = edge.series()
-    west = mesh.tritons["west-cheap"]
     async with grpc.aio.insecure_channel(edge.address) as ch:
-        west.kill(signal.SIGSTOP)
-        try:
+        with stopped(mesh.tritons["west-cheap"]):
             seen = list(await asyncio.gather(*(
                 unary(ch, [("x-allowed-regions", "r-west")], timeout=0.3) for _ in range(3))))
-        finally:
-            west.kill(signal.SIGCONT)
         for _ in range(3):
             seen.append(await unary(ch, timeout=0.0005))
     assert {s.status for s in seen} == {"DEADLINE_EXCEEDED"}, seen
@@ -214,13 +202,9 @@ async def test_a_stream_on_a_silent_backend_is_counted_as_its_caller_saw_it(
     the stream never moved: its caller waited out its deadline."""
     await ready(edge)
     before = edge.series()
-    west = mesh.tritons["west-cheap"]
     async with grpc.aio.insecure_channel(edge.address) as ch:
-        west.kill(signal.SIGSTOP)
-        try:
+        with stopped(mesh.tritons["west-cheap"]):
             seen = await stream(ch, timeout=5)
-        finally:
-            west.kill(signal.SIGCONT)
     assert (seen.status, seen.trailers.get("x-served-by"), seen.attempts) == (
         "OK", "east-fast/generate-small", 2), seen
     await eventually(lambda: pick(delta(edge.series(), before),
