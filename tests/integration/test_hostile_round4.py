@@ -9,6 +9,7 @@ stream is its slow path's from its first message: README, "Envoy edges").
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -137,3 +138,46 @@ async def test_streams_whose_callers_deadline_expires_mid_generation_leave_backe
         got = [r async for r in stream(iter([llm_request("generate", [1, 2, 3], 4)]),
                                        timeout=20)]
         assert len(got) == 4
+
+
+HELD_S = 60.0  # past the 30-50 s after which Triton sent the edge's pinging connection away
+
+
+async def test_a_stream_its_caller_holds_open_lives_until_its_deadline(
+        mesh: EnvoyMesh, engines: dict[str, grpc.aio.Channel], records: list[CallRecord]) -> None:
+    """A caller that gets its 4 tokens and keeps the stream open without a word (it may send
+    another request) sees the stream end at its own deadline, DEADLINE_EXCEEDED, on both
+    engines. The edge pinged its connection to the backend every 10 s while a call was in
+    flight; Triton's default policy sends a client that pings more often than every 5 min
+    without data away (GOAWAY too_many_pings, 2 strikes), so 30-50 s into the silence the
+    connection closed under every call on it: both streams ended OK ~30 s in, their callers
+    never having closed them (a silent unary call there ended UNAVAILABLE, held against the
+    backend). Fails on the old edge (OK after ~30 s)."""
+    async def held(ch: grpc.aio.Channel, request_id: str) -> tuple[str, int, float]:
+        stream: Any = ch.stream_stream(STREAM, request_serializer=None,
+                                       response_deserializer=None)
+        quiet: asyncio.Event = asyncio.Event()
+
+        async def requests() -> AsyncIterator[bytes]:
+            yield llm_request("generate", [1, 2, 3], 4)
+            await quiet.wait()  # never set: the caller neither sends more nor half-closes
+
+        t0 = time.monotonic()
+        call = stream(requests(), timeout=HELD_S, metadata=(("x-request-id", request_id),))
+        n = 0
+        try:
+            async for _ in call:
+                n += 1
+        except grpc.aio.AioRpcError:
+            pass
+        return (await call.code()).name, n, time.monotonic() - t0
+
+    router = mesh.slow.router
+    got = await asyncio.gather(*(held(ch, f"held-{e}") for e, ch in engines.items()))
+    assert [(code, n) for code, n, _ in got] == [("DEADLINE_EXCEEDED", 4)] * 2, got
+    assert all(HELD_S - 1 < took < HELD_S + 5 for _, _, took in got), got
+    await eventually(lambda: sum(r.request_id.startswith("held-") for r in records) == 2, 10,
+                     "both streams recorded")
+    assert {r.status for r in records if r.request_id.startswith("held-")} == {
+        "DEADLINE_EXCEEDED"}
+    assert not router.blocked
