@@ -10,6 +10,7 @@ stream is its slow path's from its first message: README, "Envoy edges").
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -24,7 +25,8 @@ from services.edge.router import CallRecord
 from services.edge.tokens import llm_request
 from services.edge.upstream import STREAM
 from tests.envoy_harness import EnvoyMesh, running_envoy_mesh
-from tests.mesh_harness import eventually, mesh_config
+from tests.mesh_harness import INFER_PATH as INFER
+from tests.mesh_harness import eventually, mesh_config, request_bytes
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -181,3 +183,41 @@ async def test_a_stream_its_caller_holds_open_lives_until_its_deadline(
     assert {r.status for r in records if r.request_id.startswith("held-")} == {
         "DEADLINE_EXCEEDED"}
     assert not router.blocked
+
+
+UNCLOSED_S = 5.0
+
+
+async def test_a_model_infer_never_half_closed_is_answered_by_python_and_waits_on_envoy(
+        mesh: EnvoyMesh, engines: dict[str, grpc.aio.Channel]) -> None:
+    """A ModelInfer whose caller sends its message and never half-closes the call (no gRPC
+    library does; a hand-made HTTP/2 client can): a Python edge reads the one message and
+    answers at once; Envoy's fast path reads the request to its end (the listener Lua's
+    buffered body) and waits for an end that never comes, until the caller's deadline
+    (README, "Envoy edges"). Pinned so the README stays true; with a slow-path hint the
+    Envoy edge answers at once, as the Python edge does."""
+    async def unclosed(ch: grpc.aio.Channel, md: tuple[tuple[str, str], ...]
+                       ) -> tuple[str, float]:
+        quiet: asyncio.Event = asyncio.Event()
+
+        async def requests() -> AsyncIterator[bytes]:
+            yield request_bytes()
+            await quiet.wait()  # never set: no half-close
+
+        infer: Any = ch.stream_stream(INFER, request_serializer=None,
+                                      response_deserializer=None)
+        t0 = time.monotonic()
+        call = infer(requests(), timeout=UNCLOSED_S, metadata=md)
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            async for _ in call:
+                pass
+        return (await call.code()).name, time.monotonic() - t0
+
+    slow = (("x-min-quality", "0.85"),)
+    got = {(e, bool(md)): await unclosed(ch, md) for e, ch in engines.items()
+           for md in ((), slow)}
+    codes = {k: code for k, (code, _) in got.items()}
+    assert codes == {("python", False): "OK", ("python", True): "OK",
+                     ("envoy", False): "DEADLINE_EXCEEDED", ("envoy", True): "OK"}, got
+    assert got[("envoy", False)][1] > UNCLOSED_S - 0.5, got
+    assert all(took < UNCLOSED_S / 2 for k, (code, took) in got.items() if code == "OK"), got
