@@ -49,7 +49,7 @@ from benchmarks.costsim.misses import CAUSES, TracedSimulation, causes, classify
 from benchmarks.costsim.runner import make_policy
 from benchmarks.costsim.scenario import Scenario
 from benchmarks.costsim.trace import generate, outage_windows
-from placement import feedback, latency, meet, pipeline, queueing, reserve, routes, shares
+from placement import feedback, latency, meet, model, pipeline, queueing, reserve, routes, shares
 from placement.feedback import SloFeedback
 from placement.filters import slo
 from placement.framework import Filter
@@ -239,6 +239,20 @@ def _mix_queue() -> None:
     routes.MIX_QUEUE = True
 
 
+def _mix_wait(on: bool, at_least_own: bool = True, strict: bool = True
+              ) -> Callable[[], None]:
+    """Rows with their backend's mix (``routes.MIX_WAIT``): the edge's per-call wait at the
+    mean service time of the calls ahead (``Candidate.ahead_ms``); ``at_least_own``: only
+    where it is longer than the row's own compute (``routes.MIX_AT_LEAST_OWN``); ``strict``
+    False: the fallback's wait only, not the strict test's worst case
+    (``model.WORST_CASE_AT_MIX``)."""
+    def apply() -> None:
+        routes.MIX_WAIT = on
+        routes.MIX_AT_LEAST_OWN = at_least_own
+        model.WORST_CASE_AT_MIX = strict
+    return apply
+
+
 def _no_slow_start() -> None:
     """The simulator before it ran the edge's slow start (``policies.SLOW_START`` off)."""
     policies.SLOW_START = False
@@ -273,6 +287,10 @@ VARIANTS: dict[str, Callable[[], None]] = {
     "prior-pool-z1.65": _prior(True, 1.645),
     "prior-z1.65": _prior(False, 1.645),
     "mix-queue": _mix_queue,
+    "mix-wait": _mix_wait(True),
+    "mix-wait-mean": _mix_wait(True, at_least_own=False),
+    "mix-wait-fallback": _mix_wait(True, strict=False),
+    "mix-wait-fallback-mean": _mix_wait(True, at_least_own=False, strict=False),
     "fallback-fastest": _fallback_fastest,
     "fallback-chance": _fallback_chance(),
     "fallback-chance-idle-first": _fallback_chance(idle_first=True),

@@ -13,8 +13,10 @@ weighted by their chance:
 - latency = ``rtt + W + S``: ``S`` the service time, lognormal with the row's mean compute
   and the spread that puts its p95 where the row's p95 is (``CallContext.p95_ms``, the
   edge's own observation when it has one, less ``rtt`` and the table's queue; ``sigma``);
-- ``W`` the backend's wait, M/M/c (``queueing.erlang_c``) over its ``concurrency`` servers
-  at the utilisation the table reports (``spare_capacity``) plus this edge's calls past
+- ``W`` the backend's wait, M/M/c (``queueing.erlang_c``) over its ``concurrency`` servers,
+  each call ahead served in the mean service time of the backend's mix of variants
+  (``Candidate.ahead_ms``; the row's own compute when the mix is not known), at the
+  utilisation the table reports (``spare_capacity``) plus this edge's calls past
   its share, this one included (``excess``; every call the edge sends counts there at
   once, so its next call sees the backend fuller: the choice does not herd one edge onto
   the best row), its mean no shorter than the table's measured queue; 0 chance at or past
@@ -190,7 +192,8 @@ def chance(c: Candidate, ctx: CallContext, idle: bool = False,
     waits = queueing.erlang_c(servers, rho)
     if waits <= 0.0:
         return served
-    rate = servers * (1.0 - rho) / mean  # of the exponential wait of a call that waits
+    # of the exponential wait of a call that waits: the calls ahead are the backend's mix
+    rate = servers * (1.0 - rho) / max(c.ahead_ms, 1e-3)
     if c.queue_ms > 0:  # no shorter than the backend's measured mean wait
         rate = min(rate, waits / c.queue_ms)
     within = 0.0

@@ -15,6 +15,10 @@ from dataclasses import dataclass, field
 from placement.token_learning import TokenSpeed
 
 HARDWARE_PENALTY_PREFIX = "GPU "  # placement.hardware's penalty reasons start with it
+# ``CallContext.latency_ms``'s worst case past the share waits for the backend's mix
+# (``Candidate.ahead_ms``) rather than the row's own compute; False: only the fallback's
+# wait does (``placement.meet``). See ``placement.routes.MIX_WAIT``.
+WORST_CASE_AT_MIX = True
 
 
 class Availability(enum.IntEnum):
@@ -85,7 +89,17 @@ class Candidate:
     penalty_reason: str = ""
     concurrency: int = 1
     edge_slots: float = 0.0  # this edge's share of the backend's ``concurrency``; 0 = all
+    # the mean service time of the calls the backend serves, every variant (its FIFO's mix,
+    # ``routes.mix_ms``); 0 = not known: the row's own ``compute_ms`` (``ahead_ms``)
+    mix_compute_ms: float = 0.0
     tokens: TokenSpeed | None = None  # LLM streams: the fleet's learned token speed
+
+    @property
+    def ahead_ms(self) -> float:
+        """The mean service time of a call ahead of this one in the backend's FIFO: every
+        variant on the backend shares its servers, so the mix's (``mix_compute_ms``) when
+        known, else this row's own compute."""
+        return self.mix_compute_ms or self.compute_ms
 
     @property
     def slots(self) -> float:
@@ -152,7 +166,9 @@ class CallContext:
           is not known before the next table, and a call that takes it makes every later
           call on the backend wait, loose or tight (one FIFO). So the edge does not plan on
           it (risk-aware headroom): it expects the worst case, every slot busy ahead of its
-          excess, ``(n - k + 1) × concurrency × compute / k``, which removes the row for
+          excess, ``(n - k + 1) × concurrency × ahead / k`` (``ahead``: the mean service
+          time of the backend's mix of calls, ``Candidate.ahead_ms``; the calls ahead may be
+          other variants', longer or shorter than this one), which removes the row for
           any SLO that can be met elsewhere and orders the fallback by how far past its
           share each row is.
 
@@ -167,7 +183,8 @@ class CallContext:
         whole = math.floor(k)
         if n < whole or (n < math.ceil(k) and self.draw < k - whole):
             return lat
-        return lat + (n - k + 1) * max(c.concurrency, 1) * c.compute_ms / k
+        ahead = c.ahead_ms if WORST_CASE_AT_MIX else c.compute_ms
+        return lat + (n - k + 1) * max(c.concurrency, 1) * ahead / k
 
     def p95_ms(self, c: Candidate) -> float:
         """``c``'s p95 with no queue of this edge's own: what this edge observed there when

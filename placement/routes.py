@@ -30,6 +30,14 @@ PRIOR_Z = 0.0
 # A backend's modelled queue at the mean service time of the calls it serves (every variant
 # shares its FIFO), not this variant's own: off, see ``placement.prior``.
 MIX_QUEUE = False
+# Rows carry their backend's mix (``Candidate.mix_compute_ms``, ``ahead_ms``) so an edge's
+# per-call wait (its calls past its share, the fallback's M/M/c wait) is priced at the
+# service time of the calls ahead of it in the backend's FIFO, every variant's, when that
+# is longer than the row's own (``MIX_AT_LEAST_OWN``; off: the mix even when shorter).
+# benchmarks/RESULTS.md, 'Cost: the wait behind the backend's other variants'.
+MIX_WAIT = False
+MIX_AT_LEAST_OWN = True
+MIX_LONGER = 1.1  # a mix within 10 % of the row's own compute is the row's own (0: no churn)
 
 # (accelerator, variant) -> [(backend id, mean compute ms, samples)] of measured deployments
 Pools = dict[tuple[str, str], list[tuple[str, float, float]]]
@@ -131,6 +139,7 @@ class RouteBuilder:
             dropped_reason=self._dropped(state, v, usd_s, verdict.removed if verdict else ""),
             availability=state.availability, penalty_reason=penalty_reason,
             concurrency=b.max_concurrency,
+            mix_compute_ms=ahead_mix(state, compute) if MIX_WAIT else 0.0,
             edge_slots=_slots(b.max_concurrency
                               * self.fleet.slot_share(edge_region, deployment_id, now,
                                                       len(self.catalog.regions))
@@ -220,6 +229,18 @@ def mix_ms(state: BackendState) -> float:
     rps = sum(v.rps for v in state.loads.values())
     busy = sum(v.busy_fraction for v in state.loads.values())
     return 1000.0 * busy / rps if rps > 0 else 0.0
+
+
+def ahead_mix(state: BackendState, compute_ms: float) -> float:
+    """A row's ``Candidate.mix_compute_ms``: the mean service time of the calls ahead of one
+    of its calls in the backend's FIFO (``mix_ms``, two significant digits), 0 (the row's
+    own compute) when the mix is not over ``MIX_LONGER`` × its own compute (with
+    ``MIX_AT_LEAST_OWN``; else whenever the backend has served calls). A one-variant
+    backend's rows keep 0 and do not change with its mix's noise."""
+    mix = mix_ms(state)
+    if mix <= 0 or (MIX_AT_LEAST_OWN and mix <= MIX_LONGER * compute_ms):
+        return 0.0
+    return _slots(mix)
 
 
 def _slots(x: float) -> float:
