@@ -153,9 +153,11 @@ class HealthChecker:
     def __init__(self, store: RouteStore, upstreams: Upstreams, health: HealthView,
                  link: RttSink, interval_s: float = 0.25, timeout_s: float = 0.5,
                  stalls: StallWatch | None = None,
-                 given_up: Callable[[str, int], None] = lambda backend, n: None) -> None:
+                 given_up: Callable[[str, int], None] = lambda backend, n: None,
+                 call_stalls: StallWatch | None = None) -> None:
         """``stalls``: the stream attempts to give up on a backend found unreachable;
-        ``given_up(backend, n)`` when ``n`` of them were (a metric)."""
+        ``given_up(backend, n)`` when ``n`` of them were (a metric); ``call_stalls``: the
+        unary attempts to give up there (logged)."""
         self.store = store
         self.upstreams = upstreams
         self.health = health
@@ -164,6 +166,7 @@ class HealthChecker:
         self.timeout_s = timeout_s
         self.stalls = stalls
         self.given_up = given_up
+        self.call_stalls = call_stalls
 
     async def run(self) -> None:
         while True:
@@ -198,3 +201,7 @@ class HealthChecker:
             log.warning("streams_given_up", backend=backend_id, streams=n,
                         silent_s=self.stalls.silent_s)
             self.given_up(backend_id, n)
+        calls = self.call_stalls
+        if unreachable and calls is not None and self.health.failing(backend_id) and (
+                n := calls.sweep(backend_id, f"last: {detail} after {took_ms:.0f} ms")):
+            log.warning("calls_given_up", backend=backend_id, calls=n, silent_s=calls.silent_s)

@@ -218,7 +218,8 @@ async def start_edge(cfg: MeshConfig, edge: EdgeConfig, port: int | None = None,
                              streams=router.streams)
     checker = HealthChecker(store, upstreams, health, link, rt.health_interval_s,
                             stalls=router.stalls,
-                            given_up=lambda b, n: metrics.streams_given_up.labels(b).inc(n))
+                            given_up=lambda b, n: metrics.streams_given_up.labels(b).inc(n),
+                            call_stalls=router.call_stalls)
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", transport.receive_limit(rt.max_message_bytes)),
         ("grpc.max_send_message_length", rt.max_message_bytes),

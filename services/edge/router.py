@@ -114,6 +114,12 @@ class CallRecord:
 # deadline and the edge hears a cancel (a stream counted CANCELLED 5 ms before its deadline
 # while its caller saw DEADLINE_EXCEEDED).
 DEADLINE_SLACK_S = 0.1
+# A unary attempt silent this long on a backend its health checks find unreachable is given
+# up (``stalls``; streams: 2 s, since tokens show a stream's progress and a call's answer is
+# all it sends back). About what the 10 s keepalive pings found before they went every
+# 5.5 min (``upstream.TRITON_KEEPALIVE``): a call with no deadline on its last attempt to a
+# stopped backend waited for them.
+CALL_SILENT_S = 10.0
 
 
 def status_name(exc: BaseException, tries: CallAttempts | None, now: float) -> str:
@@ -161,6 +167,8 @@ class Router:
         self.feedback = SloFeedback()  # margins learned from SLO misses (placement.feedback)
         self.streams = StreamStats()  # LLM streams: loads, token estimates, prefix holders
         self.stalls = StallWatch(clock)  # stream attempts waiting on each backend
+        # unary attempts, given up later: a call sends nothing back until its answer
+        self.call_stalls = StallWatch(clock, CALL_SILENT_S, "call")
         self.panics = 0  # calls sent to an ejected deployment: nothing else was left
 
     @property
@@ -295,12 +303,24 @@ class Router:
         t0 = self.clock()
         dep = c.deployment_id
         self.inflight[dep] = self.inflight.get(dep, 0) + 1
+        watch = self.call_stalls.watch(c.backend_id)
+        call = self.upstreams.get(c.endpoint).infer(rewrite_model_name(raw, model, c.variant),
+                                                    timeout=timeout_s)
+        watch.aborted.add_done_callback(lambda f: f.cancelled() or call.cancel())
         try:
-            response: bytes = await self.upstreams.get(c.endpoint).infer(
-                rewrite_model_name(raw, model, c.variant), timeout=timeout_s)
+            response: bytes = await call
         except grpc.aio.AioRpcError as err:
             raise local_refusal(err, c) or AttemptFailed(c, err) from None
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if (task is None or task.cancelling()) or not watch.aborted.done() or (
+                    watch.aborted.cancelled()):
+                raise  # the caller's cancel (or a hedge's loser), not a give-up
+            raise AttemptFailed(c, grpc.aio.AioRpcError(
+                grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(),
+                details=watch.aborted.result())) from None
         finally:
+            self.call_stalls.done(watch)
             self.inflight[dep] -= 1
         self.observe_success(c, (self.clock() - t0) * 1000)
         return response

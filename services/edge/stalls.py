@@ -43,9 +43,12 @@ class Watch:
 
 class StallWatch:
     def __init__(self, clock: Callable[[], float] = time.monotonic,
-                 silent_s: float = SILENT_S) -> None:
+                 silent_s: float = SILENT_S, what: str = "stream") -> None:
+        """``what``: the attempts watched (``stream``; ``call``, the unary ones), as the
+        abort's reason names them."""
         self.clock = clock
         self.silent_s = silent_s
+        self.what = what
         self._by_backend: dict[str, set[Watch]] = {}
         self.aborted = 0  # stream attempts aborted so far
 
@@ -67,7 +70,7 @@ class StallWatch:
         return len(self._by_backend.get(backend_id, ()))
 
     def sweep(self, backend_id: str, why: str) -> int:
-        """``backend_id`` failed a check unreachable while counted failing: abort its stream
+        """``backend_id`` failed a check unreachable while counted failing: abort its
         attempts silent for ``silent_s``. Returns how many."""
         now, n = self.clock(), 0
         for w in list(self._by_backend.get(backend_id, ())):
@@ -75,7 +78,7 @@ class StallWatch:
             if silent >= self.silent_s and not w.aborted.done():
                 w.aborted.set_result(
                     f"{backend_id} sent nothing for {silent:.1f} s and fails its health "
-                    f"checks ({why}): the stream's attempt there is given up")
+                    f"checks ({why}): the {self.what}'s attempt there is given up")
                 n += 1
         self.aborted += n
         return n

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -21,12 +22,12 @@ import pytest_asyncio
 
 from services.backends.triton import TritonProcess
 from services.config import MeshConfig
-from services.edge.router import CallRecord
+from services.edge.router import CALL_SILENT_S, CallRecord
 from services.edge.tokens import llm_request
 from services.edge.upstream import STREAM
 from tests.envoy_harness import EnvoyMesh, running_envoy_mesh
 from tests.mesh_harness import INFER_PATH as INFER
-from tests.mesh_harness import eventually, mesh_config, request_bytes
+from tests.mesh_harness import eventually, mesh_config, raw_infer, request_bytes
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -221,3 +222,44 @@ async def test_a_model_infer_never_half_closed_is_answered_by_python_and_waits_o
                      ("envoy", False): "DEADLINE_EXCEEDED", ("envoy", True): "OK"}, got
     assert got[("envoy", False)][1] > UNCLOSED_S - 0.5, got
     assert all(took < UNCLOSED_S / 2 for k, (code, took) in got.items() if code == "OK"), got
+
+
+@contextlib.contextmanager
+def stopped(triton: TritonProcess) -> Iterator[None]:
+    """``triton`` stopped (SIGSTOP: its connections stay open, nothing answers) for the
+    block; continued and ready again after it, whatever the block raised."""
+    triton.kill(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        triton.kill(signal.SIGCONT)
+        triton.wait_ready(90)
+
+
+GIVE_UP_S = 30.0  # CALL_SILENT_S, the checks finding the backend unreachable, a loaded host
+
+
+async def test_a_call_without_deadline_on_a_stopped_backend_is_given_up(
+        mesh: EnvoyMesh, engines: dict[str, grpc.aio.Channel],
+        tritons: dict[str, TritonProcess], records: list[CallRecord]) -> None:
+    """Last (it stops a backend). A ModelInfer without a deadline whose only deployment is
+    on a stopped Triton (SIGSTOP: its connection open, nothing answering), on both engines
+    (x-allowed-regions takes Envoy's call to its slow path): once the edge's health checks
+    find the backend unreachable and the attempt has waited CALL_SILENT_S, it is given up,
+    UNAVAILABLE saying why. The 10 s keepalive pings found such a backend (~12 s); at
+    every 5.5 min (test_a_stream_its_caller_holds_open_...) nothing else did, and the call
+    waited ~6 min: fails at ccb64b4 (not given up within 30 s)."""
+    md = [("x-allowed-regions", "r-west"), ("x-request-id", "stopped")]
+    for ch in engines.values():  # the connection to west-cheap is up when it stops
+        code, tr, _ = await raw_infer(ch, md[:1], timeout=20)
+        assert code is grpc.StatusCode.OK and tr["x-served-by"].startswith("west-cheap/"), tr
+    with stopped(tritons["west-cheap"]):
+        t0 = time.monotonic()
+        got = await asyncio.wait_for(asyncio.gather(*(
+            raw_infer(ch, md, timeout=None) for ch in engines.values())), GIVE_UP_S)
+        took = time.monotonic() - t0
+    assert [code.name for code, _, _ in got] == ["UNAVAILABLE"] * 2, got
+    assert all("sent nothing for" in details and "given up" in details
+               for _, _, details in got), got
+    assert took > CALL_SILENT_S, took  # the attempt waited that long first
+    assert [r.status for r in records if r.request_id == "stopped"] == ["UNAVAILABLE"] * 2
