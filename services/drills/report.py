@@ -306,7 +306,8 @@ def client_notes(phases: Sequence[PhaseStats]) -> list[str]:
                         "dropped)")
         if p.late:
             what.append(f"started {p.late} over {LATE_S * 1000:.0f} ms after their schedule "
-                        f"(at most {p.lag_max_ms:.0f} ms)")
+                        f"(at most {p.lag_max_ms:.0f} ms; their deadline and latency run from "
+                        "when they left)")
         if what:
             out.append(f"load client, {p.phase} phase: " + "; ".join(what)
                        + ": the client's shortfall on this host, not calls the mesh lost")
