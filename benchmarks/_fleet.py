@@ -176,10 +176,11 @@ class Fleet:
         proc.wait_ready(120)
         return self.triton_address
 
-    def _spawn(self, argv: list[str], log: str) -> subprocess.Popen[bytes]:
+    def _spawn(self, argv: list[str], log: str,
+               cwd: pathlib.Path | None = None) -> subprocess.Popen[bytes]:
         with open(self.tmp / log, "ab") as f:
-            p = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, cwd=os.getcwd(),
-                                 start_new_session=True)
+            p = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT,
+                                 cwd=cwd or os.getcwd(), start_new_session=True)
         self.procs.append(p)
         return p
 
@@ -201,15 +202,16 @@ class Fleet:
         _wait_port(self.placement_address, 30)
 
     def start_edges(self, name: str, workers: int = 1, uvloop: bool = True,
-                    log_level: str = "info") -> Target:
-        """``workers`` edge processes on one port (SO_REUSEPORT), ready to route."""
+                    log_level: str = "info", source: pathlib.Path | None = None) -> Target:
+        """``workers`` edge processes on one port (SO_REUSEPORT), ready to route; with
+        ``source`` (an export of another commit) that tree's edge (``python -m`` there)."""
         port = free_port()
         cfg = self.config(name, {name: port}, uvloop)
         pids = []
         for i in range(workers):
             p = self._spawn([sys.executable, "-m", "services.cli", "--log-level", log_level,
                              "edge", "--config", str(cfg), "--id", name],
-                            f"{name}-{i}.log")
+                            f"{name}-{i}.log", cwd=source)
             pids.append(p.pid)
             time.sleep(0.3)  # let the first bind; the rest join its SO_REUSEPORT group
         address = f"127.0.0.1:{port}"

@@ -22,15 +22,19 @@ against, for each concurrency in turn (so drift hits every target alike):
 Proxy CPU per call is utime+stime of the proxy process(es) (nginx: master + workers) over
 the measured window, from /proc. Placement runs as its own process; it is not billed.
 
-    python -m benchmarks.dataplane [--quick] [--targets NAME,NAME...]
+    python -m benchmarks.dataplane [--quick] [--targets NAME,NAME...] [--before DIR [--rounds N]]
 
-``--targets`` measures only those (``direct`` always); ``--targets nginx,edge,envoy,envoy-sy``
+``--before DIR`` adds ``edge-before``, the edge run from DIR, an export of an older commit
+(``git archive <rev> | tar -x -C DIR``), and a table of this checkout's edge against it (CPU per
+call, rps, p50; same Triton, same run, the median-rps round of ``--rounds``). ``--targets``
+measures only those (``direct`` always); ``--targets nginx,edge,envoy,envoy-sy``
 is what the Envoy table needs. Where Switchyard's Envoy CPU goes, piece by piece:
 ``python -m benchmarks.envoy_filters``.
 """
 
 from __future__ import annotations
 
+import pathlib
 import sys
 import time
 
@@ -68,7 +72,8 @@ def _loop_factory():  # type: ignore[no-untyped-def]
     return uvloop.new_event_loop
 
 
-def start_targets(fleet: Fleet, names: tuple[str, ...]) -> dict[str, Target]:
+def start_targets(fleet: Fleet, names: tuple[str, ...],
+                  before: pathlib.Path | None = None) -> dict[str, Target]:
     progress("starting Triton (tiny model: matmul_n=8, matmul_iters=1)")
     triton = fleet.start_triton()
     progress("starting placement (separate process)")
@@ -84,6 +89,7 @@ def start_targets(fleet: Fleet, names: tuple[str, ...]) -> dict[str, Target]:
         "bare-aio": lambda: fleet.start_passthrough("bare-aio"),
         "envoy": lambda: start_plain_envoy(fleet, "envoy"),
         "envoy-sy": lambda: start_switchyard_envoy(fleet, "envoy-sy"),
+        "edge-before": lambda: fleet.start_edges("edge-before", source=before),
     }
     for name in names:
         if name in starters:
@@ -207,8 +213,30 @@ def tables(points: list[Point]) -> tuple[str, str, list[list[object]], list[list
                         "edge added p50 ms", "nginx added p50 ms", "edge/nginx p99",
                         "edge CPU µs", "nginx CPU µs", "edge/nginx CPU", "edge rps ≥ nginx"],
                        ratio_rows, "lrrrrrrrrrl")
-    envoy_t = "\n\n**Envoy (same run)**\n\n" + envoy_table(by)
+    envoy_t = ("\n\n**Envoy (same run)**\n\n" + envoy_table(by)
+               if any(t.startswith("envoy") for t, _ in by) else "")
     return main_t, ratio_t + envoy_t, rows, ratio_rows
+
+
+def before_table(points: list[Point]) -> tuple[str, list[str]]:
+    """``edge`` (this checkout) against ``edge-before`` (``--before DIR``), each concurrency."""
+    by = {(p.target, p.concurrency): p for p in points}
+    rows: list[list[object]] = []
+    lines = []
+    for conc in sorted({p.concurrency for p in points}):
+        now, old = by.get(("edge", conc)), by.get(("edge-before", conc))
+        if not (now and old):
+            continue
+        cpu = now.proxy_cpu_us / old.proxy_cpu_us if old.proxy_cpu_us else float("nan")
+        rows.append([conc, old.proxy_cpu_us, now.proxy_cpu_us, cpu, old.rps, now.rps,
+                     now.p50_ms - old.p50_ms, now.errors + old.errors])
+        lines.append(f"c={conc}: the edge uses {cpu:.2f}× the CPU per call of the edge before "
+                     f"({now.proxy_cpu_us:.0f} against {old.proxy_cpu_us:.0f} µs), "
+                     f"{now.rps / old.rps:.2f}× its rps")
+    table = md_table(["conc", "before CPU µs/call", "now CPU µs/call", "now/before CPU",
+                      "before rps", "now rps", "now − before p50 ms", "errors"], rows,
+                     "rrrrrrrr")
+    return table, lines
 
 
 def envoy_table(by: dict[tuple[str, int], Point]) -> str:
@@ -294,13 +322,17 @@ def verdicts(points: list[Point]) -> list[str]:
     return out
 
 
-def run(quick: bool, only: tuple[str, ...] = ()) -> Section:
+def run(quick: bool, only: tuple[str, ...] = (), before: pathlib.Path | None = None,
+        rounds_override: int = 0) -> Section:
     calls, seconds, rounds = (1000, 3.0, 1) if quick else (4000, 10.0, 3)
+    rounds = rounds_override or rounds
     names = tuple(t for t in TARGETS if not only or t == "direct" or t in only)
+    if before is not None:
+        names = (*names, "edge-before") if "edge" in names else (*names, "edge", "edge-before")
     nginx = ensure_nginx()
     t0 = time.monotonic()
     with Fleet() as fleet:
-        targets = start_targets(fleet, names)
+        targets = start_targets(fleet, names, before)
         progress(f"load: {calls} calls or {seconds:.0f} s per point, concurrency "
                  f"{', '.join(map(str, CONCURRENCIES))}, targets {', '.join(targets)}")
         points = run_points(fleet, targets, calls, seconds, CONCURRENCIES, rounds)
@@ -336,15 +368,34 @@ def run(quick: bool, only: tuple[str, ...] = ()) -> Section:
         "`python -m benchmarks.envoy_filters`.",
     ]
     command = command_for(__name__, quick) + (f" --targets {','.join(only)}" if only else "")
+    body = main_t + "\n\n**Pair by pair (same run)**\n\n" + ratio_t
+    if before is not None:
+        command += f" --before {before}" + (f" --rounds {rounds}" if rounds_override else "")
+        table, lines = before_table(points)
+        body += f"\n\n**This checkout's edge against `edge-before` ({before})**\n\n" + table
+        notes = [*lines, "`edge-before` = the edge process run from the `--before` export "
+                 "(`python -m services.cli edge` with that tree first on the import path), "
+                 "against the same Triton and placement; the median-rps round of each.",
+                 *notes]
     return Section("Data plane: direct vs Switchyard edge vs nginx grpc_pass",
-                   command, main_t + "\n\n**Pair by pair (same run)**\n\n"
-                   + ratio_t, notes, elapsed_s=time.monotonic() - t0)
+                   command, body, notes, elapsed_s=time.monotonic() - t0)
+
+
+def _take(flag: str) -> str | None:
+    """``flag VALUE`` taken out of sys.argv (common.main parses only --quick)."""
+    if flag not in sys.argv:
+        return None
+    i = sys.argv.index(flag)
+    value = sys.argv[i + 1]
+    del sys.argv[i:i + 2]
+    return value
 
 
 if __name__ == "__main__":
-    only: tuple[str, ...] = ()
-    if "--targets" in sys.argv:  # common.main parses only --quick
-        i = sys.argv.index("--targets")
-        only = tuple(sys.argv[i + 1].split(","))
-        del sys.argv[i:i + 2]
-    main(lambda quick: run(quick, only), __doc__)
+    targets, before_dir, rounds_arg = _take("--targets"), _take("--before"), _take("--rounds")
+    only = tuple(targets.split(",")) if targets else ()
+    before_path = pathlib.Path(before_dir).resolve() if before_dir else None
+    if before_path is not None and not (before_path / "services" / "cli.py").is_file():
+        sys.exit(f"--before {before_dir}: no services/cli.py there; give an export of the old "
+                 "commit (git archive <rev> | tar -x -C DIR)")
+    main(lambda quick: run(quick, only, before_path, int(rounds_arg or 0)), __doc__)

@@ -69,3 +69,19 @@ def test_alternatives_are_paired_with_what_they_replace_in_the_same_round() -> N
     rows = {r[0]: r for r in pair_rows([a, b], (8,))}
     assert rows["sy-first / sy"] == ["sy-first / sy", "1.00 (0.90–1.10)", "1/2"]
     assert "sy-gfe / sy" not in rows  # not measured, no row
+
+
+def test_the_before_table_compares_the_edge_with_its_older_self() -> None:
+    from benchmarks._load import Point
+    from benchmarks.dataplane import before_table
+
+    def point(target: str, conc: int, cpu: float, rps: float) -> Point:
+        return Point(target=target, concurrency=conc, calls=1000, errors=0, seconds=1.0, rps=rps,
+                     p50_ms=1.0, p99_ms=2.0, proxy_cpu_us=cpu, backend_cpu_us=300.0)
+
+    table, lines = before_table([point("edge", 1, 600.0, 900.0),
+                                 point("edge-before", 1, 400.0, 1000.0),
+                                 point("edge", 8, 500.0, 2000.0)])  # no before at c=8
+    assert "| 1 | 400 | 600 | 1.50 |" in table
+    assert lines == ["c=1: the edge uses 1.50× the CPU per call of the edge before (600 "
+                     "against 400 µs), 0.90× its rps"]
