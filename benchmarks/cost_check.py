@@ -239,17 +239,19 @@ def _mix_queue() -> None:
     routes.MIX_QUEUE = True
 
 
-def _mix_wait(on: bool, at_least_own: bool = True, strict: bool = True
-              ) -> Callable[[], None]:
+def _mix_wait(on: bool, at_least_own: bool = True, strict: bool = True,
+              symmetric: bool = False) -> Callable[[], None]:
     """Rows with their backend's mix (``routes.MIX_WAIT``): the edge's per-call wait at the
     mean service time of the calls ahead (``Candidate.ahead_ms``); ``at_least_own``: only
     where it is longer than the row's own compute (``routes.MIX_AT_LEAST_OWN``); ``strict``
     False: the fallback's wait only, not the strict test's worst case
-    (``model.WORST_CASE_AT_MIX``)."""
+    (``model.WORST_CASE_AT_MIX``); ``symmetric``: the fallback also takes every other edge
+    past its share of a backend as this one is (``meet.SYMMETRIC_EXCESS``)."""
     def apply() -> None:
         routes.MIX_WAIT = on
         routes.MIX_AT_LEAST_OWN = at_least_own
         model.WORST_CASE_AT_MIX = strict
+        meet.SYMMETRIC_EXCESS = symmetric
     return apply
 
 
@@ -289,6 +291,7 @@ VARIANTS: dict[str, Callable[[], None]] = {
     "mix-queue": _mix_queue,
     "mix-wait": _mix_wait(True),
     "mix-wait-mean": _mix_wait(True, at_least_own=False),
+    "mix-wait-symmetric": _mix_wait(True, symmetric=True),
     "mix-wait-fallback": _mix_wait(True, strict=False),
     "mix-wait-fallback-mean": _mix_wait(True, at_least_own=False, strict=False),
     "fallback-fastest": _fallback_fastest,
