@@ -218,6 +218,15 @@ class DeltaSession:
                 return [n for n in delta.changed if n not in have]
         return sorted(n for n in offered if n not in have)
 
+    def held_versions(self, type_url: str) -> Mapping[str, str]:
+        """Name -> version of what this Envoy holds of ``type_url`` (as it was sent)."""
+        return self.sent.get(type_url, {})
+
+    def held_beyond(self, type_url: str, offered: Mapping[str, Resource]) -> bool:
+        """This Envoy holds names ``offered`` lacks (right after a ``keep`` push of
+        ``offered``, which holds all of it: no walk)."""
+        return len(self.sent.get(type_url, {})) > len(offered)
+
     def _shortcut(self, type_url: str, offered: Mapping[str, Resource], delta: Delta | None,
                   keep: bool) -> tuple[Sequence[str], Sequence[str]] | None:
         """(names that may have changed, names that may be gone) without walking
@@ -243,7 +252,8 @@ class SotwSession:
     unanswered: set[str] = field(default_factory=set)  # (re)subscribed, owed a response
     replies: Replies = field(init=False)
     _last: dict[str, Mapping[str, Resource]] = field(default_factory=dict)  # offered, by type
-    _held: dict[str, frozenset[str]] = field(default_factory=dict)  # names last sent, by type
+    # name -> version of the whole set last sent, by type
+    _held: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.replies = Replies(self.node_id)
@@ -255,8 +265,17 @@ class SotwSession:
     def new_names(self, type_url: str, offered: Mapping[str, Resource],
                   delta: Delta | None = None) -> list[str]:
         """The names of ``offered`` not in the last set this Envoy was sent (sorted)."""
-        held = self._held.get(type_url, frozenset())
+        held = self._held.get(type_url, {})
         return sorted(n for n in offered if n not in held)
+
+    def held_versions(self, type_url: str) -> Mapping[str, str]:
+        """Name -> version of what this Envoy was last sent of ``type_url``."""
+        return self._held.get(type_url, {})
+
+    def held_beyond(self, type_url: str, offered: Mapping[str, Resource]) -> bool:
+        """This Envoy was sent names ``offered`` lacks (right after a ``keep`` push of
+        ``offered``, which holds all of it)."""
+        return len(self._held.get(type_url, {})) > len(offered)
 
     def receive(self, req: discovery_pb2.DiscoveryRequest) -> None:
         t = req.type_url
@@ -286,7 +305,7 @@ class SotwSession:
             return None
         self.unanswered.discard(type_url)
         self.sent[type_url] = version
-        self._held[type_url] = frozenset(want)
+        self._held[type_url] = {n: r.version for n, r in want.items()}
         return discovery_pb2.DiscoveryResponse(
             type_url=type_url, version_info=version, nonce=self.replies.issue(type_url),
             resources=[_pack(r) for _, r in sorted(want.items())])

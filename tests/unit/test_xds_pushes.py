@@ -103,9 +103,12 @@ def test_a_new_deployment_cluster_goes_alone_and_what_names_it_waits_for_the_ack
     assert order.wait_s(2.5) is None
     rest = order.pushes(after, "v2", None, 2.5)
     assert [_names(r) for r in rest] == [
-        ("Cluster", ["model:m"], []), ("RouteConfiguration", [ROUTES], []),
-        ("Cluster", [], ["dep:b1/v"])]  # make before break, as before
-    assert order.holds == 2 and order.timeouts == 0  # the first connection's, and b3's
+        ("Cluster", ["model:m"], []), ("RouteConfiguration", [ROUTES], [])]
+    assert order.pushes(after, "v2", None, 2.6) == []  # b1 leaves once the route is ACKed
+    assert _ack(order, rest[1], now=2.7) is None  # not a warm wait
+    assert [_names(r) for r in order.pushes(after, "v2", None, 2.7)] == [
+        ("Cluster", [], ["dep:b1/v"])]  # make before break
+    assert order.holds == 2 and order.route_holds == 1 and order.timeouts == 0
 
 
 def test_a_changed_cluster_or_a_change_without_new_clusters_is_not_held() -> None:
@@ -173,7 +176,11 @@ def test_state_of_the_world_sends_the_clusters_it_held_plus_the_new_one_then_the
     assert order.pushes(after, "v2", None, 2.0) == []
     _ack(order, first[0])
     rest = order.pushes(after, "v2", None, 2.0)
-    assert [r.type_url for r in rest] == [CLUSTER, ROUTE, CLUSTER]
+    assert [r.type_url for r in rest] == [CLUSTER, ROUTE]
+    _ack(order, rest[1])
+    last = order.pushes(after, "v2", None, 2.0)
+    assert [r.type_url for r in last] == [CLUSTER]  # the whole set without b1
+    assert len(last[0].resources) == 2
 
 
 def test_the_delta_shortcut_finds_the_same_new_clusters_as_a_walk() -> None:
@@ -246,31 +253,34 @@ class _FakeEnvoy:
 async def test_the_server_sends_a_new_cluster_alone_and_a_lost_stream_ends_its_hold() -> None:
     hub = _FakeHub()
     hub.rows = [_row("b1", 1e-6)]
-    ads = AdsServer(hub, build_profile("cheapest"), EnvoySettings(order_cap=1))  # type: ignore[arg-type]
+    ads = AdsServer(hub, build_profile("cheapest"), EnvoySettings(order_cap=1))
     envoy = _FakeEnvoy()
-    stream = ads.DeltaAggregatedResources(envoy.requests(), None)
+    stream = ads.DeltaAggregatedResources(envoy.requests(), None)  # type: ignore[arg-type]
     envoy.send(CLUSTER)
     first = await anext(stream)
-    assert [r.name for r in first.resources] == ["dep:b1/m-v1"]  # alone, then the rest
+    # every cluster new to Envoy first (the aggregates naming b1 with it), then the rest
+    assert first.resources[0].name == "dep:b1/m-v1"
+    assert all(r.name.startswith("model:m") for r in first.resources[1:])
     envoy.send(CLUSTER, first.nonce)
     envoy.send(LISTENER)
     envoy.send(ROUTE, resource_names_subscribe=[route_config_name("r")])
-    got = [await anext(stream) for _ in range(3)]
-    assert [r.type_url for r in got] == [CLUSTER, LISTENER, ROUTE]
+    got = [await anext(stream) for _ in range(2)]
+    assert [r.type_url for r in got] == [LISTENER, ROUTE]
     for r in got:
         envoy.send(r.type_url, r.nonce)
     hub.publish([_row("b1", 1e-6), _row("b3", 1e-8)])  # b3, new, becomes the cheapest
     alone = await anext(stream)
     assert [r.name for r in alone.resources] == ["dep:b3/m-v1"] and not alone.removed_resources
     nxt = asyncio.ensure_future(anext(stream))
-    envoy.send(LISTENER, got[1].nonce)  # another answer: the stream turns, still held
-    await eventually(lambda: ads.sessions and next(iter(ads.sessions)).replies.acks == 5, 5,
+    envoy.send(LISTENER, got[0].nonce)  # another answer: the stream turns, still held
+    await eventually(lambda: ads.sessions and next(iter(ads.sessions)).replies.acks == 4, 5,
                      "the server took Envoy's other answer")
     assert not nxt.done()
     envoy.send(CLUSTER, alone.nonce)  # warm: the aggregate and the routes naming b3 follow
     after = [await nxt, await anext(stream)]
     assert [r.type_url for r in after] == [CLUSTER, ROUTE]
     assert any(r.name.startswith("model:m") for r in after[0].resources)
+    envoy.send(ROUTE, after[1].nonce)
     hub.publish([_row("b3", 1e-8), _row("b4", 1e-9)])
     held = await anext(stream)
     assert [r.name for r in held.resources] == ["dep:b4/m-v1"]
