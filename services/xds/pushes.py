@@ -88,11 +88,13 @@ def route_entries(r: Resource) -> Entries:
 
 def _left(old: list[Entries], new: Entries) -> set[str]:
     """Clusters an entry of a route Envoy may run names that the same entry of ``new``
-    does not."""
+    does not; of an entry ``new`` has not (an SLO class's range is in its name), those no
+    entry of ``new`` names."""
     out: set[str] = set()
+    named = frozenset().union(*new.values())
     for entries in old:
         for key, names in entries.items():
-            out |= names - new.get(key, frozenset())
+            out |= names - new.get(key, named)
     return out
 
 
