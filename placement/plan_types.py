@@ -105,6 +105,11 @@ class PlannerSettings:
     carry_what_fits: bool = False
     # Branch-and-bound nodes per MILP run (HiGHS ``mip_max_nodes``; see ``time_limit_s``).
     node_limit: int = 1000
+    # After the MILP, a local search on the plan's pools: re-planned on them alone, then
+    # each taken out while the rest carry the demand more cheaply (placement.plan_prune).
+    # Built and off: measured on the provisioned-cost day and not kept (benchmarks/RESULTS.md,
+    # 2026-11-27, "which pools the MILP keeps").
+    prune: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,7 +39,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy.optimize import Bounds, milp  # type: ignore[import-untyped]
 
-from placement import plan_regions, plan_route
+from placement import plan_prune, plan_regions, plan_route
 from placement.latency import COMPUTE_P95_FACTOR, MAX_RHO
 from placement.plan_milp import ON_DEMAND, SHED_USD, SPOT_SLACK_USD, Model, allowed, build
 from placement.plan_types import (
@@ -145,6 +145,15 @@ def _solve(md: Model, drop: str = "", fixed: Plan | None = None, relax: bool = F
                      float(res.fun if bound is None or relax else bound))
 
 
+def _solve_within(md: Model) -> FloatArray | None:
+    """:func:`_solve`'s plan; None when it finds none, for any reason."""
+    try:
+        found = _solve(md)
+    except _OutOfTime:
+        return None
+    return None if found is None else found.x
+
+
 def _idle(md: Model, allow: set[tuple[str, str]] | None) -> set[int]:
     """Columns that are 0 in some optimal plan of what :func:`_solve` is asked, fixed there so
     HiGHS's root (cuts, sub-MIP heuristics) works on a smaller model, the same optimum.
@@ -233,6 +242,9 @@ def _optimise(md: Model) -> tuple[FloatArray, float] | None:
         elif best is None:
             return None
     assert best is not None
+    if md.problem.settings.prune:
+        x = plan_prune.prune(md, best.x, _solve_within)
+        best = _Solution(x, plan_prune.objective(md, x), best.bound)
     # The spot rule's slack and calls not carried are penalties, not money: the gap is
     # measured on GPU cost.
     cost = best.cost - _penalty(md, best.x)
