@@ -49,6 +49,9 @@ class FakeContext:
     def auth_context(self) -> dict[str, list[bytes]]:
         return {}
 
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ()
+
 
 def fresh_service() -> PlacementService:
     return build_service(mesh_config(pathlib.Path(tempfile.mkdtemp())), preregister=True)
