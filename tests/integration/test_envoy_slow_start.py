@@ -229,6 +229,13 @@ async def test_an_undrained_deployment_ramps_back_into_envoys_route(mesh: RampMe
     # Envoy ran the ramp's routes: a small share first, never falling
     ramp = [(t, s) for t, s, v in samples if v in ramp_versions and 0.0 < s < 1.0]
     assert ramp, samples
+    # until then Envoy ran the drained route as compiled, over the aggregates it names: the
+    # returning deployment first nowhere (services/xds/pushes.py, make before break; before
+    # 2a079aa the reordered default aggregate reached Envoy before the ramp's route, and
+    # the drained route sent the whole class there meanwhile)
+    first_ramp = next(i for i, (_, _, v) in enumerate(samples) if v in ramp_versions)
+    before_ramp = [(s, v) for _, s, v in samples[:first_ramp] if v not in ended_versions]
+    assert all(s == 0.0 for s, _ in before_ramp), before_ramp
     assert ramp[0][1] <= 0.2, ramp
     assert [s for _, s in ramp] == sorted(s for _, s in ramp), ramp
 
