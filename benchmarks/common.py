@@ -198,6 +198,17 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[k]
 
 
+def take_option(name: str, default: str = "") -> str:
+    """``--name VALUE`` taken out of sys.argv before :func:`main` parses it (``main`` knows
+    only ``--quick``); ``default`` when it is not given."""
+    if name not in sys.argv:
+        return default
+    i = sys.argv.index(name)
+    value = sys.argv[i + 1]
+    del sys.argv[i:i + 2]
+    return value
+
+
 def main(run: Callable[[bool], Section | list[Section]], doc: str | None = None) -> None:
     """``python -m benchmarks.<name> [--quick]``: run one module, print its markdown."""
     p = argparse.ArgumentParser(description=doc)

@@ -49,7 +49,15 @@ from benchmarks._fleet import (
     nginx_version,
 )
 from benchmarks._load import Point, measure
-from benchmarks.common import Section, command_for, main, md_table, progress, text_table
+from benchmarks.common import (
+    Section,
+    command_for,
+    main,
+    md_table,
+    progress,
+    take_option,
+    text_table,
+)
 from services.config import load_config
 from services.edge.envoy.launcher import envoy_command, prepare
 from services.ports import free_port
@@ -381,18 +389,9 @@ def run(quick: bool, only: tuple[str, ...] = (), before: pathlib.Path | None = N
                    command, body, notes, elapsed_s=time.monotonic() - t0)
 
 
-def _take(flag: str) -> str | None:
-    """``flag VALUE`` taken out of sys.argv (common.main parses only --quick)."""
-    if flag not in sys.argv:
-        return None
-    i = sys.argv.index(flag)
-    value = sys.argv[i + 1]
-    del sys.argv[i:i + 2]
-    return value
-
-
 if __name__ == "__main__":
-    targets, before_dir, rounds_arg = _take("--targets"), _take("--before"), _take("--rounds")
+    targets, before_dir = take_option("--targets"), take_option("--before")
+    rounds_arg = take_option("--rounds")
     only = tuple(targets.split(",")) if targets else ()
     before_path = pathlib.Path(before_dir).resolve() if before_dir else None
     if before_path is not None and not (before_path / "services" / "cli.py").is_file():

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 
 from benchmarks._fleet import Fleet, Target, _wait_infer
 from benchmarks._load import Point, measure, schedstat_seconds
-from benchmarks.common import Section, command_for, main, md_table, progress
+from benchmarks.common import Section, command_for, main, md_table, progress, take_option
 from benchmarks.dataplane import _loop_factory, start_switchyard_envoy
 from benchmarks.envoy_ablation import ABLATIONS
 from benchmarks.envoy_before import BeforeVariant
@@ -343,19 +343,9 @@ def run(quick: bool, only: str = "", rounds: int = 0,
                    elapsed_s=time.monotonic() - t0)
 
 
-def _option(name: str, default: str) -> str:
-    """``--name VALUE`` taken out of argv (``common.main`` parses only ``--quick``)."""
-    if name not in sys.argv:
-        return default
-    i = sys.argv.index(name)
-    value = sys.argv[i + 1]
-    del sys.argv[i:i + 2]
-    return value
-
-
 if __name__ == "__main__":
-    only = _option("--only", "")
-    rounds = int(_option("--rounds", "0"))
-    conc = tuple(int(c) for c in _option("--conc", "1,8").split(","))
-    before = _option("--before", "")
+    only = take_option("--only", "")
+    rounds = int(take_option("--rounds", "0"))
+    conc = tuple(int(c) for c in take_option("--conc", "1,8").split(","))
+    before = take_option("--before", "")
     main(lambda quick: run(quick, only, rounds, conc, before), __doc__)

@@ -3,6 +3,8 @@ benchmarks/envoy_filters.py): met and missed both come out of the numbers."""
 
 from __future__ import annotations
 
+import pytest
+
 from benchmarks._load import Point
 from benchmarks.dataplane import envoy_verdicts
 from benchmarks.envoy_filters import ratio_rows, verdicts
@@ -85,3 +87,14 @@ def test_the_before_table_compares_the_edge_with_its_older_self() -> None:
     assert "| 1 | 400 | 600 | 1.50 |" in table
     assert lines == ["c=1: the edge uses 1.50× the CPU per call of the edge before (600 "
                      "against 400 µs), 0.90× its rps"]
+
+
+def test_take_option_removes_what_it_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmarks.common import take_option
+
+    monkeypatch.setattr("sys.argv", ["x", "--quick", "--before", "old-export", "--rounds", "3"])
+    assert take_option("--before") == "old-export"
+    assert take_option("--only", "all") == "all"
+    assert take_option("--rounds") == "3"
+    import sys
+    assert sys.argv == ["x", "--quick"]
