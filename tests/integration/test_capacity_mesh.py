@@ -12,10 +12,12 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import grpc
 import pytest
 import pytest_asyncio
 from structlog.testing import capture_logs
 
+from services.api.switchyard.v1 import fleet_pb2, placement_pb2, placement_pb2_grpc
 from services.api.switchyard.v1.placement_pb2 import ListBackendsRequest
 from services.backends.triton import TritonProcess
 from services.capacity.actor import PoolTarget
@@ -161,14 +163,31 @@ def assert_gone(mesh: Mesh, inst: Instance) -> None:
 LARGE = frozenset({"summarize-large"})
 
 
-async def while_serving(mesh: Mesh, inst: Instance,
+async def set_availability(mesh: Mesh, inst: Instance, availability: int) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{mesh.placement.port}") as ch:
+        await placement_pb2_grpc.PlacementStub(ch).SetAvailability(
+            placement_pb2.SetAvailabilityRequest(
+                scope=placement_pb2.AVAILABILITY_SCOPE_BACKEND, target=inst.id,
+                availability=availability))
+
+
+async def while_serving(mesh: Mesh, inst: Instance, kept: Instance,
                         change: Callable[[], Awaitable[None]]) -> QualityLoad:
-    """Under ``QualityLoad``: once ``inst`` has served 5 calls, ``change``; then 30 more
-    calls. The load, stopped."""
+    """Under ``QualityLoad``: ``inst`` made to serve (``kept``, no dearer and first in the
+    order, would take every call while it has room: in one CI run it took all 9,880 calls of
+    60 s; so it is drained until ``inst`` has served 5 calls, then made active again and
+    waited for), then ``change``; then 30 more calls. The load, stopped."""
+    def served(i: Instance) -> int:
+        return load.served.get(f"{i.id}/summarize-large", 0)
+
     load = QualityLoad(mesh)
     try:
-        await eventually(lambda: load.served.get(f"{inst.id}/summarize-large", 0) >= 5, 60,
-                         f"{inst.id} serves calls (served: {load.served})")
+        await set_availability(mesh, kept, fleet_pb2.AVAILABILITY_DRAINED)
+        await eventually(lambda: served(inst) >= 5, 60,
+                         f"{inst.id} serves calls while {kept.id} is drained")
+        await set_availability(mesh, kept, fleet_pb2.AVAILABILITY_ACTIVE)
+        back = served(kept)
+        await eventually(lambda: served(kept) > back, 60, f"{kept.id} serves again")
         await change()
         after = load.total()
         await eventually(lambda: load.total() >= after + 30, 60, "calls go on after it")
@@ -194,7 +213,7 @@ async def test_a_pool_resized_under_load_loses_no_call(mesh: Mesh) -> None:
         assert shrunk.actions == [("unload", leaving.id, "summarize-large"),
                                   ("remove", leaving.id, "")]
 
-    load = await while_serving(mesh, leaving, shrink)
+    load = await while_serving(mesh, leaving, kept, shrink)
     assert load.failures == []
     # drained first: no attempt there failed (the edge's retries would have hidden those)
     left = mesh.edge.router.stats.by_deployment.get(f"{leaving.id}/summarize-large")
@@ -217,8 +236,9 @@ async def test_an_instance_stopped_without_a_drain_under_load_loses_no_call(
     NOT_FOUND here, 59 in a run of the old code)."""
     loop = mesh.placement.capacity
     assert loop is not None
-    _, leaving = await two_instances(mesh)
+    kept, leaving = await two_instances(mesh)
     # SIGTERM, no drain, no gate
-    load = await while_serving(mesh, leaving, lambda: loop.actor.provider.remove(leaving))
+    load = await while_serving(mesh, leaving, kept,
+                               lambda: loop.actor.provider.remove(leaving))
     assert load.failures == []
     assert_gone(mesh, leaving)
