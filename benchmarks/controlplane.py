@@ -216,11 +216,15 @@ class Edges:
         except asyncio.CancelledError:
             raise
         except Exception as e:  # a watch that died must show, not look like a slow edge
-            why = " ".join(str(e).split())
-            self.ended.append(f"edge-{i}: {type(e).__name__}: {why[:400]}")
-            if os.environ.get("CP_DEBUG"):
-                progress(f"edge-{i} watch ended ({'saw' if self.state[i] is not None else 'never saw'}"
-                         f" the probe): {why}")
+            self.died(i, e, f"watch ended ({'saw' if self.state[i] is not None else 'never saw'}"
+                            " the probe)")
+
+    def died(self, i: int, e: Exception, what: str) -> None:
+        """Record watch ``i``'s end by error ``e`` (and print it under ``CP_DEBUG``)."""
+        why = " ".join(str(e).split())
+        self.ended.append(f"edge-{i}: {type(e).__name__}: {why[:400]}")
+        if os.environ.get("CP_DEBUG"):
+            progress(f"edge-{i} {what}: {why}")
 
     def seen(self, not_ready: bool) -> str:
         """How far a change got: edges that show it, never saw the probe, watch ended."""
@@ -315,6 +319,28 @@ async def _probe_stream(stub: placement_pb2_grpc.PlacementStub, states: asyncio.
     await stub.StreamTelemetry(reports())
 
 
+async def flip_probe(states: asyncio.Queue[bool], watch: Edges, changes: int, timeout_s: float,
+                     label: str) -> tuple[list[float], int]:
+    """Flip the probe backend's readiness ``changes`` times, 1 s apart; each time wait until
+    every stream of ``watch`` saw it. Returns the delays (ms) and how many timed out."""
+    delays: list[float] = []
+    timeouts, ready = 0, True
+    for k in range(changes):
+        ready = not ready
+        since = time.monotonic()
+        await states.put(ready)
+        got = await watch.wait_all(not ready, since, timeout_s)
+        if got is None:
+            timeouts += 1
+        else:
+            delays.append(got * 1000)
+        seen = (f"timeout ({timeout_s:.0f} s; {watch.seen(not ready)})"
+                if got is None else f"{got * 1e3:.0f} ms")
+        progress(f"{label} change {k + 1}/{changes}: {seen}")
+        await asyncio.sleep(1.0)
+    return delays, timeouts
+
+
 async def measure(gpus: int, edges: int, window_s: float, changes: int,
                   streams: int, timeout_s: float = 15.0, variant: Variant = Variant(),
                   make_edges: Callable[[str, int], Edges] = Edges) -> Level:
@@ -388,20 +414,8 @@ async def measure(gpus: int, edges: int, window_s: float, changes: int,
                 b1 = fleet_edges.bytes
                 load1 = os.getloadavg()[0]
                 a1 = cpu_seconds(agents.pid)
-                delays, timeouts, ready = [], 0, True
-                for k in range(changes):
-                    ready = not ready
-                    since = time.monotonic()
-                    await states.put(ready)
-                    got = await fleet_edges.wait_all(not ready, since, timeout_s)
-                    if got is None:
-                        timeouts += 1
-                    else:
-                        delays.append(got * 1000)
-                    seen = (f"timeout ({timeout_s:.0f} s; {fleet_edges.seen(not ready)})"
-                            if got is None else f"{got * 1e3:.0f} ms")
-                    progress(f"controlplane: {gpus:,} GPUs change {k + 1}/{changes}: {seen}")
-                    await asyncio.sleep(1.0)
+                delays, timeouts = await flip_probe(states, fleet_edges, changes, timeout_s,
+                                                    f"controlplane: {gpus:,} GPUs")
                 stop.set()
                 ended = tuple(fleet_edges.ended)
                 await fleet_edges.stop()

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import time
 
 import grpc
@@ -104,10 +103,7 @@ class AdsEdges(cp.Edges):
         except asyncio.CancelledError:
             raise
         except Exception as e:  # a stream that died must show, not look like a slow edge
-            why = " ".join(str(e).split())
-            self.ended.append(f"edge-{i}: {type(e).__name__}: {why[:400]}")
-            if os.environ.get("CP_DEBUG"):
-                progress(f"edge-{i} ADS stream ended: {why}")
+            self.died(i, e, "ADS stream ended")
         finally:
             with contextlib.suppress(Exception):
                 requests.put_nowait(None)

@@ -176,20 +176,8 @@ async def measure(gpus: int, edges: int, window_s: float, changes: int,
             n1, t1, b1 = ingested(), time.monotonic(), sum(w.bytes for w in watches)
             a1 = sum(cpu_seconds(a.pid) for a in agents)
             load1 = os.getloadavg()[0]
-            delays, timeouts, ready = [], 0, True
-            for k in range(changes):
-                ready = not ready
-                since = time.monotonic()
-                await states.put(ready)
-                got = await watches[home].wait_all(not ready, since, timeout_s)
-                if got is None:
-                    timeouts += 1
-                else:
-                    delays.append(got * 1000)
-                seen = (f"timeout ({timeout_s:.0f} s; {watches[home].seen(not ready)})"
-                        if got is None else f"{got * 1e3:.0f} ms")
-                progress(f"controlplane_shards: {gpus:,} GPUs change {k + 1}/{changes}: {seen}")
-                await asyncio.sleep(1.0)
+            delays, timeouts = await controlplane.flip_probe(
+                states, watches[home], changes, timeout_s, f"controlplane_shards: {gpus:,} GPUs")
             stop.set()
             for w in watches:
                 await w.stop()
