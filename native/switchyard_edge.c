@@ -449,7 +449,14 @@ static void listener_body_done(envoy_filter f, filter* s) {
                                                          variant, vn);
   }
   free(owned);
-  if (s->is_infer) s->t0_ms = now_ms();
+  if (s->is_infer) {
+    s->t0_ms = now_ms();
+    /* the call's own SLO in the access log's entry (services/xds/learning.py: its miss
+     * verdict), as the Lua's dynamicMetadata():set("switchyard", "slo_ms", slo) */
+    if (s->has_slo)
+      envoy_dynamic_module_callback_http_set_dynamic_metadata_number(f, LIT(CALL_NS),
+                                                                     LIT("slo_ms"), s->slo_ms);
+  }
 }
 
 /* ------------------------------------------------------------ upstream rewrite */

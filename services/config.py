@@ -142,6 +142,12 @@ class EdgeRuntimeConfig(_Strict):
     # What runs each edge: the Python router, or Envoy configured by placement over xDS
     # (services/xds; a first slice: model routing, failover, variant rewrite; issue 12).
     engine: Literal["python", "envoy"] = "python"
+    # Envoy edges: what runs the listener's per-call work (hints, SLO class, body peek, the
+    # cost/SLO trailers): the C dynamic module (native/, built by native/build.sh) or the
+    # Lua (services/xds/lua.py). "auto": the module when its library loads, else the Lua,
+    # logged with why; "module": the edge refuses to start without it. The Envoy launcher
+    # decides and its bootstrap tells placement (node metadata), which pushes per node.
+    envoy_filters: Literal["auto", "module", "lua"] = "auto"
     max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     max_attempts: int = Field(default=3, ge=1, le=10)
     retry_budget_ratio: float = Field(default=0.2, ge=0, le=1)

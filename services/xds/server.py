@@ -18,7 +18,8 @@ The node says who it is in its bootstrap: ``node.id`` is the edge id, ``node.clu
 region, and ``node.metadata`` holds ``listen_host``/``listen_port`` for the listener placement
 pushes back (``services.edge.envoy.bootstrap``) and, when the Envoy has a co-located Python
 edge for the slow path, ``slow_path_port``: that node also gets the ``slow-path`` cluster and
-a listener whose Lua sends streams and hinted calls there.
+a listener whose Lua sends streams and hinted calls there; ``envoy_filters: module`` when its
+Envoy loads the C dynamic module (``native.py``), whose filter then replaces the listener Lua.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from services.placement.server import PlacementService
 from services.security.authz import PLACEMENT, AuthzPolicy
 from services.security.identity import peer_identities
 from services.security.transport import channel_factory
+from services.xds import native
 from services.xds.compiles import COMPILE_SHARE, RegionCompiles, _Inputs
 from services.xds.federation import Federation, TableSource
 from services.xds.feedback import AccessLogFeedback
@@ -118,7 +120,7 @@ class AdsServer(RegionCompiles,
         # Per node address, built once: at most NODE_CACHE_MAX each (``_bounded``), the
         # oldest forgotten first, so Envoys connecting with ever new ports cost a rebuild,
         # never unbounded memory.
-        self._listeners: dict[tuple[str, int, str, bool], Resource] = {}
+        self._listeners: dict[tuple[str, int, str, bool, bool], Resource] = {}
         self._slow_path: dict[int, Resource] = {}
         # (region, slow-path port) -> (region's clusters, with the slow path, their delta)
         self._with_slow_path: dict[tuple[str, int], tuple[
@@ -139,7 +141,8 @@ class AdsServer(RegionCompiles,
                                   cache=self.cache)
 
     def offer(self, region: str, host: str, port: int, slow_path_port: int = 0,
-              rc: RegionConfig | None = None) -> dict[str, dict[str, Resource]]:
+              rc: RegionConfig | None = None, module: bool = False
+              ) -> dict[str, dict[str, Resource]]:
         rc = rc or self.region_config(region)
         clusters = rc.clusters
         if slow_path_port:  # the region's clusters and this node's slow path, kept per port
@@ -158,12 +161,12 @@ class AdsServer(RegionCompiles,
                          else Delta(kept[1], merged, d.changed, d.gone))
                 kept = _bounded(self._with_slow_path, key)[key] = (clusters, merged, delta)
             clusters = kept[1]
-        lkey = (host, port, region, bool(slow_path_port))
+        lkey = (host, port, region, bool(slow_path_port), module)
         ingress = self._listeners.get(lkey)
-        if ingress is None:
+        if ingress is None:  # ``module``: the node loads the C dynamic module (native.py)
             ingress = _bounded(self._listeners)[lkey] = resource(
                 LISTENER_NAME, listener(host, port, region, self.settings,
-                                        slow_path=bool(slow_path_port)))
+                                        slow_path=bool(slow_path_port), module=module))
         return {CLUSTER: clusters, LISTENER: {LISTENER_NAME: ingress}, ROUTE: rc.routes}
 
     def cluster_delta(self, region: str, slow_path_port: int,
@@ -206,6 +209,7 @@ class AdsServer(RegionCompiles,
         if first is None:
             return
         region, host, port, slow_port = _node_placement(first.node)
+        module = native.node_loads_module(first.node.metadata.fields)
         session = make_session(first.node.id, region)
         watcher = self.hub.subscribe(first.node.id, region)
         self.sessions.add(session)
@@ -239,6 +243,7 @@ class AdsServer(RegionCompiles,
                  asyncio.create_task(relearn())]
         log.info("xds_stream_open", node=session.node_id, region=region,
                  listen=f"{host}:{port}", slow_path_port=slow_port,
+                 filters="module" if module else "lua",
                  protocol=type(session).__name__)
         order = PushOrder(session, self.warm_hold_s)
         loop = asyncio.get_running_loop()
@@ -265,7 +270,7 @@ class AdsServer(RegionCompiles,
                 rc = await self.region_config_async(region)
                 if self.stale(region, asked) and not closed.is_set():
                     kick.set()  # woken after the compile this push is from began: again
-                offered = self.offer(region, host, port, slow_port, rc)
+                offered = self.offer(region, host, port, slow_port, rc, module)
                 delta = self.cluster_delta(region, slow_port, offered[CLUSTER])
                 for resp in order.pushes(offered, str(self.hub.version), delta, loop.time()):
                     self.pushes += 1

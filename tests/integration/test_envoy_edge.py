@@ -56,10 +56,20 @@ class EnvoyMesh:
         return self.placement.ads.region_config(self.envoy.node.region).orders["summarize"]
 
 
-@pytest.fixture
-async def mesh(cfg: MeshConfig, tritons: dict[str, TritonProcess],
+# Placement pushes the listener's work as the C dynamic module to an Envoy that loads it
+# ([edge] envoy_filters = "auto", the default, with native/build.sh's module built) and as the
+# Lua otherwise: every contract here holds on both.
+@pytest.fixture(params=["module", "lua"])
+async def mesh(request: pytest.FixtureRequest, cfg: MeshConfig,
+               tritons: dict[str, TritonProcess],
                tmp_path: pathlib.Path) -> AsyncIterator[EnvoyMesh]:
+    filters = request.param
+    cfg = cfg.model_copy(update={"edge": cfg.edge.model_copy(
+        update={"envoy_filters": filters})})
     async with running_envoy_edge(cfg, tmp_path) as (placement, envoy):
+        assert envoy.node.module is (filters == "module")
+        pushed = envoy.admin("/config_dump?resource=dynamic_listeners")
+        assert ("DynamicModuleFilter" in pushed) is (filters == "module"), pushed[:2000]
         yield EnvoyMesh(placement, envoy)
 
 

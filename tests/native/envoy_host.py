@@ -62,6 +62,8 @@ class FakeEnvoyHost:
         lib.fh_md_string.argtypes = [ctypes.c_char_p] * 3
         lib.fh_md_number.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_double]
         lib.fh_md_bool.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int]
+        lib.fh_dynamic_number.argtypes = [ctypes.c_char_p, ctypes.c_char_p,
+                                          ctypes.POINTER(ctypes.c_double)]
         lib.fh_reply_status.restype = ctypes.c_char_p
         lib.fh_reply_message.restype = ctypes.c_char_p
         self.config: int | None = None
@@ -124,6 +126,12 @@ class FakeEnvoyHost:
             n = self.lib.fh_body(k, ctypes.byref(p))
             out += ctypes.string_at(p.value, n) if n and p.value else b""
         return out
+
+    def dynamic(self, ns: str, key: str) -> float | None:
+        """The number the module set as the stream's dynamic metadata ``ns``/``key``."""
+        out = ctypes.c_double()
+        found = self.lib.fh_dynamic_number(ns.encode(), key.encode(), ctypes.byref(out))
+        return out.value if found else None
 
     def cleared(self) -> int:
         return int(self.lib.fh_cleared())

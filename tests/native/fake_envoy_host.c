@@ -207,6 +207,31 @@ static md* find_md(int kind, module_buffer ns, module_buffer key) {
   return NULL;
 }
 
+/* dynamic metadata the module sets: kind DYNAMIC + 1 (a number), read by fh_dynamic_number */
+#define DYNAMIC 10
+void envoy_dynamic_module_callback_http_set_dynamic_metadata_number(envoy_filter f,
+                                                                    module_buffer ns,
+                                                                    module_buffer key,
+                                                                    double value) {
+  (void)f;
+  md* m = find_md(DYNAMIC + 1, ns, key);
+  if (m == NULL && nmetadata < MAX) {
+    m = &metadata[nmetadata++];
+    *m = (md){DYNAMIC + 1, dup(ns.ptr, ns.length), dup(key.ptr, key.length), NULL, 0, 0};
+  }
+  if (m) m->d = value;
+}
+
+int fh_dynamic_number(const char* ns, const char* key, double* out) {
+  for (int i = 0; i < nmetadata; i++)
+    if (metadata[i].kind == DYNAMIC + 1 && strcmp(metadata[i].ns, ns) == 0 &&
+        strcmp(metadata[i].key, key) == 0) {
+      *out = metadata[i].d;
+      return 1;
+    }
+  return 0;
+}
+
 bool envoy_dynamic_module_callback_http_get_metadata_string(envoy_filter f,
                                                             enum metadata_source s,
                                                             module_buffer ns, module_buffer key,

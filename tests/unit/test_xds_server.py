@@ -61,8 +61,8 @@ def test_nodes_at_ever_new_addresses_keep_the_per_node_caches_bounded() -> None:
             "r", "127.0.0.1", 20000 + i, slow_path_port=30000 + i)[LISTENER][LISTENER_NAME]
     caches = (ads._listeners, ads._slow_path, ads._with_slow_path)
     assert [len(c) for c in caches] == [NODE_CACHE_MAX] * 3
-    assert (("127.0.0.1", 20000, "r", True) not in ads._listeners
-            and ("127.0.0.1", 20000 + n - 1, "r", True) in ads._listeners)
+    assert (("127.0.0.1", 20000, "r", True, False) not in ads._listeners
+            and ("127.0.0.1", 20000 + n - 1, "r", True, False) in ads._listeners)
     # a forgotten node is served again, rebuilt the same
     again = ads.offer("r", "127.0.0.1", 20000, slow_path_port=30000)
     assert again[LISTENER][LISTENER_NAME].message == listener(

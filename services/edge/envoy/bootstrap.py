@@ -3,7 +3,8 @@
 Everything the edge does (its listener, routes and clusters) comes from placement over delta
 ADS (``services/xds``). The bootstrap names the node (``id`` = edge id, ``cluster`` = its
 region; ``metadata.listen_host``/``listen_port`` = where placement should make it listen,
-``metadata.slow_path_port`` = its co-located Python edge on 127.0.0.1, if it has one),
+``metadata.slow_path_port`` = its co-located Python edge on 127.0.0.1, if it has one;
+``metadata.envoy_filters`` = ``module`` when it loads the C dynamic module, ``native.py``),
 one static cluster ``placement`` with every placement replica as an endpoint (HTTP/2, as gRPC
 needs), and the admin interface on 127.0.0.1 on a port from ``services.ports`` (below the
 ephemeral range, so no outgoing connection can hold it). With ``[security]`` TLS
@@ -29,6 +30,7 @@ from envoy.extensions.upstreams.http.v3 import (  # noqa: F401 (registers the "@
 from google.protobuf import json_format
 
 from services.xds import tls
+from services.xds.native import NODE_KEY
 from services.xds.resources import PLACEMENT_CLUSTER  # the listener logs calls to it
 
 _T = "type.googleapis.com/"
@@ -42,6 +44,9 @@ class EnvoyNode:
     listen_port: int
     admin_port: int
     slow_path_port: int = 0  # the co-located Python edge (services.edge.envoy.slowpath); 0: none
+    # started able to load the C dynamic module (services/xds/native.py): placement then
+    # pushes the module's filters in place of the listener Lua
+    module: bool = False
 
 
 @dataclass(frozen=True)
@@ -79,7 +84,8 @@ def bootstrap(node: EnvoyNode, placement: Sequence[str], delta: bool = True,
                  "metadata": {"listen_host": node.listen_host,
                               "listen_port": node.listen_port,
                               **({"slow_path_port": node.slow_path_port}
-                                 if node.slow_path_port else {})}},
+                                 if node.slow_path_port else {}),
+                              **({NODE_KEY: "module"} if node.module else {})}},
         "admin": {"address": _socket(f"127.0.0.1:{node.admin_port}")},
         "dynamic_resources": {
             "ads_config": {"api_type": "DELTA_GRPC" if delta else "GRPC", "transport_api_version": "V3",

@@ -26,6 +26,7 @@ from services.config import EdgeConfig, MeshConfig
 from services.edge.envoy.binary import envoy_binary
 from services.edge.envoy.bootstrap import EnvoyNode, EnvoyTls, write_bootstrap
 from services.ports import free_port
+from services.xds import native
 from services.xds.envoy_types import EnvoySettings
 from services.xds.listener import tenant_calls, tenant_sans
 from services.xds.resources import LISTENER_NAME
@@ -68,18 +69,37 @@ def envoy_command(bootstrap: pathlib.Path, concurrency: int | None = None,
     return argv
 
 
+def loads_module(cfg: MeshConfig, edge_id: str) -> bool:
+    """Whether this edge's Envoy loads the C dynamic module (``[edge] envoy_filters``,
+    ``native.choose``), logged with why; ``module`` without a loadable module is an
+    EnvoyStartError naming why."""
+    try:
+        module, why = native.choose(cfg.edge.envoy_filters)
+    except ValueError as exc:
+        raise EnvoyStartError(f"edge {edge_id}: {exc}") from None
+    log.info("envoy_filters", edge=edge_id, filters="module" if module else "lua", why=why)
+    return module
+
+
 def prepare(cfg: MeshConfig, edge: EdgeConfig, placement: Sequence[str] | None = None,
             port: int | None = None, run_dir: pathlib.Path | None = None, delta: bool = True,
             name: str | None = None, slow_path_port: int = 0) -> tuple[EnvoyNode, pathlib.Path]:
     """Choose the admin port and write the bootstrap; returns the node and the file.
-    ``slow_path_port``: where the edge's co-located Python edge listens (0: it has none)."""
+    ``slow_path_port``: where the edge's co-located Python edge listens (0: it has none).
+    The node says whether its Envoy loads the C dynamic module (``loads_module``)."""
     node = EnvoyNode(edge.id, edge.region, edge.host, edge.port if port is None else port,
-                     free_port(), slow_path_port)
+                     free_port(), slow_path_port, loads_module(cfg, edge.id))
     base = run_dir or cfg.path(cfg.run_dir)
     path = write_bootstrap(base / "envoy" / f"{name or edge.id}.json", node,
                            list(placement or placement_addresses(cfg, edge.region)), delta,
                            envoy_tls(cfg))
     return node, path
+
+
+def envoy_env(node: EnvoyNode) -> dict[str, str] | None:
+    """The environment of ``node``'s Envoy: where it finds the C dynamic module when its
+    bootstrap says it loads it (``native.SEARCH_PATH_ENV``); else this process's."""
+    return native.envoy_env() if node.module else None
 
 
 class EnvoyEdge:
@@ -107,7 +127,7 @@ class EnvoyEdge:
     def start(self) -> None:
         self._log = self.log_path.open("ab")
         self._proc = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT,
-                                      start_new_session=True)
+                                      start_new_session=True, env=envoy_env(self.node))
 
     def admin(self, path: str) -> str:
         url = f"http://127.0.0.1:{self.node.admin_port}{path}"
@@ -232,7 +252,8 @@ async def _run_edge(cfg: MeshConfig, edge: EdgeConfig, placement: Sequence[str] 
     if reload is not None:
         loop.add_signal_handler(signal.SIGHUP, policy_reloader(slow, cfg, reload))
     try:
-        node = EnvoyNode(edge.id, edge.region, edge.host, edge.port, 0, slow.port)
+        node = EnvoyNode(edge.id, edge.region, edge.host, edge.port, 0, slow.port,
+                         loads_module(cfg, edge.id))
         supervisor = Supervisor(node, replicas or placement_addresses(cfg, edge.region),
                                 cfg.path(cfg.run_dir) / "envoy", concurrency,
                                 certs=envoy_tls(cfg))

@@ -1,0 +1,132 @@
+"""Placement pushes the C dynamic module (native/switchyard_edge.c) to the Envoy edges that load
+it: ``[edge] envoy_filters`` (auto, module, lua) decided where Envoy starts (``native.choose``,
+``launcher.loads_module``), said in the bootstrap's node metadata, read by placement per node
+(``native.node_loads_module``), which then pushes the module's listener filter in place of the
+listener Lua; every route carries the flattened cost and feasibility the module reads."""
+
+from __future__ import annotations
+
+import pathlib
+import shutil
+import subprocess
+
+import pytest
+from envoy.config.core.v3 import base_pb2
+from google.protobuf import json_format
+
+from placement.registry import build_profile
+from services.config import MeshConfig
+from services.edge.envoy import launcher
+from services.edge.envoy.bootstrap import EnvoyNode, bootstrap
+from services.xds import lua, native
+from services.xds.listener import listener
+from services.xds.resources import LISTENER, LISTENER_NAME, EnvoySettings
+from services.xds.server import AdsServer
+from tests.mesh_harness import mesh_config
+from tests.native.envoy_host import FakeEnvoyHost, build
+from tests.unit.test_envoy_dynmod import INFER, _listener, _request
+from tests.unit.test_xds_server import _Hub
+
+_FILTER = "envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter"
+
+
+def _http_filters(msg: object) -> list[dict[str, object]]:
+    d = json_format.MessageToDict(msg)  # type: ignore[arg-type]
+    hcm = d["filterChains"][0]["filters"][0]["typedConfig"]
+    return list(hcm["httpFilters"])
+
+
+def test_auto_takes_the_module_when_it_loads_and_says_why_not_otherwise(
+        tmp_path: pathlib.Path) -> None:
+    assert native.choose("auto") == (True, f"{native.module_path()} loads (ABI v0.2.0)")
+    assert native.choose("lua")[0] is False
+    module, why = native.choose("auto", tmp_path)
+    assert not module and "is not built" in why and str(tmp_path) in why
+    with pytest.raises(ValueError, match=r"envoy_filters = 'module', but .* is not built"):
+        native.choose("module", tmp_path)
+    native.module_path(tmp_path).write_text("not a library")
+    module, why = native.choose("auto", tmp_path)
+    assert not module and "does not load" in why
+    with pytest.raises(ValueError, match="one of auto, module, lua"):
+        native.choose("yes")
+
+
+def test_a_module_of_another_abi_is_not_loaded(tmp_path: pathlib.Path) -> None:
+    gcc = shutil.which("gcc")
+    assert gcc is not None, "gcc builds the module and this test's stand-in"
+    src = tmp_path / "old.c"
+    src.write_text('const char* envoy_dynamic_module_on_program_init(void) { return "v0.1.0"; }\n')
+    subprocess.run([gcc, "-shared", "-fPIC", "-o", str(native.module_path(tmp_path)), str(src)],
+                   check=True)
+    module, why = native.choose("auto", tmp_path)
+    assert not module and "ABI b'v0.1.0'" in why and "rebuild it" in why
+
+
+def test_the_bootstrap_says_so_and_placement_reads_it_per_node() -> None:
+    plain = EnvoyNode("e1", "r", "127.0.0.1", 50051, 9901)
+    loads = EnvoyNode("e1", "r", "127.0.0.1", 50051, 9901, module=True)
+    for node, expected in ((plain, False), (loads, True)):
+        as_sent = json_format.ParseDict(bootstrap(node, ["127.0.0.1:50050"])["node"],
+                                        base_pb2.Node())
+        assert native.node_loads_module(as_sent.metadata.fields) is expected
+    assert native.NODE_KEY not in bootstrap(plain, ["127.0.0.1:50050"])["node"]["metadata"]
+
+
+def test_a_module_node_gets_the_modules_listener_filter_and_a_lua_node_the_lua() -> None:
+    s = EnvoySettings(max_metadata_bytes=8192, max_metadata_count=64, tenants=True)
+    lua_filter, = [f for f in _http_filters(listener("127.0.0.1", 1, "r", s, True))
+                   if f["name"] == lua.LISTENER_FILTER]
+    assert "Lua" in str(lua_filter["typedConfig"]["@type"])  # type: ignore[index]
+    dm, = [f for f in _http_filters(listener("127.0.0.1", 1, "r", s, True, module=True))
+           if f["name"] == lua.LISTENER_FILTER]
+    config = dm["typedConfig"]
+    assert config["@type"].endswith(_FILTER)  # type: ignore[index]
+    assert config["filterConfig"]["value"] == (  # type: ignore[index]
+        "margin=5.0;slow=1;tenants=credential;max_message_bytes=16777216;"
+        "max_metadata_bytes=8192;max_metadata_count=64")
+
+
+def test_placement_caches_the_listener_per_node_and_filter_kind() -> None:
+    ads = AdsServer(_Hub(), build_profile("cheapest"), EnvoySettings())  # type: ignore[arg-type]
+    lua_node = ads.offer("r", "127.0.0.1", 20000, 0, module=False)
+    dm_node = ads.offer("r", "127.0.0.1", 20000, 0, module=True)
+    assert lua_node[LISTENER][LISTENER_NAME] is ads.offer("r", "127.0.0.1", 20000)[LISTENER][
+        LISTENER_NAME]
+    kinds = [str(_http_filters(o[LISTENER][LISTENER_NAME].message)[0]["typedConfig"])
+             for o in (lua_node, dm_node)]
+    assert "lua.v3.Lua" in kinds[0] and _FILTER in kinds[1]
+
+
+def test_the_launcher_starts_envoy_where_it_finds_the_module(tmp_path: pathlib.Path) -> None:
+    cfg: MeshConfig = mesh_config(tmp_path)
+    node, path = launcher.prepare(cfg, cfg.edges[0], placement=["127.0.0.1:1"],
+                                  run_dir=tmp_path)
+    assert node.module and '"envoy_filters": "module"' in path.read_text()
+    env = launcher.envoy_env(node)
+    assert env is not None and env[native.SEARCH_PATH_ENV] == str(native.BUILD_DIR)
+    lua_cfg = cfg.model_copy(update={"edge": cfg.edge.model_copy(
+        update={"envoy_filters": "lua"})})
+    node, path = launcher.prepare(lua_cfg, cfg.edges[0], placement=["127.0.0.1:1"],
+                                  run_dir=tmp_path, name="lua")
+    assert not node.module and launcher.envoy_env(node) is None
+    assert native.NODE_KEY not in path.read_text()
+
+
+def test_a_modelinfers_own_slo_is_in_the_access_logs_metadata(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """As the Lua's dynamicMetadata():set("switchyard", "slo_ms", slo): placement's learning
+    judges the call's miss by it (learning.py). Fails on the module before this change (it
+    set no dynamic metadata, so an Envoy running it logged every call at its class's SLO)."""
+    host = FakeEnvoyHost(build(tmp_path_factory.mktemp("dm-push")))
+    _listener(host).start({":path": INFER, "x-slo-ms": "1.5"}, _request("tiny"))
+    host.request_headers()
+    host.request_body()
+    assert host.dynamic(lua.METADATA_NAMESPACE, "slo_ms") == 1.5
+    _listener(host).start({":path": INFER, "grpc-timeout": "100m"}, _request("tiny"))
+    host.request_headers()
+    host.request_body()
+    assert host.dynamic(lua.METADATA_NAMESPACE, "slo_ms") == 95.0  # the deadline less 5 ms
+    _listener(host).start({":path": INFER}, _request("tiny"))
+    host.request_headers()
+    host.request_body()
+    assert host.dynamic(lua.METADATA_NAMESPACE, "slo_ms") is None  # the route's class
