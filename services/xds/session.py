@@ -251,7 +251,8 @@ class SotwSession:
     names: dict[str, set[str]] = field(default_factory=dict)
     unanswered: set[str] = field(default_factory=set)  # (re)subscribed, owed a response
     replies: Replies = field(init=False)
-    _last: dict[str, Mapping[str, Resource]] = field(default_factory=dict)  # offered, by type
+    # by type, the whole set last sent (a keep push's merge included): what Envoy holds
+    _last: dict[str, Mapping[str, Resource]] = field(default_factory=dict)
     # name -> version of the whole set last sent, by type
     _held: dict[str, dict[str, str]] = field(default_factory=dict)
 
@@ -290,14 +291,20 @@ class SotwSession:
     def push(self, type_url: str, offered: Mapping[str, Resource], system_version: str,
              delta: Delta | None = None, keep: bool = False
              ) -> discovery_pb2.DiscoveryResponse | None:
-        """``keep``: the whole set is what was offered last plus ``offered`` (make before
-        break); ``delta`` is not used: every response carries the whole set."""
+        """``keep``: the whole set is what was last sent plus ``offered`` (make before
+        break: Envoy removes what a response leaves out, so what it holds stays in it, in
+        the version it holds unless ``offered`` changes it); ``delta`` is not used: every
+        response carries the whole set.
+
+        Not what was last pushed whole plus ``offered``, as before: when a newer compile
+        came while the break waited for the route's ACK, its make step dropped the clusters
+        the route Envoy ran named, and sent clusters changed in place back in their older
+        version (``tests/unit/test_xds_push_order_sotw.py``)."""
         if type_url not in self.names:
             return None
         if keep:
             offered = {**self._last.get(type_url, {}), **offered}
-        else:
-            self._last[type_url] = offered
+        self._last[type_url] = offered
         want = _wanted(type_url, self.names[type_url], offered)
         version = hashlib.sha256("".join(f"{n}={r.version};" for n, r in sorted(want.items()))
                                  .encode()).hexdigest()[:16]
