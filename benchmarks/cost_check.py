@@ -255,6 +255,17 @@ def _mix_wait(on: bool, at_least_own: bool = True, strict: bool = True,
     return apply
 
 
+def _spread(kind: str, mix: bool = False) -> Callable[[], None]:
+    """The fallback spread against its herd (``meet.SPREAD``: "room" by each row's chance ×
+    this edge's slice of its room, "p2c" the likelier of two rows drawn by slots); ``mix``:
+    with ``mix-wait`` (``routes.MIX_WAIT``)."""
+    def apply() -> None:
+        meet.SPREAD = kind
+        if mix:
+            _mix_wait(True)()
+    return apply
+
+
 def _no_slow_start() -> None:
     """The simulator before it ran the edge's slow start (``policies.SLOW_START`` off)."""
     policies.SLOW_START = False
@@ -294,6 +305,10 @@ VARIANTS: dict[str, Callable[[], None]] = {
     "mix-wait-symmetric": _mix_wait(True, symmetric=True),
     "mix-wait-fallback": _mix_wait(True, strict=False),
     "mix-wait-fallback-mean": _mix_wait(True, at_least_own=False, strict=False),
+    "spread-room": _spread("room"),
+    "spread-p2c": _spread("p2c"),
+    "mix-wait-spread-room": _spread("room", mix=True),
+    "mix-wait-spread-p2c": _spread("p2c", mix=True),
     "fallback-fastest": _fallback_fastest,
     "fallback-chance": _fallback_chance(),
     "fallback-chance-idle-first": _fallback_chance(idle_first=True),

@@ -123,6 +123,13 @@ LEARNED_CAP: float | None = None
 # When no row has any chance, draw by the chance without learned margins before taking the
 # fastest by estimate: measured, see the module docstring.
 UNLEARNED_SECOND = False
+# Against the fallback's herd (every edge falls back at once on the same table): "" off (the
+# draw within ``EPS`` of the best chance); "room": rows within ``SPREAD_BAND`` × the best
+# chance drawn by chance × this edge's slice of the row's room (``room``); "p2c": two of
+# them drawn by this edge's slots, the likelier taken (``choose``). Both spread the no-chance
+# case too. Measured: ``benchmarks.cost_check --variants spread-room spread-p2c``.
+SPREAD = ""
+SPREAD_BAND = 0.5
 Z95 = NormalDist().inv_cdf(0.95)
 _PHI = NormalDist().cdf
 MIN_SIGMA = 0.02
@@ -204,6 +211,60 @@ def chance(c: Candidate, ctx: CallContext, idle: bool = False,
     return (1.0 - waits) * served + waits * within / len(_QUANTILES)
 
 
+def room(c: Candidate, ctx: CallContext) -> float:
+    """This edge's slice of ``c``'s backend's room, less its own calls past its share there:
+    the servers the table reports free times this edge's fraction of the backend's slots
+    (``(1 − utilisation) × slots``; the slices of every edge sum to the free servers, as the
+    slot shares sum to the servers), less ``excess`` (this call included). ≤ 0: this edge
+    has taken its slice."""
+    return (1.0 - utilisation(c)) * c.slots - excess(c, ctx)
+
+
+def _weighted(pairs: Sequence[tuple[float, Candidate]], rng: random.Random) -> Candidate:
+    """One of ``pairs`` drawn with probability in proportion to its weight (all > 0)."""
+    x = rng.random() * sum(w for w, _ in pairs)
+    for w, c in pairs:
+        x -= w
+        if x < 0:
+            return c
+    return pairs[-1][1]
+
+
+def _spread(scored: Sequence[tuple[float, Candidate]], ctx: CallContext,
+            rng: random.Random) -> Candidate | None:
+    """``SPREAD``'s row among ``scored`` (chance, row), the best chance > 0; None: the
+    draw within ``EPS`` decides (no row with room)."""
+    best = max(p for p, _ in scored)
+    band = [(p, c) for p, c in scored if p > 0.0 and p >= SPREAD_BAND * best]
+    if len(band) == 1:
+        return band[0][1]
+    if SPREAD == "p2c":
+        weights = [(c.slots, c) for _, c in band]
+        a = _weighted(weights, rng)
+        rest = [(w, c) for w, c in weights if c is not a]
+        b = _weighted(rest, rng)
+        pa, pb = (next(p for p, c in band if c is x) for x in (a, b))
+        return a if (pa, -a.cost_usd) >= (pb, -b.cost_usd) else b
+    roomy = [(p * r, c) for p, c in band if (r := room(c, ctx)) > 0.0]
+    return _weighted(roomy, rng) if roomy else None
+
+
+def _spread_able(able: Sequence[Candidate], ctx: CallContext,
+                 rng: random.Random) -> Candidate | None:
+    """With no chance anywhere, ``SPREAD``'s row among ``able`` (not one fastest for every
+    edge): "room" by this edge's slice of each row's room, "p2c" the faster of two drawn by
+    slots; None: the fastest decides."""
+    if len(able) < 2:
+        return None
+    if SPREAD == "p2c":
+        weights = [(c.slots, c) for c in able]
+        a = _weighted(weights, rng)
+        b = _weighted([(w, c) for w, c in weights if c is not a], rng)
+        return min((a, b), key=ctx.latency_ms)
+    roomy = [(r, c) for c in able if (r := room(c, ctx)) > 0.0]
+    return _weighted(roomy, rng) if roomy else None
+
+
 def fits_idle(c: Candidate, ctx: CallContext) -> bool:
     """``c``'s p95 with a free slot (no wait of this edge's own) fits the call's budget."""
     return ctx.p95_ms(c) <= ctx.hints.slo_ms - ctx.slo_margin_ms
@@ -225,13 +286,11 @@ def choose(rows: Sequence[Candidate], ctx: CallContext,
         best = max(p for p, _ in scored)
     if best <= 0.0:  # the fastest of the rows that could meet it in most calls if idle
         able = [c for c in rows if chance(c, ctx, idle=True) >= 0.5]
-        return min(able or rows, key=ctx.latency_ms)
+        spread = _spread_able(able, ctx, rng) if SPREAD and rng is not None else None
+        return spread or min(able or rows, key=ctx.latency_ms)
+    if SPREAD and rng is not None and (spread := _spread(scored, ctx, rng)) is not None:
+        return spread
     near = [(p, c) for p, c in scored if p > 0.0 and p >= best - EPS]
     if rng is None or len(near) == 1:
         return max(near, key=lambda pc: (pc[0], -pc[1].cost_usd))[1]
-    x = rng.random() * sum(p for p, _ in near)
-    for p, c in near:
-        x -= p
-        if x < 0:
-            return c
-    return near[-1][1]
+    return _weighted(near, rng)

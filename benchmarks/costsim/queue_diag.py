@@ -1,6 +1,7 @@
 """What the brain predicted for each 'queueing not foreseen' miss, against what happened.
 
     python -m benchmarks.costsim.queue_diag [--scenarios NAME ...] [--seeds 0] [--full]
+        [--variants base ...]
 
 A ``QueueTrace`` is ``misses.TracedSimulation`` plus, for the attempt that served each call,
 what the edge knew when it chose (the decision hook: the row's p95 as the edge reads it,
@@ -26,7 +27,9 @@ applies:
    shares (shares summing past the servers, or a row's observed p95 taken when it was
    quieter).
 
-Prints per scenario and seed the reasons with counts, and the means of the inputs and of
+``--variants``: the brain with ``benchmarks.cost_check``'s variants, each run in a fresh
+process (a variant switches module state). Prints per scenario, seed and variant the reasons
+with counts, and the means of the inputs and of
 what happened for each. Not written into RESULTS.md by itself.
 """
 
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import multiprocessing
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -91,6 +95,7 @@ class Seen:
 class Diag:
     scenario: str
     seed: int
+    variant: str
     calls: int
     attainment: float
     causes: Counter[str]
@@ -177,7 +182,15 @@ COLUMNS = ("slo_ms", "predicted_ms", "p95_ms", "table_queue_ms", "compute_ms", "
            "chance", "burst", "observed")
 
 
-def run_one(path: str, seed: int, quick: bool) -> Diag:
+def run_variant(job: tuple[str, int, bool, str]) -> Diag:
+    """``run_one`` with ``benchmarks.cost_check``'s variant switched on (in a fresh process)."""
+    from benchmarks.cost_check import VARIANTS
+    path, seed, quick, variant = job
+    VARIANTS[variant]()
+    return run_one(path, seed, quick, variant)
+
+
+def run_one(path: str, seed: int, quick: bool, variant: str = "base") -> Diag:
     s = suite.scenario_of(suite.Job(path, quick, "switchyard"))
     s.seed += seed
     trace = generate(s, quick)
@@ -190,7 +203,7 @@ def run_one(path: str, seed: int, quick: bool) -> Diag:
     holder.append(sim)
     r: SimResult = sim.run()
     cause = causes(sim, r)
-    out = Diag(s.name, seed, r.calls, r.attainment, Counter(cause.values()))
+    out = Diag(s.name, seed, variant, r.calls, r.attainment, Counter(cause.values()))
     rows: dict[str, list[tuple[int, Seen]]] = {}
     for i, c in cause.items():
         if c == CAUSES[4] and i in sim.seen:
@@ -212,7 +225,8 @@ def report(diags: list[Diag]) -> str:
     for d in diags:
         rows = [[name, d.reasons[name], *[f"{d.means[name][c]:.3g}" for c in COLUMNS]]
                 for name in REASONS if d.reasons.get(name)]
-        parts.append(f"{d.scenario} seed {d.seed}: {d.attainment:.2%} of {d.calls:,} calls, "
+        parts.append(f"{d.scenario} seed {d.seed} {d.variant}: {d.attainment:.2%} of "
+                     f"{d.calls:,} calls, "
                      f"'{CAUSES[4]}' {d.causes.get(CAUSES[4], 0)} of "
                      f"{sum(d.causes.values())} misses\n\n"
                      + md_table(("reason", "misses", *COLUMNS), rows))
@@ -225,13 +239,18 @@ def main() -> None:
                    default=["held-out-near-capacity", "held-out-many-models"])
     p.add_argument("--seeds", nargs="*", type=int, default=[0])
     p.add_argument("--full", action="store_true")
+    p.add_argument("--variants", nargs="*", default=["base"])
+    p.add_argument("--workers", type=int, default=1)
     args = p.parse_args()
     t0 = time.monotonic()
+    jobs = [(str(SCENARIOS / f"{name}.toml"), seed, not args.full, v)
+            for name in args.scenarios for seed in args.seeds for v in args.variants]
     diags = []
-    for name in args.scenarios:
-        for seed in args.seeds:
-            diags.append(run_one(str(SCENARIOS / f"{name}.toml"), seed, not args.full))
-            progress(f"queue_diag: {name} seed {seed} done")
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(max(args.workers, 1), maxtasksperchild=1) as pool:
+        for d in pool.imap(run_variant, jobs):
+            diags.append(d)
+            progress(f"queue_diag: {d.scenario} seed {d.seed} {d.variant} done")
     print(report(diags))
     print(f"\n_(took {time.monotonic() - t0:.0f} s)_")
 
