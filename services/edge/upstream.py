@@ -15,9 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+import structlog
 from tritonclient.grpc import service_pb2_grpc
 
 from services.edge.wire import REWRITE_HEADROOM_BYTES
+
+log = structlog.get_logger("switchyard.edge")
 
 # What grpc.aio raises writing to a call its core already finished (not an AioRpcError).
 _CALL_ENDED: type[Exception] = getattr(importlib.import_module("grpc._cython.cygrpc"),
@@ -48,11 +51,15 @@ STREAM = "/inference.GRPCInferenceService/ModelStreamInfer"
 # Longest a stream the edge let go of is read to its end before it is cancelled anyway
 # (``Upstreams.drain``); its own deadline, the caller's, usually ends it first.
 DRAIN_MAX_S = 60.0
-# Most streams drained at once; past it a stream let go of is cancelled as before (draining
-# costs the backend the rest of each generation: a caller cancelling many long streams must
-# not buy unbounded work with it).
-MAX_DRAINING = 128
-
+# Streams drained at once past which the edge says so in its log (``drain_backlog``, each
+# time the count crosses it). Not a limit: a stream let go of past it is still drained, never cancelled.
+# It was one (128, past it the rest were cancelled at once, to bound the work a caller
+# cancelling many long streams buys): 128 long streams cancelled by their callers, then 120
+# short ones whose callers' deadlines ran out, got those cancelled mid-generation and killed
+# east-fast (SIGSEGV) (tests/integration/test_hostile_round5.py). A drained stream stays
+# counted on its deployment until it ends (``Generation.attempt_ended``), so the next
+# choices see that work; what it costs the backend is the generation its caller asked for.
+DRAIN_BACKLOG = 128
 
 @dataclass(slots=True)
 class Upstream:
@@ -90,7 +97,6 @@ class Upstreams:
         ]
         self._by_endpoint: dict[str, Upstream] = {}
         self.draining: set[asyncio.Task[None]] = set()  # streams let go of, still running
-        self.drains_refused = 0  # let go of past MAX_DRAINING: cancelled instead
 
     def get(self, endpoint: str) -> Upstream:
         up = self._by_endpoint.get(endpoint)
@@ -121,14 +127,14 @@ class Upstreams:
         SIGSEGV when a client cancels a decoupled stream while responses are being sent
         (triton-inference-server/server#7368, fixed in 24.12): through the edge, callers
         cancelling 300-token streams 25-30 ms in killed it within a few hundred streams.
-        At most ``MAX_DRAINING`` at once: past it the call is cancelled. Returns the drain's
-        task (the backend still works on the stream until it ends), None when nothing runs."""
+        However many drain at once (past ``DRAIN_BACKLOG`` the edge logs it, never cancels).
+        Returns the drain's task (the backend still works on the stream until it ends), None
+        when nothing runs."""
         if call.done():
             return None
-        if len(self.draining) >= MAX_DRAINING:
-            self.drains_refused += 1
-            call.cancel()
-            return None
+        if len(self.draining) == DRAIN_BACKLOG:
+            log.warning("drain_backlog", draining=DRAIN_BACKLOG + 1,
+                        note="streams let go of are still drained, never cancelled")
         task = asyncio.create_task(_drain(call, pending, max_s))
         self.draining.add(task)
         task.add_done_callback(self.draining.discard)
