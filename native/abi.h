@@ -83,6 +83,9 @@ bool envoy_dynamic_module_callback_http_get_metadata_bool(envoy_filter f,
                                                           enum metadata_source s,
                                                           module_buffer ns, module_buffer key,
                                                           bool* result);
+/* The route's cluster: Envoy resolves the route first when it was cleared (clusterInfo()),
+ * which route metadata alone does not (it reads the stream info's route as last resolved). */
+bool envoy_dynamic_module_callback_http_get_cluster_name(envoy_filter f, envoy_buffer* result);
 /* (bool in some ABI builds, void in others: declared void, its answer unused) */
 void envoy_dynamic_module_callback_http_set_dynamic_metadata_number(envoy_filter f,
                                                                     module_buffer ns,

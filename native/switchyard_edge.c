@@ -437,6 +437,10 @@ static void listener_body_done(envoy_filter f, filter* s) {
   }
   set_header(f, REQUEST_HEADER, MODEL_HEADER, name, name_len);
   envoy_dynamic_module_callback_http_clear_route_cache(f);
+  /* Resolve the route for the name now (as the Lua's handle:metadata() does): route metadata
+   * is read from the route last resolved, the one matched before the name was known. */
+  envoy_buffer cluster = {0};
+  envoy_dynamic_module_callback_http_get_cluster_name(f, &cluster);
   envoy_buffer first = {0};
   if (envoy_dynamic_module_callback_http_get_metadata_string(
           f, MD_ROUTE, LIT(LISTENER_NS), LIT("first_variant"), &first) &&

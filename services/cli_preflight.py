@@ -14,11 +14,13 @@ from placement.errors import ConfigError
 from services.config import MeshConfig
 from services.prices_file import load_prices
 from services.up import LOCAL_HOSTS
+from services.xds import native
 
 
 def check_up(cfg: MeshConfig, config_path: str) -> None:
     check_run_dir(cfg.path(cfg.run_dir), config_path)
     check_ports(cfg, config_path)
+    check_envoy_filters(cfg, config_path)
     if cfg.discovery == "static":  # placement reads it after the backends started
         load_prices(cfg.path(cfg.prices_file))
 
@@ -77,6 +79,19 @@ def check_ports(cfg: MeshConfig, config_path: str) -> None:
         taken[port] = what
         if host in LOCAL_HOSTS:  # `up` refuses remote hosts where it matters (shards)
             check_free(what, host, port, config_path)
+
+
+def check_envoy_filters(cfg: MeshConfig, config_path: str,
+                        build_dir: pathlib.Path = native.BUILD_DIR) -> None:
+    """Envoy edges with ``[edge] envoy_filters = "module"``: the C dynamic module loads here
+    (``services.xds.native.choose``; ``auto`` falls back to the Lua at start, saying why)."""
+    if cfg.edge.engine != "envoy":
+        return
+    try:
+        native.choose(cfg.edge.envoy_filters, build_dir)
+    except ValueError as exc:
+        raise ConfigError(f"{exc}; run native/build.sh, or set envoy_filters = \"auto\" in "
+                          f"{config_path}'s [edge] to fall back to the Lua filters") from None
 
 
 def check_run_dir(run_dir: pathlib.Path, config_path: str) -> None:

@@ -39,7 +39,7 @@ def fleet() -> Iterator[Fleet]:
 
 
 def _envoy(fleet: Fleet, first_variant: str | None = VARIANT,
-           limits: bool = False) -> tuple[str, str]:
+           limits: bool = False, upstream_rewrite: bool = True) -> tuple[str, str]:
     """sy-dm with the model routes' first variant set to ``first_variant`` (None: no key) and,
     with ``limits``, [security.limits]' defaults on the metadata (8 KiB, 64 entries); returns
     Envoy's address and its log file."""
@@ -50,6 +50,10 @@ def _envoy(fleet: Fleet, first_variant: str | None = VARIANT,
         c.filters = [native.listener_filter(5.0, max_metadata_bytes=8192, max_metadata_count=64)
                      if f["name"] == lua.LISTENER_FILTER else f for f in c.filters]
     c.access_log = []  # no placement here
+    if not upstream_rewrite:  # as placement pushes an aggregate whose deployments serve one
+        opts = c.clusters[ec.AGG_CLUSTER]["typed_extension_protocol_options"][ec.PROTOCOL_OPTIONS]
+        opts["http_filters"] = [f for f in opts["http_filters"]
+                                if f["name"] != "switchyard.variant_rewrite"]
     ec.set_first_variant(c, first_variant)
     fleet.start_envoy(f"dm-{port}", c.bootstrap(), log_level="info")
     log = f"dm-{port}.log"
@@ -94,6 +98,16 @@ def test_the_listener_names_the_first_variant_and_adds_the_edges_trailers(
     assert float(trailers["x-cost-usd"]) == pytest.approx(2.5e-7)
     assert trailers["x-slo-met"] == "true"
     assert trailers[lua.PATH_TRAILER] == "envoy"
+
+
+def test_the_listener_alone_names_the_first_variant_in_the_body(fleet: Fleet) -> None:
+    """No upstream rewrite (an aggregate over one variant): only the listener's append names
+    the variant Triton serves. Failed on the module before it resolved the route for the name
+    it had just set (it read the metadata of the route matched before: no first variant, so
+    Triton got the logical name, NOT_FOUND), which the upstream rewrite hid in every other
+    test here."""
+    served, trailers = _call(_envoy(fleet, upstream_rewrite=False)[0])
+    assert served == VARIANT and trailers["x-served-by"] == ec.DEPLOYMENT
 
 
 def test_an_attempt_on_another_variant_is_rewritten_upstream(fleet: Fleet) -> None:

@@ -207,6 +207,16 @@ static md* find_md(int kind, module_buffer ns, module_buffer key) {
   return NULL;
 }
 
+/* The fake has one route, resolved at once: nothing to refresh (counted for the tests). */
+static int resolved;
+bool envoy_dynamic_module_callback_http_get_cluster_name(envoy_filter f, envoy_buffer* result) {
+  (void)f;
+  resolved++;
+  *result = (envoy_buffer){"model:tiny", 10};
+  return true;
+}
+int fh_resolved(void) { return resolved; }
+
 /* dynamic metadata the module sets: kind DYNAMIC + 1 (a number), read by fh_dynamic_number */
 #define DYNAMIC 10
 void envoy_dynamic_module_callback_http_set_dynamic_metadata_number(envoy_filter f,

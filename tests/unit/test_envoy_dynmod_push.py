@@ -130,3 +130,17 @@ def test_a_modelinfers_own_slo_is_in_the_access_logs_metadata(
     host.request_headers()
     host.request_body()
     assert host.dynamic(lua.METADATA_NAMESPACE, "slo_ms") is None  # the route's class
+
+
+def test_preflight_refuses_module_where_it_does_not_load(tmp_path: pathlib.Path) -> None:
+    from placement.errors import ConfigError
+    from services.cli_preflight import check_envoy_filters
+
+    cfg = mesh_config(tmp_path)
+    envoy = cfg.model_copy(update={"edge": cfg.edge.model_copy(
+        update={"engine": "envoy", "envoy_filters": "module"})})
+    check_envoy_filters(envoy, "mesh.toml")  # built here: passes
+    with pytest.raises(ConfigError, match=r"is not built.*run native/build\.sh"):
+        check_envoy_filters(envoy, "mesh.toml", tmp_path)
+    check_envoy_filters(cfg.model_copy(update={"edge": cfg.edge.model_copy(
+        update={"envoy_filters": "module"})}), "mesh.toml", tmp_path)  # a Python edge
