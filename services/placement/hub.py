@@ -6,7 +6,10 @@ rows of backends that changed since the last one (``FleetState.take_dirty``); ev
 recomputed only when something global changed (prices, first build). A row is pushed only
 when it changed materially (``material``: anything but an estimate, or an estimate that
 moved by more than its noise band since the row was last pushed), so 1 Hz load wobble on a
-busy fleet does not become a push. Each publish becomes one ``RegionPush`` per edge region,
+busy fleet does not become a push; the band is the wider of a fixed one and the row's own
+measured jitter, and changes learned from telemetry go out at most once every
+``estimate_every_s`` (``services.placement.bands``: a steady two-instance mesh republished
+4 times a second on the fixed bands alone). Each publish becomes one ``RegionPush`` per edge region,
 built and serialised once and shared by every watcher of that region; a watcher that falls
 behind merges its pending pushes row by row (the newest row wins), so a slow edge gets the
 newest rows, never a backlog.
@@ -26,10 +29,11 @@ for 5,000 backends x 5 edge regions), and a readiness flip waited behind all of 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field, fields
-from operator import attrgetter, itemgetter
+from dataclasses import dataclass, field
+from operator import itemgetter
 
 import structlog
 
@@ -39,6 +43,7 @@ from placement.model import Candidate
 from placement.routes import RouteBuilder, rank
 from services.api.switchyard.v1 import placement_pb2
 from services.convert import candidate_to_pb
+from services.placement.bands import DEFERRABLE, ESTIMATE_EVERY_S, Jitter, large, material
 from services.placement.watchers import Merges, RegionPush, Rows, Watcher
 
 log = structlog.get_logger("switchyard.placement.hub")
@@ -50,35 +55,19 @@ MAX_BUILD_ROWS = 1000
 # A usability flip's own publish waits this long for other flips to join it (an agent's
 # round arrives over a few ms), not for the coalescing or a paced backlog piece.
 URGENT_S = 0.005
-# Estimates: (field, relative band, absolute band). A row whose estimates all stay within
-# max(relative x last pushed, absolute) of what was last pushed is not pushed again.
-_BANDS = (("latency_p95_ms", 0.03, 0.5), ("rtt_ms", 0.03, 0.5), ("queue_ms", 0.05, 0.5),
-          ("compute_ms", 0.03, 0.2), ("cost_usd", 0.03, 0.0), ("spare_capacity", 0.1, 1.0))
-_estimates = attrgetter(*(f for f, _, _ in _BANDS))
-_limits = tuple((rel, floor) for _, rel, floor in _BANDS)
-# Everything else an edge reads from a row must be equal (fields added later included).
-_exact = attrgetter(*(f.name for f in fields(Candidate) if f.name not in dict.fromkeys(
-    name for name, _, _ in _BANDS)))
-
-
-def material(old: Candidate, new: Candidate) -> bool:
-    """Would an edge route differently on ``new`` than on ``old`` (the row last pushed)?
-    Every field but the estimates must be equal (readiness, drops, availability, slots, ...);
-    an estimate counts once it leaves its noise band; spare capacity crossing zero counts."""
-    if _exact(old) != _exact(new) or (old.spare_capacity > 0) != (new.spare_capacity > 0):
-        return True
-    return any(abs(b - a) > max(rel * abs(a), floor)
-               for a, b, (rel, floor) in zip(_estimates(old), _estimates(new), _limits,
-                                             strict=True))
+# The bands, the jitter band and the estimate cadence: services/placement/bands.py
+# (``_BANDS``: an estimate's fixed band; ``material``: would an edge route differently).
 
 
 @dataclass(frozen=True)
 class Push:
-    """What one publish offered the watchers, for metrics: changed rows per (model, region)
-    and how long after the first change it went out (the coalescing wait plus the build)."""
+    """What one publish offered the watchers, for metrics: changed rows per (model, region),
+    how long after the first change it went out (the coalescing wait plus the build), and
+    its rows by why they changed (``material``'s reasons, ``added``, ``removed``)."""
 
     rows: dict[tuple[str, str], Rows]
     latency_s: float
+    reasons: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -93,6 +82,7 @@ class _Table:
     rows: dict[str, tuple[Candidate, placement_pb2.Candidate, tuple[object, ...]]] = field(
         default_factory=dict)
     by_backend: dict[str, set[str]] = field(default_factory=dict)  # backend -> its rows
+    jitter: dict[str, Jitter] = field(default_factory=dict)  # deployment id -> its jitter
     snapshot: placement_pb2.RouteTable | None = None  # built lazily, per version
 
     def as_proto(self) -> placement_pb2.RouteTable:
@@ -107,7 +97,8 @@ class _Table:
 class RouteHub:
     def __init__(self, fleet: FleetState, builder: RouteBuilder, regions: list[str],
                  coalesce_s: float = 0.05, clock: Callable[[], float] = time.monotonic,
-                 max_build_rows: int = MAX_BUILD_ROWS, urgent_s: float = URGENT_S) -> None:
+                 max_build_rows: int = MAX_BUILD_ROWS, urgent_s: float = URGENT_S,
+                 estimate_every_s: float = ESTIMATE_EVERY_S) -> None:
         self.fleet = fleet
         self.max_build_rows = max_build_rows
         self.urgent_s = urgent_s
@@ -128,6 +119,11 @@ class RouteHub:
         self._urgent: set[str] = set()  # backends to rebuild first (usable <-> unusable)
         self._everything = False  # a full rebuild is due (prices, a new edge)
         self._merges = Merges()
+        self._reasons: dict[str, int] = {}  # the last rebuild's changed rows by reason
+        self.estimate_every_s = estimate_every_s
+        self._estimates_due = -math.inf  # learned-only changes wait until then
+        self._deferred: set[str] = set()  # backends with learned-only changes not pushed
+        self._estimates_timer: asyncio.Handle | None = None
         self.on_push: Callable[[int], None] | None = None  # metrics hook: tables changed
         self.on_published: Callable[[Push], None] | None = None  # metrics hook: rows, latency
 
@@ -144,6 +140,8 @@ class RouteHub:
         """(full rebuild?, backends to rebuild now): every change taken from the fleet, or,
         bounded, the urgent backends and then the backlog up to ``max_rows`` rows."""
         everything, dirty = self.fleet.take_dirty()
+        if self._deferred and self.clock() >= self._estimates_due:
+            dirty, self._deferred = dirty | self._deferred, set()
         self._everything |= everything
         self._backlog |= dirty
         if max_rows is None:
@@ -170,6 +168,8 @@ class RouteHub:
         keep the other changed backends for the next call."""
         everything, dirty = self._scope(max_rows)
         now = self.clock()
+        defer = now < self._estimates_due
+        self._reasons = {}
         changed: dict[tuple[str, str], dict[str, placement_pb2.Candidate | None]] = {}
         for model, logical in sorted(self.builder.catalog.models.items()):
             for region in self.regions:
@@ -183,24 +183,63 @@ class RouteHub:
                     full = everything
                     scope = self.fleet.backends.keys() if full else dirty
                 diff = self._diff(table, self.builder.rows(model, region, scope, now),
-                                  full, set(scope))
+                                  full, set(scope), self._reasons,
+                                  self._deferred if defer and not full else None)
                 if diff:
                     changed[key] = diff
+        if not DEFERRABLE.isdisjoint(self._reasons):
+            self._estimates_due = now + self.estimate_every_s
+        self._deferred_due()
         if changed:
             self.version += 1
             for key in changed:
                 self._tables[key].version = self.version
         return changed
 
+    def _deferred_due(self) -> None:
+        """A publish of the deferred rows once the estimate cadence allows one."""
+        if not self._deferred or self._estimates_timer is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a script, a test): the first rebuild after it
+            return
+        self._estimates_timer = loop.call_later(
+            max(0.0, self._estimates_due - self.clock()), self._publish_estimates)
+
+    def _publish_estimates(self) -> None:
+        self._estimates_timer = None
+        self.publish(self.max_build_rows)
+
     @staticmethod
-    def _diff(table: _Table, fresh: list[Candidate], full: bool, scope: set[str]
+    def _diff(table: _Table, fresh: list[Candidate], full: bool, scope: set[str],
+              reasons: dict[str, int], deferred: set[str] | None = None
               ) -> dict[str, placement_pb2.Candidate | None]:
+        """The rows of ``fresh`` that changed materially, and those gone. A full rebuild
+        (prices, a new edge, the first build) is compared on the fixed bands only: a price
+        moves every row's cost at once by less than its jitter band may be. ``deferred``:
+        a row whose only change is learned (``DEFERRABLE``) and not ``_large`` is not
+        pushed now; its backend is added there, rebuilt once the estimate cadence allows."""
         out: dict[str, placement_pb2.Candidate | None] = {}
         seen = set()
         for c in fresh:
             seen.add(c.deployment_id)
             old = table.rows.get(c.deployment_id)
-            if old is None or material(old[0], c):
+            jitter = table.jitter.get(c.deployment_id)
+            if old is None:
+                why = "added"
+            else:
+                why = material(old[0], c, None if full or jitter is None else jitter.noise)
+            if jitter is None:
+                table.jitter[c.deployment_id] = Jitter(c)
+            else:  # after the test: a step is judged on the jitter from before it
+                jitter.update(c, why)
+            if (why in DEFERRABLE and deferred is not None and old is not None
+                    and not large(old[0], c)):
+                deferred.add(c.backend_id)
+                continue
+            if why:
+                reasons[why] = reasons.get(why, 0) + 1
                 pb = candidate_to_pb(c)
                 table.rows[c.deployment_id] = (c, pb, rank(c))
                 table.by_backend.setdefault(c.backend_id, set()).add(c.deployment_id)
@@ -210,8 +249,10 @@ class RouteHub:
             deps = table.by_backend.get(backend, set())
             for dep in [d for d in deps if d not in seen]:
                 del table.rows[dep]
+                table.jitter.pop(dep, None)
                 deps.discard(dep)
                 out[dep] = None
+                reasons["removed"] = reasons.get("removed", 0) + 1
             if not deps:
                 table.by_backend.pop(backend, None)
         return out
@@ -314,9 +355,9 @@ class RouteHub:
         if self.on_push is not None:
             self.on_push(len(changed))
         if self.on_published is not None:
-            self.on_published(Push(changed, self.clock() - since))
+            self.on_published(Push(changed, self.clock() - since, self._reasons))
         log.debug("routes_published", version=self.version, tables=len(changed),
-                  rows=sum(len(r) for r in changed.values()),
+                  rows=sum(len(r) for r in changed.values()), reasons=self._reasons,
                   build_ms=round((time.perf_counter() - t0) * 1e3, 2))
 
     def _publish_bounded(self) -> None:

@@ -33,6 +33,13 @@ class PlacementMetrics:
                               registry=self.registry)
         self.backends = Gauge("switchyard_placement_backends", "Registered backends",
                               registry=self.registry)
+        self.publishes = Counter(
+            "switchyard_placement_route_publishes_total",
+            "Publishes of changed route rows, once under each reason among their rows: "
+            "added, removed, the first field that differs of those an edge reads exactly "
+            "(availability, dropped_reason, edge_slots, ...), spare_crossed_zero, or the "
+            "estimate that left its band (latency_p95_ms, rtt_ms, queue_ms, compute_ms, "
+            "cost_usd, spare_capacity)", ["reason"], registry=self.registry)
         self.push_latency = Histogram(
             "switchyard_placement_push_latency_seconds",
             "From the first fleet change to its rows offered to watching edges",
@@ -62,6 +69,8 @@ class PlacementMetrics:
     def published(self, push: Push) -> None:
         """The hub offered ``push`` to its watchers."""
         self.push_latency.observe(push.latency_s)
+        for reason in push.reasons:
+            self.publishes.labels(reason).inc()
         for (model, _region), rows in push.rows.items():
             for deployment, row in rows.items():
                 # Cost does not depend on the edge's region. A removed row keeps its last

@@ -80,7 +80,8 @@ async def test_watchers_get_serialised_updates_that_parse(
 def test_load_wobble_is_not_pushed_a_real_change_is(tmp_path: pathlib.Path) -> None:
     service = build_service(mesh_config(tmp_path), preregister=True)
     hub, fleet = service.hub, service.fleet
-    hub.clock = lambda: 1.0  # observations are at 0.0: fresh
+    now = [1.0]
+    hub.clock = lambda: now[0]  # observations are at 0.0: fresh
     hub.publish()
     w = hub.subscribe("e", "r-east")
     fleet.observe("r-east", DEP, 100, 200.0, 0.0)
@@ -90,6 +91,9 @@ def test_load_wobble_is_not_pushed_a_real_change_is(tmp_path: pathlib.Path) -> N
     hub.publish()
     assert w.take_push() is None
     fleet.observe("r-east", DEP, 100, 230.0, 0.0)  # 15 %: an edge may route differently
+    hub.publish()
+    assert w.take_push() is None  # a learned change within 5 s of the last one waits
+    now[0] += hub.estimate_every_s  # for the estimate cadence (services.placement.bands)
     hub.publish()
     push = w.take_push()
     assert push is not None
@@ -101,7 +105,8 @@ def test_one_serialised_update_per_region_and_a_slow_watcher_merges(
         tmp_path: pathlib.Path) -> None:
     service = build_service(mesh_config(tmp_path), preregister=True)
     hub, fleet = service.hub, service.fleet
-    hub.clock = lambda: 1.0  # observations are at 0.0: fresh
+    now = [1.0]
+    hub.clock = lambda: now[0]  # observations are at 0.0: fresh
     hub.publish()
     a, b = hub.subscribe("a", "r-east"), hub.subscribe("b", "r-east")
     fleet.observe("r-east", DEP, 100, 200.0, 0.0)
@@ -111,6 +116,7 @@ def test_one_serialised_update_per_region_and_a_slow_watcher_merges(
     assert pa.payload("r-east", "p") is pb.payload("r-east", "p")  # built once
     for p95 in (300.0, 400.0, 500.0):  # b does not read in between
         fleet.observe("r-east", DEP, 100, p95, 0.0)
+        now[0] += hub.estimate_every_s  # each its own publish (the estimate cadence)
         hub.publish()
         a.take_push()
     merged = b.take_push()
