@@ -1,4 +1,7 @@
-"""``python -m services.edge.envoy --config mesh.toml --id EDGE``: run one edge as Envoy."""
+"""``python -m services.edge.envoy --config mesh.toml --id EDGE``: run one edge as Envoy.
+
+Its per-call filter is the C dynamic module (native/build.sh) where it loads, else the Lua:
+[edge] envoy_filters = "auto" (default) | "module" (refuse to start without it) | "lua"."""
 
 from __future__ import annotations
 
