@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 import pytest
 import pytest_asyncio
+from tritonclient.grpc import service_pb2
 
 from services.backends.triton import TritonProcess
 from services.config import MeshConfig
@@ -25,7 +26,7 @@ from services.edge.router import CallRecord
 from services.edge.tokens import llm_request
 from services.edge.upstream import DRAIN_BACKLOG, STREAM
 from tests.envoy_harness import EnvoyMesh, running_envoy_mesh
-from tests.mesh_harness import eventually, mesh_config
+from tests.mesh_harness import eventually, mesh_config, raw_infer
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -139,3 +140,83 @@ async def test_cancels_past_the_drain_bound_leave_backends_alive(
         got = [r async for r in stream(iter([llm_request("generate", [1, 2, 3], 4)]),
                                        timeout=20)]
         assert len(got) == 4
+
+
+def tensors(shape: list[int], raws: list[bytes], datatype: str = "FP32",
+            inputs: int = 1) -> bytes:
+    """A summarize ModelInfer whose tensors say ``shape`` and carry ``raws``."""
+    req = service_pb2.ModelInferRequest(model_name="summarize")
+    for _ in range(inputs):
+        x = req.inputs.add()
+        x.name, x.datatype = "INPUT0", datatype
+        x.shape.extend(shape)
+    req.raw_input_contents.extend(raws)
+    return bytes(req.SerializeToString())
+
+
+FLOATS = bytes(4 * 16)
+# (case, request): tensors whose bytes do not match what the request declares
+MISMATCHED = [
+    ("too few bytes", tensors([1, 16], [FLOATS[:10]])),
+    ("too many bytes", tensors([1, 16], [FLOATS * 2])),
+    ("contents without an input", tensors([1, 16], [FLOATS], inputs=0)),
+    ("an input without contents", tensors([1, 16], [])),
+    ("a negative dimension", tensors([-1, 16], [FLOATS])),
+    ("a huge declared shape", tensors([1 << 20, 1 << 20], [FLOATS])),
+    ("BYTES for an FP32 input", tensors([1, 16], [FLOATS], "BYTES")),
+    ("an unknown datatype", tensors([1, 16], [FLOATS], "FP128")),
+    ("the input twice", tensors([1, 16], [FLOATS, FLOATS], inputs=2)),
+]
+
+
+def envoy_ejections(mesh: EnvoyMesh) -> int:
+    """Envoy's outlier ejections so far, every deployment cluster."""
+    return sum(int(line.rpartition(": ")[2]) for line in mesh.envoy.admin(
+        "/stats?filter=outlier_detection.ejections_enforced_total").splitlines()
+        if line.startswith("cluster.dep_"))
+
+
+async def test_tensors_that_do_not_match_their_shape_are_the_callers_fault(
+        mesh: EnvoyMesh, engines: dict[str, grpc.aio.Channel],
+        tritons: dict[str, TritonProcess]) -> None:
+    """Tensors whose bytes, count, datatype or shape do not match what the request declares
+    (each sent 3 times to each engine): INVALID_ARGUMENT on both, Triton's words, no
+    backend hurt, blocked or ejected. (Probed in round 5; already so.)"""
+    ejected = envoy_ejections(mesh)
+    got: dict[tuple[str, str], set[str]] = {}
+    for case, raw in MISMATCHED:
+        for e, ch in engines.items():
+            for _ in range(3):
+                code, _, _ = await raw_infer(ch, [], raw, timeout=10.0)
+                got.setdefault((case, e), set()).add(code.name)
+    assert all(codes == {"INVALID_ARGUMENT"} for codes in got.values()), got
+    assert dead(tritons) == ""
+    assert not mesh.slow.router.blocked
+    assert envoy_ejections(mesh) == ejected
+
+
+UNREAD_TOKENS = 3000  # ~300 KB of responses, past an HTTP/2 stream's first 64 KB window
+
+
+async def test_a_caller_that_does_not_read_starves_no_other_stream_on_its_connection(
+        engines: dict[str, grpc.aio.Channel]) -> None:
+    """A stream whose caller reads its first token and then nothing for a while: on the same
+    connection (one channel), other streams are served meanwhile, on both engines, and the
+    stalled one, read at last, has every token. The edge reads its upstream only as fast as
+    its caller takes the responses (gRPC's flow control: an aio handler's yield waits while
+    the caller's window is full, ~6 MB measured), so it buffers no more than that. (Probed
+    in round 5; already so.)"""
+    for e, ch in engines.items():
+        stream = streamer(ch)
+        region = (("x-allowed-regions", "r-east"),)
+        stalled = stream(iter([llm_request("generate", list(range(300, 330)), UNREAD_TOKENS)]),
+                         timeout=60, metadata=region)
+        await stalled.read()  # the first token; then nothing read while the others run
+        for i in range(5):
+            got = [r async for r in stream(iter([llm_request("generate", [1, 2, i], 8)]),
+                                           timeout=10, metadata=region)]
+            assert len(got) == 8, e
+        n = 1
+        while await stalled.read() is not grpc.aio.EOF:
+            n += 1
+        assert (n, await stalled.code()) == (UNREAD_TOKENS, grpc.StatusCode.OK), e
