@@ -21,11 +21,12 @@ from dataclasses import dataclass, field, replace
 import structlog
 
 from placement.errors import InvalidRequest
-from placement.fleet import FleetState
+from placement.fleet import FleetState, TelemetrySnapshot
 from placement.hardware import GpuState
 from services.api.switchyard.v1 import telemetry_pb2
 from services.convert import gpu_from_pb, snapshot_from_pb
 from services.placement.ownership import TelemetryOwners
+from services.placement.plausible import Refusal, check
 from services.placement.validate import clean_gpus
 
 log = structlog.get_logger("switchyard.placement")
@@ -49,6 +50,7 @@ class Taken:
     used: int = 0
     ignored: int = 0
     flipped: list[str] = field(default_factory=list)
+    refused: list[Refusal] = field(default_factory=list)  # implausible counters, not used
 
 
 _serialised = telemetry_pb2.GpuReading.SerializeToString
@@ -77,6 +79,18 @@ class TelemetryIngest:
         self.dropped_fields = 0  # GPU numbers no GPU can have, read as unset
         self.not_holder = 0  # reports from a stream without the registrant's lease token
         self._warned: set[tuple[str, str]] = set()
+        # backend id -> its last refused report and when it came (``plausible``: a report
+        # plausible against it, though not against the last used one, rebases on it)
+        self._refused: dict[str, tuple[TelemetrySnapshot, float]] = {}
+        self.refused: dict[tuple[str, str], int] = {}  # (backend, reason) -> reports
+
+    def _implausible(self, backend_id: str, agent: str, why: Refusal) -> None:
+        n = self.refused[(backend_id, why.reason)] = self.refused.get(
+            (backend_id, why.reason), 0) + 1
+        if n == 1 or n % 100 == 0:
+            log.warning("telemetry_implausible", backend=backend_id, agent=agent,
+                        reason=why.reason, detail=why.detail[:300], refused=n,
+                        action="report not used")
 
     def _not_holder(self, backend_id: str, agent: str) -> None:
         self.not_holder += 1
@@ -99,6 +113,7 @@ class TelemetryIngest:
         self.owners.forget(backend_id)
         self.readings.pop(backend_id, None)
         self._served.pop(backend_id, None)
+        self._refused.pop(backend_id, None)
 
     def take(self, message: telemetry_pb2.TelemetryReport, stream: str, peer: str,
              now: float, taken: Taken, may_report: Callable[[str], bool] | None = None
@@ -147,6 +162,17 @@ class TelemetryIngest:
             if not snap.variants.keys() <= names[1]:  # a set comparison: ~0.1 µs a report
                 snap = replace(snap, variants={k: v for k, v in snap.variants.items()
                                                if k in names[1]})
+            if (why := check(state.backend, state.last, state.last_at, snap, now)) is not None:
+                base = self._refused.get(bid)
+                if base is None or check(state.backend, base[0], base[1], snap, now):
+                    self._refused[bid] = (snap, now)
+                    taken.refused.append(why)
+                    self._implausible(bid, label, why)
+                    continue
+                # plausible after the refused one: the counters moved once and go on
+                state.last, state.last_at = base
+                log.info("telemetry_rebased", backend=bid, reason=why.reason)
+            self._refused.pop(bid, None)
             self.fleet.ingest(bid, snap, now)
             if last is None:
                 self.readings[bid] = Readings(sent, report.unix_ms, key, gpus)

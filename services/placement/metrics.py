@@ -25,6 +25,10 @@ class PlacementMetrics:
         self.telemetry = Counter("switchyard_placement_telemetry_reports_total",
                                  "Telemetry reports accepted from agents",
                                  registry=self.registry)
+        self.telemetry_refused = Counter(
+            "switchyard_placement_telemetry_refused_total",
+            "Agent reports refused, not used: counters no backend could produce "
+            "(services.placement.plausible)", ["reason"], registry=self.registry)
         self.watchers = Gauge("switchyard_placement_watchers",
                               "Edges currently watching route tables (WatchRoutes or ADS)",
                               registry=self.registry)

@@ -138,6 +138,7 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
     async def StreamTelemetry(self, request_iterator: AsyncIterator[telemetry_pb2.TelemetryReport],
                               context: AnyContext) -> telemetry_pb2.TelemetryAck:
         accepted = ignored = 0
+        refused: list[str] = []  # implausible counters (services.placement.plausible)
         stream = uuid.uuid4().hex
         peer = peer_address(context)
         may_report = functools.partial(self.registrants.may_report, token=_lease(context))
@@ -148,6 +149,9 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
                     self.ingest.take(message, stream, peer, self.clock(), taken, may_report)
                 finally:  # what a batch took before a bad report counts and gets published
                     ignored += taken.ignored
+                    for why in taken.refused:
+                        self.metrics.telemetry_refused.labels(why.reason).inc()
+                        refused.append(why.detail)
                     if taken.used:
                         self.metrics.telemetry.inc(taken.used)
                         accepted += taken.used
@@ -157,11 +161,14 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
                             self._changed()
         finally:
             self.ingest.owners.release(stream)
-        return telemetry_pb2.TelemetryAck(
-            accepted=accepted, message=f"{ignored} reports ignored: another agent owns those "
-                                       "backends' telemetry, or their registrant holds them "
-                                       "by a lease token this stream did not carry"
-            if ignored else "")
+        note = (f"{ignored} reports ignored: another agent owns those backends' telemetry, "
+                "or their registrant holds them by a lease token this stream did not carry"
+                if ignored else "")
+        if refused:
+            note += ("; " if note else "") + (
+                f"{len(refused)} reports refused as implausible, not used (first: "
+                f"{refused[0][:300]})")
+        return telemetry_pb2.TelemetryAck(accepted=accepted, message=note)
 
     async def ReportObservations(self, request: telemetry_pb2.ObservationReport,
                                  context: AnyContext) -> telemetry_pb2.ObservationAck:
