@@ -197,22 +197,24 @@ def predict(c: Candidate, est: TokenEstimate | None, load: int, ask: StreamAsk,
             pending_tokens: int = 0, ttft_headroom: float = TTFT_HEADROOM,
             margin_ms: float | None = None, tpot_factor: float = 1.0,
             others_tokens: int = 0, probes: int | None = None,
-            share_batch: bool = SHARE_BATCH) -> StreamOption:
+            share_batch: bool = SHARE_BATCH, shared_by: int | None = None) -> StreamOption:
     """One deployment's predicted TTFT, TPOT and cost for ``ask`` (see the module docstring).
     The prediction must fit the objective less ``ttft_headroom``; with ``margin_ms``, the
     deployment's learned TTFT margin (``stream_guard``), the prediction plus the margin must
     also fit the objective less ``GUARDED_HEADROOM``. ``others_tokens``: other edges' prompt
     tokens queued there before this stream (``FleetQueue.others_tokens``). An unmeasured
     deployment is feasible while it holds fewer than ``probes`` of this edge's streams (None:
-    always)."""
+    always). ``shared_by``: the other streams its decode is priced as shared with (None:
+    ``load``, this edge's own)."""
     hit = min(ask.cached_tokens, ask.prompt_tokens) if c.deployment_id == ask.holder else 0
     if est is None:
         return StreamOption(c, c.latency_p95_ms, 0.0, 0.0, probes is None or load < probes,
                             False, hit, load, 0)
     prefill = (ask.prompt_tokens - hit) * est.prefill_ms_per_token
     tpot = (est.tpot_base_ms + est.tpot_per_stream_ms * load) * tpot_factor
+    others = load if shared_by is None else shared_by
     cost = est.usd_per_second * (prefill + ask.max_tokens * tpot
-                                 / ((load + 1) if share_batch else 1)) / 1000.0
+                                 / ((others + 1) if share_batch else 1)) / 1000.0
     queued = max(pending_tokens, 0) + max(others_tokens, 0)
     ttft = c.rtt_ms + queued * est.prefill_ms_per_token + prefill
     margin = margin_ms or 0.0
@@ -258,7 +260,8 @@ def choose_stream(cands: Sequence[Candidate], estimates: Mapping[str, TokenEstim
                   fallback_band: float = FALLBACK_BAND,
                   max_cost_usd: float = math.inf,
                   unmeasured_probes: int | None = None,
-                  share_batch: bool = SHARE_BATCH) -> StreamChoice:
+                  share_batch: bool = SHARE_BATCH,
+                  shared_by: Mapping[str, int] | None = None) -> StreamChoice:
     """The deployment for one stream (``cands`` already passed the call's hard filters).
     ``pending``: per deployment, the uncached prompt tokens of this edge's streams there that
     still wait for their first token (none known: empty). ``ttft_headroom``: the fraction of
@@ -281,7 +284,9 @@ def choose_stream(cands: Sequence[Candidate], estimates: Mapping[str, TokenEstim
     ``share_batch``: the predicted cost shares the decode with this edge's own streams there
     (÷ (load + 1), the default); False prices it as if the stream ran alone (measured by
     ``benchmarks.tokens``' ``switchyard-list-cost``, ``SHARE_BATCH``; the cap compares the
-    same prediction).
+    same prediction). ``shared_by``: per deployment, how many other streams the decode is
+    priced as shared with (absent: this edge's own ``loads``; measured with the servers'
+    true streams, every edge's, by ``benchmarks.tokens``' ``switchyard-oracle-*``: not kept).
     ``unmeasured_probes``: an unmeasured deployment is feasible while this edge has fewer
     than this many streams on it, and with nothing feasible the best effort is among the
     measured deployments when there is one (None, the default: always feasible; measured by
@@ -295,7 +300,7 @@ def choose_stream(cands: Sequence[Candidate], estimates: Mapping[str, TokenEstim
                          queued.get(c.deployment_id, 0), ttft_headroom,
                          margins.get(c.deployment_id), slower.get(c.deployment_id, 1.0),
                          _others(reported.get(c.deployment_id)), unmeasured_probes,
-                         share_batch)
+                         share_batch, (shared_by or {}).get(c.deployment_id))
                  for c in cands]
     if max_cost_usd < math.inf:
         predicted = affordable(predicted, ask, max_cost_usd)

@@ -67,6 +67,18 @@ PUSH_DELAY_MS = 250.0
 MOVE_CHECK_MS = 50.0  # how often a moving policy looks at its decoding streams (per token live)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Priced:
+    """What ``choose_stream``'s prediction charged one stream where it sent it: its prefill
+    ($) and each output token's share of the decode ($: by default the TPOT predicted at the
+    edge's load there over that load + 1), and that load (this edge's streams already
+    there)."""
+
+    prefill_usd: float
+    decode_usd_per_token: float
+    load: int
+
+
 class Switchyard:
     """The edge's token choice, one ``StreamStats`` per edge region (see the module doc).
     ``pending`` feeds ``choose_stream`` this edge's streams still waiting for a first token;
@@ -84,8 +96,12 @@ class Switchyard:
                  move_slack: float = 0.0, fallback_band: float = FALLBACK_BAND,
                  probes: int | None = None, share_batch: bool = True,
                  handoffs: int = 0, handoff_saving: float = HANDOFF_SAVING,
-                 handoff_ttft: float = HANDOFF_TTFT, handoff_owed: bool = False) -> None:
+                 handoff_ttft: float = HANDOFF_TTFT, handoff_owed: bool = False,
+                 shared_by: str = "") -> None:
         self.name = name
+        # an oracle (simulator only): each decode priced as shared with the server's true
+        # streams, all edges' ("inflight": waiting, prefilling or decoding; "decoding")
+        self._shared_by = shared_by
         # a handoff priced for all the tokens owed, not MoveWatch.handoff_tokens (measured)
         self.handoff_owed = handoff_owed
         self._handoff_kw = {"handoff_saving": handoff_saving, "handoff_ttft": handoff_ttft}
@@ -128,6 +144,8 @@ class Switchyard:
         self.pending: list[dict[str, int]] = [{} for _ in sim.regions]
         self.infeasible = 0  # streams for which nothing was predicted to meet both
         self._ask: dict[int, StreamAsk] = {}
+        # per stream chosen on a measured deployment: what its choice priced it at
+        self.priced: dict[int, Priced] = {}
         self.moves = 0
         self.handoffs = 0  # of ``moves``, those made for cost (``MoveWatch.handoff``)
 
@@ -143,7 +161,8 @@ class Switchyard:
         cands = self.cands[edge]
         pending = self.pending[edge]
         fleet = self._fleet(edge, now)
-        choice = choose_stream(cands, stats.estimates(cands), stats.inflight, ask,
+        estimates = stats.estimates(cands)
+        choice = choose_stream(cands, estimates, stats.inflight, ask,
                                load_factor=self._load_factor,
                                pending=pending if self._use_pending else None,
                                ttft_headroom=self._headroom,
@@ -154,7 +173,8 @@ class Switchyard:
                                fleet=fleet, fleet_load=self._fleet_load,
                                fallback_band=self._fallback_band,
                                unmeasured_probes=self._probes,
-                               share_batch=self._share_batch)
+                               share_batch=self._share_batch,
+                               shared_by=self._true_batches(sim))
         if not choice.slo_met:
             self.infeasible += 1
         dep = choice.candidate.deployment_id
@@ -173,10 +193,21 @@ class Switchyard:
         self._open[sid] = (self.index[dep], load + (q.others_streams if q else 0), hit, work)
         if choice.chosen.measured:
             self._tpot_pred[sid] = choice.chosen.tpot_ms
+            est = estimates[dep]
+            prefill_usd = est.usd_per_second * (p - hit) * est.prefill_ms_per_token / 1000.0
+            self.priced[sid] = Priced(prefill_usd, (choice.chosen.cost_usd - prefill_usd)
+                                      / ask.max_tokens, load)
         self._ask[sid] = ask
         if self.guards is not None and choice.chosen.measured:
             self.guards[edge].sent(sid, dep, choice.chosen.ttft_ms, now / 1000.0)
         return self.index[dep]
+
+    def _true_batches(self, sim: TokenSim) -> dict[str, int] | None:
+        """Per deployment, the streams its server holds now (the ``shared_by`` oracle)."""
+        if not self._shared_by:
+            return None
+        return {d.id: (srv.inflight if self._shared_by == "inflight" else len(srv.batch))
+                for d, srv in zip(sim.deployments, sim.servers, strict=True)}
 
     def first_token(self, sid: int, sim: TokenSim) -> None:
         d, _, hit, _ = self._open[sid]
@@ -352,10 +383,18 @@ VARIANTS = ("switchyard-learned-margin", "switchyard-learned-band-only",
 #   (mean +2.3 %); ``-ttft75`` reclaim's two-seed mean 0.135 point lower (spread 0.13),
 #   slowdown ×1.5 under 99 %; benchmarks/RESULTS.md, 'Tokens: issue 14 candidates',
 #   2026-11-27, second round.
+# - ``switchyard-oracle-decoding`` / ``-batch`` (issue 14, simulator only: no edge sees
+#   this): each decode priced as shared with the server's true streams decoding (or held),
+#   every edge's (``choose_stream(shared_by=...)``) instead of this edge's own; the edge's
+#   price is 0.52-0.96 of the bill on the pools holding most of the $
+#   (``benchmarks.tokens_price``), but priced at the true batch, full horizon, two seeds:
+#   lower within both on four scenarios, dearer on a seed of three; RESULTS.md 'Tokens:
+#   issue 14 candidates', 2026-11-27, third round.
 REJECTED = ("switchyard-move-slack10", "switchyard-move-slack25", "switchyard-fleet-250ms",
             "switchyard-fleet-count", "switchyard-fleet-rate", "switchyard-fleet-load",
             "switchyard-fleet-work", "switchyard-fallback-band25", "switchyard-handoff",
-            "switchyard-handoff-ttft1", "switchyard-handoff-ttft75", "switchyard-handoff-owed")
+            "switchyard-handoff-ttft1", "switchyard-handoff-ttft75", "switchyard-handoff-owed",
+            "switchyard-oracle-decoding", "switchyard-oracle-batch")
 
 
 def make_policy(name: str, sim: TokenSim, seed: int) -> Policy:
@@ -390,6 +429,8 @@ def make_policy(name: str, sim: TokenSim, seed: int) -> Policy:
         "switchyard-handoff-ttft1": lambda: Switchyard(sim, name, handoffs=1, handoff_ttft=1.0),
         "switchyard-handoff-ttft75": lambda: Switchyard(sim, name, handoffs=1,
                                                         handoff_ttft=0.75),
+        "switchyard-oracle-batch": lambda: Switchyard(sim, name, shared_by="inflight"),
+        "switchyard-oracle-decoding": lambda: Switchyard(sim, name, shared_by="decoding"),
         "round-robin": RoundRobin,
         "least-loaded": LeastLoaded,
         "prefix-affinity": lambda: PrefixAffinity(seed),

@@ -158,6 +158,7 @@ class Outcome:
     first_ms: np.ndarray = field(default_factory=lambda: np.zeros(0))
     moved_to: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # -1
     moved_ms: np.ndarray = field(default_factory=lambda: np.zeros(0))  # when it moved
+    prefill_usd: np.ndarray = field(default_factory=lambda: np.zeros(0))  # first prefill's $
 
 
 class TokenSim:
@@ -174,7 +175,7 @@ class TokenSim:
         nan = np.full(n, math.nan)
         self.out = Outcome(np.full(n, -1), nan.copy(), nan.copy(), nan.copy(),
                            np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64),
-                           np.zeros(n), np.full(n, -1), nan.copy())
+                           np.zeros(n), np.full(n, -1), nan.copy(), nan.copy())
         # each stream's request now: its prompt (plus delivered tokens once moved), the
         # output tokens still to come when it arrives, and where it is
         self.prompt = streams.prompt.astype(np.int64).copy()
@@ -253,6 +254,8 @@ class TokenSim:
         ms = srv.dep.prefill_ms(prompt - hit) * float(st.noise[sid])
         srv.prefilling, srv.prefill_end = sid, now + ms
         billed = ms * srv.dep.usd_per_hour / 3.6e6
+        if self.out.moved_to[sid] < 0:
+            self.out.prefill_usd[sid] = billed
         self.out.cost_usd[sid] = billed + (0.0 if self.out.moved_to[sid] < 0
                                            else self.out.cost_usd[sid])
         self._push(now + ms, PREFILLED, sid, d)

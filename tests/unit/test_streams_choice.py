@@ -273,3 +273,23 @@ def test_priced_alone_a_stream_ignores_the_discount_of_this_edges_own_batch() ->
     assert alone.candidate.backend_id == "cheap"
     dear = next(o for o in alone.options if o.candidate.backend_id == "dear")
     assert dear.cost_usd == pytest.approx(1.5 / 3600 * (100 * 0.1 + 200 * 10.1) / 1000)
+
+
+def test_shared_by_prices_the_decode_at_the_batch_named_not_this_edges_load() -> None:
+    # "dear" holds another edge's stream, which this edge does not count: priced at its own
+    # load (none) it is dearer; priced as shared with that stream it is cheaper. The TPOT
+    # predicted (and so feasibility) stays at this edge's own load
+    def est(usd_h: float) -> TokenEstimate:
+        return TokenEstimate(prefill_ms_per_token=0.1, tpot_base_ms=10.0,
+                             tpot_per_stream_ms=0.1, usd_per_second=usd_h / 3600)
+
+    cands = [cand("cheap"), cand("dear")]
+    estimates = {"cheap/llm": est(1.0), "dear/llm": est(1.5)}
+    ask = StreamAsk(100, 200, ttft_ms=1000, tpot_ms=50)
+    own = choose_stream(cands, estimates, {}, ask)
+    assert own.candidate.backend_id == "cheap"
+    shared = choose_stream(cands, estimates, {}, ask, shared_by={"dear/llm": 1})
+    assert shared.candidate.backend_id == "dear"
+    dear = shared.chosen
+    assert dear.tpot_ms == pytest.approx(10.0)
+    assert dear.cost_usd == pytest.approx(1.5 / 3600 * (100 * 0.1 + 200 * 10.0 / 2) / 1000)
