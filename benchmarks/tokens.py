@@ -21,15 +21,8 @@ import time
 from benchmarks.common import BENCH_DIR, Section, command_for, progress
 from benchmarks.cost import write_section
 from benchmarks.costsim import tokens_bound, tokens_report
-from benchmarks.costsim.tokens_policies import (
-    MOVE_CHECK_MS,
-    POLICIES,
-    PUSH_DELAY_MS,
-    REJECTED,
-    REPORT_EVERY_MS,
-    VARIANTS,
-    make_policy,
-)
+from benchmarks.costsim.tokens_names import POLICIES, REJECTED, VARIANTS, make_policy
+from benchmarks.costsim.tokens_policies import MOVE_CHECK_MS, PUSH_DELAY_MS, REPORT_EVERY_MS
 from benchmarks.costsim.tokens_workload import (
     TRACE_SOURCE,
     TokenScenario,

@@ -32,7 +32,7 @@ import numpy as np
 from benchmarks.common import BENCH_DIR, Section, md_table
 from benchmarks.cost import write_section
 from benchmarks.costsim import tokens_bound, tokens_report
-from benchmarks.costsim.tokens_policies import POLICIES, REJECTED, VARIANTS, make_policy
+from benchmarks.costsim.tokens_names import POLICIES, REJECTED, VARIANTS, make_policy
 from benchmarks.costsim.tokens_workload import (
     Streams,
     TokenScenario,

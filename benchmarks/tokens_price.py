@@ -27,14 +27,8 @@ import numpy as np
 import numpy.typing as npt
 
 from benchmarks.common import md_table
-from benchmarks.costsim.tokens_policies import (
-    POLICIES,
-    REJECTED,
-    VARIANTS,
-    Priced,
-    Switchyard,
-    make_policy,
-)
+from benchmarks.costsim.tokens_names import POLICIES, REJECTED, VARIANTS, make_policy
+from benchmarks.costsim.tokens_policies import Priced, Switchyard
 from benchmarks.costsim.tokens_workload import Streams, TokenScenario
 from benchmarks.costsim.tokensim import Outcome, TokenSim
 

@@ -9,7 +9,8 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from benchmarks.costsim.tokens_policies import REJECTED, Switchyard, make_policy
+from benchmarks.costsim.tokens_names import REJECTED, make_policy
+from benchmarks.costsim.tokens_policies import Switchyard
 from benchmarks.costsim.tokens_workload import Streams, TokenScenario
 from benchmarks.costsim.tokensim import ServerReport, TokenSim
 from tests.unit.test_tokens_sim import scenario, streams

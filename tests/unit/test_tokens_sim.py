@@ -9,13 +9,9 @@ import pathlib
 import numpy as np
 import pytest
 
-from benchmarks.costsim.tokens_policies import (
-    POLICIES,
-    VARIANTS,
-    PrefixAffinity,
-    Switchyard,
-    make_policy,
-)
+from benchmarks.costsim.tokens_baselines import PrefixAffinity
+from benchmarks.costsim.tokens_names import POLICIES, VARIANTS, make_policy
+from benchmarks.costsim.tokens_policies import Switchyard
 from benchmarks.costsim.tokens_report import measure
 from benchmarks.costsim.tokens_workload import (
     Slowdown,
