@@ -177,10 +177,14 @@ def _notes(scenarios: list[TokenScenario], results: list[tokens_report.TokenResu
         "before its first run, and the one alternative measured on tokens-slowdown, a slack "
         "before a predicted miss counts, was rejected): "
         + "; ".join(f"`{k}` ({v})" for k, v in HELD_OUT.items()) + ".",
-        "Cost model: GPU time billed per token as the Python edge's `x-cost-usd` — the "
-        "stream's own prefill time plus its share of the batch's decode time (∫ dt / batch "
-        "size), times the deployment's $/GPU-hour from `examples/prices.toml`; idle GPU time "
-        "is billed to no one. `$/1M output tokens` = billed $ / output tokens × 10⁶.",
+        "Cost model: GPU time billed per token — the stream's own prefill time plus its "
+        "share of the server's batch's decode time (∫ dt / batch size, every edge's streams "
+        "in the batch), times the deployment's $/GPU-hour from `examples/prices.toml`; idle "
+        "GPU time is billed to no one. The Python edge's `x-cost-usd` bills the same way but "
+        "divides a decode by its own streams there at the attempt's start + 1 (it sees no "
+        "other edge's), which equals the bill only where one edge uses a server "
+        "(`python -m benchmarks.tokens_price`). `$/1M output tokens` = billed $ / output "
+        "tokens × 10⁶.",
         "What each policy knows: `switchyard` is one edge per region running the edge's own "
         "`StreamStats` (learned prefill rate and TPOT line, its own streams in flight, prefix "
         "holders, its own streams still prefilling) into `placement.streams.choose_stream` with "

@@ -35,10 +35,13 @@ it: the uncached prompt tokens and streams still waiting for a first token, the 
 decoding); the policy decides when it may use them (a push delay later).
 
 A stream's **TTFT** is ``rtt / 2 + queue + prefill + rtt / 2``; its **TPOT** is its decode
-time over ``M − 1`` tokens. **Cost** is GPU time billed per token as the Python edge bills
-``x-cost-usd`` (``services/edge/token_stats.py``): the stream's own prefill time, plus its
-share of the batch's decode time (``∫ dt / n`` while it decodes), times the deployment's
-$/GPU-second. Idle GPU time is billed to no one: this compares routing, not provisioning.
+time over ``M − 1`` tokens. **Cost** is GPU time billed per token: the stream's own prefill
+time, plus its share of the server's batch's decode time (``∫ dt / n`` while it decodes,
+every edge's streams in ``n``), times the deployment's $/GPU-second. Idle GPU time is billed
+to no one: this compares routing, not provisioning. The Python edge's ``x-cost-usd``
+(``services/edge/token_stats.py``) divides a decode by its own streams there + 1 instead
+(it sees no other edge's): the two agree where one edge uses a server
+(``benchmarks.tokens_price`` sets them side by side per pool).
 """
 
 from __future__ import annotations
