@@ -18,9 +18,9 @@ from __future__ import annotations
 import pathlib
 import random
 
-from placement.model import Availability
+from placement.model import Availability, Candidate
 from services.api.switchyard.v1 import telemetry_pb2
-from services.placement.bands import ESTIMATE_EVERY_S
+from services.placement.bands import ESTIMATE_EVERY_S, Jitter, material
 from services.placement.ingest import Taken
 from services.placement.main import build_service
 from services.placement.server import PlacementService
@@ -142,3 +142,30 @@ def test_a_real_change_is_published_at_once_within_the_estimate_period(
     mesh.publish()
     row = {c.deployment_id: c for t in svc.hub.published("r-east") for c in t.candidates}[DEP]
     assert row.latency_p95_ms > 100.0
+
+
+def _row(p95: float, dropped: str = "") -> Candidate:
+    return Candidate("b/v", "b", "h:1", "v", "r", "c", "x", 0.9, latency_p95_ms=p95,
+                     rtt_ms=1.0, queue_ms=1.0, compute_ms=10.0, cost_usd=1e-6,
+                     spare_capacity=50.0, dropped_reason=dropped)
+
+
+def test_the_jitter_band_is_learned_from_moves_within_the_bands_only() -> None:
+    """A p95 that moves 2-3 ms about 100 ms between builds (within the fixed 3 % of the row
+    last pushed, so learned as noise): an 8 ms move is then within its jitter band (4 x its
+    mean move) though past the fixed one, a 30 ms one is not; a move past the band and a
+    real change (the row dropped) teach no noise."""
+    pushed = _row(100.0)
+    jitter = Jitter(pushed)
+    for p95 in (102.0, 99.0, 101.0, 98.0, 100.5, 97.5, 100.0):
+        why = material(pushed, _row(p95), jitter.noise)
+        assert why == ""
+        jitter.update(_row(p95), why)
+    assert jitter.noise is not None and 2.0 < jitter.noise[0] < 3.0
+    assert material(pushed, _row(108.0)) == "latency_p95_ms"  # past the fixed 3 %
+    assert material(pushed, _row(108.0), jitter.noise) == ""  # within its jitter
+    assert material(pushed, _row(130.0), jitter.noise) == "latency_p95_ms"
+    before = jitter.noise
+    jitter.update(_row(180.0), "latency_p95_ms")  # past the band: not noise
+    jitter.update(_row(100.0, dropped="backend drained"), "dropped_reason")
+    assert jitter.noise == before
