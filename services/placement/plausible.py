@@ -17,8 +17,8 @@ Now, per variant, against the backend's last used report over the window between
 - **calls** past ``MAX_CALLS_PER_SLOT_S`` (100,000 a second, a 10 µs call) times the
   backend's declared ``max_concurrency``: more than a GPU could serve;
 - **compute time** past the window times ``max_concurrency`` times the window's mean
-  batch (calls per execution; ``MAX_BATCH`` when the agent sends no executions) times 2:
-  busier than its servers could be;
+  batch (calls per execution; ``MAX_BATCH`` when the agent sends no executions) times
+  ``BUSY_SLACK`` (10): an order of magnitude busier than its declared slots could be;
 - **queue time** past ``MAX_QUEUE_S`` (10 min) a call.
 
 A refused report is not used at all (nor its readiness or GPUs: the next report carries
@@ -40,7 +40,10 @@ from placement.model import Backend
 
 MAX_CALLS_PER_SLOT_S = 100_000.0
 MAX_BATCH = 64.0
-BUSY_SLACK = 2.0
+# ``max_concurrency`` is what the edges may send, not Triton's model instances (direct
+# clients and warm-up calls run beside them): the compute bound is an order of magnitude
+# past it, to refuse garbled counters, not a busy hour.
+BUSY_SLACK = 10.0
 MAX_QUEUE_S = 600.0
 MIN_WINDOW_S = 1.0
 REASONS = ("counter_backwards", "calls_past_capacity", "compute_past_capacity",
