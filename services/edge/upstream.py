@@ -52,14 +52,18 @@ STREAM = "/inference.GRPCInferenceService/ModelStreamInfer"
 # (``Upstreams.drain``); its own deadline, the caller's, usually ends it first.
 DRAIN_MAX_S = 60.0
 # Streams drained at once past which the edge says so in its log (``drain_backlog``, each
-# time the count crosses it). Not a limit: a stream let go of past it is still drained, never cancelled.
-# It was one (128, past it the rest were cancelled at once, to bound the work a caller
-# cancelling many long streams buys): 128 long streams cancelled by their callers, then 120
-# short ones whose callers' deadlines ran out, got those cancelled mid-generation and killed
-# east-fast (SIGSEGV) (tests/integration/test_hostile_round5.py). A drained stream stays
-# counted on its deployment until it ends (``Generation.attempt_ended``), so the next
-# choices see that work; what it costs the backend is the generation its caller asked for.
+# time the count crosses it); they are still drained, not cancelled. It was the limit (past
+# 128 the rest were cancelled at once, to bound the work a caller cancelling many long
+# streams buys): 128 long streams cancelled by their callers, then 120 short ones whose
+# callers' deadlines ran out, got those cancelled mid-generation and killed east-fast
+# (SIGSEGV) (tests/integration/test_hostile_round5.py). A drained stream stays counted on
+# its deployment until it ends (``Generation.attempt_ended``), so the next choices see that
+# work; what it costs the backend is the generation its caller asked for.
 DRAIN_BACKLOG = 128
+# Most streams drained at once; past it a stream let go of is cancelled (logged
+# ``drains_refused``). Only the edge's memory: drains on a stopped backend last DRAIN_MAX_S
+# each, and callers with short deadlines could pile up a task and a call object apiece.
+MAX_DRAINING = 4096
 
 @dataclass(slots=True)
 class Upstream:
@@ -97,6 +101,7 @@ class Upstreams:
         ]
         self._by_endpoint: dict[str, Upstream] = {}
         self.draining: set[asyncio.Task[None]] = set()  # streams let go of, still running
+        self.drains_refused = 0  # let go of past MAX_DRAINING: cancelled instead
 
     def get(self, endpoint: str) -> Upstream:
         up = self._by_endpoint.get(endpoint)
@@ -127,14 +132,22 @@ class Upstreams:
         SIGSEGV when a client cancels a decoupled stream while responses are being sent
         (triton-inference-server/server#7368, fixed in 24.12): through the edge, callers
         cancelling 300-token streams 25-30 ms in killed it within a few hundred streams.
-        However many drain at once (past ``DRAIN_BACKLOG`` the edge logs it, never cancels).
+        Past ``DRAIN_BACKLOG`` at once the edge logs it and still drains; past ``MAX_DRAINING``
+        (the edge's memory) the call is cancelled.
         Returns the drain's task (the backend still works on the stream until it ends), None
         when nothing runs."""
         if call.done():
             return None
+        if len(self.draining) >= MAX_DRAINING:
+            if self.drains_refused == 0:
+                log.warning("drains_refused", draining=len(self.draining),
+                            note="past MAX_DRAINING a stream let go of is cancelled")
+            self.drains_refused += 1
+            call.cancel()
+            return None
         if len(self.draining) == DRAIN_BACKLOG:
             log.warning("drain_backlog", draining=DRAIN_BACKLOG + 1,
-                        note="streams let go of are still drained, never cancelled")
+                        note="streams let go of are still drained, not cancelled")
         task = asyncio.create_task(_drain(call, pending, max_s))
         self.draining.add(task)
         task.add_done_callback(self.draining.discard)

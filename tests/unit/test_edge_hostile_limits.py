@@ -17,7 +17,7 @@ from placement.errors import BackendFailed, InvalidHint, MessageTooLarge
 from services.edge import hints as hint_parser
 from services.edge.router import CallRecord
 from services.edge.stream import REPLAY_MAX_BYTES, route_stream
-from services.edge.upstream import DRAIN_BACKLOG, Upstreams
+from services.edge.upstream import DRAIN_BACKLOG, MAX_DRAINING, Upstreams
 from services.edge.wire import _MAX_NAME, REWRITE_HEADROOM_BYTES, encode_name_field
 from tests.mesh_harness import eventually
 from tests.unit.test_edge_resilience import RAW, Clock, FakeUpstream, cand, make_router
@@ -415,16 +415,18 @@ async def test_a_drain_that_outlasts_its_bound_is_cancelled() -> None:
 
 
 async def test_past_the_drain_backlog_a_stream_let_go_of_is_still_drained() -> None:
-    """However many streams a caller lets go of at once, none is cancelled at the backend
-    (Triton 2.51 dies of such cancels, server#7368): past ``DRAIN_BACKLOG`` the old edge
-    cancelled the rest, and 128 long streams then 120 short ones killed a backend
-    (tests/integration/test_hostile_round5.py). The edge stopping still ends every drain."""
+    """Many streams let go of at once are not cancelled at the backend (Triton 2.51 dies of
+    such cancels, server#7368): past ``DRAIN_BACKLOG`` (128) the old edge cancelled the
+    rest, and 128 long streams then 120 short ones killed a backend
+    (tests/integration/test_hostile_round5.py). Only past ``MAX_DRAINING`` (the edge's
+    memory) is a stream cancelled. The edge stopping still ends every drain."""
     up = Upstreams(lambda e: e, 1024)
-    calls = [Endless(answer=False) for _ in range(DRAIN_BACKLOG + 3)]
+    calls = [Endless(answer=False) for _ in range(MAX_DRAINING + 2)]
     for call in calls:
         up.drain(call, None)  # type: ignore[arg-type]
-    assert len(up.draining) == DRAIN_BACKLOG + 3
-    assert not any(c.cancelled for c in calls)
+    assert len(up.draining) == MAX_DRAINING and up.drains_refused == 2
+    assert not any(c.cancelled for c in calls[:MAX_DRAINING]) and DRAIN_BACKLOG < MAX_DRAINING
+    assert [c.cancelled for c in calls[-2:]] == [True, True]
     tasks = set(up.draining)
     await up.close()  # the edge stopping: no drain outlives it (its channels cancel the calls)
     await asyncio.wait(tasks, timeout=5)
