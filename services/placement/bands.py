@@ -30,6 +30,10 @@ _BANDS = (("latency_p95_ms", 0.03, 0.5), ("rtt_ms", 0.03, 0.5), ("queue_ms", 0.0
           ("compute_ms", 0.03, 0.2), ("cost_usd", 0.03, 0.0), ("spare_capacity", 0.1, 1.0))
 _estimates = attrgetter(*(f for f, _, _ in _BANDS))
 _limits = tuple((rel, floor) for _, rel, floor in _BANDS)
+_NAMES: tuple[str, ...] = tuple(f for f, _, _ in _BANDS)
+_RELS = tuple(rel for _, rel, _ in _BANDS)
+_FLOORS = tuple(floor for _, _, floor in _BANDS)
+_NO_NOISE = (0.0,) * len(_BANDS)
 # Fields learned from telemetry that an edge reads exactly: their changes wait for the
 # estimate cadence (``ESTIMATE_EVERY_S``) like the estimates' (slot shares follow the edges'
 # 1 Hz call rates; ``observed``: the p95's source).
@@ -60,17 +64,18 @@ def material(old: Candidate, new: Candidate, noise: Noise | None = None) -> str:
     "" when it would not: the first field that differs of those that must be equal
     (readiness, drops, availability, slots, ...); ``spare_crossed_zero``; or the first
     estimate out of its band (the fixed band, or with ``noise`` the row's jitter band)."""
-    if _exact(old) != _exact(new):
-        return next(n for n in _EXACT if getattr(old, n) != getattr(new, n))
+    exact_old, exact_new = _exact(old), _exact(new)
+    if exact_old != exact_new:
+        return next(n for n, x, y in zip(_EXACT, exact_old, exact_new, strict=True) if x != y)
     if (old.spare_capacity > 0) != (new.spare_capacity > 0):
         return "spare_crossed_zero"
-    for i, (a, b, (rel, floor)) in enumerate(zip(_estimates(old), _estimates(new), _limits,
-                                                 strict=True)):
-        band = max(rel * abs(a), floor)
-        if noise is not None:
-            band = max(band, min(NOISE_K * noise[i], NOISE_CAP * abs(a) + floor))
-        if abs(b - a) > band:
-            return _BANDS[i][0]
+    # out of max(rel x |a|, floor, jitter) is out of each (the jitter tested last: rarer)
+    for name, a, b, rel, floor, n in zip(_NAMES, _estimates(old), _estimates(new), _RELS,
+                                         _FLOORS, noise or _NO_NOISE, strict=True):
+        d = abs(b - a)
+        if d > floor and d > rel * abs(a) and (
+                not n or d > min(NOISE_K * n, NOISE_CAP * abs(a) + floor)):
+            return str(name)  # (zip of six: typed Any)
     return ""
 
 
