@@ -17,7 +17,18 @@ import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from envoy.extensions.filters.http.dynamic_modules.v3 import (  # noqa: F401
+    dynamic_modules_pb2 as _dynamic_modules_pb2,
+)
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2,
+)
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from google.protobuf import json_format
+from google.protobuf import wrappers_pb2 as _wrappers_pb2  # noqa: F401 (the module's config)
+
 from services.xds import lua
+from services.xds.envoy_types import Resource, resource
 
 MODULE_NAME = "switchyard_edge"
 SEARCH_PATH_ENV = "ENVOY_DYNAMIC_MODULES_SEARCH_PATH"
@@ -130,6 +141,63 @@ def listener_filter(deadline_margin_ms: float, slow_path: bool = False,
 def rewrite_filter() -> dict[str, Any]:
     """In place of the upstream Lua ``switchyard.variant_rewrite``."""
     return _filter("switchyard.variant_rewrite", "rewrite", "")
+
+
+_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+REWRITE_FILTER = "switchyard.variant_rewrite"
+
+
+def _module_rewrite(r: Resource) -> Resource:
+    """``r`` (a cluster) with its upstream Lua rewrite, if any, swapped for the module's."""
+    msg = r.message
+    if _OPTIONS not in getattr(msg, "typed_extension_protocol_options", {}):
+        return r
+    opts = http_protocol_options_pb2.HttpProtocolOptions()
+    msg.typed_extension_protocol_options[_OPTIONS].Unpack(opts)  # type: ignore[attr-defined]
+    at = [i for i, f in enumerate(opts.http_filters) if f.name == REWRITE_FILTER]
+    if not at:
+        return r
+    swapped = type(msg)()
+    swapped.CopyFrom(msg)
+    opts.http_filters[at[0]].CopyFrom(json_format.ParseDict(
+        rewrite_filter(), http_connection_manager_pb2.HttpFilter()))
+    swapped.typed_extension_protocol_options[_OPTIONS].Pack(opts)  # type: ignore[attr-defined]
+    return resource(r.name, swapped)
+
+
+class ModuleClusters:
+    """A region's clusters as an Envoy that loads the module is offered them: every upstream
+    Lua rewrite (an aggregate over two variants, ``clusters.model_cluster``) swapped for the
+    module's ``rewrite`` filter. Each swapped cluster kept by its version (a cluster unchanged
+    from one compile to the next is not swapped again); the last offer kept per source dict,
+    so every module node of a region shares one."""
+
+    MAX_KEYS = 256  # (region, slow-path port) pairs kept, the oldest forgotten first
+
+    def __init__(self) -> None:
+        # per key: the clusters last offered, what they became, and the swapped ones by
+        # (name, version) (only that compile's: bounded by the region's size)
+        self._last: dict[object, tuple[dict[str, Resource], dict[str, Resource],
+                                       dict[tuple[str, str], Resource]]] = {}
+
+    def offer(self, key: object, clusters: dict[str, Resource]) -> dict[str, Resource]:
+        kept = self._last.pop(key, None)
+        if kept is not None and kept[0] is clusters:
+            self._last[key] = kept
+            return kept[1]
+        before = kept[2] if kept is not None else {}
+        out: dict[str, Resource] = {}
+        swapped: dict[tuple[str, str], Resource] = {}
+        for name, r in clusters.items():
+            k = (name, r.version)
+            got = before.get(k) or _module_rewrite(r)
+            if got is not r:
+                swapped[k] = got
+            out[name] = got
+        while len(self._last) >= self.MAX_KEYS:
+            del self._last[next(iter(self._last))]
+        self._last[key] = (clusters, out, swapped)
+        return out
 
 
 def route_metadata(filter_metadata: dict[str, Any]) -> dict[str, Any]:

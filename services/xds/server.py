@@ -121,6 +121,7 @@ class AdsServer(RegionCompiles,
         # oldest forgotten first, so Envoys connecting with ever new ports cost a rebuild,
         # never unbounded memory.
         self._listeners: dict[tuple[str, int, str, bool, bool], Resource] = {}
+        self._module_clusters = native.ModuleClusters()  # as nodes loading the module get them
         self._slow_path: dict[int, Resource] = {}
         # (region, slow-path port) -> (region's clusters, with the slow path, their delta)
         self._with_slow_path: dict[tuple[str, int], tuple[
@@ -161,6 +162,8 @@ class AdsServer(RegionCompiles,
                          else Delta(kept[1], merged, d.changed, d.gone))
                 kept = _bounded(self._with_slow_path, key)[key] = (clusters, merged, delta)
             clusters = kept[1]
+        if module:  # its aggregates' upstream rewrite is the module's too (native.py)
+            clusters = self._module_clusters.offer((region, slow_path_port), clusters)
         lkey = (host, port, region, bool(slow_path_port), module)
         ingress = self._listeners.get(lkey)
         if ingress is None:  # ``module``: the node loads the C dynamic module (native.py)

@@ -70,6 +70,11 @@ async def mesh(request: pytest.FixtureRequest, cfg: MeshConfig,
         assert envoy.node.module is (filters == "module")
         pushed = envoy.admin("/config_dump?resource=dynamic_listeners")
         assert ("DynamicModuleFilter" in pushed) is (filters == "module"), pushed[:2000]
+        # the aggregates over two variants: the upstream rewrite of the same kind, no other
+        upstream = envoy.admin("/config_dump?resource=dynamic_active_clusters")
+        assert "switchyard.variant_rewrite" in upstream
+        assert "DynamicModuleFilter" not in upstream if filters == "lua" else (
+            "lua.v3.Lua" not in upstream)
         yield EnvoyMesh(placement, envoy)
 
 

@@ -18,9 +18,10 @@ from placement.registry import build_profile
 from services.config import MeshConfig
 from services.edge.envoy import launcher
 from services.edge.envoy.bootstrap import EnvoyNode, bootstrap
-from services.xds import lua, native
+from services.xds import clusters, lua, native
+from services.xds.envoy_types import Resource, resource
 from services.xds.listener import listener
-from services.xds.resources import LISTENER, LISTENER_NAME, EnvoySettings
+from services.xds.resources import CLUSTER, LISTENER, LISTENER_NAME, ROUTE, EnvoySettings
 from services.xds.server import AdsServer
 from tests.mesh_harness import mesh_config
 from tests.native.envoy_host import FakeEnvoyHost, build
@@ -144,3 +145,41 @@ def test_preflight_refuses_module_where_it_does_not_load(tmp_path: pathlib.Path)
         check_envoy_filters(envoy, "mesh.toml", tmp_path)
     check_envoy_filters(cfg.model_copy(update={"edge": cfg.edge.model_copy(
         update={"envoy_filters": "module"})}), "mesh.toml", tmp_path)  # a Python edge
+
+
+def _upstream_filters(r: Resource) -> list[str]:
+    from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+
+    opts = http_protocol_options_pb2.HttpProtocolOptions()
+    r.message.typed_extension_protocol_options[  # type: ignore[attr-defined]
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"].Unpack(opts)
+    return [f"{f.name}:{f.typed_config.type_url.rsplit('.', 1)[-1]}" for f in opts.http_filters]
+
+
+def test_a_module_node_gets_the_modules_upstream_rewrite_on_aggregates_over_two_variants(
+        ) -> None:
+    s = EnvoySettings()
+    two = resource("model:m", clusters.model_cluster("model:m", ["a/m-v1", "b/m-v2"], s))
+    one = resource("model:n", clusters.model_cluster("model:n", ["a/n-v1", "b/n-v1"], s))
+    region = {"model:m": two, "model:n": one}
+    assert "switchyard.variant_rewrite:Lua" in _upstream_filters(two)
+    mc = native.ModuleClusters()
+    got = mc.offer(("r", 0), region)
+    assert "switchyard.variant_rewrite:DynamicModuleFilter" in _upstream_filters(got["model:m"])
+    assert [f.split(":")[0] for f in _upstream_filters(got["model:m"])] == [
+        f.split(":")[0] for f in _upstream_filters(two)]  # in the Lua's place
+    assert got["model:m"].version != two.version
+    assert got["model:n"] is one  # no rewrite to swap (one variant)
+    assert mc.offer(("r", 0), region) is got  # the same compile: the same offer
+    again = mc.offer(("r", 0), dict(region))  # a new compile, these clusters unchanged
+    assert again["model:m"] is got["model:m"]
+    assert region["model:m"] is two  # what Lua nodes are offered is left alone
+
+
+def test_placement_offers_module_nodes_the_swapped_clusters_and_lua_nodes_the_region_s(
+        ) -> None:
+    ads = AdsServer(_Hub(), build_profile("cheapest"), EnvoySettings())  # type: ignore[arg-type]
+    lua_node = ads.offer("r", "127.0.0.1", 20000, 7000)
+    dm_node = ads.offer("r", "127.0.0.1", 20001, 7000, module=True)
+    assert set(lua_node[CLUSTER]) == set(dm_node[CLUSTER])
+    assert lua_node[ROUTE] is dm_node[ROUTE]  # routes are the region's, for both
