@@ -183,3 +183,19 @@ def test_placement_offers_module_nodes_the_swapped_clusters_and_lua_nodes_the_re
     dm_node = ads.offer("r", "127.0.0.1", 20001, 7000, module=True)
     assert set(lua_node[CLUSTER]) == set(dm_node[CLUSTER])
     assert lua_node[ROUTE] is dm_node[ROUTE]  # routes are the region's, for both
+
+
+def test_the_listener_resolves_the_route_for_the_name_before_reading_its_first_variant(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Envoy reads route metadata from the route last resolved: after clearing the route cache
+    the module must have Envoy resolve it again (get_cluster_name) before it reads the first
+    variant, as the Lua's handle:metadata() does (test_envoy_dynmod's
+    test_the_listener_alone_names_the_first_variant_in_the_body in the real Envoy)."""
+    host = FakeEnvoyHost(build(tmp_path_factory.mktemp("dm-route")))
+    _listener(host).start({":path": INFER}, _request("tiny"))
+    host.metadata(lua.LISTENER_FILTER, "first_variant", "tiny-v1")
+    host.request_headers()
+    before = host.lib.fh_resolved()
+    host.request_body()
+    assert host.cleared() == 1 and host.lib.fh_resolved() == before + 1
+    assert host.header("x-switchyard-named") == "tiny-v1"
