@@ -108,9 +108,13 @@ class Generation:
                         session_key=self.session, holder=holder,
                         cached_tokens=min(seen, self.context_tokens))
         self.ask, self._asked, self._eligible = ask, asked, eligible
+        # x-max-cost-usd holds on the whole stream: a resume is priced against what the cap
+        # leaves after what the stream has cost so far (as ``moving`` prices a move). Against
+        # the whole cap, a resume after a failure went to a deployment the rest could not pay
+        # for, and the stream was cut at its cap (tests/unit/test_stream_resume_cap.py).
         choice = choose_stream(eligible, router.streams.estimates(eligible),
                                router.streams.inflight, ask, pending=router.streams.pending,
-                               max_cost_usd=ctx.hints.max_cost_usd)
+                               max_cost_usd=ctx.hints.max_cost_usd - self.meter.cost_usd)
         if profile.name == "fastest":
             best = min(choice.options,
                        key=lambda o: (o.ttft_ms + ask.max_tokens * o.tpot_ms, o.cost_usd))
