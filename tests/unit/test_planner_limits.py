@@ -4,6 +4,7 @@ safety net that the plan reports when it is hit (issue 13: plans reproducible un
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import pytest
@@ -43,11 +44,15 @@ def runs(monkeypatch: pytest.MonkeyPatch) -> Runs:
 
 def _problem(**settings: Any) -> Problem:
     """The solve-time benchmark's 30-pool synthetic fleet: at a tiny gap a node limit of 2
-    binds, and 200 nodes find a cheaper plan. (Its 10-pool fleet no longer serves: since the
-    idle pools and dominated tiers are fixed before HiGHS runs, that one solves at the
-    root.)"""
+    binds (its full MILP needs 155 nodes to prove the optimum), and 200 nodes find a cheaper
+    plan. (Its 10-pool fleet no longer serves: since the idle pools and dominated tiers are
+    fixed before HiGHS runs, that one solves at the root.)
+
+    No wall-clock safety net unless a test sets one: the full MILP's root alone takes 6-9 s
+    at load 25 here, and a 120 s net stopped it in a CI run before its first 2 nodes (status
+    13, not 16), which is the host's speed deciding, not the nodes."""
     base = synthetic(30)
-    st = PlannerSettings(**{"mip_rel_gap": 1e-6, "time_limit_s": 120.0,
+    st = PlannerSettings(**{"mip_rel_gap": 1e-6, "time_limit_s": math.inf,
                             "spot_rule_where_possible": True, "route_rounds": 0, **settings})
     return dataclasses.replace(base, settings=st)
 
@@ -72,13 +77,14 @@ def test_same_problem_same_plan_when_the_node_limit_stops_the_solver(runs: Runs)
     stopped_first = sum(NODE_LIMIT_STATUS in m for m in runs.messages)
     second = planner.plan(_problem(node_limit=2))
     assert isinstance(first, Plan) and isinstance(second, Plan)
-    # the limit did bind (the plan is not just the proven optimum, found either way) ...
+    # nothing but the nodes stopped a run (no wall clock: however slow the host) ...
+    assert first.cut_short == second.cut_short == 0, runs.messages
+    # ... the limit did bind (the plan is not just the proven optimum, found either way) ...
     assert stopped_first >= 1
     assert sum(NODE_LIMIT_STATUS in m for m in runs.messages) == 2 * stopped_first
-    # ... and still both solves give the same plan, not cut short by the wall clock
+    # ... and still both solves give the same plan
     assert _shape(first) == _shape(second)
     assert first.usd_per_hour == second.usd_per_hour and first.gap == second.gap
-    assert first.cut_short == second.cut_short == 0
     assert "safety net" not in first.explain()
     # more nodes find a cheaper plan: the limit is what decides how far the solver goes
     more = planner.plan(_problem(node_limit=200))
