@@ -307,6 +307,8 @@ VARIANTS: dict[str, Callable[[], None]] = {
     "mix-wait-fallback-mean": _mix_wait(True, at_least_own=False, strict=False),
     "spread-room": _spread("room"),
     "spread-p2c": _spread("p2c"),
+    "spread-hrw": _spread("hrw"),
+    "mix-wait-spread-hrw": _spread("hrw", mix=True),
     "mix-wait-spread-room": _spread("room", mix=True),
     "mix-wait-spread-p2c": _spread("p2c", mix=True),
     "fallback-fastest": _fallback_fastest,

@@ -106,6 +106,7 @@ from __future__ import annotations
 
 import math
 import random
+import zlib
 from collections.abc import Sequence
 from statistics import NormalDist
 
@@ -126,8 +127,10 @@ UNLEARNED_SECOND = False
 # Against the fallback's herd (every edge falls back at once on the same table): "" off (the
 # draw within ``EPS`` of the best chance); "room": rows within ``SPREAD_BAND`` × the best
 # chance drawn by chance × this edge's slice of the row's room (``room``); "p2c": two of
-# them drawn by this edge's slots, the likelier taken (``choose``). Both spread the no-chance
-# case too. Measured: ``benchmarks.cost_check --variants spread-room spread-p2c``.
+# them drawn by this edge's slots, the likelier taken (``choose``); both spread the no-chance
+# case too. "hrw": of the rows within ``EPS`` of the best, the one this edge's weighted
+# rendezvous hash picks (``CallContext.edge``; unnamed, the draw). Measured:
+# ``benchmarks.cost_check --variants spread-room mix-wait-spread-hrw ...``.
 SPREAD = ""
 SPREAD_BAND = 0.5
 Z95 = NormalDist().inv_cdf(0.95)
@@ -220,6 +223,17 @@ def room(c: Candidate, ctx: CallContext) -> float:
     return (1.0 - utilisation(c)) * c.slots - excess(c, ctx)
 
 
+def _rendezvous(pairs: Sequence[tuple[float, Candidate]], edge: str) -> Candidate:
+    """Weighted rendezvous hashing: the row of ``pairs`` (weight > 0, row) that wins this
+    edge's hash, each row winning for a share of the edges in proportion to its weight; an
+    edge keeps its row while the set and the weights hold, and edges keep to different rows
+    (where a draw per call sends every edge past its share on every row it draws)."""
+    def key(wc: tuple[float, Candidate]) -> float:
+        h = zlib.crc32(f"{edge}|{wc[1].deployment_id}".encode())
+        return -wc[0] / math.log((h + 0.5) / 4294967296.0)
+    return max(pairs, key=key)[1]
+
+
 def _weighted(pairs: Sequence[tuple[float, Candidate]], rng: random.Random) -> Candidate:
     """One of ``pairs`` drawn with probability in proportion to its weight (all > 0)."""
     x = rng.random() * sum(w for w, _ in pairs)
@@ -286,11 +300,15 @@ def choose(rows: Sequence[Candidate], ctx: CallContext,
         best = max(p for p, _ in scored)
     if best <= 0.0:  # the fastest of the rows that could meet it in most calls if idle
         able = [c for c in rows if chance(c, ctx, idle=True) >= 0.5]
-        spread = _spread_able(able, ctx, rng) if SPREAD and rng is not None else None
+        spread = (_spread_able(able, ctx, rng)
+                  if SPREAD in ("room", "p2c") and rng is not None else None)
         return spread or min(able or rows, key=ctx.latency_ms)
-    if SPREAD and rng is not None and (spread := _spread(scored, ctx, rng)) is not None:
+    if SPREAD in ("room", "p2c") and rng is not None and (
+            spread := _spread(scored, ctx, rng)) is not None:
         return spread
     near = [(p, c) for p, c in scored if p > 0.0 and p >= best - EPS]
+    if SPREAD == "hrw" and ctx.edge and len(near) > 1:
+        return _rendezvous(near, ctx.edge)
     if rng is None or len(near) == 1:
         return max(near, key=lambda pc: (pc[0], -pc[1].cost_usd))[1]
     return _weighted(near, rng)

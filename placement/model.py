@@ -147,6 +147,7 @@ class CallContext:
     # deployments whose recent miss rate for this SLO class rules them out of the fallback
     # (``placement.feedback.SloFeedback.excluded``, read by ``placement.meet``)
     slo_excluded: Container[str] = frozenset()
+    edge: str = ""  # this edge's name (its region), for ``placement.meet``'s "hrw" spread
     _by_backend: dict[str, int] | None = field(default=None, repr=False, compare=False)
 
     def latency_ms(self, c: Candidate) -> float:

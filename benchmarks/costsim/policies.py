@@ -165,7 +165,7 @@ class ProfilePolicy:
                           warming=warming.shares(a.now), inflight=inflight,
                           draw=self.rng.random(), slo_margins=fb.margins(hints.slo_ms, a.now),
                           borrow_tail=shares.borrow_tail(fb),
-                          slo_excluded=fb.excluded(hints.slo_ms, a.now))
+                          slo_excluded=fb.excluded(hints.slo_ms, a.now), edge=a.edge)
         try:
             held = None
             if self.reserves is not None:

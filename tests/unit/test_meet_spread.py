@@ -87,3 +87,22 @@ def test_p2c_takes_the_likelier_of_two_drawn_by_slots(monkeypatch: pytest.Monkey
     # pairs drawn uniformly: a in 2 of 3 pairs, b in 1 (with c), c never
     assert "c/v" not in taken
     assert taken["b/v"] / 600 == pytest.approx(1 / 3, abs=0.07)
+
+
+def test_hrw_keeps_each_edge_on_one_row_and_splits_the_edges_by_chance(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two rows within EPS: the draw per call sends every edge to both (past its share on
+    # each); the rendezvous keeps each edge on one, the edges split in proportion to chance.
+    a = meet_row("a/v", "a", compute=20.0, slots=1.0, conc=4, busy=0.6)
+    b = meet_row("b/v", "b", compute=24.0, slots=1.0, conc=4, busy=0.6)
+    ctx = CallContext(Hints(slo_ms=70.0), edge="edge-0")
+    p_a, p_b = meet.chance(a, ctx), meet.chance(b, ctx)
+    assert 0.0 < p_a - p_b < meet.EPS
+    assert len(_edges([a, b], ctx, 200)) == 2  # off: one edge's draws take both
+    monkeypatch.setattr(meet, "SPREAD", "hrw")
+    assert len(_edges([a, b], ctx, 200)) == 1
+    on_b = sum(meet.choose([a, b], CallContext(Hints(slo_ms=70.0), edge=f"edge-{i}"),
+                           random.Random(i)) is b for i in range(1000))
+    assert on_b / 1000 == pytest.approx(p_b / (p_a + p_b), abs=0.05)
+    # an edge that does not name itself draws as before
+    assert len(_edges([a, b], CallContext(Hints(slo_ms=70.0)), 200)) == 2
