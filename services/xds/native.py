@@ -175,10 +175,13 @@ class ModuleClusters:
     MAX_KEYS = 256  # (region, slow-path port) pairs kept, the oldest forgotten first
 
     def __init__(self) -> None:
-        # per key: the clusters last offered, what they became, and the swapped ones by
-        # (name, version) (only that compile's: bounded by the region's size)
+        # per key: the clusters last offered and what they became, the swapped ones by
+        # (name, version) (only that compile's: bounded by the region's size), and the pair
+        # offered before (for ``previous``)
         self._last: dict[object, tuple[dict[str, Resource], dict[str, Resource],
-                                       dict[tuple[str, str], Resource]]] = {}
+                                       dict[tuple[str, str], Resource],
+                                       tuple[dict[str, Resource], dict[str, Resource]] | None]
+                         ] = {}
 
     def offer(self, key: object, clusters: dict[str, Resource]) -> dict[str, Resource]:
         kept = self._last.pop(key, None)
@@ -196,8 +199,22 @@ class ModuleClusters:
             out[name] = got
         while len(self._last) >= self.MAX_KEYS:
             del self._last[next(iter(self._last))]
-        self._last[key] = (clusters, out, swapped)
+        self._last[key] = (clusters, out, swapped, (kept[0], kept[1]) if kept else None)
         return out
+
+    def source(self, key: object, offered: dict[str, Resource]) -> dict[str, Resource] | None:
+        """The clusters ``offered`` was made from (its last offer for ``key``), else None."""
+        kept = self._last.get(key)
+        return kept[0] if kept is not None and kept[1] is offered else None
+
+    def previous(self, key: object, before: Mapping[str, Resource]
+                 ) -> dict[str, Resource] | None:
+        """What ``before`` became when offered for ``key`` just before the last offer, else
+        None: with the last offer, the module nodes' side of the region's ``Delta`` (a
+        cluster is swapped iff its source is, so the changed and gone names are the same)."""
+        kept = self._last.get(key)
+        prev = kept[3] if kept is not None else None
+        return prev[1] if prev is not None and prev[0] is before else None
 
 
 def route_metadata(filter_metadata: dict[str, Any]) -> dict[str, Any]:

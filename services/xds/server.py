@@ -173,9 +173,17 @@ class AdsServer(RegionCompiles,
         return {CLUSTER: clusters, LISTENER: {LISTENER_NAME: ingress}, ROUTE: rc.routes}
 
     def cluster_delta(self, region: str, slow_path_port: int,
-                      offered: dict[str, Resource]) -> Delta | None:
+                      offered: dict[str, Resource], module: bool = False) -> Delta | None:
         """The region's last change of clusters as this node is offered them, for the
-        sessions' shortcut; None when it is not known."""
+        sessions' shortcut; None when it is not known. ``module``: as a node that loads the
+        C dynamic module is offered them (``native.ModuleClusters``)."""
+        if module:
+            key = (region, slow_path_port)
+            source = self._module_clusters.source(key, offered)
+            d = None if source is None else self.cluster_delta(region, slow_path_port, source)
+            before = None if d is None else self._module_clusters.previous(key, d.before)
+            return None if d is None or before is None else Delta(before, offered, d.changed,
+                                                                  d.gone)
         if slow_path_port:
             kept = self._with_slow_path.get((region, slow_path_port))
             return kept[2] if kept is not None and kept[1] is offered else None
@@ -274,7 +282,7 @@ class AdsServer(RegionCompiles,
                 if self.stale(region, asked) and not closed.is_set():
                     kick.set()  # woken after the compile this push is from began: again
                 offered = self.offer(region, host, port, slow_port, rc, module)
-                delta = self.cluster_delta(region, slow_port, offered[CLUSTER])
+                delta = self.cluster_delta(region, slow_port, offered[CLUSTER], module)
                 for resp in order.pushes(offered, str(self.hub.version), delta, loop.time()):
                     self.pushes += 1
                     self.pushed_bytes += resp.ByteSize()

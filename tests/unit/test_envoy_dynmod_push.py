@@ -199,3 +199,27 @@ def test_the_listener_resolves_the_route_for_the_name_before_reading_its_first_v
     host.request_body()
     assert host.cleared() == 1 and host.lib.fh_resolved() == before + 1
     assert host.header("x-switchyard-named") == "tiny-v1"
+
+
+def test_module_nodes_keep_the_sessions_delta_shortcut() -> None:
+    """The region's last change of clusters as a module node is offered them: the same names
+    changed and gone, between the swapped dicts it was offered (else every push to a module
+    node walked every cluster, the shortcut lost at fleet scale)."""
+    import types
+
+    from services.xds.session import Delta
+
+    s = EnvoySettings()
+    old = {"model:m": resource("model:m", clusters.model_cluster("model:m", ["a/m-v1", "b/m-v2"],
+                                                                   s))}
+    new = {"model:m": resource("model:m", clusters.model_cluster("model:m", ["b/m-v2", "a/m-v1"],
+                                                                   s)),
+           "model:n": resource("model:n", clusters.model_cluster("model:n", ["a/n-v1"], s))}
+    ads = AdsServer(_Hub(), build_profile("cheapest"), EnvoySettings())  # type: ignore[arg-type]
+    ads._compiled["r"] = types.SimpleNamespace(delta=Delta.between(old, new))  # type: ignore
+    first = ads._module_clusters.offer(("r", 0), old)
+    second = ads._module_clusters.offer(("r", 0), new)
+    d = ads.cluster_delta("r", 0, second, module=True)
+    assert d is not None and d.before is first and d.after is second
+    assert (d.changed, d.gone) == (("model:m", "model:n"), ())
+    assert ads.cluster_delta("r", 0, dict(second), module=True) is None  # not what it offered
