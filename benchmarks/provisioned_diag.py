@@ -13,7 +13,10 @@ per scenario and fleet:
   planner's plan was made for fewer calls/s than came), else ``steady`` (the GPUs that
   exist, sized for the demand, and the fluid router's cap per pool: granularity and the
   routing of the plan's flows);
-- the pools whose bill differs most between the planner and the HPA.
+- the pools whose bill differs most between the planner and the HPA;
+- where the planner misses (:func:`held`): the buckets it misses calls in, each cause's
+  share, and per pool the GPUs the HPA held ready there beyond the planner's (GPU-buckets,
+  summed over those buckets): capacity the planner did not hold where it missed.
 
 ``--scale NAME`` (:data:`benchmarks.provisioned.SCALES`) adds, for each planner
 configuration without a scaler, its own day of plans run again with
@@ -65,10 +68,10 @@ class Recorded:
 
     fleet: sim.Fleet
     planned: list[float] = field(default_factory=list)
+    name: str = ""  # the fleet's (sim.Fleet's name is a plain attribute)
 
-    @property
-    def name(self) -> str:
-        return self.fleet.name
+    def __post_init__(self) -> None:
+        self.name = self.fleet.name
 
     def control(self, seen: sim.Observed) -> None:
         self.fleet.control(seen)
@@ -91,24 +94,24 @@ def causes(trace: list[sim.Bucket], planned: list[float], bucket_s: float) -> di
     """Missed calls per cause over the day (module doc); ``planned[i]``: the calls/s the
     plan in force in bucket ``i`` was made for (the fleet acts within the bucket)."""
     out = dict.fromkeys(CAUSES, 0.0)
-    window = math.ceil(sim.PROVISION_DELAY_S / bucket_s)
     for i, b in enumerate(trace):
         missed = (b.late_rps + b.failed_rps) * bucket_s
-        if missed <= 0:
-            continue
-        before = planned[i] if i < len(planned) else math.inf  # the fleet acted in-bucket
-        if b.down:
-            cause = "outage"
-        elif any(x.reclaimed for x in trace[max(0, i - window):i + 1]):
-            cause = "reclaim"
-        elif sum(b.active.values()) > sum(b.ready.values()):
-            cause = "cold start"
-        elif b.calls_rps > before + 1e-9:
-            cause = "under forecast"
-        else:
-            cause = "steady"
-        out[cause] += missed
+        if missed > 0:
+            out[cause_of(trace, i, planned, bucket_s)] += missed
     return out
+
+
+def cause_of(trace: list[sim.Bucket], i: int, planned: list[float], bucket_s: float) -> str:
+    """Bucket ``i``'s cause (the first of :data:`CAUSES` that holds; module doc)."""
+    b, window = trace[i], math.ceil(sim.PROVISION_DELAY_S / bucket_s)
+    before = planned[i] if i < len(planned) else math.inf  # the fleet acted in-bucket
+    if b.down:
+        return "outage"
+    if any(x.reclaimed for x in trace[max(0, i - window):i + 1]):
+        return "reclaim"
+    if sum(b.active.values()) > sum(b.ready.values()):
+        return "cold start"
+    return "under forecast" if b.calls_rps > before + 1e-9 else "steady"
 
 
 def diagnose(s: Scenario, quick: bool, configs: list[PlannerConfig], hpa: bool,
@@ -122,13 +125,14 @@ def diagnose(s: Scenario, quick: bool, configs: list[PlannerConfig], hpa: bool,
         fleets.append(ReactiveFleet(su.static, {p.id: p for p in su.base.pools}))
     fleets += [planner_fleet(s, su, c) for c in configs]
     rows: list[list[object]] = []
-    results = []
+    results, traces = [], []
     pools = {p.id: p for p in su.base.pools}
     for f in _then_replayed(fleets, scales, pools):
         t0 = time.monotonic()
         rec, trace = Recorded(f), list[sim.Bucket]()
         r = sim.simulate(s, su.base, rec, su.today, sim_seed(), trace=trace, sync_s=SYNC_S)
         results.append(r)
+        traces.append((trace, rec.planned))
         by = causes(trace, rec.planned, su.bucket_s)
         od = sum(h for pid, h in r.gpu_hours_by_pool.items() if kinds[pid] != "spot")
         spot = sum(h for pid, h in r.gpu_hours_by_pool.items() if kinds[pid] == "spot")
@@ -153,7 +157,50 @@ def diagnose(s: Scenario, quick: bool, configs: list[PlannerConfig], hpa: bool,
                 f"{p} {d:+,.0f} ({r.gpu_hours_by_pool[p]:.0f} vs "
                 f"{base.gpu_hours_by_pool[p]:.0f} GPU-h)" for d, p in top) or "none over $0.5")
                 + f"; total {r.usd - base.usd:+,.0f}.")
+        notes += [f"{s.name}: {r.fleet}: {held(traces[0][0], *t, su.bucket_s)}"
+                  for r, t in zip(results[1:], traces[1:], strict=True)]
     return rows, notes
+
+
+def held(hpa: list[sim.Bucket], trace: list[sim.Bucket], planned: list[float],
+         bucket_s: float, top: int = 4) -> str:
+    """Where a fleet misses calls against the HPA's day (same demand, bucket by bucket):
+    its missed buckets by cause (the HPA's misses in the same buckets), the hours they fall
+    in, and the pools where the HPA had more GPUs ready in them (GPU-buckets summed)."""
+    missed = [i for i, b in enumerate(trace) if (b.late_rps + b.failed_rps) > 1e-9]
+    if not missed:
+        return "no bucket with a missed call."
+    per_hour = 3600.0 / bucket_s
+    by_cause: dict[str, list[int]] = {}
+    for i in missed:
+        by_cause.setdefault(cause_of(trace, i, planned, bucket_s), []).append(i)
+    parts = []
+    for cause, idx in by_cause.items():
+        mine = sum((trace[i].late_rps + trace[i].failed_rps) * bucket_s for i in idx)
+        theirs = sum((hpa[i].late_rps + hpa[i].failed_rps) * bucket_s for i in idx)
+        hours = sorted({int(i // per_hour) for i in idx})
+        more: dict[str, int] = {}
+        for i in idx:
+            for pid, n in hpa[i].ready.items():
+                if n > trace[i].ready.get(pid, 0):
+                    more[pid] = more.get(pid, 0) + n - trace[i].ready.get(pid, 0)
+        pools = sorted(more.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+        parts.append(
+            f"{cause}: {len(idx)} buckets (hours {_spans(hours)}), {mine:,.0f} calls missed "
+            f"(the HPA {theirs:,.0f} in them); the HPA held more ready GPUs there on "
+            + (", ".join(f"{pid} +{n}" for pid, n in pools) or "no pool"))
+    return "; ".join(parts) + " (GPU-buckets)."
+
+
+def _spans(hours: list[int]) -> str:
+    """``[1, 2, 3, 7]`` -> ``1-3, 7``."""
+    out: list[str] = []
+    for h in hours:
+        if out and out[-1].split("-")[-1] == str(h - 1):
+            out[-1] = f"{out[-1].split('-')[0]}-{h}"
+        else:
+            out.append(str(h))
+    return ", ".join(out)
 
 
 def _then_replayed(fleets: list[sim.Fleet], scales: tuple[str, ...],

@@ -9,7 +9,7 @@ import pathlib
 
 from benchmarks.costsim import provisioned as sim
 from benchmarks.costsim.provisioned_fleets import PlannerFleet
-from benchmarks.provisioned_diag import causes
+from benchmarks.provisioned_diag import causes, held
 from placement.forecast import ClassKey, DemandForecaster, ForecastSettings
 from placement.plan_cadence import CadenceSettings
 from placement.plan_types import DemandClass, PlannerSettings, PlanPool, PlanVariant, Problem
@@ -157,3 +157,18 @@ def test_a_replayed_day_runs_the_planners_plans_and_its_scaler_sizes_them() -> N
     # when a re-plan changes it
     assert min(sized) <= 2 < min(t["p"] for _, t, _ in seen)
     assert sum(sized) < sum(t["p"] for _, t, _ in seen) / 2
+
+
+def test_held_names_where_a_fleet_misses_and_what_the_hpa_held_there() -> None:
+    def at(b: int, missed: float, ready: dict[str, int]) -> sim.Bucket:
+        return sim.Bucket(b * 300.0, 10, 10 - missed, missed, 0.0, ready, ready, 0,
+                          frozenset())
+
+    # the planner misses in buckets 13 and 14 (hour 1) and 40 (hour 3) on one GPU of p;
+    # the HPA held p at 2 and q at 1 throughout, and missed only in bucket 40
+    trace = [at(b, 1.0 if b in (13, 14, 40) else 0.0, {"p": 1}) for b in range(48)]
+    hpa = [at(b, 0.5 if b == 40 else 0.0, {"p": 2, "q": 1}) for b in range(48)]
+    got = held(hpa, trace, [100.0] * 48, bucket_s=300.0)
+    assert got == ("steady: 3 buckets (hours 1, 3), 900 calls missed (the HPA 150 in them); "
+                   "the HPA held more ready GPUs there on p +3, q +3 (GPU-buckets).")
+    assert held(hpa, hpa[:40], [100.0] * 40, 300.0) == "no bucket with a missed call."
