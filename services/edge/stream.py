@@ -35,7 +35,12 @@ from typing import Any
 
 import grpc
 
-from placement.errors import BackendFailed, InvalidRequest, NoHealthyDeployment
+from placement.errors import (
+    BackendFailed,
+    InvalidRequest,
+    NoHealthyDeployment,
+    SwitchyardError,
+)
 from placement.model import CallContext, Candidate
 from placement.pipeline import Decision, Profile
 from services.edge import hints as hint_parser
@@ -217,7 +222,7 @@ async def route_stream(router: Router, requests: AsyncIterator[bytes],
     gen: Generation | None = None
     try:
         try:
-            first = await anext(requests)
+            first = await _first(requests)
             began = router.clock()  # the stream's latency sample starts here
         except StopAsyncIteration:
             # No message: a stream the caller closed empty is OK; one whose deadline ran out
@@ -329,6 +334,29 @@ async def route_stream(router: Router, requests: AsyncIterator[bytes],
             record.slo_met = all(meter.met(goals.ttft_ms, goals.tpot_ms))
         record.finish(tries, (router.clock() - start) * 1000)
         router.on_done(record)
+
+
+# Longest the edge waits for a stream's first message (Envoy's stream idle timeout, the
+# listener's STREAM_IDLE_TIMEOUT_S: its fast path ends such a call the same way). Without it
+# a caller that opened streams and sent nothing, with no deadline, held a handler each for
+# ever, on both engines (a stream is the slow path's from its first message; its route
+# turns Envoy's idle timeout off): tests/integration/test_hostile_round5.py.
+FIRST_MESSAGE_S = 300.0
+
+
+class StreamIdle(SwitchyardError):
+    """No first message within ``FIRST_MESSAGE_S``."""
+
+    grpc_code = "UNAVAILABLE"
+
+
+async def _first(requests: AsyncIterator[bytes]) -> bytes:
+    """The stream's first message, or ``StreamIdle`` after ``FIRST_MESSAGE_S`` without one."""
+    try:
+        return await asyncio.wait_for(anext(requests), FIRST_MESSAGE_S)
+    except TimeoutError:
+        raise StreamIdle(f"no message on this stream for {FIRST_MESSAGE_S:g} s (the edge's "
+                         f"stream idle timeout)") from None
 
 
 def stream_latency_ms(began: float, heard: float | None, requests: int) -> float | None:

@@ -23,6 +23,7 @@ from tritonclient.grpc import service_pb2
 
 from services.backends.triton import TritonProcess
 from services.config import MeshConfig
+from services.edge import stream as edge_stream
 from services.edge.router import CallRecord
 from services.edge.tokens import llm_request
 from services.edge.upstream import DRAIN_BACKLOG, STREAM
@@ -298,3 +299,38 @@ async def test_a_unary_call_to_a_streaming_model_is_the_callers_fault(
     assert got == {"python": {("UNIMPLEMENTED", True)}, "envoy": {("UNIMPLEMENTED", True)}}, got
     assert not mesh.slow.router.blocked and envoy_ejections(mesh) == ejected
     assert dead(tritons) == ""
+
+
+async def test_a_stream_that_never_sends_its_first_message_ends_at_the_idle_timeout(
+        mesh: EnvoyMesh, engines: dict[str, grpc.aio.Channel], records: list[CallRecord],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ModelStreamInfer whose caller sends nothing and sets no deadline: on both engines
+    (Envoy's stream is its slow path's from the start, its idle timeout off) it ends
+    UNAVAILABLE after the edge's stream idle timeout (``stream.FIRST_MESSAGE_S``, 300 s;
+    IDLE_S here), as Envoy's fast path ends a call that never sends its message. It was held
+    for ever, a handler each: fails on the old edge (not ended within 10 x IDLE_S)."""
+    monkeypatch.setattr(edge_stream, "FIRST_MESSAGE_S", IDLE_S)
+
+    async def silent(ch: grpc.aio.Channel, request_id: str) -> tuple[str, str, float]:
+        quiet: asyncio.Event = asyncio.Event()
+
+        async def requests() -> AsyncIterator[bytes]:
+            await quiet.wait()  # never set: no message, no half-close
+            yield b""
+
+        t0 = time.monotonic()
+        call = streamer(ch)(requests(), timeout=None, metadata=(("x-request-id", request_id),))
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            async for _ in call:
+                pass
+        return (await call.code()).name, await call.details(), time.monotonic() - t0
+
+    got = await asyncio.wait_for(asyncio.gather(
+        *(silent(ch, f"silent-{e}") for e, ch in engines.items())), 10 * IDLE_S)
+    assert all(code == "UNAVAILABLE" and "stream idle timeout" in details
+               and IDLE_S - 0.1 < took < 5 * IDLE_S for code, details, took in got), got
+    router = mesh.slow.router
+    await eventually(lambda: sum(r.request_id.startswith("silent-") for r in records) == 2, 5,
+                     "both streams recorded")
+    assert {r.status for r in records if r.request_id.startswith("silent-")} == {"UNAVAILABLE"}
+    assert sum(router.streams.inflight.values()) == 0 and not router.blocked
