@@ -24,7 +24,8 @@ import grpc
 import structlog
 
 from placement.errors import ConfigError, InvalidHint, InvalidRequest, SwitchyardError
-from services.cli_errors import address, positive, rpc_error_message
+from services.cli_errors import Unreachable, address, positive, rpc_error_message
+from services.cli_help import EXPLAIN_DEFAULTS, epilog
 from services.cli_preflight import check_edges_answer, check_free
 from services.config import MeshConfig, load_config
 from services.edge.hints import ParsedHints
@@ -211,7 +212,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     _stub(cfg, args)  # resolves args.placement_address
-    return plan_main(args.placement_address, args.replan, args.approve)
+    try:
+        return plan_main(args.placement_address, args.replan, args.approve)
+    except grpc.RpcError as exc:  # was "UNIMPLEMENTED: Method not found!, see the log"
+        if not (isinstance(exc, grpc.Call) and exc.code() is grpc.StatusCode.UNIMPLEMENTED):
+            raise
+        raise Unreachable(
+            f"placement at {args.placement_address} runs no capacity loop (started from a "
+            "config with [capacity] enabled = false, the default).\n  next: run a mesh with "
+            "it on and name its config, e.g. `switchyard up --config "
+            "examples/mesh-capacity.toml`, then `switchyard plan --config "
+            "examples/mesh-capacity.toml`") from exc
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -304,7 +315,8 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def add(name: str, fn, help_: str) -> argparse.ArgumentParser:  # type: ignore[no-untyped-def]
-        sp = sub.add_parser(name, help=help_, description=help_)
+        sp = sub.add_parser(name, help=help_, description=help_, epilog=epilog(name),
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
         sp.add_argument("--config", default=DEFAULT_CONFIG,
                         help=f"mesh TOML file (default: {DEFAULT_CONFIG})")
         sp.set_defaults(fn=fn)
@@ -317,13 +329,15 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--exit-after-demo", action="store_true",
                     help="stop the mesh after the demo instead of waiting for Ctrl-C")
     pl = add("placement", cmd_placement, "run one placement replica")
-    pl.add_argument("--port", type=int, default=None, help="override [placement] port")
+    pl.add_argument("--port", type=int, default=None,
+                    help="override [placement] port (default: the config's)")
     pl.add_argument("--shard-address", default="",
                     help="with placement.shards: the host:port the shards list this replica "
                          "as, when not its own (e.g. its shard's Kubernetes Service)")
     ed = add("edge", cmd_edge, "run one edge router")
     ed.add_argument("--id", required=True, help="edge id from [[edges]]")
-    ed.add_argument("--port", type=int, default=None, help="override the edge's port")
+    ed.add_argument("--port", type=int, default=None,
+                    help="override the edge's port (default: its port in [[edges]])")
     ed.add_argument("--placement", default="", type=address,
                     help="placement replicas host:port,… (default: from the config)")
     from services.drills.cli import add_arguments as drill_arguments
@@ -352,13 +366,13 @@ def parser() -> argparse.ArgumentParser:
             sp.add_argument("--region", default="", help="edge region (default: first edge's)")
             for flag, header in EXPLAIN_FLAGS.items():
                 sp.add_argument("--" + flag.replace("_", "-"), action="append",
-                                help=f"as the {header} header (validated the same way)")
+                                help=f"as the {header} header, validated the same way "
+                                     f"(default: {EXPLAIN_DEFAULTS[flag]})")
             from services.stream_explain import add_arguments as stream_arguments
 
             stream_arguments(sp)
         if name == "status":
-            sp.formatter_class = argparse.RawDescriptionHelpFormatter
-            sp.epilog = STATUS_LEGEND
+            sp.epilog = f"{sp.epilog}\n\n{STATUS_LEGEND}"
             sp.add_argument("--no-legend", action="store_true",
                             help="do not print the column legend after the tables")
         if name == "drain":
@@ -378,8 +392,10 @@ def parser() -> argparse.ArgumentParser:
                             help="apply the pending plan (its id, default: the pending one)")
     from services.security.certs import add_parser as certs_parser
 
-    certs_parser(sub).description = ("create a development CA and certificates for "
-                                     "[security] (placement, edges, clients) in --dir")
+    certs = certs_parser(sub)
+    certs.description = ("create a development CA and certificates for [security] "
+                         "(placement, edges, clients) in --dir")
+    certs.formatter_class, certs.epilog = argparse.RawDescriptionHelpFormatter, epilog("certs")
     return p
 
 
@@ -391,6 +407,9 @@ def main(argv: list[str] | None = None) -> int:
     except SwitchyardError as exc:
         print(f"switchyard: {exc.message}", file=sys.stderr)
         return 2
+    except Unreachable as exc:  # an edge or replica that does not answer: exit code 3
+        print(f"switchyard: {exc.message}", file=sys.stderr)
+        return 3
     except grpc.RpcError as exc:
         print(rpc_error_message(exc, getattr(args, "rpc_target", "placement"),
                                 *filter(None, [getattr(args, "rpc_elsewhere", "")])),

@@ -8,6 +8,17 @@ import argparse
 
 import grpc
 
+
+class Unreachable(Exception):
+    """A process the command needs (an edge, a placement replica) does not answer, or cannot
+    do what was asked: exit code 3, as when a gRPC call cannot reach it or is refused.
+    ``message`` names it (its address) and says what to do next."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
 # What to do next, by the status placement answered with.
 NEXT_STEP = {
     "NOT_FOUND": "`switchyard status` lists the backends, regions and models (one route "

@@ -11,6 +11,7 @@ import socket
 import tempfile
 
 from placement.errors import ConfigError
+from services.cli_errors import Unreachable
 from services.config import MeshConfig
 from services.prices_file import load_prices
 from services.up import LOCAL_HOSTS
@@ -133,6 +134,6 @@ def check_edges_answer(cfg: MeshConfig) -> None:
               if e.port and not is_serving(f"{e.host}:{e.port}", kind)]
     if silent:
         verb = "does" if len(silent) == 1 else "do"
-        raise ConfigError(f"edge {', '.join(silent)} {verb} not answer; `switchyard demo` needs "
+        raise Unreachable(f"edge {', '.join(silent)} {verb} not answer; `switchyard demo` needs "
                           "a running mesh: start it with `switchyard up` (or run `switchyard "
                           "up --demo`)")

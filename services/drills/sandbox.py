@@ -1,9 +1,10 @@
 """A private copy of a mesh config on free ports, for drills, tests and benchmarks.
 
 :func:`sandbox_config` reads a mesh TOML (e.g. ``examples/mesh.toml``), gives every listener
-a port free right now (backends' gRPC and metrics, edges, placement, a free block for the
-emulated-WAN relays), points ``run_dir`` at a private directory and writes the result, so a
-drill mesh never collides with a ``switchyard up`` already running on the default ports.
+a port free right now (backends' gRPC and metrics, edges, placement, the node agent's
+metrics, a free block for the emulated-WAN relays), points ``run_dir`` at a private
+directory and writes the result, so a drill mesh never collides with a ``switchyard up``
+already running on the default ports.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ def sandbox_config(source: str | pathlib.Path, dest_dir: str | pathlib.Path, *,
     placement = raw.setdefault("placement", {})
     placement["port"], placement["metrics_port"] = free_port(), free_port()
     placement.pop("replicas", None)
+    agent = raw.get("agent", {})
+    if agent.get("metrics_port"):  # the node agent's /metrics (9153 in examples/mesh.toml)
+        agent["metrics_port"] = free_port()
     for shard in placement.get("shards", []):  # every replica of every shard on a free port
         shard["replicas"] = [f"127.0.0.1:{free_port()}" for _ in shard["replicas"]]
         if shard.get("metrics_ports"):

@@ -225,7 +225,7 @@ def test_demo_without_a_running_mesh_says_so(tmp_path: pathlib.Path,
     def edit(raw: dict) -> None:  # type: ignore[type-arg]
         raw["edges"][0]["port"] = port
     code, err = run(capsys, "demo", "--calls", "2", "--config", str(mesh_file(tmp_path, edit)))
-    assert code == 2  # was a table of failed calls and exit code 0
+    assert code == 3  # an edge not reached (README), was 2; before that a table of failed calls, 0
     assert f"edge edge-east at 127.0.0.1:{port} does not answer" in err
     assert "start it with `switchyard up`" in err
 

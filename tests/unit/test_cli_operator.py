@@ -1,0 +1,110 @@
+"""An operator's first day, from the README: every ``switchyard`` command the README shows
+parses as written, every subcommand's ``--help`` ends with examples that parse too and
+states explain's defaults, `plan` against a placement without the capacity loop says so
+(exit code 3), and a drill's private mesh takes no port of the ``switchyard up``
+beside it (an edge that does not answer ``demo``, exit code 3: test_cli_hostile).
+In-process, no mesh started."""
+
+from __future__ import annotations
+
+import pathlib
+import re
+import shlex
+import tomllib
+from concurrent import futures
+
+import grpc
+import pytest
+
+from services import cli
+from services.cli_help import EXAMPLES, EXPLAIN_DEFAULTS
+from services.drills.sandbox import sandbox_config
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+SUBCOMMANDS = ("up", "placement", "edge", "drill", "agent", "status", "explain", "drain", "plan",
+               "demo", "certs")
+
+
+def readme_commands() -> list[str]:
+    """Each ``switchyard …`` line of the README's bash blocks, continuations joined and
+    comments dropped."""
+    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
+    return [line.split("#")[0].strip() for line in lines
+            if line.strip().startswith("switchyard ")]
+
+
+def parses(command: str) -> None:
+    argv = shlex.split(command)[1:]  # without "switchyard"
+    args = cli.parser().parse_args(argv)  # argparse exits 2 on an unknown flag or value
+    assert args.command == argv[0]
+
+
+def test_the_readme_names_commands_and_each_parses() -> None:
+    commands = readme_commands()
+    assert {c.split()[1] for c in commands} >= {"status", "explain", "drain", "drill", "plan",
+                                                "up", "certs"}
+    for command in commands:
+        parses(command)
+
+
+@pytest.mark.parametrize("name", SUBCOMMANDS)
+def test_each_subcommand_help_ends_with_examples_that_parse(
+        name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.parser().parse_args([name, "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "\nexamples:\n" in out
+    for command, what in EXAMPLES[name]:
+        assert command in out and what in out
+        parses(command)
+
+
+def test_explain_help_gives_each_hint_flags_default(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.parser().parse_args(["explain", "--help"])
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps the help
+    for flag, default in EXPLAIN_DEFAULTS.items():
+        assert f"--{flag.replace('_', '-')}" in out
+        assert f"(default: {default})" in out
+
+
+def test_a_drill_mesh_takes_no_port_of_the_default_mesh(tmp_path: pathlib.Path) -> None:
+    """`switchyard drill kill-backend` beside `switchyard up`: the private mesh's node agent
+    kept [agent] metrics_port (9153), which the running mesh's agent holds."""
+    source = ROOT / "examples" / "mesh.toml"
+    default = tomllib.loads(source.read_text())
+    drill = tomllib.loads(sandbox_config(source, tmp_path).read_text())
+
+    def ports(raw: dict) -> set[int]:  # type: ignore[type-arg]
+        found = {raw["agent"]["metrics_port"], raw["placement"]["port"],
+                 raw["placement"]["metrics_port"]}
+        for b in raw["backends"]:
+            found |= {b["grpc_port"], b["metrics_port"]}
+        for e in raw["edges"]:
+            found |= {e["port"], e["metrics_port"]}
+        return found - {0}
+
+    assert drill["agent"]["metrics_port"] not in (0, default["agent"]["metrics_port"])
+    assert not ports(drill) & ports(default)
+
+
+def test_plan_against_a_placement_without_the_capacity_loop_says_so(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The default mesh's placement serves no Capacity service: `switchyard plan` said
+    "answered UNIMPLEMENTED: Method not found! next: see the placement log for details"."""
+    monkeypatch.setattr(cli, "configure", lambda *_a, **_k: None)  # no process-wide logging
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))  # a real gRPC server
+    port = server.add_insecure_port("127.0.0.1:0")  # serving no service at all
+    server.start()
+    try:
+        code = cli.main(["plan", "--config", str(ROOT / "examples" / "mesh.toml"),
+                         "--placement", f"127.0.0.1:{port}"])
+    finally:
+        server.stop(None)
+    err = capsys.readouterr().err
+    assert code == 3
+    assert f"placement at 127.0.0.1:{port} runs no capacity loop" in err
+    assert "switchyard plan --config examples/mesh-capacity.toml" in err
+    assert "Traceback" not in err
