@@ -25,14 +25,13 @@ import structlog
 
 from placement.errors import ConfigError, InvalidHint, InvalidRequest, SwitchyardError
 from services.cli_errors import Unreachable, address, positive, rpc_error_message
-from services.cli_help import EXPLAIN_DEFAULTS, epilog
+from services.cli_help import DEFAULT_CONFIG, EXPLAIN_DEFAULTS, epilog, try_line
 from services.cli_preflight import check_edges_answer, check_free
 from services.config import MeshConfig, load_config
 from services.edge.hints import ParsedHints
 from services.logs import configure
 from services.render import STATUS_LEGEND
 
-DEFAULT_CONFIG = "examples/mesh.toml"
 # explain's flags and the edge hint header each one stands for.
 EXPLAIN_FLAGS = {"slo_ms": "x-slo-ms", "min_quality": "x-min-quality",
                  "max_cost_usd": "x-max-cost-usd", "allowed_regions": "x-allowed-regions",
@@ -116,8 +115,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         print("\n".join(mesh.placement_lines()))
         for e in cfg.edges:
             print(f"  edge        {e.host}:{e.port}  region {e.region}  (KServe v2 / Triton gRPC)")
-        print("  try: switchyard status | switchyard explain summarize --region "
-              f"{cfg.edges[0].region if cfg.edges else ''}")
+        print(try_line(args.config, cfg.models[0].name if cfg.models else "MODEL",
+                       cfg.edges[0].region if cfg.edges else ""))
         if args.demo:
             from services.demo import run_demo
 

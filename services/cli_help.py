@@ -4,6 +4,10 @@ defaults of the flags whose default is not a literal (explain's hints are the ed
 
 from __future__ import annotations
 
+import shlex
+
+DEFAULT_CONFIG = "examples/mesh.toml"
+
 # One or more commands per subcommand, each with what it does; `switchyard up` first.
 EXAMPLES: dict[str, tuple[tuple[str, str], ...]] = {
     "up": (("switchyard up", "run the mesh until Ctrl-C"),
@@ -60,3 +64,12 @@ def epilog(command: str) -> str:
     if not rows:
         return ""
     return "examples:\n" + "\n".join(f"  {cmd}\n      {what}" for cmd, what in rows)
+
+
+def try_line(config: str, model: str, region: str) -> str:
+    """What ``switchyard up`` suggests once the mesh is up: commands that ask this mesh, so
+    ``--config`` when it is not the default (without it they asked the default file's
+    placement, another mesh or none)."""
+    flag = "" if config == DEFAULT_CONFIG else f" --config {shlex.quote(config)}"
+    where = f" --region {region}" if region else ""
+    return f"  try: switchyard status{flag} | switchyard explain {model}{where}{flag}"

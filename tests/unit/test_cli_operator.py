@@ -17,7 +17,7 @@ import grpc
 import pytest
 
 from services import cli
-from services.cli_help import EXAMPLES, EXPLAIN_DEFAULTS
+from services.cli_help import EXAMPLES, EXPLAIN_DEFAULTS, try_line
 from services.drills.sandbox import sandbox_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -108,3 +108,17 @@ def test_plan_against_a_placement_without_the_capacity_loop_says_so(
     assert f"placement at 127.0.0.1:{port} runs no capacity loop" in err
     assert "switchyard plan --config examples/mesh-capacity.toml" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(("config", "flag"), [
+    ("examples/mesh.toml", ""), ("examples/sharded.toml", " --config examples/sharded.toml"),
+    ("conf/my mesh.toml", " --config 'conf/my mesh.toml'")])
+def test_up_suggests_commands_that_ask_the_mesh_it_started(config: str, flag: str) -> None:
+    """`switchyard up --config X` said "try: switchyard status | switchyard explain summarize
+    --region R": without --config X both asked examples/mesh.toml's placement."""
+    line = try_line(config, "generate", "aws-us-east-1")
+    assert line == (f"  try: switchyard status{flag} | switchyard explain generate "
+                    f"--region aws-us-east-1{flag}")
+    for command in line.removeprefix("  try: ").split(" | "):
+        args = cli.parser().parse_args(shlex.split(command)[1:])
+        assert args.config == config
