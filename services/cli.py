@@ -25,7 +25,7 @@ import structlog
 
 from placement.errors import ConfigError, InvalidHint, InvalidRequest, SwitchyardError
 from services.cli_errors import Unreachable, address, positive, rpc_error_message
-from services.cli_help import DEFAULT_CONFIG, EXPLAIN_DEFAULTS, epilog, try_line
+from services.cli_help import DEFAULT_CONFIG, EXPLAIN_DEFAULTS, epilog, try_line, up_command
 from services.cli_preflight import check_edges_answer, check_free
 from services.config import MeshConfig, load_config
 from services.edge.hints import ParsedHints
@@ -162,7 +162,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         if silent:  # a shard nobody answers for is not a healthy status (exit code 3)
             print(f"switchyard: {silent} of {len(cfg.placement.shards)} placement shards have "
                   "no replica answering (listed above).\n  next: is the mesh running? Start "
-                  "it with `switchyard up`, or start the shard's replicas (`switchyard "
+                  f"it with `{up_command(args.config)}`, or start the shard's replicas (`switchyard "
                   "placement --port PORT`)", file=sys.stderr)
             return 3
         return 0
@@ -289,7 +289,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from services.demo import run_demo
 
     cfg = _load(args)
-    check_edges_answer(cfg)
+    check_edges_answer(cfg, up_command(args.config))
     run_demo(cfg, calls=args.calls)
     return 0
 
@@ -411,7 +411,9 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     except grpc.RpcError as exc:
         print(rpc_error_message(exc, getattr(args, "rpc_target", "placement"),
-                                *filter(None, [getattr(args, "rpc_elsewhere", "")])),
+                                getattr(args, "rpc_elsewhere", "") or "point at a running "
+                                "replica with --placement host:port",
+                                up_command(getattr(args, "config", DEFAULT_CONFIG))),
               file=sys.stderr)
         return 3
     except OSError as exc:

@@ -38,9 +38,10 @@ _UNREACHABLE = ("failed to connect", "connection refused", "dns resolution faile
 
 def rpc_error_message(exc: grpc.RpcError, where: str = "placement",
                       elsewhere: str = "point at a running replica with --placement "
-                                       "host:port") -> str:
+                                       "host:port", start: str = "switchyard up") -> str:
     """What went wrong, for people: ``where`` (e.g. "placement at 127.0.0.1:50050")
-    unreachable, or its own refusal with its message and what to do next."""
+    unreachable (``start``: the command that starts that mesh), or its own refusal with its
+    message and what to do next."""
     if not isinstance(exc, grpc.Call):  # every RpcError a stub raises is also a Call
         return f"switchyard: {exc!r}"
     code, details = exc.code(), exc.details() or ""
@@ -51,7 +52,7 @@ def rpc_error_message(exc: grpc.RpcError, where: str = "placement",
         and (not details or any(s in details.lower() for s in _UNREACHABLE)))
     if unreachable:
         return (f"switchyard: cannot reach {where} ({code.name}: {details}).\n"
-                f"  next: is the mesh running? Start it with `switchyard up`, or {elsewhere}")
+                f"  next: is the mesh running? Start it with `{start}`, or {elsewhere}")
     step = NEXT_STEP.get(code.name, "see the placement log for details")
     return f"switchyard: {where} answered {code.name}: {details}\n  next: {step}"
 

@@ -66,6 +66,11 @@ def epilog(command: str) -> str:
     return "examples:\n" + "\n".join(f"  {cmd}\n      {what}" for cmd, what in rows)
 
 
+def up_command(config: str) -> str:
+    """The ``switchyard up`` that starts the mesh of ``config`` (what a "next:" names)."""
+    return "switchyard up" + ("" if config == DEFAULT_CONFIG else f" --config {shlex.quote(config)}")
+
+
 def try_line(config: str, model: str, region: str) -> str:
     """What ``switchyard up`` suggests once the mesh is up: commands that ask this mesh, so
     ``--config`` when it is not the default (without it they asked the default file's

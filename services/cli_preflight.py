@@ -124,9 +124,9 @@ def check_free(what: str, host: str, port: int, config_path: str) -> None:
                     f"mesh still running? `switchyard status`) or {fix}") from exc
 
 
-def check_edges_answer(cfg: MeshConfig) -> None:
+def check_edges_answer(cfg: MeshConfig, start: str = "switchyard up") -> None:
     """``switchyard demo`` calls every configured edge: each must answer first (else the demo
-    printed a table of failed calls and exited 0)."""
+    printed a table of failed calls and exited 0); ``start``: the command that starts it."""
     from services.up import is_serving
 
     kind = "envoy" if cfg.edge.engine == "envoy" else "grpc"
@@ -135,5 +135,4 @@ def check_edges_answer(cfg: MeshConfig) -> None:
     if silent:
         verb = "does" if len(silent) == 1 else "do"
         raise Unreachable(f"edge {', '.join(silent)} {verb} not answer; `switchyard demo` needs "
-                          "a running mesh: start it with `switchyard up` (or run `switchyard "
-                          "up --demo`)")
+                          f"a running mesh: start it with `{start}` (or run `{start} --demo`)")

@@ -93,7 +93,7 @@ async def test_placement_not_listening_says_so(tmp_path: pathlib.Path,
     err = capsys.readouterr().err
     assert code == 3
     assert f"cannot reach placement at 127.0.0.1:{port} (UNAVAILABLE" in err
-    assert "is the mesh running? Start it with `switchyard up`" in err
+    assert f"is the mesh running? Start it with `switchyard up --config {path}`" in err
 
 
 BAD_FLAGS = [("--slo-ms", "abc", "x-slo-ms"), ("--slo-ms", "-5", "x-slo-ms"),

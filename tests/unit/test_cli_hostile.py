@@ -139,11 +139,12 @@ def test_up_with_a_run_dir_it_cannot_write(tmp_path: pathlib.Path,
 def test_placement_not_running(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str],
                                command: list[str]) -> None:
     port = free_ports(1)[0]  # nothing listens there
-    code, err = run(capsys, *command, "--config", str(mesh_file(tmp_path)), "--placement",
-                    f"127.0.0.1:{port}")
+    path = mesh_file(tmp_path)
+    code, err = run(capsys, *command, "--config", str(path), "--placement", f"127.0.0.1:{port}")
     assert code == 3
     assert f"cannot reach placement at 127.0.0.1:{port}" in err
-    assert "Start it with `switchyard up`" in err and "Traceback" not in err
+    assert f"Start it with `switchyard up --config {path}`" in err  # the mesh of that file
+    assert "Traceback" not in err
 
 
 def test_drill_with_an_unknown_scenario_lists_the_known(
@@ -224,10 +225,11 @@ def test_demo_without_a_running_mesh_says_so(tmp_path: pathlib.Path,
 
     def edit(raw: dict) -> None:  # type: ignore[type-arg]
         raw["edges"][0]["port"] = port
-    code, err = run(capsys, "demo", "--calls", "2", "--config", str(mesh_file(tmp_path, edit)))
+    path = mesh_file(tmp_path, edit)
+    code, err = run(capsys, "demo", "--calls", "2", "--config", str(path))
     assert code == 3  # an edge not reached (README), was 2; before that a table of failed calls, 0
     assert f"edge edge-east at 127.0.0.1:{port} does not answer" in err
-    assert "start it with `switchyard up`" in err
+    assert f"start it with `switchyard up --config {path}`" in err
 
 
 def test_up_without_its_price_file_says_so_before_starting(
@@ -248,12 +250,13 @@ def test_sharded_status_with_no_replica_answering_is_an_error(
         raw["placement"]["shards"] = [
             {"replicas": [f"127.0.0.1:{ports[0]}"], "regions": ["r-east", "r-west"]},
             {"replicas": [f"127.0.0.1:{ports[1]}"], "regions": ["r-central"]}]
-    code = cli.main(["status", "--config", str(mesh_file(tmp_path, edit))])
+    path = mesh_file(tmp_path, edit)
+    code = cli.main(["status", "--config", str(path)])
     out, err = capsys.readouterr()
     assert code == 3  # was 0: a status that listed two dead shards exited as if healthy
     assert f"no replica answers (127.0.0.1:{ports[1]})" in out
     assert "2 of 2 placement shards have no replica answering" in err
-    assert "Start it with `switchyard up`" in err
+    assert f"Start it with `switchyard up --config {path}`" in err
 
 
 @pytest.mark.parametrize(("flag", "value"), [("--duration", "-1"), ("--rate", "0"),
