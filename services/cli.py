@@ -9,6 +9,11 @@
     switchyard demo                 mixed tight/loose SLO workload vs an always-fastest baseline
     switchyard drill SCENARIO       failover drill under load (kill-backend, region-outage, …)
     switchyard placement | edge | agent   run one placement replica / edge router / node agent
+    switchyard certs                a development CA and certificates for [security]
+
+Exit codes: 0 done, 1 a drill that failed or no plan to approve, 2 a bad config, flag or path, 3
+placement or an edge unreachable or refusing. `switchyard COMMAND --help`: flags, defaults
+and examples.
 """
 
 from __future__ import annotations
