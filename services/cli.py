@@ -29,18 +29,14 @@ import grpc
 import structlog
 
 from placement.errors import ConfigError, InvalidHint, InvalidRequest, SwitchyardError
-from services.cli_errors import Unreachable, address, positive, rpc_error_message
-from services.cli_help import DEFAULT_CONFIG, EXPLAIN_DEFAULTS, epilog, try_line, up_command
+from services.cli_errors import Unreachable, rpc_error_message
+from services.cli_help import DEFAULT_CONFIG, EXPLAIN_FLAGS, try_line, up_command
+from services.cli_parser import build_parser
 from services.cli_preflight import check_edges_answer, check_free
 from services.config import MeshConfig, load_config
 from services.edge.hints import ParsedHints
 from services.logs import configure
 from services.render import STATUS_LEGEND
-
-# explain's flags and the edge hint header each one stands for.
-EXPLAIN_FLAGS = {"slo_ms": "x-slo-ms", "min_quality": "x-min-quality",
-                 "max_cost_usd": "x-max-cost-usd", "allowed_regions": "x-allowed-regions",
-                 "profile": "x-routing-profile"}
 
 
 def _load(args: argparse.Namespace) -> MeshConfig:
@@ -312,95 +308,10 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="switchyard", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
-                   help="JSON log level on stderr (default info)")
-    sub = p.add_subparsers(dest="command", required=True)
-
-    def add(name: str, fn, help_: str) -> argparse.ArgumentParser:  # type: ignore[no-untyped-def]
-        sp = sub.add_parser(name, help=help_, description=help_, epilog=epilog(name),
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
-        sp.add_argument("--config", default=DEFAULT_CONFIG,
-                        help=f"mesh TOML file (default: {DEFAULT_CONFIG})")
-        sp.set_defaults(fn=fn)
-        return sp
-
-    up = add("up", cmd_up, "run the embedded mesh: Triton backends, WAN relay, placement, "
-                           "agent, edges")
-    up.add_argument("--demo", action="store_true", help="run the demo workload once it is up")
-    up.add_argument("--calls", type=positive, default=400, help="demo calls per run (default 400)")
-    up.add_argument("--exit-after-demo", action="store_true",
-                    help="stop the mesh after the demo instead of waiting for Ctrl-C")
-    pl = add("placement", cmd_placement, "run one placement replica")
-    pl.add_argument("--port", type=int, default=None,
-                    help="override [placement] port (default: the config's)")
-    pl.add_argument("--shard-address", default="",
-                    help="with placement.shards: the host:port the shards list this replica "
-                         "as, when not its own (e.g. its shard's Kubernetes Service)")
-    ed = add("edge", cmd_edge, "run one edge router")
-    ed.add_argument("--id", required=True, help="edge id from [[edges]]")
-    ed.add_argument("--port", type=int, default=None,
-                    help="override the edge's port (default: its port in [[edges]])")
-    ed.add_argument("--placement", default="", type=address,
-                    help="placement replicas host:port,… (default: from the config)")
-    from services.drills.cli import add_arguments as drill_arguments
-
-    drill_arguments(add("drill", cmd_drill, "failover drill: break part of a (private, by "
-                                            "default) mesh under load and report what callers "
-                                            "saw"))
-    ag = add("agent", cmd_agent, "run the node agent for some backends (NVML, or labelled "
-                                 "simulated telemetry without a GPU)")
-    from services.agent.cli import add_arguments as agent_arguments
-
-    agent_arguments(ag)
-    for name, fn, help_ in (("status", cmd_status, "show backends, health and route tables"),
-                            ("explain", cmd_explain, "explain the routing of one call"),
-                            ("drain", cmd_drain, "drain, cordon or restore a backend, "
-                                                 "region or cloud"),
-                            ("plan", cmd_plan, "capacity plan: current vs proposed placement, "
-                                               "$/hour, why; --approve applies it"),
-                            ("demo", cmd_demo, "run the demo workload against a running mesh")):
-        sp = add(name, fn, help_)
-        if name != "demo":
-            sp.add_argument("--placement", default="", type=address,
-                            help="placement host:port (default: from the config)")
-        if name == "explain":
-            sp.add_argument("model", help="the logical model a caller names, e.g. summarize")
-            sp.add_argument("--region", default="", help="edge region (default: first edge's)")
-            for flag, header in EXPLAIN_FLAGS.items():
-                sp.add_argument("--" + flag.replace("_", "-"), action="append",
-                                help=f"as the {header} header, validated the same way "
-                                     f"(default: {EXPLAIN_DEFAULTS[flag]})")
-            from services.stream_explain import add_arguments as stream_arguments
-
-            stream_arguments(sp)
-        if name == "status":
-            sp.epilog = f"{sp.epilog}\n\n{STATUS_LEGEND}"
-            sp.add_argument("--no-legend", action="store_true",
-                            help="do not print the column legend after the tables")
-        if name == "drain":
-            sp.add_argument("kind", choices=["backend", "region", "cloud"],
-                            help="what TARGET names")
-            sp.add_argument("target", help="a backend id, region or cloud from the config")
-            sp.add_argument("--undo", action="store_true", help="make it active again")
-            sp.add_argument("--cordon", action="store_true",
-                            help="cordon instead of drain: used only when nothing else can")
-        if name == "demo":
-            sp.add_argument("--calls", type=positive, default=400,
-                            help="calls per run (default 400)")
-        if name == "plan":
-            sp.add_argument("--replan", action="store_true",
-                            help="solve a fresh plan now (applied at once if apply = auto)")
-            sp.add_argument("--approve", nargs="?", const="", default=None, metavar="PLAN_ID",
-                            help="apply the pending plan (its id, default: the pending one)")
-    from services.security.certs import add_parser as certs_parser
-
-    certs = certs_parser(sub)
-    certs.description = ("create a development CA and certificates for [security] "
-                         "(placement, edges, clients) in --dir")
-    certs.formatter_class, certs.epilog = argparse.RawDescriptionHelpFormatter, epilog("certs")
-    return p
+    return build_parser(__doc__ or "", {
+        "up": cmd_up, "placement": cmd_placement, "edge": cmd_edge, "drill": cmd_drill,
+        "agent": cmd_agent, "status": cmd_status, "explain": cmd_explain, "drain": cmd_drain,
+        "plan": cmd_plan, "demo": cmd_demo})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,6 +48,11 @@ EXAMPLES: dict[str, tuple[tuple[str, str], ...]] = {
                "plus a tenant's client certificate")),
 }
 
+# explain's flags and the edge hint header each one stands for.
+EXPLAIN_FLAGS = {"slo_ms": "x-slo-ms", "min_quality": "x-min-quality",
+                 "max_cost_usd": "x-max-cost-usd", "allowed_regions": "x-allowed-regions",
+                 "profile": "x-routing-profile"}
+
 # explain's hint flags: the default each stands for (the edge's, README "Hints").
 EXPLAIN_DEFAULTS = {
     "slo_ms": "the model's default_slo_ms",
