@@ -9,6 +9,7 @@ The proto is the one tritonclient ships (``tritonclient.grpc.service_pb2``), not
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from importlib import metadata as _metadata
 
@@ -19,8 +20,8 @@ from tritonclient.grpc import service_pb2
 
 from placement.errors import NoHealthyDeployment, SwitchyardError, UnknownModel
 from placement.model import Candidate
+from services.edge import deadline, statistics
 from services.edge import hints as hint_parser
-from services.edge import statistics
 from services.edge.router import CallRecord, Router
 from services.edge.stream import route_stream
 from services.grpc_errors import AnyContext, AnyHandler, abort, status_of
@@ -36,6 +37,12 @@ try:
     _VERSION = _metadata.version("switchyard")
 except _metadata.PackageNotFoundError:  # running from a source tree without install
     _VERSION = "0"
+
+
+def _remaining(metadata: Sequence[tuple[str, str | bytes]], context: AnyContext) -> float | None:
+    """The call's time left, from Envoy's start when the call came through its slow path
+    (``deadline``)."""
+    return deadline.time_remaining(metadata, context.time_remaining(), time.time())
 
 
 class InferenceService:
@@ -65,7 +72,8 @@ class InferenceService:
         self._unary.inc()
         try:
             self._admit(len(raw), metadata, context, record)
-            response = await self.router.infer(raw, metadata, context.time_remaining(), record)
+            response = await self.router.infer(raw, metadata, _remaining(metadata, context),
+                                               record)
         except SwitchyardError as exc:
             code, message, trailers = status_of(exc)
             context.set_trailing_metadata(record.trailers() + trailers)
@@ -86,7 +94,7 @@ class InferenceService:
         try:
             self._admit(None, metadata, context, record)
             async for resp in route_stream(self.router, self._sized(requests), metadata,
-                                           context.time_remaining(), record, context):
+                                           _remaining(metadata, context), record, context):
                 yield resp
         except SwitchyardError as exc:
             code, message, trailers = status_of(exc)

@@ -34,6 +34,7 @@ from envoy.extensions.retry.priority.previous_priorities.v3 import (  # noqa: F4
 from google.protobuf import json_format
 
 from placement.attempts import RETRYABLE, VARIANT_GONE, VARIANT_GONE_PATTERN
+from services.edge import deadline
 from services.xds import lua, native, rewrite
 from services.xds.envoy_types import (
     SLOW_PATH_CLUSTER,
@@ -85,10 +86,17 @@ def _slow_path_route() -> dict[str, Any]:
     timeout either: a stream silent for a while (a caller between its requests, a long
     prefill) lives, as on a Python edge, until its caller's deadline or cancel or the slow
     path ends it; the listener's ``stream_idle_timeout`` (``listener.STREAM_IDLE_TIMEOUT_S``)
-    ended it there, UNKNOWN "stream timeout" (tests/integration/test_envoy_stream_hostile.py)."""
+    ended it there, UNKNOWN "stream timeout" (tests/integration/test_envoy_stream_hostile.py).
+    The caller's deadline counts from when Envoy's stream began, not from when the slow path
+    got Envoy's headers (later: a caller's deadline ran out first and the slow path counted
+    a cancel, ``services.edge.deadline``): Envoy's START_TIME and the caller's grpc-timeout,
+    each overwriting what a caller sent."""
+    told = [{"header": {"key": k, "value": v}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+            for k, v in ((deadline.START_HEADER, "%START_TIME(%s.%6f)%"),
+                         (deadline.TIMEOUT_HEADER, "%REQ(grpc-timeout)%"))]
     return {"name": "slow-path", "match": {"prefix": "/", "headers": [
                 {"name": lua.PATH_HEADER, "string_match": {"exact": "slow"}}]},
-            "request_headers_to_remove": [lua.PATH_HEADER],
+            "request_headers_to_remove": [lua.PATH_HEADER], "request_headers_to_add": told,
             "metadata": {"filter_metadata": {lua.LISTENER_FILTER: {"path": "slow"}}},
             "route": {"cluster": SLOW_PATH_CLUSTER, "timeout": "0s", "idle_timeout": "0s"}}
 
