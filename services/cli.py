@@ -266,6 +266,11 @@ def cmd_drain(args: argparse.Namespace) -> int:
     from services.api.switchyard.v1 import fleet_pb2, placement_pb2
 
     cfg = _load(args)
+    known = {"region": sorted(r.name for r in cfg.regions),  # a backend may be registered
+             "cloud": sorted({r.cloud for r in cfg.regions})}.get(args.kind)  # by Consul
+    if known is not None and args.target not in known:  # said here, placement running or not
+        raise InvalidRequest(f"{args.kind} {args.target!r} is not a {args.kind} of "
+                             f"{args.config}; known: {', '.join(known)}")
     if cfg.placement.shards and not args.placement:  # the shard(s) owning it (issue 15)
         from services.placement.shard import owning_shards
         from services.up import answering_replica

@@ -122,3 +122,19 @@ def test_up_suggests_commands_that_ask_the_mesh_it_started(config: str, flag: st
     for command in line.removeprefix("  try: ").split(" | "):
         args = cli.parser().parse_args(shlex.split(command)[1:])
         assert args.config == config
+
+
+@pytest.mark.parametrize(("kind", "target", "known"), [
+    ("region", "mars-1", "aws-us-east-1, aws-us-west-2, gcp-europe-west4, gcp-us-central1"),
+    ("cloud", "azure", "aws, gcp")])
+def test_drain_of_a_region_or_cloud_not_in_the_config_is_said_without_placement(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], kind: str,
+        target: str, known: str) -> None:
+    """As explain's --region: said from the file, exit 2, whether placement runs or not (it
+    was "cannot reach placement", exit 3, with none running)."""
+    monkeypatch.setattr(cli, "configure", lambda *_a, **_k: None)
+    config = str(ROOT / "examples" / "mesh.toml")
+    code = cli.main(["drain", kind, target, "--config", config, "--placement", "127.0.0.1:1"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"{kind} {target!r} is not a {kind} of {config}; known: {known}" in err
