@@ -27,6 +27,7 @@ from services.config import MeshConfig, load_config
 from services.edge.envoy.launcher import listening
 from services.placement.main import start_placement
 from services.ports import free_port
+from services.xds import native
 from tests.mesh_harness import eventually, eventually_sync
 from tests.unit.test_helm_chart import _without_consul, by_kind, edge_containers, render
 
@@ -112,7 +113,10 @@ async def test_the_charts_envoy_edge_container_serves_from_placement_and_then_it
     argv = [sys.executable, *(str(tmp_path / "mesh.toml") if a == MESH_FILE
                               else "127.0.0.1:" + a.rpartition(":")[2] if a == service
                               else a for a in c["args"])]
-    env = {**env, "SWITCHYARD_RUN_DIR": str(run_dir)}
+    # the image's Envoy dynamic module (docker/Dockerfile): this checkout's build
+    assert env.pop(native.MODULE_DIR_ENV) == "/opt/switchyard/native"
+    env = {**env, "SWITCHYARD_RUN_DIR": str(run_dir),
+           native.MODULE_DIR_ENV: str(native.SOURCE_BUILD_DIR)}
     probe = c["readinessProbe"]["tcpSocket"]["port"]
     address = f"127.0.0.1:{probe}"
     assert {v["name"] for v in pod["volumes"]} >= {"envoy-snapshot", "run", "config"}
@@ -124,6 +128,9 @@ async def test_the_charts_envoy_edge_container_serves_from_placement_and_then_it
                              "the readiness probe passes (Envoy listens on placement's config)")
             assert proc.poll() is None
             assert served(address)
+            # its Envoy loads the module from the directory the chart passed, not the Lua
+            module = f"filters=module why='{native.module_path(native.SOURCE_BUILD_DIR)} loads"
+            assert module in (tmp_path / "edge.log").read_text()
             snapshot = snapshot_dir / "edge-us-east.snapshot.json"
             await eventually(snapshot.exists, 30, "the snapshot is in the mounted directory")
             await placement.stop(0.5)
