@@ -100,6 +100,17 @@ rest within 0.1 point. Rows excluded by their own recent miss rate with the marg
 (``CallContext.slo_excluded``, ``feedback.EXCLUDE_RATE`` with ``LEARNED_CAP`` 0.25): off,
 measured in ``placement.feedback``'s docstring (within the seed spread on all four scenarios
 below 99.5 %).
+
+Against the fallback's herd (every edge falls back at once on the same table; ``SPREAD``,
+off; RESULTS.md, "the fallback's herd, spread three ways"): "room" and "p2c" lower
+held-out-return-into-burst (99.29 / 99.07 % on seed 1 with ``routes.MIX_WAIT``, the brain
+99.59 %): a draw per call spreads one edge past its share on more backends and more of its
+calls fall back (475 → 646 with "room"). "hrw" (each edge keeps to the row its rendezvous
+hash picks) with ``MIX_WAIT``, 13 scenarios × seeds 0/1: held-out-many-models +0.32 point,
+held-out-return-into-burst +0.01 (its fallback's misses 87 → 43 of 475 → 374 calls), none
+lower past its spread, but default × 1.033 and many-small-pools × 1.054 dearer: off, so
+``MIX_WAIT`` stays off.
+"hrw" alone lowers three scenarios past their spread.
 """
 
 from __future__ import annotations
