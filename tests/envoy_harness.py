@@ -16,7 +16,7 @@ import math
 import pathlib
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -25,15 +25,23 @@ import tritonclient.grpc as tc
 from tritonclient.utils import InferenceServerException
 
 from services.agent.agent import NodeAgent
+from services.backends.triton import TritonProcess
 from services.config import MeshConfig
 from services.demo import infer_with_trailers
 from services.edge.envoy.launcher import EnvoyEdge, prepare
 from services.edge.envoy.slowpath import start_slow_path
 from services.edge.main import RunningEdge
+from services.edge.router import CallRecord
 from services.placement.main import RunningPlacement, start_placement
 from services.ports import free_port
 from services.security import transport
+from services.xds import listener
 from tests.mesh_harness import eventually, summarize_input
+
+
+def dead(tritons: dict[str, TritonProcess]) -> str:
+    """The log tails of the backends that died ("" when every one is alive)."""
+    return "\n".join(f"{b}:\n{p.log_tail(20)}" for b, p in tritons.items() if not p.alive)
 
 
 @dataclass(frozen=True)
@@ -88,6 +96,32 @@ class EnvoyMesh:
             self.call(metadata, address=address)
         return str(err.value.status())
 
+    @contextlib.asynccontextmanager
+    async def engines(self) -> AsyncIterator[dict[str, grpc.aio.Channel]]:
+        """A channel to each engine: ``python`` (the Python edge, Envoy's slow path) and
+        ``envoy``."""
+        async with (grpc.aio.insecure_channel(f"127.0.0.1:{self.slow.port}") as py,
+                    self.channel() as envoy):
+            yield {"python": py, "envoy": envoy}
+
+    @contextlib.contextmanager
+    def records(self) -> Iterator[list[CallRecord]]:
+        """Every CallRecord the Python edge (the slow path) finishes meanwhile: what it logs
+        and counts, the Envoy's slow-path calls included."""
+        got: list[CallRecord] = []
+        router = self.slow.router
+        original = router.on_done
+
+        def done(rec: CallRecord) -> None:
+            got.append(rec)
+            original(rec)
+
+        router.on_done = done
+        try:
+            yield got
+        finally:
+            router.on_done = original
+
     def envoy_stat(self, name: str) -> int:
         for line in self.envoy.admin("/stats?filter=" + name).splitlines():
             key, _, value = line.partition(": ")
@@ -98,10 +132,23 @@ class EnvoyMesh:
 
 @contextlib.asynccontextmanager
 async def running_envoy_mesh(cfg: MeshConfig, run_dir: pathlib.Path,
-                             client_tls: ClientTls | None = None) -> AsyncIterator[EnvoyMesh]:
+                             client_tls: ClientTls | None = None,
+                             idle_s: float | None = None) -> AsyncIterator[EnvoyMesh]:
     """Placement, an agent for every backend (dialling as ``switchyard agent`` does), the
     slow path and Envoy for ``cfg.edges[0]``; yields once Envoy listens with placement's
-    config, the slow path has its tables and the agent has reported every backend."""
+    config, the slow path has its tables and the agent has reported every backend.
+    ``idle_s``: Envoy's stream idle timeout (default 300 s) in the listener placement pushes,
+    shortened so a test sees it (placement runs in this process)."""
+    with pytest.MonkeyPatch.context() as patch:
+        if idle_s is not None:
+            patch.setattr(listener, "STREAM_IDLE_TIMEOUT_S", idle_s)
+        async with _envoy_mesh(cfg, run_dir, client_tls) as mesh:
+            yield mesh
+
+
+@contextlib.asynccontextmanager
+async def _envoy_mesh(cfg: MeshConfig, run_dir: pathlib.Path,
+                      client_tls: ClientTls | None) -> AsyncIterator[EnvoyMesh]:
     placement = await start_placement(cfg, port=0, metrics_port=0)
     address = f"127.0.0.1:{placement.port}"
     agent = NodeAgent(cfg, [b.id for b in cfg.backends], placement=[address], interval_s=0.3,

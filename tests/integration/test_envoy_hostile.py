@@ -66,18 +66,8 @@ async def mesh(cfg: MeshConfig, tritons: dict[str, TritonProcess],
 
 @pytest.fixture
 def records(mesh: EnvoyMesh) -> Iterator[list[CallRecord]]:
-    """Every CallRecord the slow path (the co-located Python edge) finishes during the test."""
-    got: list[CallRecord] = []
-    router = mesh.slow.router
-    original = router.on_done
-
-    def done(rec: CallRecord) -> None:
-        got.append(rec)
-        original(rec)
-
-    router.on_done = done
-    yield got
-    router.on_done = original
+    with mesh.records() as got:
+        yield got
 
 
 @pytest.fixture

@@ -29,7 +29,6 @@ from services.backends.triton import TritonProcess
 from services.config import MeshConfig
 from services.edge.tokens import llm_request, parse_token
 from services.edge.upstream import INFER, STREAM
-from services.xds import listener
 from tests.envoy_harness import EnvoyMesh, running_envoy_mesh
 from tests.llm_harness import PROMPT
 from tests.mesh_harness import eventually, mesh_config
@@ -52,11 +51,8 @@ IDLE_S = 1.0
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def mesh(cfg: MeshConfig, tritons: dict[str, TritonProcess],
                tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[EnvoyMesh]:
-    # placement runs in this process: the listener it compiles and pushes has IDLE_S
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(listener, "STREAM_IDLE_TIMEOUT_S", IDLE_S)
-        async with running_envoy_mesh(cfg, tmp_path_factory.mktemp("envoy")) as m:
-            yield m
+    async with running_envoy_mesh(cfg, tmp_path_factory.mktemp("envoy"), idle_s=IDLE_S) as m:
+        yield m
 
 
 @pytest.fixture

@@ -50,10 +50,8 @@ async def mesh(cfg: MeshConfig, tritons: dict[str, TritonProcess],
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def engines(mesh: EnvoyMesh) -> AsyncIterator[dict[str, grpc.aio.Channel]]:
-    """A channel to each engine: ``python`` (the Python edge) and ``envoy``."""
-    async with (grpc.aio.insecure_channel(f"127.0.0.1:{mesh.slow.port}") as py,
-                mesh.channel() as envoy):
-        yield {"python": py, "envoy": envoy}
+    async with mesh.engines() as channels:
+        yield channels
 
 
 async def both(engines: dict[str, grpc.aio.Channel], md: Sequence[tuple[str, str]],

@@ -25,7 +25,7 @@ from services.config import MeshConfig
 from services.edge.router import CALL_SILENT_S, CallRecord
 from services.edge.tokens import llm_request
 from services.edge.upstream import STREAM
-from tests.envoy_harness import EnvoyMesh, running_envoy_mesh
+from tests.envoy_harness import EnvoyMesh, dead, running_envoy_mesh
 from tests.mesh_harness import INFER_PATH as INFER
 from tests.mesh_harness import eventually, mesh_config, raw_infer, request_bytes
 
@@ -46,34 +46,14 @@ async def mesh(cfg: MeshConfig, tritons: dict[str, TritonProcess],
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def engines(mesh: EnvoyMesh) -> AsyncIterator[dict[str, grpc.aio.Channel]]:
-    """A channel to each engine: ``python`` (the Python edge) and ``envoy``."""
-    async with (grpc.aio.insecure_channel(f"127.0.0.1:{mesh.slow.port}") as py,
-                mesh.channel() as envoy):
-        yield {"python": py, "envoy": envoy}
+    async with mesh.engines() as channels:
+        yield channels
 
 
 @pytest.fixture
 def records(mesh: EnvoyMesh) -> Iterator[list[CallRecord]]:
-    """Every CallRecord the Python edge finishes during the test (what it logs and counts;
-    the Envoy's streams are its slow path's, this edge)."""
-    got: list[CallRecord] = []
-    router = mesh.slow.router
-    original = router.on_done
-
-    def done(rec: CallRecord) -> None:
-        got.append(rec)
-        original(rec)
-
-    router.on_done = done
-    try:
+    with mesh.records() as got:
         yield got
-    finally:
-        router.on_done = original
-
-
-def dead(tritons: dict[str, TritonProcess]) -> str:
-    """The log tails of the backends that died ("" when every one is alive)."""
-    return "\n".join(f"{b}:\n{p.log_tail(20)}" for b, p in tritons.items() if not p.alive)
 
 
 def envoy_ejections(mesh: EnvoyMesh) -> int:

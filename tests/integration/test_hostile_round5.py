@@ -28,8 +28,7 @@ from services.edge import stream as edge_stream
 from services.edge.router import CallRecord
 from services.edge.tokens import llm_request
 from services.edge.upstream import DRAIN_BACKLOG, STREAM
-from services.xds import listener
-from tests.envoy_harness import EnvoyMesh, running_envoy_mesh
+from tests.envoy_harness import EnvoyMesh, dead, running_envoy_mesh
 from tests.mesh_harness import INFER_PATH, eventually, mesh_config, raw_infer, request_bytes
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
@@ -47,42 +46,20 @@ IDLE_S = 2.0
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def mesh(cfg: MeshConfig, tritons: dict[str, TritonProcess],
                tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[EnvoyMesh]:
-    # placement runs in this process: the listener it compiles and pushes has IDLE_S
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(listener, "STREAM_IDLE_TIMEOUT_S", IDLE_S)
-        async with running_envoy_mesh(cfg, tmp_path_factory.mktemp("envoy")) as m:
-            yield m
+    async with running_envoy_mesh(cfg, tmp_path_factory.mktemp("envoy"), idle_s=IDLE_S) as m:
+        yield m
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def engines(mesh: EnvoyMesh) -> AsyncIterator[dict[str, grpc.aio.Channel]]:
-    """A channel to each engine: ``python`` (the Python edge) and ``envoy``."""
-    async with (grpc.aio.insecure_channel(f"127.0.0.1:{mesh.slow.port}") as py,
-                mesh.channel() as envoy):
-        yield {"python": py, "envoy": envoy}
+    async with mesh.engines() as channels:
+        yield channels
 
 
 @pytest.fixture
 def records(mesh: EnvoyMesh) -> Iterator[list[CallRecord]]:
-    """Every CallRecord the Python edge finishes during the test."""
-    got: list[CallRecord] = []
-    router = mesh.slow.router
-    original = router.on_done
-
-    def done(rec: CallRecord) -> None:
-        got.append(rec)
-        original(rec)
-
-    router.on_done = done
-    try:
+    with mesh.records() as got:
         yield got
-    finally:
-        router.on_done = original
-
-
-def dead(tritons: dict[str, TritonProcess]) -> str:
-    """The log tails of the backends that died ("" when every one is alive)."""
-    return "\n".join(f"{b}:\n{p.log_tail(20)}" for b, p in tritons.items() if not p.alive)
 
 
 def streamer(ch: grpc.aio.Channel) -> Any:
