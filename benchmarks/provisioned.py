@@ -109,6 +109,8 @@ class PlannerConfig:
     reclaim_exposure_s: float = 0.0
     # the plan's pools sized between re-plans on observed busy servers (placement.plan_scale)
     scale: ScaleSettings | None = None
+    # each spot pool planned with one GPU held for a reclaim (PlannerSettings.spot_spare)
+    spot_spare: bool = False
 
 
 # Before: a flat $0.5 per GPU change (above a cheap GPU's hourly price, so such GPUs were
@@ -143,8 +145,14 @@ SCALES = {
     "hold-900": ScaleSettings(down_window_s=900.0),
     "cap-0.95-hold-900": ScaleSettings(target_share=0.95, down_window_s=900.0),
 }
+# N+1 on spot pools (PlannerSettings.spot_spare): spot GPUs still count 90 %, or for what
+# one cold start's reclaims leave (the spare GPU covers the loss the flat 10 % stood for)
+SPARE = dataclasses.replace(PLANNER, name="+ a spot GPU spare", spot_spare=True)
+SPARE_EXPOSED = dataclasses.replace(SPARE, name="+ a spot GPU spare, reclaims of a cold start",
+                                    reclaim_exposure_s=sim.PROVISION_DELAY_S + SYNC_S)
 CONFIGS = {"before": BEFORE, "churn": CHURN, "resize": RESIZE, "react": REACT,
-           "quantile": QUANTILE, "reserve": RESERVE, "planner": PLANNER, "scale": SCALE}
+           "quantile": QUANTILE, "reserve": RESERVE, "planner": PLANNER, "scale": SCALE,
+           "spare": SPARE, "spare-exposed": SPARE_EXPOSED}
 
 
 def describe(c: PlannerConfig) -> str:
@@ -202,11 +210,16 @@ def setup(s: Scenario, quick: bool) -> Setup:
 def planner_fleet(s: Scenario, su: Setup, config: PlannerConfig = PLANNER) -> PlannerFleet:
     """The planner fleet, its forecaster trained on yesterday, its first plan made."""
     of = su.of
-    if config.reclaim_exposure_s > 0:
+    if config.reclaim_exposure_s > 0 or config.spot_spare:
         risk = reclaim_reserve(sim.SPOT_RECLAIMS_PER_GPU_HOUR, config.reclaim_exposure_s)
 
         def of(demand: list[DemandClass], down: frozenset[str] = frozenset()) -> Problem:
             p = su.of(demand, down)
+            if config.spot_spare:
+                p = dataclasses.replace(p, settings=dataclasses.replace(p.settings,
+                                                                        spot_spare=True))
+            if config.reclaim_exposure_s <= 0:
+                return p
             return dataclasses.replace(p, pools=tuple(
                 dataclasses.replace(q, reclaim_risk=risk) if q.price_class == "spot" else q
                 for q in p.pools))

@@ -19,7 +19,9 @@ Minimise ``Σ_p usd_per_gpu_hour(p) · n[p]`` (plus a tiny cost per loaded varia
   queue with ``c`` = one GPU's concurrency, conservative for pools of several GPUs) stays
   within the class's SLO: ``ρ* = a/(1+a)``, ``a = c·(slo − rtt − 1.3·compute)/compute``;
 - **capacity**: ``Σ x[k,p,v]·compute(p,v)/1000 <= c·(1 − reclaim_risk(p))·Σ_l tier_l·m[p,l]``
-  (spot GPUs count only for the share the cloud is expected to leave us);
+  (spot GPUs count only for the share the cloud is expected to leave us); with
+  ``spot_spare`` a spot pool's right side is ``c·(1 − reclaim_risk)·Σ_l tier_l·(m[p,l] −
+  t[p,l])``: its flows carried with one GPU taken back (N+1);
 - **memory**: ``Σ_v y[p,v]·footprint(v) <= (1 − headroom)·gpu_memory(p)``;
 - **region loss** (``survive_region_loss``): for each (model, quality floor) with demand and
   each region ``R``, some variant meeting the floor is loaded on a pool outside ``R`` —
@@ -44,6 +46,7 @@ from scipy.sparse import coo_matrix  # type: ignore[import-untyped]
 from placement.plan_types import DemandClass, PlanPool, PlanVariant, Problem, max_utilisation
 
 ON_DEMAND = "on-demand"
+SPOT = "spot"
 LOAD_TIEBREAK_USD = 1e-4  # per loaded variant: never load what serves nothing
 GPU_BOUND = 100_000.0  # GPUs per pool when its own limit is set aside (diagnosis only)
 SPOT_SLACK_USD = 1_000.0  # per hour, per class left on spot alone (spot_rule_where_possible)
@@ -152,8 +155,11 @@ def build(problem: Problem, gpu_limits: bool = True, shed: bool = False) -> Mode
     for p in problem.pools:
         share = p.concurrency_per_gpu * (1.0 - p.reclaim_risk)
         coefs = dict(work[p.id])
+        spare = s.spot_spare and p.price_class == SPOT
         for li, lvl in enumerate(s.tiers):
             coefs[md.m[p.id, li]] = -share * lvl
+            if spare:  # one GPU at the chosen tier held for a reclaim
+                coefs[t[p.id, li]] = share * lvl
         md.rows.add(coefs, -math.inf, 0, "capacity")
     policy_rows(md)
     return md

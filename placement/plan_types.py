@@ -110,6 +110,12 @@ class PlannerSettings:
     # Built and off: measured on the provisioned-cost day and not kept (benchmarks/RESULTS.md,
     # 2026-11-27, "which pools the MILP keeps").
     prune: bool = False
+    # N+1 on spot: each spot pool is planned to carry its flows with one of its GPUs taken
+    # back (its capacity row counts n - 1 GPUs at the chosen tier), the loss that lasts a
+    # cold start before a replacement serves (placement.plan_milp). Built and off: measured
+    # on the provisioned-cost day and not kept (benchmarks/RESULTS.md, 2026-11-27, evening,
+    # "a spot GPU held spare": dearer, no attainment gained).
+    spot_spare: bool = False
 
 
 @dataclass(frozen=True, slots=True)
