@@ -37,6 +37,7 @@ from services.config import MeshConfig, load_config
 from services.edge.hints import ParsedHints
 from services.logs import configure
 from services.render import STATUS_LEGEND
+from services.serving import exit_on_sigterm
 
 
 def _load(args: argparse.Namespace) -> MeshConfig:
@@ -103,15 +104,16 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     check_up(cfg, args.config)
+    exit_on_sigterm()  # SIGTERM, like Ctrl-C, stops the mesh this command starts
     mesh = Mesh(cfg, args.config)
     print(f"Switchyard: starting the embedded mesh from {args.config} "
           f"(logs in {mesh.run_dir / 'logs'})")
     if cfg.wan.emulate:
         print("  note: inter-region RTT is EMULATED by a user-space delaying relay; "
               "accelerator speed is EMULATED (CPU-only machine)")
-    mesh.start()
-    mesh.supervise()  # a child that dies is reported and restarted (unless stopped on purpose)
-    try:
+    try:  # a Ctrl-C or SIGTERM while it starts stops what had started
+        mesh.start()
+        mesh.supervise()  # a child that dies is reported and restarted (unless stopped on purpose)
         print("\nmesh is up:")
         print("\n".join(mesh.placement_lines()))
         for e in cfg.edges:

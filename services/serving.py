@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import threading
 from collections.abc import Coroutine, Iterable
 from typing import Any, TypeVar
 
@@ -46,6 +47,20 @@ def bind(server: grpc.aio.Server, host: str, port: int) -> int:
         raise OSError(f"cannot listen on {host}:{port}: is another process using it? "
                       "Pick another port in the config.")
     return bound
+
+
+def exit_on_sigterm() -> None:
+    """Make SIGTERM an exit that unwinds (``SystemExit(143)``), so a command's ``finally``
+    stops the processes it started. By default SIGTERM ends Python at once, and the mesh's
+    children, each in its own session, outlive it (a drill's private mesh left running).
+    An asyncio loop's own handler (:func:`wait_for_signal`) takes over while it runs; a
+    Python-level handler is not inherited by the children a command spawns."""
+
+    def _exit(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    if threading.current_thread() is threading.main_thread():  # (tests call commands in threads)
+        signal.signal(signal.SIGTERM, _exit)
 
 
 async def wait_for_signal() -> None:

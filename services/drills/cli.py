@@ -21,6 +21,7 @@ from services.drills.runner import run_drill, stderr_progress
 from services.drills.sandbox import sandbox_config
 from services.drills.scenarios import SCENARIOS
 from services.drills.streams import KILL_STREAMS, StreamDrillReport, drill_mesh
+from services.serving import exit_on_sigterm
 from services.up import Mesh
 
 
@@ -64,6 +65,7 @@ def drill_main(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, env=dict(os.environ))
         mesh, path, tmp = attach(cfg, args.config), args.config, None
     else:
+        exit_on_sigterm()  # SIGTERM, like Ctrl-C, stops the private mesh
         tmp = tempfile.TemporaryDirectory(prefix="switchyard-drill-")
         engine = getattr(args, "engine", None)
         path = str(sandbox_config(args.config, tmp.name,
@@ -72,9 +74,10 @@ def drill_main(args: argparse.Namespace) -> int:
         mesh = Mesh(cfg, path)
         print(f"starting a private mesh from {args.config} on free ports "
               f"(run dir {cfg.run_dir})", file=sys.stderr, flush=True)
-        mesh.start()
     reports: list[DrillReport | StreamDrillReport] = []
-    try:
+    try:  # a Ctrl-C or SIGTERM while the private mesh starts stops what had started
+        if not args.attach:
+            mesh.start()
         for name in names:
             if name == KILL_STREAMS:  # LLM streams: its own shape (services/drills/streams.py)
                 reports.append(drill_mesh(mesh, streams=args.streams, max_tokens=args.tokens,
