@@ -14,7 +14,8 @@ import pathlib
 import sys
 import tempfile
 
-from services.cli_errors import more_than_zero, positive
+from placement.errors import SwitchyardError
+from services.cli_errors import Unreachable, more_than_zero, positive
 from services.config import load_config
 from services.drills.report import DrillReport
 from services.drills.runner import run_drill, stderr_progress
@@ -107,4 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     from services.logs import configure
 
     configure("warning")
-    return drill_main(p.parse_args(argv))
+    try:
+        return drill_main(p.parse_args(argv))
+    except SwitchyardError as exc:  # as `switchyard drill` answers: one line, exit 2 or 3
+        print(f"drill: {exc.message}", file=sys.stderr)
+        return 2
+    except Unreachable as exc:
+        print(f"drill: {exc.message}", file=sys.stderr)
+        return 3

@@ -24,6 +24,8 @@ from placement.errors import SwitchyardError
 from services.api.switchyard.v1 import fleet_pb2, placement_pb2, placement_pb2_grpc
 from services.backends.repository import set_control
 from services.backends.triton import backend_run_dir
+from services.cli_errors import Unreachable
+from services.cli_help import up_command
 from services.config import BackendConfig, EdgeConfig, MeshConfig
 from services.drills.edges import EdgeUnreachable, EdgeView, edge_view
 from services.placement.shard import owning_shards
@@ -244,20 +246,24 @@ def _status(exc: grpc.RpcError) -> str:
 
 
 def attach(cfg: MeshConfig, config_path: str) -> Mesh:
-    """The :class:`Mesh` a ``switchyard up`` with this config is running, from its pids.json."""
+    """The :class:`Mesh` a ``switchyard up`` with this config is running, from its pids.json.
+    No such mesh running is :class:`Unreachable` (exit 3, as for a placement or an edge that
+    does not answer), with the command that starts it."""
     mesh = Mesh(cfg, config_path)
     path = mesh.run_dir / "pids.json"
+    start = f"next: start it with `{up_command(config_path)}`, or drop --attach to drill a private mesh"
     try:
         pids = json.loads(path.read_text())
     except FileNotFoundError as exc:
-        raise DrillError(f"{path} not found: is `switchyard up --config {config_path}` "
-                         "running?") from exc
+        raise Unreachable(f"--attach: no mesh of {config_path} is running ({path} not "
+                          f"found)\n  {start}") from exc
     for child in mesh.plan():
         if child.name not in pids:
             raise DrillError(f"{path} has no pid for {child.name!r}")
         proc = PidProcess(int(pids[child.name]))
         child.proc = proc  # type: ignore[assignment]
         if proc.poll() is not None:
-            raise DrillError(f"{child.name} (pid {pids[child.name]}) is not running")
+            raise Unreachable(f"--attach: {child.name} of the mesh of {config_path} (pid "
+                              f"{pids[child.name]}) is not running\n  {start}")
         mesh.children.append(child)
     return mesh
