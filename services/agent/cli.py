@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import os
 import signal
+import sys
 from typing import Any
 
 import structlog
@@ -185,8 +186,9 @@ def run(args: argparse.Namespace) -> int:
     """Run the agent until SIGINT/SIGTERM; 2 on a configuration or start-up error."""
     try:
         asyncio.run(_run(args))
-    except SwitchyardError as exc:
+    except SwitchyardError as exc:  # logged for the log pipeline, said for the operator
         structlog.get_logger("switchyard.agent").error("agent.failed", error=exc.message)
+        print(f"switchyard agent: {exc.message}", file=sys.stderr)
         return 2
     return 0
 

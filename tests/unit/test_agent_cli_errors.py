@@ -1,0 +1,20 @@
+"""``switchyard agent`` with a config that does not load: exit 2, the reason in one plain line
+for the operator (beside the JSON log line for the log pipeline), no traceback."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+
+from services.agent.cli import main
+
+
+def test_a_missing_config_is_said_in_a_plain_line(tmp_path: pathlib.Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "absent.toml"
+    assert main(["--config", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert (f"switchyard agent: config file {missing} does not exist; pass --config PATH"
+            in err.splitlines())
+    assert "Traceback" not in err
