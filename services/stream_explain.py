@@ -32,7 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "streams in flight and prefix holders)")
     for flag, header in STREAM_FLAGS.items():
         p.add_argument("--" + flag.replace("_", "-"), default=None,
-                       help=f"with --stream: as the {header} header")
+                       help=f"with --stream: as the {header} header (default: not sent, "
+                            "as a stream without it)")
     p.add_argument("--prompt-tokens", type=int, default=256,
                    help="with --stream: prompt length in tokens (default 256)")
     p.add_argument("--edge", default="",
