@@ -7,11 +7,15 @@ import pathlib
 
 import pytest
 
+from services import logs
 from services.agent.cli import main
 
 
 def test_a_missing_config_is_said_in_a_plain_line(tmp_path: pathlib.Path,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+                                                  capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # main configures process-wide logging: not in tests (later ones read its events)
+    monkeypatch.setattr(logs, "configure", lambda *_a, **_k: None)
     missing = tmp_path / "absent.toml"
     assert main(["--config", str(missing)]) == 2
     err = capsys.readouterr().err

@@ -8,6 +8,7 @@ import pathlib
 
 import pytest
 
+from services import cli, logs
 from services.cli import main as switchyard
 from services.config import load_config
 from services.drills.cli import main as drills
@@ -15,6 +16,14 @@ from services.drills.sandbox import sandbox_config
 from services.up import Mesh
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def no_process_logging(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both mains configure process-wide logging (the drill's at "warning"): not in tests,
+    where later tests read info-level events."""
+    monkeypatch.setattr(cli, "configure", lambda *_a, **_k: None)
+    monkeypatch.setattr(logs, "configure", lambda *_a, **_k: None)
 
 
 @pytest.fixture
