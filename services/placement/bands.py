@@ -48,6 +48,9 @@ _exact = attrgetter(*_EXACT)
 # concurrency, spare capacity crossing zero, an estimate that doubled or halved: ``_large``)
 # is published at once. Between two publishes of estimates ESTIMATE_EVERY_S pass at least.
 DEFERRABLE = frozenset((*LEARNED, *(name for name, _, _ in _BANDS)))
+# Every reason a publish can give (``material``'s, and the hub's ``added`` and ``removed``):
+# the bounded label set of ``switchyard_placement_route_publishes_total``.
+REASONS = ("added", "removed", *_EXACT, "spare_crossed_zero", *_NAMES)
 ESTIMATE_EVERY_S = 5.0
 # The jitter band: an estimate also stays unpushed while it is within NOISE_K times its mean
 # move between the row's consecutive builds (an EWMA with weight NOISE_ALPHA, seeded by the

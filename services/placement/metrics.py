@@ -14,6 +14,8 @@ from collections.abc import Callable, Collection
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from services.placement import plausible
+from services.placement.bands import REASONS
 from services.placement.hub import Push
 
 PUSH_BUCKETS = (.005, .01, .025, .05, .075, .1, .25, .5, 1.0, 2.5)
@@ -29,6 +31,8 @@ class PlacementMetrics:
             "switchyard_placement_telemetry_refused_total",
             "Agent reports refused, not used: counters no backend could produce "
             "(services.placement.plausible)", ["reason"], registry=self.registry)
+        for reason in plausible.REASONS:  # every series from the start
+            self.telemetry_refused.labels(reason)
         self.watchers = Gauge("switchyard_placement_watchers",
                               "Edges currently watching route tables (WatchRoutes or ADS)",
                               registry=self.registry)
@@ -44,6 +48,8 @@ class PlacementMetrics:
             "(availability, dropped_reason, edge_slots, ...), spare_crossed_zero, or the "
             "estimate that left its band (latency_p95_ms, rtt_ms, queue_ms, compute_ms, "
             "cost_usd, spare_capacity)", ["reason"], registry=self.registry)
+        for reason in REASONS:  # every series from the start: a first publish adds none
+            self.publishes.labels(reason)
         self.push_latency = Histogram(
             "switchyard_placement_push_latency_seconds",
             "From the first fleet change to its rows offered to watching edges",
