@@ -111,6 +111,9 @@ class PlannerConfig:
     scale: ScaleSettings | None = None
     # each spot pool planned with one GPU held for a reclaim (PlannerSettings.spot_spare)
     spot_spare: bool = False
+    # N+1 across pools per class (PlannerSettings.pool_loss, pool_loss_boost)
+    pool_loss: bool = False
+    pool_loss_boost: float = 0.0
 
 
 # Before: a flat $0.5 per GPU change (above a cheap GPU's hourly price, so such GPUs were
@@ -150,9 +153,15 @@ SCALES = {
 SPARE = dataclasses.replace(PLANNER, name="+ a spot GPU spare", spot_spare=True)
 SPARE_EXPOSED = dataclasses.replace(SPARE, name="+ a spot GPU spare, reclaims of a cold start",
                                     reclaim_exposure_s=sim.PROVISION_DELAY_S + SYNC_S)
+# N+1 across pools per class (PlannerSettings.pool_loss): each class's calls/s on any one pool
+# fit into the other pools' room at their planned tier, or at 0.1 above it for a cold start
+POOL_LOSS = dataclasses.replace(PLANNER, name="+ N+1 across pools", pool_loss=True)
+POOL_LOSS_HOT = dataclasses.replace(POOL_LOSS, name="+ N+1 across pools, +0.1 utilisation",
+                                    pool_loss_boost=0.1)
 CONFIGS = {"before": BEFORE, "churn": CHURN, "resize": RESIZE, "react": REACT,
            "quantile": QUANTILE, "reserve": RESERVE, "planner": PLANNER, "scale": SCALE,
-           "spare": SPARE, "spare-exposed": SPARE_EXPOSED}
+           "spare": SPARE, "spare-exposed": SPARE_EXPOSED, "pool-loss": POOL_LOSS,
+           "pool-loss-hot": POOL_LOSS_HOT}
 
 
 def describe(c: PlannerConfig) -> str:
@@ -210,7 +219,7 @@ def setup(s: Scenario, quick: bool) -> Setup:
 def planner_fleet(s: Scenario, su: Setup, config: PlannerConfig = PLANNER) -> PlannerFleet:
     """The planner fleet, its forecaster trained on yesterday, its first plan made."""
     of = su.of
-    if config.reclaim_exposure_s > 0 or config.spot_spare:
+    if config.reclaim_exposure_s > 0 or config.spot_spare or config.pool_loss:
         risk = reclaim_reserve(sim.SPOT_RECLAIMS_PER_GPU_HOUR, config.reclaim_exposure_s)
 
         def of(demand: list[DemandClass], down: frozenset[str] = frozenset()) -> Problem:
@@ -218,6 +227,9 @@ def planner_fleet(s: Scenario, su: Setup, config: PlannerConfig = PLANNER) -> Pl
             if config.spot_spare:
                 p = dataclasses.replace(p, settings=dataclasses.replace(p.settings,
                                                                         spot_spare=True))
+            if config.pool_loss:
+                p = dataclasses.replace(p, settings=dataclasses.replace(
+                    p.settings, pool_loss=True, pool_loss_boost=config.pool_loss_boost))
             if config.reclaim_exposure_s <= 0:
                 return p
             return dataclasses.replace(p, pools=tuple(

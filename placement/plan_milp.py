@@ -26,7 +26,10 @@ Minimise ``Σ_p usd_per_gpu_hour(p) · n[p]`` (plus a tiny cost per loaded varia
 - **region loss** (``survive_region_loss``): for each (model, quality floor) with demand and
   each region ``R``, some variant meeting the floor is loaded on a pool outside ``R`` —
   written as "loaded in at least two regions";
-- **spot**: each class with demand has a feasible variant loaded on an on-demand pool.
+- **spot**: each class with demand has a feasible variant loaded on an on-demand pool;
+- **pool loss** (``pool_loss``, N+1 across pools per class): for each class ``k`` and each
+  pool ``p`` it may use, the calls/s ``k`` sends ``p`` fit, within ``k``'s SLO, into the
+  room the other pools' planned GPUs have left (:mod:`placement.plan_pool_loss`).
 
 Pure (no I/O, no clock): :func:`build` writes the model, the solver is run by
 :mod:`placement.planner`. Constraint rows are grouped by family, so the planner can drop
@@ -43,6 +46,7 @@ from dataclasses import dataclass, field
 from scipy.optimize import LinearConstraint  # type: ignore[import-untyped]
 from scipy.sparse import coo_matrix  # type: ignore[import-untyped]
 
+from placement import plan_pool_loss
 from placement.plan_types import DemandClass, PlanPool, PlanVariant, Problem, max_utilisation
 
 ON_DEMAND = "on-demand"
@@ -92,6 +96,8 @@ class Model:
     rho: dict[int, float] = field(default_factory=dict)  # per x column: ρ* of its class
     spot_slack: dict[int, int] = field(default_factory=dict)  # class -> its slack column
     shed: dict[int, int] = field(default_factory=dict)  # class -> its calls/s not carried
+    # class -> its calls/s no other pool has room for when one of its pools is lost
+    uncovered: dict[int, int] = field(default_factory=dict)
     forced_alone: list[int] = field(default_factory=list)  # classes no on-demand pool serves
     cut_short: int = 0  # HiGHS runs the wall-clock safety net stopped (Plan.cut_short)
 
@@ -162,6 +168,8 @@ def build(problem: Problem, gpu_limits: bool = True, shed: bool = False) -> Mode
                 coefs[t[p.id, li]] = share * lvl
         md.rows.add(coefs, -math.inf, 0, "capacity")
     policy_rows(md)
+    if s.pool_loss:
+        plan_pool_loss.rows(md, work)
     return md
 
 

@@ -60,4 +60,5 @@ def join(plans: list[Plan]) -> Plan:
                 max((p.gap for p in plans), default=0.0),
                 tuple(k for p in plans for k in p.spot_alone), sum(p.solves for p in plans),
                 tuple(k for p in plans for k in p.not_carried),
-                sum(p.cut_short for p in plans))
+                sum(p.cut_short for p in plans),
+                tuple(k for p in plans for k in p.pool_loss_uncovered))

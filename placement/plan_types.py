@@ -116,6 +116,11 @@ class PlannerSettings:
     # on the provisioned-cost day and not kept (benchmarks/RESULTS.md, 2026-11-27, evening,
     # "a spot GPU held spare": dearer, no attainment gained).
     spot_spare: bool = False
+    # N+1 across pools per class: each class's calls/s on any one pool fit, within its SLO,
+    # into the room the other pools' planned GPUs leave (placement.plan_pool_loss), at each
+    # pool's utilisation tier + ``pool_loss_boost`` (capped at MAX_RHO) for the cold start.
+    pool_loss: bool = False
+    pool_loss_boost: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +155,9 @@ class Plan:
     # HiGHS runs stopped by the wall-clock safety net (PlannerSettings.time_limit_s) rather
     # than by the node limit or the gap: a plan with any depends on the host's load.
     cut_short: int = 0
+    # (class key, calls/s) no other pool has room for when one of its pools is lost
+    # (PlannerSettings.pool_loss: the pools' GPU limits leave no plan that covers them)
+    pool_loss_uncovered: tuple[tuple[str, float], ...] = ()
 
     def gpus(self) -> dict[str, int]:
         return {p.pool: p.gpus for p in self.pools}
@@ -184,6 +192,10 @@ class Plan:
             lines.append("  " + self.carried_note())
         if self.cut_short:
             lines.append("  " + self.cut_short_note())
+        if self.pool_loss_uncovered:
+            lines.append("  not covered if one of its pools is lost (the pools' GPU limits): "
+                         + ", ".join(f"{key} {rps:.2f}/s" for key, rps in
+                                     self.pool_loss_uncovered))
         for p in self.pools:
             lines.append(f"  {p.pool}: {p.gpus} GPU(s) ${p.usd_per_hour:.2f}/h, "
                          f"{','.join(p.variants)}, utilisation {p.utilisation:.0%} "

@@ -42,6 +42,7 @@ from scipy.optimize import Bounds, milp  # type: ignore[import-untyped]
 from placement import plan_prune, plan_regions, plan_route
 from placement.latency import COMPUTE_P95_FACTOR, MAX_RHO
 from placement.plan_milp import ON_DEMAND, SHED_USD, SPOT_SLACK_USD, Model, allowed, build
+from placement.plan_pool_loss import POOL_LOSS_USD
 from placement.plan_types import (
     DemandClass,
     Infeasible,
@@ -162,9 +163,12 @@ def _idle(md: Model, allow: set[tuple[str, str]] | None) -> set[int]:
     dominated when the next tier up admits the same flows (no candidate's ρ* lies between
     them: the SLO rows let a pool at tier ``l`` serve exactly the flows with ρ* >= tier_l),
     and the higher tier carries more per GPU; so is every tier above the highest ρ* on the
-    pool (it serves nothing). Only the highest tier under each candidate's ρ* is kept.
+    pool (it serves nothing). Only the highest tier under each candidate's ρ* is kept, and
+    with ``pool_loss_boost`` the highest whose emergency level (tier + boost) is under it.
     """
     tiers = md.problem.settings.tiers
+    s = md.problem.settings
+    boost = s.pool_loss_boost if s.pool_loss else 0.0
     rhos: dict[str, list[float]] = {p.id: [] for p in md.problem.pools}
     for (_, pid, v), col in md.x.items():
         if allow is None or (pid, v) in allow:
@@ -179,6 +183,10 @@ def _idle(md: Model, allow: set[tuple[str, str]] | None) -> set[int]:
         # a pool serving no flow may still hold a variant for the region-loss rule: one tier
         keep = {max((li for li, lvl in enumerate(tiers) if lvl <= rho + 1e-9), default=0)
                 for rho in seen} or {0}
+        if boost:  # the pool-loss rule's room at tier + boost must meet a class's ρ* too
+            keep |= {max((li for li, lvl in enumerate(tiers)
+                          if min(lvl + boost, MAX_RHO) <= rho + 1e-9), default=0)
+                     for rho in seen}
         out |= {col for li in range(len(tiers)) if li not in keep
                 for col in (md.t[pid, li], md.m[pid, li])}
     return out
@@ -271,8 +279,10 @@ def _read(md: Model, x: FloatArray, gap: float = 0.0) -> Plan:
         [*md.forced_alone, *(ki for ki, col in md.spot_slack.items() if x[col] > 0.5)]))
     shed = tuple((problem.demand[ki].key, float(x[col])) for ki, col in sorted(md.shed.items())
                  if x[col] > 1e-6)
+    uncovered = tuple((problem.demand[ki].key, float(x[col]))
+                      for ki, col in sorted(md.uncovered.items()) if x[col] > 1e-6)
     return Plan(tuple(pools), sum(pp.usd_per_hour for pp in pools), gap, alone,
-                not_carried=shed, cut_short=md.cut_short)
+                not_carried=shed, cut_short=md.cut_short, pool_loss_uncovered=uncovered)
 
 
 def _slack(md: Model, x: FloatArray) -> float:
@@ -280,8 +290,10 @@ def _slack(md: Model, x: FloatArray) -> float:
 
 
 def _penalty(md: Model, x: FloatArray) -> float:
-    """The objective's part that is not GPU cost: spot-rule slack and calls not carried."""
-    return SPOT_SLACK_USD * _slack(md, x) + SHED_USD * float(sum(x[c] for c in md.shed.values()))
+    """The objective's part that is not GPU cost: spot-rule slack, calls not carried and
+    calls no other pool covers (pool loss)."""
+    return (SPOT_SLACK_USD * _slack(md, x) + SHED_USD * float(sum(x[c] for c in md.shed.values()))
+            + POOL_LOSS_USD * float(sum(x[c] for c in md.uncovered.values())))
 
 
 class _OutOfTime(Exception):
