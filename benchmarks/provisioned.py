@@ -474,10 +474,13 @@ def main() -> None:
                     help="scenarios run at a time, each in its own process (default: 1)")
     ap.add_argument("--results", type=pathlib.Path, default=RESULTS,
                     help="the file the sections are written into (default: RESULTS.md)")
+    ap.add_argument("--pool-loss", action="store_true",
+                    help="with --solve-times-only: each strategy also with N+1 across pools "
+                         "(PlannerSettings.pool_loss), at 10 and 100 pools")
     args = ap.parse_args()
 
     if args.solve_times_only:
-        sec = solve_section(args.quick, alone=True)
+        sec = solve_section(args.quick, alone=True, pool_loss=args.pool_loss)
         if not args.no_write:
             write_section(sec, args.results)
             progress(f"provisioned: wrote '{sec.title}' into {args.results}")

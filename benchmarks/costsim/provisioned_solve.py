@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from typing import Any
 
 import numpy as np
 
@@ -95,15 +96,27 @@ def strategies(limit_s: float) -> dict[str, PlannerSettings]:
                                            group_pools=100)}
 
 
-def solve_section(quick: bool, alone: bool = False) -> Section:
-    """The section; ``alone``: run by ``--solve-times-only`` (its command says so)."""
+def with_pool_loss(named: dict[str, PlannerSettings]) -> dict[str, PlannerSettings]:
+    """Each strategy, and beside it the same with N+1 across pools per class
+    (``PlannerSettings.pool_loss``)."""
+    out = {}
+    for name, st in named.items():
+        out[name] = st
+        out[f"{name} + N+1 across pools"] = dataclasses.replace(st, pool_loss=True)
+    return out
+
+
+def solve_section(quick: bool, alone: bool = False, pool_loss: bool = False) -> Section:
+    """The section; ``alone``: run by ``--solve-times-only`` (its command says so);
+    ``pool_loss``: each strategy with and without N+1 across pools, at 10 and 100 pools."""
     t0 = time.monotonic()
     limit = SAFETY_NET_S
-    sizes = (10, 100, 1000)
-    rows = []
+    sizes = (10, 100) if pool_loss else (10, 100, 1000)
+    named = with_pool_loss(strategies(limit)) if pool_loss else strategies(limit)
+    rows: list[list[Any]] = []
     for n in sizes:
         base = synthetic(n)
-        for name, st in strategies(limit).items():
+        for name, st in named.items():
             if n >= 1000 and (name == "exact" or (quick and name == "fast")):
                 continue  # one LP relaxation of the whole fleet alone takes minutes here
             problem = Problem(base.pools, base.variants, base.demand, base.rtt_ms, st)
@@ -132,7 +145,8 @@ def solve_section(quick: bool, alone: bool = False) -> Section:
              "Gap: (plan − best lower bound) / plan; the bound is the LP relaxation's unless "
              "the full MILP ran and proved a better one — weak with integer GPUs in many "
              "pools, so it over-states the distance to the optimum."]
-    notes.append("Not run at 1,000 pools: exact" + (" and fast" if quick else "")
+    notes.append("Not run at 1,000 pools: " + ("any (--pool-loss)" if pool_loss else "exact"
+                 + (" and fast" if quick else ""))
                  + " (the whole fleet's LP relaxation alone takes minutes on this machine).")
     faster = {r[0]: r for r in rows if r[2] == "fast"}
     exact = {r[0]: r for r in rows if r[2] == "exact"}
@@ -144,7 +158,8 @@ def solve_section(quick: bool, alone: bool = False) -> Section:
                          f"exact, in {float(faster[n][4]) / max(float(exact[n][4]), 1e-9):.0%}"
                          " of its time.")
     return Section(TITLE, command_for("benchmarks.provisioned", quick)
-                   + (" --solve-times-only" if alone else ""),
+                   + (" --solve-times-only" if alone else "")
+                   + (" --pool-loss" if pool_loss else ""),
                    md_table(["pools", "classes", "strategy", "limits (nodes / s)", "wall s",
                              "USD/h", "gap", "solves", "cut short", "plan"], rows,
                             "rrllrrrrrl"),
