@@ -62,6 +62,7 @@ from benchmarks.common import (
     take_option,
     text_table,
 )
+from benchmarks.dataplane_envoy import Round, envoy_table, envoy_verdicts, rounds_of
 from services.config import load_config
 from services.edge.envoy.launcher import envoy_command, prepare
 from services.ports import free_port
@@ -73,8 +74,6 @@ TARGETS = ("direct", "edge", "nginx", "edge-2w", "nginx-2w", "bare-aio", "edge-a
            "edge-nolog", "envoy", "envoy-sy", "envoy-sy-lua")
 TARGET_CPU_US = 150.0
 TARGET_ADDED_P50_MS = 0.25
-TARGET_ENVOY_CPU_RATIO = 1.25  # envoy-sy / plain envoy, CPU per call
-TARGET_ENVOY_ADDED_P50_MS = 0.1  # envoy-sy's added p50 at c=1 over plain envoy's
 
 
 def _loop_factory():  # type: ignore[no-untyped-def]
@@ -170,9 +169,11 @@ def start_switchyard_envoy(fleet: Fleet, name: str, filters: str = "auto") -> Ta
 
 
 def run_points(fleet: Fleet, targets: dict[str, Target], calls: int, seconds: float,
-               concurrencies: tuple[int, ...], rounds: int = 1) -> list[Point]:
+               concurrencies: tuple[int, ...], rounds: int = 1
+               ) -> tuple[list[Point], list[Round]]:
     """Every (target, concurrency) ``rounds`` times, target order rotated each round; the
-    round with the median rps is kept (its p50, p99 and CPU come from the same window)."""
+    round with the median rps is kept (its p50, p99 and CPU come from the same window), and
+    every round's points, for ratios paired within a round (``benchmarks.dataplane_envoy``)."""
     runs: dict[tuple[str, int], list[Point]] = {}
     names = list(targets)
     for r in range(rounds):
@@ -187,7 +188,7 @@ def run_points(fleet: Fleet, targets: dict[str, Target], calls: int, seconds: fl
         for n in names:
             ps = sorted(runs[(n, conc)], key=lambda p: p.rps)
             out.append(ps[len(ps) // 2])
-    return out
+    return out, rounds_of(runs)
 
 
 def _one_round(fleet: Fleet, targets: dict[str, Target], calls: int, seconds: float,
@@ -209,7 +210,8 @@ def _one_round(fleet: Fleet, targets: dict[str, Target], calls: int, seconds: fl
     return points
 
 
-def tables(points: list[Point]) -> tuple[str, str, list[list[object]], list[list[object]]]:
+def tables(points: list[Point], rounds: list[Round] | None = None
+           ) -> tuple[str, str, list[list[object]], list[list[object]]]:
     rows = [[p.target, p.concurrency, p.calls, p.errors, p.rps, p.p50_ms, p.p99_ms,
              p.proxy_cpu_us, p.backend_cpu_us, p.cpu_split or ""] for p in points]
     main_t = md_table(["target", "conc", "calls", "errors", "rps", "p50 ms", "p99 ms",
@@ -232,8 +234,10 @@ def tables(points: list[Point]) -> tuple[str, str, list[list[object]], list[list
                         "edge added p50 ms", "nginx added p50 ms", "edge/nginx p99",
                         "edge CPU µs", "nginx CPU µs", "edge/nginx CPU", "edge rps ≥ nginx"],
                        ratio_rows, "lrrrrrrrrrl")
-    envoy_t = ("\n\n**Envoy (same run)**\n\n" + envoy_table(by)
-               if any(t.startswith("envoy") for t, _ in by) else "")
+    paired = rounds if rounds else [by]
+    envoy_t = ("\n\n**Envoy (same run; each ratio paired within a round: median (min–max) "
+               f"over {len(paired)} round{'s' if len(paired) > 1 else ''})**\n\n"
+               + envoy_table(paired) if any(t == "envoy-sy" for t, _ in by) else "")
     return main_t, ratio_t + envoy_t, rows, ratio_rows
 
 
@@ -256,64 +260,6 @@ def before_table(points: list[Point]) -> tuple[str, list[str]]:
                       "before rps", "now rps", "now − before p50 ms", "errors"], rows,
                      "rrrrrrrr")
     return table, lines
-
-
-def envoy_table(by: dict[tuple[str, int], Point]) -> str:
-    """Plain Envoy against nginx; Switchyard-on-Envoy against plain Envoy and the Python edge."""
-    rows: list[list[object]] = []
-    for conc in sorted({c for _, c in by}):
-        d, n, e, s, py = (by.get((t, conc)) for t in ("direct", "nginx", "envoy", "envoy-sy",
-                                                      "edge"))
-        if not (d and n and e and s and py):
-            continue
-        rows.append([conc, e.proxy_cpu_us, s.proxy_cpu_us, py.proxy_cpu_us,
-                     e.proxy_cpu_us / n.proxy_cpu_us, s.proxy_cpu_us / e.proxy_cpu_us,
-                     s.proxy_cpu_us / py.proxy_cpu_us, s.rps / n.rps, s.rps / py.rps,
-                     e.p50_ms - d.p50_ms, s.p50_ms - d.p50_ms])
-    return md_table(["conc", "envoy CPU µs", "envoy-sy CPU µs", "edge CPU µs",
-                     "envoy/nginx CPU", "envoy-sy/envoy CPU", "envoy-sy/edge CPU",
-                     "envoy-sy/nginx rps", "envoy-sy/edge rps", "envoy added p50 ms",
-                     "envoy-sy added p50 ms"], rows, "rrrrrrrrrrr")
-
-
-def envoy_verdicts(points: list[Point]) -> list[str]:
-    """The Envoy targets of issue 12, from the rows of the Envoy table."""
-    by = {(p.target, p.concurrency): p for p in points}
-    concs = sorted(c for (t, c) in by if t == "envoy-sy" and ("envoy", c) in by)
-    if not concs:
-        return []
-    ratio = {c: by[("envoy-sy", c)].proxy_cpu_us / by[("envoy", c)].proxy_cpu_us for c in concs}
-    out = [f"**Target Switchyard-on-Envoy CPU ≤ {TARGET_ENVOY_CPU_RATIO}× plain Envoy's**: "
-           + ", ".join(f"c={c}: {r:.2f}×" for c, r in ratio.items()) + " → "
-           + ("met" if max(ratio.values()) <= TARGET_ENVOY_CPU_RATIO else "MISSED")]
-    d, e, s = (by.get((t, 1)) for t in ("direct", "envoy", "envoy-sy"))
-    if d and e and s:
-        over = (s.p50_ms - d.p50_ms) - (e.p50_ms - d.p50_ms)
-        out.append(f"**Target added p50 at c=1 within {TARGET_ENVOY_ADDED_P50_MS} ms of plain "
-                   f"Envoy's**: {s.p50_ms - d.p50_ms:.2f} ms vs {e.p50_ms - d.p50_ms:.2f} ms "
-                   f"({over:+.2f} ms) → "
-                   + ("met" if over <= TARGET_ENVOY_ADDED_P50_MS else "MISSED"))
-    rps = [(c, by[("envoy-sy", c)].rps / by[("nginx", c)].rps) for c in concs
-           if c >= 8 and ("nginx", c) in by]
-    if rps:
-        out.append("**Target Switchyard-on-Envoy throughput ≥ 0.9× nginx at c ≥ 8**: "
-                   + ", ".join(f"c={c}: {r:.2f}×" for c, r in rps) + " → "
-                   + ("met" if min(r for _, r in rps) >= 0.9 else "MISSED"))
-    edge = [(c, by[("envoy-sy", c)].rps / by[("edge", c)].rps) for c in concs
-            if ("edge", c) in by]
-    if edge:
-        out.append("**Target Switchyard-on-Envoy throughput ≥ 2× the Python edge's**: "
-                   + ", ".join(f"c={c}: {r:.2f}×" for c, r in edge) + " → "
-                   + ("met" if min(r for _, r in edge) >= 2 else "MISSED"))
-    lua = [(c, by[("envoy-sy", c)].proxy_cpu_us / by[("envoy-sy-lua", c)].proxy_cpu_us,
-            (by[("envoy-sy-lua", c)].proxy_cpu_us - by[("envoy", c)].proxy_cpu_us)
-            / by[("envoy", c)].proxy_cpu_us) for c in concs if ("envoy-sy-lua", c) in by]
-    if lua:
-        out.append("`envoy-sy` (as pushed) against `envoy-sy-lua` (pushed with the Lua), CPU "
-                   "per call, same run: " + ", ".join(
-                       f"c={c}: {r:.2f}× (the Lua's {1 + o:.2f}× plain Envoy's)"
-                       for c, r, o in lua))
-    return out
 
 
 def verdicts(points: list[Point]) -> list[str]:
@@ -362,13 +308,13 @@ def run(quick: bool, only: tuple[str, ...] = (), before: pathlib.Path | None = N
         targets = start_targets(fleet, names, before)
         progress(f"load: {calls} calls or {seconds:.0f} s per point, concurrency "
                  f"{', '.join(map(str, CONCURRENCIES))}, targets {', '.join(targets)}")
-        points = run_points(fleet, targets, calls, seconds, CONCURRENCIES, rounds)
-    main_t, ratio_t, rows, _ = tables(points)
+        points, per_round = run_points(fleet, targets, calls, seconds, CONCURRENCIES, rounds)
+    main_t, ratio_t, rows, _ = tables(points, per_round)
     print("\n" + text_table(["target", "conc", "calls", "errors", "rps", "p50 ms", "p99 ms",
                              "proxy µs", "Triton µs", "split"], rows) + "\n", file=sys.stderr)
     notes = [
         *verdicts(points),
-        *envoy_verdicts(points),
+        *envoy_verdicts(per_round),
         f"Each point: {calls} calls or {seconds:.0f} s, whichever first, after "
         f"{'' if rounds == 1 else f'(median-rps round of {rounds}, target order rotated) '}"
         f"{min(200, calls // 4)} warm-up calls; closed loop, min(conc, 8) client connections; "

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from benchmarks._load import Point
-from benchmarks.dataplane import envoy_verdicts
+from benchmarks.dataplane_envoy import Round, envoy_table, envoy_verdicts
 from benchmarks.envoy_filters import ratio_rows, verdicts
 
 
@@ -22,22 +22,46 @@ def _dataplane(sy_cpu: float, sy_p50: float) -> list[Point]:
             _p("edge", 8, 400, rps=400), _p("envoy", 8, 100), _p("envoy-sy", 8, sy_cpu, rps=950)]
 
 
+def _one(points: list[Point]) -> list[Round]:
+    return [{(p.target, p.concurrency): p for p in points}]
+
+
 def test_the_envoy_targets_are_met_when_the_rows_meet_them() -> None:
-    lines = envoy_verdicts(_dataplane(sy_cpu=120, sy_p50=0.85))
+    lines = envoy_verdicts(_one(_dataplane(sy_cpu=120, sy_p50=0.85)))
     assert lines[0].endswith("c=1: 1.20×, c=8: 1.20× → met")
-    assert "0.35 ms vs 0.30 ms (+0.05 ms) → met" in lines[1]
+    assert "p50 over plain Envoy's +0.05 ms → met" in lines[1]
     assert lines[2].endswith("c=8: 0.95× → met")
     assert lines[3].endswith("c=1: 2.25×, c=8: 2.38× → met")
 
 
 def test_the_envoy_targets_are_missed_when_the_rows_miss_them() -> None:
-    lines = envoy_verdicts(_dataplane(sy_cpu=200, sy_p50=1.5))
+    lines = envoy_verdicts(_one(_dataplane(sy_cpu=200, sy_p50=1.5)))
     assert lines[0].endswith("c=1: 2.00×, c=8: 2.00× → MISSED")
-    assert "(+0.70 ms) → MISSED" in lines[1]
+    assert "+0.70 ms → MISSED" in lines[1]
 
 
 def test_no_envoy_rows_no_envoy_prose() -> None:
-    assert envoy_verdicts([_p("direct", 1, float("nan")), _p("edge", 1, 400)]) == []
+    assert envoy_verdicts(_one([_p("direct", 1, float("nan")), _p("edge", 1, 400)])) == []
+
+
+def test_the_envoy_ratios_are_paired_within_each_round() -> None:
+    """A slow round slows plain Envoy and envoy-sy alike: its ratio is that round's, and the
+    verdict is the median of the rounds' ratios, not the ratio of two targets' median-rps
+    rounds (which may be different rounds)."""
+    def rnd(envoy_cpu: float, sy_cpu: float, envoy_p50: float, sy_p50: float) -> Round:
+        return {(p.target, p.concurrency): p for p in (
+            _p("envoy", 1, envoy_cpu, envoy_p50), _p("envoy-sy", 1, sy_cpu, sy_p50))}
+
+    rounds = [rnd(460, 794, 1.75, 2.72), rnd(430, 530, 1.53, 1.42), rnd(868, 1008, 3.30, 3.43)]
+    lines = envoy_verdicts(rounds)
+    assert lines[0] == ("**Target Switchyard-on-Envoy CPU ≤ 1.25× plain Envoy's** (median of 3 "
+                        "rounds, each ratio within its round): c=1: 1.23× (1.16×–1.73×) → met")
+    assert lines[1].endswith("+0.13 (-0.11–+0.97) ms → MISSED")
+    table = envoy_table(rounds)
+    assert "| 1 | 1.23 (1.16–1.73) | +0.13 (-0.11–+0.97) | – | – | – | – |" in table
+    # one slow round more: the median moves past the target
+    lines = envoy_verdicts([*rounds, rnd(400, 560, 1.0, 1.0), rnd(400, 600, 1.0, 1.0)])
+    assert lines[0].endswith("c=1: 1.40× (1.16×–1.73×) → MISSED")
 
 
 def _round(sy: float, pieces: dict[str, float]) -> dict[tuple[str, int], Point]:
@@ -98,3 +122,13 @@ def test_take_option_removes_what_it_reads(monkeypatch: pytest.MonkeyPatch) -> N
     assert take_option("--rounds") == "3"
     import sys
     assert sys.argv == ["x", "--quick"]
+
+
+def test_rounds_of_gives_each_round_its_own_points() -> None:
+    from benchmarks.dataplane_envoy import rounds_of
+
+    a0, a1 = _p("envoy", 1, 100), _p("envoy", 1, 200)
+    b0, b1 = _p("envoy-sy", 1, 150), _p("envoy-sy", 1, 260)
+    got = rounds_of({("envoy", 1): [a0, a1], ("envoy-sy", 1): [b0, b1]})
+    assert got == [{("envoy", 1): a0, ("envoy-sy", 1): b0},
+                   {("envoy", 1): a1, ("envoy-sy", 1): b1}]
