@@ -11,6 +11,7 @@ placement (``FleetState.observe``, ``FleetState.observe_use``: the edges' slot s
 
 from __future__ import annotations
 
+from benchmarks.costsim.publish import Publisher
 from placement.catalog import Catalog
 from placement.fleet import FleetState, TelemetrySnapshot
 from placement.model import Candidate
@@ -21,10 +22,14 @@ from services.edge.stats import EdgeStats
 
 class ControlPlane:
     def __init__(self, catalog: Catalog, prices: PriceCatalog, regions: list[str],
-                 observed_min_samples: int = 20, share_slots: bool = True) -> None:
+                 observed_min_samples: int = 20, share_slots: bool = True,
+                 published: bool = False) -> None:
         # share_slots=False: edges do not report their call rates, so every edge sees every
         # deployment's whole concurrency (the ablation ``switchyard-whole-slots``).
         self.share_slots = share_slots
+        # published=True: edges see the rows as the live hub publishes them (material change,
+        # learned changes at most every 5 s: ``publish.Publisher``), not every fresh build
+        self.publisher = Publisher() if published else None
         self.fleet = FleetState()
         self.builder = RouteBuilder(catalog, prices, self.fleet,
                                     TableSettings(observed_min_samples=observed_min_samples))
@@ -40,8 +45,12 @@ class ControlPlane:
     def rebuild(self, now: float) -> None:
         for model in self.builder.catalog.models:
             for region in self.regions:
-                self.tables[(model, region)] = self.builder.build(model, region, now)
+                fresh = self.builder.build(model, region, now)
+                self.tables[(model, region)] = fresh if self.publisher is None else \
+                    self.publisher.table((model, region), fresh, now)
                 self.builds += 1
+        if self.publisher is not None:
+            self.publisher.built(now)
 
     def refresh_edges(self, now: float, interval_s: float) -> None:
         for region, stats in self.edges.items():

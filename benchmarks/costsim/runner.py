@@ -17,27 +17,33 @@ from benchmarks.costsim.trace import Trace, generate
 
 POLICIES = ("switchyard", "switchyard-whole-slots", "lowest-latency", "round-robin",
             "cheapest-ignoring-slo", "litellm-cost", "envoy")
+PUBLISHED = "-published"  # a policy's name + this: its edges see the hub's publishes
 
 
 def make_policy(name: str, s: Scenario,
                 on_decision: policies.DecisionHook | None = None) -> policies.Policy:
     st = s.settings
+    # ``<policy>-published``: the policy on the rows as the live hub publishes them, with
+    # the policy's own seed (the same draws: what differs is what its edges see)
+    full, published = name, name.endswith(PUBLISHED)
+    name = name.removesuffix(PUBLISHED)
     seed = s.seed ^ zlib.crc32(name.encode())
     if name == "litellm-cost":
         return LiteLLMCostRouter(s)
     control = ControlPlane(s.catalog(), s.prices(), sorted(s.regions),
-                           share_slots=name != "switchyard-whole-slots")
+                           share_slots=name != "switchyard-whole-slots", published=published)
     for b in s.backends():
         control.fleet.register(b)
     if name in ("switchyard", "switchyard-whole-slots"):
         return policies.switchyard(control, seed, st.spread_band, st.slo_margin_ms,
-                                   on_decision, name)
+                                   on_decision, full)
     if name == "lowest-latency":
         return policies.lowest_latency(control, seed, st.slo_margin_ms)
     if name == "cheapest-ignoring-slo":
         return policies.cheapest_ignoring_slo(control, seed, st.slo_margin_ms)
     if name == "envoy":
-        return envoy(control, seed, st.spread_band, st.slo_margin_ms, st.max_attempts)
+        return envoy(control, seed, st.spread_band, st.slo_margin_ms, st.max_attempts,
+                     name=full)
     if name == "round-robin":
         return policies.RoundRobin(control, st.slo_margin_ms)
     raise ValueError(f"unknown policy {name!r} (known: {', '.join(POLICIES)})")
