@@ -325,10 +325,14 @@ async def raw_infer(ch: Any, md: Sequence[tuple[str, str]] = (), raw: bytes | No
 @contextlib.asynccontextmanager
 async def serving_placement(service: Any) -> AsyncIterator[Any]:
     """``service`` (a ``PlacementService``) on a plaintext gRPC server on 127.0.0.1 with the
-    interceptors placement runs with, and a ``PlacementStub`` to it."""
+    interceptors placement runs with, registered as placement registers it
+    (``services.placement.main.register``: ``WatchRoutes`` yields serialised pushes), and a
+    ``PlacementStub`` to it."""
+    from services.placement.main import register
+
     server = grpc.aio.server(interceptors=[*interceptors(SecuritySettings(plaintext=True)),
                                            ErrorInterceptor()])
-    placement_pb2_grpc.add_PlacementServicer_to_server(service, server)
+    register(service, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:

@@ -11,17 +11,15 @@ import asyncio
 import pathlib
 from collections.abc import AsyncIterator
 
-import grpc
 import pytest_asyncio
 
 from placement.fleet import TelemetrySnapshot, VariantStats
 from placement.model import Backend, Variant
 from services.api.switchyard.v1 import placement_pb2, placement_pb2_grpc, telemetry_pb2
-from services.grpc_errors import ErrorInterceptor
 from services.placement.hub import Rows
-from services.placement.main import build_service, register
+from services.placement.main import build_service
 from services.placement.server import PlacementService
-from tests.mesh_harness import eventually, mesh_config
+from tests.mesh_harness import eventually, mesh_config, serving_placement
 
 FLEET = 120  # backends on top of the mesh's three
 NOT_READY = "Triton server not ready"
@@ -126,13 +124,8 @@ async def test_publish_without_a_bound_builds_everything(tmp_path: pathlib.Path)
 async def served(tmp_path: pathlib.Path
                  ) -> AsyncIterator[tuple[PlacementService, placement_pb2_grpc.PlacementStub]]:
     service = _service(tmp_path)
-    server = grpc.aio.server(interceptors=[ErrorInterceptor()])
-    register(service, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-        yield service, placement_pb2_grpc.PlacementStub(ch)
-    await server.stop(0)
+    async with serving_placement(service) as stub:
+        yield service, stub
 
 
 def _report(i: int, count: int, unix_ms: int, ready: bool = True,

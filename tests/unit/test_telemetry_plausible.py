@@ -12,14 +12,12 @@ from __future__ import annotations
 import pathlib
 from collections.abc import AsyncIterator
 
-import grpc
 import pytest_asyncio
 
 from services.api.switchyard.v1 import placement_pb2_grpc, telemetry_pb2
-from services.grpc_errors import ErrorInterceptor
-from services.placement.main import build_service, register
+from services.placement.main import build_service
 from services.placement.server import PlacementService
-from tests.mesh_harness import mesh_config
+from tests.mesh_harness import mesh_config, serving_placement
 
 BACKEND, VARIANT = "east-fast", "summarize-small"
 T0 = 1_800_000_000_000  # the agent's clock, ms
@@ -29,13 +27,8 @@ T0 = 1_800_000_000_000  # the agent's clock, ms
 async def served(tmp_path: pathlib.Path
                  ) -> AsyncIterator[tuple[PlacementService, placement_pb2_grpc.PlacementStub]]:
     service = build_service(mesh_config(tmp_path), preregister=True)
-    server = grpc.aio.server(interceptors=[ErrorInterceptor()])
-    register(service, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-        yield service, placement_pb2_grpc.PlacementStub(ch)
-    await server.stop(0)
+    async with serving_placement(service) as stub:
+        yield service, stub
 
 
 def report(second: int, calls: int, compute_ms: float = 20.0, queue_ms: float = 2.0,
