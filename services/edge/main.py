@@ -87,6 +87,7 @@ class RunningEdge:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     health_servicer: Any = None
     gate: TenantGate | None = None
+    metrics: EdgeMetrics | None = None  # its /metrics series (tests read them here too)
 
     def reload_policies(self, cfg: MeshConfig) -> None:
         """Tenant policies from a re-read config take effect for the next call."""
@@ -242,7 +243,8 @@ async def start_edge(cfg: MeshConfig, edge: EdgeConfig, port: int | None = None,
     await mark_serving(hs, [SERVICE, ADMIN])
     mport = start_metrics(edge.metrics_port if metrics_port is None else metrics_port,
                           edge.host, metrics.registry)
-    running = RunningEdge(server, router, link, checker, bound, health_servicer=hs, gate=gate)
+    running = RunningEdge(server, router, link, checker, bound, health_servicer=hs, gate=gate,
+                          metrics=metrics)
     running.tasks = [asyncio.create_task(link.watch()), asyncio.create_task(link.report()),
                      asyncio.create_task(checker.run()), asyncio.create_task(access_log.run())]
     log.info("edge_listening", edge=edge.id, region=edge.region,

@@ -9,6 +9,7 @@ The proto is the one tritonclient ships (``tritonclient.grpc.service_pb2``), not
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from importlib import metadata as _metadata
@@ -18,12 +19,18 @@ from google.protobuf.message import Message
 from prometheus_client import Gauge
 from tritonclient.grpc import service_pb2
 
-from placement.errors import NoHealthyDeployment, SwitchyardError, UnknownModel
+from placement.errors import (
+    DeadlineTooShort,
+    InvalidRequest,
+    NoHealthyDeployment,
+    SwitchyardError,
+    UnknownModel,
+)
 from placement.model import Candidate
 from services.edge import deadline, statistics
 from services.edge import hints as hint_parser
-from services.edge.router import CallRecord, Router
-from services.edge.stream import route_stream
+from services.edge.router import DEADLINE_SLACK_S, CallRecord, Router
+from services.edge.stream import first_message, route_stream
 from services.grpc_errors import AnyContext, AnyHandler, abort, status_of
 from services.security.tenants import AuthSource, TenantGate
 from services.security.transport import check_message_size
@@ -37,6 +44,28 @@ try:
     _VERSION = _metadata.version("switchyard")
 except _metadata.PackageNotFoundError:  # running from a source tree without install
     _VERSION = "0"
+
+
+# How long a ModelInfer whose requests ended with no message waits for gRPC to cancel it
+# (its caller cancelled: then it is counted CANCELLED) before it is answered INVALID_ARGUMENT
+# as half-closed empty. gRPC ends the requests and cancels the handler on the same event.
+CANCEL_HEARD_S = 0.1
+
+
+async def _cancelled(context: AnyContext, within_s: float) -> None:
+    """Returns when the call is done or after ``within_s``; a cancel of the handler (its
+    caller's) raises here."""
+    done = asyncio.Event()
+    # grpc-stubs type the callback as a class of theirs; any callable of the context works
+    context.add_done_callback(lambda _: done.set())  # type: ignore[arg-type]
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(done.wait(), within_s)
+
+
+def _expired(metadata: Sequence[tuple[str, str | bytes]], context: AnyContext) -> bool:
+    """The call's deadline is past, or within the caller's slack (``DEADLINE_SLACK_S``)."""
+    left = _remaining(metadata, context)
+    return left is not None and left <= DEADLINE_SLACK_S
 
 
 def _remaining(metadata: Sequence[tuple[str, str | bytes]], context: AnyContext) -> float | None:
@@ -66,11 +95,18 @@ class InferenceService:
 
     # -- data plane ----------------------------------------------------------------------
 
-    async def model_infer(self, raw: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+    async def model_infer(self, requests: AsyncIterator[bytes],
+                          context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        """A unary call, taken as gRPC's stream-unary so that it is the edge's from its
+        headers: a unary handler is handed its call only once its message is in, and a
+        caller that never sent one, or half-closed the call with none, held an HTTP/2 stream
+        until its deadline (for ever without one; tests/integration/test_hostile_round6.py).
+        Only the first message is read, as gRPC reads a unary call's."""
         metadata = tuple(context.invocation_metadata() or ())  # a tuple already: not copied
         record = CallRecord(hint_parser.request_id(metadata), "")  # echoed even on rejection
         self._unary.inc()
         try:
+            raw = await self._request(requests, metadata, context, record)
             self._admit(len(raw), metadata, context, record)
             response = await self.router.infer(raw, metadata, _remaining(metadata, context),
                                                record)
@@ -84,6 +120,38 @@ class InferenceService:
                 record.admission.release()
         context.set_trailing_metadata(record.trailers())
         return response
+
+    async def _request(self, requests: AsyncIterator[bytes],
+                       metadata: Sequence[tuple[str, str | bytes]],
+                       context: grpc.aio.ServicerContext[bytes, bytes],
+                       record: CallRecord) -> bytes:
+        """A ModelInfer's message: ``UNAVAILABLE`` after the edge's stream idle timeout
+        without one (``stream.first_message``, as Envoy's fast path answers), and
+        ``INVALID_ARGUMENT`` when the caller half-closed the call with none. A call ended so,
+        or by its caller's deadline or cancel before its message came, is counted once with
+        the status its caller saw."""
+        try:
+            try:
+                return await first_message(requests, "call")
+            except StopAsyncIteration:
+                # gRPC ends the requests of a call whose caller's deadline passed or who
+                # cancelled it as it does a half-close, and then cancels the handler: the
+                # deadline is read here, a cancel is waited for a moment (CANCEL_HEARD_S)
+                if _expired(metadata, context):
+                    raise DeadlineTooShort("the call's deadline ran out before its message "
+                                           "came") from None
+                await _cancelled(context, CANCEL_HEARD_S)
+                raise InvalidRequest("ModelInfer without a request message: the caller "
+                                     "half-closed the call before sending one") from None
+        except SwitchyardError as exc:
+            record.status = exc.grpc_code
+            self.router.on_done(record)
+            raise
+        except asyncio.CancelledError:  # grpc cancels the handler: its caller's deadline
+            record.status = ("DEADLINE_EXCEEDED" if _expired(metadata, context)  # or cancel
+                             else "CANCELLED")
+            self.router.on_done(record)
+            raise
 
     async def model_stream_infer(self, requests: AsyncIterator[bytes],
                                  context: grpc.aio.ServicerContext[bytes, bytes]
@@ -286,7 +354,7 @@ class InferenceService:
 
         s = service_pb2
         return {
-            "ModelInfer": grpc.unary_unary_rpc_method_handler(self.model_infer),
+            "ModelInfer": grpc.stream_unary_rpc_method_handler(self.model_infer),
             "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(self.model_stream_infer),
             "ServerLive": unary(self.server_live, s.ServerLiveRequest, s.ServerLiveResponse),
             "ServerReady": unary(self.server_ready, s.ServerReadyRequest,

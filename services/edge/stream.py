@@ -224,7 +224,7 @@ async def route_stream(router: Router, requests: AsyncIterator[bytes],
     gen: Generation | None = None
     try:
         try:
-            first = await _first(requests)
+            first = await first_message(requests)
             began = router.clock()  # the stream's latency sample starts here
         except StopAsyncIteration:
             # No message: a stream the caller closed empty is OK; one whose deadline ran out
@@ -348,11 +348,11 @@ async def route_stream(router: Router, requests: AsyncIterator[bytes],
         router.on_done(record)
 
 
-# Longest the edge waits for a stream's first message (Envoy's stream idle timeout, the
+# Longest the edge waits for a call's first message (Envoy's stream idle timeout, the
 # listener's STREAM_IDLE_TIMEOUT_S: its fast path ends such a call the same way). Without it
-# a caller that opened streams and sent nothing, with no deadline, held a handler each for
-# ever, on both engines (a stream is the slow path's from its first message; its route
-# turns Envoy's idle timeout off): tests/integration/test_hostile_round5.py.
+# a caller that opened streams (or ModelInfer calls, ``service.py``) and sent nothing, with no
+# deadline, held a handler each for ever, on both engines (a stream is the slow path's from
+# its first message; its route turns Envoy's idle timeout off): test_hostile_round5/round6.
 FIRST_MESSAGE_S = 300.0
 
 
@@ -362,12 +362,14 @@ class StreamIdle(SwitchyardError):
     grpc_code = "UNAVAILABLE"
 
 
-async def _first(requests: AsyncIterator[bytes]) -> bytes:
-    """The stream's first message, or ``StreamIdle`` after ``FIRST_MESSAGE_S`` without one."""
+async def first_message(requests: AsyncIterator[bytes], what: str = "stream") -> bytes:
+    """The call's first message, or ``StreamIdle`` after ``FIRST_MESSAGE_S`` without one
+    (``StopAsyncIteration``: the caller half-closed it with none)."""
     try:
-        return await asyncio.wait_for(anext(requests), FIRST_MESSAGE_S)
+        async with asyncio.timeout(FIRST_MESSAGE_S):
+            return await anext(requests)
     except TimeoutError:
-        raise StreamIdle(f"no message on this stream for {FIRST_MESSAGE_S:g} s (the edge's "
+        raise StreamIdle(f"no message on this {what} for {FIRST_MESSAGE_S:g} s (the edge's "
                          f"stream idle timeout)") from None
 
 

@@ -1,0 +1,184 @@
+"""A hostile caller against the edge, round 6: what rounds 1-5 (test_edge_hostile,
+test_hostile_engines, test_envoy_stream_hostile, test_envoy_hostile, test_hostile_round4,
+test_hostile_round5) left.
+
+One mesh for the module, both engines, as round 5's: real Triton backends, placement serving
+ADS, a node agent, the co-located Python edge (``<edge>-slow``, called directly as *the Python
+edge*) and a real Envoy driven by placement, its stream idle timeout shortened to ``IDLE_S``.
+The hostile caller is grpc.aio's own client calling ``ModelInfer`` as a stream: it sends the
+call's HEADERS and then what the test says (no DATA frame, no half-close, or END_STREAM with no
+message), which no unary client does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import grpc
+import pytest
+import pytest_asyncio
+
+from services.backends.triton import TritonProcess
+from services.config import MeshConfig
+from services.edge import stream as edge_stream
+from services.edge.router import CallRecord
+from tests.envoy_harness import EnvoyMesh, dead, running_envoy_mesh
+from tests.mesh_harness import INFER_PATH, eventually, mesh_config, raw_infer
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
+
+IDLE_S = 2.0  # Envoy's stream idle timeout and the edge's FIRST_MESSAGE_S, shortened
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory: pytest.TempPathFactory) -> MeshConfig:
+    return mesh_config(tmp_path_factory.mktemp("hostile6"))
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def mesh(cfg: MeshConfig, tritons: dict[str, TritonProcess],
+               tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[EnvoyMesh]:
+    async with running_envoy_mesh(cfg, tmp_path_factory.mktemp("envoy"), idle_s=IDLE_S) as m:
+        yield m
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def engines(mesh: EnvoyMesh) -> AsyncIterator[dict[str, grpc.aio.Channel]]:
+    async with mesh.engines() as channels:
+        yield channels
+
+
+@pytest.fixture
+def records(mesh: EnvoyMesh) -> Iterator[list[CallRecord]]:
+    with mesh.records() as got:
+        yield got
+
+
+def inflight(mesh: EnvoyMesh, kind: str) -> float | None:
+    """The Python edge's ``switchyard_edge_inflight{kind}`` as its /metrics says it."""
+    assert mesh.slow.metrics is not None
+    return mesh.slow.metrics.registry.get_sample_value("switchyard_edge_inflight",
+                                                       {"kind": kind})
+
+
+async def unary_as_stream(ch: grpc.aio.Channel, messages: list[bytes], close: bool,
+                          timeout: float | None, request_id: str) -> tuple[str, str, float]:
+    """A ModelInfer that sends ``messages`` and then half-closes (``close``) or holds the
+    call open in silence: (status, details, seconds it took)."""
+    quiet = asyncio.Event()
+
+    async def requests() -> AsyncIterator[bytes]:
+        for m in messages:
+            yield m
+        if not close:
+            await quiet.wait()  # never set: nothing more, no half-close
+
+    infer: Any = ch.stream_stream(INFER_PATH, request_serializer=None,
+                                  response_deserializer=None)
+    t0 = time.monotonic()
+    call = infer(requests(), timeout=timeout, metadata=(("x-request-id", request_id),))
+    with contextlib.suppress(grpc.aio.AioRpcError):
+        async for _ in call:
+            pass
+    return (await call.code()).name, await call.details() or "", time.monotonic() - t0
+
+
+SILENT = 20  # ModelInfer calls held open with no message, on each engine at once
+
+
+async def test_a_model_infer_that_never_sends_its_message_ends_at_the_idle_timeout(
+        mesh: EnvoyMesh, engines: dict[str, grpc.aio.Channel], records: list[CallRecord],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """ModelInfer calls whose callers send HEADERS and then nothing (no message, no
+    half-close) and set no deadline: on both engines each ends UNAVAILABLE after the stream
+    idle timeout saying so (Envoy's fast path: its ``stream_idle_timeout`` as pushed; the
+    Python edge: ``stream.FIRST_MESSAGE_S``, counted once UNAVAILABLE), nothing stays in
+    flight and both still serve. Fails on the old edge: gRPC handed a unary handler its call
+    only once the message was in, so the Python edge held each such call (an HTTP/2 stream,
+    its memory) for ever (not ended within 10 x IDLE_S)."""
+    monkeypatch.setattr(edge_stream, "FIRST_MESSAGE_S", IDLE_S)
+    got = await asyncio.wait_for(asyncio.gather(*(
+        unary_as_stream(ch, [], False, None, f"silent-{e}-{i}")
+        for e, ch in engines.items() for i in range(SILENT))), 10 * IDLE_S)
+    by_engine = {e: got[n * SILENT:(n + 1) * SILENT] for n, e in enumerate(engines)}
+    assert all(code == "UNAVAILABLE" and "idle timeout" in details
+               and IDLE_S - 0.1 < took < 5 * IDLE_S
+               for code, details, took in got), by_engine
+    assert {d for _, d, _ in by_engine["python"]} == {
+        "no message on this call for 2 s (the edge's stream idle timeout)"}
+    # the Python edge counted each once with its caller's status; Envoy's never reached it
+    await eventually(lambda: sum(r.request_id.startswith("silent-python-") for r in records)
+                     == SILENT, 5, "the Python edge's silent calls recorded")
+    assert {r.status for r in records if r.request_id.startswith("silent-")} == {"UNAVAILABLE"}
+    assert not any(r.request_id.startswith("silent-envoy-") for r in records)
+    assert inflight(mesh, "unary") == 0
+    for e, ch in engines.items():
+        code, _, details = await raw_infer(ch, timeout=10.0)
+        assert code == grpc.StatusCode.OK, (e, details)
+
+
+async def test_a_model_infer_half_closed_with_no_message_is_refused_at_once(
+        mesh: EnvoyMesh, engines: dict[str, grpc.aio.Channel],
+        records: list[CallRecord]) -> None:
+    """A ModelInfer whose caller half-closes it with no message (HEADERS, then END_STREAM),
+    with a 30 s deadline: INVALID_ARGUMENT at once on the Python edge, counted so. It was held
+    to the caller's deadline (for ever without one: gRPC's unary handler never ran, and gRPC
+    ended nothing). Envoy's listener answers it at once too, in its words: no body."""
+    got = {e: await asyncio.wait_for(unary_as_stream(ch, [], True, 30.0, f"empty-{e}"), 20)
+           for e, ch in engines.items()}
+    assert all(code == "INVALID_ARGUMENT" and took < 10 for code, _, took in got.values()), got
+    assert "without a request message" in got["python"][1], got
+    assert "(no body)" in got["envoy"][1], got  # the listener's words for an empty body
+    await eventually(lambda: any(r.request_id == "empty-python" for r in records), 5,
+                     "the empty call recorded")
+    assert {r.status for r in records if r.request_id.startswith("empty-")} == {
+        "INVALID_ARGUMENT"}
+    assert inflight(mesh, "unary") == 0
+
+
+async def test_a_model_infer_whose_deadline_ends_before_its_message_counts_as_its_caller_saw(
+        mesh: EnvoyMesh, engines: dict[str, grpc.aio.Channel], records: list[CallRecord],
+        tritons: dict[str, TritonProcess]) -> None:
+    """A ModelInfer whose caller sends no message before its 0.5 s deadline: its caller sees
+    DEADLINE_EXCEEDED on both engines; the Python edge, which now has the call from its
+    headers, counts it DEADLINE_EXCEEDED (never CANCELLED, nothing held against a backend:
+    no backend was chosen) and nothing stays in flight."""
+    got = await asyncio.gather(*(unary_as_stream(ch, [], False, 0.5, f"late-{e}-{i}")
+                                 for e, ch in engines.items() for i in range(5)))
+    assert {code for code, _, _ in got} == {"DEADLINE_EXCEEDED"}, got
+    await eventually(lambda: sum(r.request_id.startswith("late-python-") for r in records)
+                     == 5, 5, "the Python edge's late calls recorded")
+    mine = [r for r in records if r.request_id.startswith("late-")]
+    assert {(r.status, r.chosen) for r in mine} == {("DEADLINE_EXCEEDED", None)}, mine
+    assert inflight(mesh, "unary") == 0
+    assert not mesh.slow.router.blocked and dead(tritons) == ""
+
+
+async def test_a_model_infer_its_caller_cancels_before_its_message_counts_cancelled(
+        mesh: EnvoyMesh, engines: dict[str, grpc.aio.Channel],
+        records: list[CallRecord]) -> None:
+    """ModelInfer calls without a deadline whose callers cancel them, no message sent, once
+    the Python edge holds them: counted CANCELLED, as their callers saw (gRPC ends such a
+    call's requests as a half-close before it cancels the handler: not INVALID_ARGUMENT)."""
+    quiet = asyncio.Event()
+
+    async def requests() -> AsyncIterator[bytes]:
+        await quiet.wait()  # never set
+        yield b""
+
+    infer: Any = engines["python"].stream_stream(INFER_PATH, request_serializer=None,
+                                                 response_deserializer=None)
+    calls = [infer(requests(), metadata=(("x-request-id", f"gone-{i}"),)) for i in range(3)]
+    await eventually(lambda: inflight(mesh, "unary") == 3, 10, "the edge holds the calls")
+    for c in calls:
+        c.cancel()
+    assert {await c.code() for c in calls} == {grpc.StatusCode.CANCELLED}
+    await eventually(lambda: sum(r.request_id.startswith("gone-") for r in records) == 3, 5,
+                     "the cancelled calls recorded")
+    assert {r.status for r in records if r.request_id.startswith("gone-")} == {"CANCELLED"}
+    assert inflight(mesh, "unary") == 0
+
