@@ -97,14 +97,16 @@ class RunningEdge:
 
     async def stop(self, grace: float = 1.0, drain_s: float = 0.0) -> None:
         """Graceful: report NOT_SERVING (load balancers stop sending), keep serving for
-        ``drain_s``, then stop accepting and let in-flight calls finish within ``grace``."""
+        ``drain_s``, then stop accepting and let in-flight calls finish within ``grace``;
+        the upstream streams the edge let go of (``Upstreams.drain``: their callers left, or
+        the grace ended them) get another ``grace`` to end before they are cancelled."""
         if self.health_servicer is not None and drain_s > 0:
             await self.health_servicer.enter_graceful_shutdown()
             await asyncio.sleep(drain_s)
         await self.server.stop(grace)
         for t in self.tasks:
             t.cancel()
-        await self.router.upstreams.close()
+        await self.router.upstreams.close(grace)
 
 
 class EdgeAdminService(edge_pb2_grpc.EdgeAdminServicer):

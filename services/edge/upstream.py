@@ -48,9 +48,15 @@ TRITON_KEEPALIVE: tuple[tuple[str, int], ...] = (
     ("grpc.http2.max_pings_without_data", 0),
 )
 STREAM = "/inference.GRPCInferenceService/ModelStreamInfer"
-# Longest a stream the edge let go of is read to its end before it is cancelled anyway
-# (``Upstreams.drain``); its own deadline, the caller's, usually ends it first.
+# How long a stream the edge let go of is read before it may be cancelled (``Upstreams.drain``;
+# the edge sends a backend no deadline of its caller's, README). Past it the stream is
+# cancelled only once it has sent nothing for ``DRAIN_SILENT_S`` (a backend stopped or hung:
+# nothing is being sent then); a stream still answering runs to its end, the tokens its caller
+# asked for (the work is bounded by that and MAX_DRAINING). Cancelling every drain at 60 s:
+# 128 drains cut mid-generation at once killed west-cheap (SIGSEGV, server#7368) in 1 run
+# of 5 (tests/integration/test_hostile_round6.py).
 DRAIN_MAX_S = 60.0
+DRAIN_SILENT_S = 2.0  # the silence past DRAIN_MAX_S after which a drain is cancelled
 # Streams drained at once past which the edge says so in its log (``drain_backlog``, each
 # time the count crosses it); they are still drained, not cancelled. It was the limit (past
 # 128 the rest were cancelled at once, to bound the work a caller cancelling many long
@@ -124,12 +130,13 @@ class Upstreams:
 
     def drain(self, call: grpc.aio.StreamStreamCall[bytes, bytes],
               pending: asyncio.Future[Any] | None,
-              max_s: float = DRAIN_MAX_S) -> asyncio.Task[None] | None:
+              max_s: float | None = None) -> asyncio.Task[None] | None:
         """Let go of a stream the edge no longer reads (its caller cancelled or sent a bad
         message, or it moved elsewhere) without cancelling it: half-closed, it is read to its
         end in the background, responses discarded (``pending``: a read already in flight on
-        it), and cancelled only after ``max_s``. Triton 2.51, the pinned wheel's, can die of
-        SIGSEGV when a client cancels a decoupled stream while responses are being sent
+        it), and cancelled only past ``max_s`` (``DRAIN_MAX_S`` unless given) once silent for
+        ``DRAIN_SILENT_S``. Triton 2.51, the pinned wheel's, can die of SIGSEGV when a client
+        cancels a decoupled stream while responses are being sent
         (triton-inference-server/server#7368, fixed in 24.12): through the edge, callers
         cancelling 300-token streams 25-30 ms in killed it within a few hundred streams.
         Past ``DRAIN_BACKLOG`` at once the edge logs it and still drains; past ``MAX_DRAINING``
@@ -148,12 +155,19 @@ class Upstreams:
         if len(self.draining) == DRAIN_BACKLOG:
             log.warning("drain_backlog", draining=DRAIN_BACKLOG + 1,
                         note="streams let go of are still drained, not cancelled")
-        task = asyncio.create_task(_drain(call, pending, max_s))
+        task = asyncio.create_task(_drain(call, pending,
+                                          DRAIN_MAX_S if max_s is None else max_s))
         self.draining.add(task)
         task.add_done_callback(self.draining.discard)
         return task
 
-    async def close(self) -> None:
+    async def close(self, drain_s: float = 0.0) -> None:
+        """Close every channel; the streams still draining first get up to ``drain_s`` to
+        end (the edge's shutdown grace): on stop every drain was cancelled at once, the burst
+        of mid-stream cancels Triton 2.51 can die of (server#7368;
+        tests/integration/test_hostile_round6.py). Those still running then are cancelled."""
+        if self.draining and drain_s > 0:
+            await asyncio.wait(set(self.draining), timeout=drain_s)
         for task in list(self.draining):
             task.cancel()
         for up in self._by_endpoint.values():
@@ -164,21 +178,33 @@ class Upstreams:
 
 async def _drain(call: grpc.aio.StreamStreamCall[bytes, bytes],
                  pending: asyncio.Future[Any] | None, max_s: float) -> None:
+    """Read ``call`` to its end; past ``max_s`` each read gets ``DRAIN_SILENT_S``, and a
+    stream silent that long is cancelled (one still answering is not: see ``DRAIN_MAX_S``)."""
+    loop = asyncio.get_running_loop()
+    until = loop.time() + max_s
+
+    def budget() -> float:
+        return max(until - loop.time(), DRAIN_SILENT_S)
+
     try:
-        async with asyncio.timeout(max_s):
-            if pending is not None:
-                await asyncio.wait({pending})
-                if pending.cancelled() or pending.exception() is not None or (
-                        pending.result() is grpc.aio.EOF):
-                    return
-            # a call that already ended (its deadline, a reset) refuses the half-close with
-            # grpc's internal ExecuteBatchError: the drain's task died unretrieved, logged
-            # as an asyncio error on every stream given up on a stopped backend
-            with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError,
-                                     _CALL_ENDED):
+        if pending is not None:
+            await asyncio.wait({pending}, timeout=budget())
+            if not pending.done():
+                return  # silent: cancelled below
+            if pending.cancelled() or pending.exception() is not None or (
+                    pending.result() is grpc.aio.EOF):
+                return
+        # a call that already ended (its deadline, a reset) refuses the half-close with
+        # grpc's internal ExecuteBatchError: the drain's task died unretrieved, logged
+        # as an asyncio error on every stream given up on a stopped backend
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError,
+                                 _CALL_ENDED):
+            async with asyncio.timeout(budget()):
                 await call.done_writing()
-            while await call.read() is not grpc.aio.EOF:
-                pass
+        while True:
+            async with asyncio.timeout(budget()):
+                if await call.read() is grpc.aio.EOF:
+                    return
     except (grpc.aio.AioRpcError, TimeoutError):
         pass
     finally:

@@ -13,6 +13,7 @@ message), which no unary client does.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -25,7 +26,10 @@ import pytest_asyncio
 from services.backends.triton import TritonProcess
 from services.config import MeshConfig
 from services.edge import stream as edge_stream
+from services.edge.main import start_edge
 from services.edge.router import CallRecord
+from services.edge.tokens import llm_request
+from services.edge.upstream import STREAM, Upstreams
 from tests.envoy_harness import EnvoyMesh, dead, running_envoy_mesh
 from tests.mesh_harness import INFER_PATH, eventually, mesh_config, raw_infer
 
@@ -182,3 +186,88 @@ async def test_a_model_infer_its_caller_cancels_before_its_message_counts_cancel
     assert {r.status for r in records if r.request_id.startswith("gone-")} == {"CANCELLED"}
     assert inflight(mesh, "unary") == 0
 
+
+def streamer(ch: grpc.aio.Channel) -> Any:
+    return ch.stream_stream(STREAM, request_serializer=None, response_deserializer=None)
+
+
+@contextlib.contextmanager
+def drained_calls(monkeypatch: pytest.MonkeyPatch,
+                  max_s: float | None = None) -> Iterator[list[Any]]:
+    """Every upstream call an edge in this process lets go of (``Upstreams.drain``), drained
+    ``max_s`` before it may be cancelled (None: ``DRAIN_MAX_S``)."""
+    calls: list[Any] = []
+    original = Upstreams.drain
+
+    def drain(self: Upstreams, call: Any, pending: Any, bound: float | None = None) -> Any:
+        calls.append(call)
+        return original(self, call, pending, max_s if max_s is not None else bound)
+
+    monkeypatch.setattr(Upstreams, "drain", drain)
+    yield calls
+
+
+WEST = (("x-allowed-regions", "r-west"),)  # west-cheap only
+STOPPED = 16  # streams whose callers cancelled them, drained as their edge stops
+STOP_TOKENS = 40
+
+
+async def test_an_edge_stopping_lets_the_streams_it_drains_end(
+        cfg: MeshConfig, mesh: EnvoyMesh, tritons: dict[str, TritonProcess],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Python edge stopped (SIGTERM: ``RunningEdge.stop``, grace 5 s as ``switchyard edge``)
+    while it drains 16 LLM streams whose callers cancelled them after their first token: each
+    upstream stream runs to its end (OK at the backend), none is cancelled, the backend lives.
+    The old edge cancelled every drain at once on stop (``Upstreams.close``), the burst of
+    mid-stream cancels Triton 2.51 can die of (server#7368): every one CANCELLED."""
+    with drained_calls(monkeypatch) as calls:
+        edge = await start_edge(cfg, cfg.edges[0].model_copy(update={"id": "edge-stopping"}),
+                                port=0, placement=[f"127.0.0.1:{mesh.placement.port}"],
+                                metrics_port=0, dial=lambda endpoint: endpoint)
+        try:
+            await eventually(lambda: "generate" in edge.router.store.candidates, 20,
+                             "the edge has its route tables")
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{edge.port}") as ch:
+                streams = [streamer(ch)(iter([llm_request("generate", list(range(200, 230)),
+                                                          STOP_TOKENS)]),
+                                        timeout=60, metadata=WEST) for _ in range(STOPPED)]
+                await asyncio.wait_for(asyncio.gather(*(c.read() for c in streams)), 30)
+                for c in streams:
+                    c.cancel()
+                await eventually(lambda: len(edge.router.upstreams.draining) == STOPPED, 10,
+                                 "the streams drained")
+        finally:
+            await edge.stop(5.0)
+    assert len(calls) == STOPPED
+    assert [(await c.code()).name for c in calls] == ["OK"] * STOPPED
+    assert dead(tritons) == ""
+
+
+BURST = 64  # drains past their bound at once, mid-generation
+BURST_TOKENS = 120
+
+
+async def test_drains_past_their_bound_that_still_answer_are_not_cancelled(
+        mesh: EnvoyMesh, engines: dict[str, grpc.aio.Channel],
+        tritons: dict[str, TritonProcess], monkeypatch: pytest.MonkeyPatch) -> None:
+    """64 LLM streams whose callers cancelled them after their first token, drained with a
+    bound (``DRAIN_MAX_S``, 60 s) shortened to 0.3 s, all past it at once mid-generation:
+    none is cancelled at the backend (each still answering is read to its end, OK there) and
+    the backend lives. The old drain cancelled every one at its bound: all CANCELLED, and in
+    a probe of 128 such drains (400 tokens each) west-cheap died (socket closed) in 1 run
+    of 5."""
+    with drained_calls(monkeypatch, max_s=0.3) as calls:
+        streams = [streamer(engines["python"])(
+            iter([llm_request("generate", list(range(200, 230)), BURST_TOKENS)]),
+            timeout=60, metadata=WEST) for _ in range(BURST)]
+        await asyncio.wait_for(asyncio.gather(*(c.read() for c in streams)), 30)
+        for c in streams:
+            c.cancel()
+        await eventually(lambda: len(calls) == BURST and all(c.done() for c in calls), 30,
+                         "every drained stream ended")
+    codes = collections.Counter([(await c.code()).name for c in calls])
+    assert codes == {"OK": BURST}, codes
+    assert dead(tritons) == ""
+    got = [r async for r in streamer(engines["python"])(
+        iter([llm_request("generate", [1, 2, 3], 4)]), timeout=20, metadata=WEST)]
+    assert len(got) == 4

@@ -259,4 +259,4 @@ async def _run_edge(cfg: MeshConfig, edge: EdgeConfig, placement: Sequence[str] 
                                 certs=envoy_tls(cfg))
         await asyncio.to_thread(supervisor.run, stop)
     finally:
-        await slow.stop(1.0)
+        await slow.stop(5.0)  # the drains get it too (RunningEdge.stop), as `switchyard edge`
