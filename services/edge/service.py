@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from importlib import metadata as _metadata
 
 import grpc
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 from prometheus_client import Gauge
 from tritonclient.grpc import service_pb2
 
@@ -348,9 +348,23 @@ class InferenceService:
     def handlers(self) -> dict[str, AnyHandler]:
         def unary(fn: Callable[..., Awaitable[Message]], req_cls: type[Message],
                   resp_cls: type[Message]) -> AnyHandler:
-            return grpc.unary_unary_rpc_method_handler(
-                fn, request_deserializer=req_cls.FromString,
-                response_serializer=resp_cls.SerializeToString)
+            """A control RPC, taken from its headers as ``ModelInfer`` is and parsed here:
+            bytes that are not its request (a name that is not UTF-8, say) are
+            INVALID_ARGUMENT, where gRPC's deserializer answered UNKNOWN."""
+            async def handler(requests: AsyncIterator[bytes], context: AnyContext) -> Message:
+                try:
+                    try:
+                        raw: bytes | None = await first_message(requests, "call")
+                    except StopAsyncIteration:
+                        raw = None
+                    request = _parsed(raw, req_cls)
+                except SwitchyardError as exc:
+                    await abort(context, exc)
+                    raise AssertionError("unreachable") from exc
+                return await fn(request, context)
+
+            return grpc.stream_unary_rpc_method_handler(
+                handler, response_serializer=resp_cls.SerializeToString)
 
         s = service_pb2
         return {
@@ -371,3 +385,16 @@ class InferenceService:
             "ModelStatistics": unary(self.model_statistics, s.ModelStatisticsRequest,
                                      s.ModelStatisticsResponse),
         }
+
+
+def _parsed(raw: bytes | None, req_cls: type[Message]) -> Message:
+    """``raw`` as a ``req_cls``; ``InvalidRequest`` naming it when it is none or does not
+    parse (raised inside the handler's ``try``: the caller gets INVALID_ARGUMENT)."""
+    name = req_cls.DESCRIPTOR.full_name
+    if raw is None:
+        raise InvalidRequest(f"{name} missing: the caller half-closed the call before "
+                             "sending one")
+    try:
+        return req_cls.FromString(raw)
+    except DecodeError as exc:
+        raise InvalidRequest(f"request bytes do not parse as {name}: {exc}") from None

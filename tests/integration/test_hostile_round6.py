@@ -70,9 +70,10 @@ def inflight(mesh: EnvoyMesh, kind: str) -> float | None:
 
 
 async def unary_as_stream(ch: grpc.aio.Channel, messages: list[bytes], close: bool,
-                          timeout: float | None, request_id: str) -> tuple[str, str, float]:
-    """A ModelInfer that sends ``messages`` and then half-closes (``close``) or holds the
-    call open in silence: (status, details, seconds it took)."""
+                          timeout: float | None, request_id: str,
+                          method: str = INFER_PATH) -> tuple[str, str, float]:
+    """A ModelInfer (or ``method``) that sends ``messages`` and then half-closes (``close``)
+    or holds the call open in silence: (status, details, seconds it took)."""
     quiet = asyncio.Event()
 
     async def requests() -> AsyncIterator[bytes]:
@@ -81,8 +82,7 @@ async def unary_as_stream(ch: grpc.aio.Channel, messages: list[bytes], close: bo
         if not close:
             await quiet.wait()  # never set: nothing more, no half-close
 
-    infer: Any = ch.stream_stream(INFER_PATH, request_serializer=None,
-                                  response_deserializer=None)
+    infer: Any = ch.stream_stream(method, request_serializer=None, response_deserializer=None)
     t0 = time.monotonic()
     call = infer(requests(), timeout=timeout, metadata=(("x-request-id", request_id),))
     with contextlib.suppress(grpc.aio.AioRpcError):
@@ -271,3 +271,62 @@ async def test_drains_past_their_bound_that_still_answer_are_not_cancelled(
     got = [r async for r in streamer(engines["python"])(
         iter([llm_request("generate", [1, 2, 3], 4)]), timeout=20, metadata=WEST)]
     assert len(got) == 4
+
+
+def name_field(name: bytes) -> bytes:
+    """A control request whose field 1 (its ``name``) is ``name``, whatever its bytes."""
+    assert len(name) < 128
+    return bytes([0x0A, len(name)]) + name
+
+
+CONTROL = "/inference.GRPCInferenceService/"
+# (method, request bytes): requests that do not parse as the method's message
+UNPARSED = [("ModelMetadata", name_field(b"sum\xff\xfemarize")),  # a name that is not UTF-8
+            ("ModelConfig", name_field(b"\xc3")),
+            ("ModelReady", name_field(b"summarize\x80")),
+            ("ModelStatistics", name_field(b"\xed\xa0\x80")),  # a UTF-16 surrogate
+            ("RepositoryIndex", name_field(b"\xff")),
+            ("ServerLive", b"\xff\xff\xff\xff"),
+            ("ServerMetadata", b"\x0a\x05ab")]  # a field longer than the message
+
+
+async def test_control_requests_that_do_not_parse_are_invalid_argument(
+        engines: dict[str, grpc.aio.Channel]) -> None:
+    """Control RPCs whose bytes are not their request (a name that is not UTF-8, truncated
+    or garbage bytes), on both engines (Envoy sends them to its slow path): INVALID_ARGUMENT
+    naming the message, and the edge still answers. gRPC's deserializer answered UNKNOWN
+    "Unexpected <class 'google.protobuf.message.DecodeError'>" (fails on the old code)."""
+    got: dict[tuple[str, str], tuple[str, str]] = {}
+    for e, ch in engines.items():
+        for method, raw in UNPARSED:
+            call: Any = ch.unary_unary(CONTROL + method, request_serializer=None,
+                                       response_deserializer=None)
+            try:
+                await call(raw, timeout=10)
+                got[e, method] = ("OK", "")
+            except grpc.aio.AioRpcError as err:
+                got[e, method] = (err.code().name, err.details() or "")
+    assert all(code == "INVALID_ARGUMENT" and f"do not parse as inference.{m}Request" in d
+               for (_, m), (code, d) in got.items()), got
+    for e, ch in engines.items():
+        code, _, details = await raw_infer(ch, timeout=10.0)
+        assert code == grpc.StatusCode.OK, (e, details)
+
+
+async def test_a_control_call_that_never_sends_its_message_ends_at_the_idle_timeout(
+        engines: dict[str, grpc.aio.Channel], monkeypatch: pytest.MonkeyPatch) -> None:
+    """ModelConfig and ServerMetadata calls that send HEADERS and nothing more, no deadline:
+    UNAVAILABLE after the stream idle timeout on both engines, as ModelInfer; half-closed
+    empty: INVALID_ARGUMENT at once. A unary handler held them for ever (fails on the old
+    code)."""
+    monkeypatch.setattr(edge_stream, "FIRST_MESSAGE_S", IDLE_S)
+    silent = await asyncio.wait_for(asyncio.gather(*(
+        unary_as_stream(ch, [], False, None, f"control-{e}", CONTROL + m)
+        for e, ch in engines.items() for m in ("ModelConfig", "ServerMetadata"))), 10 * IDLE_S)
+    assert all(code == "UNAVAILABLE" and "idle timeout" in details
+               and took < 5 * IDLE_S for code, details, took in silent), silent
+    empty = [await asyncio.wait_for(unary_as_stream(ch, [], True, 30.0, "empty", CONTROL + m),
+                                    20) for ch in engines.values()
+             for m in ("ModelConfig", "ServerMetadata")]
+    assert all(code == "INVALID_ARGUMENT" and "missing" in details and took < 10
+               for code, details, took in empty), empty
