@@ -50,8 +50,31 @@ def sy_dynamic_module(c: Config) -> None:
                             for f in multi_variant_upstream_filters()]
 
 
+def sy_dm_one_variant(c: Config) -> None:
+    """``sy-dm`` as placement pushes an order over one variant (``clusters.model_cluster``):
+    the module's listener appends the variant, the aggregate's upstream filters are the
+    header_mutation (the Python edge's trailers) and the codec, no rewrite."""
+    sy_dynamic_module(c)
+    opts = c.clusters[AGG_CLUSTER]["typed_extension_protocol_options"][PROTOCOL_OPTIONS]
+    opts["http_filters"] = [f for f in opts["http_filters"] if f["name"] != native.REWRITE_FILTER]
+
+
+def sy_dm_no_upstream(c: Config) -> None:
+    """``sy-dm1`` without an upstream filter chain (no header_mutation, so no x-served-by,
+    x-served-region, x-attempts, x-request-id or path trailers, and with no x-served-by the
+    module adds no x-cost-usd/x-slo-met): what the chain costs, an upper bound on what
+    moving those trailers into the module's response side could save."""
+    sy_dynamic_module(c)
+    opts = c.clusters[AGG_CLUSTER]["typed_extension_protocol_options"][PROTOCOL_OPTIONS]
+    del opts["http_filters"]
+
+
 DM_VARIANTS = (
     Variant("dm-peek", "C dynamic module: hints + SLO + body peek", VARIANT, (dm_peek,)),
     Variant("sy-dm", "Switchyard, Lua replaced by the C dynamic module", MODEL,
             (sy_dynamic_module,)),
+    Variant("sy-dm1", "sy-dm, an order over one variant (as envoy-sy's)", MODEL,
+            (sy_dm_one_variant,)),
+    Variant("sy-dm1-no-up", "sy-dm1 without the upstream filter chain (no trailers)", MODEL,
+            (sy_dm_no_upstream,)),
 )

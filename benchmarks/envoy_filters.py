@@ -147,7 +147,8 @@ PIECE_NAMES = ("dep-cluster", "lua-peek", "aggregate", "retry", "hdr-mutation", 
 PAIRS = (("sy-dm", "sy"), ("dm-peek", "lua-peek"), ("sy-no-lua", "sy"), ("sy-first", "sy"),
          ("sy-gfe", "sy"), ("envoy-sy", "sy"), ("hints+gfe", "lua-peek"), ("gfe", "lua-peek"),
          ("sy", "sy-before"), ("sy", "sy-no-hc"), ("sy-sb50", "sy"), ("sy-sb200", "sy"),
-         ("envoy-sy", "sy-no-hc"), ("envoy-sy", "envoy-sy-lua"), ("envoy-sy-lua", "sy"))
+         ("envoy-sy", "sy-no-hc"), ("envoy-sy", "envoy-sy-lua"), ("envoy-sy-lua", "sy"),
+         ("sy-dm1", "envoy-sy"), ("sy-dm1-no-up", "sy-dm1"))
 
 
 def pair_rows(rounds: list[dict[tuple[str, int], Point]],
