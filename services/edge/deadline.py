@@ -11,12 +11,20 @@ Envoy's stream began (``START_HEADER``, its START_TIME, epoch seconds) and the c
 ``grpc-timeout`` as Envoy read it (``TIMEOUT_HEADER``; gRPC keeps the forwarded one from the
 handler), and the deadline counts from there. Either header missing or malformed: gRPC's
 own time left. They can only bring the deadline closer, never push it past gRPC's.
+
+``cancel_heard``: whether a call whose requests ended before any message was its caller's
+cancel (gRPC says both alike, then cancels the handler).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 from collections.abc import Iterable
+from typing import Any
+
+import grpc
 
 START_HEADER = "x-switchyard-envoy-start"
 TIMEOUT_HEADER = "x-switchyard-envoy-timeout"
@@ -57,3 +65,19 @@ def time_remaining(metadata: Iterable[tuple[str, str | bytes]] | None,
     if remaining_s is None or start is None or timeout is None:
         return remaining_s
     return min(remaining_s, start + timeout - now_s)
+
+
+# How long a call whose requests ended with no message waits for gRPC to cancel it: gRPC
+# ends the requests of a call its caller cancelled as it does a half-close, then cancels the
+# handler (counted OK or INVALID_ARGUMENT while its caller saw CANCELLED: test_hostile_round6).
+CANCEL_HEARD_S = 0.1
+
+
+async def cancel_heard(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    """Returns when the call is done or after ``CANCEL_HEARD_S``; the handler's cancel (its
+    caller's) raises here."""
+    done = asyncio.Event()
+    # grpc-stubs type the callback as a class of theirs; any callable of the context works
+    context.add_done_callback(lambda _: done.set())  # type: ignore[arg-type]
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(done.wait(), CANCEL_HEARD_S)

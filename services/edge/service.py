@@ -9,7 +9,6 @@ The proto is the one tritonclient ships (``tritonclient.grpc.service_pb2``), not
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from importlib import metadata as _metadata
@@ -44,22 +43,6 @@ try:
     _VERSION = _metadata.version("switchyard")
 except _metadata.PackageNotFoundError:  # running from a source tree without install
     _VERSION = "0"
-
-
-# How long a ModelInfer whose requests ended with no message waits for gRPC to cancel it
-# (its caller cancelled: then it is counted CANCELLED) before it is answered INVALID_ARGUMENT
-# as half-closed empty. gRPC ends the requests and cancels the handler on the same event.
-CANCEL_HEARD_S = 0.1
-
-
-async def _cancelled(context: AnyContext, within_s: float) -> None:
-    """Returns when the call is done or after ``within_s``; a cancel of the handler (its
-    caller's) raises here."""
-    done = asyncio.Event()
-    # grpc-stubs type the callback as a class of theirs; any callable of the context works
-    context.add_done_callback(lambda _: done.set())  # type: ignore[arg-type]
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(done.wait(), within_s)
 
 
 def _expired(metadata: Sequence[tuple[str, str | bytes]], context: AnyContext) -> bool:
@@ -136,11 +119,11 @@ class InferenceService:
             except StopAsyncIteration:
                 # gRPC ends the requests of a call whose caller's deadline passed or who
                 # cancelled it as it does a half-close, and then cancels the handler: the
-                # deadline is read here, a cancel is waited for a moment (CANCEL_HEARD_S)
+                # deadline is read here, a cancel is waited for a moment (deadline.cancel_heard)
                 if _expired(metadata, context):
                     raise DeadlineTooShort("the call's deadline ran out before its message "
                                            "came") from None
-                await _cancelled(context, CANCEL_HEARD_S)
+                await deadline.cancel_heard(context)
                 raise InvalidRequest("ModelInfer without a request message: the caller "
                                      "half-closed the call before sending one") from None
         except SwitchyardError as exc:

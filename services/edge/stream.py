@@ -44,6 +44,7 @@ from placement.errors import (
 )
 from placement.model import CallContext, Candidate
 from placement.pipeline import Decision, Profile
+from services.edge import deadline
 from services.edge import hints as hint_parser
 from services.edge.generation import Generation
 from services.edge.router import (
@@ -228,11 +229,10 @@ async def route_stream(router: Router, requests: AsyncIterator[bytes],
             began = router.clock()  # the stream's latency sample starts here
         except StopAsyncIteration:
             # No message: a stream the caller closed empty is OK; one whose deadline ran out
-            # first ends as any other stream with too little deadline left. gRPC hands a
-            # stream its caller's deadline ended before its first message as the end of its
-            # requests, up to DEADLINE_SLACK_S before the edge's own deadline (counted from
-            # later), as it does a cancel: through Envoy 3 to 59 ms before it, counted OK
-            # while the caller saw DEADLINE_EXCEEDED (tests/integration/test_hostile_round5.py).
+            # first ends as any other stream with too little deadline left, one its caller
+            # cancelled CANCELLED (``deadline.cancel_heard``). gRPC ends such a stream's requests as a
+            # half-close, up to DEADLINE_SLACK_S before the edge's own deadline (counted from
+            # later): through Envoy 3 to 59 ms before it, counted OK (test_hostile_round5).
             now = router.clock()
             if tries.expired(now + DEADLINE_SLACK_S):
                 raise DeadlineTooShort(
@@ -240,6 +240,7 @@ async def route_stream(router: Router, requests: AsyncIterator[bytes],
                     f"{(tries.deadline or now) - now:.3f} s before the edge's count of the "
                     "caller's deadline, within the edge's slack for the caller's own "
                     f"(router.DEADLINE_SLACK_S, {DEADLINE_SLACK_S:g} s)") from None
+            await deadline.cancel_heard(context)
             return
         model, cands, ctx, profile = router.read(first, metadata, time_remaining_s, record)
         # The unary path's rule, asked once the first message is in (the caller may send it

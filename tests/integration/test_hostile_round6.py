@@ -330,3 +330,29 @@ async def test_a_control_call_that_never_sends_its_message_ends_at_the_idle_time
              for m in ("ModelConfig", "ServerMetadata")]
     assert all(code == "INVALID_ARGUMENT" and "missing" in details and took < 10
                for code, details, took in empty), empty
+
+
+async def test_a_stream_its_caller_cancels_before_its_first_message_counts_cancelled(
+        mesh: EnvoyMesh, engines: dict[str, grpc.aio.Channel],
+        records: list[CallRecord]) -> None:
+    """ModelStreamInfer calls without a deadline whose callers cancel them before sending a
+    message, once the edge holds them, on both engines: counted CANCELLED, as their callers
+    saw. gRPC ends such a stream's requests as a half-close before it cancels the handler,
+    and the edge counted an empty stream OK (fails on the old code: OK)."""
+    quiet = asyncio.Event()
+
+    async def requests() -> AsyncIterator[bytes]:
+        await quiet.wait()  # never set
+        yield b""
+
+    calls = [streamer(ch)(requests(), metadata=(("x-request-id", f"left-{e}-{i}"),))
+             for e, ch in engines.items() for i in range(3)]
+    await eventually(lambda: inflight(mesh, "stream") == 6, 10,
+                     "the edge holds the streams (Envoy's too: its slow path's from the start)")
+    for c in calls:
+        c.cancel()
+    assert {await c.code() for c in calls} == {grpc.StatusCode.CANCELLED}
+    await eventually(lambda: sum(r.request_id.startswith("left-") for r in records) == 6, 5,
+                     "the cancelled streams recorded")
+    assert {r.status for r in records if r.request_id.startswith("left-")} == {"CANCELLED"}
+    assert inflight(mesh, "stream") == 0
