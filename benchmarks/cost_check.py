@@ -49,7 +49,18 @@ from benchmarks.costsim.misses import CAUSES, TracedSimulation, causes, classify
 from benchmarks.costsim.runner import make_policy
 from benchmarks.costsim.scenario import Scenario
 from benchmarks.costsim.trace import generate, outage_windows
-from placement import feedback, latency, meet, model, pipeline, queueing, reserve, routes, shares
+from placement import (
+    attempts,
+    feedback,
+    latency,
+    meet,
+    model,
+    pipeline,
+    queueing,
+    reserve,
+    routes,
+    shares,
+)
 from placement.feedback import SloFeedback
 from placement.filters import slo
 from placement.framework import Filter
@@ -289,7 +300,19 @@ def _reserve(factor: float = 1.0, need: int = 2, cap: float = 0.5,
     return apply
 
 
+def _attempts(last_leaves: bool, at_once: bool = False) -> Callable[[], None]:
+    """The attempt policy's failure domains (``placement.attempts``): ``last_leaves`` off is
+    the rule of 9eafa5a (before the last attempt only one failed cloud is avoided);
+    ``at_once``: every server failure marks its region."""
+    def apply() -> None:
+        attempts.LAST_LEAVES_FAILED_REGIONS = last_leaves
+        attempts.SERVER_FAILURE_MARKS_REGION = at_once
+    return apply
+
+
 VARIANTS: dict[str, Callable[[], None]] = {
+    "attempts-9eafa5a": _attempts(False),
+    "attempts-region-at-once": _attempts(True, at_once=True),
     "reserve": _reserve(),
     "reserve-2": _reserve(2.0),
     "reserve-need-1": _reserve(need=1),

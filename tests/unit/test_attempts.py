@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import random
 
 import pytest
 
@@ -15,7 +16,8 @@ from placement.attempts import (
     attempt_status,
 )
 from placement.errors import DeadlineTooShort
-from placement.model import Candidate
+from placement.model import CallContext, Candidate, Hints
+from placement.registry import build_profile
 
 
 def cand(i: int, region: str = "east", cloud: str = "c", lat: float = 5.0,
@@ -180,7 +182,8 @@ def test_the_last_attempt_crosses_clouds_after_server_failures_in_one() -> None:
 
 @pytest.mark.parametrize(("statuses", "clouds", "avoided"), [
     (("RESOURCE_EXHAUSTED", "UNAVAILABLE"), ("a", "a"), {"a1"}),  # a full server is no outage
-    (("UNAVAILABLE", "UNAVAILABLE"), ("b", "a"), set()),  # failures in two clouds: no one cloud
+    # failures in two clouds: no one cloud is avoided, the two regions they failed in are
+    (("UNAVAILABLE", "UNAVAILABLE"), ("b", "a"), {"b1", "a1"}),
 ])
 def test_the_last_attempt_keeps_the_cloud_unless_it_failed_as_servers_in_it(
         statuses: tuple[str, str], clouds: tuple[str, str], avoided: set[str]) -> None:
@@ -191,6 +194,44 @@ def test_the_last_attempt_keeps_the_cloud_unless_it_failed_as_servers_in_it(
         t.started(c)
         t.failed(c, status, cands, 0.0, yes)
     assert t.avoid_regions == avoided
+
+
+def test_the_last_attempt_leaves_every_region_a_server_failed_in() -> None:
+    """held-out-many-models' spot outage (``benchmarks.costsim.fail_diag``): dead servers in
+    two clouds' Tokyo regions, still listed by the table. One failed in g1, one in a1: before,
+    neither region was marked (one failure each, two clouds) and the cheapest profile sent
+    the last attempt back to g1's other dead server; now both regions are avoided and it
+    takes the dearer server elsewhere. Fails on the old code."""
+    cands = [cand(0, "g1", "gcp"), cand(1, "a1", "aws"), cand(2, "g1", "gcp"),
+             dataclasses.replace(cand(3, "s1", "oci"), cost_usd=5e-6)]
+    t = start()
+    for c in cands[:2]:
+        t.started(c)
+        assert t.failed(c, "UNAVAILABLE", cands, 0.0, yes).retry
+    assert t.last is False and t.avoid_regions == {"g1", "a1"}
+    ctx = CallContext(Hints(slo_ms=1000.0), exclude=t.exclude, avoid_regions=t.avoid_regions)
+    chosen = build_profile("cheapest").choose(cands, ctx, random.Random(0)).candidate
+    assert chosen.backend_id == "b3"
+
+
+def test_a_busy_server_among_the_failures_marks_no_region_for_the_last_attempt() -> None:
+    """A RESOURCE_EXHAUSTED is a full queue, not an outage: the rule waits for server
+    failures only, as the one-cloud rule does."""
+    cands = [cand(0, "g1", "gcp"), cand(1, "a1", "aws"), cand(2, "g1", "gcp")]
+    t = start()
+    for c, status in zip(cands[:2], ("RESOURCE_EXHAUSTED", "UNAVAILABLE"), strict=True):
+        t.started(c)
+        t.failed(c, status, cands, 0.0, yes)
+    assert t.avoid_regions == frozenset()
+
+
+def test_with_more_attempts_left_the_failed_regions_are_not_yet_avoided() -> None:
+    cands = [cand(0, "g1", "gcp"), cand(1, "a1", "aws"), cand(2, "g1", "gcp")]
+    t = start(max_attempts=5)
+    for c in cands[:2]:
+        t.started(c)
+        t.failed(c, "UNAVAILABLE", cands, 0.0, yes)
+    assert t.avoid_regions == frozenset()
 
 
 def test_with_more_attempts_left_one_cloud_is_not_yet_avoided() -> None:
