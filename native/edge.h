@@ -20,6 +20,7 @@
 #define NAMED_HEADER "x-switchyard-named"
 #define LISTENER_NS "switchyard.model_name"
 #define CALL_NS "switchyard" /* dynamic metadata: a ModelInfer's own slo_ms, for the access log */
+#define HOST_NS "switchyard" /* a deployment endpoint's metadata: deployment, region, variant */
 #define COST_NS "switchyard.cost"
 #define FEASIBLE_NS "switchyard.feasible"
 #define SERVICE "/inference.GRPCInferenceService/"

@@ -50,21 +50,62 @@ EXPORT int envoy_dynamic_module_on_http_filter_response_body(envoy_filter f, fil
   return BODY_CONTINUE;
 }
 
-/* A fast-path ModelInfer answered OK: its cost and whether it met its SLO, as trailers. */
+/* The Python edge's trailers for the attempt that answered, when a deployment answered (its
+ * endpoint carries switchyard.deployment: not the slow path, not Envoy's own reply):
+ * x-served-by, x-served-region, x-attempts, x-request-id and the path, from the answering
+ * host's metadata and the stream's attempt count (%UPSTREAM_REQUEST_ATTEMPT_COUNT%). On a node that loads the module
+ * placement pushes its aggregates without the upstream header_mutation that added them
+ * (services/xds/native.py: an upstream filter chain per attempt cost 0.06-0.30 of the
+ * listener's CPU per call). The deployment is copied into dep (size n): 0 when none. */
+static size_t served_trailers(envoy_filter f, char* dep, size_t n) {
+  envoy_buffer d = {0}, region = {0}, rid = {0};
+  if (!envoy_dynamic_module_callback_http_get_metadata_string(f, MD_HOST, LIT(HOST_NS),
+                                                              LIT("deployment"), &d) ||
+      d.ptr == NULL || d.length == 0 || d.length >= n)
+    return 0;
+  memcpy(dep, d.ptr, d.length);
+  dep[d.length] = 0;
+  size_t dn = d.length;
+  set_header(f, RESPONSE_TRAILER, "x-served-by", dep, dn);
+  if (envoy_dynamic_module_callback_http_get_metadata_string(f, MD_HOST, LIT(HOST_NS),
+                                                             LIT("region"), &region) &&
+      region.ptr != NULL) {
+    char r[256];
+    size_t rn = region.length < sizeof r ? region.length : sizeof r;
+    memcpy(r, region.ptr, rn);
+    set_header(f, RESPONSE_TRAILER, "x-served-region", r, rn);
+  }
+  char a[24];
+  uint64_t tried = 0;
+  envoy_dynamic_module_callback_http_filter_get_attribute_int(
+      f, ATTR_UPSTREAM_REQUEST_ATTEMPT_COUNT, &tried);
+  snprintf(a, sizeof a, "%llu", (unsigned long long)(tried > 0 ? tried : 1));
+  set_header(f, RESPONSE_TRAILER, "x-attempts", a, strlen(a));
+  if (get_header(f, REQUEST_HEADER, "x-request-id", &rid)) {
+    char id[256];
+    size_t in = rid.length < sizeof id ? rid.length : sizeof id;
+    memcpy(id, rid.ptr, in);
+    set_header(f, RESPONSE_TRAILER, "x-request-id", id, in);
+  }
+  set_header(f, RESPONSE_TRAILER, PATH_HEADER, "envoy", 5);
+  return dn;
+}
+
+/* Every answer's served trailers; a fast-path ModelInfer answered OK also gets its cost and
+ * whether it met its SLO. */
 EXPORT int envoy_dynamic_module_on_http_filter_response_trailers(envoy_filter f, filter* s) {
-  if (s->cfg->rewrite || !s->is_infer || s->t0_ms == 0) return TRAILERS_CONTINUE;
-  envoy_buffer st, served;
+  if (s->cfg->rewrite) return TRAILERS_CONTINUE;
+  char dep[512];
+  size_t dn = served_trailers(f, dep, sizeof dep);
+  if (!s->is_infer || s->t0_ms == 0) return TRAILERS_CONTINUE;
+  envoy_buffer st;
   if (!get_header(f, RESPONSE_TRAILER, "grpc-status", &st)) return TRAILERS_CONTINUE;
   if (!eq(st, "0")) {
     backend_status(f, RESPONSE_TRAILER, st);
     return TRAILERS_CONTINUE;
   }
-  if (!get_header(f, RESPONSE_TRAILER, "x-served-by", &served)) return TRAILERS_CONTINUE;
-  char dep[512];
-  if (served.length >= sizeof dep) return TRAILERS_CONTINUE;
-  memcpy(dep, served.ptr, served.length);
-  dep[served.length] = 0;
-  module_buffer key = BUF(dep, served.length);
+  if (dn == 0) return TRAILERS_CONTINUE;
+  module_buffer key = BUF(dep, dn);
   envoy_buffer cost = {0};
   if (!envoy_dynamic_module_callback_http_get_metadata_string(f, MD_ROUTE, LIT(COST_NS), key,
                                                               &cost) ||

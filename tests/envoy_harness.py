@@ -167,6 +167,12 @@ async def _envoy_mesh(cfg: MeshConfig, run_dir: pathlib.Path,
         await eventually(lambda: all(b.id in fleet.backends and fleet.backends[b.id].last
                                      for b in cfg.backends), 20,
                          "placement has the agent's telemetry for every backend")
+        # A first report may say a Triton is not ready (a scrape that timed out on a loaded
+        # host): a test starting then found every row "routable: Triton server not ready".
+        await eventually(lambda: not any(
+            "not ready" in c.dropped_reason
+            for cs in slow.router.store.candidates.values() for c in cs), 20,
+            "the slow path's rows say every Triton is ready")
         yield EnvoyMesh(placement, slow, envoy, client_tls)
     finally:
         envoy.stop()

@@ -219,12 +219,15 @@ async def test_a_half_closed_stream_never_read_ends_at_its_deadline_and_leaves_n
 
 
 async def test_a_short_deadline_ends_the_stream_at_it(mesh: EnvoyMesh) -> None:
+    """A 3,000-token stream (1.5 s at east-fast's emulated 0.5 ms a token) under a deadline
+    long enough for its first tokens (0.5 s was not, once, on a host at load 13: no token
+    came) ends at it."""
     async with mesh.channel() as ch:
         t0 = time.monotonic()
-        call = opened(ch, iter([llm_request("generate", PROMPT, 2000)]), 0.5)
+        call = opened(ch, iter([llm_request("generate", PROMPT, 3000)]), 1.0)
         code, _, took, n = await outcome(call, t0)
     assert code is grpc.StatusCode.DEADLINE_EXCEEDED
-    assert n > 0 and took < 2.5, (n, took)
+    assert n > 0 and took < 3.0, (n, took)
     await settled(mesh)
 
 

@@ -124,7 +124,13 @@ async def test_a_caller_deadline_too_short_is_counted_once(mesh: Mesh, edge: Edg
     # attempt, given the rest of the deadline, for each forwarded call; none for a refused one.
     assert pick(d, "switchyard_edge_attempts_total") == 3
     assert pick(d, "switchyard_edge_call_seconds_count") == 3 + refused
-    assert pick(d, "switchyard_edge_slo_calls_total", met="false") == 3 + refused
+    # A refused call whose message the edge read had an SLO (missed); one whose deadline ran
+    # out before its message came was refused before routing, with no model and no SLO
+    # (counted under the model ``unknown``, not in slo_calls: accesslog's rule, since 412b8f9
+    # reads a ModelInfer's message in its handler)
+    read = pick(d, "switchyard_edge_calls_total", deployment="", status="DEADLINE_EXCEEDED",
+                model="summarize")
+    assert pick(d, "switchyard_edge_slo_calls_total", met="false") == 3 + read
 
 
 HEADER_CHARS = "".join(map(chr, range(0x21, 0x7F)))  # what gRPC lets a header value hold

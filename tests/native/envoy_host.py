@@ -62,6 +62,8 @@ class FakeEnvoyHost:
         lib.fh_md_string.argtypes = [ctypes.c_char_p] * 3
         lib.fh_md_number.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_double]
         lib.fh_md_bool.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int]
+        lib.fh_host_md_string.argtypes = [ctypes.c_char_p] * 3
+        lib.fh_set_attempted.argtypes = [ctypes.c_size_t]
         lib.fh_dynamic_number.argtypes = [ctypes.c_char_p, ctypes.c_char_p,
                                           ctypes.POINTER(ctypes.c_double)]
         lib.fh_reply_status.restype = ctypes.c_char_p
@@ -97,6 +99,13 @@ class FakeEnvoyHost:
             self.lib.fh_md_number(ns.encode(), key.encode(), value)
         else:
             self.lib.fh_md_string(ns.encode(), key.encode(), value.encode())
+
+    def served_by(self, endpoint: Mapping[str, str], attempted: int = 1) -> None:
+        """The answering host: its endpoint metadata under ``switchyard`` (deployment,
+        region, ...) and the stream's upstream attempts."""
+        for key, value in endpoint.items():
+            self.lib.fh_host_md_string(b"switchyard", key.encode(), value.encode())
+        self.lib.fh_set_attempted(attempted)
 
     def request_headers(self, end_of_stream: bool = False) -> int:
         return int(self.lib.envoy_dynamic_module_on_http_filter_request_headers(

@@ -32,6 +32,7 @@ static int nmetadata;
 static char* body[2]; /* received, buffered */
 static size_t body_len[2];
 static int cleared;
+static size_t attempted; /* the stream's upstream attempts (fh_set_attempted) */
 static int replied;
 static char reply_status[16];
 static char reply_message[1024];
@@ -48,6 +49,7 @@ void fh_reset(void) {
   for (int i = 0; i < nmetadata; i++) free(metadata[i].ns), free(metadata[i].key),
                                       free(metadata[i].s);
   nheaders = nmetadata = cleared = replied = 0;
+  attempted = 0;
   for (int k = 0; k < 2; k++) free(body[k]), body[k] = NULL, body_len[k] = 0;
   reply_status[0] = reply_message[0] = 0;
 }
@@ -81,6 +83,20 @@ static md* add_md(int kind, const char* ns, const char* key) {
 }
 void fh_md_string(const char* ns, const char* key, const char* v) {
   add_md(0, ns, key)->s = dup(v, strlen(v));
+}
+/* the answering host's endpoint metadata (MD_HOST): kind HOST */
+#define HOST 3
+void fh_host_md_string(const char* ns, const char* key, const char* v) {
+  add_md(HOST, ns, key)->s = dup(v, strlen(v));
+}
+void fh_set_attempted(size_t n) { attempted = n; }
+bool envoy_dynamic_module_callback_http_filter_get_attribute_int(envoy_filter f,
+                                                                int attribute_id,
+                                                                uint64_t* result) {
+  (void)f;
+  if (attribute_id != ATTR_UPSTREAM_REQUEST_ATTEMPT_COUNT || attempted == 0) return false;
+  *result = attempted;
+  return true;
 }
 void fh_md_number(const char* ns, const char* key, double v) { add_md(1, ns, key)->d = v; }
 void fh_md_bool(const char* ns, const char* key, int v) { add_md(2, ns, key)->b = v; }
@@ -247,7 +263,7 @@ bool envoy_dynamic_module_callback_http_get_metadata_string(envoy_filter f,
                                                             module_buffer ns, module_buffer key,
                                                             envoy_buffer* result) {
   (void)f;
-  md* m = s == MD_ROUTE ? find_md(0, ns, key) : NULL;
+  md* m = s == MD_ROUTE ? find_md(0, ns, key) : s == MD_HOST ? find_md(HOST, ns, key) : NULL;
   if (m) *result = (envoy_buffer){m->s, strlen(m->s)};
   return m != NULL;
 }

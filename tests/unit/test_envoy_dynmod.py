@@ -21,7 +21,13 @@ from benchmarks.envoy_dynmod import DM_VARIANTS
 from placement.errors import InvalidRequest
 from services.edge import wire
 from services.xds import lua, native, rewrite
-from tests.native.envoy_host import RESPONSE_HEADER, RESPONSE_TRAILER, FakeEnvoyHost, build
+from tests.native.envoy_host import (
+    REQUEST_HEADER,
+    RESPONSE_HEADER,
+    RESPONSE_TRAILER,
+    FakeEnvoyHost,
+    build,
+)
 
 INFER = lua.INFER_PATH
 CONTINUE, STOP = 0, 1
@@ -227,25 +233,57 @@ def _served(host: FakeEnvoyHost, slo_ms: str | None) -> None:
     host.request_body()
 
 
+SERVED = {"deployment": "b/tiny-v1", "region": "aws-us-east-1", "variant": "tiny-v1"}
+
+
 def test_an_ok_answer_gets_cost_and_slo_met_trailers(host: FakeEnvoyHost) -> None:
     _served(host, None)
-    host.response({":status": "200"}, {"grpc-status": "0", "x-served-by": "b/tiny-v1"})
+    host.served_by(SERVED)
+    host.response({":status": "200"}, {"grpc-status": "0"})
     assert host.header("x-cost-usd", RESPONSE_TRAILER) == "0.0000002500"
     assert host.header("x-slo-met", RESPONSE_TRAILER) == "true"
 
 
+def test_an_answer_from_a_deployment_gets_the_python_edges_served_trailers(
+        host: FakeEnvoyHost) -> None:
+    """What the aggregate's upstream header_mutation added on every attempt, now from the
+    answering host's metadata once: fails on the module before (no such trailers)."""
+    _served(host, None)
+    host.lib.fh_add_header(REQUEST_HEADER, b"x-request-id", b"rid-7")
+    host.served_by(SERVED, attempted=2)
+    host.response({":status": "200"}, {"grpc-status": "14", "x-served-by": "stale"})
+    assert host.header("x-served-by", RESPONSE_TRAILER) == "b/tiny-v1"
+    assert host.header("x-served-region", RESPONSE_TRAILER) == "aws-us-east-1"
+    assert host.header("x-attempts", RESPONSE_TRAILER) == "2"
+    assert host.header("x-request-id", RESPONSE_TRAILER) == "rid-7"
+    assert host.header(lua.PATH_TRAILER, RESPONSE_TRAILER) == "envoy"
+
+
+def test_an_answer_from_no_deployment_gets_no_served_trailers(host: FakeEnvoyHost) -> None:
+    """The slow path's host (no switchyard metadata) keeps the trailers its own cluster and
+    the Python edge gave."""
+    _served(host, None)
+    host.response({":status": "200"}, {"grpc-status": "0", "x-switchyard-path": "slow"})
+    assert host.header("x-served-by", RESPONSE_TRAILER) is None
+    assert host.header(lua.PATH_TRAILER, RESPONSE_TRAILER) == "slow"
+    assert host.header("x-cost-usd", RESPONSE_TRAILER) is None
+
+
 def test_an_slo_no_answer_could_meet_is_reported_missed(host: FakeEnvoyHost) -> None:
     _served(host, "0.001")
-    host.response({":status": "200"}, {"grpc-status": "0", "x-served-by": "b/tiny-v1"})
+    host.served_by(SERVED)
+    host.response({":status": "200"}, {"grpc-status": "0"})
     assert host.header("x-slo-met", RESPONSE_TRAILER) == "false"
 
 
 def test_errors_and_unknown_deployments_get_no_cost_trailers(host: FakeEnvoyHost) -> None:
     _served(host, None)
-    host.response({":status": "200"}, {"grpc-status": "14", "x-served-by": "b/tiny-v1"})
+    host.served_by(SERVED)
+    host.response({":status": "200"}, {"grpc-status": "14"})
     assert host.header("x-cost-usd", RESPONSE_TRAILER) is None
     _served(host, None)
-    host.response({":status": "200"}, {"grpc-status": "0", "x-served-by": "elsewhere"})
+    host.served_by({**SERVED, "deployment": "elsewhere"})
+    host.response({":status": "200"}, {"grpc-status": "0"})
     assert host.header("x-cost-usd", RESPONSE_TRAILER) is None
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pathlib
 import shutil
 import subprocess
+from typing import Any
 
 import pytest
 from envoy.config.core.v3 import base_pb2
@@ -156,8 +157,24 @@ def _upstream_filters(r: Resource) -> list[str]:
     return [f"{f.name}:{f.typed_config.type_url.rsplit('.', 1)[-1]}" for f in opts.http_filters]
 
 
+def _header_mutation(r: Resource) -> dict[str, Any]:
+    from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+
+    opts = http_protocol_options_pb2.HttpProtocolOptions()
+    r.message.typed_extension_protocol_options[  # type: ignore[attr-defined]
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"].Unpack(opts)
+    f = next(f for f in opts.http_filters if f.name == native.HEADER_FILTER)
+    got: dict[str, Any] = json_format.MessageToDict(
+        f, preserving_proto_field_name=True)["typed_config"]["mutations"]
+    return got
+
+
 def test_a_module_node_gets_the_modules_upstream_rewrite_on_aggregates_over_two_variants(
         ) -> None:
+    """...and no upstream filter chain on an aggregate over one variant, the header_mutation
+    without its response trailers on one over two (the module's listener adds them,
+    ``native/response.c`` ``served_trailers``): fails on the ModuleClusters before, which left
+    an aggregate over one variant as the Lua nodes get it."""
     s = EnvoySettings()
     two = resource("model:m", clusters.model_cluster("model:m", ["a/m-v1", "b/m-v2"], s))
     one = resource("model:n", clusters.model_cluster("model:n", ["a/n-v1", "b/n-v1"], s))
@@ -169,7 +186,12 @@ def test_a_module_node_gets_the_modules_upstream_rewrite_on_aggregates_over_two_
     assert [f.split(":")[0] for f in _upstream_filters(got["model:m"])] == [
         f.split(":")[0] for f in _upstream_filters(two)]  # in the Lua's place
     assert got["model:m"].version != two.version
-    assert got["model:n"] is one  # no rewrite to swap (one variant)
+    mutation = _header_mutation(got["model:m"])
+    assert "response_trailers_mutations" not in mutation
+    assert mutation["request_mutations"] == _header_mutation(two)["request_mutations"]
+    assert _upstream_filters(got["model:n"]) == []  # one variant: no upstream chain at all
+    assert got["model:n"].version != one.version
+    assert "response_trailers_mutations" in _header_mutation(one)  # Lua nodes' untouched
     assert mc.offer(("r", 0), region) is got  # the same compile: the same offer
     again = mc.offer(("r", 0), dict(region))  # a new compile, these clusters unchanged
     assert again["model:m"] is got["model:m"]
