@@ -300,14 +300,19 @@ def _reserve(factor: float = 1.0, need: int = 2, cap: float = 0.5,
     return apply
 
 
-def _attempts_9eafa5a() -> None:
-    """The attempt policy's failure domains before a server failure marked its region at once
-    (``placement.attempts.SERVER_FAILURE_MARKS_REGION`` off: the rule of 9eafa5a)."""
-    attempts.SERVER_FAILURE_MARKS_REGION = False
+def _attempts(last_leaves: bool, at_once: bool = False) -> Callable[[], None]:
+    """The attempt policy's failure domains (``placement.attempts``): ``last_leaves`` off is
+    the rule of 9eafa5a (before the last attempt only one failed cloud is avoided);
+    ``at_once``: every server failure marks its region."""
+    def apply() -> None:
+        attempts.LAST_LEAVES_FAILED_REGIONS = last_leaves
+        attempts.SERVER_FAILURE_MARKS_REGION = at_once
+    return apply
 
 
 VARIANTS: dict[str, Callable[[], None]] = {
-    "attempts-9eafa5a": _attempts_9eafa5a,
+    "attempts-9eafa5a": _attempts(False),
+    "attempts-region-at-once": _attempts(True, at_once=True),
     "reserve": _reserve(),
     "reserve-2": _reserve(2.0),
     "reserve-need-1": _reserve(need=1),

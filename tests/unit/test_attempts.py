@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from placement import attempts
 from placement.attempts import (
     MIN_REMAINING_S,
     VARIANT_GONE,
@@ -145,44 +146,15 @@ def test_the_callers_own_expired_deadline_does_not_blame_the_backend() -> None:
     assert v.retry and v.blames_backend and t.avoid_regions == {"east"}
 
 
-@pytest.mark.parametrize("status", ["RESOURCE_EXHAUSTED", VARIANT_GONE])
-def test_a_full_queue_or_a_gone_variant_keeps_its_region_a_second_failure_marks_it(
-        status: str) -> None:
+def test_one_failure_keeps_its_region_a_second_marks_it() -> None:
     cands = [cand(0, "a1", "a"), cand(1, "a1", "a"), cand(2, "b1", "b"), cand(3, "a1", "a")]
     t = start(max_attempts=5)
     t.started(cands[0])
-    t.failed(cands[0], status, cands, 0.0, yes)
+    t.failed(cands[0], "UNAVAILABLE", cands, 0.0, yes)
     assert t.avoid_regions == frozenset()
     t.started(cands[1])
-    t.failed(cands[1], status, cands, 0.0, yes)
+    t.failed(cands[1], "UNAVAILABLE", cands, 0.0, yes)
     assert t.avoid_regions == {"a1"}
-
-
-def test_a_refusal_marks_its_region_at_once() -> None:
-    """held-out-many-models' spot reclaim (``benchmarks.costsim.fail_diag``): three pools of
-    two clouds' Tokyo regions down at once, still listed by the table. Before, one refusal
-    kept its region and the cheapest profile retried g1's other dead server (25 of 77 failed
-    calls, then the aws one; 52 more went back to g1 for the last attempt); now the retry
-    leaves g1 and the last attempt leaves g1 and a1, for the dearer server elsewhere. Fails
-    on the old code."""
-    cands = [cand(0, "g1", "gcp"), cand(2, "g1", "gcp"), cand(1, "a1", "aws"),
-             dataclasses.replace(cand(3, "s1", "oci"), cost_usd=5e-6)]
-    profile, t = build_profile("cheapest"), start()
-
-    def retry() -> Candidate:
-        ctx = CallContext(Hints(slo_ms=1000.0), exclude=t.exclude,
-                          avoid_regions=t.avoid_regions)
-        return profile.choose(cands, ctx, random.Random(0)).candidate
-
-    t.started(cands[0])
-    assert t.failed(cands[0], "UNAVAILABLE", cands, 0.0, yes).retry
-    assert t.avoid_regions == {"g1"}
-    second = retry()
-    assert second.backend_id == "b1"  # not b2, g1's other server
-    t.started(second)
-    assert t.failed(second, "UNAVAILABLE", cands, 0.0, yes).retry
-    assert t.last is False and t.avoid_regions == {"g1", "a1"}
-    assert retry().backend_id == "b3"
 
 
 def test_failures_in_two_regions_of_one_cloud_avoid_the_whole_cloud() -> None:
@@ -203,7 +175,7 @@ def test_the_last_attempt_crosses_clouds_after_server_failures_in_one() -> None:
     t = start()
     t.started(cands[0])
     t.failed(cands[0], "UNAVAILABLE", cands, 0.0, yes)
-    assert t.avoid_regions == {"a1"}
+    assert t.avoid_regions == frozenset()
     t.started(cands[1])
     t.failed(cands[1], "UNAVAILABLE", cands, 0.0, yes)
     assert t.last is False and t.avoid_regions == {"a1", "a2"}
@@ -225,15 +197,42 @@ def test_the_last_attempt_keeps_the_cloud_unless_it_failed_as_servers_in_it(
     assert t.avoid_regions == avoided
 
 
-def test_a_full_queue_then_a_refusal_marks_only_the_refusals_region() -> None:
+def test_the_last_attempt_leaves_every_region_a_server_failed_in() -> None:
+    """held-out-many-models' spot outage (``benchmarks.costsim.fail_diag``): dead servers in
+    two clouds' Tokyo regions, still listed by the table. One failed in g1, one in a1: before,
+    neither region was marked (one failure each, two clouds) and the cheapest profile sent
+    the last attempt back to g1's other dead server; now both regions are avoided and it
+    takes the dearer server elsewhere. Fails on the old code."""
+    cands = [cand(0, "g1", "gcp"), cand(1, "a1", "aws"), cand(2, "g1", "gcp"),
+             dataclasses.replace(cand(3, "s1", "oci"), cost_usd=5e-6)]
+    t = start()
+    for c in cands[:2]:
+        t.started(c)
+        assert t.failed(c, "UNAVAILABLE", cands, 0.0, yes).retry
+    assert t.last is False and t.avoid_regions == {"g1", "a1"}
+    ctx = CallContext(Hints(slo_ms=1000.0), exclude=t.exclude, avoid_regions=t.avoid_regions)
+    chosen = build_profile("cheapest").choose(cands, ctx, random.Random(0)).candidate
+    assert chosen.backend_id == "b3"
+
+
+def test_a_busy_server_among_the_failures_marks_no_region_for_the_last_attempt() -> None:
+    """A RESOURCE_EXHAUSTED is a full queue, not an outage: the rule waits for server
+    failures only, as the one-cloud rule does."""
     cands = [cand(0, "g1", "gcp"), cand(1, "a1", "aws"), cand(2, "g1", "gcp")]
     t = start()
-    t.started(cands[0])
-    t.failed(cands[0], "RESOURCE_EXHAUSTED", cands, 0.0, yes)
+    for c, status in zip(cands[:2], ("RESOURCE_EXHAUSTED", "UNAVAILABLE"), strict=True):
+        t.started(c)
+        t.failed(c, status, cands, 0.0, yes)
     assert t.avoid_regions == frozenset()
-    t.started(cands[1])
-    t.failed(cands[1], "UNAVAILABLE", cands, 0.0, yes)
-    assert t.avoid_regions == {"a1"}
+
+
+def test_with_more_attempts_left_the_failed_regions_are_not_yet_avoided() -> None:
+    cands = [cand(0, "g1", "gcp"), cand(1, "a1", "aws"), cand(2, "g1", "gcp")]
+    t = start(max_attempts=5)
+    for c in cands[:2]:
+        t.started(c)
+        t.failed(c, "UNAVAILABLE", cands, 0.0, yes)
+    assert t.avoid_regions == frozenset()
 
 
 def test_with_more_attempts_left_one_cloud_is_not_yet_avoided() -> None:
@@ -329,3 +328,19 @@ def test_a_hedge_does_not_start_with_too_little_deadline_left() -> None:
     assert not t.hedge(c, budget, now=1.0 - MIN_REMAINING_S / 2)
     assert not t.hedged and t.exclude == frozenset() and spent == []  # no retry token spent
     assert t.hedge(c, budget, now=0.5) and spent == [True]
+
+
+def test_with_the_region_marked_at_once_a_refusal_sends_the_retry_out_of_its_region(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``SERVER_FAILURE_MARKS_REGION`` (built and off): held-out-many-models' other 25 failed
+    calls tried g1's two dead pools in turn; with it the retry leaves g1 at once."""
+    monkeypatch.setattr(attempts, "SERVER_FAILURE_MARKS_REGION", True)
+    cands = [cand(0, "g1", "gcp"), cand(2, "g1", "gcp"), cand(1, "a1", "aws"),
+             dataclasses.replace(cand(3, "s1", "oci"), cost_usd=5e-6)]
+    t = start()
+    t.started(cands[0])
+    assert t.failed(cands[0], "UNAVAILABLE", cands, 0.0, yes).retry
+    assert t.avoid_regions == {"g1"}
+    ctx = CallContext(Hints(slo_ms=1000.0), exclude=t.exclude, avoid_regions=t.avoid_regions)
+    assert build_profile("cheapest").choose(cands, ctx, random.Random(0)).candidate.backend_id \
+        == "b1"
