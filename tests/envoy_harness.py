@@ -18,9 +18,11 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import pytest
+import pytest_asyncio
 import tritonclient.grpc as tc
 from tritonclient.utils import InferenceServerException
 
@@ -36,7 +38,7 @@ from services.placement.main import RunningPlacement, start_placement
 from services.ports import free_port
 from services.security import transport
 from services.xds import listener
-from tests.mesh_harness import eventually, summarize_input
+from tests.mesh_harness import eventually, mesh_config, summarize_input
 
 
 def dead(tritons: dict[str, TritonProcess]) -> str:
@@ -254,3 +256,34 @@ class ClosedLoop:
         self.stop.set()
         for t in self.threads:
             t.join(30)
+
+
+def hostile_fixtures(name: str, idle_s: float | None = None) -> tuple[Any, Any, Any, Any]:
+    """A hostile-caller module's fixtures over one Envoy edge and its slow path: ``cfg``
+    (``mesh_config`` in a directory called ``name``), ``mesh`` (``running_envoy_mesh`` over
+    the module's Tritons, Envoy's stream idle timeout ``idle_s`` when given), ``engines`` (a
+    channel to each engine) module-scoped, and ``records`` (the slow path's call records
+    during a test): ``cfg, mesh, engines, records = hostile_fixtures("hostile6", 2.0)``."""
+
+    @pytest.fixture(scope="module")
+    def cfg(tmp_path_factory: pytest.TempPathFactory) -> MeshConfig:
+        return mesh_config(tmp_path_factory.mktemp(name))
+
+    @pytest_asyncio.fixture(scope="module", loop_scope="module")
+    async def mesh(cfg: MeshConfig, tritons: dict[str, TritonProcess],
+                   tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[EnvoyMesh]:
+        async with running_envoy_mesh(cfg, tmp_path_factory.mktemp("envoy"),
+                                      idle_s=idle_s) as m:
+            yield m
+
+    @pytest_asyncio.fixture(scope="module", loop_scope="module")
+    async def engines(mesh: EnvoyMesh) -> AsyncIterator[dict[str, grpc.aio.Channel]]:
+        async with mesh.engines() as channels:
+            yield channels
+
+    @pytest.fixture
+    def records(mesh: EnvoyMesh) -> Iterator[list[CallRecord]]:
+        with mesh.records() as got:
+            yield got
+
+    return cfg, mesh, engines, records

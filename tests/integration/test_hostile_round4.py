@@ -18,42 +18,19 @@ from typing import Any
 
 import grpc
 import pytest
-import pytest_asyncio
 
 from services.backends.triton import TritonProcess
-from services.config import MeshConfig
 from services.edge.router import CALL_SILENT_S, CallRecord
 from services.edge.tokens import llm_request
 from services.edge.upstream import STREAM
-from tests.envoy_harness import EnvoyMesh, dead, running_envoy_mesh
+from tests.envoy_harness import EnvoyMesh, dead, hostile_fixtures
 from tests.mesh_harness import INFER_PATH as INFER
-from tests.mesh_harness import eventually, mesh_config, raw_infer, request_bytes
+from tests.mesh_harness import eventually, raw_infer, request_bytes
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
 
-@pytest.fixture(scope="module")
-def cfg(tmp_path_factory: pytest.TempPathFactory) -> MeshConfig:
-    return mesh_config(tmp_path_factory.mktemp("hostile4"))
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def mesh(cfg: MeshConfig, tritons: dict[str, TritonProcess],
-               tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[EnvoyMesh]:
-    async with running_envoy_mesh(cfg, tmp_path_factory.mktemp("envoy")) as m:
-        yield m
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def engines(mesh: EnvoyMesh) -> AsyncIterator[dict[str, grpc.aio.Channel]]:
-    async with mesh.engines() as channels:
-        yield channels
-
-
-@pytest.fixture
-def records(mesh: EnvoyMesh) -> Iterator[list[CallRecord]]:
-    with mesh.records() as got:
-        yield got
+cfg, mesh, engines, records = hostile_fixtures("hostile4")
 
 
 def envoy_ejections(mesh: EnvoyMesh) -> int:

@@ -13,53 +13,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 import pytest
-import pytest_asyncio
 from tritonclient.grpc import service_pb2
 
 from services.backends.triton import TritonProcess
-from services.config import MeshConfig
 from services.edge import deadline
 from services.edge import stream as edge_stream
 from services.edge.router import CallRecord
 from services.edge.tokens import llm_request
 from services.edge.upstream import DRAIN_BACKLOG, STREAM
-from tests.envoy_harness import EnvoyMesh, dead, running_envoy_mesh
-from tests.mesh_harness import INFER_PATH, eventually, mesh_config, raw_infer, request_bytes
+from tests.envoy_harness import EnvoyMesh, dead, hostile_fixtures
+from tests.mesh_harness import INFER_PATH, eventually, raw_infer, request_bytes
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
-
-
-@pytest.fixture(scope="module")
-def cfg(tmp_path_factory: pytest.TempPathFactory) -> MeshConfig:
-    return mesh_config(tmp_path_factory.mktemp("hostile5"))
 
 
 # Envoy's stream idle timeout (its default 300 s) shortened so that the module sees it.
 IDLE_S = 2.0
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def mesh(cfg: MeshConfig, tritons: dict[str, TritonProcess],
-               tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[EnvoyMesh]:
-    async with running_envoy_mesh(cfg, tmp_path_factory.mktemp("envoy"), idle_s=IDLE_S) as m:
-        yield m
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def engines(mesh: EnvoyMesh) -> AsyncIterator[dict[str, grpc.aio.Channel]]:
-    async with mesh.engines() as channels:
-        yield channels
-
-
-@pytest.fixture
-def records(mesh: EnvoyMesh) -> Iterator[list[CallRecord]]:
-    with mesh.records() as got:
-        yield got
+cfg, mesh, engines, records = hostile_fixtures("hostile5", IDLE_S)
 
 
 def streamer(ch: grpc.aio.Channel) -> Any:

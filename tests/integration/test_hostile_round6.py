@@ -21,7 +21,6 @@ from typing import Any
 
 import grpc
 import pytest
-import pytest_asyncio
 
 from services.backends.triton import TritonProcess
 from services.config import MeshConfig
@@ -30,36 +29,15 @@ from services.edge.main import start_edge
 from services.edge.router import CallRecord
 from services.edge.tokens import llm_request
 from services.edge.upstream import STREAM, Upstreams
-from tests.envoy_harness import EnvoyMesh, dead, running_envoy_mesh
-from tests.mesh_harness import INFER_PATH, eventually, mesh_config, raw_infer
+from tests.envoy_harness import EnvoyMesh, dead, hostile_fixtures
+from tests.mesh_harness import INFER_PATH, eventually, raw_infer
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
 IDLE_S = 2.0  # Envoy's stream idle timeout and the edge's FIRST_MESSAGE_S, shortened
 
 
-@pytest.fixture(scope="module")
-def cfg(tmp_path_factory: pytest.TempPathFactory) -> MeshConfig:
-    return mesh_config(tmp_path_factory.mktemp("hostile6"))
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def mesh(cfg: MeshConfig, tritons: dict[str, TritonProcess],
-               tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[EnvoyMesh]:
-    async with running_envoy_mesh(cfg, tmp_path_factory.mktemp("envoy"), idle_s=IDLE_S) as m:
-        yield m
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def engines(mesh: EnvoyMesh) -> AsyncIterator[dict[str, grpc.aio.Channel]]:
-    async with mesh.engines() as channels:
-        yield channels
-
-
-@pytest.fixture
-def records(mesh: EnvoyMesh) -> Iterator[list[CallRecord]]:
-    with mesh.records() as got:
-        yield got
+cfg, mesh, engines, records = hostile_fixtures("hostile6", IDLE_S)
 
 
 def inflight(mesh: EnvoyMesh, kind: str) -> float | None:
