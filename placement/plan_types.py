@@ -119,6 +119,10 @@ class PlannerSettings:
     # N+1 across pools per class: each class's calls/s on any one pool fit, within its SLO,
     # into the room the other pools' planned GPUs leave (placement.plan_pool_loss), at each
     # pool's utilisation tier + ``pool_loss_boost`` (capped at MAX_RHO) for the cold start.
+    # Built and off: measured on the provisioned-cost day and not kept (benchmarks/RESULTS.md,
+    # 2026-11-27, night, "N+1 across pools per class": no missed call where measured, but it
+    # turns noisy-cheap-spot's win against the HPA into a loss, and at 100 synthetic pools
+    # the 4-node search finds no plan or one 34 times dearer).
     pool_loss: bool = False
     pool_loss_boost: float = 0.0
 
