@@ -19,6 +19,7 @@
 #define PATH_HEADER "x-switchyard-path"
 #define NAMED_HEADER "x-switchyard-named"
 #define LISTENER_NS "switchyard.model_name"
+#define ONE_VARIANT_KEY "one_variant" /* route metadata: every deployment it reaches, one variant */
 #define CALL_NS "switchyard" /* dynamic metadata: a ModelInfer's own slo_ms, for the access log */
 #define HOST_NS "switchyard" /* a deployment endpoint's metadata: deployment, region, variant */
 #define COST_NS "switchyard.cost"

@@ -449,8 +449,13 @@ static void listener_body_done(envoy_filter f, filter* s) {
     char variant[1025];
     size_t vn = first.length < 1024 ? first.length : 1024;
     memcpy(variant, first.ptr, vn); /* first lives in Envoy: copy before the body changes */
-    if (append_name(f, body, n, variant, vn)) set_header(f, REQUEST_HEADER, NAMED_HEADER,
-                                                         variant, vn);
+    bool only = false; /* every deployment the route reaches serves it: no upstream rewrite
+                        * reads the header (native.module_upstream_filters), so the backend
+                        * is not sent it */
+    envoy_dynamic_module_callback_http_get_metadata_bool(f, MD_ROUTE, LIT(LISTENER_NS),
+                                                         LIT(ONE_VARIANT_KEY), &only);
+    if (append_name(f, body, n, variant, vn) && !only)
+      set_header(f, REQUEST_HEADER, NAMED_HEADER, variant, vn);
   }
   free(owned);
   if (s->is_infer) {

@@ -169,10 +169,11 @@ def module_upstream_filters(filters: list[dict[str, Any]]) -> list[dict[str, Any
     module runs them: the upstream Lua rewrite swapped for the module's; the header_mutation
     without its response trailers (the module's listener adds them from the answering host's
     metadata, ``native/response.c`` ``served_trailers``), and gone when it then only removes
-    the listener's named-variant header (an order over one variant: that header reaches the
-    backend, which ignores it); no filters at all when only the codec is left, so such an
-    aggregate runs no upstream filter chain per attempt (0.70-0.94 of the CPU per call with
-    it, ``benchmarks/envoy_filters.py`` ``sy-dm1-no-up``)."""
+    the listener's named-variant header (a route over one variant says so in its metadata,
+    ``rewrite.ONE_VARIANT_KEY``, and the module's listener then sets no such header); no
+    filters at all when only the codec is left, so such an aggregate runs no upstream filter
+    chain per attempt (0.70-0.94 of the CPU per call with it, ``benchmarks/envoy_filters.py``
+    ``sy-dm1-no-up``)."""
     out = []
     for f in filters:
         if f["name"] == REWRITE_FILTER:

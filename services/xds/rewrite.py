@@ -10,6 +10,8 @@ first deployment ejected), appending that one instead.
 
 - ``FIRST_VARIANT_KEY``: the route metadata key (under the listener filter's name) placement
   fills with the variant of the first deployment of the route's order;
+- ``ONE_VARIANT_KEY``: true when every deployment the route reaches serves that variant (no
+  upstream rewrite then reads ``x-switchyard-named``; the C module sets none);
 - ``listener_script(script)``: the listener Lua with the append after it read the name;
 - ``VARIANT_REWRITE``: the upstream Lua, comparing with what the body already names.
 """
@@ -20,6 +22,7 @@ from services.xds import lua
 
 NAMED_HEADER = "x-switchyard-named"  # the variant the request body already names last
 FIRST_VARIANT_KEY = "first_variant"
+ONE_VARIANT_KEY = "one_variant"  # route metadata: every deployment it reaches serves one variant
 _ANCHOR = f'  handle:headers():replace("{lua.MODEL_HEADER}", name)\n  handle:clearRouteCache()\n'
 
 _APPEND = r"""

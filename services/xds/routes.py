@@ -115,7 +115,10 @@ def _trailer_metadata(m: ModelRoutes, feasible: frozenset[str], slo_ms: float | 
         "cost": {d: f"{c:.10f}" for d, c in sorted(m.cost_usd.items()) if d in sent},
         "feasible": dict.fromkeys(sorted(feasible & sent), True)}
     if order:
-        data[rewrite.FIRST_VARIANT_KEY] = order[0].rsplit("/", 1)[-1]
+        first = data[rewrite.FIRST_VARIANT_KEY] = order[0].rsplit("/", 1)[-1]
+        if all(d.rsplit("/", 1)[-1] == first for d in sent):
+            # no upstream rewrite reads x-switchyard-named: the module sets none for Triton
+            data[rewrite.ONE_VARIANT_KEY] = True
     if slo_ms is not None:
         data["slo_ms"] = slo_ms
     # the C dynamic module reads cost and feasibility flattened (native.route_metadata)

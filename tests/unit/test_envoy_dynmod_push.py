@@ -9,6 +9,7 @@ from __future__ import annotations
 import pathlib
 import shutil
 import subprocess
+import types
 from typing import Any
 
 import pytest
@@ -19,7 +20,7 @@ from placement.registry import build_profile
 from services.config import MeshConfig
 from services.edge.envoy import launcher
 from services.edge.envoy.bootstrap import EnvoyNode, bootstrap
-from services.xds import clusters, lua, native
+from services.xds import clusters, lua, native, rewrite
 from services.xds.envoy_types import Resource, resource
 from services.xds.listener import listener
 from services.xds.resources import CLUSTER, LISTENER, LISTENER_NAME, ROUTE, EnvoySettings
@@ -221,6 +222,43 @@ def test_the_listener_resolves_the_route_for_the_name_before_reading_its_first_v
     host.request_body()
     assert host.cleared() == 1 and host.lib.fh_resolved() == before + 1
     assert host.header("x-switchyard-named") == "tiny-v1"
+
+
+def test_a_route_over_one_variant_sends_the_backend_no_named_header(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A module node's one-variant aggregate runs no upstream filter that would remove
+    ``x-switchyard-named``: where the route's metadata says every deployment it reaches serves
+    the first variant, the listener appends that variant to the body and sets no header, so
+    Triton is sent none (before, it was, on every such call)."""
+    lib = build(tmp_path_factory.mktemp("dm-one"))
+    for one, named in ((True, None), (False, "tiny-v1")):
+        host = FakeEnvoyHost(lib)
+        _listener(host).start({":path": INFER}, _request("tiny"))
+        host.metadata(lua.LISTENER_FILTER, "first_variant", "tiny-v1")
+        host.metadata(lua.LISTENER_FILTER, rewrite.ONE_VARIANT_KEY, one)
+        host.request_headers()
+        host.request_body()
+        assert host.header(rewrite.NAMED_HEADER) == named
+        assert host.body().endswith(b"\n\x07tiny-v1")  # the variant is named either way
+        host.finish()
+
+
+def test_route_metadata_says_one_variant_only_when_every_reachable_deployment_serves_it(
+        ) -> None:
+    from services.xds.routes import _trailer_metadata
+
+    m = types.SimpleNamespace(cost_usd={"a/v1": 1.0, "b/v1": 2.0, "c/v2": 0.5},
+                              rotations={None: [(1.0, ["c/v2"])]})
+    ns = lua.LISTENER_FILTER
+
+    def data(order: list[str], klass: int | None) -> dict[str, Any]:
+        md = _trailer_metadata(m, frozenset(m.cost_usd), None, order, klass)  # type: ignore[arg-type]
+        out: dict[str, Any] = md["metadata"]["filter_metadata"][ns]
+        return out
+
+    assert data(["a/v1", "b/v1"], 0)[rewrite.ONE_VARIANT_KEY] is True
+    assert rewrite.ONE_VARIANT_KEY not in data(["a/v1", "c/v2"], 0)
+    assert rewrite.ONE_VARIANT_KEY not in data(["a/v1", "b/v1"], None)  # a rotation reaches v2
 
 
 def test_module_nodes_keep_the_sessions_delta_shortcut() -> None:
