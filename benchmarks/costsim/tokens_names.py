@@ -12,6 +12,7 @@ from benchmarks.costsim.tokens_baselines import (
     PrefixAffinity,
     RoundRobin,
 )
+from benchmarks.costsim.tokens_oracle import CheapestFeasibleOracle
 from benchmarks.costsim.tokens_policies import Switchyard
 from benchmarks.costsim.tokensim import Policy, TokenSim
 from placement.streams import UNMEASURED_PROBES
@@ -69,6 +70,22 @@ REJECTED = ("switchyard-move-slack10", "switchyard-move-slack25", "switchyard-fl
             "switchyard-handoff-ttft1", "switchyard-handoff-ttft75", "switchyard-handoff-owed",
             "switchyard-oracle-decoding", "switchyard-oracle-batch")
 
+# Issue 14's bound (simulator only: true state of every server, the stream's own length):
+# per stream the cheapest deployment whose emulated TTFT and TPOT meet the objectives with a
+# slack (``-slackN``: N % of each objective left for later arrivals), hurting no stream there
+# (``benchmarks/costsim/tokens_oracle.py``); ``-marginal`` priced at the GPU time it adds,
+# ``-move`` also moving streams a slowdown caught.
+ORACLES = ("cheapest-feasible-oracle", "cheapest-feasible-oracle-slack10",
+           "cheapest-feasible-oracle-slack20", "cheapest-feasible-oracle-slack30",
+           "cheapest-feasible-oracle-move-slack20",
+           "cheapest-feasible-oracle-marginal-slack20")
+
+
+def _oracle(sim: TokenSim, name: str) -> Policy:
+    slack = int(name.rsplit("slack", 1)[1]) / 100.0 if "slack" in name else 0.0
+    return CheapestFeasibleOracle(sim, name, ttft_slack=slack, tpot_slack=slack,
+                                  marginal="-marginal" in name, move="-move" in name)
+
 
 def make_policy(name: str, sim: TokenSim, seed: int) -> Policy:
     """A fresh policy for one run on ``sim``."""
@@ -109,6 +126,9 @@ def make_policy(name: str, sim: TokenSim, seed: int) -> Policy:
         "prefix-affinity": lambda: PrefixAffinity(seed),
         "lowest-latency": LowestLatency,
     }
+    if name in ORACLES:
+        return _oracle(sim, name)
     if name not in makers:
-        raise ValueError(f"unknown policy {name!r}; one of {POLICIES + VARIANTS + REJECTED}")
+        raise ValueError(f"unknown policy {name!r}; one of "
+                         f"{POLICIES + VARIANTS + REJECTED + ORACLES}")
     return makers[name]()
