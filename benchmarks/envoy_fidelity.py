@@ -237,7 +237,7 @@ def notes(results: list[list[Run]], quick: bool) -> list[str]:
         + "). `envoy` is what an Envoy edge does with the config the live xDS server "
         "compiles for it: `services.xds.plan.plan_region`, the function `compile_region` "
         "runs, over the region's rows as the hub last pushed them (a row is pushed when it "
-        "changed past `hub.material`'s bands), recompiled as the server recompiles: on every "
+        "changed past `bands.material`'s bands), recompiled as the server recompiles: on every "
         "new hub version and every 5 s (`learn_every_s`) while placement learned something "
         "from the edge's access log. What it learns (`placement.edge_learning`, fed as "
         "`services.xds.learning` feeds it): each call's class by (model, whole-ms SLO), its "

@@ -104,7 +104,7 @@ def notes(pairs: list[tuple[Row, Row]], quick: bool) -> list[str]:
         "learned changes at most every `bands.ESTIMATE_EVERY_S` unless an estimate doubled or "
         "halved; deferred rows go out at the first build after the wait, up to 1 s later than "
         "the hub's timer). `envoy` compiles its config from the rows it holds in both cases "
-        "(it already pushed rows only past `hub.material`'s fixed bands).")
+        "(it already pushed rows only past `bands.material`'s fixed bands).")
     return out
 
 

@@ -20,7 +20,7 @@ replicas, so A sees everything B would. Nothing here is a real GPU or a real edg
 
 Measured every 0.5 s for 10 s after B's start, on fresh full builds of both replicas' tables
 at the same instant: the share of rows on which B differs *materially* from A (the hub's own
-rule, ``services.placement.hub.material``: an edge would route differently), and the share
+rule, ``services.placement.bands.material``: an edge would route differently), and the share
 of (model, region, SLO) choices where the cheapest feasible deployment differs. Also: how
 long ``start_placement`` took (the peer fetch included) and the time until B's rows stay
 equal to A's. "Before" is the same comparison in the steady state before the restart.
@@ -49,7 +49,7 @@ from services.api.switchyard.v1 import (
     telemetry_pb2,
 )
 from services.config import load_config
-from services.placement.hub import material
+from services.placement.bands import material
 from services.placement.main import RunningPlacement, start_placement
 from services.ports import free_port
 
@@ -440,7 +440,7 @@ def notes(runs: list[Run]) -> list[str]:
         "region, observed p95 and call rates on a fifth of the deployments, to both); an "
         f"operator drained every {DRAINED_EVERY}th backend on both replicas before the "
         "restart. A row "
-        "differs when the hub would push it (`services.placement.hub.material`: an estimate "
+        "differs when the hub would push it (`services.placement.bands.material`: an estimate "
         f"out of its noise band, or any other field); a choice is the cheapest feasible "
         f"deployment per model, edge region and SLO (0.5x, 1x, 2x the model's default). "
         f"Sampled every {SAMPLE_S} s for {WINDOW_S:.0f} s after the restarted replica's "

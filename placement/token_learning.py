@@ -12,7 +12,7 @@ attempts that ended there since its previous report. ``TokenLearning`` keeps, pe
   ``usd_per_1m_input = Σ input $ / Σ prompt tokens × 10⁶`` and the same for output.
 
 What it publishes (``speed``) is rounded to two significant digits: route-table rows carry it
-and are pushed only when a row changes (``services.placement.hub.material`` compares it
+and are pushed only when a row changes (``services.placement.bands.material`` compares it
 exactly), so noise in the third digit must not become a push. Pure: ``now`` is passed in.
 """
 

@@ -87,7 +87,7 @@ from placement.registry import build_profile
 from services.api.switchyard.v1 import placement_pb2
 from services.config import EdgeRuntimeConfig
 from services.convert import candidate_from_pb, candidate_to_pb
-from services.placement.hub import material
+from services.placement.bands import material
 from services.xds import resources
 from services.xds.clusters import retry_concurrency
 from services.xds.learning import MIN_RATE
@@ -281,7 +281,7 @@ class EnvoyPolicy:
 
     def _sync(self) -> None:
         """The hub's publish: rows that changed materially since last pushed (as
-        ``services.placement.hub`` decides, ``hub.material``) replace the pushed ones, through
+        ``services.placement.hub`` decides, ``bands.material``) replace the pushed ones, through
         the wire conversion; any such row is a new hub version (every region recompiles)."""
         if self._control.builds == self._synced:
             return

@@ -7,7 +7,8 @@ differently on it (``services.placement.bands.material``: a field read exactly, 
 crossing zero, an estimate out of the wider of its fixed band and the row's own jitter), and
 what it learned from telemetry (estimates, slot shares: ``bands.DEFERRABLE``) at most once
 every ``bands.ESTIMATE_EVERY_S`` (5 s) unless an estimate doubled or halved (``bands.large``);
-in between an edge routes on the rows it holds. ``Publisher`` applies those rules to each
+in between an edge routes on the rows it holds. ``Publisher`` applies those rules
+(``bands.judge``, the hub's own) to each
 fresh build (``ControlPlane(published=True)``, the ``*-published`` policies), so the simulator
 can measure what the bands and the cadence cost routing.
 
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 from placement.model import Candidate
 from placement.routes import rank
-from services.placement.bands import DEFERRABLE, ESTIMATE_EVERY_S, Jitter, large, material
+from services.placement.bands import DEFERRABLE, ESTIMATE_EVERY_S, HELD, Jitter, judge
 
 Key = tuple[str, str]  # (model, edge region)
 
@@ -50,13 +51,8 @@ class Publisher:
             dep = c.deployment_id
             seen.add(dep)
             old = pushed.get(dep)
-            j = jitters.get(dep)
-            why = "added" if old is None else material(old, c, None if j is None else j.noise)
-            if j is None:
-                jitters[dep] = Jitter(c)
-            else:  # after the test: a step is judged on the jitter from before it
-                j.update(c, why)
-            if old is not None and why in DEFERRABLE and defer and not large(old, c):
+            why, jitters[dep] = judge(old, c, jitters.get(dep), defer=defer)
+            if why == HELD:
                 self.deferred += 1
                 continue
             if why:

@@ -14,7 +14,8 @@ Changes learned from telemetry (the estimates, slot shares, ``LEARNED``) also wa
 estimate cadence: at most one publish of them every ``ESTIMATE_EVERY_S`` (the hub's
 ``estimate_every_s``), the first after a quiet spell at once; the rest (a row added or gone,
 availability, readiness, drops, spare capacity crossing zero, an estimate that doubled or
-halved: ``large``) is published at once.
+halved: ``large``) is published at once. ``judge`` is that decision for one rebuilt row, run
+by the hub and by the simulator's ``benchmarks.costsim.publish``.
 """
 
 from __future__ import annotations
@@ -115,3 +116,28 @@ class Jitter:
                 n + NOISE_ALPHA * ((min(m, NOISE_K * n) if n > 0 else m) - n)
                 for m, n in zip(moves, self.noise, strict=True))
         self.last = fresh
+
+
+HELD = "held"  # ``judge``: a learned change that waits for the estimate cadence
+
+
+def judge(old: Candidate | None, new: Candidate, jitter: Jitter | None, *,
+          fixed_only: bool = False, defer: bool = False) -> tuple[str, Jitter]:
+    """Whether the rebuilt row ``new`` is published over ``old`` (the row last published,
+    None for a new row): ``material``'s reason ("added" for a new row, "" when it is not
+    published), or ``HELD`` for a change only learned (``DEFERRABLE``), not ``large``, while
+    ``defer`` (the estimate cadence has not come round). With the row's jitter after this
+    build (new for a new row): a step is judged on the jitter from before it.
+    ``fixed_only``: the fixed bands alone (a full rebuild: a price moves every row's cost at
+    once by less than its jitter band may be)."""
+    if old is None:
+        why = "added"
+    else:
+        why = material(old, new, None if fixed_only or jitter is None else jitter.noise)
+    if jitter is None:
+        jitter = Jitter(new)
+    else:
+        jitter.update(new, why)
+    if defer and old is not None and why in DEFERRABLE and not large(old, new):
+        return HELD, jitter
+    return why, jitter

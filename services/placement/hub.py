@@ -43,7 +43,7 @@ from placement.model import Candidate
 from placement.routes import RouteBuilder, rank
 from services.api.switchyard.v1 import placement_pb2
 from services.convert import candidate_to_pb
-from services.placement.bands import DEFERRABLE, ESTIMATE_EVERY_S, Jitter, large, material
+from services.placement.bands import DEFERRABLE, ESTIMATE_EVERY_S, HELD, Jitter, judge
 from services.placement.watchers import Merges, RegionPush, Rows, Watcher
 
 log = structlog.get_logger("switchyard.placement.hub")
@@ -218,24 +218,17 @@ class RouteHub:
         """The rows of ``fresh`` that changed materially, and those gone. A full rebuild
         (prices, a new edge, the first build) is compared on the fixed bands only: a price
         moves every row's cost at once by less than its jitter band may be. ``deferred``:
-        a row whose only change is learned (``DEFERRABLE``) and not ``_large`` is not
+        a row whose only change is learned (``bands.judge``: ``HELD``) is not
         pushed now; its backend is added there, rebuilt once the estimate cadence allows."""
         out: dict[str, placement_pb2.Candidate | None] = {}
         seen = set()
         for c in fresh:
             seen.add(c.deployment_id)
             old = table.rows.get(c.deployment_id)
-            jitter = table.jitter.get(c.deployment_id)
-            if old is None:
-                why = "added"
-            else:
-                why = material(old[0], c, None if full or jitter is None else jitter.noise)
-            if jitter is None:
-                table.jitter[c.deployment_id] = Jitter(c)
-            else:  # after the test: a step is judged on the jitter from before it
-                jitter.update(c, why)
-            if (why in DEFERRABLE and deferred is not None and old is not None
-                    and not large(old[0], c)):
+            why, table.jitter[c.deployment_id] = judge(
+                None if old is None else old[0], c, table.jitter.get(c.deployment_id),
+                fixed_only=full, defer=deferred is not None)
+            if why == HELD and deferred is not None:
                 deferred.add(c.backend_id)
                 continue
             if why:

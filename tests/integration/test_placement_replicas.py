@@ -107,7 +107,7 @@ Tables = dict[tuple[str, str], list[placement_pb2.Candidate]]
 def _built(running: RunningPlacement, now: float) -> Tables:
     """Every table of ``running`` built in full from its state as of ``now``, rows in table
     order (``placement.routes.rank``). Not the tables it last published: a published row is
-    replaced only on a material change (``hub.material``: estimates within a noise band are
+    replaced only on a material change (``bands.material``: estimates within a noise band are
     not pushed), so a survivor's published rows can be of an earlier state than the one it
     sends, while a replacement's first build is of the state it fetched. Comparing those
     (and, before, a report the survivor read after the fetch) failed a fresh-clone run under

@@ -473,7 +473,7 @@ def test_learned_margins_move_the_class_at_the_next_push(control: ControlPlane) 
 
 def test_a_material_row_change_recompiles_at_once(control: ControlPlane) -> None:
     """A new hub version (a row that changed past its noise band) is compiled at once; an
-    estimate inside the band is not pushed at all (``hub.material``)."""
+    estimate inside the band is not pushed at all (``bands.material``)."""
     push(control, A, B)
     p = policy(control)
     assert p.choose(attempt(0.0)) == A.deployment_id

@@ -20,7 +20,7 @@ import random
 
 from placement.model import Availability, Candidate
 from services.api.switchyard.v1 import telemetry_pb2
-from services.placement.bands import ESTIMATE_EVERY_S, Jitter, material
+from services.placement.bands import ESTIMATE_EVERY_S, HELD, Jitter, judge, material
 from services.placement.ingest import Taken
 from services.placement.main import build_service
 from services.placement.server import PlacementService
@@ -169,3 +169,23 @@ def test_the_jitter_band_is_learned_from_moves_within_the_bands_only() -> None:
     jitter.update(_row(180.0), "latency_p95_ms")  # past the band: not noise
     jitter.update(_row(100.0, dropped="backend drained"), "dropped_reason")
     assert jitter.noise == before
+
+
+def test_judge_holds_a_learned_change_for_the_cadence_and_nothing_else() -> None:
+    """``bands.judge``, the one decision the hub and the simulator's publisher share: a new
+    row is added; an estimate past its band waits while the cadence defers (``HELD``), is
+    published when it does not, and a doubling or a real change (the row dropped) is
+    published at once; a full rebuild judges on the fixed bands, not the row's jitter."""
+    pushed = _row(100.0)
+    why, jitter = judge(None, pushed, None, defer=True)
+    assert why == "added" and jitter.noise is None
+    for p95 in (102.0, 99.0, 101.0, 98.0):
+        why, jitter = judge(pushed, _row(p95), jitter)
+        assert why == ""
+    assert judge(pushed, _row(130.0), jitter, defer=True)[0] == HELD
+    assert judge(pushed, _row(130.0), jitter)[0] == "latency_p95_ms"
+    assert judge(pushed, _row(250.0), jitter, defer=True)[0] == "latency_p95_ms"  # large
+    assert judge(pushed, _row(100.0, dropped="backend drained"), jitter,
+                 defer=True)[0] == "dropped_reason"
+    assert judge(pushed, _row(108.0), jitter)[0] == ""  # within its jitter band
+    assert judge(pushed, _row(108.0), jitter, fixed_only=True)[0] == "latency_p95_ms"
