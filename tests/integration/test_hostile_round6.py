@@ -16,7 +16,7 @@ import asyncio
 import collections
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -148,23 +148,35 @@ async def test_a_model_infer_its_caller_cancels_before_its_message_counts_cancel
     """ModelInfer calls without a deadline whose callers cancel them, no message sent, once
     the Python edge holds them: counted CANCELLED, as their callers saw (gRPC ends such a
     call's requests as a half-close before it cancels the handler: not INVALID_ARGUMENT)."""
+    infer: Any = engines["python"].stream_stream(INFER_PATH, request_serializer=None,
+                                                 response_deserializer=None)
+    await cancel_before_a_message(
+        mesh, records, "unary", "gone-", "the edge holds the calls",
+        lambda requests: [infer(requests(), metadata=(("x-request-id", f"gone-{i}"),))
+                          for i in range(3)])
+
+
+async def cancel_before_a_message(
+        mesh: EnvoyMesh, records: list[CallRecord], kind: str, prefix: str, held: str,
+        open_calls: Callable[[Callable[[], AsyncIterator[bytes]]], list[Any]]) -> None:
+    """Calls opened by ``open_calls`` (given their requests: none ever sent) and cancelled
+    once the edges hold them (``kind`` in flight): each ends CANCELLED for its caller, is
+    recorded CANCELLED (request ids starting ``prefix``), and none stays in flight."""
     quiet = asyncio.Event()
 
     async def requests() -> AsyncIterator[bytes]:
         await quiet.wait()  # never set
         yield b""
 
-    infer: Any = engines["python"].stream_stream(INFER_PATH, request_serializer=None,
-                                                 response_deserializer=None)
-    calls = [infer(requests(), metadata=(("x-request-id", f"gone-{i}"),)) for i in range(3)]
-    await eventually(lambda: inflight(mesh, "unary") == 3, 10, "the edge holds the calls")
+    calls = open_calls(requests)
+    await eventually(lambda: inflight(mesh, kind) == len(calls), 10, held)
     for c in calls:
         c.cancel()
     assert {await c.code() for c in calls} == {grpc.StatusCode.CANCELLED}
-    await eventually(lambda: sum(r.request_id.startswith("gone-") for r in records) == 3, 5,
-                     "the cancelled calls recorded")
-    assert {r.status for r in records if r.request_id.startswith("gone-")} == {"CANCELLED"}
-    assert inflight(mesh, "unary") == 0
+    await eventually(lambda: sum(r.request_id.startswith(prefix) for r in records)
+                     == len(calls), 5, "the cancelled calls recorded")
+    assert {r.status for r in records if r.request_id.startswith(prefix)} == {"CANCELLED"}
+    assert inflight(mesh, kind) == 0
 
 
 def streamer(ch: grpc.aio.Channel) -> Any:
@@ -319,20 +331,8 @@ async def test_a_stream_its_caller_cancels_before_its_first_message_counts_cance
     message, once the edge holds them, on both engines: counted CANCELLED, as their callers
     saw. gRPC ends such a stream's requests as a half-close before it cancels the handler,
     and the edge counted an empty stream OK (fails on the old code: OK)."""
-    quiet = asyncio.Event()
-
-    async def requests() -> AsyncIterator[bytes]:
-        await quiet.wait()  # never set
-        yield b""
-
-    calls = [streamer(ch)(requests(), metadata=(("x-request-id", f"left-{e}-{i}"),))
-             for e, ch in engines.items() for i in range(3)]
-    await eventually(lambda: inflight(mesh, "stream") == 6, 10,
-                     "the edge holds the streams (Envoy's too: its slow path's from the start)")
-    for c in calls:
-        c.cancel()
-    assert {await c.code() for c in calls} == {grpc.StatusCode.CANCELLED}
-    await eventually(lambda: sum(r.request_id.startswith("left-") for r in records) == 6, 5,
-                     "the cancelled streams recorded")
-    assert {r.status for r in records if r.request_id.startswith("left-")} == {"CANCELLED"}
-    assert inflight(mesh, "stream") == 0
+    await cancel_before_a_message(
+        mesh, records, "stream", "left-",
+        "the edge holds the streams (Envoy's too: its slow path's from the start)",
+        lambda requests: [streamer(ch)(requests(), metadata=(("x-request-id", f"left-{e}-{i}"),))
+                          for e, ch in engines.items() for i in range(3)])
