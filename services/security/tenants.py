@@ -31,6 +31,15 @@ from services.security.identity import AuthContext, identities
 from services.security.settings import SecuritySettings, TenantSettings, tenant_regions
 
 CONCURRENCY_RETRY_S = 0.05
+# One credential per call. Sent twice, the last one (the Python edge) or neither (Envoy joins a
+# repeated authorization with ',' into one value, an unknown token) was read, so the two
+# engines named different tenants; a bearer token has no ',' (RFC 6750's b64token).
+TWO_CREDENTIALS = ("authorization carries more than one credential (sent twice, or joined "
+                   "with ','); send one: authorization: Bearer <token>")
+# As a hint sent as -bin (services/edge/hints.py): skipped, the call was served as no tenant,
+# outside the tenant's residency and cost cap, without a word.
+BINARY_CREDENTIAL = ("a credential sent as authorization-bin is not read; send it as text: "
+                     "authorization: Bearer <token>")
 Metadata = Iterable[tuple[str, str | bytes]] | None
 AuthSource = AuthContext | Callable[[], AuthContext] | None
 
@@ -99,6 +108,10 @@ class Admission:
 ANONYMOUS = Admission("", None, None)
 
 
+def _text(token: str | bytes) -> str:
+    return token.decode("latin-1") if isinstance(token, bytes) else token
+
+
 @dataclass(frozen=True)
 class _Tables:
     by_digest: dict[str, TenantPolicy]
@@ -140,20 +153,28 @@ class TenantGate:
         """Identify the call's tenant and take its quotas, or raise a SwitchyardError."""
         tables = self._tables
         token = claimed = None
-        n = 0
+        n = tokens = 0
+        binary = False
         for key, value in metadata or ():
             if key == "user-agent" or key.startswith("grpc-"):
                 continue  # set by gRPC itself, not custom metadata: not counted
             n += 1
             if key == "authorization":
                 token = value
+                tokens += 1
             elif key == "x-tenant":
                 claimed = value
+            elif key == "authorization-bin":
+                binary = True
         if n > tables.max_metadata_count:
             raise InvalidRequest(f"call carries {n} metadata entries (limit "
                                  f"{tables.max_metadata_count})")
         if not tables.enabled:
             return ANONYMOUS if claimed is None else Admission(str(claimed), None, None)
+        if binary:
+            raise Unauthenticated(BINARY_CREDENTIAL)
+        if tokens > 1 or (token is not None and "," in _text(token)):
+            raise Unauthenticated(TWO_CREDENTIALS)
         policy = self._identify(tables, token, auth)
         if policy is None:
             if claimed is not None:
@@ -171,7 +192,7 @@ class TenantGate:
     def _identify(self, tables: _Tables, token: str | bytes | None, auth: AuthSource
                   ) -> TenantPolicy | None:
         if token is not None:
-            raw = token.decode("latin-1") if isinstance(token, bytes) else token
+            raw = _text(token)
             scheme, _, secret = raw.partition(" ")
             if scheme.lower() != "bearer" or not secret.strip():
                 raise Unauthenticated("authorization metadata must be 'Bearer <token>'")
