@@ -4,6 +4,7 @@ fresh for one run by ``make_policy`` (``benchmarks.tokens --only NAME``)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from benchmarks.costsim.tokens_baselines import (
@@ -74,17 +75,33 @@ REJECTED = ("switchyard-move-slack10", "switchyard-move-slack25", "switchyard-fl
 # per stream the cheapest deployment whose emulated TTFT and TPOT meet the objectives with a
 # slack (``-slackN``: N % of each objective left for later arrivals), hurting no stream there
 # (``benchmarks/costsim/tokens_oracle.py``); ``-marginal`` priced at the GPU time it adds,
-# ``-move`` also moving streams a slowdown caught.
-ORACLES = ("cheapest-feasible-oracle", "cheapest-feasible-oracle-slack10",
-           "cheapest-feasible-oracle-slack20", "cheapest-feasible-oracle-slack30",
-           "cheapest-feasible-oracle-move-slack20",
-           "cheapest-feasible-oracle-marginal-slack20")
+# ``-move`` also moving streams a slowdown caught. Its ablations (``tokens_oracle.View``), each
+# ``-slack20`` without one piece of what it knows: ``-own-edge`` (only the choosing edge's
+# streams on each server), ``-max-tokens`` (every stream's max_tokens, not its length, no
+# speed noise), ``-nominal`` (listed speeds, no slowdown seen), ``-blind`` (all three);
+# ``-ttftM``: M % of the TTFT objective left unused instead of the slack's.
+ORACLE_VIEWS = ("", "-own-edge", "-max-tokens", "-nominal", "-blind")
+ORACLES = ("cheapest-feasible-oracle", "cheapest-feasible-oracle-move-slack20",
+           "cheapest-feasible-oracle-marginal-slack20",
+           *(f"cheapest-feasible-oracle-slack{k}{t}{v}" for k in (10, 20, 30, 40)
+             for t in ("", "-ttft35", "-ttft50", "-ttft65") for v in ORACLE_VIEWS))
+_ORACLE = re.compile(r"cheapest-feasible-oracle(-move)?(-marginal)?(?:-slack(\d+))?"
+                     r"(?:-ttft(\d+))?(-own-edge|-max-tokens|-nominal|-blind)?$")
 
 
 def _oracle(sim: TokenSim, name: str) -> Policy:
-    slack = int(name.rsplit("slack", 1)[1]) / 100.0 if "slack" in name else 0.0
-    return CheapestFeasibleOracle(sim, name, ttft_slack=slack, tpot_slack=slack,
-                                  marginal="-marginal" in name, move="-move" in name)
+    """``-slackN``: N % of each objective left unused; ``-ttftM``: M % of the TTFT's."""
+    m = _ORACLE.match(name)
+    assert m is not None, name
+    slack = int(m[3] or 0) / 100.0
+    view = m[5] or ""
+    blind = view == "-blind"
+    return CheapestFeasibleOracle(sim, name, tpot_slack=slack,
+                                  ttft_slack=int(m[4]) / 100.0 if m[4] else slack,
+                                  marginal=bool(m[2]), move=bool(m[1]),
+                                  own_edge=blind or view == "-own-edge",
+                                  max_tokens=blind or view == "-max-tokens",
+                                  nominal=blind or view == "-nominal")
 
 
 def make_policy(name: str, sim: TokenSim, seed: int) -> Policy:

@@ -42,35 +42,72 @@ INF = math.inf
 @dataclass(slots=True)
 class Emulated:
     """One server's future as emulated from now: per stream its first-token and last-token
-    server times, the new stream's own decode share, and the server's busy GPU ms."""
+    server times and the tokens it decodes between them (as the view knows them), the new
+    stream's own decode share, and the server's busy GPU ms."""
 
     first: dict[int, float]
     done: dict[int, float]
+    tokens: dict[int, float]  # tokens after the first, as the view counts them
     share_ms: float  # the added stream's ∫ dt / n over its decode
     prefill_ms: float  # the added stream's prefill
     busy_ms: float  # prefill + decode-busy time from now until every stream is done
 
 
+@dataclass(frozen=True, slots=True)
+class View:
+    """What the emulation is allowed to know (the ablations of the oracle). The default is
+    everything: every edge's streams, each stream's true length and speed noise, the
+    server's speed now (a slowdown in force). ``edge``: only that edge's own streams (what
+    one edge knows it put there); ``max_tokens``: per stream its ``max_tokens`` instead of its
+    true length (less the tokens it delivered) and no speed noise; ``nominal``: the server's
+    listed speed, as if no slowdown had happened."""
+
+    edge: int = -1
+    max_tokens: tuple[int, ...] = ()
+    nominal: bool = False
+
+
+ALL = View()
+
+
 def emulate(sim: TokenSim, d: int, now: float, arrivals: list[tuple[float, int]],
-            add: int = -1) -> Emulated:
-    """Server ``d`` from ``now`` on: its true state, then ``arrivals`` ((time, stream),
-    sorted) joining its queue; ``add`` is the stream whose prefill and decode share are
-    returned (or -1). Cache evictions during the emulation are ignored."""
+            add: int = -1, view: View = ALL) -> Emulated:
+    """Server ``d`` from ``now`` on: its state as ``view`` sees it, then ``arrivals``
+    ((time, stream), sorted) joining its queue; ``add`` is the stream whose prefill and decode
+    share are returned (or -1). Cache evictions during the emulation are ignored."""
     srv = sim.servers[d]
-    dep = srv.dep
-    acc = dep.accelerator
-    max_batch = acc.max_batch
+    dep = sim.deployments[d] if view.nominal else srv.dep
+    max_batch = dep.accelerator.max_batch
     tp = [dep.tpot_ms(k) for k in range(max_batch + 2)]
     st = sim.streams
-    noise, session, shared = st.noise, st.session, st.shared
+    noise, session, shared, region = st.noise, st.session, st.shared, st.region
+    mine = view.edge
+    guess = view.max_tokens
     n = len(srv.batch)
-    v = srv.v + ((now - srv.t_last) / tp[n] if n else 0.0)
-    heap = list(srv.batch)
-    waiting = deque(srv.waiting)
+    v_true = srv.v + ((now - srv.t_last) / srv.dep.tpot_ms(n) if n else 0.0)
+    v = 0.0
+    heap: list[tuple[float, int]] = []
+    tokens: dict[int, float] = {}
+    for vf, s in srv.batch:
+        if mine >= 0 and int(region[s]) != mine:
+            continue
+        if guess:  # its max_tokens less what it delivered, at no noise
+            dec = (v_true - float(sim._join_v[s])) / float(noise[s])
+            left = max(guess[s] - 1 - dec, 1.0)
+            heap.append((left, s))
+            tokens[s] = dec + left
+        else:
+            heap.append((vf - v_true, s))
+            tokens[s] = int(st.output[s]) - 1
+    heapq.heapify(heap)
+    waiting = deque(w for w in srv.waiting if mine < 0 or int(region[w]) == mine)
     admitted: set[int] = set()
     first: dict[int, float] = {}
     done: dict[int, float] = {}
     pre_sid, pre_end = (srv.prefilling, srv.prefill_end) if srv.prefilling >= 0 else (-1, INF)
+    if mine >= 0 and pre_sid >= 0 and int(region[pre_sid]) != mine:
+        pre_sid, pre_end = -1, INF
+    arrivals = [a for a in arrivals if mine < 0 or int(region[a[1]]) == mine or a[1] == add]
     t, ai, na = now, 0, len(arrivals)
     share = join = own_share = 0.0
     busy = max(pre_end - now, 0.0) if pre_sid >= 0 else 0.0
@@ -87,7 +124,7 @@ def emulate(sim: TokenSim, d: int, now: float, arrivals: list[tuple[float, int]]
                 held = int(shared[s]) if ses in admitted else srv.cached(ses)
                 hit = min(held, int(shared[s]))
                 admitted.add(ses)
-            ms = dep.prefill_ms(int(sim.prompt[s]) - hit) * float(noise[s])
+            ms = dep.prefill_ms(int(sim.prompt[s]) - hit) * (1.0 if guess else float(noise[s]))
             pre_sid, pre_end = s, t + ms
             busy += ms
             if s == add:
@@ -108,20 +145,21 @@ def emulate(sim: TokenSim, d: int, now: float, arrivals: list[tuple[float, int]]
         if t_pre <= t_next:
             s, pre_sid = pre_sid, -1
             first[s] = t
-            left = int(sim._left[s]) - 1
+            left = (guess[s] if guess else int(sim._left[s])) - 1
+            tokens[s] = left
             if left <= 0:
                 done[s] = t
             else:
                 if s == add:
                     join = share
-                heapq.heappush(heap, (v + left * float(noise[s]), s))
+                heapq.heappush(heap, (v + left * (1.0 if guess else float(noise[s])), s))
         elif t_dec <= t_next:
             while heap and heap[0][0] <= v + 1e-9:
                 _, s = heapq.heappop(heap)
                 done[s] = t
                 if s == add:
                     own_share = share - join
-    return Emulated(first, done, own_share, own_prefill, busy)
+    return Emulated(first, done, tokens, own_share, own_prefill, busy)
 
 
 class CheapestFeasibleOracle:
@@ -129,8 +167,14 @@ class CheapestFeasibleOracle:
     objective the emulation may not use (for the streams that arrive later)."""
 
     def __init__(self, sim: TokenSim, name: str, ttft_slack: float = 0.0,
-                 tpot_slack: float = 0.0, marginal: bool = False, move: bool = False) -> None:
+                 tpot_slack: float = 0.0, marginal: bool = False, move: bool = False,
+                 own_edge: bool = False, max_tokens: bool = False,
+                 nominal: bool = False) -> None:
         self.name = name
+        # the ablations: what the emulation may not see (``View``)
+        self._own_edge, self._nominal = own_edge, nominal
+        self._guess = (tuple(sim.s.classes[int(k)].max_tokens for k in sim.streams.klass)
+                       if max_tokens else ())
         self._ttft_slack, self._tpot_slack = ttft_slack, tpot_slack
         self._marginal = marginal
         self.check_every_ms = MOVE_CHECK_MS if move else 0.0
@@ -150,14 +194,17 @@ class CheapestFeasibleOracle:
             return float(sim.out.ttft_ms[s]) if not math.isnan(sim.out.ttft_ms[s]) else INF
         return float(e.first[s] + sim.rtt[int(sim.streams.region[s]), d] / 2 - sim.streams.t_ms[s])
 
+    def _view(self, edge: int) -> View:
+        return View(edge if self._own_edge else -1, self._guess, self._nominal)
+
     def _tpot(self, sim: TokenSim, s: int, e: Emulated) -> float:
-        out = int(sim.streams.output[s])
-        if out <= 1:
-            return 0.0
-        first = e.first.get(s, float(sim.out.first_ms[s]))
         if s not in e.done:
             return INF
-        return (e.done[s] - first) / (out - 1)
+        tokens = e.tokens.get(s, 0.0)
+        if tokens <= 0:
+            return 0.0
+        first = e.first.get(s, float(sim.out.first_ms[s]))
+        return (e.done[s] - first) / tokens
 
     def _meets(self, sim: TokenSim, s: int, d: int, e: Emulated) -> bool:
         return (self._ttft(sim, s, d, e) <= self._ttft_goal[s]
@@ -180,16 +227,17 @@ class CheapestFeasibleOracle:
         fallback, fb_key = -1, (INF, INF)
         goal_ttft = self._ttft_goal[sid] * (1.0 - self._ttft_slack)
         goal_tpot = self._tpot_goal[sid] * (1.0 - self._tpot_slack)
+        view = self._view(edge)
         for d in range(len(sim.servers)):
             if d == exclude:
                 continue
             arrive = now + sim.rtt[edge, d] / 2
             base = self._arrivals(d, now)
             arrivals = sorted([*base, (arrive, sid)])
-            e = emulate(sim, d, now, arrivals, add=sid)
+            e = emulate(sim, d, now, arrivals, add=sid, view=view)
             if exclude < 0:
                 ttft = e.first[sid] + sim.rtt[edge, d] / 2 - float(sim.streams.t_ms[sid])
-                tpot = self._tpot_own(sim, sid, e)
+                tpot = self._tpot(sim, sid, e)
             else:  # a move: its TPOT spans both attempts, the re-prefill gap included
                 ttft = 0.0
                 shift = (sim.rtt[edge, d] - sim.rtt[edge, int(sim.out.deployment[sid])]) / 2
@@ -197,7 +245,7 @@ class CheapestFeasibleOracle:
                         / max(int(sim.streams.output[sid]) - 1, 1))
             usd = self._usd_ms[d]
             if self._marginal:
-                cost = (e.busy_ms - emulate(sim, d, now, list(base)).busy_ms) * usd
+                cost = (e.busy_ms - emulate(sim, d, now, list(base), view=view).busy_ms) * usd
             else:
                 cost = (e.prefill_ms + e.share_ms) * usd
             key = (max(ttft / self._ttft_goal[sid], tpot / self._tpot_goal[sid]), cost)
@@ -205,7 +253,7 @@ class CheapestFeasibleOracle:
                 fallback, fb_key = d, key
             if ttft > goal_ttft or tpot > goal_tpot or cost >= best_cost:
                 continue
-            if not self._harmless(sim, d, now, e, sid, base):
+            if not self._harmless(sim, d, now, e, sid, base, view):
                 continue
             best, best_cost = d, cost
         if best < 0:
@@ -213,19 +261,13 @@ class CheapestFeasibleOracle:
             return fallback
         return best
 
-    def _tpot_own(self, sim: TokenSim, sid: int, e: Emulated) -> float:
-        left = int(sim._left[sid])
-        if left <= 1:
-            return 0.0
-        return (e.done[sid] - e.first[sid]) / (left - 1)
-
     def _harmless(self, sim: TokenSim, d: int, now: float, e: Emulated, sid: int,
-                  base: list[tuple[float, int]]) -> bool:
+                  base: list[tuple[float, int]], view: View) -> bool:
         """No stream on ``d`` that meets both objectives without ``sid`` misses one with it."""
         hurt = [s for s in self._others(sim, d, e, sid) if not self._meets(sim, s, d, e)]
         if not hurt:
             return True
-        without = emulate(sim, d, now, list(base))
+        without = emulate(sim, d, now, list(base), view=view)
         return not any(self._meets(sim, s, d, without) for s in hurt)
 
     def choose(self, sid: int, edge: int, now: float, sim: TokenSim) -> int:
@@ -242,7 +284,7 @@ class CheapestFeasibleOracle:
         for d, srv in enumerate(sim.servers):
             if srv.dep is sim.deployments[d] or not srv.batch:
                 continue  # only a slowed server's streams are caught by surprise
-            e = emulate(sim, d, now, list(self._arrivals(d, now)))
+            e = emulate(sim, d, now, list(self._arrivals(d, now)))  # moves: every view
             for _, s in srv.batch:
                 if s in self._moved or self._tpot(sim, s, e) <= self._tpot_goal[s]:
                     continue
