@@ -30,8 +30,8 @@
  * tests/integration/test_hostile_engines.py's cases. On the way back, a variant gone from
  * every deployment is UNAVAILABLE with the Python edge's hint and a backend's INTERNAL for
  * unparseable bytes INVALID_ARGUMENT (sy_backend_status). A tenant's call is one carrying
- * authorization, x-tenant or a client certificate naming one of filter_config's tenant_san
- * (hex). Built by native/build.sh (gcc -O2 -shared -fPIC). */
+ * authorization, x-tenant (either also as -bin) or a client certificate naming one of
+ * filter_config's tenant_san (hex). Built by native/build.sh (gcc -O2 -shared -fPIC). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -361,6 +361,9 @@ static int listener_headers(envoy_filter f, filter* s, bool end_of_stream) {
     if (c->tenants == 2 ||
         (c->tenants == 1 && (get_header(f, REQUEST_HEADER, "authorization", &v) ||
                              get_header(f, REQUEST_HEADER, "x-tenant", &v) ||
+                             /* as -bin: the slow path refuses it, never no tenant */
+                             get_header(f, REQUEST_HEADER, "authorization-bin", &v) ||
+                             get_header(f, REQUEST_HEADER, "x-tenant-bin", &v) ||
                              cert_tenant(f, c))))
       snprintf(why, sizeof why, "a tenant's call"); /* the Python edge admits tenants */
     for (const char* const* h = SY_SLOW_HINTS; *h && !why[0]; h++)

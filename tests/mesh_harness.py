@@ -309,7 +309,7 @@ def padded(size: int) -> bytes:
                                         0x80 | ((pad >> 14) & 0x7F), pad >> 21]) + bytes(pad))
 
 
-async def raw_infer(ch: Any, md: Sequence[tuple[str, str]] = (), raw: bytes | None = None,
+async def raw_infer(ch: Any, md: Sequence[tuple[str, str | bytes]] = (), raw: bytes | None = None,
                     timeout: float | None = 5.0) -> tuple[Any, dict[str, str], str]:
     """(status, trailers, details) of one raw ModelInfer on a grpc.aio channel."""
     import grpc

@@ -392,6 +392,8 @@ function envoy_on_request(handle)
     local why = nil
     if TENANTS == "all" or (TENANTS == "credential" and (headers:get("authorization") ~= nil
                                                           or headers:get("x-tenant") ~= nil
+                                                          or headers:get("authorization-bin") ~= nil
+                                                          or headers:get("x-tenant-bin") ~= nil
                                                           or cert_tenant(headers))) then
       why = "a tenant's call"  -- the Python edge admits tenants
     end
@@ -528,7 +530,8 @@ def model_name_script(deadline_margin_ms: float, slow_path: bool = False,
     """The listener's Lua: slow-path calls sent there (or, without a slow path, refused),
     SLO class header set, model name read; the fast path's cost and SLO trailers.
     ``tenants``: which ModelInfer calls go to the slow path for the tenant gate (``off``:
-    none; ``credential``: those carrying ``authorization`` or ``x-tenant``, or a client
+    none; ``credential``: those carrying ``authorization`` or ``x-tenant`` (or either as
+    ``-bin``, which the slow path refuses: never served as no tenant), or a client
     certificate, as Envoy forwards it, that may name one of ``tenant_sans``; ``all``).
     ``max_message_bytes``: a ModelInfer whose message is larger is RESOURCE_EXHAUSTED,
     naming the limit, as on the Python edge (Envoy's buffer has headroom above it).

@@ -87,7 +87,7 @@ async def mesh(cfg: MeshConfig, tritons: dict[str, TritonProcess], caller: Clien
         yield m
 
 
-async def _both(mesh: EnvoyMesh, md: Sequence[tuple[str, str]]) -> tuple[Answer, Answer]:
+async def _both(mesh: EnvoyMesh, md: Sequence[tuple[str, str | bytes]]) -> tuple[Answer, Answer]:
     """The same call through Envoy and straight to its slow path (the Python edge)."""
     slow = f"127.0.0.1:{mesh.slow.port}"
     async with mesh.channel() as via_envoy, mesh.channel(slow) as direct:
@@ -133,13 +133,17 @@ def _figures_out(details: str) -> str:
     ([("authorization", "Bearer guessed")], grpc.StatusCode.UNAUTHENTICATED, "unknown bearer"),
     ([("authorization", "Basic abc")], grpc.StatusCode.UNAUTHENTICATED, "Bearer <token>"),
     ([("x-tenant", "west-only")], grpc.StatusCode.UNAUTHENTICATED, "not a credential"),
+    # Envoy's listener served it as no tenant, outside west-only's residency (fast path)
+    ([("authorization-bin", b"Bearer west-token")], grpc.StatusCode.UNAUTHENTICATED,
+     "authorization-bin is not read"),
     ([WEST, ("x-tenant", "limited")], grpc.StatusCode.PERMISSION_DENIED, "does not match"),
     ([WEST, ("x-allowed-regions", "r-east")], grpc.StatusCode.PERMISSION_DENIED,
      "outside tenant"),
     ([CAPPED], grpc.StatusCode.FAILED_PRECONDITION, "cost"),
 ])
 async def test_a_tenant_refusal_is_the_python_edges_exactly(
-        mesh: EnvoyMesh, md: list[tuple[str, str]], code: grpc.StatusCode, words: str) -> None:
+        mesh: EnvoyMesh, md: list[tuple[str, str | bytes]], code: grpc.StatusCode,
+        words: str) -> None:
     (e_code, e_trailers, e_details), (d_code, _, d_details) = await _both(mesh, md)
     # the same words; a figure read from the live table (the lowest cost on offer, learned
     # from the calls themselves) may move between the two calls

@@ -161,6 +161,9 @@ def test_hints_take_the_slow_path_or_are_refused_without_one(host: FakeEnvoyHost
 @pytest.mark.parametrize(("tenants", "headers", "slow"), [
     ("credential", {"authorization": "Bearer k"}, True),
     ("credential", {"x-tenant": "acme"}, True),
+    # as -bin: the slow path refuses it UNAUTHENTICATED (before: served as no tenant)
+    ("credential", {"authorization-bin": "QmVhcmVyIGs="}, True),
+    ("credential", {"x-tenant-bin": "YWNtZQ=="}, True),
     ("credential", {}, False),
     ("all", {}, True),
     ("off", {"authorization": "Bearer k"}, False),
