@@ -5,7 +5,8 @@ No ``x-slo-ms``: the call's deadline minus a margin is the SLO; neither: the mod
 No ``x-max-cost-usd``: no cap (``math.inf``); ``0`` is a real cap.
 A malformed value raises ``InvalidHint`` naming the header; a number is a plain decimal
 (``12``, ``0.5``, ``1e3``: no ``nan``, ``inf``, ``_`` or spaces). A header sent more than
-once must repeat the same value: disagreeing repeats raise ``InvalidHint`` naming both values (taking
+once (but ``x-request-id``, whose repeats are joined with ',' as Envoy joins them) must
+repeat the same value: disagreeing repeats raise ``InvalidHint`` naming both values (taking
 either would let an appended header weaken a limit the caller set). A hint sent as a binary
 header (``x-min-quality-bin``) is refused the same way: ignored, it dropped the caller's limit
 without a word.
@@ -113,7 +114,7 @@ def parse(metadata: Iterable[tuple[str, str | bytes]] | None, regions: frozenset
         elif key == "x-tenant":
             tenant = _once(seen, key, value, value)
         elif key == "x-request-id":
-            request_id = _once(seen, key, value, value[:128])
+            request_id = _join(request_id, value)
         elif key == "x-allowed-regions":
             allowed = _once(seen, key, value, _regions(key, value, regions))
         elif key == "x-fail-fast":
@@ -126,7 +127,7 @@ def parse(metadata: Iterable[tuple[str, str | bytes]] | None, regions: frozenset
                 raise InvalidHint(key, value, f"unknown profile; known: {list(profiles)}")
             profile = _once(seen, key, value, value)
     return ParsedHints(slo, min_q, max_cost, tenant, allowed,
-                       request_id or os.urandom(8).hex(), fail_fast, profile)
+                       request_id[:128] or os.urandom(8).hex(), fail_fast, profile)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,13 +168,21 @@ def parse_stream(metadata: Iterable[tuple[str, str | bytes]] | None) -> StreamHi
     return StreamHints(ttft, tpot, max_tokens, session, allow)
 
 
+def _join(ids: str, value: str) -> str:
+    """``x-request-id`` sent more than once: its values joined with ',', as Envoy joins a
+    repeated one before any filter (an id, not a limit: refused, the two engines answered one
+    call two ways)."""
+    return f"{ids},{value}" if ids else value
+
+
 def request_id(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
-    """The caller's ``x-request-id`` (cut to 128 characters), else a new one; for answers
-    that end before the hints are parsed (admission, limits)."""
+    """The caller's ``x-request-id`` (repeats joined, cut to 128 characters), else a new one;
+    for answers that end before the hints are parsed (admission, limits)."""
+    ids = ""
     for key, value in metadata or ():
-        if key == "x-request-id" and isinstance(value, str) and value:
-            return value[:128]
-    return os.urandom(8).hex()
+        if key == "x-request-id" and isinstance(value, str):
+            ids = _join(ids, value)
+    return ids[:128] or os.urandom(8).hex()
 
 
 def resolve(p: ParsedHints, time_remaining_s: float | None, default_slo_ms: float,

@@ -38,6 +38,7 @@ def cfg(tmp_path_factory: pytest.TempPathFactory) -> MeshConfig:
     sec = SecuritySettings(plaintext=True, tenants=[
         TenantSettings(name="west-only", token="west-token", allowed_regions=["r-west"]),
         TenantSettings(name="open", token="open-token"),
+        TenantSettings(name="limited", token="limited-token", max_concurrency=1),
     ])
     return base.model_copy(update={"security": sec})
 
@@ -101,3 +102,19 @@ async def test_one_credential_is_still_served_inside_its_residency(
         code, trailers, details = await raw_infer(ch, [("authorization", WEST)])
         assert code == grpc.StatusCode.OK, (name, details)
         assert trailers["x-served-region"] == "r-west", name
+
+
+async def test_a_repeated_request_id_is_joined_on_both_engines(
+        mesh: EnvoyMesh, engines: dict[str, grpc.aio.Channel], records: list[CallRecord]
+        ) -> None:
+    """``x-request-id: a`` then ``b``: Envoy joins a repeated header into one value before
+    any filter, so it served the call as 'a,b' while the Python edge refused it
+    (INVALID_ARGUMENT, 'contradicts an earlier x-request-id'). An id is no limit: both now
+    serve it as 'a,b', echoed and logged so. Fails on the old code (python: INVALID_ARGUMENT)."""
+    md = [("x-request-id", "a"), ("x-request-id", "b")]
+    for name, ch in engines.items():
+        code, trailers, details = await raw_infer(ch, md)
+        assert (code, trailers.get("x-request-id")) == (grpc.StatusCode.OK, "a,b"), (
+            name, details)
+    await eventually(lambda: len(records) >= 1, 5, "the Python edge's call recorded")
+    assert [r.request_id for r in records] == ["a,b"]  # Envoy's fast path records none
