@@ -4,6 +4,7 @@ fresh for one run by ``make_policy`` (``benchmarks.tokens --only NAME``)."""
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 
@@ -79,14 +80,18 @@ REJECTED = ("switchyard-move-slack10", "switchyard-move-slack25", "switchyard-fl
 # ``-slack20`` without one piece of what it knows: ``-own-edge`` (only the choosing edge's
 # streams on each server), ``-max-tokens`` (every stream's max_tokens, not its length, no
 # speed noise), ``-nominal`` (listed speeds, no slowdown seen), ``-blind`` (all three);
-# ``-ttftM``: M % of the TTFT objective left unused instead of the slack's.
-ORACLE_VIEWS = ("", "-own-edge", "-max-tokens", "-nominal", "-blind")
+# ``-ttftM``: M % of the TTFT objective left unused instead of the slack's. What an edge could
+# come to know late: ``-fleet1250`` (its own streams and the other edges' routed ≥ 1.25 s ago:
+# a 1 s report 250 ms late), ``-slow2s`` (a slowdown's speed 2 s after it began),
+# ``-observable`` (both, and max_tokens for lengths).
+ORACLE_VIEWS = ("", "-own-edge", "-max-tokens", "-nominal", "-blind", "-fleet1250", "-slow2s",
+                "-observable")
 ORACLES = ("cheapest-feasible-oracle", "cheapest-feasible-oracle-move-slack20",
            "cheapest-feasible-oracle-marginal-slack20",
            *(f"cheapest-feasible-oracle-slack{k}{t}{v}" for k in (10, 20, 30, 40)
              for t in ("", "-ttft35", "-ttft50", "-ttft65") for v in ORACLE_VIEWS))
 _ORACLE = re.compile(r"cheapest-feasible-oracle(-move)?(-marginal)?(?:-slack(\d+))?"
-                     r"(?:-ttft(\d+))?(-own-edge|-max-tokens|-nominal|-blind)?$")
+                     r"(?:-ttft(\d+))?(-own-edge|-max-tokens|-nominal|-blind|-fleet1250|-slow2s|-observable)?$")
 
 
 def _oracle(sim: TokenSim, name: str) -> Policy:
@@ -95,13 +100,16 @@ def _oracle(sim: TokenSim, name: str) -> Policy:
     assert m is not None, name
     slack = int(m[3] or 0) / 100.0
     view = m[5] or ""
-    blind = view == "-blind"
+    blind, seen = view == "-blind", view == "-observable"
+    fleet = seen or view == "-fleet1250"
     return CheapestFeasibleOracle(sim, name, tpot_slack=slack,
                                   ttft_slack=int(m[4]) / 100.0 if m[4] else slack,
                                   marginal=bool(m[2]), move=bool(m[1]),
-                                  own_edge=blind or view == "-own-edge",
-                                  max_tokens=blind or view == "-max-tokens",
-                                  nominal=blind or view == "-nominal")
+                                  own_edge=blind or fleet or view == "-own-edge",
+                                  max_tokens=blind or seen or view == "-max-tokens",
+                                  nominal=blind or view == "-nominal",
+                                  others_after_ms=1250.0 if fleet else math.inf,
+                                  slow_seen_ms=2000.0 if seen or view == "-slow2s" else math.inf)
 
 
 def make_policy(name: str, sim: TokenSim, seed: int) -> Policy:

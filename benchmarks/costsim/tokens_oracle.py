@@ -60,11 +60,17 @@ class View:
     server's speed now (a slowdown in force). ``edge``: only that edge's own streams (what
     one edge knows it put there); ``max_tokens``: per stream its ``max_tokens`` instead of its
     true length (less the tokens it delivered) and no speed noise; ``nominal``: the server's
-    listed speed, as if no slowdown had happened."""
+    listed speed, as if no slowdown had happened. What an edge could come to know, late:
+    ``others_after_ms``: with ``edge``, the other edges' streams routed at least that long
+    ago are seen too (a fleet report's age: what it cannot show is the newest streams);
+    ``slow_seen_ms``: a slowdown is seen that long after it began (its streams' pace), its
+    listed speed before."""
 
     edge: int = -1
     max_tokens: tuple[int, ...] = ()
     nominal: bool = False
+    others_after_ms: float = math.inf
+    slow_seen_ms: float = math.inf
 
 
 ALL = View()
@@ -77,11 +83,21 @@ def emulate(sim: TokenSim, d: int, now: float, arrivals: list[tuple[float, int]]
     share are returned (or -1). Cache evictions during the emulation are ignored."""
     srv = sim.servers[d]
     dep = sim.deployments[d] if view.nominal else srv.dep
+    if dep is not sim.deployments[d] and view.slow_seen_ms < math.inf:
+        began = max((w.at_s * 1000.0 for w in sim.s.slowdowns
+                     if dep.id.startswith(w.prefix) and w.at_s * 1000.0 <= now), default=now)
+        if now - began < view.slow_seen_ms:
+            dep = sim.deployments[d]
     max_batch = dep.accelerator.max_batch
     tp = [dep.tpot_ms(k) for k in range(max_batch + 2)]
     st = sim.streams
     noise, session, shared, region = st.noise, st.session, st.shared, st.region
     mine = view.edge
+    seen_before = now - view.others_after_ms  # other edges' streams routed by then are seen
+    t_ms = st.t_ms
+
+    def hidden(s: int) -> bool:
+        return mine >= 0 and int(region[s]) != mine and not float(t_ms[s]) <= seen_before
     guess = view.max_tokens
     n = len(srv.batch)
     v_true = srv.v + ((now - srv.t_last) / srv.dep.tpot_ms(n) if n else 0.0)
@@ -89,7 +105,7 @@ def emulate(sim: TokenSim, d: int, now: float, arrivals: list[tuple[float, int]]
     heap: list[tuple[float, int]] = []
     tokens: dict[int, float] = {}
     for vf, s in srv.batch:
-        if mine >= 0 and int(region[s]) != mine:
+        if hidden(s):
             continue
         if guess:  # its max_tokens less what it delivered, at no noise
             dec = (v_true - float(sim._join_v[s])) / float(noise[s])
@@ -100,14 +116,14 @@ def emulate(sim: TokenSim, d: int, now: float, arrivals: list[tuple[float, int]]
             heap.append((vf - v_true, s))
             tokens[s] = int(st.output[s]) - 1
     heapq.heapify(heap)
-    waiting = deque(w for w in srv.waiting if mine < 0 or int(region[w]) == mine)
+    waiting = deque(w for w in srv.waiting if not hidden(w))
     admitted: set[int] = set()
     first: dict[int, float] = {}
     done: dict[int, float] = {}
     pre_sid, pre_end = (srv.prefilling, srv.prefill_end) if srv.prefilling >= 0 else (-1, INF)
-    if mine >= 0 and pre_sid >= 0 and int(region[pre_sid]) != mine:
+    if pre_sid >= 0 and hidden(pre_sid):
         pre_sid, pre_end = -1, INF
-    arrivals = [a for a in arrivals if mine < 0 or int(region[a[1]]) == mine or a[1] == add]
+    arrivals = [a for a in arrivals if not hidden(a[1]) or a[1] == add]
     t, ai, na = now, 0, len(arrivals)
     share = join = own_share = 0.0
     busy = max(pre_end - now, 0.0) if pre_sid >= 0 else 0.0
@@ -169,10 +185,12 @@ class CheapestFeasibleOracle:
     def __init__(self, sim: TokenSim, name: str, ttft_slack: float = 0.0,
                  tpot_slack: float = 0.0, marginal: bool = False, move: bool = False,
                  own_edge: bool = False, max_tokens: bool = False,
-                 nominal: bool = False) -> None:
+                 nominal: bool = False, others_after_ms: float = math.inf,
+                 slow_seen_ms: float = math.inf) -> None:
         self.name = name
         # the ablations: what the emulation may not see (``View``)
         self._own_edge, self._nominal = own_edge, nominal
+        self._late = (others_after_ms, slow_seen_ms)
         self._guess = (tuple(sim.s.classes[int(k)].max_tokens for k in sim.streams.klass)
                        if max_tokens else ())
         self._ttft_slack, self._tpot_slack = ttft_slack, tpot_slack
@@ -195,7 +213,7 @@ class CheapestFeasibleOracle:
         return float(e.first[s] + sim.rtt[int(sim.streams.region[s]), d] / 2 - sim.streams.t_ms[s])
 
     def _view(self, edge: int) -> View:
-        return View(edge if self._own_edge else -1, self._guess, self._nominal)
+        return View(edge if self._own_edge else -1, self._guess, self._nominal, *self._late)
 
     def _tpot(self, sim: TokenSim, s: int, e: Emulated) -> float:
         if s not in e.done:

@@ -4,10 +4,12 @@ sends each stream to the cheapest server that meets it without making another mi
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
-from benchmarks.costsim.tokens_oracle import CheapestFeasibleOracle, Emulated, emulate
+from benchmarks.costsim.tokens_oracle import CheapestFeasibleOracle, Emulated, View, emulate
 from benchmarks.costsim.tokensim import TokenSim
 from tests.unit.test_tokens_sim import scenario, streams
 
@@ -80,3 +82,27 @@ def test_a_slack_leaves_part_of_the_objective_for_later_arrivals() -> None:
     assert int(out.deployment[0]) == 1
     sim = TokenSim(s, st)
     assert int(sim.run(CheapestFeasibleOracle(sim, "x")).deployment[0]) == 0
+
+
+def test_a_view_hides_what_an_edge_cannot_see() -> None:
+    # two edges; edge 1's stream is decoding on the L4 when edge 0's arrives
+    s = scenario(ttft_ms=3000.0, tpot_ms=100.0, edge_regions=2)
+    st = streams([(0.0, 100, 200, -1, 0), (1_000.0, 100, 50, -1, 0)])
+    st = dataclasses.replace(st, region=np.array([1, 0]))
+    sim = TokenSim(s, st)
+    seen: dict[str, Emulated] = {}
+
+    class Look(CheapestFeasibleOracle):
+        def choose(self, sid: int, edge: int, now: float, sim: TokenSim) -> int:
+            if sid == 1:
+                for name, view in (("all", View()), ("own", View(edge=0)),
+                                   ("late", View(edge=0, others_after_ms=500.0)),
+                                   ("early", View(edge=0, others_after_ms=2_000.0))):
+                    seen[name] = emulate(sim, 0, now, [(now + 0.5, 1)], add=1, view=view)
+            return 0
+
+    sim.run(Look(sim, "x"))
+    assert 0 in seen["all"].done and 0 not in seen["own"].done
+    assert 0 in seen["late"].done and 0 not in seen["early"].done  # routed 1 s ago
+    alone, shared = seen["own"], seen["all"]  # the L4 slows with a batch of two
+    assert alone.done[1] - alone.first[1] < shared.done[1] - shared.first[1]
