@@ -39,6 +39,10 @@ SERVICE = "inference.GRPCInferenceService"
 CONTROL_TIMEOUT_S = 2.0  # per attempt of a control RPC forwarded to a backend
 # Triton protocol extensions the edge answers (ServerMetadata lists them).
 EXTENSIONS = ("model_configuration", "statistics")
+# A call that ended before a whole message came: gRPC drops one cut short by the end of the
+# call (a length prefix longer than the bytes sent) unseen, so the handler sees none at all.
+CUT_SHORT = ("the caller half-closed the call before sending a whole one (a message cut "
+             "short by the end of the call is dropped unread)")
 try:
     _VERSION = _metadata.version("switchyard")
 except _metadata.PackageNotFoundError:  # running from a source tree without install
@@ -124,8 +128,8 @@ class InferenceService:
                     raise DeadlineTooShort("the call's deadline ran out before its message "
                                            "came") from None
                 await deadline.cancel_heard(context)
-                raise InvalidRequest("ModelInfer without a request message: the caller "
-                                     "half-closed the call before sending one") from None
+                raise InvalidRequest(f"ModelInfer without a request message: {CUT_SHORT}"
+                                     ) from None
         except SwitchyardError as exc:
             record.status = exc.grpc_code
             self.router.on_done(record)
@@ -375,8 +379,7 @@ def _parsed(raw: bytes | None, req_cls: type[Message]) -> Message:
     parse (raised inside the handler's ``try``: the caller gets INVALID_ARGUMENT)."""
     name = req_cls.DESCRIPTOR.full_name
     if raw is None:
-        raise InvalidRequest(f"{name} missing: the caller half-closed the call before "
-                             "sending one")
+        raise InvalidRequest(f"{name} missing: {CUT_SHORT}")
     try:
         return req_cls.FromString(raw)
     except DecodeError as exc:
