@@ -16,7 +16,7 @@ from placement.registry import PROFILES, build_profile
 from services import logs
 from services.api.switchyard.v1 import edge_pb2, edge_pb2_grpc, placement_pb2
 from services.config import EdgeConfig, MeshConfig
-from services.edge import explain
+from services.edge import deadline, explain
 from services.edge.accesslog import AccessLog
 from services.edge.budget import RetryBudget
 from services.edge.control import HealthChecker, PlacementLink
@@ -37,6 +37,15 @@ from services.serving import add_health_and_reflection, mark_serving, start_metr
 
 log = structlog.get_logger("switchyard.edge")
 ADMIN = edge_pb2.DESCRIPTOR.services_by_name["EdgeAdmin"].full_name
+# What an Envoy edge adds to a call it sends its slow path, uncounted there against
+# max_metadata_count, as its listener (native/rules.c sy_metadata_refusal) counts the caller's
+# own: x-request-id (Envoy's own when the caller sent none), x-forwarded-proto,
+# x-forwarded-client-cert and the slow-path route's deadline headers. Counted, a call the
+# listener let through with 64 entries was refused there as 'call carries 68 metadata entries
+# (limit 64)', and a tenant's with 63 and its credential too (tests/integration/
+# test_hostile_round7.py).
+ENVOY_HEADERS = frozenset({"x-request-id", "x-forwarded-proto", "x-forwarded-client-cert",
+                           deadline.START_HEADER, deadline.TIMEOUT_HEADER})
 
 
 class EdgeMetrics:
@@ -229,7 +238,8 @@ async def start_edge(cfg: MeshConfig, edge: EdgeConfig, port: int | None = None,
         ("grpc.so_reuseport", 1),
         *transport.server_options(cfg.security.limits),
     ])
-    gate = TenantGate(cfg.security, {r.name: r.cloud for r in cfg.regions})
+    gate = TenantGate(cfg.security, {r.name: r.cloud for r in cfg.regions},
+                      uncounted=ENVOY_HEADERS if forwarded_certs else frozenset())
     forwarded = (ForwardedCerts(frozenset(certificate_identities(
         cfg.security.cert_for("edge")[0]))) if forwarded_certs and cfg.security.tls else None)
     inference = InferenceService(router, gate=gate, max_message_bytes=rt.max_message_bytes,

@@ -123,8 +123,12 @@ class _Tables:
 
 class TenantGate:
     def __init__(self, sec: SecuritySettings, region_clouds: Mapping[str, str],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 uncounted: frozenset[str] = frozenset()) -> None:
+        """``uncounted``: metadata names not counted against ``max_metadata_count`` beside
+        ``user-agent`` and ``grpc-*`` (an Envoy edge's slow path: what its Envoy adds)."""
         self.region_clouds = dict(region_clouds)
+        self.uncounted = uncounted
         self.clock = clock
         self._quotas: dict[str, _Quota] = {}
         self._tables = self._build(sec)
@@ -156,8 +160,8 @@ class TenantGate:
         n = tokens = 0
         binary = False
         for key, value in metadata or ():
-            if key == "user-agent" or key.startswith("grpc-"):
-                continue  # set by gRPC itself, not custom metadata: not counted
+            if key == "user-agent" or key.startswith("grpc-") or key in self.uncounted:
+                continue  # set by gRPC itself (or Envoy), not custom metadata: not counted
             n += 1
             if key == "authorization":
                 token = value

@@ -11,6 +11,7 @@ edge*) and a real Envoy driven by placement, whose listener sends a call carryin
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +20,8 @@ import pytest
 
 from services.config import MeshConfig
 from services.edge.router import CallRecord
+from services.edge.tokens import llm_request
+from services.edge.upstream import STREAM
 from services.security.settings import SecuritySettings, TenantSettings
 from services.security.tenants import BINARY_CREDENTIAL, TWO_CREDENTIALS
 from tests.envoy_harness import EnvoyMesh, hostile_fixtures
@@ -118,3 +121,36 @@ async def test_a_repeated_request_id_is_joined_on_both_engines(
             name, details)
     await eventually(lambda: len(records) >= 1, 5, "the Python edge's call recorded")
     assert [r.request_id for r in records] == ["a,b"]  # Envoy's fast path records none
+
+
+async def stream_status(ch: grpc.aio.Channel, md: Sequence[tuple[str, str]]) -> tuple[str, str]:
+    """(status, details) of a short generation on ``ch``."""
+    st: Any = ch.stream_stream(STREAM, request_serializer=None, response_deserializer=None)
+    call = st(iter([llm_request("generate", [1, 2, 3], 2)]), timeout=20, metadata=md)
+    with contextlib.suppress(grpc.aio.AioRpcError):
+        async for _ in call:
+            pass
+    return (await call.code()).name, await call.details() or ""
+
+
+async def test_envoys_own_headers_are_not_counted_as_the_callers_metadata(
+        mesh: EnvoyMesh, cfg: MeshConfig, engines: dict[str, grpc.aio.Channel]) -> None:
+    """A call at ``max_metadata_count`` custom entries is served on both engines and both
+    paths. Envoy adds x-request-id, x-forwarded-proto and the slow-path route's deadline
+    headers, which its listener does not count, and the slow path counted them as the
+    caller's: a stream with 64 entries, or a tenant's ModelInfer with 63 and its credential,
+    was refused through Envoy 'call carries 68 metadata entries (limit 64)' and served by
+    the Python edge. One more entry is still refused on both, named by its count. Fails on
+    the old code (envoy: INVALID_ARGUMENT, 68 entries)."""
+    limit = cfg.security.limits.max_metadata_count
+    ks = [(f"x-k{i}", "v") for i in range(limit)]
+    tenant = [("authorization", OPEN), *ks[:limit - 1]]
+    for name, ch in engines.items():
+        assert await stream_status(ch, ks) == ("OK", ""), name
+        code, _, details = await raw_infer(ch, tenant)
+        assert code == grpc.StatusCode.OK, (name, details)
+        code, _, details = await raw_infer(ch, [*tenant, ("x-one-more", "v")])
+        assert (code, details) == (grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"call carries {limit + 1} metadata entries (limit {limit})")
+    assert await stream_status(engines["python"], [*ks, ("x-one-more", "v")]) == (
+        "INVALID_ARGUMENT", f"call carries {limit + 1} metadata entries (limit {limit})")
