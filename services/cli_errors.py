@@ -5,6 +5,8 @@ the next step (never "is the mesh running?" for a bad argument)."""
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import re
 
 import grpc
 
@@ -92,3 +94,51 @@ def more_than_zero(text: str) -> float:
     if not 0 < x < float("inf"):
         raise argparse.ArgumentTypeError(f"{text!r} is not a number above 0")
     return x
+
+
+# `switchyard certs`: the names of the files it writes for itself in --dir (the CA, each role).
+CERT_FILES_OF_ITS_OWN = ("ca", "placement", "edge", "agent", "admin")
+_CERT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_DNS_SAN = re.compile(r"[A-Za-z0-9*_]([A-Za-z0-9*_.-]{0,251}[A-Za-z0-9_])?")
+
+
+def san(text: str) -> str:
+    """An argparse type: a certificate SAN: an IP address, a URI (``scheme://…``) or a DNS
+    name (letters, digits, ``-``, ``.``, ``_``, ``*``)."""
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        pass
+    else:
+        return text
+    if "://" in text and text.isascii() and text.isprintable() and " " not in text:
+        return text
+    if not _DNS_SAN.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an IP address, a URI or a DNS name (e.g. acme.tenant.local)")
+    return text
+
+
+def client_spec(text: str) -> str:
+    """An argparse type: ``NAME=SAN[,SAN…]`` for ``switchyard certs --client``: NAME becomes
+    ``NAME.pem`` / ``NAME.key`` in --dir, so a plain file name that is not one of the files
+    certs writes for itself (the CA's, a role's), and at least one SAN."""
+    name, eq, sans = text.partition("=")
+    if not eq:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=SAN[,SAN…] "
+                                         "(e.g. tenant-acme=acme.tenant.local)")
+    if not _CERT_NAME.fullmatch(name):
+        raise argparse.ArgumentTypeError(
+            f"NAME {name!r} in {text!r} is not a file name (letters, digits, '.', '_', '-', "
+            "not starting with '.'; at most 64): it becomes NAME.pem and NAME.key in --dir")
+    if name in CERT_FILES_OF_ITS_OWN:
+        raise argparse.ArgumentTypeError(
+            f"NAME {name!r} in {text!r} is the {'CA' if name == 'ca' else 'role'}'s own "
+            f"certificate ({name}.pem): pick another name, e.g. tenant-{name}")
+    listed = [s.strip() for s in sans.split(",") if s.strip()]
+    if not listed:
+        raise argparse.ArgumentTypeError(f"{text!r} names no SAN after '=' "
+                                         "(e.g. tenant-acme=acme.tenant.local)")
+    for one in listed:
+        san(one)
+    return text

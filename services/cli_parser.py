@@ -5,9 +5,10 @@ under each ``--help`` (``services/cli_help.py``); the commands themselves are in
 from __future__ import annotations
 
 import argparse
+import pathlib
 from collections.abc import Callable, Mapping
 
-from services.cli_errors import address, positive
+from services.cli_errors import address, client_spec, positive, san
 from services.cli_help import DEFAULT_CONFIG, EXPLAIN_DEFAULTS, EXPLAIN_FLAGS, epilog
 from services.render import STATUS_LEGEND
 
@@ -102,4 +103,18 @@ def build_parser(description: str, commands: Mapping[str, Command]) -> argparse.
     certs.description = ("create a development CA and certificates for [security] "
                          "(placement, edges, clients) in --dir")
     certs.formatter_class, certs.epilog = argparse.RawDescriptionHelpFormatter, epilog("certs")
+    for action in certs._actions:  # checked by argparse: a bad one is exit code 2, its usage
+        action.type = {"client": client_spec, "host": san}.get(action.dest, action.type)
+    certs.set_defaults(fn=_reusing_a_ca(certs.get_default("fn")))
     return p
+
+
+def _reusing_a_ca(run: Command) -> Command:
+    """``certs``, which first checks the CA it is to reuse in --dir (unless --new-ca)."""
+    def certs(args: argparse.Namespace) -> int:
+        from services.cli_preflight import check_ca
+
+        if not args.new_ca:
+            check_ca(pathlib.Path(args.dir))
+        return run(args)
+    return certs

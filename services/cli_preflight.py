@@ -136,3 +136,27 @@ def check_edges_answer(cfg: MeshConfig, start: str = "switchyard up") -> None:
         verb = "does" if len(silent) == 1 else "do"
         raise Unreachable(f"edge {', '.join(silent)} {verb} not answer; `switchyard demo` needs "
                           f"a running mesh: start it with `{start}` (or run `{start} --demo`)")
+
+
+def check_ca(directory: pathlib.Path) -> None:
+    """``switchyard certs`` without ``--new-ca`` signs with the CA in ``directory`` when one
+    is there: it must load and be a CA (a leaf written over ca.pem signed certificates no
+    peer could verify)."""
+    from cryptography import x509
+
+    from services.security.certs import load_ca
+
+    if not ((directory / "ca.pem").is_file() and (directory / "ca.key").is_file()):
+        return  # none yet: certs creates it
+    fix = ("pass --new-ca to replace it (then issue every certificate it signed again) or "
+           "another --dir")
+    try:
+        cert, _ = load_ca(directory)
+        is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except (ValueError, TypeError, x509.ExtensionNotFound) as exc:
+        raise ConfigError(f"{directory / 'ca.pem'} and {directory / 'ca.key'} are not a CA "
+                          f"written by switchyard certs ({str(exc).split('. ')[0]}); "
+                          f"{fix}") from None
+    if not is_ca:
+        raise ConfigError(f"{directory / 'ca.pem'} is not a CA certificate (a leaf: "
+                          f"{cert.subject.rfc4514_string()}); {fix}")
