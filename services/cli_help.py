@@ -4,7 +4,11 @@ defaults of the flags whose default is not a literal (explain's hints are the ed
 
 from __future__ import annotations
 
+import os
+import pathlib
 import shlex
+import shutil
+import sys
 
 DEFAULT_CONFIG = "examples/mesh.toml"
 
@@ -71,15 +75,31 @@ def epilog(command: str) -> str:
     return "examples:\n" + "\n".join(f"  {cmd}\n      {what}" for cmd, what in rows)
 
 
+def prog() -> str:
+    """How an operator types ``switchyard`` in this shell: the bare name when PATH finds this
+    install's, else its path (``scripts/demo.sh`` runs ``.venv/bin/switchyard`` without
+    activating the venv, so a bare ``switchyard`` was "command not found")."""
+    script = pathlib.Path(sys.executable).parent / "switchyard"
+    found = shutil.which("switchyard")
+    if not script.is_file() or (found and os.path.samefile(found, script)):
+        return "switchyard"
+    relative = os.path.relpath(script)
+    return shlex.quote(str(script) if relative.startswith("..") else relative)
+
+
 def up_command(config: str) -> str:
     """The ``switchyard up`` that starts the mesh of ``config`` (what a "next:" names)."""
-    return "switchyard up" + ("" if config == DEFAULT_CONFIG else f" --config {shlex.quote(config)}")
+    return ("switchyard up"
+            + ("" if config == DEFAULT_CONFIG else f" --config {shlex.quote(config)}"))
 
 
-def try_line(config: str, model: str, region: str) -> str:
+def try_line(config: str, model: str, region: str, program: str | None = None) -> str:
     """What ``switchyard up`` suggests once the mesh is up: commands that ask this mesh, so
     ``--config`` when it is not the default (without it they asked the default file's
-    placement, another mesh or none)."""
+    placement, another mesh or none), one per line as this shell can type them (they were
+    joined by ``|``, which a paste ran as a pipe, and named ``switchyard``, not on PATH)."""
+    program = program or prog()
     flag = "" if config == DEFAULT_CONFIG else f" --config {shlex.quote(config)}"
     where = f" --region {region}" if region else ""
-    return f"  try: switchyard status{flag} | switchyard explain {model}{where}{flag}"
+    return (f"  try: {program} status{flag}\n"
+            f"       {program} explain {model}{where}{flag}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pathlib
 import re
 import shlex
+import sys
 import tomllib
 from concurrent import futures
 
@@ -17,7 +18,7 @@ import grpc
 import pytest
 
 from services import cli
-from services.cli_help import EXAMPLES, EXPLAIN_DEFAULTS, try_line
+from services.cli_help import EXAMPLES, EXPLAIN_DEFAULTS, prog, try_line
 from services.drills.sandbox import sandbox_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -115,13 +116,38 @@ def test_plan_against_a_placement_without_the_capacity_loop_says_so(
     ("conf/my mesh.toml", " --config 'conf/my mesh.toml'")])
 def test_up_suggests_commands_that_ask_the_mesh_it_started(config: str, flag: str) -> None:
     """`switchyard up --config X` said "try: switchyard status | switchyard explain summarize
-    --region R": without --config X both asked examples/mesh.toml's placement."""
-    line = try_line(config, "generate", "aws-us-east-1")
-    assert line == (f"  try: switchyard status{flag} | switchyard explain generate "
-                    f"--region aws-us-east-1{flag}")
-    for command in line.removeprefix("  try: ").split(" | "):
-        args = cli.parser().parse_args(shlex.split(command)[1:])
-        assert args.config == config
+    --region R": without --config X both asked examples/mesh.toml's placement, and pasted,
+    the `|` ran them as a pipe. One command a line now."""
+    line = try_line(config, "generate", "aws-us-east-1", ".venv/bin/switchyard")
+    assert line == (f"  try: .venv/bin/switchyard status{flag}\n"
+                    f"       .venv/bin/switchyard explain generate --region aws-us-east-1{flag}")
+    for command in line.removeprefix("  try: ").splitlines():
+        argv = shlex.split(command)
+        assert argv[0] == ".venv/bin/switchyard"
+        assert cli.parser().parse_args(argv[1:]).config == config
+
+
+def test_the_commands_up_suggests_are_typed_as_this_shell_finds_switchyard(
+        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`bash scripts/demo.sh` runs .venv/bin/switchyard with the venv not activated: its
+    "try: switchyard status" was "command not found". Named by its path unless PATH finds
+    it."""
+    bin_ = tmp_path / "venv" / "bin"
+    bin_.mkdir(parents=True)
+    (bin_ / "switchyard").write_text("#!/bin/sh\n")
+    (bin_ / "switchyard").chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(bin_ / "python"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    assert prog() == "venv/bin/switchyard"
+    assert try_line("examples/mesh.toml", "summarize", "").startswith(
+        "  try: venv/bin/switchyard status\n")
+    monkeypatch.setenv("PATH", f"{bin_}:/usr/bin:/bin")  # the venv activated
+    assert prog() == "switchyard"
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # not under the venv's directory: in full
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    assert prog() == str(bin_ / "switchyard")
 
 
 @pytest.mark.parametrize(("kind", "target", "known"), [
