@@ -72,14 +72,29 @@ def check_ports(cfg: MeshConfig, config_path: str) -> None:
     host each names; on Kubernetes they may share one, each in its own pod), and each port
     free right now."""
     taken: dict[int, str] = {}
+    busy: list[tuple[str, str, int]] = []
     for what, host, port in listen_ports(cfg):
         if port in taken:
             raise ConfigError(f"{what} and {taken[port]} are both configured on port {port}; "
                               f"`switchyard up` runs them all on this machine: give each its "
                               f"own port in {config_path} (0 = any free port)")
         taken[port] = what
-        if host in LOCAL_HOSTS:  # `up` refuses remote hosts where it matters (shards)
-            check_free(what, host, port, config_path)
+        if host in LOCAL_HOSTS and in_use(host, port):  # `up` refuses remote hosts where it
+            busy.append((what, host, port))             # matters (shards)
+    if len(busy) == 1:
+        check_free(*busy[0], config_path)
+    if busy:  # all of them at once: one at a time, an operator fixed them one run at a time
+        every = len(busy) == len(taken)
+        raise ConfigError(
+            f"{'all' if every else len(busy)} of the {len(taken)} ports this mesh listens on "
+            "are already in use by other processes"
+            + (" (this mesh is likely running already)" if every else "") + ":\n"
+            + "".join(f"    {port:<6} {what}\n" for what, _, port in busy)
+            + f"  next: a mesh still running? `switchyard status --config {config_path}` "
+            "answers if it is this file's; Ctrl-C where it runs stops it. To run beside it, "
+            f"copy {config_path}, give those keys other ports and run_dir another directory, "
+            "and pass --config COPY to every command (examples/mesh-capacity.toml is a mesh "
+            "that runs beside examples/mesh.toml)")
 
 
 def check_envoy_filters(cfg: MeshConfig, config_path: str,
@@ -108,20 +123,26 @@ def check_run_dir(run_dir: pathlib.Path, config_path: str) -> None:
 
 
 def check_free(what: str, host: str, port: int, config_path: str) -> None:
-    """``port`` is not held on ``host`` now (else: who needs it, and what to do). The probe
-    binds as the gRPC servers do (SO_REUSEADDR: a port left in TIME_WAIT by a stopped server
-    is free); a host it cannot bind itself (IPv6, a name) is left to the server's own bind."""
+    """``port`` is not held on ``host`` now (else: who needs it, and what to do)."""
     fix = f"pass another {what}" if what.startswith("--") else f"change {what} in {config_path}"
+    if in_use(host, port):
+        raise ConfigError(
+            f"port {port} on {host} is already in use by another process; {what} "
+            f"needs it. Stop that process (`ss -ltnp 'sport = :{port}'` names it; a "
+            f"mesh still running? `switchyard status`) or {fix}")
+
+
+def in_use(host: str, port: int) -> bool:
+    """``port`` is held on ``host`` now. The probe binds as the gRPC servers do (SO_REUSEADDR:
+    a port left in TIME_WAIT by a stopped server is free); a host it cannot bind itself
+    (IPv6, a name) is left to the server's own bind."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1" if host == "localhost" else host, port))
         except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise ConfigError(
-                    f"port {port} on {host} is already in use by another process; {what} "
-                    f"needs it. Stop that process (`ss -ltnp 'sport = :{port}'` names it; a "
-                    f"mesh still running? `switchyard status`) or {fix}") from exc
+            return exc.errno == errno.EADDRINUSE
+    return False
 
 
 def check_edges_answer(cfg: MeshConfig, start: str = "switchyard up") -> None:

@@ -122,6 +122,29 @@ def test_up_names_a_port_another_process_holds(tmp_path: pathlib.Path,
     assert not (tmp_path / "run" / "pids.json").exists()
 
 
+def test_up_names_every_port_other_processes_hold_at_once(
+        tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Another mesh on the file's ports: every port it holds is named in one run (the old
+    check named the first, so an operator moved them one `switchyard up` at a time), with how
+    to run beside it."""
+    with socket.socket() as a, socket.socket() as b:
+        for held in (a, b):
+            held.bind(("127.0.0.1", 0))
+            held.listen()
+        ports = [a.getsockname()[1], b.getsockname()[1]]
+
+        def edit(raw: dict) -> None:  # type: ignore[type-arg]
+            raw["placement"]["port"], raw["edges"][0]["port"] = ports
+        path = mesh_file(tmp_path, edit)
+        code, err = run(capsys, "up", "--config", str(path))
+    assert code == 2
+    assert "2 of the " in err and " ports this mesh listens on are already in use" in err
+    assert f"    {ports[0]:<6} placement.port\n" in err
+    assert f"    {ports[1]:<6} edges[0].port (" in err
+    assert f"To run beside it, copy {path}, give those keys other ports" in err
+    assert not (tmp_path / "run" / "pids.json").exists()
+
+
 def test_up_with_a_run_dir_it_cannot_write(tmp_path: pathlib.Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "a-file").write_text("")
