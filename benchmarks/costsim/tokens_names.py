@@ -83,15 +83,17 @@ REJECTED = ("switchyard-move-slack10", "switchyard-move-slack25", "switchyard-fl
 # ``-ttftM``: M % of the TTFT objective left unused instead of the slack's. What an edge could
 # come to know late: ``-fleet1250`` (its own streams and the other edges' routed ≥ 1.25 s ago:
 # a 1 s report 250 ms late), ``-slow2s`` (a slowdown's speed 2 s after it began),
-# ``-observable`` (both, and max_tokens for lengths).
+# ``-observable`` (both, and max_tokens for lengths); ``-admit``: chosen on the view, each
+# server refusing (one round trip lost) what its true state cannot serve in time.
 ORACLE_VIEWS = ("", "-own-edge", "-max-tokens", "-nominal", "-blind", "-fleet1250", "-slow2s",
-                "-observable")
+                "-observable", "-own-edge-admit", "-observable-admit")
 ORACLES = ("cheapest-feasible-oracle", "cheapest-feasible-oracle-move-slack20",
            "cheapest-feasible-oracle-marginal-slack20",
            *(f"cheapest-feasible-oracle-slack{k}{t}{v}" for k in (10, 20, 30, 40)
              for t in ("", "-ttft35", "-ttft50", "-ttft65") for v in ORACLE_VIEWS))
 _ORACLE = re.compile(r"cheapest-feasible-oracle(-move)?(-marginal)?(?:-slack(\d+))?"
-                     r"(?:-ttft(\d+))?(-own-edge|-max-tokens|-nominal|-blind|-fleet1250|-slow2s|-observable)?$")
+                     r"(?:-ttft(\d+))?(-own-edge|-max-tokens|-nominal|-blind|-fleet1250|-slow2s|-observable)?"
+                     r"(-admit)?$")
 
 
 def _oracle(sim: TokenSim, name: str) -> Policy:
@@ -109,7 +111,8 @@ def _oracle(sim: TokenSim, name: str) -> Policy:
                                   max_tokens=blind or seen or view == "-max-tokens",
                                   nominal=blind or view == "-nominal",
                                   others_after_ms=1250.0 if fleet else math.inf,
-                                  slow_seen_ms=2000.0 if seen or view == "-slow2s" else math.inf)
+                                  slow_seen_ms=2000.0 if seen or view == "-slow2s" else math.inf,
+                                  admit=bool(m[6]))
 
 
 def make_policy(name: str, sim: TokenSim, seed: int) -> Policy:

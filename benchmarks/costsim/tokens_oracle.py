@@ -24,6 +24,13 @@ the sum of these is the fleet's bill). Nothing feasible: the deployment with the
 With ``move`` it also moves, every ``MOVE_CHECK_MS``, a decoding stream whose emulated TPOT on
 its server now misses its objective (a slowdown caught it) to the cheapest feasible other
 deployment, once, as the simulator's resumption does (re-prefill of prompt + delivered).
+
+With ``admit`` the choice is the view's (``View``: what one edge can know) but each server
+admits a stream only when its true state says it can serve it in time (a server-side
+admission check an edge could get as a refusal; the server knows every stream it holds and
+its speed, and the lengths as the view does): the edge tries its view's feasible
+deployments cheapest first, each refusal costing a round trip to that server
+(``route_delay_ms``: the simulator sends the stream that much later).
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from benchmarks.costsim.tokens_policies import MOVE_CHECK_MS
 from benchmarks.costsim.tokensim import TokenSim
 
 INF = math.inf
+ADMIT_TRIES = 3  # ``-admit``: the servers an edge tries before its view's fallback
 
 
 @dataclass(slots=True)
@@ -186,11 +194,14 @@ class CheapestFeasibleOracle:
                  tpot_slack: float = 0.0, marginal: bool = False, move: bool = False,
                  own_edge: bool = False, max_tokens: bool = False,
                  nominal: bool = False, others_after_ms: float = math.inf,
-                 slow_seen_ms: float = math.inf) -> None:
+                 slow_seen_ms: float = math.inf, admit: bool = False) -> None:
         self.name = name
         # the ablations: what the emulation may not see (``View``)
         self._own_edge, self._nominal = own_edge, nominal
         self._late = (others_after_ms, slow_seen_ms)
+        self._admit = admit  # servers refuse what their true state cannot serve in time
+        self._delay: dict[int, float] = {}
+        self.refused = 0
         self._guess = (tuple(sim.s.classes[int(k)].max_tokens for k in sim.streams.klass)
                        if max_tokens else ())
         self._ttft_slack, self._tpot_slack = ttft_slack, tpot_slack
@@ -243,6 +254,8 @@ class CheapestFeasibleOracle:
                  exclude: int = -1) -> int:
         best, best_cost = -1, INF
         fallback, fb_key = -1, (INF, INF)
+        feasible: list[tuple[float, int, float]] = []
+        ranked: list[tuple[tuple[float, float], int]] = []
         goal_ttft = self._ttft_goal[sid] * (1.0 - self._ttft_slack)
         goal_tpot = self._tpot_goal[sid] * (1.0 - self._tpot_slack)
         view = self._view(edge)
@@ -267,17 +280,62 @@ class CheapestFeasibleOracle:
             else:
                 cost = (e.prefill_ms + e.share_ms) * usd
             key = (max(ttft / self._ttft_goal[sid], tpot / self._tpot_goal[sid]), cost)
+            ranked.append((key, d))
             if key < fb_key:
                 fallback, fb_key = d, key
-            if ttft > goal_ttft or tpot > goal_tpot or cost >= best_cost:
+            if ttft > goal_ttft or tpot > goal_tpot or (cost >= best_cost and not self._admit):
                 continue
             if not self._harmless(sim, d, now, e, sid, base, view):
                 continue
-            best, best_cost = d, cost
+            best, best_cost = d, min(cost, best_cost)
+            feasible.append((cost, d, ttft))
+        if self._admit and exclude < 0:
+            return self._admitted(sim, sid, edge, now, sorted(feasible),
+                                  [d for _, d in sorted(ranked)])
         if best < 0:
             self.infeasible += 1
             return fallback
         return best
+
+    def _admitted(self, sim: TokenSim, sid: int, edge: int, now: float,
+                  feasible: list[tuple[float, int, float]], fallbacks: list[int]) -> int:
+        """``-admit``: the edge tries its view's feasible deployments cheapest first; each
+        server refuses a stream its own state says it cannot serve in time (the emulation
+        with every edge's streams there, its speed now, lengths as the view knows them: a
+        server knows its streams' ``max_tokens``, not their lengths), and the refusal costs
+        the edge a round trip to it. At most ``ADMIT_TRIES`` refusals, then the view's
+        fallback (the best it predicts that did not refuse)."""
+        server = View(max_tokens=self._guess)
+        delay = 0.0
+        goal_ttft = self._ttft_goal[sid] * (1.0 - self._ttft_slack)
+        goal_tpot = self._tpot_goal[sid] * (1.0 - self._tpot_slack)
+        tries = 0
+        refused: set[int] = set()
+        for _, d, view_ttft in feasible:
+            if view_ttft + delay > goal_ttft:
+                continue
+            if tries == ADMIT_TRIES:
+                break
+            tries += 1
+            rtt = float(sim.rtt[edge, d])
+            base = self._arrivals(d, now)
+            e = emulate(sim, d, now, sorted([*base, (now + delay + rtt / 2, sid)]), add=sid,
+                        view=server)
+            ttft = e.first[sid] + rtt / 2 - float(sim.streams.t_ms[sid])
+            if (ttft <= goal_ttft and self._tpot(sim, sid, e) <= goal_tpot
+                    and self._harmless(sim, d, now, e, sid, base, server)):
+                self._delay[sid] = delay
+                return d
+            delay += rtt
+            refused.add(d)
+            self.refused += 1
+        self.infeasible += 1
+        self._delay[sid] = delay
+        return next((d for d in fallbacks if d not in refused), fallbacks[0])
+
+    def route_delay_ms(self, sid: int) -> float:
+        """How long ``sid``'s refusals held it before it left for its deployment."""
+        return self._delay.pop(sid, 0.0)
 
     def _harmless(self, sim: TokenSim, d: int, now: float, e: Emulated, sid: int,
                   base: list[tuple[float, int]], view: View) -> bool:
@@ -290,7 +348,8 @@ class CheapestFeasibleOracle:
 
     def choose(self, sid: int, edge: int, now: float, sim: TokenSim) -> int:
         d = self._options(sim, sid, edge, now)
-        self._flight[d].append((now + sim.rtt[edge, d] / 2, sid))
+        delay = self._delay.get(sid, 0.0)
+        self._flight[d].append((now + delay + sim.rtt[edge, d] / 2, sid))
         self._flight[d].sort()
         return d
 

@@ -216,7 +216,9 @@ class TokenSim:
                 edge = int(st.region[i])
                 d = policy.choose(i, edge, now, self)
                 self.out.deployment[i] = self.at[i] = d
-                self._push(now + self.rtt[edge, d] / 2, ARRIVE, i, d)
+                held = getattr(policy, "route_delay_ms", None)  # refusals before it left
+                self._push(now + (held(i) if held else 0.0) + self.rtt[edge, d] / 2, ARRIVE,
+                           i, d)
                 i += 1
                 continue
             now, _, kind, a, b = heapq.heappop(self._events)
