@@ -243,6 +243,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         edge = stream_explain.edge_address(cfg, args.edge, args.region)
         args.rpc_target = f"edge at {edge}"  # the stream is asked of an edge, not placement
         args.rpc_elsewhere = "name a running edge with --edge ID or --region"
+        if cfg.edge.engine == "envoy":  # Envoy answers no EdgeAdmin: its slow path does
+            cfg = envoy_slow_paths(cfg, args)
         return stream_explain.main(args, cfg, parsed)
     region = args.region or (cfg.edges[0].region if cfg.edges else cfg.regions[0].name)
     request = placement_pb2.ExplainRequest(
@@ -262,6 +264,30 @@ def cmd_explain(args: argparse.Namespace) -> int:
     print(table(["deployment", "region", "quality", "p95 ms", "$/1k calls", "feasible", "why"],
                 explain_rows(resp)))
     return 0
+
+
+def envoy_slow_paths(cfg: MeshConfig, args: argparse.Namespace) -> MeshConfig:
+    """``cfg`` with each Envoy edge's port replaced by its slow path's (the Python edge beside
+    it, which answers ``EdgeAdmin.Explain``; Envoy answered UNIMPLEMENTED with no message), as
+    its running bootstrap says (``<run_dir>/envoy/<id>.ads.json``, node metadata
+    ``slow_path_port``: picked free when the edge starts, so in no config key)."""
+    import json
+
+    edges, missing = [], []
+    for e in cfg.edges:
+        bootstrap = cfg.path(cfg.run_dir) / "envoy" / f"{e.id}.ads.json"
+        try:
+            port = int(json.loads(bootstrap.read_text())["node"]["metadata"]["slow_path_port"])
+        except (OSError, ValueError, KeyError, TypeError):
+            missing.append(f"{e.id} ({bootstrap})")
+            port = e.port  # asked as is: the edge's own answer says what is wrong
+        edges.append(e.model_copy(update={"port": port}))
+    print("Envoy edges ([edge] engine = \"envoy\"): asking each one's slow path, the Python "
+          "edge beside it" + (f"; no running bootstrap for {', '.join(missing)}"
+                              if missing else ""), file=sys.stderr)
+    args.rpc_elsewhere = (f"start the mesh of {args.config}, or name a running edge with "
+                          "--edge ID or --region")
+    return cfg.model_copy(update={"edges": edges})
 
 
 def cmd_drain(args: argparse.Namespace) -> int:

@@ -309,3 +309,56 @@ def test_explain_with_an_unknown_region_lists_the_known(
     assert code == 2  # was "cannot reach placement" (exit 3): the wrong thing to fix
     assert "--region 'r-mars' is not a region of" in err
     assert "known: r-central, r-east, r-west" in err
+
+
+def test_stream_explain_on_envoy_edges_asks_their_slow_path(
+        tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An Envoy edge answers no EdgeAdmin (it was UNIMPLEMENTED with no message, "see the
+    placement log", exit 3): explain --stream asks the slow path its running bootstrap names."""
+    import json
+    from concurrent import futures
+
+    import grpc
+
+    from services.api.switchyard.v1 import edge_pb2_grpc, placement_pb2
+
+    asked: list[placement_pb2.ExplainRequest] = []
+
+    class SlowPath(edge_pb2_grpc.EdgeAdminServicer):
+        def Explain(self, request, context):  # type: ignore[no-untyped-def]
+            asked.append(request)
+            return placement_pb2.ExplainResponse(model=request.model, edge_region="r-east",
+                                                 profile="cheapest", summary="asked")
+
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    edge_pb2_grpc.add_EdgeAdminServicer_to_server(SlowPath(), server)
+    slow_port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        def edge(raw: dict) -> None:  # type: ignore[type-arg]
+            raw["edge"] = {**raw.get("edge", {}), "engine": "envoy"}
+        path = mesh_file(tmp_path, edge)
+        from services.config import load_config
+
+        cfg = load_config(path)
+        envoy = cfg.path(cfg.run_dir) / "envoy"
+        envoy.mkdir(parents=True)
+        first = cfg.edges[0]
+        (envoy / f"{first.id}.ads.json").write_text(json.dumps(
+            {"node": {"id": first.id, "metadata": {"slow_path_port": slow_port}}}))
+        code = cli.main(["explain", "generate", "--stream", "--tpot-ms", "5", "--config",
+                         str(path), "--edge", first.id])
+        captured = capsys.readouterr()
+        assert code == 0, captured.err
+        assert asked and asked[0].stream.tpot_ms == 5
+        assert f"stream at edge 127.0.0.1:{slow_port} (r-east)" in captured.out
+        assert "asking each one's slow path" in captured.err
+        (envoy / f"{first.id}.ads.json").unlink()  # not running: named, unreachable (exit 3)
+        code = cli.main(["explain", "generate", "--stream", "--config", str(path), "--edge",
+                         first.id])
+        err = capsys.readouterr().err
+        assert code == 3
+        assert f"no running bootstrap for {first.id} ({envoy / first.id}.ads.json)" in err
+        assert f"start the mesh of {path}" in err
+    finally:
+        server.stop(None)
