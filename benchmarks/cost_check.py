@@ -300,6 +300,14 @@ def _reserve(factor: float = 1.0, need: int = 2, cap: float = 0.5,
     return apply
 
 
+def _margin_cap(cap: float | None) -> Callable[[], None]:
+    """The margins learned from misses grow to at most ``cap`` × SLO
+    (``feedback.MAX_MARGIN``; None: without bound)."""
+    def apply() -> None:
+        feedback.MAX_MARGIN = cap
+    return apply
+
+
 def _attempts(last_leaves: bool, at_once: bool = False) -> Callable[[], None]:
     """The attempt policy's failure domains (``placement.attempts``): ``last_leaves`` off is
     the rule of 9eafa5a (before the last attempt only one failed cloud is avoided);
@@ -311,6 +319,8 @@ def _attempts(last_leaves: bool, at_once: bool = False) -> Callable[[], None]:
 
 
 VARIANTS: dict[str, Callable[[], None]] = {
+    "margin-cap-1": _margin_cap(1.0),
+    "margin-unbounded": _margin_cap(None),
     "attempts-9eafa5a": _attempts(False),
     "attempts-region-at-once": _attempts(True, at_once=True),
     "reserve": _reserve(),

@@ -109,6 +109,11 @@ CLASS_TARGET = 0.5  # of ``tail``: the class's miss rate its headroom tracks
 # half-life of ``RATE_HALF_LIFE_S``, so evidence fades and an excluded row is tried again.
 EXCLUDE_RATE: float | None = None
 RATE_HALF_LIFE_S = 60.0
+# The most a margin grows to, × the class's SLO (``record``); None = without bound (the
+# quantile tracker as it was). A margin past the call's whole budget already keeps the row out
+# of the strict test and gives it no chance in the fallback (``placement.meet``); what more
+# misses add only keeps it out longer once what made it late is gone.
+MAX_MARGIN: float | None = None
 
 
 class _WithHeadroom(Mapping[str, float]):
@@ -242,6 +247,8 @@ class SloFeedback:
             m -= self.step * slo_ms * tail / (1.0 - tail)
         else:
             m += self.step * slo_ms
+            if MAX_MARGIN is not None:
+                m = min(m, MAX_MARGIN * slo_ms)
         last = self._last.setdefault(k, {})
         self._changes += 1
         if m < FLOOR_MS:
