@@ -116,8 +116,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         mesh.supervise()  # a child that dies is reported and restarted (unless stopped on purpose)
         print("\nmesh is up:")
         print("\n".join(mesh.placement_lines()))
+        engine = "; an Envoy, [edge] engine" if cfg.edge.engine == "envoy" else ""
         for e in cfg.edges:
-            print(f"  edge        {e.host}:{e.port}  region {e.region}  (KServe v2 / Triton gRPC)")
+            print(f"  edge        {e.host}:{e.port}  region {e.region}  (KServe v2 / Triton "
+                  f"gRPC{engine})")
         print(try_line(args.config, cfg.models[0].name if cfg.models else "MODEL",
                        cfg.edges[0].region if cfg.edges else ""))
         if args.demo:
@@ -213,6 +215,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from services.capacity.plan_view import plan_main
 
     cfg = _load(args)
+    if cfg.placement.shards and not args.placement:  # [placement]'s address is no replica's
+        return _plan_per_shard(cfg, args)
     _stub(cfg, args)  # resolves args.placement_address
     try:
         return plan_main(args.placement_address, args.replan, args.approve)
@@ -225,6 +229,29 @@ def cmd_plan(args: argparse.Namespace) -> int:
             "it on and name its config, e.g. `switchyard up --config "
             "examples/mesh-capacity.toml`, then `switchyard plan --config "
             "examples/mesh-capacity.toml`") from exc
+
+
+def _plan_per_shard(cfg: MeshConfig, args: argparse.Namespace) -> int:
+    """``plan`` with ``[[placement.shards]]``: each shard's answer, as ``status`` shows them
+    (it asked ``[placement]``'s host:port, which no shard lists: "cannot reach placement, is
+    the mesh running?" of a running mesh); a change names its replica."""
+    from services.up import shard_targets
+
+    if args.replan or args.approve is not None:
+        raise InvalidRequest(
+            "with placement.shards, --replan and --approve go to one replica: name it with "
+            "--placement HOST:PORT (" + "; ".join(
+                f"shards[{i}]: {', '.join(s.replicas)}"
+                for i, s in enumerate(cfg.placement.shards)) + ")")
+    code = 0
+    for title, address in shard_targets(cfg):
+        print(title)
+        if address is None:
+            code = 3
+            continue
+        args.placement = address
+        code = max(code, cmd_plan(args))
+    return code
 
 
 def cmd_explain(args: argparse.Namespace) -> int:

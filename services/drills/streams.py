@@ -133,7 +133,7 @@ class StreamDrillReport:
         rows += [[f"check: {k}", "ok" if v else "FAILED"] for k, v in self.checks.items()]
         rows += [["failure", f] for f in self.failures]
         verdict = "PASSED" if self.passed else "FAILED"
-        return f"drill kill-streams: {verdict}\n" + table(["", ""], rows)
+        return f"drill kill-streams: {verdict}\n" + table(["measured", "value"], rows)
 
     def to_dict(self) -> dict[str, object]:
         return {"scenario": "kill-streams", "passed": self.passed, **asdict(self)}

@@ -164,3 +164,38 @@ def test_drain_of_a_region_or_cloud_not_in_the_config_is_said_without_placement(
     err = capsys.readouterr().err
     assert code == 2
     assert f"{kind} {target!r} is not a {kind} of {config}; known: {known}" in err
+
+
+def test_plan_with_shards_asks_each_shard_not_the_placement_address(
+        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`switchyard plan --config examples/sharded.toml` asked [placement]'s host:port, which no
+    shard lists: "cannot reach placement at 127.0.0.1:50050, is the mesh running?" with the
+    mesh running. Each shard's replica is asked, as `status` does; a change names one."""
+    from grpc_health.v1 import health, health_pb2_grpc
+
+    monkeypatch.setattr(cli, "configure", lambda *_a, **_k: None)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))  # healthy, no Capacity
+    health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    text = (ROOT / "examples" / "sharded.toml").read_text()
+    raw = tomllib.loads(text)
+    primary = raw["placement"]["shards"][0]["replicas"][0]  # its standby: not listening
+    text = text.replace(f'"{primary}"', f'"127.0.0.1:{port}"', 1)
+    config = tmp_path / "sharded.toml"
+    config.write_text(text)
+    try:
+        code = cli.main(["plan", "--config", str(config)])
+        out, err = capsys.readouterr()
+        assert code == 3, err
+        assert out.startswith("== placement.shards[0] (regions ")
+        assert f"at 127.0.0.1:{port}" in out
+        assert f"placement at 127.0.0.1:{port} runs no capacity loop" in err
+        code = cli.main(["plan", "--config", str(config), "--approve"])
+        err = capsys.readouterr().err
+        assert code == 2
+        assert "--replan and --approve go to one replica: name it with --placement" in err
+        assert f"shards[0]: 127.0.0.1:{port}, " in err
+    finally:
+        server.stop(None)
