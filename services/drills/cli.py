@@ -55,9 +55,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def drill_main(args: argparse.Namespace) -> int:
     """Run the drill(s) the parsed ``args`` ask for; exit status 1 when any drill failed
     (a call failed, a check failed or nothing was checked, or the fault went unobserved)."""
-    if not args.all and not args.scenario:
-        print("switchyard drill: name a scenario or pass --all "
-              f"({', '.join(sorted(SCENARIOS))})", file=sys.stderr)
+    if bool(args.all) == bool(args.scenario):  # neither, or both: said before a mesh starts
+        what = "pass --all or a scenario, not both" if args.all else "name a scenario or pass --all"
+        print(f"switchyard drill: {what} ({', '.join(sorted([*SCENARIOS, KILL_STREAMS]))})",
+              file=sys.stderr)
+        return 2
+    json_path = pathlib.Path(args.json or ".").absolute()
+    if args.json and (json_path.is_dir() or not (json_path.parent.is_dir()
+                                                 and os.access(json_path.parent, os.W_OK))):
+        why = ("is a directory" if json_path.is_dir() else
+               f"is in {json_path.parent}, not a directory this user can write")
+        print(f"switchyard drill: --json {args.json} {why} (checked before the drill, not "
+              "after it)\n  next: pass --json a file path in an existing, writable directory",
+              file=sys.stderr)
         return 2
     names = [*SCENARIOS, KILL_STREAMS] if args.all else [args.scenario]
     if args.attach:

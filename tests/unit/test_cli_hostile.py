@@ -179,6 +179,29 @@ def test_drill_with_an_unknown_scenario_lists_the_known(
     assert "invalid choice: 'kill-everything'" in err and "'kill-backend'" in err
 
 
+@pytest.mark.parametrize(("argv", "said"), [
+    ([], "name a scenario or pass --all (cloud-outage, "),
+    (["--all", "kill-backend"], "pass --all or a scenario, not both ("),  # ran --all's mesh
+    (["kill-backend", "--json", "{tmp}"], "--json {tmp} is a directory"),  # said at the end
+    (["kill-backend", "--json", "{tmp}/no/x.json"], "is in {tmp}/no, not a directory"),
+])
+def test_drill_arguments_are_refused_before_a_mesh_starts(
+        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], argv: list[str], said: str) -> None:
+    """Each was found only after a private mesh started (or, for --json, after the whole
+    drill ran, its report file lost); the scenario list names kill-streams too."""
+    import tempfile
+
+    def started(*_a: object, **_k: object) -> None:
+        raise AssertionError("a private mesh was started")
+    monkeypatch.setattr(tempfile, "TemporaryDirectory", started)
+    code, err = run(capsys, "drill", *[a.format(tmp=tmp_path) for a in argv])
+    assert code == 2
+    assert said.format(tmp=tmp_path) in err
+    if not argv or argv[0] == "--all":
+        assert "kill-backend, kill-streams, placement-outage" in err
+
+
 def subcommands() -> dict[str, argparse.ArgumentParser]:
     sub = next(a for a in cli.parser()._actions
                if isinstance(a, argparse._SubParsersAction))
