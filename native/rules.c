@@ -179,6 +179,84 @@ int sy_metadata_refusal(const envoy_http_header* h, size_t n, long long max_byte
   return 0;
 }
 
+/* What a backend's gRPC server resets the stream for in a caller's own metadata. Envoy
+ * forwards the caller's headers as they came and takes the reset for the backend's failure:
+ * retried at the next deployment and counted by outlier detection there (six such calls
+ * ejected every deployment of a model). An unknown grpc-encoding is UNIMPLEMENTED, as gRPC's
+ * spec says; a -bin value that is not base64, a response's grpc-status, grpc-message or
+ * grpc-status-details-bin, and a grpc-previous-rpc-attempts that is not a count are
+ * INVALID_ARGUMENT. The Python edge's own gRPC server refuses them before any backend
+ * (INTERNAL). 0: none, else the code, its message in msg. */
+static int value_is(const envoy_http_header* h, const char* s) {
+  size_t n = strlen(s);
+  return h->value_length == n && memcmp(h->value_ptr, s, n) == 0;
+}
+
+static int is_base64(const char* v, size_t n) {
+  size_t pad = 0;
+  while (pad < 2 && n > 0 && v[n - 1] == '=') {
+    n--;
+    pad++;
+  }
+  for (size_t i = 0; i < n; i++) {
+    char c = v[i];
+    if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+          c == '+' || c == '/'))
+      return 0;
+  }
+  return pad ? (n + pad) % 4 == 0 : n % 4 != 1;
+}
+
+static int is_count(const char* v, size_t n) {
+  if (n == 0 || n > 9) return 0;
+  for (size_t i = 0; i < n; i++)
+    if (v[i] < '0' || v[i] > '9') return 0;
+  return 1;
+}
+
+/* at most 40 bytes of a value, each not printable ASCII as '?' (for a message) */
+static const char* printable(const envoy_http_header* h, char* out) {
+  size_t n = h->value_length < 40 ? h->value_length : 40;
+  for (size_t i = 0; i < n; i++) {
+    char c = h->value_ptr[i];
+    out[i] = (c >= 0x20 && c < 0x7f) ? c : '?';
+  }
+  out[n] = 0;
+  return out;
+}
+
+int sy_wire_refusal(const envoy_http_header* h, size_t n, char* msg, size_t msg_size) {
+  char v[41];
+  for (size_t i = 0; i < n; i++) {
+    const envoy_http_header* e = &h[i];
+    size_t k = e->key_length;
+    if (key_is(e, "grpc-encoding")) {
+      if (value_is(e, "identity") || value_is(e, "gzip") || value_is(e, "deflate")) continue;
+      snprintf(msg, msg_size, "grpc-encoding %s is not supported: send identity, gzip or "
+               "deflate", printable(e, v));
+      return 12;
+    }
+    if (key_is(e, "grpc-status") || key_is(e, "grpc-message") ||
+        key_is(e, "grpc-status-details-bin")) {
+      snprintf(msg, msg_size, "metadata %.*s is a response's; a call does not send it",
+               (int)k, e->key_ptr);
+      return 3;
+    }
+    if (key_is(e, "grpc-previous-rpc-attempts") && !is_count(e->value_ptr, e->value_length)) {
+      snprintf(msg, msg_size, "metadata grpc-previous-rpc-attempts=%s is not a count of "
+               "attempts", printable(e, v));
+      return 3;
+    }
+    if (k > 4 && memcmp(e->key_ptr + k - 4, "-bin", 4) == 0 &&
+        !is_base64(e->value_ptr, e->value_length)) {
+      snprintf(msg, msg_size, "metadata %.*s is not base64, as a -bin header's value must be",
+               (int)(k < 200 ? k : 200), e->key_ptr);
+      return 3;
+    }
+  }
+  return 0;
+}
+
 /* A -bin header's bytes as gRPC carries them (base64, padded or not), at most `limit` of
  * them into out; how many. */
 static size_t unbase64(envoy_buffer b, unsigned char* out, size_t limit) {

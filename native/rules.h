@@ -35,6 +35,11 @@ char* sy_hint_message(const char* key, envoy_buffer value, const char* why,
 /* [security.limits] on the caller's metadata (h: every header entry): 0, or the gRPC status
  * (8 over max_metadata_bytes, 3 over max_metadata_count on a call or stream, `checked`) with
  * its message in msg. A limit below 0 is not checked. */
+/* What a backend's gRPC server would reset the stream for in the caller's own metadata (an
+ * unknown grpc-encoding: 12; a -bin value not base64, a response's grpc-status/-message/
+ * -status-details-bin, a grpc-previous-rpc-attempts not a count: 3); 0: none. */
+int sy_wire_refusal(const envoy_http_header* h, size_t n, char* msg, size_t msg_size);
+
 int sy_metadata_refusal(const envoy_http_header* h, size_t n, long long max_bytes,
                         long long max_count, int checked, char* msg, size_t msg_size);
 

@@ -323,12 +323,19 @@ static int listener_headers(envoy_filter f, filter* s, bool end_of_stream) {
   envoy_buffer path = {0};
   int has_path = get_header(f, REQUEST_HEADER, ":path", &path);
   int checked = has_path && rpc_in(path, DEADLINE_CHECKED);
-  int limits = c->max_metadata_bytes >= 0 || c->max_metadata_count >= 0;
   size_t nh = 0;
-  envoy_http_header* all = limits || checked ? all_headers(f, &nh) : NULL;
+  envoy_http_header* all = all_headers(f, &nh); /* every call: sy_wire_refusal reads them */
   s->deadline_at_ms = 0;
   double budget;
   int refused = headers_refused(f, c, checked, all, nh), binary = 0, unread = 0;
+  if (!refused) {
+    char msg[512];
+    int code = sy_wire_refusal(all, nh, msg, sizeof msg);
+    if (code != 0) {
+      reply(f, code, msg);
+      refused = 1;
+    }
+  }
   if (!refused && checked && deadline_ms(f, &budget)) {
     if (budget <= MIN_REMAINING_MS) {
       too_late(f, budget);

@@ -358,10 +358,52 @@ local function metadata_refusal(headers, path)
   return nil
 end
 
+-- What a backend's gRPC server resets the stream for in a caller's own metadata (Envoy
+-- would take the reset for the backend's failure: retried elsewhere, counted by outlier
+-- detection; native/rules.c sy_wire_refusal is its twin): an unknown grpc-encoding
+-- (UNIMPLEMENTED), a -bin value not base64, a response's grpc-status/-message/
+-- -status-details-bin, a grpc-previous-rpc-attempts not a count (INVALID_ARGUMENT).
+local ENCODINGS = {{identity = true, gzip = true, deflate = true}}
+local RESPONSE_ONLY = {{["grpc-status"] = true, ["grpc-message"] = true,
+                       ["grpc-status-details-bin"] = true}}
+local function printable(value)
+  return (value:sub(1, 40):gsub("[^\32-\126]", "?"))
+end
+local function is_base64(value)
+  local body, pad = value:match("^([A-Za-z0-9+/]*)(=?=?)$")
+  if body == nil then return false end
+  if #pad > 0 then return (#body + #pad) % 4 == 0 end
+  return #body % 4 ~= 1
+end
+local function wire_refusal(headers)
+  local code, message = nil, nil
+  -- walked to its end: Envoy refuses to change a header map while a walk is unfinished
+  for key, value in pairs(headers) do
+    if code ~= nil then
+    elseif key == "grpc-encoding" then
+      if not ENCODINGS[value] then
+        code, message = 12, "grpc-encoding " .. printable(value) .. " is not supported: send "
+                            .. "identity, gzip or deflate"
+      end
+    elseif RESPONSE_ONLY[key] then
+      code, message = 3, "metadata " .. key .. " is a response's; a call does not send it"
+    elseif key == "grpc-previous-rpc-attempts" and not value:match("^%d%d?%d?%d?%d?%d?%d?%d?%d?$") then
+      code, message = 3, "metadata grpc-previous-rpc-attempts=" .. printable(value)
+                         .. " is not a count of attempts"
+    elseif #key > 4 and key:sub(-4) == "-bin" and not is_base64(value) then
+      code, message = 3, "metadata " .. key:sub(1, 200) .. " is not base64, as a -bin header's "
+                         .. "value must be"
+    end
+  end
+  return code, message
+end
+
 function envoy_on_request(handle)
   local headers = handle:headers()
   do
     local code, message = metadata_refusal(headers, headers:get(":path"))
+    if code ~= nil then return reply(handle, code, message) end
+    code, message = wire_refusal(headers)
     if code ~= nil then return reply(handle, code, message) end
   end
   headers:remove("{MODEL_HEADER}")

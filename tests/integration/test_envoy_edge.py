@@ -28,7 +28,8 @@ from services.placement.main import RunningPlacement, start_placement
 from services.ports import free_port
 from services.xds.learning import call_class
 from tests.envoy_harness import running_envoy_edge
-from tests.mesh_harness import eventually, mesh_config, summarize_input
+from tests.h2_client import h2_infer
+from tests.mesh_harness import eventually, mesh_config, request_bytes, summarize_input
 
 pytestmark = pytest.mark.integration
 
@@ -331,6 +332,37 @@ async def test_a_restarted_envoy_edge_serves_from_its_snapshot_while_placement_i
         await running
         if restarted is not None:
             await restarted.stop(0.5)
+
+
+# What a backend's gRPC server resets the stream for, sent by the caller (native/rules.c
+# sy_wire_refusal, lua.py wire_refusal): Envoy forwarded it, took Triton's reset for the
+# backend's failure, retried it at the next deployment and counted it there: 4 calls each
+# answered UNAVAILABLE and ejected 3 deployments, six snappy calls all 5 of summarize's.
+WIRE = [([("grpc-encoding", "snappy")], "12", "grpc-encoding snappy is not supported"),
+        ([("x-junk-bin", "!!!")], "3", "x-junk-bin is not base64"),
+        ([("grpc-tags-bin", "!!!")], "3", "grpc-tags-bin is not base64"),
+        ([("grpc-previous-rpc-attempts", "x")], "3", "is not a count of attempts"),
+        ([("grpc-status", "x")], "3", "grpc-status is a response's")]
+
+
+async def test_a_callers_malformed_metadata_is_refused_and_ejects_no_backend(
+        mesh: EnvoyMesh) -> None:
+    """Each refused by the listener with a status naming it (UNIMPLEMENTED for an unknown
+    encoding, as gRPC's spec says), no deployment ejected; the same headers well formed are
+    served. Fails on the old listener: UNAVAILABLE 'remote reset', deployments ejected."""
+    def ejections() -> int:
+        return sum(int(line.rpartition(": ")[2]) for line in
+                   mesh.envoy.admin("/stats?filter=ejections_enforced_total").splitlines())
+
+    before = ejections()
+    for extra, code, words in WIRE:
+        for _ in range(3):
+            status, message = await h2_infer(mesh.envoy.address, extra, request_bytes())
+            assert status == code and words in message, (extra, status, message)
+    assert ejections() == before
+    fine = [("grpc-encoding", "identity"), ("x-trace-bin", "AAEC"), ("x-pad-bin", "AAE="),
+            ("grpc-previous-rpc-attempts", "1")]
+    assert (await h2_infer(mesh.envoy.address, fine, request_bytes()))[0] == "0"
 
 
 async def test_envoy_ejects_a_dead_backend_on_its_own_and_calls_keep_succeeding(

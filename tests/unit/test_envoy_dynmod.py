@@ -342,3 +342,36 @@ def test_the_module_is_found_where_envoy_will_look(tmp_path: pathlib.Path) -> No
     (tmp_path / "libswitchyard_edge.so").write_bytes(b"")
     assert native.available(tmp_path)
     assert native.envoy_env(tmp_path)[native.SEARCH_PATH_ENV] == str(tmp_path)
+
+
+@pytest.mark.parametrize(("headers", "code", "words"), [
+    ({"grpc-encoding": "snappy"}, 12, "grpc-encoding snappy is not supported"),
+    ({"grpc-encoding": "sn\x01ppy"}, 12, "grpc-encoding sn?ppy"),  # quoted printable
+    ({"x-junk-bin": "!!!"}, 3, "metadata x-junk-bin is not base64"),
+    ({"grpc-tags-bin": "AAECA"}, 3, "grpc-tags-bin is not base64"),  # 5 mod 4 = 1: no bytes
+    ({"x-pad-bin": "AA=="}, None, None),
+    ({"x-pad-bin": "A==="}, 3, "x-pad-bin is not base64"),
+    ({"x-pad-bin": "AAE"}, None, None),  # unpadded, as gRPC sends it
+    ({"grpc-status": "0"}, 3, "grpc-status is a response's"),
+    ({"grpc-message": "x"}, 3, "grpc-message is a response's"),
+    ({"grpc-previous-rpc-attempts": "x"}, 3, "grpc-previous-rpc-attempts=x is not a count"),
+    ({"grpc-previous-rpc-attempts": "-1"}, 3, "is not a count"),
+    ({"grpc-previous-rpc-attempts": "2"}, None, None),
+    ({"grpc-encoding": "gzip"}, None, None),
+    ({"grpc-encoding": "identity"}, None, None),
+])
+def test_what_a_backend_would_reset_the_stream_for_is_refused_at_the_listener(
+        host: FakeEnvoyHost, headers: dict[str, str], code: int | None,
+        words: str | None) -> None:
+    """Metadata a backend's gRPC server resets the stream for (Envoy took the reset for the
+    backend's failure: retried elsewhere, ejected by outlier detection): refused on the
+    caller's headers, every RPC, with what was wrong (``sy_wire_refusal``)."""
+    for path in (INFER, "/inference.GRPCInferenceService/ServerReady"):
+        _listener(host).start({":path": path, **headers}, _request("m"))
+        got = host.request_headers()
+        reply = host.reply()
+        if code is None:
+            assert reply is None, (path, reply)
+            continue
+        assert got == STOP and reply is not None, path
+        assert reply[0] == code and words is not None and words in reply[1], reply
