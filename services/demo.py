@@ -10,6 +10,7 @@ per deployment and in total.
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from collections import defaultdict
@@ -116,6 +117,17 @@ HEADERS = ["SLO", "deployment", "calls", "failed", "p50 ms", "p95 ms", "SLO met"
            "$ per 1k calls"]
 
 
+def labels(cfg: MeshConfig) -> str:
+    """What the routing tables' numbers are, from ``cfg``: whose prices, and what of their
+    latency is emulated (it said examples/prices.toml and EMULATED inter-region RTT on every
+    mesh, examples/mesh-capacity.toml's too, which emulates no RTT)."""
+    prices = os.path.relpath(cfg.path(cfg.prices_file))
+    rtt = ("EMULATED inter-region RTT" if cfg.wan.emulate else
+           "no inter-region RTT: [wan] emulate = false")
+    return (f"prices: list prices from {prices}; latency: real Triton calls, EMULATED "
+            f"accelerator speed, {rtt}")
+
+
 def run_demo(cfg: MeshConfig, calls: int = 400) -> dict[str, list[Outcome]]:
     if cfg.capacity.enabled:  # a live re-placement first, on demand it alone sets up
         from services.demo_plan import run_plan_demo
@@ -138,8 +150,7 @@ def run_demo(cfg: MeshConfig, calls: int = 400) -> dict[str, list[Outcome]]:
     c_base = sum(o.cost_usd for o in base) / max(len(base), 1)
     if c_base > 0:
         print(f"\nSwitchyard cost per call is {cheaper_by(c_sw, c_base)} than always-fastest "
-              "on the same mesh (prices: list prices from examples/prices.toml; latency "
-              "includes EMULATED inter-region RTT)")
+              f"on the same mesh ({labels(cfg)})")
     from services.demo_streams import run_stream_demo
 
     run_stream_demo(cfg)  # LLM streams: TTFT/TPOT objectives, $ per 1M tokens

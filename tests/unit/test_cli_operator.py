@@ -7,6 +7,7 @@ In-process, no mesh started."""
 
 from __future__ import annotations
 
+import os
 import pathlib
 import re
 import shlex
@@ -199,3 +200,18 @@ def test_plan_with_shards_asks_each_shard_not_the_placement_address(
         assert f"shards[0]: 127.0.0.1:{port}, " in err
     finally:
         server.stop(None)
+
+
+@pytest.mark.parametrize(("name", "rtt"), [
+    ("mesh.toml", "EMULATED inter-region RTT"),
+    ("mesh-capacity.toml", "no inter-region RTT: [wan] emulate = false")])
+def test_the_demo_labels_its_numbers_by_the_mesh_it_ran_on(name: str, rtt: str) -> None:
+    """The routing section's summary said "latency includes EMULATED inter-region RTT" on
+    examples/mesh-capacity.toml's mesh too, which emulates none."""
+    from services.config import load_config
+    from services.demo import labels
+
+    cfg = load_config(ROOT / "examples" / name)
+    said = labels(cfg)
+    assert rtt in said and "EMULATED accelerator speed" in said
+    assert f"list prices from {os.path.relpath(ROOT / 'examples' / 'prices.toml')}" in said
