@@ -1,7 +1,7 @@
 """Issue 14's bound: the cheapest-feasible oracle and its ablations beside the main policies.
 
     python -m benchmarks.tokens_oracle [--quick] [--seeds 0,1000] [--scenarios tokens-reclaim,...]
-        [--jobs 2] POLICY [POLICY ...]
+        [--jobs 2] [--scale 1.5] POLICY [POLICY ...]
 
 Runs each policy (any name ``benchmarks.tokens --only`` takes: ``switchyard``,
 ``lowest-latency``, ``cheapest-feasible-oracle-*``, ``benchmarks/costsim/tokens_names.py``) on
@@ -22,16 +22,16 @@ from benchmarks.costsim import tokens_report
 from benchmarks.costsim.tokens_names import make_policy
 from benchmarks.costsim.tokens_workload import generate_streams, load_token_scenario
 from benchmarks.costsim.tokensim import TokenSim
-from benchmarks.tokens import SCENARIOS
+from benchmarks.tokens import SCENARIOS, scaled
 
 Row = tuple[str, int, str, float, float, int, int, int]
 
 
-def run_one(scenario: str, offset: int, policy: str, quick: bool) -> Row:
+def run_one(scenario: str, offset: int, policy: str, quick: bool, scale: float = 1.0) -> Row:
     """(scenario, seed offset, policy, within both, $/1M out, streams a slowdown caught and
     of those missed, streams the policy found nothing feasible for (-1: not counted))."""
     s = load_token_scenario(pathlib.Path(SCENARIOS, scenario.removeprefix("tokens-") + ".toml"))
-    s = dataclasses.replace(s, seed=s.seed + offset)
+    s = dataclasses.replace(scaled(s, scale), seed=s.seed + offset)
     streams = generate_streams(s, quick)
     sim = TokenSim(s, streams)
     p = make_policy(policy, sim, s.seed)
@@ -61,8 +61,9 @@ def main() -> None:
     p.add_argument("--scenarios", default="tokens-chat,tokens-code,tokens-rag,"
                                           "tokens-reclaim,tokens-slowdown")
     p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--scale", type=float, default=1.0, help="every region's rate × this")
     a = p.parse_args()
-    jobs = [(sc, int(off), pol, a.quick) for sc in a.scenarios.split(",")
+    jobs = [(sc, int(off), pol, a.quick, a.scale) for sc in a.scenarios.split(",")
             for off in a.seeds.split(",") for pol in a.policies]
     with ProcessPoolExecutor(a.jobs) as ex:
         rows = list(ex.map(run_one, *zip(*jobs, strict=True)))

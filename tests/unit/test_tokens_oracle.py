@@ -106,3 +106,22 @@ def test_a_view_hides_what_an_edge_cannot_see() -> None:
     assert 0 in seen["late"].done and 0 not in seen["early"].done  # routed 1 s ago
     alone, shared = seen["own"], seen["all"]  # the L4 slows with a batch of two
     assert alone.done[1] - alone.first[1] < shared.done[1] - shared.first[1]
+
+
+@pytest.mark.parametrize("admit", [False, True])
+def test_a_server_refuses_what_an_edges_view_cannot_see_and_the_edge_pays_a_round_trip(
+        admit: bool) -> None:
+    # edge 1's stream holds the L4's one batch slot for 4 s; edge 0 sees only its own streams
+    s = scenario(ttft_ms=500.0, tpot_ms=100.0, l4_batch=1, edge_regions=2)
+    st = streams([(0.0, 100, 200, -1, 0), (1_000.0, 100, 20, -1, 0)])
+    st = dataclasses.replace(st, region=np.array([1, 0]))
+    sim = TokenSim(s, st)
+    oracle = CheapestFeasibleOracle(sim, "x", own_edge=True, admit=admit)
+    out = sim.run(oracle)
+    if not admit:  # its view says the L4 is free: it waits there behind the other edge's stream
+        assert int(out.deployment[1]) == 0 and out.ttft_ms[1] > 500.0
+        return
+    rtt = float(sim.rtt[0, 0])
+    assert oracle.refused == 1 and int(out.deployment[1]) == 1  # the L4 refused: the H100
+    h100 = sim.deployments[1]
+    assert out.ttft_ms[1] == pytest.approx(rtt + sim.rtt[0, 1] + h100.prefill_ms(100))
