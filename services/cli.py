@@ -264,6 +264,15 @@ def cmd_explain(args: argparse.Namespace) -> int:
         raise InvalidRequest(f"--region {args.region!r} is not a region of {args.config}; "
                              f"known: {', '.join(regions)}")
     parsed = explain_hints(args, cfg)
+    from services.stream_explain import STREAM_FLAGS
+
+    stream_only = [f"--{f.replace('_', '-')}" for f in (*STREAM_FLAGS, "edge", "prompt_tokens")
+                   if getattr(args, f) is not None and getattr(args, f) != ""]
+    if stream_only and not args.stream:  # they were ignored: a unary call's answer instead
+        raise InvalidRequest(f"{', '.join(stream_only)} describe an LLM stream: add --stream "
+                             "(or drop them to explain a unary call, which placement answers)")
+    if args.prompt_tokens is None:
+        args.prompt_tokens = args.prompt_tokens_default
     if args.stream:  # an LLM stream: asked of an edge (services/stream_explain.py)
         from services import stream_explain
 

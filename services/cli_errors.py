@@ -85,6 +85,15 @@ def positive(text: str) -> int:
     return n
 
 
+def prompt_tokens(text: str) -> int:
+    """An argparse type: a prompt's length in tokens, 1 to 2^32 - 1 (it was sent as is:
+    ``--prompt-tokens -5`` was protobuf's ValueError traceback)."""
+    n = positive(text)
+    if n >= 2**32:
+        raise argparse.ArgumentTypeError(f"{text!r} is over 4294967295 tokens")
+    return n
+
+
 def more_than_zero(text: str) -> float:
     """An argparse type: a finite number above 0 (a duration, a rate)."""
     try:

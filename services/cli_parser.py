@@ -8,7 +8,7 @@ import argparse
 import pathlib
 from collections.abc import Callable, Mapping
 
-from services.cli_errors import address, client_spec, positive, san
+from services.cli_errors import address, client_spec, positive, prompt_tokens, san
 from services.cli_help import DEFAULT_CONFIG, EXPLAIN_DEFAULTS, EXPLAIN_FLAGS, epilog
 from services.render import STATUS_LEGEND
 
@@ -78,6 +78,11 @@ def build_parser(description: str, commands: Mapping[str, Command]) -> argparse.
             from services.stream_explain import add_arguments as stream_arguments
 
             stream_arguments(sp)
+            for action in sp._actions:  # checked by argparse: exit code 2, its usage
+                if action.dest == "prompt_tokens":  # None: not given (explain refuses it
+                    action.type = prompt_tokens     # without --stream), then its default
+                    sp.set_defaults(prompt_tokens_default=action.default)
+                    action.default = None
         if name == "status":
             sp.epilog = f"{sp.epilog}\n\n{STATUS_LEGEND}"
             sp.add_argument("--no-legend", action="store_true",

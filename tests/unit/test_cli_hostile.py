@@ -385,3 +385,27 @@ def test_stream_explain_on_envoy_edges_asks_their_slow_path(
         assert f"start the mesh of {path}" in err
     finally:
         server.stop(None)
+
+
+@pytest.mark.parametrize(("argv", "said"), [
+    (["--stream", "--prompt-tokens", "-5"],  # was protobuf's ValueError traceback
+     "argument --prompt-tokens: '-5' is not a whole number of at least 1"),
+    (["--stream", "--prompt-tokens", str(2**32)], f"'{2**32}' is over 4294967295 tokens")])
+def test_explain_prompt_tokens_out_of_range_is_refused_by_argparse(
+        capsys: pytest.CaptureFixture[str], argv: list[str], said: str) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["explain", "generate", *argv, "--placement", "127.0.0.1:1"])
+    assert exited.value.code == 2
+    assert said in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["--ttft-ms", "400"], ["--prompt-tokens", "2000"],
+                                  ["--session-id", "chat-7", "--edge", "edge-east"]])
+def test_explain_stream_flags_without_stream_are_refused_not_ignored(
+        tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    """They were ignored: a unary call's explanation came back as if it answered them."""
+    code, err = run(capsys, "explain", "generate", *argv, "--config",
+                    str(mesh_file(tmp_path)), "--placement", "127.0.0.1:1")
+    assert code == 2
+    flags = ", ".join(a for a in argv if a.startswith("--"))
+    assert f"switchyard: {flags} describe an LLM stream: add --stream" in err
