@@ -377,7 +377,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    return build_parser(__doc__ or "", {
+    return build_parser((__doc__ or "").replace("``", ""), {  # --help is no reST
         "up": cmd_up, "placement": cmd_placement, "edge": cmd_edge, "drill": cmd_drill,
         "agent": cmd_agent, "status": cmd_status, "explain": cmd_explain, "drain": cmd_drain,
         "plan": cmd_plan, "demo": cmd_demo})

@@ -215,3 +215,12 @@ def test_the_demo_labels_its_numbers_by_the_mesh_it_ran_on(name: str, rtt: str) 
     said = labels(cfg)
     assert rtt in said and "EMULATED accelerator speed" in said
     assert f"list prices from {os.path.relpath(ROOT / 'examples' / 'prices.toml')}" in said
+
+
+def test_the_top_level_help_reads_as_text(capsys: pytest.CaptureFixture[str]) -> None:
+    """`switchyard --help` began "``switchyard``: run and operate the mesh." (the module's
+    reST docstring)."""
+    with pytest.raises(SystemExit):
+        cli.parser().parse_args(["--help"])
+    out = capsys.readouterr().out
+    assert "\nswitchyard: run and operate the mesh." in out and "``" not in out
