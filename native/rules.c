@@ -182,10 +182,11 @@ int sy_metadata_refusal(const envoy_http_header* h, size_t n, long long max_byte
 /* What a backend's gRPC server resets the stream for in a caller's own metadata. Envoy
  * forwards the caller's headers as they came and takes the reset for the backend's failure:
  * retried at the next deployment and counted by outlier detection there (six such calls
- * ejected every deployment of a model). An unknown grpc-encoding is UNIMPLEMENTED, as gRPC's
- * spec says; a -bin value that is not base64, a response's grpc-status, grpc-message or
- * grpc-status-details-bin, and a grpc-previous-rpc-attempts that is not a count are
- * INVALID_ARGUMENT. The Python edge's own gRPC server refuses them before any backend
+ * ejected every deployment of a model; so did a content-type not gRPC's). An unknown
+ * grpc-encoding is UNIMPLEMENTED, as gRPC's spec says; a content-type that is not
+ * application/grpc (or none), a -bin value that is not base64, a response's grpc-status,
+ * grpc-message or grpc-status-details-bin, and a grpc-previous-rpc-attempts that is not a
+ * count are INVALID_ARGUMENT. The Python edge's own gRPC server refuses them before any backend
  * (INTERNAL). 0: none, else the code, its message in msg. */
 static int value_is(const envoy_http_header* h, const char* s) {
   size_t n = strlen(s);
@@ -225,11 +226,28 @@ static const char* printable(const envoy_http_header* h, char* out) {
   return out;
 }
 
+static int grpc_content_type(const envoy_http_header* e) {
+  static const char base[] = "application/grpc";
+  size_t n = sizeof base - 1;
+  if (e->value_length < n || memcmp(e->value_ptr, base, n) != 0) return 0;
+  return e->value_length == n || e->value_ptr[n] == '+' || e->value_ptr[n] == ';';
+}
+
 int sy_wire_refusal(const envoy_http_header* h, size_t n, char* msg, size_t msg_size) {
   char v[41];
+  int typed = 0;
   for (size_t i = 0; i < n; i++) {
     const envoy_http_header* e = &h[i];
     size_t k = e->key_length;
+    if (key_is(e, "content-type")) {
+      if (grpc_content_type(e)) {
+        typed = 1;
+        continue;
+      }
+      snprintf(msg, msg_size, "content-type %s is not gRPC's: send application/grpc",
+               printable(e, v));
+      return 3;
+    }
     if (key_is(e, "grpc-encoding")) {
       if (value_is(e, "identity") || value_is(e, "gzip") || value_is(e, "deflate")) continue;
       snprintf(msg, msg_size, "grpc-encoding %s is not supported: send identity, gzip or "
@@ -253,6 +271,10 @@ int sy_wire_refusal(const envoy_http_header* h, size_t n, char* msg, size_t msg_
                (int)(k < 200 ? k : 200), e->key_ptr);
       return 3;
     }
+  }
+  if (!typed && n > 0) {
+    snprintf(msg, msg_size, "a call without a content-type is not gRPC: send application/grpc");
+    return 3;
   }
   return 0;
 }

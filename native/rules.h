@@ -36,7 +36,8 @@ char* sy_hint_message(const char* key, envoy_buffer value, const char* why,
  * (8 over max_metadata_bytes, 3 over max_metadata_count on a call or stream, `checked`) with
  * its message in msg. A limit below 0 is not checked. */
 /* What a backend's gRPC server would reset the stream for in the caller's own metadata (an
- * unknown grpc-encoding: 12; a -bin value not base64, a response's grpc-status/-message/
+ * unknown grpc-encoding: 12; a content-type not application/grpc, or none, a -bin value not
+ * base64, a response's grpc-status/-message/
  * -status-details-bin, a grpc-previous-rpc-attempts not a count: 3); 0: none. */
 int sy_wire_refusal(const envoy_http_header* h, size_t n, char* msg, size_t msg_size);
 

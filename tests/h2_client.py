@@ -19,17 +19,19 @@ from tests.mesh_harness import INFER_PATH
 async def h2_infer(address: str, extra: Sequence[tuple[str, str]], body: bytes,
                    timeout_s: float = 10.0) -> tuple[str, str]:
     """(grpc-status, grpc-message percent-decoded) of one ModelInfer sent with the headers
-    ``extra`` after gRPC's own; ``reset N`` for a stream reset with code N, ``none`` when the
-    connection closed without an answer."""
+    ``extra`` after gRPC's own (content-type, te: those ``extra`` names are its); ``reset N``
+    for a stream reset with code N, ``none`` when the connection closed without an answer."""
     host, port = address.rsplit(":", 1)
     reader, writer = await asyncio.open_connection(host, int(port))
     conn = h2.connection.H2Connection(h2.config.H2Configuration(
         client_side=True, header_encoding="utf-8", validate_outbound_headers=False))
     conn.initiate_connection()
     sid = conn.get_next_available_stream_id()
+    own = [("content-type", "application/grpc"), ("te", "trailers")]
+    given = {k for k, _ in extra}
     conn.send_headers(sid, [(":method", "POST"), (":scheme", "http"), (":path", INFER_PATH),
-                            (":authority", address), ("content-type", "application/grpc"),
-                            ("te", "trailers"), *extra])
+                            (":authority", address), *(h for h in own if h[0] not in given),
+                            *extra])
     conn.send_data(sid, b"\x00" + len(body).to_bytes(4, "big") + body, end_stream=True)
     writer.write(conn.data_to_send())
     got: dict[str, Any] = {}

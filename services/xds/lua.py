@@ -361,8 +361,9 @@ end
 -- What a backend's gRPC server resets the stream for in a caller's own metadata (Envoy
 -- would take the reset for the backend's failure: retried elsewhere, counted by outlier
 -- detection; native/rules.c sy_wire_refusal is its twin): an unknown grpc-encoding
--- (UNIMPLEMENTED), a -bin value not base64, a response's grpc-status/-message/
--- -status-details-bin, a grpc-previous-rpc-attempts not a count (INVALID_ARGUMENT).
+-- (UNIMPLEMENTED), a content-type not application/grpc (or none), a -bin value not base64,
+-- a response's grpc-status/-message/-status-details-bin, a grpc-previous-rpc-attempts not a
+-- count (INVALID_ARGUMENT).
 local ENCODINGS = {{identity = true, gzip = true, deflate = true}}
 local RESPONSE_ONLY = {{["grpc-status"] = true, ["grpc-message"] = true,
                        ["grpc-status-details-bin"] = true}}
@@ -375,11 +376,21 @@ local function is_base64(value)
   if #pad > 0 then return (#body + #pad) % 4 == 0 end
   return #body % 4 ~= 1
 end
+local function grpc_content_type(value)
+  local rest = value:match("^application/grpc(.*)$")
+  return rest ~= nil and (rest == "" or rest:sub(1, 1) == "+" or rest:sub(1, 1) == ";")
+end
 local function wire_refusal(headers)
-  local code, message = nil, nil
+  local code, message, typed = nil, nil, false
   -- walked to its end: Envoy refuses to change a header map while a walk is unfinished
   for key, value in pairs(headers) do
     if code ~= nil then
+    elseif key == "content-type" then
+      if grpc_content_type(value) then typed = true
+      else
+        code, message = 3, "content-type " .. printable(value) .. " is not gRPC's: send "
+                           .. "application/grpc"
+      end
     elseif key == "grpc-encoding" then
       if not ENCODINGS[value] then
         code, message = 12, "grpc-encoding " .. printable(value) .. " is not supported: send "
@@ -394,6 +405,9 @@ local function wire_refusal(headers)
       code, message = 3, "metadata " .. key:sub(1, 200) .. " is not base64, as a -bin header's "
                          .. "value must be"
     end
+  end
+  if code == nil and not typed then
+    code, message = 3, "a call without a content-type is not gRPC: send application/grpc"
   end
   return code, message
 end

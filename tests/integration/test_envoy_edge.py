@@ -337,12 +337,14 @@ async def test_a_restarted_envoy_edge_serves_from_its_snapshot_while_placement_i
 # What a backend's gRPC server resets the stream for, sent by the caller (native/rules.c
 # sy_wire_refusal, lua.py wire_refusal): Envoy forwarded it, took Triton's reset for the
 # backend's failure, retried it at the next deployment and counted it there: 4 calls each
-# answered UNAVAILABLE and ejected 3 deployments, six snappy calls all 5 of summarize's.
+# answered UNAVAILABLE and ejected 3 deployments, six snappy calls all 5 of summarize's (a
+# content-type that is not gRPC's too; h2_infer sends the one given in place of gRPC's).
 WIRE = [([("grpc-encoding", "snappy")], "12", "grpc-encoding snappy is not supported"),
         ([("x-junk-bin", "!!!")], "3", "x-junk-bin is not base64"),
         ([("grpc-tags-bin", "!!!")], "3", "grpc-tags-bin is not base64"),
         ([("grpc-previous-rpc-attempts", "x")], "3", "is not a count of attempts"),
-        ([("grpc-status", "x")], "3", "grpc-status is a response's")]
+        ([("grpc-status", "x")], "3", "grpc-status is a response's"),
+        ([("content-type", "text/plain")], "3", "content-type text/plain is not gRPC's")]
 
 
 async def test_a_callers_malformed_metadata_is_refused_and_ejects_no_backend(

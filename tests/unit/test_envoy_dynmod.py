@@ -359,6 +359,9 @@ def test_the_module_is_found_where_envoy_will_look(tmp_path: pathlib.Path) -> No
     ({"grpc-previous-rpc-attempts": "2"}, None, None),
     ({"grpc-encoding": "gzip"}, None, None),
     ({"grpc-encoding": "identity"}, None, None),
+    ({"content-type": "text/plain"}, 3, "content-type text/plain is not gRPC's"),
+    ({"content-type": "application/grpc-web"}, 3, "application/grpc-web is not gRPC's"),
+    ({"content-type": "application/grpc+proto"}, None, None),
 ])
 def test_what_a_backend_would_reset_the_stream_for_is_refused_at_the_listener(
         host: FakeEnvoyHost, headers: dict[str, str], code: int | None,
