@@ -47,6 +47,7 @@ class Mesh:
     config_path: str
     children: list[Child] = field(default_factory=list)
     supervisor: Supervisor | None = None
+    stop_grace_s: float = 10.0  # from SIGTERM to SIGKILL, each child
 
     @property
     def run_dir(self) -> pathlib.Path:
@@ -171,9 +172,16 @@ class Mesh:
             if child.proc is None:
                 continue
             try:
-                child.proc.wait(timeout=10)
+                child.proc.wait(timeout=self.stop_grace_s)
             except subprocess.TimeoutExpired:
                 child.proc.kill()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    child.proc.wait(timeout=5)  # reaped, not left a zombie
+            # Its session (pgid = its pid) may hold what it started: Triton's Python backend
+            # stubs outlived a tritonserver killed here, still loading models (a drill's mesh
+            # that never became healthy), orphaned, holding CPU and shared memory.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(child.proc.pid, signal.SIGKILL)
         if self.cfg.capacity.enabled:  # a placement that died (or was killed) leaves its own
             from services.capacity.local import reap_leftovers
 
