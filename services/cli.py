@@ -212,14 +212,15 @@ def explain_hints(args: argparse.Namespace, cfg: MeshConfig) -> ParsedHints:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from services.capacity.plan_view import plan_main
+    from services.capacity.plan_view import again_command, plan_main
 
     cfg = _load(args)
     if cfg.placement.shards and not args.placement:  # [placement]'s address is no replica's
         return _plan_per_shard(cfg, args)
     _stub(cfg, args)  # resolves args.placement_address
     try:
-        return plan_main(args.placement_address, args.replan, args.approve)
+        return plan_main(args.placement_address, args.replan, args.approve,
+                         again_command(args.config, args.placement))
     except grpc.RpcError as exc:  # was "UNIMPLEMENTED: Method not found!, see the log"
         if not (isinstance(exc, grpc.Call) and exc.code() is grpc.StatusCode.UNIMPLEMENTED):
             raise

@@ -9,11 +9,13 @@ $/hour, why (the forecast classes and what serves them) and the variants' footpr
 from __future__ import annotations
 
 import datetime
+import shlex
 from typing import Any
 
 import grpc
 
 from services.api.switchyard.v1 import capacity_pb2, capacity_pb2_grpc
+from services.cli_help import DEFAULT_CONFIG
 from services.render import table
 
 
@@ -21,7 +23,19 @@ def _pools(view: Any) -> dict[str, Any]:
     return {p.pool: p for p in view.pools}
 
 
-def render_plan(resp: capacity_pb2.GetPlanResponse) -> str:
+def again_command(config: str, placement: str = "") -> str:
+    """``switchyard plan`` as this one reached its placement (``--config``, ``--placement``):
+    the ``next: ... --approve ID`` line, pasted, asks the same placement (it asked the
+    default config's)."""
+    parts = ["switchyard", "plan"]
+    if config != DEFAULT_CONFIG:
+        parts += ["--config", config]
+    if placement:
+        parts += ["--placement", placement]
+    return shlex.join(parts)
+
+
+def render_plan(resp: capacity_pb2.GetPlanResponse, again: str = "switchyard plan") -> str:
     has = resp.HasField("proposed")
     state = ("pending approval" if resp.pending else
              "no proposal yet" if not has else "adopted" if _same(resp) else "kept current")
@@ -62,7 +76,7 @@ def render_plan(resp: capacity_pb2.GetPlanResponse) -> str:
     if resp.last_error:
         lines.append(f"\nlast apply FAILED: {resp.last_error}")
     if resp.pending:
-        lines.append(f"\nnext: switchyard plan --approve {resp.plan_id}")
+        lines.append(f"\nnext: {again} --approve {resp.plan_id}")
     return "\n".join(lines)
 
 
@@ -72,16 +86,19 @@ def _same(resp: capacity_pb2.GetPlanResponse) -> bool:
     return key(resp.current) == key(resp.proposed)
 
 
-def plan_main(address: str, replan: bool, approve: str | None) -> int:
-    """``switchyard plan``; ``approve``: None = show only, "" = the pending plan, else its id."""
+def plan_main(address: str, replan: bool, approve: str | None,
+              again: str = "switchyard plan") -> int:
+    """``switchyard plan``; ``approve``: None = show only, "" = the pending plan, else its id;
+    ``again``: the command that reaches this placement again (its ``--config`` or
+    ``--placement``), which the ``next:`` line names."""
     stub = capacity_pb2_grpc.CapacityStub(grpc.insecure_channel(address))
     resp = stub.GetPlan(capacity_pb2.GetPlanRequest(replan=replan), timeout=120)
     if approve is None:
-        print(render_plan(resp))
+        print(render_plan(resp, again))
         return 0
     plan_id = approve or resp.plan_id
     if not approve and not resp.pending:
-        print(render_plan(resp))
+        print(render_plan(resp, again))
         print("\nswitchyard: nothing to approve: no plan is pending")
         return 1
     done = stub.ApprovePlan(capacity_pb2.ApprovePlanRequest(plan_id=plan_id), timeout=600)
