@@ -113,10 +113,10 @@ RATE_HALF_LIFE_S = 60.0
 # quantile tracker as it was). A margin past the call's whole budget already keeps the row out
 # of the strict test and gives it no chance in the fallback (``placement.meet``); what more
 # misses add only keeps it out longer once what made it late is gone. Measured and off
-# (2026-11-27, ``cost_check --seeds 0 1 --variants base margin-cap-1``, 1 × SLO, five
-# scenarios): held-out-near-capacity 98.64/98.96 → 98.73/98.87 % (the mean unchanged, its
-# spread 0.32), single-cloud-hetero the same attainment at ×1.025 the cost; RESULTS.md, 'the
-# fallback when no row has any chance'.
+# (2026-11-27, ``cost_check --seeds 0 1 --variants base margin-cap-1``, 1 × SLO, every
+# scenario): held-out-near-capacity 98.64/98.96 → 98.73/98.87 % (the mean unchanged, its
+# spread 0.32), single-cloud-hetero the same attainment at ×1.025 the cost, ten scenarios
+# unchanged to the digit; RESULTS.md, 'the fallback when no row has any chance'.
 MAX_MARGIN: float | None = None
 
 
