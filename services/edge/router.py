@@ -112,8 +112,13 @@ class CallRecord:
 # A caller's cancel this close to its deadline is its deadline: the caller's own timer
 # starts before its grpc-timeout is read and sent, so it fires a little before the edge's
 # deadline and the edge hears a cancel (a stream counted CANCELLED 5 ms before its deadline
-# while its caller saw DEADLINE_EXCEEDED).
-DEADLINE_SLACK_S = 0.1
+# while its caller saw DEADLINE_EXCEEDED). 0.1 s was too little for a busy caller: in a CI
+# run on a quiet host, streams through Envoy whose caller's event loop also ran 64 draining
+# streams sent their headers more than 0.1 s after their timers started (2 of 60 counted
+# CANCELLED, their callers saw DEADLINE_EXCEEDED; test_hostile_round5). A server cannot
+# tell a caller's deadline from its cancel; a real cancel this close to the deadline is
+# counted as the deadline.
+DEADLINE_SLACK_S = 0.25
 # A unary attempt silent this long on a backend its health checks find unreachable is given
 # up (``stalls``; streams: 2 s, since tokens show a stream's progress and a call's answer is
 # all it sends back). About what the 10 s keepalive pings found before they went every

@@ -17,6 +17,7 @@ import pytest
 import pytest_asyncio
 from structlog.testing import capture_logs
 
+from placement.model import Availability
 from services.api.switchyard.v1 import fleet_pb2, placement_pb2, placement_pb2_grpc
 from services.api.switchyard.v1.placement_pb2 import ListBackendsRequest
 from services.backends.triton import TritonProcess
@@ -176,7 +177,8 @@ async def while_serving(mesh: Mesh, inst: Instance, kept: Instance,
     """Under ``QualityLoad``: ``inst`` made to serve (``kept``, no dearer and first in the
     order, would take every call while it has room: in one CI run it took all 9,880 calls of
     60 s; so it is drained until ``inst`` has served 5 calls, then made active again and
-    waited for), then ``change``; then 30 more calls. The load, stopped."""
+    waited for in the edge's table), then ``change``; then 30 more calls. The load,
+    stopped."""
     def served(i: Instance) -> int:
         return load.served.get(f"{i.id}/summarize-large", 0)
 
@@ -186,8 +188,13 @@ async def while_serving(mesh: Mesh, inst: Instance, kept: Instance,
         await eventually(lambda: served(inst) >= 5, 60,
                          f"{inst.id} serves calls while {kept.id} is drained")
         await set_availability(mesh, kept, fleet_pb2.AVAILABILITY_ACTIVE)
-        back = served(kept)
-        await eventually(lambda: served(kept) > back, 60, f"{kept.id} serves again")
+        # offered again (not "serves again": between equally cheap deployments the edge may
+        # keep every call on the one it measured, ``inst``, as it did in one CI run: 8,233
+        # calls there and none on ``kept`` in 60 s; the change then moves them)
+        await eventually(lambda: any(
+            c.backend_id == kept.id and c.availability is Availability.ACTIVE
+            for c in mesh.edge.router.store.candidates.get("summarize", ())), 30,
+            f"the edge's table offers {kept.id} again")
         await change()
         after = load.total()
         await eventually(lambda: load.total() >= after + 30, 60, "calls go on after it")
