@@ -16,6 +16,15 @@ Shared prefixes (stated, not from the trace: the trace has no prompt content): a
 history) drawn Zipf(``zipf_s``) from ``sessions`` per region; the first ``min(S, P)`` prompt
 tokens of such a stream are its session's prefix (``S`` drawn once per session from the
 same prompt distribution times ``prefix_share``). Other streams share nothing.
+
+**Output lengths stop at ``max_tokens``**: a stream's output is ``min(trace length, its
+class's max_tokens)``, as a model server stops a generation at the request's ``max_tokens``
+(Triton's TensorRT-LLM/vLLM backends, the demo LLM, and the edge's ``generation.py`` and
+``placement.streams`` all read it as a hard upper bound). Clipped, not redrawn below it: the
+trace's length is what the model would have generated, and the stop cuts that generation;
+drawing from the trace's distribution below ``max_tokens`` instead would make the streams that
+would have run long short ones. The trace's distribution beyond ``max_tokens`` is cut (its mass
+sits at ``max_tokens``).
 """
 
 from __future__ import annotations
@@ -126,7 +135,7 @@ class StreamClass:
     share: float
     ttft_ms: float
     tpot_ms: float
-    max_tokens: int  # what its callers send as max_tokens (the output is the trace's)
+    max_tokens: int  # what its callers send as max_tokens: the output stops there
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +210,8 @@ def generate_streams(s: TokenScenario, quick: bool) -> Streams:
     shares = np.array([c.share for c in s.classes])
     klass = rng.choice(len(s.classes), size=n, p=shares / shares.sum())
     prompt, output = draw_lengths(s.trace, rng.random(n), rng.random(n))
+    # the server stops at the request's max_tokens (clipped, not redrawn: same draws as before)
+    output = np.minimum(output, np.array([c.max_tokens for c in s.classes])[klass])
     # sessions: per region, Zipf popularity over ``sessions`` ids; prefix per session
     ranks = np.arange(1, s.sessions + 1, dtype=float)
     pop = ranks ** -s.zipf_s
