@@ -15,10 +15,15 @@ median over the rounds with the min–max spread. The C dynamic module's variant
 it; without it they are reported as not started.
 
     python -m benchmarks.envoy_filters [--quick] [--only NAME,NAME...] [--rounds N]
-                                       [--conc C,C...] [--before DIR]
+                                       [--conc C,C...] [--before DIR] [--module-before DIR]
 
 ``--only ablation``: ``sy`` and every variant of ``benchmarks/envoy_ablation.py`` (``sy`` with
 one thing removed), with a table of what each removal saved against ``sy`` in the same round.
+``--only bisect``: ``dm`` (the config placement pushes to a module node, static) and each
+difference from plain Envoy taken out of it (``benchmarks/envoy_bisect.py``), with ``envoy-sy``
+beside it and a table of what each removal saved against ``dm`` in the same round.
+``--module-before DIR``: ``dm-before``, ``dm`` loading the module built in DIR (an older
+commit's ``native/build``), paired with ``dm`` in each round.
 ``--before DIR``: ``sy-before``, the whole config as the commit exported at DIR compiles it
 (``benchmarks/envoy_before.py``), paired with ``sy`` in each round.
 """
@@ -38,6 +43,7 @@ from benchmarks.common import Section, command_for, main, md_table, progress, ta
 from benchmarks.dataplane import _loop_factory, start_switchyard_envoy
 from benchmarks.envoy_ablation import ABLATIONS
 from benchmarks.envoy_before import BeforeVariant
+from benchmarks.envoy_bisect import BISECT
 from benchmarks.envoy_configs import VARIANTS as LUA_VARIANTS
 from benchmarks.envoy_configs import Variant
 from benchmarks.envoy_dynmod import DM_VARIANTS
@@ -45,9 +51,16 @@ from services.ports import free_port
 from services.xds import native
 
 VARIANTS: dict[str, Variant | BeforeVariant] = {
-    **LUA_VARIANTS, **{v.name: v for v in (*DM_VARIANTS, *ABLATIONS)}}
-# ``--only ablation``: the full config and every one-thing-removed variant of it
-GROUPS = {"ablation": ("sy", *(v.name for v in ABLATIONS), "sy-2var")}
+    **LUA_VARIANTS, **{v.name: v for v in (*DM_VARIANTS, *ABLATIONS, *BISECT)}}
+# ``--only ablation``: the full config and every one-thing-removed variant of it;
+# ``--only bisect``: the pushed module config (``dm``) and each difference from plain taken out
+GROUPS = {"ablation": ("sy", *(v.name for v in ABLATIONS), "sy-2var"),
+          "bisect": (*(v.name for v in BISECT), "envoy-sy")}
+MODULE_VARIANTS = (*DM_VARIANTS, *(v for v in BISECT if v.name != "dm-no-module"))
+# ``--module-before DIR``: ``dm`` with the module built in DIR (an older commit's native/),
+# paired with ``dm`` in each round
+DM_BEFORE = Variant("dm-before", "dm with the module of --module-before", BISECT[0].model,
+                    BISECT[0].edits)
 
 ESTIMATE_S = (420, 1100)
 BASELINE = "plain"
@@ -57,11 +70,13 @@ ADS_WHAT = {ADS: "Switchyard as placement pushes it (delta ADS)",
             ADS_LUA: "the same, pushed with envoy_filters = lua"}
 
 
-def start_variant(fleet: Fleet, v: Variant | BeforeVariant) -> Target:
-    if v in DM_VARIANTS:
-        if not native.available():
-            raise RuntimeError(f"{native.module_path()} is not built (native/build.sh)")
-        os.environ[native.SEARCH_PATH_ENV] = str(native.BUILD_DIR)  # inherited by Envoy
+def start_variant(fleet: Fleet, v: Variant | BeforeVariant,
+                  module_before: pathlib.Path | None = None) -> Target:
+    if v in MODULE_VARIANTS or v is DM_BEFORE:
+        where = module_before if v is DM_BEFORE and module_before else native.BUILD_DIR
+        if not native.available(where):
+            raise RuntimeError(f"{native.module_path(where)} is not built (native/build.sh)")
+        os.environ[native.SEARCH_PATH_ENV] = str(where)  # inherited by Envoy
     port = free_port()
     p = fleet.start_envoy(v.name, v.bootstrap(fleet.triton_address, fleet.placement_address,
                                               port, free_port()))
@@ -70,7 +85,8 @@ def start_variant(fleet: Fleet, v: Variant | BeforeVariant) -> Target:
     return Target(v.name, address, v.model, [p.pid])
 
 
-def start_all(fleet: Fleet, names: Sequence[str]) -> tuple[dict[str, Target], dict[str, str]]:
+def start_all(fleet: Fleet, names: Sequence[str], module_before: pathlib.Path | None = None
+              ) -> tuple[dict[str, Target], dict[str, str]]:
     """Every variant that starts and answers; the others with the reason they did not."""
     fleet.start_triton()
     fleet.start_placement()
@@ -81,7 +97,7 @@ def start_all(fleet: Fleet, names: Sequence[str]) -> tuple[dict[str, Target], di
         try:
             targets[name] = (start_switchyard_envoy(fleet, ADS) if name == ADS else
                              start_switchyard_envoy(fleet, ADS_LUA, "lua") if name == ADS_LUA
-                             else start_variant(fleet, VARIANTS[name]))
+                             else start_variant(fleet, VARIANTS[name], module_before))
         except RuntimeError as exc:
             failed[name] = str(exc).splitlines()[0]
             progress(f"{name} did not start: {failed[name]}")
@@ -148,7 +164,8 @@ PAIRS = (("sy-dm", "sy"), ("dm-peek", "lua-peek"), ("sy-no-lua", "sy"), ("sy-fir
          ("sy-gfe", "sy"), ("envoy-sy", "sy"), ("hints+gfe", "lua-peek"), ("gfe", "lua-peek"),
          ("sy", "sy-before"), ("sy", "sy-no-hc"), ("sy-sb50", "sy"), ("sy-sb200", "sy"),
          ("envoy-sy", "sy-no-hc"), ("envoy-sy", "envoy-sy-lua"), ("envoy-sy-lua", "sy"),
-         ("sy-dm1", "envoy-sy"), ("sy-dm1-no-up", "sy-dm1"))
+         ("sy-dm1", "envoy-sy"), ("sy-dm1-no-up", "sy-dm1"), ("dm", "envoy-sy"),
+         ("dm", "dm-before"))
 
 
 def pair_rows(rounds: list[dict[tuple[str, int], Point]],
@@ -167,23 +184,26 @@ def pair_rows(rounds: list[dict[tuple[str, int], Point]],
     return rows
 
 
-def _saved(rounds: list[dict[tuple[str, int], Point]], name: str, conc: int) -> list[float]:
-    """Per round: (sy − variant) CPU per call in units of plain Envoy's, same round."""
-    return [(r[("sy", conc)].proxy_cpu_us - r[(name, conc)].proxy_cpu_us)
+def _saved(rounds: list[dict[tuple[str, int], Point]], name: str, conc: int,
+           base: str = "sy") -> list[float]:
+    """Per round: (base − variant) CPU per call in units of plain Envoy's, same round."""
+    return [(r[(base, conc)].proxy_cpu_us - r[(name, conc)].proxy_cpu_us)
             / r[(BASELINE, conc)].proxy_cpu_us for r in rounds
-            if (name, conc) in r and ("sy", conc) in r and (BASELINE, conc) in r]
+            if (name, conc) in r and (base, conc) in r and (BASELINE, conc) in r]
 
 
 ABLATION_NAMES = GROUPS["ablation"][1:]
+BISECT_NAMES = tuple(v.name for v in BISECT[1:])
 
 
 def ablation_rows(rounds: list[dict[tuple[str, int], Point]],
-                  concurrencies: Sequence[int]) -> list[list[object]]:
+                  concurrencies: Sequence[int], base: str = "sy",
+                  names: Sequence[str] = ABLATION_NAMES) -> list[list[object]]:
     """Per one-thing-removed variant: its CPU per call over plain's, and what removing the
-    thing saved against ``sy`` in plain's units (same round), with how often it saved."""
+    thing saved against ``base`` in plain's units (same round), with how often it saved."""
     rows: list[list[object]] = []
-    for n in ABLATION_NAMES:
-        saved = {c: _saved(rounds, n, c) for c in concurrencies}
+    for n in names:
+        saved = {c: _saved(rounds, n, c, base) for c in concurrencies}
         if not any(saved.values()):
             continue
         ratios = [_spread([r[(n, c)].proxy_cpu_us / r[(BASELINE, c)].proxy_cpu_us
@@ -198,25 +218,26 @@ def ablation_rows(rounds: list[dict[tuple[str, int], Point]],
 
 
 def ablation_verdicts(rounds: list[dict[tuple[str, int], Point]],
-                      concurrencies: Sequence[int]) -> list[str]:
+                      concurrencies: Sequence[int], base: str = "sy",
+                      names: Sequence[str] = ABLATION_NAMES) -> list[str]:
     """The ablation's prose, computed from its rows: per concurrency, the removals that saved
     most (median), and which saved in at least 3 of 4 points (the rest is within noise)."""
     out = []
     for conc in concurrencies:
-        whole = _median_ratio(rounds, "sy", conc)
-        med = {n: statistics.median(v) for n in ABLATION_NAMES if (v := _saved(rounds, n, conc))}
+        whole = _median_ratio(rounds, base, conc)
+        med = {n: statistics.median(v) for n in names if (v := _saved(rounds, n, conc, base))}
         if whole is None or not med:
             continue
         ranked = sorted(med.items(), key=lambda kv: -kv[1])
-        out.append(f"c={conc}: `sy` is {whole:.2f}× plain (+{whole - 1:.2f}); removing one "
+        out.append(f"c={conc}: `{base}` is {whole:.2f}× plain (+{whole - 1:.2f}); removing one "
                    "thing saved (median, plain's units; for a variant that adds something, "
                    "minus what it costs), largest first: "
-                   + ", ".join(f"{n} {v:+.2f}" for n, v in ranked[:6]) + ".")
-    steady = [n for n in ABLATION_NAMES
-              if (v := [x for c in concurrencies for x in _saved(rounds, n, c)])
+                   + ", ".join(f"{n} {v:+.2f}" for n, v in ranked[:8]) + ".")
+    steady = [n for n in names
+              if (v := [x for c in concurrencies for x in _saved(rounds, n, c, base)])
               and sum(x > 0 for x in v) >= 0.75 * len(v)]
     if steady:
-        out.append("Saved in at least 3 of 4 points (both concurrencies): "
+        out.append("Saved in at least 3 of 4 points (every concurrency): "
                    + ", ".join(f"`{n}`" for n in steady) + "; every other removal is within "
                    "the round-to-round noise.")
     return out
@@ -262,7 +283,7 @@ def verdicts(rounds: list[dict[tuple[str, int], Point]],
              concurrencies: Sequence[int]) -> list[str]:
     """The prose under the table, computed from its rows."""
     out = []
-    for whole in ("sy", "sy-dm", ADS, ADS_LUA):
+    for whole in ("sy", "sy-dm", "dm", ADS, ADS_LUA):
         ratios = {c: _median_ratio(rounds, whole, c) for c in concurrencies}
         got = {c: r for c, r in ratios.items() if r is not None}
         if got:
@@ -289,22 +310,28 @@ DEFAULT_CONCURRENCIES = (1, 8)  # beyond 8 a slower proxy batches more: CPU/call
 
 
 def run(quick: bool, only: str = "", rounds: int = 0,
-        concurrencies: tuple[int, ...] = DEFAULT_CONCURRENCIES, before: str = "") -> Section:
+        concurrencies: tuple[int, ...] = DEFAULT_CONCURRENCIES, before: str = "",
+        module_before: str = "") -> Section:
     """``before``: an export of an older commit; ``sy-before`` is its config (``sy`` paired
-    against it in each round)."""
+    against it in each round). ``module_before``: a directory holding an older build of the
+    module; ``dm-before`` is ``dm`` loading it (``dm`` paired against it)."""
     calls, seconds, default_rounds = (1000, 3.0, 5) if quick else (2000, 6.0, 7)
     rounds = rounds or default_rounds
     if before:
         b = BeforeVariant(pathlib.Path(before))
         VARIANTS[b.name] = b
+    if module_before:
+        VARIANTS[DM_BEFORE.name] = DM_BEFORE
     names = [BASELINE, *[n for n in VARIANTS if n != BASELINE], ADS, ADS_LUA]
     if only:
         wanted = {n for w in only.split(",") for n in GROUPS.get(w, (w,))}
         wanted |= {"sy", "sy-before"} if before else set()
+        wanted |= {"dm", "dm-before"} if module_before else set()
         names = [n for n in names if n == BASELINE or n in wanted]
     t0 = time.monotonic()
     with Fleet() as fleet:
-        targets, failed = start_all(fleet, names)
+        targets, failed = start_all(fleet, names,
+                                    pathlib.Path(module_before) if module_before else None)
         if BASELINE not in targets:
             raise RuntimeError(f"plain Envoy did not start: {failed.get(BASELINE)}")
         progress(f"{rounds} rounds of {calls} calls or {seconds:.0f} s per point, "
@@ -327,6 +354,14 @@ def run(quick: bool, only: str = "", rounds: int = 0,
                       ["variant", "what is changed", *[f"CPU/plain c={c}" for c in concurrencies],
                        *[f"saved c={c}" for c in concurrencies], "points saved"],
                       ablation, "ll" + "r" * (len(ablation[0]) - 2)))
+    bisect = ablation_rows(results, concurrencies, "dm", BISECT_NAMES)
+    if bisect:
+        table += ("\n\n**Bisect: `dm` (the pushed module config) with one difference from plain "
+                  "taken out (CPU per call; saved = (dm − variant) / plain, same round)**\n\n"
+                  + md_table(["variant", "what is changed",
+                              *[f"CPU/plain c={c}" for c in concurrencies],
+                              *[f"saved c={c}" for c in concurrencies], "points saved"],
+                             bisect, "ll" + "r" * (len(bisect[0]) - 2)))
     print("\n" + table + "\n", file=sys.stderr)
     notes = [
         f"{rounds} rounds; each point {calls} calls or {seconds:.0f} s after "
@@ -337,6 +372,7 @@ def run(quick: bool, only: str = "", rounds: int = 0,
         "Triton are not billed. Shared machine: absolute µs are inflated; read the ratios.",
         *verdicts(results, concurrencies),
         *ablation_verdicts(results, concurrencies),
+        *ablation_verdicts(results, concurrencies, "dm", BISECT_NAMES),
         *health_verdicts(results, concurrencies),
         *[f"`{n}` did not start: {why}" for n, why in failed.items()],
     ]
@@ -345,7 +381,9 @@ def run(quick: bool, only: str = "", rounds: int = 0,
                    + (f" --rounds {rounds}" if rounds != default_rounds else "")
                    + (f" --conc {','.join(map(str, concurrencies))}"
                       if concurrencies != DEFAULT_CONCURRENCIES else "")
-                   + (" --before <export of the old commit>" if before else ""), table, notes,
+                   + (" --before <export of the old commit>" if before else "")
+                   + (" --module-before <old commit's native/build>" if module_before else ""),
+                   table, notes,
                    elapsed_s=time.monotonic() - t0)
 
 
@@ -354,4 +392,5 @@ if __name__ == "__main__":
     rounds = int(take_option("--rounds", "0"))
     conc = tuple(int(c) for c in take_option("--conc", "1,8").split(","))
     before = take_option("--before", "")
-    main(lambda quick: run(quick, only, rounds, conc, before), __doc__)
+    module_before = take_option("--module-before", "")
+    main(lambda quick: run(quick, only, rounds, conc, before, module_before), __doc__)

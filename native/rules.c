@@ -279,6 +279,18 @@ int sy_wire_refusal(const envoy_http_header* h, size_t n, char* msg, size_t msg_
   return 0;
 }
 
+int sy_reads(const envoy_http_header* e) {
+  size_t k = e->key_length;
+  if (key_is(e, "content-type"))
+    return value_is(e, "application/grpc") ? SY_READ_TYPED : SY_READ_WIRE;
+  if (k > 4 && memcmp(e->key_ptr + k - 4, "-bin", 4) == 0) return SY_READ_WIRE | SY_READ_HINT;
+  if (k >= 5 && memcmp(e->key_ptr, "grpc-", 5) == 0)
+    return (key_is(e, "grpc-encoding") || key_is(e, "grpc-status") ||
+            key_is(e, "grpc-message") || key_is(e, "grpc-previous-rpc-attempts"))
+               ? SY_READ_WIRE : 0;
+  return key_is(e, "x-slo-ms") || key_is(e, "x-tenant") ? SY_READ_HINT : 0;
+}
+
 /* A -bin header's bytes as gRPC carries them (base64, padded or not), at most `limit` of
  * them into out; how many. */
 static size_t unbase64(envoy_buffer b, unsigned char* out, size_t limit) {

@@ -41,6 +41,13 @@ char* sy_hint_message(const char* key, envoy_buffer value, const char* why,
  * -status-details-bin, a grpc-previous-rpc-attempts not a count: 3); 0: none. */
 int sy_wire_refusal(const envoy_http_header* h, size_t n, char* msg, size_t msg_size);
 
+/* Which of the checks over every header entry read this one: SY_READ_WIRE (sy_wire_refusal
+ * may refuse it), SY_READ_HINT (sy_first_fault may), SY_READ_TYPED (a content-type of
+ * exactly application/grpc). A call none of whose entries any check reads, with a typed
+ * one, passes both: the listener walks its headers once, not once per check. */
+enum { SY_READ_WIRE = 1, SY_READ_HINT = 2, SY_READ_TYPED = 4 };
+int sy_reads(const envoy_http_header* e);
+
 int sy_metadata_refusal(const envoy_http_header* h, size_t n, long long max_bytes,
                         long long max_count, int checked, char* msg, size_t msg_size);
 

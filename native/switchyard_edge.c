@@ -101,11 +101,10 @@ static void refuse_fault(envoy_filter f, filter* s) {
   reply(f, 3, s->fault ? s->fault : "metadata: a bad hint");
 }
 
-/* The caller's deadline (grpc-timeout) in ms: 1 and *out, or 0 (none or unreadable). */
-static int deadline_ms(envoy_filter f, double* out) {
-  envoy_buffer t;
-  if (!get_header(f, REQUEST_HEADER, "grpc-timeout", &t) || t.length < 2 || t.length > 9)
-    return 0;
+/* The caller's deadline (its grpc-timeout, t) in ms: 1 and *out, or 0 (none or
+ * unreadable). */
+static int deadline_ms(envoy_buffer t, double* out) {
+  if (t.ptr == NULL || t.length < 2 || t.length > 9) return 0;
   double digits = 0;
   for (size_t i = 0; i + 1 < t.length; i++) {
     if (t.ptr[i] < '0' || t.ptr[i] > '9') return 0;
@@ -139,42 +138,89 @@ static void too_late(envoy_filter f, double left_ms) {
   reply(f, 4, msg);
 }
 
+/* What listener_headers reads of the caller's headers, from its one walk of the header map
+ * (every other question would be one more host callback, each a lookup in Envoy's map). The
+ * pointers are into Envoy's header map: valid until the hook returns, and entries other than
+ * the ones removed stay where they are. */
+enum { OWN_MODEL = 1, OWN_NAMED = 2, OWN_VARIANT = 4, OWN_SLO = 8, OWN_PATH = 16 };
+typedef struct {
+  envoy_buffer path, timeout, cert; /* the first of each (ptr NULL: none) */
+  int own;          /* the x-switchyard-* headers the caller sent (OWN_*), removed */
+  int tenant;       /* authorization, x-tenant or either as -bin */
+  int slow_hint;    /* 1 + the first of SY_SLOW_HINTS (in its order) sent; 0: none */
+  int rules;        /* SY_READ_* of any entry: which rules.h checks have anything to read */
+} seen;
+
+static int key_eq(const envoy_http_header* e, const char* s, size_t n) {
+  return e->key_length == n && memcmp(e->key_ptr, s, n) == 0;
+}
+#define KEY_IS(e, lit) key_eq((e), (lit), sizeof(lit) - 1)
+
+static void see(const envoy_http_header* h, size_t n, seen* out) {
+  memset(out, 0, sizeof *out);
+  int slow = 0;
+  for (size_t i = 0; i < n; i++) {
+    const envoy_http_header* e = &h[i];
+    out->rules |= sy_reads(e);
+    if (e->key_length == 0) continue;
+    envoy_buffer v = {e->value_ptr ? e->value_ptr : "", e->value_length};
+    if (e->key_ptr[0] == ':') {
+      if (out->path.ptr == NULL && KEY_IS(e, ":path")) out->path = v;
+    } else if (e->key_length > 12 && memcmp(e->key_ptr, "x-switchyard-", 13) == 0) {
+      out->own |= KEY_IS(e, MODEL_HEADER) ? OWN_MODEL : KEY_IS(e, NAMED_HEADER) ? OWN_NAMED
+                  : KEY_IS(e, VARIANT_HEADER) ? OWN_VARIANT : KEY_IS(e, SLO_HEADER) ? OWN_SLO
+                  : KEY_IS(e, PATH_HEADER) ? OWN_PATH : 0;
+    } else if (KEY_IS(e, "grpc-timeout")) {
+      if (out->timeout.ptr == NULL) out->timeout = v;
+    } else if (KEY_IS(e, "authorization") || KEY_IS(e, "x-tenant") ||
+               KEY_IS(e, "authorization-bin") || KEY_IS(e, "x-tenant-bin")) {
+      out->tenant = 1;
+    } else if (KEY_IS(e, "x-forwarded-client-cert")) {
+      if (out->cert.ptr == NULL) out->cert = v;
+    } else {
+      int k = 0;
+      for (; SY_SLOW_HINTS[k]; k++)
+        if (key_eq(e, SY_SLOW_HINTS[k], strlen(SY_SLOW_HINTS[k]))) break;
+      if (SY_SLOW_HINTS[k] && (slow == 0 || k + 1 < slow)) slow = k + 1;
+    }
+  }
+  out->slow_hint = slow;
+}
+
 /* 1: *slo set; 0: none (the model's default); -1: a bad x-slo-ms, answered when `answer`
  * (a ModelInfer's is its fault, answered after its bytes). Read as hints.py reads it, value
- * by value in the caller's order: each a plain decimal within SLO_RANGE, each repeat equal
- * to the first as a number ("50" then "50.0" agree). */
-static int slo_ms(envoy_filter f, const config* c, double* slo, int answer) {
+ * by value in the caller's order (h: every header entry): each a plain decimal within
+ * SLO_RANGE, each repeat equal to the first as a number ("50" then "50.0" agree). */
+static int slo_ms(envoy_filter f, const config* c, const seen* w, const envoy_http_header* h,
+                  size_t n, double* slo, int answer) {
   envoy_buffer first = {0};
-  size_t n = 0;
-  envoy_dynamic_module_callback_http_get_header(f, REQUEST_HEADER, LIT("x-slo-ms"), &first, 0,
-                                                &n);
-  if (n > 0) {
-    double first_v = 0;
-    for (size_t i = 0; i < n; i++) {
-      envoy_buffer value = {0};
-      envoy_dynamic_module_callback_http_get_header(f, REQUEST_HEADER, LIT("x-slo-ms"), &value,
-                                                    i, NULL);
-      if (value.ptr == NULL) value.length = 0; /* an empty value */
-      double v = 0;
-      char why[96];
-      const char* bad = sy_hint_number(value, SLO_LO, SLO_HI, &v, why, sizeof why);
-      if (bad != NULL) {
-        if (answer) refuse_hint(f, "x-slo-ms", value, bad, NULL);
-        return -1;
-      }
-      if (i == 0) {
-        first_v = v;
-        first = value;
-      } else if (v != first_v) {
-        if (answer) refuse_hint(f, "x-slo-ms", value, CONTRADICTS("x-slo-ms"), &first);
-        return -1;
-      }
+  double first_v = 0;
+  int any = 0;
+  for (size_t i = 0; (w->rules & SY_READ_HINT) && i < n; i++) {
+    if (!KEY_IS(&h[i], "x-slo-ms")) continue;
+    envoy_buffer value = {h[i].value_ptr ? h[i].value_ptr : "", h[i].value_length};
+    double v = 0;
+    char why[96];
+    const char* bad = sy_hint_number(value, SLO_LO, SLO_HI, &v, why, sizeof why);
+    if (bad != NULL) {
+      if (answer) refuse_hint(f, "x-slo-ms", value, bad, NULL);
+      return -1;
     }
+    if (!any) {
+      first_v = v;
+      first = value;
+      any = 1;
+    } else if (v != first_v) {
+      if (answer) refuse_hint(f, "x-slo-ms", value, CONTRADICTS("x-slo-ms"), &first);
+      return -1;
+    }
+  }
+  if (any) {
     *slo = first_v;
     return 1;
   }
   double budget;
-  if (deadline_ms(f, &budget)) {
+  if (deadline_ms(w->timeout, &budget)) {
     double v = budget - c->margin_ms;
     *slo = v < 1 ? 1 : v;
     return 1;
@@ -197,10 +243,8 @@ static envoy_http_header* all_headers(envoy_filter f, size_t* n) {
 /* A caller's certificate, as Envoy forwards it (x-forwarded-client-cert), that may name a
  * tenant: any tenant's client_san anywhere in the header (lua.py's cert_tenant: a superset of
  * the calls the slow path identifies as that tenant; a false match only costs the slow path). */
-static int cert_tenant(envoy_filter f, const config* c) {
-  envoy_buffer cert;
-  if (c->n_tenant_sans == 0 || !get_header(f, REQUEST_HEADER, "x-forwarded-client-cert", &cert))
-    return 0;
+static int cert_tenant(envoy_buffer cert, const config* c) {
+  if (c->n_tenant_sans == 0 || cert.ptr == NULL) return 0;
   const char* san = c->tenant_sans;
   for (size_t i = 0; i < c->n_tenant_sans; i++, san += strlen(san) + 1) {
     size_t k = strlen(san);
@@ -314,48 +358,51 @@ static int append_name(envoy_filter f, const char* body, size_t n, const char* n
 
 /* ------------------------------------------------------------------- listener */
 
-static int listener_headers(envoy_filter f, filter* s, bool end_of_stream) {
+/* The request headers' checks and marks, in lua.py's order: the metadata limits, the wire
+ * refusals, then (a call or stream) the deadline and its first refused hint: a -bin one
+ * answered here (unless a hint only the slow path reads came first and there is one: it
+ * answers), a ModelInfer's after its bytes (listener_body_done), as the Python edge checks
+ * them before its hints; then x-switchyard-* headers removed. h: every header entry, walked
+ * once (see); a rule of rules.h walks them again only when an entry is one it reads. */
+static int listener_checks(envoy_filter f, filter* s, bool end_of_stream,
+                           const envoy_http_header* h, size_t nh) {
   const config* c = s->cfg;
-  /* lua.py's order: the metadata limits, then (a call or stream) the deadline and its first
-   * refused hint: a -bin one answered here (unless a hint only the slow path reads came
-   * first and there is one: it answers), a ModelInfer's after its bytes (listener_body_done),
-   * as the Python edge checks them before its hints; then x-switchyard-* headers removed */
-  envoy_buffer path = {0};
-  int has_path = get_header(f, REQUEST_HEADER, ":path", &path);
-  int checked = has_path && rpc_in(path, DEADLINE_CHECKED);
-  size_t nh = 0;
-  envoy_http_header* all = all_headers(f, &nh); /* every call: sy_wire_refusal reads them */
+  seen w;
+  see(h, nh, &w);
+  envoy_buffer path = w.path;
+  int checked = path.ptr != NULL && rpc_in(path, DEADLINE_CHECKED);
   s->deadline_at_ms = 0;
   double budget;
-  int refused = headers_refused(f, c, checked, all, nh), binary = 0, unread = 0;
-  if (!refused) {
+  int refused = headers_refused(f, c, checked, h, nh), binary = 0, unread = 0;
+  if (!refused && ((w.rules & SY_READ_WIRE) || (nh > 0 && !(w.rules & SY_READ_TYPED)))) {
     char msg[512];
-    int code = sy_wire_refusal(all, nh, msg, sizeof msg);
+    int code = sy_wire_refusal(h, nh, msg, sizeof msg);
     if (code != 0) {
       reply(f, code, msg);
       refused = 1;
     }
   }
-  if (!refused && checked && deadline_ms(f, &budget)) {
+  if (!refused && checked && deadline_ms(w.timeout, &budget)) {
     if (budget <= MIN_REMAINING_MS) {
       too_late(f, budget);
       refused = 1;
     }
     s->deadline_at_ms = now_ms() + budget;
   }
-  s->faulted = !refused && checked && sy_first_fault(all, nh, &s->fault, &binary, &unread);
+  s->faulted = !refused && checked && (w.rules & SY_READ_HINT) &&
+               sy_first_fault(h, nh, &s->fault, &binary, &unread);
   if (s->faulted && binary && !eq(path, SERVICE "ModelInfer") && !(unread && c->slow_path)) {
     refuse_fault(f, s);
     refused = 1;
   }
-  free(all);
   if (refused) return HEADERS_STOP_ITERATION;
-  remove_header(f, MODEL_HEADER);
-  remove_header(f, NAMED_HEADER);
-  remove_header(f, VARIANT_HEADER);
-  remove_header(f, SLO_HEADER);
-  remove_header(f, PATH_HEADER);
-  if (!get_header(f, REQUEST_HEADER, ":path", &path)) return HEADERS_CONTINUE;
+  /* only those the caller sent: each removal is a lookup in Envoy's map */
+  if (w.own & OWN_MODEL) remove_header(f, MODEL_HEADER);
+  if (w.own & OWN_NAMED) remove_header(f, NAMED_HEADER);
+  if (w.own & OWN_VARIANT) remove_header(f, VARIANT_HEADER);
+  if (w.own & OWN_SLO) remove_header(f, SLO_HEADER);
+  if (w.own & OWN_PATH) remove_header(f, PATH_HEADER);
+  if (path.ptr == NULL) return HEADERS_CONTINUE;
   if (rpc_in(path, SLOW_RPCS) || (c->slow_path && rpc_in(path, CONTROL_RPCS))) {
     to_slow(f, c, path.ptr, path.length);
     return c->slow_path ? HEADERS_CONTINUE : HEADERS_STOP_ITERATION;
@@ -363,18 +410,12 @@ static int listener_headers(envoy_filter f, filter* s, bool end_of_stream) {
   if (!rpc_in(path, NAMED_RPCS)) return HEADERS_CONTINUE;
   s->is_infer = eq(path, SERVICE "ModelInfer");
   if (s->is_infer) {
-    envoy_buffer v;
     char why[64] = "";
-    if (c->tenants == 2 ||
-        (c->tenants == 1 && (get_header(f, REQUEST_HEADER, "authorization", &v) ||
-                             get_header(f, REQUEST_HEADER, "x-tenant", &v) ||
-                             /* as -bin: the slow path refuses it, never no tenant */
-                             get_header(f, REQUEST_HEADER, "authorization-bin", &v) ||
-                             get_header(f, REQUEST_HEADER, "x-tenant-bin", &v) ||
-                             cert_tenant(f, c))))
+    /* authorization, x-tenant, either as -bin (the slow path refuses it, never no tenant) */
+    if (c->tenants == 2 || (c->tenants == 1 && (w.tenant || cert_tenant(w.cert, c))))
       snprintf(why, sizeof why, "a tenant's call"); /* the Python edge admits tenants */
-    for (const char* const* h = SY_SLOW_HINTS; *h && !why[0]; h++)
-      if (get_header(f, REQUEST_HEADER, *h, &v)) snprintf(why, sizeof why, "hint %s", *h);
+    if (!why[0] && w.slow_hint)
+      snprintf(why, sizeof why, "hint %s", SY_SLOW_HINTS[w.slow_hint - 1]);
     if (why[0] && s->faulted && !c->slow_path) { /* without a slow path, Python's refusal */
       refuse_fault(f, s);
       return HEADERS_STOP_ITERATION;
@@ -384,7 +425,7 @@ static int listener_headers(envoy_filter f, filter* s, bool end_of_stream) {
       return c->slow_path ? HEADERS_CONTINUE : HEADERS_STOP_ITERATION;
     }
   }
-  int got = slo_ms(f, c, &s->slo_ms, !s->is_infer);
+  int got = slo_ms(f, c, &w, h, nh, &s->slo_ms, !s->is_infer);
   if (got < 0 && !s->is_infer) return HEADERS_STOP_ITERATION;
   s->has_slo = got > 0;
   if (s->has_slo) {
@@ -398,6 +439,14 @@ static int listener_headers(envoy_filter f, filter* s, bool end_of_stream) {
   }
   s->waiting_body = 1;
   return HEADERS_STOP_ITERATION;
+}
+
+static int listener_headers(envoy_filter f, filter* s, bool end_of_stream) {
+  size_t nh = 0;
+  envoy_http_header* all = all_headers(f, &nh); /* every call: the wire refusals read them */
+  int status = listener_checks(f, s, end_of_stream, all, nh);
+  free(all);
+  return status;
 }
 
 static void listener_body_done(envoy_filter f, filter* s) {

@@ -148,6 +148,10 @@ class FakeEnvoyHost:
     def cleared(self) -> int:
         return int(self.lib.fh_cleared())
 
+    def keyed(self) -> int:
+        """Per-key header callbacks (get_header, set_header) the module made since start."""
+        return int(self.lib.fh_keyed())
+
     def reply(self) -> tuple[int, str] | None:
         """The trailers-only answer the module sent, as (grpc-status, grpc-message)."""
         if not self.lib.fh_replied():

@@ -34,6 +34,7 @@ static size_t body_len[2];
 static int cleared;
 static size_t attempted; /* the stream's upstream attempts (fh_set_attempted) */
 static int replied;
+static int keyed; /* per-key header callbacks (get_header, set_header) since fh_reset */
 static char reply_status[16];
 static char reply_message[1024];
 
@@ -48,7 +49,7 @@ void fh_reset(void) {
   for (int i = 0; i < nheaders; i++) free(headers[i].key), free(headers[i].value);
   for (int i = 0; i < nmetadata; i++) free(metadata[i].ns), free(metadata[i].key),
                                       free(metadata[i].s);
-  nheaders = nmetadata = cleared = replied = 0;
+  nheaders = nmetadata = cleared = replied = keyed = 0;
   attempted = 0;
   for (int k = 0; k < 2; k++) free(body[k]), body[k] = NULL, body_len[k] = 0;
   reply_status[0] = reply_message[0] = 0;
@@ -102,6 +103,7 @@ void fh_md_number(const char* ns, const char* key, double v) { add_md(1, ns, key
 void fh_md_bool(const char* ns, const char* key, int v) { add_md(2, ns, key)->b = v; }
 
 int fh_cleared(void) { return cleared; }
+int fh_keyed(void) { return keyed; }
 int fh_replied(void) { return replied; }
 const char* fh_reply_status(void) { return reply_status; }
 const char* fh_reply_message(void) { return reply_message; }
@@ -116,6 +118,7 @@ bool envoy_dynamic_module_callback_http_get_header(envoy_filter f, enum header_t
                                                    module_buffer key, envoy_buffer* result,
                                                    size_t index, size_t* optional_size) {
   (void)f;
+  keyed++;
   size_t seen = 0;
   result->ptr = NULL;
   result->length = 0;
@@ -149,6 +152,7 @@ bool envoy_dynamic_module_callback_http_get_headers(envoy_filter f, enum header_
 bool envoy_dynamic_module_callback_http_set_header(envoy_filter f, enum header_type t,
                                                    module_buffer key, module_buffer value) {
   (void)f;
+  keyed++;
   int w = 0;
   for (int i = 0; i < nheaders; i++) {
     if (headers[i].type == (int)t && match(headers[i].key, key)) {

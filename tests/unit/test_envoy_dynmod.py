@@ -71,6 +71,27 @@ def test_the_model_name_is_routed_on_and_a_callers_own_headers_removed(
     assert host.reply() is None
 
 
+@pytest.mark.parametrize(("timeout", "keyed"), [(None, 0), ("80m", 1)])
+def test_a_plain_call_walks_its_headers_once_and_asks_envoy_for_no_key(
+        host: FakeEnvoyHost, timeout: str | None, keyed: int) -> None:
+    """A ModelInfer as a gRPC client sends it (no hint, no x-switchyard-* header): the
+    listener's checks read the one copy of the header list; the only per-key callback is the
+    x-switchyard-slo-ms it sets from a deadline (each is a lookup in Envoy's map; before,
+    15 per call, 16 with a deadline: :path twice, five removals, five slow hints, x-slo-ms,
+    grpc-timeout)."""
+    headers = {":method": "POST", ":scheme": "http", ":path": INFER, ":authority": "edge",
+               "te": "trailers", "user-agent": "grpc-python/1.70", "x-request-id": "r1",
+               "grpc-accept-encoding": "identity,deflate,gzip"}
+    if timeout:
+        headers["grpc-timeout"] = timeout
+    _listener(host).start(headers, _request("tiny"))
+    assert host.request_headers() == STOP
+    assert host.keyed() == keyed
+    assert host.header(lua.SLO_HEADER) == (None if timeout is None else "75")
+    assert host.request_body() == CONTINUE and host.reply() is None
+    assert host.header(lua.MODEL_HEADER) == "tiny"
+
+
 def test_the_last_field_one_wins_as_in_a_protobuf_parser(host: FakeEnvoyHost) -> None:
     body = _frame(wire.encode_name_field("a") + wire.encode_name_field("b"))
     _listener(host).start({":path": INFER}, body)
