@@ -27,6 +27,9 @@ Minimise ``Σ_p usd_per_gpu_hour(p) · n[p]`` (plus a tiny cost per loaded varia
   each region ``R``, some variant meeting the floor is loaded on a pool outside ``R`` —
   written as "loaded in at least two regions";
 - **spot**: each class with demand has a feasible variant loaded on an on-demand pool;
+- **drawn** (a route round's finding, ``Problem.drawn``): ``x[k,p,v] >= drawn(k,p,v) ·
+  y[p,v]``, the calls/s the edges' cheapest-per-call rule sends ``k`` to ``p`` whenever
+  ``v`` is loaded there (:func:`drawn_rows`);
 - **pool loss** (``pool_loss``, N+1 across pools per class): for each class ``k`` and each
   pool ``p`` it may use, the calls/s ``k`` sends ``p`` fit, within ``k``'s SLO, into the
   room the other pools' planned GPUs have left (:mod:`placement.plan_pool_loss`).
@@ -167,6 +170,7 @@ def build(problem: Problem, gpu_limits: bool = True, shed: bool = False) -> Mode
             if spare:  # one GPU at the chosen tier held for a reclaim
                 coefs[t[p.id, li]] = share * lvl
         md.rows.add(coefs, -math.inf, 0, "capacity")
+    drawn_rows(md)
     policy_rows(md)
     if s.pool_loss:
         plan_pool_loss.rows(md, work)
@@ -228,6 +232,19 @@ def candidates(problem: Problem, k: DemandClass, pairs: Mapping[str, list[Pair]]
         away = [p for p in mine if p.region != mine[0].region][:1]
         chosen |= {p.id for p in on_demand + away}
     return [c for c in out if c[0].id in chosen]
+
+
+def drawn_rows(md: Model) -> None:
+    """**drawn** (``Problem.drawn``, from a route round): a class the edges' rule sends to
+    ``(p, v)`` whenever ``v`` is loaded there gets at least that flow, ``x[k,p,v] >= drawn ·
+    y[p,v]``, so its work counts in ``p``'s capacity and its ρ* bounds ``p``'s tier, as the
+    edges will run it. A pair with no ``x`` column (ρ* under the lowest tier) is left out."""
+    for ki, pid, vname, rps in md.problem.drawn:
+        xi, yi = md.x.get((ki, pid, vname)), md.y.get((pid, vname))
+        if xi is None or yi is None:
+            continue
+        need = min(rps, md.problem.demand[ki].rate_rps)
+        md.rows.add({xi: 1.0, yi: -need}, 0, math.inf, "route")
 
 
 def policy_rows(md: Model) -> None:

@@ -24,7 +24,7 @@ no room is served late where any loaded pool has room, or fails.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, NamedTuple, Protocol, TypeVar
 
 from placement.latency import MAX_RHO
@@ -48,6 +48,7 @@ class ClassLike(Hashable, Protocol):
 
 
 K = TypeVar("K", bound=ClassLike)
+DRAWN_MIN_RPS = 1e-3  # a class's calls/s on a pool beyond its planned flow that count as drawn
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,8 @@ class Routed(Generic[K]):
     failed: float  # calls/s with no capacity anywhere
     work: dict[str, float]
     short: dict[K, float]  # per class, calls/s not within SLO (late or failed)
+    # calls/s within SLO per (class, pool, variant): where the rule sent them
+    flows: dict[tuple[K, str, str], float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +70,7 @@ class _Flow(Generic[K]):
     rho: float
     service_s: float
     rps: float
+    variant: str = ""
 
 
 def _loosest_first(k: ClassLike) -> tuple[float, float, str, str]:
@@ -172,7 +176,7 @@ class Router(Generic[K]):
                     continue
                 take = min(rate, room)
                 work[pid] += take * s
-                flows[pid].append(_Flow(k, rho, s, take))
+                flows[pid].append(_Flow(k, rho, s, take, vname))
                 rate -= take
                 met += take
             return rate, displaced
@@ -201,7 +205,11 @@ class Router(Generic[K]):
                 rate -= take
                 late += take
             failed += max(rate, 0.0)
-        return Routed(met, late, failed, work, short)
+        placed: dict[tuple[K, str, str], float] = {}
+        for pid, on in flows.items():
+            for f in on:
+                placed[f.key, pid, f.variant] = placed.get((f.key, pid, f.variant), 0.0) + f.rps
+        return Routed(met, late, failed, work, short, placed)
 
 
 class _Key(NamedTuple):
@@ -222,11 +230,36 @@ class Shortfall:
         self.keys = {_Key(k.model, k.min_quality, k.slo_ms, k.edge_region, i): k.rate_rps
                      for i, k in enumerate(problem.demand) if k.rate_rps > 0}
         self.router: Router[_Key] = Router(problem, self.keys, count_reclaim=True)
+        self.names = [k.key for k in problem.demand]  # DemandClass.key, as Plan.serves names
 
     def __call__(self, found: Plan) -> dict[int, float]:
-        routed = self.router.route(self.keys, {pp.pool: float(pp.gpus) for pp in found.pools},
-                                   found.loaded())
+        return self.short(self.routed(found))
+
+    def routed(self, found: Plan) -> Routed[_Key]:
+        """The edges' rule on ``found``'s GPUs and variants at the problem's demand."""
+        return self.router.route(self.keys, {pp.pool: float(pp.gpus) for pp in found.pools},
+                                 found.loaded())
+
+    @staticmethod
+    def short(routed: Routed[_Key]) -> dict[int, float]:
+        """Per demand class (index into ``Problem.demand``), the calls/s left short."""
         return {k.position: rps for k, rps in routed.short.items() if rps > 1e-9}
+
+    def drawn(self, routed: Routed[_Key], found: Plan) -> dict[tuple[int, str, str], float]:
+        """Calls/s the edges' rule sends a class to a (pool, variant) beyond ``found``'s flow
+        there (``Problem.drawn``): a class that finds a pool the plan kept for others cheaper
+        per call takes it, at the utilisation its own SLO allows there."""
+        planned: dict[tuple[str, str, str], float] = {}
+        for pp in found.pools:
+            for key, vname, rps in pp.serves:
+                planned[key, pp.pool, vname] = planned.get((key, pp.pool, vname), 0.0) + rps
+        names = {k.position: self.names[k.position] for k in self.keys}
+        out: dict[tuple[int, str, str], float] = {}
+        for (k, pid, vname), rps in routed.flows.items():
+            extra = rps - planned.get((names[k.position], pid, vname), 0.0)
+            if extra > DRAWN_MIN_RPS:
+                out[k.position, pid, vname] = extra
+        return out
 
 
 def shortfall(problem: Problem, found: Plan) -> dict[int, float]:

@@ -99,6 +99,13 @@ class PlannerSettings:
     # without a deployment in SLO is solved again, up to this many times, with each class's
     # shortfall added to its demand; the plan that leaves least short is kept (0 = off).
     route_rounds: int = 3
+    # A route round also plans the calls/s the edges' rule sends each class beyond its planned
+    # flow on a (pool, variant): a class that finds a pool cheaper per call takes it at the
+    # utilisation its own SLO allows there, whatever the plan kept it for (Problem.drawn;
+    # far-edge: Tokyo's 250 ms class pinned Virginia's A100 at its long-RTT 0.36 and São
+    # Paulo's, which only that A100 reached, was late all night). Built; measured on the
+    # provisioned-cost day (benchmarks/RESULTS.md, 2026-11-28, "the calls the edges draw").
+    route_drawn: bool = False
     # When the pools' GPU limits cannot carry the forecast (max_gpus), plan what they can
     # carry (each call/s left out priced far above any GPU; Plan.not_carried) instead of
     # refusing, which keeps the plan in force (placement.planner._carry_what_fits).
@@ -134,6 +141,10 @@ class Problem:
     demand: tuple[DemandClass, ...]
     rtt_ms: Callable[[str, str], float]  # (edge region, pool region) -> RTT
     settings: PlannerSettings = field(default_factory=PlannerSettings)
+    # (class index into ``demand``, pool, variant, calls/s): calls/s the edges' rule sends
+    # that class there whenever the variant is loaded on the pool, beyond the flow the plan
+    # chose; a route round's finding (placement.planner._routed, plan_route.Shortfall.drawn)
+    drawn: tuple[tuple[int, str, str, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

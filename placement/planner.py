@@ -344,7 +344,8 @@ def _routed(problem: Problem, solve: Solver) -> Plan | Infeasible:
         return found
     tolerance = ROUTE_TOLERANCE * sum(max(k.rate_rps, 0.0) for k in problem.demand)
     check = plan_route.Shortfall(problem)
-    short = check(found)
+    routed = check.routed(found)
+    short = check.short(routed)
     best, least, last, solves = found, sum(short.values()), found, 1
     cut = found.cut_short
     asked = problem
@@ -353,17 +354,30 @@ def _routed(problem: Problem, solve: Solver) -> Plan | Infeasible:
             break
         asked = dataclasses.replace(asked, demand=tuple(
             dataclasses.replace(k, rate_rps=k.rate_rps + short.get(i, 0.0))
-            for i, k in enumerate(asked.demand)))
+            for i, k in enumerate(asked.demand)),
+            drawn=_drawn(asked, check.drawn(routed, last)))
         again = solve(asked, last)
         solves += 1
         if isinstance(again, Infeasible):
             break
         last = again
         cut += again.cut_short
-        short = check(again)
+        routed = check.routed(again)
+        short = check.short(routed)
         if sum(short.values()) < least - 1e-9:
             best, least = again, sum(short.values())
     return dataclasses.replace(best, solves=solves, cut_short=cut)
+
+
+def _drawn(asked: Problem, found: dict[tuple[int, str, str], float]
+           ) -> tuple[tuple[int, str, str, float], ...]:
+    """``asked.drawn`` with a round's finding added (``route_drawn``; the larger per pair)."""
+    if not asked.settings.route_drawn:
+        return asked.drawn
+    merged = {(ki, pid, v): rps for ki, pid, v, rps in asked.drawn}
+    for key, rps in found.items():
+        merged[key] = max(merged.get(key, 0.0), rps)
+    return tuple((*key, rps) for key, rps in sorted(merged.items()))
 
 
 def _plan(problem: Problem, previous: Plan | None = None) -> Plan | Infeasible:
