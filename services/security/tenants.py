@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from placement.errors import InvalidRequest, PermissionDenied
+from placement.errors import InvalidRequest, MessageTooLarge, PermissionDenied
 from placement.model import Hints
 from services.security.errors import QuotaExceeded, Unauthenticated
 from services.security.identity import AuthContext, identities
@@ -41,6 +41,9 @@ TWO_CREDENTIALS = ("authorization carries more than one credential (sent twice, 
 BINARY_CREDENTIAL = ("a credential sent as authorization-bin is not read; send it as text: "
                      "authorization: Bearer <token>")
 Metadata = Iterable[tuple[str, str | bytes]] | None
+# HPACK's size of one header entry beyond its name and value (RFC 7541 4.1), as gRPC's
+# servers and Envoy's listener (native/rules.c sy_metadata_refusal) count a header list.
+ENTRY_OVERHEAD = 32
 AuthSource = AuthContext | Callable[[], AuthContext] | None
 
 
@@ -108,6 +111,11 @@ class Admission:
 ANONYMOUS = Admission("", None, None)
 
 
+def _wire_length(value: str | bytes) -> int:
+    """A value's length as sent: a -bin value's base64 (unpadded, as gRPC sends it)."""
+    return (len(value) * 4 + 2) // 3 if isinstance(value, bytes) else len(value)
+
+
 def _text(token: str | bytes) -> str:
     return token.decode("latin-1") if isinstance(token, bytes) else token
 
@@ -118,6 +126,7 @@ class _Tables:
     by_san: dict[str, TenantPolicy]
     require_tenant: bool
     max_metadata_count: int
+    max_metadata_bytes: int
     enabled: bool
 
 
@@ -125,8 +134,9 @@ class TenantGate:
     def __init__(self, sec: SecuritySettings, region_clouds: Mapping[str, str],
                  clock: Callable[[], float] = time.monotonic,
                  uncounted: frozenset[str] = frozenset()) -> None:
-        """``uncounted``: metadata names not counted against ``max_metadata_count`` beside
-        ``user-agent`` and ``grpc-*`` (an Envoy edge's slow path: what its Envoy adds)."""
+        """``uncounted``: metadata names counted against neither ``max_metadata_bytes`` nor
+        ``max_metadata_count`` (an Envoy edge's slow path: what its Envoy adds), beside
+        ``user-agent`` and ``grpc-*``, which only the bytes count."""
         self.region_clouds = dict(region_clouds)
         self.uncounted = uncounted
         self.clock = clock
@@ -143,7 +153,7 @@ class TenantGate:
             if t.client_san:
                 by_san[t.client_san] = p
         return _Tables(by_digest, by_san, sec.require_tenant, sec.limits.max_metadata_count,
-                       bool(sec.tenants) or sec.require_tenant)
+                       sec.limits.max_metadata_bytes, bool(sec.tenants) or sec.require_tenant)
 
     def reload(self, sec: SecuritySettings) -> None:
         """New policies take effect for the next call; in-flight calls keep their slots."""
@@ -157,11 +167,14 @@ class TenantGate:
         """Identify the call's tenant and take its quotas, or raise a SwitchyardError."""
         tables = self._tables
         token = claimed = None
-        n = tokens = 0
+        n = tokens = size = 0
         binary = False
         for key, value in metadata or ():
-            if key == "user-agent" or key.startswith("grpc-") or key in self.uncounted:
-                continue  # set by gRPC itself (or Envoy), not custom metadata: not counted
+            if key in self.uncounted:
+                continue  # set by Envoy, not the caller's
+            size += len(key) + _wire_length(value) + ENTRY_OVERHEAD
+            if key == "user-agent" or key.startswith("grpc-"):
+                continue  # set by gRPC itself, not custom metadata: not counted
             n += 1
             if key == "authorization":
                 token = value
@@ -170,6 +183,9 @@ class TenantGate:
                 claimed = value
             elif key == "authorization-bin":
                 binary = True
+        if size > tables.max_metadata_bytes:
+            raise MessageTooLarge(f"metadata of {size} bytes is larger than max_metadata_bytes "
+                                  f"({size} vs. {tables.max_metadata_bytes})")
         if n > tables.max_metadata_count:
             raise InvalidRequest(f"call carries {n} metadata entries (limit "
                                  f"{tables.max_metadata_count})")

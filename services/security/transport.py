@@ -88,13 +88,15 @@ def check_message_size(size: int, max_message_bytes: int) -> None:
                               f"({size} vs. {max_message_bytes})")
 
 
-def server_options(limits: LimitsSettings) -> list[tuple[str, Any]]:
+def server_options(limits: LimitsSettings, header_room: int = 0) -> list[tuple[str, Any]]:
     """HTTP/2 limits: header list size, streams per connection, idle and aged connections;
-    and the keepalive pings clients send (``SERVER_KEEPALIVE``)."""
+    and the keepalive pings clients send (``SERVER_KEEPALIVE``). ``header_room``: bytes the
+    header list may hold beyond ``max_metadata_bytes`` (an Envoy edge's slow path: what its
+    Envoy adds; the edge's tenant gate holds the rest to the limit itself)."""
     opts: list[tuple[str, Any]] = [
         *SERVER_KEEPALIVE,
-        ("grpc.max_metadata_size", limits.max_metadata_bytes),
-        ("grpc.absolute_max_metadata_size", limits.max_metadata_bytes),
+        ("grpc.max_metadata_size", limits.max_metadata_bytes + header_room),
+        ("grpc.absolute_max_metadata_size", limits.max_metadata_bytes + header_room),
         ("grpc.max_concurrent_streams", limits.max_concurrent_streams),
         ("grpc.max_connection_idle_ms", int(limits.idle_connection_timeout_s * 1000)),
     ]
