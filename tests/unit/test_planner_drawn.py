@@ -101,12 +101,14 @@ def test_drawn_is_what_the_router_sends_beyond_the_plan() -> None:
     assert check.drawn(check.routed(found), found) == {}
 
 
-def test_a_drawn_pair_holds_only_where_its_variant_is_loaded() -> None:
-    # the drawn flow is conditional on the load: without the only class, the hub need not
-    # be loaded at all, and the pinning class is planned wherever is cheapest
-    p = dataclasses.replace(problem(drawn=True), demand=(PIN, dataclasses.replace(ONLY,
-                                                                                  rate_rps=0)),
-                            drawn=((0, "near", "m-small", 6.0),))
-    found = solved(p)
-    assert found.gpus().get("near", 0) >= 1  # x[pin, near] >= 6·y[near]: all on near
-    assert next(pp for pp in found.pools if pp.pool == "near").serves[0][2] == pytest.approx(6.0)
+def test_a_drawn_pair_holds_where_its_variant_is_loaded_and_only_there() -> None:
+    # the hub must load the variant (its own class has no other pool): a drawn 6 calls/s of
+    # the pinning class there is planned there, at the hub's tier under its ρ*
+    p = dataclasses.replace(problem(drawn=True, rounds=0), drawn=((0, "hub", "m-small", 6.0),))
+    hub = next(pp for pp in solved(p).pools if pp.pool == "hub")
+    assert {key: rps for key, _, rps in hub.serves}[PIN.key] == pytest.approx(6.0)
+    assert hub.utilisation_cap < 0.36
+    # without the hub's own class, nothing needs the hub: the drawn pair binds only if it is
+    # loaded, so the pinning class is planned on the near pool, cheaper at its high ρ*
+    alone = dataclasses.replace(p, demand=(PIN, dataclasses.replace(ONLY, rate_rps=0)))
+    assert solved(alone).gpus() == {"near": 1}
