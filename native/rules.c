@@ -147,7 +147,7 @@ static int key_is(const envoy_http_header* h, const char* s) {
   return h->key_length == n && memcmp(h->key_ptr, s, n) == 0;
 }
 
-/* lua.py's metadata_refusal, as the Python edge applies [security.limits]: its gRPC server
+/* lua_checks.py's metadata_refusal, as the Python edge applies [security.limits]: its gRPC server
  * refuses a header list over max_metadata_bytes (HPACK's size: name + value + 32 per entry;
  * services/security/transport.py), its tenant gate a call or stream carrying more custom
  * entries than max_metadata_count (not pseudo-headers, user-agent, te, content-type,

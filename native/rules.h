@@ -55,7 +55,7 @@ int sy_metadata_refusal(const envoy_http_header* h, size_t n, long long max_byte
  * takes the slow path */
 extern const char* const SY_SLOW_HINTS[];
 
-/* lua.py's first_fault: the first header entry, in the caller's order (h: every entry), that
+/* lua_checks.py's hint_fault: the first header entry, in the caller's order (h: every entry), that
  * hints.py's parse refuses among those the listener reads: x-slo-ms (SLO_RANGE; a repeat
  * must agree as a number), x-tenant (a repeat must agree) and a hint sent as -bin (hints.py's
  * _binary: its first 64 bytes, base64-decoded, quoted). 0, or 1 with its INVALID_ARGUMENT
@@ -79,7 +79,7 @@ int sy_model_name(const unsigned char* b, size_t n, long long max_message_bytes,
   "from the route table on its next report: retry)"
 #define UNPARSEABLE "Unable to parse request"
 
-/* A backend's status as the caller gets it from the Python edge (lua.py's envoy_on_response):
+/* A backend's status as the caller gets it from the Python edge (lua_response.py's envoy_on_response):
  * NOT_FOUND for the variant it was sent, after every retry, is UNAVAILABLE with GONE_HINT
  * appended (the caller's model exists, the table is behind); INTERNAL for request bytes
  * whose tensors do not parse is INVALID_ARGUMENT. 0: as it is; else the new status and *out

@@ -241,7 +241,7 @@ static envoy_http_header* all_headers(envoy_filter f, size_t* n) {
 }
 
 /* A caller's certificate, as Envoy forwards it (x-forwarded-client-cert), that may name a
- * tenant: any tenant's client_san anywhere in the header (lua.py's cert_tenant: a superset of
+ * tenant: any tenant's client_san anywhere in the header (lua_checks.py's cert_tenant: a superset of
  * the calls the slow path identifies as that tenant; a false match only costs the slow path). */
 static int cert_tenant(envoy_buffer cert, const config* c) {
   if (c->n_tenant_sans == 0 || cert.ptr == NULL) return 0;

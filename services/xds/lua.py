@@ -1,5 +1,9 @@
 """The two Lua scripts placement pushes to Envoy edges.
 
+This module holds the listener script's request side and assembles it: the checks of the
+caller's headers, read in one walk of the header map, are ``services.xds.lua_checks``, the
+response side ``services.xds.lua_response``, the hint words ``services.xds.lua_words``.
+
 ``model_name_script`` runs on the listener (downstream). First, a call whose metadata is over
 ``[security.limits]`` is refused as a Python edge refuses it (``metadata_refusal``: over the
 bytes RESOURCE_EXHAUSTED, over the custom entries INVALID_ARGUMENT). A ``ModelInfer`` or
@@ -54,11 +58,10 @@ import json
 from collections.abc import Sequence
 from typing import Literal
 
-from placement.attempts import GONE_HINT, MIN_REMAINING_S, TRITON_UNKNOWN_MODEL, VARIANT_GONE_ENDINGS
-from services.edge.hints import HINTS, SLO_RANGE
-from services.edge.wire import UNPARSEABLE
-from services.security import xfcc
-from services.xds.lua_words import HINT_WORDS
+from placement.attempts import MIN_REMAINING_S
+from services.xds.lua_checks import header_checks
+from services.xds.lua_response import response_script
+from services.xds.lua_words import HINT_WORDS, lua_string
 
 TenantCalls = Literal["off", "credential", "all"]
 
@@ -66,6 +69,9 @@ MODEL_HEADER = "x-switchyard-model"
 VARIANT_HEADER = "x-switchyard-variant"
 SLO_HEADER = "x-switchyard-slo-ms"
 PATH_HEADER = "x-switchyard-path"  # "slow": the call goes to the co-located Python edge
+NAMED_HEADER = "x-switchyard-named"  # the variant the body already names last (rewrite.py)
+# the caller's own x-switchyard-* headers the listener removes (those it sent)
+OWN_HEADERS = (MODEL_HEADER, VARIANT_HEADER, SLO_HEADER, PATH_HEADER, NAMED_HEADER)
 # The trailer that names the path a call took: "envoy" (compiled config) or "slow".
 PATH_TRAILER = "x-switchyard-path"
 # Hints compiled config cannot express exactly: a ModelInfer carrying one takes the slow
@@ -94,16 +100,6 @@ CONTROL_RPCS = ("ModelReady", "ModelMetadata", "ModelConfig", "ServerLive", "Ser
 # RPCs whose request names the model in field 1, as ModelInfer does: routed and rewritten the
 # same way (ModelReady("summarize") asks the deployment a call would go to).
 NAMED_RPCS = ("ModelInfer", "ModelReady", "ModelMetadata", "ModelConfig")
-
-def _lua_escape(text: str) -> str:
-    """``text`` as a Lua pattern that matches it literally."""
-    return "".join("%" + c if c in "^$()%.[]*+-?" else c for c in text)
-
-
-def _lua_string(text: str) -> str:
-    """``text`` as a Lua string literal (``json.dumps`` escapes are Lua's for ASCII)."""
-    return json.dumps(text)
-
 
 _VARINT = r"""
 local function varint(body, pos, stop)
@@ -149,7 +145,8 @@ local function utf8(s)
 end
 """
 
-_MODEL_NAME = _VARINT + _UTF8 + HINT_WORDS + rf"""
+_MODEL_NAME = _VARINT + _UTF8 + HINT_WORDS + header_checks(
+    SLOW_HINTS, OWN_HEADERS, [SERVICE_PATH + r for r in DEADLINE_CHECKED_RPCS]) + rf"""
 local NOT_PARSED = "request bytes do not parse as a KServe v2 request"
 local COMPRESSED = "compressed"  -- model_name's code for a message its fields cannot be read in
 local NAMED = {{{", ".join(f'["{SERVICE_PATH}{r}"] = true' for r in NAMED_RPCS)}}}
@@ -205,16 +202,12 @@ local function model_name(body)
 end
 
 local SLOW_HINTS = {{{", ".join(f'"{h}"' for h in SLOW_HINTS)}}}
-local SLOW_HINT = {{{", ".join(f'["{h}"] = true' for h in SLOW_HINTS)}}}
 local SLOW_RPCS = {{{", ".join(f'["{SERVICE_PATH}{r}"] = true' for r in SLOW_RPCS)}}}
 local CONTROL_RPCS = {{{", ".join(f'["{SERVICE_PATH}{r}"] = true' for r in CONTROL_RPCS)}}}
 local UNITS = {{H = 3600000, M = 60000, S = 1000, m = 1, u = 0.001, n = 0.000001}}
 local DEADLINE_CHECKED = {{{", ".join(f'["{SERVICE_PATH}{r}"] = true'
                               for r in DEADLINE_CHECKED_RPCS)}}}
 local MIN_REMAINING_MS = {MIN_REMAINING_S * 1000!r}
-local SLO_LO, SLO_HI = {SLO_RANGE[0]!r}, {SLO_RANGE[1]!r}  -- x-slo-ms's range (hints.py)
--- a hint sent as a binary header: refused, never skipped (services/edge/hints.py's rule)
-local BIN_HINTS = {{{", ".join(f'["{h}-bin"] = "{h}"' for h in sorted(HINTS))}}}
 
 local function reply(handle, code, message)
   -- a trailers-only gRPC answer: the caller gets this status, never UNKNOWN, and its
@@ -228,9 +221,8 @@ local function reply(handle, code, message)
                   ["x-request-id"] = handle:headers():get("x-request-id") or ""}}, nil)
 end
 
--- The caller's deadline (grpc-timeout) in ms, or nil.
-local function deadline_ms(headers)
-  local timeout = headers:get("grpc-timeout")
+-- The caller's deadline (its grpc-timeout, as read_headers got it) in ms, or nil.
+local function deadline_ms(timeout)
   if timeout == nil then return nil end
   local digits, unit = string.match(timeout, "^(%d+)([HMSmun])$")
   if digits == nil then return nil end
@@ -253,64 +245,6 @@ local function too_late(handle, left_ms)
                                  .. "nothing was forwarded", left_ms, MIN_REMAINING_MS))
 end
 
--- The first header entry, in the caller's order, that hints.py's parse refuses among those
--- the listener reads: x-slo-ms (SLO_RANGE; a repeat must agree as a number), x-tenant (a
--- repeat must agree) and a hint sent as -bin. nil, or its INVALID_ARGUMENT message, whether
--- it is a -bin one, and whether a hint only the Python edge reads (SLOW_HINTS, which it may
--- refuse first) came before it. (A repeated x-request-id is joined by Envoy: README.)
-local function first_fault(headers)
-  local slo, slo_v, tenant, unread = nil, nil, nil, false
-  local fault, binary, after = nil, false, false
-  -- walked to its end: Envoy refuses to change a header map while a walk is unfinished
-  for key, value in pairs(headers) do
-    local hint = BIN_HINTS[key]
-    if fault ~= nil then  -- (the rest only finishes the walk)
-    elseif hint ~= nil then  -- hints.py's _binary: the value's first 64 bytes, quoted
-      fault, binary, after = "metadata " .. key .. "=" .. quoted(unbase64(value, 64)) .. ": "
-                             .. hint .. " is a text header; a binary one is not read as the "
-                             .. "hint", true, unread
-    elseif SLOW_HINT[key] then
-      unread = true
-    elseif key == "x-slo-ms" then
-      local v, why = decimal(value, SLO_LO, SLO_HI)
-      if why ~= nil then fault, after = "metadata x-slo-ms=" .. quoted(value) .. ": " .. why, unread
-      elseif slo == nil then slo, slo_v = value, v
-      elseif v ~= slo_v then fault, after = contradiction(key, value, slo), unread end
-    elseif key == "x-tenant" then
-      if tenant == nil then tenant = value
-      elseif value ~= tenant then fault, after = contradiction(key, value, tenant), unread end
-    end
-  end
-  return fault, binary, after
-end
-
--- The call's SLO in ms (the route uses it rounded down: never looser than asked); nil: the
--- model's default; false and a message: a bad x-slo-ms (as services/edge/hints.py words it).
--- Without x-slo-ms: the caller's deadline (budget, ms) less the margin.
-local function slo_ms(headers, budget)
-  local n = headers:getNumValues("x-slo-ms")
-  if n > 0 then
-    -- value by value in the caller's order, as hints.py walks them: 50, 60, abc is refused
-    -- at 60 (a contradiction), abc, 50 at abc (not a number)
-    local first = headers:getAtIndex("x-slo-ms", 0)
-    local slo, why = decimal(first, SLO_LO, SLO_HI)
-    if why ~= nil then return false, "metadata x-slo-ms=" .. quoted(first) .. ": " .. why end
-    for i = 1, n - 1 do
-      local value = headers:getAtIndex("x-slo-ms", i)
-      local v, bad = decimal(value, SLO_LO, SLO_HI)
-      if bad ~= nil then return false, "metadata x-slo-ms=" .. quoted(value) .. ": " .. bad end
-      if v ~= slo then return false, contradiction("x-slo-ms", value, first) end
-    end
-    return slo
-  end
-  if budget ~= nil then
-    local slo = budget - DEADLINE_MARGIN_MS
-    if slo < 1 then slo = 1 end
-    return slo
-  end
-  return nil
-end
-
 local function now_us(handle)
   return tonumber(handle:timestampString(EnvoyTimestampResolution.MICROSECOND))
 end
@@ -326,117 +260,28 @@ local function slow(handle, headers, why)
   end
 end
 
--- [security.limits] on the caller's metadata, as the Python edge applies them: its gRPC
--- server refuses a header list over max_metadata_bytes (RESOURCE_EXHAUSTED; HPACK's size,
--- name + value + 32 per entry; services/security/transport.py) and its tenant gate a call or
--- stream carrying more custom entries than max_metadata_count (INVALID_ARGUMENT; not
--- pseudo-headers, user-agent, te, content-type or grpc-*: services/security/tenants.py).
--- Envoy's own x-forwarded-proto and x-forwarded-client-cert (a caller's is dropped) are not
--- the caller's; the x-request-id Envoy makes up when the caller sent none counts in the bytes
--- (at most ~90 of them) but not as an entry. nil, or a status code and message.
-local ENVOYS = {{["x-forwarded-proto"] = true, ["x-forwarded-client-cert"] = true}}
-local NOT_COUNTED = {{["user-agent"] = true, ["te"] = true, ["content-type"] = true,
-                     ["x-request-id"] = true}}
-local function metadata_refusal(headers, path)
-  if MAX_METADATA_BYTES == nil and MAX_METADATA_COUNT == nil then return nil end
-  local size, count = 0, 0
-  for key, value in pairs(headers) do
-    if not ENVOYS[key] then size = size + #key + #value + 32 end
-    if not (ENVOYS[key] or NOT_COUNTED[key]) and key:sub(1, 1) ~= ":"
-       and key:sub(1, 5) ~= "grpc-" then
-      count = count + 1
-    end
-  end
-  if MAX_METADATA_BYTES ~= nil and size > MAX_METADATA_BYTES then
-    return 8, string.format("metadata of %d bytes is larger than max_metadata_bytes (%d vs. "
-                            .. "%d)", size, size, MAX_METADATA_BYTES)
-  end
-  if MAX_METADATA_COUNT ~= nil and DEADLINE_CHECKED[path] and count > MAX_METADATA_COUNT then
-    return 3, string.format("call carries %d metadata entries (limit %d)", count,
-                            MAX_METADATA_COUNT)
-  end
-  return nil
-end
-
--- What a backend's gRPC server resets the stream for in a caller's own metadata (Envoy
--- would take the reset for the backend's failure: retried elsewhere, counted by outlier
--- detection; native/rules.c sy_wire_refusal is its twin): an unknown grpc-encoding
--- (UNIMPLEMENTED), a content-type not application/grpc (or none), a -bin value not base64,
--- a response's grpc-status/-message/-status-details-bin, a grpc-previous-rpc-attempts not a
--- count (INVALID_ARGUMENT).
-local ENCODINGS = {{identity = true, gzip = true, deflate = true}}
-local RESPONSE_ONLY = {{["grpc-status"] = true, ["grpc-message"] = true,
-                       ["grpc-status-details-bin"] = true}}
-local function printable(value)
-  return (value:sub(1, 40):gsub("[^\32-\126]", "?"))
-end
-local function is_base64(value)
-  local body, pad = value:match("^([A-Za-z0-9+/]*)(=?=?)$")
-  if body == nil then return false end
-  if #pad > 0 then return (#body + #pad) % 4 == 0 end
-  return #body % 4 ~= 1
-end
-local function grpc_content_type(value)
-  local rest = value:match("^application/grpc(.*)$")
-  return rest ~= nil and (rest == "" or rest:sub(1, 1) == "+" or rest:sub(1, 1) == ";")
-end
-local function wire_refusal(headers)
-  local code, message, typed = nil, nil, false
-  -- walked to its end: Envoy refuses to change a header map while a walk is unfinished
-  for key, value in pairs(headers) do
-    if code ~= nil then
-    elseif key == "content-type" then
-      if grpc_content_type(value) then typed = true
-      else
-        code, message = 3, "content-type " .. printable(value) .. " is not gRPC's: send "
-                           .. "application/grpc"
-      end
-    elseif key == "grpc-encoding" then
-      if not ENCODINGS[value] then
-        code, message = 12, "grpc-encoding " .. printable(value) .. " is not supported: send "
-                            .. "identity, gzip or deflate"
-      end
-    elseif RESPONSE_ONLY[key] then
-      code, message = 3, "metadata " .. key .. " is a response's; a call does not send it"
-    elseif key == "grpc-previous-rpc-attempts" and not value:match("^%d%d?%d?%d?%d?%d?%d?%d?%d?$") then
-      code, message = 3, "metadata grpc-previous-rpc-attempts=" .. printable(value)
-                         .. " is not a count of attempts"
-    elseif #key > 4 and key:sub(-4) == "-bin" and not is_base64(value) then
-      code, message = 3, "metadata " .. key:sub(1, 200) .. " is not base64, as a -bin header's "
-                         .. "value must be"
-    end
-  end
-  if code == nil and not typed then
-    code, message = 3, "a call without a content-type is not gRPC: send application/grpc"
-  end
-  return code, message
-end
-
 function envoy_on_request(handle)
   local headers = handle:headers()
+  local r = read_headers(headers)  -- one walk for every check (services/xds/lua_checks.py)
+  local path = r.got[":path"]
   do
-    local code, message = metadata_refusal(headers, headers:get(":path"))
+    local code, message = metadata_refusal(r, path)
     if code ~= nil then return reply(handle, code, message) end
-    code, message = wire_refusal(headers)
-    if code ~= nil then return reply(handle, code, message) end
+    if r.wire ~= nil then return reply(handle, r.wire, r.wire_message) end
   end
-  headers:remove("{MODEL_HEADER}")
-  headers:remove("{VARIANT_HEADER}")
-  headers:remove("{SLO_HEADER}")
-  headers:remove("{PATH_HEADER}")
-  local path = headers:get(":path")
+  for key in pairs(r.own) do headers:remove(key) end
   -- the caller's deadline as it stands when its headers are in (the Python edge's clock
   -- starts there too); checked again once a ModelInfer's body is in
-  local t0, budget = now_us(handle), deadline_ms(headers)
-  -- A call or stream's first refused hint (first_fault). A -bin one is refused here, never
-  -- skipped, before the slow path (unless a hint only the slow path reads came first: it
-  -- answers in the caller's order); a ModelInfer's others once its bytes are checked, as
+  local t0, budget = now_us(handle), deadline_ms(r.got["grpc-timeout"])
+  -- A call or stream's first refused hint (read_headers' fault). A -bin one is refused here,
+  -- never skipped, before the slow path (unless a hint only the slow path reads came first:
+  -- it answers in the caller's order); a ModelInfer's others once its bytes are checked, as
   -- the Python edge checks its size and bytes before its hints.
-  local fault, binary, unread
+  local fault
   if DEADLINE_CHECKED[path] then
     if budget ~= nil and too_little(budget) then return too_late(handle, budget) end
-    fault, binary, unread = first_fault(headers)
-    if binary and path ~= "{INFER_PATH}" and not (unread and SLOW_PATH) then
+    fault = r.fault
+    if r.binary and path ~= "{INFER_PATH}" and not (r.after and SLOW_PATH) then
       return reply(handle, 3, fault)
     end
   end
@@ -446,15 +291,16 @@ function envoy_on_request(handle)
   if not NAMED[path] then return end
   if path == "{INFER_PATH}" then
     local why = nil
-    if TENANTS == "all" or (TENANTS == "credential" and (headers:get("authorization") ~= nil
-                                                          or headers:get("x-tenant") ~= nil
-                                                          or headers:get("authorization-bin") ~= nil
-                                                          or headers:get("x-tenant-bin") ~= nil
-                                                          or cert_tenant(headers))) then
+    local got = r.got
+    if TENANTS == "all" or (TENANTS == "credential" and (got["authorization"] ~= nil
+                                                          or got["x-tenant"] ~= nil
+                                                          or got["authorization-bin"] ~= nil
+                                                          or got["x-tenant-bin"] ~= nil
+                                                          or cert_tenant(got))) then
       why = "a tenant's call"  -- the Python edge admits tenants
     end
     for _, hint in ipairs(SLOW_HINTS) do
-      if why == nil and headers:get(hint) ~= nil then why = "hint " .. hint end
+      if why == nil and got[hint] ~= nil then why = "hint " .. hint end
     end
     if why ~= nil then
       -- without a slow path, a refused hint is refused here (INVALID_ARGUMENT, as Python)
@@ -462,7 +308,7 @@ function envoy_on_request(handle)
       return slow(handle, headers, why)
     end
   end
-  local slo, why = slo_ms(headers, budget)
+  local slo, why = slo_ms(r.slo, budget)
   if slo == false and path ~= "{INFER_PATH}" then
     reply(handle, 3, why)
     return
@@ -510,70 +356,6 @@ function envoy_on_request(handle)
   end
 end
 
--- A fast-path ModelInfer answered OK: its cost and whether it met its SLO, as trailers.
--- (benchmarks/envoy_configs.py cuts the script here.) A trailers-only answer (an error)
--- carries the path in its headers, which are its trailers (the upstream filters add it to
--- answers that have trailers).
--- A backend's NOT_FOUND for the variant it was sent (placement.attempts.VARIANT_GONE_PATTERN)
--- after every retry: the caller's model exists, the table is behind. UNAVAILABLE, saying
--- why, as the Python edge answers (services/edge/router.py caller_code).
-local GONE_PATTERNS = {{{", ".join(_lua_string("^" + _lua_escape(TRITON_UNKNOWN_MODEL)
-                                            + "[^']*' " + _lua_escape(e) + "$")
-                                for e in VARIANT_GONE_ENDINGS)}}}
-local function variant_gone(headers)
-  local message = headers:get("grpc-message")
-  if message == nil then return end
-  for _, pattern in ipairs(GONE_PATTERNS) do
-    if message:find(pattern) then
-      headers:replace("grpc-status", "14")
-      headers:replace("grpc-message", message .. {_lua_string(GONE_HINT)})
-      return
-    end
-  end
-end
-
--- Triton's INTERNAL for request bytes whose tensors do not parse (the model name did): the
--- caller's error, INVALID_ARGUMENT as the Python edge answers it (services/edge/router.py).
-local UNPARSEABLE = {_lua_string("^" + _lua_escape(UNPARSEABLE))}
-local function unparseable(headers)
-  local message = headers:get("grpc-message")
-  if message ~= nil and message:find(UNPARSEABLE) then
-    headers:replace("grpc-status", "3")
-    headers:replace("grpc-message", "request bytes do not parse as a ModelInferRequest (the "
-                                    .. "deployment answered: " .. message .. ")")
-  end
-end
-
-function envoy_on_response(handle)
-  local route = handle:metadata()
-  local path = route:get("path")
-  if path ~= nil then
-    local headers = handle:headers()
-    local status = headers:get("grpc-status")
-    if status ~= nil then
-      if status == "5" then variant_gone(headers) end
-      if status == "13" then unparseable(headers) end
-      headers:replace("{PATH_TRAILER}", path)
-      return
-    end
-  end
-  local cost = route:get("cost")
-  if cost == nil then return end  -- not a model route (the slow path, a local reply...)
-  local call = handle:streamInfo():dynamicMetadata():get("{METADATA_NAMESPACE}")
-  if call == nil or call["t0_us"] == nil then return end  -- not a ModelInfer
-  -- read before trailers(): wrappers do not survive its yield
-  local slo = call["slo_ms"] or route:get("slo_ms")
-  local feasible = route:get("feasible")
-  local trailers = handle:trailers()
-  if trailers ~= nil and trailers:get("grpc-status") == "13" then unparseable(trailers) end
-  if trailers == nil or trailers:get("grpc-status") ~= "0" then return end
-  local served = trailers:get("x-served-by")
-  if served == nil or cost[served] == nil then return end
-  local took_ms = (now_us(handle) - call["t0_us"]) / 1000
-  local met = feasible ~= nil and feasible[served] ~= nil and slo ~= nil and took_ms <= slo
-  trailers:add("x-cost-usd", cost[served])
-  trailers:add("x-slo-met", met and "true" or "false")
-end
 """
 
 
@@ -602,23 +384,5 @@ def model_name_script(deadline_margin_ms: float, slow_path: bool = False,
             f"local MAX_METADATA_COUNT = {limit(max_metadata_count)}\n"
             f"local SLOW_PATH = {'true' if slow_path else 'false'}\n"
             f"local TENANTS = {json.dumps(tenants)}\n"
-            f"local TENANT_SANS = {{{', '.join(_lua_string(n) for n in tenant_sans)}}}\n"
-            + _CERT_TENANT + _MODEL_NAME)
-
-
-# A caller's certificate, as Envoy forwards it (services/security/xfcc.py), that may name a
-# tenant: any tenant's client_san anywhere in the header (its SANs and subject). A superset
-# of the calls the slow path will identify as that tenant, so none is served anonymously on
-# the fast path; a false match only costs the slow path.
-_CERT_TENANT = f"""
-local function cert_tenant(headers)
-  if #TENANT_SANS == 0 then return false end
-  local cert = headers:get("{xfcc.HEADER}")
-  if cert == nil then return false end
-  for _, san in ipairs(TENANT_SANS) do
-    if cert:find(san, 1, true) ~= nil then return true end
-  end
-  return false
-end
-"""
-
+            f"local TENANT_SANS = {{{', '.join(lua_string(n) for n in tenant_sans)}}}\n"
+            + _MODEL_NAME + response_script(METADATA_NAMESPACE, PATH_TRAILER))

@@ -12,6 +12,13 @@ and quotes it, as ``services/edge/hints.py`` and ``placement.errors.InvalidHint`
 
 from __future__ import annotations
 
+import json
+
+
+def lua_string(text: str) -> str:
+    """``text`` as a Lua string literal (``json.dumps`` escapes are Lua's for ASCII)."""
+    return json.dumps(text)
+
 HINT_WORDS = r"""
 -- A hint's value as services/edge/hints.py reads it: a plain decimal (its _DECIMAL: an
 -- optional sign, digits with at most one point, an optional exponent; no hex, spaces, inf or

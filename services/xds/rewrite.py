@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from services.xds import lua
 
-NAMED_HEADER = "x-switchyard-named"  # the variant the request body already names last
+NAMED_HEADER = lua.NAMED_HEADER  # the variant the request body already names last
 FIRST_VARIANT_KEY = "first_variant"
 ONE_VARIANT_KEY = "one_variant"  # route metadata: every deployment it reaches serves one variant
 _ANCHOR = f'  handle:headers():replace("{lua.MODEL_HEADER}", name)\n  handle:clearRouteCache()\n'
@@ -66,11 +66,8 @@ def listener_script(script: str) -> str:
     if _ANCHOR not in script or "local body = handle:body()" not in script:
         raise ValueError("the listener Lua no longer reads the body then clears the route "
                          "cache: services/xds/rewrite.py must follow it")
-    head, tail = script.split(_ANCHOR, 1)
-    return (_APPEND + head.replace(f'  headers:remove("{lua.MODEL_HEADER}")\n',
-                                   f'  headers:remove("{lua.MODEL_HEADER}")\n'
-                                   f'  headers:remove("{NAMED_HEADER}")\n', 1)
-            + _NAME_FIRST + tail)
+    head, tail = script.split(_ANCHOR, 1)  # (the listener removes a caller's NAMED_HEADER)
+    return _APPEND + head + _NAME_FIRST + tail
 
 
 VARIANT_REWRITE = _APPEND + f"""

@@ -335,7 +335,7 @@ async def test_a_restarted_envoy_edge_serves_from_its_snapshot_while_placement_i
 
 
 # What a backend's gRPC server resets the stream for, sent by the caller (native/rules.c
-# sy_wire_refusal, lua.py wire_refusal): Envoy forwarded it, took Triton's reset for the
+# sy_wire_refusal, lua_checks.py wire_fault): Envoy forwarded it, took Triton's reset for the
 # backend's failure, retried it at the next deployment and counted it there: 4 calls each
 # answered UNAVAILABLE and ejected 3 deployments, six snappy calls all 5 of summarize's (a
 # content-type that is not gRPC's too; h2_infer sends the one given in place of gRPC's).
