@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import urllib.parse
 from collections.abc import Sequence
 from typing import Any
@@ -239,3 +240,29 @@ async def test_a_tenant_at_its_quota_mid_stream_is_counted_as_its_callers_saw_it
     assert calls(mesh, "OK") - before["OK"] == 3  # the held stream and both open calls
     await eventually(lambda: set(inflight(mesh).values()) == {0.0}, 5,
                      "the slow path's in-flight gauges back to 0")
+
+
+def cancelled_since(mesh: EnvoyMesh, before: float) -> bool:
+    return calls(mesh, "CANCELLED") > before
+
+
+async def test_a_tenants_stream_cancelled_mid_generation_frees_its_slot(
+        mesh: EnvoyMesh, engines: dict[str, grpc.aio.Channel]) -> None:
+    """Tenant ``limited``'s stream, cancelled by its caller after its first token, on each
+    engine: its one slot is free for its next call at once (the slot is the tenant's, not the
+    drained upstream's) once the cancel is counted, CANCELLED once, and the in-flight gauges
+    go back to 0. Pinned: found right."""
+    for name, ch in engines.items():
+        before = calls(mesh, "CANCELLED")
+        st: Any = ch.stream_stream(STREAM, request_serializer=None, response_deserializer=None)
+        held = st(iter([llm_request("generate", [1, 2, 3], 200)]), timeout=20,
+                  metadata=[("authorization", LIMITED)])
+        await anext(held.__aiter__())
+        held.cancel()
+        await eventually(functools.partial(cancelled_since, mesh, before), 5,
+                         f"{name}: the cancel counted")
+        code, _, details = await raw_infer(ch, [("authorization", LIMITED)])
+        assert code == grpc.StatusCode.OK, (name, details)
+        assert calls(mesh, "CANCELLED") - before == 1, name
+        await eventually(lambda: set(inflight(mesh).values()) == {0.0}, 5,
+                         f"{name}: the slow path's in-flight gauges back to 0")
