@@ -100,7 +100,8 @@ async def test_a_header_list_the_listener_lets_through_is_not_refused_by_the_slo
 
 
 async def h2_frames(address: str, path: str, extra: Sequence[tuple[str, str]],
-                    body: bytes | None = None) -> list[Any]:
+                    body: bytes | None = None, content_type: str = "application/grpc"
+                    ) -> list[Any]:
     """What a raw HTTP/2 caller gets for a call sent as headers (and ``body``, a whole gRPC
     frame, with END_STREAM) or, without ``body``, as headers alone on a stream it keeps open:
     [(grpc-status, grpc-message)] for each header block with a grpc-status, ``"end"``,
@@ -113,7 +114,7 @@ async def h2_frames(address: str, path: str, extra: Sequence[tuple[str, str]],
     conn.initiate_connection()
     sid = conn.get_next_available_stream_id()
     conn.send_headers(sid, [(":method", "POST"), (":scheme", "http"), (":path", path),
-                            (":authority", address), ("content-type", "application/grpc"),
+                            (":authority", address), ("content-type", content_type),
                             ("te", "trailers"), *extra], end_stream=False)
     if body is not None:
         conn.send_data(sid, b"\x00" + len(body).to_bytes(4, "big") + body, end_stream=True)
@@ -266,3 +267,23 @@ async def test_a_tenants_stream_cancelled_mid_generation_frees_its_slot(
         assert calls(mesh, "CANCELLED") - before == 1, name
         await eventually(lambda: set(inflight(mesh).values()) == {0.0}, 5,
                          f"{name}: the slow path's in-flight gauges back to 0")
+
+
+async def test_grpc_web_is_served_by_the_python_edge_and_refused_by_envoy(
+        mesh: EnvoyMesh) -> None:
+    """``content-type: application/grpc-web`` on a ModelInfer: the Python edge's gRPC server
+    takes any ``application/grpc*`` content-type and its handlers never see it (answered as
+    gRPC, HTTP/2 trailers a gRPC-Web client cannot read), while Envoy's listener refuses
+    it (154fb07), as Triton itself does (it resets the stream). README's Envoy section said
+    the Python edge's gRPC refuses every content-type the listener does; pinned as the one
+    engine difference it is (README). ``application/grpc+proto`` is served by both."""
+    got = {name: await h2_frames(address, INFER_PATH, [], request_bytes(),
+                                 content_type="application/grpc-web")
+           for name, address in addresses(mesh).items()}
+    assert got["python"][0] == ("0", ""), got
+    assert got["envoy"][0] == ("3", "content-type application/grpc-web is not gRPC's: send "
+                                    "application/grpc"), got
+    for name, address in addresses(mesh).items():
+        proto = await h2_frames(address, INFER_PATH, [], request_bytes(),
+                                content_type="application/grpc+proto")
+        assert proto[0] == ("0", ""), (name, proto)
