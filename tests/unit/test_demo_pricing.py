@@ -29,3 +29,11 @@ def test_a_failed_call_stays_unpriced_and_does_not_move_the_mean() -> None:
     assert got["switchyard"][0].cost_usd == 0.0 and not got["switchyard"][0].ok
     assert got["switchyard"][1].cost_usd == pytest.approx(0.03)
     assert got["fastest"][0].cost_usd == pytest.approx(0.03)
+
+
+def test_met_counts_served_calls_within_their_slo_over_all_calls() -> None:
+    from services.demo import met
+
+    late = Outcome("edge-a", 40.0, "h100", 41.0, 0.01, True)
+    assert met([_call("h100", 0.01), late, _call("-", 0.0, ok=False), _call("l4", 0.0)]) == 50.0
+    assert met([]) == 0.0
