@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from placement.errors import NoHealthyDeployment, PolicyUnsatisfiable
@@ -345,6 +345,29 @@ def choose_stream(cands: Sequence[Candidate], estimates: Mapping[str, TokenEstim
     return StreamChoice(in_band[d].candidate, True,
                         "cheapest feasible under the load bound; first in the session's "
                         "hash order", options)
+
+
+def after_refusal(choice: StreamChoice, refused: Collection[str],
+                  waited_ms: float = 0.0) -> StreamChoice | None:
+    """The next deployment for a stream the servers in ``refused`` (deployment ids) refused
+    to admit (a server's own admission check: it cannot start and pace the stream within its
+    objectives). A refusal is not a failure: nothing is excluded beyond the refused
+    deployments themselves, no backend or region is marked, and the next try is the cheapest
+    feasible option left (``choice.options``, as ``choose_stream`` predicted them) whose
+    predicted TTFT plus ``waited_ms`` (the round trips the refusals cost) still fits its
+    limit (``StreamOption.ttft_limit_ms``). None when
+    no feasible option is left: the caller then sends its best effort (the least bad
+    prediction of those not refused) or gives up. Measured only in the simulator
+    (``benchmarks.tokens --only switchyard-admit*``, ``benchmarks/costsim/tokens_admit.py``)."""
+    left = [o for o in choice.options
+            if o.feasible and o.candidate.deployment_id not in refused
+            and o.ttft_ms + waited_ms <= o.ttft_limit_ms]
+    if not left:
+        return None
+    best = min(left, key=lambda o: (o.cost_usd, o.ttft_ms))
+    return StreamChoice(best.candidate, True,
+                        f"refused by {len(refused)} server(s): the cheapest feasible left",
+                        choice.options)
 
 
 def affordable(options: Sequence[StreamOption], ask: StreamAsk,

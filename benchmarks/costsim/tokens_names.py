@@ -8,6 +8,7 @@ import math
 import re
 from collections.abc import Callable
 
+from benchmarks.costsim.tokens_admit import SwitchyardAdmit
 from benchmarks.costsim.tokens_baselines import (
     LeastLoaded,
     LowestLatency,
@@ -70,7 +71,13 @@ REJECTED = ("switchyard-move-slack10", "switchyard-move-slack25", "switchyard-fl
             "switchyard-fleet-count", "switchyard-fleet-rate", "switchyard-fleet-load",
             "switchyard-fleet-work", "switchyard-fallback-band25", "switchyard-handoff",
             "switchyard-handoff-ttft1", "switchyard-handoff-ttft75", "switchyard-handoff-owed",
-            "switchyard-oracle-decoding", "switchyard-oracle-batch")
+            "switchyard-oracle-decoding", "switchyard-oracle-batch", *(
+                # issue 14, fifth round: the servers refuse what they cannot serve in time
+                # (``tokens_admit``, checked with max_tokens for lengths, 30 % of each
+                # objective left free); ``-hN``: the edge's own TTFT headroom N % (not 50 %)
+                # ``-tN``: N servers tried before the best effort (not 3)
+                "switchyard-admit", "switchyard-admit-h30", "switchyard-admit-h10",
+                "switchyard-admit-h30-t6"))
 
 # Issue 14's bound (simulator only: true state of every server, the stream's own length):
 # per stream the cheapest deployment whose emulated TTFT and TPOT meet the objectives with a
@@ -142,6 +149,10 @@ def make_policy(name: str, sim: TokenSim, seed: int) -> Policy:
         "switchyard-fleet-work": lambda: Switchyard(sim, name, fleet=True, fleet_load=True,
                                                     fleet_work=True),
         "switchyard-list-cost": lambda: Switchyard(sim, name, share_batch=False),
+        "switchyard-admit": lambda: SwitchyardAdmit(sim, name),
+        "switchyard-admit-h30": lambda: SwitchyardAdmit(sim, name, headroom=0.3),
+        "switchyard-admit-h10": lambda: SwitchyardAdmit(sim, name, headroom=0.1),
+        "switchyard-admit-h30-t6": lambda: SwitchyardAdmit(sim, name, headroom=0.3, tries=6),
         "switchyard-handoff": lambda: Switchyard(sim, name, handoffs=1),
         "switchyard-handoff-owed": lambda: Switchyard(sim, name, handoffs=1, handoff_owed=True),
         "switchyard-handoff-ttft1": lambda: Switchyard(sim, name, handoffs=1, handoff_ttft=1.0),

@@ -308,7 +308,6 @@ class CheapestFeasibleOracle:
         server = View(max_tokens=self._guess)
         delay = 0.0
         goal_ttft = self._ttft_goal[sid] * (1.0 - self._ttft_slack)
-        goal_tpot = self._tpot_goal[sid] * (1.0 - self._tpot_slack)
         tries = 0
         refused: set[int] = set()
         for _, d, view_ttft in feasible:
@@ -317,21 +316,34 @@ class CheapestFeasibleOracle:
             if tries == ADMIT_TRIES:
                 break
             tries += 1
-            rtt = float(sim.rtt[edge, d])
-            base = self._arrivals(d, now)
-            e = emulate(sim, d, now, sorted([*base, (now + delay + rtt / 2, sid)]), add=sid,
-                        view=server)
-            ttft = e.first[sid] + rtt / 2 - float(sim.streams.t_ms[sid])
-            if (ttft <= goal_ttft and self._tpot(sim, sid, e) <= goal_tpot
-                    and self._harmless(sim, d, now, e, sid, base, server)):
+            if self.admits(sim, sid, edge, d, now, delay, server):
                 self._delay[sid] = delay
                 return d
-            delay += rtt
+            delay += float(sim.rtt[edge, d])
             refused.add(d)
             self.refused += 1
         self.infeasible += 1
         self._delay[sid] = delay
         return next((d for d in fallbacks if d not in refused), fallbacks[0])
+
+    def admits(self, sim: TokenSim, sid: int, edge: int, d: int, now: float, delay: float,
+               server: View) -> bool:
+        """Server ``d``'s admission check for ``sid`` sent ``delay`` ms after ``now``: its state
+        as ``server`` knows it (every edge's streams there and on their way, its speed now)
+        says the stream meets both objectives less the slack and no stream there misses."""
+        rtt = float(sim.rtt[edge, d])
+        base = self._arrivals(d, now)
+        e = emulate(sim, d, now, sorted([*base, (now + delay + rtt / 2, sid)]), add=sid,
+                    view=server)
+        ttft = e.first[sid] + rtt / 2 - float(sim.streams.t_ms[sid])
+        return (ttft <= self._ttft_goal[sid] * (1.0 - self._ttft_slack)
+                and self._tpot(sim, sid, e) <= self._tpot_goal[sid] * (1.0 - self._tpot_slack)
+                and self._harmless(sim, d, now, e, sid, base, server))
+
+    def sent(self, sid: int, d: int, at: float) -> None:
+        """``sid`` is on its way to ``d`` and arrives at ``at`` (ms)."""
+        self._flight[d].append((at, sid))
+        self._flight[d].sort()
 
     def route_delay_ms(self, sid: int) -> float:
         """How long ``sid``'s refusals held it before it left for its deployment."""
@@ -348,9 +360,7 @@ class CheapestFeasibleOracle:
 
     def choose(self, sid: int, edge: int, now: float, sim: TokenSim) -> int:
         d = self._options(sim, sid, edge, now)
-        delay = self._delay.get(sid, 0.0)
-        self._flight[d].append((now + delay + sim.rtt[edge, d] / 2, sid))
-        self._flight[d].sort()
+        self.sent(sid, d, now + self._delay.get(sid, 0.0) + sim.rtt[edge, d] / 2)
         return d
 
     # -- moving (``move``) ---------------------------------------------------------------

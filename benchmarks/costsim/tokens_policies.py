@@ -46,6 +46,7 @@ from placement.streams import (
     TTFT_HEADROOM,
     FleetQueue,
     StreamAsk,
+    StreamChoice,
     choose_stream,
 )
 from services.edge.token_stats import StreamStats
@@ -168,6 +169,7 @@ class Switchyard:
                                unmeasured_probes=self._probes,
                                share_batch=self._share_batch,
                                shared_by=self._true_batches(sim))
+        choice = self.admitted(sid, edge, now, sim, choice, ask)
         if not choice.slo_met:
             self.infeasible += 1
         dep = choice.candidate.deployment_id
@@ -194,6 +196,16 @@ class Switchyard:
         if self.guards is not None and choice.chosen.measured:
             self.guards[edge].sent(sid, dep, choice.chosen.ttft_ms, now / 1000.0)
         return self.index[dep]
+
+    def admitted(self, sid: int, edge: int, now: float, sim: TokenSim, choice: StreamChoice,
+                 ask: StreamAsk) -> StreamChoice:
+        """The choice the servers let through (``tokens_admit.SwitchyardAdmit``); here every
+        server admits every stream."""
+        return choice
+
+    def held_ms(self, sid: int) -> float:
+        """How long refusals held ``sid`` before its attempt began (not the server's time)."""
+        return 0.0
 
     def _true_batches(self, sim: TokenSim) -> dict[str, int] | None:
         """Per deployment, the streams its server holds now (the ``shared_by`` oracle)."""
@@ -307,7 +319,7 @@ class Switchyard:
         self.watches[edge].pop(sid, None)
         self._ask.pop(sid, None)
         tpot = float(out.tpot_ms[sid])
-        prefill = float(out.ttft_ms[sid]) - float(sim.rtt[edge, d])
+        prefill = float(out.ttft_ms[sid]) - float(sim.rtt[edge, d]) - self.held_ms(sid)
         if sid in self._moved:  # the attempt after the move: from its own first token
             at, count, first_b = self._moved.pop(sid)
             rtt = float(sim.rtt[edge, d])
