@@ -184,23 +184,30 @@ UNSERVED = [
 ]
 
 
+def forwarded(mesh: EnvoyMesh) -> int:
+    """Requests Envoy sent to a deployment or its slow path (not placement's access-log and
+    ADS streams)."""
+    return sum(int(line.rpartition(": ")[2]) for line in
+               mesh.envoy.admin("/stats?filter=upstream_rq_total$").splitlines()
+               if line.startswith(("cluster.dep_", "cluster.slow-path.")))
+
+
 @pytest.mark.parametrize(("path", "body"), UNSERVED,
                          ids=["unknown-method", "unknown-service", "unload", "load"])
 async def test_an_rpc_the_edge_does_not_serve_is_unimplemented_and_reaches_no_backend(
-        mesh: EnvoyMesh, path: str, body: bytes) -> None:
+        mesh: EnvoyMesh, engines: dict[str, grpc.aio.Channel], path: str, body: bytes) -> None:
     """gRPC's UNIMPLEMENTED on both engines (the Python edge's gRPC says 'Method not found!',
     Envoy's route-not-found nothing, as Triton itself says nothing), and nothing is sent to
     any cluster. Pinned: found right on both."""
-    sent = mesh.envoy_stat("cluster_manager.upstream_rq_total") or sum(
-        int(line.rpartition(": ")[2]) for line in
-        mesh.envoy.admin("/stats?filter=upstream_rq_total$").splitlines())
+    sent = forwarded(mesh)
     for name, address in addresses(mesh).items():
         got = await h2_frames(address, path, [], body)
         assert got[0] == ("12", "Method not found!" if name == "python" else ""), (
             name, got)
-    after = sum(int(line.rpartition(": ")[2]) for line in
-                mesh.envoy.admin("/stats?filter=upstream_rq_total$").splitlines())
-    assert after == sent
+    assert forwarded(mesh) == sent
+    code, _, details = await raw_infer(engines["envoy"], [])  # the count sees a served call
+    assert code == grpc.StatusCode.OK, details
+    assert forwarded(mesh) > sent
 
 
 def inflight(mesh: EnvoyMesh) -> dict[str, float]:
