@@ -235,10 +235,14 @@ static int grpc_content_type(const envoy_http_header* e) {
 
 int sy_wire_refusal(const envoy_http_header* h, size_t n, char* msg, size_t msg_size) {
   char v[41];
-  int typed = 0;
+  int typed = 0, trailers = 0;
   for (size_t i = 0; i < n; i++) {
     const envoy_http_header* e = &h[i];
     size_t k = e->key_length;
+    if (key_is(e, "te")) { /* Envoy keeps only te: trailers; gRPC needs it */
+      trailers |= value_is(e, "trailers");
+      continue;
+    }
     if (key_is(e, "content-type")) {
       if (grpc_content_type(e)) {
         typed = 1;
@@ -276,6 +280,10 @@ int sy_wire_refusal(const envoy_http_header* h, size_t n, char* msg, size_t msg_
     snprintf(msg, msg_size, "a call without a content-type is not gRPC: send application/grpc");
     return 3;
   }
+  if (!trailers && n > 0) {
+    snprintf(msg, msg_size, "a call without te: trailers is not gRPC: send te: trailers");
+    return 3;
+  }
   return 0;
 }
 
@@ -283,12 +291,41 @@ int sy_reads(const envoy_http_header* e) {
   size_t k = e->key_length;
   if (key_is(e, "content-type"))
     return value_is(e, "application/grpc") ? SY_READ_TYPED : SY_READ_WIRE;
+  if (key_is(e, "te")) return value_is(e, "trailers") ? SY_READ_TE : SY_READ_WIRE;
   if (k > 4 && memcmp(e->key_ptr + k - 4, "-bin", 4) == 0) return SY_READ_WIRE | SY_READ_HINT;
   if (k >= 5 && memcmp(e->key_ptr, "grpc-", 5) == 0)
     return (key_is(e, "grpc-encoding") || key_is(e, "grpc-status") ||
             key_is(e, "grpc-message") || key_is(e, "grpc-previous-rpc-attempts"))
                ? SY_READ_WIRE : 0;
   return key_is(e, "x-slo-ms") || key_is(e, "x-tenant") ? SY_READ_HINT : 0;
+}
+
+int sy_grpc_timeout(envoy_buffer t, double* ms) {
+  const char* p = t.ptr;
+  const char* end = p ? p + t.length : p;
+  long long x = 0;
+  int digit = 0;
+  if (p == NULL) return 0;
+  while (p != end && *p == ' ') p++;
+  for (; p != end && *p >= '0' && *p <= '9'; p++) {
+    digit = 1;
+    if (x >= 100000000 && (x != 100000000 || *p != '0')) return 0; /* infinite */
+    x = x * 10 + (*p - '0');
+  }
+  if (!digit) return -1;
+  while (p != end && *p == ' ') p++;
+  if (p == end) return -1;
+  switch (*p++) {
+    case 'n': *ms = (double)(x / 1000000 + (x % 1000000 != 0)); break;
+    case 'u': *ms = (double)(x / 1000 + (x % 1000 != 0)); break;
+    case 'm': *ms = (double)x; break;
+    case 'S': *ms = (double)x * 1000; break;
+    case 'M': *ms = (double)x * 60000; break;
+    case 'H': *ms = (double)x * 3600000; break;
+    default: return -1;
+  }
+  while (p != end && *p == ' ') p++;
+  return p == end ? 1 : -1;
 }
 
 /* A -bin header's bytes as gRPC carries them (base64, padded or not), at most `limit` of

@@ -36,17 +36,27 @@ char* sy_hint_message(const char* key, envoy_buffer value, const char* why,
  * (8 over max_metadata_bytes, 3 over max_metadata_count on a call or stream, `checked`) with
  * its message in msg. A limit below 0 is not checked. */
 /* What a backend's gRPC server would reset the stream for in the caller's own metadata (an
- * unknown grpc-encoding: 12; a content-type not application/grpc, or none, a -bin value not
+ * unknown grpc-encoding: 12; a content-type not application/grpc, or none, no te: trailers
+ * (Triton's gRPC answers UNKNOWN "Missing :te header"), a -bin value not
  * base64, a response's grpc-status/-message/
  * -status-details-bin, a grpc-previous-rpc-attempts not a count: 3); 0: none. */
 int sy_wire_refusal(const envoy_http_header* h, size_t n, char* msg, size_t msg_size);
 
 /* Which of the checks over every header entry read this one: SY_READ_WIRE (sy_wire_refusal
  * may refuse it), SY_READ_HINT (sy_first_fault may), SY_READ_TYPED (a content-type of
- * exactly application/grpc). A call none of whose entries any check reads, with a typed
- * one, passes both: the listener walks its headers once, not once per check. */
-enum { SY_READ_WIRE = 1, SY_READ_HINT = 2, SY_READ_TYPED = 4 };
+ * exactly application/grpc), SY_READ_TE (a te of exactly trailers, all Envoy passes on: it
+ * drops any other). A call none of whose entries any check reads, with a typed one and a te,
+ * passes both: the listener walks its headers once, not once per check. */
+enum { SY_READ_WIRE = 1, SY_READ_HINT = 2, SY_READ_TYPED = 4, SY_READ_TE = 8 };
 int sy_reads(const envoy_http_header* e);
+
+/* A grpc-timeout value read as gRPC's core reads it (ParseTimeout in grpc's
+ * src/core/lib/transport/timeout_encoding.cc): spaces around, digits, spaces, one unit of
+ * H M S m u n, spaces; n and u rounded up to whole ms; more than 1,000,000,000 is no deadline
+ * (infinite), never a fault. 1: *ms set; 0: no deadline; -1: unreadable (gRPC refuses the
+ * call INTERNAL, SY_TIMEOUT_UNREADABLE). */
+int sy_grpc_timeout(envoy_buffer t, double* ms);
+#define SY_TIMEOUT_UNREADABLE "Error parsing 'grpc-timeout' metadata"
 
 int sy_metadata_refusal(const envoy_http_header* h, size_t n, long long max_bytes,
                         long long max_count, int checked, char* msg, size_t msg_size);

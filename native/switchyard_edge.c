@@ -101,27 +101,10 @@ static void refuse_fault(envoy_filter f, filter* s) {
   reply(f, 3, s->fault ? s->fault : "metadata: a bad hint");
 }
 
-/* The caller's deadline (its grpc-timeout, t) in ms: 1 and *out, or 0 (none or
- * unreadable). */
+/* The caller's deadline (its grpc-timeout, t) in ms: 1 and *out, or 0 (none; an unreadable
+ * one is refused first: listener_checks). */
 static int deadline_ms(envoy_buffer t, double* out) {
-  if (t.ptr == NULL || t.length < 2 || t.length > 9) return 0;
-  double digits = 0;
-  for (size_t i = 0; i + 1 < t.length; i++) {
-    if (t.ptr[i] < '0' || t.ptr[i] > '9') return 0;
-    digits = digits * 10 + (t.ptr[i] - '0');
-  }
-  double unit;
-  switch (t.ptr[t.length - 1]) {
-    case 'H': unit = 3600000; break;
-    case 'M': unit = 60000; break;
-    case 'S': unit = 1000; break;
-    case 'm': unit = 1; break;
-    case 'u': unit = 0.001; break;
-    case 'n': unit = 0.000001; break;
-    default: return 0;
-  }
-  *out = digits * unit;
-  return 1;
+  return sy_grpc_timeout(t, out) > 0;
 }
 
 /* At most this much of the caller's deadline left: nothing is forwarded (lua.py's rule,
@@ -323,11 +306,16 @@ static const char* whole_body(envoy_filter f, size_t* len, char** owned) {
   return total ? only : NULL;
 }
 
-/* Replace the request body with its one gRPC message plus field 1 = name (the parser keeps
- * the last value), the frame length fixed. */
+/* Replace the request body with its first gRPC message plus field 1 = name (the parser keeps
+ * the last value), the frame length fixed; any later message dropped. */
 static int append_name(envoy_filter f, const char* body, size_t n, const char* name,
                        size_t name_len) {
   if (n < 5 || body[0] != 0 || name_len >= 1u << 14) return 0;
+  /* the first message only, as gRPC reads a unary call's (a second one's prefix would end up
+   * inside it: Triton could not parse the call) */
+  const unsigned char* u = (const unsigned char*)body;
+  size_t first = 5 + (((size_t)u[1] << 24) | ((size_t)u[2] << 16) | ((size_t)u[3] << 8) | u[4]);
+  if (first < n) n = first;
   unsigned char field[4 + 16384];
   size_t k = 0;
   field[k++] = 0x0a;
@@ -374,13 +362,21 @@ static int listener_checks(envoy_filter f, filter* s, bool end_of_stream,
   s->deadline_at_ms = 0;
   double budget;
   int refused = headers_refused(f, c, checked, h, nh), binary = 0, unread = 0;
-  if (!refused && ((w.rules & SY_READ_WIRE) || (nh > 0 && !(w.rules & SY_READ_TYPED)))) {
+  if (!refused && ((w.rules & SY_READ_WIRE) ||
+                   (nh > 0 && (w.rules & (SY_READ_TYPED | SY_READ_TE)) !=
+                                  (SY_READ_TYPED | SY_READ_TE)))) {
     char msg[512];
     int code = sy_wire_refusal(h, nh, msg, sizeof msg);
     if (code != 0) {
       reply(f, code, msg);
       refused = 1;
     }
+  }
+  if (!refused && sy_grpc_timeout(w.timeout, &budget) < 0) {
+    /* gRPC's own words: the Python edge's (and a backend's) server refuses it so; served
+     * here, the caller's deadline would be dropped (the route removes grpc-timeout) */
+    reply(f, 13, SY_TIMEOUT_UNREADABLE);
+    refused = 1;
   }
   if (!refused && checked && deadline_ms(w.timeout, &budget)) {
     if (budget <= MIN_REMAINING_MS) {

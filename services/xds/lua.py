@@ -83,6 +83,8 @@ METADATA_NAMESPACE = "switchyard"
 LISTENER_FILTER = "switchyard.model_name"  # route metadata for the listener Lua lives here
 SERVICE_PATH = "/inference.GRPCInferenceService/"
 INFER_PATH = SERVICE_PATH + "ModelInfer"
+# gRPC's core refuses an unreadable grpc-timeout so (INTERNAL): the Python edge's caller's words
+TIMEOUT_UNREADABLE = "Error parsing 'grpc-timeout' metadata"
 STREAM_PATH = SERVICE_PATH + "ModelStreamInfer"
 # RPCs that start attempts at a backend: with at most MIN_REMAINING_S of the caller's deadline
 # left, the listener answers DEADLINE_EXCEEDED itself and forwards nothing (the Python edge's
@@ -204,7 +206,7 @@ end
 local SLOW_HINTS = {{{", ".join(f'"{h}"' for h in SLOW_HINTS)}}}
 local SLOW_RPCS = {{{", ".join(f'["{SERVICE_PATH}{r}"] = true' for r in SLOW_RPCS)}}}
 local CONTROL_RPCS = {{{", ".join(f'["{SERVICE_PATH}{r}"] = true' for r in CONTROL_RPCS)}}}
-local UNITS = {{H = 3600000, M = 60000, S = 1000, m = 1, u = 0.001, n = 0.000001}}
+local UNITS = {{H = 3600000, M = 60000, S = 1000, m = 1}}
 local DEADLINE_CHECKED = {{{", ".join(f'["{SERVICE_PATH}{r}"] = true'
                               for r in DEADLINE_CHECKED_RPCS)}}}
 local MIN_REMAINING_MS = {MIN_REMAINING_S * 1000!r}
@@ -221,12 +223,23 @@ local function reply(handle, code, message)
                   ["x-request-id"] = handle:headers():get("x-request-id") or ""}}, nil)
 end
 
--- The caller's deadline (its grpc-timeout, as read_headers got it) in ms, or nil.
+-- The caller's deadline (its grpc-timeout, as read_headers got it) in ms; nil: none; false:
+-- unreadable (refused, as gRPC refuses it). Read as gRPC's core reads it (ParseTimeout,
+-- native/rules.c sy_grpc_timeout): spaces around, digits, one unit; n and u rounded up to
+-- whole ms; over 1,000,000,000 no deadline, whatever follows the digits.
 local function deadline_ms(timeout)
   if timeout == nil then return nil end
-  local digits, unit = string.match(timeout, "^(%d+)([HMSmun])$")
-  if digits == nil then return nil end
-  return tonumber(digits) * UNITS[unit]
+  local lead = timeout:match("^ *(%d+)")
+  if lead ~= nil then
+    local d = lead:gsub("^0+", "")
+    if #d > 10 or (#d == 10 and d > "1000000000") then return nil end
+  end
+  local digits, unit = timeout:match("^ *(%d+) *([HMSmun]) *$")
+  if digits == nil then return false end
+  local x = tonumber(digits)
+  if unit == "n" then return math.ceil(x / 1000000) end
+  if unit == "u" then return math.ceil(x / 1000) end
+  return x * UNITS[unit]
 end
 
 -- Is ``left_ms`` of the caller's deadline too little to start an attempt? gRPC sends the
@@ -269,10 +282,14 @@ function envoy_on_request(handle)
     if code ~= nil then return reply(handle, code, message) end
     if r.wire ~= nil then return reply(handle, r.wire, r.wire_message) end
   end
+  local budget = deadline_ms(r.got["grpc-timeout"])
+  -- gRPC's own words: the Python edge's (and a backend's) server refuses it so; served here,
+  -- the caller's deadline would be dropped (the route removes grpc-timeout)
+  if budget == false then return reply(handle, 13, "{TIMEOUT_UNREADABLE}") end
   for key in pairs(r.own) do headers:remove(key) end
   -- the caller's deadline as it stands when its headers are in (the Python edge's clock
   -- starts there too); checked again once a ModelInfer's body is in
-  local t0, budget = now_us(handle), deadline_ms(r.got["grpc-timeout"])
+  local t0 = now_us(handle)
   -- A call or stream's first refused hint (read_headers' fault). A -bin one is refused here,
   -- never skipped, before the slow path (unless a hint only the slow path reads came first:
   -- it answers in the caller's order); a ModelInfer's others once its bytes are checked, as

@@ -83,7 +83,10 @@ end
 
 -- One entry's wire refusal: nil, or a status code and message.
 local function wire_fault(key, value, r)
-  if key == "content-type" then
+  if key == "te" then  -- Envoy keeps only te: trailers; gRPC needs it
+    if value == "trailers" then r.te = true end
+    return nil
+  elseif key == "content-type" then
     if grpc_content_type(value) then r.typed = true; return nil end
     return 3, "content-type " .. printable(value) .. " is not gRPC's: send application/grpc"
   elseif key == "grpc-encoding" then
@@ -127,7 +130,7 @@ end
 
 -- Every check's reading of the caller's headers, in one walk (this module's docstring).
 local function read_headers(headers)
-  local r = {{size = 0, count = 0, typed = false, slo = {{}}, got = {{}}, own = {{}},
+  local r = {{size = 0, count = 0, typed = false, te = false, slo = {{}}, got = {{}}, own = {{}},
              binary = false, unread = false}}
   local got = r.got
   for key, value in pairs(headers) do
@@ -149,6 +152,8 @@ local function read_headers(headers)
   end
   if r.wire == nil and not r.typed then
     r.wire, r.wire_message = 3, "a call without a content-type is not gRPC: send application/grpc"
+  elseif r.wire == nil and not r.te then
+    r.wire, r.wire_message = 3, "a call without te: trailers is not gRPC: send te: trailers"
   end
   return r
 end

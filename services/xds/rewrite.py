@@ -41,10 +41,16 @@ local function be32(n)
                      math.floor(n / 256) % 256, n % 256)
 end
 
--- Append field 1 = name to the one buffered gRPC message (the parser keeps the last value).
+-- Append field 1 = name to the buffered body's first gRPC message (the parser keeps the last
+-- value); a later message is dropped, as gRPC reads a unary call's first (its prefix would
+-- end up inside the first: Triton could not parse the call).
 local function append_name(body, name)
   local n = body:length()
-  if n < 5 or body:getBytes(0, 1):byte(1) ~= 0 then return false end
+  if n < 5 then return false end
+  local head = body:getBytes(0, 5)
+  if head:byte(1) ~= 0 then return false end
+  local first = ((head:byte(2) * 256 + head:byte(3)) * 256 + head:byte(4)) * 256 + head:byte(5)
+  if 5 + first < n then n = 5 + first end
   local field = "\10" .. encode_varint(#name) .. name
   body:setBytes("\0" .. be32(n - 5 + #field) .. body:getBytes(5, n - 5) .. field)
   return true

@@ -81,11 +81,13 @@ class FakeEnvoyHost:
 
     def start(self, headers: Mapping[str, str | list[str]], body: bytes | None = None,
               buffered: bytes = b"") -> None:
-        """A new stream with these request headers (after a gRPC client's content-type,
-        unless they give one) and (received, buffered) body."""
+        """A new stream with these request headers (after a gRPC client's content-type and
+        te, unless they give one) and (received, buffered) body."""
         self.lib.fh_reset()
         if "content-type" not in headers:
             headers = {"content-type": "application/grpc", **headers}
+        if "te" not in headers:
+            headers = {"te": "trailers", **headers}
         for k, v in headers.items():
             for one in [v] if isinstance(v, str) else v:
                 self.lib.fh_add_header(REQUEST_HEADER, k.encode(), one.encode())

@@ -223,6 +223,18 @@ def test_the_first_variant_is_appended_once_and_named(host: FakeEnvoyHost) -> No
     assert host.header(lua.MODEL_HEADER) == "tiny"  # the route still matches the model
 
 
+def test_a_second_message_is_dropped_with_the_first_variant_appended(
+        host: FakeEnvoyHost) -> None:
+    """gRPC reads a unary call's first message; before, the second's prefix ended up inside
+    the first and Triton could not parse the call."""
+    body = _request("tiny")
+    _listener(host).start({":path": INFER}, body + _request("other"))
+    host.metadata(lua.LISTENER_FILTER, rewrite.FIRST_VARIANT_KEY, "tiny-v1")
+    host.request_headers()
+    host.request_body()
+    assert host.body() == _frame(body[5:] + wire.encode_name_field("tiny-v1"))
+
+
 def test_no_append_when_the_body_already_names_the_first_variant(host: FakeEnvoyHost) -> None:
     body = _request("tiny-v1")
     _listener(host).start({":path": INFER}, body)
@@ -383,9 +395,11 @@ def test_the_module_is_found_where_envoy_will_look(tmp_path: pathlib.Path) -> No
     ({"content-type": "text/plain"}, 3, "content-type text/plain is not gRPC's"),
     ({"content-type": "application/grpc-web"}, 3, "application/grpc-web is not gRPC's"),
     ({"content-type": "application/grpc+proto"}, None, None),
+    ({"te": "gzip"}, 3, "a call without te: trailers is not gRPC: send te: trailers"),
+    ({"te": ["gzip", "trailers"]}, None, None),
 ])
 def test_what_a_backend_would_reset_the_stream_for_is_refused_at_the_listener(
-        host: FakeEnvoyHost, headers: dict[str, str], code: int | None,
+        host: FakeEnvoyHost, headers: dict[str, str | list[str]], code: int | None,
         words: str | None) -> None:
     """Metadata a backend's gRPC server resets the stream for (Envoy took the reset for the
     backend's failure: retried elsewhere, ejected by outlier detection): refused on the

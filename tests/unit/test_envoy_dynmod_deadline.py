@@ -51,3 +51,32 @@ def test_three_ms_left_is_forwarded(host: FakeEnvoyHost, path: str, headers_say:
     else:
         assert host.header(lua.PATH_HEADER) == "slow"
     assert host.reply() is None
+
+
+@pytest.mark.parametrize("path", [INFER, STREAM, "/inference.GRPCInferenceService/ServerReady"])
+@pytest.mark.parametrize("timeout", ["abc", "-1S", "1X", "", "5S5S", "S", "5", "5 S x"])
+def test_an_unreadable_grpc_timeout_is_refused_in_grpcs_words(
+        host: FakeEnvoyHost, path: str, timeout: str) -> None:
+    """gRPC's core refuses it INTERNAL (the Python edge's caller sees this; Triton's too);
+    before, the module served it with no deadline (``deadline_ms``: none or unreadable
+    alike) and the route removed the header: the caller's deadline dropped."""
+    assert host.new_config("listener", "margin=5.0;slow=1")
+    host.start({":path": path, "grpc-timeout": timeout}, _request("m"))
+    assert host.request_headers() == STOP
+    assert host.reply() == (13, lua.TIMEOUT_UNREADABLE)
+    assert host.header(lua.PATH_HEADER) is None
+
+
+@pytest.mark.parametrize(("timeout", "slo"), [
+    (" 5S ", "4995"),  # spaces around, as gRPC's ParseTimeout allows
+    ("100500u", "96"),  # u and n rounded up to whole ms, as gRPC does (101 ms)
+    ("1000000000m", "999999995"),  # 10 digits, at gRPC's limit
+    ("1000000001m", None),  # over it: no deadline, not a fault
+    ("12345678901X", None),  # gRPC stops reading at the 11th digit: no deadline
+])
+def test_a_grpc_timeout_is_read_as_grpcs_core_reads_it(
+        host: FakeEnvoyHost, timeout: str, slo: str | None) -> None:
+    assert host.new_config("listener", "margin=5.0;slow=1")
+    host.start({":path": INFER, "grpc-timeout": timeout}, _request("m"))
+    assert host.request_headers() == STOP and host.reply() is None
+    assert host.header(lua.SLO_HEADER) == slo

@@ -1,0 +1,145 @@
+"""Hostile caller, round 8 (hostile8's findings rooted in the Envoy edge's listener: the C
+module, native/, and its Lua twin, services/xds/): the same call gets the same status on both
+engines, and a caller's own bad metadata reaches no backend. Each test runs on an Envoy given
+the module and on one given the Lua (``[edge] envoy_filters``), its slow path (the co-located
+Python edge, called directly) as *the Python edge*; real Tritons, placement over ADS, raw
+HTTP/2 callers (h2), since gRPC clients send none of these.
+
+- A ModelInfer carrying two gRPC messages: gRPC (Triton, the Python edge) serves the first.
+  Before, the listener appended the first variant's name after the whole body (the second
+  message's prefix inside the first): INVALID_ARGUMENT "... (the deployment answered: Unable
+  to parse request)".
+- A ModelInfer without ``te: trailers``: the Python edge's gRPC resets it before any backend.
+  Before, the listener forwarded it and Triton answered UNKNOWN "Missing :te header", a
+  backend's failure in Envoy's outlier view and in the access log placement learns from. Now
+  INVALID_ARGUMENT naming te at the listener, as for a missing content-type (734254b).
+- A malformed ``grpc-timeout``: gRPC answers INTERNAL "Error parsing 'grpc-timeout' metadata".
+  Before, the listener served it with no deadline (the route removes grpc-timeout): the
+  caller's deadline silently dropped.
+"""
+from __future__ import annotations
+
+import asyncio
+import urllib.parse
+from collections.abc import AsyncIterator, Sequence
+
+import h2.config
+import h2.connection
+import h2.events
+import pytest
+import pytest_asyncio
+
+from services.backends.triton import TritonProcess
+from services.config import MeshConfig
+from services.xds import lua
+from tests.envoy_harness import EnvoyMesh, running_envoy_mesh
+from tests.mesh_harness import INFER_PATH, mesh_config, request_bytes
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
+
+GRPC = [("content-type", "application/grpc"), ("te", "trailers")]
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory: pytest.TempPathFactory) -> MeshConfig:
+    return mesh_config(tmp_path_factory.mktemp("hostile8-native"))
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module", params=["module", "lua"])
+async def mesh(request: pytest.FixtureRequest, cfg: MeshConfig,
+               tritons: dict[str, TritonProcess],
+               tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[EnvoyMesh]:
+    filters = request.param
+    cfg = cfg.model_copy(update={"edge": cfg.edge.model_copy(
+        update={"envoy_filters": filters})})
+    async with running_envoy_mesh(cfg, tmp_path_factory.mktemp(f"envoy-{filters}")) as m:
+        assert m.envoy.node.module is (filters == "module")
+        yield m
+
+
+def addresses(mesh: EnvoyMesh) -> dict[str, str]:
+    return {"python": f"127.0.0.1:{mesh.slow.port}", "envoy": mesh.envoy.address}
+
+
+def frame(message: bytes) -> bytes:
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+async def raw_call(address: str, headers: Sequence[tuple[str, str]], data: bytes
+                   ) -> tuple[str, str] | str:
+    """A ModelInfer sent as these headers (after the pseudo-headers) and these DATA bytes
+    with END_STREAM: its (grpc-status, grpc-message), or "reset" for a RST_STREAM."""
+    host, port = address.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(
+        client_side=True, header_encoding="utf-8", validate_outbound_headers=False))
+    conn.initiate_connection()
+    conn.send_headers(1, [(":method", "POST"), (":scheme", "http"), (":path", INFER_PATH),
+                          (":authority", address), *headers])
+    conn.send_data(1, data, end_stream=True)
+    writer.write(conn.data_to_send())
+    try:
+        while True:
+            got = await asyncio.wait_for(reader.read(65536), 10)
+            assert got, "the connection closed with no answer"
+            for ev in conn.receive_data(got):
+                if isinstance(ev, h2.events.ResponseReceived | h2.events.TrailersReceived):
+                    hs = {str(k): str(v) for k, v in ev.headers or ()}
+                    if "grpc-status" in hs:
+                        return hs["grpc-status"], urllib.parse.unquote(
+                            hs.get("grpc-message", ""))
+                elif isinstance(ev, h2.events.StreamReset):
+                    return "reset"
+                elif isinstance(ev, h2.events.DataReceived):
+                    conn.acknowledge_received_data(ev.flow_controlled_length, 1)
+            writer.write(conn.data_to_send())
+    finally:
+        writer.close()
+
+
+def deployment_requests(mesh: EnvoyMesh) -> int:
+    return sum(int(line.rpartition(": ")[2]) for line in
+               mesh.envoy.admin("/stats?filter=upstream_rq_total$").splitlines()
+               if line.startswith("cluster.dep_"))
+
+
+async def test_a_modelinfer_with_two_messages_is_served_its_first_alike(
+        mesh: EnvoyMesh) -> None:
+    """Fails on the old listener (both engines): envoy INVALID_ARGUMENT 'Unable to parse'."""
+    one = frame(request_bytes())
+    got = {name: await raw_call(a, GRPC, one + one) for name, a in addresses(mesh).items()}
+    assert got["python"] == ("0", ""), got
+    assert got["envoy"] == got["python"], got
+
+
+async def test_a_modelinfer_without_te_reaches_no_backend(mesh: EnvoyMesh) -> None:
+    """gRPC's server resets it (the Python edge's caller: RST_STREAM). Fails on the old
+    listener: UNKNOWN 'Missing :te header' from a deployment."""
+    no_te = [("content-type", "application/grpc")]
+    python = await raw_call(addresses(mesh)["python"], no_te, frame(request_bytes()))
+    assert python == "reset", python
+    before = deployment_requests(mesh)
+    got = await raw_call(mesh.envoy.address, no_te, frame(request_bytes()))
+    assert got == ("3", "a call without te: trailers is not gRPC: send te: trailers"), got
+    assert deployment_requests(mesh) - before == 0
+    # (any other te is an HTTP/2 protocol error to Envoy's codec, which closes the
+    # connection before any filter: the listener sees te: trailers or none)
+
+
+@pytest.mark.parametrize("timeout", ["abc", "-1S", "1X", "", "5S5S"])
+async def test_a_malformed_grpc_timeout_is_refused_alike(mesh: EnvoyMesh, timeout: str) -> None:
+    """Fails on the old listener: served OK with no deadline."""
+    before = deployment_requests(mesh)
+    got = {name: await raw_call(a, [*GRPC, ("grpc-timeout", timeout)], frame(request_bytes()))
+           for name, a in addresses(mesh).items()}
+    assert got == {"python": ("13", lua.TIMEOUT_UNREADABLE),
+                   "envoy": ("13", lua.TIMEOUT_UNREADABLE)}, got
+    assert deployment_requests(mesh) - before == 0
+
+
+@pytest.mark.parametrize("timeout", [" 5S ", "1000000001m", "12345678901X", "123456789S"])
+async def test_a_grpc_timeout_grpc_reads_is_served_alike(mesh: EnvoyMesh, timeout: str) -> None:
+    """Spaces around, over 1,000,000,000 (no deadline), 9 digits: gRPC's core serves each."""
+    got = {name: await raw_call(a, [*GRPC, ("grpc-timeout", timeout)], frame(request_bytes()))
+           for name, a in addresses(mesh).items()}
+    assert got == {"python": ("0", ""), "envoy": ("0", "")}, got
