@@ -77,7 +77,7 @@ REJECTED = ("switchyard-move-slack10", "switchyard-move-slack25", "switchyard-fl
                 # objective left free); ``-hN``: the edge's own TTFT headroom N % (not 50 %)
                 # ``-tN``: N servers tried before the best effort (not 3)
                 "switchyard-admit", "switchyard-admit-h30", "switchyard-admit-h10",
-                "switchyard-admit-h30-t6"))
+                "switchyard-admit-h30-t6", "switchyard-admit-h30-t10"))
 
 # Issue 14's bound (simulator only: true state of every server, the stream's own length):
 # per stream the cheapest deployment whose emulated TTFT and TPOT meet the objectives with a
@@ -153,6 +153,8 @@ def make_policy(name: str, sim: TokenSim, seed: int) -> Policy:
         "switchyard-admit-h30": lambda: SwitchyardAdmit(sim, name, headroom=0.3),
         "switchyard-admit-h10": lambda: SwitchyardAdmit(sim, name, headroom=0.1),
         "switchyard-admit-h30-t6": lambda: SwitchyardAdmit(sim, name, headroom=0.3, tries=6),
+        "switchyard-admit-h30-t10": lambda: SwitchyardAdmit(sim, name, headroom=0.3,
+                                                            tries=10),
         "switchyard-handoff": lambda: Switchyard(sim, name, handoffs=1),
         "switchyard-handoff-owed": lambda: Switchyard(sim, name, handoffs=1, handoff_owed=True),
         "switchyard-handoff-ttft1": lambda: Switchyard(sim, name, handoffs=1, handoff_ttft=1.0),
