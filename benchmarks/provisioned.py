@@ -114,8 +114,9 @@ class PlannerConfig:
     # N+1 across pools per class (PlannerSettings.pool_loss, pool_loss_boost)
     pool_loss: bool = False
     pool_loss_boost: float = 0.0
-    # route rounds plan the flows the edges' rule draws beyond the plan (route_drawn)
-    route_drawn: bool = False
+    # route rounds plan the flows the edges' rule draws beyond the plan (route_drawn;
+    # None: PlannerSettings' default, which every other fleet's plans use too)
+    route_drawn: bool | None = None
 
 
 # Before: a flat $0.5 per GPU change (above a cheap GPU's hourly price, so such GPUs were
@@ -161,12 +162,15 @@ POOL_LOSS = dataclasses.replace(PLANNER, name="+ N+1 across pools", pool_loss=Tr
 POOL_LOSS_HOT = dataclasses.replace(POOL_LOSS, name="+ N+1 across pools, +0.1 utilisation",
                                     pool_loss_boost=0.1)
 # Route rounds that also plan the calls/s the edges' rule draws beyond the plan's flows
-# (PlannerSettings.route_drawn)
+# (PlannerSettings.route_drawn, on by default since 2026-11-28), and without them
 DRAWN = dataclasses.replace(PLANNER, name="+ drawn flows in route rounds", route_drawn=True)
+NO_DRAWN = dataclasses.replace(PLANNER, name="planner, route rounds without drawn flows",
+                               route_drawn=False)
 CONFIGS = {"before": BEFORE, "churn": CHURN, "resize": RESIZE, "react": REACT,
            "quantile": QUANTILE, "reserve": RESERVE, "planner": PLANNER, "scale": SCALE,
            "spare": SPARE, "spare-exposed": SPARE_EXPOSED, "pool-loss": POOL_LOSS,
-           "pool-loss-hot": POOL_LOSS_HOT, "drawn": DRAWN}
+           "pool-loss-hot": POOL_LOSS_HOT, "drawn": DRAWN,
+           "no-drawn": NO_DRAWN}
 
 
 def describe(c: PlannerConfig) -> str:
@@ -225,7 +229,7 @@ def planner_fleet(s: Scenario, su: Setup, config: PlannerConfig = PLANNER) -> Pl
     """The planner fleet, its forecaster trained on yesterday, its first plan made."""
     of = su.of
     if (config.reclaim_exposure_s > 0 or config.spot_spare or config.pool_loss
-            or config.route_drawn):
+            or config.route_drawn is not None):
         risk = reclaim_reserve(sim.SPOT_RECLAIMS_PER_GPU_HOUR, config.reclaim_exposure_s)
 
         def of(demand: list[DemandClass], down: frozenset[str] = frozenset()) -> Problem:
@@ -236,9 +240,9 @@ def planner_fleet(s: Scenario, su: Setup, config: PlannerConfig = PLANNER) -> Pl
             if config.pool_loss:
                 p = dataclasses.replace(p, settings=dataclasses.replace(
                     p.settings, pool_loss=True, pool_loss_boost=config.pool_loss_boost))
-            if config.route_drawn:
-                p = dataclasses.replace(p, settings=dataclasses.replace(p.settings,
-                                                                        route_drawn=True))
+            if config.route_drawn is not None:
+                p = dataclasses.replace(p, settings=dataclasses.replace(
+                    p.settings, route_drawn=config.route_drawn))
             if config.reclaim_exposure_s <= 0:
                 return p
             return dataclasses.replace(p, pools=tuple(

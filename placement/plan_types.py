@@ -103,9 +103,10 @@ class PlannerSettings:
     # flow on a (pool, variant): a class that finds a pool cheaper per call takes it at the
     # utilisation its own SLO allows there, whatever the plan kept it for (Problem.drawn;
     # far-edge: Tokyo's 250 ms class pinned Virginia's A100 at its long-RTT 0.36 and São
-    # Paulo's, which only that A100 reached, was late all night). Built; measured on the
-    # provisioned-cost day (benchmarks/RESULTS.md, 2026-11-28, "the calls the edges draw").
-    route_drawn: bool = False
+    # Paulo's, which only that A100 reached, was late all night). Measured on the
+    # provisioned-cost day's 8 scenarios and kept (benchmarks/RESULTS.md, 2026-11-28, "the
+    # calls the edges' rule draws").
+    route_drawn: bool = True
     # When the pools' GPU limits cannot carry the forecast (max_gpus), plan what they can
     # carry (each call/s left out priced far above any GPU; Plan.not_carried) instead of
     # refusing, which keeps the plan in force (placement.planner._carry_what_fits).

@@ -334,6 +334,10 @@ def _routed(problem: Problem, solve: Solver) -> Plan | Infeasible:
     cheaper) gets its shortfall added to its demand and the problem is solved again, up to
     ``route_rounds`` times; the plan that leaves least short at the true demand is kept
     (ties: the first, the cheapest). Its flows are those of the demand it was solved for.
+    With ``route_drawn``, a round also plans the calls/s the rule sent each class to a
+    (pool, variant) beyond the last plan's flow there (``Problem.drawn``): a class that
+    took a pool cheaper per call pins it at its own ρ*, which more demand for the short
+    class alone does not show the MILP.
     Only a short class starts a round; a round is ``solve(asked, last plan)`` (a solver may
     start from the last plan: :func:`_plan` restricts the round to what it and the relaxation
     load), and the router's options are built once (:class:`placement.plan_route.Shortfall`).
