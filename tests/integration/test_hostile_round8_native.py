@@ -65,16 +65,17 @@ def frame(message: bytes) -> bytes:
     return b"\x00" + len(message).to_bytes(4, "big") + message
 
 
-async def raw_call(address: str, headers: Sequence[tuple[str, str]], data: bytes
-                   ) -> tuple[str, str] | str:
-    """A ModelInfer sent as these headers (after the pseudo-headers) and these DATA bytes
-    with END_STREAM: its (grpc-status, grpc-message), or "reset" for a RST_STREAM."""
+async def raw_call(address: str, headers: Sequence[tuple[str, str]], data: bytes,
+                   path: str = INFER_PATH) -> tuple[str, str] | str:
+    """A call (a ModelInfer unless ``path`` says) sent as these headers (after the
+    pseudo-headers) and these DATA bytes with END_STREAM: its first (grpc-status,
+    grpc-message), or "reset" for a RST_STREAM."""
     host, port = address.rsplit(":", 1)
     reader, writer = await asyncio.open_connection(host, int(port))
     conn = h2.connection.H2Connection(h2.config.H2Configuration(
         client_side=True, header_encoding="utf-8", validate_outbound_headers=False))
     conn.initiate_connection()
-    conn.send_headers(1, [(":method", "POST"), (":scheme", "http"), (":path", INFER_PATH),
+    conn.send_headers(1, [(":method", "POST"), (":scheme", "http"), (":path", path),
                           (":authority", address), *headers])
     conn.send_data(1, data, end_stream=True)
     writer.write(conn.data_to_send())
@@ -137,9 +138,13 @@ async def test_a_malformed_grpc_timeout_is_refused_alike(mesh: EnvoyMesh, timeou
     assert deployment_requests(mesh) - before == 0
 
 
+@pytest.mark.parametrize("path", [INFER_PATH, lua.STREAM_PATH])
 @pytest.mark.parametrize("timeout", [" 5S ", "1000000001m", "12345678901X", "123456789S"])
-async def test_a_grpc_timeout_grpc_reads_is_served_alike(mesh: EnvoyMesh, timeout: str) -> None:
-    """Spaces around, over 1,000,000,000 (no deadline), 9 digits: gRPC's core serves each."""
-    got = {name: await raw_call(a, [*GRPC, ("grpc-timeout", timeout)], frame(request_bytes()))
+async def test_a_grpc_timeout_grpc_reads_is_served_alike(mesh: EnvoyMesh, timeout: str,
+                                                         path: str) -> None:
+    """Spaces around, over 1,000,000,000 (no deadline), 9 digits: gRPC's core serves each;
+    a stream through Envoy on its slow path."""
+    got = {name: await raw_call(a, [*GRPC, ("grpc-timeout", timeout)], frame(request_bytes()),
+                                path)
            for name, a in addresses(mesh).items()}
     assert got == {"python": ("0", ""), "envoy": ("0", "")}, got
