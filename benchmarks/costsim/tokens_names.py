@@ -79,7 +79,8 @@ REJECTED = ("switchyard-move-slack10", "switchyard-move-slack25", "switchyard-fl
                 # keep rule on all five scenarios, two seeds, both horizons (simulator only: no
                 # server half exists live); the others not kept (RESULTS.md, fifth round)
                 "switchyard-admit", "switchyard-admit-h30", "switchyard-admit-h10",
-                "switchyard-admit-h30-t6", "switchyard-admit-h30-t10"))
+                "switchyard-admit-h30-t6", "switchyard-admit-h30-t10", "switchyard-admit-h20-t6",
+                "switchyard-admit-h40-t6"))
 
 # Issue 14's bound (simulator only: true state of every server, the stream's own length):
 # per stream the cheapest deployment whose emulated TTFT and TPOT meet the objectives with a
@@ -157,6 +158,8 @@ def make_policy(name: str, sim: TokenSim, seed: int) -> Policy:
         "switchyard-admit-h30-t6": lambda: SwitchyardAdmit(sim, name, headroom=0.3, tries=6),
         "switchyard-admit-h30-t10": lambda: SwitchyardAdmit(sim, name, headroom=0.3,
                                                             tries=10),
+        "switchyard-admit-h20-t6": lambda: SwitchyardAdmit(sim, name, headroom=0.2, tries=6),
+        "switchyard-admit-h40-t6": lambda: SwitchyardAdmit(sim, name, headroom=0.4, tries=6),
         "switchyard-handoff": lambda: Switchyard(sim, name, handoffs=1),
         "switchyard-handoff-owed": lambda: Switchyard(sim, name, handoffs=1, handoff_owed=True),
         "switchyard-handoff-ttft1": lambda: Switchyard(sim, name, handoffs=1, handoff_ttft=1.0),
