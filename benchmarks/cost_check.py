@@ -318,7 +318,14 @@ def _attempts(last_leaves: bool, at_once: bool = False) -> Callable[[], None]:
     return apply
 
 
+def _fallback_ignores_avoid() -> None:
+    """The fallback over every healthy row, the call's failure domains not kept to
+    (``pipeline.FALLBACK_AVOIDS`` off: the brain before it)."""
+    pipeline.FALLBACK_AVOIDS = False
+
+
 VARIANTS: dict[str, Callable[[], None]] = {
+    "fallback-ignores-avoid": _fallback_ignores_avoid,
     "margin-cap-1": _margin_cap(1.0),
     "margin-unbounded": _margin_cap(None),
     "attempts-9eafa5a": _attempts(False),

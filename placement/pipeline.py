@@ -30,6 +30,11 @@ FALLBACK_IDLE_FIT = False
 # The fallback by each row's chance of meeting the call's SLO (``placement.meet``): on;
 # ``benchmarks.cost_check --variants fallback-fastest`` is the brain before it.
 FALLBACK_CHANCE = True
+# The fallback keeps to the rows outside the call's failure domains while any is healthy
+# (``ctx.avoid_regions``, which ``placement.attempts`` widens as attempts fail; the
+# avoid-region filter is soft, so the fallback saw every healthy row): on;
+# ``benchmarks.cost_check --variants fallback-ignores-avoid`` is the brain before it.
+FALLBACK_AVOIDS = True
 
 
 def _fits_idle(healthy: Sequence[Candidate], ctx: CallContext) -> list[Candidate]:
@@ -203,6 +208,12 @@ class Profile:
             why = "; ".join(f"{d}: {r}" for d, r in removed.items()) or "no deployments"
             raise NoHealthyDeployment(f"no healthy deployment may serve this call ({why})",
                                       removed=removed)
+        if FALLBACK_AVOIDS and ctx.avoid_regions:
+            # A cloud outage's dead servers stay healthy rows until the table says so; once
+            # the call's attempts marked their regions, a retry that fell back went on
+            # choosing them by their old, good estimates: a drill's call spent all three
+            # attempts on the dead cloud's three servers (test_drills[cloud-outage]).
+            healthy = [c for c in healthy if c.region not in ctx.avoid_regions] or healthy
         fastest = min(_fits_idle(healthy, ctx) or healthy, key=ctx.latency_ms)
         if ctx.hints.fail_fast:
             best = ctx.latency_ms(fastest)
