@@ -16,17 +16,24 @@ import h2.events
 from tests.mesh_harness import INFER_PATH
 
 
-async def h2_infer(address: str, extra: Sequence[tuple[str, str]], body: bytes,
-                   timeout_s: float = 10.0) -> tuple[str, str]:
-    """(grpc-status, grpc-message percent-decoded) of one ModelInfer sent with the headers
-    ``extra`` after gRPC's own (content-type, te: those ``extra`` names are its); ``reset N``
-    for a stream reset with code N, ``none`` when the connection closed without an answer."""
+async def h2_open(address: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter,
+                                         h2.connection.H2Connection, int]:
+    """A connection to ``address`` whose client sends headers as written (no validation),
+    its preface queued, and the id of its first stream."""
     host, port = address.rsplit(":", 1)
     reader, writer = await asyncio.open_connection(host, int(port))
     conn = h2.connection.H2Connection(h2.config.H2Configuration(
         client_side=True, header_encoding="utf-8", validate_outbound_headers=False))
     conn.initiate_connection()
-    sid = conn.get_next_available_stream_id()
+    return reader, writer, conn, conn.get_next_available_stream_id()
+
+
+async def h2_infer(address: str, extra: Sequence[tuple[str, str]], body: bytes,
+                   timeout_s: float = 10.0) -> tuple[str, str]:
+    """(grpc-status, grpc-message percent-decoded) of one ModelInfer sent with the headers
+    ``extra`` after gRPC's own (content-type, te: those ``extra`` names are its); ``reset N``
+    for a stream reset with code N, ``none`` when the connection closed without an answer."""
+    reader, writer, conn, sid = await h2_open(address)
     own = [("content-type", "application/grpc"), ("te", "trailers")]
     given = {k for k, _ in extra}
     conn.send_headers(sid, [(":method", "POST"), (":scheme", "http"), (":path", INFER_PATH),

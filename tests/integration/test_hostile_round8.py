@@ -19,8 +19,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import grpc
-import h2.config
-import h2.connection
 import h2.events
 import pytest
 
@@ -29,6 +27,7 @@ from services.edge.tokens import llm_request
 from services.edge.upstream import STREAM
 from services.security.settings import SecuritySettings, TenantSettings
 from tests.envoy_harness import EnvoyMesh, hostile_fixtures
+from tests.h2_client import h2_open
 from tests.integration.test_hostile_round7 import calls
 from tests.mesh_harness import INFER_PATH, eventually, mesh_config, raw_infer, request_bytes
 
@@ -107,12 +106,7 @@ async def h2_frames(address: str, path: str, extra: Sequence[tuple[str, str]],
     [(grpc-status, grpc-message)] for each header block with a grpc-status, ``"end"``,
     ``("reset", code)``, until the stream is over (``"closed"``: the connection) or 3 s of
     silence (``"silence"``)."""
-    host, port = address.rsplit(":", 1)
-    reader, writer = await asyncio.open_connection(host, int(port))
-    conn = h2.connection.H2Connection(h2.config.H2Configuration(
-        client_side=True, header_encoding="utf-8", validate_outbound_headers=False))
-    conn.initiate_connection()
-    sid = conn.get_next_available_stream_id()
+    reader, writer, conn, sid = await h2_open(address)
     conn.send_headers(sid, [(":method", "POST"), (":scheme", "http"), (":path", path),
                             (":authority", address), ("content-type", content_type),
                             ("te", "trailers"), *extra], end_stream=False)
@@ -300,11 +294,7 @@ async def unread_streams(address: str, n: int, tokens: int) -> int:
     """``n`` generations of ``tokens`` on one HTTP/2 connection whose caller never reads (no
     WINDOW_UPDATE: once 64 KiB of answers are in, the connection's window is shut) and, after
     3 s, resets each stream still open; the number it reset."""
-    host, port = address.rsplit(":", 1)
-    reader, writer = await asyncio.open_connection(host, int(port))
-    conn = h2.connection.H2Connection(h2.config.H2Configuration(
-        client_side=True, header_encoding="utf-8", validate_outbound_headers=False))
-    conn.initiate_connection()
+    reader, writer, conn, _ = await h2_open(address)  # each stream below takes the next id
     body = llm_request("generate", [1, 2, 3], tokens)
     ids = []
     for _ in range(n):
