@@ -37,23 +37,28 @@ from services.serving import add_health_and_reflection, mark_serving, start_metr
 
 log = structlog.get_logger("switchyard.edge")
 ADMIN = edge_pb2.DESCRIPTOR.services_by_name["EdgeAdmin"].full_name
-# What an Envoy edge adds to a call it sends its slow path, uncounted there against
-# max_metadata_count, as its listener (native/rules.c sy_metadata_refusal) counts the caller's
-# own: x-request-id (Envoy's own when the caller sent none), x-forwarded-proto,
-# x-forwarded-client-cert and the slow-path route's deadline headers. Counted, a call the
-# listener let through with 64 entries was refused there as 'call carries 68 metadata entries
-# (limit 64)', and a tenant's with 63 and its credential too (tests/integration/
-# test_hostile_round7.py).
-ENVOY_HEADERS = frozenset({"x-request-id", "x-forwarded-proto", "x-forwarded-client-cert",
-                           deadline.START_HEADER, deadline.TIMEOUT_HEADER})
-# Room for those in the slow path's gRPC header-list limit (x-forwarded-client-cert, a hash
-# and the client certificate's subject and names, is the largest): its Envoy's listener holds
-# the caller's own list to max_metadata_bytes, and the tenant gate holds a call's list without
-# Envoy's headers to it again, in the listener's words. Held to max_metadata_bytes with them,
-# a stream or a tenant's call within ~200 bytes of the limit passed the listener and the slow
-# path's gRPC refused it: 'received metadata size exceeds hard limit (8225 vs. 8192)'
-# (tests/integration/test_hostile_round8.py).
+# Room for what an Envoy edge adds to a call it sends its slow path in that gRPC server's
+# header-list limit (x-forwarded-client-cert, a hash and the client certificate's subject and
+# names, is the largest): its Envoy's listener holds the caller's own list to
+# max_metadata_bytes, and the tenant gate holds a call's list without Envoy's headers to it
+# again, in the listener's words. Held to max_metadata_bytes with them, a stream or a tenant's
+# call within ~200 bytes of the limit passed the listener and the slow path's gRPC refused it:
+# 'received metadata size exceeds hard limit (8225 vs. 8192)' (tests/integration/
+# test_hostile_round8.py).
 ENVOY_HEADER_BYTES = 4096
+# What an Envoy edge adds, uncounted on its slow path against max_metadata_count as its
+# listener (native/rules.c sy_metadata_refusal) counts the caller's own: x-request-id (Envoy's
+# own when the caller sent none), x-forwarded-proto, x-forwarded-client-cert and the
+# slow-path route's deadline headers. Counted, a call the listener let through with 64
+# entries was refused there as 'call carries 68 metadata entries (limit 64)', and a tenant's
+# with 63 and its credential too (tests/integration/test_hostile_round7.py). Each with the
+# bytes of it uncounted against max_metadata_bytes, together ENVOY_HEADER_BYTES: the
+# listener counted x-request-id's (0 here); of the others what Envoy writes (a scheme, two
+# numbers, the certificate), past that the caller's, so a direct caller of the slow path
+# gets no more room under those names than the listener gives (review8).
+ENVOY_HEADERS: dict[str, int] = {
+    "x-request-id": 0, "x-forwarded-proto": 64, deadline.START_HEADER: 64,
+    deadline.TIMEOUT_HEADER: 64, "x-forwarded-client-cert": ENVOY_HEADER_BYTES - 3 * 64}
 
 
 class EdgeMetrics:
@@ -248,7 +253,7 @@ async def start_edge(cfg: MeshConfig, edge: EdgeConfig, port: int | None = None,
                                   ENVOY_HEADER_BYTES if forwarded_certs else 0),
     ])
     gate = TenantGate(cfg.security, {r.name: r.cloud for r in cfg.regions},
-                      uncounted=ENVOY_HEADERS if forwarded_certs else frozenset())
+                      uncounted=ENVOY_HEADERS if forwarded_certs else None)
     forwarded = (ForwardedCerts(frozenset(certificate_identities(
         cfg.security.cert_for("edge")[0]))) if forwarded_certs and cfg.security.tls else None)
     inference = InferenceService(router, gate=gate, max_message_bytes=rt.max_message_bytes,

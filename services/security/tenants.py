@@ -133,12 +133,13 @@ class _Tables:
 class TenantGate:
     def __init__(self, sec: SecuritySettings, region_clouds: Mapping[str, str],
                  clock: Callable[[], float] = time.monotonic,
-                 uncounted: frozenset[str] = frozenset()) -> None:
-        """``uncounted``: metadata names counted against neither ``max_metadata_bytes`` nor
-        ``max_metadata_count`` (an Envoy edge's slow path: what its Envoy adds), beside
-        ``user-agent`` and ``grpc-*``, which only the bytes count."""
+                 uncounted: Mapping[str, int] | None = None) -> None:
+        """``uncounted``: metadata names never counted against ``max_metadata_count`` (an
+        Envoy edge's slow path: what its Envoy adds), beside ``user-agent`` and ``grpc-*``,
+        each with the bytes of it ``max_metadata_bytes`` does not count either (what Envoy
+        writes there; anything past that is the caller's)."""
         self.region_clouds = dict(region_clouds)
-        self.uncounted = uncounted
+        self.uncounted = dict(uncounted or {})
         self.clock = clock
         self._quotas: dict[str, _Quota] = {}
         self._tables = self._build(sec)
@@ -170,9 +171,12 @@ class TenantGate:
         n = tokens = size = 0
         binary = False
         for key, value in metadata or ():
-            if key in self.uncounted:
-                continue  # set by Envoy, not the caller's
-            size += len(key) + _wire_length(value) + ENTRY_OVERHEAD
+            entry = len(key) + _wire_length(value) + ENTRY_OVERHEAD
+            allowed = self.uncounted.get(key)
+            if allowed is not None:  # set by Envoy: no entry of the caller's, nor its bytes
+                size += max(0, entry - allowed)
+                continue
+            size += entry
             if key == "user-agent" or key.startswith("grpc-"):
                 continue  # set by gRPC itself, not custom metadata: not counted
             n += 1
