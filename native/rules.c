@@ -306,6 +306,13 @@ int sy_grpc_timeout(envoy_buffer t, double* ms) {
   long long x = 0;
   int digit = 0;
   if (p == NULL) return 0;
+  /* a repeated grpc-timeout comes joined "1S,50S" (Envoy's codec joins its own headers):
+   * gRPC's core keeps the last one sent */
+  for (const char* c = end; c != p; c--)
+    if (c[-1] == ',') {
+      p = c;
+      break;
+    }
   while (p != end && *p == ' ') p++;
   for (; p != end && *p >= '0' && *p <= '9'; p++) {
     digit = 1;

@@ -127,7 +127,7 @@ static void too_late(envoy_filter f, double left_ms) {
  * the ones removed stay where they are. */
 enum { OWN_MODEL = 1, OWN_NAMED = 2, OWN_VARIANT = 4, OWN_SLO = 8, OWN_PATH = 16 };
 typedef struct {
-  envoy_buffer path, timeout, cert; /* the first of each (ptr NULL: none) */
+  envoy_buffer path, timeout, cert; /* the first of each, the last timeout (ptr NULL: none) */
   int own;          /* the x-switchyard-* headers the caller sent (OWN_*), removed */
   int tenant;       /* authorization, x-tenant or either as -bin */
   int slow_hint;    /* 1 + the first of SY_SLOW_HINTS (in its order) sent; 0: none */
@@ -154,7 +154,7 @@ static void see(const envoy_http_header* h, size_t n, seen* out) {
                   : KEY_IS(e, VARIANT_HEADER) ? OWN_VARIANT : KEY_IS(e, SLO_HEADER) ? OWN_SLO
                   : KEY_IS(e, PATH_HEADER) ? OWN_PATH : 0;
     } else if (KEY_IS(e, "grpc-timeout")) {
-      if (out->timeout.ptr == NULL) out->timeout = v;
+      out->timeout = v; /* the last one sent, as gRPC's core reads a repeat */
     } else if (KEY_IS(e, "authorization") || KEY_IS(e, "x-tenant") ||
                KEY_IS(e, "authorization-bin") || KEY_IS(e, "x-tenant-bin")) {
       out->tenant = 1;

@@ -226,9 +226,11 @@ end
 -- The caller's deadline (its grpc-timeout, as read_headers got it) in ms; nil: none; false:
 -- unreadable (refused, as gRPC refuses it). Read as gRPC's core reads it (ParseTimeout,
 -- native/rules.c sy_grpc_timeout): spaces around, digits, one unit; n and u rounded up to
--- whole ms; over 1,000,000,000 no deadline, whatever follows the digits.
+-- whole ms; over 1,000,000,000 no deadline, whatever follows the digits; of a repeat, the last.
 local function deadline_ms(timeout)
   if timeout == nil then return nil end
+  -- a repeated grpc-timeout comes joined "1S,50S": gRPC's core keeps the last one sent
+  timeout = timeout:match("([^,]*)$")
   local lead = timeout:match("^ *(%d+)")
   if lead ~= nil then
     local d = lead:gsub("^0+", "")

@@ -148,3 +148,16 @@ async def test_a_grpc_timeout_grpc_reads_is_served_alike(mesh: EnvoyMesh, timeou
                                 path)
            for name, a in addresses(mesh).items()}
     assert got == {"python": ("0", ""), "envoy": ("0", "")}, got
+
+
+@pytest.mark.parametrize(("first", "last", "status"), [
+    ("1S", "50S", ("0", "")), ("50S", "1S", ("0", "")),
+    ("1S", "abc", ("13", lua.TIMEOUT_UNREADABLE))])
+async def test_a_repeated_grpc_timeout_is_read_as_its_last_alike(
+        mesh: EnvoyMesh, first: str, last: str, status: tuple[str, str]) -> None:
+    """gRPC's core keeps the last grpc-timeout sent; Envoy's codec joins a repeat into one
+    value ("1S,50S"), which the listener refused as unreadable before (review8)."""
+    got = {name: await raw_call(a, [*GRPC, ("grpc-timeout", first), ("grpc-timeout", last)],
+                                frame(request_bytes()))
+           for name, a in addresses(mesh).items()}
+    assert got == {"python": status, "envoy": status}, got

@@ -54,7 +54,8 @@ def test_three_ms_left_is_forwarded(host: FakeEnvoyHost, path: str, headers_say:
 
 
 @pytest.mark.parametrize("path", [INFER, STREAM, "/inference.GRPCInferenceService/ServerReady"])
-@pytest.mark.parametrize("timeout", ["abc", "-1S", "1X", "", "5S5S", "S", "5", "5 S x"])
+@pytest.mark.parametrize("timeout", ["abc", "-1S", "1X", "", "5S5S", "S", "5", "5 S x",
+                                     "1S,abc"])
 def test_an_unreadable_grpc_timeout_is_refused_in_grpcs_words(
         host: FakeEnvoyHost, path: str, timeout: str) -> None:
     """gRPC's core refuses it INTERNAL (the Python edge's caller sees this; Triton's too);
@@ -73,6 +74,8 @@ def test_an_unreadable_grpc_timeout_is_refused_in_grpcs_words(
     ("1000000000m", "999999995"),  # 10 digits, at gRPC's limit
     ("1000000001m", None),  # over it: no deadline, not a fault
     ("12345678901X", None),  # gRPC stops reading at the 11th digit: no deadline
+    ("1S,50S", "49995"),  # a repeat, joined by Envoy's codec: gRPC's core keeps the last
+    ("50S,1S", "995"),
 ])
 def test_a_grpc_timeout_is_read_as_grpcs_core_reads_it(
         host: FakeEnvoyHost, timeout: str, slo: str | None) -> None:
