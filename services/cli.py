@@ -20,35 +20,30 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
-import os
 import signal
 import sys
 
 import grpc
 import structlog
 
-from placement.errors import ConfigError, InvalidHint, InvalidRequest, SwitchyardError
+from placement.errors import ConfigError, InvalidRequest, SwitchyardError
 from services.cli_errors import Unreachable, rpc_error_message
-from services.cli_help import DEFAULT_CONFIG, EXPLAIN_FLAGS, try_line, up_command
+from services.cli_explain import cmd_explain
+from services.cli_help import DEFAULT_CONFIG, try_line, up_command
 from services.cli_parser import build_parser
+from services.cli_placement import load_mesh, placement_stub
 from services.cli_preflight import check_edges_answer, check_free
-from services.config import MeshConfig, load_config
-from services.edge.hints import ParsedHints
+from services.config import MeshConfig
 from services.logs import configure
 from services.render import STATUS_LEGEND
 from services.serving import exit_on_sigterm
-
-
-def _load(args: argparse.Namespace) -> MeshConfig:
-    return load_config(args.config, env=dict(os.environ))
 
 
 def cmd_placement(args: argparse.Namespace) -> int:
     from services.placement.main import start_placement
     from services.serving import run, wait_for_signal
 
-    cfg = _load(args)
+    cfg = load_mesh(args)
     port = cfg.placement.port if args.port is None else args.port
     if port:  # a port another process holds: said, not grpc's RuntimeError traceback
         check_free("placement.port" if args.port is None else "--port", cfg.placement.host,
@@ -68,7 +63,7 @@ def cmd_edge(args: argparse.Namespace) -> int:
     from services.edge.main import start_edge
     from services.serving import run, wait_for_signal
 
-    cfg = _load(args)
+    cfg = load_mesh(args)
     edge = next((e for e in cfg.edges if e.id == args.id), None)
     if edge is None:
         raise ConfigError(f"--id {args.id!r} is not in edges {[e.id for e in cfg.edges]}")
@@ -84,7 +79,7 @@ def cmd_edge(args: argparse.Namespace) -> int:
 
         def reload() -> None:  # SIGHUP: re-read the file, apply tenant policies
             try:
-                running.reload_policies(_load(args))
+                running.reload_policies(load_mesh(args))
             except SwitchyardError as exc:  # a log line like the process's others: JSON
                 structlog.get_logger("switchyard.edge").warning(
                     "policies_reload_refused", error=exc.message,
@@ -102,7 +97,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from services.cli_preflight import check_up  # run_dir, ports
     from services.up import Mesh
 
-    cfg = _load(args)
+    cfg = load_mesh(args)
     check_up(cfg, args.config)
     exit_on_sigterm()  # SIGTERM, like Ctrl-C, stops the mesh this command starts
     mesh = Mesh(cfg, args.config)
@@ -138,21 +133,12 @@ def cmd_up(args: argparse.Namespace) -> int:
         mesh.stop()
 
 
-def _stub(cfg: MeshConfig, args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from services.api.switchyard.v1 import placement_pb2_grpc
-
-    address = args.placement or f"{cfg.placement.host}:{cfg.placement.port}"
-    args.placement_address = address
-    args.rpc_target = f"placement at {address}"  # named in connection errors
-    return placement_pb2_grpc.PlacementStub(grpc.insecure_channel(address))
-
-
 def cmd_status(args: argparse.Namespace) -> int:
     from services.api.switchyard.v1 import placement_pb2, telemetry_pb2
     from services.render import GPU_HEADERS, backend_rows, gpu_rows, route_rows, table
     from services.stream_explain import token_section
 
-    cfg = _load(args)
+    cfg = load_mesh(args)
     if cfg.placement.shards and not args.placement:  # one section per shard (issue 15)
         from services.up import shard_targets
 
@@ -171,7 +157,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                   "placement --port PORT`)", file=sys.stderr)
             return 3
         return 0
-    stub = _stub(cfg, args)
+    stub = placement_stub(cfg, args)
     backends = stub.ListBackends(placement_pb2.ListBackendsRequest(), timeout=3)
     print(f"placement {backends.placement_id}  fleet version {backends.version}\n")
     print(table(["backend", "region", "accelerator", "class", "availability", "healthy",
@@ -196,28 +182,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def explain_hints(args: argparse.Namespace, cfg: MeshConfig) -> ParsedHints:
-    """The explain flags, parsed by the edge's own hint parser: what an edge would refuse as
-    a header, explain refuses as a flag (the error names both)."""
-    from placement.registry import PROFILES
-    from services.edge import hints
-
-    metadata = [(header, value) for flag, header in EXPLAIN_FLAGS.items()
-                for value in getattr(args, flag) or ()]  # repeated flags = repeated headers
-    try:
-        return hints.parse(metadata, frozenset(r.name for r in cfg.regions), PROFILES)
-    except InvalidHint as exc:
-        flag = next(f for f, h in EXPLAIN_FLAGS.items() if h == exc.header)
-        raise InvalidRequest(f"{exc.message} (flag --{flag.replace('_', '-')})") from exc
-
-
 def cmd_plan(args: argparse.Namespace) -> int:
     from services.capacity.plan_view import again_command, plan_main
 
-    cfg = _load(args)
+    cfg = load_mesh(args)
     if cfg.placement.shards and not args.placement:  # [placement]'s address is no replica's
         return _plan_per_shard(cfg, args)
-    _stub(cfg, args)  # resolves args.placement_address
+    placement_stub(cfg, args)  # resolves args.placement_address
     try:
         return plan_main(args.placement_address, args.replan, args.approve,
                          again_command(args.config, args.placement))
@@ -255,82 +226,10 @@ def _plan_per_shard(cfg: MeshConfig, args: argparse.Namespace) -> int:
     return code
 
 
-def cmd_explain(args: argparse.Namespace) -> int:
-    from services.api.switchyard.v1 import placement_pb2
-    from services.render import explain_rows, table
-
-    cfg = _load(args)
-    regions = sorted(r.name for r in cfg.regions)
-    if args.region and args.region not in regions:  # said here, whether placement runs or not
-        raise InvalidRequest(f"--region {args.region!r} is not a region of {args.config}; "
-                             f"known: {', '.join(regions)}")
-    parsed = explain_hints(args, cfg)
-    from services.stream_explain import STREAM_FLAGS
-
-    stream_only = [f"--{f.replace('_', '-')}" for f in (*STREAM_FLAGS, "edge", "prompt_tokens")
-                   if getattr(args, f) is not None and getattr(args, f) != ""]
-    if stream_only and not args.stream:  # they were ignored: a unary call's answer instead
-        raise InvalidRequest(f"{', '.join(stream_only)} describe an LLM stream: add --stream "
-                             "(or drop them to explain a unary call, which placement answers)")
-    if args.prompt_tokens is None:
-        args.prompt_tokens = args.prompt_tokens_default
-    if args.stream:  # an LLM stream: asked of an edge (services/stream_explain.py)
-        from services import stream_explain
-
-        edge = stream_explain.edge_address(cfg, args.edge, args.region)
-        args.rpc_target = f"edge at {edge}"  # the stream is asked of an edge, not placement
-        args.rpc_elsewhere = "name a running edge with --edge ID or --region"
-        if cfg.edge.engine == "envoy":  # Envoy answers no EdgeAdmin: its slow path does
-            cfg = envoy_slow_paths(cfg, args)
-        return stream_explain.main(args, cfg, parsed)
-    region = args.region or (cfg.edges[0].region if cfg.edges else cfg.regions[0].name)
-    request = placement_pb2.ExplainRequest(
-        model=args.model, edge_region=region, slo_ms=parsed.slo_ms or 0,
-        min_quality=parsed.min_quality, allowed_regions=sorted(parsed.allowed_regions),
-        profile=parsed.profile)
-    if math.isfinite(parsed.max_cost_usd):
-        request.max_cost_usd = parsed.max_cost_usd
-    if cfg.placement.shards and not args.placement:  # any shard explains every shard's rows
-        from services.up import answering_replica
-
-        owner = next((i for i, s in enumerate(cfg.placement.shards) if region in s.regions), 0)
-        args.placement = answering_replica(cfg, owner)
-    resp = _stub(cfg, args).Explain(request, timeout=5)
-    print(f"{resp.model} from {resp.edge_region}, SLO {resp.slo_ms:.0f} ms, profile "
-          f"{resp.profile}: {resp.summary}\n")
-    print(table(["deployment", "region", "quality", "p95 ms", "$/1k calls", "feasible", "why"],
-                explain_rows(resp)))
-    return 0
-
-
-def envoy_slow_paths(cfg: MeshConfig, args: argparse.Namespace) -> MeshConfig:
-    """``cfg`` with each Envoy edge's port replaced by its slow path's (the Python edge beside
-    it, which answers ``EdgeAdmin.Explain``; Envoy answered UNIMPLEMENTED with no message), as
-    its running bootstrap says (``<run_dir>/envoy/<id>.ads.json``, node metadata
-    ``slow_path_port``: picked free when the edge starts, so in no config key)."""
-    import json
-
-    edges, missing = [], []
-    for e in cfg.edges:
-        bootstrap = cfg.path(cfg.run_dir) / "envoy" / f"{e.id}.ads.json"
-        try:
-            port = int(json.loads(bootstrap.read_text())["node"]["metadata"]["slow_path_port"])
-        except (OSError, ValueError, KeyError, TypeError):
-            missing.append(f"{e.id} ({bootstrap})")
-            port = e.port  # asked as is: the edge's own answer says what is wrong
-        edges.append(e.model_copy(update={"port": port}))
-    print("Envoy edges ([edge] engine = \"envoy\"): asking each one's slow path, the Python "
-          "edge beside it" + (f"; no running bootstrap for {', '.join(missing)}"
-                              if missing else ""), file=sys.stderr)
-    args.rpc_elsewhere = (f"start the mesh of {args.config}, or name a running edge with "
-                          "--edge ID or --region")
-    return cfg.model_copy(update={"edges": edges})
-
-
 def cmd_drain(args: argparse.Namespace) -> int:
     from services.api.switchyard.v1 import fleet_pb2, placement_pb2
 
-    cfg = _load(args)
+    cfg = load_mesh(args)
     known = {"region": sorted(r.name for r in cfg.regions),  # a backend may be registered
              "cloud": sorted({r.cloud for r in cfg.regions})}.get(args.kind)  # by Consul
     if known is not None and args.target not in known:  # said here, placement running or not
@@ -349,7 +248,7 @@ def cmd_drain(args: argparse.Namespace) -> int:
              "cloud": placement_pb2.AVAILABILITY_SCOPE_CLOUD}[args.kind]
     state = (fleet_pb2.AVAILABILITY_ACTIVE if args.undo else
              fleet_pb2.AVAILABILITY_CORDONED if args.cordon else fleet_pb2.AVAILABILITY_DRAINED)
-    resp = _stub(cfg, args).SetAvailability(placement_pb2.SetAvailabilityRequest(
+    resp = placement_stub(cfg, args).SetAvailability(placement_pb2.SetAvailabilityRequest(
         scope=scope, target=args.target, availability=state), timeout=3)
     print(f"{fleet_pb2.Availability.Name(state)}: {', '.join(resp.backend_ids)} "
           f"(routes version {resp.version})")
@@ -359,7 +258,7 @@ def cmd_drain(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from services.demo import run_demo
 
-    cfg = _load(args)
+    cfg = load_mesh(args)
     check_edges_answer(cfg, up_command(args.config))
     run_demo(cfg, calls=args.calls)
     return 0
