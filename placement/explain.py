@@ -13,7 +13,12 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from placement.errors import NoHealthyDeployment, NothingFeasible, PolicyUnsatisfiable
+from placement.errors import (
+    InvalidRequest,
+    NoHealthyDeployment,
+    NothingFeasible,
+    PolicyUnsatisfiable,
+)
 from placement.model import CallContext, Candidate
 from placement.pipeline import Profile, Verdict
 
@@ -26,6 +31,19 @@ class Explanation:
     slo_met: bool
     spread_band: tuple[str, ...]  # deployment ids the edge spreads such calls over
     summary: str
+
+
+def allowed_regions(names: Sequence[str], known: frozenset[str]) -> frozenset[str]:
+    """An ``ExplainRequest``'s ``allowed_regions``, each a region's exact name (placement's
+    ``Explain`` and an edge's answer alike). An entry naming no region (``""``, ``" r-west"``,
+    ``"r-west,r-east"``) is refused: placement explained it as a region no deployment is in
+    ("0 of 5 feasible") where an edge serves or refuses the call, and an edge's Explain read
+    ``[""]`` as no restriction at all."""
+    unknown = sorted(n for n in names if n not in known)
+    if unknown:
+        raise InvalidRequest(f"allowed_regions names unknown region(s) {unknown}; known: "
+                             f"{sorted(known)}")
+    return frozenset(names)
 
 
 def explain_call(profile: Profile, cands: Sequence[Candidate], ctx: CallContext,

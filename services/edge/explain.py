@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 
 from placement.errors import InvalidRequest, SwitchyardError
+from placement.explain import allowed_regions
 from placement.explain_stream import explain_stream
 from services.api.switchyard.v1 import placement_pb2
 from services.edge.generation import Generation
@@ -38,8 +39,8 @@ def stream_metadata(request: placement_pb2.ExplainRequest) -> list[tuple[str, st
         ("x-tpot-ms", f"{a.tpot_ms:g}" if a.tpot_ms else ""),
         ("x-max-tokens", str(a.max_tokens) if a.max_tokens else ""),
         ("x-session-id", a.session_id)) if v]
-    if request.HasField("max_cost_usd") and math.isfinite(request.max_cost_usd):
-        md.append(("x-max-cost-usd", f"{request.max_cost_usd:g}"))
+    if request.HasField("max_cost_usd") and request.max_cost_usd != math.inf:  # inf: no cap
+        md.append(("x-max-cost-usd", f"{request.max_cost_usd:g}"))  # NaN, -inf: refused
     return md
 
 
@@ -54,6 +55,7 @@ def explain(router: Router, request: placement_pb2.ExplainRequest
     if not 0 < a.prompt_tokens <= MAX_PROMPT_TOKENS:
         raise InvalidRequest(f"stream.prompt_tokens must be 1..{MAX_PROMPT_TOKENS}; got "
                              f"{a.prompt_tokens}")
+    allowed_regions(request.allowed_regions, router.regions)  # as placement's Explain reads it
     metadata = stream_metadata(request)
     raw = llm_request(request.model, [0] * a.prompt_tokens, a.max_tokens or None)
     record = CallRecord(request_id="explain", model=request.model)

@@ -12,7 +12,7 @@ import structlog
 from prometheus_client import Gauge
 
 from placement.errors import InvalidRequest, NotRegistered
-from placement.explain import explain_call
+from placement.explain import allowed_regions, explain_call
 from placement.fleet import FleetState
 from placement.model import Availability, CallContext, Hints
 from placement.prices import PriceCatalog
@@ -263,7 +263,8 @@ class PlacementService(placement_pb2_grpc.PlacementServicer):
         hints = Hints(slo_ms=slo, min_quality=request.min_quality,
                       max_cost_usd=(request.max_cost_usd if request.HasField("max_cost_usd")
                                     else math.inf),
-                      allowed_regions=frozenset(request.allowed_regions),
+                      allowed_regions=allowed_regions(request.allowed_regions,
+                                                      frozenset(self.builder.catalog.regions)),
                       fail_fast=self.fail_fast)
         ctx = CallContext(hints, self.slo_margin_ms)
         cands = self.builder.build(request.model, request.edge_region, self.clock())
