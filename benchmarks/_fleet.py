@@ -131,6 +131,7 @@ class Target:
     model: str
     proxy_pids: list[int] = field(default_factory=list)
     uses_children: bool = False  # bill the pids' children (nginx workers), not the pids
+    admin_port: int = 0  # an Envoy's admin (benchmarks.envoy_stats), else 0
 
     def pids(self) -> list[int]:
         if not self.uses_children:
@@ -147,6 +148,7 @@ class Fleet:
         self.triton = None  # TritonProcess
         self.triton_address = ""
         self.placement_address = ""
+        self.placement_pid = 0
 
     def __enter__(self) -> Fleet:
         return self
@@ -197,8 +199,9 @@ class Fleet:
 
     def start_placement(self) -> None:
         cfg = self.config("placement", {"unused-edge": free_port()})
-        self._spawn([sys.executable, "-m", "services.cli", "--log-level", "warning",
-                     "placement", "--config", str(cfg)], "placement.log")
+        self.placement_pid = self._spawn(
+            [sys.executable, "-m", "services.cli", "--log-level", "warning", "placement",
+             "--config", str(cfg)], "placement.log").pid
         _wait_port(self.placement_address, 30)
 
     def start_edges(self, name: str, workers: int = 1, uvloop: bool = True,

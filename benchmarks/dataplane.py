@@ -26,12 +26,16 @@ Proxy CPU per call is utime+stime of the proxy process(es) (nginx: master + work
 the measured window, from /proc. Placement runs as its own process; it is not billed.
 
     python -m benchmarks.dataplane [--quick] [--targets NAME,NAME...] [--before DIR [--rounds N]]
+                                   [--conc 1,8,32] [--stats]
 
 ``--before DIR`` adds ``edge-before``, the edge run from DIR, an export of an older commit
 (``git archive <rev> | tar -x -C DIR``), and a table of this checkout's edge against it (CPU per
 call, rps, p50; same Triton, same run, the median-rps round of ``--rounds``). ``--targets``
 measures only those (``direct`` always); ``--targets nginx,edge,envoy,envoy-sy``
-is what the Envoy table needs. Where Switchyard's Envoy CPU goes, piece by piece:
+is what the Envoy table needs. ``--stats`` adds, for each Envoy target, Envoy's own counters
+per downstream call (``benchmarks.envoy_stats``: upstream connections, requests, retries,
+health checks, bytes, access-log entries), placement's CPU per call and Triton's share of a
+core. Where Switchyard's Envoy CPU goes, piece by piece:
 ``python -m benchmarks.envoy_filters``.
 """
 
@@ -42,6 +46,7 @@ import pathlib
 import sys
 import time
 
+from benchmarks import envoy_stats
 from benchmarks._fleet import (
     MODEL,
     VARIANT,
@@ -56,6 +61,7 @@ from benchmarks._load import Point, measure
 from benchmarks.common import (
     Section,
     command_for,
+    cpu_seconds_all,
     main,
     md_table,
     progress,
@@ -144,11 +150,11 @@ def plain_envoy_bootstrap(port: int, admin_port: int, upstream: str) -> dict[str
 
 
 def start_plain_envoy(fleet: Fleet, name: str) -> Target:
-    port = free_port()
-    p = fleet.start_envoy(name, plain_envoy_bootstrap(port, free_port(), fleet.triton_address))
+    port, admin = free_port(), free_port()
+    p = fleet.start_envoy(name, plain_envoy_bootstrap(port, admin, fleet.triton_address))
     address = f"127.0.0.1:{port}"
     _wait_model_ready(address, VARIANT, 30, fleet.tmp / f"{name}.log")
-    return Target(name, address, VARIANT, [p.pid])
+    return Target(name, address, VARIANT, [p.pid], admin_port=admin)
 
 
 def start_switchyard_envoy(fleet: Fleet, name: str, filters: str = "auto") -> Target:
@@ -165,11 +171,12 @@ def start_switchyard_envoy(fleet: Fleet, name: str, filters: str = "auto") -> Ta
     p = fleet._spawn(envoy_command(path, concurrency=1), f"{name}.log")
     address = f"127.0.0.1:{node.listen_port}"
     _wait_infer(address, MODEL, 60, fleet.tmp / f"{name}.log")
-    return Target(name, address, MODEL, [p.pid])
+    return Target(name, address, MODEL, [p.pid], admin_port=node.admin_port)
 
 
 def run_points(fleet: Fleet, targets: dict[str, Target], calls: int, seconds: float,
-               concurrencies: tuple[int, ...], rounds: int = 1
+               concurrencies: tuple[int, ...], rounds: int = 1,
+               tallies: dict[tuple[str, int], envoy_stats.Tally] | None = None
                ) -> tuple[list[Point], list[Round]]:
     """Every (target, concurrency) ``rounds`` times, target order rotated each round; the
     round with the median rps is kept (its p50, p99 and CPU come from the same window), and
@@ -181,7 +188,7 @@ def run_points(fleet: Fleet, targets: dict[str, Target], calls: int, seconds: fl
             progress(f"round {r + 1}/{rounds}")
         order = names[r % len(names):] + names[:r % len(names)]
         for p in _one_round(fleet, {n: targets[n] for n in order}, calls, seconds,
-                            concurrencies):
+                            concurrencies, tallies):
             runs.setdefault((p.target, p.concurrency), []).append(p)
     out = []
     for conc in concurrencies:
@@ -192,7 +199,8 @@ def run_points(fleet: Fleet, targets: dict[str, Target], calls: int, seconds: fl
 
 
 def _one_round(fleet: Fleet, targets: dict[str, Target], calls: int, seconds: float,
-               concurrencies: tuple[int, ...]) -> list[Point]:
+               concurrencies: tuple[int, ...],
+               tallies: dict[tuple[str, int], envoy_stats.Tally] | None = None) -> list[Point]:
     assert fleet.triton is not None
     from benchmarks.common import children_pids
 
@@ -200,8 +208,16 @@ def _one_round(fleet: Fleet, targets: dict[str, Target], calls: int, seconds: fl
     points = []
     for conc in concurrencies:
         for t in targets.values():
+            counting = tallies is not None and t.admin_port
+            if counting:
+                s0, pc0 = envoy_stats.read(t.admin_port), cpu_seconds_all([fleet.placement_pid])
             p = measure(t.name, t.address, t.model, conc, calls, seconds, t.pids(), backend,
                         warmup=min(200, calls // 4), loop_factory=_loop_factory())
+            if counting and tallies is not None:
+                tallies.setdefault((t.name, conc), envoy_stats.Tally()).add(
+                    envoy_stats.difference(s0, envoy_stats.read(t.admin_port)),
+                    cpu_seconds_all([fleet.placement_pid]) - pc0,
+                    p.backend_cpu_us * p.rps / 1e6)
             points.append(p)
             progress(f"c={conc:<3} {t.name:<13} {p.rps:8.0f} rps  p50 {p.p50_ms:6.2f} ms  "
                      f"p99 {p.p99_ms:6.2f} ms  proxy {p.proxy_cpu_us:6.0f} µs/call"
@@ -296,7 +312,8 @@ def verdicts(points: list[Point]) -> list[str]:
 
 
 def run(quick: bool, only: tuple[str, ...] = (), before: pathlib.Path | None = None,
-        rounds_override: int = 0) -> Section:
+        rounds_override: int = 0, stats: bool = False,
+        concurrencies: tuple[int, ...] = CONCURRENCIES) -> Section:
     calls, seconds, rounds = (1000, 3.0, 1) if quick else (4000, 10.0, 3)
     rounds = rounds_override or rounds
     names = tuple(t for t in TARGETS if not only or t == "direct" or t in only)
@@ -307,8 +324,10 @@ def run(quick: bool, only: tuple[str, ...] = (), before: pathlib.Path | None = N
     with Fleet() as fleet:
         targets = start_targets(fleet, names, before)
         progress(f"load: {calls} calls or {seconds:.0f} s per point, concurrency "
-                 f"{', '.join(map(str, CONCURRENCIES))}, targets {', '.join(targets)}")
-        points, per_round = run_points(fleet, targets, calls, seconds, CONCURRENCIES, rounds)
+                 f"{', '.join(map(str, concurrencies))}, targets {', '.join(targets)}")
+        tallies: dict[tuple[str, int], envoy_stats.Tally] | None = {} if stats else None
+        points, per_round = run_points(fleet, targets, calls, seconds, concurrencies, rounds,
+                                       tallies)
     main_t, ratio_t, rows, _ = tables(points, per_round)
     print("\n" + text_table(["target", "conc", "calls", "errors", "rps", "p50 ms", "p99 ms",
                              "proxy µs", "Triton µs", "split"], rows) + "\n", file=sys.stderr)
@@ -343,6 +362,13 @@ def run(quick: bool, only: tuple[str, ...] = (), before: pathlib.Path | None = N
     ]
     command = command_for(__name__, quick) + (f" --targets {','.join(only)}" if only else "")
     body = main_t + "\n\n**Pair by pair (same run)**\n\n" + ratio_t
+    if concurrencies != CONCURRENCIES:
+        command += f" --conc {','.join(map(str, concurrencies))}"
+    if tallies is not None:
+        command += " --stats"
+        body += ("\n\n**Envoy's own counters per downstream call (admin /stats, summed over "
+                 "rounds)**\n\n" + envoy_stats.table(tallies, {
+                     (p.target, p.concurrency): p.rps for p in points}))
     if before is not None:
         command += f" --before {before}" + (f" --rounds {rounds}" if rounds_override else "")
         table, lines = before_table(points)
@@ -358,9 +384,15 @@ def run(quick: bool, only: tuple[str, ...] = (), before: pathlib.Path | None = N
 if __name__ == "__main__":
     targets, before_dir = take_option("--targets"), take_option("--before")
     rounds_arg = take_option("--rounds")
+    stats_on = "--stats" in sys.argv
+    if stats_on:
+        sys.argv.remove("--stats")
+    conc_arg = take_option("--conc")
+    concs = tuple(int(c) for c in conc_arg.split(",")) if conc_arg else CONCURRENCIES
     only = tuple(targets.split(",")) if targets else ()
     before_path = pathlib.Path(before_dir).resolve() if before_dir else None
     if before_path is not None and not (before_path / "services" / "cli.py").is_file():
         sys.exit(f"--before {before_dir}: no services/cli.py there; give an export of the old "
                  "commit (git archive <rev> | tar -x -C DIR)")
-    main(lambda quick: run(quick, only, before_path, int(rounds_arg or 0)), __doc__)
+    main(lambda quick: run(quick, only, before_path, int(rounds_arg or 0), stats_on, concs),
+         __doc__)
