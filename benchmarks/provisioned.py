@@ -117,6 +117,8 @@ class PlannerConfig:
     # route rounds plan the flows the edges' rule draws beyond the plan (route_drawn;
     # None: PlannerSettings' default, which every other fleet's plans use too)
     route_drawn: bool | None = None
+    # route rounds also try the plan without the pairs a drawn class pins (route_unpin)
+    route_unpin: bool | None = None
 
 
 # Before: a flat $0.5 per GPU change (above a cheap GPU's hourly price, so such GPUs were
@@ -166,11 +168,17 @@ POOL_LOSS_HOT = dataclasses.replace(POOL_LOSS, name="+ N+1 across pools, +0.1 ut
 DRAWN = dataclasses.replace(PLANNER, name="+ drawn flows in route rounds", route_drawn=True)
 NO_DRAWN = dataclasses.replace(PLANNER, name="planner, route rounds without drawn flows",
                                route_drawn=False)
+# Route rounds that also try the plan without the (pool, variant) pairs a drawn class pins
+# below the plan's cap there (PlannerSettings.route_unpin), and the planner without it
+UNPIN = dataclasses.replace(PLANNER, name="+ pinned pairs unloaded in route rounds",
+                            route_unpin=True)
+NO_UNPIN = dataclasses.replace(PLANNER, name="planner, route rounds plan for pinned pairs",
+                               route_unpin=False)
 CONFIGS = {"before": BEFORE, "churn": CHURN, "resize": RESIZE, "react": REACT,
            "quantile": QUANTILE, "reserve": RESERVE, "planner": PLANNER, "scale": SCALE,
            "spare": SPARE, "spare-exposed": SPARE_EXPOSED, "pool-loss": POOL_LOSS,
            "pool-loss-hot": POOL_LOSS_HOT, "drawn": DRAWN,
-           "no-drawn": NO_DRAWN}
+           "no-drawn": NO_DRAWN, "unpin": UNPIN, "no-unpin": NO_UNPIN}
 
 
 def describe(c: PlannerConfig) -> str:
@@ -229,7 +237,7 @@ def planner_fleet(s: Scenario, su: Setup, config: PlannerConfig = PLANNER) -> Pl
     """The planner fleet, its forecaster trained on yesterday, its first plan made."""
     of = su.of
     if (config.reclaim_exposure_s > 0 or config.spot_spare or config.pool_loss
-            or config.route_drawn is not None):
+            or config.route_drawn is not None or config.route_unpin is not None):
         risk = reclaim_reserve(sim.SPOT_RECLAIMS_PER_GPU_HOUR, config.reclaim_exposure_s)
 
         def of(demand: list[DemandClass], down: frozenset[str] = frozenset()) -> Problem:
@@ -243,6 +251,9 @@ def planner_fleet(s: Scenario, su: Setup, config: PlannerConfig = PLANNER) -> Pl
             if config.route_drawn is not None:
                 p = dataclasses.replace(p, settings=dataclasses.replace(
                     p.settings, route_drawn=config.route_drawn))
+            if config.route_unpin is not None:
+                p = dataclasses.replace(p, settings=dataclasses.replace(
+                    p.settings, route_unpin=config.route_unpin))
             if config.reclaim_exposure_s <= 0:
                 return p
             return dataclasses.replace(p, pools=tuple(

@@ -24,7 +24,7 @@ no room is served late where any loaded pool has room, or fails.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Generic, NamedTuple, Protocol, TypeVar
 
 from placement.latency import MAX_RHO
@@ -260,6 +260,47 @@ class Shortfall:
             if extra > DRAWN_MIN_RPS:
                 out[k.position, pid, vname] = extra
         return out
+
+
+    def pinning(self, drawn: Mapping[tuple[int, str, str], float], found: Plan
+                ) -> set[tuple[str, str]]:
+        """The (pool, variant) pairs a class drawn there (:meth:`drawn`) pins lower than
+        ``found`` planned (``PlannerSettings.route_unpin``): where its ρ* is under the cap
+        ``found`` runs the pool at; if there are none, where it is under the highest ρ* of
+        the classes ``found`` serves on the pool (``MAX_RHO`` on a pool serving none): the
+        plan itself ran the pool at the drawn class's ρ* for some of its calls."""
+        rho = {(k.position, pid, vname): r for k in self.keys
+               for pid, vname, r, _ in self.router.options[k]}
+        position = {name: i for i, name in enumerate(self.names)}
+        caps = {pp.pool: pp.utilisation_cap for pp in found.pools}
+        top = {pp.pool: max((rho.get((position.get(key, -1), pp.pool, vname), 0.0)
+                             for key, vname, _ in pp.serves), default=MAX_RHO)
+               for pp in found.pools}
+        for under in (caps, top):
+            pins = {(pid, vname) for (ki, pid, vname), rps in drawn.items()
+                    if rps > DRAWN_MIN_RPS and rho.get((ki, pid, vname), MAX_RHO)
+                    < under.get(pid, MAX_RHO) - 1e-9}
+            if pins:
+                return pins
+        return set()
+
+
+def without(problem: Problem, pairs: Iterable[tuple[str, str]]) -> Problem:
+    """``problem`` with each (pool, variant) of ``pairs`` no longer loadable there (a pool
+    left with no variant gets no GPUs) and the drawn flows onto them dropped."""
+    gone: dict[str, set[str]] = {}
+    for pid, vname in pairs:
+        gone.setdefault(pid, set()).add(vname)
+    if not gone:
+        return problem
+    names = [v.name for v in problem.variants]
+    pools = []
+    for p in problem.pools:
+        left = frozenset(n for n in (p.variants or names) if n not in gone.get(p.id, ()))
+        pools.append(p if p.id not in gone else replace(p, variants=left) if left
+                     else replace(p, max_gpus=0))
+    drawn = tuple(d for d in problem.drawn if d[2] not in gone.get(d[1], ()))
+    return replace(problem, pools=tuple(pools), drawn=drawn)
 
 
 def shortfall(problem: Problem, found: Plan) -> dict[int, float]:

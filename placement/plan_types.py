@@ -107,6 +107,13 @@ class PlannerSettings:
     # provisioned-cost day's 8 scenarios and kept (benchmarks/RESULTS.md, 2026-11-28, "the
     # calls the edges' rule draws").
     route_drawn: bool = True
+    # A route round also tries the plan without the (pool, variant) pairs where a drawn class
+    # pins the pool below the tier the plan ran it at (placement.plan_route.pinning): the
+    # variant unloaded there, its own classes served elsewhere, the drawn calls going to
+    # their next option. The round keeps that plan when it leaves no more short (or within
+    # the tolerance) and costs less than planning for the pinned pool (default: gcp's Iowa
+    # L4 spot loaded summarize-large, the edges drew Europe's calls to it at 0.33).
+    route_unpin: bool = False
     # When the pools' GPU limits cannot carry the forecast (max_gpus), plan what they can
     # carry (each call/s left out priced far above any GPU; Plan.not_carried) instead of
     # refusing, which keeps the plan in force (placement.planner._carry_what_fits).

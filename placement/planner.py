@@ -356,19 +356,37 @@ def _routed(problem: Problem, solve: Solver) -> Plan | Infeasible:
     for _ in range(rounds):
         if not short or least <= tolerance:
             break
+        drawn = check.drawn(routed, last)
         asked = dataclasses.replace(asked, demand=tuple(
             dataclasses.replace(k, rate_rps=k.rate_rps + short.get(i, 0.0))
             for i, k in enumerate(asked.demand)),
-            drawn=_drawn(asked, check.drawn(routed, last)))
+            drawn=_drawn(asked, drawn))
         again = solve(asked, last)
         solves += 1
+        if not isinstance(again, Infeasible):
+            cut += again.cut_short
+            routed = check.routed(again)
+        pins = check.pinning(drawn, last) if problem.settings.route_unpin else set()
+        if pins:  # the round without the pinned pairs, kept if no worse and cheaper
+            unpinned = plan_route.without(asked, pins)
+            alt = solve(unpinned, last)
+            solves += 1
+            if not isinstance(alt, Infeasible):
+                cut += alt.cut_short
+                alt_routed = check.routed(alt)
+                alt_short = sum(check.short(alt_routed).values())
+                if isinstance(again, Infeasible) or (
+                        alt_short <= max(sum(check.short(routed).values()), tolerance)
+                        + 1e-9 and alt.usd_per_hour < again.usd_per_hour - 1e-9):
+                    again, asked, routed = alt, unpinned, alt_routed
         if isinstance(again, Infeasible):
             break
         last = again
-        cut += again.cut_short
-        routed = check.routed(again)
         short = check.short(routed)
-        if sum(short.values()) < least - 1e-9:
+        if sum(short.values()) < least - 1e-9 or (
+                sum(short.values()) <= max(least, tolerance) + 1e-9
+                and again.usd_per_hour < best.usd_per_hour - 1e-9
+                and problem.settings.route_unpin):
             best, least = again, sum(short.values())
     return dataclasses.replace(best, solves=solves, cut_short=cut)
 
