@@ -144,7 +144,8 @@ def diagnose(s: Scenario, quick: bool, configs: list[PlannerConfig], hpa: bool,
             log = f.log
             progress(f"diag: {s.name}: {f.name}: {len(log.seconds)} solves, "
                      f"{sum(log.seconds):.0f} s solving, {log.adopted} adopted, "
-                     f"{len(log.infeasible)} refused" + "".join(
+                     f"{len(log.infeasible)} refused, {log.cut_short} solver runs cut short "
+                     "by the wall-clock safety net" + "".join(
                          f"\n  refused {x}" for x in log.infeasible))
     notes = []
     if hpa:
