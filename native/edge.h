@@ -25,6 +25,7 @@
 #define COST_NS "switchyard.cost"
 #define FEASIBLE_NS "switchyard.feasible"
 #define SERVICE "/inference.GRPCInferenceService/"
+#define REQUEST_ID_BYTES 128 /* of x-request-id echoed: services/edge/hints.py REQUEST_ID_CHARS */
 
 typedef struct {
   int rewrite; /* 0: listener, 1: upstream variant rewrite */

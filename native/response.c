@@ -82,7 +82,7 @@ static size_t served_trailers(envoy_filter f, char* dep, size_t n) {
   snprintf(a, sizeof a, "%llu", (unsigned long long)(tried > 0 ? tried : 1));
   set_header(f, RESPONSE_TRAILER, "x-attempts", a, strlen(a));
   if (get_header(f, REQUEST_HEADER, "x-request-id", &rid)) {
-    char id[256];
+    char id[REQUEST_ID_BYTES];
     size_t in = rid.length < sizeof id ? rid.length : sizeof id;
     memcpy(id, rid.ptr, in);
     set_header(f, RESPONSE_TRAILER, "x-request-id", id, in);

@@ -68,7 +68,8 @@ static int rpc_in(envoy_buffer path, const char* const* names) {
 }
 
 /* A trailers-only gRPC answer: the caller gets this status, never UNKNOWN, and its
- * x-request-id (Envoy's, when the caller sent none), as every edge answer does. */
+ * x-request-id (Envoy's, when the caller sent none; its first REQUEST_ID_BYTES), as every edge
+ * answer does. */
 static void reply(envoy_filter f, int code, const char* message) {
   char status[4];
   snprintf(status, sizeof status, "%d", code);
@@ -81,7 +82,8 @@ static void reply(envoy_filter f, int code, const char* message) {
       {"content-type", 12, "application/grpc", 16},
       {"grpc-status", 11, status, strlen(status)},
       {"grpc-message", 12, message, strlen(message)},
-      {"x-request-id", 12, n && rid.ptr ? rid.ptr : "", n && rid.ptr ? rid.length : 0},
+      {"x-request-id", 12, n && rid.ptr ? rid.ptr : "",
+       n && rid.ptr ? (rid.length < REQUEST_ID_BYTES ? rid.length : REQUEST_ID_BYTES) : 0},
   };
   envoy_dynamic_module_callback_http_send_response_headers(f, h, 5, true);
 }

@@ -34,6 +34,10 @@ HINTS = frozenset({"x-slo-ms", "x-min-quality", "x-max-cost-usd", "x-tenant", "x
                    "x-allowed-regions", "x-fail-fast", "x-routing-profile", "x-ttft-ms",
                    "x-tpot-ms", "x-max-tokens", "x-session-id", "x-allow-variant-change"})
 _DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
+# The most of a caller's x-request-id an edge keeps and echoes (the Envoy listener, module and
+# Lua, and the fast path's trailer cut it alike): a 12 KB one echoed whole made the refusal of
+# its over-limit metadata itself over a gRPC client's trailer limit ("Stream removed").
+REQUEST_ID_CHARS = 128
 SLO_RANGE = (1e-3, 3.6e6)  # ms: x-slo-ms, x-ttft-ms, x-tpot-ms (the Envoy listener's Lua too)
 _TRUE = {"1", "true", "yes"}
 _FALSE = {"0", "false", "no", ""}
@@ -127,7 +131,7 @@ def parse(metadata: Iterable[tuple[str, str | bytes]] | None, regions: frozenset
                 raise InvalidHint(key, value, f"unknown profile; known: {list(profiles)}")
             profile = _once(seen, key, value, value)
     return ParsedHints(slo, min_q, max_cost, tenant, allowed,
-                       request_id[:128] or os.urandom(8).hex(), fail_fast, profile)
+                       request_id[:REQUEST_ID_CHARS] or os.urandom(8).hex(), fail_fast, profile)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,13 +180,13 @@ def _join(ids: str, value: str) -> str:
 
 
 def request_id(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
-    """The caller's ``x-request-id`` (repeats joined, cut to 128 characters), else a new one;
+    """The caller's ``x-request-id`` (repeats joined, cut to ``REQUEST_ID_CHARS``), else a new one;
     for answers that end before the hints are parsed (admission, limits)."""
     ids = ""
     for key, value in metadata or ():
         if key == "x-request-id" and isinstance(value, str):
             ids = _join(ids, value)
-    return ids[:128] or os.urandom(8).hex()
+    return ids[:REQUEST_ID_CHARS] or os.urandom(8).hex()
 
 
 def resolve(p: ParsedHints, time_remaining_s: float | None, default_slo_ms: float,

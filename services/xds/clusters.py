@@ -37,6 +37,7 @@ from envoy.extensions.upstreams.http.v3 import (  # noqa: F401
 from google.protobuf import json_format
 
 from services.api.switchyard.v1 import placement_pb2
+from services.edge.hints import REQUEST_ID_CHARS
 from services.xds import lua, rewrite, tls
 from services.xds.envoy_types import (
     SLOW_PATH_CLUSTER,
@@ -214,7 +215,8 @@ def model_cluster(name: str, deployment_ids: Sequence[str], s: EnvoySettings,
                                 _from_endpoint("x-served-by", "deployment"),
                                 _from_endpoint("x-served-region", "region"),
                                 _trailer("x-attempts", "%UPSTREAM_REQUEST_ATTEMPT_COUNT%"),
-                                _trailer("x-request-id", "%REQ(x-request-id)%"),
+                                _trailer("x-request-id",
+                                         f"%REQ(x-request-id):{REQUEST_ID_CHARS}%"),
                                 _trailer(lua.PATH_TRAILER, "envoy")]}}},
                     *rewrites,
                     {"name": "envoy.filters.http.upstream_codec", "typed_config": {

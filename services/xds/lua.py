@@ -59,6 +59,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 from placement.attempts import MIN_REMAINING_S
+from services.edge.hints import REQUEST_ID_CHARS
 from services.xds.lua_checks import header_checks
 from services.xds.lua_response import response_script
 from services.xds.lua_words import HINT_WORDS, lua_string
@@ -213,14 +214,16 @@ local MIN_REMAINING_MS = {MIN_REMAINING_S * 1000!r}
 
 local function reply(handle, code, message)
   -- a trailers-only gRPC answer: the caller gets this status, never UNKNOWN, and its
-  -- x-request-id (Envoy's, when the caller sent none), as every edge answer does; the
+  -- x-request-id (Envoy's, when the caller sent none; its first REQUEST_ID_CHARS), as every
+  -- edge answer does; the
   -- message percent-encoded as gRPC sends it (else a caller's "5%20" would read "5 0")
   message = message:gsub("[%%%z\1-\31\127-\255]", function(c)
     return string.format("%%%02X", c:byte())
   end)
   handle:respond({{[":status"] = "200", ["content-type"] = "application/grpc",
                   ["grpc-status"] = tostring(code), ["grpc-message"] = message,
-                  ["x-request-id"] = handle:headers():get("x-request-id") or ""}}, nil)
+                  ["x-request-id"] = (handle:headers():get("x-request-id") or "")
+                                     :sub(1, {REQUEST_ID_CHARS})}}, nil)
 end
 
 -- The caller's deadline (its grpc-timeout, as read_headers got it) in ms; nil: none; false:

@@ -1,0 +1,89 @@
+"""Hostile caller, round 9, on the Envoy edge's listener (the C module, native/, and its Lua
+twin, services/xds/): each test runs on an Envoy given the module and on one given the Lua,
+its slow path (the co-located Python edge, called directly) as *the Python edge*; real
+Tritons, placement over ADS, a real gRPC client.
+
+- A caller's ``x-request-id`` is echoed as its first ``hints.REQUEST_ID_CHARS`` (128) on both
+  engines. Before, the Lua echoed it whole and the module its first 256 bytes, a Python edge
+  its first 128; and an id long enough for the listener to refuse the call's metadata as over
+  ``max_metadata_bytes`` was echoed whole in that refusal, whose trailers were then over the
+  gRPC client's own limit: the caller saw RESOURCE_EXHAUSTED "Stream removed (received
+  metadata size exceeds hard limit ...)", never the edge's words.
+"""
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import grpc
+import pytest
+import pytest_asyncio
+
+from services.backends.triton import TritonProcess
+from services.config import MeshConfig
+from services.edge.hints import REQUEST_ID_CHARS
+from tests.envoy_harness import EnvoyMesh, running_envoy_mesh
+from tests.mesh_harness import INFER_PATH, mesh_config, request_bytes
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory: pytest.TempPathFactory) -> MeshConfig:
+    return mesh_config(tmp_path_factory.mktemp("hostile9-native"))
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module", params=["module", "lua"])
+async def mesh(request: pytest.FixtureRequest, cfg: MeshConfig,
+               tritons: dict[str, TritonProcess],
+               tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[EnvoyMesh]:
+    filters = request.param
+    cfg = cfg.model_copy(update={"edge": cfg.edge.model_copy(
+        update={"envoy_filters": filters})})
+    async with running_envoy_mesh(cfg, tmp_path_factory.mktemp(f"envoy-{filters}")) as m:
+        assert m.envoy.node.module is (filters == "module")
+        yield m
+
+
+async def answer(ch: grpc.aio.Channel, md: Sequence[tuple[str, str]]
+                 ) -> tuple[str, str, list[str]]:
+    """(status, details, the x-request-id trailers) of a ModelInfer with ``md``."""
+    rpc: Any = ch.unary_unary(INFER_PATH, request_serializer=None, response_deserializer=None)
+    call = rpc(request_bytes(), metadata=md, timeout=10)
+    try:
+        await call
+    except grpc.aio.AioRpcError as err:
+        code, details = err.code().name, err.details() or ""
+    else:
+        code, details = "OK", ""
+    trailers = await call.trailing_metadata() or ()
+    return code, details, [str(v) for k, v in trailers if k == "x-request-id"]
+
+
+@pytest.mark.parametrize(("hint", "status"), [((), "OK"),  # served by a deployment
+                                              ((("x-slo-ms", "abc"),), "INVALID_ARGUMENT"),
+                                              ((("x-min-quality", "0.1"),), "OK")])  # slow
+async def test_a_long_request_id_is_echoed_as_its_first_128_characters_alike(
+        mesh: EnvoyMesh, hint: tuple[tuple[str, str], ...], status: str) -> None:
+    """Fails on the old listener: the Lua echoed all 300 (served and refused), the module
+    256 (served) and 300 (refused)."""
+    rid = "".join(chr(ord("a") + i % 26) for i in range(300))
+    async with mesh.engines() as chs:
+        got = {name: await answer(ch, [("x-request-id", rid), *hint])
+               for name, ch in chs.items()}
+    assert {name: (c, ids) for name, (c, _, ids) in got.items()} == {
+        "python": (status, [rid[:REQUEST_ID_CHARS]]),
+        "envoy": (status, [rid[:REQUEST_ID_CHARS]])}, got
+
+
+async def test_a_request_id_over_the_metadata_limit_gets_the_edges_refusal(
+        mesh: EnvoyMesh) -> None:
+    """An x-request-id of 20,000 characters (over max_metadata_bytes): Envoy's listener
+    refuses it in its words, and the caller reads them. Fails on the old listener (both
+    engines): RESOURCE_EXHAUSTED 'Stream removed (received metadata size exceeds hard limit
+    (20308 vs. 16384) ...)', the refusal's echo over the client's trailer limit."""
+    async with mesh.engines() as chs:
+        code, details, ids = await answer(chs["envoy"], [("x-request-id", "r" * 20_000)])
+    assert code == "RESOURCE_EXHAUSTED", details
+    assert details.startswith("metadata of ") and "max_metadata_bytes" in details, details
+    assert ids == ["r" * REQUEST_ID_CHARS]
