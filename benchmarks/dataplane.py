@@ -362,6 +362,8 @@ def run(quick: bool, only: tuple[str, ...] = (), before: pathlib.Path | None = N
     ]
     command = command_for(__name__, quick) + (f" --targets {','.join(only)}" if only else "")
     body = main_t + "\n\n**Pair by pair (same run)**\n\n" + ratio_t
+    if rounds_override:
+        command += f" --rounds {rounds}"
     if concurrencies != CONCURRENCIES:
         command += f" --conc {','.join(map(str, concurrencies))}"
     if tallies is not None:
@@ -370,7 +372,7 @@ def run(quick: bool, only: tuple[str, ...] = (), before: pathlib.Path | None = N
                  "rounds)**\n\n" + envoy_stats.table(tallies, {
                      (p.target, p.concurrency): p.rps for p in points}))
     if before is not None:
-        command += f" --before {before}" + (f" --rounds {rounds}" if rounds_override else "")
+        command += f" --before {before}"
         table, lines = before_table(points)
         body += f"\n\n**This checkout's edge against `edge-before` ({before})**\n\n" + table
         notes = [*lines, "`edge-before` = the edge process run from the `--before` export "
