@@ -55,13 +55,16 @@ def explain(router: Router, request: placement_pb2.ExplainRequest
     if not 0 < a.prompt_tokens <= MAX_PROMPT_TOKENS:
         raise InvalidRequest(f"stream.prompt_tokens must be 1..{MAX_PROMPT_TOKENS}; got "
                              f"{a.prompt_tokens}")
+    if request.edge_region and request.edge_region != router.store.region:
+        raise InvalidRequest(f"edge_region {request.edge_region[:64]!r} is not this edge's "
+                             f"({router.store.region!r}): ask an edge of that region")
     allowed_regions(request.allowed_regions, router.regions)  # as placement's Explain reads it
     metadata = stream_metadata(request)
+    goals = parse_stream(metadata)  # before the request is built from them (max_tokens)
     raw = llm_request(request.model, [0] * a.prompt_tokens, a.max_tokens or None)
     record = CallRecord(request_id="explain", model=request.model)
     model, cands, ctx, profile = router.read(raw, metadata, None, record)
-    gen = Generation(router, parse_request(raw), parse_stream(metadata),
-                     StreamMeter(router.clock(), 0))
+    gen = Generation(router, parse_request(raw), goals, StreamMeter(router.clock(), 0))
     choice = gen.plan(profile, cands, ctx)
     assert gen.ask is not None
     sources = {d: src for d, (_, src) in router.streams.sourced(

@@ -19,6 +19,9 @@ from services.edge import hints
 from services.placement.main import build_service
 from tests.mesh_harness import mesh_config
 
+# What explain reads of the edge's router before it asks it anything
+ROUTER = types.SimpleNamespace(regions=frozenset({"r-east", "r-west", "r-central"}),
+                               store=types.SimpleNamespace(region="r-east"))
 BAD_REGIONS = [["nope"], [""], [" r-west"], ["r-west,r-east"], ["r-west", "r-west "]]
 
 
@@ -41,11 +44,10 @@ def test_placement_refuses_allowed_regions_naming_no_region(
 @pytest.mark.parametrize("regions", BAD_REGIONS)
 def test_an_edge_refuses_allowed_regions_naming_no_region(regions: list[str]) -> None:
     """Before: [""] was no x-allowed-regions at all (every region explained)."""
-    router = types.SimpleNamespace(regions=frozenset({"r-east", "r-west", "r-central"}))
     request = placement_pb2.ExplainRequest(model="generate", allowed_regions=regions,
                                            stream=placement_pb2.StreamAsk(prompt_tokens=10))
     with pytest.raises(InvalidRequest, match=r"^allowed_regions names unknown region"):
-        edge_explain.explain(router, request)  # type: ignore[arg-type]
+        edge_explain.explain(ROUTER, request)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("cap", [math.nan, -math.inf])
@@ -65,3 +67,22 @@ def test_an_edges_explain_reads_an_infinite_cap_as_none_and_zero_as_a_cap() -> N
                        ).max_cost_usd == math.inf
     assert hints.parse(edge_explain.stream_metadata(zero), frozenset(), PROFILES
                        ).max_cost_usd == 0.0
+
+
+@pytest.mark.parametrize("max_tokens", [1_000_001, 2**31, 2**32 - 1])
+def test_an_edges_explain_refuses_max_tokens_a_stream_could_not_ask(max_tokens: int) -> None:
+    """Before: 2**31 and up were UNKNOWN "Unexpected <class 'struct.error'>: 'i' format
+    requires ..." (the placeholder request was built first); a stream's x-max-tokens is
+    1..1e6."""
+    request = placement_pb2.ExplainRequest(model="generate", stream=placement_pb2.StreamAsk(
+        prompt_tokens=10, max_tokens=max_tokens))
+    with pytest.raises(InvalidHint, match=r"^metadata x-max-tokens="):
+        edge_explain.explain(ROUTER, request)  # type: ignore[arg-type]
+
+
+def test_an_edges_explain_refuses_another_regions_edge_region() -> None:
+    """Before: answered for the edge's own region without a word."""
+    request = placement_pb2.ExplainRequest(model="generate", edge_region="r-west",
+                                           stream=placement_pb2.StreamAsk(prompt_tokens=10))
+    with pytest.raises(InvalidRequest, match=r"^edge_region 'r-west' is not this edge's"):
+        edge_explain.explain(ROUTER, request)  # type: ignore[arg-type]
