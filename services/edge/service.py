@@ -281,11 +281,19 @@ class InferenceService:
                                context: AnyContext
                                ) -> service_pb2.ModelStatisticsResponse:
         """Per logical model (the one asked for, else every one in the route table), the sum
-        of its serving deployments' statistics, named with the logical model."""
+        of its serving deployments' statistics, named with the logical model. A version the
+        caller names with the model is the backends' to answer, as for ``ModelReady`` (before:
+        version 1's statistics for any version, "7" and "abc" included, which Triton refuses
+        INVALID_ARGUMENT)."""
         resp = service_pb2.ModelStatisticsResponse()
         try:
             if request.name:
-                total, answered = await self._statistics(request.name)
+                total, answered, refused = await self._statistics(request.name,
+                                                                  request.version)
+                if not answered and refused:  # the caller's version, in Triton's words
+                    await context.abort(refused[-1].code(), f"ModelStatistics failed on "
+                                                            f"{len(refused)} deployment(s): "
+                                                            f"{refused[-1].details()}")
                 if not answered:
                     raise NoHealthyDeployment(f"no serving deployment of model "
                                               f"{request.name!r} answered ModelStatistics")
@@ -297,27 +305,33 @@ class InferenceService:
             await abort(context, exc)
         return resp
 
-    async def _statistics(self, model: str) -> tuple[service_pb2.ModelStatistics, int]:
-        """The model's statistics summed over its serving deployments; how many answered."""
+    async def _statistics(self, model: str, version: str = "") -> tuple[
+            service_pb2.ModelStatistics, int, list[grpc.aio.AioRpcError]]:
+        """The model's statistics summed over its serving deployments; how many answered; the
+        refusals of the caller's request (INVALID_ARGUMENT: a version a deployment lacks)."""
         pairs = sorted({(c.endpoint, c.variant) for c in self._serving(model)})
 
         async def one(endpoint: str, variant: str) -> service_pb2.ModelStatisticsResponse:
             stub = self.router.upstreams.get(endpoint).stub
             answer: service_pb2.ModelStatisticsResponse = await stub.ModelStatistics(
-                service_pb2.ModelStatisticsRequest(name=variant), timeout=CONTROL_TIMEOUT_S)
+                service_pb2.ModelStatisticsRequest(name=variant, version=version),
+                timeout=CONTROL_TIMEOUT_S)
             return answer
 
-        total = service_pb2.ModelStatistics(name=model, version="1")
+        total = service_pb2.ModelStatistics(name=model, version=version or "1")
         answered = 0
+        refused: list[grpc.aio.AioRpcError] = []
         for r in await asyncio.gather(*(one(e, v) for e, v in pairs), return_exceptions=True):
             if isinstance(r, grpc.aio.AioRpcError):
-                continue  # that deployment is down: the sum covers those that answered
+                if r.code() is grpc.StatusCode.INVALID_ARGUMENT:
+                    refused.append(r)
+                continue  # else that deployment is down: the sum covers those that answered
             if isinstance(r, BaseException):
                 raise r
             answered += 1
             for s in r.model_stats:
                 statistics.add(total, s)
-        return total, answered
+        return total, answered, refused
 
     async def repository_index(self, request: service_pb2.RepositoryIndexRequest,
                                context: AnyContext
