@@ -11,6 +11,11 @@ widens, its CPU per call measures the rate as well as the call, and a proxy that
 rate raises Triton's CPU per call without sending it anything more.
 
     python -m benchmarks.triton_pacing [--quick] [--gaps 0,0.5,1,2] [--rounds N]
+    python -m benchmarks.triton_pacing [--quick] --through envoy,envoy-sy [--period-ms 4]
+
+``--through``: the other way round: Triton's CPU per call behind each named target of
+``benchmarks.dataplane`` (and ``direct``) with the rate held equal, one call started every
+``--period-ms``: what is left of the difference is what the calls carry.
 """
 
 from __future__ import annotations
@@ -59,6 +64,75 @@ async def _point(address: str, pids: list[int], gap_ms: float, calls: int
     return calls / elapsed, cpu / calls * 1e6
 
 
+async def _paced(address: str, model: str, backend: list[int], proxy: list[int],
+                 period_ms: float, calls: int) -> tuple[float, float, float, float]:
+    """``calls`` calls at concurrency 1, the i-th started ``i * period_ms`` after the first
+    (at once when the one before it ended later): the same rate through every target whose
+    calls take less than the period. (rps, Triton's and the proxy's CPU µs per call, p50 ms)."""
+    client = aioclient.InferenceServerClient(address)
+    inputs, outputs = _inputs()
+    lat: list[float] = []
+    try:
+        for _ in range(50):
+            await client.infer(model, inputs, outputs=outputs)
+        b0, p0 = cpu_seconds_all(backend), cpu_seconds_all(proxy)
+        t0 = time.perf_counter()
+        for i in range(calls):
+            start = t0 + i * period_ms / 1000
+            if start - time.perf_counter() > 0.001:
+                await asyncio.sleep(start - time.perf_counter() - 0.001)
+            while time.perf_counter() < start:  # the last ms spun: no timer granularity
+                pass
+            t = time.perf_counter()
+            await client.infer(model, inputs, outputs=outputs)
+            lat.append(time.perf_counter() - t)
+        elapsed = time.perf_counter() - t0
+        b, p = cpu_seconds_all(backend) - b0, cpu_seconds_all(proxy) - p0
+    finally:
+        await client.close()
+    return (calls / elapsed, b / calls * 1e6, p / calls * 1e6 if proxy else float("nan"),
+            statistics.median(lat) * 1000)
+
+
+def run_through(quick: bool, names: tuple[str, ...], period_ms: float, rounds: int = 0
+                ) -> Section:
+    """Triton's CPU per call behind each target at one paced rate (``--through``)."""
+    from benchmarks.dataplane import start_targets
+
+    calls, rounds = (800, rounds or 3) if quick else (3000, rounds or 5)
+    t0 = time.monotonic()
+    got: dict[str, list[tuple[float, float, float, float]]] = {}
+    with Fleet() as fleet:
+        targets = start_targets(fleet, ("direct", *names))
+        assert fleet.triton is not None
+        backend = [fleet.triton.pid, *children_pids(fleet.triton.pid)]
+        order = list(targets)
+        for r in range(rounds):
+            for n in order[r % len(order):] + order[:r % len(order)]:
+                t = targets[n]
+                pt = asyncio.run(_paced(t.address, t.model, backend, t.pids(), period_ms,
+                                        calls))
+                got.setdefault(n, []).append(pt)
+                progress(f"round {r + 1}/{rounds} {n:<9} {pt[0]:5.0f} rps  Triton "
+                         f"{pt[1]:5.0f} µs/call  proxy {pt[2]:5.0f} µs/call  p50 {pt[3]:.2f} ms")
+    rows = []
+    for n, pts in got.items():
+        tri = [p[1] for p in pts]
+        rows.append([n, f"{statistics.median(p[0] for p in pts):.0f}",
+                     f"{statistics.median(p[3] for p in pts):.2f}",
+                     f"{statistics.median(tri):.0f}", f"{min(tri):.0f}–{max(tri):.0f}",
+                     "–" if n == "direct" else f"{statistics.median(p[2] for p in pts):.0f}"])
+    table = md_table(["target", "rps", "p50 ms", "Triton CPU µs/call", "min–max",
+                      "proxy CPU µs/call"], rows, "lrrrrr")
+    notes = [f"Each point: {calls} calls after 50 warm-up calls, concurrency 1, one call "
+             f"started every {period_ms:g} ms; {rounds} rounds, the targets in a rotated order "
+             "each round; medians over rounds."]
+    return Section("Triton's CPU per call behind each target at one rate", command_for(
+        __name__, quick) + f" --through {','.join(names)} --period-ms {period_ms:g}"
+        + (f" --rounds {rounds}" if rounds != (3 if quick else 5) else ""), table, notes,
+        elapsed_s=time.monotonic() - t0)
+
+
 def run(quick: bool, gaps: tuple[float, ...] = GAPS_MS, rounds: int = 0) -> Section:
     calls, rounds = (800, rounds or 2) if quick else (3000, rounds or 3)
     t0 = time.monotonic()
@@ -102,5 +176,10 @@ def run(quick: bool, gaps: tuple[float, ...] = GAPS_MS, rounds: int = 0) -> Sect
 
 if __name__ == "__main__":
     gaps_arg, rounds_arg = take_option("--gaps"), take_option("--rounds")
+    through, period = take_option("--through"), float(take_option("--period-ms", "4"))
     gaps = tuple(float(g) for g in gaps_arg.split(",")) if gaps_arg else GAPS_MS
-    main(lambda quick: run(quick, gaps, int(rounds_arg or 0)), __doc__)
+    if through:
+        main(lambda quick: run_through(quick, tuple(through.split(",")), period,
+                                       int(rounds_arg or 0)), __doc__)
+    else:
+        main(lambda quick: run(quick, gaps, int(rounds_arg or 0)), __doc__)
