@@ -9,10 +9,12 @@ points of every call (``%COMMON_DURATION(A:B:us)%``): the first and last byte fr
 variant, so it costs them alike. Per variant, the median of each phase over every logged call
 (warm-ups included, all at the one concurrency), beside the client's p50 (median over rounds,
 each round every variant in turn): what the client waits beyond Envoy's first-to-last byte is
-outside Envoy (client, kernel, scheduling). Plain Envoy sends the request's headers to Triton
-before the caller's body is in (``DS_RX_END`` after ``US_TX_BEG``); the module holds them until
-the body names the model, so its ``DS_RX_END → US_TX_END`` is Envoy's own work on the request
-once the last byte arrived.
+outside Envoy (client, kernel, scheduling). A tritonclient call's HEADERS and DATA reach Envoy
+in one read, so the phases are Envoy's own work in its order, not network waits: plain Envoy
+runs the router on the headers before its codec reaches the DATA frame (its upstream headers
+are encoded before ``DS_RX_END``); the module holds the headers until the body names the
+model, so the same work falls in its ``DS_RX_END → US_TX_END``. Envoy's request side is
+``DS_RX_BEG → DS_RX_END`` plus ``DS_RX_END → US_TX_END``.
 
     python -m benchmarks.envoy_timing [--quick] [--only plain,dm,...] [--conc N] [--rounds N]
 """
