@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <math.h>
 
 #include "rules.h"
 
@@ -130,12 +131,26 @@ char* sy_hint_message(const char* key, envoy_buffer value, const char* why,
     strcpy(end, why);
   }
   /* percent-encoded as gRPC sends a grpc-message (lua.py's reply): the caller's client
-   * decodes it, so a value's "%20" must reach it as %2520, a non-ASCII byte as %XX */
-  char* wire = malloc(3 * strlen(msg) + 1);
+   * decodes it, so a value's "%20" must reach it as %2520, a non-ASCII byte as %XX; cut
+   * where that passes MESSAGE_MAX_BYTES, as services/grpc_errors.py's _capped cuts it (a
+   * 7,000-character value echoed whole was a trailer over the client's own limit: "Stream
+   * removed", the hint never named) */
+  size_t chars = 0, size = 0;
+  const unsigned char *start = (const unsigned char*)msg, *cut = NULL;
+  for (const unsigned char* c = start; *c; c++) {
+    if ((*c & 0xC0) != 0x80) {
+      chars++; /* a character starts here (UTF-8) */
+      if (cut == NULL) start = c;
+    }
+    size += *c < 0x20 || *c > 0x7e || *c == '%' ? 3 : 1;
+    if (cut == NULL && size > MESSAGE_MAX_BYTES) cut = start;
+  }
+  char* wire = malloc(3 * strlen(msg) + 48);
   if (wire != NULL) {
     char* w = wire;
-    for (const unsigned char* c = (const unsigned char*)msg; *c; c++)
+    for (const unsigned char* c = (const unsigned char*)msg; *c && c != cut; c++)
       w += *c < 0x20 || *c > 0x7e || *c == '%' ? sprintf(w, "%%%02X", *c) : (*w = (char)*c, 1);
+    if (cut != NULL) w += sprintf(w, "... (%zu characters)", chars);
     *w = 0;
   }
   free(msg);
@@ -300,19 +315,9 @@ int sy_reads(const envoy_http_header* e) {
   return key_is(e, "x-slo-ms") || key_is(e, "x-tenant") ? SY_READ_HINT : 0;
 }
 
-int sy_grpc_timeout(envoy_buffer t, double* ms) {
-  const char* p = t.ptr;
-  const char* end = p ? p + t.length : p;
+static int one_timeout(const char* p, const char* end, double* ms) {
   long long x = 0;
   int digit = 0;
-  if (p == NULL) return 0;
-  /* a repeated grpc-timeout comes joined "1S,50S" (Envoy's codec joins its own headers):
-   * gRPC's core keeps the last one sent */
-  for (const char* c = end; c != p; c--)
-    if (c[-1] == ',') {
-      p = c;
-      break;
-    }
   while (p != end && *p == ' ') p++;
   for (; p != end && *p >= '0' && *p <= '9'; p++) {
     digit = 1;
@@ -333,6 +338,33 @@ int sy_grpc_timeout(envoy_buffer t, double* ms) {
   }
   while (p != end && *p == ' ') p++;
   return p == end ? 1 : -1;
+}
+
+int sy_grpc_timeout(envoy_buffer t, double* ms) {
+  if (t.ptr == NULL) return 0;
+  /* a repeat comes joined "1S,50S": gRPC's core parses each (any unreadable one refuses the
+   * call) and keeps the last */
+  const char* p = t.ptr;
+  const char* end = p + t.length;
+  int got = 0;
+  for (;;) {
+    const char* comma = memchr(p, ',', (size_t)(end - p));
+    const char* stop = comma ? comma : end;
+    got = one_timeout(p, stop, ms);
+    if (got < 0) return -1;
+    if (!comma) return got;
+    p = comma + 1;
+  }
+}
+
+int sy_timeout_for_envoy(double ms, char* out, size_t size) {
+  static const struct { char unit; double per; } units[] = {
+      {'m', 1}, {'S', 1000}, {'M', 60000}, {'H', 3600000}};
+  for (size_t i = 0; i < 4; i++) {
+    double v = ceil(ms / units[i].per);
+    if (v <= 99999999) return snprintf(out, size, "%.0f%c", v, units[i].unit);
+  }
+  return 0;
 }
 
 /* A -bin header's bytes as gRPC carries them (base64, padded or not), at most `limit` of

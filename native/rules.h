@@ -10,6 +10,8 @@
 #define NOT_PARSED "request bytes do not parse as a KServe v2 request"
 
 /* x-slo-ms's range, services/edge/hints.py's SLO_RANGE (ms) */
+/* the most bytes of a status message sent, percent-encoded (services/grpc_errors.py) */
+#define MESSAGE_MAX_BYTES 6000
 #define SLO_LO 1e-3
 #define SLO_HI 3.6e6
 
@@ -56,6 +58,7 @@ int sy_reads(const envoy_http_header* e);
  * (infinite), never a fault. 1: *ms set; 0: no deadline; -1: unreadable (gRPC refuses the
  * call INTERNAL, SY_TIMEOUT_UNREADABLE). */
 int sy_grpc_timeout(envoy_buffer t, double* ms);
+int sy_timeout_for_envoy(double ms, char* out, size_t size);
 #define SY_TIMEOUT_UNREADABLE "Error parsing 'grpc-timeout' metadata"
 
 int sy_metadata_refusal(const envoy_http_header* h, size_t n, long long max_bytes,

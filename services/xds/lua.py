@@ -60,6 +60,7 @@ from typing import Literal
 
 from placement.attempts import MIN_REMAINING_S
 from services.edge.hints import REQUEST_ID_CHARS
+from services.grpc_errors import MESSAGE_MAX_BYTES
 from services.xds.lua_checks import header_checks
 from services.xds.lua_response import response_script
 from services.xds.lua_words import HINT_WORDS, lua_string
@@ -212,7 +213,26 @@ local DEADLINE_CHECKED = {{{", ".join(f'["{SERVICE_PATH}{r}"] = true'
                               for r in DEADLINE_CHECKED_RPCS)}}}
 local MIN_REMAINING_MS = {MIN_REMAINING_S * 1000!r}
 
+-- ``message`` cut where its percent-encoding would pass MESSAGE_MAX_BYTES, as
+-- services/grpc_errors.py's _capped cuts it (echoed whole, a 7,000-character hint value was a
+-- trailer over the client's own limit: "Stream removed", the hint never named)
+local function capped(message)
+  local size, chars, start, cut = 0, 0, 1, nil
+  for i = 1, #message do
+    local b = message:byte(i)
+    if b < 0x80 or b >= 0xC0 then
+      chars = chars + 1  -- a character starts here (UTF-8)
+      if cut == nil then start = i end
+    end
+    if b < 0x20 or b > 0x7e or b == 0x25 then size = size + 3 else size = size + 1 end
+    if cut == nil and size > {MESSAGE_MAX_BYTES} then cut = start end
+  end
+  if cut == nil then return message end
+  return message:sub(1, cut - 1) .. "... (" .. chars .. " characters)"
+end
+
 local function reply(handle, code, message)
+  message = capped(message)
   -- a trailers-only gRPC answer: the caller gets this status, never UNKNOWN, and its
   -- x-request-id (Envoy's, when the caller sent none; its first REQUEST_ID_CHARS), as every
   -- edge answer does; the
@@ -230,10 +250,7 @@ end
 -- unreadable (refused, as gRPC refuses it). Read as gRPC's core reads it (ParseTimeout,
 -- native/rules.c sy_grpc_timeout): spaces around, digits, one unit; n and u rounded up to
 -- whole ms; over 1,000,000,000 no deadline, whatever follows the digits; of a repeat, the last.
-local function deadline_ms(timeout)
-  if timeout == nil then return nil end
-  -- a repeated grpc-timeout comes joined "1S,50S": gRPC's core keeps the last one sent
-  timeout = timeout:match("([^,]*)$")
+local function one_deadline(timeout)
   local lead = timeout:match("^ *(%d+)")
   if lead ~= nil then
     local d = lead:gsub("^0+", "")
@@ -245,6 +262,24 @@ local function deadline_ms(timeout)
   if unit == "n" then return math.ceil(x / 1000000) end
   if unit == "u" then return math.ceil(x / 1000) end
   return x * UNITS[unit]
+end
+local function deadline_ms(timeout)
+  if timeout == nil then return nil end
+  -- a repeat comes joined "1S,50S": gRPC's core parses each and keeps the last
+  local last
+  for part in (timeout .. ","):gmatch("([^,]*),") do
+    last = one_deadline(part)
+    if last == false then return false end
+  end
+  return last
+end
+-- the caller's deadline as Envoy's router and the slow path's gRPC read it: at most 8 digits
+local function for_envoy(ms)
+  for _, u in ipairs({{{{"m", 1}}, {{"S", 1000}}, {{"M", 60000}}, {{"H", 3600000}}}}) do
+    local v = math.ceil(ms / u[2])
+    if v <= 99999999 then return string.format("%d%s", v, u[1]) end
+  end
+  return nil
 end
 
 -- Is ``left_ms`` of the caller's deadline too little to start an attempt? gRPC sends the
@@ -291,6 +326,14 @@ function envoy_on_request(handle)
   -- gRPC's own words: the Python edge's (and a backend's) server refuses it so; served here,
   -- the caller's deadline would be dropped (the route removes grpc-timeout)
   if budget == false then return reply(handle, 13, "{TIMEOUT_UNREADABLE}") end
+  do
+    local raw = r.got["grpc-timeout"]
+    if raw ~= nil and budget == nil then headers:remove("grpc-timeout")
+    elseif raw ~= nil and (raw:find("[, ]") or #raw > 9) then
+      local canon = for_envoy(budget)
+      if canon ~= nil then headers:replace("grpc-timeout", canon) end
+    end
+  end
   for key in pairs(r.own) do headers:remove(key) end
   -- the caller's deadline as it stands when its headers are in (the Python edge's clock
   -- starts there too); checked again once a ModelInfer's body is in

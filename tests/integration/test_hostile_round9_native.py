@@ -23,6 +23,7 @@ from services.backends.triton import TritonProcess
 from services.config import MeshConfig
 from services.edge.hints import REQUEST_ID_CHARS
 from tests.envoy_harness import EnvoyMesh, running_envoy_mesh
+from tests.integration.test_hostile_round8_native import GRPC, frame, raw_call
 from tests.mesh_harness import INFER_PATH, mesh_config, request_bytes
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
@@ -87,3 +88,33 @@ async def test_a_request_id_over_the_metadata_limit_gets_the_edges_refusal(
     assert code == "RESOURCE_EXHAUSTED", details
     assert details.startswith("metadata of ") and "max_metadata_bytes" in details, details
     assert ids == ["r" * REQUEST_ID_CHARS]
+
+
+@pytest.mark.parametrize("md", [
+    [("x-slo-ms", "%" * 7000)], [("x-slo-ms", "a" * 7500)],
+    [("x-slo-ms", "50"), ("x-slo-ms", "%" * 7000)],
+    [("x-tenant", "%" * 3500), ("x-tenant", "&" * 3500)]],
+    ids=["slo-percent", "slo-long", "slo-repeat", "tenant-contradiction"])
+async def test_a_long_refused_hint_gets_the_python_edges_cut_message(
+        mesh: EnvoyMesh, md: list[tuple[str, str]]) -> None:
+    """Fails on the old listener (both engines): 'slo-long' 7,534 characters against the
+    Python edge's 6,021, the others RESOURCE_EXHAUSTED 'Stream removed (received metadata
+    size exceeds ... limit ...)'."""
+    async with mesh.engines() as chs:
+        got = {name: (await answer(ch, md))[:2] for name, ch in chs.items()}
+    assert got["python"][0] == "INVALID_ARGUMENT", got
+    assert got["python"][1].endswith(" characters)"), got
+    assert got["envoy"] == got["python"], got
+
+
+async def test_a_long_refused_non_ascii_hint_is_cut_at_the_same_character(
+        mesh: EnvoyMesh) -> None:
+    """x-slo-ms of 3,000 'e-acute' (two bytes each, six percent-encoded) from a raw HTTP/2
+    caller (a gRPC client sends no such value): cut at the same character, counted in
+    characters, on both engines. Fails on the old listener: the whole value quoted."""
+    headers = [*GRPC, ("x-slo-ms", "\u00e9" * 3000)]
+    got = {"python": await raw_call(f"127.0.0.1:{mesh.slow.port}", headers,
+                                    frame(request_bytes())),
+           "envoy": await raw_call(mesh.envoy.address, headers, frame(request_bytes()))}
+    assert got["python"][0] == "3" and got["python"][1].endswith(" characters)"), got
+    assert got["envoy"] == got["python"], got
