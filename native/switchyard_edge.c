@@ -358,6 +358,7 @@ static int listener_checks(envoy_filter f, filter* s, bool end_of_stream,
                            const envoy_http_header* h, size_t nh) {
   const config* c = s->cfg;
   seen w;
+  char canon[24];
   see(h, nh, &w);
   envoy_buffer path = w.path;
   int checked = path.ptr != NULL && rpc_in(path, DEADLINE_CHECKED);
@@ -379,6 +380,27 @@ static int listener_checks(envoy_filter f, filter* s, bool end_of_stream,
      * here, the caller's deadline would be dropped (the route removes grpc-timeout) */
     reply(f, 13, SY_TIMEOUT_UNREADABLE);
     refused = 1;
+  }
+  if (!refused && w.timeout.ptr != NULL) {
+    /* what Envoy's router (max_stream_duration), the slow path's gRPC and its deadline
+     * header read: gRPC's reading in at most 8 digits, or none */
+    double ms;
+    int got = sy_grpc_timeout(w.timeout, &ms);
+    int k = got > 0 ? sy_timeout_for_envoy(ms, canon, sizeof canon) : 0;
+    if (got == 0) {
+      remove_header(f, "grpc-timeout");
+      w.timeout.ptr = NULL;
+    } else if (k > 0 && (w.timeout.length != (size_t)k ||
+                         memcmp(w.timeout.ptr, canon, (size_t)k) != 0)) {
+      int plain = 1;
+      for (size_t i = 0; i < w.timeout.length; i++)
+        if (w.timeout.ptr[i] == ',' || w.timeout.ptr[i] == ' ') plain = 0;
+      if (!plain || w.timeout.length > 9) {
+        set_header(f, REQUEST_HEADER, "grpc-timeout", canon, (size_t)k);
+        w.timeout.ptr = canon;
+        w.timeout.length = (size_t)k;
+      }
+    }
   }
   if (!refused && checked && deadline_ms(w.timeout, &budget)) {
     if (budget <= MIN_REMAINING_MS) {

@@ -20,6 +20,7 @@ HTTP/2 callers (h2), since gRPC clients send none of these.
 from __future__ import annotations
 
 import asyncio
+import functools
 import urllib.parse
 from collections.abc import AsyncIterator, Sequence
 
@@ -29,11 +30,13 @@ import h2.events
 import pytest
 import pytest_asyncio
 
+from services.backends.repository import set_control
 from services.backends.triton import TritonProcess
 from services.config import MeshConfig
 from services.xds import lua
 from tests.envoy_harness import EnvoyMesh, running_envoy_mesh
-from tests.mesh_harness import INFER_PATH, mesh_config, request_bytes
+from tests.integration.test_envoy_deadline import parked
+from tests.mesh_harness import INFER_PATH, eventually, mesh_config, request_bytes
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -123,8 +126,8 @@ async def test_a_modelinfer_without_te_reaches_no_backend(mesh: EnvoyMesh) -> No
     got = await raw_call(mesh.envoy.address, no_te, frame(request_bytes()))
     assert got == ("3", "a call without te: trailers is not gRPC: send te: trailers"), got
     assert deployment_requests(mesh) - before == 0
-    # (any other te is an HTTP/2 protocol error to Envoy's codec, which closes the
-    # connection before any filter: the listener sees te: trailers or none)
+    # (Envoy's codec resets any other te, closing the connection before any filter, but an
+    # upper-case TRAILERS, which it drops: the listener sees te: trailers or none; review9)
 
 
 @pytest.mark.parametrize("timeout", ["abc", "-1S", "1X", "", "5S5S"])
@@ -150,14 +153,60 @@ async def test_a_grpc_timeout_grpc_reads_is_served_alike(mesh: EnvoyMesh, timeou
     assert got == {"python": ("0", ""), "envoy": ("0", "")}, got
 
 
+@pytest.mark.parametrize("path", [INFER_PATH, lua.STREAM_PATH])
 @pytest.mark.parametrize(("first", "last", "status"), [
-    ("1S", "50S", ("0", "")), ("50S", "1S", ("0", "")),
-    ("1S", "abc", ("13", lua.TIMEOUT_UNREADABLE))])
+    ("1S", "50S", ("0", "")), ("50S", "1S", ("0", "")), ("5S", " 50S", ("0", "")),
+    ("1S", "abc", ("13", lua.TIMEOUT_UNREADABLE)),
+    ("abc", "1S", ("13", lua.TIMEOUT_UNREADABLE))])
 async def test_a_repeated_grpc_timeout_is_read_as_its_last_alike(
-        mesh: EnvoyMesh, first: str, last: str, status: tuple[str, str]) -> None:
-    """gRPC's core keeps the last grpc-timeout sent; Envoy's codec joins a repeat into one
-    value ("1S,50S"), which the listener refused as unreadable before (review8)."""
+        mesh: EnvoyMesh, first: str, last: str, status: tuple[str, str], path: str) -> None:
+    """gRPC's core reads every grpc-timeout sent (one it cannot read refuses the call) and
+    keeps the last; Envoy's codec joins a repeat into one value ("1S,50S"), which the listener
+    refused as unreadable before (review8). Then (review9) it read only the part after the
+    last ',' ('abc' then '1S' served) and left the joined value to the slow path's gRPC
+    (a stream refused INTERNAL)."""
     got = {name: await raw_call(a, [*GRPC, ("grpc-timeout", first), ("grpc-timeout", last)],
-                                frame(request_bytes()))
+                                frame(request_bytes()), path)
            for name, a in addresses(mesh).items()}
     assert got == {"python": status, "envoy": status}, got
+
+
+@pytest.mark.parametrize("hint", [("x-allowed-regions", "r-east"), ("x-fail-fast", "1")])
+async def test_a_repeated_grpc_timeout_on_the_slow_path_is_served_alike(
+        mesh: EnvoyMesh, hint: tuple[str, str]) -> None:
+    """A hint compiled config cannot hold sends the call to the slow path, whose gRPC read
+    the joined "1S,50S" as unreadable (review9)."""
+    hs = [*GRPC, hint, ("grpc-timeout", "1S"), ("grpc-timeout", "50S")]
+    got = {name: await raw_call(a, hs, frame(request_bytes()))
+           for name, a in addresses(mesh).items()}
+    assert got == {"python": ("0", ""), "envoy": ("0", "")}, got
+
+
+@pytest.mark.parametrize("timeouts", [["200000000n"], ["1S", "2S"]])
+async def test_the_deadline_gRPC_reads_is_enforced_alike(
+        mesh: EnvoyMesh, cfg: MeshConfig, tritons: dict[str, TritonProcess],
+        timeouts: list[str]) -> None:
+    """Envoy's router enforces a caller's deadline from its own reading of grpc-timeout: at
+    most 8 digits, one value. A 9-digit value (200 ms) or a joined repeat, which gRPC reads,
+    went unenforced on the fast path: with every model parking its calls, the Python edge
+    answered DEADLINE_EXCEEDED and Envoy nothing at all (review9; fails so on both old
+    listeners). Every backend's models are parked only inside the test."""
+    hs = [*GRPC, *(("grpc-timeout", t) for t in timeouts)]
+    got: dict[str, tuple[str, str] | str] = {}
+    for proc in tritons.values():
+        set_control(proc.repository, hang=True)
+    try:
+        for b in cfg.backends:
+            for variant in (v for v in b.variants if v.startswith("summarize")):
+                await eventually(functools.partial(asyncio.to_thread, parked,
+                                                   tritons[b.id].endpoint, variant),
+                                 10, f"{b.id}/{variant} parks its requests")
+        for name, a in addresses(mesh).items():
+            try:
+                got[name] = await asyncio.wait_for(raw_call(a, hs, frame(request_bytes())), 8)
+            except TimeoutError:
+                got[name] = "no answer within 8 s"
+    finally:
+        for proc in tritons.values():
+            set_control(proc.repository, hang=False)
+    assert {name: g[0] for name, g in got.items()} == {"python": "4", "envoy": "4"}, got

@@ -55,7 +55,7 @@ def test_three_ms_left_is_forwarded(host: FakeEnvoyHost, path: str, headers_say:
 
 @pytest.mark.parametrize("path", [INFER, STREAM, "/inference.GRPCInferenceService/ServerReady"])
 @pytest.mark.parametrize("timeout", ["abc", "-1S", "1X", "", "5S5S", "S", "5", "5 S x",
-                                     "1S,abc"])
+                                     "1S,abc", "abc,1S"])
 def test_an_unreadable_grpc_timeout_is_refused_in_grpcs_words(
         host: FakeEnvoyHost, path: str, timeout: str) -> None:
     """gRPC's core refuses it INTERNAL (the Python edge's caller sees this; Triton's too);
@@ -83,3 +83,22 @@ def test_a_grpc_timeout_is_read_as_grpcs_core_reads_it(
     host.start({":path": INFER, "grpc-timeout": timeout}, _request("m"))
     assert host.request_headers() == STOP and host.reply() is None
     assert host.header(lua.SLO_HEADER) == slo
+
+
+@pytest.mark.parametrize(("timeout", "left"), [
+    ("5S", "5S"),  # what Envoy's router reads already: left as sent
+    ("1S,50S", "50000m"),  # a repeat: the router reads no joined value, so none was enforced
+    ("200000000n", "200m"),  # 9 digits: the router reads at most 8 (gRPC's core reads it)
+    (" 5S ", "5000m"),
+    ("1000000001m", None),  # no deadline to gRPC's core: none sent on
+])
+def test_the_grpc_timeout_left_for_envoys_router_is_the_one_grpc_read(
+        host: FakeEnvoyHost, timeout: str, left: str | None) -> None:
+    """Envoy's router enforces the caller's deadline from its own reading of grpc-timeout (at
+    most 8 digits, one value): a joined repeat or a 9-digit value it cannot read went
+    unenforced on the fast path while the listener read it (review9). The listener now
+    leaves the value it read, in the router's form."""
+    assert host.new_config("listener", "margin=5.0;slow=1")
+    host.start({":path": INFER, "grpc-timeout": timeout}, _request("m"))
+    assert host.request_headers() == STOP and host.reply() is None
+    assert host.header("grpc-timeout") == left
