@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <math.h>
 
 #include "rules.h"
 
@@ -314,19 +315,9 @@ int sy_reads(const envoy_http_header* e) {
   return key_is(e, "x-slo-ms") || key_is(e, "x-tenant") ? SY_READ_HINT : 0;
 }
 
-int sy_grpc_timeout(envoy_buffer t, double* ms) {
-  const char* p = t.ptr;
-  const char* end = p ? p + t.length : p;
+static int one_timeout(const char* p, const char* end, double* ms) {
   long long x = 0;
   int digit = 0;
-  if (p == NULL) return 0;
-  /* a repeated grpc-timeout comes joined "1S,50S" (Envoy's codec joins its own headers):
-   * gRPC's core keeps the last one sent */
-  for (const char* c = end; c != p; c--)
-    if (c[-1] == ',') {
-      p = c;
-      break;
-    }
   while (p != end && *p == ' ') p++;
   for (; p != end && *p >= '0' && *p <= '9'; p++) {
     digit = 1;
@@ -347,6 +338,33 @@ int sy_grpc_timeout(envoy_buffer t, double* ms) {
   }
   while (p != end && *p == ' ') p++;
   return p == end ? 1 : -1;
+}
+
+int sy_grpc_timeout(envoy_buffer t, double* ms) {
+  if (t.ptr == NULL) return 0;
+  /* a repeat comes joined "1S,50S": gRPC's core parses each (any unreadable one refuses the
+   * call) and keeps the last */
+  const char* p = t.ptr;
+  const char* end = p + t.length;
+  int got = 0;
+  for (;;) {
+    const char* comma = memchr(p, ',', (size_t)(end - p));
+    const char* stop = comma ? comma : end;
+    got = one_timeout(p, stop, ms);
+    if (got < 0) return -1;
+    if (!comma) return got;
+    p = comma + 1;
+  }
+}
+
+int sy_timeout_for_envoy(double ms, char* out, size_t size) {
+  static const struct { char unit; double per; } units[] = {
+      {'m', 1}, {'S', 1000}, {'M', 60000}, {'H', 3600000}};
+  for (size_t i = 0; i < 4; i++) {
+    double v = ceil(ms / units[i].per);
+    if (v <= 99999999) return snprintf(out, size, "%.0f%c", v, units[i].unit);
+  }
+  return 0;
 }
 
 /* A -bin header's bytes as gRPC carries them (base64, padded or not), at most `limit` of

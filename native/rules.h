@@ -58,6 +58,7 @@ int sy_reads(const envoy_http_header* e);
  * (infinite), never a fault. 1: *ms set; 0: no deadline; -1: unreadable (gRPC refuses the
  * call INTERNAL, SY_TIMEOUT_UNREADABLE). */
 int sy_grpc_timeout(envoy_buffer t, double* ms);
+int sy_timeout_for_envoy(double ms, char* out, size_t size);
 #define SY_TIMEOUT_UNREADABLE "Error parsing 'grpc-timeout' metadata"
 
 int sy_metadata_refusal(const envoy_http_header* h, size_t n, long long max_bytes,

@@ -250,10 +250,7 @@ end
 -- unreadable (refused, as gRPC refuses it). Read as gRPC's core reads it (ParseTimeout,
 -- native/rules.c sy_grpc_timeout): spaces around, digits, one unit; n and u rounded up to
 -- whole ms; over 1,000,000,000 no deadline, whatever follows the digits; of a repeat, the last.
-local function deadline_ms(timeout)
-  if timeout == nil then return nil end
-  -- a repeated grpc-timeout comes joined "1S,50S": gRPC's core keeps the last one sent
-  timeout = timeout:match("([^,]*)$")
+local function one_deadline(timeout)
   local lead = timeout:match("^ *(%d+)")
   if lead ~= nil then
     local d = lead:gsub("^0+", "")
@@ -265,6 +262,24 @@ local function deadline_ms(timeout)
   if unit == "n" then return math.ceil(x / 1000000) end
   if unit == "u" then return math.ceil(x / 1000) end
   return x * UNITS[unit]
+end
+local function deadline_ms(timeout)
+  if timeout == nil then return nil end
+  -- a repeat comes joined "1S,50S": gRPC's core parses each and keeps the last
+  local last
+  for part in (timeout .. ","):gmatch("([^,]*),") do
+    last = one_deadline(part)
+    if last == false then return false end
+  end
+  return last
+end
+-- the caller's deadline as Envoy's router and the slow path's gRPC read it: at most 8 digits
+local function for_envoy(ms)
+  for _, u in ipairs({{{{"m", 1}}, {{"S", 1000}}, {{"M", 60000}}, {{"H", 3600000}}}}) do
+    local v = math.ceil(ms / u[2])
+    if v <= 99999999 then return string.format("%d%s", v, u[1]) end
+  end
+  return nil
 end
 
 -- Is ``left_ms`` of the caller's deadline too little to start an attempt? gRPC sends the
@@ -311,6 +326,14 @@ function envoy_on_request(handle)
   -- gRPC's own words: the Python edge's (and a backend's) server refuses it so; served here,
   -- the caller's deadline would be dropped (the route removes grpc-timeout)
   if budget == false then return reply(handle, 13, "{TIMEOUT_UNREADABLE}") end
+  do
+    local raw = r.got["grpc-timeout"]
+    if raw ~= nil and budget == nil then headers:remove("grpc-timeout")
+    elseif raw ~= nil and (raw:find("[, ]") or #raw > 9) then
+      local canon = for_envoy(budget)
+      if canon ~= nil then headers:replace("grpc-timeout", canon) end
+    end
+  end
   for key in pairs(r.own) do headers:remove(key) end
   -- the caller's deadline as it stands when its headers are in (the Python edge's clock
   -- starts there too); checked again once a ModelInfer's body is in
