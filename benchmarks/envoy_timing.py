@@ -17,10 +17,12 @@ model, so the same work falls in its ``DS_RX_END → US_TX_END``. Envoy's reques
 ``DS_RX_BEG → DS_RX_END`` plus ``DS_RX_END → US_TX_END``.
 
     python -m benchmarks.envoy_timing [--quick] [--only plain,dm,...] [--conc N] [--rounds N]
+                                      [--period-ms P]
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import statistics
 import subprocess
@@ -35,6 +37,7 @@ from benchmarks.common import Section, command_for, main, md_table, progress, ta
 from benchmarks.dataplane import _loop_factory
 from benchmarks.envoy_bisect import BISECT
 from benchmarks.envoy_configs import VARIANTS, Config, Variant
+from benchmarks.triton_pacing import _paced
 from services.ports import free_port
 from services.xds import native
 
@@ -82,7 +85,10 @@ def start(fleet: Fleet, name: str) -> tuple[Target, Path, subprocess.Popen[bytes
     return Target(name, address, v.model, [p.pid]), log, p
 
 
-def run(quick: bool, names: Sequence[str] = DEFAULT, conc: int = 1, rounds: int = 0) -> Section:
+def run(quick: bool, names: Sequence[str] = DEFAULT, conc: int = 1, rounds: int = 0,
+        period_ms: float = 0.0) -> Section:
+    """``period_ms``: instead of the closed loop, one call started every ``period_ms`` at c=1
+    (``triton_pacing._paced``): every variant at one rate, so Triton's phase compares."""
     calls, seconds, rounds = (1000, 4.0, rounds or 4) if quick else (3000, 10.0, rounds or 6)
     t0 = time.monotonic()
     client: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
@@ -95,6 +101,13 @@ def run(quick: bool, names: Sequence[str] = DEFAULT, conc: int = 1, rounds: int 
             order = list(names[r % len(names):]) + list(names[:r % len(names)])
             for n in order:
                 t = started[n][0]
+                if period_ms:
+                    _, _, cpu, p50 = asyncio.run(_paced(t.address, t.model, [], t.pids(),
+                                                        period_ms, calls))
+                    client[n].append((p50 * 1000, cpu))
+                    progress(f"round {r + 1}/{rounds} {n:<13} p50 {p50 * 1000:6.0f} µs  "
+                             f"{cpu:5.0f} µs/call")
+                    continue
                 p = measure(n, t.address, t.model, conc, calls, seconds, t.pids(),
                             warmup=min(200, calls // 4), loop_factory=_loop_factory(),
                             cpu_of=schedstat_seconds)
@@ -117,8 +130,10 @@ def run(quick: bool, names: Sequence[str] = DEFAULT, conc: int = 1, rounds: int 
     table = md_table(["variant", "calls logged", "client p50 µs", "Envoy CPU µs/call",
                       *(f"{a} → {b} µs" for a, b in PHASES), "client p50 − Envoy's total µs"],
                      rows, "l" + "r" * (len(PHASES) + 4))
-    notes = [f"Concurrency {conc}; each point {calls} calls or {seconds:g} s after "
-             f"{min(200, calls // 4)} warm-up calls; {rounds} rounds, the variants in a rotated "
+    load = (f"one call started every {period_ms:g} ms (c=1), {calls} calls after 50 warm-up "
+            "calls" if period_ms else f"Concurrency {conc}; each point {calls} calls or "
+            f"{seconds:g} s after {min(200, calls // 4)} warm-up calls")
+    notes = [f"{load}; {rounds} rounds, the variants in a rotated "
              "order each round; client p50 and CPU: medians over rounds; phases: medians over "
              "every logged call (warm-ups included)."]
     command = command_for(__name__, quick)
@@ -128,16 +143,19 @@ def run(quick: bool, names: Sequence[str] = DEFAULT, conc: int = 1, rounds: int 
         command += f" --conc {conc}"
     if rounds != (4 if quick else 6):
         command += f" --rounds {rounds}"
+    if period_ms:
+        command += f" --period-ms {period_ms:g}"
     return Section("Envoy edges: where a call's time goes inside Envoy", command, table, notes,
                    elapsed_s=time.monotonic() - t0)
 
 
 if __name__ == "__main__":
     only, conc_arg = take_option("--only"), take_option("--conc")
-    rounds_arg = take_option("--rounds")
+    rounds_arg, period = take_option("--rounds"), float(take_option("--period-ms", "0"))
     chosen = tuple(only.split(",")) if only else DEFAULT
     unknown = [n for n in chosen if n not in ALL]
     if unknown:
         raise SystemExit(f"--only: unknown variant(s) {', '.join(unknown)}; known: "
                          f"{', '.join(ALL)}")
-    main(lambda quick: run(quick, chosen, int(conc_arg or 1), int(rounds_arg or 0)), __doc__)
+    main(lambda quick: run(quick, chosen, int(conc_arg or 1), int(rounds_arg or 0), period),
+         __doc__)
