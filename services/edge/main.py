@@ -12,6 +12,7 @@ import grpc
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from placement.errors import SwitchyardError
 from placement.registry import PROFILES, build_profile
 from services import logs
 from services.api.switchyard.v1 import edge_pb2, edge_pb2_grpc, placement_pb2
@@ -28,7 +29,7 @@ from services.edge.service import SERVICE, InferenceService
 from services.edge.shards import ShardedLink, catalog_shards, shard_lookup
 from services.edge.stats import EdgeStats
 from services.edge.upstream import Upstreams
-from services.grpc_errors import AnyContext
+from services.grpc_errors import AnyContext, abort
 from services.placement.shard import configured_shards
 from services.security import transport
 from services.security.tenants import TenantGate
@@ -133,14 +134,25 @@ class RunningEdge:
 
 
 class EdgeAdminService(edge_pb2_grpc.EdgeAdminServicer):
-    def __init__(self, edge_id: str, router: Router, link: PlacementLink | ShardedLink
-                 ) -> None:
+    """``EdgeAdmin``: where tenants are required, a caller's credential is checked first, as
+    for the edge's control RPCs (``tenants.OPEN_RPCS``: none of these is a probe)."""
+
+    def __init__(self, edge_id: str, router: Router, link: PlacementLink | ShardedLink,
+                 inference: InferenceService) -> None:
         self.edge_id, self.router, self.link = edge_id, router, link
+        self.inference = inference
+
+    async def _credential(self, context: AnyContext) -> None:
+        try:
+            self.inference.credential(context)
+        except SwitchyardError as exc:
+            await abort(context, exc)
 
     async def Status(self, request: edge_pb2.EdgeStatusRequest,
                      context: grpc.aio.ServicerContext[
                          edge_pb2.EdgeStatusRequest, edge_pb2.EdgeStatusResponse],
                      ) -> edge_pb2.EdgeStatusResponse:
+        await self._credential(context)
         r = self.router
         resp = edge_pb2.EdgeStatusResponse(
             edge_id=self.edge_id, region=r.store.region, routes_version=r.store.version,
@@ -158,6 +170,7 @@ class EdgeAdminService(edge_pb2_grpc.EdgeAdminServicer):
 
     async def Explain(self, request: placement_pb2.ExplainRequest,
                       context: AnyContext) -> placement_pb2.ExplainResponse:
+        await self._credential(context)
         return await explain.handle(self.router, request, context)  # LLM streams
 
 
@@ -261,8 +274,8 @@ async def start_edge(cfg: MeshConfig, edge: EdgeConfig, port: int | None = None,
                                  forwarded=forwarded, inflight=metrics.inflight)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
         SERVICE, inference.handlers()),))
-    edge_pb2_grpc.add_EdgeAdminServicer_to_server(EdgeAdminService(edge.id, router, link),
-                                                  server)
+    edge_pb2_grpc.add_EdgeAdminServicer_to_server(
+        EdgeAdminService(edge.id, router, link, inference), server)
     hs = add_health_and_reflection(server, [SERVICE, ADMIN])
     bound = transport.bind(server, edge.host, edge.port if port is None else port, cfg.security,
                            "edge", require_client_auth=cfg.security.edge_client_certs)

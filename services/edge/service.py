@@ -31,7 +31,7 @@ from services.edge import hints as hint_parser
 from services.edge.router import DEADLINE_SLACK_S, CallRecord, Router
 from services.edge.stream import first_message, route_stream
 from services.grpc_errors import AnyContext, AnyHandler, abort, status_of
-from services.security.tenants import AuthSource, TenantGate
+from services.security.tenants import OPEN_RPCS, Admission, AuthSource, TenantGate
 from services.security.transport import check_message_size
 from services.security.xfcc import ForwardedCerts
 
@@ -39,6 +39,8 @@ SERVICE = "inference.GRPCInferenceService"
 CONTROL_TIMEOUT_S = 2.0  # per attempt of a control RPC forwarded to a backend
 # Triton protocol extensions the edge answers (ServerMetadata lists them).
 EXTENSIONS = ("model_configuration", "statistics")
+CONTROL_RPCS = ("ServerLive", "ServerReady", "ModelReady", "ModelMetadata", "ModelConfig",
+                "RepositoryIndex", "ServerMetadata", "ModelStatistics")
 # A call that ended before a whole message came: gRPC drops one cut short by the end of the
 # call (a length prefix longer than the bytes sent) unseen, so the handler sees none at all.
 CUT_SHORT = ("the caller half-closed the call before sending a whole one (a message cut "
@@ -168,15 +170,25 @@ class InferenceService:
         try:
             if size is not None and self.max_message_bytes is not None:
                 check_message_size(size, self.max_message_bytes)
-            if self.gate is not None:
-                auth: AuthSource = context.auth_context
-                if self.forwarded is not None:
-                    metadata, auth = self.forwarded.view(metadata, auth)
-                record.admission = self.gate.admit(metadata, auth)
+            record.admission = self._tenant(metadata, context)
         except SwitchyardError as exc:
             record.status = exc.grpc_code
             self.router.on_done(record)
             raise
+
+    def _tenant(self, metadata: Sequence[tuple[str, str | bytes]], context: AnyContext,
+                quota: bool = True) -> Admission | None:
+        """The caller's tenant by the gate (``quota``: a control RPC takes none)."""
+        if self.gate is None:
+            return None
+        auth: AuthSource = context.auth_context
+        if self.forwarded is not None:
+            metadata, auth = self.forwarded.view(metadata, auth)
+        return self.gate.admit(metadata, auth, quota=quota)
+
+    def credential(self, context: AnyContext) -> None:
+        """A control RPC's caller checked as a call's is, no quota taken (``OPEN_RPCS``)."""
+        self._tenant(tuple(context.invocation_metadata() or ()), context, quota=False)
 
     async def _sized(self, requests: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """A stream's requests, each held to ``max_message_bytes`` as a unary request is."""
@@ -347,13 +359,18 @@ class InferenceService:
         return resp
 
     def handlers(self) -> dict[str, AnyHandler]:
-        def unary(fn: Callable[..., Awaitable[Message]], req_cls: type[Message],
-                  resp_cls: type[Message]) -> AnyHandler:
-            """A control RPC, taken from its headers as ``ModelInfer`` is and parsed here:
-            bytes that are not its request (a name that is not UTF-8, say) are
-            INVALID_ARGUMENT, where gRPC's deserializer answered UNKNOWN."""
+        def unary(rpc: str) -> AnyHandler:
+            """A control RPC, taken from its headers as ``ModelInfer`` is, its caller's
+            credential checked first (but for ``OPEN_RPCS``), and parsed here: bytes that are
+            not its request (a name that is not UTF-8, say) are INVALID_ARGUMENT, where
+            gRPC's deserializer answered UNKNOWN."""
+            fn: Callable[..., Awaitable[Message]] = getattr(self, _snake(rpc))
+            req_cls: type[Message] = getattr(service_pb2, rpc + "Request")
+
             async def handler(requests: AsyncIterator[bytes], context: AnyContext) -> Message:
                 try:
+                    if rpc not in OPEN_RPCS:
+                        self.credential(context)
                     try:
                         raw: bytes | None = await first_message(requests, "call")
                     except StopAsyncIteration:
@@ -364,28 +381,17 @@ class InferenceService:
                     raise AssertionError("unreachable") from exc
                 return await fn(request, context)
 
-            return grpc.stream_unary_rpc_method_handler(
-                handler, response_serializer=resp_cls.SerializeToString)
+            return grpc.stream_unary_rpc_method_handler(handler, response_serializer=getattr(
+                service_pb2, rpc + "Response").SerializeToString)
 
-        s = service_pb2
-        return {
-            "ModelInfer": grpc.stream_unary_rpc_method_handler(self.model_infer),
-            "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(self.model_stream_infer),
-            "ServerLive": unary(self.server_live, s.ServerLiveRequest, s.ServerLiveResponse),
-            "ServerReady": unary(self.server_ready, s.ServerReadyRequest,
-                                 s.ServerReadyResponse),
-            "ModelReady": unary(self.model_ready, s.ModelReadyRequest, s.ModelReadyResponse),
-            "ModelMetadata": unary(self.model_metadata, s.ModelMetadataRequest,
-                                   s.ModelMetadataResponse),
-            "ModelConfig": unary(self.model_config, s.ModelConfigRequest,
-                                 s.ModelConfigResponse),
-            "RepositoryIndex": unary(self.repository_index, s.RepositoryIndexRequest,
-                                     s.RepositoryIndexResponse),
-            "ServerMetadata": unary(self.server_metadata, s.ServerMetadataRequest,
-                                    s.ServerMetadataResponse),
-            "ModelStatistics": unary(self.model_statistics, s.ModelStatisticsRequest,
-                                     s.ModelStatisticsResponse),
-        }
+        return {"ModelInfer": grpc.stream_unary_rpc_method_handler(self.model_infer),
+                "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(
+                    self.model_stream_infer), **{rpc: unary(rpc) for rpc in CONTROL_RPCS}}
+
+
+def _snake(rpc: str) -> str:
+    """``ModelStatistics`` -> ``model_statistics``: the method answering the RPC."""
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in rpc).lstrip("_")
 
 
 def _parsed(raw: bytes | None, req_cls: type[Message]) -> Message:

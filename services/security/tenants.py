@@ -40,11 +40,20 @@ TWO_CREDENTIALS = ("authorization carries more than one credential (sent twice, 
 # outside the tenant's residency and cost cap, without a word.
 BINARY_CREDENTIAL = ("a credential sent as authorization-bin is not read; send it as text: "
                      "authorization: Bearer <token>")
+# ``require_tenant``: a caller with no credential, on any RPC but ``OPEN_RPCS``.
+TENANTS_ONLY = ("this edge serves tenants only; send authorization: Bearer <token> or a client "
+                "certificate")
 Metadata = Iterable[tuple[str, str | bytes]] | None
 # HPACK's size of one header entry beyond its name and value (RFC 7541 4.1), as gRPC's
 # servers and Envoy's listener (native/rules.c sy_metadata_refusal) count a header list.
 ENTRY_OVERHEAD = 32
 AuthSource = AuthContext | Callable[[], AuthContext] | None
+# The one rule for which RPCs a caller without a credential may call where tenants are
+# required: the probes only (Triton's liveness and readiness; ``grpc.health.v1`` and
+# reflection are other services, never gated). Every other RPC of an edge (the control RPCs
+# of ``inference.GRPCInferenceService``, ``EdgeAdmin``) passes ``TenantGate.admit`` with
+# ``quota=False``: its credential is checked as a call's, its tenant's quotas are not taken.
+OPEN_RPCS = frozenset({"ServerLive", "ServerReady"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,8 +173,10 @@ class TenantGate:
     def enabled(self) -> bool:
         return self._tables.enabled
 
-    def admit(self, metadata: Metadata, auth: AuthSource = None) -> Admission:
-        """Identify the call's tenant and take its quotas, or raise a SwitchyardError."""
+    def admit(self, metadata: Metadata, auth: AuthSource = None, *, quota: bool = True
+              ) -> Admission:
+        """Identify the call's tenant and take its quotas (``quota``: a control RPC takes
+        none), or raise a SwitchyardError."""
         tables = self._tables
         token = claimed = None
         n = tokens = size = 0
@@ -205,13 +216,12 @@ class TenantGate:
                 raise Unauthenticated(f"x-tenant {claimed!r} is not a credential; send "
                                       "authorization: Bearer <token> or a client certificate")
             if tables.require_tenant:
-                raise Unauthenticated("this edge serves tenants only; send authorization: "
-                                      "Bearer <token> or a client certificate")
+                raise Unauthenticated(TENANTS_ONLY)
             return ANONYMOUS
         if claimed is not None and claimed != policy.name:
             raise PermissionDenied(f"x-tenant {claimed!r} does not match the credential's "
                                    f"tenant {policy.name!r}")
-        return Admission(policy.name, policy, self._take(policy))
+        return Admission(policy.name, policy, self._take(policy) if quota else None)
 
     def _identify(self, tables: _Tables, token: str | bytes | None, auth: AuthSource
                   ) -> TenantPolicy | None:
