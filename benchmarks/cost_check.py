@@ -17,7 +17,8 @@ chance of meeting the SLO, ``fallback-fastest``, ``placement/meet.py``; the fall
 the rows whose own recent miss rate is too high, ``exclude-*``, ``placement/feedback.py``;
 the simulator before it ran the edge's slow start, ``no-slow-start``; a deployment's compute
 from the same variant on the same accelerator elsewhere, and a row nobody has observed
-widened by its mean's uncertainty, ``prior-*``, ``placement/prior.py``), applied inside a
+widened by its mean's uncertainty, ``prior-*``, ``placement/prior.py``; loose calls off
+rows near capacity, ``hot-rows*``, ``placement/hot_rows.py``), applied inside a
 worker process of its own (a fresh one per run: until the borrowing round a pool worker ran
 several checks, so a variant's switch could leak into the next check it ran, ``base``
 included); ``base`` is the brain as committed. Prints one row per (scenario, seed, variant):
@@ -52,6 +53,7 @@ from benchmarks.costsim.trace import generate, outage_windows
 from placement import (
     attempts,
     feedback,
+    hot_rows,
     latency,
     meet,
     model,
@@ -318,6 +320,18 @@ def _attempts(last_leaves: bool, at_once: bool = False) -> Callable[[], None]:
     return apply
 
 
+def _hot_rows(on: bool, hot: float = 0.9, loose: float = 4.0, margin: bool = True,
+              price: float | None = None) -> Callable[[], None]:
+    """Loose calls off hot rows (``placement.hot_rows``): among the rows that pass, a call
+    keeps off a backend at least ``hot`` busy while a cooler row it meets with ``loose`` ×
+    room passes (``margin``: its estimate with the margin learned there; ``price``: a cool
+    row at most that × the cheapest row that passed); ``on`` False: the brain without it."""
+    def apply() -> None:
+        hot_rows.ON, hot_rows.HOT, hot_rows.LOOSE = on, hot, loose
+        hot_rows.WITH_MARGIN, hot_rows.MAX_PRICE = margin, price
+    return apply
+
+
 def _fallback_ignores_avoid() -> None:
     """The fallback over every healthy row, the call's failure domains not kept to
     (``pipeline.FALLBACK_AVOIDS`` off: the brain before it)."""
@@ -325,6 +339,13 @@ def _fallback_ignores_avoid() -> None:
 
 
 VARIANTS: dict[str, Callable[[], None]] = {
+    "hot-rows": _hot_rows(True),
+    "hot-rows-0.8": _hot_rows(True, hot=0.8),
+    "hot-rows-loose-3": _hot_rows(True, loose=3.0),
+    "hot-rows-no-margin": _hot_rows(True, margin=False),
+    "hot-rows-price-1.5": _hot_rows(True, price=1.5),
+    "hot-rows-price-2": _hot_rows(True, price=2.0),
+    "no-hot-rows": _hot_rows(False),
     "fallback-ignores-avoid": _fallback_ignores_avoid,
     "margin-cap-1": _margin_cap(1.0),
     "margin-unbounded": _margin_cap(None),

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from placement import meet
+from placement import hot_rows, meet
 from placement import reserve as reserve_rule
 from placement.errors import NoHealthyDeployment, NothingFeasible, PolicyUnsatisfiable
 from placement.framework import Filter, Picker, Scorer
@@ -127,10 +127,12 @@ class Profile:
         if self.observer is not None and self._calls % self._sample_every == 0:
             return self._choose_timed(cands, ctx, rng, held)
         if cost_sorted and self.cost_band is not None and not held:
-            return self._choose_cost_sorted(cands, ctx, rng, self.cost_band)
+            decision = self._choose_cost_sorted(cands, ctx, rng, self.cost_band)
+            if decision is not None:
+                return decision
         survivors = [c for c in cands if self._keeps(c, ctx, self.filters)]
         if survivors:
-            survivors = list(reserve_rule.spare(survivors, ctx, held))
+            survivors = list(hot_rows.keep_cool(reserve_rule.spare(survivors, ctx, held), ctx))
             scores = self._score(survivors, ctx)
             chosen = survivors[self.picker.pick(survivors, scores, rng)]
             return Decision(chosen, True, len(survivors))
@@ -153,8 +155,9 @@ class Profile:
                         scores.get(c.deployment_id, 0.0)) for c in cands]
 
     def _choose_cost_sorted(self, cands: Sequence[Candidate], ctx: CallContext,
-                            rng: random.Random, band_width: float) -> Decision:
-        """Walk ascending cost; the band is every survivor with cost <= cheapest/(1-band)."""
+                            rng: random.Random, band_width: float) -> Decision | None:
+        """Walk ascending cost; the band is every survivor with cost <= cheapest/(1-band).
+        None: a row of the band is hot (``placement.hot_rows``), so the full filter decides."""
         band: list[Candidate] = []
         limit = float("inf")
         filters = self.filters
@@ -169,6 +172,8 @@ class Profile:
                 band.append(c)
         if not band:
             return self._fallback(cands, ctx, rng)
+        if hot_rows.ON and any(hot_rows.hot(c) for c in band):
+            return None
         scores = self._score(band, ctx)
         return Decision(band[self.picker.pick(band, scores, rng)], True, len(band))
 
@@ -254,7 +259,7 @@ class Profile:
             self.observer("filter", f.name, time.perf_counter() - t0)
         if not survivors:
             return self._fallback(cands, ctx, rng)
-        survivors = list(reserve_rule.spare(survivors, ctx, held))
+        survivors = list(hot_rows.keep_cool(reserve_rule.spare(survivors, ctx, held), ctx))
         t0 = time.perf_counter()
         scores = self._score(survivors, ctx)
         self.observer("scorer", "+".join(s.name for s, _ in self.scorers),

@@ -1,0 +1,62 @@
+"""Loose calls off hot rows (issue 11): a call with slack keeps off a backend near its capacity
+while a cooler row it meets with that slack passes.
+
+Near capacity (``held-out-near-capacity``, the fleet at 0.87 of its service time at the
+peak) the cheapest rule sends each call to the cheapest row that passes its strict SLO test.
+For the loose classes (a 900 ms call on a 120 ms model, a 250 ms one on a 50 ms model) that
+is the spot L4s, cheaper per call than the T4s, so at the peak they fill the very slots the
+tight classes (70 and 150 ms, which only the L4s and faster meet) need, while the T4s idle:
+on seed 0 (quick) the T4s served 111 of the 900 ms class's 6,794 calls and 755 of the 250 ms
+class's 5,825, about 21 % of their slot time busy, and the tight calls that found every fast
+row past this edge's share fell back (19 % of the calls, 579 of the 657 misses).
+
+``keep_cool``: among the rows that pass, a row whose backend the table reports at least
+``HOT`` busy (``meet.utilisation``) is left to the calls that need it when another row passes
+that is below ``HOT`` and that this call meets with ``LOOSE`` times room to spare (its
+estimate, ``CallContext.latency_ms`` plus the learned margin, within ``1 / LOOSE`` of the
+SLO budget). A tight call has no such row, so it keeps every row it had; a loose call pays
+the cooler row's price (the T4's, a little dearer per call than the spot L4's) only while
+the cheap row is hot. Applied after ``placement.reserve``'s rule, by ``Profile.choose``; the
+cost-sorted walk (the edge's) leaves the banded shortcut for the full filter when a row of
+its band is hot.
+
+Measured: see ``benchmarks/RESULTS.md``, 'Cost: loose calls off hot rows' (2026-11-28).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from placement.meet import utilisation
+from placement.model import CallContext, Candidate
+
+ON = False
+HOT = 0.9  # a backend at least this busy at the table's report is hot
+LOOSE = 4.0  # a call is loose on a row whose estimate is within 1 / LOOSE of its budget
+WITH_MARGIN = True  # the estimate includes the margin learned from misses there
+# a cool row at most this × the cheapest row that passed (None: whatever its price)
+MAX_PRICE: float | None = None
+
+
+def hot(c: Candidate) -> bool:
+    """``c``'s backend was at least ``HOT`` busy at the table's report."""
+    return utilisation(c) >= HOT
+
+
+def roomy(c: Candidate, ctx: CallContext) -> bool:
+    """``c`` is cool and this call meets it with ``LOOSE`` × room to spare."""
+    budget = ctx.hints.slo_ms - ctx.slo_margin_ms
+    learned = ctx.slo_margins.get(c.deployment_id, 0.0) if WITH_MARGIN else 0.0
+    return not hot(c) and LOOSE * (ctx.latency_ms(c) + learned) <= budget
+
+
+def keep_cool(rows: Sequence[Candidate], ctx: CallContext) -> Sequence[Candidate]:
+    """``rows`` (those that passed) less the hot ones, when ``ON`` and a row this call meets
+    with ``LOOSE`` × room is cool; else ``rows``."""
+    if not ON or not any(hot(c) for c in rows):
+        return rows
+    keep = [c for c in rows if roomy(c, ctx)]
+    if MAX_PRICE is not None:
+        limit = MAX_PRICE * min(c.cost_usd for c in rows)
+        keep = [c for c in keep if c.cost_usd <= limit]
+    return keep if keep else rows

@@ -1,0 +1,72 @@
+"""Loose calls off hot rows (``placement.hot_rows``): a call with room to spare keeps off a
+backend near capacity while a cooler row it meets with that room passes; a tight call, and
+every call off-peak, keeps the cheapest row (``benchmarks.cost_check``'s ``no-hot-rows`` is
+the rule before it)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from placement import hot_rows
+from placement.model import CallContext, Hints
+from placement.registry import build_profile
+from tests.meet_rows import meet_row
+
+# held-out-near-capacity's shape: the spot L4 is the cheapest per call and 0.95 busy at the
+# peak; the T4 is a little dearer per call, slower (p95 181 ms) and mostly idle.
+L4_HOT = meet_row("l4/asr", "l4", compute=60.0, slots=4.0, conc=8, cost=1.0e-6, busy=0.95)
+T4_COOL = meet_row("t4/asr", "t4", compute=120.0, slots=3.0, conc=6, cost=1.2e-6, busy=0.3)
+ROWS = [L4_HOT, T4_COOL]  # ascending cost, as the edge's tables are
+
+
+def _chosen(slo_ms: float, cost_sorted: bool = False, rows: list | None = None) -> set[str]:
+    profile = build_profile("cheapest")
+    ctx = CallContext(Hints(slo_ms=slo_ms))
+    return {profile.choose(rows or ROWS, ctx, random.Random(seed),
+                           cost_sorted=cost_sorted).candidate.deployment_id
+            for seed in range(20)}
+
+
+@pytest.fixture
+def on(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hot_rows, "ON", True)
+
+
+def test_the_rule_before_sends_a_loose_call_to_the_hot_cheap_row(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hot_rows, "ON", False)
+    assert _chosen(900.0) == {"l4/asr"}
+
+
+@pytest.mark.usefixtures("on")
+def test_a_loose_call_leaves_the_hot_row_to_the_tight_ones() -> None:
+    assert _chosen(900.0) == {"t4/asr"}  # 4 × 181 ms fits 898 ms
+    assert _chosen(900.0, cost_sorted=True) == {"t4/asr"}  # the edge's banded walk alike
+
+
+@pytest.mark.usefixtures("on")
+def test_a_tight_call_keeps_the_hot_row() -> None:
+    assert _chosen(150.0) == {"l4/asr"}  # the T4 cannot meet it
+    assert _chosen(150.0, cost_sorted=True) == {"l4/asr"}
+
+
+@pytest.mark.usefixtures("on")
+def test_a_call_without_room_to_spare_on_the_cool_row_keeps_the_hot_one() -> None:
+    assert _chosen(500.0) == {"l4/asr"}  # the T4 meets 500 ms, but not with 4 × room
+
+
+@pytest.mark.usefixtures("on")
+def test_off_peak_the_cheapest_row_is_kept() -> None:
+    warm = meet_row("l4/asr", "l4", compute=60.0, slots=4.0, conc=8, cost=1.0e-6, busy=0.85)
+    assert _chosen(900.0, rows=[warm, T4_COOL]) == {"l4/asr"}
+    assert _chosen(900.0, cost_sorted=True, rows=[warm, T4_COOL]) == {"l4/asr"}
+
+
+@pytest.mark.usefixtures("on")
+def test_keep_cool_returns_every_row_when_none_is_roomy() -> None:
+    ctx = CallContext(Hints(slo_ms=900.0))
+    hot_t4 = meet_row("t4/asr", "t4", compute=120.0, slots=3.0, conc=6, busy=0.97)
+    assert list(hot_rows.keep_cool([L4_HOT, hot_t4], ctx)) == [L4_HOT, hot_t4]
+    assert list(hot_rows.keep_cool(ROWS, ctx)) == [T4_COOL]
