@@ -248,7 +248,8 @@ static int grpc_content_type(const envoy_http_header* e) {
   return e->value_length == n || e->value_ptr[n] == '+' || e->value_ptr[n] == ';';
 }
 
-int sy_wire_refusal(const envoy_http_header* h, size_t n, char* msg, size_t msg_size) {
+int sy_wire_refusal(const envoy_http_header* h, size_t n, int own, char* msg,
+                    size_t msg_size) {
   char v[41];
   int typed = 0, trailers = 0;
   for (size_t i = 0; i < n; i++) {
@@ -263,40 +264,50 @@ int sy_wire_refusal(const envoy_http_header* h, size_t n, char* msg, size_t msg_
         typed = 1;
         continue;
       }
+      if (!own) continue;
       snprintf(msg, msg_size, "content-type %s is not gRPC's: send application/grpc",
                printable(e, v));
       return 3;
     }
+    if (!own && key_is(e, "grpc-timeout")) {
+      double ms;
+      envoy_buffer t = {e->value_ptr ? e->value_ptr : "", e->value_length};
+      if (sy_grpc_timeout(t, &ms) >= 0) continue;
+      snprintf(msg, msg_size, "%s", SY_TIMEOUT_UNREADABLE);
+      return 13;
+    }
     if (key_is(e, "grpc-encoding")) {
-      if (value_is(e, "identity") || value_is(e, "gzip") || value_is(e, "deflate")) continue;
+      if (own || value_is(e, "identity") || value_is(e, "gzip") || value_is(e, "deflate"))
+        continue;
       snprintf(msg, msg_size, "grpc-encoding %s is not supported: send identity, gzip or "
                "deflate", printable(e, v));
       return 12;
     }
-    if (key_is(e, "grpc-status") || key_is(e, "grpc-message") ||
-        key_is(e, "grpc-status-details-bin")) {
+    if (own && (key_is(e, "grpc-status") || key_is(e, "grpc-message") ||
+                key_is(e, "grpc-status-details-bin"))) {
       snprintf(msg, msg_size, "metadata %.*s is a response's; a call does not send it",
                (int)k, e->key_ptr);
       return 3;
     }
-    if (key_is(e, "grpc-previous-rpc-attempts") && !is_count(e->value_ptr, e->value_length)) {
+    if (own && key_is(e, "grpc-previous-rpc-attempts") &&
+        !is_count(e->value_ptr, e->value_length)) {
       snprintf(msg, msg_size, "metadata grpc-previous-rpc-attempts=%s is not a count of "
                "attempts", printable(e, v));
       return 3;
     }
-    if (k > 4 && memcmp(e->key_ptr + k - 4, "-bin", 4) == 0 &&
-        !is_base64(e->value_ptr, e->value_length)) {
+    if (!own && k > 4 && memcmp(e->key_ptr + k - 4, "-bin", 4) == 0 &&
+        !key_is(e, "grpc-status-details-bin") && !is_base64(e->value_ptr, e->value_length)) {
       snprintf(msg, msg_size, "metadata %.*s is not base64, as a -bin header's value must be",
                (int)(k < 200 ? k : 200), e->key_ptr);
       return 3;
     }
   }
-  if (!typed && n > 0) {
-    snprintf(msg, msg_size, "a call without a content-type is not gRPC: send application/grpc");
+  if (!own && !trailers && n > 0) {
+    snprintf(msg, msg_size, "a call without te: trailers is not gRPC: send te: trailers");
     return 3;
   }
-  if (!trailers && n > 0) {
-    snprintf(msg, msg_size, "a call without te: trailers is not gRPC: send te: trailers");
+  if (own && !typed && n > 0) {
+    snprintf(msg, msg_size, "a call without a content-type is not gRPC: send application/grpc");
     return 3;
   }
   return 0;

@@ -37,12 +37,17 @@ char* sy_hint_message(const char* key, envoy_buffer value, const char* why,
 /* [security.limits] on the caller's metadata (h: every header entry): 0, or the gRPC status
  * (8 over max_metadata_bytes, 3 over max_metadata_count on a call or stream, `checked`) with
  * its message in msg. A limit below 0 is not checked. */
-/* What a backend's gRPC server would reset the stream for in the caller's own metadata (an
- * unknown grpc-encoding: 12; a content-type not application/grpc, or none, no te: trailers
- * (Triton's gRPC answers UNKNOWN "Missing :te header"), a -bin value not
- * base64, a response's grpc-status/-message/
- * -status-details-bin, a grpc-previous-rpc-attempts not a count: 3); 0: none. */
-int sy_wire_refusal(const envoy_http_header* h, size_t n, char* msg, size_t msg_size);
+/* What a backend's gRPC server would reset the stream for in the caller's own metadata; 0:
+ * none. In gRPC's core's order (hostile10, measured on the Python edge): !own, what gRPC's
+ * core refuses as it parses the headers, the first in the caller's order of an unreadable
+ * grpc-timeout (13, SY_TIMEOUT_UNREADABLE), an unknown grpc-encoding (12), a -bin value not
+ * base64 (3), then no te: trailers (3; Triton's gRPC answers UNKNOWN "Missing :te header"),
+ * all before sy_metadata_refusal's limits (the Python edge's gate, after its core); own, what
+ * the Python edge serves but a backend would refuse, after the limits: a content-type not
+ * application/grpc, or none, a response's grpc-status/-message/-status-details-bin, a
+ * grpc-previous-rpc-attempts not a count (3). */
+int sy_wire_refusal(const envoy_http_header* h, size_t n, int own, char* msg,
+                    size_t msg_size);
 
 /* Which of the checks over every header entry read this one: SY_READ_WIRE (sy_wire_refusal
  * may refuse it), SY_READ_HINT (sy_first_fault may), SY_READ_TYPED (a content-type of

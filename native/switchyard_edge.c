@@ -364,21 +364,26 @@ static int listener_checks(envoy_filter f, filter* s, bool end_of_stream,
   int checked = path.ptr != NULL && rpc_in(path, DEADLINE_CHECKED);
   s->deadline_at_ms = 0;
   double budget;
-  int refused = headers_refused(f, c, checked, h, nh), binary = 0, unread = 0;
-  if (!refused && ((w.rules & SY_READ_WIRE) ||
-                   (nh > 0 && (w.rules & (SY_READ_TYPED | SY_READ_TE)) !=
-                                  (SY_READ_TYPED | SY_READ_TE)))) {
-    char msg[512];
-    int code = sy_wire_refusal(h, nh, msg, sizeof msg);
-    if (code != 0) {
-      reply(f, code, msg);
-      refused = 1;
-    }
-  }
-  if (!refused && sy_grpc_timeout(w.timeout, &budget) < 0) {
+  int refused = 0, binary = 0, unread = 0;
+  /* gRPC's core's order (sy_wire_refusal): what its parse refuses, then no te, then the
+   * limits (the Python edge's gate), then what only a backend would refuse */
+  int wire = (w.rules & SY_READ_WIRE) ||
+             (nh > 0 && (w.rules & (SY_READ_TYPED | SY_READ_TE)) != (SY_READ_TYPED | SY_READ_TE));
+  char msg[512];
+  int code = wire ? sy_wire_refusal(h, nh, 0, msg, sizeof msg) : 0;
+  if (code == 0 && sy_grpc_timeout(w.timeout, &budget) < 0) {
     /* gRPC's own words: the Python edge's (and a backend's) server refuses it so; served
      * here, the caller's deadline would be dropped (the route removes grpc-timeout) */
-    reply(f, 13, SY_TIMEOUT_UNREADABLE);
+    code = 13;
+    snprintf(msg, sizeof msg, "%s", SY_TIMEOUT_UNREADABLE);
+  }
+  if (code != 0) {
+    reply(f, code, msg);
+    refused = 1;
+  }
+  if (!refused) refused = headers_refused(f, c, checked, h, nh);
+  if (!refused && wire && (code = sy_wire_refusal(h, nh, 1, msg, sizeof msg)) != 0) {
+    reply(f, code, msg);
     refused = 1;
   }
   if (!refused && w.timeout.ptr != NULL) {

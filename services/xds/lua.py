@@ -317,15 +317,19 @@ function envoy_on_request(handle)
   local headers = handle:headers()
   local r = read_headers(headers)  -- one walk for every check (services/xds/lua_checks.py)
   local path = r.got[":path"]
+  local budget = deadline_ms(r.got["grpc-timeout"])
+  -- in gRPC's core's order (lua_checks.py): what its parse refuses, first in the caller's
+  -- order (an unreadable grpc-timeout in gRPC's own words: the Python edge's server refuses
+  -- it so; served here, the caller's deadline would be dropped), no te, the limits, the rest
+  if budget == false and (r.wire == nil or r.timeout_first) then
+    return reply(handle, 13, "{TIMEOUT_UNREADABLE}")
+  end
+  if r.wire ~= nil then return reply(handle, r.wire, r.wire_message) end
   do
     local code, message = metadata_refusal(r, path)
     if code ~= nil then return reply(handle, code, message) end
-    if r.wire ~= nil then return reply(handle, r.wire, r.wire_message) end
+    if r.own_wire ~= nil then return reply(handle, r.own_wire, r.own_message) end
   end
-  local budget = deadline_ms(r.got["grpc-timeout"])
-  -- gRPC's own words: the Python edge's (and a backend's) server refuses it so; served here,
-  -- the caller's deadline would be dropped (the route removes grpc-timeout)
-  if budget == false then return reply(handle, 13, "{TIMEOUT_UNREADABLE}") end
   do
     local raw = r.got["grpc-timeout"]
     if raw ~= nil and budget == nil then headers:remove("grpc-timeout")

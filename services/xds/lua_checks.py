@@ -16,10 +16,14 @@ a walk is unfinished), and returns what every check needs:
   of them) but not as an entry;
 - the wire refusals (``native/rules.c`` ``sy_wire_refusal`` is the twin): what a backend's
   gRPC server resets the stream for in a caller's own metadata, which Envoy would take for
-  the backend's failure (retried elsewhere, counted by outlier detection): an unknown
-  grpc-encoding (UNIMPLEMENTED), a content-type not application/grpc (or none), a -bin value
-  not base64, a response's grpc-status/-message/-status-details-bin, a
-  grpc-previous-rpc-attempts not a count (INVALID_ARGUMENT); the first such entry answers;
+  the backend's failure (retried elsewhere, counted by outlier detection), in two kinds, as
+  gRPC's core orders them (measured on the Python edge, hostile10): ``wire``, the first in the
+  caller's order of what the core's parse refuses, an unknown grpc-encoding (UNIMPLEMENTED),
+  a -bin value not base64 (INVALID_ARGUMENT) or an unreadable grpc-timeout
+  (``timeout_first``: it came before any other), else no te: trailers, all before the
+  metadata limits; ``own_wire``, what the Python edge serves, after them: a content-type not
+  application/grpc (or none), a response's grpc-status/-message/-status-details-bin, a
+  grpc-previous-rpc-attempts not a count (INVALID_ARGUMENT);
 - the first refused hint (``first_fault``, ``sy_first_fault``'s twin): the first entry, in the
   caller's order, that hints.py's parse refuses among those the listener reads: x-slo-ms
   (SLO_RANGE; a repeat must agree as a number), x-tenant (a repeat must agree) and a hint sent
@@ -81,26 +85,34 @@ local function grpc_content_type(value)
   return rest ~= nil and (rest == "" or rest:sub(1, 1) == "+" or rest:sub(1, 1) == ";")
 end
 
--- One entry's wire refusal: nil, or a status code and message.
-local function wire_fault(key, value, r)
+-- One entry's wire refusal that gRPC's core makes as it parses the headers (an unreadable
+-- grpc-timeout is read_headers' timeout_first): nil, or a status code and message.
+local function core_fault(key, value, r)
   if key == "te" then  -- Envoy keeps only te: trailers; gRPC needs it
     if value == "trailers" then r.te = true end
-    return nil
-  elseif key == "content-type" then
-    if grpc_content_type(value) then r.typed = true; return nil end
-    return 3, "content-type " .. printable(value) .. " is not gRPC's: send application/grpc"
   elseif key == "grpc-encoding" then
     if ENCODINGS[value] then return nil end
     return 12, "grpc-encoding " .. printable(value) .. " is not supported: send identity, "
                .. "gzip or deflate"
+  elseif not RESPONSE_ONLY[key] and #key > 4 and key:find("-bin", -4, true)
+         and not is_base64(value) then
+    return 3, "metadata " .. key:sub(1, 200) .. " is not base64, as a -bin header's value must be"
+  end
+  return nil
+end
+
+-- One entry's wire refusal the Python edge does not make (a backend would): nil, or a status
+-- code and message.
+local function own_fault(key, value, r)
+  if key == "content-type" then
+    if grpc_content_type(value) then r.typed = true; return nil end
+    return 3, "content-type " .. printable(value) .. " is not gRPC's: send application/grpc"
   elseif RESPONSE_ONLY[key] then
     return 3, "metadata " .. key .. " is a response's; a call does not send it"
   elseif key == "grpc-previous-rpc-attempts" then
     if value:match("^%d%d?%d?%d?%d?%d?%d?%d?%d?$") then return nil end
     return 3, "metadata grpc-previous-rpc-attempts=" .. printable(value)
               .. " is not a count of attempts"
-  elseif #key > 4 and key:find("-bin", -4, true) and not is_base64(value) then
-    return 3, "metadata " .. key:sub(1, 200) .. " is not base64, as a -bin header's value must be"
   end
   return nil
 end
@@ -140,7 +152,16 @@ local function read_headers(headers)
         r.count = r.count + 1
       end
     end
-    if r.wire == nil then r.wire, r.wire_message = wire_fault(key, value, r) end
+    if r.wire == nil then
+      if key == "grpc-timeout" then r.timeout_first = true end
+      r.wire, r.wire_message = core_fault(key, value, r)
+    elseif key == "te" and value == "trailers" then
+      r.te = true
+    end
+    if r.own_wire == nil then r.own_wire, r.own_message = own_fault(key, value, r)
+    elseif key == "content-type" and grpc_content_type(value) then
+      r.typed = true
+    end
     if r.fault == nil then
       r.fault = hint_fault(key, value, r)
       if r.fault ~= nil then r.after = r.unread end
@@ -150,10 +171,12 @@ local function read_headers(headers)
     if READ[key] then got[key] = got[key] and (got[key] .. "," .. value) or value end
     if OWN[key] then r.own[key] = true end
   end
-  if r.wire == nil and not r.typed then
-    r.wire, r.wire_message = 3, "a call without a content-type is not gRPC: send application/grpc"
-  elseif r.wire == nil and not r.te then
+  if r.wire == nil and not r.te then
     r.wire, r.wire_message = 3, "a call without te: trailers is not gRPC: send te: trailers"
+  end
+  if r.own_wire == nil and not r.typed then
+    r.own_wire, r.own_message = 3, "a call without a content-type is not gRPC: send "
+                                   .. "application/grpc"
   end
   return r
 end
