@@ -37,7 +37,7 @@ from services.xds.envoy_types import (
     http2,
     route_config_name,
 )
-from services.xds.routes import grpc_status
+from services.xds.routes import NAMED_PATHS, grpc_status
 
 _T = T
 
@@ -61,6 +61,8 @@ HEADER_COUNT = 4096
 # moves this long (a caller that never sends its message) is ended by Envoy, UNAVAILABLE
 # saying so. Not a slow-path stream: its route turns it off (routes.py).
 STREAM_IDLE_TIMEOUT_S = 300.0
+# A caller's deadline passing at Envoy, in the words gRPC's core gives it on a Python edge.
+DEADLINE_WORDS = "Deadline Exceeded"
 
 
 def _metadata_limits(s: EnvoySettings) -> dict[str, Any]:
@@ -157,7 +159,24 @@ def listener(host: str, port: int, region: str, s: EnvoySettings,
              "body": {"inline_string": f"nothing moved on this call for "
                                        f"{STREAM_IDLE_TIMEOUT_S:g} s (the edge's stream idle "
                                        f"timeout)"}},
-            _status_for(504, 4, "switchyard.504"),
+            # every attempt timed out (the router's UT, 'upstream request timeout'), then the
+            # caller's deadline in gRPC's core's words on a Python edge (Envoy's: 'downstream
+            # duration timeout')
+            {"filter": {"and_filter": {"filters": [
+                _status_for(504, 4, "switchyard.504")["filter"],
+                {"response_flag_filter": {"flags": ["UT"]}}]}},
+             "headers_to_add": [grpc_status(4)]},
+            {**_status_for(504, 4, "switchyard.504"),
+             "body": {"inline_string": DEADLINE_WORDS}},
+            # the unknown-model route's reply (routes.py) naming the model the listener read,
+            # as the Python edge's router words it
+            {"filter": {"and_filter": {"filters": [
+                _status_for(404, 5, "switchyard.404")["filter"],
+                {"header_filter": {"header": {"name": ":path", "string_match": {
+                    "safe_regex": {"regex": NAMED_PATHS}}}}}]}},
+             "headers_to_add": [grpc_status(5)],
+             "body_format_override": {"text_format_source": {"inline_string":
+                 f"model '%REQ({lua.MODEL_HEADER})%' %LOCAL_REPLY_BODY%"}}},
             _status_for(400, 3, "switchyard.400")]},
         # Every call, batched, to placement's access-log service (feedback.py), with its
         # model and whole-ms SLO class as the Lua set them (learning.py: the region's class

@@ -232,6 +232,10 @@ def _model_routes(model: str, m: ModelRoutes, s: EnvoySettings) -> list[dict[str
     return routes
 
 
+# the RPCs whose request names the model (lua.NAMED_RPCS), by path
+NAMED_PATHS = f"^{re.escape(lua.SERVICE_PATH)}({'|'.join(lua.NAMED_RPCS)})$"
+
+
 def route_configuration(region: str, models: dict[str, ModelRoutes],
                         s: EnvoySettings) -> route_pb2.RouteConfiguration:
     routes = [_slow_path_route(),
@@ -245,12 +249,12 @@ def route_configuration(region: str, models: dict[str, ModelRoutes],
                                     models[servable[0]].default, s)}
                    for rpc in ("ServerLive", "ServerReady")]
     # A named RPC no model route matched: NOT_FOUND, naming what the mesh serves.
-    named = "|".join(lua.NAMED_RPCS)
-    routes.append({"name": "unknown-model", "match": {"safe_regex": {
-        "regex": f"^{re.escape(lua.SERVICE_PATH)}({named})$"}},
+    # The listener's local-reply mapper puts "model '<the name it read>' " before the body:
+    # the Python edge's router's words (Router.candidates).
+    routes.append({"name": "unknown-model", "match": {"safe_regex": {"regex": NAMED_PATHS}},
                    "direct_response": {"status": 404, "body": {"inline_string": (
-                       "the model is not served by this mesh (it serves: "
-                       f"{', '.join(sorted(models)) or 'nothing yet'})")}},
+                       "is not served by this mesh (known: "
+                       f"{', '.join(sorted(models)) or 'none yet: no route table'})")}},
                    "response_headers_to_add": [grpc_status(5)]})
     return json_format.ParseDict({
         "name": route_config_name(region),

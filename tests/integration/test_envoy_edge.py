@@ -247,7 +247,8 @@ async def test_what_envoy_cannot_route_gets_the_documented_grpc_status_never_unk
     limit = 16 * 1024 * 1024
     cases = {  # name: (request bytes, call options, expected status, words in the message)
         "unknown model": (_infer_request("no-such-model"), {}, grpc.StatusCode.NOT_FOUND,
-                          "serves: generate, summarize"),
+                          "model 'no-such-model' is not served by this mesh (known: "
+                          "generate, summarize)"),
         "bytes that do not parse": (b"\xff\xff\xff", {}, grpc.StatusCode.INVALID_ARGUMENT,
                                     "do not parse"),
         "no model name": (b"", {}, grpc.StatusCode.INVALID_ARGUMENT, "model name is empty"),

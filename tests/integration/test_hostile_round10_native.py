@@ -2,6 +2,11 @@
 its Lua twin, services/xds/), on an Envoy given each (round 8's ``mesh``, its slow path as
 *the Python edge*), raw HTTP/2 callers (h2).
 
+- A caller's deadline passing at Envoy and a model nobody serves, in the Python edge's words
+  (the listener's local-reply mappers): before, Envoy said 'downstream duration timeout'
+  where the Python edge says 'Deadline Exceeded', and 'the model is not served by this mesh
+  (it serves: ...)' where it names the model: "model 'X' is not served by this mesh (known:
+  ...)". An attempt's own timeout (the router's UT) keeps Envoy's words.
 - A call with two faults in its headers is refused for the one gRPC's core refuses first.
   Measured on the Python edge (grpcio's core, then its tenant gate): what the core's parse
   refuses (an unreadable grpc-timeout, an unknown grpc-encoding, a -bin value not base64) in
@@ -14,11 +19,18 @@ its Lua twin, services/xds/), on an Envoy given each (round 8's ``mesh``, its sl
 """
 from __future__ import annotations
 
+import asyncio
+import functools
 import itertools
 
 import pytest
 
+from services.backends.repository import set_control
+from services.backends.triton import TritonProcess
+from services.config import MeshConfig
+from services.xds.listener import DEADLINE_WORDS
 from tests.envoy_harness import EnvoyMesh
+from tests.integration.test_envoy_deadline import parked
 from tests.integration.test_hostile_round8_native import (  # noqa: F401 (fixtures)
     addresses,
     cfg,
@@ -26,7 +38,7 @@ from tests.integration.test_hostile_round8_native import (  # noqa: F401 (fixtur
     mesh,
     raw_call,
 )
-from tests.mesh_harness import request_bytes
+from tests.mesh_harness import eventually, request_bytes
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -101,3 +113,38 @@ async def test_two_faults_are_refused_for_the_one_grpc_refuses_first_alike(
     # where the Python edge serves, Envoy refuses the one it alone refuses
     assert all(env in ENVOY_ONLY for py, env in got.values() if py == "served")
 
+
+async def test_an_expired_deadline_and_an_unknown_model_in_the_python_edges_words(
+        mesh: EnvoyMesh, cfg: MeshConfig,  # noqa: F811 (round 8's fixtures)
+        tritons: dict[str, TritonProcess]) -> None:
+    """A caller's deadline passing while every backend parks its call, and a model nobody
+    serves: the same status and words on both engines. Fails on the old listener config:
+    Envoy said 'downstream duration timeout' and 'the model is not served by this mesh (it
+    serves: ...)'. Every backend's models are parked only inside the test."""
+    hs = [("content-type", "application/grpc"), ("te", "trailers"), ("grpc-timeout", "300m")]
+    got: dict[str, tuple[str, str]] = {}
+    for proc in tritons.values():
+        set_control(proc.repository, hang=True)
+    try:
+        for b in cfg.backends:
+            for variant in (v for v in b.variants if v.startswith("summarize")):
+                await eventually(functools.partial(asyncio.to_thread, parked,
+                                                   tritons[b.id].endpoint, variant),
+                                 10, f"{b.id}/{variant} parks its requests")
+        for name, a in addresses(mesh).items():
+            answer = await asyncio.wait_for(raw_call(a, hs, frame(request_bytes())), 8)
+            assert answer != "reset", (name, answer)
+            got[name] = answer
+    finally:
+        for proc in tritons.values():
+            set_control(proc.repository, hang=False)
+    # the Python edge: gRPC's core's words when its server's deadline fires first, else its
+    # router's, which end in the backend's gRPC's same words
+    python, envoy = got["python"], got["envoy"]
+    assert python[0] == "4" and python[1].endswith(DEADLINE_WORDS), got
+    assert envoy == ("4", DEADLINE_WORDS), got
+    unknown = {n: await raw_call(a, hs[:2], frame(request_bytes("nosuch")))
+               for n, a in addresses(mesh).items()}
+    assert unknown["python"] == ("5", "model 'nosuch' is not served by this mesh (known: "
+                                      "generate, summarize)"), unknown
+    assert unknown["envoy"] == unknown["python"], unknown

@@ -4,6 +4,7 @@ stable per-deployment clusters, the variant in endpoint metadata, a local 503 fo
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 from envoy.extensions.clusters.aggregate.v3 import cluster_pb2 as aggregate_pb2
@@ -185,13 +186,16 @@ def test_envoys_own_replies_carry_the_documented_grpc_statuses() -> None:
     last = rc.routes[route_config_name("r-east")].message.virtual_hosts[0].routes[-1]
     assert last.name == "unknown-model"
     assert "ModelInfer|ModelReady" in last.match.safe_regex.regex
-    assert "it serves: summarize" in last.direct_response.body.inline_string
+    assert "(known: summarize)" in last.direct_response.body.inline_string
     assert [(h.header.key, h.header.value) for h in last.response_headers_to_add] == [
         ("grpc-status", "5")]  # NOT_FOUND, not the UNIMPLEMENTED Envoy derives from 404
     hcm = http_connection_manager_pb2.HttpConnectionManager()
     listener("127.0.0.1", 50051, "r-east", s).filter_chains[0].filters[0].typed_config.Unpack(hcm)
-    mapped = {m.filter.status_code_filter.comparison.value.default_value:
-              [(h.header.key, h.header.value) for h in m.headers_to_add]
+    def status(m: Any) -> int:
+        f = m.filter.and_filter.filters[0] if m.filter.HasField("and_filter") else m.filter
+        return int(f.status_code_filter.comparison.value.default_value)
+
+    mapped = {status(m): [(h.header.key, h.header.value) for h in m.headers_to_add]
               for m in hcm.local_reply_config.mappers}
     # over the limit: RESOURCE_EXHAUSTED, not UNKNOWN; no healthy upstream, overflow, a
     # refused connection: UNAVAILABLE; the deadline: DEADLINE_EXCEEDED; malformed:
@@ -199,8 +203,18 @@ def test_envoys_own_replies_carry_the_documented_grpc_statuses() -> None:
     # timeout: UNAVAILABLE (Envoy alone: UNKNOWN)
     assert mapped == {413: [("grpc-status", "8")], 503: [("grpc-status", "14")],
                       408: [("grpc-status", "14")],
-                      504: [("grpc-status", "4")], 400: [("grpc-status", "3")]}
+                      504: [("grpc-status", "4")], 400: [("grpc-status", "3")],
+                      404: [("grpc-status", "5")]}
     assert str(1 << 20) in hcm.local_reply_config.mappers[0].body.inline_string
+    # the caller's deadline (not an attempt's timeout, UT) and an unknown model in the
+    # Python edge's words (tests/integration/test_hostile_round10_native.py)
+    words = {(status(m), m.filter.HasField("and_filter")): m for m in
+             hcm.local_reply_config.mappers}
+    assert words[504, True].filter.and_filter.filters[1].response_flag_filter.flags == ["UT"]
+    assert not words[504, True].HasField("body")
+    assert words[504, False].body.inline_string == "Deadline Exceeded"
+    assert words[404, True].body_format_override.text_format_source.inline_string == (
+        "model '%REQ(x-switchyard-model)%' %LOCAL_REPLY_BODY%")
 
 
 def test_a_full_queue_is_retried_at_the_next_deployment_under_the_retry_budget() -> None:
