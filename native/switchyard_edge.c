@@ -45,6 +45,9 @@ static const char* const SLOW_RPCS[] = {"ModelStreamInfer", "RepositoryIndex",
                                         "ModelStatistics", "ServerMetadata", NULL};
 static const char* const CONTROL_RPCS[] = {"ModelReady", "ModelMetadata", "ModelConfig",
                                            "ServerLive", "ServerReady", NULL};
+/* the probes a caller without a credential may call where tenants are required
+ * (services/security/tenants.py OPEN_RPCS; lua.py builds its twin from it) */
+static const char* const OPEN_RPCS[] = {"ServerLive", "ServerReady", NULL};
 static const char* const NAMED_RPCS[] = {"ModelInfer", "ModelReady", "ModelMetadata",
                                          "ModelConfig", NULL};
 /* RPCs that start attempts at a backend (lua.py's DEADLINE_CHECKED_RPCS) */
@@ -428,7 +431,12 @@ static int listener_checks(envoy_filter f, filter* s, bool end_of_stream,
   if (w.own & OWN_SLO) remove_header(f, SLO_HEADER);
   if (w.own & OWN_PATH) remove_header(f, PATH_HEADER);
   if (path.ptr == NULL) return HEADERS_CONTINUE;
-  if (rpc_in(path, SLOW_RPCS) || (c->slow_path && rpc_in(path, CONTROL_RPCS))) {
+  /* with require_tenant a control RPC but the probes is the slow path's (its tenant gate):
+   * without one it is refused, never answered by a deployment to a caller with no
+   * credential */
+  if (rpc_in(path, SLOW_RPCS) ||
+      (rpc_in(path, CONTROL_RPCS) &&
+       (c->slow_path || (c->tenants == 2 && !rpc_in(path, OPEN_RPCS))))) {
     to_slow(f, c, path.ptr, path.length);
     return c->slow_path ? HEADERS_CONTINUE : HEADERS_STOP_ITERATION;
   }

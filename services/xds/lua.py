@@ -61,6 +61,7 @@ from typing import Literal
 from placement.attempts import MIN_REMAINING_S
 from services.edge.hints import REQUEST_ID_CHARS
 from services.grpc_errors import MESSAGE_MAX_BYTES
+from services.security.tenants import OPEN_RPCS
 from services.xds.lua_checks import header_checks
 from services.xds.lua_response import response_script
 from services.xds.lua_words import HINT_WORDS, lua_string
@@ -208,6 +209,7 @@ end
 local SLOW_HINTS = {{{", ".join(f'"{h}"' for h in SLOW_HINTS)}}}
 local SLOW_RPCS = {{{", ".join(f'["{SERVICE_PATH}{r}"] = true' for r in SLOW_RPCS)}}}
 local CONTROL_RPCS = {{{", ".join(f'["{SERVICE_PATH}{r}"] = true' for r in CONTROL_RPCS)}}}
+local OPEN_RPCS = {{{", ".join(f'["{SERVICE_PATH}{r}"] = true' for r in sorted(OPEN_RPCS))}}}
 local UNITS = {{H = 3600000, M = 60000, S = 1000, m = 1}}
 local DEADLINE_CHECKED = {{{", ".join(f'["{SERVICE_PATH}{r}"] = true'
                               for r in DEADLINE_CHECKED_RPCS)}}}
@@ -354,7 +356,10 @@ function envoy_on_request(handle)
       return reply(handle, 3, fault)
     end
   end
-  if SLOW_RPCS[path] or (SLOW_PATH and CONTROL_RPCS[path]) then
+  -- with require_tenant a control RPC but the probes is the slow path's (its tenant gate):
+  -- without one it is refused, never answered by a deployment to a caller with no credential
+  if SLOW_RPCS[path] or (CONTROL_RPCS[path] and (SLOW_PATH or (TENANTS == "all"
+                                                             and not OPEN_RPCS[path]))) then
     return slow(handle, headers, path)
   end
   if not NAMED[path] then return end
