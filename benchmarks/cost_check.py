@@ -321,14 +321,16 @@ def _attempts(last_leaves: bool, at_once: bool = False) -> Callable[[], None]:
 
 
 def _hot_rows(on: bool, hot: float = 0.9, loose: float = 4.0, margin: bool = True,
-              price: float | None = None) -> Callable[[], None]:
+              price: float | None = None, measured: str = "") -> Callable[[], None]:
     """Loose calls off hot rows (``placement.hot_rows``): among the rows that pass, a call
     keeps off a backend at least ``hot`` busy while a cooler row it meets with ``loose`` ×
     room passes (``margin``: its estimate with the margin learned there; ``price``: a cool
-    row at most that × the cheapest row that passed); ``on`` False: the brain without it."""
+    row at most that × the cheapest row that passed; ``measured``: a cool row only once
+    measured, "fleet" by any edge, "own" by this one); ``on`` False: the brain without it."""
     def apply() -> None:
         hot_rows.ON, hot_rows.HOT, hot_rows.LOOSE = on, hot, loose
         hot_rows.WITH_MARGIN, hot_rows.MAX_PRICE = margin, price
+        hot_rows.MEASURED = measured
     return apply
 
 
@@ -341,10 +343,16 @@ def _fallback_ignores_avoid() -> None:
 VARIANTS: dict[str, Callable[[], None]] = {
     "hot-rows": _hot_rows(True),
     "hot-rows-0.8": _hot_rows(True, hot=0.8),
+    "hot-rows-0.95": _hot_rows(True, hot=0.95),
     "hot-rows-loose-3": _hot_rows(True, loose=3.0),
     "hot-rows-no-margin": _hot_rows(True, margin=False),
     "hot-rows-price-1.5": _hot_rows(True, price=1.5),
     "hot-rows-price-2": _hot_rows(True, price=2.0),
+    "hot-rows-price-3": _hot_rows(True, price=3.0),
+    "hot-rows-price-4": _hot_rows(True, price=4.0),
+    "hot-rows-price-2-measured": _hot_rows(True, price=2.0, measured="fleet"),
+    "hot-rows-price-2-own": _hot_rows(True, price=2.0, measured="own"),
+    "hot-rows-own": _hot_rows(True, measured="own"),
     "no-hot-rows": _hot_rows(False),
     "fallback-ignores-avoid": _fallback_ignores_avoid,
     "margin-cap-1": _margin_cap(1.0),

@@ -20,7 +20,16 @@ the cheap row is hot. Applied after ``placement.reserve``'s rule, by ``Profile.c
 cost-sorted walk (the edge's) leaves the banded shortcut for the full filter when a row of
 its band is hot.
 
-Measured: see ``benchmarks/RESULTS.md``, 'Cost: loose calls off hot rows' (2026-11-28).
+Measured and off (2026-11-28, ``python -m benchmarks.cost_check --seeds 0 1 --variants base
+hot-rows``, then ``hot-rows-price-1.5``, ``hot-rows-price-2``; quick, every scenario;
+``benchmarks/RESULTS.md``, 'Cost: loose calls off hot rows'): held-out-near-capacity
+98.64/98.96 → 98.97/99.11 % (``MAX_PRICE`` 1.5: 99.10/99.10 %, 2: 99.13/99.10 % at ×0.986),
+held-out-many-models 99.28/99.31 → 99.54/99.45 % at ×1.136 (with ``MAX_PRICE`` 2
+99.36/99.34 %), 17 of 26 runs identical; but without ``MAX_PRICE`` the summed cost ×1.023
+(default ×1.054), with it held-out-return-into-burst seed 1 99.59 → 99.34 % (160 misses
+against 98, "estimate before first samples" 58 → 89: loose calls sent to cool rows this
+edge had not measured yet). ``MEASURED`` "fleet" (99.32 %) does not take that back, "own"
+does in part (99.48 %) and loses most of near capacity's gain (seed 1 99.00 %).
 """
 
 from __future__ import annotations
@@ -36,6 +45,9 @@ LOOSE = 4.0  # a call is loose on a row whose estimate is within 1 / LOOSE of it
 WITH_MARGIN = True  # the estimate includes the margin learned from misses there
 # a cool row at most this × the cheapest row that passed (None: whatever its price)
 MAX_PRICE: float | None = None
+# a cool row only once measured: "" any row, "fleet" by an edge (not the model's guess),
+# "own" by this edge (its own observed p95)
+MEASURED = ""
 
 
 def hot(c: Candidate) -> bool:
@@ -47,6 +59,9 @@ def roomy(c: Candidate, ctx: CallContext) -> bool:
     """``c`` is cool and this call meets it with ``LOOSE`` × room to spare."""
     budget = ctx.hints.slo_ms - ctx.slo_margin_ms
     learned = ctx.slo_margins.get(c.deployment_id, 0.0) if WITH_MARGIN else 0.0
+    own = c.deployment_id in ctx.observed_p95_ms
+    if (MEASURED == "own" and not own) or (MEASURED == "fleet" and not own and not c.observed):
+        return False
     return not hot(c) and LOOSE * (ctx.latency_ms(c) + learned) <= budget
 
 

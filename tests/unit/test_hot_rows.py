@@ -70,3 +70,13 @@ def test_keep_cool_returns_every_row_when_none_is_roomy() -> None:
     hot_t4 = meet_row("t4/asr", "t4", compute=120.0, slots=3.0, conc=6, busy=0.97)
     assert list(hot_rows.keep_cool([L4_HOT, hot_t4], ctx)) == [L4_HOT, hot_t4]
     assert list(hot_rows.keep_cool(ROWS, ctx)) == [T4_COOL]
+
+
+@pytest.mark.usefixtures("on")
+def test_a_cool_row_past_max_price_is_not_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    h100 = meet_row("h100/asr", "h100", compute=17.0, slots=1.0, conc=2, cost=3.0e-6, busy=0.2)
+    monkeypatch.setattr(hot_rows, "MAX_PRICE", None)
+    assert _chosen(900.0, rows=[L4_HOT, h100]) == {"h100/asr"}
+    monkeypatch.setattr(hot_rows, "MAX_PRICE", 1.5)
+    assert _chosen(900.0, rows=[L4_HOT, h100]) == {"l4/asr"}  # 3 × the hot L4's price
+    assert _chosen(900.0, rows=[L4_HOT, T4_COOL, h100]) == {"t4/asr"}  # 1.2 × it
