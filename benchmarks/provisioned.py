@@ -169,7 +169,8 @@ DRAWN = dataclasses.replace(PLANNER, name="+ drawn flows in route rounds", route
 NO_DRAWN = dataclasses.replace(PLANNER, name="planner, route rounds without drawn flows",
                                route_drawn=False)
 # Route rounds that also try the plan without the (pool, variant) pairs a drawn class pins
-# below the plan's cap there (PlannerSettings.route_unpin), and the planner without it
+# below the plan's cap there (PlannerSettings.route_unpin, on by default since 2026-11-28,
+# ninth session), and the planner without it
 UNPIN = dataclasses.replace(PLANNER, name="+ pinned pairs unloaded in route rounds",
                             route_unpin=True)
 NO_UNPIN = dataclasses.replace(PLANNER, name="planner, route rounds plan for pinned pairs",

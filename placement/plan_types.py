@@ -112,8 +112,10 @@ class PlannerSettings:
     # variant unloaded there, its own classes served elsewhere, the drawn calls going to
     # their next option. The round keeps that plan when it leaves no more short (or within
     # the tolerance) and costs less than planning for the pinned pool (default: gcp's Iowa
-    # L4 spot loaded summarize-large, the edges drew Europe's calls to it at 0.33).
-    route_unpin: bool = False
+    # L4 spot loaded summarize-large, the edges drew Europe's calls to it at 0.33). Measured
+    # on the provisioned-cost day's 8 scenarios and kept (benchmarks/RESULTS.md, 2026-11-28,
+    # ninth session, "the pairs a drawn class pins").
+    route_unpin: bool = True
     # When the pools' GPU limits cannot carry the forecast (max_gpus), plan what they can
     # carry (each call/s left out priced far above any GPU; Plan.not_carried) instead of
     # refusing, which keeps the plan in force (placement.planner._carry_what_fits).

@@ -337,7 +337,9 @@ def _routed(problem: Problem, solve: Solver) -> Plan | Infeasible:
     With ``route_drawn``, a round also plans the calls/s the rule sent each class to a
     (pool, variant) beyond the last plan's flow there (``Problem.drawn``): a class that
     took a pool cheaper per call pins it at its own ρ*, which more demand for the short
-    class alone does not show the MILP.
+    class alone does not show the MILP. With ``route_unpin``, a round also solves without
+    the (pool, variant) pairs a drawn class pins (:meth:`plan_route.Shortfall.pinning`) and
+    keeps that plan when it leaves no more short (or within the tolerance) and costs less.
     Only a short class starts a round; a round is ``solve(asked, last plan)`` (a solver may
     start from the last plan: :func:`_plan` restricts the round to what it and the relaxation
     load), and the router's options are built once (:class:`placement.plan_route.Shortfall`).

@@ -29,12 +29,13 @@ RTT = {("a-pin", "hub"): 216.0, ("a-pin", "near"): 1.0, ("a-pin", "alt"): 400.0,
        ("b-only", "hub"): 1.0, ("b-only", "near"): 400.0, ("b-only", "alt"): 1.0}
 
 
-def problem(pin_rps: float, only_rps: float, alt_usd: float, unpin: bool) -> Problem:
+def problem(pin_rps: float, only_rps: float, alt_usd: float, unpin: bool | None) -> Problem:
     alt = PlanPool("alt", "cloud", "alt", "gpu", "on-demand", alt_usd, 80)  # the hub class's other
     return Problem((HUB, NEAR, alt), (V,),
                    (DemandClass("m", 0.0, 400, "a-pin", pin_rps),
                     DemandClass("m", 0.0, 400, "b-only", only_rps)),
                    lambda e, r: RTT[e, r],
+                   PlannerSettings(survive_region_loss=False) if unpin is None else
                    PlannerSettings(survive_region_loss=False, route_unpin=unpin))
 
 
@@ -65,7 +66,7 @@ def test_a_round_unloads_the_pinned_variant_when_that_is_cheaper() -> None:
     pinned = solved(problem(6.0, 2.0, 1.4, unpin=False))
     assert pinned.gpus() == {"hub": 3}  # route_drawn: the hub sized for the pinning class
     assert pinned.usd_per_hour == 3.0
-    p = problem(6.0, 2.0, 1.4, unpin=True)
+    p = problem(6.0, 2.0, 1.4, unpin=None)  # the default: on
     unpinned = solved(p)
     assert unpinned.gpus() == {"alt": 1, "near": 1}
     assert abs(unpinned.usd_per_hour - 2.9) < 1e-9
