@@ -19,9 +19,11 @@ from typing import Any
 import grpc
 import numpy as np
 import tritonclient.grpc as tc
+from tritonclient.utils import InferenceServerException
 
 from services.agent.agent import NodeAgent
 from services.api.switchyard.v1 import placement_pb2_grpc
+from services.backends.repository import set_control
 from services.backends.triton import TritonProcess, stop_all
 from services.backends.wan import WanRelay, relay_routes
 from services.config import MeshConfig
@@ -340,3 +342,35 @@ async def serving_placement(service: Any) -> AsyncIterator[Any]:
             yield placement_pb2_grpc.PlacementStub(ch)
     finally:
         await server.stop(0)
+
+
+def parked(endpoint: str, variant: str) -> bool:
+    """A direct call to ``variant`` does not finish within 0.3 s: the model parks requests."""
+    client = tc.InferenceServerClient(endpoint)
+    try:
+        client.infer(variant, [summarize_input()], client_timeout=0.3)
+    except InferenceServerException as exc:
+        return str(exc.status()) == "StatusCode.DEADLINE_EXCEEDED"
+    finally:
+        client.close()
+    return False
+
+
+@contextlib.asynccontextmanager
+async def models_parked(cfg: MeshConfig, tritons: dict[str, TritonProcess],
+                        model: str = "summarize") -> AsyncIterator[None]:
+    """Inside the block every backend's variants of ``model`` park their calls (the drills'
+    ``hang`` knob), each seen parking a direct call before the block starts; they answer
+    again when it ends, however it ends."""
+    for proc in tritons.values():
+        set_control(proc.repository, hang=True)
+    try:
+        for b in cfg.backends:
+            for variant in (v for v in b.variants if v.startswith(model)):
+                await eventually(lambda e=tritons[b.id].endpoint, v=variant:
+                                 asyncio.to_thread(parked, e, v),
+                                 10, f"{b.id}/{variant} parks its requests")
+        yield
+    finally:
+        for proc in tritons.values():
+            set_control(proc.repository, hang=False)

@@ -17,22 +17,19 @@ asked for one more), or, cut as before, the call has already failed.
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
 import tritonclient.grpc as tc
-from tritonclient.utils import InferenceServerException
 
-from services.backends.repository import set_control
 from services.backends.triton import TritonProcess
 from services.config import MeshConfig
 from services.demo import infer_with_trailers
 from services.edge.envoy.launcher import EnvoyEdge
 from services.placement.main import RunningPlacement
 from tests.envoy_harness import running_envoy_edge
-from tests.mesh_harness import eventually, mesh_config, summarize_input
+from tests.mesh_harness import eventually, mesh_config, models_parked, summarize_input
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -62,18 +59,6 @@ def envoy_counter(envoy: EnvoyEdge, suffix: str) -> int:
     return total
 
 
-def parked(endpoint: str, variant: str) -> bool:
-    """A direct call to ``variant`` does not finish within 0.3 s: the model parks requests."""
-    client = tc.InferenceServerClient(endpoint)
-    try:
-        client.infer(variant, [summarize_input()], client_timeout=0.3)
-    except InferenceServerException as exc:
-        return str(exc.status()) == "StatusCode.DEADLINE_EXCEEDED"
-    finally:
-        client.close()
-    return False
-
-
 def call(envoy: EnvoyEdge) -> dict[str, str]:
     client = tc.InferenceServerClient(envoy.address)
     try:
@@ -91,15 +76,8 @@ async def test_a_call_whose_every_attempt_outlasts_its_per_try_timeout_is_served
     order = placement.ads.region_config(envoy.node.region).orders["summarize"]
     assert len({d.split("/")[0] for d in order[:cfg.edge.max_attempts]}) >= 2, order
     limit = await asyncio.to_thread(envoy_counter, envoy, "upstream_rq_retry_limit_exceeded")
-    for proc in tritons.values():
-        set_control(proc.repository, hang=True)
-    try:
-        # every deployment of the model, wherever a (re)ordered route may send an attempt
-        for b in cfg.backends:
-            for variant in (v for v in b.variants if v.startswith("summarize")):
-                await eventually(functools.partial(asyncio.to_thread, parked,
-                                                   tritons[b.id].endpoint, variant),
-                                 10, f"{b.id}/{variant} parks its requests")
+    # every deployment of the model, wherever a (re)ordered route may send an attempt
+    async with models_parked(cfg, tritons):
         served = asyncio.ensure_future(asyncio.to_thread(call, envoy))
 
         async def attempts_used() -> bool:
@@ -108,9 +86,6 @@ async def test_a_call_whose_every_attempt_outlasts_its_per_try_timeout_is_served
 
         await eventually(attempts_used, DEADLINE_S,
                          "every attempt the call may make has passed its per-try timeout")
-    finally:
-        for proc in tritons.values():
-            set_control(proc.repository, hang=False)
     # Cut at its per-try timeouts (before), the call has failed by now; with its attempts
     # running on, the first to answer once the models resume serves it.
     trailers = await served

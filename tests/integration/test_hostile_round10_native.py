@@ -20,17 +20,14 @@ its Lua twin, services/xds/), on an Envoy given each (round 8's ``mesh``, its sl
 from __future__ import annotations
 
 import asyncio
-import functools
 import itertools
 
 import pytest
 
-from services.backends.repository import set_control
 from services.backends.triton import TritonProcess
 from services.config import MeshConfig
 from services.xds.listener import DEADLINE_WORDS
 from tests.envoy_harness import EnvoyMesh
-from tests.integration.test_envoy_deadline import parked
 from tests.integration.test_hostile_round8_native import (  # noqa: F401 (fixtures)
     addresses,
     cfg,
@@ -38,7 +35,7 @@ from tests.integration.test_hostile_round8_native import (  # noqa: F401 (fixtur
     mesh,
     raw_call,
 )
-from tests.mesh_harness import eventually, request_bytes
+from tests.mesh_harness import models_parked, request_bytes
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -123,21 +120,11 @@ async def test_an_expired_deadline_and_an_unknown_model_in_the_python_edges_word
     serves: ...)'. Every backend's models are parked only inside the test."""
     hs = [("content-type", "application/grpc"), ("te", "trailers"), ("grpc-timeout", "300m")]
     got: dict[str, tuple[str, str]] = {}
-    for proc in tritons.values():
-        set_control(proc.repository, hang=True)
-    try:
-        for b in cfg.backends:
-            for variant in (v for v in b.variants if v.startswith("summarize")):
-                await eventually(functools.partial(asyncio.to_thread, parked,
-                                                   tritons[b.id].endpoint, variant),
-                                 10, f"{b.id}/{variant} parks its requests")
+    async with models_parked(cfg, tritons):
         for name, a in addresses(mesh).items():
             answer = await asyncio.wait_for(raw_call(a, hs, frame(request_bytes())), 8)
             assert answer != "reset", (name, answer)
             got[name] = answer
-    finally:
-        for proc in tritons.values():
-            set_control(proc.repository, hang=False)
     # the Python edge: gRPC's core's words when its server's deadline fires first, else its
     # router's, which end in the backend's gRPC's same words
     python, envoy = got["python"], got["envoy"]

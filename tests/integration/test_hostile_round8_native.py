@@ -20,7 +20,6 @@ HTTP/2 callers (h2), since gRPC clients send none of these.
 from __future__ import annotations
 
 import asyncio
-import functools
 import urllib.parse
 from collections.abc import AsyncIterator, Sequence
 
@@ -30,13 +29,11 @@ import h2.events
 import pytest
 import pytest_asyncio
 
-from services.backends.repository import set_control
 from services.backends.triton import TritonProcess
 from services.config import MeshConfig
 from services.xds import lua
 from tests.envoy_harness import EnvoyMesh, running_envoy_mesh
-from tests.integration.test_envoy_deadline import parked
-from tests.mesh_harness import INFER_PATH, eventually, mesh_config, request_bytes
+from tests.mesh_harness import INFER_PATH, mesh_config, models_parked, request_bytes
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -193,20 +190,10 @@ async def test_the_deadline_gRPC_reads_is_enforced_alike(
     listeners). Every backend's models are parked only inside the test."""
     hs = [*GRPC, *(("grpc-timeout", t) for t in timeouts)]
     got: dict[str, tuple[str, str] | str] = {}
-    for proc in tritons.values():
-        set_control(proc.repository, hang=True)
-    try:
-        for b in cfg.backends:
-            for variant in (v for v in b.variants if v.startswith("summarize")):
-                await eventually(functools.partial(asyncio.to_thread, parked,
-                                                   tritons[b.id].endpoint, variant),
-                                 10, f"{b.id}/{variant} parks its requests")
+    async with models_parked(cfg, tritons):
         for name, a in addresses(mesh).items():
             try:
                 got[name] = await asyncio.wait_for(raw_call(a, hs, frame(request_bytes())), 8)
             except TimeoutError:
                 got[name] = "no answer within 8 s"
-    finally:
-        for proc in tritons.values():
-            set_control(proc.repository, hang=False)
     assert {name: g[0] for name, g in got.items()} == {"python": "4", "envoy": "4"}, got
