@@ -158,7 +158,7 @@ class Report:
 
 
 def run_one(job: tuple[str, int, bool, str, str, int]) -> Report:
-    from benchmarks.cost_check import VARIANTS
+    from benchmarks.cost_variants import VARIANTS
     path, seed, quick, policy, variant, show = job
     VARIANTS[variant]()
     s = suite.scenario_of(suite.Job(path, quick, policy))
