@@ -106,12 +106,6 @@ static void refuse_fault(envoy_filter f, filter* s) {
   reply(f, 3, s->fault ? s->fault : "metadata: a bad hint");
 }
 
-/* The caller's deadline (its grpc-timeout, t) in ms: 1 and *out, or 0 (none; an unreadable
- * one is refused first: listener_checks). */
-static int deadline_ms(envoy_buffer t, double* out) {
-  return sy_grpc_timeout(t, out) > 0;
-}
-
 /* At most this much of the caller's deadline left: nothing is forwarded (lua.py's rule,
  * placement.attempts.MIN_REMAINING_S; gRPC sends the deadline in whole ms, rounded up). */
 #define MIN_REMAINING_MS 2.0
@@ -133,6 +127,8 @@ static void too_late(envoy_filter f, double left_ms) {
 enum { OWN_MODEL = 1, OWN_NAMED = 2, OWN_VARIANT = 4, OWN_SLO = 8, OWN_PATH = 16 };
 typedef struct {
   envoy_buffer path, timeout, cert; /* the first of each, the last timeout (ptr NULL: none) */
+  int deadline;     /* the timeout as read once (sy_grpc_timeout): 1 read, 0 none, -1 unreadable */
+  double deadline_ms; /* when deadline is 1: the caller's budget in ms */
   int own;          /* the x-switchyard-* headers the caller sent (OWN_*), removed */
   int tenant;       /* authorization, x-tenant or either as -bin */
   int slow_hint;    /* 1 + the first of SY_SLOW_HINTS (in its order) sent; 0: none */
@@ -207,9 +203,8 @@ static int slo_ms(envoy_filter f, const config* c, const seen* w, const envoy_ht
     *slo = first_v;
     return 1;
   }
-  double budget;
-  if (deadline_ms(w->timeout, &budget)) {
-    double v = budget - c->margin_ms;
+  if (w->deadline > 0) {
+    double v = w->deadline_ms - c->margin_ms;
     *slo = v < 1 ? 1 : v;
     return 1;
   }
@@ -363,10 +358,10 @@ static int listener_checks(envoy_filter f, filter* s, bool end_of_stream,
   seen w;
   char canon[24];
   see(h, nh, &w);
+  w.deadline = sy_grpc_timeout(w.timeout, &w.deadline_ms);
   envoy_buffer path = w.path;
   int checked = path.ptr != NULL && rpc_in(path, DEADLINE_CHECKED);
   s->deadline_at_ms = 0;
-  double budget;
   int refused = 0, binary = 0, unread = 0;
   /* gRPC's core's order (sy_wire_refusal): what its parse refuses, then no te, then the
    * limits (the Python edge's gate), then what only a backend would refuse */
@@ -374,7 +369,7 @@ static int listener_checks(envoy_filter f, filter* s, bool end_of_stream,
              (nh > 0 && (w.rules & (SY_READ_TYPED | SY_READ_TE)) != (SY_READ_TYPED | SY_READ_TE));
   char msg[512];
   int code = wire ? sy_wire_refusal(h, nh, 0, msg, sizeof msg) : 0;
-  if (code == 0 && sy_grpc_timeout(w.timeout, &budget) < 0) {
+  if (code == 0 && w.deadline < 0) {
     /* gRPC's own words: the Python edge's (and a backend's) server refuses it so; served
      * here, the caller's deadline would be dropped (the route removes grpc-timeout) */
     code = 13;
@@ -392,10 +387,8 @@ static int listener_checks(envoy_filter f, filter* s, bool end_of_stream,
   if (!refused && w.timeout.ptr != NULL) {
     /* what Envoy's router (max_stream_duration), the slow path's gRPC and its deadline
      * header read: gRPC's reading in at most 8 digits, or none */
-    double ms;
-    int got = sy_grpc_timeout(w.timeout, &ms);
-    int k = got > 0 ? sy_timeout_for_envoy(ms, canon, sizeof canon) : 0;
-    if (got == 0) {
+    int k = w.deadline > 0 ? sy_timeout_for_envoy(w.deadline_ms, canon, sizeof canon) : 0;
+    if (w.deadline == 0) {
       remove_header(f, "grpc-timeout");
       w.timeout.ptr = NULL;
     } else if (k > 0 && (w.timeout.length != (size_t)k ||
@@ -407,15 +400,16 @@ static int listener_checks(envoy_filter f, filter* s, bool end_of_stream,
         set_header(f, REQUEST_HEADER, "grpc-timeout", canon, (size_t)k);
         w.timeout.ptr = canon;
         w.timeout.length = (size_t)k;
+        w.deadline = sy_grpc_timeout(w.timeout, &w.deadline_ms); /* what Envoy now reads */
       }
     }
   }
-  if (!refused && checked && deadline_ms(w.timeout, &budget)) {
-    if (budget <= MIN_REMAINING_MS) {
-      too_late(f, budget);
+  if (!refused && checked && w.deadline > 0) {
+    if (w.deadline_ms <= MIN_REMAINING_MS) {
+      too_late(f, w.deadline_ms);
       refused = 1;
     }
-    s->deadline_at_ms = now_ms() + budget;
+    s->deadline_at_ms = now_ms() + w.deadline_ms;
   }
   s->faulted = !refused && checked && (w.rules & SY_READ_HINT) &&
                sy_first_fault(h, nh, &s->fault, &binary, &unread);
