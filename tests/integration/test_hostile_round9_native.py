@@ -12,38 +12,24 @@ Tritons, placement over ADS, a real gRPC client.
 """
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
 import pytest
-import pytest_asyncio
 
-from services.backends.triton import TritonProcess
-from services.config import MeshConfig
 from services.edge.hints import REQUEST_ID_CHARS
-from tests.envoy_harness import EnvoyMesh, running_envoy_mesh
-from tests.integration.test_hostile_round8_native import GRPC, frame, raw_call
-from tests.mesh_harness import INFER_PATH, mesh_config, request_bytes
+from tests.envoy_harness import EnvoyMesh
+from tests.integration.test_hostile_round8_native import (  # noqa: F401 (fixtures)
+    GRPC,
+    cfg,
+    frame,
+    mesh,
+    raw_call,
+)
+from tests.mesh_harness import INFER_PATH, request_bytes
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
-
-
-@pytest.fixture(scope="module")
-def cfg(tmp_path_factory: pytest.TempPathFactory) -> MeshConfig:
-    return mesh_config(tmp_path_factory.mktemp("hostile9-native"))
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module", params=["module", "lua"])
-async def mesh(request: pytest.FixtureRequest, cfg: MeshConfig,
-               tritons: dict[str, TritonProcess],
-               tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[EnvoyMesh]:
-    filters = request.param
-    cfg = cfg.model_copy(update={"edge": cfg.edge.model_copy(
-        update={"envoy_filters": filters})})
-    async with running_envoy_mesh(cfg, tmp_path_factory.mktemp(f"envoy-{filters}")) as m:
-        assert m.envoy.node.module is (filters == "module")
-        yield m
 
 
 async def answer(ch: grpc.aio.Channel, md: Sequence[tuple[str, str]]
@@ -65,7 +51,7 @@ async def answer(ch: grpc.aio.Channel, md: Sequence[tuple[str, str]]
                                               ((("x-slo-ms", "abc"),), "INVALID_ARGUMENT"),
                                               ((("x-min-quality", "0.1"),), "OK")])  # slow
 async def test_a_long_request_id_is_echoed_as_its_first_128_characters_alike(
-        mesh: EnvoyMesh, hint: tuple[tuple[str, str], ...], status: str) -> None:
+        mesh: EnvoyMesh, hint: tuple[tuple[str, str], ...], status: str) -> None:  # noqa: F811
     """Fails on the old listener: the Lua echoed all 300 (served and refused), the module
     256 (served) and 300 (refused)."""
     rid = "".join(chr(ord("a") + i % 26) for i in range(300))
@@ -78,7 +64,7 @@ async def test_a_long_request_id_is_echoed_as_its_first_128_characters_alike(
 
 
 async def test_a_request_id_over_the_metadata_limit_gets_the_edges_refusal(
-        mesh: EnvoyMesh) -> None:
+        mesh: EnvoyMesh) -> None:  # noqa: F811 (round 8's fixture)
     """An x-request-id of 20,000 characters (over max_metadata_bytes): Envoy's listener
     refuses it in its words, and the caller reads them. Fails on the old listener (both
     engines): RESOURCE_EXHAUSTED 'Stream removed (received metadata size exceeds hard limit
@@ -96,7 +82,7 @@ async def test_a_request_id_over_the_metadata_limit_gets_the_edges_refusal(
     [("x-tenant", "%" * 3500), ("x-tenant", "&" * 3500)]],
     ids=["slo-percent", "slo-long", "slo-repeat", "tenant-contradiction"])
 async def test_a_long_refused_hint_gets_the_python_edges_cut_message(
-        mesh: EnvoyMesh, md: list[tuple[str, str]]) -> None:
+        mesh: EnvoyMesh, md: list[tuple[str, str]]) -> None:  # noqa: F811 (round 8's fixture)
     """Fails on the old listener (both engines): 'slo-long' 7,534 characters against the
     Python edge's 6,021, the others RESOURCE_EXHAUSTED 'Stream removed (received metadata
     size exceeds ... limit ...)'."""
@@ -108,7 +94,7 @@ async def test_a_long_refused_hint_gets_the_python_edges_cut_message(
 
 
 async def test_a_long_refused_non_ascii_hint_is_cut_at_the_same_character(
-        mesh: EnvoyMesh) -> None:
+        mesh: EnvoyMesh) -> None:  # noqa: F811 (round 8's fixture)
     """x-slo-ms of 3,000 'e-acute' (two bytes each, six percent-encoded) from a raw HTTP/2
     caller (a gRPC client sends no such value): cut at the same character, counted in
     characters, on both engines. Fails on the old listener: the whole value quoted."""
