@@ -9,6 +9,7 @@ The proto is the one tritonclient ships (``tritonclient.grpc.service_pb2``), not
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from importlib import metadata as _metadata
@@ -30,6 +31,7 @@ from services.edge import deadline, statistics
 from services.edge import hints as hint_parser
 from services.edge.router import DEADLINE_SLACK_S, CallRecord, Router
 from services.edge.stream import first_message, route_stream
+from services.edge.wire import scan_model_name
 from services.grpc_errors import AnyContext, AnyHandler, abort, status_of
 from services.security.tenants import OPEN_RPCS, Admission, AuthSource, TenantGate
 from services.security.transport import check_message_size
@@ -96,7 +98,7 @@ class InferenceService:
         self._unary.inc()
         try:
             raw = await self._request(requests, metadata, context, record)
-            self._admit(len(raw), metadata, context, record)
+            self._admit(raw, metadata, context, record)
             response = await self.router.infer(raw, metadata, _remaining(metadata, context),
                                                record)
         except SwitchyardError as exc:
@@ -163,16 +165,23 @@ class InferenceService:
                 record.admission.release()
         context.set_trailing_metadata(record.trailers())
 
-    def _admit(self, size: int | None, metadata: Sequence[tuple[str, str | bytes]],
+    def _admit(self, raw: bytes | None, metadata: Sequence[tuple[str, str | bytes]],
                context: grpc.aio.ServicerContext[bytes, bytes], record: CallRecord) -> None:
-        """Size and tenant checks before routing; a call they refuse is still counted once
-        (the router never sees it)."""
+        """Size and tenant checks before routing (``raw``: a ModelInfer's message; a stream
+        is checked on its headers, before any); a call they refuse is still counted once (the
+        router never sees it), a ModelInfer under the model its message names, as the router
+        counts it (before, every such call was counted and logged under no model, the
+        metric's ``unknown``: a tenant over its quota on ``summarize`` looked like calls to a
+        model the mesh lacks)."""
         try:
-            if size is not None and self.max_message_bytes is not None:
-                check_message_size(size, self.max_message_bytes)
+            if raw is not None and self.max_message_bytes is not None:
+                check_message_size(len(raw), self.max_message_bytes)
             record.admission = self._tenant(metadata, context)
         except SwitchyardError as exc:
             record.status = exc.grpc_code
+            if raw is not None:
+                with contextlib.suppress(SwitchyardError):  # bytes the router would refuse
+                    record.model = scan_model_name(raw)
             self.router.on_done(record)
             raise
 
