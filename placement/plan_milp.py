@@ -19,7 +19,9 @@ Minimise ``Σ_p usd_per_gpu_hour(p) · n[p]`` (plus a tiny cost per loaded varia
   queue with ``c`` = one GPU's concurrency, conservative for pools of several GPUs) stays
   within the class's SLO: ``ρ* = a/(1+a)``, ``a = c·(slo − rtt − 1.3·compute)/compute``;
 - **capacity**: ``Σ x[k,p,v]·compute(p,v)/1000 <= c·(1 − reclaim_risk(p))·Σ_l tier_l·m[p,l]``
-  (spot GPUs count only for the share the cloud is expected to leave us); with
+  (spot GPUs count only for the share the cloud is expected to leave us; with
+  ``demand_margin``, only for what the demand's margin does not cover:
+  :func:`placement.plan_types.counted`); with
   ``spot_spare`` a spot pool's right side is ``c·(1 − reclaim_risk)·Σ_l tier_l·(m[p,l] −
   t[p,l])``: its flows carried with one GPU taken back (N+1);
 - **memory**: ``Σ_v y[p,v]·footprint(v) <= (1 − headroom)·gpu_memory(p)``;
@@ -50,7 +52,14 @@ from scipy.optimize import LinearConstraint  # type: ignore[import-untyped]
 from scipy.sparse import coo_matrix  # type: ignore[import-untyped]
 
 from placement import plan_pool_loss
-from placement.plan_types import DemandClass, PlanPool, PlanVariant, Problem, max_utilisation
+from placement.plan_types import (
+    DemandClass,
+    PlanPool,
+    PlanVariant,
+    Problem,
+    counted,
+    max_utilisation,
+)
 
 ON_DEMAND = "on-demand"
 SPOT = "spot"
@@ -162,7 +171,7 @@ def build(problem: Problem, gpu_limits: bool = True, shed: bool = False) -> Mode
             served[md.shed[ki]] = 1.0
         md.rows.add(served, k.rate_rps, k.rate_rps, "demand")
     for p in problem.pools:
-        share = p.concurrency_per_gpu * (1.0 - p.reclaim_risk)
+        share = p.concurrency_per_gpu * counted(p, s)
         coefs = dict(work[p.id])
         spare = s.spot_spare and p.price_class == SPOT
         for li, lvl in enumerate(s.tiers):
@@ -219,7 +228,7 @@ def candidates(problem: Problem, k: DemandClass, pairs: Mapping[str, list[Pair]]
     def per_call(c: tuple[PlanPool, PlanVariant, float]) -> float:
         p, v, rho = c
         return (p.usd_per_gpu_hour * p.compute_ms(v)
-                / (p.concurrency_per_gpu * (1.0 - p.reclaim_risk) * rho))
+                / (p.concurrency_per_gpu * counted(p, s) * rho))
 
     ranked = sorted(out, key=lambda c: (per_call(c), c[0].id, c[1].name))
     keep: dict[str, None] = {}  # pool ids, cheapest first

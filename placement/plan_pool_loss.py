@@ -31,6 +31,7 @@ from collections import defaultdict
 from typing import TYPE_CHECKING
 
 from placement.latency import MAX_RHO
+from placement.plan_types import counted
 
 if TYPE_CHECKING:
     from placement.plan_milp import Model
@@ -55,7 +56,7 @@ def rows(md: Model, work: dict[str, dict[int, float]]) -> None:
     def room_of(pid: str) -> int:
         if pid not in room:
             p = by_id[pid]
-            share = p.concurrency_per_gpu * (1.0 - p.reclaim_risk)
+            share = p.concurrency_per_gpu * counted(p, md.problem.settings)
             room[pid] = md.var(0.0, False, ROOM_BOUND)
             coefs = {room[pid]: 1.0, **work[pid]}
             for li, lvl in enumerate(emergency):

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from typing import Generic, NamedTuple, Protocol, TypeVar
 
 from placement.latency import MAX_RHO
-from placement.plan_types import Plan, PlanPool, PlanVariant, Problem, max_utilisation
+from placement.plan_types import Plan, PlanPool, PlanVariant, Problem, counted, max_utilisation
 
 
 class ClassLike(Hashable, Protocol):
@@ -89,14 +89,15 @@ def per_call(p: PlanPool, v: PlanVariant) -> float:
 class Router(Generic[K]):
     """The edges' rule in fluid form (module doc); options per class precomputed.
 
-    ``count_reclaim``: a spot GPU counts for ``1 − reclaim_risk`` of its servers, as the
-    planner's capacity rows count it (the day's judge counts the GPUs that exist).
+    ``count_reclaim``: a spot GPU counts for the share of its servers the planner's capacity
+    rows count it for (:func:`placement.plan_types.counted`; the day's judge counts the GPUs
+    that exist).
     """
 
     def __init__(self, problem: Problem, classes: Iterable[K],
                  count_reclaim: bool = False) -> None:
         self.servers_per_gpu = {p.id: p.concurrency_per_gpu * (
-            1.0 - p.reclaim_risk if count_reclaim else 1.0) for p in problem.pools}
+            counted(p, problem.settings) if count_reclaim else 1.0) for p in problem.pools}
         # per class: (pool, variant, ρ*, service s), cheapest per call first
         self.options: dict[K, list[tuple[str, str, float, float]]] = {}
         self.any_fit: dict[K, list[tuple[str, str, float]]] = {}

@@ -142,6 +142,14 @@ class PlannerSettings:
     # the 4-node search finds no plan or one 34 times dearer).
     pool_loss: bool = False
     pool_loss_boost: float = 0.0
+    # The factor the demand asked of the planner already carries above the forecast (the
+    # forecaster's margin, ``ForecastSettings.peak_factor``). A spot pool's reclaim reserve
+    # then counts only what that margin does not cover: its GPUs count for
+    # ``min(1, (1 − reclaim_risk) · demand_margin)`` of their servers (:func:`counted`), so
+    # the plan carries the margin's demand on every GPU, or the forecast itself with the
+    # reclaims taken, not both at once (1.1 / 0.9: ×1.22 the forecast's work on spot).
+    # 1 = the reserve on top of any margin.
+    demand_margin: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,3 +266,12 @@ def reclaim_reserve(reclaims_per_gpu_hour: float, exposure_s: float) -> float:
     capacity the plan counts a spot GPU for is ``1 −`` that (``PlanPool.reclaim_risk``).
     """
     return 1.0 - math.exp(-max(reclaims_per_gpu_hour, 0.0) * max(exposure_s, 0.0) / 3600.0)
+
+
+def counted(p: PlanPool, s: PlannerSettings) -> float:
+    """The share of ``p``'s GPUs the plan counts: ``1 − reclaim_risk``, or with a demand
+    margin (``PlannerSettings.demand_margin``) the reserve the margin does not already
+    cover, ``min(1, (1 − reclaim_risk) · margin)``. Every capacity the planner counts
+    (``plan_milp``'s rows, ``plan_route``'s check, ``plan_pool_loss``) uses this one rule."""
+    kept = 1.0 - p.reclaim_risk
+    return kept if kept >= 1.0 else min(1.0, kept * max(s.demand_margin, 1.0))
