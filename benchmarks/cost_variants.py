@@ -276,16 +276,22 @@ def _attempts(last_leaves: bool, at_once: bool = False) -> Callable[[], None]:
 
 
 def _hot_rows(on: bool, hot: float = 0.9, loose: float = 4.0, margin: bool = True,
-              price: float | None = None, measured: str = "") -> Callable[[], None]:
+              price: float | None = None, measured: str = "", cool: float | None = None,
+              slower: float | None = None, share: float | None = None
+              ) -> Callable[[], None]:
     """Loose calls off hot rows (``placement.hot_rows``): among the rows that pass, a call
     keeps off a backend at least ``hot`` busy while a cooler row it meets with ``loose`` ×
     room passes (``margin``: its estimate with the margin learned there; ``price``: a cool
     row at most that × the cheapest row that passed; ``measured``: a cool row only once
-    measured, "fleet" by any edge, "own" by this one); ``on`` False: the brain without it."""
+    measured, "fleet" by any edge, "own" by this one; ``cool``: a row below that busy only,
+    ``hot_rows.COOL``; ``slower``: a row at least that × the hot rows' compute only,
+    ``hot_rows.SLOWER``; ``share``: hot by this edge's own calls in flight, at least that ×
+    its slot share, ``hot_rows.SHARE``); ``on`` False: the brain without it."""
     def apply() -> None:
         hot_rows.ON, hot_rows.HOT, hot_rows.LOOSE = on, hot, loose
         hot_rows.WITH_MARGIN, hot_rows.MAX_PRICE = margin, price
-        hot_rows.MEASURED = measured
+        hot_rows.MEASURED, hot_rows.COOL, hot_rows.SLOWER = measured, cool, slower
+        hot_rows.SHARE = share
     return apply
 
 
@@ -308,6 +314,14 @@ VARIANTS: dict[str, Callable[[], None]] = {
     "hot-rows-price-2-measured": _hot_rows(True, price=2.0, measured="fleet"),
     "hot-rows-price-2-own": _hot_rows(True, price=2.0, measured="own"),
     "hot-rows-own": _hot_rows(True, measured="own"),
+    "hot-rows-price-2-cool-0.5": _hot_rows(True, price=2.0, cool=0.5),
+    "hot-rows-price-2-cool-0.7": _hot_rows(True, price=2.0, cool=0.7),
+    "hot-rows-cool-0.5": _hot_rows(True, cool=0.5),
+    "hot-rows-slower": _hot_rows(True, slower=1.2),
+    "hot-rows-price-2-slower": _hot_rows(True, price=2.0, slower=1.2),
+    "hot-rows-share-0.75": _hot_rows(True, share=0.75),
+    "hot-rows-price-2-share-0.75": _hot_rows(True, price=2.0, share=0.75),
+    "hot-rows-price-2-share-0.5": _hot_rows(True, price=2.0, share=0.5),
     "no-hot-rows": _hot_rows(False),
     "fallback-ignores-avoid": _fallback_ignores_avoid,
     "margin-cap-1": _margin_cap(1.0),

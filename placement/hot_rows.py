@@ -48,29 +48,63 @@ MAX_PRICE: float | None = None
 # a cool row only once measured: "" any row, "fleet" by an edge (not the model's guess),
 # "own" by this edge (its own observed p95)
 MEASURED = ""
+# a row a loose call moves to is below this busy at the table's report (None: ``HOT``): room
+# for the loose calls every edge moves there at once, and for the tight calls that may need
+# it next (a burst warms every row)
+COOL: float | None = None
+# a row a loose call moves to is at least this × slower (its compute) than the slowest hot
+# row it leaves (None: any speed): the fast slots are what the tight calls need, and a row as
+# fast as the hot one is a slot they could use as well (held-out-return-into-burst's tight
+# 90 ms calls on the cool L4s the loose calls moved to)
+SLOWER: float | None = None
+# a row is hot by this edge's own calls in flight on its backend (``CallContext.inflight``),
+# at least this × its slot share (``Candidate.slots``), not by the table's report (None):
+# fresh at each call and this edge's own, so the edges do not all move at one report
+SHARE: float | None = None
 
 
-def hot(c: Candidate) -> bool:
-    """``c``'s backend was at least ``HOT`` busy at the table's report."""
+def hot(c: Candidate, ctx: CallContext | None = None) -> bool:
+    """``c``'s backend was at least ``HOT`` busy at the table's report; with ``SHARE`` (and
+    ``ctx``), this edge has at least ``SHARE`` × its slot share of calls in flight there."""
+    if SHARE is not None and ctx is not None:
+        return busy_share(c, ctx) >= SHARE
     return utilisation(c) >= HOT
 
 
+def busy_share(c: Candidate, ctx: CallContext) -> float:
+    """This edge's calls in flight on ``c``'s backend over its slot share there (0 with no
+    share: the edge owns every slot, the table's report decides)."""
+    k = c.slots
+    if k <= 0:
+        return utilisation(c)
+    n = sum(m for dep, m in ctx.inflight.items() if dep.split("/", 1)[0] == c.backend_id)
+    return n / k
+
+
 def roomy(c: Candidate, ctx: CallContext) -> bool:
-    """``c`` is cool and this call meets it with ``LOOSE`` × room to spare."""
+    """``c`` is cool (below ``COOL``, else ``HOT``, busy) and this call meets it with
+    ``LOOSE`` × room to spare."""
     budget = ctx.hints.slo_ms - ctx.slo_margin_ms
     learned = ctx.slo_margins.get(c.deployment_id, 0.0) if WITH_MARGIN else 0.0
     own = c.deployment_id in ctx.observed_p95_ms
     if (MEASURED == "own" and not own) or (MEASURED == "fleet" and not own and not c.observed):
         return False
-    return not hot(c) and LOOSE * (ctx.latency_ms(c) + learned) <= budget
+    cool = HOT if COOL is None else COOL
+    if SHARE is not None and busy_share(c, ctx) >= SHARE:
+        return False
+    return utilisation(c) < cool and LOOSE * (ctx.latency_ms(c) + learned) <= budget
 
 
 def keep_cool(rows: Sequence[Candidate], ctx: CallContext) -> Sequence[Candidate]:
     """``rows`` (those that passed) less the hot ones, when ``ON`` and a row this call meets
-    with ``LOOSE`` × room is cool; else ``rows``."""
-    if not ON or not any(hot(c) for c in rows):
+    with ``LOOSE`` × room is cool (and, with ``SLOWER``, that much slower than the hot
+    rows); else ``rows``."""
+    if not ON or not any(hot(c, ctx) for c in rows):
         return rows
     keep = [c for c in rows if roomy(c, ctx)]
+    if SLOWER is not None:
+        floor = SLOWER * max(c.compute_ms for c in rows if hot(c, ctx))
+        keep = [c for c in keep if c.compute_ms >= floor]
     if MAX_PRICE is not None:
         limit = MAX_PRICE * min(c.cost_usd for c in rows)
         keep = [c for c in keep if c.cost_usd <= limit]

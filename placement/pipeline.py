@@ -172,7 +172,7 @@ class Profile:
                 band.append(c)
         if not band:
             return self._fallback(cands, ctx, rng)
-        if hot_rows.ON and any(hot_rows.hot(c) for c in band):
+        if hot_rows.ON and any(hot_rows.hot(c, ctx) for c in band):
             return None
         scores = self._score(band, ctx)
         return Decision(band[self.picker.pick(band, scores, rng)], True, len(band))

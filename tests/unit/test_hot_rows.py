@@ -80,3 +80,54 @@ def test_a_cool_row_past_max_price_is_not_taken(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(hot_rows, "MAX_PRICE", 1.5)
     assert _chosen(900.0, rows=[L4_HOT, h100]) == {"l4/asr"}  # 3 × the hot L4's price
     assert _chosen(900.0, rows=[L4_HOT, T4_COOL, h100]) == {"t4/asr"}  # 1.2 × it
+
+
+@pytest.mark.usefixtures("on")
+def test_a_warm_row_is_not_cool_enough_under_cool(monkeypatch: pytest.MonkeyPatch) -> None:
+    warm_t4 = meet_row("t4/asr", "t4", compute=120.0, slots=3.0, conc=6, cost=1.2e-6, busy=0.6)
+    monkeypatch.setattr(hot_rows, "COOL", None)  # the rule before: below HOT is cool
+    assert _chosen(900.0, rows=[L4_HOT, warm_t4]) == {"t4/asr"}
+    monkeypatch.setattr(hot_rows, "COOL", 0.5)
+    assert _chosen(900.0, rows=[L4_HOT, warm_t4]) == {"l4/asr"}  # 0.6 busy: not moved to
+    assert _chosen(900.0, cost_sorted=True, rows=[L4_HOT, warm_t4]) == {"l4/asr"}
+    assert _chosen(900.0, rows=ROWS) == {"t4/asr"}  # 0.3 busy: cool
+
+
+def _chosen_with(slo_ms: float, rows: list, inflight: dict[str, int],
+                 cost_sorted: bool = False) -> set[str]:
+    profile = build_profile("cheapest")
+    ctx = CallContext(Hints(slo_ms=slo_ms), inflight=inflight)
+    return {profile.choose(rows, ctx, random.Random(seed),
+                           cost_sorted=cost_sorted).candidate.deployment_id
+            for seed in range(20)}
+
+
+@pytest.mark.usefixtures("on")
+def test_under_share_a_row_is_hot_by_this_edges_own_calls(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    l4_cool = meet_row("l4/asr", "l4", compute=60.0, slots=4.0, conc=8, cost=1.0e-6, busy=0.3)
+    rows = [l4_cool, T4_COOL]
+    own = {"l4/asr": 3}  # 3 of this edge's 4 slots there busy, the table's report 0.3
+    monkeypatch.setattr(hot_rows, "SHARE", None)  # the rule before: the table's report
+    assert _chosen_with(900.0, rows, own) == {"l4/asr"}
+    monkeypatch.setattr(hot_rows, "SHARE", 0.75)
+    assert _chosen_with(900.0, rows, own) == {"t4/asr"}
+    assert _chosen_with(900.0, rows, own, cost_sorted=True) == {"t4/asr"}
+    assert _chosen_with(900.0, rows, {"l4/asr": 2}) == {"l4/asr"}  # half its share
+    assert _chosen_with(150.0, rows, own) == {"l4/asr"}  # a tight call keeps it
+    # the table's 0.95 does not make the row hot while this edge's own share is free
+    assert _chosen_with(900.0, [L4_HOT, T4_COOL], {}) == {"l4/asr"}
+    # nor is a row cool where this edge's own share is as busy
+    assert _chosen_with(900.0, rows, {"l4/asr": 3, "t4/asr": 3}) == {"l4/asr"}
+
+
+@pytest.mark.usefixtures("on")
+def test_under_slower_a_loose_call_moves_only_to_a_slower_row(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    l4_od = meet_row("l4od/asr", "l4od", compute=60.0, slots=4.0, conc=8, cost=1.5e-6, busy=0.2)
+    rows = [L4_HOT, T4_COOL, l4_od]
+    monkeypatch.setattr(hot_rows, "SLOWER", None)
+    assert _chosen(900.0, rows=[L4_HOT, l4_od]) == {"l4od/asr"}  # as fast: the rule before
+    monkeypatch.setattr(hot_rows, "SLOWER", 1.2)
+    assert _chosen(900.0, rows=[L4_HOT, l4_od]) == {"l4/asr"}
+    assert _chosen(900.0, rows=rows) == {"t4/asr"}  # 2 × the hot L4's compute
