@@ -77,8 +77,7 @@ def busy_share(c: Candidate, ctx: CallContext) -> float:
     k = c.slots
     if k <= 0:
         return utilisation(c)
-    n = sum(m for dep, m in ctx.inflight.items() if dep.split("/", 1)[0] == c.backend_id)
-    return n / k
+    return ctx.backend_inflight(c.backend_id) / k
 
 
 def roomy(c: Candidate, ctx: CallContext) -> bool:

@@ -197,6 +197,10 @@ class CallContext:
         return (max(observed, c.latency_p95_ms)
                 if c.penalty_reason.startswith(HARDWARE_PENALTY_PREFIX) else observed)
 
+    def backend_inflight(self, backend_id: str) -> int:
+        """This edge's calls in flight on ``backend_id`` (every variant)."""
+        return self._backend_inflight().get(backend_id, 0)
+
     def _backend_inflight(self) -> dict[str, int]:
         """This edge's calls in flight per backend (every variant), counted once per call."""
         if self._by_backend is None:
