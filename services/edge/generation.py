@@ -61,6 +61,7 @@ class Generation:
         self._probe: asyncio.Future[tuple[bool, int] | None] | None = None
         self.ask: StreamAsk | None = None  # what the last plan asked for
         self._asked = DEFAULT_MAX_TOKENS  # the stream's tokens in all, as the plan knew them
+        self._length: int | None = None  # the generation's tokens in all, once known
         self._eligible: list[Candidate] = []  # what the last plan could choose from
         self._watch: MoveWatch | None = None
         self._move_to: Candidate | None = None  # where ``moving`` decided to continue
@@ -148,7 +149,24 @@ class Generation:
             if self._watch is None and self.goals.tpot_ms is not None:
                 self._watch = MoveWatch(self.goals.tpot_ms, self._asked)
             if self._watch is not None:
+                if self._on is not None and (length := self.length(self._on.variant)):
+                    self._watch.total = length  # the plan's guess until the length is known
                 self._watch.tokens(now, len(self.delivered))
+
+    def length(self, variant: str) -> int | None:
+        """The generation's tokens in all: the request's MAX_TOKENS, else the default output
+        length ``variant`` declares (``tokens``; kept once known, so a stream moved to another
+        variant keeps its own); None while neither is known. Not ``x-max-tokens``: that is
+        only the length the choice plans for (README), and a move or resume that asked the
+        next backend for ``x-max-tokens`` − delivered cut the generation short, or ran it on
+        past its end."""
+        if self._length is None:
+            llm = self.llm
+            if llm is not None and llm.max_tokens is not None:
+                self._length = llm.max_tokens
+            elif (known := self.router.streams.resumable(variant)) is not None and known[1] > 0:
+                self._length = known[1]
+        return self._length
 
     def _within_cap(self, now: float) -> None:
         if self._cap == math.inf or self._on is None:
@@ -166,7 +184,8 @@ class Generation:
         deployment it may use is predicted to meet it (``MoveWatch.decide``; with
         ``x-max-cost-usd``, only one whose predicted cost for the tokens owed, on top of what
         the stream has cost so far, is within the cap), the request that
-        resumes it there (the next ``choose`` returns that deployment; the caller cancels the
+        resumes it there, asking for the generation's tokens still owed (``length``: none
+        when that is unknown) (the next ``choose`` returns that deployment; the caller cancels the
         call on ``c``); else None. Only a one-request stream whose variant declared
         resumption moves, as after a failure."""
         w, llm, streams = self._watch, self.llm, self.router.streams
@@ -178,8 +197,12 @@ class Generation:
             w.decide(now, ())  # on pace: the hysteresis starts over
             return None
         declared = streams.resumable(c.variant)
-        if declared is None or not declared[0]:
+        # the generation's length unknown: a move could not say what is owed
+        length = self.length(c.variant)
+        if declared is None or not declared[0] or length is None or length <= len(
+                self.delivered):
             return None
+        w.total = length
         allowed = [x for x in self._eligible if x.deployment_id != c.deployment_id and (
             x.variant == c.variant or (self.goals.allow_variant_change
                                        and (streams.resumable(x.variant) or (False, 0))[0]))]

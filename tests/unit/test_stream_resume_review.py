@@ -1,0 +1,108 @@
+"""review10's stream-path findings (``/tmp/review10/REPORT.md`` 1, 2, 7, 8, 9), on the real
+``route_stream``, ``Generation``, ``Router`` and attempt policy with a fake demo-LLM upstream
+(``tests.llm_upstream_fake``): token i of prompt p is ``len(p) + i``, so the generation a
+caller should get is known exactly."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from services.edge.router import CallRecord, Router
+from services.edge.stream import route_stream
+from services.edge.tokens import llm_request
+from tests.llm_upstream_fake import FakeLlmUpstreams, tokens_of
+from tests.unit.test_edge_hostile_limits import Context
+from tests.unit.test_edge_resilience import Clock, cand, make_router
+
+pytestmark = pytest.mark.asyncio
+
+PROMPT = [1, 2, 3]  # token i of the generation is 3 + i
+
+
+async def _one(req: bytes) -> AsyncIterator[bytes]:
+    yield req
+
+
+async def run(router: Router, req: bytes, md: list[tuple[str, str]]
+              ) -> tuple[list[bytes], CallRecord, str]:
+    rec = CallRecord("", "")
+    got: list[bytes] = []
+    status = "OK"
+    try:
+        async for r in route_stream(router, _one(req), md, 30.0, rec, Context()):  # type: ignore[arg-type]
+            got.append(r)
+    except Exception as exc:
+        status = type(exc).__name__
+    return got, rec, status
+
+
+def two_backends(**backend: object) -> tuple[Router, FakeLlmUpstreams, Clock]:
+    clock = Clock()
+    router, _, _ = make_router([cand(0, 1e-6, 5), cand(1, 2e-6, 5)], {}, clock)
+    ups = FakeLlmUpstreams(clock)
+    for ep in ("ep0", "ep1"):
+        ups.add(ep, **backend)  # type: ignore[arg-type]
+    router.upstreams = ups  # type: ignore[assignment]
+    return router, ups, clock
+
+
+def slowing(declared: bool) -> tuple[Router, FakeLlmUpstreams]:
+    """b0 and b1 serve m-v (a 60-token default), both measured at 10 ms per token; b0 slows to
+    40 ms per token after 2 tokens. ``declared``: m-v's declaration already cached."""
+    clock = Clock()
+    router, _, _ = make_router([cand(0, 1e-6, 5), cand(1, 2e-6, 5)], {}, clock)
+    for dep in ("b0/m-v", "b1/m-v"):
+        for _ in range(3):
+            router.streams.observe(dep, prefill_ms=1.0, uncached_tokens=3, tpot_ms=10.0, load=0)
+    if declared:
+        router.streams.declare("m-v", True, 60)
+    ups = FakeLlmUpstreams(clock)
+    ups.add("ep0", default_tokens=60, slow_after=2, slow_gap_s=0.04)
+    ups.add("ep1", default_tokens=60)
+    router.upstreams = ups  # type: ignore[assignment]
+    return router, ups
+
+
+SLOW = [("x-slo-ms", "100"), ("x-tpot-ms", "30")]
+
+
+# -- finding 1: a move asks for the generation's remaining tokens, not the plan's guess ----
+
+@pytest.mark.parametrize("hint", [None, "30", "100"])
+async def test_a_stream_moved_for_its_tpot_gets_its_whole_generation_and_no_more(
+        hint: str | None) -> None:
+    """No MAX_TOKENS: the generation is the variant's 60-token default, whatever x-max-tokens
+    (README: only the length the choice plans for). The move asked the new backend for
+    x-max-tokens − delivered: 30 of 60 tokens ended OK with x-slo-met true, or 100 tokens
+    where the generation has 60."""
+    router, _ = slowing(declared=True)
+    md = SLOW + ([("x-max-tokens", hint)] if hint else [])
+    got, rec, status = await run(router, llm_request("m", PROMPT, None), md)
+    trailers = dict(rec.stream)
+    assert trailers.get("x-resumed-reason") == "slow", trailers  # the move happened
+    assert status == "OK" and tokens_of(got) == list(range(3, 63)), (
+        f"{status}: {len(got)} tokens; trailers {trailers}")
+
+
+async def test_a_move_keeps_the_requests_max_tokens() -> None:
+    """MAX_TOKENS 50 in the request wins over the variant's default and the hint."""
+    router, _ = slowing(declared=True)
+    got, rec, status = await run(router, llm_request("m", PROMPT, 50),
+                                 [*SLOW, ("x-max-tokens", "20")])
+    assert dict(rec.stream).get("x-resumed-reason") == "slow", rec.stream
+    assert status == "OK" and tokens_of(got) == list(range(3, 53))
+
+
+async def test_on_a_fresh_edge_the_watch_follows_the_whole_generation() -> None:
+    """The variant's default is not cached when the stream starts: the watch planned for
+    DEFAULT_MAX_TOKENS (16) tokens and stopped predicting after token 16, so the slow
+    stream was never moved (x-tpot-met false). Once the commit's probe brings the declaration
+    the watch follows the generation's 60 tokens, and the stream moves."""
+    router, _ = slowing(declared=False)
+    got, rec, status = await run(router, llm_request("m", PROMPT, None), SLOW)
+    trailers = dict(rec.stream)
+    assert status == "OK" and tokens_of(got) == list(range(3, 63)), trailers
+    assert trailers.get("x-resumed-reason") == "slow" and trailers["x-tpot-met"] == "true", (
+        trailers)
