@@ -31,7 +31,7 @@ from services.cli_errors import Unreachable, rpc_error_message
 from services.cli_explain import cmd_explain
 from services.cli_help import DEFAULT_CONFIG, try_line, up_command
 from services.cli_parser import build_parser
-from services.cli_placement import load_mesh, placement_stub
+from services.cli_placement import load_mesh, placement_stub, transport_mismatch
 from services.cli_preflight import check_edges_answer, check_free
 from services.config import MeshConfig
 from services.logs import configure
@@ -168,7 +168,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(table(GPU_HEADERS, gpus) if gpus else "  no GPU readings reported yet")
     from services.capacity.plan_view import status_section
 
-    print("\n" + status_section(backends, args.placement_address))
+    print("\n" + status_section(backends, args.placement_address, cfg.security))
     routes = stub.GetRouteTables(placement_pb2.GetRouteTablesRequest(), timeout=3)
     for t in routes.tables:
         print(f"\nroute table {t.model} @ {t.edge_region} (version {t.version}, "
@@ -191,7 +191,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     placement_stub(cfg, args)  # resolves args.placement_address
     try:
         return plan_main(args.placement_address, args.replan, args.approve,
-                         again_command(args.config, args.placement))
+                         again_command(args.config, args.placement), cfg.security)
     except grpc.RpcError as exc:  # was "UNIMPLEMENTED: Method not found!, see the log"
         if not (isinstance(exc, grpc.Call) and exc.code() is grpc.StatusCode.UNIMPLEMENTED):
             raise
@@ -295,10 +295,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"switchyard: {exc.message}", file=sys.stderr)
         return 3
     except grpc.RpcError as exc:
-        print(rpc_error_message(exc, getattr(args, "rpc_target", "placement"),
+        target = getattr(args, "rpc_target", "placement")
+        asked = getattr(args, "placement_address", "")
+        print(rpc_error_message(exc, target,
                                 getattr(args, "rpc_elsewhere", "") or "point at a running "
                                 "replica with --placement host:port",
-                                up_command(getattr(args, "config", DEFAULT_CONFIG))),
+                                up_command(getattr(args, "config", DEFAULT_CONFIG)),
+                                handshake=(lambda: transport_mismatch(
+                                    asked, getattr(args, "security", None)))
+                                if asked and target == f"placement at {asked}" else None),
               file=sys.stderr)
         return 3
     except OSError as exc:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import re
+from collections.abc import Callable
 
 import grpc
 
@@ -40,10 +41,13 @@ _UNREACHABLE = ("failed to connect", "connection refused", "dns resolution faile
 
 def rpc_error_message(exc: grpc.RpcError, where: str = "placement",
                       elsewhere: str = "point at a running replica with --placement "
-                                       "host:port", start: str = "switchyard up") -> str:
+                                       "host:port", start: str = "switchyard up",
+                      handshake: Callable[[], str] | None = None) -> str:
     """What went wrong, for people: ``where`` (e.g. "placement at 127.0.0.1:50050")
     unreachable (``start``: the command that starts that mesh), or its own refusal with its
-    message and what to do next."""
+    message and what to do next. ``handshake``: asked when the connection failed (not a
+    deadline), says why when it was the TLS handshake (the port speaks TLS and the config
+    dials plaintext, ...), else ""."""
     if not isinstance(exc, grpc.Call):  # every RpcError a stub raises is also a Call
         return f"switchyard: {exc!r}"
     code, details = exc.code(), exc.details() or ""
@@ -52,6 +56,10 @@ def rpc_error_message(exc: grpc.RpcError, where: str = "placement",
     unreachable = code is grpc.StatusCode.DEADLINE_EXCEEDED or (
         code is grpc.StatusCode.UNAVAILABLE
         and (not details or any(s in details.lower() for s in _UNREACHABLE)))
+    why = (handshake() if handshake is not None and unreachable
+           and code is grpc.StatusCode.UNAVAILABLE else "")
+    if why:
+        return f"switchyard: {why} ({code.name}: {details})"
     if unreachable:
         return (f"switchyard: cannot reach {where} ({code.name}: {details}).\n"
                 f"  next: is the mesh running? Start it with `{start}`, or {elsewhere}")

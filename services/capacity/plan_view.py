@@ -16,7 +16,9 @@ import grpc
 
 from services.api.switchyard.v1 import capacity_pb2, capacity_pb2_grpc
 from services.cli_help import DEFAULT_CONFIG
+from services.cli_placement import admin_channel
 from services.render import table
+from services.security.settings import SecuritySettings
 
 
 def _pools(view: Any) -> dict[str, Any]:
@@ -87,11 +89,12 @@ def _same(resp: capacity_pb2.GetPlanResponse) -> bool:
 
 
 def plan_main(address: str, replan: bool, approve: str | None,
-              again: str = "switchyard plan") -> int:
+              again: str = "switchyard plan", security: SecuritySettings | None = None) -> int:
     """``switchyard plan``; ``approve``: None = show only, "" = the pending plan, else its id;
     ``again``: the command that reaches this placement again (its ``--config`` or
-    ``--placement``), which the ``next:`` line names."""
-    stub = capacity_pb2_grpc.CapacityStub(grpc.insecure_channel(address))
+    ``--placement``), which the ``next:`` line names; ``security``: how to dial it (the
+    config's ``[security]``; None: plaintext)."""
+    stub = capacity_pb2_grpc.CapacityStub(admin_channel(address, security))
     resp = stub.GetPlan(capacity_pb2.GetPlanRequest(replan=replan), timeout=120)
     if approve is None:
         print(render_plan(resp, again))
@@ -111,13 +114,14 @@ def plan_main(address: str, replan: bool, approve: str | None,
     return 0
 
 
-def status_section(backends: Any, address: str) -> str:
+def status_section(backends: Any, address: str,
+                   security: SecuritySettings | None = None) -> str:
     """Variants per backend (what the route tables carry) and, with the loop on, pool sizes."""
     lines = ["variants per backend (loaded and routed)",
              table(["backend", "variants"],
                    [[s.backend.id, ", ".join(v.variant for v in s.backend.variants) or "-"]
                     for s in backends.backends])]
-    stub = capacity_pb2_grpc.CapacityStub(grpc.insecure_channel(address))
+    stub = capacity_pb2_grpc.CapacityStub(admin_channel(address, security))
     try:
         resp = stub.GetPlan(capacity_pb2.GetPlanRequest(), timeout=10)
     except grpc.RpcError as exc:
