@@ -30,6 +30,7 @@ from prometheus_client import CollectorRegistry, Counter
 from placement.attempts import CALLER_STATUSES, RETRYABLE
 from services.api.switchyard.v1 import telemetry_pb2
 from services.edge.stats import EdgeStats
+from services.placement.validate import MAX_MS
 from services.xds.envoy_types import cluster_name
 from services.xds.learning import RegionLearning
 from services.xds.resources import SLOW_PATH_CLUSTER
@@ -86,7 +87,8 @@ def record(stats: EdgeStats, entry: accesslog_pb2.HTTPAccessLogEntry) -> bool:
     attempt policy blames it for (``BLAMED``). False (nothing recorded) when the slow path
     answered (the co-located Python edge reports its own calls: not counted twice), Envoy
     answered itself or the caller ended the call (its deadline, its cancel: never held
-    against a backend), or the deployment answered the request with another error."""
+    against a backend), the deployment answered the request with another error, or the
+    entry's upstream time is past any call's (``validate.MAX_MS``)."""
     c = entry.common_properties
     if c.upstream_cluster == SLOW_PATH_CLUSTER:
         return False
@@ -95,6 +97,11 @@ def record(stats: EdgeStats, entry: accesslog_pb2.HTTPAccessLogEntry) -> bool:
     if not deployment or (status != "OK" and status not in BLAMED):
         return False
     upstream_ms = _ms(c.time_to_last_upstream_rx_byte) - _ms(c.time_to_first_upstream_tx_byte)
+    if not upstream_ms <= MAX_MS:
+        # A duration no call takes (a protobuf Duration reaches 10,000 years): as the
+        # deployment's p95 it would get this edge's whole report refused by placement's
+        # check, every good deployment's observations with it, until the sample aged out.
+        return False
     stats.record(deployment, max(upstream_ms, 0.0), status == "OK")
     return True
 

@@ -99,17 +99,23 @@ class RegionLearning:
         return bool(self._news.get(region)) or self._holding.get(region, False)
 
     def observe(self, region: str, entry: accesslog_pb2.HTTPAccessLogEntry) -> bool:
-        """One logged request of an Envoy edge of ``region``; True if it was learned from."""
+        """One logged request of an Envoy edge of ``region``; True if it was learned from
+        (never for a region no compile has routes for)."""
+        if region not in self.models:
+            # No compile for it yet: placement serves no Envoy there. State is kept only for
+            # the regions placement compiles for, whatever region an access-log stream names
+            # (nothing removes a region's state, and a stream's node.cluster is the caller's).
+            return False
         c = entry.common_properties
         trailers = entry.response.response_trailers
         served_by = trailers.get("x-served-by", "")
         learning = self._region(region)
         if c.upstream_cluster == SLOW_PATH_CLUSTER:
-            if served_by and trailers.get("grpc-status", "") == "0":
+            served = bool(served_by) and trailers.get("grpc-status", "") == "0"
+            if served:
                 learning.other_path(served_by)
                 self._news[region] = self._news.get(region, 0) + 1
-                return True
-            return False
+            return served
         headers = entry.request.request_headers
         model = headers.get(MODEL_HEADER, "")
         if not model:
