@@ -37,13 +37,14 @@ class LlmCall:
         llm = parse_request(req)
         assert llm is not None
         n = llm.max_tokens if llm.max_tokens is not None else self.ep.default_tokens
-        for i in range(n):
+        for i in range(n + 1):  # fail_after == n: the backend fails after its last token
             if (self.ep.fail_after is not None and i >= self.ep.fail_after
                     and not self.ep.ups.failed):
                 self.ep.ups.failed = True
                 await self.q.put(grpc.StatusCode.UNAVAILABLE)
                 return
-            await self.q.put(token(len(llm.prompt) + i))
+            if i < n:
+                await self.q.put(token(len(llm.prompt) + i))
 
     async def done_writing(self) -> None:
         await self.q.put(grpc.aio.EOF)

@@ -101,7 +101,7 @@ class Generation:
         eligible = [c for c in hard if all(f.reject(c, ctx) is None for f in soft)] or hard
         known = router.streams.resumable(eligible[0].variant)
         asked = (llm.max_tokens or self.goals.max_tokens
-                 or (known[1] if known else DEFAULT_MAX_TOKENS))
+                 or (known[1] if known and known[1] > 0 else DEFAULT_MAX_TOKENS))
         holder, seen = router.streams.holder(self.session)
         n = len(self.delivered)
         ask = StreamAsk(prompt_tokens=self.context_tokens, max_tokens=max(asked - n, 1),
@@ -257,7 +257,9 @@ class Generation:
                    cands: Sequence[Candidate]) -> int | None:
         """After a committed stream's upstream failed: the tokens still owed when it can be
         resumed (``tries.may_resume`` is then called), else None. Only a one-request LLM
-        stream can: with more, a resumed request could not say whose tokens were whose."""
+        stream can: with more, a resumed request could not say whose tokens were whose. Nor
+        one whose generation's length is unknown (no MAX_TOKENS, and its variant declares no
+        ``tokens``): read as 0 owed, its backend's death ended the stream OK and truncated."""
         llm = self.llm
         if (not tries.committed or llm is None or requests_sent != 1
                 or tries.expired(self.router.clock())):
@@ -267,8 +269,10 @@ class Generation:
         declared = await _declared(self.router, failed.variant, cands, failed.backend_id)
         if declared is None or not declared[0]:
             return None
-        asked = llm.max_tokens if llm.max_tokens is not None else declared[1]
-        owed = max(asked - len(self.delivered), 0)
+        length = self.length(failed.variant)
+        if length is None:  # neither MAX_TOKENS nor the variant's ``tokens``: owed unknown
+            return None
+        owed = max(length - len(self.delivered), 0)
         if owed:
             tries.may_resume()
         return owed
@@ -322,7 +326,8 @@ async def _declared(router: Router, variant: str, cands: Sequence[Candidate],
         params = resp.config.parameters
         resumable = "switchyard_resumable" in params and (
             params["switchyard_resumable"].string_value == "true")
-        tokens = params["tokens"].string_value if "tokens" in params else ""
+        tokens = params["tokens"].string_value.strip() if "tokens" in params else ""
+        # 0: no default length declared (``Generation.length`` reads it as unknown)
         router.streams.declare(c.variant, resumable, int(tokens) if tokens.isdigit() else 0)
         return router.streams.resumable(c.variant)
     return None

@@ -35,6 +35,7 @@ from typing import Any
 
 import grpc
 
+from placement.attempts import RETRYABLE
 from placement.errors import (
     BackendFailed,
     DeadlineTooShort,
@@ -310,8 +311,11 @@ async def route_stream(router: Router, requests: AsyncIterator[bytes],
                 if not pipe.replayable:
                     tries.unreplayable()
                 owed = await gen.owed(tries, pipe.count, c, cands)
-                if owed == 0:  # every token asked for was delivered: the stream is whole
-                    router.observe_success(c, stream_latency_ms(began, heard, pipe.count))
+                if owed == 0:
+                    # every token of the generation was delivered: the stream is whole, but
+                    # its backend failed, and is never recorded as a success
+                    router.observe_failure(failure, failure.status in RETRYABLE and not (
+                        tries.caller_gave_up(failure.status, router.clock())))
                     return
                 verdict = tries.failed(c, failure.status, cands, router.clock(),
                                        router.budget.try_retry)

@@ -106,3 +106,49 @@ async def test_on_a_fresh_edge_the_watch_follows_the_whole_generation() -> None:
     assert status == "OK" and tokens_of(got) == list(range(3, 63)), trailers
     assert trailers.get("x-resumed-reason") == "slow" and trailers["x-tpot-met"] == "true", (
         trailers)
+
+
+# -- finding 2: an unknown length is not "nothing owed"; a failed backend is no success -----
+
+async def test_a_variant_without_a_tokens_param_ends_a_cut_stream_with_the_backends_status(
+        ) -> None:
+    """The variant declares switchyard_resumable but no ``tokens`` (any LLM but the demo),
+    the request no MAX_TOKENS: its backend dies after 5 of 40 tokens. The unknown default
+    (0) was read as 'every token delivered': the stream ended OK with 5 tokens and the dead
+    backend got a success. What is owed is unknown, so it cannot resume: the backend's
+    status, and the failure blamed."""
+    router, _, _ = two_backends(fail_after=5, params={"switchyard_resumable": "true"})
+    got, rec, status = await run(router, llm_request("m", PROMPT, None), [("x-slo-ms", "100")])
+    assert len(got) == 5 and status == "BackendFailed" and rec.status == "UNAVAILABLE", (
+        f"stream ended {status}/{rec.status} with {len(got)} of 40 tokens")
+    assert rec.chosen is not None
+    dep = router.stats.by_deployment[rec.chosen.deployment_id]
+    assert dep.failures == 1 and not dep.latencies_ms, dep
+
+
+async def test_a_tokens_param_with_spaces_is_the_variants_length() -> None:
+    """``tokens: "40 "`` is a 40-token default (it was read as none, as in the test above)."""
+    router, _, _ = two_backends(fail_after=5, params={"switchyard_resumable": "true",
+                                                      "tokens": "40 "})
+    got, rec, status = await run(router, llm_request("m", PROMPT, None), [("x-slo-ms", "100")])
+    assert status == "OK" and tokens_of(got) == list(range(3, 43)), rec.stream
+    assert dict(rec.stream)["x-resumed"] == "1"
+
+
+async def test_control_a_variant_with_its_tokens_param_resumes_whole() -> None:
+    router, _, _ = two_backends(fail_after=5)
+    got, rec, status = await run(router, llm_request("m", PROMPT, None), [("x-slo-ms", "100")])
+    assert status == "OK" and tokens_of(got) == list(range(3, 43))
+    assert dict(rec.stream)["x-resumed"] == "1"
+
+
+async def test_a_backend_failing_after_the_last_token_asked_is_not_recorded_as_a_success(
+        ) -> None:
+    """MAX_TOKENS 5, all 5 delivered, then UNAVAILABLE: the stream is whole (OK, nothing to
+    resume), but the backend failed: a failure, never a success."""
+    router, _, _ = two_backends(fail_after=5)
+    got, rec, status = await run(router, llm_request("m", PROMPT, 5), [("x-slo-ms", "100")])
+    assert status == "OK" and tokens_of(got) == list(range(3, 8))
+    assert rec.chosen is not None
+    dep = router.stats.by_deployment[rec.chosen.deployment_id]
+    assert dep.failures == 1 and not dep.latencies_ms, dep
