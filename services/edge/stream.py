@@ -227,7 +227,6 @@ async def route_stream(router: Router, requests: AsyncIterator[bytes],
     try:
         try:
             first = await first_message(requests)
-            began = router.clock()  # the stream's latency sample starts here
         except StopAsyncIteration:
             # No message: a stream the caller closed empty is OK; one whose deadline ran out
             # first ends as any other stream with too little deadline left, one its caller
@@ -276,6 +275,10 @@ async def route_stream(router: Router, requests: AsyncIterator[bytes],
             # server#7368), and 120 streams whose callers' deadlines ran out 1-8 tokens in
             # killed both generate backends 2 runs of 4 (tests/integration/
             # test_hostile_round4.py).
+            # The latency sample for ``c`` starts with its attempt: from the stream's first
+            # request, a stream resumed (or moved) after 5 s on a dying (or slow) backend
+            # charged the deployment that served its last 0.35 s with 5.35 s.
+            began = router.clock()
             call = router.upstreams.get(c.endpoint).stream()
             upstream = _Upstream(call, router.stalls.watch(c.backend_id), router.stalls.clock)
             try:
@@ -380,7 +383,8 @@ async def first_message(requests: AsyncIterator[bytes], what: str = "stream") ->
 
 def stream_latency_ms(began: float, heard: float | None, requests: int) -> float | None:
     """A served stream's latency sample for its deployment (``EdgeStats``, reported to
-    placement): from its first request in to its last response, the backend's work; none
+    placement): from the start of its attempt there (its first request in, for a stream
+    served by its first attempt) to its last response, the backend's work; none
     for a stream of several requests (the caller's pauses between them are in that span) or
     without a response. Not to the stream's end: a caller that held its stream open after the
     last token, or until its own deadline, taught the edge and placement that the deployment

@@ -152,3 +152,37 @@ async def test_a_backend_failing_after_the_last_token_asked_is_not_recorded_as_a
     assert rec.chosen is not None
     dep = router.stats.by_deployment[rec.chosen.deployment_id]
     assert dep.failures == 1 and not dep.latencies_ms, dep
+
+
+# -- finding 7: the latency sample is the attempt's, not the stream's --------------------
+
+@pytest.mark.parametrize("why", ["failed", "slow"])
+async def test_a_resumed_or_moved_streams_latency_sample_is_its_last_attempts(why: str) -> None:
+    """``failed``: 5 tokens 1 s apart, then the backend dies; the other 35 come 10 ms apart on
+    the deployment it resumed on, which got a ~5,350 ms sample (the stream's time from its
+    first request) for ~350 ms of its own work. ``slow``: the same for a move away from a
+    slow deployment (its 40 ms tokens charged to the fast target)."""
+    if why == "failed":
+        clock = Clock()
+        router, _, _ = make_router([cand(0, 1e-6, 5), cand(1, 2e-6, 5)], {}, clock)
+        ups = FakeLlmUpstreams(clock, first_gap_s=1.0)  # the first attempt: 1 s per token
+        for ep in ("ep0", "ep1"):
+            ups.add(ep, fail_after=5)
+        router.upstreams = ups  # type: ignore[assignment]
+        own_ms = 35 * 10
+        md = [("x-slo-ms", "100")]
+    else:
+        router, ups = slowing(declared=True)
+        md = SLOW
+    got, rec, status = await run(router, llm_request("m", PROMPT, None), md)
+    trailers = dict(rec.stream)
+    length = 40 if why == "failed" else 60
+    assert status == "OK" and tokens_of(got) == list(range(3, 3 + length)), trailers
+    assert trailers["x-resumed-reason"] == why, trailers
+    assert rec.chosen is not None
+    if why == "slow":  # the target's tokens: those after the move, 10 ms apart
+        own_ms = 10 * (60 - ups.get("ep0").sent)
+    samples = list(router.stats.by_deployment[rec.chosen.deployment_id].latencies_ms)
+    assert samples == [pytest.approx(own_ms, abs=1.0)], (
+        f"{rec.chosen.deployment_id}'s latency samples {samples} (its own tokens took "
+        f"~{own_ms} ms)")
