@@ -76,6 +76,11 @@ def repoint_slow_path(config: dict[str, Any], port: int) -> None:
 
 
 def write_atomically(path: pathlib.Path, config: dict[str, Any]) -> None:
+    """``config`` as JSON at ``path``, whole or not at all: written beside it, flushed to the
+    disk, then renamed over it (a crash leaves the old file or the new one)."""
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(config))
+    with tmp.open("w") as f:
+        f.write(json.dumps(config))
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)

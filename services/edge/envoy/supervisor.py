@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import pathlib
 import threading
 import time
 import urllib.error
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import Any
 
 import structlog
 
@@ -50,11 +52,31 @@ class Supervisor:
         return any(listening(a.rpartition(":")[0], int(a.rpartition(":")[2]))
                    for a in self.placement)
 
-    def _start(self, mode: str) -> EnvoyEdge:
+    def _read_snapshot(self) -> dict[str, Any] | None:
+        """The saved config, or None when it cannot be read as one (a crash or a full disk
+        while it was written): it is moved aside, so the next start does not read it again,
+        and the edge starts from its ADS bootstrap as with no snapshot."""
+        try:
+            saved = json.loads(self.snapshot_path.read_text())
+            if isinstance(saved, dict) and isinstance(saved.get("static_resources"), dict):
+                return saved
+            why = "not an Envoy bootstrap with static_resources"
+        except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError too
+            why = f"{type(exc).__name__}: {exc}"
+        aside = self.snapshot_path.with_suffix(".unreadable")
+        with contextlib.suppress(OSError):
+            os.replace(self.snapshot_path, aside)
+        log.warning("envoy_snapshot_unreadable", edge=self.node.edge_id,
+                    snapshot=str(self.snapshot_path), moved_to=str(aside), error=why,
+                    action="starts from its ADS bootstrap and waits for placement",
+                    next_step="bring a placement replica up; the edge saves a new snapshot "
+                              "once it has placement's config")
+        return None
+
+    def _start(self, mode: str, saved: dict[str, Any] | None = None) -> EnvoyEdge:
         node = replace(self.node, admin_port=free_port())
         config = bootstrap(node, self.placement, certs=self.certs)
-        if mode == "snapshot":
-            saved = json.loads(self.snapshot_path.read_text())
+        if mode == "snapshot" and saved is not None:
             config = {**saved, "admin": config["admin"]}
             repoint_slow_path(config, node.slow_path_port)
         path = self.directory / f"{node.edge_id}.{mode}.json"
@@ -117,9 +139,10 @@ class Supervisor:
 
     def run(self, stop: threading.Event) -> None:
         """Until ``stop`` is set; stops its Envoy on the way out."""
-        self.mode = ("snapshot" if self.snapshot_path.exists() and not self.placement_reachable()
-                     else "ads")
-        self.envoy = self._start(self.mode)
+        saved = (self._read_snapshot()
+                 if self.snapshot_path.exists() and not self.placement_reachable() else None)
+        self.mode = "snapshot" if saved is not None else "ads"
+        self.envoy = self._start(self.mode, saved)
         try:
             while not stop.wait(self.interval_s):
                 if self.mode == "ads":
