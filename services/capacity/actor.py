@@ -6,6 +6,11 @@ variants a pool no longer runs, and (4) drain every variant of a GPU that goes, 
 it. A loaded variant is handed to the ``RoutingGate`` (``start``) only after Triton reports it
 ready; an unload always drains first (:meth:`ModelControl.drain_and_unload`).
 
+An instance whose server does not answer (its tritonserver died: :class:`ModelControlError`
+from ``loaded``) serves nothing: :meth:`placement` leaves it out (``unreachable`` names it)
+and :meth:`apply` removes it first, without a drain (there is no queue to drain), so the
+plan's GPUs are added in its place.
+
 The target is ``placement.planner.Plan.gpus()`` / ``loaded()`` as :class:`PoolTarget`s; the
 planner itself is not imported (its solver is not a runtime dependency).
 """
@@ -16,9 +21,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import structlog
+
 from placement.errors import SwitchyardError
-from services.capacity.model_control import DrainReport, ModelControl, RoutingGate
+from services.capacity.model_control import (
+    DrainReport,
+    ModelControl,
+    ModelControlError,
+    RoutingGate,
+)
 from services.capacity.provider import Instance, Provider
+
+log = structlog.get_logger("switchyard.capacity")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +85,7 @@ class CapacityActor:
         self._control_of = control
         self._controls: dict[str, Control] = {}
         self._step: tuple[str, str, str] = ("", "", "")  # the step under way, for ApplyFailed
+        self.unreachable: dict[str, str] = {}  # instance id -> why, as the last read found
 
     def _control(self, inst: Instance) -> Control:
         if inst.id not in self._controls:
@@ -88,10 +103,46 @@ class CapacityActor:
         await self._control(inst).drain_and_unload(variant, self.gate)
         report.actions.append(("unload", inst.id, variant))
 
+    async def _loaded(self, inst: Instance) -> frozenset[str] | None:
+        """What ``inst``'s server reports loaded; None (and ``unreachable`` names it) when
+        the server does not answer."""
+        try:
+            have = await self._control(inst).loaded()
+        except ModelControlError as exc:
+            if inst.id not in self.unreachable:
+                log.warning("capacity.instance_unreachable", instance=inst.id, pool=inst.pool,
+                            error=exc.message)
+            self.unreachable[inst.id] = exc.message
+            return None
+        self.unreachable.pop(inst.id, None)
+        return have
+
     async def placement(self, pools: list[str]) -> dict[str, list[tuple[Instance, frozenset[str]]]]:
-        """Each pool's instances and the variants each reports loaded, as the servers say."""
-        return {p: [(i, await self._control(i).loaded()) for i in self.provider.instances(p)]
-                for p in pools}
+        """Each pool's reachable instances and the variants each reports loaded, as the
+        servers say. An unreachable instance is left out (it serves nothing;
+        ``unreachable`` says why)."""
+        out: dict[str, list[tuple[Instance, frozenset[str]]]] = {}
+        for p in pools:
+            out[p] = []
+            for i in self.provider.instances(p):
+                have = await self._loaded(i)
+                if have is not None:
+                    out[p].append((i, have))
+        return out
+
+    async def _drop(self, inst: Instance, report: ApplyReport) -> None:
+        """Remove an instance whose server does not answer: out of the route tables, then
+        the provider's removal (no drain: a dead server has no queue, and could not be
+        asked for one)."""
+        self._step = ("remove", inst.id, "")
+        for v in sorted(self.gate.routed(inst.id)):
+            await self.gate.stop(inst, v)
+        control = self._controls.pop(inst.id, None)
+        if control is not None:
+            await control.close()
+        await self.provider.remove(inst)
+        self.unreachable.pop(inst.id, None)
+        report.actions.append(("remove", inst.id, ""))
 
     async def apply(self, target: Mapping[str, PoolTarget]) -> ApplyReport:
         """Make the fleet match ``target``; raise :class:`ApplyFailed` at the first failed
@@ -106,6 +157,10 @@ class CapacityActor:
 
     async def _apply(self, target: Mapping[str, PoolTarget], report: ApplyReport
                      ) -> ApplyReport:
+        for pool in sorted(target):  # (0) a dead server serves nothing: replace it
+            for inst in self.provider.instances(pool):
+                if await self._loaded(inst) is None:
+                    await self._drop(inst, report)
         for pool, want in sorted(target.items()):  # (1) grow
             missing = want.gpus - len(self.provider.instances(pool))
             if missing > 0:

@@ -47,19 +47,28 @@ class ModelControlError(SwitchyardError):
 class RoutingGate(Protocol):
     """Who decides whether calls may reach a deployment (placement's tables, in a mesh)."""
 
+    def routed(self, instance_id: str) -> frozenset[str]: ...
+
     async def stop(self, instance: Instance, variant: str) -> None: ...
 
     async def start(self, instance: Instance, variant: str) -> None: ...
 
 
 class NoRouting:
-    """A gate for servers nothing routes to through the mesh (tests, a bare provider)."""
+    """A gate for servers nothing routes to through the mesh (tests, a bare provider): it
+    only remembers what it was told, so ``routed`` agrees with ``start`` and ``stop``."""
+
+    def __init__(self) -> None:
+        self._routed: dict[str, frozenset[str]] = {}
+
+    def routed(self, instance_id: str) -> frozenset[str]:
+        return self._routed.get(instance_id, frozenset())
 
     async def stop(self, instance: Instance, variant: str) -> None:
-        return None
+        self._routed[instance.id] = self.routed(instance.id) - {variant}
 
     async def start(self, instance: Instance, variant: str) -> None:
-        return None
+        self._routed[instance.id] = self.routed(instance.id) | {variant}
 
 
 @dataclass(frozen=True, slots=True)

@@ -221,7 +221,8 @@ class CapacityLoop:
     # -- the placement as it is ------------------------------------------------------------
     async def refresh(self) -> Plan:
         """Read the current placement from the servers (a pool's GPUs share one variant set:
-        the union of what its instances loaded)."""
+        the union of what its instances loaded; an instance whose server
+        does not answer is no GPU: :meth:`CapacityActor.placement`)."""
         placed = await self.actor.placement(sorted(self.pools))
         pools = []
         self.state.instances = {p: [i.id for i, _ in insts] for p, insts in placed.items()}
@@ -252,7 +253,7 @@ class CapacityLoop:
             self.cadence.solved(self.wall(), problem.demand,
                                 None if isinstance(decision, Infeasible) else decision.plan)
             if isinstance(decision, Infeasible):
-                self.state.reason = f"{trigger}: {decision.explain()}"
+                self.state.reason = f"{trigger}: {decision.explain()}" + self._unreachable()
                 audit.warning("capacity.infeasible", trigger=trigger,
                               constraint=decision.constraint, detail=decision.detail)
                 return None
@@ -264,7 +265,7 @@ class CapacityLoop:
                                 decision, problem, self.wall())
             carried = decision.plan.carried_note()
             self.state.reason = f"{trigger}: {decision.reason}" + (
-                f"; {carried}" if carried else "")
+                f"; {carried}" if carried else "") + self._unreachable()
             if not decision.adopt:
                 self.state.proposal, self.state.pending = proposal, False
                 log.info("capacity.kept", trigger=trigger, reason=decision.reason)
@@ -280,6 +281,13 @@ class CapacityLoop:
             else:
                 self.state.pending = True
             return proposal
+
+    def _unreachable(self) -> str:
+        """The instances the last read of the placement found dead (counted as no GPU; an
+        applied plan removes them), for the plan's reason."""
+        dead = self.actor.unreachable
+        return ("; unreachable, serving nothing (replaced when a plan is applied): "
+                + ", ".join(f"{i} ({why})" for i, why in sorted(dead.items()))) if dead else ""
 
     def target(self, plan: Plan) -> dict[str, PoolTarget]:
         """Every configured pool, those the plan leaves out at zero GPUs."""
