@@ -227,6 +227,10 @@ async def route_stream(router: Router, requests: AsyncIterator[bytes],
     try:
         try:
             first = await first_message(requests)
+            # x-ttft-ms counts from the prompt, not from the stream's open: tritonclient's
+            # start_stream opens the call (and gRPC runs this handler) before the caller sends
+            # anything, and a prompt sent 2 s later read x-ttft-ms 2010 for a 10 ms first token.
+            meter.start = router.clock()
         except StopAsyncIteration:
             # No message: a stream the caller closed empty is OK; one whose deadline ran out
             # first ends as any other stream with too little deadline left, one its caller

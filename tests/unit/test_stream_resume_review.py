@@ -186,3 +186,24 @@ async def test_a_resumed_or_moved_streams_latency_sample_is_its_last_attempts(wh
     assert samples == [pytest.approx(own_ms, abs=1.0)], (
         f"{rec.chosen.deployment_id}'s latency samples {samples} (its own tokens took "
         f"~{own_ms} ms)")
+
+
+# -- finding 8: x-ttft-ms counts from the first request ---------------------------------
+
+async def test_ttft_is_counted_from_the_first_request_not_from_the_stream_open() -> None:
+    """tritonclient's start_stream opens the stream (the handler runs) and the caller sends
+    its prompt 2 s later; the first token comes 10 ms after the prompt. x-ttft-ms read ~2010
+    ms and x-ttft-met / x-slo-met false (StreamMeter started at the handler's start)."""
+    router, _, clock = two_backends()
+
+    async def late() -> AsyncIterator[bytes]:
+        clock.t += 2.0  # the caller's own pause before its first message
+        yield llm_request("m", PROMPT, 4)
+
+    rec = CallRecord("", "")
+    md = [("x-slo-ms", "100"), ("x-ttft-ms", "500")]
+    ctx = Context()
+    got = [r async for r in route_stream(router, late(), md, 30.0, rec, ctx)]  # type: ignore[arg-type]
+    t = dict(rec.stream)
+    assert tokens_of(got) == [3, 4, 5, 6] and float(t["x-ttft-ms"]) == pytest.approx(10.0), t
+    assert t["x-ttft-met"] == "true" and t["x-slo-met"] == "true", t
