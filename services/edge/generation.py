@@ -59,6 +59,7 @@ class Generation:
         self._context_at_start = 0  # prompt + delivered tokens when the attempt started
         self._prefill: tuple[str, int] = ("", 0)  # (deployment, tokens) before a first token
         self._probe: asyncio.Future[tuple[bool, int] | None] | None = None
+        self._others: list[asyncio.Future[tuple[bool, int] | None]] = []  # other variants'
         self.ask: StreamAsk | None = None  # what the last plan asked for
         self._asked = DEFAULT_MAX_TOKENS  # the stream's tokens in all, as the plan knew them
         self._length: int | None = None  # the generation's tokens in all, once known
@@ -225,9 +226,18 @@ class Generation:
 
     def committed(self, c: Candidate) -> None:
         """The first response reached the caller: learn now whether the variant resumes (the
-        backend may be dead when it matters)."""
-        if self.llm is not None and self.router.streams.resumable(c.variant) is None:
-            self._probe = asyncio.ensure_future(_declared(self.router, c.variant, (c,), ""))
+        backend may be dead when it matters); with ``x-allow-variant-change``, also whether
+        the other variants it may use do (``moving`` moves only to one known to: asked of
+        nobody else, a slow stream never moved to another variant this edge had not cached)."""
+        if self.llm is None:
+            return
+        router = self.router
+        if router.streams.resumable(c.variant) is None:
+            self._probe = asyncio.ensure_future(_declared(router, c.variant, (c,), ""))
+        if self.goals.allow_variant_change:
+            others = sorted({x.variant for x in self._eligible} - {c.variant})
+            self._others = [asyncio.ensure_future(_declared(router, v, self._eligible, ""))
+                            for v in others if router.streams.resumable(v) is None]
 
     def attempt_ended(self, c: Candidate, draining: asyncio.Future[None] | None = None
                       ) -> None:
@@ -296,10 +306,10 @@ class Generation:
         return request, {c.deployment_id for c in cands if c.variant in refused}
 
     def close(self) -> None:
-        if self._probe is not None and not self._probe.done():
-            self._probe.cancel()
-        if self._probe is not None:
-            self._probe.add_done_callback(_retrieve)
+        for probe in [*([self._probe] if self._probe is not None else []), *self._others]:
+            if not probe.done():
+                probe.cancel()
+            probe.add_done_callback(_retrieve)
 
 
 def _prefix_key(llm: LlmRequest) -> str:

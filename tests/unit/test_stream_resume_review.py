@@ -5,10 +5,12 @@ caller should get is known exactly."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 
 import pytest
 
+from placement.token_learning import TokenSpeed
 from services.edge.router import CallRecord, Router
 from services.edge.stream import route_stream
 from services.edge.tokens import llm_request
@@ -207,3 +209,46 @@ async def test_ttft_is_counted_from_the_first_request_not_from_the_stream_open()
     t = dict(rec.stream)
     assert tokens_of(got) == [3, 4, 5, 6] and float(t["x-ttft-ms"]) == pytest.approx(10.0), t
     assert t["x-ttft-met"] == "true" and t["x-slo-met"] == "true", t
+
+
+# -- finding 9: a stream allowed to change variant learns the others' declarations --------
+
+@pytest.mark.parametrize("declared_first", [False, True])
+async def test_a_slow_stream_allowed_to_change_variant_moves_to_a_measured_one(
+        declared_first: bool) -> None:
+    """x-allow-variant-change, x-tpot-ms 30: m-v slows to 40 ms per token on b0; b1 serves
+    m-w, measured by the fleet at 10 ms per token (the route row: this edge never streamed on
+    it) and declaring resumption. ``moving`` admits another variant only once its
+    declaration is cached, and nothing asked for it: the stream stayed and missed x-tpot-ms.
+    ``declared_first``: the control, m-w's declaration cached before the stream."""
+    clock = Clock()
+    b1 = dataclasses.replace(cand(1, 2e-6, 5), variant="m-w", deployment_id="b1/m-w",
+                             tokens=TokenSpeed(1.0 / 3, 10.0, 0.0))
+    router, _, _ = make_router([cand(0, 1e-6, 5), b1], {}, clock)
+    for _ in range(3):
+        router.streams.observe("b0/m-v", prefill_ms=1.0, uncached_tokens=3, tpot_ms=10.0,
+                               load=0)
+    router.streams.declare("m-v", True, 60)
+    if declared_first:
+        router.streams.declare("m-w", True, 60)
+    ups = FakeLlmUpstreams(clock)
+    ups.add("ep0", default_tokens=60, slow_after=2, slow_gap_s=0.04)
+    ups.add("ep1", default_tokens=60)
+    router.upstreams = ups  # type: ignore[assignment]
+    got, rec, status = await run(router, llm_request("m", PROMPT, None),
+                                 [*SLOW, ("x-allow-variant-change", "true")])
+    trailers = dict(rec.stream)
+    assert status == "OK" and len(got) == 60, trailers
+    assert trailers.get("x-resumed-reason") == "slow" and trailers["x-tpot-met"] == "true", (
+        f"no move: {trailers}; m-w declared? {router.streams.resumable('m-w')}")
+    assert rec.chosen is not None and rec.chosen.deployment_id == "b1/m-w"
+    assert ups.get("ep1").config_asks == (0 if declared_first else 1)
+
+
+async def test_without_the_variant_change_hint_no_other_variant_is_asked() -> None:
+    """The probe is for streams that may change variant only: m-v's own is cached, so no
+    ModelConfig call at all."""
+    router, ups = slowing(declared=True)
+    got, _, status = await run(router, llm_request("m", PROMPT, None), SLOW)
+    assert status == "OK" and len(got) == 60
+    assert ups.get("ep0").config_asks == ups.get("ep1").config_asks == 0
