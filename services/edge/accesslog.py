@@ -15,6 +15,9 @@ A stream's tokens are counted from its token trailers (``x-tokens-in``, ``x-toke
 so the counter's increase is the sum of the trailers the edge sent (or, for a stream its caller
 cancelled, would have sent).
 
+A deployment's call series leave with it: each new route table keeps only its deployments'
+(``retain``), so the label stays bounded by the fleet the edge routes to now.
+
 Every call is counted once, under a gRPC status name (anything else, such as an exception's
 class name, becomes the status it means or ``UNKNOWN``). Label values are bounded: a model
 name the route table does not know is counted as ``unknown`` (callers choose model names, so
@@ -25,11 +28,12 @@ they would otherwise choose the metric's cardinality), and every value is cut to
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -127,6 +131,17 @@ class AccessLog:
             "slo_ms": rec.hints.slo_ms if rec.hints else None, "slo_met": rec.slo_met,
             "tenant": rec.hints.tenant if rec.hints else "",
             "status": status_label(rec.status)})
+
+    def retain(self, deployments: Collection[str]) -> None:
+        """A new route table holds ``deployments``: the call series of every other deployment
+        leave the counter (as placement's cost gauge drops a deployment it no longer has).
+        Kept forever, they grew without bound where the capacity loop adds GPUs: each managed
+        instance is a new id (``<pool>-<serial>``), and so is each of its deployments."""
+        gone = [key for key in self._children if key[1] and key[1] not in deployments]
+        for model, dep, status in gone:
+            del self._children[(model, dep, status)]
+            with contextlib.suppress(KeyError):  # two ids cut to one label: removed once
+                self.calls.remove(label_value(model), label_value(dep), status_label(status))
 
     def _count_tokens(self, model: str, trailers: tuple[tuple[str, str], ...]) -> None:
         """A stream's ``x-tokens-in`` / ``x-tokens-out`` into the counter (``model``: already

@@ -237,6 +237,10 @@ async def start_edge(cfg: MeshConfig, edge: EdgeConfig, port: int | None = None,
                                    rt.max_attempts, cfg.routing.fail_fast,
                                    cfg.routing.profile, rt.hedge_max_slo_ms),
                     access_log.done)
+    def table_changed() -> None:
+        health.table_changed()
+        access_log.retain(store.deployment_ids())
+
     replicas = placement or [f"{cfg.placement.host}:{cfg.placement.port}",
                              *cfg.placement.replicas]
     if placement is None and cfg.discovery == "consul":
@@ -246,12 +250,12 @@ async def start_edge(cfg: MeshConfig, edge: EdgeConfig, port: int | None = None,
         shards = (await catalog_shards(cfg) if cfg.discovery == "consul"
                   else configured_shards(cfg))
         link = ShardedLink(edge.id, edge.region, shards, store, stats,
-                           on_update=health.table_changed, report_interval_s=rt.report_interval_s,
+                           on_update=table_changed, report_interval_s=rt.report_interval_s,
                            channel_factory=transport.channel_factory(cfg.security, "edge"),
                            streams=router.streams)
     else:
         link = PlacementLink(edge.id, edge.region, replicas, store, stats,
-                             on_update=health.table_changed,
+                             on_update=table_changed,
                              report_interval_s=rt.report_interval_s,
                              channel_factory=transport.channel_factory(cfg.security, "edge"),
                              streams=router.streams)
