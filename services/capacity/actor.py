@@ -9,7 +9,10 @@ ready; an unload always drains first (:meth:`ModelControl.drain_and_unload`).
 An instance whose server does not answer (its tritonserver died: :class:`ModelControlError`
 from ``loaded``) serves nothing: :meth:`placement` leaves it out (``unreachable`` names it)
 and :meth:`apply` removes it first, without a drain (there is no queue to drain), so the
-plan's GPUs are added in its place.
+plan's GPUs are added in its place. A variant a server holds loaded that the gate does not
+route (a drain that timed out after the gate stopped it) is not serving either:
+:meth:`placement` counts only what is loaded and routed, and step (2) routes it again when
+the target keeps it.
 
 The target is ``placement.planner.Plan.gpus()`` / ``loaded()`` as :class:`PoolTarget`s; the
 planner itself is not imported (its solver is not a runtime dependency).
@@ -118,16 +121,16 @@ class CapacityActor:
         return have
 
     async def placement(self, pools: list[str]) -> dict[str, list[tuple[Instance, frozenset[str]]]]:
-        """Each pool's reachable instances and the variants each reports loaded, as the
-        servers say. An unreachable instance is left out (it serves nothing;
-        ``unreachable`` says why)."""
+        """Each pool's reachable instances and the variants each serves: loaded, as its
+        server says, and routed by the gate. An unreachable instance is left out (it serves
+        nothing; ``unreachable`` says why)."""
         out: dict[str, list[tuple[Instance, frozenset[str]]]] = {}
         for p in pools:
             out[p] = []
             for i in self.provider.instances(p):
                 have = await self._loaded(i)
                 if have is not None:
-                    out[p].append((i, have))
+                    out[p].append((i, have & self.gate.routed(i.id)))
         return out
 
     async def _drop(self, inst: Instance, report: ApplyReport) -> None:
@@ -174,6 +177,10 @@ class CapacityActor:
                 have = await self._control(inst).loaded()
                 for v in sorted(want.variants - have):
                     await self._load(inst, v, report)
+                for v in sorted((want.variants & have) - self.gate.routed(inst.id)):
+                    self._step = ("route", inst.id, v)  # loaded, not routed: route it again
+                    await self.gate.start(inst, v)
+                    report.actions.append(("route", inst.id, v))
         for pool, want in sorted(target.items()):  # (3) unload, (4) shrink
             instances = self.provider.instances(pool)
             for inst in instances[:want.gpus]:

@@ -107,17 +107,41 @@ class ModelControl:
                          if m.get("state") == "READY")
 
     async def load(self, variant: str) -> None:
-        """Load ``variant`` and return once Triton reports it ready."""
+        """Load ``variant`` and return once Triton reports it ready and it is warm. A load
+        that Triton took but whose readiness or warm-up failed is unloaded before the error
+        is raised: left READY, it held GPU memory that nothing routed to."""
         try:
             await self._client.load_model(variant, client_timeout=self.timeout_s)
+        except InferenceServerException as exc:
+            raise ModelControlError(f"{self.instance.id}: load {variant}: {exc}") from exc
+        try:
+            warmed = await self._ready_and_warm(variant)
+        except ModelControlError as exc:
+            await self._unload_after(variant, exc)
+            raise
+        log.info("capacity.loaded", instance=self.instance.id, variant=variant,
+                 warm_calls=warmed)
+
+    async def _ready_and_warm(self, variant: str) -> int:
+        try:
             ready = await self._client.is_model_ready(variant)
         except InferenceServerException as exc:
             raise ModelControlError(f"{self.instance.id}: load {variant}: {exc}") from exc
         if not ready:
             raise ModelControlError(f"{self.instance.id}: {variant} loaded but not ready")
-        warmed = await self.warm(variant)
-        log.info("capacity.loaded", instance=self.instance.id, variant=variant,
-                 warm_calls=warmed)
+        return await self.warm(variant)
+
+    async def _unload_after(self, variant: str, failure: ModelControlError) -> None:
+        """Unload ``variant`` after its load failed past Triton's load; a failed unload is
+        logged (the actor then finds it loaded and not routed: it routes or unloads it)."""
+        try:
+            await self._client.unload_model(variant, client_timeout=self.timeout_s)
+        except InferenceServerException as exc:
+            log.warning("capacity.unload_after_failed_load_failed", instance=self.instance.id,
+                        variant=variant, error=str(exc), load_error=failure.message)
+            return
+        log.warning("capacity.unloaded_after_failed_load", instance=self.instance.id,
+                    variant=variant, load_error=failure.message)
 
     async def warm(self, variant: str) -> int:
         """``cold_calls`` then ``warm_calls`` real inferences (zeros, batch 1) before anything

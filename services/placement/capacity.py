@@ -221,7 +221,7 @@ class CapacityLoop:
     # -- the placement as it is ------------------------------------------------------------
     async def refresh(self) -> Plan:
         """Read the current placement from the servers (a pool's GPUs share one variant set:
-        the union of what its instances loaded; an instance whose server
+        the union of what its instances loaded and the gate routes; an instance whose server
         does not answer is no GPU: :meth:`CapacityActor.placement`)."""
         placed = await self.actor.placement(sorted(self.pools))
         pools = []

@@ -1,17 +1,23 @@
-"""The capacity loop when its fleet is not what it acted for (review10 finding 4): an
+"""The capacity loop when its fleet is not what it acted for (review10 findings 4 and 5): an
 instance whose tritonserver died is no GPU, re-plans still solve, and the applied plan
-replaces it (its removal needs no answer from it). The real loop, actor and gate with the
-fakes of ``test_capacity_loop``."""
+replaces it (its removal needs no answer from it); a variant a server holds loaded that the
+gate does not route is not serving, so the next plan routes it, and ModelControl unloads a
+load whose warm-up failed. The real loop, actor and gate with the fakes of
+``test_capacity_loop``; ModelControl with a stand-in Triton client."""
 
 from __future__ import annotations
 
 import pathlib
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
 from structlog.testing import capture_logs
+from tritonclient.grpc import service_pb2
+from tritonclient.utils import InferenceServerException
 
-from services.capacity.model_control import ModelControlError
+from services.capacity.actor import ApplyFailed
+from services.capacity.model_control import ModelControl, ModelControlError
+from services.capacity.provider import Instance
 from services.placement.capacity_service import plan_response
 from tests.unit.test_capacity_loop import FakeControl, Rig
 
@@ -60,3 +66,78 @@ async def test_a_dead_instance_is_replaced_and_replans_keep_solving(
     assert changed == [("remove", "east-1"), ("add", "east-2"), ("load", "east-2")]
     assert [p.instances for p in plan_response(rig.loop).current.pools] == [["east-2"]]
 
+
+async def test_a_loaded_variant_the_gate_does_not_route_is_routed_by_the_next_plan(
+        tmp_path: pathlib.Path) -> None:
+    """ModelControl.load's order: RepositoryModelLoad succeeds, then the warm-up fails and
+    the variant stays READY in Triton (as after a drain that timed out after the gate had
+    stopped it): loaded, never routed, and every later plan counted it as serving."""
+
+    class WarmFailsOnce(FakeControl):
+        async def load(self, variant: str) -> None:
+            self.models.add(variant)  # Triton has it READY
+            if not failed:
+                failed.append(variant)
+                raise ModelControlError(f"{self.inst.id}: warm-up of {variant}: deadline")
+
+    failed: list[str] = []
+    rig = Rig(tmp_path, apply="auto")
+    rig.actor._control_of = lambda i: WarmFailsOnce(i, rig.servers, rig.fail_load)
+    rig.calls("static-1/small", 3.0)
+    rig.loop.observe()
+    with pytest.raises(ApplyFailed):
+        await rig.loop.replan("test")
+    assert rig.servers == {"east-1": {"small"}} and rig.routed() == {}
+    assert [p.variants for p in plan_response(rig.loop).current.pools] == [[]]  # not serving
+    rig.clock.t += 5
+    rig.calls("static-1/small", 3.0)
+    rig.loop.observe()
+    with capture_logs() as logs:
+        await rig.loop.replan("again")
+    assert rig.routed() == {"east-1": ["small"]}, rig.loop.state.reason
+    changed = [(e["action"], e["instance"], e["variant"]) for e in logs
+               if e["event"] == "capacity.changed"]
+    assert changed == [("route", "east-1", "small")]  # an audit event, no second GPU
+    assert [list(p.variants) for p in plan_response(rig.loop).current.pools] == [["small"]]
+
+
+class WarmUpFails:
+    """Triton's repository API as ModelControl uses it: the load is taken, the variant READY,
+    then the warm-up's inference fails."""
+
+    def __init__(self) -> None:
+        self.ready: set[str] = set()
+
+    async def load_model(self, name: str, client_timeout: float) -> None:
+        self.ready.add(name)
+
+    async def unload_model(self, name: str, client_timeout: float) -> None:
+        self.ready.discard(name)
+
+    async def is_model_ready(self, name: str) -> bool:
+        return name in self.ready
+
+    async def get_model_config(self, name: str, as_json: bool = False) -> dict[str, Any]:
+        return {"config": {"name": name}}
+
+    async def get_model_metadata(self, name: str, as_json: bool = False) -> dict[str, Any]:
+        return {"inputs": [{"name": "x", "shape": ["4"], "datatype": "FP32"}]}
+
+    async def get_inference_statistics(self, name: str, as_json: bool,
+                                       client_timeout: float) -> Any:
+        r = service_pb2.ModelStatisticsResponse()
+        r.model_stats.add().name = name
+        return r
+
+    async def infer(self, name: str, inputs: list[Any], client_timeout: float) -> None:
+        raise InferenceServerException("deadline exceeded")
+
+
+async def test_a_load_whose_warm_up_fails_leaves_nothing_loaded() -> None:
+    control = ModelControl(Instance("i-1", "pool-a", "127.0.0.1:1", "http://127.0.0.1:1"),
+                           poll_s=0.001, timeout_s=0.05)
+    await control.close()
+    fake = control._client = WarmUpFails()
+    with pytest.raises(ModelControlError, match=r"warm-up of mid: .*deadline exceeded"):
+        await control.load("mid")
+    assert fake.ready == set()  # was READY in Triton, holding memory, never routed
