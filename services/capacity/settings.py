@@ -139,6 +139,14 @@ def forecast(cap: CapacityConfig) -> ForecastSettings:
     return ForecastSettings(within_hour=cap.forecast_within_hour)
 
 
+def is_instance_id(pool: str, backend_id: str) -> bool:
+    """``backend_id`` is the id of one of ``pool``'s managed instances (``{pool}-{serial}``,
+    as the providers name them): the loop owns every such backend (it forgets those it does
+    not run at start, :meth:`CapacityLoop.forget_leftovers`)."""
+    serial = backend_id[len(pool) + 1:]
+    return backend_id.startswith(f"{pool}-") and serial.isdigit()
+
+
 def check_capacity(cap: CapacityConfig, regions: Iterable[str], variants: Iterable[str],
                    backend_ids: Iterable[str]) -> None:
     """Raise ``ValueError`` naming the path when ``[capacity]`` refers to unknown names."""
@@ -151,6 +159,11 @@ def check_capacity(cap: CapacityConfig, regions: Iterable[str], variants: Iterab
         if p.id in backends:
             raise ValueError(f"{where}.id {p.id!r} is also a backend id; pool instances are "
                              "named after their pool, so the ids must differ")
+        if clash := sorted(b for b in backends if is_instance_id(p.id, b)):
+            raise ValueError(f"{where}.id {p.id!r}: backend id {clash[0]!r} is named like one "
+                             f"of its instances ({p.id}-<n>), which the capacity loop owns: "
+                             "it would be deregistered when the loop starts; rename the "
+                             "backend or the pool")
         seen.add(p.id)
         if p.region not in known_regions:
             raise ValueError(f"{where}.region {p.region!r} is not in regions "

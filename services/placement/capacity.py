@@ -59,7 +59,7 @@ from placement.planner import (
 from placement.replan import Decision, revise
 from placement.routes import PRIOR_COMPUTE_FRACTION_OF_SLO
 from services.capacity.actor import ApplyFailed, CapacityActor, PoolTarget
-from services.capacity.settings import CapacityConfig, cadence, churn
+from services.capacity.settings import CapacityConfig, cadence, churn, is_instance_id
 from services.capacity.settings import forecast as forecast_settings
 from services.placement.capacity_footprint import FootprintBook, Readings
 
@@ -356,8 +356,7 @@ class CapacityLoop:
         (a new run's first plan loaded the large variant with no call asking for it)."""
         ours = {i.id for p in self.pools for i in self.actor.provider.instances(p)}
         gone = sorted(b for b in self.fleet.backends if b not in ours
-                      and any(b.startswith(f"{p}-") and b[len(p) + 1:].isdigit()
-                              for p in self.pools))
+                      and any(is_instance_id(p, b) for p in self.pools))
         for b in gone:
             self.fleet.deregister(b)
             for dep in [d for d in self.fleet.use if d.startswith(f"{b}/")]:
