@@ -22,7 +22,6 @@ from benchmarks.common import BENCH_DIR, Section, command_for, progress
 from benchmarks.cost import write_section
 from benchmarks.costsim import tokens_bound, tokens_report
 from benchmarks.costsim.tokens_names import (
-    CANDIDATES,
     ORACLES,
     POLICIES,
     REJECTED,
@@ -320,7 +319,7 @@ def money_notes(scenarios: list[TokenScenario], results: list[tokens_report.Toke
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="a shorter horizon, same rates")
-    p.add_argument("--only", choices=POLICIES + VARIANTS + REJECTED + CANDIDATES + ORACLES,
+    p.add_argument("--only", choices=POLICIES + VARIANTS + REJECTED + ORACLES,
                    help="run this one policy on every scenario and print it (RESULTS.md "
                         "untouched)")
     p.add_argument("--scale", type=float, default=1.0, help="with --only: every region's rate "

@@ -120,9 +120,6 @@ class TokenEstimate:
     tpot_base_ms: float
     tpot_per_stream_ms: float
     usd_per_second: float
-    # the prefill's part that does not grow with the prompt (``placement.streams_prefill``:
-    # a learned mean wait plus overhead), added to the TTFT, not billed; 0: folded into the rate
-    prefill_wait_ms: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,8 +197,7 @@ def predict(c: Candidate, est: TokenEstimate | None, load: int, ask: StreamAsk,
             pending_tokens: int = 0, ttft_headroom: float = TTFT_HEADROOM,
             margin_ms: float | None = None, tpot_factor: float = 1.0,
             others_tokens: int = 0, probes: int | None = None,
-            share_batch: bool = SHARE_BATCH, shared_by: int | None = None,
-            reserve_tokens: float = 0.0) -> StreamOption:
+            share_batch: bool = SHARE_BATCH, shared_by: int | None = None) -> StreamOption:
     """One deployment's predicted TTFT, TPOT and cost for ``ask`` (see the module docstring).
     The prediction must fit the objective less ``ttft_headroom``; with ``margin_ms``, the
     deployment's learned TTFT margin (``stream_guard``), the prediction plus the margin must
@@ -220,11 +216,11 @@ def predict(c: Candidate, est: TokenEstimate | None, load: int, ask: StreamAsk,
     cost = est.usd_per_second * (prefill + ask.max_tokens * tpot
                                  / ((others + 1) if share_batch else 1)) / 1000.0
     queued = max(pending_tokens, 0) + max(others_tokens, 0)
-    ttft = c.rtt_ms + est.prefill_wait_ms + queued * est.prefill_ms_per_token + prefill
+    ttft = c.rtt_ms + queued * est.prefill_ms_per_token + prefill
     margin = margin_ms or 0.0
     limit = math.inf
     if ask.ttft_ms is not None:
-        limit = ask.ttft_ms * (1.0 - ttft_headroom) - reserve_tokens * est.prefill_ms_per_token
+        limit = ask.ttft_ms * (1.0 - ttft_headroom)
         if margin_ms is not None:
             limit = min(limit, ask.ttft_ms * (1.0 - GUARDED_HEADROOM) - margin)
     feasible = ttft <= limit and (ask.tpot_ms is None or tpot <= ask.tpot_ms)
@@ -265,8 +261,7 @@ def choose_stream(cands: Sequence[Candidate], estimates: Mapping[str, TokenEstim
                   max_cost_usd: float = math.inf,
                   unmeasured_probes: int | None = None,
                   share_batch: bool = SHARE_BATCH,
-                  shared_by: Mapping[str, int] | None = None,
-                  reserve_tokens: float = 0.0) -> StreamChoice:
+                  shared_by: Mapping[str, int] | None = None) -> StreamChoice:
     """The deployment for one stream (``cands`` already passed the call's hard filters).
     ``pending``: per deployment, the uncached prompt tokens of this edge's streams there that
     still wait for their first token (none known: empty). ``ttft_headroom``: the fraction of
@@ -292,9 +287,6 @@ def choose_stream(cands: Sequence[Candidate], estimates: Mapping[str, TokenEstim
     same prediction). ``shared_by``: per deployment, how many other streams the decode is
     priced as shared with (absent: this edge's own ``loads``; measured with the servers'
     true streams, every edge's, by ``benchmarks.tokens``' ``switchyard-oracle-*``: not kept).
-    ``reserve_tokens``: a TTFT reserve of this many prompt tokens at each deployment's
-    prefill rate, taken off the limit beside the headroom (0, the default; measured by
-    ``benchmarks.tokens``' ``switchyard-h30-r05`` and alike, issue 14's tenth session: not kept).
     ``unmeasured_probes``: an unmeasured deployment is feasible while this edge has fewer
     than this many streams on it, and with nothing feasible the best effort is among the
     measured deployments when there is one (None, the default: always feasible; measured by
@@ -308,8 +300,7 @@ def choose_stream(cands: Sequence[Candidate], estimates: Mapping[str, TokenEstim
                          queued.get(c.deployment_id, 0), ttft_headroom,
                          margins.get(c.deployment_id), slower.get(c.deployment_id, 1.0),
                          _others(reported.get(c.deployment_id)), unmeasured_probes,
-                         share_batch, (shared_by or {}).get(c.deployment_id),
-                         reserve_tokens)
+                         share_batch, (shared_by or {}).get(c.deployment_id))
                  for c in cands]
     if max_cost_usd < math.inf:
         predicted = affordable(predicted, ask, max_cost_usd)

@@ -81,22 +81,6 @@ REJECTED = ("switchyard-move-slack10", "switchyard-move-slack25", "switchyard-fl
                 "switchyard-admit", "switchyard-admit-h30", "switchyard-admit-h10",
                 "switchyard-admit-h30-t6", "switchyard-admit-h30-t10", "switchyard-admit-h20-t6",
                 "switchyard-admit-h40-t6"))
-# Issue 14, tenth session: candidates, none kept (RESULTS.md 'Tokens: issue 14, tenth
-# session'; ``python -m benchmarks.tokens_oracle --seeds 0 --scenarios
-# tokens-reclaim,tokens-slowdown NAME``): the prefill learned as a line, a wait plus a rate per
-# token (``placement.streams_prefill.PrefillLine``), with its mean wait (``-line``, ``-line-h55``
-# / ``-h60`` at 55 / 60 % headroom), its recent wait (``-recent``), a peak of it (``-peak``),
-# or the per-token EWMA with each sample clipped at 2× (``-clip``, ``-clip-h55``); a stale rate
-# relaxed toward the lowest the edge learned (``-relaxN``: half-life N s; ``-kW``: the lowest of
-# the last W); the TTFT headroom at most N ms (``-absN``); a reserve of R mean prompts at the
-# deployment's rate with H % headroom (``-hH-rR``); the default at 45 % headroom (``-h45``).
-CANDIDATES = ("switchyard-prefill-line", "switchyard-prefill-recent", "switchyard-prefill-peak",
-              "switchyard-prefill-clip", "switchyard-prefill-clip-h55",
-              "switchyard-prefill-line-h55", "switchyard-prefill-line-h60", "switchyard-h45",
-              "switchyard-relax20", "switchyard-relax60", "switchyard-relax5",
-              "switchyard-abs300", "switchyard-abs350", "switchyard-h30-r05",
-              "switchyard-h35-r05", "switchyard-h30-r1",
-              "switchyard-relax20-k4", "switchyard-relax60-k4", "switchyard-relax10-k4")
 
 # Issue 14's bound (simulator only: true state of every server, the stream's own length):
 # per stream the cheapest deployment whose emulated TTFT and TPOT meet the objectives with a
@@ -168,34 +152,6 @@ def make_policy(name: str, sim: TokenSim, seed: int) -> Policy:
         "switchyard-fleet-work": lambda: Switchyard(sim, name, fleet=True, fleet_load=True,
                                                     fleet_work=True),
         "switchyard-list-cost": lambda: Switchyard(sim, name, share_batch=False),
-        "switchyard-prefill-line": lambda: Switchyard(sim, name, prefill_line="mean"),
-        "switchyard-prefill-recent": lambda: Switchyard(sim, name, prefill_line="recent"),
-        "switchyard-prefill-peak": lambda: Switchyard(sim, name, prefill_line="peak"),
-        "switchyard-prefill-clip": lambda: Switchyard(sim, name, prefill_line="clip"),
-        "switchyard-prefill-clip-h55": lambda: Switchyard(sim, name, prefill_line="clip",
-                                                          ttft_headroom=0.55),
-        "switchyard-prefill-line-h55": lambda: Switchyard(sim, name, prefill_line="mean",
-                                                          ttft_headroom=0.55),
-        "switchyard-prefill-line-h60": lambda: Switchyard(sim, name, prefill_line="mean",
-                                                          ttft_headroom=0.6),
-        "switchyard-h45": lambda: Switchyard(sim, name, ttft_headroom=0.45),
-        "switchyard-relax20": lambda: Switchyard(sim, name, relax_half_life_s=20.0),
-        "switchyard-relax60": lambda: Switchyard(sim, name, relax_half_life_s=60.0),
-        "switchyard-relax5": lambda: Switchyard(sim, name, relax_half_life_s=5.0),
-        "switchyard-abs300": lambda: Switchyard(sim, name, headroom_ms=300.0),
-        "switchyard-h30-r05": lambda: Switchyard(sim, name, ttft_headroom=0.3,
-                                                 reserve_prompts=0.5),
-        "switchyard-h35-r05": lambda: Switchyard(sim, name, ttft_headroom=0.35,
-                                                 reserve_prompts=0.5),
-        "switchyard-h30-r1": lambda: Switchyard(sim, name, ttft_headroom=0.3,
-                                                reserve_prompts=1.0),
-        "switchyard-abs350": lambda: Switchyard(sim, name, headroom_ms=350.0),
-        "switchyard-relax20-k4": lambda: Switchyard(sim, name, relax_half_life_s=20.0,
-                                                    relax_window=4),
-        "switchyard-relax60-k4": lambda: Switchyard(sim, name, relax_half_life_s=60.0,
-                                                    relax_window=4),
-        "switchyard-relax10-k4": lambda: Switchyard(sim, name, relax_half_life_s=10.0,
-                                                    relax_window=4),
         "switchyard-admit": lambda: SwitchyardAdmit(sim, name),
         "switchyard-admit-h30": lambda: SwitchyardAdmit(sim, name, headroom=0.3),
         "switchyard-admit-h10": lambda: SwitchyardAdmit(sim, name, headroom=0.1),
@@ -220,5 +176,5 @@ def make_policy(name: str, sim: TokenSim, seed: int) -> Policy:
         return _oracle(sim, name)
     if name not in makers:
         raise ValueError(f"unknown policy {name!r}; one of "
-                         f"{POLICIES + VARIANTS + REJECTED + CANDIDATES + ORACLES}")
+                         f"{POLICIES + VARIANTS + REJECTED + ORACLES}")
     return makers[name]()

@@ -47,10 +47,8 @@ from placement.streams import (
     FleetQueue,
     StreamAsk,
     StreamChoice,
-    TokenEstimate,
     choose_stream,
 )
-from placement.streams_prefill import PrefillLine, relaxed_rate
 from services.edge.token_stats import StreamStats
 
 MIN_LIVE_TOKENS = 4  # a decoding stream's own TPOT counts once it delivered this many
@@ -93,29 +91,8 @@ class Switchyard:
                  probes: int | None = None, share_batch: bool = True,
                  handoffs: int = 0, handoff_saving: float = HANDOFF_SAVING,
                  handoff_ttft: float = HANDOFF_TTFT, handoff_owed: bool = False,
-                 shared_by: str = "", prefill_line: str = "",
-                 relax_half_life_s: float = 0.0, relax_window: int = 0,
-                 headroom_ms: float = math.inf, reserve_prompts: float = 0.0) -> None:
+                 shared_by: str = "") -> None:
         self.name = name
-        # stale prefill rates relaxed toward the edge's lowest there (``streams_prefill``):
-        # per edge, deployment → (lowest rate learned, ms of the last sample); the clock is
-        # the last stream's arrival (streams arrive every ~100 ms)
-        self._relax, self._relax_window = relax_half_life_s, relax_window
-        self._headroom_ms = headroom_ms  # the TTFT headroom at most this many ms
-        # a TTFT reserve of this many of the edge's mean uncached prompts at each
-        # deployment's prefill rate, beside the headroom (``choose_stream(reserve_tokens=)``)
-        self._reserve = reserve_prompts
-        self._floors: list[dict[str, tuple[float, float]]] = [{} for _ in sim.regions]
-        # relax_window > 0: the floor is the lowest of the last relax_window rates learned
-        self._recent_rates: list[dict[str, deque[float]]] = [{} for _ in sim.regions]
-        self._clock = 0.0
-        # the prefill learned as a wait plus a rate per token (``placement.streams_prefill``)
-        # instead of the edge's per-token ratio: per edge, deployment → line; stream → tokens
-        # prefilled up to its first token (this edge's queued ahead of it included)
-        self.lines: list[dict[str, PrefillLine]] | None = (
-            [{} for _ in sim.regions] if prefill_line else None)
-        self._line_mode = prefill_line
-        self._ahead: dict[int, int] = {}
         # an oracle (simulator only): each decode priced as shared with the server's true
         # streams, all edges' ("inflight": waiting, prefilling or decoding; "decoding")
         self._shared_by = shared_by
@@ -179,16 +156,10 @@ class Switchyard:
         pending = self.pending[edge]
         fleet = self._fleet(edge, now)
         estimates = stats.estimates(cands)
-        if self.lines is not None:
-            estimates = with_lines(estimates, self.lines[edge])
-        self._clock = now
-        if self._relax > 0:
-            estimates = self._relaxed(estimates, self._floors[edge], now)
         choice = choose_stream(cands, estimates, stats.inflight, ask,
                                load_factor=self._load_factor,
                                pending=pending if self._use_pending else None,
-                               ttft_headroom=min(self._headroom,
-                                                 self._headroom_ms / cls.ttft_ms),
+                               ttft_headroom=self._headroom,
                                ttft_margins=(self.guards[edge].margins(now / 1000.0)
                                              if self.guards else None),
                                tpot_factors=(self._running(edge, now, sim)
@@ -197,8 +168,7 @@ class Switchyard:
                                fallback_band=self._fallback_band,
                                unmeasured_probes=self._probes,
                                share_batch=self._share_batch,
-                               shared_by=self._true_batches(sim),
-                               reserve_tokens=self._reserve * self._mean_prompt(edge))
+                               shared_by=self._true_batches(sim))
         choice = self.admitted(sid, edge, now, sim, choice, ask)
         if not choice.slo_met:
             self.infeasible += 1
@@ -208,7 +178,6 @@ class Switchyard:
         work = p - hit
         if self._fleet_work:  # the prefill rate is learned over the work predicted ahead
             work += pending.get(dep, 0) + choice.chosen.others_tokens
-        self._ahead[sid] = pending.get(dep, 0) + p - hit
         pending[dep] = pending.get(dep, 0) + p - hit
         self._prompted[edge][0] += p - hit
         self._prompted[edge][1] += 1
@@ -244,20 +213,6 @@ class Switchyard:
             return None
         return {d.id: (srv.inflight if self._shared_by == "inflight" else len(srv.batch))
                 for d, srv in zip(sim.deployments, sim.servers, strict=True)}
-
-    def _mean_prompt(self, edge: int) -> float:
-        tokens, n = self._prompted[edge]
-        return tokens / n if n else 0.0
-
-    def _relaxed(self, estimates: dict[str, TokenEstimate],
-                 floors: dict[str, tuple[float, float]], now: float) -> dict[str, TokenEstimate]:
-        out = dict(estimates)
-        for d, e in estimates.items():
-            if d in floors:
-                low, at = floors[d]
-                out[d] = dataclasses.replace(e, prefill_ms_per_token=relaxed_rate(
-                    e.prefill_ms_per_token, low, (now - at) / 1000.0, self._relax))
-        return out
 
     def first_token(self, sid: int, sim: TokenSim) -> None:
         d, _, hit, _ = self._open[sid]
@@ -365,8 +320,7 @@ class Switchyard:
         self._ask.pop(sid, None)
         tpot = float(out.tpot_ms[sid])
         prefill = float(out.ttft_ms[sid]) - float(sim.rtt[edge, d]) - self.held_ms(sid)
-        moved = sid in self._moved
-        if moved:  # the attempt after the move: from its own first token
+        if sid in self._moved:  # the attempt after the move: from its own first token
             at, count, first_b = self._moved.pop(sid)
             rtt = float(sim.rtt[edge, d])
             prefill = first_b + rtt / 2 - at - rtt
@@ -374,37 +328,11 @@ class Switchyard:
             end = float(out.first_ms[sid]) + tpot * (int(st.output[sid]) - 1) - shift
             left = int(st.output[sid]) - count
             tpot = (end - first_b) / (left - 1) if left > 1 else math.nan
-        ahead = self._ahead.pop(sid, 0)
-        if self.lines is not None and not moved:
-            self.lines[edge].setdefault(dep, PrefillLine(mode=self._line_mode)).observe(
-                ahead, prefill)
         stats.observe(dep, prefill_ms=prefill, uncached_tokens=max(work, 0),
                       tpot_ms=None if math.isnan(tpot) else tpot, load=load)
-        if self._relax > 0:
-            rate = stats.estimates([self.cands[edge][d]]).get(dep)
-            if rate is not None:
-                low = self._floors[edge].get(dep, (math.inf, 0.0))[0]
-                low = min(low, rate.prefill_ms_per_token)
-                if self._relax_window:
-                    last = self._recent_rates[edge].setdefault(
-                        dep, deque(maxlen=self._relax_window))
-                    last.append(rate.prefill_ms_per_token)
-                    low = min(last)
-                self._floors[edge][dep] = (low, self._clock)
         session = int(st.session[sid])
         if session >= 0:
             stats.remember(_session_key(sid, session), dep, int(st.shared[sid]))
-
-
-def with_lines(estimates: dict[str, TokenEstimate], lines: dict[str, PrefillLine]
-               ) -> dict[str, TokenEstimate]:
-    """``estimates`` with each deployment's prefill from its fitted line, where it has one."""
-    out = dict(estimates)
-    for d, e in estimates.items():
-        fit = lines[d].fit() if d in lines else None
-        if fit is not None:
-            out[d] = dataclasses.replace(e, prefill_ms_per_token=fit[1], prefill_wait_ms=fit[0])
-    return out
 
 
 def _session_key(sid: int, session: int) -> str:
