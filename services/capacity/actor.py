@@ -133,6 +133,19 @@ class CapacityActor:
                     out[p].append((i, have & self.gate.routed(i.id)))
         return out
 
+    async def _add(self, pool: str, count: int, report: ApplyReport) -> list[Instance]:
+        """``provider.add``; when it fails after starting some instances (the 2nd of two
+        never got ready), those it started are in ``report`` before the error goes on: a GPU
+        that runs, and is paid for, is in the failure's report and the audit."""
+        before = {i.id for i in self.provider.instances(pool)}
+        try:
+            return await self.provider.add(pool, count)
+        except Exception:
+            for inst in self.provider.instances(pool):
+                if inst.id not in before:
+                    report.actions.append(("add", inst.id, ""))
+            raise
+
     async def _drop(self, inst: Instance, report: ApplyReport) -> None:
         """Remove an instance whose server does not answer: out of the route tables, then
         the provider's removal (no drain: a dead server has no queue, and could not be
@@ -168,7 +181,7 @@ class CapacityActor:
             missing = want.gpus - len(self.provider.instances(pool))
             if missing > 0:
                 self._step = ("add", pool, "")
-                for inst in await self.provider.add(pool, missing):
+                for inst in await self._add(pool, missing, report):
                     report.actions.append(("add", inst.id, ""))
                     for v in sorted(want.variants):
                         await self._load(inst, v, report)
