@@ -119,9 +119,9 @@ class PlannerConfig:
     route_drawn: bool | None = None
     # route rounds also try the plan without the pairs a drawn class pins (route_unpin)
     route_unpin: bool | None = None
-    # the planner told the forecast's margin (PlannerSettings.demand_margin = peak_factor):
-    # spot GPUs count for the reclaims the margin does not cover; None: the default (1)
-    demand_margin: bool | None = None
+    # the margin the planner is told its demand carries (PlannerSettings.demand_margin):
+    # spot GPUs count for the reclaims it does not cover; None: the default (1, none)
+    demand_margin: float | None = None
 
 
 # Before: a flat $0.5 per GPU change (above a cheap GPU's hourly price, so such GPUs were
@@ -178,23 +178,21 @@ UNPIN = dataclasses.replace(PLANNER, name="+ pinned pairs unloaded in route roun
                             route_unpin=True)
 NO_UNPIN = dataclasses.replace(PLANNER, name="planner, route rounds plan for pinned pairs",
                                route_unpin=False)
-# The planner told the forecast's margin (PlannerSettings.demand_margin): a spot GPU counts
-# for min(1, 0.9 × 1.1) of its servers, the reserve only what the margin does not cover
-MARGIN = dataclasses.replace(PLANNER, name="+ reclaims within the margin", demand_margin=True)
+# The planner told the forecast's margin (PlannerSettings.demand_margin = peak_factor, 1.1):
+# a spot GPU counts for min(1, 0.9 × 1.1) of its servers, the reserve only what the margin
+# does not cover; or told half of it (0.9 × 1.05); or none (the default)
+MARGIN = dataclasses.replace(PLANNER, name="+ reclaims within the margin",
+                             demand_margin=PLANNER.forecast.peak_factor)
+HALF_MARGIN = dataclasses.replace(PLANNER, name="+ reclaims within half the margin",
+                                  demand_margin=1 + (PLANNER.forecast.peak_factor - 1) / 2)
 NO_MARGIN = dataclasses.replace(PLANNER, name="planner, reclaims on top of the margin",
-                                demand_margin=False)
+                                demand_margin=1.0)
 CONFIGS = {"before": BEFORE, "churn": CHURN, "resize": RESIZE, "react": REACT,
            "quantile": QUANTILE, "reserve": RESERVE, "planner": PLANNER, "scale": SCALE,
            "spare": SPARE, "spare-exposed": SPARE_EXPOSED, "pool-loss": POOL_LOSS,
            "pool-loss-hot": POOL_LOSS_HOT, "drawn": DRAWN,
            "no-drawn": NO_DRAWN, "unpin": UNPIN, "no-unpin": NO_UNPIN, "margin": MARGIN,
-           "no-margin": NO_MARGIN}
-
-
-def margin_of(config: PlannerConfig) -> float:
-    """The margin the planner fleet's forecast puts on demand: its ``peak_factor`` (an
-    error quantile's margin varies by class, so none is claimed for it)."""
-    return 1.0 if config.forecast.error_quantile > 0 else config.forecast.peak_factor
+           "half-margin": HALF_MARGIN, "no-margin": NO_MARGIN}
 
 
 def describe(c: PlannerConfig) -> str:
@@ -273,8 +271,7 @@ def planner_fleet(s: Scenario, su: Setup, config: PlannerConfig = PLANNER) -> Pl
                     p.settings, route_unpin=config.route_unpin))
             if config.demand_margin is not None:
                 p = dataclasses.replace(p, settings=dataclasses.replace(
-                    p.settings, demand_margin=margin_of(config) if config.demand_margin
-                    else 1.0))
+                    p.settings, demand_margin=config.demand_margin))
             if config.reclaim_exposure_s <= 0:
                 return p
             return dataclasses.replace(p, pools=tuple(
