@@ -185,10 +185,10 @@ class Generation:
         deployment it may use is predicted to meet it (``MoveWatch.decide``; with
         ``x-max-cost-usd``, only one whose predicted cost for the tokens owed, on top of what
         the stream has cost so far, is within the cap), the request that
-        resumes it there, asking for the generation's tokens still owed (``length``: none
-        when that is unknown) (the next ``choose`` returns that deployment; the caller cancels the
-        call on ``c``); else None. Only a one-request stream whose variant declared
-        resumption moves, as after a failure."""
+        resumes it there (the next ``choose`` returns that deployment; the caller cancels the
+        call on ``c``); else None. The request asks for the generation's tokens still owed
+        (``length``), and a stream whose length is unknown does not move. Only a one-request
+        stream whose variant declared resumption moves, as after a failure."""
         w, llm, streams = self._watch, self.llm, self.router.streams
         if w is None or llm is None or requests_sent != 1 or w.moves:
             return None
