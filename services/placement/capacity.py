@@ -176,9 +176,22 @@ class CapacityLoop:
         """Hand the cadence the rates observed now (it feeds the forecast), measure
         footprints; the re-plan due now, if any."""
         due = self.cadence.observe(self.wall(), self.observed_rates(), self.settings.observe_s,
-                                   self.rate_window_s)
+                                   self.rate_window_s, self.down())
         self.book.measure(self.readings)
         return due
+
+    def down(self) -> frozenset[str]:
+        """Pools with an instance whose server is down (its last telemetry: not ready; or
+        unreachable at the last read): a change is the cadence's outage, a re-plan at once,
+        which replaces the instance, not at the next scheduled plan."""
+        out = set()
+        for pool in self.pools:
+            for inst in self.actor.provider.instances(pool):
+                st = self.fleet.backends.get(inst.id)
+                if inst.id in self.actor.unreachable or (
+                        st is not None and st.last is not None and not st.last.ready):
+                    out.add(pool)
+        return frozenset(out)
 
     def demand(self, horizon_s: float | None = None) -> tuple[DemandClass, ...]:
         """What a plan made now is solved for (:meth:`Cadence.demand`)."""

@@ -15,6 +15,7 @@ from structlog.testing import capture_logs
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
+from placement.fleet import TelemetrySnapshot
 from services.capacity.actor import ApplyFailed
 from services.capacity.model_control import ModelControl, ModelControlError
 from services.capacity.provider import Instance
@@ -141,3 +142,28 @@ async def test_a_load_whose_warm_up_fails_leaves_nothing_loaded() -> None:
     with pytest.raises(ModelControlError, match=r"warm-up of mid: .*deadline exceeded"):
         await control.load("mid")
     assert fake.ready == set()  # was READY in Triton, holding memory, never routed
+
+
+async def test_an_instance_whose_telemetry_says_down_is_replaced_at_the_next_round(
+        tmp_path: pathlib.Path) -> None:
+    """Not at the next scheduled plan (an hour by default): the instances' telemetry poll
+    reads a dead server as not ready, and that pool being down is the cadence's outage."""
+    MayDie.dead = set()
+    rig = Rig(tmp_path, apply="auto")
+    rig.actor._control_of = lambda i: MayDie(i, rig.servers, rig.fail_load)
+    rig.calls("static-1/small", 3.0)
+    rig.loop.observe()
+    await rig.loop.replan("test")
+    rig.clock.t += 5
+    rig.calls("static-1/small", 3.0)
+    assert rig.loop.observe() is None  # nothing due: the plan serves the demand
+    MayDie.dead.add("east-1")
+    # what InstanceTelemetry.poll ingests for a server that refuses connections
+    rig.service.fleet.ingest("east-1", TelemetrySnapshot(ready=False, simulated=True),
+                             rig.clock.t)
+    rig.clock.t += 5
+    rig.calls("static-1/small", 3.0)
+    await rig.loop.step()
+    assert rig.loop.state.reason.startswith("pools down: east"), rig.loop.state.reason
+    assert rig.routed() == {"east-2": ["small"]}
+    assert [i.id for i in rig.provider.instances("east")] == ["east-2"]
