@@ -92,3 +92,17 @@ async def test_a_plaintext_config_against_a_tls_placement_says_tls_is_required(
     assert code == 3
     assert (f"placement at {address} requires TLS: pass --config with [security]" in err), err
     assert "is the mesh running?" not in err
+
+
+async def test_certificates_of_another_ca_are_said_not_unreachable(
+        tls_placement: tuple[pathlib.Path, str], tmp_path: pathlib.Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    _, address = tls_placement
+    (tmp_path / "rogue").mkdir()
+    create_dev_pki(tmp_path / "rogue" / "certs", reuse_ca=False)  # a CA placement never saw
+    rogue = write_config(tmp_path / "rogue", tmp_path / "rogue" / "certs")
+    code = await run_cli("status", "--config", str(rogue), "--placement", address)
+    err = capsys.readouterr().err
+    assert code == 3
+    assert f"placement at {address} refused the TLS handshake: check that [security] " \
+           "ca_file" in err, err
