@@ -100,7 +100,8 @@ class ModelControl:
     async def loaded(self) -> frozenset[str]:
         """Variants the server reports READY."""
         try:
-            index = await self._client.get_model_repository_index(as_json=True)
+            index = await self._client.get_model_repository_index(
+                as_json=True, client_timeout=self.timeout_s)
         except InferenceServerException as exc:
             raise ModelControlError(f"{self.instance.id}: repository index: {exc}") from exc
         return frozenset(m["name"] for m in index.get("models", [])
@@ -124,7 +125,7 @@ class ModelControl:
 
     async def _ready_and_warm(self, variant: str) -> int:
         try:
-            ready = await self._client.is_model_ready(variant)
+            ready = await self._client.is_model_ready(variant, client_timeout=self.timeout_s)
         except InferenceServerException as exc:
             raise ModelControlError(f"{self.instance.id}: load {variant}: {exc}") from exc
         if not ready:

@@ -7,6 +7,7 @@ load whose warm-up failed. The real loop, actor and gate with the fakes of
 
 from __future__ import annotations
 
+import asyncio
 import pathlib
 from typing import Any, ClassVar
 
@@ -115,7 +116,7 @@ class WarmUpFails:
     async def unload_model(self, name: str, client_timeout: float) -> None:
         self.ready.discard(name)
 
-    async def is_model_ready(self, name: str) -> bool:
+    async def is_model_ready(self, name: str, client_timeout: float) -> bool:
         return name in self.ready
 
     async def get_model_config(self, name: str, as_json: bool = False) -> dict[str, Any]:
@@ -167,3 +168,27 @@ async def test_an_instance_whose_telemetry_says_down_is_replaced_at_the_next_rou
     assert rig.loop.state.reason.startswith("pools down: east"), rig.loop.state.reason
     assert rig.routed() == {"east-2": ["small"]}
     assert [i.id for i in rig.provider.instances("east")] == ["east-2"]
+
+
+async def test_a_server_that_accepts_and_never_answers_is_unreachable_not_a_hang() -> None:
+    """A stopped (SIGSTOP) or partitioned server keeps its port open and says nothing: the
+    read of what it loaded gives up after ``timeout_s`` (ModelControlError: the loop reads
+    it as unreachable) instead of holding every re-plan for good."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        held.append(w)  # accept, never answer
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    control = ModelControl(Instance("i-1", "pool-a", f"127.0.0.1:{port}", "http://x"),
+                           timeout_s=0.5)
+    try:
+        with pytest.raises(ModelControlError, match="i-1: repository index"):
+            await asyncio.wait_for(control.loaded(), 10.0)  # was: no deadline at all
+    finally:
+        await control.close()
+        for w in held:
+            w.close()
+        server.close()
+        await server.wait_closed()
