@@ -12,8 +12,12 @@ change was made, its wall clock in ns); a forwarded change is applied, never for
 again. ``SetAvailability`` answers once every peer applied it or its first attempt failed
 (``first_try_s``), so a drain that returns has reached every replica that answers. A peer
 that did not answer is tried again, in order, with backoff, until it does, for as long as
-this replica runs. Each replica applies a change only when it is newer (``AT``) than the last
-it applied to the same scope and target, so a late retry never undoes a later change.
+this replica runs. A peer that answers NOT_FOUND has no backend, region or cloud of that
+name (an agent that registered with this replica only, a peer restarted before the agent
+re-registered there): that is final for that one change, logged, and the peer's queue goes
+on to the next change, so one such change never holds back later ones. Each replica applies
+a change only when it is newer (``AT``) than the last it applied to the same scope and
+target, so a late retry never undoes a later change.
 
 Peers are addresses: behind one Service address (the Helm chart's shard Service, which a
 pod lists as its shard's replica) a forward reaches the one pod the Service picks, maybe the
@@ -119,6 +123,13 @@ class AvailabilityFanout:
                 while not p.refused:
                     code, details = await self._send(stub, request, at_ns)
                     if code is None:
+                        break
+                    if code is grpc.StatusCode.NOT_FOUND:  # final for this change only
+                        log.warning("availability_forward_not_found", peer=p.address,
+                                    scope=request.scope, target=request.target,
+                                    details=details,
+                                    action="that peer has nothing of that name to change; "
+                                    "its later changes still go to it")
                         break
                     if not done.done():
                         done.set_result(False)

@@ -156,3 +156,36 @@ async def test_with_shards_a_drain_reaches_its_shards_standby_and_no_other_shard
     finally:
         for r in (east, rest, standby):
             await r.stop(0)
+
+
+async def test_a_change_the_peer_answers_not_found_does_not_hold_back_later_changes(
+        tmp_path: pathlib.Path) -> None:
+    """A drain of a backend that only the sending replica knows (an agent that reached that
+    replica only) gets NOT_FOUND from the peer: final for that change, and the next drain
+    still reaches the peer. Before, the NOT_FOUND change was retried for ever at the head of
+    the peer's queue and every later change waited behind it (review11 finding 2)."""
+    cfg = mesh_config(tmp_path)
+    b = await start_placement(cfg, port=0, metrics_port=0, peers=[])
+    a = await start_placement(cfg, port=0, metrics_port=0, peers=[f"127.0.0.1:{b.port}"])
+    try:
+        only_on_a = fleet_pb2.Backend(
+            id="only-on-a", endpoint="127.0.0.1:1", cloud="aws", region="r-east",
+            accelerator="gpu-fast", accelerator_count=1, price_class="on-demand",
+            max_concurrency=4, variants=[fleet_pb2.VariantRef(
+                logical_model="summarize", variant="summarize-small", quality=0.7)])
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{a.port}") as ch:
+            await placement_pb2_grpc.PlacementStub(ch).RegisterBackend(
+                placement_pb2.RegisterBackendRequest(backend=only_on_a), timeout=10)
+        assert "only-on-a" not in b.service.fleet.backends
+        await _set(a.port, _drain("only-on-a"))
+        await _set(a.port, _drain())
+        assert a.service.fleet.backends["only-on-a"].availability is Availability.DRAINED
+        await eventually(lambda: _availability(b) is Availability.DRAINED, 10,
+                         "the later drain of east-fast reaching replica b")
+        assert a.service.fanout is not None
+        await eventually(lambda: a.service.fanout is not None
+                         and a.service.fanout.pending == 0, 10, "no change left queued")
+        assert await _drained_rows(b.port) == {BACKEND}
+    finally:
+        await a.stop(0)
+        await b.stop(0)
