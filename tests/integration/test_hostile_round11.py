@@ -20,14 +20,19 @@ edge, called directly as *the Python edge*); real Triton backends
   nothing else wrong (both engines, the module and the Lua alike): each refused hint, an
   unknown or hostile model name, a hostile ``x-request-id``, a deadline out or a cancel at a
   parked backend, streams OK / cancelled / unknown counted as README says; a stream refused
-  and kept open by its caller, or sent more messages, ends at once with the same status; a
-  backend stopped mid-stream while its caller does not read ends within the deadline alike;
+  and kept open by its caller, or sent more messages, ends at once with the same status;
   100 streams at once under 10-300 ms deadlines eject nothing (some see ``INTERNAL: Internal
   error from Core`` on both engines: the caller's own gRPC, not an edge's answer).
+- A stream whose backend stops mid-generation while its caller reads nothing ends
+  UNAVAILABLE naming the silent backend within its deadline on both engines (pinned, found
+  right: the stop with a reading caller is ``test_envoy_stream_hostile``'s).
 """
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import time
 from typing import Any
 
 import grpc
@@ -41,6 +46,8 @@ from services.edge.upstream import STREAM
 from services.security.settings import SecuritySettings, TenantSettings
 from tests.envoy_harness import EnvoyMesh, hostile_fixtures
 from tests.integration.test_envoy_hostile import assert_nothing_ejected_since, ejections
+from tests.integration.test_envoy_stream_hostile import opened, outcome, served_stream
+from tests.llm_harness import PROMPT
 from tests.mesh_harness import eventually, mesh_config, models_parked, raw_infer, request_bytes
 from tests.metrics_harness import Series, delta, parse, pick
 
@@ -161,8 +168,42 @@ async def test_callers_deadlines_shorter_than_the_service_time_teach_nothing(
 
         await eventually(heard_all, 30, "placement heard every call Envoy took")
         await asyncio.sleep(2)  # the edges' reports (every 0.5 s) and the backends' telemetry
-        assert mesh.slow.router.health.view().unusable == {}
+        retried = [(r.status, r.attempts, r.chosen and r.chosen.deployment_id,
+                    round(r.latency_ms)) for r in records if r.attempts > 1]
+        assert mesh.slow.router.health.view().unusable == {}, retried  # (once in ~12 runs
+        # here west-cheap's deployments were: cause not found; ``retried`` says which
+        # calls had an attempt fail before their deadline)
         await assert_nothing_ejected_since(mesh, ejected)
         assert sum(s.failures for s in stats.by_deployment.values()) == failures
         after = {d: p95(mesh, d) for d in rows(mesh)}
     assert all(after[d] <= before[d] * 1.5 for d in before), (before, after)
+
+
+async def test_a_stream_whose_backend_stops_while_its_caller_does_not_read_ends_alike(
+        mesh: EnvoyMesh, engines: dict[str, grpc.aio.Channel],
+        tritons: dict[str, TritonProcess]) -> None:
+    """A 2,000-token stream allowed r-east only (no other deployment to resume on): its
+    caller reads the first token, its backend stops (SIGSTOP: the connection stays open and
+    says nothing) and the caller reads nothing more for 4 s. On both engines it ends
+    UNAVAILABLE naming the silent backend, within its 15 s deadline, and the backend's drain
+    ends once it runs again. Pinned, found right."""
+    east = (("x-allowed-regions", "r-east"),)
+    seen = {}
+    for name, ch in engines.items():
+        await eventually(lambda: served_stream(mesh, 2, east), 30, "r-east serves a stream")
+        t0 = time.monotonic()
+        call = opened(ch, iter([llm_request("generate", PROMPT, 2000)]), 15, east)
+        await call.read()
+        backend = str(dict(await call.initial_metadata())["x-served-by"]).split("/")[0]
+        os.kill(tritons[backend].pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(4)  # the caller reads nothing
+            code, details, took, _ = await outcome(call, t0)
+        finally:
+            os.kill(tritons[backend].pid, signal.SIGCONT)
+        seen[name] = code
+        assert f"{backend} sent nothing for" in details, (name, details)
+        assert took < 15, (name, took)
+        await eventually(lambda: not mesh.slow.router.upstreams.draining, 30,
+                         "the stopped backend's drain ends once it runs again")
+    assert seen == dict.fromkeys(engines, grpc.StatusCode.UNAVAILABLE), seen
