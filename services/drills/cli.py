@@ -70,13 +70,14 @@ def drill_main(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     names = [*SCENARIOS, KILL_STREAMS] if args.all else [args.scenario]
+    # SIGTERM, like Ctrl-C, unwinds: a private mesh is stopped, an attached one's fault undone
+    exit_on_sigterm()
     if args.attach:
         from services.drills.mesh import attach
 
         cfg = load_config(args.config, env=dict(os.environ))
         mesh, path, tmp = attach(cfg, args.config), args.config, None
     else:
-        exit_on_sigterm()  # SIGTERM, like Ctrl-C, stops the private mesh
         tmp = tempfile.TemporaryDirectory(prefix="switchyard-drill-")
         engine = getattr(args, "engine", None)
         path = str(sandbox_config(args.config, tmp.name,

@@ -30,7 +30,7 @@ from services.drills.report import (
     split_phases,
     time_to_reroute,
 )
-from services.drills.scenarios import SCENARIOS, Scenario
+from services.drills.scenarios import SCENARIOS, Fault, Scenario
 from services.up import Mesh
 
 WARMUP_S = 1.0
@@ -89,7 +89,8 @@ def _run(h: MeshHandle, sc: Scenario, duration_s: float, rate: float, deadline_s
     load = Load(spec).start()
     ticker = _Ticker(load, say)
     ticker.start()
-    fault = None
+    fault: Fault | None = None
+    busiest, restored = "", False
     try:
         time.sleep(WARMUP_S)
         t_before = load.now()
@@ -97,9 +98,9 @@ def _run(h: MeshHandle, sc: Scenario, duration_s: float, rate: float, deadline_s
         time.sleep(phase_s)
         # What serves the load *now*: the second half of the before phase.
         recent = [c for c in load.snapshot() if c.sent >= t_before + phase_s / 2]
-        busiest = _busiest(recent or load.snapshot())
         t_fault = load.now()
         ticker.phase = "during"
+        busiest = _busiest(recent or load.snapshot())  # from here on the fault may be in place
         fault = sc.inject(h, busiest, say)
         # A slow injection (a process restart) still leaves a full phase under the fault.
         end_during = max(t_fault + phase_s, load.now() + phase_s if
@@ -110,20 +111,35 @@ def _run(h: MeshHandle, sc: Scenario, duration_s: float, rate: float, deadline_s
         t_restore = load.now()
         ticker.phase = "after"
         sc.restore(h, fault, say)
-        restored = load.now()
-        time.sleep(max(t_restore + phase_s, restored + 1.0) - load.now())
+        restored = True
+        time.sleep(max(t_restore + phase_s, load.now() + 1.0) - load.now())
         t_end = load.now()
     finally:
         calls = load.stop()
         skipped, issued = list(load.skipped), load.issued
         ticker.stop()
-        if fault is None:
+        if not busiest:
             say("drill aborted before the fault; mesh untouched")
+        elif not restored:  # interrupted (Ctrl-C, SIGTERM, an error) with the fault in place
+            _restore_interrupted(h, sc, fault or sc.planned(h, busiest), say)
     report = _report(sc, fault, calls, skipped, issued, rate, deadline_s, slo_ms,
                      (t_before, t_fault, t_restore, t_end), streak)
     say(report.table())
     _settle_after(h, report, settle_timeout_s, say)
     return report
+
+
+def _restore_interrupted(h: MeshHandle, sc: Scenario, fault: Fault,
+                         say: Callable[[str], None]) -> None:
+    """Undo the fault of a drill that did not reach its restore: an attached mesh is the
+    operator's, and e.g. a backend the drill killed stays held (never restarted by ``up``)
+    until it is restored. A failure here is said, and the interruption goes on unwinding."""
+    say(f"drill interrupted with its fault in place ({fault.target}): restoring it")
+    try:
+        sc.restore(h, fault, say)
+    except Exception as exc:  # the interruption, not this, is what the caller must see
+        say(f"WARNING: could not restore {fault.target}: {exc}; a fresh `switchyard up` "
+            "clears every drill's hold")
 
 
 def _busiest(calls: list[Call]) -> str:
@@ -137,8 +153,6 @@ def _report(sc: Scenario, fault: object, calls: list[Call], skipped: list[float]
             issued: int, rate: float, deadline_s: float, slo_ms: float | None,
             marks: tuple[float, float, float, float],
             streak: int) -> DrillReport:
-    from services.drills.scenarios import Fault
-
     assert isinstance(fault, Fault)
     t_before, t_fault, t_restore, t_end = marks
     bounds = {"before": (t_before, t_fault), "during": (t_fault, t_restore),

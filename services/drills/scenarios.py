@@ -53,6 +53,11 @@ class Scenario:
     def restore(self, h: MeshHandle, fault: Fault, progress: Progress) -> None:
         raise NotImplementedError
 
+    def planned(self, h: MeshHandle, busiest: str) -> Fault:
+        """The fault ``inject`` puts in place on ``busiest``: what ``restore`` undoes when
+        the drill is interrupted while injecting (each restore may run on a partial fault)."""
+        return Fault(f"backend {busiest}", {busiest})
+
 
 def _parallel(fns: list[Callable[[], None]]) -> None:
     errors: list[BaseException] = []
@@ -97,6 +102,10 @@ class KillBackends(Scenario):
 
     def pick(self, h: MeshHandle, busiest: str) -> tuple[str, list[str]]:
         raise NotImplementedError
+
+    def planned(self, h: MeshHandle, busiest: str) -> Fault:
+        target, ids = self.pick(h, busiest)
+        return Fault(target, set(ids))
 
     def inject(self, h: MeshHandle, busiest: str, progress: Progress) -> Fault:
         target, ids = self.pick(h, busiest)
@@ -254,6 +263,9 @@ class PlacementOutage(Scenario):
     summary = "SIGKILL placement; edges must keep routing on their last table"
     expect_noticed = False  # the point: callers see nothing
 
+    def planned(self, h: MeshHandle, busiest: str) -> Fault:
+        return Fault("placement")
+
     def inject(self, h: MeshHandle, busiest: str, progress: Progress) -> Fault:
         for child in h.placement_children():  # with shards: every replica of every shard
             pid = h.pid(child)
@@ -278,6 +290,9 @@ class EdgeRestart(Scenario):
     summary = ("SIGKILL placement, then restart the loaded edge: it must serve from the table "
                "it persisted on disk")
     client_failover = True
+
+    def planned(self, h: MeshHandle, busiest: str) -> Fault:
+        return Fault(f"edge {h.cfg.edges[0].id} (placement down)")
 
     def inject(self, h: MeshHandle, busiest: str, progress: Progress) -> Fault:
         edge = h.cfg.edges[0]
