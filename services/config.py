@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import math
 import os
 import pathlib
 import tomllib
@@ -206,6 +207,12 @@ class MeshConfig(_Strict):
     # Directory the file was read from; relative paths in the file resolve against it.
     base_dir: str = "."
 
+    @model_validator(mode="before")
+    @classmethod
+    def _finite(cls, raw: object) -> object:
+        _refuse_inf_nan(raw, ())
+        return raw
+
     @model_validator(mode="after")
     def _references(self) -> MeshConfig:
         regions = {r.name for r in self.regions}
@@ -304,6 +311,19 @@ def check_shards(shards: list[ShardConfig], regions: set[str], backend_regions: 
         if r not in owner:
             raise ValueError(f"backends[{i}].region {r!r} is owned by no placement.shards "
                              f"entry (owned: {sorted(owner)})")
+
+
+def _refuse_inf_nan(value: object, loc: tuple[int | str, ...]) -> None:
+    """TOML's ``inf`` / ``nan`` in any table of the file (nested ones included) is refused,
+    naming the key: an interval, lease or limit of ``inf`` never runs out (a backend lease of
+    ``inf`` locks a restarted agent out for good)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{_where(loc)} = {value}: write a finite number (TOML inf and nan "
+                         "are not accepted), or leave the key out for its default")
+    items = value.items() if isinstance(value, dict) else (
+        enumerate(value) if isinstance(value, list) else ())
+    for k, v in items:
+        _refuse_inf_nan(v, (*loc, k))
 
 
 def _unique(what: str, names: list[str]) -> None:
