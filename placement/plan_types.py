@@ -148,7 +148,9 @@ class PlannerSettings:
     # ``min(1, (1 − reclaim_risk) · demand_margin)`` of their servers (:func:`counted`), so
     # the plan carries the margin's demand on every GPU, or the forecast itself with the
     # reclaims taken, not both at once (1.1 / 0.9: ×1.22 the forecast's work on spot).
-    # 1 = the reserve on top of any margin.
+    # 1 = the reserve on top of any margin. Built and off: measured on part of the
+    # provisioned-cost day and not kept (benchmarks/RESULTS.md, 2026-11-28, tenth session:
+    # the whole margin cost few-large-pools 0.11 point at its burst).
     demand_margin: float = 1.0
 
 
