@@ -16,10 +16,11 @@ import tomllib
 import typing
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
 from placement.errors import ConfigError
+from placement.registry import PROFILES
 from services.capacity.settings import CapacityConfig, check_capacity
 from services.discovery.settings import ConsulSettings
 from services.security.settings import LOCAL_DEFAULT, SecuritySettings, check_references
@@ -137,6 +138,16 @@ class RoutingConfig(_Strict):
     deadline_margin_ms: float = Field(default=5.0, ge=0)
     fail_fast: bool = False
     observed_min_samples: int = Field(default=20, ge=1)
+
+    @field_validator("profile")
+    @classmethod
+    def _known_profile(cls, name: str) -> str:
+        if name not in PROFILES:  # the edge looks every call's profile up among these
+            close = difflib.get_close_matches(name, PROFILES, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ValueError(f"routing.profile {name!r} is not a routing profile; {hint}"
+                             f"write one of: {', '.join(PROFILES)}")
+        return name
 
 
 class EdgeRuntimeConfig(_Strict):

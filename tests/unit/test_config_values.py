@@ -10,6 +10,7 @@ import tomllib
 import pytest
 
 from placement.errors import ConfigError
+from placement.registry import PROFILES, build_profile
 from services.config import MeshConfig, load_config
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "examples"
@@ -21,11 +22,14 @@ def _raw() -> dict[str, object]:
     return raw
 
 
-def _load(tmp_path: pathlib.Path, extra: str) -> None:
+def _load(tmp_path: pathlib.Path, extra: str, table: str = "placement") -> MeshConfig:
+    """examples/mesh.toml with ``extra`` lines added to its ``[table]`` (added if absent)."""
     (tmp_path / "prices.toml").write_text((EXAMPLES / "prices.toml").read_text())
     text = (EXAMPLES / "mesh.toml").read_text()
-    (tmp_path / "mesh.toml").write_text(text.replace("[placement]\n", f"[placement]\n{extra}\n"))
-    load_config(tmp_path / "mesh.toml")
+    head = f"[{table}]\n"
+    text = text.replace(head, f"{head}{extra}\n") if head in text else f"{text}\n{head}{extra}\n"
+    (tmp_path / "mesh.toml").write_text(text)
+    return load_config(tmp_path / "mesh.toml")
 
 
 def test_the_example_loads(tmp_path: pathlib.Path) -> None:
@@ -77,3 +81,22 @@ def test_inf_is_refused_in_the_security_tables(security: dict[str, object]) -> N
     raw["security"] = security
     with pytest.raises(ValueError, match=r"security\.(limits|tenants\[0\])\.\w+ = inf"):
         MeshConfig.model_validate(raw)
+
+
+@pytest.mark.parametrize("name", ["fast", "cheapest ", "Cheapest", ""])
+def test_an_unknown_routing_profile_is_refused_naming_the_known_ones(
+        tmp_path: pathlib.Path, name: str) -> None:
+    """It used to load; the Python edge then raised KeyError on every call without an
+    x-routing-profile hint (review11 finding 8)."""
+    with pytest.raises(ConfigError) as got:
+        _load(tmp_path, f"profile = {name!r}", table="routing")
+    assert f"routing.profile {name!r} is not a routing profile" in str(got.value)
+    assert f"write one of: {', '.join(PROFILES)}" in str(got.value)
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_every_known_profile_loads_and_is_one_the_edge_builds(
+        tmp_path: pathlib.Path, name: str) -> None:
+    cfg = _load(tmp_path, f"profile = {name!r}", table="routing")
+    assert cfg.routing.profile == name
+    assert build_profile(name, cfg.routing.spread_band).name == name
