@@ -303,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
                                 up_command(getattr(args, "config", DEFAULT_CONFIG)),
                                 handshake=(lambda: transport_mismatch(
                                     asked, getattr(args, "security", None)))
-                                if asked and target == f"placement at {asked}" else None),
+                                if asked and target.startswith(f"placement at {asked}")
+                                else None),
               file=sys.stderr)
         return 3
     except OSError as exc:

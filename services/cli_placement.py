@@ -38,13 +38,39 @@ def admin_channel(address: str, security: SecuritySettings | None) -> grpc.Chann
     return grpc.secure_channel(address, transport.channel_credentials(security, ADMIN_ROLE))
 
 
+def serving(address: str, security: SecuritySettings | None, timeout_s: float = 1.0) -> bool:
+    """Whether placement at ``address`` answers its gRPC health check SERVING, dialled as
+    :func:`admin_channel` dials (so a TLS replica counts)."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with admin_channel(address, security) as ch:
+        try:
+            # types-grpcio-health-checking's HealthStub declares no methods.
+            check = health_pb2_grpc.HealthStub(ch).Check  # type: ignore[attr-defined]
+            resp = check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
+        except grpc.RpcError:
+            return False
+    return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
+
+
 def placement_stub(cfg: MeshConfig, args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    """A ``Placement`` stub for ``--placement`` or, by default, ``[placement]``'s host:port."""
+    """A ``Placement`` stub for ``--placement`` or, by default, ``[placement]``'s host:port,
+    or with ``[placement] replicas`` the first of host:port and the replicas that answers (a
+    drain sent to a standby reaches the others through its fan-out); none answering: the
+    primary, and the error names every address tried."""
     from services.api.switchyard.v1 import placement_pb2_grpc
 
-    address = args.placement or f"{cfg.placement.host}:{cfg.placement.port}"
-    args.placement_address = address
+    primary = f"{cfg.placement.host}:{cfg.placement.port}"
+    tried = list(dict.fromkeys([primary, *cfg.placement.replicas]))
+    address = args.placement or primary
     args.rpc_target = f"placement at {address}"  # named in connection errors
+    if not args.placement and len(tried) > 1:
+        answering = next((a for a in tried if serving(a, cfg.security)), None)
+        address = answering or primary
+        args.rpc_target = (f"placement at {address}" if answering else
+                           f"placement at {primary} or any of its [placement] replicas "
+                           f"({', '.join(tried[1:])})")
+    args.placement_address = address
     args.security = cfg.security
     return placement_pb2_grpc.PlacementStub(admin_channel(address, cfg.security))
 
