@@ -247,11 +247,9 @@ class NodeAgent:
         """Start the GPU source, open the Triton readers and start the loops."""
         await self.gpu_source.start()
         if self.discovery is not None:
-            from services.discovery.base import HealthCheck
-
             for b in self.backends:
                 await self.discovery.register(backend_message(self.config, b),
-                                              HealthCheck("grpc", b.endpoint))
+                                              self.config.consul.health_check("grpc", b.endpoint))
                 self._log.info("agent.registered_in_catalog", backend=b.id)
         self._stats = {b.id: self._stats_factory(b) for b in self.backends}
         self._task = asyncio.create_task(self.run(), name=f"node-agent-{self.agent_id}")

@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from services.discovery.base import HealthCheck
+
 
 class ConsulTlsSettings(BaseModel):
     """TLS towards the Consul agent's HTTPS port: CA bundle and an optional client certificate."""
@@ -78,6 +80,14 @@ class ConsulSettings(BaseModel):
         if self.kv_prefix.startswith("/"):
             raise ValueError(f"consul.kv_prefix {self.kv_prefix!r} must not start with '/'")
         return self
+
+    def health_check(self, kind: Literal["grpc", "http", "tcp"], target: str) -> HealthCheck:
+        """The catalog's check of a service this process registers (a backend, a placement
+        replica), with this section's ``check_interval_s``, ``check_timeout_s`` and
+        ``deregister_critical_after_s``."""
+        return HealthCheck(kind, target, interval_s=self.check_interval_s,
+                           timeout_s=self.check_timeout_s,
+                           deregister_critical_after_s=self.deregister_critical_after_s)
 
     @property
     def scheme(self) -> Literal["http", "https"]:

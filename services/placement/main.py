@@ -185,14 +185,14 @@ async def start_placement(cfg: MeshConfig, host: str | None = None, port: int | 
         capacity.start()
     if cfg.discovery == "consul":
         from services.discovery import open_discovery
-        from services.discovery.base import HealthCheck
         from services.placement.follow import follow
 
         running.discovery = open_discovery(cfg, cfg.consul)
         running.follower = asyncio.create_task(follow(running.discovery, service))
         # Edges find placement replicas through the catalog.
         await running.discovery.register_placement(  # type: ignore[attr-defined]
-            service.placement_id, f"{host}:{bound}", HealthCheck("grpc", f"{host}:{bound}"),
+            service.placement_id, f"{host}:{bound}",
+            cfg.consul.health_check("grpc", f"{host}:{bound}"),
             shard=shard.shard_key(owned.shard) if owned.shard is not None else "")
     log.info("placement_listening", address=f"{host}:{bound}", metrics_port=mport,
              placement_id=service.placement_id, backends=len(service.fleet.backends),
