@@ -20,6 +20,7 @@ from services.xds import native
 
 def check_up(cfg: MeshConfig, config_path: str) -> None:
     check_run_dir(cfg.path(cfg.run_dir), config_path)
+    check_fixed_ports(cfg, config_path)
     check_ports(cfg, config_path)
     check_envoy_filters(cfg, config_path)
     if cfg.discovery == "static":  # placement reads it after the backends started
@@ -27,8 +28,9 @@ def check_up(cfg: MeshConfig, config_path: str) -> None:
 
 
 def listen_ports(cfg: MeshConfig) -> list[tuple[str, str, int]]:
-    """Every (key, host, port) a mesh server listens on, as the file names it; port 0 (any
-    free port) left out. With shards the replicas' own addresses listen, not placement.port.
+    """Every (key, host, port) a mesh server listens on, as the file names it; port 0 (a
+    metrics port not served; elsewhere refused by :func:`check_fixed_ports`) left out. With
+    shards the replicas' own addresses listen, not placement.port.
     An Envoy edge (``[edge] engine = "envoy"``) takes the same two ports as a Python edge, said
     as what takes them: its Envoy's listener (``port``, bound when placement pushes it: a held
     port was a listener Envoy rejects, an edge that never serves) and its slow path's metrics
@@ -67,6 +69,41 @@ def listen_ports(cfg: MeshConfig) -> list[tuple[str, str, int]]:
     return [(what, host, port) for what, host, port in out if port != 0]
 
 
+def dialled_ports(cfg: MeshConfig) -> list[tuple[str, str, int]]:
+    """Every (key, host, port) of a server that ``up`` starts, waits on, and the other
+    processes dial at the address the file gives: placement (or every shard replica), the
+    edges, the backends."""
+    p = cfg.placement
+    out = [] if p.shards else [("placement.port", p.host, p.port)]
+    for i, s in enumerate(p.shards):
+        for j, address in enumerate(s.replicas):
+            host, _, port = address.rpartition(":")
+            if port.isdigit():
+                out.append((f"placement.shards[{i}].replicas[{j}]", host, int(port)))
+    out += [(f"edges[{i}].port", e.host, e.port) for i, e in enumerate(cfg.edges)]
+    out += [(f"backends[{i}].grpc_port", b.host, b.grpc_port) for i, b in enumerate(cfg.backends)]
+    return out
+
+
+def check_fixed_ports(cfg: MeshConfig, config_path: str) -> None:
+    """Port 0 for a server ``up`` waits on: it would listen on a port its own OS picked,
+    which neither ``up`` nor the processes dialling it learn (review11: ``up`` waited 120 s
+    on placement at host:0). Said for every such key at once, with free ports to write."""
+    from services.ports import free_ports
+
+    zero = [(key, host) for key, host, port in dialled_ports(cfg) if port == 0]
+    if not zero:
+        return
+    fixes = [f"{key} = \"{host}:{port}\"" if key.endswith("]") else f"{key} = {port}"
+             for (key, host), port in zip(zero, free_ports(len(zero)), strict=True)]
+    raise ConfigError(
+        f"{config_path} gives port 0 to {len(zero)} server(s) that `switchyard up` waits on "
+        "and the other processes dial at the configured address (port 0 makes a server listen "
+        "on a port its OS picks, which nobody else learns):\n"
+        + "".join(f"    {key}\n" for key, _ in zero)
+        + "  next: write a port number for each; free right now: " + ", ".join(fixes))
+
+
 def check_ports(cfg: MeshConfig, config_path: str) -> None:
     """``up`` runs every server on this machine: no two configured on one port (whatever
     host each names; on Kubernetes they may share one, each in its own pod), and each port
@@ -77,7 +114,8 @@ def check_ports(cfg: MeshConfig, config_path: str) -> None:
         if port in taken:
             raise ConfigError(f"{what} and {taken[port]} are both configured on port {port}; "
                               f"`switchyard up` runs them all on this machine: give each its "
-                              f"own port in {config_path} (0 = any free port)")
+                              f"own port in {config_path} (a metrics_port of 0 serves "
+                              "no metrics)")
         taken[port] = what
         if host in LOCAL_HOSTS and in_use(host, port):  # `up` refuses remote hosts where it
             busy.append((what, host, port))             # matters (shards)

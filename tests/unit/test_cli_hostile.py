@@ -22,9 +22,21 @@ def keep_logging(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cli, "configure", lambda *_a, **_k: None)
 
 
+def up_mesh(tmp_path: pathlib.Path) -> dict:  # type: ignore[type-arg]
+    """The harness mesh as a dict ``switchyard up`` accepts: its port-0 servers (placement,
+    edges: in-process tests bind any free port) given free ports, as up needs them."""
+    raw = mesh_config(tmp_path).model_dump(mode="json", exclude_none=True)
+    zero = [e for e in raw["edges"] if e["port"] == 0]
+    ports = free_ports(len(zero) + 1)
+    raw["placement"]["port"] = ports.pop()
+    for e, port in zip(zero, ports, strict=True):
+        e["port"] = port
+    return raw
+
+
 def mesh_file(tmp_path: pathlib.Path, edit=None) -> pathlib.Path:  # type: ignore[no-untyped-def]
     """The harness mesh (free ports) as a TOML file, ``edit`` applied to its dict first."""
-    raw = mesh_config(tmp_path).model_dump(mode="json", exclude_none=True)
+    raw = up_mesh(tmp_path)
     if edit is not None:
         edit(raw)
     path = tmp_path / "mesh.toml"

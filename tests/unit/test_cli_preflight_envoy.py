@@ -21,7 +21,7 @@ from services.backends.wan import relay_routes
 from services.config import load_config
 from services.drills.sandbox import dumps_toml
 from services.ports import free_ports
-from tests.mesh_harness import mesh_config
+from tests.unit.test_cli_hostile import up_mesh
 
 
 @pytest.fixture(autouse=True)
@@ -47,7 +47,7 @@ Edit = Callable[[dict[str, Any]], None]
 
 def envoy_mesh(tmp_path: pathlib.Path, edit: Edit | None = None) -> pathlib.Path:
     """The harness mesh with Envoy edges (two of them, on free ports), ``edit`` applied."""
-    raw = mesh_config(tmp_path).model_dump(mode="json", exclude_none=True)
+    raw = up_mesh(tmp_path)
     raw.setdefault("edge", {})["engine"] = "envoy"
     ports = free_ports(4)
     raw["edges"] = [{"id": "edge-east", "region": "r-east", "port": ports[0],
