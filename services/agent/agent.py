@@ -49,6 +49,7 @@ import grpc
 import structlog
 
 from placement.errors import ConfigError
+from services.agent.catalog import CatalogRegistration
 from services.agent.gpus import SOURCE_NAMES, GpuSelection, GpuSource
 from services.agent.metrics import AgentCounts
 from services.agent.simulated import SimulatedGpuSource
@@ -205,7 +206,8 @@ class NodeAgent:
         self._carries: dict[str, list[BackendConfig]] = {}
         self.shards = [] if placement else _by_shard(config, self.backends)
         # A services.discovery.Discovery (Consul): each backend is registered there too,
-        # with a gRPC health check on Triton's port, and deregistered at stop.
+        # with a gRPC health check on Triton's port (retried in the background while the
+        # catalog answers errors), and deregistered at stop.
         self.discovery = discovery
         self.gpu_source = GpuSource(self.backends, nvml=nvml, simulated=simulated,
                                     selection=gpus, sleep=sleep,
@@ -214,6 +216,8 @@ class NodeAgent:
                                     agent_id=self.agent_id)
         self._stats: dict[str, StatsSource] = {}
         self._task: asyncio.Task[None] | None = None
+        self.catalog: CatalogRegistration | None = None
+        self._catalog_task: asyncio.Task[None] | None = None
         self._stopping = False
         self.reports_sent = 0
         self.rounds = 0
@@ -246,11 +250,18 @@ class NodeAgent:
     async def start(self) -> None:
         """Start the GPU source, open the Triton readers and start the loops."""
         await self.gpu_source.start()
-        if self.discovery is not None:
-            for b in self.backends:
-                await self.discovery.register(backend_message(self.config, b),
-                                              self.config.consul.health_check("grpc", b.endpoint))
-                self._log.info("agent.registered_in_catalog", backend=b.id)
+        if self.discovery is not None:  # (services/agent/catalog.py)
+            consul = self.config.consul
+            self.catalog = CatalogRegistration(
+                self.discovery, [(backend_message(self.config, b),
+                                  consul.health_check("grpc", b.endpoint))
+                                 for b in self.backends],
+                retry_s=(consul.retry_min_s, consul.retry_max_s), sleep=self._sleep,
+                rng=self._rng, log=self._log)
+            await self.catalog.register_pending()
+            if self.catalog.pending:
+                self._catalog_task = asyncio.create_task(self.catalog.retry(),
+                                                         name="agent-catalog-registration")
         self._stats = {b.id: self._stats_factory(b) for b in self.backends}
         self._task = asyncio.create_task(self.run(), name=f"node-agent-{self.agent_id}")
 
@@ -258,6 +269,11 @@ class NodeAgent:
         """Close the streams cleanly (placement gets its ack), then the readers and NVML."""
         self._stopping = True
         replicas = self._every_replica()
+        if self._catalog_task is not None:
+            self._catalog_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._catalog_task
+            self._catalog_task = None
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
