@@ -224,9 +224,11 @@ def is_serving(address: str, kind: str) -> bool:
 def shard_targets(cfg: MeshConfig) -> list[tuple[str, str | None]]:
     """``switchyard status`` with ``[[placement.shards]]``: per shard, a title and the first
     of its replicas that answers (None: none does)."""
+    from services.cli_placement import serving  # dialled as the command dials (TLS too)
+
     out: list[tuple[str, str | None]] = []
     for i, s in enumerate(cfg.placement.shards):
-        address = next((a for a in s.replicas if is_serving(a, "grpc")), None)
+        address = next((a for a in s.replicas if serving(a, cfg.security)), None)
         title = (f"== placement.shards[{i}] (regions {', '.join(s.regions)}) at {address}"
                  if address else f"== placement.shards[{i}] (regions {', '.join(s.regions)}):"
                  f" no replica answers ({', '.join(s.replicas)})")
@@ -236,6 +238,8 @@ def shard_targets(cfg: MeshConfig) -> list[tuple[str, str | None]]:
 
 def answering_replica(cfg: MeshConfig, shard: int) -> str:
     """The first replica of ``placement.shards[shard]`` that answers (else its primary, so
-    that the caller's error names it)."""
+    that the caller's error names it), dialled as ``[security]`` says."""
+    from services.cli_placement import serving
+
     replicas = cfg.placement.shards[shard].replicas
-    return next((a for a in replicas if is_serving(a, "grpc")), replicas[0])
+    return next((a for a in replicas if serving(a, cfg.security)), replicas[0])

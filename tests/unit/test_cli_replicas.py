@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import pathlib
+import tomllib
 from collections.abc import AsyncIterator
 
 import pytest
@@ -15,7 +16,7 @@ from services import cli
 from services.api.switchyard.v1 import fleet_pb2, placement_pb2, placement_pb2_grpc
 from services.cli_placement import admin_channel
 from services.config import load_config
-from services.drills.sandbox import sandbox_config
+from services.drills.sandbox import dumps_toml, sandbox_config
 from services.placement.main import start_placement
 from services.ports import free_ports
 from services.security.certs import create_dev_pki
@@ -60,6 +61,43 @@ async def standby(tmp_path: pathlib.Path, request: pytest.FixtureRequest
         await running.stop(0.2)
 
 
+def sharded(path: pathlib.Path, replicas: list[int]) -> str:
+    """``path`` with one ``[[placement.shards]]`` entry owning every region, on ``replicas``."""
+    raw = tomllib.loads(path.read_text())
+    raw["placement"].pop("replicas")
+    raw["placement"]["shards"] = [{"regions": [r["name"] for r in raw["regions"]],
+                                   "replicas": [f"127.0.0.1:{p}" for p in replicas]}]
+    path.write_text(dumps_toml(raw))
+    return str(path)
+
+
+@pytest.fixture(params=["plaintext", "mTLS"])
+async def shard_standby(tmp_path: pathlib.Path, request: pytest.FixtureRequest
+                        ) -> AsyncIterator[tuple[str, int]]:
+    """One ``[[placement.shards]]`` entry owning every region: its primary down, its standby
+    serving (plaintext, or mTLS: the replica probe must dial as the command does)."""
+    certs = None
+    if request.param == "mTLS":
+        certs = tmp_path / "certs"
+        create_dev_pki(certs)
+    down, up = free_ports(2)
+    path = sharded(pathlib.Path(config(tmp_path, 0, [], certs)), [down, up])
+    running = await start_placement(load_config(path), port=up, metrics_port=0, peers=[])
+    try:
+        yield path, up
+    finally:
+        await running.stop(0.2)
+
+
+async def test_drain_reaches_a_shards_standby_when_its_primary_is_down(
+        shard_standby: tuple[str, int], capsys: pytest.CaptureFixture[str]) -> None:
+    path, port = shard_standby
+    code = await switchyard("drain", "--config", path, "backend", "use1-t4")
+    assert code == 0, capsys.readouterr().err
+    drained = fleet_pb2.AVAILABILITY_DRAINED
+    assert await asyncio.to_thread(availability, path, port, "use1-t4") == drained
+
+
 async def switchyard(*argv: str) -> int:
     return await asyncio.to_thread(cli.main, list(argv))
 
@@ -97,3 +135,12 @@ async def test_no_replica_answering_names_each_address_tried(
     err = capsys.readouterr().err
     assert (f"cannot reach placement at 127.0.0.1:{primary} or any of its [placement] "
             f"replicas (127.0.0.1:{replica})") in err, err
+
+
+async def test_status_reads_a_shards_standby_when_its_primary_is_down(
+        shard_standby: tuple[str, int], capsys: pytest.CaptureFixture[str]) -> None:
+    path, port = shard_standby
+    code = await switchyard("status", "--config", path, "--no-legend")
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "== placement.shards[0] (regions " in out and f"at 127.0.0.1:{port}" in out, out
