@@ -96,7 +96,8 @@ def drill_main(args: argparse.Namespace) -> int:
                                           progress=stderr_progress))
                 continue
             reports.append(run_drill(cfg, path, name, args.duration, args.rate, mesh=mesh,
-                                     deadline_s=args.deadline, slo_ms=args.slo_ms))
+                                     deadline_s=args.deadline, slo_ms=args.slo_ms,
+                                     undo_interrupted=args.attach))  # a private one is stopped
             print(file=sys.stderr)
     finally:
         if not args.attach:

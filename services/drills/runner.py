@@ -44,13 +44,15 @@ def run_drill(cfg: MeshConfig, config_path: str, scenario: str | Scenario,
               duration_s: float = 30.0, rate: float = 40.0, *, mesh: Mesh | None = None,
               deadline_s: float = 2.0, slo_ms: float | None = None,
               progress: Callable[[str], None] | None = stderr_progress,
-              settle_timeout_s: float = 60.0, streak: int = 10) -> DrillReport:
+              settle_timeout_s: float = 60.0, streak: int = 10,
+              undo_interrupted: bool = True) -> DrillReport:
     """Run one drill scenario under load and return what it measured.
 
     ``duration_s`` is split evenly over the before, during and after phases (the after phase
     also waits at least a second past the end of the restore). ``slo_ms`` overrides the
     scenario's ``x-slo-ms`` header (None: the scenario's default; most send none, so the
-    call's deadline is its SLO).
+    call's deadline is its SLO). ``undo_interrupted``: a drill interrupted with its fault in
+    place restores it (an attached mesh); False for a mesh stopped right after (a private one).
     """
     say = progress or (lambda _m: None)
     sc = SCENARIOS[scenario]() if isinstance(scenario, str) else scenario
@@ -60,7 +62,8 @@ def run_drill(cfg: MeshConfig, config_path: str, scenario: str | Scenario,
         mesh.start(progress=progress is not None)
     try:
         return _run(MeshHandle(mesh), sc, duration_s, rate, deadline_s,
-                    sc.slo_ms if slo_ms is None else slo_ms, say, settle_timeout_s, streak)
+                    sc.slo_ms if slo_ms is None else slo_ms, say, settle_timeout_s, streak,
+                    undo_interrupted=undo_interrupted and not own)
     finally:
         if own:
             mesh.stop()
@@ -68,7 +71,7 @@ def run_drill(cfg: MeshConfig, config_path: str, scenario: str | Scenario,
 
 def _run(h: MeshHandle, sc: Scenario, duration_s: float, rate: float, deadline_s: float,
          slo_ms: float | None, say: Callable[[str], None], settle_timeout_s: float,
-         streak: int) -> DrillReport:
+         streak: int, *, undo_interrupted: bool = True) -> DrillReport:
     cfg = h.cfg
     if not cfg.edges:
         raise DrillError("the mesh has no edges to send load to")
@@ -120,7 +123,7 @@ def _run(h: MeshHandle, sc: Scenario, duration_s: float, rate: float, deadline_s
         ticker.stop()
         if not busiest:
             say("drill aborted before the fault; mesh untouched")
-        elif not restored:  # interrupted (Ctrl-C, SIGTERM, an error) with the fault in place
+        elif not restored and undo_interrupted:  # interrupted (Ctrl-C, SIGTERM, an error)
             _restore_interrupted(h, sc, fault or sc.planned(h, busiest), say)
     report = _report(sc, fault, calls, skipped, issued, rate, deadline_s, slo_ms,
                      (t_before, t_fault, t_restore, t_end), streak)

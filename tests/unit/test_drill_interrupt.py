@@ -112,3 +112,13 @@ def test_an_attached_drill_makes_sigterm_unwind_so_its_fault_is_undone(
     with pytest.raises(SystemExit) as exc:
         handler(signal.SIGTERM, None)
     assert exc.value.code == 128 + signal.SIGTERM
+
+
+def test_a_private_drill_interrupted_leaves_the_fault_to_the_mesh_stop(
+        cfg: MeshConfig, tmp_path: pathlib.Path) -> None:
+    """Its mesh is stopped right after: restarting a Triton first only delays the Ctrl-C."""
+    h = Handle(cfg, tmp_path, "during")
+    with pytest.raises(KeyboardInterrupt):
+        runner._run(h, KillBackend(), 0.6, 5.0, 0.5, None, lambda _m: None, 1.0, 10,  # type: ignore[arg-type]
+                    undo_interrupted=False)
+    assert h.restarted == []
