@@ -190,7 +190,7 @@ def check_edges_answer(cfg: MeshConfig, start: str = "switchyard up") -> None:
 
     kind = "envoy" if cfg.edge.engine == "envoy" else "grpc"
     silent = [f"{e.id} at {e.host}:{e.port}" for e in cfg.edges
-              if e.port and not is_serving(f"{e.host}:{e.port}", kind)]
+              if e.port and not is_serving(f"{e.host}:{e.port}", kind, cfg.security)]
     if silent:
         verb = "does" if len(silent) == 1 else "do"
         raise Unreachable(f"edge {', '.join(silent)} {verb} not answer; `switchyard demo` needs "

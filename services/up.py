@@ -26,6 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from placement.errors import ConfigError
 from services.config import MeshConfig
+from services.security.settings import SecuritySettings
 from services.supervisor import Supervisor, release_all
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "0.0.0.0")
@@ -145,7 +146,7 @@ class Mesh:
             if child.kind in ("agent", "relay"):
                 time.sleep(0.5)
                 return
-            if is_serving(child.address, child.kind):
+            if is_serving(child.address, child.kind, self.cfg.security):
                 return
             time.sleep(0.2)
         self.stop()
@@ -200,13 +201,21 @@ class Mesh:
                     os.kill(pid, signal.SIGTERM)
 
 
-def is_serving(address: str, kind: str) -> bool:
+def is_serving(address: str, kind: str, security: SecuritySettings | None = None) -> bool:
+    """Whether the child at ``address`` answers: Triton its ServerReady (plaintext: the mesh
+    starts Triton without TLS), placement and a Python edge their gRPC health check, dialled
+    as ``[security]`` says (``security``; None: plaintext) with the admin certificate, as
+    the operator commands dial; before, ``up`` dialled a TLS mesh in plaintext and waited
+    120 s for a placement that was serving."""
     if kind == "envoy":  # listens once placement's config arrived; speaks no gRPC health
         from services.edge.envoy.launcher import listening
 
         host, _, port = address.rpartition(":")
         return listening(host, int(port))
-    with grpc.insecure_channel(address) as ch:
+    from services.cli_placement import admin_channel
+
+    with (grpc.insecure_channel(address) if kind == "triton"
+          else admin_channel(address, security)) as ch:
         try:
             if kind == "triton":
                 from tritonclient.grpc import service_pb2, service_pb2_grpc

@@ -106,3 +106,16 @@ async def test_certificates_of_another_ca_are_said_not_unreachable(
     assert code == 3
     assert f"placement at {address} refused the TLS handshake: check that [security] " \
            "ca_file" in err, err
+
+
+async def test_up_sees_a_placement_that_requires_mtls_as_serving(
+        tls_placement: tuple[pathlib.Path, str]) -> None:
+    """``switchyard up`` waits for each child to answer its health check: it dialled a TLS
+    placement in plaintext, saw it as never serving and stopped the mesh after 120 s
+    ("did not become ready"). Now it dials as the config's [security] says."""
+    from services.up import is_serving
+
+    config, address = tls_placement
+    security = load_config(config).security
+    assert await asyncio.to_thread(is_serving, address, "grpc", security)
+    assert not await asyncio.to_thread(is_serving, address, "grpc")  # plaintext: refused
