@@ -20,16 +20,28 @@ the cheap row is hot. Applied after ``placement.reserve``'s rule, by ``Profile.c
 cost-sorted walk (the edge's) leaves the banded shortcut for the full filter when a row of
 its band is hot.
 
-Measured and off (2026-11-28, ``python -m benchmarks.cost_check --seeds 0 1 --variants base
-hot-rows``, then ``hot-rows-price-1.5``, ``hot-rows-price-2``; quick, every scenario;
-``benchmarks/RESULTS.md``, 'Cost: loose calls off hot rows'): held-out-near-capacity
-98.64/98.96 → 98.97/99.11 % (``MAX_PRICE`` 1.5: 99.10/99.10 %, 2: 99.13/99.10 % at ×0.986),
-held-out-many-models 99.28/99.31 → 99.54/99.45 % at ×1.136 (with ``MAX_PRICE`` 2
-99.36/99.34 %), 17 of 26 runs identical; but without ``MAX_PRICE`` the summed cost ×1.023
-(default ×1.054), with it held-out-return-into-burst seed 1 99.59 → 99.34 % (160 misses
-against 98, "estimate before first samples" 58 → 89: loose calls sent to cool rows this
-edge had not measured yet). ``MEASURED`` "fleet" (99.32 %) does not take that back, "own"
-does in part (99.48 %) and loses most of near capacity's gain (seed 1 99.00 %).
+Measured and off in that form (2026-11-28, ninth session, ``benchmarks/RESULTS.md``, 'Cost:
+loose calls off hot rows'): hot by the table's report (``HOT`` 0.9), held-out-near-capacity
++0.27 point over seeds 0-4 with ``MAX_PRICE`` 2, but held-out-return-into-burst seed 1
+99.59 → 99.34 %: in its burst the tight 90 ms calls missed on the cool rows the loose calls
+had moved to. Where the loose calls go was not it (tenth session: ``COOL`` 0.5/0.7, a row
+well below ``HOT``, 99.36/99.45 %; ``SLOWER``, only a slower row, 99.38/99.43 %); when they
+move was: every edge reads the same report, so at one table every edge's loose calls leave
+the same backend for the same cool rows, for a whole table period.
+
+On by default (tenth session, 'Cost: loose calls off the rows this edge fills'): ``SHARE``
+0.75, a row is hot when this edge's own calls in flight on its backend are at least 0.75 ×
+its slot share (``CallContext.backend_inflight``, fresh at each call, each edge by its own
+calls) and a cool row is below that for this edge and below ``HOT`` at the report, at most
+``MAX_PRICE`` 2 × the cheapest passing row. ``python -m benchmarks.cost_check --seeds 0 1
+--variants base hot-rows-price-2-share-0.75`` (quick, every scenario): held-out-near-capacity
+98.64/98.96 → 99.10/99.14 % at ×0.97, held-out-many-models 99.28/99.31 → 99.38/99.47 % at the
+same cost, tight-three-variant 99.47/99.46 → 99.50/99.50 %, held-out-return-into-burst seed 1
+99.59 → 99.59 %; largest loss on a run 0.06 point, summed cost ×0.999; seeds 3/4 near
+capacity +0.26/+0.44, many-models +0.29/+0.22 point. The Python edge runs it in ``Profile.choose``
+(its ``inflight`` is in every call's context); the Envoy compile (``placement.splits``) does
+not follow it: its weights are per class over the class's rows by slot share and M/M/c
+headroom, with no per-call view of an edge's calls in flight.
 """
 
 from __future__ import annotations
@@ -39,12 +51,12 @@ from collections.abc import Sequence
 from placement.meet import utilisation
 from placement.model import CallContext, Candidate
 
-ON = False
+ON = True
 HOT = 0.9  # a backend at least this busy at the table's report is hot
 LOOSE = 4.0  # a call is loose on a row whose estimate is within 1 / LOOSE of its budget
 WITH_MARGIN = True  # the estimate includes the margin learned from misses there
 # a cool row at most this × the cheapest row that passed (None: whatever its price)
-MAX_PRICE: float | None = None
+MAX_PRICE: float | None = 2.0
 # a cool row only once measured: "" any row, "fleet" by an edge (not the model's guess),
 # "own" by this edge (its own observed p95)
 MEASURED = ""
@@ -60,7 +72,7 @@ SLOWER: float | None = None
 # a row is hot by this edge's own calls in flight on its backend (``CallContext.inflight``),
 # at least this × its slot share (``Candidate.slots``), not by the table's report (None):
 # fresh at each call and this edge's own, so the edges do not all move at one report
-SHARE: float | None = None
+SHARE: float | None = 0.75
 
 
 def hot(c: Candidate, ctx: CallContext | None = None) -> bool:
@@ -72,8 +84,8 @@ def hot(c: Candidate, ctx: CallContext | None = None) -> bool:
 
 
 def busy_share(c: Candidate, ctx: CallContext) -> float:
-    """This edge's calls in flight on ``c``'s backend over its slot share there (0 with no
-    share: the edge owns every slot, the table's report decides)."""
+    """This edge's calls in flight on ``c``'s backend over its slot share there (with no
+    share, the table's report: its busy fraction)."""
     k = c.slots
     if k <= 0:
         return utilisation(c)

@@ -31,7 +31,21 @@ def _chosen(slo_ms: float, cost_sorted: bool = False, rows: list | None = None) 
 
 @pytest.fixture
 def on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rule by the table's report (``SHARE`` None), whatever its price."""
     monkeypatch.setattr(hot_rows, "ON", True)
+    monkeypatch.setattr(hot_rows, "SHARE", None)
+    monkeypatch.setattr(hot_rows, "MAX_PRICE", None)
+
+
+def test_by_default_a_loose_call_leaves_a_row_this_edge_fills() -> None:
+    l4 = meet_row("l4/asr", "l4", compute=60.0, slots=4.0, conc=8, cost=1.0e-6, busy=0.3)
+    own = {"l4/asr": 3}  # 3 of this edge's 4 slots on the L4 busy
+    assert _chosen_with(900.0, [l4, T4_COOL], own) == {"t4/asr"}
+    assert _chosen_with(900.0, [l4, T4_COOL], own, cost_sorted=True) == {"t4/asr"}
+    assert _chosen_with(150.0, [l4, T4_COOL], own) == {"l4/asr"}  # a tight call keeps it
+    assert _chosen_with(900.0, [l4, T4_COOL], {}) == {"l4/asr"}  # its share free
+    h100 = meet_row("h100/asr", "h100", compute=17.0, slots=1.0, conc=2, cost=3.0e-6)
+    assert _chosen_with(900.0, [l4, h100], own) == {"l4/asr"}  # 3 × its price
 
 
 def test_the_rule_before_sends_a_loose_call_to_the_hot_cheap_row(

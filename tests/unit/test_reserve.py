@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from placement import reserve
+from placement import hot_rows, reserve
 from placement.model import CallContext, Hints
 from placement.registry import build_profile
 from tests.meet_rows import meet_row
@@ -16,6 +16,13 @@ from tests.meet_rows import meet_row
 FAST = meet_row("fast/v", "fast", compute=10.0, slots=4.0, conc=4, cost=1e-6)  # p95 16 ms
 SLOW = meet_row("slow/v", "slow", compute=100.0, slots=4.0, conc=4, cost=2e-6)  # p95 151 ms
 TIGHT, LOOSE = 40.0, 1000.0  # only FAST meets TIGHT; both meet LOOSE, FAST the cheaper
+
+
+@pytest.fixture(autouse=True)
+def reserve_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This edge filling FAST would also move a loose call by ``placement.hot_rows`` (on by
+    default): these tests are of the reserve's rule alone."""
+    monkeypatch.setattr(hot_rows, "ON", False)
 
 
 def ctx(slo: float, inflight: dict[str, int] | None = None) -> CallContext:
