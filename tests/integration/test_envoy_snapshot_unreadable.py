@@ -37,25 +37,34 @@ def answers(sup: Supervisor) -> bool:
     return True
 
 
+def supervisor(tmp_path: pathlib.Path) -> Supervisor:
+    """An edge's supervisor whose placement is down (nothing listens at its address)."""
+    node = EnvoyNode("edge-1", "r-east", "127.0.0.1", free_port(), 0)
+    return Supervisor(node, [f"127.0.0.1:{free_port()}"], tmp_path, concurrency=1,
+                      interval_s=0.05)
+
+
+def started_mode(sup: Supervisor) -> str:
+    """Run ``sup`` until its Envoy answers, stop it; the mode it started in."""
+    stop = threading.Event()
+    runner = threading.Thread(target=sup.run, args=(stop,))
+    runner.start()
+    try:
+        eventually_sync(lambda: answers(sup), 20, "Envoy started and answers its admin port")
+        return sup.mode
+    finally:
+        stop.set()
+        runner.join(30)
+        assert not runner.is_alive()
+
+
 @pytest.mark.parametrize("text", ['{"static_resources": {"listeners": [', '[1, 2]', "\xff\xfe"])
 def test_an_unreadable_snapshot_is_moved_aside_and_envoy_starts_from_ads(
         tmp_path: pathlib.Path, text: str) -> None:
-    node = EnvoyNode("edge-1", "r-east", "127.0.0.1", free_port(), 0)
-    placement_down = f"127.0.0.1:{free_port()}"  # nothing listens there
-    sup = Supervisor(node, [placement_down], tmp_path, concurrency=1, interval_s=0.05)
+    sup = supervisor(tmp_path)
     sup.snapshot_path.write_bytes(text.encode("latin-1"))
-    stop = threading.Event()
     with capture_logs() as logs:
-        runner = threading.Thread(target=sup.run, args=(stop,))
-        runner.start()
-        try:
-            eventually_sync(lambda: answers(sup), 20,
-                            "Envoy started and answers its admin port")
-            assert sup.mode == "ads"
-        finally:
-            stop.set()
-            runner.join(30)
-    assert not runner.is_alive()
+        assert started_mode(sup) == "ads"
     assert not sup.snapshot_path.exists()
     assert sup.snapshot_path.with_suffix(".unreadable").read_bytes() == text.encode("latin-1")
     (warning,) = [e for e in logs if e["event"] == "envoy_snapshot_unreadable"]
@@ -65,19 +74,8 @@ def test_an_unreadable_snapshot_is_moved_aside_and_envoy_starts_from_ads(
 def test_a_readable_snapshot_is_still_what_envoy_starts_from(tmp_path: pathlib.Path) -> None:
     """The control: a whole snapshot with placement down is the snapshot mode (its config is
     exercised end to end by test_envoy_edge's restart test)."""
-    node = EnvoyNode("edge-1", "r-east", "127.0.0.1", free_port(), 0)
-    sup = Supervisor(node, [f"127.0.0.1:{free_port()}"], tmp_path, concurrency=1,
-                     interval_s=0.05)
+    sup = supervisor(tmp_path)
     write_atomically(sup.snapshot_path, {"static_resources": {"listeners": [], "clusters": []}})
-    stop = threading.Event()
-    runner = threading.Thread(target=sup.run, args=(stop,))
-    runner.start()
-    try:
-        eventually_sync(lambda: answers(sup), 20,
-                        "Envoy started from the snapshot")
-        assert sup.mode == "snapshot"
-    finally:
-        stop.set()
-        runner.join(30)
+    assert started_mode(sup) == "snapshot"
     assert sup.snapshot_path.exists()
     assert not sup.snapshot_path.with_suffix(".unreadable").exists()
