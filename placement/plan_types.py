@@ -150,7 +150,8 @@ class PlannerSettings:
     # reclaims taken, not both at once (1.1 / 0.9: ×1.22 the forecast's work on spot).
     # 1 = the reserve on top of any margin. Built and off: measured on part of the
     # provisioned-cost day and not kept (benchmarks/RESULTS.md, 2026-11-28, tenth session:
-    # the whole margin cost few-large-pools 0.11 point at its burst).
+    # the whole margin cost few-large-pools 0.11 point at its burst, half of it (1.05)
+    # single-cloud-hetero 0.34 point; default $592 -> $570/day with half).
     demand_margin: float = 1.0
 
 
