@@ -322,6 +322,7 @@ VARIANTS: dict[str, Callable[[], None]] = {
     "hot-rows-share-0.75": _hot_rows(True, share=0.75),
     "hot-rows-price-2-share-0.75": _hot_rows(True, price=2.0, share=0.75),
     "hot-rows-price-2-share-0.5": _hot_rows(True, price=2.0, share=0.5),
+    "hot-rows-price-3-share-0.75": _hot_rows(True, price=3.0, share=0.75),
     "no-hot-rows": _hot_rows(False),
     "fallback-ignores-avoid": _fallback_ignores_avoid,
     "margin-cap-1": _margin_cap(1.0),
