@@ -60,15 +60,20 @@ async def inference_count(endpoint: str, variant: str) -> int:
 
 
 class RecordingGate(NoRouting):
+    """NoRouting (what it routes follows start and stop) that records each call."""
+
     def __init__(self) -> None:
+        super().__init__()
         self.events: list[tuple[str, str]] = []
         self.stopped = asyncio.Event()
 
     async def stop(self, instance: Instance, variant: str) -> None:
+        await super().stop(instance, variant)
         self.events.append(("stop", variant))
         self.stopped.set()
 
     async def start(self, instance: Instance, variant: str) -> None:
+        await super().start(instance, variant)
         self.events.append(("start", variant))
 
 
