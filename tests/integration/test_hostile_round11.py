@@ -142,7 +142,8 @@ async def test_callers_deadlines_shorter_than_the_service_time_teach_nothing(
     holds their calls (the demo model's ``hang`` knob: its health checks pass), under the
     attempt's own timeout (``min_attempt_timeout_s``, 250 ms): each DEADLINE_EXCEEDED,
     nothing ejected, no failure the edges report to placement, and placement's estimate of
-    each deployment, once it has heard the window, what it was (x1.5 for the host's noise)."""
+    each deployment, once it has heard the window, what it was (within x1.5 + 25 ms for the
+    host's noise: a p95 taught by these callers would read near their 200 ms)."""
     fb = mesh.placement.ads.feedback if mesh.placement.ads is not None else None
     assert fb is not None
     stats = mesh.slow.router.stats
@@ -181,7 +182,10 @@ async def test_callers_deadlines_shorter_than_the_service_time_teach_nothing(
         await assert_nothing_ejected_since(mesh, ejected)
         assert sum(s.failures for s in stats.by_deployment.values()) == failures
         after = {d: p95(mesh, d) for d in rows(mesh)}
-    assert all(after[d] <= before[d] * 1.5 for d in before), (before, after)
+    # A deployment taught by these callers would read about their 200 ms deadline; the host's
+    # noise moves a p95 of a few ms by a few ms (CI, quiet host: 12.5 ms where it was less).
+    grew = {d: (before[d], after[d]) for d in before if after[d] > before[d] * 1.5 + 25}
+    assert grew == {}, grew
 
 
 async def test_a_stream_whose_backend_stops_while_its_caller_does_not_read_ends_alike(
