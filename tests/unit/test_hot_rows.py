@@ -37,7 +37,10 @@ def on(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(hot_rows, "MAX_PRICE", None)
 
 
-def test_by_default_a_loose_call_leaves_a_row_this_edge_fills() -> None:
+def test_with_the_kept_settings_a_loose_call_leaves_a_row_this_edge_fills(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """ON (off by default since the live drill, see hot_rows.ON) with SHARE 0.75, MAX_PRICE 2."""
+    monkeypatch.setattr(hot_rows, "ON", True)
     l4 = meet_row("l4/asr", "l4", compute=60.0, slots=4.0, conc=8, cost=1.0e-6, busy=0.3)
     own = {"l4/asr": 3}  # 3 of this edge's 4 slots on the L4 busy
     assert _chosen_with(900.0, [l4, T4_COOL], own) == {"t4/asr"}
